@@ -1,0 +1,1 @@
+//! protocol crate (being built).

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command of the README: installs what the tests need (the pinned
+# nats-server), then runs formatting, lints and every test of the workspace.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+bash scripts/install-nats-server.sh
+export BATON_NATS_SERVER="$root/.tools/bin/nats-server"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

@@ -1,0 +1,1 @@
+//! Test support: nats-server harness and process helpers.

@@ -1,0 +1,1 @@
+//! The pure upgrade workflow core (being built).
