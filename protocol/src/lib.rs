@@ -1,1 +1,27 @@
-//! protocol crate (being built).
+//! The wire contract between the Baton workflow service and its executors.
+//!
+//! Everything that travels over NATS is defined here, in one place, so both
+//! sides agree by construction: subject names ([`subjects`]), the JetStream
+//! streams, consumers and buckets and their options ([`setup`]), the step
+//! request and step result messages ([`messages`]), presence records
+//! ([`presence`]) and the `baton.api.<verb>` request/reply envelope ([`api`]).
+//!
+//! Messages are versioned JSON: unknown fields are ignored so a newer peer may
+//! add fields, and a malformed message is refused by [`messages::decode_request`]
+//! / [`messages::decode_result`] with a [`DecodeError`] that names the field.
+
+pub mod api;
+pub mod decode;
+pub mod error;
+pub mod messages;
+pub mod presence;
+pub mod setup;
+pub mod subjects;
+
+pub use decode::DecodeError;
+pub use error::ProtocolError;
+pub use messages::{
+    decode_request, decode_result, Outcome, RequestIds, StepRequest, StepResult, PROTOCOL_VERSION,
+};
+pub use presence::Presence;
+pub use setup::{ensure, ensure_group_consumer, Options};

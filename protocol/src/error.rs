@@ -1,0 +1,55 @@
+//! The crate's one error type.
+
+use crate::decode::DecodeError;
+
+/// What can go wrong while speaking the protocol or setting up JetStream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// A message could not be decoded (see [`DecodeError`] for the field).
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+
+    /// A name that must be a single NATS subject token was not one.
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+
+    /// The server runs a NATS version without the features we rely on.
+    #[error("nats-server {found} is too old: Baton needs nats-server >= {needed} (JetStream work-queue streams, KV with TTL)")]
+    ServerTooOld { found: String, needed: &'static str },
+
+    /// The server answered, but JetStream is not enabled for this account.
+    #[error("JetStream is not available on the server (start nats-server with -js, or enable JetStream for this account)")]
+    JetStreamUnavailable {
+        #[source]
+        source: async_nats::jetstream::context::AccountError,
+    },
+
+    /// A stream, consumer or bucket exists with options that contradict the contract.
+    #[error("{kind} {name} exists with incompatible options: {detail}; delete it or fix the server configuration")]
+    Incompatible {
+        kind: &'static str,
+        name: String,
+        detail: String,
+    },
+
+    /// A JetStream administrative call failed.
+    #[error("could not {action} {name}")]
+    Setup {
+        action: &'static str,
+        name: String,
+        #[source]
+        source: async_nats::Error,
+    },
+
+    /// Serialising a message failed (a bug: our types always serialise).
+    #[error("could not encode {what}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}

@@ -1,0 +1,435 @@
+//! Step requests and step results: the two messages of the step protocol.
+//!
+//! A [`StepRequest`] travels on `baton.step.<group>` (stream `BATON_STEPS`) from
+//! the workflow service to an executor; the executor answers with a
+//! [`StepResult`] on `baton.result.<upgrade>` (stream `BATON_RESULTS`). Both
+//! carry the idempotency id `<upgrade>:<step>:<attempt>` as `Nats-Msg-Id`
+//! (the result with a `:result` suffix), so a re-sent message inside the
+//! stream's duplicate window is dropped by the server, and both sides can
+//! de-duplicate outside it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{DecodeError, Fields};
+
+/// The version this build writes into `v` and the highest it accepts.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The NATS header that carries the idempotency id.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// A command for one node: run `argv` with `env` within `timeout_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRequest {
+    /// Protocol version ([`PROTOCOL_VERSION`]).
+    pub v: u32,
+    /// The upgrade this step belongs to (a ULID string).
+    pub upgrade: String,
+    /// The step number inside the upgrade.
+    pub step: u64,
+    /// The attempt number: a retry decided by the workflow is a new attempt.
+    pub attempt: u32,
+    /// The workflow service's fencing epoch; executors refuse lower epochs.
+    pub epoch: u64,
+    /// The node the command acts on.
+    pub node: String,
+    /// The executor group that should run it (also the subject's last token).
+    pub group: String,
+    /// The profile action's name, for logs and audit (e.g. `stop`, `demote`).
+    pub action: String,
+    /// The command as argv; never interpreted by a shell.
+    pub argv: Vec<String>,
+    /// Extra environment variables for the command.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// How long the command may run before its process group is killed.
+    pub timeout_ms: u64,
+    /// Absolute unix time (ms) after which the request must not be started.
+    pub deadline_ms: u64,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The command exited with status 0.
+    Succeeded,
+    /// The command exited non-zero, died from a signal, or could not start.
+    Failed,
+    /// The command ran past its timeout and its process group was killed.
+    TimedOut,
+    /// The command may or may not have run (it was started and the executor
+    /// lost track of it): the workflow must observe before deciding (rule S4).
+    Unknown,
+    /// The request was refused without running anything (stale epoch,
+    /// malformed, past its deadline, wrong node).
+    Rejected,
+}
+
+impl Outcome {
+    /// The wire name, e.g. `timed_out`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Unknown => "unknown",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an executor reports for one step request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepResult {
+    /// Protocol version ([`PROTOCOL_VERSION`]).
+    pub v: u32,
+    pub upgrade: String,
+    pub step: u64,
+    pub attempt: u32,
+    pub epoch: u64,
+    pub node: String,
+    pub outcome: Outcome,
+    /// The exit status when the command exited by itself.
+    pub exit_code: Option<i32>,
+    /// The last bytes of stdout (bounded by the executor's `--max-output`).
+    #[serde(default)]
+    pub stdout_tail: String,
+    /// The last bytes of stderr (bounded likewise).
+    #[serde(default)]
+    pub stderr_tail: String,
+    /// Why, for `rejected` and `unknown` (and spawn failures, signals).
+    pub reason: Option<String>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    /// The id of the executor that answered.
+    pub executor: String,
+}
+
+/// The ids that identify a step attempt, readable even from a request that
+/// is otherwise malformed, so it can still be answered `rejected`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestIds {
+    pub upgrade: String,
+    pub step: u64,
+    pub attempt: u32,
+    pub epoch: u64,
+    pub node: String,
+}
+
+impl RequestIds {
+    /// Read the ids from a raw request body, if they are there and well typed.
+    pub fn peek(bytes: &[u8]) -> Option<RequestIds> {
+        let obj = Fields::parse("step request", bytes).ok()?;
+        let f = Fields::new("step request", &obj);
+        Some(RequestIds {
+            upgrade: f.required("upgrade").ok()?,
+            step: f.required("step").ok()?,
+            attempt: f.required("attempt").ok()?,
+            epoch: f.optional("epoch").ok()?.unwrap_or(0),
+            node: f.optional("node").ok()?.unwrap_or_default(),
+        })
+    }
+
+    /// `<upgrade>:<step>:<attempt>`: the request's `Nats-Msg-Id` and ledger key.
+    pub fn key(&self) -> String {
+        request_msg_id(&self.upgrade, self.step, self.attempt)
+    }
+
+    /// A result refusing this request without running anything.
+    pub fn rejected(&self, reason: impl Into<String>, executor: &str) -> StepResult {
+        StepResult {
+            v: PROTOCOL_VERSION,
+            upgrade: self.upgrade.clone(),
+            step: self.step,
+            attempt: self.attempt,
+            epoch: self.epoch,
+            node: self.node.clone(),
+            outcome: Outcome::Rejected,
+            exit_code: None,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            reason: Some(reason.into()),
+            started_ms: None,
+            finished_ms: None,
+            executor: executor.to_string(),
+        }
+    }
+}
+
+/// The request idempotency id: `<upgrade>:<step>:<attempt>`.
+pub fn request_msg_id(upgrade: &str, step: u64, attempt: u32) -> String {
+    format!("{upgrade}:{step}:{attempt}")
+}
+
+/// The result idempotency id: `<upgrade>:<step>:<attempt>:result`.
+pub fn result_msg_id(upgrade: &str, step: u64, attempt: u32) -> String {
+    format!("{upgrade}:{step}:{attempt}:result")
+}
+
+impl StepRequest {
+    /// The ids of this request.
+    pub fn ids(&self) -> RequestIds {
+        RequestIds {
+            upgrade: self.upgrade.clone(),
+            step: self.step,
+            attempt: self.attempt,
+            epoch: self.epoch,
+            node: self.node.clone(),
+        }
+    }
+
+    /// `<upgrade>:<step>:<attempt>`, sent as `Nats-Msg-Id`.
+    pub fn msg_id(&self) -> String {
+        request_msg_id(&self.upgrade, self.step, self.attempt)
+    }
+
+    /// The subject to publish this request on: `baton.step.<group>`.
+    pub fn subject(&self) -> String {
+        crate::subjects::step(&self.group)
+    }
+
+    /// Encode as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a StepRequest always serialises")
+    }
+
+    /// NATS headers carrying the idempotency id.
+    pub fn headers(&self) -> async_nats::HeaderMap {
+        msg_id_headers(&self.msg_id())
+    }
+}
+
+impl StepResult {
+    /// `<upgrade>:<step>:<attempt>:result`, sent as `Nats-Msg-Id`.
+    pub fn msg_id(&self) -> String {
+        result_msg_id(&self.upgrade, self.step, self.attempt)
+    }
+
+    /// `<upgrade>:<step>:<attempt>`: the request this result answers.
+    pub fn request_key(&self) -> String {
+        request_msg_id(&self.upgrade, self.step, self.attempt)
+    }
+
+    /// The subject to publish this result on: `baton.result.<upgrade>`.
+    pub fn subject(&self) -> String {
+        crate::subjects::result(&self.upgrade)
+    }
+
+    /// Encode as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a StepResult always serialises")
+    }
+
+    /// NATS headers carrying the idempotency id.
+    pub fn headers(&self) -> async_nats::HeaderMap {
+        msg_id_headers(&self.msg_id())
+    }
+}
+
+fn msg_id_headers(id: &str) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(MSG_ID_HEADER, id);
+    headers
+}
+
+fn check_version(f: &Fields<'_>) -> Result<u32, DecodeError> {
+    let v: u32 = f.required("v")?;
+    if v == 0 || v > PROTOCOL_VERSION {
+        return Err(f.error(
+            "v",
+            format!("unsupported protocol version {v} (this build speaks 1..={PROTOCOL_VERSION})"),
+        ));
+    }
+    Ok(v)
+}
+
+fn check_token(f: &Fields<'_>, field: &str, value: &str) -> Result<(), DecodeError> {
+    crate::subjects::validate_token(value).map_err(|reason| f.error(field, reason.to_string()))
+}
+
+/// Decode and validate a step request. Unknown fields are ignored.
+pub fn decode_request(bytes: &[u8]) -> Result<StepRequest, DecodeError> {
+    const MSG: &str = "step request";
+    let obj = Fields::parse(MSG, bytes)?;
+    let f = Fields::new(MSG, &obj);
+    let req = StepRequest {
+        v: check_version(&f)?,
+        upgrade: f.required("upgrade")?,
+        step: f.required("step")?,
+        attempt: f.required("attempt")?,
+        epoch: f.required("epoch")?,
+        node: f.required("node")?,
+        group: f.required("group")?,
+        action: f.required("action")?,
+        argv: f.required("argv")?,
+        env: f.optional("env")?.unwrap_or_default(),
+        timeout_ms: f.required("timeout_ms")?,
+        deadline_ms: f.required("deadline_ms")?,
+    };
+    check_token(&f, "upgrade", &req.upgrade)?;
+    check_token(&f, "group", &req.group)?;
+    if req.node.is_empty() {
+        return Err(f.error("node", "empty".into()));
+    }
+    match req.argv.first() {
+        None => return Err(f.error("argv", "empty: a command needs at least a program".into())),
+        Some(p) if p.is_empty() => {
+            return Err(f.error("argv", "the program (argv[0]) is empty".into()))
+        }
+        Some(_) => {}
+    }
+    if req.timeout_ms == 0 {
+        return Err(f.error("timeout_ms", "must be greater than 0".into()));
+    }
+    if let Some(k) = req
+        .env
+        .keys()
+        .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+    {
+        return Err(f.error("env", format!("invalid variable name {k:?}")));
+    }
+    Ok(req)
+}
+
+/// Decode and validate a step result. Unknown fields are ignored.
+pub fn decode_result(bytes: &[u8]) -> Result<StepResult, DecodeError> {
+    const MSG: &str = "step result";
+    let obj = Fields::parse(MSG, bytes)?;
+    let f = Fields::new(MSG, &obj);
+    let res = StepResult {
+        v: check_version(&f)?,
+        upgrade: f.required("upgrade")?,
+        step: f.required("step")?,
+        attempt: f.required("attempt")?,
+        epoch: f.required("epoch")?,
+        node: f.optional("node")?.unwrap_or_default(),
+        outcome: f.required("outcome")?,
+        exit_code: f.optional("exit_code")?,
+        stdout_tail: f.optional("stdout_tail")?.unwrap_or_default(),
+        stderr_tail: f.optional("stderr_tail")?.unwrap_or_default(),
+        reason: f.optional("reason")?,
+        started_ms: f.optional("started_ms")?,
+        finished_ms: f.optional("finished_ms")?,
+        executor: f.required("executor")?,
+    };
+    check_token(&f, "upgrade", &res.upgrade)?;
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> StepRequest {
+        StepRequest {
+            v: 1,
+            upgrade: "01JB0000000000000000000000".into(),
+            step: 7,
+            attempt: 1,
+            epoch: 3,
+            node: "backend-1".into(),
+            group: "backend-1".into(),
+            action: "status".into(),
+            argv: vec!["chef-backend-ctl".into(), "status".into()],
+            env: BTreeMap::from([("A".into(), "b".into())]),
+            timeout_ms: 5000,
+            deadline_ms: 1_900_000_000_000,
+        }
+    }
+
+    #[test]
+    fn request_round_trips_and_carries_its_ids() {
+        let req = request();
+        assert_eq!(decode_request(&req.encode()).unwrap(), req);
+        assert_eq!(req.msg_id(), "01JB0000000000000000000000:7:1");
+        assert_eq!(req.subject(), "baton.step.backend-1");
+        assert_eq!(
+            req.headers().get(MSG_ID_HEADER).unwrap().as_str(),
+            "01JB0000000000000000000000:7:1"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_tolerated() {
+        let mut v = serde_json::to_value(request()).unwrap();
+        v["added_in_a_later_version"] = serde_json::json!({"x": 1});
+        let bytes = serde_json::to_vec(&v).unwrap();
+        assert_eq!(decode_request(&bytes).unwrap(), request());
+    }
+
+    #[test]
+    fn malformed_requests_name_the_field() {
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (serde_json::json!({"step": "seven"}), "step"),
+            (serde_json::json!({"argv": []}), "argv"),
+            (serde_json::json!({"argv": "rm -rf /"}), "argv"),
+            (serde_json::json!({"v": 99}), "v"),
+            (serde_json::json!({"epoch": -1}), "epoch"),
+            (serde_json::json!({"group": "a.b"}), "group"),
+            (serde_json::json!({"timeout_ms": 0}), "timeout_ms"),
+            (serde_json::json!({"node": null}), "node"),
+            (serde_json::json!({"env": {"A=B": "c"}}), "env"),
+        ];
+        for (patch, field) in cases {
+            let mut v = serde_json::to_value(request()).unwrap();
+            for (k, val) in patch.as_object().unwrap() {
+                v[k] = val.clone();
+            }
+            let err = decode_request(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        let err = decode_request(b"not json").unwrap_err();
+        assert_eq!(err.field, "(message)");
+        let err = decode_request(b"[1,2]").unwrap_err();
+        assert!(err.reason.contains("an array"), "{err}");
+    }
+
+    #[test]
+    fn ids_are_peeked_from_a_request_that_is_otherwise_malformed() {
+        let body = br#"{"v":1,"upgrade":"U1","step":4,"attempt":2,"epoch":9,"argv":"oops"}"#;
+        assert!(decode_request(body).is_err());
+        let ids = RequestIds::peek(body).unwrap();
+        assert_eq!(ids.key(), "U1:4:2");
+        assert_eq!(ids.epoch, 9);
+        let rej = ids.rejected("argv: bad", "ex-1");
+        assert_eq!(rej.outcome, Outcome::Rejected);
+        assert_eq!(rej.msg_id(), "U1:4:2:result");
+        assert!(RequestIds::peek(br#"{"upgrade":"U1"}"#).is_none());
+    }
+
+    #[test]
+    fn result_round_trips_with_snake_case_outcomes() {
+        let res = StepResult {
+            v: 1,
+            upgrade: "U1".into(),
+            step: 1,
+            attempt: 1,
+            epoch: 1,
+            node: "n".into(),
+            outcome: Outcome::TimedOut,
+            exit_code: None,
+            stdout_tail: "out".into(),
+            stderr_tail: String::new(),
+            reason: None,
+            started_ms: Some(1),
+            finished_ms: Some(2),
+            executor: "ex".into(),
+        };
+        let bytes = res.encode();
+        assert!(String::from_utf8_lossy(&bytes).contains("\"timed_out\""));
+        assert_eq!(decode_result(&bytes).unwrap(), res);
+        let err = decode_result(br#"{"v":1,"upgrade":"U1","step":1,"attempt":1,"epoch":1,"outcome":"exploded","executor":"e"}"#)
+            .unwrap_err();
+        assert_eq!(err.field, "outcome");
+    }
+}

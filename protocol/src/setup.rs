@@ -1,0 +1,324 @@
+//! Creates or checks every stream, consumer and bucket Baton uses, in one place.
+//!
+//! Both the workflow service and executors call [`ensure`] at start; whoever
+//! comes first creates, later callers check. Existing objects are checked for
+//! the options the protocol depends on (retention, storage, subjects) and
+//! refused with [`ProtocolError::Incompatible`] when they differ; tunables
+//! (duplicate windows, ages, TTLs) are left as the first creator set them, so
+//! two processes with different tunables do not fight over the configuration.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy},
+    kv,
+    stream::{self, RetentionPolicy, StorageType},
+    ErrorCode,
+};
+
+use crate::error::ProtocolError;
+use crate::subjects;
+
+/// The oldest nats-server we accept (work-queue streams with per-subject
+/// consumers, KV TTLs, `Nats-Msg-Id` de-duplication as we use them).
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
+
+/// Tunables of the streams, consumers and buckets. Defaults suit production;
+/// tests shorten the timers.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Storage of every stream and bucket (file: survives a server restart).
+    pub storage: StorageType,
+    /// How long `BATON_STEPS` remembers `Nats-Msg-Id`s for de-duplication.
+    pub steps_duplicate_window: Duration,
+    /// How long `BATON_RESULTS` remembers `Nats-Msg-Id`s.
+    pub results_duplicate_window: Duration,
+    /// How long results are kept (zero: forever).
+    pub results_max_age: Duration,
+    /// How long events are kept (zero: forever; they anchor the audit chain).
+    pub events_max_age: Duration,
+    /// How long a presence record lives without a heartbeat.
+    pub presence_ttl: Duration,
+    /// How long an executor may hold a step without acking or sending progress
+    /// before JetStream redelivers it.
+    pub executor_ack_wait: Duration,
+    /// How long the workflow service may hold a result before redelivery.
+    pub workflow_ack_wait: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            storage: StorageType::File,
+            steps_duplicate_window: Duration::from_secs(120),
+            results_duplicate_window: Duration::from_secs(120),
+            results_max_age: Duration::from_secs(30 * 24 * 3600),
+            events_max_age: Duration::ZERO,
+            presence_ttl: Duration::from_secs(30),
+            executor_ack_wait: Duration::from_secs(30),
+            workflow_ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Handles to everything [`ensure`] created or checked.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    pub steps: stream::Stream,
+    pub results: stream::Stream,
+    pub events: stream::Stream,
+    /// The workflow service's durable consumer on `BATON_RESULTS`.
+    pub workflow_consumer: jetstream::consumer::PullConsumer,
+    /// The presence bucket.
+    pub presence: kv::Store,
+}
+
+/// Check the server, then create or check all streams, the workflow
+/// consumer and the presence bucket.
+pub async fn ensure(js: &jetstream::Context, opts: &Options) -> Result<Handles, ProtocolError> {
+    check_server(js).await?;
+    let steps = ensure_stream(
+        js,
+        stream::Config {
+            name: subjects::STEPS_STREAM.into(),
+            subjects: vec![subjects::STEPS_WILDCARD.into()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: opts.storage,
+            duplicate_window: opts.steps_duplicate_window,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let results = ensure_stream(
+        js,
+        stream::Config {
+            name: subjects::RESULTS_STREAM.into(),
+            subjects: vec![subjects::RESULTS_WILDCARD.into()],
+            retention: RetentionPolicy::Limits,
+            storage: opts.storage,
+            duplicate_window: opts.results_duplicate_window,
+            max_age: opts.results_max_age,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let events = ensure_stream(
+        js,
+        stream::Config {
+            name: subjects::EVENTS_STREAM.into(),
+            subjects: vec![subjects::EVENTS_WILDCARD.into()],
+            retention: RetentionPolicy::Limits,
+            storage: opts.storage,
+            max_age: opts.events_max_age,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let workflow_consumer = ensure_consumer(
+        &results,
+        pull::Config {
+            durable_name: Some(subjects::WORKFLOW_CONSUMER.into()),
+            filter_subject: subjects::RESULTS_WILDCARD.into(),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: opts.workflow_ack_wait,
+            max_deliver: -1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let presence = ensure_presence_bucket(js, opts).await?;
+    Ok(Handles {
+        steps,
+        results,
+        events,
+        workflow_consumer,
+        presence,
+    })
+}
+
+/// Create or check the durable pull consumer `exec-<group>` on `BATON_STEPS`,
+/// filtered to `baton.step.<group>`. Every executor of the group binds it.
+pub async fn ensure_group_consumer(
+    js: &jetstream::Context,
+    group: &str,
+    opts: &Options,
+) -> Result<jetstream::consumer::PullConsumer, ProtocolError> {
+    subjects::check_name("executor group", group)?;
+    let steps = js
+        .get_stream(subjects::STEPS_STREAM)
+        .await
+        .map_err(|e| setup_error("get stream", subjects::STEPS_STREAM, e))?;
+    ensure_consumer(
+        &steps,
+        pull::Config {
+            durable_name: Some(subjects::group_consumer(group)),
+            filter_subject: subjects::step(group),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: opts.executor_ack_wait,
+            // Never drop a step: the executor ledger makes redelivery harmless.
+            max_deliver: -1,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Refuse servers older than [`MIN_SERVER_VERSION`] and servers or accounts
+/// without JetStream.
+pub async fn check_server(js: &jetstream::Context) -> Result<(), ProtocolError> {
+    let version = js.client().server_info().version;
+    if !version_at_least(&version, MIN_SERVER_VERSION) {
+        return Err(ProtocolError::ServerTooOld {
+            found: if version.is_empty() {
+                "(unknown)".into()
+            } else {
+                version
+            },
+            needed: "2.10",
+        });
+    }
+    js.query_account()
+        .await
+        .map_err(|source| ProtocolError::JetStreamUnavailable { source })?;
+    Ok(())
+}
+
+/// Whether a `major.minor.patch[-suffix]` version is at least `min`.
+fn version_at_least(version: &str, min: (u64, u64)) -> bool {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
+        _ => false,
+    }
+}
+
+fn setup_error(
+    action: &'static str,
+    name: &str,
+    source: impl Into<async_nats::Error>,
+) -> ProtocolError {
+    ProtocolError::Setup {
+        action,
+        name: name.to_string(),
+        source: source.into(),
+    }
+}
+
+fn is_not_found(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
+        if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+) -> Result<stream::Stream, ProtocolError> {
+    match js.get_stream(&want.name).await {
+        Ok(existing) => {
+            let have = &existing.cached_info().config;
+            let mut problems = Vec::new();
+            if have.retention != want.retention {
+                problems.push(format!(
+                    "retention {:?}, expected {:?}",
+                    have.retention, want.retention
+                ));
+            }
+            if have.storage != want.storage {
+                problems.push(format!(
+                    "storage {:?}, expected {:?}",
+                    have.storage, want.storage
+                ));
+            }
+            if have.subjects != want.subjects {
+                problems.push(format!(
+                    "subjects {:?}, expected {:?}",
+                    have.subjects, want.subjects
+                ));
+            }
+            if !problems.is_empty() {
+                return Err(ProtocolError::Incompatible {
+                    kind: "stream",
+                    name: want.name,
+                    detail: problems.join(", "),
+                });
+            }
+            Ok(existing)
+        }
+        Err(e) if is_not_found(&e) => {
+            let name = want.name.clone();
+            js.create_stream(want)
+                .await
+                .map_err(|e| setup_error("create stream", &name, e))
+        }
+        Err(e) => Err(setup_error("get stream", &want.name, e)),
+    }
+}
+
+async fn ensure_consumer(
+    stream: &stream::Stream,
+    want: pull::Config,
+) -> Result<jetstream::consumer::PullConsumer, ProtocolError> {
+    let name = want.durable_name.clone().unwrap_or_default();
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(&name, want.clone())
+        .await
+        .map_err(|e| setup_error("create or get consumer", &name, e))?;
+    let have = &consumer.cached_info().config;
+    if have.filter_subject != want.filter_subject || have.ack_policy != want.ack_policy {
+        return Err(ProtocolError::Incompatible {
+            kind: "consumer",
+            name,
+            detail: format!(
+                "filter {:?} ack policy {:?}, expected filter {:?} ack policy {:?}",
+                have.filter_subject, have.ack_policy, want.filter_subject, want.ack_policy
+            ),
+        });
+    }
+    Ok(consumer)
+}
+
+async fn ensure_presence_bucket(
+    js: &jetstream::Context,
+    opts: &Options,
+) -> Result<kv::Store, ProtocolError> {
+    let bucket = subjects::PRESENCE_BUCKET;
+    let stream_name = format!("KV_{bucket}");
+    match js.get_stream(&stream_name).await {
+        Ok(_) => js
+            .get_key_value(bucket)
+            .await
+            .map_err(|e| setup_error("open KV bucket", bucket, e)),
+        Err(e) if is_not_found(&e) => js
+            .create_key_value(kv::Config {
+                bucket: bucket.into(),
+                description: "Baton executors: presence records expiring without heartbeat".into(),
+                history: 1,
+                max_age: opts.presence_ttl,
+                storage: opts.storage,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup_error("create KV bucket", bucket, e)),
+        Err(e) => Err(setup_error("get KV bucket stream", &stream_name, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_compared_by_major_and_minor() {
+        assert!(version_at_least("2.12.8", (2, 10)));
+        assert!(version_at_least("2.10.0-beta.1", (2, 10)));
+        assert!(version_at_least("3.0.0", (2, 10)));
+        assert!(!version_at_least("2.9.10", (2, 10)));
+        assert!(!version_at_least("", (2, 10)));
+        assert!(!version_at_least("garbage", (2, 10)));
+    }
+}

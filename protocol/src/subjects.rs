@@ -1,0 +1,98 @@
+//! Subject, stream, consumer and bucket names (CONTRACTS.md "Wire contract").
+
+use crate::error::ProtocolError;
+
+/// Work-queue stream of step requests.
+pub const STEPS_STREAM: &str = "BATON_STEPS";
+/// Limits stream of step results.
+pub const RESULTS_STREAM: &str = "BATON_RESULTS";
+/// Limits stream of appended workflow events (audit anchor, watchers).
+pub const EVENTS_STREAM: &str = "BATON_EVENTS";
+/// KV bucket of executor presence records.
+pub const PRESENCE_BUCKET: &str = "baton_executors";
+/// The workflow service's durable consumer on [`RESULTS_STREAM`].
+pub const WORKFLOW_CONSUMER: &str = "baton-workflow";
+
+/// Wildcards captured by each stream.
+pub const STEPS_WILDCARD: &str = "baton.step.>";
+pub const RESULTS_WILDCARD: &str = "baton.result.>";
+pub const EVENTS_WILDCARD: &str = "baton.event.>";
+pub const API_WILDCARD: &str = "baton.api.>";
+
+/// `baton.step.<group>`.
+pub fn step(group: &str) -> String {
+    format!("baton.step.{group}")
+}
+
+/// `baton.result.<upgrade>`.
+pub fn result(upgrade: &str) -> String {
+    format!("baton.result.{upgrade}")
+}
+
+/// `baton.event.<upgrade>`.
+pub fn event(upgrade: &str) -> String {
+    format!("baton.event.{upgrade}")
+}
+
+/// `baton.api.<verb>`.
+pub fn api(verb: &str) -> String {
+    format!("baton.api.{verb}")
+}
+
+/// The durable consumer name of an executor group: `exec-<group>`.
+pub fn group_consumer(group: &str) -> String {
+    format!("exec-{group}")
+}
+
+/// Check that `value` can be a single subject token and a consumer-name part:
+/// non-empty, and only ASCII letters, digits, `-` and `_`.
+///
+/// Narrower than NATS requires, on purpose: the same names end up in
+/// consumer names and KV keys, whose character sets are smaller.
+pub fn validate_token(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() {
+        return Err("empty");
+    }
+    if value.len() > 128 {
+        return Err("longer than 128 characters");
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("only ASCII letters, digits, '-' and '_' are allowed");
+    }
+    Ok(())
+}
+
+/// [`validate_token`] as a [`ProtocolError`] naming what was checked.
+pub fn check_name(what: &'static str, value: &str) -> Result<(), ProtocolError> {
+    validate_token(value).map_err(|reason| ProtocolError::InvalidName {
+        what,
+        value: value.to_string(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        assert_eq!(step("g1"), "baton.step.g1");
+        assert_eq!(result("U"), "baton.result.U");
+        assert_eq!(event("U"), "baton.event.U");
+        assert_eq!(api("submit"), "baton.api.submit");
+        assert_eq!(group_consumer("g1"), "exec-g1");
+    }
+
+    #[test]
+    fn tokens_refuse_wildcards_and_separators() {
+        for bad in ["", "a.b", "*", ">", "a b", "ü"] {
+            assert!(validate_token(bad).is_err(), "{bad:?}");
+            assert!(check_name("group", bad).is_err());
+        }
+        assert!(validate_token("backend-1_a").is_ok());
+    }
+}
