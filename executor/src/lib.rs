@@ -1,1 +1,31 @@
-//! executor crate (being built).
+//! The Baton executor: takes step requests for one executor group from NATS
+//! JetStream, runs each command on its node and publishes the result.
+//!
+//! Safety comes from the durable [`ledger`], not from JetStream: a step is
+//! recorded `started` (flushed) before its command runs and `finished` (flushed)
+//! before its result is published, so a redelivered request is answered from
+//! the ledger and a step whose outcome was lost (the executor died mid-step) is
+//! answered `unknown` and never run again (DESIGN.md rule S4).
+//!
+//! The entry point is [`run`]; `baton executor` wraps it, and `baton dev` may
+//! run executors in-process through it.
+
+pub mod config;
+pub mod error;
+pub mod ledger;
+pub mod presence;
+pub mod runner;
+pub mod service;
+
+pub use config::Config;
+pub use error::ExecutorError;
+pub use runner::{RunnerConfig, SshConfig};
+pub use service::run;
+
+/// Milliseconds since the unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

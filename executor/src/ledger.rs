@@ -1,0 +1,195 @@
+//! The executor's durable ledger (sled): what it started and how it ended.
+//!
+//! Keys are `<upgrade>:<step>:<attempt>`. A step is recorded `started` and
+//! flushed before its command runs, and `finished` (with the full result) and
+//! flushed before the result is published. sled buffers writes in user space,
+//! so without the flushes a killed executor would forget a step it ran.
+//! The highest epoch seen per upgrade is kept beside them for fencing.
+
+use std::path::{Path, PathBuf};
+
+use protocol::StepResult;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ExecutorError;
+
+/// What the ledger knows about one step attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Entry {
+    /// The command was (about to be) started; its outcome is not recorded.
+    Started { started_ms: u64, executor: String },
+    /// The step ended (or was refused) with this result.
+    Finished { result: StepResult },
+}
+
+/// The ledger of one executor state directory.
+pub struct Ledger {
+    path: PathBuf,
+    db: sled::Db,
+    steps: sled::Tree,
+    epochs: sled::Tree,
+}
+
+impl Ledger {
+    /// Open (or create) the ledger under `dir`. Fails if another process holds it.
+    pub fn open(dir: &Path) -> Result<Ledger, ExecutorError> {
+        let path = dir.join("ledger");
+        let err = |action| {
+            let path = path.clone();
+            move |source| ExecutorError::Ledger {
+                path,
+                action,
+                source,
+            }
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err("create its directory")(sled::Error::Io(e)))?;
+        let db = sled::open(&path)
+            .map_err(err("open it (is another executor using this --state-dir?)"))?;
+        let steps = db.open_tree("steps").map_err(err("open tree steps"))?;
+        let epochs = db.open_tree("epochs").map_err(err("open tree epochs"))?;
+        Ok(Ledger {
+            path,
+            db,
+            steps,
+            epochs,
+        })
+    }
+
+    fn error(&self, action: &'static str, source: sled::Error) -> ExecutorError {
+        ExecutorError::Ledger {
+            path: self.path.clone(),
+            action,
+            source,
+        }
+    }
+
+    /// What is recorded for `key`, if anything.
+    pub fn get(&self, key: &str) -> Result<Option<Entry>, ExecutorError> {
+        let Some(bytes) = self
+            .steps
+            .get(key)
+            .map_err(|e| self.error("read a step", e))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| ExecutorError::LedgerRecord {
+                path: self.path.clone(),
+                key: key.to_string(),
+                source,
+            })
+    }
+
+    /// The highest epoch accepted for `upgrade`.
+    pub fn highest_epoch(&self, upgrade: &str) -> Result<Option<u64>, ExecutorError> {
+        let v = self
+            .epochs
+            .get(upgrade)
+            .map_err(|e| self.error("read an epoch", e))?;
+        Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok().map(u64::from_be_bytes)))
+    }
+
+    /// Record that `key` is starting under `epoch` (raising the upgrade's
+    /// highest epoch), durably, before anything runs.
+    pub async fn record_started(
+        &self,
+        key: &str,
+        upgrade: &str,
+        epoch: u64,
+        started_ms: u64,
+        executor: &str,
+    ) -> Result<(), ExecutorError> {
+        let entry = Entry::Started {
+            started_ms,
+            executor: executor.to_string(),
+        };
+        self.steps
+            .insert(
+                key,
+                serde_json::to_vec(&entry).expect("an entry serialises"),
+            )
+            .map_err(|e| self.error("write a step", e))?;
+        if self.highest_epoch(upgrade)?.is_none_or(|h| epoch > h) {
+            self.epochs
+                .insert(upgrade, &epoch.to_be_bytes())
+                .map_err(|e| self.error("write an epoch", e))?;
+        }
+        self.flush().await
+    }
+
+    /// Record a step's final result durably.
+    pub async fn record_finished(&self, result: &StepResult) -> Result<(), ExecutorError> {
+        let entry = Entry::Finished {
+            result: result.clone(),
+        };
+        self.steps
+            .insert(
+                result.request_key(),
+                serde_json::to_vec(&entry).expect("an entry serialises"),
+            )
+            .map_err(|e| self.error("write a step", e))?;
+        self.flush().await
+    }
+
+    async fn flush(&self) -> Result<(), ExecutorError> {
+        self.db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error("flush", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Outcome, RequestIds};
+
+    #[tokio::test]
+    async fn entries_and_epochs_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let l = Ledger::open(dir.path()).unwrap();
+            assert_eq!(l.get("U:1:1").unwrap(), None);
+            l.record_started("U:1:1", "U", 5, 10, "ex").await.unwrap();
+            l.record_started("U:2:1", "U", 3, 11, "ex").await.unwrap();
+            let ids = RequestIds {
+                upgrade: "U".into(),
+                step: 2,
+                attempt: 1,
+                epoch: 3,
+                node: "n".into(),
+            };
+            l.record_finished(&ids.rejected("why", "ex")).await.unwrap();
+        }
+        let l = Ledger::open(dir.path()).unwrap();
+        assert_eq!(
+            l.get("U:1:1").unwrap(),
+            Some(Entry::Started {
+                started_ms: 10,
+                executor: "ex".into()
+            })
+        );
+        match l.get("U:2:1").unwrap() {
+            Some(Entry::Finished { result }) => assert_eq!(result.outcome, Outcome::Rejected),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A lower epoch never lowers the recorded highest.
+        assert_eq!(l.highest_epoch("U").unwrap(), Some(5));
+        assert_eq!(l.highest_epoch("other").unwrap(), None);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_dir_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let _l = Ledger::open(dir.path()).unwrap();
+        let err = match Ledger::open(dir.path()) {
+            Ok(_) => panic!("second open succeeded"),
+            Err(e) => e,
+        };
+        assert!(err.to_string().contains("another executor"), "{err}");
+    }
+}

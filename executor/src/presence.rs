@@ -1,0 +1,78 @@
+//! Keeps this executor's presence record alive in the `baton_executors` bucket.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use protocol::Presence;
+use tokio_util::sync::CancellationToken;
+
+use crate::now_ms;
+
+/// Counters and the running step, shared by the worker and the heartbeat.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Steps whose command was started.
+    pub executed: AtomicU64,
+    /// Requests refused (stale epoch, deadline, wrong node or group, malformed with readable ids).
+    pub rejected: AtomicU64,
+    /// Requests that could not be decoded.
+    pub malformed: AtomicU64,
+    /// The step running now.
+    pub running: Mutex<Option<String>>,
+}
+
+impl Stats {
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_running(&self, key: Option<String>) {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = key;
+    }
+
+    /// `base` with the current counters and heartbeat time.
+    fn snapshot(&self, base: &Presence) -> Presence {
+        Presence {
+            heartbeat_ms: now_ms(),
+            executed: self.executed.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+            running: self
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            ..base.clone()
+        }
+    }
+}
+
+/// Put the record every `interval` until `stop`, then delete it.
+pub async fn heartbeat(
+    kv: kv::Store,
+    base: Presence,
+    stats: std::sync::Arc<Stats>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let key = base.id.clone();
+    loop {
+        let record = serde_json::to_vec(&stats.snapshot(&base)).expect("presence serialises");
+        match kv.put(&key, record.into()).await {
+            Ok(_) => tracing::trace!(key = %key, "presence refreshed"),
+            Err(e) => tracing::warn!(key = %key, error = %e, "could not refresh presence"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    match kv.delete(&key).await {
+        Ok(()) => tracing::info!(key = %key, "presence removed"),
+        Err(e) => {
+            tracing::warn!(key = %key, error = %e, "could not remove presence; it will expire")
+        }
+    }
+}

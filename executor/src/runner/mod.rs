@@ -1,0 +1,63 @@
+//! Runners: how a step's argv reaches its node.
+//!
+//! [`local`] runs the argv as a child process on this machine; [`ssh`] wraps
+//! it into a call of the system `ssh` binary and then runs that locally, so
+//! both share timeouts, process-group kills and output capture.
+
+pub mod local;
+pub mod ssh;
+pub mod tail;
+
+use std::time::Duration;
+
+use protocol::{Outcome, StepRequest};
+
+pub use ssh::SshConfig;
+
+/// How commands reach their node.
+#[derive(Debug, Clone, Default)]
+pub enum RunnerConfig {
+    /// Run on this machine (one executor per node).
+    #[default]
+    Local,
+    /// Run through `ssh` (a pool of executors reaching nodes remotely).
+    Ssh(SshConfig),
+}
+
+/// What running a command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+    pub reason: Option<String>,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+}
+
+impl RunnerConfig {
+    /// Run the request's command with its env and timeout, keeping the last
+    /// `max_output` bytes of each output stream.
+    pub async fn run(&self, req: &StepRequest, max_output: usize) -> Ran {
+        let timeout = Duration::from_millis(req.timeout_ms);
+        match self {
+            RunnerConfig::Local => local::run(&req.argv, &req.env, timeout, max_output).await,
+            RunnerConfig::Ssh(cfg) => match cfg.wrap(req) {
+                Ok(argv) => local::run(&argv, &Default::default(), timeout, max_output).await,
+                Err(reason) => {
+                    let now = crate::now_ms();
+                    Ran {
+                        outcome: Outcome::Failed,
+                        exit_code: None,
+                        stdout_tail: String::new(),
+                        stderr_tail: String::new(),
+                        reason: Some(reason),
+                        started_ms: now,
+                        finished_ms: now,
+                    }
+                }
+            },
+        }
+    }
+}

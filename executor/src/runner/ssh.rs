@@ -1,0 +1,187 @@
+//! Reach a node through the system `ssh` binary.
+//!
+//! The node's address comes from the request's `BATON_NODE_ADDRESS` env entry
+//! (set by the workflow from the cluster file), else from this executor's
+//! `addresses` map, else the node name itself. ssh always hands the remote
+//! command to the remote user's shell, so every argv element (and `env`
+//! assignment) is single-quoted: the remote shell sees exactly the argv.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use protocol::StepRequest;
+
+/// The request env entry naming the node's address (`host` or `host:port`).
+pub const ADDRESS_ENV: &str = "BATON_NODE_ADDRESS";
+
+/// How to call ssh.
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    /// The ssh binary.
+    pub program: PathBuf,
+    /// Remote user (`-l`); default: ssh's own default.
+    pub user: Option<String>,
+    /// Extra `-o` options, e.g. `StrictHostKeyChecking=accept-new`, `IdentityFile=...`.
+    pub options: Vec<String>,
+    /// Node name -> address, for requests without `BATON_NODE_ADDRESS`.
+    pub addresses: BTreeMap<String, String>,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            program: "ssh".into(),
+            user: None,
+            options: Vec::new(),
+            addresses: BTreeMap::new(),
+        }
+    }
+}
+
+impl SshConfig {
+    /// The local argv that runs `req` on its node through ssh.
+    pub fn wrap(&self, req: &StepRequest) -> Result<Vec<String>, String> {
+        let address = req
+            .env
+            .get(ADDRESS_ENV)
+            .or_else(|| self.addresses.get(&req.node))
+            .cloned()
+            .unwrap_or_else(|| req.node.clone());
+        let (host, port) = split_address(&address)?;
+        let mut argv = vec![
+            self.program.display().to_string(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+        ];
+        for opt in &self.options {
+            argv.push("-o".into());
+            argv.push(opt.clone());
+        }
+        if let Some(port) = port {
+            argv.push("-p".into());
+            argv.push(port.to_string());
+        }
+        if let Some(user) = &self.user {
+            argv.push("-l".into());
+            argv.push(user.clone());
+        }
+        argv.push("--".into());
+        argv.push(host);
+        argv.push(remote_command(&req.env, &req.argv));
+        Ok(argv)
+    }
+}
+
+/// Split `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn split_address(address: &str) -> Result<(String, Option<u16>), String> {
+    let bad = |why: &str| format!("node address {address:?}: {why}");
+    if address.is_empty() {
+        return Err(bad("empty"));
+    }
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+        match after.strip_prefix(':') {
+            Some(p) => (h, Some(p)),
+            None if after.is_empty() => (h, None),
+            None => return Err(bad("unexpected text after ']'")),
+        }
+    } else if address.matches(':').count() == 1 {
+        let (h, p) = address.split_once(':').expect("one colon");
+        (h, Some(p))
+    } else {
+        (address, None)
+    };
+    if host.is_empty() || host.starts_with('-') || host.chars().any(|c| c.is_whitespace()) {
+        return Err(bad("not a host name"));
+    }
+    let port = port
+        .map(|p| p.parse::<u16>().map_err(|_| bad("port is not a number")))
+        .transpose()?;
+    Ok((host.to_string(), port))
+}
+
+/// One shell word, single-quoted.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// `env 'K=V'... 'argv0' 'argv1'...` for the remote shell.
+fn remote_command(env: &BTreeMap<String, String>, argv: &[String]) -> String {
+    let mut words = Vec::new();
+    if !env.is_empty() {
+        words.push("env".to_string());
+        for (k, v) in env {
+            words.push(quote(&format!("{k}={v}")));
+        }
+    }
+    words.extend(argv.iter().map(|a| quote(a)));
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(env: &[(&str, &str)]) -> StepRequest {
+        StepRequest {
+            v: 1,
+            upgrade: "U".into(),
+            step: 1,
+            attempt: 1,
+            epoch: 1,
+            node: "backend-1".into(),
+            group: "pool".into(),
+            action: "status".into(),
+            argv: vec!["echo".into(), "it's $HOME; ok".into()],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            timeout_ms: 1000,
+            deadline_ms: 0,
+        }
+    }
+
+    #[test]
+    fn wraps_argv_with_batch_mode_and_quoting() {
+        let cfg = SshConfig {
+            user: Some("baton".into()),
+            options: vec!["StrictHostKeyChecking=no".into()],
+            ..Default::default()
+        };
+        let argv = cfg
+            .wrap(&request(&[(ADDRESS_ENV, "10.0.0.5:2222"), ("A", "x y")]))
+            .unwrap();
+        assert_eq!(
+            argv,
+            vec![
+                "ssh",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-p",
+                "2222",
+                "-l",
+                "baton",
+                "--",
+                "10.0.0.5",
+                r"env 'A=x y' 'BATON_NODE_ADDRESS=10.0.0.5:2222' 'echo' 'it'\''s $HOME; ok'",
+            ]
+        );
+    }
+
+    #[test]
+    fn address_falls_back_to_the_map_then_the_node_name() {
+        let mut cfg = SshConfig::default();
+        let argv = cfg.wrap(&request(&[])).unwrap();
+        assert_eq!(argv[argv.len() - 2], "backend-1");
+        cfg.addresses.insert("backend-1".into(), "[::1]:22".into());
+        let argv = cfg.wrap(&request(&[])).unwrap();
+        assert_eq!(argv[argv.len() - 2], "::1");
+        assert!(cfg
+            .wrap(&request(&[(ADDRESS_ENV, "-oProxyCommand=x")]))
+            .is_err());
+        assert!(cfg.wrap(&request(&[(ADDRESS_ENV, "h:notaport")])).is_err());
+    }
+}

@@ -1,0 +1,435 @@
+//! The executor service: connect, set up, serve the group's steps, shut down.
+//!
+//! One step at a time per process: each pull asks for a single message, so a
+//! step never waits in this process's buffer while another runs (it would
+//! outlive its `ack_wait` there and be redelivered to a sibling). Several
+//! processes in a group share the work through the one durable consumer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use futures::StreamExt;
+use protocol::{
+    decode_request, DecodeError, Outcome, Presence, RequestIds, StepRequest, StepResult,
+    PROTOCOL_VERSION,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::{host_name, Config};
+use crate::error::ExecutorError;
+use crate::ledger::{Entry, Ledger};
+use crate::now_ms;
+use crate::presence::{self, Stats};
+
+/// Run an executor until `shutdown` is cancelled.
+///
+/// On shutdown it stops taking work, lets the running step finish (or time
+/// out), reports it, removes its presence record and returns `Ok(())`.
+/// Errors are infrastructure failures it cannot serve through: an unusable
+/// configuration, an unwritable ledger, a NATS server that cannot host the
+/// protocol.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ExecutorError> {
+    config.validate()?;
+    let ledger = Ledger::open(&config.state_dir)?;
+    let Some(client) = connect(&config, &shutdown).await else {
+        return Ok(());
+    };
+    let js = jetstream::new(client.clone());
+    let handles = protocol::ensure(&js, &config.setup).await?;
+    let consumer = protocol::ensure_group_consumer(&js, &config.group, &config.setup).await?;
+    let ack_wait = consumer.cached_info().config.ack_wait;
+    let progress = config
+        .progress_interval
+        .unwrap_or(ack_wait / 3)
+        .max(Duration::from_millis(50));
+    tracing::info!(
+        group = %config.group,
+        id = %config.id,
+        nodes = ?config.nodes,
+        state_dir = %config.state_dir.display(),
+        ack_wait_ms = ack_wait.as_millis() as u64,
+        "executor serving"
+    );
+
+    let stats = Arc::new(Stats::default());
+    let base = Presence {
+        v: PROTOCOL_VERSION,
+        id: config.id.clone(),
+        group: config.group.clone(),
+        nodes: config.nodes.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        host: host_name(),
+        pid: std::process::id(),
+        started_ms: now_ms(),
+        heartbeat_ms: 0,
+        executed: 0,
+        rejected: 0,
+        malformed: 0,
+        running: None,
+    };
+    let stop_presence = CancellationToken::new();
+    let heartbeat = tokio::spawn(presence::heartbeat(
+        handles.presence,
+        base,
+        stats.clone(),
+        config.heartbeat,
+        stop_presence.clone(),
+    ));
+
+    let worker = Worker {
+        config,
+        js,
+        ledger,
+        stats,
+        progress,
+        shutdown,
+    };
+    let served = worker.serve(&consumer).await;
+    stop_presence.cancel();
+    if let Err(e) = heartbeat.await {
+        tracing::warn!(error = %e, "presence task failed");
+    }
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "could not flush the NATS connection");
+    }
+    tracing::info!("executor stopped");
+    served
+}
+
+/// Connect, retrying until connected or shut down (`None`).
+async fn connect(config: &Config, shutdown: &CancellationToken) -> Option<async_nats::Client> {
+    loop {
+        let options = async_nats::ConnectOptions::new()
+            .name(format!("baton-executor {}", config.id))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS; reconnecting")
+                    }
+                    other => tracing::info!(event = %other, "NATS connection event"),
+                }
+            });
+        match options.connect(config.nats_url.as_str()).await {
+            Ok(client) => return Some(client),
+            Err(e) => {
+                tracing::warn!(url = %config.nats_url, error = %e, "could not connect to NATS; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+struct Worker {
+    config: Config,
+    js: jetstream::Context,
+    ledger: Ledger,
+    stats: Arc<Stats>,
+    progress: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    async fn serve(&self, consumer: &PullConsumer) -> Result<(), ExecutorError> {
+        let mut backoff = Duration::from_millis(100);
+        while !self.shutdown.is_cancelled() {
+            let batch = consumer
+                .batch()
+                .max_messages(1)
+                .expires(self.config.fetch_wait)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not pull steps; retrying");
+                    self.pause(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            while let Some(item) = batch.next().await {
+                match item {
+                    Ok(msg) if self.shutdown.is_cancelled() => {
+                        // Pulled as the shutdown began: hand it back at once
+                        // rather than let it wait for ack_wait.
+                        if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+                            tracing::debug!(error = %e, "could not nak a step at shutdown");
+                        }
+                    }
+                    Ok(msg) => self.handle(msg).await?,
+                    Err(e) => tracing::warn!(error = %e, "pull request failed"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn pause(&self, d: Duration) {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(d) => {}
+        }
+    }
+
+    /// Answer one request: from the ledger, by refusing it, or by running it.
+    async fn handle(&self, msg: jetstream::Message) -> Result<(), ExecutorError> {
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(0);
+        let req = match decode_request(&msg.payload) {
+            Ok(req) => req,
+            Err(e) => return self.malformed(msg, e).await,
+        };
+        let span = tracing::info_span!(
+            "step",
+            key = %req.msg_id(),
+            node = %req.node,
+            action = %req.action,
+            epoch = req.epoch,
+            delivered,
+        );
+        async {
+            let result = self.answer(&req, &msg).await?;
+            self.report(&result, &msg).await;
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn answer(
+        &self,
+        req: &StepRequest,
+        msg: &jetstream::Message,
+    ) -> Result<StepResult, ExecutorError> {
+        let key = req.msg_id();
+        match self.ledger.get(&key)? {
+            Some(Entry::Finished { result }) => {
+                tracing::info!(outcome = %result.outcome, "redelivered step already answered; replying from the ledger");
+                Ok(result)
+            }
+            Some(Entry::Started {
+                started_ms,
+                executor,
+            }) => {
+                tracing::warn!(
+                    started_ms,
+                    by = %executor,
+                    "step was started but its outcome was never recorded; answering unknown, not running it again"
+                );
+                let mut result = self.result(req, Outcome::Unknown);
+                result.started_ms = Some(started_ms);
+                result.reason = Some(format!(
+                    "started at {started_ms} (unix ms) by executor {executor}, which stopped before recording the outcome; not run again: observe the node before deciding"
+                ));
+                self.ledger.record_finished(&result).await?;
+                Ok(result)
+            }
+            None => match self.refusal(req)? {
+                Some(reason) => {
+                    Stats::count(&self.stats.rejected);
+                    tracing::warn!(reason = %reason, "rejected a step request");
+                    let result = req.ids().rejected(reason, &self.config.id);
+                    self.ledger.record_finished(&result).await?;
+                    Ok(result)
+                }
+                None => self.execute(req, msg).await,
+            },
+        }
+    }
+
+    /// Why this request must not run, if it must not.
+    fn refusal(&self, req: &StepRequest) -> Result<Option<String>, ExecutorError> {
+        if req.group != self.config.group {
+            return Ok(Some(format!(
+                "request for group {:?} reached an executor of group {:?}",
+                req.group, self.config.group
+            )));
+        }
+        if !self.config.nodes.is_empty() && !self.config.nodes.contains(&req.node) {
+            return Ok(Some(format!(
+                "node {:?} is not served by executor {} (it serves {})",
+                req.node,
+                self.config.id,
+                self.config.nodes.join(", ")
+            )));
+        }
+        if let Some(highest) = self.ledger.highest_epoch(&req.upgrade)? {
+            if req.epoch < highest {
+                return Ok(Some(format!(
+                    "stale epoch {}: epoch {highest} was already seen for upgrade {}",
+                    req.epoch, req.upgrade
+                )));
+            }
+        }
+        let now = now_ms();
+        if now > req.deadline_ms {
+            return Ok(Some(format!(
+                "deadline passed {} ms ago before the step could start",
+                now - req.deadline_ms
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Run the step, recording it in the ledger before and after.
+    async fn execute(
+        &self,
+        req: &StepRequest,
+        msg: &jetstream::Message,
+    ) -> Result<StepResult, ExecutorError> {
+        let key = req.msg_id();
+        let started_ms = now_ms();
+        self.ledger
+            .record_started(&key, &req.upgrade, req.epoch, started_ms, &self.config.id)
+            .await?;
+        Stats::count(&self.stats.executed);
+        self.stats.set_running(Some(key));
+        tracing::info!(argv = ?req.argv, timeout_ms = req.timeout_ms, "step started");
+
+        let run = self.config.runner.run(req, self.config.max_output);
+        tokio::pin!(run);
+        let mut progress =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.progress, self.progress);
+        let ran = loop {
+            tokio::select! {
+                ran = &mut run => break ran,
+                _ = progress.tick() => {
+                    // Keeps JetStream from redelivering a long step; a failure
+                    // (e.g. while the server restarts) is harmless: the ledger
+                    // answers a redelivery.
+                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "could not send progress");
+                    }
+                }
+            }
+        };
+        self.stats.set_running(None);
+
+        let mut result = self.result(req, ran.outcome);
+        result.exit_code = ran.exit_code;
+        result.stdout_tail = ran.stdout_tail;
+        result.stderr_tail = ran.stderr_tail;
+        result.reason = ran.reason;
+        result.started_ms = Some(ran.started_ms);
+        result.finished_ms = Some(ran.finished_ms);
+        self.ledger.record_finished(&result).await?;
+        tracing::info!(
+            outcome = %result.outcome,
+            exit_code = ?result.exit_code,
+            elapsed_ms = ran.finished_ms.saturating_sub(ran.started_ms),
+            "step finished"
+        );
+        Ok(result)
+    }
+
+    fn result(&self, req: &StepRequest, outcome: Outcome) -> StepResult {
+        StepResult {
+            v: PROTOCOL_VERSION,
+            upgrade: req.upgrade.clone(),
+            step: req.step,
+            attempt: req.attempt,
+            epoch: req.epoch,
+            node: req.node.clone(),
+            outcome,
+            exit_code: None,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            reason: None,
+            started_ms: None,
+            finished_ms: None,
+            executor: self.config.id.clone(),
+        }
+    }
+
+    /// Refuse a request that cannot be decoded: answer `rejected` when its
+    /// ids can be read, otherwise terminate it so it is not redelivered.
+    async fn malformed(
+        &self,
+        msg: jetstream::Message,
+        e: DecodeError,
+    ) -> Result<(), ExecutorError> {
+        Stats::count(&self.stats.malformed);
+        match RequestIds::peek(&msg.payload) {
+            Some(ids) => {
+                tracing::warn!(key = %ids.key(), error = %e, "rejected a malformed step request");
+                // Not written to the ledger: a well-formed request with the
+                // same ids must still be able to run.
+                let result = ids.rejected(e.to_string(), &self.config.id);
+                self.report(&result, &msg).await;
+            }
+            None => {
+                tracing::warn!(subject = %msg.subject, error = %e, "terminated an unreadable step request");
+                if let Err(e) = msg.ack_with(AckKind::Term).await {
+                    tracing::warn!(error = %e, "could not terminate an unreadable step request");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publish the result (waiting for its PubAck), then acknowledge the request.
+    async fn report(&self, result: &StepResult, msg: &jetstream::Message) {
+        if !self.publish(result).await {
+            tracing::error!(
+                "result not published before shutdown; the request stays unacknowledged and its redelivery will be answered from the ledger"
+            );
+            return;
+        }
+        for attempt in 1..=3 {
+            match msg.double_ack().await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "could not acknowledge the step request");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        tracing::warn!(
+            "step request left unacknowledged; its redelivery will be answered from the ledger"
+        );
+    }
+
+    /// Publish until the stream acknowledges it; after a shutdown request,
+    /// give up after `shutdown_publish_timeout`.
+    async fn publish(&self, result: &StepResult) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        let mut give_up_at: Option<Instant> = None;
+        loop {
+            let sent = self
+                .js
+                .publish_with_headers(result.subject(), result.headers(), result.encode().into())
+                .await;
+            match sent {
+                Ok(ack) => match ack.await {
+                    Ok(ack) => {
+                        tracing::debug!(
+                            seq = ack.sequence,
+                            duplicate = ack.duplicate,
+                            "result published"
+                        );
+                        return true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "result not acknowledged by the stream; retrying")
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "could not publish the result; retrying"),
+            }
+            if self.shutdown.is_cancelled() {
+                let at = *give_up_at
+                    .get_or_insert_with(|| Instant::now() + self.config.shutdown_publish_timeout);
+                if Instant::now() >= at {
+                    return false;
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
