@@ -1,0 +1,259 @@
+//! `baton-sim`: create a simulated chef-backend cluster, inject faults, read its report, and act as a
+//! node's `chef-backend-ctl` / `dpkg` / `dpkg-query` / `yum` / `rpm`.
+//!
+//! Acting as a tool: `baton-sim --dir D --node X --as TOOL ARGS...` (what the per-node bin wrappers run),
+//! or invoked under a tool's name with `BATON_SIM_DIR` and `BATON_SIM_NODE` set.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use sim::{Fault, Sim, Timings};
+
+#[derive(Parser)]
+#[command(
+    name = "baton-sim",
+    about = "A simulated chef-backend cluster (Baton's test oracle and demo target)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a cluster: N nodes at VERSION, backend-1 leader, failover on, one bin folder per node.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Installed and running version, X.Y.Z-R.
+        #[arg(long)]
+        version: String,
+        /// Time a (re)started follower spends syncing.
+        #[arg(long, default_value_t = Timings::default().sync_ms)]
+        sync_ms: u64,
+        /// Delay between losing the leader and the election.
+        #[arg(long, default_value_t = Timings::default().election_ms)]
+        election_ms: u64,
+        /// How long demote / upgrade --failover wait for a new leader.
+        #[arg(long, default_value_t = Timings::default().demote_timeout_ms)]
+        demote_timeout_ms: u64,
+        /// How long upgrade waits for the node to rejoin and sync.
+        #[arg(long, default_value_t = Timings::default().upgrade_timeout_ms)]
+        upgrade_timeout_ms: u64,
+        /// Inject a fault: NODE:KIND or NODE:KIND=ARG (e.g. backend-2:sync-never, backend-1:status-hang=5).
+        #[arg(long = "fault")]
+        faults: Vec<String>,
+    },
+    /// Set a fault on a node (or clear it with --clear; `--clear all` clears every fault).
+    Fault {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: String,
+        /// Clear the fault instead of setting it.
+        #[arg(long)]
+        clear: bool,
+        /// sync-never | start-fails | install-fails | demote-timeout | election-nobody | status-hang | latency | all
+        kind: String,
+        /// SECONDS for status-hang, MAX_MS for latency.
+        arg: Option<String>,
+    },
+    /// Judge the journal: verdict, downtime, nodes out of service, installs, versions, failover.
+    /// Exit 0 when safe, 1 when unsafe.
+    Report {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the current state (JSON), with due transitions applied.
+    State {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+const ALL_FAULTS: [Fault; 7] = [
+    Fault::SyncNever,
+    Fault::StartFails,
+    Fault::InstallFails,
+    Fault::DemoteTimesOut,
+    Fault::ElectionElectsNobody,
+    Fault::StatusHangs(0),
+    Fault::Latency(0),
+];
+
+fn parse_fault_spec(spec: &str) -> Result<(String, Fault)> {
+    let (node, kind) = spec
+        .split_once(':')
+        .with_context(|| format!("--fault {spec:?}: expected NODE:KIND[=ARG]"))?;
+    let (kind, arg) = match kind.split_once('=') {
+        Some((k, a)) => (k, Some(a)),
+        None => (kind, None),
+    };
+    let fault = Fault::parse(kind, arg)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("--fault {spec:?}"))?;
+    Ok((node.to_string(), fault))
+}
+
+fn print(out: &sim::Output) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(out.stdout.as_bytes());
+    let _ = std::io::stderr().write_all(out.stderr.as_bytes());
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c.clamp(0, 255)).unwrap_or(1))
+}
+
+fn act(dir: PathBuf, node: &str, tool: &str, args: &[String]) -> Result<ExitCode> {
+    let sim = Sim::open(&dir)?;
+    let out = sim::run(&sim, node, tool, args)?;
+    print(&out);
+    Ok(code(out.code))
+}
+
+/// `--dir D --node X --as TOOL ARGS...` (the wrappers' form), if that is how we were called.
+fn tool_mode(args: &[String]) -> Result<Option<ExitCode>> {
+    let argv0 = args
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+        .unwrap_or_default();
+    if sim::store::TOOLS.contains(&argv0.as_str()) {
+        let dir = std::env::var("BATON_SIM_DIR")
+            .context("invoked as a node tool: BATON_SIM_DIR is not set")?;
+        let node = std::env::var("BATON_SIM_NODE")
+            .context("invoked as a node tool: BATON_SIM_NODE is not set")?;
+        return act(dir.into(), &node, &argv0, &args[1..]).map(Some);
+    }
+    if !matches!(
+        args.get(1).map(|s| s.as_str()),
+        Some("--dir" | "--node" | "--as")
+    ) {
+        return Ok(None);
+    }
+    let (mut dir, mut node, mut tool) = (None, None, None);
+    let mut k = 1;
+    while tool.is_none() {
+        let (Some(flag), Some(value)) = (args.get(k), args.get(k + 1)) else {
+            bail!("usage: baton-sim --dir D --node X --as TOOL [ARGS...]");
+        };
+        match flag.as_str() {
+            "--dir" => dir = Some(PathBuf::from(value)),
+            "--node" => node = Some(value.clone()),
+            "--as" => tool = Some(value.clone()),
+            other => {
+                bail!("unexpected {other:?}; usage: baton-sim --dir D --node X --as TOOL [ARGS...]")
+            }
+        }
+        k += 2;
+    }
+    let (Some(dir), Some(node), Some(tool)) = (dir, node, tool) else {
+        bail!("usage: baton-sim --dir D --node X --as TOOL [ARGS...] (--dir and --node come before --as)");
+    };
+    act(dir, &node, &tool, &args[k..]).map(Some)
+}
+
+fn main_inner() -> Result<ExitCode> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(c) = tool_mode(&args)? {
+        return Ok(c);
+    }
+    match Cli::parse().cmd {
+        Cmd::Init {
+            dir,
+            nodes,
+            version,
+            sync_ms,
+            election_ms,
+            demote_timeout_ms,
+            upgrade_timeout_ms,
+            faults,
+        } => {
+            let faults = faults
+                .iter()
+                .map(|s| parse_fault_spec(s))
+                .collect::<Result<Vec<_>>>()?;
+            let timings = Timings {
+                sync_ms,
+                election_ms,
+                demote_timeout_ms,
+                upgrade_timeout_ms,
+            };
+            let exe = std::env::current_exe().context("locating the baton-sim binary")?;
+            let sim = Sim::init(&dir, nodes, &version, timings, &faults, &exe)?;
+            println!("Created a {nodes}-node chef-backend cluster at {} (version {version}, leader backend-1, failover on).", sim.dir().display());
+            println!(
+                "Act as a node:  PATH={}:$PATH chef-backend-ctl status",
+                sim.bin_dir("backend-1").display()
+            );
+            println!(
+                "Read the verdict: baton-sim report --dir {}",
+                sim.dir().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Fault {
+            dir,
+            node,
+            clear,
+            kind,
+            arg,
+        } => {
+            let sim = Sim::open(&dir)?;
+            if kind == "all" {
+                if !clear {
+                    bail!("`all` only makes sense with --clear");
+                }
+                for f in ALL_FAULTS {
+                    sim.set_fault(&node, f, false)?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            // Clearing needs no argument; parse with a placeholder so `--clear status-hang` works.
+            let arg = if clear && arg.is_none() {
+                Some("0".to_string())
+            } else {
+                arg
+            };
+            let fault = Fault::parse(&kind, arg.as_deref()).map_err(anyhow::Error::msg)?;
+            sim.set_fault(&node, fault, !clear)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Report { dir, json } => {
+            let report = Sim::open(&dir)?.report()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.verdict == sim::Verdict::Safe {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::State { dir } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&Sim::open(&dir)?.state()?)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match main_inner() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("baton-sim: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
