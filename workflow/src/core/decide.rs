@@ -1,0 +1,1232 @@
+//! The Decider: `decide` turns an input into events (a recorded input first, then decisions), `evolve` applies
+//! one event, `replay` folds a history. Decisions are made by [`next_decisions`], which looks only at the state
+//! and the input's time, so every decision can be re-derived from the log (`verify`).
+
+use std::collections::BTreeMap;
+
+use super::event::{
+    Event, Input, Observation, Outcome, Rejection, Resolution, WaitPurpose, WindDownCause,
+};
+use super::health::{cluster_problems, status_problems};
+use super::parse::{
+    normalize_version, parse_cluster_status, parse_status, parse_version_output,
+    version_from_package,
+};
+use super::plan::{compute_plan, PlanInputs, PlanItem};
+use super::profile::{render, Action, RenderContext};
+use super::state::{NodePhase, State, StepRecord, Submission};
+
+/// Decides what an input means: the events to append, or why it is refused. Results for unknown steps, old
+/// attempts, already-recorded results and results after the end are ignored: `Ok(vec![])`.
+pub fn decide(state: &State, input: &Input) -> Result<Vec<Event>, Rejection> {
+    let mut draft = Draft {
+        state: state.clone(),
+        events: Vec::new(),
+    };
+    let now = input.now_ms();
+    if let Input::Submit { .. } = input {
+        draft.emit(submitted(state, input)?);
+        draft.drive(now);
+        return Ok(draft.events);
+    }
+    if state.sub.is_none() {
+        return Err(Rejection::NotSubmitted);
+    }
+    let finished = || Rejection::Finished(status_word(state));
+    match input {
+        // Handled above; kept so the match stays exhaustive without a wildcard.
+        Input::Submit { .. } => {}
+        Input::StepFinished {
+            step,
+            attempt,
+            outcome,
+            exit_code,
+            stdout,
+            stderr,
+            reason,
+            executor,
+            now_ms,
+        } => {
+            let Some(record) = state.steps.get(step) else {
+                return Ok(vec![]);
+            };
+            if state.terminal.is_some()
+                || record.scheduled.attempt != *attempt
+                || record.outcome.is_some()
+            {
+                return Ok(vec![]);
+            }
+            draft.emit(Event::StepResultRecorded {
+                step: *step,
+                attempt: *attempt,
+                outcome: *outcome,
+                exit_code: *exit_code,
+                stdout: stdout.clone(),
+                stderr: stderr.clone(),
+                reason: reason.clone(),
+                executor: executor.clone(),
+                at_ms: *now_ms,
+            });
+        }
+        Input::Tick { now_ms } => {
+            if state.terminal.is_some() {
+                return Ok(vec![]);
+            }
+            let mut probe = Draft {
+                state: state.clone(),
+                events: Vec::new(),
+            };
+            probe.drive(*now_ms);
+            if probe.events.is_empty() {
+                return Ok(vec![]);
+            }
+            draft.emit(Event::TimerFired { at_ms: *now_ms });
+        }
+        Input::Pause { by, reason, now_ms } => {
+            if state.terminal.is_some() {
+                return Err(finished());
+            }
+            if let Some(w) = &state.wind_down {
+                return Err(Rejection::WindingDown(w.reason.clone()));
+            }
+            if state.paused.is_some() {
+                return Err(Rejection::AlreadyPaused);
+            }
+            draft.emit(Event::UpgradePaused {
+                by: by.clone(),
+                reason: reason.clone(),
+                at_ms: *now_ms,
+            });
+        }
+        Input::Resume { by, now_ms } => {
+            if state.terminal.is_some() {
+                return Err(finished());
+            }
+            if state.paused.is_none() {
+                return Err(Rejection::NotPaused);
+            }
+            draft.emit(Event::UpgradeResumed {
+                by: by.clone(),
+                at_ms: *now_ms,
+            });
+        }
+        Input::Abort { by, reason, now_ms } => {
+            if state.terminal.is_some() {
+                return Err(finished());
+            }
+            if let Some(w) = &state.wind_down {
+                return Err(Rejection::WindingDown(w.reason.clone()));
+            }
+            draft.emit(Event::AbortRequested {
+                by: by.clone(),
+                reason: reason.clone(),
+                at_ms: *now_ms,
+            });
+            draft.emit(Event::WindDownStarted {
+                cause: WindDownCause::Abort,
+                reason: format!("aborted by {by}: {reason}"),
+                at_ms: *now_ms,
+            });
+        }
+        Input::Approve { gate, by, now_ms } => {
+            if state.terminal.is_some() {
+                return Err(finished());
+            }
+            if let Some(w) = &state.wind_down {
+                return Err(Rejection::WindingDown(w.reason.clone()));
+            }
+            if !state.gates().contains(gate) {
+                return Err(Rejection::GateNotConfigured(*gate));
+            }
+            if state.approvals.contains(gate) {
+                return Err(Rejection::GateAlreadyApproved(*gate));
+            }
+            draft.emit(Event::GateApproved {
+                gate: *gate,
+                by: by.clone(),
+                at_ms: *now_ms,
+            });
+        }
+        Input::Resolve {
+            step,
+            resolution,
+            by,
+            why,
+            now_ms,
+        } => {
+            if state.terminal.is_some() {
+                return Err(finished());
+            }
+            match &state.verification {
+                Some((s, _)) if s == step => {}
+                _ => return Err(Rejection::NothingToResolve(*step)),
+            }
+            draft.emit(Event::StepResolved {
+                step: *step,
+                resolution: *resolution,
+                by: by.clone(),
+                why: why.clone(),
+                at_ms: *now_ms,
+            });
+        }
+    }
+    draft.drive(now);
+    Ok(draft.events)
+}
+
+fn status_word(state: &State) -> String {
+    match state.status() {
+        super::state::Status::Planned => "planned (plan only)".into(),
+        super::state::Status::Completed => "completed".into(),
+        super::state::Status::Halted { reason, .. } => format!("halted: {reason}"),
+        super::state::Status::Aborted { reason, .. } => format!("aborted: {reason}"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn submitted(state: &State, input: &Input) -> Result<Event, Rejection> {
+    let Input::Submit {
+        upgrade,
+        cluster,
+        package,
+        target_version,
+        gates,
+        plan_only,
+        expected_plan_hash,
+        executors_online,
+        requested_by,
+        now_ms,
+    } = input
+    else {
+        return Err(Rejection::InvalidSubmission("not a submission".into()));
+    };
+    if let Some(sub) = &state.sub {
+        return Err(Rejection::AlreadySubmitted(sub.upgrade.clone()));
+    }
+    let invalid = |m: String| Rejection::InvalidSubmission(m);
+    if upgrade.trim().is_empty() {
+        return Err(invalid("the upgrade id is empty".into()));
+    }
+    if cluster.profile != "chef-backend" {
+        return Err(invalid(format!("unknown profile `{}`", cluster.profile)));
+    }
+    if cluster.nodes.is_empty() {
+        return Err(invalid("the cluster has no nodes".into()));
+    }
+    let resolved_package = if !package.trim().is_empty() {
+        package.trim().to_string()
+    } else {
+        cluster.upgrade.package.clone().ok_or_else(|| {
+            invalid("no package: pass one or set upgrade.package in the cluster file".into())
+        })?
+    };
+    let resolved_target = match target_version.as_deref().or(cluster.upgrade.target_version.as_deref()) {
+        Some(v) => normalize_version(v).ok_or_else(|| invalid(format!("target version `{v}` is not like 3.1.0-1")))?,
+        None => version_from_package(&resolved_package).ok_or_else(|| {
+            invalid(format!(
+                "cannot tell the target version from the package name `{resolved_package}`; give target_version"
+            ))
+        })?,
+    };
+    Ok(Event::UpgradeSubmitted {
+        upgrade: upgrade.clone(),
+        cluster: cluster.clone(),
+        package: resolved_package,
+        target_version: resolved_target,
+        requested_target_version: target_version.clone(),
+        requested_package: package.clone(),
+        gates: gates.clone(),
+        plan_only: *plan_only,
+        expected_plan_hash: expected_plan_hash.clone(),
+        executors_online: executors_online.clone(),
+        requested_by: requested_by.clone(),
+        at_ms: *now_ms,
+    })
+}
+
+/// Applies one event to a state.
+pub fn evolve(mut state: State, event: &Event) -> State {
+    state.apply(event);
+    state
+}
+
+/// Folds a history into the state it leads to.
+pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> State {
+    let mut state = State::default();
+    for event in events {
+        state.apply(event);
+    }
+    state
+}
+
+/// The input an event records, if it is a recorded input (`replay --verify` feeds these back to `decide`).
+pub fn input_of(event: &Event) -> Option<Input> {
+    Some(match event.clone() {
+        Event::UpgradeSubmitted {
+            upgrade,
+            cluster,
+            requested_package,
+            requested_target_version,
+            gates,
+            plan_only,
+            expected_plan_hash,
+            executors_online,
+            requested_by,
+            at_ms,
+            ..
+        } => Input::Submit {
+            upgrade,
+            cluster,
+            package: requested_package,
+            target_version: requested_target_version,
+            gates,
+            plan_only,
+            expected_plan_hash,
+            executors_online,
+            requested_by,
+            now_ms: at_ms,
+        },
+        Event::StepResultRecorded {
+            step,
+            attempt,
+            outcome,
+            exit_code,
+            stdout,
+            stderr,
+            reason,
+            executor,
+            at_ms,
+        } => Input::StepFinished {
+            step,
+            attempt,
+            outcome,
+            exit_code,
+            stdout,
+            stderr,
+            reason,
+            executor,
+            now_ms: at_ms,
+        },
+        Event::TimerFired { at_ms } => Input::Tick { now_ms: at_ms },
+        Event::UpgradePaused { by, reason, at_ms } => Input::Pause {
+            by,
+            reason,
+            now_ms: at_ms,
+        },
+        Event::UpgradeResumed { by, at_ms } => Input::Resume { by, now_ms: at_ms },
+        Event::AbortRequested { by, reason, at_ms } => Input::Abort {
+            by,
+            reason,
+            now_ms: at_ms,
+        },
+        Event::GateApproved { gate, by, at_ms } => Input::Approve {
+            gate,
+            by,
+            now_ms: at_ms,
+        },
+        Event::StepResolved {
+            step,
+            resolution,
+            by,
+            why,
+            at_ms,
+        } => Input::Resolve {
+            step,
+            resolution,
+            by,
+            why,
+            now_ms: at_ms,
+        },
+        _ => return None,
+    })
+}
+
+/// Where a re-derivation of a history disagreed with the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event {index}: {message}")]
+pub struct VerifyMismatch {
+    /// Index of the first event that differs.
+    pub index: usize,
+    /// What differs.
+    pub message: String,
+}
+
+/// Feeds every recorded input of `events` back to `decide` and checks that it makes exactly the recorded
+/// decisions. `Ok(())` means today's core agrees with the log.
+pub fn verify(events: &[Event]) -> Result<(), VerifyMismatch> {
+    let mut state = State::default();
+    let mut i = 0;
+    while i < events.len() {
+        let Some(input) = input_of(&events[i]) else {
+            return Err(VerifyMismatch {
+                index: i,
+                message: format!(
+                    "a decision not preceded by its recorded input: {:?}",
+                    events[i]
+                ),
+            });
+        };
+        let decided = decide(&state, &input).map_err(|r| VerifyMismatch {
+            index: i,
+            message: format!("recorded input is now rejected: {r}"),
+        })?;
+        for (k, expected) in decided.iter().enumerate() {
+            match events.get(i + k) {
+                Some(actual) if actual == expected => state.apply(actual),
+                Some(actual) => {
+                    return Err(VerifyMismatch {
+                        index: i + k,
+                        message: format!("log has {actual:?}, decide makes {expected:?}"),
+                    })
+                }
+                None => {
+                    return Err(VerifyMismatch {
+                        index: i + k,
+                        message: format!("log ends, decide makes {expected:?}"),
+                    })
+                }
+            }
+        }
+        if decided.is_empty() {
+            return Err(VerifyMismatch {
+                index: i,
+                message: "recorded input now decides nothing".into(),
+            });
+        }
+        i += decided.len();
+    }
+    Ok(())
+}
+
+struct Draft {
+    state: State,
+    events: Vec<Event>,
+}
+
+impl Draft {
+    fn emit(&mut self, event: Event) {
+        self.state.apply(&event);
+        self.events.push(event);
+    }
+
+    /// Makes decisions until there is nothing more to decide without a new input.
+    fn drive(&mut self, now: u64) {
+        // Each decision changes the state; the bound only guards against a bug looping forever.
+        for _ in 0..10_000 {
+            let next = next_decisions(&self.state, now);
+            if next.is_empty() {
+                return;
+            }
+            for event in next {
+                self.emit(event);
+            }
+        }
+    }
+}
+
+/// The last `max` characters of the last lines of `text`, for reasons.
+fn tail(text: &str) -> String {
+    const MAX: usize = 400;
+    let text = text.trim_end();
+    let start = text.len().saturating_sub(MAX);
+    let start = (start..=text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[start..].replace('\n', " | ")
+}
+
+fn describe_step(record: &StepRecord) -> String {
+    let s = &record.scheduled;
+    let mut out = format!(
+        "step {} `{}` on {} (attempt {}): argv {:?}",
+        s.step, s.action, s.node, s.attempt, s.argv
+    );
+    if let Some(o) = &record.outcome {
+        let outcome = format!("{:?}", o.outcome).to_lowercase();
+        let code = o
+            .exit_code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "none".into());
+        out.push_str(&format!("; outcome {outcome}, exit code {code}"));
+        if let Some(r) = &o.reason {
+            out.push_str(&format!("; reason: {r}"));
+        }
+        out.push_str(&format!(
+            "; stdout tail: {:?}; stderr tail: {:?}",
+            tail(&o.stdout),
+            tail(&o.stderr)
+        ));
+    }
+    out
+}
+
+fn sub(state: &State) -> &Submission {
+    state
+        .sub
+        .as_ref()
+        .expect("decisions are only made after a submission")
+}
+
+fn node_count(state: &State) -> u32 {
+    sub(state).cluster.nodes.len() as u32
+}
+
+fn node_names(state: &State) -> Vec<&str> {
+    sub(state)
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect()
+}
+
+/// A fresh step (new id, attempt 1) of `action` on `node`, or why it cannot be rendered.
+fn schedule(
+    state: &State,
+    action: Action,
+    node: &str,
+    now: u64,
+    argv: Option<&[String]>,
+) -> Result<Event, String> {
+    let s = sub(state);
+    let spec = s
+        .profile
+        .action(action)
+        .ok_or_else(|| format!("profile has no action {action}"))?;
+    let n = s
+        .cluster
+        .node(node)
+        .ok_or_else(|| format!("node {node} is not in the cluster file"))?;
+    let argv = match argv {
+        Some(a) => a.to_vec(),
+        None => {
+            let ctx = RenderContext {
+                package: &s.package,
+                node: &n.name,
+                address: &n.address,
+                vars: Some(&n.vars),
+            };
+            render(&spec.argv, &ctx).map_err(|e| e.to_string())?
+        }
+    };
+    let timeout_ms = s
+        .cluster
+        .upgrade
+        .timeouts_ms
+        .get(&action)
+        .copied()
+        .unwrap_or(spec.timeout_ms);
+    Ok(Event::StepScheduled {
+        step: state.next_step.max(1),
+        attempt: 1,
+        node: n.name.clone(),
+        group: n.executor.clone(),
+        action,
+        argv,
+        env: BTreeMap::new(),
+        timeout_ms,
+        deadline_ms: now + timeout_ms + s.cluster.upgrade.result_grace_ms,
+    })
+}
+
+/// The next attempt of an existing step.
+fn reschedule(state: &State, step: u64, now: u64) -> Vec<Event> {
+    let Some(record) = state.steps.get(&step) else {
+        return vec![];
+    };
+    let s = &record.scheduled;
+    vec![Event::StepScheduled {
+        step,
+        attempt: s.attempt + 1,
+        node: s.node.clone(),
+        group: s.group.clone(),
+        action: s.action,
+        argv: s.argv.clone(),
+        env: s.env.clone(),
+        timeout_ms: s.timeout_ms,
+        deadline_ms: now + s.timeout_ms + sub(state).cluster.upgrade.result_grace_ms,
+    }]
+}
+
+fn retry_delay(state: &State, attempt: u32) -> u64 {
+    let base = sub(state).cluster.upgrade.backoff_ms;
+    base.saturating_mul(1u64 << (attempt.saturating_sub(1)).min(16))
+}
+
+fn may_retry(state: &State, record: &StepRecord) -> bool {
+    record.scheduled.attempt <= sub(state).cluster.upgrade.retries
+}
+
+fn wind_down(reason: String, now: u64) -> Event {
+    Event::WindDownStarted {
+        cause: WindDownCause::Failure,
+        reason,
+        at_ms: now,
+    }
+}
+
+/// Parses a probe's result into an observation.
+fn observe(record: &StepRecord) -> Observation {
+    let Some(o) = &record.outcome else {
+        return Observation::Unavailable {
+            error: "no result".into(),
+        };
+    };
+    let action = record.scheduled.action;
+    if o.outcome != Outcome::Succeeded {
+        let text = format!("{}\n{}", o.stdout, o.stderr);
+        if action == Action::ProbeVersion
+            && o.outcome == Outcome::Failed
+            && (text.contains("no packages found") || text.contains("is not installed"))
+        {
+            return Observation::Version { version: None };
+        }
+        return Observation::Unavailable {
+            error: describe_step(record),
+        };
+    }
+    let parsed = match action {
+        Action::ProbeClusterStatus => {
+            parse_cluster_status(&o.stdout).map(|status| Observation::ClusterStatus { status })
+        }
+        Action::ProbeStatus => {
+            parse_status(&o.stdout).map(|status| Observation::NodeStatus { status })
+        }
+        Action::ProbeVersion => {
+            parse_version_output(&o.stdout).map(|v| Observation::Version { version: Some(v) })
+        }
+        other => {
+            return Observation::Unavailable {
+                error: format!("{other} is not a probe"),
+            }
+        }
+    };
+    parsed.unwrap_or_else(|e| Observation::Unavailable {
+        error: format!("{e}; {}", describe_step(record)),
+    })
+}
+
+/// A node to run cluster-wide commands on: the observed leader unless it is out of service, else the first
+/// node in service.
+fn observer(state: &State, avoid: Option<&str>) -> String {
+    let in_service = |name: &str| {
+        Some(name) != avoid
+            && !matches!(
+                state.nodes.get(name).map(|p| p.phase),
+                Some(NodePhase::Upgrading | NodePhase::Syncing)
+            )
+    };
+    if let Some(leader) = state.last_cluster.as_ref().and_then(|c| c.sole_leader()) {
+        if state
+            .sub
+            .as_ref()
+            .is_some_and(|s| s.cluster.node(leader).is_some())
+            && in_service(leader)
+        {
+            return leader.to_string();
+        }
+    }
+    let names = node_names(state);
+    names
+        .iter()
+        .find(|n| in_service(n))
+        .or(names.first())
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}
+
+/// The decisions the state calls for now (empty: wait for an input).
+pub(crate) fn next_decisions(state: &State, now: u64) -> Vec<Event> {
+    if state.sub.is_none() || state.terminal.is_some() {
+        return vec![];
+    }
+    if let Some(record) = state.current_record() {
+        if record.outcome.is_none() {
+            if now >= record.scheduled.deadline_ms {
+                let s = &record.scheduled;
+                return vec![Event::StepDeadlinePassed {
+                    step: s.step,
+                    attempt: s.attempt,
+                    at_ms: now,
+                }];
+            }
+            return vec![];
+        }
+    }
+    if state.wind_down.is_some() {
+        return wind_down_decisions(state, now);
+    }
+    if state.paused.is_some() || state.verification.is_some() {
+        return vec![];
+    }
+    if let Some(record) = state.current_record() {
+        return handle_result(state, record, now);
+    }
+    if let Some((step, observation)) = &state.last_observation {
+        return judge(state, *step, observation, now);
+    }
+    if let Some((purpose, until)) = &state.wait {
+        if now < *until {
+            return vec![];
+        }
+        if let WaitPurpose::Retry { step } = purpose {
+            return reschedule(state, *step, now);
+        }
+    }
+    if let Some((step, resolution)) = state.resolution {
+        return match resolution {
+            Resolution::Succeeded => match &state.cursor {
+                Some(c) => vec![Event::ItemCompleted { index: c.index, at_ms: now }],
+                None => vec![],
+            },
+            Resolution::Failed => {
+                let what = state.steps.get(&step).map(describe_step).unwrap_or_default();
+                vec![wind_down(format!("an operator resolved step {step} as failed: {what}"), now)]
+            }
+            Resolution::Retry => vec![Event::ReobservationStarted {
+                step,
+                attempt: state.steps.get(&step).map(|r| r.scheduled.attempt).unwrap_or(1),
+                reason: "an operator asked for a retry; observing the cluster before running it again (S4)".into(),
+            }],
+        };
+    }
+    if let Some(re) = &state.reobserve {
+        let avoid = state.steps.get(&re.step).map(|r| r.scheduled.node.clone());
+        let via = observer(state, avoid.as_deref());
+        return one(
+            schedule(state, Action::ProbeClusterStatus, &via, now, None),
+            now,
+        );
+    }
+    if state.plan.is_none() {
+        return preflight_decisions(state, now);
+    }
+    item_decisions(state, now)
+}
+
+fn one(scheduled: Result<Event, String>, now: u64) -> Vec<Event> {
+    match scheduled {
+        Ok(e) => vec![e],
+        Err(why) => vec![wind_down(format!("cannot schedule a step: {why}"), now)],
+    }
+}
+
+/// A result came back for the current step (outside a wind-down).
+fn handle_result(state: &State, record: &StepRecord, now: u64) -> Vec<Event> {
+    let s = &record.scheduled;
+    let Some(o) = &record.outcome else {
+        return vec![];
+    };
+    if s.action.is_probe() {
+        return vec![Event::ObservationRecorded {
+            step: s.step,
+            node: s.node.clone(),
+            observation: observe(record),
+        }];
+    }
+    let Some(cursor) = &state.cursor else {
+        return vec![];
+    };
+    if o.outcome == Outcome::Succeeded {
+        return vec![Event::ItemCompleted {
+            index: cursor.index,
+            at_ms: now,
+        }];
+    }
+    let idempotent = sub(state)
+        .profile
+        .action(s.action)
+        .is_some_and(|a| a.idempotent);
+    if !idempotent {
+        return vec![Event::ReobservationStarted {
+            step: s.step,
+            attempt: s.attempt,
+            reason: format!(
+                "outcome of a non-idempotent step is not success (S4): {}",
+                describe_step(record)
+            ),
+        }];
+    }
+    if may_retry(state, record) {
+        let until_ms = now + retry_delay(state, s.attempt);
+        return vec![Event::WaitStarted {
+            purpose: WaitPurpose::Retry { step: s.step },
+            until_ms,
+        }];
+    }
+    vec![wind_down(
+        format!(
+            "{} failed and its retries are used up: {}",
+            s.action,
+            describe_step(record)
+        ),
+        now,
+    )]
+}
+
+/// Probes preflight runs, in order.
+fn preflight_probes(state: &State) -> Vec<(Action, String)> {
+    let names = node_names(state);
+    let mut out = vec![(Action::ProbeClusterStatus, names[0].to_string())];
+    for n in names {
+        out.push((Action::ProbeStatus, n.to_string()));
+        out.push((Action::ProbeVersion, n.to_string()));
+    }
+    out
+}
+
+fn preflight_decisions(state: &State, now: u64) -> Vec<Event> {
+    let s = sub(state);
+    if state.steps.is_empty() {
+        let missing: Vec<String> = s
+            .cluster
+            .nodes
+            .iter()
+            .filter(|n| !s.executors_online.contains(&n.executor))
+            .map(|n| format!("{} (group {})", n.name, n.executor))
+            .collect();
+        if !missing.is_empty() {
+            return vec![wind_down(
+                format!(
+                    "preflight refused: no online executor for {}",
+                    missing.join(", ")
+                ),
+                now,
+            )];
+        }
+    }
+    let probes = preflight_probes(state);
+    if let Some((action, node)) = probes.get(state.preflight_passed) {
+        return one(schedule(state, *action, node, now, None), now);
+    }
+    let Some(cluster) = &state.preflight_cluster else {
+        return vec![wind_down(
+            "preflight refused: no cluster-status observation".into(),
+            now,
+        )];
+    };
+    let Some(leader) = cluster.sole_leader() else {
+        return vec![wind_down(
+            "preflight refused: not exactly one leader".into(),
+            now,
+        )];
+    };
+    let guids = cluster
+        .members
+        .iter()
+        .map(|m| (m.name.clone(), m.guid.clone()))
+        .collect();
+    let inputs = PlanInputs {
+        cluster: &s.cluster,
+        profile: &s.profile,
+        package: &s.package,
+        target_version: &s.target_version,
+        gates: &s.gates,
+        leader,
+        guids,
+        versions: state.versions.clone(),
+    };
+    let plan = match compute_plan(&inputs) {
+        Ok(p) => p,
+        Err(e) => {
+            return vec![wind_down(
+                format!("preflight refused: cannot compute the plan: {e}"),
+                now,
+            )]
+        }
+    };
+    if plan
+        .items
+        .iter()
+        .any(|i| matches!(i, PlanItem::VerifySwitchover { .. }))
+        && s.cluster.nodes.len() < 2
+    {
+        return vec![wind_down(
+            "preflight refused: the leader cannot be upgraded without a follower".into(),
+            now,
+        )];
+    }
+    let plan_hash = plan.hash();
+    let empty = plan.items.is_empty();
+    let mut out = vec![Event::PlanComputed {
+        plan,
+        plan_hash: plan_hash.clone(),
+    }];
+    if s.plan_only {
+        return out;
+    }
+    if let Some(expected) = &s.expected_plan_hash {
+        if *expected != plan_hash {
+            out.push(wind_down(
+                format!("plan hash mismatch: expected {expected}, computed {plan_hash}; the cluster changed since the plan was reviewed"),
+                now,
+            ));
+            return out;
+        }
+    }
+    if empty {
+        out.push(Event::UpgradeCompleted { at_ms: now });
+    }
+    out
+}
+
+/// The probes a checking item runs, in order.
+fn item_probes(state: &State, item: &PlanItem) -> Vec<(Action, String)> {
+    match item {
+        PlanItem::WaitSynced { node, .. } => vec![
+            (Action::ProbeStatus, node.clone()),
+            (Action::ProbeClusterStatus, node.clone()),
+            (Action::ProbeVersion, node.clone()),
+        ],
+        PlanItem::VerifySwitchover { via, .. } => {
+            let leader = state
+                .last_cluster
+                .as_ref()
+                .and_then(|c| c.sole_leader())
+                .unwrap_or(via)
+                .to_string();
+            vec![
+                (Action::ProbeClusterStatus, via.clone()),
+                (Action::ProbeVersion, leader),
+            ]
+        }
+        PlanItem::VerifyStable { via, .. } => {
+            vec![
+                (Action::ProbeClusterStatus, via.clone()),
+                (Action::ProbeStatus, via.clone()),
+            ]
+        }
+        PlanItem::Run { .. } | PlanItem::Gate { .. } => vec![],
+    }
+}
+
+fn item_decisions(state: &State, now: u64) -> Vec<Event> {
+    let plan = state.plan.as_ref().expect("checked by the caller");
+    let Some(cursor) = &state.cursor else {
+        let Some(item) = plan.items.get(state.items_done) else {
+            return vec![Event::UpgradeCompleted { at_ms: now }];
+        };
+        let mut out = Vec::new();
+        if item.phase() != state.phase {
+            out.push(Event::PhaseEntered {
+                phase: item.phase(),
+                at_ms: now,
+            });
+        }
+        out.push(Event::ItemStarted {
+            index: state.items_done,
+            at_ms: now,
+        });
+        return out;
+    };
+    let Some(item) = plan.items.get(cursor.index) else {
+        return vec![];
+    };
+    match item {
+        PlanItem::Run {
+            node, action, argv, ..
+        } => match cursor.step {
+            None => one(schedule(state, *action, node, now, Some(argv)), now),
+            Some(step) => {
+                let done = state
+                    .steps
+                    .get(&step)
+                    .and_then(|r| r.outcome.as_ref())
+                    .map(|o| o.outcome);
+                if done == Some(Outcome::Succeeded) {
+                    vec![Event::ItemCompleted {
+                        index: cursor.index,
+                        at_ms: now,
+                    }]
+                } else {
+                    vec![]
+                }
+            }
+        },
+        PlanItem::Gate { gate, .. } => {
+            if state.approvals.contains(gate) {
+                vec![Event::ItemCompleted {
+                    index: cursor.index,
+                    at_ms: now,
+                }]
+            } else if state.awaiting_gate != Some(*gate) {
+                vec![Event::ApprovalRequested { gate: *gate }]
+            } else {
+                vec![]
+            }
+        }
+        _ => {
+            let probes = item_probes(state, item);
+            match probes.get(cursor.checks_passed) {
+                Some((action, node)) => one(schedule(state, *action, node, now, None), now),
+                None => vec![Event::ItemCompleted {
+                    index: cursor.index,
+                    at_ms: now,
+                }],
+            }
+        }
+    }
+}
+
+/// Problems an observation shows for the probe's purpose.
+fn problems_for(
+    state: &State,
+    item: Option<&PlanItem>,
+    action: Action,
+    observation: &Observation,
+) -> Vec<String> {
+    let target = sub(state).target_version.as_str();
+    match observation {
+        Observation::Unavailable { error } => vec![format!("probe unavailable: {error}")],
+        Observation::NodeStatus { status } => status_problems(status, node_count(state)),
+        Observation::ClusterStatus { status } => {
+            let mut p = cluster_problems(status, &node_names(state));
+            if let Some(PlanItem::VerifySwitchover { old_leader, .. }) = item {
+                if status.sole_leader() == Some(old_leader.as_str()) {
+                    p.push(format!("{old_leader} still leads: no switchover yet"));
+                }
+            }
+            p
+        }
+        Observation::Version { version } => match item {
+            // Preflight only records versions.
+            None => vec![],
+            Some(_) if version.as_deref() == Some(target) => vec![],
+            Some(_) => vec![format!(
+                "installed version {}, want {target}",
+                version.as_deref().unwrap_or("(not installed)")
+            )],
+        },
+    }
+    .into_iter()
+    .chain(match (action, observation) {
+        (Action::ProbeVersion, Observation::Version { .. })
+        | (Action::ProbeStatus, Observation::NodeStatus { .. })
+        | (Action::ProbeClusterStatus, Observation::ClusterStatus { .. })
+        | (_, Observation::Unavailable { .. }) => None,
+        _ => Some(format!("{action} produced an unexpected observation")),
+    })
+    .collect()
+}
+
+/// Decides on an observation just recorded.
+fn judge(state: &State, step: u64, observation: &Observation, now: u64) -> Vec<Event> {
+    let Some(record) = state.steps.get(&step) else {
+        return vec![];
+    };
+    let s = &record.scheduled;
+    if let Some(re) = &state.reobserve {
+        let Some(doubt) = state.steps.get(&re.step) else {
+            return vec![];
+        };
+        let old = doubt.scheduled.node.as_str();
+        if let Observation::ClusterStatus { status } = observation {
+            if let Some(leader) = status.sole_leader().filter(|l| *l != old) {
+                let mut out = vec![Event::OutcomeInferred {
+                    step: re.step,
+                    evidence: format!(
+                        "cluster-status (step {step}) shows {leader} as the sole leader, not {old}"
+                    ),
+                }];
+                if let Some(c) = &state.cursor {
+                    out.push(Event::ItemCompleted {
+                        index: c.index,
+                        at_ms: now,
+                    });
+                }
+                return out;
+            }
+            if re.retry_if_not {
+                return reschedule(state, re.step, now);
+            }
+        } else if may_retry(state, record) {
+            return vec![Event::WaitStarted {
+                purpose: WaitPurpose::Retry { step },
+                until_ms: now + retry_delay(state, s.attempt),
+            }];
+        }
+        let seen = match observation {
+            Observation::ClusterStatus { status } => format!("leaders now: {:?}", status.leaders()),
+            other => format!("{other:?}"),
+        };
+        return vec![Event::VerificationRequired {
+            step: re.step,
+            reason: format!(
+                "{}; the cluster does not show a new leader ({seen}); settle it with resolve --step {} \
+                 succeeded|failed|retry",
+                describe_step(doubt),
+                re.step
+            ),
+        }];
+    }
+    let item = state.current_item().cloned();
+    let problems = problems_for(state, item.as_ref(), s.action, observation);
+    let passed = problems.is_empty();
+    let check = Event::CheckEvaluated {
+        step,
+        node: s.node.clone(),
+        passed,
+        problems: problems.clone(),
+    };
+    if passed {
+        return vec![check];
+    }
+    let Some(item) = item else {
+        // Preflight: a probe that could not run is retried; a cluster that is not fit refuses the upgrade.
+        if matches!(observation, Observation::Unavailable { .. }) && may_retry(state, record) {
+            return vec![Event::WaitStarted {
+                purpose: WaitPurpose::Retry { step },
+                until_ms: now + retry_delay(state, s.attempt),
+            }];
+        }
+        return vec![
+            check,
+            wind_down(
+                format!(
+                    "preflight refused: {} `{}` on {}: {}",
+                    s.action,
+                    s.argv.join(" "),
+                    s.node,
+                    problems.join("; ")
+                ),
+                now,
+            ),
+        ];
+    };
+    let cursor = state.cursor.as_ref().expect("an item is in progress");
+    let sync_timeout = sub(state).cluster.upgrade.sync_timeout_ms;
+    if now >= cursor.started_ms + sync_timeout {
+        let what = match &item {
+            PlanItem::WaitSynced { node, .. } => {
+                format!("{node} did not become healthy, synced and upgraded")
+            }
+            PlanItem::VerifySwitchover { old_leader, .. } => {
+                format!("the switchover away from {old_leader} was not confirmed")
+            }
+            _ => "the cluster did not become stable".to_string(),
+        };
+        return vec![
+            check,
+            wind_down(
+                format!(
+                    "{what} within {sync_timeout} ms; last check failed: {}; {}",
+                    problems.join("; "),
+                    describe_step(record)
+                ),
+                now,
+            ),
+        ];
+    }
+    let until_ms = now + sub(state).cluster.upgrade.poll_interval_ms;
+    vec![
+        check,
+        Event::WaitStarted {
+            purpose: WaitPurpose::Poll,
+            until_ms,
+        },
+    ]
+}
+
+fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
+    let w = state.wind_down.as_ref().expect("checked by the caller");
+    let s = sub(state);
+    let end = |pending: Option<String>| match w.cause {
+        WindDownCause::Abort => Event::UpgradeAborted {
+            reason: w.reason.clone(),
+            failover_pending: pending,
+            at_ms: now,
+        },
+        WindDownCause::Failure => Event::UpgradeHalted {
+            reason: w.reason.clone(),
+            failover_pending: pending,
+            at_ms: now,
+        },
+    };
+    if let Some(record) = state.current_record() {
+        let r = &record.scheduled;
+        if r.action.is_probe() {
+            return vec![Event::ObservationRecorded {
+                step: r.step,
+                node: r.node.clone(),
+                observation: observe(record),
+            }];
+        }
+        let ok = record
+            .outcome
+            .as_ref()
+            .is_some_and(|o| o.outcome == Outcome::Succeeded);
+        if ok {
+            return vec![end(None)];
+        }
+        if may_retry(state, record) {
+            let until_ms = now + retry_delay(state, r.attempt);
+            return vec![Event::WaitStarted {
+                purpose: WaitPurpose::Retry { step: r.step },
+                until_ms,
+            }];
+        }
+        return vec![end(Some(format!(
+            "unblocking failover failed: {}",
+            describe_step(record)
+        )))];
+    }
+    if let Some((step, observation)) = &state.last_observation {
+        let Some(record) = state.steps.get(step) else {
+            return vec![];
+        };
+        let problems = problems_for(state, None, record.scheduled.action, observation);
+        let passed = problems.is_empty();
+        let check = Event::CheckEvaluated {
+            step: *step,
+            node: record.scheduled.node.clone(),
+            passed,
+            problems: problems.clone(),
+        };
+        if passed {
+            return vec![check];
+        }
+        if now >= w.started_ms + s.cluster.upgrade.sync_timeout_ms {
+            return vec![
+                check,
+                end(Some(format!(
+                    "failover is still blocked: the cluster was not healthy within {} ms, so it was not re-enabled \
+                     (run `chef-backend-ctl set-cluster-failover on` once it is): {}",
+                    s.cluster.upgrade.sync_timeout_ms,
+                    problems.join("; ")
+                ))),
+            ];
+        }
+        return vec![
+            check,
+            Event::WaitStarted {
+                purpose: WaitPurpose::Poll,
+                until_ms: now + s.cluster.upgrade.poll_interval_ms,
+            },
+        ];
+    }
+    if let Some((purpose, until)) = &state.wait {
+        if now < *until {
+            return vec![];
+        }
+        if let WaitPurpose::Retry { step } = purpose {
+            return reschedule(state, *step, now);
+        }
+    }
+    if !state.failover_blocked {
+        return vec![end(None)];
+    }
+    let via = observer(state, None);
+    let probes = [Action::ProbeClusterStatus, Action::ProbeStatus];
+    if let Some(action) = probes.get(w.checks_passed) {
+        return match schedule(state, *action, &via, now, None) {
+            Ok(e) => vec![e],
+            Err(why) => vec![end(Some(format!("cannot observe the cluster: {why}")))],
+        };
+    }
+    match schedule(state, Action::UnblockFailover, &via, now, None) {
+        Ok(e) => vec![e],
+        Err(why) => vec![end(Some(format!(
+            "cannot schedule unblocking failover: {why}"
+        )))],
+    }
+}

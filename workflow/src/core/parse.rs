@@ -1,0 +1,665 @@
+//! Parsers for chef-backend command output: `status`, `status --simple`, `cluster-status` and the installed
+//! version. Formats follow the reference; rows are found by name (order differs between versions), unknown rows
+//! are ignored, and anything that does not look like the expected output is an error, never a panic.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::CoreError;
+
+/// The services whose rows `status` must report and the health checks read.
+pub const KNOWN_SERVICES: [&str; 4] = ["leaderl", "etcd", "postgresql", "elasticsearch"];
+
+/// A service's local runit state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    /// `running (pid N)`.
+    Running {
+        /// The pid, when printed.
+        pid: Option<u32>,
+    },
+    /// `down`.
+    Down,
+    /// Anything else, verbatim.
+    Other(String),
+}
+
+/// The "Distributed Node Status" column, typed per service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Distributed {
+    /// `leader: 1; waiting: 0; follower: 2; total: 3`.
+    Leaderl {
+        /// Nodes that see themselves as leader.
+        leader: u32,
+        /// Nodes waiting for a leader.
+        waiting: u32,
+        /// Followers.
+        follower: u32,
+        /// Cluster size.
+        total: u32,
+    },
+    /// `health: green; healthy nodes: 3/3`.
+    Etcd {
+        /// `green`, `yellow`, `red`...
+        health: String,
+        /// Healthy members.
+        healthy: u32,
+        /// Members.
+        total: u32,
+    },
+    /// `leader: 1; offline: 0; syncing: 0; synced: 2`.
+    Postgresql {
+        /// Leaders.
+        leader: u32,
+        /// Offline replicas.
+        offline: u32,
+        /// Replicas still syncing.
+        syncing: u32,
+        /// Synced replicas.
+        synced: u32,
+    },
+    /// `state: green; nodes online: 3/3`.
+    Elasticsearch {
+        /// `green`, `yellow`, `red`.
+        state: String,
+        /// Nodes online.
+        online: u32,
+        /// Nodes expected.
+        total: u32,
+    },
+    /// `error: ...`.
+    Error(String),
+    /// A text this parser does not understand, verbatim (treated as unhealthy by the checks).
+    Unrecognized(String),
+}
+
+/// One row of `chef-backend-ctl status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRow {
+    /// The local runit state.
+    pub state: ServiceState,
+    /// `Time in State`, verbatim (e.g. `0d 0h 43m 35s`).
+    pub time_in_state: String,
+    /// The distributed status.
+    pub distributed: Distributed,
+}
+
+/// The parsed output of `chef-backend-ctl status`: the known services by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StatusReport {
+    /// Rows of [`KNOWN_SERVICES`] found in the output.
+    pub services: BTreeMap<String, ServiceRow>,
+}
+
+fn parse_err(what: &'static str, message: impl Into<String>) -> CoreError {
+    CoreError::Parse {
+        what,
+        message: message.into(),
+    }
+}
+
+fn is_time_token(token: &str) -> bool {
+    let Some(last) = token.chars().last() else {
+        return false;
+    };
+    matches!(last, 'd' | 'h' | 'm' | 's')
+        && token.len() > 1
+        && token[..token.len() - 1].chars().all(|c| c.is_ascii_digit())
+}
+
+/// `key: value; key: value` pairs; keys lower-cased, inner spaces kept.
+fn key_values(text: &str) -> BTreeMap<String, String> {
+    text.split(';')
+        .filter_map(|part| {
+            let (k, v) = part.split_once(':')?;
+            Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+fn ratio(value: &str) -> Option<(u32, u32)> {
+    let (a, b) = value.split_once('/')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
+fn distributed(service: &str, text: &str) -> Distributed {
+    let trimmed = text.trim();
+    if let Some(rest) = trimmed.strip_prefix("error:") {
+        return Distributed::Error(rest.trim().to_string());
+    }
+    let kv = key_values(trimmed);
+    let num = |k: &str| kv.get(k).and_then(|v| v.parse::<u32>().ok());
+    let parsed = match service {
+        "leaderl" => (|| {
+            Some(Distributed::Leaderl {
+                leader: num("leader")?,
+                waiting: num("waiting")?,
+                follower: num("follower")?,
+                total: num("total")?,
+            })
+        })(),
+        "etcd" => (|| {
+            let (healthy, total) = ratio(kv.get("healthy nodes")?)?;
+            Some(Distributed::Etcd {
+                health: kv.get("health")?.clone(),
+                healthy,
+                total,
+            })
+        })(),
+        "postgresql" => (|| {
+            Some(Distributed::Postgresql {
+                leader: num("leader")?,
+                offline: num("offline")?,
+                syncing: num("syncing")?,
+                synced: num("synced")?,
+            })
+        })(),
+        "elasticsearch" => (|| {
+            let (online, total) = ratio(kv.get("nodes online")?)?;
+            Some(Distributed::Elasticsearch {
+                state: kv.get("state")?.clone(),
+                online,
+                total,
+            })
+        })(),
+        _ => None,
+    };
+    parsed.unwrap_or_else(|| Distributed::Unrecognized(trimmed.to_string()))
+}
+
+fn parse_status_row(tokens: &[&str]) -> Result<ServiceRow, CoreError> {
+    const WHAT: &str = "chef-backend-ctl status";
+    let Some(first) = tokens.get(1) else {
+        return Err(parse_err(
+            WHAT,
+            format!("row `{}` has no local status", tokens.join(" ")),
+        ));
+    };
+    let mut i = 2;
+    let state = match *first {
+        "running" => {
+            let mut pid = None;
+            if tokens.get(2).is_some_and(|t| t.starts_with("(pid")) {
+                i = 3;
+                if let Some(p) = tokens.get(3) {
+                    pid = p.trim_end_matches(')').parse().ok();
+                    i = 4;
+                }
+            }
+            ServiceState::Running { pid }
+        }
+        "down" => ServiceState::Down,
+        other => ServiceState::Other(other.to_string()),
+    };
+    let time_start = i;
+    while i < tokens.len() && i - time_start < 4 && is_time_token(tokens[i]) {
+        i += 1;
+    }
+    let time_in_state = tokens[time_start.min(tokens.len())..i].join(" ");
+    let rest = tokens[i.min(tokens.len())..].join(" ");
+    Ok(ServiceRow {
+        state,
+        time_in_state,
+        distributed: distributed(tokens[0], &rest),
+    })
+}
+
+/// Parses `chef-backend-ctl status`.
+pub fn parse_status(text: &str) -> Result<StatusReport, CoreError> {
+    const WHAT: &str = "chef-backend-ctl status";
+    let mut lines = text.lines();
+    let header = lines.by_ref().find(|l| {
+        let t: Vec<&str> = l.split_whitespace().collect();
+        t.first() == Some(&"Service") && t.contains(&"Status")
+    });
+    if header.is_none() {
+        return Err(parse_err(WHAT, "no `Service ... Status` header line"));
+    }
+    let mut report = StatusReport::default();
+    for line in lines {
+        let tokens: Vec<&str> = line.split_whitespace().collect();
+        let Some(name) = tokens.first() else { continue };
+        // Newer versions append a `System  Local Status` section (disks); it ends the service table.
+        if *name == "System" {
+            break;
+        }
+        if !KNOWN_SERVICES.contains(name) {
+            continue;
+        }
+        report
+            .services
+            .insert(name.to_string(), parse_status_row(&tokens)?);
+    }
+    if report.services.is_empty() {
+        return Err(parse_err(
+            WHAT,
+            "no known service rows (leaderl, etcd, postgresql, elasticsearch)",
+        ));
+    }
+    Ok(report)
+}
+
+/// One service line of `chef-backend-ctl status --simple` (runit format).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimpleService {
+    /// Service name.
+    pub name: String,
+    /// `run`, `down`, `finish`...
+    pub state: String,
+    /// The pid when running.
+    pub pid: Option<u32>,
+    /// Seconds in this state.
+    pub seconds: Option<u64>,
+}
+
+/// Parses `status --simple` (also the `ok: run: ...` lines of `start`/`stop`); the `log:` part is ignored.
+pub fn parse_simple_status(text: &str) -> Result<Vec<SimpleService>, CoreError> {
+    const WHAT: &str = "chef-backend-ctl status --simple";
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let main = line.split(';').next().unwrap_or("").trim();
+        let main = main.strip_prefix("ok:").map(str::trim).unwrap_or(main);
+        if main.is_empty() {
+            continue;
+        }
+        let mut parts = main.splitn(3, ':');
+        let (Some(state), Some(name)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let (state, name) = (state.trim(), name.trim());
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !valid(state) || !valid(name) {
+            continue;
+        }
+        let rest = parts.next().unwrap_or("");
+        let tokens: Vec<&str> = rest.split_whitespace().collect();
+        let mut pid = None;
+        let mut seconds = None;
+        for (i, t) in tokens.iter().enumerate() {
+            if *t == "(pid" {
+                pid = tokens
+                    .get(i + 1)
+                    .and_then(|p| p.trim_end_matches(')').parse().ok());
+            } else if seconds.is_none() {
+                if let Some(n) = t.trim_end_matches(',').strip_suffix('s') {
+                    seconds = n.parse().ok();
+                }
+            }
+        }
+        out.push(SimpleService {
+            name: name.to_string(),
+            state: state.to_string(),
+            pid,
+            seconds,
+        });
+    }
+    if out.is_empty() {
+        return Err(parse_err(WHAT, "no `state: service: ...` lines"));
+    }
+    Ok(out)
+}
+
+/// A node's role in `cluster-status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The leader.
+    Leader,
+    /// A follower.
+    Follower,
+    /// The old leader right after a demotion, before it rejoins as follower.
+    DeposedLeader,
+    /// Not eligible for leadership (failed sync, healed partition).
+    WaitingForLeader,
+    /// Anything else, verbatim.
+    Other(String),
+}
+
+impl Role {
+    fn parse(text: &str) -> Role {
+        match text {
+            "leader" => Role::Leader,
+            "follower" => Role::Follower,
+            "deposed_leader" => Role::DeposedLeader,
+            "waiting_for_leader" => Role::WaitingForLeader,
+            other => Role::Other(other.to_string()),
+        }
+    }
+}
+
+/// One row of `cluster-status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    /// Node name.
+    pub name: String,
+    /// Node IP.
+    pub ip: String,
+    /// Node GUID.
+    pub guid: String,
+    /// leaderl role.
+    pub role: Role,
+    /// PostgreSQL role (`leader`/`follower`), if printed.
+    pub pg: Option<String>,
+    /// Elasticsearch role (`master`/`not_master`), if printed.
+    pub es: Option<String>,
+}
+
+/// The parsed output of `cluster-status`, rows in output order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ClusterStatus {
+    /// The members.
+    pub members: Vec<ClusterMember>,
+}
+
+impl ClusterStatus {
+    /// Members whose role is leader.
+    pub fn leaders(&self) -> Vec<&str> {
+        self.members
+            .iter()
+            .filter(|m| m.role == Role::Leader)
+            .map(|m| m.name.as_str())
+            .collect()
+    }
+
+    /// The single leader, if there is exactly one.
+    pub fn sole_leader(&self) -> Option<&str> {
+        match self.leaders().as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    /// The member named `name`.
+    pub fn member(&self, name: &str) -> Option<&ClusterMember> {
+        self.members.iter().find(|m| m.name == name)
+    }
+}
+
+/// Parses `chef-backend-ctl cluster-status`.
+pub fn parse_cluster_status(text: &str) -> Result<ClusterStatus, CoreError> {
+    const WHAT: &str = "chef-backend-ctl cluster-status";
+    let mut lines = text.lines();
+    let header = lines.by_ref().find(|l| {
+        let t: Vec<&str> = l.split_whitespace().collect();
+        t.len() >= 4 && t[0] == "Name" && t.contains(&"Role")
+    });
+    if header.is_none() {
+        return Err(parse_err(WHAT, "no `Name IP GUID Role ...` header line"));
+    }
+    let mut status = ClusterStatus::default();
+    for line in lines {
+        let t: Vec<&str> = line.split_whitespace().collect();
+        if t.is_empty() {
+            continue;
+        }
+        if t.len() < 4 {
+            return Err(parse_err(
+                WHAT,
+                format!("row `{}` has fewer than 4 columns", line.trim()),
+            ));
+        }
+        if status.members.iter().any(|m| m.name == t[0]) {
+            return Err(parse_err(WHAT, format!("node `{}` listed twice", t[0])));
+        }
+        status.members.push(ClusterMember {
+            name: t[0].to_string(),
+            ip: t[1].to_string(),
+            guid: t[2].to_string(),
+            role: Role::parse(t[3]),
+            pg: t.get(4).map(|s| s.to_string()),
+            es: t.get(5).map(|s| s.to_string()),
+        });
+    }
+    if status.members.is_empty() {
+        return Err(parse_err(WHAT, "no node rows"));
+    }
+    Ok(status)
+}
+
+/// Normalises a package version to `UPSTREAM-RELEASE` without a dist tag: `3.1.0-1.el7` -> `3.1.0-1`.
+pub fn normalize_version(text: &str) -> Option<String> {
+    let text = text.trim();
+    let (upstream, release) = text.rsplit_once('-')?;
+    let release = release.split('.').next()?;
+    let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+    let upstream_ok = upstream.split('.').all(numeric);
+    if !upstream_ok || !numeric(release) {
+        return None;
+    }
+    Some(format!("{upstream}-{release}"))
+}
+
+/// The version a package file names: `chef-backend_3.1.0-1_amd64.deb` or `chef-backend-3.1.0-1.el7.x86_64.rpm`.
+pub fn version_from_package(path: &str) -> Option<String> {
+    let file = path.rsplit('/').next()?;
+    if let Some(stem) = file.strip_suffix(".deb") {
+        let mut parts = stem.split('_');
+        let (_name, version) = (parts.next()?, parts.next()?);
+        return normalize_version(version);
+    }
+    if let Some(stem) = file.strip_suffix(".rpm") {
+        let rest = stem.strip_prefix("chef-backend-")?;
+        // `3.1.0-1.el7.x86_64`: upstream up to the first '-', release up to the next '.'.
+        let (upstream, tail) = rest.split_once('-')?;
+        let release = tail.split('.').next()?;
+        return normalize_version(&format!("{upstream}-{release}"));
+    }
+    None
+}
+
+/// Parses the installed-version probe's stdout (`3.1.0-1`, `3.1.0-1.el7`) into `UPSTREAM-RELEASE`.
+pub fn parse_version_output(stdout: &str) -> Result<String, CoreError> {
+    const WHAT: &str = "installed version";
+    let line = stdout.lines().map(str::trim).find(|l| !l.is_empty());
+    let Some(line) = line else {
+        return Err(parse_err(WHAT, "empty output"));
+    };
+    normalize_version(line)
+        .ok_or_else(|| parse_err(WHAT, format!("`{line}` is not a version like 3.1.0-1")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const HEALTHY_STATUS: &str = "\
+Service        Local Status        Time in State  Distributed Node Status
+leaderl        running (pid 6881)  0d 0h 43m 35s  leader: 1; waiting: 0; follower: 2; total: 3
+etcd           running (pid 6833)  0d 0h 43m 41s  health: green; healthy nodes: 3/3
+postgresql     running (pid 6942)  0d 0h 43m 34s  leader: 1; offline: 0; syncing: 0; synced: 2
+elasticsearch  running (pid 6796)  0d 0h 43m 43s  state: green; nodes online: 3/3
+";
+
+    const CLUSTER_STATUS: &str = "\
+Name       IP              GUID                              Role            PG        ES
+backend-1  192.168.33.215  79d84527cf937f3daa94c1435d0a4249  deposed_leader  follower  not_master
+backend-2  192.168.33.216  c106c88745ef13517874d7301463afb9  leader          leader    not_master
+backend-3  192.168.33.217  4d29bcb5eec25d3674d5b8af132f75b3  follower        follower  master
+";
+
+    #[test]
+    fn golden_healthy_status() {
+        let r = parse_status(HEALTHY_STATUS).unwrap();
+        let l = &r.services["leaderl"];
+        assert_eq!(l.state, ServiceState::Running { pid: Some(6881) });
+        assert_eq!(l.time_in_state, "0d 0h 43m 35s");
+        assert_eq!(
+            l.distributed,
+            Distributed::Leaderl {
+                leader: 1,
+                waiting: 0,
+                follower: 2,
+                total: 3
+            }
+        );
+        assert_eq!(
+            r.services["etcd"].distributed,
+            Distributed::Etcd {
+                health: "green".into(),
+                healthy: 3,
+                total: 3
+            }
+        );
+        assert_eq!(
+            r.services["postgresql"].distributed,
+            Distributed::Postgresql {
+                leader: 1,
+                offline: 0,
+                syncing: 0,
+                synced: 2
+            }
+        );
+        assert_eq!(
+            r.services["elasticsearch"].distributed,
+            Distributed::Elasticsearch {
+                state: "green".into(),
+                online: 3,
+                total: 3
+            }
+        );
+    }
+
+    #[test]
+    fn golden_degraded_rows_any_order_with_extras() {
+        let text = "\
+Service        Local Status        Time in State  Distributed Node Status
+postgresql     down                 0d 0h 10m 27s   error: could not reach pgsql leader for replication stats
+epmd           running (pid 100)   1d 0h 0m 1s
+leaderl        running (pid 22080)  27d 9h 51m 38s  leader: 0; waiting: 3; follower: 0; total: 3
+etcd           running (pid 6833)  0d 0h 43m 41s  health: green; healthy nodes: 3/3
+
+System         Local Status         Time in State  Distributed Node Status
+disks          /var/opt/chef-backend  OK
+";
+        let r = parse_status(text).unwrap();
+        assert_eq!(r.services.len(), 3);
+        assert_eq!(r.services["postgresql"].state, ServiceState::Down);
+        assert_eq!(
+            r.services["postgresql"].distributed,
+            Distributed::Error("could not reach pgsql leader for replication stats".into())
+        );
+        assert_eq!(
+            r.services["leaderl"].distributed,
+            Distributed::Leaderl {
+                leader: 0,
+                waiting: 3,
+                follower: 0,
+                total: 3
+            }
+        );
+        assert_eq!(r.services["leaderl"].time_in_state, "27d 9h 51m 38s");
+    }
+
+    #[test]
+    fn status_garbage_is_an_error() {
+        assert!(parse_status("").is_err());
+        assert!(parse_status("hello world").is_err());
+        assert!(parse_status("Service Local Status\nfoo bar\n").is_err());
+        let e = parse_status("Service Local Status\nleaderl\n").unwrap_err();
+        assert!(e.to_string().contains("leaderl"), "{e}");
+    }
+
+    #[test]
+    fn golden_simple_status() {
+        let text = "run: elasticsearch: (pid 6661) 106983s; run: log: (pid 6667) 106983s\n\
+                    ok: down: etcd: 393s, normally up\nok: run: postgresql: (pid 12345) 1s\n";
+        let s = parse_simple_status(text).unwrap();
+        assert_eq!(
+            s[0],
+            SimpleService {
+                name: "elasticsearch".into(),
+                state: "run".into(),
+                pid: Some(6661),
+                seconds: Some(106983)
+            }
+        );
+        assert_eq!(
+            s[1],
+            SimpleService {
+                name: "etcd".into(),
+                state: "down".into(),
+                pid: None,
+                seconds: Some(393)
+            }
+        );
+        assert_eq!(s[2].pid, Some(12345));
+        assert!(parse_simple_status("nothing to see").is_err());
+    }
+
+    #[test]
+    fn golden_cluster_status() {
+        let c = parse_cluster_status(CLUSTER_STATUS).unwrap();
+        assert_eq!(c.members.len(), 3);
+        assert_eq!(c.members[0].role, Role::DeposedLeader);
+        assert_eq!(c.members[0].guid, "79d84527cf937f3daa94c1435d0a4249");
+        assert_eq!(c.sole_leader(), Some("backend-2"));
+        assert_eq!(c.members[2].es.as_deref(), Some("master"));
+        let waiting = CLUSTER_STATUS.replace(
+            "follower        follower  master",
+            "waiting_for_leader follower master",
+        );
+        assert_eq!(
+            parse_cluster_status(&waiting).unwrap().members[2].role,
+            Role::WaitingForLeader
+        );
+        assert!(parse_cluster_status("").is_err());
+        assert!(parse_cluster_status("Name IP GUID Role PG ES\n").is_err());
+        assert!(parse_cluster_status("Name IP GUID Role PG ES\nbackend-1 1.2.3.4\n").is_err());
+    }
+
+    #[test]
+    fn versions_are_normalised() {
+        assert_eq!(parse_version_output("3.1.0-1").unwrap(), "3.1.0-1");
+        assert_eq!(parse_version_output("3.1.0-1.el7\n").unwrap(), "3.1.0-1");
+        assert!(parse_version_output("").is_err());
+        assert!(
+            parse_version_output("dpkg-query: no packages found matching chef-backend").is_err()
+        );
+        assert_eq!(
+            version_from_package("/tmp/chef-backend_3.1.0-1_amd64.deb").as_deref(),
+            Some("3.1.0-1")
+        );
+        assert_eq!(
+            version_from_package("chef-backend-3.1.0-1.el7.x86_64.rpm").as_deref(),
+            Some("3.1.0-1")
+        );
+        assert_eq!(version_from_package("/tmp/chef-backend.deb"), None);
+        assert_eq!(normalize_version("3.1-x"), None);
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn parsers_never_panic(text in ".{0,400}") {
+                let _ = parse_status(&text);
+                let _ = parse_simple_status(&text);
+                let _ = parse_cluster_status(&text);
+                let _ = parse_version_output(&text);
+                let _ = version_from_package(&text);
+            }
+
+            #[test]
+            fn table_like_input_never_panics(
+                rows in proptest::collection::vec(
+                    proptest::collection::vec("(leaderl|etcd|postgresql|running|\\(pid|[0-9]+\\)|[0-9]+[dhms]|down|error:|leader:|[0-9/]+;|x|\\s)", 0..10),
+                    0..6),
+            ) {
+                let body: Vec<String> = rows.iter().map(|r| r.join(" ")).collect();
+                let status = format!("Service Local Status\n{}", body.join("\n"));
+                let _ = parse_status(&status);
+                let cluster = format!("Name IP GUID Role PG ES\n{}", body.join("\n"));
+                let _ = parse_cluster_status(&cluster);
+            }
+        }
+    }
+}

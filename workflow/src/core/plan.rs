@@ -1,0 +1,341 @@
+//! The plan: the ordered list of items (actions, health waits, gates, checks) computed from the preflight
+//! observations. Its hash lets an operator approve exactly the plan they reviewed (`--expect-plan`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::cluster::{ClusterFile, Gate};
+use super::error::CoreError;
+use super::profile::{render, Action, Procedure, Profile, RenderContext, RunsOn};
+
+/// The phases of the procedure (DESIGN.md "Phases").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Observing topology, health and versions.
+    #[default]
+    Preflight,
+    /// Disabling failover.
+    BlockFailover,
+    /// Upgrading followers one at a time.
+    Followers,
+    /// Moving leadership to an upgraded follower.
+    Switchover,
+    /// Upgrading the old leader.
+    OldLeader,
+    /// Re-enabling failover.
+    UnblockFailover,
+    /// Checking the cluster is stable.
+    Verify,
+}
+
+/// One item of the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PlanItem {
+    /// Run an action.
+    Run {
+        /// Phase.
+        phase: Phase,
+        /// Node it runs on.
+        node: String,
+        /// Executor group.
+        group: String,
+        /// Action.
+        action: Action,
+        /// Rendered argv.
+        argv: Vec<String>,
+        /// Executor timeout.
+        timeout_ms: u64,
+        /// Whether it may be retried blindly.
+        idempotent: bool,
+    },
+    /// Poll `status`, `cluster-status` and the version on `node` until healthy, synced and upgraded (S1).
+    WaitSynced {
+        /// Phase.
+        phase: Phase,
+        /// The node.
+        node: String,
+    },
+    /// Wait for an operator's approval.
+    Gate {
+        /// Phase.
+        phase: Phase,
+        /// The gate.
+        gate: Gate,
+    },
+    /// Poll `cluster-status` on `via` until another, upgraded node leads and `old_leader` is a follower (S2).
+    VerifySwitchover {
+        /// Phase.
+        phase: Phase,
+        /// The leader before the switchover.
+        old_leader: String,
+        /// Where to observe from.
+        via: String,
+    },
+    /// Poll `cluster-status` and `status` on `via` until the cluster is healthy with one leader.
+    VerifyStable {
+        /// Phase.
+        phase: Phase,
+        /// Where to observe from.
+        via: String,
+    },
+}
+
+impl PlanItem {
+    /// The phase the item belongs to.
+    pub fn phase(&self) -> Phase {
+        match self {
+            PlanItem::Run { phase, .. }
+            | PlanItem::WaitSynced { phase, .. }
+            | PlanItem::Gate { phase, .. }
+            | PlanItem::VerifySwitchover { phase, .. }
+            | PlanItem::VerifyStable { phase, .. } => *phase,
+        }
+    }
+}
+
+/// The computed plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Cluster name.
+    pub cluster: String,
+    /// Target version.
+    pub target_version: String,
+    /// Procedure.
+    pub procedure: Procedure,
+    /// The leader observed at preflight.
+    pub leader: String,
+    /// Node GUIDs observed at preflight.
+    pub guids: BTreeMap<String, String>,
+    /// Installed versions observed at preflight (`None`: not installed).
+    pub versions: BTreeMap<String, Option<String>>,
+    /// Nodes already at the target version.
+    pub skipped: Vec<String>,
+    /// The items, in order.
+    pub items: Vec<PlanItem>,
+}
+
+impl Plan {
+    /// SHA-256 of the plan's canonical JSON (struct fields in declaration order, maps sorted), hex.
+    pub fn hash(&self) -> String {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        hex_lower(&Sha256::digest(&bytes))
+    }
+
+    /// Nodes the plan upgrades, in order.
+    pub fn nodes_to_upgrade(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for item in &self.items {
+            if let PlanItem::WaitSynced { node, .. } = item {
+                if !out.contains(&node.as_str()) {
+                    out.push(node);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Everything preflight learned that the plan depends on.
+#[derive(Debug, Clone)]
+pub struct PlanInputs<'a> {
+    /// The cluster file.
+    pub cluster: &'a ClusterFile,
+    /// The profile.
+    pub profile: &'a Profile,
+    /// Package path.
+    pub package: &'a str,
+    /// Target version.
+    pub target_version: &'a str,
+    /// All gates (file and submission).
+    pub gates: &'a [Gate],
+    /// The leader observed.
+    pub leader: &'a str,
+    /// GUIDs observed.
+    pub guids: BTreeMap<String, String>,
+    /// Versions observed.
+    pub versions: BTreeMap<String, Option<String>>,
+}
+
+struct Builder<'a> {
+    inputs: &'a PlanInputs<'a>,
+    items: Vec<PlanItem>,
+}
+
+impl Builder<'_> {
+    fn run(
+        &mut self,
+        phase: Phase,
+        action: Action,
+        node: &str,
+        any_node: &str,
+    ) -> Result<(), CoreError> {
+        let inputs = self.inputs;
+        let spec = inputs
+            .profile
+            .action(action)
+            .ok_or_else(|| CoreError::Template {
+                template: action.as_str().to_string(),
+                message: format!("profile {} has no action {action}", inputs.profile.name),
+            })?;
+        let target = match spec.runs_on {
+            RunsOn::Leader => inputs.leader,
+            RunsOn::TheNode => node,
+            RunsOn::AnyNode => any_node,
+        };
+        let spec_node = inputs
+            .cluster
+            .node(target)
+            .ok_or_else(|| CoreError::Template {
+                template: action.as_str().to_string(),
+                message: format!("node {target} is not in the cluster file"),
+            })?;
+        let ctx = RenderContext {
+            package: inputs.package,
+            node: &spec_node.name,
+            address: &spec_node.address,
+            vars: Some(&spec_node.vars),
+        };
+        let argv = render(&spec.argv, &ctx)?;
+        let timeout_ms = inputs
+            .cluster
+            .upgrade
+            .timeouts_ms
+            .get(&action)
+            .copied()
+            .unwrap_or(spec.timeout_ms);
+        self.items.push(PlanItem::Run {
+            phase,
+            node: spec_node.name.clone(),
+            group: spec_node.executor.clone(),
+            action,
+            argv,
+            timeout_ms,
+            idempotent: spec.idempotent,
+        });
+        Ok(())
+    }
+
+    fn upgrade_node(&mut self, phase: Phase, node: &str, any_node: &str) -> Result<(), CoreError> {
+        match self.inputs.profile.procedure {
+            Procedure::Runbook => {
+                self.run(phase, Action::Stop, node, any_node)?;
+                self.run(phase, Action::Install, node, any_node)?;
+                self.run(phase, Action::Start, node, any_node)?;
+            }
+            Procedure::UpgradeCommand => {
+                self.run(phase, Action::Install, node, any_node)?;
+                self.run(phase, Action::Upgrade, node, any_node)?;
+            }
+        }
+        self.items.push(PlanItem::WaitSynced {
+            phase,
+            node: node.to_string(),
+        });
+        Ok(())
+    }
+}
+
+/// Computes the plan. Followers go in cluster-file order; the leader last, after a switchover (S2).
+pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
+    let needs_upgrade = |name: &str| {
+        inputs.versions.get(name).and_then(|v| v.as_deref()) != Some(inputs.target_version)
+    };
+    let followers: Vec<&str> = inputs
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .filter(|n| *n != inputs.leader)
+        .collect();
+    let to_upgrade: Vec<&str> = followers
+        .iter()
+        .copied()
+        .filter(|n| needs_upgrade(n))
+        .collect();
+    let leader_needs = needs_upgrade(inputs.leader);
+    let skipped: Vec<String> = inputs
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .filter(|n| !needs_upgrade(n))
+        .collect();
+    let mut b = Builder {
+        inputs,
+        items: Vec::new(),
+    };
+
+    if !to_upgrade.is_empty() || leader_needs {
+        let leader = inputs.leader;
+        // After the switchover the old leader goes out of service; cluster-wide commands then run on the first
+        // follower, which is upgraded (or already was) by then.
+        let after = followers.first().copied().unwrap_or(leader);
+        b.run(Phase::BlockFailover, Action::BlockFailover, leader, leader)?;
+        for (i, node) in to_upgrade.iter().enumerate() {
+            b.upgrade_node(Phase::Followers, node, leader)?;
+            if i == 0 && inputs.gates.contains(&Gate::AfterFirstFollower) {
+                b.items.push(PlanItem::Gate {
+                    phase: Phase::Followers,
+                    gate: Gate::AfterFirstFollower,
+                });
+            }
+        }
+        if leader_needs {
+            if inputs.gates.contains(&Gate::BeforeSwitchover) {
+                b.items.push(PlanItem::Gate {
+                    phase: Phase::Switchover,
+                    gate: Gate::BeforeSwitchover,
+                });
+            }
+            let demote = match inputs.profile.procedure {
+                Procedure::Runbook => Action::Demote,
+                Procedure::UpgradeCommand => {
+                    // The newer procedure installs first (services keep running), then `upgrade --failover`
+                    // demotes, restarts and rejoins in one command.
+                    b.run(Phase::Switchover, Action::Install, leader, leader)?;
+                    Action::UpgradeLeader
+                }
+            };
+            b.run(Phase::Switchover, Action::UnblockFailover, leader, leader)?;
+            b.run(Phase::Switchover, demote, leader, leader)?;
+            b.run(Phase::Switchover, Action::BlockFailover, after, after)?;
+            b.items.push(PlanItem::VerifySwitchover {
+                phase: Phase::Switchover,
+                old_leader: leader.to_string(),
+                via: after.to_string(),
+            });
+            match inputs.profile.procedure {
+                Procedure::Runbook => b.upgrade_node(Phase::OldLeader, leader, after)?,
+                Procedure::UpgradeCommand => b.items.push(PlanItem::WaitSynced {
+                    phase: Phase::OldLeader,
+                    node: leader.to_string(),
+                }),
+            }
+        }
+        let via = if leader_needs { after } else { leader };
+        b.run(Phase::UnblockFailover, Action::UnblockFailover, via, via)?;
+        b.items.push(PlanItem::VerifyStable {
+            phase: Phase::Verify,
+            via: via.to_string(),
+        });
+    }
+
+    Ok(Plan {
+        cluster: inputs.cluster.name.clone(),
+        target_version: inputs.target_version.to_string(),
+        procedure: inputs.profile.procedure,
+        leader: inputs.leader.to_string(),
+        guids: inputs.guids.clone(),
+        versions: inputs.versions.clone(),
+        skipped,
+        items: b.items,
+    })
+}

@@ -1,0 +1,387 @@
+//! Profiles: everything cluster-specific as data. An action or probe is an argv template whose elements are
+//! rendered one by one (never joined into a shell string), plus where it runs, whether it is idempotent and its
+//! default timeout. chef-backend is built in and covers both documented upgrade procedures.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::CoreError;
+
+/// Which package tool installs the new version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Installer {
+    /// Debian/Ubuntu: `dpkg -i PATH`, versions from `dpkg-query`.
+    #[default]
+    Dpkg,
+    /// RedHat/CentOS: `yum install -y PATH`, versions from `rpm -q`.
+    Yum,
+}
+
+/// Which documented chef-backend procedure to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Procedure {
+    /// The runbook: stop, install, start each node; demote for the switchover.
+    #[default]
+    Runbook,
+    /// The newer docs: install while running, then `upgrade` (`upgrade --failover` on the leader).
+    UpgradeCommand,
+}
+
+/// The actions and probes a profile defines. The serialized name is the wire `action` string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Disable automatic failover for the cluster.
+    BlockFailover,
+    /// Re-enable automatic failover.
+    UnblockFailover,
+    /// Stop the node's services (takes it out of service).
+    Stop,
+    /// Install the package on the node.
+    Install,
+    /// Start the node's services.
+    Start,
+    /// Demote the leader so that a follower is elected (not idempotent).
+    Demote,
+    /// Newer procedure on a follower: restart onto the installed version and rejoin.
+    Upgrade,
+    /// Newer procedure on the leader: demote, restart, rejoin (not idempotent).
+    UpgradeLeader,
+    /// Probe: cluster topology (`cluster-status`).
+    ProbeClusterStatus,
+    /// Probe: the node's local services and distributed counts (`status`).
+    ProbeStatus,
+    /// Probe: the installed package version.
+    ProbeVersion,
+}
+
+impl Action {
+    /// Every action, in a fixed order.
+    pub const ALL: [Action; 11] = [
+        Action::BlockFailover,
+        Action::UnblockFailover,
+        Action::Stop,
+        Action::Install,
+        Action::Start,
+        Action::Demote,
+        Action::Upgrade,
+        Action::UpgradeLeader,
+        Action::ProbeClusterStatus,
+        Action::ProbeStatus,
+        Action::ProbeVersion,
+    ];
+
+    /// The name used on the wire, in cluster files and in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::BlockFailover => "block_failover",
+            Action::UnblockFailover => "unblock_failover",
+            Action::Stop => "stop",
+            Action::Install => "install",
+            Action::Start => "start",
+            Action::Demote => "demote",
+            Action::Upgrade => "upgrade",
+            Action::UpgradeLeader => "upgrade_leader",
+            Action::ProbeClusterStatus => "probe_cluster_status",
+            Action::ProbeStatus => "probe_status",
+            Action::ProbeVersion => "probe_version",
+        }
+    }
+
+    /// The action named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
+    /// Probes only observe; they never change the cluster.
+    pub fn is_probe(self) -> bool {
+        matches!(
+            self,
+            Action::ProbeClusterStatus | Action::ProbeStatus | Action::ProbeVersion
+        )
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which node an action runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunsOn {
+    /// The current leader.
+    Leader,
+    /// The node being upgraded or observed.
+    TheNode,
+    /// Any node that is in service (cluster-wide commands).
+    AnyNode,
+}
+
+/// One action or probe of a profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionSpec {
+    /// argv template; placeholders `{package}`, `{node}`, `{address}`, `{var.NAME}`; `{{`/`}}` are literal braces.
+    pub argv: Vec<String>,
+    /// Where it runs.
+    pub runs_on: RunsOn,
+    /// Whether running it twice is harmless (only idempotent steps are retried blindly).
+    pub idempotent: bool,
+    /// Default timeout; the cluster file may override it per action.
+    pub timeout_ms: u64,
+}
+
+/// A profile: the actions and probes for one kind of cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Profile name, e.g. `chef-backend`.
+    pub name: String,
+    /// The procedure this instance follows.
+    pub procedure: Procedure,
+    /// The package tool this instance uses.
+    pub installer: Installer,
+    /// Actions and probes by name.
+    pub actions: BTreeMap<Action, ActionSpec>,
+}
+
+const CTL: &str = "chef-backend-ctl";
+
+fn spec(argv: &[&str], runs_on: RunsOn, idempotent: bool, timeout_ms: u64) -> ActionSpec {
+    ActionSpec {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        runs_on,
+        idempotent,
+        timeout_ms,
+    }
+}
+
+impl Profile {
+    /// The built-in chef-backend profile for the given package tool and procedure.
+    pub fn chef_backend(installer: Installer, procedure: Procedure) -> Profile {
+        use RunsOn::*;
+        let mut actions = BTreeMap::new();
+        actions.insert(
+            Action::BlockFailover,
+            spec(&[CTL, "set-cluster-failover", "off"], AnyNode, true, 60_000),
+        );
+        actions.insert(
+            Action::UnblockFailover,
+            spec(&[CTL, "set-cluster-failover", "on"], AnyNode, true, 60_000),
+        );
+        actions.insert(Action::Stop, spec(&[CTL, "stop"], TheNode, true, 300_000));
+        actions.insert(Action::Start, spec(&[CTL, "start"], TheNode, true, 300_000));
+        let install: &[&str] = match installer {
+            Installer::Dpkg => &["dpkg", "-i", "{package}"],
+            Installer::Yum => &["yum", "install", "-y", "{package}"],
+        };
+        actions.insert(Action::Install, spec(install, TheNode, true, 900_000));
+        actions.insert(
+            Action::Demote,
+            spec(&[CTL, "demote"], Leader, false, 300_000),
+        );
+        if procedure == Procedure::UpgradeCommand {
+            actions.insert(
+                Action::Upgrade,
+                spec(&[CTL, "upgrade"], TheNode, true, 1_800_000),
+            );
+            actions.insert(
+                Action::UpgradeLeader,
+                spec(&[CTL, "upgrade", "--failover"], Leader, false, 1_800_000),
+            );
+        }
+        actions.insert(
+            Action::ProbeClusterStatus,
+            spec(&[CTL, "cluster-status"], AnyNode, true, 30_000),
+        );
+        actions.insert(
+            Action::ProbeStatus,
+            spec(&[CTL, "status"], TheNode, true, 30_000),
+        );
+        let version: &[&str] = match installer {
+            Installer::Dpkg => &["dpkg-query", "-W", "-f=${{Version}}", "chef-backend"],
+            Installer::Yum => &[
+                "rpm",
+                "-q",
+                "--qf",
+                "%{{VERSION}}-%{{RELEASE}}",
+                "chef-backend",
+            ],
+        };
+        actions.insert(Action::ProbeVersion, spec(version, TheNode, true, 30_000));
+        Profile {
+            name: "chef-backend".into(),
+            procedure,
+            installer,
+            actions,
+        }
+    }
+
+    /// The spec of `action`, if this profile defines it.
+    pub fn action(&self, action: Action) -> Option<&ActionSpec> {
+        self.actions.get(&action)
+    }
+}
+
+/// Values for template placeholders.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderContext<'a> {
+    /// `{package}`: the package path on the node.
+    pub package: &'a str,
+    /// `{node}`: the node's name.
+    pub node: &'a str,
+    /// `{address}`: the node's address.
+    pub address: &'a str,
+    /// `{var.NAME}`: the node's free variables.
+    pub vars: Option<&'a BTreeMap<String, String>>,
+}
+
+/// Renders each argv element on its own; a placeholder without a value is an error naming it.
+pub fn render(argv: &[String], ctx: &RenderContext<'_>) -> Result<Vec<String>, CoreError> {
+    argv.iter()
+        .map(|element| render_one(element, ctx))
+        .collect()
+}
+
+fn render_one(template: &str, ctx: &RenderContext<'_>) -> Result<String, CoreError> {
+    let err = |message: String| CoreError::Template {
+        template: template.to_string(),
+        message,
+    };
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(pos) = rest.find(['{', '}']) {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if let Some(after) = tail.strip_prefix("{{") {
+            out.push('{');
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("}}") {
+            out.push('}');
+            rest = after;
+        } else if tail.starts_with('}') {
+            return Err(err("unmatched `}` (write `}}` for a literal brace)".into()));
+        } else {
+            let Some(end) = tail.find('}') else {
+                return Err(err(
+                    "unterminated placeholder (write `{{` for a literal brace)".into(),
+                ));
+            };
+            let name = &tail[1..end];
+            let value = match name {
+                "package" => ctx.package,
+                "node" => ctx.node,
+                "address" => ctx.address,
+                _ => match name.strip_prefix("var.") {
+                    Some(var) => ctx
+                        .vars
+                        .and_then(|vars| vars.get(var))
+                        .map(String::as_str)
+                        .ok_or_else(|| {
+                            err(format!(
+                                "placeholder {{{name}}}: node has no variable `{var}`"
+                            ))
+                        })?,
+                    None => return Err(err(format!("unknown placeholder {{{name}}}"))),
+                },
+            };
+            out.push_str(value);
+            rest = &tail[end + 1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn renders_each_element_without_a_shell() {
+        let mut vars = BTreeMap::new();
+        vars.insert("user".to_string(), "ops; rm -rf /".to_string());
+        let ctx = RenderContext {
+            package: "/tmp/a b.deb",
+            node: "backend-1",
+            address: "10.0.0.1",
+            vars: Some(&vars),
+        };
+        let argv = render(
+            &strings(&[
+                "dpkg",
+                "-i",
+                "{package}",
+                "--as={var.user}",
+                "{node}@{address}",
+            ]),
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(
+            argv,
+            strings(&[
+                "dpkg",
+                "-i",
+                "/tmp/a b.deb",
+                "--as=ops; rm -rf /",
+                "backend-1@10.0.0.1"
+            ])
+        );
+    }
+
+    #[test]
+    fn literal_braces_are_escaped() {
+        let ctx = RenderContext::default();
+        let argv = render(
+            &strings(&["-f=${{Version}}", "%{{VERSION}}-%{{RELEASE}}"]),
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(argv, strings(&["-f=${Version}", "%{VERSION}-%{RELEASE}"]));
+    }
+
+    #[test]
+    fn missing_variable_names_the_placeholder() {
+        let ctx = RenderContext::default();
+        let err = render(&strings(&["{var.port}"]), &ctx).unwrap_err();
+        assert!(err.to_string().contains("{var.port}"), "{err}");
+        let err = render(&strings(&["{pkg}"]), &ctx).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown placeholder {pkg}"),
+            "{err}"
+        );
+        assert!(render(&strings(&["{node"]), &ctx).is_err());
+        assert!(render(&strings(&["node}"]), &ctx).is_err());
+    }
+
+    #[test]
+    fn chef_backend_covers_both_procedures() {
+        let runbook = Profile::chef_backend(Installer::Dpkg, Procedure::Runbook);
+        assert!(runbook.action(Action::Upgrade).is_none());
+        assert!(!runbook.action(Action::Demote).unwrap().idempotent);
+        let newer = Profile::chef_backend(Installer::Yum, Procedure::UpgradeCommand);
+        assert_eq!(
+            newer.action(Action::UpgradeLeader).unwrap().argv,
+            strings(&[CTL, "upgrade", "--failover"])
+        );
+        assert!(!newer.action(Action::UpgradeLeader).unwrap().idempotent);
+        assert!(newer.action(Action::Upgrade).unwrap().idempotent);
+        assert_eq!(
+            newer.action(Action::Install).unwrap().argv[..2],
+            strings(&["yum", "install"])
+        );
+        for action in Action::ALL {
+            assert_eq!(Action::from_name(action.as_str()), Some(action));
+        }
+    }
+}

@@ -1,0 +1,776 @@
+//! The upgrade's state, built only by applying events ([`State::apply`], wrapped by `evolve`). Queries here are
+//! what the service and the CLI show; the fields stay private so that only events change them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::cluster::{ClusterFile, Gate};
+use super::event::{
+    Event, Observation, Outcome, Resolution, ScheduledStep, WaitPurpose, WindDownCause,
+};
+use super::parse::ClusterStatus;
+use super::plan::{Phase, Plan, PlanItem};
+use super::profile::{Action, Profile};
+
+/// Where the upgrade stands, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    /// Nothing submitted yet.
+    NotSubmitted,
+    /// Preflight: observing the cluster and computing the plan.
+    Planning,
+    /// Executing the plan.
+    Running,
+    /// Paused by an operator (a running step still finishes).
+    Paused {
+        /// Who.
+        by: String,
+        /// Why.
+        reason: String,
+    },
+    /// Waiting at a gate.
+    WaitingApproval {
+        /// The gate.
+        gate: Gate,
+    },
+    /// Stopped until an operator settles a step (`Resolve`) or aborts.
+    NeedsVerification {
+        /// The step in doubt.
+        step: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Aborting or halting: restoring failover before ending.
+    WindingDown {
+        /// Why.
+        reason: String,
+    },
+    /// Terminal: plan-only submission, plan computed.
+    Planned,
+    /// Terminal: done, failover restored.
+    Completed,
+    /// Terminal: halted on a failure.
+    Halted {
+        /// Why.
+        reason: String,
+        /// Why failover is still blocked, if it is.
+        failover_pending: Option<String>,
+    },
+    /// Terminal: aborted.
+    Aborted {
+        /// Why.
+        reason: String,
+        /// Why failover is still blocked, if it is.
+        failover_pending: Option<String>,
+    },
+}
+
+/// A node's progress through the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NodePhase {
+    /// Not planned yet, or waiting its turn.
+    #[default]
+    Pending,
+    /// Already at the target version.
+    Skipped,
+    /// Its upgrade actions are running.
+    Upgrading,
+    /// Waiting for it to be healthy and synced.
+    Syncing,
+    /// Upgraded, healthy and synced.
+    Upgraded,
+}
+
+/// Per-node progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeProgress {
+    /// Phase.
+    pub phase: NodePhase,
+    /// The last step run on the node.
+    pub last_step: Option<u64>,
+    /// Its action.
+    pub last_action: Option<Action>,
+    /// The last non-empty output line of the node's last result.
+    pub last_output: Option<String>,
+}
+
+/// A recorded outcome of a step attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepOutcome {
+    /// Outcome.
+    pub outcome: Outcome,
+    /// Exit code.
+    pub exit_code: Option<i32>,
+    /// stdout.
+    pub stdout: String,
+    /// stderr.
+    pub stderr: String,
+    /// Reason.
+    pub reason: Option<String>,
+    /// When.
+    pub at_ms: u64,
+}
+
+/// A step and its latest attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// As scheduled (latest attempt).
+    pub scheduled: ScheduledStep,
+    /// Its outcome, once known.
+    pub outcome: Option<StepOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Submission {
+    pub upgrade: String,
+    pub cluster: ClusterFile,
+    pub profile: Profile,
+    pub package: String,
+    pub target_version: String,
+    pub gates: Vec<Gate>,
+    pub plan_only: bool,
+    pub expected_plan_hash: Option<String>,
+    pub executors_online: Vec<String>,
+    pub requested_by: String,
+    pub submitted_ms: u64,
+}
+
+/// The plan item being executed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub index: usize,
+    pub started_ms: u64,
+    /// Probes of this item that passed since the last poll wait.
+    pub checks_passed: usize,
+    /// The action step of a `Run` item.
+    pub step: Option<u64>,
+}
+
+/// A step whose effect is being re-observed (S4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reobserve {
+    pub step: u64,
+    /// Run the step again if the observation shows it did not take effect (operator chose `Retry`).
+    pub retry_if_not: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WindDown {
+    pub cause: WindDownCause,
+    pub reason: String,
+    pub started_ms: u64,
+    /// Steps below this id were scheduled before the wind-down: their results are only drained.
+    pub first_step: u64,
+    pub checks_passed: usize,
+    pub unblock_step: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Terminal {
+    Planned,
+    Completed,
+    Halted {
+        reason: String,
+        failover_pending: Option<String>,
+    },
+    Aborted {
+        reason: String,
+        failover_pending: Option<String>,
+    },
+}
+
+/// The state of one upgrade. Built by events only; compare two with `==` (replay checks rely on it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct State {
+    pub(crate) sub: Option<Submission>,
+    pub(crate) phase: Phase,
+    pub(crate) next_step: u64,
+    pub(crate) steps: BTreeMap<u64, StepRecord>,
+    pub(crate) current: Option<u64>,
+    /// Preflight probes passed so far.
+    pub(crate) preflight_passed: usize,
+    pub(crate) versions: BTreeMap<String, Option<String>>,
+    pub(crate) preflight_cluster: Option<ClusterStatus>,
+    pub(crate) plan: Option<Plan>,
+    pub(crate) plan_hash: Option<String>,
+    pub(crate) items_done: usize,
+    pub(crate) cursor: Option<Cursor>,
+    pub(crate) wait: Option<(WaitPurpose, u64)>,
+    pub(crate) failover_blocked: bool,
+    pub(crate) approvals: BTreeSet<Gate>,
+    pub(crate) awaiting_gate: Option<Gate>,
+    pub(crate) paused: Option<(String, String)>,
+    pub(crate) reobserve: Option<Reobserve>,
+    pub(crate) verification: Option<(u64, String)>,
+    pub(crate) resolution: Option<(u64, Resolution)>,
+    pub(crate) wind_down: Option<WindDown>,
+    pub(crate) terminal: Option<Terminal>,
+    pub(crate) nodes: BTreeMap<String, NodeProgress>,
+    /// The latest `cluster-status` observed.
+    pub(crate) last_cluster: Option<ClusterStatus>,
+    /// The latest observation, for deciding right after `ObservationRecorded`.
+    pub(crate) last_observation: Option<(u64, Observation)>,
+    /// The latest failed check, for halt reasons.
+    pub(crate) last_problems: Vec<String>,
+}
+
+fn last_line(text: &str) -> Option<String> {
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
+impl State {
+    /// The upgrade id, once submitted.
+    pub fn upgrade_id(&self) -> Option<&str> {
+        self.sub.as_ref().map(|s| s.upgrade.as_str())
+    }
+
+    /// The cluster's name, once submitted.
+    pub fn cluster_name(&self) -> Option<&str> {
+        self.sub.as_ref().map(|s| s.cluster.name.as_str())
+    }
+
+    /// The cluster file, once submitted.
+    pub fn cluster(&self) -> Option<&ClusterFile> {
+        self.sub.as_ref().map(|s| &s.cluster)
+    }
+
+    /// The resolved target version.
+    pub fn target_version(&self) -> Option<&str> {
+        self.sub.as_ref().map(|s| s.target_version.as_str())
+    }
+
+    /// The resolved package path.
+    pub fn package(&self) -> Option<&str> {
+        self.sub.as_ref().map(|s| s.package.as_str())
+    }
+
+    /// Who submitted it.
+    pub fn requested_by(&self) -> Option<&str> {
+        self.sub.as_ref().map(|s| s.requested_by.as_str())
+    }
+
+    /// When it was submitted.
+    pub fn submitted_ms(&self) -> Option<u64> {
+        self.sub.as_ref().map(|s| s.submitted_ms)
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Where the upgrade stands.
+    pub fn status(&self) -> Status {
+        if let Some(t) = &self.terminal {
+            return match t {
+                Terminal::Planned => Status::Planned,
+                Terminal::Completed => Status::Completed,
+                Terminal::Halted {
+                    reason,
+                    failover_pending,
+                } => Status::Halted {
+                    reason: reason.clone(),
+                    failover_pending: failover_pending.clone(),
+                },
+                Terminal::Aborted {
+                    reason,
+                    failover_pending,
+                } => Status::Aborted {
+                    reason: reason.clone(),
+                    failover_pending: failover_pending.clone(),
+                },
+            };
+        }
+        if self.sub.is_none() {
+            return Status::NotSubmitted;
+        }
+        if let Some(w) = &self.wind_down {
+            return Status::WindingDown {
+                reason: w.reason.clone(),
+            };
+        }
+        if let Some((by, reason)) = &self.paused {
+            return Status::Paused {
+                by: by.clone(),
+                reason: reason.clone(),
+            };
+        }
+        if let Some((step, reason)) = &self.verification {
+            return Status::NeedsVerification {
+                step: *step,
+                reason: reason.clone(),
+            };
+        }
+        if let Some(gate) = self.awaiting_gate {
+            return Status::WaitingApproval { gate };
+        }
+        if self.plan.is_none() {
+            Status::Planning
+        } else {
+            Status::Running
+        }
+    }
+
+    /// Whether the upgrade has ended (planned, completed, halted or aborted).
+    pub fn is_terminal(&self) -> bool {
+        self.terminal.is_some()
+    }
+
+    /// Per-node progress, by node name.
+    pub fn nodes(&self) -> &BTreeMap<String, NodeProgress> {
+        &self.nodes
+    }
+
+    /// The plan, once preflight computed it.
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
+    }
+
+    /// The plan's hash.
+    pub fn plan_hash(&self) -> Option<&str> {
+        self.plan_hash.as_deref()
+    }
+
+    /// Whether failover may currently be blocked by this upgrade (set when blocking is scheduled, cleared when
+    /// unblocking succeeded): the obligation to restore it.
+    pub fn failover_blocked(&self) -> bool {
+        self.failover_blocked
+    }
+
+    /// Why failover was left blocked at the end, if it was.
+    pub fn failover_pending(&self) -> Option<&str> {
+        match &self.terminal {
+            Some(Terminal::Halted {
+                failover_pending, ..
+            })
+            | Some(Terminal::Aborted {
+                failover_pending, ..
+            }) => failover_pending.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Approved gates.
+    pub fn approvals(&self) -> &BTreeSet<Gate> {
+        &self.approvals
+    }
+
+    /// All gates of this upgrade (cluster file and submission).
+    pub fn gates(&self) -> &[Gate] {
+        self.sub.as_ref().map(|s| s.gates.as_slice()).unwrap_or(&[])
+    }
+
+    /// A step's record.
+    pub fn step(&self, step: u64) -> Option<&StepRecord> {
+        self.steps.get(&step)
+    }
+
+    /// Steps scheduled whose outcome is not recorded (to re-publish after a service restart).
+    pub fn outstanding_steps(&self) -> Vec<ScheduledStep> {
+        self.steps
+            .values()
+            .filter(|r| r.outcome.is_none())
+            .map(|r| r.scheduled.clone())
+            .collect()
+    }
+
+    /// When the service should wake the core with `Tick`: the outstanding step's deadline, or the end of a
+    /// retry/poll wait (not while paused). `None`: nothing is timed.
+    pub fn next_wakeup_ms(&self) -> Option<u64> {
+        if self.terminal.is_some() {
+            return None;
+        }
+        let deadline = self.outstanding_steps().iter().map(|s| s.deadline_ms).min();
+        let wait = if self.paused.is_some() {
+            None
+        } else {
+            self.wait.as_ref().map(|(_, until)| *until)
+        };
+        match (deadline, wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(crate) fn current_record(&self) -> Option<&StepRecord> {
+        self.current.and_then(|s| self.steps.get(&s))
+    }
+
+    pub(crate) fn current_item(&self) -> Option<&PlanItem> {
+        let c = self.cursor.as_ref()?;
+        self.plan.as_ref()?.items.get(c.index)
+    }
+
+    fn record_outcome(&mut self, step: u64, attempt: u32, outcome: StepOutcome) {
+        let Some(record) = self.steps.get_mut(&step) else {
+            return;
+        };
+        if record.scheduled.attempt != attempt || record.outcome.is_some() {
+            return;
+        }
+        let node = record.scheduled.node.clone();
+        let line = last_line(&outcome.stdout)
+            .or_else(|| last_line(&outcome.stderr))
+            .or_else(|| outcome.reason.clone());
+        if record.scheduled.action == Action::UnblockFailover
+            && outcome.outcome == Outcome::Succeeded
+        {
+            // The obligation is met only by a confirmed unblock.
+            self.failover_blocked = false;
+        }
+        record.outcome = Some(outcome);
+        if let Some(progress) = self.nodes.get_mut(&node) {
+            if progress.last_step == Some(step) {
+                progress.last_output = line;
+            }
+        }
+        // Results of steps scheduled before a wind-down are only drained: nothing is decided on them.
+        if let Some(w) = &self.wind_down {
+            if self.current == Some(step) && step < w.first_step {
+                self.current = None;
+            }
+        }
+    }
+
+    /// Applies one event. Unknown or out-of-order facts are ignored rather than panicking.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::UpgradeSubmitted {
+                upgrade,
+                cluster,
+                package,
+                target_version,
+                gates,
+                plan_only,
+                expected_plan_hash,
+                executors_online,
+                requested_by,
+                at_ms,
+                ..
+            } => {
+                let mut all_gates = cluster.upgrade.gates.clone();
+                for g in gates {
+                    if !all_gates.contains(g) {
+                        all_gates.push(*g);
+                    }
+                }
+                self.sub = Some(Submission {
+                    upgrade: upgrade.clone(),
+                    cluster: cluster.clone(),
+                    profile: Profile::chef_backend(
+                        cluster.upgrade.installer,
+                        cluster.upgrade.procedure,
+                    ),
+                    package: package.clone(),
+                    target_version: target_version.clone(),
+                    gates: all_gates,
+                    plan_only: *plan_only,
+                    expected_plan_hash: expected_plan_hash.clone(),
+                    executors_online: executors_online.clone(),
+                    requested_by: requested_by.clone(),
+                    submitted_ms: *at_ms,
+                });
+                self.next_step = 1;
+                self.phase = Phase::Preflight;
+                self.nodes = cluster
+                    .nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), NodeProgress::default()))
+                    .collect();
+            }
+            Event::StepResultRecorded {
+                step,
+                attempt,
+                outcome,
+                exit_code,
+                stdout,
+                stderr,
+                reason,
+                at_ms,
+                ..
+            } => {
+                let o = StepOutcome {
+                    outcome: *outcome,
+                    exit_code: *exit_code,
+                    stdout: stdout.clone(),
+                    stderr: stderr.clone(),
+                    reason: reason.clone(),
+                    at_ms: *at_ms,
+                };
+                self.record_outcome(*step, *attempt, o);
+            }
+            Event::StepDeadlinePassed {
+                step,
+                attempt,
+                at_ms,
+            } => {
+                let o = StepOutcome {
+                    outcome: Outcome::Unknown,
+                    exit_code: None,
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    reason: Some("no result before the deadline".into()),
+                    at_ms: *at_ms,
+                };
+                self.record_outcome(*step, *attempt, o);
+            }
+            Event::TimerFired { .. } => {}
+            Event::UpgradePaused { by, reason, .. } => {
+                self.paused = Some((by.clone(), reason.clone()))
+            }
+            Event::UpgradeResumed { .. } => self.paused = None,
+            Event::AbortRequested { .. } => {}
+            Event::GateApproved { gate, .. } => {
+                self.approvals.insert(*gate);
+            }
+            Event::StepResolved {
+                step, resolution, ..
+            } => {
+                self.verification = None;
+                self.resolution = Some((*step, *resolution));
+            }
+            Event::PhaseEntered { phase, .. } => self.phase = *phase,
+            Event::StepScheduled {
+                step,
+                attempt,
+                node,
+                group,
+                action,
+                argv,
+                env,
+                timeout_ms,
+                deadline_ms,
+            } => {
+                let scheduled = ScheduledStep {
+                    step: *step,
+                    attempt: *attempt,
+                    node: node.clone(),
+                    group: group.clone(),
+                    action: *action,
+                    argv: argv.clone(),
+                    env: env.clone(),
+                    timeout_ms: *timeout_ms,
+                    deadline_ms: *deadline_ms,
+                };
+                self.steps.insert(
+                    *step,
+                    StepRecord {
+                        scheduled,
+                        outcome: None,
+                    },
+                );
+                self.next_step = self.next_step.max(step + 1);
+                self.current = Some(*step);
+                self.wait = None;
+                self.resolution = None;
+                if *action == Action::BlockFailover {
+                    self.failover_blocked = true;
+                }
+                if let Some(c) = &mut self.cursor {
+                    if !action.is_probe() && self.wind_down.is_none() && self.reobserve.is_none() {
+                        c.step = Some(*step);
+                    }
+                }
+                if let Some(w) = &mut self.wind_down {
+                    if *action == Action::UnblockFailover {
+                        w.unblock_step = Some(*step);
+                    }
+                }
+                if !action.is_probe() {
+                    self.reobserve = None;
+                }
+                if let Some(progress) = self.nodes.get_mut(node) {
+                    progress.last_step = Some(*step);
+                    progress.last_action = Some(*action);
+                    progress.last_output = None;
+                    let upgrading = matches!(
+                        action,
+                        Action::Stop
+                            | Action::Install
+                            | Action::Start
+                            | Action::Upgrade
+                            | Action::UpgradeLeader
+                    );
+                    if upgrading && progress.phase == NodePhase::Pending && self.wind_down.is_none()
+                    {
+                        progress.phase = NodePhase::Upgrading;
+                    }
+                }
+            }
+            Event::ObservationRecorded {
+                step, observation, ..
+            } => {
+                if let Observation::ClusterStatus { status } = observation {
+                    self.last_cluster = Some(status.clone());
+                }
+                self.last_observation = Some((*step, observation.clone()));
+                if self.current == Some(*step) {
+                    self.current = None;
+                }
+            }
+            Event::CheckEvaluated {
+                node,
+                passed,
+                problems,
+                ..
+            } => {
+                let judged = self.last_observation.take();
+                if !*passed {
+                    self.last_problems = problems.clone();
+                    return;
+                }
+                if let Some(w) = &mut self.wind_down {
+                    w.checks_passed += 1;
+                } else if self.plan.is_none() {
+                    self.preflight_passed += 1;
+                    match &judged {
+                        Some((_, Observation::Version { version })) => {
+                            self.versions.insert(node.clone(), version.clone());
+                        }
+                        Some((_, Observation::ClusterStatus { status })) => {
+                            self.preflight_cluster = Some(status.clone());
+                        }
+                        _ => {}
+                    }
+                } else if let Some(c) = &mut self.cursor {
+                    c.checks_passed += 1;
+                }
+            }
+            Event::WaitStarted { purpose, until_ms } => {
+                if *purpose == WaitPurpose::Poll {
+                    if let Some(c) = &mut self.cursor {
+                        c.checks_passed = 0;
+                    }
+                    if let Some(w) = &mut self.wind_down {
+                        w.checks_passed = 0;
+                    }
+                }
+                self.wait = Some((purpose.clone(), *until_ms));
+                self.current = None;
+                self.last_observation = None;
+            }
+            Event::PlanComputed { plan, plan_hash } => {
+                for node in &plan.skipped {
+                    if let Some(p) = self.nodes.get_mut(node) {
+                        p.phase = NodePhase::Skipped;
+                    }
+                }
+                self.plan = Some(plan.clone());
+                self.plan_hash = Some(plan_hash.clone());
+                if self.sub.as_ref().is_some_and(|s| s.plan_only) {
+                    self.terminal = Some(Terminal::Planned);
+                }
+            }
+            Event::ItemStarted { index, at_ms } => {
+                self.cursor = Some(Cursor {
+                    index: *index,
+                    started_ms: *at_ms,
+                    checks_passed: 0,
+                    step: None,
+                });
+                if let Some(PlanItem::WaitSynced { node, .. }) =
+                    self.plan.as_ref().and_then(|p| p.items.get(*index))
+                {
+                    if let Some(p) = self.nodes.get_mut(node) {
+                        p.phase = NodePhase::Syncing;
+                    }
+                }
+            }
+            Event::ItemCompleted { index, .. } => {
+                if let Some(PlanItem::WaitSynced { node, .. }) =
+                    self.plan.as_ref().and_then(|p| p.items.get(*index))
+                {
+                    if let Some(p) = self.nodes.get_mut(node) {
+                        p.phase = NodePhase::Upgraded;
+                    }
+                }
+                self.items_done = index + 1;
+                self.cursor = None;
+                self.current = None;
+                self.awaiting_gate = None;
+                self.resolution = None;
+                self.reobserve = None;
+            }
+            Event::ApprovalRequested { gate } => self.awaiting_gate = Some(*gate),
+            Event::ReobservationStarted { step, .. } => {
+                let retry_if_not =
+                    matches!(self.resolution, Some((s, Resolution::Retry)) if s == *step);
+                self.reobserve = Some(Reobserve {
+                    step: *step,
+                    retry_if_not,
+                });
+                self.resolution = None;
+                self.current = None;
+            }
+            Event::OutcomeInferred { .. } => {
+                self.reobserve = None;
+                self.last_observation = None;
+                self.resolution = None;
+            }
+            Event::VerificationRequired { step, reason } => {
+                self.verification = Some((*step, reason.clone()));
+                self.reobserve = None;
+                self.last_observation = None;
+                self.current = None;
+            }
+            Event::WindDownStarted {
+                cause,
+                reason,
+                at_ms,
+            } => {
+                self.wind_down = Some(WindDown {
+                    cause: *cause,
+                    reason: reason.clone(),
+                    started_ms: *at_ms,
+                    first_step: self.next_step,
+                    checks_passed: 0,
+                    unblock_step: None,
+                });
+                if self.current_record().is_some_and(|r| r.outcome.is_some()) {
+                    self.current = None;
+                }
+                self.wait = None;
+                self.paused = None;
+                self.reobserve = None;
+                self.verification = None;
+                self.resolution = None;
+                self.awaiting_gate = None;
+                self.last_observation = None;
+            }
+            Event::UpgradeCompleted { .. } => {
+                self.terminal = Some(Terminal::Completed);
+                self.current = None;
+                self.wait = None;
+            }
+            Event::UpgradeHalted {
+                reason,
+                failover_pending,
+                ..
+            } => self.end(Terminal::Halted {
+                reason: reason.clone(),
+                failover_pending: failover_pending.clone(),
+            }),
+            Event::UpgradeAborted {
+                reason,
+                failover_pending,
+                ..
+            } => self.end(Terminal::Aborted {
+                reason: reason.clone(),
+                failover_pending: failover_pending.clone(),
+            }),
+        }
+    }
+
+    fn end(&mut self, terminal: Terminal) {
+        self.terminal = Some(terminal);
+        self.current = None;
+        self.wait = None;
+    }
+}
