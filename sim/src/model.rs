@@ -450,11 +450,12 @@ impl<'a> Tx<'a> {
             return;
         };
         let c = &*self.cluster;
-        let blocked_by_fault = e
-            .old_leader
-            .as_deref()
-            .and_then(|o| c.index(o))
-            .is_some_and(|o| c.nodes[o].faults.election_elects_nobody);
+        // An explicit `promote NODE` is not an automatic election: the fault does not apply to it.
+        let blocked_by_fault = e.trigger != ElectionTrigger::Promote
+            && e.old_leader
+                .as_deref()
+                .and_then(|o| c.index(o))
+                .is_some_and(|o| c.nodes[o].faults.election_elects_nobody);
         let failover_off = !c.failover && e.trigger != ElectionTrigger::Promote;
         let winner = c
             .nodes
