@@ -1,1 +1,126 @@
-//! store crate (being built).
+//! Baton's append-only, hash-chained event log on sled.
+//!
+//! The log is the only source of truth of every upgrade. It knows nothing of NATS or the workflow: it stores
+//! opaque event bytes with an optional message id, in *streams* (one per upgrade, identified by a ULID), chains
+//! each stream's records with SHA-256, and keeps a global order across streams.
+//!
+//! # API at a glance
+//! - [`Store::open`] opens (or creates) a log in a directory. sled locks it: one process at a time; other
+//!   processes read through the service or open a copy.
+//! - [`Store::append`] appends a batch of [`NewRecord`]s to a stream if its head is still at `expected_seq`
+//!   (optimistic concurrency: [`StoreError::Conflict`] otherwise). A record whose message id was already appended
+//!   is answered as a duplicate in the [`AppendOutcome`], never stored twice and never an error.
+//! - [`Store::flush`] / [`Store::flush_async`] make every earlier append of every stream durable;
+//!   [`Store::append_durable`] is append + flush.
+//! - [`Store::read`], [`Store::head`], [`Store::streams`], [`Store::global`] read the log back.
+//! - [`Store::verify`] recomputes every chain and cross-checks every index; [`Store::repair_torn_tail`] removes
+//!   records written beyond a head (never committed); damage anywhere else is refused.
+//! - [`Store::export_jsonl`], [`Store::import_jsonl`] and [`verify_export`] move streams in and out as JSON lines
+//!   and let an auditor check an exported file offline.
+//!
+//! # What is durable when
+//! - `append` returns once the records, the head, the global index and the dedupe table are committed together
+//!   in one sled transaction: every reader in this process sees all of them or none of them.
+//! - That commit lives in sled's in-memory write buffer until a flush. **Unflushed appends are lost when the
+//!   process dies**, even without a power loss. sled also flushes in the background (every 500 ms by default);
+//!   never rely on it.
+//! - After `flush` (or `append_durable`) returns, the appends made before it survive a process crash (SIGKILL,
+//!   panic, OOM kill); the crash test proves this. sled's flush uses `sync_file_range` on Linux, which does not
+//!   flush the disk's volatile write cache: against power loss, the data is safe only on disks with power-loss
+//!   protection (or with write caching disabled).
+//! - Rule for callers: flush before anything derived from an appended event becomes visible outside (a published
+//!   command, an acknowledged result, an API answer).
+//!
+//! # Group commit
+//! A flush costs a disk round trip (about 0.1-0.2 ms here) whatever it covers. Callers therefore put every event
+//! they have at hand into one `append` per stream, and call `flush` **once** after appending to all the streams
+//! touched in a batch (for example once per batch of NATS messages handled): one flush covers all earlier appends
+//! of all streams. See `BENCHMARKS.md` for the figures.
+//!
+//! # Hash chain (format `baton-log-v1`)
+//! The hash of record `n` of a stream is
+//!
+//! ```text
+//! h_n = SHA-256( "baton-log-v1"          12 ASCII bytes, the domain tag
+//!             || stream                  16 bytes (the ULID, big-endian)
+//!             || n                       u64 big-endian (the first record of a stream has n = 1)
+//!             || h_{n-1}                 32 bytes (32 zero bytes for n = 1)
+//!             || len(bytes)              u64 big-endian
+//!             || bytes )                 the record's bytes, exactly as stored and exported
+//! ```
+//!
+//! Only `bytes` has a variable length, and its length prefix makes the encoding unambiguous. The message id and
+//! the global position are not hashed (an auditor holding only the events can verify them); `verify` protects them
+//! by cross-checking them against the dedupe table and the global index, which hold the same facts.
+//!
+//! # Layout in sled (see [`layout`])
+//! Five trees, all written by the same transaction: `records` (`stream ++ seq` → hash, prev hash, global position,
+//! message id, bytes), `heads` (`stream` → last seq, last hash), `global` (global position → `stream ++ seq`),
+//! `dedupe` (message id → `stream ++ seq`) and `meta` (format tag, next global position).
+
+mod append;
+mod error;
+mod export;
+mod hash;
+pub mod layout;
+mod read;
+mod types;
+mod verify;
+
+pub use error::StoreError;
+pub use export::{verify_export, ExportReport};
+pub use hash::{chain_hash, DOMAIN_TAG, ZERO_HASH};
+pub use read::StreamReader;
+pub use types::{
+    AppendOutcome, AppendedRecord, GlobalEntry, Hash, Head, NewRecord, Record, StreamId,
+};
+pub use verify::{TornTail, VerifyReport};
+
+use std::path::Path;
+
+/// The log: a handle on one sled database. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    trees: layout::Trees,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens the log stored in directory `path`, creating it if needed.
+    ///
+    /// Fails with [`StoreError::Locked`] when another process holds the database, and with
+    /// [`StoreError::Corruption`] when the directory holds a database of another format.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let path = path.as_ref();
+        let db = match sled::Config::new().path(path).open() {
+            Ok(db) => db,
+            // sled reports its lock only through the message of an I/O error.
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                return Err(StoreError::Locked {
+                    path: path.to_owned(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let trees = layout::Trees::open(&db)?;
+        trees.init_meta()?;
+        Ok(Store { db, trees })
+    }
+
+    /// Makes every append made before this call durable (see the crate docs for what durable means), for all
+    /// streams at once. Returns the number of bytes sled wrote.
+    pub fn flush(&self) -> Result<usize, StoreError> {
+        Ok(self.db.flush()?)
+    }
+
+    /// Like [`Store::flush`], for async callers: the write happens on sled's own threads.
+    pub async fn flush_async(&self) -> Result<usize, StoreError> {
+        Ok(self.db.flush_async().await?)
+    }
+}

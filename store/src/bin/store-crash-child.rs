@@ -1,0 +1,61 @@
+//! `store-crash-child DIR`: the victim of the store's crash test. Opens the log in DIR and appends batches of 1 to
+//! 64 records to three streams in a loop, forever; after each flush it prints `flushed STREAM SEQ HASH` (the
+//! stream's head, hash in hex) on stdout. The test SIGKILLs it at random moments and checks that every head it
+//! reported survived.
+
+use anyhow::Context;
+use std::io::Write;
+use store::{NewRecord, Store, StreamId};
+
+fn main() -> anyhow::Result<()> {
+    let dir = std::env::args_os()
+        .nth(1)
+        .context("usage: store-crash-child DIR")?;
+    let store = Store::open(&dir).with_context(|| format!("opening the log in {dir:?}"))?;
+    let streams: Vec<StreamId> = (1..=3u8).map(|n| StreamId([n; 16])).collect();
+    // Message ids must be unique across children: the pid is, while they run one after another.
+    let pid = std::process::id();
+    let mut rng = XorShift(u64::from(pid) | 1);
+    let mut out = std::io::stdout().lock();
+    for n in 0u64.. {
+        let stream = streams[(rng.next() % 3) as usize];
+        let size = 1 + rng.next() % 64;
+        let batch: Vec<NewRecord> = (0..size)
+            .map(|i| {
+                let bytes = format!(
+                    r#"{{"child":{pid},"batch":{n},"i":{i},"pad":"{}"}}"#,
+                    "x".repeat((rng.next() % 200) as usize)
+                );
+                if i % 2 == 0 {
+                    NewRecord::with_msg_id(format!("{pid}:{n}:{i}"), bytes)
+                } else {
+                    NewRecord::new(bytes)
+                }
+            })
+            .collect();
+        let expected = store.head(stream)?.map_or(0, |h| h.seq);
+        let outcome = store.append(stream, expected, &batch)?;
+        store.flush()?;
+        let head = outcome.head.context("a non-empty append leaves a head")?;
+        writeln!(
+            out,
+            "flushed {stream} {} {}",
+            head.seq,
+            hex::encode(head.hash)
+        )?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// A tiny PRNG: the binary needs no dependency for picking sizes.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}

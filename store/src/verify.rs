@@ -1,0 +1,342 @@
+//! Verification and torn-tail repair.
+//!
+//! `verify` walks every record once, in key order, and checks:
+//! - each stream's records are numbered 1, 2, 3... without gaps, each stores its predecessor's hash, and each
+//!   stored hash equals the recomputed [`crate::chain_hash`] (bit flips, edits, reorders, insertions, deletions);
+//! - each head points at an existing record with that hash, and no head lacks records (truncation, edited heads);
+//! - the global index and the dedupe table map one-to-one onto the records that claim them;
+//! - the meta entries (format tag, next global position) agree with the rest.
+//!
+//! Records beyond a stream's head chain correctly but were never committed: a *torn tail*. It is reported (not
+//! an error) when those records are the last ones written to the whole log, which is the only place a crash can
+//! leave them; [`Store::repair_torn_tail`] then removes them. Anything else is [`StoreError::Corruption`] and is
+//! never repaired automatically.
+
+use crate::error::StoreError;
+use crate::hash::{chain_hash, DOMAIN_TAG, ZERO_HASH};
+use crate::layout::{
+    self, decode_head, decode_record, decode_record_key, decode_stream, decode_u64,
+};
+use crate::types::{Hash, Head, StreamId};
+use crate::Store;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::collections::BTreeMap;
+
+/// The result of a verification that found no damage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Streams with a head.
+    pub streams: u64,
+    /// Records checked, torn tails included.
+    pub records: u64,
+    /// Records written beyond a head (never committed), one entry per stream.
+    pub torn_tails: Vec<TornTail>,
+    /// The highest global position of a committed record (0 in an empty log).
+    max_committed_pos: u64,
+    /// `next_global` as read from meta.
+    next_global: u64,
+}
+
+impl VerifyReport {
+    /// True when the log verified and has no torn tail.
+    pub fn is_clean(&self) -> bool {
+        self.torn_tails.is_empty()
+    }
+}
+
+/// Records `first_seq..=last_seq` of `stream` exist beyond its head `head_seq` (0 when it has no head).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub stream: StreamId,
+    pub head_seq: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// Where the walk is inside the current stream.
+struct StreamWalk {
+    stream: StreamId,
+    head: Option<Head>,
+    next: u64,
+    prev: Hash,
+    torn: Option<TornTail>,
+}
+
+impl StreamWalk {
+    fn new(stream: StreamId, head: Option<Head>) -> StreamWalk {
+        StreamWalk {
+            stream,
+            head,
+            next: 1,
+            prev: ZERO_HASH,
+            torn: None,
+        }
+    }
+
+    fn head_seq(&self) -> u64 {
+        self.head.map_or(0, |h| h.seq)
+    }
+
+    /// Checks the end of the stream: its head must not lie beyond its last record.
+    fn finish(self, torn: &mut Vec<TornTail>) -> Result<(), StoreError> {
+        let last = self.next - 1;
+        if self.head_seq() > last {
+            return Err(StoreError::corrupt_stream(
+                self.stream,
+                format!(
+                    "head is at seq {} but the last record is seq {last} (truncated)",
+                    self.head_seq()
+                ),
+            ));
+        }
+        torn.extend(self.torn);
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Recomputes every chain and cross-checks heads, global index, dedupe table and meta (see the module docs).
+    /// Returns the first damage found as [`StoreError::Corruption`]; a torn tail alone is reported in the
+    /// [`VerifyReport`].
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let t = &self.trees;
+        let next_global = self.verify_meta()?;
+        let mut heads = self.verify_heads()?;
+        let streams = heads.len() as u64;
+
+        let mut records = 0u64;
+        let mut with_msg_id = 0u64;
+        let mut max_committed_pos = 0u64;
+        let mut min_torn_pos = u64::MAX;
+        let mut torn = Vec::new();
+        let mut walk: Option<StreamWalk> = None;
+        for kv in t.records.iter() {
+            let (k, v) = kv?;
+            let (stream, seq) = decode_record_key(&k).ok_or_else(|| {
+                StoreError::corrupt_index(format!("malformed record key {}", hex::encode(&k)))
+            })?;
+            if walk.as_ref().is_none_or(|w| w.stream != stream) {
+                if let Some(w) = walk.take() {
+                    w.finish(&mut torn)?;
+                }
+                walk = Some(StreamWalk::new(stream, heads.remove(&stream)));
+            }
+            let w = walk.as_mut().expect("set above");
+            if seq != w.next {
+                return Err(StoreError::corrupt(
+                    stream,
+                    w.next,
+                    format!("record missing (the next record present is seq {seq})"),
+                ));
+            }
+            let r = decode_record(&v).map_err(|what| StoreError::corrupt(stream, seq, what))?;
+            if r.prev_hash != w.prev {
+                return Err(StoreError::corrupt(
+                    stream,
+                    seq,
+                    "stored previous hash does not match the previous record",
+                ));
+            }
+            if chain_hash(&stream, seq, &w.prev, &r.bytes) != r.hash {
+                return Err(StoreError::corrupt(
+                    stream,
+                    seq,
+                    "hash does not match the record's contents",
+                ));
+            }
+            if t.global.get(r.global_pos.to_be_bytes())?.as_deref() != Some(&k[..]) {
+                return Err(StoreError::corrupt(
+                    stream,
+                    seq,
+                    format!(
+                        "global index entry {} does not point back at this record",
+                        r.global_pos
+                    ),
+                ));
+            }
+            if let Some(id) = &r.msg_id {
+                if t.dedupe.get(id.as_bytes())?.as_deref() != Some(&k[..]) {
+                    return Err(StoreError::corrupt(
+                        stream,
+                        seq,
+                        format!("dedupe entry {id:?} does not point back at this record"),
+                    ));
+                }
+                with_msg_id += 1;
+            }
+            let head_seq = w.head_seq();
+            if seq <= head_seq {
+                max_committed_pos = max_committed_pos.max(r.global_pos);
+                if seq == head_seq && w.head.is_some_and(|h| h.hash != r.hash) {
+                    return Err(StoreError::corrupt(
+                        stream,
+                        seq,
+                        "head hash disagrees with the record",
+                    ));
+                }
+            } else {
+                min_torn_pos = min_torn_pos.min(r.global_pos);
+                let tail = w.torn.get_or_insert(TornTail {
+                    stream,
+                    head_seq,
+                    first_seq: seq,
+                    last_seq: seq,
+                });
+                tail.last_seq = seq;
+            }
+            w.prev = r.hash;
+            w.next += 1;
+            records += 1;
+        }
+        if let Some(w) = walk.take() {
+            w.finish(&mut torn)?;
+        }
+        if let Some((stream, head)) = heads.into_iter().next() {
+            return Err(StoreError::corrupt_stream(
+                stream,
+                format!("head at seq {} but the stream has no records", head.seq),
+            ));
+        }
+
+        // Every record maps to its own global and dedupe entry (checked above); equal counts make the maps
+        // one-to-one, so no entry points nowhere.
+        let global_entries = t.global.len() as u64;
+        if global_entries != records {
+            return Err(StoreError::corrupt_index(format!(
+                "global index has {global_entries} entries for {records} records"
+            )));
+        }
+        let dedupe_entries = t.dedupe.len() as u64;
+        if dedupe_entries != with_msg_id {
+            return Err(StoreError::corrupt_index(format!(
+                "dedupe table has {dedupe_entries} entries for {with_msg_id} records with a message id"
+            )));
+        }
+        let max_pos = match t.global.last()? {
+            None => 0,
+            Some((k, _)) => {
+                decode_u64(&k).ok_or_else(|| StoreError::corrupt_index("malformed global key"))?
+            }
+        };
+        if next_global != max_pos + 1 {
+            return Err(StoreError::corrupt_index(format!(
+                "meta next_global is {next_global} but the last global position is {max_pos}"
+            )));
+        }
+        if let Some(first) = torn.first() {
+            if min_torn_pos <= max_committed_pos {
+                return Err(StoreError::corrupt(
+                    first.stream,
+                    first.first_seq,
+                    "records beyond the head were written before committed records (not a torn tail)",
+                ));
+            }
+        }
+        Ok(VerifyReport {
+            streams,
+            records,
+            torn_tails: torn,
+            max_committed_pos,
+            next_global,
+        })
+    }
+
+    /// Removes the torn tails `verify` reports (records beyond a head, never committed) with their index entries,
+    /// flushes, and returns what it removed. Refuses (with the verification error) when the log has any other
+    /// damage. Run it while nothing appends, for example when the service starts: it fails with
+    /// [`StoreError::Corruption`] if the log changed since its own verification.
+    ///
+    /// A head deleted from the most recently written stream looks exactly like a torn tail; compare the heads
+    /// with an external anchor (the published events) before repairing if that matters.
+    pub fn repair_torn_tail(&self) -> Result<Vec<TornTail>, StoreError> {
+        let report = self.verify()?;
+        if report.torn_tails.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t = &self.trees;
+        let result = (&t.records, &t.global, &t.dedupe, &t.meta).transaction(
+            |(recs, global, dedupe, meta)| {
+                let now = meta.get(layout::META_NEXT_GLOBAL)?;
+                if now.as_deref().and_then(decode_u64) != Some(report.next_global) {
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::corrupt_index(
+                            "the log changed during repair_torn_tail; run it again",
+                        ),
+                    ));
+                }
+                for tail in &report.torn_tails {
+                    for seq in tail.first_seq..=tail.last_seq {
+                        let key = layout::record_key(&tail.stream, seq);
+                        let Some(v) = recs.remove(&key[..])? else {
+                            continue;
+                        };
+                        let r = decode_record(&v).map_err(|what| {
+                            ConflictableTransactionError::Abort(StoreError::corrupt(
+                                tail.stream,
+                                seq,
+                                what,
+                            ))
+                        })?;
+                        global.remove(&r.global_pos.to_be_bytes()[..])?;
+                        if let Some(id) = r.msg_id {
+                            dedupe.remove(id.as_bytes())?;
+                        }
+                    }
+                }
+                // All torn records sit above every committed one (verify checked), so their positions are free again.
+                meta.insert(
+                    layout::META_NEXT_GLOBAL,
+                    &(report.max_committed_pos + 1).to_be_bytes()[..],
+                )?;
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
+        }
+        self.flush()?;
+        Ok(report.torn_tails)
+    }
+
+    /// Checks the meta tree and returns `next_global`.
+    fn verify_meta(&self) -> Result<u64, StoreError> {
+        let meta = &self.trees.meta;
+        if meta.get(layout::META_FORMAT)?.as_deref() != Some(DOMAIN_TAG.as_slice()) {
+            return Err(StoreError::corrupt_index(
+                "meta format tag missing or wrong",
+            ));
+        }
+        let next = meta
+            .get(layout::META_NEXT_GLOBAL)?
+            .as_deref()
+            .and_then(decode_u64)
+            .ok_or_else(|| StoreError::corrupt_index("meta next_global missing or malformed"))?;
+        if meta.len() != 2 {
+            return Err(StoreError::corrupt_index(format!(
+                "meta has {} entries, expected 2",
+                meta.len()
+            )));
+        }
+        Ok(next)
+    }
+
+    fn verify_heads(&self) -> Result<BTreeMap<StreamId, Head>, StoreError> {
+        let mut heads = BTreeMap::new();
+        for kv in self.trees.heads.iter() {
+            let (k, v) = kv?;
+            let stream = decode_stream(&k).ok_or_else(|| {
+                StoreError::corrupt_index(format!("malformed head key {}", hex::encode(&k)))
+            })?;
+            let head = decode_head(&v)
+                .ok_or_else(|| StoreError::corrupt_stream(stream, "malformed head"))?;
+            if head.seq == 0 {
+                return Err(StoreError::corrupt_stream(stream, "head at seq 0"));
+            }
+            heads.insert(stream, head);
+        }
+        Ok(heads)
+    }
+}

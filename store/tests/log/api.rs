@@ -1,0 +1,242 @@
+//! The public API: appends, conflicts, duplicates, reads, global order, torn tails and their repair.
+
+use crate::support::{event, open_released, small_log, stream, wait_unlocked};
+use store::{chain_hash, NewRecord, Store, StoreError, ZERO_HASH};
+
+#[test]
+fn appends_chain_records_and_move_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let s = stream(1);
+    assert_eq!(store.head(s).unwrap(), None);
+
+    let out = store
+        .append(s, 0, &[NewRecord::new(event(1)), NewRecord::new(event(2))])
+        .unwrap();
+    assert_eq!((out.first_seq(), out.last_seq()), (Some(1), Some(2)));
+    let h1 = chain_hash(&s, 1, &ZERO_HASH, &event(1));
+    let h2 = chain_hash(&s, 2, &h1, &event(2));
+    assert_eq!(out.records[0].hash, h1);
+    assert_eq!(out.records[1].hash, h2);
+    assert_eq!(out.head.unwrap().seq, 2);
+    assert_eq!(out.head.unwrap().hash, h2);
+
+    let out = store
+        .append_durable(s, 2, &[NewRecord::new(event(3))])
+        .unwrap();
+    assert_eq!(out.first_seq(), Some(3));
+    let records: Vec<_> = store.read(s, 1).unwrap().map(Result::unwrap).collect();
+    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(records[1].prev_hash, h1);
+    assert_eq!(records[2].prev_hash, h2);
+    assert_eq!(records[2].bytes, event(3));
+    let from_two: Vec<_> = store.read(s, 2).unwrap().map(|r| r.unwrap().seq).collect();
+    assert_eq!(from_two, [2, 3]);
+    assert_eq!(store.read(s, 4).unwrap().count(), 0);
+    assert!(store.verify().unwrap().is_clean());
+}
+
+#[test]
+fn a_stale_expected_seq_is_a_conflict_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let s = stream(1);
+    store.append(s, 0, &[NewRecord::new(event(1))]).unwrap();
+    let err = store.append(s, 0, &[NewRecord::new(event(2))]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 0,
+                actual: 1,
+                ..
+            }
+        ),
+        "{err:#}"
+    );
+    assert_eq!(store.head(s).unwrap().unwrap().seq, 1);
+    assert_eq!(store.global(1).count(), 1);
+}
+
+#[test]
+fn a_known_message_id_is_answered_as_a_duplicate_not_stored_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b) = (stream(1), stream(2));
+    let first = store
+        .append(a, 0, &[NewRecord::with_msg_id("x", event(1))])
+        .unwrap();
+
+    // A retry with the same id and a stale head gets the original answer, not a conflict.
+    let retry = store
+        .append(a, 0, &[NewRecord::with_msg_id("x", event(1))])
+        .unwrap();
+    assert!(retry.all_duplicates());
+    assert_eq!(retry.records[0].seq, 1);
+    assert_eq!(retry.records[0].hash, first.records[0].hash);
+    assert_eq!(retry.head, first.head);
+
+    // Mixed batch on another stream: the known id and the repeat inside the batch are duplicates.
+    let mixed = store
+        .append(
+            b,
+            0,
+            &[
+                NewRecord::with_msg_id("x", event(9)),
+                NewRecord::with_msg_id("y", event(2)),
+                NewRecord::with_msg_id("y", event(3)),
+                NewRecord::new(event(4)),
+            ],
+        )
+        .unwrap();
+    let dups: Vec<_> = mixed.records.iter().map(|r| r.duplicate).collect();
+    assert_eq!(dups, [true, false, true, false]);
+    assert_eq!((mixed.records[0].stream, mixed.records[0].seq), (a, 1));
+    assert_eq!((mixed.records[2].stream, mixed.records[2].seq), (b, 1));
+    assert_eq!((mixed.first_seq(), mixed.last_seq()), (Some(1), Some(2)));
+    assert_eq!(store.head(b).unwrap().unwrap().seq, 2);
+    assert_eq!(store.global(1).count(), 3);
+    assert!(store.verify().unwrap().is_clean());
+}
+
+#[test]
+fn streams_and_global_order_list_everything_in_commit_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .append(stream(2), 0, &[NewRecord::new(event(1))])
+        .unwrap();
+    store
+        .append(stream(1), 0, &[NewRecord::new(event(2))])
+        .unwrap();
+    store
+        .append(stream(2), 1, &[NewRecord::new(event(3))])
+        .unwrap();
+    let streams: Vec<_> = store
+        .streams()
+        .unwrap()
+        .into_iter()
+        .map(|(s, h)| (s, h.seq))
+        .collect();
+    assert_eq!(streams, [(stream(1), 1), (stream(2), 2)]);
+    let global: Vec<_> = store
+        .global(1)
+        .map(|g| g.unwrap())
+        .map(|g| (g.pos, g.stream, g.seq))
+        .collect();
+    assert_eq!(
+        global,
+        [(1, stream(2), 1), (2, stream(1), 1), (3, stream(2), 2)]
+    );
+    assert_eq!(store.global(3).count(), 1);
+}
+
+#[test]
+fn flushed_appends_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        small_log(&store);
+    }
+    let store = open_released(dir.path()).unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.is_clean());
+    assert_eq!(report.streams, 3);
+    assert_eq!(report.records, store.global(1).count() as u64);
+}
+
+/// Writes a record beyond the head of the last written stream, as a crash between the record and its head would.
+fn tear_the_tail(dir: &std::path::Path) -> (store::StreamId, u64) {
+    wait_unlocked(dir);
+    let db = sled::open(dir).unwrap();
+    let records = db.open_tree(store::layout::RECORDS).unwrap();
+    let global = db.open_tree(store::layout::GLOBAL).unwrap();
+    let meta = db.open_tree(store::layout::META).unwrap();
+    let heads = db.open_tree(store::layout::HEADS).unwrap();
+    let s = stream(3);
+    let head = store::layout::decode_head(&heads.get(s.as_bytes()).unwrap().unwrap()).unwrap();
+    let pos =
+        store::layout::decode_u64(&meta.get(store::layout::META_NEXT_GLOBAL).unwrap().unwrap())
+            .unwrap();
+    let seq = head.seq + 1;
+    let bytes = event(1000);
+    let hash = chain_hash(&s, seq, &head.hash, &bytes);
+    let key = store::layout::record_key(&s, seq);
+    records
+        .insert(
+            key,
+            store::layout::encode_record(&hash, &head.hash, pos, None, &bytes),
+        )
+        .unwrap();
+    global.insert(pos.to_be_bytes(), &key[..]).unwrap();
+    meta.insert(
+        store::layout::META_NEXT_GLOBAL,
+        &(pos + 1).to_be_bytes()[..],
+    )
+    .unwrap();
+    db.flush().unwrap();
+    (s, seq)
+}
+
+#[test]
+fn a_torn_tail_is_reported_blocks_appends_and_is_repaired_explicitly() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        small_log(&store);
+    }
+    let (s, torn_seq) = tear_the_tail(dir.path());
+    let store = open_released(dir.path()).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(report.torn_tails.len(), 1);
+    assert_eq!(report.torn_tails[0].stream, s);
+    assert_eq!(report.torn_tails[0].first_seq, torn_seq);
+    assert_eq!(report.torn_tails[0].head_seq, torn_seq - 1);
+    // Reads stop at the head; appends refuse to build on a torn tail.
+    assert_eq!(store.read(s, 1).unwrap().count() as u64, torn_seq - 1);
+    let err = store
+        .append(s, torn_seq - 1, &[NewRecord::new(event(1))])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corruption { .. }), "{err:#}");
+
+    let repaired = store.repair_torn_tail().unwrap();
+    assert_eq!(repaired, report.torn_tails);
+    assert!(store.verify().unwrap().is_clean());
+    let out = store
+        .append(s, torn_seq - 1, &[NewRecord::new(event(1))])
+        .unwrap();
+    assert_eq!(out.first_seq(), Some(torn_seq));
+    assert!(store.verify().unwrap().is_clean());
+}
+
+#[test]
+fn damage_in_the_middle_is_refused_by_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        small_log(&store);
+    }
+    {
+        wait_unlocked(dir.path());
+        let db = sled::open(dir.path()).unwrap();
+        let records = db.open_tree(store::layout::RECORDS).unwrap();
+        records
+            .remove(store::layout::record_key(&stream(2), 2))
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = open_released(dir.path()).unwrap();
+    for err in [
+        store.verify().unwrap_err(),
+        store.repair_torn_tail().unwrap_err(),
+    ] {
+        match err {
+            StoreError::Corruption { stream: s, seq, .. } => {
+                assert_eq!((s, seq), (Some(stream(2)), Some(2)));
+            }
+            other => panic!("expected corruption, got {other:#}"),
+        }
+    }
+    // Reading through the hole fails instead of skipping it.
+    assert!(store.read(stream(2), 1).unwrap().any(|r| r.is_err()));
+}
