@@ -450,7 +450,8 @@ fn upgrade(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Error> {
     let deadline = started + c.timings.upgrade_timeout_ms;
     let synced = poll(sim, deadline, |c| {
         let n = &c.nodes[i];
-        (n.up && n.role == Role::Follower && n.pg == Pg::Synced).then(|| n.running.clone())
+        // A stopped leader nobody replaced resumes leadership on start: that also counts as rejoined.
+        (n.in_service() && n.running == n.installed).then(|| n.running.clone())
     })?;
     Ok(match synced {
         Some(v) => {

@@ -16,6 +16,8 @@ pub mod pkg;
 pub mod render;
 pub mod report;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 
