@@ -1083,11 +1083,9 @@ fn judge(state: &State, step: u64, observation: &Observation, now: u64) -> Vec<E
             check,
             wind_down(
                 format!(
-                    "preflight refused: {} `{}` on {}: {}",
-                    s.action,
-                    s.argv.join(" "),
-                    s.node,
-                    problems.join("; ")
+                    "preflight refused: {}; {}",
+                    problems.join("; "),
+                    describe_step(record)
                 ),
                 now,
             ),

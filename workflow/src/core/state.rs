@@ -525,7 +525,13 @@ impl State {
             Event::UpgradePaused { by, reason, .. } => {
                 self.paused = Some((by.clone(), reason.clone()))
             }
-            Event::UpgradeResumed { .. } => self.paused = None,
+            Event::UpgradeResumed { at_ms, .. } => {
+                self.paused = None;
+                // A pause is the operator's time, not the node's: the sync timeout restarts on resume.
+                if let Some(c) = &mut self.cursor {
+                    c.started_ms = *at_ms;
+                }
+            }
             Event::AbortRequested { .. } => {}
             Event::GateApproved { gate, .. } => {
                 self.approvals.insert(*gate);

@@ -507,3 +507,77 @@ pub fn count<T: Ord + Clone>(items: &[T]) -> BTreeMap<T, usize> {
     }
     m
 }
+
+impl Run {
+    /// Advances one thing (a result or a tick); false when there is nothing to do.
+    pub fn advance(&mut self, fake: &mut FakeCluster) -> bool {
+        if self.state.is_terminal() {
+            return false;
+        }
+        if let Some(step) = self.state.outstanding_steps().first() {
+            let result = fake.run(step);
+            self.finish(step, result);
+            return true;
+        }
+        if self.state.next_wakeup_ms().is_some() {
+            self.tick();
+            return true;
+        }
+        false
+    }
+
+    /// Advances until `pred` holds; panics if it never does.
+    pub fn until(&mut self, fake: &mut FakeCluster, what: &str, pred: impl Fn(&Run) -> bool) {
+        for _ in 0..1_000 {
+            if pred(self) {
+                return;
+            }
+            if !self.advance(fake) {
+                break;
+            }
+        }
+        assert!(
+            pred(self),
+            "never reached: {what}; status {:?}; last events {:#?}",
+            self.state.status(),
+            &self.history[self.history.len().saturating_sub(6)..]
+        );
+    }
+
+    /// The outstanding step, which a test expects.
+    pub fn outstanding(&self) -> ScheduledStep {
+        self.state
+            .outstanding_steps()
+            .first()
+            .cloned()
+            .expect("a step is outstanding")
+    }
+
+    /// Whether the outstanding step is `action` on `node`.
+    pub fn next_is(&self, action: workflow::core::Action, node: &str) -> bool {
+        self.state
+            .outstanding_steps()
+            .first()
+            .is_some_and(|s| s.action == action && s.node == node)
+    }
+}
+
+/// The result tuple of a failed command.
+pub fn failed(code: i32, stderr: &str) -> (Outcome, Option<i32>, String, String) {
+    (
+        Outcome::Failed,
+        Some(code),
+        String::new(),
+        stderr.to_string(),
+    )
+}
+
+/// The result tuple of a succeeded command.
+pub fn succeeded(stdout: &str) -> (Outcome, Option<i32>, String, String) {
+    (
+        Outcome::Succeeded,
+        Some(0),
+        stdout.to_string(),
+        String::new(),
+    )
+}

@@ -1,0 +1,1211 @@
+//! The Decider as data: given a history (events), when an input arrives, then these events (or this
+//! rejection). Histories come from driving the core against the fake cluster, so they are real ones.
+//! Covers every phase, the failure paths and the safety rules S1-S5 of DESIGN.md.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use workflow::core::{
+    decide, replay, verify, Action, Event, Gate, Input, Observation, Outcome, Phase, Rejection,
+    Resolution, State, Status, WaitPurpose, WindDownCause,
+};
+
+/// Given `history`, when `input`: the events decided (the state is rebuilt from the history alone).
+fn when(history: &[Event], input: Input) -> Result<Vec<Event>, Rejection> {
+    decide(&replay(history), &input)
+}
+
+fn result_of(
+    step: &workflow::core::ScheduledStep,
+    r: (Outcome, Option<i32>, String, String),
+    now: u64,
+) -> Input {
+    Input::StepFinished {
+        step: step.step,
+        attempt: step.attempt,
+        outcome: r.0,
+        exit_code: r.1,
+        stdout: r.2,
+        stderr: r.3,
+        reason: None,
+        executor: "exec-1".into(),
+        now_ms: now,
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn started(procedure: &str, gates: &str) -> (Run, FakeCluster) {
+    let mut run = Run::new();
+    let fake = FakeCluster::new("3.0.0-1");
+    run.input(submit(cluster(procedure, gates), run.now))
+        .unwrap();
+    (run, fake)
+}
+
+fn halted_reason(state: &State) -> (String, Option<String>) {
+    match state.status() {
+        Status::Halted {
+            reason,
+            failover_pending,
+        }
+        | Status::Aborted {
+            reason,
+            failover_pending,
+        } => (reason, failover_pending),
+        other => panic!("not halted: {other:?}"),
+    }
+}
+
+// ----- preflight -----
+
+#[test]
+fn preflight_submit_schedules_cluster_status_first() {
+    let events = when(&[], submit(cluster("runbook", ""), 1_000)).unwrap();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert!(
+        matches!(&events[0], Event::UpgradeSubmitted { target_version, package, .. }
+        if target_version == "3.1.0-1" && package == "/var/tmp/chef-backend_3.1.0-1_amd64.deb")
+    );
+    assert_eq!(
+        events[1],
+        Event::StepScheduled {
+            step: 1,
+            attempt: 1,
+            node: "backend-1".into(),
+            group: "g1".into(),
+            action: Action::ProbeClusterStatus,
+            argv: strings(&["chef-backend-ctl", "cluster-status"]),
+            env: BTreeMap::new(),
+            timeout_ms: 30_000,
+            deadline_ms: 1_000 + 30_000 + 10_000,
+        }
+    );
+}
+
+#[test]
+fn preflight_refuses_without_an_online_executor() {
+    let mut input = submit(cluster("runbook", ""), 1_000);
+    if let Input::Submit {
+        executors_online, ..
+    } = &mut input
+    {
+        executors_online.retain(|g| g != "g3");
+    }
+    let events = when(&[], input).unwrap();
+    assert_eq!(events.len(), 3, "{events:#?}");
+    let reason = "preflight refused: no online executor for backend-3 (group g3)".to_string();
+    assert_eq!(
+        events[1],
+        Event::WindDownStarted {
+            cause: WindDownCause::Failure,
+            reason: reason.clone(),
+            at_ms: 1_000
+        }
+    );
+    assert_eq!(
+        events[2],
+        Event::UpgradeHalted {
+            reason,
+            failover_pending: None,
+            at_ms: 1_000
+        }
+    );
+}
+
+#[test]
+fn preflight_refuses_an_unhealthy_cluster() {
+    let (mut run, mut fake) = started("runbook", "");
+    // backend-3 is still syncing: the status table shows it.
+    fake.nodes[2].syncing = 100;
+    run.run_to_rest(&mut fake, 100);
+    let (reason, pending) = halted_reason(&run.state);
+    assert!(
+        reason.starts_with("preflight refused: postgresql: leader: 1; offline: 0; syncing: 1"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("`probe_status` on backend-1") && reason.contains("exit code 0"),
+        "{reason}"
+    );
+    assert_eq!(pending, None);
+    assert!(
+        actions_of(&run.history).is_empty(),
+        "no action may run: {:?}",
+        actions_of(&run.history)
+    );
+}
+
+#[test]
+fn preflight_refuses_without_a_single_leader() {
+    let (mut run, mut fake) = started("runbook", "");
+    fake.nodes[0].role = FakeRole::Leader;
+    run.run_to_rest(&mut fake, 100);
+    let (reason, _) = halted_reason(&run.state);
+    assert!(
+        reason.contains("2 leaders (backend-1, backend-2), want exactly one"),
+        "{reason}"
+    );
+    assert!(actions_of(&run.history).is_empty());
+
+    let (mut run, mut fake) = started("runbook", "");
+    fake.nodes[1].role = FakeRole::Follower;
+    run.run_to_rest(&mut fake, 100);
+    let (reason, _) = halted_reason(&run.state);
+    assert!(reason.contains("0 leaders"), "{reason}");
+}
+
+#[test]
+fn preflight_retries_a_probe_that_failed_then_refuses() {
+    let (mut run, _fake) = started("runbook", "");
+    for attempt in 1..=3 {
+        let step = run.outstanding();
+        assert_eq!((step.step, step.attempt), (1, attempt));
+        let events = run.finish(&step, failed(1, "cannot reach etcd"));
+        if attempt < 3 {
+            assert!(matches!(
+                events.last(),
+                Some(Event::WaitStarted {
+                    purpose: WaitPurpose::Retry { step: 1 },
+                    ..
+                })
+            ));
+            // Backoff doubles: 500, 1000.
+            let Some(Event::WaitStarted { until_ms, .. }) = events.last() else {
+                unreachable!()
+            };
+            assert_eq!(*until_ms, run.now + 500 * (1 << (attempt - 1)));
+            assert_eq!(
+                run.input(Input::Tick {
+                    now_ms: until_ms - 1
+                })
+                .unwrap(),
+                vec![]
+            );
+            run.tick();
+        }
+    }
+    let (reason, _) = halted_reason(&run.state);
+    assert!(
+        reason.contains("cannot reach etcd") && reason.contains("attempt 3"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn preflight_skips_nodes_already_at_the_target() {
+    let (mut run, mut fake) = started("runbook", "");
+    fake.nodes[0].installed = "3.1.0-1".into();
+    fake.nodes[0].running_version = "3.1.0-1".into();
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(run.state.status(), Status::Completed);
+    let plan = run.state.plan().unwrap();
+    assert_eq!(plan.skipped, vec!["backend-1".to_string()]);
+    assert_eq!(plan.nodes_to_upgrade(), vec!["backend-3", "backend-2"]);
+    assert!(!actions_of(&run.history)
+        .iter()
+        .any(|(n, a)| n == "backend-1" && a != "block_failover" && a != "unblock_failover"));
+    assert_eq!(
+        run.state.nodes()["backend-1"].phase,
+        workflow::core::NodePhase::Skipped
+    );
+}
+
+#[test]
+fn preflight_with_everything_upgraded_completes_without_touching_failover() {
+    let (mut run, mut fake) = started("runbook", "");
+    for n in &mut fake.nodes {
+        n.installed = "3.1.0-1".into();
+    }
+    run.run_to_rest(&mut fake, 100);
+    assert_eq!(run.state.status(), Status::Completed);
+    assert!(actions_of(&run.history).is_empty());
+    assert!(!fake.ever_blocked);
+}
+
+#[test]
+fn plan_only_stops_after_the_plan() {
+    let mut input = submit(cluster("runbook", ""), 1_000);
+    if let Input::Submit { plan_only, .. } = &mut input {
+        *plan_only = true;
+    }
+    let mut run = Run::new();
+    run.input(input).unwrap();
+    let mut fake = FakeCluster::new("3.0.0-1");
+    run.run_to_rest(&mut fake, 100);
+    assert_eq!(run.state.status(), Status::Planned);
+    assert!(run.state.is_terminal());
+    assert!(actions_of(&run.history).is_empty());
+    let plan = run.state.plan().unwrap();
+    assert_eq!(plan.leader, "backend-2");
+    assert_eq!(plan.guids["backend-1"], "79d84527cf937f3daa94c1435d0a4249");
+    assert_eq!(run.state.plan_hash().unwrap(), plan.hash());
+    let runs: Vec<(String, Action)> = plan
+        .items
+        .iter()
+        .filter_map(|i| match i {
+            workflow::core::PlanItem::Run { node, action, .. } => Some((node.clone(), *action)),
+            _ => None,
+        })
+        .collect();
+    use Action::*;
+    let want: Vec<(String, Action)> = [
+        ("backend-2", BlockFailover),
+        ("backend-1", Stop),
+        ("backend-1", Install),
+        ("backend-1", Start),
+        ("backend-3", Stop),
+        ("backend-3", Install),
+        ("backend-3", Start),
+        ("backend-2", UnblockFailover),
+        ("backend-2", Demote),
+        ("backend-1", BlockFailover),
+        ("backend-2", Stop),
+        ("backend-2", Install),
+        ("backend-2", Start),
+        ("backend-1", UnblockFailover),
+    ]
+    .iter()
+    .map(|(n, a)| (n.to_string(), *a))
+    .collect();
+    assert_eq!(runs, want);
+}
+
+#[test]
+fn expected_plan_hash_mismatch_refuses_naming_both_hashes() {
+    let mut input = submit(cluster("runbook", ""), 1_000);
+    if let Input::Submit {
+        expected_plan_hash, ..
+    } = &mut input
+    {
+        *expected_plan_hash = Some("deadbeef".into());
+    }
+    let mut run = Run::new();
+    run.input(input).unwrap();
+    let mut fake = FakeCluster::new("3.0.0-1");
+    run.run_to_rest(&mut fake, 100);
+    let (reason, pending) = halted_reason(&run.state);
+    let computed = run.state.plan_hash().unwrap().to_string();
+    assert!(
+        reason.contains("expected deadbeef") && reason.contains(&computed),
+        "{reason}"
+    );
+    assert_eq!(pending, None);
+    assert!(actions_of(&run.history).is_empty());
+}
+
+#[test]
+fn matching_plan_hash_proceeds() {
+    let mut plan_run = Run::new();
+    let mut input = submit(cluster("runbook", ""), 1_000);
+    if let Input::Submit { plan_only, .. } = &mut input {
+        *plan_only = true;
+    }
+    plan_run.input(input.clone()).unwrap();
+    plan_run.run_to_rest(&mut FakeCluster::new("3.0.0-1"), 100);
+    let hash = plan_run.state.plan_hash().unwrap().to_string();
+    if let Input::Submit {
+        plan_only,
+        expected_plan_hash,
+        ..
+    } = &mut input
+    {
+        *plan_only = false;
+        *expected_plan_hash = Some(hash);
+    }
+    let mut run = Run::new();
+    run.input(input).unwrap();
+    let mut fake = FakeCluster::new("3.0.0-1");
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(run.state.status(), Status::Completed);
+}
+
+// ----- block failover, followers, S1 -----
+
+#[test]
+fn block_failover_is_the_first_action_on_the_leader() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "block scheduled", |r| {
+        r.next_is(Action::BlockFailover, "backend-2")
+    });
+    let tail: Vec<&Event> = run.history.iter().rev().take(3).collect();
+    assert!(
+        matches!(
+            tail[2],
+            Event::PhaseEntered {
+                phase: Phase::BlockFailover,
+                ..
+            }
+        ),
+        "{tail:#?}"
+    );
+    assert!(matches!(tail[1], Event::ItemStarted { index: 0, .. }));
+    assert_eq!(
+        run.outstanding().argv,
+        strings(&["chef-backend-ctl", "set-cluster-failover", "off"])
+    );
+    assert!(
+        run.state.failover_blocked(),
+        "the obligation is recorded as soon as blocking is scheduled"
+    );
+    assert_eq!(run.state.status(), Status::Running);
+}
+
+#[test]
+fn followers_are_upgraded_one_at_a_time_with_a_fresh_health_check_between() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "second follower stopped", |r| {
+        r.next_is(Action::Stop, "backend-3")
+    });
+    // Between backend-1's start and backend-3's stop, backend-1 was re-observed healthy: status, cluster-status
+    // and version probes on backend-1 passed after the start (S1).
+    let start = run
+        .history
+        .iter()
+        .position(|e| matches!(e, Event::StepScheduled { action: Action::Start, node, .. } if node == "backend-1"))
+        .unwrap();
+    let checks: Vec<(String, bool)> = run.history[start..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::CheckEvaluated { node, passed, .. } => Some((node.clone(), *passed)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        checks.iter().any(|(_, p)| !p),
+        "the fake syncs slowly, so at least one check failed first: {checks:?}"
+    );
+    let passed: Vec<&(String, bool)> = checks.iter().rev().take(3).collect();
+    assert!(
+        passed.iter().all(|(n, p)| n == "backend-1" && *p),
+        "{checks:?}"
+    );
+    assert_eq!(
+        run.state.nodes()["backend-1"].phase,
+        workflow::core::NodePhase::Upgraded
+    );
+    assert!(fake.violations.list.is_empty());
+}
+
+#[test]
+fn a_poll_waits_for_its_interval() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "first poll wait", |r| {
+        r.state.phase() == Phase::Followers
+            && matches!(
+                r.history.last(),
+                Some(Event::WaitStarted {
+                    purpose: WaitPurpose::Poll,
+                    ..
+                })
+            )
+    });
+    let Some(Event::WaitStarted { until_ms, .. }) = run.history.last().cloned() else {
+        unreachable!()
+    };
+    assert_eq!(until_ms, run.now + 1_000);
+    assert_eq!(run.state.next_wakeup_ms(), Some(until_ms));
+    assert_eq!(
+        when(
+            &run.history,
+            Input::Tick {
+                now_ms: until_ms - 1
+            }
+        )
+        .unwrap(),
+        vec![]
+    );
+    let events = when(&run.history, Input::Tick { now_ms: until_ms }).unwrap();
+    assert_eq!(events[0], Event::TimerFired { at_ms: until_ms });
+    assert!(
+        matches!(&events[1], Event::StepScheduled { action: Action::ProbeStatus, node, .. } if node == "backend-1")
+    );
+}
+
+#[test]
+fn sync_timeout_halts_naming_the_node_and_probe_and_leaves_failover_pending_if_unhealthy() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "backend-1 started", |r| {
+        r.next_is(Action::Start, "backend-1")
+    });
+    let step = run.outstanding();
+    let res = fake.run(&step);
+    fake.nodes[0].syncing = 1_000_000; // never syncs
+    run.finish(&step, res);
+    run.run_to_rest(&mut fake, 2_000);
+    let (reason, pending) = halted_reason(&run.state);
+    assert!(
+        reason.starts_with("backend-1 did not become healthy, synced and upgraded within 20000 ms"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("`probe_status` on backend-1") && reason.contains("syncing: 1"),
+        "{reason}"
+    );
+    let pending =
+        pending.expect("the cluster is unhealthy, so failover stays blocked and says why");
+    assert!(
+        pending.contains("not healthy") && pending.contains("set-cluster-failover on"),
+        "{pending}"
+    );
+    assert!(run.state.failover_blocked());
+    assert!(!fake.failover, "nothing unblocked it");
+    assert!(!run.history.iter().any(|e| matches!(e, Event::StepScheduled { action: Action::Stop, node, .. } if node == "backend-3")),
+        "S5: never past a failed health gate");
+}
+
+#[test]
+fn an_idempotent_step_is_retried_with_backoff_under_the_same_step_id() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "stop backend-1", |r| {
+        r.next_is(Action::Stop, "backend-1")
+    });
+    let step = run.outstanding();
+    let events = when(
+        &run.history,
+        result_of(&step, failed(1, "runsv not running"), run.now + 10),
+    )
+    .unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        events[1],
+        Event::WaitStarted {
+            purpose: WaitPurpose::Retry { step: step.step },
+            until_ms: run.now + 10 + 500
+        }
+    );
+    run.finish(&step, failed(1, "runsv not running"));
+    let events = run.tick();
+    assert!(
+        matches!(&events[1], Event::StepScheduled { step: s, attempt: 2, action: Action::Stop, .. } if *s == step.step)
+    );
+}
+
+#[test]
+fn an_idempotent_step_out_of_retries_halts_with_the_command_exit_code_and_output() {
+    // The newer procedure installs while services run, so the cluster stays healthy and failover is restored.
+    let (mut run, mut fake) = started("upgrade-command", "");
+    run.until(&mut fake, "install backend-1", |r| {
+        r.next_is(Action::Install, "backend-1")
+    });
+    for _ in 0..3 {
+        let step = run.outstanding();
+        run.finish(
+            &step,
+            failed(2, "dpkg: error: cannot access archive '/var/tmp/x.deb'"),
+        );
+        run.until(&mut fake, "retry or halt", |r| {
+            !r.state.outstanding_steps().is_empty() || r.state.status() != Status::Running
+        });
+    }
+    run.run_to_rest(&mut fake, 100);
+    let (reason, pending) = halted_reason(&run.state);
+    assert!(
+        reason.starts_with("install failed and its retries are used up: step"),
+        "{reason}"
+    );
+    for part in [
+        "on backend-1",
+        "attempt 3",
+        "\"dpkg\", \"-i\", \"/var/tmp/chef-backend_3.1.0-1_amd64.deb\"",
+        "exit code 2",
+        "cannot access archive",
+    ] {
+        assert!(reason.contains(part), "missing {part}: {reason}");
+    }
+    assert_eq!(pending, None);
+    assert!(!run.state.failover_blocked());
+    assert!(
+        fake.failover,
+        "S3: failover restored after a failure that left the cluster healthy"
+    );
+    let tail: Vec<(String, String)> = actions_of(&run.history).into_iter().rev().take(1).collect();
+    assert_eq!(
+        tail,
+        vec![("backend-2".to_string(), "unblock_failover".to_string())]
+    );
+}
+
+// ----- gates -----
+
+#[test]
+fn the_canary_gate_waits_after_the_first_follower() {
+    let (mut run, mut fake) = started("runbook", "\"after-first-follower\"");
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(
+        run.state.status(),
+        Status::WaitingApproval {
+            gate: Gate::AfterFirstFollower
+        }
+    );
+    assert_eq!(
+        run.state.nodes()["backend-1"].phase,
+        workflow::core::NodePhase::Upgraded
+    );
+    assert_eq!(
+        run.state.nodes()["backend-3"].phase,
+        workflow::core::NodePhase::Pending
+    );
+    assert_eq!(run.state.next_wakeup_ms(), None);
+    assert_eq!(
+        when(
+            &run.history,
+            Input::Approve {
+                gate: Gate::BeforeSwitchover,
+                by: "op".into(),
+                now_ms: run.now
+            }
+        ),
+        Err(Rejection::GateNotConfigured(Gate::BeforeSwitchover))
+    );
+    let events = when(
+        &run.history,
+        Input::Approve {
+            gate: Gate::AfterFirstFollower,
+            by: "op".into(),
+            now_ms: run.now,
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        &events[0],
+        Event::GateApproved {
+            gate: Gate::AfterFirstFollower,
+            ..
+        }
+    ));
+    assert!(matches!(&events[1], Event::ItemCompleted { .. }));
+    assert!(events.iter().any(|e| matches!(e, Event::StepScheduled { action: Action::Stop, node, .. } if node == "backend-3")));
+}
+
+#[test]
+fn the_switchover_gate_waits_and_can_be_approved_in_advance() {
+    let (mut run, mut fake) = started("runbook", "\"before-switchover\"");
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(
+        run.state.status(),
+        Status::WaitingApproval {
+            gate: Gate::BeforeSwitchover
+        }
+    );
+    assert_eq!(run.state.phase(), Phase::Switchover);
+    assert!(fake
+        .nodes
+        .iter()
+        .filter(|n| n.name != "backend-2")
+        .all(|n| n.running_version == "3.1.0-1"));
+
+    let (mut run, mut fake) = started("runbook", "\"before-switchover\"");
+    run.input(Input::Approve {
+        gate: Gate::BeforeSwitchover,
+        by: "op".into(),
+        now_ms: run.now,
+    })
+    .unwrap();
+    assert_eq!(
+        run.input(Input::Approve {
+            gate: Gate::BeforeSwitchover,
+            by: "op".into(),
+            now_ms: run.now
+        }),
+        Err(Rejection::GateAlreadyApproved(Gate::BeforeSwitchover))
+    );
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(run.state.status(), Status::Completed);
+}
+
+// ----- switchover, S2, S4 -----
+
+#[test]
+fn switchover_unblocks_demotes_the_leader_reblocks_and_verifies_before_touching_the_old_leader() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "old leader stopped", |r| {
+        r.next_is(Action::Stop, "backend-2")
+    });
+    let acts = actions_of(&run.history);
+    let n = acts.len();
+    assert_eq!(
+        acts[n - 4..],
+        [
+            ("backend-2".to_string(), "unblock_failover".to_string()),
+            ("backend-2".to_string(), "demote".to_string()),
+            ("backend-1".to_string(), "block_failover".to_string()),
+            ("backend-2".to_string(), "stop".to_string()),
+        ]
+    );
+    // The deposed leader was seen as deposed_leader, polled, then as follower; the new leader's version checked.
+    let obs: Vec<&Observation> = run
+        .history
+        .iter()
+        .filter_map(|e| match e {
+            Event::ObservationRecorded { observation, .. } => Some(observation),
+            _ => None,
+        })
+        .collect();
+    let deposed_seen = obs.iter().any(|o| matches!(o, Observation::ClusterStatus { status }
+        if status.member("backend-2").is_some_and(|m| m.role == workflow::core::Role::DeposedLeader)));
+    assert!(deposed_seen);
+    let new_leader_version_probed = run.history.iter().any(|e| {
+        matches!(e,
+            Event::StepScheduled { action: Action::ProbeVersion, node, .. } if node == "backend-1"
+        )
+    });
+    assert!(new_leader_version_probed);
+    assert_eq!(run.state.phase(), Phase::OldLeader);
+    assert!(
+        fake.violations.list.is_empty(),
+        "{:?}",
+        fake.violations.list
+    );
+}
+
+#[test]
+fn a_failed_demote_is_not_repeated_but_observed_and_inferred_when_a_new_leader_exists() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "demote", |r| {
+        r.next_is(Action::Demote, "backend-2")
+    });
+    let demote = run.outstanding();
+    // It did take effect, but the executor reports a failure (e.g. the election was slow to be reported).
+    let _ = fake.run(&demote);
+    let events = run.finish(&demote, failed(1, "timed out waiting for the election"));
+    assert!(
+        matches!(&events[1], Event::ReobservationStarted { step, .. } if *step == demote.step),
+        "{events:#?}"
+    );
+    assert!(
+        matches!(&events[2], Event::StepScheduled { action: Action::ProbeClusterStatus, node, .. } if node != "backend-2")
+    );
+    let probe = run.outstanding();
+    let res = fake.run(&probe);
+    let events = run.finish(&probe, res);
+    assert!(
+        matches!(&events[2], Event::OutcomeInferred { step, evidence } if *step == demote.step && evidence.contains("backend-1 as the sole leader")),
+        "{events:#?}"
+    );
+    assert!(matches!(&events[3], Event::ItemCompleted { .. }));
+    assert!(matches!(
+        events.last(),
+        Some(Event::StepScheduled {
+            action: Action::BlockFailover,
+            ..
+        })
+    ));
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(run.state.status(), Status::Completed);
+    let demotes = scheduled(&run.history)
+        .iter()
+        .filter(|s| s.action == Action::Demote)
+        .count();
+    assert_eq!(demotes, 1, "S4: demote never repeated blindly");
+}
+
+#[test]
+fn a_demote_with_unknown_outcome_and_no_new_leader_needs_verification() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "demote", |r| {
+        r.next_is(Action::Demote, "backend-2")
+    });
+    let demote = run.outstanding();
+    // No result before the deadline.
+    let events = run
+        .input(Input::Tick {
+            now_ms: demote.deadline_ms,
+        })
+        .unwrap();
+    assert_eq!(
+        events[0],
+        Event::TimerFired {
+            at_ms: demote.deadline_ms
+        }
+    );
+    assert_eq!(
+        events[1],
+        Event::StepDeadlinePassed {
+            step: demote.step,
+            attempt: 1,
+            at_ms: demote.deadline_ms
+        }
+    );
+    assert!(matches!(&events[2], Event::ReobservationStarted { .. }));
+    run.now = demote.deadline_ms;
+    run.until(&mut fake, "needs verification", |r| {
+        matches!(r.state.status(), Status::NeedsVerification { .. })
+    });
+    let Status::NeedsVerification { step, reason } = run.state.status() else {
+        unreachable!()
+    };
+    assert_eq!(step, demote.step);
+    for part in [
+        "`demote` on backend-2",
+        "\"chef-backend-ctl\", \"demote\"",
+        "outcome unknown",
+        "exit code none",
+        "does not show a new leader",
+    ] {
+        assert!(reason.contains(part), "missing {part}: {reason}");
+    }
+    assert_eq!(run.state.next_wakeup_ms(), None);
+    assert!(!run.state.is_terminal());
+    // A late result for the demote is ignored.
+    assert_eq!(
+        when(&run.history, result_of(&demote, succeeded(""), run.now)).unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        when(
+            &run.history,
+            Input::Resolve {
+                step: 999,
+                resolution: Resolution::Retry,
+                by: "op".into(),
+                why: "x".into(),
+                now_ms: run.now
+            }
+        ),
+        Err(Rejection::NothingToResolve(999))
+    );
+
+    // Resolve: retry -> the cluster is observed again first, then the demote runs as attempt 2.
+    let mut retry = Run {
+        state: run.state.clone(),
+        history: run.history.clone(),
+        now: run.now,
+    };
+    let mut fake_retry = fake.clone();
+    let events = retry
+        .input(Input::Resolve {
+            step,
+            resolution: Resolution::Retry,
+            by: "op".into(),
+            why: "checked the node".into(),
+            now_ms: run.now,
+        })
+        .unwrap();
+    assert!(matches!(&events[1], Event::ReobservationStarted { .. }));
+    assert!(matches!(
+        &events[2],
+        Event::StepScheduled {
+            action: Action::ProbeClusterStatus,
+            ..
+        }
+    ));
+    let probe = retry.outstanding();
+    let res = fake_retry.run(&probe);
+    let events = retry.finish(&probe, res);
+    assert!(
+        matches!(events.last(), Some(Event::StepScheduled { action: Action::Demote, attempt: 2, step: s, .. }) if *s == step),
+        "{events:#?}"
+    );
+    retry.run_to_rest(&mut fake_retry, 500);
+    assert_eq!(retry.state.status(), Status::Completed);
+
+    // Resolve: failed -> winds down; failover was unblocked for the switchover, so nothing is pending.
+    let mut fail = Run {
+        state: run.state.clone(),
+        history: run.history.clone(),
+        now: run.now,
+    };
+    fail.input(Input::Resolve {
+        step,
+        resolution: Resolution::Failed,
+        by: "op".into(),
+        why: "no".into(),
+        now_ms: run.now,
+    })
+    .unwrap();
+    fail.run_to_rest(&mut fake.clone(), 100);
+    let (reason, pending) = halted_reason(&fail.state);
+    assert!(
+        reason.starts_with(&format!("an operator resolved step {step} as failed")),
+        "{reason}"
+    );
+    assert_eq!(pending, None);
+}
+
+#[test]
+fn the_newer_procedure_upgrades_the_leader_with_failover_and_checks_it() {
+    let (mut run, mut fake) = started("upgrade-command", "");
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(run.state.status(), Status::Completed);
+    let acts = actions_of(&run.history);
+    let leader: Vec<&str> = acts
+        .iter()
+        .filter(|(n, _)| n == "backend-2")
+        .map(|(_, a)| a.as_str())
+        .collect();
+    assert_eq!(
+        leader,
+        [
+            "block_failover",
+            "install",
+            "unblock_failover",
+            "upgrade_leader"
+        ]
+    );
+    let upgrade = scheduled(&run.history)
+        .into_iter()
+        .find(|s| s.action == Action::UpgradeLeader)
+        .unwrap();
+    assert_eq!(
+        upgrade.argv,
+        strings(&["chef-backend-ctl", "upgrade", "--failover"])
+    );
+    assert!(
+        fake.violations.list.is_empty(),
+        "{:?}",
+        fake.violations.list
+    );
+    assert!(fake.all_at_target());
+}
+
+// ----- pause, resume, abort -----
+
+#[test]
+fn pause_holds_decisions_until_resume() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "stop backend-1", |r| {
+        r.next_is(Action::Stop, "backend-1")
+    });
+    let step = run.outstanding();
+    let events = run
+        .input(Input::Pause {
+            by: "op".into(),
+            reason: "lunch".into(),
+            now_ms: run.now,
+        })
+        .unwrap();
+    assert_eq!(
+        events,
+        vec![Event::UpgradePaused {
+            by: "op".into(),
+            reason: "lunch".into(),
+            at_ms: run.now
+        }]
+    );
+    assert_eq!(
+        run.state.status(),
+        Status::Paused {
+            by: "op".into(),
+            reason: "lunch".into()
+        }
+    );
+    assert_eq!(
+        run.input(Input::Pause {
+            by: "op".into(),
+            reason: "again".into(),
+            now_ms: run.now
+        }),
+        Err(Rejection::AlreadyPaused)
+    );
+    assert_eq!(
+        Rejection::AlreadyPaused.to_string(),
+        "upgrade is already paused"
+    );
+    // The running step's result is recorded, but nothing new is scheduled.
+    let res = fake.run(&step);
+    let events = run.finish(&step, res);
+    assert_eq!(events.len(), 1);
+    assert!(matches!(events[0], Event::StepResultRecorded { .. }));
+    assert_eq!(run.state.next_wakeup_ms(), None);
+    assert_eq!(
+        run.input(Input::Tick {
+            now_ms: run.now + 100_000
+        })
+        .unwrap(),
+        vec![]
+    );
+    let events = run
+        .input(Input::Resume {
+            by: "op".into(),
+            now_ms: run.now,
+        })
+        .unwrap();
+    assert!(matches!(events[0], Event::UpgradeResumed { .. }));
+    assert!(
+        matches!(
+            events.last(),
+            Some(Event::StepScheduled {
+                action: Action::Install,
+                ..
+            })
+        ),
+        "{events:#?}"
+    );
+    assert_eq!(
+        run.input(Input::Resume {
+            by: "op".into(),
+            now_ms: run.now
+        }),
+        Err(Rejection::NotPaused)
+    );
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(run.state.status(), Status::Completed);
+}
+
+#[test]
+fn abort_restores_failover_when_the_cluster_is_healthy() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "stop backend-3", |r| {
+        r.next_is(Action::Stop, "backend-3")
+    });
+    // Abort while the stop is outstanding: the wind-down waits for it, observes, and... backend-3 is down.
+    let mut down = Run {
+        state: run.state.clone(),
+        history: run.history.clone(),
+        now: run.now,
+    };
+    let mut fake_down = fake.clone();
+    down.input(Input::Abort {
+        by: "op".into(),
+        reason: "change window closed".into(),
+        now_ms: down.now,
+    })
+    .unwrap();
+    down.run_to_rest(&mut fake_down, 1_000);
+    let (reason, pending) = halted_reason(&down.state);
+    assert_eq!(reason, "aborted by op: change window closed");
+    let pending = pending.expect("backend-3 is down, so failover cannot be restored");
+    assert!(
+        pending.contains("not healthy") && pending.contains("offline: 1"),
+        "{pending}"
+    );
+    assert!(!fake_down.failover && down.state.failover_blocked());
+    assert!(matches!(down.state.status(), Status::Aborted { .. }));
+
+    // Abort between nodes: healthy, so failover is re-enabled first.
+    let events = when(
+        &run.history,
+        Input::Abort {
+            by: "op".into(),
+            reason: "enough".into(),
+            now_ms: run.now,
+        },
+    );
+    assert!(events.is_ok());
+    let mut before = Run {
+        state: State::default(),
+        history: Vec::new(),
+        now: 1_000,
+    };
+    before.input(submit(cluster("runbook", ""), 1_000)).unwrap();
+    let mut fake2 = FakeCluster::new("3.0.0-1");
+    before.until(&mut fake2, "stop backend-3", |r| {
+        r.next_is(Action::Stop, "backend-3")
+    });
+    // Drop the outstanding stop: the executor rejects it without running (it was aborted first).
+    let stop = before.outstanding();
+    before
+        .input(Input::Abort {
+            by: "op".into(),
+            reason: "enough".into(),
+            now_ms: before.now,
+        })
+        .unwrap();
+    before.finish(
+        &stop,
+        (Outcome::Rejected, None, String::new(), String::new()),
+    );
+    before.run_to_rest(&mut fake2, 200);
+    assert_eq!(
+        before.state.status(),
+        Status::Aborted {
+            reason: "aborted by op: enough".into(),
+            failover_pending: None
+        }
+    );
+    assert!(fake2.failover, "S3: failover restored on abort");
+    assert!(!before.state.failover_blocked());
+    let last_actions = actions_of(&before.history);
+    assert_eq!(last_actions.last().unwrap().1, "unblock_failover");
+    assert_eq!(
+        before.input(Input::Abort {
+            by: "op".into(),
+            reason: "again".into(),
+            now_ms: before.now
+        }),
+        Err(Rejection::Finished("aborted: aborted by op: enough".into()))
+    );
+}
+
+// ----- idempotent handling of duplicate and late inputs -----
+
+#[test]
+fn duplicate_old_and_unknown_results_are_ignored() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "stop backend-1", |r| {
+        r.next_is(Action::Stop, "backend-1")
+    });
+    let step = run.outstanding();
+    run.finish(&step, failed(1, "x"));
+    // Duplicate of the recorded result.
+    assert_eq!(
+        when(&run.history, result_of(&step, failed(1, "x"), run.now)).unwrap(),
+        vec![]
+    );
+    run.tick(); // attempt 2 scheduled
+                // A late result of attempt 1.
+    assert_eq!(
+        when(&run.history, result_of(&step, succeeded(""), run.now)).unwrap(),
+        vec![]
+    );
+    // A step that never existed.
+    let mut bogus = step.clone();
+    bogus.step = 9_999;
+    assert_eq!(
+        when(&run.history, result_of(&bogus, succeeded(""), run.now)).unwrap(),
+        vec![]
+    );
+}
+
+#[test]
+fn inputs_before_a_submission_and_after_the_end_are_refused() {
+    assert_eq!(
+        when(&[], Input::Tick { now_ms: 1 }),
+        Err(Rejection::NotSubmitted)
+    );
+    let (mut run, mut fake) = started("runbook", "");
+    assert!(matches!(
+        run.input(submit(cluster("runbook", ""), 5)),
+        Err(Rejection::AlreadySubmitted(_))
+    ));
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(run.state.status(), Status::Completed);
+    assert_eq!(
+        run.input(Input::Tick {
+            now_ms: run.now + 1
+        })
+        .unwrap(),
+        vec![]
+    );
+    assert!(matches!(
+        run.input(Input::Pause {
+            by: "o".into(),
+            reason: "r".into(),
+            now_ms: 1
+        }),
+        Err(Rejection::Finished(_))
+    ));
+    let first = scheduled(&run.history)[0].clone();
+    assert_eq!(
+        run.input(result_of(&first, succeeded(""), run.now))
+            .unwrap(),
+        vec![]
+    );
+}
+
+#[test]
+fn a_submission_without_a_derivable_target_is_invalid() {
+    let mut c = cluster("runbook", "");
+    c.upgrade.package = Some("/tmp/chef-backend.deb".into());
+    let e = when(&[], submit(c, 1)).unwrap_err();
+    assert!(
+        e.to_string().contains("cannot tell the target version"),
+        "{e}"
+    );
+}
+
+// ----- the whole thing, replay and verification -----
+
+#[test]
+fn complete_upgrades_replay_and_verify() {
+    for procedure in ["runbook", "upgrade-command"] {
+        let (mut run, mut fake) =
+            started(procedure, "\"before-switchover\", \"after-first-follower\"");
+        for _ in 0..3 {
+            run.run_to_rest(&mut fake, 1_000);
+            if let Status::WaitingApproval { gate } = run.state.status() {
+                run.input(Input::Approve {
+                    gate,
+                    by: "op".into(),
+                    now_ms: run.now,
+                })
+                .unwrap();
+            }
+        }
+        assert_eq!(run.state.status(), Status::Completed, "{procedure}");
+        assert!(fake.all_at_target() && fake.failover && fake.violations.list.is_empty());
+        assert_eq!(replay(&run.history), run.state);
+        verify(&run.history).unwrap();
+        // The log format round-trips through JSON.
+        let json = serde_json::to_string(&run.history).unwrap();
+        let back: Vec<Event> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, run.history);
+        // Phases in order.
+        let phases: Vec<Phase> = run
+            .history
+            .iter()
+            .filter_map(|e| match e {
+                Event::PhaseEntered { phase, .. } => Some(*phase),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                Phase::BlockFailover,
+                Phase::Followers,
+                Phase::Switchover,
+                Phase::OldLeader,
+                Phase::UnblockFailover,
+                Phase::Verify
+            ]
+        );
+    }
+}
+
+#[test]
+fn verify_catches_a_decision_that_today_s_core_would_not_make() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.run_to_rest(&mut fake, 500);
+    let mut tampered = run.history.clone();
+    let i = tampered
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                Event::StepScheduled {
+                    action: Action::Stop,
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    if let Event::StepScheduled { argv, .. } = &mut tampered[i] {
+        argv.push("--force".into());
+    }
+    let err = verify(&tampered).unwrap_err();
+    assert_eq!(err.index, i);
+    let mut truncated = run.history.clone();
+    truncated.remove(1);
+    assert!(verify(&truncated).is_err());
+}
+
+#[test]
+fn outstanding_steps_are_what_a_restarted_service_republishes() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "install backend-1", |r| {
+        r.next_is(Action::Install, "backend-1")
+    });
+    let replayed = replay(&run.history);
+    let out = replayed.outstanding_steps();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].action, Action::Install);
+    assert_eq!(
+        out[0].argv,
+        strings(&["dpkg", "-i", "/var/tmp/chef-backend_3.1.0-1_amd64.deb"])
+    );
+    assert_eq!(replayed.next_wakeup_ms(), Some(out[0].deadline_ms));
+    assert_eq!(
+        replayed.nodes()["backend-1"].phase,
+        workflow::core::NodePhase::Upgrading
+    );
+    assert_eq!(
+        replayed.nodes()["backend-1"].last_action,
+        Some(Action::Install)
+    );
+}

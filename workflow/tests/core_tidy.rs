@@ -1,0 +1,139 @@
+//! Tidy: the workflow core stays pure. Its source must not use I/O crates, the clock or randomness, so that
+//! `decide` is a function of its inputs and `replay --verify` can re-derive every decision.
+
+use std::path::{Path, PathBuf};
+
+/// Names that would make the core impure, with why.
+const FORBIDDEN: &[(&str, &str)] = &[
+    ("tokio", "async runtime / I/O"),
+    ("async_nats", "NATS I/O"),
+    ("sled", "storage I/O"),
+    ("SystemTime", "reads the clock"),
+    ("Instant::now", "reads the clock"),
+    ("Instant", "reads the clock"),
+    ("rand", "randomness"),
+    ("getrandom", "randomness"),
+    ("thread_rng", "randomness"),
+    ("RandomState", "randomly seeded hashing (iteration order)"),
+    ("HashMap", "iteration order depends on a random seed"),
+    ("HashSet", "iteration order depends on a random seed"),
+    ("std::fs", "file I/O"),
+    ("std::net", "network I/O"),
+    ("std::process", "spawns processes"),
+    ("std::env", "reads the environment"),
+    ("std::thread", "threads and sleeping"),
+    ("println", "libraries never print"),
+    ("eprintln", "libraries never print"),
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("core directory is readable") {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Whether `word` occurs in `line` as a whole identifier path (not inside a longer identifier).
+fn mentions(line: &str, word: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut start = 0;
+    while let Some(pos) = line[start..].find(word) {
+        let at = start + pos;
+        let before = line[..at].chars().last();
+        let after = line[at + word.len()..].chars().next();
+        if !before.is_some_and(ident) && !after.is_some_and(ident) {
+            return true;
+        }
+        start = at + word.len();
+    }
+    false
+}
+
+fn offences(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let code = line.trim_start();
+        // Comments may name what the core avoids; only code counts.
+        if code.starts_with("//") {
+            continue;
+        }
+        let code = code.split(" //").next().unwrap_or(code);
+        for (word, why) in FORBIDDEN {
+            if mentions(code, word) {
+                found.push(format!("line {}: `{word}` ({why}): {}", n + 1, line.trim()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn core_uses_no_io_clock_or_randomness() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    assert!(
+        files.len() >= 5,
+        "expected the core's modules under {}",
+        dir.display()
+    );
+    let mut report = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("core source is readable");
+        for o in offences(&text) {
+            report.push(format!("{}: {o}", file.display()));
+        }
+    }
+    assert!(
+        report.is_empty(),
+        "the core must stay pure:\n{}",
+        report.join("\n")
+    );
+}
+
+#[test]
+fn the_scan_catches_what_it_looks_for() {
+    // The check itself must be able to fail.
+    assert_eq!(offences("use tokio::time;").len(), 1);
+    assert_eq!(offences("let t = std::time::SystemTime::now();").len(), 1);
+    assert_eq!(offences("let t = Instant::now();").len(), 2);
+    assert_eq!(offences("let x: u8 = rand::random();").len(), 1);
+    assert_eq!(offences("use async_nats::Client;").len(), 1);
+    assert_eq!(offences("let db = sled::open(p);").len(), 1);
+    assert!(offences("// tokio is not used here").is_empty());
+    assert!(offences("let operand = brand_new;").is_empty());
+}
+
+#[test]
+fn core_builds_without_io_dependencies() {
+    // The crate's pure build must not pull the service's I/O crates in as non-optional dependencies.
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .expect("manifest");
+    let mut in_deps = false;
+    for line in manifest.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_deps = t == "[dependencies]";
+            continue;
+        }
+        if !in_deps || t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        for io in ["tokio", "tokio-util", "async-nats", "sled", "store", "rand"] {
+            if t.starts_with(&format!("{io} "))
+                || t.starts_with(&format!("{io}."))
+                || t.starts_with(&format!("{io}="))
+            {
+                assert!(
+                    t.contains("optional = true"),
+                    "`{t}` must be optional (service feature only)"
+                );
+            }
+        }
+    }
+}
