@@ -1,1 +1,300 @@
-//! The workflow service (being built).
+//! The workflow service: owns the log, drives every upgrade.
+//!
+//! Shape (after tokio's mini-redis): [`run`] takes its configuration and a
+//! shutdown token, and owns three kinds of tasks, all joined before it returns:
+//! - one single-writer loop per active upgrade ([`upgrade`]): it turns inputs
+//!   (API requests, step results, timers) into `decide` calls, appends the
+//!   resulting events durably, then publishes the steps they schedule, mirrors
+//!   the events to `BATON_EVENTS`, and only then acks or answers the input;
+//! - the results pump: pulls `BATON_RESULTS` and routes each result to its
+//!   upgrade's loop (which acks it once it is in the log);
+//! - the API server on `baton.api.*` ([`handlers`]).
+//!
+//! On start the service bumps and logs its epoch (a stream of its own), replays
+//! every upgrade in the log, restarts the loops of unfinished ones, re-arms
+//! their timers from the recorded times and re-publishes their steps that have
+//! no recorded outcome, under the same ids.
+
+pub mod api;
+mod handlers;
+mod registry;
+mod upgrade;
+pub mod view;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use store::{NewRecord, Store, StreamId};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use registry::Registry;
+
+/// The stream that records the service's own starts (its epochs).
+pub const SERVICE_STREAM: StreamId = StreamId([0; 16]);
+
+/// Everything the service needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the sled log.
+    pub db: PathBuf,
+    /// NATS URL.
+    pub nats_url: String,
+    /// JetStream tunables (tests shorten them).
+    pub protocol: protocol::Options,
+}
+
+/// What can stop the service. Rejections of requests are not errors: they are
+/// answered on the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("the log failed")]
+    Store(#[from] store::StoreError),
+    #[error("connecting to NATS at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("setting up JetStream")]
+    Protocol(#[from] protocol::ProtocolError),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("the log holds an event that does not decode: upgrade {upgrade}, seq {seq}")]
+    UndecodableEvent {
+        upgrade: String,
+        seq: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("upgrade {upgrade}: the log could not be written; the service stopped acting on it")]
+    FailClosed {
+        upgrade: String,
+        #[source]
+        source: store::StoreError,
+    },
+}
+
+/// What the service's tasks share.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub store: Store,
+    pub js: jetstream::Context,
+    pub nats: async_nats::Client,
+    pub presence: jetstream::kv::Store,
+    pub epoch: u64,
+    pub registry: Registry,
+    pub shutdown: CancellationToken,
+}
+
+/// Runs the workflow service until `shutdown` is cancelled or a fatal error.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    let store = Store::open(&config.db)?;
+    let epoch = bump_epoch(&store).await?;
+    tracing::info!(epoch, db = %config.db.display(), "workflow service starting");
+
+    let Some(nats) = connect(&config.nats_url, &shutdown).await else {
+        return Ok(());
+    };
+    let js = jetstream::new(nats.clone());
+    let handles = protocol::ensure(&js, &config.protocol).await?;
+
+    let shared = Arc::new(Shared {
+        store,
+        js,
+        nats: nats.clone(),
+        presence: handles.presence.clone(),
+        epoch,
+        registry: Registry::default(),
+        shutdown: shutdown.clone(),
+    });
+
+    let mut tasks: JoinSet<Result<(), ServiceError>> = JoinSet::new();
+    upgrade::recover_all(&shared, &mut tasks).await?;
+
+    // The API first subscribes, so that nothing is answered before recovery.
+    let api = nats
+        .queue_subscribe(
+            protocol::subjects::API_WILDCARD,
+            "baton-workflow".to_string(),
+        )
+        .await
+        .map_err(|err| ServiceError::Nats(format!("subscribing to the API: {err}")))?;
+    {
+        let shared = shared.clone();
+        tasks.spawn(async move { handlers::serve(shared, api).await });
+    }
+    {
+        let shared = shared.clone();
+        let consumer = handles.workflow_consumer.clone();
+        tasks.spawn(async move { pump_results(shared, consumer).await });
+    }
+    tracing::info!(epoch, "workflow service ready");
+
+    // Upgrade loops are spawned into the registry's own set by the handlers;
+    // here we wait for shutdown or the first fatal error.
+    let mut result = Ok(());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            joined = tasks.join_next() => match joined {
+                Some(Ok(Ok(()))) => continue,
+                Some(Ok(Err(err))) => {
+                    tracing::error!(error = %format!("{:#}", anyhow_chain(&err)), "fatal error, stopping");
+                    result = Err(err);
+                    break;
+                }
+                Some(Err(join)) => {
+                    tracing::error!(error = %join, "a service task panicked, stopping");
+                    result = Err(ServiceError::Nats(format!("task failed: {join}")));
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    if let Err(err) = shared.registry.join_all().await {
+        if result.is_ok() {
+            result = Err(err);
+        }
+    }
+    let _ = shared.store.flush_async().await;
+    tracing::info!(epoch, "workflow service stopped");
+    result
+}
+
+/// Connects to NATS, retrying until it answers (the service may start before
+/// the broker). `None` if shutdown came first.
+async fn connect(url: &str, shutdown: &CancellationToken) -> Option<async_nats::Client> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match async_nats::ConnectOptions::new()
+            .name("baton-workflow")
+            .connect(url)
+            .await
+        {
+            Ok(client) => return Some(client),
+            Err(err) => {
+                tracing::warn!(%url, error = %err, "cannot reach NATS yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Formats an error with its sources, for logs.
+pub(crate) fn anyhow_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Records this start in the service stream and returns its epoch (1, 2, ...).
+async fn bump_epoch(store: &Store) -> Result<u64, ServiceError> {
+    let head = store.head(SERVICE_STREAM)?.map(|h| h.seq).unwrap_or(0);
+    let epoch = head + 1;
+    let record = serde_json::json!({
+        "type": "ServiceStarted",
+        "epoch": epoch,
+        "at_ms": now_ms(),
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    store.append(SERVICE_STREAM, head, &[NewRecord::new(record.to_string())])?;
+    store.flush_async().await?;
+    Ok(epoch)
+}
+
+/// Pulls results and routes each to its upgrade's loop; the loop acks it once
+/// it is in the log. Results for unknown or finished upgrades are acked and
+/// counted (they can only be duplicates or strays).
+async fn pump_results(
+    shared: Arc<Shared>,
+    consumer: jetstream::consumer::PullConsumer,
+) -> Result<(), ServiceError> {
+    let mut stray: u64 = 0;
+    let mut malformed: u64 = 0;
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot pull results; retrying");
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shared.shutdown.cancelled() => return Ok(()),
+                next = messages.next() => next,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "error pulling results; re-subscribing");
+                    break;
+                }
+                None => break,
+            };
+            let result = match protocol::decode_result(&message.payload) {
+                Ok(result) => result,
+                Err(err) => {
+                    malformed += 1;
+                    tracing::warn!(error = %err, malformed, "rejected a malformed step result");
+                    let _ = message.ack_with(jetstream::AckKind::Term).await;
+                    continue;
+                }
+            };
+            match shared.registry.get(&result.upgrade) {
+                Some(handle) => {
+                    if handle
+                        .send(upgrade::Command::Result {
+                            result: Box::new(result),
+                            message: Box::new(message),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        // The loop ended (shutdown); the result is redelivered later.
+                        tracing::debug!("upgrade loop gone; leaving the result for redelivery");
+                    }
+                }
+                None => {
+                    stray += 1;
+                    tracing::info!(
+                        upgrade = %result.upgrade,
+                        step = result.step,
+                        attempt = result.attempt,
+                        stray,
+                        "result for an upgrade that is not running; acked and ignored"
+                    );
+                    let _ = message.double_ack().await;
+                }
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the only clock of the service.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,194 @@
+//! The request/reply API on `baton.api.<verb>` that the CLI (and anybody
+//! else) uses to talk to the workflow service.
+//!
+//! Requests and replies are JSON. Every reply is an [`ApiReply`]: either a
+//! body or an error with a kind, so that the CLI can tell a rejection (the
+//! service understood and said no: exit code 3) from a failure (exit code 1).
+
+use serde::{Deserialize, Serialize};
+
+/// The subject prefix of the API; the verb follows (`baton.api.submit`).
+pub const API_PREFIX: &str = "baton.api";
+
+/// The subject of one verb.
+pub fn subject(verb: &str) -> String {
+    format!("{API_PREFIX}.{verb}")
+}
+
+/// Start an upgrade (or, with `plan_only`, only observe and compute the plan).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// The cluster file's name, used in error messages (`cluster.toml:7: ...`).
+    pub cluster_file: String,
+    /// The cluster file's text (TOML).
+    pub cluster_toml: String,
+    /// Path of the package on the nodes; overrides the cluster file's.
+    #[serde(default)]
+    pub package: Option<String>,
+    #[serde(default)]
+    pub target_version: Option<String>,
+    /// Gates to wait at, in addition to the cluster file's.
+    #[serde(default)]
+    pub approve_before: Vec<String>,
+    /// Refuse to start unless the plan computed from the live cluster has this hash.
+    #[serde(default)]
+    pub plan_hash: Option<String>,
+    #[serde(default)]
+    pub plan_only: bool,
+    pub requested_by: String,
+}
+
+/// Names one upgrade.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpgradeRef {
+    pub upgrade: String,
+}
+
+/// An operator's command on a running upgrade.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OperatorRequest {
+    pub upgrade: String,
+    pub by: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// For `approve`: the gate.
+    #[serde(default)]
+    pub gate: Option<String>,
+    /// For `resolve`: the step and the resolution (succeeded|failed|retry).
+    #[serde(default)]
+    pub step: Option<u64>,
+    #[serde(default)]
+    pub resolution: Option<String>,
+}
+
+/// Read a page of an upgrade's log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventsRequest {
+    pub upgrade: String,
+    /// First seq to return (1-based).
+    #[serde(default = "one")]
+    pub from_seq: u64,
+    #[serde(default = "page")]
+    pub limit: usize,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn page() -> usize {
+    500
+}
+
+/// One record of the log as the API shows it: the same fields as a line of
+/// `baton audit export` (the store's JSON-lines format), so a client can
+/// recompute the hash chain itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoggedEvent {
+    pub stream: String,
+    pub seq: u64,
+    /// Hex SHA-256 chain hash of the previous record (zeros for seq 1).
+    pub prev: String,
+    /// Hex SHA-256 chain hash of this record.
+    pub hash: String,
+    /// The event's bytes exactly as stored and hashed (JSON).
+    pub event: Box<serde_json::value::RawValue>,
+}
+
+/// A page of events; `next_seq` is set when more follow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventsPage {
+    pub upgrade: String,
+    pub events: Vec<LoggedEvent>,
+    pub next_seq: Option<u64>,
+}
+
+/// What kind of error an [`ApiReply`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request was understood and refused (invalid input, wrong state).
+    Rejected,
+    /// The upgrade (or other object) does not exist.
+    NotFound,
+    /// The service failed (log, NATS); the request may be retried.
+    Internal,
+}
+
+/// An API error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// Every reply of the API. The body is kept as raw JSON text so that events
+/// travel byte for byte as they were hashed (a `serde_json::Value` would
+/// reorder their keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiReply {
+    Ok(Box<serde_json::value::RawValue>),
+    Err(ApiError),
+}
+
+impl ApiReply {
+    pub fn ok<T: Serialize>(body: &T) -> ApiReply {
+        match serde_json::value::to_raw_value(body) {
+            Ok(raw) => ApiReply::Ok(raw),
+            Err(err) => ApiReply::error(ErrorKind::Internal, format!("encoding the reply: {err}")),
+        }
+    }
+
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> ApiReply {
+        ApiReply::Err(ApiError {
+            kind,
+            message: message.into(),
+        })
+    }
+}
+
+/// The state of one upgrade as `status`, `list` and `watch` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub upgrade: String,
+    pub cluster: String,
+    /// planning, running, paused, waiting_approval, needs_verification,
+    /// completed, halted, aborted.
+    pub status: String,
+    /// Why the upgrade halted, was aborted, waits, or needs verification.
+    pub reason: Option<String>,
+    pub phase: String,
+    pub target_version: Option<String>,
+    /// The step in flight, if any.
+    pub current: Option<StepView>,
+    pub nodes: Vec<NodeView>,
+    pub failover_blocked: bool,
+    pub plan: Option<serde_json::Value>,
+    pub plan_hash: Option<String>,
+    pub submitted_ms: Option<u64>,
+    pub updated_ms: Option<u64>,
+    /// How many events the log holds for this upgrade.
+    pub events: u64,
+}
+
+/// A step as the views show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepView {
+    pub step: u64,
+    pub attempt: u32,
+    pub node: String,
+    pub action: String,
+    pub argv: Vec<String>,
+    pub scheduled_ms: Option<u64>,
+}
+
+/// Per-node progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    pub role: Option<String>,
+    pub version: Option<String>,
+    pub progress: String,
+    pub last_output: Option<String>,
+}

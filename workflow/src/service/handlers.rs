@@ -1,0 +1,393 @@
+//! The API on `baton.api.<verb>`: decode the request, hand it to the right
+//! upgrade loop (or read the log), reply with an [`ApiReply`].
+//!
+//! Malformed requests are answered with a rejection and counted; they never
+//! stop the service.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::oneshot;
+use ulid::Ulid;
+
+use super::api::{
+    ApiReply, ErrorKind, EventsPage, EventsRequest, LoggedEvent, OperatorRequest, StatusView,
+    SubmitRequest, UpgradeRef,
+};
+use super::upgrade::{self, Command};
+use super::{now_ms, view, ServiceError, Shared, SERVICE_STREAM};
+use crate::core::{self, ClusterFile, Gate, Input, Resolution, State};
+
+/// Answers API requests until shutdown.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    mut requests: async_nats::Subscriber,
+) -> Result<(), ServiceError> {
+    let mut malformed: u64 = 0;
+    loop {
+        let message = tokio::select! {
+            _ = shared.shutdown.cancelled() => return Ok(()),
+            message = requests.next() => match message {
+                Some(message) => message,
+                None => return Ok(()),
+            },
+        };
+        let Some(reply_to) = message.reply.clone() else {
+            malformed += 1;
+            tracing::warn!(subject = %message.subject, malformed, "API request without a reply subject ignored");
+            continue;
+        };
+        let verb = message
+            .subject
+            .as_str()
+            .strip_prefix("baton.api.")
+            .unwrap_or_default()
+            .to_string();
+        let reply = match handle(&shared, &verb, &message.payload).await {
+            Ok(reply) => reply,
+            Err(HandlerError::BadRequest(reason)) => {
+                malformed += 1;
+                tracing::warn!(%verb, %reason, malformed, "malformed API request rejected");
+                ApiReply::error(ErrorKind::Rejected, reason)
+            }
+            Err(HandlerError::Service(err)) => {
+                let text = super::anyhow_chain(&err);
+                tracing::error!(%verb, error = %text, "API request failed");
+                if matches!(err, ServiceError::FailClosed { .. }) {
+                    shared.shutdown.cancel();
+                }
+                ApiReply::error(ErrorKind::Internal, text)
+            }
+        };
+        let payload = serde_json::to_vec(&reply).unwrap_or_default();
+        if let Err(err) = shared.nats.publish(reply_to, payload.into()).await {
+            tracing::warn!(%verb, error = %err, "could not send an API reply");
+        }
+    }
+}
+
+pub(super) enum HandlerError {
+    BadRequest(String),
+    Service(ServiceError),
+}
+
+impl From<ServiceError> for HandlerError {
+    fn from(err: ServiceError) -> Self {
+        HandlerError::Service(err)
+    }
+}
+
+impl From<store::StoreError> for HandlerError {
+    fn from(err: store::StoreError) -> Self {
+        HandlerError::Service(err.into())
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(verb: &str, payload: &[u8]) -> Result<T, HandlerError> {
+    serde_json::from_slice(payload)
+        .map_err(|err| HandlerError::BadRequest(format!("malformed `{verb}` request: {err}")))
+}
+
+async fn handle(
+    shared: &Arc<Shared>,
+    verb: &str,
+    payload: &[u8],
+) -> Result<ApiReply, HandlerError> {
+    match verb {
+        "submit" | "plan" => submit(shared, verb, decode(verb, payload)?).await,
+        "status" => {
+            let request: UpgradeRef = decode(verb, payload)?;
+            Ok(match status(shared, &request.upgrade).await? {
+                Some(view) => ApiReply::ok(&view),
+                None => not_found(&request.upgrade),
+            })
+        }
+        "list" => Ok(ApiReply::ok(&list(shared).await?)),
+        "pause" | "resume" | "abort" | "approve" | "resolve" => {
+            operator(shared, verb, decode(verb, payload)?).await
+        }
+        "events" => events(shared, decode(verb, payload)?),
+        "executors" => Ok(ApiReply::ok(&executors_online(shared).await)),
+        "audit" => {
+            let report = shared.store.verify()?;
+            Ok(ApiReply::ok(&view::verify_view(&report)))
+        }
+        other => Err(HandlerError::BadRequest(format!(
+            "unknown API verb `{other}` (known: submit, plan, status, list, pause, resume, abort, approve, resolve, events, executors, audit)"
+        ))),
+    }
+}
+
+fn not_found(upgrade: &str) -> ApiReply {
+    ApiReply::error(
+        ErrorKind::NotFound,
+        format!("no upgrade {upgrade} in the log"),
+    )
+}
+
+async fn submit(
+    shared: &Arc<Shared>,
+    verb: &str,
+    request: SubmitRequest,
+) -> Result<ApiReply, HandlerError> {
+    let cluster = match ClusterFile::parse(&request.cluster_file, &request.cluster_toml) {
+        Ok(cluster) => cluster,
+        Err(err) => return Ok(ApiReply::error(ErrorKind::Rejected, err.to_string())),
+    };
+    let mut gates = Vec::new();
+    for name in &request.approve_before {
+        match Gate::from_name(name) {
+            Some(gate) => gates.push(gate),
+            None => {
+                return Ok(ApiReply::error(
+                    ErrorKind::Rejected,
+                    format!("unknown gate `{name}`"),
+                ))
+            }
+        }
+    }
+    let upgrade = Ulid::new().to_string();
+    let cluster_name = cluster.name.clone();
+    let handle = match upgrade::start_new(shared, &upgrade, &cluster_name).await {
+        Ok(handle) => handle,
+        Err(holder) => {
+            return Ok(ApiReply::error(
+                ErrorKind::Rejected,
+                format!("cluster {cluster_name} already has upgrade {holder} in progress; wait for it, or abort it first"),
+            ))
+        }
+    };
+    let input = Input::Submit {
+        upgrade: upgrade.clone(),
+        cluster,
+        package: request.package.unwrap_or_default(),
+        target_version: request.target_version,
+        gates,
+        plan_only: request.plan_only || verb == "plan",
+        expected_plan_hash: request.plan_hash,
+        executors_online: executors_online(shared).await,
+        requested_by: request.requested_by,
+        now_ms: now_ms(),
+    };
+    let (tx, rx) = oneshot::channel();
+    let sent = handle
+        .send(Command::Input {
+            input: Box::new(input),
+            reply: tx,
+        })
+        .await;
+    let answer = match (sent, rx.await) {
+        (Ok(()), Ok(answer)) => answer,
+        _ => {
+            shared.registry.release(&upgrade);
+            return Ok(ApiReply::error(
+                ErrorKind::Internal,
+                "the service is stopping",
+            ));
+        }
+    };
+    match answer {
+        Ok(()) => Ok(ApiReply::ok(&UpgradeRef { upgrade })),
+        Err(rejection) => {
+            shared.registry.release(&upgrade);
+            Ok(ApiReply::error(ErrorKind::Rejected, rejection.to_string()))
+        }
+    }
+}
+
+async fn operator(
+    shared: &Arc<Shared>,
+    verb: &str,
+    request: OperatorRequest,
+) -> Result<ApiReply, HandlerError> {
+    let now_ms = now_ms();
+    let by = request.by.clone();
+    let input = match verb {
+        "pause" => Input::Pause {
+            by,
+            reason: request.reason.unwrap_or_default(),
+            now_ms,
+        },
+        "resume" => Input::Resume { by, now_ms },
+        "abort" => Input::Abort {
+            by,
+            reason: request
+                .reason
+                .ok_or_else(|| HandlerError::BadRequest("abort needs a reason".into()))?,
+            now_ms,
+        },
+        "approve" => {
+            let name = request
+                .gate
+                .ok_or_else(|| HandlerError::BadRequest("approve needs a gate".into()))?;
+            let gate = Gate::from_name(&name)
+                .ok_or_else(|| HandlerError::BadRequest(format!("unknown gate `{name}`")))?;
+            Input::Approve { gate, by, now_ms }
+        }
+        "resolve" => {
+            let step = request
+                .step
+                .ok_or_else(|| HandlerError::BadRequest("resolve needs a step".into()))?;
+            let resolution = match request.resolution.as_deref() {
+                Some("succeeded") => Resolution::Succeeded,
+                Some("failed") => Resolution::Failed,
+                Some("retry") => Resolution::Retry,
+                other => {
+                    return Err(HandlerError::BadRequest(format!(
+                        "resolve needs --as succeeded|failed|retry, got {other:?}"
+                    )))
+                }
+            };
+            Input::Resolve {
+                step,
+                resolution,
+                by,
+                why: request.reason.unwrap_or_default(),
+                now_ms,
+            }
+        }
+        _ => unreachable!("operator verbs are matched by the caller"),
+    };
+    let Some(handle) = shared.registry.get(&request.upgrade) else {
+        return Ok(match status(shared, &request.upgrade).await? {
+            Some(view) => ApiReply::error(
+                ErrorKind::Rejected,
+                format!("upgrade {} is {}", request.upgrade, view.status),
+            ),
+            None => not_found(&request.upgrade),
+        });
+    };
+    let (tx, rx) = oneshot::channel();
+    if handle
+        .send(Command::Input {
+            input: Box::new(input),
+            reply: tx,
+        })
+        .await
+        .is_err()
+    {
+        return Ok(ApiReply::error(
+            ErrorKind::Internal,
+            "the upgrade's loop has stopped",
+        ));
+    }
+    Ok(match rx.await {
+        Ok(Ok(())) => match status(shared, &request.upgrade).await? {
+            Some(view) => ApiReply::ok(&view),
+            None => not_found(&request.upgrade),
+        },
+        Ok(Err(rejection)) => ApiReply::error(ErrorKind::Rejected, rejection.to_string()),
+        Err(_) => ApiReply::error(ErrorKind::Internal, "the upgrade's loop has stopped"),
+    })
+}
+
+/// The view of an upgrade: from its loop when it runs, else from the log.
+pub(super) async fn status(
+    shared: &Arc<Shared>,
+    upgrade: &str,
+) -> Result<Option<StatusView>, HandlerError> {
+    if let Some(handle) = shared.registry.get(upgrade) {
+        let (tx, rx) = oneshot::channel();
+        if handle.send(Command::Snapshot { reply: tx }).await.is_ok() {
+            if let Ok((state, head)) = rx.await {
+                return Ok(Some(view::status_view(upgrade, &state, head)));
+            }
+        }
+    }
+    let Some(stream) = upgrade::stream_of(upgrade) else {
+        return Err(HandlerError::BadRequest(format!(
+            "`{upgrade}` is not an upgrade id (a ULID)"
+        )));
+    };
+    if stream == SERVICE_STREAM {
+        return Ok(None);
+    }
+    let events = upgrade::load_events(shared, stream)?;
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let state: State = core::replay(events.iter().map(|(_, e)| e));
+    Ok(Some(view::status_view(
+        upgrade,
+        &state,
+        events.len() as u64,
+    )))
+}
+
+async fn list(shared: &Arc<Shared>) -> Result<Vec<StatusView>, HandlerError> {
+    let mut views = Vec::new();
+    for (stream, _) in shared.store.streams()? {
+        if stream == SERVICE_STREAM {
+            continue;
+        }
+        if let Some(view) = status(shared, &stream.to_string()).await? {
+            views.push(view);
+        }
+    }
+    Ok(views)
+}
+
+fn events(shared: &Arc<Shared>, request: EventsRequest) -> Result<ApiReply, HandlerError> {
+    let Some(stream) = upgrade::stream_of(&request.upgrade) else {
+        return Err(HandlerError::BadRequest(format!(
+            "`{}` is not an upgrade id (a ULID)",
+            request.upgrade
+        )));
+    };
+    if shared.store.head(stream)?.is_none() {
+        return Ok(not_found(&request.upgrade));
+    }
+    let limit = request.limit.clamp(1, 1000);
+    let mut page = Vec::new();
+    let mut next_seq = None;
+    for record in shared.store.read(stream, request.from_seq.max(1))? {
+        let record = record?;
+        if page.len() == limit {
+            next_seq = Some(record.seq);
+            break;
+        }
+        let text = String::from_utf8(record.bytes).map_err(|_| {
+            HandlerError::Service(ServiceError::Nats(format!(
+                "upgrade {}, seq {}: the stored event is not UTF-8",
+                request.upgrade, record.seq
+            )))
+        })?;
+        let event = serde_json::value::RawValue::from_string(text).map_err(|source| {
+            HandlerError::Service(ServiceError::UndecodableEvent {
+                upgrade: request.upgrade.clone(),
+                seq: record.seq,
+                source,
+            })
+        })?;
+        page.push(LoggedEvent {
+            stream: request.upgrade.clone(),
+            seq: record.seq,
+            prev: hex::encode(record.prev_hash),
+            hash: hex::encode(record.hash),
+            event,
+        });
+    }
+    Ok(ApiReply::ok(&EventsPage {
+        upgrade: request.upgrade,
+        events: page,
+        next_seq,
+    }))
+}
+
+/// Executor groups with a live presence record.
+pub(crate) async fn executors_online(shared: &Shared) -> Vec<String> {
+    let mut groups = Vec::new();
+    let Ok(mut keys) = shared.presence.keys().await else {
+        return groups;
+    };
+    while let Some(Ok(key)) = keys.next().await {
+        if let Ok(Some(value)) = shared.presence.get(&key).await {
+            if let Ok(presence) = serde_json::from_slice::<protocol::Presence>(&value) {
+                groups.push(presence.group);
+            }
+        }
+    }
+    groups.sort();
+    groups.dedup();
+    groups
+}

@@ -1,0 +1,443 @@
+//! One upgrade's single-writer loop, and recovery of every unfinished upgrade
+//! at start.
+//!
+//! The loop is the only writer of its stream. For every input it calls the
+//! core's `decide`; a rejection is answered and nothing is written. Otherwise
+//! it appends all the resulting events in one batch and flushes (so a crash
+//! after this point replays them), folds them into its state, publishes the
+//! steps they schedule and mirrors them to `BATON_EVENTS` (both under
+//! idempotent ids, so a re-publish after a crash is harmless), and only then
+//! acks the result or answers the request that caused them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use store::{NewRecord, StreamId};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use super::registry::Handle;
+use super::{now_ms, ServiceError, Shared, SERVICE_STREAM};
+use crate::core::{self, Event, Input, Rejection, ScheduledStep, State};
+
+/// How many commands may queue for one upgrade before senders wait.
+const QUEUE: usize = 64;
+
+/// What a loop is asked to do.
+pub enum Command {
+    /// A step result pulled from `BATON_RESULTS`; acked once it is in the log.
+    Result {
+        result: Box<protocol::StepResult>,
+        message: Box<jetstream::Message>,
+    },
+    /// An operator's input (submit, pause, resume, abort, approve, resolve).
+    Input {
+        input: Box<Input>,
+        reply: oneshot::Sender<Result<(), Rejection>>,
+    },
+    /// A copy of the current state.
+    Snapshot {
+        reply: oneshot::Sender<(State, u64)>,
+    },
+}
+
+struct Loop {
+    shared: Arc<Shared>,
+    upgrade: String,
+    stream: StreamId,
+    state: State,
+    /// Seq of the last event of this upgrade in the log.
+    head: u64,
+    rx: mpsc::Receiver<Command>,
+}
+
+/// Starts a loop for `upgrade` (new: empty state) and claims its cluster.
+/// Fails with the id of the upgrade that holds the cluster.
+pub(crate) async fn start_new(
+    shared: &Arc<Shared>,
+    upgrade: &str,
+    cluster: &str,
+) -> Result<Handle, String> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let handle = Handle {
+        tx,
+        cluster: cluster.to_string(),
+    };
+    shared.registry.claim(upgrade, handle.clone())?;
+    let stream = stream_of(upgrade).expect("the service makes ULID upgrade ids");
+    let worker = Loop {
+        shared: shared.clone(),
+        upgrade: upgrade.to_string(),
+        stream,
+        state: State::default(),
+        head: 0,
+        rx,
+    };
+    shared.registry.track(worker.run()).await;
+    Ok(handle)
+}
+
+/// The stream of an upgrade id.
+pub(crate) fn stream_of(upgrade: &str) -> Option<StreamId> {
+    upgrade.parse().ok()
+}
+
+/// Reads an upgrade's events from the log.
+pub(crate) fn load_events(
+    shared: &Shared,
+    stream: StreamId,
+) -> Result<Vec<(store::Record, Event)>, ServiceError> {
+    let mut events = Vec::new();
+    for record in shared.store.read(stream, 1)? {
+        let record = record?;
+        let event: Event = serde_json::from_slice(&record.bytes).map_err(|source| {
+            ServiceError::UndecodableEvent {
+                upgrade: stream.to_string(),
+                seq: record.seq,
+                source,
+            }
+        })?;
+        events.push((record, event));
+    }
+    Ok(events)
+}
+
+/// Replays every upgrade in the log and restarts the unfinished ones:
+/// re-mirrors their events NATS may have missed and re-publishes their steps
+/// that have no recorded outcome (same ids; executors answer from their ledger).
+pub(crate) async fn recover_all(
+    shared: &Arc<Shared>,
+    _tasks: &mut JoinSet<Result<(), ServiceError>>,
+) -> Result<(), ServiceError> {
+    for (stream, head) in shared.store.streams()? {
+        if stream == SERVICE_STREAM {
+            continue;
+        }
+        let events = load_events(shared, stream)?;
+        let state = core::replay(events.iter().map(|(_, e)| e));
+        if state.is_terminal() {
+            continue;
+        }
+        let upgrade = stream.to_string();
+        let cluster = state.cluster_name().unwrap_or_default().to_string();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let handle = Handle {
+            tx,
+            cluster: cluster.clone(),
+        };
+        if let Err(holder) = shared.registry.claim(&upgrade, handle) {
+            tracing::error!(%upgrade, %cluster, %holder, "two unfinished upgrades of one cluster in the log; recovering only the first");
+            continue;
+        }
+        let worker = Loop {
+            shared: shared.clone(),
+            upgrade: upgrade.clone(),
+            stream,
+            state,
+            head: head.seq,
+            rx,
+        };
+        worker.remirror(&events).await;
+        let outstanding = worker.state.outstanding_steps();
+        tracing::info!(
+            %upgrade,
+            %cluster,
+            events = head.seq,
+            outstanding = outstanding.len(),
+            "recovered unfinished upgrade"
+        );
+        for step in &outstanding {
+            worker.publish_step(step).await;
+        }
+        shared.registry.track(worker.run()).await;
+    }
+    Ok(())
+}
+
+impl Loop {
+    async fn run(mut self) -> Result<(), ServiceError> {
+        let result = self.serve().await;
+        self.shared.registry.release(&self.upgrade);
+        if let Err(err) = &result {
+            // Fail closed: the log is the truth; without it nobody may act.
+            tracing::error!(upgrade = %self.upgrade, error = %super::anyhow_chain(err), "stopping the service");
+            self.shared.shutdown.cancel();
+        }
+        result
+    }
+
+    async fn serve(&mut self) -> Result<(), ServiceError> {
+        loop {
+            let wake = self.state.next_wakeup_ms();
+            let sleep = wake
+                .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return Ok(()),
+                command = self.rx.recv() => match command {
+                    None => return Ok(()),
+                    Some(command) => self.handle(command).await?,
+                },
+                _ = tokio::time::sleep(sleep), if wake.is_some() => {
+                    let _ = self.apply(Input::Tick { now_ms: now_ms() }).await?;
+                }
+            }
+            if self.state.is_terminal() {
+                tracing::info!(upgrade = %self.upgrade, status = ?self.state.status(), "upgrade ended");
+                return Ok(());
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) -> Result<(), ServiceError> {
+        match command {
+            Command::Result { result, message } => {
+                let input = input_of_result(&result, now_ms());
+                match self.apply(input).await? {
+                    Ok(()) => {}
+                    Err(rejection) => tracing::info!(
+                        upgrade = %self.upgrade,
+                        step = result.step,
+                        attempt = result.attempt,
+                        %rejection,
+                        "result not taken"
+                    ),
+                }
+                // Only now is the result in the log (or known to be stale).
+                if let Err(err) = message.double_ack().await {
+                    tracing::warn!(upgrade = %self.upgrade, error = %err, "ack of a result failed; it will be redelivered and ignored");
+                }
+            }
+            Command::Input { input, reply } => {
+                let answer = self.apply(*input).await?;
+                let _ = reply.send(answer);
+            }
+            Command::Snapshot { reply } => {
+                let _ = reply.send((self.state.clone(), self.head));
+            }
+        }
+        Ok(())
+    }
+
+    /// decide -> append + flush -> evolve -> publish steps -> mirror events.
+    async fn apply(&mut self, input: Input) -> Result<Result<(), Rejection>, ServiceError> {
+        let events = match core::decide(&self.state, &input) {
+            Ok(events) => events,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        if events.is_empty() {
+            return Ok(Ok(()));
+        }
+        let msg_id =
+            match &input {
+                Input::StepFinished { step, attempt, .. } => Some(
+                    protocol::messages::result_msg_id(&self.upgrade, *step, *attempt),
+                ),
+                _ => None,
+            };
+        let records: Vec<NewRecord> = events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| {
+                let bytes = serde_json::to_vec(event).expect("events always serialise");
+                match (&msg_id, i) {
+                    (Some(id), 0) => NewRecord::with_msg_id(id.clone(), bytes),
+                    _ => NewRecord::new(bytes),
+                }
+            })
+            .collect();
+        let fail_closed = |source| ServiceError::FailClosed {
+            upgrade: self.upgrade.clone(),
+            source,
+        };
+        let outcome = self
+            .shared
+            .store
+            .append(self.stream, self.head, &records)
+            .map_err(fail_closed)?;
+        self.shared.store.flush_async().await.map_err(fail_closed)?;
+        let appended: Vec<_> = outcome.appended().cloned().collect();
+        if appended.len() != events.len() {
+            // The core dedupes results itself; a duplicate here means the log
+            // and the state disagree. Stop rather than guess.
+            return Err(ServiceError::Nats(format!(
+                "upgrade {}: the log refused {} of {} events as duplicates",
+                self.upgrade,
+                events.len() - appended.len(),
+                events.len()
+            )));
+        }
+        for event in &events {
+            self.state = core::evolve(std::mem::take(&mut self.state), event);
+        }
+        self.head += events.len() as u64;
+        for event in &events {
+            if let Event::StepScheduled {
+                step,
+                attempt,
+                node,
+                group,
+                action,
+                argv,
+                env,
+                timeout_ms,
+                deadline_ms,
+            } = event
+            {
+                let scheduled = ScheduledStep {
+                    step: *step,
+                    attempt: *attempt,
+                    node: node.clone(),
+                    group: group.clone(),
+                    action: *action,
+                    argv: argv.clone(),
+                    env: env.clone(),
+                    timeout_ms: *timeout_ms,
+                    deadline_ms: *deadline_ms,
+                };
+                self.publish_step(&scheduled).await;
+            }
+        }
+        for (record, event) in appended.iter().zip(&events) {
+            self.mirror(record.seq, &record.hash, event).await;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Publishes a step request and waits for JetStream's ack, retrying while
+    /// NATS is away. Gives up only on shutdown: the step is in the log and the
+    /// next start re-publishes it under the same id.
+    async fn publish_step(&self, step: &ScheduledStep) {
+        let request = protocol::StepRequest {
+            v: protocol::PROTOCOL_VERSION,
+            upgrade: self.upgrade.clone(),
+            step: step.step,
+            attempt: step.attempt,
+            epoch: self.shared.epoch,
+            node: step.node.clone(),
+            group: step.group.clone(),
+            action: step.action.as_str().to_string(),
+            argv: step.argv.clone(),
+            env: step.env.clone(),
+            timeout_ms: step.timeout_ms,
+            deadline_ms: step.deadline_ms,
+        };
+        let what = format!("step {} attempt {}", step.step, step.attempt);
+        self.publish_until_acked(
+            request.subject(),
+            request.headers(),
+            request.encode(),
+            &what,
+        )
+        .await;
+        tracing::info!(
+            upgrade = %self.upgrade,
+            step = step.step,
+            attempt = step.attempt,
+            node = %step.node,
+            action = step.action.as_str(),
+            "step published"
+        );
+    }
+
+    /// Mirrors one event to `BATON_EVENTS` (with its seq and hash), for
+    /// watchers and as an off-box anchor of the chain.
+    async fn mirror(&self, seq: u64, hash: &store::Hash, event: &Event) {
+        let body = serde_json::json!({
+            "upgrade": self.upgrade,
+            "seq": seq,
+            "hash": hex::encode(hash),
+            "event": event,
+        });
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            protocol::messages::MSG_ID_HEADER,
+            format!("{}:event:{seq}", self.upgrade).as_str(),
+        );
+        self.publish_until_acked(
+            protocol::subjects::event(&self.upgrade),
+            headers,
+            body.to_string().into_bytes(),
+            &format!("event {seq}"),
+        )
+        .await;
+    }
+
+    /// After a restart: mirrors the events that `BATON_EVENTS` does not have.
+    async fn remirror(&self, events: &[(store::Record, Event)]) {
+        let subject = protocol::subjects::event(&self.upgrade);
+        let last = match self
+            .shared
+            .js
+            .get_stream(protocol::subjects::EVENTS_STREAM)
+            .await
+        {
+            Ok(stream) => match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => serde_json::from_slice::<serde_json::Value>(&message.payload)
+                    .ok()
+                    .and_then(|v| v.get("seq").and_then(|s| s.as_u64()))
+                    .unwrap_or(0),
+                Err(_) => 0,
+            },
+            Err(_) => 0,
+        };
+        for (record, event) in events.iter().filter(|(r, _)| r.seq > last) {
+            self.mirror(record.seq, &record.hash, event).await;
+        }
+    }
+
+    async fn publish_until_acked(
+        &self,
+        subject: String,
+        headers: async_nats::HeaderMap,
+        payload: Vec<u8>,
+        what: &str,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = async {
+                self.shared
+                    .js
+                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone().into())
+                    .await?
+                    .await
+                    .map(|_| ())
+            };
+            match attempt.await {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(upgrade = %self.upgrade, what, error = %err, "publish failed; retrying");
+                    tokio::select! {
+                        _ = self.shared.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// The core's input for an executor's result.
+fn input_of_result(result: &protocol::StepResult, now_ms: u64) -> Input {
+    use protocol::Outcome as Wire;
+    let outcome = match result.outcome {
+        Wire::Succeeded => core::Outcome::Succeeded,
+        Wire::Failed => core::Outcome::Failed,
+        Wire::TimedOut => core::Outcome::TimedOut,
+        Wire::Unknown => core::Outcome::Unknown,
+        Wire::Rejected => core::Outcome::Rejected,
+    };
+    Input::StepFinished {
+        step: result.step,
+        attempt: result.attempt,
+        outcome,
+        exit_code: result.exit_code,
+        stdout: result.stdout_tail.clone(),
+        stderr: result.stderr_tail.clone(),
+        reason: result.reason.clone(),
+        executor: result.executor.clone(),
+        now_ms,
+    }
+}
