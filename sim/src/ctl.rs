@@ -6,7 +6,7 @@
 //!
 //! Exit codes: 0 on success; 1 on any refused or failed command (`demote` with failover disabled, election
 //! timeout, start failure...); 1 with the usage text for an unknown subcommand (as omnibus-ctl does).
-//! `status` exits 0 when every local service runs and 1 otherwise (our choice: undocumented).
+//! `status` exits 0 unless the node's services are stopped, then 1 (our choice: undocumented).
 
 use std::thread::sleep;
 use std::time::Duration;

@@ -44,6 +44,9 @@ enum Cmd {
         /// How long upgrade waits for the node to rejoin and sync.
         #[arg(long, default_value_t = Timings::default().upgrade_timeout_ms)]
         upgrade_timeout_ms: u64,
+        /// After `start`, how long leaderl takes to join the cluster before the node syncs.
+        #[arg(long, default_value_t = Timings::default().start_ms)]
+        start_ms: u64,
         /// Inject a fault: NODE:KIND or NODE:KIND=ARG (e.g. backend-2:sync-never, backend-1:status-hang=5).
         #[arg(long = "fault")]
         faults: Vec<String>,
@@ -173,6 +176,7 @@ fn main_inner() -> Result<ExitCode> {
             election_ms,
             demote_timeout_ms,
             upgrade_timeout_ms,
+            start_ms,
             faults,
         } => {
             let faults = faults
@@ -184,6 +188,7 @@ fn main_inner() -> Result<ExitCode> {
                 election_ms,
                 demote_timeout_ms,
                 upgrade_timeout_ms,
+                start_ms,
             };
             let exe = std::env::current_exe().context("locating the baton-sim binary")?;
             let sim = Sim::init(&dir, nodes, &version, timings, &faults, &exe)?;

@@ -61,6 +61,9 @@ pub struct Timings {
     pub demote_timeout_ms: u64,
     /// How long `upgrade` waits for the node to rejoin and sync before failing.
     pub upgrade_timeout_ms: u64,
+    /// After `start`, how long leaderl takes to join the cluster (the node waits, then syncs).
+    #[serde(default)]
+    pub start_ms: u64,
 }
 
 impl Default for Timings {
@@ -70,6 +73,7 @@ impl Default for Timings {
             election_ms: 800,
             demote_timeout_ms: 10_000,
             upgrade_timeout_ms: 60_000,
+            start_ms: 0,
         }
     }
 }
@@ -181,6 +185,9 @@ pub struct Node {
     pub sync_due_ms: Option<u64>,
     /// The demoted-leader sentinel: postgresql stays down until the node re-synced as a follower.
     pub no_start_pgsql: bool,
+    /// Started, but leaderl has not joined the cluster yet (until this time).
+    #[serde(default)]
+    pub joins_at_ms: Option<u64>,
     /// Installed package version (`X.Y.Z-R`).
     pub installed: String,
     /// rpm dist tag of the installed package (`el7`); shown by `rpm -q`.
@@ -296,6 +303,7 @@ impl Cluster {
                 pg: if leader { Pg::Leader } else { Pg::Synced },
                 sync_due_ms: None,
                 no_start_pgsql: false,
+                joins_at_ms: None,
                 installed: version.to_string(),
                 dist: "el7".to_string(),
                 running: version.to_string(),
@@ -398,11 +406,25 @@ impl<'a> Tx<'a> {
                     }
                 }
             }
+            let mut join: Option<(u64, usize)> = None;
+            for (i, n) in self.cluster.nodes.iter().enumerate() {
+                if let Some(at) = n.joins_at_ms.filter(|at| *at <= now) {
+                    if join.is_none_or(|(t, _)| at < t) {
+                        join = Some((at, i));
+                    }
+                }
+            }
             if let Some(e) = &self.cluster.election {
                 // Ties go to syncs: a follower that finishes syncing at the election instant is eligible.
                 if e.due_ms <= now && next.is_none_or(|(t, _)| e.due_ms < t) {
                     next = Some((e.due_ms, None));
                 }
+            }
+            // Joins come first at equal times: a joining node may be the leader that resumes.
+            if let Some((t, i)) = join.filter(|(t, _)| next.is_none_or(|(n, _)| *t <= n)) {
+                self.join(i, t);
+                self.observe(t);
+                continue;
             }
             match next {
                 Some((t, Some(i))) => {
@@ -523,7 +545,7 @@ impl<'a> Tx<'a> {
     fn on_new_leader(&mut self, leader: usize, t: u64) {
         let sync_ms = self.cluster.timings.sync_ms;
         for (i, n) in self.cluster.nodes.iter_mut().enumerate() {
-            if i == leader || !n.up {
+            if i == leader || !n.up || n.joins_at_ms.is_some() {
                 continue;
             }
             if n.pg == Pg::Synced {
@@ -585,6 +607,7 @@ impl<'a> Tx<'a> {
         }
         let was_leader = n.role == Role::Leader;
         n.up = false;
+        n.joins_at_ms = None;
         n.role = Role::WaitingForLeader;
         n.pg = Pg::Offline;
         n.sync_due_ms = None;
@@ -637,6 +660,46 @@ impl<'a> Tx<'a> {
                 Some(self.cluster.alloc_pid())
             });
         }
+        let start_ms = self.cluster.timings.start_ms;
+        let n = &mut self.cluster.nodes[i];
+        n.up = true;
+        n.running = n.installed.clone();
+        for (s, pid) in n.services.iter_mut().zip(pids) {
+            s.pid = pid;
+            s.since_ms = t;
+        }
+        // Until leaderl has joined, the node neither leads nor syncs.
+        n.pg = Pg::Syncing;
+        n.sync_due_ms = None;
+        n.role = if no_pgsql {
+            Role::DeposedLeader
+        } else {
+            Role::WaitingForLeader
+        };
+        let version = n.running.clone();
+        self.emit(
+            t,
+            Event::ServicesStarted {
+                node: name,
+                by: by.to_string(),
+                version,
+            },
+        );
+        if start_ms > 0 {
+            self.cluster.nodes[i].joins_at_ms = Some(t + start_ms);
+            self.observe(t);
+        } else {
+            self.join(i, t);
+        }
+        true
+    }
+
+    /// leaderl of a started node joins the cluster: it resumes leadership if it was the last leader and
+    /// nobody replaced it, else it follows (and syncs from) the current leader, or waits for one.
+    fn join(&mut self, i: usize, t: u64) {
+        let name = self.cluster.nodes[i].name.clone();
+        let no_pgsql = self.cluster.nodes[i].no_start_pgsql;
+        self.cluster.nodes[i].joins_at_ms = None;
         let leader = self.cluster.leader();
         let resumes = leader.is_none()
             && !no_pgsql
@@ -648,13 +711,6 @@ impl<'a> Tx<'a> {
                 .is_some_and(|e| e.trigger.planned());
         let sync_ms = self.cluster.timings.sync_ms;
         let n = &mut self.cluster.nodes[i];
-        n.up = true;
-        n.running = n.installed.clone();
-        for (s, pid) in n.services.iter_mut().zip(pids) {
-            s.pid = pid;
-            s.since_ms = t;
-        }
-        let version = n.running.clone();
         if resumes {
             n.role = Role::Leader;
             n.pg = Pg::Leader;
@@ -673,14 +729,6 @@ impl<'a> Tx<'a> {
                 _ => None,
             };
         }
-        self.emit(
-            t,
-            Event::ServicesStarted {
-                node: name.clone(),
-                by: by.to_string(),
-                version,
-            },
-        );
         if resumes {
             if let Some(e) = self.cluster.election.take() {
                 let reason = format!("{name} resumed leadership");
@@ -696,7 +744,6 @@ impl<'a> Tx<'a> {
             self.on_new_leader(i, t);
         }
         self.observe(t);
-        true
     }
 
     /// Demotes the leader `i`: it steps down at once (deposed, postgresql held down by the sentinel) and
@@ -836,6 +883,7 @@ mod tests {
             election_ms: 50,
             demote_timeout_ms: 1000,
             upgrade_timeout_ms: 1000,
+            start_ms: 0,
         };
         Cluster::new(3, "3.0.0-1", t, 1_000)
     }
@@ -923,6 +971,28 @@ mod tests {
         tx.set_fault(2, 100_000, Fault::SyncNever, false);
         tx.advance(100_100);
         assert_eq!(tx.cluster.nodes[2].pg, Pg::Synced);
+    }
+
+    #[test]
+    fn started_node_joins_after_start_delay_then_syncs() {
+        let mut c = cluster();
+        c.timings.start_ms = 30;
+        let mut tx = Tx::new(&mut c);
+        tx.stop(1, 1_000, "stop");
+        assert!(tx.start(1, 1_000, "start"));
+        assert_eq!(tx.cluster.nodes[1].role, Role::WaitingForLeader);
+        tx.advance(1_029);
+        assert_eq!(tx.cluster.nodes[1].sync_due_ms, None, "not joined yet");
+        tx.advance(1_030);
+        assert_eq!(tx.cluster.nodes[1].role, Role::Follower);
+        assert_eq!(tx.cluster.nodes[1].sync_due_ms, Some(1_130));
+        // A stopped leader (failover off) resumes only once it has joined.
+        tx.set_cluster_failover("backend-1", 2_000, false);
+        tx.stop(0, 2_000, "stop");
+        assert!(tx.start(0, 2_100, "start"));
+        assert_eq!(tx.cluster.leader(), None);
+        tx.advance(2_130);
+        assert_eq!(tx.cluster.leader(), Some(0));
     }
 
     #[test]

@@ -14,6 +14,7 @@ fn sim() -> (tempfile::TempDir, Sim) {
         election_ms: 10,
         demote_timeout_ms: 2_000,
         upgrade_timeout_ms: 2_000,
+        start_ms: 0,
     };
     let sim = Sim::init(
         tmp.path().join("c"),

@@ -66,6 +66,8 @@ impl Cluster {
             "150",
             "--election-ms",
             "100",
+            "--start-ms",
+            "50",
             "--demote-timeout-ms",
             "3000",
         ]);
