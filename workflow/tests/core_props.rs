@@ -112,6 +112,10 @@ impl World {
                 }
             }
         }
+        // The cluster's own view first: the outside oracle.
+        if !self.fake.violations.list.is_empty() {
+            return Err(format!("cluster saw: {:?}", self.fake.violations.list));
+        }
         // Never two nodes out of service, as the core sees it and as the cluster does (S1).
         let out: Vec<&String> = state
             .nodes()
@@ -121,9 +125,6 @@ impl World {
             .collect();
         if out.len() > 1 {
             return Err(format!("two nodes in progress: {out:?}"));
-        }
-        if !self.fake.violations.list.is_empty() {
-            return Err(format!("cluster saw: {:?}", self.fake.violations.list));
         }
         // Leader last (S2): an upgrade action on the original leader only once every other node is done.
         if let Some(plan) = state.plan() {
@@ -491,4 +492,36 @@ fn the_generator_reaches_every_kind_of_ending() {
     for w in want {
         assert!(seen.contains(w), "never reached: {w}; seen {seen:?}");
     }
+}
+
+/// The fake's own safety oracle must be able to fail, or the property leans on the core's view alone.
+#[test]
+fn the_fake_cluster_reports_two_nodes_out_of_service_and_a_stopped_leader() {
+    let mut fake = FakeCluster::new("3.0.0-1");
+    let stop = |node: &str| ScheduledStep {
+        step: 1,
+        attempt: 1,
+        node: node.into(),
+        group: "g".into(),
+        action: Action::Stop,
+        argv: vec!["chef-backend-ctl".into(), "stop".into()],
+        env: Default::default(),
+        timeout_ms: 1,
+        deadline_ms: 1,
+    };
+    fake.run(&stop("backend-1"));
+    assert!(fake.violations.list.is_empty());
+    fake.run(&stop("backend-3"));
+    assert!(
+        fake.violations.list.iter().any(|v| v.starts_with("S1")),
+        "{:?}",
+        fake.violations.list
+    );
+    let mut fake = FakeCluster::new("3.0.0-1");
+    fake.run(&stop("backend-2"));
+    assert!(
+        fake.violations.list.iter().any(|v| v.starts_with("S2")),
+        "{:?}",
+        fake.violations.list
+    );
 }
