@@ -363,9 +363,19 @@ backend-3  192.168.33.217  4d29bcb5eec25d3674d5b8af132f75b3  follower        fol
         tx.stop(0, T0 + 1_000, "stop");
         let (out, code) = status_simple(tx.cluster, 0, T0 + 394_000);
         assert_eq!(code, 1);
+        let expected = "\
+down: elasticsearch: 393s, normally up; run: log: (pid 6803) 394s
+down: etcd: 393s, normally up; run: log: (pid 6799) 394s
+down: leaderl: 393s, normally up; run: log: (pid 6797) 394s
+down: postgresql: 393s, normally up; run: log: (pid 6801) 394s
+";
+        assert_eq!(out, expected);
+        assert!(tx.start(0, T0 + 400_000, "start"));
+        let (out, code) = status_simple(tx.cluster, 0, T0 + 506_983);
+        assert_eq!(code, 0);
         assert_eq!(
             out.lines().next(),
-            Some("down: elasticsearch: 393s, normally up; run: log: (pid 6803) 394s")
+            Some("run: elasticsearch: (pid 6807) 106s; run: log: (pid 6803) 506s")
         );
     }
 }
