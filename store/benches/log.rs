@@ -1,1 +1,227 @@
-fn main() {}
+//! The store's benchmark (`cargo bench -p store`): durable appends per second with one flush per record and with
+//! batches of 64, replay and verify speed, on a log of 1,000,000 records, next to raw sled inserts (no hashing,
+//! no indexes, no transaction) measured in the same run. Prints a Markdown table; `BENCHMARKS.md` keeps the
+//! figures and the method. `BATON_BENCH_RECORDS` changes the log size (for a quick try).
+
+use anyhow::Context;
+use std::time::{Duration, Instant};
+use store::{NewRecord, Store, StreamId};
+
+const STREAMS: u64 = 100;
+const BATCH: u64 = 64;
+const SINGLE_FLUSH_RECORDS: u64 = 5_000;
+
+/// A workflow-like JSON event of about 200 bytes.
+fn event(stream: u64, n: u64) -> Vec<u8> {
+    format!(
+        r#"{{"type":"StepResultObserved","stream":{stream},"step":{n},"node":"backend-{}","exit":0,"output":"{}"}}"#,
+        n % 3,
+        "ok ".repeat(40)
+    )
+    .into_bytes()
+}
+
+/// Every other record carries a message id, as results received over NATS do.
+fn record(stream: u64, n: u64) -> NewRecord {
+    if n % 2 == 0 {
+        NewRecord::with_msg_id(format!("{stream}:{n}"), event(stream, n))
+    } else {
+        NewRecord::new(event(stream, n))
+    }
+}
+
+fn stream_id(n: u64) -> StreamId {
+    StreamId((u128::from(n) + (1u128 << 100)).to_be_bytes())
+}
+
+fn rate(n: u64, d: Duration) -> String {
+    format!("{:.0}", n as f64 / d.as_secs_f64())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_size(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let total: u64 = match std::env::var("BATON_BENCH_RECORDS") {
+        Ok(v) => v.parse().context("BATON_BENCH_RECORDS")?,
+        Err(_) => 1_000_000,
+    };
+    let root = tempfile::tempdir()?;
+    println!(
+        "records: {total} in {STREAMS} streams, ~{} bytes each",
+        event(0, 0).len()
+    );
+    println!("load average at start: {}", loadavg());
+    let mut rows: Vec<(String, String)> = Vec::new();
+
+    // --- The store ---------------------------------------------------------------------------------------
+    let store = Store::open(root.path().join("store"))?;
+    let mut heads = vec![0u64; STREAMS as usize];
+    let started = Instant::now();
+    let mut appended = 0u64;
+    while appended < total {
+        let s = (appended / BATCH) % STREAMS;
+        let n = BATCH.min(total - appended);
+        let batch: Vec<NewRecord> = (0..n)
+            .map(|i| record(s, heads[s as usize] + i + 1))
+            .collect();
+        store.append(stream_id(s), heads[s as usize], &batch)?;
+        store.flush()?;
+        heads[s as usize] += n;
+        appended += n;
+    }
+    let d = started.elapsed();
+    rows.push((
+        format!("store: durable appends, batches of {BATCH}, one flush per batch (building the {total}-record log)"),
+        format!("{} records/s ({:.1} s)", rate(total, d), d.as_secs_f64()),
+    ));
+
+    let mut latencies = Vec::with_capacity(SINGLE_FLUSH_RECORDS as usize);
+    let started = Instant::now();
+    for i in 0..SINGLE_FLUSH_RECORDS {
+        let s = i % STREAMS;
+        let t = Instant::now();
+        store.append(
+            stream_id(s),
+            heads[s as usize],
+            &[record(s, heads[s as usize] + 1)],
+        )?;
+        store.flush()?;
+        latencies.push(t.elapsed());
+        heads[s as usize] += 1;
+    }
+    let d = started.elapsed();
+    latencies.sort();
+    rows.push((
+        format!("store: durable appends, one flush per record ({SINGLE_FLUSH_RECORDS} records on top of the log)"),
+        format!(
+            "{} records/s (p50 {} µs, p99 {} µs)",
+            rate(SINGLE_FLUSH_RECORDS, d),
+            latencies[latencies.len() / 2].as_micros(),
+            latencies[latencies.len() * 99 / 100].as_micros()
+        ),
+    ));
+    let in_log = total + SINGLE_FLUSH_RECORDS;
+
+    let started = Instant::now();
+    let mut replayed = 0u64;
+    let mut bytes = 0u64;
+    for (stream, _) in store.streams()? {
+        for r in store.read(stream, 1)? {
+            bytes += r?.bytes.len() as u64;
+            replayed += 1;
+        }
+    }
+    let d = started.elapsed();
+    anyhow::ensure!(
+        replayed == in_log,
+        "replayed {replayed} of {in_log} records"
+    );
+    rows.push((
+        format!(
+            "store: replay every stream ({replayed} records, {} MB of events)",
+            bytes / 1_000_000
+        ),
+        format!("{} records/s ({:.2} s)", rate(replayed, d), d.as_secs_f64()),
+    ));
+
+    let started = Instant::now();
+    let report = store.verify()?;
+    let d = started.elapsed();
+    anyhow::ensure!(
+        report.is_clean() && report.records == in_log,
+        "unexpected report {report:?}"
+    );
+    rows.push((
+        format!(
+            "store: verify (chains, heads, global index, dedupe; {} records)",
+            report.records
+        ),
+        format!(
+            "{} records/s ({:.2} s)",
+            rate(report.records, d),
+            d.as_secs_f64()
+        ),
+    ));
+    drop(store);
+    rows.push((
+        "store: size on disk".into(),
+        format!("{} MB", dir_size(&root.path().join("store")) / 1_000_000),
+    ));
+
+    // --- Raw sled, same keys and bytes, no hashing, no indexes, no transaction -------------------------------
+    let db = sled::open(root.path().join("raw"))?;
+    let tree = db.open_tree("raw")?;
+    let mut heads = vec![0u64; STREAMS as usize];
+    let started = Instant::now();
+    let mut inserted = 0u64;
+    while inserted < total {
+        let s = (inserted / BATCH) % STREAMS;
+        let n = BATCH.min(total - inserted);
+        for i in 0..n {
+            let seq = heads[s as usize] + i + 1;
+            tree.insert(store::layout::record_key(&stream_id(s), seq), event(s, seq))?;
+        }
+        db.flush()?;
+        heads[s as usize] += n;
+        inserted += n;
+    }
+    let d = started.elapsed();
+    rows.push((
+        format!("raw sled: inserts, batches of {BATCH}, one flush per batch ({total} records)"),
+        format!("{} records/s ({:.1} s)", rate(total, d), d.as_secs_f64()),
+    ));
+
+    let started = Instant::now();
+    for i in 0..SINGLE_FLUSH_RECORDS {
+        let s = i % STREAMS;
+        let seq = heads[s as usize] + 1;
+        tree.insert(store::layout::record_key(&stream_id(s), seq), event(s, seq))?;
+        db.flush()?;
+        heads[s as usize] = seq;
+    }
+    let d = started.elapsed();
+    rows.push((
+        format!("raw sled: inserts, one flush per record ({SINGLE_FLUSH_RECORDS} records)"),
+        format!("{} records/s", rate(SINGLE_FLUSH_RECORDS, d)),
+    ));
+
+    let started = Instant::now();
+    let mut scanned = 0u64;
+    for kv in tree.iter() {
+        let (_, v) = kv?;
+        std::hint::black_box(v.len());
+        scanned += 1;
+    }
+    let d = started.elapsed();
+    rows.push((
+        format!("raw sled: full scan ({scanned} records)"),
+        format!("{} records/s ({:.2} s)", rate(scanned, d), d.as_secs_f64()),
+    ));
+
+    println!("load average at end: {}", loadavg());
+    println!();
+    println!("| measurement | result |");
+    println!("|---|---|");
+    for (what, result) in rows {
+        println!("| {what} | {result} |");
+    }
+    Ok(())
+}
