@@ -5,11 +5,12 @@
 //! ([`journal`]), and judges the journal from the outside ([`report`]). The library exposes the same
 //! pieces so tests can build clusters, run commands in-process and assert on a typed [`Report`].
 //!
-//! Modules: [`model`] (state and pure transitions over time), [`store`] (the locked state file),
+//! Modules: [`model`] (state and pure transitions over time), [`fault`] (fault injection), [`store`] (the locked state file),
 //! [`ctl`] (chef-backend-ctl commands), [`pkg`] (package tools), [`render`] (output formats),
 //! [`report`] (verdict).
 
 pub mod ctl;
+pub mod fault;
 pub mod journal;
 pub mod model;
 pub mod pkg;
