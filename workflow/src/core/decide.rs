@@ -1,5 +1,5 @@
 //! The Decider: `decide` turns an input into events (a recorded input first, then decisions), `evolve` applies
-//! one event, `replay` folds a history. Decisions are made by [`next_decisions`], which looks only at the state
+//! one event, `replay` folds a history. Decisions are made by `next_decisions`, which looks only at the state
 //! and the input's time, so every decision can be re-derived from the log (`verify`).
 
 use std::collections::BTreeMap;

@@ -3,6 +3,24 @@
 //!
 //! Nothing here performs I/O, reads a clock or draws random numbers: time and ids arrive inside [`Input`]s,
 //! step ids are a counter in [`State`]. A tidy test (`tests/core_tidy.rs`) enforces that.
+//!
+//! Map for a newcomer:
+//! - [`cluster`]: the TOML cluster file; [`profile`]: argv templates for actions and probes (chef-backend built
+//!   in); [`parse`]: command output to typed observations; [`health`]: checks on observations.
+//! - [`plan`]: preflight's observations to an ordered plan (block, followers, switchover, old leader, unblock,
+//!   verify) and its hash.
+//! - [`event`]: inputs, events, rejections; [`state`]: the state events build; [`mod@decide`]: the decisions.
+//!
+//! Where the safety rules of DESIGN.md live:
+//! - S1: one step outstanding at a time, and a `WaitSynced` plan item after every node that re-probes
+//!   `status`, `cluster-status` and the version before the next item starts.
+//! - S2: `compute_plan` puts the leader last, after `VerifySwitchover` (new leader upgraded, old one follower).
+//! - S3: `State::failover_blocked` is set when blocking is scheduled and cleared only by a confirmed unblock;
+//!   every wind-down (abort, failure) unblocks when the cluster is healthy, or ends with `failover_pending`.
+//! - S4: a non-idempotent step that did not succeed starts `ReobservationStarted`; only the observation (or an
+//!   operator's `Resolve`, itself checked by a new observation before a retry) decides what follows.
+//! - S5: a failed step (after retries, idempotent ones only) or a failed health gate starts a wind-down whose
+//!   reason names the node, action, argv, exit code and output tail.
 
 pub mod cluster;
 pub mod decide;

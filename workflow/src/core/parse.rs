@@ -558,6 +558,29 @@ disks          /var/opt/chef-backend  OK
     }
 
     #[test]
+    fn golden_stopped_node_status() {
+        // A stopped node cannot reach its local agents: every service is down with an `error:` column.
+        let text = "\
+Service        Local Status  Time in State  Distributed Node Status
+leaderl        down          0d 0h 0m 4s    error: could not reach leaderl on this node
+etcd           down          0d 0h 0m 4s    error: could not reach etcd on this node
+postgresql     down          0d 0h 0m 4s    error: could not reach pgsql leader for replication stats
+elasticsearch  down          0d 0h 0m 4s    error: could not reach elasticsearch on this node
+";
+        let r = parse_status(text).unwrap();
+        assert_eq!(r.services.len(), 4);
+        assert!(r
+            .services
+            .values()
+            .all(|row| row.state == ServiceState::Down));
+        assert_eq!(
+            r.services["etcd"].distributed,
+            Distributed::Error("could not reach etcd on this node".into())
+        );
+        assert_eq!(r.services["etcd"].time_in_state, "0d 0h 0m 4s");
+    }
+
+    #[test]
     fn status_garbage_is_an_error() {
         assert!(parse_status("").is_err());
         assert!(parse_status("hello world").is_err());
