@@ -1,1 +1,14 @@
-//! Test support: nats-server harness and process helpers.
+//! Test support shared by the integration tests: a real nats-server per test
+//! ([`nats::NatsServer`]), the workspace's built binaries and child processes
+//! stopped on drop ([`process`]), and condition waits with timeouts
+//! ([`wait`]) instead of bare sleeps, and a loopback OpenSSH server ([`sshd`]).
+
+pub mod nats;
+pub mod process;
+pub mod sshd;
+pub mod wait;
+
+pub use nats::NatsServer;
+pub use process::{workspace_bin, workspace_root, Proc};
+pub use sshd::Sshd;
+pub use wait::{wait_until, wait_until_async};

@@ -1,14 +1,156 @@
-//! `baton executor` (being built).
+//! `baton executor`: take the steps of one executor group from NATS and run
+//! them on their nodes, until SIGTERM or SIGINT.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-#[derive(clap::Args)]
+use anyhow::Context as _;
+use executor::{Config, RunnerConfig, SshConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args, Debug)]
 pub struct ExecutorArgs {
-    /// The executor group whose steps this process takes.
+    /// The executor group whose steps this process takes (consumer `exec-<group>`).
     #[arg(long)]
     pub group: String,
+    /// The NATS server; set from the global `--nats` / `BATON_NATS_URL` by the caller.
+    #[arg(skip)]
+    pub nats: Option<String>,
+    /// Where the step ledger lives; one executor process per directory.
+    /// Default: `.baton/executor-<group>` in the working directory.
+    #[arg(long, env = "BATON_EXECUTOR_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The nodes this executor serves (comma separated); requests for other
+    /// nodes are rejected. Default: any node its group receives.
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// This executor's id (presence key, `executor` field of results).
+    /// Default: `<group>-<host>-<pid>`.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// How many trailing bytes of stdout and of stderr a result carries.
+    #[arg(long, default_value_t = 8192)]
+    pub max_output: usize,
+    /// How commands reach their node.
+    #[arg(long, value_enum, default_value_t = Runner::Local)]
+    pub runner: Runner,
+    /// ssh runner: the ssh binary.
+    #[arg(long, default_value = "ssh")]
+    pub ssh_program: PathBuf,
+    /// ssh runner: the remote user.
+    #[arg(long)]
+    pub ssh_user: Option<String>,
+    /// ssh runner: an `-o` option for ssh (repeatable), e.g. `IdentityFile=/etc/baton/id`.
+    #[arg(long = "ssh-option")]
+    pub ssh_options: Vec<String>,
+    /// ssh runner: `node=host[:port]` for requests without BATON_NODE_ADDRESS (repeatable).
+    #[arg(long = "ssh-address", value_parser = parse_pair)]
+    pub ssh_addresses: Vec<(String, String)>,
+    /// Presence heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub heartbeat_ms: u64,
+    /// Presence TTL in milliseconds (used when this executor creates the bucket).
+    #[arg(long, default_value_t = 30_000)]
+    pub presence_ttl_ms: u64,
+    /// Ack wait of the group consumer in milliseconds (used when this executor creates it).
+    #[arg(long, default_value_t = 30_000)]
+    pub ack_wait_ms: u64,
+    /// How long one pull waits for a step, in milliseconds (bounds idle shutdown time).
+    #[arg(long, default_value_t = 2000)]
+    pub fetch_wait_ms: u64,
+    /// Progress interval while a step runs, in milliseconds. Default: a third of the ack wait.
+    #[arg(long)]
+    pub progress_ms: Option<u64>,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runner {
+    /// Run commands on this machine.
+    Local,
+    /// Run commands through the system `ssh` binary.
+    Ssh,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected NODE=ADDRESS, got {s:?}")),
+    }
+}
+
+impl ExecutorArgs {
+    fn config(self) -> Config {
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".baton").join(format!("executor-{}", self.group)));
+        let mut config = Config::new(self.group.clone(), state_dir);
+        config.nats_url = self
+            .nats
+            .or_else(|| std::env::var("BATON_NATS_URL").ok())
+            .unwrap_or_else(|| "nats://127.0.0.1:4222".to_string());
+        if let Some(id) = self.id {
+            config.id = id;
+        }
+        config.nodes = self.nodes;
+        config.max_output = self.max_output;
+        config.heartbeat = Duration::from_millis(self.heartbeat_ms);
+        config.fetch_wait = Duration::from_millis(self.fetch_wait_ms);
+        config.progress_interval = self.progress_ms.map(Duration::from_millis);
+        config.setup.presence_ttl = Duration::from_millis(self.presence_ttl_ms);
+        config.setup.executor_ack_wait = Duration::from_millis(self.ack_wait_ms);
+        config.runner = match self.runner {
+            Runner::Local => RunnerConfig::Local,
+            Runner::Ssh => RunnerConfig::Ssh(SshConfig {
+                program: self.ssh_program,
+                user: self.ssh_user,
+                options: self.ssh_options,
+                addresses: self.ssh_addresses.into_iter().collect::<BTreeMap<_, _>>(),
+            }),
+        };
+        config
+    }
+}
+
+/// Run the executor until SIGTERM or SIGINT; exit 0 after a graceful shutdown.
 pub fn run(args: ExecutorArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("executor for group {} is not built yet", args.group)
+    // The lead's main may already have installed a subscriber; then this is a no-op.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+
+    let config = args.config();
+    let group = config.group.clone();
+    let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let served = executor::run(config, shutdown.clone()).await;
+        shutdown.cancel();
+        signals
+            .await
+            .context("signal handler failed")?
+            .context("could not install signal handlers")?;
+        served.with_context(|| format!("executor for group {group} failed"))?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Cancel `shutdown` on the first SIGTERM or SIGINT (or when it is cancelled).
+async fn cancel_on_signal(shutdown: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down: finishing the running step"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down: finishing the running step"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+    Ok(())
 }

@@ -1,1 +1,663 @@
-//! Integration tests: executor.
+//! Integration tests: `baton executor` processes against a real nats-server.
+//!
+//! Each test starts its own nats-server and real executor processes (the
+//! `baton` binary), publishes step requests the way the workflow service
+//! does, and counts the commands that actually ran: every test command
+//! appends a line to a file the test owns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use nix::sys::signal::Signal;
+use protocol::{decode_result, subjects, Outcome, Presence, StepRequest, StepResult};
+use tempfile::TempDir;
+use tests::{wait_until, wait_until_async, workspace_bin, NatsServer, Proc};
+
+/// Generous bound for anything that should take well under a second.
+const SOON: Duration = Duration::from_secs(15);
+const ACK_WAIT_MS: u64 = 2000;
+const PRESENCE_TTL_MS: u64 = 2000;
+
+struct Env {
+    nats: NatsServer,
+    js: jetstream::Context,
+    dir: TempDir,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let nats = NatsServer::start().await.expect("nats-server starts");
+        let client = async_nats::connect(nats.url())
+            .await
+            .expect("test client connects");
+        let js = jetstream::new(client);
+        let opts = protocol::Options {
+            presence_ttl: Duration::from_millis(PRESENCE_TTL_MS),
+            executor_ack_wait: Duration::from_millis(ACK_WAIT_MS),
+            ..Default::default()
+        };
+        protocol::ensure(&js, &opts)
+            .await
+            .expect("streams are set up");
+        Env {
+            nats,
+            js,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Start `baton executor` for `group` with its own state dir `state`.
+    fn executor(&self, group: &str, id: &str, state: &str, extra: &[&str]) -> Proc {
+        let mut cmd = Command::new(workspace_bin("baton"));
+        cmd.env("BATON_NATS_URL", self.nats.url())
+            .env("RUST_LOG", "info")
+            .arg("executor")
+            .args(["--group", group, "--id", id])
+            .arg("--state-dir")
+            .arg(self.path(state))
+            .args(["--heartbeat-ms", "200"])
+            .args(["--presence-ttl-ms", &PRESENCE_TTL_MS.to_string()])
+            .args(["--ack-wait-ms", &ACK_WAIT_MS.to_string()])
+            .args(["--fetch-wait-ms", "300"])
+            .args(extra);
+        Proc::spawn(id, cmd, &self.path(&format!("{id}.log"))).expect("executor starts")
+    }
+
+    async fn publish(&self, req: &StepRequest) {
+        self.js
+            .publish_with_headers(req.subject(), req.headers(), req.encode().into())
+            .await
+            .expect("request published")
+            .await
+            .expect("request stored");
+    }
+
+    async fn publish_raw(&self, group: &str, body: &[u8]) {
+        self.js
+            .publish(subjects::step(group), body.to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// Every result stored for `upgrade`, in stream order. Retries while the
+    /// test's client is reconnecting (after a server restart).
+    async fn results(&self, upgrade: &str) -> Vec<StepResult> {
+        let deadline = Instant::now() + SOON;
+        loop {
+            match self.try_results(upgrade).await {
+                Ok(results) => return results,
+                Err(e) if Instant::now() >= deadline => panic!("could not read results: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    async fn try_results(&self, upgrade: &str) -> Result<Vec<StepResult>, async_nats::Error> {
+        let mut stream = self.js.get_stream(subjects::RESULTS_STREAM).await?;
+        let last = stream.info().await?.state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            let m = stream.get_raw_message(seq).await?;
+            if m.subject.as_str() == subjects::result(upgrade) {
+                out.push(decode_result(&m.payload).expect("results are well-formed"));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Wait until at least `n` results exist for `upgrade`, and return them.
+    async fn wait_results(&self, upgrade: &str, n: usize, execs: &[&Proc]) -> Vec<StepResult> {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let results = self.results(upgrade).await;
+            if results.len() >= n {
+                return results;
+            }
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = execs
+                    .iter()
+                    .map(|p| format!("--- {}\n{}", p.name(), p.log()))
+                    .collect();
+                panic!(
+                    "only {} of {n} results for {upgrade} arrived; executor logs:\n{}",
+                    results.len(),
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Requests still waiting in the work queue (an acked request is
+    /// deleted); `u64::MAX` while the server cannot be asked.
+    async fn pending_requests(&self) -> u64 {
+        match self.js.get_stream(subjects::STEPS_STREAM).await {
+            Ok(mut stream) => stream.info().await.map_or(u64::MAX, |i| i.state.messages),
+            Err(_) => u64::MAX,
+        }
+    }
+
+    async fn presence_bucket(&self) -> kv::Store {
+        self.js
+            .get_key_value(subjects::PRESENCE_BUCKET)
+            .await
+            .unwrap()
+    }
+}
+
+fn request(upgrade: &str, step: u64, group: &str, argv: &[&str]) -> StepRequest {
+    StepRequest {
+        v: protocol::PROTOCOL_VERSION,
+        upgrade: upgrade.to_string(),
+        step,
+        attempt: 1,
+        epoch: 1,
+        node: "backend-1".into(),
+        group: group.to_string(),
+        action: "test".into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: BTreeMap::new(),
+        timeout_ms: 10_000,
+        deadline_ms: now_ms() + 60_000,
+    }
+}
+
+/// `sh -c '<script>'`, the test's way to count runs: `echo <tag> >> <file>`.
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.to_string()]
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn upgrade_id() -> String {
+    ulid::Ulid::new().to_string()
+}
+
+#[tokio::test]
+async fn a_step_runs_once_and_its_result_carries_exit_code_and_output_tails() {
+    let env = Env::start().await;
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let ran = env.path("ran");
+    let up = upgrade_id();
+    let mut req = request(&up, 1, "g1", &[]);
+    req.argv = sh(&format!(
+        "echo 1 >> {}; echo \"hello $WHO\"; echo warning >&2; exit 3",
+        ran.display()
+    ));
+    req.env.insert("WHO".into(), "baton".into());
+    env.publish(&req).await;
+
+    let results = env.wait_results(&up, 1, &[&exec]).await;
+    let r = &results[0];
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(r.exit_code, Some(3));
+    assert_eq!(r.stdout_tail, "hello baton\n");
+    assert_eq!(r.stderr_tail, "warning\n");
+    assert_eq!((r.step, r.attempt, r.executor.as_str()), (1, 1, "ex-a"));
+    assert!(r.started_ms.unwrap() <= r.finished_ms.unwrap());
+
+    // Acknowledged (gone from the work queue) and run exactly once.
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+    assert_eq!(lines(&ran), vec!["1"]);
+    assert_eq!(env.results(&up).await.len(), 1);
+
+    // A bounded tail: only the last --max-output bytes come back.
+    let exec2 = env.executor("g2", "ex-b", "state-b", &["--max-output", "16"]);
+    let mut big = request(&up, 2, "g2", &["sh", "-c", "seq 1 10000"]);
+    big.node = "backend-2".into();
+    env.publish(&big).await;
+    let results = env.wait_results(&up, 2, &[&exec2]).await;
+    let r = results.iter().find(|r| r.step == 2).unwrap();
+    assert_eq!(r.outcome, Outcome::Succeeded);
+    let full: String = (1..=10000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(r.stdout_tail, full[full.len() - 16..]);
+}
+
+#[tokio::test]
+async fn two_executors_in_one_group_share_100_steps_each_run_exactly_once() {
+    let env = Env::start().await;
+    let a = env.executor("pool", "ex-a", "state-a", &[]);
+    let b = env.executor("pool", "ex-b", "state-b", &[]);
+    let ran = env.path("ran");
+    let up = upgrade_id();
+    let started = Instant::now();
+    for step in 1..=100u64 {
+        // A short sleep so both executors are busy at once and share the work.
+        let req = StepRequest {
+            argv: sh(&format!("echo {step} >> {}; sleep 0.02", ran.display())),
+            ..request(&up, step, "pool", &[])
+        };
+        env.publish(&req).await;
+    }
+    let results = env.wait_results(&up, 100, &[&a, &b]).await;
+    let elapsed = started.elapsed();
+
+    let steps: BTreeSet<u64> = results.iter().map(|r| r.step).collect();
+    assert_eq!(steps, (1..=100).collect::<BTreeSet<u64>>());
+    assert_eq!(results.len(), 100, "one result per step");
+    assert!(results.iter().all(|r| r.outcome == Outcome::Succeeded));
+    let mut runs: Vec<u64> = lines(&ran).iter().map(|l| l.parse().unwrap()).collect();
+    runs.sort();
+    assert_eq!(
+        runs,
+        (1..=100).collect::<Vec<u64>>(),
+        "each step ran exactly once"
+    );
+    let by: BTreeSet<&str> = results.iter().map(|r| r.executor.as_str()).collect();
+    assert_eq!(
+        by,
+        BTreeSet::from(["ex-a", "ex-b"]),
+        "both executors took work"
+    );
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+    eprintln!("100 steps of ~20 ms over 2 executors: {elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_redelivered_finished_step_is_answered_from_the_ledger_not_rerun() {
+    let env = Env::start().await;
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let ran = env.path("ran");
+    let up = upgrade_id();
+    let req = StepRequest {
+        argv: sh(&format!("echo run >> {}; echo done", ran.display())),
+        ..request(&up, 1, "g1", &[])
+    };
+    env.publish(&req).await;
+    let first = env.wait_results(&up, 1, &[&exec]).await[0].clone();
+    assert_eq!(first.outcome, Outcome::Succeeded);
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+
+    // The same request again (as JetStream redelivers it: same body; sent
+    // without the msg id so the stream's de-duplication does not drop it).
+    env.publish_raw("g1", &req.encode()).await;
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+    assert_eq!(lines(&ran), vec!["run"], "not run again");
+    // The replayed answer is the recorded one; the result stream de-duplicated it.
+    let results = env.results(&up).await;
+    assert_eq!(results, vec![first]);
+    assert!(
+        exec.log().contains("replying from the ledger"),
+        "{}",
+        exec.log()
+    );
+}
+
+#[tokio::test]
+async fn an_executor_killed_mid_step_reports_unknown_after_restart_and_does_not_rerun() {
+    let env = Env::start().await;
+    let mut exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let ran = env.path("ran");
+    let pids = env.path("pids");
+    let up = upgrade_id();
+    let req = StepRequest {
+        argv: sh(&format!(
+            "echo $$ >> {}; echo run >> {}; sleep 30",
+            pids.display(),
+            ran.display()
+        )),
+        ..request(&up, 1, "g1", &[])
+    };
+    env.publish(&req).await;
+    assert!(
+        wait_until(SOON, || lines(&ran).len() == 1).await,
+        "{}",
+        exec.log()
+    );
+    exec.signal(Signal::SIGKILL);
+    exec.wait_exit(SOON).expect("executor died");
+    // The orphaned command is the test's to clean up (its group survived the executor).
+    for pid in lines(&pids) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            Signal::SIGKILL,
+        );
+    }
+
+    let exec = env.executor("g1", "ex-a2", "state-a", &[]);
+    let results = env.wait_results(&up, 1, &[&exec]).await;
+    assert_eq!(results.len(), 1);
+    let r = &results[0];
+    assert_eq!(r.outcome, Outcome::Unknown);
+    assert!(
+        r.reason.as_deref().unwrap().contains("not run again"),
+        "{r:?}"
+    );
+    assert!(r.started_ms.is_some());
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+    assert_eq!(lines(&ran), vec!["run"], "never re-run");
+}
+
+#[tokio::test]
+async fn a_step_over_its_timeout_is_killed_with_its_process_group() {
+    let env = Env::start().await;
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let pids = env.path("pids");
+    let up = upgrade_id();
+    let req = StepRequest {
+        argv: sh(&format!(
+            "echo $$ >> {p}; sleep 30 & echo $! >> {p}; echo started; wait",
+            p = pids.display()
+        )),
+        timeout_ms: 500,
+        ..request(&up, 1, "g1", &[])
+    };
+    env.publish(&req).await;
+    let r = env.wait_results(&up, 1, &[&exec]).await[0].clone();
+    assert_eq!(r.outcome, Outcome::TimedOut);
+    assert_eq!(r.exit_code, None);
+    assert_eq!(r.stdout_tail, "started\n");
+    assert!(r.reason.unwrap().contains("timeout"));
+    let pids: Vec<i32> = lines(&pids).iter().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(pids.len(), 2, "the shell and its background sleep");
+    for pid in pids {
+        assert!(
+            wait_until(SOON, || !alive(pid)).await,
+            "process {pid} survived the timeout"
+        );
+    }
+}
+
+/// Whether `pid` is a live process (zombies count as dead).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !(state.starts_with('Z') || state.starts_with('X'))
+        }
+    }
+}
+
+async fn presence_of(kv: &kv::Store, id: &str) -> Option<Presence> {
+    kv.get(id)
+        .await
+        .ok()
+        .flatten()
+        .map(|b| serde_json::from_slice(&b).expect("presence records are well-formed"))
+}
+
+#[tokio::test]
+async fn stale_epoch_and_malformed_requests_are_rejected_counted_and_serving_goes_on() {
+    let env = Env::start().await;
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let ran = env.path("ran");
+    let up = upgrade_id();
+    let step = |n: u64, epoch: u64| StepRequest {
+        argv: sh(&format!("echo {n} >> {}", ran.display())),
+        epoch,
+        ..request(&up, n, "g1", &[])
+    };
+    env.publish(&step(1, 5)).await;
+    env.wait_results(&up, 1, &[&exec]).await;
+    // An older service instance (epoch 3) is fenced off.
+    env.publish(&step(2, 3)).await;
+    // Readable ids, bad field: answered `rejected` naming the field.
+    let bad = format!(
+        r#"{{"v":1,"upgrade":"{up}","step":3,"attempt":1,"epoch":5,"node":"backend-1","group":"g1","action":"x","argv":"rm -rf /","timeout_ms":1000,"deadline_ms":{}}}"#,
+        now_ms() + 60_000
+    );
+    env.publish_raw("g1", bad.as_bytes()).await;
+    // Unreadable: terminated, no result possible.
+    env.publish_raw("g1", b"\x00not json at all").await;
+    // And it still serves.
+    env.publish(&step(4, 5)).await;
+
+    let results = env.wait_results(&up, 4, &[&exec]).await;
+    let by_step: BTreeMap<u64, &StepResult> = results.iter().map(|r| (r.step, r)).collect();
+    assert_eq!(by_step[&1].outcome, Outcome::Succeeded);
+    assert_eq!(by_step[&2].outcome, Outcome::Rejected);
+    assert!(
+        by_step[&2]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("stale epoch 3"),
+        "{:?}",
+        by_step[&2]
+    );
+    assert_eq!(by_step[&3].outcome, Outcome::Rejected);
+    assert!(
+        by_step[&3].reason.as_deref().unwrap().contains("`argv`"),
+        "{:?}",
+        by_step[&3]
+    );
+    assert_eq!(by_step[&4].outcome, Outcome::Succeeded);
+    assert_eq!(lines(&ran), vec!["1", "4"], "rejected requests ran nothing");
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+
+    let kv = env.presence_bucket().await;
+    assert!(
+        wait_until_async(SOON, || async {
+            presence_of(&kv, "ex-a")
+                .await
+                .is_some_and(|p| p.rejected == 1 && p.malformed == 2 && p.executed == 2)
+        })
+        .await,
+        "counters: {:?}",
+        presence_of(&kv, "ex-a").await
+    );
+    let log = exec.log();
+    assert!(log.contains("rejected a step request"), "{log}");
+    assert!(
+        log.contains("terminated an unreadable step request"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn presence_appears_heartbeats_and_disappears_on_shutdown_and_after_a_kill() {
+    let env = Env::start().await;
+    let kv = env.presence_bucket().await;
+    let mut graceful = env.executor("g1", "ex-a", "state-a", &["--nodes", "backend-1,backend-2"]);
+    let mut crashed = env.executor("g2", "ex-b", "state-b", &[]);
+
+    assert!(wait_until_async(SOON, || async { presence_of(&kv, "ex-a").await.is_some() }).await);
+    let first = presence_of(&kv, "ex-a").await.unwrap();
+    assert_eq!(first.group, "g1");
+    assert_eq!(first.nodes, vec!["backend-1", "backend-2"]);
+    assert_eq!(first.version, env!("CARGO_PKG_VERSION"));
+    assert!(!first.host.is_empty());
+    assert!(first.started_ms <= first.heartbeat_ms);
+    assert!(
+        wait_until_async(SOON, || async {
+            presence_of(&kv, "ex-a")
+                .await
+                .is_some_and(|p| p.heartbeat_ms > first.heartbeat_ms)
+        })
+        .await,
+        "heartbeats refresh the record"
+    );
+    assert!(wait_until_async(SOON, || async { presence_of(&kv, "ex-b").await.is_some() }).await);
+
+    // Graceful shutdown while a step runs: it finishes, is reported, the
+    // executor exits 0 and its presence is removed.
+    let ran = env.path("ran");
+    let up = upgrade_id();
+    let req = StepRequest {
+        argv: sh(&format!(
+            "echo run >> {}; sleep 1; echo finished",
+            ran.display()
+        )),
+        ..request(&up, 1, "g1", &[])
+    };
+    env.publish(&req).await;
+    assert!(wait_until(SOON, || lines(&ran).len() == 1).await);
+    graceful.signal(Signal::SIGTERM);
+    let status = graceful.wait_exit(SOON).expect("exits after SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        graceful.log()
+    );
+    let results = env.results(&up).await;
+    assert_eq!(
+        results.len(),
+        1,
+        "the running step was reported before exit"
+    );
+    assert_eq!(results[0].outcome, Outcome::Succeeded);
+    assert_eq!(results[0].stdout_tail, "finished\n");
+    assert_eq!(env.pending_requests().await, 0);
+    assert!(
+        presence_of(&kv, "ex-a").await.is_none(),
+        "removed on shutdown"
+    );
+
+    // A crash leaves the record behind until its TTL runs out.
+    crashed.signal(Signal::SIGKILL);
+    crashed.wait_exit(SOON).expect("killed");
+    assert!(
+        presence_of(&kv, "ex-b").await.is_some(),
+        "still there right after the kill"
+    );
+    assert!(
+        wait_until_async(SOON, || async { presence_of(&kv, "ex-b").await.is_none() }).await,
+        "expires after the TTL"
+    );
+}
+
+#[tokio::test]
+async fn a_nats_restart_mid_step_still_delivers_the_result_once() {
+    let mut env = Env::start().await;
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let ran = env.path("ran");
+    let up = upgrade_id();
+    let req = StepRequest {
+        argv: sh(&format!(
+            "echo run >> {}; sleep 1.5; echo survived",
+            ran.display()
+        )),
+        ..request(&up, 1, "g1", &[])
+    };
+    env.publish(&req).await;
+    assert!(
+        wait_until(SOON, || lines(&ran).len() == 1).await,
+        "{}",
+        exec.log()
+    );
+    env.nats.restart().await.expect("nats-server restarts");
+    // The test's own client reconnects by itself.
+    let results = env.wait_results(&up, 1, &[&exec]).await;
+    assert_eq!(results[0].outcome, Outcome::Succeeded);
+    assert_eq!(results[0].stdout_tail, "survived\n");
+    assert!(
+        wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await,
+        "request acknowledged after the restart; log:\n{}",
+        exec.log()
+    );
+    // The request is acked and so deleted from the work queue: no redelivery
+    // can follow, and every result was published before that ack.
+    assert_eq!(env.results(&up).await.len(), 1, "exactly one result");
+    assert_eq!(lines(&ran), vec!["run"], "ran once");
+}
+
+#[tokio::test]
+async fn the_ssh_runner_runs_the_argv_on_the_node_through_a_real_sshd() {
+    let sshd = tests::Sshd::start().await.expect("sshd starts on loopback");
+    let env = Env::start().await;
+    let mut args: Vec<String> = vec![
+        "--runner".into(),
+        "ssh".into(),
+        "--ssh-user".into(),
+        sshd.user(),
+    ];
+    for o in sshd.client_options() {
+        args.push("--ssh-option".into());
+        args.push(o);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let exec = env.executor("pool", "ex-ssh", "state-ssh", &args);
+    let ran = env.path("ran");
+    let up = upgrade_id();
+    let mut req = request(&up, 1, "pool", &[]);
+    // Quotes, spaces and `$` survive the remote shell: the argv arrives intact.
+    req.argv = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "echo \"$GREETING\" >> {}; printf '%s\\n' \"$0\"; exit 4",
+            ran.display()
+        ),
+        "it's $HOME; ok".into(),
+    ];
+    req.env.insert("GREETING".into(), "hello over ssh".into());
+    req.env.insert("BATON_NODE_ADDRESS".into(), sshd.address());
+    env.publish(&req).await;
+    let r = env.wait_results(&up, 1, &[&exec]).await[0].clone();
+    assert_eq!(
+        r.outcome,
+        Outcome::Failed,
+        "{r:?}\nsshd log:\n{}",
+        sshd.log()
+    );
+    assert_eq!(r.exit_code, Some(4), "{r:?}");
+    assert_eq!(r.stdout_tail, "it's $HOME; ok\n");
+    assert_eq!(lines(&ran), vec!["hello over ssh"]);
+}
+
+/// The library API runs an executor in-process (as `baton dev` may). Also
+/// prints the step round trip (publish request -> result stored) measured
+/// over sequential `true` steps; the figure is informative, not asserted.
+#[tokio::test]
+async fn an_in_process_executor_answers_sequential_steps() {
+    let env = Env::start().await;
+    let mut config = executor::Config::new("inproc", env.path("state-inproc"));
+    config.nats_url = env.nats.url();
+    config.id = "ex-inproc".into();
+    config.heartbeat = Duration::from_millis(200);
+    config.fetch_wait = Duration::from_millis(300);
+    config.setup.presence_ttl = Duration::from_millis(PRESENCE_TTL_MS);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(executor::run(config, shutdown.clone()));
+
+    let up = upgrade_id();
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    let mut results = client.subscribe(subjects::result(&up)).await.unwrap();
+    let mut latencies = Vec::new();
+    use futures::StreamExt as _;
+    for step in 1..=50u64 {
+        let req = request(&up, step, "inproc", &["true"]);
+        let sent = Instant::now();
+        env.publish(&req).await;
+        let msg = tokio::time::timeout(SOON, results.next())
+            .await
+            .expect("result in time")
+            .expect("subscription open");
+        latencies.push(sent.elapsed());
+        let r = decode_result(&msg.payload).unwrap();
+        assert_eq!((r.step, r.outcome), (step, Outcome::Succeeded));
+    }
+    shutdown.cancel();
+    task.await.unwrap().expect("executor stops cleanly");
+    latencies.sort();
+    eprintln!(
+        "step round trip over {} sequential steps (`true`): p50 {:?}, p90 {:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 9 / 10],
+        latencies[latencies.len() - 1]
+    );
+}
