@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use async_nats::jetstream::{self, consumer::PullConsumer, kv, AckKind};
 use futures::StreamExt;
 use protocol::{
     decode_request, DecodeError, Outcome, Presence, RequestIds, StepRequest, StepResult,
@@ -78,9 +78,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
         stop_presence.clone(),
     ));
 
+    let claim_token = format!("{}/{}/{}", config.id, std::process::id(), now_ms());
     let worker = Worker {
         config,
         js,
+        claims: handles.claims,
+        claim_token,
         ledger,
         stats,
         progress,
@@ -125,9 +128,25 @@ async fn connect(config: &Config, shutdown: &CancellationToken) -> Option<async_
     }
 }
 
+/// Whether this executor may run a step attempt.
+enum Claim {
+    /// It holds the claim.
+    Won,
+    /// Another executor (named) holds it.
+    Lost(String),
+    /// NATS could not say; try again later.
+    Undecided,
+}
+
 struct Worker {
     config: Config,
     js: jetstream::Context,
+    /// The group-wide claims bucket: the first executor to claim a step
+    /// attempt is the only one that may run it.
+    claims: kv::Store,
+    /// What this process writes into a claim: id, pid and start time, so a
+    /// claim whose ack was lost can be recognised as its own.
+    claim_token: String,
     ledger: Ledger,
     stats: Arc<Stats>,
     progress: Duration,
@@ -194,24 +213,35 @@ impl Worker {
             delivered,
         );
         async {
-            let result = self.answer(&req, &msg).await?;
-            self.report(&result, &msg).await;
+            match self.answer(&req, &msg).await? {
+                Some(result) => self.report(&result, &msg).await,
+                None => {
+                    // Could not tell whether it may run: hand it back for later.
+                    if let Err(e) = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await
+                    {
+                        tracing::debug!(error = %e, "could not nak the step");
+                    }
+                }
+            }
             Ok(())
         }
         .instrument(span)
         .await
     }
 
+    /// The result to report, or `None` when it cannot be decided now.
     async fn answer(
         &self,
         req: &StepRequest,
         msg: &jetstream::Message,
-    ) -> Result<StepResult, ExecutorError> {
+    ) -> Result<Option<StepResult>, ExecutorError> {
         let key = req.msg_id();
         match self.ledger.get(&key)? {
             Some(Entry::Finished { result }) => {
                 tracing::info!(outcome = %result.outcome, "redelivered step already answered; replying from the ledger");
-                Ok(result)
+                Ok(Some(result))
             }
             Some(Entry::Started {
                 started_ms,
@@ -228,18 +258,61 @@ impl Worker {
                     "started at {started_ms} (unix ms) by executor {executor}, which stopped before recording the outcome; not run again: observe the node before deciding"
                 ));
                 self.ledger.record_finished(&result).await?;
-                Ok(result)
+                Ok(Some(result))
             }
-            None => match self.refusal(req)? {
-                Some(reason) => {
+            None => {
+                if let Some(reason) = self.refusal(req)? {
                     Stats::count(&self.stats.rejected);
                     tracing::warn!(reason = %reason, "rejected a step request");
                     let result = req.ids().rejected(reason, &self.config.id);
                     self.ledger.record_finished(&result).await?;
-                    Ok(result)
+                    return Ok(Some(result));
                 }
-                None => self.execute(req, msg).await,
-            },
+                match self.claim(req).await {
+                    Claim::Won => self.execute(req, msg).await.map(Some),
+                    Claim::Undecided => Ok(None),
+                    Claim::Lost(holder) => {
+                        tracing::warn!(holder = %holder, "step was claimed by another executor that never reported it; answering unknown, not running it");
+                        let mut result = self.result(req, Outcome::Unknown);
+                        result.reason = Some(format!(
+                            "already claimed by executor {holder}, which did not report an outcome; not run here: observe the node before deciding"
+                        ));
+                        self.ledger.record_finished(&result).await?;
+                        Ok(Some(result))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claim the step attempt group-wide, so that a redelivery to a sibling
+    /// executor (the first one died or stalled past `ack_wait`) never runs
+    /// it a second time.
+    async fn claim(&self, req: &StepRequest) -> Claim {
+        let key = req.claim_key();
+        match self
+            .claims
+            .create(&key, self.claim_token.clone().into())
+            .await
+        {
+            Ok(_) => Claim::Won,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                match self.claims.get(&key).await {
+                    // Our own claim whose acknowledgement was lost: the
+                    // ledger has no start, so nothing ran yet.
+                    Ok(Some(v)) if v.as_ref() == self.claim_token.as_bytes() => Claim::Won,
+                    Ok(Some(v)) => Claim::Lost(String::from_utf8_lossy(&v).into_owned()),
+                    Ok(None) => Claim::Lost("(expired claim)".into()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read the step's claim; retrying later");
+                        Claim::Undecided
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not claim the step; retrying later");
+                Claim::Undecided
+            }
         }
     }
 

@@ -192,6 +192,11 @@ impl StepRequest {
         request_msg_id(&self.upgrade, self.step, self.attempt)
     }
 
+    /// The key under which an executor claims this attempt before running it.
+    pub fn claim_key(&self) -> String {
+        crate::subjects::claim_key(&self.upgrade, self.step, self.attempt)
+    }
+
     /// The subject to publish this request on: `baton.step.<group>`.
     pub fn subject(&self) -> String {
         crate::subjects::step(&self.group)

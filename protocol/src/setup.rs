@@ -40,6 +40,10 @@ pub struct Options {
     pub events_max_age: Duration,
     /// How long a presence record lives without a heartbeat.
     pub presence_ttl: Duration,
+    /// How long step claims are kept. A request redelivered after its claim
+    /// expired could run twice across executors of a group: keep it longer
+    /// than any step can wait in the queue.
+    pub claims_max_age: Duration,
     /// How long an executor may hold a step without acking or sending progress
     /// before JetStream redelivers it.
     pub executor_ack_wait: Duration,
@@ -56,6 +60,7 @@ impl Default for Options {
             results_max_age: Duration::from_secs(30 * 24 * 3600),
             events_max_age: Duration::ZERO,
             presence_ttl: Duration::from_secs(30),
+            claims_max_age: Duration::from_secs(7 * 24 * 3600),
             executor_ack_wait: Duration::from_secs(30),
             workflow_ack_wait: Duration::from_secs(30),
         }
@@ -72,10 +77,12 @@ pub struct Handles {
     pub workflow_consumer: jetstream::consumer::PullConsumer,
     /// The presence bucket.
     pub presence: kv::Store,
+    /// The step claims bucket.
+    pub claims: kv::Store,
 }
 
 /// Check the server, then create or check all streams, the workflow
-/// consumer and the presence bucket.
+/// consumer and the presence and claims buckets.
 pub async fn ensure(js: &jetstream::Context, opts: &Options) -> Result<Handles, ProtocolError> {
     check_server(js).await?;
     let steps = ensure_stream(
@@ -128,13 +135,37 @@ pub async fn ensure(js: &jetstream::Context, opts: &Options) -> Result<Handles, 
         },
     )
     .await?;
-    let presence = ensure_presence_bucket(js, opts).await?;
+    let presence = ensure_bucket(
+        js,
+        kv::Config {
+            bucket: subjects::PRESENCE_BUCKET.into(),
+            description: "Baton executors: presence records expiring without heartbeat".into(),
+            history: 1,
+            max_age: opts.presence_ttl,
+            storage: opts.storage,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let claims = ensure_bucket(
+        js,
+        kv::Config {
+            bucket: subjects::CLAIMS_BUCKET.into(),
+            description: "Baton step claims: which executor may run a step attempt".into(),
+            history: 1,
+            max_age: opts.claims_max_age,
+            storage: opts.storage,
+            ..Default::default()
+        },
+    )
+    .await?;
     Ok(Handles {
         steps,
         results,
         events,
         workflow_consumer,
         presence,
+        claims,
     })
 }
 
@@ -282,28 +313,21 @@ async fn ensure_consumer(
     Ok(consumer)
 }
 
-async fn ensure_presence_bucket(
+async fn ensure_bucket(
     js: &jetstream::Context,
-    opts: &Options,
+    want: kv::Config,
 ) -> Result<kv::Store, ProtocolError> {
-    let bucket = subjects::PRESENCE_BUCKET;
+    let bucket = want.bucket.clone();
     let stream_name = format!("KV_{bucket}");
     match js.get_stream(&stream_name).await {
         Ok(_) => js
-            .get_key_value(bucket)
+            .get_key_value(&bucket)
             .await
-            .map_err(|e| setup_error("open KV bucket", bucket, e)),
+            .map_err(|e| setup_error("open KV bucket", &bucket, e)),
         Err(e) if is_not_found(&e) => js
-            .create_key_value(kv::Config {
-                bucket: bucket.into(),
-                description: "Baton executors: presence records expiring without heartbeat".into(),
-                history: 1,
-                max_age: opts.presence_ttl,
-                storage: opts.storage,
-                ..Default::default()
-            })
+            .create_key_value(want)
             .await
-            .map_err(|e| setup_error("create KV bucket", bucket, e)),
+            .map_err(|e| setup_error("create KV bucket", &bucket, e)),
         Err(e) => Err(setup_error("get KV bucket stream", &stream_name, e)),
     }
 }

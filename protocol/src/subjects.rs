@@ -10,6 +10,9 @@ pub const RESULTS_STREAM: &str = "BATON_RESULTS";
 pub const EVENTS_STREAM: &str = "BATON_EVENTS";
 /// KV bucket of executor presence records.
 pub const PRESENCE_BUCKET: &str = "baton_executors";
+/// KV bucket of step claims: the first executor to claim `<upgrade>.<step>.<attempt>`
+/// is the only one that may run it (see `setup::Options::claims_max_age`).
+pub const CLAIMS_BUCKET: &str = "baton_claims";
 /// The workflow service's durable consumer on [`RESULTS_STREAM`].
 pub const WORKFLOW_CONSUMER: &str = "baton-workflow";
 
@@ -37,6 +40,12 @@ pub fn event(upgrade: &str) -> String {
 /// `baton.api.<verb>`.
 pub fn api(verb: &str) -> String {
     format!("baton.api.{verb}")
+}
+
+/// The claim key of a step attempt: `<upgrade>.<step>.<attempt>` (KV keys
+/// cannot contain `:`).
+pub fn claim_key(upgrade: &str, step: u64, attempt: u32) -> String {
+    format!("{upgrade}.{step}.{attempt}")
 }
 
 /// The durable consumer name of an executor group: `exec-<group>`.
@@ -85,6 +94,7 @@ mod tests {
         assert_eq!(event("U"), "baton.event.U");
         assert_eq!(api("submit"), "baton.api.submit");
         assert_eq!(group_consumer("g1"), "exec-g1");
+        assert_eq!(claim_key("U", 3, 2), "U.3.2");
     }
 
     #[test]

@@ -30,12 +30,22 @@ pub struct NatsServer {
     port: u16,
     dir: TempDir,
     starts: u32,
+    jetstream: bool,
 }
 
 impl NatsServer {
     /// Start a server on a free port with a fresh store dir, and wait until
     /// a client can use JetStream on it.
     pub async fn start() -> anyhow::Result<NatsServer> {
+        Self::start_with(true).await
+    }
+
+    /// Start a server without JetStream (to test that Baton refuses it).
+    pub async fn start_without_jetstream() -> anyhow::Result<NatsServer> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(jetstream: bool) -> anyhow::Result<NatsServer> {
         let dir = tempfile::Builder::new()
             .prefix("baton-nats-")
             .tempdir()
@@ -46,6 +56,7 @@ impl NatsServer {
             port,
             dir,
             starts: 0,
+            jetstream,
         };
         server.spawn().await?;
         Ok(server)
@@ -101,8 +112,10 @@ impl NatsServer {
         );
         let store = self.dir.path().join("store");
         let mut cmd = Command::new(&bin);
-        cmd.arg("-js")
-            .args(["-p", &self.port.to_string()])
+        if self.jetstream {
+            cmd.arg("-js");
+        }
+        cmd.args(["-p", &self.port.to_string()])
             .arg("-sd")
             .arg(&store)
             .args(["-a", "127.0.0.1"]);
@@ -112,7 +125,7 @@ impl NatsServer {
         self.wait_ready().await
     }
 
-    /// Wait until a client connects and JetStream answers.
+    /// Wait until a client connects and (when enabled) JetStream answers.
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let url = self.url();
         let ready = tokio::time::timeout(READY_TIMEOUT, async {
@@ -123,6 +136,9 @@ impl NatsServer {
                     }
                 }
                 if let Ok(client) = async_nats::connect(&url).await {
+                    if !self.jetstream {
+                        return Ok(());
+                    }
                     let js = async_nats::jetstream::new(client);
                     if js.query_account().await.is_ok() {
                         return Ok(());

@@ -661,3 +661,118 @@ async fn an_in_process_executor_answers_sequential_steps() {
         latencies[latencies.len() - 1]
     );
 }
+
+#[tokio::test]
+async fn a_step_redelivered_to_a_sibling_after_its_executor_died_is_not_run_twice() {
+    let env = Env::start().await;
+    let kv = env.presence_bucket().await;
+    let mut execs = [
+        env.executor("pool", "ex-a", "state-a", &[]),
+        env.executor("pool", "ex-b", "state-b", &[]),
+    ];
+    let ran = env.path("ran");
+    let pids = env.path("pids");
+    let up = upgrade_id();
+    let req = StepRequest {
+        argv: sh(&format!(
+            "echo $$ >> {}; echo run >> {}; sleep 30",
+            pids.display(),
+            ran.display()
+        )),
+        ..request(&up, 1, "pool", &[])
+    };
+    env.publish(&req).await;
+    assert!(wait_until(SOON, || lines(&ran).len() == 1).await);
+
+    // Find the executor running it (its presence says so) and kill it.
+    let key = req.msg_id();
+    let deadline = Instant::now() + SOON;
+    let runner = loop {
+        if let Some(id) = running_on(&kv, &key).await {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no executor reports running {key}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (dead, alive_one) = if runner == "ex-a" { (0, 1) } else { (1, 0) };
+    execs[dead].signal(Signal::SIGKILL);
+    execs[dead].wait_exit(SOON).expect("killed");
+    for pid in lines(&pids) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            Signal::SIGKILL,
+        );
+    }
+
+    // After ack_wait the sibling gets the redelivery: it must not run it.
+    let results = env.wait_results(&up, 1, &[&execs[alive_one]]).await;
+    let r = &results[0];
+    assert_eq!(r.outcome, Outcome::Unknown, "{r:?}");
+    assert_ne!(r.executor, runner);
+    assert!(
+        r.reason
+            .as_deref()
+            .unwrap()
+            .contains(&format!("already claimed by executor {runner}/")),
+        "{r:?}"
+    );
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+    assert_eq!(lines(&ran), vec!["run"], "never run twice");
+}
+
+/// Which of the pool's executors reports `key` as its running step.
+async fn running_on(kv: &kv::Store, key: &str) -> Option<&'static str> {
+    for id in ["ex-a", "ex-b"] {
+        if presence_of(kv, id).await.and_then(|p| p.running).as_deref() == Some(key) {
+            return Some(id);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn setup_refuses_a_server_without_jetstream_and_a_conflicting_stream_clearly() {
+    let nats = NatsServer::start_without_jetstream().await.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let err = protocol::ensure(&jetstream::new(client), &Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, protocol::ProtocolError::JetStreamUnavailable { .. }),
+        "{err:#}"
+    );
+    // The executor binary stops with that message and a failure status.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(workspace_bin("baton"))
+        .env("BATON_NATS_URL", nats.url())
+        .args(["executor", "--group", "g1", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("JetStream is not available"), "{stderr}");
+
+    // A stream of ours created with other semantics is refused, not reused.
+    let nats = NatsServer::start().await.unwrap();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(jetstream::stream::Config {
+        name: subjects::STEPS_STREAM.into(),
+        subjects: vec![subjects::STEPS_WILDCARD.into()],
+        retention: jetstream::stream::RetentionPolicy::Limits,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = protocol::ensure(&js, &Default::default())
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("BATON_STEPS") && msg.contains("retention"),
+        "{msg}"
+    );
+}
