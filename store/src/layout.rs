@@ -57,9 +57,11 @@ impl Trees {
                 String::from_utf8_lossy(DOMAIN_TAG)
             ))),
             None if self.is_empty() => {
-                self.meta.insert(META_FORMAT, DOMAIN_TAG.as_slice())?;
-                self.meta
-                    .insert(META_NEXT_GLOBAL, &1u64.to_be_bytes()[..])?;
+                // One batch, so a crash never leaves a format tag without its counter.
+                let mut batch = sled::Batch::default();
+                batch.insert(META_FORMAT, DOMAIN_TAG.as_slice());
+                batch.insert(META_NEXT_GLOBAL, &1u64.to_be_bytes()[..]);
+                self.meta.apply_batch(batch)?;
                 Ok(())
             }
             None => Ok(()),
