@@ -15,9 +15,10 @@ use crate::now_ms;
 pub struct Stats {
     /// Steps whose command was started.
     pub executed: AtomicU64,
-    /// Requests refused (stale epoch, deadline, wrong node or group, malformed with readable ids).
+    /// Well-formed requests refused (stale epoch, deadline passed, wrong node or group).
     pub rejected: AtomicU64,
-    /// Requests that could not be decoded.
+    /// Requests that could not be decoded (answered `rejected` when their ids
+    /// were readable, otherwise terminated).
     pub malformed: AtomicU64,
     /// The step running now.
     pub running: Mutex<Option<String>>,

@@ -4,7 +4,9 @@
 //! sides agree by construction: subject names ([`subjects`]), the JetStream
 //! streams, consumers and buckets and their options ([`setup`]), the step
 //! request and step result messages ([`messages`]), presence records
-//! ([`presence`]) and the `baton.api.<verb>` request/reply envelope ([`api`]).
+//! ([`presence`]), step claims (the `baton_claims` bucket: the first executor
+//! of a group to claim `<upgrade>.<step>.<attempt>` is the only one that may
+//! run it) and the `baton.api.<verb>` request/reply envelope ([`api`]).
 //!
 //! Messages are versioned JSON: unknown fields are ignored so a newer peer may
 //! add fields, and a malformed message is refused by [`messages::decode_request`]

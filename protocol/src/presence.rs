@@ -31,10 +31,11 @@ pub struct Presence {
     /// Steps it ran (a child process was started).
     #[serde(default)]
     pub executed: u64,
-    /// Requests it refused (stale epoch, deadline, wrong node, malformed with readable ids).
+    /// Well-formed requests it refused (stale epoch, deadline passed, wrong node or group).
     #[serde(default)]
     pub rejected: u64,
-    /// Requests it could not decode (rejected or terminated).
+    /// Requests it could not decode (answered `rejected` when their ids were
+    /// readable, otherwise terminated).
     #[serde(default)]
     pub malformed: u64,
     /// The step it is running now (`<upgrade>:<step>:<attempt>`).

@@ -776,3 +776,35 @@ async fn setup_refuses_a_server_without_jetstream_and_a_conflicting_stream_clear
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn a_step_longer_than_ack_wait_keeps_its_executor_through_progress_acks() {
+    let env = Env::start().await;
+    let a = env.executor("pool", "ex-a", "state-a", &[]);
+    let b = env.executor("pool", "ex-b", "state-b", &[]);
+    let ran = env.path("ran");
+    let up = upgrade_id();
+    // Without progress acks the request would be redelivered to the idle
+    // sibling after ack_wait, which would answer `unknown` first.
+    let req = StepRequest {
+        argv: sh(&format!(
+            "echo run >> {}; sleep {}; echo done",
+            ran.display(),
+            ACK_WAIT_MS as f64 / 1000.0 * 1.5
+        )),
+        ..request(&up, 1, "pool", &[])
+    };
+    env.publish(&req).await;
+    let r = env.wait_results(&up, 1, &[&a, &b]).await[0].clone();
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.stdout_tail, "done\n");
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+    assert_eq!(env.results(&up).await.len(), 1);
+    assert_eq!(lines(&ran), vec!["run"]);
+    let other = if r.executor == "ex-a" { &b } else { &a };
+    assert!(
+        !other.log().contains("claimed by another executor"),
+        "{}",
+        other.log()
+    );
+}
