@@ -95,7 +95,8 @@ impl Store {
 
     /// Imports an export (one or several streams) after verifying it with [`verify_export`]. The streams must
     /// not exist in this log and no message id may already be in it. Records get new global positions in file
-    /// order; seqs and hashes are kept (and checked). Flushes before returning.
+    /// order; seqs and hashes are kept (and checked). Flushes before returning. Everything is checked before
+    /// the first write; a storage failure part-way leaves the chunks (of at most 1024 records) written so far.
     pub fn import_jsonl(&self, input: impl BufRead) -> Result<ExportReport, StoreError> {
         let (lines, report) = parse_and_verify(input)?;
         for (stream, _) in &report.streams {

@@ -99,6 +99,9 @@ impl Store {
     /// Recomputes every chain and cross-checks heads, global index, dedupe table and meta (see the module docs).
     /// Returns the first damage found as [`StoreError::Corruption`]; a torn tail alone is reported in the
     /// [`VerifyReport`].
+    ///
+    /// sled has no snapshots: run this while nothing appends (the service at startup, an auditor on a copy).
+    /// An append racing with it can be reported as a torn tail or as an index count mismatch.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let t = &self.trees;
         let next_global = self.verify_meta()?;
