@@ -8,4 +8,6 @@ bash scripts/install-nats-server.sh
 export BATON_NATS_SERVER="$root/.tools/bin/nats-server"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The integration tests run the workspace's binaries (baton, baton-sim) as processes.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked

@@ -1,1 +1,751 @@
-//! Integration tests: e2e.
+//! End to end: a real nats-server, real `baton server` and `baton executor`
+//! processes, the `baton` CLI as an operator runs it, and the simulator as
+//! the cluster. The simulator's report (computed from its own journal) is the
+//! judge of safety; the log is checked through `baton replay` and `baton audit`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use sim::{Report, Verdict};
+use tempfile::TempDir;
+use tests::{workspace_bin, NatsServer, Proc};
+use workflow::core::Event;
+use workflow::service::api::StatusView;
+
+const TARGET: &str = "3.1.0-1";
+const FROM: &str = "3.0.0-1";
+/// Generous: CI machines are slow and the tests run two at a time.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How a test cluster is set up.
+struct Setup {
+    nodes: usize,
+    procedure: &'static str,
+    /// `--fault NODE:KIND` values for `baton-sim init`.
+    faults: Vec<&'static str>,
+    sync_ms: u64,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            nodes: 3,
+            procedure: "runbook",
+            faults: Vec::new(),
+            sync_ms: 300,
+        }
+    }
+}
+
+/// One simulated cluster with its NATS, workflow service and executors.
+struct Env {
+    nats: NatsServer,
+    dir: TempDir,
+    sim_dir: PathBuf,
+    cluster_file: PathBuf,
+    nodes: Vec<String>,
+    server: Option<Proc>,
+    executors: Vec<Proc>,
+    server_starts: u32,
+}
+
+impl Env {
+    async fn start(setup: Setup) -> Env {
+        let nats = NatsServer::start().await.expect("nats-server starts");
+        let dir = tempfile::Builder::new()
+            .prefix("baton-e2e-")
+            .tempdir()
+            .unwrap();
+        let sim_dir = dir.path().join("sim");
+        let mut init = Command::new(workspace_bin("baton-sim"));
+        init.args(["init", "--dir"])
+            .arg(&sim_dir)
+            .args(["--nodes", &setup.nodes.to_string(), "--version", FROM])
+            .args([
+                "--sync-ms",
+                &setup.sync_ms.to_string(),
+                "--election-ms",
+                "300",
+            ]);
+        for fault in &setup.faults {
+            init.args(["--fault", fault]);
+        }
+        let out = init.output().unwrap();
+        assert!(
+            out.status.success(),
+            "baton-sim init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let package = dir.path().join(format!("chef-backend_{TARGET}_amd64.deb"));
+        std::fs::write(&package, b"package").unwrap();
+        let nodes: Vec<String> = (1..=setup.nodes).map(|i| format!("backend-{i}")).collect();
+        let mut toml = String::from("[cluster]\nname = \"e2e\"\nprofile = \"chef-backend\"\n\n");
+        for (i, node) in nodes.iter().enumerate() {
+            toml.push_str(&format!(
+                "[[nodes]]\nname = \"{node}\"\naddress = \"10.0.0.{}\"\nexecutor = \"{node}\"\n\n",
+                i + 1
+            ));
+        }
+        toml.push_str(&format!(
+            "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = 60000\nbackoff_ms = 100\n",
+            package.display(),
+            setup.procedure
+        ));
+        let cluster_file = dir.path().join("cluster.toml");
+        std::fs::write(&cluster_file, toml).unwrap();
+
+        let mut env = Env {
+            nats,
+            dir,
+            sim_dir,
+            cluster_file,
+            nodes,
+            server: None,
+            executors: Vec::new(),
+            server_starts: 0,
+        };
+        env.start_server();
+        for index in 0..env.nodes.len() {
+            let executor = env.spawn_executor(index, "executor");
+            env.executors.push(executor);
+        }
+        env.wait_for_executors().await;
+        env
+    }
+
+    fn baton_cmd(&self) -> Command {
+        let mut cmd = Command::new(workspace_bin("baton"));
+        cmd.env("BATON_NATS_URL", self.nats.url())
+            .env("BATON_USER", "e2e-operator")
+            .env_remove("BATON_OUTPUT");
+        cmd
+    }
+
+    fn start_server(&mut self) {
+        self.server_starts += 1;
+        let mut cmd = self.baton_cmd();
+        cmd.args(["server", "--db"]).arg(self.db());
+        let log = self
+            .dir
+            .path()
+            .join(format!("server-{}.log", self.server_starts));
+        self.server = Some(Proc::spawn("baton server", cmd, &log).unwrap());
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("baton.db")
+    }
+
+    /// Runs the CLI; returns its output.
+    fn baton(&self, args: &[&str]) -> Output {
+        self.baton_cmd().args(args).output().expect("baton runs")
+    }
+
+    /// Runs the CLI and expects success; returns stdout.
+    fn baton_ok(&self, args: &[&str]) -> String {
+        let out = self.baton(args);
+        assert!(
+            out.status.success(),
+            "baton {args:?} failed ({}): {}{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        if let Some(server) = &self.server {
+            text.push_str(&format!(
+                "--- server log ---\n{}\n",
+                tail(&server.log(), 40)
+            ));
+        }
+        text
+    }
+
+    /// Waits until the service answers and every node's executor is present.
+    async fn wait_for_executors(&self) {
+        let online = tests::wait_until_async(Duration::from_secs(30), || async {
+            let Ok(client) = async_nats::connect(self.nats.url()).await else {
+                return false;
+            };
+            let reply = client
+                .request("baton.api.executors", "{}".into())
+                .await
+                .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                .unwrap_or_default();
+            self.nodes
+                .iter()
+                .all(|n| reply.contains(&format!("\"{n}\"")))
+        })
+        .await;
+        assert!(
+            online,
+            "the service or the executors did not come up\n{}",
+            self.logs()
+        );
+    }
+
+    fn submit(&self, extra: &[&str]) -> String {
+        let cluster = self.cluster_file.display().to_string();
+        let mut args = vec!["submit", "--cluster", &cluster, "--detach"];
+        args.extend_from_slice(extra);
+        self.baton_ok(&args).trim().to_string()
+    }
+
+    fn status(&self, upgrade: &str) -> Option<StatusView> {
+        let out = self.baton(&["--output", "json", "status", upgrade]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Waits until the upgrade's status is one of `wanted`; panics with the
+    /// status and the logs otherwise.
+    async fn wait_status(&self, upgrade: &str, wanted: &[&str], timeout: Duration) -> StatusView {
+        let mut last = None;
+        let reached = tests::wait_until(timeout, || {
+            last = self.status(upgrade);
+            last.as_ref()
+                .is_some_and(|v| wanted.contains(&v.status.as_str()))
+        })
+        .await;
+        assert!(
+            reached,
+            "upgrade {upgrade} did not reach {wanted:?}; last status: {last:#?}\n{}",
+            self.logs()
+        );
+        last.unwrap()
+    }
+
+    /// The upgrade's events, decoded, through `baton replay --json`.
+    fn events(&self, upgrade: &str) -> Vec<Event> {
+        let out = self.baton_ok(&["replay", upgrade, "--json"]);
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        value["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_value(e["event"].clone()).unwrap())
+            .collect()
+    }
+
+    fn report(&self) -> Report {
+        let out = Command::new(workspace_bin("baton-sim"))
+            .args(["report", "--json", "--dir"])
+            .arg(&self.sim_dir)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "baton-sim report: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    fn failover_on(&self) -> bool {
+        self.report().failover_at_end
+    }
+
+    /// Checks everything a completed upgrade must show.
+    fn assert_completed_safely(&self, upgrade: &str) {
+        let report = self.report();
+        assert_eq!(
+            report.verdict,
+            Verdict::Safe,
+            "simulator says unsafe: {}",
+            report.render()
+        );
+        for node in &self.nodes {
+            let versions = &report.versions[node];
+            assert_eq!(versions.running, TARGET, "{node} runs {}", versions.running);
+            assert_eq!(
+                report.installs.get(node).copied(),
+                Some(1),
+                "{node} installed once"
+            );
+        }
+        assert!(report.failover_at_end, "failover left off");
+        assert_eq!(
+            report.downtime.outside_election_ms,
+            0,
+            "{}",
+            report.render()
+        );
+        assert!(report.max_out_of_service <= 1, "{}", report.render());
+        self.assert_log_verifies(upgrade);
+    }
+
+    fn assert_log_verifies(&self, upgrade: &str) {
+        let out = self.baton_ok(&["audit", "verify"]);
+        assert!(out.contains("audit verify: OK"), "{out}");
+        let out = self.baton_ok(&["replay", upgrade, "--verify"]);
+        assert!(out.contains("exactly the recorded decisions"), "{out}");
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn has<F: Fn(&Event) -> bool>(events: &[Event], f: F) -> bool {
+    events.iter().any(f)
+}
+
+async fn upgrade_completes(setup: Setup) {
+    let env = Env::start(setup).await;
+    let upgrade = env.submit(&[]);
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["completed", "halted", "aborted"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "completed", "{view:#?}\n{}", env.logs());
+    assert!(!view.failover_blocked);
+    env.assert_completed_safely(&upgrade);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_node_runbook_upgrade_completes_safely() {
+    upgrade_completes(Setup::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_five_node_runbook_upgrade_completes_safely() {
+    upgrade_completes(Setup {
+        nodes: 5,
+        ..Setup::default()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_node_upgrade_command_upgrade_completes_safely() {
+    upgrade_completes(Setup {
+        procedure: "upgrade-command",
+        ..Setup::default()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_that_never_syncs_halts_before_any_other_node_is_touched() {
+    // backend-1 leads; backend-2 is the first follower in the plan.
+    let env = Env::start(Setup {
+        faults: vec!["backend-2:sync-never"],
+        ..Setup::default()
+    })
+    .await;
+    let cluster = env.cluster_file.display().to_string();
+    // A short sync timeout so the halt comes quickly.
+    let text = std::fs::read_to_string(&cluster).unwrap();
+    std::fs::write(
+        &cluster,
+        text.replace("sync_timeout_ms = 60000", "sync_timeout_ms = 2000"),
+    )
+    .unwrap();
+    let upgrade = env.submit(&[]);
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["completed", "halted", "aborted"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "halted", "{view:#?}");
+    let reason = view.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("backend-2"),
+        "the reason names the node: {reason}"
+    );
+    assert!(
+        reason.contains("status"),
+        "the reason names the probe: {reason}"
+    );
+
+    let report = env.report();
+    assert_eq!(report.verdict, Verdict::Safe, "{}", report.render());
+    assert_eq!(report.installs.get("backend-2").copied(), Some(1));
+    for other in ["backend-1", "backend-3"] {
+        assert_eq!(
+            report.installs.get(other).copied().unwrap_or(0),
+            0,
+            "{other} was touched"
+        );
+        assert_eq!(report.versions[other].running, FROM);
+    }
+    // The cluster is still healthy with a leader and a synced follower, so
+    // failover must have been restored on the way out.
+    assert!(
+        report.failover_at_end,
+        "failover not restored: {}",
+        report.render()
+    );
+    assert!(!view.failover_blocked);
+    env.assert_log_verifies(&upgrade);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gate_pause_and_resume_work_and_are_logged() {
+    let env = Env::start(Setup::default()).await;
+    let upgrade = env.submit(&["--approve-before", "before-switchover"]);
+    let view = env
+        .wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    assert!(view
+        .reason
+        .unwrap_or_default()
+        .contains("before-switchover"));
+    // Followers are done, the leader is untouched while we wait.
+    let report = env.report();
+    assert_eq!(report.installs.get("backend-1").copied().unwrap_or(0), 0);
+    assert_eq!(report.installs.get("backend-2").copied(), Some(1));
+    assert_eq!(report.installs.get("backend-3").copied(), Some(1));
+
+    // Pause while waiting; approval is taken but nothing moves until resume.
+    env.baton_ok(&["pause", &upgrade, "--reason", "lunch"]);
+    let out = env.baton(&["pause", &upgrade]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "pausing twice is a rejection (exit 3)"
+    );
+    env.baton_ok(&["approve", &upgrade, "before-switchover"]);
+    let view = env.status(&upgrade).unwrap();
+    assert_eq!(view.status, "paused", "{view:#?}");
+    assert_eq!(
+        env.report().installs.get("backend-1").copied().unwrap_or(0),
+        0
+    );
+    env.baton_ok(&["resume", &upgrade]);
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["completed", "halted", "aborted"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+    env.assert_completed_safely(&upgrade);
+
+    let events = env.events(&upgrade);
+    let pos = |f: &dyn Fn(&Event) -> bool| events.iter().position(f).unwrap();
+    let asked = pos(&|e| matches!(e, Event::ApprovalRequested { .. }));
+    let paused = pos(
+        &|e| matches!(e, Event::UpgradePaused { by, reason, .. } if by == "e2e-operator" && reason == "lunch"),
+    );
+    let approved = pos(&|e| matches!(e, Event::GateApproved { by, .. } if by == "e2e-operator"));
+    let resumed = pos(&|e| matches!(e, Event::UpgradeResumed { .. }));
+    let demote =
+        pos(&|e| matches!(e, Event::StepScheduled { action, .. } if action.as_str() == "demote"));
+    assert!(asked < paused && paused < approved && approved < resumed && resumed < demote);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abort_stops_the_upgrade_and_restores_failover() {
+    let env = Env::start(Setup {
+        sync_ms: 1500,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    // Abort once the first follower is being upgraded (failover is blocked).
+    let reached = tests::wait_until(UPGRADE_TIMEOUT, || {
+        env.status(&upgrade).is_some_and(|v| v.failover_blocked)
+    })
+    .await;
+    assert!(reached, "failover was never blocked\n{}", env.logs());
+    let out = env.baton(&["abort", &upgrade]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "abort without --reason is a usage error"
+    );
+    env.baton_ok(&["abort", &upgrade, "--reason", "change freeze"]);
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["aborted", "halted", "completed"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "aborted", "{view:#?}");
+    assert!(!view.failover_blocked, "{view:#?}");
+    assert!(env.failover_on(), "failover is off after the abort");
+    let report = env.report();
+    assert_eq!(report.verdict, Verdict::Safe, "{}", report.render());
+    assert_eq!(
+        report.installs.get("backend-1").copied().unwrap_or(0),
+        0,
+        "the leader was touched"
+    );
+    let events = env.events(&upgrade);
+    assert!(has(
+        &events,
+        |e| matches!(e, Event::AbortRequested { reason, .. } if reason == "change freeze")
+    ));
+    assert!(has(&events, |e| matches!(
+        e,
+        Event::UpgradeAborted {
+            failover_pending: None,
+            ..
+        }
+    )));
+    env.assert_log_verifies(&upgrade);
+    // A second upgrade of the same cluster is possible once this one ended.
+    let out = env.baton(&["abort", &upgrade, "--reason", "again"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "aborting a finished upgrade is a rejection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_upgrade_of_a_busy_cluster_is_rejected() {
+    let env = Env::start(Setup {
+        sync_ms: 1500,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    let cluster = env.cluster_file.display().to_string();
+    let out = env.baton(&["submit", "--cluster", &cluster, "--detach"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&upgrade) && stderr.contains("in progress"),
+        "{stderr}"
+    );
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["completed", "halted", "aborted"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "completed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_killed_mid_upgrade_resumes_and_runs_no_step_twice() {
+    let mut env = Env::start(Setup {
+        sync_ms: 800,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    // Kill it while the first follower syncs (after its install).
+    let reached = tests::wait_until(UPGRADE_TIMEOUT, || {
+        env.report().installs.get("backend-2").copied() == Some(1)
+    })
+    .await;
+    assert!(reached, "backend-2 was never installed\n{}", env.logs());
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGKILL);
+    server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the service died");
+    env.start_server();
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["completed", "halted", "aborted"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "completed", "{view:#?}\n{}", env.logs());
+    env.assert_completed_safely(&upgrade);
+    let log = std::fs::read_to_string(env.dir.path().join("server-2.log")).unwrap();
+    assert!(log.contains("recovered unfinished upgrade"), "{log}");
+    assert!(log.contains("epoch=2"), "{log}");
+}
+
+#[test]
+fn baton_dev_runs_the_demo_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(workspace_bin("baton"))
+        .args(["dev", "--dir"])
+        .arg(dir.path().join("demo"))
+        .env("BATON_NATS_SERVER", tests::nats::server_binary())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "baton dev failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("upgrade COMPLETED"), "{stdout}");
+    assert!(stdout.contains("audit verify: OK"), "{stdout}");
+    assert!(stdout.contains("Verdict: SAFE"), "{stdout}");
+    assert_no_children_left(&dir.path().join("demo"));
+}
+
+/// No process still runs with a command line pointing into `dir`.
+fn assert_no_children_left(dir: &Path) {
+    let needle = dir.display().to_string();
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            left.push(cmdline);
+        }
+    }
+    assert!(left.is_empty(), "processes left running: {left:?}");
+}
+
+impl Env {
+    /// Restarts the executor of node `index` (after a crash), same state dir.
+    fn restart_executor(&mut self, index: usize) {
+        self.executors[index] = self.spawn_executor(index, "executor-restarted");
+    }
+
+    /// Starts the executor of node `index` with that node's simulator tools
+    /// first in PATH. A short ack_wait so a step held by a killed executor
+    /// is redelivered quickly.
+    fn spawn_executor(&self, index: usize, log_name: &str) -> Proc {
+        let node = &self.nodes[index];
+        let path = format!(
+            "{}:{}",
+            self.sim_dir.join("nodes").join(node).join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = self.baton_cmd();
+        cmd.args(["executor", "--group", node, "--nodes", node])
+            .args(["--heartbeat-ms", "500", "--ack-wait-ms", "2000"])
+            .arg("--state-dir")
+            .arg(self.dir.path().join("executors").join(node))
+            .env("PATH", path);
+        let log = self.dir.path().join(format!("{log_name}-{node}.log"));
+        Proc::spawn(&format!("executor {node}"), cmd, &log).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_executor_killed_mid_upgrade_is_restarted_and_nothing_runs_twice() {
+    let mut env = Env::start(Setup {
+        sync_ms: 800,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    // backend-2 is the first follower: kill its executor right after its install.
+    let reached = tests::wait_until(UPGRADE_TIMEOUT, || {
+        env.report().installs.get("backend-2").copied() == Some(1)
+    })
+    .await;
+    assert!(reached, "backend-2 was never installed\n{}", env.logs());
+    env.executors[1].signal(Signal::SIGKILL);
+    env.executors[1]
+        .wait_exit(Duration::from_secs(10))
+        .expect("the executor died");
+    env.restart_executor(1);
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["completed", "halted", "aborted", "needs_verification"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "completed", "{view:#?}\n{}", env.logs());
+    env.assert_completed_safely(&upgrade);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_server_restart_mid_upgrade_loses_nothing() {
+    let mut env = Env::start(Setup {
+        sync_ms: 800,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    let reached = tests::wait_until(UPGRADE_TIMEOUT, || {
+        env.report().installs.get("backend-2").copied() == Some(1)
+    })
+    .await;
+    assert!(reached, "backend-2 was never installed\n{}", env.logs());
+    env.nats
+        .restart()
+        .await
+        .expect("nats-server restarts on the same port and store");
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["completed", "halted", "aborted", "needs_verification"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "completed", "{view:#?}\n{}", env.logs());
+    env.assert_completed_safely(&upgrade);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_shows_the_steps_and_its_hash_guards_submit() {
+    let env = Env::start(Setup::default()).await;
+    let cluster = env.cluster_file.display().to_string();
+    let plan = env.baton_ok(&["plan", "--cluster", &cluster]);
+    assert!(plan.contains("leader: backend-1"), "{plan}");
+    for line in [
+        "run on backend-2: stop `chef-backend-ctl stop`",
+        "run on backend-1: demote `chef-backend-ctl demote`",
+        "wait until backend-3 is healthy and synced",
+    ] {
+        assert!(plan.contains(line), "missing `{line}` in:\n{plan}");
+    }
+    let hash = plan
+        .lines()
+        .find_map(|l| l.strip_prefix("plan hash: "))
+        .expect("the plan prints its hash")
+        .to_string();
+    // The leader's demote comes after both followers are done (S2).
+    let pos = |needle: &str| plan.find(needle).unwrap();
+    assert!(pos("wait until backend-3 is healthy") < pos("demote `"));
+    assert!(pos("demote `") < pos("run on backend-1: stop"));
+    // Nothing was changed by planning.
+    assert_eq!(env.report().installs.values().sum::<u32>(), 0);
+    assert!(env.failover_on());
+
+    let wrong = "0".repeat(64);
+    let out = env.baton(&["submit", "--cluster", &cluster, "--plan-hash", &wrong]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a plan-hash mismatch ends the upgrade"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&wrong) && stderr.contains(&hash),
+        "{stderr}"
+    );
+    assert_eq!(
+        env.report().installs.values().sum::<u32>(),
+        0,
+        "nothing ran"
+    );
+
+    let out = env.baton(&["submit", "--cluster", &cluster, "--plan-hash", &hash]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("upgrade COMPLETED"), "{stdout}");
+}

@@ -1,0 +1,264 @@
+//! `baton dev`: the demo in one command. Starts a local nats-server (the
+//! pinned one), the workflow service, a simulated chef-backend cluster and one
+//! executor per node, all in a temp dir; submits an upgrade and shows it live;
+//! then prints the replayed timeline, the audit verification and the
+//! simulator's report. Every child runs in its own process group and is
+//! stopped on exit, error or Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::client::{Client, Exit, EXIT_UPGRADE_FAILED, EXIT_VERIFY_FAILED};
+use crate::cmd::ops;
+use crate::procs::{self, Children};
+use crate::Global;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct DevArgs {
+    /// Nodes in the simulated cluster.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Version the simulated cluster runs before the upgrade.
+    #[arg(long, default_value = "3.0.0-1")]
+    pub from_version: String,
+    /// Version of the package to upgrade to.
+    #[arg(long, default_value = "3.1.0-1")]
+    pub to_version: String,
+    /// Use the newer `chef-backend-ctl upgrade` procedure instead of the runbook's.
+    #[arg(long)]
+    pub upgrade_command: bool,
+    /// Keep the temp dir (logs, log db, simulator journal) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+    /// Work in this directory instead of a new temp dir (it is created).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+pub fn run(global: Global, args: DevArgs) -> anyhow::Result<ExitCode> {
+    let temp = tempfile::Builder::new().prefix("baton-dev-").tempdir()?;
+    let dir = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => temp.path().to_path_buf(),
+    };
+    let mut children = Children::default();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = demo(&global, &args, &dir, &mut children) => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C): stopping everything")),
+        }
+    });
+    children.stop_all(Duration::from_secs(5));
+    if args.keep || args.dir.is_some() {
+        let kept = temp.keep();
+        let shown = args.dir.clone().unwrap_or(kept);
+        eprintln!("baton dev: files kept in {}", shown.display());
+    }
+    outcome
+}
+
+async fn demo(
+    global: &Global,
+    args: &DevArgs,
+    dir: &Path,
+    children: &mut Children,
+) -> anyhow::Result<ExitCode> {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let baton = std::env::current_exe()?;
+    let sim = procs::sibling_binary("baton-sim")?;
+
+    // 1. NATS with JetStream on a free loopback port.
+    let nats_bin = procs::nats_server_binary()?;
+    let port = procs::free_port()?;
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let mut cmd = Command::new(&nats_bin);
+    cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("nats"));
+    children.spawn("nats-server", cmd, &logs.join("nats-server.log"))?;
+    let global = Global {
+        nats: nats_url.clone(),
+        ..global.clone()
+    };
+    wait_for_nats(&nats_url, children).await?;
+    say(&format!("nats-server {} on {nats_url}", nats_bin.display()));
+
+    // 2. The simulated cluster and the package "copied to every node".
+    let sim_dir = dir.join("sim");
+    let status = Command::new(&sim)
+        .args(["init", "--dir"])
+        .arg(&sim_dir)
+        .args([
+            "--nodes",
+            &args.nodes.to_string(),
+            "--version",
+            &args.from_version,
+        ])
+        .status()
+        .context("running baton-sim init")?;
+    if !status.success() {
+        bail!("baton-sim init failed ({status})");
+    }
+    let package = dir.join(format!("chef-backend_{}_amd64.deb", args.to_version));
+    std::fs::write(&package, b"simulated chef-backend package\n")?;
+    let nodes: Vec<String> = (1..=args.nodes).map(|i| format!("backend-{i}")).collect();
+    let cluster_file = dir.join("cluster.toml");
+    std::fs::write(
+        &cluster_file,
+        cluster_toml(&nodes, &package, args.upgrade_command),
+    )?;
+    say(&format!(
+        "simulated {}-node chef-backend cluster at {} (version {})",
+        args.nodes,
+        sim_dir.display(),
+        args.from_version
+    ));
+
+    // 3. The workflow service and one executor per node.
+    let mut cmd = Command::new(&baton);
+    cmd.args(["server", "--db"])
+        .arg(dir.join("baton.db"))
+        .args(["--nats", &nats_url]);
+    children.spawn("workflow service", cmd, &logs.join("server.log"))?;
+    let path = std::env::var("PATH").unwrap_or_default();
+    for node in &nodes {
+        let mut cmd = Command::new(&baton);
+        cmd.args([
+            "executor", "--group", node, "--nodes", node, "--nats", &nats_url,
+        ])
+        .arg("--state-dir")
+        .arg(dir.join("executors").join(node))
+        .env(
+            "PATH",
+            format!(
+                "{}:{path}",
+                sim_dir.join("nodes").join(node).join("bin").display()
+            ),
+        );
+        children.spawn(
+            &format!("executor {node}"),
+            cmd,
+            &logs.join(format!("executor-{node}.log")),
+        )?;
+    }
+    let client = Client::connect(&global).await?;
+    wait_for_service_and_executors(&client, &nodes, children).await?;
+    say(&format!(
+        "workflow service and {} executors are up",
+        nodes.len()
+    ));
+
+    // 4. The upgrade, live.
+    let started = Instant::now();
+    let upgrade = ops::submit_file(&client, &global, &cluster_file, None).await?;
+    say(&format!("submitted upgrade {upgrade}"));
+    let view = ops::watch(&client, &global, &upgrade).await?;
+    let wall = started.elapsed();
+    say(&format!(
+        "upgrade {upgrade} {} in {:.1} s",
+        view.status,
+        wall.as_secs_f64()
+    ));
+
+    // 5. What anybody can check afterwards.
+    say("replayed timeline (from the log, through the service)");
+    crate::cmd::replay::print_timeline_via_service(&client, &global, &upgrade).await?;
+    say("audit verification");
+    let verified = crate::cmd::audit::verify_via_service(&client, &global).await?;
+    say("simulator's report (computed from its journal, not from Baton)");
+    let report = sim_report(&sim, &sim_dir)?;
+    print!("{}", report.render());
+    let safe = report.verdict == sim::Verdict::Safe;
+
+    if view.status != "completed" {
+        return Err(Exit::new(
+            EXIT_UPGRADE_FAILED,
+            format!("the upgrade ended {}", view.status),
+        )
+        .into());
+    }
+    if !verified || !safe {
+        return Err(Exit::new(EXIT_VERIFY_FAILED, "verification failed (see above)").into());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn say(line: &str) {
+    println!("==> {line}");
+}
+
+/// The demo's cluster file: one executor group per node.
+fn cluster_toml(nodes: &[String], package: &Path, upgrade_command: bool) -> String {
+    let mut text = String::from("[cluster]\nname = \"demo\"\nprofile = \"chef-backend\"\n\n");
+    for (i, node) in nodes.iter().enumerate() {
+        text.push_str(&format!(
+            "[[nodes]]\nname = \"{node}\"\naddress = \"192.168.33.{}\"\nexecutor = \"{node}\"\n\n",
+            215 + i
+        ));
+    }
+    text.push_str(&format!(
+        "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"{}\"\npoll_interval_ms = 200\n",
+        package.display(),
+        if upgrade_command { "upgrade-command" } else { "runbook" }
+    ));
+    text
+}
+
+async fn wait_for_nats(url: &str, children: &mut Children) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        children.check_alive()?;
+        if async_nats::connect(url).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("nats-server did not accept connections on {url} within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for_service_and_executors(
+    client: &Client,
+    nodes: &[String],
+    children: &mut Children,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        children.check_alive()?;
+        if let Ok(online) = ops::executors_online(client).await {
+            if nodes.iter().all(|node| online.contains(node)) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the workflow service and the executors were not all up within 60 s (see the logs)"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The simulator's report, computed by `baton-sim report` from its journal.
+fn sim_report(sim: &Path, dir: &Path) -> anyhow::Result<sim::Report> {
+    let output = Command::new(sim)
+        .args(["report", "--json", "--dir"])
+        .arg(dir)
+        .output()
+        .context("running baton-sim report")?;
+    serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "baton-sim report gave no report ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}

@@ -1,0 +1,409 @@
+//! The operator's commands that talk to the workflow service: submit, plan,
+//! watch, status, list, pause, resume, abort, approve, resolve.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use workflow::service::api::{
+    EventsPage, EventsRequest, OperatorRequest, StatusView, SubmitRequest, UpgradeRef,
+};
+
+use crate::client::{Client, Exit, EXIT_UPGRADE_FAILED};
+use crate::render::{self, Timeline};
+use crate::{Command, Global, Output};
+
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    /// The cluster file (TOML).
+    #[arg(long)]
+    pub cluster: PathBuf,
+    /// Path of the package on the nodes (overrides the cluster file's).
+    #[arg(long)]
+    pub package: Option<String>,
+    /// Target version (default: the version the package file names).
+    #[arg(long)]
+    pub target_version: Option<String>,
+    /// Wait for approval before this gate (before-switchover, after-first-follower); repeatable.
+    #[arg(long)]
+    pub approve_before: Vec<String>,
+    /// Refuse to start unless the live plan has this hash (from `baton plan`).
+    #[arg(long)]
+    pub plan_hash: Option<String>,
+    /// Return once submitted instead of following the upgrade.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PlanArgs {
+    /// The cluster file (TOML).
+    #[arg(long)]
+    pub cluster: PathBuf,
+    /// Path of the package on the nodes (overrides the cluster file's).
+    #[arg(long)]
+    pub package: Option<String>,
+    /// Target version (default: the version the package file names).
+    #[arg(long)]
+    pub target_version: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UpgradeArg {
+    /// The upgrade id (a ULID, as `submit` and `list` print it).
+    pub upgrade: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReasonArgs {
+    pub upgrade: String,
+    /// Why (recorded in the log).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AbortArgs {
+    pub upgrade: String,
+    /// Why (recorded in the log).
+    #[arg(long)]
+    pub reason: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ApproveArgs {
+    pub upgrade: String,
+    /// The gate (before-switchover, after-first-follower).
+    pub gate: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ResolveArgs {
+    pub upgrade: String,
+    /// The step that needs verification.
+    pub step: u64,
+    /// What the operator found: succeeded, failed or retry.
+    #[arg(long = "as", value_parser = ["succeeded", "failed", "retry"])]
+    pub resolution: String,
+    /// Why (recorded in the log).
+    #[arg(long)]
+    pub why: String,
+}
+
+pub fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
+    super::runtime()?.block_on(async move {
+        let client = Client::connect(&global).await?;
+        match command {
+            Command::Submit(args) => submit(&client, &global, args).await,
+            Command::Plan(args) => plan(&client, &global, args).await,
+            Command::Watch(args) => {
+                let view = watch(&client, &global, &args.upgrade).await?;
+                finished(&view)
+            }
+            Command::Status(args) => {
+                let view: StatusView = client
+                    .call(
+                        "status",
+                        &UpgradeRef {
+                            upgrade: args.upgrade,
+                        },
+                    )
+                    .await?;
+                print_view(&global, &view)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::List => {
+                let views: Vec<StatusView> = client.call("list", &serde_json::json!({})).await?;
+                if global.output == Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&views)?);
+                } else if views.is_empty() {
+                    println!("no upgrades in the log");
+                } else {
+                    for view in views {
+                        println!(
+                            "{}  {:<16} {:<18} {}",
+                            view.upgrade,
+                            view.cluster,
+                            view.status,
+                            view.reason.unwrap_or_default()
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Pause(args) => {
+                operator(
+                    &client,
+                    &global,
+                    "pause",
+                    args.upgrade,
+                    Some(args.reason),
+                    None,
+                )
+                .await
+            }
+            Command::Resume(args) => {
+                operator(&client, &global, "resume", args.upgrade, None, None).await
+            }
+            Command::Abort(args) => {
+                operator(
+                    &client,
+                    &global,
+                    "abort",
+                    args.upgrade,
+                    Some(args.reason),
+                    None,
+                )
+                .await
+            }
+            Command::Approve(args) => {
+                operator(
+                    &client,
+                    &global,
+                    "approve",
+                    args.upgrade,
+                    None,
+                    Some(args.gate),
+                )
+                .await
+            }
+            Command::Resolve(args) => {
+                let request = OperatorRequest {
+                    upgrade: args.upgrade,
+                    by: global.who(),
+                    reason: Some(args.why),
+                    gate: None,
+                    step: Some(args.step),
+                    resolution: Some(args.resolution),
+                };
+                let view: StatusView = client.call("resolve", &request).await?;
+                print_view(&global, &view)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => unreachable!("dispatched in cmd::run"),
+        }
+    })
+}
+
+async fn submit(client: &Client, global: &Global, args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let request = SubmitRequest {
+        package: args.package.clone(),
+        target_version: args.target_version.clone(),
+        approve_before: args.approve_before.clone(),
+        plan_hash: args.plan_hash.clone(),
+        ..submit_request(&args.cluster, global)?
+    };
+    let reply: UpgradeRef = client.call("submit", &request).await?;
+    if args.detach {
+        if global.output == Output::Json {
+            println!("{}", serde_json::to_string(&reply)?);
+        } else {
+            println!("{}", reply.upgrade);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("submitted upgrade {}", reply.upgrade);
+    let view = watch(client, global, &reply.upgrade).await?;
+    finished(&view)
+}
+
+/// Submits a cluster file as it is (used by `baton dev`); returns the upgrade id.
+pub async fn submit_file(
+    client: &Client,
+    global: &Global,
+    cluster: &Path,
+    package: Option<String>,
+) -> anyhow::Result<String> {
+    let request = SubmitRequest {
+        package,
+        ..submit_request(cluster, global)?
+    };
+    let reply: UpgradeRef = client.call("submit", &request).await?;
+    Ok(reply.upgrade)
+}
+
+fn submit_request(cluster: &Path, global: &Global) -> anyhow::Result<SubmitRequest> {
+    let text = std::fs::read_to_string(cluster)
+        .with_context(|| format!("reading the cluster file {}", cluster.display()))?;
+    Ok(SubmitRequest {
+        cluster_file: cluster.display().to_string(),
+        cluster_toml: text,
+        package: None,
+        target_version: None,
+        approve_before: Vec::new(),
+        plan_hash: None,
+        plan_only: false,
+        requested_by: global.who(),
+    })
+}
+
+async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let request = SubmitRequest {
+        package: args.package,
+        target_version: args.target_version,
+        plan_only: true,
+        ..submit_request(&args.cluster, global)?
+    };
+    let reply: UpgradeRef = client.call("plan", &request).await?;
+    let view = wait_terminal(client, &reply.upgrade, |_| {}).await?;
+    if global.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return finished(&view);
+    }
+    match (&view.plan, &view.plan_hash) {
+        (Some(plan), Some(hash)) if view.status == "planned" => {
+            let plan: workflow::core::Plan = serde_json::from_value(plan.clone())?;
+            print!("{}", render::plan_block(&plan, hash));
+            println!(
+                "submit exactly this plan with: baton submit --cluster {} --plan-hash {hash}",
+                args.cluster.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            print!("{}", render::status_block(&view));
+            Err(Exit::new(
+                EXIT_UPGRADE_FAILED,
+                format!(
+                    "no plan: preflight {} ({})",
+                    view.status,
+                    view.reason.unwrap_or_default()
+                ),
+            )
+            .into())
+        }
+    }
+}
+
+async fn operator(
+    client: &Client,
+    global: &Global,
+    verb: &str,
+    upgrade: String,
+    reason: Option<String>,
+    gate: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let request = OperatorRequest {
+        upgrade,
+        by: global.who(),
+        reason,
+        gate,
+        step: None,
+        resolution: None,
+    };
+    let view: StatusView = client.call(verb, &request).await?;
+    print_view(global, &view)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_view(global: &Global, view: &StatusView) -> anyhow::Result<()> {
+    if global.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(view)?);
+    } else {
+        print!("{}", render::status_block(view));
+    }
+    Ok(())
+}
+
+/// Exit code for a finished upgrade: 0 if it completed (or planned), 4 otherwise.
+fn finished(view: &StatusView) -> anyhow::Result<ExitCode> {
+    match view.status.as_str() {
+        "completed" | "planned" => Ok(ExitCode::SUCCESS),
+        other => Err(Exit::new(
+            EXIT_UPGRADE_FAILED,
+            format!(
+                "upgrade {} {other}: {}",
+                view.upgrade,
+                view.reason.clone().unwrap_or_default()
+            ),
+        )
+        .into()),
+    }
+}
+
+fn is_terminal(status: &str) -> bool {
+    matches!(status, "completed" | "halted" | "aborted" | "planned")
+}
+
+/// Follows an upgrade from its first event until it ends (works mid-upgrade
+/// and after the end): prints the timeline as the log grows, and the status
+/// block whenever the status changes. Returns the final view.
+pub async fn watch(client: &Client, global: &Global, upgrade: &str) -> anyhow::Result<StatusView> {
+    let mut timeline = Timeline::default();
+    let mut next_seq = 1;
+    let mut last_status = String::new();
+    loop {
+        let page: EventsPage = client
+            .call(
+                "events",
+                &EventsRequest {
+                    upgrade: upgrade.to_string(),
+                    from_seq: next_seq,
+                    limit: 500,
+                },
+            )
+            .await?;
+        for logged in &page.events {
+            next_seq = logged.seq + 1;
+            if global.output == Output::Json {
+                println!("{}", serde_json::to_string(logged)?);
+            } else if let Some(line) = timeline.line(logged) {
+                println!("{line}");
+            }
+        }
+        if page.next_seq.is_some() {
+            continue;
+        }
+        let view: StatusView = client
+            .call(
+                "status",
+                &UpgradeRef {
+                    upgrade: upgrade.to_string(),
+                },
+            )
+            .await?;
+        if view.status != last_status {
+            last_status = view.status.clone();
+            if global.output == Output::Text {
+                print!("{}", render::status_block(&view));
+            }
+        }
+        if is_terminal(&view.status) && view.events < next_seq {
+            return Ok(view);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Polls `status` until the upgrade ends.
+async fn wait_terminal(
+    client: &Client,
+    upgrade: &str,
+    mut on_change: impl FnMut(&StatusView),
+) -> anyhow::Result<StatusView> {
+    let mut last = String::new();
+    loop {
+        let view: StatusView = client
+            .call(
+                "status",
+                &UpgradeRef {
+                    upgrade: upgrade.to_string(),
+                },
+            )
+            .await?;
+        if view.status != last {
+            last = view.status.clone();
+            on_change(&view);
+        }
+        if is_terminal(&view.status) {
+            return Ok(view);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Executor groups with a live executor, as the service sees them.
+pub async fn executors_online(client: &Client) -> anyhow::Result<Vec<String>> {
+    client.call("executors", &serde_json::json!({})).await
+}

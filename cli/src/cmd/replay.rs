@@ -1,0 +1,230 @@
+//! `baton replay`: an upgrade's timeline and its state at any event, read
+//! through the service, offline from a log directory, or from an exported
+//! JSON-lines file; `--verify` feeds the recorded inputs to today's `decide`
+//! and reports every divergence from the recorded decisions.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use workflow::core::{self, Event, State};
+use workflow::service::api::{EventsPage, EventsRequest, LoggedEvent};
+use workflow::service::view;
+
+use crate::client::{Client, Exit, EXIT_VERIFY_FAILED};
+use crate::render::{self, Timeline};
+use crate::{Global, Output};
+
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    /// The upgrade id.
+    pub upgrade: String,
+    /// Show the state right after this event (default: the last).
+    #[arg(long)]
+    pub at: Option<u64>,
+    /// Read the log directory directly (the service must not be running on it; use a copy).
+    #[arg(long, conflicts_with = "file")]
+    pub db: Option<PathBuf>,
+    /// Read an exported JSON-lines file (`baton audit export`).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Re-run today's `decide` on the recorded inputs and compare its decisions with the log.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print JSON (same as --output json).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(global: Global, args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let logged = super::runtime()?.block_on(load(&global, &args.upgrade, &args.db, &args.file))?;
+    if logged.is_empty() {
+        bail!("no events for upgrade {}", args.upgrade);
+    }
+    let events = decode_all(&logged)?;
+    let json = args.json || global.output == Output::Json;
+    if args.verify {
+        let divergences = verify_decisions(&events);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"upgrade": args.upgrade, "events": events.len(), "divergences": divergences})
+            );
+        } else if divergences.is_empty() {
+            println!(
+                "replay --verify: {} events; today's decide makes exactly the recorded decisions",
+                events.len()
+            );
+        } else {
+            for d in &divergences {
+                println!("DIVERGENCE {d}");
+            }
+        }
+        return if divergences.is_empty() {
+            Ok(ExitCode::SUCCESS)
+        } else {
+            Err(Exit::new(
+                EXIT_VERIFY_FAILED,
+                format!(
+                    "{} divergences between the log and today's decide",
+                    divergences.len()
+                ),
+            )
+            .into())
+        };
+    }
+    let at = args
+        .at
+        .unwrap_or(events.len() as u64)
+        .min(events.len() as u64);
+    let upto = &events[..at as usize];
+    let state: State = core::replay(upto.iter());
+    let view = view::status_view(&args.upgrade, &state, at);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"events": &logged[..at as usize], "state": view})
+        );
+    } else {
+        let mut timeline = Timeline::default();
+        for entry in &logged[..at as usize] {
+            if let Some(line) = timeline.line(entry) {
+                println!("{line}");
+            }
+        }
+        println!("--- state after event {at} of {} ---", events.len());
+        print!("{}", render::status_block(&view));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the timeline of an upgrade read through the service (`baton dev`).
+pub async fn print_timeline_via_service(
+    client: &Client,
+    _global: &Global,
+    upgrade: &str,
+) -> anyhow::Result<()> {
+    let logged = fetch(client, upgrade).await?;
+    let mut timeline = Timeline::default();
+    for entry in &logged {
+        if let Some(line) = timeline.line(entry) {
+            println!("{line}");
+        }
+    }
+    let events = decode_all(&logged)?;
+    let divergences = verify_decisions(&events);
+    if divergences.is_empty() {
+        println!(
+            "replay --verify: {} events; today's decide makes exactly the recorded decisions",
+            events.len()
+        );
+    } else {
+        for d in &divergences {
+            println!("DIVERGENCE {d}");
+        }
+        return Err(Exit::new(EXIT_VERIFY_FAILED, "replay diverged from the log").into());
+    }
+    Ok(())
+}
+
+/// Every event of an upgrade, from wherever the arguments say.
+pub async fn load(
+    global: &Global,
+    upgrade: &str,
+    db: &Option<PathBuf>,
+    file: &Option<PathBuf>,
+) -> anyhow::Result<Vec<LoggedEvent>> {
+    if let Some(db) = db {
+        let store = super::audit::open_offline(db)?;
+        let stream: store::StreamId = upgrade
+            .parse()
+            .map_err(|_| anyhow::anyhow!("`{upgrade}` is not an upgrade id (a ULID)"))?;
+        let mut out = Vec::new();
+        for record in store.read(stream, 1)? {
+            let record = record?;
+            out.push(LoggedEvent {
+                stream: upgrade.to_string(),
+                seq: record.seq,
+                prev: hex::encode(record.prev_hash),
+                hash: hex::encode(record.hash),
+                event: serde_json::value::RawValue::from_string(String::from_utf8(record.bytes)?)?,
+            });
+        }
+        return Ok(out);
+    }
+    if let Some(file) = file {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        store::verify_export(text.as_bytes())
+            .with_context(|| format!("{} does not verify", file.display()))?;
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let entry: LoggedEvent = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not an exported event", file.display(), i + 1))?;
+            if entry.stream == upgrade {
+                out.push(entry);
+            }
+        }
+        return Ok(out);
+    }
+    let client = Client::connect(global).await?;
+    fetch(&client, upgrade).await
+}
+
+/// Every event of an upgrade, through the service's `events` API.
+pub async fn fetch(client: &Client, upgrade: &str) -> anyhow::Result<Vec<LoggedEvent>> {
+    let mut out = Vec::new();
+    let mut from_seq = 1;
+    loop {
+        let page: EventsPage = client
+            .call(
+                "events",
+                &EventsRequest {
+                    upgrade: upgrade.to_string(),
+                    from_seq,
+                    limit: 500,
+                },
+            )
+            .await?;
+        out.extend(page.events);
+        match page.next_seq {
+            Some(next) => from_seq = next,
+            None => return Ok(out),
+        }
+    }
+}
+
+fn decode_all(logged: &[LoggedEvent]) -> anyhow::Result<Vec<Event>> {
+    logged
+        .iter()
+        .map(|entry| {
+            serde_json::from_str(entry.event.get())
+                .with_context(|| format!("event {} does not decode as a Baton event", entry.seq))
+        })
+        .collect()
+}
+
+/// Feeds the recorded inputs to today's `decide` ([`core::verify`]); returns
+/// the divergence, if any, as one line (nothing after the first divergence can
+/// be compared: the states differ from there on).
+pub fn verify_decisions(events: &[Event]) -> Vec<String> {
+    match core::verify(events) {
+        Ok(()) => Vec::new(),
+        Err(mismatch) => vec![format!(
+            "at event {} ({}): {}",
+            mismatch.index + 1,
+            events.get(mismatch.index).map(kind).unwrap_or_default(),
+            mismatch.message
+        )],
+    }
+}
+
+fn kind(event: &Event) -> String {
+    serde_json::to_value(event)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}

@@ -1,0 +1,52 @@
+//! `baton server`: the workflow service.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// Directory of the log (sled). One service per log.
+    #[arg(long, env = "BATON_DB")]
+    pub db: PathBuf,
+}
+
+pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let runtime = super::runtime()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("signal received, shutting down");
+                shutdown.cancel();
+            })
+        };
+        let config = workflow::service::Config {
+            db: args.db.clone(),
+            nats_url: global.nats.clone(),
+            protocol: protocol::Options::default(),
+        };
+        let result = workflow::service::run(config, shutdown.clone()).await;
+        signals.abort();
+        let _ = signals.await;
+        result.with_context(|| format!("workflow service (log {})", args.db.display()))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

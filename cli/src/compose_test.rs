@@ -1,0 +1,87 @@
+//! `docker-compose.yml` cannot run here (no Docker engine), so this test
+//! keeps it honest by reading: every service's command must be one the CLI
+//! accepts, and every executor must serve a node the simulated cluster has.
+
+use clap::Parser;
+use yaml_rust2::{Yaml, YamlLoader};
+
+use crate::{Cli, Command};
+
+fn compose() -> Yaml {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose.yml");
+    let text = std::fs::read_to_string(path).expect("docker-compose.yml exists");
+    YamlLoader::load_from_str(&text)
+        .expect("docker-compose.yml is valid YAML")
+        .remove(0)
+}
+
+fn command_of(service: &Yaml) -> Option<Vec<String>> {
+    service["command"].as_vec().map(|argv| {
+        argv.iter()
+            .map(|a| {
+                a.as_str()
+                    .expect("command elements are strings")
+                    .to_string()
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn compose_commands_match_the_cli() {
+    let doc = compose();
+    let services = doc["services"].as_hash().expect("services is a map");
+    let mut baton_commands = 0;
+    let mut sim_nodes = 0;
+    let mut executor_groups = Vec::new();
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        let argv = command_of(service)
+            .unwrap_or_else(|| panic!("service {name}: command must be an argv list"));
+        match argv[0].as_str() {
+            "baton" => {
+                baton_commands += 1;
+                let cli = Cli::try_parse_from(&argv)
+                    .unwrap_or_else(|err| panic!("service {name}: `{}`: {err}", argv.join(" ")));
+                if let Command::Executor(args) = cli.command {
+                    let path = service["environment"]["PATH"].as_str().unwrap_or_default();
+                    assert!(
+                        path.starts_with(&format!("/sim/nodes/{}/bin:", args.group)),
+                        "service {name}: the executor for {} must put that node's bin folder first in PATH, got {path}",
+                        args.group
+                    );
+                    executor_groups.push(args.group);
+                }
+            }
+            "baton-sim" => {
+                let nodes = argv
+                    .iter()
+                    .position(|a| a == "--nodes")
+                    .and_then(|i| argv.get(i + 1))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or_else(|| panic!("service {name}: baton-sim init needs --nodes N"));
+                assert_eq!(
+                    argv[1], "init",
+                    "service {name}: only `baton-sim init` is expected"
+                );
+                sim_nodes = nodes;
+            }
+            "-js" => assert_eq!(name, "nats", "only the nats service runs nats-server flags"),
+            other => panic!("service {name}: unknown program {other}"),
+        }
+    }
+    assert!(
+        baton_commands >= 3,
+        "server, executors and cli are all baton commands"
+    );
+    executor_groups.sort();
+    let expected: Vec<String> = (1..=sim_nodes).map(|i| format!("backend-{i}")).collect();
+    assert_eq!(executor_groups, expected, "one executor per simulated node");
+}
+
+#[test]
+fn a_wrong_compose_command_would_be_caught() {
+    // The check above must be able to fail: a misspelt flag is refused.
+    assert!(Cli::try_parse_from(["baton", "server", "--database", "/x"]).is_err());
+    assert!(Cli::try_parse_from(["baton", "executor", "--nodes", "backend-1"]).is_err());
+}

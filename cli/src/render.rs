@@ -1,0 +1,347 @@
+//! Text rendering for people: timeline lines, status blocks, plans.
+
+use workflow::core::{Event, Observation, Outcome, PlanItem};
+use workflow::service::api::{LoggedEvent, StatusView};
+
+/// The time an event carries, if it carries one.
+pub fn event_time(event: &Event) -> Option<u64> {
+    match event {
+        Event::UpgradeSubmitted { at_ms, .. }
+        | Event::StepResultRecorded { at_ms, .. }
+        | Event::TimerFired { at_ms }
+        | Event::UpgradePaused { at_ms, .. }
+        | Event::UpgradeResumed { at_ms, .. }
+        | Event::AbortRequested { at_ms, .. }
+        | Event::GateApproved { at_ms, .. }
+        | Event::StepResolved { at_ms, .. }
+        | Event::PhaseEntered { at_ms, .. }
+        | Event::StepDeadlinePassed { at_ms, .. }
+        | Event::ItemStarted { at_ms, .. }
+        | Event::ItemCompleted { at_ms, .. }
+        | Event::WindDownStarted { at_ms, .. }
+        | Event::UpgradeCompleted { at_ms }
+        | Event::UpgradeHalted { at_ms, .. }
+        | Event::UpgradeAborted { at_ms, .. } => Some(*at_ms),
+        _ => None,
+    }
+}
+
+/// Follows a log and renders each event as one timeline line, with the time
+/// since submission.
+#[derive(Default)]
+pub struct Timeline {
+    start_ms: Option<u64>,
+    last_ms: u64,
+    /// step -> (node, action), to name steps in result lines.
+    steps: std::collections::HashMap<u64, (String, String)>,
+}
+
+impl Timeline {
+    /// The line for one logged event; `None` for bookkeeping events that
+    /// would only add noise (timer ticks).
+    pub fn line(&mut self, logged: &LoggedEvent) -> Option<String> {
+        let event: Event = match serde_json::from_str(logged.event.get()) {
+            Ok(event) => event,
+            Err(err) => {
+                return Some(format!(
+                    "#{:<4} (event this baton cannot read: {err})",
+                    logged.seq
+                ))
+            }
+        };
+        if let Some(at) = event_time(&event) {
+            self.start_ms.get_or_insert(at);
+            self.last_ms = self.last_ms.max(at);
+        }
+        let elapsed = self
+            .last_ms
+            .saturating_sub(self.start_ms.unwrap_or(self.last_ms));
+        let what = self.describe(&event)?;
+        Some(format!(
+            "#{:<4} {:>7.1}s  {what}",
+            logged.seq,
+            elapsed as f64 / 1000.0
+        ))
+    }
+
+    fn describe(&mut self, event: &Event) -> Option<String> {
+        Some(match event {
+            Event::UpgradeSubmitted {
+                cluster,
+                target_version,
+                package,
+                requested_by,
+                plan_only,
+                ..
+            } => format!(
+                "{} by {requested_by}: cluster {} to {target_version} (package {package})",
+                if *plan_only {
+                    "plan requested"
+                } else {
+                    "upgrade submitted"
+                },
+                cluster.name
+            ),
+            Event::StepScheduled {
+                step,
+                attempt,
+                node,
+                action,
+                argv,
+                ..
+            } => {
+                self.steps
+                    .insert(*step, (node.clone(), action.as_str().to_string()));
+                format!(
+                    "step {step}.{attempt} scheduled on {node}: {} `{}`",
+                    action.as_str(),
+                    argv.join(" ")
+                )
+            }
+            Event::StepResultRecorded {
+                step,
+                attempt,
+                outcome,
+                exit_code,
+                stdout,
+                stderr,
+                reason,
+                ..
+            } => {
+                let (node, action) = self.steps.get(step).cloned().unwrap_or_default();
+                let mut line = format!(
+                    "step {step}.{attempt} {} on {node} ({action}){}",
+                    outcome_word(*outcome),
+                    exit_code.map(|c| format!(", exit {c}")).unwrap_or_default()
+                );
+                if *outcome != Outcome::Succeeded {
+                    if let Some(reason) = reason {
+                        line.push_str(&format!(": {reason}"));
+                    }
+                    if let Some(tail) = last_line(stderr).or_else(|| last_line(stdout)) {
+                        line.push_str(&format!(" | {tail}"));
+                    }
+                }
+                line
+            }
+            Event::TimerFired { .. } | Event::WaitStarted { .. } => return None,
+            Event::UpgradePaused { by, reason, .. } => format!("paused by {by}: {reason}"),
+            Event::UpgradeResumed { by, .. } => format!("resumed by {by}"),
+            Event::AbortRequested { by, reason, .. } => {
+                format!("abort requested by {by}: {reason}")
+            }
+            Event::GateApproved { gate, by, .. } => format!("gate {gate} approved by {by}"),
+            Event::StepResolved {
+                step,
+                resolution,
+                by,
+                why,
+                ..
+            } => format!("step {step} resolved as {resolution:?} by {by}: {why}"),
+            Event::PhaseEntered { phase, .. } => format!("phase {}", json_word(phase)),
+            Event::StepDeadlinePassed { step, attempt, .. } => {
+                format!("step {step}.{attempt}: no result before its deadline, outcome unknown")
+            }
+            Event::ObservationRecorded {
+                node, observation, ..
+            } => format!("observed on {node}: {}", observation_summary(observation)),
+            Event::CheckEvaluated {
+                node,
+                passed,
+                problems,
+                ..
+            } => {
+                if *passed {
+                    format!("check on {node} passed")
+                } else {
+                    format!("check on {node} not yet passing: {}", problems.join("; "))
+                }
+            }
+            Event::PlanComputed { plan, plan_hash } => format!(
+                "plan computed: leader {}, {} items, hash {}",
+                plan.leader,
+                plan.items.len(),
+                &plan_hash[..plan_hash.len().min(16)]
+            ),
+            Event::ItemStarted { .. } | Event::ItemCompleted { .. } => return None,
+            Event::ApprovalRequested { gate } => {
+                format!("waiting at gate {gate}: run `baton approve UPGRADE {gate}`")
+            }
+            Event::ReobservationStarted { step, reason, .. } => {
+                format!("step {step} in doubt, observing the cluster before deciding: {reason}")
+            }
+            Event::OutcomeInferred { step, evidence } => {
+                format!("step {step} took effect: {evidence}")
+            }
+            Event::VerificationRequired { step, reason } => {
+                format!("NEEDS VERIFICATION of step {step}: {reason}")
+            }
+            Event::WindDownStarted { cause, reason, .. } => {
+                format!("winding down ({}): {reason}", json_word(cause))
+            }
+            Event::UpgradeCompleted { .. } => "upgrade COMPLETED".to_string(),
+            Event::UpgradeHalted {
+                reason,
+                failover_pending,
+                ..
+            } => format!(
+                "upgrade HALTED: {reason}{}",
+                pending_suffix(failover_pending)
+            ),
+            Event::UpgradeAborted {
+                reason,
+                failover_pending,
+                ..
+            } => format!(
+                "upgrade ABORTED: {reason}{}",
+                pending_suffix(failover_pending)
+            ),
+        })
+    }
+}
+
+fn pending_suffix(pending: &Option<String>) -> String {
+    pending
+        .as_ref()
+        .map(|why| format!("; FAILOVER IS STILL BLOCKED: {why}"))
+        .unwrap_or_default()
+}
+
+fn outcome_word(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed => "FAILED",
+        Outcome::TimedOut => "TIMED OUT",
+        Outcome::Unknown => "outcome UNKNOWN",
+        Outcome::Rejected => "REJECTED",
+    }
+}
+
+fn observation_summary(observation: &Observation) -> String {
+    match observation {
+        Observation::ClusterStatus { status } => status
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, json_word(&m.role)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Observation::NodeStatus { status } => format!("{} services", status.services.len()),
+        Observation::Version { version } => format!(
+            "version {}",
+            version.as_deref().unwrap_or("(not installed)")
+        ),
+        Observation::Unavailable { error } => format!("unavailable: {error}"),
+    }
+}
+
+/// A serde enum value as its JSON word (`"old_leader"`).
+pub fn json_word<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
+}
+
+fn last_line(text: &str) -> Option<String> {
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
+/// A status block.
+pub fn status_block(view: &StatusView) -> String {
+    let mut out = format!(
+        "upgrade {}  cluster {}  {}{}\n",
+        view.upgrade,
+        view.cluster,
+        view.status.to_uppercase(),
+        view.reason
+            .as_ref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    );
+    out.push_str(&format!(
+        "phase {}  target {}  failover {}  events {}\n",
+        view.phase,
+        view.target_version.as_deref().unwrap_or("?"),
+        if view.failover_blocked {
+            "BLOCKED"
+        } else {
+            "enabled"
+        },
+        view.events
+    ));
+    if let Some(step) = &view.current {
+        out.push_str(&format!(
+            "current: step {}.{} on {}: {} `{}`\n",
+            step.step,
+            step.attempt,
+            step.node,
+            step.action,
+            step.argv.join(" ")
+        ));
+    }
+    for node in &view.nodes {
+        out.push_str(&format!(
+            "  {:<12} {:<9} {:<7} {}\n",
+            node.name,
+            node.progress,
+            node.role.as_deref().unwrap_or(""),
+            node.last_output.as_deref().unwrap_or("")
+        ));
+    }
+    out
+}
+
+/// A plan, one line per item.
+pub fn plan_block(plan: &workflow::core::Plan, hash: &str) -> String {
+    let mut out = format!(
+        "plan for cluster {} to {} ({} procedure)\nleader: {}\n",
+        plan.cluster,
+        plan.target_version,
+        json_word(&plan.procedure),
+        plan.leader
+    );
+    for (node, guid) in &plan.guids {
+        out.push_str(&format!(
+            "  {node:<12} guid {guid}  version {}\n",
+            plan.versions
+                .get(node)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| "(not installed)".into())
+        ));
+    }
+    if !plan.skipped.is_empty() {
+        out.push_str(&format!(
+            "skipped (already at target): {}\n",
+            plan.skipped.join(", ")
+        ));
+    }
+    for (i, item) in plan.items.iter().enumerate() {
+        let line = match item {
+            PlanItem::Run {
+                node, action, argv, ..
+            } => format!("run on {node}: {} `{}`", action.as_str(), argv.join(" ")),
+            PlanItem::WaitSynced { node, .. } => format!("wait until {node} is healthy and synced"),
+            PlanItem::Gate { gate, .. } => format!("wait for approval of gate {gate}"),
+            PlanItem::VerifySwitchover {
+                old_leader, via, ..
+            } => format!(
+                "verify a new upgraded leader and {old_leader} back as follower (via {via})"
+            ),
+            PlanItem::VerifyStable { via, .. } => {
+                format!("verify the cluster is stable (via {via})")
+            }
+        };
+        out.push_str(&format!(
+            "{:>3}. [{}] {line}\n",
+            i + 1,
+            json_word(&item.phase())
+        ));
+    }
+    out.push_str(&format!("plan hash: {hash}\n"));
+    out
+}
