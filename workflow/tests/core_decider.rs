@@ -427,7 +427,8 @@ fn a_poll_waits_for_its_interval() {
 }
 
 #[test]
-fn sync_timeout_halts_naming_the_node_and_probe_and_leaves_failover_pending_if_unhealthy() {
+fn a_follower_that_never_syncs_halts_and_failover_is_restored_naming_it() {
+    // Given backend-1 restarted but never syncs, while backend-2 leads and backend-3 is a synced follower.
     let (mut run, mut fake) = started("runbook", "");
     run.until(&mut fake, "backend-1 started", |r| {
         r.next_is(Action::Start, "backend-1")
@@ -436,8 +437,12 @@ fn sync_timeout_halts_naming_the_node_and_probe_and_leaves_failover_pending_if_u
     let res = fake.run(&step);
     fake.nodes[0].syncing = 1_000_000; // never syncs
     run.finish(&step, res);
+    // When the sync timeout passes.
     run.run_to_rest(&mut fake, 2_000);
+    // Then the upgrade halts (S5) naming the node, and failover is re-enabled (S3): one healthy leader and a
+    // synced follower to elect make leaving it off the more dangerous choice.
     let (reason, pending) = halted_reason(&run.state);
+    assert!(matches!(run.state.status(), Status::Halted { .. }));
     assert!(
         reason.starts_with("backend-1 did not become healthy, synced and upgraded within 20000 ms"),
         "{reason}"
@@ -446,16 +451,75 @@ fn sync_timeout_halts_naming_the_node_and_probe_and_leaves_failover_pending_if_u
         reason.contains("`probe_status` on backend-1") && reason.contains("syncing: 1"),
         "{reason}"
     );
-    let pending =
-        pending.expect("the cluster is unhealthy, so failover stays blocked and says why");
     assert!(
-        pending.contains("not healthy") && pending.contains("set-cluster-failover on"),
+        reason.contains(
+            "failover was re-enabled although: postgresql: leader: 1; offline: 0; syncing: 1"
+        ),
+        "the problem still there is in the reason: {reason}"
+    );
+    assert_eq!(pending, None);
+    assert!(!run.state.failover_blocked());
+    assert!(fake.failover, "S3: failover restored");
+    let actions = actions_of(&run.history);
+    assert_eq!(
+        actions.last().unwrap(),
+        &("backend-2".to_string(), "unblock_failover".to_string())
+    );
+    // The gate read the leader's own status before unblocking.
+    let unblock_at = run
+        .history
+        .iter()
+        .rposition(|e| {
+            matches!(
+                e,
+                Event::StepScheduled {
+                    action: Action::UnblockFailover,
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    assert!(run.history[..unblock_at]
+        .iter()
+        .rev()
+        .take(3)
+        .any(|e| matches!(e,
+        Event::CheckEvaluated { node, passed: true, problems, .. }
+        if node == "backend-2" && problems.iter().any(|p| p.contains("syncing: 1")))));
+    assert!(!run.history.iter().any(|e| matches!(e, Event::StepScheduled { action: Action::Stop, node, .. } if node == "backend-3")),
+        "S5: never past a failed health gate");
+    assert_eq!(replay(&run.history), run.state);
+    verify(&run.history).unwrap();
+}
+
+#[test]
+fn a_halt_leaves_failover_pending_when_no_leader_can_be_confirmed() {
+    // Given backend-1 never syncs and the leader crashes while failover is blocked.
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "backend-1 started", |r| {
+        r.next_is(Action::Start, "backend-1")
+    });
+    let step = run.outstanding();
+    let res = fake.run(&step);
+    fake.nodes[0].syncing = 1_000_000;
+    fake.nodes[1].running = false;
+    run.finish(&step, res);
+    // When the sync timeout passes, and the wind-down's own one too.
+    run.run_to_rest(&mut fake, 2_000);
+    // Then failover stays blocked, and the end says why and what to run.
+    let (_, pending) = halted_reason(&run.state);
+    let pending = pending.expect("no leader is confirmed, so failover stays blocked and says why");
+    assert!(
+        pending.contains("not healthy enough")
+            && pending.contains("set-cluster-failover on")
+            && pending.contains("probe unavailable"),
         "{pending}"
     );
     assert!(run.state.failover_blocked());
     assert!(!fake.failover, "nothing unblocked it");
-    assert!(!run.history.iter().any(|e| matches!(e, Event::StepScheduled { action: Action::Stop, node, .. } if node == "backend-3")),
-        "S5: never past a failed health gate");
+    assert!(!actions_of(&run.history)
+        .iter()
+        .any(|(_, a)| a == "unblock_failover"));
 }
 
 #[test]
@@ -947,46 +1011,212 @@ fn pause_holds_decisions_until_resume() {
     assert_eq!(run.state.status(), Status::Completed);
 }
 
-#[test]
-fn abort_restores_failover_when_the_cluster_is_healthy() {
+/// Given a history where backend-3's `stop` was scheduled and the operator aborted while it ran.
+fn aborted_during_stop() -> (Run, FakeCluster, workflow::core::ScheduledStep) {
     let (mut run, mut fake) = started("runbook", "");
     run.until(&mut fake, "stop backend-3", |r| {
         r.next_is(Action::Stop, "backend-3")
     });
-    // Abort while the stop is outstanding: the wind-down waits for it, observes, and... backend-3 is down.
-    let mut down = Run {
-        state: run.state.clone(),
-        history: run.history.clone(),
-        now: run.now,
-    };
-    let mut fake_down = fake.clone();
-    down.input(Input::Abort {
+    let stop = run.outstanding();
+    run.input(Input::Abort {
         by: "op".into(),
         reason: "change window closed".into(),
-        now_ms: down.now,
+        now_ms: run.now,
     })
     .unwrap();
-    down.run_to_rest(&mut fake_down, 1_000);
-    let (reason, pending) = halted_reason(&down.state);
-    assert_eq!(reason, "aborted by op: change window closed");
-    let pending = pending.expect("backend-3 is down, so failover cannot be restored");
-    assert!(
-        pending.contains("not healthy") && pending.contains("offline: 1"),
-        "{pending}"
-    );
-    assert!(!fake_down.failover && down.state.failover_blocked());
-    assert!(matches!(down.state.status(), Status::Aborted { .. }));
+    (run, fake, stop)
+}
 
-    // Abort between nodes: healthy, so failover is re-enabled first.
-    let events = when(
-        &run.history,
-        Input::Abort {
-            by: "op".into(),
-            reason: "enough".into(),
-            now_ms: run.now,
-        },
+/// The non-probe steps scheduled after the abort.
+fn actions_after_abort(history: &[Event]) -> Vec<(String, String)> {
+    let at = history
+        .iter()
+        .position(|e| matches!(e, Event::AbortRequested { .. }))
+        .expect("aborted");
+    actions_of(&history[at..])
+}
+
+#[test]
+fn abort_after_stop_starts_the_node_checks_it_then_unblocks_and_ends_aborted() {
+    let (run, mut fake, stop) = aborted_during_stop();
+    assert_eq!(
+        run.state.status(),
+        Status::WindingDown {
+            reason: "aborted by op: change window closed".into()
+        }
     );
-    assert!(events.is_ok());
+    // When the stop's result arrives (it ran: backend-3 is down).
+    let result = fake.run(&stop);
+    assert!(fake.out_of_service().contains(&"backend-3".to_string()));
+    let events = when(&run.history, result_of(&stop, result.clone(), run.now + 10)).unwrap();
+    // Then the node's start is scheduled, nothing of the plan.
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert!(matches!(&events[0], Event::StepResultRecorded { step, .. } if *step == stop.step));
+    assert!(
+        matches!(&events[1], Event::StepScheduled { action: Action::Start, node, attempt: 1, argv, .. }
+        if node == "backend-3" && *argv == strings(&["chef-backend-ctl", "start"])),
+        "{events:#?}"
+    );
+    let mut run = run;
+    run.finish(&stop, result);
+    run.run_to_rest(&mut fake, 1_000);
+    // Then: checks on backend-3 until healthy and synced, then the failover gate, the unblock, Aborted.
+    assert_eq!(
+        actions_after_abort(&run.history),
+        vec![
+            ("backend-3".to_string(), "start".to_string()),
+            ("backend-2".to_string(), "unblock_failover".to_string()),
+        ]
+    );
+    let start_at = run
+        .history
+        .iter()
+        .position(|e| matches!(e, Event::StepScheduled { action: Action::Start, node, .. } if node == "backend-3"))
+        .unwrap();
+    let restarted_at = run
+        .history
+        .iter()
+        .rposition(|e| matches!(e, Event::WindDownStarted { .. }))
+        .unwrap();
+    let checks: Vec<(String, bool)> = run.history[start_at..restarted_at]
+        .iter()
+        .filter_map(|e| match e {
+            Event::CheckEvaluated { node, passed, .. } => Some((node.clone(), *passed)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        checks.iter().all(|(n, _)| n == "backend-3") && checks.iter().any(|(_, p)| !p),
+        "backend-3 is checked until synced, polling while it syncs: {checks:?}"
+    );
+    assert_eq!(
+        &checks[checks.len() - 2..],
+        &[
+            ("backend-3".to_string(), true),
+            ("backend-3".to_string(), true)
+        ],
+        "status and cluster-status both passed last"
+    );
+    assert_eq!(
+        run.state.status(),
+        Status::Aborted {
+            reason:
+                "aborted by op: change window closed; backend-3 is in service (healthy and synced)"
+                    .into(),
+            failover_pending: None,
+        }
+    );
+    assert!(fake.failover && !run.state.failover_blocked(), "S3");
+    assert!(fake.out_of_service().is_empty(), "backend-3 is back");
+    assert!(
+        fake.violations.list.is_empty(),
+        "{:?}",
+        fake.violations.list
+    );
+    assert_eq!(replay(&run.history), run.state);
+    verify(&run.history).unwrap();
+}
+
+#[test]
+fn abort_after_stop_whose_start_fails_still_restores_failover_and_names_the_node() {
+    let (mut run, mut fake, stop) = aborted_during_stop();
+    let result = fake.run(&stop);
+    run.finish(&stop, result);
+    // When every attempt of the start fails.
+    for _ in 0..1_000 {
+        if run.state.is_terminal() {
+            break;
+        }
+        match run.state.outstanding_steps().first() {
+            Some(s) if s.action == Action::Start => {
+                let s = s.clone();
+                run.finish(&s, failed(1, "fail: backend-3: runsv not running"));
+            }
+            Some(_) | None => assert!(run.advance(&mut fake), "stuck: {:?}", run.state.status()),
+        }
+    }
+    // Then: three attempts (two retries), then the failover gate passes on the leader with backend-1 synced,
+    // failover is re-enabled and the abort's reason names backend-3 and its failed start.
+    let starts = scheduled(&run.history)
+        .into_iter()
+        .filter(|s| s.action == Action::Start && s.node == "backend-3")
+        .map(|s| (s.step, s.attempt))
+        .collect::<Vec<_>>();
+    assert_eq!(starts.len(), 3, "{starts:?}");
+    assert!(starts.iter().all(|(step, _)| *step == starts[0].0));
+    assert_eq!(
+        actions_after_abort(&run.history),
+        vec![
+            ("backend-3".to_string(), "start".to_string()),
+            ("backend-3".to_string(), "start".to_string()),
+            ("backend-3".to_string(), "start".to_string()),
+            ("backend-2".to_string(), "unblock_failover".to_string()),
+        ]
+    );
+    let (reason, pending) = halted_reason(&run.state);
+    assert!(matches!(run.state.status(), Status::Aborted { .. }));
+    assert_eq!(pending, None);
+    assert!(
+        reason.starts_with("aborted by op: change window closed; backend-3 was not brought back into service: step"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("`start` on backend-3 (attempt 3)")
+            && reason.contains("exit code 1")
+            && reason.contains("runsv not running"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("failover was re-enabled although:") && reason.contains("offline: 1"),
+        "{reason}"
+    );
+    assert!(fake.failover && !run.state.failover_blocked(), "S3");
+    assert_eq!(fake.out_of_service(), vec!["backend-3".to_string()]);
+    assert_eq!(replay(&run.history), run.state);
+    verify(&run.history).unwrap();
+}
+
+#[test]
+fn abort_in_the_newer_procedure_waits_for_the_upgraded_node_without_starting_anything() {
+    // Given `chef-backend-ctl upgrade` on backend-1 is running (nothing was stopped).
+    let (mut run, mut fake) = started("upgrade-command", "");
+    run.until(&mut fake, "upgrade backend-1", |r| {
+        r.next_is(Action::Upgrade, "backend-1")
+    });
+    let upgrade = run.outstanding();
+    // When the operator aborts and the upgrade then finishes (backend-1 resyncs).
+    run.input(Input::Abort {
+        by: "op".into(),
+        reason: "stop".into(),
+        now_ms: run.now,
+    })
+    .unwrap();
+    let result = fake.run(&upgrade);
+    let events = run.finish(&upgrade, result);
+    // Then the wind-down checks backend-1 first, starts nothing, and unblocks once it is synced.
+    assert!(
+        matches!(events.last(), Some(Event::StepScheduled { action: Action::ProbeStatus, node, .. }) if node == "backend-1"),
+        "{events:#?}"
+    );
+    run.run_to_rest(&mut fake, 1_000);
+    assert_eq!(
+        actions_after_abort(&run.history),
+        vec![("backend-2".to_string(), "unblock_failover".to_string())]
+    );
+    assert_eq!(
+        run.state.status(),
+        Status::Aborted {
+            reason: "aborted by op: stop; backend-1 is in service (healthy and synced)".into(),
+            failover_pending: None,
+        }
+    );
+    assert!(fake.failover && fake.out_of_service().is_empty());
+}
+
+#[test]
+fn abort_restores_failover_when_the_cluster_is_healthy() {
+    // Abort as backend-3's stop is published, which the executor rejects without running it: backend-3 never
+    // left service, its checks pass at once and failover is re-enabled.
     let mut before = Run {
         state: State::default(),
         history: Vec::new(),
@@ -1014,9 +1244,15 @@ fn abort_restores_failover_when_the_cluster_is_healthy() {
     assert_eq!(
         before.state.status(),
         Status::Aborted {
-            reason: "aborted by op: enough".into(),
+            reason: "aborted by op: enough; backend-3 is in service (healthy and synced)".into(),
             failover_pending: None
         }
+    );
+    assert!(
+        !actions_after_abort(&before.history)
+            .iter()
+            .any(|(_, a)| a == "start"),
+        "the rejected stop never ran: nothing to start"
     );
     assert!(fake2.failover, "S3: failover restored on abort");
     assert!(!before.state.failover_blocked());
@@ -1028,7 +1264,9 @@ fn abort_restores_failover_when_the_cluster_is_healthy() {
             reason: "again".into(),
             now_ms: before.now
         }),
-        Err(Rejection::Finished("aborted: aborted by op: enough".into()))
+        Err(Rejection::Finished(
+            "aborted: aborted by op: enough; backend-3 is in service (healthy and synced)".into()
+        ))
     );
 }
 

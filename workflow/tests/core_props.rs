@@ -214,6 +214,47 @@ impl World {
             },
             other => return Err(format!("not terminal: {other:?}")),
         }
+        // A wind-down runs nothing of the plan: only a `start` bringing back the node an abort caught out of
+        // service, and the unblock.
+        let history = &self.run.history;
+        if let Some(at) = history
+            .iter()
+            .position(|e| matches!(e, Event::WindDownStarted { .. }))
+        {
+            for e in &history[at..] {
+                if let Event::StepScheduled { action, node, .. } = e {
+                    let aborted = matches!(state.status(), Status::Aborted { .. });
+                    let allowed = action.is_probe()
+                        || *action == Action::UnblockFailover
+                        || (*action == Action::Start && aborted);
+                    if !allowed {
+                        return Err(format!("{action} on {node} scheduled during a wind-down"));
+                    }
+                }
+            }
+        }
+        // An abort tries to bring back a node it caught stopped: a node still stopped at the end had its `start`
+        // scheduled after the abort, and the reason says it was not brought back.
+        if let Status::Aborted { reason, .. } = state.status() {
+            let at = history
+                .iter()
+                .position(|e| matches!(e, Event::AbortRequested { .. }))
+                .unwrap_or(0);
+            for n in self.fake.nodes.iter().filter(|n| !n.running) {
+                let tried = history[at..].iter().any(|e| {
+                    matches!(e,
+                    Event::StepScheduled { action: Action::Start, node, .. } if *node == n.name)
+                });
+                let named =
+                    reason.contains(&format!("{} was not brought back into service", n.name));
+                if !tried || !named {
+                    return Err(format!(
+                        "aborted leaving {} stopped (start tried: {tried}): {reason}",
+                        n.name
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -479,6 +520,9 @@ fn the_generator_reaches_every_kind_of_ending() {
         if h.iter().any(|e| matches!(e, Event::OutcomeInferred { .. })) {
             seen.insert("inferred an outcome");
         }
+        if h.iter().any(|e| matches!(e, Event::WindDownStarted { reason, .. } if reason.contains("is in service"))) {
+            seen.insert("brought a node back after an abort");
+        }
     }
     let want = [
         "completed",
@@ -488,6 +532,7 @@ fn the_generator_reaches_every_kind_of_ending() {
         "aborted, failover pending",
         "needed verification",
         "inferred an outcome",
+        "brought a node back after an abort",
     ];
     for w in want {
         assert!(seen.contains(w), "never reached: {w}; seen {seen:?}");

@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use super::event::{
     Event, Input, Observation, Outcome, Rejection, Resolution, WaitPurpose, WindDownCause,
 };
-use super::health::{cluster_problems, status_problems};
+use super::health::{cluster_problems, electable_problems, leader_problems, status_problems};
 use super::parse::{
     normalize_version, parse_cluster_status, parse_status, parse_version_output,
     version_from_package,
 };
 use super::plan::{compute_plan, PlanInputs, PlanItem};
 use super::profile::{render, Action, RenderContext};
-use super::state::{NodePhase, State, StepRecord, Submission};
+use super::state::{NodePhase, State, StepRecord, Submission, WindDown};
 
 /// Decides what an input means: the events to append, or why it is refused. Results for unknown steps, old
 /// attempts, already-recorded results and results after the end are ignored: `Ok(vec![])`.
@@ -1125,20 +1125,35 @@ fn judge(state: &State, step: u64, observation: &Observation, now: u64) -> Vec<E
     ]
 }
 
+/// A wind-down: drain what is outstanding; on an abort, bring back the node this upgrade had out of service
+/// (`recovery_decisions`); then re-enable failover once the failover gate passes (`failover_gate`), or end with
+/// `failover_pending` saying why not. Nothing of the plan runs any more.
 fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
     let w = state.wind_down.as_ref().expect("checked by the caller");
     let s = sub(state);
-    let end = |pending: Option<String>| match w.cause {
-        WindDownCause::Abort => Event::UpgradeAborted {
-            reason: w.reason.clone(),
-            failover_pending: pending,
-            at_ms: now,
-        },
-        WindDownCause::Failure => Event::UpgradeHalted {
-            reason: w.reason.clone(),
-            failover_pending: pending,
-            at_ms: now,
-        },
+    let sync_timeout = s.cluster.upgrade.sync_timeout_ms;
+    let end = |pending: Option<String>| {
+        let reason = if pending.is_none() && !w.left.is_empty() {
+            format!(
+                "{}; failover was re-enabled although: {}",
+                w.reason,
+                w.left.join("; ")
+            )
+        } else {
+            w.reason.clone()
+        };
+        match w.cause {
+            WindDownCause::Abort => Event::UpgradeAborted {
+                reason,
+                failover_pending: pending,
+                at_ms: now,
+            },
+            WindDownCause::Failure => Event::UpgradeHalted {
+                reason,
+                failover_pending: pending,
+                at_ms: now,
+            },
+        }
     };
     if let Some(record) = state.current_record() {
         let r = &record.scheduled;
@@ -1153,44 +1168,75 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
             .outcome
             .as_ref()
             .is_some_and(|o| o.outcome == Outcome::Succeeded);
-        if ok {
-            return vec![end(None)];
+        if r.action == Action::Start {
+            // Bringing a node back: a success goes on to its checks, a failure out of retries ends the
+            // recovery (`recovery_decisions`); neither ends the wind-down here.
+            if !ok && may_retry(state, record) {
+                return vec![Event::WaitStarted {
+                    purpose: WaitPurpose::Retry { step: r.step },
+                    until_ms: now + retry_delay(state, r.attempt),
+                }];
+            }
+        } else {
+            if ok {
+                return vec![end(None)];
+            }
+            if may_retry(state, record) {
+                let until_ms = now + retry_delay(state, r.attempt);
+                return vec![Event::WaitStarted {
+                    purpose: WaitPurpose::Retry { step: r.step },
+                    until_ms,
+                }];
+            }
+            return vec![end(Some(format!(
+                "unblocking failover failed: {}",
+                describe_step(record)
+            )))];
         }
-        if may_retry(state, record) {
-            let until_ms = now + retry_delay(state, r.attempt);
-            return vec![Event::WaitStarted {
-                purpose: WaitPurpose::Retry { step: r.step },
-                until_ms,
-            }];
-        }
-        return vec![end(Some(format!(
-            "unblocking failover failed: {}",
-            describe_step(record)
-        )))];
     }
     if let Some((step, observation)) = &state.last_observation {
         let Some(record) = state.steps.get(step) else {
             return vec![];
         };
-        let problems = problems_for(state, None, record.scheduled.action, observation);
-        let passed = problems.is_empty();
+        let action = record.scheduled.action;
+        let (blocking, other) = match &w.recover {
+            Some(_) => (problems_for(state, None, action, observation), vec![]),
+            None => failover_gate(state, action, observation),
+        };
+        let passed = blocking.is_empty();
         let check = Event::CheckEvaluated {
             step: *step,
             node: record.scheduled.node.clone(),
             passed,
-            problems: problems.clone(),
+            problems: blocking.iter().chain(&other).cloned().collect(),
         };
         if passed {
             return vec![check];
         }
-        if now >= w.started_ms + s.cluster.upgrade.sync_timeout_ms {
+        if let Some(node) = &w.recover {
+            if now >= recovery_started_ms(state, w, node) + sync_timeout {
+                return vec![
+                    check,
+                    wind_down_again(
+                        w,
+                        format!(
+                            "{node} was not brought back into service: not healthy and synced within \
+                             {sync_timeout} ms: {}",
+                            blocking.join("; ")
+                        ),
+                        now,
+                    ),
+                ];
+            }
+        } else if now >= w.started_ms + sync_timeout {
             return vec![
                 check,
                 end(Some(format!(
-                    "failover is still blocked: the cluster was not healthy within {} ms, so it was not re-enabled \
-                     (run `chef-backend-ctl set-cluster-failover on` once it is): {}",
-                    s.cluster.upgrade.sync_timeout_ms,
-                    problems.join("; ")
+                    "failover is still blocked: the cluster was not healthy enough within {sync_timeout} ms to \
+                     re-enable it (it needs exactly one leader, that leader's services running and a synced \
+                     follower to elect), so it was not re-enabled (run `chef-backend-ctl set-cluster-failover \
+                     on` once it is): {}",
+                    blocking.iter().chain(&other).cloned().collect::<Vec<_>>().join("; ")
                 ))),
             ];
         }
@@ -1210,13 +1256,24 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
             return reschedule(state, *step, now);
         }
     }
+    if let Some(node) = &w.recover {
+        return recovery_decisions(state, w, node, now);
+    }
     if !state.failover_blocked {
         return vec![end(None)];
     }
     let via = observer(state, None);
-    let probes = [Action::ProbeClusterStatus, Action::ProbeStatus];
-    if let Some(action) = probes.get(w.checks_passed) {
-        return match schedule(state, *action, &via, now, None) {
+    let action = match w.checks_passed {
+        0 => Some((Action::ProbeClusterStatus, via.clone())),
+        // The leader's own `status`: the leader the gate's `cluster-status` just showed.
+        1 => Some((
+            Action::ProbeStatus,
+            gate_leader(state).unwrap_or(via.clone()),
+        )),
+        _ => None,
+    };
+    if let Some((action, node)) = action {
+        return match schedule(state, action, &node, now, None) {
             Ok(e) => vec![e],
             Err(why) => vec![end(Some(format!("cannot observe the cluster: {why}")))],
         };
@@ -1226,5 +1283,114 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
         Err(why) => vec![end(Some(format!(
             "cannot schedule unblocking failover: {why}"
         )))],
+    }
+}
+
+/// The failover gate of a wind-down (S3): `(blocking, other)` problems of one observation. Failover is
+/// re-enabled when `cluster-status` shows exactly one leader and that leader's own `status` shows its services
+/// running and a synced follower to elect; leaving it off would then be the more dangerous choice. Other
+/// problems (a node still stuck) do not block it but are kept for the end's reason.
+fn failover_gate(
+    state: &State,
+    action: Action,
+    observation: &Observation,
+) -> (Vec<String>, Vec<String>) {
+    let all = problems_for(state, None, action, observation);
+    let gate = match (action, observation) {
+        (Action::ProbeClusterStatus, Observation::ClusterStatus { status }) => {
+            leader_problems(status)
+        }
+        (Action::ProbeStatus, Observation::NodeStatus { status }) => electable_problems(status),
+        _ => return (all, vec![]),
+    };
+    let other = all.into_iter().filter(|p| !gate.contains(p)).collect();
+    (gate, other)
+}
+
+/// The sole leader of the latest `cluster-status`, if it is in the cluster file.
+fn gate_leader(state: &State) -> Option<String> {
+    let leader = state.last_cluster.as_ref()?.sole_leader()?;
+    sub(state).cluster.node(leader).map(|n| n.name.clone())
+}
+
+/// Restarts the wind-down with a longer reason: the recovery of a node is over (brought back or not), and the
+/// failover gate gets its own `sync_timeout` from here.
+fn wind_down_again(w: &WindDown, note: String, now: u64) -> Event {
+    Event::WindDownStarted {
+        cause: w.cause,
+        reason: format!("{}; {note}", w.reason),
+        at_ms: now,
+    }
+}
+
+/// The `start` this wind-down scheduled for `node`, if any.
+fn recovery_start<'a>(state: &'a State, w: &WindDown, node: &str) -> Option<&'a StepRecord> {
+    state
+        .steps
+        .range(w.first_step..)
+        .map(|(_, r)| r)
+        .find(|r| r.scheduled.action == Action::Start && r.scheduled.node == node)
+}
+
+/// When the wait for `node` to be healthy and synced began: its successful recovery `start`, else the abort.
+fn recovery_started_ms(state: &State, w: &WindDown, node: &str) -> u64 {
+    recovery_start(state, w, node)
+        .and_then(|r| r.outcome.as_ref())
+        .filter(|o| o.outcome == Outcome::Succeeded)
+        .map_or(w.started_ms, |o| o.at_ms)
+}
+
+/// Whether this upgrade's `stop` may have taken `node` down with no successful `start` since. A stop that the
+/// executor rejected on its first attempt never ran; any other outcome may have had its effect.
+fn left_stopped(state: &State, node: &str) -> bool {
+    let mut stopped = false;
+    for r in state.steps.values().filter(|r| r.scheduled.node == node) {
+        let outcome = r.outcome.as_ref().map(|o| o.outcome);
+        match r.scheduled.action {
+            Action::Stop => {
+                stopped = !(outcome == Some(Outcome::Rejected) && r.scheduled.attempt == 1)
+            }
+            Action::Start if outcome == Some(Outcome::Succeeded) => stopped = false,
+            _ => {}
+        }
+    }
+    stopped
+}
+
+/// An abort brings back the node this upgrade had out of service (S1 after the end): its `start` if it was
+/// stopped and not started, then `status` and `cluster-status` on it until healthy and synced (a `WaitSynced`
+/// without the version check: it may still run the old version), bounded by `sync_timeout`. Either way the
+/// wind-down then restarts, with the outcome in its reason, to restore failover.
+fn recovery_decisions(state: &State, w: &WindDown, node: &str, now: u64) -> Vec<Event> {
+    let gave_up = |why: String| {
+        vec![wind_down_again(
+            w,
+            format!("{node} was not brought back into service: {why}"),
+            now,
+        )]
+    };
+    match recovery_start(state, w, node) {
+        None if left_stopped(state, node) => {
+            return match schedule(state, Action::Start, node, now, None) {
+                Ok(e) => vec![e],
+                Err(why) => gave_up(format!("cannot schedule its start: {why}")),
+            }
+        }
+        Some(r) if r.outcome.as_ref().map(|o| o.outcome) != Some(Outcome::Succeeded) => {
+            return gave_up(describe_step(r));
+        }
+        _ => {}
+    }
+    let probes = [Action::ProbeStatus, Action::ProbeClusterStatus];
+    match probes.get(w.checks_passed) {
+        Some(action) => match schedule(state, *action, node, now, None) {
+            Ok(e) => vec![e],
+            Err(why) => gave_up(format!("cannot observe it: {why}")),
+        },
+        None => vec![wind_down_again(
+            w,
+            format!("{node} is in service (healthy and synced)"),
+            now,
+        )],
     }
 }

@@ -92,18 +92,51 @@ pub fn cluster_problems(status: &ClusterStatus, names: &[&str]) -> Vec<String> {
             ));
         }
     }
-    let leaders = status.leaders();
-    if leaders.len() != 1 {
-        problems.push(format!(
-            "{} leaders ({}), want exactly one",
-            leaders.len(),
-            leaders.join(", ")
-        ));
-    }
+    problems.extend(leader_problems(status));
     for m in &status.members {
         if !matches!(m.role, Role::Leader | Role::Follower) {
             problems.push(format!("{}: role {:?}", m.name, m.role));
         }
+    }
+    problems
+}
+
+/// The failover gate's check of `cluster-status` (S3): exactly one leader.
+pub fn leader_problems(status: &ClusterStatus) -> Vec<String> {
+    let leaders = status.leaders();
+    if leaders.len() == 1 {
+        return vec![];
+    }
+    vec![format!(
+        "{} leaders ({}), want exactly one",
+        leaders.len(),
+        leaders.join(", ")
+    )]
+}
+
+/// The failover gate's check of the leader's own `status` (S3): its services run and at least one follower is
+/// synced, because leaderl only elects synced followers. Weaker than [`status_problems`] on purpose: a wind-down
+/// re-enables failover once a leader crash would be survived, even if another node is still stuck.
+pub fn electable_problems(report: &StatusReport) -> Vec<String> {
+    let mut problems = Vec::new();
+    for name in KNOWN_SERVICES {
+        match report.services.get(name) {
+            None => problems.push(format!("{name}: not reported")),
+            Some(row) if !matches!(row.state, ServiceState::Running { .. }) => {
+                problems.push(format!("{name}: not running ({:?})", row.state))
+            }
+            Some(_) => {}
+        }
+    }
+    match report.services.get("postgresql").map(|r| &r.distributed) {
+        Some(Distributed::Postgresql { synced, .. }) if *synced >= 1 => {}
+        Some(Distributed::Postgresql { synced, .. }) => problems.push(format!(
+            "postgresql: synced: {synced}, no synced follower to elect"
+        )),
+        Some(other) => problems.push(format!(
+            "postgresql: no synced follower to elect ({other:?})"
+        )),
+        None => {}
     }
     problems
 }
@@ -131,6 +164,54 @@ elasticsearch  running (pid 6796)  0d 0h 43m 43s  state: green; nodes online: 3/
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].starts_with("postgresql"), "{p:?}");
         assert!(!status_problems(&parse_status(healthy).unwrap(), 4).is_empty());
+    }
+
+    #[test]
+    fn the_failover_gate_needs_running_services_and_a_synced_follower_only() {
+        let stuck = "\
+Service        Local Status        Time in State  Distributed Node Status
+leaderl        running (pid 6881)  0d 0h 43m 35s  leader: 1; waiting: 0; follower: 2; total: 3
+etcd           running (pid 6833)  0d 0h 43m 41s  health: green; healthy nodes: 3/3
+postgresql     running (pid 6942)  0d 0h 43m 34s  leader: 1; offline: 0; syncing: 1; synced: 1
+elasticsearch  running (pid 6796)  0d 0h 43m 43s  state: green; nodes online: 3/3
+";
+        let report = parse_status(stuck).unwrap();
+        assert!(!status_problems(&report, 3).is_empty());
+        assert_eq!(electable_problems(&report), Vec::<String>::new());
+        let none_synced =
+            parse_status(&stuck.replace("syncing: 1; synced: 1", "syncing: 2; synced: 0")).unwrap();
+        assert_eq!(
+            electable_problems(&none_synced),
+            vec!["postgresql: synced: 0, no synced follower to elect".to_string()]
+        );
+        let down = parse_status(
+            &stuck.replace("etcd           running (pid 6833)", "etcd           down"),
+        )
+        .unwrap();
+        let p = electable_problems(&down);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("etcd: not running"), "{p:?}");
+    }
+
+    #[test]
+    fn the_failover_gate_needs_exactly_one_leader() {
+        let one = "\
+Name       IP              GUID                              Role                PG        ES
+backend-1  192.168.33.215  79d84527cf937f3daa94c1435d0a4249  waiting_for_leader  offline   offline
+backend-2  192.168.33.216  c106c88745ef13517874d7301463afb9  leader              leader    not_master
+backend-3  192.168.33.217  4d29bcb5eec25d3674d5b8af132f75b3  follower            follower  master
+";
+        let c = parse_cluster_status(one).unwrap();
+        assert_eq!(leader_problems(&c), Vec::<String>::new());
+        assert!(!cluster_problems(&c, &["backend-1", "backend-2", "backend-3"]).is_empty());
+        let two = parse_cluster_status(
+            &one.replace("follower            follower", "leader              leader"),
+        )
+        .unwrap();
+        assert_eq!(
+            leader_problems(&two),
+            vec!["2 leaders (backend-2, backend-3), want exactly one".to_string()]
+        );
     }
 
     #[test]

@@ -15,8 +15,17 @@
 //! - S1: one step outstanding at a time, and a `WaitSynced` plan item after every node that re-probes
 //!   `status`, `cluster-status` and the version before the next item starts.
 //! - S2: `compute_plan` puts the leader last, after `VerifySwitchover` (new leader upgraded, old one follower).
-//! - S3: `State::failover_blocked` is set when blocking is scheduled and cleared only by a confirmed unblock;
-//!   every wind-down (abort, failure) unblocks when the cluster is healthy, or ends with `failover_pending`.
+//! - S3: `State::failover_blocked` is set when blocking is scheduled and cleared only by a confirmed unblock.
+//!   Every wind-down (abort, failure) re-enables failover once `cluster-status` shows exactly one leader and that
+//!   leader's own `status` shows its services running and at least one synced follower (leaderl elects only
+//!   synced followers), even if another node is still stuck: leaving failover off would then be the more
+//!   dangerous choice. What is still wrong goes into the end's reason. If that never holds within
+//!   `sync_timeout`, it ends with `failover_pending` saying why (`decide::wind_down_decisions`,
+//!   `health::leader_problems`, `health::electable_problems`).
+//!   An abort first brings back the node this upgrade had out of service: its `start` if it was stopped and not
+//!   started, then `status`/`cluster-status` on it until healthy and synced (bounded by `sync_timeout`); then a
+//!   second `WindDownStarted` records the outcome (`<node> is in service` or `<node> was not brought back into
+//!   service: ...`) and the failover gate runs. Nothing else of the plan runs.
 //! - S4: a non-idempotent step that did not succeed starts `ReobservationStarted`; only the observation (or an
 //!   operator's `Resolve`, itself checked by a new observation before a retry) decides what follows.
 //! - S5: a failed step (after retries, idempotent ones only) or a failed health gate starts a wind-down whose

@@ -166,6 +166,11 @@ pub(crate) struct WindDown {
     pub first_step: u64,
     pub checks_passed: usize,
     pub unblock_step: Option<u64>,
+    /// The node an abort brings back into service before it restores failover: the one this upgrade had out
+    /// of service when the abort came. Cleared when the wind-down restarts after that (brought back or not).
+    pub recover: Option<String>,
+    /// Problems the failover gate tolerated in its last passing round (a stuck node), for the end's reason.
+    pub left: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -634,6 +639,11 @@ impl State {
                 }
                 if let Some(w) = &mut self.wind_down {
                     w.checks_passed += 1;
+                    for p in problems {
+                        if !w.left.contains(p) {
+                            w.left.push(p.clone());
+                        }
+                    }
                 } else if self.plan.is_none() {
                     self.preflight_passed += 1;
                     match &judged {
@@ -656,6 +666,7 @@ impl State {
                     }
                     if let Some(w) = &mut self.wind_down {
                         w.checks_passed = 0;
+                        w.left.clear();
                     }
                 }
                 self.wait = Some((purpose.clone(), *until_ms));
@@ -731,6 +742,16 @@ impl State {
                 reason,
                 at_ms,
             } => {
+                // A second `WindDownStarted` restarts the wind-down after bringing a node back (or failing to):
+                // only the first one, on an abort, looks for a node to bring back.
+                let recover = match (&self.wind_down, cause) {
+                    (None, WindDownCause::Abort) => self
+                        .nodes
+                        .iter()
+                        .find(|(_, p)| matches!(p.phase, NodePhase::Upgrading | NodePhase::Syncing))
+                        .map(|(n, _)| n.clone()),
+                    _ => None,
+                };
                 self.wind_down = Some(WindDown {
                     cause: *cause,
                     reason: reason.clone(),
@@ -738,6 +759,8 @@ impl State {
                     first_step: self.next_step,
                     checks_passed: 0,
                     unblock_step: None,
+                    recover,
+                    left: Vec::new(),
                 });
                 if self.current_record().is_some_and(|r| r.outcome.is_some()) {
                     self.current = None;
