@@ -39,10 +39,13 @@ pub enum AuditCommand {
 pub fn run(global: Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
     match command {
-        AuditCommand::Verify { db: Some(db), .. } => {
-            let report = open_offline(&db)?.verify()?;
-            print_verify(&global, report.is_clean(), &format!("{report:?}"))
-        }
+        AuditCommand::Verify { db: Some(db), .. } => match open_offline(&db)?.verify() {
+            Ok(report) => print_verify(&global, report.is_clean(), &format!("{report:?}")),
+            Err(err @ store::StoreError::Corruption { .. }) => {
+                print_verify(&global, false, &format!("{:#}", anyhow::Error::from(err)))
+            }
+            Err(err) => Err(err.into()),
+        },
         AuditCommand::Verify {
             file: Some(file), ..
         } => {

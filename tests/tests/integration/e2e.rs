@@ -251,6 +251,22 @@ impl Env {
         })
     }
 
+    /// Whether `chef-backend-ctl status` on `node` says its services run
+    /// (the simulator exits non-zero for a stopped node).
+    fn node_runs(&self, node: &str) -> bool {
+        let path = format!(
+            "{}:{}",
+            self.sim_dir.join("nodes").join(node).join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Command::new("chef-backend-ctl")
+            .arg("status")
+            .env("PATH", path)
+            .output()
+            .map(|out| out.status.success())
+            .unwrap_or(false)
+    }
+
     fn failover_on(&self) -> bool {
         self.report().failover_at_end
     }
@@ -490,6 +506,10 @@ async fn abort_stops_the_upgrade_and_restores_failover() {
         0,
         "the leader was touched"
     );
+    // The node the abort caught out of service was brought back.
+    for node in &env.nodes {
+        assert!(env.node_runs(node), "{node} is not running after the abort");
+    }
     let events = env.events(&upgrade);
     assert!(has(
         &events,
@@ -748,4 +768,61 @@ async fn plan_shows_the_steps_and_its_hash_guards_submit() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("upgrade COMPLETED"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_log_is_detected_and_the_service_refuses_to_act_on_it() {
+    let mut env = Env::start(Setup::default()).await;
+    let upgrade = env.submit(&[]);
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["completed", "halted", "aborted"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "completed");
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGTERM);
+    server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the service stops on SIGTERM");
+
+    // An auditor works on a copy; the copy verifies before anybody touches it.
+    let db = env.db().display().to_string();
+    let out = env.baton(&["audit", "verify", "--db", &db]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Change one byte inside one recorded event, as an attacker with disk access would.
+    {
+        let raw = sled::open(env.db()).unwrap();
+        let records = raw.open_tree(store::layout::RECORDS).unwrap();
+        let stream: store::StreamId = upgrade.parse().unwrap();
+        let key = store::layout::record_key(&stream, 3);
+        let mut value = records.get(key).unwrap().expect("record 3 exists").to_vec();
+        let last = value.len() - 2;
+        value[last] ^= 0x01;
+        records.insert(key, value).unwrap();
+        raw.flush().unwrap();
+    }
+    let out = env.baton(&["audit", "verify", "--db", &db]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "a tampered log fails verification with exit 5"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FAILED"), "{stdout}");
+
+    env.start_server();
+    let server = env.server.as_mut().unwrap();
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the service refuses to start on a log that does not verify");
+    assert!(!status.success());
+    assert!(server.log().contains("does not verify"), "{}", server.log());
 }

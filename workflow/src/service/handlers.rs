@@ -109,8 +109,20 @@ async fn handle(
         "events" => events(shared, decode(verb, payload)?),
         "executors" => Ok(ApiReply::ok(&executors_online(shared).await)),
         "audit" => {
-            let report = shared.store.verify()?;
-            Ok(ApiReply::ok(&view::verify_view(&report)))
+            let _quiet = shared.append_gate.write().await;
+            let store = shared.store.clone();
+            let verified = tokio::task::spawn_blocking(move || store.verify())
+                .await
+                .map_err(|err| ServiceError::Nats(format!("verify task failed: {err}")))?;
+            Ok(match verified {
+                Ok(report) => ApiReply::ok(&view::verify_view(&report)),
+                // Corruption is an answer, not a service failure.
+                Err(err @ store::StoreError::Corruption { .. }) => ApiReply::ok(&serde_json::json!({
+                    "clean": false,
+                    "report": super::anyhow_chain(&err),
+                })),
+                Err(err) => return Err(err.into()),
+            })
         }
         other => Err(HandlerError::BadRequest(format!(
             "unknown API verb `{other}` (known: submit, plan, status, list, pause, resume, abort, approve, resolve, events, executors, audit)"

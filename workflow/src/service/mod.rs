@@ -53,14 +53,10 @@ pub struct Config {
 pub enum ServiceError {
     #[error("the log failed")]
     Store(#[from] store::StoreError),
-    #[error("connecting to NATS at {url}")]
-    Connect {
-        url: String,
-        #[source]
-        source: async_nats::ConnectError,
-    },
     #[error("setting up JetStream")]
     Protocol(#[from] protocol::ProtocolError),
+    #[error("the log does not verify, refusing to start: {0}")]
+    Unverified(String),
     #[error("NATS: {0}")]
     Nats(String),
     #[error("the log holds an event that does not decode: upgrade {upgrade}, seq {seq}")]
@@ -78,8 +74,7 @@ pub enum ServiceError {
     },
 }
 
-/// What the service's tasks share.
-#[derive(Clone)]
+/// What the service's tasks share (behind an `Arc`).
 pub(crate) struct Shared {
     pub store: Store,
     pub js: jetstream::Context,
@@ -88,11 +83,23 @@ pub(crate) struct Shared {
     pub epoch: u64,
     pub registry: Registry,
     pub shutdown: CancellationToken,
+    /// Appends hold it shared; `verify` holds it exclusively, because the
+    /// store's verify needs a log nobody appends to (it has no snapshot).
+    pub append_gate: tokio::sync::RwLock<()>,
 }
 
 /// Runs the workflow service until `shutdown` is cancelled or a fatal error.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServiceError> {
     let store = Store::open(&config.db)?;
+    // Refuse to act on a log that does not verify: decisions made from a
+    // damaged history could be wrong (`baton audit verify --db` shows why).
+    let report = store.verify().map_err(|err| match err {
+        store::StoreError::Corruption { .. } => ServiceError::Unverified(anyhow_chain(&err)),
+        other => ServiceError::Store(other),
+    })?;
+    if !report.is_clean() {
+        return Err(ServiceError::Unverified(format!("{report:?}")));
+    }
     let epoch = bump_epoch(&store).await?;
     tracing::info!(epoch, db = %config.db.display(), "workflow service starting");
 
@@ -110,6 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         epoch,
         registry: Registry::default(),
         shutdown: shutdown.clone(),
+        append_gate: tokio::sync::RwLock::new(()),
     });
 
     let mut tasks: JoinSet<Result<(), ServiceError>> = JoinSet::new();

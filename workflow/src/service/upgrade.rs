@@ -251,12 +251,16 @@ impl Loop {
             upgrade: self.upgrade.clone(),
             source,
         };
-        let outcome = self
-            .shared
-            .store
-            .append(self.stream, self.head, &records)
-            .map_err(fail_closed)?;
-        self.shared.store.flush_async().await.map_err(fail_closed)?;
+        let outcome = {
+            let _gate = self.shared.append_gate.read().await;
+            let outcome = self
+                .shared
+                .store
+                .append(self.stream, self.head, &records)
+                .map_err(fail_closed)?;
+            self.shared.store.flush_async().await.map_err(fail_closed)?;
+            outcome
+        };
         let appended: Vec<_> = outcome.appended().cloned().collect();
         if appended.len() != events.len() {
             // The core dedupes results itself; a duplicate here means the log
