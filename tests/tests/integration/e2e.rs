@@ -826,3 +826,48 @@ async fn a_tampered_log_is_detected_and_the_service_refuses_to_act_on_it() {
     assert!(!status.success());
     assert!(server.log().contains("does not verify"), "{}", server.log());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_replays_and_verifies_offline_and_replay_shows_any_event() {
+    let env = Env::start(Setup::default()).await;
+    let upgrade = env.submit(&[]);
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["completed", "halted", "aborted"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "completed");
+    let file = env.dir.path().join("export.jsonl");
+    let file_arg = file.display().to_string();
+    env.baton_ok(&["audit", "export", &upgrade, "--out", &file_arg]);
+    let lines = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(lines.lines().count() as u64, view.events);
+
+    // Offline, from the file alone (no service needed for these).
+    let out = env.baton_ok(&["audit", "verify", "--file", &file_arg]);
+    assert!(out.contains("audit verify: OK"), "{out}");
+    let out = env.baton_ok(&["replay", &upgrade, "--file", &file_arg, "--verify"]);
+    assert!(out.contains("exactly the recorded decisions"), "{out}");
+
+    // The state at an early event: still planning, nothing installed.
+    let out = env.baton_ok(&[
+        "replay", &upgrade, "--file", &file_arg, "--at", "3", "--json",
+    ]);
+    let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(value["events"].as_array().unwrap().len(), 3);
+    assert_eq!(value["state"]["status"], "planning");
+    let out = env.baton_ok(&["replay", &upgrade, "--file", &file_arg]);
+    assert!(out.contains("upgrade COMPLETED"), "{out}");
+
+    // One edited character in the file breaks the chain, naming the line.
+    let tampered = lines.replacen("backend-2", "backend-9", 1);
+    std::fs::write(&file, tampered).unwrap();
+    let out = env.baton(&["audit", "verify", "--file", &file_arg]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("line "),
+        "{out:?}"
+    );
+}
