@@ -460,10 +460,10 @@ fn a_follower_that_never_syncs_halts_and_failover_is_restored_naming_it() {
     assert_eq!(pending, None);
     assert!(!run.state.failover_blocked());
     assert!(fake.failover, "S3: failover restored");
-    let actions = actions_of(&run.history);
+    // backend-1 was started, so there is nothing to bring back: the wind-down only unblocks.
     assert_eq!(
-        actions.last().unwrap(),
-        &("backend-2".to_string(), "unblock_failover".to_string())
+        actions_after_wind_down(&run.history),
+        vec![("backend-2".to_string(), "unblock_failover".to_string())]
     );
     // The gate read the leader's own status before unblocking.
     let unblock_at = run
@@ -592,6 +592,204 @@ fn an_idempotent_step_out_of_retries_halts_with_the_command_exit_code_and_output
         tail,
         vec![("backend-2".to_string(), "unblock_failover".to_string())]
     );
+}
+
+/// The non-probe steps scheduled from the first wind-down on.
+fn actions_after_wind_down(history: &[Event]) -> Vec<(String, String)> {
+    let at = history
+        .iter()
+        .position(|e| matches!(e, Event::WindDownStarted { .. }))
+        .expect("wound down");
+    actions_of(&history[at..])
+}
+
+/// Fails every attempt of the outstanding `action` on `node` (without running it on the fake) until the
+/// upgrade ends; every other step runs on the fake.
+fn fail_every(run: &mut Run, fake: &mut FakeCluster, action: Action, node: &str, stderr: &str) {
+    for _ in 0..1_000 {
+        if run.state.is_terminal() {
+            return;
+        }
+        match run.state.outstanding_steps().first() {
+            Some(s) if s.action == action && s.node == node => {
+                let s = s.clone();
+                run.finish(&s, failed(2, stderr));
+            }
+            Some(_) | None => assert!(run.advance(fake), "stuck: {:?}", run.state.status()),
+        }
+    }
+    panic!("no end: {:?}", run.state.status());
+}
+
+#[test]
+fn a_failed_install_after_stop_starts_the_node_again_then_halts_with_it_in_service() {
+    // Given backend-1 was stopped by the upgrade and its install failed twice (the simulator's install-fails).
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "install backend-1", |r| {
+        r.next_is(Action::Install, "backend-1")
+    });
+    assert_eq!(fake.out_of_service(), vec!["backend-1".to_string()]);
+    let dpkg_error = "dpkg: error: cannot access archive '/var/tmp/x.deb'";
+    for _ in 0..2 {
+        let install = run.outstanding();
+        run.finish(&install, failed(2, dpkg_error));
+        run.until(&mut fake, "the retry", |r| {
+            r.next_is(Action::Install, "backend-1")
+        });
+    }
+    let install = run.outstanding();
+    assert_eq!(install.attempt, 3);
+    // When its last attempt fails.
+    let events = when(
+        &run.history,
+        result_of(&install, failed(2, dpkg_error), run.now + 10),
+    )
+    .unwrap();
+    // Then the upgrade winds down on that failure and first schedules backend-1's start: the old version is
+    // still installed, so bringing it back is safe (S5), and nothing else of the plan runs.
+    assert_eq!(events.len(), 3, "{events:#?}");
+    assert!(
+        matches!(&events[1], Event::WindDownStarted { cause: WindDownCause::Failure, reason, .. }
+        if reason.starts_with("install failed and its retries are used up: step")),
+        "{events:#?}"
+    );
+    assert!(
+        matches!(&events[2], Event::StepScheduled { action: Action::Start, node, attempt: 1, argv, .. }
+        if node == "backend-1" && *argv == strings(&["chef-backend-ctl", "start"])),
+        "{events:#?}"
+    );
+    run.finish(&install, failed(2, dpkg_error));
+    run.run_to_rest(&mut fake, 1_000);
+    // Then: backend-1 is checked until healthy and synced, the failover gate passes, failover is re-enabled.
+    assert_eq!(
+        actions_after_wind_down(&run.history),
+        vec![
+            ("backend-1".to_string(), "start".to_string()),
+            ("backend-2".to_string(), "unblock_failover".to_string()),
+        ]
+    );
+    let start_at = run
+        .history
+        .iter()
+        .rposition(|e| {
+            matches!(
+                e,
+                Event::StepScheduled {
+                    action: Action::Start,
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    let restarted_at = run
+        .history
+        .iter()
+        .rposition(|e| matches!(e, Event::WindDownStarted { .. }))
+        .unwrap();
+    let checked: Vec<&String> = run.history[start_at..restarted_at]
+        .iter()
+        .filter_map(|e| match e {
+            Event::CheckEvaluated { node, .. } => Some(node),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !checked.is_empty() && checked.iter().all(|n| *n == "backend-1"),
+        "{checked:?}"
+    );
+    // The reason starts with the failed install (node, action, argv, exit code, output) and then says
+    // backend-1 is back in service.
+    let (reason, pending) = halted_reason(&run.state);
+    assert!(matches!(run.state.status(), Status::Halted { .. }));
+    assert!(
+        reason.starts_with("install failed and its retries are used up: step"),
+        "{reason}"
+    );
+    for part in [
+        "`install` on backend-1 (attempt 3)",
+        "\"dpkg\", \"-i\", \"/var/tmp/chef-backend_3.1.0-1_amd64.deb\"",
+        "exit code 2",
+        "cannot access archive",
+    ] {
+        assert!(reason.contains(part), "missing {part}: {reason}");
+    }
+    assert!(
+        reason.ends_with("; backend-1 is in service (healthy and synced)"),
+        "{reason}"
+    );
+    assert_eq!(pending, None);
+    assert!(fake.failover && !run.state.failover_blocked(), "S3");
+    assert!(fake.out_of_service().is_empty(), "backend-1 is back");
+    assert_eq!(fake.nodes[0].running_version, "3.0.0-1");
+    assert!(
+        fake.violations.list.is_empty(),
+        "{:?}",
+        fake.violations.list
+    );
+    assert_eq!(replay(&run.history), run.state);
+    verify(&run.history).unwrap();
+}
+
+#[test]
+fn a_start_that_keeps_failing_halts_naming_the_node_and_restores_failover_under_the_leader_rule() {
+    // Given backend-1 was stopped and upgraded, and every attempt of its start fails.
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "start backend-1", |r| {
+        r.next_is(Action::Start, "backend-1")
+    });
+    let plan_start = run.outstanding();
+    // When the plan's start and then the wind-down's own start run out of retries.
+    fail_every(
+        &mut run,
+        &mut fake,
+        Action::Start,
+        "backend-1",
+        "fail: backend-1: runsv not running",
+    );
+    // Then the wind-down tried backend-1's start once more (a fresh step, retried per policy) and nothing
+    // else; failover is re-enabled because backend-2 leads with backend-3 synced.
+    let starts: Vec<(u64, u32)> = scheduled(&run.history)
+        .into_iter()
+        .filter(|s| s.action == Action::Start)
+        .map(|s| (s.step, s.attempt))
+        .collect();
+    assert_eq!(starts.len(), 6, "{starts:?}");
+    assert!(starts[..3].iter().all(|(s, _)| *s == plan_start.step));
+    assert!(starts[3..]
+        .iter()
+        .all(|(s, _)| *s > plan_start.step && *s == starts[3].0));
+    assert_eq!(
+        actions_after_wind_down(&run.history),
+        vec![
+            ("backend-1".to_string(), "start".to_string()),
+            ("backend-1".to_string(), "start".to_string()),
+            ("backend-1".to_string(), "start".to_string()),
+            ("backend-2".to_string(), "unblock_failover".to_string()),
+        ]
+    );
+    let (reason, pending) = halted_reason(&run.state);
+    assert!(matches!(run.state.status(), Status::Halted { .. }));
+    assert_eq!(pending, None);
+    assert!(
+        reason.starts_with(&format!(
+            "start failed and its retries are used up: step {} `start` on backend-1 (attempt 3)",
+            plan_start.step
+        )),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("; backend-1 was not brought back into service: step")
+            && reason.contains("runsv not running"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("failover was re-enabled although:") && reason.contains("offline: 1"),
+        "{reason}"
+    );
+    assert!(fake.failover && !run.state.failover_blocked(), "S3");
+    assert_eq!(fake.out_of_service(), vec!["backend-1".to_string()]);
+    assert_eq!(replay(&run.history), run.state);
+    verify(&run.history).unwrap();
 }
 
 // ----- gates -----
@@ -889,6 +1087,12 @@ fn a_demote_with_unknown_outcome_and_no_new_leader_needs_verification() {
         "{reason}"
     );
     assert_eq!(pending, None);
+    assert!(
+        actions_after_wind_down(&fail.history)
+            .iter()
+            .all(|(_, a)| a != "start"),
+        "S4 decides a non-idempotent step in doubt; the wind-down starts nothing"
+    );
 }
 
 #[test]

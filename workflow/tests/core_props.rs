@@ -214,45 +214,77 @@ impl World {
             },
             other => return Err(format!("not terminal: {other:?}")),
         }
-        // A wind-down runs nothing of the plan: only a `start` bringing back the node an abort caught out of
-        // service, and the unblock.
+        // A wind-down (abort or failure) runs nothing of the plan: only a `start` bringing back the one node
+        // this upgrade had stopped before it began, and the unblock.
         let history = &self.run.history;
-        if let Some(at) = history
+        let Some(at) = history
             .iter()
             .position(|e| matches!(e, Event::WindDownStarted { .. }))
-        {
-            for e in &history[at..] {
-                if let Event::StepScheduled { action, node, .. } = e {
-                    let aborted = matches!(state.status(), Status::Aborted { .. });
-                    let allowed = action.is_probe()
-                        || *action == Action::UnblockFailover
-                        || (*action == Action::Start && aborted);
-                    if !allowed {
-                        return Err(format!("{action} on {node} scheduled during a wind-down"));
+        else {
+            return Ok(());
+        };
+        let stopped_before: BTreeSet<&String> = history[..at]
+            .iter()
+            .filter_map(|e| match e {
+                Event::StepScheduled {
+                    action: Action::Stop,
+                    node,
+                    ..
+                } => Some(node),
+                _ => None,
+            })
+            .collect();
+        let mut started: BTreeSet<&String> = BTreeSet::new();
+        for e in &history[at..] {
+            if let Event::StepScheduled { action, node, .. } = e {
+                if *action == Action::Start {
+                    if !stopped_before.contains(node) {
+                        return Err(format!(
+                            "start on {node}, which this upgrade never stopped, during a wind-down"
+                        ));
                     }
+                    started.insert(node);
+                } else if !(action.is_probe() || *action == Action::UnblockFailover) {
+                    return Err(format!("{action} on {node} scheduled during a wind-down"));
                 }
             }
         }
-        // An abort tries to bring back a node it caught stopped: a node still stopped at the end had its `start`
-        // scheduled after the abort, and the reason says it was not brought back.
-        if let Status::Aborted { reason, .. } = state.status() {
-            let at = history
-                .iter()
-                .position(|e| matches!(e, Event::AbortRequested { .. }))
-                .unwrap_or(0);
-            for n in self.fake.nodes.iter().filter(|n| !n.running) {
-                let tried = history[at..].iter().any(|e| {
-                    matches!(e,
-                    Event::StepScheduled { action: Action::Start, node, .. } if *node == n.name)
-                });
-                let named =
-                    reason.contains(&format!("{} was not brought back into service", n.name));
-                if !tried || !named {
-                    return Err(format!(
-                        "aborted leaving {} stopped (start tried: {tried}): {reason}",
-                        n.name
-                    ));
-                }
+        if started.len() > 1 {
+            return Err(format!("a wind-down started several nodes: {started:?}"));
+        }
+        let (reason, halted) = match state.status() {
+            Status::Aborted { reason, .. } => (reason, false),
+            Status::Halted { reason, .. } => (reason, true),
+            _ => return Ok(()),
+        };
+        // The end's reason still begins with what caused the wind-down, and a bring-back's outcome follows it.
+        if let Event::WindDownStarted { reason: first, .. } = &history[at] {
+            if !reason.starts_with(first.as_str()) {
+                return Err(format!(
+                    "the end's reason lost its cause `{first}`: {reason}"
+                ));
+            }
+        }
+        for n in &started {
+            let told = reason.contains(&format!("{n} is in service"))
+                || reason.contains(&format!("{n} was not brought back into service"));
+            if !told {
+                return Err(format!(
+                    "{n} was started but the reason does not say how it went: {reason}"
+                ));
+            }
+        }
+        // An abort or a failure tries to bring back a node it left stopped: a node still stopped at the end had
+        // its `start` scheduled after the wind-down began, and the reason says it was not brought back.
+        for n in self.fake.nodes.iter().filter(|n| !n.running) {
+            let tried = started.contains(&n.name);
+            let named = reason.contains(&format!("{} was not brought back into service", n.name));
+            if !tried || !named {
+                return Err(format!(
+                    "{} leaving {} stopped (start tried: {tried}): {reason}",
+                    if halted { "halted" } else { "aborted" },
+                    n.name
+                ));
             }
         }
         Ok(())

@@ -1125,7 +1125,7 @@ fn judge(state: &State, step: u64, observation: &Observation, now: u64) -> Vec<E
     ]
 }
 
-/// A wind-down: drain what is outstanding; on an abort, bring back the node this upgrade had out of service
+/// A wind-down: drain what is outstanding; bring back the node this upgrade had out of service
 /// (`recovery_decisions`); then re-enable failover once the failover gate passes (`failover_gate`), or end with
 /// `failover_pending` saying why not. Nothing of the plan runs any more.
 fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
@@ -1332,7 +1332,8 @@ fn recovery_start<'a>(state: &'a State, w: &WindDown, node: &str) -> Option<&'a 
         .find(|r| r.scheduled.action == Action::Start && r.scheduled.node == node)
 }
 
-/// When the wait for `node` to be healthy and synced began: its successful recovery `start`, else the abort.
+/// When the wait for `node` to be healthy and synced began: its successful recovery `start`, else the start of
+/// the wind-down.
 fn recovery_started_ms(state: &State, w: &WindDown, node: &str) -> u64 {
     recovery_start(state, w, node)
         .and_then(|r| r.outcome.as_ref())
@@ -1340,27 +1341,12 @@ fn recovery_started_ms(state: &State, w: &WindDown, node: &str) -> u64 {
         .map_or(w.started_ms, |o| o.at_ms)
 }
 
-/// Whether this upgrade's `stop` may have taken `node` down with no successful `start` since. A stop that the
-/// executor rejected on its first attempt never ran; any other outcome may have had its effect.
-fn left_stopped(state: &State, node: &str) -> bool {
-    let mut stopped = false;
-    for r in state.steps.values().filter(|r| r.scheduled.node == node) {
-        let outcome = r.outcome.as_ref().map(|o| o.outcome);
-        match r.scheduled.action {
-            Action::Stop => {
-                stopped = !(outcome == Some(Outcome::Rejected) && r.scheduled.attempt == 1)
-            }
-            Action::Start if outcome == Some(Outcome::Succeeded) => stopped = false,
-            _ => {}
-        }
-    }
-    stopped
-}
-
-/// An abort brings back the node this upgrade had out of service (S1 after the end): its `start` if it was
-/// stopped and not started, then `status` and `cluster-status` on it until healthy and synced (a `WaitSynced`
-/// without the version check: it may still run the old version), bounded by `sync_timeout`. Either way the
-/// wind-down then restarts, with the outcome in its reason, to restore failover.
+/// A wind-down brings back the node this upgrade had out of service (S1 after the end; on a failure only a
+/// node it stopped, see `WindDown::recover`): its `start` if it was stopped and not started (a fresh step, even
+/// if the failure was that node's own `start`: it is idempotent and retried per policy), then `status` and
+/// `cluster-status` on it until healthy and synced (a `WaitSynced` without the version check: it may still run
+/// the old version), bounded by `sync_timeout`. Either way the wind-down then restarts, with the outcome after
+/// the original reason, to restore failover.
 fn recovery_decisions(state: &State, w: &WindDown, node: &str, now: u64) -> Vec<Event> {
     let gave_up = |why: String| {
         vec![wind_down_again(
@@ -1370,7 +1356,7 @@ fn recovery_decisions(state: &State, w: &WindDown, node: &str, now: u64) -> Vec<
         )]
     };
     match recovery_start(state, w, node) {
-        None if left_stopped(state, node) => {
+        None if state.left_stopped(node) => {
             return match schedule(state, Action::Start, node, now, None) {
                 Ok(e) => vec![e],
                 Err(why) => gave_up(format!("cannot schedule its start: {why}")),

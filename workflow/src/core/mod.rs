@@ -22,14 +22,20 @@
 //!   dangerous choice. What is still wrong goes into the end's reason. If that never holds within
 //!   `sync_timeout`, it ends with `failover_pending` saying why (`decide::wind_down_decisions`,
 //!   `health::leader_problems`, `health::electable_problems`).
-//!   An abort first brings back the node this upgrade had out of service: its `start` if it was stopped and not
-//!   started, then `status`/`cluster-status` on it until healthy and synced (bounded by `sync_timeout`); then a
-//!   second `WindDownStarted` records the outcome (`<node> is in service` or `<node> was not brought back into
-//!   service: ...`) and the failover gate runs. Nothing else of the plan runs.
+//!   A wind-down first brings back the node this upgrade had out of service (an abort: the node in progress; a
+//!   failure: the node it stopped and did not start again): its `start` if it was stopped and not started
+//!   (idempotent, retried per policy), then `status`/`cluster-status` on it until healthy and synced (bounded
+//!   by `sync_timeout`, no version check); then a second `WindDownStarted` appends the outcome to the reason
+//!   (`<node> is in service` or `<node> was not brought back into service: ...`) and the failover gate runs.
+//!   Nothing else of the plan runs and no other node is started (`State::left_stopped`,
+//!   `decide::recovery_decisions`).
 //! - S4: a non-idempotent step that did not succeed starts `ReobservationStarted`; only the observation (or an
 //!   operator's `Resolve`, itself checked by a new observation before a retry) decides what follows.
 //! - S5: a failed step (after retries, idempotent ones only) or a failed health gate starts a wind-down whose
-//!   reason names the node, action, argv, exit code and output tail.
+//!   reason names the node, action, argv, exit code and output tail. It ends `Halted` in a safe state: a node
+//!   left stopped (e.g. `install` failed after `stop`; the old version is still installed) is started and
+//!   waited for as under S3, and the reason goes on to say whether it is back in service. Not while a
+//!   non-idempotent step is in doubt: then S4 alone decides.
 
 pub mod cluster;
 pub mod decide;

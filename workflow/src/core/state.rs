@@ -166,8 +166,9 @@ pub(crate) struct WindDown {
     pub first_step: u64,
     pub checks_passed: usize,
     pub unblock_step: Option<u64>,
-    /// The node an abort brings back into service before it restores failover: the one this upgrade had out
-    /// of service when the abort came. Cleared when the wind-down restarts after that (brought back or not).
+    /// The node a wind-down brings back into service before it restores failover: on an abort the one this
+    /// upgrade had out of service, on a failure the one it stopped and did not start again. Cleared when the
+    /// wind-down restarts after that (brought back or not).
     pub recover: Option<String>,
     /// Problems the failover gate tolerated in its last passing round (a stuck node), for the end's reason.
     pub left: Vec<String>,
@@ -406,6 +407,29 @@ impl State {
 
     pub(crate) fn current_record(&self) -> Option<&StepRecord> {
         self.current.and_then(|s| self.steps.get(&s))
+    }
+
+    /// Whether this upgrade's `stop` may have taken `node` down with no successful `start` since. A stop that
+    /// the executor rejected on its first attempt never ran; any other outcome may have had its effect.
+    pub(crate) fn left_stopped(&self, node: &str) -> bool {
+        let mut stopped = false;
+        for r in self.steps.values().filter(|r| r.scheduled.node == node) {
+            let outcome = r.outcome.as_ref().map(|o| o.outcome);
+            match r.scheduled.action {
+                Action::Stop => {
+                    stopped = !(outcome == Some(Outcome::Rejected) && r.scheduled.attempt == 1)
+                }
+                Action::Start if outcome == Some(Outcome::Succeeded) => stopped = false,
+                _ => {}
+            }
+        }
+        stopped
+    }
+
+    /// Whether a non-idempotent step is in doubt (S4): being re-observed, waiting for an operator, or just
+    /// resolved by one.
+    fn in_doubt(&self) -> bool {
+        self.reobserve.is_some() || self.verification.is_some() || self.resolution.is_some()
     }
 
     pub(crate) fn current_item(&self) -> Option<&PlanItem> {
@@ -743,14 +767,21 @@ impl State {
                 at_ms,
             } => {
                 // A second `WindDownStarted` restarts the wind-down after bringing a node back (or failing to):
-                // only the first one, on an abort, looks for a node to bring back.
+                // only the first one looks for a node to bring back. An abort brings back the node in
+                // progress whatever it was doing; a failure only one this upgrade stopped and did not start
+                // again (S5's safe state: a stopped node leaves the cluster degraded, and `start` is
+                // idempotent), and never while a non-idempotent step is in doubt, where S4 alone decides.
+                let in_progress = self
+                    .nodes
+                    .iter()
+                    .find(|(_, p)| matches!(p.phase, NodePhase::Upgrading | NodePhase::Syncing))
+                    .map(|(n, _)| n.clone());
                 let recover = match (&self.wind_down, cause) {
-                    (None, WindDownCause::Abort) => self
-                        .nodes
-                        .iter()
-                        .find(|(_, p)| matches!(p.phase, NodePhase::Upgrading | NodePhase::Syncing))
-                        .map(|(n, _)| n.clone()),
-                    _ => None,
+                    (Some(_), _) => None,
+                    (None, WindDownCause::Abort) => in_progress,
+                    (None, WindDownCause::Failure) => {
+                        in_progress.filter(|n| !self.in_doubt() && self.left_stopped(n))
+                    }
                 };
                 self.wind_down = Some(WindDown {
                     cause: *cause,
