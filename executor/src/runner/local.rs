@@ -18,12 +18,23 @@ use crate::now_ms;
 /// processes of its group (which hold the pipes open) are killed.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
+/// What the child's stdin is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdin {
+    /// `/dev/null`.
+    Null,
+    /// A pipe held open until the child ends and never written: its
+    /// end-of-file tells a remote watcher (see `ssh`) that the step ended.
+    HeldOpen,
+}
+
 /// Run `argv` with `env` added to this process's environment.
 pub async fn run(
     argv: &[String],
     env: &BTreeMap<String, String>,
     timeout: Duration,
     max_output: usize,
+    stdin: Stdin,
 ) -> Ran {
     let started_ms = now_ms();
     let failed = |reason: String| Ran {
@@ -41,7 +52,10 @@ pub async fn run(
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(env)
-        .stdin(Stdio::null())
+        .stdin(match stdin {
+            Stdin::Null => Stdio::null(),
+            Stdin::HeldOpen => Stdio::piped(),
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so a timeout kills everything it started.
@@ -52,6 +66,8 @@ pub async fn run(
         Err(e) => return failed(format!("could not start {program:?}: {e}")),
     };
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    // Dropped only when this function returns, after the child ended.
+    let _held_stdin = child.stdin.take();
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let mut out_task = tokio::spawn(read_tail(stdout, max_output));
@@ -150,6 +166,7 @@ mod tests {
             &env,
             Duration::from_secs(10),
             1024,
+            Stdin::Null,
         )
         .await;
         assert_eq!(ran.outcome, Outcome::Failed);
@@ -162,6 +179,7 @@ mod tests {
             &BTreeMap::new(),
             Duration::from_secs(10),
             10,
+            Stdin::Null,
         )
         .await;
         assert_eq!(ran.outcome, Outcome::Succeeded);
@@ -175,6 +193,7 @@ mod tests {
             &BTreeMap::new(),
             Duration::from_secs(10),
             1024,
+            Stdin::Null,
         )
         .await;
         assert_eq!(ran.stdout_tail, "$HOME; rm -rf /tmp/nothing\n");
@@ -187,6 +206,7 @@ mod tests {
             &BTreeMap::new(),
             Duration::from_secs(10),
             1024,
+            Stdin::Null,
         )
         .await;
         assert_eq!(ran.outcome, Outcome::Failed);
@@ -203,6 +223,7 @@ mod tests {
             &BTreeMap::new(),
             Duration::from_millis(300),
             1024,
+            Stdin::Null,
         )
         .await;
         assert_eq!(ran.outcome, Outcome::TimedOut);

@@ -42,9 +42,14 @@ impl RunnerConfig {
     pub async fn run(&self, req: &StepRequest, max_output: usize) -> Ran {
         let timeout = Duration::from_millis(req.timeout_ms);
         match self {
-            RunnerConfig::Local => local::run(&req.argv, &req.env, timeout, max_output).await,
+            RunnerConfig::Local => {
+                local::run(&req.argv, &req.env, timeout, max_output, local::Stdin::Null).await
+            }
             RunnerConfig::Ssh(cfg) => match cfg.wrap(req) {
-                Ok(argv) => local::run(&argv, &Default::default(), timeout, max_output).await,
+                Ok(argv) => {
+                    let env = Default::default();
+                    local::run(&argv, &env, timeout, max_output, local::Stdin::HeldOpen).await
+                }
                 Err(reason) => {
                     let now = crate::now_ms();
                     Ran {

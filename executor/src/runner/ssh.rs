@@ -5,6 +5,13 @@
 //! `addresses` map, else the node name itself. ssh always hands the remote
 //! command to the remote user's shell, so every argv element (and `env`
 //! assignment) is single-quoted: the remote shell sees exactly the argv.
+//!
+//! Killing the local `ssh` on a timeout does not stop the remote command by
+//! itself. sshd starts every session in its own session and process group;
+//! the remote script runs the command beside a watcher that waits for
+//! end-of-file on ssh's stdin, which the executor holds open while the step
+//! runs: when the local ssh dies, the channel closes and the watcher kills
+//! the session's whole process group.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -105,7 +112,11 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// `env 'K=V'... 'argv0' 'argv1'...` for the remote shell.
+/// The remote command: `exec sh -c '<script>'`, where the script runs
+/// `env 'K=V'... 'argv0' 'argv1'...` in the background and a watcher kills
+/// the whole process group (`kill -9 0`) if ssh's stdin reaches end-of-file
+/// first. The watcher reads a copy of stdin on fd 4 because an asynchronous
+/// list's own stdin is /dev/null in a shell without job control.
 fn remote_command(env: &BTreeMap<String, String>, argv: &[String]) -> String {
     let mut words = Vec::new();
     if !env.is_empty() {
@@ -115,7 +126,12 @@ fn remote_command(env: &BTreeMap<String, String>, argv: &[String]) -> String {
         }
     }
     words.extend(argv.iter().map(|a| quote(a)));
-    words.join(" ")
+    let script = format!(
+        "exec 4<&0 </dev/null; {} 4<&- & p=$!; (read -r _ <&4; kill -9 0) & w=$!; \
+         exec 4<&-; wait $p; rc=$?; kill $w; exit $rc",
+        words.join(" ")
+    );
+    format!("exec sh -c {}", quote(&script))
 }
 
 #[cfg(test)]
@@ -166,9 +182,49 @@ mod tests {
                 "baton",
                 "--",
                 "10.0.0.5",
-                r"env 'A=x y' 'BATON_NODE_ADDRESS=10.0.0.5:2222' 'echo' 'it'\''s $HOME; ok'",
+                &remote_command(
+                    &BTreeMap::from([
+                        ("A".to_string(), "x y".to_string()),
+                        (ADDRESS_ENV.to_string(), "10.0.0.5:2222".to_string()),
+                    ]),
+                    &["echo".to_string(), "it's $HOME; ok".to_string()],
+                ),
             ]
         );
+    }
+
+    #[test]
+    fn the_remote_command_gives_the_shell_exactly_the_argv_and_env() {
+        // Run the remote command through a local sh, as sshd would, with
+        // stdin held open like the executor does.
+        let remote = remote_command(
+            &BTreeMap::from([("A".to_string(), "x y".to_string())]),
+            &[
+                "sh".to_string(),
+                "-c".to_string(),
+                "printf '%s|%s\\n' \"$A\" \"$0\"; echo e >&2; exit 5".to_string(),
+                "it's $HOME; ok".to_string(),
+            ],
+        );
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &remote])
+            // Its own group, as under sshd: the watcher may `kill -9 0`.
+            .process_group(0)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _stdin = child.stdin.take();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "x y|it's $HOME; ok\n");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "e\n",
+            "no job-control noise"
+        );
+        assert_eq!(out.status.code(), Some(5));
     }
 
     #[test]

@@ -616,6 +616,29 @@ async fn the_ssh_runner_runs_the_argv_on_the_node_through_a_real_sshd() {
     assert_eq!(r.exit_code, Some(4), "{r:?}");
     assert_eq!(r.stdout_tail, "it's $HOME; ok\n");
     assert_eq!(lines(&ran), vec!["hello over ssh"]);
+
+    // A timeout kills the local ssh, and with it the remote process group.
+    let pids = env.path("pids");
+    let mut slow = request(&up, 2, "pool", &[]);
+    slow.argv = sh(&format!(
+        "echo $$ >> {p}; sleep 30 & echo $! >> {p}; echo started; wait",
+        p = pids.display()
+    ));
+    slow.timeout_ms = 1000;
+    slow.env.insert("BATON_NODE_ADDRESS".into(), sshd.address());
+    env.publish(&slow).await;
+    let results = env.wait_results(&up, 2, &[&exec]).await;
+    let r = results.iter().find(|r| r.step == 2).unwrap();
+    assert_eq!(r.outcome, Outcome::TimedOut, "{r:?}");
+    assert_eq!(r.stdout_tail, "started\n");
+    let remote: Vec<i32> = lines(&pids).iter().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(remote.len(), 2, "the remote shell and its background sleep");
+    for pid in remote {
+        assert!(
+            wait_until(SOON, || !alive(pid)).await,
+            "remote process {pid} survived the timeout"
+        );
+    }
 }
 
 /// The library API runs an executor in-process (as `baton dev` may). Also
