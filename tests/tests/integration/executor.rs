@@ -831,3 +831,29 @@ async fn a_step_longer_than_ack_wait_keeps_its_executor_through_progress_acks() 
         other.log()
     );
 }
+
+#[tokio::test]
+async fn an_executor_started_before_nats_waits_for_it_then_serves() {
+    let mut env = Env::start().await;
+    env.nats.stop();
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    assert!(
+        wait_until(SOON, || exec
+            .log()
+            .contains("could not connect to NATS; retrying"))
+        .await,
+        "{}",
+        exec.log()
+    );
+    env.nats.restart().await.expect("nats-server starts again");
+    let ran = env.path("ran");
+    let up = upgrade_id();
+    let req = StepRequest {
+        argv: sh(&format!("echo run >> {}", ran.display())),
+        ..request(&up, 1, "g1", &[])
+    };
+    env.publish(&req).await;
+    let r = env.wait_results(&up, 1, &[&exec]).await[0].clone();
+    assert_eq!(r.outcome, Outcome::Succeeded);
+    assert_eq!(lines(&ran), vec!["run"]);
+}
