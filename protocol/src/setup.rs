@@ -61,8 +61,13 @@ impl Default for Options {
             events_max_age: Duration::ZERO,
             presence_ttl: Duration::from_secs(30),
             claims_max_age: Duration::from_secs(7 * 24 * 3600),
-            executor_ack_wait: Duration::from_secs(30),
-            workflow_ack_wait: Duration::from_secs(30),
+            // Executors send progress every third of it while a step runs, so
+            // a short wait only shortens how long a dead executor's step sits
+            // before redelivery (where the ledger and claims answer it).
+            executor_ack_wait: Duration::from_secs(10),
+            // The service acks a result within milliseconds (append, flush,
+            // publish); after a crash its unacked results come back this soon.
+            workflow_ack_wait: Duration::from_secs(5),
         }
     }
 }

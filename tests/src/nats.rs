@@ -78,6 +78,17 @@ impl NatsServer {
         }
     }
 
+    /// Stop the server cleanly (SIGTERM, as an operator's restart would) and
+    /// wait for it to exit; SIGKILL if it has not within 10 s.
+    pub fn terminate(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal(Signal::SIGTERM);
+            if p.wait_exit(Duration::from_secs(10)).is_none() {
+                p.kill();
+            }
+        }
+    }
+
     /// Stop it, then start it again on the same port and store dir.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();

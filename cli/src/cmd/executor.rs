@@ -55,7 +55,7 @@ pub struct ExecutorArgs {
     #[arg(long, default_value_t = 30_000)]
     pub presence_ttl_ms: u64,
     /// Ack wait of the group consumer in milliseconds (used when this executor creates it).
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 10_000)]
     pub ack_wait_ms: u64,
     /// How long one pull waits for a step, in milliseconds (bounds idle shutdown time).
     #[arg(long, default_value_t = 2000)]

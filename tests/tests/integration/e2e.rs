@@ -14,18 +14,18 @@ use tests::{workspace_bin, NatsServer, Proc};
 use workflow::core::Event;
 use workflow::service::api::StatusView;
 
-const TARGET: &str = "3.1.0-1";
+pub(crate) const TARGET: &str = "3.1.0-1";
 const FROM: &str = "3.0.0-1";
 /// Generous: CI machines are slow and the tests run two at a time.
-const UPGRADE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const UPGRADE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How a test cluster is set up.
-struct Setup {
-    nodes: usize,
-    procedure: &'static str,
+pub(crate) struct Setup {
+    pub(crate) nodes: usize,
+    pub(crate) procedure: &'static str,
     /// `--fault NODE:KIND` values for `baton-sim init`.
-    faults: Vec<&'static str>,
-    sync_ms: u64,
+    pub(crate) faults: Vec<&'static str>,
+    pub(crate) sync_ms: u64,
 }
 
 impl Default for Setup {
@@ -40,19 +40,19 @@ impl Default for Setup {
 }
 
 /// One simulated cluster with its NATS, workflow service and executors.
-struct Env {
-    nats: NatsServer,
-    dir: TempDir,
-    sim_dir: PathBuf,
-    cluster_file: PathBuf,
-    nodes: Vec<String>,
-    server: Option<Proc>,
-    executors: Vec<Proc>,
-    server_starts: u32,
+pub(crate) struct Env {
+    pub(crate) nats: NatsServer,
+    pub(crate) dir: TempDir,
+    pub(crate) sim_dir: PathBuf,
+    pub(crate) cluster_file: PathBuf,
+    pub(crate) nodes: Vec<String>,
+    pub(crate) server: Option<Proc>,
+    pub(crate) executors: Vec<Proc>,
+    pub(crate) server_starts: u32,
 }
 
 impl Env {
-    async fn start(setup: Setup) -> Env {
+    pub(crate) async fn start(setup: Setup) -> Env {
         let nats = NatsServer::start().await.expect("nats-server starts");
         let dir = tempfile::Builder::new()
             .prefix("baton-e2e-")
@@ -116,7 +116,7 @@ impl Env {
         env
     }
 
-    fn baton_cmd(&self) -> Command {
+    pub(crate) fn baton_cmd(&self) -> Command {
         let mut cmd = Command::new(workspace_bin("baton"));
         cmd.env("BATON_NATS_URL", self.nats.url())
             .env("BATON_USER", "e2e-operator")
@@ -124,7 +124,7 @@ impl Env {
         cmd
     }
 
-    fn start_server(&mut self) {
+    pub(crate) fn start_server(&mut self) {
         self.server_starts += 1;
         let mut cmd = self.baton_cmd();
         cmd.args(["server", "--db"]).arg(self.db());
@@ -135,17 +135,17 @@ impl Env {
         self.server = Some(Proc::spawn("baton server", cmd, &log).unwrap());
     }
 
-    fn db(&self) -> PathBuf {
+    pub(crate) fn db(&self) -> PathBuf {
         self.dir.path().join("baton.db")
     }
 
     /// Runs the CLI; returns its output.
-    fn baton(&self, args: &[&str]) -> Output {
+    pub(crate) fn baton(&self, args: &[&str]) -> Output {
         self.baton_cmd().args(args).output().expect("baton runs")
     }
 
     /// Runs the CLI and expects success; returns stdout.
-    fn baton_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn baton_ok(&self, args: &[&str]) -> String {
         let out = self.baton(args);
         assert!(
             out.status.success(),
@@ -158,7 +158,7 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut text = String::new();
         if let Some(server) = &self.server {
             text.push_str(&format!(
@@ -170,7 +170,7 @@ impl Env {
     }
 
     /// Waits until the service answers and every node's executor is present.
-    async fn wait_for_executors(&self) {
+    pub(crate) async fn wait_for_executors(&self) {
         let online = tests::wait_until_async(Duration::from_secs(30), || async {
             let Ok(client) = async_nats::connect(self.nats.url()).await else {
                 return false;
@@ -192,14 +192,14 @@ impl Env {
         );
     }
 
-    fn submit(&self, extra: &[&str]) -> String {
+    pub(crate) fn submit(&self, extra: &[&str]) -> String {
         let cluster = self.cluster_file.display().to_string();
         let mut args = vec!["submit", "--cluster", &cluster, "--detach"];
         args.extend_from_slice(extra);
         self.baton_ok(&args).trim().to_string()
     }
 
-    fn status(&self, upgrade: &str) -> Option<StatusView> {
+    pub(crate) fn status(&self, upgrade: &str) -> Option<StatusView> {
         let out = self.baton(&["--output", "json", "status", upgrade]);
         if !out.status.success() {
             return None;
@@ -209,7 +209,12 @@ impl Env {
 
     /// Waits until the upgrade's status is one of `wanted`; panics with the
     /// status and the logs otherwise.
-    async fn wait_status(&self, upgrade: &str, wanted: &[&str], timeout: Duration) -> StatusView {
+    pub(crate) async fn wait_status(
+        &self,
+        upgrade: &str,
+        wanted: &[&str],
+        timeout: Duration,
+    ) -> StatusView {
         let mut last = None;
         let reached = tests::wait_until(timeout, || {
             last = self.status(upgrade);
@@ -226,7 +231,7 @@ impl Env {
     }
 
     /// The upgrade's events, decoded, through `baton replay --json`.
-    fn events(&self, upgrade: &str) -> Vec<Event> {
+    pub(crate) fn events(&self, upgrade: &str) -> Vec<Event> {
         let out = self.baton_ok(&["replay", upgrade, "--json"]);
         let value: serde_json::Value = serde_json::from_str(&out).unwrap();
         value["events"]
@@ -237,7 +242,7 @@ impl Env {
             .collect()
     }
 
-    fn report(&self) -> Report {
+    pub(crate) fn report(&self) -> Report {
         let out = Command::new(workspace_bin("baton-sim"))
             .args(["report", "--json", "--dir"])
             .arg(&self.sim_dir)
@@ -251,9 +256,26 @@ impl Env {
         })
     }
 
+    /// seq -> chain hash of every event of `upgrade` in the log.
+    pub(crate) fn logged_hashes(&self, upgrade: &str) -> std::collections::HashMap<u64, String> {
+        let out = self.baton_ok(&["replay", upgrade, "--json"]);
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        value["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["seq"].as_u64().unwrap(),
+                    e["hash"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
     /// Whether `chef-backend-ctl status` on `node` says its services run
     /// (the simulator exits non-zero for a stopped node).
-    fn node_runs(&self, node: &str) -> bool {
+    pub(crate) fn node_runs(&self, node: &str) -> bool {
         let path = format!(
             "{}:{}",
             self.sim_dir.join("nodes").join(node).join("bin").display(),
@@ -267,12 +289,12 @@ impl Env {
             .unwrap_or(false)
     }
 
-    fn failover_on(&self) -> bool {
+    pub(crate) fn failover_on(&self) -> bool {
         self.report().failover_at_end
     }
 
     /// Checks everything a completed upgrade must show.
-    fn assert_completed_safely(&self, upgrade: &str) {
+    pub(crate) fn assert_completed_safely(&self, upgrade: &str) {
         let report = self.report();
         assert_eq!(
             report.verdict,
@@ -300,7 +322,7 @@ impl Env {
         self.assert_log_verifies(upgrade);
     }
 
-    fn assert_log_verifies(&self, upgrade: &str) {
+    pub(crate) fn assert_log_verifies(&self, upgrade: &str) {
         let out = self.baton_ok(&["audit", "verify"]);
         assert!(out.contains("audit verify: OK"), "{out}");
         let out = self.baton_ok(&["replay", upgrade, "--verify"]);
@@ -632,14 +654,14 @@ fn assert_no_children_left(dir: &Path) {
 
 impl Env {
     /// Restarts the executor of node `index` (after a crash), same state dir.
-    fn restart_executor(&mut self, index: usize) {
+    pub(crate) fn restart_executor(&mut self, index: usize) {
         self.executors[index] = self.spawn_executor(index, "executor-restarted");
     }
 
     /// Starts the executor of node `index` with that node's simulator tools
     /// first in PATH. A short ack_wait so a step held by a killed executor
     /// is redelivered quickly.
-    fn spawn_executor(&self, index: usize, log_name: &str) -> Proc {
+    pub(crate) fn spawn_executor(&self, index: usize, log_name: &str) -> Proc {
         let node = &self.nodes[index];
         let path = format!(
             "{}:{}",

@@ -1,0 +1,395 @@
+//! The chaos suite: full upgrades of simulated clusters with one fault per
+//! round, injected at a random moment (once the log holds a random number of
+//! events), then checked from the outside:
+//! - the simulator's report: safe (never two nodes out of service, no write
+//!   outage outside an election, nothing unsafe), failover on at the end when
+//!   the cluster is healthy;
+//! - the simulator's journal: no non-idempotent action twice (demote at most
+//!   once, one install per node);
+//! - the log: verifies, `replay --verify` re-derives every decision, and every
+//!   event the service mirrored to `BATON_EVENTS` (it mirrors only after the
+//!   flush) is in the log with the same hash;
+//! - the upgrade completed, or halted safely with a reason.
+//!
+//! `cargo test` runs one round per fault kind. A longer run:
+//! `BATON_CHAOS_ROUNDS=25 BATON_CHAOS_REPORT=chaos.json cargo test -p tests
+//! --test integration chaos -- --nocapture` (rounds per kind; the summary is
+//! written as JSON and printed).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use super::e2e::{Env, Setup, UPGRADE_TIMEOUT};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Fault {
+    /// SIGKILL the workflow service, restart it.
+    ServiceKill,
+    /// SIGKILL the executor of a random node, restart it.
+    ExecutorKill,
+    /// SIGKILL nats-server, restart it on the same port and store.
+    NatsKill,
+    /// SIGTERM nats-server (clean stop), restart it.
+    NatsTerm,
+    /// SIGSTOP nats-server for a while, then SIGCONT.
+    NatsFreeze,
+}
+
+const ALL: [Fault; 5] = [
+    Fault::ServiceKill,
+    Fault::ExecutorKill,
+    Fault::NatsKill,
+    Fault::NatsTerm,
+    Fault::NatsFreeze,
+];
+
+#[derive(Debug, Serialize)]
+struct Round {
+    fault: Fault,
+    seed: u64,
+    /// The fault was injected once the log held this many events.
+    at_events: u64,
+    /// completed / halted / aborted / needs_verification / timeout.
+    outcome: String,
+    reason: Option<String>,
+    injected_after_end: bool,
+    double_executions: u32,
+    lost_events: u32,
+    simultaneous_outages: u32,
+    verification_failures: u32,
+    unsafe_verdicts: u32,
+    /// Service kills: from the restart to the first new event in the log.
+    recovery_ms: Option<u64>,
+    problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Default)]
+struct Summary {
+    rounds: u32,
+    completed: u32,
+    halted_safely: BTreeMap<String, u32>,
+    failed_rounds: u32,
+    double_executions: u32,
+    lost_events: u32,
+    simultaneous_outages: u32,
+    verification_failures: u32,
+    unsafe_verdicts: u32,
+    rounds_by_fault: BTreeMap<String, u32>,
+    service_recovery_ms_median: Option<u64>,
+    service_recovery_ms_worst: Option<u64>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrades_survive_one_fault_per_round() {
+    let per_kind: u32 = std::env::var("BATON_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let base_seed: u64 = std::env::var("BATON_CHAOS_SEED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20261125);
+    let mut rounds = Vec::new();
+    for i in 0..per_kind {
+        for (k, fault) in ALL.iter().enumerate() {
+            let seed = base_seed + u64::from(i) * 100 + k as u64;
+            let round = run_round(*fault, seed).await;
+            eprintln!("chaos round: {}", serde_json::to_string(&round).unwrap());
+            rounds.push(round);
+        }
+    }
+    let summary = summarise(&rounds);
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "summary": summary,
+        "rounds": rounds,
+    }))
+    .unwrap();
+    if let Ok(path) = std::env::var("BATON_CHAOS_REPORT") {
+        std::fs::write(path, &text).unwrap();
+    }
+    eprintln!(
+        "chaos summary: {}",
+        serde_json::to_string_pretty(&summary).unwrap()
+    );
+    let failed: Vec<&Round> = rounds.iter().filter(|r| !r.problems.is_empty()).collect();
+    assert!(failed.is_empty(), "rounds with problems: {failed:#?}");
+    assert_eq!(summary.double_executions, 0);
+    assert_eq!(summary.lost_events, 0);
+    assert_eq!(summary.simultaneous_outages, 0);
+    assert_eq!(summary.verification_failures, 0);
+}
+
+fn summarise(rounds: &[Round]) -> Summary {
+    let mut s = Summary::default();
+    let mut recoveries = Vec::new();
+    for r in rounds {
+        s.rounds += 1;
+        *s.rounds_by_fault
+            .entry(
+                serde_json::to_value(r.fault)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+            .or_default() += 1;
+        if r.outcome == "completed" {
+            s.completed += 1;
+        } else if r.problems.is_empty() {
+            let why = r.reason.clone().unwrap_or_default();
+            let key = format!(
+                "{}: {}",
+                r.outcome,
+                why.chars().take(80).collect::<String>()
+            );
+            *s.halted_safely.entry(key).or_default() += 1;
+        }
+        if !r.problems.is_empty() {
+            s.failed_rounds += 1;
+        }
+        s.double_executions += r.double_executions;
+        s.lost_events += r.lost_events;
+        s.simultaneous_outages += r.simultaneous_outages;
+        s.verification_failures += r.verification_failures;
+        s.unsafe_verdicts += r.unsafe_verdicts;
+        recoveries.extend(r.recovery_ms);
+    }
+    recoveries.sort_unstable();
+    s.service_recovery_ms_median = recoveries.get(recoveries.len() / 2).copied();
+    s.service_recovery_ms_worst = recoveries.last().copied();
+    s
+}
+
+async fn run_round(fault: Fault, seed: u64) -> Round {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut env = Env::start(Setup {
+        sync_ms: 400,
+        ..Setup::default()
+    })
+    .await;
+    let at_events = rng.random_range(4..160u64);
+    let upgrade = env.submit(&[]);
+    let mut round = Round {
+        fault,
+        seed,
+        at_events,
+        outcome: String::new(),
+        reason: None,
+        injected_after_end: false,
+        double_executions: 0,
+        lost_events: 0,
+        simultaneous_outages: 0,
+        verification_failures: 0,
+        unsafe_verdicts: 0,
+        recovery_ms: None,
+        problems: Vec::new(),
+    };
+
+    // Wait for the moment, then inject.
+    let mut ended = false;
+    tests::wait_until(UPGRADE_TIMEOUT, || match env.status(&upgrade) {
+        Some(view) => {
+            ended = matches!(view.status.as_str(), "completed" | "halted" | "aborted");
+            ended || view.events >= at_events
+        }
+        None => false,
+    })
+    .await;
+    round.injected_after_end = ended;
+    match fault {
+        Fault::ServiceKill => {
+            let before = env.status(&upgrade).map(|v| v.events).unwrap_or(0);
+            let server = env.server.as_mut().unwrap();
+            server.signal(Signal::SIGKILL);
+            server.wait_exit(Duration::from_secs(10));
+            env.start_server();
+            let restarted = Instant::now();
+            let progressed = tests::wait_until(UPGRADE_TIMEOUT, || {
+                env.status(&upgrade).is_some_and(|v| {
+                    v.events > before
+                        || matches!(v.status.as_str(), "completed" | "halted" | "aborted")
+                })
+            })
+            .await;
+            if progressed && !ended {
+                round.recovery_ms = Some(restarted.elapsed().as_millis() as u64);
+            }
+        }
+        Fault::ExecutorKill => {
+            let index = rng.random_range(0..env.nodes.len());
+            env.executors[index].signal(Signal::SIGKILL);
+            env.executors[index].wait_exit(Duration::from_secs(10));
+            env.restart_executor(index);
+        }
+        Fault::NatsKill => {
+            if let Err(err) = env.nats.restart().await {
+                round
+                    .problems
+                    .push(format!("nats-server did not restart: {err:#}"));
+            }
+        }
+        Fault::NatsTerm => {
+            env.nats.terminate();
+            if let Err(err) = env.nats.restart().await {
+                round
+                    .problems
+                    .push(format!("nats-server did not restart: {err:#}"));
+            }
+        }
+        Fault::NatsFreeze => {
+            env.nats.freeze();
+            let frozen = Duration::from_millis(rng.random_range(5_000..8_000));
+            // The fault itself is the passage of time with NATS frozen.
+            tokio::time::sleep(frozen).await;
+            env.nats.thaw();
+        }
+    }
+
+    let mut last = None;
+    let done = tests::wait_until(UPGRADE_TIMEOUT, || {
+        last = env.status(&upgrade);
+        last.as_ref().is_some_and(|v| {
+            matches!(
+                v.status.as_str(),
+                "completed" | "halted" | "aborted" | "needs_verification"
+            )
+        })
+    })
+    .await;
+    let Some(view) = last.filter(|_| done) else {
+        round.outcome = "timeout".into();
+        round.problems.push(format!(
+            "the upgrade did not end within {UPGRADE_TIMEOUT:?}\n{}",
+            env.logs()
+        ));
+        return round;
+    };
+    round.outcome = view.status.clone();
+    round.reason = view.reason.clone();
+    if view.status != "completed" && view.reason.as_deref().unwrap_or("").is_empty() {
+        round.problems.push("ended without a reason".into());
+    }
+
+    check_outside(&env, &upgrade, &view, &mut round).await;
+    round
+}
+
+/// The checks that do not trust Baton: the simulator's report and journal,
+/// the log re-verified by the CLI, the mirror compared with the log.
+async fn check_outside(
+    env: &Env,
+    upgrade: &str,
+    view: &workflow::service::api::StatusView,
+    round: &mut Round,
+) {
+    let report = env.report();
+    if report.verdict != sim::Verdict::Safe {
+        round.unsafe_verdicts += 1;
+        round.problems.push(format!("unsafe: {}", report.render()));
+    }
+    if report.max_out_of_service > 1 {
+        round.simultaneous_outages += 1;
+        round.problems.push(format!(
+            "{} nodes out of service at once",
+            report.max_out_of_service
+        ));
+    }
+    for (node, count) in &report.installs {
+        if *count > 1 {
+            round.double_executions += 1;
+            round
+                .problems
+                .push(format!("{node} installed {count} times"));
+        }
+    }
+    let journal = std::fs::read_to_string(env.sim_dir.join("journal.jsonl")).unwrap_or_default();
+    let demotes = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "command")
+        .filter(|v| {
+            let argv = v["argv"].as_array().cloned().unwrap_or_default();
+            argv.iter().any(|a| a == "demote")
+        })
+        .count();
+    if demotes > 1 {
+        round.double_executions += 1;
+        round.problems.push(format!("demote ran {demotes} times"));
+    }
+    if view.status == "completed" && !report.failover_at_end {
+        round.problems.push("completed with failover off".into());
+    }
+    if view.status != "completed" && !view.failover_blocked && !report.failover_at_end {
+        round
+            .problems
+            .push("the log says failover is restored, the cluster says it is off".into());
+    }
+
+    let audit = env.baton(&["audit", "verify"]);
+    let replay = env.baton(&["replay", upgrade, "--verify"]);
+    if !audit.status.success() || !replay.status.success() {
+        round.verification_failures += 1;
+        round.problems.push(format!(
+            "verification: audit {} {} / replay {} {}",
+            audit.status,
+            String::from_utf8_lossy(&audit.stdout),
+            replay.status,
+            String::from_utf8_lossy(&replay.stdout)
+        ));
+    }
+
+    // Every mirrored event (published only after its flush) is in the log.
+    let logged = env.logged_hashes(upgrade);
+    match mirrored(&env.nats.url(), upgrade).await {
+        Ok(mirror) => {
+            for (seq, hash) in mirror {
+                if logged.get(&seq) != Some(&hash) {
+                    round.lost_events += 1;
+                    round.problems.push(format!(
+                        "mirrored event {seq} is not in the log as published"
+                    ));
+                }
+            }
+        }
+        Err(err) => round
+            .problems
+            .push(format!("reading BATON_EVENTS: {err:#}")),
+    }
+}
+
+/// (seq, hash) of every event of `upgrade` in `BATON_EVENTS`.
+async fn mirrored(url: &str, upgrade: &str) -> anyhow::Result<Vec<(u64, String)>> {
+    use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(protocol::subjects::EVENTS_STREAM).await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: protocol::subjects::event(upgrade),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let pending = consumer.cached_info().num_pending as usize;
+    let mut out = Vec::new();
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.fetch().max_messages(pending).messages().await?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let value: serde_json::Value = serde_json::from_slice(&message.payload)?;
+        out.push((
+            value["seq"].as_u64().unwrap_or(0),
+            value["hash"].as_str().unwrap_or_default().to_string(),
+        ));
+        let _ = message.ack().await;
+    }
+    Ok(out)
+}
