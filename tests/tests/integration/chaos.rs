@@ -39,14 +39,29 @@ enum Fault {
     NatsTerm,
     /// SIGSTOP nats-server for a while, then SIGCONT.
     NatsFreeze,
+    /// A simulator fault on a random node: sync never completes, start
+    /// fails, install fails, demote times out, status hangs.
+    Simulator,
 }
 
-const ALL: [Fault; 5] = [
+const ALL: [Fault; 6] = [
     Fault::ServiceKill,
     Fault::ExecutorKill,
     Fault::NatsKill,
     Fault::NatsTerm,
     Fault::NatsFreeze,
+    Fault::Simulator,
+];
+
+/// The simulator's faults a round may inject (`baton-sim fault` kinds).
+/// `election-nobody` is not among them: it leaves the cluster leaderless until
+/// an operator promotes a node, which no upgrade tool may do on its own.
+const SIM_FAULTS: [&[&str]; 5] = [
+    &["sync-never"],
+    &["start-fails"],
+    &["install-fails"],
+    &["demote-timeout"],
+    &["status-hang", "3"],
 ];
 
 #[derive(Debug, Serialize)]
@@ -55,6 +70,8 @@ struct Round {
     seed: u64,
     /// The fault was injected once the log held this many events.
     at_events: u64,
+    /// For simulator faults: `node kind [arg]`.
+    detail: Option<String>,
     /// completed / halted / aborted / needs_verification / timeout.
     outcome: String,
     reason: Option<String>,
@@ -170,6 +187,8 @@ async fn run_round(fault: Fault, seed: u64) -> Round {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut env = Env::start(Setup {
         sync_ms: 400,
+        // Bounded so that a node that never syncs halts the round quickly.
+        sync_timeout_ms: 8_000,
         ..Setup::default()
     })
     .await;
@@ -179,6 +198,7 @@ async fn run_round(fault: Fault, seed: u64) -> Round {
         fault,
         seed,
         at_events,
+        detail: None,
         outcome: String::new(),
         reason: None,
         injected_after_end: false,
@@ -248,6 +268,24 @@ async fn run_round(fault: Fault, seed: u64) -> Round {
             // The fault itself is the passage of time with NATS frozen.
             tokio::time::sleep(frozen).await;
             env.nats.thaw();
+        }
+        Fault::Simulator => {
+            let node = env.nodes[rng.random_range(0..env.nodes.len())].clone();
+            let kind = SIM_FAULTS[rng.random_range(0..SIM_FAULTS.len())];
+            let out = std::process::Command::new(tests::workspace_bin("baton-sim"))
+                .args(["fault", "--dir"])
+                .arg(&env.sim_dir)
+                .args(["--node", &node])
+                .args(kind)
+                .output()
+                .unwrap();
+            if !out.status.success() {
+                round.problems.push(format!(
+                    "baton-sim fault {node} {kind:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            round.detail = Some(format!("{node} {}", kind.join(" ")));
         }
     }
 

@@ -26,6 +26,8 @@ pub(crate) struct Setup {
     /// `--fault NODE:KIND` values for `baton-sim init`.
     pub(crate) faults: Vec<&'static str>,
     pub(crate) sync_ms: u64,
+    /// How long the core waits for a node to be healthy and synced.
+    pub(crate) sync_timeout_ms: u64,
 }
 
 impl Default for Setup {
@@ -35,6 +37,7 @@ impl Default for Setup {
             procedure: "runbook",
             faults: Vec::new(),
             sync_ms: 300,
+            sync_timeout_ms: 60_000,
         }
     }
 }
@@ -90,9 +93,10 @@ impl Env {
             ));
         }
         toml.push_str(&format!(
-            "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = 60000\nbackoff_ms = 100\n",
+            "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = {}\nbackoff_ms = 100\n",
             package.display(),
-            setup.procedure
+            setup.procedure,
+            setup.sync_timeout_ms
         ));
         let cluster_file = dir.path().join("cluster.toml");
         std::fs::write(&cluster_file, toml).unwrap();
@@ -382,17 +386,11 @@ async fn a_follower_that_never_syncs_halts_before_any_other_node_is_touched() {
     // backend-1 leads; backend-2 is the first follower in the plan.
     let env = Env::start(Setup {
         faults: vec!["backend-2:sync-never"],
+        // A short sync timeout so the halt comes quickly.
+        sync_timeout_ms: 2000,
         ..Setup::default()
     })
     .await;
-    let cluster = env.cluster_file.display().to_string();
-    // A short sync timeout so the halt comes quickly.
-    let text = std::fs::read_to_string(&cluster).unwrap();
-    std::fs::write(
-        &cluster,
-        text.replace("sync_timeout_ms = 60000", "sync_timeout_ms = 2000"),
-    )
-    .unwrap();
     let upgrade = env.submit(&[]);
     let view = env
         .wait_status(
