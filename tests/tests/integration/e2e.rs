@@ -71,6 +71,8 @@ impl Env {
                 &setup.sync_ms.to_string(),
                 "--election-ms",
                 "300",
+                "--demote-timeout-ms",
+                "2000",
             ]);
         for fault in &setup.faults {
             init.args(["--fault", fault]);
@@ -890,4 +892,112 @@ async fn an_export_replays_and_verifies_offline_and_replay_shows_any_event() {
         String::from_utf8_lossy(&out.stdout).contains("line "),
         "{out:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_demote_that_elects_nobody_stops_for_the_operator_and_resolve_carries_on() {
+    // The switchover's election fails: the cluster is left without a leader.
+    let env = Env::start(Setup {
+        faults: vec!["backend-1:election-nobody"],
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["needs_verification", "completed", "halted", "aborted"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "needs_verification", "{view:#?}");
+    let reason = view.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("demote"),
+        "the reason names the action: {reason}"
+    );
+    let step: u64 = reason
+        .strip_prefix("step ")
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the reason starts with the step: {reason}"));
+    // S4: the demote was not repeated blindly.
+    let demotes = || {
+        std::fs::read_to_string(env.sim_dir.join("journal.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"command\"") && l.contains("\"demote\""))
+            .count()
+    };
+    assert_eq!(demotes(), 1);
+
+    // The operator fixes the cluster by hand, then tells Baton what they found.
+    let path = format!(
+        "{}:{}",
+        env.sim_dir.join("nodes/backend-2/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("chef-backend-ctl")
+        .args(["promote", "backend-2"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.baton_ok(&[
+        "resolve",
+        &upgrade,
+        &step.to_string(),
+        "--as",
+        "succeeded",
+        "--why",
+        "promoted backend-2 by hand",
+    ]);
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["completed", "halted", "aborted"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+    assert_eq!(demotes(), 1, "no second demote after the resolution");
+    let report = env.report();
+    for node in &env.nodes {
+        assert_eq!(report.versions[node].running, TARGET);
+        assert_eq!(report.installs.get(node).copied(), Some(1));
+    }
+    assert!(report.failover_at_end);
+    // The fault left the cluster leaderless (no write leader, no follower
+    // in sync) until the operator's promote: the simulator reports exactly
+    // that, and nothing Baton did.
+    assert!(
+        report.violations.iter().all(|v| matches!(
+            v.rule,
+            sim::report::Rule::WriteOutage | sim::report::Rule::TooManyOutOfService
+        )),
+        "{}",
+        report.render()
+    );
+    // Baton touched the old leader only after the operator's promote.
+    let journal = std::fs::read_to_string(env.sim_dir.join("journal.jsonl")).unwrap();
+    let position = |needle: &str| {
+        journal
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle} not in journal"))
+    };
+    assert!(
+        position("\"promote\"")
+            < position("\"node\":\"backend-1\",\"argv\":[\"chef-backend-ctl\",\"stop\"]"),
+        "backend-1 was stopped before the operator promoted backend-2"
+    );
+    let events = env.events(&upgrade);
+    assert!(has(&events, |e| matches!(
+        e,
+        Event::StepResolved { by, why, .. } if by == "e2e-operator" && why == "promoted backend-2 by hand"
+    )));
+    env.assert_log_verifies(&upgrade);
 }
