@@ -54,17 +54,19 @@ fn compose_commands_match_the_cli() {
                 }
             }
             "baton-sim" => {
-                let nodes = argv
-                    .iter()
-                    .position(|a| a == "--nodes")
-                    .and_then(|i| argv.get(i + 1))
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .unwrap_or_else(|| panic!("service {name}: baton-sim init needs --nodes N"));
-                assert_eq!(
-                    argv[1], "init",
-                    "service {name}: only `baton-sim init` is expected"
-                );
-                sim_nodes = nodes;
+                let cli = sim::cli::Cli::try_parse_from(&argv)
+                    .unwrap_or_else(|err| panic!("service {name}: `{}`: {err}", argv.join(" ")));
+                match cli.cmd {
+                    sim::cli::Cmd::Init { nodes, dir, .. } => {
+                        assert_eq!(
+                            dir,
+                            std::path::Path::new("/sim"),
+                            "service {name}: the shared volume"
+                        );
+                        sim_nodes = nodes;
+                    }
+                    _ => panic!("service {name}: only `baton-sim init` is expected"),
+                }
             }
             "-js" => assert_eq!(name, "nats", "only the nats service runs nats-server flags"),
             other => panic!("service {name}: unknown program {other}"),
@@ -84,4 +86,5 @@ fn a_wrong_compose_command_would_be_caught() {
     // The check above must be able to fail: a misspelt flag is refused.
     assert!(Cli::try_parse_from(["baton", "server", "--database", "/x"]).is_err());
     assert!(Cli::try_parse_from(["baton", "executor", "--nodes", "backend-1"]).is_err());
+    assert!(sim::cli::Cli::try_parse_from(["baton-sim", "init", "--dir", "/sim"]).is_err());
 }

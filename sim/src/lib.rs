@@ -9,6 +9,7 @@
 //! [`ctl`] (chef-backend-ctl commands), [`pkg`] (package tools), [`render`] (output formats),
 //! [`report`] (verdict).
 
+pub mod cli;
 pub mod ctl;
 pub mod fault;
 pub mod journal;
