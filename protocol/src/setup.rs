@@ -255,44 +255,53 @@ async fn ensure_stream(
     want: stream::Config,
 ) -> Result<stream::Stream, ProtocolError> {
     match js.get_stream(&want.name).await {
-        Ok(existing) => {
-            let have = &existing.cached_info().config;
-            let mut problems = Vec::new();
-            if have.retention != want.retention {
-                problems.push(format!(
-                    "retention {:?}, expected {:?}",
-                    have.retention, want.retention
-                ));
-            }
-            if have.storage != want.storage {
-                problems.push(format!(
-                    "storage {:?}, expected {:?}",
-                    have.storage, want.storage
-                ));
-            }
-            if have.subjects != want.subjects {
-                problems.push(format!(
-                    "subjects {:?}, expected {:?}",
-                    have.subjects, want.subjects
-                ));
-            }
-            if !problems.is_empty() {
-                return Err(ProtocolError::Incompatible {
-                    kind: "stream",
-                    name: want.name,
-                    detail: problems.join(", "),
-                });
-            }
-            Ok(existing)
-        }
-        Err(e) if is_not_found(&e) => {
-            let name = want.name.clone();
-            js.create_stream(want)
-                .await
-                .map_err(|e| setup_error("create stream", &name, e))
-        }
+        Ok(existing) => check_stream(existing, &want),
+        Err(e) if is_not_found(&e) => match js.create_stream(want.clone()).await {
+            Ok(created) => Ok(created),
+            // Another process (the service, a sibling executor) may have
+            // created it meanwhile, perhaps with other tunables: check theirs.
+            Err(create_err) => match js.get_stream(&want.name).await {
+                Ok(existing) => check_stream(existing, &want),
+                Err(_) => Err(setup_error("create stream", &want.name, create_err)),
+            },
+        },
         Err(e) => Err(setup_error("get stream", &want.name, e)),
     }
+}
+
+/// Accept an existing stream whose semantics match `want`.
+fn check_stream(
+    existing: stream::Stream,
+    want: &stream::Config,
+) -> Result<stream::Stream, ProtocolError> {
+    let have = &existing.cached_info().config;
+    let mut problems = Vec::new();
+    if have.retention != want.retention {
+        problems.push(format!(
+            "retention {:?}, expected {:?}",
+            have.retention, want.retention
+        ));
+    }
+    if have.storage != want.storage {
+        problems.push(format!(
+            "storage {:?}, expected {:?}",
+            have.storage, want.storage
+        ));
+    }
+    if have.subjects != want.subjects {
+        problems.push(format!(
+            "subjects {:?}, expected {:?}",
+            have.subjects, want.subjects
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(ProtocolError::Incompatible {
+            kind: "stream",
+            name: want.name.clone(),
+            detail: problems.join(", "),
+        });
+    }
+    Ok(existing)
 }
 
 async fn ensure_consumer(
@@ -300,10 +309,16 @@ async fn ensure_consumer(
     want: pull::Config,
 ) -> Result<jetstream::consumer::PullConsumer, ProtocolError> {
     let name = want.durable_name.clone().unwrap_or_default();
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(&name, want.clone())
-        .await
-        .map_err(|e| setup_error("create or get consumer", &name, e))?;
+    let consumer: jetstream::consumer::PullConsumer =
+        match stream.get_or_create_consumer(&name, want.clone()).await {
+            Ok(consumer) => consumer,
+            // Created by another process meanwhile (perhaps with another
+            // ack_wait): use theirs if its semantics match.
+            Err(create_err) => stream
+                .get_consumer(&name)
+                .await
+                .map_err(|_| setup_error("create or get consumer", &name, create_err))?,
+        };
     let have = &consumer.cached_info().config;
     if have.filter_subject != want.filter_subject || have.ack_policy != want.ack_policy {
         return Err(ProtocolError::Incompatible {
@@ -324,15 +339,21 @@ async fn ensure_bucket(
 ) -> Result<kv::Store, ProtocolError> {
     let bucket = want.bucket.clone();
     let stream_name = format!("KV_{bucket}");
+    let open = || async {
+        js.get_key_value(&bucket)
+            .await
+            .map_err(|e| setup_error("open KV bucket", &bucket, e))
+    };
     match js.get_stream(&stream_name).await {
-        Ok(_) => js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|e| setup_error("open KV bucket", &bucket, e)),
-        Err(e) if is_not_found(&e) => js
-            .create_key_value(want)
-            .await
-            .map_err(|e| setup_error("create KV bucket", &bucket, e)),
+        Ok(_) => open().await,
+        Err(e) if is_not_found(&e) => match js.create_key_value(want).await {
+            Ok(store) => Ok(store),
+            // Created by another process meanwhile: use theirs.
+            Err(create_err) => match open().await {
+                Ok(store) => Ok(store),
+                Err(_) => Err(setup_error("create KV bucket", &bucket, create_err)),
+            },
+        },
         Err(e) => Err(setup_error("get KV bucket stream", &stream_name, e)),
     }
 }

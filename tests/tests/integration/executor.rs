@@ -857,3 +857,27 @@ async fn an_executor_started_before_nats_waits_for_it_then_serves() {
     assert_eq!(r.outcome, Outcome::Succeeded);
     assert_eq!(lines(&ran), vec!["run"]);
 }
+
+#[tokio::test]
+async fn concurrent_setups_with_different_tunables_all_succeed() {
+    let nats = NatsServer::start().await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..4u64 {
+        let url = nats.url();
+        tasks.spawn(async move {
+            let js = jetstream::new(async_nats::connect(url).await.unwrap());
+            let opts = protocol::Options {
+                steps_duplicate_window: Duration::from_secs(60 + i),
+                presence_ttl: Duration::from_secs(10 + i),
+                executor_ack_wait: Duration::from_secs(5 + i),
+                ..Default::default()
+            };
+            protocol::ensure(&js, &opts).await?;
+            protocol::ensure_group_consumer(&js, "g1", &opts).await?;
+            Ok::<_, protocol::ProtocolError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
