@@ -27,13 +27,20 @@ pub fn event_time(event: &Event) -> Option<u64> {
 }
 
 /// Follows a log and renders each event as one timeline line, with the time
-/// since submission.
+/// since submission. Polling is folded: a probe that succeeds prints only what
+/// it observed, and only when that differs from the last observation of the
+/// same kind on the same node; a failing check prints only when its problems
+/// change. `--json` output and the log itself keep everything.
 #[derive(Default)]
 pub struct Timeline {
     start_ms: Option<u64>,
     last_ms: u64,
-    /// step -> (node, action), to name steps in result lines.
-    steps: std::collections::HashMap<u64, (String, String)>,
+    /// step -> (node, action, is_probe), to name steps in result lines.
+    steps: std::collections::HashMap<u64, (String, String, bool)>,
+    /// (node, kind) -> last printed observation.
+    observed: std::collections::HashMap<(String, String), String>,
+    /// node -> last printed problems of a failing check.
+    problems: std::collections::HashMap<String, String>,
 }
 
 impl Timeline {
@@ -90,8 +97,13 @@ impl Timeline {
                 argv,
                 ..
             } => {
-                self.steps
-                    .insert(*step, (node.clone(), action.as_str().to_string()));
+                self.steps.insert(
+                    *step,
+                    (node.clone(), action.as_str().to_string(), action.is_probe()),
+                );
+                if action.is_probe() {
+                    return None;
+                }
                 format!(
                     "step {step}.{attempt} scheduled on {node}: {} `{}`",
                     action.as_str(),
@@ -108,7 +120,10 @@ impl Timeline {
                 reason,
                 ..
             } => {
-                let (node, action) = self.steps.get(step).cloned().unwrap_or_default();
+                let (node, action, probe) = self.steps.get(step).cloned().unwrap_or_default();
+                if probe && *outcome == Outcome::Succeeded {
+                    return None;
+                }
                 let mut line = format!(
                     "step {step}.{attempt} {} on {node} ({action}){}",
                     outcome_word(*outcome),
@@ -144,17 +159,40 @@ impl Timeline {
             }
             Event::ObservationRecorded {
                 node, observation, ..
-            } => format!("observed on {node}: {}", observation_summary(observation)),
+            } => {
+                let summary = observation_summary(observation);
+                let kind = match observation {
+                    Observation::ClusterStatus { .. } => "cluster",
+                    Observation::NodeStatus { .. } => "status",
+                    Observation::Version { .. } => "version",
+                    Observation::Unavailable { .. } => "unavailable",
+                };
+                let key = (node.clone(), kind.to_string());
+                if self.observed.get(&key) == Some(&summary) {
+                    return None;
+                }
+                self.observed.insert(key, summary.clone());
+                format!("observed on {node}: {summary}")
+            }
             Event::CheckEvaluated {
                 node,
                 passed,
                 problems,
                 ..
             } => {
+                let text = problems.join("; ");
+                let previous = self.problems.insert(node.clone(), text.clone());
                 if *passed {
-                    format!("check on {node} passed")
+                    if previous.as_deref().is_some_and(|p| !p.is_empty()) {
+                        self.problems.insert(node.clone(), String::new());
+                        format!("check on {node} passes now")
+                    } else {
+                        return None;
+                    }
+                } else if previous.as_deref() == Some(text.as_str()) {
+                    return None;
                 } else {
-                    format!("check on {node} not yet passing: {}", problems.join("; "))
+                    format!("check on {node} not passing yet: {text}")
                 }
             }
             Event::PlanComputed { plan, plan_hash } => format!(
@@ -225,13 +263,45 @@ fn observation_summary(observation: &Observation) -> String {
             .map(|m| format!("{}={}", m.name, json_word(&m.role)))
             .collect::<Vec<_>>()
             .join(" "),
-        Observation::NodeStatus { status } => format!("{} services", status.services.len()),
+        Observation::NodeStatus { status } => node_status_summary(status),
         Observation::Version { version } => format!(
             "version {}",
             version.as_deref().unwrap_or("(not installed)")
         ),
         Observation::Unavailable { error } => format!("unavailable: {error}"),
     }
+}
+
+/// `status` in a few words: which services are down, and postgresql's view.
+fn node_status_summary(status: &workflow::core::StatusReport) -> String {
+    use workflow::core::parse::Distributed;
+    use workflow::core::ServiceState;
+    let down: Vec<&str> = status
+        .services
+        .iter()
+        .filter(|(_, row)| !matches!(row.state, ServiceState::Running { .. }))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let services = if down.is_empty() {
+        "services running".to_string()
+    } else {
+        format!("down: {}", down.join(", "))
+    };
+    let pg = match status
+        .services
+        .get("postgresql")
+        .map(|row| &row.distributed)
+    {
+        Some(Distributed::Postgresql {
+            leader,
+            offline,
+            syncing,
+            synced,
+        }) => format!("pg leader {leader}, synced {synced}, syncing {syncing}, offline {offline}"),
+        Some(Distributed::Error(error)) => format!("pg error: {error}"),
+        _ => "pg ?".to_string(),
+    };
+    format!("{services}; {pg}")
 }
 
 /// A serde enum value as its JSON word (`"old_leader"`).
