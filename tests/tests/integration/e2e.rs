@@ -1001,3 +1001,118 @@ async fn a_demote_that_elects_nobody_stops_for_the_operator_and_resolve_carries_
     )));
     env.assert_log_verifies(&upgrade);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrades_of_two_clusters_run_at_the_same_time() {
+    let env = Env::start(Setup {
+        sync_ms: 800,
+        ..Setup::default()
+    })
+    .await;
+    // A second simulated cluster with its own executors (groups other-N).
+    let other = env.dir.path().join("other");
+    let out = Command::new(workspace_bin("baton-sim"))
+        .args(["init", "--dir"])
+        .arg(&other)
+        .args([
+            "--nodes",
+            "3",
+            "--version",
+            FROM,
+            "--sync-ms",
+            "800",
+            "--election-ms",
+            "300",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut executors = Vec::new();
+    let mut toml = String::from("[cluster]\nname = \"other\"\nprofile = \"chef-backend\"\n\n");
+    for i in 1..=3 {
+        let node = format!("backend-{i}");
+        let group = format!("other-{i}");
+        toml.push_str(&format!(
+            "[[nodes]]\nname = \"{node}\"\naddress = \"10.0.1.{i}\"\nexecutor = \"{group}\"\n\n"
+        ));
+        let mut cmd = env.baton_cmd();
+        cmd.args([
+            "executor",
+            "--group",
+            &group,
+            "--nodes",
+            &node,
+            "--heartbeat-ms",
+            "500",
+        ])
+        .arg("--state-dir")
+        .arg(other.join("executors").join(&group))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                other.join("nodes").join(&node).join("bin").display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        );
+        let log = other.join(format!("executor-{group}.log"));
+        executors.push(Proc::spawn(&group, cmd, &log).unwrap());
+    }
+    let package = env
+        .dir
+        .path()
+        .join(format!("chef-backend_{TARGET}_amd64.deb"));
+    toml.push_str(&format!(
+        "[upgrade]\npackage = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = 60000\n",
+        package.display()
+    ));
+    let other_file = other.join("cluster.toml");
+    std::fs::write(&other_file, toml).unwrap();
+    let online = tests::wait_until_async(Duration::from_secs(30), || async {
+        let Ok(client) = async_nats::connect(env.nats.url()).await else {
+            return false;
+        };
+        let reply = client
+            .request("baton.api.executors", "{}".into())
+            .await
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .unwrap_or_default();
+        (1..=3).all(|i| reply.contains(&format!("\"other-{i}\"")))
+    })
+    .await;
+    assert!(online, "the second cluster's executors did not show up");
+
+    let first = env.submit(&[]);
+    let other_arg = other_file.display().to_string();
+    let second = env
+        .baton_ok(&["submit", "--cluster", &other_arg, "--detach"])
+        .trim()
+        .to_string();
+    // Both are in flight together.
+    let both_running = tests::wait_until(UPGRADE_TIMEOUT, || {
+        let running = |u: &str| env.status(u).is_some_and(|v| v.status == "running");
+        running(&first) && running(&second)
+    })
+    .await;
+    assert!(both_running, "the two upgrades never ran at the same time");
+    for upgrade in [&first, &second] {
+        let view = env
+            .wait_status(
+                upgrade,
+                &["completed", "halted", "aborted"],
+                UPGRADE_TIMEOUT,
+            )
+            .await;
+        assert_eq!(view.status, "completed", "{view:#?}");
+    }
+    env.assert_completed_safely(&first);
+    let out = Command::new(workspace_bin("baton-sim"))
+        .args(["report", "--json", "--dir"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    let report: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.verdict, Verdict::Safe, "{}", report.render());
+    assert!(report.versions.values().all(|v| v.running == TARGET));
+    drop(executors);
+}
