@@ -5,6 +5,16 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/install-nats-server.sh
+# The SSH runner is tested against a real sshd on loopback (OpenSSH from
+# Debian's packages; CI runs as root).
+if [ ! -x /usr/sbin/sshd ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null
+  else
+    echo "the SSH runner test needs sshd: sudo apt-get install openssh-server" >&2
+    exit 1
+  fi
+fi
 export BATON_NATS_SERVER="$root/.tools/bin/nats-server"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

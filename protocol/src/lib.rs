@@ -6,13 +6,13 @@
 //! request and step result messages ([`messages`]), presence records
 //! ([`presence`]), step claims (the `baton_claims` bucket: the first executor
 //! of a group to claim `<upgrade>.<step>.<attempt>` is the only one that may
-//! run it) and the `baton.api.<verb>` request/reply envelope ([`api`]).
+//! run it). The `baton.api.<verb>` request/reply types live with the service
+//! that answers them (`workflow::service::api`).
 //!
 //! Messages are versioned JSON: unknown fields are ignored so a newer peer may
 //! add fields, and a malformed message is refused by [`messages::decode_request`]
 //! / [`messages::decode_result`] with a [`DecodeError`] that names the field.
 
-pub mod api;
 pub mod decode;
 pub mod error;
 pub mod messages;
