@@ -487,6 +487,36 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The step this event schedules, if it is a `StepScheduled`.
+    pub fn scheduled_step(&self) -> Option<ScheduledStep> {
+        match self {
+            Event::StepScheduled {
+                step,
+                attempt,
+                node,
+                group,
+                action,
+                argv,
+                env,
+                timeout_ms,
+                deadline_ms,
+            } => Some(ScheduledStep {
+                step: *step,
+                attempt: *attempt,
+                node: node.clone(),
+                group: group.clone(),
+                action: *action,
+                argv: argv.clone(),
+                env: env.clone(),
+                timeout_ms: *timeout_ms,
+                deadline_ms: *deadline_ms,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Why the core refused an input. Not an infrastructure error: the service replies with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {

@@ -573,27 +573,11 @@ impl State {
             }
             Event::PhaseEntered { phase, .. } => self.phase = *phase,
             Event::StepScheduled {
-                step,
-                attempt,
-                node,
-                group,
-                action,
-                argv,
-                env,
-                timeout_ms,
-                deadline_ms,
+                step, node, action, ..
             } => {
-                let scheduled = ScheduledStep {
-                    step: *step,
-                    attempt: *attempt,
-                    node: node.clone(),
-                    group: group.clone(),
-                    action: *action,
-                    argv: argv.clone(),
-                    env: env.clone(),
-                    timeout_ms: *timeout_ms,
-                    deadline_ms: *deadline_ms,
-                };
+                let scheduled = event
+                    .scheduled_step()
+                    .expect("a StepScheduled event schedules a step");
                 self.steps.insert(
                     *step,
                     StepRecord {

@@ -276,32 +276,8 @@ impl Loop {
             self.state = core::evolve(std::mem::take(&mut self.state), event);
         }
         self.head += events.len() as u64;
-        for event in &events {
-            if let Event::StepScheduled {
-                step,
-                attempt,
-                node,
-                group,
-                action,
-                argv,
-                env,
-                timeout_ms,
-                deadline_ms,
-            } = event
-            {
-                let scheduled = ScheduledStep {
-                    step: *step,
-                    attempt: *attempt,
-                    node: node.clone(),
-                    group: group.clone(),
-                    action: *action,
-                    argv: argv.clone(),
-                    env: env.clone(),
-                    timeout_ms: *timeout_ms,
-                    deadline_ms: *deadline_ms,
-                };
-                self.publish_step(&scheduled).await;
-            }
+        for scheduled in events.iter().filter_map(Event::scheduled_step) {
+            self.publish_step(&scheduled).await;
         }
         for (record, event) in appended.iter().zip(&events) {
             self.mirror(record.seq, &record.hash, event).await;

@@ -374,33 +374,7 @@ impl FakeCluster {
 
 /// Scheduled steps in a batch of events.
 pub fn scheduled(events: &[Event]) -> Vec<ScheduledStep> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::StepScheduled {
-                step,
-                attempt,
-                node,
-                group,
-                action,
-                argv,
-                env,
-                timeout_ms,
-                deadline_ms,
-            } => Some(ScheduledStep {
-                step: *step,
-                attempt: *attempt,
-                node: node.clone(),
-                group: group.clone(),
-                action: *action,
-                argv: argv.clone(),
-                env: env.clone(),
-                timeout_ms: *timeout_ms,
-                deadline_ms: *deadline_ms,
-            }),
-            _ => None,
-        })
-        .collect()
+    events.iter().filter_map(Event::scheduled_step).collect()
 }
 
 /// A history under construction: applies decisions as the service would.
