@@ -102,14 +102,7 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
                 finished(&view)
             }
             Command::Status(args) => {
-                let view: StatusView = client
-                    .call(
-                        "status",
-                        &UpgradeRef {
-                            upgrade: args.upgrade,
-                        },
-                    )
-                    .await?;
+                let view = status(&client, &args.upgrade).await?;
                 print_view(&global, &view)?;
                 Ok(ExitCode::SUCCESS)
             }
@@ -246,7 +239,7 @@ async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Resul
         ..submit_request(&args.cluster, global)?
     };
     let reply: UpgradeRef = client.call("plan", &request).await?;
-    let view = wait_terminal(client, &reply.upgrade, |_| {}).await?;
+    let view = wait_terminal(client, &reply.upgrade).await?;
     if global.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return finished(&view);
@@ -355,14 +348,7 @@ pub async fn watch(client: &Client, global: &Global, upgrade: &str) -> anyhow::R
         if page.next_seq.is_some() {
             continue;
         }
-        let view: StatusView = client
-            .call(
-                "status",
-                &UpgradeRef {
-                    upgrade: upgrade.to_string(),
-                },
-            )
-            .await?;
+        let view = status(client, upgrade).await?;
         if view.status != last_status {
             last_status = view.status.clone();
             if global.output == Output::Text {
@@ -377,30 +363,26 @@ pub async fn watch(client: &Client, global: &Global, upgrade: &str) -> anyhow::R
 }
 
 /// Polls `status` until the upgrade ends.
-async fn wait_terminal(
-    client: &Client,
-    upgrade: &str,
-    mut on_change: impl FnMut(&StatusView),
-) -> anyhow::Result<StatusView> {
-    let mut last = String::new();
+async fn wait_terminal(client: &Client, upgrade: &str) -> anyhow::Result<StatusView> {
     loop {
-        let view: StatusView = client
-            .call(
-                "status",
-                &UpgradeRef {
-                    upgrade: upgrade.to_string(),
-                },
-            )
-            .await?;
-        if view.status != last {
-            last = view.status.clone();
-            on_change(&view);
-        }
+        let view = status(client, upgrade).await?;
         if is_terminal(&view.status) {
             return Ok(view);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The service's view of one upgrade.
+async fn status(client: &Client, upgrade: &str) -> anyhow::Result<StatusView> {
+    client
+        .call(
+            "status",
+            &UpgradeRef {
+                upgrade: upgrade.to_string(),
+            },
+        )
+        .await
 }
 
 /// Executor groups with a live executor, as the service sees them.

@@ -44,34 +44,7 @@ pub fn run(global: Global, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let events = decode_all(&logged)?;
     let json = args.json || global.output == Output::Json;
     if args.verify {
-        let divergences = verify_decisions(&events);
-        if json {
-            println!(
-                "{}",
-                serde_json::json!({"upgrade": args.upgrade, "events": events.len(), "divergences": divergences})
-            );
-        } else if divergences.is_empty() {
-            println!(
-                "replay --verify: {} events; today's decide makes exactly the recorded decisions",
-                events.len()
-            );
-        } else {
-            for d in &divergences {
-                println!("DIVERGENCE {d}");
-            }
-        }
-        return if divergences.is_empty() {
-            Ok(ExitCode::SUCCESS)
-        } else {
-            Err(Exit::new(
-                EXIT_VERIFY_FAILED,
-                format!(
-                    "{} divergences between the log and today's decide",
-                    divergences.len()
-                ),
-            )
-            .into())
-        };
+        return report_verification(&args.upgrade, &events, json);
     }
     let at = args
         .at
@@ -112,19 +85,41 @@ pub async fn print_timeline_via_service(
         }
     }
     let events = decode_all(&logged)?;
-    let divergences = verify_decisions(&events);
-    if divergences.is_empty() {
+    report_verification(upgrade, &events, false).map(|_| ())
+}
+
+/// Runs [`core::verify`] on the events and prints the outcome; exit code 5
+/// (as an error) on a divergence.
+fn report_verification(upgrade: &str, events: &[Event], json: bool) -> anyhow::Result<ExitCode> {
+    let divergence = core::verify(events).err().map(|mismatch| {
+        format!(
+            "at event {} ({}): {}",
+            mismatch.index + 1,
+            events.get(mismatch.index).map(kind).unwrap_or_default(),
+            mismatch.message
+        )
+    });
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"upgrade": upgrade, "events": events.len(), "divergence": divergence})
+        );
+    } else if let Some(divergence) = &divergence {
+        println!("DIVERGENCE {divergence}");
+    } else {
         println!(
             "replay --verify: {} events; today's decide makes exactly the recorded decisions",
             events.len()
         );
-    } else {
-        for d in &divergences {
-            println!("DIVERGENCE {d}");
-        }
-        return Err(Exit::new(EXIT_VERIFY_FAILED, "replay diverged from the log").into());
     }
-    Ok(())
+    match divergence {
+        None => Ok(ExitCode::SUCCESS),
+        Some(_) => Err(Exit::new(
+            EXIT_VERIFY_FAILED,
+            "the log and today's decide diverge (a log written by another version of Baton, or an altered one)",
+        )
+        .into()),
+    }
 }
 
 /// Every event of an upgrade, from wherever the arguments say.
@@ -205,21 +200,6 @@ fn decode_all(logged: &[LoggedEvent]) -> anyhow::Result<Vec<Event>> {
                 .with_context(|| format!("event {} does not decode as a Baton event", entry.seq))
         })
         .collect()
-}
-
-/// Feeds the recorded inputs to today's `decide` ([`core::verify`]); returns
-/// the divergence, if any, as one line (nothing after the first divergence can
-/// be compared: the states differ from there on).
-pub fn verify_decisions(events: &[Event]) -> Vec<String> {
-    match core::verify(events) {
-        Ok(()) => Vec::new(),
-        Err(mismatch) => vec![format!(
-            "at event {} ({}): {}",
-            mismatch.index + 1,
-            events.get(mismatch.index).map(kind).unwrap_or_default(),
-            mismatch.message
-        )],
-    }
 }
 
 fn kind(event: &Event) -> String {
