@@ -1,14 +1,17 @@
 //! Test support shared by the integration tests: a real nats-server per test
 //! ([`nats::NatsServer`]), the workspace's built binaries and child processes
 //! stopped on drop ([`process`]), and condition waits with timeouts
-//! ([`wait`]) instead of bare sleeps, and a loopback OpenSSH server ([`sshd`]).
+//! ([`wait`]) instead of bare sleeps, a loopback OpenSSH server ([`sshd`]), and
+//! a TCP proxy for network faults ([`proxy`]).
 
 pub mod nats;
 pub mod process;
+pub mod proxy;
 pub mod sshd;
 pub mod wait;
 
 pub use nats::NatsServer;
 pub use process::{workspace_bin, workspace_root, Proc};
+pub use proxy::{Mode, Proxy};
 pub use sshd::Sshd;
 pub use wait::{wait_until, wait_until_async};

@@ -14,7 +14,8 @@
 //! `cargo test` runs one round per fault kind. A longer run:
 //! `BATON_CHAOS_ROUNDS=25 BATON_CHAOS_REPORT=chaos.json cargo test -p tests
 //! --test integration chaos -- --nocapture` (rounds per kind; the summary is
-//! written as JSON and printed).
+//! written as JSON and printed), or `BATON_CHAOS_PLAN=service_kill=50,...` for
+//! a count per kind (`tests/CHAOS.md` has the last long run).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -42,16 +43,36 @@ enum Fault {
     /// A simulator fault on a random node: sync never completes, start
     /// fails, install fails, demote times out, status hangs.
     Simulator,
+    /// SIGKILL the service, restart it, and SIGKILL it again while it
+    /// recovers (within its first 300 ms), then restart it for good.
+    ServiceKillInRecovery,
+    /// 200-1000 ms added to every chunk between the processes and NATS for 5 s.
+    NetLatency,
+    /// Every connection to NATS reset (RST) at once.
+    NetReset,
+    /// Nothing gets through for 3-8 s; then the connections are reset.
+    NetBlackhole,
 }
 
-const ALL: [Fault; 6] = [
+const ALL: [Fault; 10] = [
     Fault::ServiceKill,
     Fault::ExecutorKill,
     Fault::NatsKill,
     Fault::NatsTerm,
     Fault::NatsFreeze,
     Fault::Simulator,
+    Fault::ServiceKillInRecovery,
+    Fault::NetLatency,
+    Fault::NetReset,
+    Fault::NetBlackhole,
 ];
+
+fn uses_proxy(fault: Fault) -> bool {
+    matches!(
+        fault,
+        Fault::NetLatency | Fault::NetReset | Fault::NetBlackhole
+    )
+}
 
 /// The simulator's faults a round may inject (`baton-sim fault` kinds).
 /// `election-nobody` is not among them: it leaves the cluster leaderless until
@@ -112,9 +133,31 @@ async fn upgrades_survive_one_fault_per_round() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(20261125);
+    // BATON_CHAOS_PLAN=service_kill=50,net_reset=10,... sets rounds per kind;
+    // otherwise every kind gets BATON_CHAOS_ROUNDS (default 1).
+    let plan: Vec<(Fault, u32)> = match std::env::var("BATON_CHAOS_PLAN") {
+        Ok(text) => text
+            .split(',')
+            .map(|item| {
+                let (name, n) = item.split_once('=').expect("BATON_CHAOS_PLAN: kind=N,...");
+                let fault = ALL
+                    .iter()
+                    .copied()
+                    .find(|f| serde_json::to_value(f).unwrap() == name.trim())
+                    .unwrap_or_else(|| panic!("BATON_CHAOS_PLAN: unknown kind {name}"));
+                (fault, n.trim().parse().expect("BATON_CHAOS_PLAN: a count"))
+            })
+            .collect(),
+        Err(_) => ALL.iter().map(|f| (*f, per_kind)).collect(),
+    };
+    let most = plan.iter().map(|(_, n)| *n).max().unwrap_or(0);
     let mut rounds = Vec::new();
-    for i in 0..per_kind {
-        for (k, fault) in ALL.iter().enumerate() {
+    // Interleave the kinds, so that a long run is spread evenly over time.
+    for i in 0..most {
+        for (k, (fault, n)) in plan.iter().enumerate() {
+            if i >= *n {
+                continue;
+            }
             let seed = base_seed + u64::from(i) * 100 + k as u64;
             let round = run_round(*fault, seed).await;
             eprintln!("chaos round: {}", serde_json::to_string(&round).unwrap());
@@ -187,8 +230,15 @@ async fn run_round(fault: Fault, seed: u64) -> Round {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut env = Env::start(Setup {
         sync_ms: 400,
-        // Bounded so that a node that never syncs halts the round quickly.
-        sync_timeout_ms: 8_000,
+        // Short only where a simulator fault may keep a node from syncing, so
+        // that those rounds halt quickly; elsewhere long enough to ride out a
+        // frozen broker or a blackholed network.
+        sync_timeout_ms: if fault == Fault::Simulator {
+            8_000
+        } else {
+            60_000
+        },
+        through_proxy: uses_proxy(fault),
         ..Setup::default()
     })
     .await;
@@ -240,6 +290,35 @@ async fn run_round(fault: Fault, seed: u64) -> Round {
             if progressed && !ended {
                 round.recovery_ms = Some(restarted.elapsed().as_millis() as u64);
             }
+        }
+        Fault::ServiceKillInRecovery => {
+            let server = env.server.as_mut().unwrap();
+            server.signal(Signal::SIGKILL);
+            server.wait_exit(Duration::from_secs(10));
+            env.start_server();
+            let early = Duration::from_millis(rng.random_range(0..300));
+            // The fault is the moment: somewhere in the first 300 ms of recovery.
+            tokio::time::sleep(early).await;
+            let server = env.server.as_mut().unwrap();
+            server.signal(Signal::SIGKILL);
+            server.wait_exit(Duration::from_secs(10));
+            env.start_server();
+        }
+        Fault::NetLatency => {
+            let proxy = env.proxy.as_ref().unwrap();
+            let delay = Duration::from_millis(rng.random_range(200..1000));
+            proxy.set_mode(tests::Mode::Latency(delay));
+            // The fault is the passage of time with a slow network.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            proxy.set_mode(tests::Mode::Pass);
+        }
+        Fault::NetReset => env.proxy.as_ref().unwrap().reset().await,
+        Fault::NetBlackhole => {
+            let proxy = env.proxy.as_ref().unwrap();
+            proxy.set_mode(tests::Mode::Blackhole);
+            tokio::time::sleep(Duration::from_millis(rng.random_range(3_000..8_000))).await;
+            proxy.set_mode(tests::Mode::Pass);
+            proxy.reset().await;
         }
         Fault::ExecutorKill => {
             let index = rng.random_range(0..env.nodes.len());

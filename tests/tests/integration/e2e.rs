@@ -28,6 +28,9 @@ pub(crate) struct Setup {
     pub(crate) sync_ms: u64,
     /// How long the core waits for a node to be healthy and synced.
     pub(crate) sync_timeout_ms: u64,
+    /// Connect the service and the executors to NATS through a [`Proxy`]
+    /// (network faults); the operator's CLI connects directly.
+    pub(crate) through_proxy: bool,
 }
 
 impl Default for Setup {
@@ -38,6 +41,7 @@ impl Default for Setup {
             faults: Vec::new(),
             sync_ms: 300,
             sync_timeout_ms: 60_000,
+            through_proxy: false,
         }
     }
 }
@@ -52,11 +56,22 @@ pub(crate) struct Env {
     pub(crate) server: Option<Proc>,
     pub(crate) executors: Vec<Proc>,
     pub(crate) server_starts: u32,
+    pub(crate) proxy: Option<tests::Proxy>,
 }
 
 impl Env {
     pub(crate) async fn start(setup: Setup) -> Env {
         let nats = NatsServer::start().await.expect("nats-server starts");
+        let proxy = if setup.through_proxy {
+            let upstream = ([127, 0, 0, 1], nats.port()).into();
+            Some(
+                tests::Proxy::start(upstream)
+                    .await
+                    .expect("the proxy starts"),
+            )
+        } else {
+            None
+        };
         let dir = tempfile::Builder::new()
             .prefix("baton-e2e-")
             .tempdir()
@@ -112,6 +127,7 @@ impl Env {
             server: None,
             executors: Vec::new(),
             server_starts: 0,
+            proxy,
         };
         env.start_server();
         for index in 0..env.nodes.len() {
@@ -133,12 +149,22 @@ impl Env {
     pub(crate) fn start_server(&mut self) {
         self.server_starts += 1;
         let mut cmd = self.baton_cmd();
-        cmd.args(["server", "--db"]).arg(self.db());
+        cmd.args(["server", "--db"])
+            .arg(self.db())
+            .env("BATON_NATS_URL", self.service_url());
         let log = self
             .dir
             .path()
             .join(format!("server-{}.log", self.server_starts));
         self.server = Some(Proc::spawn("baton server", cmd, &log).unwrap());
+    }
+
+    /// The NATS URL of the service and the executors (through the proxy if any).
+    pub(crate) fn service_url(&self) -> String {
+        match &self.proxy {
+            Some(proxy) => proxy.url(),
+            None => self.nats.url(),
+        }
     }
 
     pub(crate) fn db(&self) -> PathBuf {
@@ -673,7 +699,8 @@ impl Env {
             .args(["--heartbeat-ms", "500", "--ack-wait-ms", "2000"])
             .arg("--state-dir")
             .arg(self.dir.path().join("executors").join(node))
-            .env("PATH", path);
+            .env("PATH", path)
+            .env("BATON_NATS_URL", self.service_url());
         let log = self.dir.path().join(format!("{log_name}-{node}.log"));
         Proc::spawn(&format!("executor {node}"), cmd, &log).unwrap()
     }
