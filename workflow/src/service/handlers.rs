@@ -113,7 +113,7 @@ async fn handle(
             let store = shared.store.clone();
             let verified = tokio::task::spawn_blocking(move || store.verify())
                 .await
-                .map_err(|err| ServiceError::Nats(format!("verify task failed: {err}")))?;
+                .map_err(|err| ServiceError::Internal(format!("verify task failed: {err}")))?;
             Ok(match verified {
                 Ok(report) => ApiReply::ok(&view::verify_view(&report)),
                 // Corruption is an answer, not a service failure.
@@ -359,7 +359,7 @@ fn events(shared: &Arc<Shared>, request: EventsRequest) -> Result<ApiReply, Hand
             break;
         }
         let text = String::from_utf8(record.bytes).map_err(|_| {
-            HandlerError::Service(ServiceError::Nats(format!(
+            HandlerError::Service(ServiceError::Internal(format!(
                 "upgrade {}, seq {}: the stored event is not UTF-8",
                 request.upgrade, record.seq
             )))

@@ -59,6 +59,10 @@ pub enum ServiceError {
     Unverified(String),
     #[error("NATS: {0}")]
     Nats(String),
+    /// A bug or a broken invariant (a task panicked, the log and the state
+    /// disagree): the service stops rather than guess.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("the log holds an event that does not decode: upgrade {upgrade}, seq {seq}")]
     UndecodableEvent {
         upgrade: String,
@@ -121,7 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     });
 
     let mut tasks: JoinSet<Result<(), ServiceError>> = JoinSet::new();
-    upgrade::recover_all(&shared, &mut tasks).await?;
+    upgrade::recover_all(&shared).await?;
 
     // The API first subscribes, so that nothing is answered before recovery.
     let api = nats
@@ -157,7 +161,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
                 }
                 Some(Err(join)) => {
                     tracing::error!(error = %join, "a service task panicked, stopping");
-                    result = Err(ServiceError::Nats(format!("task failed: {join}")));
+                    result = Err(ServiceError::Internal(format!("task failed: {join}")));
                     break;
                 }
                 None => break,

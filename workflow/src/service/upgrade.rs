@@ -15,7 +15,6 @@ use std::time::Duration;
 use async_nats::jetstream;
 use store::{NewRecord, StreamId};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 
 use super::registry::Handle;
 use super::{now_ms, ServiceError, Shared, SERVICE_STREAM};
@@ -106,10 +105,7 @@ pub(crate) fn load_events(
 /// Replays every upgrade in the log and restarts the unfinished ones:
 /// re-mirrors their events NATS may have missed and re-publishes their steps
 /// that have no recorded outcome (same ids; executors answer from their ledger).
-pub(crate) async fn recover_all(
-    shared: &Arc<Shared>,
-    _tasks: &mut JoinSet<Result<(), ServiceError>>,
-) -> Result<(), ServiceError> {
+pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError> {
     for (stream, head) in shared.store.streams()? {
         if stream == SERVICE_STREAM {
             continue;
@@ -265,7 +261,7 @@ impl Loop {
         if appended.len() != events.len() {
             // The core dedupes results itself; a duplicate here means the log
             // and the state disagree. Stop rather than guess.
-            return Err(ServiceError::Nats(format!(
+            return Err(ServiceError::Internal(format!(
                 "upgrade {}: the log refused {} of {} events as duplicates",
                 self.upgrade,
                 events.len() - appended.len(),
