@@ -31,6 +31,8 @@ pub(crate) struct Setup {
     /// Connect the service and the executors to NATS through a [`Proxy`]
     /// (network faults); the operator's CLI connects directly.
     pub(crate) through_proxy: bool,
+    /// Where the service's log lives (default: the test's temp dir).
+    pub(crate) db: Option<PathBuf>,
 }
 
 impl Default for Setup {
@@ -42,6 +44,7 @@ impl Default for Setup {
             sync_ms: 300,
             sync_timeout_ms: 60_000,
             through_proxy: false,
+            db: None,
         }
     }
 }
@@ -57,6 +60,7 @@ pub(crate) struct Env {
     pub(crate) executors: Vec<Proc>,
     pub(crate) server_starts: u32,
     pub(crate) proxy: Option<tests::Proxy>,
+    pub(crate) db: PathBuf,
 }
 
 impl Env {
@@ -118,6 +122,10 @@ impl Env {
         let cluster_file = dir.path().join("cluster.toml");
         std::fs::write(&cluster_file, toml).unwrap();
 
+        let db = setup
+            .db
+            .clone()
+            .unwrap_or_else(|| dir.path().join("baton.db"));
         let mut env = Env {
             nats,
             dir,
@@ -128,6 +136,7 @@ impl Env {
             executors: Vec::new(),
             server_starts: 0,
             proxy,
+            db,
         };
         env.start_server();
         for index in 0..env.nodes.len() {
@@ -168,7 +177,7 @@ impl Env {
     }
 
     pub(crate) fn db(&self) -> PathBuf {
-        self.dir.path().join("baton.db")
+        self.db.clone()
     }
 
     /// Runs the CLI; returns its output.
@@ -1142,4 +1151,101 @@ async fn upgrades_of_two_clusters_run_at_the_same_time() {
     assert_eq!(report.verdict, Verdict::Safe, "{}", report.render());
     assert!(report.versions.values().all(|v| v.running == TARGET));
     drop(executors);
+}
+
+/// A small tmpfs for the log, unmounted on drop.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&path).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs for the log needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { path }
+    }
+
+    /// Fills the disk to the last byte.
+    fn fill(&self) {
+        let mut filler = std::fs::File::create(self.path.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        use std::io::Write;
+        while filler.write_all(&block).is_ok() {}
+        let _ = filler.write_all(&[0u8; 512]);
+        let _ = filler.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_log_disk_stops_the_service_which_says_why_and_resumes_once_freed() {
+    let mount = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(mount.path().join("disk"), "32M");
+    let mut env = Env::start(Setup {
+        sync_ms: 1500,
+        db: Some(disk.path.join("baton.db")),
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    let reached = tests::wait_until(UPGRADE_TIMEOUT, || {
+        env.report().installs.get("backend-2").copied() == Some(1)
+    })
+    .await;
+    assert!(reached, "backend-2 was never installed\n{}", env.logs());
+    disk.fill();
+    // The next append's flush fails: the service must stop acting and say why.
+    let server = env.server.as_mut().unwrap();
+    let status = server
+        .wait_exit(UPGRADE_TIMEOUT)
+        .expect("the service stops when its log cannot be written");
+    assert!(!status.success());
+    let log = server.log();
+    assert!(
+        log.contains("the log"),
+        "the service says why it stopped: {log}"
+    );
+    // Fail closed: nothing more happens to the cluster (an in-flight step may
+    // finish; nothing new is started).
+    let commands = || {
+        std::fs::read_to_string(env.sim_dir.join("journal.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"command\""))
+            .count()
+    };
+    let settled = commands();
+    let quiet = tests::wait_until(Duration::from_secs(3), || commands() > settled + 1).await;
+    assert!(!quiet, "commands kept running after the service stopped");
+
+    // Space back, service back: the upgrade resumes from the durable log.
+    disk.free();
+    env.start_server();
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["completed", "halted", "aborted"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+    env.assert_completed_safely(&upgrade);
 }
