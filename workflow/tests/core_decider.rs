@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use common::*;
 use workflow::core::{
-    decide, replay, verify, Action, Event, Gate, Input, Observation, Outcome, Phase, Rejection,
-    Resolution, State, Status, WaitPurpose, WindDownCause,
+    decide, replay, verify, Action, Event, Gate, Input, NodePhase, Observation, Outcome, Phase,
+    Rejection, Resolution, State, Status, WaitPurpose, WindDownCause,
 };
 
 /// Given `history`, when `input`: the events decided (the state is rebuilt from the history alone).
@@ -1129,6 +1129,307 @@ fn the_newer_procedure_upgrades_the_leader_with_failover_and_checks_it() {
         fake.violations.list
     );
     assert!(fake.all_at_target());
+}
+
+// ----- S4 for every action: an unknown outcome is observed before any decision -----
+
+/// The result of an executor that restarted after a SIGKILL and finds the step started but not finished.
+fn unknown() -> (Outcome, Option<i32>, String, String) {
+    (Outcome::Unknown, None, String::new(), String::new())
+}
+
+/// How many times `action` was scheduled on `node` (attempts included).
+fn attempts_of(history: &[Event], action: Action, node: &str) -> usize {
+    scheduled(history)
+        .iter()
+        .filter(|s| s.action == action && s.node == node)
+        .count()
+}
+
+/// The plan item an `ItemStarted` in `events` started.
+fn item_started(run: &Run, events: &[Event]) -> workflow::core::PlanItem {
+    let index = events
+        .iter()
+        .find_map(|e| match e {
+            Event::ItemStarted { index, .. } => Some(*index),
+            _ => None,
+        })
+        .expect("an item started");
+    run.state.plan().expect("a plan").items[index].clone()
+}
+
+#[test]
+fn an_install_with_unknown_outcome_that_took_effect_is_observed_not_repeated() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "install backend-1", |r| {
+        r.next_is(Action::Install, "backend-1")
+    });
+    let install = run.outstanding();
+    // The executor was killed mid-step; dpkg, in its own process group, finished the install anyway.
+    let _ = fake.run(&install);
+    // When the restarted executor answers `unknown`: no retry, the node's installed version is probed first.
+    let events = when(&run.history, result_of(&install, unknown(), run.now + 10)).unwrap();
+    assert!(
+        matches!(&events[1], Event::ReobservationStarted { step, attempt: 1, reason } if *step == install.step && reason.contains("outcome unknown")),
+        "{events:#?}"
+    );
+    assert!(
+        matches!(&events[2], Event::StepScheduled { action: Action::ProbeVersion, node, .. } if node == "backend-1"),
+        "{events:#?}"
+    );
+    assert_eq!(events.len(), 3);
+    run.finish(&install, unknown());
+    // Then the probe shows the target version: the install is inferred and the plan goes on to `start`.
+    let probe = run.outstanding();
+    let res = fake.run(&probe);
+    let events = run.finish(&probe, res);
+    assert!(
+        matches!(&events[2], Event::OutcomeInferred { step, evidence } if *step == install.step && evidence.contains("3.1.0-1 installed on backend-1")),
+        "{events:#?}"
+    );
+    assert!(matches!(&events[3], Event::ItemCompleted { .. }));
+    assert!(
+        matches!(events.last(), Some(Event::StepScheduled { action: Action::Start, node, .. }) if node == "backend-1"),
+        "{events:#?}"
+    );
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(run.state.status(), Status::Completed);
+    assert_eq!(attempts_of(&run.history, Action::Install, "backend-1"), 1);
+    assert!(
+        fake.violations.list.is_empty(),
+        "{:?}",
+        fake.violations.list
+    );
+    verify(&run.history).unwrap();
+}
+
+#[test]
+fn an_install_with_unknown_outcome_and_the_old_version_still_installed_is_retried() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "install backend-1", |r| {
+        r.next_is(Action::Install, "backend-1")
+    });
+    let install = run.outstanding();
+    // Killed before dpkg did anything.
+    run.finish(&install, unknown());
+    let probe = run.outstanding();
+    assert_eq!(probe.action, Action::ProbeVersion);
+    let res = fake.run(&probe);
+    let events = when(&run.history, result_of(&probe, res.clone(), run.now + 10)).unwrap();
+    assert_eq!(
+        events.last(),
+        Some(&Event::WaitStarted {
+            purpose: WaitPurpose::Retry { step: install.step },
+            until_ms: run.now + 10 + 500
+        }),
+        "{events:#?}"
+    );
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::OutcomeInferred { .. })));
+    run.finish(&probe, res);
+    let events = run.tick();
+    assert!(
+        matches!(&events[1], Event::StepScheduled { step, attempt: 2, action: Action::Install, node, .. } if *step == install.step && node == "backend-1"),
+        "{events:#?}"
+    );
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(run.state.status(), Status::Completed);
+    assert!(
+        fake.violations.list.is_empty(),
+        "{:?}",
+        fake.violations.list
+    );
+}
+
+#[test]
+fn a_failed_install_keeps_the_retry_policy_without_a_probe() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "install backend-1", |r| {
+        r.next_is(Action::Install, "backend-1")
+    });
+    let install = run.outstanding();
+    let events = when(
+        &run.history,
+        result_of(
+            &install,
+            failed(2, "dpkg: error processing archive"),
+            run.now + 10,
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        events[1..],
+        [Event::WaitStarted {
+            purpose: WaitPurpose::Retry { step: install.step },
+            until_ms: run.now + 10 + 500
+        }]
+    );
+}
+
+#[test]
+fn a_stop_whose_deadline_passed_but_took_effect_goes_on_to_install() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "stop backend-1", |r| {
+        r.next_is(Action::Stop, "backend-1")
+    });
+    let stop = run.outstanding();
+    let _ = fake.run(&stop);
+    // No result before the deadline.
+    let events = run
+        .input(Input::Tick {
+            now_ms: stop.deadline_ms,
+        })
+        .unwrap();
+    run.now = stop.deadline_ms;
+    assert!(matches!(&events[1], Event::StepDeadlinePassed { .. }));
+    assert!(matches!(&events[2], Event::ReobservationStarted { step, .. } if *step == stop.step));
+    assert!(
+        matches!(&events[3], Event::StepScheduled { action: Action::ProbeStatus, node, .. } if node == "backend-1"),
+        "{events:#?}"
+    );
+    let probe = run.outstanding();
+    let res = fake.run(&probe);
+    let events = run.finish(&probe, res);
+    assert!(
+        matches!(&events[2], Event::OutcomeInferred { step, evidence } if *step == stop.step && evidence.contains("services of backend-1 down")),
+        "{events:#?}"
+    );
+    assert!(
+        matches!(events.last(), Some(Event::StepScheduled { action: Action::Install, node, .. }) if node == "backend-1"),
+        "{events:#?}"
+    );
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(run.state.status(), Status::Completed);
+    assert_eq!(attempts_of(&run.history, Action::Stop, "backend-1"), 1);
+    verify(&run.history).unwrap();
+}
+
+#[test]
+fn a_stop_with_unknown_outcome_and_services_still_running_is_retried() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "stop backend-1", |r| {
+        r.next_is(Action::Stop, "backend-1")
+    });
+    let stop = run.outstanding();
+    run.finish(&stop, unknown());
+    let probe = run.outstanding();
+    assert_eq!(probe.action, Action::ProbeStatus);
+    let res = fake.run(&probe);
+    let events = run.finish(&probe, res);
+    assert!(
+        matches!(events.last(), Some(Event::WaitStarted { purpose: WaitPurpose::Retry { step }, .. }) if *step == stop.step),
+        "{events:#?}"
+    );
+    let events = run.tick();
+    assert!(
+        matches!(&events[1], Event::StepScheduled { step, attempt: 2, action: Action::Stop, .. } if *step == stop.step),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn a_start_with_unknown_outcome_whose_services_run_goes_on_to_the_sync_wait() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "start backend-1", |r| {
+        r.next_is(Action::Start, "backend-1")
+    });
+    let start = run.outstanding();
+    let _ = fake.run(&start);
+    let events = run.finish(&start, unknown());
+    assert!(
+        matches!(&events[2], Event::StepScheduled { action: Action::ProbeStatus, node, .. } if node == "backend-1"),
+        "{events:#?}"
+    );
+    let probe = run.outstanding();
+    let res = fake.run(&probe);
+    let events = run.finish(&probe, res);
+    assert!(
+        matches!(&events[2], Event::OutcomeInferred { step, evidence } if *step == start.step && evidence.contains("services of backend-1 running")),
+        "{events:#?}"
+    );
+    // Running is not synced: the plan's own gate still waits for that.
+    assert!(
+        matches!(item_started(&run, &events), workflow::core::PlanItem::WaitSynced { node, .. } if node == "backend-1")
+    );
+    assert_eq!(run.state.nodes()["backend-1"].phase, NodePhase::Syncing);
+    assert!(
+        matches!(events.last(), Some(Event::StepScheduled { action: Action::ProbeStatus, node, .. }) if node == "backend-1"),
+        "{events:#?}"
+    );
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(run.state.status(), Status::Completed);
+    assert_eq!(attempts_of(&run.history, Action::Start, "backend-1"), 1);
+}
+
+#[test]
+fn an_upgrade_with_unknown_outcome_is_inferred_only_from_services_restarted_since_it_began() {
+    let (mut run, mut fake) = started("upgrade-command", "");
+    run.until(&mut fake, "upgrade backend-1", |r| {
+        r.next_is(Action::Upgrade, "backend-1")
+    });
+    let upgrade = run.outstanding();
+    let _ = fake.run(&upgrade);
+    run.input(Input::Tick {
+        now_ms: upgrade.deadline_ms,
+    })
+    .unwrap();
+    run.now = upgrade.deadline_ms;
+    let version = run.outstanding();
+    assert_eq!(version.action, Action::ProbeVersion);
+    let res = fake.run(&version);
+    let events = run.finish(&version, res);
+    assert!(
+        matches!(events.last(), Some(Event::StepScheduled { action: Action::ProbeStatus, node, .. }) if node == "backend-1"),
+        "{events:#?}"
+    );
+    let status = run.outstanding();
+    let (outcome, code, stdout, stderr) = fake.run(&status);
+    // The fake's services have been in their state for 43 minutes: longer than the upgrade has been running
+    // (its 30-minute deadline), so this output does not show a restart...
+    let stale = when(
+        &run.history,
+        result_of(
+            &status,
+            (outcome, code, stdout.clone(), stderr.clone()),
+            run.now + 10,
+        ),
+    )
+    .unwrap();
+    assert!(
+        matches!(stale.last(), Some(Event::WaitStarted { purpose: WaitPurpose::Retry { step }, .. }) if *step == upgrade.step),
+        "{stale:#?}"
+    );
+    // ...while services up for under a minute do.
+    let fresh = stdout.replace("0d 0h 43m", "0d 0h 0m");
+    let events = run.finish(&status, (outcome, code, fresh, stderr));
+    assert!(
+        matches!(&events[2], Event::OutcomeInferred { step, evidence } if *step == upgrade.step && evidence.contains("restarted since the upgrade began")),
+        "{events:#?}"
+    );
+    assert!(
+        matches!(item_started(&run, &events), workflow::core::PlanItem::WaitSynced { node, .. } if node == "backend-1")
+    );
+    run.run_to_rest(&mut fake, 500);
+    assert_eq!(run.state.status(), Status::Completed);
+    assert_eq!(attempts_of(&run.history, Action::Upgrade, "backend-1"), 1);
+}
+
+#[test]
+fn failover_blocking_with_unknown_outcome_is_retried_as_before() {
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "block failover", |r| {
+        r.next_is(Action::BlockFailover, "backend-2")
+    });
+    let block = run.outstanding();
+    let events = when(&run.history, result_of(&block, unknown(), run.now + 10)).unwrap();
+    assert_eq!(
+        events[1..],
+        [Event::WaitStarted {
+            purpose: WaitPurpose::Retry { step: block.step },
+            until_ms: run.now + 10 + 500
+        }]
+    );
 }
 
 // ----- pause, resume, abort -----

@@ -10,11 +10,11 @@ use super::event::{
 use super::health::{cluster_problems, electable_problems, leader_problems, status_problems};
 use super::parse::{
     normalize_version, parse_cluster_status, parse_status, parse_version_output,
-    version_from_package,
+    version_from_package, ServiceState, StatusReport, KNOWN_SERVICES,
 };
 use super::plan::{compute_plan, PlanInputs, PlanItem};
 use super::profile::{render, Action, RenderContext};
-use super::state::{NodePhase, State, StepRecord, Submission, WindDown};
+use super::state::{NodePhase, Reobserve, State, StepRecord, Submission, WindDown};
 
 /// Decides what an input means: the events to append, or why it is refused. Results for unknown steps, old
 /// attempts, already-recorded results and results after the end are ignored: `Ok(vec![])`.
@@ -691,12 +691,15 @@ pub(crate) fn next_decisions(state: &State, now: u64) -> Vec<Event> {
         };
     }
     if let Some(re) = &state.reobserve {
-        let avoid = state.steps.get(&re.step).map(|r| r.scheduled.node.clone());
-        let via = observer(state, avoid.as_deref());
-        return one(
-            schedule(state, Action::ProbeClusterStatus, &via, now, None),
-            now,
-        );
+        let probes = state
+            .steps
+            .get(&re.step)
+            .map(|r| effect_probes(state, r))
+            .unwrap_or_default();
+        return match probes.get(re.checks_passed) {
+            Some((action, node)) => one(schedule(state, *action, node, now, None), now),
+            None => vec![],
+        };
     }
     if state.plan.is_none() {
         return preflight_decisions(state, now);
@@ -743,6 +746,18 @@ fn handle_result(state: &State, record: &StepRecord, now: u64) -> Vec<Event> {
             attempt: s.attempt,
             reason: format!(
                 "outcome of a non-idempotent step is not success (S4): {}",
+                describe_step(record)
+            ),
+        }];
+    }
+    // The command may have run to the end without us hearing (an executor killed mid-step): look before
+    // running it again. A failure or a timeout is the command's own answer and keeps the retry policy.
+    if o.outcome == Outcome::Unknown && !effect_probes(state, record).is_empty() {
+        return vec![Event::ReobservationStarted {
+            step: s.step,
+            attempt: s.attempt,
+            reason: format!(
+                "outcome unknown; observing whether it took effect before deciding (S4): {}",
                 describe_step(record)
             ),
         }];
@@ -1009,6 +1024,250 @@ fn problems_for(
     .collect()
 }
 
+/// The probes that show whether an action took effect, in order (S4): the version for `install`, `status`
+/// for `stop` and `start`, both for `upgrade`, `cluster-status` from another node for `demote` and
+/// `upgrade_leader`. Empty: nothing in chef-backend's outputs shows it (`block_failover`, `unblock_failover`).
+fn effect_probes(state: &State, record: &StepRecord) -> Vec<(Action, String)> {
+    let node = record.scheduled.node.clone();
+    match record.scheduled.action {
+        Action::Install => vec![(Action::ProbeVersion, node)],
+        Action::Stop | Action::Start => vec![(Action::ProbeStatus, node)],
+        Action::Upgrade => vec![
+            (Action::ProbeVersion, node.clone()),
+            (Action::ProbeStatus, node),
+        ],
+        Action::Demote | Action::UpgradeLeader => vec![(
+            Action::ProbeClusterStatus,
+            observer(state, Some(node.as_str())),
+        )],
+        _ => vec![],
+    }
+}
+
+/// When a step's latest attempt was scheduled (its deadline less its timeout and the result grace).
+fn began_ms(state: &State, record: &StepRecord) -> u64 {
+    let s = &record.scheduled;
+    let grace = sub(state).cluster.upgrade.result_grace_ms;
+    s.deadline_ms
+        .saturating_sub(s.timeout_ms.saturating_add(grace))
+}
+
+/// A `Time in State` such as `0d 0h 43m 35s` in milliseconds; `None` if it is not like that.
+fn duration_ms(text: &str) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut any = false;
+    for token in text.split_whitespace() {
+        let unit = match token.chars().last()? {
+            'd' => 86_400_000,
+            'h' => 3_600_000,
+            'm' => 60_000,
+            's' => 1_000,
+            _ => return None,
+        };
+        let n: u64 = token[..token.len() - 1].parse().ok()?;
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        any = true;
+    }
+    any.then_some(total)
+}
+
+/// Services of a `status` report that are not running (a missing one counts as not running).
+fn not_running(status: &StatusReport) -> Vec<&'static str> {
+    KNOWN_SERVICES
+        .into_iter()
+        .filter(|name| {
+            !status
+                .services
+                .get(*name)
+                .is_some_and(|row| matches!(row.state, ServiceState::Running { .. }))
+        })
+        .collect()
+}
+
+/// What an observation says about the effect of the step in doubt: `Some(Ok(evidence))` it took effect,
+/// `Some(Err(what))` it did not, `None` the observation cannot tell (the probe failed).
+fn effect_shown(
+    state: &State,
+    doubt: &StepRecord,
+    probe: &StepRecord,
+    observation: &Observation,
+) -> Option<Result<String, String>> {
+    let probe_step = probe.scheduled.step;
+    let node = doubt.scheduled.node.as_str();
+    let target = sub(state).target_version.as_str();
+    Some(match (doubt.scheduled.action, observation) {
+        (Action::Install | Action::Upgrade, Observation::Version { version }) => {
+            match version.as_deref() {
+                Some(v) if v == target => Ok(format!(
+                    "the version probe (step {probe_step}) shows {target} installed on {node}"
+                )),
+                other => Err(format!(
+                    "the version probe (step {probe_step}) shows {} on {node}, want {target}",
+                    other.unwrap_or("nothing installed")
+                )),
+            }
+        }
+        (Action::Stop, Observation::NodeStatus { status }) => {
+            let down = not_running(status);
+            if down.len() == KNOWN_SERVICES.len() {
+                Ok(format!(
+                    "status (step {probe_step}) shows the services of {node} down"
+                ))
+            } else {
+                Err(format!(
+                    "status (step {probe_step}) shows services of {node} still running (down: {down:?})"
+                ))
+            }
+        }
+        (Action::Upgrade, Observation::NodeStatus { status }) => {
+            // The package was installed before `upgrade` ran, so the version alone does not show it: its
+            // effect is a restart onto that version, i.e. every service running and in that state for less
+            // time than has passed since the attempt began (a second of slack for the rounded output).
+            let began = began_ms(state, doubt);
+            let probed = began_ms(state, probe);
+            let since = probed.saturating_sub(began);
+            let down = not_running(status);
+            let not_restarted: Vec<&str> = KNOWN_SERVICES
+                .into_iter()
+                .filter(|name| {
+                    status
+                        .services
+                        .get(*name)
+                        .and_then(|row| duration_ms(&row.time_in_state))
+                        .is_none_or(|t| t + 1_000 > since)
+                })
+                .collect();
+            if down.is_empty() && not_restarted.is_empty() {
+                Ok(format!(
+                    "the version probe showed {target} installed and status (step {probe_step}) shows the \
+                     services of {node} running, restarted since the upgrade began"
+                ))
+            } else {
+                Err(format!(
+                    "status (step {probe_step}) does not show the services of {node} restarted onto the new \
+                     version since the upgrade began {since} ms earlier (not running: {down:?}; not \
+                     restarted: {not_restarted:?})"
+                ))
+            }
+        }
+        (Action::Start, Observation::NodeStatus { status }) => {
+            let down = not_running(status);
+            if down.is_empty() {
+                Ok(format!(
+                    "status (step {probe_step}) shows the services of {node} running"
+                ))
+            } else {
+                Err(format!(
+                    "status (step {probe_step}) shows services of {node} not running: {down:?}"
+                ))
+            }
+        }
+        (Action::Demote | Action::UpgradeLeader, Observation::ClusterStatus { status }) => {
+            match status.sole_leader().filter(|l| *l != node) {
+                Some(leader) => Ok(format!(
+                    "cluster-status (step {probe_step}) shows {leader} as the sole leader, not {node}"
+                )),
+                None => Err(format!(
+                    "the cluster does not show a new leader (leaders now: {:?})",
+                    status.leaders()
+                )),
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// Decides on an observation of the effect of a step in doubt (S4). Shown: the step is inferred to have
+/// succeeded and its item completes. Not shown: an idempotent step is retried per its policy; a
+/// non-idempotent one runs again only if an operator asked for a retry, else an operator settles it. A probe
+/// that could not run is retried; if it never can, nothing is run again blind: a non-idempotent step goes to
+/// an operator, an idempotent one halts.
+fn judge_reobservation(
+    state: &State,
+    re: &Reobserve,
+    probe: &StepRecord,
+    observation: &Observation,
+    now: u64,
+) -> Vec<Event> {
+    let Some(doubt) = state.steps.get(&re.step) else {
+        return vec![];
+    };
+    let p = &probe.scheduled;
+    let shown = effect_shown(state, doubt, probe, observation);
+    let seen = match &shown {
+        Some(Ok(evidence)) => {
+            if re.checks_passed + 1 < effect_probes(state, doubt).len() {
+                return vec![Event::CheckEvaluated {
+                    step: p.step,
+                    node: p.node.clone(),
+                    passed: true,
+                    problems: vec![],
+                }];
+            }
+            let mut out = vec![Event::OutcomeInferred {
+                step: re.step,
+                evidence: evidence.clone(),
+            }];
+            if let Some(c) = &state.cursor {
+                out.push(Event::ItemCompleted {
+                    index: c.index,
+                    at_ms: now,
+                });
+            }
+            return out;
+        }
+        Some(Err(what)) => what.clone(),
+        None if may_retry(state, probe) => {
+            return vec![Event::WaitStarted {
+                purpose: WaitPurpose::Retry { step: p.step },
+                until_ms: now + retry_delay(state, p.attempt),
+            }];
+        }
+        None if re.decides_alone => {
+            format!("the cluster does not show a new leader ({observation:?})")
+        }
+        None => {
+            return vec![wind_down(
+                format!(
+                    "{} has an unknown outcome and its effect could not be observed, so it is not run again \
+                     blind: {}; last probe: {}",
+                    doubt.scheduled.action,
+                    describe_step(doubt),
+                    describe_step(probe)
+                ),
+                now,
+            )]
+        }
+    };
+    if re.decides_alone {
+        if re.retry_if_not && shown.is_some() {
+            return reschedule(state, re.step, now);
+        }
+        return vec![Event::VerificationRequired {
+            step: re.step,
+            reason: format!(
+                "{}; {seen}; settle it with resolve --step {} succeeded|failed|retry",
+                describe_step(doubt),
+                re.step
+            ),
+        }];
+    }
+    if may_retry(state, doubt) {
+        return vec![Event::WaitStarted {
+            purpose: WaitPurpose::Retry { step: re.step },
+            until_ms: now + retry_delay(state, doubt.scheduled.attempt),
+        }];
+    }
+    vec![wind_down(
+        format!(
+            "{} failed and its retries are used up: {}; {seen}",
+            doubt.scheduled.action,
+            describe_step(doubt)
+        ),
+        now,
+    )]
+}
+
 /// Decides on an observation just recorded.
 fn judge(state: &State, step: u64, observation: &Observation, now: u64) -> Vec<Event> {
     let Some(record) = state.steps.get(&step) else {
@@ -1016,48 +1275,7 @@ fn judge(state: &State, step: u64, observation: &Observation, now: u64) -> Vec<E
     };
     let s = &record.scheduled;
     if let Some(re) = &state.reobserve {
-        let Some(doubt) = state.steps.get(&re.step) else {
-            return vec![];
-        };
-        let old = doubt.scheduled.node.as_str();
-        if let Observation::ClusterStatus { status } = observation {
-            if let Some(leader) = status.sole_leader().filter(|l| *l != old) {
-                let mut out = vec![Event::OutcomeInferred {
-                    step: re.step,
-                    evidence: format!(
-                        "cluster-status (step {step}) shows {leader} as the sole leader, not {old}"
-                    ),
-                }];
-                if let Some(c) = &state.cursor {
-                    out.push(Event::ItemCompleted {
-                        index: c.index,
-                        at_ms: now,
-                    });
-                }
-                return out;
-            }
-            if re.retry_if_not {
-                return reschedule(state, re.step, now);
-            }
-        } else if may_retry(state, record) {
-            return vec![Event::WaitStarted {
-                purpose: WaitPurpose::Retry { step },
-                until_ms: now + retry_delay(state, s.attempt),
-            }];
-        }
-        let seen = match observation {
-            Observation::ClusterStatus { status } => format!("leaders now: {:?}", status.leaders()),
-            other => format!("{other:?}"),
-        };
-        return vec![Event::VerificationRequired {
-            step: re.step,
-            reason: format!(
-                "{}; the cluster does not show a new leader ({seen}); settle it with resolve --step {} \
-                 succeeded|failed|retry",
-                describe_step(doubt),
-                re.step
-            ),
-        }];
+        return judge_reobservation(state, re, record, observation, now);
     }
     let item = state.current_item().cloned();
     let problems = problems_for(state, item.as_ref(), s.action, observation);

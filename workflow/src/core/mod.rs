@@ -30,7 +30,13 @@
 //!   Nothing else of the plan runs and no other node is started (`State::left_stopped`,
 //!   `decide::recovery_decisions`).
 //! - S4: a non-idempotent step that did not succeed starts `ReobservationStarted`; only the observation (or an
-//!   operator's `Resolve`, itself checked by a new observation before a retry) decides what follows.
+//!   operator's `Resolve`, itself checked by a new observation before a retry) decides what follows. Every
+//!   other action whose outcome is unknown (executor reply `unknown`, `StepDeadlinePassed`) is re-observed
+//!   too before anything is run again (a killed executor's command may have finished): the probes of
+//!   `decide::effect_probes` (`install`: the version; `stop`/`start`: `status`; `upgrade`: the version, then
+//!   `status` showing every service restarted since the attempt began). Shown: `OutcomeInferred` and the plan
+//!   goes on; not shown: the retry policy; never observable: a halt, not a blind re-run. Failed or timed-out
+//!   idempotent steps, and `block_failover`/`unblock_failover` (nothing shows them), keep the retry policy.
 //! - S5: a failed step (after retries, idempotent ones only) or a failed health gate starts a wind-down whose
 //!   reason names the node, action, argv, exit code and output tail. It ends `Halted` in a safe state: a node
 //!   left stopped (e.g. `install` failed after `stop`; the old version is still installed) is started and

@@ -149,12 +149,18 @@ pub(crate) struct Cursor {
     pub step: Option<u64>,
 }
 
-/// A step whose effect is being re-observed (S4).
+/// A step whose effect is being re-observed (S4): a non-idempotent step that did not succeed, or any action
+/// with an observable effect whose outcome is unknown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reobserve {
     pub step: u64,
     /// Run the step again if the observation shows it did not take effect (operator chose `Retry`).
     pub retry_if_not: bool,
+    /// The step is not idempotent: only the observation or an operator decides what follows, never the retry
+    /// policy, and a wind-down does not bring its node back meanwhile.
+    pub decides_alone: bool,
+    /// Probes of the step's effect that showed it so far (an `upgrade` needs its version and its `status`).
+    pub checks_passed: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +227,8 @@ pub struct State {
     pub(crate) last_observation: Option<(u64, Observation)>,
     /// The latest failed check, for halt reasons.
     pub(crate) last_problems: Vec<String>,
+    /// Steps whose outcome was unknown and whose effect an observation showed (`OutcomeInferred`).
+    pub(crate) inferred: BTreeSet<u64>,
 }
 
 fn last_line(text: &str) -> Option<String> {
@@ -419,7 +427,12 @@ impl State {
                 Action::Stop => {
                     stopped = !(outcome == Some(Outcome::Rejected) && r.scheduled.attempt == 1)
                 }
-                Action::Start if outcome == Some(Outcome::Succeeded) => stopped = false,
+                Action::Start
+                    if outcome == Some(Outcome::Succeeded)
+                        || self.inferred.contains(&r.scheduled.step) =>
+                {
+                    stopped = false
+                }
                 _ => {}
             }
         }
@@ -427,9 +440,11 @@ impl State {
     }
 
     /// Whether a non-idempotent step is in doubt (S4): being re-observed, waiting for an operator, or just
-    /// resolved by one.
+    /// resolved by one. An idempotent step being re-observed is not: the retry policy still applies to it.
     fn in_doubt(&self) -> bool {
-        self.reobserve.is_some() || self.verification.is_some() || self.resolution.is_some()
+        self.reobserve.as_ref().is_some_and(|r| r.decides_alone)
+            || self.verification.is_some()
+            || self.resolution.is_some()
     }
 
     pub(crate) fn current_item(&self) -> Option<&PlanItem> {
@@ -652,6 +667,8 @@ impl State {
                             w.left.push(p.clone());
                         }
                     }
+                } else if let Some(re) = &mut self.reobserve {
+                    re.checks_passed += 1;
                 } else if self.plan.is_none() {
                     self.preflight_passed += 1;
                     match &judged {
@@ -727,14 +744,23 @@ impl State {
             Event::ReobservationStarted { step, .. } => {
                 let retry_if_not =
                     matches!(self.resolution, Some((s, Resolution::Retry)) if s == *step);
+                let idempotent = self
+                    .steps
+                    .get(step)
+                    .zip(self.sub.as_ref())
+                    .and_then(|(r, s)| s.profile.action(r.scheduled.action))
+                    .is_some_and(|spec| spec.idempotent);
                 self.reobserve = Some(Reobserve {
                     step: *step,
                     retry_if_not,
+                    decides_alone: !idempotent,
+                    checks_passed: 0,
                 });
                 self.resolution = None;
                 self.current = None;
             }
-            Event::OutcomeInferred { .. } => {
+            Event::OutcomeInferred { step, .. } => {
+                self.inferred.insert(*step);
                 self.reobserve = None;
                 self.last_observation = None;
                 self.resolution = None;

@@ -281,6 +281,14 @@ impl FakeCluster {
                                 .push("S2: the leader was upgraded before every follower".into());
                         }
                     }
+                    if self.nodes[i].installed == self.target {
+                        // Preflight skips nodes already at the target: a second install is one the core ran
+                        // again after the first took effect.
+                        self.violations.list.push(format!(
+                            "S4: install ran again on {}, which already has {}",
+                            self.nodes[i].name, self.target
+                        ));
+                    }
                     self.nodes[i].installed = "3.1.0-1".into();
                     ok("Unpacking chef-backend (3.1.0-1) ...\n")
                 }
