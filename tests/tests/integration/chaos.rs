@@ -67,6 +67,48 @@ const ALL: [Fault; 10] = [
     Fault::NetBlackhole,
 ];
 
+/// Where in a step an executor kill lands; executor rounds take them in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Phase {
+    /// The executor is frozen between steps and killed once its next step
+    /// has been scheduled: the step was delivered (or waits) but never started.
+    BeforeCommand,
+    /// A node command of the executor is running.
+    DuringCommand,
+    /// The command has finished, its result cannot be published (nats-server
+    /// is frozen): the outcome is only in the executor's ledger.
+    AfterCommandBeforeResult,
+    /// The result is in the log (the next step was scheduled).
+    AfterResult,
+}
+
+const PHASES: [Phase; 4] = [
+    Phase::BeforeCommand,
+    Phase::DuringCommand,
+    Phase::AfterCommandBeforeResult,
+    Phase::AfterResult,
+];
+
+/// Whether a simulator command of `node` is running (its process exists).
+fn command_running(env: &Env, node: &str) -> bool {
+    let dir = env.sim_dir.display().to_string();
+    let node_arg = format!("--node\0{node}\0");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .map(|raw| {
+                let cmdline = String::from_utf8_lossy(&raw);
+                cmdline.contains("baton-sim")
+                    && cmdline.contains(&dir)
+                    && cmdline.contains(&node_arg)
+            })
+            .unwrap_or(false)
+    })
+}
+
 fn uses_proxy(fault: Fault) -> bool {
     matches!(
         fault,
@@ -91,8 +133,11 @@ struct Round {
     seed: u64,
     /// The fault was injected once the log held this many events.
     at_events: u64,
-    /// For simulator faults: `node kind [arg]`.
+    /// For simulator faults: `node kind [arg]`; for executor kills: the node.
     detail: Option<String>,
+    /// For executor kills: the phase aimed at, and whether it was reached.
+    phase: Option<Phase>,
+    phase_reached: Option<bool>,
     /// completed / halted / aborted / needs_verification / timeout.
     outcome: String,
     reason: Option<String>,
@@ -119,6 +164,8 @@ struct Summary {
     verification_failures: u32,
     unsafe_verdicts: u32,
     rounds_by_fault: BTreeMap<String, u32>,
+    /// Executor kills per phase: rounds aimed at it, rounds that reached it.
+    executor_kills_by_phase: BTreeMap<String, (u32, u32)>,
     service_recovery_ms_median: Option<u64>,
     service_recovery_ms_worst: Option<u64>,
 }
@@ -159,7 +206,7 @@ async fn upgrades_survive_one_fault_per_round() {
                 continue;
             }
             let seed = base_seed + u64::from(i) * 100 + k as u64;
-            let round = run_round(*fault, seed).await;
+            let round = run_round(*fault, seed, i as usize).await;
             eprintln!("chaos round: {}", serde_json::to_string(&round).unwrap());
             rounds.push(round);
         }
@@ -219,6 +266,16 @@ fn summarise(rounds: &[Round]) -> Summary {
         s.verification_failures += r.verification_failures;
         s.unsafe_verdicts += r.unsafe_verdicts;
         recoveries.extend(r.recovery_ms);
+        if let Some(phase) = r.phase {
+            let name = serde_json::to_value(phase)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            let entry = s.executor_kills_by_phase.entry(name).or_default();
+            entry.0 += 1;
+            entry.1 += u32::from(r.phase_reached == Some(true));
+        }
     }
     recoveries.sort_unstable();
     s.service_recovery_ms_median = recoveries.get(recoveries.len() / 2).copied();
@@ -226,7 +283,7 @@ fn summarise(rounds: &[Round]) -> Summary {
     s
 }
 
-async fn run_round(fault: Fault, seed: u64) -> Round {
+async fn run_round(fault: Fault, seed: u64, index: usize) -> Round {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut env = Env::start(Setup {
         sync_ms: 400,
@@ -243,12 +300,21 @@ async fn run_round(fault: Fault, seed: u64) -> Round {
     })
     .await;
     let at_events = rng.random_range(4..160u64);
+    if fault == Fault::ExecutorKill {
+        // Slow commands (up to 600 ms extra each) give the kill a window
+        // inside a command and between the command and its result.
+        for node in &env.nodes {
+            sim_fault(&env, node, &["latency", "600"]);
+        }
+    }
     let upgrade = env.submit(&[]);
     let mut round = Round {
         fault,
         seed,
         at_events,
         detail: None,
+        phase: None,
+        phase_reached: None,
         outcome: String::new(),
         reason: None,
         injected_after_end: false,
@@ -321,10 +387,11 @@ async fn run_round(fault: Fault, seed: u64) -> Round {
             proxy.reset().await;
         }
         Fault::ExecutorKill => {
-            let index = rng.random_range(0..env.nodes.len());
-            env.executors[index].signal(Signal::SIGKILL);
-            env.executors[index].wait_exit(Duration::from_secs(10));
-            env.restart_executor(index);
+            let phase = PHASES[index % PHASES.len()];
+            let (node, reached) = kill_executor_in_phase(&mut env, &upgrade, phase).await;
+            round.phase = Some(phase);
+            round.phase_reached = Some(reached);
+            round.detail = Some(node);
         }
         Fault::NatsKill => {
             if let Err(err) = env.nats.restart().await {
@@ -395,6 +462,92 @@ async fn run_round(fault: Fault, seed: u64) -> Round {
 
     check_outside(&env, &upgrade, &view, &mut round).await;
     round
+}
+
+fn sim_fault(env: &Env, node: &str, kind: &[&str]) {
+    let out = std::process::Command::new(tests::workspace_bin("baton-sim"))
+        .args(["fault", "--dir"])
+        .arg(&env.sim_dir)
+        .args(["--node", node])
+        .args(kind)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "baton-sim fault {node} {kind:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Kills (and restarts) the executor of a node at `phase` of one of its
+/// steps. Returns the node and whether the phase was reached before a bounded
+/// wait ran out (the kill happens either way).
+async fn kill_executor_in_phase(env: &mut Env, upgrade: &str, phase: Phase) -> (String, bool) {
+    const WINDOW: Duration = Duration::from_secs(20);
+    // The node of a command that runs now.
+    let mut running: Option<usize> = None;
+    let found = tests::wait_until(WINDOW, || {
+        running = (0..env.nodes.len()).find(|i| command_running(env, &env.nodes[*i]));
+        running.is_some()
+    })
+    .await;
+    let index = running.unwrap_or(0);
+    let node = env.nodes[index].clone();
+    let reached = match phase {
+        Phase::DuringCommand => {
+            let reached = found && command_running(env, &node);
+            kill_and_restart(env, index);
+            reached
+        }
+        Phase::AfterCommandBeforeResult => {
+            env.nats.freeze();
+            let finished = tests::wait_until(WINDOW, || !command_running(env, &node)).await;
+            kill_and_restart_frozen(env, index);
+            found && finished
+        }
+        Phase::BeforeCommand => {
+            let current = env.status(upgrade).and_then(|v| v.current.map(|c| c.step));
+            let finished = tests::wait_until(WINDOW, || !command_running(env, &node)).await;
+            // Freeze the executor between steps; kill it once its node's
+            // next step is scheduled.
+            env.executors[index].signal(Signal::SIGSTOP);
+            let scheduled = tests::wait_until(WINDOW, || {
+                env.status(upgrade)
+                    .and_then(|v| v.current)
+                    .is_some_and(|c| c.node == node && Some(c.step) != current)
+            })
+            .await;
+            kill_and_restart(env, index);
+            found && finished && scheduled
+        }
+        Phase::AfterResult => {
+            let current = env.status(upgrade).and_then(|v| v.current.map(|c| c.step));
+            let finished = tests::wait_until(WINDOW, || !command_running(env, &node)).await;
+            // The result is in the log once another step is current.
+            let recorded = tests::wait_until(WINDOW, || {
+                env.status(upgrade).and_then(|v| v.current.map(|c| c.step)) != current
+            })
+            .await;
+            kill_and_restart(env, index);
+            found && finished && recorded
+        }
+    };
+    (node, reached)
+}
+
+fn kill_and_restart(env: &mut Env, index: usize) {
+    env.executors[index].signal(Signal::SIGKILL);
+    env.executors[index].wait_exit(Duration::from_secs(10));
+    env.restart_executor(index);
+}
+
+/// Kills the executor while nats-server is frozen, thaws it, restarts the
+/// executor.
+fn kill_and_restart_frozen(env: &mut Env, index: usize) {
+    env.executors[index].signal(Signal::SIGKILL);
+    env.executors[index].wait_exit(Duration::from_secs(10));
+    env.nats.thaw();
+    env.restart_executor(index);
 }
 
 /// The checks that do not trust Baton: the simulator's report and journal,
