@@ -212,6 +212,12 @@ impl Env {
 
     /// Waits until the service answers and every node's executor is present.
     pub(crate) async fn wait_for_executors(&self) {
+        self.wait_for_groups(&self.nodes).await;
+    }
+
+    /// Waits until the service answers and shows a live executor for every
+    /// group in `groups` (the demo's groups are the node names).
+    pub(crate) async fn wait_for_groups(&self, groups: &[String]) {
         let online = tests::wait_until_async(Duration::from_secs(30), || async {
             let Ok(client) = async_nats::connect(self.nats.url()).await else {
                 return false;
@@ -221,14 +227,12 @@ impl Env {
                 .await
                 .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
                 .unwrap_or_default();
-            self.nodes
-                .iter()
-                .all(|n| reply.contains(&format!("\"{n}\"")))
+            groups.iter().all(|g| reply.contains(&format!("\"{g}\"")))
         })
         .await;
         assert!(
             online,
-            "the service or the executors did not come up\n{}",
+            "the service or the executors of {groups:?} did not come up\n{}",
             self.logs()
         );
     }
@@ -295,6 +299,15 @@ impl Env {
                 String::from_utf8_lossy(&out.stderr)
             )
         })
+    }
+
+    /// Waits until the simulator has installed the package on `node`.
+    pub(crate) async fn wait_installed(&self, node: &str) {
+        let installed = tests::wait_until(UPGRADE_TIMEOUT, || {
+            self.report().installs.get(node).copied() == Some(1)
+        })
+        .await;
+        assert!(installed, "{node} was never installed\n{}", self.logs());
     }
 
     /// seq -> chain hash of every event of `upgrade` in the log.
@@ -624,11 +637,7 @@ async fn the_service_killed_mid_upgrade_resumes_and_runs_no_step_twice() {
     .await;
     let upgrade = env.submit(&[]);
     // Kill it while the first follower syncs (after its install).
-    let reached = tests::wait_until(UPGRADE_TIMEOUT, || {
-        env.report().installs.get("backend-2").copied() == Some(1)
-    })
-    .await;
-    assert!(reached, "backend-2 was never installed\n{}", env.logs());
+    env.wait_installed("backend-2").await;
     let server = env.server.as_mut().unwrap();
     server.signal(Signal::SIGKILL);
     server
@@ -724,11 +733,7 @@ async fn an_executor_killed_mid_upgrade_is_restarted_and_nothing_runs_twice() {
     .await;
     let upgrade = env.submit(&[]);
     // backend-2 is the first follower: kill its executor right after its install.
-    let reached = tests::wait_until(UPGRADE_TIMEOUT, || {
-        env.report().installs.get("backend-2").copied() == Some(1)
-    })
-    .await;
-    assert!(reached, "backend-2 was never installed\n{}", env.logs());
+    env.wait_installed("backend-2").await;
     env.executors[1].signal(Signal::SIGKILL);
     env.executors[1]
         .wait_exit(Duration::from_secs(10))
@@ -753,11 +758,7 @@ async fn a_nats_server_restart_mid_upgrade_loses_nothing() {
     })
     .await;
     let upgrade = env.submit(&[]);
-    let reached = tests::wait_until(UPGRADE_TIMEOUT, || {
-        env.report().installs.get("backend-2").copied() == Some(1)
-    })
-    .await;
-    assert!(reached, "backend-2 was never installed\n{}", env.logs());
+    env.wait_installed("backend-2").await;
     env.nats
         .restart()
         .await
@@ -1104,19 +1105,8 @@ async fn upgrades_of_two_clusters_run_at_the_same_time() {
     ));
     let other_file = other.join("cluster.toml");
     std::fs::write(&other_file, toml).unwrap();
-    let online = tests::wait_until_async(Duration::from_secs(30), || async {
-        let Ok(client) = async_nats::connect(env.nats.url()).await else {
-            return false;
-        };
-        let reply = client
-            .request("baton.api.executors", "{}".into())
-            .await
-            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-            .unwrap_or_default();
-        (1..=3).all(|i| reply.contains(&format!("\"other-{i}\"")))
-    })
-    .await;
-    assert!(online, "the second cluster's executors did not show up");
+    let groups: Vec<String> = (1..=3).map(|i| format!("other-{i}")).collect();
+    env.wait_for_groups(&groups).await;
 
     let first = env.submit(&[]);
     let other_arg = other_file.display().to_string();
@@ -1206,11 +1196,7 @@ async fn a_full_log_disk_stops_the_service_which_says_why_and_resumes_once_freed
     })
     .await;
     let upgrade = env.submit(&[]);
-    let reached = tests::wait_until(UPGRADE_TIMEOUT, || {
-        env.report().installs.get("backend-2").copied() == Some(1)
-    })
-    .await;
-    assert!(reached, "backend-2 was never installed\n{}", env.logs());
+    env.wait_installed("backend-2").await;
     disk.fill();
     // The next append's flush fails: the service must stop acting and say why.
     let server = env.server.as_mut().unwrap();
