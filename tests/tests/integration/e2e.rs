@@ -376,6 +376,20 @@ impl Env {
         self.assert_log_verifies(upgrade);
     }
 
+    /// Waits for the upgrade to end and checks it completed safely.
+    pub(crate) async fn expect_completed_safely(&self, upgrade: &str) {
+        let view = self
+            .wait_status(
+                upgrade,
+                &["completed", "halted", "aborted", "needs_verification"],
+                UPGRADE_TIMEOUT,
+            )
+            .await;
+        assert_eq!(view.status, "completed", "{view:#?}\n{}", self.logs());
+        assert!(!view.failover_blocked, "{view:#?}");
+        self.assert_completed_safely(upgrade);
+    }
+
     pub(crate) fn assert_log_verifies(&self, upgrade: &str) {
         let out = self.baton_ok(&["audit", "verify"]);
         assert!(out.contains("audit verify: OK"), "{out}");
@@ -396,16 +410,7 @@ fn has<F: Fn(&Event) -> bool>(events: &[Event], f: F) -> bool {
 async fn upgrade_completes(setup: Setup) {
     let env = Env::start(setup).await;
     let upgrade = env.submit(&[]);
-    let view = env
-        .wait_status(
-            &upgrade,
-            &["completed", "halted", "aborted"],
-            UPGRADE_TIMEOUT,
-        )
-        .await;
-    assert_eq!(view.status, "completed", "{view:#?}\n{}", env.logs());
-    assert!(!view.failover_blocked);
-    env.assert_completed_safely(&upgrade);
+    env.expect_completed_safely(&upgrade).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -644,15 +649,7 @@ async fn the_service_killed_mid_upgrade_resumes_and_runs_no_step_twice() {
         .wait_exit(Duration::from_secs(10))
         .expect("the service died");
     env.start_server();
-    let view = env
-        .wait_status(
-            &upgrade,
-            &["completed", "halted", "aborted"],
-            UPGRADE_TIMEOUT,
-        )
-        .await;
-    assert_eq!(view.status, "completed", "{view:#?}\n{}", env.logs());
-    env.assert_completed_safely(&upgrade);
+    env.expect_completed_safely(&upgrade).await;
     let log = std::fs::read_to_string(env.dir.path().join("server-2.log")).unwrap();
     assert!(log.contains("recovered unfinished upgrade"), "{log}");
     assert!(log.contains("epoch=2"), "{log}");
@@ -739,15 +736,7 @@ async fn an_executor_killed_mid_upgrade_is_restarted_and_nothing_runs_twice() {
         .wait_exit(Duration::from_secs(10))
         .expect("the executor died");
     env.restart_executor(1);
-    let view = env
-        .wait_status(
-            &upgrade,
-            &["completed", "halted", "aborted", "needs_verification"],
-            UPGRADE_TIMEOUT,
-        )
-        .await;
-    assert_eq!(view.status, "completed", "{view:#?}\n{}", env.logs());
-    env.assert_completed_safely(&upgrade);
+    env.expect_completed_safely(&upgrade).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -763,15 +752,7 @@ async fn a_nats_server_restart_mid_upgrade_loses_nothing() {
         .restart()
         .await
         .expect("nats-server restarts on the same port and store");
-    let view = env
-        .wait_status(
-            &upgrade,
-            &["completed", "halted", "aborted", "needs_verification"],
-            UPGRADE_TIMEOUT,
-        )
-        .await;
-    assert_eq!(view.status, "completed", "{view:#?}\n{}", env.logs());
-    env.assert_completed_safely(&upgrade);
+    env.expect_completed_safely(&upgrade).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
