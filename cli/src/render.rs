@@ -165,6 +165,8 @@ impl Timeline {
                     Observation::ClusterStatus { .. } => "cluster",
                     Observation::NodeStatus { .. } => "status",
                     Observation::Version { .. } => "version",
+                    Observation::Failover { .. } => "failover",
+                    Observation::Package { .. } => "package",
                     Observation::Unavailable { .. } => "unavailable",
                 };
                 let key = (node.clone(), kind.to_string());
@@ -264,10 +266,32 @@ fn observation_summary(observation: &Observation) -> String {
             .collect::<Vec<_>>()
             .join(" "),
         Observation::NodeStatus { status } => node_status_summary(status),
-        Observation::Version { version } => format!(
-            "version {}",
-            version.as_deref().unwrap_or("(not installed)")
+        Observation::Version { version, state } => format!(
+            "version {}{}",
+            version.as_deref().unwrap_or("(not installed)"),
+            state
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
         ),
+        Observation::Failover { settings } => {
+            let off: Vec<&str> = settings
+                .nodes
+                .iter()
+                .filter(|(_, on)| !**on)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            format!(
+                "cluster failover {}{}",
+                if settings.cluster { "on" } else { "off" },
+                if off.is_empty() {
+                    String::new()
+                } else {
+                    format!("; node failover off on {}", off.join(", "))
+                }
+            )
+        }
+        Observation::Package { version } => format!("package file version {version}"),
         Observation::Unavailable { error } => format!("unavailable: {error}"),
     }
 }

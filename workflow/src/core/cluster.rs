@@ -109,12 +109,20 @@ pub struct UpgradeOptions {
     pub sync_timeout_ms: u64,
     /// How long after a step's own timeout its result may still arrive before it counts as unknown.
     pub result_grace_ms: u64,
+    /// How long the cluster may show no leader before Baton, if it has failover blocked, re-enables failover at
+    /// once and halts (S3's emergency exit). chef-backend's leader TTL is 10 s.
+    #[serde(default = "default_election_window_ms")]
+    pub election_window_ms: u64,
     /// Retries for idempotent steps (0 = no retry).
     pub retries: u32,
     /// First retry delay; it doubles on each further retry.
     pub backoff_ms: u64,
     /// Approval gates.
     pub gates: Vec<Gate>,
+}
+
+fn default_election_window_ms() -> u64 {
+    10_000
 }
 
 impl Default for UpgradeOptions {
@@ -128,6 +136,7 @@ impl Default for UpgradeOptions {
             poll_interval_ms: 2_000,
             sync_timeout_ms: 600_000,
             result_grace_ms: 10_000,
+            election_window_ms: default_election_window_ms(),
             retries: 2,
             backoff_ms: 1_000,
             gates: Vec::new(),
@@ -174,6 +183,7 @@ struct RawUpgrade {
     poll_interval_ms: Option<Spanned<u64>>,
     sync_timeout_ms: Option<Spanned<u64>>,
     result_grace_ms: Option<Spanned<u64>>,
+    election_window_ms: Option<Spanned<u64>>,
     retries: Option<Spanned<u32>>,
     backoff_ms: Option<Spanned<u64>>,
     #[serde(default)]
@@ -392,6 +402,11 @@ impl ClusterFile {
                 &u.result_grace_ms,
                 "upgrade.result_grace_ms",
                 d.result_grace_ms,
+            )?;
+            upgrade.election_window_ms = loc.positive(
+                &u.election_window_ms,
+                "upgrade.election_window_ms",
+                d.election_window_ms,
             )?;
             upgrade.backoff_ms = loc.positive(&u.backoff_ms, "upgrade.backoff_ms", d.backoff_ms)?;
             if let Some(r) = &u.retries {

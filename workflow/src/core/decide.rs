@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 use super::event::{
     Event, Input, Observation, Outcome, Rejection, Resolution, WaitPurpose, WindDownCause,
 };
+use super::guard::{guard_finding, guard_probes, version_problems, Finding};
 use super::health::{cluster_problems, electable_problems, leader_problems, status_problems};
 use super::parse::{
-    normalize_version, parse_cluster_status, parse_status, parse_version_output,
-    version_from_package, ServiceState, StatusReport, KNOWN_SERVICES,
+    normalize_version, parse_cluster_status, parse_failover_json, parse_package_state,
+    parse_status, parse_version_output, version_from_package, ServiceState, StatusReport,
+    KNOWN_SERVICES,
 };
 use super::plan::{compute_plan, PlanInputs, PlanItem};
 use super::profile::{render, Action, RenderContext};
@@ -573,13 +575,23 @@ fn observe(record: &StepRecord) -> Observation {
         };
     };
     let action = record.scheduled.action;
+    // `status` exits non-zero on a node whose services are stopped but still prints its table, which is
+    // exactly what shows a `stop` took effect: read it whenever the command ran to its end.
+    if action == Action::ProbeStatus && o.outcome == Outcome::Failed {
+        if let Ok(status) = parse_status(&o.stdout) {
+            return Observation::NodeStatus { status };
+        }
+    }
     if o.outcome != Outcome::Succeeded {
         let text = format!("{}\n{}", o.stdout, o.stderr);
         if action == Action::ProbeVersion
             && o.outcome == Outcome::Failed
             && (text.contains("no packages found") || text.contains("is not installed"))
         {
-            return Observation::Version { version: None };
+            return Observation::Version {
+                version: None,
+                state: None,
+            };
         }
         return Observation::Unavailable {
             error: describe_step(record),
@@ -593,7 +605,16 @@ fn observe(record: &StepRecord) -> Observation {
             parse_status(&o.stdout).map(|status| Observation::NodeStatus { status })
         }
         Action::ProbeVersion => {
-            parse_version_output(&o.stdout).map(|v| Observation::Version { version: Some(v) })
+            parse_package_state(&o.stdout).map(|(v, state)| Observation::Version {
+                version: Some(v),
+                state,
+            })
+        }
+        Action::ProbeFailover => {
+            parse_failover_json(&o.stdout).map(|settings| Observation::Failover { settings })
+        }
+        Action::ProbePackage => {
+            parse_version_output(&o.stdout).map(|version| Observation::Package { version })
         }
         other => {
             return Observation::Unavailable {
@@ -606,32 +627,43 @@ fn observe(record: &StepRecord) -> Observation {
     })
 }
 
-/// A node to run cluster-wide commands on: the observed leader unless it is out of service, else the first
-/// node in service.
-fn observer(state: &State, avoid: Option<&str>) -> String {
-    let in_service = |name: &str| {
+/// A node to run cluster-wide commands on (they need the node's etcd): the leader the latest `cluster-status`
+/// showed, else a node it showed as a follower, else any node; never `avoid`, a node being upgraded, or one
+/// whose last cluster-wide probe could not run (so a dead node is not asked again and again).
+pub(crate) fn observer(state: &State, avoid: Option<&str>) -> String {
+    let usable = |name: &str| {
         Some(name) != avoid
+            && !state.unreachable.contains(name)
             && !matches!(
                 state.nodes.get(name).map(|p| p.phase),
                 Some(NodePhase::Upgrading | NodePhase::Syncing)
             )
+            && state
+                .sub
+                .as_ref()
+                .is_some_and(|s| s.cluster.node(name).is_some())
     };
-    if let Some(leader) = state.last_cluster.as_ref().and_then(|c| c.sole_leader()) {
-        if state
-            .sub
-            .as_ref()
-            .is_some_and(|s| s.cluster.node(leader).is_some())
-            && in_service(leader)
-        {
-            return leader.to_string();
-        }
-    }
     let names = node_names(state);
-    names
-        .iter()
-        .find(|n| in_service(n))
-        .or(names.first())
-        .map(|s| s.to_string())
+    let last = state.last_cluster.as_ref();
+    let leader = last.and_then(|c| c.sole_leader()).map(str::to_string);
+    let followers = last.into_iter().flat_map(|c| {
+        c.members
+            .iter()
+            .filter(|m| m.role == super::parse::Role::Follower)
+            .map(|m| m.name.clone())
+    });
+    leader
+        .into_iter()
+        .chain(followers)
+        .chain(names.iter().map(|n| n.to_string()))
+        .find(|n| usable(n))
+        .or_else(|| {
+            names
+                .iter()
+                .find(|n| Some(**n) != avoid)
+                .map(|n| n.to_string())
+        })
+        .or_else(|| names.first().map(|n| n.to_string()))
         .unwrap_or_default()
 }
 
@@ -670,7 +702,14 @@ pub(crate) fn next_decisions(state: &State, now: u64) -> Vec<Event> {
             return vec![];
         }
         if let WaitPurpose::Retry { step } = purpose {
-            return reschedule(state, *step, now);
+            // An action runs again only after its guard (`item_decisions`); a probe at once.
+            let guarded = state
+                .cursor
+                .as_ref()
+                .is_some_and(|c| c.retry == Some(*step));
+            if !guarded {
+                return reschedule(state, *step, now);
+            }
         }
     }
     if let Some((step, resolution)) = state.resolution {
@@ -740,6 +779,24 @@ fn handle_result(state: &State, record: &StepRecord, now: u64) -> Vec<Event> {
         .profile
         .action(s.action)
         .is_some_and(|a| a.idempotent);
+    if o.outcome == Outcome::Rejected {
+        // The executor refused it before running anything: nothing is in doubt. It may run again, after its
+        // guard, like a failed idempotent step.
+        if may_retry(state, record) {
+            return vec![Event::WaitStarted {
+                purpose: WaitPurpose::Retry { step: s.step },
+                until_ms: now + retry_delay(state, s.attempt),
+            }];
+        }
+        return vec![wind_down(
+            format!(
+                "{} was refused by the executor and its retries are used up: {}",
+                s.action,
+                describe_step(record)
+            ),
+            now,
+        )];
+    }
     if !idempotent {
         return vec![Event::ReobservationStarted {
             step: s.step,
@@ -782,16 +839,35 @@ fn handle_result(state: &State, record: &StepRecord, now: u64) -> Vec<Event> {
 /// Probes preflight runs, in order.
 fn preflight_probes(state: &State) -> Vec<(Action, String)> {
     let names = node_names(state);
-    let mut out = vec![(Action::ProbeClusterStatus, names[0].to_string())];
+    let via = observer(state, None);
+    let mut out = vec![
+        (Action::ProbeClusterStatus, via.clone()),
+        (Action::ProbeFailover, via),
+    ];
     for n in names {
         out.push((Action::ProbeStatus, n.to_string()));
         out.push((Action::ProbeVersion, n.to_string()));
+        out.push((Action::ProbePackage, n.to_string()));
     }
     out
 }
 
+/// The fewest nodes a rolling upgrade can keep quorum with: etcd needs a majority of the cluster running
+/// while one node is out, so `n - 1 > n / 2`, i.e. at least 3.
+const MIN_NODES: usize = 3;
+
 fn preflight_decisions(state: &State, now: u64) -> Vec<Event> {
     let s = sub(state);
+    if state.steps.is_empty() && s.cluster.nodes.len() < MIN_NODES {
+        return vec![wind_down(
+            format!(
+                "preflight refused: the cluster has {} node(s); a rolling upgrade needs at least {MIN_NODES}, \
+                 because etcd loses its quorum (a majority of the nodes) as soon as one node is stopped",
+                s.cluster.nodes.len()
+            ),
+            now,
+        )];
+    }
     if state.steps.is_empty() {
         let missing: Vec<String> = s
             .cluster
@@ -885,33 +961,45 @@ fn preflight_decisions(state: &State, now: u64) -> Vec<Event> {
     out
 }
 
-/// The probes a checking item runs, in order.
+/// The probes a checking item runs, in order. `cluster-status` always comes first, so a lost leader is seen
+/// (and the emergency exit can act) even while a node is still syncing; cluster-wide probes are asked of a live
+/// node (`observer`), not of the node the plan named when it was made.
 fn item_probes(state: &State, item: &PlanItem) -> Vec<(Action, String)> {
+    let leader = |fallback: &str| {
+        state
+            .last_cluster
+            .as_ref()
+            .and_then(|c| c.sole_leader())
+            .unwrap_or(fallback)
+            .to_string()
+    };
     match item {
         PlanItem::WaitSynced { node, .. } => vec![
-            (Action::ProbeStatus, node.clone()),
             (Action::ProbeClusterStatus, node.clone()),
+            (Action::ProbeStatus, node.clone()),
             (Action::ProbeVersion, node.clone()),
         ],
-        PlanItem::VerifySwitchover { via, .. } => {
-            let leader = state
-                .last_cluster
-                .as_ref()
-                .and_then(|c| c.sole_leader())
-                .unwrap_or(via)
-                .to_string();
+        PlanItem::VerifySwitchover { old_leader, .. } => {
+            let via = observer(state, Some(old_leader));
+            let leader = leader(&via);
+            // Roles alone are not enough (a follower re-syncing to the new leader shows `follower`): the new
+            // leader's own `status` must show every follower synced.
             vec![
-                (Action::ProbeClusterStatus, via.clone()),
-                (Action::ProbeVersion, leader),
+                (Action::ProbeClusterStatus, via),
+                (Action::ProbeVersion, leader.clone()),
+                (Action::ProbeStatus, leader),
             ]
         }
-        PlanItem::VerifyStable { via, .. } => {
+        PlanItem::VerifyStable { .. } => {
+            let via = observer(state, None);
+            let leader = leader(&via);
             vec![
-                (Action::ProbeClusterStatus, via.clone()),
-                (Action::ProbeStatus, via.clone()),
+                (Action::ProbeClusterStatus, via),
+                (Action::ProbeStatus, leader),
             ]
         }
-        PlanItem::Run { .. } | PlanItem::Gate { .. } => vec![],
+        PlanItem::Run { action, node, .. } => guard_probes(state, *action, node),
+        PlanItem::Gate { .. } => vec![],
     }
 }
 
@@ -940,24 +1028,34 @@ fn item_decisions(state: &State, now: u64) -> Vec<Event> {
     match item {
         PlanItem::Run {
             node, action, argv, ..
-        } => match cursor.step {
-            None => one(schedule(state, *action, node, now, Some(argv)), now),
-            Some(step) => {
+        } => {
+            if let Some(step) = cursor.step {
                 let done = state
                     .steps
                     .get(&step)
                     .and_then(|r| r.outcome.as_ref())
                     .map(|o| o.outcome);
                 if done == Some(Outcome::Succeeded) {
-                    vec![Event::ItemCompleted {
+                    return vec![Event::ItemCompleted {
                         index: cursor.index,
                         at_ms: now,
-                    }]
-                } else {
-                    vec![]
+                    }];
+                }
+                if cursor.retry != Some(step) {
+                    return vec![];
                 }
             }
-        },
+            // The guard: fresh observations showing the action is safe now, then the action (or its next
+            // attempt).
+            let guard = guard_probes(state, *action, node);
+            if let Some((probe, on)) = guard.get(cursor.checks_passed) {
+                return one(schedule(state, *probe, on, now, None), now);
+            }
+            match cursor.step {
+                None => one(schedule(state, *action, node, now, Some(argv)), now),
+                Some(step) => reschedule(state, step, now),
+            }
+        }
         PlanItem::Gate { gate, .. } => {
             if state.approvals.contains(gate) {
                 vec![Event::ItemCompleted {
@@ -983,6 +1081,44 @@ fn item_decisions(state: &State, now: u64) -> Vec<Event> {
     }
 }
 
+/// Preflight's refusals beyond health (which `problems_for` checks): versions that cannot roll, a package file
+/// that is missing, unreadable or not the target, failover already off on the cluster or a node.
+fn preflight_problems(state: &State, node: &str, observation: &Observation) -> Vec<String> {
+    let s = sub(state);
+    let target = s.target_version.as_str();
+    match observation {
+        Observation::Version { version, state } => {
+            version_problems(node, target, version.as_deref(), state.as_deref())
+        }
+        Observation::Package { version } if version != target => vec![format!(
+            "the package file {} on {node} is version {version}, not the target {target}",
+            s.package
+        )],
+        Observation::Failover { settings } => {
+            let mut p = Vec::new();
+            if !settings.cluster {
+                p.push(
+                    "cluster failover is already off: someone else may be at work (Baton blocks it itself and \
+                     expects to find it on)"
+                        .to_string(),
+                );
+            }
+            for n in &s.cluster.nodes {
+                match settings.nodes.get(&n.name) {
+                    Some(true) => {}
+                    Some(false) => p.push(format!(
+                        "node-level failover is off on {} (chef-backend-ctl set-node-failover on, on that node)",
+                        n.name
+                    )),
+                    None => p.push(format!("cannot tell whether node-level failover is on for {}", n.name)),
+                }
+            }
+            p
+        }
+        _ => vec![],
+    }
+}
+
 /// Problems an observation shows for the probe's purpose.
 fn problems_for(
     state: &State,
@@ -1003,19 +1139,26 @@ fn problems_for(
             }
             p
         }
-        Observation::Version { version } => match item {
-            // Preflight only records versions.
+        Observation::Version { version, state } => match item {
+            // Preflight judges versions in `preflight_problems`.
             None => vec![],
-            Some(_) if version.as_deref() == Some(target) => vec![],
+            Some(_) if version.as_deref() == Some(target) && state.is_none() => vec![],
             Some(_) => vec![format!(
-                "installed version {}, want {target}",
-                version.as_deref().unwrap_or("(not installed)")
+                "installed version {}{}, want {target}",
+                version.as_deref().unwrap_or("(not installed)"),
+                state
+                    .as_deref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default()
             )],
         },
+        Observation::Failover { .. } | Observation::Package { .. } => vec![],
     }
     .into_iter()
     .chain(match (action, observation) {
         (Action::ProbeVersion, Observation::Version { .. })
+        | (Action::ProbeFailover, Observation::Failover { .. })
+        | (Action::ProbePackage, Observation::Package { .. })
         | (Action::ProbeStatus, Observation::NodeStatus { .. })
         | (Action::ProbeClusterStatus, Observation::ClusterStatus { .. })
         | (_, Observation::Unavailable { .. }) => None,
@@ -1096,9 +1239,9 @@ fn effect_shown(
     let node = doubt.scheduled.node.as_str();
     let target = sub(state).target_version.as_str();
     Some(match (doubt.scheduled.action, observation) {
-        (Action::Install | Action::Upgrade, Observation::Version { version }) => {
+        (Action::Install | Action::Upgrade, Observation::Version { version, state }) => {
             match version.as_deref() {
-                Some(v) if v == target => Ok(format!(
+                Some(v) if v == target && state.is_none() => Ok(format!(
                     "the version probe (step {probe_step}) shows {target} installed on {node}"
                 )),
                 other => Err(format!(
@@ -1167,9 +1310,18 @@ fn effect_shown(
                 Some(leader) => Ok(format!(
                     "cluster-status (step {probe_step}) shows {leader} as the sole leader, not {node}"
                 )),
+                // Deposed with nobody elected yet: the election may still be running. Not a "no effect" (a
+                // retry would demote the next leader): `judge_reobservation` looks again.
+                None if status.leaders().is_empty()
+                    && status
+                        .member(node)
+                        .is_some_and(|m| m.role == super::parse::Role::DeposedLeader) =>
+                {
+                    return None
+                }
                 None => Err(format!(
-                    "the cluster does not show a new leader (leaders now: {:?})",
-                    status.leaders()
+                    "the cluster does not show a new leader (leaders now: [{}])",
+                    status.leaders().join(", ")
                 )),
             }
         }
@@ -1217,15 +1369,41 @@ fn judge_reobservation(
             return out;
         }
         Some(Err(what)) => what.clone(),
+        // The probe ran and the old leader is deposed, but nobody leads yet: an election in progress. Look
+        // again after a poll, for as long as a node may take to sync.
+        None if matches!(observation, Observation::ClusterStatus { .. })
+            && doubt.outcome.as_ref().is_some_and(|o| {
+                now < o.at_ms + sub(state).cluster.upgrade.sync_timeout_ms
+            }) =>
+        {
+            return vec![
+                Event::CheckEvaluated {
+                    step: p.step,
+                    node: p.node.clone(),
+                    passed: false,
+                    problems: vec![format!(
+                        "{} is deposed and no leader is elected yet; looking again",
+                        doubt.scheduled.node
+                    )],
+                },
+                Event::WaitStarted {
+                    purpose: WaitPurpose::Poll,
+                    until_ms: now + sub(state).cluster.upgrade.poll_interval_ms,
+                },
+            ];
+        }
         None if may_retry(state, probe) => {
             return vec![Event::WaitStarted {
                 purpose: WaitPurpose::Retry { step: p.step },
                 until_ms: now + retry_delay(state, p.attempt),
             }];
         }
-        None if re.decides_alone => {
-            format!("the cluster does not show a new leader ({observation:?})")
-        }
+        None if re.decides_alone => match observation {
+            Observation::Unavailable { error } => {
+                format!("the cluster could not be observed: {error}")
+            }
+            _ => "the old leader is deposed and still no leader was elected".to_string(),
+        },
         None => {
             return vec![wind_down(
                 format!(
@@ -1241,7 +1419,11 @@ fn judge_reobservation(
     };
     if re.decides_alone {
         if re.retry_if_not && shown.is_some() {
-            return reschedule(state, re.step, now);
+            // The operator asked for a retry and the effect is not there: run it again, after its guard.
+            return vec![Event::WaitStarted {
+                purpose: WaitPurpose::Retry { step: re.step },
+                until_ms: now,
+            }];
         }
         return vec![Event::VerificationRequired {
             step: re.step,
@@ -1278,7 +1460,13 @@ fn judge(state: &State, step: u64, observation: &Observation, now: u64) -> Vec<E
         return judge_reobservation(state, re, record, observation, now);
     }
     let item = state.current_item().cloned();
-    let problems = problems_for(state, item.as_ref(), s.action, observation);
+    if let Some(PlanItem::Run { action, node, .. }) = &item {
+        return judge_guard(state, record, *action, node, observation, now);
+    }
+    let mut problems = problems_for(state, item.as_ref(), s.action, observation);
+    if item.is_none() {
+        problems.extend(preflight_problems(state, &s.node, observation));
+    }
     let passed = problems.is_empty();
     let check = Event::CheckEvaluated {
         step,
@@ -1309,6 +1497,9 @@ fn judge(state: &State, step: u64, observation: &Observation, now: u64) -> Vec<E
             ),
         ];
     };
+    if let Some(exit) = emergency_exit(state, observation, now) {
+        return vec![check, exit];
+    }
     let cursor = state.cursor.as_ref().expect("an item is in progress");
     let sync_timeout = sub(state).cluster.upgrade.sync_timeout_ms;
     if now >= cursor.started_ms + sync_timeout {
@@ -1343,6 +1534,120 @@ fn judge(state: &State, step: u64, observation: &Observation, now: u64) -> Vec<E
     ]
 }
 
+/// Judges an observation of the guard before `action` on `target` (see `guard`): pass, poll, halt because the
+/// cluster changed under the plan, or take the emergency exit.
+fn judge_guard(
+    state: &State,
+    probe: &StepRecord,
+    action: Action,
+    target: &str,
+    observation: &Observation,
+    now: u64,
+) -> Vec<Event> {
+    let p = &probe.scheduled;
+    let finding = guard_finding(state, action, target, observation);
+    let problems = match &finding {
+        Finding::Pass => vec![],
+        Finding::Settle(p) | Finding::Leaderless(p) => p.clone(),
+        Finding::Changed(what) => vec![what.clone()],
+    };
+    let check = Event::CheckEvaluated {
+        step: p.step,
+        node: p.node.clone(),
+        passed: problems.is_empty(),
+        problems: problems.clone(),
+    };
+    if finding == Finding::Pass {
+        return vec![check];
+    }
+    if let Finding::Changed(what) = finding {
+        return vec![
+            check,
+            wind_down(
+                format!(
+                    "the cluster changed under the plan, so `{action}` on {target} was not run: {what} \
+                     (observed by {}); halting instead of acting on a stale picture",
+                    describe_probe(probe)
+                ),
+                now,
+            ),
+        ];
+    }
+    if let Some(exit) = emergency_exit(state, observation, now) {
+        return vec![check, exit];
+    }
+    let cursor = state.cursor.as_ref().expect("a guard runs inside an item");
+    let sync_timeout = sub(state).cluster.upgrade.sync_timeout_ms;
+    if now >= cursor.started_ms + sync_timeout {
+        return vec![
+            check,
+            wind_down(
+                format!(
+                    "`{action}` on {target} was not run: the cluster did not become safe for it within \
+                     {sync_timeout} ms: {} (last: {})",
+                    problems.join("; "),
+                    describe_probe(probe)
+                ),
+                now,
+            ),
+        ];
+    }
+    vec![
+        check,
+        Event::WaitStarted {
+            purpose: WaitPurpose::Poll,
+            until_ms: now + sub(state).cluster.upgrade.poll_interval_ms,
+        },
+    ]
+}
+
+/// `probe_cluster_status on backend-2 (step 14)`, for reasons.
+fn describe_probe(record: &StepRecord) -> String {
+    let s = &record.scheduled;
+    format!("{} on {} (step {})", s.action, s.node, s.step)
+}
+
+/// S3's emergency exit: this upgrade has failover blocked and `cluster-status` has shown no single leader for
+/// longer than the election window. Nobody can be elected while failover is off, so waiting longer only makes
+/// the outage longer: re-enable failover at once, on any live node, then halt.
+fn emergency_exit(state: &State, observation: &Observation, now: u64) -> Option<Event> {
+    let Observation::ClusterStatus { status } = observation else {
+        return None;
+    };
+    if !state.failover_blocked || status.sole_leader().is_some() {
+        return None;
+    }
+    if state
+        .wind_down
+        .as_ref()
+        .is_some_and(|w| w.cause == WindDownCause::Emergency)
+    {
+        return None;
+    }
+    let since = state.leaderless_since?;
+    let window = sub(state).cluster.upgrade.election_window_ms;
+    if now < since.saturating_add(window) {
+        return None;
+    }
+    let leaders = status.leaders();
+    let old = state
+        .new_leader
+        .clone()
+        .or_else(|| state.plan.as_ref().map(|p| p.leader.clone()))
+        .unwrap_or_default();
+    Some(Event::WindDownStarted {
+        cause: WindDownCause::Emergency,
+        reason: format!(
+            "emergency exit: the cluster has had no single leader for {} ms (leaders now: [{}]; expected {old}) \
+             while this upgrade had failover blocked, longer than the election window of {window} ms; \
+             failover is re-enabled at once so that the cluster can elect a leader",
+            now.saturating_sub(since),
+            leaders.join(", ")
+        ),
+        at_ms: now,
+    })
+}
+
 /// A wind-down: drain what is outstanding; bring back the node this upgrade had out of service
 /// (`recovery_decisions`); then re-enable failover once the failover gate passes (`failover_gate`), or end with
 /// `failover_pending` saying why not. Nothing of the plan runs any more.
@@ -1366,7 +1671,7 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
                 failover_pending: pending,
                 at_ms: now,
             },
-            WindDownCause::Failure => Event::UpgradeHalted {
+            WindDownCause::Failure | WindDownCause::Emergency => Event::UpgradeHalted {
                 reason,
                 failover_pending: pending,
                 at_ms: now,
@@ -1396,8 +1701,13 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
                 }];
             }
         } else {
-            if ok {
+            // The emergency exit re-enabled failover first; the node it had out is brought back next.
+            let recovery_next = w.cause == WindDownCause::Emergency && w.recover.is_some();
+            if ok && !recovery_next {
                 return vec![end(None)];
+            }
+            if ok {
+                return recovery_decisions(state, w, w.recover.as_deref().unwrap_or_default(), now);
             }
             if may_retry(state, record) {
                 let until_ms = now + retry_delay(state, r.attempt);
@@ -1430,6 +1740,9 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
         };
         if passed {
             return vec![check];
+        }
+        if let Some(exit) = emergency_exit(state, observation, now) {
+            return vec![check, exit];
         }
         if let Some(node) = &w.recover {
             if now >= recovery_started_ms(state, w, node) + sync_timeout {
@@ -1473,6 +1786,16 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
         if let WaitPurpose::Retry { step } = purpose {
             return reschedule(state, *step, now);
         }
+    }
+    if w.cause == WindDownCause::Emergency && state.failover_blocked {
+        // No gate: the cluster has no leader and cannot elect one while failover is off.
+        let via = observer(state, None);
+        return match schedule(state, Action::UnblockFailover, &via, now, None) {
+            Ok(e) => vec![e],
+            Err(why) => vec![end(Some(format!(
+                "cannot schedule unblocking failover: {why}"
+            )))],
+        };
     }
     if let Some(node) = &w.recover {
         return recovery_decisions(state, w, node, now);
@@ -1585,7 +1908,7 @@ fn recovery_decisions(state: &State, w: &WindDown, node: &str, now: u64) -> Vec<
         }
         _ => {}
     }
-    let probes = [Action::ProbeStatus, Action::ProbeClusterStatus];
+    let probes = [Action::ProbeClusterStatus, Action::ProbeStatus];
     match probes.get(w.checks_passed) {
         Some(action) => match schedule(state, *action, node, now, None) {
             Ok(e) => vec![e],

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::cluster::{ClusterFile, Gate};
-use super::parse::{ClusterStatus, StatusReport};
+use super::parse::{ClusterStatus, FailoverSettings, StatusReport};
 use super::plan::{Phase, Plan};
 use super::profile::Action;
 
@@ -200,6 +200,19 @@ pub enum Observation {
     Version {
         /// Normalised `UPSTREAM-RELEASE`.
         version: Option<String>,
+        /// The package's state when it is not cleanly installed (`half-configured` after a failed `dpkg -i`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<String>,
+    },
+    /// The cluster's and each node's failover settings.
+    Failover {
+        /// The settings.
+        settings: FailoverSettings,
+    },
+    /// The version inside the package file on a node.
+    Package {
+        /// Normalised `UPSTREAM-RELEASE`.
+        version: String,
     },
     /// The probe did not succeed or its output could not be parsed.
     Unavailable {
@@ -227,8 +240,11 @@ pub enum WaitPurpose {
 pub enum WindDownCause {
     /// An operator aborted.
     Abort,
-    /// A step or a health gate failed.
+    /// A step or a health gate failed, or the cluster changed under the plan.
     Failure,
+    /// The cluster lost its leader while this upgrade had failover blocked (S3's emergency exit): failover is
+    /// re-enabled at once, before anything else, then the upgrade halts.
+    Emergency,
 }
 
 /// A fact in the past tense: a recorded input or a decision.

@@ -47,6 +47,7 @@ pub mod cluster;
 pub mod decide;
 pub mod error;
 pub mod event;
+pub mod guard;
 pub mod health;
 pub mod parse;
 pub mod plan;

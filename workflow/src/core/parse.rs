@@ -332,6 +332,27 @@ impl Role {
             other => Role::Other(other.to_string()),
         }
     }
+
+    /// The role as `cluster-status` prints it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::DeposedLeader => "deposed_leader",
+            Role::WaitingForLeader => "waiting_for_leader",
+            Role::Other(text) => text,
+        }
+    }
+}
+
+/// A service state as `status` prints it (`running (pid 12)`, `down`).
+pub fn describe_state(state: &ServiceState) -> String {
+    match state {
+        ServiceState::Running { pid: Some(pid) } => format!("running (pid {pid})"),
+        ServiceState::Running { pid: None } => "running".into(),
+        ServiceState::Down => "down".into(),
+        ServiceState::Other(text) => text.clone(),
+    }
 }
 
 /// One row of `cluster-status`.
@@ -359,11 +380,12 @@ pub struct ClusterStatus {
 }
 
 impl ClusterStatus {
-    /// Members whose role is leader.
+    /// Members whose role is leader and whose PostgreSQL is not offline (a leader whose database is down
+    /// leads nothing: it takes no writes).
     pub fn leaders(&self) -> Vec<&str> {
         self.members
             .iter()
-            .filter(|m| m.role == Role::Leader)
+            .filter(|m| m.role == Role::Leader && m.pg.as_deref() != Some("offline"))
             .map(|m| m.name.as_str())
             .collect()
     }
@@ -382,45 +404,107 @@ impl ClusterStatus {
     }
 }
 
-/// Parses `chef-backend-ctl cluster-status`.
+/// Parses `chef-backend-ctl cluster-status`. Columns are found by the header's names (`Name`, `IP`, `GUID`,
+/// `Role`, `PG`, `ES`), not by position; a node row is a line with at least as many fields as the header needs
+/// and a hexadecimal GUID. Anything else (a footer, a notice) is ignored, so an extra line does not hide the
+/// table; a node missing from the rows is then reported by the health checks, never assumed.
 pub fn parse_cluster_status(text: &str) -> Result<ClusterStatus, CoreError> {
     const WHAT: &str = "chef-backend-ctl cluster-status";
     let mut lines = text.lines();
-    let header = lines.by_ref().find(|l| {
-        let t: Vec<&str> = l.split_whitespace().collect();
-        t.len() >= 4 && t[0] == "Name" && t.contains(&"Role")
-    });
-    if header.is_none() {
-        return Err(parse_err(WHAT, "no `Name IP GUID Role ...` header line"));
-    }
+    let header: Vec<&str> = lines
+        .by_ref()
+        .map(|l| l.split_whitespace().collect::<Vec<&str>>())
+        .find(|t| t.first() == Some(&"Name") && t.contains(&"Role") && t.contains(&"GUID"))
+        .ok_or_else(|| parse_err(WHAT, "no `Name IP GUID Role ...` header line"))?;
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (Some(name_at), Some(guid_at), Some(role_at)) = (col("Name"), col("GUID"), col("Role"))
+    else {
+        return Err(parse_err(WHAT, "the header lacks Name, GUID or Role"));
+    };
+    let (ip_at, pg_at, es_at) = (col("IP"), col("PG"), col("ES"));
+    let needed = [Some(name_at), Some(guid_at), Some(role_at), ip_at]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0)
+        + 1;
     let mut status = ClusterStatus::default();
     for line in lines {
         let t: Vec<&str> = line.split_whitespace().collect();
-        if t.is_empty() {
+        let is_row = t.len() >= needed
+            && t[guid_at].len() >= 16
+            && t[guid_at].chars().all(|c| c.is_ascii_hexdigit());
+        if !is_row {
             continue;
         }
-        if t.len() < 4 {
+        if status.members.iter().any(|m| m.name == t[name_at]) {
             return Err(parse_err(
                 WHAT,
-                format!("row `{}` has fewer than 4 columns", line.trim()),
+                format!("node `{}` listed twice", t[name_at]),
             ));
         }
-        if status.members.iter().any(|m| m.name == t[0]) {
-            return Err(parse_err(WHAT, format!("node `{}` listed twice", t[0])));
-        }
         status.members.push(ClusterMember {
-            name: t[0].to_string(),
-            ip: t[1].to_string(),
-            guid: t[2].to_string(),
-            role: Role::parse(t[3]),
-            pg: t.get(4).map(|s| s.to_string()),
-            es: t.get(5).map(|s| s.to_string()),
+            name: t[name_at].to_string(),
+            ip: ip_at.map(|i| t[i].to_string()).unwrap_or_default(),
+            guid: t[guid_at].to_string(),
+            role: Role::parse(t[role_at]),
+            pg: pg_at.and_then(|i| t.get(i)).map(|s| s.to_string()),
+            es: es_at.and_then(|i| t.get(i)).map(|s| s.to_string()),
         });
     }
     if status.members.is_empty() {
         return Err(parse_err(WHAT, "no node rows"));
     }
     Ok(status)
+}
+
+/// The failover settings `chef-backend-ctl cluster-status --json` shows: the cluster's and each node's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FailoverSettings {
+    /// Cluster-wide automatic failover (`set-cluster-failover`).
+    pub cluster: bool,
+    /// Node-level failover (`set-node-failover`) per node name; a node the output does not describe is absent.
+    pub nodes: BTreeMap<String, bool>,
+}
+
+/// Parses the failover settings out of `chef-backend-ctl cluster-status --json`. Its schema is not
+/// documented, so only what is needed is read: the top-level `failover` (required) and each `nodes[]`
+/// entry's `name` and `failover` (a node without it is left out, and the checks then say it is unknown).
+pub fn parse_failover_json(text: &str) -> Result<FailoverSettings, CoreError> {
+    const WHAT: &str = "chef-backend-ctl cluster-status --json";
+    let value: serde_json::Value =
+        serde_json::from_str(text.trim()).map_err(|e| parse_err(WHAT, format!("not JSON: {e}")))?;
+    let cluster = value
+        .get("failover")
+        .and_then(serde_json::Value::as_bool)
+        .ok_or_else(|| parse_err(WHAT, "no boolean `failover` field"))?;
+    let mut nodes = BTreeMap::new();
+    for node in value
+        .get("nodes")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = node.get("name").and_then(serde_json::Value::as_str);
+        let failover = node.get("failover").and_then(serde_json::Value::as_bool);
+        if let (Some(name), Some(failover)) = (name, failover) {
+            nodes.insert(name.to_string(), failover);
+        }
+    }
+    Ok(FailoverSettings { cluster, nodes })
+}
+
+/// A version as numbers for comparing (`3.10.0-1` > `3.9.2-4`): the upstream parts, then the release.
+pub fn version_key(version: &str) -> Option<Vec<u64>> {
+    let normal = normalize_version(version)?;
+    let (upstream, release) = normal.rsplit_once('-')?;
+    let mut key: Vec<u64> = upstream
+        .split('.')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    key.push(release.parse().ok()?);
+    Some(key)
 }
 
 /// Normalises a package version to `UPSTREAM-RELEASE` without a dist tag: `3.1.0-1.el7` -> `3.1.0-1`.
@@ -456,13 +540,28 @@ pub fn version_from_package(path: &str) -> Option<String> {
 
 /// Parses the installed-version probe's stdout (`3.1.0-1`, `3.1.0-1.el7`) into `UPSTREAM-RELEASE`.
 pub fn parse_version_output(stdout: &str) -> Result<String, CoreError> {
+    parse_package_state(stdout).map(|(version, _)| version)
+}
+
+/// Parses the version probe's output: `VERSION`, or `STATE VERSION` as printed by
+/// `dpkg-query -f='${db:Status-Status} ${Version}'` (`installed 3.1.0-1`, `half-configured 3.1.0-1`).
+/// Returns the normalised version and the package state when it is not `installed`.
+pub fn parse_package_state(stdout: &str) -> Result<(String, Option<String>), CoreError> {
     const WHAT: &str = "installed version";
     let line = stdout.lines().map(str::trim).find(|l| !l.is_empty());
     let Some(line) = line else {
         return Err(parse_err(WHAT, "empty output"));
     };
-    normalize_version(line)
-        .ok_or_else(|| parse_err(WHAT, format!("`{line}` is not a version like 3.1.0-1")))
+    let (state, version) = match line.split_once(char::is_whitespace) {
+        Some((state, version)) => (Some(state), version.trim()),
+        None => (None, line),
+    };
+    let version = normalize_version(version)
+        .ok_or_else(|| parse_err(WHAT, format!("`{line}` is not a version like 3.1.0-1")))?;
+    Ok((
+        version,
+        state.filter(|s| *s != "installed").map(str::to_string),
+    ))
 }
 
 #[cfg(test)]

@@ -244,10 +244,14 @@ impl Builder<'_> {
 }
 
 /// Computes the plan. Followers go in cluster-file order; the leader last, after a switchover (S2).
+///
+/// Every node is in the plan, even one whose installed version is already the target: "at target" means
+/// installed *and running* the target, and chef-backend shows only what is installed (after an aborted
+/// `upgrade`, a node can have the new package installed and still run the old version). Restarting such a node
+/// onto its package is one more rolling step; skipping it could later elect a leader that runs the old version.
+/// `skipped` stays in the plan's format and is empty.
 pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
-    let needs_upgrade = |name: &str| {
-        inputs.versions.get(name).and_then(|v| v.as_deref()) != Some(inputs.target_version)
-    };
+    let needs_upgrade = |_name: &str| true;
     let followers: Vec<&str> = inputs
         .cluster
         .nodes

@@ -55,13 +55,17 @@ pub enum Action {
     ProbeClusterStatus,
     /// Probe: the node's local services and distributed counts (`status`).
     ProbeStatus,
-    /// Probe: the installed package version.
+    /// Probe: the installed package version (and its state, where the package tool shows one).
     ProbeVersion,
+    /// Probe: the cluster's and each node's failover settings (`cluster-status --json`).
+    ProbeFailover,
+    /// Probe: the version inside the package file on the node (it also shows that the file is readable).
+    ProbePackage,
 }
 
 impl Action {
     /// Every action, in a fixed order.
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 13] = [
         Action::BlockFailover,
         Action::UnblockFailover,
         Action::Stop,
@@ -73,6 +77,8 @@ impl Action {
         Action::ProbeClusterStatus,
         Action::ProbeStatus,
         Action::ProbeVersion,
+        Action::ProbeFailover,
+        Action::ProbePackage,
     ];
 
     /// The name used on the wire, in cluster files and in events.
@@ -89,6 +95,8 @@ impl Action {
             Action::ProbeClusterStatus => "probe_cluster_status",
             Action::ProbeStatus => "probe_status",
             Action::ProbeVersion => "probe_version",
+            Action::ProbeFailover => "probe_failover",
+            Action::ProbePackage => "probe_package",
         }
     }
 
@@ -101,7 +109,11 @@ impl Action {
     pub fn is_probe(self) -> bool {
         matches!(
             self,
-            Action::ProbeClusterStatus | Action::ProbeStatus | Action::ProbeVersion
+            Action::ProbeClusterStatus
+                | Action::ProbeStatus
+                | Action::ProbeVersion
+                | Action::ProbeFailover
+                | Action::ProbePackage
         )
     }
 }
@@ -204,7 +216,13 @@ impl Profile {
             spec(&[CTL, "status"], TheNode, true, 30_000),
         );
         let version: &[&str] = match installer {
-            Installer::Dpkg => &["dpkg-query", "-W", "-f=${{Version}}", "chef-backend"],
+            // The state shows a package that a failed `dpkg -i` left half-configured.
+            Installer::Dpkg => &[
+                "dpkg-query",
+                "-W",
+                "-f=${{db:Status-Status}} ${{Version}}\\n",
+                "chef-backend",
+            ],
             Installer::Yum => &[
                 "rpm",
                 "-q",
@@ -214,6 +232,21 @@ impl Profile {
             ],
         };
         actions.insert(Action::ProbeVersion, spec(version, TheNode, true, 30_000));
+        actions.insert(
+            Action::ProbeFailover,
+            spec(&[CTL, "cluster-status", "--json"], AnyNode, true, 30_000),
+        );
+        let package: &[&str] = match installer {
+            Installer::Dpkg => &["dpkg-deb", "--field", "{package}", "Version"],
+            Installer::Yum => &[
+                "rpm",
+                "-qp",
+                "--qf",
+                "%{{VERSION}}-%{{RELEASE}}",
+                "{package}",
+            ],
+        };
+        actions.insert(Action::ProbePackage, spec(package, TheNode, true, 30_000));
         Profile {
             name: "chef-backend".into(),
             procedure,

@@ -147,6 +147,8 @@ pub(crate) struct Cursor {
     pub checks_passed: usize,
     /// The action step of a `Run` item.
     pub step: Option<u64>,
+    /// That step is due to run again (a retry wait started for it): its guard runs first, then the new attempt.
+    pub retry: Option<u64>,
 }
 
 /// A step whose effect is being re-observed (S4): a non-idempotent step that did not succeed, or any action
@@ -229,6 +231,13 @@ pub struct State {
     pub(crate) last_problems: Vec<String>,
     /// Steps whose outcome was unknown and whose effect an observation showed (`OutcomeInferred`).
     pub(crate) inferred: BTreeSet<u64>,
+    /// Since when (the probe's result time) the latest `cluster-status` observations show no single leader.
+    pub(crate) leaderless_since: Option<u64>,
+    /// Nodes whose latest `cluster-status` or failover probe could not run (their etcd is unreachable):
+    /// cluster-wide probes are asked of another node.
+    pub(crate) unreachable: BTreeSet<String>,
+    /// The leader confirmed by the switchover check; until then the plan's leader is expected.
+    pub(crate) new_leader: Option<String>,
 }
 
 fn last_line(text: &str) -> Option<String> {
@@ -427,6 +436,16 @@ impl State {
                 Action::Stop => {
                     stopped = !(outcome == Some(Outcome::Rejected) && r.scheduled.attempt == 1)
                 }
+                // `chef-backend-ctl upgrade` restarts the services: one that did not succeed may have left
+                // them down.
+                Action::Upgrade
+                    if outcome != Some(Outcome::Succeeded)
+                        && !self.inferred.contains(&r.scheduled.step)
+                        && !(outcome == Some(Outcome::Rejected) && r.scheduled.attempt == 1) =>
+                {
+                    stopped = true
+                }
+                Action::Upgrade => stopped = false,
                 Action::Start
                     if outcome == Some(Outcome::Succeeded)
                         || self.inferred.contains(&r.scheduled.step) =>
@@ -574,6 +593,8 @@ impl State {
                 // A pause is the operator's time, not the node's: the sync timeout restarts on resume.
                 if let Some(c) = &mut self.cursor {
                     c.started_ms = *at_ms;
+                    // What was observed before the pause is stale: a guard starts again.
+                    c.checks_passed = 0;
                 }
             }
             Event::AbortRequested { .. } => {}
@@ -610,6 +631,8 @@ impl State {
                 if let Some(c) = &mut self.cursor {
                     if !action.is_probe() && self.wind_down.is_none() && self.reobserve.is_none() {
                         c.step = Some(*step);
+                        c.retry = None;
+                        c.checks_passed = 0;
                     }
                 }
                 if let Some(w) = &mut self.wind_down {
@@ -641,6 +664,29 @@ impl State {
             Event::ObservationRecorded {
                 step, observation, ..
             } => {
+                let probe = self.steps.get(step).map(|r| {
+                    (
+                        r.scheduled.action,
+                        r.scheduled.node.clone(),
+                        r.outcome.as_ref().map_or(0, |o| o.at_ms),
+                    )
+                });
+                if let Some((action, node, at_ms)) = probe {
+                    if matches!(action, Action::ProbeClusterStatus | Action::ProbeFailover) {
+                        if matches!(observation, Observation::Unavailable { .. }) {
+                            self.unreachable.insert(node);
+                        } else {
+                            self.unreachable.remove(&node);
+                        }
+                    }
+                    if let Observation::ClusterStatus { status } = observation {
+                        if status.sole_leader().is_some() {
+                            self.leaderless_since = None;
+                        } else if self.leaderless_since.is_none() {
+                            self.leaderless_since = Some(at_ms);
+                        }
+                    }
+                }
                 if let Observation::ClusterStatus { status } = observation {
                     self.last_cluster = Some(status.clone());
                 }
@@ -672,7 +718,7 @@ impl State {
                 } else if self.plan.is_none() {
                     self.preflight_passed += 1;
                     match &judged {
-                        Some((_, Observation::Version { version })) => {
+                        Some((_, Observation::Version { version, .. })) => {
                             self.versions.insert(node.clone(), version.clone());
                         }
                         Some((_, Observation::ClusterStatus { status })) => {
@@ -685,6 +731,20 @@ impl State {
                 }
             }
             Event::WaitStarted { purpose, until_ms } => {
+                if let WaitPurpose::Retry { step } = purpose {
+                    // An action due to run again gets a fresh guard first; its re-observation, if any, is over.
+                    let action = self.steps.get(step).map(|r| r.scheduled.action);
+                    if let Some(c) = &mut self.cursor {
+                        if c.step == Some(*step)
+                            && self.wind_down.is_none()
+                            && action.is_some_and(|a| !a.is_probe())
+                        {
+                            c.retry = Some(*step);
+                            c.checks_passed = 0;
+                            self.reobserve = None;
+                        }
+                    }
+                }
                 if *purpose == WaitPurpose::Poll {
                     if let Some(c) = &mut self.cursor {
                         c.checks_passed = 0;
@@ -716,6 +776,7 @@ impl State {
                     started_ms: *at_ms,
                     checks_passed: 0,
                     step: None,
+                    retry: None,
                 });
                 if let Some(PlanItem::WaitSynced { node, .. }) =
                     self.plan.as_ref().and_then(|p| p.items.get(*index))
@@ -726,12 +787,20 @@ impl State {
                 }
             }
             Event::ItemCompleted { index, .. } => {
-                if let Some(PlanItem::WaitSynced { node, .. }) =
-                    self.plan.as_ref().and_then(|p| p.items.get(*index))
-                {
-                    if let Some(p) = self.nodes.get_mut(node) {
-                        p.phase = NodePhase::Upgraded;
+                match self.plan.as_ref().and_then(|p| p.items.get(*index)) {
+                    Some(PlanItem::WaitSynced { node, .. }) => {
+                        if let Some(p) = self.nodes.get_mut(node) {
+                            p.phase = NodePhase::Upgraded;
+                        }
                     }
+                    Some(PlanItem::VerifySwitchover { .. }) => {
+                        self.new_leader = self
+                            .last_cluster
+                            .as_ref()
+                            .and_then(|c| c.sole_leader())
+                            .map(str::to_string);
+                    }
+                    _ => {}
                 }
                 self.items_done = index + 1;
                 self.cursor = None;
@@ -787,6 +856,14 @@ impl State {
                     .find(|(_, p)| matches!(p.phase, NodePhase::Upgrading | NodePhase::Syncing))
                     .map(|(n, _)| n.clone());
                 let recover = match (&self.wind_down, cause) {
+                    // The emergency exit re-enables failover first, then still brings back a node it stopped.
+                    (Some(w), WindDownCause::Emergency) if w.cause != WindDownCause::Emergency => w
+                        .recover
+                        .clone()
+                        .or(in_progress.filter(|n| self.left_stopped(n))),
+                    (None, WindDownCause::Emergency) => {
+                        in_progress.filter(|n| !self.in_doubt() && self.left_stopped(n))
+                    }
                     (Some(_), _) => None,
                     (None, WindDownCause::Abort) => in_progress,
                     (None, WindDownCause::Failure) => {

@@ -1,0 +1,346 @@
+//! The fresh guard: what must be observed, after the last wait, gate, pause, resume, resolve or action, before
+//! a disruptive action runs, and how each observation is judged.
+//!
+//! The rule (ARCHITECTURE.md, "The guard"): before `stop`, `install` on a stopped node, `start`, `demote`,
+//! `upgrade`, `upgrade_leader`, `block_failover` and `unblock_failover`, the core asks `cluster-status` of a
+//! live node other than the target, then the `status` of the leader that `cluster-status` named (the leader
+//! agrees with itself), then, where the action depends on it, the failover settings. The action runs only if
+//! every one of these shows it is safe now:
+//! - exactly one leader, and it is the leader the plan expects (the preflight leader until the switchover is
+//!   confirmed, then the new one); the target is not the leader unless this is the switchover itself;
+//! - every node but the target in service (`follower` or the leader) and, per the leader's own `status`, every
+//!   follower synced but the target if it is out; the leader's services running;
+//! - etcd keeps a majority with the target out;
+//! - cluster failover is what the plan expects (blocked by this upgrade, or on for the switchover) and every
+//!   node's node-level failover is on.
+//!
+//! A finding is one of: it passes; the cluster must settle first (poll, bounded by `sync_timeout`); it has no
+//! leader (poll, and the emergency exit of S3 applies if this upgrade has failover blocked); or it changed
+//! under the plan (the leader moved, the target now leads, someone else changed failover): then the upgrade
+//! halts at once, saying what changed, and does not re-plan.
+
+use super::event::Observation;
+use super::parse::{version_key, ClusterMember, Distributed, Role, ServiceState, KNOWN_SERVICES};
+use super::plan::PlanItem;
+use super::profile::{Action, Procedure};
+use super::state::State;
+
+/// What an action does to the cluster, for its guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Takes a node out of service (`stop`, `upgrade`).
+    TakesOut,
+    /// Works on a node that is out, or brings it back (`install` after `stop`, `start`).
+    OnOut,
+    /// Moves leadership (`demote`, `upgrade_leader`).
+    Switchover,
+    /// Sets failover, or installs while the services run (`block_failover`, `unblock_failover`, `install` in
+    /// the upgrade-command procedure).
+    Settings,
+}
+
+fn kind(state: &State, action: Action) -> Option<Kind> {
+    let procedure = state.sub.as_ref().map(|s| s.profile.procedure);
+    Some(match action {
+        Action::Stop | Action::Upgrade => Kind::TakesOut,
+        Action::Install if procedure == Some(Procedure::Runbook) => Kind::OnOut,
+        Action::Start => Kind::OnOut,
+        Action::Demote | Action::UpgradeLeader => Kind::Switchover,
+        Action::Install | Action::BlockFailover | Action::UnblockFailover => Kind::Settings,
+        Action::ProbeClusterStatus
+        | Action::ProbeStatus
+        | Action::ProbeVersion
+        | Action::ProbeFailover
+        | Action::ProbePackage => return None,
+    })
+}
+
+/// Who the plan expects to lead now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expected {
+    /// This node.
+    Is(String),
+    /// Anyone but the old leader (after the switchover ran, before it was confirmed).
+    NotOld(String),
+}
+
+fn expected_leader(state: &State) -> Option<Expected> {
+    let plan = state.plan.as_ref()?;
+    if let Some(l) = &state.new_leader {
+        return Some(Expected::Is(l.clone()));
+    }
+    let switchover = plan.items.iter().position(|i| {
+        matches!(
+            i,
+            PlanItem::Run {
+                action: Action::Demote | Action::UpgradeLeader,
+                ..
+            }
+        )
+    });
+    match switchover {
+        Some(at) if state.items_done > at => Some(Expected::NotOld(plan.leader.clone())),
+        _ => Some(Expected::Is(plan.leader.clone())),
+    }
+}
+
+/// The guard's probes before `action` on `node`, in order: `cluster-status` from a live node other than the
+/// target, the leader's own `status`, and the failover settings where the action depends on them. The leader is
+/// the one the guard's own `cluster-status` just named (it runs first).
+pub(crate) fn guard_probes(state: &State, action: Action, node: &str) -> Vec<(Action, String)> {
+    let Some(kind) = kind(state, action) else {
+        return vec![];
+    };
+    let via = super::decide::observer(state, Some(node));
+    let leader = state
+        .last_cluster
+        .as_ref()
+        .and_then(|c| c.sole_leader())
+        .map(str::to_string)
+        .unwrap_or_else(|| via.clone());
+    let mut out = vec![
+        (Action::ProbeClusterStatus, via),
+        (Action::ProbeStatus, leader.clone()),
+    ];
+    if matches!(kind, Kind::TakesOut | Kind::Switchover) {
+        out.push((Action::ProbeFailover, leader));
+    }
+    out
+}
+
+/// How one guard observation is judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Finding {
+    /// Safe, as far as this observation shows.
+    Pass,
+    /// Not safe yet (a node re-syncing, a probe that could not run): look again after a poll.
+    Settle(Vec<String>),
+    /// No single leader.
+    Leaderless(Vec<String>),
+    /// The cluster is not what the plan was made for; halt, naming it.
+    Changed(String),
+}
+
+/// Judges one of the guard's observations before `action` on `target`.
+pub(crate) fn guard_finding(
+    state: &State,
+    action: Action,
+    target: &str,
+    observation: &Observation,
+) -> Finding {
+    let Some(kind) = kind(state, action) else {
+        return Finding::Pass;
+    };
+    let Some(sub) = state.sub.as_ref() else {
+        return Finding::Pass;
+    };
+    let names: Vec<&str> = sub.cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+    let n = names.len() as u32;
+    match observation {
+        Observation::Unavailable { error } => {
+            Finding::Settle(vec![format!("probe unavailable: {error}")])
+        }
+        Observation::ClusterStatus { status } => {
+            let mut settle = Vec::new();
+            for name in &names {
+                if status.member(name).is_none() {
+                    settle.push(format!("{name}: missing from cluster-status"));
+                }
+            }
+            let Some(leader) = status.sole_leader() else {
+                let leaders = status.leaders();
+                return Finding::Leaderless(vec![format!(
+                    "{} leaders ({}), want exactly one",
+                    leaders.len(),
+                    leaders.join(", ")
+                )]);
+            };
+            match expected_leader(state) {
+                Some(Expected::Is(l)) if l != leader => {
+                    return Finding::Changed(format!(
+                        "the leader moved: the plan expects {l} to lead, but cluster-status shows {leader}"
+                    ))
+                }
+                Some(Expected::NotOld(old)) if old == leader => {
+                    return Finding::Changed(format!(
+                        "{old} leads again after the switchover away from it"
+                    ))
+                }
+                _ => {}
+            }
+            match kind {
+                Kind::TakesOut | Kind::OnOut if leader == target => {
+                    return Finding::Changed(format!(
+                        "{target} is now the leader, and the plan has it as a follower"
+                    ))
+                }
+                Kind::Switchover if leader != target => {
+                    return Finding::Changed(format!(
+                        "{leader} leads, not {target}, the node the switchover would demote"
+                    ))
+                }
+                _ => {}
+            }
+            if kind != Kind::Settings {
+                for m in &status.members {
+                    let other = m.name != target && m.name != leader;
+                    if other && !(m.role == Role::Follower && in_service(m)) {
+                        settle.push(format!(
+                            "{} is {} (PG {}), not an in-service follower",
+                            m.name,
+                            m.role.as_str(),
+                            m.pg.as_deref().unwrap_or("?")
+                        ));
+                    }
+                }
+            }
+            if settle.is_empty() {
+                Finding::Pass
+            } else {
+                Finding::Settle(settle)
+            }
+        }
+        Observation::NodeStatus { status } => {
+            let mut settle = Vec::new();
+            for name in KNOWN_SERVICES {
+                match status.services.get(name).map(|r| &r.state) {
+                    Some(ServiceState::Running { .. }) => {}
+                    Some(other) => settle.push(format!(
+                        "the leader's {name} is not running ({})",
+                        super::parse::describe_state(other)
+                    )),
+                    None => settle.push(format!("the leader's status does not report {name}")),
+                }
+            }
+            if kind == Kind::Settings {
+                return if settle.is_empty() {
+                    Finding::Pass
+                } else {
+                    Finding::Settle(settle)
+                };
+            }
+            // Who is out of service now, per the guard's own cluster-status (it ran just before).
+            let target_out = state
+                .last_cluster
+                .as_ref()
+                .and_then(|c| c.member(target))
+                .is_none_or(|m| !in_service(m));
+            let want_synced = match kind {
+                Kind::Switchover => n - 1,
+                _ => n - 1 - u32::from(target_out),
+            };
+            match status.services.get("postgresql").map(|r| &r.distributed) {
+                Some(Distributed::Postgresql {
+                    leader,
+                    syncing,
+                    synced,
+                    ..
+                }) => {
+                    if *leader != 1 {
+                        settle.push(format!("postgresql shows {leader} leaders"));
+                    }
+                    if *synced < want_synced || (*syncing > 0 && !target_out) {
+                        settle.push(format!(
+                            "the leader's status shows postgresql synced: {synced}, syncing: {syncing}; {} needs \
+                             every other follower synced ({want_synced})",
+                            action
+                        ));
+                    }
+                }
+                other => settle.push(format!(
+                    "the leader's status shows no replication counts ({})",
+                    other.map_or("not reported".to_string(), |d| format!("{d:?}"))
+                )),
+            }
+            if kind == Kind::TakesOut {
+                if let Some(Distributed::Etcd { healthy, .. }) =
+                    status.services.get("etcd").map(|r| &r.distributed)
+                {
+                    let after = healthy.saturating_sub(u32::from(!target_out));
+                    if after < n / 2 + 1 {
+                        settle.push(format!(
+                            "etcd would keep {after} of {n} members with {target} out, below a majority"
+                        ));
+                    }
+                }
+            }
+            if settle.is_empty() {
+                Finding::Pass
+            } else {
+                Finding::Settle(settle)
+            }
+        }
+        Observation::Failover { settings } => {
+            let expect_on = !state.failover_blocked;
+            if settings.cluster != expect_on {
+                return Finding::Changed(format!(
+                    "cluster failover is {} but this upgrade expects it {}: someone else may be at work",
+                    on_off(settings.cluster),
+                    on_off(expect_on)
+                ));
+            }
+            let off: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|name| settings.nodes.get(*name) != Some(&true))
+                .collect();
+            if !off.is_empty() {
+                return Finding::Changed(format!(
+                    "node-level failover is off or not shown on {}",
+                    off.join(", ")
+                ));
+            }
+            Finding::Pass
+        }
+        Observation::Version { .. } | Observation::Package { .. } => Finding::Pass,
+    }
+}
+
+/// A member `cluster-status` shows in service: leader or follower, its PostgreSQL not offline.
+fn in_service(m: &ClusterMember) -> bool {
+    matches!(m.role, Role::Follower | Role::Leader) && m.pg.as_deref() != Some("offline")
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// Preflight's refusals for a node's installed version: not installed, not cleanly installed, a different
+/// major version, or newer than the target (a downgrade is not an upgrade).
+pub(crate) fn version_problems(
+    node: &str,
+    target: &str,
+    version: Option<&str>,
+    package_state: Option<&str>,
+) -> Vec<String> {
+    let Some(v) = version else {
+        return vec![format!("chef-backend is not installed on {node}")];
+    };
+    let mut out = Vec::new();
+    if let Some(st) = package_state {
+        out.push(format!(
+            "the chef-backend package on {node} is {st}, not installed cleanly (a failed install?); fix it \
+             first (dpkg --configure -a)"
+        ));
+    }
+    match (version_key(v), version_key(target)) {
+        (Some(have), Some(want)) => {
+            if have.first() != want.first() {
+                out.push(format!(
+                    "{node} runs {v} and the target is {target}: a major-version change needs downtime \
+                     (chef-backend's down-for-upgrade) and is not a rolling upgrade"
+                ));
+            } else if have > want {
+                out.push(format!(
+                    "{node} has {v}, newer than the target {target}: a downgrade is not an upgrade"
+                ));
+            }
+        }
+        _ => out.push(format!("cannot compare {node}'s version {v} with {target}")),
+    }
+    out
+}
