@@ -204,7 +204,9 @@ fn cluster_toml(nodes: &[String], package: &Path, upgrade_command: bool) -> Stri
         ));
     }
     text.push_str(&format!(
-        "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"{}\"\npoll_interval_ms = 200\n",
+        "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"{}\"\npoll_interval_ms = 200\n\
+         # the simulator elects within 800 ms: a lost leader with failover blocked is acted on after 1 s\n\
+         election_window_ms = 1000\n",
         package.display(),
         if upgrade_command { "upgrade-command" } else { "runbook" }
     ));

@@ -689,7 +689,7 @@ pub(crate) fn next_decisions(state: &State, now: u64) -> Vec<Event> {
         return wind_down_decisions(state, now);
     }
     if state.paused.is_some() || state.verification.is_some() {
-        return vec![];
+        return watch_decisions(state, now);
     }
     if let Some(record) = state.current_record() {
         return handle_result(state, record, now);
@@ -1065,7 +1065,7 @@ fn item_decisions(state: &State, now: u64) -> Vec<Event> {
             } else if state.awaiting_gate != Some(*gate) {
                 vec![Event::ApprovalRequested { gate: *gate }]
             } else {
-                vec![]
+                watch_decisions(state, now)
             }
         }
         _ => {
@@ -1456,6 +1456,9 @@ fn judge(state: &State, step: u64, observation: &Observation, now: u64) -> Vec<E
         return vec![];
     };
     let s = &record.scheduled;
+    if state.watching == Some(step) {
+        return watch_judged(state, observation, now);
+    }
     if let Some(re) = &state.reobserve {
         return judge_reobservation(state, re, record, observation, now);
     }
@@ -1599,6 +1602,59 @@ fn judge_guard(
             until_ms: now + sub(state).cluster.upgrade.poll_interval_ms,
         },
     ]
+}
+
+/// While the upgrade waits for an operator (paused, at a gate) with failover blocked, it keeps watching
+/// `cluster-status` every poll interval, so that a leader lost meanwhile is met by the emergency exit rather than
+/// by an outage that lasts until someone comes back. A watch never counts as a guard: the guard runs afresh after
+/// the wait.
+fn watch_decisions(state: &State, now: u64) -> Vec<Event> {
+    if !state.failover_blocked || state.resolution.is_some() {
+        return vec![];
+    }
+    if let Some(current) = state.current {
+        if state.watching != Some(current) {
+            return vec![];
+        }
+        if let Some(record) = state.current_record().filter(|r| r.outcome.is_some()) {
+            return vec![Event::ObservationRecorded {
+                step: current,
+                node: record.scheduled.node.clone(),
+                observation: observe(record),
+            }];
+        }
+        return vec![];
+    }
+    if let Some((step, observation)) = &state.last_observation {
+        if state.watching == Some(*step) {
+            return watch_judged(state, observation, now);
+        }
+    }
+    if let Some((WaitPurpose::Poll, until)) = &state.wait {
+        if now < *until {
+            return vec![];
+        }
+    }
+    one(
+        schedule(
+            state,
+            Action::ProbeClusterStatus,
+            &observer(state, None),
+            now,
+            None,
+        ),
+        now,
+    )
+}
+
+fn watch_judged(state: &State, observation: &Observation, now: u64) -> Vec<Event> {
+    if let Some(exit) = emergency_exit(state, observation, now) {
+        return vec![exit];
+    }
+    vec![Event::WaitStarted {
+        purpose: WaitPurpose::Poll,
+        until_ms: now + sub(state).cluster.upgrade.poll_interval_ms,
+    }]
 }
 
 /// `probe_cluster_status on backend-2 (step 14)`, for reasons.

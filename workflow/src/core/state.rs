@@ -238,6 +238,9 @@ pub struct State {
     pub(crate) unreachable: BTreeSet<String>,
     /// The leader confirmed by the switchover check; until then the plan's leader is expected.
     pub(crate) new_leader: Option<String>,
+    /// A `cluster-status` that only watches for a lost leader while the upgrade waits for an operator (paused,
+    /// at a gate) with failover blocked: its observation feeds the emergency exit and nothing else.
+    pub(crate) watching: Option<u64>,
 }
 
 fn last_line(text: &str) -> Option<String> {
@@ -411,7 +414,9 @@ impl State {
             return None;
         }
         let deadline = self.outstanding_steps().iter().map(|s| s.deadline_ms).min();
-        let wait = if self.paused.is_some() {
+        // While paused only the watch for a lost leader polls (`decide::watch_decisions`).
+        let watching = self.failover_blocked && self.resolution.is_none();
+        let wait = if self.paused.is_some() && !watching {
             None
         } else {
             self.wait.as_ref().map(|(_, until)| *until)
@@ -621,6 +626,10 @@ impl State {
                         outcome: None,
                     },
                 );
+                self.watching = (action.is_probe()
+                    && self.wind_down.is_none()
+                    && (self.paused.is_some() || self.awaiting_gate.is_some()))
+                .then_some(*step);
                 self.next_step = self.next_step.max(step + 1);
                 self.current = Some(*step);
                 self.wait = None;
