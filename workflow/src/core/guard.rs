@@ -8,8 +8,9 @@
 //! every one of these shows it is safe now:
 //! - exactly one leader, and it is the leader the plan expects (the preflight leader until the switchover is
 //!   confirmed, then the new one); the target is not the leader unless this is the switchover itself;
-//! - every node but the target in service (`follower` or the leader) and, per the leader's own `status`, every
-//!   follower synced but the target if it is out; the leader's services running;
+//! - for actions that take a node out or move leadership: every node but the target in service (`follower` or
+//!   the leader) and, per the leader's own `status`, every follower synced but the target if it is out; always:
+//!   the leader's services running (bringing a node back needs no more than that);
 //! - etcd keeps a majority with the target out;
 //! - cluster failover is what the plan expects (blocked by this upgrade, or on for the switchover) and every
 //!   node's node-level failover is on.
@@ -30,7 +31,8 @@ use super::state::State;
 enum Kind {
     /// Takes a node out of service (`stop`, `upgrade`).
     TakesOut,
-    /// Works on a node that is out, or brings it back (`install` after `stop`, `start`).
+    /// Works on a node that is out, or brings it back (`install` after `stop`, `start`): needs the expected
+    /// leader, and the target not leading; not every other node synced.
     OnOut,
     /// Moves leadership (`demote`, `upgrade_leader`).
     Switchover,
@@ -181,7 +183,7 @@ pub(crate) fn guard_finding(
                 }
                 _ => {}
             }
-            if kind != Kind::Settings {
+            if matches!(kind, Kind::TakesOut | Kind::Switchover) {
                 for m in &status.members {
                     let other = m.name != target && m.name != leader;
                     if other && !(m.role == Role::Follower && in_service(m)) {
@@ -212,7 +214,10 @@ pub(crate) fn guard_finding(
                     None => settle.push(format!("the leader's status does not report {name}")),
                 }
             }
-            if kind == Kind::Settings {
+            // Bringing a node back (or installing on it while it is out) never lowers availability: it needs the
+            // expected leader and its services, not every other follower synced (another node down is a reason
+            // to bring this one back, and the next `stop` waits for it).
+            if matches!(kind, Kind::Settings | Kind::OnOut) {
                 return if settle.is_empty() {
                     Finding::Pass
                 } else {
