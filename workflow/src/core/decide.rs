@@ -1691,10 +1691,16 @@ fn emergency_exit(state: &State, observation: &Observation, now: u64) -> Option<
         .clone()
         .or_else(|| state.plan.as_ref().map(|p| p.leader.clone()))
         .unwrap_or_default();
+    // A wind-down already under way keeps its cause at the front of the reason.
+    let before = state
+        .wind_down
+        .as_ref()
+        .map(|w| format!("{}; then ", w.reason))
+        .unwrap_or_default();
     Some(Event::WindDownStarted {
         cause: WindDownCause::Emergency,
         reason: format!(
-            "emergency exit: the cluster has had no single leader for {} ms (leaders now: [{}]; expected {old}) \
+            "{before}emergency exit: the cluster has had no single leader for {} ms (leaders now: [{}]; expected {old}) \
              while this upgrade had failover blocked, longer than the election window of {window} ms; \
              failover is re-enabled at once so that the cluster can elect a leader",
             now.saturating_sub(since),
@@ -1771,6 +1777,11 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
                     purpose: WaitPurpose::Retry { step: r.step },
                     until_ms,
                 }];
+            }
+            if recovery_next {
+                // Failover could not be re-enabled (etcd may have lost its quorum with our node out): bring
+                // that node back first; the emergency exit then tries again.
+                return recovery_decisions(state, w, w.recover.as_deref().unwrap_or_default(), now);
             }
             return vec![end(Some(format!(
                 "unblocking failover failed: {}",
