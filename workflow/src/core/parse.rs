@@ -414,7 +414,7 @@ pub fn parse_cluster_status(text: &str) -> Result<ClusterStatus, CoreError> {
     let header: Vec<&str> = lines
         .by_ref()
         .map(|l| l.split_whitespace().collect::<Vec<&str>>())
-        .find(|t| t.first() == Some(&"Name") && t.contains(&"Role") && t.contains(&"GUID"))
+        .find(|t| t.contains(&"Name") && t.contains(&"Role") && t.contains(&"GUID"))
         .ok_or_else(|| parse_err(WHAT, "no `Name IP GUID Role ...` header line"))?;
     let col = |name: &str| header.iter().position(|h| *h == name);
     let (Some(name_at), Some(guid_at), Some(role_at)) = (col("Name"), col("GUID"), col("Role"))
@@ -734,6 +734,88 @@ elasticsearch  down          0d 0h 0m 4s    error: could not reach elasticsearch
         assert!(parse_cluster_status("").is_err());
         assert!(parse_cluster_status("Name IP GUID Role PG ES\n").is_err());
         assert!(parse_cluster_status("Name IP GUID Role PG ES\nbackend-1 1.2.3.4\n").is_err());
+    }
+
+    #[test]
+    fn cluster_status_columns_are_found_by_the_header_and_footers_are_ignored() {
+        let with_footer = format!(
+            "{CLUSTER_STATUS}\nCluster failover: enabled (set at 2026-11-01)\nNotice: 3 nodes\n"
+        );
+        assert_eq!(
+            parse_cluster_status(&with_footer).unwrap(),
+            parse_cluster_status(CLUSTER_STATUS).unwrap()
+        );
+        // Columns in another order are read by their names.
+        let reordered = "\
+Role            Name       GUID                              IP              PG        ES
+deposed_leader  backend-1  79d84527cf937f3daa94c1435d0a4249  192.168.33.215  follower  not_master
+leader          backend-2  c106c88745ef13517874d7301463afb9  192.168.33.216  leader    not_master
+follower        backend-3  4d29bcb5eec25d3674d5b8af132f75b3  192.168.33.217  follower  master
+";
+        let c = parse_cluster_status(reordered).unwrap();
+        assert_eq!(c, parse_cluster_status(CLUSTER_STATUS).unwrap());
+        assert_eq!(c.sole_leader(), Some("backend-2"));
+        assert!(parse_cluster_status("Name IP\n").is_err());
+    }
+
+    #[test]
+    fn a_leader_whose_database_is_offline_leads_nothing() {
+        let text = CLUSTER_STATUS.replace(
+            "leader          leader    not_master",
+            "leader          offline   offline",
+        );
+        let c = parse_cluster_status(&text).unwrap();
+        assert_eq!(c.leaders(), Vec::<&str>::new());
+        assert_eq!(c.sole_leader(), None);
+    }
+
+    #[test]
+    fn failover_settings_come_from_the_json_cluster_status() {
+        let json = r#"{"failover": false, "leader": "backend-2", "nodes": [
+            {"name": "backend-1", "role": "follower", "failover": true},
+            {"name": "backend-2", "role": "leader", "failover": false},
+            {"name": "backend-3", "role": "follower"}]}"#;
+        let f = parse_failover_json(json).unwrap();
+        assert!(!f.cluster);
+        assert_eq!(f.nodes.get("backend-1"), Some(&true));
+        assert_eq!(f.nodes.get("backend-2"), Some(&false));
+        assert_eq!(
+            f.nodes.get("backend-3"),
+            None,
+            "a node without the field is unknown"
+        );
+        let e = parse_failover_json(r#"{"leader": null}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("failover"), "{e}");
+        assert!(parse_failover_json("Name IP GUID").is_err());
+    }
+
+    #[test]
+    fn the_version_probe_shows_a_half_configured_package() {
+        assert_eq!(
+            parse_package_state("installed 3.1.0-1\n").unwrap(),
+            ("3.1.0-1".to_string(), None)
+        );
+        assert_eq!(
+            parse_package_state("half-configured 3.1.0-1").unwrap(),
+            ("3.1.0-1".to_string(), Some("half-configured".to_string()))
+        );
+        assert_eq!(
+            parse_package_state("3.1.0-1.el7").unwrap(),
+            ("3.1.0-1".to_string(), None)
+        );
+        assert!(parse_package_state("installed").is_err());
+    }
+
+    #[test]
+    fn versions_compare_as_numbers() {
+        let k = |v: &str| version_key(v).unwrap();
+        assert!(k("3.10.0-1") > k("3.9.2-4"));
+        assert!(k("3.1.0-2") > k("3.1.0-1"));
+        assert!(k("3.1.0-1.el7") == k("3.1.0-1"));
+        assert_eq!(k("2.4.0-1")[0], 2);
+        assert_eq!(version_key("three"), None);
     }
 
     #[test]
