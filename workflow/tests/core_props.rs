@@ -656,3 +656,137 @@ fn a_lost_upgrade_result_is_not_taken_for_its_effect() {
     ];
     scenario("upgrade-command", "", &ops).unwrap();
 }
+
+/// A step running `argv` on `node`, for driving the fake by hand.
+fn step_on(node: &str, argv: &[&str]) -> ScheduledStep {
+    ScheduledStep {
+        step: 1,
+        attempt: 1,
+        node: node.into(),
+        group: "g".into(),
+        action: Action::ProbeStatus,
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: Default::default(),
+        timeout_ms: 1,
+        deadline_ms: 1,
+    }
+}
+
+/// The probes the guarded core will use, answered as the reference (and the lead's brief) says.
+#[test]
+fn the_fake_answers_the_new_probes_as_chef_backend_does() {
+    let deb = "/var/tmp/chef-backend_3.1.0-1_amd64.deb";
+    let mut fake = FakeCluster::new("3.0.0-1");
+    fake.missing_package.insert("backend-3".into());
+    // cluster-status --json
+    let (o, _, out, _) = fake.run(&step_on(
+        "backend-1",
+        &["chef-backend-ctl", "cluster-status", "--json"],
+    ));
+    assert_eq!(o, Outcome::Succeeded);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["failover"], true);
+    assert_eq!(v["leader"], "backend-2");
+    assert_eq!(v["nodes"][1]["role"], "leader");
+    assert_eq!(v["nodes"][0]["failover"], true);
+    assert_eq!(v["nodes"][0]["running"], true);
+    // the package's own version, or the file is missing
+    let r = fake.run(&step_on(
+        "backend-1",
+        &["dpkg-deb", "--field", deb, "Version"],
+    ));
+    assert_eq!(
+        (r.0, r.1, r.2.as_str()),
+        (Outcome::Succeeded, Some(0), "3.1.0-1\n")
+    );
+    let r = fake.run(&step_on(
+        "backend-3",
+        &["dpkg-deb", "--field", deb, "Version"],
+    ));
+    assert_eq!((r.0, r.1), (Outcome::Failed, Some(2)));
+    assert!(r.3.contains("failed to read archive"), "{r:?}");
+    let rpm = "/var/tmp/chef-backend-3.1.0-1.el7.x86_64.rpm";
+    let r = fake.run(&step_on(
+        "backend-1",
+        &["rpm", "-qp", "--qf", "%{VERSION}-%{RELEASE}", rpm],
+    ));
+    assert_eq!(r.2, "3.1.0-1.el7");
+    // installed state and version, both forms
+    let q = |fake: &mut FakeCluster, f: &str| {
+        fake.run(&step_on(
+            "backend-1",
+            &["dpkg-query", "-W", f, "chef-backend"],
+        ))
+        .2
+    };
+    assert_eq!(q(&mut fake, "-f=${Version}"), "3.0.0-1");
+    assert_eq!(
+        q(&mut fake, "-f=${db:Status-Status} ${Version}\\n"),
+        "installed 3.0.0-1\n"
+    );
+    fake.install_fails.insert("backend-1".into());
+    let r = fake.run(&step_on("backend-1", &["dpkg", "-i", deb]));
+    assert_eq!(r.0, Outcome::Failed);
+    assert_eq!(
+        q(&mut fake, "-f=${db:Status-Status} ${Version}\\n"),
+        "half-configured 3.1.0-1\n"
+    );
+    // status on a stopped node: exit 1, full table
+    fake.run(&step_on("backend-3", &["chef-backend-ctl", "stop"]));
+    let r = fake.run(&step_on("backend-3", &["chef-backend-ctl", "status"]));
+    assert_eq!((r.0, r.1), (Outcome::Failed, Some(1)));
+    assert!(r.2.contains("postgresql     down"), "{}", r.2);
+    let r = fake.run(&step_on(
+        "backend-3",
+        &["chef-backend-ctl", "cluster-status", "--json"],
+    ));
+    assert_eq!(r.1, Some(1));
+}
+
+#[test]
+fn the_fake_keeps_quorum_node_failover_and_resyncs_after_leader_changes() {
+    fn ctl<'a>(a: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["chef-backend-ctl"];
+        v.extend_from_slice(a);
+        v
+    }
+    // A demote refused with the leader's node failover off; an election skips a node whose is off.
+    let mut fake = FakeCluster::new("3.0.0-1");
+    fake.run(&step_on("backend-2", &ctl(&["set-node-failover", "off"])));
+    let r = fake.run(&step_on("backend-2", &ctl(&["demote"])));
+    assert_eq!(r.1, Some(1), "{r:?}");
+    fake.run(&step_on("backend-2", &ctl(&["set-node-failover", "on"])));
+    fake.run(&step_on("backend-1", &ctl(&["set-node-failover", "off"])));
+    let r = fake.run(&step_on("backend-2", &ctl(&["demote"])));
+    assert_eq!(r.0, Outcome::Succeeded);
+    assert_eq!(fake.leader_name().as_deref(), Some("backend-3"));
+    // Every follower re-syncs, shown by the leader's status, while cluster-status says follower.
+    assert!(fake.nodes[0].syncing > 0 && fake.nodes[1].syncing > 0);
+    let r = fake.run(&step_on("backend-3", &ctl(&["status"])));
+    assert!(r.2.contains("syncing: 2; synced: 0"), "{}", r.2);
+    let r = fake.run(&step_on("backend-3", &ctl(&["cluster-status"])));
+    assert!(
+        r.2.contains("backend-1  192.168.33.215  79d84527cf937f3daa94c1435d0a4249  follower"),
+        "{}",
+        r.2
+    );
+    // Quorum: two of three down, no leader and no election, even with failover on.
+    let mut fake = FakeCluster::new("3.0.0-1");
+    assert!(fake.env_crash("backend-1"));
+    assert!(fake.env_crash("backend-2"));
+    assert_eq!(fake.leader(), None);
+    assert!(fake.env_start("backend-1"));
+    // Quorum is back: the synced follower is elected, the restarted node re-syncs to it.
+    assert_eq!(fake.leader_name().as_deref(), Some("backend-3"));
+    assert!(fake.nodes[0].syncing > 0);
+    // The leader killed with failover off: nobody leads until failover is back on.
+    let mut fake = FakeCluster::new("3.0.0-1");
+    fake.run(&step_on(
+        "backend-1",
+        &ctl(&["set-cluster-failover", "off"]),
+    ));
+    fake.env_crash("backend-2");
+    assert_eq!(fake.leader(), None);
+    fake.run(&step_on("backend-1", &ctl(&["set-cluster-failover", "on"])));
+    assert_eq!(fake.leader_name().as_deref(), Some("backend-1"));
+}
