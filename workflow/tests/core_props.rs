@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
 use proptest::prelude::*;
@@ -26,6 +26,8 @@ enum Op {
     ApproveOrResolve(u8),
     Late,
     Abort,
+    /// The environment acts (only in the busy on-call property).
+    Env(Env),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -44,14 +46,427 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The environment: a busy on-call acting between two steps of the core. Node choices are indices into the
+/// nodes the op applies to (modulo their number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Env {
+    /// `promote` of a running, synced follower.
+    Promote(u8),
+    /// A running follower crashes (down until the environment starts it again).
+    CrashFollower(u8),
+    /// The leader crashes; an election follows only if cluster failover is on and quorum holds.
+    KillLeader,
+    /// A running node restarts (crash then start); it re-syncs.
+    Restart(u8),
+    /// The environment starts a node it crashed.
+    Start(u8),
+    /// Time passes: syncing followers get a poll closer to synced.
+    Resync,
+}
+
+impl Env {
+    fn name(self) -> &'static str {
+        match self {
+            Env::Promote(_) => "env: promote",
+            Env::CrashFollower(_) => "env: crash a follower",
+            Env::KillLeader => "env: kill the leader",
+            Env::Restart(_) => "env: restart a node",
+            Env::Start(_) => "env: start a crashed node",
+            Env::Resync => "env: resync",
+        }
+    }
+}
+
+fn env_op() -> impl Strategy<Value = Env> {
+    prop_oneof![
+        3 => any::<u8>().prop_map(Env::Promote),
+        3 => any::<u8>().prop_map(Env::CrashFollower),
+        2 => Just(Env::KillLeader),
+        3 => any::<u8>().prop_map(Env::Restart),
+        4 => any::<u8>().prop_map(Env::Start),
+        5 => Just(Env::Resync),
+    ]
+}
+
+/// The core's ops and the environment's, interleaved.
+fn op_with_env() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => op(),
+        1 => env_op().prop_map(Op::Env),
+    ]
+}
+
+/// The election window of chef-backend (leader TTL 10 s) plus three polls: failover blocked by the core with no
+/// leader for longer than this, once the core has had a few inputs to notice, is the core's violation (S3).
+const ELECTION_WINDOW_MS: u64 = 10_000 + 3 * 1_000;
+/// How many inputs (results, ticks, operator requests) the core gets to notice a leaderless cluster.
+const CHANCES: usize = 3;
+
+type RunResult = (Outcome, Option<i32>, String, String);
+
+/// An oracle independent of the core: it sees only the fake cluster's own state around each command the core
+/// makes it run (and the commands themselves, as the cluster does), never the core's events or state, except the
+/// final status and its reason for S5. A violation is the core's only if the same command, run on the cluster as
+/// it was when the core dispatched it, breaks the same rule: what the environment did after the dispatch (a race
+/// no guard can close) is excused; what the core dispatched after the environment acted is its own.
+#[derive(Debug, Default)]
+struct Oracle {
+    /// The cluster as it was when each (step, attempt) was dispatched.
+    dispatched: BTreeMap<(u64, u32), FakeCluster>,
+    /// Nodes the core brought onto the target version.
+    upgraded: BTreeSet<String>,
+    /// Nodes the environment changed (crashed, restarted, started, promoted, deposed, elected).
+    env_touched: BTreeSet<String>,
+    env_ops: BTreeSet<&'static str>,
+    /// Harness-injected faults (failed, unknown, lost, rejected results; aborts), not the environment's.
+    injected: usize,
+    injected_since_block: usize,
+    /// The last non-idempotent command the core ran, and whether cluster-status was observed since.
+    last_nonidempotent: Option<String>,
+    observed_since: bool,
+    /// Since when (time, core inputs since) failover has been off with no leader while one could be elected.
+    leaderless: Option<(u64, usize)>,
+    violations: Vec<String>,
+    excused: Vec<String>,
+    /// Violations whose rule starts with this prefix fail the history at once (`None`: every rule).
+    fail_on: Option<&'static str>,
+}
+
+fn words(step: &ScheduledStep) -> Vec<&str> {
+    step.argv.iter().map(String::as_str).collect()
+}
+
+/// The rules judged on one command: (rule, message). Pure: the cluster before and after, the command, its result.
+fn command_rules(
+    step: &ScheduledStep,
+    before: &FakeCluster,
+    after: &FakeCluster,
+    result: &RunResult,
+) -> Vec<(&'static str, String)> {
+    let argv = words(step);
+    let what = argv.join(" ");
+    let node = step.node.as_str();
+    let i = before.idx(node);
+    let ok = result.0 == Outcome::Succeeded;
+    let target = before.target.as_str();
+    let mut out = Vec::new();
+    let stop = argv == ["chef-backend-ctl", "stop"];
+    let upgrade = argv == ["chef-backend-ctl", "upgrade"];
+    let upgrade_leader = argv == ["chef-backend-ctl", "upgrade", "--failover"];
+    let demote = argv == ["chef-backend-ctl", "demote"];
+    let install = matches!(
+        argv.as_slice(),
+        ["dpkg", "-i", _] | ["yum", "install", "-y", _]
+    );
+    let was_up = before.nodes[i].running;
+    // S1: a disruptive command while another node is out of service or not synced.
+    if (stop || upgrade || upgrade_leader || demote) && ok && was_up {
+        for (j, n) in before.nodes.iter().enumerate() {
+            if j == i {
+                continue;
+            }
+            let state = if !n.running {
+                "down"
+            } else if n.syncing > 0 {
+                "not synced"
+            } else {
+                continue;
+            };
+            out.push((
+                "S1",
+                format!("S1: `{what}` on {node} while {} was {state}", n.name),
+            ));
+        }
+    }
+    // S2: never stop the current leader.
+    if stop && was_up && before.leader() == Some(i) {
+        out.push((
+            "S2-stop-leader",
+            format!("S2: `{what}` on {node}, the current leader"),
+        ));
+    }
+    // S2: a switchover goes to a node running the target.
+    if (demote || upgrade_leader) && ok {
+        if let Some(l) = after.leader() {
+            let v = &after.nodes[l].running_version;
+            if v != target {
+                out.push((
+                    "S2-old-leader",
+                    format!(
+                        "S2: `{what}` on {node} made {} leader, which runs {v}, not {target}",
+                        after.nodes[l].name
+                    ),
+                ));
+            }
+        }
+    }
+    // S2: the leader goes last.
+    if (install || upgrade_leader) && before.leader() == Some(i) {
+        for n in before.nodes.iter().filter(|n| n.name != node) {
+            if n.running_version != target {
+                out.push((
+                    "S2-leader-last",
+                    format!(
+                        "S2: `{what}` on the leader {node} while {} still runs {}",
+                        n.name, n.running_version
+                    ),
+                ));
+            }
+        }
+    }
+    // S3: nothing is blocked on a cluster without a leader; nothing is taken out with failover on.
+    if argv == ["chef-backend-ctl", "set-cluster-failover", "off"]
+        && ok
+        && before.leader().is_none()
+    {
+        out.push((
+            "S3-block-leaderless",
+            "S3: failover blocked on a cluster with no leader".to_string(),
+        ));
+    }
+    if (stop || upgrade) && ok && was_up && before.failover {
+        out.push((
+            "S3-out-with-failover",
+            format!("S3: `{what}` on {node} with cluster failover on"),
+        ));
+    }
+    out
+}
+
+impl Oracle {
+    fn violation(&mut self, v: String) -> Result<(), String> {
+        let fail = self.fail_on.is_none_or(|p| v.starts_with(p));
+        self.violations.push(v.clone());
+        if fail {
+            Err(v)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// After every input the core decided on: remember the cluster as each newly dispatched step found it, and
+    /// judge how long failover has been blocked with nobody leading (S3).
+    fn after_input(&mut self, state: &State, fake: &FakeCluster, now: u64) -> Result<(), String> {
+        for s in state.outstanding_steps() {
+            self.dispatched
+                .entry((s.step, s.attempt))
+                .or_insert_with(|| fake.snapshot());
+        }
+        let electable = (0..fake.nodes.len()).any(|i| fake.electable(i));
+        if !fake.failover && fake.leader().is_none() && fake.has_quorum() && electable {
+            let (since, chances) = self.leaderless.get_or_insert((now, 0));
+            *chances += 1;
+            let (since, chances) = (*since, *chances);
+            if now.saturating_sub(since) > ELECTION_WINDOW_MS && chances > CHANCES {
+                self.leaderless = None;
+                return self.violation(format!(
+                    "S3: failover blocked with no leader for {} ms and {chances} core inputs (a synced \
+                     follower could have been elected)",
+                    now - since
+                ));
+            }
+        } else {
+            self.leaderless = None;
+        }
+        Ok(())
+    }
+
+    /// A command the core made the cluster run (`after` is the cluster now).
+    fn after_run(
+        &mut self,
+        step: &ScheduledStep,
+        before: &FakeCluster,
+        after: &FakeCluster,
+        result: &RunResult,
+    ) -> Result<(), String> {
+        let argv = words(step);
+        // S4: a non-idempotent command again without observing the cluster since the previous one.
+        let nonidempotent = argv == ["chef-backend-ctl", "demote"]
+            || argv == ["chef-backend-ctl", "upgrade", "--failover"];
+        let mut found = Vec::new();
+        if nonidempotent {
+            let this = format!("`{}` on {}", argv.join(" "), step.node);
+            if let Some(prev) = self.last_nonidempotent.replace(this.clone()) {
+                if !self.observed_since {
+                    found.push(format!(
+                        "S4: {this} after {prev} with no cluster-status observed in between"
+                    ));
+                }
+            }
+            self.observed_since = false;
+        }
+        if argv.get(1) == Some(&"cluster-status") && result.0 == Outcome::Succeeded {
+            self.observed_since = true;
+        }
+        if argv == ["chef-backend-ctl", "set-cluster-failover", "off"] {
+            self.injected_since_block = 0;
+        }
+        let i = after.idx(&step.node);
+        if after.nodes[i].running_version == after.target
+            && before.nodes[i].running_version != after.target
+        {
+            self.upgraded.insert(step.node.clone());
+        }
+        let now_rules = command_rules(step, before, after, result);
+        if !now_rules.is_empty() {
+            let then = match self.dispatched.get(&(step.step, step.attempt)) {
+                Some(snap) => {
+                    let mut s = snap.snapshot();
+                    let b = s.snapshot();
+                    let r = s.run(step);
+                    command_rules(step, &b, &s, &r)
+                }
+                None => now_rules.clone(),
+            };
+            for (rule, message) in now_rules {
+                if then.iter().any(|(r, _)| *r == rule) {
+                    found.push(message);
+                } else {
+                    self.excused.push(format!(
+                        "{message} (the environment changed the cluster after the dispatch)"
+                    ));
+                }
+            }
+        }
+        for v in found {
+            self.violation(v)?;
+        }
+        Ok(())
+    }
+
+    /// What the environment did: which nodes it changed.
+    fn after_env(&mut self, env: Env, before: &FakeCluster, after: &FakeCluster) {
+        self.env_ops.insert(env.name());
+        for (b, a) in before.nodes.iter().zip(&after.nodes) {
+            if b.running != a.running
+                || b.role != a.role
+                || (env != Env::Resync && b.syncing != a.syncing)
+            {
+                self.env_touched.insert(a.name.clone());
+            }
+        }
+    }
+
+    /// At the end: failover not left off by the core (S3), an end with a reason that names what the environment
+    /// changed (S5).
+    fn at_end(&mut self, status: &Status, fake: &FakeCluster) -> Result<(), String> {
+        if !fake.failover {
+            let electable: Vec<&str> = (0..fake.nodes.len())
+                .filter(|&i| fake.electable(i))
+                .map(|i| fake.nodes[i].name.as_str())
+                .collect();
+            match fake.leader() {
+                None if fake.has_quorum() => {
+                    self.violation(format!(
+                        "S3: ended with failover blocked and no leader (electable: {electable:?})"
+                    ))?;
+                }
+                Some(l) if !electable.is_empty() && self.injected_since_block == 0 => {
+                    self.violation(format!(
+                        "S3: ended with failover blocked although {} leads and {electable:?} could be elected",
+                        fake.nodes[l].name
+                    ))?;
+                }
+                _ => {}
+            }
+        }
+        let reason = match status {
+            Status::Completed => return Ok(()),
+            Status::Halted { reason, .. } | Status::Aborted { reason, .. } => reason,
+            other => return self.violation(format!("S5: no end: {other:?}")),
+        };
+        if reason.trim().is_empty() {
+            return self.violation(format!("S5: ended without a reason: {status:?}"));
+        }
+        let env_caused = !self.env_touched.is_empty() && self.injected == 0;
+        if env_caused && matches!(status, Status::Halted { .. }) {
+            let named = self.env_touched.iter().any(|n| reason.contains(n.as_str()))
+                || reason.contains("leader");
+            if !named {
+                return self.violation(format!(
+                    "S5: halted after the environment changed {:?} without naming any of them or the \
+                     leader: {reason}",
+                    self.env_touched
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 struct World {
     run: Run,
     fake: FakeCluster,
     delivered: Vec<Input>,
     seen_attempts: BTreeSet<(u64, u32)>,
+    oracle: Oracle,
+    /// Coverage runs: the fake's own checks are left to the oracle, which records instead of failing.
+    lenient: bool,
 }
 
 impl World {
+    fn new() -> World {
+        World {
+            run: Run::new(),
+            fake: FakeCluster::new("3.0.0-1"),
+            delivered: Vec::new(),
+            seen_attempts: BTreeSet::new(),
+            oracle: Oracle::default(),
+            lenient: false,
+        }
+    }
+
+    /// Runs a step on the fake cluster, judged by the oracle.
+    fn run_step(&mut self, step: &ScheduledStep) -> Result<RunResult, String> {
+        let before = self.fake.snapshot();
+        let result = self.fake.run(step);
+        self.oracle.after_run(step, &before, &self.fake, &result)?;
+        Ok(result)
+    }
+
+    /// The environment acts; false if the op had nothing to act on.
+    fn env(&mut self, env: Env) -> bool {
+        let pick = |names: Vec<String>, k: u8| -> Option<String> {
+            (!names.is_empty()).then(|| names[k as usize % names.len()].clone())
+        };
+        let fake = &self.fake;
+        let leader = fake.leader();
+        let names = |f: &dyn Fn(usize) -> bool| -> Vec<String> {
+            (0..fake.nodes.len())
+                .filter(|&i| f(i))
+                .map(|i| fake.nodes[i].name.clone())
+                .collect()
+        };
+        let target = match env {
+            Env::Promote(k) => pick(
+                names(&|i| {
+                    Some(i) != leader && fake.nodes[i].running && fake.nodes[i].syncing == 0
+                }),
+                k,
+            ),
+            Env::CrashFollower(k) => {
+                pick(names(&|i| Some(i) != leader && fake.nodes[i].running), k)
+            }
+            Env::KillLeader => leader.map(|i| fake.nodes[i].name.clone()),
+            Env::Restart(k) => pick(names(&|i| fake.nodes[i].running), k),
+            Env::Start(k) => pick(names(&|i| fake.nodes[i].crashed_by_env), k),
+            Env::Resync => None,
+        };
+        let before = self.fake.snapshot();
+        let changed = match (env, target) {
+            (Env::Promote(_), Some(n)) => self.fake.env_promote(&n),
+            (Env::CrashFollower(_) | Env::KillLeader, Some(n)) => self.fake.env_crash(&n),
+            (Env::Restart(_), Some(n)) => self.fake.env_restart(&n),
+            (Env::Start(_), Some(n)) => self.fake.env_start(&n),
+            (Env::Resync, _) => self.fake.env_resync(),
+            (_, None) => false,
+        };
+        if changed {
+            self.oracle.after_env(env, &before, &self.fake);
+        }
+        changed
+    }
+
     fn input(&mut self, input: Input) -> Result<Vec<Event>, String> {
         let before = self.run.history.len();
         let result = self.run.input(input.clone());
@@ -66,6 +481,8 @@ impl World {
             },
         };
         self.check_batch(before)?;
+        let now = self.run.now.max(input.now_ms());
+        self.oracle.after_input(&self.run.state, &self.fake, now)?;
         if matches!(input, Input::StepFinished { .. }) {
             self.delivered.push(input);
         }
@@ -145,7 +562,7 @@ impl World {
             }
         }
         // The cluster's own view first: the outside oracle.
-        if !self.fake.violations.list.is_empty() {
+        if !self.lenient && !self.fake.violations.list.is_empty() {
             return Err(format!("cluster saw: {:?}", self.fake.violations.list));
         }
         // Never two nodes out of service, as the core sees it and as the cluster does (S1).
@@ -308,7 +725,12 @@ impl World {
         }
         // An abort or a failure tries to bring back a node it left stopped: a node still stopped at the end had
         // its `start` scheduled after the wind-down began, and the reason says it was not brought back.
-        for n in self.fake.nodes.iter().filter(|n| !n.running) {
+        for n in self
+            .fake
+            .nodes
+            .iter()
+            .filter(|n| !n.running && !n.crashed_by_env)
+        {
             let tried = started.contains(&n.name);
             let named = reason.contains(&format!("{} was not brought back into service", n.name));
             if !tried || !named {
@@ -327,7 +749,7 @@ fn apply_op(w: &mut World, op: Op) -> Result<(), String> {
     let outstanding = w.run.state.outstanding_steps().first().cloned();
     match (op, outstanding) {
         (Op::Deliver | Op::Duplicate, Some(step)) => {
-            let r = w.fake.run(&step);
+            let r = w.run_step(&step)?;
             let input = w.result_input(&step, r);
             w.input(input.clone())?;
             if matches!(op, Op::Duplicate) {
@@ -338,6 +760,8 @@ fn apply_op(w: &mut World, op: Op) -> Result<(), String> {
             }
         }
         (Op::FailNoEffect, Some(step)) => {
+            w.oracle.injected += 1;
+            w.oracle.injected_since_block += 1;
             w.fake
                 .journal
                 .push((step.node.clone(), vec!["(not run)".into()]));
@@ -353,7 +777,9 @@ fn apply_op(w: &mut World, op: Op) -> Result<(), String> {
             w.input(input)?;
         }
         (Op::UnknownAfterEffect, Some(step)) => {
-            let _ = w.fake.run(&step);
+            w.oracle.injected += 1;
+            w.oracle.injected_since_block += 1;
+            let _ = w.run_step(&step)?;
             let input = w.result_input(
                 &step,
                 (Outcome::Unknown, None, String::new(), String::new()),
@@ -361,13 +787,17 @@ fn apply_op(w: &mut World, op: Op) -> Result<(), String> {
             w.input(input)?;
         }
         (Op::LostAfterEffect, Some(step)) => {
-            let _ = w.fake.run(&step);
+            w.oracle.injected += 1;
+            w.oracle.injected_since_block += 1;
+            let _ = w.run_step(&step)?;
             // No result: the deadline passes.
             w.run.now = w.run.now.max(step.deadline_ms);
             let now = w.run.now;
             w.input(Input::Tick { now_ms: now })?;
         }
         (Op::Rejected, Some(step)) => {
+            w.oracle.injected += 1;
+            w.oracle.injected_since_block += 1;
             let input = w.result_input(
                 &step,
                 (Outcome::Rejected, None, String::new(), String::new()),
@@ -426,7 +856,11 @@ fn apply_op(w: &mut World, op: Op) -> Result<(), String> {
                 }
             }
         }
+        (Op::Env(env), _) => {
+            w.env(env);
+        }
         (Op::Abort, _) => {
+            w.oracle.injected += 1;
             let now = w.run.now;
             w.input(Input::Abort {
                 by: "op".into(),
@@ -478,25 +912,56 @@ fn finish(w: &mut World) -> Result<(), String> {
     ))
 }
 
-fn scenario(procedure: &str, gates: &str, ops: &[Op]) -> Result<(), String> {
-    let mut w = World {
-        run: Run::new(),
-        fake: FakeCluster::new("3.0.0-1"),
-        delivered: Vec::new(),
-        seen_attempts: BTreeSet::new(),
+/// How a history is played.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mode {
+    /// Start every node the environment crashed before the end (the on-call fixes what they broke).
+    heal: bool,
+    /// Record violations instead of failing at the first (coverage).
+    lenient: bool,
+    /// Fail only on oracle violations whose rule starts with this (searching one rule's counterexample).
+    fail_on: Option<&'static str>,
+}
+
+/// Plays a history: submit, the ops, then `finish`; the world and how it went.
+fn play(procedure: &str, gates: &str, ops: &[Op], mode: Mode) -> (World, Result<(), String>) {
+    let mut w = World::new();
+    w.lenient = mode.lenient;
+    w.oracle.fail_on = if mode.lenient {
+        Some("(never)")
+    } else {
+        mode.fail_on
     };
+    let result = play_in(&mut w, procedure, gates, ops, mode);
+    (w, result)
+}
+
+fn play_in(
+    w: &mut World,
+    procedure: &str,
+    gates: &str,
+    ops: &[Op],
+    mode: Mode,
+) -> Result<(), String> {
     let now = w.run.now;
     w.input(submit(cluster(procedure, gates), now))?;
     for (i, op) in ops.iter().enumerate() {
-        apply_op(&mut w, *op)?;
+        apply_op(w, *op)?;
         if i % 25 == 0 && replay(&w.run.history) != w.run.state {
             return Err(format!(
                 "replay differs from the incremental state after op {i}"
             ));
         }
     }
-    finish(&mut w)?;
+    if mode.heal {
+        for k in 0..3 {
+            w.env(Env::Start(k));
+        }
+    }
+    finish(w)?;
     w.check_terminal()?;
+    let status = w.run.state.status();
+    w.oracle.at_end(&status, &w.fake)?;
     if replay(&w.run.history) != w.run.state {
         return Err("replay(history) differs from the incremental state".into());
     }
@@ -506,17 +971,101 @@ fn scenario(procedure: &str, gates: &str, ops: &[Op]) -> Result<(), String> {
     Ok(())
 }
 
+fn scenario(procedure: &str, gates: &str, ops: &[Op]) -> Result<(), String> {
+    play(procedure, gates, ops, Mode::default()).1
+}
+
+fn procedures() -> impl Strategy<Value = &'static str> {
+    prop_oneof![Just("runbook"), Just("upgrade-command")]
+}
+
+fn gate_sets() -> impl Strategy<Value = &'static str> {
+    prop_oneof![
+        Just(""),
+        Just("\"before-switchover\""),
+        Just("\"after-first-follower\", \"before-switchover\"")
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn random_histories_keep_the_invariants(
-        procedure in prop_oneof![Just("runbook"), Just("upgrade-command")],
-        gates in prop_oneof![Just(""), Just("\"before-switchover\""), Just("\"after-first-follower\", \"before-switchover\"")],
+        procedure in procedures(),
+        gates in gate_sets(),
         ops in proptest::collection::vec(op(), 0..250),
     ) {
         if let Err(e) = scenario(procedure, gates, &ops) {
             prop_assert!(false, "{}", e);
+        }
+    }
+
+    /// Between any two steps a busy on-call may move the leader, crash or restart nodes and let followers
+    /// re-sync; the oracle (which knows who did what) and the existing invariants hold on every history.
+    #[test]
+    fn histories_with_a_busy_on_call_keep_s1_to_s5(
+        procedure in procedures(),
+        gates in gate_sets(),
+        heal in any::<bool>(),
+        ops in proptest::collection::vec(op_with_env(), 0..250),
+    ) {
+        let mode = Mode { heal, ..Mode::default() };
+        if let Err(e) = play(procedure, gates, &ops, mode).1 {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}
+
+/// One rule at a time: the minimal history proptest shrinks to for each rule of the oracle (run by hand to
+/// record counterexamples: `cargo test ... -- --ignored --nocapture one_rule`; `BATON_RULE=S1` for one).
+#[test]
+#[ignore]
+fn one_rule_at_a_time_counterexamples() {
+    use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+    let rules = [
+        "S1",
+        "S2",
+        "S3: failover blocked with",
+        "S3: ended",
+        "S3:",
+        "S4",
+        "S5",
+    ];
+    let only = std::env::var("BATON_RULE").ok();
+    for rule in rules {
+        if only.as_deref().is_some_and(|o| o != rule) {
+            continue;
+        }
+        let mut runner = TestRunner::new(Config {
+            cases: 512,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let strategy = (
+            procedures(),
+            gate_sets(),
+            any::<bool>(),
+            proptest::collection::vec(op_with_env(), 0..250),
+        );
+        let result = runner.run(&strategy, |(procedure, gates, heal, ops)| {
+            let mode = Mode {
+                heal,
+                fail_on: Some(rule),
+                ..Mode::default()
+            };
+            match play(procedure, gates, &ops, mode).1 {
+                Err(e) if e.starts_with(rule) => Err(TestCaseError::fail(e)),
+                _ => Ok(()),
+            }
+        });
+        match result {
+            Ok(()) => println!("== {rule}: no counterexample in 512 histories"),
+            Err(TestError::Fail(why, (procedure, gates, heal, ops))) => println!(
+                "== {rule}: {why}\n   procedure {procedure}, gates [{gates}], heal {heal}, {} ops: {ops:?}",
+                ops.len()
+            ),
+            Err(e) => println!("== {rule}: {e}"),
         }
     }
 }
@@ -526,6 +1075,29 @@ fn without_faults_both_procedures_complete() {
     for procedure in ["runbook", "upgrade-command"] {
         let ops = vec![Op::Deliver; 10];
         scenario(procedure, "", &ops).unwrap();
+    }
+}
+
+fn ending(status: &Status) -> &'static str {
+    match status {
+        Status::Completed => "completed",
+        Status::Halted {
+            failover_pending: None,
+            ..
+        } => "halted, failover restored",
+        Status::Halted {
+            failover_pending: Some(_),
+            ..
+        } => "halted, failover pending",
+        Status::Aborted {
+            failover_pending: None,
+            ..
+        } => "aborted, failover restored",
+        Status::Aborted {
+            failover_pending: Some(_),
+            ..
+        } => "aborted, failover pending",
+        _ => "other",
     }
 }
 
@@ -543,38 +1115,13 @@ fn the_generator_reaches_every_kind_of_ending() {
     let mut seen = BTreeSet::new();
     for _ in 0..300 {
         let (procedure, gates, ops) = strategy.new_tree(&mut runner).unwrap().current();
-        let mut w = World {
-            run: Run::new(),
-            fake: FakeCluster::new("3.0.0-1"),
-            delivered: vec![],
-            seen_attempts: BTreeSet::new(),
+        let mode = Mode {
+            lenient: true,
+            ..Mode::default()
         };
-        let now = w.run.now;
-        w.input(submit(cluster(procedure, gates), now)).unwrap();
-        for op in &ops {
-            apply_op(&mut w, *op).unwrap();
-        }
-        finish(&mut w).unwrap();
-        seen.insert(match w.run.state.status() {
-            Status::Completed => "completed",
-            Status::Halted {
-                failover_pending: None,
-                ..
-            } => "halted, failover restored",
-            Status::Halted {
-                failover_pending: Some(_),
-                ..
-            } => "halted, failover pending",
-            Status::Aborted {
-                failover_pending: None,
-                ..
-            } => "aborted, failover restored",
-            Status::Aborted {
-                failover_pending: Some(_),
-                ..
-            } => "aborted, failover pending",
-            _ => "other",
-        });
+        let (w, result) = play(procedure, gates, &ops, mode);
+        result.unwrap();
+        seen.insert(ending(&w.run.state.status()));
         let h = &w.run.history;
         if h.iter()
             .any(|e| matches!(e, Event::VerificationRequired { .. }))
@@ -601,6 +1148,82 @@ fn the_generator_reaches_every_kind_of_ending() {
     for w in want {
         assert!(seen.contains(w), "never reached: {w}; seen {seen:?}");
     }
+}
+
+/// Coverage of the busy on-call property: how many generated histories hit each environment op and ended each
+/// way, and what the oracle found (printed; run with `--nocapture`). Every op must be reached, and the histories
+/// must end in more than one way, or the property proves little.
+#[test]
+fn the_busy_on_call_generator_reaches_every_op_and_ending() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = (
+        procedures(),
+        gate_sets(),
+        any::<bool>(),
+        proptest::collection::vec(op_with_env(), 0..250),
+    );
+    let histories = 300;
+    let mut ops_hit: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut endings: BTreeMap<String, usize> = BTreeMap::new();
+    let mut rules: BTreeMap<String, usize> = BTreeMap::new();
+    let mut excused: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..histories {
+        let (procedure, gates, heal, ops) = strategy.new_tree(&mut runner).unwrap().current();
+        let mode = Mode {
+            heal,
+            lenient: true,
+            ..Mode::default()
+        };
+        let (w, result) = play(procedure, gates, &ops, mode);
+        for op in &w.oracle.env_ops {
+            *ops_hit.entry(op).or_default() += 1;
+        }
+        let end = match &result {
+            Ok(()) => ending(&w.run.state.status()).to_string(),
+            Err(e) => format!(
+                "stopped by an invariant: {}",
+                e.split(':').next().unwrap_or("")
+            ),
+        };
+        *endings.entry(end).or_default() += 1;
+        let key = |v: &String| {
+            v.split(" on ")
+                .next()
+                .unwrap_or(v)
+                .chars()
+                .take(40)
+                .collect::<String>()
+        };
+        for v in w.oracle.violations.iter().map(key).collect::<BTreeSet<_>>() {
+            *rules.entry(v).or_default() += 1;
+        }
+        for v in w.oracle.excused.iter().map(key).collect::<BTreeSet<_>>() {
+            *excused.entry(v).or_default() += 1;
+        }
+    }
+    println!("{histories} histories with a busy on-call");
+    println!("histories hitting each environment op: {ops_hit:#?}");
+    println!("endings: {endings:#?}");
+    println!("histories with an oracle violation, by rule: {rules:#?}");
+    println!("histories with an excused (environment race) finding, by rule: {excused:#?}");
+    for op in [
+        Env::Promote(0),
+        Env::CrashFollower(0),
+        Env::KillLeader,
+        Env::Restart(0),
+        Env::Start(0),
+        Env::Resync,
+    ] {
+        let hit = ops_hit.get(op.name()).copied().unwrap_or(0);
+        assert!(
+            hit * 10 >= histories,
+            "{} hit in only {hit} histories",
+            op.name()
+        );
+    }
+    assert!(endings.len() >= 3, "too few kinds of ending: {endings:?}");
 }
 
 /// The fake's own safety oracle must be able to fail, or the property leans on the core's view alone.
