@@ -690,12 +690,14 @@ impl FakeCluster {
     }
 
     fn status_text(&mut self, i: usize) -> String {
-        // Every status probe moves sync along: the fake's notion of time.
+        // Every status probe moves sync along: the fake's notion of time. A follower that got synced may be
+        // elected if nobody leads and failover is on.
         for n in &mut self.nodes {
             if n.running && n.syncing > 0 {
                 n.syncing -= 1;
             }
         }
+        self.settle();
         let total = self.nodes.len();
         let running = self.nodes.iter().filter(|n| n.running).count();
         let leaders = usize::from(self.leader().is_some());
