@@ -369,8 +369,18 @@ impl Oracle {
 
     /// At the end: failover not left off by the core (S3), an end with a reason that names what the environment
     /// changed (S5).
-    fn at_end(&mut self, status: &Status, fake: &FakeCluster) -> Result<(), String> {
-        if !fake.failover {
+    /// `tried_unblock`: the core tried to re-enable failover after it last blocked it (the emergency exit, or a
+    /// wind-down), and the cluster refused every attempt.
+    fn at_end(
+        &mut self,
+        status: &Status,
+        fake: &FakeCluster,
+        tried_unblock: bool,
+    ) -> Result<(), String> {
+        // The core tried to give the cluster its failover back while the environment (or the harness, losing
+        // its results) kept the cluster from taking it: not the core's doing.
+        let excused = tried_unblock && (self.injected_since_block > 0 || !self.env_touched.is_empty());
+        if !fake.failover && !excused {
             let electable: Vec<&str> = (0..fake.nodes.len())
                 .filter(|&i| fake.electable(i))
                 .map(|i| fake.nodes[i].name.as_str())
@@ -696,8 +706,10 @@ impl World {
         let stopped_before: BTreeSet<&String> = history[..at]
             .iter()
             .filter_map(|e| match e {
+                // `chef-backend-ctl upgrade` restarts the services, so one that did not succeed may have left
+                // them down: the wind-down may start that node too.
                 Event::StepScheduled {
-                    action: Action::Stop,
+                    action: Action::Stop | Action::Upgrade,
                     node,
                     ..
                 } => Some(node),
@@ -996,7 +1008,28 @@ fn play_in(
     finish(w)?;
     w.check_terminal()?;
     let status = w.run.state.status();
-    w.oracle.at_end(&status, &w.fake)?;
+    let history = &w.run.history;
+    let last_block = history.iter().rposition(|e| {
+        matches!(
+            e,
+            Event::StepScheduled {
+                action: Action::BlockFailover,
+                ..
+            }
+        )
+    });
+    let tried_unblock = last_block.is_some_and(|at| {
+        history[at..].iter().any(|e| {
+            matches!(
+                e,
+                Event::StepScheduled {
+                    action: Action::UnblockFailover,
+                    ..
+                }
+            )
+        })
+    });
+    w.oracle.at_end(&status, &w.fake, tried_unblock)?;
     if replay(&w.run.history) != w.run.state {
         return Err("replay(history) differs from the incremental state".into());
     }
@@ -1479,6 +1512,11 @@ fn trace_one_history() {
         ..Mode::default()
     };
     let (w, result) = play(procedure, gates, &ops, mode);
+    if std::env::var("BATON_TRACE_EVENTS").is_ok() {
+        for e in &w.run.history {
+            println!("event: {}", trace_event(e));
+        }
+    }
     for (node, argv) in &w.fake.journal {
         println!("{node:>14}  {}", argv.join(" "));
     }
@@ -1526,5 +1564,24 @@ fn parse_op(t: &str) -> Op {
         "Late" => Op::Late,
         "Abort" => Op::Abort,
         other => panic!("unknown op {other}"),
+    }
+}
+
+/// One line per event for `trace_one_history`.
+fn trace_event(e: &Event) -> String {
+    match e {
+        Event::StepScheduled {
+            step, attempt, node, action, ..
+        } => format!("scheduled {step}.{attempt} {action} on {node}"),
+        Event::StepResultRecorded {
+            step, outcome, at_ms, stdout, stderr, ..
+        } => format!(
+            "result {step} {outcome:?} at {at_ms}: {}",
+            format!("{stdout} {stderr}").chars().take(160).collect::<String>().replace('\n', " | ")
+        ),
+        Event::CheckEvaluated { step, passed, problems, .. } => {
+            format!("check {step} passed={passed} {problems:?}")
+        }
+        other => format!("{other:?}").chars().take(220).collect(),
     }
 }

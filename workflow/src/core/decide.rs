@@ -652,6 +652,15 @@ pub(crate) fn observer(state: &State, avoid: Option<&str>) -> String {
             .filter(|m| m.role == super::parse::Role::Follower)
             .map(|m| m.name.clone())
     });
+    // When every node looks unreachable, ask them in turn: the one given a step least recently first.
+    let last_asked = |name: &str| {
+        state
+            .steps
+            .iter()
+            .rev()
+            .find(|(_, r)| r.scheduled.node == name)
+            .map_or(0, |(step, _)| *step)
+    };
     leader
         .into_iter()
         .chain(followers)
@@ -660,7 +669,8 @@ pub(crate) fn observer(state: &State, avoid: Option<&str>) -> String {
         .or_else(|| {
             names
                 .iter()
-                .find(|n| Some(**n) != avoid)
+                .filter(|n| Some(**n) != avoid)
+                .min_by_key(|n| last_asked(n))
                 .map(|n| n.to_string())
         })
         .or_else(|| names.first().map(|n| n.to_string()))
@@ -1771,11 +1781,21 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
             if ok {
                 return recovery_decisions(state, w, w.recover.as_deref().unwrap_or_default(), now);
             }
-            if may_retry(state, record) {
-                let until_ms = now + retry_delay(state, r.attempt);
+            // A failed unblock is tried again as a new step on a node picked afresh (the one that failed may be
+            // the dead leader), after the failover gate has looked again; the tries are counted across steps.
+            let tries = state
+                .steps
+                .range(w.first_step..)
+                .filter(|(_, r)| r.scheduled.action == Action::UnblockFailover)
+                .count() as u32;
+            // The emergency exit keeps trying for as long as a node may take to sync (etcd may be without its
+            // quorum until someone brings a node back); otherwise the retry policy.
+            let emergency_time_left = w.cause == WindDownCause::Emergency
+                && now < w.started_ms.saturating_add(s.cluster.upgrade.sync_timeout_ms);
+            if tries <= s.cluster.upgrade.retries || emergency_time_left {
                 return vec![Event::WaitStarted {
-                    purpose: WaitPurpose::Retry { step: r.step },
-                    until_ms,
+                    purpose: WaitPurpose::Poll,
+                    until_ms: now + retry_delay(state, tries.min(4)),
                 }];
             }
             if recovery_next {
@@ -1826,7 +1846,32 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
                     ),
                 ];
             }
-        } else if now >= w.started_ms + sync_timeout {
+        } else if now >= w.started_ms.saturating_add(sync_timeout)
+            && !keep_looking(state, w, observation, now)
+        {
+            // No leader could be confirmed at all (none shown, or the cluster could not be observed): holding
+            // failover off any longer only keeps the cluster from electing one. Re-enable it, as the emergency
+            // exit does. With a leader but nobody electable, it stays off and the end says why.
+            let no_leader_seen = match observation {
+                Observation::Unavailable { .. } => true,
+                Observation::ClusterStatus { status } => status.sole_leader().is_none(),
+                _ => false,
+            };
+            if no_leader_seen && state.failover_blocked && w.cause != WindDownCause::Emergency {
+                return vec![
+                    check,
+                    Event::WindDownStarted {
+                        cause: WindDownCause::Emergency,
+                        reason: format!(
+                            "{}; then no leader could be confirmed within {sync_timeout} ms ({}), so failover is \
+                             re-enabled rather than left off",
+                            w.reason,
+                            blocking.join("; ")
+                        ),
+                        at_ms: now,
+                    },
+                ];
+            }
             return vec![
                 check,
                 end(Some(format!(
@@ -1913,6 +1958,30 @@ fn failover_gate(
     };
     let other = all.into_iter().filter(|p| !gate.contains(p)).collect();
     (gate, other)
+}
+
+/// Whether the wind-down's failover gate looks again although its time is up: a probe that got no answer (a
+/// dead node) gets one more round through another node, for up to two probe deadlines; a cluster seen without
+/// a leader while failover is blocked is watched until the emergency exit acts (within the election window).
+fn keep_looking(state: &State, w: &WindDown, observation: &Observation, now: u64) -> bool {
+    let u = &sub(state).cluster.upgrade;
+    match observation {
+        Observation::Unavailable { .. } => {
+            let probe = sub(state)
+                .profile
+                .action(Action::ProbeStatus)
+                .map_or(0, |a| a.timeout_ms)
+                .saturating_add(u.result_grace_ms);
+            now < w
+                .started_ms
+                .saturating_add(u.sync_timeout_ms)
+                .saturating_add(probe.saturating_mul(2))
+        }
+        Observation::ClusterStatus { status } => {
+            state.failover_blocked && status.sole_leader().is_none()
+        }
+        _ => false,
+    }
 }
 
 /// The sole leader of the latest `cluster-status`, if it is in the cluster file.

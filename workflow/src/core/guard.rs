@@ -4,8 +4,8 @@
 //! The rule (ARCHITECTURE.md, "The guard"): before `stop`, `install` on a stopped node, `start`, `demote`,
 //! `upgrade`, `upgrade_leader`, `block_failover` and `unblock_failover`, the core asks `cluster-status` of a
 //! live node other than the target, then the `status` of the leader that `cluster-status` named (the leader
-//! agrees with itself), then, where the action depends on it, the failover settings. The action runs only if
-//! every one of these shows it is safe now:
+//! agrees with itself), then the failover settings (`cluster-status --json`), which name the leader again. The
+//! action runs only if every one of these shows it is safe now:
 //! - exactly one leader, and it is the leader the plan expects (the preflight leader until the switchover is
 //!   confirmed, then the new one); the target is not the leader unless this is the switchover itself;
 //! - for actions that take a node out or move leadership: every node but the target in service (`follower` or
@@ -90,9 +90,9 @@ fn expected_leader(state: &State) -> Option<Expected> {
 /// target, the leader's own `status`, and the failover settings where the action depends on them. The leader is
 /// the one the guard's own `cluster-status` just named (it runs first).
 pub(crate) fn guard_probes(state: &State, action: Action, node: &str) -> Vec<(Action, String)> {
-    let Some(kind) = kind(state, action) else {
+    if kind(state, action).is_none() {
         return vec![];
-    };
+    }
     let via = super::decide::observer(state, Some(node));
     let leader = state
         .last_cluster
@@ -100,14 +100,13 @@ pub(crate) fn guard_probes(state: &State, action: Action, node: &str) -> Vec<(Ac
         .and_then(|c| c.sole_leader())
         .map(str::to_string)
         .unwrap_or_else(|| via.clone());
-    let mut out = vec![
+    // The failover settings come last for every action: they also name the leader, which closes the window in
+    // which the leader could move between the first probe and the action to the time of one probe.
+    vec![
         (Action::ProbeClusterStatus, via),
         (Action::ProbeStatus, leader.clone()),
-    ];
-    if matches!(kind, Kind::TakesOut | Kind::Switchover) {
-        out.push((Action::ProbeFailover, leader));
-    }
-    out
+        (Action::ProbeFailover, leader),
+    ]
 }
 
 /// How one guard observation is judged.
@@ -276,6 +275,19 @@ pub(crate) fn guard_finding(
             }
         }
         Observation::Failover { settings } => {
+            let confirmed = state.last_cluster.as_ref().and_then(|c| c.sole_leader());
+            if let (Some(shown), Some(confirmed)) = (&settings.leader, confirmed) {
+                if shown.as_deref() != Some(confirmed) {
+                    return Finding::Changed(format!(
+                        "the leader moved while the guard looked: cluster-status showed {confirmed}, the failover \
+                         settings now show {}",
+                        shown.as_deref().unwrap_or("no leader")
+                    ));
+                }
+            }
+            if !matches!(kind, Kind::TakesOut | Kind::Switchover) {
+                return Finding::Pass;
+            }
             let expect_on = !state.failover_blocked;
             if settings.cluster != expect_on {
                 return Finding::Changed(format!(

@@ -465,6 +465,9 @@ pub struct FailoverSettings {
     pub cluster: bool,
     /// Node-level failover (`set-node-failover`) per node name; a node the output does not describe is absent.
     pub nodes: BTreeMap<String, bool>,
+    /// The leader the output names: `Some(None)` for `"leader": null`, `None` when it has no `leader` field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<Option<String>>,
 }
 
 /// Parses the failover settings out of `chef-backend-ctl cluster-status --json`. Its schema is not
@@ -491,7 +494,12 @@ pub fn parse_failover_json(text: &str) -> Result<FailoverSettings, CoreError> {
             nodes.insert(name.to_string(), failover);
         }
     }
-    Ok(FailoverSettings { cluster, nodes })
+    let leader = value.get("leader").map(|l| l.as_str().map(str::to_string));
+    Ok(FailoverSettings {
+        cluster,
+        nodes,
+        leader,
+    })
 }
 
 /// A version as numbers for comparing (`3.10.0-1` > `3.9.2-4`): the upstream parts, then the release.

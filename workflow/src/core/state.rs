@@ -493,6 +493,14 @@ impl State {
             // The obligation is met only by a confirmed unblock.
             self.failover_blocked = false;
         }
+        if matches!(
+            record.scheduled.action,
+            Action::BlockFailover | Action::UnblockFailover
+        ) && outcome.outcome != Outcome::Succeeded
+        {
+            // A cluster-wide command that failed there: ask another node next time.
+            self.unreachable.insert(node.clone());
+        }
         record.outcome = Some(outcome);
         if let Some(progress) = self.nodes.get_mut(&node) {
             if progress.last_step == Some(step) {
@@ -605,6 +613,9 @@ impl State {
             Event::AbortRequested { .. } => {}
             Event::GateApproved { gate, .. } => {
                 self.approvals.insert(*gate);
+                if self.awaiting_gate == Some(*gate) {
+                    self.awaiting_gate = None;
+                }
             }
             Event::StepResolved {
                 step, resolution, ..
@@ -678,15 +689,20 @@ impl State {
                         r.scheduled.action,
                         r.scheduled.node.clone(),
                         r.outcome.as_ref().map_or(0, |o| o.at_ms),
+                        r.outcome.as_ref().map(|o| o.outcome),
                     )
                 });
-                if let Some((action, node, at_ms)) = probe {
-                    if matches!(action, Action::ProbeClusterStatus | Action::ProbeFailover) {
-                        if matches!(observation, Observation::Unavailable { .. }) {
-                            self.unreachable.insert(node);
-                        } else {
-                            self.unreachable.remove(&node);
-                        }
+                if let Some((action, node, at_ms, outcome)) = probe {
+                    // A node is unreachable when its cluster-wide probe failed (its etcd) or any probe got no
+                    // answer at all (its host or executor is gone); any answer from it makes it reachable again.
+                    let unavailable = matches!(observation, Observation::Unavailable { .. });
+                    let no_answer = matches!(outcome, Some(Outcome::Unknown | Outcome::TimedOut));
+                    let cluster_wide =
+                        matches!(action, Action::ProbeClusterStatus | Action::ProbeFailover);
+                    if unavailable && (cluster_wide || no_answer) {
+                        self.unreachable.insert(node);
+                    } else if !unavailable {
+                        self.unreachable.remove(&node);
                     }
                     if let Observation::ClusterStatus { status } = observation {
                         if status.sole_leader().is_some() {
