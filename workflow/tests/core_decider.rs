@@ -196,35 +196,85 @@ fn preflight_retries_a_probe_that_failed_then_refuses() {
     );
 }
 
+/// The fake's own S4 check still assumes preflight skips a node already at the target (a second install there
+/// is one the core repeated); since every node is restarted onto its package, an install over the same version
+/// is planned. Every other violation still counts.
+fn violations_but_reinstalls(fake: &FakeCluster) -> Vec<String> {
+    fake.violations
+        .list
+        .iter()
+        .filter(|v| !v.starts_with("S4: install ran again on"))
+        .cloned()
+        .collect()
+}
+
 #[test]
-fn preflight_skips_nodes_already_at_the_target() {
+fn a_node_already_at_the_target_is_still_restarted_onto_it() {
+    // Given backend-1 has the target installed but still runs the old version (an aborted `upgrade` left it
+    // so): installed is not running.
     let (mut run, mut fake) = started("runbook", "");
     fake.nodes[0].installed = "3.1.0-1".into();
-    fake.nodes[0].running_version = "3.1.0-1".into();
-    run.run_to_rest(&mut fake, 500);
+    // When the upgrade runs.
+    run.run_to_rest(&mut fake, 1_000);
+    // Then nothing is skipped: backend-1 is stopped, installed and started like any follower, and runs the
+    // target at the end.
     assert_eq!(run.state.status(), Status::Completed);
     let plan = run.state.plan().unwrap();
-    assert_eq!(plan.skipped, vec!["backend-1".to_string()]);
-    assert_eq!(plan.nodes_to_upgrade(), vec!["backend-3", "backend-2"]);
-    assert!(!actions_of(&run.history)
-        .iter()
-        .any(|(n, a)| n == "backend-1" && a != "block_failover" && a != "unblock_failover"));
+    assert!(plan.skipped.is_empty(), "{:?}", plan.skipped);
     assert_eq!(
-        run.state.nodes()["backend-1"].phase,
-        workflow::core::NodePhase::Skipped
+        plan.nodes_to_upgrade(),
+        vec!["backend-1", "backend-3", "backend-2"]
+    );
+    let on_1: Vec<String> = actions_of(&run.history)
+        .into_iter()
+        .filter(|(n, _)| n == "backend-1")
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(on_1[..3], ["stop", "install", "start"].map(String::from));
+    assert_eq!(run.state.nodes()["backend-1"].phase, NodePhase::Upgraded);
+    assert_eq!(fake.nodes[0].running_version, "3.1.0-1");
+    assert!(fake.all_at_target());
+    assert!(
+        violations_but_reinstalls(&fake).is_empty(),
+        "{:?}",
+        fake.violations.list
     );
 }
 
 #[test]
-fn preflight_with_everything_upgraded_completes_without_touching_failover() {
+fn preflight_with_everything_installed_is_a_full_rolling_restart_that_completes() {
+    // Given every node has the target installed, none runs it yet.
     let (mut run, mut fake) = started("runbook", "");
     for n in &mut fake.nodes {
         n.installed = "3.1.0-1".into();
     }
-    run.run_to_rest(&mut fake, 100);
+    // When the upgrade runs.
+    run.run_to_rest(&mut fake, 1_000);
+    // Then it is a whole rolling restart, with failover blocked and restored, a switchover, and every node
+    // running the target at the end.
     assert_eq!(run.state.status(), Status::Completed);
-    assert!(actions_of(&run.history).is_empty());
-    assert!(!fake.ever_blocked);
+    assert!(run.state.plan().unwrap().skipped.is_empty());
+    let acts = actions_of(&run.history);
+    for node in ["backend-1", "backend-2", "backend-3"] {
+        for action in ["stop", "install", "start"] {
+            assert_eq!(
+                acts.iter()
+                    .filter(|(n, a)| n == node && a == action)
+                    .count(),
+                1,
+                "{action} on {node}: {acts:?}"
+            );
+        }
+    }
+    assert!(acts.iter().any(|(n, a)| n == "backend-2" && a == "demote"));
+    assert!(fake.ever_blocked && fake.failover && !run.state.failover_blocked());
+    assert!(fake.all_at_target());
+    assert_eq!(fake.leader_name().as_deref(), Some("backend-1"));
+    assert!(
+        violations_but_reinstalls(&fake).is_empty(),
+        "{:?}",
+        fake.violations.list
+    );
 }
 
 #[test]
