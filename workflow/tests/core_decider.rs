@@ -376,24 +376,74 @@ fn matching_plan_hash_proceeds() {
 
 // ----- block failover, followers, S1 -----
 
+/// The probes (action, node) scheduled in `events`, in order.
+fn probes_in(events: &[Event]) -> Vec<(Action, String)> {
+    scheduled(events)
+        .into_iter()
+        .filter(|s| s.action.is_probe())
+        .map(|s| (s.action, s.node))
+        .collect()
+}
+
+/// `(action, node)` pairs, for comparing with `probes_in`.
+fn pairs(v: &[(Action, &str)]) -> Vec<(Action, String)> {
+    v.iter().map(|(a, n)| (*a, n.to_string())).collect()
+}
+
+/// The index in `history` of the last `StepScheduled` of `action` on `node`.
+fn last_scheduled(history: &[Event], action: Action, node: &str) -> usize {
+    history
+        .iter()
+        .rposition(|e| matches!(e, Event::StepScheduled { action: a, node: n, .. } if *a == action && n == node))
+        .unwrap_or_else(|| panic!("{action} on {node} was scheduled"))
+}
+
 #[test]
-fn block_failover_is_the_first_action_on_the_leader() {
+fn block_failover_is_the_first_action_on_the_leader_after_its_guard() {
     let (mut run, mut fake) = started("runbook", "");
     run.until(&mut fake, "block scheduled", |r| {
         r.next_is(Action::BlockFailover, "backend-2")
     });
-    let tail: Vec<&Event> = run.history.iter().rev().take(3).collect();
-    assert!(
-        matches!(
-            tail[2],
-            Event::PhaseEntered {
-                phase: Phase::BlockFailover,
-                ..
-            }
-        ),
-        "{tail:#?}"
+    let phase = run
+        .history
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                Event::PhaseEntered {
+                    phase: Phase::BlockFailover,
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    assert!(matches!(
+        run.history[phase + 1],
+        Event::ItemStarted { index: 0, .. }
+    ));
+    // The guard ran first: cluster-status from a live node, then the leader's own status (no failover probe:
+    // blocking it is what changes it), and both passed.
+    let after = &run.history[phase..];
+    assert_eq!(
+        probes_in(after),
+        pairs(&[
+            (Action::ProbeClusterStatus, "backend-1"),
+            (Action::ProbeStatus, "backend-2")
+        ])
     );
-    assert!(matches!(tail[1], Event::ItemStarted { index: 0, .. }));
+    let checks: Vec<bool> = after
+        .iter()
+        .filter_map(|e| match e {
+            Event::CheckEvaluated { passed, .. } => Some(*passed),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(checks, [true, true]);
+    assert_eq!(
+        actions_of(&run.history),
+        vec![("backend-2".to_string(), "block_failover".to_string())],
+        "nothing ran before it"
+    );
     assert_eq!(
         run.outstanding().argv,
         strings(&["chef-backend-ctl", "set-cluster-failover", "off"])
@@ -411,14 +461,21 @@ fn followers_are_upgraded_one_at_a_time_with_a_fresh_health_check_between() {
     run.until(&mut fake, "second follower stopped", |r| {
         r.next_is(Action::Stop, "backend-3")
     });
-    // Between backend-1's start and backend-3's stop, backend-1 was re-observed healthy: status, cluster-status
-    // and version probes on backend-1 passed after the start (S1).
-    let start = run
-        .history
+    // Between backend-1's start and backend-3's stop, backend-1 was re-observed healthy: cluster-status,
+    // status and version probes on backend-1 passed after the start (S1)...
+    let start = last_scheduled(&run.history, Action::Start, "backend-1");
+    let synced = run.history[start..]
         .iter()
-        .position(|e| matches!(e, Event::StepScheduled { action: Action::Start, node, .. } if node == "backend-1"))
+        .position(|e| matches!(e, Event::ItemCompleted { .. }))
+        .map(|i| start + i)
+        .and_then(|i| {
+            run.history[i + 1..]
+                .iter()
+                .position(|e| matches!(e, Event::ItemCompleted { .. }))
+                .map(|j| i + 1 + j)
+        })
         .unwrap();
-    let checks: Vec<(String, bool)> = run.history[start..]
+    let checks: Vec<(String, bool)> = run.history[start..synced]
         .iter()
         .filter_map(|e| match e {
             Event::CheckEvaluated { node, passed, .. } => Some((node.clone(), *passed)),
@@ -434,10 +491,30 @@ fn followers_are_upgraded_one_at_a_time_with_a_fresh_health_check_between() {
         passed.iter().all(|(n, p)| n == "backend-1" && *p),
         "{checks:?}"
     );
+    let probes = probes_in(&run.history[start..synced]);
     assert_eq!(
-        run.state.nodes()["backend-1"].phase,
-        workflow::core::NodePhase::Upgraded
+        probes[probes.len() - 3..],
+        pairs(&[
+            (Action::ProbeClusterStatus, "backend-1"),
+            (Action::ProbeStatus, "backend-1"),
+            (Action::ProbeVersion, "backend-1")
+        ])
     );
+    // ...and then backend-3's stop had its own guard: cluster-status, the leader's status and the failover
+    // settings, all passed, with nothing else between.
+    let stop = last_scheduled(&run.history, Action::Stop, "backend-3");
+    assert_eq!(
+        probes_in(&run.history[synced..stop]),
+        pairs(&[
+            (Action::ProbeClusterStatus, "backend-2"),
+            (Action::ProbeStatus, "backend-2"),
+            (Action::ProbeFailover, "backend-2")
+        ])
+    );
+    assert!(run.history[synced..stop]
+        .iter()
+        .all(|e| !matches!(e, Event::CheckEvaluated { passed: false, .. })));
+    assert_eq!(run.state.nodes()["backend-1"].phase, NodePhase::Upgraded);
     assert!(fake.violations.list.is_empty());
 }
 
@@ -471,8 +548,10 @@ fn a_poll_waits_for_its_interval() {
     );
     let events = when(&run.history, Input::Tick { now_ms: until_ms }).unwrap();
     assert_eq!(events[0], Event::TimerFired { at_ms: until_ms });
+    // The sync wait looks again from the top: cluster-status first.
     assert!(
-        matches!(&events[1], Event::StepScheduled { action: Action::ProbeStatus, node, .. } if node == "backend-1")
+        matches!(&events[1], Event::StepScheduled { action: Action::ProbeClusterStatus, node, .. } if node == "backend-1"),
+        "{events:#?}"
     );
 }
 
