@@ -672,9 +672,26 @@ fn an_idempotent_step_is_retried_with_backoff_under_the_same_step_id() {
         }
     );
     run.finish(&step, failed(1, "runsv not running"));
+    // When the backoff has passed: the retry's guard runs first (what was observed before the first attempt
+    // is stale), then the same step runs again as attempt 2.
     let events = run.tick();
     assert!(
-        matches!(&events[1], Event::StepScheduled { step: s, attempt: 2, action: Action::Stop, .. } if *s == step.step)
+        matches!(&events[1], Event::StepScheduled { action: Action::ProbeClusterStatus, node, .. } if node == "backend-2"),
+        "{events:#?}"
+    );
+    let from = run.history.len() - 1;
+    run.until(&mut fake, "the retry", |r| {
+        r.next_is(Action::Stop, "backend-1")
+    });
+    let retry = run.outstanding();
+    assert_eq!((retry.step, retry.attempt), (step.step, 2));
+    assert_eq!(
+        probes_in(&run.history[from..]),
+        pairs(&[
+            (Action::ProbeClusterStatus, "backend-2"),
+            (Action::ProbeStatus, "backend-2"),
+            (Action::ProbeFailover, "backend-2")
+        ])
     );
 }
 
@@ -685,17 +702,34 @@ fn an_idempotent_step_out_of_retries_halts_with_the_command_exit_code_and_output
     run.until(&mut fake, "install backend-1", |r| {
         r.next_is(Action::Install, "backend-1")
     });
-    for _ in 0..3 {
-        let step = run.outstanding();
-        run.finish(
-            &step,
-            failed(2, "dpkg: error: cannot access archive '/var/tmp/x.deb'"),
+    let install = run.outstanding();
+    // When every attempt of the install fails.
+    fail_every(
+        &mut run,
+        &mut fake,
+        Action::Install,
+        "backend-1",
+        "dpkg: error: cannot access archive '/var/tmp/x.deb'",
+    );
+    // Then it ran three times under one step id, each attempt after a fresh guard (cluster-status and the
+    // leader's status: an install while the services run only needs the leader's services up).
+    let attempts: Vec<usize> = run
+        .history
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, Event::StepScheduled { action: Action::Install, step, .. } if *step == install.step))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(attempts.len(), 3);
+    for w in attempts.windows(2) {
+        assert_eq!(
+            probes_in(&run.history[w[0]..w[1]]),
+            pairs(&[
+                (Action::ProbeClusterStatus, "backend-2"),
+                (Action::ProbeStatus, "backend-2")
+            ])
         );
-        run.until(&mut fake, "retry or halt", |r| {
-            !r.state.outstanding_steps().is_empty() || r.state.status() != Status::Running
-        });
     }
-    run.run_to_rest(&mut fake, 100);
     let (reason, pending) = halted_reason(&run.state);
     assert!(
         reason.starts_with("install failed and its retries are used up: step"),
@@ -716,9 +750,8 @@ fn an_idempotent_step_out_of_retries_halts_with_the_command_exit_code_and_output
         fake.failover,
         "S3: failover restored after a failure that left the cluster healthy"
     );
-    let tail: Vec<(String, String)> = actions_of(&run.history).into_iter().rev().take(1).collect();
     assert_eq!(
-        tail,
+        actions_after_wind_down(&run.history),
         vec![("backend-2".to_string(), "unblock_failover".to_string())]
     );
 }
@@ -1919,7 +1952,7 @@ fn duplicate_old_and_unknown_results_are_ignored() {
         when(&run.history, result_of(&step, failed(1, "x"), run.now)).unwrap(),
         vec![]
     );
-    run.tick(); // attempt 2 scheduled
+    run.tick(); // the retry's guard starts
                 // A late result of attempt 1.
     assert_eq!(
         when(&run.history, result_of(&step, succeeded(""), run.now)).unwrap(),
