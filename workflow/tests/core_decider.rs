@@ -398,6 +398,34 @@ fn last_scheduled(history: &[Event], action: Action, node: &str) -> usize {
         .unwrap_or_else(|| panic!("{action} on {node} was scheduled"))
 }
 
+/// The last of `events` scheduled the first probe of a guard: runs it on the fake until `action` on `node` is
+/// outstanding, checks that the guard's probes were exactly `guard`, that they all passed, and returns the action.
+fn guard_then(
+    run: &mut Run,
+    fake: &mut FakeCluster,
+    events: &[Event],
+    guard: &[(Action, &str)],
+    action: Action,
+    node: &str,
+) -> workflow::core::ScheduledStep {
+    assert!(
+        matches!(events.last(), Some(Event::StepScheduled { action: a, node: n, .. }) if (*a, n.as_str()) == guard[0]),
+        "the guard starts with {:?}: {events:#?}",
+        guard[0]
+    );
+    let from = run.history.len() - 1;
+    run.until(fake, "the guarded action", |r| r.next_is(action, node));
+    let between = &run.history[from..];
+    assert_eq!(probes_in(between), pairs(guard));
+    assert!(
+        between
+            .iter()
+            .all(|e| !matches!(e, Event::CheckEvaluated { passed: false, .. })),
+        "{between:#?}"
+    );
+    run.outstanding()
+}
+
 #[test]
 fn block_failover_is_the_first_action_on_the_leader_after_its_guard() {
     let (mut run, mut fake) = started("runbook", "");
@@ -1350,9 +1378,17 @@ fn an_install_with_unknown_outcome_that_took_effect_is_observed_not_repeated() {
         "{events:#?}"
     );
     assert!(matches!(&events[3], Event::ItemCompleted { .. }));
-    assert!(
-        matches!(events.last(), Some(Event::StepScheduled { action: Action::Start, node, .. }) if node == "backend-1"),
-        "{events:#?}"
+    // The start runs after its own guard (backend-1 is out: the leader is asked).
+    guard_then(
+        &mut run,
+        &mut fake,
+        &events,
+        &[
+            (Action::ProbeClusterStatus, "backend-2"),
+            (Action::ProbeStatus, "backend-2"),
+        ],
+        Action::Start,
+        "backend-1",
     );
     run.run_to_rest(&mut fake, 500);
     assert_eq!(run.state.status(), Status::Completed);
@@ -1390,11 +1426,20 @@ fn an_install_with_unknown_outcome_and_the_old_version_still_installed_is_retrie
         .iter()
         .any(|e| matches!(e, Event::OutcomeInferred { .. })));
     run.finish(&probe, res);
+    // After the backoff, the retry's guard, then attempt 2 of the same step.
     let events = run.tick();
-    assert!(
-        matches!(&events[1], Event::StepScheduled { step, attempt: 2, action: Action::Install, node, .. } if *step == install.step && node == "backend-1"),
-        "{events:#?}"
+    let retry = guard_then(
+        &mut run,
+        &mut fake,
+        &events,
+        &[
+            (Action::ProbeClusterStatus, "backend-2"),
+            (Action::ProbeStatus, "backend-2"),
+        ],
+        Action::Install,
+        "backend-1",
     );
+    assert_eq!((retry.step, retry.attempt), (install.step, 2));
     run.run_to_rest(&mut fake, 500);
     assert_eq!(run.state.status(), Status::Completed);
     assert!(
@@ -1457,9 +1502,16 @@ fn a_stop_whose_deadline_passed_but_took_effect_goes_on_to_install() {
         matches!(&events[2], Event::OutcomeInferred { step, evidence } if *step == stop.step && evidence.contains("services of backend-1 down")),
         "{events:#?}"
     );
-    assert!(
-        matches!(events.last(), Some(Event::StepScheduled { action: Action::Install, node, .. }) if node == "backend-1"),
-        "{events:#?}"
+    guard_then(
+        &mut run,
+        &mut fake,
+        &events,
+        &[
+            (Action::ProbeClusterStatus, "backend-2"),
+            (Action::ProbeStatus, "backend-2"),
+        ],
+        Action::Install,
+        "backend-1",
     );
     run.run_to_rest(&mut fake, 500);
     assert_eq!(run.state.status(), Status::Completed);
@@ -1483,11 +1535,21 @@ fn a_stop_with_unknown_outcome_and_services_still_running_is_retried() {
         matches!(events.last(), Some(Event::WaitStarted { purpose: WaitPurpose::Retry { step }, .. }) if *step == stop.step),
         "{events:#?}"
     );
+    // After the backoff, the retry's guard, then attempt 2 of the same step.
     let events = run.tick();
-    assert!(
-        matches!(&events[1], Event::StepScheduled { step, attempt: 2, action: Action::Stop, .. } if *step == stop.step),
-        "{events:#?}"
+    let retry = guard_then(
+        &mut run,
+        &mut fake,
+        &events,
+        &[
+            (Action::ProbeClusterStatus, "backend-2"),
+            (Action::ProbeStatus, "backend-2"),
+            (Action::ProbeFailover, "backend-2"),
+        ],
+        Action::Stop,
+        "backend-1",
     );
+    assert_eq!((retry.step, retry.attempt), (stop.step, 2));
 }
 
 #[test]
@@ -1516,7 +1578,7 @@ fn a_start_with_unknown_outcome_whose_services_run_goes_on_to_the_sync_wait() {
     );
     assert_eq!(run.state.nodes()["backend-1"].phase, NodePhase::Syncing);
     assert!(
-        matches!(events.last(), Some(Event::StepScheduled { action: Action::ProbeStatus, node, .. }) if node == "backend-1"),
+        matches!(events.last(), Some(Event::StepScheduled { action: Action::ProbeClusterStatus, node, .. }) if node == "backend-1"),
         "{events:#?}"
     );
     run.run_to_rest(&mut fake, 500);
@@ -1860,9 +1922,10 @@ fn abort_in_the_newer_procedure_waits_for_the_upgraded_node_without_starting_any
     .unwrap();
     let result = fake.run(&upgrade);
     let events = run.finish(&upgrade, result);
-    // Then the wind-down checks backend-1 first, starts nothing, and unblocks once it is synced.
+    // Then the wind-down checks backend-1 first (cluster-status, then its status), starts nothing, and unblocks
+    // once it is synced.
     assert!(
-        matches!(events.last(), Some(Event::StepScheduled { action: Action::ProbeStatus, node, .. }) if node == "backend-1"),
+        matches!(events.last(), Some(Event::StepScheduled { action: Action::ProbeClusterStatus, node, .. }) if node == "backend-1"),
         "{events:#?}"
     );
     run.run_to_rest(&mut fake, 1_000);
