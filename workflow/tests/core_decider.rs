@@ -1031,7 +1031,33 @@ fn the_canary_gate_waits_after_the_first_follower() {
         }
     ));
     assert!(matches!(&events[1], Event::ItemCompleted { .. }));
-    assert!(events.iter().any(|e| matches!(e, Event::StepScheduled { action: Action::Stop, node, .. } if node == "backend-3")));
+    // backend-3's stop does not run on what was observed before the wait: its guard comes first.
+    assert!(!events.iter().any(|e| matches!(
+        e,
+        Event::StepScheduled {
+            action: Action::Stop,
+            ..
+        }
+    )));
+    let events = run
+        .input(Input::Approve {
+            gate: Gate::AfterFirstFollower,
+            by: "op".into(),
+            now_ms: run.now,
+        })
+        .unwrap();
+    guard_then(
+        &mut run,
+        &mut fake,
+        &events,
+        &[
+            (Action::ProbeClusterStatus, "backend-2"),
+            (Action::ProbeStatus, "backend-2"),
+            (Action::ProbeFailover, "backend-2"),
+        ],
+        Action::Stop,
+        "backend-3",
+    );
 }
 
 #[test]
@@ -1140,13 +1166,19 @@ fn a_failed_demote_is_not_repeated_but_observed_and_inferred_when_a_new_leader_e
         "{events:#?}"
     );
     assert!(matches!(&events[3], Event::ItemCompleted { .. }));
-    assert!(matches!(
-        events.last(),
-        Some(Event::StepScheduled {
-            action: Action::BlockFailover,
-            ..
-        })
-    ));
+    // Re-blocking failover under the new leader runs after its guard: cluster-status from a node other than
+    // backend-1, then backend-1's own status.
+    guard_then(
+        &mut run,
+        &mut fake,
+        &events,
+        &[
+            (Action::ProbeClusterStatus, "backend-3"),
+            (Action::ProbeStatus, "backend-1"),
+        ],
+        Action::BlockFailover,
+        "backend-1",
+    );
     run.run_to_rest(&mut fake, 500);
     assert_eq!(run.state.status(), Status::Completed);
     let demotes = scheduled(&run.history)
@@ -1249,10 +1281,24 @@ fn a_demote_with_unknown_outcome_and_no_new_leader_needs_verification() {
     let probe = retry.outstanding();
     let res = fake_retry.run(&probe);
     let events = retry.finish(&probe, res);
+    // backend-2 still leads: the demote did not take effect, so it is due again, after its guard.
     assert!(
-        matches!(events.last(), Some(Event::StepScheduled { action: Action::Demote, attempt: 2, step: s, .. }) if *s == step),
+        events.iter().any(|e| matches!(e, Event::WaitStarted { purpose: WaitPurpose::Retry { step: s }, .. } if *s == step)),
         "{events:#?}"
     );
+    let demote2 = guard_then(
+        &mut retry,
+        &mut fake_retry,
+        &events,
+        &[
+            (Action::ProbeClusterStatus, "backend-1"),
+            (Action::ProbeStatus, "backend-2"),
+            (Action::ProbeFailover, "backend-2"),
+        ],
+        Action::Demote,
+        "backend-2",
+    );
+    assert_eq!((demote2.step, demote2.attempt), (step, 2));
     retry.run_to_rest(&mut fake_retry, 500);
     assert_eq!(retry.state.status(), Status::Completed);
 
@@ -1719,15 +1765,18 @@ fn pause_holds_decisions_until_resume() {
         })
         .unwrap();
     assert!(matches!(events[0], Event::UpgradeResumed { .. }));
-    assert!(
-        matches!(
-            events.last(),
-            Some(Event::StepScheduled {
-                action: Action::Install,
-                ..
-            })
-        ),
-        "{events:#?}"
+    // What was observed before the pause is stale: the install's guard runs after the resume, then the
+    // install.
+    guard_then(
+        &mut run,
+        &mut fake,
+        &events,
+        &[
+            (Action::ProbeClusterStatus, "backend-2"),
+            (Action::ProbeStatus, "backend-2"),
+        ],
+        Action::Install,
+        "backend-1",
     );
     assert_eq!(
         run.input(Input::Resume {
