@@ -649,9 +649,98 @@ fn a_follower_that_never_syncs_halts_and_failover_is_restored_naming_it() {
     verify(&run.history).unwrap();
 }
 
+/// The index in `history` of the first emergency wind-down.
+fn emergency_at(history: &[Event]) -> usize {
+    history
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                Event::WindDownStarted {
+                    cause: WindDownCause::Emergency,
+                    ..
+                }
+            )
+        })
+        .expect("the emergency exit was taken")
+}
+
+/// The result time of every `cluster-status` observation with no single leader, in order.
+fn leaderless_observations(run: &Run) -> Vec<u64> {
+    run.history
+        .iter()
+        .filter_map(|e| match e {
+            Event::ObservationRecorded {
+                step,
+                observation: Observation::ClusterStatus { status },
+                ..
+            } if status.sole_leader().is_none() => {
+                run.state.step(*step)?.outcome.as_ref().map(|o| o.at_ms)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn a_halt_leaves_failover_pending_when_no_leader_can_be_confirmed() {
-    // Given backend-1 never syncs and the leader crashes while failover is blocked.
+fn a_leader_lost_while_failover_is_blocked_takes_the_emergency_exit() {
+    // Given backend-1 is upgraded and back, failover is blocked by this upgrade, and the guard of backend-3's
+    // stop is about to ask the leader backend-2 for cluster-status.
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "the guard of backend-3's stop", |r| {
+        r.history
+            .iter()
+            .any(|e| matches!(e, Event::ItemStarted { index: 5, .. }))
+    });
+    assert!(run.next_is(Action::ProbeClusterStatus, "backend-2"));
+    // When the leader crashes: nobody can be elected while failover is off.
+    fake.env_crash("backend-2");
+    run.run_to_rest(&mut fake, 2_000);
+    // Then the guard polls (the leader's probe could not run, then no leader), and once the cluster has had no
+    // leader for longer than the election window, the emergency exit re-enables failover at once, on a live
+    // node, with no gate, and halts; backend-3 was never stopped.
+    let at = emergency_at(&run.history);
+    let Event::WindDownStarted { reason, at_ms, .. } = &run.history[at] else {
+        unreachable!()
+    };
+    assert!(
+        reason.starts_with("emergency exit: the cluster has had no single leader for")
+            && reason.contains("election window of 10000 ms"),
+        "{reason}"
+    );
+    let leaderless = leaderless_observations(&run);
+    assert!(leaderless.len() > 1, "{leaderless:?}");
+    assert!(*at_ms >= leaderless[0] + 10_000, "not before the window");
+    assert!(
+        leaderless[leaderless.len() - 2] < leaderless[0] + 10_000,
+        "at the first observation after the window"
+    );
+    assert_eq!(
+        scheduled(&run.history[at..])
+            .into_iter()
+            .map(|s| (s.action, s.node))
+            .collect::<Vec<_>>(),
+        vec![(Action::UnblockFailover, "backend-1".to_string())],
+        "failover is re-enabled first, on a live node, without a gate"
+    );
+    let (reason, pending) = halted_reason(&run.state);
+    assert!(matches!(run.state.status(), Status::Halted { .. }));
+    assert!(reason.starts_with("emergency exit"), "{reason}");
+    assert_eq!(pending, None);
+    assert!(fake.failover && !run.state.failover_blocked(), "S3");
+    assert_eq!(fake.leader_name().as_deref(), Some("backend-1"), "elected");
+    assert!(!actions_of(&run.history)
+        .iter()
+        .any(|(n, a)| n == "backend-3" && a == "stop"));
+    assert_eq!(replay(&run.history), run.state);
+    verify(&run.history).unwrap();
+}
+
+#[test]
+#[ignore = "core bug: observer() picks a crashed node that cluster-status shows as follower with PG offline, \
+            and the emergency unblock is retried on that same node until it halts with failover blocked"]
+fn the_emergency_exit_unblocks_failover_on_a_node_that_is_up() {
+    // Given backend-1 restarted but never syncs (its sync wait asks backend-1 itself for cluster-status).
     let (mut run, mut fake) = started("runbook", "");
     run.until(&mut fake, "backend-1 started", |r| {
         r.next_is(Action::Start, "backend-1")
@@ -659,24 +748,136 @@ fn a_halt_leaves_failover_pending_when_no_leader_can_be_confirmed() {
     let step = run.outstanding();
     let res = fake.run(&step);
     fake.nodes[0].syncing = 1_000_000;
-    fake.nodes[1].running = false;
+    // When the leader crashes while failover is blocked (cluster-status then shows backend-2 as a follower
+    // whose PG is offline).
+    assert!(fake.env_crash("backend-2"));
     run.finish(&step, res);
-    // When the sync timeout passes, and the wind-down's own one too.
     run.run_to_rest(&mut fake, 2_000);
-    // Then failover stays blocked, and the end says why and what to run.
-    let (_, pending) = halted_reason(&run.state);
-    let pending = pending.expect("no leader is confirmed, so failover stays blocked and says why");
+    // Then the emergency exit re-enables failover on a node that is up, and backend-3 is elected.
+    let at = emergency_at(&run.history);
     assert!(
-        pending.contains("not healthy enough")
-            && pending.contains("set-cluster-failover on")
-            && pending.contains("probe unavailable"),
-        "{pending}"
+        scheduled(&run.history[at..])
+            .iter()
+            .all(|s| s.action != Action::UnblockFailover || s.node != "backend-2"),
+        "the crashed leader is not asked to unblock failover: {:?}",
+        actions_of(&run.history[at..])
     );
-    assert!(run.state.failover_blocked());
-    assert!(!fake.failover, "nothing unblocked it");
-    assert!(!actions_of(&run.history)
-        .iter()
-        .any(|(_, a)| a == "unblock_failover"));
+    let (reason, pending) = halted_reason(&run.state);
+    assert!(reason.starts_with("emergency exit"), "{reason}");
+    assert_eq!(pending, None);
+    assert!(fake.failover && !run.state.failover_blocked(), "S3");
+    assert_eq!(fake.leader_name().as_deref(), Some("backend-3"));
+}
+
+#[test]
+#[ignore = "core bug: when unblocking fails because etcd lost quorum, the emergency exit halts without \
+            starting the node this upgrade stopped, the one action that restores quorum"]
+fn the_emergency_exit_brings_back_the_node_it_stopped_even_if_unblocking_failed() {
+    // Given backend-1 was stopped by this upgrade (its install's guard is about to run).
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "the guard of backend-1's install", |r| {
+        r.history
+            .iter()
+            .any(|e| matches!(e, Event::ItemStarted { index: 2, .. }))
+    });
+    // When the leader crashes: with backend-1 stopped too, etcd has lost its quorum, so neither an election
+    // nor `set-cluster-failover` can succeed until a second node runs.
+    assert!(fake.env_crash("backend-2"));
+    assert!(!fake.has_quorum());
+    run.run_to_rest(&mut fake, 2_000);
+    // Then, after the emergency exit's unblock fails, backend-1 (old version still installed) is started again,
+    // which restores quorum.
+    let at = emergency_at(&run.history);
+    assert!(
+        actions_of(&run.history[at..])
+            .iter()
+            .any(|(n, a)| n == "backend-1" && a == "start"),
+        "{:?}",
+        actions_of(&run.history[at..])
+    );
+    assert!(fake.nodes[0].running && fake.has_quorum());
+}
+
+/// `cluster-status` as the fake prints it, but with `node`'s PostgreSQL (and Elasticsearch) offline: its
+/// database crashed while its etcd runs, so leaderl keeps it as leader while failover is blocked.
+fn with_pg_offline(text: &str, node: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with(node) {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                format!(
+                    "{}  {}  {}  {}  offline  offline",
+                    cols[0], cols[1], cols[2], cols[3]
+                )
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+#[test]
+fn the_emergency_exit_unblocks_failover_then_brings_back_the_node_it_stopped() {
+    // Given backend-1 was stopped by this upgrade (its install's guard is about to run).
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "the guard of backend-1's install", |r| {
+        r.history
+            .iter()
+            .any(|e| matches!(e, Event::ItemStarted { index: 2, .. }))
+    });
+    assert_eq!(fake.out_of_service(), vec!["backend-1".to_string()]);
+    // When the leader's database crashes (etcd keeps quorum on backend-2 and backend-3, but failover is off,
+    // so cluster-status shows backend-2 as a leader whose PG is offline) until failover is re-enabled, after
+    // which backend-3 is elected.
+    let mut unblocked = false;
+    for _ in 0..2_000 {
+        if run.state.is_terminal() {
+            break;
+        }
+        let Some(step) = run.state.outstanding_steps().first().cloned() else {
+            assert!(run.advance(&mut fake));
+            continue;
+        };
+        let (outcome, code, mut stdout, stderr) = fake.run(&step);
+        if step.action == Action::ProbeClusterStatus && !unblocked {
+            stdout = with_pg_offline(&stdout, "backend-2");
+        }
+        if step.action == Action::UnblockFailover && outcome == Outcome::Succeeded {
+            unblocked = true;
+            assert!(fake.env_promote("backend-3"));
+        }
+        run.finish(&step, (outcome, code, stdout, stderr));
+    }
+    // Then: no leader is seen (a leader whose PG is offline is none), the emergency exit re-enables failover at
+    // once, then starts backend-1 again (the old version is still installed), checks it is back, and halts.
+    assert!(unblocked);
+    let at = emergency_at(&run.history);
+    assert_eq!(
+        actions_of(&run.history[at..]),
+        vec![
+            ("backend-3".to_string(), "unblock_failover".to_string()),
+            ("backend-1".to_string(), "start".to_string()),
+        ]
+    );
+    assert!(!actions_of(&run.history).iter().any(|(_, a)| a == "install"));
+    let (reason, pending) = halted_reason(&run.state);
+    assert!(matches!(run.state.status(), Status::Halted { .. }));
+    assert!(
+        reason.starts_with("emergency exit") && reason.contains("leaders now: []"),
+        "{reason}"
+    );
+    assert!(
+        reason.ends_with("; backend-1 is in service (healthy and synced)"),
+        "{reason}"
+    );
+    assert_eq!(pending, None);
+    assert!(fake.failover && !run.state.failover_blocked());
+    assert!(fake.out_of_service().is_empty(), "backend-1 is back");
+    assert_eq!(fake.nodes[0].running_version, "3.0.0-1");
+    assert_eq!(replay(&run.history), run.state);
+    verify(&run.history).unwrap();
 }
 
 #[test]
