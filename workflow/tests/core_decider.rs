@@ -1592,6 +1592,69 @@ fn a_demote_with_unknown_outcome_and_no_new_leader_needs_verification() {
 }
 
 #[test]
+fn resolving_a_demote_that_elected_nobody_as_succeeded_does_not_block_failover_on_a_leaderless_cluster(
+) {
+    // Given the demote deposed backend-2 but no leader was elected, and its outcome is unknown.
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "demote", |r| {
+        r.next_is(Action::Demote, "backend-2")
+    });
+    let demote = run.outstanding();
+    fake.nodes[1].role = FakeRole::Deposed;
+    fake.nodes[1].deposed_polls = u32::MAX;
+    run.finish(&demote, unknown());
+    // The re-observation polls (an election may still be running), then leaves it to an operator.
+    run.run_to_rest(&mut fake, 2_000);
+    let Status::NeedsVerification { step, reason } = run.state.status() else {
+        panic!("{:?}", run.state.status())
+    };
+    assert_eq!(step, demote.step);
+    assert!(
+        reason.contains("the old leader is deposed and still no leader was elected"),
+        "{reason}"
+    );
+    assert!(run.history.iter().any(|e| matches!(e,
+        Event::CheckEvaluated { passed: false, problems, .. }
+        if problems.iter().any(|p| p.contains("no leader is elected yet; looking again")))));
+    assert_eq!(attempts_of(&run.history, Action::Demote, "backend-2"), 1);
+    // When an operator resolves it as succeeded (wrongly: nobody leads).
+    let from = run.history.len();
+    run.input(Input::Resolve {
+        step,
+        resolution: Resolution::Succeeded,
+        by: "op".into(),
+        why: "the demote ran".into(),
+        now_ms: run.now,
+    })
+    .unwrap();
+    run.run_to_rest(&mut fake, 2_000);
+    // Then the next action, blocking failover under the new leader, waits for its guard, which sees no
+    // leader: it is never run, and the upgrade halts naming it. Failover was on for the switchover, so it is
+    // left on (nothing pending): the cluster can still elect.
+    let after = &run.history[from..];
+    assert!(
+        actions_of(after).is_empty(),
+        "no action after the resolution: {:?}",
+        actions_of(after)
+    );
+    assert!(after.iter().any(|e| matches!(e,
+        Event::CheckEvaluated { passed: false, problems, .. }
+        if problems.iter().any(|p| p.contains("0 leaders")))));
+    let (reason, pending) = halted_reason(&run.state);
+    assert!(matches!(run.state.status(), Status::Halted { .. }));
+    assert!(
+        reason.starts_with(
+            "`block_failover` on backend-1 was not run: the cluster did not become safe for it"
+        ),
+        "{reason}"
+    );
+    assert_eq!(pending, None);
+    assert!(fake.failover && !run.state.failover_blocked());
+    assert_eq!(replay(&run.history), run.state);
+    verify(&run.history).unwrap();
+}
+
+#[test]
 fn the_newer_procedure_upgrades_the_leader_with_failover_and_checks_it() {
     let (mut run, mut fake) = started("upgrade-command", "");
     run.run_to_rest(&mut fake, 500);
