@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use common::*;
 use workflow::core::{
-    decide, replay, verify, Action, Event, Gate, Input, NodePhase, Observation, Outcome, Phase,
-    Rejection, Resolution, State, Status, WaitPurpose, WindDownCause,
+    decide, replay, verify, Action, ClusterFile, Event, Gate, Input, NodePhase, Observation,
+    Outcome, Phase, Rejection, Resolution, State, Status, WaitPurpose, WindDownCause,
 };
 
 /// Given `history`, when `input`: the events decided (the state is rebuilt from the history alone).
@@ -206,6 +206,132 @@ fn violations_but_reinstalls(fake: &FakeCluster) -> Vec<String> {
         .filter(|v| !v.starts_with("S4: install ran again on"))
         .cloned()
         .collect()
+}
+
+#[test]
+fn preflight_refuses_a_cluster_of_fewer_than_three_nodes_before_any_probe() {
+    // Given a cluster file with two nodes.
+    let toml = cluster_toml("runbook", "");
+    let cut = toml.find("[[nodes]]\nname = \"backend-3\"").unwrap();
+    let end = toml.find("[upgrade]").unwrap();
+    let two = format!("{}{}", &toml[..cut], &toml[end..]);
+    let c = ClusterFile::parse("cluster.toml", &two).unwrap();
+    assert_eq!(c.nodes.len(), 2);
+    // When it is submitted.
+    let events = when(&[], submit(c, 1_000)).unwrap();
+    // Then it is refused at once, before any probe: etcd would lose its quorum with one node stopped.
+    assert!(scheduled(&events).is_empty(), "{events:#?}");
+    let Some(Event::UpgradeHalted {
+        reason,
+        failover_pending: None,
+        ..
+    }) = events.last()
+    else {
+        panic!("{events:#?}")
+    };
+    assert!(
+        reason.starts_with(
+            "preflight refused: the cluster has 2 node(s); a rolling upgrade needs at least 3"
+        ) && reason.contains("quorum"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn preflight_refuses_what_cannot_roll_before_any_action() {
+    // Given a cluster that is healthy but that a rolling upgrade to 3.1.0-1 must not touch, when preflight
+    // runs, then it is refused before any action, with a reason naming the node and the versions.
+    type Setup = fn(&mut FakeCluster);
+    let cases: [(&str, &str, Option<&str>, Setup, &[&str]); 8] = [
+        (
+            "a major-version change",
+            "2.4.0-1",
+            None,
+            |_| {},
+            &["backend-1 runs 2.4.0-1 and the target is 3.1.0-1: a major-version change"],
+        ),
+        (
+            "a downgrade",
+            "3.0.0-1",
+            None,
+            |f| {
+                f.nodes[2].installed = "3.2.0-1".into();
+                f.nodes[2].running_version = "3.2.0-1".into();
+            },
+            &["backend-3 has 3.2.0-1, newer than the target 3.1.0-1: a downgrade is not an upgrade"],
+        ),
+        (
+            "the whole cluster newer than the target",
+            "3.2.0-1",
+            None,
+            |_| {},
+            &["backend-1 has 3.2.0-1, newer than the target 3.1.0-1"],
+        ),
+        (
+            "the package file missing on one node",
+            "3.0.0-1",
+            None,
+            |f| {
+                f.missing_package.insert("backend-3".into());
+            },
+            &["`probe_package` on backend-3", "No such file or directory"],
+        ),
+        (
+            "a package file that is not the target",
+            "3.0.0-1",
+            Some("3.1.0-2"),
+            |_| {},
+            &["the package file /var/tmp/chef-backend_3.1.0-1_amd64.deb on backend-1 is version 3.1.0-1, not the target 3.1.0-2"],
+        ),
+        (
+            "cluster failover already off",
+            "3.0.0-1",
+            None,
+            |f| f.failover = false,
+            &["cluster failover is already off"],
+        ),
+        (
+            "node failover off on one node",
+            "3.0.0-1",
+            None,
+            |f| f.nodes[0].node_failover = false,
+            &["node-level failover is off on backend-1"],
+        ),
+        (
+            "a half-configured package",
+            "3.0.0-1",
+            None,
+            |f| f.nodes[2].half_configured = true,
+            &["the chef-backend package on backend-3 is half-configured"],
+        ),
+    ];
+    for (what, version, target, setup, parts) in cases {
+        let mut run = Run::new();
+        let mut fake = FakeCluster::new(version);
+        setup(&mut fake);
+        let mut input = submit(cluster("runbook", ""), run.now);
+        if let Input::Submit { target_version, .. } = &mut input {
+            *target_version = target.map(str::to_string);
+        }
+        run.input(input).unwrap();
+        run.run_to_rest(&mut fake, 200);
+        let (reason, pending) = halted_reason(&run.state);
+        assert!(
+            reason.starts_with("preflight refused: "),
+            "{what}: {reason}"
+        );
+        for part in parts {
+            assert!(reason.contains(part), "{what}: missing {part}: {reason}");
+        }
+        assert_eq!(pending, None, "{what}");
+        assert!(run.state.plan().is_none(), "{what}: no plan");
+        assert!(
+            actions_of(&run.history).is_empty(),
+            "{what}: {:?}",
+            actions_of(&run.history)
+        );
+        assert!(!fake.ever_blocked, "{what}");
+    }
 }
 
 #[test]
