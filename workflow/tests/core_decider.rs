@@ -1781,6 +1781,115 @@ fn resolving_a_demote_that_elected_nobody_as_succeeded_does_not_block_failover_o
 }
 
 #[test]
+fn a_demote_rejected_by_the_executor_is_retried_after_a_fresh_guard() {
+    // Given the demote is scheduled.
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "demote", |r| {
+        r.next_is(Action::Demote, "backend-2")
+    });
+    let demote = run.outstanding();
+    // When the executor rejects it without running anything.
+    let events = run.finish(
+        &demote,
+        (Outcome::Rejected, None, String::new(), String::new()),
+    );
+    // Then nothing is in doubt: no re-observation, no operator; it is due again after the backoff.
+    assert_eq!(
+        events[1..],
+        [Event::WaitStarted {
+            purpose: WaitPurpose::Retry { step: demote.step },
+            until_ms: run.now + 500
+        }],
+        "{events:#?}"
+    );
+    // And when the backoff has passed, the guard runs afresh before attempt 2 of the same step.
+    let events = run.tick();
+    let retry = guard_then(
+        &mut run,
+        &mut fake,
+        &events,
+        &[
+            (Action::ProbeClusterStatus, "backend-1"),
+            (Action::ProbeStatus, "backend-2"),
+            (Action::ProbeFailover, "backend-2"),
+        ],
+        Action::Demote,
+        "backend-2",
+    );
+    assert_eq!((retry.step, retry.attempt), (demote.step, 2));
+    run.run_to_rest(&mut fake, 1_000);
+    assert_eq!(run.state.status(), Status::Completed);
+    assert!(!run.history.iter().any(|e| matches!(
+        e,
+        Event::VerificationRequired { .. } | Event::ReobservationStarted { .. }
+    )));
+    let demotes_run = fake
+        .journal
+        .iter()
+        .filter(|(_, argv)| *argv == strings(&["chef-backend-ctl", "demote"]))
+        .count();
+    assert_eq!(demotes_run, 1, "the rejected attempt never ran");
+    assert!(
+        fake.violations.list.is_empty(),
+        "{:?}",
+        fake.violations.list
+    );
+}
+
+#[test]
+fn the_switchover_check_waits_while_the_new_leader_shows_a_follower_syncing() {
+    // Given the demote elected backend-1 and the switchover check has seen the roles and its version.
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(
+        &mut fake,
+        "the new leader's status in the switchover check",
+        |r| {
+            matches!(
+                r.state.plan().map(|p| &p.items[12]),
+                Some(workflow::core::PlanItem::VerifySwitchover { .. })
+            ) && r
+                .history
+                .iter()
+                .any(|e| matches!(e, Event::ItemStarted { index: 12, .. }))
+                && r.next_is(Action::ProbeStatus, "backend-1")
+        },
+    );
+    // When backend-1's own status shows a follower still syncing to it (cluster-status showed it `follower`).
+    let probe = run.outstanding();
+    let (outcome, code, stdout, stderr) = fake.run(&probe);
+    let at = stdout.find("syncing: ").unwrap();
+    let line_end = at + stdout[at..].find('\n').unwrap();
+    let syncing = format!(
+        "{}syncing: 1; synced: 1{}",
+        &stdout[..at],
+        &stdout[line_end..]
+    );
+    let events = run.finish(&probe, (outcome, code, syncing, stderr));
+    // Then the check fails on it and polls; the old leader is not touched yet.
+    assert!(
+        matches!(&events[2..], [Event::CheckEvaluated { node, passed: false, problems, .. }, Event::WaitStarted { purpose: WaitPurpose::Poll, .. }]
+        if node == "backend-1" && problems.iter().any(|p| p.contains("syncing: 1"))),
+        "{events:#?}"
+    );
+    // And once backend-1's status shows every follower synced, the old leader's stop follows.
+    run.until(&mut fake, "old leader stopped", |r| {
+        r.next_is(Action::Stop, "backend-2")
+    });
+    let stop = last_scheduled(&run.history, Action::Stop, "backend-2");
+    let verified = run.history[..stop]
+        .iter()
+        .rposition(|e| matches!(e, Event::ItemCompleted { index: 12, .. }))
+        .unwrap();
+    let last_status = run.history[..verified].iter().rev().find_map(|e| match e {
+        Event::CheckEvaluated { node, passed, .. } if node == "backend-1" => Some(*passed),
+        _ => None,
+    });
+    assert_eq!(last_status, Some(true));
+    run.run_to_rest(&mut fake, 1_000);
+    assert_eq!(run.state.status(), Status::Completed);
+}
+
+#[test]
 fn the_newer_procedure_upgrades_the_leader_with_failover_and_checks_it() {
     let (mut run, mut fake) = started("upgrade-command", "");
     run.run_to_rest(&mut fake, 500);
