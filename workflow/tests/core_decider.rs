@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use common::*;
 use workflow::core::{
-    decide, replay, verify, Action, ClusterFile, Event, Gate, Input, NodePhase, Observation,
-    Outcome, Phase, Rejection, Resolution, State, Status, WaitPurpose, WindDownCause,
+    decide, parse_cluster_status, replay, verify, Action, ClusterFile, ClusterMember,
+    ClusterStatus, Event, Gate, Input, NodePhase, Observation, Outcome, Phase, Rejection,
+    Resolution, Role, State, Status, WaitPurpose, WindDownCause,
 };
 
 /// Given `history`, when `input`: the events decided (the state is rebuilt from the history alone).
@@ -2770,6 +2771,83 @@ fn inputs_before_a_submission_and_after_the_end_are_refused() {
             .unwrap(),
         vec![]
     );
+}
+
+/// `chef-backend-ctl cluster-status` with a footer line after the table (a notice, as newer releases print).
+const CLUSTER_STATUS_WITH_FOOTER: &str = "\
+Name       IP              GUID                              Role      PG        ES
+backend-1  192.168.33.215  79d84527cf937f3daa94c1435d0a4249  follower  follower  not_master
+backend-2  192.168.33.216  c106c88745ef13517874d7301463afb9  leader    leader    master
+backend-3  192.168.33.217  4d29bcb5eec25d3674d5b8af132f75b3  follower  follower  not_master
+
+Cluster failover is enabled; 3 of 3 nodes have node failover enabled.
+";
+
+#[test]
+fn a_cluster_status_with_an_extra_footer_line_still_parses() {
+    // Given cluster-status output with a footer, when it is parsed, then the table is read as it is and the
+    // footer ignored (golden).
+    let member = |name: &str, ip: &str, guid: &str, role: Role, pg: &str, es: &str| ClusterMember {
+        name: name.into(),
+        ip: ip.into(),
+        guid: guid.into(),
+        role,
+        pg: Some(pg.into()),
+        es: Some(es.into()),
+    };
+    let want = ClusterStatus {
+        members: vec![
+            member(
+                "backend-1",
+                "192.168.33.215",
+                "79d84527cf937f3daa94c1435d0a4249",
+                Role::Follower,
+                "follower",
+                "not_master",
+            ),
+            member(
+                "backend-2",
+                "192.168.33.216",
+                "c106c88745ef13517874d7301463afb9",
+                Role::Leader,
+                "leader",
+                "master",
+            ),
+            member(
+                "backend-3",
+                "192.168.33.217",
+                "4d29bcb5eec25d3674d5b8af132f75b3",
+                Role::Follower,
+                "follower",
+                "not_master",
+            ),
+        ],
+    };
+    let got = parse_cluster_status(CLUSTER_STATUS_WITH_FOOTER).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(got.sole_leader(), Some("backend-2"));
+    // And when the guard of backend-1's stop gets it, it passes like the bare table: the stop follows.
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "the guard of backend-1's stop", |r| {
+        r.history
+            .iter()
+            .any(|e| matches!(e, Event::ItemStarted { index: 1, .. }))
+    });
+    let probe = run.outstanding();
+    assert_eq!(probe.action, Action::ProbeClusterStatus);
+    let _ = fake.run(&probe);
+    let events = run.finish(&probe, succeeded(CLUSTER_STATUS_WITH_FOOTER));
+    assert!(
+        matches!(&events[1], Event::ObservationRecorded { observation: Observation::ClusterStatus { status }, .. } if *status == want),
+        "{events:#?}"
+    );
+    assert!(matches!(
+        &events[2],
+        Event::CheckEvaluated { passed: true, .. }
+    ));
+    run.until(&mut fake, "the stop", |r| {
+        r.next_is(Action::Stop, "backend-1")
+    });
 }
 
 #[test]
