@@ -242,8 +242,16 @@ fn preflight_refuses_a_cluster_of_fewer_than_three_nodes_before_any_probe() {
 fn preflight_refuses_what_cannot_roll_before_any_action() {
     // Given a cluster that is healthy but that a rolling upgrade to 3.1.0-1 must not touch, when preflight
     // runs, then it is refused before any action, with a reason naming the node and the versions.
-    type Setup = fn(&mut FakeCluster);
-    let cases: [(&str, &str, Option<&str>, Setup, &[&str]); 8] = [
+    /// What is refused, the version every node runs, the target asked for (else the package's), how the
+    /// cluster differs, and what the reason must say.
+    type Case = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        fn(&mut FakeCluster),
+        &'static [&'static str],
+    );
+    let cases: [Case; 8] = [
         (
             "a major-version change",
             "2.4.0-1",
@@ -2531,7 +2539,7 @@ fn abort_after_stop_starts_the_node_checks_it_then_unblocks_and_ends_aborted() {
             ("backend-3".to_string(), true),
             ("backend-3".to_string(), true)
         ],
-        "status and cluster-status both passed last"
+        "cluster-status and status both passed last"
     );
     assert_eq!(
         run.state.status(),
