@@ -584,14 +584,15 @@ fn block_failover_is_the_first_action_on_the_leader_after_its_guard() {
         run.history[phase + 1],
         Event::ItemStarted { index: 0, .. }
     ));
-    // The guard ran first: cluster-status from a live node, then the leader's own status (no failover probe:
-    // blocking it is what changes it), and both passed.
+    // The guard ran first: cluster-status from a live node, the leader's own status, then the failover settings
+    // (which name the leader again), and all passed.
     let after = &run.history[phase..];
     assert_eq!(
         probes_in(after),
         pairs(&[
             (Action::ProbeClusterStatus, "backend-1"),
-            (Action::ProbeStatus, "backend-2")
+            (Action::ProbeStatus, "backend-2"),
+            (Action::ProbeFailover, "backend-2"),
         ])
     );
     let checks: Vec<bool> = after
@@ -601,7 +602,7 @@ fn block_failover_is_the_first_action_on_the_leader_after_its_guard() {
             _ => None,
         })
         .collect();
-    assert_eq!(checks, [true, true]);
+    assert_eq!(checks, [true, true, true]);
     assert_eq!(
         actions_of(&run.history),
         vec![("backend-2".to_string(), "block_failover".to_string())],
@@ -872,8 +873,6 @@ fn a_leader_lost_while_failover_is_blocked_takes_the_emergency_exit() {
 }
 
 #[test]
-#[ignore = "core bug: observer() picks a crashed node that cluster-status shows as follower with PG offline, \
-            and the emergency unblock is retried on that same node until it halts with failover blocked"]
 fn the_emergency_exit_unblocks_failover_on_a_node_that_is_up() {
     // Given backend-1 restarted but never syncs (its sync wait asks backend-1 itself for cluster-status).
     let (mut run, mut fake) = started("runbook", "");
@@ -905,8 +904,6 @@ fn the_emergency_exit_unblocks_failover_on_a_node_that_is_up() {
 }
 
 #[test]
-#[ignore = "core bug: when unblocking fails because etcd lost quorum, the emergency exit halts without \
-            starting the node this upgrade stopped, the one action that restores quorum"]
 fn the_emergency_exit_brings_back_the_node_it_stopped_even_if_unblocking_failed() {
     // Given backend-1 was stopped by this upgrade (its install's guard is about to run).
     let (mut run, mut fake) = started("runbook", "");
@@ -1090,7 +1087,8 @@ fn an_idempotent_step_out_of_retries_halts_with_the_command_exit_code_and_output
             probes_in(&run.history[w[0]..w[1]]),
             pairs(&[
                 (Action::ProbeClusterStatus, "backend-2"),
-                (Action::ProbeStatus, "backend-2")
+                (Action::ProbeStatus, "backend-2"),
+                (Action::ProbeFailover, "backend-2"),
             ])
         );
     }
@@ -1338,7 +1336,22 @@ fn the_canary_gate_waits_after_the_first_follower() {
         run.state.nodes()["backend-3"].phase,
         workflow::core::NodePhase::Pending
     );
-    assert_eq!(run.state.next_wakeup_ms(), None);
+    // While it waits with failover blocked, it only watches for a lost leader: a `cluster-status` every poll
+    // interval, nothing else.
+    assert!(run.state.next_wakeup_ms().is_some());
+    let asked = run
+        .history
+        .iter()
+        .rposition(|e| matches!(e, Event::ApprovalRequested { .. }))
+        .unwrap();
+    let while_waiting = scheduled(&run.history[asked..]);
+    assert!(!while_waiting.is_empty());
+    assert!(
+        while_waiting
+            .iter()
+            .all(|s| s.action == Action::ProbeClusterStatus),
+        "{while_waiting:#?}"
+    );
     assert_eq!(
         when(
             &run.history,
@@ -1350,6 +1363,10 @@ fn the_canary_gate_waits_after_the_first_follower() {
         ),
         Err(Rejection::GateNotConfigured(Gate::BeforeSwitchover))
     );
+    // Between two looks of the watch (none outstanding), an approval completes the gate at once.
+    run.until(&mut fake, "the watch's probe answered", |r| {
+        r.state.outstanding_steps().is_empty()
+    });
     let events = when(
         &run.history,
         Input::Approve {
@@ -1570,6 +1587,7 @@ fn a_failed_demote_is_not_repeated_but_observed_and_inferred_when_a_new_leader_e
         &[
             (Action::ProbeClusterStatus, "backend-3"),
             (Action::ProbeStatus, "backend-1"),
+            (Action::ProbeFailover, "backend-1"),
         ],
         Action::BlockFailover,
         "backend-1",
@@ -1999,6 +2017,7 @@ fn an_install_with_unknown_outcome_that_took_effect_is_observed_not_repeated() {
         &[
             (Action::ProbeClusterStatus, "backend-2"),
             (Action::ProbeStatus, "backend-2"),
+            (Action::ProbeFailover, "backend-2"),
         ],
         Action::Start,
         "backend-1",
@@ -2048,6 +2067,7 @@ fn an_install_with_unknown_outcome_and_the_old_version_still_installed_is_retrie
         &[
             (Action::ProbeClusterStatus, "backend-2"),
             (Action::ProbeStatus, "backend-2"),
+            (Action::ProbeFailover, "backend-2"),
         ],
         Action::Install,
         "backend-1",
@@ -2122,6 +2142,7 @@ fn a_stop_whose_deadline_passed_but_took_effect_goes_on_to_install() {
         &[
             (Action::ProbeClusterStatus, "backend-2"),
             (Action::ProbeStatus, "backend-2"),
+            (Action::ProbeFailover, "backend-2"),
         ],
         Action::Install,
         "backend-1",
@@ -2341,6 +2362,7 @@ fn pause_holds_decisions_until_resume() {
         &[
             (Action::ProbeClusterStatus, "backend-2"),
             (Action::ProbeStatus, "backend-2"),
+            (Action::ProbeFailover, "backend-2"),
         ],
         Action::Install,
         "backend-1",
@@ -2426,8 +2448,6 @@ fn a_follower_that_crashed_during_a_pause_stops_the_plan_after_resume() {
 }
 
 #[test]
-#[ignore = "core bug: a guard observation whose probe ran before the pause is judged after the resume and \
-            counts as the first pass of the guard, so the moved leader is stopped"]
 fn the_leader_moved_during_a_pause_is_not_stopped_after_resume() {
     let (mut run, mut fake) = paused_during_the_guard_of_backend_3s_stop();
     // When someone else promotes backend-3 during the pause (followers re-sync to it), and the operator

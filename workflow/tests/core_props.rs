@@ -379,7 +379,8 @@ impl Oracle {
     ) -> Result<(), String> {
         // The core tried to give the cluster its failover back while the environment (or the harness, losing
         // its results) kept the cluster from taking it: not the core's doing.
-        let excused = tried_unblock && (self.injected_since_block > 0 || !self.env_touched.is_empty());
+        let excused =
+            tried_unblock && (self.injected_since_block > 0 || !self.env_touched.is_empty());
         if !fake.failover && !excused {
             let electable: Vec<&str> = (0..fake.nodes.len())
                 .filter(|&i| fake.electable(i))
@@ -1571,15 +1572,33 @@ fn parse_op(t: &str) -> Op {
 fn trace_event(e: &Event) -> String {
     match e {
         Event::StepScheduled {
-            step, attempt, node, action, ..
+            step,
+            attempt,
+            node,
+            action,
+            ..
         } => format!("scheduled {step}.{attempt} {action} on {node}"),
         Event::StepResultRecorded {
-            step, outcome, at_ms, stdout, stderr, ..
+            step,
+            outcome,
+            at_ms,
+            stdout,
+            stderr,
+            ..
         } => format!(
             "result {step} {outcome:?} at {at_ms}: {}",
-            format!("{stdout} {stderr}").chars().take(160).collect::<String>().replace('\n', " | ")
+            format!("{stdout} {stderr}")
+                .chars()
+                .take(160)
+                .collect::<String>()
+                .replace('\n', " | ")
         ),
-        Event::CheckEvaluated { step, passed, problems, .. } => {
+        Event::CheckEvaluated {
+            step,
+            passed,
+            problems,
+            ..
+        } => {
             format!("check {step} passed={passed} {problems:?}")
         }
         other => format!("{other:?}").chars().take(220).collect(),

@@ -649,7 +649,9 @@ pub(crate) fn observer(state: &State, avoid: Option<&str>) -> String {
     let followers = last.into_iter().flat_map(|c| {
         c.members
             .iter()
-            .filter(|m| m.role == super::parse::Role::Follower)
+            .filter(|m| {
+                m.role == super::parse::Role::Follower && m.pg.as_deref() != Some("offline")
+            })
             .map(|m| m.name.clone())
     });
     // When every node looks unreachable, ask them in turn: the one given a step least recently first.
@@ -1558,6 +1560,14 @@ fn judge_guard(
     now: u64,
 ) -> Vec<Event> {
     let p = &probe.scheduled;
+    let cursor = state.cursor.as_ref().expect("a guard runs inside an item");
+    if p.step < cursor.fresh_from {
+        // Asked before the last resume: stale. The guard starts again.
+        return vec![Event::WaitStarted {
+            purpose: WaitPurpose::Poll,
+            until_ms: now,
+        }];
+    }
     let finding = guard_finding(state, action, target, observation);
     let problems = match &finding {
         Finding::Pass => vec![],
@@ -1589,7 +1599,6 @@ fn judge_guard(
     if let Some(exit) = emergency_exit(state, observation, now) {
         return vec![check, exit];
     }
-    let cursor = state.cursor.as_ref().expect("a guard runs inside an item");
     let sync_timeout = sub(state).cluster.upgrade.sync_timeout_ms;
     if now >= cursor.started_ms + sync_timeout {
         return vec![
@@ -1791,7 +1800,9 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
             // The emergency exit keeps trying for as long as a node may take to sync (etcd may be without its
             // quorum until someone brings a node back); otherwise the retry policy.
             let emergency_time_left = w.cause == WindDownCause::Emergency
-                && now < w.started_ms.saturating_add(s.cluster.upgrade.sync_timeout_ms);
+                && now
+                    < w.started_ms
+                        .saturating_add(s.cluster.upgrade.sync_timeout_ms);
             if tries <= s.cluster.upgrade.retries || emergency_time_left {
                 return vec![Event::WaitStarted {
                     purpose: WaitPurpose::Poll,

@@ -149,6 +149,8 @@ pub(crate) struct Cursor {
     pub step: Option<u64>,
     /// That step is due to run again (a retry wait started for it): its guard runs first, then the new attempt.
     pub retry: Option<u64>,
+    /// Guard observations of probes numbered below this were asked before the last resume: stale.
+    pub fresh_from: u64,
 }
 
 /// A step whose effect is being re-observed (S4): a non-idempotent step that did not succeed, or any action
@@ -603,11 +605,16 @@ impl State {
             }
             Event::UpgradeResumed { at_ms, .. } => {
                 self.paused = None;
+                // A poll (the watch's, or one started before the pause) does not delay what follows a resume.
+                if matches!(self.wait, Some((WaitPurpose::Poll, _))) {
+                    self.wait = None;
+                }
                 // A pause is the operator's time, not the node's: the sync timeout restarts on resume.
                 if let Some(c) = &mut self.cursor {
                     c.started_ms = *at_ms;
                     // What was observed before the pause is stale: a guard starts again.
                     c.checks_passed = 0;
+                    c.fresh_from = self.next_step;
                 }
             }
             Event::AbortRequested { .. } => {}
@@ -615,6 +622,10 @@ impl State {
                 self.approvals.insert(*gate);
                 if self.awaiting_gate == Some(*gate) {
                     self.awaiting_gate = None;
+                    // The watch's poll is over: the plan goes on now.
+                    if matches!(self.wait, Some((WaitPurpose::Poll, _))) {
+                        self.wait = None;
+                    }
                 }
             }
             Event::StepResolved {
@@ -802,6 +813,7 @@ impl State {
                     checks_passed: 0,
                     step: None,
                     retry: None,
+                    fresh_from: 0,
                 });
                 if let Some(PlanItem::WaitSynced { node, .. }) =
                     self.plan.as_ref().and_then(|p| p.items.get(*index))
