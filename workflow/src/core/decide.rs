@@ -684,6 +684,9 @@ pub(crate) fn next_decisions(state: &State, now: u64) -> Vec<Event> {
     if state.sub.is_none() || state.terminal.is_some() {
         return vec![];
     }
+    if let Some(exit) = emergency_by_time(state, now) {
+        return vec![exit];
+    }
     if let Some(record) = state.current_record() {
         if record.outcome.is_none() {
             if now >= record.scheduled.deadline_ms {
@@ -1686,9 +1689,25 @@ fn describe_probe(record: &StepRecord) -> String {
 /// longer than the election window. Nobody can be elected while failover is off, so waiting longer only makes
 /// the outage longer: re-enable failover at once, on any live node, then halt.
 fn emergency_exit(state: &State, observation: &Observation, now: u64) -> Option<Event> {
-    let Observation::ClusterStatus { status } = observation else {
+    match observation {
+        Observation::ClusterStatus { status } => emergency_for(state, status, now),
+        _ => None,
+    }
+}
+
+/// The emergency exit when its time comes while a probe is still out (a probe of a dead node can take its whole
+/// deadline): the latest `cluster-status` showed no leader, and the election window has passed since then.
+fn emergency_by_time(state: &State, now: u64) -> Option<Event> {
+    let in_flight_action = state
+        .current_record()
+        .is_some_and(|r| r.outcome.is_none() && !r.scheduled.action.is_probe());
+    if in_flight_action {
         return None;
-    };
+    }
+    emergency_for(state, state.last_cluster.as_ref()?, now)
+}
+
+fn emergency_for(state: &State, status: &super::parse::ClusterStatus, now: u64) -> Option<Event> {
     if !state.failover_blocked || status.sole_leader().is_some() {
         return None;
     }

@@ -288,6 +288,19 @@ pub(crate) fn guard_finding(
             if !matches!(kind, Kind::TakesOut | Kind::Switchover) {
                 return Finding::Pass;
             }
+            // The last look before the action: nobody else went out since cluster-status.
+            let others_out: Vec<&str> = settings
+                .out_of_service
+                .iter()
+                .map(String::as_str)
+                .filter(|n| *n != target)
+                .collect();
+            if !others_out.is_empty() {
+                return Finding::Settle(vec![format!(
+                    "{} out of service (cluster-status --json)",
+                    others_out.join(", ")
+                )]);
+            }
             let expect_on = !state.failover_blocked;
             if settings.cluster != expect_on {
                 return Finding::Changed(format!(

@@ -468,6 +468,10 @@ pub struct FailoverSettings {
     /// The leader the output names: `Some(None)` for `"leader": null`, `None` when it has no `leader` field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<Option<String>>,
+    /// Nodes the output shows out of service (`"running": false`, or a role other than leader/follower); only
+    /// nodes whose entry has those fields are judged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub out_of_service: Vec<String>,
 }
 
 /// Parses the failover settings out of `chef-backend-ctl cluster-status --json`. Its schema is not
@@ -482,6 +486,7 @@ pub fn parse_failover_json(text: &str) -> Result<FailoverSettings, CoreError> {
         .and_then(serde_json::Value::as_bool)
         .ok_or_else(|| parse_err(WHAT, "no boolean `failover` field"))?;
     let mut nodes = BTreeMap::new();
+    let mut out_of_service = Vec::new();
     for node in value
         .get("nodes")
         .and_then(serde_json::Value::as_array)
@@ -493,12 +498,20 @@ pub fn parse_failover_json(text: &str) -> Result<FailoverSettings, CoreError> {
         if let (Some(name), Some(failover)) = (name, failover) {
             nodes.insert(name.to_string(), failover);
         }
+        let running = node.get("running").and_then(serde_json::Value::as_bool);
+        let role = node.get("role").and_then(serde_json::Value::as_str);
+        if let Some(name) = name {
+            if running == Some(false) || role.is_some_and(|r| r != "leader" && r != "follower") {
+                out_of_service.push(name.to_string());
+            }
+        }
     }
     let leader = value.get("leader").map(|l| l.as_str().map(str::to_string));
     Ok(FailoverSettings {
         cluster,
         nodes,
         leader,
+        out_of_service,
     })
 }
 

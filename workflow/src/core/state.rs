@@ -423,10 +423,25 @@ impl State {
         } else {
             self.wait.as_ref().map(|(_, until)| *until)
         };
-        match (deadline, wait) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // The emergency exit's moment, if the cluster was last seen without a leader while failover is blocked.
+        let emergency = self
+            .sub
+            .as_ref()
+            .zip(self.leaderless_since)
+            .filter(|_| {
+                let action_in_flight = self
+                    .current_record()
+                    .is_some_and(|r| r.outcome.is_none() && !r.scheduled.action.is_probe());
+                !action_in_flight
+                    && self.failover_blocked
+                    && self.last_cluster.as_ref().is_some_and(|c| c.sole_leader().is_none())
+                    && !self
+                        .wind_down
+                        .as_ref()
+                        .is_some_and(|w| w.cause == WindDownCause::Emergency)
+            })
+            .map(|(s, since)| since.saturating_add(s.cluster.upgrade.election_window_ms));
+        [deadline, wait, emergency].into_iter().flatten().min()
     }
 
     pub(crate) fn current_record(&self) -> Option<&StepRecord> {
@@ -917,7 +932,10 @@ impl State {
                     recover,
                     left: Vec::new(),
                 });
-                if self.current_record().is_some_and(|r| r.outcome.is_some()) {
+                // The emergency exit does not wait for a probe still out (it may be asking a dead node).
+                let abandon = *cause == WindDownCause::Emergency
+                    && self.current_record().is_some_and(|r| r.scheduled.action.is_probe());
+                if abandon || self.current_record().is_some_and(|r| r.outcome.is_some()) {
                     self.current = None;
                 }
                 self.wait = None;
