@@ -1189,7 +1189,7 @@ fn the_generator_reaches_every_kind_of_ending() {
         proptest::collection::vec(op(), 0..250),
     );
     let mut seen = BTreeSet::new();
-    for _ in 0..300 {
+    for _ in 0..600 {
         let (procedure, gates, ops) = strategy.new_tree(&mut runner).unwrap().current();
         let mode = Mode {
             lenient: true,
