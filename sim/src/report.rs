@@ -284,6 +284,8 @@ fn outside(iv: Interval, windows: &[Interval]) -> Vec<Interval> {
 struct Episode {
     since: u64,
     nodes: Vec<String>,
+    /// Nodes that were out only for a switchover's re-sync at some point of the episode.
+    resync: BTreeSet<String>,
     charged: bool,
 }
 
@@ -694,9 +696,15 @@ impl Replay {
         let too_many = out.len() > 1 && out.iter().any(|n| !self.nodes[n].excused);
         if too_many {
             let charged_now = out.iter().any(|n| batch.worsened.contains(n));
+            let resync: BTreeSet<String> = out
+                .iter()
+                .filter(|n| self.nodes[*n].excused)
+                .cloned()
+                .collect();
             match &mut self.episode {
                 Some(ep) => {
                     ep.charged |= charged_now;
+                    ep.resync.extend(resync);
                     for n in out {
                         if !ep.nodes.contains(&n) {
                             ep.nodes.push(n);
@@ -707,6 +715,7 @@ impl Replay {
                     self.episode = Some(Episode {
                         since: at,
                         nodes: out,
+                        resync,
                         charged: charged_now,
                     })
                 }
@@ -732,11 +741,7 @@ impl Replay {
     fn close_episode(&mut self, ep: Episode, end: u64) {
         let mut names = ep.nodes;
         names.sort();
-        let resync: Vec<String> = names
-            .iter()
-            .filter(|n| self.nodes.get(*n).is_some_and(|v| v.excused))
-            .cloned()
-            .collect();
+        let resync: Vec<String> = ep.resync.into_iter().collect();
         let msg = format!(
             "{} nodes out of service at once from {} to {} ({} ms): {}{}",
             names.len(),
