@@ -15,6 +15,7 @@ fn sim() -> (tempfile::TempDir, Sim) {
         demote_timeout_ms: 2_000,
         upgrade_timeout_ms: 2_000,
         start_ms: 0,
+        leaderless_tolerance_ms: None,
     };
     let sim = Sim::init(
         tmp.path().join("c"),
@@ -219,8 +220,10 @@ fn every_command_is_journalled_with_its_exit_code() {
                 exit_code,
                 started_ms,
                 finished_ms,
+                actor,
             } => {
                 assert!(finished_ms >= started_ms);
+                assert_eq!(actor, crate::ORCHESTRATOR);
                 Some((node, argv, exit_code))
             }
             _ => None,
@@ -245,4 +248,532 @@ fn malformed_journal_line_is_reported_with_its_line_number() {
     std::fs::write(&path, text).unwrap();
     let err = sim.journal().unwrap_err().to_string();
     assert!(err.contains("line 2"), "{err}");
+}
+
+fn sim_with(nodes: usize, version: &str, tolerance: Option<u64>) -> (tempfile::TempDir, Sim) {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Timings {
+        sync_ms: 10,
+        election_ms: 10,
+        demote_timeout_ms: 2_000,
+        upgrade_timeout_ms: 2_000,
+        start_ms: 0,
+        leaderless_tolerance_ms: tolerance,
+    };
+    let sim = Sim::init(
+        tmp.path().join("c"),
+        nodes,
+        version,
+        t,
+        &[],
+        Path::new("/usr/bin/false"),
+    )
+    .unwrap();
+    (tmp, sim)
+}
+
+/// Polls the report until `done` holds (the sim applies due transitions on every read).
+fn report_when(sim: &Sim, done: impl Fn(&crate::Report) -> bool) -> crate::Report {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = sim.report().unwrap();
+        if done(&r) {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.render());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Polls node `node`'s state until `done` holds.
+fn state_when(sim: &Sim, done: impl Fn(&crate::Cluster) -> bool) -> crate::Cluster {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let c = sim.state().unwrap();
+        if done(&c) {
+            return c;
+        }
+        assert!(std::time::Instant::now() < deadline, "{c:?}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn all_synced(c: &crate::Cluster) -> bool {
+    c.nodes.iter().all(|n| n.in_service())
+}
+
+fn upgrade_by_hand(sim: &Sim, node: &str, path: &str) {
+    for argv in [
+        vec!["chef-backend-ctl", "stop"],
+        vec!["dpkg", "-i", path],
+        vec!["chef-backend-ctl", "start"],
+    ] {
+        let out = cmd(sim, node, &argv);
+        assert_eq!(out.code, 0, "{argv:?}: {out:?}");
+    }
+    state_when(sim, all_synced);
+}
+
+#[test]
+fn dpkg_query_formats_status_fields_and_escapes() {
+    let (_t, sim) = sim();
+    let q = |f: &str| cmd(&sim, "backend-2", &["dpkg-query", "-W", f, "chef-backend"]).stdout;
+    assert_eq!(
+        q("-f=${db:Status-Status} ${Version}\\n"),
+        "installed 3.0.0-1\n"
+    );
+    assert_eq!(q("-f=${Version}"), "3.0.0-1");
+    assert_eq!(
+        q("-f=${Status}\\t${db:Status-Abbrev}|"),
+        "install ok installed\tii |"
+    );
+    sim.set_fault("backend-2", crate::Fault::InstallFails, true)
+        .unwrap();
+    let path = deb(&sim);
+    assert_eq!(cmd(&sim, "backend-2", &["dpkg", "-i", &path]).code, 1);
+    assert_eq!(
+        q("-f=${db:Status-Status} ${Version}\\n"),
+        "half-configured 3.1.0-1\n"
+    );
+    assert_eq!(
+        q("-f=${Status}|${db:Status-Abbrev}|"),
+        "install ok half-configured|iF |"
+    );
+}
+
+#[test]
+fn half_configured_package_blocks_start_until_configured() {
+    let (_t, sim) = sim();
+    let path = deb(&sim);
+    sim.set_fault("backend-3", crate::Fault::InstallFails, true)
+        .unwrap();
+    cmd(&sim, "backend-3", &["chef-backend-ctl", "stop"]);
+    assert_eq!(cmd(&sim, "backend-3", &["dpkg", "-i", &path]).code, 1);
+    let out = cmd(&sim, "backend-3", &["chef-backend-ctl", "start"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("half-configured"), "{}", out.stderr);
+    // Still failing while the fault fires; fine once the post-install works.
+    assert_eq!(
+        cmd(&sim, "backend-3", &["dpkg", "--configure", "-a"]).code,
+        1
+    );
+    sim.set_fault("backend-3", crate::Fault::InstallFails, false)
+        .unwrap();
+    let out = cmd(&sim, "backend-3", &["dpkg", "--configure", "-a"]);
+    assert_eq!(out, Output::ok("Setting up chef-backend (3.1.0-1) ...\n"));
+    assert_eq!(
+        cmd(&sim, "backend-3", &["chef-backend-ctl", "start"]).code,
+        0
+    );
+    assert_eq!(sim.state().unwrap().nodes[2].running, "3.1.0-1");
+}
+
+#[test]
+fn dpkg_deb_and_rpm_qp_read_the_version_from_the_package_file() {
+    let (_t, sim) = sim();
+    let path = deb(&sim);
+    for flag in ["--field", "-f"] {
+        let out = cmd(&sim, "backend-1", &["dpkg-deb", flag, &path, "Version"]);
+        assert_eq!(out, Output::ok("3.1.0-1\n"));
+    }
+    let missing = sim.dir().join("chef-backend_9.9.9-1_amd64.deb");
+    let missing = missing.to_string_lossy();
+    let out = cmd(
+        &sim,
+        "backend-1",
+        &["dpkg-deb", "--field", &missing, "Version"],
+    );
+    assert_eq!(
+        out,
+        Output::fail(
+            2,
+            format!(
+                "dpkg-deb: error: failed to read archive '{missing}': No such file or directory\n"
+            )
+        )
+    );
+    let rpm = sim.dir().join("chef-backend-3.1.0-1.el7.x86_64.rpm");
+    std::fs::write(&rpm, b"rpm").unwrap();
+    let rpm = rpm.to_string_lossy();
+    let out = cmd(
+        &sim,
+        "backend-1",
+        &["rpm", "-qp", "--qf", "%{VERSION}-%{RELEASE}", &rpm],
+    );
+    assert_eq!(out, Output::ok("3.1.0-1.el7"));
+    let gone = rpm.replace("3.1.0", "9.9.9");
+    let out = cmd(
+        &sim,
+        "backend-1",
+        &["rpm", "-qp", "--qf", "%{VERSION}-%{RELEASE}", &gone],
+    );
+    assert_eq!(
+        out,
+        Output::fail(
+            1,
+            format!("error: open of {gone} failed: No such file or directory\n")
+        )
+    );
+    assert!(sim.bin_dir("backend-1").join("dpkg-deb").is_file());
+}
+
+#[test]
+fn cluster_status_json_has_each_nodes_failover() {
+    let (_t, sim) = sim();
+    cmd(
+        &sim,
+        "backend-2",
+        &["chef-backend-ctl", "set-node-failover", "off"],
+    );
+    let out = cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "cluster-status", "--json"],
+    );
+    let j: ClusterStatusJson = serde_json::from_str(&out.stdout).unwrap();
+    assert!(j.failover, "cluster failover stays at the top");
+    let per_node: Vec<bool> = j.nodes.iter().map(|n| n.failover).collect();
+    assert_eq!(per_node, vec![true, false, true]);
+}
+
+#[test]
+fn clusters_of_any_size_can_be_created() {
+    for n in [1, 2, 5, 60] {
+        let (_t, sim) = sim_with(n, "3.0.0-1", None);
+        let c = sim.state().unwrap();
+        assert_eq!(c.nodes.len(), n);
+        assert_eq!(c.leader(), Some(0));
+        let mut ips: Vec<&str> = c.nodes.iter().map(|n| n.ip.as_str()).collect();
+        ips.dedup();
+        assert_eq!(ips.len(), n);
+        assert!(c
+            .nodes
+            .iter()
+            .all(|n| n.ip.parse::<std::net::Ipv4Addr>().is_ok()));
+    }
+}
+
+#[test]
+fn a_two_node_cluster_loses_its_leader_when_its_follower_stops() {
+    let (_t, sim) = sim_with(2, "3.0.0-1", None);
+    cmd(&sim, "backend-2", &["chef-backend-ctl", "stop"]);
+    let c = sim.state().unwrap();
+    assert_eq!(c.leader(), None, "no etcd quorum, no leader");
+    let st = cmd(&sim, "backend-1", &["chef-backend-ctl", "status"]);
+    assert!(st.stdout.contains("leader: 0;"), "{}", st.stdout);
+    assert!(
+        st.stdout.contains("health: red; healthy nodes: 1/2"),
+        "{}",
+        st.stdout
+    );
+    cmd(&sim, "backend-2", &["chef-backend-ctl", "start"]);
+    let c = state_when(&sim, all_synced);
+    assert_eq!(
+        c.leader(),
+        Some(0),
+        "the leader resumes once quorum is back"
+    );
+    let r = sim.report().unwrap();
+    assert!(r.has(Rule::WriteOutage), "{}", r.render());
+}
+
+#[test]
+fn a_majority_down_leaves_no_leader_even_with_failover_on() {
+    let (_t, sim) = sim();
+    sim.clone()
+        .with_actor("environment")
+        .crash("backend-1")
+        .unwrap();
+    sim.clone()
+        .with_actor("environment")
+        .crash("backend-2")
+        .unwrap();
+    // The election after the leader's crash needs quorum: it fails.
+    let c = state_when(&sim, |c| c.election.is_none());
+    assert_eq!(c.leader(), None);
+    let r = sim.report().unwrap();
+    assert_eq!(
+        r.verdict,
+        Verdict::Safe,
+        "the environment did it: {}",
+        r.render()
+    );
+    assert!(r
+        .incidents
+        .iter()
+        .any(|i| i.rule == Some(Rule::WriteOutage)));
+    assert!(r
+        .incidents
+        .iter()
+        .any(|i| i.rule.is_none() && i.message.contains("baton-sim crash")));
+}
+
+#[test]
+fn followers_resync_after_a_demote_while_cluster_status_says_follower() {
+    let (_t, sim) = {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = Timings {
+            sync_ms: 400,
+            election_ms: 10,
+            demote_timeout_ms: 2_000,
+            upgrade_timeout_ms: 2_000,
+            start_ms: 0,
+            leaderless_tolerance_ms: None,
+        };
+        let sim = Sim::init(
+            tmp.path().join("c"),
+            3,
+            "3.0.0-1",
+            t,
+            &[],
+            Path::new("/usr/bin/false"),
+        )
+        .unwrap();
+        (tmp, sim)
+    };
+    assert_eq!(
+        cmd(&sim, "backend-1", &["chef-backend-ctl", "demote"]).code,
+        0
+    );
+    let roles = cmd(&sim, "backend-2", &["chef-backend-ctl", "cluster-status"]).stdout;
+    let b3 = roles.lines().find(|l| l.starts_with("backend-3")).unwrap();
+    assert!(b3.contains(" follower "), "{roles}");
+    let st = cmd(&sim, "backend-2", &["chef-backend-ctl", "status"]).stdout;
+    assert!(
+        st.contains("leader: 1; offline: 1; syncing: 1; synced: 0"),
+        "the deposed leader is held down, backend-3 re-syncs: {st}"
+    );
+    state_when(&sim, all_synced);
+}
+
+#[test]
+fn no_replication_across_major_versions() {
+    let (_t, sim) = sim_with(3, "2.9.0-1", None);
+    let path = deb(&sim);
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    cmd(&sim, "backend-2", &["chef-backend-ctl", "stop"]);
+    cmd(&sim, "backend-2", &["dpkg", "-i", &path]);
+    cmd(&sim, "backend-2", &["chef-backend-ctl", "start"]);
+    let c = sim.state().unwrap();
+    assert_eq!(c.nodes[1].pg, crate::model::Pg::Syncing);
+    assert_eq!(c.nodes[1].sync_due_ms, None, "never completes");
+}
+
+#[test]
+fn environment_crash_is_an_incident_but_stopping_another_node_then_is_a_violation() {
+    let (_t, sim) = sim();
+    let env = sim.clone().with_actor("environment");
+    assert_eq!(env.crash("backend-3").unwrap().code, 0);
+    let r = sim.report().unwrap();
+    assert_eq!(r.verdict, Verdict::Safe, "{}", r.render());
+    let rules: Vec<Option<Rule>> = r.incidents.iter().map(|i| i.rule).collect();
+    assert_eq!(
+        rules,
+        vec![None, Some(Rule::NodeDownAtEnd)],
+        "{}",
+        r.render()
+    );
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    cmd(&sim, "backend-2", &["chef-backend-ctl", "stop"]);
+    let r = sim.report().unwrap();
+    assert!(r.has(Rule::TooManyOutOfService), "{}", r.render());
+    // The environment's restart brings it back; it re-syncs.
+    assert_eq!(env.restart("backend-3").unwrap().code, 0);
+    let journal = sim.journal().unwrap();
+    let actors: Vec<&str> = journal
+        .iter()
+        .filter_map(|e| match e {
+            crate::Entry::Command { argv, actor, .. } if argv[0] == "baton-sim" => {
+                Some(actor.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(actors, vec!["environment", "environment"]);
+}
+
+#[test]
+fn two_crashes_by_the_environment_alone_are_incidents_only() {
+    let (_t, sim) = sim_with(5, "3.0.0-1", None);
+    let env = sim.clone().with_actor("environment");
+    env.crash("backend-4").unwrap();
+    env.crash("backend-5").unwrap();
+    let r = sim.report().unwrap();
+    assert_eq!(r.verdict, Verdict::Safe, "{}", r.render());
+    assert!(r
+        .incidents
+        .iter()
+        .any(|i| i.rule == Some(Rule::TooManyOutOfService)));
+    // ... and the environment's out-of-service episode is not charged when Baton then starts them.
+    cmd(&sim, "backend-4", &["chef-backend-ctl", "start"]);
+    cmd(&sim, "backend-5", &["chef-backend-ctl", "start"]);
+    state_when(&sim, all_synced);
+    assert_eq!(sim.report().unwrap().verdict, Verdict::Safe);
+}
+
+#[test]
+fn rule_failover_on_while_node_out() {
+    let (_t, sim) = sim();
+    cmd(&sim, "backend-2", &["chef-backend-ctl", "stop"]);
+    cmd(&sim, "backend-2", &["chef-backend-ctl", "start"]);
+    state_when(&sim, all_synced);
+    let r = sim.report().unwrap();
+    assert_eq!(
+        r.rules(),
+        vec![Rule::FailoverOnWhileNodeOut],
+        "{}",
+        r.render()
+    );
+    assert_eq!(r.violations[0].nodes, vec!["backend-2".to_string()]);
+}
+
+#[test]
+fn rule_node_down_at_end_only_when_the_orchestrator_stopped_it() {
+    let (_t, sim) = sim();
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    cmd(&sim, "backend-2", &["chef-backend-ctl", "stop"]);
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "on"],
+    );
+    let r = sim.report().unwrap();
+    assert_eq!(r.rules(), vec![Rule::NodeDownAtEnd], "{}", r.render());
+    let (_t2, sim) = self::sim();
+    sim.clone()
+        .with_actor("environment")
+        .crash("backend-3")
+        .unwrap();
+    let r = sim.report().unwrap();
+    assert_eq!(r.verdict, Verdict::Safe, "{}", r.render());
+    assert!(r
+        .incidents
+        .iter()
+        .any(|i| i.rule == Some(Rule::NodeDownAtEnd)));
+}
+
+#[test]
+fn rule_mixed_versions_at_end() {
+    let (_t, sim) = sim();
+    let path = deb(&sim);
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    upgrade_by_hand(&sim, "backend-2", &path);
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "on"],
+    );
+    let r = sim.report().unwrap();
+    assert!(r.has(Rule::MixedVersionsAtEnd), "{}", r.render());
+    assert!(
+        r.has(Rule::LeaderRunsOldVersion),
+        "left by Baton at the end: {}",
+        r.render()
+    );
+}
+
+#[test]
+fn rule_leader_runs_old_version_when_an_old_node_is_elected() {
+    let (_t, sim) = sim();
+    let path = deb(&sim);
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    // Only backend-3 upgraded; the demote elects backend-2, still on the old version.
+    upgrade_by_hand(&sim, "backend-3", &path);
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "on"],
+    );
+    assert_eq!(
+        cmd(&sim, "backend-1", &["chef-backend-ctl", "demote"]).code,
+        0
+    );
+    let r = sim.report().unwrap();
+    let v = r
+        .violations
+        .iter()
+        .find(|v| v.rule == Rule::LeaderRunsOldVersion)
+        .unwrap_or_else(|| panic!("{}", r.render()));
+    assert_eq!(v.nodes, vec!["backend-2".to_string()]);
+}
+
+#[test]
+fn rule_failover_blocked_without_leader_is_charged_even_when_the_environment_killed_the_leader() {
+    let (_t, sim) = sim_with(3, "3.0.0-1", Some(50));
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    sim.clone()
+        .with_actor("environment")
+        .crash("backend-1")
+        .unwrap();
+    let r = report_when(&sim, |r| r.has(Rule::FailoverBlockedWithoutLeader));
+    assert_eq!(r.leaderless_tolerance_ms, 50);
+    assert!(
+        !r.has(Rule::LeaderStopped),
+        "the crash is the environment's"
+    );
+    // Giving failover back in time is the emergency exit: no violation then.
+    let (_t, sim) = sim_with(3, "3.0.0-1", Some(5_000));
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    sim.clone()
+        .with_actor("environment")
+        .crash("backend-1")
+        .unwrap();
+    cmd(
+        &sim,
+        "backend-2",
+        &["chef-backend-ctl", "set-cluster-failover", "on"],
+    );
+    let c = state_when(&sim, |c| c.leader().is_some());
+    assert_eq!(c.nodes[c.leader().unwrap()].name, "backend-2");
+    let r = sim.report().unwrap();
+    assert!(!r.has(Rule::FailoverBlockedWithoutLeader), "{}", r.render());
+}
+
+#[test]
+fn an_operator_promote_is_an_incident_not_a_violation() {
+    let (_t, sim) = sim();
+    let op = sim.clone().with_actor("operator");
+    let out = run(
+        &op,
+        "backend-1",
+        "chef-backend-ctl",
+        &["promote".into(), "backend-3".into()],
+    )
+    .unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    state_when(&sim, all_synced);
+    let r = sim.report().unwrap();
+    assert_eq!(r.verdict, Verdict::Safe, "{}", r.render());
+    assert!(r
+        .incidents
+        .iter()
+        .any(|i| i.actor == "operator" && i.message.contains("promote backend-3")));
 }

@@ -18,6 +18,8 @@ const NEW: &str = "3.1.0-1";
 const DEB: &str = "chef-backend_3.1.0-1_amd64.deb";
 const RPM: &str = "chef-backend-3.1.0-1.el7.x86_64.rpm";
 const WAIT: Duration = Duration::from_secs(20);
+/// The workflow core's installed-version probe.
+const PROBE: &str = "-f=${db:Status-Status} ${Version}\\n";
 
 fn baton_sim() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -60,18 +62,19 @@ impl Cluster {
             "--version",
             OLD,
         ];
-        // Small timings keep the suite fast; tests wait on conditions, never on these values.
-        args.extend([
-            "--sync-ms",
-            "150",
-            "--election-ms",
-            "100",
-            "--start-ms",
-            "50",
-            "--demote-timeout-ms",
-            "3000",
-        ]);
-        args.extend(["--upgrade-timeout-ms", "5000"]);
+        // Small timings keep the suite fast; tests wait on conditions, never on these values. A timing
+        // given in `extra` replaces the default.
+        for pair in [
+            ["--sync-ms", "150"],
+            ["--election-ms", "100"],
+            ["--start-ms", "50"],
+            ["--demote-timeout-ms", "3000"],
+            ["--upgrade-timeout-ms", "5000"],
+        ] {
+            if !extra.contains(&pair[0]) {
+                args.extend(pair);
+            }
+        }
         args.extend(extra);
         let out = Command::new(baton_sim())
             .args(&args)
@@ -193,6 +196,13 @@ impl Cluster {
         }
     }
 
+    /// After a switchover from `old` to `new`: polls until `old`'s Role is `follower` (not merely its PG
+    /// column) and `new`'s `status` shows every other node synced. Only then may `old` be stopped.
+    fn wait_switchover_resynced(&self, old: &str, new: &str) {
+        self.wait_role(new, old, "follower");
+        self.wait_synced(new);
+    }
+
     /// Polls `cluster-status` on `node` until `who` has `role`.
     fn wait_role(&self, node: &str, who: &str, role: &str) {
         let deadline = Instant::now() + WAIT;
@@ -292,7 +302,7 @@ fn seed_runbook_by_hand_is_safe_with_zero_downtime_outside_the_election_window()
         roles.contains(&(leader.clone(), "deposed_leader".to_string())),
         "{roles:?}"
     );
-    c.wait_role(&leader, &leader, "follower");
+    c.wait_switchover_resynced(&leader, &new_leader);
     // Step 4: upgrade the demoted leader like a follower.
     c.upgrade_like_a_follower(&leader);
     // Step 5: re-enable failover. Step 6: check status.
@@ -322,7 +332,11 @@ fn seed_runbook_by_hand_is_safe_with_zero_downtime_outside_the_election_window()
         "the demote's election window has the only downtime"
     );
     assert_eq!(r.downtime.election_windows.len(), 1);
-    assert_eq!(r.max_out_of_service, 1);
+    // The switchover itself takes the deposed leader and the re-syncing follower out together; nothing
+    // else ever is.
+    assert_eq!(r.max_out_of_service, 2);
+    assert_eq!(r.max_out_of_service_outside_switchover, 1);
+    assert!(r.incidents.is_empty(), "{:?}", r.incidents);
     assert!(r.unsynced_demotes.is_empty() && r.installed_while_running.is_empty());
     assert!(r.installs.values().all(|&n| n == 1), "{:?}", r.installs);
     assert_all_at(&r, NEW);
@@ -368,7 +382,7 @@ fn newer_procedure_install_then_upgrade_is_safe() {
         .installed_while_running
         .iter()
         .all(|i| i.followed_by_upgrade));
-    assert_eq!(r.max_out_of_service, 1);
+    assert_eq!(r.max_out_of_service_outside_switchover, 1);
     assert_all_at(&r, NEW);
 }
 
@@ -392,10 +406,12 @@ fn unsafe_two_followers_stopped_at_once() {
     c.ok(&leader, &["chef-backend-ctl", "set-cluster-failover", "on"]);
     let r = c.report();
     assert_eq!(r.verdict, Verdict::Unsafe);
-    assert_eq!(r.max_out_of_service, 2);
+    // Two of three nodes down: etcd loses its quorum and the leader steps down too.
+    assert_eq!(r.max_out_of_service, 3);
+    assert!(r.has(Rule::WriteOutage), "{:?}", r.violations);
     let named = violation_nodes(&r, Rule::TooManyOutOfService);
     assert!(fs.iter().all(|f| named.contains(f)), "{named:?}");
-    assert!(c.human_report().contains("2 nodes out of service at once"));
+    assert!(c.human_report().contains("3 nodes out of service at once"));
 }
 
 #[test]
@@ -578,15 +594,17 @@ fn injected_faults_fail_commands_and_can_be_cleared() {
     };
     let o = c.run("backend-2", &["dpkg", "-i", &c.package("backend-2", DEB)]);
     assert_eq!(o.code, 1);
+    // As dpkg: the new version is unpacked, its post-install failed, the package is half-configured.
     assert_eq!(
-        c.ok(
-            "backend-2",
-            &["dpkg-query", "-W", "-f=${Version}", "chef-backend"]
-        ),
-        OLD
+        c.ok("backend-2", &["dpkg-query", "-W", PROBE, "chef-backend"]),
+        "half-configured 3.1.0-1\n"
     );
     fault(&["--node", "backend-2", "--clear", "install-fails"]);
     c.ok("backend-2", &["dpkg", "-i", &c.package("backend-2", DEB)]);
+    assert_eq!(
+        c.ok("backend-2", &["dpkg-query", "-W", PROBE, "chef-backend"]),
+        "installed 3.1.0-1\n"
+    );
 
     fault(&["--node", "backend-3", "start-fails"]);
     c.ok("backend-3", &["chef-backend-ctl", "stop"]);
@@ -667,4 +685,174 @@ fn a_hanging_status_does_not_block_other_nodes() {
         "status on backend-1 is still hanging"
     );
     assert!(hanging.wait().unwrap().success());
+}
+
+/// The old `scripts/runbook-by-hand.sh` waited for the demoted leader with
+/// `grep -q "backend-1 .* follower "` on `cluster-status`, which the deposed leader's PG column matches at
+/// once: it stopped the old leader while the other follower was still re-syncing from the new leader.
+#[test]
+fn unsafe_old_runbook_script_wait_stops_the_deposed_leader_before_the_resync() {
+    let c = Cluster::new(&["--sync-ms", "1500"]);
+    let leader = c.leader();
+    assert_eq!(leader, "backend-1");
+    c.ok(
+        &leader,
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    for f in c.followers(&leader) {
+        c.upgrade_like_a_follower(&f);
+    }
+    c.ok(&leader, &["chef-backend-ctl", "set-cluster-failover", "on"]);
+    c.ok(&leader, &["chef-backend-ctl", "demote"]);
+    c.ok(
+        &leader,
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    // The broken wait: any line with `backend-1 <anything> follower `.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = c.ok("backend-2", &["chef-backend-ctl", "cluster-status"]);
+        let matched = out.lines().any(|l| {
+            l.find("backend-1 ")
+                .is_some_and(|k| l[k + "backend-1 ".len()..].contains(" follower "))
+        });
+        if matched {
+            let line = out.lines().find(|l| l.starts_with("backend-1")).unwrap();
+            assert!(
+                line.contains("deposed_leader"),
+                "the pattern matched before the Role column said follower: {line}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "pattern never matched:\n{out}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    c.upgrade_like_a_follower(&leader);
+    c.ok(&leader, &["chef-backend-ctl", "set-cluster-failover", "on"]);
+    let r = c.report();
+    assert_eq!(r.verdict, Verdict::Unsafe, "{}", c.human_report());
+    let v = r
+        .violations
+        .iter()
+        .find(|v| v.rule == Rule::TooManyOutOfService)
+        .unwrap_or_else(|| panic!("{}", c.human_report()));
+    assert!(
+        v.nodes.contains(&leader)
+            && v.message
+                .contains("backend-3 still re-syncing after the leader change"),
+        "{}",
+        v.message
+    );
+    assert!(c.human_report().contains("[too_many_out_of_service]"));
+}
+
+#[test]
+fn the_fixed_runbook_script_is_safe() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("scripts")
+        .join("runbook-by-hand.sh");
+    let o = Command::new("bash")
+        .arg(&script)
+        .env("BATON_SIM", baton_sim())
+        .env(
+            "BATON_SIM_INIT_ARGS",
+            "--sync-ms 600 --election-ms 100 --start-ms 50",
+        )
+        .output()
+        .expect("run scripts/runbook-by-hand.sh");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("Verdict: SAFE"), "{stdout}");
+    assert!(
+        stdout.contains("not counting switchover re-syncs: 1"),
+        "{stdout}"
+    );
+}
+
+/// Runs `baton-sim SUBCOMMAND --dir D --node X` with an optional `BATON_SIM_ACTOR`.
+fn sim_cmd(c: &Cluster, sub: &str, node: &str, actor: Option<&str>) -> Out {
+    let mut cmd = Command::new(baton_sim());
+    cmd.args([sub, "--dir", c.dir.to_str().unwrap(), "--node", node]);
+    match actor {
+        Some(a) => cmd.env("BATON_SIM_ACTOR", a),
+        None => cmd.env_remove("BATON_SIM_ACTOR"),
+    };
+    let o = cmd.output().expect("run baton-sim");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn crash_and_restart_are_the_environments_and_baton_must_react() {
+    let c = Cluster::new(&[]);
+    // A crashed follower stays down until someone starts it; `status` still exits 0 (the table tells).
+    let o = sim_cmd(&c, "crash", "backend-3", None);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let st = c.run("backend-3", &["chef-backend-ctl", "status"]);
+    assert_eq!(st.code, 0);
+    assert!(st.stdout.contains("leaderl        down"), "{}", st.stdout);
+    c.ok("backend-3", &["chef-backend-ctl", "start"]);
+    c.wait_synced("backend-3");
+    // restart: crash and start at once; it re-syncs.
+    assert_eq!(sim_cmd(&c, "restart", "backend-2", None).code, 0);
+    c.wait_synced("backend-2");
+    let r = c.report();
+    assert_eq!(r.verdict, Verdict::Safe, "{}", c.human_report());
+    let env: Vec<&str> = r
+        .incidents
+        .iter()
+        .filter(|i| i.rule.is_none())
+        .map(|i| i.actor.as_str())
+        .collect();
+    assert_eq!(env, vec!["environment", "environment"]);
+
+    // The leader crashes while failover is off (as in the runbook): Baton must turn failover back on.
+    c.ok(
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    assert_eq!(sim_cmd(&c, "crash", "backend-1", Some("chaos")).code, 0);
+    c.ok(
+        "backend-2",
+        &["chef-backend-ctl", "set-cluster-failover", "on"],
+    );
+    c.wait_role("backend-2", "backend-2", "leader");
+    c.ok("backend-1", &["chef-backend-ctl", "start"]);
+    c.wait_synced("backend-2");
+    let r = c.report();
+    assert_eq!(r.verdict, Verdict::Safe, "{}", c.human_report());
+    assert!(r
+        .incidents
+        .iter()
+        .any(|i| i.actor == "chaos" && i.rule == Some(Rule::LeaderStopped)));
+    assert!(c.human_report().contains("Environment incidents"));
+}
+
+#[test]
+fn an_operator_promote_is_journalled_with_its_actor() {
+    let c = Cluster::new(&[]);
+    let o = c
+        .command("backend-2", &["chef-backend-ctl", "promote", "backend-2"])
+        .env("BATON_SIM_ACTOR", "operator")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(c.leader(), "backend-2");
+    let journal = std::fs::read_to_string(c.dir.join("journal.jsonl")).unwrap();
+    let promote = journal
+        .lines()
+        .find(|l| l.contains("\"promote\"") && l.contains("\"kind\":\"command\""))
+        .expect("the promote is journalled");
+    assert!(promote.contains("\"actor\":\"operator\""), "{promote}");
+    let r = c.report();
+    assert!(r.incidents.iter().any(|i| i.actor == "operator"));
+    assert!(!r.has(Rule::DemoteWithUnsyncedFollower));
 }
