@@ -1216,3 +1216,57 @@ async fn a_full_log_disk_stops_the_service_which_says_why_and_resumes_once_freed
     assert_eq!(view.status, "completed", "{view:#?}");
     env.assert_completed_safely(&upgrade);
 }
+
+impl Env {
+    /// A copy of the cluster file under another cluster name (same nodes,
+    /// addresses and executor groups).
+    pub(crate) fn cluster_file_named(&self, name: &str) -> PathBuf {
+        let text = std::fs::read_to_string(&self.cluster_file).unwrap();
+        let renamed = text.replacen("name = \"e2e\"", &format!("name = \"{name}\""), 1);
+        assert_ne!(text, renamed, "the cluster file names the cluster e2e");
+        let file = self.dir.path().join(format!("cluster-{name}.toml"));
+        std::fs::write(&file, renamed).unwrap();
+        file
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_nodes_under_another_cluster_name_are_refused_while_an_upgrade_runs() {
+    let env = Env::start(Setup {
+        sync_ms: 1500,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    let running = tests::wait_until(UPGRADE_TIMEOUT, || {
+        env.status(&upgrade).is_some_and(|v| v.status == "running")
+    })
+    .await;
+    assert!(running, "the first upgrade never ran\n{}", env.logs());
+    let again = env.cluster_file_named("e2e-again");
+    let out = env.baton(&[
+        "submit",
+        "--cluster",
+        &again.display().to_string(),
+        "--detach",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the same nodes under another name must be rejected (exit 3): {}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("backend-1") && stderr.contains(&upgrade),
+        "the rejection names the node and the upgrade holding it: {stderr}"
+    );
+    env.expect_completed_safely(&upgrade).await;
+    // Once it ended, the nodes are free again under either name.
+    let out = env.baton(&["plan", "--cluster", &again.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
