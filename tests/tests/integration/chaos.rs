@@ -90,25 +90,6 @@ const PHASES: [Phase; 4] = [
     Phase::AfterResult,
 ];
 
-/// Whether a simulator command of `node` is running (its process exists).
-fn command_running(env: &Env, node: &str) -> bool {
-    let dir = env.sim_dir.display().to_string();
-    let node_arg = format!("--node\0{node}\0");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        std::fs::read(entry.path().join("cmdline"))
-            .map(|raw| {
-                let cmdline = String::from_utf8_lossy(&raw);
-                cmdline.contains("baton-sim")
-                    && cmdline.contains(&dir)
-                    && cmdline.contains(&node_arg)
-            })
-            .unwrap_or(false)
-    })
-}
-
 fn uses_proxy(fault: Fault) -> bool {
     matches!(
         fault,
@@ -487,7 +468,7 @@ async fn kill_executor_in_phase(env: &mut Env, upgrade: &str, phase: Phase) -> (
     // The node of a command that runs now.
     let mut running: Option<usize> = None;
     let found = tests::wait_until(WINDOW, || {
-        running = (0..env.nodes.len()).find(|i| command_running(env, &env.nodes[*i]));
+        running = (0..env.nodes.len()).find(|i| env.command_running(&env.nodes[*i]));
         running.is_some()
     })
     .await;
@@ -495,19 +476,19 @@ async fn kill_executor_in_phase(env: &mut Env, upgrade: &str, phase: Phase) -> (
     let node = env.nodes[index].clone();
     let reached = match phase {
         Phase::DuringCommand => {
-            let reached = found && command_running(env, &node);
+            let reached = found && env.command_running(&node);
             kill_and_restart(env, index);
             reached
         }
         Phase::AfterCommandBeforeResult => {
             env.nats.freeze();
-            let finished = tests::wait_until(WINDOW, || !command_running(env, &node)).await;
+            let finished = tests::wait_until(WINDOW, || !env.command_running(&node)).await;
             kill_and_restart_frozen(env, index);
             found && finished
         }
         Phase::BeforeCommand => {
             let current = env.status(upgrade).and_then(|v| v.current.map(|c| c.step));
-            let finished = tests::wait_until(WINDOW, || !command_running(env, &node)).await;
+            let finished = tests::wait_until(WINDOW, || !env.command_running(&node)).await;
             // Freeze the executor between steps; kill it once its node's
             // next step is scheduled.
             env.executors[index].signal(Signal::SIGSTOP);
@@ -522,7 +503,7 @@ async fn kill_executor_in_phase(env: &mut Env, upgrade: &str, phase: Phase) -> (
         }
         Phase::AfterResult => {
             let current = env.status(upgrade).and_then(|v| v.current.map(|c| c.step));
-            let finished = tests::wait_until(WINDOW, || !command_running(env, &node)).await;
+            let finished = tests::wait_until(WINDOW, || !env.command_running(&node)).await;
             // The result is in the log once another step is current.
             let recorded = tests::wait_until(WINDOW, || {
                 env.status(upgrade).and_then(|v| v.current.map(|c| c.step)) != current
