@@ -43,6 +43,10 @@ pub enum Cmd {
         /// After `start`, how long leaderl takes to join the cluster before the node syncs.
         #[arg(long, default_value_t = Timings::default().start_ms)]
         start_ms: u64,
+        /// How long the cluster may stay leaderless with cluster failover off before the report flags
+        /// `failover_blocked_without_leader` (default: election-ms + 2000).
+        #[arg(long)]
+        leaderless_tolerance_ms: Option<u64>,
         /// Inject a fault: NODE:KIND or NODE:KIND=ARG (e.g. backend-2:sync-never, backend-1:status-hang=5).
         #[arg(long = "fault")]
         faults: Vec<String>,
@@ -60,6 +64,22 @@ pub enum Cmd {
         kind: String,
         /// SECONDS for status-hang, MAX_MS for latency.
         arg: Option<String>,
+    },
+    /// Crash a node (actor: BATON_SIM_ACTOR, default `environment`): its services die at once like a
+    /// power loss and stay down until `chef-backend-ctl start` on it.
+    Crash {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: String,
+    },
+    /// Crash a node and start it again at once (actor: BATON_SIM_ACTOR, default `environment`); it
+    /// comes back like after `chef-backend-ctl start` and re-syncs.
+    Restart {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: String,
     },
     /// Judge the journal: verdict, downtime, nodes out of service, installs, versions, failover.
     /// Exit 0 when safe, 1 when unsafe.

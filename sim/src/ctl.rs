@@ -6,7 +6,8 @@
 //!
 //! Exit codes: 0 on success; 1 on any refused or failed command (`demote` with failover disabled, election
 //! timeout, start failure...); 1 with the usage text for an unknown subcommand (as omnibus-ctl does).
-//! `status` exits 0 unless the node's services are stopped, then 1 (our choice: undocumented).
+//! `status` (and `status --simple`) exits 0 whatever the services' state, as omnibus-ctl does: the table
+//! (or the runit lines) is the answer (see sim/README.md for the finding and its sources).
 
 use std::thread::sleep;
 use std::time::Duration;
@@ -189,6 +190,18 @@ fn failed_start_lines() -> String {
         .collect()
 }
 
+/// The output of a start that could not bring the services up (exit 1); `why` goes to stderr.
+fn failed_start(why: Option<String>) -> Output {
+    Output {
+        stdout: failed_start_lines(),
+        stderr: why
+            .filter(|w| !w.starts_with("fault "))
+            .map(|w| format!("Error: services cannot start: {w}\n"))
+            .unwrap_or_default(),
+        code: 1,
+    }
+}
+
 /// `start` or `restart` (`by`).
 fn start(sim: &Sim, node: &str, by: &str) -> Result<Output, Error> {
     sim.transact(|tx, now| {
@@ -196,12 +209,9 @@ fn start(sim: &Sim, node: &str, by: &str) -> Result<Output, Error> {
         if by == "restart" {
             tx.stop(i, now, by);
         }
+        let blocker = tx.start_blocker(i);
         if !tx.start(i, now, by) {
-            return Ok(Output {
-                stdout: failed_start_lines(),
-                stderr: String::new(),
-                code: 1,
-            });
+            return Ok(failed_start(blocker));
         }
         Ok(Output::ok(run_lines(tx.cluster, i, now)))
     })?
@@ -426,6 +436,27 @@ fn upgrade(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Error> {
             Ok(leader) => stdout.push_str(&format!("Failed over: {leader} is the leader.\n")),
             Err(msg) => return Ok(Output::fail(1, msg)),
         }
+        // The other nodes re-sync from the new leader: restarting this one before they are synced
+        // would leave the new leader without a synced follower, so wait for them first.
+        let deadline = now_ms() + c.timings.upgrade_timeout_ms;
+        let resynced = poll(sim, deadline, |c| {
+            c.nodes
+                .iter()
+                .enumerate()
+                .all(|(k, n)| k == i || n.in_service())
+                .then_some(())
+        })?;
+        if resynced.is_none() {
+            return Ok(Output {
+                stdout,
+                stderr: format!(
+                    "Timed out after {} ms waiting for the other nodes to re-sync from the new leader; {node} was not restarted.\n",
+                    c.timings.upgrade_timeout_ms
+                ),
+                code: 1,
+            });
+        }
+        stdout.push_str("The other nodes re-synced from the new leader.\n");
     }
     let restarted = sim.transact(|tx, now| {
         let i = index(tx.cluster, node)?;
@@ -434,12 +465,9 @@ fn upgrade(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Error> {
             return Ok(Ok(now));
         }
         tx.stop(i, now, "upgrade");
+        let blocker = tx.start_blocker(i);
         if !tx.start(i, now, "upgrade") {
-            return Ok(Err(Output {
-                stdout: failed_start_lines(),
-                stderr: String::new(),
-                code: 1,
-            }));
+            return Ok(Err(failed_start(blocker)));
         }
         Ok(Ok(now))
     })??;

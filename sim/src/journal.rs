@@ -17,6 +17,9 @@ pub enum Event {
         version: String,
         leader: String,
         failover: bool,
+        /// `--leaderless-tolerance-ms` (absent in journals of older simulators).
+        #[serde(default)]
+        leaderless_tolerance_ms: Option<u64>,
     },
     /// A node's up/role/pg view changed (emitted after every step that changed it).
     NodeChanged {
@@ -41,6 +44,9 @@ pub enum Event {
     StartFailed {
         node: String,
         by: String,
+        /// Why the services could not start (`fault start-fails`, a half-configured package).
+        #[serde(default)]
+        reason: String,
     },
     SyncCompleted {
         node: String,
@@ -86,6 +92,12 @@ pub enum Event {
     LeaderResumed {
         node: String,
     },
+    /// A majority of the nodes is down: etcd has no quorum, the leader (if any) stepped down.
+    QuorumLost {
+        up: usize,
+        total: usize,
+        leader: Option<String>,
+    },
     FaultSet {
         node: String,
         fault: String,
@@ -96,20 +108,37 @@ pub enum Event {
     },
 }
 
+/// The actor of Baton's own commands (the default of `BATON_SIM_ACTOR` for node tools).
+pub const ORCHESTRATOR: &str = "orchestrator";
+/// The default actor of `baton-sim crash`, `restart` and `fault`.
+pub const ENVIRONMENT: &str = "environment";
+
+fn orchestrator() -> String {
+    ORCHESTRATOR.to_string()
+}
+
 /// One journal line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Entry {
-    /// A command run on a node (`argv[0]` is the tool name, e.g. `chef-backend-ctl`).
+    /// A command run on a node (`argv[0]` is the tool name, e.g. `chef-backend-ctl`; `baton-sim` for
+    /// the environment's `crash` and `restart`).
     Command {
         node: String,
         argv: Vec<String>,
         exit_code: i32,
         started_ms: u64,
         finished_ms: u64,
+        /// Who ran it (`BATON_SIM_ACTOR`): `orchestrator`, `environment`, `operator`, ...
+        #[serde(default = "orchestrator")]
+        actor: String,
     },
     Event {
         at_ms: u64,
         event: Event,
+        /// The actor whose command caused the change; absent for the cluster's own time-driven
+        /// transitions (a sync completing). An election carries the actor of the command that started it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
     },
 }

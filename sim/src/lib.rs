@@ -1,6 +1,6 @@
 //! A simulated chef-backend cluster: the test oracle and demo target of Baton.
 //!
-//! The `baton-sim` binary acts as `chef-backend-ctl`, `dpkg`, `dpkg-query`, `yum` and `rpm` for one node
+//! The `baton-sim` binary acts as `chef-backend-ctl`, `dpkg`, `dpkg-query`, `dpkg-deb`, `yum` and `rpm` for one node
 //! of a cluster kept in a directory (see [`store`]), journals every command and state change
 //! ([`journal`]), and judges the journal from the outside ([`report`]). The library exposes the same
 //! pieces so tests can build clusters, run commands in-process and assert on a typed [`Report`].
@@ -23,9 +23,9 @@ mod tests;
 
 use std::path::PathBuf;
 
-pub use journal::{Entry, Event};
-pub use model::{Cluster, Fault, Faults, Role, Timings};
-pub use report::{Report, Verdict};
+pub use journal::{Entry, Event, ENVIRONMENT, ORCHESTRATOR};
+pub use model::{Cluster, Fault, Faults, PkgState, Role, Timings};
+pub use report::{Incident, Report, Rule, Verdict, Violation};
 pub use store::Sim;
 
 /// The result of one simulated command: what it printed and its exit code.
@@ -85,9 +85,10 @@ pub enum Error {
     Invalid(String),
 }
 
-/// Runs `tool ARGS` (`chef-backend-ctl`, `dpkg`, `dpkg-query`, `yum`, `rpm`) as `node`: applies the node's
-/// latency fault, runs the command, journals it (argv, exit code, start and end time) and returns what it
-/// printed. The binary is a thin wrapper around this.
+/// Runs `tool ARGS` (`chef-backend-ctl`, `dpkg`, `dpkg-query`, `dpkg-deb`, `yum`, `rpm`) as `node`: applies
+/// the node's latency fault, runs the command, journals it (argv, exit code, start and end time, and the
+/// sim's actor, see [`Sim::with_actor`]) and returns what it printed. The binary is a thin wrapper
+/// around this.
 pub fn run(sim: &Sim, node: &str, tool: &str, args: &[String]) -> Result<Output, Error> {
     let started = store::now_ms();
     let latency = {
@@ -107,6 +108,7 @@ pub fn run(sim: &Sim, node: &str, tool: &str, args: &[String]) -> Result<Output,
         "chef-backend-ctl" => ctl::run(sim, node, args)?,
         "dpkg" => pkg::dpkg(sim, node, args)?,
         "dpkg-query" => pkg::dpkg_query(sim, node, args)?,
+        "dpkg-deb" => pkg::dpkg_deb(args)?,
         "yum" => pkg::yum(sim, node, args)?,
         "rpm" => pkg::rpm(sim, node, args)?,
         other => {

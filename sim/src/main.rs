@@ -1,5 +1,8 @@
 //! `baton-sim`: create a simulated chef-backend cluster, inject faults, read its report, and act as a
-//! node's `chef-backend-ctl` / `dpkg` / `dpkg-query` / `yum` / `rpm`.
+//! node's `chef-backend-ctl` / `dpkg` / `dpkg-query` / `dpkg-deb` / `yum` / `rpm`.
+//!
+//! `BATON_SIM_ACTOR` names who acts (journalled with every command and the changes it causes): node
+//! tools default to `orchestrator`, `crash` / `restart` / `fault` to `environment`.
 //!
 //! Acting as a tool: `baton-sim --dir D --node X --as TOOL ARGS...` (what the per-node bin wrappers run),
 //! or invoked under a tool's name with `BATON_SIM_DIR` and `BATON_SIM_NODE` set.
@@ -46,8 +49,16 @@ fn code(c: i32) -> ExitCode {
     ExitCode::from(u8::try_from(c.clamp(0, 255)).unwrap_or(1))
 }
 
+/// `BATON_SIM_ACTOR`, or `default` when unset or empty.
+fn actor(default: &str) -> String {
+    std::env::var("BATON_SIM_ACTOR")
+        .ok()
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
 fn act(dir: PathBuf, node: &str, tool: &str, args: &[String]) -> Result<ExitCode> {
-    let sim = Sim::open(&dir)?;
+    let sim = Sim::open(&dir)?.with_actor(actor(sim::ORCHESTRATOR));
     let out = sim::run(&sim, node, tool, args)?;
     print(&out);
     Ok(code(out.code))
@@ -109,6 +120,7 @@ fn main_inner() -> Result<ExitCode> {
             demote_timeout_ms,
             upgrade_timeout_ms,
             start_ms,
+            leaderless_tolerance_ms,
             faults,
         } => {
             let faults = faults
@@ -121,6 +133,7 @@ fn main_inner() -> Result<ExitCode> {
                 demote_timeout_ms,
                 upgrade_timeout_ms,
                 start_ms,
+                leaderless_tolerance_ms,
             };
             let exe = std::env::current_exe().context("locating the baton-sim binary")?;
             let sim = Sim::init(&dir, nodes, &version, timings, &faults, &exe)?;
@@ -142,7 +155,7 @@ fn main_inner() -> Result<ExitCode> {
             kind,
             arg,
         } => {
-            let sim = Sim::open(&dir)?;
+            let sim = Sim::open(&dir)?.with_actor(actor(sim::ENVIRONMENT));
             if kind == "all" {
                 if !clear {
                     bail!("`all` only makes sense with --clear");
@@ -161,6 +174,20 @@ fn main_inner() -> Result<ExitCode> {
             let fault = Fault::parse(&kind, arg.as_deref()).map_err(anyhow::Error::msg)?;
             sim.set_fault(&node, fault, !clear)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Crash { dir, node } => {
+            let out = Sim::open(&dir)?
+                .with_actor(actor(sim::ENVIRONMENT))
+                .crash(&node)?;
+            print(&out);
+            Ok(code(out.code))
+        }
+        Cmd::Restart { dir, node } => {
+            let out = Sim::open(&dir)?
+                .with_actor(actor(sim::ENVIRONMENT))
+                .restart(&node)?;
+            print(&out);
+            Ok(code(out.code))
         }
         Cmd::Report { dir, json } => {
             let report = Sim::open(&dir)?.report()?;

@@ -65,6 +65,18 @@ pub struct Timings {
     /// After `start`, how long leaderl takes to join the cluster (the node waits, then syncs).
     #[serde(default)]
     pub start_ms: u64,
+    /// How long the cluster may stay leaderless with cluster failover off before the report calls it
+    /// `failover_blocked_without_leader` (default: election_ms + 2000).
+    #[serde(default)]
+    pub leaderless_tolerance_ms: Option<u64>,
+}
+
+impl Timings {
+    /// The leaderless tolerance in force (`election_ms + 2000` unless set).
+    pub fn leaderless_tolerance(&self) -> u64 {
+        self.leaderless_tolerance_ms
+            .unwrap_or(self.election_ms + 2000)
+    }
 }
 
 impl Default for Timings {
@@ -75,8 +87,47 @@ impl Default for Timings {
             demote_timeout_ms: 10_000,
             upgrade_timeout_ms: 60_000,
             start_ms: 0,
+            leaderless_tolerance_ms: None,
         }
     }
+}
+
+/// State of the installed package as dpkg records it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PkgState {
+    /// `install ok installed` (`ii `).
+    #[default]
+    Installed,
+    /// `install ok half-configured` (`iF `): unpacked, its post-installation script failed.
+    HalfConfigured,
+    /// `install ok half-installed` (`iH `): unpacking started and did not finish.
+    HalfInstalled,
+}
+
+impl PkgState {
+    /// dpkg's `${db:Status-Status}` word.
+    pub fn status_word(self) -> &'static str {
+        match self {
+            PkgState::Installed => "installed",
+            PkgState::HalfConfigured => "half-configured",
+            PkgState::HalfInstalled => "half-installed",
+        }
+    }
+
+    /// dpkg's `${db:Status-Abbrev}` (three characters).
+    pub fn abbrev(self) -> &'static str {
+        match self {
+            PkgState::Installed => "ii ",
+            PkgState::HalfConfigured => "iF ",
+            PkgState::HalfInstalled => "iH ",
+        }
+    }
+}
+
+/// The major version of `X.Y.Z-R` (`X`).
+pub fn major(version: &str) -> &str {
+    version.split('.').next().unwrap_or(version)
 }
 
 /// One runit service of a node.
@@ -109,6 +160,9 @@ pub struct Node {
     pub joins_at_ms: Option<u64>,
     /// Installed package version (`X.Y.Z-R`).
     pub installed: String,
+    /// dpkg's state of the installed package (a failed post-install leaves it half-configured).
+    #[serde(default)]
+    pub pkg: PkgState,
     /// rpm dist tag of the installed package (`el7`); shown by `rpm -q`.
     pub dist: String,
     /// Version the services run (changes when services start).
@@ -141,6 +195,8 @@ pub enum ElectionTrigger {
     LeaderLost,
     /// Failover was enabled while the cluster had no leader.
     FailoverEnabled,
+    /// etcd regained its quorum while the cluster had no leader (and failover is on).
+    QuorumRestored,
 }
 
 impl ElectionTrigger {
@@ -162,6 +218,9 @@ pub struct Election {
     pub old_leader: Option<String>,
     /// `promote NODE`: only this node may win.
     pub preferred: Option<String>,
+    /// Whose command started the election (`None`: the cluster itself); its events are charged to it.
+    #[serde(default)]
+    pub actor: Option<String>,
 }
 
 /// The whole simulated cluster (the JSON state file).
@@ -214,8 +273,9 @@ impl Cluster {
                 });
             }
             let leader = i == 1;
+            let k = 214 + i;
             c.nodes.push(Node {
-                ip: format!("192.168.33.{}", 214 + i),
+                ip: format!("192.168.{}.{}", 33 + k / 256, k % 256),
                 guid,
                 up: true,
                 role: if leader { Role::Leader } else { Role::Follower },
@@ -224,6 +284,7 @@ impl Cluster {
                 no_start_pgsql: false,
                 joins_at_ms: None,
                 installed: version.to_string(),
+                pkg: PkgState::Installed,
                 dist: "el7".to_string(),
                 running: version.to_string(),
                 failover: true,
@@ -253,6 +314,11 @@ impl Cluster {
             .position(|n| n.up && n.role == Role::Leader)
     }
 
+    /// etcd has a quorum: a strict majority of the nodes run their services.
+    pub fn quorum(&self) -> bool {
+        self.nodes.iter().filter(|n| n.up).count() * 2 > self.nodes.len()
+    }
+
     /// The Elasticsearch master: the up node whose elasticsearch has run longest (sticky, like ES).
     pub fn es_master(&self) -> Option<usize> {
         self.nodes
@@ -270,11 +336,16 @@ fn guid_for(name: &str, now: u64) -> String {
     hex::encode(&digest[..16])
 }
 
+/// One event a transaction produced: effective time, the actor it is charged to, the event.
+pub type Emitted = (u64, Option<String>, Event);
+
 /// A transaction on the cluster: mutations plus the events they produced, with effective timestamps.
 #[derive(Debug)]
 pub struct Tx<'a> {
     pub cluster: &'a mut Cluster,
-    pub events: Vec<(u64, Event)>,
+    pub events: Vec<Emitted>,
+    /// Whose command the mutations belong to (`None`: the cluster's own time-driven transitions).
+    pub actor: Option<String>,
     seen: Vec<NodeView>,
 }
 
@@ -285,12 +356,13 @@ impl<'a> Tx<'a> {
         Tx {
             cluster,
             events: Vec::new(),
+            actor: None,
             seen,
         }
     }
 
     fn emit(&mut self, at: u64, e: Event) {
-        self.events.push((at, e));
+        self.events.push((at, self.actor.clone(), e));
     }
 
     /// Journals a `node_changed` event for every node whose up/role/pg changed since the last call.
@@ -302,6 +374,7 @@ impl<'a> Tx<'a> {
                 let n = &self.cluster.nodes[i];
                 self.events.push((
                     at,
+                    self.actor.clone(),
                     Event::NodeChanged {
                         node: n.name.clone(),
                         up: n.up,
@@ -316,6 +389,12 @@ impl<'a> Tx<'a> {
 
     /// Materialises every transition due at or before `now`, in time order, at its effective time.
     pub fn advance(&mut self, now: u64) {
+        let actor = self.actor.take();
+        self.advance_inner(now);
+        self.actor = actor;
+    }
+
+    fn advance_inner(&mut self, now: u64) {
         loop {
             let mut next: Option<(u64, Option<usize>)> = None;
             for (i, n) in self.cluster.nodes.iter().enumerate() {
@@ -351,8 +430,10 @@ impl<'a> Tx<'a> {
                     self.observe(t);
                 }
                 Some((t, None)) => {
+                    self.actor = self.cluster.election.as_ref().and_then(|e| e.actor.clone());
                     self.run_election(t);
                     self.observe(t);
+                    self.actor = None;
                 }
                 None => break,
             }
@@ -398,12 +479,14 @@ impl<'a> Tx<'a> {
                 .and_then(|o| c.index(o))
                 .is_some_and(|o| c.nodes[o].faults.election_elects_nobody);
         let failover_off = !c.failover && e.trigger != ElectionTrigger::Promote;
+        let up = c.nodes.iter().filter(|n| n.up).count();
         let winner = c
             .nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| {
                 n.up && n.pg == Pg::Synced
+                    && n.joins_at_ms.is_none()
                     && matches!(n.role, Role::Follower | Role::WaitingForLeader)
                     && Some(&n.name) != e.old_leader.as_ref()
             })
@@ -413,7 +496,12 @@ impl<'a> Tx<'a> {
             })
             .map(|(i, _)| i)
             .next();
-        let reason = if blocked_by_fault {
+        let reason = if !c.quorum() {
+            Some(format!(
+                "no etcd quorum ({up} of {} nodes up): nobody can be elected",
+                c.nodes.len()
+            ))
+        } else if blocked_by_fault {
             Some("fault election-nobody: no candidate was elected".to_string())
         } else if failover_off {
             Some("failover is disabled".to_string())
@@ -429,6 +517,7 @@ impl<'a> Tx<'a> {
                 n.pg = Pg::Leader;
                 n.sync_due_ms = None;
                 let name = n.name.clone();
+                let changed = self.cluster.last_leader.as_deref() != Some(name.as_str());
                 self.cluster.last_leader = Some(name.clone());
                 self.emit(
                     t,
@@ -437,7 +526,7 @@ impl<'a> Tx<'a> {
                         trigger: e.trigger,
                     },
                 );
-                self.on_new_leader(w, t);
+                self.on_new_leader(w, t, changed);
             }
             (reason, _) => {
                 for n in self
@@ -460,28 +549,42 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// Every other running node follows the new leader; unsynced ones (re)start syncing from it.
-    fn on_new_leader(&mut self, leader: usize, t: u64) {
-        let sync_ms = self.cluster.timings.sync_ms;
-        for (i, n) in self.cluster.nodes.iter_mut().enumerate() {
+    /// When the node `i`'s sync from the current leader completes, if it can: `None` without a leader,
+    /// with the `sync-never` fault, or when the leader runs another major version (replication across
+    /// major versions is not possible: the node stays `syncing`).
+    fn sync_due(&self, i: usize, t: u64) -> Option<u64> {
+        let c = &*self.cluster;
+        let l = c.leader()?;
+        let n = &c.nodes[i];
+        if n.faults.sync_never || major(&c.nodes[l].running) != major(&n.running) {
+            return None;
+        }
+        Some(t + c.timings.sync_ms)
+    }
+
+    /// Every other running node follows the new leader. After a leader *change* every one of them
+    /// re-syncs from it (replication restarts against the new primary), synced or not: its role is
+    /// `follower` at once, its postgresql is `syncing` until the sync completes. When the same leader
+    /// resumes, synced followers stay synced and only unsynced ones (re)start syncing.
+    fn on_new_leader(&mut self, leader: usize, t: u64, changed: bool) {
+        for i in 0..self.cluster.nodes.len() {
+            let n = &self.cluster.nodes[i];
             if i == leader || !n.up || n.joins_at_ms.is_some() {
                 continue;
             }
-            if n.pg == Pg::Synced {
-                n.role = Role::Follower;
-            } else {
-                n.pg = Pg::Syncing;
-                n.sync_due_ms = if n.faults.sync_never {
-                    None
-                } else {
-                    Some(t + sync_ms)
-                };
-                n.role = if n.no_start_pgsql {
-                    Role::DeposedLeader
-                } else {
-                    Role::Follower
-                };
+            if n.pg == Pg::Synced && !changed {
+                self.cluster.nodes[i].role = Role::Follower;
+                continue;
             }
+            let due = self.sync_due(i, t);
+            let n = &mut self.cluster.nodes[i];
+            n.pg = Pg::Syncing;
+            n.sync_due_ms = due;
+            n.role = if n.no_start_pgsql {
+                Role::DeposedLeader
+            } else {
+                Role::Follower
+            };
         }
     }
 
@@ -507,6 +610,7 @@ impl<'a> Tx<'a> {
             trigger,
             old_leader: old.clone(),
             preferred,
+            actor: self.actor.clone(),
         });
         self.emit(
             t,
@@ -518,7 +622,71 @@ impl<'a> Tx<'a> {
         );
     }
 
-    /// Stops the node's services (`by` names the command, for the report).
+    /// After a node went down: without an etcd quorum the leader cannot hold its lease and steps down,
+    /// every node waits for a leader and syncs stall.
+    fn check_quorum_lost(&mut self, t: u64) {
+        if self.cluster.quorum() {
+            return;
+        }
+        let leader = self.cluster.leader();
+        if let Some(l) = leader {
+            let n = &mut self.cluster.nodes[l];
+            n.role = Role::WaitingForLeader;
+            n.pg = Pg::Synced;
+        }
+        for n in self.cluster.nodes.iter_mut().filter(|n| n.up) {
+            if n.role == Role::Follower {
+                n.role = Role::WaitingForLeader;
+            }
+        }
+        self.stall_syncs();
+        let up = self.cluster.nodes.iter().filter(|n| n.up).count();
+        let total = self.cluster.nodes.len();
+        self.emit(
+            t,
+            Event::QuorumLost {
+                up,
+                total,
+                leader: leader.map(|l| self.cluster.nodes[l].name.clone()),
+            },
+        );
+    }
+
+    /// After a node joined: if etcd has a quorum again and nobody leads, the last leader resumes if it
+    /// runs with its data intact (it never stepped down for another leader); otherwise, with cluster
+    /// failover on, an election follows after the election delay.
+    fn check_quorum_regained(&mut self, t: u64) {
+        if !self.cluster.quorum()
+            || self.cluster.leader().is_some()
+            || self.cluster.election.is_some()
+        {
+            return;
+        }
+        let last = self
+            .cluster
+            .last_leader
+            .as_deref()
+            .and_then(|l| self.cluster.index(l));
+        if let Some(l) = last {
+            let n = &self.cluster.nodes[l];
+            if n.up && n.joins_at_ms.is_none() && !n.no_start_pgsql && n.pg == Pg::Synced {
+                let n = &mut self.cluster.nodes[l];
+                n.role = Role::Leader;
+                n.pg = Pg::Leader;
+                let name = n.name.clone();
+                self.emit(t, Event::LeaderResumed { node: name });
+                self.on_new_leader(l, t, false);
+                return;
+            }
+        }
+        if self.cluster.failover {
+            let old = self.cluster.last_leader.clone();
+            self.schedule_election(t, ElectionTrigger::QuorumRestored, old, None);
+        }
+    }
+
+    /// Stops the node's services (`by` names the command, for the report): `stop`, `restart`,
+    /// `upgrade`, or `crash` (power loss: same effect on the cluster, no clean shutdown).
     pub fn stop(&mut self, i: usize, t: u64, by: &str) {
         let n = &mut self.cluster.nodes[i];
         if !n.up {
@@ -551,21 +719,39 @@ impl<'a> Tx<'a> {
                 self.schedule_election(t, ElectionTrigger::LeaderLost, Some(name), None);
             }
         }
+        self.check_quorum_lost(t);
         self.observe(t);
     }
 
-    /// Starts the node's services onto the installed version. Returns false when the start fault fired.
+    /// Why the node's services cannot start, if they cannot.
+    pub fn start_blocker(&self, i: usize) -> Option<String> {
+        let n = &self.cluster.nodes[i];
+        if n.pkg != PkgState::Installed {
+            return Some(format!(
+                "package chef-backend {} is {}: run `dpkg --configure -a` or reinstall it",
+                n.installed,
+                n.pkg.status_word()
+            ));
+        }
+        n.faults
+            .start_fails
+            .then(|| "fault start-fails".to_string())
+    }
+
+    /// Starts the node's services onto the installed version. Returns false when they cannot start
+    /// (the start fault, or a half-configured package).
     pub fn start(&mut self, i: usize, t: u64, by: &str) -> bool {
         if self.cluster.nodes[i].up {
             return true;
         }
         let name = self.cluster.nodes[i].name.clone();
-        if self.cluster.nodes[i].faults.start_fails {
+        if let Some(reason) = self.start_blocker(i) {
             self.emit(
                 t,
                 Event::StartFailed {
                     node: name,
                     by: by.to_string(),
+                    reason,
                 },
             );
             return false;
@@ -613,8 +799,9 @@ impl<'a> Tx<'a> {
         true
     }
 
-    /// leaderl of a started node joins the cluster: it resumes leadership if it was the last leader and
-    /// nobody replaced it, else it follows (and syncs from) the current leader, or waits for one.
+    /// leaderl of a started node joins the cluster: it resumes leadership if it was the last leader,
+    /// nobody replaced it and etcd has a quorum; else it follows (and syncs from) the current leader, or
+    /// waits for one. Its joining may give etcd its quorum back.
     fn join(&mut self, i: usize, t: u64) {
         let name = self.cluster.nodes[i].name.clone();
         let no_pgsql = self.cluster.nodes[i].no_start_pgsql;
@@ -622,13 +809,14 @@ impl<'a> Tx<'a> {
         let leader = self.cluster.leader();
         let resumes = leader.is_none()
             && !no_pgsql
+            && self.cluster.quorum()
             && self.cluster.last_leader.as_deref() == Some(name.as_str())
             && !self
                 .cluster
                 .election
                 .as_ref()
                 .is_some_and(|e| e.trigger.planned());
-        let sync_ms = self.cluster.timings.sync_ms;
+        let due = self.sync_due(i, t);
         let n = &mut self.cluster.nodes[i];
         if resumes {
             n.role = Role::Leader;
@@ -643,10 +831,7 @@ impl<'a> Tx<'a> {
             } else {
                 Role::WaitingForLeader
             };
-            n.sync_due_ms = match (leader, n.faults.sync_never) {
-                (Some(_), false) => Some(t + sync_ms),
-                _ => None,
-            };
+            n.sync_due_ms = due;
         }
         if resumes {
             if let Some(e) = self.cluster.election.take() {
@@ -660,7 +845,9 @@ impl<'a> Tx<'a> {
                 );
             }
             self.emit(t, Event::LeaderResumed { node: name });
-            self.on_new_leader(i, t);
+            self.on_new_leader(i, t, false);
+        } else {
+            self.check_quorum_regained(t);
         }
         self.observe(t);
     }
@@ -710,10 +897,11 @@ impl<'a> Tx<'a> {
         self.schedule_election(t, ElectionTrigger::Promote, old, Some(target.to_string()));
     }
 
-    /// Records a package installation.
+    /// Records a package installation (the package ends fully installed).
     pub fn install(&mut self, i: usize, t: u64, version: &str, dist: &str) {
         let n = &mut self.cluster.nodes[i];
         n.installed = version.to_string();
+        n.pkg = PkgState::Installed;
         n.dist = dist.to_string();
         let e = Event::PackageInstalled {
             node: n.name.clone(),
@@ -723,9 +911,17 @@ impl<'a> Tx<'a> {
         self.emit(t, e);
     }
 
-    /// Records a failed package installation.
-    pub fn install_failed(&mut self, i: usize, t: u64, version: &str, reason: &str) {
-        let node = self.cluster.nodes[i].name.clone();
+    /// Records a failed package installation: like dpkg, the new version is unpacked but its
+    /// post-installation script failed, so the package is left half-configured (the services cannot
+    /// start until a successful install or `dpkg --configure -a`).
+    pub fn install_failed(&mut self, i: usize, t: u64, version: &str, dist: &str, reason: &str) {
+        let n = &mut self.cluster.nodes[i];
+        n.installed = version.to_string();
+        if !dist.is_empty() {
+            n.dist = dist.to_string();
+        }
+        n.pkg = PkgState::HalfConfigured;
+        let node = n.name.clone();
         self.emit(
             t,
             Event::InstallFailed {
@@ -734,6 +930,21 @@ impl<'a> Tx<'a> {
                 reason: reason.to_string(),
             },
         );
+    }
+
+    /// `dpkg --configure -a`: configures a half-configured package, unless the install fault still fires.
+    /// Returns whether the package is (now) installed.
+    pub fn configure(&mut self, i: usize, t: u64) -> bool {
+        let n = &self.cluster.nodes[i];
+        if n.pkg == PkgState::Installed {
+            return true;
+        }
+        if n.faults.install_fails {
+            return false;
+        }
+        let (version, dist) = (n.installed.clone(), n.dist.clone());
+        self.install(i, t, &version, &dist);
+        true
     }
 
     /// Sets cluster failover; enabling it while leaderless starts an election (leaderl would).
@@ -762,20 +973,18 @@ impl<'a> Tx<'a> {
     /// Sets or clears a fault on a node.
     pub fn set_fault(&mut self, i: usize, t: u64, fault: Fault, on: bool) {
         fault.apply(&mut self.cluster.nodes[i].faults, on);
-        let has_leader = self.cluster.leader().is_some();
-        let sync_ms = self.cluster.timings.sync_ms;
-        let n = &mut self.cluster.nodes[i];
+        let n = &self.cluster.nodes[i];
         // Clearing sync-never resumes a stalled sync (if there is a leader to sync from).
         if fault == Fault::SyncNever
             && !on
             && n.up
+            && n.joins_at_ms.is_none()
             && n.pg == Pg::Syncing
             && n.sync_due_ms.is_none()
-            && has_leader
         {
-            n.sync_due_ms = Some(t + sync_ms);
+            self.cluster.nodes[i].sync_due_ms = self.sync_due(i, t);
         }
-        let node = n.name.clone();
+        let node = self.cluster.nodes[i].name.clone();
         let fault = match fault {
             Fault::StatusHangs(s) if on => format!("status-hang={s}"),
             Fault::Latency(ms) if on => format!("latency={ms}"),
@@ -803,6 +1012,7 @@ mod tests {
             demote_timeout_ms: 1000,
             upgrade_timeout_ms: 1000,
             start_ms: 0,
+            leaderless_tolerance_ms: None,
         };
         Cluster::new(3, "3.0.0-1", t, 1_000)
     }
@@ -820,8 +1030,8 @@ mod tests {
         let synced_at = tx
             .events
             .iter()
-            .find(|(_, e)| matches!(e, Event::SyncCompleted { .. }))
-            .map(|(t, _)| *t);
+            .find(|(_, _, e)| matches!(e, Event::SyncCompleted { .. }))
+            .map(|(t, _, _)| *t);
         assert_eq!(synced_at, Some(1_120));
     }
 
@@ -875,7 +1085,7 @@ mod tests {
         assert!(tx
             .events
             .iter()
-            .any(|(_, e)| matches!(e, Event::ElectionFailed { .. })));
+            .any(|(_, _, e)| matches!(e, Event::ElectionFailed { .. })));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use crate::model::PkgState;
 use crate::store::Sim;
 use crate::{Error, Output};
 
@@ -95,27 +96,71 @@ fn install(
             tx.cluster.nodes[i].installed.clone(),
             tx.cluster.nodes[i].dist.clone(),
         );
-        if tx.cluster.nodes[i].faults.install_fails {
-            let reason = "post-installation script subprocess returned error exit status 1";
-            tx.install_failed(i, now, &pkg.version, reason);
-            return Ok(Err(reason.to_string()));
-        }
         let dist = if pkg.dist.is_empty() {
             old.1.clone()
         } else {
             pkg.dist.clone()
         };
+        if tx.cluster.nodes[i].faults.install_fails {
+            let reason = "post-installation script subprocess returned error exit status 1";
+            tx.install_failed(i, now, &pkg.version, &dist, reason);
+            return Ok(Err(reason.to_string()));
+        }
         tx.install(i, now, &pkg.version, &dist);
         Ok(Ok(old))
     })?
 }
 
 fn installed(sim: &Sim, node: &str) -> Result<(String, String), Error> {
+    let (v, d, _) = installed_state(sim, node)?;
+    Ok((v, d))
+}
+
+fn installed_state(sim: &Sim, node: &str) -> Result<(String, String, PkgState), Error> {
     let c = sim.state()?;
     let i = c
         .index(node)
         .ok_or_else(|| Error::UnknownNode(node.to_string()))?;
-    Ok((c.nodes[i].installed.clone(), c.nodes[i].dist.clone()))
+    let n = &c.nodes[i];
+    Ok((n.installed.clone(), n.dist.clone(), n.pkg))
+}
+
+/// `dpkg --configure -a` / `dpkg --configure chef-backend`.
+fn dpkg_configure(sim: &Sim, node: &str, rest: &[String]) -> Result<Output, Error> {
+    let Some(what) = rest.first() else {
+        return Ok(Output::fail(2, "dpkg: error: --configure needs at least one package name argument\n\nType dpkg --help for help about installing and deinstalling packages [*];\n"));
+    };
+    if what != "-a" && what != "--pending" && what != "chef-backend" {
+        return Ok(Output::fail(
+            1,
+            format!("dpkg: error processing package {what} (--configure):\n package {what} is not installed and no information is available\nErrors were encountered while processing:\n {what}\n"),
+        ));
+    }
+    sim.transact(|tx, now| {
+        let i = tx
+            .cluster
+            .index(node)
+            .ok_or_else(|| Error::UnknownNode(node.to_string()))?;
+        let n = &tx.cluster.nodes[i];
+        let version = n.installed.clone();
+        if n.pkg == PkgState::Installed {
+            return Ok(if what == "chef-backend" {
+                Output::fail(1, "dpkg: error processing package chef-backend (--configure):\n package chef-backend is already installed and configured\nErrors were encountered while processing:\n chef-backend\n")
+            } else {
+                Output::ok("")
+            });
+        }
+        let setting_up = format!("Setting up chef-backend ({version}) ...\n");
+        if tx.configure(i, now) {
+            Ok(Output::ok(setting_up))
+        } else {
+            Ok(Output {
+                stdout: setting_up,
+                stderr: "dpkg: error processing package chef-backend (--configure):\n installed chef-backend package post-installation script subprocess returned error exit status 1\nErrors were encountered while processing:\n chef-backend\n".into(),
+                code: 1,
+            })
+        }
+    })?
 }
 
 /// `dpkg -i FILE`.
@@ -123,6 +168,9 @@ pub fn dpkg(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Error> {
     let (Some(action), rest) = (args.first(), args.get(1..).unwrap_or(&[])) else {
         return Ok(Output::fail(2, "dpkg: error: need an action option\n\nType dpkg --help for help about installing and deinstalling packages [*];\n"));
     };
+    if action == "--configure" {
+        return dpkg_configure(sim, node, rest);
+    }
     if action != "-i" && action != "--install" {
         return Ok(Output::fail(2, format!("dpkg: error: unknown option {action}\n\nType dpkg --help for help about installing and deinstalling packages [*];\n")));
     }
@@ -159,7 +207,55 @@ pub fn dpkg(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Error> {
 }
 
 fn expand_escapes(fmt: &str) -> String {
-    fmt.replace("\\n", "\n").replace("\\t", "\t")
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('\\') => out.push('\\'),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// Expands a dpkg-query `--showformat`: escapes, then `${Field}` and `${Field;width}` (unknown fields
+/// expand to nothing, as dpkg-query does).
+fn dpkg_format(fmt: &str, field: impl Fn(&str) -> Option<String>) -> String {
+    let fmt = expand_escapes(fmt);
+    let mut out = String::new();
+    let mut rest = fmt.as_str();
+    while let Some(k) = rest.find("${") {
+        out.push_str(&rest[..k]);
+        let after = &rest[k + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[k..]);
+            return out;
+        };
+        let spec = &after[..end];
+        let (name, width) = match spec.split_once(';') {
+            Some((n, w)) => (n, w.parse::<i64>().ok()),
+            None => (spec, None),
+        };
+        let value = field(name).unwrap_or_default();
+        match width {
+            Some(w) if w < 0 => out.push_str(&format!("{value:<w$}", w = (-w) as usize)),
+            Some(w) => out.push_str(&format!("{value:>w$}", w = w as usize)),
+            None => out.push_str(&value),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `dpkg-query -W [-f=FORMAT] chef-backend`.
@@ -187,7 +283,7 @@ pub fn dpkg_query(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Erro
     if !show {
         return Ok(Output::fail(2, "dpkg-query: error: need an action option\n\nUse --help for help about querying packages.\n"));
     }
-    let (version, _) = installed(sim, node)?;
+    let (version, _, state) = installed_state(sim, node)?;
     let mut out = Output::ok("");
     for name in names {
         if name != "chef-backend" {
@@ -196,14 +292,100 @@ pub fn dpkg_query(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Erro
             out.code = 1;
             continue;
         }
-        let line = expand_escapes(&format)
-            .replace("${Package}", "chef-backend")
-            .replace("${Version}", &version)
-            .replace("${Status}", "install ok installed")
-            .replace("${db:Status-Abbrev}", "ii ");
+        let line = dpkg_format(&format, |f| {
+            Some(match f {
+                "Package" | "binary:Package" => "chef-backend".to_string(),
+                "Version" => version.clone(),
+                "Architecture" => "amd64".to_string(),
+                "Status" => format!("install ok {}", state.status_word()),
+                "db:Status-Want" => "install".to_string(),
+                "db:Status-Eflag" => "ok".to_string(),
+                "db:Status-Status" => state.status_word().to_string(),
+                "db:Status-Abbrev" => state.abbrev().to_string(),
+                _ => return None,
+            })
+        });
         out.stdout.push_str(&line);
     }
     Ok(out)
+}
+
+/// Opens `path` for reading as dpkg-deb and rpm do; the error text is the OS's (`No such file or
+/// directory`, `Permission denied`).
+fn readable(path: &str) -> Result<(), String> {
+    match std::fs::File::open(path) {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_dir()) => Err("Is a directory".to_string()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(match e.kind() {
+            std::io::ErrorKind::NotFound => "No such file or directory".to_string(),
+            std::io::ErrorKind::PermissionDenied => "Permission denied".to_string(),
+            _ => {
+                let s = e.to_string();
+                s.split(" (os error").next().unwrap_or(&s).to_string()
+            }
+        }),
+    }
+}
+
+/// `dpkg-deb --field FILE [FIELD...]` (also `-f`): control fields of a package file, the version taken
+/// from its name as `dpkg -i` does. One field prints its bare value; several print `Field: value` lines.
+pub fn dpkg_deb(args: &[String]) -> Result<Output, Error> {
+    let usage = "dpkg-deb: error: need an action option\n\nType dpkg-deb --help for help about manipulating *.deb files;\nType dpkg --help for help about installing and deinstalling packages.\n";
+    let Some(action) = args.first() else {
+        return Ok(Output::fail(2, usage));
+    };
+    if action != "--field" && action != "-f" {
+        return Ok(Output::fail(
+            2,
+            format!("dpkg-deb: error: unknown option {action}\n\nType dpkg-deb --help for help about manipulating *.deb files;\n"),
+        ));
+    }
+    let Some(path) = args.get(1) else {
+        return Ok(Output::fail(
+            2,
+            "dpkg-deb: error: --field needs an archive filename argument\n",
+        ));
+    };
+    if let Err(why) = readable(path) {
+        return Ok(Output::fail(
+            2,
+            format!("dpkg-deb: error: failed to read archive '{path}': {why}\n"),
+        ));
+    }
+    let Some(pkg) = parse_deb(path) else {
+        return Ok(Output::fail(
+            2,
+            format!("dpkg-deb: error: '{path}' is not a Debian format archive\n"),
+        ));
+    };
+    let fields: Vec<(&str, String)> = vec![
+        ("Package", "chef-backend".to_string()),
+        ("Version", pkg.version.clone()),
+        ("Architecture", pkg.arch.clone()),
+        (
+            "Maintainer",
+            "Chef Software, Inc. <maintainers@chef.io>".to_string(),
+        ),
+    ];
+    let wanted = &args[2..];
+    let mut out = String::new();
+    if wanted.is_empty() {
+        for (k, v) in &fields {
+            out.push_str(&format!("{k}: {v}\n"));
+        }
+    } else {
+        for w in wanted {
+            let Some((k, v)) = fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(w)) else {
+                continue;
+            };
+            if wanted.len() == 1 {
+                out.push_str(&format!("{v}\n"));
+            } else {
+                out.push_str(&format!("{k}: {v}\n"));
+            }
+        }
+    }
+    Ok(Output::ok(out))
 }
 
 /// `yum install [-y] FILE` (also `localinstall`).
@@ -245,9 +427,10 @@ pub fn yum(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Error> {
             code: 1,
         });
     };
-    let (old, old_dist) = installed(sim, node)?;
+    let (old, old_dist, state) = installed_state(sim, node)?;
     let full = format!("chef-backend-{}.{}.{}", pkg.version, pkg.dist, pkg.arch);
-    if version_key(&pkg.version) <= version_key(&old) {
+    let repair = state != PkgState::Installed && version_key(&pkg.version) == version_key(&old);
+    if version_key(&pkg.version) <= version_key(&old) && !repair {
         return Ok(Output::ok(format!(
             "{header}Examining {path}: {full}\n{path}: does not update installed package.\nNothing to do\n"
         )));
@@ -282,6 +465,11 @@ pub fn rpm(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Error> {
         return Ok(Output::fail(1, "rpm: no operation specified\n"));
     };
     if mode.starts_with("-q") || mode == "--query" {
+        let package_file = (mode.starts_with("-q") && mode[2..].contains('p'))
+            || args[1..].iter().any(|a| a == "-p" || a == "--package");
+        if package_file {
+            return Ok(rpm_query_file(&args[1..]));
+        }
         return rpm_query(sim, node, &args[1..]);
     }
     let install_mode = mode == "--upgrade"
@@ -307,9 +495,10 @@ pub fn rpm(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Error> {
             format!("error: {path}: not an rpm package (or package manifest)\n"),
         ));
     };
-    let (old, old_dist) = installed(sim, node)?;
+    let (old, old_dist, state) = installed_state(sim, node)?;
     let full = format!("chef-backend-{}.{}.{}", pkg.version, pkg.dist, pkg.arch);
-    if version_key(&pkg.version) == version_key(&old) {
+    let repair = state != PkgState::Installed && version_key(&pkg.version) == version_key(&old);
+    if version_key(&pkg.version) == version_key(&old) && !repair {
         return Ok(Output::fail(
             1,
             format!("\tpackage {full} is already installed\n"),
@@ -341,7 +530,8 @@ pub fn rpm(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Error> {
     }
 }
 
-fn rpm_query(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Error> {
+/// The `--qf FORMAT` and the other words of an rpm query.
+fn rpm_query_args(args: &[String]) -> (String, Vec<String>) {
     let mut format = "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\\n".to_string();
     let mut names = Vec::new();
     let mut it = args.iter();
@@ -353,20 +543,64 @@ fn rpm_query(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Error> {
             .or_else(|| a.strip_prefix("--queryformat="))
         {
             format = f.to_string();
+        } else if a == "-p" || a == "--package" {
+            continue;
         } else {
             names.push(a.clone());
         }
     }
-    if names.is_empty() {
-        return Ok(Output::fail(1, "rpm: no arguments given for query\n"));
-    }
-    let (version, dist) = installed(sim, node)?;
-    let (upstream, rel) = version.split_once('-').unwrap_or((version.as_str(), ""));
+    (format, names)
+}
+
+fn rpm_line(format: &str, version: &str, dist: &str, arch: &str) -> String {
+    let (upstream, rel) = version.split_once('-').unwrap_or((version, ""));
     let release = if dist.is_empty() {
         rel.to_string()
     } else {
         format!("{rel}.{dist}")
     };
+    expand_escapes(format)
+        .replace("%{NAME}", "chef-backend")
+        .replace("%{VERSION}", upstream)
+        .replace("%{RELEASE}", &release)
+        .replace("%{ARCH}", arch)
+}
+
+/// `rpm -qp [--qf FORMAT] FILE`: the package file's version, from its name as `yum install` reads it.
+fn rpm_query_file(args: &[String]) -> Output {
+    let (format, files) = rpm_query_args(args);
+    if files.is_empty() {
+        return Output::fail(1, "rpm: no arguments given for query\n");
+    }
+    let mut out = Output::ok("");
+    for path in files {
+        if let Err(why) = readable(&path) {
+            out.stderr
+                .push_str(&format!("error: open of {path} failed: {why}\n"));
+            out.code = 1;
+            continue;
+        }
+        match parse_rpm(&path) {
+            Some(p) => out
+                .stdout
+                .push_str(&rpm_line(&format, &p.version, &p.dist, &p.arch)),
+            None => {
+                out.stderr.push_str(&format!(
+                    "error: {path}: not an rpm package (or package manifest)\n"
+                ));
+                out.code = 1;
+            }
+        }
+    }
+    out
+}
+
+fn rpm_query(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Error> {
+    let (format, names) = rpm_query_args(args);
+    if names.is_empty() {
+        return Ok(Output::fail(1, "rpm: no arguments given for query\n"));
+    }
+    let (version, dist) = installed(sim, node)?;
     let mut out = Output::ok("");
     for name in names {
         if name != "chef-backend" {
@@ -375,12 +609,8 @@ fn rpm_query(sim: &Sim, node: &str, args: &[String]) -> Result<Output, Error> {
             out.code = 1;
             continue;
         }
-        let line = expand_escapes(&format)
-            .replace("%{NAME}", "chef-backend")
-            .replace("%{VERSION}", upstream)
-            .replace("%{RELEASE}", &release)
-            .replace("%{ARCH}", "x86_64");
-        out.stdout.push_str(&line);
+        out.stdout
+            .push_str(&rpm_line(&format, &version, &dist, "x86_64"));
     }
     Ok(out)
 }

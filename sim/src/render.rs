@@ -103,9 +103,9 @@ const STOPPED_NODE_ERRORS: [&str; 4] = [
     "error: could not reach elasticsearch on this node",
 ];
 
-/// `chef-backend-ctl status` on node `i` at `now`; exit code 0 unless the node's services are stopped
-/// (then it cannot reach its local agents and exits 1). A deposed leader whose postgresql is held down
-/// still exits 0: the table tells.
+/// `chef-backend-ctl status` on node `i` at `now`, and its exit code: always 0, as omnibus-ctl's status
+/// (the sum of `sv status` exit codes, 0 for a service that is down): the table is the answer, whatever
+/// it says (stopped node, deposed leader, no leader).
 pub fn status(c: &Cluster, i: usize, now: u64) -> (String, i32) {
     let n = &c.nodes[i];
     let dist: [String; 4] = if n.up {
@@ -132,11 +132,10 @@ pub fn status(c: &Cluster, i: usize, now: u64) -> (String, i32) {
             dist[k].clone(),
         ]);
     }
-    let code = if n.up { 0 } else { 1 };
-    (table(&rows), code)
+    (table(&rows), 0)
 }
 
-/// `chef-backend-ctl status --simple`: runit lines, services in alphabetical order.
+/// `chef-backend-ctl status --simple`: runit lines, services in alphabetical order; exit 0 (see [`status`]).
 pub fn status_simple(c: &Cluster, i: usize, now: u64) -> (String, i32) {
     let n = &c.nodes[i];
     let mut order: Vec<usize> = (0..SERVICES.len()).collect();
@@ -155,8 +154,7 @@ pub fn status_simple(c: &Cluster, i: usize, now: u64) -> (String, i32) {
             s.log_pid
         ));
     }
-    let code = if n.up { 0 } else { 1 };
-    (out, code)
+    (out, 0)
 }
 
 /// One row of `cluster-status` (also the `--json` schema).
@@ -173,11 +171,14 @@ pub struct ClusterRow {
     pub es: String,
     /// Whether the node's services run.
     pub running: bool,
+    /// The node's own failover flag (`set-node-failover`).
+    pub failover: bool,
 }
 
 /// `cluster-status --json`: `{"failover": bool, "leader": name|null, "nodes": [ClusterRow...]}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ClusterStatusJson {
+    /// Cluster failover (`set-cluster-failover`).
     pub failover: bool,
     pub leader: Option<String>,
     pub nodes: Vec<ClusterRow>,
@@ -213,6 +214,7 @@ pub fn cluster_rows(c: &Cluster) -> Vec<ClusterRow> {
                 pg: pg.to_string(),
                 es: es.to_string(),
                 running: n.up,
+                failover: n.failover,
             }
         })
         .collect()
@@ -313,7 +315,11 @@ etcd           down          0d 0h 0m 4s    error: could not reach etcd on this 
 postgresql     down          0d 0h 0m 4s    error: could not reach pgsql leader for replication stats
 elasticsearch  down          0d 0h 0m 4s    error: could not reach elasticsearch on this node
 ";
-        assert_eq!((out.as_str(), code), (expected, 1));
+        assert_eq!(
+            (out.as_str(), code),
+            (expected, 0),
+            "exit 0: the table tells"
+        );
         assert!(tx.start(2, T0 + 10_000, "start"));
         let (out, _) = status(tx.cluster, 0, T0 + 10_500);
         assert!(
@@ -362,7 +368,10 @@ backend-3  192.168.33.217  4d29bcb5eec25d3674d5b8af132f75b3  follower        fol
         let mut tx = Tx::new(&mut c);
         tx.stop(0, T0 + 1_000, "stop");
         let (out, code) = status_simple(tx.cluster, 0, T0 + 394_000);
-        assert_eq!(code, 1);
+        assert_eq!(
+            code, 0,
+            "omnibus-ctl: `sv status` of a down service exits 0"
+        );
         let expected = "\
 down: elasticsearch: 393s, normally up; run: log: (pid 6803) 394s
 down: etcd: 393s, normally up; run: log: (pid 6799) 394s

@@ -1,25 +1,40 @@
 //! The verdict on everything that happened to a simulated cluster, computed from the journal alone.
 //!
-//! The report replays the journal's events (not the current state) and judges, from the outside:
-//! - Write availability: intervals with no running leader. Intervals inside the window of a *planned*
-//!   election (from `demote`, `upgrade --failover` or `promote` until the election ended) are the price of
-//!   the switchover and counted separately; any downtime outside such a window makes the run unsafe.
-//! - Nodes out of service at once (stopped, syncing, deposed or waiting): more than one is unsafe (S1).
-//! - A leader whose services stopped (planned switchovers demote first): unsafe.
-//! - A demote (or promote / upgrade --failover) while another node was not a synced follower: unsafe.
-//! - The leader of record getting a package while other nodes lack that version: unsafe (S2, leader
-//!   upgraded first).
-//! - A package installed while the node's services ran is safe only when the node's next restart is
-//!   `chef-backend-ctl upgrade` (the documented newer procedure: install, then `upgrade`, which restarts
-//!   onto it and waits for the re-sync). A plain stop/restart after it, or services never restarted onto
-//!   the installed package by the end, is unsafe.
-//! - Cluster failover (or a node's failover) left disabled at the end: unsafe (S3).
+//! The report replays the journal's events (not the current state) and judges, from the outside.
+//!
+//! **Attribution.** Every journal line carries its actor (`BATON_SIM_ACTOR`): `orchestrator` for Baton's
+//! commands, anything else (`environment` for `baton-sim crash`/`restart`/`fault`, `operator` for a human's
+//! `promote`) is the environment. Time-driven transitions (a sync completing) have no actor; an election
+//! carries the actor of the command that started it (a demote, a stop of the leader...). Violations are
+//! charged to the orchestrator only:
+//! - a rule about one command (`leader_stopped`, `demote_with_unsynced_follower`, `installed_while_running`,
+//!   `leader_upgraded_first`, `failover_on_while_node_out`, `leader_runs_old_version` at an election)
+//!   when the orchestrator ran that command (or started that election);
+//! - a rule about a condition over time (`too_many_out_of_service`, `write_outage`) when an orchestrator
+//!   command started it or extended it while it lasted (took another node out of service, stopped a node,
+//!   disabled failover); a condition the environment alone caused is an environment incident;
+//! - `failover_blocked_without_leader` always: whoever removed the leader, Baton must give the cluster its
+//!   failover back (its emergency exit), so failover off for longer than the tolerance with no leader is
+//!   charged to it;
+//! - end-state rules (`failover_left_off`, `node_failover_left_off`, `node_down_at_end`) when the
+//!   orchestrator caused that state (it set failover off last, it stopped the node last);
+//!   `mixed_versions_at_end` and an old leader at the end when the orchestrator installed anything.
+//!
+//! Everything not charged is listed in `incidents` (with the rule it would have broken, if any), as are
+//! the environment's own commands.
+//!
+//! **Out of service** means not the leader and not a synced follower: stopped, starting, syncing, deposed,
+//! waiting for a leader. After every leader change the followers re-sync from the new leader (their role
+//! stays `follower` while their postgresql is not synced) and the deposed leader re-syncs too: those
+//! re-syncs are the switchover's own price, so nodes out of service *only* for that reason do not make
+//! `too_many_out_of_service`; any other node out of service at the same time does (e.g. stopping the
+//! deposed leader, or another node, before the others have re-synced).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{Entry, Event};
+use crate::journal::{Entry, Event, ORCHESTRATOR};
 use crate::model::{Pg, Role};
 
 /// Safe or not.
@@ -31,10 +46,10 @@ pub enum Verdict {
 }
 
 /// Which safety rule a violation broke.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
-    /// More than one node out of service at once.
+    /// More than one node out of service at once (beyond a switchover's own re-syncs).
     TooManyOutOfService,
     /// The leader's services were stopped.
     LeaderStopped,
@@ -50,6 +65,27 @@ pub enum Rule {
     FailoverLeftOff,
     /// A node's failover disabled at the end.
     NodeFailoverLeftOff,
+    /// A node became leader (by an election the orchestrator caused) while running an older version than
+    /// another running node, or leads so at the end.
+    LeaderRunsOldVersion,
+    /// A node's services are not running at the end.
+    NodeDownAtEnd,
+    /// Installed or running versions differ between nodes at the end.
+    MixedVersionsAtEnd,
+    /// Cluster failover off while the cluster had no leader for longer than the tolerance.
+    FailoverBlockedWithoutLeader,
+    /// A `stop` (or `restart`) took a node out while cluster failover was on (runbook step 1 skipped).
+    FailoverOnWhileNodeOut,
+}
+
+impl Rule {
+    /// The rule's name as in the JSON and the human report (`too_many_out_of_service`).
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|j| j.as_str().map(String::from))
+            .unwrap_or_default()
+    }
 }
 
 /// One violation, naming nodes and times.
@@ -57,6 +93,18 @@ pub enum Rule {
 pub struct Violation {
     pub rule: Rule,
     pub at_ms: u64,
+    pub nodes: Vec<String>,
+    pub message: String,
+}
+
+/// Something the environment did or caused: not charged to the orchestrator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    pub at_ms: u64,
+    /// Who acted (`environment`, `operator`, ...); `cluster` for a condition with no single actor.
+    pub actor: String,
+    /// The rule the condition would have broken had the orchestrator caused it (`None`: a command).
+    pub rule: Option<Rule>,
     pub nodes: Vec<String>,
     pub message: String,
 }
@@ -85,7 +133,7 @@ pub struct Downtime {
     pub election_windows: Vec<Interval>,
     /// Downtime inside planned election windows.
     pub inside_election_ms: u64,
-    /// Downtime outside planned election windows (must be 0 for a safe run).
+    /// Downtime outside planned election windows (whoever caused it).
     pub outside_election_intervals: Vec<Interval>,
     pub outside_election_ms: u64,
     pub outside_election_longest_ms: u64,
@@ -115,13 +163,23 @@ pub struct UnsyncedDemote {
 pub struct NodeVersions {
     pub installed: String,
     pub running: String,
+    /// dpkg's state of the installed package: `installed`, or `half-configured` after a failed install.
+    #[serde(default)]
+    pub package: String,
+    /// Whether the node's services run at the end.
+    #[serde(default)]
+    pub up: bool,
 }
 
 /// The report of `baton-sim report`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     pub verdict: Verdict,
+    /// Rule violations charged to the orchestrator.
     pub violations: Vec<Violation>,
+    /// What the environment did or caused (not charged), in time order.
+    #[serde(default)]
+    pub incidents: Vec<Incident>,
     pub start_ms: u64,
     pub end_ms: u64,
     pub commands: usize,
@@ -130,12 +188,19 @@ pub struct Report {
     pub max_out_of_service: usize,
     pub max_out_of_service_at_ms: u64,
     pub max_out_of_service_nodes: Vec<String>,
+    /// The most nodes out of service at once not counting the switchovers' own re-syncs (the deposed
+    /// leader and the followers re-syncing from a new leader): at most 1 in a safe rolling upgrade.
+    #[serde(default)]
+    pub max_out_of_service_outside_switchover: usize,
     pub installed_while_running: Vec<InstallWhileRunning>,
     pub unsynced_demotes: Vec<UnsyncedDemote>,
     pub installs: BTreeMap<String, u32>,
     pub versions: BTreeMap<String, NodeVersions>,
     pub failover_at_end: bool,
     pub node_failover_off_at_end: Vec<String>,
+    /// The tolerance of `failover_blocked_without_leader` (from `init`).
+    #[serde(default)]
+    pub leaderless_tolerance_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -145,7 +210,14 @@ struct NodeView {
     pg: Pg,
     installed: String,
     running: String,
+    package: &'static str,
     failover: bool,
+    failover_set_by: Option<String>,
+    /// Out of service only because of a switchover's re-sync (the deposed leader, followers re-syncing
+    /// from a new leader).
+    excused: bool,
+    /// Who last took the services down.
+    stopped_by: Option<String>,
 }
 
 impl NodeView {
@@ -153,6 +225,29 @@ impl NodeView {
         self.up
             && (self.role == Role::Leader || (self.role == Role::Follower && self.pg == Pg::Synced))
     }
+
+    fn leads(&self) -> bool {
+        self.up && self.role == Role::Leader
+    }
+}
+
+fn version_key(v: &str) -> Vec<u64> {
+    v.split(['.', '-'])
+        .map(|p| p.parse().unwrap_or(0))
+        .collect()
+}
+
+/// How a stop is named in messages: `chef-backend-ctl stop`, or a crash.
+fn stopped_how(by: &str) -> String {
+    if by == "crash" {
+        "a crash".to_string()
+    } else {
+        format!("`chef-backend-ctl {by}`")
+    }
+}
+
+fn is_orch(actor: Option<&str>) -> bool {
+    actor == Some(ORCHESTRATOR)
 }
 
 /// Subtracts the union of `windows` from `iv`.
@@ -184,19 +279,42 @@ fn outside(iv: Interval, windows: &[Interval]) -> Vec<Interval> {
     parts
 }
 
+/// An ongoing condition: since when, which nodes, whether the orchestrator started or extended it.
+#[derive(Clone, Debug)]
+struct Episode {
+    since: u64,
+    nodes: Vec<String>,
+    charged: bool,
+}
+
+/// What the events since the last settle point did, for attribution.
+#[derive(Clone, Debug, Default)]
+struct Batch {
+    /// Nodes the orchestrator took (further) out of service.
+    worsened: BTreeSet<String>,
+    /// The orchestrator removed the leader or kept the cluster from getting one (stop, demote, quorum
+    /// loss, failover disabled, a failed election it started).
+    disrupted: bool,
+}
+
 struct Replay {
     start: u64,
+    tolerance: u64,
     nodes: BTreeMap<String, NodeView>,
     failover: bool,
     failover_set_at: u64,
+    failover_set_by: Option<String>,
     leader_of_record: Option<String>,
-    outage_since: Option<u64>,
-    outages: Vec<Interval>,
+    orchestrator_installed: bool,
+    outage: Option<(u64, bool)>,
+    outages: Vec<(Interval, bool)>,
+    blocked_since: Option<u64>,
     window_since: Option<u64>,
     windows: Vec<Interval>,
-    episode: Option<(u64, Vec<String>)>,
+    episode: Option<Episode>,
     max_out: (usize, u64, Vec<String>),
     pending_installs: BTreeMap<String, usize>,
+    batch: Batch,
     r: Report,
 }
 
@@ -215,17 +333,58 @@ impl Replay {
         });
     }
 
-    fn apply(&mut self, at: u64, e: &Event) {
+    /// A violation when `charged`, else an environment incident naming the rule.
+    fn charge(
+        &mut self,
+        charged: bool,
+        actor: Option<&str>,
+        rule: Rule,
+        at_ms: u64,
+        nodes: Vec<String>,
+        message: String,
+    ) {
+        if charged {
+            self.violate(rule, at_ms, nodes, message);
+        } else {
+            self.r.incidents.push(Incident {
+                at_ms,
+                actor: actor.unwrap_or("cluster").to_string(),
+                rule: Some(rule),
+                nodes,
+                message,
+            });
+        }
+    }
+
+    fn has_leader(&self) -> bool {
+        self.nodes.values().any(NodeView::leads)
+    }
+
+    /// The newest version any running node runs.
+    fn newest_running(&self) -> Option<String> {
+        self.nodes
+            .values()
+            .filter(|v| v.up)
+            .map(|v| v.running.clone())
+            .max_by_key(|v| version_key(v))
+    }
+
+    fn apply(&mut self, at: u64, actor: Option<&str>, e: &Event) {
+        let orch = is_orch(actor);
         match e {
             Event::ClusterCreated {
                 nodes,
                 version,
                 leader,
                 failover,
+                leaderless_tolerance_ms,
             } => {
                 self.start = at;
                 self.r.start_ms = at;
                 self.failover = *failover;
+                if let Some(t) = leaderless_tolerance_ms {
+                    self.tolerance = *t;
+                }
                 self.leader_of_record = Some(leader.clone());
                 for n in nodes {
                     let lead = n == leader;
@@ -237,7 +396,11 @@ impl Replay {
                             pg: if lead { Pg::Leader } else { Pg::Synced },
                             installed: version.clone(),
                             running: version.clone(),
+                            package: "installed",
                             failover: true,
+                            failover_set_by: None,
+                            excused: false,
+                            stopped_by: None,
                         },
                     );
                     self.r.installs.insert(n.clone(), 0);
@@ -246,10 +409,23 @@ impl Replay {
             Event::NodeChanged {
                 node, up, role, pg, ..
             } => {
-                if let Some(v) = self.nodes.get_mut(node) {
-                    v.up = *up;
-                    v.role = *role;
-                    v.pg = *pg;
+                let Some(v) = self.nodes.get_mut(node) else {
+                    return;
+                };
+                let (was_in, was_excused, was_up, was_leader) =
+                    (v.in_service(), v.excused, v.up, v.leads());
+                v.up = *up;
+                v.role = *role;
+                v.pg = *pg;
+                if !v.up {
+                    v.excused = false;
+                }
+                let now_out = !v.in_service();
+                if orch && now_out && !v.excused && (was_in || was_excused || (was_up && !v.up)) {
+                    self.batch.worsened.insert(node.clone());
+                }
+                if orch && was_leader && !v.leads() {
+                    self.batch.disrupted = true;
                 }
                 if *up && *role == Role::Leader {
                     self.leader_of_record = Some(node.clone());
@@ -261,6 +437,12 @@ impl Replay {
                 was_leader,
                 failover,
             } => {
+                if let Some(v) = self.nodes.get_mut(node) {
+                    v.stopped_by = actor.map(String::from);
+                }
+                if orch {
+                    self.batch.disrupted |= *was_leader;
+                }
                 if *was_leader {
                     let what = if *failover {
                         "an unplanned election followed"
@@ -268,10 +450,26 @@ impl Replay {
                         "cluster failover was off, so no leader until it returns"
                     };
                     let msg = format!(
-                        "leader {node} stopped at {} by `chef-backend-ctl {by}`: {what}",
+                        "leader {node} stopped at {} by {}{}: {what}",
+                        self.rel(at),
+                        stopped_how(by),
+                        actor.map(|a| format!(" ({a})")).unwrap_or_default()
+                    );
+                    self.charge(
+                        orch,
+                        actor,
+                        Rule::LeaderStopped,
+                        at,
+                        vec![node.clone()],
+                        msg,
+                    );
+                }
+                if orch && *failover && (by == "stop" || by == "restart") {
+                    let msg = format!(
+                        "{node} taken out by `chef-backend-ctl {by}` at {} while cluster failover was on (the runbook blocks failover first)",
                         self.rel(at)
                     );
-                    self.violate(Rule::LeaderStopped, at, vec![node.clone()], msg);
+                    self.violate(Rule::FailoverOnWhileNodeOut, at, vec![node.clone()], msg);
                 }
                 if let Some(k) = self.pending_installs.remove(node) {
                     let ok = by == "upgrade";
@@ -279,9 +477,10 @@ impl Replay {
                     if !ok {
                         let iw = self.r.installed_while_running[k].clone();
                         let msg = format!(
-                            "{node}: package {} installed at {} while its services ran, then restarted by `chef-backend-ctl {by}` at {} instead of `chef-backend-ctl upgrade`",
+                            "{node}: package {} installed at {} while its services ran, then restarted by {} at {} instead of `chef-backend-ctl upgrade`",
                             iw.version,
                             self.rel(iw.at_ms),
+                            stopped_how(by),
                             self.rel(at)
                         );
                         self.violate(Rule::InstalledWhileRunning, at, vec![node.clone()], msg);
@@ -299,7 +498,8 @@ impl Replay {
                 services_running,
             } => {
                 *self.r.installs.entry(node.clone()).or_default() += 1;
-                if self.leader_of_record.as_ref() == Some(node) {
+                self.orchestrator_installed |= orch;
+                if self.leader_of_record.as_ref() == Some(node) && orch {
                     let behind: Vec<String> = self
                         .nodes
                         .iter()
@@ -317,8 +517,9 @@ impl Replay {
                 }
                 if let Some(v) = self.nodes.get_mut(node) {
                     v.installed = version.clone();
+                    v.package = "installed";
                 }
-                if *services_running {
+                if *services_running && orch {
                     self.r.installed_while_running.push(InstallWhileRunning {
                         node: node.clone(),
                         at_ms: at,
@@ -329,22 +530,45 @@ impl Replay {
                         .insert(node.clone(), self.r.installed_while_running.len() - 1);
                 }
             }
+            Event::InstallFailed { node, version, .. } => {
+                self.orchestrator_installed |= orch;
+                if let Some(v) = self.nodes.get_mut(node) {
+                    v.installed = version.clone();
+                    v.package = "half-configured";
+                }
+            }
             Event::ClusterFailoverSet { enabled, .. } => {
                 self.failover = *enabled;
                 self.failover_set_at = at;
+                self.failover_set_by = actor.map(String::from);
+                if orch && !*enabled {
+                    self.batch.disrupted = true;
+                }
             }
             Event::NodeFailoverSet { node, enabled } => {
                 if let Some(v) = self.nodes.get_mut(node) {
                     v.failover = *enabled;
+                    v.failover_set_by = actor.map(String::from);
+                }
+                if orch && !*enabled {
+                    self.batch.disrupted = true;
                 }
             }
-            Event::DemoteRequested { node, by, unsynced } if !unsynced.is_empty() => {
-                self.r.unsynced_demotes.push(UnsyncedDemote {
-                    node: node.clone(),
-                    at_ms: at,
-                    by: by.clone(),
-                    unsynced: unsynced.clone(),
-                });
+            Event::DemoteRequested { node, by, unsynced } => {
+                if let Some(v) = self.nodes.get_mut(node) {
+                    v.excused = true;
+                }
+                if unsynced.is_empty() {
+                    return;
+                }
+                if orch {
+                    self.r.unsynced_demotes.push(UnsyncedDemote {
+                        node: node.clone(),
+                        at_ms: at,
+                        by: by.clone(),
+                        unsynced: unsynced.clone(),
+                    });
+                }
                 let msg = format!(
                     "`chef-backend-ctl {by}` demoted {node} at {} while {} not a synced follower",
                     self.rel(at),
@@ -352,36 +576,106 @@ impl Replay {
                 );
                 let mut nodes = vec![node.clone()];
                 nodes.extend(unsynced.iter().cloned());
-                self.violate(Rule::DemoteWithUnsyncedFollower, at, nodes, msg);
+                self.charge(
+                    orch,
+                    actor,
+                    Rule::DemoteWithUnsyncedFollower,
+                    at,
+                    nodes,
+                    msg,
+                );
             }
             Event::ElectionStarted { trigger, .. } if trigger.planned() => {
                 self.window_since.get_or_insert(at);
             }
-            Event::LeaderElected { trigger, .. } | Event::ElectionFailed { trigger, .. }
-                if trigger.planned() =>
-            {
-                if let Some(s) = self.window_since.take() {
-                    self.windows.push(Interval {
-                        start_ms: s,
-                        end_ms: at,
-                    });
+            Event::LeaderElected { node, trigger } => {
+                if trigger.planned() {
+                    if let Some(s) = self.window_since.take() {
+                        self.windows.push(Interval {
+                            start_ms: s,
+                            end_ms: at,
+                        });
+                    }
+                }
+                // Its followers re-sync from it: out of service for the switchover's sake.
+                for (n, v) in self.nodes.iter_mut() {
+                    if n != node && v.up && (v.in_service() || v.excused) {
+                        v.excused = true;
+                    }
+                }
+                let running = self
+                    .nodes
+                    .get(node)
+                    .map(|v| v.running.clone())
+                    .unwrap_or_default();
+                if let Some(newest) = self.newest_running() {
+                    if version_key(&running) < version_key(&newest) {
+                        let msg = format!(
+                            "{node} elected leader at {} ({trigger:?} election) while running {running}, older than {newest} on another running node",
+                            self.rel(at)
+                        );
+                        self.charge(
+                            orch,
+                            actor,
+                            Rule::LeaderRunsOldVersion,
+                            at,
+                            vec![node.clone()],
+                            msg,
+                        );
+                    }
                 }
             }
+            Event::ElectionFailed { trigger, .. } => {
+                if trigger.planned() {
+                    if let Some(s) = self.window_since.take() {
+                        self.windows.push(Interval {
+                            start_ms: s,
+                            end_ms: at,
+                        });
+                    }
+                }
+                if orch {
+                    self.batch.disrupted = true;
+                }
+            }
+            Event::QuorumLost { .. } if orch => self.batch.disrupted = true,
             _ => {}
         }
     }
 
     /// Evaluates the cluster after all events at time `at`.
     fn settle(&mut self, at: u64) {
-        let has_leader = self.nodes.values().any(|v| v.up && v.role == Role::Leader);
-        match (has_leader, self.outage_since) {
-            (false, None) => self.outage_since = Some(at),
-            (true, Some(s)) => {
-                self.outages.push(Interval {
-                    start_ms: s,
-                    end_ms: at,
-                });
-                self.outage_since = None;
+        let batch = std::mem::take(&mut self.batch);
+        for v in self.nodes.values_mut() {
+            if v.in_service() {
+                v.excused = false;
+            }
+        }
+        let has_leader = self.has_leader();
+        match (has_leader, self.outage) {
+            (false, None) => self.outage = Some((at, batch.disrupted)),
+            (false, Some((s, charged))) => {
+                let extended = batch.disrupted || !batch.worsened.is_empty();
+                self.outage = Some((s, charged || extended));
+            }
+            (true, Some((s, charged))) => {
+                self.outages.push((
+                    Interval {
+                        start_ms: s,
+                        end_ms: at,
+                    },
+                    charged,
+                ));
+                self.outage = None;
+            }
+            (true, None) => {}
+        }
+        let blocked = !has_leader && !self.failover;
+        match (blocked, self.blocked_since) {
+            (true, None) => self.blocked_since = Some(at),
+            (false, Some(s)) => {
+                self.blocked_since = None;
+                self.check_blocked(s, at);
             }
             _ => {}
         }
@@ -394,41 +688,94 @@ impl Replay {
         if out.len() > self.max_out.0 {
             self.max_out = (out.len(), at, out.clone());
         }
-        if out.len() > 1 {
+        let unexcused = out.iter().filter(|n| !self.nodes[*n].excused).count();
+        self.r.max_out_of_service_outside_switchover =
+            self.r.max_out_of_service_outside_switchover.max(unexcused);
+        let too_many = out.len() > 1 && out.iter().any(|n| !self.nodes[n].excused);
+        if too_many {
+            let charged_now = out.iter().any(|n| batch.worsened.contains(n));
             match &mut self.episode {
-                Some((_, names)) => {
+                Some(ep) => {
+                    ep.charged |= charged_now;
                     for n in out {
-                        if !names.contains(&n) {
-                            names.push(n);
+                        if !ep.nodes.contains(&n) {
+                            ep.nodes.push(n);
                         }
                     }
                 }
-                None => self.episode = Some((at, out)),
+                None => {
+                    self.episode = Some(Episode {
+                        since: at,
+                        nodes: out,
+                        charged: charged_now,
+                    })
+                }
             }
-        } else if let Some((s, names)) = self.episode.take() {
-            self.close_episode(s, at, names);
+        } else if let Some(ep) = self.episode.take() {
+            self.close_episode(ep, at);
         }
     }
 
-    fn close_episode(&mut self, s: u64, end: u64, mut names: Vec<String>) {
+    fn check_blocked(&mut self, s: u64, end: u64) {
+        let d = end.saturating_sub(s);
+        if d > self.tolerance {
+            let msg = format!(
+                "cluster failover stayed off with no leader from {} to {} ({d} ms, tolerance {} ms): nobody could be elected",
+                self.rel(s),
+                self.rel(end),
+                self.tolerance
+            );
+            self.violate(Rule::FailoverBlockedWithoutLeader, s, vec![], msg);
+        }
+    }
+
+    fn close_episode(&mut self, ep: Episode, end: u64) {
+        let mut names = ep.nodes;
         names.sort();
+        let resync: Vec<String> = names
+            .iter()
+            .filter(|n| self.nodes.get(*n).is_some_and(|v| v.excused))
+            .cloned()
+            .collect();
         let msg = format!(
-            "{} nodes out of service at once from {} to {} ({} ms): {}",
+            "{} nodes out of service at once from {} to {} ({} ms): {}{}",
             names.len(),
-            self.rel(s),
+            self.rel(ep.since),
             self.rel(end),
-            end - s,
-            names.join(", ")
+            end - ep.since,
+            names.join(", "),
+            if resync.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} still re-syncing after the leader change)",
+                    resync.join(", ")
+                )
+            }
         );
-        self.violate(Rule::TooManyOutOfService, s, names, msg);
+        let actor = (!ep.charged).then_some("environment");
+        self.charge(
+            ep.charged,
+            actor,
+            Rule::TooManyOutOfService,
+            ep.since,
+            names,
+            msg,
+        );
     }
 
     fn finish(mut self, end: u64) -> Report {
-        if let Some(s) = self.outage_since.take() {
-            self.outages.push(Interval {
-                start_ms: s,
-                end_ms: end,
-            });
+        if let Some((s, charged)) = self.outage.take() {
+            self.outages.push((
+                Interval {
+                    start_ms: s,
+                    end_ms: end,
+                },
+                charged,
+            ));
+        }
+        if let Some(s) = self.blocked_since.take() {
+            self.check_blocked(s, end);
         }
         if let Some(s) = self.window_since.take() {
             self.windows.push(Interval {
@@ -436,12 +783,12 @@ impl Replay {
                 end_ms: end,
             });
         }
-        if let Some((s, names)) = self.episode.take() {
-            self.close_episode(s, end, names);
+        if let Some(ep) = self.episode.take() {
+            self.close_episode(ep, end);
         }
-        self.outages.retain(|i| i.duration_ms() > 0);
+        self.outages.retain(|(i, _)| i.duration_ms() > 0);
         let d = &mut self.r.downtime;
-        d.intervals = self.outages.clone();
+        d.intervals = self.outages.iter().map(|(i, _)| *i).collect();
         d.total_ms = d.intervals.iter().map(Interval::duration_ms).sum();
         d.longest_ms = d
             .intervals
@@ -450,11 +797,12 @@ impl Replay {
             .max()
             .unwrap_or(0);
         d.election_windows = self.windows.clone();
-        d.outside_election_intervals = self
+        let outside_parts: Vec<(Interval, bool)> = self
             .outages
             .iter()
-            .flat_map(|i| outside(*i, &self.windows))
+            .flat_map(|(i, c)| outside(*i, &self.windows).into_iter().map(|p| (p, *c)))
             .collect();
+        d.outside_election_intervals = outside_parts.iter().map(|(i, _)| *i).collect();
         d.outside_election_ms = d
             .outside_election_intervals
             .iter()
@@ -467,7 +815,7 @@ impl Replay {
             .max()
             .unwrap_or(0);
         d.inside_election_ms = d.total_ms - d.outside_election_ms;
-        for iv in d.outside_election_intervals.clone() {
+        for (iv, charged) in outside_parts {
             let msg = format!(
                 "no leader accepted writes from {} to {} ({} ms), outside any planned election window",
                 self.rel(iv.start_ms),
@@ -475,7 +823,8 @@ impl Replay {
                 iv.duration_ms()
             );
             let last = self.leader_of_record.clone().into_iter().collect();
-            self.violate(Rule::WriteOutage, iv.start_ms, last, msg);
+            let actor = (!charged).then_some("environment");
+            self.charge(charged, actor, Rule::WriteOutage, iv.start_ms, last, msg);
         }
         for (node, k) in std::mem::take(&mut self.pending_installs) {
             let iw = self.r.installed_while_running[k].clone();
@@ -494,11 +843,23 @@ impl Replay {
             }
         }
         if !self.failover {
+            let by = self.failover_set_by.clone();
             let msg = format!(
-                "cluster failover left disabled at the end (set off at {})",
-                self.rel(self.failover_set_at)
+                "cluster failover left disabled at the end (set off at {}{})",
+                self.rel(self.failover_set_at),
+                by.as_deref()
+                    .map(|a| format!(" by {a}"))
+                    .unwrap_or_default()
             );
-            self.violate(Rule::FailoverLeftOff, self.failover_set_at, vec![], msg);
+            let at = self.failover_set_at;
+            self.charge(
+                is_orch(by.as_deref()),
+                by.as_deref(),
+                Rule::FailoverLeftOff,
+                at,
+                vec![],
+                msg,
+            );
         }
         let off: Vec<String> = self
             .nodes
@@ -506,20 +867,77 @@ impl Replay {
             .filter(|(_, v)| !v.failover)
             .map(|(n, _)| n.clone())
             .collect();
-        if !off.is_empty() {
-            let msg = format!(
-                "node failover left disabled at the end on {}",
-                off.join(", ")
+        for n in &off {
+            let by = self.nodes[n].failover_set_by.clone();
+            let msg = format!("node failover left disabled at the end on {n}");
+            self.charge(
+                is_orch(by.as_deref()),
+                by.as_deref(),
+                Rule::NodeFailoverLeftOff,
+                end,
+                vec![n.clone()],
+                msg,
             );
-            self.violate(Rule::NodeFailoverLeftOff, end, off.clone(), msg);
+        }
+        let down: Vec<(String, Option<String>)> = self
+            .nodes
+            .iter()
+            .filter(|(_, v)| !v.up)
+            .map(|(n, v)| (n.clone(), v.stopped_by.clone()))
+            .collect();
+        for (n, by) in down {
+            let msg = format!(
+                "{n}: services not running at the end (last taken down by {})",
+                by.as_deref().unwrap_or("nobody")
+            );
+            self.charge(
+                is_orch(by.as_deref()),
+                by.as_deref(),
+                Rule::NodeDownAtEnd,
+                end,
+                vec![n],
+                msg,
+            );
+        }
+        if self.orchestrator_installed {
+            let installed: BTreeSet<&str> =
+                self.nodes.values().map(|v| v.installed.as_str()).collect();
+            let running: BTreeSet<&str> = self.nodes.values().map(|v| v.running.as_str()).collect();
+            if installed.len() > 1 || running.len() > 1 {
+                let list: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|(n, v)| format!("{n} installed {} running {}", v.installed, v.running))
+                    .collect();
+                let msg = format!("versions differ at the end: {}", list.join("; "));
+                self.violate(
+                    Rule::MixedVersionsAtEnd,
+                    end,
+                    self.nodes.keys().cloned().collect(),
+                    msg,
+                );
+            }
+            let leader = self.nodes.iter().find(|(_, v)| v.leads());
+            if let (Some((l, v)), Some(newest)) = (leader, self.newest_running()) {
+                if version_key(&v.running) < version_key(&newest) {
+                    let msg = format!(
+                        "{l} is still the leader at the end, running {} while another running node runs {newest}",
+                        v.running
+                    );
+                    let l = l.clone();
+                    self.violate(Rule::LeaderRunsOldVersion, end, vec![l], msg);
+                }
+            }
         }
         self.r.violations.sort_by_key(|v| v.at_ms);
+        self.r.incidents.sort_by_key(|i| i.at_ms);
         self.r.verdict = if self.r.violations.is_empty() {
             Verdict::Safe
         } else {
             Verdict::Unsafe
         };
         self.r.end_ms = end;
+        self.r.leaderless_tolerance_ms = self.tolerance;
         self.r.max_out_of_service = self.max_out.0;
         self.r.max_out_of_service_at_ms = self.max_out.1;
         self.r.max_out_of_service_nodes = self.max_out.2.clone();
@@ -532,6 +950,8 @@ impl Replay {
                     NodeVersions {
                         installed: v.installed.clone(),
                         running: v.running.clone(),
+                        package: v.package.to_string(),
+                        up: v.up,
                     },
                 )
             })
@@ -547,20 +967,26 @@ impl Report {
     pub fn from_journal(journal: &[Entry], end_ms: u64) -> Report {
         let mut rp = Replay {
             start: 0,
+            tolerance: crate::model::Timings::default().leaderless_tolerance(),
             nodes: BTreeMap::new(),
             failover: true,
             failover_set_at: 0,
+            failover_set_by: None,
             leader_of_record: None,
-            outage_since: None,
+            orchestrator_installed: false,
+            outage: None,
             outages: Vec::new(),
+            blocked_since: None,
             window_since: None,
             windows: Vec::new(),
             episode: None,
             max_out: (0, 0, Vec::new()),
             pending_installs: BTreeMap::new(),
+            batch: Batch::default(),
             r: Report {
                 verdict: Verdict::Safe,
                 violations: Vec::new(),
+                incidents: Vec::new(),
                 start_ms: 0,
                 end_ms,
                 commands: 0,
@@ -569,39 +995,76 @@ impl Report {
                 max_out_of_service: 0,
                 max_out_of_service_at_ms: 0,
                 max_out_of_service_nodes: Vec::new(),
+                max_out_of_service_outside_switchover: 0,
                 installed_while_running: Vec::new(),
                 unsynced_demotes: Vec::new(),
                 installs: BTreeMap::new(),
                 versions: BTreeMap::new(),
                 failover_at_end: true,
                 node_failover_off_at_end: Vec::new(),
+                leaderless_tolerance_ms: 0,
             },
         };
-        let events: Vec<(u64, &Event)> = journal
-            .iter()
-            .filter_map(|e| match e {
-                Entry::Event { at_ms, event } => Some((*at_ms, event)),
-                Entry::Command { exit_code, .. } => {
+        let mut events: Vec<(u64, Option<&str>, &Event)> = Vec::new();
+        for e in journal {
+            match e {
+                Entry::Event {
+                    at_ms,
+                    event,
+                    actor,
+                } => events.push((*at_ms, actor.as_deref(), event)),
+                Entry::Command {
+                    node,
+                    argv,
+                    exit_code,
+                    started_ms,
+                    actor,
+                    ..
+                } => {
                     rp.r.commands += 1;
                     if *exit_code != 0 {
                         rp.r.failed_commands += 1;
                     }
-                    None
+                    if actor != ORCHESTRATOR {
+                        rp.r.incidents.push(Incident {
+                            at_ms: *started_ms,
+                            actor: actor.clone(),
+                            rule: None,
+                            nodes: vec![node.clone()],
+                            message: format!(
+                                "{actor} ran `{}` on {node} (exit {exit_code})",
+                                argv.join(" ")
+                            ),
+                        });
+                    }
                 }
-            })
-            .collect();
-        for (k, (at, e)) in events.iter().enumerate() {
-            rp.apply(*at, e);
-            if events.get(k + 1).is_none_or(|(next, _)| next != at) {
+            }
+        }
+        for (k, (at, actor, e)) in events.iter().enumerate() {
+            rp.apply(*at, *actor, e);
+            if events.get(k + 1).is_none_or(|(next, _, _)| next != at) {
                 rp.settle(*at);
             }
         }
-        rp.finish(end_ms.max(events.last().map(|(t, _)| *t).unwrap_or(0)))
+        let last = events.last().map(|(t, _, _)| *t).unwrap_or(0);
+        // Incidents of commands are timed from the cluster's creation like everything else.
+        rp.finish(end_ms.max(last))
     }
 
     /// Whether some violation broke `rule`.
     pub fn has(&self, rule: Rule) -> bool {
         self.violations.iter().any(|v| v.rule == rule)
+    }
+
+    /// The rules broken, in order of first violation, each once.
+    pub fn rules(&self) -> Vec<Rule> {
+        let mut out = Vec::new();
+        for v in &self.violations {
+            if !out.contains(&v.rule) {
+                out.push(v.rule);
+            }
+        }
+        out
     }
 
     /// The human-readable report.
@@ -617,14 +1080,25 @@ impl Report {
         };
         o.push_str(&format!("Verdict: {verdict}\n"));
         for v in &self.violations {
+            o.push_str(&format!("  - [{}] {}\n", v.rule.name(), v.message));
+        }
+        if !self.incidents.is_empty() {
             o.push_str(&format!(
-                "  - [{}] {}\n",
-                serde_json::to_value(v.rule)
-                    .ok()
-                    .and_then(|j| j.as_str().map(String::from))
-                    .unwrap_or_default(),
-                v.message
+                "Environment incidents (not charged to the orchestrator): {}\n",
+                self.incidents.len()
             ));
+            for i in &self.incidents {
+                let rule = i
+                    .rule
+                    .map(|r| format!("[{}] ", r.name()))
+                    .unwrap_or_default();
+                o.push_str(&format!(
+                    "  - {} {}: {rule}{}\n",
+                    rel(i.at_ms),
+                    i.actor,
+                    i.message
+                ));
+            }
         }
         o.push_str(&format!(
             "Journal: {} commands ({} failed), {} to {} (times relative to cluster creation)\n",
@@ -669,6 +1143,10 @@ impl Report {
             ));
         }
         o.push('\n');
+        o.push_str(&format!(
+            "  not counting switchover re-syncs: {}\n",
+            self.max_out_of_service_outside_switchover
+        ));
         o.push_str("Installed while services ran: ");
         if self.installed_while_running.is_empty() {
             o.push_str("none\n");
@@ -713,8 +1191,14 @@ impl Report {
         o.push_str(&format!("Installs per node: {}\n", installs.join(", ")));
         o.push_str("Versions at the end:\n");
         for (n, v) in &self.versions {
+            let pkg = if v.package.is_empty() || v.package == "installed" {
+                String::new()
+            } else {
+                format!(" ({})", v.package)
+            };
+            let down = if v.up { "" } else { ", services down" };
             o.push_str(&format!(
-                "  {n}: installed {}, running {}\n",
+                "  {n}: installed {}{pkg}, running {}{down}\n",
                 v.installed, v.running
             ));
         }

@@ -19,12 +19,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fs4::fs_std::FileExt;
 
-use crate::journal::{Entry, Event};
-use crate::model::{Cluster, Fault, Timings, Tx};
-use crate::Error;
+use crate::journal::{Entry, Event, ORCHESTRATOR};
+use crate::model::{Cluster, Emitted, Fault, Timings, Tx};
+use crate::{Error, Output};
 
 /// Tools every node's bin folder provides.
-pub const TOOLS: [&str; 5] = ["chef-backend-ctl", "dpkg", "dpkg-query", "yum", "rpm"];
+pub const TOOLS: [&str; 6] = [
+    "chef-backend-ctl",
+    "dpkg",
+    "dpkg-query",
+    "dpkg-deb",
+    "yum",
+    "rpm",
+];
 
 /// Wall-clock unix milliseconds.
 pub fn now_ms() -> u64 {
@@ -34,10 +41,21 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A simulated cluster on disk.
+/// A simulated cluster on disk, acted on by one actor (`orchestrator` unless [`Sim::with_actor`]).
 #[derive(Clone, Debug)]
 pub struct Sim {
     dir: PathBuf,
+    actor: String,
+}
+
+fn entries(events: Vec<Emitted>) -> impl Iterator<Item = Entry> {
+    events
+        .into_iter()
+        .map(|(at_ms, actor, event)| Entry::Event {
+            at_ms,
+            event,
+            actor,
+        })
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -52,6 +70,7 @@ impl Sim {
     pub fn open(dir: impl AsRef<Path>) -> Result<Sim, Error> {
         let sim = Sim {
             dir: dir.as_ref().to_path_buf(),
+            actor: ORCHESTRATOR.to_string(),
         };
         if !sim.state_path().exists() {
             return Err(Error::NoCluster(sim.dir));
@@ -76,20 +95,26 @@ impl Sim {
         let dir = dir.as_ref();
         fs::create_dir_all(dir).map_err(io(dir))?;
         let dir = dir.canonicalize().map_err(io(dir))?;
-        let sim = Sim { dir };
+        let sim = Sim {
+            dir,
+            actor: ORCHESTRATOR.to_string(),
+        };
         if sim.state_path().exists() {
             return Err(Error::Exists(sim.dir));
         }
         let now = now_ms();
+        let tolerance = timings.leaderless_tolerance();
         let mut cluster = Cluster::new(nodes, version, timings, now);
         let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
         let mut events = vec![(
             now,
+            None,
             Event::ClusterCreated {
                 nodes: names.clone(),
                 version: version.to_string(),
                 leader: names[0].clone(),
                 failover: true,
+                leaderless_tolerance_ms: Some(tolerance),
             },
         )];
         {
@@ -108,11 +133,7 @@ impl Sim {
         }
         let _lock = sim.lock()?;
         sim.write_state(&cluster)?;
-        sim.append(
-            events
-                .into_iter()
-                .map(|(at_ms, event)| Entry::Event { at_ms, event }),
-        )?;
+        sim.append(entries(events))?;
         Ok(sim)
     }
 
@@ -133,6 +154,18 @@ impl Sim {
             fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io(&path))?;
         }
         Ok(())
+    }
+
+    /// The same cluster, acted on by `actor` (what `BATON_SIM_ACTOR` sets): every command and every
+    /// change it causes is journalled with it.
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Sim {
+        self.actor = actor.into();
+        self
+    }
+
+    /// Who acts on the cluster through this handle.
+    pub fn actor(&self) -> &str {
+        &self.actor
     }
 
     /// The cluster directory.
@@ -218,17 +251,14 @@ impl Sim {
         let (r, events) = {
             let mut tx = Tx::new(&mut cluster);
             tx.advance(now);
+            tx.actor = Some(self.actor.clone());
             let r = f(&mut tx, now);
             (r, std::mem::take(&mut tx.events))
         };
         if cluster != before {
             self.write_state(&cluster)?;
         }
-        self.append(
-            events
-                .into_iter()
-                .map(|(at_ms, event)| Entry::Event { at_ms, event }),
-        )?;
+        self.append(entries(events))?;
         Ok(r)
     }
 
@@ -253,6 +283,7 @@ impl Sim {
             exit_code,
             started_ms,
             finished_ms,
+            actor: self.actor.clone(),
         }])
     }
 
@@ -281,6 +312,67 @@ impl Sim {
         let state = self.state()?;
         let journal = self.journal()?;
         Ok(crate::report::Report::from_journal(&journal, state.last_ms))
+    }
+
+    /// `baton-sim crash`: the node's services die at once, like a power loss (no clean stop). The node
+    /// stays down until `chef-backend-ctl start`. A crashed leader is replaced after the election delay
+    /// only if cluster failover is on and etcd keeps its quorum. Journalled as a command of this actor.
+    pub fn crash(&self, node: &str) -> Result<Output, Error> {
+        let started = now_ms();
+        let out = self.transact(|tx, now| {
+            let i = tx
+                .cluster
+                .index(node)
+                .ok_or_else(|| Error::UnknownNode(node.to_string()))?;
+            let was_up = tx.cluster.nodes[i].up;
+            tx.stop(i, now, "crash");
+            Ok::<_, Error>(Output::ok(if was_up {
+                format!(
+                    "{node}: services crashed (power loss); down until `chef-backend-ctl start`\n"
+                )
+            } else {
+                format!("{node}: services were already down\n")
+            }))
+        })??;
+        self.record_command(
+            node,
+            &["baton-sim".into(), "crash".into()],
+            out.code,
+            started,
+        )?;
+        Ok(out)
+    }
+
+    /// `baton-sim restart`: a crash, then the services start at once (the node comes back like after
+    /// `chef-backend-ctl start` and re-syncs). Fails (exit 1) when the services cannot start.
+    pub fn restart(&self, node: &str) -> Result<Output, Error> {
+        let started = now_ms();
+        let out = self.transact(|tx, now| {
+            let i = tx
+                .cluster
+                .index(node)
+                .ok_or_else(|| Error::UnknownNode(node.to_string()))?;
+            tx.stop(i, now, "crash");
+            let blocker = tx.start_blocker(i);
+            Ok::<_, Error>(if tx.start(i, now, "boot") {
+                Output::ok(format!("{node}: services crashed and started again\n"))
+            } else {
+                Output::fail(
+                    1,
+                    format!(
+                        "{node}: services crashed and could not start again: {}\n",
+                        blocker.unwrap_or_default()
+                    ),
+                )
+            })
+        })??;
+        self.record_command(
+            node,
+            &["baton-sim".into(), "restart".into()],
+            out.code,
+            started,
+        )?;
+        Ok(out)
     }
 
     /// Sets (or clears) a fault on a node.

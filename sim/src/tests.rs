@@ -15,6 +15,7 @@ fn sim() -> (tempfile::TempDir, Sim) {
         demote_timeout_ms: 2_000,
         upgrade_timeout_ms: 2_000,
         start_ms: 0,
+        leaderless_tolerance_ms: None,
     };
     let sim = Sim::init(
         tmp.path().join("c"),
@@ -219,8 +220,10 @@ fn every_command_is_journalled_with_its_exit_code() {
                 exit_code,
                 started_ms,
                 finished_ms,
+                actor,
             } => {
                 assert!(finished_ms >= started_ms);
+                assert_eq!(actor, crate::ORCHESTRATOR);
                 Some((node, argv, exit_code))
             }
             _ => None,
