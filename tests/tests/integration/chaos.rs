@@ -9,7 +9,14 @@
 //! - the log: verifies, `replay --verify` re-derives every decision, and every
 //!   event the service mirrored to `BATON_EVENTS` (it mirrors only after the
 //!   flush) is in the log with the same hash;
-//! - the upgrade completed, or halted safely with a reason.
+//! - the upgrade completed, or halted safely with a reason (environment
+//!   rounds: completed or halted, nothing else).
+//!
+//! The `environment` kind is a busy on-call rather than a failure of Baton's
+//! own machinery: it moves the leader (`promote`), crashes a follower or the
+//! leader (started again after a while) or restarts a node, at a random
+//! point that includes gates and pauses. The simulator charges Baton only
+//! with what Baton did; the environment's acts are its incidents.
 //!
 //! `cargo test` runs one round per fault kind. A longer run:
 //! `BATON_CHAOS_ROUNDS=25 BATON_CHAOS_REPORT=chaos.json cargo test -p tests
@@ -52,9 +59,14 @@ enum Fault {
     NetReset,
     /// Nothing gets through for 3-8 s; then the connections are reset.
     NetBlackhole,
+    /// A busy on-call acts on the cluster at a random point (also while
+    /// Baton waits at a gate or is paused): moves the leader, crashes a
+    /// follower or the leader (started again after a while), or restarts a
+    /// node. See [`EnvKind`].
+    Environment,
 }
 
-const ALL: [Fault; 10] = [
+const ALL: [Fault; 11] = [
     Fault::ServiceKill,
     Fault::ExecutorKill,
     Fault::NatsKill,
@@ -65,6 +77,28 @@ const ALL: [Fault; 10] = [
     Fault::NetLatency,
     Fault::NetReset,
     Fault::NetBlackhole,
+    Fault::Environment,
+];
+
+/// What the environment does in an [`Fault::Environment`] round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum EnvKind {
+    /// An operator's `chef-backend-ctl promote` of a synced follower.
+    MoveLeader,
+    /// A follower crashes; the environment starts it again 0.5-4 s later.
+    CrashFollower,
+    /// The leader crashes; the environment starts it again 1-6 s later.
+    KillLeader,
+    /// A node crashes and comes back at once (`baton-sim restart`).
+    RestartNode,
+}
+
+const ENV_KINDS: [EnvKind; 4] = [
+    EnvKind::MoveLeader,
+    EnvKind::CrashFollower,
+    EnvKind::KillLeader,
+    EnvKind::RestartNode,
 ];
 
 /// Where in a step an executor kill lands; executor rounds take them in turn.
@@ -89,25 +123,6 @@ const PHASES: [Phase; 4] = [
     Phase::AfterCommandBeforeResult,
     Phase::AfterResult,
 ];
-
-/// Whether a simulator command of `node` is running (its process exists).
-fn command_running(env: &Env, node: &str) -> bool {
-    let dir = env.sim_dir.display().to_string();
-    let node_arg = format!("--node\0{node}\0");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        std::fs::read(entry.path().join("cmdline"))
-            .map(|raw| {
-                let cmdline = String::from_utf8_lossy(&raw);
-                cmdline.contains("baton-sim")
-                    && cmdline.contains(&dir)
-                    && cmdline.contains(&node_arg)
-            })
-            .unwrap_or(false)
-    })
-}
 
 fn uses_proxy(fault: Fault) -> bool {
     matches!(
@@ -138,6 +153,10 @@ struct Round {
     /// For executor kills: the phase aimed at, and whether it was reached.
     phase: Option<Phase>,
     phase_reached: Option<bool>,
+    /// For environment rounds: what the environment did, and whether the
+    /// upgrade waited at a gate or was paused when it did.
+    env_kind: Option<EnvKind>,
+    env_at: Option<String>,
     /// completed / halted / aborted / needs_verification / timeout.
     outcome: String,
     reason: Option<String>,
@@ -166,6 +185,10 @@ struct Summary {
     rounds_by_fault: BTreeMap<String, u32>,
     /// Executor kills per phase: rounds aimed at it, rounds that reached it.
     executor_kills_by_phase: BTreeMap<String, (u32, u32)>,
+    /// Environment rounds per kind of action.
+    environment_by_kind: BTreeMap<String, u32>,
+    /// Environment rounds per moment (running, at a gate, paused).
+    environment_by_moment: BTreeMap<String, u32>,
     service_recovery_ms_median: Option<u64>,
     service_recovery_ms_worst: Option<u64>,
 }
@@ -266,6 +289,17 @@ fn summarise(rounds: &[Round]) -> Summary {
         s.verification_failures += r.verification_failures;
         s.unsafe_verdicts += r.unsafe_verdicts;
         recoveries.extend(r.recovery_ms);
+        if let Some(kind) = r.env_kind {
+            let name = serde_json::to_value(kind)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            *s.environment_by_kind.entry(name).or_default() += 1;
+        }
+        if let Some(at) = &r.env_at {
+            *s.environment_by_moment.entry(at.clone()).or_default() += 1;
+        }
         if let Some(phase) = r.phase {
             let name = serde_json::to_value(phase)
                 .unwrap()
@@ -307,7 +341,19 @@ async fn run_round(fault: Fault, seed: u64, index: usize) -> Round {
             sim_fault(&env, node, &["latency", "600"]);
         }
     }
-    let upgrade = env.submit(&[]);
+    // Environment rounds wait at a gate half of the time, so that the
+    // environment may act while Baton waits for an approval.
+    let gate = (fault == Fault::Environment)
+        .then(|| match rng.random_range(0..4) {
+            0 => Some("before-switchover"),
+            1 => Some("after-first-follower"),
+            _ => None,
+        })
+        .flatten();
+    let upgrade = match gate {
+        Some(gate) => env.submit(&["--approve-before", gate]),
+        None => env.submit(&[]),
+    };
     let mut round = Round {
         fault,
         seed,
@@ -315,6 +361,8 @@ async fn run_round(fault: Fault, seed: u64, index: usize) -> Round {
         detail: None,
         phase: None,
         phase_reached: None,
+        env_kind: None,
+        env_at: None,
         outcome: String::new(),
         reason: None,
         injected_after_end: false,
@@ -332,7 +380,7 @@ async fn run_round(fault: Fault, seed: u64, index: usize) -> Round {
     tests::wait_until(UPGRADE_TIMEOUT, || match env.status(&upgrade) {
         Some(view) => {
             ended = matches!(view.status.as_str(), "completed" | "halted" | "aborted");
-            ended || view.events >= at_events
+            ended || view.events >= at_events || view.status == "waiting_approval"
         }
         None => false,
     })
@@ -415,6 +463,11 @@ async fn run_round(fault: Fault, seed: u64, index: usize) -> Round {
             tokio::time::sleep(frozen).await;
             env.nats.thaw();
         }
+        Fault::Environment => {
+            let kind = ENV_KINDS[rng.random_range(0..ENV_KINDS.len())];
+            round.env_kind = Some(kind);
+            environment_acts(&env, &upgrade, kind, &mut rng, &mut round).await;
+        }
         Fault::Simulator => {
             let node = env.nodes[rng.random_range(0..env.nodes.len())].clone();
             let kind = SIM_FAULTS[rng.random_range(0..SIM_FAULTS.len())];
@@ -438,6 +491,12 @@ async fn run_round(fault: Fault, seed: u64, index: usize) -> Round {
     let mut last = None;
     let done = tests::wait_until(UPGRADE_TIMEOUT, || {
         last = env.status(&upgrade);
+        if let (Some(gate), Some(v)) = (gate, &last) {
+            if v.status == "waiting_approval" {
+                // Approve every gate asked for (a re-plan may ask again).
+                let _ = env.baton(&["approve", &upgrade, gate]);
+            }
+        }
         last.as_ref().is_some_and(|v| {
             matches!(
                 v.status.as_str(),
@@ -459,9 +518,115 @@ async fn run_round(fault: Fault, seed: u64, index: usize) -> Round {
     if view.status != "completed" && view.reason.as_deref().unwrap_or("").is_empty() {
         round.problems.push("ended without a reason".into());
     }
+    if fault == Fault::Environment && !matches!(view.status.as_str(), "completed" | "halted") {
+        round.problems.push(format!(
+            "an environment round must end completed or halted, not {}",
+            view.status
+        ));
+    }
 
     check_outside(&env, &upgrade, &view, &mut round).await;
     round
+}
+
+/// Names of the nodes whose simulator state satisfies `pick`.
+fn nodes_where(env: &Env, pick: impl Fn(&serde_json::Value) -> bool) -> Vec<String> {
+    env.sim_state()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| pick(n))
+        .filter_map(|n| n["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// A busy on-call: at this moment (the upgrade runs, waits at a gate, or is
+/// paused by the on-call first), does `kind` to the cluster; a crashed node
+/// is started again by the environment after a random while. Paused
+/// upgrades are resumed (and gates approved by the round's final wait).
+async fn environment_acts(
+    env: &Env,
+    upgrade: &str,
+    kind: EnvKind,
+    rng: &mut rand::rngs::StdRng,
+    round: &mut Round,
+) {
+    let status = env.status(upgrade).map(|v| v.status).unwrap_or_default();
+    let paused = status == "running" && rng.random_range(0..3) == 0 && {
+        env.baton(&["pause", upgrade, "--reason", "on-call looks"])
+            .status
+            .success()
+    };
+    round.env_at = Some(if paused {
+        "paused".into()
+    } else if status == "waiting_approval" {
+        "gate".into()
+    } else {
+        status
+    });
+    let pick = |names: Vec<String>, rng: &mut rand::rngs::StdRng| {
+        (!names.is_empty()).then(|| names[rng.random_range(0..names.len())].clone())
+    };
+    let synced_followers = nodes_where(env, |n| {
+        n["up"] == true && n["role"] == "follower" && n["pg"] == "synced"
+    });
+    let followers = nodes_where(env, |n| n["up"] == true && n["role"] != "leader");
+    let up = nodes_where(env, |n| n["up"] == true);
+    let (node, back_after) = match kind {
+        EnvKind::MoveLeader => {
+            let node = pick(synced_followers, rng);
+            if let Some(node) = &node {
+                let out = env.tool_as("operator", node, &["chef-backend-ctl", "promote", node]);
+                if !out.status.success() {
+                    round.detail = Some(format!(
+                        "promote {node} refused: {}",
+                        String::from_utf8_lossy(&out.stdout).trim()
+                    ));
+                }
+            }
+            (node, None)
+        }
+        EnvKind::CrashFollower => {
+            let node = pick(followers, rng);
+            if let Some(node) = &node {
+                env.sim_on("crash", node, &[]);
+            }
+            (node, Some(rng.random_range(500..4_000)))
+        }
+        EnvKind::KillLeader => {
+            let node = env.leader();
+            if let Some(node) = &node {
+                env.sim_on("crash", node, &[]);
+            }
+            (node, Some(rng.random_range(1_000..6_000)))
+        }
+        EnvKind::RestartNode => {
+            let node = pick(up, rng);
+            if let Some(node) = &node {
+                env.sim_on("restart", node, &[]);
+            }
+            (node, None)
+        }
+    };
+    if round.detail.is_none() {
+        round.detail = Some(node.clone().unwrap_or_else(|| "no node fit".into()));
+    }
+    if paused {
+        // The on-call looks around for a moment before resuming.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..2_000))).await;
+        let _ = env.baton(&["resume", upgrade]);
+    }
+    if let (Some(node), Some(ms)) = (node, back_after) {
+        // The crash lasts this long (the fault is the passage of time).
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let out = env.tool_as("environment", &node, &["chef-backend-ctl", "start"]);
+        if !out.status.success() {
+            round.problems.push(format!(
+                "the environment could not start {node} again: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
 }
 
 fn sim_fault(env: &Env, node: &str, kind: &[&str]) {
@@ -487,7 +652,7 @@ async fn kill_executor_in_phase(env: &mut Env, upgrade: &str, phase: Phase) -> (
     // The node of a command that runs now.
     let mut running: Option<usize> = None;
     let found = tests::wait_until(WINDOW, || {
-        running = (0..env.nodes.len()).find(|i| command_running(env, &env.nodes[*i]));
+        running = (0..env.nodes.len()).find(|i| env.command_running(&env.nodes[*i]));
         running.is_some()
     })
     .await;
@@ -495,19 +660,19 @@ async fn kill_executor_in_phase(env: &mut Env, upgrade: &str, phase: Phase) -> (
     let node = env.nodes[index].clone();
     let reached = match phase {
         Phase::DuringCommand => {
-            let reached = found && command_running(env, &node);
+            let reached = found && env.command_running(&node);
             kill_and_restart(env, index);
             reached
         }
         Phase::AfterCommandBeforeResult => {
             env.nats.freeze();
-            let finished = tests::wait_until(WINDOW, || !command_running(env, &node)).await;
+            let finished = tests::wait_until(WINDOW, || !env.command_running(&node)).await;
             kill_and_restart_frozen(env, index);
             found && finished
         }
         Phase::BeforeCommand => {
             let current = env.status(upgrade).and_then(|v| v.current.map(|c| c.step));
-            let finished = tests::wait_until(WINDOW, || !command_running(env, &node)).await;
+            let finished = tests::wait_until(WINDOW, || !env.command_running(&node)).await;
             // Freeze the executor between steps; kill it once its node's
             // next step is scheduled.
             env.executors[index].signal(Signal::SIGSTOP);
@@ -522,7 +687,7 @@ async fn kill_executor_in_phase(env: &mut Env, upgrade: &str, phase: Phase) -> (
         }
         Phase::AfterResult => {
             let current = env.status(upgrade).and_then(|v| v.current.map(|c| c.step));
-            let finished = tests::wait_until(WINDOW, || !command_running(env, &node)).await;
+            let finished = tests::wait_until(WINDOW, || !env.command_running(&node)).await;
             // The result is in the log once another step is current.
             let recorded = tests::wait_until(WINDOW, || {
                 env.status(upgrade).and_then(|v| v.current.map(|c| c.step)) != current
@@ -563,12 +728,18 @@ async fn check_outside(
         round.unsafe_verdicts += 1;
         round.problems.push(format!("unsafe: {}", report.render()));
     }
-    if report.max_out_of_service > 1 {
+    // Two nodes out at once by Baton's doing: the simulator charges it
+    // (a switchover's own re-syncs and what the environment alone caused
+    // are not; those are listed as incidents).
+    if let Some(v) = report
+        .violations
+        .iter()
+        .find(|v| v.rule == sim::report::Rule::TooManyOutOfService)
+    {
         round.simultaneous_outages += 1;
-        round.problems.push(format!(
-            "{} nodes out of service at once",
-            report.max_out_of_service
-        ));
+        round
+            .problems
+            .push(format!("nodes out of service at once: {}", v.message));
     }
     for (node, count) in &report.installs {
         if *count > 1 {

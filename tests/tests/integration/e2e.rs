@@ -33,6 +33,12 @@ pub(crate) struct Setup {
     pub(crate) through_proxy: bool,
     /// Where the service's log lives (default: the test's temp dir).
     pub(crate) db: Option<PathBuf>,
+    /// The version the cluster runs at first.
+    pub(crate) from: &'static str,
+    /// The version of the package file (and the target).
+    pub(crate) target: &'static str,
+    /// The simulator's election delay.
+    pub(crate) election_ms: u64,
 }
 
 impl Default for Setup {
@@ -45,6 +51,9 @@ impl Default for Setup {
             sync_timeout_ms: 60_000,
             through_proxy: false,
             db: None,
+            from: FROM,
+            target: TARGET,
+            election_ms: 300,
         }
     }
 }
@@ -61,6 +70,8 @@ pub(crate) struct Env {
     pub(crate) server_starts: u32,
     pub(crate) proxy: Option<tests::Proxy>,
     pub(crate) db: PathBuf,
+    /// The version the package file names.
+    pub(crate) target: String,
 }
 
 impl Env {
@@ -84,12 +95,12 @@ impl Env {
         let mut init = Command::new(workspace_bin("baton-sim"));
         init.args(["init", "--dir"])
             .arg(&sim_dir)
-            .args(["--nodes", &setup.nodes.to_string(), "--version", FROM])
+            .args(["--nodes", &setup.nodes.to_string(), "--version", setup.from])
             .args([
                 "--sync-ms",
                 &setup.sync_ms.to_string(),
                 "--election-ms",
-                "300",
+                &setup.election_ms.to_string(),
                 "--demote-timeout-ms",
                 "2000",
             ]);
@@ -103,7 +114,9 @@ impl Env {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let package = dir.path().join(format!("chef-backend_{TARGET}_amd64.deb"));
+        let package = dir
+            .path()
+            .join(format!("chef-backend_{}_amd64.deb", setup.target));
         std::fs::write(&package, b"package").unwrap();
         let nodes: Vec<String> = (1..=setup.nodes).map(|i| format!("backend-{i}")).collect();
         let mut toml = String::from("[cluster]\nname = \"e2e\"\nprofile = \"chef-backend\"\n\n");
@@ -137,6 +150,7 @@ impl Env {
             server_starts: 0,
             proxy,
             db,
+            target: setup.target.to_string(),
         };
         env.start_server();
         for index in 0..env.nodes.len() {
@@ -330,14 +344,9 @@ impl Env {
     /// Whether `chef-backend-ctl status` on `node` says its services run
     /// (the simulator exits non-zero for a stopped node).
     pub(crate) fn node_runs(&self, node: &str) -> bool {
-        let path = format!(
-            "{}:{}",
-            self.sim_dir.join("nodes").join(node).join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
         Command::new("chef-backend-ctl")
             .arg("status")
-            .env("PATH", path)
+            .env("PATH", self.node_path(node))
             .output()
             .map(|out| out.status.success())
             .unwrap_or(false)
@@ -358,7 +367,11 @@ impl Env {
         );
         for node in &self.nodes {
             let versions = &report.versions[node];
-            assert_eq!(versions.running, TARGET, "{node} runs {}", versions.running);
+            assert_eq!(
+                versions.running, self.target,
+                "{node} runs {}",
+                versions.running
+            );
             assert_eq!(
                 report.installs.get(node).copied(),
                 Some(1),
@@ -372,7 +385,13 @@ impl Env {
             "{}",
             report.render()
         );
-        assert!(report.max_out_of_service <= 1, "{}", report.render());
+        // The switchover's own re-syncs (the deposed leader and the
+        // followers re-syncing from the new leader) are its price.
+        assert!(
+            report.max_out_of_service_outside_switchover <= 1,
+            "{}",
+            report.render()
+        );
         self.assert_log_verifies(upgrade);
     }
 
@@ -950,14 +969,10 @@ async fn a_demote_that_elects_nobody_stops_for_the_operator_and_resolve_carries_
     assert_eq!(demotes(), 1);
 
     // The operator fixes the cluster by hand, then tells Baton what they found.
-    let path = format!(
-        "{}:{}",
-        env.sim_dir.join("nodes/backend-2/bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let out = Command::new("chef-backend-ctl")
         .args(["promote", "backend-2"])
-        .env("PATH", path)
+        .env("PATH", env.node_path("backend-2"))
+        .env("BATON_SIM_ACTOR", "operator")
         .output()
         .unwrap();
     assert!(
@@ -1215,4 +1230,892 @@ async fn a_full_log_disk_stops_the_service_which_says_why_and_resumes_once_freed
         .await;
     assert_eq!(view.status, "completed", "{view:#?}");
     env.assert_completed_safely(&upgrade);
+}
+
+impl Env {
+    /// A copy of the cluster file under another cluster name (same nodes,
+    /// addresses and executor groups).
+    pub(crate) fn cluster_file_named(&self, name: &str) -> PathBuf {
+        let text = std::fs::read_to_string(&self.cluster_file).unwrap();
+        let renamed = text.replacen("name = \"e2e\"", &format!("name = \"{name}\""), 1);
+        assert_ne!(text, renamed, "the cluster file names the cluster e2e");
+        let file = self.dir.path().join(format!("cluster-{name}.toml"));
+        std::fs::write(&file, renamed).unwrap();
+        file
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_nodes_under_another_cluster_name_are_refused_while_an_upgrade_runs() {
+    let env = Env::start(Setup {
+        sync_ms: 1500,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    let running = tests::wait_until(UPGRADE_TIMEOUT, || {
+        env.status(&upgrade).is_some_and(|v| v.status == "running")
+    })
+    .await;
+    assert!(running, "the first upgrade never ran\n{}", env.logs());
+    let again = env.cluster_file_named("e2e-again");
+    let out = env.baton(&[
+        "submit",
+        "--cluster",
+        &again.display().to_string(),
+        "--detach",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the same nodes under another name must be rejected (exit 3): {}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("backend-1") && stderr.contains(&upgrade),
+        "the rejection names the node and the upgrade holding it: {stderr}"
+    );
+    env.expect_completed_safely(&upgrade).await;
+    // Once it ended, the nodes are free again under either name.
+    let out = env.baton(&["plan", "--cluster", &again.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The cluster changes under Baton (issue 10): the environment (an operator's
+// `promote`, a crash, a restart) acts at a chosen moment, and Baton must act
+// only on what the cluster shows now. Each test ends COMPLETED and safe, or
+// HALTED/ABORTED with a reason naming what changed, failover not left off,
+// and the simulator's verdict SAFE. The reason checks are loose (any of a few
+// words): the core's wording is not settled.
+// ---------------------------------------------------------------------------
+
+/// Whether `text` contains any of `words`, ignoring case.
+fn mentions_any(text: &str, words: &[&str]) -> bool {
+    let text = text.to_lowercase();
+    words.iter().any(|w| text.contains(&w.to_lowercase()))
+}
+
+/// Statuses at which an upgrade waits for nobody but the operator, or ended.
+const SETTLED: [&str; 5] = [
+    "completed",
+    "halted",
+    "aborted",
+    "needs_verification",
+    "waiting_approval",
+];
+
+impl Env {
+    /// PATH with `node`'s simulator tools first.
+    pub(crate) fn node_path(&self, node: &str) -> String {
+        format!(
+            "{}:{}",
+            self.sim_dir.join("nodes").join(node).join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    /// Runs a node tool (`chef-backend-ctl`, `dpkg`, ...) on `node` as
+    /// `actor` (`operator`, `environment`): the simulator charges Baton only
+    /// with what Baton did.
+    pub(crate) fn tool_as(&self, actor: &str, node: &str, argv: &[&str]) -> Output {
+        Command::new(argv[0])
+            .args(&argv[1..])
+            .env("PATH", self.node_path(node))
+            .env("BATON_SIM_ACTOR", actor)
+            .output()
+            .unwrap_or_else(|e| panic!("{argv:?} on {node}: {e}"))
+    }
+
+    /// [`Env::tool_as`], expecting success; returns stdout.
+    pub(crate) fn tool_ok(&self, actor: &str, node: &str, argv: &[&str]) -> String {
+        let out = self.tool_as(actor, node, argv);
+        assert!(
+            out.status.success(),
+            "{actor} ran {argv:?} on {node}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `baton-sim VERB --dir D --node NODE [ARGS]` as the environment
+    /// (`crash`, `restart`, `fault`).
+    pub(crate) fn sim_on(&self, verb: &str, node: &str, args: &[&str]) {
+        let out = Command::new(workspace_bin("baton-sim"))
+            .arg(verb)
+            .arg("--dir")
+            .arg(&self.sim_dir)
+            .args(["--node", node])
+            .args(args)
+            .env("BATON_SIM_ACTOR", "environment")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "baton-sim {verb} {node} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The simulator's state now (its due transitions applied).
+    pub(crate) fn sim_state(&self) -> serde_json::Value {
+        let out = Command::new(workspace_bin("baton-sim"))
+            .args(["state", "--dir"])
+            .arg(&self.sim_dir)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "baton-sim state: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// One node of [`Env::sim_state`].
+    pub(crate) fn sim_node(&self, node: &str) -> serde_json::Value {
+        self.sim_state()["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == node)
+            .cloned()
+            .unwrap_or_else(|| panic!("{node} is not in the simulator's state"))
+    }
+
+    /// The running leader, if any.
+    pub(crate) fn leader(&self) -> Option<String> {
+        self.sim_state()["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["up"] == true && n["role"] == "leader")
+            .and_then(|n| n["name"].as_str().map(String::from))
+    }
+
+    /// Whether `node` runs the target version and re-syncs (its services
+    /// started after its upgrade, its postgresql not yet synced).
+    pub(crate) fn resyncing_after_upgrade(&self, node: &str) -> bool {
+        let n = self.sim_node(node);
+        n["up"] == true && n["running"] == self.target.as_str() && n["pg"] == "syncing"
+    }
+
+    /// Waits for `cond`; panics naming `what` (with the logs) on timeout.
+    pub(crate) async fn wait_for(&self, what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+        let held = tests::wait_until(timeout, cond).await;
+        assert!(held, "timed out waiting for: {what}\n{}", self.logs());
+    }
+
+    /// Whether a simulator command of `node` is running (its process exists).
+    pub(crate) fn command_running(&self, node: &str) -> bool {
+        let dir = self.sim_dir.display().to_string();
+        let node_arg = format!("--node\0{node}\0");
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        entries.flatten().any(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .map(|raw| {
+                    let cmdline = String::from_utf8_lossy(&raw);
+                    cmdline.contains("baton-sim")
+                        && cmdline.contains(&dir)
+                        && cmdline.contains(&node_arg)
+                })
+                .unwrap_or(false)
+        })
+    }
+
+    /// The journal's command lines that `keep` selects.
+    pub(crate) fn journal_commands(
+        &self,
+        keep: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.sim_dir.join("journal.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["kind"] == "command")
+            .filter(|v| keep(v))
+            .collect()
+    }
+
+    /// Baton's own `chef-backend-ctl WORD` commands (the simulator journals
+    /// a command without an actor as the orchestrator's).
+    pub(crate) fn batons_ctl(&self, word: &str) -> Vec<serde_json::Value> {
+        self.journal_commands(|v| {
+            v["actor"].as_str().unwrap_or("orchestrator") == "orchestrator"
+                && v["argv"][0] == "chef-backend-ctl"
+                && v["argv"][1] == word
+        })
+    }
+
+    /// Waits until the upgrade ended or waits for the operator; approves a
+    /// gate asked for (again: a re-plan may ask for a fresh approval) up to
+    /// four times.
+    pub(crate) async fn finish(&self, upgrade: &str) -> StatusView {
+        for _ in 0..4 {
+            let view = self.wait_status(upgrade, &SETTLED, UPGRADE_TIMEOUT).await;
+            if view.status != "waiting_approval" {
+                return view;
+            }
+            let reason = view.reason.unwrap_or_default();
+            let gate = if reason.contains("after-first-follower") {
+                "after-first-follower"
+            } else {
+                "before-switchover"
+            };
+            self.baton_ok(&["approve", upgrade, gate]);
+            // The approval is taken; wait for the loop to move on.
+            self.wait_for("the approval to be taken", UPGRADE_TIMEOUT, || {
+                self.status(upgrade)
+                    .is_some_and(|v| v.status != "waiting_approval" || v.events > view.events + 1)
+            })
+            .await;
+        }
+        panic!("upgrade {upgrade} asked for approval more than four times");
+    }
+
+    /// The simulator's verdict is SAFE.
+    pub(crate) fn assert_verdict_safe(&self) {
+        let report = self.report();
+        assert_eq!(
+            report.verdict,
+            Verdict::Safe,
+            "simulator says unsafe: {}\n{}",
+            report.render(),
+            self.logs()
+        );
+    }
+
+    /// Waits for the end and checks it: COMPLETED with every node running
+    /// the target, or HALTED/ABORTED with a reason mentioning one of
+    /// `words`; failover not left blocked (Baton's view) nor off (the
+    /// simulator's); the log verifies. Returns the final view.
+    pub(crate) async fn finish_safely(&self, upgrade: &str, words: &[&str]) -> StatusView {
+        let view = self.finish(upgrade).await;
+        let report = self.report();
+        match view.status.as_str() {
+            "completed" => {
+                for node in &self.nodes {
+                    assert_eq!(
+                        report.versions[node].running,
+                        self.target,
+                        "completed, but {node} runs {}: {}",
+                        report.versions[node].running,
+                        report.render()
+                    );
+                }
+            }
+            "halted" | "aborted" => {
+                let reason = view.reason.clone().unwrap_or_default();
+                assert!(
+                    mentions_any(&reason, words),
+                    "the reason names what changed (any of {words:?}): {reason}"
+                );
+            }
+            _ => panic!(
+                "upgrade {upgrade} ended {}: {view:#?}\n{}",
+                view.status,
+                self.logs()
+            ),
+        }
+        assert!(!view.failover_blocked, "failover left blocked: {view:#?}");
+        assert!(
+            report.failover_at_end,
+            "failover left off: {}",
+            report.render()
+        );
+        self.assert_log_verifies(upgrade);
+        view
+    }
+
+    /// After a halt: the environment is repaired (every node started again,
+    /// as an operator would) and, if Baton installed anything, the operator
+    /// runs the upgrade again, which must complete. The simulator judges the
+    /// whole journal: SAFE.
+    pub(crate) async fn repair_and_rerun(&self, view: &StatusView) {
+        if view.status != "completed" {
+            for node in &self.nodes {
+                if self.sim_node(node)["up"] != true {
+                    self.tool_ok("operator", node, &["chef-backend-ctl", "start"]);
+                }
+            }
+            self.wait_for(
+                "a leader and every node in service",
+                UPGRADE_TIMEOUT,
+                || {
+                    let state = self.sim_state();
+                    let nodes = state["nodes"].as_array().unwrap();
+                    nodes.iter().any(|n| n["role"] == "leader")
+                        && nodes.iter().all(|n| {
+                            n["up"] == true
+                                && (n["role"] == "leader"
+                                    || (n["role"] == "follower" && n["pg"] == "synced"))
+                        })
+                },
+            )
+            .await;
+            if self.report().installs.values().sum::<u32>() > 0 {
+                let again = self.submit(&[]);
+                let end = self.finish(&again).await;
+                assert_eq!(
+                    end.status,
+                    "completed",
+                    "the upgrade run again after the repair: {end:#?}\n{}",
+                    self.logs()
+                );
+                let report = self.report();
+                for node in &self.nodes {
+                    assert_eq!(report.versions[node].running, self.target);
+                }
+                self.assert_log_verifies(&again);
+            }
+        }
+        self.assert_verdict_safe();
+    }
+
+    /// [`Env::finish_safely`], then [`Env::repair_and_rerun`].
+    pub(crate) async fn expect_safe_end(&self, upgrade: &str, words: &[&str]) {
+        let view = self.finish_safely(upgrade, words).await;
+        self.repair_and_rerun(&view).await;
+    }
+
+    /// Submits (with `extra`) and expects a refusal before anything changes:
+    /// either the submission is rejected (exit 3) or the upgrade ends without
+    /// completing; the rejection or reason mentions one of `words`; Baton
+    /// installed nothing and changed nothing. The caller judges the verdict
+    /// (after undoing what it did to the cluster itself).
+    pub(crate) async fn expect_refused(&self, extra: &[&str], words: &[&str]) {
+        let cluster = self.cluster_file.display().to_string();
+        let mut args = vec!["submit", "--cluster", &cluster, "--detach"];
+        args.extend_from_slice(extra);
+        let out = self.baton(&args);
+        let text = if out.status.code() == Some(3) {
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        } else {
+            assert!(
+                out.status.success(),
+                "submit failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let upgrade = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let view = self.finish(&upgrade).await;
+            assert!(
+                matches!(view.status.as_str(), "halted" | "aborted"),
+                "expected a refusal, the upgrade ended {}: {view:#?}\n{}",
+                view.status,
+                self.report().render()
+            );
+            assert!(!view.failover_blocked, "{view:#?}");
+            view.reason.unwrap_or_default()
+        };
+        assert!(
+            mentions_any(&text, words),
+            "the refusal says why (any of {words:?}): {text}"
+        );
+        let report = self.report();
+        assert_eq!(
+            report.installs.values().sum::<u32>(),
+            0,
+            "installed before refusing: {}",
+            report.render()
+        );
+        for word in ["stop", "start", "demote", "upgrade", "set-cluster-failover"] {
+            let ran = self.batons_ctl(word);
+            assert!(ran.is_empty(), "Baton ran {word} before refusing: {ran:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_promoted_by_the_operator_at_the_canary_gate_is_never_stopped() {
+    // Issue 10 #1: the leader moves while Baton waits at a gate; its plan
+    // still calls the new leader a follower.
+    let env = Env::start(Setup {
+        sync_timeout_ms: 15_000,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&["--approve-before", "after-first-follower"]);
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    env.tool_ok(
+        "operator",
+        "backend-3",
+        &["chef-backend-ctl", "promote", "backend-3"],
+    );
+    env.wait_for("backend-3 leads", UPGRADE_TIMEOUT, || {
+        env.leader().as_deref() == Some("backend-3")
+    })
+    .await;
+    env.expect_safe_end(&upgrade, &["backend-3", "leader", "moved"])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_promoted_by_the_operator_before_the_switchover_is_seen() {
+    // Issue 10 #1: at the before-switchover gate the operator hands the lead
+    // to an upgraded follower; the planned demote of the old leader would
+    // fail ("not the leader") and must not count as a success.
+    let env = Env::start(Setup {
+        sync_ms: 1000,
+        sync_timeout_ms: 15_000,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&["--approve-before", "before-switchover"]);
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    env.tool_ok(
+        "operator",
+        "backend-2",
+        &["chef-backend-ctl", "promote", "backend-2"],
+    );
+    env.wait_for("backend-2 leads", UPGRADE_TIMEOUT, || {
+        env.leader().as_deref() == Some("backend-2")
+    })
+    .await;
+    let view = env
+        .finish_safely(&upgrade, &["backend-2", "backend-1", "leader", "moved"])
+        .await;
+    if view.status == "completed" {
+        let failed: Vec<_> = env
+            .batons_ctl("demote")
+            .into_iter()
+            .filter(|v| v["exit_code"] != 0)
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "completed after a failed demote: {failed:?}"
+        );
+    }
+    env.repair_and_rerun(&view).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_moved_while_a_follower_resyncs_is_never_stopped() {
+    // Issue 10 #1: an unplanned change of leader while the first follower
+    // re-syncs after its upgrade; the next follower in the plan now leads.
+    let env = Env::start(Setup {
+        sync_ms: 1500,
+        sync_timeout_ms: 15_000,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    env.wait_for(
+        "backend-2 re-syncs after its upgrade",
+        UPGRADE_TIMEOUT,
+        || env.resyncing_after_upgrade("backend-2"),
+    )
+    .await;
+    env.tool_ok(
+        "operator",
+        "backend-3",
+        &["chef-backend-ctl", "promote", "backend-3"],
+    );
+    env.expect_safe_end(&upgrade, &["backend-3", "leader", "moved"])
+        .await;
+}
+
+/// Issue 10 #2: pause at `gate`, crash `node` (the environment), approve,
+/// resume; a few seconds later the environment starts the node again.
+async fn crash_while_paused_then_resume(gate: &str, node: &str) {
+    let env = Env::start(Setup {
+        sync_timeout_ms: 15_000,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&["--approve-before", gate]);
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    env.baton_ok(&["pause", &upgrade, "--reason", "on-call looks"]);
+    env.baton_ok(&["approve", &upgrade, gate]);
+    env.sim_on("crash", node, &[]);
+    env.baton_ok(&["resume", &upgrade]);
+    // Give Baton the time to act on the resume with the node down (it may
+    // halt, or wait for the node), then the environment brings it back.
+    let ended = tests::wait_until(Duration::from_secs(4), || {
+        env.status(&upgrade)
+            .is_some_and(|v| SETTLED.contains(&v.status.as_str()))
+    })
+    .await;
+    if !ended {
+        env.tool_ok("environment", node, &["chef-backend-ctl", "start"]);
+    }
+    env.expect_safe_end(&upgrade, &[node]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_crashed_while_paused_at_the_canary_gate_is_seen_on_resume() {
+    // backend-2 is upgraded, backend-3 is next: stopping it now would take
+    // two of three out.
+    crash_while_paused_then_resume("after-first-follower", "backend-2").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_crashed_while_paused_before_the_switchover_blocks_the_demote() {
+    // Demoting the leader with a follower down leaves one synced node.
+    crash_while_paused_then_resume("before-switchover", "backend-3").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_old_leader_is_stopped_only_once_the_new_leaders_followers_resynced() {
+    // Issue 10 #4: after the demote backend-3 re-syncs to the new leader
+    // (backend-2) while `cluster-status` still calls it a follower; here its
+    // re-sync never completes, so stopping the old leader takes two out.
+    let env = Env::start(Setup {
+        sync_timeout_ms: 10_000,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&["--approve-before", "before-switchover"]);
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    env.sim_on("fault", "backend-3", &["sync-never"]);
+    let view = env.finish_safely(&upgrade, &["backend-3", "sync"]).await;
+    env.sim_on("fault", "backend-3", &["--clear", "sync-never"]);
+    env.repair_and_rerun(&view).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_installed_but_still_running_the_old_version_is_not_skipped() {
+    // Issue 10 #5: what an aborted upgrade-command run leaves behind: the
+    // package installed on backend-2, its services still on the old version.
+    let env = Env::start(Setup {
+        procedure: "upgrade-command",
+        sync_timeout_ms: 15_000,
+        ..Setup::default()
+    })
+    .await;
+    let package = env
+        .dir
+        .path()
+        .join(format!("chef-backend_{}_amd64.deb", env.target));
+    env.tool_ok(
+        "operator",
+        "backend-2",
+        &["dpkg", "-i", &package.display().to_string()],
+    );
+    let node = env.sim_node("backend-2");
+    assert_eq!(node["installed"], env.target.as_str());
+    assert_eq!(node["running"], FROM);
+    let upgrade = env.submit(&[]);
+    env.expect_safe_end(&upgrade, &["backend-2", "running", "old"])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_node_cluster_is_refused_before_anything_changes() {
+    // Issue 10 #6: stopping the follower of a 2-node cluster loses etcd quorum.
+    let env = Env::start(Setup {
+        nodes: 2,
+        ..Setup::default()
+    })
+    .await;
+    env.expect_refused(&[], &["quorum", "3 nodes", "three nodes", "at least"])
+        .await;
+    env.assert_verdict_safe();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_major_version_change_is_refused_before_anything_changes() {
+    // Issue 10 #6: 2.4 -> 3.1 needs downtime; out of scope.
+    let env = Env::start(Setup {
+        from: "2.4.0-1",
+        ..Setup::default()
+    })
+    .await;
+    env.expect_refused(&[], &["major"]).await;
+    env.assert_verdict_safe();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_downgrade_is_refused_before_anything_changes() {
+    // Issue 10 #6: 3.2 -> 3.1 is not an upgrade.
+    let env = Env::start(Setup {
+        from: "3.2.0-1",
+        ..Setup::default()
+    })
+    .await;
+    env.expect_refused(&[], &["downgrade", "older"]).await;
+    env.assert_verdict_safe();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_are_compared_as_numbers_not_strings() {
+    // 3.9 -> 3.10 is a minor upgrade, whatever "3.10" < "3.9" says as text.
+    upgrade_completes(Setup {
+        from: "3.9.0-1",
+        target: "3.10.0-1",
+        ..Setup::default()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_is_restored_on_abort_although_the_leader_baton_last_saw_is_dead() {
+    // Issue 10 #7: the operator moved the lead to backend-2 at the gate, then
+    // backend-1 (the leader Baton last saw) crashed; the operator aborts. A
+    // healthy leader and a synced follower exist: the wind-down must find
+    // them rather than ask the dead node, and re-enable failover.
+    let env = Env::start(Setup {
+        sync_timeout_ms: 10_000,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&["--approve-before", "before-switchover"]);
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    env.tool_ok(
+        "operator",
+        "backend-2",
+        &["chef-backend-ctl", "promote", "backend-2"],
+    );
+    env.wait_for(
+        "backend-2 leads and backend-3 re-synced",
+        UPGRADE_TIMEOUT,
+        || {
+            env.leader().as_deref() == Some("backend-2")
+                && env.sim_node("backend-3")["pg"] == "synced"
+        },
+    )
+    .await;
+    env.sim_on("crash", "backend-1", &[]);
+    env.baton_ok(&["abort", &upgrade, "--reason", "change freeze"]);
+    env.expect_safe_end(&upgrade, &["change freeze"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resolve_as_succeeded_after_a_demote_that_elected_nobody_is_checked_before_acting() {
+    // Issue 10 #8: the operator claims the demote succeeded without fixing
+    // anything; the cluster has no leader. Nothing may be blocked on it.
+    let env = Env::start(Setup {
+        faults: vec!["backend-1:election-nobody"],
+        sync_timeout_ms: 10_000,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    let view = env.wait_status(&upgrade, &SETTLED, UPGRADE_TIMEOUT).await;
+    assert_eq!(view.status, "needs_verification", "{view:#?}");
+    let reason = view.reason.clone().unwrap_or_default();
+    let step = reason
+        .strip_prefix("step ")
+        .and_then(|r| r.split(':').next())
+        .unwrap_or_else(|| panic!("the reason starts with the step: {reason}"))
+        .to_string();
+    assert_eq!(env.leader(), None, "the fault elected nobody");
+    env.baton_ok(&[
+        "resolve",
+        &upgrade,
+        &step,
+        "--as",
+        "succeeded",
+        "--why",
+        "looked fine to me",
+    ]);
+    let view = env.finish_safely(&upgrade, &["leader"]).await;
+    if env.leader().is_none() {
+        // Baton gave the cluster its failover back; the fault still elects
+        // nobody, so the operator promotes by hand before running it again.
+        env.tool_ok(
+            "operator",
+            "backend-2",
+            &["chef-backend-ctl", "promote", "backend-2"],
+        );
+    }
+    env.repair_and_rerun(&view).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_killed_while_failover_is_blocked_gets_failover_back() {
+    // Issue 10 #9: failover is blocked (Baton upgrades backend-2) and the
+    // leader dies: nobody can be elected until failover is on again.
+    let env = Env::start(Setup {
+        sync_ms: 1500,
+        sync_timeout_ms: 10_000,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    env.wait_for(
+        "backend-2 re-syncs after its upgrade",
+        UPGRADE_TIMEOUT,
+        || env.resyncing_after_upgrade("backend-2"),
+    )
+    .await;
+    env.sim_on("crash", "backend-1", &[]);
+    // Baton must give failover back within a few seconds (its emergency
+    // exit); a new leader is elected then.
+    let view = env
+        .finish_safely(&upgrade, &["leader", "backend-1", "quorum"])
+        .await;
+    env.repair_and_rerun(&view).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_whose_executor_was_killed_is_re_observed_and_the_upgrade_goes_on() {
+    // Issue 10, also wrong: `status` exits 1 on a stopped node; its output
+    // still says what happened.
+    let mut env = Env::start(Setup::default()).await;
+    env.sim_on("fault", "backend-2", &["latency", "2000"]);
+    let upgrade = env.submit(&[]);
+    env.wait_for(
+        "backend-2's stop running in its executor",
+        UPGRADE_TIMEOUT,
+        || {
+            env.status(&upgrade)
+                .and_then(|v| v.current)
+                .is_some_and(|c| c.node == "backend-2" && c.action == "stop")
+                && env.command_running("backend-2")
+        },
+    )
+    .await;
+    env.executors[1].signal(Signal::SIGKILL);
+    env.executors[1].wait_exit(Duration::from_secs(10));
+    env.restart_executor(1);
+    env.sim_on("fault", "backend-2", &["--clear", "latency"]);
+    env.expect_completed_safely(&upgrade).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_taken_down_by_a_failed_upgrade_command_is_started_again() {
+    // Issue 10, also wrong: `chef-backend-ctl upgrade` stops the node and its
+    // start fails; once the cause is gone, Baton brings it back.
+    let env = Env::start(Setup {
+        procedure: "upgrade-command",
+        faults: vec!["backend-2:start-fails"],
+        sync_timeout_ms: 10_000,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    let failed_upgrades = || {
+        env.batons_ctl("upgrade")
+            .into_iter()
+            .filter(|v| v["node"] == "backend-2" && v["exit_code"] != 0)
+            .map(|v| v["finished_ms"].as_u64().unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    let view = env.finish(&upgrade).await;
+    let first_failure = failed_upgrades()
+        .into_iter()
+        .min()
+        .unwrap_or_else(|| panic!("backend-2's upgrade never failed: {view:#?}"));
+    // Baton tried to bring the node back (the fault makes that start fail
+    // too; the operator clears it below).
+    let starts: Vec<_> = env
+        .batons_ctl("start")
+        .into_iter()
+        .filter(|v| {
+            v["node"] == "backend-2" && v["started_ms"].as_u64().unwrap_or(0) >= first_failure
+        })
+        .collect();
+    assert!(
+        !starts.is_empty(),
+        "backend-2 was left down after its failed upgrade, never started again: {view:#?}"
+    );
+    env.sim_on("fault", "backend-2", &["--clear", "start-fails"]);
+    let view = env.finish_safely(&upgrade, &["backend-2"]).await;
+    env.repair_and_rerun(&view).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_demote_rechecked_during_the_election_is_not_judged_without_effect() {
+    // Issue 10, also wrong: the demote times out (2 s) before the election
+    // (3 s) ends; "old leader deposed, no leader yet" is not "no effect",
+    // and an operator told to retry would demote twice.
+    let env = Env::start(Setup {
+        election_ms: 3000,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    let view = env.finish(&upgrade).await;
+    let view = if view.status == "needs_verification" {
+        // What an operator does when Baton says the demote had no effect.
+        let reason = view.reason.clone().unwrap_or_default();
+        let step = reason
+            .strip_prefix("step ")
+            .and_then(|r| r.split(':').next())
+            .unwrap_or_else(|| panic!("the reason starts with the step: {reason}"))
+            .to_string();
+        env.baton_ok(&[
+            "resolve",
+            &upgrade,
+            &step,
+            "--as",
+            "retry",
+            "--why",
+            "Baton says no effect",
+        ]);
+        env.finish(&upgrade).await
+    } else {
+        view
+    };
+    let demotes = env.batons_ctl("demote");
+    assert_eq!(demotes.len(), 1, "demoted more than once: {demotes:?}");
+    assert_eq!(view.status, "completed", "{view:#?}\n{}", env.logs());
+    env.assert_completed_safely(&upgrade);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_package_whose_version_is_not_the_target_is_refused_before_any_install() {
+    // Issue 10, also wrong: the package file is 3.1.0-1, the operator asked
+    // for 3.1.1-1; this was noticed only after a node was upgraded and a
+    // full sync timeout passed.
+    let env = Env::start(Setup {
+        sync_timeout_ms: 5_000,
+        ..Setup::default()
+    })
+    .await;
+    env.expect_refused(&["--target-version", "3.1.1-1"], &["version"])
+        .await;
+    env.assert_verdict_safe();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_already_off_is_refused_before_anything_changes() {
+    // Issue 10, also wrong: someone else may be at work; Baton must not turn
+    // failover back on behind their back either.
+    let env = Env::start(Setup::default()).await;
+    env.tool_ok(
+        "operator",
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    env.expect_refused(&[], &["failover"]).await;
+    assert!(!env.sim_state()["failover"].as_bool().unwrap());
+    env.tool_ok(
+        "operator",
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "on"],
+    );
+    env.assert_verdict_safe();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_failover_is_off_is_refused_before_anything_changes() {
+    // Issue 10, also wrong: backend-2 cannot be elected; preflight must say so.
+    let env = Env::start(Setup::default()).await;
+    env.tool_ok(
+        "operator",
+        "backend-2",
+        &["chef-backend-ctl", "set-node-failover", "off"],
+    );
+    env.expect_refused(&[], &["backend-2"]).await;
+    env.tool_ok(
+        "operator",
+        "backend-2",
+        &["chef-backend-ctl", "set-node-failover", "on"],
+    );
+    env.assert_verdict_safe();
 }

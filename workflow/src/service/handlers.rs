@@ -14,6 +14,7 @@ use super::api::{
     ApiReply, ErrorKind, EventsPage, EventsRequest, LoggedEvent, OperatorRequest, StatusView,
     SubmitRequest, UpgradeRef,
 };
+use super::registry::NodeIdentity;
 use super::upgrade::{self, Command};
 use super::{now_ms, view, ServiceError, Shared, SERVICE_STREAM};
 use crate::core::{self, ClusterFile, Gate, Input, Resolution, State};
@@ -160,13 +161,22 @@ async fn submit(
     }
     let upgrade = Ulid::new().to_string();
     let cluster_name = cluster.name.clone();
+    // The lock is on node identity (address, executor group), then on the name.
+    let nodes: Vec<NodeIdentity> = cluster.nodes.iter().map(NodeIdentity::from).collect();
+    if let Err(held) = shared.registry.claim_nodes(&upgrade, &cluster_name, &nodes) {
+        return Ok(ApiReply::error(
+            ErrorKind::Rejected,
+            format!("cluster {cluster_name} overlaps an upgrade in progress: {held}; wait for it, or abort it first"),
+        ));
+    }
     let handle = match upgrade::start_new(shared, &upgrade, &cluster_name).await {
         Ok(handle) => handle,
         Err(holder) => {
+            shared.registry.release(&upgrade);
             return Ok(ApiReply::error(
                 ErrorKind::Rejected,
                 format!("cluster {cluster_name} already has upgrade {holder} in progress; wait for it, or abort it first"),
-            ))
+            ));
         }
     };
     let input = Input::Submit {

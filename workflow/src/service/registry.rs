@@ -1,7 +1,13 @@
-//! The running upgrade loops: who handles which upgrade, which cluster has an
-//! upgrade in progress, and the join handles of every loop.
+//! The running upgrade loops: who handles which upgrade, which cluster and
+//! which nodes have an upgrade in progress, and the join handles of every loop.
+//!
+//! The one-upgrade-per-cluster lock is on node identity, not on the cluster
+//! file's name: a node is held by its address and by its executor group, so
+//! the same nodes under another cluster name (or one node shared by two
+//! cluster files) cannot be upgraded twice at once.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -23,10 +29,100 @@ impl Handle {
     }
 }
 
+/// What identifies a node across cluster files.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum NodeKey {
+    Address(String),
+    Executor(String),
+}
+
+impl fmt::Display for NodeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeKey::Address(address) => write!(f, "address {address}"),
+            NodeKey::Executor(group) => write!(f, "executor group {group}"),
+        }
+    }
+}
+
+/// The upgrade that holds a node key, and under which names.
+#[derive(Clone, Debug)]
+struct Holder {
+    upgrade: String,
+    cluster: String,
+    node: String,
+}
+
+/// One node of a submission: its name in the cluster file, its address and its
+/// executor group.
+#[derive(Clone, Debug)]
+pub struct NodeIdentity {
+    pub name: String,
+    pub address: String,
+    pub executor: String,
+}
+
+impl From<&crate::core::NodeSpec> for NodeIdentity {
+    fn from(spec: &crate::core::NodeSpec) -> Self {
+        NodeIdentity {
+            name: spec.name.clone(),
+            address: spec.address.clone(),
+            executor: spec.executor.clone(),
+        }
+    }
+}
+
+/// Nodes of a submission held by upgrades in progress.
+#[derive(Clone, Debug)]
+pub struct NodesHeld {
+    /// (node of the submission, the key it shares, the holder).
+    clashes: Vec<(String, NodeKey, Holder)>,
+}
+
+impl fmt::Display for NodesHeld {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (node, key, holder) in &self.clashes {
+            if !first {
+                f.write_str("; ")?;
+            }
+            first = false;
+            write!(
+                f,
+                "node {node} ({key}) is held by upgrade {} in progress (cluster {}, node {})",
+                holder.upgrade, holder.cluster, holder.node
+            )?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     by_upgrade: HashMap<String, Handle>,
     by_cluster: HashMap<String, String>,
+    by_node: HashMap<NodeKey, Holder>,
+}
+
+impl Inner {
+    fn clashes(&self, nodes: &[NodeIdentity]) -> Vec<(String, NodeKey, Holder)> {
+        let mut clashes = Vec::new();
+        for node in nodes {
+            for key in keys(node) {
+                if let Some(holder) = self.by_node.get(&key) {
+                    clashes.push((node.name.clone(), key, holder.clone()));
+                }
+            }
+        }
+        clashes
+    }
+}
+
+fn keys(node: &NodeIdentity) -> [NodeKey; 2] {
+    [
+        NodeKey::Address(node.address.trim().to_ascii_lowercase()),
+        NodeKey::Executor(node.executor.clone()),
+    ]
 }
 
 /// Shared by the API handlers, the results pump and the loops themselves.
@@ -55,7 +151,41 @@ impl Registry {
         Ok(())
     }
 
-    /// Forgets `upgrade` (it ended, or its submission was refused).
+    /// Claims every node of `nodes` (by address and by executor group) for
+    /// `upgrade` of `cluster`, all or none; fails naming each node already
+    /// held and the upgrade holding it.
+    pub fn claim_nodes(
+        &self,
+        upgrade: &str,
+        cluster: &str,
+        nodes: &[NodeIdentity],
+    ) -> Result<(), NodesHeld> {
+        let mut inner = self.lock();
+        let clashes: Vec<_> = inner
+            .clashes(nodes)
+            .into_iter()
+            .filter(|(_, _, holder)| holder.upgrade != upgrade)
+            .collect();
+        if !clashes.is_empty() {
+            return Err(NodesHeld { clashes });
+        }
+        for node in nodes {
+            for key in keys(node) {
+                inner.by_node.insert(
+                    key,
+                    Holder {
+                        upgrade: upgrade.to_string(),
+                        cluster: cluster.to_string(),
+                        node: node.name.clone(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets `upgrade` (it ended, or its submission was refused): its
+    /// loop, its cluster name and its nodes.
     pub fn release(&self, upgrade: &str) {
         let mut inner = self.lock();
         if let Some(handle) = inner.by_upgrade.remove(upgrade) {
@@ -63,6 +193,7 @@ impl Registry {
                 inner.by_cluster.remove(&handle.cluster);
             }
         }
+        inner.by_node.retain(|_, holder| holder.upgrade != upgrade);
     }
 
     /// Ids of the running upgrades.
@@ -103,5 +234,78 @@ impl Registry {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, address: &str, executor: &str) -> NodeIdentity {
+        NodeIdentity {
+            name: name.into(),
+            address: address.into(),
+            executor: executor.into(),
+        }
+    }
+
+    fn three(prefix: &str, net: &str) -> Vec<NodeIdentity> {
+        (1..=3)
+            .map(|i| {
+                node(
+                    &format!("backend-{i}"),
+                    &format!("{net}.{i}"),
+                    &format!("{prefix}-{i}"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_same_nodes_under_another_name_are_refused_naming_node_and_holder() {
+        let registry = Registry::default();
+        registry
+            .claim_nodes("U1", "prod", &three("b", "10.0.0"))
+            .unwrap();
+        let held = registry
+            .claim_nodes("U2", "prod-again", &three("b", "10.0.0"))
+            .unwrap_err();
+        let text = held.to_string();
+        assert!(text.contains("node backend-1 (address 10.0.0.1)"), "{text}");
+        assert!(text.contains("executor group b-1"), "{text}");
+        assert!(
+            text.contains("upgrade U1 in progress (cluster prod"),
+            "{text}"
+        );
+        // Refused all or none: U2 holds nothing.
+        registry.release("U1");
+        registry
+            .claim_nodes("U3", "prod", &three("b", "10.0.0"))
+            .unwrap();
+    }
+
+    #[test]
+    fn one_shared_address_or_executor_group_is_enough_to_refuse() {
+        let registry = Registry::default();
+        registry
+            .claim_nodes("U1", "a", &three("a", "10.0.0"))
+            .unwrap();
+        let by_address = vec![node("x", "10.0.0.2", "x")];
+        let text = registry
+            .claim_nodes("U2", "b", &by_address)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("node x (address 10.0.0.2)"), "{text}");
+        assert!(text.contains("node backend-2"), "{text}");
+        let by_group = vec![node("y", "10.9.9.9", "a-3")];
+        let text = registry
+            .claim_nodes("U2", "b", &by_group)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("node y (executor group a-3)"), "{text}");
+        // Other addresses and groups run side by side.
+        registry
+            .claim_nodes("U2", "b", &three("b", "10.0.1"))
+            .unwrap();
     }
 }

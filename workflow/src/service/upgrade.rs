@@ -16,7 +16,7 @@ use async_nats::jetstream;
 use store::{NewRecord, StreamId};
 use tokio::sync::{mpsc, oneshot};
 
-use super::registry::Handle;
+use super::registry::{Handle, NodeIdentity};
 use super::{now_ms, ServiceError, Shared, SERVICE_STREAM};
 use crate::core::{self, Event, Input, Rejection, ScheduledStep, State};
 
@@ -125,6 +125,16 @@ pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError
         if let Err(holder) = shared.registry.claim(&upgrade, handle) {
             tracing::error!(%upgrade, %cluster, %holder, "two unfinished upgrades of one cluster in the log; recovering only the first");
             continue;
+        }
+        // Hold its nodes too (the lock is on node identity); two unfinished
+        // upgrades of the same nodes can only come from before that lock:
+        // both are driven on, the second without holding the nodes.
+        let nodes: Vec<NodeIdentity> = state
+            .cluster()
+            .map(|c| c.nodes.iter().map(NodeIdentity::from).collect())
+            .unwrap_or_default();
+        if let Err(held) = shared.registry.claim_nodes(&upgrade, &cluster, &nodes) {
+            tracing::error!(%upgrade, %cluster, %held, "two unfinished upgrades of the same nodes in the log");
         }
         let worker = Loop {
             shared: shared.clone(),
