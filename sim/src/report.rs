@@ -177,6 +177,11 @@ pub struct Report {
     pub verdict: Verdict,
     /// Rule violations charged to the orchestrator.
     pub violations: Vec<Violation>,
+    /// The end state of an unfinished upgrade (mixed versions, the old leader still leading): flagged, named
+    /// and shown, but not unsafe by themselves: they are the runbook's own intermediate state, where a halted
+    /// upgrade stops. A run that claims completion must have none (the tests check that).
+    #[serde(default)]
+    pub flags: Vec<Violation>,
     /// What the environment did or caused (not charged), in time order.
     #[serde(default)]
     pub incidents: Vec<Incident>,
@@ -324,6 +329,15 @@ impl Replay {
     fn rel(&self, t: u64) -> String {
         let d = t.saturating_sub(self.start);
         format!("+{}.{:03}s", d / 1000, d % 1000)
+    }
+
+    fn flag(&mut self, rule: Rule, at_ms: u64, nodes: Vec<String>, message: String) {
+        self.r.flags.push(Violation {
+            rule,
+            at_ms,
+            nodes,
+            message,
+        });
     }
 
     fn violate(&mut self, rule: Rule, at_ms: u64, nodes: Vec<String>, message: String) {
@@ -915,7 +929,7 @@ impl Replay {
                     .map(|(n, v)| format!("{n} installed {} running {}", v.installed, v.running))
                     .collect();
                 let msg = format!("versions differ at the end: {}", list.join("; "));
-                self.violate(
+                self.flag(
                     Rule::MixedVersionsAtEnd,
                     end,
                     self.nodes.keys().cloned().collect(),
@@ -930,7 +944,7 @@ impl Replay {
                         v.running
                     );
                     let l = l.clone();
-                    self.violate(Rule::LeaderRunsOldVersion, end, vec![l], msg);
+                    self.flag(Rule::LeaderRunsOldVersion, end, vec![l], msg);
                 }
             }
         }
@@ -991,6 +1005,7 @@ impl Report {
             r: Report {
                 verdict: Verdict::Safe,
                 violations: Vec::new(),
+                flags: Vec::new(),
                 incidents: Vec::new(),
                 start_ms: 0,
                 end_ms,
@@ -1061,6 +1076,11 @@ impl Report {
         self.violations.iter().any(|v| v.rule == rule)
     }
 
+    /// Whether `rule` is flagged (an unfinished end state) or violated.
+    pub fn flags_or_has(&self, rule: Rule) -> bool {
+        self.has(rule) || self.flags.iter().any(|v| v.rule == rule)
+    }
+
     /// The rules broken, in order of first violation, each once.
     pub fn rules(&self) -> Vec<Rule> {
         let mut out = Vec::new();
@@ -1086,6 +1106,12 @@ impl Report {
         o.push_str(&format!("Verdict: {verdict}\n"));
         for v in &self.violations {
             o.push_str(&format!("  - [{}] {}\n", v.rule.name(), v.message));
+        }
+        if !self.flags.is_empty() {
+            o.push_str("Flags (an unfinished upgrade's end state, not unsafe by itself):\n");
+            for v in &self.flags {
+                o.push_str(&format!("  - [{}] {}\n", v.rule.name(), v.message));
+            }
         }
         if !self.incidents.is_empty() {
             o.push_str(&format!(

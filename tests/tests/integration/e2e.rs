@@ -127,7 +127,7 @@ impl Env {
             ));
         }
         toml.push_str(&format!(
-            "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = {}\nbackoff_ms = 100\n",
+            "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = {}\nbackoff_ms = 100\nelection_window_ms = 1000\n",
             package.display(),
             setup.procedure,
             setup.sync_timeout_ms
@@ -379,6 +379,11 @@ impl Env {
             );
         }
         assert!(report.failover_at_end, "failover left off");
+        assert!(
+            report.flags.is_empty(),
+            "completed with an unfinished end state: {}",
+            report.render()
+        );
         assert_eq!(
             report.downtime.outside_election_ms,
             0,
@@ -1096,7 +1101,7 @@ async fn upgrades_of_two_clusters_run_at_the_same_time() {
         .path()
         .join(format!("chef-backend_{TARGET}_amd64.deb"));
     toml.push_str(&format!(
-        "[upgrade]\npackage = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = 60000\n",
+        "[upgrade]\npackage = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = 60000\nelection_window_ms = 1000\n",
         package.display()
     ));
     let other_file = other.join("cluster.toml");
@@ -1580,9 +1585,18 @@ impl Env {
         self.assert_verdict_safe();
     }
 
-    /// [`Env::finish_safely`], then [`Env::repair_and_rerun`].
+    /// [`Env::finish_safely`], the simulator's verdict on the run as it ended (a halt is judged on its own: its
+    /// unfinished end state is flagged, not unsafe), then [`Env::repair_and_rerun`].
     pub(crate) async fn expect_safe_end(&self, upgrade: &str, words: &[&str]) {
         let view = self.finish_safely(upgrade, words).await;
+        self.assert_verdict_safe();
+        if view.status == "completed" {
+            assert!(
+                self.report().flags.is_empty(),
+                "completed with an unfinished end state: {}",
+                self.report().render()
+            );
+        }
         self.repair_and_rerun(&view).await;
     }
 
