@@ -11,6 +11,9 @@
 //!   verify) and its hash.
 //! - [`event`]: inputs, events, rejections; [`state`]: the state events build; [`mod@decide`]: the decisions.
 //!
+//! Before any disruptive action runs, [`guard`] asks the cluster again (S1-S3 checked on what it shows *now*,
+//! never on the plan's picture); see its module docs and ARCHITECTURE.md "The guard".
+//!
 //! Where the safety rules of DESIGN.md live:
 //! - S1: one step outstanding at a time, and a `WaitSynced` plan item after every node that re-probes
 //!   `status`, `cluster-status` and the version before the next item starts.
@@ -21,7 +24,10 @@
 //!   synced followers), even if another node is still stuck: leaving failover off would then be the more
 //!   dangerous choice. What is still wrong goes into the end's reason. If that never holds within
 //!   `sync_timeout`, it ends with `failover_pending` saying why (`decide::wind_down_decisions`,
-//!   `health::leader_problems`, `health::electable_problems`).
+//!   `health::leader_problems`, `health::electable_problems`). The emergency exit overrides that gate: no
+//!   leader for longer than `election_window_ms` while failover is blocked re-enables it at once
+//!   (`decide::emergency_for`), also while paused or at a gate (`decide::watch_decisions`); a wind-down that
+//!   cannot confirm any leader at all within its time re-enables it too.
 //!   A wind-down first brings back the node this upgrade had out of service (an abort: the node in progress; a
 //!   failure: the node it stopped and did not start again): its `start` if it was stopped and not started
 //!   (idempotent, retried per policy), then `status`/`cluster-status` on it until healthy and synced (bounded

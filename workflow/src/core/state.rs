@@ -434,7 +434,10 @@ impl State {
                     .is_some_and(|r| r.outcome.is_none() && !r.scheduled.action.is_probe());
                 !action_in_flight
                     && self.failover_blocked
-                    && self.last_cluster.as_ref().is_some_and(|c| c.sole_leader().is_none())
+                    && self
+                        .last_cluster
+                        .as_ref()
+                        .is_some_and(|c| c.sole_leader().is_none())
                     && !self
                         .wind_down
                         .as_ref()
@@ -934,7 +937,9 @@ impl State {
                 });
                 // The emergency exit does not wait for a probe still out (it may be asking a dead node).
                 let abandon = *cause == WindDownCause::Emergency
-                    && self.current_record().is_some_and(|r| r.scheduled.action.is_probe());
+                    && self
+                        .current_record()
+                        .is_some_and(|r| r.scheduled.action.is_probe());
                 if abandon || self.current_record().is_some_and(|r| r.outcome.is_some()) {
                     self.current = None;
                 }
