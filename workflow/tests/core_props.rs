@@ -124,6 +124,11 @@ struct Oracle {
     /// Harness-injected faults (failed, unknown, lost, rejected results; aborts), not the environment's.
     injected: usize,
     injected_since_block: usize,
+    /// When (after the op) the harness last injected a fault: a lost answer or a tick past a deadline keeps the
+    /// core blind until then, so S3's clock for a leaderless cluster starts no earlier.
+    last_injected_ms: u64,
+    /// The environment acted after the core's end (its end state is then not the core's).
+    env_after_end: bool,
     /// The last non-idempotent command the core ran, and whether cluster-status was observed since.
     last_nonidempotent: Option<String>,
     observed_since: bool,
@@ -269,16 +274,33 @@ impl Oracle {
                 .or_insert_with(|| fake.snapshot());
         }
         let electable = (0..fake.nodes.len()).any(|i| fake.electable(i));
-        if !fake.failover && fake.leader().is_none() && fake.has_quorum() && electable {
+        // The core is acting on it: an unblock is out (its result may be lost by the harness and only its
+        // deadline brings it back).
+        let unblocking = state
+            .outstanding_steps()
+            .iter()
+            .any(|s| s.action == Action::UnblockFailover);
+        if !fake.failover
+            && fake.leader().is_none()
+            && fake.has_quorum()
+            && electable
+            && !unblocking
+        {
             let (since, chances, reported) = self.leaderless.get_or_insert((now, 0, false));
             *chances += 1;
-            if now.saturating_sub(*since) > ELECTION_WINDOW_MS && *chances > CHANCES && !*reported {
+            let counted_from = (*since).max(self.last_injected_ms);
+            if now.saturating_sub(counted_from) > ELECTION_WINDOW_MS
+                && *chances > CHANCES
+                && !*reported
+            {
                 *reported = true;
                 let (since, chances) = (*since, *chances);
                 return self.violation(format!(
-                    "S3: failover blocked with no leader for {} ms and {chances} core inputs (a synced \
-                     follower could have been elected)",
-                    now - since
+                    "S3: failover blocked with no leader for {} ms ({} ms since the core could last see, at {}) \
+                     and {chances} core inputs (a synced follower could have been elected)",
+                    now - since,
+                    now - counted_from,
+                    now
                 ));
             }
         } else {
@@ -379,8 +401,8 @@ impl Oracle {
     ) -> Result<(), String> {
         // The core tried to give the cluster its failover back while the environment (or the harness, losing
         // its results) kept the cluster from taking it: not the core's doing.
-        let excused =
-            tried_unblock && (self.injected_since_block > 0 || !self.env_touched.is_empty());
+        let excused = self.env_after_end
+            || (tried_unblock && (self.injected_since_block > 0 || !self.env_touched.is_empty()));
         if !fake.failover && !excused {
             let electable: Vec<&str> = (0..fake.nodes.len())
                 .filter(|&i| fake.electable(i))
@@ -455,6 +477,10 @@ impl World {
 
     /// The environment acts; false if the op had nothing to act on.
     fn env(&mut self, env: Env) -> bool {
+        if self.run.state.is_terminal() {
+            // The core is done: what the environment does now is the on-call's, not the core's, to answer.
+            self.oracle.env_after_end = true;
+        }
         let pick = |names: Vec<String>, k: u8| -> Option<String> {
             (!names.is_empty()).then(|| names[k as usize % names.len()].clone())
         };
@@ -780,6 +806,30 @@ impl World {
 }
 
 fn apply_op(w: &mut World, op: Op) -> Result<(), String> {
+    let injected = w.oracle.injected;
+    // A tick with a step still out lets its deadline pass without an answer: a harness fault too.
+    let blind_tick = matches!(op, Op::Tick) && !w.run.state.outstanding_steps().is_empty();
+    if blind_tick || matches!(op, Op::LostAfterEffect) {
+        // The core cannot see until the unanswered step's deadline.
+        if let Some(deadline) = w
+            .run
+            .state
+            .outstanding_steps()
+            .iter()
+            .map(|s| s.deadline_ms)
+            .min()
+        {
+            w.oracle.last_injected_ms = w.oracle.last_injected_ms.max(deadline);
+        }
+    }
+    let result = apply_op_inner(w, op);
+    if w.oracle.injected != injected || blind_tick {
+        w.oracle.last_injected_ms = w.oracle.last_injected_ms.max(w.run.now);
+    }
+    result
+}
+
+fn apply_op_inner(w: &mut World, op: Op) -> Result<(), String> {
     let outstanding = w.run.state.outstanding_steps().first().cloned();
     match (op, outstanding) {
         (Op::Deliver | Op::Duplicate, Some(step)) => {
@@ -824,10 +874,30 @@ fn apply_op(w: &mut World, op: Op) -> Result<(), String> {
             w.oracle.injected += 1;
             w.oracle.injected_since_block += 1;
             let _ = w.run_step(&step)?;
-            // No result: the deadline passes.
-            w.run.now = w.run.now.max(step.deadline_ms);
-            let now = w.run.now;
-            w.input(Input::Tick { now_ms: now })?;
+            // No result: time passes until the deadline, with every timer the core armed before it firing on
+            // time (the emergency exit does not wait for a probe of a dead node).
+            loop {
+                let outstanding = w.run.state.outstanding_steps();
+                let lost_only = outstanding
+                    .iter()
+                    .all(|s| s.step == step.step && s.attempt == step.attempt);
+                if outstanding.is_empty() || !lost_only {
+                    // Its deadline passed, or the core moved on (other steps are out): deliver those first.
+                    break;
+                }
+                let at = w
+                    .run
+                    .state
+                    .next_wakeup_ms()
+                    .unwrap_or(step.deadline_ms)
+                    .min(step.deadline_ms);
+                w.run.now = w.run.now.max(at);
+                let now = w.run.now;
+                w.input(Input::Tick { now_ms: now })?;
+                if w.run.state.is_terminal() || now >= step.deadline_ms {
+                    break;
+                }
+            }
         }
         (Op::Rejected, Some(step)) => {
             w.oracle.injected += 1;
@@ -1186,10 +1256,10 @@ fn the_generator_reaches_every_kind_of_ending() {
     let strategy = (
         prop_oneof![Just("runbook"), Just("upgrade-command")],
         prop_oneof![Just(""), Just("\"before-switchover\"")],
-        proptest::collection::vec(op(), 0..250),
+        proptest::collection::vec(op(), 0..300),
     );
     let mut seen = BTreeSet::new();
-    for _ in 0..600 {
+    for _ in 0..1500 {
         let (procedure, gates, ops) = strategy.new_tree(&mut runner).unwrap().current();
         let mode = Mode {
             lenient: true,

@@ -1520,7 +1520,9 @@ fn judge(state: &State, step: u64, observation: &Observation, now: u64) -> Vec<E
     }
     let cursor = state.cursor.as_ref().expect("an item is in progress");
     let sync_timeout = sub(state).cluster.upgrade.sync_timeout_ms;
-    if now >= cursor.started_ms + sync_timeout {
+    if now >= cursor.started_ms.saturating_add(sync_timeout)
+        && !unanswered_grace(state, cursor.started_ms, observation, now)
+    {
         let what = match &item {
             PlanItem::WaitSynced { node, .. } => {
                 format!("{node} did not become healthy, synced and upgraded")
@@ -1603,7 +1605,9 @@ fn judge_guard(
         return vec![check, exit];
     }
     let sync_timeout = sub(state).cluster.upgrade.sync_timeout_ms;
-    if now >= cursor.started_ms + sync_timeout {
+    if now >= cursor.started_ms.saturating_add(sync_timeout)
+        && !unanswered_grace(state, cursor.started_ms, observation, now)
+    {
         return vec![
             check,
             wind_down(
@@ -1862,7 +1866,10 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
             return vec![check, exit];
         }
         if let Some(node) = &w.recover {
-            if now >= recovery_started_ms(state, w, node) + sync_timeout {
+            let began = recovery_started_ms(state, w, node);
+            if now >= began.saturating_add(sync_timeout)
+                && !unanswered_grace(state, began, observation, now)
+            {
                 return vec![
                     check,
                     wind_down_again(
@@ -1994,24 +2001,31 @@ fn failover_gate(
 /// dead node) gets one more round through another node, for up to two probe deadlines; a cluster seen without
 /// a leader while failover is blocked is watched until the emergency exit acts (within the election window).
 fn keep_looking(state: &State, w: &WindDown, observation: &Observation, now: u64) -> bool {
-    let u = &sub(state).cluster.upgrade;
     match observation {
-        Observation::Unavailable { .. } => {
-            let probe = sub(state)
-                .profile
-                .action(Action::ProbeStatus)
-                .map_or(0, |a| a.timeout_ms)
-                .saturating_add(u.result_grace_ms);
-            now < w
-                .started_ms
-                .saturating_add(u.sync_timeout_ms)
-                .saturating_add(probe.saturating_mul(2))
-        }
+        Observation::Unavailable { .. } => unanswered_grace(state, w.started_ms, observation, now),
         Observation::ClusterStatus { status } => {
             state.failover_blocked && status.sole_leader().is_none()
         }
         _ => false,
     }
+}
+
+/// Whether a wait that began at `started` and whose time is up gets one more round because its last probe could
+/// not be answered (a lost result, a dead node): a probe's own deadline can be longer than the wait, and one lost
+/// answer must not decide a halt. Up to two probe deadlines past the wait.
+fn unanswered_grace(state: &State, started: u64, observation: &Observation, now: u64) -> bool {
+    if !matches!(observation, Observation::Unavailable { .. }) {
+        return false;
+    }
+    let u = &sub(state).cluster.upgrade;
+    let probe = sub(state)
+        .profile
+        .action(Action::ProbeStatus)
+        .map_or(0, |a| a.timeout_ms)
+        .saturating_add(u.result_grace_ms);
+    now < started
+        .saturating_add(u.sync_timeout_ms)
+        .saturating_add(probe.saturating_mul(2))
 }
 
 /// The sole leader of the latest `cluster-status`, if it is in the cluster file.
