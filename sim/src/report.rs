@@ -223,6 +223,9 @@ struct NodeView {
     excused: bool,
     /// Who last took the services down.
     stopped_by: Option<String>,
+    /// Why the last attempt to start the services failed, if none succeeded since (a `start-fails` fault, a
+    /// half-configured package): the node could not be brought back by anyone's `start`.
+    start_failed: Option<String>,
 }
 
 impl NodeView {
@@ -417,6 +420,7 @@ impl Replay {
                             failover_set_by: None,
                             excused: false,
                             stopped_by: None,
+                            start_failed: None,
                         },
                     );
                     self.r.installs.insert(n.clone(), 0);
@@ -506,6 +510,16 @@ impl Replay {
             Event::ServicesStarted { node, version, .. } => {
                 if let Some(v) = self.nodes.get_mut(node) {
                     v.running = version.clone();
+                    v.start_failed = None;
+                }
+            }
+            Event::StartFailed { node, reason, .. } => {
+                if let Some(v) = self.nodes.get_mut(node) {
+                    v.start_failed = Some(if reason.is_empty() {
+                        "its services failed to start".to_string()
+                    } else {
+                        reason.clone()
+                    });
                 }
             }
             Event::PackageInstalled {
@@ -898,19 +912,25 @@ impl Replay {
                 msg,
             );
         }
-        let down: Vec<(String, Option<String>)> = self
+        let down: Vec<(String, Option<String>, Option<String>)> = self
             .nodes
             .iter()
             .filter(|(_, v)| !v.up)
-            .map(|(n, v)| (n.clone(), v.stopped_by.clone()))
+            .map(|(n, v)| (n.clone(), v.stopped_by.clone(), v.start_failed.clone()))
             .collect();
-        for (n, by) in down {
+        for (n, by, start_failed) in down {
             let msg = format!(
-                "{n}: services not running at the end (last taken down by {})",
-                by.as_deref().unwrap_or("nobody")
+                "{n}: services not running at the end (last taken down by {}){}",
+                by.as_deref().unwrap_or("nobody"),
+                start_failed
+                    .as_deref()
+                    .map(|r| format!("; the last start failed: {r}"))
+                    .unwrap_or_default()
             );
+            // A node whose start was tried and cannot succeed (a fault of the node itself) is the node's, not
+            // the orchestrator's: it tried to bring it back.
             self.charge(
-                is_orch(by.as_deref()),
+                is_orch(by.as_deref()) && start_failed.is_none(),
                 by.as_deref(),
                 Rule::NodeDownAtEnd,
                 end,

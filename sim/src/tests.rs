@@ -780,3 +780,38 @@ fn an_operator_promote_is_an_incident_not_a_violation() {
         .iter()
         .any(|i| i.actor == "operator" && i.message.contains("promote backend-3")));
 }
+
+#[test]
+fn a_node_whose_start_was_tried_and_cannot_succeed_is_an_incident_not_a_violation() {
+    let (_t, sim) = sim();
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    cmd(&sim, "backend-2", &["chef-backend-ctl", "stop"]);
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "on"],
+    );
+    // Left down without trying: the orchestrator's violation.
+    assert!(sim.report().unwrap().has(Rule::NodeDownAtEnd));
+    // Tried, and the node itself cannot start (a fault of the node): an incident naming why.
+    sim.set_fault("backend-2", crate::Fault::StartFails, true)
+        .unwrap();
+    assert_ne!(
+        cmd(&sim, "backend-2", &["chef-backend-ctl", "start"]).code,
+        0
+    );
+    let r = sim.report().unwrap();
+    assert!(!r.has(Rule::NodeDownAtEnd), "{}", r.render());
+    assert!(
+        r.incidents
+            .iter()
+            .any(|i| i.rule == Some(Rule::NodeDownAtEnd)
+                && i.message.contains("the last start failed")),
+        "{}",
+        r.render()
+    );
+}
