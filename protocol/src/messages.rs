@@ -282,9 +282,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<StepRequest, DecodeError> {
     };
     check_token(&f, "upgrade", &req.upgrade)?;
     check_token(&f, "group", &req.group)?;
-    if req.node.is_empty() {
-        return Err(f.error("node", "empty".into()));
-    }
+    check_token(&f, "node", &req.node)?;
     match req.argv.first() {
         None => return Err(f.error("argv", "empty: a command needs at least a program".into())),
         Some(p) if p.is_empty() => {
@@ -382,6 +380,9 @@ mod tests {
             (serde_json::json!({"group": "a.b"}), "group"),
             (serde_json::json!({"timeout_ms": 0}), "timeout_ms"),
             (serde_json::json!({"node": null}), "node"),
+            (serde_json::json!({"node": "a b"}), "node"),
+            (serde_json::json!({"node": "backend-1.example"}), "node"),
+            (serde_json::json!({"upgrade": "U>"}), "upgrade"),
             (serde_json::json!({"env": {"A=B": "c"}}), "env"),
         ];
         for (patch, field) in cases {

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::decode::DecodeError;
+
 /// One executor's presence record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence {
@@ -43,6 +45,26 @@ pub struct Presence {
     pub running: Option<String>,
 }
 
+/// Decode a presence record and check that its group and nodes are valid
+/// names ([`crate::subjects::validate_token`]): a record naming a group such
+/// as `x y` is refused here, so it can never be used to build a subject.
+pub fn decode(bytes: &[u8]) -> Result<Presence, DecodeError> {
+    const MSG: &str = "presence record";
+    let err = |field: &str, reason: String| DecodeError {
+        message: MSG,
+        field: field.to_string(),
+        reason,
+    };
+    let presence: Presence =
+        serde_json::from_slice(bytes).map_err(|e| err("(message)", e.to_string()))?;
+    crate::subjects::validate_token(&presence.group).map_err(|r| err("group", r.to_string()))?;
+    for node in &presence.nodes {
+        crate::subjects::validate_token(node)
+            .map_err(|r| err("nodes", format!("node {node:?}: {r}")))?;
+    }
+    Ok(presence)
+}
+
 /// A KV key made from an executor id: characters outside `[-_=.a-zA-Z0-9]`
 /// become `_`.
 pub fn key(id: &str) -> String {
@@ -59,6 +81,36 @@ pub fn key(id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn record(group: &str, nodes: &[&str]) -> Vec<u8> {
+        serde_json::to_vec(&Presence {
+            v: 1,
+            id: "ex".into(),
+            group: group.into(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            version: "0".into(),
+            host: "h".into(),
+            pid: 1,
+            started_ms: 0,
+            heartbeat_ms: 0,
+            executed: 0,
+            rejected: 0,
+            malformed: 0,
+            running: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn records_with_invalid_names_are_refused_naming_the_field() {
+        assert_eq!(decode(&record("g1", &["backend-1"])).unwrap().group, "g1");
+        assert_eq!(decode(&record("x y", &[])).unwrap_err().field, "group");
+        assert_eq!(decode(&record("a.b", &[])).unwrap_err().field, "group");
+        assert_eq!(decode(&record("g1", &["n>"])).unwrap_err().field, "nodes");
+        assert_eq!(decode(b"{}").unwrap_err().field, "(message)");
+    }
+
     #[test]
     fn keys_are_sanitised() {
         assert_eq!(super::key("ex 1/host:9"), "ex_1_host_9");
