@@ -170,6 +170,13 @@ pub fn request_msg_id(upgrade: &str, step: u64, attempt: u32) -> String {
     format!("{upgrade}:{step}:{attempt}")
 }
 
+/// The idempotency id of a `rejected` result: `<upgrade>:<step>:<attempt>:rejected`. A refusal has its own
+/// id so that a refused forgery under a step id never shadows (as a JetStream duplicate) the real result of
+/// that step published later.
+pub fn rejected_msg_id(upgrade: &str, step: u64, attempt: u32) -> String {
+    format!("{upgrade}:{step}:{attempt}:rejected")
+}
+
 /// The result idempotency id: `<upgrade>:<step>:<attempt>:result`.
 pub fn result_msg_id(upgrade: &str, step: u64, attempt: u32) -> String {
     format!("{upgrade}:{step}:{attempt}:result")
@@ -214,9 +221,12 @@ impl StepRequest {
 }
 
 impl StepResult {
-    /// `<upgrade>:<step>:<attempt>:result`, sent as `Nats-Msg-Id`.
+    /// `<upgrade>:<step>:<attempt>:result` (`...:rejected` for a refusal), sent as `Nats-Msg-Id`.
     pub fn msg_id(&self) -> String {
-        result_msg_id(&self.upgrade, self.step, self.attempt)
+        match self.outcome {
+            Outcome::Rejected => rejected_msg_id(&self.upgrade, self.step, self.attempt),
+            _ => result_msg_id(&self.upgrade, self.step, self.attempt),
+        }
     }
 
     /// `<upgrade>:<step>:<attempt>`: the request this result answers.
@@ -409,7 +419,8 @@ mod tests {
         assert_eq!(ids.epoch, 9);
         let rej = ids.rejected("argv: bad", "ex-1");
         assert_eq!(rej.outcome, Outcome::Rejected);
-        assert_eq!(rej.msg_id(), "U1:4:2:result");
+        assert_eq!(rej.msg_id(), "U1:4:2:rejected");
+        assert_eq!(rej.request_key(), "U1:4:2");
         assert!(RequestIds::peek(br#"{"upgrade":"U1"}"#).is_none());
     }
 

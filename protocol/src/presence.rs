@@ -33,9 +33,18 @@ pub struct Presence {
     /// Steps it ran (a child process was started).
     #[serde(default)]
     pub executed: u64,
-    /// Well-formed requests it refused (stale epoch, deadline passed, wrong node or group).
+    /// Well-formed requests it refused, for any reason (stale epoch, deadline
+    /// passed, wrong node or group, not allowed, conflict).
     #[serde(default)]
     pub rejected: u64,
+    /// Of those, requests its allow list refused: argv not a rendering of its
+    /// profile's templates, a package, env key or value not allowed.
+    #[serde(default)]
+    pub not_allowed: u64,
+    /// Of those, requests whose step id was already claimed or recorded for
+    /// another command (a replay or a forgery).
+    #[serde(default)]
+    pub conflicts: u64,
     /// Requests it could not decode (answered `rejected` when their ids were
     /// readable, otherwise terminated).
     #[serde(default)]
@@ -96,6 +105,8 @@ mod tests {
             heartbeat_ms: 0,
             executed: 0,
             rejected: 0,
+            not_allowed: 0,
+            conflicts: 0,
             malformed: 0,
             running: None,
         })
