@@ -1,8 +1,12 @@
 //! Executor configuration: what `baton executor` flags (or `baton dev`) set.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use workflow::core::{Installer, Procedure};
+
+use crate::allow::{Allowlist, PackageCheck};
 use crate::error::ExecutorError;
 use crate::runner::RunnerConfig;
 
@@ -15,9 +19,19 @@ pub struct Config {
     pub group: String,
     /// This executor's id (presence key, `executor` field of results).
     pub id: String,
-    /// The nodes this executor serves; requests for other nodes are rejected.
-    /// Empty: any node its group receives.
+    /// The nodes this executor serves (at least one); requests for other
+    /// nodes are rejected.
     pub nodes: Vec<String>,
+    /// Node -> address (`host` or `host:port`), for `{address}` and the ssh
+    /// runner; a node without one is reached by its name. Never taken from a
+    /// request.
+    pub addresses: BTreeMap<String, String>,
+    /// The package tool of this executor's profile (as the cluster file's
+    /// `upgrade.installer`, default dpkg).
+    pub installer: Installer,
+    /// The procedure of this executor's profile (as the cluster file's
+    /// `upgrade.procedure`, default runbook).
+    pub procedure: Procedure,
     /// Where the ledger lives (one executor process per directory).
     pub state_dir: PathBuf,
     /// How many trailing bytes of stdout and of stderr a result carries.
@@ -49,6 +63,9 @@ impl Config {
             id: protocol::presence::key(&format!("{group}-{host}-{}", std::process::id())),
             group,
             nodes: Vec::new(),
+            addresses: BTreeMap::new(),
+            installer: Installer::default(),
+            procedure: Procedure::default(),
             state_dir: state_dir.into(),
             max_output: 8 * 1024,
             heartbeat: Duration::from_secs(5),
@@ -64,6 +81,30 @@ impl Config {
     pub fn validate(&self) -> Result<(), ExecutorError> {
         protocol::subjects::validate_token(&self.group)
             .map_err(|r| ExecutorError::Config(format!("group {:?}: {r}", self.group)))?;
+        if self.nodes.is_empty() {
+            return Err(ExecutorError::Config(
+                "no nodes: an executor serves only the nodes it is told (--nodes NAME[=ADDRESS],...)".into(),
+            ));
+        }
+        for node in &self.nodes {
+            protocol::subjects::validate_token(node)
+                .map_err(|r| ExecutorError::Config(format!("node {node:?}: {r}")))?;
+        }
+        for (node, address) in &self.addresses {
+            if !self.nodes.contains(node) {
+                return Err(ExecutorError::Config(format!(
+                    "address given for node {node:?}, which is not one of this executor's nodes"
+                )));
+            }
+            if address.is_empty()
+                || address.starts_with('-')
+                || address.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ExecutorError::Config(format!(
+                    "node {node:?}: address {address:?} is not a host name or address"
+                )));
+            }
+        }
         if self.id.is_empty() || protocol::presence::key(&self.id) != self.id {
             return Err(ExecutorError::Config(format!(
                 "id {:?}: only ASCII letters, digits, '-', '_', '=' and '.' are allowed",
@@ -85,6 +126,25 @@ impl Config {
             return Err(ExecutorError::Config("max output must be positive".into()));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// What this executor may run: its profile, for its nodes at their addresses.
+    pub fn allowlist(&self) -> Allowlist {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let address = self.addresses.get(n).cloned().unwrap_or_else(|| n.clone());
+                (n.clone(), address)
+            })
+            .collect();
+        let package_check = match self.runner {
+            RunnerConfig::Local => PackageCheck::Local,
+            RunnerConfig::Ssh(_) => PackageCheck::PathOnly,
+        };
+        Allowlist::new(self.installer, self.procedure, nodes, package_check)
     }
 }
 

@@ -5,11 +5,17 @@
 //! flushed before the result is published. sled buffers writes in user space,
 //! so without the flushes a killed executor would forget a step it ran.
 //! The highest epoch seen per upgrade is kept beside them for fencing.
+//!
+//! Each entry also keeps the digest of the request it was made for ([`digest`]: node, group, action, argv,
+//! env), so a later request that re-uses the step id for another command is refused as a conflict, never
+//! answered from the ledger as if it were the same step. Entries written before digests existed have none
+//! and match any request, as they did.
 
 use std::path::{Path, PathBuf};
 
 use protocol::StepResult;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::error::ExecutorError;
 
@@ -18,9 +24,40 @@ use crate::error::ExecutorError;
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Entry {
     /// The command was (about to be) started; its outcome is not recorded.
-    Started { started_ms: u64, executor: String },
+    Started {
+        started_ms: u64,
+        executor: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
+    },
     /// The step ended (or was refused) with this result.
-    Finished { result: StepResult },
+    Finished {
+        result: StepResult,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
+    },
+}
+
+impl Entry {
+    /// The digest of the request this entry was made for, if it was recorded.
+    pub fn digest(&self) -> Option<&str> {
+        match self {
+            Entry::Started { digest, .. } | Entry::Finished { digest, .. } => digest.as_deref(),
+        }
+    }
+}
+
+/// What a step id stands for: SHA-256 (hex) over the request's node, group, action, argv and env, as JSON.
+/// Two requests with the same step id and the same digest ask for the same command.
+pub fn digest(req: &protocol::StepRequest) -> String {
+    let canonical = serde_json::json!({
+        "node": req.node,
+        "group": req.group,
+        "action": req.action,
+        "argv": req.argv,
+        "env": req.env,
+    });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
 /// The ledger of one executor state directory.
@@ -101,10 +138,12 @@ impl Ledger {
         epoch: u64,
         started_ms: u64,
         executor: &str,
+        digest: &str,
     ) -> Result<(), ExecutorError> {
         let entry = Entry::Started {
             started_ms,
             executor: executor.to_string(),
+            digest: Some(digest.to_string()),
         };
         self.steps
             .insert(
@@ -120,10 +159,15 @@ impl Ledger {
         self.flush().await
     }
 
-    /// Record a step's final result durably.
-    pub async fn record_finished(&self, result: &StepResult) -> Result<(), ExecutorError> {
+    /// Record a step's final result durably, with the digest of the request it answers.
+    pub async fn record_finished(
+        &self,
+        result: &StepResult,
+        digest: &str,
+    ) -> Result<(), ExecutorError> {
         let entry = Entry::Finished {
             result: result.clone(),
+            digest: Some(digest.to_string()),
         };
         self.steps
             .insert(
@@ -154,8 +198,12 @@ mod tests {
         {
             let l = Ledger::open(dir.path()).unwrap();
             assert_eq!(l.get("U:1:1").unwrap(), None);
-            l.record_started("U:1:1", "U", 5, 10, "ex").await.unwrap();
-            l.record_started("U:2:1", "U", 3, 11, "ex").await.unwrap();
+            l.record_started("U:1:1", "U", 5, 10, "ex", "d1")
+                .await
+                .unwrap();
+            l.record_started("U:2:1", "U", 3, 11, "ex", "d2")
+                .await
+                .unwrap();
             let ids = RequestIds {
                 upgrade: "U".into(),
                 step: 2,
@@ -163,23 +211,36 @@ mod tests {
                 epoch: 3,
                 node: "n".into(),
             };
-            l.record_finished(&ids.rejected("why", "ex")).await.unwrap();
+            l.record_finished(&ids.rejected("why", "ex"), "d2")
+                .await
+                .unwrap();
         }
         let l = Ledger::open(dir.path()).unwrap();
         assert_eq!(
             l.get("U:1:1").unwrap(),
             Some(Entry::Started {
                 started_ms: 10,
-                executor: "ex".into()
+                executor: "ex".into(),
+                digest: Some("d1".into()),
             })
         );
         match l.get("U:2:1").unwrap() {
-            Some(Entry::Finished { result }) => assert_eq!(result.outcome, Outcome::Rejected),
+            Some(Entry::Finished { result, digest }) => {
+                assert_eq!(result.outcome, Outcome::Rejected);
+                assert_eq!(digest.as_deref(), Some("d2"));
+            }
             other => panic!("unexpected {other:?}"),
         }
         // A lower epoch never lowers the recorded highest.
         assert_eq!(l.highest_epoch("U").unwrap(), Some(5));
         assert_eq!(l.highest_epoch("other").unwrap(), None);
+    }
+
+    #[test]
+    fn entries_without_a_digest_still_read() {
+        let old = br#"{"state":"started","started_ms":1,"executor":"ex"}"#;
+        let e: Entry = serde_json::from_slice(old).unwrap();
+        assert_eq!(e.digest(), None);
     }
 
     #[test]

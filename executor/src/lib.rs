@@ -7,9 +7,15 @@
 //! the ledger and a step whose outcome was lost (the executor died mid-step) is
 //! answered `unknown` and never run again (DESIGN.md rule S4).
 //!
+//! It runs only what it was built to run ([`allow`]): a rendering of its
+//! profile's templates, for its own nodes, with a validated package and env;
+//! and a step id is bound to the command it was first claimed for, so a
+//! replay or forgery under that id is refused, not answered from the ledger.
+//!
 //! The entry point is [`run`]; `baton executor` wraps it, and `baton dev` may
 //! run executors in-process through it.
 
+pub mod allow;
 pub mod config;
 pub mod error;
 pub mod ledger;

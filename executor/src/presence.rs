@@ -15,8 +15,12 @@ use crate::now_ms;
 pub struct Stats {
     /// Steps whose command was started.
     pub executed: AtomicU64,
-    /// Well-formed requests refused (stale epoch, deadline passed, wrong node or group).
+    /// Well-formed requests refused, for any reason.
     pub rejected: AtomicU64,
+    /// Of those, refused by the allow list (`crate::allow`).
+    pub not_allowed: AtomicU64,
+    /// Of those, refused because the step id was used for another command.
+    pub conflicts: AtomicU64,
     /// Requests that could not be decoded (answered `rejected` when their ids
     /// were readable, otherwise terminated).
     pub malformed: AtomicU64,
@@ -39,6 +43,8 @@ impl Stats {
             heartbeat_ms: now_ms(),
             executed: self.executed.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
+            not_allowed: self.not_allowed.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
             running: self
                 .running

@@ -17,9 +17,10 @@ use protocol::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::allow::{Allowlist, Refusal, RefusalKind};
 use crate::config::{host_name, Config};
 use crate::error::ExecutorError;
-use crate::ledger::{Entry, Ledger};
+use crate::ledger::{self, Entry, Ledger};
 use crate::now_ms;
 use crate::presence::{self, Stats};
 
@@ -48,6 +49,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
         group = %config.group,
         id = %config.id,
         nodes = ?config.nodes,
+        addresses = ?config.addresses,
+        installer = ?config.installer,
+        procedure = ?config.procedure,
         state_dir = %config.state_dir.display(),
         ack_wait_ms = ack_wait.as_millis() as u64,
         "executor serving"
@@ -66,6 +70,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
         heartbeat_ms: 0,
         executed: 0,
         rejected: 0,
+        not_allowed: 0,
+        conflicts: 0,
         malformed: 0,
         running: None,
     };
@@ -80,6 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
 
     let claim_token = format!("{}/{}/{}", config.id, std::process::id(), now_ms());
     let worker = Worker {
+        allowlist: config.allowlist(),
         config,
         js,
         claims: handles.claims,
@@ -132,14 +139,25 @@ async fn connect(config: &Config, shutdown: &CancellationToken) -> Option<async_
 enum Claim {
     /// It holds the claim.
     Won,
-    /// Another executor (named) holds it.
+    /// Another executor (named) holds it, for the same command.
     Lost(String),
+    /// Another executor (named) holds it for another command.
+    Conflict(String),
     /// NATS could not say; try again later.
     Undecided,
 }
 
+/// The value of a claim: who claimed the step id, for which command ([`ledger::digest`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ClaimValue {
+    token: String,
+    digest: String,
+}
+
 struct Worker {
     config: Config,
+    /// What this executor may run.
+    allowlist: Allowlist,
     js: jetstream::Context,
     /// The group-wide claims bucket: the first executor to claim a step
     /// attempt is the only one that may run it.
@@ -238,14 +256,32 @@ impl Worker {
         msg: &jetstream::Message,
     ) -> Result<Option<StepResult>, ExecutorError> {
         let key = req.msg_id();
-        match self.ledger.get(&key)? {
-            Some(Entry::Finished { result }) => {
+        let digest = ledger::digest(req);
+        let entry = self.ledger.get(&key)?;
+        if let Some(recorded) = entry.as_ref().and_then(Entry::digest) {
+            if recorded != digest {
+                // Not answered from the ledger: that answer is about another command.
+                return Ok(Some(self.refuse(
+                    req,
+                    Refusal::new(
+                        RefusalKind::Conflict,
+                        format!(
+                            "step id {key} was already used here for another command (request digest {recorded}, \
+                             this one {digest}); refused, nothing run: a replay or a forged request"
+                        ),
+                    ),
+                )));
+            }
+        }
+        match entry {
+            Some(Entry::Finished { result, .. }) => {
                 tracing::info!(outcome = %result.outcome, "redelivered step already answered; replying from the ledger");
                 Ok(Some(result))
             }
             Some(Entry::Started {
                 started_ms,
                 executor,
+                ..
             }) => {
                 tracing::warn!(
                     started_ms,
@@ -257,27 +293,36 @@ impl Worker {
                 result.reason = Some(format!(
                     "started at {started_ms} (unix ms) by executor {executor}, which stopped before recording the outcome; not run again: observe the node before deciding"
                 ));
-                self.ledger.record_finished(&result).await?;
+                self.ledger.record_finished(&result, &digest).await?;
                 Ok(Some(result))
             }
             None => {
-                if let Some(reason) = self.refusal(req)? {
-                    Stats::count(&self.stats.rejected);
-                    tracing::warn!(reason = %reason, "rejected a step request");
-                    let result = req.ids().rejected(reason, &self.config.id);
-                    self.ledger.record_finished(&result).await?;
-                    return Ok(Some(result));
+                if let Some(refusal) = self.refusal(req)? {
+                    // Not recorded, like a malformed request: a refusal must not occupy the step id that the
+                    // real request may still come with. Nothing is lost: a redelivery is checked again, and
+                    // what refused it (an epoch already seen, a passed deadline, what it asks) still holds.
+                    return Ok(Some(self.refuse(req, refusal)));
                 }
-                match self.claim(req).await {
-                    Claim::Won => self.execute(req, msg).await.map(Some),
+                match self.claim(req, &digest).await {
+                    Claim::Won => self.execute(req, msg, &digest).await.map(Some),
                     Claim::Undecided => Ok(None),
+                    Claim::Conflict(holder) => Ok(Some(self.refuse(
+                        req,
+                        Refusal::new(
+                            RefusalKind::Conflict,
+                            format!(
+                                "step id {key} was already claimed by executor {holder} for another command; \
+                                 refused, nothing run: a replay or a forged request"
+                            ),
+                        ),
+                    ))),
                     Claim::Lost(holder) => {
                         tracing::warn!(holder = %holder, "step was claimed by another executor that never reported it; answering unknown, not running it");
                         let mut result = self.result(req, Outcome::Unknown);
                         result.reason = Some(format!(
                             "already claimed by executor {holder}, which did not report an outcome; not run here: observe the node before deciding"
                         ));
-                        self.ledger.record_finished(&result).await?;
+                        self.ledger.record_finished(&result, &digest).await?;
                         Ok(Some(result))
                     }
                 }
@@ -285,23 +330,50 @@ impl Worker {
         }
     }
 
+    /// Count and log a refusal; the `rejected` result that reports it.
+    fn refuse(&self, req: &StepRequest, refusal: Refusal) -> StepResult {
+        Stats::count(&self.stats.rejected);
+        match refusal.kind {
+            RefusalKind::NotAllowed => Stats::count(&self.stats.not_allowed),
+            RefusalKind::Conflict => Stats::count(&self.stats.conflicts),
+            RefusalKind::WrongTarget | RefusalKind::Stale => {}
+        }
+        tracing::warn!(
+            kind = %refusal.kind,
+            reason = %refusal.reason,
+            argv = ?req.argv,
+            env = ?req.env,
+            "rejected a step request"
+        );
+        req.ids().rejected(refusal.reason, &self.config.id)
+    }
+
     /// Claim the step attempt group-wide, so that a redelivery to a sibling
     /// executor (the first one died or stalled past `ack_wait`) never runs
     /// it a second time.
-    async fn claim(&self, req: &StepRequest) -> Claim {
+    ///
+    /// The claim names the command it was made for (its digest), so that a
+    /// request re-using the step id for another command is refused.
+    async fn claim(&self, req: &StepRequest, digest: &str) -> Claim {
         let key = req.claim_key();
-        match self
-            .claims
-            .create(&key, self.claim_token.clone().into())
-            .await
-        {
+        let value = ClaimValue {
+            token: self.claim_token.clone(),
+            digest: digest.to_string(),
+        };
+        let value = serde_json::to_vec(&value).expect("a claim serialises");
+        match self.claims.create(&key, value.into()).await {
             Ok(_) => Claim::Won,
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 match self.claims.get(&key).await {
-                    // Our own claim whose acknowledgement was lost: the
-                    // ledger has no start, so nothing ran yet.
-                    Ok(Some(v)) if v.as_ref() == self.claim_token.as_bytes() => Claim::Won,
-                    Ok(Some(v)) => Claim::Lost(String::from_utf8_lossy(&v).into_owned()),
+                    Ok(Some(v)) => match serde_json::from_slice::<ClaimValue>(&v) {
+                        // Our own claim whose acknowledgement was lost: the
+                        // ledger has no start, so nothing ran yet.
+                        Ok(c) if c.token == self.claim_token && c.digest == digest => Claim::Won,
+                        Ok(c) if c.digest != digest => Claim::Conflict(c.token),
+                        Ok(c) => Claim::Lost(c.token),
+                        // A claim from before claims named their command.
+                        Err(_) => Claim::Lost(String::from_utf8_lossy(&v).into_owned()),
+                    },
                     Ok(None) => Claim::Lost("(expired claim)".into()),
                     Err(e) => {
                         tracing::warn!(error = %e, "could not read the step's claim; retrying later");
@@ -317,34 +389,38 @@ impl Worker {
     }
 
     /// Why this request must not run, if it must not.
-    fn refusal(&self, req: &StepRequest) -> Result<Option<String>, ExecutorError> {
+    fn refusal(&self, req: &StepRequest) -> Result<Option<Refusal>, ExecutorError> {
         if req.group != self.config.group {
-            return Ok(Some(format!(
-                "request for group {:?} reached an executor of group {:?}",
-                req.group, self.config.group
+            return Ok(Some(Refusal::new(
+                RefusalKind::WrongTarget,
+                format!(
+                    "request for group {:?} reached an executor of group {:?}",
+                    req.group, self.config.group
+                ),
             )));
         }
-        if !self.config.nodes.is_empty() && !self.config.nodes.contains(&req.node) {
-            return Ok(Some(format!(
-                "node {:?} is not served by executor {} (it serves {})",
-                req.node,
-                self.config.id,
-                self.config.nodes.join(", ")
-            )));
+        if let Err(refusal) = self.allowlist.check(req) {
+            return Ok(Some(refusal));
         }
         if let Some(highest) = self.ledger.highest_epoch(&req.upgrade)? {
             if req.epoch < highest {
-                return Ok(Some(format!(
-                    "stale epoch {}: epoch {highest} was already seen for upgrade {}",
-                    req.epoch, req.upgrade
+                return Ok(Some(Refusal::new(
+                    RefusalKind::Stale,
+                    format!(
+                        "stale epoch {}: epoch {highest} was already seen for upgrade {}",
+                        req.epoch, req.upgrade
+                    ),
                 )));
             }
         }
         let now = now_ms();
         if now > req.deadline_ms {
-            return Ok(Some(format!(
-                "deadline passed {} ms ago before the step could start",
-                now - req.deadline_ms
+            return Ok(Some(Refusal::new(
+                RefusalKind::Stale,
+                format!(
+                    "deadline passed {} ms ago before the step could start",
+                    now - req.deadline_ms
+                ),
             )));
         }
         Ok(None)
@@ -355,17 +431,33 @@ impl Worker {
         &self,
         req: &StepRequest,
         msg: &jetstream::Message,
+        digest: &str,
     ) -> Result<StepResult, ExecutorError> {
         let key = req.msg_id();
         let started_ms = now_ms();
         self.ledger
-            .record_started(&key, &req.upgrade, req.epoch, started_ms, &self.config.id)
+            .record_started(
+                &key,
+                &req.upgrade,
+                req.epoch,
+                started_ms,
+                &self.config.id,
+                digest,
+            )
             .await?;
         Stats::count(&self.stats.executed);
         self.stats.set_running(Some(key));
         tracing::info!(argv = ?req.argv, timeout_ms = req.timeout_ms, "step started");
 
-        let run = self.config.runner.run(req, self.config.max_output);
+        let address = self
+            .allowlist
+            .address(&req.node)
+            .expect("the allow list checked the node")
+            .to_string();
+        let run = self
+            .config
+            .runner
+            .run(req, &address, self.config.max_output);
         tokio::pin!(run);
         let mut progress =
             tokio::time::interval_at(tokio::time::Instant::now() + self.progress, self.progress);
@@ -391,7 +483,7 @@ impl Worker {
         result.reason = ran.reason;
         result.started_ms = Some(ran.started_ms);
         result.finished_ms = Some(ran.finished_ms);
-        self.ledger.record_finished(&result).await?;
+        self.ledger.record_finished(&result, digest).await?;
         tracing::info!(
             outcome = %result.outcome,
             exit_code = ?result.exit_code,

@@ -170,6 +170,13 @@ pub fn request_msg_id(upgrade: &str, step: u64, attempt: u32) -> String {
     format!("{upgrade}:{step}:{attempt}")
 }
 
+/// The idempotency id of a `rejected` result: `<upgrade>:<step>:<attempt>:rejected`. A refusal has its own
+/// id so that a refused forgery under a step id never shadows (as a JetStream duplicate) the real result of
+/// that step published later.
+pub fn rejected_msg_id(upgrade: &str, step: u64, attempt: u32) -> String {
+    format!("{upgrade}:{step}:{attempt}:rejected")
+}
+
 /// The result idempotency id: `<upgrade>:<step>:<attempt>:result`.
 pub fn result_msg_id(upgrade: &str, step: u64, attempt: u32) -> String {
     format!("{upgrade}:{step}:{attempt}:result")
@@ -214,9 +221,12 @@ impl StepRequest {
 }
 
 impl StepResult {
-    /// `<upgrade>:<step>:<attempt>:result`, sent as `Nats-Msg-Id`.
+    /// `<upgrade>:<step>:<attempt>:result` (`...:rejected` for a refusal), sent as `Nats-Msg-Id`.
     pub fn msg_id(&self) -> String {
-        result_msg_id(&self.upgrade, self.step, self.attempt)
+        match self.outcome {
+            Outcome::Rejected => rejected_msg_id(&self.upgrade, self.step, self.attempt),
+            _ => result_msg_id(&self.upgrade, self.step, self.attempt),
+        }
     }
 
     /// `<upgrade>:<step>:<attempt>`: the request this result answers.
@@ -282,9 +292,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<StepRequest, DecodeError> {
     };
     check_token(&f, "upgrade", &req.upgrade)?;
     check_token(&f, "group", &req.group)?;
-    if req.node.is_empty() {
-        return Err(f.error("node", "empty".into()));
-    }
+    check_token(&f, "node", &req.node)?;
     match req.argv.first() {
         None => return Err(f.error("argv", "empty: a command needs at least a program".into())),
         Some(p) if p.is_empty() => {
@@ -382,6 +390,9 @@ mod tests {
             (serde_json::json!({"group": "a.b"}), "group"),
             (serde_json::json!({"timeout_ms": 0}), "timeout_ms"),
             (serde_json::json!({"node": null}), "node"),
+            (serde_json::json!({"node": "a b"}), "node"),
+            (serde_json::json!({"node": "backend-1.example"}), "node"),
+            (serde_json::json!({"upgrade": "U>"}), "upgrade"),
             (serde_json::json!({"env": {"A=B": "c"}}), "env"),
         ];
         for (patch, field) in cases {
@@ -408,7 +419,8 @@ mod tests {
         assert_eq!(ids.epoch, 9);
         let rej = ids.rejected("argv: bad", "ex-1");
         assert_eq!(rej.outcome, Outcome::Rejected);
-        assert_eq!(rej.msg_id(), "U1:4:2:result");
+        assert_eq!(rej.msg_id(), "U1:4:2:rejected");
+        assert_eq!(rej.request_key(), "U1:4:2");
         assert!(RequestIds::peek(br#"{"upgrade":"U1"}"#).is_none());
     }
 

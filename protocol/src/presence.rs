@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::decode::DecodeError;
+
 /// One executor's presence record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence {
@@ -31,9 +33,18 @@ pub struct Presence {
     /// Steps it ran (a child process was started).
     #[serde(default)]
     pub executed: u64,
-    /// Well-formed requests it refused (stale epoch, deadline passed, wrong node or group).
+    /// Well-formed requests it refused, for any reason (stale epoch, deadline
+    /// passed, wrong node or group, not allowed, conflict).
     #[serde(default)]
     pub rejected: u64,
+    /// Of those, requests its allow list refused: argv not a rendering of its
+    /// profile's templates, a package, env key or value not allowed.
+    #[serde(default)]
+    pub not_allowed: u64,
+    /// Of those, requests whose step id was already claimed or recorded for
+    /// another command (a replay or a forgery).
+    #[serde(default)]
+    pub conflicts: u64,
     /// Requests it could not decode (answered `rejected` when their ids were
     /// readable, otherwise terminated).
     #[serde(default)]
@@ -41,6 +52,26 @@ pub struct Presence {
     /// The step it is running now (`<upgrade>:<step>:<attempt>`).
     #[serde(default)]
     pub running: Option<String>,
+}
+
+/// Decode a presence record and check that its group and nodes are valid
+/// names ([`crate::subjects::validate_token`]): a record naming a group such
+/// as `x y` is refused here, so it can never be used to build a subject.
+pub fn decode(bytes: &[u8]) -> Result<Presence, DecodeError> {
+    const MSG: &str = "presence record";
+    let err = |field: &str, reason: String| DecodeError {
+        message: MSG,
+        field: field.to_string(),
+        reason,
+    };
+    let presence: Presence =
+        serde_json::from_slice(bytes).map_err(|e| err("(message)", e.to_string()))?;
+    crate::subjects::validate_token(&presence.group).map_err(|r| err("group", r.to_string()))?;
+    for node in &presence.nodes {
+        crate::subjects::validate_token(node)
+            .map_err(|r| err("nodes", format!("node {node:?}: {r}")))?;
+    }
+    Ok(presence)
 }
 
 /// A KV key made from an executor id: characters outside `[-_=.a-zA-Z0-9]`
@@ -59,6 +90,38 @@ pub fn key(id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn record(group: &str, nodes: &[&str]) -> Vec<u8> {
+        serde_json::to_vec(&Presence {
+            v: 1,
+            id: "ex".into(),
+            group: group.into(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            version: "0".into(),
+            host: "h".into(),
+            pid: 1,
+            started_ms: 0,
+            heartbeat_ms: 0,
+            executed: 0,
+            rejected: 0,
+            not_allowed: 0,
+            conflicts: 0,
+            malformed: 0,
+            running: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn records_with_invalid_names_are_refused_naming_the_field() {
+        assert_eq!(decode(&record("g1", &["backend-1"])).unwrap().group, "g1");
+        assert_eq!(decode(&record("x y", &[])).unwrap_err().field, "group");
+        assert_eq!(decode(&record("a.b", &[])).unwrap_err().field, "group");
+        assert_eq!(decode(&record("g1", &["n>"])).unwrap_err().field, "nodes");
+        assert_eq!(decode(b"{}").unwrap_err().field, "(message)");
+    }
+
     #[test]
     fn keys_are_sanitised() {
         assert_eq!(super::key("ex 1/host:9"), "ex_1_host_9");

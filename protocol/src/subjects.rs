@@ -54,7 +54,12 @@ pub fn group_consumer(group: &str) -> String {
 }
 
 /// Check that `value` can be a single subject token and a consumer-name part:
-/// non-empty, and only ASCII letters, digits, `-` and `_`.
+/// non-empty, at most 128 bytes, and only ASCII letters, digits, `-` and `_`
+/// (`[A-Za-z0-9_-]+`). So no whitespace, no `.`, `*` or `>`, no control or
+/// non-ASCII characters. Executor groups, node names and upgrade ids are all
+/// checked with it where they enter (cluster file, API, executor flags, step
+/// requests, presence records); the pure core has the same rule in
+/// `workflow::core::cluster::check_name`, and a test keeps the two equal.
 ///
 /// Narrower than NATS requires, on purpose: the same names end up in
 /// consumer names and KV keys, whose character sets are smaller.

@@ -1,14 +1,21 @@
 //! `baton executor`: take the steps of one executor group from NATS and run
 //! them on their nodes, until SIGTERM or SIGINT.
+//!
+//! It runs only what it was built to run: a rendering of its profile's
+//! templates (`--installer`, `--procedure`, defaults as in the cluster file)
+//! for one of its `--nodes` (required), at the address given there (see the
+//! `executor::allow` module and THREATS.md).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::bail;
 use anyhow::Context as _;
 use executor::{Config, RunnerConfig, SshConfig};
 use tokio_util::sync::CancellationToken;
+use workflow::core::{Installer as CoreInstaller, Procedure as CoreProcedure};
 
 #[derive(clap::Args, Debug)]
 pub struct ExecutorArgs {
@@ -22,10 +29,20 @@ pub struct ExecutorArgs {
     /// Default: `.baton/executor-<group>` in the working directory.
     #[arg(long, env = "BATON_EXECUTOR_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// The nodes this executor serves (comma separated); requests for other
-    /// nodes are rejected. Default: any node its group receives.
-    #[arg(long, value_delimiter = ',')]
-    pub nodes: Vec<String>,
+    /// The nodes this executor serves, comma separated, each `NAME` or
+    /// `NAME=ADDRESS` (`host` or `host:port`; default: the name). Required:
+    /// requests for other nodes are rejected, and a node's address comes only
+    /// from here (for `{address}` and the ssh runner), never from a request.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = parse_node)]
+    pub nodes: Vec<(String, Option<String>)>,
+    /// The package tool of this executor's profile: only its install and
+    /// version commands are run (the cluster file's `upgrade.installer`).
+    #[arg(long, value_enum, default_value_t = Installer::Dpkg, env = "BATON_EXECUTOR_INSTALLER")]
+    pub installer: Installer,
+    /// The procedure of this executor's profile: `upgrade-command` adds
+    /// `chef-backend-ctl upgrade [--failover]` (the cluster file's `upgrade.procedure`).
+    #[arg(long, value_enum, default_value_t = Procedure::Runbook, env = "BATON_EXECUTOR_PROCEDURE")]
+    pub procedure: Procedure,
     /// This executor's id (presence key, `executor` field of results).
     /// Default: `<group>-<host>-<pid>`.
     #[arg(long)]
@@ -45,7 +62,7 @@ pub struct ExecutorArgs {
     /// ssh runner: an `-o` option for ssh (repeatable), e.g. `IdentityFile=/etc/baton/id`.
     #[arg(long = "ssh-option")]
     pub ssh_options: Vec<String>,
-    /// ssh runner: `node=host[:port]` for requests without BATON_NODE_ADDRESS (repeatable).
+    /// ssh runner: `node=host[:port]` (repeatable); the same as `--nodes node=host[:port]`.
     #[arg(long = "ssh-address", value_parser = parse_pair)]
     pub ssh_addresses: Vec<(String, String)>,
     /// Presence heartbeat interval, in milliseconds.
@@ -66,6 +83,22 @@ pub struct ExecutorArgs {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Installer {
+    /// `dpkg -i PACKAGE.deb`, `dpkg-query`, `dpkg-deb`.
+    Dpkg,
+    /// `yum install -y PACKAGE.rpm`, `rpm -q`, `rpm -qp`.
+    Yum,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Procedure {
+    /// stop, install, start; demote for the switchover.
+    Runbook,
+    /// install while running, then `chef-backend-ctl upgrade [--failover]`.
+    UpgradeCommand,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Runner {
     /// Run commands on this machine.
     Local,
@@ -80,8 +113,19 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_node(s: &str) -> Result<(String, Option<String>), String> {
+    let (name, address) = match s.split_once('=') {
+        Some((name, address)) if !address.is_empty() => (name, Some(address.to_string())),
+        Some(_) => return Err(format!("expected NAME or NAME=ADDRESS, got {s:?}")),
+        None => (s, None),
+    };
+    protocol::subjects::validate_token(name)
+        .map_err(|reason| format!("node name {name:?}: {reason}"))?;
+    Ok((name.to_string(), address))
+}
+
 impl ExecutorArgs {
-    fn config(self) -> Config {
+    fn config(self) -> anyhow::Result<Config> {
         let state_dir = self
             .state_dir
             .clone()
@@ -94,7 +138,34 @@ impl ExecutorArgs {
         if let Some(id) = self.id {
             config.id = id;
         }
-        config.nodes = self.nodes;
+        let mut addresses = BTreeMap::new();
+        for (node, address) in self
+            .nodes
+            .iter()
+            .filter_map(|(n, a)| Some((n, a.as_ref()?)))
+        {
+            addresses.insert(node.clone(), address.clone());
+        }
+        for (node, address) in self.ssh_addresses {
+            match addresses.get(&node) {
+                Some(known) if *known != address => {
+                    bail!("node {node}: --nodes says address {known}, --ssh-address says {address}")
+                }
+                _ => {
+                    addresses.insert(node, address);
+                }
+            }
+        }
+        config.nodes = self.nodes.into_iter().map(|(n, _)| n).collect();
+        config.addresses = addresses;
+        config.installer = match self.installer {
+            Installer::Dpkg => CoreInstaller::Dpkg,
+            Installer::Yum => CoreInstaller::Yum,
+        };
+        config.procedure = match self.procedure {
+            Procedure::Runbook => CoreProcedure::Runbook,
+            Procedure::UpgradeCommand => CoreProcedure::UpgradeCommand,
+        };
         config.max_output = self.max_output;
         config.heartbeat = Duration::from_millis(self.heartbeat_ms);
         config.fetch_wait = Duration::from_millis(self.fetch_wait_ms);
@@ -107,10 +178,9 @@ impl ExecutorArgs {
                 program: self.ssh_program,
                 user: self.ssh_user,
                 options: self.ssh_options,
-                addresses: self.ssh_addresses.into_iter().collect::<BTreeMap<_, _>>(),
             }),
         };
-        config
+        Ok(config)
     }
 }
 
@@ -124,7 +194,7 @@ pub fn run(args: ExecutorArgs) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .try_init();
 
-    let config = args.config();
+    let config = args.config()?;
     let group = config.group.clone();
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     runtime.block_on(async move {

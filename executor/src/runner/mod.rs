@@ -37,15 +37,16 @@ pub struct Ran {
 }
 
 impl RunnerConfig {
-    /// Run the request's command with its env and timeout, keeping the last
-    /// `max_output` bytes of each output stream.
-    pub async fn run(&self, req: &StepRequest, max_output: usize) -> Ran {
+    /// Run the request's command with its env and timeout on the node at
+    /// `address` (this executor's own, never the request's), keeping the
+    /// last `max_output` bytes of each output stream.
+    pub async fn run(&self, req: &StepRequest, address: &str, max_output: usize) -> Ran {
         let timeout = Duration::from_millis(req.timeout_ms);
         match self {
             RunnerConfig::Local => {
                 local::run(&req.argv, &req.env, timeout, max_output, local::Stdin::Null).await
             }
-            RunnerConfig::Ssh(cfg) => match cfg.wrap(req) {
+            RunnerConfig::Ssh(cfg) => match cfg.wrap(req, address) {
                 Ok(argv) => {
                     let env = Default::default();
                     local::run(&argv, &env, timeout, max_output, local::Stdin::HeldOpen).await

@@ -1,8 +1,8 @@
 //! Reach a node through the system `ssh` binary.
 //!
-//! The node's address comes from the request's `BATON_NODE_ADDRESS` env entry
-//! (set by the workflow from the cluster file), else from this executor's
-//! `addresses` map, else the node name itself. ssh always hands the remote
+//! The node's address comes only from this executor's own configuration
+//! (`--nodes NAME=ADDRESS`, else the node name); a request naming an address
+//! (`BATON_NODE_ADDRESS` in its env) is refused before it gets here. ssh always hands the remote
 //! command to the remote user's shell, so every argv element (and `env`
 //! assignment) is single-quoted: the remote shell sees exactly the argv.
 //!
@@ -18,7 +18,8 @@ use std::path::PathBuf;
 
 use protocol::StepRequest;
 
-/// The request env entry naming the node's address (`host` or `host:port`).
+/// The env key that once named the node's address in a request; now refused
+/// by the allow list (`crate::allow`), named here for its message.
 pub const ADDRESS_ENV: &str = "BATON_NODE_ADDRESS";
 
 /// How to call ssh.
@@ -30,8 +31,6 @@ pub struct SshConfig {
     pub user: Option<String>,
     /// Extra `-o` options, e.g. `StrictHostKeyChecking=accept-new`, `IdentityFile=...`.
     pub options: Vec<String>,
-    /// Node name -> address, for requests without `BATON_NODE_ADDRESS`.
-    pub addresses: BTreeMap<String, String>,
 }
 
 impl Default for SshConfig {
@@ -40,21 +39,14 @@ impl Default for SshConfig {
             program: "ssh".into(),
             user: None,
             options: Vec::new(),
-            addresses: BTreeMap::new(),
         }
     }
 }
 
 impl SshConfig {
-    /// The local argv that runs `req` on its node through ssh.
-    pub fn wrap(&self, req: &StepRequest) -> Result<Vec<String>, String> {
-        let address = req
-            .env
-            .get(ADDRESS_ENV)
-            .or_else(|| self.addresses.get(&req.node))
-            .cloned()
-            .unwrap_or_else(|| req.node.clone());
-        let (host, port) = split_address(&address)?;
+    /// The local argv that runs `req` on its node, at `address`, through ssh.
+    pub fn wrap(&self, req: &StepRequest, address: &str) -> Result<Vec<String>, String> {
+        let (host, port) = split_address(address)?;
         let mut argv = vec![
             self.program.display().to_string(),
             "-o".into(),
@@ -166,7 +158,7 @@ mod tests {
             ..Default::default()
         };
         let argv = cfg
-            .wrap(&request(&[(ADDRESS_ENV, "10.0.0.5:2222"), ("A", "x y")]))
+            .wrap(&request(&[("A", "x y")]), "10.0.0.5:2222")
             .unwrap();
         assert_eq!(
             argv,
@@ -183,10 +175,7 @@ mod tests {
                 "--",
                 "10.0.0.5",
                 &remote_command(
-                    &BTreeMap::from([
-                        ("A".to_string(), "x y".to_string()),
-                        (ADDRESS_ENV.to_string(), "10.0.0.5:2222".to_string()),
-                    ]),
+                    &BTreeMap::from([("A".to_string(), "x y".to_string())]),
                     &["echo".to_string(), "it's $HOME; ok".to_string()],
                 ),
             ]
@@ -228,16 +217,18 @@ mod tests {
     }
 
     #[test]
-    fn address_falls_back_to_the_map_then_the_node_name() {
-        let mut cfg = SshConfig::default();
-        let argv = cfg.wrap(&request(&[])).unwrap();
+    fn the_address_is_the_one_given_and_must_be_a_host() {
+        let cfg = SshConfig::default();
+        let argv = cfg.wrap(&request(&[]), "backend-1").unwrap();
         assert_eq!(argv[argv.len() - 2], "backend-1");
-        cfg.addresses.insert("backend-1".into(), "[::1]:22".into());
-        let argv = cfg.wrap(&request(&[])).unwrap();
+        let argv = cfg.wrap(&request(&[]), "[::1]:22").unwrap();
         assert_eq!(argv[argv.len() - 2], "::1");
-        assert!(cfg
-            .wrap(&request(&[(ADDRESS_ENV, "-oProxyCommand=x")]))
-            .is_err());
-        assert!(cfg.wrap(&request(&[(ADDRESS_ENV, "h:notaport")])).is_err());
+        // Even a request carrying an address does not change it.
+        let argv = cfg
+            .wrap(&request(&[(ADDRESS_ENV, "evil.example")]), "10.0.0.5")
+            .unwrap();
+        assert_eq!(argv[argv.len() - 2], "10.0.0.5");
+        assert!(cfg.wrap(&request(&[]), "-oProxyCommand=x").is_err());
+        assert!(cfg.wrap(&request(&[]), "h:notaport").is_err());
     }
 }

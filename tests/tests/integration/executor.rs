@@ -2,8 +2,14 @@
 //!
 //! Each test starts its own nats-server and real executor processes (the
 //! `baton` binary), publishes step requests the way the workflow service
-//! does, and counts the commands that actually ran: every test command
-//! appends a line to a file the test owns.
+//! does, and counts the commands that actually ran.
+//!
+//! An executor runs only renderings of its profile's templates (chef-backend:
+//! `chef-backend-ctl status`, `dpkg -i PACKAGE`, ...), so each test's
+//! executors find fake node tools first in their PATH: a fake tool runs the
+//! script the test wrote for that command (`Env::behave`), or else appends
+//! the command line to the test's `ran` file. The attacks at the end show
+//! that anything else published on a step subject runs nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,6 +33,16 @@ struct Env {
     dir: TempDir,
 }
 
+/// The node tools the fake `bin/` provides: each runs `do/<tool>-<first arg>.sh` if the test wrote it,
+/// else records `<tool> <args>` in `ran`.
+const FAKE_TOOLS: [&str; 4] = ["chef-backend-ctl", "dpkg", "dpkg-deb", "dpkg-query"];
+const FAKE_TOOL: &str = r#"#!/bin/sh
+t=$(basename "$0")
+f="$BATON_TEST_DIR/do/$t-$1.sh"
+if [ -f "$f" ]; then exec sh "$f" "$@"; fi
+echo "$t $*" >> "$BATON_TEST_DIR/ran"
+"#;
+
 impl Env {
     async fn start() -> Env {
         let nats = NatsServer::start().await.expect("nats-server starts");
@@ -42,22 +58,44 @@ impl Env {
         protocol::ensure(&js, &opts)
             .await
             .expect("streams are set up");
-        Env {
-            nats,
-            js,
-            dir: tempfile::tempdir().unwrap(),
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        std::fs::create_dir(dir.path().join("do")).unwrap();
+        for tool in FAKE_TOOLS {
+            let path = dir.path().join("bin").join(tool);
+            std::fs::write(&path, FAKE_TOOL).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
+        Env { nats, js, dir }
+    }
+
+    /// What the fake `<tool> <first>` does from now on: `script` (sh, with the tool's argv as `$@`).
+    fn behave(&self, tool: &str, first: &str, script: &str) {
+        std::fs::write(self.path("do").join(format!("{tool}-{first}.sh")), script).unwrap();
+    }
+
+    /// PATH with the fake node tools first.
+    fn fake_path(&self) -> String {
+        format!(
+            "{}:{}",
+            self.path("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    /// Start `baton executor` for `group` with its own state dir `state`.
+    /// Start `baton executor` for `group` with its own state dir `state`; it
+    /// serves backend-1 and backend-2 unless `extra` names its `--nodes`.
     fn executor(&self, group: &str, id: &str, state: &str, extra: &[&str]) -> Proc {
         let mut cmd = Command::new(workspace_bin("baton"));
         cmd.env("BATON_NATS_URL", self.nats.url())
             .env("RUST_LOG", "info")
+            .env("PATH", self.fake_path())
+            .env("BATON_TEST_DIR", self.dir.path())
             .arg("executor")
             .args(["--group", group, "--id", id])
             .arg("--state-dir")
@@ -67,6 +105,9 @@ impl Env {
             .args(["--ack-wait-ms", &ACK_WAIT_MS.to_string()])
             .args(["--fetch-wait-ms", "300"])
             .args(extra);
+        if !extra.contains(&"--nodes") {
+            cmd.args(["--nodes", "backend-1,backend-2"]);
+        }
         Proc::spawn(id, cmd, &self.path(&format!("{id}.log"))).expect("executor starts")
     }
 
@@ -154,7 +195,15 @@ impl Env {
     }
 }
 
-fn request(upgrade: &str, step: u64, group: &str, argv: &[&str]) -> StepRequest {
+/// A request for backend-1 to run `chef-backend-ctl <sub>` (a template of
+/// the chef-backend profile: `status`, `cluster-status`, `stop`, `start`,
+/// `demote`), as the workflow service renders it.
+fn request(upgrade: &str, step: u64, group: &str, sub: &str) -> StepRequest {
+    let action = match sub {
+        "status" => "probe_status",
+        "cluster-status" => "probe_cluster_status",
+        other => other,
+    };
     StepRequest {
         v: protocol::PROTOCOL_VERSION,
         upgrade: upgrade.to_string(),
@@ -163,15 +212,15 @@ fn request(upgrade: &str, step: u64, group: &str, argv: &[&str]) -> StepRequest 
         epoch: 1,
         node: "backend-1".into(),
         group: group.to_string(),
-        action: "test".into(),
-        argv: argv.iter().map(|s| s.to_string()).collect(),
+        action: action.into(),
+        argv: vec!["chef-backend-ctl".into(), sub.into()],
         env: BTreeMap::new(),
         timeout_ms: 10_000,
         deadline_ms: now_ms() + 60_000,
     }
 }
 
-/// `sh -c '<script>'`, the test's way to count runs: `echo <tag> >> <file>`.
+/// `sh -c '<script>'`: what an attacker would like an executor to run.
 fn sh(script: &str) -> Vec<String> {
     vec!["sh".into(), "-c".into(), script.to_string()]
 }
@@ -201,12 +250,17 @@ async fn a_step_runs_once_and_its_result_carries_exit_code_and_output_tails() {
     let exec = env.executor("g1", "ex-a", "state-a", &[]);
     let ran = env.path("ran");
     let up = upgrade_id();
-    let mut req = request(&up, 1, "g1", &[]);
-    req.argv = sh(&format!(
-        "echo 1 >> {}; echo \"hello $WHO\"; echo warning >&2; exit 3",
-        ran.display()
-    ));
-    req.env.insert("WHO".into(), "baton".into());
+    env.behave(
+        "chef-backend-ctl",
+        "status",
+        &format!(
+            "echo 1 >> {}; echo \"hello $LANG\"; echo warning >&2; exit 3",
+            ran.display()
+        ),
+    );
+    let mut req = request(&up, 1, "g1", "status");
+    // An env key of the allow list reaches the command.
+    req.env.insert("LANG".into(), "baton".into());
     env.publish(&req).await;
 
     let results = env.wait_results(&up, 1, &[&exec]).await;
@@ -225,7 +279,8 @@ async fn a_step_runs_once_and_its_result_carries_exit_code_and_output_tails() {
 
     // A bounded tail: only the last --max-output bytes come back.
     let exec2 = env.executor("g2", "ex-b", "state-b", &["--max-output", "16"]);
-    let mut big = request(&up, 2, "g2", &["sh", "-c", "seq 1 10000"]);
+    env.behave("chef-backend-ctl", "cluster-status", "seq 1 10000");
+    let mut big = request(&up, 2, "g2", "cluster-status");
     big.node = "backend-2".into();
     env.publish(&big).await;
     let results = env.wait_results(&up, 2, &[&exec2]).await;
@@ -242,14 +297,16 @@ async fn two_executors_in_one_group_share_100_steps_each_run_exactly_once() {
     let b = env.executor("pool", "ex-b", "state-b", &[]);
     let ran = env.path("ran");
     let up = upgrade_id();
+    // A short sleep so both executors are busy at once and share the work;
+    // each run appends its process id.
+    env.behave(
+        "chef-backend-ctl",
+        "status",
+        &format!("echo $$ >> {}; sleep 0.02", ran.display()),
+    );
     let started = Instant::now();
     for step in 1..=100u64 {
-        // A short sleep so both executors are busy at once and share the work.
-        let req = StepRequest {
-            argv: sh(&format!("echo {step} >> {}; sleep 0.02", ran.display())),
-            ..request(&up, step, "pool", &[])
-        };
-        env.publish(&req).await;
+        env.publish(&request(&up, step, "pool", "status")).await;
     }
     let results = env.wait_results(&up, 100, &[&a, &b]).await;
     let elapsed = started.elapsed();
@@ -258,13 +315,8 @@ async fn two_executors_in_one_group_share_100_steps_each_run_exactly_once() {
     assert_eq!(steps, (1..=100).collect::<BTreeSet<u64>>());
     assert_eq!(results.len(), 100, "one result per step");
     assert!(results.iter().all(|r| r.outcome == Outcome::Succeeded));
-    let mut runs: Vec<u64> = lines(&ran).iter().map(|l| l.parse().unwrap()).collect();
-    runs.sort();
-    assert_eq!(
-        runs,
-        (1..=100).collect::<Vec<u64>>(),
-        "each step ran exactly once"
-    );
+    // 100 steps with one result each and 100 runs: none ran twice.
+    assert_eq!(lines(&ran).len(), 100, "each step ran exactly once");
     let by: BTreeSet<&str> = results.iter().map(|r| r.executor.as_str()).collect();
     assert_eq!(
         by,
@@ -281,10 +333,12 @@ async fn a_redelivered_finished_step_is_answered_from_the_ledger_not_rerun() {
     let exec = env.executor("g1", "ex-a", "state-a", &[]);
     let ran = env.path("ran");
     let up = upgrade_id();
-    let req = StepRequest {
-        argv: sh(&format!("echo run >> {}; echo done", ran.display())),
-        ..request(&up, 1, "g1", &[])
-    };
+    env.behave(
+        "chef-backend-ctl",
+        "status",
+        &format!("echo run >> {}; echo done", ran.display()),
+    );
+    let req = request(&up, 1, "g1", "status");
     env.publish(&req).await;
     let first = env.wait_results(&up, 1, &[&exec]).await[0].clone();
     assert_eq!(first.outcome, Outcome::Succeeded);
@@ -312,14 +366,16 @@ async fn an_executor_killed_mid_step_reports_unknown_after_restart_and_does_not_
     let ran = env.path("ran");
     let pids = env.path("pids");
     let up = upgrade_id();
-    let req = StepRequest {
-        argv: sh(&format!(
+    env.behave(
+        "chef-backend-ctl",
+        "stop",
+        &format!(
             "echo $$ >> {}; echo run >> {}; sleep 30",
             pids.display(),
             ran.display()
-        )),
-        ..request(&up, 1, "g1", &[])
-    };
+        ),
+    );
+    let req = request(&up, 1, "g1", "stop");
     env.publish(&req).await;
     assert!(
         wait_until(SOON, || lines(&ran).len() == 1).await,
@@ -356,13 +412,17 @@ async fn a_step_over_its_timeout_is_killed_with_its_process_group() {
     let exec = env.executor("g1", "ex-a", "state-a", &[]);
     let pids = env.path("pids");
     let up = upgrade_id();
-    let req = StepRequest {
-        argv: sh(&format!(
+    env.behave(
+        "chef-backend-ctl",
+        "stop",
+        &format!(
             "echo $$ >> {p}; sleep 30 & echo $! >> {p}; echo started; wait",
             p = pids.display()
-        )),
+        ),
+    );
+    let req = StepRequest {
         timeout_ms: 500,
-        ..request(&up, 1, "g1", &[])
+        ..request(&up, 1, "g1", "stop")
     };
     env.publish(&req).await;
     let r = env.wait_results(&up, 1, &[&exec]).await[0].clone();
@@ -405,10 +465,18 @@ async fn stale_epoch_and_malformed_requests_are_rejected_counted_and_serving_goe
     let exec = env.executor("g1", "ex-a", "state-a", &[]);
     let ran = env.path("ran");
     let up = upgrade_id();
-    let step = |n: u64, epoch: u64| StepRequest {
-        argv: sh(&format!("echo {n} >> {}", ran.display())),
-        epoch,
-        ..request(&up, n, "g1", &[])
+    env.behave(
+        "chef-backend-ctl",
+        "status",
+        &format!("echo $TZ >> {}", ran.display()),
+    );
+    let step = |n: u64, epoch: u64| {
+        let mut req = StepRequest {
+            epoch,
+            ..request(&up, n, "g1", "status")
+        };
+        req.env.insert("TZ".into(), n.to_string());
+        req
     };
     env.publish(&step(1, 5)).await;
     env.wait_results(&up, 1, &[&exec]).await;
@@ -496,14 +564,12 @@ async fn presence_appears_heartbeats_and_disappears_on_shutdown_and_after_a_kill
     // executor exits 0 and its presence is removed.
     let ran = env.path("ran");
     let up = upgrade_id();
-    let req = StepRequest {
-        argv: sh(&format!(
-            "echo run >> {}; sleep 1; echo finished",
-            ran.display()
-        )),
-        ..request(&up, 1, "g1", &[])
-    };
-    env.publish(&req).await;
+    env.behave(
+        "chef-backend-ctl",
+        "start",
+        &format!("echo run >> {}; sleep 1; echo finished", ran.display()),
+    );
+    env.publish(&request(&up, 1, "g1", "start")).await;
     assert!(wait_until(SOON, || lines(&ran).len() == 1).await);
     graceful.signal(Signal::SIGTERM);
     let status = graceful.wait_exit(SOON).expect("exits after SIGTERM");
@@ -545,14 +611,12 @@ async fn a_nats_restart_mid_step_still_delivers_the_result_once() {
     let exec = env.executor("g1", "ex-a", "state-a", &[]);
     let ran = env.path("ran");
     let up = upgrade_id();
-    let req = StepRequest {
-        argv: sh(&format!(
-            "echo run >> {}; sleep 1.5; echo survived",
-            ran.display()
-        )),
-        ..request(&up, 1, "g1", &[])
-    };
-    env.publish(&req).await;
+    env.behave(
+        "chef-backend-ctl",
+        "start",
+        &format!("echo run >> {}; sleep 1.5; echo survived", ran.display()),
+    );
+    env.publish(&request(&up, 1, "g1", "start")).await;
     assert!(
         wait_until(SOON, || lines(&ran).len() == 1).await,
         "{}",
@@ -578,11 +642,33 @@ async fn a_nats_restart_mid_step_still_delivers_the_result_once() {
 async fn the_ssh_runner_runs_the_argv_on_the_node_through_a_real_sshd() {
     let sshd = tests::Sshd::start().await.expect("sshd starts on loopback");
     let env = Env::start().await;
+    // The node's tools are the fake ones: a wrapper around the real ssh puts
+    // them first in the remote PATH (a real node has chef-backend-ctl on its
+    // own), and passes the test dir to them. Everything else is real: the
+    // remote shell, sshd, the process groups.
+    let wrapper = env.path("ssh-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/bash\nargs=(\"$@\"); last=${{args[-1]}}; unset 'args[-1]'\n\
+             exec ssh \"${{args[@]}}\" \"PATH={bin}:\\$PATH BATON_TEST_DIR={dir}; export PATH BATON_TEST_DIR; $last\"\n",
+            bin = env.path("bin").display(),
+            dir = env.dir.path().display(),
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nodes = format!("backend-1={}", sshd.address());
     let mut args: Vec<String> = vec![
         "--runner".into(),
         "ssh".into(),
+        "--ssh-program".into(),
+        wrapper.display().to_string(),
         "--ssh-user".into(),
         sshd.user(),
+        "--nodes".into(),
+        nodes,
     ];
     for o in sshd.client_options() {
         args.push("--ssh-option".into());
@@ -592,19 +678,28 @@ async fn the_ssh_runner_runs_the_argv_on_the_node_through_a_real_sshd() {
     let exec = env.executor("pool", "ex-ssh", "state-ssh", &args);
     let ran = env.path("ran");
     let up = upgrade_id();
-    let mut req = request(&up, 1, "pool", &[]);
-    // Quotes, spaces and `$` survive the remote shell: the argv arrives intact.
-    req.argv = vec![
-        "sh".into(),
-        "-c".into(),
-        format!(
-            "echo \"$GREETING\" >> {}; printf '%s\\n' \"$0\"; exit 4",
+    // Quotes, spaces, braces, `$` and a backslash survive the remote shell:
+    // the argv of the dpkg version probe arrives intact (the fake prints it).
+    env.behave(
+        "dpkg-query",
+        "-W",
+        &format!(
+            "echo \"$LANG\" >> {}; printf '%s|' \"$@\"; echo; exit 4",
             ran.display()
         ),
-        "it's $HOME; ok".into(),
+    );
+    let probe = [
+        "dpkg-query",
+        "-W",
+        "-f=${db:Status-Status} ${Version}\\n",
+        "chef-backend",
     ];
-    req.env.insert("GREETING".into(), "hello over ssh".into());
-    req.env.insert("BATON_NODE_ADDRESS".into(), sshd.address());
+    let mut req = StepRequest {
+        action: "probe_version".into(),
+        argv: probe.iter().map(|s| s.to_string()).collect(),
+        ..request(&up, 1, "pool", "status")
+    };
+    req.env.insert("LANG".into(), "C.UTF-8".into());
     env.publish(&req).await;
     let r = env.wait_results(&up, 1, &[&exec]).await[0].clone();
     assert_eq!(
@@ -614,18 +709,21 @@ async fn the_ssh_runner_runs_the_argv_on_the_node_through_a_real_sshd() {
         sshd.log()
     );
     assert_eq!(r.exit_code, Some(4), "{r:?}");
-    assert_eq!(r.stdout_tail, "it's $HOME; ok\n");
-    assert_eq!(lines(&ran), vec!["hello over ssh"]);
+    assert_eq!(r.stdout_tail, format!("{}|\n", probe[1..].join("|")));
+    assert_eq!(lines(&ran), vec!["C.UTF-8"]);
 
     // A timeout kills the local ssh, and with it the remote process group.
     let pids = env.path("pids");
-    let mut slow = request(&up, 2, "pool", &[]);
-    slow.argv = sh(&format!(
-        "echo $$ >> {p}; sleep 30 & echo $! >> {p}; echo started; wait",
-        p = pids.display()
-    ));
+    env.behave(
+        "chef-backend-ctl",
+        "stop",
+        &format!(
+            "echo $$ >> {p}; sleep 30 & echo $! >> {p}; echo started; wait",
+            p = pids.display()
+        ),
+    );
+    let mut slow = request(&up, 2, "pool", "stop");
     slow.timeout_ms = 1000;
-    slow.env.insert("BATON_NODE_ADDRESS".into(), sshd.address());
     env.publish(&slow).await;
     let results = env.wait_results(&up, 2, &[&exec]).await;
     let r = results.iter().find(|r| r.step == 2).unwrap();
@@ -643,13 +741,16 @@ async fn the_ssh_runner_runs_the_argv_on_the_node_through_a_real_sshd() {
 
 /// The library API runs an executor in-process (as `baton dev` may). Also
 /// prints the step round trip (publish request -> result stored) measured
-/// over sequential `true` steps; the figure is informative, not asserted.
+/// over sequential steps of the real `dpkg-query` version probe (it exits 1
+/// on a machine without chef-backend, or fails to start without dpkg: either
+/// way it ran, and was not refused); the figure is informative, not asserted.
 #[tokio::test]
 async fn an_in_process_executor_answers_sequential_steps() {
     let env = Env::start().await;
     let mut config = executor::Config::new("inproc", env.path("state-inproc"));
     config.nats_url = env.nats.url();
     config.id = "ex-inproc".into();
+    config.nodes = vec!["backend-1".into()];
     config.heartbeat = Duration::from_millis(200);
     config.fetch_wait = Duration::from_millis(300);
     config.setup.presence_ttl = Duration::from_millis(PRESENCE_TTL_MS);
@@ -662,7 +763,19 @@ async fn an_in_process_executor_answers_sequential_steps() {
     let mut latencies = Vec::new();
     use futures::StreamExt as _;
     for step in 1..=50u64 {
-        let req = request(&up, step, "inproc", &["true"]);
+        let req = StepRequest {
+            action: "probe_version".into(),
+            argv: [
+                "dpkg-query",
+                "-W",
+                "-f=${db:Status-Status} ${Version}\\n",
+                "chef-backend",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            ..request(&up, step, "inproc", "status")
+        };
         let sent = Instant::now();
         env.publish(&req).await;
         let msg = tokio::time::timeout(SOON, results.next())
@@ -671,13 +784,14 @@ async fn an_in_process_executor_answers_sequential_steps() {
             .expect("subscription open");
         latencies.push(sent.elapsed());
         let r = decode_result(&msg.payload).unwrap();
-        assert_eq!((r.step, r.outcome), (step, Outcome::Succeeded));
+        assert_eq!(r.step, step);
+        assert_ne!(r.outcome, Outcome::Rejected, "{r:?}");
     }
     shutdown.cancel();
     task.await.unwrap().expect("executor stops cleanly");
     latencies.sort();
     eprintln!(
-        "step round trip over {} sequential steps (`true`): p50 {:?}, p90 {:?}, max {:?}",
+        "step round trip over {} sequential steps (`dpkg-query`): p50 {:?}, p90 {:?}, max {:?}",
         latencies.len(),
         latencies[latencies.len() / 2],
         latencies[latencies.len() * 9 / 10],
@@ -696,14 +810,16 @@ async fn a_step_redelivered_to_a_sibling_after_its_executor_died_is_not_run_twic
     let ran = env.path("ran");
     let pids = env.path("pids");
     let up = upgrade_id();
-    let req = StepRequest {
-        argv: sh(&format!(
+    env.behave(
+        "chef-backend-ctl",
+        "stop",
+        &format!(
             "echo $$ >> {}; echo run >> {}; sleep 30",
             pids.display(),
             ran.display()
-        )),
-        ..request(&up, 1, "pool", &[])
-    };
+        ),
+    );
+    let req = request(&up, 1, "pool", "stop");
     env.publish(&req).await;
     assert!(wait_until(SOON, || lines(&ran).len() == 1).await);
 
@@ -771,7 +887,14 @@ async fn setup_refuses_a_server_without_jetstream_and_a_conflicting_stream_clear
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(workspace_bin("baton"))
         .env("BATON_NATS_URL", nats.url())
-        .args(["executor", "--group", "g1", "--state-dir"])
+        .args([
+            "executor",
+            "--group",
+            "g1",
+            "--nodes",
+            "backend-1",
+            "--state-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -809,15 +932,16 @@ async fn a_step_longer_than_ack_wait_keeps_its_executor_through_progress_acks() 
     let up = upgrade_id();
     // Without progress acks the request would be redelivered to the idle
     // sibling after ack_wait, which would answer `unknown` first.
-    let req = StepRequest {
-        argv: sh(&format!(
+    env.behave(
+        "chef-backend-ctl",
+        "start",
+        &format!(
             "echo run >> {}; sleep {}; echo done",
             ran.display(),
             ACK_WAIT_MS as f64 / 1000.0 * 1.5
-        )),
-        ..request(&up, 1, "pool", &[])
-    };
-    env.publish(&req).await;
+        ),
+    );
+    env.publish(&request(&up, 1, "pool", "start")).await;
     let r = env.wait_results(&up, 1, &[&a, &b]).await[0].clone();
     assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
     assert_eq!(r.stdout_tail, "done\n");
@@ -848,14 +972,10 @@ async fn an_executor_started_before_nats_waits_for_it_then_serves() {
     env.nats.restart().await.expect("nats-server starts again");
     let ran = env.path("ran");
     let up = upgrade_id();
-    let req = StepRequest {
-        argv: sh(&format!("echo run >> {}", ran.display())),
-        ..request(&up, 1, "g1", &[])
-    };
-    env.publish(&req).await;
+    env.publish(&request(&up, 1, "g1", "status")).await;
     let r = env.wait_results(&up, 1, &[&exec]).await[0].clone();
     assert_eq!(r.outcome, Outcome::Succeeded);
-    assert_eq!(lines(&ran), vec!["run"]);
+    assert_eq!(lines(&ran), vec!["chef-backend-ctl status"]);
 }
 
 #[tokio::test]
@@ -879,5 +999,295 @@ async fn concurrent_setups_with_different_tunables_all_succeed() {
     }
     while let Some(done) = tasks.join_next().await {
         done.unwrap().unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
+/// Publish `req` raw on `baton.step.<group>`, as any NATS client can (no
+/// msg id, so the stream's de-duplication does not interfere).
+async fn attack(env: &Env, req: &StepRequest) {
+    env.publish_raw(&req.group, &req.encode()).await;
+}
+
+/// Issue 11's attacks on an executor, each published raw on its step
+/// subject: none runs anything (the marker file that the attack's argv would
+/// create stays absent, the fake node tools record no call), each is answered
+/// `rejected` with its reason, counted by kind in the presence record and
+/// logged; and legitimate steps, before and after, still run.
+#[tokio::test]
+async fn attacks_published_on_a_step_subject_run_nothing_and_are_refused_counted_and_logged() {
+    let env = Env::start().await;
+    let exec = env.executor(
+        "g1",
+        "ex-a",
+        "state-a",
+        &["--nodes", "backend-1=10.0.0.1", "--installer", "dpkg"],
+    );
+    let ran = env.path("ran");
+    let marker = env.path("pwned");
+    let package = env.path("chef-backend_3.1.0-1_amd64.deb");
+    std::fs::write(&package, b"package").unwrap();
+    let package = package.display().to_string();
+    let up = upgrade_id();
+    let touch = sh(&format!("id > {}", marker.display()));
+
+    let install = |step: u64, pkg: &str| StepRequest {
+        action: "install".into(),
+        argv: vec!["dpkg".into(), "-i".into(), pkg.to_string()],
+        ..request(&up, step, "g1", "status")
+    };
+    let with_env = |step: u64, key: &str, value: &str| {
+        let mut req = request(&up, step, "g1", "stop");
+        req.env.insert(key.into(), value.into());
+        req
+    };
+    // (request, the reason it must be refused with, counted as not_allowed)
+    let mut attacks: Vec<(StepRequest, &str, bool)> = vec![
+        (
+            StepRequest {
+                argv: touch.clone(),
+                ..request(&up, 1, "g1", "stop")
+            },
+            "is not action stop's template",
+            true,
+        ),
+        (install(2, "-x.deb"), "starts with '-'", true),
+        (install(3, "--force-all"), "starts with '-'", true),
+        (
+            install(4, "http://evil.example/chef-backend_9.9.9-1_amd64.deb"),
+            "a URL",
+            true,
+        ),
+        (
+            install(5, "chef-backend_3.1.0-1_amd64.deb"),
+            "not an absolute path",
+            true,
+        ),
+        (
+            install(6, "/nonexistent/chef-backend_3.1.0-1_amd64.deb"),
+            "cannot be read",
+            true,
+        ),
+        (
+            with_env(7, "-S", "id"),
+            "env key \"-S\" is not allowed",
+            true,
+        ),
+        (
+            with_env(8, "BATON_NODE_ADDRESS", "evil.example"),
+            "comes only from the executor's own --nodes",
+            true,
+        ),
+        (
+            with_env(9, "LD_PRELOAD", "/tmp/evil.so"),
+            "env key \"LD_PRELOAD\" is not allowed",
+            true,
+        ),
+        (
+            StepRequest {
+                node: "backend-2".into(),
+                ..request(&up, 10, "g1", "stop")
+            },
+            "node \"backend-2\" is not served by this executor (it serves backend-1)",
+            false,
+        ),
+        // The label must match the template it renders.
+        (
+            StepRequest {
+                argv: vec!["chef-backend-ctl".into(), "stop".into()],
+                ..request(&up, 11, "g1", "status")
+            },
+            "is not action probe_status's template",
+            true,
+        ),
+        // Not in this executor's runbook profile.
+        (request(&up, 12, "g1", "upgrade"), "procedure runbook", true),
+    ];
+    // A new upgrade id with the highest epoch passes the epoch fence, and
+    // still runs nothing that is not a template.
+    let other_up = upgrade_id();
+    attacks.push((
+        StepRequest {
+            argv: touch.clone(),
+            epoch: u64::MAX,
+            ..request(&other_up, 1, "g1", "stop")
+        },
+        "is not action stop's template",
+        true,
+    ));
+    for (req, _, _) in &attacks {
+        attack(&env, req).await;
+    }
+
+    // A legitimate step still runs after all that.
+    let legit = request(&up, 20, "g1", "status");
+    env.publish(&legit).await;
+    let results = env.wait_results(&up, attacks.len(), &[&exec]).await;
+    let other_results = env.wait_results(&other_up, 1, &[&exec]).await;
+    let by_step: BTreeMap<u64, &StepResult> = results.iter().map(|r| (r.step, r)).collect();
+    for (req, why, _) in &attacks {
+        let r = if req.upgrade == other_up {
+            &other_results[0]
+        } else {
+            by_step[&req.step]
+        };
+        assert_eq!(r.outcome, Outcome::Rejected, "{req:?}: {r:?}");
+        let reason = r.reason.as_deref().unwrap_or_default();
+        assert!(reason.contains(why), "step {}: {reason}", req.step);
+    }
+    assert_eq!(
+        by_step[&20].outcome,
+        Outcome::Succeeded,
+        "{:?}",
+        by_step[&20]
+    );
+
+    // Replays: the step id 20 again, with other argv (a real template), is a
+    // conflict; nothing is answered from the ledger as if it were step 20.
+    let replay = StepRequest {
+        argv: vec!["chef-backend-ctl".into(), "stop".into()],
+        action: "stop".into(),
+        ..legit.clone()
+    };
+    attack(&env, &replay).await;
+    // A step id pre-published with an attacker's argv is refused and does not
+    // keep the real request under that id from running, nor its result from
+    // being stored.
+    attack(
+        &env,
+        &StepRequest {
+            argv: touch.clone(),
+            ..install(21, &package)
+        },
+    )
+    .await;
+    env.publish(&install(21, &package)).await;
+    // A request past its deadline.
+    attack(
+        &env,
+        &StepRequest {
+            deadline_ms: now_ms() - 1000,
+            ..request(&up, 22, "g1", "stop")
+        },
+    )
+    .await;
+    // A step id another executor of the group claimed for another command.
+    let claims = env.js.get_key_value(subjects::CLAIMS_BUCKET).await.unwrap();
+    claims
+        .put(
+            subjects::claim_key(&up, 23, 1),
+            br#"{"token":"ex-other/1/1","digest":"0000"}"#.to_vec().into(),
+        )
+        .await
+        .unwrap();
+    attack(&env, &request(&up, 23, "g1", "stop")).await;
+
+    let n = attacks.len() - 1 + 1 + 4; // this upgrade's attacks, step 20, then 20 again, 21 x2, 22, 23
+    let results = env.wait_results(&up, n + 1, &[&exec]).await;
+    let of =
+        |step: u64| -> Vec<&StepResult> { results.iter().filter(|r| r.step == step).collect() };
+    let twenty = of(20);
+    assert_eq!(twenty.len(), 2, "{twenty:?}");
+    assert_eq!(twenty[0].outcome, Outcome::Succeeded);
+    assert_eq!(twenty[1].outcome, Outcome::Rejected);
+    assert!(
+        twenty[1]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("was already used here for another command"),
+        "{:?}",
+        twenty[1]
+    );
+    let outcomes: Vec<Outcome> = of(21).iter().map(|r| r.outcome).collect();
+    assert_eq!(outcomes, vec![Outcome::Rejected, Outcome::Succeeded]);
+    assert!(of(22)[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("deadline passed"));
+    assert_eq!(of(23)[0].outcome, Outcome::Rejected);
+    assert!(
+        of(23)[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("already claimed by executor ex-other/1/1 for another command"),
+        "{:?}",
+        of(23)[0]
+    );
+
+    // Nothing ran but the two legitimate steps.
+    assert!(!marker.exists(), "an attack ran");
+    assert_eq!(
+        lines(&ran),
+        vec![
+            "chef-backend-ctl status".to_string(),
+            format!("dpkg -i {package}")
+        ]
+    );
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+
+    // Counted by kind, and logged with the reason.
+    let not_allowed = attacks.iter().filter(|a| a.2).count() as u64 + 1;
+    let rejected = attacks.len() as u64 + 1 + 1 + 1 + 1; // + 20 again, 21 attack, 22, 23
+    let kv = env.presence_bucket().await;
+    assert!(
+        wait_until_async(SOON, || async {
+            presence_of(&kv, "ex-a").await.is_some_and(|p| {
+                p.executed == 2
+                    && p.rejected == rejected
+                    && p.not_allowed == not_allowed
+                    && p.conflicts == 2
+            })
+        })
+        .await,
+        "counters: {:?}, expected rejected {rejected}, not_allowed {not_allowed}",
+        presence_of(&kv, "ex-a").await
+    );
+    let log = exec.log();
+    for needle in [
+        "kind=not_allowed",
+        "kind=conflict",
+        "kind=wrong_target",
+        "kind=stale",
+        "rejected a step request",
+        "starts with '-'",
+    ] {
+        assert!(log.contains(needle), "{needle:?} not in the log:\n{log}");
+    }
+}
+
+/// An executor refuses flags that name nodes or groups that are not subject
+/// tokens, or no nodes at all, before connecting anywhere.
+#[test]
+fn executor_flags_with_invalid_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (
+            vec!["--group", "x y", "--nodes", "backend-1"],
+            "group \"x y\"",
+        ),
+        (
+            vec!["--group", "g.1", "--nodes", "backend-1"],
+            "group \"g.1\"",
+        ),
+        (
+            vec!["--group", "g1", "--nodes", "backend 1"],
+            "node name \"backend 1\"",
+        ),
+        (vec!["--group", "g1", "--nodes", "b>"], "node name \"b>\""),
+        (vec!["--group", "g1"], "--nodes"),
+    ] {
+        let out = Command::new(workspace_bin("baton"))
+            .env("BATON_NATS_URL", "nats://127.0.0.1:1")
+            .arg("executor")
+            .args(&args)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }

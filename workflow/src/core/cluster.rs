@@ -31,6 +31,27 @@ use toml::Spanned;
 use super::error::CoreError;
 use super::profile::{Action, Installer, Procedure};
 
+/// Check that `value` may be a node name or an executor group: one NATS subject token, spelled conservatively
+/// as `[A-Za-z0-9_-]{1,128}` (no whitespace, `.`, `*`, `>`, control or non-ASCII characters). The same rule as
+/// `protocol::subjects::validate_token` (the pure core cannot depend on the wire crate; a test keeps them equal):
+/// groups become subjects (`baton.step.<group>`) and consumer names, and node names travel in step requests
+/// that executors check with that rule.
+pub fn check_name(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() {
+        return Err("empty");
+    }
+    if value.len() > 128 {
+        return Err("longer than 128 characters");
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("only ASCII letters, digits, '-' and '_' are allowed");
+    }
+    Ok(())
+}
+
 /// An approval gate: the upgrade waits at it until an operator approves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -227,6 +248,17 @@ impl Locator<'_> {
         Ok(text.to_string())
     }
 
+    /// A node name or executor group must be one NATS subject token ([`check_name`]).
+    fn name(&self, value: &Spanned<String>, text: &str, field: &str) -> Result<(), CoreError> {
+        check_name(text).map_err(|reason| {
+            self.err(
+                Some(value.span()),
+                field,
+                format!("invalid name `{text}`: {reason} (it is used as a NATS subject token)"),
+            )
+        })
+    }
+
     fn positive(
         &self,
         value: &Option<Spanned<u64>>,
@@ -305,15 +337,10 @@ impl ClusterFile {
                     format!("duplicate node name `{name}`"),
                 ));
             }
-            if name.chars().any(char::is_whitespace) {
-                return Err(loc.err(
-                    Some(n.name.span()),
-                    field("name"),
-                    "must not contain whitespace",
-                ));
-            }
+            loc.name(&n.name, &name, &field("name"))?;
             let address = loc.non_empty(&n.address, &field("address"))?;
             let executor = loc.non_empty(&n.executor, &field("executor"))?;
+            loc.name(&n.executor, &executor, &field("executor"))?;
             let vars = n
                 .vars
                 .iter()
@@ -517,6 +544,59 @@ install = 1234
         let text = GOOD.replace("\"yum\"", "\"apt\"");
         assert!(error_of(&text)
             .starts_with("cluster.toml:20: upgrade.installer: unknown installer `apt`"));
+    }
+
+    #[test]
+    fn node_names_and_executor_groups_must_be_subject_tokens() {
+        let text = GOOD.replace("executor = \"g2\"", "executor = \"x y\"");
+        assert_eq!(
+            error_of(&text),
+            "cluster.toml:15: nodes[2].executor: invalid name `x y`: only ASCII letters, digits, '-' and '_' are \
+             allowed (it is used as a NATS subject token)"
+        );
+        for bad in ["g.2", "g*", "g>", "g\\t2", "ü"] {
+            let text = GOOD.replace("executor = \"g2\"", &format!("executor = \"{bad}\""));
+            assert!(
+                error_of(&text).starts_with("cluster.toml:15: nodes[2].executor: invalid name"),
+                "{bad:?}: {}",
+                error_of(&text)
+            );
+        }
+        let text = GOOD.replace("name = \"backend-2\"", "name = \"backend-2.example.com\"");
+        assert!(error_of(&text).starts_with("cluster.toml:13: nodes[2].name: invalid name"));
+        let text = GOOD.replace("name = \"backend-2\"", "name = \"backend 2\"");
+        assert!(error_of(&text).starts_with("cluster.toml:13: nodes[2].name: invalid name"));
+    }
+
+    /// The core's rule and the wire crate's are the same rule.
+    #[cfg(feature = "service")]
+    #[test]
+    fn check_name_agrees_with_the_protocol_crate() {
+        let long = "a".repeat(129);
+        for sample in [
+            "",
+            "a",
+            "backend-1",
+            "g_2",
+            "A-z_0",
+            "a b",
+            "a.b",
+            "*",
+            ">",
+            "a\tb",
+            "a\u{7f}",
+            "ü",
+            "a:b",
+            "a/b",
+            &long[..128],
+            &long,
+        ] {
+            assert_eq!(
+                check_name(sample).is_ok(),
+                protocol::subjects::validate_token(sample).is_ok(),
+                "{sample:?}"
+            );
+        }
     }
 
     #[test]

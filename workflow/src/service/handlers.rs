@@ -4,6 +4,7 @@
 //! Malformed requests are answered with a rejection and counted; they never
 //! stop the service.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -98,6 +99,7 @@ async fn handle(
         "submit" | "plan" => submit(shared, verb, decode(verb, payload)?).await,
         "status" => {
             let request: UpgradeRef = decode(verb, payload)?;
+            check_upgrade_id(&request.upgrade)?;
             Ok(match status(shared, &request.upgrade).await? {
                 Some(view) => ApiReply::ok(&view),
                 None => not_found(&request.upgrade),
@@ -105,9 +107,15 @@ async fn handle(
         }
         "list" => Ok(ApiReply::ok(&list(shared).await?)),
         "pause" | "resume" | "abort" | "approve" | "resolve" => {
-            operator(shared, verb, decode(verb, payload)?).await
+            let request: OperatorRequest = decode(verb, payload)?;
+            check_upgrade_id(&request.upgrade)?;
+            operator(shared, verb, request).await
         }
-        "events" => events(shared, decode(verb, payload)?),
+        "events" => {
+            let request: EventsRequest = decode(verb, payload)?;
+            check_upgrade_id(&request.upgrade)?;
+            events(shared, request)
+        }
         "executors" => Ok(ApiReply::ok(&executors_online(shared).await)),
         "audit" => {
             let _quiet = shared.append_gate.write().await;
@@ -129,6 +137,23 @@ async fn handle(
             "unknown API verb `{other}` (known: submit, plan, status, list, pause, resume, abort, approve, resolve, events, executors, audit)"
         ))),
     }
+}
+
+/// An upgrade id that enters through the API must be one NATS subject token (it becomes `baton.result.<id>`
+/// and `baton.event.<id>`) and a ULID (the service makes them so); anything else is a rejection, counted and
+/// logged by `serve` as a malformed request, before it reaches a loop or the log.
+fn check_upgrade_id(upgrade: &str) -> Result<(), HandlerError> {
+    protocol::subjects::validate_token(upgrade).map_err(|reason| {
+        HandlerError::BadRequest(format!(
+            "invalid upgrade id {upgrade:?}: {reason} (upgrade ids are ULIDs, as `baton list` shows them)"
+        ))
+    })?;
+    if upgrade::stream_of(upgrade).is_none() {
+        return Err(HandlerError::BadRequest(format!(
+            "invalid upgrade id {upgrade:?}: not a ULID (upgrade ids are ULIDs, as `baton list` shows them)"
+        )));
+    }
+    Ok(())
 }
 
 fn not_found(upgrade: &str) -> ApiReply {
@@ -396,7 +421,12 @@ fn events(shared: &Arc<Shared>, request: EventsRequest) -> Result<ApiReply, Hand
     }))
 }
 
-/// Executor groups with a live presence record.
+/// Presence records refused since the service started (undecodable, or naming a group or node that is not a
+/// valid subject token).
+static PRESENCE_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Executor groups with a live, valid presence record. A record whose group is not a valid subject token
+/// (say `x y`) is refused, counted and logged, and never becomes a group the core may publish to.
 pub(crate) async fn executors_online(shared: &Shared) -> Vec<String> {
     let mut groups = Vec::new();
     let Ok(mut keys) = shared.presence.keys().await else {
@@ -404,12 +434,40 @@ pub(crate) async fn executors_online(shared: &Shared) -> Vec<String> {
     };
     while let Some(Ok(key)) = keys.next().await {
         if let Ok(Some(value)) = shared.presence.get(&key).await {
-            if let Ok(presence) = serde_json::from_slice::<protocol::Presence>(&value) {
-                groups.push(presence.group);
+            match protocol::presence::decode(&value) {
+                Ok(presence) => groups.push(presence.group),
+                Err(err) => {
+                    let refused = PRESENCE_REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(
+                        %key,
+                        field = %err.field,
+                        reason = %err.reason,
+                        refused,
+                        "presence record refused"
+                    );
+                }
             }
         }
     }
     groups.sort();
     groups.dedup();
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_ids_from_the_api_must_be_ulid_subject_tokens() {
+        assert!(check_upgrade_id(&Ulid::new().to_string()).is_ok());
+        for bad in ["", "x y", "a.b", "*", ">", "01J\n", "not-a-ulid"] {
+            match check_upgrade_id(bad) {
+                Err(HandlerError::BadRequest(reason)) => {
+                    assert!(reason.starts_with("invalid upgrade id"), "{reason}")
+                }
+                _ => panic!("{bad:?} was accepted"),
+            }
+        }
+    }
 }
