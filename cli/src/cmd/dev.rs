@@ -133,6 +133,14 @@ async fn demo(
         cmd.args([
             "executor", "--group", node, "--nodes", node, "--nats", &nats_url,
         ])
+        .args([
+            "--procedure",
+            if args.upgrade_command {
+                "upgrade-command"
+            } else {
+                "runbook"
+            },
+        ])
         .arg("--state-dir")
         .arg(dir.join("executors").join(node))
         .env(

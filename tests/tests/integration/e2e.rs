@@ -73,6 +73,8 @@ pub(crate) struct Env {
     pub(crate) db: PathBuf,
     /// The version the package file names.
     pub(crate) target: String,
+    /// The procedure of the cluster file; executors are started with the same profile.
+    pub(crate) procedure: &'static str,
 }
 
 impl Env {
@@ -152,6 +154,7 @@ impl Env {
             proxy,
             db,
             target: setup.target.to_string(),
+            procedure: setup.procedure,
         };
         env.start_server();
         for index in 0..env.nodes.len() {
@@ -736,6 +739,7 @@ impl Env {
         );
         let mut cmd = self.baton_cmd();
         cmd.args(["executor", "--group", node, "--nodes", node])
+            .args(["--procedure", self.procedure])
             .args(["--heartbeat-ms", "500", "--ack-wait-ms", "2000"])
             .arg("--state-dir")
             .arg(self.dir.path().join("executors").join(node))
