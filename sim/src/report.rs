@@ -644,8 +644,11 @@ impl Replay {
                             "{node} elected leader at {} ({trigger:?} election) while running {running}, older than {newest} on another running node",
                             self.rel(at)
                         );
+                        // A switchover the orchestrator ran must pick an upgraded node; an election that only
+                        // replaces a lost leader (failover re-enabled, quorum back) takes whoever is synced, as
+                        // the cluster would without any orchestrator: reported, not charged.
                         self.charge(
-                            orch,
+                            orch && trigger.planned(),
                             actor,
                             Rule::LeaderRunsOldVersion,
                             at,

@@ -466,6 +466,17 @@ fn a_two_node_cluster_loses_its_leader_when_its_follower_stops() {
         "{}",
         st.stdout
     );
+    // The outage must last at least a millisecond of the simulator's clock to be measured: wait for the
+    // clock to move past the stop (in-process commands can all fall within one millisecond).
+    let stopped_at = std::time::SystemTime::now();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while stopped_at.elapsed().unwrap_or_default() < std::time::Duration::from_millis(2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock does not move"
+        );
+        std::thread::yield_now();
+    }
     cmd(&sim, "backend-2", &["chef-backend-ctl", "start"]);
     let c = state_when(&sim, all_synced);
     assert_eq!(
