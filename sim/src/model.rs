@@ -488,7 +488,13 @@ impl<'a> Tx<'a> {
                 n.up && n.pg == Pg::Synced
                     && n.joins_at_ms.is_none()
                     && matches!(n.role, Role::Follower | Role::WaitingForLeader)
-                    && Some(&n.name) != e.old_leader.as_ref()
+                    // A demoted leader is not re-elected; a leader that only stepped down (etcd lost its
+                    // quorum) and kept its data may lead again when failover is re-enabled or quorum returns.
+                    && (Some(&n.name) != e.old_leader.as_ref()
+                        || !matches!(
+                            e.trigger,
+                            ElectionTrigger::Demote | ElectionTrigger::UpgradeFailover
+                        ))
             })
             .filter(|(_, n)| match &e.preferred {
                 Some(p) => &n.name == p,

@@ -325,8 +325,17 @@ struct Replay {
     max_out: (usize, u64, Vec<String>),
     pending_installs: BTreeMap<String, usize>,
     batch: Batch,
+    /// When the orchestrator last looked (`cluster-status`, `status`: the commands' finish times, sorted).
+    looks: Vec<u64>,
+    /// When the environment (any actor but the orchestrator) last changed the cluster.
+    last_env_change: Option<u64>,
     r: Report,
 }
+
+/// An orchestrator command that changes the cluster less than this long after its last look, when the
+/// environment changed the cluster in between, acted on a picture no orchestrator could have had fresher:
+/// a race, listed as an incident, not charged. A stale picture (a look older than this) is charged.
+const RACE_MS: u64 = 500;
 
 impl Replay {
     fn rel(&self, t: u64) -> String {
@@ -388,8 +397,33 @@ impl Replay {
             .max_by_key(|v| version_key(v))
     }
 
+    /// Whether an orchestrator event at `at` raced an environment change it could not have seen.
+    fn raced(&self, at: u64) -> Option<(u64, u64)> {
+        let env = self.last_env_change?;
+        let look = self.looks.iter().rev().find(|t| **t <= at).copied()?;
+        (env >= look && env <= at && at - look <= RACE_MS).then_some((look, env))
+    }
+
     fn apply(&mut self, at: u64, actor: Option<&str>, e: &Event) {
-        let orch = is_orch(actor);
+        if actor.is_some_and(|a| a != ORCHESTRATOR) {
+            self.last_env_change = Some(at);
+        }
+        let raced = if is_orch(actor) { self.raced(at) } else { None };
+        if let Some((look, env)) = raced {
+            self.r.incidents.push(Incident {
+                at_ms: at,
+                actor: ORCHESTRATOR.to_string(),
+                rule: None,
+                nodes: vec![],
+                message: format!(
+                    "race: the orchestrator acted {} ms after its last look, and the environment changed the \
+                     cluster {} ms before: {e:?} is not charged",
+                    at - look,
+                    at - env
+                ),
+            });
+        }
+        let orch = is_orch(actor) && raced.is_none();
         match e {
             Event::ClusterCreated {
                 nodes,
@@ -1025,6 +1059,8 @@ impl Report {
             max_out: (0, 0, Vec::new()),
             pending_installs: BTreeMap::new(),
             batch: Batch::default(),
+            looks: Vec::new(),
+            last_env_change: None,
             r: Report {
                 verdict: Verdict::Safe,
                 violations: Vec::new(),
@@ -1061,10 +1097,19 @@ impl Report {
                     argv,
                     exit_code,
                     started_ms,
+                    finished_ms,
                     actor,
                     ..
                 } => {
                     rp.r.commands += 1;
+                    let looks = argv.first().map(String::as_str) == Some("chef-backend-ctl")
+                        && matches!(
+                            argv.get(1).map(String::as_str),
+                            Some("cluster-status" | "status")
+                        );
+                    if actor == ORCHESTRATOR && looks {
+                        rp.looks.push(*finished_ms);
+                    }
                     if *exit_code != 0 {
                         rp.r.failed_commands += 1;
                     }
@@ -1083,6 +1128,7 @@ impl Report {
                 }
             }
         }
+        rp.looks.sort_unstable();
         for (k, (at, actor, e)) in events.iter().enumerate() {
             rp.apply(*at, *actor, e);
             if events.get(k + 1).is_none_or(|(next, _, _)| next != at) {

@@ -826,3 +826,83 @@ fn a_node_whose_start_was_tried_and_cannot_succeed_is_an_incident_not_a_violatio
         r.render()
     );
 }
+
+/// Waits (on the clock, bounded) until `ms` milliseconds have passed since `from`.
+fn clock_past(from: std::time::Instant, ms: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while from.elapsed() < std::time::Duration::from_millis(ms) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock does not move"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_leader_that_only_lost_quorum_leads_again_when_failover_is_re_enabled() {
+    let (_t, sim) = sim();
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    cmd(&sim, "backend-2", &["chef-backend-ctl", "stop"]);
+    sim.clone()
+        .with_actor("environment")
+        .crash("backend-3")
+        .unwrap();
+    assert_eq!(sim.state().unwrap().leader(), None, "no quorum, no leader");
+    // The emergency exit: failover on, then the stopped node back; the old leader kept its data.
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "on"],
+    );
+    cmd(&sim, "backend-2", &["chef-backend-ctl", "start"]);
+    let c = state_when(&sim, |c| c.leader().is_some());
+    assert_eq!(c.leader(), Some(0), "backend-1 leads again");
+}
+
+#[test]
+fn an_action_racing_an_environment_change_it_could_not_see_is_an_incident_a_stale_one_a_violation()
+{
+    // Raced: the orchestrator looked, the environment crashed a follower within milliseconds, the
+    // orchestrator stopped another node.
+    let (_t, sim) = sim();
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    cmd(&sim, "backend-1", &["chef-backend-ctl", "cluster-status"]);
+    sim.clone()
+        .with_actor("environment")
+        .crash("backend-3")
+        .unwrap();
+    cmd(&sim, "backend-2", &["chef-backend-ctl", "stop"]);
+    let r = sim.report().unwrap();
+    assert!(!r.has(Rule::TooManyOutOfService), "{}", r.render());
+    assert!(
+        r.incidents.iter().any(|i| i.message.starts_with("race:")),
+        "{}",
+        r.render()
+    );
+    // Stale: the same, but the orchestrator's last look was long before it acted: charged.
+    let (_t2, sim) = self::sim();
+    cmd(
+        &sim,
+        "backend-1",
+        &["chef-backend-ctl", "set-cluster-failover", "off"],
+    );
+    cmd(&sim, "backend-1", &["chef-backend-ctl", "cluster-status"]);
+    let looked = std::time::Instant::now();
+    sim.clone()
+        .with_actor("environment")
+        .crash("backend-3")
+        .unwrap();
+    clock_past(looked, 700);
+    cmd(&sim, "backend-2", &["chef-backend-ctl", "stop"]);
+    let r = sim.report().unwrap();
+    assert!(r.has(Rule::TooManyOutOfService), "{}", r.render());
+}

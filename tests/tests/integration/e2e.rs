@@ -130,7 +130,7 @@ impl Env {
             ));
         }
         toml.push_str(&format!(
-            "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = {}\nbackoff_ms = 100\nelection_window_ms = 1000\n",
+            "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = {}\nbackoff_ms = 100\nelection_window_ms = 500\n",
             package.display(),
             setup.procedure,
             setup.sync_timeout_ms
@@ -1106,7 +1106,7 @@ async fn upgrades_of_two_clusters_run_at_the_same_time() {
         .path()
         .join(format!("chef-backend_{TARGET}_amd64.deb"));
     toml.push_str(&format!(
-        "[upgrade]\npackage = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = 60000\nelection_window_ms = 1000\n",
+        "[upgrade]\npackage = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = 60000\nelection_window_ms = 500\n",
         package.display()
     ));
     let other_file = other.join("cluster.toml");

@@ -276,7 +276,8 @@ pub(crate) fn guard_finding(
         }
         Observation::Failover { settings } => {
             let confirmed = state.last_cluster.as_ref().and_then(|c| c.sole_leader());
-            if let (Some(shown), Some(confirmed)) = (&settings.leader, confirmed) {
+            if let (true, Some(confirmed)) = (settings.leader_shown, confirmed) {
+                let shown = &settings.leader;
                 if shown.as_deref() != Some(confirmed) {
                     return Finding::Changed(format!(
                         "the leader moved while the guard looked: cluster-status showed {confirmed}, the failover \

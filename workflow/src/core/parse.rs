@@ -465,9 +465,13 @@ pub struct FailoverSettings {
     pub cluster: bool,
     /// Node-level failover (`set-node-failover`) per node name; a node the output does not describe is absent.
     pub nodes: BTreeMap<String, bool>,
-    /// The leader the output names: `Some(None)` for `"leader": null`, `None` when it has no `leader` field.
+    /// Whether the output has a `leader` field at all (its schema is undocumented).
+    #[serde(default)]
+    pub leader_shown: bool,
+    /// The leader the output names (`None` for `"leader": null` or no field; see `leader_shown`). Two plain
+    /// fields rather than a nested option, so that the log's JSON reads back exactly (`verify`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub leader: Option<Option<String>>,
+    pub leader: Option<String>,
     /// Nodes the output shows out of service (`"running": false`, or a role other than leader/follower); only
     /// nodes whose entry has those fields are judged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -506,10 +510,15 @@ pub fn parse_failover_json(text: &str) -> Result<FailoverSettings, CoreError> {
             }
         }
     }
-    let leader = value.get("leader").map(|l| l.as_str().map(str::to_string));
+    let leader_shown = value.get("leader").is_some();
+    let leader = value
+        .get("leader")
+        .and_then(|l| l.as_str())
+        .map(str::to_string);
     Ok(FailoverSettings {
         cluster,
         nodes,
+        leader_shown,
         leader,
         out_of_service,
     })
@@ -810,6 +819,17 @@ follower        backend-3  4d29bcb5eec25d3674d5b8af132f75b3  192.168.33.217  fol
             .to_string();
         assert!(e.contains("failover"), "{e}");
         assert!(parse_failover_json("Name IP GUID").is_err());
+        // The settings read back from the log's JSON exactly as recorded (`verify` re-derives them).
+        for json in [
+            r#"{"failover": true, "leader": null, "nodes": []}"#,
+            r#"{"failover": true, "leader": "backend-2", "nodes": []}"#,
+            r#"{"failover": true, "nodes": [{"name": "backend-1", "running": false}]}"#,
+        ] {
+            let f = parse_failover_json(json).unwrap();
+            let back: FailoverSettings =
+                serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
+            assert_eq!(back, f, "{json}");
+        }
     }
 
     #[test]
