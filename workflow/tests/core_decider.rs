@@ -873,6 +873,47 @@ fn a_leader_lost_while_failover_is_blocked_takes_the_emergency_exit() {
 }
 
 #[test]
+fn a_leader_lost_during_a_pause_takes_the_emergency_exit_although_a_probe_was_out_when_it_paused() {
+    // Given the guard of backend-3's stop has asked the leader for cluster-status, and the operator pauses
+    // before the answer comes back.
+    let (mut run, mut fake) = started("runbook", "");
+    run.until(&mut fake, "the guard of backend-3's stop", |r| {
+        r.history
+            .iter()
+            .any(|e| matches!(e, Event::ItemStarted { index: 5, .. }))
+    });
+    let probe = run.outstanding();
+    assert_eq!(probe.action, Action::ProbeClusterStatus);
+    let now = run.now;
+    run.input(Input::Pause {
+        by: "op".into(),
+        reason: "coffee".into(),
+        now_ms: now,
+    })
+    .unwrap();
+    let res = fake.run(&probe);
+    run.finish(&probe, res);
+    // When the leader crashes during the pause.
+    fake.env_crash("backend-2");
+    run.run_to_rest(&mut fake, 2_000);
+    // Then the watch (not blocked by the probe that was out when it paused) sees no leader, and the emergency
+    // exit re-enables failover while the upgrade is still paused: nobody had to resume it.
+    let at = emergency_at(&run.history);
+    assert!(
+        run.history[..at]
+            .iter()
+            .all(|e| !matches!(e, Event::UpgradeResumed { .. })),
+        "no resume needed"
+    );
+    assert!(fake.failover && !run.state.failover_blocked(), "S3");
+    assert!(!actions_of(&run.history)
+        .iter()
+        .any(|(n, a)| n == "backend-3" && a == "stop"));
+    assert_eq!(replay(&run.history), run.state);
+    verify(&run.history).unwrap();
+}
+
+#[test]
 fn the_emergency_exit_unblocks_failover_on_a_node_that_is_up() {
     // Given backend-1 restarted but never syncs (its sync wait asks backend-1 itself for cluster-status).
     let (mut run, mut fake) = started("runbook", "");

@@ -1640,7 +1640,19 @@ fn watch_decisions(state: &State, now: u64) -> Vec<Event> {
     }
     if let Some(current) = state.current {
         if state.watching != Some(current) {
-            return vec![];
+            // A probe that was out when the wait began and has answered since: record what it saw (the guard
+            // will not use it: it starts again after the wait) so that the watch can start. An action's result
+            // waits for the end of the wait, as it always has.
+            return match state.current_record() {
+                Some(r) if r.outcome.is_some() && r.scheduled.action.is_probe() => {
+                    vec![Event::ObservationRecorded {
+                        step: current,
+                        node: r.scheduled.node.clone(),
+                        observation: observe(r),
+                    }]
+                }
+                _ => vec![],
+            };
         }
         if let Some(record) = state.current_record().filter(|r| r.outcome.is_some()) {
             return vec![Event::ObservationRecorded {
