@@ -325,7 +325,7 @@ struct Replay {
     max_out: (usize, u64, Vec<String>),
     pending_installs: BTreeMap<String, usize>,
     batch: Batch,
-    /// When the orchestrator last looked (`cluster-status`, `status`: the commands' finish times, sorted).
+    /// When the orchestrator looked at sync state (`status`: the commands' finish times, sorted).
     looks: Vec<u64>,
     /// When the environment (any actor but the orchestrator) last changed the cluster.
     last_env_change: Option<u64>,
@@ -1102,11 +1102,11 @@ impl Report {
                     ..
                 } => {
                     rp.r.commands += 1;
+                    // Only `status` shows sync state (the leader's counts): the look that could have seen a
+                    // follower go out of sync. (A moved leader is seen by `cluster-status`, and an
+                    // orchestrator that saw it does not act.)
                     let looks = argv.first().map(String::as_str) == Some("chef-backend-ctl")
-                        && matches!(
-                            argv.get(1).map(String::as_str),
-                            Some("cluster-status" | "status")
-                        );
+                        && argv.get(1).map(String::as_str) == Some("status");
                     if actor == ORCHESTRATOR && looks {
                         rp.looks.push(*finished_ms);
                     }

@@ -875,7 +875,7 @@ fn an_action_racing_an_environment_change_it_could_not_see_is_an_incident_a_stal
         "backend-1",
         &["chef-backend-ctl", "set-cluster-failover", "off"],
     );
-    cmd(&sim, "backend-1", &["chef-backend-ctl", "cluster-status"]);
+    cmd(&sim, "backend-1", &["chef-backend-ctl", "status"]);
     sim.clone()
         .with_actor("environment")
         .crash("backend-3")
@@ -895,7 +895,7 @@ fn an_action_racing_an_environment_change_it_could_not_see_is_an_incident_a_stal
         "backend-1",
         &["chef-backend-ctl", "set-cluster-failover", "off"],
     );
-    cmd(&sim, "backend-1", &["chef-backend-ctl", "cluster-status"]);
+    cmd(&sim, "backend-1", &["chef-backend-ctl", "status"]);
     let looked = std::time::Instant::now();
     sim.clone()
         .with_actor("environment")

@@ -2374,18 +2374,41 @@ fn pause_holds_decisions_until_resume() {
         Rejection::AlreadyPaused.to_string(),
         "upgrade is already paused"
     );
-    // The running step's result is recorded, but nothing new is scheduled.
+    // The running step's result is recorded and completes its item (a pause stops new work, not the handling
+    // of a result), but no action is scheduled: with failover blocked, only the watch's cluster-status.
     let res = fake.run(&step);
     let events = run.finish(&step, res);
-    assert_eq!(events.len(), 1);
     assert!(matches!(events[0], Event::StepResultRecorded { .. }));
-    assert_eq!(run.state.next_wakeup_ms(), None);
-    assert_eq!(
-        run.input(Input::Tick {
-            now_ms: run.now + 100_000
-        })
-        .unwrap(),
-        vec![]
+    assert!(
+        matches!(events[1], Event::ItemCompleted { .. }),
+        "{events:#?}"
+    );
+    assert!(
+        scheduled(&events)
+            .iter()
+            .all(|s| s.action == Action::ProbeClusterStatus),
+        "{events:#?}"
+    );
+    let paused_at = run.history.len();
+    for _ in 0..20 {
+        if let Some(probe) = run.state.outstanding_steps().first().cloned() {
+            let res = fake.run(&probe);
+            run.finish(&probe, res);
+        } else {
+            run.tick();
+        }
+    }
+    // Between two looks of the watch (none out), as an operator would resume.
+    run.until(&mut fake, "the watch's probe answered", |r| {
+        r.state.outstanding_steps().is_empty()
+    });
+    let while_paused = scheduled(&run.history[paused_at..]);
+    assert!(!while_paused.is_empty(), "the watch keeps looking");
+    assert!(
+        while_paused
+            .iter()
+            .all(|s| s.action == Action::ProbeClusterStatus),
+        "nothing but the watch while paused: {while_paused:#?}"
     );
     let events = run
         .input(Input::Resume {

@@ -704,6 +704,14 @@ pub(crate) fn next_decisions(state: &State, now: u64) -> Vec<Event> {
         return wind_down_decisions(state, now);
     }
     if state.paused.is_some() || state.verification.is_some() {
+        // A pause stops new work, not the handling of a result: an action that finished meanwhile completes its
+        // item (or starts its retry wait) now, so that the watch is not held up behind it.
+        if let Some(record) = state.current_record() {
+            let action_done = record.outcome.is_some() && !record.scheduled.action.is_probe();
+            if action_done && state.paused.is_some() && state.reobserve.is_none() {
+                return handle_result(state, record, now);
+            }
+        }
         return watch_decisions(state, now);
     }
     if let Some(record) = state.current_record() {
