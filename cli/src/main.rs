@@ -34,12 +34,14 @@ pub struct Cli {
 /// Options every command takes, from flags or the environment.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Global {
-    /// The NATS server.
+    /// The NATS server(s): one URL or a comma-separated list; `nats://user:pass@host` and
+    /// `nats://token@host` are accepted (and never logged).
     #[arg(
         long,
         global = true,
         env = "BATON_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
     )]
     pub nats: String,
     /// Text for people, JSON for scripts (where the output is data).
@@ -48,18 +50,93 @@ pub struct Global {
     /// How long to wait for the workflow service to answer, in seconds.
     #[arg(long, global = true, env = "BATON_API_TIMEOUT", default_value_t = 10)]
     pub api_timeout: u64,
-    /// Who is acting (recorded in the log with pauses, approvals, aborts).
-    #[arg(long, global = true, env = "BATON_USER")]
-    pub by: Option<String>,
+    /// This process's signing key (an nkey seed file, mode 0600; `baton keys gen`). The
+    /// service signs steps and replies with it, an executor its results and presence, an
+    /// operator its API requests. Operators are recorded in the log by the name the trust
+    /// file gives this key.
+    #[arg(long, global = true, env = "BATON_KEY")]
+    pub key: Option<std::path::PathBuf>,
+    /// The trust file: the public keys of the service, the executors (with their groups)
+    /// and the operators (with their roles). See `baton keys`.
+    #[arg(long, global = true, env = "BATON_TRUST")]
+    pub trust: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub auth: NatsAuth,
+}
+
+/// How to authenticate to NATS and secure the connection (see README "Deploying it secured").
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct NatsAuth {
+    /// NATS creds file (JWT and nkey, as `nsc` writes it).
+    #[arg(long, global = true, env = "BATON_NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// NATS nkey seed file (may be the same file as --key).
+    #[arg(long, global = true, env = "BATON_NATS_NKEY")]
+    pub nats_nkey: Option<std::path::PathBuf>,
+    /// NATS user (with --nats-password).
+    #[arg(long, global = true, env = "BATON_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (prefer the environment variable: flags show in `ps`).
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
+    /// NATS token (prefer the environment variable: flags show in `ps`).
+    #[arg(long, global = true, env = "BATON_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// CA certificate (PEM) to verify the NATS server with; implies TLS.
+    #[arg(long, global = true, env = "BATON_NATS_CA")]
+    pub nats_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a server that verifies clients; implies TLS.
+    #[arg(long, global = true, env = "BATON_NATS_CERT")]
+    pub nats_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "BATON_NATS_CERT_KEY")]
+    pub nats_cert_key: Option<std::path::PathBuf>,
+    /// Refuse a NATS connection that is not TLS.
+    #[arg(long, global = true, env = "BATON_NATS_TLS")]
+    pub nats_tls: bool,
 }
 
 impl Global {
-    /// The operator's name: `--by`, `$BATON_USER`, `$USER`, or "unknown".
-    pub fn who(&self) -> String {
-        self.by
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "unknown".to_string())
+    /// The NATS connection settings of this process.
+    pub fn nats_config(&self) -> protocol::connect::NatsConfig {
+        let a = &self.auth;
+        protocol::connect::NatsConfig {
+            url: self.nats.clone(),
+            creds: a.nats_creds.clone(),
+            nkey: a.nats_nkey.clone(),
+            user: a.nats_user.clone(),
+            password: a.nats_password.clone(),
+            token: a.nats_token.clone(),
+            ca: a.nats_ca.clone(),
+            cert: a.nats_cert.clone(),
+            cert_key: a.nats_cert_key.clone(),
+            require_tls: a.nats_tls,
+        }
+    }
+
+    /// This process's signing key (`--key` / `BATON_KEY`), required.
+    pub fn identity(&self, role: &str) -> anyhow::Result<protocol::sign::Identity> {
+        let Some(path) = &self.key else {
+            anyhow::bail!(
+                "{role} needs a signing key: --key FILE or BATON_KEY (create one with `baton keys gen --out FILE`)"
+            );
+        };
+        Ok(protocol::sign::Identity::load(path)?)
+    }
+
+    /// The trust file (`--trust` / `BATON_TRUST`), required.
+    pub fn trust(&self, role: &str) -> anyhow::Result<protocol::sign::Trust> {
+        let Some(path) = &self.trust else {
+            anyhow::bail!(
+                "{role} needs the trust file: --trust FILE or BATON_TRUST (see `baton keys trust`)"
+            );
+        };
+        Ok(protocol::sign::Trust::load(path)?)
     }
 }
 

@@ -45,6 +45,26 @@ pub enum ProtocolError {
         source: async_nats::Error,
     },
 
+    /// A key file could not be used.
+    #[error("key file {}: {reason}", path.display())]
+    Key {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+
+    /// The trust file is malformed; names the file, line and field.
+    #[error("{file}:{line}: {field}: {reason}")]
+    Trust {
+        file: String,
+        line: usize,
+        field: String,
+        reason: String,
+    },
+
+    /// The NATS connection settings are unusable (a file missing, a malformed URL).
+    #[error("NATS connection settings: {0}")]
+    Connect(String),
+
     /// Serialising a message failed (a bug: our types always serialise).
     #[error("could not encode {what}")]
     Encode {

@@ -13,11 +13,13 @@
 //! add fields, and a malformed message is refused by [`messages::decode_request`]
 //! / [`messages::decode_result`] with a [`DecodeError`] that names the field.
 
+pub mod connect;
 pub mod decode;
 pub mod error;
 pub mod messages;
 pub mod presence;
 pub mod setup;
+pub mod sign;
 pub mod subjects;
 
 pub use decode::DecodeError;

@@ -250,6 +250,40 @@ impl StepResult {
     }
 }
 
+impl StepRequest {
+    /// The payload and its headers (idempotency id and the service's
+    /// signature over the payload and subject): what the service publishes.
+    pub fn signed(&self, service: &crate::sign::Identity) -> (async_nats::HeaderMap, Vec<u8>) {
+        let payload = self.encode();
+        let mut headers = self.headers();
+        service.sign_headers(
+            &mut headers,
+            crate::sign::Kind::Step,
+            &self.subject(),
+            "",
+            &payload,
+        );
+        (headers, payload)
+    }
+}
+
+impl StepResult {
+    /// The payload and its headers (idempotency id and the executor's
+    /// signature): what an executor publishes.
+    pub fn signed(&self, executor: &crate::sign::Identity) -> (async_nats::HeaderMap, Vec<u8>) {
+        let payload = self.encode();
+        let mut headers = self.headers();
+        executor.sign_headers(
+            &mut headers,
+            crate::sign::Kind::Result,
+            &self.subject(),
+            "",
+            &payload,
+        );
+        (headers, payload)
+    }
+}
+
 fn msg_id_headers(id: &str) -> async_nats::HeaderMap {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(MSG_ID_HEADER, id);

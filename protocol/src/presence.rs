@@ -74,6 +74,62 @@ pub fn decode(bytes: &[u8]) -> Result<Presence, DecodeError> {
     Ok(presence)
 }
 
+/// The presence record as an executor writes it: sealed in a signed
+/// [`crate::sign::Envelope`] for its KV key.
+pub fn seal(presence: &Presence, executor: &crate::sign::Identity) -> Vec<u8> {
+    crate::sign::Envelope::seal(
+        executor,
+        crate::sign::Kind::Presence,
+        &key(&presence.id),
+        presence,
+    )
+    .expect("a presence record serialises")
+}
+
+/// Open a presence record read under `kv_key`: the signature must be good,
+/// made by an executor of the trust file, for the group it names; the record
+/// must be for this key and decode ([`decode`]). Returns the record and the
+/// executor's trusted name.
+pub fn open(
+    bytes: &[u8],
+    kv_key: &str,
+    trust: &crate::sign::Trust,
+) -> Result<(Presence, String), DecodeError> {
+    let err = |field: &str, reason: String| DecodeError {
+        message: "presence record",
+        field: field.to_string(),
+        reason,
+    };
+    let (verified, body) = crate::sign::Envelope::open(bytes, crate::sign::Kind::Presence, kv_key)
+        .map_err(|e| err("(signature)", e.reason))?;
+    let Some(executor) = trust.executor(&verified.key) else {
+        return Err(err(
+            "(signature)",
+            format!(
+                "signed by key {}, which is not an executor of the trust file",
+                verified.key
+            ),
+        ));
+    };
+    let presence = decode(&body)?;
+    if presence.group != executor.group {
+        return Err(err(
+            "group",
+            format!(
+                "executor {} serves group {} (trust file) but its record claims group {}",
+                executor.name, executor.group, presence.group
+            ),
+        ));
+    }
+    if key(&presence.id) != kv_key {
+        return Err(err(
+            "id",
+            format!("record for {:?} stored under key {kv_key:?}", presence.id),
+        ));
+    }
+    Ok((presence, executor.name.clone()))
+}
+
 /// A KV key made from an executor id: characters outside `[-_=.a-zA-Z0-9]`
 /// become `_`.
 pub fn key(id: &str) -> String {

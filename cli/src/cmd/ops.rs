@@ -164,7 +164,7 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
             Command::Resolve(args) => {
                 let request = OperatorRequest {
                     upgrade: args.upgrade,
-                    by: global.who(),
+                    by: String::new(), // the service records the name the trust file gives our key
                     reason: Some(args.why),
                     gate: None,
                     step: Some(args.step),
@@ -185,7 +185,7 @@ async fn submit(client: &Client, global: &Global, args: SubmitArgs) -> anyhow::R
         target_version: args.target_version.clone(),
         approve_before: args.approve_before.clone(),
         plan_hash: args.plan_hash.clone(),
-        ..submit_request(&args.cluster, global)?
+        ..submit_request(&args.cluster)?
     };
     let reply: UpgradeRef = client.call("submit", &request).await?;
     if args.detach {
@@ -210,13 +210,13 @@ pub async fn submit_file(
 ) -> anyhow::Result<String> {
     let request = SubmitRequest {
         package,
-        ..submit_request(cluster, global)?
+        ..submit_request(cluster)?
     };
     let reply: UpgradeRef = client.call("submit", &request).await?;
     Ok(reply.upgrade)
 }
 
-fn submit_request(cluster: &Path, global: &Global) -> anyhow::Result<SubmitRequest> {
+fn submit_request(cluster: &Path) -> anyhow::Result<SubmitRequest> {
     let text = std::fs::read_to_string(cluster)
         .with_context(|| format!("reading the cluster file {}", cluster.display()))?;
     Ok(SubmitRequest {
@@ -227,7 +227,7 @@ fn submit_request(cluster: &Path, global: &Global) -> anyhow::Result<SubmitReque
         approve_before: Vec::new(),
         plan_hash: None,
         plan_only: false,
-        requested_by: global.who(),
+        requested_by: String::new(), // the service records the name the trust file gives our key
     })
 }
 
@@ -236,7 +236,7 @@ async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Resul
         package: args.package,
         target_version: args.target_version,
         plan_only: true,
-        ..submit_request(&args.cluster, global)?
+        ..submit_request(&args.cluster)?
     };
     let reply: UpgradeRef = client.call("plan", &request).await?;
     let view = wait_terminal(client, &reply.upgrade).await?;
@@ -279,7 +279,7 @@ async fn operator(
 ) -> anyhow::Result<ExitCode> {
     let request = OperatorRequest {
         upgrade,
-        by: global.who(),
+        by: String::new(), // the service records the name the trust file gives our key
         reason,
         gate,
         step: None,

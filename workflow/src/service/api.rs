@@ -35,6 +35,8 @@ pub struct SubmitRequest {
     pub plan_hash: Option<String>,
     #[serde(default)]
     pub plan_only: bool,
+    /// Ignored: the service records the name the trust file gives the key that signed the request.
+    #[serde(default)]
     pub requested_by: String,
 }
 
@@ -48,6 +50,8 @@ pub struct UpgradeRef {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OperatorRequest {
     pub upgrade: String,
+    /// Ignored: the service records the name the trust file gives the key that signed the request.
+    #[serde(default)]
     pub by: String,
     #[serde(default)]
     pub reason: Option<String>,
