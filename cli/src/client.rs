@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use serde::{de::DeserializeOwned, Serialize};
 use workflow::service::api::{self, ApiReply, ErrorKind};
 
 use crate::Global;
+use futures::StreamExt;
+use protocol::sign::{Identity, Kind};
 
 /// An error that carries its own exit code (see `main.rs`).
 #[derive(Debug, thiserror::Error)]
@@ -39,22 +41,31 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
         .unwrap_or(EXIT_FAILURE)
 }
 
-/// A connection to NATS for API calls.
+/// A connection to NATS for API calls: requests signed with the operator's
+/// key, replies verified against the service key the trust file pins.
 pub struct Client {
     pub nats: async_nats::Client,
     timeout: Duration,
+    identity: Identity,
+    service_key: String,
 }
 
 impl Client {
     pub async fn connect(global: &Global) -> anyhow::Result<Client> {
-        let nats = async_nats::ConnectOptions::new()
-            .name("baton-cli")
-            .connect(&global.nats)
+        let identity = global.identity("calling the workflow service")?;
+        let trust = global.trust("calling the workflow service")?;
+        let config = global.nats_config();
+        let url = config.redacted_url();
+        let (options, addrs) = config.options("baton-cli").await?;
+        let nats = options
+            .connect(addrs)
             .await
-            .with_context(|| format!("connecting to NATS at {}", global.nats))?;
+            .with_context(|| format!("connecting to NATS at {url}"))?;
         Ok(Client {
             nats,
             timeout: Duration::from_secs(global.api_timeout),
+            identity,
+            service_key: trust.service.key,
         })
     }
 
@@ -66,20 +77,52 @@ impl Client {
         request: &Req,
     ) -> anyhow::Result<Resp> {
         let payload = serde_json::to_vec(request)?;
-        let reply = tokio::time::timeout(
-            self.timeout,
-            self.nats.request(api::subject(verb), payload.into()),
-        )
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the workflow service did not answer `{verb}` within {:?} (is `baton server` running?)",
-                self.timeout
-            )
-        })?
-        .map_err(|err| {
-            anyhow::anyhow!("calling `{verb}` on the workflow service: {err} (is `baton server` running?)")
-        })?;
+        let subject = api::subject(verb);
+        let mut headers = async_nats::HeaderMap::new();
+        let request_sig = self.identity.sign_headers(
+            &mut headers,
+            Kind::ApiRequest,
+            &subject,
+            &format!("t={}", now_ms()),
+            &payload,
+        );
+        let inbox = self.nats.new_inbox();
+        let mut replies = self
+            .nats
+            .subscribe(inbox.clone())
+            .await
+            .with_context(|| format!("subscribing to the reply of `{verb}`"))?;
+        self.nats
+            .publish_with_reply_and_headers(subject, inbox.clone(), headers, payload.into())
+            .await
+            .with_context(|| format!("calling `{verb}` on the workflow service"))?;
+        // Only a reply the pinned service signed for this request counts;
+        // anything else on the inbox is dropped and named if no good one comes.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut refused: Vec<String> = Vec::new();
+        let reply = loop {
+            let next = tokio::time::timeout_at(deadline, replies.next()).await;
+            let message = match next {
+                Ok(Some(message)) => message,
+                Ok(None) | Err(_) => {
+                    let mut text = format!(
+                        "the workflow service did not answer `{verb}` within {:?} (is `baton server` running?)",
+                        self.timeout
+                    );
+                    if !refused.is_empty() {
+                        text.push_str(&format!("; replies refused: {}", refused.join("; ")));
+                    }
+                    return Err(anyhow::anyhow!(text));
+                }
+            };
+            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                bail!("calling `{verb}`: no responders on NATS (is `baton server` running?)");
+            }
+            match verify_reply(&message, &inbox, &request_sig, &self.service_key) {
+                Ok(()) => break message,
+                Err(reason) => refused.push(reason),
+            }
+        };
         let reply: ApiReply = serde_json::from_slice(&reply.payload)
             .with_context(|| format!("decoding the service's reply to `{verb}`"))?;
         match reply {
@@ -94,4 +137,39 @@ impl Client {
             }
         }
     }
+}
+
+/// A reply counts only if the pinned service signed it, for our inbox, bound
+/// to our request's signature.
+fn verify_reply(
+    message: &async_nats::Message,
+    inbox: &str,
+    request_sig: &str,
+    service_key: &str,
+) -> Result<(), String> {
+    let verified = protocol::sign::verify_headers(
+        message.headers.as_ref(),
+        Kind::ApiReply,
+        inbox,
+        &message.payload,
+    )
+    .map_err(|e| format!("a reply was refused: {}", e.reason))?;
+    if verified.key != service_key {
+        return Err(format!(
+            "a reply was signed by {}, not by the service key the trust file pins ({service_key})",
+            verified.key
+        ));
+    }
+    if verified.context != format!("re={request_sig}") {
+        return Err("a reply signed by the service answers another request (replayed)".into());
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch (the signed time of a request).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

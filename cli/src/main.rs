@@ -177,6 +177,9 @@ pub enum Command {
     /// Verify or export the log.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
+    /// Make and inspect signing keys and the trust file.
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCommand),
     /// Run the demo: NATS, the service, executors and a simulated cluster, then upgrade it.
     Dev(cmd::dev::DevArgs),
 }

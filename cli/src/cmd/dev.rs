@@ -165,7 +165,7 @@ async fn demo(
 
     // 4. The upgrade, live.
     let started = Instant::now();
-    let upgrade = ops::submit_file(&client, &global, &cluster_file, None).await?;
+    let upgrade = ops::submit_file(&client, &cluster_file, None).await?;
     say(&format!("submitted upgrade {upgrade}"));
     let view = ops::watch(&client, &global, &upgrade).await?;
     let wall = started.elapsed();

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod dev;
 pub mod executor;
+pub mod keys;
 pub mod ops;
 pub mod replay;
 pub mod server;
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev(args) => dev::run(global, args),
         Command::Replay(args) => replay::run(global, args),
         Command::Audit(command) => audit::run(global, command),
+        Command::Keys(command) => keys::run(command),
         other => ops::run(global, other),
     }
 }

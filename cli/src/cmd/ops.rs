@@ -204,7 +204,6 @@ async fn submit(client: &Client, global: &Global, args: SubmitArgs) -> anyhow::R
 /// Submits a cluster file as it is (used by `baton dev`); returns the upgrade id.
 pub async fn submit_file(
     client: &Client,
-    global: &Global,
     cluster: &Path,
     package: Option<String>,
 ) -> anyhow::Result<String> {

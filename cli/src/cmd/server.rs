@@ -11,6 +11,10 @@ pub struct ServerArgs {
     /// Directory of the log (sled). One service per log.
     #[arg(long, env = "BATON_DB")]
     pub db: PathBuf,
+    /// How far (seconds) an API request's signed time may be from the service's clock;
+    /// a request is accepted once within this window (replay protection).
+    #[arg(long, env = "BATON_API_SKEW_S", default_value_t = 60)]
+    pub api_skew_s: u64,
 }
 
 pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -27,7 +31,10 @@ pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode>
         };
         let config = workflow::service::Config {
             db: args.db.clone(),
-            nats_url: global.nats.clone(),
+            nats: global.nats_config(),
+            identity: global.identity("the workflow service")?,
+            trust: std::sync::Arc::new(global.trust("the workflow service")?),
+            api_skew: std::time::Duration::from_secs(args.api_skew_s),
             protocol: protocol::Options::default(),
         };
         let result = workflow::service::run(config, shutdown.clone()).await;

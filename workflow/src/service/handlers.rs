@@ -15,6 +15,7 @@ use super::api::{
     ApiReply, ErrorKind, EventsPage, EventsRequest, LoggedEvent, OperatorRequest, StatusView,
     SubmitRequest, UpgradeRef,
 };
+use super::api_guard::Caller;
 use super::registry::NodeIdentity;
 use super::upgrade::{self, Command};
 use super::{now_ms, view, ServiceError, Shared, SERVICE_STREAM};
@@ -26,6 +27,7 @@ pub(crate) async fn serve(
     mut requests: async_nats::Subscriber,
 ) -> Result<(), ServiceError> {
     let mut malformed: u64 = 0;
+    let mut unauthenticated: u64 = 0;
     loop {
         let message = tokio::select! {
             _ = shared.shutdown.cancelled() => return Ok(()),
@@ -45,24 +47,51 @@ pub(crate) async fn serve(
             .strip_prefix("baton.api.")
             .unwrap_or_default()
             .to_string();
-        let reply = match handle(&shared, &verb, &message.payload).await {
-            Ok(reply) => reply,
-            Err(HandlerError::BadRequest(reason)) => {
-                malformed += 1;
-                tracing::warn!(%verb, %reason, malformed, "malformed API request rejected");
-                ApiReply::error(ErrorKind::Rejected, reason)
+        let (reply, request_sig) = match super::api_guard::authenticate(
+            &shared,
+            &message,
+            &verb,
+            now_ms(),
+        ) {
+            Err(refused) => {
+                unauthenticated += 1;
+                tracing::warn!(%verb, reason = %refused.reason, unauthenticated, "API request refused: not an authenticated operator allowed to do this");
+                (
+                    ApiReply::error(
+                        ErrorKind::Rejected,
+                        format!("not allowed: {}", refused.reason),
+                    ),
+                    refused.sig,
+                )
             }
-            Err(HandlerError::Service(err)) => {
-                let text = super::anyhow_chain(&err);
-                tracing::error!(%verb, error = %text, "API request failed");
-                if matches!(err, ServiceError::FailClosed { .. }) {
-                    shared.shutdown.cancel();
-                }
-                ApiReply::error(ErrorKind::Internal, text)
+            Ok((caller, sig)) => {
+                let reply = match handle(&shared, &verb, &caller, &message.payload).await {
+                    Ok(reply) => reply,
+                    Err(HandlerError::BadRequest(reason)) => {
+                        malformed += 1;
+                        tracing::warn!(%verb, %reason, malformed, "malformed API request rejected");
+                        ApiReply::error(ErrorKind::Rejected, reason)
+                    }
+                    Err(HandlerError::Service(err)) => {
+                        let text = super::anyhow_chain(&err);
+                        tracing::error!(%verb, error = %text, "API request failed");
+                        if matches!(err, ServiceError::FailClosed { .. }) {
+                            shared.shutdown.cancel();
+                        }
+                        ApiReply::error(ErrorKind::Internal, text)
+                    }
+                };
+                (reply, sig)
             }
         };
         let payload = serde_json::to_vec(&reply).unwrap_or_default();
-        if let Err(err) = shared.nats.publish(reply_to, payload.into()).await {
+        let headers =
+            super::api_guard::reply_headers(&shared, reply_to.as_str(), &request_sig, &payload);
+        if let Err(err) = shared
+            .nats
+            .publish_with_headers(reply_to, headers, payload.into())
+            .await
+        {
             tracing::warn!(%verb, error = %err, "could not send an API reply");
         }
     }
@@ -93,10 +122,11 @@ fn decode<T: serde::de::DeserializeOwned>(verb: &str, payload: &[u8]) -> Result<
 async fn handle(
     shared: &Arc<Shared>,
     verb: &str,
+    caller: &Caller,
     payload: &[u8],
 ) -> Result<ApiReply, HandlerError> {
     match verb {
-        "submit" | "plan" => submit(shared, verb, decode(verb, payload)?).await,
+        "submit" | "plan" => submit(shared, verb, caller, decode(verb, payload)?).await,
         "status" => {
             let request: UpgradeRef = decode(verb, payload)?;
             check_upgrade_id(&request.upgrade)?;
@@ -109,7 +139,7 @@ async fn handle(
         "pause" | "resume" | "abort" | "approve" | "resolve" => {
             let request: OperatorRequest = decode(verb, payload)?;
             check_upgrade_id(&request.upgrade)?;
-            operator(shared, verb, request).await
+            operator(shared, verb, caller, request).await
         }
         "events" => {
             let request: EventsRequest = decode(verb, payload)?;
@@ -166,6 +196,7 @@ fn not_found(upgrade: &str) -> ApiReply {
 async fn submit(
     shared: &Arc<Shared>,
     verb: &str,
+    caller: &Caller,
     request: SubmitRequest,
 ) -> Result<ApiReply, HandlerError> {
     let cluster = match ClusterFile::parse(&request.cluster_file, &request.cluster_toml) {
@@ -213,7 +244,7 @@ async fn submit(
         plan_only: request.plan_only || verb == "plan",
         expected_plan_hash: request.plan_hash,
         executors_online: executors_online(shared).await,
-        requested_by: request.requested_by,
+        requested_by: caller.name.clone(),
         now_ms: now_ms(),
     };
     let (tx, rx) = oneshot::channel();
@@ -245,10 +276,11 @@ async fn submit(
 async fn operator(
     shared: &Arc<Shared>,
     verb: &str,
+    caller: &Caller,
     request: OperatorRequest,
 ) -> Result<ApiReply, HandlerError> {
     let now_ms = now_ms();
-    let by = request.by.clone();
+    let by = caller.name.clone();
     let input = match verb {
         "pause" => Input::Pause {
             by,
@@ -421,8 +453,8 @@ fn events(shared: &Arc<Shared>, request: EventsRequest) -> Result<ApiReply, Hand
     }))
 }
 
-/// Presence records refused since the service started (undecodable, or naming a group or node that is not a
-/// valid subject token).
+/// Presence records refused since the service started (not signed by a pinned executor of the group it
+/// names, undecodable, or naming a group or node that is not a valid subject token).
 static PRESENCE_REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// Executor groups with a live, valid presence record. A record whose group is not a valid subject token
@@ -434,8 +466,8 @@ pub(crate) async fn executors_online(shared: &Shared) -> Vec<String> {
     };
     while let Some(Ok(key)) = keys.next().await {
         if let Ok(Some(value)) = shared.presence.get(&key).await {
-            match protocol::presence::decode(&value) {
-                Ok(presence) => groups.push(presence.group),
+            match protocol::presence::open(&value, &key, &shared.trust) {
+                Ok((presence, _executor)) => groups.push(presence.group),
                 Err(err) => {
                     let refused = PRESENCE_REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
                     tracing::warn!(

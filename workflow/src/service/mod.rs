@@ -16,6 +16,7 @@
 //! no recorded outcome, under the same ids.
 
 pub mod api;
+mod api_guard;
 mod handlers;
 mod registry;
 mod upgrade;
@@ -41,8 +42,16 @@ pub const SERVICE_STREAM: StreamId = StreamId([0; 16]);
 pub struct Config {
     /// Directory of the sled log.
     pub db: PathBuf,
-    /// NATS URL.
-    pub nats_url: String,
+    /// NATS connection settings (URL, authentication, TLS).
+    pub nats: protocol::connect::NatsConfig,
+    /// The service's signing key: it signs every step request and API reply.
+    pub identity: protocol::sign::Identity,
+    /// The pinned keys: executors (whose results and presence are accepted,
+    /// for their group only) and operators (whose API requests are accepted,
+    /// within their role).
+    pub trust: Arc<protocol::sign::Trust>,
+    /// How far an API request's signed time may be from ours (replay window).
+    pub api_skew: Duration,
     /// JetStream tunables (tests shorten them).
     pub protocol: protocol::Options,
 }
@@ -59,6 +68,8 @@ pub enum ServiceError {
     Unverified(String),
     #[error("NATS: {0}")]
     Nats(String),
+    #[error("the service's key is not the trust file's service key ({key}); refusing to start: executors and operators would refuse everything it signs")]
+    NotTrusted { key: String },
     /// A bug or a broken invariant (a task panicked, the log and the state
     /// disagree): the service stops rather than guess.
     #[error("internal error: {0}")]
@@ -85,6 +96,11 @@ pub(crate) struct Shared {
     pub nats: async_nats::Client,
     pub presence: jetstream::kv::Store,
     pub epoch: u64,
+    pub identity: protocol::sign::Identity,
+    pub trust: Arc<protocol::sign::Trust>,
+    /// Signatures of API requests seen within the replay window.
+    pub seen_requests: std::sync::Mutex<api_guard::Seen>,
+    pub api_skew: Duration,
     pub registry: Registry,
     pub shutdown: CancellationToken,
     /// Appends hold it shared; `verify` holds it exclusively, because the
@@ -94,6 +110,11 @@ pub(crate) struct Shared {
 
 /// Runs the workflow service until `shutdown` is cancelled or a fatal error.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    if !config.trust.is_service(&config.identity.public_key()) {
+        return Err(ServiceError::NotTrusted {
+            key: config.identity.public_key(),
+        });
+    }
     let store = Store::open(&config.db)?;
     // Refuse to act on a log that does not verify: decisions made from a
     // damaged history could be wrong (`baton audit verify --db` shows why).
@@ -107,7 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let epoch = bump_epoch(&store).await?;
     tracing::info!(epoch, db = %config.db.display(), "workflow service starting");
 
-    let Some(nats) = connect(&config.nats_url, &shutdown).await else {
+    let Some(nats) = connect(&config.nats, &shutdown).await? else {
         return Ok(());
     };
     let js = jetstream::new(nats.clone());
@@ -119,6 +140,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         nats: nats.clone(),
         presence: handles.presence.clone(),
         epoch,
+        identity: config.identity.clone(),
+        trust: config.trust.clone(),
+        seen_requests: std::sync::Mutex::new(api_guard::Seen::default()),
+        api_skew: config.api_skew,
         registry: Registry::default(),
         shutdown: shutdown.clone(),
         append_gate: tokio::sync::RwLock::new(()),
@@ -181,20 +206,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 }
 
 /// Connects to NATS, retrying until it answers (the service may start before
-/// the broker). `None` if shutdown came first.
-async fn connect(url: &str, shutdown: &CancellationToken) -> Option<async_nats::Client> {
+/// the broker). `None` if shutdown came first; an error if the settings are
+/// unusable (a missing file, a malformed URL).
+async fn connect(
+    config: &protocol::connect::NatsConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<async_nats::Client>, ServiceError> {
+    let url = config.redacted_url();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match async_nats::ConnectOptions::new()
-            .name("baton-workflow")
-            .connect(url)
-            .await
-        {
-            Ok(client) => return Some(client),
+        let (options, addrs) = config.options("baton-workflow").await?;
+        match options.connect(addrs).await {
+            Ok(client) => return Ok(Some(client)),
             Err(err) => {
                 tracing::warn!(%url, error = %err, "cannot reach NATS yet; retrying");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return None,
+                    _ = shutdown.cancelled() => return Ok(None),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -240,6 +267,7 @@ async fn pump_results(
 ) -> Result<(), ServiceError> {
     let mut stray: u64 = 0;
     let mut malformed: u64 = 0;
+    let mut unsigned: u64 = 0;
     loop {
         let mut messages = match consumer.messages().await {
             Ok(messages) => messages,
@@ -264,6 +292,35 @@ async fn pump_results(
                 }
                 None => break,
             };
+            // Only a result signed by a pinned executor is read at all; which
+            // group it may answer for is checked by the upgrade's loop.
+            let signer = match protocol::sign::verify_headers(
+                message.headers.as_ref(),
+                protocol::sign::Kind::Result,
+                message.subject.as_str(),
+                &message.payload,
+            )
+            .map_err(|e| e.reason)
+            .and_then(|verified| {
+                shared
+                    .trust
+                    .executor(&verified.key)
+                    .cloned()
+                    .ok_or_else(|| {
+                        format!(
+                            "signed by key {}, which is not an executor of the trust file",
+                            verified.key
+                        )
+                    })
+            }) {
+                Ok(signer) => signer,
+                Err(reason) => {
+                    unsigned += 1;
+                    tracing::warn!(subject = %message.subject, %reason, unsigned, "refused a step result that no pinned executor signed");
+                    let _ = message.ack_with(jetstream::AckKind::Term).await;
+                    continue;
+                }
+            };
             let result = match protocol::decode_result(&message.payload) {
                 Ok(result) => result,
                 Err(err) => {
@@ -278,6 +335,7 @@ async fn pump_results(
                     if handle
                         .send(upgrade::Command::Result {
                             result: Box::new(result),
+                            signer: Box::new(signer),
                             message: Box::new(message),
                         })
                         .await

@@ -28,6 +28,8 @@ pub enum Command {
     /// A step result pulled from `BATON_RESULTS`; acked once it is in the log.
     Result {
         result: Box<protocol::StepResult>,
+        /// The pinned executor whose signature the result carries.
+        signer: Box<protocol::sign::ExecutorPeer>,
         message: Box<jetstream::Message>,
     },
     /// An operator's input (submit, pause, resume, abort, approve, resolve).
@@ -198,8 +200,40 @@ impl Loop {
 
     async fn handle(&mut self, command: Command) -> Result<(), ServiceError> {
         match command {
-            Command::Result { result, message } => {
-                let input = input_of_result(&result, now_ms());
+            Command::Result {
+                result,
+                signer,
+                message,
+            } => {
+                // An executor answers only for the steps sent to its group.
+                let sent_to = self
+                    .state
+                    .outstanding_steps()
+                    .into_iter()
+                    .find(|s| s.step == result.step && s.attempt == result.attempt)
+                    .map(|s| (s.group, s.node));
+                if let Some((group, node)) = &sent_to {
+                    if *group != signer.group || *node != result.node {
+                        tracing::warn!(
+                            upgrade = %self.upgrade,
+                            step = result.step,
+                            attempt = result.attempt,
+                            executor = %signer.name,
+                            executor_group = %signer.group,
+                            step_group = %group,
+                            step_node = %node,
+                            result_node = %result.node,
+                            "refused a result from an executor that was not sent this step"
+                        );
+                        let _ = message.ack_with(jetstream::AckKind::Term).await;
+                        return Ok(());
+                    }
+                }
+                let mut input = input_of_result(&result, now_ms());
+                if let Input::StepFinished { executor, .. } = &mut input {
+                    // The log names the executor by its pinned key's name.
+                    *executor = signer.name.clone();
+                }
                 match self.apply(input).await? {
                     Ok(()) => {}
                     Err(rejection) => tracing::info!(
@@ -310,13 +344,9 @@ impl Loop {
             deadline_ms: step.deadline_ms,
         };
         let what = format!("step {} attempt {}", step.step, step.attempt);
-        self.publish_until_acked(
-            request.subject(),
-            request.headers(),
-            request.encode(),
-            &what,
-        )
-        .await;
+        let (headers, payload) = request.signed(&self.shared.identity);
+        self.publish_until_acked(request.subject(), headers, payload, &what)
+            .await;
         tracing::info!(
             upgrade = %self.upgrade,
             step = step.step,
