@@ -162,6 +162,8 @@ pub enum Command {
     Status(cmd::ops::UpgradeArg),
     /// List upgrades.
     List,
+    /// List the executor groups that are online (signed presence records).
+    Executors,
     /// Pause an upgrade after the step in flight.
     Pause(cmd::ops::ReasonArgs),
     /// Resume a paused upgrade.

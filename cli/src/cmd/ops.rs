@@ -125,6 +125,19 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Executors => {
+                let groups = executors_online(&client).await?;
+                if global.output == Output::Json {
+                    println!("{}", serde_json::to_string(&groups)?);
+                } else if groups.is_empty() {
+                    println!("no executor is online (none with a presence record signed by a key the trust file pins)");
+                } else {
+                    for group in groups {
+                        println!("{group}");
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Pause(args) => {
                 operator(
                     &client,

@@ -787,7 +787,7 @@ async fn check_outside(
 
     // Every mirrored event (published only after its flush) is in the log.
     let logged = env.logged_hashes(upgrade);
-    match mirrored(&env.nats.url(), upgrade).await {
+    match mirrored(env, upgrade).await {
         Ok(mirror) => {
             for (seq, hash) in mirror {
                 if logged.get(&seq) != Some(&hash) {
@@ -805,9 +805,16 @@ async fn check_outside(
 }
 
 /// (seq, hash) of every event of `upgrade` in `BATON_EVENTS`.
-async fn mirrored(url: &str, upgrade: &str) -> anyhow::Result<Vec<(u64, String)>> {
+async fn mirrored(env: &Env, upgrade: &str) -> anyhow::Result<Vec<(u64, String)>> {
     use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-    let client = async_nats::connect(url).await?;
+    // As the service (the role that may read BATON_EVENTS).
+    let client = if env.nats_auth {
+        env.secure
+            .connect(&env.nats.url(), Some(&env.secure.service_key))
+            .await?
+    } else {
+        async_nats::connect(env.nats.url()).await?
+    };
     let js = async_nats::jetstream::new(client);
     let stream = js.get_stream(protocol::subjects::EVENTS_STREAM).await?;
     let consumer = stream

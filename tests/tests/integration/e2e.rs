@@ -40,6 +40,9 @@ pub(crate) struct Setup {
     pub(crate) target: &'static str,
     /// The simulator's election delay.
     pub(crate) election_ms: u64,
+    /// Run nats-server with authentication and TLS (the shipped least-privilege
+    /// configuration); off, every process still signs and verifies.
+    pub(crate) nats_auth: bool,
 }
 
 impl Default for Setup {
@@ -55,13 +58,22 @@ impl Default for Setup {
             from: FROM,
             target: TARGET,
             election_ms: 300,
+            nats_auth: true,
         }
     }
 }
 
+/// Executor groups beyond the nodes' that every test deployment has keys for
+/// (a second cluster's, in `upgrades_of_two_clusters_run_at_the_same_time`).
+pub(crate) const EXTRA_GROUPS: [&str; 3] = ["other-1", "other-2", "other-3"];
+
 /// One simulated cluster with its NATS, workflow service and executors.
 pub(crate) struct Env {
     pub(crate) nats: NatsServer,
+    /// The deployment's keys, trust file and TLS files.
+    pub(crate) secure: tests::Secure,
+    /// Whether nats-server runs with authentication and TLS.
+    pub(crate) nats_auth: bool,
     pub(crate) dir: TempDir,
     pub(crate) sim_dir: PathBuf,
     pub(crate) cluster_file: PathBuf,
@@ -79,7 +91,16 @@ pub(crate) struct Env {
 
 impl Env {
     pub(crate) async fn start(setup: Setup) -> Env {
-        let nats = NatsServer::start().await.expect("nats-server starts");
+        let mut groups: Vec<String> = (1..=setup.nodes).map(|i| format!("backend-{i}")).collect();
+        groups.extend(EXTRA_GROUPS.iter().map(|g| g.to_string()));
+        let group_refs: Vec<&str> = groups.iter().map(String::as_str).collect();
+        let secure = tests::Secure::new(&group_refs).expect("keys and certificates");
+        let nats = if setup.nats_auth {
+            NatsServer::start_secured(&secure).await
+        } else {
+            NatsServer::start().await
+        }
+        .expect("nats-server starts");
         let proxy = if setup.through_proxy {
             let upstream = ([127, 0, 0, 1], nats.port()).into();
             Some(
@@ -144,6 +165,8 @@ impl Env {
             .unwrap_or_else(|| dir.path().join("baton.db"));
         let mut env = Env {
             nats,
+            secure,
+            nats_auth: setup.nats_auth,
             dir,
             sim_dir,
             cluster_file,
@@ -165,17 +188,40 @@ impl Env {
         env
     }
 
+    /// The `baton` CLI as operator alice (an approver), straight to NATS.
     pub(crate) fn baton_cmd(&self) -> Command {
+        self.baton_cmd_as(&self.secure.operator_keys["alice"])
+    }
+
+    /// The `baton` CLI (or a service, an executor) with `key` for signing and,
+    /// when nats-server has auth on, for NATS (with TLS).
+    pub(crate) fn baton_cmd_as(&self, key: &Path) -> Command {
         let mut cmd = Command::new(workspace_bin("baton"));
         cmd.env("BATON_NATS_URL", self.nats.url())
-            .env("BATON_USER", "e2e-operator")
             .env_remove("BATON_OUTPUT");
+        for (name, value) in self.key_env(key) {
+            cmd.env(name, value);
+        }
         cmd
+    }
+
+    /// The environment that makes a process use `key`.
+    pub(crate) fn key_env(&self, key: &Path) -> Vec<(String, String)> {
+        if self.nats_auth {
+            self.secure.env_for(key)
+        } else {
+            self.secure.env_signing_only(key)
+        }
+    }
+
+    /// The seed file of the executor of `group`.
+    pub(crate) fn executor_key(&self, group: &str) -> PathBuf {
+        self.secure.executor_keys[group].clone()
     }
 
     pub(crate) fn start_server(&mut self) {
         self.server_starts += 1;
-        let mut cmd = self.baton_cmd();
+        let mut cmd = self.baton_cmd_as(&self.secure.service_key.clone());
         cmd.args(["server", "--db"])
             .arg(self.db())
             .env("BATON_NATS_URL", self.service_url());
@@ -236,16 +282,10 @@ impl Env {
     /// Waits until the service answers and shows a live executor for every
     /// group in `groups` (the demo's groups are the node names).
     pub(crate) async fn wait_for_groups(&self, groups: &[String]) {
-        let online = tests::wait_until_async(Duration::from_secs(30), || async {
-            let Ok(client) = async_nats::connect(self.nats.url()).await else {
-                return false;
-            };
-            let reply = client
-                .request("baton.api.executors", "{}".into())
-                .await
-                .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-                .unwrap_or_default();
-            groups.iter().all(|g| reply.contains(&format!("\"{g}\"")))
+        let online = tests::wait_until(Duration::from_secs(30), || {
+            let out = self.baton(&["--output", "json", "--api-timeout", "2", "executors"]);
+            let online: Vec<String> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            groups.iter().all(|g| online.contains(g))
         })
         .await;
         assert!(
@@ -562,9 +602,9 @@ async fn gate_pause_and_resume_work_and_are_logged() {
     let pos = |f: &dyn Fn(&Event) -> bool| events.iter().position(f).unwrap();
     let asked = pos(&|e| matches!(e, Event::ApprovalRequested { .. }));
     let paused = pos(
-        &|e| matches!(e, Event::UpgradePaused { by, reason, .. } if by == "e2e-operator" && reason == "lunch"),
+        &|e| matches!(e, Event::UpgradePaused { by, reason, .. } if by == "alice" && reason == "lunch"),
     );
-    let approved = pos(&|e| matches!(e, Event::GateApproved { by, .. } if by == "e2e-operator"));
+    let approved = pos(&|e| matches!(e, Event::GateApproved { by, .. } if by == "alice"));
     let resumed = pos(&|e| matches!(e, Event::UpgradeResumed { .. }));
     let demote =
         pos(&|e| matches!(e, Event::StepScheduled { action, .. } if action.as_str() == "demote"));
@@ -737,7 +777,7 @@ impl Env {
             self.sim_dir.join("nodes").join(node).join("bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut cmd = self.baton_cmd();
+        let mut cmd = self.baton_cmd_as(&self.executor_key(node));
         cmd.args(["executor", "--group", node, "--nodes", node])
             .args(["--procedure", self.procedure])
             .args(["--heartbeat-ms", "500", "--ack-wait-ms", "2000"])
@@ -1040,7 +1080,7 @@ async fn a_demote_that_elects_nobody_stops_for_the_operator_and_resolve_carries_
     let events = env.events(&upgrade);
     assert!(has(&events, |e| matches!(
         e,
-        Event::StepResolved { by, why, .. } if by == "e2e-operator" && why == "promoted backend-2 by hand"
+        Event::StepResolved { by, why, .. } if by == "alice" && why == "promoted backend-2 by hand"
     )));
     env.assert_log_verifies(&upgrade);
 }
@@ -1078,7 +1118,7 @@ async fn upgrades_of_two_clusters_run_at_the_same_time() {
         toml.push_str(&format!(
             "[[nodes]]\nname = \"{node}\"\naddress = \"10.0.1.{i}\"\nexecutor = \"{group}\"\n\n"
         ));
-        let mut cmd = env.baton_cmd();
+        let mut cmd = env.baton_cmd_as(&env.executor_key(&group));
         cmd.args([
             "executor",
             "--group",

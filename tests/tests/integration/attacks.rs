@@ -1,0 +1,400 @@
+//! Issue 11's attacks on a running deployment: real nats-server, real
+//! `baton server`, executors and CLI, the simulator as the cluster. Each
+//! attack runs twice: with nats-server's authentication and TLS on (the
+//! shipped least-privilege configuration: most attacks cannot even be sent),
+//! and with them off (defence in depth: the signatures and allow lists still
+//! refuse them). Either way the upgrade completes safely, nothing forged is
+//! recorded as fact, and the refusal is counted and logged with a reason.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use protocol::sign::{Identity, Kind};
+use protocol::{Outcome, StepResult, PROTOCOL_VERSION};
+use workflow::core::Event;
+
+use super::e2e::{Env, Setup, UPGRADE_TIMEOUT};
+
+/// A NATS client for the attacker: with `key` when nats-server has auth on
+/// (the attacker stole or holds that identity), anonymous otherwise.
+async fn attacker(env: &Env, key: &Path) -> anyhow::Result<async_nats::Client> {
+    if env.nats_auth {
+        env.secure.connect(&env.nats.url(), Some(key)).await
+    } else {
+        Ok(async_nats::connect(env.nats.url()).await?)
+    }
+}
+
+/// The step in flight right now, if it runs on a node other than `not_on`.
+fn current_step_not_on(env: &Env, upgrade: &str, not_on: &str) -> Option<(u64, u32, String)> {
+    let view = env.status(upgrade)?;
+    let current = view.current?;
+    (current.node != not_on).then_some((current.step, current.attempt, current.node))
+}
+
+fn forged_result(upgrade: &str, step: u64, attempt: u32, node: &str) -> StepResult {
+    StepResult {
+        v: PROTOCOL_VERSION,
+        upgrade: upgrade.to_string(),
+        step,
+        attempt,
+        epoch: 1,
+        node: node.to_string(),
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        reason: None,
+        started_ms: None,
+        finished_ms: None,
+        executor: "shadow".into(),
+    }
+}
+
+/// Forged results for the step in flight (signed by a pinned executor of
+/// another group; and, with auth off, unsigned and signed by an outsider) are
+/// refused; the real result is the one recorded and the upgrade completes.
+async fn forged_results_are_refused(nats_auth: bool) {
+    let env = Env::start(Setup {
+        sync_ms: 1500,
+        nats_auth,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    // backend-3's executor key: a pinned identity, allowed to publish results.
+    let insider_key = env.executor_key("backend-3");
+    let insider = Identity::load(&insider_key).unwrap();
+    let client = attacker(&env, &insider_key).await.unwrap();
+    let mut forged = Vec::new();
+    let found = tests::wait_until(UPGRADE_TIMEOUT, || {
+        match current_step_not_on(&env, &upgrade, "backend-3") {
+            Some(step) => {
+                forged.push(step);
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    assert!(found, "no step on another node was ever in flight");
+    let (step, attempt, node) = forged[0].clone();
+    let result = forged_result(&upgrade, step, attempt, &node);
+    // Signed by a real executor, but of another group than the step's.
+    let (headers, payload) = result.signed(&insider);
+    let js = async_nats::jetstream::new(client.clone());
+    js.publish_with_headers(result.subject(), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    if !nats_auth {
+        // Unsigned, and signed by a key nobody pinned.
+        let mut unsigned = result.clone();
+        unsigned.reason = Some("unsigned".into());
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "forged-unsigned");
+        js.publish_with_headers(unsigned.subject(), headers, unsigned.encode().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let outsider = Identity::load(&env.secure.outsider_key).unwrap();
+        let mut by_outsider = result.clone();
+        by_outsider.reason = Some("outsider".into());
+        let (headers, payload) = by_outsider.signed(&outsider);
+        js.publish_with_headers(by_outsider.subject(), headers, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    env.expect_completed_safely(&upgrade).await;
+    // The step's recorded result came from its own executor.
+    let recorded: Vec<String> = env
+        .events(&upgrade)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::StepResultRecorded {
+                step: s,
+                attempt: a,
+                executor,
+                ..
+            } if s == step && a == attempt => Some(executor),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recorded, vec![node.clone()], "step {step} on {node}");
+    let log = env.server.as_ref().unwrap().log();
+    assert!(
+        log.contains("refused a result from an executor that was not sent this step"),
+        "{}",
+        env.logs()
+    );
+    if !nats_auth {
+        assert!(
+            log.contains("refused a step result that no pinned executor signed")
+                && log.contains("unsigned=2"),
+            "{}",
+            env.logs()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_results_are_refused_with_nats_auth_on() {
+    forged_results_are_refused(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_results_are_refused_with_nats_auth_off() {
+    forged_results_are_refused(false).await;
+}
+
+/// Operators act within their role, the log names the key's owner, and a
+/// captured request cannot be replayed.
+async fn operators_act_within_their_role(nats_auth: bool) {
+    let env = Env::start(Setup {
+        nats_auth,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&["--approve-before", "before-switchover"]);
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    let rita = env.secure.operator_keys["rita"].clone();
+    let oscar = env.secure.operator_keys["oscar"].clone();
+    let as_key = |key: &Path, args: &[&str]| {
+        env.baton_cmd_as(key)
+            .args(args)
+            .output()
+            .expect("baton runs")
+    };
+    for (key, args) in [
+        (&rita, vec!["approve", upgrade.as_str(), "before-switchover"]),
+        (&rita, vec!["abort", upgrade.as_str(), "--reason", "x"]),
+        (&rita, vec!["pause", upgrade.as_str(), "--reason", "x"]),
+        (&oscar, vec!["approve", upgrade.as_str(), "before-switchover"]),
+        (&env.secure.outsider_key, vec!["approve", upgrade.as_str(), "before-switchover"]),
+        (&env.secure.service_key, vec!["abort", upgrade.as_str(), "--reason", "x"]),
+    ] {
+        let out = as_key(key, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if nats_auth && (key == &env.secure.outsider_key) {
+            // The outsider is not even a NATS user.
+            assert!(!out.status.success(), "{args:?}: {stderr}");
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(3), "{args:?} as {key:?}: {stderr}");
+        assert!(stderr.contains("not allowed"), "{args:?}: {stderr}");
+    }
+    // A reader may read.
+    let out = as_key(&rita, &["status", &upgrade]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.status(&upgrade).unwrap().status, "waiting_approval");
+
+    if !nats_auth {
+        // Anyone on an open NATS sees alice's signed requests; re-sending one is refused.
+        let client = async_nats::connect(env.nats.url()).await.unwrap();
+        let mut sniffed = client.subscribe("baton.api.pause").await.unwrap();
+        client.flush().await.unwrap();
+        env.baton_ok(&["pause", &upgrade, "--reason", "coffee"]);
+        let captured = tokio::time::timeout(Duration::from_secs(10), sniffed.next())
+            .await
+            .expect("the pause request was seen")
+            .unwrap();
+        env.baton_ok(&["resume", &upgrade]);
+        let reply = client
+            .request_with_headers(
+                "baton.api.pause",
+                captured.headers.clone().unwrap(),
+                captured.payload.clone(),
+            )
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&reply.payload);
+        assert!(text.contains("replayed"), "{text}");
+        assert_eq!(env.status(&upgrade).unwrap().status, "waiting_approval");
+        // An unsigned request claiming to be alice.
+        let reply = client
+            .request(
+                "baton.api.approve",
+                serde_json::to_vec(&serde_json::json!({
+                    "upgrade": upgrade, "by": "alice", "gate": "before-switchover"
+                }))
+                .unwrap()
+                .into(),
+            )
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&reply.payload);
+        assert!(text.contains("unsigned"), "{text}");
+        assert_eq!(env.status(&upgrade).unwrap().status, "waiting_approval");
+    }
+
+    env.baton_ok(&["approve", &upgrade, "before-switchover"]);
+    env.expect_completed_safely(&upgrade).await;
+    let events = env.events(&upgrade);
+    assert!(events.iter().any(
+        |e| matches!(e, Event::GateApproved { by, .. } if by == "alice")
+    ));
+    assert!(!events.iter().any(|e| matches!(e, Event::AbortRequested { .. })));
+    let log = env.server.as_ref().unwrap().log();
+    assert!(log.contains("API request refused"), "{}", env.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_act_within_their_role_with_nats_auth_on() {
+    operators_act_within_their_role(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_act_within_their_role_with_nats_auth_off() {
+    operators_act_within_their_role(false).await;
+}
+
+/// A fake API responder (answering `status` with COMPLETED and `audit` with
+/// OK) is never believed: unsigned, or signed by any key but the service's,
+/// its replies are dropped by the CLI. With auth on it cannot even subscribe.
+async fn fake_api_responders_are_not_believed(nats_auth: bool) {
+    let env = Env::start(Setup {
+        nats_auth,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&["--approve-before", "before-switchover"]);
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    let insider_key = env.executor_key("backend-1");
+    let client = attacker(&env, &insider_key).await.unwrap();
+    let sub = client
+        .queue_subscribe("baton.api.>", "baton-workflow".to_string())
+        .await;
+    let forger = Identity::load(&insider_key).unwrap();
+    let fake = |subscription: async_nats::Subscriber, client: async_nats::Client| async move {
+        let mut subscription = subscription;
+        let mut answered = 0u32;
+        while let Some(request) = subscription.next().await {
+            let Some(reply) = request.reply else { continue };
+            let body = br#"{"ok":{"upgrade":"x","cluster":"e2e","status":"completed","reason":null,"phase":"done","target_version":null,"current":null,"nodes":[],"failover_blocked":false,"plan":null,"plan_hash":null,"submitted_ms":null,"updated_ms":null,"events":1,"clean":true}}"#;
+            let mut headers = HeaderMap::new();
+            if answered % 2 == 1 {
+                let sig = request
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(protocol::sign::SIG_HEADER))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                forger.sign_headers(&mut headers, Kind::ApiReply, &reply, &format!("re={sig}"), body);
+            }
+            answered += 1;
+            let _ = client
+                .publish_with_headers(reply, headers, body.to_vec().into())
+                .await;
+        }
+    };
+    let responder = match sub {
+        Ok(subscription) => Some(tokio::spawn(fake(subscription, client.clone()))),
+        Err(err) => {
+            assert!(nats_auth, "subscribing failed with auth off: {err}");
+            None
+        }
+    };
+    client.flush().await.ok();
+    for _ in 0..10 {
+        let view = env.status(&upgrade).expect("status answers");
+        assert_eq!(view.status, "waiting_approval", "a forged reply was believed");
+    }
+    if nats_auth {
+        // The server refused the subscription: a permissions violation.
+        let refused = tests::wait_until(Duration::from_secs(10), || {
+            env.nats.log().contains("Permissions Violation")
+        })
+        .await;
+        assert!(refused, "{}", env.nats.log());
+    }
+    if let Some(responder) = responder {
+        responder.abort();
+        let _ = responder.await;
+    }
+    env.baton_ok(&["approve", &upgrade, "before-switchover"]);
+    env.expect_completed_safely(&upgrade).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fake_api_responders_are_not_believed_with_nats_auth_on() {
+    fake_api_responders_are_not_believed(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fake_api_responders_are_not_believed_with_nats_auth_off() {
+    fake_api_responders_are_not_believed(false).await;
+}
+
+/// Forged presence (a group `ghost`, a group `x y`, another executor's group)
+/// never makes a group online.
+async fn forged_presence_is_refused(nats_auth: bool) {
+    let env = Env::start(Setup {
+        nats_auth,
+        ..Setup::default()
+    })
+    .await;
+    let insider_key = env.executor_key("backend-3");
+    let insider = Identity::load(&insider_key).unwrap();
+    let client = attacker(&env, &insider_key).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let kv = js
+        .get_key_value(protocol::subjects::PRESENCE_BUCKET)
+        .await
+        .unwrap();
+    let record = |group: &str, id: &str| protocol::Presence {
+        v: 1,
+        id: id.into(),
+        group: group.into(),
+        nodes: vec![],
+        version: "0".into(),
+        host: "h".into(),
+        pid: 1,
+        started_ms: 0,
+        heartbeat_ms: 0,
+        executed: 0,
+        rejected: 0,
+        not_allowed: 0,
+        conflicts: 0,
+        malformed: 0,
+        running: None,
+    };
+    // Signed by backend-3's key, under its own presence key, for another group.
+    let sealed = protocol::presence::seal(&record("backend-9", "backend-3"), &insider);
+    let own = kv.put("backend-3", sealed.into()).await;
+    // Under another key (auth on: refused by the server).
+    let ghost = protocol::presence::seal(&record("ghost", "ghost"), &insider);
+    let other = kv.put("ghost", ghost.into()).await;
+    if !nats_auth {
+        own.expect("open NATS takes the put");
+        other.expect("open NATS takes the put");
+        let unsigned = serde_json::to_vec(&record("x y", "xy")).unwrap();
+        kv.put("xy", unsigned.into()).await.unwrap();
+    } else {
+        assert!(other.is_err(), "the server let backend-3 write another executor's presence");
+    }
+    let out = env.baton_ok(&["--output", "json", "executors"]);
+    let online: Vec<String> = serde_json::from_str(&out).unwrap();
+    for bad in ["backend-9", "ghost", "x y"] {
+        assert!(!online.contains(&bad.to_string()), "{bad} is online: {online:?}");
+    }
+    let log = env.server.as_ref().unwrap().log();
+    assert!(log.contains("presence record refused"), "{}", env.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_presence_is_refused_with_nats_auth_on() {
+    forged_presence_is_refused(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_presence_is_refused_with_nats_auth_off() {
+    forged_presence_is_refused(false).await;
+}
