@@ -17,6 +17,7 @@
 
 pub mod api;
 mod handlers;
+pub mod lease;
 mod registry;
 mod upgrade;
 pub mod view;
