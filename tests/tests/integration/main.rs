@@ -4,5 +4,6 @@
 mod chaos;
 mod e2e;
 mod executor;
+mod lease;
 mod sim;
 mod store;
