@@ -13,6 +13,11 @@ pub const PRESENCE_BUCKET: &str = "baton_executors";
 /// KV bucket of step claims: the first executor to claim `<upgrade>.<step>.<attempt>`
 /// is the only one that may run it (see `setup::Options::claims_max_age`).
 pub const CLAIMS_BUCKET: &str = "baton_claims";
+/// KV bucket of the service lease: one workflow service per NATS account
+/// holds it (`workflow::service::lease`); its `max_age` is the lease TTL.
+pub const LEASE_BUCKET: &str = "baton_lease";
+/// The one key of [`LEASE_BUCKET`]: the holder record of the acting service.
+pub const LEASE_KEY: &str = "service";
 /// The workflow service's durable consumer on [`RESULTS_STREAM`].
 pub const WORKFLOW_CONSUMER: &str = "baton-workflow";
 

@@ -5,5 +5,6 @@ mod attacks;
 mod chaos;
 mod e2e;
 mod executor;
+mod lease;
 mod sim;
 mod store;

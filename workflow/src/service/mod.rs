@@ -18,6 +18,7 @@
 pub mod api;
 mod api_guard;
 mod handlers;
+pub mod lease;
 mod registry;
 mod upgrade;
 pub mod view;
