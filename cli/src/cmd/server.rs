@@ -15,6 +15,13 @@ pub struct ServerArgs {
     /// a request is accepted once within this window (replay protection).
     #[arg(long, env = "BATON_API_SKEW_S", default_value_t = 60)]
     pub api_skew_s: u64,
+    /// If another service holds the lease (another log on this NATS account), wait for it
+    /// as a standby instead of refusing to start.
+    #[arg(long, env = "BATON_STANDBY")]
+    pub standby: bool,
+    /// How long the service lease outlives its last renewal, in milliseconds (renewed every third).
+    #[arg(long, env = "BATON_LEASE_TTL_MS", default_value_t = 15_000)]
+    pub lease_ttl_ms: u64,
 }
 
 pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -35,6 +42,11 @@ pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode>
             identity: global.identity("the workflow service")?,
             trust: std::sync::Arc::new(global.trust("the workflow service")?),
             api_skew: std::time::Duration::from_secs(args.api_skew_s),
+            lease: workflow::service::lease::LeaseOptions {
+                ttl: std::time::Duration::from_millis(args.lease_ttl_ms),
+                renew_every: std::time::Duration::from_millis(args.lease_ttl_ms / 3),
+                standby: args.standby,
+            },
             protocol: protocol::Options::default(),
         };
         let result = workflow::service::run(config, shutdown.clone()).await;

@@ -173,12 +173,24 @@ async fn operators_act_within_their_role(nats_auth: bool) {
             .expect("baton runs")
     };
     for (key, args) in [
-        (&rita, vec!["approve", upgrade.as_str(), "before-switchover"]),
+        (
+            &rita,
+            vec!["approve", upgrade.as_str(), "before-switchover"],
+        ),
         (&rita, vec!["abort", upgrade.as_str(), "--reason", "x"]),
         (&rita, vec!["pause", upgrade.as_str(), "--reason", "x"]),
-        (&oscar, vec!["approve", upgrade.as_str(), "before-switchover"]),
-        (&env.secure.outsider_key, vec!["approve", upgrade.as_str(), "before-switchover"]),
-        (&env.secure.service_key, vec!["abort", upgrade.as_str(), "--reason", "x"]),
+        (
+            &oscar,
+            vec!["approve", upgrade.as_str(), "before-switchover"],
+        ),
+        (
+            &env.secure.outsider_key,
+            vec!["approve", upgrade.as_str(), "before-switchover"],
+        ),
+        (
+            &env.secure.service_key,
+            vec!["abort", upgrade.as_str(), "--reason", "x"],
+        ),
     ] {
         let out = as_key(key, &args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -192,7 +204,11 @@ async fn operators_act_within_their_role(nats_auth: bool) {
     }
     // A reader may read.
     let out = as_key(&rita, &["status", &upgrade]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(env.status(&upgrade).unwrap().status, "waiting_approval");
 
     if !nats_auth {
@@ -237,10 +253,12 @@ async fn operators_act_within_their_role(nats_auth: bool) {
     env.baton_ok(&["approve", &upgrade, "before-switchover"]);
     env.expect_completed_safely(&upgrade).await;
     let events = env.events(&upgrade);
-    assert!(events.iter().any(
-        |e| matches!(e, Event::GateApproved { by, .. } if by == "alice")
-    ));
-    assert!(!events.iter().any(|e| matches!(e, Event::AbortRequested { .. })));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::GateApproved { by, .. } if by == "alice")));
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::AbortRequested { .. })));
     let log = env.server.as_ref().unwrap().log();
     assert!(log.contains("API request refused"), "{}", env.logs());
 }
@@ -287,7 +305,13 @@ async fn fake_api_responders_are_not_believed(nats_auth: bool) {
                     .and_then(|h| h.get(protocol::sign::SIG_HEADER))
                     .map(|v| v.to_string())
                     .unwrap_or_default();
-                forger.sign_headers(&mut headers, Kind::ApiReply, &reply, &format!("re={sig}"), body);
+                forger.sign_headers(
+                    &mut headers,
+                    Kind::ApiReply,
+                    &reply,
+                    &format!("re={sig}"),
+                    body,
+                );
             }
             answered += 1;
             let _ = client
@@ -305,7 +329,10 @@ async fn fake_api_responders_are_not_believed(nats_auth: bool) {
     client.flush().await.ok();
     for _ in 0..10 {
         let view = env.status(&upgrade).expect("status answers");
-        assert_eq!(view.status, "waiting_approval", "a forged reply was believed");
+        assert_eq!(
+            view.status, "waiting_approval",
+            "a forged reply was believed"
+        );
     }
     if nats_auth {
         // The server refused the subscription: a permissions violation.
@@ -378,12 +405,18 @@ async fn forged_presence_is_refused(nats_auth: bool) {
         let unsigned = serde_json::to_vec(&record("x y", "xy")).unwrap();
         kv.put("xy", unsigned.into()).await.unwrap();
     } else {
-        assert!(other.is_err(), "the server let backend-3 write another executor's presence");
+        assert!(
+            other.is_err(),
+            "the server let backend-3 write another executor's presence"
+        );
     }
     let out = env.baton_ok(&["--output", "json", "executors"]);
     let online: Vec<String> = serde_json::from_str(&out).unwrap();
     for bad in ["backend-9", "ghost", "x y"] {
-        assert!(!online.contains(&bad.to_string()), "{bad} is online: {online:?}");
+        assert!(
+            !online.contains(&bad.to_string()),
+            "{bad} is online: {online:?}"
+        );
     }
     let log = env.server.as_ref().unwrap().log();
     assert!(log.contains("presence record refused"), "{}", env.logs());
@@ -397,4 +430,34 @@ async fn forged_presence_is_refused_with_nats_auth_on() {
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_presence_is_refused_with_nats_auth_off() {
     forged_presence_is_refused(false).await;
+}
+
+/// Two `baton server`s with different logs on one NATS: the second refuses to
+/// start, naming the holder; every request is answered by the first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_service_refuses_to_start_naming_the_lease_holder() {
+    let env = Env::start(Setup::default()).await;
+    let upgrade = env.submit(&["--approve-before", "before-switchover"]);
+    let other_db = env.dir.path().join("other.db");
+    let out = env
+        .baton_cmd_as(&env.secure.service_key)
+        .args(["server", "--db"])
+        .arg(&other_db)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another workflow service holds the lease")
+            && stderr.contains(&env.db().display().to_string()),
+        "{stderr}"
+    );
+    for _ in 0..5 {
+        let list = env.baton_ok(&["list"]);
+        assert!(list.contains(&upgrade), "{list}");
+    }
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    env.baton_ok(&["approve", &upgrade, "before-switchover"]);
+    env.expect_completed_safely(&upgrade).await;
 }

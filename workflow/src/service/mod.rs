@@ -53,6 +53,8 @@ pub struct Config {
     pub trust: Arc<protocol::sign::Trust>,
     /// How far an API request's signed time may be from ours (replay window).
     pub api_skew: Duration,
+    /// The lease that makes this the only service on this NATS account.
+    pub lease: lease::LeaseOptions,
     /// JetStream tunables (tests shorten them).
     pub protocol: protocol::Options,
 }
@@ -69,6 +71,8 @@ pub enum ServiceError {
     Unverified(String),
     #[error("NATS: {0}")]
     Nats(String),
+    #[error("the service lease")]
+    Lease(#[from] lease::LeaseError),
     #[error("the service's key is not the trust file's service key ({key}); refusing to start: executors and operators would refuse everything it signs")]
     NotTrusted { key: String },
     /// A bug or a broken invariant (a task panicked, the log and the state
@@ -126,13 +130,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     if !report.is_clean() {
         return Err(ServiceError::Unverified(format!("{report:?}")));
     }
-    let epoch = bump_epoch(&store).await?;
-    tracing::info!(epoch, db = %config.db.display(), "workflow service starting");
+    let epoch = next_epoch(&store)?;
 
     let Some(nats) = connect(&config.nats, &shutdown).await? else {
         return Ok(());
     };
     let js = jetstream::new(nats.clone());
+    // One service per NATS account: hold the lease before anything is
+    // published, and stop acting the moment it is lost. The epoch is written
+    // into the lease, so only the lease holder ever publishes under an epoch.
+    let me = lease::Holder::this_process(config.identity.public_key(), &config.db, epoch);
+    let Some(lease) = lease::Lease::acquire(&js, me, config.lease.clone(), &shutdown).await? else {
+        return Ok(());
+    };
+    record_start(&store, epoch, lease.revision()).await?;
+    tracing::info!(epoch, lease_revision = lease.revision(), db = %config.db.display(), "workflow service starting");
+    let release = CancellationToken::new();
+    let mut lease_task = tokio::spawn(lease.run(release.clone()));
+    let mut lease_done = false;
+
     let handles = protocol::ensure(&js, &config.protocol).await?;
 
     let shared = Arc::new(Shared {
@@ -178,6 +194,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            ended = &mut lease_task => {
+                lease_done = true;
+                let err = match ended {
+                    Ok(Err(lost)) => ServiceError::Lease(lost),
+                    Ok(Ok(())) => ServiceError::Internal("the lease task ended".into()),
+                    Err(join) => ServiceError::Internal(format!("the lease task failed: {join}")),
+                };
+                tracing::error!(error = %anyhow_chain(&err), "lost the service lease: stopping at once (fail closed)");
+                result = Err(err);
+                break;
+            }
             joined = tasks.join_next() => match joined {
                 Some(Ok(Ok(()))) => continue,
                 Some(Ok(Err(err))) => {
@@ -202,6 +229,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         }
     }
     let _ = shared.store.flush_async().await;
+    // Only now, with nothing acting under it, is the lease released.
+    release.cancel();
+    if !lease_done {
+        match lease_task.await {
+            Ok(Err(err)) => tracing::warn!(error = %anyhow_chain(&err), "releasing the lease"),
+            Err(join) => tracing::warn!(error = %join, "the lease task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     tracing::info!(epoch, "workflow service stopped");
     result
 }
@@ -243,20 +279,25 @@ pub(crate) fn anyhow_chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Records this start in the service stream and returns its epoch (1, 2, ...).
-async fn bump_epoch(store: &Store) -> Result<u64, ServiceError> {
-    let head = store.head(SERVICE_STREAM)?.map(|h| h.seq).unwrap_or(0);
-    let epoch = head + 1;
+/// The epoch of this start (1, 2, ...): one more than the starts in the log.
+fn next_epoch(store: &Store) -> Result<u64, ServiceError> {
+    Ok(store.head(SERVICE_STREAM)?.map(|h| h.seq).unwrap_or(0) + 1)
+}
+
+/// Records this start, with the lease it holds, in the service stream.
+async fn record_start(store: &Store, epoch: u64, lease_revision: u64) -> Result<(), ServiceError> {
+    let head = epoch - 1;
     let record = serde_json::json!({
         "type": "ServiceStarted",
         "epoch": epoch,
+        "lease_revision": lease_revision,
         "at_ms": now_ms(),
         "pid": std::process::id(),
         "version": env!("CARGO_PKG_VERSION"),
     });
     store.append(SERVICE_STREAM, head, &[NewRecord::new(record.to_string())])?;
     store.flush_async().await?;
-    Ok(epoch)
+    Ok(())
 }
 
 /// Pulls results and routes each to its upgrade's loop; the loop acks it once
