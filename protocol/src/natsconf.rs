@@ -126,6 +126,9 @@ fn service_user(trust: &Trust) -> User {
                 "$JS.API.>",
                 "creates and checks streams, buckets and its consumer; reads presence",
             ),
+            // Acks and flow-control replies answer delivered messages, which
+            // allow_responses would cover too, but only once per message and
+            // for two minutes: explicit, so a slow ack or a second one works.
             allow(
                 format!("$JS.ACK.{results}.{workflow}.>"),
                 "acks the results it consumed",
@@ -200,13 +203,12 @@ fn executor_user(name: &str, key: &str, group: &str) -> User {
                 "its own presence record (put and delete)",
             ),
             allow(format!("$KV.{claims}.>"), "claims step attempts"),
+            // async-nats reads a key with a direct get when the bucket allows
+            // it, which buckets it created do (`setup::ensure`); the
+            // `STREAM.MSG.GET` fallback is for buckets made otherwise.
             allow(
                 format!("$JS.API.DIRECT.GET.KV_{claims}.$KV.{claims}.>"),
-                "reads a claim (async-nats: buckets allow direct get)",
-            ),
-            allow(
-                format!("$JS.API.STREAM.MSG.GET.KV_{claims}"),
-                "reads a claim (async-nats: buckets without direct get)",
+                "reads a claim",
             ),
         ],
         subscribe: vec![inbox()],
