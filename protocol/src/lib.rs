@@ -17,6 +17,7 @@ pub mod connect;
 pub mod decode;
 pub mod error;
 pub mod messages;
+pub mod natsconf;
 pub mod presence;
 pub mod setup;
 pub mod sign;

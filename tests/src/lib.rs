@@ -1,17 +1,20 @@
 //! Test support shared by the integration tests: a real nats-server per test
 //! ([`nats::NatsServer`]), the workspace's built binaries and child processes
 //! stopped on drop ([`process`]), and condition waits with timeouts
-//! ([`wait`]) instead of bare sleeps, a loopback OpenSSH server ([`sshd`]), and
-//! a TCP proxy for network faults ([`proxy`]).
+//! ([`wait`]) instead of bare sleeps, a loopback OpenSSH server ([`sshd`]), a
+//! TCP proxy for network faults ([`proxy`]), and an authenticated deployment's
+//! keys, trust file and TLS files ([`secure`]).
 
 pub mod nats;
 pub mod process;
 pub mod proxy;
+pub mod secure;
 pub mod sshd;
 pub mod wait;
 
 pub use nats::NatsServer;
 pub use process::{workspace_bin, workspace_root, Proc};
 pub use proxy::{Mode, Proxy};
+pub use secure::{Secure, ServerErrors};
 pub use sshd::Sshd;
 pub use wait::{wait_until, wait_until_async};

@@ -1,6 +1,9 @@
 //! A real nats-server with JetStream for one test: a free random port, a
 //! temporary store dir, stopped on drop; restartable on the same port and
-//! store, and freezable (SIGSTOP/SIGCONT) for chaos tests.
+//! store, and freezable (SIGSTOP/SIGCONT) for chaos tests. Without
+//! authentication ([`NatsServer::start`]), or configured for a [`Secure`]
+//! deployment ([`NatsServer::start_secured`]: nkey users with least-privilege
+//! permissions, TLS with client certificates).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -12,6 +15,7 @@ use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
 use crate::process::{workspace_root, Proc};
+use crate::secure::{connect_config, Secure};
 
 /// How long a start or restart may take before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -31,6 +35,15 @@ pub struct NatsServer {
     dir: TempDir,
     starts: u32,
     jetstream: bool,
+    secured: Option<Secured>,
+}
+
+/// What a secured server needs across restarts.
+struct Secured {
+    /// The rendered configuration file.
+    config_file: PathBuf,
+    /// How `wait_ready` connects: as the service (its URL is set per probe).
+    probe: protocol::connect::NatsConfig,
 }
 
 impl NatsServer {
@@ -57,9 +70,53 @@ impl NatsServer {
             dir,
             starts: 0,
             jetstream,
+            secured: None,
         };
         server.spawn().await?;
         Ok(server)
+    }
+
+    /// Start a server for `secure`'s deployment: configured by
+    /// `protocol::natsconf::render` (one nkey user per trust entry, TLS with
+    /// client certificates, no anonymous access) on a free port with a fresh
+    /// store dir. Restarts keep the configuration. Clients connect to
+    /// [`NatsServer::url`] with TLS (the server asks for it in its INFO).
+    pub async fn start_secured(secure: &Secure) -> anyhow::Result<NatsServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("baton-nats-")
+            .tempdir()
+            .context("could not create the store dir")?;
+        let port = free_port()?;
+        let config = protocol::natsconf::render(
+            &secure.trust,
+            &protocol::natsconf::ServerOptions {
+                host: "127.0.0.1".into(),
+                port,
+                store_dir: dir.path().join("store"),
+                tls: Some(secure.tls.clone()),
+                monitor_port: None,
+            },
+        );
+        let config_file = dir.path().join("nats-server.conf");
+        std::fs::write(&config_file, config).context("could not write the server config")?;
+        let mut server = NatsServer {
+            proc: None,
+            port,
+            dir,
+            starts: 0,
+            jetstream: true,
+            secured: Some(Secured {
+                config_file,
+                probe: secure.nats_config("", Some(&secure.service_key)),
+            }),
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// The configuration file of a secured server.
+    pub fn config_file(&self) -> Option<&std::path::Path> {
+        self.secured.as_ref().map(|s| s.config_file.as_path())
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -123,13 +180,17 @@ impl NatsServer {
         );
         let store = self.dir.path().join("store");
         let mut cmd = Command::new(&bin);
-        if self.jetstream {
-            cmd.arg("-js");
+        if let Some(secured) = &self.secured {
+            cmd.arg("-c").arg(&secured.config_file);
+        } else {
+            if self.jetstream {
+                cmd.arg("-js");
+            }
+            cmd.args(["-p", &self.port.to_string()])
+                .arg("-sd")
+                .arg(&store)
+                .args(["-a", "127.0.0.1"]);
         }
-        cmd.args(["-p", &self.port.to_string()])
-            .arg("-sd")
-            .arg(&store)
-            .args(["-a", "127.0.0.1"]);
         self.starts += 1;
         let log = self.dir.path().join("nats-server.log");
         self.proc = Some(Proc::spawn("nats-server", cmd, &log)?);
@@ -146,7 +207,7 @@ impl NatsServer {
                         return Err(anyhow::anyhow!("nats-server exited early with {status}"));
                     }
                 }
-                if let Ok(client) = async_nats::connect(&url).await {
+                if let Some(client) = self.probe(&url).await {
                     if !self.jetstream {
                         return Ok(());
                     }
@@ -168,6 +229,20 @@ impl NatsServer {
                 self.starts,
                 self.log()
             ),
+        }
+    }
+
+    /// A client for the readiness check (as the service when secured).
+    async fn probe(&self, url: &str) -> Option<async_nats::Client> {
+        match &self.secured {
+            None => async_nats::connect(url).await.ok(),
+            Some(secured) => {
+                let config = protocol::connect::NatsConfig {
+                    url: url.to_string(),
+                    ..secured.probe.clone()
+                };
+                connect_config(&config, None).await.ok()
+            }
         }
     }
 }
@@ -212,5 +287,20 @@ mod tests {
         let js = async_nats::jetstream::new(client);
         let mut stream = js.get_stream("KEEP").await.unwrap();
         assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    }
+
+    #[tokio::test]
+    async fn a_secured_server_keeps_its_configuration_across_restarts() {
+        let secure = Secure::new(&["g1"]).unwrap();
+        let mut server = NatsServer::start_secured(&secure).await.unwrap();
+        let config = std::fs::read_to_string(server.config_file().unwrap()).unwrap();
+        assert!(config.contains(&secure.trust.service.key), "{config}");
+        server.restart().await.unwrap();
+        let url = server.url();
+        assert!(secure.connect(&url, None).await.is_err(), "anonymous");
+        assert!(secure
+            .connect(&url, Some(&secure.service_key))
+            .await
+            .is_ok());
     }
 }

@@ -2,6 +2,7 @@
 //! tests that need NATS start their own nats-server through `tests::nats`.
 
 mod attacks;
+mod auth;
 mod chaos;
 mod e2e;
 mod executor;
