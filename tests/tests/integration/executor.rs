@@ -10,14 +10,25 @@
 //! script the test wrote for that command (`Env::behave`), or else appends
 //! the command line to the test's `ran` file. The attacks at the end show
 //! that anything else published on a step subject runs nothing.
+//!
+//! The bus is authenticated by signatures even with NATS auth off (as here):
+//! the test plays the workflow service with a service key of its own trust
+//! file ([`Keyring`]), signs the requests it publishes as the service, gives
+//! each executor a key listed for its group, and accepts only results and
+//! presence records signed by those executor keys. The signature tests show
+//! that a request the service did not sign, for the subject it arrives on,
+//! runs nothing, is answered with nothing and is recorded nowhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
+use async_nats::HeaderMap;
 use nix::sys::signal::Signal;
+use protocol::sign::{ExecutorPeer, Identity, Kind, OperatorPeer, Peer, Role, Trust};
 use protocol::{decode_result, subjects, Outcome, Presence, StepRequest, StepResult};
 use tempfile::TempDir;
 use tests::{wait_until, wait_until_async, workspace_bin, NatsServer, Proc};
@@ -31,6 +42,121 @@ struct Env {
     nats: NatsServer,
     js: jetstream::Context,
     dir: TempDir,
+    keys: Keyring,
+}
+
+/// The keys of one test: the service's, an operator's, and one per executor
+/// name (with its group), each seed in a 0600 file, and the trust file
+/// listing their public keys (rewritten when an executor is added; an
+/// executor reads it when it starts).
+struct Keyring {
+    dir: PathBuf,
+    service: Identity,
+    operator: Identity,
+    executors: Mutex<BTreeMap<String, (Identity, String)>>,
+}
+
+impl Keyring {
+    fn new(dir: &Path) -> Keyring {
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        let keys = Keyring {
+            dir: dir.to_path_buf(),
+            service: Identity::generate(),
+            operator: Identity::generate(),
+            executors: Mutex::new(BTreeMap::new()),
+        };
+        keys.write_trust();
+        keys
+    }
+
+    /// The executor `name` of `group`: its key (made on first use) and seed file.
+    fn executor(&self, name: &str, group: &str) -> (Identity, PathBuf) {
+        let seed = self.dir.join("keys").join(format!("{name}.seed"));
+        let identity = {
+            let mut executors = self.executors.lock().unwrap();
+            let (identity, known_group) = executors
+                .entry(name.to_string())
+                .or_insert_with(|| {
+                    let identity = Identity::generate();
+                    identity.write_seed(&seed).expect("seed written");
+                    (identity, group.to_string())
+                })
+                .clone();
+            assert_eq!(
+                known_group, group,
+                "executor {name} is of group {known_group}"
+            );
+            identity
+        };
+        self.write_trust();
+        (identity, seed)
+    }
+
+    fn trust(&self) -> Trust {
+        let executors = self.executors.lock().unwrap();
+        Trust {
+            service: Peer {
+                name: "baton-service".into(),
+                key: self.service.public_key(),
+            },
+            executors: executors
+                .iter()
+                .map(|(name, (identity, group))| ExecutorPeer {
+                    name: name.clone(),
+                    key: identity.public_key(),
+                    group: group.clone(),
+                })
+                .collect(),
+            operators: vec![OperatorPeer {
+                name: "alice".into(),
+                key: self.operator.public_key(),
+                role: Role::Approver,
+            }],
+        }
+    }
+
+    fn trust_path(&self) -> PathBuf {
+        self.dir.join("trust.toml")
+    }
+
+    fn write_trust(&self) {
+        // Written aside and renamed: an executor starting meanwhile reads a whole file.
+        let tmp = self.dir.join("trust.toml.tmp");
+        std::fs::write(&tmp, self.trust().to_toml()).unwrap();
+        std::fs::rename(&tmp, self.trust_path()).unwrap();
+    }
+
+    /// Check a stored result's signature: made by an executor of the trust
+    /// file for this subject and payload, and the result names that executor.
+    fn check_result(
+        &self,
+        headers: Option<&HeaderMap>,
+        subject: &str,
+        payload: &[u8],
+    ) -> StepResult {
+        let result = decode_result(payload).expect("results are well-formed");
+        let verified = protocol::sign::verify_headers(headers, Kind::Result, subject, payload)
+            .unwrap_or_else(|e| panic!("result {result:?} is not validly signed: {e}"));
+        let trust = self.trust();
+        let signer = trust.executor(&verified.key).unwrap_or_else(|| {
+            panic!(
+                "result {result:?} signed by {}, not an executor",
+                verified.key
+            )
+        });
+        assert_eq!(
+            signer.name, result.executor,
+            "signed by another executor: {result:?}"
+        );
+        result
+    }
+
+    /// Sign `payload` as a step request on `subject` with `signer`.
+    fn sign(signer: &Identity, subject: &str, payload: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        signer.sign_headers(&mut headers, Kind::Step, subject, "", payload);
+        headers
+    }
 }
 
 /// The node tools the fake `bin/` provides: each runs `do/<tool>-<first arg>.sh` if the test wrote it,
@@ -43,21 +169,32 @@ if [ -f "$f" ]; then exec sh "$f" "$@"; fi
 echo "$t $*" >> "$BATON_TEST_DIR/ran"
 "#;
 
+/// The stream and bucket options the test's "service" creates them with.
+fn service_options() -> protocol::Options {
+    protocol::Options {
+        presence_ttl: Duration::from_millis(PRESENCE_TTL_MS),
+        executor_ack_wait: Duration::from_millis(ACK_WAIT_MS),
+        ..Default::default()
+    }
+}
+
 impl Env {
+    /// A nats-server with Baton's streams created, as the service would.
     async fn start() -> Env {
+        let env = Env::start_without_streams().await;
+        protocol::ensure(&env.js, &service_options())
+            .await
+            .expect("streams are set up");
+        env
+    }
+
+    /// A nats-server on which the service has not created the streams yet.
+    async fn start_without_streams() -> Env {
         let nats = NatsServer::start().await.expect("nats-server starts");
         let client = async_nats::connect(nats.url())
             .await
             .expect("test client connects");
         let js = jetstream::new(client);
-        let opts = protocol::Options {
-            presence_ttl: Duration::from_millis(PRESENCE_TTL_MS),
-            executor_ack_wait: Duration::from_millis(ACK_WAIT_MS),
-            ..Default::default()
-        };
-        protocol::ensure(&js, &opts)
-            .await
-            .expect("streams are set up");
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("bin")).unwrap();
         std::fs::create_dir(dir.path().join("do")).unwrap();
@@ -67,7 +204,13 @@ impl Env {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Env { nats, js, dir }
+        let keys = Keyring::new(dir.path());
+        Env {
+            nats,
+            js,
+            dir,
+            keys,
+        }
     }
 
     /// What the fake `<tool> <first>` does from now on: `script` (sh, with the tool's argv as `$@`).
@@ -89,10 +232,15 @@ impl Env {
     }
 
     /// Start `baton executor` for `group` with its own state dir `state`; it
-    /// serves backend-1 and backend-2 unless `extra` names its `--nodes`.
+    /// serves backend-1 and backend-2 unless `extra` names its `--nodes`. Its
+    /// key is listed in the trust file as executor `id` of `group` (and
+    /// `--id` checks that).
     fn executor(&self, group: &str, id: &str, state: &str, extra: &[&str]) -> Proc {
+        let (_, seed) = self.keys.executor(id, group);
         let mut cmd = Command::new(workspace_bin("baton"));
         cmd.env("BATON_NATS_URL", self.nats.url())
+            .env("BATON_KEY", &seed)
+            .env("BATON_TRUST", self.keys.trust_path())
             .env("RUST_LOG", "info")
             .env("PATH", self.fake_path())
             .env("BATON_TEST_DIR", self.dir.path())
@@ -101,7 +249,6 @@ impl Env {
             .arg("--state-dir")
             .arg(self.path(state))
             .args(["--heartbeat-ms", "200"])
-            .args(["--presence-ttl-ms", &PRESENCE_TTL_MS.to_string()])
             .args(["--ack-wait-ms", &ACK_WAIT_MS.to_string()])
             .args(["--fetch-wait-ms", "300"])
             .args(extra);
@@ -111,18 +258,36 @@ impl Env {
         Proc::spawn(id, cmd, &self.path(&format!("{id}.log"))).expect("executor starts")
     }
 
+    /// Publish `req` as the workflow service does: signed with the service
+    /// key, with its idempotency id.
     async fn publish(&self, req: &StepRequest) {
+        let (headers, payload) = req.signed(&self.keys.service);
+        self.publish_with(&req.subject(), headers, &payload).await;
+    }
+
+    /// Publish `body` on `baton.step.<group>` signed with the service key but
+    /// without a msg id (so the stream's de-duplication does not drop it): a
+    /// redelivery, or a request the service signed that is wrong in itself.
+    async fn publish_raw(&self, group: &str, body: &[u8]) {
+        let subject = subjects::step(group);
+        let headers = Keyring::sign(&self.keys.service, &subject, body);
+        self.publish_with(&subject, headers, body).await;
+    }
+
+    /// Publish `body` on `subject` with exactly these headers.
+    async fn publish_with(&self, subject: &str, headers: HeaderMap, body: &[u8]) {
         self.js
-            .publish_with_headers(req.subject(), req.headers(), req.encode().into())
+            .publish_with_headers(subject.to_string(), headers, body.to_vec().into())
             .await
             .expect("request published")
             .await
             .expect("request stored");
     }
 
-    async fn publish_raw(&self, group: &str, body: &[u8]) {
+    /// Publish `req` on its subject without any signature, as any NATS client can.
+    async fn publish_unsigned(&self, req: &StepRequest) {
         self.js
-            .publish(subjects::step(group), body.to_vec().into())
+            .publish(req.subject(), req.encode().into())
             .await
             .unwrap()
             .await
@@ -149,7 +314,10 @@ impl Env {
         for seq in 1..=last {
             let m = stream.get_raw_message(seq).await?;
             if m.subject.as_str() == subjects::result(upgrade) {
-                out.push(decode_result(&m.payload).expect("results are well-formed"));
+                out.push(
+                    self.keys
+                        .check_result(Some(&m.headers), &m.subject, &m.payload),
+                );
             }
         }
         Ok(out)
@@ -192,6 +360,16 @@ impl Env {
             .get_key_value(subjects::PRESENCE_BUCKET)
             .await
             .unwrap()
+    }
+
+    /// Executor `id`'s presence record, which must be signed by the key the
+    /// trust file gives `id`, for its group (as the service opens it).
+    async fn presence_of(&self, kv: &kv::Store, id: &str) -> Option<Presence> {
+        let bytes = kv.get(id).await.ok().flatten()?;
+        let (presence, name) = protocol::presence::open(&bytes, id, &self.keys.trust())
+            .unwrap_or_else(|e| panic!("presence record of {id} refused: {e}"));
+        assert_eq!(name, id);
+        Some(presence)
     }
 }
 
@@ -451,14 +629,6 @@ fn alive(pid: i32) -> bool {
     }
 }
 
-async fn presence_of(kv: &kv::Store, id: &str) -> Option<Presence> {
-    kv.get(id)
-        .await
-        .ok()
-        .flatten()
-        .map(|b| serde_json::from_slice(&b).expect("presence records are well-formed"))
-}
-
 #[tokio::test]
 async fn stale_epoch_and_malformed_requests_are_rejected_counted_and_serving_goes_on() {
     let env = Env::start().await;
@@ -519,13 +689,13 @@ async fn stale_epoch_and_malformed_requests_are_rejected_counted_and_serving_goe
     let kv = env.presence_bucket().await;
     assert!(
         wait_until_async(SOON, || async {
-            presence_of(&kv, "ex-a")
+            env.presence_of(&kv, "ex-a")
                 .await
                 .is_some_and(|p| p.rejected == 1 && p.malformed == 2 && p.executed == 2)
         })
         .await,
         "counters: {:?}",
-        presence_of(&kv, "ex-a").await
+        env.presence_of(&kv, "ex-a").await
     );
     let log = exec.log();
     assert!(log.contains("rejected a step request"), "{log}");
@@ -542,8 +712,13 @@ async fn presence_appears_heartbeats_and_disappears_on_shutdown_and_after_a_kill
     let mut graceful = env.executor("g1", "ex-a", "state-a", &["--nodes", "backend-1,backend-2"]);
     let mut crashed = env.executor("g2", "ex-b", "state-b", &[]);
 
-    assert!(wait_until_async(SOON, || async { presence_of(&kv, "ex-a").await.is_some() }).await);
-    let first = presence_of(&kv, "ex-a").await.unwrap();
+    assert!(
+        wait_until_async(SOON, || async {
+            env.presence_of(&kv, "ex-a").await.is_some()
+        })
+        .await
+    );
+    let first = env.presence_of(&kv, "ex-a").await.unwrap();
     assert_eq!(first.group, "g1");
     assert_eq!(first.nodes, vec!["backend-1", "backend-2"]);
     assert_eq!(first.version, env!("CARGO_PKG_VERSION"));
@@ -551,14 +726,19 @@ async fn presence_appears_heartbeats_and_disappears_on_shutdown_and_after_a_kill
     assert!(first.started_ms <= first.heartbeat_ms);
     assert!(
         wait_until_async(SOON, || async {
-            presence_of(&kv, "ex-a")
+            env.presence_of(&kv, "ex-a")
                 .await
                 .is_some_and(|p| p.heartbeat_ms > first.heartbeat_ms)
         })
         .await,
         "heartbeats refresh the record"
     );
-    assert!(wait_until_async(SOON, || async { presence_of(&kv, "ex-b").await.is_some() }).await);
+    assert!(
+        wait_until_async(SOON, || async {
+            env.presence_of(&kv, "ex-b").await.is_some()
+        })
+        .await
+    );
 
     // Graceful shutdown while a step runs: it finishes, is reported, the
     // executor exits 0 and its presence is removed.
@@ -588,7 +768,7 @@ async fn presence_appears_heartbeats_and_disappears_on_shutdown_and_after_a_kill
     assert_eq!(results[0].stdout_tail, "finished\n");
     assert_eq!(env.pending_requests().await, 0);
     assert!(
-        presence_of(&kv, "ex-a").await.is_none(),
+        env.presence_of(&kv, "ex-a").await.is_none(),
         "removed on shutdown"
     );
 
@@ -596,11 +776,14 @@ async fn presence_appears_heartbeats_and_disappears_on_shutdown_and_after_a_kill
     crashed.signal(Signal::SIGKILL);
     crashed.wait_exit(SOON).expect("killed");
     assert!(
-        presence_of(&kv, "ex-b").await.is_some(),
+        env.presence_of(&kv, "ex-b").await.is_some(),
         "still there right after the kill"
     );
     assert!(
-        wait_until_async(SOON, || async { presence_of(&kv, "ex-b").await.is_none() }).await,
+        wait_until_async(SOON, || async {
+            env.presence_of(&kv, "ex-b").await.is_none()
+        })
+        .await,
         "expires after the TTL"
     );
 }
@@ -747,13 +930,17 @@ async fn the_ssh_runner_runs_the_argv_on_the_node_through_a_real_sshd() {
 #[tokio::test]
 async fn an_in_process_executor_answers_sequential_steps() {
     let env = Env::start().await;
-    let mut config = executor::Config::new("inproc", env.path("state-inproc"));
-    config.nats_url = env.nats.url();
-    config.id = "ex-inproc".into();
+    let (identity, _) = env.keys.executor("ex-inproc", "inproc");
+    let mut config = executor::Config::new(
+        "inproc",
+        env.path("state-inproc"),
+        identity,
+        Arc::new(env.keys.trust()),
+    );
+    config.nats = protocol::connect::NatsConfig::new(env.nats.url());
     config.nodes = vec!["backend-1".into()];
     config.heartbeat = Duration::from_millis(200);
     config.fetch_wait = Duration::from_millis(300);
-    config.setup.presence_ttl = Duration::from_millis(PRESENCE_TTL_MS);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(executor::run(config, shutdown.clone()));
 
@@ -783,7 +970,10 @@ async fn an_in_process_executor_answers_sequential_steps() {
             .expect("result in time")
             .expect("subscription open");
         latencies.push(sent.elapsed());
-        let r = decode_result(&msg.payload).unwrap();
+        let r = env
+            .keys
+            .check_result(msg.headers.as_ref(), &msg.subject, &msg.payload);
+        assert_eq!(r.executor, "ex-inproc");
         assert_eq!(r.step, step);
         assert_ne!(r.outcome, Outcome::Rejected, "{r:?}");
     }
@@ -827,7 +1017,7 @@ async fn a_step_redelivered_to_a_sibling_after_its_executor_died_is_not_run_twic
     let key = req.msg_id();
     let deadline = Instant::now() + SOON;
     let runner = loop {
-        if let Some(id) = running_on(&kv, &key).await {
+        if let Some(id) = running_on(&env, &kv, &key).await {
             break id;
         }
         assert!(
@@ -863,9 +1053,15 @@ async fn a_step_redelivered_to_a_sibling_after_its_executor_died_is_not_run_twic
 }
 
 /// Which of the pool's executors reports `key` as its running step.
-async fn running_on(kv: &kv::Store, key: &str) -> Option<&'static str> {
+async fn running_on(env: &Env, kv: &kv::Store, key: &str) -> Option<&'static str> {
     for id in ["ex-a", "ex-b"] {
-        if presence_of(kv, id).await.and_then(|p| p.running).as_deref() == Some(key) {
+        if env
+            .presence_of(kv, id)
+            .await
+            .and_then(|p| p.running)
+            .as_deref()
+            == Some(key)
+        {
             return Some(id);
         }
     }
@@ -885,8 +1081,12 @@ async fn setup_refuses_a_server_without_jetstream_and_a_conflicting_stream_clear
     );
     // The executor binary stops with that message and a failure status.
     let dir = tempfile::tempdir().unwrap();
+    let keys = Keyring::new(dir.path());
+    let (_, seed) = keys.executor("ex-a", "g1");
     let out = Command::new(workspace_bin("baton"))
         .env("BATON_NATS_URL", nats.url())
+        .env("BATON_KEY", &seed)
+        .env("BATON_TRUST", keys.trust_path())
         .args([
             "executor",
             "--group",
@@ -895,7 +1095,7 @@ async fn setup_refuses_a_server_without_jetstream_and_a_conflicting_stream_clear
             "backend-1",
             "--state-dir",
         ])
-        .arg(dir.path())
+        .arg(dir.path().join("state"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -994,6 +1194,8 @@ async fn concurrent_setups_with_different_tunables_all_succeed() {
             };
             protocol::ensure(&js, &opts).await?;
             protocol::ensure_group_consumer(&js, "g1", &opts).await?;
+            // Executors attaching at once share the one group consumer.
+            protocol::setup::attach_executor(&js, "g2", &opts).await?;
             Ok::<_, protocol::ProtocolError>(())
         });
     }
@@ -1002,17 +1204,21 @@ async fn concurrent_setups_with_different_tunables_all_succeed() {
     }
 }
 
-/// Publish `req` raw on `baton.step.<group>`, as any NATS client can (no
-/// msg id, so the stream's de-duplication does not interfere).
+/// Publish `req` on `baton.step.<group>` with a valid service signature but
+/// no msg id (so the stream's de-duplication does not interfere): what a
+/// compromised or buggy service could send. Unsigned attacks never get this
+/// far (see the signature tests below).
 async fn attack(env: &Env, req: &StepRequest) {
     env.publish_raw(&req.group, &req.encode()).await;
 }
 
-/// Issue 11's attacks on an executor, each published raw on its step
-/// subject: none runs anything (the marker file that the attack's argv would
-/// create stays absent, the fake node tools record no call), each is answered
-/// `rejected` with its reason, counted by kind in the presence record and
-/// logged; and legitimate steps, before and after, still run.
+/// Issue 11's attacks on an executor, each published on its step subject and
+/// signed with the service key (defence in depth: the allow list, claims,
+/// epoch, deadline and ledger checks hold even for a signed request): none
+/// runs anything (the marker file that the attack's argv would create stays
+/// absent, the fake node tools record no call), each is answered `rejected`
+/// with its reason, counted by kind in the presence record and logged; and
+/// legitimate steps, before and after, still run.
 #[tokio::test]
 async fn attacks_published_on_a_step_subject_run_nothing_and_are_refused_counted_and_logged() {
     let env = Env::start().await;
@@ -1233,7 +1439,7 @@ async fn attacks_published_on_a_step_subject_run_nothing_and_are_refused_counted
     let kv = env.presence_bucket().await;
     assert!(
         wait_until_async(SOON, || async {
-            presence_of(&kv, "ex-a").await.is_some_and(|p| {
+            env.presence_of(&kv, "ex-a").await.is_some_and(|p| {
                 p.executed == 2
                     && p.rejected == rejected
                     && p.not_allowed == not_allowed
@@ -1242,7 +1448,7 @@ async fn attacks_published_on_a_step_subject_run_nothing_and_are_refused_counted
         })
         .await,
         "counters: {:?}, expected rejected {rejected}, not_allowed {not_allowed}",
-        presence_of(&kv, "ex-a").await
+        env.presence_of(&kv, "ex-a").await
     );
     let log = exec.log();
     for needle in [
@@ -1262,6 +1468,8 @@ async fn attacks_published_on_a_step_subject_run_nothing_and_are_refused_counted
 #[test]
 fn executor_flags_with_invalid_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
+    let keys = Keyring::new(dir.path());
+    let (_, seed) = keys.executor("ex-a", "g1");
     for (args, needle) in [
         (
             vec!["--group", "x y", "--nodes", "backend-1"],
@@ -1280,10 +1488,12 @@ fn executor_flags_with_invalid_names_are_refused() {
     ] {
         let out = Command::new(workspace_bin("baton"))
             .env("BATON_NATS_URL", "nats://127.0.0.1:1")
+            .env("BATON_KEY", &seed)
+            .env("BATON_TRUST", keys.trust_path())
             .arg("executor")
             .args(&args)
             .arg("--state-dir")
-            .arg(dir.path())
+            .arg(dir.path().join("state"))
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
