@@ -68,9 +68,9 @@ impl Kind {
 /// naming kind, subject and context, then the payload.
 pub fn signed_bytes(kind: Kind, subject: &str, context: &str, payload: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(64 + subject.len() + context.len() + payload.len());
-    let _ = write!(
+    let _ = writeln!(
         bytes,
-        "baton-sig/1 {} {}:{} {}:{}\n",
+        "baton-sig/1 {} {}:{} {}:{}",
         kind.as_str(),
         subject.len(),
         subject,
@@ -445,7 +445,7 @@ impl Trust {
             reason,
         };
         let parsed: TrustFile = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(s.start) + 0).unwrap_or(0);
+            let line = e.span().map(|s| line_of(s.start)).unwrap_or(0);
             error(line, "(syntax)", e.message().to_string())
         })?;
         let check_key = |field: &str, key: &toml::Spanned<String>| {
