@@ -372,7 +372,7 @@ impl Worker {
         tracing::warn!(
             subject = %msg.subject,
             reason = %unsigned.reason,
-            signer = unsigned.signer.as_deref().unwrap_or("(none)"),
+            signer = %unsigned.signer.as_deref().unwrap_or("(none)"),
             bytes = msg.payload.len(),
             "refused a step request the service did not sign: terminated, nothing run, no result"
         );
