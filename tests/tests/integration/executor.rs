@@ -1501,3 +1501,496 @@ fn executor_flags_with_invalid_names_are_refused() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+/// Waits until executor `id` has counted `n` unsigned requests (and still
+/// `rejected == 0`: an unsigned request is not answered).
+async fn wait_unsigned(env: &Env, id: &str, n: u64) -> bool {
+    let kv = env.presence_bucket().await;
+    wait_until_async(SOON, || async {
+        env.presence_of(&kv, id)
+            .await
+            .is_some_and(|p| p.unsigned == n && p.rejected == 0 && p.executed > 0)
+    })
+    .await
+}
+
+/// Stop an executor gracefully and open its ledger (sled allows one process).
+fn stopped_ledger(env: &Env, exec: &mut Proc, state: &str) -> executor::ledger::Ledger {
+    exec.signal(Signal::SIGTERM);
+    let status = exec.wait_exit(SOON).expect("exits after SIGTERM");
+    assert!(status.success(), "{status}: {}", exec.log());
+    executor::ledger::Ledger::open(&env.path(state)).expect("the ledger opens")
+}
+
+/// Issue 11, auth off: a request without the service's signature runs
+/// nothing, whether its argv is a shell or a command the allow list would
+/// accept; no result is published; it is terminated (gone from the work
+/// queue), recorded nowhere, counted as `unsigned` and logged.
+#[tokio::test]
+async fn unsigned_requests_run_nothing_publish_nothing_and_are_only_counted() {
+    let env = Env::start().await;
+    let mut exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let ran = env.path("ran");
+    let marker = env.path("pwned");
+    let up = upgrade_id();
+    env.publish_unsigned(&StepRequest {
+        argv: sh(&format!("id > {}", marker.display())),
+        ..request(&up, 1, "g1", "stop")
+    })
+    .await;
+    env.publish_unsigned(&request(&up, 2, "g1", "status")).await;
+    // A signed request after them: the one executor of the group takes the
+    // queue in order, so once this is answered both were handled.
+    env.publish(&request(&up, 3, "g1", "status")).await;
+
+    let results = env.wait_results(&up, 1, &[&exec]).await;
+    assert!(wait_unsigned(&env, "ex-a", 2).await, "{}", exec.log());
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+    let results_now = env.results(&up).await;
+    assert_eq!(results_now, results, "no result for the unsigned requests");
+    assert_eq!(
+        (results[0].step, results[0].outcome),
+        (3, Outcome::Succeeded)
+    );
+    assert_eq!(
+        lines(&ran),
+        vec!["chef-backend-ctl status"],
+        "only step 3 ran"
+    );
+    assert!(!marker.exists(), "the shell ran");
+    let log = exec.log();
+    for needle in [
+        "refused a step request the service did not sign",
+        "subject=baton.step.g1",
+        "reason=unsigned (no Baton-Key/Baton-Sig headers)",
+    ] {
+        assert!(log.contains(needle), "{needle:?} not in the log:\n{log}");
+    }
+    let ledger = stopped_ledger(&env, &mut exec, "state-a");
+    for step in [1, 2] {
+        assert_eq!(ledger.get(&format!("{up}:{step}:1")).unwrap(), None);
+    }
+    assert!(ledger.get(&format!("{up}:3:1")).unwrap().is_some());
+}
+
+/// Issue 11, auth off: a request signed by a key that is not the service's
+/// (an outsider, another group's executor, this group's own executor, an
+/// operator), a service-signed request for another group re-published on
+/// this group's subject, and a service signature over another body are all
+/// refused like unsigned ones: nothing runs, no result, counted, logged.
+#[tokio::test]
+async fn requests_signed_by_another_key_or_for_another_subject_are_refused_like_unsigned_ones() {
+    let env = Env::start().await;
+    let (ex_b, _) = env.keys.executor("ex-b", "g2");
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let (ex_a, _) = env.keys.executor("ex-a", "g1");
+    let outsider = Identity::generate();
+    let ran = env.path("ran");
+    let marker = env.path("pwned");
+    let up = upgrade_id();
+    let g1 = subjects::step("g1");
+    let signed_by = |signer: &Identity, req: &StepRequest| {
+        let payload = req.encode();
+        (Keyring::sign(signer, &g1, &payload), payload)
+    };
+    let mut forged = vec![
+        signed_by(&outsider, &request(&up, 1, "g1", "status")),
+        signed_by(&ex_b, &request(&up, 2, "g1", "status")),
+        signed_by(&ex_a, &request(&up, 3, "g1", "status")),
+        signed_by(&env.keys.operator, &request(&up, 4, "g1", "status")),
+    ];
+    // The service's own request for group g2, replayed on g1's subject.
+    let (headers, payload) = request(&up, 5, "g2", "status").signed(&env.keys.service);
+    forged.push((headers, payload));
+    // The service's signature of a real request, over another body.
+    let (headers, _) = request(&up, 6, "g1", "status").signed(&env.keys.service);
+    let other = StepRequest {
+        argv: sh(&format!("id > {}", marker.display())),
+        ..request(&up, 6, "g1", "stop")
+    };
+    forged.push((headers, other.encode()));
+    let n = forged.len() as u64;
+    for (mut headers, payload) in forged {
+        // A fresh msg id each: the stream's de-duplication must not be what stops them.
+        headers.insert(protocol::messages::MSG_ID_HEADER, upgrade_id().as_str());
+        env.publish_with(&g1, headers, &payload).await;
+    }
+    env.publish(&request(&up, 7, "g1", "status")).await;
+
+    let results = env.wait_results(&up, 1, &[&exec]).await;
+    assert!(wait_unsigned(&env, "ex-a", n).await, "{}", exec.log());
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+    assert_eq!(
+        env.results(&up).await,
+        results,
+        "no result for the forgeries"
+    );
+    assert_eq!(
+        (results[0].step, results[0].outcome),
+        (7, Outcome::Succeeded)
+    );
+    assert_eq!(
+        lines(&ran),
+        vec!["chef-backend-ctl status"],
+        "only step 7 ran"
+    );
+    assert!(!marker.exists(), "the shell ran");
+    let log = exec.log();
+    for needle in [
+        "signed by a key that is not in the trust file".to_string(),
+        "signed by executor ex-b of group g2".to_string(),
+        "signed by executor ex-a of group g1".to_string(),
+        "signed by operator alice (approver)".to_string(),
+        format!("bad signature for key {}", env.keys.service.public_key()),
+        format!("signer={}", outsider.public_key()),
+    ] {
+        assert!(log.contains(&needle), "{needle:?} not in the log:\n{log}");
+    }
+    assert_eq!(
+        log.matches("bad signature for key").count(),
+        2,
+        "the replay from g2 and the other body: {log}"
+    );
+}
+
+/// Issue 11, auth off: a forged request with the highest epoch does not
+/// raise the epoch fence (it is refused before the ledger is touched), so
+/// the real service's request with epoch 1 for that upgrade still runs.
+#[tokio::test]
+async fn a_forged_request_with_the_highest_epoch_does_not_fence_the_service_out() {
+    let env = Env::start().await;
+    let mut exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let ran = env.path("ran");
+    let up = upgrade_id();
+    let forged = StepRequest {
+        epoch: u64::MAX,
+        ..request(&up, 1, "g1", "status")
+    };
+    env.publish_unsigned(&forged).await;
+    let outsider = Identity::generate();
+    let forged = StepRequest { step: 2, ..forged };
+    let payload = forged.encode();
+    let subject = forged.subject();
+    env.publish_with(
+        &subject,
+        Keyring::sign(&outsider, &subject, &payload),
+        &payload,
+    )
+    .await;
+    env.publish(&request(&up, 3, "g1", "status")).await;
+
+    let results = env.wait_results(&up, 1, &[&exec]).await;
+    assert_eq!(
+        (results[0].step, results[0].epoch, results[0].outcome),
+        (3, 1, Outcome::Succeeded),
+        "{results:?}"
+    );
+    assert!(wait_unsigned(&env, "ex-a", 2).await, "{}", exec.log());
+    assert_eq!(env.results(&up).await, results);
+    assert_eq!(lines(&ran), vec!["chef-backend-ctl status"]);
+    let ledger = stopped_ledger(&env, &mut exec, "state-a");
+    assert_eq!(ledger.highest_epoch(&up).unwrap(), Some(1), "the fence");
+    assert_eq!(ledger.get(&format!("{up}:1:1")).unwrap(), None);
+    assert_eq!(ledger.get(&format!("{up}:2:1")).unwrap(), None);
+}
+
+/// Issue 11, auth off: requests forged ahead under step ids the service will
+/// use, with other commands (one the allow list would accept, one a shell),
+/// run nothing and take nothing from the real requests with those ids: no
+/// claim, no ledger entry, so the real ones run and are answered.
+#[tokio::test]
+async fn requests_forged_under_future_step_ids_neither_run_nor_block_the_real_ones() {
+    let env = Env::start().await;
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let ran = env.path("ran");
+    let marker = env.path("pwned");
+    let up = upgrade_id();
+    env.publish_unsigned(&request(&up, 5, "g1", "stop")).await;
+    let shell = StepRequest {
+        argv: sh(&format!("id > {}", marker.display())),
+        ..request(&up, 6, "g1", "stop")
+    };
+    let payload = shell.encode();
+    let subject = shell.subject();
+    let (ex_a, _) = env.keys.executor("ex-a", "g1");
+    env.publish_with(&subject, Keyring::sign(&ex_a, &subject, &payload), &payload)
+        .await;
+    // The real requests with those ids, signed by the service.
+    env.publish(&request(&up, 5, "g1", "status")).await;
+    env.publish(&request(&up, 6, "g1", "status")).await;
+
+    let results = env.wait_results(&up, 2, &[&exec]).await;
+    let got: Vec<(u64, Outcome)> = results.iter().map(|r| (r.step, r.outcome)).collect();
+    assert_eq!(
+        got,
+        vec![(5, Outcome::Succeeded), (6, Outcome::Succeeded)],
+        "{results:?}"
+    );
+    assert_eq!(
+        lines(&ran),
+        vec!["chef-backend-ctl status", "chef-backend-ctl status"],
+        "the forged stop never ran"
+    );
+    assert!(!marker.exists(), "the shell ran");
+    let kv = env.presence_bucket().await;
+    assert!(
+        wait_until_async(SOON, || async {
+            env.presence_of(&kv, "ex-a")
+                .await
+                .is_some_and(|p| p.unsigned == 2 && p.executed == 2 && p.conflicts == 0)
+        })
+        .await,
+        "{:?}",
+        env.presence_of(&kv, "ex-a").await
+    );
+}
+
+/// Issue 11: an executor whose key the trust file does not list as an
+/// executor of its `--group` refuses to start, naming the key and the group,
+/// before it connects anywhere or opens its ledger.
+#[test]
+fn an_executor_whose_key_is_not_an_executor_of_its_group_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keyring::new(dir.path());
+    let (_, ex_a) = keys.executor("ex-a", "g1");
+    let (ex_b_identity, ex_b) = keys.executor("ex-b", "g2");
+    let outsider = Identity::generate();
+    let outsider_seed = dir.path().join("keys").join("outsider.seed");
+    outsider.write_seed(&outsider_seed).unwrap();
+    let service_seed = dir.path().join("keys").join("service.seed");
+    keys.service.write_seed(&service_seed).unwrap();
+    let public = |seed: &Path| Identity::load(seed).unwrap().public_key();
+    assert_eq!(public(&ex_b), ex_b_identity.public_key());
+    let cases: [(&Path, &[&str], &str); 4] = [
+        (&outsider_seed, &[], "is not in the trust file"),
+        (
+            &ex_b,
+            &[],
+            "is listed in the trust file as executor ex-b of group g2, not of group g1 (--group)",
+        ),
+        (&service_seed, &[], "is the service's key"),
+        (&ex_a, &["--id", "ex-z"], "named ex-a in the trust file"),
+    ];
+    for (i, (seed, extra, needle)) in cases.into_iter().enumerate() {
+        let state = dir.path().join(format!("state-{i}"));
+        let mut cmd = Command::new(workspace_bin("baton"));
+        // Nothing listens there: a start that got as far as NATS would hang retrying.
+        cmd.env("BATON_NATS_URL", "nats://127.0.0.1:1")
+            .env("BATON_KEY", seed)
+            .env("BATON_TRUST", keys.trust_path())
+            .args(["executor", "--group", "g1", "--nodes", "backend-1"])
+            .args(extra)
+            .arg("--state-dir")
+            .arg(&state);
+        let mut proc = Proc::spawn("executor", cmd, &dir.path().join(format!("{i}.log"))).unwrap();
+        let status = proc.wait_exit(SOON);
+        let log = proc.log();
+        let status = status.unwrap_or_else(|| panic!("case {i} did not refuse to start:\n{log}"));
+        assert!(!status.success(), "case {i}: {log}");
+        assert!(log.contains(needle), "case {i}: {needle:?} not in:\n{log}");
+        assert!(
+            log.contains(&public(seed)),
+            "case {i}: key not named:\n{log}"
+        );
+        assert!(log.contains("g1"), "case {i}: group not named:\n{log}");
+        assert!(!state.exists(), "case {i}: opened its ledger");
+    }
+}
+
+/// An executor never creates streams or buckets (the service does): started
+/// first, it waits for them, saying so, then serves.
+#[tokio::test]
+async fn an_executor_started_before_the_service_waits_for_its_streams_then_serves() {
+    let env = Env::start_without_streams().await;
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    assert!(
+        wait_until(SOON, || exec
+            .log()
+            .matches("waiting for the workflow service to create the streams")
+            .count()
+            >= 2)
+        .await,
+        "{}",
+        exec.log()
+    );
+    use futures::StreamExt as _;
+    let names: Vec<String> = env
+        .js
+        .stream_names()
+        .map(|n| n.expect("stream names"))
+        .collect()
+        .await;
+    assert!(names.is_empty(), "the executor created {names:?}");
+    protocol::ensure(&env.js, &service_options())
+        .await
+        .expect("streams are set up");
+    let up = upgrade_id();
+    env.publish(&request(&up, 1, "g1", "status")).await;
+    let r = env.wait_results(&up, 1, &[&exec]).await[0].clone();
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+}
+
+/// The publish permissions an executor named `name` of `group` needs, and
+/// nothing more (as `protocol::setup` documents them); it subscribes only to
+/// `_INBOX.>`, for replies.
+fn executor_publish_permissions(name: &str, group: &str) -> Vec<String> {
+    vec![
+        "$JS.API.INFO".into(),
+        "$JS.API.STREAM.INFO.BATON_STEPS".into(),
+        "$JS.API.STREAM.INFO.KV_baton_executors".into(),
+        "$JS.API.STREAM.INFO.KV_baton_claims".into(),
+        format!("$JS.API.CONSUMER.INFO.BATON_STEPS.exec-{group}"),
+        format!("$JS.API.CONSUMER.CREATE.BATON_STEPS.exec-{group}.baton.step.{group}"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.BATON_STEPS.exec-{group}"),
+        format!("$JS.ACK.BATON_STEPS.exec-{group}.>"),
+        "baton.result.>".into(),
+        format!("$KV.baton_executors.{name}"),
+        "$KV.baton_claims.>".into(),
+        "$JS.API.DIRECT.GET.KV_baton_claims.>".into(),
+    ]
+}
+
+/// Issue 11, least privilege: on a nats-server where the executor's nkey may
+/// publish only [`executor_publish_permissions`] (no stream create or update,
+/// no workflow consumer), it attaches, serves a step, reads a claim, keeps
+/// and removes its presence record, and the server records no permission
+/// violation. Its credentials cannot create a stream there.
+#[tokio::test]
+async fn an_executor_serves_with_least_privilege_nats_permissions() {
+    let mut env = Env::start().await;
+    let (identity, seed) = env.keys.executor("ex-a", "g1");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let quoted = |subjects: Vec<String>| {
+        subjects
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let conf = format!(
+        "listen: \"127.0.0.1:{port}\"\n\
+         jetstream {{ store_dir: \"{store}\" }}\n\
+         authorization {{ users = [\n\
+           {{ user: \"admin\", password: \"admin-secret\" }}\n\
+           {{ nkey: \"{key}\", permissions: {{ publish: {{ allow: [{publish}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}\n\
+         ] }}\n",
+        store = env.path("auth-store").display(),
+        key = identity.public_key(),
+        publish = quoted(executor_publish_permissions("ex-a", "g1")),
+    );
+    std::fs::write(env.path("auth.conf"), conf).unwrap();
+    let mut cmd = Command::new(tests::nats::server_binary());
+    cmd.arg("-c").arg(env.path("auth.conf"));
+    let server = Proc::spawn("nats-server", cmd, &env.path("auth-server.log")).unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let admin_url = format!("nats://admin:admin-secret@127.0.0.1:{port}");
+    let deadline = Instant::now() + SOON;
+    let admin = loop {
+        let (options, addrs) = protocol::connect::NatsConfig::new(admin_url.clone())
+            .options("test-service")
+            .await
+            .unwrap();
+        match options.connect(addrs.as_slice()).await {
+            Ok(client) => break client,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("nats-server with auth not ready: {e}\n{}", server.log())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    // The test is the service (all rights) on this server from now on.
+    env.js = jetstream::new(admin);
+    protocol::ensure(&env.js, &service_options())
+        .await
+        .expect("the service sets up");
+
+    // The executor's own credentials cannot create a stream.
+    let (options, addrs) = protocol::connect::NatsConfig {
+        nkey: Some(seed.clone()),
+        ..protocol::connect::NatsConfig::new(url.clone())
+    }
+    .options("probe")
+    .await
+    .unwrap();
+    let probe = jetstream::new(options.connect(addrs.as_slice()).await.unwrap());
+    let created = tokio::time::timeout(
+        Duration::from_secs(1),
+        probe.create_stream(jetstream::stream::Config {
+            name: "NOT_ALLOWED".into(),
+            subjects: vec!["not.allowed".into()],
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert!(
+        !matches!(created, Ok(Ok(_))),
+        "the executor's key created a stream"
+    );
+    assert!(
+        wait_until(SOON, || server.log().contains(
+            "Publish Violation - Subject \"$JS.API.STREAM.CREATE.NOT_ALLOWED\""
+        ))
+        .await,
+        "{}",
+        server.log()
+    );
+    assert!(env.js.get_stream("NOT_ALLOWED").await.is_err());
+    let violations_before = server.log().matches("Violation").count();
+
+    let seed = seed.display().to_string();
+    let mut exec = env.executor(
+        "g1",
+        "ex-a",
+        "state-a",
+        &["--nats", &url, "--nats-nkey", &seed],
+    );
+    let up = upgrade_id();
+    env.publish(&request(&up, 1, "g1", "status")).await;
+    // A step id another executor claimed for another command: reading that
+    // claim is allowed too.
+    let claims = env.js.get_key_value(subjects::CLAIMS_BUCKET).await.unwrap();
+    claims
+        .put(
+            subjects::claim_key(&up, 2, 1),
+            br#"{"token":"ex-other/1/1","digest":"0000"}"#.to_vec().into(),
+        )
+        .await
+        .unwrap();
+    env.publish(&request(&up, 2, "g1", "status")).await;
+    let results = env.wait_results(&up, 2, &[&exec]).await;
+    let got: Vec<(u64, Outcome)> = results.iter().map(|r| (r.step, r.outcome)).collect();
+    assert_eq!(got, vec![(1, Outcome::Succeeded), (2, Outcome::Rejected)]);
+    assert!(
+        results[1]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("already claimed by executor ex-other/1/1"),
+        "{results:?}"
+    );
+    let kv = env.presence_bucket().await;
+    assert!(
+        wait_until_async(SOON, || async {
+            env.presence_of(&kv, "ex-a").await.is_some()
+        })
+        .await
+    );
+    exec.signal(Signal::SIGTERM);
+    let status = exec.wait_exit(SOON).expect("exits after SIGTERM");
+    assert!(status.success(), "{status}: {}", exec.log());
+    assert!(
+        env.presence_of(&kv, "ex-a").await.is_none(),
+        "presence removed"
+    );
+    let log = server.log();
+    assert_eq!(
+        log.matches("Violation").count(),
+        violations_before,
+        "the executor needed more than its permissions:\n{log}"
+    );
+    drop(server);
+}
