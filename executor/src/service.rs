@@ -406,8 +406,12 @@ impl Worker {
             }
         }
         match entry {
-            Some(Entry::Finished { result, .. }) => {
-                tracing::info!(outcome = %result.outcome, "redelivered step already answered; replying from the ledger");
+            Some(Entry::Finished { mut result, .. }) => {
+                tracing::info!(outcome = %result.outcome, recorded_by = %result.executor, "redelivered step already answered; replying from the ledger");
+                // Signed by this executor's key, so named by its trust-file
+                // name: the state dir may have served under another name
+                // (before keys, or a renamed executor).
+                result.executor = self.id.clone();
                 Ok(Some(result))
             }
             Some(Entry::Started {

@@ -508,7 +508,7 @@ async fn two_executors_in_one_group_share_100_steps_each_run_exactly_once() {
 #[tokio::test]
 async fn a_redelivered_finished_step_is_answered_from_the_ledger_not_rerun() {
     let env = Env::start().await;
-    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let mut exec = env.executor("g1", "ex-a", "state-a", &[]);
     let ran = env.path("ran");
     let up = upgrade_id();
     env.behave(
@@ -529,12 +529,40 @@ async fn a_redelivered_finished_step_is_answered_from_the_ledger_not_rerun() {
     assert_eq!(lines(&ran), vec!["run"], "not run again");
     // The replayed answer is the recorded one; the result stream de-duplicated it.
     let results = env.results(&up).await;
-    assert_eq!(results, vec![first]);
+    assert_eq!(results, vec![first.clone()]);
     assert!(
         exec.log().contains("replying from the ledger"),
         "{}",
         exec.log()
     );
+
+    // The same state dir served by an executor under another name (a new
+    // key): it answers from the ledger, signed with its key, under its name.
+    exec.signal(Signal::SIGTERM);
+    assert!(exec.wait_exit(SOON).is_some_and(|s| s.success()));
+    let exec = env.executor("g1", "ex-a2", "state-a", &[]);
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    // A core subscriber sees the reply even though the stream drops it as a duplicate.
+    let mut replies = client.subscribe(subjects::result(&up)).await.unwrap();
+    client.flush().await.unwrap();
+    env.publish_raw("g1", &req.encode()).await;
+    use futures::StreamExt as _;
+    let msg = tokio::time::timeout(SOON, replies.next())
+        .await
+        .unwrap_or_else(|_| panic!("no reply from the ledger:\n{}", exec.log()))
+        .expect("subscription open");
+    let again = env
+        .keys
+        .check_result(msg.headers.as_ref(), &msg.subject, &msg.payload);
+    assert_eq!(again.executor, "ex-a2");
+    assert_eq!(
+        StepResult {
+            executor: first.executor.clone(),
+            ..again
+        },
+        first
+    );
+    assert_eq!(lines(&ran), vec!["run"], "not run again");
 }
 
 #[tokio::test]
