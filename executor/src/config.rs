@@ -2,8 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::connect::NatsConfig;
+use protocol::sign::{Identity, Trust};
 use workflow::core::{Installer, Procedure};
 
 use crate::allow::{Allowlist, PackageCheck};
@@ -13,12 +16,22 @@ use crate::runner::RunnerConfig;
 /// Everything an executor needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// NATS server URL(s), comma separated.
-    pub nats_url: String,
+    /// How to reach NATS: URL(s), authentication, TLS.
+    pub nats: NatsConfig,
+    /// This executor's signing key: it signs its results and its presence
+    /// record with it.
+    pub identity: Identity,
+    /// The trust file. Step requests are run only when signed by its service
+    /// key; this executor's own key must be listed in it as an executor of
+    /// `group`, and its name there is this executor's id ([`Config::id`]).
+    pub trust: Arc<Trust>,
     /// The executor group whose consumer `exec-<group>` it binds.
     pub group: String,
-    /// This executor's id (presence key, `executor` field of results).
-    pub id: String,
+    /// The id this executor is expected to have (`--id`), if given: a check
+    /// that the right key was deployed, not a choice. The id is always the
+    /// trust file's name for [`Config::identity`]; a different one here
+    /// refuses the start.
+    pub expected_id: Option<String>,
     /// The nodes this executor serves (at least one); requests for other
     /// nodes are rejected.
     pub nodes: Vec<String>,
@@ -47,21 +60,28 @@ pub struct Config {
     /// After a shutdown was requested, how long to keep retrying to publish
     /// the last result before leaving it to the ledger and a redelivery.
     pub shutdown_publish_timeout: Duration,
-    /// Stream, consumer and bucket options used when this executor creates them.
+    /// Consumer options used when this executor creates its group consumer
+    /// (`executor_ack_wait`); the streams and buckets are the service's.
     pub setup: protocol::Options,
     /// How commands reach their node.
     pub runner: RunnerConfig,
 }
 
 impl Config {
-    /// A configuration with defaults for everything but the group and state dir.
-    pub fn new(group: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
-        let group = group.into();
-        let host = host_name();
+    /// A configuration with defaults for everything but the group, the state
+    /// dir, the key and the trust file.
+    pub fn new(
+        group: impl Into<String>,
+        state_dir: impl Into<PathBuf>,
+        identity: Identity,
+        trust: Arc<Trust>,
+    ) -> Self {
         Config {
-            nats_url: "nats://127.0.0.1:4222".into(),
-            id: protocol::presence::key(&format!("{group}-{host}-{}", std::process::id())),
-            group,
+            nats: NatsConfig::new("nats://127.0.0.1:4222"),
+            identity,
+            trust,
+            group: group.into(),
+            expected_id: None,
             nodes: Vec::new(),
             addresses: BTreeMap::new(),
             installer: Installer::default(),
@@ -77,10 +97,61 @@ impl Config {
         }
     }
 
+    /// This executor's id (presence key, `executor` field of its results):
+    /// the name the trust file gives its key. Refused, naming the key and the
+    /// group, when the key is not listed as an executor, is listed for another
+    /// group, or has another name than `expected_id`.
+    pub fn id(&self) -> Result<String, ExecutorError> {
+        let key = self.identity.public_key();
+        let from = match &self.identity.path {
+            Some(path) => format!(" (from {})", path.display()),
+            None => String::new(),
+        };
+        let refuse = |why: String| {
+            Err(ExecutorError::Config(format!(
+                "refusing to start: this executor's key {key}{from} {why}"
+            )))
+        };
+        let Some(peer) = self.trust.executor(&key) else {
+            let role = if self.trust.is_service(&key) {
+                "is the service's key in the trust file, not an executor's".to_string()
+            } else if let Some(op) = self.trust.operator(&key) {
+                format!(
+                    "is operator {}'s key in the trust file, not an executor's",
+                    op.name
+                )
+            } else {
+                "is not in the trust file".to_string()
+            };
+            return refuse(format!(
+                "{role}: list it there as an executor of group {group} \
+                 ([[executor]] name = \"...\" key = \"{key}\" group = \"{group}\"), \
+                 or give this executor the key the trust file lists for group {group}",
+                group = self.group
+            ));
+        };
+        if peer.group != self.group {
+            return refuse(format!(
+                "is listed in the trust file as executor {} of group {}, not of group {} (--group): \
+                 an executor serves only the group the trust file gives its key",
+                peer.name, peer.group, self.group
+            ));
+        }
+        match &self.expected_id {
+            Some(expected) if *expected != peer.name => refuse(format!(
+                "is named {} in the trust file (an executor of group {}), not {expected} (--id): \
+                 the id is the trust file's name for the key; is this the right key file?",
+                peer.name, peer.group
+            )),
+            _ => Ok(peer.name.clone()),
+        }
+    }
+
     /// Refuse configurations that cannot work, with the reason.
     pub fn validate(&self) -> Result<(), ExecutorError> {
         protocol::subjects::validate_token(&self.group)
             .map_err(|r| ExecutorError::Config(format!("group {:?}: {r}", self.group)))?;
+        self.id()?;
         if self.nodes.is_empty() {
             return Err(ExecutorError::Config(
                 "no nodes: an executor serves only the nodes it is told (--nodes NAME[=ADDRESS],...)".into(),
@@ -105,17 +176,8 @@ impl Config {
                 )));
             }
         }
-        if self.id.is_empty() || protocol::presence::key(&self.id) != self.id {
-            return Err(ExecutorError::Config(format!(
-                "id {:?}: only ASCII letters, digits, '-', '_', '=' and '.' are allowed",
-                self.id
-            )));
-        }
-        if self.heartbeat.is_zero() || self.heartbeat >= self.setup.presence_ttl {
-            return Err(ExecutorError::Config(format!(
-                "heartbeat {:?} must be positive and shorter than the presence TTL {:?}",
-                self.heartbeat, self.setup.presence_ttl
-            )));
+        if self.heartbeat.is_zero() {
+            return Err(ExecutorError::Config("heartbeat must be positive".into()));
         }
         if self.fetch_wait < Duration::from_millis(100) {
             return Err(ExecutorError::Config(
@@ -155,4 +217,101 @@ pub fn host_name() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::sign::{ExecutorPeer, OperatorPeer, Peer, Role};
+
+    struct Keys {
+        service: Identity,
+        ex_a: Identity,
+        ex_b: Identity,
+        op: Identity,
+        trust: Arc<Trust>,
+    }
+
+    fn keys() -> Keys {
+        let (service, ex_a, ex_b, op) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let executor = |name: &str, key: &Identity, group: &str| ExecutorPeer {
+            name: name.into(),
+            key: key.public_key(),
+            group: group.into(),
+        };
+        let trust = Arc::new(Trust {
+            service: Peer {
+                name: "baton-service".into(),
+                key: service.public_key(),
+            },
+            executors: vec![executor("ex-a", &ex_a, "g1"), executor("ex-b", &ex_b, "g2")],
+            operators: vec![OperatorPeer {
+                name: "alice".into(),
+                key: op.public_key(),
+                role: Role::Approver,
+            }],
+        });
+        Keys {
+            service,
+            ex_a,
+            ex_b,
+            op,
+            trust,
+        }
+    }
+
+    fn config(identity: &Identity, trust: &Arc<Trust>, group: &str) -> Config {
+        let mut config = Config::new(group, "/nonexistent", identity.clone(), trust.clone());
+        config.nodes = vec!["backend-1".into()];
+        config
+    }
+
+    #[test]
+    fn the_id_is_the_trust_files_name_for_the_key() {
+        let k = keys();
+        let c = config(&k.ex_a, &k.trust, "g1");
+        assert_eq!(c.id().unwrap(), "ex-a");
+        assert!(c.validate().is_ok());
+        let c = Config {
+            expected_id: Some("ex-a".into()),
+            ..c
+        };
+        assert_eq!(c.id().unwrap(), "ex-a");
+    }
+
+    #[test]
+    fn a_key_not_listed_for_this_group_refuses_the_start_naming_key_and_group() {
+        let k = keys();
+        let outsider = Identity::generate();
+        let cases = [
+            (
+                config(&outsider, &k.trust, "g1"),
+                "is not in the trust file",
+            ),
+            (
+                config(&k.ex_b, &k.trust, "g1"),
+                "executor ex-b of group g2, not of group g1",
+            ),
+            (config(&k.service, &k.trust, "g1"), "the service's key"),
+            (config(&k.op, &k.trust, "g1"), "operator alice's key"),
+            (
+                Config {
+                    expected_id: Some("ex-z".into()),
+                    ..config(&k.ex_a, &k.trust, "g1")
+                },
+                "named ex-a in the trust file (an executor of group g1), not ex-z (--id)",
+            ),
+        ];
+        for (c, needle) in cases {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+            assert!(err.contains(&c.identity.public_key()), "{err}");
+            assert!(err.contains("g1"), "{err}");
+        }
+    }
 }

@@ -1,4 +1,6 @@
-//! Keeps this executor's presence record alive in the `baton_executors` bucket.
+//! Keeps this executor's presence record alive in the `baton_executors` bucket,
+//! signed with its key ([`protocol::presence::seal`]) under the key
+//! [`protocol::presence::key`] of its id, as the service checks it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -24,6 +26,9 @@ pub struct Stats {
     /// Requests that could not be decoded (answered `rejected` when their ids
     /// were readable, otherwise terminated).
     pub malformed: AtomicU64,
+    /// Requests the service did not sign for their subject (terminated, no
+    /// result, nothing recorded).
+    pub unsigned: AtomicU64,
     /// The step running now.
     pub running: Mutex<Option<String>>,
 }
@@ -46,6 +51,7 @@ impl Stats {
             not_allowed: self.not_allowed.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
+            unsigned: self.unsigned.load(Ordering::Relaxed),
             running: self
                 .running
                 .lock()
@@ -56,17 +62,18 @@ impl Stats {
     }
 }
 
-/// Put the record every `interval` until `stop`, then delete it.
+/// Put the signed record every `interval` until `stop`, then delete it.
 pub async fn heartbeat(
     kv: kv::Store,
     base: Presence,
+    identity: protocol::sign::Identity,
     stats: std::sync::Arc<Stats>,
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let key = base.id.clone();
+    let key = protocol::presence::key(&base.id);
     loop {
-        let record = serde_json::to_vec(&stats.snapshot(&base)).expect("presence serialises");
+        let record = protocol::presence::seal(&stats.snapshot(&base), &identity);
         match kv.put(&key, record.into()).await {
             Ok(_) => tracing::trace!(key = %key, "presence refreshed"),
             Err(e) => tracing::warn!(key = %key, error = %e, "could not refresh presence"),

@@ -1,18 +1,28 @@
-//! The executor service: connect, set up, serve the group's steps, shut down.
+//! The executor service: connect, attach, serve the group's steps, shut down.
 //!
 //! One step at a time per process: each pull asks for a single message, so a
 //! step never waits in this process's buffer while another runs (it would
 //! outlive its `ack_wait` there and be redelivered to a sibling). Several
 //! processes in a group share the work through the one durable consumer.
+//!
+//! Every step request must carry the service's signature for the subject it
+//! arrived on ([`protocol::sign`]), checked before the request is even
+//! decoded. One that does not is terminated: no result (a `rejected` result
+//! under a forged step id could pass for the answer to the real step), no
+//! ledger entry (only a signed request may raise the epoch fence), counted
+//! (`unsigned`) and logged. Results and the presence record are signed with
+//! this executor's key.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer, kv, AckKind};
 use futures::StreamExt;
+use protocol::setup::ExecutorHandles;
+use protocol::sign::{self, Identity, Kind, Trust};
 use protocol::{
-    decode_request, DecodeError, Outcome, Presence, RequestIds, StepRequest, StepResult,
-    PROTOCOL_VERSION,
+    decode_request, DecodeError, Outcome, Presence, ProtocolError, RequestIds, StepRequest,
+    StepResult, PROTOCOL_VERSION,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -29,17 +39,27 @@ use crate::presence::{self, Stats};
 /// On shutdown it stops taking work, lets the running step finish (or time
 /// out), reports it, removes its presence record and returns `Ok(())`.
 /// Errors are infrastructure failures it cannot serve through: an unusable
-/// configuration, an unwritable ledger, a NATS server that cannot host the
-/// protocol.
+/// configuration (a key the trust file does not list as an executor of its
+/// group among them), an unwritable ledger, NATS credentials the server
+/// refuses, a NATS server that cannot host the protocol.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ExecutorError> {
     config.validate()?;
+    let id = config.id()?;
     let ledger = Ledger::open(&config.state_dir)?;
-    let Some(client) = connect(&config, &shutdown).await else {
+    let Some(client) = connect(&config, &id, &shutdown).await? else {
         return Ok(());
     };
     let js = jetstream::new(client.clone());
-    let handles = protocol::ensure(&js, &config.setup).await?;
-    let consumer = protocol::ensure_group_consumer(&js, &config.group, &config.setup).await?;
+    let Some(handles) = attach(&js, &config, &shutdown).await? else {
+        return Ok(());
+    };
+    if !handles.presence_ttl.is_zero() && config.heartbeat >= handles.presence_ttl {
+        return Err(ExecutorError::Config(format!(
+            "heartbeat {:?} must be shorter than the presence TTL {:?} the service set",
+            config.heartbeat, handles.presence_ttl
+        )));
+    }
+    let consumer = handles.consumer;
     let ack_wait = consumer.cached_info().config.ack_wait;
     let progress = config
         .progress_interval
@@ -47,7 +67,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
         .max(Duration::from_millis(50));
     tracing::info!(
         group = %config.group,
-        id = %config.id,
+        id = %id,
+        key = %config.identity.public_key(),
         nodes = ?config.nodes,
         addresses = ?config.addresses,
         installer = ?config.installer,
@@ -60,7 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
     let stats = Arc::new(Stats::default());
     let base = Presence {
         v: PROTOCOL_VERSION,
-        id: config.id.clone(),
+        id: id.clone(),
         group: config.group.clone(),
         nodes: config.nodes.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -73,20 +94,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
         not_allowed: 0,
         conflicts: 0,
         malformed: 0,
+        unsigned: 0,
         running: None,
     };
     let stop_presence = CancellationToken::new();
     let heartbeat = tokio::spawn(presence::heartbeat(
         handles.presence,
         base,
+        config.identity.clone(),
         stats.clone(),
         config.heartbeat,
         stop_presence.clone(),
     ));
 
-    let claim_token = format!("{}/{}/{}", config.id, std::process::id(), now_ms());
+    let claim_token = format!("{id}/{}/{}", std::process::id(), now_ms());
     let worker = Worker {
         allowlist: config.allowlist(),
+        identity: config.identity.clone(),
+        trust: config.trust.clone(),
+        id,
         config,
         js,
         claims: handles.claims,
@@ -108,31 +134,80 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
     served
 }
 
-/// Connect, retrying until connected or shut down (`None`).
-async fn connect(config: &Config, shutdown: &CancellationToken) -> Option<async_nats::Client> {
+/// Connect, retrying until connected or shut down (`None`). Settings that
+/// cannot work (a missing creds file) and credentials the server refuses are
+/// errors, not retried. Only the redacted URL is ever logged.
+async fn connect(
+    config: &Config,
+    id: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<async_nats::Client>, ExecutorError> {
+    let url = config.nats.redacted_url();
+    tracing::info!(url = %url, auth = config.nats.has_auth(), "connecting to NATS");
     loop {
-        let options = async_nats::ConnectOptions::new()
-            .name(format!("baton-executor {}", config.id))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("disconnected from NATS; reconnecting")
-                    }
-                    other => tracing::info!(event = %other, "NATS connection event"),
+        let (options, addrs) = config.nats.options(&format!("baton-executor {id}")).await?;
+        let options = options.event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("disconnected from NATS; reconnecting")
                 }
-            });
-        match options.connect(config.nats_url.as_str()).await {
-            Ok(client) => return Some(client),
+                other => tracing::info!(event = %other, "NATS connection event"),
+            }
+        });
+        match options.connect(addrs.as_slice()).await {
+            Ok(client) => return Ok(Some(client)),
+            Err(e) if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation => {
+                return Err(ExecutorError::Nats {
+                    action: "authenticate (the server refused this executor's NATS credentials)",
+                    source: e.into(),
+                });
+            }
             Err(e) => {
-                tracing::warn!(url = %config.nats_url, error = %e, "could not connect to NATS; retrying")
+                tracing::warn!(url = %url, error = %e, "could not connect to NATS; retrying")
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// Attach to the group's consumer and the buckets, waiting (with backoff)
+/// while the workflow service has not created the streams yet; `None` when
+/// shut down meanwhile. An executor never creates streams or buckets.
+async fn attach(
+    js: &jetstream::Context,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<ExecutorHandles>, ExecutorError> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match protocol::setup::attach_executor(js, &config.group, &config.setup).await {
+            Ok(handles) => return Ok(Some(handles)),
+            Err(ProtocolError::NotCreated { kind, name }) => tracing::info!(
+                kind,
+                name = %name,
+                retry_ms = backoff.as_millis() as u64,
+                "waiting for the workflow service to create the streams"
+            ),
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Why a step request is not the service's: not signed, a bad signature
+/// (forged, altered, or signed for another subject), or another key.
+struct Unsigned {
+    reason: String,
+    /// The key the request claims or was signed with, if any.
+    signer: Option<String>,
 }
 
 /// Whether this executor may run a step attempt.
@@ -156,6 +231,12 @@ struct ClaimValue {
 
 struct Worker {
     config: Config,
+    /// This executor's id: the trust file's name for its key.
+    id: String,
+    /// Signs results.
+    identity: Identity,
+    /// Whose signature a step request needs: the service's.
+    trust: Arc<Trust>,
     /// What this executor may run.
     allowlist: Allowlist,
     js: jetstream::Context,
@@ -216,7 +297,13 @@ impl Worker {
     }
 
     /// Answer one request: from the ledger, by refusing it, or by running it.
+    /// A request the service did not sign is only terminated, counted and
+    /// logged; the signature is checked before anything else.
     async fn handle(&self, msg: jetstream::Message) -> Result<(), ExecutorError> {
+        if let Err(unsigned) = self.check_signature(&msg) {
+            self.terminate_unsigned(&msg, unsigned).await;
+            return Ok(());
+        }
         let delivered = msg.info().map(|i| i.delivered).unwrap_or(0);
         let req = match decode_request(&msg.payload) {
             Ok(req) => req,
@@ -249,6 +336,51 @@ impl Worker {
         .await
     }
 
+    /// Whether the service signed this request for the subject it arrived on.
+    fn check_signature(&self, msg: &jetstream::Message) -> Result<(), Unsigned> {
+        let claimed = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(sign::KEY_HEADER))
+            .map(|v| v.as_str().to_string());
+        let verified =
+            sign::verify_headers(msg.headers.as_ref(), Kind::Step, &msg.subject, &msg.payload)
+                .map_err(|e| Unsigned {
+                    reason: e.reason,
+                    signer: claimed,
+                })?;
+        if self.trust.is_service(&verified.key) {
+            return Ok(());
+        }
+        let who = if let Some(e) = self.trust.executor(&verified.key) {
+            format!("executor {} of group {}", e.name, e.group)
+        } else if let Some(o) = self.trust.operator(&verified.key) {
+            format!("operator {} ({})", o.name, o.role.as_str())
+        } else {
+            "a key that is not in the trust file".to_string()
+        };
+        Err(Unsigned {
+            reason: format!("signed by {who}; only the service's key may sign step requests"),
+            signer: Some(verified.key),
+        })
+    }
+
+    /// Refuse a request the service did not sign: terminate it (no
+    /// redelivery), publish nothing, record nothing, count and log it.
+    async fn terminate_unsigned(&self, msg: &jetstream::Message, unsigned: Unsigned) {
+        Stats::count(&self.stats.unsigned);
+        tracing::warn!(
+            subject = %msg.subject,
+            reason = %unsigned.reason,
+            signer = %unsigned.signer.as_deref().unwrap_or("(none)"),
+            bytes = msg.payload.len(),
+            "refused a step request the service did not sign: terminated, nothing run, no result"
+        );
+        if let Err(e) = msg.ack_with(AckKind::Term).await {
+            tracing::warn!(error = %e, "could not terminate an unsigned step request");
+        }
+    }
+
     /// The result to report, or `None` when it cannot be decided now.
     async fn answer(
         &self,
@@ -274,8 +406,12 @@ impl Worker {
             }
         }
         match entry {
-            Some(Entry::Finished { result, .. }) => {
-                tracing::info!(outcome = %result.outcome, "redelivered step already answered; replying from the ledger");
+            Some(Entry::Finished { mut result, .. }) => {
+                tracing::info!(outcome = %result.outcome, recorded_by = %result.executor, "redelivered step already answered; replying from the ledger");
+                // Signed by this executor's key, so named by its trust-file
+                // name: the state dir may have served under another name
+                // (before keys, or a renamed executor).
+                result.executor = self.id.clone();
                 Ok(Some(result))
             }
             Some(Entry::Started {
@@ -345,7 +481,7 @@ impl Worker {
             env = ?req.env,
             "rejected a step request"
         );
-        req.ids().rejected(refusal.reason, &self.config.id)
+        req.ids().rejected(refusal.reason, &self.id)
     }
 
     /// Claim the step attempt group-wide, so that a redelivery to a sibling
@@ -436,14 +572,7 @@ impl Worker {
         let key = req.msg_id();
         let started_ms = now_ms();
         self.ledger
-            .record_started(
-                &key,
-                &req.upgrade,
-                req.epoch,
-                started_ms,
-                &self.config.id,
-                digest,
-            )
+            .record_started(&key, &req.upgrade, req.epoch, started_ms, &self.id, digest)
             .await?;
         Stats::count(&self.stats.executed);
         self.stats.set_running(Some(key));
@@ -508,7 +637,7 @@ impl Worker {
             reason: None,
             started_ms: None,
             finished_ms: None,
-            executor: self.config.id.clone(),
+            executor: self.id.clone(),
         }
     }
 
@@ -525,7 +654,7 @@ impl Worker {
                 tracing::warn!(key = %ids.key(), error = %e, "rejected a malformed step request");
                 // Not written to the ledger: a well-formed request with the
                 // same ids must still be able to run.
-                let result = ids.rejected(e.to_string(), &self.config.id);
+                let result = ids.rejected(e.to_string(), &self.id);
                 self.report(&result, &msg).await;
             }
             None => {
@@ -560,15 +689,17 @@ impl Worker {
         );
     }
 
-    /// Publish until the stream acknowledges it; after a shutdown request,
-    /// give up after `shutdown_publish_timeout`.
+    /// Publish, signed with this executor's key, until the stream
+    /// acknowledges it; after a shutdown request, give up after
+    /// `shutdown_publish_timeout`.
     async fn publish(&self, result: &StepResult) -> bool {
         let mut backoff = Duration::from_millis(100);
         let mut give_up_at: Option<Instant> = None;
+        let (headers, payload) = result.signed(&self.identity);
         loop {
             let sent = self
                 .js
-                .publish_with_headers(result.subject(), result.headers(), result.encode().into())
+                .publish_with_headers(result.subject(), headers.clone(), payload.clone().into())
                 .await;
             match sent {
                 Ok(ack) => match ack.await {

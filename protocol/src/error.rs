@@ -36,6 +36,11 @@ pub enum ProtocolError {
         detail: String,
     },
 
+    /// A stream or bucket that the workflow service creates does not exist
+    /// yet: an executor (which may not create them) waits and retries.
+    #[error("{kind} {name} does not exist yet: the workflow service creates it (is `baton server` running on this NATS?)")]
+    NotCreated { kind: &'static str, name: String },
+
     /// A JetStream administrative call failed.
     #[error("could not {action} {name}")]
     Setup {

@@ -49,6 +49,12 @@ pub struct Presence {
     /// readable, otherwise terminated).
     #[serde(default)]
     pub malformed: u64,
+    /// Requests refused because the service had not signed them for the
+    /// subject they arrived on (unsigned, forged, signed by another key, or
+    /// signed for another group's subject): terminated with no result and
+    /// nothing recorded. Counted apart from `rejected` and `malformed`.
+    #[serde(default)]
+    pub unsigned: u64,
     /// The step it is running now (`<upgrade>:<step>:<attempt>`).
     #[serde(default)]
     pub running: Option<String>,
@@ -164,6 +170,7 @@ mod tests {
             not_allowed: 0,
             conflicts: 0,
             malformed: 0,
+            unsigned: 0,
             running: None,
         })
         .unwrap()

@@ -1,11 +1,25 @@
 //! Creates or checks every stream, consumer and bucket Baton uses, in one place.
 //!
-//! Both the workflow service and executors call [`ensure`] at start; whoever
-//! comes first creates, later callers check. Existing objects are checked for
-//! the options the protocol depends on (retention, storage, subjects) and
-//! refused with [`ProtocolError::Incompatible`] when they differ; tunables
-//! (duplicate windows, ages, TTLs) are left as the first creator set them, so
-//! two processes with different tunables do not fight over the configuration.
+//! The workflow service calls [`ensure`] at start: it creates what is missing
+//! and checks what exists. Existing objects are checked for the options the
+//! protocol depends on (retention, storage, subjects) and refused with
+//! [`ProtocolError::Incompatible`] when they differ; tunables (duplicate
+//! windows, ages, TTLs) are left as the first creator set them, so two
+//! processes with different tunables do not fight over the configuration.
+//!
+//! An executor calls [`attach_executor`] instead: least privilege. It only
+//! looks up the steps stream and the two buckets (never creates or updates a
+//! stream, never touches the workflow consumer) and creates or gets its own
+//! group's consumer, so the NATS permissions of an executor can be this
+//! narrow (`{g}` its group, `{name}` its trust-file name):
+//!
+//! - `$JS.API.INFO`; `$JS.API.STREAM.INFO.{BATON_STEPS,KV_baton_executors,KV_baton_claims}`;
+//! - `$JS.API.CONSUMER.INFO.BATON_STEPS.exec-{g}` and
+//!   `$JS.API.CONSUMER.CREATE.BATON_STEPS.exec-{g}.baton.step.{g}`;
+//! - `$JS.API.CONSUMER.MSG.NEXT.BATON_STEPS.exec-{g}`, `$JS.ACK.BATON_STEPS.exec-{g}.>`;
+//! - `baton.result.>`; `$KV.baton_executors.{name}`; `$KV.baton_claims.>`
+//!   with `$JS.API.DIRECT.GET.KV_baton_claims.>` (reading a claim);
+//! - subscribe `_INBOX.>` (replies to all of the above).
 
 use std::time::Duration;
 
@@ -186,20 +200,107 @@ pub async fn ensure_group_consumer(
         .get_stream(subjects::STEPS_STREAM)
         .await
         .map_err(|e| setup_error("get stream", subjects::STEPS_STREAM, e))?;
-    ensure_consumer(
+    ensure_consumer(&steps, group_consumer_config(group, opts)).await
+}
+
+/// The group consumer's configuration.
+fn group_consumer_config(group: &str, opts: &Options) -> pull::Config {
+    pull::Config {
+        durable_name: Some(subjects::group_consumer(group)),
+        filter_subject: subjects::step(group),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: opts.executor_ack_wait,
+        // Never drop a step: the executor ledger makes redelivery harmless.
+        max_deliver: -1,
+        ..Default::default()
+    }
+}
+
+/// What an executor works with, from [`attach_executor`].
+#[derive(Debug, Clone)]
+pub struct ExecutorHandles {
+    /// Its group's durable consumer `exec-<group>` on `BATON_STEPS`.
+    pub consumer: jetstream::consumer::PullConsumer,
+    /// The presence bucket.
+    pub presence: kv::Store,
+    /// How long a presence record lives without a heartbeat (the bucket's
+    /// max age, as the service created it; zero: forever).
+    pub presence_ttl: Duration,
+    /// The step claims bucket.
+    pub claims: kv::Store,
+}
+
+/// Attach an executor of `group` with least privilege: check the server,
+/// look up (never create or update) `BATON_STEPS` and the presence and
+/// claims buckets, and create or get only the group consumer `exec-<group>`
+/// (with `opts.executor_ack_wait` when it creates it). The calls it makes are
+/// listed in this module's documentation.
+///
+/// [`ProtocolError::NotCreated`] while the workflow service has not created
+/// the streams yet: wait and call again.
+pub async fn attach_executor(
+    js: &jetstream::Context,
+    group: &str,
+    opts: &Options,
+) -> Result<ExecutorHandles, ProtocolError> {
+    subjects::check_name("executor group", group)?;
+    check_server(js).await?;
+    let steps = find_stream(js, "stream", subjects::STEPS_STREAM).await?;
+    check_semantics(
         &steps,
-        pull::Config {
-            durable_name: Some(subjects::group_consumer(group)),
-            filter_subject: subjects::step(group),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: opts.executor_ack_wait,
-            // Never drop a step: the executor ledger makes redelivery harmless.
-            max_deliver: -1,
-            ..Default::default()
-        },
+        RetentionPolicy::WorkQueue,
+        &[subjects::STEPS_WILDCARD.to_string()],
+    )?;
+    let presence_stream = find_stream(
+        js,
+        "KV bucket",
+        &format!("KV_{}", subjects::PRESENCE_BUCKET),
     )
-    .await
+    .await?;
+    let presence_ttl = presence_stream.cached_info().config.max_age;
+    let presence = open_bucket(js, subjects::PRESENCE_BUCKET).await?;
+    find_stream(js, "KV bucket", &format!("KV_{}", subjects::CLAIMS_BUCKET)).await?;
+    let claims = open_bucket(js, subjects::CLAIMS_BUCKET).await?;
+    let consumer = ensure_consumer(&steps, group_consumer_config(group, opts)).await?;
+    Ok(ExecutorHandles {
+        consumer,
+        presence,
+        presence_ttl,
+        claims,
+    })
+}
+
+/// Look a stream up: [`ProtocolError::NotCreated`] when it does not exist.
+async fn find_stream(
+    js: &jetstream::Context,
+    kind: &'static str,
+    name: &str,
+) -> Result<stream::Stream, ProtocolError> {
+    match js.get_stream(name).await {
+        Ok(found) => Ok(found),
+        Err(e) if is_not_found(&e) => Err(ProtocolError::NotCreated {
+            kind,
+            name: name.to_string(),
+        }),
+        Err(e) => Err(setup_error("get stream", name, e)),
+    }
+}
+
+async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, ProtocolError> {
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| setup_error("open KV bucket", bucket, e))
+}
+
+/// Refuse a stream whose retention or subjects are not the contract's.
+fn check_semantics(
+    existing: &stream::Stream,
+    retention: RetentionPolicy,
+    subjects: &[String],
+) -> Result<(), ProtocolError> {
+    let have = &existing.cached_info().config;
+    incompatible_if_any(&have.name, semantic_problems(have, retention, subjects))
 }
 
 /// Refuse servers older than [`MIN_SERVER_VERSION`] and servers or accounts
@@ -275,33 +376,48 @@ fn check_stream(
     want: &stream::Config,
 ) -> Result<stream::Stream, ProtocolError> {
     let have = &existing.cached_info().config;
-    let mut problems = Vec::new();
-    if have.retention != want.retention {
-        problems.push(format!(
-            "retention {:?}, expected {:?}",
-            have.retention, want.retention
-        ));
-    }
+    let mut problems = semantic_problems(have, want.retention, &want.subjects);
     if have.storage != want.storage {
         problems.push(format!(
             "storage {:?}, expected {:?}",
             have.storage, want.storage
         ));
     }
-    if have.subjects != want.subjects {
+    incompatible_if_any(&want.name, problems)?;
+    Ok(existing)
+}
+
+/// Where a stream's retention or subjects differ from the contract's.
+fn semantic_problems(
+    have: &stream::Config,
+    retention: RetentionPolicy,
+    subjects: &[String],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if have.retention != retention {
         problems.push(format!(
-            "subjects {:?}, expected {:?}",
-            have.subjects, want.subjects
+            "retention {:?}, expected {retention:?}",
+            have.retention
         ));
     }
-    if !problems.is_empty() {
-        return Err(ProtocolError::Incompatible {
-            kind: "stream",
-            name: want.name.clone(),
-            detail: problems.join(", "),
-        });
+    if have.subjects != subjects {
+        problems.push(format!(
+            "subjects {:?}, expected {subjects:?}",
+            have.subjects
+        ));
     }
-    Ok(existing)
+    problems
+}
+
+fn incompatible_if_any(name: &str, problems: Vec<String>) -> Result<(), ProtocolError> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ProtocolError::Incompatible {
+        kind: "stream",
+        name: name.to_string(),
+        detail: problems.join(", "),
+    })
 }
 
 async fn ensure_consumer(

@@ -4,7 +4,14 @@
 //! It runs only what it was built to run: a rendering of its profile's
 //! templates (`--installer`, `--procedure`, defaults as in the cluster file)
 //! for one of its `--nodes` (required), at the address given there (see the
-//! `executor::allow` module and THREATS.md).
+//! `executor::allow` module and THREATS.md), and only when the service signed
+//! the request.
+//!
+//! It needs a key (`--key` / `BATON_KEY`) and the trust file (`--trust` /
+//! `BATON_TRUST`), which must list that key as an executor of `--group`; its
+//! id (presence key, `executor` field of results) is the trust file's name
+//! for the key. `--id`, if given, only checks that name. NATS connection
+//! settings are the global ones (`--nats`, `--nats-creds`, ...).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,17 +21,17 @@ use std::time::Duration;
 use anyhow::bail;
 use anyhow::Context as _;
 use executor::{Config, RunnerConfig, SshConfig};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use workflow::core::{Installer as CoreInstaller, Procedure as CoreProcedure};
+
+use crate::Global;
 
 #[derive(clap::Args, Debug)]
 pub struct ExecutorArgs {
     /// The executor group whose steps this process takes (consumer `exec-<group>`).
     #[arg(long)]
     pub group: String,
-    /// The NATS server; set from the global `--nats` / `BATON_NATS_URL` by the caller.
-    #[arg(skip)]
-    pub nats: Option<String>,
     /// Where the step ledger lives; one executor process per directory.
     /// Default: `.baton/executor-<group>` in the working directory.
     #[arg(long, env = "BATON_EXECUTOR_STATE_DIR")]
@@ -43,8 +50,9 @@ pub struct ExecutorArgs {
     /// `chef-backend-ctl upgrade [--failover]` (the cluster file's `upgrade.procedure`).
     #[arg(long, value_enum, default_value_t = Procedure::Runbook, env = "BATON_EXECUTOR_PROCEDURE")]
     pub procedure: Procedure,
-    /// This executor's id (presence key, `executor` field of results).
-    /// Default: `<group>-<host>-<pid>`.
+    /// The id this executor is expected to have: a check, not a choice. The id
+    /// (presence key, `executor` field of results) is always the trust file's
+    /// name for `--key`; if this differs, the executor refuses to start.
     #[arg(long)]
     pub id: Option<String>,
     /// How many trailing bytes of stdout and of stderr a result carries.
@@ -68,9 +76,6 @@ pub struct ExecutorArgs {
     /// Presence heartbeat interval, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub heartbeat_ms: u64,
-    /// Presence TTL in milliseconds (used when this executor creates the bucket).
-    #[arg(long, default_value_t = 30_000)]
-    pub presence_ttl_ms: u64,
     /// Ack wait of the group consumer in milliseconds (used when this executor creates it).
     #[arg(long, default_value_t = 10_000)]
     pub ack_wait_ms: u64,
@@ -125,19 +130,16 @@ fn parse_node(s: &str) -> Result<(String, Option<String>), String> {
 }
 
 impl ExecutorArgs {
-    fn config(self) -> anyhow::Result<Config> {
+    fn config(self, global: &Global) -> anyhow::Result<Config> {
         let state_dir = self
             .state_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(".baton").join(format!("executor-{}", self.group)));
-        let mut config = Config::new(self.group.clone(), state_dir);
-        config.nats_url = self
-            .nats
-            .or_else(|| std::env::var("BATON_NATS_URL").ok())
-            .unwrap_or_else(|| "nats://127.0.0.1:4222".to_string());
-        if let Some(id) = self.id {
-            config.id = id;
-        }
+        let identity = global.identity("the executor")?;
+        let trust = Arc::new(global.trust("the executor")?);
+        let mut config = Config::new(self.group.clone(), state_dir, identity, trust);
+        config.nats = global.nats_config();
+        config.expected_id = self.id;
         let mut addresses = BTreeMap::new();
         for (node, address) in self
             .nodes
@@ -170,7 +172,6 @@ impl ExecutorArgs {
         config.heartbeat = Duration::from_millis(self.heartbeat_ms);
         config.fetch_wait = Duration::from_millis(self.fetch_wait_ms);
         config.progress_interval = self.progress_ms.map(Duration::from_millis);
-        config.setup.presence_ttl = Duration::from_millis(self.presence_ttl_ms);
         config.setup.executor_ack_wait = Duration::from_millis(self.ack_wait_ms);
         config.runner = match self.runner {
             Runner::Local => RunnerConfig::Local,
@@ -185,7 +186,7 @@ impl ExecutorArgs {
 }
 
 /// Run the executor until SIGTERM or SIGINT; exit 0 after a graceful shutdown.
-pub fn run(args: ExecutorArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &Global, args: ExecutorArgs) -> anyhow::Result<ExitCode> {
     // The lead's main may already have installed a subscriber; then this is a no-op.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -194,7 +195,10 @@ pub fn run(args: ExecutorArgs) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .try_init();
 
-    let config = args.config()?;
+    let config = args.config(global)?;
+    // Refused before any runtime or connection: a key the trust file does not
+    // give this group, invalid nodes, ...
+    config.validate()?;
     let group = config.group.clone();
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     runtime.block_on(async move {

@@ -17,10 +17,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let global = cli.global;
     match cli.command {
         Command::Server(args) => server::run(&global, args),
-        Command::Executor(mut args) => {
-            args.nats = Some(global.nats.clone());
-            executor::run(args)
-        }
+        Command::Executor(args) => executor::run(&global, args),
         Command::Dev(args) => dev::run(global, args),
         Command::Replay(args) => replay::run(global, args),
         Command::Audit(command) => audit::run(global, command),

@@ -10,14 +10,25 @@
 //! script the test wrote for that command (`Env::behave`), or else appends
 //! the command line to the test's `ran` file. The attacks at the end show
 //! that anything else published on a step subject runs nothing.
+//!
+//! The bus is authenticated by signatures even with NATS auth off (as here):
+//! the test plays the workflow service with a service key of its own trust
+//! file ([`Keyring`]), signs the requests it publishes as the service, gives
+//! each executor a key listed for its group, and accepts only results and
+//! presence records signed by those executor keys. The signature tests show
+//! that a request the service did not sign, for the subject it arrives on,
+//! runs nothing, is answered with nothing and is recorded nowhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
+use async_nats::HeaderMap;
 use nix::sys::signal::Signal;
+use protocol::sign::{ExecutorPeer, Identity, Kind, OperatorPeer, Peer, Role, Trust};
 use protocol::{decode_result, subjects, Outcome, Presence, StepRequest, StepResult};
 use tempfile::TempDir;
 use tests::{wait_until, wait_until_async, workspace_bin, NatsServer, Proc};
@@ -31,6 +42,121 @@ struct Env {
     nats: NatsServer,
     js: jetstream::Context,
     dir: TempDir,
+    keys: Keyring,
+}
+
+/// The keys of one test: the service's, an operator's, and one per executor
+/// name (with its group), each seed in a 0600 file, and the trust file
+/// listing their public keys (rewritten when an executor is added; an
+/// executor reads it when it starts).
+struct Keyring {
+    dir: PathBuf,
+    service: Identity,
+    operator: Identity,
+    executors: Mutex<BTreeMap<String, (Identity, String)>>,
+}
+
+impl Keyring {
+    fn new(dir: &Path) -> Keyring {
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        let keys = Keyring {
+            dir: dir.to_path_buf(),
+            service: Identity::generate(),
+            operator: Identity::generate(),
+            executors: Mutex::new(BTreeMap::new()),
+        };
+        keys.write_trust();
+        keys
+    }
+
+    /// The executor `name` of `group`: its key (made on first use) and seed file.
+    fn executor(&self, name: &str, group: &str) -> (Identity, PathBuf) {
+        let seed = self.dir.join("keys").join(format!("{name}.seed"));
+        let identity = {
+            let mut executors = self.executors.lock().unwrap();
+            let (identity, known_group) = executors
+                .entry(name.to_string())
+                .or_insert_with(|| {
+                    let identity = Identity::generate();
+                    identity.write_seed(&seed).expect("seed written");
+                    (identity, group.to_string())
+                })
+                .clone();
+            assert_eq!(
+                known_group, group,
+                "executor {name} is of group {known_group}"
+            );
+            identity
+        };
+        self.write_trust();
+        (identity, seed)
+    }
+
+    fn trust(&self) -> Trust {
+        let executors = self.executors.lock().unwrap();
+        Trust {
+            service: Peer {
+                name: "baton-service".into(),
+                key: self.service.public_key(),
+            },
+            executors: executors
+                .iter()
+                .map(|(name, (identity, group))| ExecutorPeer {
+                    name: name.clone(),
+                    key: identity.public_key(),
+                    group: group.clone(),
+                })
+                .collect(),
+            operators: vec![OperatorPeer {
+                name: "alice".into(),
+                key: self.operator.public_key(),
+                role: Role::Approver,
+            }],
+        }
+    }
+
+    fn trust_path(&self) -> PathBuf {
+        self.dir.join("trust.toml")
+    }
+
+    fn write_trust(&self) {
+        // Written aside and renamed: an executor starting meanwhile reads a whole file.
+        let tmp = self.dir.join("trust.toml.tmp");
+        std::fs::write(&tmp, self.trust().to_toml()).unwrap();
+        std::fs::rename(&tmp, self.trust_path()).unwrap();
+    }
+
+    /// Check a stored result's signature: made by an executor of the trust
+    /// file for this subject and payload, and the result names that executor.
+    fn check_result(
+        &self,
+        headers: Option<&HeaderMap>,
+        subject: &str,
+        payload: &[u8],
+    ) -> StepResult {
+        let result = decode_result(payload).expect("results are well-formed");
+        let verified = protocol::sign::verify_headers(headers, Kind::Result, subject, payload)
+            .unwrap_or_else(|e| panic!("result {result:?} is not validly signed: {e}"));
+        let trust = self.trust();
+        let signer = trust.executor(&verified.key).unwrap_or_else(|| {
+            panic!(
+                "result {result:?} signed by {}, not an executor",
+                verified.key
+            )
+        });
+        assert_eq!(
+            signer.name, result.executor,
+            "signed by another executor: {result:?}"
+        );
+        result
+    }
+
+    /// Sign `payload` as a step request on `subject` with `signer`.
+    fn sign(signer: &Identity, subject: &str, payload: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        signer.sign_headers(&mut headers, Kind::Step, subject, "", payload);
+        headers
+    }
 }
 
 /// The node tools the fake `bin/` provides: each runs `do/<tool>-<first arg>.sh` if the test wrote it,
@@ -43,21 +169,32 @@ if [ -f "$f" ]; then exec sh "$f" "$@"; fi
 echo "$t $*" >> "$BATON_TEST_DIR/ran"
 "#;
 
+/// The stream and bucket options the test's "service" creates them with.
+fn service_options() -> protocol::Options {
+    protocol::Options {
+        presence_ttl: Duration::from_millis(PRESENCE_TTL_MS),
+        executor_ack_wait: Duration::from_millis(ACK_WAIT_MS),
+        ..Default::default()
+    }
+}
+
 impl Env {
+    /// A nats-server with Baton's streams created, as the service would.
     async fn start() -> Env {
+        let env = Env::start_without_streams().await;
+        protocol::ensure(&env.js, &service_options())
+            .await
+            .expect("streams are set up");
+        env
+    }
+
+    /// A nats-server on which the service has not created the streams yet.
+    async fn start_without_streams() -> Env {
         let nats = NatsServer::start().await.expect("nats-server starts");
         let client = async_nats::connect(nats.url())
             .await
             .expect("test client connects");
         let js = jetstream::new(client);
-        let opts = protocol::Options {
-            presence_ttl: Duration::from_millis(PRESENCE_TTL_MS),
-            executor_ack_wait: Duration::from_millis(ACK_WAIT_MS),
-            ..Default::default()
-        };
-        protocol::ensure(&js, &opts)
-            .await
-            .expect("streams are set up");
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("bin")).unwrap();
         std::fs::create_dir(dir.path().join("do")).unwrap();
@@ -67,7 +204,13 @@ impl Env {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Env { nats, js, dir }
+        let keys = Keyring::new(dir.path());
+        Env {
+            nats,
+            js,
+            dir,
+            keys,
+        }
     }
 
     /// What the fake `<tool> <first>` does from now on: `script` (sh, with the tool's argv as `$@`).
@@ -89,10 +232,15 @@ impl Env {
     }
 
     /// Start `baton executor` for `group` with its own state dir `state`; it
-    /// serves backend-1 and backend-2 unless `extra` names its `--nodes`.
+    /// serves backend-1 and backend-2 unless `extra` names its `--nodes`. Its
+    /// key is listed in the trust file as executor `id` of `group` (and
+    /// `--id` checks that).
     fn executor(&self, group: &str, id: &str, state: &str, extra: &[&str]) -> Proc {
+        let (_, seed) = self.keys.executor(id, group);
         let mut cmd = Command::new(workspace_bin("baton"));
         cmd.env("BATON_NATS_URL", self.nats.url())
+            .env("BATON_KEY", &seed)
+            .env("BATON_TRUST", self.keys.trust_path())
             .env("RUST_LOG", "info")
             .env("PATH", self.fake_path())
             .env("BATON_TEST_DIR", self.dir.path())
@@ -101,7 +249,6 @@ impl Env {
             .arg("--state-dir")
             .arg(self.path(state))
             .args(["--heartbeat-ms", "200"])
-            .args(["--presence-ttl-ms", &PRESENCE_TTL_MS.to_string()])
             .args(["--ack-wait-ms", &ACK_WAIT_MS.to_string()])
             .args(["--fetch-wait-ms", "300"])
             .args(extra);
@@ -111,18 +258,36 @@ impl Env {
         Proc::spawn(id, cmd, &self.path(&format!("{id}.log"))).expect("executor starts")
     }
 
+    /// Publish `req` as the workflow service does: signed with the service
+    /// key, with its idempotency id.
     async fn publish(&self, req: &StepRequest) {
+        let (headers, payload) = req.signed(&self.keys.service);
+        self.publish_with(&req.subject(), headers, &payload).await;
+    }
+
+    /// Publish `body` on `baton.step.<group>` signed with the service key but
+    /// without a msg id (so the stream's de-duplication does not drop it): a
+    /// redelivery, or a request the service signed that is wrong in itself.
+    async fn publish_raw(&self, group: &str, body: &[u8]) {
+        let subject = subjects::step(group);
+        let headers = Keyring::sign(&self.keys.service, &subject, body);
+        self.publish_with(&subject, headers, body).await;
+    }
+
+    /// Publish `body` on `subject` with exactly these headers.
+    async fn publish_with(&self, subject: &str, headers: HeaderMap, body: &[u8]) {
         self.js
-            .publish_with_headers(req.subject(), req.headers(), req.encode().into())
+            .publish_with_headers(subject.to_string(), headers, body.to_vec().into())
             .await
             .expect("request published")
             .await
             .expect("request stored");
     }
 
-    async fn publish_raw(&self, group: &str, body: &[u8]) {
+    /// Publish `req` on its subject without any signature, as any NATS client can.
+    async fn publish_unsigned(&self, req: &StepRequest) {
         self.js
-            .publish(subjects::step(group), body.to_vec().into())
+            .publish(req.subject(), req.encode().into())
             .await
             .unwrap()
             .await
@@ -149,7 +314,10 @@ impl Env {
         for seq in 1..=last {
             let m = stream.get_raw_message(seq).await?;
             if m.subject.as_str() == subjects::result(upgrade) {
-                out.push(decode_result(&m.payload).expect("results are well-formed"));
+                out.push(
+                    self.keys
+                        .check_result(Some(&m.headers), &m.subject, &m.payload),
+                );
             }
         }
         Ok(out)
@@ -192,6 +360,16 @@ impl Env {
             .get_key_value(subjects::PRESENCE_BUCKET)
             .await
             .unwrap()
+    }
+
+    /// Executor `id`'s presence record, which must be signed by the key the
+    /// trust file gives `id`, for its group (as the service opens it).
+    async fn presence_of(&self, kv: &kv::Store, id: &str) -> Option<Presence> {
+        let bytes = kv.get(id).await.ok().flatten()?;
+        let (presence, name) = protocol::presence::open(&bytes, id, &self.keys.trust())
+            .unwrap_or_else(|e| panic!("presence record of {id} refused: {e}"));
+        assert_eq!(name, id);
+        Some(presence)
     }
 }
 
@@ -330,7 +508,7 @@ async fn two_executors_in_one_group_share_100_steps_each_run_exactly_once() {
 #[tokio::test]
 async fn a_redelivered_finished_step_is_answered_from_the_ledger_not_rerun() {
     let env = Env::start().await;
-    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let mut exec = env.executor("g1", "ex-a", "state-a", &[]);
     let ran = env.path("ran");
     let up = upgrade_id();
     env.behave(
@@ -351,12 +529,40 @@ async fn a_redelivered_finished_step_is_answered_from_the_ledger_not_rerun() {
     assert_eq!(lines(&ran), vec!["run"], "not run again");
     // The replayed answer is the recorded one; the result stream de-duplicated it.
     let results = env.results(&up).await;
-    assert_eq!(results, vec![first]);
+    assert_eq!(results, vec![first.clone()]);
     assert!(
         exec.log().contains("replying from the ledger"),
         "{}",
         exec.log()
     );
+
+    // The same state dir served by an executor under another name (a new
+    // key): it answers from the ledger, signed with its key, under its name.
+    exec.signal(Signal::SIGTERM);
+    assert!(exec.wait_exit(SOON).is_some_and(|s| s.success()));
+    let exec = env.executor("g1", "ex-a2", "state-a", &[]);
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    // A core subscriber sees the reply even though the stream drops it as a duplicate.
+    let mut replies = client.subscribe(subjects::result(&up)).await.unwrap();
+    client.flush().await.unwrap();
+    env.publish_raw("g1", &req.encode()).await;
+    use futures::StreamExt as _;
+    let msg = tokio::time::timeout(SOON, replies.next())
+        .await
+        .unwrap_or_else(|_| panic!("no reply from the ledger:\n{}", exec.log()))
+        .expect("subscription open");
+    let again = env
+        .keys
+        .check_result(msg.headers.as_ref(), &msg.subject, &msg.payload);
+    assert_eq!(again.executor, "ex-a2");
+    assert_eq!(
+        StepResult {
+            executor: first.executor.clone(),
+            ..again
+        },
+        first
+    );
+    assert_eq!(lines(&ran), vec!["run"], "not run again");
 }
 
 #[tokio::test]
@@ -451,14 +657,6 @@ fn alive(pid: i32) -> bool {
     }
 }
 
-async fn presence_of(kv: &kv::Store, id: &str) -> Option<Presence> {
-    kv.get(id)
-        .await
-        .ok()
-        .flatten()
-        .map(|b| serde_json::from_slice(&b).expect("presence records are well-formed"))
-}
-
 #[tokio::test]
 async fn stale_epoch_and_malformed_requests_are_rejected_counted_and_serving_goes_on() {
     let env = Env::start().await;
@@ -519,13 +717,13 @@ async fn stale_epoch_and_malformed_requests_are_rejected_counted_and_serving_goe
     let kv = env.presence_bucket().await;
     assert!(
         wait_until_async(SOON, || async {
-            presence_of(&kv, "ex-a")
+            env.presence_of(&kv, "ex-a")
                 .await
                 .is_some_and(|p| p.rejected == 1 && p.malformed == 2 && p.executed == 2)
         })
         .await,
         "counters: {:?}",
-        presence_of(&kv, "ex-a").await
+        env.presence_of(&kv, "ex-a").await
     );
     let log = exec.log();
     assert!(log.contains("rejected a step request"), "{log}");
@@ -542,8 +740,13 @@ async fn presence_appears_heartbeats_and_disappears_on_shutdown_and_after_a_kill
     let mut graceful = env.executor("g1", "ex-a", "state-a", &["--nodes", "backend-1,backend-2"]);
     let mut crashed = env.executor("g2", "ex-b", "state-b", &[]);
 
-    assert!(wait_until_async(SOON, || async { presence_of(&kv, "ex-a").await.is_some() }).await);
-    let first = presence_of(&kv, "ex-a").await.unwrap();
+    assert!(
+        wait_until_async(SOON, || async {
+            env.presence_of(&kv, "ex-a").await.is_some()
+        })
+        .await
+    );
+    let first = env.presence_of(&kv, "ex-a").await.unwrap();
     assert_eq!(first.group, "g1");
     assert_eq!(first.nodes, vec!["backend-1", "backend-2"]);
     assert_eq!(first.version, env!("CARGO_PKG_VERSION"));
@@ -551,14 +754,19 @@ async fn presence_appears_heartbeats_and_disappears_on_shutdown_and_after_a_kill
     assert!(first.started_ms <= first.heartbeat_ms);
     assert!(
         wait_until_async(SOON, || async {
-            presence_of(&kv, "ex-a")
+            env.presence_of(&kv, "ex-a")
                 .await
                 .is_some_and(|p| p.heartbeat_ms > first.heartbeat_ms)
         })
         .await,
         "heartbeats refresh the record"
     );
-    assert!(wait_until_async(SOON, || async { presence_of(&kv, "ex-b").await.is_some() }).await);
+    assert!(
+        wait_until_async(SOON, || async {
+            env.presence_of(&kv, "ex-b").await.is_some()
+        })
+        .await
+    );
 
     // Graceful shutdown while a step runs: it finishes, is reported, the
     // executor exits 0 and its presence is removed.
@@ -588,7 +796,7 @@ async fn presence_appears_heartbeats_and_disappears_on_shutdown_and_after_a_kill
     assert_eq!(results[0].stdout_tail, "finished\n");
     assert_eq!(env.pending_requests().await, 0);
     assert!(
-        presence_of(&kv, "ex-a").await.is_none(),
+        env.presence_of(&kv, "ex-a").await.is_none(),
         "removed on shutdown"
     );
 
@@ -596,11 +804,14 @@ async fn presence_appears_heartbeats_and_disappears_on_shutdown_and_after_a_kill
     crashed.signal(Signal::SIGKILL);
     crashed.wait_exit(SOON).expect("killed");
     assert!(
-        presence_of(&kv, "ex-b").await.is_some(),
+        env.presence_of(&kv, "ex-b").await.is_some(),
         "still there right after the kill"
     );
     assert!(
-        wait_until_async(SOON, || async { presence_of(&kv, "ex-b").await.is_none() }).await,
+        wait_until_async(SOON, || async {
+            env.presence_of(&kv, "ex-b").await.is_none()
+        })
+        .await,
         "expires after the TTL"
     );
 }
@@ -747,13 +958,17 @@ async fn the_ssh_runner_runs_the_argv_on_the_node_through_a_real_sshd() {
 #[tokio::test]
 async fn an_in_process_executor_answers_sequential_steps() {
     let env = Env::start().await;
-    let mut config = executor::Config::new("inproc", env.path("state-inproc"));
-    config.nats_url = env.nats.url();
-    config.id = "ex-inproc".into();
+    let (identity, _) = env.keys.executor("ex-inproc", "inproc");
+    let mut config = executor::Config::new(
+        "inproc",
+        env.path("state-inproc"),
+        identity,
+        Arc::new(env.keys.trust()),
+    );
+    config.nats = protocol::connect::NatsConfig::new(env.nats.url());
     config.nodes = vec!["backend-1".into()];
     config.heartbeat = Duration::from_millis(200);
     config.fetch_wait = Duration::from_millis(300);
-    config.setup.presence_ttl = Duration::from_millis(PRESENCE_TTL_MS);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(executor::run(config, shutdown.clone()));
 
@@ -783,7 +998,10 @@ async fn an_in_process_executor_answers_sequential_steps() {
             .expect("result in time")
             .expect("subscription open");
         latencies.push(sent.elapsed());
-        let r = decode_result(&msg.payload).unwrap();
+        let r = env
+            .keys
+            .check_result(msg.headers.as_ref(), &msg.subject, &msg.payload);
+        assert_eq!(r.executor, "ex-inproc");
         assert_eq!(r.step, step);
         assert_ne!(r.outcome, Outcome::Rejected, "{r:?}");
     }
@@ -827,7 +1045,7 @@ async fn a_step_redelivered_to_a_sibling_after_its_executor_died_is_not_run_twic
     let key = req.msg_id();
     let deadline = Instant::now() + SOON;
     let runner = loop {
-        if let Some(id) = running_on(&kv, &key).await {
+        if let Some(id) = running_on(&env, &kv, &key).await {
             break id;
         }
         assert!(
@@ -863,9 +1081,15 @@ async fn a_step_redelivered_to_a_sibling_after_its_executor_died_is_not_run_twic
 }
 
 /// Which of the pool's executors reports `key` as its running step.
-async fn running_on(kv: &kv::Store, key: &str) -> Option<&'static str> {
+async fn running_on(env: &Env, kv: &kv::Store, key: &str) -> Option<&'static str> {
     for id in ["ex-a", "ex-b"] {
-        if presence_of(kv, id).await.and_then(|p| p.running).as_deref() == Some(key) {
+        if env
+            .presence_of(kv, id)
+            .await
+            .and_then(|p| p.running)
+            .as_deref()
+            == Some(key)
+        {
             return Some(id);
         }
     }
@@ -885,8 +1109,12 @@ async fn setup_refuses_a_server_without_jetstream_and_a_conflicting_stream_clear
     );
     // The executor binary stops with that message and a failure status.
     let dir = tempfile::tempdir().unwrap();
+    let keys = Keyring::new(dir.path());
+    let (_, seed) = keys.executor("ex-a", "g1");
     let out = Command::new(workspace_bin("baton"))
         .env("BATON_NATS_URL", nats.url())
+        .env("BATON_KEY", &seed)
+        .env("BATON_TRUST", keys.trust_path())
         .args([
             "executor",
             "--group",
@@ -895,7 +1123,7 @@ async fn setup_refuses_a_server_without_jetstream_and_a_conflicting_stream_clear
             "backend-1",
             "--state-dir",
         ])
-        .arg(dir.path())
+        .arg(dir.path().join("state"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -994,6 +1222,8 @@ async fn concurrent_setups_with_different_tunables_all_succeed() {
             };
             protocol::ensure(&js, &opts).await?;
             protocol::ensure_group_consumer(&js, "g1", &opts).await?;
+            // Executors attaching at once share the one group consumer.
+            protocol::setup::attach_executor(&js, "g2", &opts).await?;
             Ok::<_, protocol::ProtocolError>(())
         });
     }
@@ -1002,17 +1232,21 @@ async fn concurrent_setups_with_different_tunables_all_succeed() {
     }
 }
 
-/// Publish `req` raw on `baton.step.<group>`, as any NATS client can (no
-/// msg id, so the stream's de-duplication does not interfere).
+/// Publish `req` on `baton.step.<group>` with a valid service signature but
+/// no msg id (so the stream's de-duplication does not interfere): what a
+/// compromised or buggy service could send. Unsigned attacks never get this
+/// far (see the signature tests below).
 async fn attack(env: &Env, req: &StepRequest) {
     env.publish_raw(&req.group, &req.encode()).await;
 }
 
-/// Issue 11's attacks on an executor, each published raw on its step
-/// subject: none runs anything (the marker file that the attack's argv would
-/// create stays absent, the fake node tools record no call), each is answered
-/// `rejected` with its reason, counted by kind in the presence record and
-/// logged; and legitimate steps, before and after, still run.
+/// Issue 11's attacks on an executor, each published on its step subject and
+/// signed with the service key (defence in depth: the allow list, claims,
+/// epoch, deadline and ledger checks hold even for a signed request): none
+/// runs anything (the marker file that the attack's argv would create stays
+/// absent, the fake node tools record no call), each is answered `rejected`
+/// with its reason, counted by kind in the presence record and logged; and
+/// legitimate steps, before and after, still run.
 #[tokio::test]
 async fn attacks_published_on_a_step_subject_run_nothing_and_are_refused_counted_and_logged() {
     let env = Env::start().await;
@@ -1233,7 +1467,7 @@ async fn attacks_published_on_a_step_subject_run_nothing_and_are_refused_counted
     let kv = env.presence_bucket().await;
     assert!(
         wait_until_async(SOON, || async {
-            presence_of(&kv, "ex-a").await.is_some_and(|p| {
+            env.presence_of(&kv, "ex-a").await.is_some_and(|p| {
                 p.executed == 2
                     && p.rejected == rejected
                     && p.not_allowed == not_allowed
@@ -1242,7 +1476,7 @@ async fn attacks_published_on_a_step_subject_run_nothing_and_are_refused_counted
         })
         .await,
         "counters: {:?}, expected rejected {rejected}, not_allowed {not_allowed}",
-        presence_of(&kv, "ex-a").await
+        env.presence_of(&kv, "ex-a").await
     );
     let log = exec.log();
     for needle in [
@@ -1262,6 +1496,8 @@ async fn attacks_published_on_a_step_subject_run_nothing_and_are_refused_counted
 #[test]
 fn executor_flags_with_invalid_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
+    let keys = Keyring::new(dir.path());
+    let (_, seed) = keys.executor("ex-a", "g1");
     for (args, needle) in [
         (
             vec!["--group", "x y", "--nodes", "backend-1"],
@@ -1280,14 +1516,509 @@ fn executor_flags_with_invalid_names_are_refused() {
     ] {
         let out = Command::new(workspace_bin("baton"))
             .env("BATON_NATS_URL", "nats://127.0.0.1:1")
+            .env("BATON_KEY", &seed)
+            .env("BATON_TRUST", keys.trust_path())
             .arg("executor")
             .args(&args)
             .arg("--state-dir")
-            .arg(dir.path())
+            .arg(dir.path().join("state"))
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} accepted");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+/// Waits until executor `id` has counted `n` unsigned requests (and still
+/// `rejected == 0`: an unsigned request is not answered).
+async fn wait_unsigned(env: &Env, id: &str, n: u64) -> bool {
+    let kv = env.presence_bucket().await;
+    wait_until_async(SOON, || async {
+        env.presence_of(&kv, id)
+            .await
+            .is_some_and(|p| p.unsigned == n && p.rejected == 0 && p.executed > 0)
+    })
+    .await
+}
+
+/// Stop an executor gracefully and open its ledger (sled allows one process).
+fn stopped_ledger(env: &Env, exec: &mut Proc, state: &str) -> executor::ledger::Ledger {
+    exec.signal(Signal::SIGTERM);
+    let status = exec.wait_exit(SOON).expect("exits after SIGTERM");
+    assert!(status.success(), "{status}: {}", exec.log());
+    executor::ledger::Ledger::open(&env.path(state)).expect("the ledger opens")
+}
+
+/// Issue 11, auth off: a request without the service's signature runs
+/// nothing, whether its argv is a shell or a command the allow list would
+/// accept; no result is published; it is terminated (gone from the work
+/// queue), recorded nowhere, counted as `unsigned` and logged.
+#[tokio::test]
+async fn unsigned_requests_run_nothing_publish_nothing_and_are_only_counted() {
+    let env = Env::start().await;
+    let mut exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let ran = env.path("ran");
+    let marker = env.path("pwned");
+    let up = upgrade_id();
+    env.publish_unsigned(&StepRequest {
+        argv: sh(&format!("id > {}", marker.display())),
+        ..request(&up, 1, "g1", "stop")
+    })
+    .await;
+    env.publish_unsigned(&request(&up, 2, "g1", "status")).await;
+    // A signed request after them: the one executor of the group takes the
+    // queue in order, so once this is answered both were handled.
+    env.publish(&request(&up, 3, "g1", "status")).await;
+
+    let results = env.wait_results(&up, 1, &[&exec]).await;
+    assert!(wait_unsigned(&env, "ex-a", 2).await, "{}", exec.log());
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+    let results_now = env.results(&up).await;
+    assert_eq!(results_now, results, "no result for the unsigned requests");
+    assert_eq!(
+        (results[0].step, results[0].outcome),
+        (3, Outcome::Succeeded)
+    );
+    assert_eq!(
+        lines(&ran),
+        vec!["chef-backend-ctl status"],
+        "only step 3 ran"
+    );
+    assert!(!marker.exists(), "the shell ran");
+    let log = exec.log();
+    for needle in [
+        "refused a step request the service did not sign",
+        "subject=baton.step.g1",
+        "reason=unsigned (no Baton-Key/Baton-Sig headers)",
+    ] {
+        assert!(log.contains(needle), "{needle:?} not in the log:\n{log}");
+    }
+    let ledger = stopped_ledger(&env, &mut exec, "state-a");
+    for step in [1, 2] {
+        assert_eq!(ledger.get(&format!("{up}:{step}:1")).unwrap(), None);
+    }
+    assert!(ledger.get(&format!("{up}:3:1")).unwrap().is_some());
+}
+
+/// Issue 11, auth off: a request signed by a key that is not the service's
+/// (an outsider, another group's executor, this group's own executor, an
+/// operator), a service-signed request for another group re-published on
+/// this group's subject, and a service signature over another body are all
+/// refused like unsigned ones: nothing runs, no result, counted, logged.
+#[tokio::test]
+async fn requests_signed_by_another_key_or_for_another_subject_are_refused_like_unsigned_ones() {
+    let env = Env::start().await;
+    let (ex_b, _) = env.keys.executor("ex-b", "g2");
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let (ex_a, _) = env.keys.executor("ex-a", "g1");
+    let outsider = Identity::generate();
+    let ran = env.path("ran");
+    let marker = env.path("pwned");
+    let up = upgrade_id();
+    let g1 = subjects::step("g1");
+    let signed_by = |signer: &Identity, req: &StepRequest| {
+        let payload = req.encode();
+        (Keyring::sign(signer, &g1, &payload), payload)
+    };
+    let mut forged = vec![
+        signed_by(&outsider, &request(&up, 1, "g1", "status")),
+        signed_by(&ex_b, &request(&up, 2, "g1", "status")),
+        signed_by(&ex_a, &request(&up, 3, "g1", "status")),
+        signed_by(&env.keys.operator, &request(&up, 4, "g1", "status")),
+    ];
+    // The service's own request for group g2, replayed on g1's subject.
+    let (headers, payload) = request(&up, 5, "g2", "status").signed(&env.keys.service);
+    forged.push((headers, payload));
+    // The service's signature of a real request, over another body.
+    let (headers, _) = request(&up, 6, "g1", "status").signed(&env.keys.service);
+    let other = StepRequest {
+        argv: sh(&format!("id > {}", marker.display())),
+        ..request(&up, 6, "g1", "stop")
+    };
+    forged.push((headers, other.encode()));
+    let n = forged.len() as u64;
+    for (mut headers, payload) in forged {
+        // A fresh msg id each: the stream's de-duplication must not be what stops them.
+        headers.insert(protocol::messages::MSG_ID_HEADER, upgrade_id().as_str());
+        env.publish_with(&g1, headers, &payload).await;
+    }
+    env.publish(&request(&up, 7, "g1", "status")).await;
+
+    let results = env.wait_results(&up, 1, &[&exec]).await;
+    assert!(wait_unsigned(&env, "ex-a", n).await, "{}", exec.log());
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+    assert_eq!(
+        env.results(&up).await,
+        results,
+        "no result for the forgeries"
+    );
+    assert_eq!(
+        (results[0].step, results[0].outcome),
+        (7, Outcome::Succeeded)
+    );
+    assert_eq!(
+        lines(&ran),
+        vec!["chef-backend-ctl status"],
+        "only step 7 ran"
+    );
+    assert!(!marker.exists(), "the shell ran");
+    let log = exec.log();
+    for needle in [
+        "signed by a key that is not in the trust file".to_string(),
+        "signed by executor ex-b of group g2".to_string(),
+        "signed by executor ex-a of group g1".to_string(),
+        "signed by operator alice (approver)".to_string(),
+        format!("bad signature for key {}", env.keys.service.public_key()),
+        format!("signer={}", outsider.public_key()),
+    ] {
+        assert!(log.contains(&needle), "{needle:?} not in the log:\n{log}");
+    }
+    assert_eq!(
+        log.matches("bad signature for key").count(),
+        2,
+        "the replay from g2 and the other body: {log}"
+    );
+}
+
+/// Issue 11, auth off: a forged request with the highest epoch does not
+/// raise the epoch fence (it is refused before the ledger is touched), so
+/// the real service's request with epoch 1 for that upgrade still runs.
+#[tokio::test]
+async fn a_forged_request_with_the_highest_epoch_does_not_fence_the_service_out() {
+    let env = Env::start().await;
+    let mut exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let ran = env.path("ran");
+    let up = upgrade_id();
+    let forged = StepRequest {
+        epoch: u64::MAX,
+        ..request(&up, 1, "g1", "status")
+    };
+    env.publish_unsigned(&forged).await;
+    let outsider = Identity::generate();
+    let forged = StepRequest { step: 2, ..forged };
+    let payload = forged.encode();
+    let subject = forged.subject();
+    env.publish_with(
+        &subject,
+        Keyring::sign(&outsider, &subject, &payload),
+        &payload,
+    )
+    .await;
+    env.publish(&request(&up, 3, "g1", "status")).await;
+
+    let results = env.wait_results(&up, 1, &[&exec]).await;
+    assert_eq!(
+        (results[0].step, results[0].epoch, results[0].outcome),
+        (3, 1, Outcome::Succeeded),
+        "{results:?}"
+    );
+    assert!(wait_unsigned(&env, "ex-a", 2).await, "{}", exec.log());
+    assert_eq!(env.results(&up).await, results);
+    assert_eq!(lines(&ran), vec!["chef-backend-ctl status"]);
+    let ledger = stopped_ledger(&env, &mut exec, "state-a");
+    assert_eq!(ledger.highest_epoch(&up).unwrap(), Some(1), "the fence");
+    assert_eq!(ledger.get(&format!("{up}:1:1")).unwrap(), None);
+    assert_eq!(ledger.get(&format!("{up}:2:1")).unwrap(), None);
+}
+
+/// Issue 11, auth off: requests forged ahead under step ids the service will
+/// use, with other commands (one the allow list would accept, one a shell),
+/// run nothing and take nothing from the real requests with those ids: no
+/// claim, no ledger entry, so the real ones run and are answered.
+#[tokio::test]
+async fn requests_forged_under_future_step_ids_neither_run_nor_block_the_real_ones() {
+    let env = Env::start().await;
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let ran = env.path("ran");
+    let marker = env.path("pwned");
+    let up = upgrade_id();
+    env.publish_unsigned(&request(&up, 5, "g1", "stop")).await;
+    let shell = StepRequest {
+        argv: sh(&format!("id > {}", marker.display())),
+        ..request(&up, 6, "g1", "stop")
+    };
+    let payload = shell.encode();
+    let subject = shell.subject();
+    let (ex_a, _) = env.keys.executor("ex-a", "g1");
+    env.publish_with(&subject, Keyring::sign(&ex_a, &subject, &payload), &payload)
+        .await;
+    // The real requests with those ids, signed by the service.
+    env.publish(&request(&up, 5, "g1", "status")).await;
+    env.publish(&request(&up, 6, "g1", "status")).await;
+
+    let results = env.wait_results(&up, 2, &[&exec]).await;
+    let got: Vec<(u64, Outcome)> = results.iter().map(|r| (r.step, r.outcome)).collect();
+    assert_eq!(
+        got,
+        vec![(5, Outcome::Succeeded), (6, Outcome::Succeeded)],
+        "{results:?}"
+    );
+    assert_eq!(
+        lines(&ran),
+        vec!["chef-backend-ctl status", "chef-backend-ctl status"],
+        "the forged stop never ran"
+    );
+    assert!(!marker.exists(), "the shell ran");
+    let kv = env.presence_bucket().await;
+    assert!(
+        wait_until_async(SOON, || async {
+            env.presence_of(&kv, "ex-a")
+                .await
+                .is_some_and(|p| p.unsigned == 2 && p.executed == 2 && p.conflicts == 0)
+        })
+        .await,
+        "{:?}",
+        env.presence_of(&kv, "ex-a").await
+    );
+}
+
+/// Issue 11: an executor whose key the trust file does not list as an
+/// executor of its `--group` refuses to start, naming the key and the group,
+/// before it connects anywhere or opens its ledger.
+#[test]
+fn an_executor_whose_key_is_not_an_executor_of_its_group_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keyring::new(dir.path());
+    let (_, ex_a) = keys.executor("ex-a", "g1");
+    let (ex_b_identity, ex_b) = keys.executor("ex-b", "g2");
+    let outsider = Identity::generate();
+    let outsider_seed = dir.path().join("keys").join("outsider.seed");
+    outsider.write_seed(&outsider_seed).unwrap();
+    let service_seed = dir.path().join("keys").join("service.seed");
+    keys.service.write_seed(&service_seed).unwrap();
+    let public = |seed: &Path| Identity::load(seed).unwrap().public_key();
+    assert_eq!(public(&ex_b), ex_b_identity.public_key());
+    let cases: [(&Path, &[&str], &str); 4] = [
+        (&outsider_seed, &[], "is not in the trust file"),
+        (
+            &ex_b,
+            &[],
+            "is listed in the trust file as executor ex-b of group g2, not of group g1 (--group)",
+        ),
+        (&service_seed, &[], "is the service's key"),
+        (&ex_a, &["--id", "ex-z"], "named ex-a in the trust file"),
+    ];
+    for (i, (seed, extra, needle)) in cases.into_iter().enumerate() {
+        let state = dir.path().join(format!("state-{i}"));
+        let mut cmd = Command::new(workspace_bin("baton"));
+        // Nothing listens there: a start that got as far as NATS would hang retrying.
+        cmd.env("BATON_NATS_URL", "nats://127.0.0.1:1")
+            .env("BATON_KEY", seed)
+            .env("BATON_TRUST", keys.trust_path())
+            .args(["executor", "--group", "g1", "--nodes", "backend-1"])
+            .args(extra)
+            .arg("--state-dir")
+            .arg(&state);
+        let mut proc = Proc::spawn("executor", cmd, &dir.path().join(format!("{i}.log"))).unwrap();
+        let status = proc.wait_exit(SOON);
+        let log = proc.log();
+        let status = status.unwrap_or_else(|| panic!("case {i} did not refuse to start:\n{log}"));
+        assert!(!status.success(), "case {i}: {log}");
+        assert!(log.contains(needle), "case {i}: {needle:?} not in:\n{log}");
+        assert!(
+            log.contains(&public(seed)),
+            "case {i}: key not named:\n{log}"
+        );
+        assert!(log.contains("g1"), "case {i}: group not named:\n{log}");
+        assert!(!state.exists(), "case {i}: opened its ledger");
+    }
+}
+
+/// An executor never creates streams or buckets (the service does): started
+/// first, it waits for them, saying so, then serves.
+#[tokio::test]
+async fn an_executor_started_before_the_service_waits_for_its_streams_then_serves() {
+    let env = Env::start_without_streams().await;
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    assert!(
+        wait_until(SOON, || exec
+            .log()
+            .matches("waiting for the workflow service to create the streams")
+            .count()
+            >= 2)
+        .await,
+        "{}",
+        exec.log()
+    );
+    use futures::StreamExt as _;
+    let names: Vec<String> = env
+        .js
+        .stream_names()
+        .map(|n| n.expect("stream names"))
+        .collect()
+        .await;
+    assert!(names.is_empty(), "the executor created {names:?}");
+    protocol::ensure(&env.js, &service_options())
+        .await
+        .expect("streams are set up");
+    let up = upgrade_id();
+    env.publish(&request(&up, 1, "g1", "status")).await;
+    let r = env.wait_results(&up, 1, &[&exec]).await[0].clone();
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+}
+
+/// The publish permissions an executor named `name` of `group` needs, and
+/// nothing more (as `protocol::setup` documents them); it subscribes only to
+/// `_INBOX.>`, for replies.
+fn executor_publish_permissions(name: &str, group: &str) -> Vec<String> {
+    vec![
+        "$JS.API.INFO".into(),
+        "$JS.API.STREAM.INFO.BATON_STEPS".into(),
+        "$JS.API.STREAM.INFO.KV_baton_executors".into(),
+        "$JS.API.STREAM.INFO.KV_baton_claims".into(),
+        format!("$JS.API.CONSUMER.INFO.BATON_STEPS.exec-{group}"),
+        format!("$JS.API.CONSUMER.CREATE.BATON_STEPS.exec-{group}.baton.step.{group}"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.BATON_STEPS.exec-{group}"),
+        format!("$JS.ACK.BATON_STEPS.exec-{group}.>"),
+        "baton.result.>".into(),
+        format!("$KV.baton_executors.{name}"),
+        "$KV.baton_claims.>".into(),
+        "$JS.API.DIRECT.GET.KV_baton_claims.>".into(),
+    ]
+}
+
+/// Issue 11, least privilege: on a nats-server where the executor's nkey may
+/// publish only [`executor_publish_permissions`] (no stream create or update,
+/// no workflow consumer), it attaches, serves a step, reads a claim, keeps
+/// and removes its presence record, and the server records no permission
+/// violation. Its credentials cannot create a stream there.
+#[tokio::test]
+async fn an_executor_serves_with_least_privilege_nats_permissions() {
+    let mut env = Env::start().await;
+    let (identity, seed) = env.keys.executor("ex-a", "g1");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let quoted = |subjects: Vec<String>| {
+        subjects
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let conf = format!(
+        "listen: \"127.0.0.1:{port}\"\n\
+         jetstream {{ store_dir: \"{store}\" }}\n\
+         authorization {{ users = [\n\
+           {{ user: \"admin\", password: \"admin-secret\" }}\n\
+           {{ nkey: \"{key}\", permissions: {{ publish: {{ allow: [{publish}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}\n\
+         ] }}\n",
+        store = env.path("auth-store").display(),
+        key = identity.public_key(),
+        publish = quoted(executor_publish_permissions("ex-a", "g1")),
+    );
+    std::fs::write(env.path("auth.conf"), conf).unwrap();
+    let mut cmd = Command::new(tests::nats::server_binary());
+    cmd.arg("-c").arg(env.path("auth.conf"));
+    let server = Proc::spawn("nats-server", cmd, &env.path("auth-server.log")).unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let admin_url = format!("nats://admin:admin-secret@127.0.0.1:{port}");
+    let deadline = Instant::now() + SOON;
+    let admin = loop {
+        let (options, addrs) = protocol::connect::NatsConfig::new(admin_url.clone())
+            .options("test-service")
+            .await
+            .unwrap();
+        match options.connect(addrs.as_slice()).await {
+            Ok(client) => break client,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("nats-server with auth not ready: {e}\n{}", server.log())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    // The test is the service (all rights) on this server from now on.
+    env.js = jetstream::new(admin);
+    protocol::ensure(&env.js, &service_options())
+        .await
+        .expect("the service sets up");
+
+    // The executor's own credentials cannot create a stream.
+    let (options, addrs) = protocol::connect::NatsConfig {
+        nkey: Some(seed.clone()),
+        ..protocol::connect::NatsConfig::new(url.clone())
+    }
+    .options("probe")
+    .await
+    .unwrap();
+    let probe = jetstream::new(options.connect(addrs.as_slice()).await.unwrap());
+    let created = tokio::time::timeout(
+        Duration::from_secs(1),
+        probe.create_stream(jetstream::stream::Config {
+            name: "NOT_ALLOWED".into(),
+            subjects: vec!["not.allowed".into()],
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert!(
+        !matches!(created, Ok(Ok(_))),
+        "the executor's key created a stream"
+    );
+    assert!(
+        wait_until(SOON, || server.log().contains(
+            "Publish Violation - Subject \"$JS.API.STREAM.CREATE.NOT_ALLOWED\""
+        ))
+        .await,
+        "{}",
+        server.log()
+    );
+    assert!(env.js.get_stream("NOT_ALLOWED").await.is_err());
+    let violations_before = server.log().matches("Violation").count();
+
+    let seed = seed.display().to_string();
+    let mut exec = env.executor(
+        "g1",
+        "ex-a",
+        "state-a",
+        &["--nats", &url, "--nats-nkey", &seed],
+    );
+    let up = upgrade_id();
+    env.publish(&request(&up, 1, "g1", "status")).await;
+    // A step id another executor claimed for another command: reading that
+    // claim is allowed too.
+    let claims = env.js.get_key_value(subjects::CLAIMS_BUCKET).await.unwrap();
+    claims
+        .put(
+            subjects::claim_key(&up, 2, 1),
+            br#"{"token":"ex-other/1/1","digest":"0000"}"#.to_vec().into(),
+        )
+        .await
+        .unwrap();
+    env.publish(&request(&up, 2, "g1", "status")).await;
+    let results = env.wait_results(&up, 2, &[&exec]).await;
+    let got: Vec<(u64, Outcome)> = results.iter().map(|r| (r.step, r.outcome)).collect();
+    assert_eq!(got, vec![(1, Outcome::Succeeded), (2, Outcome::Rejected)]);
+    assert!(
+        results[1]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("already claimed by executor ex-other/1/1"),
+        "{results:?}"
+    );
+    let kv = env.presence_bucket().await;
+    assert!(
+        wait_until_async(SOON, || async {
+            env.presence_of(&kv, "ex-a").await.is_some()
+        })
+        .await
+    );
+    exec.signal(Signal::SIGTERM);
+    let status = exec.wait_exit(SOON).expect("exits after SIGTERM");
+    assert!(status.success(), "{status}: {}", exec.log());
+    assert!(
+        env.presence_of(&kv, "ex-a").await.is_none(),
+        "presence removed"
+    );
+    let log = server.log();
+    assert_eq!(
+        log.matches("Violation").count(),
+        violations_before,
+        "the executor needed more than its permissions:\n{log}"
+    );
+    drop(server);
 }
