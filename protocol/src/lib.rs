@@ -15,6 +15,8 @@
 
 pub mod connect;
 pub mod decode;
+#[cfg(feature = "dev-tls")]
+pub mod devtls;
 pub mod error;
 pub mod messages;
 pub mod natsconf;

@@ -14,10 +14,6 @@ use anyhow::Context as _;
 use protocol::connect::NatsConfig;
 use protocol::natsconf::TlsFiles;
 use protocol::sign::{ExecutorPeer, Identity, OperatorPeer, Peer, Role, Trust};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use tempfile::TempDir;
 
 /// The operators every fixture has, with their roles.
@@ -102,7 +98,7 @@ impl Secure {
         };
         let trust_path = dir.path().join("trust.toml");
         std::fs::write(&trust_path, trust.to_toml()).context("could not write the trust file")?;
-        let certs = make_certificates(dir.path())?;
+        let certs = protocol::devtls::make(dir.path())?;
         Ok(Secure {
             trust_path,
             trust,
@@ -245,63 +241,6 @@ impl ServerErrors {
         })
         .await
     }
-}
-
-struct Certificates {
-    server: TlsFiles,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-/// A CA, a server certificate (SANs `127.0.0.1` and `localhost`) and a
-/// client certificate signed by it, as PEM files in `dir`.
-fn make_certificates(dir: &Path) -> anyhow::Result<Certificates> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "Baton test CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, ca_key);
-    let write = |name: &str, pem: String| -> anyhow::Result<PathBuf> {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).with_context(|| format!("could not write {name}"))?;
-        Ok(path)
-    };
-    let leaf = |names: &[&str], cn: &str, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate()?;
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &issuer)?;
-        anyhow::Ok((cert.pem(), key.serialize_pem()))
-    };
-    let (server_cert, server_key) = leaf(
-        &["127.0.0.1", "localhost"],
-        "baton test nats-server",
-        ExtendedKeyUsagePurpose::ServerAuth,
-    )?;
-    let (client_cert, client_key) = leaf(
-        &[],
-        "baton test client",
-        ExtendedKeyUsagePurpose::ClientAuth,
-    )?;
-    Ok(Certificates {
-        server: TlsFiles {
-            ca: write("ca.pem", ca_cert.pem())?,
-            cert: write("server.pem", server_cert)?,
-            key: write("server-key.pem", server_key)?,
-        },
-        client_cert: write("client.pem", client_cert)?,
-        client_key: write("client-key.pem", client_key)?,
-    })
 }
 
 #[cfg(test)]

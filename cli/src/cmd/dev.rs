@@ -10,6 +10,8 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use protocol::natsconf;
+use protocol::sign::{Role, Trust};
 
 use crate::client::{Client, Exit, EXIT_UPGRADE_FAILED, EXIT_VERIFY_FAILED};
 use crate::cmd::ops;
@@ -75,20 +77,73 @@ async fn demo(
     let baton = std::env::current_exe()?;
     let sim = procs::sibling_binary("baton-sim")?;
 
-    // 1. NATS with JetStream on a free loopback port.
+    // 1. Keys for every process, the trust file, TLS files, and NATS with
+    //    JetStream on a free loopback port, configured from the trust file:
+    //    authentication, TLS and least-privilege permissions on, as in production.
+    let nodes: Vec<String> = (1..=args.nodes).map(|i| format!("backend-{i}")).collect();
+    let keys = dir.join("keys");
+    let trust_path =
+        crate::cmd::keys::init(&keys, &nodes, &[("demo".to_string(), Role::Approver)])?;
+    let trust = Trust::load(&trust_path)?;
+    let tls_dir = dir.join("tls");
+    crate::cmd::keys::create_private_dir(&tls_dir)?;
+    let tls = protocol::devtls::make(&tls_dir)?;
     let nats_bin = procs::nats_server_binary()?;
     let port = procs::free_port()?;
     let nats_url = format!("nats://127.0.0.1:{port}");
+    let conf = dir.join("nats-server.conf");
+    std::fs::write(
+        &conf,
+        natsconf::render(
+            &trust,
+            &natsconf::ServerOptions {
+                host: "127.0.0.1".into(),
+                port,
+                store_dir: dir.join("nats"),
+                tls: Some(tls.server.clone()),
+                monitor_port: None,
+            },
+        ),
+    )?;
     let mut cmd = Command::new(&nats_bin);
-    cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.join("nats"));
+    cmd.arg("-c").arg(&conf);
     children.spawn("nats-server", cmd, &logs.join("nats-server.log"))?;
+    // What makes a process use `key` for signing and for NATS (nkey, TLS).
+    let security = |key: &Path| -> Vec<(&'static str, PathBuf)> {
+        vec![
+            ("BATON_KEY", key.to_path_buf()),
+            ("BATON_TRUST", trust_path.clone()),
+            ("BATON_NATS_NKEY", key.to_path_buf()),
+            ("BATON_NATS_CA", tls.server.ca.clone()),
+            ("BATON_NATS_CERT", tls.client_cert.clone()),
+            ("BATON_NATS_CERT_KEY", tls.client_key.clone()),
+        ]
+    };
+    let operator_key = keys.join("operator-demo.seed");
     let global = Global {
         nats: nats_url.clone(),
+        key: Some(operator_key.clone()),
+        trust: Some(trust_path.clone()),
+        auth: crate::NatsAuth {
+            nats_nkey: Some(operator_key.clone()),
+            nats_ca: Some(tls.server.ca.clone()),
+            nats_cert: Some(tls.client_cert.clone()),
+            nats_cert_key: Some(tls.client_key.clone()),
+            nats_tls: true,
+            ..crate::NatsAuth::default()
+        },
         ..global.clone()
     };
-    wait_for_nats(&nats_url, children).await?;
-    say(&format!("nats-server {} on {nats_url}", nats_bin.display()));
+    wait_for_nats(&global, children).await?;
+    say(&format!(
+        "nats-server {} on {nats_url} (TLS, nkey users with least-privilege permissions: {})",
+        nats_bin.display(),
+        conf.display()
+    ));
+    say(&format!(
+        "keys and trust file in {} (service, one executor per node, operator `demo`)",
+        keys.display()
+    ));
 
     // 2. The simulated cluster and the package "copied to every node".
     let sim_dir = dir.join("sim");
@@ -108,7 +163,6 @@ async fn demo(
     }
     let package = dir.join(format!("chef-backend_{}_amd64.deb", args.to_version));
     std::fs::write(&package, b"simulated chef-backend package\n")?;
-    let nodes: Vec<String> = (1..=args.nodes).map(|i| format!("backend-{i}")).collect();
     let cluster_file = dir.join("cluster.toml");
     std::fs::write(
         &cluster_file,
@@ -125,7 +179,8 @@ async fn demo(
     let mut cmd = Command::new(&baton);
     cmd.args(["server", "--db"])
         .arg(dir.join("baton.db"))
-        .args(["--nats", &nats_url]);
+        .args(["--nats", &nats_url])
+        .envs(security(&keys.join("service.seed")));
     children.spawn("workflow service", cmd, &logs.join("server.log"))?;
     let path = std::env::var("PATH").unwrap_or_default();
     for node in &nodes {
@@ -143,6 +198,7 @@ async fn demo(
         ])
         .arg("--state-dir")
         .arg(dir.join("executors").join(node))
+        .envs(security(&keys.join(format!("executor-{node}.seed"))))
         .env(
             "PATH",
             format!(
@@ -221,15 +277,20 @@ fn cluster_toml(nodes: &[String], package: &Path, upgrade_command: bool) -> Stri
     text
 }
 
-async fn wait_for_nats(url: &str, children: &mut Children) -> anyhow::Result<()> {
+async fn wait_for_nats(global: &Global, children: &mut Children) -> anyhow::Result<()> {
+    let config = global.nats_config();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         children.check_alive()?;
-        if async_nats::connect(url).await.is_ok() {
+        let (options, addrs) = config.options("baton-dev").await?;
+        if options.connect(addrs).await.is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("nats-server did not accept connections on {url} within 20 s");
+            bail!(
+                "nats-server did not accept connections on {} within 20 s",
+                config.redacted_url()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -391,6 +391,7 @@ async fn forged_presence_is_refused(nats_auth: bool) {
         not_allowed: 0,
         conflicts: 0,
         malformed: 0,
+        unsigned: 0,
         running: None,
     };
     // Signed by backend-3's key, under its own presence key, for another group.

@@ -742,6 +742,12 @@ fn baton_dev_runs_the_demo_and_exits_zero() {
     assert!(stdout.contains("upgrade COMPLETED"), "{stdout}");
     assert!(stdout.contains("audit verify: OK"), "{stdout}");
     assert!(stdout.contains("Verdict: SAFE"), "{stdout}");
+    // It ran secured: nats-server with nkey users, TLS verifying clients, no anonymous user.
+    let conf = std::fs::read_to_string(dir.path().join("demo/nats-server.conf")).unwrap();
+    assert!(
+        conf.contains("nkey:") && conf.contains("verify: true") && !conf.contains("no_auth_user"),
+        "{conf}"
+    );
     assert_no_children_left(&dir.path().join("demo"));
 }
 
