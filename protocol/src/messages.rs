@@ -268,11 +268,17 @@ impl StepRequest {
 }
 
 impl StepResult {
-    /// The payload and its headers (idempotency id and the executor's
-    /// signature): what an executor publishes.
+    /// The payload and its headers (the executor's signature): what an
+    /// executor publishes.
+    ///
+    /// Deliberately without `Nats-Msg-Id`: any executor may publish on
+    /// `baton.result.>`, so a result published first under another step's id
+    /// would make JetStream drop the real one as a duplicate. The service
+    /// de-duplicates results itself (the core ignores a second result for a
+    /// step; the log refuses a second record under the result's id).
     pub fn signed(&self, executor: &crate::sign::Identity) -> (async_nats::HeaderMap, Vec<u8>) {
         let payload = self.encode();
-        let mut headers = self.headers();
+        let mut headers = async_nats::HeaderMap::new();
         executor.sign_headers(
             &mut headers,
             crate::sign::Kind::Result,

@@ -94,9 +94,7 @@ async fn forged_results_are_refused(nats_auth: bool) {
         // Unsigned, and signed by a key nobody pinned.
         let mut unsigned = result.clone();
         unsigned.reason = Some("unsigned".into());
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", "forged-unsigned");
-        js.publish_with_headers(unsigned.subject(), headers, unsigned.encode().into())
+        js.publish(unsigned.subject(), unsigned.encode().into())
             .await
             .unwrap()
             .await
@@ -194,8 +192,8 @@ async fn operators_act_within_their_role(nats_auth: bool) {
     ] {
         let out = as_key(key, &args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        if nats_auth && (key == &env.secure.outsider_key) {
-            // The outsider is not even a NATS user.
+        if nats_auth && (key == &env.secure.outsider_key || key == &env.secure.service_key) {
+            // The outsider is not even a NATS user; the service's NATS user may not send API requests.
             assert!(!out.status.success(), "{args:?}: {stderr}");
             continue;
         }
@@ -286,7 +284,17 @@ async fn fake_api_responders_are_not_believed(nats_auth: bool) {
     env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
         .await;
     let insider_key = env.executor_key("backend-1");
-    let client = attacker(&env, &insider_key).await.unwrap();
+    let (client, server_errors) = if nats_auth {
+        env.secure
+            .connect_watched(&env.nats.url(), Some(&insider_key))
+            .await
+            .unwrap()
+    } else {
+        (
+            async_nats::connect(env.nats.url()).await.unwrap(),
+            tests::ServerErrors::default(),
+        )
+    };
     let sub = client
         .queue_subscribe("baton.api.>", "baton-workflow".to_string())
         .await;
@@ -327,20 +335,40 @@ async fn fake_api_responders_are_not_believed(nats_auth: bool) {
         }
     };
     client.flush().await.ok();
+    // Every answer the CLI shows is the service's; a request the fake took
+    // from the queue group is lost (the CLI says it refused the replies), never
+    // answered with the fake's COMPLETED.
+    let mut answered = 0;
     for _ in 0..10 {
-        let view = env.status(&upgrade).expect("status answers");
-        assert_eq!(
-            view.status, "waiting_approval",
-            "a forged reply was believed"
-        );
+        let out = env.baton(&["--output", "json", "--api-timeout", "3", "status", &upgrade]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            let view: workflow::service::api::StatusView =
+                serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(
+                view.status, "waiting_approval",
+                "a forged reply was believed"
+            );
+            answered += 1;
+        } else {
+            assert!(
+                !nats_auth,
+                "with auth on every request reaches the service: {stderr}"
+            );
+            assert!(stderr.contains("replies refused"), "{stderr}");
+        }
     }
+    assert!(answered > 0);
     if nats_auth {
-        // The server refused the subscription: a permissions violation.
-        let refused = tests::wait_until(Duration::from_secs(10), || {
-            env.nats.log().contains("Permissions Violation")
-        })
-        .await;
-        assert!(refused, "{}", env.nats.log());
+        assert_eq!(answered, 10);
+        // The server refused the subscription itself.
+        assert!(
+            server_errors
+                .wait_for("Permissions Violation", Duration::from_secs(10))
+                .await,
+            "{:?}",
+            server_errors.all()
+        );
     }
     if let Some(responder) = responder {
         responder.abort();
@@ -394,14 +422,10 @@ async fn forged_presence_is_refused(nats_auth: bool) {
         unsigned: 0,
         running: None,
     };
-    // Signed by backend-3's key, under its own presence key, for another group.
-    let sealed = protocol::presence::seal(&record("backend-9", "backend-3"), &insider);
-    let own = kv.put("backend-3", sealed.into()).await;
-    // Under another key (auth on: refused by the server).
+    // Under another executor's key (auth on: refused by the server).
     let ghost = protocol::presence::seal(&record("ghost", "ghost"), &insider);
     let other = kv.put("ghost", ghost.into()).await;
     if !nats_auth {
-        own.expect("open NATS takes the put");
         other.expect("open NATS takes the put");
         let unsigned = serde_json::to_vec(&record("x y", "xy")).unwrap();
         kv.put("xy", unsigned.into()).await.unwrap();
@@ -411,6 +435,27 @@ async fn forged_presence_is_refused(nats_auth: bool) {
             "the server let backend-3 write another executor's presence"
         );
     }
+    // Signed by backend-3's key, under its own presence key, for another
+    // group; the real executor's heartbeat overwrites it, so repeat until the
+    // service has read (and refused) it.
+    let refused = tests::wait_until_async(Duration::from_secs(20), || async {
+        let sealed = protocol::presence::seal(&record("backend-9", "backend-3"), &insider);
+        let put = kv.put("backend-3", sealed.into()).await;
+        assert!(
+            put.is_ok(),
+            "an executor may write its own presence: {put:?}"
+        );
+        let out = env.baton_ok(&["--output", "json", "executors"]);
+        let online: Vec<String> = serde_json::from_str(&out).unwrap();
+        assert!(!online.contains(&"backend-9".to_string()), "{online:?}");
+        env.server
+            .as_ref()
+            .unwrap()
+            .log()
+            .contains("executor backend-3 serves group backend-3")
+    })
+    .await;
+    assert!(refused, "{}", env.logs());
     let out = env.baton_ok(&["--output", "json", "executors"]);
     let online: Vec<String> = serde_json::from_str(&out).unwrap();
     for bad in ["backend-9", "ghost", "x y"] {
