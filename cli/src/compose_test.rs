@@ -34,6 +34,7 @@ fn compose_commands_match_the_cli() {
     let mut baton_commands = 0;
     let mut sim_nodes = 0;
     let mut executor_groups = Vec::new();
+    let mut key_groups = Vec::new();
     for (name, service) in services {
         let name = name.as_str().unwrap();
         let argv = command_of(service)
@@ -43,6 +44,31 @@ fn compose_commands_match_the_cli() {
                 baton_commands += 1;
                 let cli = Cli::try_parse_from(&argv)
                     .unwrap_or_else(|err| panic!("service {name}: `{}`: {err}", argv.join(" ")));
+                let env = |key: &str| service["environment"][key].as_str().map(str::to_string);
+                let key_file = match &cli.command {
+                    Command::Server(_) => Some("/keys/service.seed".to_string()),
+                    Command::Executor(args) => Some(format!("/keys/executor-{}.seed", args.group)),
+                    Command::Keys(_) => None,
+                    _ => Some("/keys/operator-admin.seed".to_string()),
+                };
+                if let Some(key_file) = key_file {
+                    // Signs with its own key and authenticates to NATS with it.
+                    assert_eq!(
+                        env("BATON_KEY"),
+                        Some(key_file.clone()),
+                        "service {name}: BATON_KEY"
+                    );
+                    assert_eq!(
+                        env("BATON_NATS_NKEY"),
+                        Some(key_file),
+                        "service {name}: BATON_NATS_NKEY"
+                    );
+                }
+                if let Command::Keys(crate::cmd::keys::KeysCommand::Init { groups, .. }) =
+                    &cli.command
+                {
+                    key_groups = groups.clone();
+                }
                 if let Command::Executor(args) = cli.command {
                     let path = service["environment"]["PATH"].as_str().unwrap_or_default();
                     assert!(
@@ -68,7 +94,13 @@ fn compose_commands_match_the_cli() {
                     _ => panic!("service {name}: only `baton-sim init` is expected"),
                 }
             }
-            "-js" => assert_eq!(name, "nats", "only the nats service runs nats-server flags"),
+            "-c" => {
+                assert_eq!(name, "nats", "only the nats service runs nats-server flags");
+                assert_eq!(
+                    argv[1], "/keys/nats-server.conf",
+                    "the configuration `nats-config` writes"
+                );
+            }
             other => panic!("service {name}: unknown program {other}"),
         }
     }
@@ -79,6 +111,10 @@ fn compose_commands_match_the_cli() {
     executor_groups.sort();
     let expected: Vec<String> = (1..=sim_nodes).map(|i| format!("backend-{i}")).collect();
     assert_eq!(executor_groups, expected, "one executor per simulated node");
+    assert_eq!(
+        key_groups, expected,
+        "`keys` makes a key for every executor"
+    );
 }
 
 #[test]

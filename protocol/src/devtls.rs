@@ -27,9 +27,9 @@ fn err(what: &str, e: impl std::fmt::Display) -> ProtocolError {
     ProtocolError::Connect(format!("making the dev TLS files: {what}: {e}"))
 }
 
-/// Write a CA, a server certificate (SANs `127.0.0.1`, `localhost`) and a
-/// client certificate into `dir` (keys 0600).
-pub fn make(dir: &Path) -> Result<DevTls, ProtocolError> {
+/// Write a CA, a server certificate (SANs `127.0.0.1`, `localhost` and
+/// `extra_names`) and a client certificate into `dir` (keys 0600).
+pub fn make(dir: &Path, extra_names: &[&str]) -> Result<DevTls, ProtocolError> {
     let ca_key = KeyPair::generate().map_err(|e| err("CA key", e))?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(|e| err("CA", e))?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -66,8 +66,10 @@ pub fn make(dir: &Path) -> Result<DevTls, ProtocolError> {
         let cert = params.signed_by(&key, &issuer).map_err(|e| err(cn, e))?;
         Ok::<_, ProtocolError>((cert.pem(), key.serialize_pem()))
     };
+    let mut names = vec!["127.0.0.1", "localhost"];
+    names.extend_from_slice(extra_names);
     let (server_cert, server_key) = leaf(
-        &["127.0.0.1", "localhost"],
+        &names,
         "baton dev nats-server",
         ExtendedKeyUsagePurpose::ServerAuth,
     )?;

@@ -98,7 +98,7 @@ impl Secure {
         };
         let trust_path = dir.path().join("trust.toml");
         std::fs::write(&trust_path, trust.to_toml()).context("could not write the trust file")?;
-        let certs = protocol::devtls::make(dir.path())?;
+        let certs = protocol::devtls::make(dir.path(), &[])?;
         Ok(Secure {
             trust_path,
             trust,

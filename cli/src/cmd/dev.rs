@@ -87,7 +87,7 @@ async fn demo(
     let trust = Trust::load(&trust_path)?;
     let tls_dir = dir.join("tls");
     crate::cmd::keys::create_private_dir(&tls_dir)?;
-    let tls = protocol::devtls::make(&tls_dir)?;
+    let tls = protocol::devtls::make(&tls_dir, &[])?;
     let nats_bin = procs::nats_server_binary()?;
     let port = procs::free_port()?;
     let nats_url = format!("nats://127.0.0.1:{port}");

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use protocol::natsconf::{self, TlsFiles};
 use protocol::sign::{ExecutorPeer, Identity, OperatorPeer, Peer, Role, Trust};
 
 #[derive(clap::Subcommand, Debug)]
@@ -32,6 +33,48 @@ pub enum KeysCommand {
         /// Operators as NAME=ROLE (reader, operator, approver), comma separated.
         #[arg(long, value_delimiter = ',', required = true, value_parser = parse_operator)]
         operators: Vec<(String, Role)>,
+        /// Do nothing (exit 0) if DIR already holds a trust file (for a container started again).
+        #[arg(long)]
+        if_absent: bool,
+    },
+    /// Write the least-privilege nats-server configuration for a trust file: one nkey user
+    /// per entry, no anonymous access, TLS verifying client certificates when given.
+    NatsConfig {
+        #[arg(long)]
+        trust: PathBuf,
+        /// Where nats-server keeps JetStream's data.
+        #[arg(long)]
+        store_dir: PathBuf,
+        #[arg(long, default_value = "0.0.0.0")]
+        host: String,
+        #[arg(long, default_value_t = 4222)]
+        port: u16,
+        /// The server's certificate (PEM); with --tls-key and --tls-ca.
+        #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+        tls_cert: Option<PathBuf>,
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+        /// The CA that signed the clients' certificates.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// Monitoring port (HTTP), if wanted.
+        #[arg(long)]
+        monitor_port: Option<u16>,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Make throw-away TLS files for a trial (a CA, a server certificate for 127.0.0.1 and
+    /// localhost, one client certificate) in a new directory. Production brings its own PKI.
+    DevTls {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Do nothing (exit 0) if DIR already holds ca.pem.
+        #[arg(long)]
+        if_absent: bool,
+        /// More names for the server certificate (e.g. the NATS host's name), comma separated.
+        #[arg(long, value_delimiter = ',')]
+        san: Vec<String>,
     },
     /// Check a trust file and list who it trusts for what.
     Check { trust: PathBuf },
@@ -68,9 +111,69 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
             dir,
             groups,
             operators,
+            if_absent,
         } => {
+            if if_absent && dir.join("trust.toml").is_file() {
+                println!("{}", dir.join("trust.toml").display());
+                return Ok(ExitCode::SUCCESS);
+            }
             let trust = init(&dir, &groups, &operators)?;
             println!("{}", trust.display());
+        }
+        KeysCommand::NatsConfig {
+            trust,
+            store_dir,
+            host,
+            port,
+            tls_cert,
+            tls_key,
+            tls_ca,
+            monitor_port,
+            out,
+        } => {
+            let parsed = Trust::load(&trust)?;
+            let tls = match (tls_cert, tls_key, tls_ca) {
+                (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+                _ => None,
+            };
+            let text = natsconf::render(
+                &parsed,
+                &natsconf::ServerOptions {
+                    host,
+                    port,
+                    store_dir,
+                    tls,
+                    monitor_port,
+                },
+            );
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+        }
+        KeysCommand::DevTls {
+            dir,
+            if_absent,
+            san,
+        } => {
+            if if_absent && dir.join("ca.pem").is_file() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            create_private_dir(&dir)?;
+            let names: Vec<&str> = san.iter().map(String::as_str).collect();
+            let made = protocol::devtls::make(&dir, &names)?;
+            println!("CA {}", made.server.ca.display());
+            println!(
+                "server {} (key {})",
+                made.server.cert.display(),
+                made.server.key.display()
+            );
+            println!(
+                "client {} (key {})",
+                made.client_cert.display(),
+                made.client_key.display()
+            );
         }
         KeysCommand::Check { trust } => {
             let parsed = Trust::load(&trust)?;
