@@ -81,6 +81,16 @@ pub fn signed_bytes(kind: Kind, subject: &str, context: &str, payload: &[u8]) ->
     bytes
 }
 
+/// What the ed25519 signature is made over: the SHA-256 of [`signed_bytes`].
+/// Ed25519 hashes its message twice (SHA-512) to sign and once to verify;
+/// hashing an 8 KiB result once with SHA-256 (hardware-accelerated where the
+/// CPU has it) first makes a step's four signature operations cheaper
+/// (`cargo bench -p protocol --bench sign`).
+fn digest(kind: Kind, subject: &str, context: &str, payload: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(signed_bytes(kind, subject, context, payload)).into()
+}
+
 /// A signing key: an nkey user key pair, with the file it came from.
 #[derive(Clone)]
 pub struct Identity {
@@ -185,7 +195,7 @@ impl Identity {
     pub fn sign(&self, kind: Kind, subject: &str, context: &str, payload: &[u8]) -> String {
         let sig = self
             .pair
-            .sign(&signed_bytes(kind, subject, context, payload))
+            .sign(&digest(kind, subject, context, payload))
             .expect("a key pair with a seed can sign");
         hex::encode(sig)
     }
@@ -270,7 +280,7 @@ pub fn verify(
     }
     let raw = hex::decode(sig).map_err(|_| "the signature is not hex".to_string())?;
     public
-        .verify(&signed_bytes(kind, subject, context, payload), &raw)
+        .verify(&digest(kind, subject, context, payload), &raw)
         .map_err(|_| format!("bad signature for key {key} (forged, or altered in transit)"))?;
     Ok(Verified {
         key: key.to_string(),
