@@ -507,3 +507,173 @@ async fn a_second_service_refuses_to_start_naming_the_lease_holder() {
     env.baton_ok(&["approve", &upgrade, "before-switchover"]);
     env.expect_completed_safely(&upgrade).await;
 }
+
+/// Forged step requests on a live deployment: a shell command, an allowed
+/// `stop` and a probe with `epoch = u64::MAX`, published on backend-1's step
+/// subject. Auth on: the server refuses the publish (operator alice's NATS
+/// user may only send API requests). Auth off: the executor refuses them
+/// unsigned. Either way nothing runs, and the upgrade that follows is not
+/// fenced out and completes safely.
+async fn forged_step_requests_run_nothing(nats_auth: bool) {
+    let env = Env::start(Setup {
+        nats_auth,
+        ..Setup::default()
+    })
+    .await;
+    let marker = env.dir.path().join("pwned");
+    let upgrade = ulid::Ulid::new().to_string();
+    let forged = |step: u64, epoch: u64, action: &str, argv: Vec<String>| protocol::StepRequest {
+        v: PROTOCOL_VERSION,
+        upgrade: upgrade.clone(),
+        step,
+        attempt: 1,
+        epoch,
+        node: "backend-1".into(),
+        group: "backend-1".into(),
+        action: action.into(),
+        argv,
+        env: Default::default(),
+        timeout_ms: 10_000,
+        deadline_ms: u64::MAX,
+    };
+    let requests = [
+        forged(
+            1,
+            1,
+            "stop",
+            vec![
+                "sh".into(),
+                "-c".into(),
+                format!("touch {}", marker.display()),
+            ],
+        ),
+        forged(2, 1, "stop", vec!["chef-backend-ctl".into(), "stop".into()]),
+        forged(
+            3,
+            u64::MAX,
+            "probe_status",
+            vec!["chef-backend-ctl".into(), "status".into()],
+        ),
+    ];
+    let alice = env.secure.operator_keys["alice"].clone();
+    let (client, server_errors) = if nats_auth {
+        env.secure
+            .connect_watched(&env.nats.url(), Some(&alice))
+            .await
+            .unwrap()
+    } else {
+        (
+            async_nats::connect(env.nats.url()).await.unwrap(),
+            tests::ServerErrors::default(),
+        )
+    };
+    for request in &requests {
+        client
+            .publish_with_headers(
+                request.subject(),
+                request.headers(),
+                request.encode().into(),
+            )
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    if nats_auth {
+        assert!(
+            server_errors
+                .wait_for("Permissions Violation for Publish", Duration::from_secs(10))
+                .await,
+            "{:?}",
+            server_errors.all()
+        );
+    } else {
+        let refused = tests::wait_until(Duration::from_secs(20), || {
+            env.executors[0]
+                .log()
+                .matches("refused a step request the service did not sign")
+                .count()
+                == requests.len()
+        })
+        .await;
+        assert!(refused, "{}", env.executors[0].log());
+    }
+    // The real upgrade runs, under the service's own epoch, and nothing forged ran.
+    let real = env.submit(&[]);
+    env.expect_completed_safely(&real).await;
+    assert!(!marker.exists(), "the forged shell command ran");
+    let report = env.report();
+    assert_eq!(
+        report.installs.get("backend-1").copied(),
+        Some(1),
+        "{}",
+        report.render()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_step_requests_run_nothing_with_nats_auth_on() {
+    forged_step_requests_run_nothing(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_step_requests_run_nothing_with_nats_auth_off() {
+    forged_step_requests_run_nothing(false).await;
+}
+
+/// Credentials in the URL and a token from the environment authenticate to a
+/// nats-server that wants them, and are never printed, not even in an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_in_the_url_or_the_environment_work_and_are_never_printed() {
+    let secure = tests::Secure::new(&["backend-1"]).unwrap();
+    for (server_args, url_creds, env_token) in [
+        (
+            vec!["--user", "baton", "--pass", "s3cret-pw"],
+            "baton:s3cret-pw@",
+            None,
+        ),
+        (vec!["--auth", "t0ken-xyz"], "", Some("t0ken-xyz")),
+    ] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = std::process::Command::new(tests::nats::server_binary());
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(&server_args);
+        let log = secure.dir.path().join(format!("nats-{port}.log"));
+        let _nats = tests::Proc::spawn("nats-server", cmd, &log).unwrap();
+        let up = tests::wait_until(Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        assert!(up, "nats-server did not listen");
+        let url = format!("nats://{url_creds}127.0.0.1:{port}");
+        let run = |url: &str, token: Option<&str>| {
+            let mut cmd = std::process::Command::new(tests::workspace_bin("baton"));
+            cmd.env("BATON_NATS_URL", url)
+                .env_remove("BATON_NATS_TOKEN")
+                .args(["--api-timeout", "2", "list"]);
+            for (name, value) in secure.env_signing_only(&secure.operator_keys["alice"]) {
+                cmd.env(name, value);
+            }
+            if let Some(token) = token {
+                cmd.env("BATON_NATS_TOKEN", token);
+            }
+            cmd.output().unwrap()
+        };
+        // Right credentials: connected (no service runs, so "no responders").
+        let out = run(&url, env_token);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no responders"), "{stderr}");
+        // Wrong credentials: an authorization error that shows no secret.
+        let wrong_url = url.replace("s3cret-pw", "wr0ng-pw");
+        let out = run(&wrong_url, env_token.map(|_| "wr0ng-t0ken"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("connecting to NATS"), "{stderr}");
+        for secret in ["s3cret-pw", "wr0ng-pw", "t0ken-xyz", "wr0ng-t0ken"] {
+            assert!(!stderr.contains(secret), "{secret} printed: {stderr}");
+        }
+    }
+}
