@@ -48,7 +48,11 @@ pub struct Config {
     /// Where the ledger lives (one executor process per directory).
     pub state_dir: PathBuf,
     /// How many trailing bytes of stdout and of stderr a result carries.
+    /// At most [`MAX_OUTPUT`].
     pub max_output: usize,
+    /// Accept a relative `state_dir` (tests; by default it must be absolute, so
+    /// the ledger does not depend on the working directory).
+    pub allow_relative_state_dir: bool,
     /// How often the presence record is refreshed.
     pub heartbeat: Duration,
     /// How long one pull request waits for a step; also bounds how long a
@@ -88,6 +92,7 @@ impl Config {
             procedure: Procedure::default(),
             state_dir: state_dir.into(),
             max_output: 8 * 1024,
+            allow_relative_state_dir: false,
             heartbeat: Duration::from_secs(5),
             fetch_wait: Duration::from_secs(2),
             progress_interval: None,
@@ -184,12 +189,27 @@ impl Config {
                 "fetch wait must be at least 100ms".into(),
             ));
         }
-        if self.max_output == 0 {
-            return Err(ExecutorError::Config("max output must be positive".into()));
+        if self.max_output == 0 || self.max_output > MAX_OUTPUT {
+            return Err(ExecutorError::Config(format!(
+                "max output must be between 1 and {MAX_OUTPUT} bytes (a result carries the tails of stdout and stderr, \
+                 JSON-escaped, and must fit NATS's 1 MiB payload), got {}",
+                self.max_output
+            )));
+        }
+        if self.state_dir.is_relative() && !self.allow_relative_state_dir {
+            return Err(ExecutorError::Config(format!(
+                "state dir {} is relative: give an absolute path (default /var/lib/baton-executor/<group>), \
+                 or --allow-relative-state-dir",
+                self.state_dir.display()
+            )));
         }
         Ok(())
     }
 }
+
+/// The largest `max_output` (bytes per stream): two tails of 64 KiB, even if
+/// every byte were escaped as `\u00XX` (6 bytes), stay under 1 MiB.
+pub const MAX_OUTPUT: usize = 64 * 1024;
 
 impl Config {
     /// What this executor may run: its profile, for its nodes at their addresses.
@@ -269,6 +289,51 @@ mod tests {
         let mut config = Config::new(group, "/nonexistent", identity.clone(), trust.clone());
         config.nodes = vec!["backend-1".into()];
         config
+    }
+
+    #[test]
+    fn output_bounds_and_a_relative_state_dir_are_refused_with_the_limit() {
+        let k = keys();
+        let ok = config(&k.ex_a, &k.trust, "g1");
+        for (c, needle) in [
+            (
+                Config {
+                    max_output: 0,
+                    ..ok.clone()
+                },
+                "between 1 and 65536",
+            ),
+            (
+                Config {
+                    max_output: MAX_OUTPUT + 1,
+                    ..ok.clone()
+                },
+                "between 1 and 65536",
+            ),
+            (
+                Config {
+                    state_dir: "state".into(),
+                    ..ok.clone()
+                },
+                "is relative",
+            ),
+        ] {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        assert!(Config {
+            max_output: MAX_OUTPUT,
+            ..ok.clone()
+        }
+        .validate()
+        .is_ok());
+        assert!(Config {
+            state_dir: "state".into(),
+            allow_relative_state_dir: true,
+            ..ok
+        }
+        .validate()
+        .is_ok());
     }
 
     #[test]

@@ -68,6 +68,31 @@ pub struct Ledger {
     epochs: sled::Tree,
 }
 
+/// Create `dir` (and parents) and give it `mode` (0700: the owner's only).
+fn private(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// sled creates files with the umask: make the ledger's folder 0700 and its files 0600.
+fn private_tree(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            private_tree(&entry.path())?;
+        } else {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 impl Ledger {
     /// Open (or create) the ledger under `dir`. Fails if another process holds it.
     pub fn open(dir: &Path) -> Result<Ledger, ExecutorError> {
@@ -80,10 +105,10 @@ impl Ledger {
                 source,
             }
         };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err("create its directory")(sled::Error::Io(e)))?;
+        private(dir, 0o700).map_err(|e| err("create its directory (0700)")(sled::Error::Io(e)))?;
         let db = sled::open(&path)
             .map_err(err("open it (is another executor using this --state-dir?)"))?;
+        private_tree(&path).map_err(|e| err("make its files 0600")(sled::Error::Io(e)))?;
         let steps = db.open_tree("steps").map_err(err("open tree steps"))?;
         let epochs = db.open_tree("epochs").map_err(err("open tree epochs"))?;
         Ok(Ledger {
@@ -191,6 +216,26 @@ impl Ledger {
 mod tests {
     use super::*;
     use protocol::{Outcome, RequestIds};
+
+    #[test]
+    fn the_ledger_folder_is_0700_and_its_files_0600() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let _ledger = Ledger::open(&state).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("ledger")), 0o700);
+        let files: Vec<_> = std::fs::read_dir(state.join("ledger"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect();
+        assert!(!files.is_empty());
+        for file in files {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+    }
 
     #[tokio::test]
     async fn entries_and_epochs_survive_a_reopen() {

@@ -23,7 +23,7 @@ pub mod presence;
 pub mod runner;
 pub mod service;
 
-pub use config::Config;
+pub use config::{Config, MAX_OUTPUT};
 pub use error::ExecutorError;
 pub use runner::{RunnerConfig, SshConfig};
 pub use service::run;

@@ -98,6 +98,7 @@ impl Store {
     /// [`StoreError::Corruption`] when the directory holds a database of another format.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
         let path = path.as_ref();
+        private_dir(path)?;
         let db = match sled::Config::new().path(path).open() {
             Ok(db) => db,
             // sled reports its lock only through the message of an I/O error.
@@ -110,6 +111,7 @@ impl Store {
         };
         let trees = layout::Trees::open(&db)?;
         trees.init_meta()?;
+        private_files(path)?;
         Ok(Store { db, trees })
     }
 
@@ -123,4 +125,36 @@ impl Store {
     pub async fn flush_async(&self) -> Result<usize, StoreError> {
         Ok(self.db.flush_async().await?)
     }
+}
+
+/// The log's folder is its owner's only (0700): created so, or tightened if
+/// it exists. Nobody else may read the history or write into it.
+fn private_dir(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| StoreError::from(sled::Error::Io(e)))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| StoreError::from(sled::Error::Io(e)))
+}
+
+/// sled creates its files with the process's umask; tighten them to 0600
+/// (folders 0700). Files sled makes later are inside the 0700 folder.
+fn private_files(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let io = |e: std::io::Error| StoreError::from(sled::Error::Io(e));
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let mode = if entry.file_type().map_err(io)?.is_dir() {
+            private_files(&entry.path())?;
+            0o700
+        } else {
+            0o600
+        };
+        std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))
+            .map_err(io)?;
+    }
+    Ok(())
 }

@@ -45,7 +45,8 @@ pub fn run(global: Global, args: DevArgs) -> anyhow::Result<ExitCode> {
     let dir = match &args.dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
-            dir.clone()
+            // Children (the executors' state dirs) need absolute paths.
+            std::path::absolute(dir)?
         }
         None => temp.path().to_path_buf(),
     };

@@ -32,10 +32,13 @@ pub struct ExecutorArgs {
     /// The executor group whose steps this process takes (consumer `exec-<group>`).
     #[arg(long)]
     pub group: String,
-    /// Where the step ledger lives; one executor process per directory.
-    /// Default: `.baton/executor-<group>` in the working directory.
+    /// Where the step ledger lives (created 0700, its files 0600); one executor process
+    /// per directory. Default: `/var/lib/baton-executor/<group>`. Must be absolute.
     #[arg(long, env = "BATON_EXECUTOR_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Accept a relative --state-dir (resolved against the working directory).
+    #[arg(long)]
+    pub allow_relative_state_dir: bool,
     /// The nodes this executor serves, comma separated, each `NAME` or
     /// `NAME=ADDRESS` (`host` or `host:port`; default: the name). Required:
     /// requests for other nodes are rejected, and a node's address comes only
@@ -55,8 +58,8 @@ pub struct ExecutorArgs {
     /// name for `--key`; if this differs, the executor refuses to start.
     #[arg(long)]
     pub id: Option<String>,
-    /// How many trailing bytes of stdout and of stderr a result carries.
-    #[arg(long, default_value_t = 8192)]
+    /// How many trailing bytes of stdout and of stderr a result carries (1 to 65536).
+    #[arg(long, default_value_t = 8192, value_parser = parse_max_output)]
     pub max_output: usize,
     /// How commands reach their node.
     #[arg(long, value_enum, default_value_t = Runner::Local)]
@@ -111,6 +114,17 @@ pub enum Runner {
     Ssh,
 }
 
+fn parse_max_output(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if n == 0 || n > executor::MAX_OUTPUT {
+        return Err(format!(
+            "{n} is out of range: 1 to {} bytes (a result must fit NATS's 1 MiB payload)",
+            executor::MAX_OUTPUT
+        ));
+    }
+    Ok(n)
+}
+
 fn parse_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -134,7 +148,7 @@ impl ExecutorArgs {
         let state_dir = self
             .state_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from(".baton").join(format!("executor-{}", self.group)));
+            .unwrap_or_else(|| PathBuf::from("/var/lib/baton-executor").join(&self.group));
         let identity = global.identity("the executor")?;
         let trust = Arc::new(global.trust("the executor")?);
         let mut config = Config::new(self.group.clone(), state_dir, identity, trust);
@@ -169,6 +183,7 @@ impl ExecutorArgs {
             Procedure::UpgradeCommand => CoreProcedure::UpgradeCommand,
         };
         config.max_output = self.max_output;
+        config.allow_relative_state_dir = self.allow_relative_state_dir;
         config.heartbeat = Duration::from_millis(self.heartbeat_ms);
         config.fetch_wait = Duration::from_millis(self.fetch_wait_ms);
         config.progress_interval = self.progress_ms.map(Duration::from_millis);

@@ -240,3 +240,30 @@ fn damage_in_the_middle_is_refused_by_repair() {
     // Reading through the hole fails instead of skipping it.
     assert!(store.read(stream(2), 1).unwrap().any(|r| r.is_err()));
 }
+
+/// Issue 12: the log is its owner's only: folder 0700, files 0600, also when
+/// the folder existed with looser permissions.
+#[test]
+fn the_log_folder_is_0700_and_its_files_0600() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    std::fs::create_dir(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = Store::open(&path).unwrap();
+    store
+        .append(stream(1), 0, &[NewRecord::new(event(1))])
+        .unwrap();
+    store.flush().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o700);
+    let mut files = 0;
+    for entry in std::fs::read_dir(&path).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            assert_eq!(mode(&entry.path()), 0o600, "{}", entry.path().display());
+            files += 1;
+        }
+    }
+    assert!(files > 0, "sled wrote no file");
+}

@@ -142,6 +142,11 @@ pub struct UpgradeOptions {
     pub gates: Vec<Gate>,
 }
 
+/// The longest any timing option of the cluster file may be: 7 days in ms.
+/// Every deadline is also computed with saturating arithmetic, so even a
+/// replayed log with larger values cannot overflow.
+pub const MAX_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
+
 fn default_election_window_ms() -> u64 {
     10_000
 }
@@ -270,6 +275,11 @@ impl Locator<'_> {
             Some(v) if *v.get_ref() == 0 => {
                 Err(self.err(Some(v.span()), field, "must be greater than 0"))
             }
+            Some(v) if *v.get_ref() > MAX_DURATION_MS => Err(self.err(
+                Some(v.span()),
+                field,
+                format!("must be at most {MAX_DURATION_MS} (7 days, in ms)"),
+            )),
             Some(v) => Ok(*v.get_ref()),
         }
     }
@@ -411,6 +421,13 @@ impl ClusterFile {
                 };
                 if *value.get_ref() == 0 {
                     return Err(loc.err(Some(value.span()), field, "must be greater than 0"));
+                }
+                if *value.get_ref() > MAX_DURATION_MS {
+                    return Err(loc.err(
+                        Some(value.span()),
+                        field,
+                        format!("must be at most {MAX_DURATION_MS} (7 days, in ms)"),
+                    ));
                 }
                 upgrade.timeouts_ms.insert(action, *value.get_ref());
             }
@@ -570,6 +587,28 @@ install = 1234
 
     /// The core's rule and the wire crate's are the same rule.
     #[cfg(feature = "service")]
+    #[test]
+    fn timing_options_are_bounded_naming_the_limit() {
+        let e = error_of(&GOOD.replace(
+            "poll_interval_ms = 500",
+            "poll_interval_ms = 18446744073709551615",
+        ));
+        assert!(
+            e.contains("upgrade.poll_interval_ms: must be at most 604800000"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace("install = 1234", "install = 604800001"));
+        assert!(
+            e.contains("upgrade.timeouts_ms.install: must be at most 604800000"),
+            "{e}"
+        );
+        assert!(ClusterFile::parse(
+            "c.toml",
+            &GOOD.replace("poll_interval_ms = 500", "poll_interval_ms = 604800000")
+        )
+        .is_ok());
+    }
+
     #[test]
     fn check_name_agrees_with_the_protocol_crate() {
         let long = "a".repeat(129);

@@ -527,7 +527,9 @@ fn schedule(
         argv,
         env: BTreeMap::new(),
         timeout_ms,
-        deadline_ms: now + timeout_ms + s.cluster.upgrade.result_grace_ms,
+        deadline_ms: now
+            .saturating_add(timeout_ms)
+            .saturating_add(s.cluster.upgrade.result_grace_ms),
     })
 }
 
@@ -539,14 +541,16 @@ fn reschedule(state: &State, step: u64, now: u64) -> Vec<Event> {
     let s = &record.scheduled;
     vec![Event::StepScheduled {
         step,
-        attempt: s.attempt + 1,
+        attempt: s.attempt.saturating_add(1),
         node: s.node.clone(),
         group: s.group.clone(),
         action: s.action,
         argv: s.argv.clone(),
         env: s.env.clone(),
         timeout_ms: s.timeout_ms,
-        deadline_ms: now + s.timeout_ms + sub(state).cluster.upgrade.result_grace_ms,
+        deadline_ms: now
+            .saturating_add(s.timeout_ms)
+            .saturating_add(sub(state).cluster.upgrade.result_grace_ms),
     }]
 }
 
@@ -808,7 +812,7 @@ fn handle_result(state: &State, record: &StepRecord, now: u64) -> Vec<Event> {
         if may_retry(state, record) {
             return vec![Event::WaitStarted {
                 purpose: WaitPurpose::Retry { step: s.step },
-                until_ms: now + retry_delay(state, s.attempt),
+                until_ms: now.saturating_add(retry_delay(state, s.attempt)),
             }];
         }
         return vec![wind_down(
@@ -843,7 +847,7 @@ fn handle_result(state: &State, record: &StepRecord, now: u64) -> Vec<Event> {
         }];
     }
     if may_retry(state, record) {
-        let until_ms = now + retry_delay(state, s.attempt);
+        let until_ms = now.saturating_add(retry_delay(state, s.attempt));
         return vec![Event::WaitStarted {
             purpose: WaitPurpose::Retry { step: s.step },
             until_ms,
@@ -1300,7 +1304,7 @@ fn effect_shown(
                         .services
                         .get(*name)
                         .and_then(|row| duration_ms(&row.time_in_state))
-                        .is_none_or(|t| t + 1_000 > since)
+                        .is_none_or(|t| t.saturating_add(1_000) > since)
                 })
                 .collect();
             if down.is_empty() && not_restarted.is_empty() {
@@ -1396,7 +1400,9 @@ fn judge_reobservation(
         // again after a poll, for as long as a node may take to sync.
         None if matches!(observation, Observation::ClusterStatus { .. })
             && doubt.outcome.as_ref().is_some_and(|o| {
-                now < o.at_ms + sub(state).cluster.upgrade.sync_timeout_ms
+                now < o
+                    .at_ms
+                    .saturating_add(sub(state).cluster.upgrade.sync_timeout_ms)
             }) =>
         {
             return vec![
@@ -1411,14 +1417,14 @@ fn judge_reobservation(
                 },
                 Event::WaitStarted {
                     purpose: WaitPurpose::Poll,
-                    until_ms: now + sub(state).cluster.upgrade.poll_interval_ms,
+                    until_ms: now.saturating_add(sub(state).cluster.upgrade.poll_interval_ms),
                 },
             ];
         }
         None if may_retry(state, probe) => {
             return vec![Event::WaitStarted {
                 purpose: WaitPurpose::Retry { step: p.step },
-                until_ms: now + retry_delay(state, p.attempt),
+                until_ms: now.saturating_add(retry_delay(state, p.attempt)),
             }];
         }
         None if re.decides_alone => match observation {
@@ -1460,7 +1466,7 @@ fn judge_reobservation(
     if may_retry(state, doubt) {
         return vec![Event::WaitStarted {
             purpose: WaitPurpose::Retry { step: re.step },
-            until_ms: now + retry_delay(state, doubt.scheduled.attempt),
+            until_ms: now.saturating_add(retry_delay(state, doubt.scheduled.attempt)),
         }];
     }
     vec![wind_down(
@@ -1508,7 +1514,7 @@ fn judge(state: &State, step: u64, observation: &Observation, now: u64) -> Vec<E
         if matches!(observation, Observation::Unavailable { .. }) && may_retry(state, record) {
             return vec![Event::WaitStarted {
                 purpose: WaitPurpose::Retry { step },
-                until_ms: now + retry_delay(state, s.attempt),
+                until_ms: now.saturating_add(retry_delay(state, s.attempt)),
             }];
         }
         return vec![
@@ -1552,7 +1558,7 @@ fn judge(state: &State, step: u64, observation: &Observation, now: u64) -> Vec<E
             ),
         ];
     }
-    let until_ms = now + sub(state).cluster.upgrade.poll_interval_ms;
+    let until_ms = now.saturating_add(sub(state).cluster.upgrade.poll_interval_ms);
     vec![
         check,
         Event::WaitStarted {
@@ -1633,7 +1639,7 @@ fn judge_guard(
         check,
         Event::WaitStarted {
             purpose: WaitPurpose::Poll,
-            until_ms: now + sub(state).cluster.upgrade.poll_interval_ms,
+            until_ms: now.saturating_add(sub(state).cluster.upgrade.poll_interval_ms),
         },
     ]
 }
@@ -1699,7 +1705,7 @@ fn watch_judged(state: &State, observation: &Observation, now: u64) -> Vec<Event
     }
     vec![Event::WaitStarted {
         purpose: WaitPurpose::Poll,
-        until_ms: now + sub(state).cluster.upgrade.poll_interval_ms,
+        until_ms: now.saturating_add(sub(state).cluster.upgrade.poll_interval_ms),
     }]
 }
 
@@ -1821,7 +1827,7 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
             if !ok && may_retry(state, record) {
                 return vec![Event::WaitStarted {
                     purpose: WaitPurpose::Retry { step: r.step },
-                    until_ms: now + retry_delay(state, r.attempt),
+                    until_ms: now.saturating_add(retry_delay(state, r.attempt)),
                 }];
             }
         } else {
@@ -1849,7 +1855,7 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
             if tries <= s.cluster.upgrade.retries || emergency_time_left {
                 return vec![Event::WaitStarted {
                     purpose: WaitPurpose::Poll,
-                    until_ms: now + retry_delay(state, tries.min(4)),
+                    until_ms: now.saturating_add(retry_delay(state, tries.min(4))),
                 }];
             }
             if recovery_next {
@@ -1944,7 +1950,7 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
             check,
             Event::WaitStarted {
                 purpose: WaitPurpose::Poll,
-                until_ms: now + s.cluster.upgrade.poll_interval_ms,
+                until_ms: now.saturating_add(s.cluster.upgrade.poll_interval_ms),
             },
         ];
     }

@@ -22,7 +22,11 @@ pub fn status_problems(report: &StatusReport, nodes: u32) -> Vec<String> {
                 follower,
                 total,
             } => {
-                if *leader != 1 || *waiting != 0 || *total != nodes || *follower + 1 != nodes {
+                if *leader != 1
+                    || *waiting != 0
+                    || *total != nodes
+                    || follower.checked_add(1) != Some(nodes)
+                {
                     problems.push(format!(
                         "leaderl: leader: {leader}; waiting: {waiting}; follower: {follower}; total: {total} \
                          (want 1 leader, {} followers of {nodes})",
@@ -47,7 +51,11 @@ pub fn status_problems(report: &StatusReport, nodes: u32) -> Vec<String> {
                 syncing,
                 synced,
             } => {
-                if *leader != 1 || *offline != 0 || *syncing != 0 || *synced + 1 != nodes {
+                if *leader != 1
+                    || *offline != 0
+                    || *syncing != 0
+                    || synced.checked_add(1) != Some(nodes)
+                {
                     problems.push(format!(
                         "postgresql: leader: {leader}; offline: {offline}; syncing: {syncing}; synced: {synced} \
                          (want {} synced)",

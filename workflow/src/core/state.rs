@@ -670,7 +670,7 @@ impl State {
                     && self.wind_down.is_none()
                     && (self.paused.is_some() || self.awaiting_gate.is_some()))
                 .then_some(*step);
-                self.next_step = self.next_step.max(step + 1);
+                self.next_step = self.next_step.max(step.saturating_add(1));
                 self.current = Some(*step);
                 self.wait = None;
                 self.resolution = None;
@@ -857,7 +857,7 @@ impl State {
                     }
                     _ => {}
                 }
-                self.items_done = index + 1;
+                self.items_done = index.saturating_add(1);
                 self.cursor = None;
                 self.current = None;
                 self.awaiting_gate = None;
