@@ -141,7 +141,16 @@ impl Identity {
             path: path.to_path_buf(),
             reason,
         };
-        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        // One open; the mode is checked on the handle that is read (no gap
+        // between checking one file and reading another).
+        let mut file =
+            std::fs::File::open(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| err(format!("cannot read it: {e}")))?;
+        if !meta.is_file() {
+            return Err(err("not a regular file".into()));
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -152,8 +161,9 @@ impl Identity {
                 )));
             }
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text)
+            .map_err(|e| err(format!("cannot read it: {e}")))?;
         let mut identity = Identity::from_seed(&text).map_err(err)?;
         identity.path = Some(path.to_path_buf());
         Ok(identity)

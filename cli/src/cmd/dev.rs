@@ -73,8 +73,9 @@ async fn demo(
     dir: &Path,
     children: &mut Children,
 ) -> anyhow::Result<ExitCode> {
+    // The logs hold argv, output tails and operator names: the owner's only.
     let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
+    crate::cmd::keys::create_private_dir(&logs)?;
     let baton = std::env::current_exe()?;
     let sim = procs::sibling_binary("baton-sim")?;
 

@@ -231,20 +231,24 @@ async fn operators_act_within_their_role(nats_auth: bool) {
         let text = String::from_utf8_lossy(&reply.payload);
         assert!(text.contains("replayed"), "{text}");
         assert_eq!(env.status(&upgrade).unwrap().status, "waiting_approval");
-        // An unsigned request claiming to be alice.
-        let reply = client
-            .request(
+        // An unsigned request claiming to be alice: refused and not even answered
+        // (an answer would be the service publishing where the sender chose).
+        let answered = tokio::time::timeout(
+            Duration::from_secs(3),
+            client.request(
                 "baton.api.approve",
                 serde_json::to_vec(&serde_json::json!({
                     "upgrade": upgrade, "by": "alice", "gate": "before-switchover"
                 }))
                 .unwrap()
                 .into(),
-            )
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&reply.payload);
-        assert!(text.contains("unsigned"), "{text}");
+            ),
+        )
+        .await;
+        assert!(
+            !matches!(answered, Ok(Ok(_))),
+            "an unsigned request was answered: {answered:?}"
+        );
         assert_eq!(env.status(&upgrade).unwrap().status, "waiting_approval");
     }
 
@@ -676,4 +680,107 @@ async fn credentials_in_the_url_or_the_environment_work_and_are_never_printed() 
             assert!(!stderr.contains(secret), "{secret} printed: {stderr}");
         }
     }
+}
+
+/// The hostile review's reflection: a request whose reply subject is the
+/// service's lease or a claim key (signed by a reader, and unsigned) must not
+/// make the service publish there. Before the fix, one such request deleted
+/// the lease (the service stopped and could not restart) and a burst of them
+/// halted an upgrade through forged claims.
+async fn reply_subjects_cannot_aim_the_service(nats_auth: bool) {
+    let env = Env::start(Setup {
+        nats_auth,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&["--approve-before", "before-switchover"]);
+    let rita = env.secure.operator_keys["rita"].clone();
+    let reader = Identity::load(&rita).unwrap();
+    let client = attacker(&env, &rita).await.unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({ "upgrade": upgrade })).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    for (i, target) in [
+        "$KV.baton_lease.service".to_string(),
+        format!("$KV.baton_claims.{upgrade}.5.1"),
+        format!("$KV.baton_claims.backend-1.{upgrade}.5.1"),
+        "baton.step.backend-1".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut signed = HeaderMap::new();
+        reader.sign_headers(
+            &mut signed,
+            Kind::ApiRequest,
+            "baton.api.status",
+            &format!("t={}", now + i as u128),
+            &body,
+        );
+        for headers in [signed, HeaderMap::new()] {
+            client
+                .publish_with_reply_and_headers(
+                    "baton.api.status",
+                    target.clone(),
+                    headers,
+                    body.clone().into(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    client.flush().await.unwrap();
+    let refused = tests::wait_until(Duration::from_secs(10), || {
+        env.server
+            .as_ref()
+            .unwrap()
+            .log()
+            .matches("reply subject not the signer's inbox")
+            .count()
+            == 8
+    })
+    .await;
+    let log = env.server.as_ref().unwrap().log();
+    assert!(
+        refused,
+        "{}",
+        log.lines()
+            .filter(|l| l.contains("API request"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The lease still names the service, and the upgrade goes on to the end.
+    let service = env
+        .secure
+        .connect(&env.nats.url(), Some(&env.secure.service_key))
+        .await;
+    let client = match (nats_auth, service) {
+        (true, Ok(client)) => client,
+        _ => async_nats::connect(env.nats.url()).await.unwrap(),
+    };
+    let js = async_nats::jetstream::new(client);
+    let lease = js.get_key_value("baton_lease").await.unwrap();
+    let holder = lease
+        .get("service")
+        .await
+        .unwrap()
+        .expect("the lease is held");
+    let holder: serde_json::Value = serde_json::from_slice(&holder).unwrap();
+    assert_eq!(holder["service_key"], env.secure.trust.service.key);
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    env.baton_ok(&["approve", &upgrade, "before-switchover"]);
+    env.expect_completed_safely(&upgrade).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reply_subjects_cannot_aim_the_service_with_nats_auth_on() {
+    reply_subjects_cannot_aim_the_service(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reply_subjects_cannot_aim_the_service_with_nats_auth_off() {
+    reply_subjects_cannot_aim_the_service(false).await;
 }

@@ -96,6 +96,14 @@ pub(crate) fn authenticate(
         .strip_prefix("t=")
         .and_then(|t| t.parse::<u64>().ok())
         .ok_or_else(|| refuse("the signed context has no time (t=<unix ms>)".into()))?;
+    if at < shared.started_ms {
+        // The replay memory does not survive a restart: a request signed
+        // before this service started may have been handled by the last one.
+        return Err(refuse(format!(
+            "signed at {at} (unix ms), before this service started ({}); send it again",
+            shared.started_ms
+        )));
+    }
     let skew = shared.api_skew.as_millis() as u64;
     if at.abs_diff(now_ms) > skew {
         return Err(refuse(format!(
@@ -124,6 +132,24 @@ pub(crate) fn authenticate(
         },
         verified.sig,
     ))
+}
+
+/// A request is answered only on a plain inbox subject: `_INBOX...`, no
+/// wildcard. (With per-identity inboxes, the signer's own.)
+pub(crate) fn check_reply_subject(message: &async_nats::Message) -> Result<(), String> {
+    let Some(reply) = message.reply.as_deref() else {
+        return Err("no reply subject".into());
+    };
+    if !reply.starts_with("_INBOX") {
+        return Err(format!("{reply:?} is not an inbox (_INBOX...)"));
+    }
+    if reply
+        .split('.')
+        .any(|t| t.is_empty() || t == "*" || t == ">" || t.chars().any(char::is_whitespace))
+    {
+        return Err(format!("{reply:?} is not a plain subject"));
+    }
+    Ok(())
 }
 
 /// The headers of a reply to `reply_to`, bound to the request's signature.

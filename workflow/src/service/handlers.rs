@@ -47,15 +47,30 @@ pub(crate) async fn serve(
             .strip_prefix("baton.api.")
             .unwrap_or_default()
             .to_string();
+        if let Err(reason) = super::api_guard::check_reply_subject(&message) {
+            // The service answers only into the signer's own inbox: anything else
+            // would let a caller make the service publish where it chose.
+            unauthenticated += 1;
+            tracing::warn!(%verb, reply_to = %reply_to, %reason, unauthenticated, "API request refused and not answered: reply subject not the signer's inbox");
+            continue;
+        }
         let (reply, request_sig) = match super::api_guard::authenticate(
             &shared,
             &message,
             &verb,
             now_ms(),
         ) {
+            Err(refused) if refused.sig.is_empty() => {
+                // Unsigned or forged: not answered at all. An answer would be the
+                // service publishing, under its own permissions, to a subject the
+                // sender chose (the reply subject).
+                unauthenticated += 1;
+                tracing::warn!(%verb, reason = %refused.reason, reply_to = %reply_to, unauthenticated, "API request refused and not answered: no valid signature");
+                continue;
+            }
             Err(refused) => {
                 unauthenticated += 1;
-                tracing::warn!(%verb, reason = %refused.reason, unauthenticated, "API request refused: not an authenticated operator allowed to do this");
+                tracing::warn!(%verb, reason = %refused.reason, reply_to = %reply_to, unauthenticated, "API request refused: not an authenticated operator allowed to do this");
                 (
                     ApiReply::error(
                         ErrorKind::Rejected,

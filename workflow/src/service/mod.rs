@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     pub trust: Arc<protocol::sign::Trust>,
     /// Signatures of API requests seen within the replay window.
     pub seen_requests: std::sync::Mutex<api_guard::Seen>,
+    /// When this service started (unix ms): API requests signed earlier are refused.
+    pub started_ms: u64,
     pub api_skew: Duration,
     pub registry: Registry,
     pub shutdown: CancellationToken,
@@ -131,6 +133,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         return Err(ServiceError::Unverified(format!("{report:?}")));
     }
     let epoch = next_epoch(&store)?;
+    let started_ms = now_ms();
 
     let Some(nats) = connect(&config.nats, &shutdown).await? else {
         return Ok(());
@@ -160,6 +163,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         identity: config.identity.clone(),
         trust: config.trust.clone(),
         seen_requests: std::sync::Mutex::new(api_guard::Seen::default()),
+        started_ms,
         api_skew: config.api_skew,
         registry: Registry::default(),
         shutdown: shutdown.clone(),

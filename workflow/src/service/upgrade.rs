@@ -206,12 +206,13 @@ impl Loop {
                 message,
             } => {
                 // An executor answers only for the steps sent to its group.
+                // (Whether or not its result is already in: a late forgery is refused as such.)
                 let sent_to = self
                     .state
-                    .outstanding_steps()
-                    .into_iter()
-                    .find(|s| s.step == result.step && s.attempt == result.attempt)
-                    .map(|s| (s.group, s.node));
+                    .step(result.step)
+                    .map(|r| &r.scheduled)
+                    .filter(|s| s.attempt == result.attempt)
+                    .map(|s| (s.group.clone(), s.node.clone()));
                 if let Some((group, node)) = &sent_to {
                     if *group != signer.group || *node != result.node {
                         tracing::warn!(
