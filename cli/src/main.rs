@@ -160,8 +160,8 @@ pub enum Command {
     Watch(cmd::ops::UpgradeArg),
     /// Show the state of an upgrade.
     Status(cmd::ops::UpgradeArg),
-    /// List upgrades.
-    List,
+    /// List upgrades (not finished `plan` runs, unless --plans).
+    List(cmd::ops::ListArgs),
     /// List the executor groups that are online (signed presence records).
     Executors,
     /// Pause an upgrade after the step in flight.

@@ -116,8 +116,7 @@ fn print_verify(global: &Global, clean: bool, detail: &str) -> anyhow::Result<Ex
 pub async fn verify_via_service(client: &Client, global: &Global) -> anyhow::Result<bool> {
     let server: serde_json::Value = client.call("audit", &serde_json::json!({})).await?;
     let server_clean = server.get("clean").and_then(|c| c.as_bool()) == Some(true);
-    let views: Vec<workflow::service::api::StatusView> =
-        client.call("list", &serde_json::json!({})).await?;
+    let views = super::ops::list_all(client, true).await?;
     let mut lines = String::new();
     let mut records = 0;
     for view in &views {

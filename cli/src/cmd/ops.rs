@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use workflow::service::api::{
-    EventsPage, EventsRequest, OperatorRequest, StatusView, SubmitRequest, UpgradeRef,
+    EventsPage, EventsRequest, ListPage, ListRequest, OperatorRequest, StatusView, SubmitRequest,
+    UpgradeRef,
 };
 
 use crate::client::{Client, Exit, EXIT_UPGRADE_FAILED};
@@ -106,8 +107,8 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
                 print_view(&global, &view)?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::List => {
-                let views: Vec<StatusView> = client.call("list", &serde_json::json!({})).await?;
+            Command::List(args) => {
+                let views = list_all(&client, args.plans).await?;
                 if global.output == Output::Json {
                     println!("{}", serde_json::to_string_pretty(&views)?);
                 } else if views.is_empty() {
@@ -398,6 +399,36 @@ async fn status(client: &Client, upgrade: &str) -> anyhow::Result<StatusView> {
 }
 
 /// Executor groups with a live executor, as the service sees them.
+/// Every upgrade in the log, page by page (`plans`: also finished `plan` runs).
+pub async fn list_all(client: &Client, plans: bool) -> anyhow::Result<Vec<StatusView>> {
+    let mut views = Vec::new();
+    let mut after = None;
+    loop {
+        let page: ListPage = client
+            .call(
+                "list",
+                &ListRequest {
+                    after: after.clone(),
+                    limit: Some(500),
+                    include_plans: plans,
+                },
+            )
+            .await?;
+        views.extend(page.upgrades);
+        match page.next_after {
+            Some(next) if Some(&next) != after.as_ref() => after = Some(next),
+            _ => return Ok(views),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Also list finished `baton plan` runs.
+    #[arg(long)]
+    pub plans: bool,
+}
+
 pub async fn executors_online(client: &Client) -> anyhow::Result<Vec<String>> {
     client.call("executors", &serde_json::json!({})).await
 }

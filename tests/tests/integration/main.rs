@@ -7,5 +7,6 @@ mod chaos;
 mod e2e;
 mod executor;
 mod lease;
+mod limits;
 mod sim;
 mod store;

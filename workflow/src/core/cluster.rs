@@ -142,6 +142,9 @@ pub struct UpgradeOptions {
     pub gates: Vec<Gate>,
 }
 
+/// The largest cluster file accepted, in bytes (hundreds of nodes fit).
+pub const MAX_CLUSTER_FILE_BYTES: usize = 64 * 1024;
+
 /// The longest any timing option of the cluster file may be: 7 days in ms.
 /// Every deadline is also computed with saturating arithmetic, so even a
 /// replayed log with larger values cannot overflow.
@@ -308,6 +311,16 @@ impl ClusterFile {
             file: file_name,
             text,
         };
+        if text.len() > MAX_CLUSTER_FILE_BYTES {
+            return Err(loc.err(
+                None,
+                "(file)",
+                format!(
+                    "the file is {} bytes; a cluster file may have at most {MAX_CLUSTER_FILE_BYTES}",
+                    text.len()
+                ),
+            ));
+        }
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let message = e.message().trim().to_string();
             loc.err(e.span(), toml_field(&message), message)
@@ -607,6 +620,13 @@ install = 1234
             &GOOD.replace("poll_interval_ms = 500", "poll_interval_ms = 604800000")
         )
         .is_ok());
+    }
+
+    #[test]
+    fn an_oversized_cluster_file_is_refused_naming_the_limit() {
+        let big = format!("{GOOD}\n# {}\n", "x".repeat(MAX_CLUSTER_FILE_BYTES));
+        let e = error_of(&big);
+        assert!(e.contains("a cluster file may have at most 65536"), "{e}");
     }
 
     #[test]

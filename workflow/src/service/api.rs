@@ -65,6 +65,34 @@ pub struct OperatorRequest {
     pub resolution: Option<String>,
 }
 
+/// The largest API request the service reads (bytes): a cluster file and a few fields.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// A page of a reply stops growing past this many bytes, well under NATS's
+/// default 1 MiB payload limit (a page always holds at least one item).
+pub const PAGE_BYTES: usize = 512 * 1024;
+
+/// List upgrades, a page at a time, oldest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListRequest {
+    /// Start after this upgrade id (the previous page's `next_after`).
+    #[serde(default)]
+    pub after: Option<String>,
+    /// At most this many (1..=500; default 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Also list finished `plan` runs (hidden by default).
+    #[serde(default)]
+    pub include_plans: bool,
+}
+
+/// A page of upgrades; `next_after` is set when more follow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListPage {
+    pub upgrades: Vec<StatusView>,
+    pub next_after: Option<String>,
+}
+
 /// Read a page of an upgrade's log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventsRequest {

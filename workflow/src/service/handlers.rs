@@ -12,8 +12,8 @@ use tokio::sync::oneshot;
 use ulid::Ulid;
 
 use super::api::{
-    ApiReply, ErrorKind, EventsPage, EventsRequest, LoggedEvent, OperatorRequest, StatusView,
-    SubmitRequest, UpgradeRef,
+    ApiReply, ErrorKind, EventsPage, EventsRequest, ListPage, ListRequest, LoggedEvent,
+    OperatorRequest, StatusView, SubmitRequest, UpgradeRef, MAX_REQUEST_BYTES, PAGE_BYTES,
 };
 use super::api_guard::Caller;
 use super::registry::NodeIdentity;
@@ -140,6 +140,12 @@ async fn handle(
     caller: &Caller,
     payload: &[u8],
 ) -> Result<ApiReply, HandlerError> {
+    if payload.len() > MAX_REQUEST_BYTES {
+        return Err(HandlerError::BadRequest(format!(
+            "the `{verb}` request is {} bytes; the limit is {MAX_REQUEST_BYTES} bytes",
+            payload.len()
+        )));
+    }
     match verb {
         "submit" | "plan" => submit(shared, verb, caller, decode(verb, payload)?).await,
         "status" => {
@@ -150,7 +156,7 @@ async fn handle(
                 None => not_found(&request.upgrade),
             })
         }
-        "list" => Ok(ApiReply::ok(&list(shared).await?)),
+        "list" => Ok(ApiReply::ok(&list(shared, decode(verb, payload)?).await?)),
         "pause" | "resume" | "abort" | "approve" | "resolve" => {
             let request: OperatorRequest = decode(verb, payload)?;
             check_upgrade_id(&request.upgrade)?;
@@ -408,17 +414,39 @@ pub(super) async fn status(
     )))
 }
 
-async fn list(shared: &Arc<Shared>) -> Result<Vec<StatusView>, HandlerError> {
-    let mut views = Vec::new();
+async fn list(shared: &Arc<Shared>, request: ListRequest) -> Result<ListPage, HandlerError> {
+    let limit = request.limit.unwrap_or(100).clamp(1, 500);
+    let mut upgrades = Vec::new();
+    let mut bytes = 0;
+    let mut next_after = None;
     for (stream, _) in shared.store.streams()? {
         if stream == SERVICE_STREAM {
             continue;
         }
-        if let Some(view) = status(shared, &stream.to_string()).await? {
-            views.push(view);
+        let id = stream.to_string();
+        if request
+            .after
+            .as_ref()
+            .is_some_and(|after| id.as_str() <= after.as_str())
+        {
+            continue;
+        }
+        if upgrades.len() == limit || bytes > PAGE_BYTES {
+            next_after = upgrades.last().map(|v: &StatusView| v.upgrade.clone());
+            break;
+        }
+        if let Some(view) = status(shared, &id).await? {
+            if view.status == "planned" && !request.include_plans {
+                continue;
+            }
+            bytes += serde_json::to_vec(&view).map(|v| v.len()).unwrap_or(0);
+            upgrades.push(view);
         }
     }
-    Ok(views)
+    Ok(ListPage {
+        upgrades,
+        next_after,
+    })
 }
 
 fn events(shared: &Arc<Shared>, request: EventsRequest) -> Result<ApiReply, HandlerError> {
@@ -434,12 +462,14 @@ fn events(shared: &Arc<Shared>, request: EventsRequest) -> Result<ApiReply, Hand
     let limit = request.limit.clamp(1, 1000);
     let mut page = Vec::new();
     let mut next_seq = None;
+    let mut bytes = 0;
     for record in shared.store.read(stream, request.from_seq.max(1))? {
         let record = record?;
-        if page.len() == limit {
+        if page.len() == limit || bytes > PAGE_BYTES {
             next_seq = Some(record.seq);
             break;
         }
+        let text_len = record.bytes.len();
         let text = String::from_utf8(record.bytes).map_err(|_| {
             HandlerError::Service(ServiceError::Internal(format!(
                 "upgrade {}, seq {}: the stored event is not UTF-8",
@@ -453,6 +483,7 @@ fn events(shared: &Arc<Shared>, request: EventsRequest) -> Result<ApiReply, Hand
                 source,
             })
         })?;
+        bytes += text_len;
         page.push(LoggedEvent {
             stream: request.upgrade.clone(),
             seq: record.seq,
