@@ -484,12 +484,15 @@ async fn an_executor_can_do_its_work() {
 
     // A claim: created, read back, refused a second time.
     claims
-        .create("u1.1.1", "mine".into())
+        .create("g1.u1.1.1", "mine".into())
         .await
         .expect("claims a step");
-    let claim = claims.get("u1.1.1").await.expect("reads the claim");
+    let claim = claims.get("g1.u1.1.1").await.expect("reads the claim");
     assert_eq!(claim.as_deref(), Some(&b"mine"[..]));
-    let again = claims.create("u1.1.1", "again".into()).await.unwrap_err();
+    let again = claims
+        .create("g1.u1.1.1", "again".into())
+        .await
+        .unwrap_err();
     assert_eq!(again.kind(), kv::CreateErrorKind::AlreadyExists);
 
     // Its presence: put, seen by the service, deleted.
