@@ -54,7 +54,7 @@ impl Client {
     pub async fn connect(global: &Global) -> anyhow::Result<Client> {
         let identity = global.identity("calling the workflow service")?;
         let trust = global.trust("calling the workflow service")?;
-        let config = global.nats_config();
+        let config = global.nats_config()?;
         let url = config.redacted_url();
         let (options, addrs) = config.options("baton-cli").await?;
         let nats = options

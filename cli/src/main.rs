@@ -53,7 +53,8 @@ pub struct Global {
     /// This process's signing key (an nkey seed file, mode 0600; `baton keys gen`). The
     /// service signs steps and replies with it, an executor its results and presence, an
     /// operator its API requests. Operators are recorded in the log by the name the trust
-    /// file gives this key.
+    /// file gives this key. Its public key also names the process's NATS inbox
+    /// (`_INBOX_<key>`).
     #[arg(long, global = true, env = "BATON_KEY")]
     pub key: Option<std::path::PathBuf>,
     /// The trust file: the public keys of the service, the executors (with their groups)
@@ -102,10 +103,21 @@ pub struct NatsAuth {
 }
 
 impl Global {
-    /// The NATS connection settings of this process.
-    pub fn nats_config(&self) -> protocol::connect::NatsConfig {
+    /// The NATS connection settings of this process. Its replies come to its
+    /// own inbox, `_INBOX_<public key>`, named after its signing key (`--key`;
+    /// without one, after `--nats-nkey`): the least-privilege nats-server
+    /// configuration (`baton keys nats-config`) lets each key subscribe only
+    /// to its own inbox. An unreadable key file is an error here.
+    pub fn nats_config(&self) -> anyhow::Result<protocol::connect::NatsConfig> {
         let a = &self.auth;
-        protocol::connect::NatsConfig {
+        let inbox_prefix = match self.key.as_ref().or(a.nats_nkey.as_ref()) {
+            Some(path) => {
+                let identity = protocol::sign::Identity::load(path)?;
+                Some(protocol::subjects::inbox_prefix(&identity.public_key()))
+            }
+            None => None,
+        };
+        Ok(protocol::connect::NatsConfig {
             url: self.nats.clone(),
             creds: a.nats_creds.clone(),
             nkey: a.nats_nkey.clone(),
@@ -116,7 +128,8 @@ impl Global {
             cert: a.nats_cert.clone(),
             cert_key: a.nats_cert_key.clone(),
             require_tls: a.nats_tls,
-        }
+            inbox_prefix,
+        })
     }
 
     /// This process's signing key (`--key` / `BATON_KEY`), required.

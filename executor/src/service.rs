@@ -142,10 +142,11 @@ async fn connect(
     id: &str,
     shutdown: &CancellationToken,
 ) -> Result<Option<async_nats::Client>, ExecutorError> {
-    let url = config.nats.redacted_url();
-    tracing::info!(url = %url, auth = config.nats.has_auth(), "connecting to NATS");
+    let nats = config.nats.with_own_inbox(&config.identity.public_key());
+    let url = nats.redacted_url();
+    tracing::info!(url = %url, auth = nats.has_auth(), "connecting to NATS");
     loop {
-        let (options, addrs) = config.nats.options(&format!("baton-executor {id}")).await?;
+        let (options, addrs) = nats.options(&format!("baton-executor {id}")).await?;
         let options = options.event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),

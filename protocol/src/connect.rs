@@ -34,6 +34,13 @@ pub struct NatsConfig {
     pub cert_key: Option<PathBuf>,
     /// Refuse a connection that is not TLS (implied by `ca` or `cert`).
     pub require_tls: bool,
+    /// The prefix of this process's reply subjects (async-nats's default is
+    /// `_INBOX`). Baton processes use `_INBOX_<their public key>`
+    /// (`subjects::inbox_prefix`): the least-privilege configuration lets each
+    /// user subscribe only to its own inbox. JetStream (API requests, pull
+    /// consumers, KV reads and watches, publish acks) takes its reply subjects
+    /// from the same prefix.
+    pub inbox_prefix: Option<String>,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -49,6 +56,7 @@ impl std::fmt::Debug for NatsConfig {
             .field("cert", &self.cert)
             .field("cert_key", &self.cert_key)
             .field("require_tls", &self.require_tls)
+            .field("inbox_prefix", &self.inbox_prefix)
             .finish()
     }
 }
@@ -92,6 +100,22 @@ impl NatsConfig {
         NatsConfig {
             url: url.into(),
             ..NatsConfig::default()
+        }
+    }
+
+    /// These settings, with the inbox of the process whose key is
+    /// `public_key` (`_INBOX_<public key>`, [`crate::subjects::inbox_prefix`])
+    /// unless an inbox prefix is set already. The service and the executors
+    /// connect with it, so a caller that forgot the prefix still gets the
+    /// inbox the least-privilege configuration allows it.
+    pub fn with_own_inbox(&self, public_key: &str) -> NatsConfig {
+        NatsConfig {
+            inbox_prefix: Some(
+                self.inbox_prefix
+                    .clone()
+                    .unwrap_or_else(|| crate::subjects::inbox_prefix(public_key)),
+            ),
+            ..self.clone()
         }
     }
 
@@ -238,8 +262,28 @@ impl NatsConfig {
         if self.require_tls || self.ca.is_some() || self.cert.is_some() {
             options = options.require_tls(true);
         }
+        if let Some(prefix) = &self.inbox_prefix {
+            check_inbox_prefix(prefix)
+                .map_err(|why| err(format!("inbox prefix {prefix:?} is not usable: {why}")))?;
+            options = options.custom_inbox_prefix(prefix);
+        }
         Ok((options, addrs))
     }
+}
+
+/// A reply-subject prefix: one or more non-empty tokens, without wildcards
+/// or whitespace (async-nats appends `.<id>` to it).
+fn check_inbox_prefix(prefix: &str) -> Result<(), &'static str> {
+    if prefix.split('.').any(str::is_empty) {
+        return Err("empty token");
+    }
+    if prefix
+        .chars()
+        .any(|c| c == '*' || c == '>' || c.is_whitespace() || c.is_control())
+    {
+        return Err("wildcards, whitespace and control characters are not allowed");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -305,6 +349,20 @@ mod tests {
                 },
                 "needs its key",
             ),
+            (
+                NatsConfig {
+                    inbox_prefix: Some("_INBOX.>".into()),
+                    ..NatsConfig::new("nats://a:1")
+                },
+                "inbox prefix",
+            ),
+            (
+                NatsConfig {
+                    inbox_prefix: Some("_INBOX_U.".into()),
+                    ..NatsConfig::new("nats://a:1")
+                },
+                "inbox prefix",
+            ),
         ];
         for (config, expected) in cases {
             match config.options("t").await {
@@ -313,5 +371,11 @@ mod tests {
             }
         }
         assert!(NatsConfig::new("nats://u:p@a:1").options("t").await.is_ok());
+        let key = crate::sign::Identity::generate().public_key();
+        let own = NatsConfig {
+            inbox_prefix: Some(crate::subjects::inbox_prefix(&key)),
+            ..NatsConfig::new("nats://a:1")
+        };
+        assert!(own.options("t").await.is_ok(), "{own:?}");
     }
 }

@@ -199,9 +199,10 @@ impl StepRequest {
         request_msg_id(&self.upgrade, self.step, self.attempt)
     }
 
-    /// The key under which an executor claims this attempt before running it.
+    /// The key under which an executor claims this attempt before running it
+    /// (`<group>.<upgrade>.<step>.<attempt>`, see [`crate::subjects::claim_key`]).
     pub fn claim_key(&self) -> String {
-        crate::subjects::claim_key(&self.upgrade, self.step, self.attempt)
+        crate::subjects::claim_key(&self.group, &self.upgrade, self.step, self.attempt)
     }
 
     /// The subject to publish this request on: `baton.step.<group>`.

@@ -13,18 +13,30 @@
 //! - an **executor** of group G named N reads the objects it binds, creates,
 //!   reads and pulls only its group's durable `exec-G` (filtered to
 //!   `baton.step.G`), acks only that consumer's messages, publishes results,
-//!   writes only its own presence key and the claims bucket;
+//!   writes only its own presence key and only its group's claims
+//!   (`$KV.baton_claims.G.>`: claim keys start with the group,
+//!   `subjects::claim_key`);
 //! - an **operator** (any role: roles are enforced by the service on
 //!   signatures) publishes API requests and reads its replies, nothing else.
+//!
+//! Every user subscribes only to its own inbox, `_INBOX_<its key>.>`
+//! (`subjects::inbox_prefix`; each process sets it as async-nats's inbox
+//! prefix, `connect::NatsConfig::inbox_prefix`), so no identity reads
+//! another's replies, JetStream answers or pulled steps; nobody may publish
+//! to an inbox (the service answers API requests through `allow_responses`).
 //!
 //! Signatures still decide what a message *means*; these permissions decide
 //! what a stolen or misbehaving key can *reach*.
 //!
-//! Known limits of subject permissions here: every user may subscribe to
-//! `_INBOX.>` (async-nats's default reply prefix), so a user can read replies
-//! addressed to others (confidentiality, not integrity: only the service may
-//! publish replies); and an executor's claims-bucket access cannot tell
-//! create from overwrite or delete (one subject, headers decide).
+//! Known limit of subject permissions here: an executor's access to its
+//! group's claims cannot tell create from overwrite or delete (one subject,
+//! headers decide), so a compromised executor can still disturb its own
+//! group's claims (which it could anyway by lying about its steps).
+//!
+//! Upgrading from a version whose claim keys had no group prefix: claims
+//! made under the old keys are not found under the new ones, so an executor
+//! restarted onto the new version mid-upgrade could run a step attempt a
+//! sibling already claimed. Finish or abort upgrades before upgrading Baton.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -104,10 +116,13 @@ fn allow(subject: impl Into<String>, why: &'static str) -> Allow {
 }
 
 /// Every process reads the replies to its own requests (JetStream API
-/// answers, publish acks, pulled messages, API replies) on async-nats's
-/// default inbox prefix.
-fn inbox() -> Allow {
-    allow("_INBOX.>", "replies to its requests, pulled messages")
+/// answers, publish acks, pulled messages, KV watches, API replies) under
+/// its own inbox prefix, named after its key, and nobody else's.
+fn inbox(key: &str) -> Allow {
+    allow(
+        format!("{}.>", subjects::inbox_prefix(key)),
+        "its own inbox: replies to its requests, pulled messages",
+    )
 }
 
 /// The service: the JetStream administrator of the deployment.
@@ -144,7 +159,7 @@ fn service_user(trust: &Trust) -> User {
                 format!("{} {API_QUEUE_GROUP}", subjects::API_WILDCARD),
                 "API requests, only as a member of its queue group",
             ),
-            inbox(),
+            inbox(&trust.service.key),
         ],
         allow_responses: true,
     }
@@ -202,16 +217,19 @@ fn executor_user(name: &str, key: &str, group: &str) -> User {
                 format!("$KV.{presence}.{name}"),
                 "its own presence record (put and delete)",
             ),
-            allow(format!("$KV.{claims}.>"), "claims step attempts"),
+            allow(
+                format!("$KV.{claims}.{group}.>"),
+                "claims its group's step attempts",
+            ),
             // async-nats reads a key with a direct get when the bucket allows
             // it, which buckets it created do (`setup::ensure`); the
             // `STREAM.MSG.GET` fallback is for buckets made otherwise.
             allow(
-                format!("$JS.API.DIRECT.GET.KV_{claims}.$KV.{claims}.>"),
-                "reads a claim",
+                format!("$JS.API.DIRECT.GET.KV_{claims}.$KV.{claims}.{group}.>"),
+                "reads its group's claims",
             ),
         ],
-        subscribe: vec![inbox()],
+        subscribe: vec![inbox(key)],
         allow_responses: false,
     }
 }
@@ -224,7 +242,7 @@ fn operator_user(name: &str, key: &str, role: &str) -> User {
         key: key.to_string(),
         note: format!("operator, role {role}"),
         publish: vec![allow(subjects::API_WILDCARD, "API requests")],
-        subscribe: vec![inbox()],
+        subscribe: vec![inbox(key)],
         allow_responses: false,
     }
 }
@@ -438,11 +456,14 @@ mod tests {
             "\"$JS.API.CONSUMER.MSG.NEXT.BATON_STEPS.exec-g1\"",
             "\"$JS.ACK.BATON_STEPS.exec-g1.>\"",
             "\"$KV.baton_executors.e1\"",
+            "\"$KV.baton_claims.g1.>\"",
+            "\"$JS.API.DIRECT.GET.KV_baton_claims.$KV.baton_claims.g1.>\"",
             "\"baton.result.>\"",
         ] {
             assert!(e1.contains(wanted), "{wanted} missing from\n{e1}");
         }
         assert!(!e1.contains("g2") && !e1.contains("\"$JS.API.>\""), "{e1}");
+        assert!(!e1.contains("baton_claims.>"), "{e1}");
         assert!(
             !e1.contains("baton.step.>") && !e1.contains("baton.api"),
             "{e1}"
@@ -454,7 +475,8 @@ mod tests {
         for operator in &trust.operators {
             let o = block(&text, &operator.key);
             assert!(
-                o.contains("\"baton.api.>\"") && o.contains("\"_INBOX.>\""),
+                o.contains("\"baton.api.>\"")
+                    && o.contains(&format!("\"_INBOX_{}.>\"", operator.key)),
                 "{o}"
             );
             assert!(!o.contains("$JS") && !o.contains("$KV"), "{o}");
@@ -494,6 +516,10 @@ mod tests {
                     .all(|s| !s.starts_with("baton.") || *s == "baton.api.> baton-workflow"),
                 "{subscribe:?}"
             );
+            // Each reads only its own inbox, named after its key.
+            let own = format!("_INBOX_{}.>", user.key);
+            let inboxes: Vec<&&str> = subscribe.iter().filter(|s| s.contains("INBOX")).collect();
+            assert_eq!(inboxes, vec![&own.as_str()], "{}", user.name);
         }
     }
 

@@ -17,9 +17,9 @@
 //! - `$JS.API.CONSUMER.INFO.BATON_STEPS.exec-{g}` and
 //!   `$JS.API.CONSUMER.CREATE.BATON_STEPS.exec-{g}.baton.step.{g}`;
 //! - `$JS.API.CONSUMER.MSG.NEXT.BATON_STEPS.exec-{g}`, `$JS.ACK.BATON_STEPS.exec-{g}.>`;
-//! - `baton.result.>`; `$KV.baton_executors.{name}`; `$KV.baton_claims.>`
-//!   with `$JS.API.DIRECT.GET.KV_baton_claims.>` (reading a claim);
-//! - subscribe `_INBOX.>` (replies to all of the above).
+//! - `baton.result.>`; `$KV.baton_executors.{name}`; `$KV.baton_claims.{g}.>`
+//!   with `$JS.API.DIRECT.GET.KV_baton_claims.$KV.baton_claims.{g}.>` (reading a claim);
+//! - subscribe `_INBOX_<its key>.>`, its own inbox (replies to all of the above).
 
 use std::time::Duration;
 

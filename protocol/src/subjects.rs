@@ -10,8 +10,9 @@ pub const RESULTS_STREAM: &str = "BATON_RESULTS";
 pub const EVENTS_STREAM: &str = "BATON_EVENTS";
 /// KV bucket of executor presence records.
 pub const PRESENCE_BUCKET: &str = "baton_executors";
-/// KV bucket of step claims: the first executor to claim `<upgrade>.<step>.<attempt>`
-/// is the only one that may run it (see `setup::Options::claims_max_age`).
+/// KV bucket of step claims: the first executor to claim
+/// `<group>.<upgrade>.<step>.<attempt>` is the only one that may run it (see
+/// `setup::Options::claims_max_age` and [`claim_key`]).
 pub const CLAIMS_BUCKET: &str = "baton_claims";
 /// KV bucket of the service lease: one workflow service per NATS account
 /// holds it (`workflow::service::lease`); its `max_age` is the lease TTL.
@@ -47,10 +48,31 @@ pub fn api(verb: &str) -> String {
     format!("baton.api.{verb}")
 }
 
-/// The claim key of a step attempt: `<upgrade>.<step>.<attempt>` (KV keys
-/// cannot contain `:`).
-pub fn claim_key(upgrade: &str, step: u64, attempt: u32) -> String {
-    format!("{upgrade}.{step}.{attempt}")
+/// The claim key of a step attempt of `group`:
+/// `<group>.<upgrade>.<step>.<attempt>` (KV keys cannot contain `:`).
+///
+/// The group comes first so that nats-server can confine each executor to
+/// its own group's claims (`$KV.baton_claims.<group>.>`, see
+/// `natsconf`): an executor cannot pre-claim, read or delete another
+/// group's step attempts.
+///
+/// Upgrading Baton: claims written by a version before the group prefix
+/// (`<upgrade>.<step>.<attempt>`) are not found under the new key. An
+/// executor restarted onto the new version in the middle of an upgrade could
+/// therefore run a step attempt a sibling already claimed (and perhaps ran)
+/// under the old key. Finish or abort every upgrade in flight before
+/// upgrading Baton's executors; claims expire on their own afterwards.
+pub fn claim_key(group: &str, upgrade: &str, step: u64, attempt: u32) -> String {
+    format!("{group}.{upgrade}.{step}.{attempt}")
+}
+
+/// The prefix of the reply subjects (inboxes) of the process whose key is
+/// `public_key`: `_INBOX_<public key>`. nats-server lets each user subscribe
+/// only under its own prefix (`natsconf`), so nobody reads another
+/// identity's replies or pulled messages. A public key (56 upper-case
+/// base32 characters) is a valid subject token.
+pub fn inbox_prefix(public_key: &str) -> String {
+    format!("_INBOX_{public_key}")
 }
 
 /// The durable consumer name of an executor group: `exec-<group>`.
@@ -104,7 +126,8 @@ mod tests {
         assert_eq!(event("U"), "baton.event.U");
         assert_eq!(api("submit"), "baton.api.submit");
         assert_eq!(group_consumer("g1"), "exec-g1");
-        assert_eq!(claim_key("U", 3, 2), "U.3.2");
+        assert_eq!(claim_key("g1", "U", 3, 2), "g1.U.3.2");
+        assert_eq!(inbox_prefix("UABC"), "_INBOX_UABC");
     }
 
     #[test]

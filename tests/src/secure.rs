@@ -160,10 +160,13 @@ impl Secure {
     }
 
     /// Settings for `url` authenticating with `key` (`None`: no
-    /// authentication), over TLS with the client certificate.
+    /// authentication), over TLS with the client certificate, with the
+    /// key's own inbox (`_INBOX_<public key>`) as a Baton process has it.
     pub fn nats_config(&self, url: &str, key: Option<&Path>) -> NatsConfig {
         NatsConfig {
             nkey: key.map(Path::to_path_buf),
+            inbox_prefix: key
+                .map(|k| protocol::subjects::inbox_prefix(&self.identity(k).public_key())),
             ca: Some(self.tls.ca.clone()),
             cert: Some(self.client_cert.clone()),
             cert_key: Some(self.client_key.clone()),

@@ -280,7 +280,7 @@ fn cluster_toml(nodes: &[String], package: &Path, upgrade_command: bool) -> Stri
 }
 
 async fn wait_for_nats(global: &Global, children: &mut Children) -> anyhow::Result<()> {
-    let config = global.nats_config();
+    let config = global.nats_config()?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         children.check_alive()?;

@@ -152,7 +152,7 @@ impl ExecutorArgs {
         let identity = global.identity("the executor")?;
         let trust = Arc::new(global.trust("the executor")?);
         let mut config = Config::new(self.group.clone(), state_dir, identity, trust);
-        config.nats = global.nats_config();
+        config.nats = global.nats_config()?;
         config.expected_id = self.id;
         let mut addresses = BTreeMap::new();
         for (node, address) in self

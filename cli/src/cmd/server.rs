@@ -38,8 +38,9 @@ pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode>
         };
         let config = workflow::service::Config {
             db: args.db.clone(),
-            nats: global.nats_config(),
+            // The identity first: a missing key is named for the service.
             identity: global.identity("the workflow service")?,
+            nats: global.nats_config()?,
             trust: std::sync::Arc::new(global.trust("the workflow service")?),
             api_skew: std::time::Duration::from_secs(args.api_skew_s),
             lease: workflow::service::lease::LeaseOptions {

@@ -68,28 +68,39 @@ async fn forged_results_are_refused(nats_auth: bool) {
     let insider_key = env.executor_key("backend-3");
     let insider = Identity::load(&insider_key).unwrap();
     let client = attacker(&env, &insider_key).await.unwrap();
-    let mut forged = Vec::new();
-    let found = tests::wait_until(UPGRADE_TIMEOUT, || {
-        match current_step_not_on(&env, &upgrade, "backend-3") {
-            Some(step) => {
-                forged.push(step);
-                true
-            }
-            None => false,
-        }
-    })
-    .await;
-    assert!(found, "no step on another node was ever in flight");
-    let (step, attempt, node) = forged[0].clone();
-    let result = forged_result(&upgrade, step, attempt, &node);
-    // Signed by a real executor, but of another group than the step's.
-    let (headers, payload) = result.signed(&insider);
     let js = async_nats::jetstream::new(client.clone());
-    js.publish_with_headers(result.subject(), headers, payload.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let refusal = "refused a result from an executor that was not sent this step";
+    // The step seen in flight may finish before its forgery arrives (the core
+    // then ignores a second result, without this refusal): forge again for
+    // the next step in flight until one is refused while outstanding.
+    let mut forged: Vec<(u64, u32, String)> = Vec::new();
+    let result = loop {
+        let mut next = None;
+        let found = tests::wait_until(UPGRADE_TIMEOUT, || {
+            next = current_step_not_on(&env, &upgrade, "backend-3").filter(|s| !forged.contains(s));
+            next.is_some()
+        })
+        .await;
+        assert!(
+            found,
+            "no step on another node was in flight for a forgery (forged {forged:?})\n{}",
+            env.logs()
+        );
+        let (step, attempt, node) = next.expect("found");
+        let result = forged_result(&upgrade, step, attempt, &node);
+        // Signed by a real executor, but of another group than the step's.
+        let (headers, payload) = result.signed(&insider);
+        js.publish_with_headers(result.subject(), headers, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        forged.push((step, attempt, node));
+        let log = || env.server.as_ref().unwrap().log();
+        if tests::wait_until(Duration::from_secs(2), || log().contains(refusal)).await {
+            break result;
+        }
+    };
     if !nats_auth {
         // Unsigned, and signed by a key nobody pinned.
         let mut unsigned = result.clone();
@@ -110,27 +121,25 @@ async fn forged_results_are_refused(nats_auth: bool) {
             .unwrap();
     }
     env.expect_completed_safely(&upgrade).await;
-    // The step's recorded result came from its own executor.
-    let recorded: Vec<String> = env
-        .events(&upgrade)
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::StepResultRecorded {
-                step: s,
-                attempt: a,
-                executor,
-                ..
-            } if s == step && a == attempt => Some(executor),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(recorded, vec![node.clone()], "step {step} on {node}");
+    // Each forged step's recorded result came from its own executor.
+    let events = env.events(&upgrade);
+    for (step, attempt, node) in &forged {
+        let recorded: Vec<&String> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::StepResultRecorded {
+                    step: s,
+                    attempt: a,
+                    executor,
+                    ..
+                } if s == step && a == attempt => Some(executor),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(recorded, vec![node], "step {step} on {node}");
+    }
     let log = env.server.as_ref().unwrap().log();
-    assert!(
-        log.contains("refused a result from an executor that was not sent this step"),
-        "{}",
-        env.logs()
-    );
+    assert!(log.contains(refusal), "{}", env.logs());
     if !nats_auth {
         assert!(
             log.contains("refused a step result that no pinned executor signed")

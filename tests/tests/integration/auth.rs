@@ -484,12 +484,15 @@ async fn an_executor_can_do_its_work() {
 
     // A claim: created, read back, refused a second time.
     claims
-        .create("u1.1.1", "mine".into())
+        .create("g1.u1.1.1", "mine".into())
         .await
         .expect("claims a step");
-    let claim = claims.get("u1.1.1").await.expect("reads the claim");
+    let claim = claims.get("g1.u1.1.1").await.expect("reads the claim");
     assert_eq!(claim.as_deref(), Some(&b"mine"[..]));
-    let again = claims.create("u1.1.1", "again".into()).await.unwrap_err();
+    let again = claims
+        .create("g1.u1.1.1", "again".into())
+        .await
+        .unwrap_err();
     assert_eq!(again.kind(), kv::CreateErrorKind::AlreadyExists);
 
     // Its presence: put, seen by the service, deleted.
@@ -583,5 +586,200 @@ async fn the_service_does_everything_its_role_needs() {
     refused(&errors, &subscribe_denied("baton.api.>")).await;
     publish(&service, "baton.result.u1").await;
     refused(&errors, &publish_denied("baton.result.u1")).await;
+    api.abort();
+}
+
+/// Issue 11 hardening: claim keys start with the group
+/// (`subjects::claim_key`), and nats-server lets an executor of g1 create,
+/// read and delete only `g1.` claims: it cannot pre-claim, read or remove a
+/// claim of g2 (nor one without a group), while g2's claim stays as g2 made
+/// it.
+#[tokio::test]
+async fn an_executor_claims_only_its_own_groups_step_attempts() {
+    let bus = bus().await;
+    let (js, _handles) = bus.service_ensured().await;
+
+    // g2 claims one of its step attempts: allowed.
+    let (g2, g2_errors) = bus.as_executor("g2").await;
+    let g2_claims = jetstream::new(g2)
+        .get_key_value(subjects::CLAIMS_BUCKET)
+        .await
+        .expect("g2 binds the claims bucket");
+    let g2_key = subjects::claim_key("g2", "u1", 1, 1);
+    g2_claims
+        .create(&g2_key, "g2's".into())
+        .await
+        .expect("g2 claims its own step attempt");
+    assert_eq!(
+        g2_claims
+            .get(&g2_key)
+            .await
+            .expect("g2 reads it")
+            .as_deref(),
+        Some(&b"g2's"[..])
+    );
+
+    let (g1, errors) = bus.as_executor("g1").await;
+    let claims = short_js(&g1)
+        .get_key_value(subjects::CLAIMS_BUCKET)
+        .await
+        .expect("g1 binds the claims bucket");
+    // Pre-claiming another group's step attempt, or one without a group.
+    for key in [subjects::claim_key("g2", "u1", 2, 1), "u1.2.1".to_string()] {
+        assert!(claims.create(&key, "g1's".into()).await.is_err(), "{key}");
+        refused(&errors, &publish_denied(&format!("$KV.baton_claims.{key}"))).await;
+    }
+    // Reading g2's claim.
+    assert!(claims.get(&g2_key).await.is_err());
+    refused(
+        &errors,
+        &publish_denied(&format!(
+            "$JS.API.DIRECT.GET.KV_baton_claims.$KV.baton_claims.{g2_key}"
+        )),
+    )
+    .await;
+    // Deleting (and purging) it: one subject for every write.
+    let before = errors.all().len();
+    assert!(claims.delete(&g2_key).await.is_err());
+    assert!(claims.purge(&g2_key).await.is_err());
+    assert!(
+        tests::wait_until(REFUSED, || {
+            errors.all()[before..]
+                .iter()
+                .filter(|e| {
+                    e.to_lowercase().contains(
+                        &publish_denied(&format!("$KV.baton_claims.{g2_key}")).to_lowercase(),
+                    )
+                })
+                .count()
+                == 2
+        })
+        .await,
+        "{:?}",
+        errors.all()
+    );
+
+    // Its own group's claims: created, read, refused twice, deleted.
+    let errors_before = errors.all();
+    let own = subjects::claim_key("g1", "u1", 1, 1);
+    claims
+        .create(&own, "g1's".into())
+        .await
+        .expect("g1 claims its own step attempt");
+    assert_eq!(
+        claims.get(&own).await.expect("g1 reads it").as_deref(),
+        Some(&b"g1's"[..])
+    );
+    let again = claims.create(&own, "again".into()).await.unwrap_err();
+    assert_eq!(again.kind(), kv::CreateErrorKind::AlreadyExists);
+    claims.delete(&own).await.expect("g1 deletes its own claim");
+    assert_eq!(errors.all(), errors_before, "its own claims were refused");
+
+    // As the service sees the bucket: g2's claim untouched, nothing pre-claimed.
+    let service_claims = js.get_key_value(subjects::CLAIMS_BUCKET).await.unwrap();
+    assert_eq!(
+        service_claims.get(&g2_key).await.unwrap().as_deref(),
+        Some(&b"g2's"[..])
+    );
+    for key in [subjects::claim_key("g2", "u1", 2, 1), "u1.2.1".to_string()] {
+        assert_eq!(service_claims.get(&key).await.unwrap(), None, "{key}");
+    }
+    assert_eq!(service_claims.get(&own).await.unwrap(), None, "deleted");
+    assert_eq!(g2_errors.all(), Vec::<String>::new());
+}
+
+/// Issue 11 hardening: every identity has its own inbox,
+/// `_INBOX_<public key>`, and may subscribe only to it. An operator (and an
+/// executor) cannot subscribe to `_INBOX.>` nor to another identity's inbox,
+/// while its own requests (plain, and with a reply subject it subscribed to
+/// itself) are answered; a client left on async-nats's default `_INBOX`
+/// prefix gets no reply at all.
+#[tokio::test]
+async fn each_identity_reads_only_its_own_inbox() {
+    let bus = bus().await;
+    let _ = bus.service_ensured().await;
+    let (service, service_errors) = bus.as_service().await;
+    let api = serve_api(service).await;
+    let secure = &bus.secure;
+    let public = |key: &std::path::Path| secure.identity(key).public_key();
+    let mut inboxes = vec![(
+        "service".to_string(),
+        subjects::inbox_prefix(&public(&secure.service_key)),
+    )];
+    for (group, key) in &secure.executor_keys {
+        inboxes.push((
+            format!("executor {group}"),
+            subjects::inbox_prefix(&public(key)),
+        ));
+    }
+    for (name, key) in &secure.operator_keys {
+        inboxes.push((
+            format!("operator {name}"),
+            subjects::inbox_prefix(&public(key)),
+        ));
+    }
+
+    let alice_key = secure.operator_key("alice");
+    let g1_key = secure.executor_key("g1");
+    for (who, key, client_errors) in [
+        ("operator alice", alice_key, bus.as_operator("alice").await),
+        ("executor g1", g1_key, bus.as_executor("g1").await),
+    ] {
+        let (client, errors) = client_errors;
+        let own = subjects::inbox_prefix(&public(key));
+        assert!(client.new_inbox().starts_with(&format!("{own}.")), "{who}");
+        // Everybody's replies at once.
+        let _all = client.subscribe("_INBOX.>").await.unwrap();
+        refused(&errors, &subscribe_denied("_INBOX.>")).await;
+        // Each other identity's.
+        for (_, prefix) in inboxes.iter().filter(|(other, _)| other != who) {
+            let subject = format!("{prefix}.>");
+            let _sub = client.subscribe(subject.clone()).await.unwrap();
+            refused(&errors, &subscribe_denied(&subject)).await;
+        }
+    }
+
+    // The operator's own requests are answered, on its own inbox.
+    let (alice, errors) = bus.as_operator("alice").await;
+    let reply = tokio::time::timeout(SOON, alice.request(subjects::api("status"), "{}".into()))
+        .await
+        .expect("answered in time")
+        .expect("the service answers alice");
+    assert_eq!(&reply.payload[..], b"ok");
+    // A reply subject it subscribed to itself, under its own prefix.
+    let mine = alice.new_inbox();
+    let mut sub = alice.subscribe(mine.clone()).await.unwrap();
+    alice
+        .publish_with_reply(subjects::api("list"), mine, "{}".into())
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(SOON, sub.next())
+        .await
+        .expect("answered in time")
+        .expect("a reply");
+    assert_eq!(&reply.payload[..], b"ok");
+    assert_eq!(errors.all(), Vec::<String>::new());
+
+    // On the default prefix, its reply subscription is refused: no answer.
+    let config = protocol::connect::NatsConfig {
+        inbox_prefix: None,
+        ..secure.nats_config(&bus.url(), Some(alice_key))
+    };
+    let errors = ServerErrors::default();
+    let plain = tests::secure::connect_config(&config, Some(errors.clone()))
+        .await
+        .expect("alice connects");
+    let answered =
+        tokio::time::timeout(DROPPED, plain.request(subjects::api("status"), "{}".into())).await;
+    assert!(
+        !matches!(answered, Ok(Ok(_))),
+        "answered on _INBOX: {answered:?}"
+    );
+    refused(
+        &errors,
+        "Permissions Violation for Subscription to \"_INBOX.",
+    )
+    .await;
+    assert_eq!(service_errors.all(), Vec::<String>::new());
     api.abort();
 }

@@ -1410,7 +1410,7 @@ async fn attacks_published_on_a_step_subject_run_nothing_and_are_refused_counted
     let claims = env.js.get_key_value(subjects::CLAIMS_BUCKET).await.unwrap();
     claims
         .put(
-            subjects::claim_key(&up, 23, 1),
+            subjects::claim_key("g1", &up, 23, 1),
             br#"{"token":"ex-other/1/1","digest":"0000"}"#.to_vec().into(),
         )
         .await
@@ -1862,7 +1862,7 @@ async fn an_executor_started_before_the_service_waits_for_its_streams_then_serve
 
 /// The publish permissions an executor named `name` of `group` needs, and
 /// nothing more (as `protocol::setup` documents them); it subscribes only to
-/// `_INBOX.>`, for replies.
+/// its own inbox, `_INBOX_<its key>.>`, for replies.
 fn executor_publish_permissions(name: &str, group: &str) -> Vec<String> {
     vec![
         "$JS.API.INFO".into(),
@@ -1875,8 +1875,8 @@ fn executor_publish_permissions(name: &str, group: &str) -> Vec<String> {
         format!("$JS.ACK.BATON_STEPS.exec-{group}.>"),
         "baton.result.>".into(),
         format!("$KV.baton_executors.{name}"),
-        "$KV.baton_claims.>".into(),
-        "$JS.API.DIRECT.GET.KV_baton_claims.>".into(),
+        format!("$KV.baton_claims.{group}.>"),
+        format!("$JS.API.DIRECT.GET.KV_baton_claims.$KV.baton_claims.{group}.>"),
     ]
 }
 
@@ -1906,10 +1906,11 @@ async fn an_executor_serves_with_least_privilege_nats_permissions() {
          jetstream {{ store_dir: \"{store}\" }}\n\
          authorization {{ users = [\n\
            {{ user: \"admin\", password: \"admin-secret\" }}\n\
-           {{ nkey: \"{key}\", permissions: {{ publish: {{ allow: [{publish}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}\n\
+           {{ nkey: \"{key}\", permissions: {{ publish: {{ allow: [{publish}] }}, subscribe: {{ allow: [\"{inbox}.>\"] }} }} }}\n\
          ] }}\n",
         store = env.path("auth-store").display(),
         key = identity.public_key(),
+        inbox = subjects::inbox_prefix(&identity.public_key()),
         publish = quoted(executor_publish_permissions("ex-a", "g1")),
     );
     std::fs::write(env.path("auth.conf"), conf).unwrap();
@@ -1941,6 +1942,7 @@ async fn an_executor_serves_with_least_privilege_nats_permissions() {
     // The executor's own credentials cannot create a stream.
     let (options, addrs) = protocol::connect::NatsConfig {
         nkey: Some(seed.clone()),
+        inbox_prefix: Some(subjects::inbox_prefix(&identity.public_key())),
         ..protocol::connect::NatsConfig::new(url.clone())
     }
     .options("probe")
@@ -1985,7 +1987,7 @@ async fn an_executor_serves_with_least_privilege_nats_permissions() {
     let claims = env.js.get_key_value(subjects::CLAIMS_BUCKET).await.unwrap();
     claims
         .put(
-            subjects::claim_key(&up, 2, 1),
+            subjects::claim_key("g1", &up, 2, 1),
             br#"{"token":"ex-other/1/1","digest":"0000"}"#.to_vec().into(),
         )
         .await

@@ -135,7 +135,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let epoch = next_epoch(&store)?;
     let started_ms = now_ms();
 
-    let Some(nats) = connect(&config.nats, &shutdown).await? else {
+    let nats_config = config.nats.with_own_inbox(&config.identity.public_key());
+    let Some(nats) = connect(&nats_config, &shutdown).await? else {
         return Ok(());
     };
     let js = jetstream::new(nats.clone());
