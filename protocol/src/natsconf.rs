@@ -23,7 +23,7 @@
 //! (`subjects::inbox_prefix`; each process sets it as async-nats's inbox
 //! prefix, `connect::NatsConfig::inbox_prefix`), so no identity reads
 //! another's replies, JetStream answers or pulled steps; nobody may publish
-//! to an inbox (the service answers API requests through `allow_responses`).
+//! to an inbox (the service answers API requests only into operators' own inboxes).
 //!
 //! Signatures still decide what a message *means*; these permissions decide
 //! what a stolen or misbehaving key can *reach*.
@@ -153,7 +153,17 @@ fn service_user(trust: &Trust) -> User {
                 "flow control of its ordered consumers (KV keys)",
             ),
             allow(format!("$KV.{LEASE_BUCKET}.>"), "holds the service lease"),
-        ],
+        ]
+        .into_iter()
+        // API replies go only into the operators' own inboxes, never (as
+        // allow_responses would permit) to any reply subject a caller names.
+        .chain(trust.operators.iter().map(|o| {
+            allow(
+                format!("{}.>", subjects::inbox_prefix(&o.key)),
+                "API replies to this operator",
+            )
+        }))
+        .collect(),
         subscribe: vec![
             allow(
                 format!("{} {API_QUEUE_GROUP}", subjects::API_WILDCARD),
@@ -161,7 +171,7 @@ fn service_user(trust: &Trust) -> User {
             ),
             inbox(&trust.service.key),
         ],
-        allow_responses: true,
+        allow_responses: false,
     }
 }
 
@@ -448,7 +458,13 @@ mod tests {
             service.contains("\"baton.api.> baton-workflow\""),
             "{service}"
         );
-        assert!(service.contains("\"$JS.API.>\"") && service.contains("allow_responses: true"));
+        assert!(service.contains("\"$JS.API.>\"") && !service.contains("allow_responses"));
+        for operator in &trust.operators {
+            assert!(
+                service.contains(&format!("\"_INBOX_{}.>\"", operator.key)),
+                "{service}"
+            );
+        }
 
         let e1 = block(&text, &trust.executors[0].key);
         for wanted in [
@@ -486,7 +502,8 @@ mod tests {
 
     #[test]
     fn no_user_may_publish_or_subscribe_everything() {
-        for user in users(&trust()) {
+        let trust = trust();
+        for user in users(&trust) {
             for a in user.publish.iter().chain(&user.subscribe) {
                 assert!(
                     a.subject != ">" && !a.subject.starts_with("> ") && a.subject != "*.>",
@@ -495,8 +512,8 @@ mod tests {
                     a.subject
                 );
             }
-            // Only the service administers JetStream; nobody publishes inboxes
-            // (the service answers requests through allow_responses).
+            // Only the service administers JetStream; only the service publishes
+            // into inboxes, and only into operators' (its API replies).
             let publish = subjects_of(&user.publish);
             assert_eq!(
                 publish.contains(&"$JS.API.>"),
@@ -504,8 +521,15 @@ mod tests {
                 "{}",
                 user.name
             );
+            let operator_inboxes: Vec<String> = trust
+                .operators
+                .iter()
+                .map(|o| format!("_INBOX_{}.>", o.key))
+                .collect();
             assert!(
-                !publish.iter().any(|s| s.starts_with("_INBOX")),
+                publish.iter().filter(|s| s.starts_with("_INBOX")).all(|s| {
+                    user.kind == UserKind::Service && operator_inboxes.iter().any(|i| i == s)
+                }),
                 "{publish:?}"
             );
             // Nobody subscribes to steps, results or events directly.

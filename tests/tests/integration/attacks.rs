@@ -229,13 +229,25 @@ async fn operators_act_within_their_role(nats_auth: bool) {
             .expect("the pause request was seen")
             .unwrap();
         env.baton_ok(&["resume", &upgrade]);
-        let reply = client
-            .request_with_headers(
+        // Re-sent as it was (its reply into alice's inbox, which the open NATS
+        // lets the attacker read): the service answers that it was replayed.
+        let alice_key = Identity::load(&env.secure.operator_keys["alice"])
+            .unwrap()
+            .public_key();
+        let inbox = format!("{}.attacker", protocol::subjects::inbox_prefix(&alice_key));
+        let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+        client
+            .publish_with_reply_and_headers(
                 "baton.api.pause",
+                inbox,
                 captured.headers.clone().unwrap(),
                 captured.payload.clone(),
             )
             .await
+            .unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("the replay was answered")
             .unwrap();
         let text = String::from_utf8_lossy(&reply.payload);
         assert!(text.contains("replayed"), "{text}");

@@ -81,6 +81,21 @@ pub(crate) fn authenticate(
         reason: e.reason,
         sig: String::new(),
     })?;
+    // Answered only into the signer's own inbox (`_INBOX_<key>.`): a reply
+    // aimed anywhere else is not sent at all.
+    let own_inbox = format!("{}.", protocol::subjects::inbox_prefix(&verified.key));
+    if !message
+        .reply
+        .as_deref()
+        .is_some_and(|reply| reply.starts_with(&own_inbox))
+    {
+        return Err(Refused {
+            reason: format!(
+                "the reply subject is not the signer's own inbox ({own_inbox}...); not answered"
+            ),
+            sig: String::new(),
+        });
+    }
     let refuse = |reason: String| Refused {
         reason,
         sig: verified.sig.clone(),
@@ -135,7 +150,7 @@ pub(crate) fn authenticate(
 }
 
 /// A request is answered only on a plain inbox subject: `_INBOX...`, no
-/// wildcard. (With per-identity inboxes, the signer's own.)
+/// wildcard; [`authenticate`] then requires the signer's own inbox.
 pub(crate) fn check_reply_subject(message: &async_nats::Message) -> Result<(), String> {
     let Some(reply) = message.reply.as_deref() else {
         return Err("no reply subject".into());
