@@ -63,7 +63,7 @@ impl Timeline {
         let elapsed = self
             .last_ms
             .saturating_sub(self.start_ms.unwrap_or(self.last_ms));
-        let what = self.describe(&event)?;
+        let what = terminal_safe(&self.describe(&event)?);
         Some(format!(
             "#{:<4} {:>7.1}s  {what}",
             logged.seq,
@@ -344,8 +344,40 @@ fn last_line(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Text from the cluster, a command's output or a peer, made safe to print:
+/// control characters (terminal escape sequences among them) are shown
+/// escaped, not sent to the terminal. Newlines inside one line too.
+pub fn terminal_safe(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// A status block.
 pub fn status_block(view: &StatusView) -> String {
+    terminal_safe_lines(&status_block_raw(view))
+}
+
+/// Each line made [`terminal_safe`], the line breaks kept.
+fn terminal_safe_lines(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| match line.strip_suffix('\n') {
+            Some(line) => format!("{}\n", terminal_safe(line)),
+            None => terminal_safe(line),
+        })
+        .collect()
+}
+
+fn status_block_raw(view: &StatusView) -> String {
     let mut out = format!(
         "upgrade {}  cluster {}  {}{}\n",
         view.upgrade,
@@ -438,4 +470,17 @@ pub fn plan_block(plan: &workflow::core::Plan, hash: &str) -> String {
     }
     out.push_str(&format!("plan hash: {hash}\n"));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escape_sequences_are_shown_not_sent() {
+        assert_eq!(super::terminal_safe("plain text"), "plain text");
+        assert_eq!(
+            super::terminal_safe("a\u{1b}[31mred\u{7}"),
+            "a\\u{1b}[31mred\\u{7}"
+        );
+        assert_eq!(super::terminal_safe_lines("x\u{1b}\ny\n"), "x\\u{1b}\ny\n");
+    }
 }

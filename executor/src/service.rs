@@ -211,6 +211,23 @@ struct Unsigned {
     signer: Option<String>,
 }
 
+/// A claim's holder as it may appear in a result's reason (recorded in the log
+/// and printed on operators' terminals): at most 128 characters of
+/// `[A-Za-z0-9_./:-]`, anything else replaced by `?`.
+fn printable(token: &str) -> String {
+    token
+        .chars()
+        .take(128)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_./:-".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 /// Whether this executor may run a step attempt.
 enum Claim {
     /// It holds the claim.
@@ -506,10 +523,15 @@ impl Worker {
                         // Our own claim whose acknowledgement was lost: the
                         // ledger has no start, so nothing ran yet.
                         Ok(c) if c.token == self.claim_token && c.digest == digest => Claim::Won,
-                        Ok(c) if c.digest != digest => Claim::Conflict(c.token),
-                        Ok(c) => Claim::Lost(c.token),
-                        // A claim from before claims named their command.
-                        Err(_) => Claim::Lost(String::from_utf8_lossy(&v).into_owned()),
+                        Ok(c) if c.digest != digest => Claim::Conflict(printable(&c.token)),
+                        Ok(c) => Claim::Lost(printable(&c.token)),
+                        // Not a claim any executor writes (claims are keyed by group now, so
+                        // none predates the digest): a forgery, refused as a conflict; its
+                        // bytes never reach the result's reason.
+                        Err(_) => {
+                            tracing::warn!(key = %key, bytes = v.len(), "the step's claim is not a claim an executor writes; refusing the step as a conflict");
+                            Claim::Conflict("(an unreadable claim value)".into())
+                        }
                     },
                     Ok(None) => Claim::Lost("(expired claim)".into()),
                     Err(e) => {
@@ -728,5 +750,18 @@ impl Worker {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn claim_holders_are_printable_and_bounded() {
+        assert_eq!(
+            super::printable("ex-a/123/1700000000000"),
+            "ex-a/123/1700000000000"
+        );
+        assert_eq!(super::printable("x\u{1b}]0;pwned\u{7}"), "x??0?pwned?");
+        assert_eq!(super::printable(&"a".repeat(500)).len(), 128);
     }
 }

@@ -120,7 +120,7 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
                             view.upgrade,
                             view.cluster,
                             view.status,
-                            view.reason.unwrap_or_default()
+                            crate::render::terminal_safe(&view.reason.unwrap_or_default())
                         );
                     }
                 }
@@ -274,7 +274,7 @@ async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Resul
                 format!(
                     "no plan: preflight {} ({})",
                     view.status,
-                    view.reason.unwrap_or_default()
+                    crate::render::terminal_safe(&view.reason.unwrap_or_default())
                 ),
             )
             .into())
@@ -321,7 +321,7 @@ fn finished(view: &StatusView) -> anyhow::Result<ExitCode> {
             format!(
                 "upgrade {} {other}: {}",
                 view.upgrade,
-                view.reason.clone().unwrap_or_default()
+                crate::render::terminal_safe(&view.reason.clone().unwrap_or_default())
             ),
         )
         .into()),
