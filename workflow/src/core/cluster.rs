@@ -599,7 +599,6 @@ install = 1234
     }
 
     /// The core's rule and the wire crate's are the same rule.
-    #[cfg(feature = "service")]
     #[test]
     fn timing_options_are_bounded_naming_the_limit() {
         let e = error_of(&GOOD.replace(
@@ -629,6 +628,7 @@ install = 1234
         assert!(e.contains("a cluster file may have at most 65536"), "{e}");
     }
 
+    #[cfg(feature = "service")]
     #[test]
     fn check_name_agrees_with_the_protocol_crate() {
         let long = "a".repeat(129);
