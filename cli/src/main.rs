@@ -48,7 +48,8 @@ pub struct Global {
     #[arg(long, global = true, env = "BATON_OUTPUT", value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// How long to wait for the workflow service to answer, in seconds.
-    #[arg(long, global = true, env = "BATON_API_TIMEOUT", default_value_t = 10)]
+    #[arg(long, global = true, env = "BATON_API_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub api_timeout: u64,
     /// This process's signing key (an nkey seed file, mode 0600; `baton keys gen`). The
     /// service signs steps and replies with it, an executor its results and presence, an

@@ -77,16 +77,16 @@ pub struct ExecutorArgs {
     #[arg(long = "ssh-address", value_parser = parse_pair)]
     pub ssh_addresses: Vec<(String, String)>,
     /// Presence heartbeat interval, in milliseconds.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub heartbeat_ms: u64,
     /// Ack wait of the group consumer in milliseconds (used when this executor creates it).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(500..=3_600_000))]
     pub ack_wait_ms: u64,
     /// How long one pull waits for a step, in milliseconds (bounds idle shutdown time).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub fetch_wait_ms: u64,
-    /// Progress interval while a step runs, in milliseconds. Default: a third of the ack wait.
-    #[arg(long)]
+    /// Progress interval while a step runs, in milliseconds (50 to 3600000). Default: a third of the ack wait.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(50..=3_600_000))]
     pub progress_ms: Option<u64>,
 }
 

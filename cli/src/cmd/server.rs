@@ -13,14 +13,14 @@ pub struct ServerArgs {
     pub db: PathBuf,
     /// How far (seconds) an API request's signed time may be from the service's clock;
     /// a request is accepted once within this window (replay protection).
-    #[arg(long, env = "BATON_API_SKEW_S", default_value_t = 60)]
+    #[arg(long, env = "BATON_API_SKEW_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub api_skew_s: u64,
     /// If another service holds the lease (another log on this NATS account), wait for it
     /// as a standby instead of refusing to start.
     #[arg(long, env = "BATON_STANDBY")]
     pub standby: bool,
     /// How long the service lease outlives its last renewal, in milliseconds (renewed every third).
-    #[arg(long, env = "BATON_LEASE_TTL_MS", default_value_t = 15_000)]
+    #[arg(long, env = "BATON_LEASE_TTL_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
     pub lease_ttl_ms: u64,
 }
 
