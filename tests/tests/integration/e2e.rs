@@ -455,6 +455,28 @@ impl Env {
             .await;
         assert_eq!(view.status, "completed", "{view:#?}\n{}", self.logs());
         assert!(!view.failover_blocked, "{view:#?}");
+        // The operator's view is the cluster as last seen, not the plan's
+        // picture: one leader, not the one before the switchover; every node
+        // at the target (issue 14's "stale truth").
+        let old_leader = view
+            .plan
+            .as_ref()
+            .and_then(|p| p["leader"].as_str().map(str::to_string));
+        let leaders: Vec<&str> = view
+            .nodes
+            .iter()
+            .filter(|n| n.role.as_deref() == Some("leader"))
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(leaders.len(), 1, "{view:#?}");
+        assert_ne!(Some(leaders[0].to_string()), old_leader, "{view:#?}");
+        for node in &view.nodes {
+            assert_eq!(
+                node.version.as_deref(),
+                Some(self.target.as_str()),
+                "{view:#?}"
+            );
+        }
         self.assert_completed_safely(upgrade);
     }
 

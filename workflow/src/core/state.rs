@@ -233,6 +233,8 @@ pub struct State {
     pub(crate) last_problems: Vec<String>,
     /// Steps whose outcome was unknown and whose effect an observation showed (`OutcomeInferred`).
     pub(crate) inferred: BTreeSet<u64>,
+    /// The latest installed version observed on each node (any version probe, not only preflight's).
+    pub(crate) observed_versions: BTreeMap<String, String>,
     /// Since when (the probe's result time) the latest `cluster-status` observations show no single leader.
     pub(crate) leaderless_since: Option<u64>,
     /// Nodes whose latest `cluster-status` or failover probe could not run (their etcd is unreachable):
@@ -354,6 +356,16 @@ impl State {
     /// Per-node progress, by node name.
     pub fn nodes(&self) -> &BTreeMap<String, NodeProgress> {
         &self.nodes
+    }
+
+    /// The latest `cluster-status` observed: who leads now, each member's role.
+    pub fn last_cluster(&self) -> Option<&ClusterStatus> {
+        self.last_cluster.as_ref()
+    }
+
+    /// The latest installed version observed on `node`.
+    pub fn observed_version(&self, node: &str) -> Option<&str> {
+        self.observed_versions.get(node).map(String::as_str)
     }
 
     /// The plan, once preflight computed it.
@@ -721,7 +733,7 @@ impl State {
                         r.outcome.as_ref().map(|o| o.outcome),
                     )
                 });
-                if let Some((action, node, at_ms, outcome)) = probe {
+                if let Some((action, node, at_ms, outcome)) = probe.clone() {
                     // A node is unreachable when its cluster-wide probe failed (its etcd) or any probe got no
                     // answer at all (its host or executor is gone); any answer from it makes it reachable again.
                     let unavailable = matches!(observation, Observation::Unavailable { .. });
@@ -743,6 +755,16 @@ impl State {
                 }
                 if let Observation::ClusterStatus { status } = observation {
                     self.last_cluster = Some(status.clone());
+                }
+                if let (
+                    Some((_, node, _, _)),
+                    Observation::Version {
+                        version: Some(version),
+                        ..
+                    },
+                ) = (&probe, observation)
+                {
+                    self.observed_versions.insert(node.clone(), version.clone());
                 }
                 self.last_observation = Some((*step, observation.clone()));
                 if self.current == Some(*step) {

@@ -25,8 +25,17 @@ pub fn status_view(upgrade: &str, state: &State, events: u64) -> StatusView {
         .iter()
         .map(|(name, progress)| NodeView {
             name: name.clone(),
-            role: plan.and_then(|p| (p.leader == *name).then(|| "leader".to_string())),
-            version: plan.and_then(|p| p.versions.get(name).cloned().flatten()),
+            // What the cluster showed last, not the plan's picture: after the
+            // switchover the new leader leads here too.
+            role: state
+                .last_cluster()
+                .and_then(|c| c.members.iter().find(|m| m.name == *name))
+                .map(|m| m.role.as_str().to_string())
+                .or_else(|| plan.and_then(|p| (p.leader == *name).then(|| "leader".to_string()))),
+            version: state
+                .observed_version(name)
+                .map(str::to_string)
+                .or_else(|| plan.and_then(|p| p.versions.get(name).cloned().flatten())),
             progress: format!("{:?}", progress.phase).to_lowercase(),
             last_output: progress.last_output.clone(),
         })
