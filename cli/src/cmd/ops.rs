@@ -29,8 +29,8 @@ pub struct SubmitArgs {
     /// Wait for approval before this gate (before-switchover, after-first-follower); repeatable.
     #[arg(long)]
     pub approve_before: Vec<String>,
-    /// Refuse to start unless the live plan has this hash (from `baton plan`).
-    #[arg(long)]
+    /// Refuse to start unless the live plan has this hash (from `baton plan`: 64 hex digits).
+    #[arg(long, value_parser = parse_plan_hash)]
     pub plan_hash: Option<String>,
     /// Return once submitted instead of following the upgrade.
     #[arg(long)]
@@ -98,10 +98,7 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
         match command {
             Command::Submit(args) => submit(&client, &global, args).await,
             Command::Plan(args) => plan(&client, &global, args).await,
-            Command::Watch(args) => {
-                let view = watch(&client, &global, &args.upgrade).await?;
-                finished(&view)
-            }
+            Command::Watch(args) => follow(&client, &global, &args.upgrade).await,
             Command::Status(args) => {
                 let view = status(&client, &args.upgrade).await?;
                 print_view(&global, &view)?;
@@ -211,8 +208,34 @@ async fn submit(client: &Client, global: &Global, args: SubmitArgs) -> anyhow::R
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("submitted upgrade {}", reply.upgrade);
-    let view = watch(client, global, &reply.upgrade).await?;
-    finished(&view)
+    follow(client, global, &reply.upgrade).await
+}
+
+/// Watch until the upgrade ends; on Ctrl-C, say that the upgrade goes on in
+/// the service and how to follow or stop it (exit 130).
+async fn follow(client: &Client, global: &Global, upgrade: &str) -> anyhow::Result<ExitCode> {
+    tokio::select! {
+        view = watch(client, global, upgrade) => finished(&view?),
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!(
+                "\ninterrupted: only this watch stopped; upgrade {upgrade} goes on in the service.\n\
+                 follow it again: baton watch {upgrade}\n\
+                 stop it:         baton pause {upgrade} --reason R   or   baton abort {upgrade} --reason R"
+            );
+            Ok(ExitCode::from(130))
+        }
+    }
+}
+
+/// A plan hash as `baton plan` prints it: 64 lower-case hex digits (SHA-256).
+fn parse_plan_hash(s: &str) -> Result<String, String> {
+    let hash = s.trim().to_ascii_lowercase();
+    if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{s:?} is not a plan hash: `baton plan` prints 64 hex digits"
+        ));
+    }
+    Ok(hash)
 }
 
 /// Submits a cluster file as it is (used by `baton dev`); returns the upgrade id.

@@ -75,3 +75,58 @@ async fn inputs_over_their_limits_are_refused_by_name_and_the_upgrade_goes_on() 
         "{with_plans:?}"
     );
 }
+
+/// Ctrl-C on `baton submit` stops only the watch: it says so, names how to
+/// follow or stop the upgrade, exits 130, and the upgrade goes on to the end.
+/// A malformed `--plan-hash` is a usage error before anything is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_on_submit_says_the_upgrade_goes_on() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::io::{BufRead, BufReader};
+
+    let env = Env::start(Setup {
+        sync_ms: 800,
+        ..Setup::default()
+    })
+    .await;
+    let cluster = env.cluster_file.display().to_string();
+    let out = env.baton(&[
+        "submit",
+        "--cluster",
+        &cluster,
+        "--detach",
+        "--plan-hash",
+        "garbage",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a plan hash"));
+    assert!(env.baton_ok(&["list"]).contains("no upgrades"));
+
+    let mut child = env
+        .baton_cmd()
+        .args(["submit", "--cluster", &cluster])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let upgrade = first
+        .trim()
+        .strip_prefix("submitted upgrade ")
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_string();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(
+        rest.contains(&format!("upgrade {upgrade} goes on"))
+            && rest.contains(&format!("baton watch {upgrade}")),
+        "{rest}"
+    );
+    env.expect_completed_safely(&upgrade).await;
+}
