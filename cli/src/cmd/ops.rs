@@ -362,17 +362,14 @@ pub async fn watch(client: &Client, global: &Global, upgrade: &str) -> anyhow::R
     let mut timeline = Timeline::default();
     let mut next_seq = 1;
     let mut last_status = String::new();
+    let mut away = false;
     loop {
-        let page: EventsPage = client
-            .call(
-                "events",
-                &EventsRequest {
-                    upgrade: upgrade.to_string(),
-                    from_seq: next_seq,
-                    limit: 500,
-                },
-            )
-            .await?;
+        let request = EventsRequest {
+            upgrade: upgrade.to_string(),
+            from_seq: next_seq,
+            limit: 500,
+        };
+        let page: EventsPage = reattaching(&mut away, || client.call("events", &request)).await?;
         for logged in &page.events {
             next_seq = logged.seq + 1;
             if global.output == Output::Json {
@@ -384,7 +381,7 @@ pub async fn watch(client: &Client, global: &Global, upgrade: &str) -> anyhow::R
         if page.next_seq.is_some() {
             continue;
         }
-        let view = status(client, upgrade).await?;
+        let view = reattaching(&mut away, || status(client, upgrade)).await?;
         if view.status != last_status {
             last_status = view.status.clone();
             if global.output == Output::Text {
@@ -395,6 +392,39 @@ pub async fn watch(client: &Client, global: &Global, upgrade: &str) -> anyhow::R
             return Ok(view);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Calls `call` until it answers: while the service does not answer (it
+/// restarts, NATS is away), says so once and retries every second; a
+/// rejection (exit code 3) is returned at once.
+async fn reattaching<T, F, Fut>(away: &mut bool, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    loop {
+        match call().await {
+            Ok(answer) => {
+                if std::mem::take(away) {
+                    eprintln!("the workflow service answers again; following on");
+                }
+                return Ok(answer);
+            }
+            Err(err) if crate::client::exit_code_of(&err) == crate::client::EXIT_REJECTED => {
+                return Err(err)
+            }
+            Err(err) => {
+                if !*away {
+                    eprintln!(
+                        "the workflow service does not answer ({err:#}); the upgrade goes on without this \
+                         watch; retrying every second (Ctrl-C stops watching)"
+                    );
+                    *away = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

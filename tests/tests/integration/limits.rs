@@ -1,4 +1,5 @@
-//! Issue 12's bounded inputs, against a running deployment: an oversized
+//! Issue 12's bounded inputs and issue 14's interruptions, against a running
+//! deployment. Bounded inputs: an oversized
 //! request, an oversized cluster file and a huge timeout are refused with an
 //! error naming the limit; finished plans are kept out of `list` unless asked;
 //! and the upgrade in progress is unharmed throughout.
@@ -127,6 +128,47 @@ async fn ctrl_c_on_submit_says_the_upgrade_goes_on() {
         rest.contains(&format!("upgrade {upgrade} goes on"))
             && rest.contains(&format!("baton watch {upgrade}")),
         "{rest}"
+    );
+    env.expect_completed_safely(&upgrade).await;
+}
+
+/// `baton watch` outlives a restart of the service: it says the service does
+/// not answer, keeps retrying, and follows on to the end (issue 14).
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_reattaches_after_the_service_restarts() {
+    use nix::sys::signal::Signal;
+    use std::time::Duration;
+
+    let mut env = Env::start(Setup {
+        sync_ms: 800,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    let log = env.dir.path().join("watch.log");
+    let mut cmd = env.baton_cmd();
+    cmd.args(["--api-timeout", "2", "watch", &upgrade]);
+    let mut watch = tests::Proc::spawn("baton watch", cmd, &log).unwrap();
+    env.wait_installed("backend-2").await;
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGKILL);
+    server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the service died");
+    let noticed = tests::wait_until(Duration::from_secs(30), || {
+        watch.log().contains("does not answer")
+    })
+    .await;
+    assert!(noticed, "{}", watch.log());
+    env.start_server();
+    let status = watch
+        .wait_exit(UPGRADE_TIMEOUT)
+        .expect("watch ends with the upgrade");
+    assert!(status.success(), "{}", watch.log());
+    let text = watch.log();
+    assert!(
+        text.contains("answers again") && text.contains("upgrade COMPLETED"),
+        "{text}"
     );
     env.expect_completed_safely(&upgrade).await;
 }
