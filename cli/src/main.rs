@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser)]
 #[command(
     name = "baton",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BATON_COMMIT"), ")"),
     about = "Zero-downtime rolling upgrades of HA clusters"
 )]
 pub struct Cli {
@@ -64,6 +64,16 @@ pub struct Global {
     pub trust: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub auth: NatsAuth,
+    /// How the server and executors write their logs (stderr): text, or JSON lines for a
+    /// log collector. Colour only on a terminal, never when NO_COLOR is set.
+    #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// How to authenticate to NATS and secure the connection (see README "Deploying it secured").
@@ -196,13 +206,17 @@ pub enum Command {
     /// Make and inspect signing keys and the trust file.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to stdout: `baton man > baton.1`.
+    Man,
     /// Run the demo: NATS, the service, executors and a simulated cluster, then upgrade it.
     Dev(cmd::dev::DevArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.command);
+    init_tracing(&cli.command, cli.global.log_format);
     match cmd::run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -213,17 +227,26 @@ fn main() -> ExitCode {
 }
 
 /// Services log at info by default; operator commands only warn, so their
-/// own output stays readable. `RUST_LOG` overrides both.
-fn init_tracing(command: &Command) {
+/// own output stays readable. `RUST_LOG` overrides both. Colour only on a
+/// terminal and never with `NO_COLOR` set (<https://no-color.org>).
+fn init_tracing(command: &Command, format: LogFormat) {
     let default = match command {
         Command::Server(_) | Command::Executor(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_ansi(use_colour()).try_init(),
+    };
+}
+
+/// Colour on stderr: a terminal, and no `NO_COLOR` (any non-empty value).
+pub fn use_colour() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -202,14 +202,7 @@ impl ExecutorArgs {
 
 /// Run the executor until SIGTERM or SIGINT; exit 0 after a graceful shutdown.
 pub fn run(global: &Global, args: ExecutorArgs) -> anyhow::Result<ExitCode> {
-    // The lead's main may already have installed a subscriber; then this is a no-op.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-
+    // main installed the subscriber (info for executors, --log-format, NO_COLOR).
     let config = args.config(global)?;
     // Refused before any runtime or connection: a key the trust file does not
     // give this group, invalid nodes, ...

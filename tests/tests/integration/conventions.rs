@@ -1,0 +1,84 @@
+//! Issue 14's conventions, run as an operator runs them: `--version` names the
+//! commit, completions and the man page come from the CLI definition, and the
+//! services can log JSON lines for a collector.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use tests::workspace_bin;
+
+fn baton(args: &[&str]) -> String {
+    let out = Command::new(workspace_bin("baton"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "baton {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn version_completions_and_man_page_come_from_the_cli_itself() {
+    let version = baton(&["--version"]);
+    assert!(
+        version.starts_with("baton 0.") && version.contains("(commit "),
+        "{version}"
+    );
+    let bash = baton(&["completions", "bash"]);
+    assert!(
+        bash.contains("complete -F _baton") && bash.contains("approve"),
+        "{bash}"
+    );
+    for shell in ["zsh", "fish"] {
+        let text = baton(&["completions", shell]);
+        assert!(
+            text.contains("submit") && text.contains("--plan-hash"),
+            "{shell}: {text}"
+        );
+    }
+    let man = baton(&["man"]);
+    assert!(
+        man.contains(".TH baton 1") && man.contains("submit"),
+        "{man}"
+    );
+    // A reader that stops early is not an error.
+    let mut child = Command::new(workspace_bin("baton"))
+        .args(["completions", "zsh"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn the_server_logs_json_lines_when_asked() {
+    let secure = tests::Secure::new(&["g1"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(workspace_bin("baton"));
+    // A port nothing listens on: the server logs that it retries.
+    cmd.args(["--log-format", "json", "server", "--db"])
+        .arg(dir.path().join("db"))
+        .env("BATON_NATS_URL", "nats://127.0.0.1:1")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, value) in secure.env_signing_only(&secure.service_key) {
+        cmd.env(name, value);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let value: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert!(
+        value["level"].is_string() && value["fields"].is_object(),
+        "{line}"
+    );
+}
