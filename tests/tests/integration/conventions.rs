@@ -35,7 +35,7 @@ fn version_completions_and_man_page_come_from_the_cli_itself() {
     for shell in ["zsh", "fish"] {
         let text = baton(&["completions", shell]);
         assert!(
-            text.contains("submit") && text.contains("--plan-hash"),
+            text.contains("submit") && text.contains("plan-hash"),
             "{shell}: {text}"
         );
     }
