@@ -1756,7 +1756,16 @@ fn a_demote_with_unknown_outcome_and_no_new_leader_needs_verification() {
                 now_ms: run.now
             }
         ),
-        Err(Rejection::NothingToResolve(999))
+        Err(Rejection::NoSuchStep {
+            step: 999,
+            last: run
+                .history
+                .iter()
+                .filter_map(|e| e.scheduled_step())
+                .map(|s| s.step)
+                .max()
+                .unwrap()
+        })
     );
 
     // Resolve: retry -> the cluster is observed again first, then the demote runs as attempt 2.

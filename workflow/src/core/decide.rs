@@ -159,9 +159,20 @@ pub fn decide(state: &State, input: &Input) -> Result<Vec<Event>, Rejection> {
             if state.terminal.is_some() {
                 return Err(finished());
             }
+            if !state.steps.contains_key(step) {
+                return Err(Rejection::NoSuchStep {
+                    step: *step,
+                    last: state.steps.keys().next_back().copied().unwrap_or(0),
+                });
+            }
             match &state.verification {
                 Some((s, _)) if s == step => {}
-                _ => return Err(Rejection::NothingToResolve(*step)),
+                other => {
+                    return Err(Rejection::NothingToResolve {
+                        step: *step,
+                        in_doubt: other.as_ref().map(|(s, _)| *s),
+                    })
+                }
             }
             draft.emit(Event::StepResolved {
                 step: *step,

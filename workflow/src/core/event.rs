@@ -533,6 +533,13 @@ impl Event {
     }
 }
 
+fn in_doubt_words(in_doubt: Option<u64>) -> String {
+    match in_doubt {
+        Some(step) => format!("step {step} does"),
+        None => "no step does".into(),
+    }
+}
+
 /// Why the core refused an input. Not an infrastructure error: the service replies with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
@@ -563,7 +570,10 @@ pub enum Rejection {
     /// `Approve` twice.
     #[error("gate {0} is already approved")]
     GateAlreadyApproved(Gate),
+    /// `Resolve` of a step this upgrade never ran.
+    #[error("upgrade has no step {step} (its steps are 1 to {last}; `baton status` shows the one in doubt)")]
+    NoSuchStep { step: u64, last: u64 },
     /// `Resolve` when nothing needs verification, or for another step.
-    #[error("step {0} does not need verification")]
-    NothingToResolve(u64),
+    #[error("step {step} does not need verification ({})", in_doubt_words(*in_doubt))]
+    NothingToResolve { step: u64, in_doubt: Option<u64> },
 }

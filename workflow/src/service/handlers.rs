@@ -231,7 +231,7 @@ async fn submit(
             None => {
                 return Ok(ApiReply::error(
                     ErrorKind::Rejected,
-                    format!("unknown gate `{name}`"),
+                    format!("unknown gate `{name}` (the gates are after-first-follower and before-switchover)"),
                 ))
             }
         }
@@ -321,7 +321,11 @@ async fn operator(
                 .gate
                 .ok_or_else(|| HandlerError::BadRequest("approve needs a gate".into()))?;
             let gate = Gate::from_name(&name)
-                .ok_or_else(|| HandlerError::BadRequest(format!("unknown gate `{name}`")))?;
+                .ok_or_else(|| {
+                    HandlerError::BadRequest(format!(
+                        "unknown gate `{name}` (the gates are after-first-follower and before-switchover)"
+                    ))
+                })?;
             Input::Approve { gate, by, now_ms }
         }
         "resolve" => {
