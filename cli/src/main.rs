@@ -214,16 +214,56 @@ pub enum Command {
     Dev(cmd::dev::DevArgs),
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causes_are_printed_once() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Repeats(#[source] std::io::Error);
+        let err =
+            anyhow::Error::new(Repeats(io)).context("connecting to NATS at nats://127.0.0.1:1");
+        assert_eq!(
+            super::one_line(&err),
+            "connecting to NATS at nats://127.0.0.1:1: Connection refused (os error 111)"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::one_line(&plain), "outer: inner");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.command, cli.global.log_format);
     match cmd::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("baton: error: {err:#}");
+            eprintln!("baton: error: {}", one_line(&err));
             ExitCode::from(client::exit_code_of(&err))
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: a cause whose text the
+/// line already ends with (libraries often repeat their source in their own
+/// message) is not printed again.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Services log at info by default; operator commands only warn, so their
