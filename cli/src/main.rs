@@ -214,28 +214,6 @@ pub enum Command {
     Dev(cmd::dev::DevArgs),
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn causes_are_printed_once() {
-        let io = std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "Connection refused (os error 111)",
-        );
-        #[derive(Debug, thiserror::Error)]
-        #[error("{0}")]
-        struct Repeats(#[source] std::io::Error);
-        let err =
-            anyhow::Error::new(Repeats(io)).context("connecting to NATS at nats://127.0.0.1:1");
-        assert_eq!(
-            super::one_line(&err),
-            "connecting to NATS at nats://127.0.0.1:1: Connection refused (os error 111)"
-        );
-        let plain = anyhow::anyhow!("inner").context("outer");
-        assert_eq!(super::one_line(&plain), "outer: inner");
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.command, cli.global.log_format);
@@ -289,4 +267,26 @@ fn init_tracing(command: &Command, format: LogFormat) {
 pub fn use_colour() -> bool {
     std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causes_are_printed_once() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Repeats(#[source] std::io::Error);
+        let err =
+            anyhow::Error::new(Repeats(io)).context("connecting to NATS at nats://127.0.0.1:1");
+        assert_eq!(
+            super::one_line(&err),
+            "connecting to NATS at nats://127.0.0.1:1: Connection refused (os error 111)"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::one_line(&plain), "outer: inner");
+    }
 }
