@@ -95,6 +95,21 @@ fn split_credentials(url: &str) -> Split {
     }
 }
 
+/// One URL without its credentials. Whatever else stands before an `@` (a mistyped scheme such as
+/// `nats:/user:pass@host`, a second URL glued after a path) may be a password too, and is not shown.
+fn redact_one(one: &str) -> String {
+    let split = split_credentials(one);
+    let shown = match split.user {
+        Some(_) => split.url.replacen("://", "://***@", 1),
+        None => split.url,
+    };
+    let ours = split.user.is_some() && shown.find("://***@").map(|i| i + 6) == shown.rfind('@');
+    match shown.rsplit_once('@') {
+        Some((_, host)) if !ours => format!("***@{host}"),
+        _ => shown,
+    }
+}
+
 impl NatsConfig {
     pub fn new(url: impl Into<String>) -> NatsConfig {
         NatsConfig {
@@ -123,13 +138,7 @@ impl NatsConfig {
     pub fn redacted_url(&self) -> String {
         self.url
             .split(',')
-            .map(|one| {
-                let split = split_credentials(one.trim());
-                match split.user {
-                    Some(_) => split.url.replacen("://", "://***@", 1),
-                    None => split.url,
-                }
-            })
+            .map(|one| redact_one(one.trim()))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -159,7 +168,7 @@ impl NatsConfig {
             let addr: ServerAddr = split.url.parse().map_err(|e| {
                 err(format!(
                     "{:?} is not a NATS URL (nats://HOST:PORT or tls://HOST:PORT): {e}",
-                    split.url
+                    redact_one(one)
                 ))
             })?;
             if split.user.is_some() {
@@ -289,6 +298,22 @@ fn check_inbox_prefix(prefix: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `tests/fuzz_decoders.rs` (issue 12): a mistyped scheme kept the password in what logs show.
+    #[tokio::test]
+    async fn a_mistyped_url_never_shows_its_password() {
+        for url in [
+            "nats>//user:s3cret@127.0.0.1:4222",
+            "nats:/user:s3cret@h:4222",
+            "nats://h:1/x\nnats://user:s3cret@h:4222",
+        ] {
+            let config = NatsConfig::new(url);
+            assert!(config.redacted_url().starts_with("***@"), "{config:?}");
+            if let Err(refused) = config.options("t").await {
+                assert!(!refused.to_string().contains("s3cret"), "{refused}");
+            }
+        }
+    }
 
     #[test]
     fn credentials_are_split_from_urls_and_never_shown() {

@@ -168,8 +168,12 @@ fn parse_and_verify(input: impl BufRead) -> Result<(Vec<LineIn>, ExportReport), 
     let mut msg_ids: HashSet<String> = HashSet::new();
     let mut lines = Vec::new();
     for (i, text) in input.lines().enumerate() {
-        let text = text?;
         let number = i + 1;
+        // A line that is not UTF-8 is named like any other malformed line (found by tests/fuzz_export.rs).
+        let text = text.map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => invalid(number, "(line)", format!("not UTF-8: {e}")),
+            _ => e.into(),
+        })?;
         if text.trim().is_empty() {
             continue;
         }

@@ -1,0 +1,336 @@
+//! Fuzzing the pure core's decoders of untrusted text (issue 12): the cluster file, every parser of command
+//! output in `core::parse`, and exported event logs through replay -> verify -> decide. Inputs are arbitrary
+//! bytes and mutations of valid ones (the parsers' goldens, the outputs and events of real runs against the
+//! fake cluster), with boundary numbers (0, 1, u32::MAX, u64::MAX, ...) favoured in every numeric field. Nothing
+//! may panic; errors name the file, line and field (cluster file) or the output (parsers). Builds without the
+//! `service` feature. `BATON_FUZZ_CASES` sets the inputs per decoder (10,000 unless set).
+
+mod common;
+#[path = "../../tests/fuzz/support.rs"]
+mod support;
+
+use std::sync::OnceLock;
+
+use common::*;
+use proptest::prelude::*;
+use support::{boundary_number, bytes, fuzz, mutated_text};
+use workflow::core::{
+    decide, parse, replay, verify, ClusterFile, CoreError, Event, Input, Outcome, State,
+};
+
+/// Real histories: complete runs of both procedures, one stopped at a gate, one whose install fails.
+fn histories() -> &'static Vec<Vec<Event>> {
+    static H: OnceLock<Vec<Vec<Event>>> = OnceLock::new();
+    H.get_or_init(|| {
+        let mut out = Vec::new();
+        for (procedure, gates, fail) in [
+            ("runbook", "", false),
+            ("upgrade-command", "", false),
+            ("runbook", "\"before-switchover\"", false),
+            ("runbook", "", true),
+        ] {
+            let mut run = Run::new();
+            let mut fake = FakeCluster::new("3.0.0-1");
+            if fail {
+                fake.install_fails.insert("backend-2".into());
+            }
+            run.input(submit(cluster(procedure, gates), run.now))
+                .expect("a submission of the test cluster is accepted");
+            run.run_to_rest(&mut fake, 2_000);
+            out.push(run.history);
+        }
+        out
+    })
+}
+
+/// The command outputs of those runs (every probe's stdout) and the parsers' goldens.
+fn outputs() -> Vec<String> {
+    let mut out: Vec<String> = histories()
+        .iter()
+        .flatten()
+        .filter_map(|e| match serde_json::to_value(e).ok()?.get("stdout")? {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out.extend(
+        [
+            "Service        Local Status        Time in State  Distributed Node Status\n\
+             leaderl        running (pid 6881)  0d 0h 43m 35s  leader: 1; waiting: 0; follower: 2; total: 3\n\
+             etcd           running (pid 6833)  0d 0h 43m 41s  health: green; healthy nodes: 3/3\n\
+             postgresql     down                 0d 0h 10m 27s   error: could not reach pgsql leader\n\
+             elasticsearch  running (pid 6796)  0d 0h 43m 43s  state: green; nodes online: 3/3\n",
+            "Name       IP              GUID                              Role            PG        ES\n\
+             backend-1  192.168.33.215  79d84527cf937f3daa94c1435d0a4249  deposed_leader  follower  not_master\n\
+             backend-2  192.168.33.216  c106c88745ef13517874d7301463afb9  leader          leader    not_master\n",
+            "run: elasticsearch: (pid 6661) 106983s; run: log: (pid 6667) 106983s\n\
+             ok: down: etcd: 393s, normally up\nok: run: postgresql: (pid 12345) 1s\n",
+            r#"{"failover": false, "leader": "backend-2", "nodes": [
+            {"name": "backend-1", "role": "follower", "failover": true, "running": false},
+            {"name": "backend-3", "role": "follower"}]}"#,
+            "installed 3.1.0-1\n",
+            "half-configured 3.1.0-1.el7\n",
+            "3.10.0-12\n",
+        ]
+        .map(str::to_string),
+    );
+    out
+}
+
+/// Text: arbitrary bytes read as UTF-8, or a mutated valid output.
+fn text(valid: Vec<String>) -> impl Strategy<Value = String> {
+    prop_oneof![
+        bytes(400).prop_map(|b| String::from_utf8_lossy(&b.0).into_owned()),
+        mutated_text(valid),
+    ]
+}
+
+/// A parser's error names the output it could not parse.
+fn parse_error(e: CoreError) -> Result<(), TestCaseError> {
+    match e {
+        CoreError::Parse { what, message } => {
+            prop_assert!(!what.is_empty() && !message.is_empty())
+        }
+        other => prop_assert!(false, "a parser returned a non-parse error: {}", other),
+    }
+    Ok(())
+}
+
+#[test]
+fn fuzz_output_parsers() {
+    let valid = outputs();
+    // Each parser sees every valid output, mutated: a parser fed another command's output must refuse it.
+    fuzz("parse::parse_status", text(valid.clone()), |t| {
+        parse::parse_status(&t)
+            .map(|r| {
+                for row in r.services.values() {
+                    let _ = parse::describe_state(&row.state);
+                }
+            })
+            .or_else(parse_error)
+    });
+    fuzz("parse::parse_simple_status", text(valid.clone()), |t| {
+        parse::parse_simple_status(&t)
+            .map(drop)
+            .or_else(parse_error)
+    });
+    fuzz("parse::parse_cluster_status", text(valid.clone()), |t| {
+        parse::parse_cluster_status(&t)
+            .map(drop)
+            .or_else(parse_error)
+    });
+    fuzz("parse::parse_failover_json", text(valid.clone()), |t| {
+        parse::parse_failover_json(&t)
+            .map(drop)
+            .or_else(parse_error)
+    });
+    fuzz("parse::parse_version_output", text(valid.clone()), |t| {
+        parse::parse_version_output(&t)
+            .map(drop)
+            .or_else(parse_error)
+    });
+    fuzz("parse::parse_package_state", text(valid.clone()), |t| {
+        if let Ok((v, _)) = parse::parse_package_state(&t) {
+            // A normalised version is a fixed point, and has a key unless a number overflows u64.
+            prop_assert_eq!(parse::normalize_version(&v), Some(v.clone()));
+        }
+        Ok(())
+    });
+    let versions = vec![
+        "3.1.0-1".to_string(),
+        "3.10.0-1.el7".to_string(),
+        "/var/tmp/chef-backend_3.1.0-1_amd64.deb".to_string(),
+        "/tmp/chef-backend-3.1.0-1.el7.x86_64.rpm".to_string(),
+    ];
+    fuzz(
+        "parse::{version_key, normalize_version, version_from_package}",
+        text(versions),
+        |t| {
+            let _ = parse::version_key(&t);
+            if let Some(v) = parse::normalize_version(&t) {
+                prop_assert_eq!(parse::normalize_version(&v), Some(v.clone()));
+            }
+            let _ = parse::version_from_package(&t);
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn fuzz_cluster_file_parse() {
+    let valid = vec![
+        cluster_toml("runbook", ""),
+        cluster_toml(
+            "upgrade-command",
+            "\"after-first-follower\", \"before-switchover\"",
+        ),
+    ];
+    fuzz("ClusterFile::parse", text(valid), |t| {
+        match ClusterFile::parse("cluster.toml", &t) {
+            Ok(c) => prop_assert!(!c.nodes.is_empty()),
+            Err(CoreError::Config {
+                file, line, field, ..
+            }) => {
+                prop_assert_eq!(file, "cluster.toml");
+                prop_assert!(!field.is_empty());
+                if let Some(line) = line {
+                    prop_assert!(line >= 1 && line <= t.lines().count().max(1));
+                }
+            }
+            Err(other) => prop_assert!(false, "not a located config error: {}", other),
+        }
+        Ok(())
+    });
+}
+
+/// An event sequence as exported (JSON), then edited: events dropped, duplicated, swapped or taken from other
+/// runs, and numbers (boundary values favoured) and strings changed inside them.
+#[derive(Clone, Debug)]
+enum SeqEdit {
+    Drop(usize),
+    Duplicate(usize),
+    Swap(usize, usize),
+    /// An event of any history inserted at a position.
+    Foreign(usize, usize, usize),
+    /// A structure-aware edit of one event.
+    Json(usize, support::Edit),
+}
+
+fn seq_edit() -> impl Strategy<Value = SeqEdit> {
+    prop_oneof![
+        1 => any::<usize>().prop_map(SeqEdit::Drop),
+        1 => any::<usize>().prop_map(SeqEdit::Duplicate),
+        1 => (any::<usize>(), any::<usize>()).prop_map(|(a, b)| SeqEdit::Swap(a, b)),
+        1 => (any::<usize>(), any::<usize>(), any::<usize>()).prop_map(|(a, b, c)| SeqEdit::Foreign(a, b, c)),
+        6 => (any::<usize>(), support::edit()).prop_map(|(i, e)| SeqEdit::Json(i, e)),
+    ]
+}
+
+#[derive(Clone, Debug)]
+struct Sequence {
+    history: usize,
+    /// Keep only the first `len` events (mod the history's length + 1).
+    len: usize,
+    edits: Vec<SeqEdit>,
+    /// Now, for the tick and the late result given to `decide`.
+    now: u64,
+    step: u64,
+    attempt: u32,
+}
+
+fn sequence() -> impl Strategy<Value = Sequence> {
+    let number = prop_oneof![
+        any::<u64>().prop_map(boundary_number),
+        any::<u64>().prop_map(serde_json::Value::from),
+    ]
+    .prop_map(|v| v.as_u64().unwrap_or(0));
+    (
+        any::<usize>(),
+        any::<usize>(),
+        proptest::collection::vec(seq_edit(), 0..12),
+        number.clone(),
+        number,
+        prop_oneof![Just(0u32), Just(1), Just(u32::MAX), any::<u32>()],
+    )
+        .prop_map(|(history, len, edits, now, step, attempt)| Sequence {
+            history,
+            len,
+            edits,
+            now,
+            step,
+            attempt,
+        })
+}
+
+/// The edited sequence, as JSON values, then the events that still decode (like an import of an edited export).
+fn events_of(s: &Sequence) -> Vec<Event> {
+    let all = histories();
+    let h = &all[s.history % all.len()];
+    let mut values: Vec<serde_json::Value> = h[..s.len % (h.len() + 1)]
+        .iter()
+        .map(|e| serde_json::to_value(e).expect("an event encodes"))
+        .collect();
+    for e in &s.edits {
+        let n = values.len().max(1);
+        match e {
+            SeqEdit::Drop(i) if !values.is_empty() => {
+                values.remove(i % n);
+            }
+            SeqEdit::Duplicate(i) if !values.is_empty() => {
+                let v = values[i % n].clone();
+                values.insert(i % n, v);
+            }
+            SeqEdit::Swap(a, b) if !values.is_empty() => values.swap(a % n, b % n),
+            SeqEdit::Foreign(at, which, i) => {
+                let other = &all[which % all.len()];
+                let v = serde_json::to_value(&other[i % other.len()]).expect("an event encodes");
+                values.insert(at % (values.len() + 1), v);
+            }
+            SeqEdit::Json(i, edit) if !values.is_empty() => {
+                support::apply(&mut values[i % n], edit)
+            }
+            _ => {}
+        }
+    }
+    values
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect()
+}
+
+/// The state's queries, as the service and the CLI call them.
+fn query(state: &State) {
+    let _ = state.status();
+    let _ = state.next_wakeup_ms();
+    let _ = state.outstanding_steps();
+    let _ = state.is_terminal();
+}
+
+#[test]
+fn fuzz_replay_verify_decide() {
+    // The unedited histories replay and verify.
+    for h in histories() {
+        verify(h).expect("a real history verifies");
+    }
+    fuzz(
+        "replay -> verify -> decide(Tick, StepFinished)",
+        sequence(),
+        |s| {
+            let events = events_of(&s);
+            let state = replay(&events);
+            query(&state);
+            // A prefix may end inside a decision's batch: only a whole history must verify.
+            let verdict = verify(&events);
+            let whole = histories()[s.history % histories().len()].len();
+            if s.edits.is_empty() && events.len() == whole {
+                prop_assert!(verdict.is_ok(), "a real history verifies: {:?}", verdict);
+            }
+            for input in [
+                Input::Tick { now_ms: s.now },
+                Input::Tick { now_ms: u64::MAX },
+                Input::StepFinished {
+                    step: s.step,
+                    attempt: s.attempt,
+                    outcome: Outcome::Unknown,
+                    exit_code: Some(i32::MIN),
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    reason: None,
+                    executor: "exec-g1".into(),
+                    now_ms: s.now,
+                },
+            ] {
+                if let Ok(new) = decide(&state, &input) {
+                    let mut after = state.clone();
+                    for e in &new {
+                        after.apply(e);
+                    }
+                    query(&after);
+                }
+            }
+            Ok(())
+        },
+    );
+}
