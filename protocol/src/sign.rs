@@ -50,6 +50,8 @@ pub enum Kind {
     ApiRequest,
     /// An API reply, signed by the service.
     ApiReply,
+    /// A checkpoint of an upgrade's hash chain, signed by the service.
+    Checkpoint,
 }
 
 impl Kind {
@@ -60,6 +62,7 @@ impl Kind {
             Kind::Presence => "presence",
             Kind::ApiRequest => "api-request",
             Kind::ApiReply => "api-reply",
+            Kind::Checkpoint => "checkpoint",
         }
     }
 }
