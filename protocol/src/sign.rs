@@ -373,7 +373,7 @@ impl Role {
     /// service rejects anyway).
     pub fn needed_for(verb: &str) -> Option<Role> {
         Some(match verb {
-            "status" | "list" | "events" | "executors" | "audit" => Role::Reader,
+            "status" | "list" | "events" | "executors" | "audit" | "checkpoints" => Role::Reader,
             "plan" | "submit" | "pause" | "resume" | "abort" | "resolve" => Role::Operator,
             "approve" => Role::Approver,
             _ => return None,

@@ -168,14 +168,32 @@ async fn handle(
             events(shared, request)
         }
         "executors" => Ok(ApiReply::ok(&executors_online(shared).await)),
+        "checkpoints" => Ok(ApiReply::ok(
+            &checkpoints_page(shared, decode(verb, payload)?).await?,
+        )),
         "audit" => {
             let _quiet = shared.append_gate.write().await;
             let store = shared.store.clone();
-            let verified = tokio::task::spawn_blocking(move || store.verify())
-                .await
-                .map_err(|err| ServiceError::Internal(format!("verify task failed: {err}")))?;
+            let key = shared.trust.service.key.clone();
+            let verified = tokio::task::spawn_blocking(move || {
+                store.verify().map(|report| {
+                    let checkpoints =
+                        super::checkpoint::verify_log(&store, SERVICE_STREAM, Some(&key));
+                    (report, checkpoints)
+                })
+            })
+            .await
+            .map_err(|err| ServiceError::Internal(format!("verify task failed: {err}")))?;
             Ok(match verified {
-                Ok(report) => ApiReply::ok(&view::verify_view(&report)),
+                Ok((report, Ok(summary))) => {
+                    let mut view = view::verify_view(&report);
+                    view["report"] = format!("{report:?}; {summary}").into();
+                    ApiReply::ok(&view)
+                }
+                Ok((_, Err(bad))) => ApiReply::ok(&serde_json::json!({
+                    "clean": false,
+                    "report": bad.to_string(),
+                })),
                 // Corruption is an answer, not a service failure.
                 Err(err @ store::StoreError::Corruption { .. }) => ApiReply::ok(&serde_json::json!({
                     "clean": false,
@@ -185,7 +203,7 @@ async fn handle(
             })
         }
         other => Err(HandlerError::BadRequest(format!(
-            "unknown API verb `{other}` (known: submit, plan, status, list, pause, resume, abort, approve, resolve, events, executors, audit)"
+            "unknown API verb `{other}` (known: submit, plan, status, list, pause, resume, abort, approve, resolve, events, executors, audit, checkpoints)"
         ))),
     }
 }
@@ -502,6 +520,52 @@ fn events(shared: &Arc<Shared>, request: EventsRequest) -> Result<ApiReply, Hand
 /// Presence records refused since the service started (not signed by a pinned executor of the group it
 /// names, undecodable, or naming a group or node that is not a valid subject token).
 static PRESENCE_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// A page of `BATON_CHECKPOINTS` (for `baton audit checkpoint export`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckpointsRequest {
+    /// The stream sequence to start after (0: from the start).
+    #[serde(default)]
+    after: u64,
+}
+
+async fn checkpoints_page(
+    shared: &Shared,
+    request: CheckpointsRequest,
+) -> Result<serde_json::Value, HandlerError> {
+    const PAGE: u64 = 256;
+    let stream = shared
+        .js
+        .get_stream(protocol::subjects::CHECKPOINTS_STREAM)
+        .await
+        .map_err(|err| {
+            HandlerError::from(ServiceError::Nats(format!("BATON_CHECKPOINTS: {err}")))
+        })?;
+    let info = stream.get_info().await.map_err(|err| {
+        HandlerError::from(ServiceError::Nats(format!("BATON_CHECKPOINTS: {err}")))
+    })?;
+    let last = info.state.last_sequence;
+    let from = request
+        .after
+        .saturating_add(1)
+        .max(info.state.first_sequence);
+    let to = last.min(from.saturating_add(PAGE - 1));
+    let mut checkpoints = Vec::new();
+    if info.state.messages > 0 {
+        for seq in from..=to {
+            if let Ok(message) = stream.get_raw_message(seq).await {
+                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&message.payload) {
+                    checkpoints.push(value);
+                }
+            }
+        }
+    }
+    Ok(serde_json::json!({
+        "checkpoints": checkpoints,
+        "next_after": (to < last).then_some(to),
+    }))
+}
 
 /// Executor groups with a live, valid presence record. A record whose group is not a valid subject token
 /// (say `x y`) is refused, counted and logged, and never becomes a group the core may publish to.
