@@ -24,6 +24,10 @@ pub enum AuditCommand {
         /// Verify an exported JSON-lines file instead.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Also compare the log with its mirror in BATON_EVENTS (through the
+        /// service) and report every difference.
+        #[arg(long)]
+        mirror: bool,
         /// Also check the log against these checkpoints (as `baton audit
         /// checkpoint export` writes them): each must be on the log's chain.
         #[arg(long)]
@@ -62,9 +66,19 @@ pub fn run(global: Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify {
             db: Some(db),
             anchor,
+            mirror,
             ..
         } => {
             let store = open_offline(&db)?;
+            if mirror {
+                let differences = runtime.block_on(async {
+                    let client = Client::connect(&global).await?;
+                    mirror_differences(&client, |s, q| checkpoint::hash_in(&store, s, q)).await
+                })?;
+                if !differences.is_empty() {
+                    return print_verify(&global, false, &differences.join("; "));
+                }
+            }
             let report = match store.verify() {
                 Ok(report) if report.is_clean() => report,
                 Ok(report) => return print_verify(&global, false, &format!("{report:?}")),
@@ -114,8 +128,29 @@ pub fn run(global: Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
                 Err(bad) => print_verify(&global, false, &bad.to_string()),
             }
         }
-        AuditCommand::Verify { anchor, .. } => runtime.block_on(async {
+        AuditCommand::Verify { anchor, mirror, .. } => runtime.block_on(async {
             let client = Client::connect(&global).await?;
+            if mirror {
+                let mut chain = Chain::new();
+                for view in super::ops::list_all(&client, true).await? {
+                    let events: Vec<LoggedEvent> =
+                        super::replay::fetch(&client, &view.upgrade).await?;
+                    let lines: Vec<u8> = events
+                        .iter()
+                        .flat_map(|e| {
+                            let mut line = serde_json::to_vec(e).unwrap_or_default();
+                            line.push(b'\n');
+                            line
+                        })
+                        .collect();
+                    chain.extend(chain_of_export(&lines).0);
+                }
+                let differences =
+                    mirror_differences(&client, |s, q| Ok(chain_lookup(&chain, s, q))).await?;
+                if !differences.is_empty() {
+                    print_verify(&global, false, &differences.join("; "))?;
+                }
+            }
             if verify_via_service(&client, &global, anchor.as_deref()).await? {
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -124,22 +159,12 @@ pub fn run(global: Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
         }),
         AuditCommand::Checkpoint(CheckpointCommand::Export { out }) => runtime.block_on(async {
             let client = Client::connect(&global).await?;
+            let messages = fetch_stream(&client, "checkpoints").await?;
+            let count = messages.len();
             let mut lines = String::new();
-            let mut count = 0;
-            let mut after = 0u64;
-            loop {
-                let page: serde_json::Value = client
-                    .call("checkpoints", &serde_json::json!({ "after": after }))
-                    .await?;
-                for cp in page["checkpoints"].as_array().into_iter().flatten() {
-                    lines.push_str(&serde_json::to_string(cp)?);
-                    lines.push('\n');
-                    count += 1;
-                }
-                match page["next_after"].as_u64() {
-                    Some(next) if next > after => after = next,
-                    _ => break,
-                }
+            for cp in &messages {
+                lines.push_str(&serde_json::to_string(cp)?);
+                lines.push('\n');
             }
             match &out {
                 Some(path) => {
@@ -227,6 +252,72 @@ pub async fn verify_via_service(
     print_verify(global, clean, &detail)
         .map(|_| clean)
         .or(Ok(false))
+}
+
+/// Every message of a JetStream stream the service pages out (`checkpoints`
+/// or `mirror`).
+async fn fetch_stream(client: &Client, verb: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let page: serde_json::Value = client
+            .call(verb, &serde_json::json!({ "after": after }))
+            .await?;
+        out.extend(page["messages"].as_array().into_iter().flatten().cloned());
+        match page["next_after"].as_u64() {
+            Some(next) if next > after => after = next,
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Compares BATON_EVENTS (`{"upgrade","seq","hash","event"}` per event)
+/// with the log's chains: every mirrored event must be in the log with the
+/// same hash, and every logged event of a mirrored upgrade must be mirrored.
+async fn mirror_differences(
+    client: &Client,
+    mut lookup: impl FnMut(StreamId, u64) -> Result<checkpoint::At, String>,
+) -> anyhow::Result<Vec<String>> {
+    let mut differences = Vec::new();
+    let mut mirrored: std::collections::BTreeMap<StreamId, std::collections::BTreeSet<u64>> =
+        Default::default();
+    for message in fetch_stream(client, "mirror").await? {
+        let upgrade = message["upgrade"].as_str().unwrap_or_default();
+        let (Ok(stream), Some(seq), Some(hash)) = (
+            upgrade.parse::<StreamId>(),
+            message["seq"].as_u64(),
+            message["hash"].as_str(),
+        ) else {
+            differences.push(format!("a mirrored message is malformed: {message}"));
+            continue;
+        };
+        mirrored.entry(stream).or_default().insert(seq);
+        match lookup(stream, seq) {
+            Ok(checkpoint::At::Hash(h)) if hex::encode(h) == hash => {}
+            Ok(checkpoint::At::Hash(h)) => differences.push(format!(
+                "upgrade {upgrade} seq {seq}: the mirror has hash {hash}, the log {}",
+                hex::encode(h)
+            )),
+            Ok(checkpoint::At::Missing | checkpoint::At::NotHere) => differences.push(format!(
+                "upgrade {upgrade} seq {seq}: mirrored, but not in the log"
+            )),
+            Err(err) => differences.push(format!("upgrade {upgrade} seq {seq}: {err}")),
+        }
+    }
+    // Logged events of a mirrored upgrade that the mirror lacks (never
+    // mirrored, or dropped), in a gap or past its last one.
+    for (stream, seqs) in mirrored {
+        let mut seq = 1;
+        while let Ok(checkpoint::At::Hash(_)) = lookup(stream, seq) {
+            if !seqs.contains(&seq) {
+                differences.push(format!(
+                    "upgrade {stream} seq {seq}: in the log, not in the mirror"
+                ));
+            }
+            seq += 1;
+        }
+    }
+    Ok(differences)
 }
 
 /// The trust file's service key, if a trust file is given (without one,

@@ -48,6 +48,19 @@ fn rewrite_and_reseal(db: &std::path::Path, upgrade: &str, seq: u64) {
     raw.flush().unwrap();
 }
 
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -123,6 +136,8 @@ async fn a_rewritten_and_resealed_log_fails_its_signed_checkpoints() {
         text(&unsigned)
     );
 
+    let untouched = env.dir.path().join("untouched.db");
+    copy_dir(&env.db(), &untouched);
     rewrite_and_reseal(&env.db(), &upgrade, 2);
     {
         let log = store::Store::open(env.db()).unwrap();
@@ -193,5 +208,20 @@ async fn a_rewritten_and_resealed_log_fails_its_signed_checkpoints() {
         server.log().contains("signed checkpoint does not hold"),
         "{}",
         server.log()
+    );
+
+    // On the untouched copy it starts; the log agrees with its BATON_EVENTS
+    // mirror, and the rewritten one does not.
+    env.db = untouched;
+    env.start_server();
+    env.wait_for_executors().await;
+    let out = env.baton(&["audit", "verify", "--mirror"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = env.baton(&["audit", "verify", "--db", &db, "--mirror"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("upgrade {upgrade} seq 2: the mirror has hash")),
+        "{}",
+        text(&out)
     );
 }

@@ -169,7 +169,20 @@ async fn handle(
         }
         "executors" => Ok(ApiReply::ok(&executors_online(shared).await)),
         "checkpoints" => Ok(ApiReply::ok(
-            &checkpoints_page(shared, decode(verb, payload)?).await?,
+            &stream_page(
+                shared,
+                protocol::subjects::CHECKPOINTS_STREAM,
+                decode(verb, payload)?,
+            )
+            .await?,
+        )),
+        "mirror" => Ok(ApiReply::ok(
+            &stream_page(
+                shared,
+                protocol::subjects::EVENTS_STREAM,
+                decode(verb, payload)?,
+            )
+            .await?,
         )),
         "audit" => {
             let _quiet = shared.append_gate.write().await;
@@ -203,7 +216,7 @@ async fn handle(
             })
         }
         other => Err(HandlerError::BadRequest(format!(
-            "unknown API verb `{other}` (known: submit, plan, status, list, pause, resume, abort, approve, resolve, events, executors, audit, checkpoints)"
+            "unknown API verb `{other}` (known: submit, plan, status, list, pause, resume, abort, approve, resolve, events, executors, audit, checkpoints, mirror)"
         ))),
     }
 }
@@ -521,48 +534,51 @@ fn events(shared: &Arc<Shared>, request: EventsRequest) -> Result<ApiReply, Hand
 /// names, undecodable, or naming a group or node that is not a valid subject token).
 static PRESENCE_REFUSED: AtomicU64 = AtomicU64::new(0);
 
-/// A page of `BATON_CHECKPOINTS` (for `baton audit checkpoint export`).
+/// A page of `BATON_CHECKPOINTS` (for `baton audit checkpoint export`) or
+/// `BATON_EVENTS` (for `baton audit verify --mirror`): operators may not
+/// read JetStream themselves.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct CheckpointsRequest {
+pub(crate) struct StreamPageRequest {
     /// The stream sequence to start after (0: from the start).
     #[serde(default)]
     after: u64,
 }
 
-async fn checkpoints_page(
+async fn stream_page(
     shared: &Shared,
-    request: CheckpointsRequest,
+    name: &str,
+    request: StreamPageRequest,
 ) -> Result<serde_json::Value, HandlerError> {
     const PAGE: u64 = 256;
+    let nats = |err: String| HandlerError::from(ServiceError::Nats(format!("{name}: {err}")));
     let stream = shared
         .js
-        .get_stream(protocol::subjects::CHECKPOINTS_STREAM)
+        .get_stream(name)
         .await
-        .map_err(|err| {
-            HandlerError::from(ServiceError::Nats(format!("BATON_CHECKPOINTS: {err}")))
-        })?;
-    let info = stream.get_info().await.map_err(|err| {
-        HandlerError::from(ServiceError::Nats(format!("BATON_CHECKPOINTS: {err}")))
-    })?;
+        .map_err(|err| nats(err.to_string()))?;
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|err| nats(err.to_string()))?;
     let last = info.state.last_sequence;
     let from = request
         .after
         .saturating_add(1)
         .max(info.state.first_sequence);
     let to = last.min(from.saturating_add(PAGE - 1));
-    let mut checkpoints = Vec::new();
+    let mut messages = Vec::new();
     if info.state.messages > 0 {
         for seq in from..=to {
             if let Ok(message) = stream.get_raw_message(seq).await {
                 if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&message.payload) {
-                    checkpoints.push(value);
+                    messages.push(value);
                 }
             }
         }
     }
     Ok(serde_json::json!({
-        "checkpoints": checkpoints,
+        "messages": messages,
         "next_after": (to < last).then_some(to),
     }))
 }
