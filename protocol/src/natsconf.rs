@@ -138,6 +138,10 @@ fn service_user(trust: &Trust) -> User {
             allow(subjects::STEPS_WILDCARD, "step requests to executor groups"),
             allow(subjects::EVENTS_WILDCARD, "mirrored workflow events"),
             allow(
+                subjects::CHECKPOINTS_WILDCARD,
+                "signed checkpoints of the log's hash chains",
+            ),
+            allow(
                 "$JS.API.>",
                 "creates and checks streams, buckets and its consumer; reads presence",
             ),

@@ -92,6 +92,8 @@ pub struct Handles {
     pub steps: stream::Stream,
     pub results: stream::Stream,
     pub events: stream::Stream,
+    /// `BATON_CHECKPOINTS`: the service's signed checkpoints, append-only.
+    pub checkpoints: stream::Stream,
     /// The workflow service's durable consumer on `BATON_RESULTS`.
     pub workflow_consumer: jetstream::consumer::PullConsumer,
     /// The presence bucket.
@@ -141,6 +143,22 @@ pub async fn ensure(js: &jetstream::Context, opts: &Options) -> Result<Handles, 
         },
     )
     .await?;
+    let checkpoints = ensure_stream(
+        js,
+        stream::Config {
+            name: subjects::CHECKPOINTS_STREAM.into(),
+            subjects: vec![subjects::CHECKPOINTS_WILDCARD.into()],
+            retention: RetentionPolicy::Limits,
+            storage: opts.storage,
+            // Kept forever, and nobody (the service included) may delete or
+            // purge a message: an insider who rewrites the log cannot take
+            // back the heads the service signed before.
+            deny_delete: true,
+            deny_purge: true,
+            ..Default::default()
+        },
+    )
+    .await?;
     let workflow_consumer = ensure_consumer(
         &results,
         pull::Config {
@@ -182,6 +200,7 @@ pub async fn ensure(js: &jetstream::Context, opts: &Options) -> Result<Handles, 
         steps,
         results,
         events,
+        checkpoints,
         workflow_consumer,
         presence,
         claims,
@@ -381,6 +400,13 @@ fn check_stream(
         problems.push(format!(
             "storage {:?}, expected {:?}",
             have.storage, want.storage
+        ));
+    }
+    // An append-only stream that someone made deletable is no anchor.
+    if (want.deny_delete && !have.deny_delete) || (want.deny_purge && !have.deny_purge) {
+        problems.push(format!(
+            "deny_delete {} and deny_purge {}, expected both true",
+            have.deny_delete, have.deny_purge
         ));
     }
     incompatible_if_any(&want.name, problems)?;

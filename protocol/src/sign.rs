@@ -50,6 +50,8 @@ pub enum Kind {
     ApiRequest,
     /// An API reply, signed by the service.
     ApiReply,
+    /// A checkpoint of an upgrade's hash chain, signed by the service.
+    Checkpoint,
 }
 
 impl Kind {
@@ -60,6 +62,7 @@ impl Kind {
             Kind::Presence => "presence",
             Kind::ApiRequest => "api-request",
             Kind::ApiReply => "api-reply",
+            Kind::Checkpoint => "checkpoint",
         }
     }
 }
@@ -370,7 +373,7 @@ impl Role {
     /// service rejects anyway).
     pub fn needed_for(verb: &str) -> Option<Role> {
         Some(match verb {
-            "status" | "list" | "events" | "executors" | "audit" => Role::Reader,
+            "status" | "list" | "events" | "executors" | "audit" | "checkpoints" => Role::Reader,
             "plan" | "submit" | "pause" | "resume" | "abort" | "resolve" => Role::Operator,
             "approve" => Role::Approver,
             _ => return None,

@@ -8,6 +8,9 @@ pub const STEPS_STREAM: &str = "BATON_STEPS";
 pub const RESULTS_STREAM: &str = "BATON_RESULTS";
 /// Limits stream of appended workflow events (audit anchor, watchers).
 pub const EVENTS_STREAM: &str = "BATON_EVENTS";
+/// Append-only stream of the service's signed checkpoints (no deletes, no
+/// purges): the off-box anchor of the log's hash chains.
+pub const CHECKPOINTS_STREAM: &str = "BATON_CHECKPOINTS";
 /// KV bucket of executor presence records.
 pub const PRESENCE_BUCKET: &str = "baton_executors";
 /// KV bucket of step claims: the first executor to claim
@@ -27,6 +30,7 @@ pub const STEPS_WILDCARD: &str = "baton.step.>";
 pub const RESULTS_WILDCARD: &str = "baton.result.>";
 pub const EVENTS_WILDCARD: &str = "baton.event.>";
 pub const API_WILDCARD: &str = "baton.api.>";
+pub const CHECKPOINTS_WILDCARD: &str = "baton.checkpoint.>";
 
 /// `baton.step.<group>`.
 pub fn step(group: &str) -> String {
@@ -41,6 +45,11 @@ pub fn result(upgrade: &str) -> String {
 /// `baton.event.<upgrade>`.
 pub fn event(upgrade: &str) -> String {
     format!("baton.event.{upgrade}")
+}
+
+/// `baton.checkpoint.<upgrade>`.
+pub fn checkpoint(upgrade: &str) -> String {
+    format!("baton.checkpoint.{upgrade}")
 }
 
 /// `baton.api.<verb>`.

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use store::StreamId;
 use workflow::service::api::LoggedEvent;
+use workflow::service::{checkpoint, SERVICE_STREAM};
 
 use crate::client::{Client, Exit, EXIT_VERIFY_FAILED};
 use crate::{Global, Output};
@@ -22,7 +24,18 @@ pub enum AuditCommand {
         /// Verify an exported JSON-lines file instead.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Also compare the log with its mirror in BATON_EVENTS (through the
+        /// service) and report every difference.
+        #[arg(long)]
+        mirror: bool,
+        /// Also check the log against these checkpoints (as `baton audit
+        /// checkpoint export` writes them): each must be on the log's chain.
+        #[arg(long)]
+        anchor: Option<PathBuf>,
     },
+    /// The service's signed checkpoints (BATON_CHECKPOINTS).
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
     /// Write an upgrade's events as JSON lines (verifiable offline).
     Export {
         /// The upgrade id.
@@ -36,43 +49,132 @@ pub enum AuditCommand {
     },
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum CheckpointCommand {
+    /// Write every checkpoint in BATON_CHECKPOINTS as JSON lines, to keep
+    /// off-box and check a log against later (`audit verify --anchor FILE`).
+    Export {
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
 pub fn run(global: Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
     match command {
-        AuditCommand::Verify { db: Some(db), .. } => match open_offline(&db)?.verify() {
-            Ok(report) => print_verify(&global, report.is_clean(), &format!("{report:?}")),
-            Err(err @ store::StoreError::Corruption { .. }) => {
-                print_verify(&global, false, &format!("{:#}", anyhow::Error::from(err)))
-            }
-            Err(err) => Err(err.into()),
-        },
         AuditCommand::Verify {
-            file: Some(file), ..
+            db: Some(db),
+            anchor,
+            mirror,
+            ..
         } => {
-            let text = std::fs::File::open(&file)
-                .with_context(|| format!("opening {}", file.display()))?;
-            match store::verify_export(std::io::BufReader::new(text)) {
-                Ok(report) => print_verify(
-                    &global,
-                    true,
-                    &format!(
-                        "{} records in {} streams",
-                        report.records,
-                        report.streams.len()
-                    ),
-                ),
-                Err(err) => {
-                    print_verify(&global, false, &format!("{:#}", anyhow::Error::from(err)))
+            let store = open_offline(&db)?;
+            if mirror {
+                let differences = runtime.block_on(async {
+                    let client = Client::connect(&global).await?;
+                    mirror_differences(&client, |s, q| checkpoint::hash_in(&store, s, q)).await
+                })?;
+                if !differences.is_empty() {
+                    return print_verify(&global, false, &differences.join("; "));
                 }
             }
+            let report = match store.verify() {
+                Ok(report) if report.is_clean() => report,
+                Ok(report) => return print_verify(&global, false, &format!("{report:?}")),
+                Err(err @ store::StoreError::Corruption { .. }) => {
+                    return print_verify(&global, false, &format!("{:#}", anyhow::Error::from(err)))
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let key = service_key(&global)?;
+            let lookup = |s, q| checkpoint::hash_in(&store, s, q);
+            let checked =
+                checkpoint::verify_log(&store, SERVICE_STREAM, key.as_deref()).and_then(|logged| {
+                    let anchored = anchors(&anchor, key.as_deref(), lookup)?;
+                    Ok(format!("{report:?}; {logged}{anchored}"))
+                });
+            match checked {
+                Ok(detail) => print_verify(&global, true, &detail),
+                Err(bad) => print_verify(&global, false, &bad.to_string()),
+            }
         }
-        AuditCommand::Verify { .. } => runtime.block_on(async {
+        AuditCommand::Verify {
+            file: Some(file),
+            anchor,
+            ..
+        } => {
+            let text =
+                std::fs::read(&file).with_context(|| format!("opening {}", file.display()))?;
+            let report = match store::verify_export(text.as_slice()) {
+                Ok(report) => report,
+                Err(err) => {
+                    return print_verify(&global, false, &format!("{:#}", anyhow::Error::from(err)))
+                }
+            };
+            let key = service_key(&global)?;
+            let (chain, logged) = chain_of_export(&text);
+            let lookup = |s: StreamId, q: u64| Ok(chain_lookup(&chain, s, q));
+            let checked = checkpoint::check(logged, key.as_deref(), lookup).and_then(|logged| {
+                let anchored = anchors(&anchor, key.as_deref(), lookup)?;
+                Ok(format!(
+                    "{} records in {} streams; {logged}{anchored}",
+                    report.records,
+                    report.streams.len()
+                ))
+            });
+            match checked {
+                Ok(detail) => print_verify(&global, true, &detail),
+                Err(bad) => print_verify(&global, false, &bad.to_string()),
+            }
+        }
+        AuditCommand::Verify { anchor, mirror, .. } => runtime.block_on(async {
             let client = Client::connect(&global).await?;
-            if verify_via_service(&client, &global).await? {
+            if mirror {
+                let mut chain = Chain::new();
+                for view in super::ops::list_all(&client, true).await? {
+                    let events: Vec<LoggedEvent> =
+                        super::replay::fetch(&client, &view.upgrade).await?;
+                    let lines: Vec<u8> = events
+                        .iter()
+                        .flat_map(|e| {
+                            let mut line = serde_json::to_vec(e).unwrap_or_default();
+                            line.push(b'\n');
+                            line
+                        })
+                        .collect();
+                    chain.extend(chain_of_export(&lines).0);
+                }
+                let differences =
+                    mirror_differences(&client, |s, q| Ok(chain_lookup(&chain, s, q))).await?;
+                if !differences.is_empty() {
+                    print_verify(&global, false, &differences.join("; "))?;
+                }
+            }
+            if verify_via_service(&client, &global, anchor.as_deref()).await? {
                 Ok(ExitCode::SUCCESS)
             } else {
                 Err(Exit::new(EXIT_VERIFY_FAILED, "the log does not verify").into())
             }
+        }),
+        AuditCommand::Checkpoint(CheckpointCommand::Export { out }) => runtime.block_on(async {
+            let client = Client::connect(&global).await?;
+            let messages = fetch_stream(&client, "checkpoints").await?;
+            let count = messages.len();
+            let mut lines = String::new();
+            for cp in &messages {
+                lines.push_str(&serde_json::to_string(cp)?);
+                lines.push('\n');
+            }
+            match &out {
+                Some(path) => {
+                    std::fs::write(path, &lines)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!("exported {count} checkpoints to {}", path.display());
+                }
+                None => print!("{lines}"),
+            }
+            Ok(ExitCode::SUCCESS)
         }),
         AuditCommand::Export { upgrade, db, out } => {
             let events = runtime.block_on(super::replay::load(&global, &upgrade, &db, &None))?;
@@ -113,7 +215,11 @@ fn print_verify(global: &Global, clean: bool, detail: &str) -> anyhow::Result<Ex
 /// Verifies the whole log inside the service, then recomputes every
 /// upgrade's chain here from the events the service returns, so the answer
 /// does not rest on the service's word alone. Prints the result.
-pub async fn verify_via_service(client: &Client, global: &Global) -> anyhow::Result<bool> {
+pub async fn verify_via_service(
+    client: &Client,
+    global: &Global,
+    anchor: Option<&Path>,
+) -> anyhow::Result<bool> {
     let server: serde_json::Value = client.call("audit", &serde_json::json!({})).await?;
     let server_clean = server.get("clean").and_then(|c| c.as_bool()) == Some(true);
     let views = super::ops::list_all(client, true).await?;
@@ -128,18 +234,178 @@ pub async fn verify_via_service(client: &Client, global: &Global) -> anyhow::Res
         }
     }
     let local = store::verify_export(lines.as_bytes());
-    let clean = server_clean && local.is_ok();
-    let detail = match &local {
-        Ok(_) => format!(
-            "service: {}; recomputed here: {records} records of {} upgrades chain correctly",
+    let (chain, _) = chain_of_export(lines.as_bytes());
+    let key = service_key(global)?;
+    let anchored = anchors(&anchor.map(Path::to_path_buf), key.as_deref(), |s, q| {
+        Ok(chain_lookup(&chain, s, q))
+    });
+    let clean = server_clean && local.is_ok() && anchored.is_ok();
+    let detail = match (&local, &anchored) {
+        (Ok(_), Ok(anchored)) => format!(
+            "service: {}; recomputed here: {records} records of {} upgrades chain correctly{anchored}",
             server.get("report").and_then(|r| r.as_str()).unwrap_or("?"),
             views.len()
         ),
-        Err(err) => format!("recomputing the chains here failed: {err}"),
+        (Err(err), _) => format!("recomputing the chains here failed: {err}"),
+        (_, Err(bad)) => bad.to_string(),
     };
     print_verify(global, clean, &detail)
         .map(|_| clean)
         .or(Ok(false))
+}
+
+/// Every message of a JetStream stream the service pages out (`checkpoints`
+/// or `mirror`).
+async fn fetch_stream(client: &Client, verb: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let page: serde_json::Value = client
+            .call(verb, &serde_json::json!({ "after": after }))
+            .await?;
+        out.extend(page["messages"].as_array().into_iter().flatten().cloned());
+        match page["next_after"].as_u64() {
+            Some(next) if next > after => after = next,
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Compares BATON_EVENTS (`{"upgrade","seq","hash","event"}` per event)
+/// with the log's chains: every mirrored event must be in the log with the
+/// same hash, and every logged event of a mirrored upgrade must be mirrored.
+async fn mirror_differences(
+    client: &Client,
+    mut lookup: impl FnMut(StreamId, u64) -> Result<checkpoint::At, String>,
+) -> anyhow::Result<Vec<String>> {
+    let mut differences = Vec::new();
+    let mut mirrored: std::collections::BTreeMap<StreamId, std::collections::BTreeSet<u64>> =
+        Default::default();
+    for message in fetch_stream(client, "mirror").await? {
+        let upgrade = message["upgrade"].as_str().unwrap_or_default();
+        let (Ok(stream), Some(seq), Some(hash)) = (
+            upgrade.parse::<StreamId>(),
+            message["seq"].as_u64(),
+            message["hash"].as_str(),
+        ) else {
+            differences.push(format!("a mirrored message is malformed: {message}"));
+            continue;
+        };
+        mirrored.entry(stream).or_default().insert(seq);
+        match lookup(stream, seq) {
+            Ok(checkpoint::At::Hash(h)) if hex::encode(h) == hash => {}
+            Ok(checkpoint::At::Hash(h)) => differences.push(format!(
+                "upgrade {upgrade} seq {seq}: the mirror has hash {hash}, the log {}",
+                hex::encode(h)
+            )),
+            Ok(checkpoint::At::Missing | checkpoint::At::NotHere) => differences.push(format!(
+                "upgrade {upgrade} seq {seq}: mirrored, but not in the log"
+            )),
+            Err(err) => differences.push(format!("upgrade {upgrade} seq {seq}: {err}")),
+        }
+    }
+    // Logged events of a mirrored upgrade that the mirror lacks (never
+    // mirrored, or dropped), in a gap or past its last one.
+    for (stream, seqs) in mirrored {
+        let mut seq = 1;
+        while let Ok(checkpoint::At::Hash(_)) = lookup(stream, seq) {
+            if !seqs.contains(&seq) {
+                differences.push(format!(
+                    "upgrade {stream} seq {seq}: in the log, not in the mirror"
+                ));
+            }
+            seq += 1;
+        }
+    }
+    Ok(differences)
+}
+
+/// The trust file's service key, if a trust file is given (without one,
+/// checkpoint signatures are reported as not checked).
+fn service_key(global: &Global) -> anyhow::Result<Option<String>> {
+    match &global.trust {
+        None => Ok(None),
+        Some(_) => Ok(Some(global.trust("audit verify")?.service.key)),
+    }
+}
+
+/// Checks the checkpoints of an anchor file, if one is given; the text to
+/// add to the report.
+fn anchors(
+    anchor: &Option<PathBuf>,
+    key: Option<&str>,
+    lookup: impl FnMut(StreamId, u64) -> Result<checkpoint::At, String>,
+) -> Result<String, checkpoint::BadCheckpoint> {
+    let Some(path) = anchor else {
+        return Ok(String::new());
+    };
+    let file = std::fs::File::open(path).map_err(|err| checkpoint::BadCheckpoint {
+        stream: "(anchor file)".into(),
+        seq: 0,
+        reason: format!("cannot read {}: {err}", path.display()),
+    })?;
+    let summary = checkpoint::check(
+        checkpoint::read_jsonl(std::io::BufReader::new(file)),
+        key,
+        lookup,
+    )?;
+    Ok(format!("; anchor {}: {summary}", path.display()))
+}
+
+/// The chain hashes of an export's lines, `stream -> seq -> hash`, and the
+/// checkpoints it holds (records of the service stream).
+type Chain = std::collections::BTreeMap<StreamId, std::collections::BTreeMap<u64, store::Hash>>;
+
+fn chain_of_export(
+    text: &[u8],
+) -> (
+    Chain,
+    Vec<Result<checkpoint::Checkpoint, checkpoint::BadCheckpoint>>,
+) {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        stream: String,
+        seq: u64,
+        hash: String,
+        #[serde(default)]
+        event: Option<Box<serde_json::value::RawValue>>,
+    }
+    let mut chain = Chain::new();
+    let mut logged = Vec::new();
+    for line in text.split(|b| *b == b'\n') {
+        let Ok(line) = serde_json::from_slice::<Line>(line) else {
+            continue;
+        };
+        let (Ok(stream), Ok(hash)) = (line.stream.parse::<StreamId>(), hex::decode(&line.hash))
+        else {
+            continue;
+        };
+        if let Ok(hash) = store::Hash::try_from(hash.as_slice()) {
+            chain.entry(stream).or_default().insert(line.seq, hash);
+        }
+        if stream == SERVICE_STREAM {
+            if let Some(cp) = line
+                .event
+                .and_then(|e| checkpoint::Checkpoint::from_record(e.get().as_bytes()))
+            {
+                logged.push(cp.map_err(|reason| checkpoint::BadCheckpoint {
+                    stream: stream.to_string(),
+                    seq: line.seq,
+                    reason,
+                }));
+            }
+        }
+    }
+    (chain, logged)
+}
+
+fn chain_lookup(chain: &Chain, stream: StreamId, seq: u64) -> checkpoint::At {
+    match chain.get(&stream) {
+        None => checkpoint::At::NotHere,
+        Some(records) => records
+            .get(&seq)
+            .map_or(checkpoint::At::Missing, |h| checkpoint::At::Hash(*h)),
+    }
 }
 
 /// Opens a log directory that no service holds.

@@ -237,7 +237,7 @@ async fn demo(
     say("replayed timeline (from the log, through the service)");
     crate::cmd::replay::print_timeline_via_service(&client, &global, &upgrade).await?;
     say("audit verification");
-    let verified = crate::cmd::audit::verify_via_service(&client, &global).await?;
+    let verified = crate::cmd::audit::verify_via_service(&client, &global, None).await?;
     say("simulator's report (computed from its journal, not from Baton)");
     let report = sim_report(&sim, &sim_dir)?;
     print!("{}", report.render());

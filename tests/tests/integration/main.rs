@@ -4,6 +4,7 @@
 mod attacks;
 mod auth;
 mod chaos;
+mod checkpoints;
 mod conventions;
 mod e2e;
 mod executor;

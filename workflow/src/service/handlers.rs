@@ -168,14 +168,45 @@ async fn handle(
             events(shared, request)
         }
         "executors" => Ok(ApiReply::ok(&executors_online(shared).await)),
+        "checkpoints" => Ok(ApiReply::ok(
+            &stream_page(
+                shared,
+                protocol::subjects::CHECKPOINTS_STREAM,
+                decode(verb, payload)?,
+            )
+            .await?,
+        )),
+        "mirror" => Ok(ApiReply::ok(
+            &stream_page(
+                shared,
+                protocol::subjects::EVENTS_STREAM,
+                decode(verb, payload)?,
+            )
+            .await?,
+        )),
         "audit" => {
             let _quiet = shared.append_gate.write().await;
             let store = shared.store.clone();
-            let verified = tokio::task::spawn_blocking(move || store.verify())
-                .await
-                .map_err(|err| ServiceError::Internal(format!("verify task failed: {err}")))?;
+            let key = shared.trust.service.key.clone();
+            let verified = tokio::task::spawn_blocking(move || {
+                store.verify().map(|report| {
+                    let checkpoints =
+                        super::checkpoint::verify_log(&store, SERVICE_STREAM, Some(&key));
+                    (report, checkpoints)
+                })
+            })
+            .await
+            .map_err(|err| ServiceError::Internal(format!("verify task failed: {err}")))?;
             Ok(match verified {
-                Ok(report) => ApiReply::ok(&view::verify_view(&report)),
+                Ok((report, Ok(summary))) => {
+                    let mut view = view::verify_view(&report);
+                    view["report"] = format!("{report:?}; {summary}").into();
+                    ApiReply::ok(&view)
+                }
+                Ok((_, Err(bad))) => ApiReply::ok(&serde_json::json!({
+                    "clean": false,
+                    "report": bad.to_string(),
+                })),
                 // Corruption is an answer, not a service failure.
                 Err(err @ store::StoreError::Corruption { .. }) => ApiReply::ok(&serde_json::json!({
                     "clean": false,
@@ -185,7 +216,7 @@ async fn handle(
             })
         }
         other => Err(HandlerError::BadRequest(format!(
-            "unknown API verb `{other}` (known: submit, plan, status, list, pause, resume, abort, approve, resolve, events, executors, audit)"
+            "unknown API verb `{other}` (known: submit, plan, status, list, pause, resume, abort, approve, resolve, events, executors, audit, checkpoints, mirror)"
         ))),
     }
 }
@@ -506,6 +537,55 @@ fn events(shared: &Arc<Shared>, request: EventsRequest) -> Result<ApiReply, Hand
 /// Presence records refused since the service started (not signed by a pinned executor of the group it
 /// names, undecodable, or naming a group or node that is not a valid subject token).
 static PRESENCE_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// A page of `BATON_CHECKPOINTS` (for `baton audit checkpoint export`) or
+/// `BATON_EVENTS` (for `baton audit verify --mirror`): operators may not
+/// read JetStream themselves.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StreamPageRequest {
+    /// The stream sequence to start after (0: from the start).
+    #[serde(default)]
+    after: u64,
+}
+
+async fn stream_page(
+    shared: &Shared,
+    name: &str,
+    request: StreamPageRequest,
+) -> Result<serde_json::Value, HandlerError> {
+    const PAGE: u64 = 256;
+    let nats = |err: String| HandlerError::from(ServiceError::Nats(format!("{name}: {err}")));
+    let stream = shared
+        .js
+        .get_stream(name)
+        .await
+        .map_err(|err| nats(err.to_string()))?;
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|err| nats(err.to_string()))?;
+    let last = info.state.last_sequence;
+    let from = request
+        .after
+        .saturating_add(1)
+        .max(info.state.first_sequence);
+    let to = last.min(from.saturating_add(PAGE - 1));
+    let mut messages = Vec::new();
+    if info.state.messages > 0 {
+        for seq in from..=to {
+            if let Ok(message) = stream.get_raw_message(seq).await {
+                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&message.payload) {
+                    messages.push(value);
+                }
+            }
+        }
+    }
+    Ok(serde_json::json!({
+        "messages": messages,
+        "next_after": (to < last).then_some(to),
+    }))
+}
 
 /// Executor groups with a live, valid presence record. A record whose group is not a valid subject token
 /// (say `x y`) is refused, counted and logged, and never becomes a group the core may publish to.

@@ -17,6 +17,7 @@
 
 pub mod api;
 mod api_guard;
+pub mod checkpoint;
 mod handlers;
 pub mod lease;
 mod registry;
@@ -69,6 +70,8 @@ pub enum ServiceError {
     Protocol(#[from] protocol::ProtocolError),
     #[error("the log does not verify, refusing to start: {0}")]
     Unverified(String),
+    #[error("a signed checkpoint does not hold, refusing to start: {0}")]
+    BadCheckpoint(String),
     #[error("NATS: {0}")]
     Nats(String),
     #[error("the service lease")]
@@ -113,6 +116,9 @@ pub(crate) struct Shared {
     /// Appends hold it shared; `verify` holds it exclusively, because the
     /// store's verify needs a log nobody appends to (it has no snapshot).
     pub append_gate: tokio::sync::RwLock<()>,
+    /// Held by whoever appends to the service stream (upgrade loops
+    /// checkpoint concurrently).
+    pub service_log: tokio::sync::Mutex<()>,
 }
 
 /// Runs the workflow service until `shutdown` is cancelled or a fatal error.
@@ -132,6 +138,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     if !report.is_clean() {
         return Err(ServiceError::Unverified(format!("{report:?}")));
     }
+    // The chains verify alone; a rewrite re-sealed without the key shows as
+    // a checkpoint the chain no longer passes through.
+    let anchored = checkpoint::verify_log(&store, SERVICE_STREAM, Some(&config.trust.service.key))
+        .map_err(|bad| ServiceError::BadCheckpoint(bad.to_string()))?;
+    tracing::info!(checkpoints = anchored.checked, "the log's checkpoints hold");
     let epoch = next_epoch(&store)?;
     let started_ms = now_ms();
 
@@ -169,7 +180,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         registry: Registry::default(),
         shutdown: shutdown.clone(),
         append_gate: tokio::sync::RwLock::new(()),
+        service_log: tokio::sync::Mutex::new(()),
     });
+    // Refuse to act on a log that BATON_CHECKPOINTS contradicts.
+    checkpoint::reconcile(&shared, &handles.checkpoints).await?;
 
     let mut tasks: JoinSet<Result<(), ServiceError>> = JoinSet::new();
     upgrade::recover_all(&shared).await?;
@@ -284,14 +298,23 @@ pub(crate) fn anyhow_chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// The epoch of this start (1, 2, ...): one more than the starts in the log.
+/// The epoch of this start (1, 2, ...): one more than the starts in the log
+/// (the service stream also holds checkpoints, so its head is not a count).
 fn next_epoch(store: &Store) -> Result<u64, ServiceError> {
-    Ok(store.head(SERVICE_STREAM)?.map(|h| h.seq).unwrap_or(0) + 1)
+    let mut starts = 0;
+    for record in store.read(SERVICE_STREAM, 1)? {
+        let record = record?;
+        let value: serde_json::Value = serde_json::from_slice(&record.bytes).unwrap_or_default();
+        if value.get("type").and_then(|t| t.as_str()) == Some("ServiceStarted") {
+            starts += 1;
+        }
+    }
+    Ok(starts + 1)
 }
 
 /// Records this start, with the lease it holds, in the service stream.
 async fn record_start(store: &Store, epoch: u64, lease_revision: u64) -> Result<(), ServiceError> {
-    let head = epoch - 1;
+    let head = store.head(SERVICE_STREAM)?.map_or(0, |h| h.seq);
     let record = serde_json::json!({
         "type": "ServiceStarted",
         "epoch": epoch,

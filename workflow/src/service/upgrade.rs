@@ -50,6 +50,8 @@ struct Loop {
     state: State,
     /// Seq of the last event of this upgrade in the log.
     head: u64,
+    /// Seq of this upgrade's last signed checkpoint (0: none yet).
+    checkpointed: u64,
     rx: mpsc::Receiver<Command>,
 }
 
@@ -73,6 +75,7 @@ pub(crate) async fn start_new(
         stream,
         state: State::default(),
         head: 0,
+        checkpointed: 0,
         rx,
     };
     shared.registry.track(worker.run()).await;
@@ -144,6 +147,7 @@ pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError
             stream,
             state,
             head: head.seq,
+            checkpointed: super::checkpoint::last_seq(shared, stream)?,
             rx,
         };
         worker.remirror(&events).await;
@@ -317,6 +321,15 @@ impl Loop {
             self.state = core::evolve(std::mem::take(&mut self.state), event);
         }
         self.head += events.len() as u64;
+        let last = appended.last().expect("events is not empty");
+        if super::checkpoint::due(self.head, self.checkpointed, self.state.is_terminal()) {
+            let head = store::Head {
+                seq: last.seq,
+                hash: last.hash,
+            };
+            super::checkpoint::record(&self.shared, self.stream, head).await?;
+            self.checkpointed = head.seq;
+        }
         for scheduled in events.iter().filter_map(Event::scheduled_step) {
             self.publish_step(&scheduled).await;
         }

@@ -1,0 +1,355 @@
+//! Issue 12, "A sealed log": an insider rewrites one event of a finished
+//! upgrade and re-seals the whole chain and its head without the service's
+//! key. The chains alone still verify; the signed checkpoints (in the log and
+//! exported off-box from BATON_CHECKPOINTS) do not, and the service refuses
+//! to start on that log.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::e2e::{Env, Setup, UPGRADE_TIMEOUT};
+
+/// Rewrites record `seq` of `upgrade` and re-seals every later hash and the
+/// head, as someone with write access but without the key would.
+fn rewrite_and_reseal(raw: &sled::Db, upgrade: &str, seq: u64) {
+    let records = raw.open_tree(store::layout::RECORDS).unwrap();
+    let heads = raw.open_tree(store::layout::HEADS).unwrap();
+    let stream: store::StreamId = upgrade.parse().unwrap();
+    let head = store::layout::decode_head(&heads.get(stream.as_bytes()).unwrap().unwrap()).unwrap();
+    let mut prev = store::ZERO_HASH;
+    for n in 1..=head.seq {
+        let key = store::layout::record_key(&stream, n);
+        let mut value = store::layout::decode_record(&records.get(key).unwrap().unwrap()).unwrap();
+        if n == seq {
+            let mut event: serde_json::Value = serde_json::from_slice(&value.bytes).unwrap();
+            event["rewritten"] = true.into();
+            value.bytes = serde_json::to_vec(&event).unwrap();
+        }
+        let hash = store::chain_hash(&stream, n, &prev, &value.bytes);
+        let encoded = store::layout::encode_record(
+            &hash,
+            &prev,
+            value.global_pos,
+            value.msg_id.as_deref(),
+            &value.bytes,
+        );
+        records.insert(key, encoded).unwrap();
+        prev = hash;
+    }
+    let sealed = store::Head {
+        seq: head.seq,
+        hash: prev,
+    };
+    heads
+        .insert(stream.as_bytes(), &store::layout::encode_head(&sealed)[..])
+        .unwrap();
+    raw.flush().unwrap();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rewritten_and_resealed_log_fails_its_signed_checkpoints() {
+    let mut env = Env::start(Setup::default()).await;
+    let upgrade = env.submit(&[]);
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["completed", "halted", "aborted"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "completed");
+
+    // The terminal event's checkpoint is published; keep a copy off-box.
+    let anchor = env.dir.path().join("anchor.jsonl");
+    let anchor_arg = anchor.display().to_string();
+    let head = view.events;
+    let mut exported = String::new();
+    for _ in 0..100 {
+        env.baton_ok(&["audit", "checkpoint", "export", "--out", &anchor_arg]);
+        exported = std::fs::read_to_string(&anchor).unwrap();
+        if exported.contains(&format!("\"seq\":{head},")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let anchored: Vec<serde_json::Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        anchored
+            .iter()
+            .any(|c| c["stream"] == upgrade.as_str() && c["seq"] == head),
+        "a checkpoint of the head {head} is in BATON_CHECKPOINTS: {exported}"
+    );
+    let out = env.baton(&["audit", "verify", "--anchor", &anchor_arg]);
+    assert!(out.status.success(), "through the service: {}", text(&out));
+
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGTERM);
+    server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the service stops on SIGTERM");
+
+    // The untouched log passes everything.
+    let db = env.db().display().to_string();
+    let out = env.baton(&["audit", "verify", "--db", &db, "--anchor", &anchor_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("signed by the service key"),
+        "{}",
+        text(&out)
+    );
+    let unsigned = env
+        .baton_cmd()
+        .env_remove("BATON_TRUST")
+        .args(["audit", "verify", "--db", &db])
+        .output()
+        .unwrap();
+    assert!(unsigned.status.success(), "{}", text(&unsigned));
+    assert!(
+        text(&unsigned).contains("signatures NOT checked"),
+        "without a trust file, verify says so: {}",
+        text(&unsigned)
+    );
+
+    let untouched = env.dir.path().join("untouched.db");
+    copy_dir(&env.db(), &untouched);
+    rewrite_and_reseal(&sled::open(env.db()).unwrap(), &upgrade, 2);
+    {
+        let log = store::Store::open(env.db()).unwrap();
+        assert!(
+            log.verify().unwrap().is_clean(),
+            "the re-sealed chains verify on their own"
+        );
+    }
+
+    // The log's own checkpoints catch it, naming the first bad one.
+    let out = env.baton(&["audit", "verify", "--db", &db]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let first_bad = anchored
+        .iter()
+        .filter(|c| c["stream"] == upgrade.as_str())
+        .map(|c| c["seq"].as_u64().unwrap())
+        .filter(|seq| *seq >= 2)
+        .min()
+        .unwrap();
+    assert!(
+        text(&out).contains(&format!(
+            "bad checkpoint of stream {upgrade} at seq {first_bad}"
+        )) && text(&out).contains("rewritten"),
+        "{}",
+        text(&out)
+    );
+
+    // An export of the upgrade alone (no checkpoints in it) chains; the
+    // off-box anchor catches it.
+    let export = env.dir.path().join("export.jsonl");
+    let export_arg = export.display().to_string();
+    env.baton_ok(&[
+        "audit",
+        "export",
+        &upgrade,
+        "--db",
+        &db,
+        "--out",
+        &export_arg,
+    ]);
+    let out = env.baton(&["audit", "verify", "--file", &export_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = env.baton(&[
+        "audit",
+        "verify",
+        "--file",
+        &export_arg,
+        "--anchor",
+        &anchor_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("bad checkpoint of stream {upgrade}")),
+        "{}",
+        text(&out)
+    );
+    let out = env.baton(&["audit", "verify", "--db", &db, "--anchor", &anchor_arg]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+
+    // The service refuses to start on it.
+    env.start_server();
+    let server = env.server.as_mut().unwrap();
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the service refuses to start on a log with a bad checkpoint");
+    assert!(!status.success());
+    assert!(
+        server.log().contains("signed checkpoint does not hold"),
+        "{}",
+        server.log()
+    );
+
+    // On the untouched copy it starts; the log agrees with its BATON_EVENTS
+    // mirror, and the rewritten one does not.
+    env.db = untouched;
+    env.start_server();
+    env.wait_for_executors().await;
+    let out = env.baton(&["audit", "verify", "--mirror"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = env.baton(&["audit", "verify", "--db", &db, "--mirror"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("upgrade {upgrade} seq 2: the mirror has hash")),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Removes every checkpoint record from the service stream and re-seals it:
+/// the kept records are renumbered, re-chained, and the indexes follow.
+fn strip_checkpoints(raw: &sled::Db) {
+    let records = raw.open_tree(store::layout::RECORDS).unwrap();
+    let heads = raw.open_tree(store::layout::HEADS).unwrap();
+    let global = raw.open_tree(store::layout::GLOBAL).unwrap();
+    let service = store::StreamId([0; 16]);
+    let head =
+        store::layout::decode_head(&heads.get(service.as_bytes()).unwrap().unwrap()).unwrap();
+    let mut kept = Vec::new();
+    for n in 1..=head.seq {
+        let key = store::layout::record_key(&service, n);
+        let value = store::layout::decode_record(&records.remove(key).unwrap().unwrap()).unwrap();
+        let event: serde_json::Value = serde_json::from_slice(&value.bytes).unwrap();
+        if event["type"] == "Checkpoint" {
+            global.remove(value.global_pos.to_be_bytes()).unwrap();
+        } else {
+            kept.push(value);
+        }
+    }
+    assert!(
+        kept.len() < head.seq as usize,
+        "there were checkpoints to strip"
+    );
+    let mut prev = store::ZERO_HASH;
+    for (i, value) in kept.iter().enumerate() {
+        let n = i as u64 + 1;
+        let key = store::layout::record_key(&service, n);
+        let hash = store::chain_hash(&service, n, &prev, &value.bytes);
+        let encoded = store::layout::encode_record(
+            &hash,
+            &prev,
+            value.global_pos,
+            value.msg_id.as_deref(),
+            &value.bytes,
+        );
+        records.insert(key, encoded).unwrap();
+        global
+            .insert(value.global_pos.to_be_bytes(), &key[..])
+            .unwrap();
+        prev = hash;
+    }
+    let sealed = store::Head {
+        seq: kept.len() as u64,
+        hash: prev,
+    };
+    heads
+        .insert(service.as_bytes(), &store::layout::encode_head(&sealed)[..])
+        .unwrap();
+    // The next global position follows the last one left.
+    let (last, _) = global.last().unwrap().unwrap();
+    let next = store::layout::decode_u64(&last).unwrap() + 1;
+    raw.open_tree(store::layout::META)
+        .unwrap()
+        .insert(store::layout::META_NEXT_GLOBAL, &next.to_be_bytes()[..])
+        .unwrap();
+    raw.flush().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_stripped_of_its_checkpoints_is_caught_by_the_off_box_copy() {
+    let mut env = Env::start(Setup::default()).await;
+    let upgrade = env.submit(&[]);
+    let view = env
+        .wait_status(
+            &upgrade,
+            &["completed", "halted", "aborted"],
+            UPGRADE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(view.status, "completed");
+    let anchor = env.dir.path().join("anchor.jsonl");
+    let anchor_arg = anchor.display().to_string();
+    let head = view.events;
+    for _ in 0..100 {
+        env.baton_ok(&["audit", "checkpoint", "export", "--out", &anchor_arg]);
+        if std::fs::read_to_string(&anchor)
+            .unwrap()
+            .contains(&format!("\"seq\":{head},"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGTERM);
+    server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the service stops on SIGTERM");
+
+    // Rewrite an event, re-seal its chain, and remove the checkpoints that
+    // would tell (re-sealing the service stream too).
+    {
+        let raw = sled::open(env.db()).unwrap();
+        rewrite_and_reseal(&raw, &upgrade, 2);
+        strip_checkpoints(&raw);
+    }
+    let db = env.db().display().to_string();
+    let out = env.baton(&["audit", "verify", "--db", &db]);
+    assert!(
+        out.status.success(),
+        "the log alone cannot tell (a documented limit): {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("0 checkpoints"), "{}", text(&out));
+
+    // The exported anchor tells, and so does BATON_CHECKPOINTS at start.
+    let out = env.baton(&["audit", "verify", "--db", &db, "--anchor", &anchor_arg]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("bad checkpoint of stream {upgrade}")),
+        "{}",
+        text(&out)
+    );
+    env.start_server();
+    let server = env.server.as_mut().unwrap();
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the service refuses to start on a log BATON_CHECKPOINTS contradicts");
+    assert!(!status.success());
+    assert!(
+        server
+            .log()
+            .contains("BATON_CHECKPOINTS disagrees with the log"),
+        "{}",
+        server.log()
+    );
+}
