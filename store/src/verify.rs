@@ -45,6 +45,25 @@ impl VerifyReport {
     }
 }
 
+impl std::fmt::Display for VerifyReport {
+    /// `596 records in 2 streams, every chain intact` (and the torn tails, if any).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} records in {} streams, every chain intact",
+            self.records, self.streams
+        )?;
+        for t in &self.torn_tails {
+            write!(
+                f,
+                "; stream {}: records {}..={} beyond its head {} (never committed)",
+                t.stream, t.first_seq, t.last_seq, t.head_seq
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Records `first_seq..=last_seq` of `stream` exist beyond its head `head_seq` (0 when it has no head).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TornTail {

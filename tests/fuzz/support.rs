@@ -72,7 +72,7 @@ where
     let outcome = runner.run(&strategy, |input| {
         let kept = input.clone();
         // The peak RSS is read from /proc (costly): around one input in 16.
-        let sample = inputs.get() % 16 == 0;
+        let sample = inputs.get().is_multiple_of(16);
         let before = if sample { peak_rss_kib() } else { 0 };
         let t = Instant::now();
         let result = check(input);

@@ -81,7 +81,7 @@ pub fn run(global: Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
             }
             let report = match store.verify() {
                 Ok(report) if report.is_clean() => report,
-                Ok(report) => return print_verify(&global, false, &format!("{report:?}")),
+                Ok(report) => return print_verify(&global, false, &report.to_string()),
                 Err(err @ store::StoreError::Corruption { .. }) => {
                     return print_verify(&global, false, &format!("{:#}", anyhow::Error::from(err)))
                 }
@@ -92,7 +92,7 @@ pub fn run(global: Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
             let checked =
                 checkpoint::verify_log(&store, SERVICE_STREAM, key.as_deref()).and_then(|logged| {
                     let anchored = anchors(&anchor, key.as_deref(), lookup)?;
-                    Ok(format!("{report:?}; {logged}{anchored}"))
+                    Ok(format!("{report}; {logged}{anchored}"))
                 });
             match checked {
                 Ok(detail) => print_verify(&global, true, &detail),

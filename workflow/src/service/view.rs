@@ -107,6 +107,6 @@ fn with_pending(reason: &str, pending: &Option<String>) -> String {
 pub fn verify_view(report: &store::VerifyReport) -> serde_json::Value {
     serde_json::json!({
         "clean": report.is_clean(),
-        "report": format!("{report:?}"),
+        "report": report.to_string(),
     })
 }
