@@ -302,7 +302,6 @@ pub fn read_jsonl(input: impl BufRead) -> Vec<Result<Checkpoint, BadCheckpoint>>
 /// The service's side: signing, recording, publishing and the checks at start.
 mod service {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use async_nats::jetstream;
     use store::{Head, NewRecord, StreamId};
@@ -367,28 +366,9 @@ mod service {
             protocol::messages::MSG_ID_HEADER,
             format!("{}:checkpoint:{}", cp.stream, cp.seq).as_str(),
         );
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let attempt = async {
-                shared
-                    .js
-                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone().into())
-                    .await?
-                    .await
-                    .map(|_| ())
-            };
-            match attempt.await {
-                Ok(()) => return,
-                Err(err) => {
-                    tracing::warn!(upgrade = %cp.stream, seq = cp.seq, error = %err, "publishing a checkpoint failed; retrying");
-                    tokio::select! {
-                        _ = shared.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let what = format!("checkpoint at seq {}", cp.seq);
+        crate::service::publish_until_acked(shared, &cp.stream, subject, headers, payload, &what)
+            .await
     }
 
     /// Every checkpoint in `BATON_CHECKPOINTS`, in order. Messages not signed

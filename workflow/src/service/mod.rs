@@ -286,6 +286,41 @@ async fn connect(
     }
 }
 
+/// Publishes to JetStream and waits for the stream's ack, retrying while NATS
+/// is away (backoff to 5 s). Gives up only on shutdown: what is published is
+/// already in the log, and the next start publishes it again under the same id.
+pub(crate) async fn publish_until_acked(
+    shared: &Shared,
+    upgrade: &str,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: Vec<u8>,
+    what: &str,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            shared
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone().into())
+                .await?
+                .await
+                .map(|_| ())
+        };
+        match attempt.await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(%upgrade, what, error = %err, "publish failed; retrying");
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Formats an error with its sources, for logs.
 pub(crate) fn anyhow_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();

@@ -424,28 +424,8 @@ impl Loop {
         payload: Vec<u8>,
         what: &str,
     ) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let attempt = async {
-                self.shared
-                    .js
-                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone().into())
-                    .await?
-                    .await
-                    .map(|_| ())
-            };
-            match attempt.await {
-                Ok(()) => return,
-                Err(err) => {
-                    tracing::warn!(upgrade = %self.upgrade, what, error = %err, "publish failed; retrying");
-                    tokio::select! {
-                        _ = self.shared.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        super::publish_until_acked(&self.shared, &self.upgrade, subject, headers, payload, what)
+            .await
     }
 }
 
