@@ -94,6 +94,13 @@ fn digest(kind: Kind, subject: &str, context: &str, payload: &[u8]) -> [u8; 32] 
     sha2::Sha256::digest(signed_bytes(kind, subject, context, payload)).into()
 }
 
+/// What a signed message says, as one hex digest (SHA-256 of its kind,
+/// subject, context and payload): the same for every valid signature of it,
+/// so a replay memory keyed on it cannot be dodged by re-encoding a signature.
+pub fn message_id(kind: Kind, subject: &str, context: &str, payload: &[u8]) -> String {
+    hex::encode(digest(kind, subject, context, payload))
+}
+
 /// A signing key: an nkey user key pair, with the file it came from.
 #[derive(Clone)]
 pub struct Identity {
@@ -290,6 +297,12 @@ pub fn verify(
         .map_err(|_| format!("signer key {key:?} is not an nkey public key"))?;
     if public.key_pair_type() != nkeys::KeyPairType::User {
         return Err(format!("signer key {key} is not a user key"));
+    }
+    // Exactly one spelling per signature (128 lower-case hex digits): the API's
+    // replay memory keys on the text, so `AB` for `ab` must not make a captured
+    // request new again (found by the fuzz).
+    if sig.len() != 128 || !sig.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err("the signature is not 128 lower-case hex digits".to_string());
     }
     let raw = hex::decode(sig).map_err(|_| "the signature is not hex".to_string())?;
     public
@@ -623,6 +636,9 @@ mod tests {
         assert!(verify(Kind::Step, "baton.step.g2", "", b"{\"a\":1}", &key, &sig).is_err());
         assert!(verify(Kind::Step, "baton.step.g1", "t=1", b"{\"a\":1}", &key, &sig).is_err());
         assert!(verify(Kind::Step, "baton.step.g1", "", b"{\"a\":2}", &key, &sig).is_err());
+        // One spelling only: the same signature in upper case is refused.
+        let upper = sig.to_uppercase();
+        assert!(verify(Kind::Step, "baton.step.g1", "", b"{\"a\":1}", &key, &upper).is_err());
         let other = Identity::generate().public_key();
         assert!(verify(Kind::Step, "baton.step.g1", "", b"{\"a\":1}", &other, &sig).is_err());
         // The length prefixes keep subject and context apart.

@@ -18,7 +18,8 @@ use super::Shared;
 /// requests are refused until old ones leave the window (never forgotten early).
 const MAX_SEEN: usize = 100_000;
 
-/// The signatures of requests accepted within the replay window.
+/// The requests accepted within the replay window, by what they say
+/// ([`sign::message_id`]), not by their signature's spelling.
 #[derive(Default)]
 pub(crate) struct Seen {
     order: VecDeque<(u64, String)>,
@@ -130,7 +131,16 @@ pub(crate) fn authenticate(
         .seen_requests
         .lock()
         .expect("the replay memory is never poisoned")
-        .insert(&verified.sig, now_ms, at.saturating_add(skew))
+        .insert(
+            &sign::message_id(
+                Kind::ApiRequest,
+                message.subject.as_str(),
+                &verified.context,
+                &message.payload,
+            ),
+            now_ms,
+            at.saturating_add(skew),
+        )
         .map_err(|reason| refuse(reason.to_string()))?;
     let needed = Role::needed_for(verb).unwrap_or(Role::Reader);
     if operator.role < needed {
