@@ -251,6 +251,34 @@ async fn operators_act_within_their_role(nats_auth: bool) {
             .unwrap();
         let text = String::from_utf8_lossy(&reply.payload);
         assert!(text.contains("replayed"), "{text}");
+        // The same signature spelled in upper case is not a new request either:
+        // refused as not signed, and not answered.
+        let mut respelled = captured.headers.clone().unwrap();
+        let sig = respelled
+            .get(protocol::sign::SIG_HEADER)
+            .unwrap()
+            .as_str()
+            .to_uppercase();
+        respelled.insert(protocol::sign::SIG_HEADER, sig.as_str());
+        client
+            .publish_with_reply_and_headers(
+                "baton.api.pause",
+                format!("{}.attacker2", protocol::subjects::inbox_prefix(&alice_key)),
+                respelled,
+                captured.payload.clone(),
+            )
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let refused = tests::wait_until(Duration::from_secs(10), || {
+            env.server
+                .as_ref()
+                .unwrap()
+                .log()
+                .contains("128 lower-case hex digits")
+        })
+        .await;
+        assert!(refused, "{}", env.logs());
         assert_eq!(env.status(&upgrade).unwrap().status, "waiting_approval");
         // An unsigned request claiming to be alice: refused and not even answered
         // (an answer would be the service publishing where the sender chose).
