@@ -98,7 +98,7 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
         match command {
             Command::Submit(args) => submit(&client, &global, args).await,
             Command::Plan(args) => plan(&client, &global, args).await,
-            Command::Watch(args) => follow(&client, &global, &args.upgrade).await,
+            Command::Watch(args) => follow(&client, &global, &args.upgrade, false).await,
             Command::Status(args) => {
                 let view = status(&client, &args.upgrade).await?;
                 print_view(&global, &view)?;
@@ -207,16 +207,25 @@ async fn submit(client: &Client, global: &Global, args: SubmitArgs) -> anyhow::R
         }
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("submitted upgrade {}", reply.upgrade);
-    follow(client, global, &reply.upgrade).await
+    follow(client, global, &reply.upgrade, true).await
 }
 
 /// Watch until the upgrade ends; on Ctrl-C, say that the upgrade goes on in
 /// the service and how to follow or stop it (exit 130).
-async fn follow(client: &Client, global: &Global, upgrade: &str) -> anyhow::Result<ExitCode> {
+async fn follow(
+    client: &Client,
+    global: &Global,
+    upgrade: &str,
+    submitted: bool,
+) -> anyhow::Result<ExitCode> {
+    // Installed before anything is printed, so a Ctrl-C right after "submitted" is ours.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    if submitted {
+        eprintln!("submitted upgrade {upgrade}");
+    }
     tokio::select! {
         view = watch(client, global, upgrade) => finished(&view?),
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupt.recv() => {
             eprintln!(
                 "\ninterrupted: only this watch stopped; upgrade {upgrade} goes on in the service.\n\
                  follow it again: baton watch {upgrade}\n\
