@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::event::{
     Event, Input, Observation, Outcome, Rejection, Resolution, WaitPurpose, WindDownCause,
+    LATEST_MS,
 };
 use super::guard::{guard_finding, guard_probes, version_problems, Finding};
 use super::health::{cluster_problems, electable_problems, leader_problems, status_problems};
@@ -26,6 +27,9 @@ pub fn decide(state: &State, input: &Input) -> Result<Vec<Event>, Rejection> {
         events: Vec::new(),
     };
     let now = input.now_ms();
+    if now > LATEST_MS {
+        return Err(Rejection::ClockOutOfRange { now_ms: now });
+    }
     if let Input::Submit { .. } = input {
         draft.emit(submitted(state, input)?);
         draft.drive(now);

@@ -576,4 +576,17 @@ pub enum Rejection {
     /// `Resolve` when nothing needs verification, or for another step.
     #[error("step {step} does not need verification ({})", in_doubt_words(*in_doubt))]
     NothingToResolve { step: u64, in_doubt: Option<u64> },
+    /// An input whose time is past [`LATEST_MS`]: no clock gives it, and
+    /// deadlines computed from it would saturate (every step scheduled at it
+    /// would be overdue at once).
+    #[error("input time {now_ms} ms is past the latest time the core accepts ({LATEST_MS} ms, the end of year 9999)")]
+    ClockOutOfRange { now_ms: u64 },
 }
+
+/// The latest input time the core accepts: 9999-12-31T23:59:59.999Z in ms
+/// since the Unix epoch. With every duration at most
+/// [`crate::core::cluster::MAX_DURATION_MS`], no deadline computed from an
+/// accepted time comes near `u64::MAX`, so a step scheduled now is never
+/// overdue at once and a late tick costs decisions in proportion to what is
+/// outstanding, not thousands of rounds of a saturated clock.
+pub const LATEST_MS: u64 = 253_402_300_799_999;

@@ -65,7 +65,7 @@ pub use decide::{decide, evolve, input_of, replay, verify, VerifyMismatch};
 pub use error::CoreError;
 pub use event::{
     Event, Input, Observation, Outcome, Rejection, Resolution, ScheduledStep, WaitPurpose,
-    WindDownCause,
+    WindDownCause, LATEST_MS,
 };
 pub use parse::{
     parse_cluster_status, parse_simple_status, parse_status, parse_version_output, ClusterMember,
