@@ -207,9 +207,9 @@ impl Config {
     }
 }
 
-/// The largest `max_output` (bytes per stream): two tails of 64 KiB, even if
-/// every byte were escaped as `\u00XX` (6 bytes), stay under 1 MiB.
-pub const MAX_OUTPUT: usize = 64 * 1024;
+/// The largest `max_output` (bytes per stream): the protocol's bound, which the
+/// service enforces on every result.
+pub use protocol::messages::MAX_OUTPUT;
 
 impl Config {
     /// What this executor may run: its profile, for its nodes at their addresses.

@@ -87,6 +87,15 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// The most bytes of each output stream an executor keeps (its
+/// `--max-output` is at most this), and so the most characters a result's
+/// `stdout_tail`, `stderr_tail` or `reason` may carry: each kept byte becomes
+/// at most one character (invalid UTF-8 becomes U+FFFD). Two tails of 64 KiB
+/// stay under NATS's 1 MiB payload even if every byte were escaped as
+/// `\u00XX` (6 bytes). [`decode_result`] refuses a longer field, so what the
+/// service parses is bounded whoever signed it.
+pub const MAX_OUTPUT: usize = 64 * 1024;
+
 /// What an executor reports for one step request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepResult {
@@ -376,6 +385,22 @@ pub fn decode_result(bytes: &[u8]) -> Result<StepResult, DecodeError> {
         executor: f.required("executor")?,
     };
     check_token(&f, "upgrade", &res.upgrade)?;
+    for (field, text) in [
+        ("stdout_tail", res.stdout_tail.as_str()),
+        ("stderr_tail", res.stderr_tail.as_str()),
+        ("reason", res.reason.as_deref().unwrap_or_default()),
+    ] {
+        // Bytes first: a short text cannot be long in characters.
+        if text.len() > MAX_OUTPUT && text.chars().count() > MAX_OUTPUT {
+            return Err(f.error(
+                field,
+                format!(
+                    "{} characters, more than the {MAX_OUTPUT} an executor may send",
+                    text.chars().count()
+                ),
+            ));
+        }
+    }
     Ok(res)
 }
 
@@ -489,5 +514,42 @@ mod tests {
         let err = decode_result(br#"{"v":1,"upgrade":"U1","step":1,"attempt":1,"epoch":1,"outcome":"exploded","executor":"e"}"#)
             .unwrap_err();
         assert_eq!(err.field, "outcome");
+    }
+
+    #[test]
+    fn a_result_longer_than_an_executor_may_send_is_refused_by_field() {
+        let mut res = StepResult {
+            v: 1,
+            upgrade: "U1".into(),
+            step: 1,
+            attempt: 1,
+            epoch: 1,
+            node: "n".into(),
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            reason: None,
+            started_ms: None,
+            finished_ms: None,
+            executor: "ex".into(),
+        };
+        // At the bound, in 4-byte characters (256 KiB): accepted.
+        res.stdout_tail = "\u{1F600}".repeat(MAX_OUTPUT);
+        res.stderr_tail = "e".repeat(MAX_OUTPUT);
+        res.reason = Some("r".repeat(MAX_OUTPUT));
+        assert_eq!(decode_result(&res.encode()).unwrap(), res);
+        for field in ["stdout_tail", "stderr_tail", "reason"] {
+            let mut long = res.clone();
+            let text = "x".repeat(MAX_OUTPUT + 1);
+            match field {
+                "stdout_tail" => long.stdout_tail = text,
+                "stderr_tail" => long.stderr_tail = text,
+                _ => long.reason = Some(text),
+            }
+            let err = decode_result(&long.encode()).unwrap_err();
+            assert_eq!(err.field, field);
+            assert!(err.to_string().contains("65537 characters"), "{err}");
+        }
     }
 }

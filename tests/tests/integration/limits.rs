@@ -172,3 +172,91 @@ async fn watch_reattaches_after_the_service_restarts() {
     );
     env.expect_completed_safely(&upgrade).await;
 }
+
+/// A result of about 1 MiB (cluster-status lines) for the step in flight,
+/// signed by that step's own executor with its real key (a compromised
+/// executor, the strongest sender a result can have), is refused as malformed
+/// before the core reads it: no executor may send more than
+/// `protocol::MAX_OUTPUT` characters per field. It is counted and logged, the
+/// genuine result is the one recorded, and the upgrade completes safely. (Its
+/// cost to the service, a signature check and one JSON decode of 1 MB, is
+/// measured in `cargo bench -p workflow --bench inputs`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_mib_result_from_a_real_executor_is_refused_and_the_upgrade_goes_on() {
+    use std::time::Duration;
+
+    use async_nats::jetstream;
+    use protocol::sign::Identity;
+    use protocol::{Outcome, StepResult, MAX_OUTPUT, PROTOCOL_VERSION};
+    use workflow::core::Event;
+
+    let env = Env::start(Setup {
+        sync_ms: 1500,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    let mut current = None;
+    assert!(
+        tests::wait_until(UPGRADE_TIMEOUT, || {
+            current = env.status(&upgrade).and_then(|view| view.current);
+            current.is_some()
+        })
+        .await,
+        "a step is in flight\n{}",
+        env.logs()
+    );
+    let current = current.expect("found");
+    let key = env.executor_key(&current.node);
+    let insider = Identity::load(&key).unwrap();
+    let client = env
+        .secure
+        .connect(&env.nats.url(), Some(&key))
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    let line = "backend-1      leader     running  synced   3.0.0-1  192.168.33.215\n";
+    let huge: String = line.chars().cycle().take(1_000_000).collect();
+    let forged = StepResult {
+        v: PROTOCOL_VERSION,
+        upgrade: upgrade.clone(),
+        step: current.step,
+        attempt: current.attempt,
+        epoch: 1,
+        node: current.node.clone(),
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        stdout_tail: huge,
+        stderr_tail: String::new(),
+        reason: None,
+        started_ms: None,
+        finished_ms: None,
+        executor: current.node.clone(),
+    };
+    let (headers, payload) = forged.signed(&insider);
+    assert!(payload.len() > 1_000_000, "{} bytes", payload.len());
+    js.publish_with_headers(forged.subject(), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let log = || env.server.as_ref().unwrap().log();
+    assert!(
+        tests::wait_until(Duration::from_secs(20), || log()
+            .contains("rejected a malformed step result"))
+        .await,
+        "the huge result is refused\n{}",
+        env.logs()
+    );
+    assert!(
+        log().contains("stdout_tail") && log().contains("1000000 characters"),
+        "the refusal names the field and its size: {}",
+        log()
+    );
+    env.expect_completed_safely(&upgrade).await;
+    for event in env.events(&upgrade) {
+        if let Event::StepResultRecorded { stdout, .. } = &event {
+            assert!(stdout.chars().count() <= MAX_OUTPUT, "{event:?}");
+        }
+    }
+}
