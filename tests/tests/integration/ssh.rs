@@ -13,6 +13,9 @@
 //! sshd, the remote shell, sudo and its policy, process groups. Needs root
 //! (`useradd`, `/etc/sudoers.d`), sshd and sudo (`scripts/test.sh` installs
 //! them).
+//!
+//! Last, the systemd units of `packaging/systemd` that docs/real-cluster.md
+//! deploys: their commands parse, and `systemd-analyze verify` accepts them.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
@@ -395,4 +398,81 @@ async fn a_command_sudo_will_not_run_fails_naming_node_command_exit_code_and_out
         vec!["0 chef-backend-ctl status LANG=".to_string()],
         "only the allowed command ran"
     );
+}
+
+/// The shipped systemd units (packaging/systemd): each `ExecStart` (with
+/// the example `BATON_EXECUTOR_ARGS` of the ssh unit) is accepted by this
+/// `baton`, and, where `systemd-analyze` is installed, `systemd-analyze
+/// verify` finds nothing to say about them (it exits 0 even for an unknown
+/// key, so its warnings are failures here). The binary's path is the only
+/// change: verify wants an executable there.
+#[test]
+fn the_shipped_systemd_units_verify_and_their_commands_parse() {
+    let dir = tests::workspace_root().join("packaging/systemd");
+    let tmp = tempfile::tempdir().unwrap();
+    let analyze = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !analyze {
+        eprintln!(
+            "systemd-analyze is not installed: the units' commands are checked, not the units"
+        );
+    }
+    let baton = workspace_bin("baton");
+    for name in [
+        "baton-server.service",
+        "baton-executor@.service",
+        "baton-executor-ssh@.service",
+    ] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        let exec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("{name} has no ExecStart"));
+        let mut args: Vec<String> = exec
+            .split_whitespace()
+            .map(|w| w.replace("%i", "pool"))
+            .collect();
+        assert_eq!(args.remove(0), "/usr/local/bin/baton", "{name}");
+        if args.iter().any(|a| a == "$BATON_EXECUTOR_ARGS") {
+            args.retain(|a| a != "$BATON_EXECUTOR_ARGS");
+            let example = text
+                .lines()
+                .find_map(|l| l.strip_prefix("#   BATON_EXECUTOR_ARGS="))
+                .unwrap_or_else(|| panic!("{name} uses BATON_EXECUTOR_ARGS without an example"));
+            args.extend(example.split_whitespace().map(str::to_string));
+        }
+        let out = Command::new(&baton)
+            .args(&args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: baton {args:?} is refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if analyze {
+            let unit = tmp.path().join(name.replace("@.service", "@pool.service"));
+            std::fs::write(
+                &unit,
+                text.replace("/usr/local/bin/baton", &baton.display().to_string()),
+            )
+            .unwrap();
+            let out = Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(&unit)
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout);
+            let unit_name = unit.file_name().unwrap().to_string_lossy().into_owned();
+            let about: Vec<&str> = said.lines().filter(|l| l.contains(&unit_name)).collect();
+            assert!(
+                out.status.success() && about.is_empty(),
+                "systemd-analyze verify {name}: {said}"
+            );
+        }
+    }
 }
