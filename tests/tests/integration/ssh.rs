@@ -32,7 +32,9 @@ use tests::sshd::SudoUser;
 use tests::{wait_until, workspace_bin, NatsServer, Proc, Sshd};
 
 const SOON: Duration = Duration::from_secs(20);
-const PACKAGE: &str = "/var/tmp/chef-backend_3.1.0-1_amd64.deb";
+/// Where docs/real-cluster.md keeps packages (the file need not exist: the
+/// fake dpkg only records that it ran).
+const PACKAGE: &str = "/var/lib/baton/packages/chef-backend_3.1.0-1_amd64.deb";
 
 /// A fake node tool: records `<uid> <tool> <args> LANG=<LANG>`, then runs
 /// `do/<tool>-<first arg>.sh` if the test wrote one, else prints `<tool> ok`.
@@ -175,6 +177,37 @@ impl World {
         )
     }
 
+    /// The sudoers drop-in of docs/real-cluster.md, for `user`, with the
+    /// fake tools' directory for `/usr/bin` (and in sudo's `secure_path`).
+    fn documented_sudoers(&self, user: &SudoUser) -> String {
+        let doc = std::fs::read_to_string(tests::workspace_root().join("docs/real-cluster.md"))
+            .expect("docs/real-cluster.md");
+        let start = doc
+            .find("\nDefaults:baton ")
+            .expect("the page has the sudoers lines");
+        let block = &doc[start + 1..];
+        let block = &block[..block.find("\n```").expect("the block ends")];
+        let bin = self.bin().display().to_string();
+        let lines: Vec<String> = block
+            .lines()
+            .map(|l| {
+                let l = l.replace("/usr/bin/", &format!("{bin}/"));
+                if let Some(rest) = l.strip_prefix("Defaults:baton ") {
+                    format!("Defaults:{} {rest}", user.name())
+                } else if let Some(rest) = l.strip_prefix("baton ") {
+                    format!("{} {rest}", user.name())
+                } else {
+                    l
+                }
+            })
+            .collect();
+        format!(
+            "Defaults:{u} secure_path=\"{bin}:/usr/sbin:/usr/bin:/sbin:/bin\"\n{}\n",
+            lines.join("\n"),
+            u = user.name()
+        )
+    }
+
     /// What the fake `<tool> <first>` does from now on (sh, argv as `$@`).
     fn behave(&self, tool: &str, first: &str, script: &str) {
         let path = self.path("do").join(format!("{tool}-{first}.sh"));
@@ -280,17 +313,10 @@ async fn an_unprivileged_login_runs_the_root_steps_through_sudo_at_the_cluster_f
     let uid = user.uid().unwrap();
     assert_ne!(uid, 0);
     let w = World::start(&user).await;
-    // Exactly the commands of this test, the package by a regular expression
-    // that matches one file name and nothing more (sudo 1.9.10+).
-    user.allow(&w.sudoers(
-        &user,
-        &[
-            "chef-backend-ctl stop",
-            "chef-backend-ctl start",
-            "dpkg ^-i /var/tmp/chef-backend_[0-9.]+-[0-9]+_amd64[.]deb$",
-        ],
-    ))
-    .unwrap();
+    // The drop-in the page tells operators to write: the commands of the
+    // runbook procedure, the package by a regular expression that matches
+    // one file name and nothing more (sudo 1.9.10+).
+    user.allow(&w.documented_sudoers(&user)).unwrap();
 
     // An upgrade step that needs root: stop, as root through sudo, with the
     // request's LANG (sudo keeps LANG, LC_ALL and TZ).
@@ -311,15 +337,34 @@ async fn an_unprivileged_login_runs_the_root_steps_through_sudo_at_the_cluster_f
     ];
     let r = w.run(request(3, "probe_version", &probe)).await;
     assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
-    assert_eq!(
-        w.record(),
-        vec![
-            "0 chef-backend-ctl stop LANG=C.UTF-8".to_string(),
-            format!("0 dpkg -i {PACKAGE} LANG="),
-            format!("{uid} dpkg-query {} LANG=", probe[1..].join(" ")),
-        ],
-        "who ran what (uid first)"
-    );
+    let mut expected = vec![
+        "0 chef-backend-ctl stop LANG=C.UTF-8".to_string(),
+        format!("0 dpkg -i {PACKAGE} LANG="),
+        format!("{uid} dpkg-query {} LANG=", probe[1..].join(" ")),
+    ];
+    // Every other root command of the runbook procedure is in the page's
+    // drop-in and runs as root.
+    for (step, (action, argv)) in [
+        ("block_failover", "set-cluster-failover off"),
+        ("probe_cluster_status", "cluster-status"),
+        ("probe_failover", "cluster-status --json"),
+        ("probe_status", "status"),
+        ("start", "start"),
+        ("demote", "demote"),
+        ("unblock_failover", "set-cluster-failover on"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let argv: Vec<&str> = ["chef-backend-ctl"]
+            .into_iter()
+            .chain(argv.split(' '))
+            .collect();
+        let r = w.run(request(10 + step as u64, action, &argv)).await;
+        assert_eq!(r.outcome, Outcome::Succeeded, "{action}: {r:?}");
+        expected.push(format!("0 {} LANG=", argv.join(" ")));
+    }
+    assert_eq!(w.record(), expected, "who ran what (uid first)");
 
     // A timeout: the login user cannot signal the root command, so the
     // watcher asks sudo, which relays SIGTERM to it.
@@ -329,7 +374,7 @@ async fn an_unprivileged_login_runs_the_root_steps_through_sudo_at_the_cluster_f
         "start",
         &format!("echo $$ > {}; exec sleep 60", pid_file.display()),
     );
-    let mut slow = request(4, "start", &["chef-backend-ctl", "start"]);
+    let mut slow = request(20, "start", &["chef-backend-ctl", "start"]);
     slow.timeout_ms = 1500;
     let r = w.run(slow).await;
     assert_eq!(r.outcome, Outcome::TimedOut, "{r:?}");
