@@ -521,3 +521,72 @@ fn the_shipped_systemd_units_verify_and_their_commands_parse() {
         }
     }
 }
+
+/// `baton executor --cluster`: flags that contradict the cluster file are
+/// refused before anything starts, naming the file, the node or the flag.
+#[test]
+fn executor_flags_that_contradict_the_cluster_file_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = Identity::generate();
+    key.write_seed(&d.join("executor.seed")).unwrap();
+    let trust = Trust {
+        service: Peer {
+            name: "baton-service".into(),
+            key: Identity::generate().public_key(),
+        },
+        executors: vec![ExecutorPeer {
+            name: "ex".into(),
+            key: key.public_key(),
+            group: "pool".into(),
+        }],
+        operators: vec![],
+    };
+    std::fs::write(d.join("trust.toml"), trust.to_toml()).unwrap();
+    let cluster = d.join("cluster.toml");
+    std::fs::write(
+        &cluster,
+        "[cluster]\nname = \"prod\"\n\n\
+         [[nodes]]\nname = \"backend-1\"\naddress = \"192.0.2.1\"\nexecutor = \"pool\"\n\n\
+         [[nodes]]\nname = \"backend-2\"\naddress = \"192.0.2.2\"\nexecutor = \"other\"\n\n\
+         [[nodes]]\nname = \"backend-3\"\naddress = \"192.0.2.3\"\nexecutor = \"other\"\n",
+    )
+    .unwrap();
+    let file = cluster.display().to_string();
+    for (args, needle) in [
+        (
+            vec!["--installer", "yum"],
+            format!("--installer yum disagrees with cluster file {file}, whose upgrade.installer is dpkg"),
+        ),
+        (
+            vec!["--procedure", "upgrade-command"],
+            format!("--procedure upgrade-command disagrees with cluster file {file}, whose upgrade.procedure is runbook"),
+        ),
+        (
+            vec!["--nodes", "backend-2"],
+            format!("node backend-2 (--nodes) belongs to executor group other in cluster file {file}, not to pool"),
+        ),
+        (
+            vec!["--nodes", "backend-9"],
+            format!("node backend-9 (--nodes) is not in cluster file {file}"),
+        ),
+        (
+            vec!["--ssh-sudo"],
+            "--ssh-sudo is for the ssh runner (--runner ssh)".to_string(),
+        ),
+    ] {
+        let out = Command::new(workspace_bin("baton"))
+            .env("BATON_KEY", d.join("executor.seed"))
+            .env("BATON_TRUST", d.join("trust.toml"))
+            .env("BATON_NATS_URL", "nats://127.0.0.1:1")
+            .args(["executor", "--group", "pool", "--cluster", &file])
+            .arg("--state-dir")
+            .arg(d.join("state"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(&needle), "{args:?}: {needle:?} not in {err}");
+    }
+}
