@@ -2,8 +2,8 @@
 //! them on their nodes, until SIGTERM or SIGINT.
 //!
 //! It runs only what it was built to run: a rendering of its profile's
-//! templates (`--installer`, `--procedure`, else the cluster file's, else the
-//! cluster file's defaults) for one of its nodes (`--nodes`, else the nodes
+//! templates (`--installer`, `--procedure`, else those of the cluster file
+//! given with `--cluster`, else dpkg and runbook) for one of its nodes (`--nodes`, else the nodes
 //! the cluster file given with `--cluster` assigns to `--group`), at the
 //! address given there (`--nodes NAME=ADDRESS`, else the cluster file's
 //! `address`; see the `executor::allow` module and THREATS.md), and only when
@@ -153,17 +153,19 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A login name for `ssh -l` (its own argv element): not empty, not an
+/// option, no white space or control characters (`user@REALM` is fine).
 fn parse_user(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && !s.starts_with('-')
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && s.len() <= 256
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control());
     if ok {
         Ok(s.to_string())
     } else {
         Err(format!(
-            "{s:?} is not a user name (1 to 64 of A-Z a-z 0-9 _ . -, not starting with '-')"
+            "{s:?} is not a user name (1 to 256 characters, no white space or control characters, \
+             not starting with '-')"
         ))
     }
 }
