@@ -73,8 +73,10 @@ impl Default for SshConfig {
 
 /// Whether `action`'s command needs root on the node, and so runs through
 /// `sudo` when [`SshConfig::sudo`] is set. Every `chef-backend-ctl` command
-/// does (the read-only `status` and `cluster-status` too: they read the
-/// cluster's secrets), and so does the install; the package queries
+/// does (the read-only `status` and `cluster-status` too: chef-backend-ctl
+/// is an administrator's tool run as root, and which of its subcommands work
+/// without root is not something to rely on), and so does the install; the
+/// package queries
 /// (`dpkg-query`/`rpm -q`, `dpkg-deb --field`/`rpm -qp`) do not, so the
 /// package file must be readable by the login user.
 pub fn needs_root(action: Action) -> bool {
