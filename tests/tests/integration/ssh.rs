@@ -375,7 +375,8 @@ async fn an_unprivileged_login_runs_the_root_steps_through_sudo_at_the_cluster_f
         &format!("echo $$ > {}; exec sleep 60", pid_file.display()),
     );
     let mut slow = request(20, "start", &["chef-backend-ctl", "start"]);
-    slow.timeout_ms = 1500;
+    // Long enough for the login and sudo to start it on a loaded machine.
+    slow.timeout_ms = 4000;
     let r = w.run(slow).await;
     assert_eq!(r.outcome, Outcome::TimedOut, "{r:?}");
     let pid = read_pid(&pid_file).expect("the root command ran and wrote its pid");
