@@ -15,6 +15,16 @@ if [ ! -x /usr/sbin/sshd ]; then
     exit 1
   fi
 fi
+# ... and logs in there as an unprivileged user that runs the commands needing
+# root through sudo (Debian's sudo; the tests make the user and a sudoers drop-in).
+if [ ! -x /usr/bin/sudo ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sudo >/dev/null
+  else
+    echo "the SSH runner's sudo test needs sudo: apt-get install sudo (as root)" >&2
+    exit 1
+  fi
+fi
 export BATON_NATS_SERVER="$root/.tools/bin/nats-server"
 # Property tests and fuzzing draw from a fixed seed here, so a CI run is reproducible (this seed passes every
 # property); explore new inputs with another seed (PROPTEST_RNG_SEED=...) or the big fuzz run (tests/FUZZ.md).

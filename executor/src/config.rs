@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use protocol::connect::NatsConfig;
 use protocol::sign::{Identity, Trust};
-use workflow::core::{Installer, Procedure};
+use workflow::core::{ClusterFile, Installer, Procedure};
 
 use crate::allow::{Allowlist, PackageCheck};
 use crate::error::ExecutorError;
@@ -36,8 +36,9 @@ pub struct Config {
     /// nodes are rejected.
     pub nodes: Vec<String>,
     /// Node -> address (`host` or `host:port`), for `{address}` and the ssh
-    /// runner; a node without one is reached by its name. Never taken from a
-    /// request.
+    /// runner; a node without one is reached by its name. From `--nodes
+    /// NAME=ADDRESS`, else the cluster file ([`nodes_from_cluster`]); never
+    /// taken from a request.
     pub addresses: BTreeMap<String, String>,
     /// The package tool of this executor's profile (as the cluster file's
     /// `upgrade.installer`, default dpkg).
@@ -230,6 +231,63 @@ impl Config {
     }
 }
 
+/// The nodes an executor of `group` serves, with their addresses, from a
+/// cluster file (`--cluster`) and the `--nodes` flag (`given`, each `NAME` or
+/// `NAME=ADDRESS`):
+/// - without `--nodes`: every node whose `executor` is `group`, at the
+///   cluster file's `address`;
+/// - with `--nodes`: those nodes, each of which the cluster file must give to
+///   `group`; an address given there overrides the cluster file's.
+///
+/// Refused, naming the file and the node: a group with no node in the file, a
+/// node the file does not list or gives to another group.
+pub fn nodes_from_cluster(
+    cluster: &ClusterFile,
+    file: &str,
+    group: &str,
+    given: &[(String, Option<String>)],
+) -> Result<(Vec<String>, BTreeMap<String, String>), ExecutorError> {
+    let ours: Vec<_> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.executor == group)
+        .collect();
+    if ours.is_empty() {
+        return Err(ExecutorError::Config(format!(
+            "cluster file {file} gives no node to executor group {group} (no [[nodes]] with executor = \"{group}\")"
+        )));
+    }
+    if given.is_empty() {
+        let nodes = ours.iter().map(|n| n.name.clone()).collect();
+        let addresses = ours
+            .iter()
+            .map(|n| (n.name.clone(), n.address.clone()))
+            .collect();
+        return Ok((nodes, addresses));
+    }
+    let mut nodes = Vec::new();
+    let mut addresses = BTreeMap::new();
+    for (name, address) in given {
+        let Some(spec) = cluster.nodes.iter().find(|n| n.name == *name) else {
+            return Err(ExecutorError::Config(format!(
+                "node {name} (--nodes) is not in cluster file {file}"
+            )));
+        };
+        if spec.executor != group {
+            return Err(ExecutorError::Config(format!(
+                "node {name} (--nodes) belongs to executor group {} in cluster file {file}, not to {group} (--group)",
+                spec.executor
+            )));
+        }
+        nodes.push(name.clone());
+        addresses.insert(
+            name.clone(),
+            address.clone().unwrap_or_else(|| spec.address.clone()),
+        );
+    }
+    Ok((nodes, addresses))
+}
+
 /// This machine's host name, or `unknown`.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -377,6 +435,72 @@ mod tests {
             assert!(err.contains(needle), "{err}");
             assert!(err.contains(&c.identity.public_key()), "{err}");
             assert!(err.contains("g1"), "{err}");
+        }
+    }
+
+    const CLUSTER: &str = r#"
+[cluster]
+name = "prod"
+
+[[nodes]]
+name = "backend-1"
+address = "10.0.0.1"
+executor = "pool"
+
+[[nodes]]
+name = "backend-2"
+address = "10.0.0.2:2222"
+executor = "pool"
+
+[[nodes]]
+name = "backend-3"
+address = "10.0.0.3"
+executor = "other"
+"#;
+
+    #[test]
+    fn the_cluster_files_addresses_are_the_default_and_nodes_override_them() {
+        let cluster = ClusterFile::parse("cluster.toml", CLUSTER).unwrap();
+        let (nodes, addresses) = nodes_from_cluster(&cluster, "cluster.toml", "pool", &[]).unwrap();
+        assert_eq!(nodes, ["backend-1", "backend-2"]);
+        assert_eq!(
+            addresses,
+            BTreeMap::from([
+                ("backend-1".to_string(), "10.0.0.1".to_string()),
+                ("backend-2".to_string(), "10.0.0.2:2222".to_string()),
+            ])
+        );
+        let given = [
+            ("backend-2".to_string(), Some("192.0.2.7".to_string())),
+            ("backend-1".to_string(), None),
+        ];
+        let (nodes, addresses) =
+            nodes_from_cluster(&cluster, "cluster.toml", "pool", &given).unwrap();
+        assert_eq!(nodes, ["backend-2", "backend-1"]);
+        assert_eq!(addresses["backend-2"], "192.0.2.7", "--nodes overrides");
+        assert_eq!(addresses["backend-1"], "10.0.0.1", "else the file's");
+    }
+
+    #[test]
+    fn a_node_the_cluster_file_does_not_give_the_group_is_refused_by_name() {
+        let cluster = ClusterFile::parse("cluster.toml", CLUSTER).unwrap();
+        for (group, given, needle) in [
+            ("nobody", vec![], "cluster file cluster.toml gives no node to executor group nobody"),
+            (
+                "pool",
+                vec![("backend-9".to_string(), None)],
+                "node backend-9 (--nodes) is not in cluster file cluster.toml",
+            ),
+            (
+                "pool",
+                vec![("backend-3".to_string(), None)],
+                "node backend-3 (--nodes) belongs to executor group other in cluster file cluster.toml, not to pool",
+            ),
+        ] {
+            let err = nodes_from_cluster(&cluster, "cluster.toml", group, &given)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
         }
     }
 }

@@ -2,10 +2,12 @@
 //! them on their nodes, until SIGTERM or SIGINT.
 //!
 //! It runs only what it was built to run: a rendering of its profile's
-//! templates (`--installer`, `--procedure`, defaults as in the cluster file)
-//! for one of its `--nodes` (required), at the address given there (see the
-//! `executor::allow` module and THREATS.md), and only when the service signed
-//! the request.
+//! templates (`--installer`, `--procedure`, else those of the cluster file
+//! given with `--cluster`, else dpkg and runbook) for one of its nodes (`--nodes`, else the nodes
+//! the cluster file given with `--cluster` assigns to `--group`), at the
+//! address given there (`--nodes NAME=ADDRESS`, else the cluster file's
+//! `address`; see the `executor::allow` module and THREATS.md), and only when
+//! the service signed the request.
 //!
 //! It needs a key (`--key` / `BATON_KEY`) and the trust file (`--trust` /
 //! `BATON_TRUST`), which must list that key as an executor of `--group`; its
@@ -39,20 +41,31 @@ pub struct ExecutorArgs {
     /// Accept a relative --state-dir (resolved against the working directory).
     #[arg(long)]
     pub allow_relative_state_dir: bool,
+    /// The cluster file (as given to `baton plan`): this executor serves the
+    /// nodes whose `executor` is `--group`, at their `address`, with the
+    /// file's installer and procedure. `--nodes`, `--installer` and
+    /// `--procedure` may still be given: nodes must be the group's in the
+    /// file, an address there overrides the file's, and an installer or
+    /// procedure must agree with the file's.
+    #[arg(long, env = "BATON_EXECUTOR_CLUSTER")]
+    pub cluster: Option<PathBuf>,
     /// The nodes this executor serves, comma separated, each `NAME` or
-    /// `NAME=ADDRESS` (`host` or `host:port`; default: the name). Required:
-    /// requests for other nodes are rejected, and a node's address comes only
-    /// from here (for `{address}` and the ssh runner), never from a request.
-    #[arg(long, value_delimiter = ',', required = true, value_parser = parse_node)]
+    /// `NAME=ADDRESS` (`host` or `host:port`; default: the cluster file's
+    /// address, else the name). Required without `--cluster`: requests for
+    /// other nodes are rejected, and a node's address comes only from here or
+    /// the cluster file (for `{address}` and the ssh runner), never from a request.
+    #[arg(long, value_delimiter = ',', required_unless_present = "cluster", value_parser = parse_node)]
     pub nodes: Vec<(String, Option<String>)>,
     /// The package tool of this executor's profile: only its install and
-    /// version commands are run (the cluster file's `upgrade.installer`).
-    #[arg(long, value_enum, default_value_t = Installer::Dpkg, env = "BATON_EXECUTOR_INSTALLER")]
-    pub installer: Installer,
+    /// version commands are run (the cluster file's `upgrade.installer`;
+    /// default: the `--cluster` file's, else dpkg).
+    #[arg(long, value_enum, env = "BATON_EXECUTOR_INSTALLER")]
+    pub installer: Option<Installer>,
     /// The procedure of this executor's profile: `upgrade-command` adds
-    /// `chef-backend-ctl upgrade [--failover]` (the cluster file's `upgrade.procedure`).
-    #[arg(long, value_enum, default_value_t = Procedure::Runbook, env = "BATON_EXECUTOR_PROCEDURE")]
-    pub procedure: Procedure,
+    /// `chef-backend-ctl upgrade [--failover]` (the cluster file's
+    /// `upgrade.procedure`; default: the `--cluster` file's, else runbook).
+    #[arg(long, value_enum, env = "BATON_EXECUTOR_PROCEDURE")]
+    pub procedure: Option<Procedure>,
     /// The id this executor is expected to have: a check, not a choice. The id
     /// (presence key, `executor` field of results) is always the trust file's
     /// name for `--key`; if this differs, the executor refuses to start.
@@ -67,13 +80,21 @@ pub struct ExecutorArgs {
     /// ssh runner: the ssh binary.
     #[arg(long, default_value = "ssh")]
     pub ssh_program: PathBuf,
-    /// ssh runner: the remote user.
-    #[arg(long)]
+    /// ssh runner: the remote user (default: ssh's, i.e. its config or the local user).
+    #[arg(long, value_parser = parse_user)]
     pub ssh_user: Option<String>,
+    /// ssh runner: run the commands that need root (every `chef-backend-ctl`
+    /// command and the install; not the package queries) through `sudo -n`,
+    /// so `--ssh-user` can be an unprivileged user with exactly those commands
+    /// in sudoers (docs/real-cluster.md). sudo never prompts: a command it
+    /// would not run fails the step naming node, command, sudo's exit code and output.
+    #[arg(long)]
+    pub ssh_sudo: bool,
     /// ssh runner: an `-o` option for ssh (repeatable), e.g. `IdentityFile=/etc/baton/id`.
     #[arg(long = "ssh-option")]
     pub ssh_options: Vec<String>,
-    /// ssh runner: `node=host[:port]` (repeatable); the same as `--nodes node=host[:port]`.
+    /// ssh runner: `node=host[:port]` (repeatable); the same as `--nodes node=host[:port]`: it
+    /// overrides the cluster file's address.
     #[arg(long = "ssh-address", value_parser = parse_pair)]
     pub ssh_addresses: Vec<(String, String)>,
     /// Presence heartbeat interval, in milliseconds.
@@ -132,6 +153,23 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A login name for `ssh -l` (its own argv element): not empty, not an
+/// option, no white space or control characters (`user@REALM` is fine).
+fn parse_user(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && !s.starts_with('-')
+        && s.len() <= 256
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a user name (1 to 256 characters, no white space or control characters, \
+             not starting with '-')"
+        ))
+    }
+}
+
 fn parse_node(s: &str) -> Result<(String, Option<String>), String> {
     let (name, address) = match s.split_once('=') {
         Some((name, address)) if !address.is_empty() => (name, Some(address.to_string())),
@@ -154,33 +192,81 @@ impl ExecutorArgs {
         let mut config = Config::new(self.group.clone(), state_dir, identity, trust);
         config.nats = global.nats_config()?;
         config.expected_id = self.id;
-        let mut addresses = BTreeMap::new();
-        for (node, address) in self
+        let (nodes, mut addresses, from_file) = match &self.cluster {
+            Some(path) => {
+                let text = read_cluster(path)?;
+                let file = path.display().to_string();
+                let cluster = workflow::core::ClusterFile::parse(&file, &text)?;
+                let (nodes, addresses) = executor::config::nodes_from_cluster(
+                    &cluster,
+                    &file,
+                    &self.group,
+                    &self.nodes,
+                )?;
+                let upgrade = &cluster.upgrade;
+                (
+                    nodes,
+                    addresses,
+                    Some((file, upgrade.installer, upgrade.procedure)),
+                )
+            }
+            None => {
+                let addresses = self
+                    .nodes
+                    .iter()
+                    .filter_map(|(n, a)| Some((n.clone(), a.clone()?)))
+                    .collect();
+                let nodes = self.nodes.iter().map(|(n, _)| n.clone()).collect();
+                (nodes, addresses, None)
+            }
+        };
+        let explicit: BTreeMap<&str, &str> = self
             .nodes
             .iter()
-            .filter_map(|(n, a)| Some((n, a.as_ref()?)))
-        {
-            addresses.insert(node.clone(), address.clone());
-        }
+            .filter_map(|(n, a)| Some((n.as_str(), a.as_deref()?)))
+            .collect();
         for (node, address) in self.ssh_addresses {
-            match addresses.get(&node) {
+            match explicit.get(node.as_str()) {
                 Some(known) if *known != address => {
                     bail!("node {node}: --nodes says address {known}, --ssh-address says {address}")
                 }
                 _ => {
+                    // Overrides the cluster file's address.
                     addresses.insert(node, address);
                 }
             }
         }
-        config.nodes = self.nodes.into_iter().map(|(n, _)| n).collect();
+        config.nodes = nodes;
         config.addresses = addresses;
-        config.installer = match self.installer {
+        let installer = self.installer.map(|i| match i {
             Installer::Dpkg => CoreInstaller::Dpkg,
             Installer::Yum => CoreInstaller::Yum,
-        };
-        config.procedure = match self.procedure {
+        });
+        let procedure = self.procedure.map(|p| match p {
             Procedure::Runbook => CoreProcedure::Runbook,
             Procedure::UpgradeCommand => CoreProcedure::UpgradeCommand,
+        });
+        (config.installer, config.procedure) = match from_file {
+            None => (installer.unwrap_or_default(), procedure.unwrap_or_default()),
+            Some((file, file_installer, file_procedure)) => {
+                // The service renders the file's templates: an executor of
+                // another profile would refuse every step.
+                if let Some(i) = installer.filter(|i| *i != file_installer) {
+                    bail!(
+                        "--installer {} disagrees with cluster file {file}, whose upgrade.installer is {}",
+                        installer_name(i),
+                        installer_name(file_installer)
+                    );
+                }
+                if let Some(p) = procedure.filter(|p| *p != file_procedure) {
+                    bail!(
+                        "--procedure {} disagrees with cluster file {file}, whose upgrade.procedure is {}",
+                        procedure_name(p),
+                        procedure_name(file_procedure)
+                    );
+                }
+                (file_installer, file_procedure)
+            }
         };
         config.max_output = self.max_output;
         config.allow_relative_state_dir = self.allow_relative_state_dir;
@@ -194,10 +280,40 @@ impl ExecutorArgs {
                 program: self.ssh_program,
                 user: self.ssh_user,
                 options: self.ssh_options,
+                sudo: self.ssh_sudo,
             }),
         };
+        if self.ssh_sudo && self.runner != Runner::Ssh {
+            bail!("--ssh-sudo is for the ssh runner (--runner ssh); a local executor runs as the user it is started as");
+        }
         Ok(config)
     }
+}
+
+fn installer_name(i: CoreInstaller) -> &'static str {
+    match i {
+        CoreInstaller::Dpkg => "dpkg",
+        CoreInstaller::Yum => "yum",
+    }
+}
+
+fn procedure_name(p: CoreProcedure) -> &'static str {
+    match p {
+        CoreProcedure::Runbook => "runbook",
+        CoreProcedure::UpgradeCommand => "upgrade-command",
+    }
+}
+
+/// The cluster file's text, read no further than its size limit.
+fn read_cluster(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("could not open cluster file {} (--cluster)", path.display()))?;
+    let mut text = String::new();
+    file.take(workflow::core::cluster::MAX_CLUSTER_FILE_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("could not read cluster file {} (--cluster)", path.display()))?;
+    Ok(text)
 }
 
 /// Run the executor until SIGTERM or SIGINT; exit 0 after a graceful shutdown.

@@ -2,7 +2,8 @@
 //!
 //! [`local`] runs the argv as a child process on this machine; [`ssh`] wraps
 //! it into a call of the system `ssh` binary and then runs that locally, so
-//! both share timeouts, process-group kills and output capture.
+//! both share timeouts, process-group kills and output capture. The ssh
+//! runner may run the commands that need root through `sudo -n`.
 
 pub mod local;
 pub mod ssh;
@@ -49,7 +50,9 @@ impl RunnerConfig {
             RunnerConfig::Ssh(cfg) => match cfg.wrap(req, address) {
                 Ok(argv) => {
                     let env = Default::default();
-                    local::run(&argv, &env, timeout, max_output, local::Stdin::HeldOpen).await
+                    let ran =
+                        local::run(&argv, &env, timeout, max_output, local::Stdin::HeldOpen).await;
+                    cfg.interpret(req, address, ran)
                 }
                 Err(reason) => {
                     let now = crate::now_ms();

@@ -11,4 +11,5 @@ mod executor;
 mod lease;
 mod limits;
 mod sim;
+mod ssh;
 mod store;
