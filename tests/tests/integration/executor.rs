@@ -936,7 +936,10 @@ async fn the_ssh_runner_runs_the_argv_on_the_node_through_a_real_sshd() {
         ),
     );
     let mut slow = request(&up, 2, "pool", "stop");
-    slow.timeout_ms = 1000;
+    // Long enough for the login and the remote shell to start the command on
+    // a loaded machine (the assertions need its output and pids), short
+    // enough to keep the test quick: the sleep would take 30 s.
+    slow.timeout_ms = 4000;
     env.publish(&slow).await;
     let results = env.wait_results(&up, 2, &[&exec]).await;
     let r = results.iter().find(|r| r.step == 2).unwrap();
