@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use store::StreamId;
 use workflow::service::api::LoggedEvent;
-use workflow::service::{checkpoint, SERVICE_STREAM};
+use workflow::service::{checkpoint, mirror, SERVICE_STREAM};
 
 use crate::client::{Client, Exit, EXIT_VERIFY_FAILED};
 use crate::{Global, Output};
@@ -131,8 +131,19 @@ pub fn run(global: Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify { anchor, mirror, .. } => runtime.block_on(async {
             let client = Client::connect(&global).await?;
             if mirror {
+                // The mirror first, then the log: an upgrade still running
+                // appends before it mirrors, so every mirrored event is in
+                // the log read after, and only its tail may be missing.
+                let messages = fetch_stream(&client, "mirror").await?;
                 let mut chain = Chain::new();
+                let mut finished = std::collections::BTreeSet::new();
                 for view in super::ops::list_all(&client, true).await? {
+                    if matches!(
+                        view.status.as_str(),
+                        "completed" | "halted" | "aborted" | "planned"
+                    ) {
+                        finished.insert(view.upgrade.clone());
+                    }
                     let events: Vec<LoggedEvent> =
                         super::replay::fetch(&client, &view.upgrade).await?;
                     let lines: Vec<u8> = events
@@ -145,8 +156,14 @@ pub fn run(global: Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
                         .collect();
                     chain.extend(chain_of_export(&lines).0);
                 }
-                let differences =
-                    mirror_differences(&client, |s, q| Ok(chain_lookup(&chain, s, q))).await?;
+                let differences: Vec<String> = mirror::differences(
+                    messages,
+                    |s, q| Ok(chain_lookup(&chain, s, q)),
+                    |s| finished.contains(&s.to_string()),
+                )
+                .iter()
+                .map(ToString::to_string)
+                .collect();
                 if !differences.is_empty() {
                     print_verify(&global, false, &differences.join("; "))?;
                 }
@@ -271,53 +288,17 @@ async fn fetch_stream(client: &Client, verb: &str) -> anyhow::Result<Vec<serde_j
     }
 }
 
-/// Compares BATON_EVENTS (`{"upgrade","seq","hash","event"}` per event)
-/// with the log's chains: every mirrored event must be in the log with the
-/// same hash, and every logged event of a mirrored upgrade must be mirrored.
+/// Compares BATON_EVENTS with a copy of the log (`workflow::service::mirror`),
+/// all of it: every difference, worded for the report.
 async fn mirror_differences(
     client: &Client,
-    mut lookup: impl FnMut(StreamId, u64) -> Result<checkpoint::At, String>,
+    lookup: impl FnMut(StreamId, u64) -> Result<checkpoint::At, String>,
 ) -> anyhow::Result<Vec<String>> {
-    let mut differences = Vec::new();
-    let mut mirrored: std::collections::BTreeMap<StreamId, std::collections::BTreeSet<u64>> =
-        Default::default();
-    for message in fetch_stream(client, "mirror").await? {
-        let upgrade = message["upgrade"].as_str().unwrap_or_default();
-        let (Ok(stream), Some(seq), Some(hash)) = (
-            upgrade.parse::<StreamId>(),
-            message["seq"].as_u64(),
-            message["hash"].as_str(),
-        ) else {
-            differences.push(format!("a mirrored message is malformed: {message}"));
-            continue;
-        };
-        mirrored.entry(stream).or_default().insert(seq);
-        match lookup(stream, seq) {
-            Ok(checkpoint::At::Hash(h)) if hex::encode(h) == hash => {}
-            Ok(checkpoint::At::Hash(h)) => differences.push(format!(
-                "upgrade {upgrade} seq {seq}: the mirror has hash {hash}, the log {}",
-                hex::encode(h)
-            )),
-            Ok(checkpoint::At::Missing | checkpoint::At::NotHere) => differences.push(format!(
-                "upgrade {upgrade} seq {seq}: mirrored, but not in the log"
-            )),
-            Err(err) => differences.push(format!("upgrade {upgrade} seq {seq}: {err}")),
-        }
-    }
-    // Logged events of a mirrored upgrade that the mirror lacks (never
-    // mirrored, or dropped), in a gap or past its last one.
-    for (stream, seqs) in mirrored {
-        let mut seq = 1;
-        while let Ok(checkpoint::At::Hash(_)) = lookup(stream, seq) {
-            if !seqs.contains(&seq) {
-                differences.push(format!(
-                    "upgrade {stream} seq {seq}: in the log, not in the mirror"
-                ));
-            }
-            seq += 1;
-        }
-    }
-    Ok(differences)
+    let messages = fetch_stream(client, "mirror").await?;
+    Ok(mirror::differences(messages, lookup, |_| true)
+        .iter()
+        .map(ToString::to_string)
+        .collect())
 }
 
 /// The trust file's service key, if a trust file is given (without one,

@@ -353,3 +353,150 @@ async fn a_log_stripped_of_its_checkpoints_is_caught_by_the_off_box_copy() {
         server.log()
     );
 }
+
+/// Every message of `BATON_EVENTS` for `upgrade`, as JSON, read directly.
+async fn mirrored(js: &async_nats::jetstream::Context, upgrade: &str) -> Vec<serde_json::Value> {
+    let stream = js
+        .get_stream(protocol::subjects::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let subject = protocol::subjects::event(upgrade);
+    let mut out = Vec::new();
+    let mut from = 1;
+    while let Ok(message) = stream
+        .get_first_raw_message_by_subject(&subject, from)
+        .await
+    {
+        from = message.sequence + 1;
+        out.push(serde_json::from_slice(&message.payload).unwrap());
+    }
+    out
+}
+
+/// Issue 12: someone with access to an open NATS purges the `BATON_EVENTS`
+/// mirror and republishes it forged (one event's hash changed, one event left
+/// out). `baton audit verify --mirror` reports both and exits 5; at its next
+/// start the service refuses to act on the unfinished upgrade (it pauses it,
+/// naming the first difference), mirrors again what was left out, and goes
+/// on only when an operator resumes. With the shipped least-privilege NATS
+/// configuration the purge itself is refused, even to an executor's identity.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_mirror_is_reported_and_its_upgrade_is_not_acted_on() {
+    // With authentication on, nobody but nats-server's own account may purge.
+    {
+        let env = Env::start(Setup::default()).await;
+        let key = env.executor_key("backend-1");
+        let client = env
+            .secure
+            .connect(&env.nats.url(), Some(&key))
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        let purged = match js.get_stream(protocol::subjects::EVENTS_STREAM).await {
+            Ok(stream) => stream.purge().await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        assert!(
+            purged.is_err(),
+            "an executor's identity purged BATON_EVENTS"
+        );
+    }
+
+    let mut env = Env::start(Setup {
+        nats_auth: false,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&["--approve-before", "before-switchover"]);
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let out = env.baton(&["audit", "verify", "--mirror"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The forgery: purge, then republish with seq 2's hash changed and seq 3 left out.
+    let original = mirrored(&js, &upgrade).await;
+    assert!(original.len() > 3, "{original:?}");
+    js.get_stream(protocol::subjects::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let forged_hash = "ab".repeat(32);
+    for message in &original {
+        let mut message = message.clone();
+        match message["seq"].as_u64() {
+            Some(3) => continue,
+            Some(2) => message["hash"] = serde_json::json!(forged_hash),
+            _ => {}
+        }
+        js.publish(
+            protocol::subjects::event(&upgrade),
+            message.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+
+    let out = env.baton(&["audit", "verify", "--mirror"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    for needle in [
+        format!("upgrade {upgrade} seq 2: the mirror has hash {forged_hash}"),
+        format!("upgrade {upgrade} seq 3: in the log, not in the mirror"),
+    ] {
+        assert!(text(&out).contains(&needle), "{needle}\n{}", text(&out));
+    }
+
+    // The service restarts: it will not act on the upgrade until an operator says so.
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGTERM);
+    server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the service stops on SIGTERM");
+    env.start_server();
+    env.wait_for_executors().await;
+    let view = env
+        .wait_status(&upgrade, &["paused"], UPGRADE_TIMEOUT)
+        .await;
+    let reason = view.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("mirror disagreeing with the log")
+            && reason.contains(&format!("upgrade {upgrade} seq 2: the mirror has hash")),
+        "{view:?}"
+    );
+    assert!(
+        env.server
+            .as_ref()
+            .unwrap()
+            .log()
+            .contains("the BATON_EVENTS mirror disagrees with the log; pausing the upgrade"),
+        "{}",
+        env.logs()
+    );
+    // What the mirror lacked is mirrored again; the forged hash stays reported.
+    let mut out = env.baton(&["audit", "verify", "--mirror"]);
+    for _ in 0..50 {
+        if !text(&out).contains("seq 3: in the log, not in the mirror") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        out = env.baton(&["audit", "verify", "--mirror"]);
+    }
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        !text(&out).contains("seq 3: in the log, not in the mirror")
+            && text(&out).contains(&format!("upgrade {upgrade} seq 2: the mirror has hash")),
+        "{}",
+        text(&out)
+    );
+
+    // Explained: the operator resumes and approves; the upgrade completes safely.
+    env.baton_ok(&["resume", &upgrade]);
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    env.baton_ok(&["approve", &upgrade, "before-switchover"]);
+    env.expect_completed_safely(&upgrade).await;
+}

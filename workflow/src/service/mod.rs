@@ -20,6 +20,7 @@ mod api_guard;
 pub mod checkpoint;
 mod handlers;
 pub mod lease;
+pub mod mirror;
 mod registry;
 mod upgrade;
 pub mod view;

@@ -141,7 +141,7 @@ pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError
         if let Err(held) = shared.registry.claim_nodes(&upgrade, &cluster, &nodes) {
             tracing::error!(%upgrade, %cluster, %held, "two unfinished upgrades of the same nodes in the log");
         }
-        let worker = Loop {
+        let mut worker = Loop {
             shared: shared.clone(),
             upgrade: upgrade.clone(),
             stream,
@@ -150,7 +150,50 @@ pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError
             checkpointed: super::checkpoint::last_seq(shared, stream)?,
             rx,
         };
-        worker.remirror(&events).await;
+        // The mirror must agree with the log before anything is acted on;
+        // what it lacks is mirrored again.
+        let mirrored = super::mirror::of_upgrade(shared, &upgrade).await?;
+        let unmirrored = mirrored.is_empty();
+        // Nothing appends to it meanwhile: its whole log is compared.
+        let found = super::mirror::differences(
+            mirrored,
+            |s, q| super::checkpoint::hash_in(&shared.store, s, q),
+            |_| true,
+        );
+        let missing: std::collections::BTreeSet<u64> = found
+            .iter()
+            .filter_map(|d| match d {
+                super::mirror::Difference::NotMirrored { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        worker
+            .remirror(&events, |seq| unmirrored || missing.contains(&seq))
+            .await;
+        let contradictions: Vec<_> = found.iter().filter(|d| d.contradicts()).collect();
+        if let Some(first) = contradictions.first() {
+            tracing::error!(
+                %upgrade,
+                %cluster,
+                differences = contradictions.len(),
+                first = %first,
+                "the BATON_EVENTS mirror disagrees with the log; pausing the upgrade"
+            );
+            let reason = format!(
+                "the service found the BATON_EVENTS mirror disagreeing with the log at start \
+                 ({} difference(s); first: {first}): run `baton audit verify --mirror`, and \
+                 `baton resume {upgrade}` only once it is explained",
+                contradictions.len()
+            );
+            let pause = Input::Pause {
+                by: format!("{} (the service)", shared.trust.service.name),
+                reason,
+                now_ms: now_ms(),
+            };
+            if let Err(rejection) = worker.apply(pause).await? {
+                tracing::error!(%upgrade, %rejection, "could not pause the upgrade whose mirror disagrees");
+            }
+        }
         let outstanding = worker.state.outstanding_steps();
         tracing::info!(
             %upgrade,
@@ -380,10 +423,14 @@ impl Loop {
             "hash": hex::encode(hash),
             "event": event,
         });
+        // The epoch keeps a re-mirroring after a restart from being dropped
+        // as a duplicate of a message since purged (JetStream remembers ids
+        // for its duplicate window, purge or not); retries within one epoch
+        // still deduplicate.
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             protocol::messages::MSG_ID_HEADER,
-            format!("{}:event:{seq}", self.upgrade).as_str(),
+            format!("{}:event:{seq}:{}", self.upgrade, self.shared.epoch).as_str(),
         );
         self.publish_until_acked(
             protocol::subjects::event(&self.upgrade),
@@ -395,24 +442,8 @@ impl Loop {
     }
 
     /// After a restart: mirrors the events that `BATON_EVENTS` does not have.
-    async fn remirror(&self, events: &[(store::Record, Event)]) {
-        let subject = protocol::subjects::event(&self.upgrade);
-        let last = match self
-            .shared
-            .js
-            .get_stream(protocol::subjects::EVENTS_STREAM)
-            .await
-        {
-            Ok(stream) => match stream.get_last_raw_message_by_subject(&subject).await {
-                Ok(message) => serde_json::from_slice::<serde_json::Value>(&message.payload)
-                    .ok()
-                    .and_then(|v| v.get("seq").and_then(|s| s.as_u64()))
-                    .unwrap_or(0),
-                Err(_) => 0,
-            },
-            Err(_) => 0,
-        };
-        for (record, event) in events.iter().filter(|(r, _)| r.seq > last) {
+    async fn remirror(&self, events: &[(store::Record, Event)], missing: impl Fn(u64) -> bool) {
+        for (record, event) in events.iter().filter(|(r, _)| missing(r.seq)) {
             self.mirror(record.seq, &record.hash, event).await;
         }
     }

@@ -1,0 +1,297 @@
+//! The log compared with its mirror in `BATON_EVENTS`.
+//!
+//! Every appended event is mirrored as `{"upgrade","seq","hash","event"}` on
+//! `baton.events.<upgrade>`: for watchers, and as an off-box copy of the chain.
+//! The mirror is not the truth (the log, held by its signed checkpoints, is),
+//! so a difference means one of them was altered: the mirror purged and
+//! republished by someone with access to NATS, or the log rewritten by someone
+//! holding the service's key (who can re-sign checkpoints, but cannot rewrite
+//! what left the host).
+//!
+//! - `baton audit verify --mirror` reports every [`Difference`] (offline
+//!   against a copy of the log, or through the service).
+//! - The service compares the mirror of each unfinished upgrade at start and
+//!   refuses to act on one whose mirror disagrees: it pauses it, naming the
+//!   first difference, so an operator decides (`baton resume`) after looking.
+//!   Events the mirror lacks are not a disagreement (a crash between the append
+//!   and its mirroring leaves them out); they are mirrored again.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use store::StreamId;
+
+use super::checkpoint::At;
+
+/// One way the mirror and the log differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Difference {
+    /// A message on the mirror that is not a mirrored event.
+    Malformed { message: String },
+    /// The mirror has another hash for an event than the log.
+    Hash {
+        upgrade: String,
+        seq: u64,
+        mirror: String,
+        log: String,
+    },
+    /// The mirror has an event the log does not.
+    NotInLog { upgrade: String, seq: u64 },
+    /// The log has an event of a mirrored upgrade that the mirror lacks.
+    NotMirrored { upgrade: String, seq: u64 },
+    /// The log could not be read there.
+    Unreadable {
+        upgrade: String,
+        seq: u64,
+        error: String,
+    },
+}
+
+impl Difference {
+    /// Whether the mirror contradicts the log (rather than lacking an event,
+    /// which a crash between an append and its mirroring explains).
+    pub fn contradicts(&self) -> bool {
+        !matches!(self, Difference::NotMirrored { .. })
+    }
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Difference::Malformed { message } => {
+                write!(f, "a mirrored message is malformed: {message}")
+            }
+            Difference::Hash {
+                upgrade,
+                seq,
+                mirror,
+                log,
+            } => write!(
+                f,
+                "upgrade {upgrade} seq {seq}: the mirror has hash {mirror}, the log {log}"
+            ),
+            Difference::NotInLog { upgrade, seq } => {
+                write!(
+                    f,
+                    "upgrade {upgrade} seq {seq}: mirrored, but not in the log"
+                )
+            }
+            Difference::NotMirrored { upgrade, seq } => {
+                write!(
+                    f,
+                    "upgrade {upgrade} seq {seq}: in the log, not in the mirror"
+                )
+            }
+            Difference::Unreadable {
+                upgrade,
+                seq,
+                error,
+            } => write!(f, "upgrade {upgrade} seq {seq}: {error}"),
+        }
+    }
+}
+
+/// The longest excerpt of a malformed message a difference quotes.
+const QUOTE: usize = 200;
+
+/// Compares mirrored messages (`{"upgrade","seq","hash",..}` each) with the
+/// log's chains, read through `lookup`: every mirrored event must be in the
+/// log with the same hash, and every logged event of a mirrored upgrade must
+/// be mirrored, in a gap or, where `whole(upgrade)`, past the mirror's last
+/// one. (An upgrade still running appends and then mirrors: read the mirror
+/// first and the log after, and its tail past the mirror is not a
+/// difference yet.)
+pub fn differences(
+    messages: impl IntoIterator<Item = serde_json::Value>,
+    mut lookup: impl FnMut(StreamId, u64) -> Result<At, String>,
+    whole: impl Fn(StreamId) -> bool,
+) -> Vec<Difference> {
+    let mut found = Vec::new();
+    let mut mirrored: BTreeMap<StreamId, BTreeSet<u64>> = BTreeMap::new();
+    for message in messages {
+        let upgrade = message["upgrade"].as_str().unwrap_or_default();
+        let (Ok(stream), Some(seq), Some(hash)) = (
+            upgrade.parse::<StreamId>(),
+            message["seq"].as_u64(),
+            message["hash"].as_str(),
+        ) else {
+            let text = message.to_string();
+            let cut = (0..=QUOTE.min(text.len()))
+                .rev()
+                .find(|i| text.is_char_boundary(*i))
+                .unwrap_or(0);
+            found.push(Difference::Malformed {
+                message: text[..cut].to_string(),
+            });
+            continue;
+        };
+        mirrored.entry(stream).or_default().insert(seq);
+        let upgrade = upgrade.to_string();
+        match lookup(stream, seq) {
+            Ok(At::Hash(h)) if hex::encode(h) == hash => {}
+            Ok(At::Hash(h)) => found.push(Difference::Hash {
+                upgrade,
+                seq,
+                mirror: hash.to_string(),
+                log: hex::encode(h),
+            }),
+            Ok(At::Missing | At::NotHere) => found.push(Difference::NotInLog { upgrade, seq }),
+            Err(error) => found.push(Difference::Unreadable {
+                upgrade,
+                seq,
+                error,
+            }),
+        }
+    }
+    for (stream, seqs) in mirrored {
+        let last = seqs.last().copied().unwrap_or(0);
+        let whole = whole(stream);
+        let mut seq = 1;
+        while let Ok(At::Hash(_)) = lookup(stream, seq) {
+            if seq > last && !whole {
+                break;
+            }
+            if !seqs.contains(&seq) {
+                found.push(Difference::NotMirrored {
+                    upgrade: stream.to_string(),
+                    seq,
+                });
+            }
+            seq += 1;
+        }
+    }
+    found
+}
+
+pub(crate) use service::of_upgrade;
+
+mod service {
+    use async_nats::jetstream;
+
+    use crate::service::{ServiceError, Shared};
+
+    /// Every message mirrored for `upgrade`, in stream order (one
+    /// by-subject get per message: the stream may hold many upgrades).
+    pub(crate) async fn of_upgrade(
+        shared: &Shared,
+        upgrade: &str,
+    ) -> Result<Vec<serde_json::Value>, ServiceError> {
+        let nats = |err: String| ServiceError::Nats(format!("reading BATON_EVENTS: {err}"));
+        let stream = shared
+            .js
+            .get_stream(protocol::subjects::EVENTS_STREAM)
+            .await
+            .map_err(|err| nats(err.to_string()))?;
+        let subject = protocol::subjects::event(upgrade);
+        let mut out = Vec::new();
+        let mut from = 1;
+        loop {
+            match stream
+                .get_first_raw_message_by_subject(&subject, from)
+                .await
+            {
+                Ok(message) => {
+                    from = message.sequence + 1;
+                    out.push(
+                        serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
+                            serde_json::Value::String(
+                                String::from_utf8_lossy(&message.payload).into_owned(),
+                            )
+                        }),
+                    );
+                }
+                Err(err)
+                    if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                {
+                    return Ok(out)
+                }
+                Err(err) => return Err(nats(err.to_string())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(n: u8) -> StreamId {
+        StreamId([n; 16])
+    }
+
+    fn message(upgrade: StreamId, seq: u64, hash: [u8; 32]) -> serde_json::Value {
+        serde_json::json!({"upgrade": upgrade.to_string(), "seq": seq, "hash": hex::encode(hash), "event": {}})
+    }
+
+    /// A log of one upgrade with three events, hashes [1;32], [2;32], [3;32].
+    fn lookup(s: StreamId, seq: u64) -> Result<At, String> {
+        match (s == stream(1), seq) {
+            (true, 1..=3) => Ok(At::Hash([seq as u8; 32])),
+            (true, _) => Ok(At::Missing),
+            (false, _) => Ok(At::NotHere),
+        }
+    }
+
+    #[test]
+    fn a_faithful_mirror_has_no_difference() {
+        let mirror = (1..=3).map(|seq| message(stream(1), seq, [seq as u8; 32]));
+        assert_eq!(differences(mirror, lookup, |_| true), vec![]);
+    }
+
+    #[test]
+    fn every_kind_of_difference_is_named_and_only_a_gap_is_not_a_contradiction() {
+        let mirror = vec![
+            message(stream(1), 1, [1; 32]),
+            message(stream(1), 2, [9; 32]),
+            message(stream(1), 7, [7; 32]),
+            message(stream(2), 1, [1; 32]),
+            serde_json::json!({"upgrade": "nope"}),
+        ];
+        let found = differences(mirror, lookup, |_| true);
+        let text: Vec<String> = found.iter().map(|d| d.to_string()).collect();
+        let u1 = stream(1).to_string();
+        let u2 = stream(2).to_string();
+        assert_eq!(
+            text,
+            vec![
+                format!(
+                    "upgrade {u1} seq 2: the mirror has hash {}, the log {}",
+                    hex::encode([9u8; 32]),
+                    hex::encode([2u8; 32])
+                ),
+                format!("upgrade {u1} seq 7: mirrored, but not in the log"),
+                format!("upgrade {u2} seq 1: mirrored, but not in the log"),
+                r#"a mirrored message is malformed: {"upgrade":"nope"}"#.to_string(),
+                format!("upgrade {u1} seq 3: in the log, not in the mirror"),
+            ]
+        );
+        let contradictions: Vec<bool> = found.iter().map(Difference::contradicts).collect();
+        assert_eq!(contradictions, vec![true, true, true, true, false]);
+    }
+
+    #[test]
+    fn a_running_upgrades_tail_past_its_mirror_is_not_a_difference_yet_but_a_gap_is() {
+        let tail = vec![
+            message(stream(1), 1, [1; 32]),
+            message(stream(1), 2, [2; 32]),
+        ];
+        assert_eq!(differences(tail.clone(), lookup, |_| false), vec![]);
+        assert_eq!(
+            differences(tail, lookup, |_| true),
+            vec![Difference::NotMirrored {
+                upgrade: stream(1).to_string(),
+                seq: 3
+            }]
+        );
+        let gap = vec![
+            message(stream(1), 1, [1; 32]),
+            message(stream(1), 3, [3; 32]),
+        ];
+        assert_eq!(
+            differences(gap, lookup, |_| false),
+            vec![Difference::NotMirrored {
+                upgrade: stream(1).to_string(),
+                seq: 2
+            }]
+        );
+    }
+}
