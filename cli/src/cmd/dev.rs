@@ -38,6 +38,12 @@ pub struct DevArgs {
     /// Work in this directory instead of a new temp dir (it is created).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Start everything but submit nothing: write `env.sh` (the settings an
+    /// operator's shell needs) and the cluster file into the directory, and
+    /// keep running until Ctrl-C, so you can plan, submit, approve, pause and
+    /// abort upgrades yourself (docs/walkthrough.md).
+    #[arg(long)]
+    pub serve: bool,
 }
 
 pub fn run(global: Global, args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -55,7 +61,12 @@ pub fn run(global: Global, args: DevArgs) -> anyhow::Result<ExitCode> {
     let outcome = runtime.block_on(async {
         tokio::select! {
             result = demo(&global, &args, &dir, &mut children) => result,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C): stopping everything")),
+            _ = tokio::signal::ctrl_c() => if args.serve {
+                eprintln!("baton dev: Ctrl-C: stopping everything");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(anyhow::anyhow!("interrupted (Ctrl-C): stopping everything"))
+            },
         }
     });
     children.stop_all(Duration::from_secs(5));
@@ -221,6 +232,10 @@ async fn demo(
         nodes.len()
     ));
 
+    if args.serve {
+        return serve(dir, &global, &cluster_file, &sim_dir, children).await;
+    }
+
     // 4. The upgrade, live.
     let started = Instant::now();
     let upgrade = ops::submit_file(&client, &cluster_file, None).await?;
@@ -254,6 +269,48 @@ async fn demo(
         return Err(Exit::new(EXIT_VERIFY_FAILED, "verification failed (see above)").into());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--serve`: writes the operator's settings and waits (Ctrl-C ends it, in
+/// `run`), failing if a child dies.
+async fn serve(
+    dir: &Path,
+    global: &Global,
+    cluster_file: &Path,
+    sim_dir: &Path,
+    children: &mut Children,
+) -> anyhow::Result<ExitCode> {
+    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    let some = |p: &Option<PathBuf>| p.as_deref().map(quote).unwrap_or_default();
+    let env = [
+        ("BATON_NATS_URL", format!("'{}'", global.nats)),
+        ("BATON_KEY", some(&global.key)),
+        ("BATON_TRUST", some(&global.trust)),
+        ("BATON_NATS_NKEY", some(&global.auth.nats_nkey)),
+        ("BATON_NATS_CA", some(&global.auth.nats_ca)),
+        ("BATON_NATS_CERT", some(&global.auth.nats_cert)),
+        ("BATON_NATS_CERT_KEY", some(&global.auth.nats_cert_key)),
+        ("BATON_NATS_TLS", "true".to_string()),
+        ("CLUSTER", quote(cluster_file)),
+        ("SIM", quote(sim_dir)),
+    ];
+    let mut text = String::from(
+        "# Written by `baton dev --serve`: the settings of operator `demo` (an approver).\n",
+    );
+    for (name, value) in env {
+        text.push_str(&format!("export {name}={value}\n"));
+    }
+    let env_file = dir.join("env.sh");
+    std::fs::write(&env_file, text).with_context(|| format!("writing {}", env_file.display()))?;
+    say(&format!(
+        "ready: in another shell, `. {}`, then for example `baton plan --cluster \"$CLUSTER\"` \
+         (docs/walkthrough.md); `baton-sim report --dir \"$SIM\"` judges the cluster; Ctrl-C here stops everything",
+        env_file.display()
+    ));
+    loop {
+        children.check_alive()?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn say(line: &str) {

@@ -48,6 +48,10 @@ pub struct PlanArgs {
     /// Target version (default: the version the package file names).
     #[arg(long)]
     pub target_version: Option<String>,
+    /// Plan with an approval wait before this gate, as `submit --approve-before` will (gates are part of the
+    /// plan and its hash); repeatable.
+    #[arg(long)]
+    pub approve_before: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -278,8 +282,9 @@ fn submit_request(cluster: &Path) -> anyhow::Result<SubmitRequest> {
 
 async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Result<ExitCode> {
     let request = SubmitRequest {
-        package: args.package,
-        target_version: args.target_version,
+        package: args.package.clone(),
+        target_version: args.target_version.clone(),
+        approve_before: args.approve_before.clone(),
         plan_only: true,
         ..submit_request(&args.cluster)?
     };
@@ -293,8 +298,19 @@ async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Resul
         (Some(plan), Some(hash)) if view.status == "planned" => {
             let plan: workflow::core::Plan = serde_json::from_value(plan.clone())?;
             print!("{}", render::plan_block(&plan, hash));
+            // The same options, or the plan (and its hash) differs.
+            let mut same = String::new();
+            if let Some(package) = &args.package {
+                same.push_str(&format!(" --package {package}"));
+            }
+            if let Some(version) = &args.target_version {
+                same.push_str(&format!(" --target-version {version}"));
+            }
+            for gate in &args.approve_before {
+                same.push_str(&format!(" --approve-before {gate}"));
+            }
             println!(
-                "submit exactly this plan with: baton submit --cluster {} --plan-hash {hash}",
+                "submit exactly this plan with: baton submit --cluster {}{same} --plan-hash {hash}",
                 args.cluster.display()
             );
             Ok(ExitCode::SUCCESS)

@@ -13,3 +13,4 @@ mod limits;
 mod sim;
 mod ssh;
 mod store;
+mod walkthrough;
