@@ -466,6 +466,35 @@ async fn a_step_runs_once_and_its_result_carries_exit_code_and_output_tails() {
     assert_eq!(r.outcome, Outcome::Succeeded);
     let full: String = (1..=10000).map(|i| format!("{i}\n")).collect();
     assert_eq!(r.stdout_tail, full[full.len() - 16..]);
+
+    // The worst output at the largest --max-output: 20 MB on each stream of a
+    // byte JSON escapes as `\u0001` (6 bytes). Both tails still fit one NATS
+    // message, arrive whole, and are what the service accepts.
+    let max = protocol::MAX_OUTPUT.to_string();
+    let exec3 = env.executor("g3", "ex-c", "state-c", &["--max-output", &max]);
+    env.behave(
+        "chef-backend-ctl",
+        "status",
+        "head -c 20000000 /dev/zero | tr '\\0' '\\1'; head -c 20000000 /dev/zero | tr '\\0' '\\1' >&2",
+    );
+    let mut huge = request(&up, 3, "g3", "status");
+    huge.node = "backend-2".into();
+    env.publish(&huge).await;
+    let results = env.wait_results(&up, 3, &[&exec3]).await;
+    let r = results.iter().find(|r| r.step == 3).unwrap();
+    assert_eq!(r.outcome, Outcome::Succeeded, "{:?}", r.reason);
+    for tail in [&r.stdout_tail, &r.stderr_tail] {
+        assert_eq!(tail.len(), protocol::MAX_OUTPUT);
+        assert!(tail.bytes().all(|b| b == 1));
+    }
+    let encoded = r.encode();
+    assert!(
+        encoded.len() > 6 * 2 * protocol::MAX_OUTPUT,
+        "{}",
+        encoded.len()
+    );
+    assert!(encoded.len() < 1024 * 1024, "{}", encoded.len());
+    assert_eq!(&protocol::decode_result(&encoded).unwrap(), r);
 }
 
 #[tokio::test]
