@@ -3,7 +3,7 @@
 //! against the committer (every writer hands its batch to the one writer thread and waits for the flush that
 //! covers it). For 1, 10 and 100 writers it prints records/s, the per-batch latency (hand-over to durable answer)
 //! p50/p99, the flushes made, and, for the old path, whether it hung (sled issue 1308): no batch finished for
-//! [`HANG_AFTER`]. `tests/FLEET.md` keeps the figures and the method.
+//! [`HANG_AFTER`]. `store/BENCHMARKS.md` ("Concurrent writers") keeps the figures and the method.
 //!
 //! Each configuration runs in a child process (this binary again, with arguments): a hung sled cannot be
 //! cancelled, and its global lock would hang every later configuration of the same process.

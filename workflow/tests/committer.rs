@@ -4,7 +4,7 @@
 //!
 //! The old path (each writer runs `Store::append` then `Store::flush_async` concurrently with the others) hangs
 //! for good in sled 0.34 (issue 1308): `cargo bench -p workflow --bench commit` runs it in child processes and
-//! reports the hangs (`tests/FLEET.md` has the figures). It is not run here: a hung sled cannot be cancelled and
+//! reports the hangs (`store/BENCHMARKS.md` has the figures). It is not run here: a hung sled cannot be cancelled and
 //! would hang this test binary.
 
 use std::collections::BTreeSet;
