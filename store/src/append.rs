@@ -52,6 +52,47 @@ impl Store {
         }
     }
 
+    /// Several appends, in order, in **one** sled transaction (a group commit's batch: the transaction's fixed cost
+    /// is paid once). Each append is judged exactly as [`Store::append`] judges it, against the log as the earlier
+    /// appends of the same call left it; one refused (a conflict, a torn tail) gets its error in its place and
+    /// writes nothing, the others are unaffected. The outer error (sled failed) means nothing at all was written.
+    ///
+    /// Nothing is flushed.
+    pub fn append_many(
+        &self,
+        appends: &[(StreamId, u64, &[NewRecord])],
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        let t = &self.trees;
+        let result = (&t.records, &t.heads, &t.global, &t.dedupe, &t.meta).transaction(
+            |(recs, heads, global, dedupe, meta)| {
+                let mut out = Vec::with_capacity(appends.len());
+                for &(stream, expected_seq, records) in appends {
+                    // `append_tx` checks everything before it writes: an abort wrote nothing.
+                    match append_tx(
+                        recs,
+                        heads,
+                        global,
+                        dedupe,
+                        meta,
+                        stream,
+                        expected_seq,
+                        records,
+                    ) {
+                        Ok(outcome) => out.push(Ok(outcome)),
+                        Err(ConflictableTransactionError::Abort(refused)) => out.push(Err(refused)),
+                        Err(other) => return Err(other),
+                    }
+                }
+                Ok(out)
+            },
+        );
+        match result {
+            Ok(out) => Ok(out),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
+    }
+
     /// [`Store::append`] followed by [`Store::flush`]: the records are durable when this returns.
     pub fn append_durable(
         &self,

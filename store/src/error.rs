@@ -80,6 +80,42 @@ impl StoreError {
     }
 }
 
+/// A copy of an error, for handing one failure to several callers (a group commit answers every caller of a
+/// failed flush with it). An I/O error is copied as its kind and message, as sled copies its own.
+impl Clone for StoreError {
+    fn clone(&self) -> StoreError {
+        match self {
+            StoreError::Conflict {
+                stream,
+                expected,
+                actual,
+            } => StoreError::Conflict {
+                stream: *stream,
+                expected: *expected,
+                actual: *actual,
+            },
+            StoreError::Corruption { stream, seq, what } => StoreError::Corruption {
+                stream: *stream,
+                seq: *seq,
+                what: what.clone(),
+            },
+            StoreError::InvalidExport {
+                line,
+                field,
+                reason,
+            } => StoreError::InvalidExport {
+                line: *line,
+                field: field.clone(),
+                reason: reason.clone(),
+            },
+            StoreError::StreamExists { stream } => StoreError::StreamExists { stream: *stream },
+            StoreError::Locked { path } => StoreError::Locked { path: path.clone() },
+            StoreError::Io(e) => StoreError::Io(std::io::Error::new(e.kind(), e.to_string())),
+            StoreError::Sled(e) => StoreError::Sled(e.clone()),
+        }
+    }
+}
+
 fn locate(stream: &Option<StreamId>, seq: &Option<u64>) -> String {
     match (stream, seq) {
         (Some(s), Some(n)) => format!(" in stream {s} at seq {n}"),

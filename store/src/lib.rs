@@ -10,6 +10,8 @@
 //! - [`Store::append`] appends a batch of [`NewRecord`]s to a stream if its head is still at `expected_seq`
 //!   (optimistic concurrency: [`StoreError::Conflict`] otherwise). A record whose message id was already appended
 //!   is answered as a duplicate in the [`AppendOutcome`], never stored twice and never an error.
+//! - [`Store::append_many`] applies several appends (to any streams) in order in one transaction, each judged
+//!   as `append` judges it; a group commit's batch.
 //! - [`Store::flush`] / [`Store::flush_async`] make every earlier append of every stream durable;
 //!   [`Store::append_durable`] is append + flush.
 //! - [`Store::read`], [`Store::head`], [`Store::streams`], [`Store::global`] read the log back.
@@ -36,6 +38,14 @@
 //! they have at hand into one `append` per stream, and call `flush` **once** after appending to all the streams
 //! touched in a batch (for example once per batch of NATS messages handled): one flush covers all earlier appends
 //! of all streams. See `BENCHMARKS.md` for the figures.
+//!
+//! # One writer at a time
+//! sled 0.34 can deadlock for good when flushes run concurrently with transactions from other threads
+//! (upstream issue 1308: a flush holds sled's global concurrency lock shared while it waits for its I/O; an
+//! append's transaction waits for it exclusively and blocks the other flushes behind it). A process with
+//! concurrent writers must funnel every `append` and `flush` through one writer that does them one after the
+//! other; the workflow service's committer does (`workflow/src/service/committer.rs`). Reads may run
+//! concurrently with it.
 //!
 //! # Hash chain (format `baton-log-v1`)
 //! The hash of record `n` of a stream is
@@ -121,7 +131,8 @@ impl Store {
         Ok(self.db.flush()?)
     }
 
-    /// Like [`Store::flush`], for async callers: the write happens on sled's own threads.
+    /// Like [`Store::flush`], for async callers: the write happens on sled's own threads. Never call it
+    /// concurrently with appends or other flushes (see "One writer at a time" in the crate docs).
     pub async fn flush_async(&self) -> Result<usize, StoreError> {
         Ok(self.db.flush_async().await?)
     }

@@ -267,3 +267,63 @@ fn the_log_folder_is_0700_and_its_files_0600() {
     }
     assert!(files > 0, "sled wrote no file");
 }
+
+#[test]
+fn append_many_judges_each_append_against_the_ones_before_it_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b) = (stream(1), stream(2));
+    let first = [
+        NewRecord::with_msg_id("m-1", event(1)),
+        NewRecord::new(event(2)),
+    ];
+    let stale = [NewRecord::new(event(99))];
+    let next = [NewRecord::new(event(3))];
+    let again = [NewRecord::with_msg_id("m-1", event(1))];
+    let other = [NewRecord::new(event(4))];
+    let results = store
+        .append_many(&[
+            (a, 0, &first[..]),
+            // Expects the head the first append has just moved: refused alone, nothing written.
+            (a, 0, &stale[..]),
+            // Sees the first append's head.
+            (a, 2, &next[..]),
+            // Sees the first append's message id: a duplicate, pointing at it.
+            (b, 0, &again[..]),
+            (b, 0, &other[..]),
+        ])
+        .unwrap();
+    assert_eq!(results.len(), 5);
+    assert_eq!(results[0].as_ref().unwrap().last_seq(), Some(2));
+    match &results[1] {
+        Err(StoreError::Conflict {
+            stream,
+            expected: 0,
+            actual: 2,
+        }) => assert_eq!(*stream, a),
+        other => panic!("expected a conflict at head 2, got {other:?}"),
+    }
+    assert_eq!(results[2].as_ref().unwrap().last_seq(), Some(3));
+    let dup = &results[3].as_ref().unwrap().records[0];
+    assert!(dup.duplicate);
+    assert_eq!((dup.stream, dup.seq), (a, 1));
+    assert_eq!(results[4].as_ref().unwrap().last_seq(), Some(1));
+
+    let bytes: Vec<Vec<u8>> = store
+        .read(a, 1)
+        .unwrap()
+        .map(|r| r.unwrap().bytes)
+        .collect();
+    assert_eq!(bytes, [event(1), event(2), event(3)]);
+    assert_eq!(store.head(b).unwrap().unwrap().seq, 1);
+    // The global order is the order of the call.
+    let order: Vec<_> = store
+        .global(1)
+        .map(|g| g.unwrap())
+        .map(|g| (g.stream, g.seq))
+        .collect();
+    assert_eq!(order, [(a, 1), (a, 2), (a, 3), (b, 1)]);
+    let report = store.verify().unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.records, 4);
+}

@@ -330,9 +330,12 @@ mod service {
     ) -> Result<Checkpoint, ServiceError> {
         let cp = Checkpoint::sign(&shared.identity, stream, head, shared.epoch, now_ms());
         let bytes = serde_json::to_vec(&cp).expect("a checkpoint always serialises");
-        let fail_closed = |source| ServiceError::FailClosed {
-            upgrade: cp.stream.clone(),
-            source,
+        let fail_closed = |err| match err {
+            ServiceError::Store(source) => ServiceError::FailClosed {
+                upgrade: cp.stream.clone(),
+                source,
+            },
+            other => other,
         };
         {
             // Upgrade loops checkpoint concurrently: one writer of the service
@@ -342,13 +345,13 @@ mod service {
             let at = shared
                 .store
                 .head(SERVICE_STREAM)
-                .map_err(fail_closed)?
+                .map_err(|e| fail_closed(e.into()))?
                 .map_or(0, |h| h.seq);
             shared
-                .store
-                .append(SERVICE_STREAM, at, &[NewRecord::new(bytes)])
+                .committer
+                .append(SERVICE_STREAM, at, vec![NewRecord::new(bytes)])
+                .await
                 .map_err(fail_closed)?;
-            shared.store.flush_async().await.map_err(fail_closed)?;
         }
         tracing::info!(upgrade = %cp.stream, seq = cp.seq, hash = %cp.hash, "checkpoint signed");
         publish(shared, &cp).await;

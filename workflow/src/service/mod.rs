@@ -8,7 +8,10 @@
 //!   the events to `BATON_EVENTS`, and only then acks or answers the input;
 //! - the results pump: pulls `BATON_RESULTS` and routes each result to its
 //!   upgrade's loop (which acks it once it is in the log);
-//! - the API server on `baton.api.*` ([`handlers`]).
+//! - the API server on `baton.api.*` ([`handlers`]);
+//! - and, on a thread of its own, the log's one writer ([`committer`]): every
+//!   append and flush of the log goes through it, so that no two ever overlap
+//!   (sled 0.34 deadlocks otherwise) and concurrent loops share one flush.
 //!
 //! On start the service bumps and logs its epoch (a stream of its own), replays
 //! every upgrade in the log, restarts the loops of unfinished ones, re-arms
@@ -18,6 +21,7 @@
 pub mod api;
 mod api_guard;
 pub mod checkpoint;
+pub mod committer;
 mod handlers;
 pub mod lease;
 pub mod mirror;
@@ -100,7 +104,10 @@ pub enum ServiceError {
 
 /// What the service's tasks share (behind an `Arc`).
 pub(crate) struct Shared {
+    /// For reads only: every append and flush goes through `committer`.
     pub store: Store,
+    /// The log's one writer (appends in order, one flush per batch).
+    pub committer: committer::Committer,
     pub js: jetstream::Context,
     pub nats: async_nats::Client,
     pub presence: jetstream::kv::Store,
@@ -114,8 +121,9 @@ pub(crate) struct Shared {
     pub api_skew: Duration,
     pub registry: Registry,
     pub shutdown: CancellationToken,
-    /// Appends hold it shared; `verify` holds it exclusively, because the
-    /// store's verify needs a log nobody appends to (it has no snapshot).
+    /// Appends hold it shared (from before they are handed to the committer
+    /// until it answers); `verify` holds it exclusively, because the store's
+    /// verify needs a log nobody appends to (it has no snapshot).
     pub append_gate: tokio::sync::RwLock<()>,
     /// Held by whoever appends to the service stream (upgrade loops
     /// checkpoint concurrently).
@@ -145,6 +153,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         .map_err(|bad| ServiceError::BadCheckpoint(bad.to_string()))?;
     tracing::info!(checkpoints = anchored.checked, "the log's checkpoints hold");
     let epoch = next_epoch(&store)?;
+    // From here on, only the committer writes the log (it flushes and stops
+    // when dropped, on every early return below).
+    let committer = committer::Committer::start(store.clone())?;
     let started_ms = now_ms();
 
     let nats_config = config.nats.with_own_inbox(&config.identity.public_key());
@@ -159,7 +170,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let Some(lease) = lease::Lease::acquire(&js, me, config.lease.clone(), &shutdown).await? else {
         return Ok(());
     };
-    record_start(&store, epoch, lease.revision()).await?;
+    record_start(&store, &committer, epoch, lease.revision()).await?;
     tracing::info!(epoch, lease_revision = lease.revision(), db = %config.db.display(), "workflow service starting");
     let release = CancellationToken::new();
     let mut lease_task = tokio::spawn(lease.run(release.clone()));
@@ -169,6 +180,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 
     let shared = Arc::new(Shared {
         store,
+        committer,
         js,
         nats: nats.clone(),
         presence: handles.presence.clone(),
@@ -248,7 +260,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             result = Err(err);
         }
     }
-    let _ = shared.store.flush_async().await;
+    // Everything the loops appended is durable already (each was answered
+    // after its flush); this applies anything still queued, flushes and ends
+    // the writer.
+    if let Err(err) = shared.committer.close().await {
+        tracing::warn!(error = %anyhow_chain(&err), "closing the log");
+    }
     // Only now, with nothing acting under it, is the lease released.
     release.cancel();
     if !lease_done {
@@ -349,7 +366,12 @@ fn next_epoch(store: &Store) -> Result<u64, ServiceError> {
 }
 
 /// Records this start, with the lease it holds, in the service stream.
-async fn record_start(store: &Store, epoch: u64, lease_revision: u64) -> Result<(), ServiceError> {
+async fn record_start(
+    store: &Store,
+    committer: &committer::Committer,
+    epoch: u64,
+    lease_revision: u64,
+) -> Result<(), ServiceError> {
     let head = store.head(SERVICE_STREAM)?.map_or(0, |h| h.seq);
     let record = serde_json::json!({
         "type": "ServiceStarted",
@@ -359,8 +381,13 @@ async fn record_start(store: &Store, epoch: u64, lease_revision: u64) -> Result<
         "pid": std::process::id(),
         "version": env!("CARGO_PKG_VERSION"),
     });
-    store.append(SERVICE_STREAM, head, &[NewRecord::new(record.to_string())])?;
-    store.flush_async().await?;
+    committer
+        .append(
+            SERVICE_STREAM,
+            head,
+            vec![NewRecord::new(record.to_string())],
+        )
+        .await?;
     Ok(())
 }
 

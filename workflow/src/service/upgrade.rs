@@ -3,7 +3,8 @@
 //!
 //! The loop is the only writer of its stream. For every input it calls the
 //! core's `decide`; a rejection is answered and nothing is written. Otherwise
-//! it appends all the resulting events in one batch and flushes (so a crash
+//! it appends all the resulting events in one batch through the log's
+//! committer, which answers after the flush that covers them (so a crash
 //! after this point replays them), folds them into its state, publishes the
 //! steps they schedule and mirrors them to `BATON_EVENTS` (both under
 //! idempotent ids, so a re-publish after a crash is harmless), and only then
@@ -335,19 +336,22 @@ impl Loop {
                 }
             })
             .collect();
-        let fail_closed = |source| ServiceError::FailClosed {
-            upgrade: self.upgrade.clone(),
-            source,
+        let fail_closed = |err| match err {
+            ServiceError::Store(source) => ServiceError::FailClosed {
+                upgrade: self.upgrade.clone(),
+                source,
+            },
+            other => other,
         };
         let outcome = {
             let _gate = self.shared.append_gate.read().await;
-            let outcome = self
-                .shared
-                .store
-                .append(self.stream, self.head, &records)
-                .map_err(fail_closed)?;
-            self.shared.store.flush_async().await.map_err(fail_closed)?;
-            outcome
+            // Answered once the flush that covers it is done (group commit
+            // with every other loop's appends).
+            self.shared
+                .committer
+                .append(self.stream, self.head, records)
+                .await
+                .map_err(fail_closed)?
         };
         let appended: Vec<_> = outcome.appended().cloned().collect();
         if appended.len() != events.len() {
