@@ -18,6 +18,7 @@ use crate::{Global, Output};
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
     /// The upgrade id.
+    #[arg(value_parser = crate::args::upgrade_id)]
     pub upgrade: String,
     /// Show the state right after this event (default: the last).
     #[arg(long)]
@@ -26,7 +27,7 @@ pub struct ReplayArgs {
     #[arg(long, conflicts_with = "file")]
     pub db: Option<PathBuf>,
     /// Read an exported JSON-lines file (`baton audit export`).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::readable_file)]
     pub file: Option<PathBuf>,
     /// Re-run today's `decide` on the recorded inputs and compare its decisions with the log.
     #[arg(long)]

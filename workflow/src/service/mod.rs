@@ -19,6 +19,7 @@ pub mod api;
 mod api_guard;
 pub mod checkpoint;
 mod handlers;
+mod history;
 pub mod lease;
 mod registry;
 mod upgrade;
