@@ -47,6 +47,17 @@ impl Report {
         ) {
             return None;
         }
+        let hint = format!("{} --help", subcommand_path(args));
+        if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            // `baton audit`: clap prints the help; as an error it says what is missing.
+            return Some(Report {
+                message: "a subcommand is required".to_string(),
+                causes: Vec::new(),
+                kind: Class::Usage.name(),
+                exit_code: Class::Usage.code(),
+                hint: Some(hint),
+            });
+        }
         // The rendered text without styles: "error: ...", a blank line,
         // tips, "Usage: baton CMD ...", "For more information, try '--help'."
         let text = err.render().to_string();
@@ -59,7 +70,6 @@ impl Report {
                 causes.push(line.to_string());
             }
         }
-        let hint = format!("{} --help", subcommand_path(args));
         Some(Report {
             message,
             causes,

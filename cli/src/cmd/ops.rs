@@ -195,7 +195,8 @@ async fn follow(
 ) -> anyhow::Result<ExitCode> {
     // Installed before anything is printed, so a Ctrl-C right after "submitted" is ours.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    if submitted {
+    // Under --output json stderr is for the JSON error only; the events on stdout name the upgrade.
+    if submitted && global.output == Output::Text {
         eprintln!("submitted upgrade {upgrade}");
     }
     tokio::select! {
@@ -264,11 +265,12 @@ async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Resul
     };
     let reply: UpgradeRef = client.call("plan", &request).await?;
     let view = wait_terminal(client, &reply.upgrade).await?;
-    if global.output == Output::Json {
+    let json = global.output == Output::Json;
+    if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
-        return finished(&view);
     }
     match (&view.plan, &view.plan_hash) {
+        (Some(_), Some(_)) if view.status == "planned" && json => Ok(ExitCode::SUCCESS),
         (Some(plan), Some(hash)) if view.status == "planned" => {
             let plan: workflow::core::Plan = serde_json::from_value(plan.clone())?;
             print!("{}", render::plan_block(&plan, hash));
@@ -279,7 +281,9 @@ async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Resul
             Ok(ExitCode::SUCCESS)
         }
         _ => {
-            print!("{}", render::status_block(&view));
+            if !json {
+                print!("{}", render::status_block(&view));
+            }
             Err(Exit::new(
                 EXIT_UPGRADE_FAILED,
                 format!(

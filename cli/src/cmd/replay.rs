@@ -151,8 +151,13 @@ pub async fn load(
     if let Some(file) = file {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        store::verify_export(text.as_bytes())
-            .with_context(|| format!("{} does not verify", file.display()))?;
+        // A file whose chain does not verify is a failed verification (exit 5), not shown.
+        store::verify_export(text.as_bytes()).map_err(|err| {
+            Exit::new(
+                EXIT_VERIFY_FAILED,
+                format!("{} does not verify: {err}", file.display()),
+            )
+        })?;
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
