@@ -19,6 +19,7 @@ mod cmd;
 mod compose_test;
 mod failure;
 mod history;
+mod identity;
 mod procs;
 mod render;
 

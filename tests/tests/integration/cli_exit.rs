@@ -390,6 +390,13 @@ async fn every_command_exits_as_the_readme_says_against_a_service() {
         wrong.join("\n")
     );
 
+    // Success output is for people too: no Debug text.
+    let audit = env.baton_ok(&["audit", "verify"]);
+    assert!(
+        !audit.contains("VerifyReport") && !audit.contains(" { "),
+        "{audit}"
+    );
+
     // The history's rows are bounded (no plan, no nodes), say who and when,
     // and are filtered by the service; executors say version and heartbeat.
     let rows = list_json(&env, &[]);

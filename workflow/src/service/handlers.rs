@@ -210,7 +210,7 @@ async fn handle(
             Ok(match verified {
                 Ok((report, Ok(summary))) => {
                     let mut view = view::verify_view(&report);
-                    view["report"] = format!("{report:?}; {summary}").into();
+                    view["report"] = format!("{report}; {summary}").into();
                     ApiReply::ok(&view)
                 }
                 Ok((_, Err(bad))) => ApiReply::ok(&serde_json::json!({
