@@ -145,7 +145,12 @@ pub fn executors_text(executors: &[ExecutorView]) -> String {
                 e.version.clone(),
                 e.host.clone(),
                 e.pid.to_string(),
-                short(e.heartbeat_ms.saturating_sub(e.started_ms)),
+                // Up until its last heartbeat, and since.
+                short(
+                    e.heartbeat_ms
+                        .saturating_sub(e.started_ms)
+                        .saturating_add(e.heartbeat_age_ms),
+                ),
                 format!("{} ago", short(e.heartbeat_age_ms)),
                 e.running.clone().unwrap_or_else(|| "-".into()),
             ]
@@ -264,6 +269,36 @@ mod tests {
         );
         let err = parse_since("yesterday").unwrap_err();
         assert!(err.contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn executors_show_group_nodes_version_and_heartbeat_age() {
+        let executor = ExecutorView {
+            name: "backend-1".into(),
+            id: "backend-1@host".into(),
+            group: "backend-1".into(),
+            nodes: vec!["backend-1".into()],
+            version: "0.1.0".into(),
+            host: "host".into(),
+            pid: 42,
+            started_ms: 1_000,
+            heartbeat_ms: 61_000,
+            heartbeat_age_ms: 2_500,
+            running: Some("01J:7:1".into()),
+            executed: 3,
+            rejected: 0,
+        };
+        let text = executors_text(&[executor]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("GROUP") && lines[0].contains("HEARTBEAT"),
+            "{text}"
+        );
+        assert!(lines[1].starts_with("backend-1"), "{text}");
+        for cell in ["0.1.0", "1m02s", "2s ago", "01J:7:1"] {
+            assert!(lines[1].contains(cell), "{cell}: {text}");
+        }
+        assert!(executors_text(&[]).starts_with("no executor is online"));
     }
 
     #[test]
