@@ -459,53 +459,23 @@ pub(super) async fn status(
     )))
 }
 
-/// At most this many upgrades are read for one `list` page: a filter that
-/// keeps few of many still answers in bounded time (the page then ends early,
-/// with `next_after`, and the client asks for the next).
-const LIST_SCAN: usize = 2_000;
-
-/// A page of the history, oldest first, filtered by the service (see [`history::Filter`]).
+/// A page of the history, oldest first, filtered by the service (see [`history::page`]).
 fn list(shared: &Arc<Shared>, request: ListRequest) -> Result<ListPage, HandlerError> {
     let filter = history::Filter::of(&request).map_err(HandlerError::BadRequest)?;
-    let limit = request.limit.unwrap_or(100).clamp(1, 500);
-    let mut upgrades = Vec::new();
-    let mut bytes = 0;
-    let mut scanned = 0;
-    let mut last_scanned: Option<String> = None;
-    let mut next_after = None;
-    for (stream, _) in shared.store.streams()? {
-        if stream == SERVICE_STREAM {
-            continue;
-        }
-        let id = stream.to_string();
-        if request
-            .after
-            .as_ref()
-            .is_some_and(|after| id.as_str() <= after.as_str())
-        {
-            continue;
-        }
-        if upgrades.len() == limit || bytes > PAGE_BYTES || scanned == LIST_SCAN {
-            next_after = last_scanned;
-            break;
-        }
-        scanned += 1;
-        last_scanned = Some(id.clone());
+    let streams = shared.store.streams()?;
+    let ids = streams
+        .into_iter()
+        .filter(|(stream, _)| *stream != SERVICE_STREAM)
+        .map(|(stream, _)| stream.to_string());
+    history::page(ids, &request, &filter, |id| {
+        let Some(stream) = upgrade::stream_of(id) else {
+            return Ok(None);
+        };
         let events: Vec<core::Event> = upgrade::load_events(shared, stream)?
             .into_iter()
             .map(|(_, event)| event)
             .collect();
-        let Some(row) = history::summary(&id, &events) else {
-            continue;
-        };
-        if filter.keeps(&row) {
-            bytes += serde_json::to_vec(&row).map(|v| v.len()).unwrap_or(0);
-            upgrades.push(row);
-        }
-    }
-    Ok(ListPage {
-        upgrades,
-        next_after,
+        Ok::<_, HandlerError>(history::summary(id, &events))
     })
 }
 

@@ -3,7 +3,9 @@
 //! (so that a filtered page is as bounded as an unfiltered one). Pure
 //! functions of the events.
 
-use super::api::{ListRequest, UpgradeSummary, STATUSES, SUMMARY_REASON_CHARS};
+use super::api::{
+    ListPage, ListRequest, UpgradeSummary, PAGE_BYTES, STATUSES, SUMMARY_REASON_CHARS,
+};
 use super::view;
 use crate::core::{self, Event, State};
 
@@ -54,6 +56,50 @@ impl Filter {
             None => true,
         }
     }
+}
+
+/// At most this many upgrades are read for one `list` page: a filter that
+/// keeps few of many still answers in bounded time (the page then ends early,
+/// with `next_after`, and the client asks for the next).
+pub(crate) const LIST_SCAN: usize = 2_000;
+
+/// One page of the history: the upgrade ids in order (oldest first), each
+/// read with `load` only when the page still has room, kept if `filter`
+/// keeps it. The page stops at `limit` rows (1..=500, default 100), past
+/// [`PAGE_BYTES`], or after [`LIST_SCAN`] upgrades read; `next_after` is then
+/// the last id read.
+pub(crate) fn page<E>(
+    ids: impl IntoIterator<Item = String>,
+    request: &ListRequest,
+    filter: &Filter,
+    mut load: impl FnMut(&str) -> Result<Option<UpgradeSummary>, E>,
+) -> Result<ListPage, E> {
+    let limit = request.limit.unwrap_or(100).clamp(1, 500);
+    let mut upgrades = Vec::new();
+    let mut bytes = 0;
+    let mut scanned = 0;
+    let mut last_scanned: Option<String> = None;
+    let mut next_after = None;
+    for id in ids {
+        if request.after.as_ref().is_some_and(|after| id <= *after) {
+            continue;
+        }
+        if upgrades.len() == limit || bytes > PAGE_BYTES || scanned == LIST_SCAN {
+            next_after = last_scanned;
+            break;
+        }
+        scanned += 1;
+        let row = load(&id)?;
+        last_scanned = Some(id);
+        if let Some(row) = row.filter(|row| filter.keeps(row)) {
+            bytes += serde_json::to_vec(&row).map(|v| v.len()).unwrap_or(0);
+            upgrades.push(row);
+        }
+    }
+    Ok(ListPage {
+        upgrades,
+        next_after,
+    })
 }
 
 /// The history row of the upgrade whose log is `events` (none for an empty log).
@@ -177,6 +223,61 @@ mod tests {
             ..ListRequest::default()
         });
         assert!(!later.keeps(&done) && later.keeps(&going));
+    }
+
+    #[test]
+    fn pages_stop_at_their_limit_or_scan_bound_and_say_where_to_go_on() {
+        let ids = |n: usize| (0..n).map(|i| format!("{i:06}")).collect::<Vec<_>>();
+        let halted_every_tenth = |id: &str| -> Result<Option<UpgradeSummary>, ()> {
+            let i: usize = id.parse().unwrap();
+            let status = if i.is_multiple_of(10) {
+                "halted"
+            } else {
+                "completed"
+            };
+            Ok(Some(UpgradeSummary {
+                upgrade: id.to_string(),
+                ..row("upgrade", "prod", status, Some(1_000))
+            }))
+        };
+        let request = ListRequest {
+            limit: Some(3),
+            status: vec!["halted".into()],
+            ..ListRequest::default()
+        };
+        let filter = Filter::of(&request).unwrap();
+        let mut loaded = 0;
+        let first = page(ids(100), &request, &filter, |id| {
+            loaded += 1;
+            halted_every_tenth(id)
+        })
+        .unwrap();
+        let got: Vec<&str> = first.upgrades.iter().map(|r| r.upgrade.as_str()).collect();
+        assert_eq!(got, ["000000", "000010", "000020"]);
+        assert_eq!(first.next_after.as_deref(), Some("000020"));
+        assert_eq!(loaded, 21, "nothing is read past a full page");
+        let next = ListRequest {
+            after: first.next_after.clone(),
+            ..request.clone()
+        };
+        let second = page(ids(100), &next, &filter, halted_every_tenth).unwrap();
+        assert_eq!(second.upgrades[0].upgrade, "000030");
+        // A filter that keeps nothing still answers after LIST_SCAN reads,
+        // with where to go on; the last page has no next_after.
+        let none = ListRequest {
+            cluster: Some("other".into()),
+            ..ListRequest::default()
+        };
+        let filter = Filter::of(&none).unwrap();
+        let empty = page(ids(LIST_SCAN + 5), &none, &filter, halted_every_tenth).unwrap();
+        assert!(empty.upgrades.is_empty());
+        assert_eq!(empty.next_after, Some(format!("{:06}", LIST_SCAN - 1)));
+        let rest = ListRequest {
+            after: empty.next_after,
+            ..none.clone()
+        };
+        let last = page(ids(LIST_SCAN + 5), &rest, &filter, halted_every_tenth).unwrap();
+        assert!(last.upgrades.is_empty() && last.next_after.is_none());
     }
 
     #[test]
