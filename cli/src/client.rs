@@ -11,34 +11,127 @@ use crate::Global;
 use futures::StreamExt;
 use protocol::sign::{Identity, Kind};
 
-/// An error that carries its own exit code (see `main.rs`).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Exit {
-    pub code: u8,
-    pub message: String,
+/// What kind of failure an error is: it decides the exit code (README "Exit
+/// codes") and the `kind` of the JSON error under `--output json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// NATS, the service or the log failed (or anything not classified): 1.
+    Infrastructure,
+    /// A bad flag or argument, a malformed id, or a file or setting named
+    /// on the command line that is missing or unusable: 2.
+    Usage,
+    /// The service understood the request and refused it: 3.
+    Rejected,
+    /// The service has no such upgrade: 3.
+    NotFound,
+    /// The upgrade (or the plan's preflight) ended halted or aborted: 4.
+    UpgradeFailed,
+    /// A verification found the log or the decisions wrong: 5.
+    VerifyFailed,
 }
 
-impl Exit {
-    pub fn new(code: u8, message: impl Into<String>) -> Exit {
-        Exit {
-            code,
-            message: message.into(),
+impl Class {
+    /// The process exit code of this class.
+    pub fn code(self) -> u8 {
+        match self {
+            Class::Infrastructure => EXIT_FAILURE,
+            Class::Usage => EXIT_USAGE,
+            Class::Rejected | Class::NotFound => EXIT_REJECTED,
+            Class::UpgradeFailed => EXIT_UPGRADE_FAILED,
+            Class::VerifyFailed => EXIT_VERIFY_FAILED,
+        }
+    }
+
+    /// Its name in a JSON error.
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Infrastructure => "infrastructure",
+            Class::Usage => "usage",
+            Class::Rejected => "rejected",
+            Class::NotFound => "not_found",
+            Class::UpgradeFailed => "upgrade_failed",
+            Class::VerifyFailed => "verify_failed",
+        }
+    }
+
+    fn of_code(code: u8) -> Class {
+        match code {
+            EXIT_USAGE => Class::Usage,
+            EXIT_REJECTED => Class::Rejected,
+            EXIT_UPGRADE_FAILED => Class::UpgradeFailed,
+            EXIT_VERIFY_FAILED => Class::VerifyFailed,
+            _ => Class::Infrastructure,
         }
     }
 }
 
+/// An error that carries its own class (and so its exit code, see
+/// `main.rs`), and the command to run next where there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub class: Class,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Exit {
+    /// An error with exit code `code` (its class follows from it).
+    pub fn new(code: u8, message: impl Into<String>) -> Exit {
+        Exit::of(Class::of_code(code), message)
+    }
+
+    pub fn of(class: Class, message: impl Into<String>) -> Exit {
+        Exit {
+            class,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// The same error, naming the command to run next.
+    pub fn hint(mut self, next: impl Into<String>) -> Exit {
+        self.hint = Some(next.into());
+        self
+    }
+}
+
 pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_REJECTED: u8 = 3;
 pub const EXIT_UPGRADE_FAILED: u8 = 4;
 pub const EXIT_VERIFY_FAILED: u8 = 5;
 
-/// The exit code for an error: its own if it carries one, else 1.
+/// The class of an error: its own if it carries one; a key, trust file or
+/// NATS setting that cannot be used is a usage error; anything else is an
+/// infrastructure failure.
+pub fn class_of(err: &anyhow::Error) -> Class {
+    for cause in err.chain() {
+        if let Some(exit) = cause.downcast_ref::<Exit>() {
+            return exit.class;
+        }
+        if let Some(
+            protocol::ProtocolError::Key { .. }
+            | protocol::ProtocolError::Trust { .. }
+            | protocol::ProtocolError::Connect(_),
+        ) = cause.downcast_ref::<protocol::ProtocolError>()
+        {
+            return Class::Usage;
+        }
+    }
+    Class::Infrastructure
+}
+
+/// The exit code for an error (see [`class_of`]).
 pub fn exit_code_of(err: &anyhow::Error) -> u8 {
+    class_of(err).code()
+}
+
+/// The command to run next, if the error names one.
+pub fn hint_of(err: &anyhow::Error) -> Option<String> {
     err.chain()
         .find_map(|cause| cause.downcast_ref::<Exit>())
-        .map(|exit| exit.code)
-        .unwrap_or(EXIT_FAILURE)
+        .and_then(|exit| exit.hint.clone())
 }
 
 /// A connection to NATS for API calls: requests signed with the operator's
@@ -128,13 +221,12 @@ impl Client {
         match reply {
             ApiReply::Ok(body) => serde_json::from_str(body.get())
                 .with_context(|| format!("decoding the body of the reply to `{verb}`")),
-            ApiReply::Err(err) => {
-                let code = match err.kind {
-                    ErrorKind::Rejected | ErrorKind::NotFound => EXIT_REJECTED,
-                    ErrorKind::Internal => EXIT_FAILURE,
-                };
-                Err(Exit::new(code, err.message).into())
+            ApiReply::Err(err) => Err(match err.kind {
+                ErrorKind::Rejected => Exit::of(Class::Rejected, err.message),
+                ErrorKind::NotFound => Exit::of(Class::NotFound, err.message).hint("baton list"),
+                ErrorKind::Internal => Exit::of(Class::Infrastructure, err.message),
             }
+            .into()),
         }
     }
 }

@@ -1,16 +1,25 @@
 //! `baton`: the operator's command line, and the entry point of the workflow
 //! service and of executors.
 //!
-//! Exit codes scripts can rely on (also in the README):
-//! 0 success; 1 failure (the service, NATS or the log failed); 2 usage error;
-//! 3 the service rejected the request (bad input, wrong state, conflict);
-//! 4 the upgrade ended halted or aborted (`submit` without `--detach`, `watch`);
-//! 5 verification failed (`audit verify`, `replay --verify`).
+//! Exit codes scripts can rely on (also in the README; `client::Class`
+//! decides them, `tests/tests/integration/cli_exit.rs` checks every command):
+//! 0 success; 1 failure (the service, NATS or the log failed); 2 usage error
+//! (a bad flag or argument, a malformed upgrade id, a file or setting named
+//! on the command line that is missing or unusable); 3 the service rejected
+//! the request (bad input, wrong state, conflict, no such upgrade);
+//! 4 the upgrade ended halted or aborted (`submit` without `--detach`,
+//! `watch`, `plan` when preflight refuses); 5 verification failed
+//! (`audit verify`, `replay --verify`). A failure prints one line on stderr,
+//! or one JSON object under `--output json` (`failure.rs`).
 
+mod args;
 mod client;
 mod cmd;
 #[cfg(test)]
 mod compose_test;
+mod failure;
+mod history;
+mod identity;
 mod procs;
 mod render;
 
@@ -146,9 +155,12 @@ impl Global {
     /// This process's signing key (`--key` / `BATON_KEY`), required.
     pub fn identity(&self, role: &str) -> anyhow::Result<protocol::sign::Identity> {
         let Some(path) = &self.key else {
-            anyhow::bail!(
-                "{role} needs a signing key: --key FILE or BATON_KEY (create one with `baton keys gen --out FILE`)"
-            );
+            return Err(client::Exit::of(
+                client::Class::Usage,
+                format!("{role} needs a signing key: --key FILE or BATON_KEY"),
+            )
+            .hint("baton keys gen --out FILE")
+            .into());
         };
         Ok(protocol::sign::Identity::load(path)?)
     }
@@ -156,9 +168,12 @@ impl Global {
     /// The trust file (`--trust` / `BATON_TRUST`), required.
     pub fn trust(&self, role: &str) -> anyhow::Result<protocol::sign::Trust> {
         let Some(path) = &self.trust else {
-            anyhow::bail!(
-                "{role} needs the trust file: --trust FILE or BATON_TRUST (see `baton keys trust`)"
-            );
+            return Err(client::Exit::of(
+                client::Class::Usage,
+                format!("{role} needs the trust file: --trust FILE or BATON_TRUST"),
+            )
+            .hint("baton keys init --help")
+            .into());
         };
         Ok(protocol::sign::Trust::load(path)?)
     }
@@ -215,41 +230,36 @@ pub enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing(&cli.command, cli.global.log_format);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let json =
+                failure::json_requested(std::env::args_os(), std::env::var_os("BATON_OUTPUT"));
+            let args: Vec<String> = std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            match failure::Report::of_clap(&err, &args) {
+                Some(report) if json => return report.print(true),
+                _ => err.exit(),
+            }
+        }
+    };
+    let json = cli.global.output == Output::Json;
+    init_tracing(&cli.command, cli.global.log_format, json);
     match cmd::run(cli) {
         Ok(code) => code,
-        Err(err) => {
-            eprintln!("baton: error: {}", one_line(&err));
-            ExitCode::from(client::exit_code_of(&err))
-        }
+        Err(err) => failure::Report::of(&err).print(json),
     }
-}
-
-/// An error and its causes on one line, each cause once: a cause whose text the
-/// line already ends with (libraries often repeat their source in their own
-/// message) is not printed again.
-fn one_line(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if text.is_empty() || line.ends_with(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
 }
 
 /// Services log at info by default; operator commands only warn, so their
-/// own output stays readable. `RUST_LOG` overrides both. Colour only on a
-/// terminal and never with `NO_COLOR` set (<https://no-color.org>).
-fn init_tracing(command: &Command, format: LogFormat) {
+/// own output stays readable, and under `--output json` log nothing, so
+/// that stderr holds only the JSON error, if any. `RUST_LOG` overrides all.
+/// Colour only on a terminal and never with `NO_COLOR` set (<https://no-color.org>).
+fn init_tracing(command: &Command, format: LogFormat, json_output: bool) {
     let default = match command {
         Command::Server(_) | Command::Executor(_) => "info",
+        _ if json_output => "off",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -267,26 +277,4 @@ fn init_tracing(command: &Command, format: LogFormat) {
 pub fn use_colour() -> bool {
     std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn causes_are_printed_once() {
-        let io = std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "Connection refused (os error 111)",
-        );
-        #[derive(Debug, thiserror::Error)]
-        #[error("{0}")]
-        struct Repeats(#[source] std::io::Error);
-        let err =
-            anyhow::Error::new(Repeats(io)).context("connecting to NATS at nats://127.0.0.1:1");
-        assert_eq!(
-            super::one_line(&err),
-            "connecting to NATS at nats://127.0.0.1:1: Connection refused (os error 111)"
-        );
-        let plain = anyhow::anyhow!("inner").context("outer");
-        assert_eq!(super::one_line(&plain), "outer: inner");
-    }
 }

@@ -22,7 +22,7 @@ pub enum AuditCommand {
         #[arg(long, conflicts_with = "file")]
         db: Option<PathBuf>,
         /// Verify an exported JSON-lines file instead.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::readable_file)]
         file: Option<PathBuf>,
         /// Also compare the log with its mirror in BATON_EVENTS (through the
         /// service) and report every difference.
@@ -30,7 +30,7 @@ pub enum AuditCommand {
         mirror: bool,
         /// Also check the log against these checkpoints (as `baton audit
         /// checkpoint export` writes them): each must be on the log's chain.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::readable_file)]
         anchor: Option<PathBuf>,
     },
     /// The service's signed checkpoints (BATON_CHECKPOINTS).
@@ -39,6 +39,7 @@ pub enum AuditCommand {
     /// Write an upgrade's events as JSON lines (verifiable offline).
     Export {
         /// The upgrade id.
+        #[arg(value_parser = crate::args::upgrade_id)]
         upgrade: String,
         /// Read this log directory directly (no service may hold it).
         #[arg(long)]

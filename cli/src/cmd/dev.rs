@@ -95,8 +95,9 @@ async fn demo(
     //    authentication, TLS and least-privilege permissions on, as in production.
     let nodes: Vec<String> = (1..=args.nodes).map(|i| format!("backend-{i}")).collect();
     let keys = dir.join("keys");
-    let trust_path =
-        crate::cmd::keys::init(&keys, &nodes, &[("demo".to_string(), Role::Approver)])?;
+    // The operator is the person running the demo, as the user database names them.
+    let operator = crate::identity::login_name();
+    let trust_path = crate::cmd::keys::init(&keys, &nodes, &[(operator.clone(), Role::Approver)])?;
     let trust = Trust::load(&trust_path)?;
     let tls_dir = dir.join("tls");
     crate::cmd::keys::create_private_dir(&tls_dir)?;
@@ -132,7 +133,7 @@ async fn demo(
             ("BATON_NATS_CERT_KEY", tls.client_key.clone()),
         ]
     };
-    let operator_key = keys.join("operator-demo.seed");
+    let operator_key = keys.join(format!("operator-{operator}.seed"));
     let global = Global {
         nats: nats_url.clone(),
         key: Some(operator_key.clone()),
@@ -154,7 +155,7 @@ async fn demo(
         conf.display()
     ));
     say(&format!(
-        "keys and trust file in {} (service, one executor per node, operator `demo`)",
+        "keys and trust file in {} (service, one executor per node, operator `{operator}`)",
         keys.display()
     ));
 

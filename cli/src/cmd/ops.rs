@@ -5,20 +5,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use workflow::service::api::{
-    EventsPage, EventsRequest, ListPage, ListRequest, OperatorRequest, StatusView, SubmitRequest,
-    UpgradeRef,
+    EventsPage, EventsRequest, ExecutorView, ExecutorsRequest, ListPage, ListRequest,
+    OperatorRequest, StatusView, SubmitRequest, UpgradeRef, UpgradeSummary,
 };
 
-use crate::client::{Client, Exit, EXIT_UPGRADE_FAILED};
+use crate::client::{Class, Client, Exit, EXIT_UPGRADE_FAILED};
 use crate::render::{self, Timeline};
 use crate::{Command, Global, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
     /// The cluster file (TOML).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::readable_file)]
     pub cluster: PathBuf,
     /// Path of the package on the nodes (overrides the cluster file's).
     #[arg(long)]
@@ -40,7 +39,7 @@ pub struct SubmitArgs {
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
     /// The cluster file (TOML).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::readable_file)]
     pub cluster: PathBuf,
     /// Path of the package on the nodes (overrides the cluster file's).
     #[arg(long)]
@@ -57,11 +56,13 @@ pub struct PlanArgs {
 #[derive(clap::Args, Debug)]
 pub struct UpgradeArg {
     /// The upgrade id (a ULID, as `submit` and `list` print it).
+    #[arg(value_parser = crate::args::upgrade_id)]
     pub upgrade: String,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ReasonArgs {
+    #[arg(value_parser = crate::args::upgrade_id)]
     pub upgrade: String,
     /// Why (recorded in the log).
     #[arg(long, default_value = "")]
@@ -70,6 +71,7 @@ pub struct ReasonArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct AbortArgs {
+    #[arg(value_parser = crate::args::upgrade_id)]
     pub upgrade: String,
     /// Why (recorded in the log).
     #[arg(long)]
@@ -78,13 +80,16 @@ pub struct AbortArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ApproveArgs {
+    #[arg(value_parser = crate::args::upgrade_id)]
     pub upgrade: String,
-    /// The gate (before-switchover, after-first-follower).
+    /// The gate (`baton status` names the one the upgrade waits at).
+    #[arg(value_parser = ["before-switchover", "after-first-follower"])]
     pub gate: String,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ResolveArgs {
+    #[arg(value_parser = crate::args::upgrade_id)]
     pub upgrade: String,
     /// The step that needs verification.
     pub step: u64,
@@ -108,38 +113,8 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
                 print_view(&global, &view)?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::List(args) => {
-                let views = list_all(&client, args.plans).await?;
-                if global.output == Output::Json {
-                    println!("{}", serde_json::to_string_pretty(&views)?);
-                } else if views.is_empty() {
-                    println!("no upgrades in the log");
-                } else {
-                    for view in views {
-                        println!(
-                            "{}  {:<16} {:<18} {}",
-                            view.upgrade,
-                            view.cluster,
-                            view.status,
-                            crate::render::terminal_safe(&view.reason.unwrap_or_default())
-                        );
-                    }
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            Command::Executors => {
-                let groups = executors_online(&client).await?;
-                if global.output == Output::Json {
-                    println!("{}", serde_json::to_string(&groups)?);
-                } else if groups.is_empty() {
-                    println!("no executor is online (none with a presence record signed by a key the trust file pins)");
-                } else {
-                    for group in groups {
-                        println!("{group}");
-                    }
-                }
-                Ok(ExitCode::SUCCESS)
-            }
+            Command::List(args) => list(&client, &global, args).await,
+            Command::Executors => executors(&client, &global).await,
             Command::Pause(args) => {
                 operator(
                     &client,
@@ -224,7 +199,8 @@ async fn follow(
 ) -> anyhow::Result<ExitCode> {
     // Installed before anything is printed, so a Ctrl-C right after "submitted" is ours.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    if submitted {
+    // Under --output json stderr is for the JSON error only; the events on stdout name the upgrade.
+    if submitted && global.output == Output::Text {
         eprintln!("submitted upgrade {upgrade}");
     }
     tokio::select! {
@@ -266,8 +242,12 @@ pub async fn submit_file(
 }
 
 fn submit_request(cluster: &Path) -> anyhow::Result<SubmitRequest> {
-    let text = std::fs::read_to_string(cluster)
-        .with_context(|| format!("reading the cluster file {}", cluster.display()))?;
+    let text = std::fs::read_to_string(cluster).map_err(|err| {
+        Exit::of(
+            Class::Usage,
+            format!("cannot read the cluster file {}: {err}", cluster.display()),
+        )
+    })?;
     Ok(SubmitRequest {
         cluster_file: cluster.display().to_string(),
         cluster_toml: text,
@@ -290,11 +270,12 @@ async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Resul
     };
     let reply: UpgradeRef = client.call("plan", &request).await?;
     let view = wait_terminal(client, &reply.upgrade).await?;
-    if global.output == Output::Json {
+    let json = global.output == Output::Json;
+    if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
-        return finished(&view);
     }
     match (&view.plan, &view.plan_hash) {
+        (Some(_), Some(_)) if view.status == "planned" && json => Ok(ExitCode::SUCCESS),
         (Some(plan), Some(hash)) if view.status == "planned" => {
             let plan: workflow::core::Plan = serde_json::from_value(plan.clone())?;
             print!("{}", render::plan_block(&plan, hash));
@@ -316,7 +297,9 @@ async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Resul
             Ok(ExitCode::SUCCESS)
         }
         _ => {
-            print!("{}", render::status_block(&view));
+            if !json {
+                print!("{}", render::status_block(&view));
+            }
             Err(Exit::new(
                 EXIT_UPGRADE_FAILED,
                 format!(
@@ -325,6 +308,7 @@ async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Resul
                     crate::render::terminal_safe(&view.reason.unwrap_or_default())
                 ),
             )
+            .hint(format!("baton replay {}", view.upgrade))
             .into())
         }
     }
@@ -372,6 +356,7 @@ fn finished(view: &StatusView) -> anyhow::Result<ExitCode> {
                 crate::render::terminal_safe(&view.reason.clone().unwrap_or_default())
             ),
         )
+        .hint(format!("baton replay {}", view.upgrade))
         .into()),
     }
 }
@@ -476,10 +461,24 @@ async fn status(client: &Client, upgrade: &str) -> anyhow::Result<StatusView> {
         .await
 }
 
-/// Executor groups with a live executor, as the service sees them.
-/// Every upgrade in the log, page by page (`plans`: also finished `plan` runs).
-pub async fn list_all(client: &Client, plans: bool) -> anyhow::Result<Vec<StatusView>> {
-    let mut views = Vec::new();
+/// Every upgrade in the log, page by page (`plans`: also `plan` runs).
+pub async fn list_all(client: &Client, plans: bool) -> anyhow::Result<Vec<UpgradeSummary>> {
+    list_filtered(
+        client,
+        ListRequest {
+            include_plans: plans,
+            ..ListRequest::default()
+        },
+    )
+    .await
+}
+
+/// The upgrades `filter` keeps (the service filters), page by page.
+pub async fn list_filtered(
+    client: &Client,
+    filter: ListRequest,
+) -> anyhow::Result<Vec<UpgradeSummary>> {
+    let mut rows = Vec::new();
     let mut after = None;
     loop {
         let page: ListPage = client
@@ -488,25 +487,72 @@ pub async fn list_all(client: &Client, plans: bool) -> anyhow::Result<Vec<Status
                 &ListRequest {
                     after: after.clone(),
                     limit: Some(500),
-                    include_plans: plans,
+                    ..filter.clone()
                 },
             )
             .await?;
-        views.extend(page.upgrades);
+        rows.extend(page.upgrades);
         match page.next_after {
             Some(next) if Some(&next) != after.as_ref() => after = Some(next),
-            _ => return Ok(views),
+            _ => return Ok(rows),
         }
     }
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
-    /// Also list finished `baton plan` runs.
+    /// Also list `baton plan` runs (apart, after the upgrades).
     #[arg(long)]
     pub plans: bool,
+    /// Only upgrades of this cluster (its name in the cluster file).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Only upgrades in these statuses, comma separated.
+    #[arg(long, value_delimiter = ',',
+          value_parser = clap::builder::PossibleValuesParser::new(workflow::service::api::STATUSES))]
+    pub status: Vec<String>,
+    /// Only upgrades still going at or after this time: a duration back from now
+    /// (`2h`, `90m`, `1d 6h`) or an RFC 3339 time in UTC (`2026-11-29T08:00:00Z`).
+    #[arg(long, value_parser = crate::history::parse_since)]
+    pub since: Option<u64>,
 }
 
+/// `baton list`: the history, filtered by the service; a table with a header,
+/// or the bounded rows as JSON.
+async fn list(client: &Client, global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
+    let rows = list_filtered(
+        client,
+        ListRequest {
+            include_plans: args.plans,
+            cluster: args.cluster,
+            status: args.status,
+            since_ms: args.since,
+            ..ListRequest::default()
+        },
+    )
+    .await?;
+    if global.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", crate::history::list_text(&rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton executors`: who is online, from their signed presence records.
+async fn executors(client: &Client, global: &Global) -> anyhow::Result<ExitCode> {
+    let executors: Vec<ExecutorView> = client
+        .call("executors", &ExecutorsRequest { detail: true })
+        .await?;
+    if global.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&executors)?);
+    } else {
+        print!("{}", crate::history::executors_text(&executors));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Executor groups with a live executor, as the service sees them.
 pub async fn executors_online(client: &Client) -> anyhow::Result<Vec<String>> {
-    client.call("executors", &serde_json::json!({})).await
+    client.call("executors", &ExecutorsRequest::default()).await
 }

@@ -18,6 +18,7 @@ use crate::{Global, Output};
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
     /// The upgrade id.
+    #[arg(value_parser = crate::args::upgrade_id)]
     pub upgrade: String,
     /// Show the state right after this event (default: the last).
     #[arg(long)]
@@ -26,7 +27,7 @@ pub struct ReplayArgs {
     #[arg(long, conflicts_with = "file")]
     pub db: Option<PathBuf>,
     /// Read an exported JSON-lines file (`baton audit export`).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::readable_file)]
     pub file: Option<PathBuf>,
     /// Re-run today's `decide` on the recorded inputs and compare its decisions with the log.
     #[arg(long)]
@@ -150,8 +151,13 @@ pub async fn load(
     if let Some(file) = file {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        store::verify_export(text.as_bytes())
-            .with_context(|| format!("{} does not verify", file.display()))?;
+        // A file whose chain does not verify is a failed verification (exit 5), not shown.
+        store::verify_export(text.as_bytes()).map_err(|err| {
+            Exit::new(
+                EXIT_VERIFY_FAILED,
+                format!("{} does not verify: {err}", file.display()),
+            )
+        })?;
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {

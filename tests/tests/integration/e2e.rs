@@ -284,7 +284,7 @@ impl Env {
     pub(crate) async fn wait_for_groups(&self, groups: &[String]) {
         let online = tests::wait_until(Duration::from_secs(30), || {
             let out = self.baton(&["--output", "json", "--api-timeout", "2", "executors"]);
-            let online: Vec<String> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let online = online_groups(&out.stdout);
             groups.iter().all(|g| online.contains(g))
         })
         .await;
@@ -486,6 +486,15 @@ impl Env {
         let out = self.baton_ok(&["replay", upgrade, "--verify"]);
         assert!(out.contains("exactly the recorded decisions"), "{out}");
     }
+}
+
+/// The groups in `baton --output json executors` (one object per executor).
+pub(crate) fn online_groups(json: &[u8]) -> Vec<String> {
+    let executors: Vec<serde_json::Value> = serde_json::from_slice(json).unwrap_or_default();
+    executors
+        .iter()
+        .filter_map(|e| e["group"].as_str().map(str::to_string))
+        .collect()
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -5,6 +5,7 @@ mod attacks;
 mod auth;
 mod chaos;
 mod checkpoints;
+mod cli_exit;
 mod conventions;
 mod e2e;
 mod executor;

@@ -72,8 +72,10 @@ pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 /// default 1 MiB payload limit (a page always holds at least one item).
 pub const PAGE_BYTES: usize = 512 * 1024;
 
-/// List upgrades, a page at a time, oldest first.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// List upgrades, a page at a time, oldest first: the history. The filters
+/// are applied by the service before paging, so a page stays bounded
+/// whatever they keep.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ListRequest {
     /// Start after this upgrade id (the previous page's `next_after`).
     #[serde(default)]
@@ -81,16 +83,103 @@ pub struct ListRequest {
     /// At most this many (1..=500; default 100).
     #[serde(default)]
     pub limit: Option<usize>,
-    /// Also list finished `plan` runs (hidden by default).
+    /// Also list `plan` runs (hidden by default).
     #[serde(default)]
     pub include_plans: bool,
+    /// Only upgrades of this cluster (its name in the cluster file).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Only upgrades in one of these statuses ([`STATUSES`]); empty: any.
+    #[serde(default)]
+    pub status: Vec<String>,
+    /// Only upgrades still going at or after this time (unix ms): started
+    /// then or later, or not ended before it.
+    #[serde(default)]
+    pub since_ms: Option<u64>,
 }
 
-/// A page of upgrades; `next_after` is set when more follow.
+/// Every status an upgrade can be in, as views and `list --status` name them.
+pub const STATUSES: [&str; 10] = [
+    "planning",
+    "running",
+    "paused",
+    "waiting_approval",
+    "needs_verification",
+    "winding_down",
+    "planned",
+    "completed",
+    "halted",
+    "aborted",
+];
+
+/// A page of upgrades; `next_after` is set when more may follow (a page
+/// filtered down to nothing may still have one).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListPage {
-    pub upgrades: Vec<StatusView>,
+    pub upgrades: Vec<UpgradeSummary>,
     pub next_after: Option<String>,
+}
+
+/// An upgrade as the history (`list`) shows it: a bounded row, never the
+/// plan or the per-node detail (`status` has those).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeSummary {
+    pub upgrade: String,
+    /// `upgrade`, or `plan` for a `baton plan` run.
+    pub kind: String,
+    pub cluster: String,
+    /// One of [`STATUSES`].
+    pub status: String,
+    /// Why it halted, was aborted, waits or needs verification; at most
+    /// [`SUMMARY_REASON_CHARS`] characters (`status` has it whole).
+    pub reason: Option<String>,
+    /// Who submitted it: the name the trust file gives the key that signed the request.
+    pub requested_by: String,
+    pub target_version: Option<String>,
+    /// When it was submitted (unix ms).
+    pub started_ms: Option<u64>,
+    /// When it ended (unix ms); none while it goes on.
+    pub ended_ms: Option<u64>,
+    /// How many events the log holds for it.
+    pub events: u64,
+}
+
+/// The longest reason a history row carries.
+pub const SUMMARY_REASON_CHARS: usize = 200;
+
+/// List the executors online (`executors`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorsRequest {
+    /// Reply with one [`ExecutorView`] per executor; without it the reply is
+    /// the sorted group names (what older clients read).
+    #[serde(default)]
+    pub detail: bool,
+}
+
+/// One live executor, from its signed presence record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorView {
+    /// The trust file's name for the key that signed the record.
+    pub name: String,
+    /// Its id (also its presence key).
+    pub id: String,
+    pub group: String,
+    /// The nodes it serves (empty: whatever its group receives).
+    pub nodes: Vec<String>,
+    /// Its software version.
+    pub version: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_ms: u64,
+    /// When it last refreshed its record (unix ms, its clock).
+    pub heartbeat_ms: u64,
+    /// How long ago that was by the service's clock (ms; 0 if in the future).
+    pub heartbeat_age_ms: u64,
+    /// The step it runs now (`<upgrade>:<step>:<attempt>`).
+    pub running: Option<String>,
+    /// Steps it ran, and requests it refused.
+    pub executed: u64,
+    pub rejected: u64,
 }
 
 /// Read a page of an upgrade's log.

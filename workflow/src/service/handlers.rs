@@ -12,10 +12,12 @@ use tokio::sync::oneshot;
 use ulid::Ulid;
 
 use super::api::{
-    ApiReply, ErrorKind, EventsPage, EventsRequest, ListPage, ListRequest, LoggedEvent,
-    OperatorRequest, StatusView, SubmitRequest, UpgradeRef, MAX_REQUEST_BYTES, PAGE_BYTES,
+    ApiReply, ErrorKind, EventsPage, EventsRequest, ExecutorView, ExecutorsRequest, ListPage,
+    ListRequest, LoggedEvent, OperatorRequest, StatusView, SubmitRequest, UpgradeRef,
+    MAX_REQUEST_BYTES, PAGE_BYTES,
 };
 use super::api_guard::Caller;
+use super::history;
 use super::registry::NodeIdentity;
 use super::upgrade::{self, Command};
 use super::{now_ms, view, ServiceError, Shared, SERVICE_STREAM};
@@ -156,7 +158,7 @@ async fn handle(
                 None => not_found(&request.upgrade),
             })
         }
-        "list" => Ok(ApiReply::ok(&list(shared, decode(verb, payload)?).await?)),
+        "list" => Ok(ApiReply::ok(&list(shared, decode(verb, payload)?)?)),
         "pause" | "resume" | "abort" | "approve" | "resolve" => {
             let request: OperatorRequest = decode(verb, payload)?;
             check_upgrade_id(&request.upgrade)?;
@@ -167,7 +169,15 @@ async fn handle(
             check_upgrade_id(&request.upgrade)?;
             events(shared, request)
         }
-        "executors" => Ok(ApiReply::ok(&executors_online(shared).await)),
+        "executors" => {
+            // Older clients send `{}` or nothing readable: the group names.
+            let request: ExecutorsRequest = serde_json::from_slice(payload).unwrap_or_default();
+            Ok(if request.detail {
+                ApiReply::ok(&executors_detail(shared).await)
+            } else {
+                ApiReply::ok(&executors_online(shared).await)
+            })
+        }
         "checkpoints" => Ok(ApiReply::ok(
             &stream_page(
                 shared,
@@ -449,38 +459,23 @@ pub(super) async fn status(
     )))
 }
 
-async fn list(shared: &Arc<Shared>, request: ListRequest) -> Result<ListPage, HandlerError> {
-    let limit = request.limit.unwrap_or(100).clamp(1, 500);
-    let mut upgrades = Vec::new();
-    let mut bytes = 0;
-    let mut next_after = None;
-    for (stream, _) in shared.store.streams()? {
-        if stream == SERVICE_STREAM {
-            continue;
-        }
-        let id = stream.to_string();
-        if request
-            .after
-            .as_ref()
-            .is_some_and(|after| id.as_str() <= after.as_str())
-        {
-            continue;
-        }
-        if upgrades.len() == limit || bytes > PAGE_BYTES {
-            next_after = upgrades.last().map(|v: &StatusView| v.upgrade.clone());
-            break;
-        }
-        if let Some(view) = status(shared, &id).await? {
-            if view.status == "planned" && !request.include_plans {
-                continue;
-            }
-            bytes += serde_json::to_vec(&view).map(|v| v.len()).unwrap_or(0);
-            upgrades.push(view);
-        }
-    }
-    Ok(ListPage {
-        upgrades,
-        next_after,
+/// A page of the history, oldest first, filtered by the service (see [`history::page`]).
+fn list(shared: &Arc<Shared>, request: ListRequest) -> Result<ListPage, HandlerError> {
+    let filter = history::Filter::of(&request).map_err(HandlerError::BadRequest)?;
+    let streams = shared.store.streams()?;
+    let ids = streams
+        .into_iter()
+        .filter(|(stream, _)| *stream != SERVICE_STREAM)
+        .map(|(stream, _)| stream.to_string());
+    history::page(ids, &request, &filter, |id| {
+        let Some(stream) = upgrade::stream_of(id) else {
+            return Ok(None);
+        };
+        let events: Vec<core::Event> = upgrade::load_events(shared, stream)?
+            .into_iter()
+            .map(|(_, event)| event)
+            .collect();
+        Ok::<_, HandlerError>(history::summary(id, &events))
     })
 }
 
@@ -590,14 +585,53 @@ async fn stream_page(
 /// Executor groups with a live, valid presence record. A record whose group is not a valid subject token
 /// (say `x y`) is refused, counted and logged, and never becomes a group the core may publish to.
 pub(crate) async fn executors_online(shared: &Shared) -> Vec<String> {
-    let mut groups = Vec::new();
+    let mut groups: Vec<String> = presence_records(shared)
+        .await
+        .into_iter()
+        .map(|(presence, _)| presence.group)
+        .collect();
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
+/// Every live executor with a valid presence record, by group, then name, then id.
+async fn executors_detail(shared: &Shared) -> Vec<ExecutorView> {
+    let now = now_ms();
+    let mut views: Vec<ExecutorView> = presence_records(shared)
+        .await
+        .into_iter()
+        .map(|(p, name)| ExecutorView {
+            name,
+            id: p.id,
+            group: p.group,
+            nodes: p.nodes,
+            version: p.version,
+            host: p.host,
+            pid: p.pid,
+            started_ms: p.started_ms,
+            heartbeat_ms: p.heartbeat_ms,
+            heartbeat_age_ms: now.saturating_sub(p.heartbeat_ms),
+            running: p.running,
+            executed: p.executed,
+            rejected: p.rejected,
+        })
+        .collect();
+    views.sort_by(|a, b| (&a.group, &a.name, &a.id).cmp(&(&b.group, &b.name, &b.id)));
+    views
+}
+
+/// The presence records that open (signed by a pinned executor of the group they name, well formed), with
+/// the executor's trusted name; the others are refused, counted and logged.
+async fn presence_records(shared: &Shared) -> Vec<(protocol::Presence, String)> {
+    let mut records = Vec::new();
     let Ok(mut keys) = shared.presence.keys().await else {
-        return groups;
+        return records;
     };
     while let Some(Ok(key)) = keys.next().await {
         if let Ok(Some(value)) = shared.presence.get(&key).await {
             match protocol::presence::open(&value, &key, &shared.trust) {
-                Ok((presence, _executor)) => groups.push(presence.group),
+                Ok(record) => records.push(record),
                 Err(err) => {
                     let refused = PRESENCE_REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
                     tracing::warn!(
@@ -611,9 +645,7 @@ pub(crate) async fn executors_online(shared: &Shared) -> Vec<String> {
             }
         }
     }
-    groups.sort();
-    groups.dedup();
-    groups
+    records
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ mod api_guard;
 pub mod checkpoint;
 pub mod committer;
 mod handlers;
+mod history;
 pub mod lease;
 pub mod mirror;
 mod registry;

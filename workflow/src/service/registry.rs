@@ -80,18 +80,50 @@ pub struct NodesHeld {
 }
 
 impl fmt::Display for NodesHeld {
+    /// One clause per upgrade holding nodes, each node once with every key
+    /// it shares: `upgrade U in progress (cluster prod) holds node backend-1
+    /// (address 10.0.0.1, executor group backend-1), node x (address
+    /// 10.0.0.2) as node backend-2`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
+        // (holder upgrade, its cluster) -> [(node, holder's node name, keys)], in order of appearance.
+        type Held<'a> = Vec<(&'a str, &'a str, Vec<&'a NodeKey>)>;
+        let mut by_holder: Vec<((&str, &str), Held)> = Vec::new();
         for (node, key, holder) in &self.clashes {
-            if !first {
+            let id = (holder.upgrade.as_str(), holder.cluster.as_str());
+            let index = match by_holder.iter().position(|(h, _)| *h == id) {
+                Some(index) => index,
+                None => {
+                    by_holder.push((id, Vec::new()));
+                    by_holder.len() - 1
+                }
+            };
+            let nodes = &mut by_holder[index].1;
+            match nodes
+                .iter_mut()
+                .find(|(n, theirs, _)| *n == node && *theirs == holder.node)
+            {
+                Some((_, _, keys)) => keys.push(key),
+                None => nodes.push((node, &holder.node, vec![key])),
+            }
+        }
+        for (i, ((upgrade, cluster), nodes)) in by_holder.iter().enumerate() {
+            if i > 0 {
                 f.write_str("; ")?;
             }
-            first = false;
             write!(
                 f,
-                "node {node} ({key}) is held by upgrade {} in progress (cluster {}, node {})",
-                holder.upgrade, holder.cluster, holder.node
+                "upgrade {upgrade} in progress (cluster {cluster}) holds "
             )?;
+            for (j, (node, theirs, keys)) in nodes.iter().enumerate() {
+                if j > 0 {
+                    f.write_str(", ")?;
+                }
+                let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+                write!(f, "node {node} ({})", keys.join(", "))?;
+                if node != theirs {
+                    write!(f, " as node {theirs}")?;
+                }
+            }
         }
         Ok(())
     }
@@ -271,11 +303,12 @@ mod tests {
             .claim_nodes("U2", "prod-again", &three("b", "10.0.0"))
             .unwrap_err();
         let text = held.to_string();
-        assert!(text.contains("node backend-1 (address 10.0.0.1)"), "{text}");
-        assert!(text.contains("executor group b-1"), "{text}");
-        assert!(
-            text.contains("upgrade U1 in progress (cluster prod"),
-            "{text}"
+        assert_eq!(
+            text,
+            "upgrade U1 in progress (cluster prod) holds \
+             node backend-1 (address 10.0.0.1, executor group b-1), \
+             node backend-2 (address 10.0.0.2, executor group b-2), \
+             node backend-3 (address 10.0.0.3, executor group b-3)"
         );
         // Refused all or none: U2 holds nothing.
         registry.release("U1");
