@@ -295,8 +295,9 @@ async fn serve(
         ("CLUSTER", quote(cluster_file)),
         ("SIM", quote(sim_dir)),
     ];
-    let mut text = String::from(
-        "# Written by `baton dev --serve`: the settings of operator `demo` (an approver).\n",
+    let operator = crate::identity::login_name();
+    let mut text = format!(
+        "# Written by `baton dev --serve`: the settings of operator `{operator}` (an approver).\n"
     );
     for (name, value) in env {
         text.push_str(&format!("export {name}={value}\n"));
