@@ -12,3 +12,4 @@ mod lease;
 mod limits;
 mod sim;
 mod store;
+mod view;
