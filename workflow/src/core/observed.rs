@@ -205,8 +205,14 @@ impl Facts {
         }
     }
 
-    /// A probe run on `node` showed `observation`; its result was recorded at `at_ms`.
-    pub(crate) fn observed(&mut self, node: &str, observation: &Observation, at_ms: u64) {
+    /// A probe (`action`) run on `node` showed `observation`; its result was recorded at `at_ms`.
+    pub(crate) fn observed(
+        &mut self,
+        node: &str,
+        action: Action,
+        observation: &Observation,
+        at_ms: u64,
+    ) {
         match observation {
             Observation::ClusterStatus { status } => self.cluster_status(status, at_ms),
             Observation::NodeStatus { status } => {
@@ -269,9 +275,23 @@ impl Facts {
                     at_ms,
                 });
             }
-            Observation::Failover { .. }
-            | Observation::Package { .. }
-            | Observation::Unavailable { .. } => {}
+            Observation::Unavailable { .. } => {
+                // The node did not answer (the caller passes only such): its host or executor may be gone, so
+                // what it showed before may no longer hold.
+                let Some(n) = self.nodes.get_mut(node) else {
+                    return;
+                };
+                match action {
+                    Action::ProbeStatus | Action::ProbeClusterStatus | Action::ProbeFailover => {
+                        n.services_down = None;
+                        n.running = None;
+                        n.sync = None;
+                    }
+                    Action::ProbeVersion => n.installed = None,
+                    _ => {}
+                }
+            }
+            Observation::Failover { .. } | Observation::Package { .. } => {}
         }
     }
 
@@ -428,8 +448,13 @@ elasticsearch  running (pid 6796)  0d 0h 43m 43s  state: green; nodes online: 3/
     fn facts_come_from_observations_and_an_action_makes_them_unknown() {
         let mut f = Facts::new(["backend-1", "backend-2", "backend-3"]);
         assert_eq!(f.nodes["backend-2"], NodeFacts::default());
-        f.observed("backend-1", &cluster(CLUSTER), 10);
-        f.observed("backend-1", &status(0, 2), 20);
+        f.observed(
+            "backend-1",
+            Action::ProbeClusterStatus,
+            &cluster(CLUSTER),
+            10,
+        );
+        f.observed("backend-1", Action::ProbeStatus, &status(0, 2), 20);
         assert_eq!(sync(&f, "backend-1"), Some(Sync::Leader));
         assert_eq!(sync(&f, "backend-2"), Some(Sync::Synced));
         assert_eq!(f.nodes["backend-2"].last_seen_ms, Some(10));
@@ -440,6 +465,17 @@ elasticsearch  running (pid 6796)  0d 0h 43m 43s  state: green; nodes online: 3/
         assert_eq!(sync(&f, "backend-2"), None);
         assert_eq!(sync(&f, "backend-3"), Some(Sync::Synced));
         assert!(f.nodes["backend-1"].role.is_some());
+        // A node that cannot be asked: what it showed is not known now.
+        f.observed(
+            "backend-1",
+            Action::ProbeStatus,
+            &Observation::Unavailable {
+                error: "no answer".into(),
+            },
+            30,
+        );
+        assert_eq!(f.nodes["backend-1"].services_down, None);
+        assert_eq!(sync(&f, "backend-1"), None);
         // A demotion moves every role.
         f.scheduled("backend-1", Action::Demote);
         assert!(f
@@ -455,7 +491,7 @@ elasticsearch  running (pid 6796)  0d 0h 43m 43s  state: green; nodes online: 3/
             version: Some(v.into()),
             state: None,
         };
-        f.observed("backend-2", &version("3.0.0-1"), 5);
+        f.observed("backend-2", Action::ProbeVersion, &version("3.0.0-1"), 5);
         assert_eq!(f.nodes["backend-2"].running, None);
         f.scheduled("backend-2", Action::Stop);
         f.succeeded("backend-2", Action::Stop, 6, "3.1.0-1");
@@ -479,33 +515,48 @@ elasticsearch  running (pid 6796)  0d 0h 43m 43s  state: green; nodes online: 3/
     #[test]
     fn counts_name_a_follower_only_when_they_can() {
         let mut f = Facts::new(["backend-1", "backend-2", "backend-3"]);
-        f.observed("backend-1", &cluster(CLUSTER), 10);
+        f.observed(
+            "backend-1",
+            Action::ProbeClusterStatus,
+            &cluster(CLUSTER),
+            10,
+        );
         // One of two syncing, neither known: who is which is not told.
-        f.observed("backend-1", &status(1, 1), 20);
+        f.observed("backend-1", Action::ProbeStatus, &status(1, 1), 20);
         assert_eq!(sync(&f, "backend-2"), None);
         assert_eq!(sync(&f, "backend-3"), None);
         // All synced: both known; then backend-2 restarts and one is syncing: it is backend-2.
-        f.observed("backend-1", &status(0, 2), 30);
+        f.observed("backend-1", Action::ProbeStatus, &status(0, 2), 30);
         f.scheduled("backend-2", Action::Start);
-        f.observed("backend-1", &cluster(CLUSTER), 40);
-        f.observed("backend-2", &status(1, 1), 50);
+        f.observed(
+            "backend-1",
+            Action::ProbeClusterStatus,
+            &cluster(CLUSTER),
+            40,
+        );
+        f.observed("backend-2", Action::ProbeStatus, &status(1, 1), 50);
         assert_eq!(sync(&f, "backend-2"), Some(Sync::Syncing));
         assert_eq!(sync(&f, "backend-3"), Some(Sync::Synced));
         // Counts that contradict what is known make it unknown.
-        f.observed("backend-1", &status(2, 0), 60);
+        f.observed("backend-1", Action::ProbeStatus, &status(2, 0), 60);
         assert_eq!(sync(&f, "backend-3"), Some(Sync::Syncing));
-        f.observed("backend-1", &status(1, 1), 70);
+        f.observed("backend-1", Action::ProbeStatus, &status(1, 1), 70);
         assert_eq!(sync(&f, "backend-2"), None);
         assert_eq!(sync(&f, "backend-3"), None);
         // A new leader makes every follower re-sync: what was known of them is gone.
-        f.observed("backend-1", &status(0, 2), 80);
+        f.observed("backend-1", Action::ProbeStatus, &status(0, 2), 80);
         let moved = CLUSTER
             .replace("leader    leader    master", "follower  follower  master")
             .replace(
                 "backend-2  192.168.33.216  c106c88745ef13517874d7301463afb9  follower  follower",
                 "backend-2  192.168.33.216  c106c88745ef13517874d7301463afb9  leader    leader  ",
             );
-        f.observed("backend-3", &cluster(&moved), 90);
+        f.observed(
+            "backend-3",
+            Action::ProbeClusterStatus,
+            &cluster(&moved),
+            90,
+        );
         assert_eq!(sync(&f, "backend-2"), Some(Sync::Leader));
         assert_eq!(sync(&f, "backend-1"), None);
         assert_eq!(sync(&f, "backend-3"), None);

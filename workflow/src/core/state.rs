@@ -851,8 +851,13 @@ impl State {
                 if let Observation::ClusterStatus { status } = observation {
                     self.last_cluster = Some(status.clone());
                 }
-                if let Some((_, _, at_ms, _)) = &probe {
-                    self.facts.observed(node, observation, *at_ms);
+                if let Some((action, _, at_ms, outcome)) = &probe {
+                    // A probe that answered with a failure (no etcd there, a missing file) tells nothing of the
+                    // node's services; one that got no answer at all says the node may be gone.
+                    let no_answer = matches!(outcome, Some(Outcome::Unknown | Outcome::TimedOut));
+                    if no_answer || !matches!(observation, Observation::Unavailable { .. }) {
+                        self.facts.observed(node, *action, observation, *at_ms);
+                    }
                 }
                 if let (
                     Some((_, node, _, _)),
