@@ -169,6 +169,14 @@ pub(crate) fn assert_completed_view(env: &Env, view: &StatusView) {
         );
         assert_eq!(n.progress, "upgraded", "{view:#?}");
         assert_eq!(n.running_version.as_deref(), Some(env.target.as_str()));
+        // The last output is of a command about this node, not of a cluster-wide one that ran there.
+        assert!(
+            matches!(
+                n.last_action.as_deref(),
+                Some("stop" | "install" | "start" | "demote" | "upgrade" | "upgrade_leader")
+            ),
+            "{view:#?}"
+        );
     }
     assert!(view.updated_ms.is_some(), "{view:#?}");
 }
@@ -524,6 +532,15 @@ async fn watch_on_a_terminal_redraws_the_node_table_in_place() {
     let raw = String::from_utf8_lossy(&pty.raw.lock().unwrap()).to_string();
     let frames = raw.matches(&format!("upgrade {upgrade}")).count();
     assert!(frames > 3, "only {frames} frames were drawn");
+    // Some frame showed a step in flight with its elapsed time and timeout, and the plan item with its bound.
+    assert!(
+        raw.contains(" (running ") && raw.contains(", timeout "),
+        "no step with its time and timeout was shown"
+    );
+    assert!(
+        raw.contains("wait until backend-2 is healthy and synced ("),
+        "no plan item was shown"
+    );
     assert_eq!(
         pty.screen.lock().unwrap().screen().scrollback_len(),
         0,
