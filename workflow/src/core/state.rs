@@ -387,13 +387,15 @@ impl State {
 
     /// When `step` was scheduled: its deadline less its timeout and the result grace.
     pub fn scheduled_ms(&self, step: &ScheduledStep) -> u64 {
+        self.scheduled_at(step.deadline_ms, step.timeout_ms)
+    }
+
+    fn scheduled_at(&self, deadline_ms: u64, timeout_ms: u64) -> u64 {
         let grace = self
             .sub
             .as_ref()
             .map_or(0, |s| s.cluster.upgrade.result_grace_ms);
-        step.deadline_ms
-            .saturating_sub(step.timeout_ms)
-            .saturating_sub(grace)
+        deadline_ms.saturating_sub(timeout_ms).saturating_sub(grace)
     }
 
     /// The node a wind-down is bringing back into service, if any.
@@ -406,11 +408,6 @@ impl State {
         let c = self.cursor.as_ref()?;
         let item = self.plan.as_ref()?.items.get(c.index)?;
         Some((c.index, item, c.started_ms))
-    }
-
-    /// What the upgrade waits for (a retry's backoff or a poll interval) and until when.
-    pub fn waiting(&self) -> Option<(&WaitPurpose, u64)> {
-        self.wait.as_ref().map(|(p, until)| (p, *until))
     }
 
     /// The plan, once preflight computed it.
@@ -624,7 +621,11 @@ impl State {
             | Event::UpgradeCompleted { at_ms }
             | Event::UpgradeHalted { at_ms, .. }
             | Event::UpgradeAborted { at_ms, .. } => Some(*at_ms),
-            Event::StepScheduled { .. } => event.scheduled_step().map(|s| self.scheduled_ms(&s)),
+            Event::StepScheduled {
+                deadline_ms,
+                timeout_ms,
+                ..
+            } => Some(self.scheduled_at(*deadline_ms, *timeout_ms)),
             _ => None,
         }
     }
