@@ -36,6 +36,8 @@ pub fn event_time(event: &Event) -> Option<u64> {
 #[derive(Default)]
 pub struct Timeline {
     start_ms: Option<u64>,
+    /// The upgrade the events belong to (their stream), for the commands a line suggests.
+    upgrade: String,
     last_ms: u64,
     /// step -> (node, action, is_probe), to name steps in result lines.
     steps: std::collections::HashMap<u64, (String, String, bool)>,
@@ -58,6 +60,9 @@ impl Timeline {
                 ))
             }
         };
+        if self.upgrade.is_empty() {
+            self.upgrade = terminal_safe(&logged.stream);
+        }
         if let Some(at) = event_time(&event) {
             self.start_ms.get_or_insert(at);
             self.last_ms = self.last_ms.max(at);
@@ -215,7 +220,10 @@ impl Timeline {
             ),
             Event::ItemStarted { .. } | Event::ItemCompleted { .. } => return None,
             Event::ApprovalRequested { gate } => {
-                format!("waiting at gate {gate}: run `baton approve UPGRADE {gate}`")
+                format!(
+                    "waiting at gate {gate}: run `baton approve {} {gate}`",
+                    self.upgrade
+                )
             }
             Event::ReobservationStarted { step, reason, .. } => {
                 format!("step {step} in doubt, observing the cluster before deciding: {reason}")

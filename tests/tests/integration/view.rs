@@ -278,6 +278,13 @@ async fn the_node_view_is_the_cluster_after_every_phase() {
         "{text}"
     );
     let replayed = env.baton_ok(&["replay", &upgrade]);
+    // The gate's line names the command to run with this upgrade's id.
+    assert!(
+        replayed.contains(&format!(
+            "run `baton approve {upgrade} after-first-follower`"
+        )),
+        "{replayed}"
+    );
     let replayed_rows: Vec<String> = replayed.lines().map(str::to_string).collect();
     assert_eq!(
         role_on_screen(&replayed_rows, &leader).as_deref(),
