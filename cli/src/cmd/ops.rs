@@ -366,10 +366,17 @@ fn is_terminal(status: &str) -> bool {
 }
 
 /// Follows an upgrade from its first event until it ends (works mid-upgrade
-/// and after the end): prints the timeline as the log grows, and the status
-/// block whenever the status changes. Returns the final view.
+/// and after the end). On a terminal (text output), a live display redrawn in
+/// place: the status block with the per-node table, the current step with its
+/// elapsed time and timeout, then the latest timeline lines. Otherwise the
+/// timeline as appended lines, and the status block whenever the status
+/// changes. Returns the final view.
 pub async fn watch(client: &Client, global: &Global, upgrade: &str) -> anyhow::Result<StatusView> {
+    let live =
+        global.output == Output::Text && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut screen = live.then(render::LiveScreen::new);
     let mut timeline = Timeline::default();
+    let mut lines: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let mut next_seq = 1;
     let mut last_status = String::new();
     let mut away = false;
@@ -385,20 +392,33 @@ pub async fn watch(client: &Client, global: &Global, upgrade: &str) -> anyhow::R
             if global.output == Output::Json {
                 println!("{}", serde_json::to_string(logged)?);
             } else if let Some(line) = timeline.line(logged) {
-                println!("{line}");
+                if screen.is_some() {
+                    lines.push_back(line);
+                    if lines.len() > render::LiveScreen::KEPT_LINES {
+                        lines.pop_front();
+                    }
+                } else {
+                    println!("{line}");
+                }
             }
         }
         if page.next_seq.is_some() {
             continue;
         }
         let view = reattaching(&mut away, || status(client, upgrade)).await?;
-        if view.status != last_status {
+        let done = is_terminal(&view.status) && view.events < next_seq;
+        if let Some(screen) = &mut screen {
+            screen.draw(&view, lines.make_contiguous(), render::now_ms())?;
+            if done {
+                screen.finish()?;
+            }
+        } else if view.status != last_status {
             last_status = view.status.clone();
             if global.output == Output::Text {
                 print!("{}", render::status_block(&view));
             }
         }
-        if is_terminal(&view.status) && view.events < next_seq {
+        if done {
             return Ok(view);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

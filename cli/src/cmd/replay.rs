@@ -67,7 +67,9 @@ pub fn run(global: Global, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
         }
         println!("--- state after event {at} of {} ---", events.len());
-        print!("{}", render::status_block(&view));
+        // Ages as they were at that event, not as they are today.
+        let at = view.updated_ms.unwrap_or_else(render::now_ms);
+        print!("{}", render::status_block_at(&view, at));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -472,11 +472,18 @@ impl Env {
         assert_ne!(Some(leaders[0].to_string()), old_leader, "{view:#?}");
         for node in &view.nodes {
             assert_eq!(
-                node.version.as_deref(),
+                node.running_version.as_deref(),
+                Some(self.target.as_str()),
+                "{view:#?}"
+            );
+            assert_eq!(
+                node.installed_version.as_deref(),
                 Some(self.target.as_str()),
                 "{view:#?}"
             );
         }
+        // And every fact of every node is known and is what the simulator has.
+        crate::view::assert_completed_view(self, &view);
         self.assert_completed_safely(upgrade);
     }
 

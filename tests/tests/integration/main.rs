@@ -14,4 +14,5 @@ mod limits;
 mod sim;
 mod ssh;
 mod store;
+mod view;
 mod walkthrough;

@@ -9,7 +9,8 @@
 //!   in); [`parse`]: command output to typed observations; [`health`]: checks on observations.
 //! - [`plan`]: preflight's observations to an ordered plan (block, followers, switchover, old leader, unblock,
 //!   verify) and its hash.
-//! - [`event`]: inputs, events, rejections; [`state`]: the state events build; [`mod@decide`]: the decisions.
+//! - [`event`]: inputs, events, rejections; [`state`]: the state events build; [`mod@decide`]: the decisions;
+//!   [`observed`]: what the cluster last showed of each node, for the views only.
 //!
 //! Before any disruptive action runs, [`guard`] asks the cluster again (S1-S3 checked on what it shows *now*,
 //! never on the plan's picture); see its module docs and ARCHITECTURE.md "The guard".
@@ -55,6 +56,7 @@ pub mod error;
 pub mod event;
 pub mod guard;
 pub mod health;
+pub mod observed;
 pub mod parse;
 pub mod plan;
 pub mod profile;
@@ -67,6 +69,7 @@ pub use event::{
     Event, Input, Observation, Outcome, Rejection, Resolution, ScheduledStep, WaitPurpose,
     WindDownCause, LATEST_MS,
 };
+pub use observed::{Installed, NodeFacts, Seen, Sync};
 pub use parse::{
     parse_cluster_status, parse_simple_status, parse_status, parse_version_output, ClusterMember,
     ClusterStatus, Role, ServiceRow, ServiceState, SimpleService, StatusReport,

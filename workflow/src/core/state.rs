@@ -9,6 +9,7 @@ use super::cluster::{ClusterFile, Gate};
 use super::event::{
     Event, Observation, Outcome, Resolution, ScheduledStep, WaitPurpose, WindDownCause,
 };
+use super::observed::{Facts, NodeFacts};
 use super::parse::ClusterStatus;
 use super::plan::{Phase, Plan, PlanItem};
 use super::profile::{Action, Profile};
@@ -89,11 +90,12 @@ pub enum NodePhase {
 pub struct NodeProgress {
     /// Phase.
     pub phase: NodePhase,
-    /// The last step run on the node.
+    /// The last action run on the node (stop, install, start, demote, upgrade; not a probe, not a cluster-wide
+    /// command that merely ran there).
     pub last_step: Option<u64>,
     /// Its action.
     pub last_action: Option<Action>,
-    /// The last non-empty output line of the node's last result.
+    /// The last non-empty output line of that action's result.
     pub last_output: Option<String>,
 }
 
@@ -245,6 +247,10 @@ pub struct State {
     /// A `cluster-status` that only watches for a lost leader while the upgrade waits for an operator (paused,
     /// at a gate) with failover blocked: its observation feeds the emergency exit and nothing else.
     pub(crate) watching: Option<u64>,
+    /// What the cluster last showed of each node, for the views (no decision reads it).
+    pub(crate) facts: Facts,
+    /// The latest time an event carries (a step's scheduling time included).
+    pub(crate) updated_ms: Option<u64>,
 }
 
 fn last_line(text: &str) -> Option<String> {
@@ -366,6 +372,42 @@ impl State {
     /// The latest installed version observed on `node`.
     pub fn observed_version(&self, node: &str) -> Option<&str> {
         self.observed_versions.get(node).map(String::as_str)
+    }
+
+    /// What the cluster last showed of `node` (role, sync state, services, installed and running version, when
+    /// last seen), each fact with its time; a fact an action since may have changed is not known.
+    pub fn node_facts(&self, node: &str) -> Option<&NodeFacts> {
+        self.facts.nodes.get(node)
+    }
+
+    /// The latest time any event of this upgrade carries (its last change).
+    pub fn updated_ms(&self) -> Option<u64> {
+        self.updated_ms
+    }
+
+    /// When `step` was scheduled: its deadline less its timeout and the result grace.
+    pub fn scheduled_ms(&self, step: &ScheduledStep) -> u64 {
+        self.scheduled_at(step.deadline_ms, step.timeout_ms)
+    }
+
+    fn scheduled_at(&self, deadline_ms: u64, timeout_ms: u64) -> u64 {
+        let grace = self
+            .sub
+            .as_ref()
+            .map_or(0, |s| s.cluster.upgrade.result_grace_ms);
+        deadline_ms.saturating_sub(timeout_ms).saturating_sub(grace)
+    }
+
+    /// The node a wind-down is bringing back into service, if any.
+    pub fn recovering(&self) -> Option<&str> {
+        self.wind_down.as_ref().and_then(|w| w.recover.as_deref())
+    }
+
+    /// The plan item being executed, with its index and when it started.
+    pub fn current_plan_item(&self) -> Option<(usize, &PlanItem, u64)> {
+        let c = self.cursor.as_ref()?;
+        let item = self.plan.as_ref()?.items.get(c.index)?;
+        Some((c.index, item, c.started_ms))
     }
 
     /// The plan, once preflight computed it.
@@ -533,11 +575,24 @@ impl State {
             // A cluster-wide command that failed there: ask another node next time.
             self.unreachable.insert(node.clone());
         }
+        let (action, at_ms, succeeded) = (
+            record.scheduled.action,
+            outcome.at_ms,
+            outcome.outcome == Outcome::Succeeded,
+        );
         record.outcome = Some(outcome);
         if let Some(progress) = self.nodes.get_mut(&node) {
             if progress.last_step == Some(step) {
                 progress.last_output = line;
             }
+        }
+        if succeeded {
+            let version = self
+                .sub
+                .as_ref()
+                .map(|s| s.target_version.clone())
+                .unwrap_or_default();
+            self.facts.succeeded(&node, action, at_ms, &version);
         }
         // Results of steps scheduled before a wind-down are only drained: nothing is decided on them.
         if let Some(w) = &self.wind_down {
@@ -547,8 +602,39 @@ impl State {
         }
     }
 
+    /// The time `event` carries; a step's is when it was scheduled.
+    fn event_ms(&self, event: &Event) -> Option<u64> {
+        match event {
+            Event::UpgradeSubmitted { at_ms, .. }
+            | Event::StepResultRecorded { at_ms, .. }
+            | Event::TimerFired { at_ms }
+            | Event::UpgradePaused { at_ms, .. }
+            | Event::UpgradeResumed { at_ms, .. }
+            | Event::AbortRequested { at_ms, .. }
+            | Event::GateApproved { at_ms, .. }
+            | Event::StepResolved { at_ms, .. }
+            | Event::PhaseEntered { at_ms, .. }
+            | Event::StepDeadlinePassed { at_ms, .. }
+            | Event::ItemStarted { at_ms, .. }
+            | Event::ItemCompleted { at_ms, .. }
+            | Event::WindDownStarted { at_ms, .. }
+            | Event::UpgradeCompleted { at_ms }
+            | Event::UpgradeHalted { at_ms, .. }
+            | Event::UpgradeAborted { at_ms, .. } => Some(*at_ms),
+            Event::StepScheduled {
+                deadline_ms,
+                timeout_ms,
+                ..
+            } => Some(self.scheduled_at(*deadline_ms, *timeout_ms)),
+            _ => None,
+        }
+    }
+
     /// Applies one event. Unknown or out-of-order facts are ignored rather than panicking.
     pub fn apply(&mut self, event: &Event) {
+        if let Some(at) = self.event_ms(event) {
+            self.updated_ms = Some(self.updated_ms.map_or(at, |u| u.max(at)));
+        }
         match event {
             Event::UpgradeSubmitted {
                 upgrade,
@@ -592,6 +678,7 @@ impl State {
                     .iter()
                     .map(|n| (n.name.clone(), NodeProgress::default()))
                     .collect();
+                self.facts = Facts::new(cluster.nodes.iter().map(|n| n.name.as_str()));
             }
             Event::StepResultRecorded {
                 step,
@@ -704,10 +791,17 @@ impl State {
                 if !action.is_probe() {
                     self.reobserve = None;
                 }
+                self.facts.scheduled(node, *action);
+                // Only an action that concerns this node: a cluster-wide command (failover, cluster-status)
+                // merely runs somewhere, and its output is about the cluster.
+                let concerns_node = !action.is_probe()
+                    && !matches!(action, Action::BlockFailover | Action::UnblockFailover);
                 if let Some(progress) = self.nodes.get_mut(node) {
-                    progress.last_step = Some(*step);
-                    progress.last_action = Some(*action);
-                    progress.last_output = None;
+                    if concerns_node {
+                        progress.last_step = Some(*step);
+                        progress.last_action = Some(*action);
+                        progress.last_output = None;
+                    }
                     let upgrading = matches!(
                         action,
                         Action::Stop
@@ -723,7 +817,9 @@ impl State {
                 }
             }
             Event::ObservationRecorded {
-                step, observation, ..
+                step,
+                node,
+                observation,
             } => {
                 let probe = self.steps.get(step).map(|r| {
                     (
@@ -755,6 +851,14 @@ impl State {
                 }
                 if let Observation::ClusterStatus { status } = observation {
                     self.last_cluster = Some(status.clone());
+                }
+                if let Some((action, _, at_ms, outcome)) = &probe {
+                    // A probe that answered with a failure (no etcd there, a missing file) tells nothing of the
+                    // node's services; one that got no answer at all says the node may be gone.
+                    let no_answer = matches!(outcome, Some(Outcome::Unknown | Outcome::TimedOut));
+                    if no_answer || !matches!(observation, Observation::Unavailable { .. }) {
+                        self.facts.observed(node, *action, observation, *at_ms);
+                    }
                 }
                 if let (
                     Some((_, node, _, _)),
@@ -907,6 +1011,17 @@ impl State {
             }
             Event::OutcomeInferred { step, .. } => {
                 self.inferred.insert(*step);
+                if let Some(r) = self.steps.get(step) {
+                    // Shown by the observation just recorded: the latest time so far.
+                    let at_ms = self.updated_ms.unwrap_or_default();
+                    let (node, action) = (r.scheduled.node.clone(), r.scheduled.action);
+                    let version = self
+                        .sub
+                        .as_ref()
+                        .map(|s| s.target_version.clone())
+                        .unwrap_or_default();
+                    self.facts.succeeded(&node, action, at_ms, &version);
+                }
                 self.reobserve = None;
                 self.last_observation = None;
                 self.resolution = None;

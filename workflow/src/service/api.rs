@@ -283,11 +283,16 @@ pub struct StatusView {
     pub target_version: Option<String>,
     /// The step in flight, if any.
     pub current: Option<StepView>,
+    /// The plan item being executed, if any.
+    #[serde(default)]
+    pub item: Option<ItemView>,
+    /// What the cluster last showed of each node.
     pub nodes: Vec<NodeView>,
     pub failover_blocked: bool,
     pub plan: Option<serde_json::Value>,
     pub plan_hash: Option<String>,
     pub submitted_ms: Option<u64>,
+    /// The latest time an event of this upgrade carries.
     pub updated_ms: Option<u64>,
     /// How many events the log holds for this upgrade.
     pub events: u64,
@@ -301,15 +306,75 @@ pub struct StepView {
     pub node: String,
     pub action: String,
     pub argv: Vec<String>,
+    /// When the service scheduled it (unix ms).
     pub scheduled_ms: Option<u64>,
+    /// How long the command may run on the node.
+    #[serde(default)]
+    pub timeout_ms: u64,
+    /// When its result is given up on (outcome unknown).
+    #[serde(default)]
+    pub deadline_ms: u64,
 }
 
-/// Per-node progress.
+/// A plan item as the views show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemView {
+    /// Its number in the plan (1-based, as `baton plan` prints it).
+    pub number: usize,
+    /// What it does, in words.
+    pub what: String,
+    /// When it started (unix ms).
+    pub started_ms: u64,
+    /// How long it may take (a wait for a node to sync), if it is bounded.
+    pub timeout_ms: Option<u64>,
+}
+
+/// One node as the cluster last showed it, and its progress through the upgrade. A fact is `null` when it is
+/// not known now: never shown, or an action scheduled since may have changed it (`last_seen_ms` says when the
+/// node was last shown at all). Facts come from observations, never from the plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub name: String,
+    /// Its role in the latest `cluster-status` (leader, follower, deposed_leader, waiting_for_leader).
     pub role: Option<String>,
-    pub version: Option<String>,
+    /// Its PostgreSQL: leader, synced, syncing or offline.
+    #[serde(default)]
+    pub sync: Option<String>,
+    /// Its services as its own `status` showed them: `running`, `down`, or `down: NAME, ...`.
+    #[serde(default)]
+    pub services: Option<String>,
+    /// The installed package version (`null` with `package` = `not_installed` when there is none).
+    #[serde(default)]
+    pub installed_version: Option<String>,
+    /// The package tool's state: `installed`, `not_installed`, or another (`half-configured`).
+    #[serde(default)]
+    pub package: Option<String>,
+    /// The version its services run: known once a start (or `upgrade`) of this upgrade succeeded with the
+    /// installed version known; `null` otherwise, and while its services are down.
+    #[serde(default)]
+    pub running_version: Option<String>,
+    /// When each fact above was shown (unix ms).
+    #[serde(default)]
+    pub seen_ms: FactTimes,
+    /// When anything last showed this node (unix ms).
+    #[serde(default)]
+    pub last_seen_ms: Option<u64>,
+    /// pending, skipped, upgrading, syncing, upgraded; at the end `interrupted` (its upgrade began and did not
+    /// finish) or `not_started`; while winding down `restoring` (being brought back into service).
     pub progress: String,
+    /// The last action run on this node (not a probe, not a cluster-wide command that merely ran there).
+    #[serde(default)]
+    pub last_action: Option<String>,
+    /// The last non-empty line of that action's output.
     pub last_output: Option<String>,
+}
+
+/// When each fact of a [`NodeView`] was shown (unix ms).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FactTimes {
+    pub role: Option<u64>,
+    pub sync: Option<u64>,
+    pub services: Option<u64>,
+    pub installed: Option<u64>,
+    pub running: Option<u64>,
 }
