@@ -12,6 +12,36 @@
 //! (`audit verify`, `replay --verify`). A failure prints one line on stderr,
 //! or one JSON object under `--output json` (`failure.rs`).
 
+/// `println!` for a command's output. A reader that stopped early (`baton plan | head`) ends the command
+/// quietly with success, as it would a shell tool, instead of a panic; any other write error ends it with a
+/// one-line error (exit 1).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` likewise.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!($($arg)*))
+    };
+}
+
+/// What `outln!` and `out!` do.
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(err) => {
+            eprintln!("baton: error: writing to stdout: {err}");
+            std::process::exit(1)
+        }
+    }
+}
+
 mod args;
 mod client;
 mod cmd;

@@ -190,7 +190,7 @@ pub fn run(global: Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
                         .with_context(|| format!("writing {}", path.display()))?;
                     eprintln!("exported {count} checkpoints to {}", path.display());
                 }
-                None => print!("{lines}"),
+                None => out!("{lines}"),
             }
             Ok(ExitCode::SUCCESS)
         }),
@@ -217,11 +217,11 @@ pub fn run(global: Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
 
 fn print_verify(global: &Global, clean: bool, detail: &str) -> anyhow::Result<ExitCode> {
     if global.output == Output::Json {
-        println!("{}", serde_json::json!({"clean": clean, "detail": detail}));
+        outln!("{}", serde_json::json!({"clean": clean, "detail": detail}));
     } else if clean {
-        println!("audit verify: OK ({detail})");
+        outln!("audit verify: OK ({detail})");
     } else {
-        println!("audit verify: FAILED ({detail})");
+        outln!("audit verify: FAILED ({detail})");
     }
     if clean {
         Ok(ExitCode::SUCCESS)

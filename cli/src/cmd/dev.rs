@@ -256,7 +256,7 @@ async fn demo(
     let verified = crate::cmd::audit::verify_via_service(&client, &global, None).await?;
     say("simulator's report (computed from its journal, not from Baton)");
     let report = sim_report(&sim, &sim_dir)?;
-    print!("{}", report.render());
+    out!("{}", report.render());
     let safe = report.verdict == sim::Verdict::Safe;
 
     if view.status != "completed" {
@@ -316,7 +316,7 @@ async fn serve(
 }
 
 fn say(line: &str) {
-    println!("==> {line}");
+    outln!("==> {line}");
 }
 
 /// The demo's cluster file: one executor group per node.

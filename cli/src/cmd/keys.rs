@@ -104,9 +104,9 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::Gen { out } => {
             let identity = Identity::generate();
             identity.write_seed(&out)?;
-            println!("{}", identity.public_key());
+            outln!("{}", identity.public_key());
         }
-        KeysCommand::Show { file } => println!("{}", Identity::load(&file)?.public_key()),
+        KeysCommand::Show { file } => outln!("{}", Identity::load(&file)?.public_key()),
         KeysCommand::Init {
             dir,
             groups,
@@ -114,11 +114,11 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
             if_absent,
         } => {
             if if_absent && dir.join("trust.toml").is_file() {
-                println!("{}", dir.join("trust.toml").display());
+                outln!("{}", dir.join("trust.toml").display());
                 return Ok(ExitCode::SUCCESS);
             }
             let trust = init(&dir, &groups, &operators)?;
-            println!("{}", trust.display());
+            outln!("{}", trust.display());
         }
         KeysCommand::NatsConfig {
             trust,
@@ -149,7 +149,7 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
             match out {
                 Some(path) => std::fs::write(&path, text)
                     .with_context(|| format!("writing {}", path.display()))?,
-                None => print!("{text}"),
+                None => out!("{text}"),
             }
         }
         KeysCommand::DevTls {
@@ -163,13 +163,13 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
             create_private_dir(&dir)?;
             let names: Vec<&str> = san.iter().map(String::as_str).collect();
             let made = protocol::devtls::make(&dir, &names)?;
-            println!("CA {}", made.server.ca.display());
-            println!(
+            outln!("CA {}", made.server.ca.display());
+            outln!(
                 "server {} (key {})",
                 made.server.cert.display(),
                 made.server.key.display()
             );
-            println!(
+            outln!(
                 "client {} (key {})",
                 made.client_cert.display(),
                 made.client_key.display()
@@ -177,12 +177,12 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
         }
         KeysCommand::Check { trust } => {
             let parsed = Trust::load(&trust)?;
-            println!("service  {}  {}", parsed.service.name, parsed.service.key);
+            outln!("service  {}  {}", parsed.service.name, parsed.service.key);
             for e in &parsed.executors {
-                println!("executor {}  {}  group {}", e.name, e.key, e.group);
+                outln!("executor {}  {}  group {}", e.name, e.key, e.group);
             }
             for o in &parsed.operators {
-                println!("operator {}  {}  role {}", o.name, o.key, o.role.as_str());
+                outln!("operator {}  {}  role {}", o.name, o.key, o.role.as_str());
             }
         }
     }

@@ -180,9 +180,9 @@ async fn submit(client: &Client, global: &Global, args: SubmitArgs) -> anyhow::R
     let reply: UpgradeRef = client.call("submit", &request).await?;
     if args.detach {
         if global.output == Output::Json {
-            println!("{}", serde_json::to_string(&reply)?);
+            outln!("{}", serde_json::to_string(&reply)?);
         } else {
-            println!("{}", reply.upgrade);
+            outln!("{}", reply.upgrade);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -272,13 +272,13 @@ async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Resul
     let view = wait_terminal(client, &reply.upgrade).await?;
     let json = global.output == Output::Json;
     if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        outln!("{}", serde_json::to_string_pretty(&view)?);
     }
     match (&view.plan, &view.plan_hash) {
         (Some(_), Some(_)) if view.status == "planned" && json => Ok(ExitCode::SUCCESS),
         (Some(plan), Some(hash)) if view.status == "planned" => {
             let plan: workflow::core::Plan = serde_json::from_value(plan.clone())?;
-            print!("{}", render::plan_block(&plan, hash));
+            out!("{}", render::plan_block(&plan, hash));
             // The same options, or the plan (and its hash) differs.
             let mut same = String::new();
             if let Some(package) = &args.package {
@@ -290,7 +290,7 @@ async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Resul
             for gate in &args.approve_before {
                 same.push_str(&format!(" --approve-before {gate}"));
             }
-            println!(
+            outln!(
                 "submit exactly this plan with: baton submit --cluster {}{same} --plan-hash {hash}",
                 args.cluster.display()
             );
@@ -298,7 +298,7 @@ async fn plan(client: &Client, global: &Global, args: PlanArgs) -> anyhow::Resul
         }
         _ => {
             if !json {
-                print!("{}", render::status_block(&view));
+                out!("{}", render::status_block(&view));
             }
             Err(Exit::new(
                 EXIT_UPGRADE_FAILED,
@@ -337,9 +337,9 @@ async fn operator(
 
 fn print_view(global: &Global, view: &StatusView) -> anyhow::Result<()> {
     if global.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(view)?);
+        outln!("{}", serde_json::to_string_pretty(view)?);
     } else {
-        print!("{}", render::status_block(view));
+        out!("{}", render::status_block(view));
     }
     Ok(())
 }
@@ -390,7 +390,7 @@ pub async fn watch(client: &Client, global: &Global, upgrade: &str) -> anyhow::R
         for logged in &page.events {
             next_seq = logged.seq + 1;
             if global.output == Output::Json {
-                println!("{}", serde_json::to_string(logged)?);
+                outln!("{}", serde_json::to_string(logged)?);
             } else if let Some(line) = timeline.line(logged) {
                 if screen.is_some() {
                     lines.push_back(line);
@@ -398,7 +398,7 @@ pub async fn watch(client: &Client, global: &Global, upgrade: &str) -> anyhow::R
                         lines.pop_front();
                     }
                 } else {
-                    println!("{line}");
+                    outln!("{line}");
                 }
             }
         }
@@ -415,7 +415,7 @@ pub async fn watch(client: &Client, global: &Global, upgrade: &str) -> anyhow::R
         } else if view.status != last_status {
             last_status = view.status.clone();
             if global.output == Output::Text {
-                print!("{}", render::status_block(&view));
+                out!("{}", render::status_block(&view));
             }
         }
         if done {
@@ -552,9 +552,9 @@ async fn list(client: &Client, global: &Global, args: ListArgs) -> anyhow::Resul
     )
     .await?;
     if global.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        print!("{}", crate::history::list_text(&rows));
+        out!("{}", crate::history::list_text(&rows));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -565,9 +565,9 @@ async fn executors(client: &Client, global: &Global) -> anyhow::Result<ExitCode>
         .call("executors", &ExecutorsRequest { detail: true })
         .await?;
     if global.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&executors)?);
+        outln!("{}", serde_json::to_string_pretty(&executors)?);
     } else {
-        print!("{}", crate::history::executors_text(&executors));
+        out!("{}", crate::history::executors_text(&executors));
     }
     Ok(ExitCode::SUCCESS)
 }

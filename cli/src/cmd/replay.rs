@@ -55,7 +55,7 @@ pub fn run(global: Global, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let state: State = core::replay(upto.iter());
     let view = view::status_view(&args.upgrade, &state, at);
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"events": &logged[..at as usize], "state": view})
         );
@@ -63,13 +63,13 @@ pub fn run(global: Global, args: ReplayArgs) -> anyhow::Result<ExitCode> {
         let mut timeline = Timeline::default();
         for entry in &logged[..at as usize] {
             if let Some(line) = timeline.line(entry) {
-                println!("{line}");
+                outln!("{line}");
             }
         }
-        println!("--- state after event {at} of {} ---", events.len());
+        outln!("--- state after event {at} of {} ---", events.len());
         // Ages as they were at that event, not as they are today.
         let at = view.updated_ms.unwrap_or_else(render::now_ms);
-        print!("{}", render::status_block_at(&view, at));
+        out!("{}", render::status_block_at(&view, at));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -84,7 +84,7 @@ pub async fn print_timeline_via_service(
     let mut timeline = Timeline::default();
     for entry in &logged {
         if let Some(line) = timeline.line(entry) {
-            println!("{line}");
+            outln!("{line}");
         }
     }
     let events = decode_all(&logged)?;
@@ -103,14 +103,14 @@ fn report_verification(upgrade: &str, events: &[Event], json: bool) -> anyhow::R
         )
     });
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"upgrade": upgrade, "events": events.len(), "divergence": divergence})
         );
     } else if let Some(divergence) = &divergence {
-        println!("DIVERGENCE {divergence}");
+        outln!("DIVERGENCE {divergence}");
     } else {
-        println!(
+        outln!(
             "replay --verify: {} events; today's decide makes exactly the recorded decisions",
             events.len()
         );

@@ -82,3 +82,29 @@ fn the_server_logs_json_lines_when_asked() {
         "{line}"
     );
 }
+
+/// A reader that stopped early (`baton ... | head`) ends a command quietly
+/// with success, not with a panic: here stdout is a pipe whose reader is
+/// already gone, so the first write fails with EPIPE.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("op.seed");
+    let key = key.to_str().unwrap();
+    let out = Command::new(workspace_bin("baton"))
+        .args(["keys", "gen", "--out", key])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(workspace_bin("baton"))
+        .args(["keys", "show", key])
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}
