@@ -98,15 +98,24 @@ fn split_credentials(url: &str) -> Split {
 /// One URL without its credentials. Whatever else stands before an `@` (a mistyped scheme such as
 /// `nats:/user:pass@host`, a second URL glued after a path) may be a password too, and is not shown.
 fn redact_one(one: &str) -> String {
-    let split = split_credentials(one);
-    let shown = match split.user {
-        Some(_) => split.url.replacen("://", "://***@", 1),
-        None => split.url,
+    // Everything before the last `@` may be a secret, however the URL is
+    // mangled: only the host part after it is shown, with the scheme when
+    // what precedes the `@` is plainly `scheme://userinfo`.
+    let Some((before, host)) = one.rsplit_once('@') else {
+        return one.to_string();
     };
-    let ours = split.user.is_some() && shown.find("://***@").map(|i| i + 6) == shown.rfind('@');
-    match shown.rsplit_once('@') {
-        Some((_, host)) if !ours => format!("***@{host}"),
-        _ => shown,
+    let scheme = before.split_once("://").and_then(|(scheme, userinfo)| {
+        let plain_scheme = !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        let plain_userinfo =
+            !userinfo.contains(['/', '@']) && !userinfo.contains(char::is_whitespace);
+        (plain_scheme && plain_userinfo).then_some(scheme)
+    });
+    match scheme {
+        Some(scheme) => format!("{scheme}://***@{host}"),
+        None => format!("***@{host}"),
     }
 }
 
@@ -306,6 +315,9 @@ mod tests {
             "nats>//user:s3cret@127.0.0.1:4222",
             "nats:/user:s3cret@h:4222",
             "nats://h:1/x\nnats://user:s3cret@h:4222",
+            // Found by the 1,000,000-input fuzz run: a mangled scheme, then a second URL with a token.
+            "nats:\u{FFFD}//user:s3cret@127.0.0.1:4222. tls://token@[::1]:4223/x",
+            "nats://user:s3cret@h:1 tls://token@h:2",
         ] {
             let config = NatsConfig::new(url);
             assert!(config.redacted_url().starts_with("***@"), "{config:?}");
