@@ -71,6 +71,9 @@ pub struct Cli {
 }
 
 /// Options every command takes, from flags or the environment.
+/// Where the NATS server is unless told otherwise.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct Global {
     /// The NATS server(s): one URL or a comma-separated list; `nats://user:pass@host` and
@@ -79,7 +82,7 @@ pub struct Global {
         long,
         global = true,
         env = "BATON_NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
+        default_value = DEFAULT_NATS_URL,
         hide_env_values = true
     )]
     pub nats: String,

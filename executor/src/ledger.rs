@@ -260,7 +260,23 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let l = Ledger::open(dir.path()).unwrap();
+        // sled releases its file lock when its flusher thread lets go of the
+        // dropped database, a moment after the drop: wait for it, as a
+        // restarted executor (a new process) never has to.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let l = loop {
+            match Ledger::open(dir.path()) {
+                Ok(l) => break l,
+                Err(err) if std::time::Instant::now() < deadline => {
+                    assert!(
+                        format!("{err:?}").contains("could not acquire lock"),
+                        "{err:?}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(err) => panic!("the ledger did not reopen: {err:?}"),
+            }
+        };
         assert_eq!(
             l.get("U:1:1").unwrap(),
             Some(Entry::Started {

@@ -10,6 +10,7 @@ use crate::Timings;
 #[derive(Parser)]
 #[command(
     name = "baton-sim",
+    version,
     about = "A simulated chef-backend cluster (Baton's test oracle and demo target)"
 )]
 pub struct Cli {

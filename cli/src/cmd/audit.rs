@@ -260,7 +260,8 @@ pub async fn verify_via_service(
     let clean = server_clean && local.is_ok() && anchored.is_ok();
     let detail = match (&local, &anchored) {
         (Ok(_), Ok(anchored)) => format!(
-            "service: {}; recomputed here: {records} records of {} upgrades chain correctly{anchored}",
+            "service: {}; recomputed here from the events it sent: the {records} records of the {} upgrade \
+             streams chain correctly (the rest are the service's own stream: starts and checkpoints){anchored}",
             server.get("report").and_then(|r| r.as_str()).unwrap_or("?"),
             views.len()
         ),

@@ -47,6 +47,14 @@ pub struct DevArgs {
 }
 
 pub fn run(global: Global, args: DevArgs) -> anyhow::Result<ExitCode> {
+    if global.nats != crate::DEFAULT_NATS_URL {
+        // The demo's nats-server is its own (TLS, least privilege, a free port): say so rather than
+        // silently connect elsewhere than asked.
+        eprintln!(
+            "baton dev: starts its own nats-server on a free loopback port; --nats / BATON_NATS_URL ({}) is not used",
+            global.nats_config().map(|c| c.redacted_url()).unwrap_or_default()
+        );
+    }
     let temp = tempfile::Builder::new().prefix("baton-dev-").tempdir()?;
     let dir = match &args.dir {
         Some(dir) => {
