@@ -122,6 +122,7 @@ export UP="$upgrade"
 wait_status "$UP" waiting_approval
 say 'Both followers are upgraded; the upgrade waits at the gate (`$UP` is the id `submit` printed):'
 run 0 'baton status "$UP"'
+say 'Two numberings meet here: `item 10` is the plan'"'"'s item (the numbers `baton plan` printed), and at run time every command Baton sends, probes included, is a step with its own id: `step 75.1` is step 75, attempt 1. `status` shows the item being worked on and the step in flight; the timeline below lists steps.'
 run 0 'baton approve "$UP" before-switchover'
 run 0 'baton watch "$UP"'
 say 'The simulator judges the run from its own journal, not from Baton:'
