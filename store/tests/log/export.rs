@@ -151,6 +151,20 @@ fn a_malformed_export_names_line_and_field() {
         }
         other => panic!("expected InvalidExport, got {other:#}"),
     }
+    // Of several unknown fields, the same one is named every time (the first in order).
+    let extra = file
+        .lines()
+        .next()
+        .unwrap()
+        .replacen('{', r#"{"zz":1,"extra":2,"#, 1);
+    for _ in 0..20 {
+        match verify_export(extra.as_bytes()).unwrap_err() {
+            StoreError::InvalidExport { line, field, .. } => {
+                assert_eq!((line, field.as_str()), (1, "extra"))
+            }
+            other => panic!("expected InvalidExport, got {other:#}"),
+        }
+    }
     let no_bytes = r#"{"stream":"00000000000000000000000000","seq":1,"prev":"","hash":""}"#;
     assert!(matches!(
         verify_export(no_bytes.as_bytes()).unwrap_err(),
