@@ -500,3 +500,40 @@ async fn a_forged_mirror_is_reported_and_its_upgrade_is_not_acted_on() {
     env.baton_ok(&["approve", &upgrade, "before-switchover"]);
     env.expect_completed_safely(&upgrade).await;
 }
+
+/// Mirror messages of a few hundred KiB each (an event carrying two full
+/// output tails is up to ~768 KiB): `baton audit verify --mirror` pages
+/// `BATON_EVENTS` through the service, and a page must fit in one NATS
+/// message (1 MiB by default). Eight 300 KB messages, forged here on an open
+/// NATS for an upgrade the log does not have, are read and reported, not a
+/// failed reply.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_verify_mirror_pages_large_mirror_messages() {
+    let env = Env::start(Setup {
+        nats_auth: false,
+        ..Setup::default()
+    })
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let upgrade = "01KZZZZZZZZZZZZZZZZZZZZZZZ";
+    let pad = "x".repeat(300_000);
+    for seq in 1..=8u64 {
+        let message = serde_json::json!({
+            "upgrade": upgrade, "seq": seq, "hash": "00".repeat(32), "event": {"pad": pad},
+        });
+        js.publish(
+            protocol::subjects::event(upgrade),
+            message.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let out = env.baton(&["audit", "verify", "--mirror"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    for seq in 1..=8 {
+        let needle = format!("upgrade {upgrade} seq {seq}: mirrored, but not in the log");
+        assert!(text(&out).contains(&needle), "{needle}\n{}", text(&out));
+    }
+}

@@ -567,10 +567,19 @@ async fn stream_page(
         .max(info.state.first_sequence);
     let to = last.min(from.saturating_add(PAGE - 1));
     let mut messages = Vec::new();
+    // The page is one NATS message: it ends past PAGE_BYTES (a mirrored
+    // event may be hundreds of KiB), always with at least one message.
+    let mut bytes = 0;
+    let mut read_to = to;
     if info.state.messages > 0 {
         for seq in from..=to {
+            if bytes > PAGE_BYTES {
+                read_to = seq - 1;
+                break;
+            }
             if let Ok(message) = stream.get_raw_message(seq).await {
                 if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&message.payload) {
+                    bytes += message.payload.len();
                     messages.push(value);
                 }
             }
@@ -578,7 +587,7 @@ async fn stream_page(
     }
     Ok(serde_json::json!({
         "messages": messages,
-        "next_after": (to < last).then_some(to),
+        "next_after": (read_to < last).then_some(read_to),
     }))
 }
 
