@@ -537,3 +537,54 @@ async fn audit_verify_mirror_pages_large_mirror_messages() {
         assert!(text(&out).contains(&needle), "{needle}\n{}", text(&out));
     }
 }
+
+/// A flooded mirror: someone on an open NATS publishes far more messages on
+/// an unfinished upgrade's mirror subject than its log has events (here
+/// copies of its true first event, which agree with the log). At start the
+/// service reads at most `mirror::start_limit` of them (one round trip each:
+/// millions would hold every upgrade's recovery for as long) and pauses the
+/// upgrade, naming the flood, instead of reading on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooded_mirror_is_not_read_to_its_end_at_start_and_its_upgrade_is_paused() {
+    let mut env = Env::start(Setup {
+        nats_auth: false,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&["--approve-before", "before-switchover"]);
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let original = mirrored(&js, &upgrade).await;
+    let limit = workflow::service::mirror::start_limit(original.len() as u64);
+    let first = original[0].to_string();
+    let mut acks = Vec::new();
+    for _ in 0..=limit {
+        acks.push(
+            js.publish(protocol::subjects::event(&upgrade), first.clone().into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGTERM);
+    server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the service stops on SIGTERM");
+    env.start_server();
+    env.wait_for_executors().await;
+    let view = env
+        .wait_status(&upgrade, &["paused"], UPGRADE_TIMEOUT)
+        .await;
+    let reason = view.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(&format!(
+            "more than {limit} messages on baton.event.{upgrade}"
+        )),
+        "{view:?}"
+    );
+}
