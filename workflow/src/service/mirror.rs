@@ -112,7 +112,11 @@ pub fn differences(
         let (Ok(stream), Some(seq), Some(hash)) = (
             upgrade.parse::<StreamId>(),
             message["seq"].as_u64(),
-            message["hash"].as_str(),
+            // A chain hash is 64 hex digits; anything else is quoted (bounded)
+            // as malformed, never repeated whole into a report or a reason.
+            message["hash"]
+                .as_str()
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())),
         ) else {
             let text = message.to_string();
             let cut = (0..=QUOTE.min(text.len()))
@@ -295,6 +299,17 @@ mod tests {
             matches!(&found[..], [Difference::Malformed { message }] if message.contains("not JSON") && message.len() < 300),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn a_hash_that_is_not_64_hex_digits_is_quoted_as_malformed_not_repeated_whole() {
+        let long = serde_json::json!({"upgrade": stream(1).to_string(), "seq": 1, "hash": "f".repeat(100_000)});
+        let found = differences(vec![long], lookup, |_| false);
+        assert!(
+            matches!(&found[..], [Difference::Malformed { .. }]),
+            "{found:?}"
+        );
+        assert!(found[0].to_string().len() < 300, "{}", found[0]);
     }
 
     #[test]
