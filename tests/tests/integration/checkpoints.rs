@@ -554,6 +554,13 @@ async fn a_flooded_mirror_is_not_read_to_its_end_at_start_and_its_upgrade_is_pau
     let upgrade = env.submit(&["--approve-before", "before-switchover"]);
     env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
         .await;
+    // With the service stopped the log stands still (a gate's watch keeps
+    // adding events): the mirror then holds exactly the log's events.
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGTERM);
+    server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the service stops on SIGTERM");
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     let original = mirrored(&js, &upgrade).await;
     let limit = workflow::service::mirror::start_limit(original.len() as u64);
@@ -570,11 +577,6 @@ async fn a_flooded_mirror_is_not_read_to_its_end_at_start_and_its_upgrade_is_pau
         ack.await.unwrap();
     }
 
-    let server = env.server.as_mut().unwrap();
-    server.signal(Signal::SIGTERM);
-    server
-        .wait_exit(Duration::from_secs(20))
-        .expect("the service stops on SIGTERM");
     env.start_server();
     env.wait_for_executors().await;
     let view = env
