@@ -590,3 +590,30 @@ async fn a_flooded_mirror_is_not_read_to_its_end_at_start_and_its_upgrade_is_pau
         "{view:?}"
     );
 }
+
+/// What `baton audit verify --mirror` reads of `BATON_EVENTS` is judged as the
+/// service's start check judges it: a message that is not JSON, or that names
+/// another upgrade than the subject it is on, is a malformed message (it was
+/// left out of the page, so the audit said OK).
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_verify_mirror_reports_a_message_that_is_not_json() {
+    let env = Env::start(Setup {
+        nats_auth: false,
+        ..Setup::default()
+    })
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let upgrade = "01KZZZZZZZZZZZZZZZZZZZZZZZ";
+    js.publish(protocol::subjects::event(upgrade), "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let out = env.baton(&["audit", "verify", "--mirror"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains("a mirrored message is malformed") && text(&out).contains("not json"),
+        "{}",
+        text(&out)
+    );
+}

@@ -577,12 +577,27 @@ async fn stream_page(
                 read_to = seq - 1;
                 break;
             }
-            if let Ok(message) = stream.get_raw_message(seq).await {
-                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&message.payload) {
-                    bytes += message.payload.len();
-                    messages.push(value);
+            let Ok(message) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            let value = match message
+                .subject
+                .as_str()
+                .strip_prefix(protocol::subjects::event("").as_str())
+            {
+                // A mirrored event, as the service's start check keeps it: a
+                // message that is not JSON or names another upgrade than its
+                // subject is reported malformed, not left out.
+                Some(upgrade) if name == protocol::subjects::EVENTS_STREAM => {
+                    super::mirror::kept(upgrade, &message.payload)
                 }
-            }
+                _ => match serde_json::from_slice::<serde_json::Value>(&message.payload) {
+                    Ok(value) => value,
+                    Err(_) => continue,
+                },
+            };
+            bytes += value.to_string().len();
+            messages.push(value);
         }
     }
     Ok(serde_json::json!({
