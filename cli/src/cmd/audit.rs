@@ -391,10 +391,19 @@ fn chain_lookup(chain: &Chain, stream: StreamId, seq: u64) -> checkpoint::At {
     }
 }
 
-/// Opens a log directory that no service holds.
+/// Opens a log directory that no service holds. A path that holds no log
+/// (missing, or a directory without sled's `conf` and `db` files) is a usage
+/// error: opening it would create an empty log there, which verifies "OK".
 pub fn open_offline(db: &Path) -> anyhow::Result<store::Store> {
-    if !db.exists() {
-        anyhow::bail!("no log at {}", db.display());
+    if !db.join("conf").is_file() || !db.join("db").is_file() {
+        return Err(Exit::of(
+            crate::client::Class::Usage,
+            format!(
+                "no log at {} (a log directory holds the files `conf` and `db`: --db names the service's --db, or a copy of it)",
+                db.display()
+            ),
+        )
+        .into());
     }
     store::Store::open(db).with_context(|| {
         format!(

@@ -67,13 +67,26 @@ pub fn run(global: Global, args: DevArgs) -> anyhow::Result<ExitCode> {
     let mut children = Children::default();
     let runtime = tokio::runtime::Runtime::new()?;
     let outcome = runtime.block_on(async {
+        // The children have process groups of their own, so no signal of the
+        // terminal reaches them: every way of stopping this process (Ctrl-C,
+        // `kill`, the terminal closing) must go through `stop_all` below.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let stopped = async {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => "Ctrl-C",
+                _ = term.recv() => "SIGTERM",
+                _ = hangup.recv() => "SIGHUP",
+            }
+        };
         tokio::select! {
             result = demo(&global, &args, &dir, &mut children) => result,
-            _ = tokio::signal::ctrl_c() => if args.serve {
-                eprintln!("baton dev: Ctrl-C: stopping everything");
+            why = stopped => if args.serve {
+                eprintln!("baton dev: {why}: stopping everything");
                 Ok(ExitCode::SUCCESS)
             } else {
-                Err(anyhow::anyhow!("interrupted (Ctrl-C): stopping everything"))
+                Err(anyhow::anyhow!("interrupted ({why}): stopping everything"))
             },
         }
     });

@@ -500,3 +500,120 @@ async fn a_forged_mirror_is_reported_and_its_upgrade_is_not_acted_on() {
     env.baton_ok(&["approve", &upgrade, "before-switchover"]);
     env.expect_completed_safely(&upgrade).await;
 }
+
+/// Mirror messages of a few hundred KiB each (an event carrying two full
+/// output tails is up to ~768 KiB): `baton audit verify --mirror` pages
+/// `BATON_EVENTS` through the service, and a page must fit in one NATS
+/// message (1 MiB by default). Eight 300 KB messages, forged here on an open
+/// NATS for an upgrade the log does not have, are read and reported, not a
+/// failed reply.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_verify_mirror_pages_large_mirror_messages() {
+    let env = Env::start(Setup {
+        nats_auth: false,
+        ..Setup::default()
+    })
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let upgrade = "01KZZZZZZZZZZZZZZZZZZZZZZZ";
+    let pad = "x".repeat(300_000);
+    for seq in 1..=8u64 {
+        let message = serde_json::json!({
+            "upgrade": upgrade, "seq": seq, "hash": "00".repeat(32), "event": {"pad": pad},
+        });
+        js.publish(
+            protocol::subjects::event(upgrade),
+            message.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let out = env.baton(&["audit", "verify", "--mirror"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    for seq in 1..=8 {
+        let needle = format!("upgrade {upgrade} seq {seq}: mirrored, but not in the log");
+        assert!(text(&out).contains(&needle), "{needle}\n{}", text(&out));
+    }
+}
+
+/// A flooded mirror: someone on an open NATS publishes far more messages on
+/// an unfinished upgrade's mirror subject than its log has events (here
+/// copies of its true first event, which agree with the log). At start the
+/// service reads at most `mirror::start_limit` of them (one round trip each:
+/// millions would hold every upgrade's recovery for as long) and pauses the
+/// upgrade, naming the flood, instead of reading on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooded_mirror_is_not_read_to_its_end_at_start_and_its_upgrade_is_paused() {
+    let mut env = Env::start(Setup {
+        nats_auth: false,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&["--approve-before", "before-switchover"]);
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    // With the service stopped the log stands still (a gate's watch keeps
+    // adding events): the mirror then holds exactly the log's events.
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGTERM);
+    server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the service stops on SIGTERM");
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let original = mirrored(&js, &upgrade).await;
+    let limit = workflow::service::mirror::start_limit(original.len() as u64);
+    let first = original[0].to_string();
+    let mut acks = Vec::new();
+    for _ in 0..=limit {
+        acks.push(
+            js.publish(protocol::subjects::event(&upgrade), first.clone().into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+
+    env.start_server();
+    env.wait_for_executors().await;
+    let view = env
+        .wait_status(&upgrade, &["paused"], UPGRADE_TIMEOUT)
+        .await;
+    let reason = view.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(&format!(
+            "more than {limit} messages on baton.event.{upgrade}"
+        )),
+        "{view:?}"
+    );
+}
+
+/// What `baton audit verify --mirror` reads of `BATON_EVENTS` is judged as the
+/// service's start check judges it: a message that is not JSON, or that names
+/// another upgrade than the subject it is on, is a malformed message (it was
+/// left out of the page, so the audit said OK).
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_verify_mirror_reports_a_message_that_is_not_json() {
+    let env = Env::start(Setup {
+        nats_auth: false,
+        ..Setup::default()
+    })
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let upgrade = "01KZZZZZZZZZZZZZZZZZZZZZZZ";
+    js.publish(protocol::subjects::event(upgrade), "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let out = env.baton(&["audit", "verify", "--mirror"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains("a mirrored message is malformed") && text(&out).contains("not json"),
+        "{}",
+        text(&out)
+    );
+}

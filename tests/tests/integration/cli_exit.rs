@@ -181,6 +181,9 @@ fn every_command_exits_as_the_readme_says_without_a_service() {
     let key = path(secure.operator_key("alice"));
     let trust = path(&secure.trust_path);
     let new_key = path(&dir.path().join("new.seed"));
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let empty = path(&empty);
     let keyed = |c: Case| {
         c.env("BATON_KEY", &key)
             .env("BATON_TRUST", &trust)
@@ -232,6 +235,11 @@ fn every_command_exits_as_the_readme_says_without_a_service() {
             "no such file",
         ),
         case(&["audit", "export", "x"], 2, "is not an upgrade id"),
+        // A --db that holds no log is named, not opened: opening an empty
+        // directory created a log there and verified it "OK (0 records)".
+        case(&["audit", "verify", "--db", &missing], 2, "no log at"),
+        case(&["audit", "verify", "--db", &empty], 2, "no log at"),
+        case(&["replay", id, "--db", &empty], 2, "no log at"),
         case(&["audit", "checkpoint", "export", "--bogus"], 2, "--bogus"),
         case(&["audit"], 2, "subcommand"),
         case(&["keys", "gen"], 2, "--out"),

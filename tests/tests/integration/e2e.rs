@@ -2265,3 +2265,54 @@ async fn a_node_whose_failover_is_off_is_refused_before_anything_changes() {
     );
     env.assert_verdict_safe();
 }
+
+/// `baton dev --serve` runs until stopped, its children each in a process
+/// group of their own (so a terminal's signals do not reach them). Stopped
+/// by SIGTERM (`kill`, a CI timeout) or SIGHUP (the terminal closed) rather
+/// than Ctrl-C, it must still stop them: nats-server, the service and the
+/// executors were left running, orphaned.
+#[tokio::test(flavor = "multi_thread")]
+async fn baton_dev_serve_stops_everything_on_sigterm_and_sighup() {
+    for signal in [Signal::SIGTERM, Signal::SIGHUP] {
+        let dir = tempfile::tempdir().unwrap();
+        let demo = dir.path().join("demo");
+        let mut cmd = Command::new(workspace_bin("baton"));
+        cmd.args(["dev", "--serve", "--dir"])
+            .arg(&demo)
+            .env("BATON_NATS_SERVER", tests::nats::server_binary());
+        let mut dev = Proc::spawn("baton dev --serve", cmd, &dir.path().join("dev.log")).unwrap();
+        let ready =
+            tests::wait::wait_until(Duration::from_secs(120), || dev.log().contains("ready:"))
+                .await;
+        assert!(ready, "not ready: {}", dev.log());
+        dev.signal(signal);
+        let status = dev.wait_exit(Duration::from_secs(30));
+        let left = kill_processes_under(&demo);
+        assert!(status.is_some(), "{signal}: baton dev did not exit");
+        assert!(
+            left.is_empty(),
+            "{signal}: processes left running (now killed): {left:?}"
+        );
+    }
+}
+
+/// Kills every process whose command line points into `dir`; returns their
+/// command lines.
+fn kill_processes_under(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            left.push(cmdline);
+        }
+    }
+    left
+}

@@ -567,18 +567,42 @@ async fn stream_page(
         .max(info.state.first_sequence);
     let to = last.min(from.saturating_add(PAGE - 1));
     let mut messages = Vec::new();
+    // The page is one NATS message: it ends past PAGE_BYTES (a mirrored
+    // event may be hundreds of KiB), always with at least one message.
+    let mut bytes = 0;
+    let mut read_to = to;
     if info.state.messages > 0 {
         for seq in from..=to {
-            if let Ok(message) = stream.get_raw_message(seq).await {
-                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&message.payload) {
-                    messages.push(value);
-                }
+            if bytes > PAGE_BYTES {
+                read_to = seq - 1;
+                break;
             }
+            let Ok(message) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            let value = match message
+                .subject
+                .as_str()
+                .strip_prefix(protocol::subjects::event("").as_str())
+            {
+                // A mirrored event, as the service's start check keeps it: a
+                // message that is not JSON or names another upgrade than its
+                // subject is reported malformed, not left out.
+                Some(upgrade) if name == protocol::subjects::EVENTS_STREAM => {
+                    super::mirror::kept(upgrade, &message.payload)
+                }
+                _ => match serde_json::from_slice::<serde_json::Value>(&message.payload) {
+                    Ok(value) => value,
+                    Err(_) => continue,
+                },
+            };
+            bytes += value.to_string().len();
+            messages.push(value);
         }
     }
     Ok(serde_json::json!({
         "messages": messages,
-        "next_after": (to < last).then_some(to),
+        "next_after": (read_to < last).then_some(read_to),
     }))
 }
 

@@ -112,7 +112,11 @@ pub fn differences(
         let (Ok(stream), Some(seq), Some(hash)) = (
             upgrade.parse::<StreamId>(),
             message["seq"].as_u64(),
-            message["hash"].as_str(),
+            // A chain hash is 64 hex digits; anything else is quoted (bounded)
+            // as malformed, never repeated whole into a report or a reason.
+            message["hash"]
+                .as_str()
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())),
         ) else {
             let text = message.to_string();
             let cut = (0..=QUOTE.min(text.len()))
@@ -164,16 +168,56 @@ pub fn differences(
 
 pub(crate) use service::of_upgrade;
 
+/// At start the service reads at most this many mirrored messages of an
+/// upgrade whose log has `events` events: each event is mirrored once per
+/// epoch at most (a retry within JetStream's duplicate window is dropped),
+/// so twice the log and some slack is generous. More is a flooded mirror,
+/// which is not read further (the start-up would take one round trip per
+/// message, millions of them on an open NATS) and counts as a difference.
+pub fn start_limit(events: u64) -> u64 {
+    events.saturating_mul(2).saturating_add(64)
+}
+
+/// What the start-up check keeps of one message mirrored on `upgrade`'s
+/// subject: its `upgrade`, `seq` and `hash` (all [`differences`] reads, so a
+/// large message costs no memory), or, for a message that is not a mirrored
+/// event of this upgrade (not JSON, another upgrade named on this upgrade's
+/// subject), a string quoting it, which [`differences`] reports as malformed.
+pub fn kept(upgrade: &str, payload: &[u8]) -> serde_json::Value {
+    let quote = |why: &str| {
+        let text = String::from_utf8_lossy(payload);
+        let cut = (0..=QUOTE.min(text.len()))
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        serde_json::Value::String(format!("{why}: {}", &text[..cut]))
+    };
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(message) if message["upgrade"].as_str() == Some(upgrade) => serde_json::json!({
+            "upgrade": message["upgrade"],
+            "seq": message["seq"],
+            "hash": message["hash"],
+        }),
+        Ok(_) => quote(&format!(
+            "on the subject of upgrade {upgrade}, not an event of it"
+        )),
+        Err(_) => quote("not JSON"),
+    }
+}
+
 mod service {
     use async_nats::jetstream;
 
     use crate::service::{ServiceError, Shared};
 
-    /// Every message mirrored for `upgrade`, in stream order (one
-    /// by-subject get per message: the stream may hold many upgrades).
+    /// The messages mirrored for `upgrade`, in stream order, as
+    /// [`super::kept`] keeps them (one by-subject get per message: the
+    /// stream may hold many upgrades); past `limit` messages, the rest is
+    /// not read and a string saying so ends the list.
     pub(crate) async fn of_upgrade(
         shared: &Shared,
         upgrade: &str,
+        limit: u64,
     ) -> Result<Vec<serde_json::Value>, ServiceError> {
         let nats = |err: String| ServiceError::Nats(format!("reading BATON_EVENTS: {err}"));
         let stream = shared
@@ -189,15 +233,15 @@ mod service {
                 .get_first_raw_message_by_subject(&subject, from)
                 .await
             {
+                Ok(_) if out.len() as u64 >= limit => {
+                    out.push(serde_json::Value::String(format!(
+                        "more than {limit} messages on {subject}; the rest were not read"
+                    )));
+                    return Ok(out);
+                }
                 Ok(message) => {
                     from = message.sequence + 1;
-                    out.push(
-                        serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
-                            serde_json::Value::String(
-                                String::from_utf8_lossy(&message.payload).into_owned(),
-                            )
-                        }),
-                    );
+                    out.push(super::kept(upgrade, &message.payload));
                 }
                 Err(err)
                     if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
@@ -229,6 +273,43 @@ mod tests {
             (true, _) => Ok(At::Missing),
             (false, _) => Ok(At::NotHere),
         }
+    }
+
+    #[test]
+    fn the_start_check_keeps_three_fields_and_calls_a_foreign_or_broken_message_malformed() {
+        let u1 = stream(1).to_string();
+        let big = serde_json::json!({
+            "upgrade": u1, "seq": 1, "hash": hex::encode([1u8; 32]), "event": {"pad": "x".repeat(100_000)},
+        });
+        let kept_big = kept(&u1, big.to_string().as_bytes());
+        assert!(kept_big.to_string().len() < 200, "{kept_big}");
+        assert_eq!(differences(vec![kept_big], lookup, |_| false), vec![]);
+
+        // seq 1 of upgrade 1, correct, but published on upgrade 3's subject.
+        let elsewhere = message(stream(1), 1, [1; 32]).to_string();
+        let foreign = kept(&stream(3).to_string(), elsewhere.as_bytes());
+        let found = differences(vec![foreign], lookup, |_| true);
+        assert!(
+            matches!(&found[..], [Difference::Malformed { message }] if message.contains("not an event of it")),
+            "{found:?}"
+        );
+        let broken = kept(&u1, &[b'{'; 5_000]);
+        let found = differences(vec![broken], lookup, |_| true);
+        assert!(
+            matches!(&found[..], [Difference::Malformed { message }] if message.contains("not JSON") && message.len() < 300),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_hash_that_is_not_64_hex_digits_is_quoted_as_malformed_not_repeated_whole() {
+        let long = serde_json::json!({"upgrade": stream(1).to_string(), "seq": 1, "hash": "f".repeat(100_000)});
+        let found = differences(vec![long], lookup, |_| false);
+        assert!(
+            matches!(&found[..], [Difference::Malformed { .. }]),
+            "{found:?}"
+        );
+        assert!(found[0].to_string().len() < 300, "{}", found[0]);
     }
 
     #[test]

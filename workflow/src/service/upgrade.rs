@@ -153,7 +153,9 @@ pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError
         };
         // The mirror must agree with the log before anything is acted on;
         // what it lacks is mirrored again.
-        let mirrored = super::mirror::of_upgrade(shared, &upgrade).await?;
+        let logged = events.last().map_or(0, |(record, _)| record.seq);
+        let mirrored =
+            super::mirror::of_upgrade(shared, &upgrade, super::mirror::start_limit(logged)).await?;
         let unmirrored = mirrored.is_empty();
         // Nothing appends to it meanwhile: its whole log is compared.
         let found = super::mirror::differences(
