@@ -135,16 +135,23 @@ pub fn run(global: Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
                 // The mirror first, then the log: an upgrade still running
                 // appends before it mirrors, so every mirrored event is in
                 // the log read after, and only its tail may be missing.
+                // Which upgrades had ended is taken before the mirror is read:
+                // one that ends meanwhile keeps the running upgrade's leeway.
+                let finished: std::collections::BTreeSet<String> =
+                    super::ops::list_all(&client, true)
+                        .await?
+                        .into_iter()
+                        .filter(|view| {
+                            matches!(
+                                view.status.as_str(),
+                                "completed" | "halted" | "aborted" | "planned"
+                            )
+                        })
+                        .map(|view| view.upgrade)
+                        .collect();
                 let messages = fetch_stream(&client, "mirror").await?;
                 let mut chain = Chain::new();
-                let mut finished = std::collections::BTreeSet::new();
                 for view in super::ops::list_all(&client, true).await? {
-                    if matches!(
-                        view.status.as_str(),
-                        "completed" | "halted" | "aborted" | "planned"
-                    ) {
-                        finished.insert(view.upgrade.clone());
-                    }
                     let events: Vec<LoggedEvent> =
                         super::replay::fetch(&client, &view.upgrade).await?;
                     let lines: Vec<u8> = events

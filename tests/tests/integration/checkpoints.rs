@@ -499,6 +499,46 @@ async fn a_forged_mirror_is_reported_and_its_upgrade_is_not_acted_on() {
         .await;
     env.baton_ok(&["approve", &upgrade, "before-switchover"]);
     env.expect_completed_safely(&upgrade).await;
+
+    // A service stopped between a finished upgrade's last appends and their
+    // mirroring (here: the mirror's last two messages deleted) mirrors that
+    // tail at its next start.
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGTERM);
+    server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the service stops on SIGTERM");
+    let stream = js
+        .get_stream(protocol::subjects::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let subject = protocol::subjects::event(&upgrade);
+    let mut dropped = Vec::new();
+    for _ in 0..2 {
+        let last = stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .unwrap();
+        let seq: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
+        dropped.push(seq["seq"].as_u64().unwrap());
+        assert!(stream.delete_message(last.sequence).await.unwrap());
+    }
+    let gone = |out: &std::process::Output| {
+        dropped
+            .iter()
+            .all(|seq| !text(out).contains(&format!("seq {seq}: in the log, not in the mirror")))
+    };
+    env.start_server();
+    env.wait_for_executors().await;
+    let mut out = env.baton(&["audit", "verify", "--mirror"]);
+    for _ in 0..50 {
+        if gone(&out) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        out = env.baton(&["audit", "verify", "--mirror"]);
+    }
+    assert!(gone(&out), "{dropped:?} re-mirrored: {}", text(&out));
 }
 
 /// Mirror messages of a few hundred KiB each (an event carrying two full

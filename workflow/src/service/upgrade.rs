@@ -119,6 +119,7 @@ pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError
         let events = load_events(shared, stream)?;
         let state = core::replay(events.iter().map(|(_, e)| e));
         if state.is_terminal() {
+            remirror_tail(shared, &stream.to_string(), &events).await?;
             continue;
         }
         let upgrade = stream.to_string();
@@ -226,11 +227,17 @@ impl Loop {
     }
 
     async fn serve(&mut self) -> Result<(), ServiceError> {
+        // After a refused tick (a clock past what the core accepts), the wake-up
+        // stays in the past: wait a second between tries rather than spin.
+        let mut retry_tick_at: Option<tokio::time::Instant> = None;
         loop {
             let wake = self.state.next_wakeup_ms();
-            let sleep = wake
+            let mut sleep = wake
                 .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
                 .unwrap_or(Duration::from_secs(3600));
+            if let Some(at) = retry_tick_at {
+                sleep = sleep.max(at.saturating_duration_since(tokio::time::Instant::now()));
+            }
             tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return Ok(()),
                 command = self.rx.recv() => match command {
@@ -238,7 +245,14 @@ impl Loop {
                     Some(command) => self.handle(command).await?,
                 },
                 _ = tokio::time::sleep(sleep), if wake.is_some() => {
-                    let _ = self.apply(Input::Tick { now_ms: now_ms() }).await?;
+                    let now = now_ms();
+                    retry_tick_at = match self.apply(Input::Tick { now_ms: now }).await? {
+                        Ok(()) => None,
+                        Err(rejection) => {
+                            tracing::error!(upgrade = %self.upgrade, now_ms = now, %rejection, "the core refused a tick (is this host's clock right?); trying again in 1 s");
+                            Some(tokio::time::Instant::now() + Duration::from_secs(1))
+                        }
+                    };
                 }
             }
             if self.state.is_terminal() {
@@ -287,6 +301,23 @@ impl Loop {
                 }
                 match self.apply(input).await? {
                     Ok(()) => {}
+                    Err(rejection @ Rejection::ClockOutOfRange { .. }) => {
+                        // Not the result's fault: keep it for when the clock is right.
+                        tracing::error!(
+                            upgrade = %self.upgrade,
+                            step = result.step,
+                            attempt = result.attempt,
+                            %rejection,
+                            "the core refused a result for this host's clock; it is redelivered in 1 s"
+                        );
+                        if let Err(err) = message
+                            .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                            .await
+                        {
+                            tracing::warn!(upgrade = %self.upgrade, error = %err, "nak of a result failed; it is redelivered after the ack wait");
+                        }
+                        return Ok(());
+                    }
                     Err(rejection) => tracing::info!(
                         upgrade = %self.upgrade,
                         step = result.step,
@@ -423,28 +454,7 @@ impl Loop {
     /// Mirrors one event to `BATON_EVENTS` (with its seq and hash), for
     /// watchers and as an off-box anchor of the chain.
     async fn mirror(&self, seq: u64, hash: &store::Hash, event: &Event) {
-        let body = serde_json::json!({
-            "upgrade": self.upgrade,
-            "seq": seq,
-            "hash": hex::encode(hash),
-            "event": event,
-        });
-        // The epoch keeps a re-mirroring after a restart from being dropped
-        // as a duplicate of a message since purged (JetStream remembers ids
-        // for its duplicate window, purge or not); retries within one epoch
-        // still deduplicate.
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            protocol::messages::MSG_ID_HEADER,
-            format!("{}:event:{seq}:{}", self.upgrade, self.shared.epoch).as_str(),
-        );
-        self.publish_until_acked(
-            protocol::subjects::event(&self.upgrade),
-            headers,
-            body.to_string().into_bytes(),
-            &format!("event {seq}"),
-        )
-        .await;
+        mirror_event(&self.shared, &self.upgrade, seq, hash, event).await
     }
 
     /// After a restart: mirrors the events that `BATON_EVENTS` does not have.
@@ -464,6 +474,71 @@ impl Loop {
         super::publish_until_acked(&self.shared, &self.upgrade, subject, headers, payload, what)
             .await
     }
+}
+
+/// Mirrors one event of `upgrade` to `BATON_EVENTS` (with its seq and hash),
+/// for watchers and as an off-box anchor of the chain.
+async fn mirror_event(shared: &Shared, upgrade: &str, seq: u64, hash: &store::Hash, event: &Event) {
+    let body = serde_json::json!({
+        "upgrade": upgrade,
+        "seq": seq,
+        "hash": hex::encode(hash),
+        "event": event,
+    });
+    // The epoch keeps a re-mirroring after a restart from being dropped as a
+    // duplicate of a message since purged (JetStream remembers ids for its
+    // duplicate window, purge or not); retries within one epoch still
+    // deduplicate.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        protocol::messages::MSG_ID_HEADER,
+        format!("{upgrade}:event:{seq}:{}", shared.epoch).as_str(),
+    );
+    super::publish_until_acked(
+        shared,
+        upgrade,
+        protocol::subjects::event(upgrade),
+        headers,
+        body.to_string().into_bytes(),
+        &format!("event {seq}"),
+    )
+    .await
+}
+
+/// A finished upgrade whose last events were appended but not mirrored (the
+/// service stopped in between): mirrors that tail. One by-subject read per
+/// finished upgrade.
+async fn remirror_tail(
+    shared: &Shared,
+    upgrade: &str,
+    events: &[(store::Record, Event)],
+) -> Result<(), ServiceError> {
+    let Some((head, _)) = events.last() else {
+        return Ok(());
+    };
+    let stream = shared
+        .js
+        .get_stream(protocol::subjects::EVENTS_STREAM)
+        .await
+        .map_err(|err| ServiceError::Nats(format!("reading BATON_EVENTS: {err}")))?;
+    let last = match stream
+        .get_last_raw_message_by_subject(&protocol::subjects::event(upgrade))
+        .await
+    {
+        Ok(message) => serde_json::from_slice::<serde_json::Value>(&message.payload)
+            .ok()
+            .and_then(|v| v["seq"].as_u64())
+            .unwrap_or(0),
+        Err(err) if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
+        Err(err) => return Err(ServiceError::Nats(format!("reading BATON_EVENTS: {err}"))),
+    };
+    if last < head.seq {
+        tracing::info!(%upgrade, mirrored = last, head = head.seq, "mirroring a finished upgrade's last events");
+        for (record, event) in events.iter().filter(|(r, _)| r.seq > last) {
+            mirror_event(shared, upgrade, record.seq, &record.hash, event).await;
+        }
+    }
+    Ok(())
 }
 
 /// The core's input for an executor's result.
