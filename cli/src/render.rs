@@ -7,25 +7,7 @@ use workflow::service::api::{LoggedEvent, StatusView};
 
 /// The time an event carries, if it carries one.
 pub fn event_time(event: &Event) -> Option<u64> {
-    match event {
-        Event::UpgradeSubmitted { at_ms, .. }
-        | Event::StepResultRecorded { at_ms, .. }
-        | Event::TimerFired { at_ms }
-        | Event::UpgradePaused { at_ms, .. }
-        | Event::UpgradeResumed { at_ms, .. }
-        | Event::AbortRequested { at_ms, .. }
-        | Event::GateApproved { at_ms, .. }
-        | Event::StepResolved { at_ms, .. }
-        | Event::PhaseEntered { at_ms, .. }
-        | Event::StepDeadlinePassed { at_ms, .. }
-        | Event::ItemStarted { at_ms, .. }
-        | Event::ItemCompleted { at_ms, .. }
-        | Event::WindDownStarted { at_ms, .. }
-        | Event::UpgradeCompleted { at_ms }
-        | Event::UpgradeHalted { at_ms, .. }
-        | Event::UpgradeAborted { at_ms, .. } => Some(*at_ms),
-        _ => None,
-    }
+    event.at_ms()
 }
 
 /// Follows a log and renders each event as one timeline line, with the time

@@ -504,6 +504,30 @@ pub enum Event {
 }
 
 impl Event {
+    /// The time the event records, for the events that record one (inputs,
+    /// phases, items, the wind-down and the ends).
+    pub fn at_ms(&self) -> Option<u64> {
+        match self {
+            Event::UpgradeSubmitted { at_ms, .. }
+            | Event::StepResultRecorded { at_ms, .. }
+            | Event::TimerFired { at_ms }
+            | Event::UpgradePaused { at_ms, .. }
+            | Event::UpgradeResumed { at_ms, .. }
+            | Event::AbortRequested { at_ms, .. }
+            | Event::GateApproved { at_ms, .. }
+            | Event::StepResolved { at_ms, .. }
+            | Event::PhaseEntered { at_ms, .. }
+            | Event::StepDeadlinePassed { at_ms, .. }
+            | Event::ItemStarted { at_ms, .. }
+            | Event::ItemCompleted { at_ms, .. }
+            | Event::WindDownStarted { at_ms, .. }
+            | Event::UpgradeCompleted { at_ms }
+            | Event::UpgradeHalted { at_ms, .. }
+            | Event::UpgradeAborted { at_ms, .. } => Some(*at_ms),
+            _ => None,
+        }
+    }
+
     /// The step this event schedules, if it is a `StepScheduled`.
     pub fn scheduled_step(&self) -> Option<ScheduledStep> {
         match self {

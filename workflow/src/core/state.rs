@@ -605,28 +605,12 @@ impl State {
     /// The time `event` carries; a step's is when it was scheduled.
     fn event_ms(&self, event: &Event) -> Option<u64> {
         match event {
-            Event::UpgradeSubmitted { at_ms, .. }
-            | Event::StepResultRecorded { at_ms, .. }
-            | Event::TimerFired { at_ms }
-            | Event::UpgradePaused { at_ms, .. }
-            | Event::UpgradeResumed { at_ms, .. }
-            | Event::AbortRequested { at_ms, .. }
-            | Event::GateApproved { at_ms, .. }
-            | Event::StepResolved { at_ms, .. }
-            | Event::PhaseEntered { at_ms, .. }
-            | Event::StepDeadlinePassed { at_ms, .. }
-            | Event::ItemStarted { at_ms, .. }
-            | Event::ItemCompleted { at_ms, .. }
-            | Event::WindDownStarted { at_ms, .. }
-            | Event::UpgradeCompleted { at_ms }
-            | Event::UpgradeHalted { at_ms, .. }
-            | Event::UpgradeAborted { at_ms, .. } => Some(*at_ms),
             Event::StepScheduled {
                 deadline_ms,
                 timeout_ms,
                 ..
             } => Some(self.scheduled_at(*deadline_ms, *timeout_ms)),
-            _ => None,
+            other => other.at_ms(),
         }
     }
 

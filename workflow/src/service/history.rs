@@ -146,25 +146,7 @@ fn bounded(text: &str, max: usize) -> String {
 /// When an event happened, for the events that say (inputs, phases, items,
 /// the wind-down and the ends).
 fn time_of(event: &Event) -> Option<u64> {
-    match event {
-        Event::UpgradeSubmitted { at_ms, .. }
-        | Event::StepResultRecorded { at_ms, .. }
-        | Event::TimerFired { at_ms }
-        | Event::UpgradePaused { at_ms, .. }
-        | Event::UpgradeResumed { at_ms, .. }
-        | Event::AbortRequested { at_ms, .. }
-        | Event::GateApproved { at_ms, .. }
-        | Event::StepResolved { at_ms, .. }
-        | Event::PhaseEntered { at_ms, .. }
-        | Event::StepDeadlinePassed { at_ms, .. }
-        | Event::ItemStarted { at_ms, .. }
-        | Event::ItemCompleted { at_ms, .. }
-        | Event::WindDownStarted { at_ms, .. }
-        | Event::UpgradeCompleted { at_ms }
-        | Event::UpgradeHalted { at_ms, .. }
-        | Event::UpgradeAborted { at_ms, .. } => Some(*at_ms),
-        _ => None,
-    }
+    event.at_ms()
 }
 
 #[cfg(test)]
