@@ -638,7 +638,7 @@ impl Worker {
         self.ledger.record_finished(&result, digest).await?;
         tracing::info!(
             outcome = %result.outcome,
-            exit_code = ?result.exit_code,
+            exit_code = result.exit_code,
             elapsed_ms = ran.finished_ms.saturating_sub(ran.started_ms),
             "step finished"
         );
