@@ -271,8 +271,12 @@ fn main() -> ExitCode {
             let args: Vec<String> = std::env::args_os()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
+            // One line (or one JSON object) like every other error; a bare
+            // group command (`baton audit`) still gets clap's help.
+            let help =
+                err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
             match failure::Report::of_clap(&err, &args) {
-                Some(report) if json => return report.print(true),
+                Some(report) if json || !help => return report.print(json),
                 _ => err.exit(),
             }
         }

@@ -108,3 +108,35 @@ fn a_closed_stdout_ends_a_command_quietly() {
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+/// A usage error is one line on stderr, like every other error, with the
+/// command to run next; a bare group command still shows its help.
+#[test]
+fn a_usage_error_is_one_line_with_the_next_command() {
+    for (args, needle) in [
+        (
+            &["plan", "--clusterr", "x"][..],
+            "a similar argument exists: '--cluster'",
+        ),
+        (&["frobnicate"][..], "unrecognized subcommand 'frobnicate'"),
+    ] {
+        let out = Command::new(workspace_bin("baton"))
+            .args(args)
+            .env_remove("BATON_OUTPUT")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle) && stderr.contains("; next: baton"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = Command::new(workspace_bin("baton"))
+        .arg("audit")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage: baton audit"));
+}
