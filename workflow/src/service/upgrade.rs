@@ -108,9 +108,11 @@ pub(crate) fn load_events(
     Ok(events)
 }
 
-/// Replays every upgrade in the log and restarts the unfinished ones:
+/// Replays every upgrade in the log and restarts the unfinished ones: compares
+/// their mirror with the log (pausing one it contradicts, `mirror.rs`),
 /// re-mirrors their events NATS may have missed and re-publishes their steps
-/// that have no recorded outcome (same ids; executors answer from their ledger).
+/// that have no recorded outcome (same ids; executors answer from their
+/// ledger). A finished upgrade gets the tail its mirror lacks, if any.
 pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError> {
     for (stream, head) in shared.store.streams()? {
         if stream == SERVICE_STREAM {
