@@ -136,7 +136,7 @@ printf '```console\n$ baton submit --cluster $DIR/next.toml --detach\n%s\n' "$up
 sed "s|$work/dev|\$DIR|g" "$work/submit.err" >>"$transcript"
 printf '```\n\n' >>"$transcript"
 export UP2="$upgrade"
-wait_event "$UP2" "install"
+wait_event "$UP2" "(install), exit"
 say '(`$UP2` is the id it printed.)'
 run 0 'baton abort "$UP2" --reason "maintenance window closed"'
 wait_status "$UP2" aborted

@@ -17,4 +17,4 @@ pub use process::{workspace_bin, workspace_root, Proc};
 pub use proxy::{Mode, Proxy};
 pub use secure::{Secure, ServerErrors};
 pub use sshd::Sshd;
-pub use wait::{wait_until, wait_until_async};
+pub use wait::{wait_unlocked, wait_until, wait_until_async};

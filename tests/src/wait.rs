@@ -37,6 +37,34 @@ where
     }
 }
 
+/// Waits until no sled instance holds the log in `db` (sled takes an
+/// exclusive `flock` on `db/db`, and lets go of it a moment after the
+/// database is dropped, when its flusher thread ends). A test that opened the
+/// log in-process calls this before a child process opens it.
+pub fn wait_unlocked(db: &std::path::Path) {
+    use nix::fcntl::{Flock, FlockArg};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(db.join("db"))
+            .expect("the log's db file opens");
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            // Unlocked again when dropped.
+            Ok(_locked) => return,
+            Err((_, errno)) if std::time::Instant::now() < deadline => {
+                let _ = errno;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err((_, errno)) => panic!(
+                "the log at {} stayed locked for 10 s: {errno}",
+                db.display()
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

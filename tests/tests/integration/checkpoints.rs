@@ -138,6 +138,7 @@ async fn a_rewritten_and_resealed_log_fails_its_signed_checkpoints() {
     let untouched = env.dir.path().join("untouched.db");
     copy_dir(&env.db(), &untouched);
     rewrite_and_reseal(&sled::open(env.db()).unwrap(), &upgrade, 2);
+    tests::wait_unlocked(&env.db());
     {
         let log = store::Store::open(env.db()).unwrap();
         assert!(
@@ -145,6 +146,7 @@ async fn a_rewritten_and_resealed_log_fails_its_signed_checkpoints() {
             "the re-sealed chains verify on their own"
         );
     }
+    tests::wait_unlocked(&env.db());
 
     // The log's own checkpoints catch it, naming the first bad one.
     let out = env.baton(&["audit", "verify", "--db", &db]);
@@ -322,6 +324,7 @@ async fn a_log_stripped_of_its_checkpoints_is_caught_by_the_off_box_copy() {
         rewrite_and_reseal(&raw, &upgrade, 2);
         strip_checkpoints(&raw);
     }
+    tests::wait_unlocked(&env.db());
     let db = env.db().display().to_string();
     let out = env.baton(&["audit", "verify", "--db", &db]);
     assert!(

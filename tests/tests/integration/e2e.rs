@@ -962,6 +962,7 @@ async fn a_tampered_log_is_detected_and_the_service_refuses_to_act_on_it() {
         records.insert(key, value).unwrap();
         raw.flush().unwrap();
     }
+    tests::wait_unlocked(&env.db());
     let out = env.baton(&["audit", "verify", "--db", &db]);
     assert_eq!(
         out.status.code(),

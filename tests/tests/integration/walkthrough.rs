@@ -55,9 +55,21 @@ fn the_documented_walkthrough_runs_as_shown() {
         "upgrade ABORTED",
         "Verdict: SAFE",
         "preflight refused",
-        "Installs per node: backend-1 2, backend-2 1, backend-3 1",
+        "(install), exit 0",
+        "is in service (healthy and synced)",
         "audit verify: OK",
     ] {
         assert!(written.contains(needle), "{needle}\n{written}");
     }
+    // Three installs by the completed upgrade, one by the aborted one, none by the refused plan: the
+    // simulator's count after part 3.
+    let installs = written
+        .lines()
+        .rfind(|l| l.starts_with("Installs per node:"))
+        .expect("the simulator's install count");
+    let total: u32 = installs
+        .split(',')
+        .filter_map(|part| part.split_whitespace().last()?.parse::<u32>().ok())
+        .sum();
+    assert_eq!(total, 4, "{installs}");
 }
