@@ -5,11 +5,6 @@ use std::io::Write;
 use workflow::core::{Event, Observation, Outcome, PlanItem};
 use workflow::service::api::{LoggedEvent, StatusView};
 
-/// The time an event carries, if it carries one.
-pub fn event_time(event: &Event) -> Option<u64> {
-    event.at_ms()
-}
-
 /// Follows a log and renders each event as one timeline line, with the time
 /// since submission. Polling is folded: a probe that succeeds prints only what
 /// it observed, and only when that differs from the last observation of the
@@ -45,7 +40,7 @@ impl Timeline {
         if self.upgrade.is_empty() {
             self.upgrade = terminal_safe(&logged.stream);
         }
-        if let Some(at) = event_time(&event) {
+        if let Some(at) = event.at_ms() {
             self.start_ms.get_or_insert(at);
             self.last_ms = self.last_ms.max(at);
         }

@@ -329,25 +329,11 @@ mod tests {
             ],
             false,
         );
-        use std::os::unix::process::CommandExt;
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", &remote])
-            // Its own group, as under sshd: the watcher may `kill -9 0`.
-            .process_group(0)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _stdin = child.stdin.take();
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "x y|it's $HOME; ok\n");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stderr),
-            "e\n",
-            "no job-control noise"
-        );
-        assert_eq!(out.status.code(), Some(5));
+        let dir = tempfile::tempdir().unwrap();
+        let (stdout, stderr, code) = run_remote(&remote, dir.path());
+        assert_eq!(stdout, "x y|it's $HOME; ok\n");
+        assert_eq!(stderr, "e\n", "no job-control noise");
+        assert_eq!(code, Some(5));
     }
 
     #[test]

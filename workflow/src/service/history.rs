@@ -115,7 +115,7 @@ pub(crate) fn summary(upgrade: &str, events: &[Event]) -> Option<UpgradeSummary>
     let state: State = core::replay(events.iter());
     let (status, reason) = view::status_words(&state.status());
     let ended_ms = if state.is_terminal() {
-        events.iter().rev().find_map(time_of)
+        events.iter().rev().find_map(Event::at_ms)
     } else {
         None
     };
@@ -141,12 +141,6 @@ fn bounded(text: &str, max: usize) -> String {
     let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
     cut.push('…');
     cut
-}
-
-/// When an event happened, for the events that say (inputs, phases, items,
-/// the wind-down and the ends).
-fn time_of(event: &Event) -> Option<u64> {
-    event.at_ms()
 }
 
 #[cfg(test)]
