@@ -60,6 +60,7 @@ pub mod observed;
 pub mod parse;
 pub mod plan;
 pub mod profile;
+pub mod profile_file;
 pub mod state;
 
 pub use cluster::{ClusterFile, Gate, NodeSpec, UpgradeOptions};

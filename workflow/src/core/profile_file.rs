@@ -1,0 +1,1681 @@
+//! Profile files: a leader-based HA system described as data (TOML), so that a new system needs no Rust.
+//!
+//! A profile names the system's actions (argv templates), its probes (argv templates plus a parser) and its
+//! procedure (which actions, in which order, how leadership moves, whether automatic failover can be fenced).
+//! Probes are read into Baton's abstract observations, the only things the safety rules need:
+//! - [`Topology`]: who leads; each member's role, whether it is in service and caught up;
+//! - [`NodeHealth`]: one node's own view: its service is up, it is caught up;
+//! - a version: installed on the node, running on it, or inside the package.
+//!
+//! The format is documented in `docs/profiles.md`; `profiles/` ships examples that the test suite runs against
+//! real clusters. Loading validates everything a run would need (every error names the file, the line and the
+//! key), so a bad profile is refused at `baton profile check`, never half way through an upgrade.
+//!
+//! Pure like the rest of the core: the text comes in, typed values or errors go out. The parsers are linear
+//! in their input: JSON with serde_json, text with the `regex` crate (finite automata, no backtracking).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use toml::Spanned;
+
+use super::cluster::{check_name, NodeSpec, MAX_DURATION_MS};
+use super::error::CoreError;
+use super::profile::RunsOn;
+
+/// The format version this build reads (`format = 1`).
+pub const PROFILE_FORMAT: u64 = 1;
+
+/// The largest profile file accepted, in bytes.
+pub const MAX_PROFILE_FILE_BYTES: usize = 64 * 1024;
+
+/// The longest a probe's output may be for the parsers, in bytes (the executor's `--max-output` bound).
+pub const MAX_PROBE_OUTPUT: usize = 65_536;
+
+/// A loaded and validated profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileFile {
+    /// The profile's name, e.g. `etcd`.
+    pub name: String,
+    /// One line for the operator.
+    pub description: String,
+    /// Which actions run in which order.
+    pub procedure: ProcedureSpec,
+    /// Actions by name.
+    pub actions: BTreeMap<String, ActionDef>,
+    /// The probes.
+    pub probes: ProbeSet,
+}
+
+/// The procedure: the order of actions per node and how leadership moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcedureSpec {
+    /// Actions run on each follower, in order.
+    pub follower: Vec<String>,
+    /// Actions run on the old leader after the switchover.
+    pub leader: Vec<String>,
+    /// The action that moves leadership to an upgraded follower (it runs on the leader).
+    pub switchover: String,
+    /// Whether the system has an automatic-failover fence (`block_failover`/`unblock_failover`).
+    pub failover_fence: bool,
+    /// How long the cluster may show no leader before that is an emergency.
+    pub election_ms: u64,
+    /// Which version changes may roll.
+    pub version_change: VersionChange,
+}
+
+/// Which version changes a rolling upgrade may make (versions compare as dotted numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionChange {
+    /// Only the third number and what follows may change (`15.18` -> `15.20` is a patch in two-number schemes:
+    /// everything after the first two numbers).
+    Patch,
+    /// The first number must stay.
+    Minor,
+    /// Anything but a downgrade.
+    Any,
+}
+
+/// What re-observation checks when an action's outcome is unknown (the core's S4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shows {
+    /// The node's `node` probe shows it down.
+    Stopped,
+    /// The node's `node` probe shows it up.
+    Running,
+    /// The `version` probe shows the target version installed.
+    Installed,
+    /// The `topology` probe shows another member leading.
+    LeaderMoved,
+    /// Nothing shows it: an unknown outcome is retried only if the action is idempotent, else the upgrade halts.
+    Nothing,
+}
+
+/// One action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionDef {
+    /// argv template.
+    pub argv: Vec<String>,
+    /// Where it runs.
+    pub runs_on: RunsOn,
+    /// Whether running it twice is harmless.
+    pub idempotent: bool,
+    /// How long it may run.
+    pub timeout_ms: u64,
+    /// What shows that it took effect.
+    pub shows: Shows,
+}
+
+/// The probes of a profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeSet {
+    /// Who leads, each member's role and health.
+    pub topology: ProbeDef,
+    /// One node's own view.
+    pub node: ProbeDef,
+    /// The version installed on a node.
+    pub version: ProbeDef,
+    /// The version a node runs now, if the system shows it.
+    pub running_version: Option<ProbeDef>,
+    /// The version inside the package, if the system has package files.
+    pub package: Option<ProbeDef>,
+}
+
+/// Which probe (each has its own parser keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProbeKind {
+    /// `[probes.topology]`.
+    Topology,
+    /// `[probes.node]`.
+    Node,
+    /// `[probes.version]`, `[probes.running_version]`, `[probes.package]`.
+    Version,
+}
+
+/// One probe: a read-only command and its parser.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeDef {
+    /// argv template.
+    pub argv: Vec<String>,
+    /// Where it runs.
+    pub runs_on: RunsOn,
+    /// How long it may run.
+    pub timeout_ms: u64,
+    /// How to read its output.
+    pub parse: Parser,
+}
+
+/// How a probe's output is read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "snake_case")]
+pub enum Parser {
+    /// JSON: fields are JSON Pointers (RFC 6901).
+    Json(Fields),
+    /// Text: a regular expression; fields are its named groups. For a topology, every match is one member.
+    Regex {
+        /// The pattern (the `regex` crate's syntax).
+        pattern: String,
+        /// The fields, named by group.
+        #[serde(flatten)]
+        fields: Fields,
+    },
+}
+
+/// The fields a parser reads, by probe kind. A field is a JSON Pointer (JSON) or a group name (regex).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Fields {
+    /// Topology: the pointer to the array of members (JSON only; `""` is the document).
+    pub members: Option<String>,
+    /// Topology: the member's identity.
+    pub name: Option<String>,
+    /// Topology: how the identity names a node.
+    pub match_by: MatchBy,
+    /// Topology: when a member leads.
+    pub leader_when: Option<Condition>,
+    /// Topology: when a member follows (default: when it does not lead).
+    pub follower_when: Option<Condition>,
+    /// Topology: when the member is in service (default: always).
+    pub in_service_when: Option<Condition>,
+    /// Node: when the node's service is up.
+    pub up_when: Option<Condition>,
+    /// Topology and node: when it is caught up with the leader (default: unknown).
+    pub caught_up_when: Option<Condition>,
+    /// Topology and node: a replication lag; caught up when at most `max_lag`.
+    pub lag: Option<String>,
+    /// The largest lag that counts as caught up.
+    pub max_lag: Option<f64>,
+    /// Version probes: the version.
+    pub version: Option<String>,
+}
+
+/// How a topology member's identity names a node of the cluster file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchBy {
+    /// The identity is the node's name.
+    #[default]
+    Name,
+    /// The identity is the node's address, or a URL whose `host:port` is the node's address.
+    Address,
+}
+
+/// A condition on one record (a topology member, or a node probe's output).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// The field's value is one of these.
+    In {
+        /// The field.
+        field: String,
+        /// The accepted values (strings, numbers, booleans).
+        values: Vec<Value>,
+    },
+    /// Two fields are present and equal.
+    Equal {
+        /// The fields.
+        fields: [String; 2],
+    },
+}
+
+/// A member's role in a [`Topology`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    /// Leads.
+    Leader,
+    /// Follows.
+    Follower,
+    /// Neither (the profile's `follower_when` did not hold).
+    Other,
+}
+
+/// One member of a [`Topology`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The node's name from the cluster file, or the raw identity when it names no node (`known` false).
+    pub node: String,
+    /// Whether the identity names a node of the cluster file.
+    pub known: bool,
+    /// Its role.
+    pub role: MemberRole,
+    /// Whether it is in service.
+    pub in_service: bool,
+    /// Whether it is caught up with the leader (`None`: the probe does not say).
+    pub caught_up: Option<bool>,
+}
+
+/// Who leads and how each member stands, as the topology probe showed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    /// The members, in output order.
+    pub members: Vec<Member>,
+}
+
+impl Topology {
+    /// The in-service members that lead (more than one is a split brain; none is an election).
+    pub fn leaders(&self) -> Vec<&str> {
+        self.members
+            .iter()
+            .filter(|m| m.role == MemberRole::Leader && m.in_service)
+            .map(|m| m.node.as_str())
+            .collect()
+    }
+
+    /// The member for `node`.
+    pub fn member(&self, node: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.known && m.node == node)
+    }
+}
+
+/// One node's own view, as the node probe showed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    /// Its service is up.
+    pub up: bool,
+    /// It is caught up with the leader (`None`: the probe does not say).
+    pub caught_up: Option<bool>,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Loading.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    format: Spanned<u64>,
+    name: Spanned<String>,
+    #[serde(default)]
+    description: Option<Spanned<String>>,
+    procedure: Spanned<RawProcedure>,
+    #[serde(default)]
+    actions: BTreeMap<Spanned<String>, Spanned<RawAction>>,
+    probes: Spanned<RawProbes>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcedure {
+    follower: Vec<Spanned<String>>,
+    leader: Vec<Spanned<String>>,
+    switchover: Spanned<String>,
+    failover_fence: Spanned<bool>,
+    election_ms: Spanned<u64>,
+    version_change: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    argv: Spanned<Vec<Spanned<String>>>,
+    runs_on: Spanned<String>,
+    idempotent: Spanned<bool>,
+    timeout_ms: Spanned<u64>,
+    shows: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbes {
+    topology: Spanned<RawProbe>,
+    node: Spanned<RawProbe>,
+    version: Spanned<RawProbe>,
+    running_version: Option<Spanned<RawProbe>>,
+    package: Option<Spanned<RawProbe>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    argv: Spanned<Vec<Spanned<String>>>,
+    runs_on: Spanned<String>,
+    timeout_ms: Spanned<u64>,
+    parse: Spanned<RawParse>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParse {
+    format: Spanned<String>,
+    pattern: Option<Spanned<String>>,
+    members: Option<Spanned<String>>,
+    name: Option<Spanned<String>>,
+    #[serde(rename = "match")]
+    match_by: Option<Spanned<String>>,
+    leader_when: Option<Spanned<RawCondition>>,
+    follower_when: Option<Spanned<RawCondition>>,
+    in_service_when: Option<Spanned<RawCondition>>,
+    caught_up_when: Option<Spanned<RawCondition>>,
+    up_when: Option<Spanned<RawCondition>>,
+    lag: Option<Spanned<String>>,
+    max_lag: Option<Spanned<f64>>,
+    version: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCondition {
+    #[serde(default)]
+    field: Option<String>,
+    #[serde(default, rename = "in")]
+    values: Option<Vec<toml::Value>>,
+    #[serde(default)]
+    equal: Option<Vec<String>>,
+}
+
+struct Loc<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Loc<'_> {
+    fn line(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        let line = self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
+        line.min(self.text.lines().count().max(1))
+    }
+
+    /// The `[table]` header nearest above `span` (a key's table), if any.
+    fn table_at(&self, span: &Range<usize>) -> Option<String> {
+        let end = span.start.min(self.text.len());
+        self.text[..end].lines().rev().find_map(|line| {
+            let line = line.trim();
+            let inner = line.strip_prefix('[')?.strip_suffix(']')?;
+            Some(inner.trim_matches(['[', ']']).trim().to_string())
+        })
+    }
+
+    fn err(&self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) -> CoreError {
+        CoreError::Config {
+            file: self.file.to_string(),
+            line: span.map(|s| self.line(&s)),
+            field: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The placeholders a template may use; `{var.NAME}` and `{target.var.NAME}` take any NAME.
+const PLACEHOLDERS: [&str; 6] = [
+    "node",
+    "address",
+    "package",
+    "version",
+    "target",
+    "target.address",
+];
+
+/// Checks a template element's braces and placeholder names (the values come at render time).
+fn check_template(element: &str, probe: bool) -> Result<(), String> {
+    let mut rest = element;
+    while let Some(pos) = rest.find(['{', '}']) {
+        let tail = &rest[pos..];
+        if let Some(after) = tail.strip_prefix("{{") {
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("}}") {
+            rest = after;
+        } else if tail.starts_with('}') {
+            return Err("unmatched `}` (write `}}` for a literal brace)".into());
+        } else {
+            let Some(end) = tail.find('}') else {
+                return Err("unterminated placeholder (write `{{` for a literal brace)".into());
+            };
+            let name = &tail[1..end];
+            let var = name
+                .strip_prefix("var.")
+                .or_else(|| name.strip_prefix("target.var."));
+            let known = PLACEHOLDERS.contains(&name) || var.is_some_and(|v| check_name(v).is_ok());
+            if !known {
+                return Err(format!(
+                    "unknown placeholder {{{name}}} (known: {{node}} {{address}} {{package}} {{version}} \
+                     {{var.NAME}} {{target}} {{target.address}} {{target.var.NAME}})"
+                ));
+            }
+            if probe && name.starts_with("target") {
+                return Err(format!("a probe has no target: {{{name}}}"));
+            }
+            rest = &tail[end + 1..];
+        }
+    }
+    Ok(())
+}
+
+fn runs_on(loc: &Loc<'_>, value: &Spanned<String>, key: &str) -> Result<RunsOn, CoreError> {
+    match value.get_ref().as_str() {
+        "the_node" => Ok(RunsOn::TheNode),
+        "leader" => Ok(RunsOn::Leader),
+        "any_node" => Ok(RunsOn::AnyNode),
+        other => Err(loc.err(
+            Some(value.span()),
+            key,
+            format!("unknown `{other}` (expected the_node, leader or any_node)"),
+        )),
+    }
+}
+
+fn timeout(loc: &Loc<'_>, value: &Spanned<u64>, key: &str) -> Result<u64, CoreError> {
+    let v = *value.get_ref();
+    if v == 0 || v > MAX_DURATION_MS {
+        return Err(loc.err(
+            Some(value.span()),
+            key,
+            format!("must be 1 to {MAX_DURATION_MS} (7 days, in ms)"),
+        ));
+    }
+    Ok(v)
+}
+
+fn argv(
+    loc: &Loc<'_>,
+    value: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
+    probe: bool,
+) -> Result<Vec<String>, CoreError> {
+    if value.get_ref().is_empty() || value.get_ref()[0].get_ref().trim().is_empty() {
+        return Err(loc.err(
+            Some(value.span()),
+            key,
+            "must name a program as its first element",
+        ));
+    }
+    value
+        .get_ref()
+        .iter()
+        .map(|e| {
+            check_template(e.get_ref(), probe)
+                .map(|()| e.get_ref().clone())
+                .map_err(|m| loc.err(Some(e.span()), key, m))
+        })
+        .collect()
+}
+
+fn pointer(
+    loc: &Loc<'_>,
+    value: &Spanned<String>,
+    key: &str,
+    json: bool,
+) -> Result<String, CoreError> {
+    let text = value.get_ref();
+    if json && !(text.is_empty() || text.starts_with('/')) {
+        return Err(loc.err(
+            Some(value.span()),
+            key,
+            format!(
+                "`{text}` is not a JSON Pointer (it starts with `/`; `\"\"` is the whole document)"
+            ),
+        ));
+    }
+    if !json && text.is_empty() {
+        return Err(loc.err(Some(value.span()), key, "must name a group of the pattern"));
+    }
+    Ok(text.clone())
+}
+
+fn condition(
+    loc: &Loc<'_>,
+    value: &Spanned<RawCondition>,
+    key: &str,
+    json: bool,
+) -> Result<Condition, CoreError> {
+    let c = value.get_ref();
+    let span = Some(value.span());
+    match (&c.field, &c.values, &c.equal) {
+        (Some(field), Some(values), None) => {
+            if values.is_empty() {
+                return Err(loc.err(span, key, "`in` must list at least one value"));
+            }
+            let field = pointer(loc, &Spanned::new(value.span(), field.clone()), key, json)?;
+            let values = values
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(Value::String(s.clone())),
+                    toml::Value::Boolean(b) => Ok(Value::Bool(*b)),
+                    toml::Value::Integer(i) => Ok(Value::from(*i)),
+                    other => Err(loc.err(
+                        span.clone(),
+                        key,
+                        format!(
+                            "`in` takes strings, integers and booleans, not {}",
+                            other.type_str()
+                        ),
+                    )),
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Condition::In { field, values })
+        }
+        (None, None, Some(fields)) if fields.len() == 2 => {
+            let mut out = [String::new(), String::new()];
+            for (slot, f) in out.iter_mut().zip(fields) {
+                *slot = pointer(loc, &Spanned::new(value.span(), f.clone()), key, json)?;
+            }
+            Ok(Condition::Equal { fields: out })
+        }
+        _ => Err(loc.err(
+            span,
+            key,
+            "expected { field = \"...\", in = [...] } or { equal = [\"...\", \"...\"] }",
+        )),
+    }
+}
+
+fn probe(
+    loc: &Loc<'_>,
+    raw: &Spanned<RawProbe>,
+    key: &str,
+    kind: ProbeKind,
+) -> Result<ProbeDef, CoreError> {
+    let p = raw.get_ref();
+    let argv = argv(loc, &p.argv, &format!("{key}.argv"), true)?;
+    let runs_on = runs_on(loc, &p.runs_on, &format!("{key}.runs_on"))?;
+    let timeout_ms = timeout(loc, &p.timeout_ms, &format!("{key}.timeout_ms"))?;
+    let parse = parser(loc, &p.parse, &format!("{key}.parse"), kind)?;
+    Ok(ProbeDef {
+        argv,
+        runs_on,
+        timeout_ms,
+        parse,
+    })
+}
+
+fn parser(
+    loc: &Loc<'_>,
+    raw: &Spanned<RawParse>,
+    key: &str,
+    kind: ProbeKind,
+) -> Result<Parser, CoreError> {
+    let p = raw.get_ref();
+    let k = |name: &str| format!("{key}.{name}");
+    let json = match p.format.get_ref().as_str() {
+        "json" => true,
+        "regex" => false,
+        other => {
+            return Err(loc.err(
+                Some(p.format.span()),
+                &k("format"),
+                format!("unknown format `{other}` (expected json or regex)"),
+            ))
+        }
+    };
+    // Which keys each probe kind reads; any other is refused by name, so a typo cannot go unnoticed.
+    let present: [(&str, Option<Range<usize>>); 11] = [
+        ("members", p.members.as_ref().map(|v| v.span())),
+        ("name", p.name.as_ref().map(|v| v.span())),
+        ("match", p.match_by.as_ref().map(|v| v.span())),
+        ("leader_when", p.leader_when.as_ref().map(|v| v.span())),
+        ("follower_when", p.follower_when.as_ref().map(|v| v.span())),
+        (
+            "in_service_when",
+            p.in_service_when.as_ref().map(|v| v.span()),
+        ),
+        (
+            "caught_up_when",
+            p.caught_up_when.as_ref().map(|v| v.span()),
+        ),
+        ("up_when", p.up_when.as_ref().map(|v| v.span())),
+        ("lag", p.lag.as_ref().map(|v| v.span())),
+        ("max_lag", p.max_lag.as_ref().map(|v| v.span())),
+        ("version", p.version.as_ref().map(|v| v.span())),
+    ];
+    let allowed: &[&str] = match kind {
+        ProbeKind::Topology => &[
+            "members",
+            "name",
+            "match",
+            "leader_when",
+            "follower_when",
+            "in_service_when",
+            "caught_up_when",
+            "lag",
+            "max_lag",
+        ],
+        ProbeKind::Node => &["up_when", "caught_up_when", "lag", "max_lag"],
+        ProbeKind::Version => &["version"],
+    };
+    for (name, span) in &present {
+        if span.is_some() && !allowed.contains(name) {
+            return Err(loc.err(
+                span.clone(),
+                &k(name),
+                format!(
+                    "this probe's parser does not read `{name}` (it reads: {})",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+    }
+    let required = |name: &str, value: &Option<Spanned<String>>| -> Result<String, CoreError> {
+        match value {
+            Some(v) => pointer(loc, v, &k(name), json),
+            None => Err(loc.err(Some(raw.span()), &k(name), "missing")),
+        }
+    };
+    let cond = |name: &str,
+                value: &Option<Spanned<RawCondition>>|
+     -> Result<Option<Condition>, CoreError> {
+        value
+            .as_ref()
+            .map(|v| condition(loc, v, &k(name), json))
+            .transpose()
+    };
+    let mut fields = Fields::default();
+    match kind {
+        ProbeKind::Topology => {
+            if json {
+                fields.members = Some(required("members", &p.members)?);
+            } else if let Some(m) = &p.members {
+                return Err(loc.err(
+                    Some(m.span()),
+                    &k("members"),
+                    "a regex topology has one member per match; `members` is for JSON",
+                ));
+            }
+            fields.name = Some(required("name", &p.name)?);
+            fields.match_by = match p
+                .match_by
+                .as_ref()
+                .map(|m| (m.get_ref().as_str(), m.span()))
+            {
+                None | Some(("name", _)) => MatchBy::Name,
+                Some(("address", _)) => MatchBy::Address,
+                Some((other, span)) => {
+                    return Err(loc.err(
+                        Some(span),
+                        &k("match"),
+                        format!("unknown `{other}` (expected name or address)"),
+                    ))
+                }
+            };
+            fields.leader_when = cond("leader_when", &p.leader_when)?;
+            if fields.leader_when.is_none() {
+                return Err(loc.err(
+                    Some(raw.span()),
+                    &k("leader_when"),
+                    "missing: how does a member show that it leads?",
+                ));
+            }
+            fields.follower_when = cond("follower_when", &p.follower_when)?;
+            fields.in_service_when = cond("in_service_when", &p.in_service_when)?;
+            fields.caught_up_when = cond("caught_up_when", &p.caught_up_when)?;
+        }
+        ProbeKind::Node => {
+            fields.up_when = cond("up_when", &p.up_when)?;
+            if fields.up_when.is_none() {
+                return Err(loc.err(
+                    Some(raw.span()),
+                    &k("up_when"),
+                    "missing: how does the node show that it is up?",
+                ));
+            }
+            fields.caught_up_when = cond("caught_up_when", &p.caught_up_when)?;
+        }
+        ProbeKind::Version => {
+            fields.version = Some(required("version", &p.version)?);
+        }
+    }
+    if let Some(lag) = &p.lag {
+        fields.lag = Some(pointer(loc, lag, &k("lag"), json)?);
+        match &p.max_lag {
+            Some(m) if m.get_ref().is_finite() && *m.get_ref() >= 0.0 => {
+                fields.max_lag = Some(*m.get_ref())
+            }
+            Some(m) => {
+                return Err(loc.err(Some(m.span()), &k("max_lag"), "must be a number at least 0"))
+            }
+            None => {
+                return Err(loc.err(
+                    Some(lag.span()),
+                    &k("max_lag"),
+                    "missing: `lag` needs the largest lag that counts as caught up",
+                ))
+            }
+        }
+    } else if let Some(m) = &p.max_lag {
+        return Err(loc.err(Some(m.span()), &k("max_lag"), "given without `lag`"));
+    }
+    if json {
+        if let Some(pat) = &p.pattern {
+            return Err(loc.err(
+                Some(pat.span()),
+                &k("pattern"),
+                "a JSON parser has no pattern",
+            ));
+        }
+        return Ok(Parser::Json(fields));
+    }
+    let Some(pattern) = &p.pattern else {
+        return Err(loc.err(
+            Some(raw.span()),
+            &k("pattern"),
+            "missing: a regex parser needs its pattern",
+        ));
+    };
+    let re = Regex::new(pattern.get_ref()).map_err(|e| {
+        loc.err(
+            Some(pattern.span()),
+            &k("pattern"),
+            format!("not a valid pattern: {e}"),
+        )
+    })?;
+    let groups: BTreeSet<&str> = re.capture_names().flatten().collect();
+    for field in field_names(&fields) {
+        if !groups.contains(field.as_str()) {
+            return Err(loc.err(
+                Some(pattern.span()),
+                &k("pattern"),
+                format!("has no group named `{field}` (write `(?P<{field}>...)`)"),
+            ));
+        }
+    }
+    Ok(Parser::Regex {
+        pattern: pattern.get_ref().clone(),
+        fields,
+    })
+}
+
+/// Every field (group or pointer) the parser reads, besides `members`.
+fn field_names(f: &Fields) -> Vec<String> {
+    let mut out: Vec<String> = [&f.name, &f.lag, &f.version]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    for c in [
+        &f.leader_when,
+        &f.follower_when,
+        &f.in_service_when,
+        &f.up_when,
+        &f.caught_up_when,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        match c {
+            Condition::In { field, .. } => out.push(field.clone()),
+            Condition::Equal { fields } => out.extend(fields.iter().cloned()),
+        }
+    }
+    out
+}
+
+impl ProfileFile {
+    /// Parses and validates a profile file; `file_name` is only used in error messages.
+    pub fn parse(file_name: &str, text: &str) -> Result<ProfileFile, CoreError> {
+        let loc = Loc {
+            file: file_name,
+            text,
+        };
+        if text.len() > MAX_PROFILE_FILE_BYTES {
+            return Err(loc.err(
+                None,
+                "(file)",
+                format!(
+                    "the file is {} bytes; a profile may have at most {MAX_PROFILE_FILE_BYTES}",
+                    text.len()
+                ),
+            ));
+        }
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_string();
+            let key = ["unknown field `", "missing field `"]
+                .iter()
+                .find_map(|p| message.strip_prefix(p))
+                .and_then(|rest| rest.split('`').next())
+                .unwrap_or("(file)")
+                .to_string();
+            // serde names the key only; an unknown key's table is the nearest `[header]` above it. (A missing
+            // key's span is its table's, which may be a sub-table's header: only the line is given then.)
+            let unknown = message.starts_with("unknown field");
+            let key = match (e.span(), key.as_str()) {
+                (Some(span), k) if unknown => match loc.table_at(&span) {
+                    Some(table) => format!("{table}.{k}"),
+                    None => key,
+                },
+                _ => key,
+            };
+            loc.err(e.span(), &key, message)
+        })?;
+        if *raw.format.get_ref() != PROFILE_FORMAT {
+            return Err(loc.err(
+                Some(raw.format.span()),
+                "format",
+                format!(
+                    "format {} is not read by this build of baton (it reads format {PROFILE_FORMAT})",
+                    raw.format.get_ref()
+                ),
+            ));
+        }
+        let name = raw.name.get_ref().clone();
+        check_name(&name)
+            .map_err(|why| loc.err(Some(raw.name.span()), "name", format!("`{name}`: {why}")))?;
+        let description = raw
+            .description
+            .as_ref()
+            .map(|d| d.get_ref().trim().to_string())
+            .unwrap_or_default();
+
+        let mut actions = BTreeMap::new();
+        for (action_name, action) in &raw.actions {
+            let key = format!("actions.{}", action_name.get_ref());
+            check_name(action_name.get_ref())
+                .map_err(|why| loc.err(Some(action_name.span()), &key, why))?;
+            let a = action.get_ref();
+            let shows = match a.shows.get_ref().as_str() {
+                "stopped" => Shows::Stopped,
+                "running" => Shows::Running,
+                "installed" => Shows::Installed,
+                "leader_moved" => Shows::LeaderMoved,
+                "nothing" => Shows::Nothing,
+                other => {
+                    return Err(loc.err(
+                        Some(a.shows.span()),
+                        &format!("{key}.shows"),
+                        format!(
+                            "unknown `{other}` (expected stopped, running, installed, leader_moved or nothing)"
+                        ),
+                    ))
+                }
+            };
+            actions.insert(
+                action_name.get_ref().clone(),
+                ActionDef {
+                    argv: argv(&loc, &a.argv, &format!("{key}.argv"), false)?,
+                    runs_on: runs_on(&loc, &a.runs_on, &format!("{key}.runs_on"))?,
+                    idempotent: *a.idempotent.get_ref(),
+                    timeout_ms: timeout(&loc, &a.timeout_ms, &format!("{key}.timeout_ms"))?,
+                    shows,
+                },
+            );
+        }
+
+        let p = raw.procedure.get_ref();
+        let defined = |value: &Spanned<String>, key: &str| -> Result<String, CoreError> {
+            if actions.contains_key(value.get_ref()) {
+                Ok(value.get_ref().clone())
+            } else {
+                Err(loc.err(
+                    Some(value.span()),
+                    key,
+                    format!("no action `{}` is defined under [actions]", value.get_ref()),
+                ))
+            }
+        };
+        let list = |values: &[Spanned<String>], key: &str| -> Result<Vec<String>, CoreError> {
+            if values.is_empty() {
+                return Err(loc.err(
+                    Some(raw.procedure.span()),
+                    key,
+                    "must list at least one action",
+                ));
+            }
+            values.iter().map(|v| defined(v, key)).collect()
+        };
+        let follower = list(&p.follower, "procedure.follower")?;
+        let leader = list(&p.leader, "procedure.leader")?;
+        let switchover = defined(&p.switchover, "procedure.switchover")?;
+        if actions[&switchover].runs_on != RunsOn::Leader {
+            return Err(loc.err(
+                Some(p.switchover.span()),
+                "procedure.switchover",
+                format!("action `{switchover}` must run on the leader (runs_on = \"leader\")"),
+            ));
+        }
+        let failover_fence = *p.failover_fence.get_ref();
+        for fence in ["block_failover", "unblock_failover"] {
+            match (failover_fence, actions.contains_key(fence)) {
+                (true, false) => {
+                    return Err(loc.err(
+                        Some(p.failover_fence.span()),
+                        "procedure.failover_fence",
+                        format!("is true, but no action `{fence}` is defined"),
+                    ))
+                }
+                (false, true) => {
+                    return Err(loc.err(
+                        Some(p.failover_fence.span()),
+                        "procedure.failover_fence",
+                        format!("is false, but action `{fence}` is defined: say which is meant"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        for used in follower.iter().chain(&leader) {
+            if actions[used].runs_on == RunsOn::Leader {
+                return Err(loc.err(
+                    Some(raw.procedure.span()),
+                    "procedure",
+                    format!(
+                        "action `{used}` runs on the leader; a node's own actions run on the_node"
+                    ),
+                ));
+            }
+        }
+        let election_ms = timeout(&loc, &p.election_ms, "procedure.election_ms")?;
+        let version_change = match p.version_change.get_ref().as_str() {
+            "patch" => VersionChange::Patch,
+            "minor" => VersionChange::Minor,
+            "any" => VersionChange::Any,
+            other => {
+                return Err(loc.err(
+                    Some(p.version_change.span()),
+                    "procedure.version_change",
+                    format!("unknown `{other}` (expected patch, minor or any)"),
+                ))
+            }
+        };
+
+        let pr = raw.probes.get_ref();
+        let probes = ProbeSet {
+            topology: probe(&loc, &pr.topology, "probes.topology", ProbeKind::Topology)?,
+            node: probe(&loc, &pr.node, "probes.node", ProbeKind::Node)?,
+            version: probe(&loc, &pr.version, "probes.version", ProbeKind::Version)?,
+            running_version: pr
+                .running_version
+                .as_ref()
+                .map(|p| probe(&loc, p, "probes.running_version", ProbeKind::Version))
+                .transpose()?,
+            package: pr
+                .package
+                .as_ref()
+                .map(|p| probe(&loc, p, "probes.package", ProbeKind::Version))
+                .transpose()?,
+        };
+        Ok(ProfileFile {
+            name,
+            description,
+            procedure: ProcedureSpec {
+                follower,
+                leader,
+                switchover,
+                failover_fence,
+                election_ms,
+                version_change,
+            },
+            actions,
+            probes,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Reading probe output.
+
+fn parse_err(message: impl Into<String>) -> CoreError {
+    CoreError::Parse {
+        what: "profile probe output",
+        message: message.into(),
+    }
+}
+
+/// One record: a JSON value (fields are pointers) or a regex match (fields are groups).
+enum Record<'a> {
+    Json(&'a Value),
+    Text(regex::Captures<'a>),
+}
+
+impl Record<'_> {
+    fn get(&self, field: &str) -> Option<Value> {
+        match self {
+            Record::Json(v) => v.pointer(field).cloned(),
+            Record::Text(c) => c.name(field).map(|m| Value::String(m.as_str().to_string())),
+        }
+    }
+
+    fn holds(&self, condition: &Condition) -> bool {
+        match condition {
+            Condition::In { field, values } => self
+                .get(field)
+                .is_some_and(|v| values.iter().any(|want| same(&v, want))),
+            Condition::Equal { fields: [a, b] } => match (self.get(a), self.get(b)) {
+                (Some(a), Some(b)) => same(&a, &b) && !a.is_null(),
+                _ => false,
+            },
+        }
+    }
+
+    /// `caught_up_when` and `lag`: `None` when the profile reads neither; a missing lag is not caught up.
+    fn caught_up(&self, f: &Fields) -> Option<bool> {
+        let by_condition = f.caught_up_when.as_ref().map(|c| self.holds(c));
+        let by_lag = f.lag.as_ref().map(|field| {
+            let max = f.max_lag.unwrap_or(0.0);
+            self.get(field)
+                .and_then(|v| number(&v))
+                .is_some_and(|lag| lag <= max)
+        });
+        match (by_condition, by_lag) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(true) && b.unwrap_or(true)),
+        }
+    }
+}
+
+/// JSON equality, except that a string and a number or boolean with the same text are the same (a regex
+/// group is always text; `in = [true]` must match a group `true`).
+fn same(a: &Value, b: &Value) -> bool {
+    if a == b {
+        return true;
+    }
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    matches!((text(a), text(b)), (Some(x), Some(y)) if x == y)
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn text_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn bounded(output: &str) -> Result<(), CoreError> {
+    if output.len() > MAX_PROBE_OUTPUT {
+        return Err(parse_err(format!(
+            "output is {} bytes; probe output may have at most {MAX_PROBE_OUTPUT}",
+            output.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `host:port` of a URL (`http://127.0.0.1:2379/x` -> `127.0.0.1:2379`), or the text itself.
+fn host_port(identity: &str) -> &str {
+    let rest = identity.split_once("://").map_or(identity, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+fn node_of<'n>(identity: &str, by: MatchBy, nodes: &'n [NodeSpec]) -> Option<&'n NodeSpec> {
+    nodes.iter().find(|n| match by {
+        MatchBy::Name => n.name == identity,
+        MatchBy::Address => n.address == identity || n.address == host_port(identity),
+    })
+}
+
+fn json_document(output: &str) -> Result<Value, CoreError> {
+    serde_json::from_str(output.trim()).map_err(|e| parse_err(format!("not JSON: {e}")))
+}
+
+/// Reads a topology probe's output; `nodes` are the cluster file's nodes (members are matched to them).
+pub fn parse_topology(
+    probe: &ProbeDef,
+    output: &str,
+    nodes: &[NodeSpec],
+) -> Result<Topology, CoreError> {
+    bounded(output)?;
+    let (records, fields): (Vec<Record<'_>>, &Fields) = match &probe.parse {
+        Parser::Json(fields) => {
+            // A borrowed document cannot outlive this arm, so the JSON case is finished here.
+            let doc = json_document(output)?;
+            let at = fields.members.as_deref().unwrap_or("");
+            let array = doc
+                .pointer(at)
+                .and_then(Value::as_array)
+                .ok_or_else(|| parse_err(format!("no array of members at `{at}`")))?;
+            return members(array.iter().map(Record::Json).collect(), fields, nodes);
+        }
+        Parser::Regex { pattern, fields } => {
+            let re = Regex::new(pattern).map_err(|e| parse_err(format!("pattern: {e}")))?;
+            (re.captures_iter(output).map(Record::Text).collect(), fields)
+        }
+    };
+    members(records, fields, nodes)
+}
+
+fn members(
+    records: Vec<Record<'_>>,
+    f: &Fields,
+    nodes: &[NodeSpec],
+) -> Result<Topology, CoreError> {
+    if records.is_empty() {
+        return Err(parse_err("no members in the output"));
+    }
+    let name_field = f.name.as_deref().unwrap_or_default();
+    let mut out = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        let identity = r
+            .get(name_field)
+            .as_ref()
+            .and_then(text_of)
+            .ok_or_else(|| parse_err(format!("member {}: no identity at `{name_field}`", i + 1)))?;
+        let node = node_of(&identity, f.match_by, nodes);
+        let leads = f.leader_when.as_ref().is_some_and(|c| r.holds(c));
+        let role = if leads {
+            MemberRole::Leader
+        } else if f.follower_when.as_ref().is_none_or(|c| r.holds(c)) {
+            MemberRole::Follower
+        } else {
+            MemberRole::Other
+        };
+        out.push(Member {
+            node: node.map_or(identity, |n| n.name.clone()),
+            known: node.is_some(),
+            role,
+            in_service: f.in_service_when.as_ref().is_none_or(|c| r.holds(c)),
+            caught_up: r.caught_up(f),
+        });
+    }
+    Ok(Topology { members: out })
+}
+
+/// Reads a node probe's output.
+pub fn parse_node(probe: &ProbeDef, output: &str) -> Result<NodeHealth, CoreError> {
+    bounded(output)?;
+    let health = |r: &Record<'_>, f: &Fields| NodeHealth {
+        up: f.up_when.as_ref().is_some_and(|c| r.holds(c)),
+        caught_up: r.caught_up(f),
+    };
+    match &probe.parse {
+        Parser::Json(fields) => {
+            let doc = json_document(output)?;
+            Ok(health(&Record::Json(&doc), fields))
+        }
+        Parser::Regex { pattern, fields } => {
+            let re = Regex::new(pattern).map_err(|e| parse_err(format!("pattern: {e}")))?;
+            match re.captures(output) {
+                Some(c) => Ok(health(&Record::Text(c), fields)),
+                // No match says nothing about the node: an error, not "down".
+                None => Err(parse_err("the pattern does not match the output")),
+            }
+        }
+    }
+}
+
+/// Reads a version probe's output (installed, running or package version).
+pub fn parse_version(probe: &ProbeDef, output: &str) -> Result<String, CoreError> {
+    bounded(output)?;
+    let (value, field) = match &probe.parse {
+        Parser::Json(fields) => {
+            let field = fields.version.as_deref().unwrap_or_default();
+            (
+                json_document(output)?.pointer(field).cloned(),
+                field.to_string(),
+            )
+        }
+        Parser::Regex { pattern, fields } => {
+            let re = Regex::new(pattern).map_err(|e| parse_err(format!("pattern: {e}")))?;
+            let field = fields.version.as_deref().unwrap_or_default();
+            let value = re.captures(output).and_then(|c| Record::Text(c).get(field));
+            (value, field.to_string())
+        }
+    };
+    let version = value
+        .as_ref()
+        .and_then(text_of)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| parse_err(format!("no version at `{field}`")))?;
+    if version_numbers(&version).is_none() {
+        return Err(parse_err(format!(
+            "`{version}` does not start with a number"
+        )));
+    }
+    Ok(version)
+}
+
+/// The leading dotted numbers of a version (`3.5.1` -> [3, 5, 1]; `15.20-0+deb12u1` -> [15, 20]).
+pub fn version_numbers(version: &str) -> Option<Vec<u64>> {
+    let v = version.trim().trim_start_matches('v');
+    let mut out = Vec::new();
+    for part in v.split('.') {
+        let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+        if digits.is_empty() {
+            break;
+        }
+        out.push(digits.parse().ok()?);
+        if digits.len() != part.len() {
+            break;
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Whether `from` -> `to` may roll under `rule`: `Err` says why not. Equal versions are not an upgrade.
+pub fn check_version_change(rule: VersionChange, from: &str, to: &str) -> Result<(), String> {
+    let (Some(a), Some(b)) = (version_numbers(from), version_numbers(to)) else {
+        return Err(format!("cannot compare `{from}` with `{to}`"));
+    };
+    if b <= a {
+        return Err(format!("{from} -> {to} is not an upgrade"));
+    }
+    let same_prefix = |n: usize| a.iter().take(n).eq(b.iter().take(n));
+    match rule {
+        VersionChange::Any => Ok(()),
+        VersionChange::Minor if same_prefix(1) => Ok(()),
+        VersionChange::Patch if same_prefix(2) && a.len() > 2 => Ok(()),
+        // Two-number schemes (PostgreSQL 15.18 -> 15.20): the second number is the patch level.
+        VersionChange::Patch if a.len() == 2 && same_prefix(1) => Ok(()),
+        VersionChange::Minor => Err(format!(
+            "{from} -> {to} changes the major version; the profile rolls minor changes only"
+        )),
+        VersionChange::Patch => Err(format!(
+            "{from} -> {to} is more than a patch; the profile rolls patch changes only"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A complete profile in the shape of the shipped etcd one; tests edit one line of it at a time.
+    const ETCD: &str = r#"format = 1
+name = "etcd"
+description = "etcd 3.x"
+
+[procedure]
+follower = ["stop", "install", "start"]
+leader = ["stop", "install", "start"]
+switchover = "move_leader"
+failover_fence = false
+election_ms = 10000
+version_change = "minor"
+
+[actions.stop]
+argv = ["{var.ctl}", "stop"]
+runs_on = "the_node"
+idempotent = true
+timeout_ms = 60000
+shows = "stopped"
+
+[actions.install]
+argv = ["{var.ctl}", "install", "{package}"]
+runs_on = "the_node"
+idempotent = true
+timeout_ms = 60000
+shows = "installed"
+
+[actions.start]
+argv = ["{var.ctl}", "start"]
+runs_on = "the_node"
+idempotent = true
+timeout_ms = 60000
+shows = "running"
+
+[actions.move_leader]
+argv = ["etcdctl", "--endpoints", "{address}", "move-leader", "{target.var.member_id}"]
+runs_on = "leader"
+idempotent = false
+timeout_ms = 30000
+shows = "leader_moved"
+
+[probes.topology]
+argv = ["etcdctl", "--endpoints", "{var.endpoints}", "endpoint", "status", "-w", "json"]
+runs_on = "any_node"
+timeout_ms = 10000
+[probes.topology.parse]
+format = "json"
+members = ""
+name = "/Endpoint"
+match = "address"
+leader_when = { equal = ["/Status/header/member_id", "/Status/leader"] }
+
+[probes.node]
+argv = ["etcdctl", "--endpoints", "{address}", "endpoint", "health", "-w", "json"]
+runs_on = "the_node"
+timeout_ms = 10000
+[probes.node.parse]
+format = "json"
+up_when = { field = "/0/health", in = [true] }
+
+[probes.version]
+argv = ["{var.ctl}", "installed-version"]
+runs_on = "the_node"
+timeout_ms = 10000
+[probes.version.parse]
+format = "regex"
+pattern = 'etcd Version: (?P<version>\d+\.\d+\.\d+)'
+version = "version"
+"#;
+
+    fn nodes() -> Vec<NodeSpec> {
+        (1..=3)
+            .map(|i| NodeSpec {
+                name: format!("m{i}"),
+                address: format!("127.0.0.1:{}", 2378 + i * 2 - 1),
+                executor: format!("m{i}"),
+                vars: BTreeMap::new(),
+            })
+            .collect()
+    }
+
+    fn load(text: &str) -> Result<ProfileFile, CoreError> {
+        ProfileFile::parse("etcd.toml", text)
+    }
+
+    /// The error of `ETCD` with `from` replaced by `to`, as `file:line: key: message`.
+    fn error_after(from: &str, to: &str) -> String {
+        assert!(ETCD.contains(from), "the test's profile has no `{from}`");
+        load(&ETCD.replacen(from, to, 1)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_example_loads_with_everything_it_says() {
+        let p = load(ETCD).unwrap();
+        assert_eq!(p.name, "etcd");
+        assert_eq!(p.procedure.follower, ["stop", "install", "start"]);
+        assert_eq!(p.procedure.switchover, "move_leader");
+        assert!(!p.procedure.failover_fence);
+        assert_eq!(p.procedure.version_change, VersionChange::Minor);
+        let mv = &p.actions["move_leader"];
+        assert_eq!(
+            (mv.runs_on, mv.idempotent, mv.shows),
+            (RunsOn::Leader, false, Shows::LeaderMoved)
+        );
+        assert!(p.probes.package.is_none());
+        assert!(matches!(p.probes.version.parse, Parser::Regex { .. }));
+    }
+
+    #[test]
+    fn every_error_names_the_file_the_line_and_the_key() {
+        let cases = [
+            (
+                "format = 1",
+                "format = 2",
+                "etcd.toml:1: format: format 2 is not read",
+            ),
+            (
+                "switchover = \"move_leader\"",
+                "switchover = \"move\"",
+                "etcd.toml:8: procedure.switchover: no action `move`",
+            ),
+            (
+                "follower = [\"stop\", \"install\", \"start\"]",
+                "follower = [\"stop\", \"instal\"]",
+                "etcd.toml:6: procedure.follower: no action `instal`",
+            ),
+            (
+                "failover_fence = false",
+                "failover_fence = true",
+                "etcd.toml:9: procedure.failover_fence: is true, but no action `block_failover`",
+            ),
+            (
+                "version_change = \"minor\"",
+                "version_change = \"major\"",
+                "etcd.toml:11: procedure.version_change: unknown `major`",
+            ),
+            (
+                "shows = \"stopped\"",
+                "shows = \"halted\"",
+                "etcd.toml:18: actions.stop.shows: unknown `halted`",
+            ),
+            (
+                "\"{var.ctl}\", \"stop\"",
+                "\"{ctl}\", \"stop\"",
+                "etcd.toml:14: actions.stop.argv: unknown placeholder {ctl}",
+            ),
+            (
+                "runs_on = \"the_node\"",
+                "runs_on = \"node\"",
+                "etcd.toml:15: actions.stop.runs_on: unknown `node`",
+            ),
+            (
+                "timeout_ms = 60000",
+                "timeout_ms = 0",
+                "etcd.toml:17: actions.stop.timeout_ms: must be 1 to",
+            ),
+            (
+                "match = \"address\"",
+                "match = \"ip\"",
+                "etcd.toml:49: probes.topology.parse.match: unknown `ip`",
+            ),
+            (
+                "name = \"/Endpoint\"",
+                "name = \"Endpoint\"",
+                "etcd.toml:48: probes.topology.parse.name: `Endpoint` is not a JSON Pointer",
+            ),
+            (
+                "up_when = { field = \"/0/health\", in = [true] }",
+                "caught_up_when = { field = \"/0/health\", in = [true] }",
+                "probes.node.parse.up_when: missing",
+            ),
+            (
+                "(?P<version>\\d+\\.\\d+\\.\\d+)",
+                "(\\d+)",
+                "etcd.toml:66: probes.version.parse.pattern: has no group named `version`",
+            ),
+            (
+                "(?P<version>\\d+\\.\\d+\\.\\d+)",
+                "(?P<version>\\d+",
+                "etcd.toml:66: probes.version.parse.pattern: not a valid pattern",
+            ),
+            (
+                "version = \"version\"",
+                "version = \"version\"\nlag = \"x\"",
+                "etcd.toml:68: probes.version.parse.lag: this probe's parser does not read `lag`",
+            ),
+            (
+                "timeout_ms = 30000\nshows",
+                "timeout_ms = 30000\nshow",
+                "etcd.toml:39: actions.move_leader.show: unknown field `show`",
+            ),
+            (
+                "description = ",
+                "descripton = ",
+                "etcd.toml:3: descripton: unknown field `descripton`",
+            ),
+            (
+                "[probes.node]\n",
+                "[probes.node]\nargs = []\n",
+                "etcd.toml:53: probes.node.args: unknown field `args`",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let got = error_after(from, to);
+            assert!(
+                got.contains(want),
+                "after `{from}` -> `{to}`:\n got: {got}\nwant: {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_probe_cannot_name_a_target_and_a_node_action_cannot_run_on_the_leader() {
+        let got = error_after(
+            "\"{address}\", \"endpoint\", \"health\"",
+            "\"{target.address}\", \"endpoint\", \"health\"",
+        );
+        assert!(
+            got.contains("probes.node.argv: a probe has no target"),
+            "{got}"
+        );
+        let got = error_after("switchover = \"move_leader\"", "switchover = \"stop\"");
+        assert!(got.contains("must run on the leader"), "{got}");
+        let got = error_after(
+            "leader = [\"stop\", \"install\", \"start\"]",
+            "leader = [\"move_leader\"]",
+        );
+        assert!(
+            got.contains("runs on the leader; a node's own actions run on the_node"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn a_large_file_is_refused_by_its_size() {
+        let big = format!("{ETCD}\n#{}", "x".repeat(MAX_PROFILE_FILE_BYTES));
+        let got = load(&big).unwrap_err().to_string();
+        assert!(got.contains("a profile may have at most 65536"), "{got}");
+    }
+
+    #[test]
+    fn a_json_topology_names_the_leader_by_comparing_two_fields_and_matches_members_by_address() {
+        let p = load(ETCD).unwrap();
+        let out = r#"[
+ {"Endpoint":"http://127.0.0.1:2379","Status":{"header":{"member_id":11},"leader":22,"version":"3.4.23"}},
+ {"Endpoint":"http://127.0.0.1:2381","Status":{"header":{"member_id":22},"leader":22,"version":"3.4.23"}},
+ {"Endpoint":"http://127.0.0.1:9999","Status":{"header":{"member_id":33},"leader":22,"version":"3.4.23"}}]"#;
+        let t = parse_topology(&p.probes.topology, out, &nodes()).unwrap();
+        assert_eq!(t.leaders(), ["m2"]);
+        assert_eq!(t.member("m1").unwrap().role, MemberRole::Follower);
+        assert!(t.member("m3").is_none());
+        let stranger = &t.members[2];
+        assert_eq!(
+            (stranger.node.as_str(), stranger.known),
+            ("http://127.0.0.1:9999", false)
+        );
+        // Two members that both say they lead are both shown leading: a split brain is not hidden.
+        let split = out.replace(
+            "\"leader\":22,\"version\":\"3.4.23\"}},\n {\"Endpoint\":\"http://127.0.0.1:2381\"",
+            "\"leader\":11,\"version\":\"3.4.23\"}},\n {\"Endpoint\":\"http://127.0.0.1:2381\"",
+        );
+        assert_eq!(
+            parse_topology(&p.probes.topology, &split, &nodes())
+                .unwrap()
+                .leaders(),
+            ["m1", "m2"]
+        );
+        // No leader field at all (an election) leads nobody; a null leader is not equal to a null id.
+        let none = out.replace("\"leader\":22,", "");
+        assert!(parse_topology(&p.probes.topology, &none, &nodes())
+            .unwrap()
+            .leaders()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_json_topology_reads_roles_service_and_lag_by_value() {
+        let text = ETCD
+            .replace("match = \"address\"\nleader_when = { equal = [\"/Status/header/member_id\", \"/Status/leader\"] }",
+                "leader_when = { field = \"/Role\", in = [\"Leader\"] }\nfollower_when = { field = \"/Role\", in = [\"Replica\", \"Sync Standby\"] }\nin_service_when = { field = \"/State\", in = [\"running\", \"streaming\"] }\nlag = \"/Lag in MB\"\nmax_lag = 0")
+            .replace("name = \"/Endpoint\"", "name = \"/Member\"");
+        let p = load(&text).unwrap();
+        let out = r#"[{"Cluster":"c","Member":"m1","Host":"127.0.0.1:5432","Role":"Leader","State":"running","TL":2},
+{"Cluster":"c","Member":"m2","Host":"127.0.0.1:5433","Role":"Replica","State":"streaming","TL":2,"Lag in MB":0},
+{"Cluster":"c","Member":"m3","Host":"127.0.0.1:5434","Role":"Replica","State":"stopped","TL":2,"Lag in MB":12}]"#;
+        let t = parse_topology(&p.probes.topology, out, &nodes()).unwrap();
+        assert_eq!(t.leaders(), ["m1"]);
+        let m2 = t.member("m2").unwrap();
+        assert_eq!(
+            (m2.role.clone(), m2.in_service, m2.caught_up),
+            (MemberRole::Follower, true, Some(true))
+        );
+        let m3 = t.member("m3").unwrap();
+        assert_eq!((m3.in_service, m3.caught_up), (false, Some(false)));
+        // The leader has no lag field: not shown caught up (it needs none; the rules ask followers only).
+        assert_eq!(t.member("m1").unwrap().caught_up, Some(false));
+        let weird = out.replace(
+            "\"Role\":\"Replica\",\"State\":\"streaming\"",
+            "\"Role\":\"Uninitialized\",\"State\":\"streaming\"",
+        );
+        assert_eq!(
+            parse_topology(&p.probes.topology, &weird, &nodes())
+                .unwrap()
+                .member("m2")
+                .unwrap()
+                .role,
+            MemberRole::Other
+        );
+    }
+
+    #[test]
+    fn bad_output_is_an_error_that_says_what_is_wrong() {
+        let p = load(ETCD).unwrap();
+        let err = |out: &str| {
+            parse_topology(&p.probes.topology, out, &nodes())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("Error: context deadline exceeded").contains("not JSON"));
+        assert!(err("{}").contains("no array of members at ``"));
+        assert!(err("[]").contains("no members"));
+        assert!(err(r#"[{"Status":{}}]"#).contains("member 1: no identity at `/Endpoint`"));
+        let huge = format!("[{}]", " ".repeat(MAX_PROBE_OUTPUT));
+        assert!(err(&huge).contains("at most 65536"));
+        let v = parse_version(
+            &p.probes.version,
+            "etcd Version: 3.5.1\nGit SHA: e8732fb5f\n",
+        )
+        .unwrap();
+        assert_eq!(v, "3.5.1");
+        assert!(parse_version(&p.probes.version, "command not found")
+            .unwrap_err()
+            .to_string()
+            .contains("no version at `version`"));
+    }
+
+    #[test]
+    fn a_node_probe_is_up_only_when_its_condition_holds_and_a_regex_miss_is_not_down() {
+        let p = load(ETCD).unwrap();
+        let up = parse_node(
+            &p.probes.node,
+            r#"[{"endpoint":"http://127.0.0.1:2379","health":true,"took":"1ms"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            up,
+            NodeHealth {
+                up: true,
+                caught_up: None
+            }
+        );
+        let down = parse_node(
+            &p.probes.node,
+            r#"[{"endpoint":"http://127.0.0.1:2379","health":false,"error":"x"}]"#,
+        )
+        .unwrap();
+        assert!(!down.up);
+        let text = ETCD.replace(
+            "format = \"json\"\nup_when = { field = \"/0/health\", in = [true] }",
+            "format = \"regex\"\npattern = 'is (?P<health>healthy|unhealthy)'\nup_when = { field = \"health\", in = [\"healthy\"] }",
+        );
+        let p = load(&text).unwrap();
+        assert!(
+            parse_node(&p.probes.node, "127.0.0.1:2379 is healthy: took = 1ms")
+                .unwrap()
+                .up
+        );
+        assert!(
+            !parse_node(&p.probes.node, "127.0.0.1:2379 is unhealthy: failed")
+                .unwrap()
+                .up
+        );
+        assert!(parse_node(&p.probes.node, "Error: connection refused").is_err());
+    }
+
+    #[test]
+    fn version_changes_follow_the_profiles_rule() {
+        use VersionChange::*;
+        assert!(check_version_change(Minor, "3.4.23", "3.5.1").is_ok());
+        assert!(check_version_change(Minor, "3.5.1", "4.0.0")
+            .unwrap_err()
+            .contains("major"));
+        assert!(check_version_change(Patch, "3.4.23", "3.5.1")
+            .unwrap_err()
+            .contains("more than a patch"));
+        assert!(check_version_change(Patch, "3.4.22", "3.4.23").is_ok());
+        assert!(check_version_change(Patch, "15.18", "15.20").is_ok());
+        assert!(check_version_change(Patch, "15.18-0+deb12u1", "15.20-0+deb12u1").is_ok());
+        assert!(check_version_change(Patch, "15.18", "16.1").is_err());
+        assert!(check_version_change(Any, "3.5.1", "3.4.23")
+            .unwrap_err()
+            .contains("not an upgrade"));
+        assert!(check_version_change(Any, "3.5.1", "3.5.1")
+            .unwrap_err()
+            .contains("not an upgrade"));
+        assert!(check_version_change(Any, "x", "1")
+            .unwrap_err()
+            .contains("cannot compare"));
+        assert_eq!(version_numbers("v3.5.1"), Some(vec![3, 5, 1]));
+        assert_eq!(version_numbers("15.20-0+deb12u1"), Some(vec![15, 20]));
+    }
+}
