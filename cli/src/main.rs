@@ -254,6 +254,9 @@ pub enum Command {
     /// Make and inspect signing keys and the trust file.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
+    /// Check a profile file (a leader-based HA system described as data) and try its probes.
+    #[command(subcommand)]
+    Profile(cmd::profile::ProfileCommand),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) to stdout: `baton man > baton.1`.

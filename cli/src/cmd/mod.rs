@@ -5,6 +5,7 @@ pub mod dev;
 pub mod executor;
 pub mod keys;
 pub mod ops;
+pub mod profile;
 pub mod replay;
 pub mod server;
 
@@ -22,6 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => replay::run(global, args),
         Command::Audit(command) => audit::run(global, command),
         Command::Keys(command) => keys::run(command),
+        Command::Profile(command) => profile::run(global.output, command),
         Command::Completions { shell } => {
             let mut cli = <crate::Cli as clap::CommandFactory>::command();
             let mut text = Vec::new();

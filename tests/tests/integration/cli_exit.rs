@@ -206,6 +206,17 @@ fn every_command_exits_as_the_readme_says_without_a_service() {
             "is not a plan hash",
         ),
         case(&["plan", "--cluster", &missing], 2, "no such file"),
+        case(&["profile", "check", &missing], 2, "cannot read"),
+        case(
+            &["profile", "check", &cluster],
+            2,
+            "this looks like a cluster file",
+        ),
+        case(
+            &["profile", "check", &missing, "--run-here"],
+            2,
+            "--cluster",
+        ),
         case(&["watch", "9999"], 2, "is not an upgrade id"),
         case(&["status", "x"], 2, "is not an upgrade id"),
         case(&["list", "--bogus"], 2, "--bogus"),

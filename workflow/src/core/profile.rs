@@ -282,6 +282,27 @@ pub fn render(argv: &[String], ctx: &RenderContext<'_>) -> Result<Vec<String>, C
 }
 
 fn render_one(template: &str, ctx: &RenderContext<'_>) -> Result<String, CoreError> {
+    render_element(template, &|name| match name {
+        "package" => Ok(ctx.package.to_string()),
+        "node" => Ok(ctx.node.to_string()),
+        "address" => Ok(ctx.address.to_string()),
+        _ => match name.strip_prefix("var.") {
+            Some(var) => ctx
+                .vars
+                .and_then(|vars| vars.get(var))
+                .cloned()
+                .ok_or_else(|| format!("placeholder {{{name}}}: node has no variable `{var}`")),
+            None => Err(format!("unknown placeholder {{{name}}}")),
+        },
+    })
+}
+
+/// Renders one template element: `{{`/`}}` are literal braces, `{NAME}` is `value_of(NAME)` (whose error
+/// names the placeholder). Shared by the built-in profile and profile files.
+pub(crate) fn render_element(
+    template: &str,
+    value_of: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<String, CoreError> {
     let err = |message: String| CoreError::Template {
         template: template.to_string(),
         message,
@@ -305,25 +326,7 @@ fn render_one(template: &str, ctx: &RenderContext<'_>) -> Result<String, CoreErr
                     "unterminated placeholder (write `{{` for a literal brace)".into(),
                 ));
             };
-            let name = &tail[1..end];
-            let value = match name {
-                "package" => ctx.package,
-                "node" => ctx.node,
-                "address" => ctx.address,
-                _ => match name.strip_prefix("var.") {
-                    Some(var) => ctx
-                        .vars
-                        .and_then(|vars| vars.get(var))
-                        .map(String::as_str)
-                        .ok_or_else(|| {
-                            err(format!(
-                                "placeholder {{{name}}}: node has no variable `{var}`"
-                            ))
-                        })?,
-                    None => return Err(err(format!("unknown placeholder {{{name}}}"))),
-                },
-            };
-            out.push_str(value);
+            out.push_str(&value_of(&tail[1..end]).map_err(err)?);
             rest = &tail[end + 1..];
         }
     }

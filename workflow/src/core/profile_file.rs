@@ -833,6 +833,14 @@ impl ProfileFile {
             // serde names the key only; an unknown key's table is the nearest `[header]` above it. (A missing
             // key's span is its table's, which may be a sub-table's header: only the line is given then.)
             let unknown = message.starts_with("unknown field");
+            let message = if ["unknown field `cluster`", "unknown field `nodes`"]
+                .iter()
+                .any(|m| message.starts_with(m))
+            {
+                format!("{message} (this looks like a cluster file; a profile starts with `format = 1`)")
+            } else {
+                message
+            };
             let key = match (e.span(), key.as_str()) {
                 (Some(span), k) if unknown => match loc.table_at(&span) {
                     Some(table) => format!("{table}.{k}"),
@@ -1003,6 +1011,61 @@ impl ProfileFile {
             probes,
         })
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Rendering.
+
+/// The values of a template's placeholders for one node.
+#[derive(Debug, Clone, Copy)]
+pub struct Placeholders<'a> {
+    /// `{node}`, `{address}`, `{var.NAME}`.
+    pub node: &'a NodeSpec,
+    /// `{package}` (empty when the upgrade has none).
+    pub package: &'a str,
+    /// `{version}`: the target version (empty when not known yet).
+    pub version: &'a str,
+    /// `{target}`, `{target.address}`, `{target.var.NAME}`: the switchover's target.
+    pub target: Option<&'a NodeSpec>,
+}
+
+fn var_of(node: &NodeSpec, var: &str, name: &str) -> Result<String, String> {
+    node.vars.get(var).cloned().ok_or_else(|| {
+        format!(
+            "placeholder {{{name}}}: node {} has no variable `{var}`",
+            node.name
+        )
+    })
+}
+
+/// Renders an argv template element by element (never a shell string).
+pub fn render_argv(argv: &[String], p: &Placeholders<'_>) -> Result<Vec<String>, CoreError> {
+    let value_of = |name: &str| -> Result<String, String> {
+        let target = || {
+            p.target
+                .ok_or_else(|| format!("placeholder {{{name}}}: this step has no target"))
+        };
+        match name {
+            "node" => Ok(p.node.name.clone()),
+            "address" => Ok(p.node.address.clone()),
+            "package" => Ok(p.package.to_string()),
+            "version" => Ok(p.version.to_string()),
+            "target" => Ok(target()?.name.clone()),
+            "target.address" => Ok(target()?.address.clone()),
+            _ => {
+                if let Some(var) = name.strip_prefix("target.var.") {
+                    var_of(target()?, var, name)
+                } else if let Some(var) = name.strip_prefix("var.") {
+                    var_of(p.node, var, name)
+                } else {
+                    Err(format!("unknown placeholder {{{name}}}"))
+                }
+            }
+        }
+    };
+    argv.iter()
+        .map(|e| super::profile::render_element(e, &value_of))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1677,5 +1740,45 @@ version = "version"
             .contains("cannot compare"));
         assert_eq!(version_numbers("v3.5.1"), Some(vec![3, 5, 1]));
         assert_eq!(version_numbers("15.20-0+deb12u1"), Some(vec![15, 20]));
+    }
+
+    #[test]
+    fn templates_render_the_node_its_vars_and_the_switchovers_target() {
+        let p = load(ETCD).unwrap();
+        let mut ns = nodes();
+        ns[0].vars.insert("ctl".into(), "/x/member.sh".into());
+        ns[1]
+            .vars
+            .insert("member_id".into(), "8e9e05c52164694d".into());
+        let at = |node, target| Placeholders {
+            node,
+            package: "/pkg/etcd 3.5",
+            version: "3.5.1",
+            target,
+        };
+        let argv = render_argv(&p.actions["install"].argv, &at(&ns[0], None)).unwrap();
+        assert_eq!(argv, ["/x/member.sh", "install", "/pkg/etcd 3.5"]);
+        let argv = render_argv(&p.actions["move_leader"].argv, &at(&ns[0], Some(&ns[1]))).unwrap();
+        assert_eq!(
+            argv,
+            [
+                "etcdctl",
+                "--endpoints",
+                "127.0.0.1:2379",
+                "move-leader",
+                "8e9e05c52164694d"
+            ]
+        );
+        let err = render_argv(&p.actions["move_leader"].argv, &at(&ns[0], None)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("{target.var.member_id}: this step has no target"),
+            "{err}"
+        );
+        let err = render_argv(&p.actions["stop"].argv, &at(&ns[2], None)).unwrap_err();
+        assert!(
+            err.to_string().contains("node m3 has no variable `ctl`"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,247 @@
+//! `baton profile check` (issue 13): a profile file is validated with errors naming the line and key, and its
+//! probes run for real on this machine for every node of a cluster file and show what they parsed. The probes
+//! here read saved outputs with `cat` (a real command through the same runner an executor uses); the real
+//! etcd and Patroni clusters are checked in `real_etcd`/`real_patroni`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tests::workspace_bin;
+
+/// A profile in the shape of an etcd one whose probes `cat` the node's saved outputs.
+const PROFILE: &str = r#"format = 1
+name = "saved-etcd"
+description = "probes read saved etcdctl outputs"
+
+[procedure]
+follower = ["stop", "install", "start"]
+leader = ["stop", "install", "start"]
+switchover = "move_leader"
+failover_fence = false
+election_ms = 10000
+version_change = "minor"
+
+[actions.stop]
+argv = ["true"]
+runs_on = "the_node"
+idempotent = true
+timeout_ms = 1000
+shows = "stopped"
+
+[actions.install]
+argv = ["true", "{package}"]
+runs_on = "the_node"
+idempotent = true
+timeout_ms = 1000
+shows = "installed"
+
+[actions.start]
+argv = ["true"]
+runs_on = "the_node"
+idempotent = true
+timeout_ms = 1000
+shows = "running"
+
+[actions.move_leader]
+argv = ["true", "{target.var.member_id}"]
+runs_on = "leader"
+idempotent = false
+timeout_ms = 1000
+shows = "leader_moved"
+
+[probes.topology]
+argv = ["cat", "{var.dir}/topology.json"]
+runs_on = "any_node"
+timeout_ms = 5000
+[probes.topology.parse]
+format = "json"
+members = ""
+name = "/Endpoint"
+match = "address"
+leader_when = { equal = ["/Status/header/member_id", "/Status/leader"] }
+
+[probes.node]
+argv = ["cat", "{var.dir}/health.json"]
+runs_on = "the_node"
+timeout_ms = 5000
+[probes.node.parse]
+format = "json"
+up_when = { field = "/0/health", in = [true] }
+
+[probes.version]
+argv = ["cat", "{var.dir}/version.txt"]
+runs_on = "the_node"
+timeout_ms = 5000
+[probes.version.parse]
+format = "regex"
+pattern = 'etcd Version: (?P<version>\d+\.\d+\.\d+)'
+version = "version"
+"#;
+
+const TOPOLOGY: &str = r#"[{"Endpoint":"http://127.0.0.1:2379","Status":{"header":{"member_id":11},"leader":22}},
+{"Endpoint":"http://127.0.0.1:2381","Status":{"header":{"member_id":22},"leader":22}},
+{"Endpoint":"http://127.0.0.1:2383","Status":{"header":{"member_id":33},"leader":22}}]"#;
+
+fn baton(args: &[&str]) -> Output {
+    Command::new(workspace_bin("baton"))
+        .args(args)
+        .output()
+        .expect("baton runs")
+}
+
+/// Three nodes, each with its own folder of saved outputs.
+fn cluster(dir: &Path) -> std::path::PathBuf {
+    let mut file = String::from("[cluster]\nname = \"saved\"\nprofile = \"chef-backend\"\n");
+    for i in 1..=3 {
+        let node_dir = dir.join(format!("m{i}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        std::fs::write(node_dir.join("topology.json"), TOPOLOGY).unwrap();
+        std::fs::write(
+            node_dir.join("health.json"),
+            format!(
+                r#"[{{"endpoint":"http://127.0.0.1:{}","health":true,"took":"1ms"}}]"#,
+                2377 + 2 * i
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            node_dir.join("version.txt"),
+            "etcd Version: 3.4.23\nGit SHA: Not provided\n",
+        )
+        .unwrap();
+        file.push_str(&format!(
+            "\n[[nodes]]\nname = \"m{i}\"\naddress = \"127.0.0.1:{}\"\nexecutor = \"m{i}\"\nvars = {{ dir = \"{}\" }}\n",
+            2377 + 2 * i,
+            node_dir.display()
+        ));
+    }
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, file).unwrap();
+    path
+}
+
+#[test]
+fn a_bad_profile_is_refused_naming_its_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        PROFILE.replace("switchover = \"move_leader\"", "switchover = \"move\""),
+    )
+    .unwrap();
+    let out = baton(&["profile", "check", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "bad.toml:8: procedure.switchover: no action `move` is defined under [actions]"
+        ),
+        "{stderr}"
+    );
+    let out = baton(&[
+        "profile",
+        "check",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn a_valid_profile_is_summarised_and_its_probes_run_here_show_what_they_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("saved-etcd.toml");
+    std::fs::write(&profile, PROFILE).unwrap();
+    let cluster = cluster(dir.path());
+
+    let out = baton(&["profile", "check", profile.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("profile `saved-etcd` is valid"), "{stdout}");
+    assert!(
+        stdout.contains("each follower:  stop -> install -> start"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("probes not run"), "{stdout}");
+
+    let out = baton(&[
+        "--output",
+        "json",
+        "profile",
+        "check",
+        profile.to_str().unwrap(),
+        "--cluster",
+        cluster.to_str().unwrap(),
+        "--run-here",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probes = report["probes"].as_array().unwrap();
+    // The topology from each node, then each node's own probes: 3 + 3 x 2.
+    assert_eq!(probes.len(), 9, "{report:#}");
+    for p in probes.iter().filter(|p| p["probe"] == "topology") {
+        let members = p["observed"]["members"].as_array().unwrap();
+        let leaders: Vec<&str> = members
+            .iter()
+            .filter(|m| m["role"] == "leader")
+            .map(|m| m["node"].as_str().unwrap())
+            .collect();
+        assert_eq!(leaders, ["m2"], "{p:#}");
+        assert!(members.iter().all(|m| m["known"] == true));
+    }
+    for p in probes.iter().filter(|p| p["probe"] == "node") {
+        assert_eq!(p["observed"]["up"], true, "{p:#}");
+    }
+    for p in probes.iter().filter(|p| p["probe"] == "version") {
+        assert_eq!(p["observed"], "3.4.23", "{p:#}");
+    }
+
+    // One node's probe output is broken, another's command fails: exit 5, each named with its node.
+    std::fs::write(
+        dir.path().join("m3/health.json"),
+        "Error: context deadline exceeded",
+    )
+    .unwrap();
+    std::fs::remove_file(dir.path().join("m1/version.txt")).unwrap();
+    let out = baton(&[
+        "profile",
+        "check",
+        profile.to_str().unwrap(),
+        "--cluster",
+        cluster.to_str().unwrap(),
+        "--run-here",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("2 of 9 probes did not give an observation"),
+        "{stderr}"
+    );
+    let fail_lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fail_lines.len(), 2, "{stdout}");
+    assert!(
+        fail_lines.iter().any(|l| l.contains("node")
+            && l.contains("m3")
+            && l.contains("not JSON")
+            && l.contains("context deadline exceeded")),
+        "{stdout}"
+    );
+    assert!(
+        fail_lines.iter().any(|l| l.contains("version")
+            && l.contains("m1")
+            && l.contains("exit code 1")
+            && l.contains("No such file")),
+        "{stdout}"
+    );
+}
