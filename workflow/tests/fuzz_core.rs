@@ -15,8 +15,8 @@ use common::*;
 use proptest::prelude::*;
 use support::{boundary_number, bytes, fuzz, mutated_text};
 use workflow::core::{
-    decide, parse, replay, verify, ClusterFile, CoreError, Event, Input, Outcome, Rejection, State,
-    LATEST_MS,
+    decide, parse, profile_file, replay, verify, ClusterFile, CoreError, Event, Input, Outcome,
+    Rejection, State, LATEST_MS,
 };
 
 /// Real histories: complete runs of both procedures, one stopped at a gate, one whose install fails.
@@ -184,6 +184,85 @@ fn fuzz_cluster_file_parse() {
         }
         Ok(())
     });
+}
+
+/// A profile file (issue 13) in the shape of an etcd one, and a Patroni-shaped variant of its topology.
+const PROFILE: &str = include_str!("data/saved-etcd.toml");
+
+#[test]
+fn fuzz_profile_file_parse() {
+    let valid = vec![
+        PROFILE.to_string(),
+        PROFILE.replace(
+            "match = \"address\"\nleader_when = { equal = [\"/Status/header/member_id\", \"/Status/leader\"] }",
+            "leader_when = { field = \"/Role\", in = [\"Leader\"] }\nlag = \"/Lag in MB\"\nmax_lag = 0",
+        ),
+    ];
+    fuzz("ProfileFile::parse", text(valid), |t| {
+        match profile_file::ProfileFile::parse("p.toml", &t) {
+            Ok(p) => {
+                prop_assert!(!p.procedure.follower.is_empty());
+                prop_assert!(p.actions.contains_key(&p.procedure.switchover));
+            }
+            Err(CoreError::Config {
+                file, line, field, ..
+            }) => {
+                prop_assert_eq!(file, "p.toml");
+                prop_assert!(!field.is_empty());
+                if let Some(line) = line {
+                    prop_assert!(line >= 1 && line <= t.lines().count().max(1));
+                }
+            }
+            Err(other) => prop_assert!(false, "not a located config error: {}", other),
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn fuzz_profile_probe_parsers() {
+    let profile = profile_file::ProfileFile::parse("p.toml", PROFILE).unwrap();
+    let nodes: Vec<workflow::core::NodeSpec> = (1..=3)
+        .map(|i| workflow::core::NodeSpec {
+            name: format!("m{i}"),
+            address: format!("127.0.0.1:{}", 2377 + 2 * i),
+            executor: format!("m{i}"),
+            vars: Default::default(),
+        })
+        .collect();
+    let valid = vec![
+        r#"[{"Endpoint":"http://127.0.0.1:2379","Status":{"header":{"member_id":11},"leader":22}},
+{"Endpoint":"http://127.0.0.1:2381","Status":{"header":{"member_id":22},"leader":22}}]"#
+            .to_string(),
+        r#"[{"endpoint":"http://127.0.0.1:2379","health":true,"took":"1ms"}]"#.to_string(),
+        "etcd Version: 3.4.23\nGit SHA: Not provided\n".to_string(),
+    ];
+    fuzz(
+        "profile_file::parse_{topology,node,version}",
+        text(valid),
+        |t| {
+            match profile_file::parse_topology(&profile.probes.topology, &t, &nodes) {
+                Ok(topology) => {
+                    prop_assert!(!topology.members.is_empty());
+                    for m in &topology.members {
+                        // A member that names a node is that node (any other keeps its raw identity).
+                        if m.known {
+                            prop_assert!(nodes.iter().any(|n| n.name == m.node));
+                        }
+                    }
+                }
+                Err(e) => parse_error(e)?,
+            }
+            profile_file::parse_node(&profile.probes.node, &t)
+                .map(drop)
+                .or_else(parse_error)?;
+            match profile_file::parse_version(&profile.probes.version, &t) {
+                Ok(v) => prop_assert!(profile_file::version_numbers(&v).is_some()),
+                Err(e) => parse_error(e)?,
+            }
+            Ok(())
+        },
+    );
 }
 
 /// An event sequence as exported (JSON), then edited: events dropped, duplicated, swapped or taken from other

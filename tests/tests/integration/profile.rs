@@ -8,75 +8,9 @@ use std::process::{Command, Output};
 
 use tests::workspace_bin;
 
-/// A profile in the shape of an etcd one whose probes `cat` the node's saved outputs.
-const PROFILE: &str = r#"format = 1
-name = "saved-etcd"
-description = "probes read saved etcdctl outputs"
-
-[procedure]
-follower = ["stop", "install", "start"]
-leader = ["stop", "install", "start"]
-switchover = "move_leader"
-failover_fence = false
-election_ms = 10000
-version_change = "minor"
-
-[actions.stop]
-argv = ["true"]
-runs_on = "the_node"
-idempotent = true
-timeout_ms = 1000
-shows = "stopped"
-
-[actions.install]
-argv = ["true", "{package}"]
-runs_on = "the_node"
-idempotent = true
-timeout_ms = 1000
-shows = "installed"
-
-[actions.start]
-argv = ["true"]
-runs_on = "the_node"
-idempotent = true
-timeout_ms = 1000
-shows = "running"
-
-[actions.move_leader]
-argv = ["true", "{target.var.member_id}"]
-runs_on = "leader"
-idempotent = false
-timeout_ms = 1000
-shows = "leader_moved"
-
-[probes.topology]
-argv = ["cat", "{var.dir}/topology.json"]
-runs_on = "any_node"
-timeout_ms = 5000
-[probes.topology.parse]
-format = "json"
-members = ""
-name = "/Endpoint"
-match = "address"
-leader_when = { equal = ["/Status/header/member_id", "/Status/leader"] }
-
-[probes.node]
-argv = ["cat", "{var.dir}/health.json"]
-runs_on = "the_node"
-timeout_ms = 5000
-[probes.node.parse]
-format = "json"
-up_when = { field = "/0/health", in = [true] }
-
-[probes.version]
-argv = ["cat", "{var.dir}/version.txt"]
-runs_on = "the_node"
-timeout_ms = 5000
-[probes.version.parse]
-format = "regex"
-pattern = 'etcd Version: (?P<version>\d+\.\d+\.\d+)'
-version = "version"
-"#;
+/// A profile in the shape of an etcd one whose probes `cat` the node's saved outputs (also fuzzed, in
+/// `workflow/tests/fuzz_core.rs`).
+const PROFILE: &str = include_str!("../../../workflow/tests/data/saved-etcd.toml");
 
 const TOPOLOGY: &str = r#"[{"Endpoint":"http://127.0.0.1:2379","Status":{"header":{"member_id":11},"leader":22}},
 {"Endpoint":"http://127.0.0.1:2381","Status":{"header":{"member_id":22},"leader":22}},
