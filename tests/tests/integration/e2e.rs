@@ -2317,3 +2317,33 @@ fn kill_processes_under(dir: &Path) -> Vec<String> {
     }
     left
 }
+
+/// The service keeps the live executors from a watch of the presence bucket (issue 16): an executor that
+/// stops cleanly drops out of `baton executors` (and a submission needing it is refused) without waiting for
+/// any TTL, and one that starts again is back as soon as its first heartbeat is put.
+#[tokio::test(flavor = "multi_thread")]
+async fn executors_leave_and_rejoin_the_services_watched_view_at_once() {
+    let mut env = Env::start(Setup::default()).await;
+    env.wait_for_executors().await;
+    env.executors[1].signal(Signal::SIGTERM);
+    assert!(env.executors[1]
+        .wait_exit(Duration::from_secs(20))
+        .is_some());
+    let gone = tests::wait_until(Duration::from_secs(10), || {
+        let out = env.baton(&["--output", "json", "executors"]);
+        !online_groups(&out.stdout).contains(&env.nodes[1])
+    })
+    .await;
+    assert!(
+        gone,
+        "{} still online after a clean stop\n{}",
+        env.nodes[1],
+        env.logs()
+    );
+    env.expect_refused(&[], &[&env.nodes[1], "offline", "online"])
+        .await;
+    env.restart_executor(1);
+    env.wait_for_executors().await;
+    let upgrade = env.submit(&[]);
+    env.expect_completed_safely(&upgrade).await;
+}

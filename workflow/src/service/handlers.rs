@@ -646,8 +646,12 @@ async fn executors_detail(shared: &Shared) -> Vec<ExecutorView> {
 }
 
 /// The presence records that open (signed by a pinned executor of the group they name, well formed), with
-/// the executor's trusted name; the others are refused, counted and logged.
+/// the executor's trusted name; the others are refused, counted and logged. From the watched view
+/// (`presence.rs`); read from the bucket directly only until the watch has caught up after a start.
 async fn presence_records(shared: &Shared) -> Vec<(protocol::Presence, String)> {
+    if let Some(live) = shared.presence_view.live(now_ms()) {
+        return live;
+    }
     let mut records = Vec::new();
     let Ok(mut keys) = shared.presence.keys().await else {
         return records;
@@ -656,20 +660,23 @@ async fn presence_records(shared: &Shared) -> Vec<(protocol::Presence, String)> 
         if let Ok(Some(value)) = shared.presence.get(&key).await {
             match protocol::presence::open(&value, &key, &shared.trust) {
                 Ok(record) => records.push(record),
-                Err(err) => {
-                    let refused = PRESENCE_REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
-                    tracing::warn!(
-                        %key,
-                        field = %err.field,
-                        reason = %err.reason,
-                        refused,
-                        "presence record refused"
-                    );
-                }
+                Err(err) => presence_refused(&key, &err),
             }
         }
     }
     records
+}
+
+/// Counts and logs a presence record that does not open.
+pub(crate) fn presence_refused(key: &str, err: &protocol::DecodeError) {
+    let refused = PRESENCE_REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    tracing::warn!(
+        %key,
+        field = %err.field,
+        reason = %err.reason,
+        refused,
+        "presence record refused"
+    );
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ mod handlers;
 mod history;
 pub mod lease;
 pub mod mirror;
+mod presence;
 mod registry;
 mod upgrade;
 pub mod view;
@@ -112,6 +113,8 @@ pub(crate) struct Shared {
     pub js: jetstream::Context,
     pub nats: async_nats::Client,
     pub presence: jetstream::kv::Store,
+    /// The live presence records, kept from a watch of `presence` (`presence.rs`).
+    pub presence_view: Arc<presence::PresenceView>,
     pub epoch: u64,
     pub identity: protocol::sign::Identity,
     pub trust: Arc<protocol::sign::Trust>,
@@ -185,6 +188,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         js,
         nats: nats.clone(),
         presence: handles.presence.clone(),
+        presence_view: Arc::new(presence::PresenceView::default()),
         epoch,
         identity: config.identity.clone(),
         trust: config.trust.clone(),
@@ -218,6 +222,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         let shared = shared.clone();
         let consumer = handles.workflow_consumer.clone();
         tasks.spawn(async move { pump_results(shared, consumer).await });
+    }
+    {
+        let (bucket, view, trust) = (
+            handles.presence.clone(),
+            shared.presence_view.clone(),
+            shared.trust.clone(),
+        );
+        let (ttl, stop) = (config.protocol.presence_ttl, shutdown.clone());
+        tasks.spawn(async move {
+            presence::watch(bucket, view, ttl, trust, stop, handlers::presence_refused).await;
+            Ok(())
+        });
     }
     tracing::info!(epoch, "workflow service ready");
 
