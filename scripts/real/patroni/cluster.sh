@@ -128,7 +128,7 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))')
 strays() {
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF "$root/" && echo "${p#/proc/}"
+    tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF "$root/" && echo "${p#/proc/}"
   done | grep -vx "$$" || true
 }
 

@@ -16,6 +16,9 @@
 #   member.sh DIR package-version PREFIX   `postgres --version` of PREFIX
 #   member.sh DIR running-version      `SHOW server_version` of the running PostgreSQL
 #   member.sh DIR status               Patroni's own view of the member (GET /patroni, JSON)
+#   member.sh DIR pause|resume         `patronictl pause|resume --wait` through this member's
+#                                      config, idempotent (patronictl itself fails with
+#                                      "Cluster is already paused" / "is not paused")
 #
 # DIR holds member.conf (written by cluster.sh: name, pg_port, rest_port, venv),
 # patroni.yml.in (the config with @BIN_DIR@), installed-prefix, data/, patroni.log.
@@ -200,6 +203,13 @@ case "$cmd" in
     [ -n "$(postmaster_pid)" ] || die "PostgreSQL of $name is not running"
     as_postgres "$(bin_of "$(installed_prefix)")/psql" -X -At -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres \
       -c 'SHOW server_version'
+    ;;
+  pause | resume)
+    out="$("$venv/bin/patronictl" -c "$dir/patroni.yml" "$cmd" --wait 2>&1)" && { echo "$out"; exit 0; }
+    case "$out" in
+      *"Cluster is already paused"* | *"Cluster is not paused"*) echo "$out" ;;
+      *) echo "$out" >&2; die "patronictl $cmd failed" ;;
+    esac
     ;;
   status) rest_status || die "Patroni of $name does not answer on 127.0.0.1:$rest_port" ;;
   *) die "unknown command $cmd" ;;
