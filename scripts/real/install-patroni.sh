@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the real Patroni + PostgreSQL cluster needs (scripts/real/patroni,
 # tests real_patroni), idempotently:
-#   - Debian packages: postgresql-15 (its libraries and the `postgres` user),
+#   - Debian packages: postgresql-15 (its libraries and the `postgres` user), curl,
 #     etcd-server and etcd-client (etcd is Patroni's DCS), python3-venv;
 #   - .tools/patroni/venv: a venv from Debian's /usr/bin/python3 (outside root's
 #     home, so the `postgres` user can run it) with Patroni and psycopg pinned;
@@ -27,7 +27,7 @@ need_root() {
 }
 
 missing=()
-for pkg in postgresql-15 etcd-server etcd-client python3-venv; do
+for pkg in postgresql-15 etcd-server etcd-client python3-venv curl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
