@@ -59,6 +59,7 @@ roll() {
 old_leader="$(leader)"
 [ -n "$old_leader" ] && [[ "$old_leader" != *,* ]] || { echo "manual-upgrade.sh: no single leader ($old_leader)" >&2; exit 1; }
 wait_settled "$old_leader"
+log "settled, $old_leader leads"
 "${patronictl[@]}" pause --wait >/dev/null
 log "paused"
 order=()

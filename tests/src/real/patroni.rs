@@ -70,6 +70,21 @@ pub struct Start {
     pub version: String,
 }
 
+/// The PostgreSQL starts in a member's log, in order.
+fn parse_starts(log: &str) -> Vec<Start> {
+    log.lines()
+        .filter_map(|line| {
+            let (at, rest) = line.split_once(" [")?;
+            let version = rest.split_once("LOG:  starting PostgreSQL ")?.1;
+            let version = version.split_whitespace().next()?;
+            Some(Start {
+                at: at.to_string(),
+                version: version.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// A running cluster; torn down on drop.
 pub struct PatroniCluster {
     root: tempfile::TempDir,
@@ -200,18 +215,7 @@ impl PatroniCluster {
     /// does not depend on what the upgrading tool says it did.
     pub fn starts(&self, node: &str) -> anyhow::Result<Vec<Start>> {
         let log = std::fs::read_to_string(self.member_dir(node).join("patroni.log"))?;
-        Ok(log
-            .lines()
-            .filter_map(|line| {
-                let (at, rest) = line.split_once(" [")?;
-                let version = rest.split_once("LOG:  starting PostgreSQL ")?.1;
-                let version = version.split_whitespace().next()?;
-                Some(Start {
-                    at: at.to_string(),
-                    version: version.to_string(),
-                })
-            })
-            .collect())
+        Ok(parse_starts(&log))
     }
 
     /// When the member first started on `version`, if it did.
@@ -405,5 +409,34 @@ impl Drop for Writer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_are_read_from_postgresql_lines_only() {
+        // Lines as a member's patroni.log has them (Patroni's own and PostgreSQL's, interleaved).
+        let log = "\
+2026-11-29 15:50:13,881 INFO: PAUSE: restart in progress
+2026-11-29 15:49:35.011 UTC [9538] LOG:  starting PostgreSQL 15.18 (Debian 15.18-0+deb12u1) on x86_64-pc-linux-gnu
+2026-11-29 15:50:14,100 INFO: Lock owner: pg1; I am pg2 [starting PostgreSQL 9.9 in a Patroni line]
+2026-11-29 15:50:14.800 UTC [13991] LOG:  starting PostgreSQL 15.20 (Debian 15.20-0+deb12u1) on x86_64-pc-linux-gnu
+";
+        assert_eq!(
+            parse_starts(log),
+            vec![
+                Start {
+                    at: "2026-11-29 15:49:35.011 UTC".into(),
+                    version: "15.18".into()
+                },
+                Start {
+                    at: "2026-11-29 15:50:14.800 UTC".into(),
+                    version: "15.20".into()
+                },
+            ]
+        );
     }
 }
