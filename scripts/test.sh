@@ -25,6 +25,7 @@ if [ ! -x /usr/bin/sudo ]; then
     exit 1
   fi
 fi
+bash scripts/real/install-patroni.sh # the real Patroni + PostgreSQL cluster (tests real_patroni): apt, pip into .tools/patroni
 export BATON_NATS_SERVER="$root/.tools/bin/nats-server"
 # Property tests and fuzzing draw from a fixed seed here, so a CI run is reproducible (this seed passes every
 # property); explore new inputs with another seed (PROPTEST_RNG_SEED=...) or the big fuzz run (tests/FUZZ.md).

@@ -2,12 +2,14 @@
 //! ([`nats::NatsServer`]), the workspace's built binaries and child processes
 //! stopped on drop ([`process`]), and condition waits with timeouts
 //! ([`wait`]) instead of bare sleeps, a loopback OpenSSH server ([`sshd`]), a
-//! TCP proxy for network faults ([`proxy`]), and an authenticated deployment's
-//! keys, trust file and TLS files ([`secure`]).
+//! TCP proxy for network faults ([`proxy`]), an authenticated deployment's
+//! keys, trust file and TLS files ([`secure`]), and real clusters of other
+//! systems on loopback ([`real`]).
 
 pub mod nats;
 pub mod process;
 pub mod proxy;
+pub mod real;
 pub mod secure;
 pub mod sshd;
 pub mod wait;

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Controls one Patroni member (its Patroni process and the PostgreSQL it runs),
+# as a node's control command for Baton's profiles/patroni.toml:
+#
+#   member.sh DIR stop                 stop Patroni and its PostgreSQL (idempotent; also
+#                                      under `patronictl pause`, where stopping Patroni
+#                                      alone leaves PostgreSQL running)
+#   member.sh DIR start                start Patroni on the installed prefix (idempotent);
+#                                      waits until the member runs (leader) or streams
+#                                      (replica); under pause it asks Patroni to start
+#                                      PostgreSQL (Patroni does not start it when paused)
+#   member.sh DIR install PREFIX       make PREFIX (an extracted postgresql-15 package)
+#                                      the member's bin_dir from its next start on;
+#                                      the running member is left alone
+#   member.sh DIR installed-version    `postgres --version` of the installed prefix
+#   member.sh DIR package-version PREFIX   `postgres --version` of PREFIX
+#   member.sh DIR running-version      `SHOW server_version` of the running PostgreSQL
+#   member.sh DIR status               Patroni's own view of the member (GET /patroni, JSON)
+#   member.sh DIR pause|resume         `patronictl pause|resume --wait` through this member's
+#                                      config, idempotent (patronictl itself fails with
+#                                      "Cluster is already paused" / "is not paused")
+#
+# DIR holds member.conf (written by cluster.sh: name, pg_port, rest_port, venv),
+# patroni.yml.in (the config with @BIN_DIR@), installed-prefix, data/, patroni.log.
+# Patroni and PostgreSQL run as `postgres` (PostgreSQL refuses root). No value
+# read from a file is evaluated: member.conf is parsed key by key.
+set -euo pipefail
+PG_BIN_SUBDIR="usr/lib/postgresql/15/bin"
+START_TIMEOUT_S="${MEMBER_START_TIMEOUT_S:-90}"
+STOP_TIMEOUT_S="${MEMBER_STOP_TIMEOUT_S:-60}"
+
+die() {
+  echo "member.sh: $*" >&2
+  exit 1
+}
+
+[ "$#" -ge 2 ] || die "usage: member.sh DIR stop|start|install PREFIX|installed-version|package-version PREFIX|running-version|status"
+dir="$(cd "$1" && pwd)" || die "no member directory $1"
+cmd="$2"
+shift 2
+[ -f "$dir/member.conf" ] || die "$dir/member.conf is missing (made by scripts/real/patroni/cluster.sh up)"
+
+name="" pg_port="" rest_port="" venv=""
+while IFS='=' read -r key value; do
+  case "$key" in
+    name) name="$value" ;;
+    pg_port) pg_port="$value" ;;
+    rest_port) rest_port="$value" ;;
+    venv) venv="$value" ;;
+    '' | '#'*) ;;
+    *) die "$dir/member.conf: unknown key $key" ;;
+  esac
+done <"$dir/member.conf"
+[[ "$name" =~ ^[A-Za-z0-9_-]+$ ]] || die "$dir/member.conf: bad name '$name'"
+[[ "$pg_port" =~ ^[0-9]+$ ]] || die "$dir/member.conf: bad pg_port '$pg_port'"
+[[ "$rest_port" =~ ^[0-9]+$ ]] || die "$dir/member.conf: bad rest_port '$rest_port'"
+[ -x "$venv/bin/patroni" ] || die "no Patroni in $venv: run scripts/real/install-patroni.sh"
+
+# Runs argv as the postgres user, with a clean environment (exec_as_postgres: in place of this shell).
+as_postgres() { (exec_as_postgres "$@"); }
+exec_as_postgres() {
+  local env=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/var/lib/postgresql LANG=C.UTF-8 LC_ALL=C.UTF-8)
+  if [ "$(id -un)" = postgres ]; then
+    exec "${env[@]}" "$@"
+  elif [ "$(id -u)" = 0 ]; then
+    exec "${env[@]}" setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"
+  else
+    die "run as root or as postgres (members run as postgres)"
+  fi
+}
+
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+
+patroni_pid() {
+  local pid=""
+  [ -f "$dir/patroni.pid" ] && read -r pid <"$dir/patroni.pid" || true
+  # Only a Patroni process of this member counts (a pid may have been reused).
+  if [[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$dir/patroni.yml"; then
+    echo "$pid"
+  fi
+}
+
+postmaster_pid() {
+  local pid=""
+  [ -f "$dir/data/postmaster.pid" ] && read -r pid <"$dir/data/postmaster.pid" || true
+  if [[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid"; then
+    echo "$pid"
+  fi
+}
+
+bin_of() { echo "$1/$PG_BIN_SUBDIR"; }
+
+installed_prefix() {
+  local prefix
+  [ -f "$dir/installed-prefix" ] || die "$dir/installed-prefix is missing"
+  read -r prefix <"$dir/installed-prefix"
+  echo "$prefix"
+}
+
+check_prefix() {
+  local prefix="$1"
+  [[ "$prefix" = /* ]] || die "the prefix must be an absolute path: $prefix"
+  [ -x "$(bin_of "$prefix")/postgres" ] || die "no PostgreSQL in $prefix ($(bin_of "$prefix")/postgres is missing)"
+  as_postgres test -x "$(bin_of "$prefix")/postgres" || die "the postgres user cannot run $(bin_of "$prefix")/postgres"
+  "$(bin_of "$prefix")/postgres" --version | grep -q '(PostgreSQL) 15\.' || die "$prefix is not PostgreSQL 15"
+}
+
+# Patroni's view of this member: GET /patroni on its REST API.
+rest_status() {
+  curl -fsS --max-time 2 "http://127.0.0.1:$rest_port/patroni"
+}
+
+# What start waits for: the member runs PostgreSQL as the leader, or as a streaming replica.
+member_ready() {
+  local json
+  json="$(rest_status 2>/dev/null)" || return 1
+  "$venv/bin/python" -c '
+import json, sys
+s = json.loads(sys.argv[1])
+ok = s.get("state") == "running" and (s.get("role") == "primary" or s.get("replication_state") == "streaming")
+sys.exit(0 if ok else 1)' "$json"
+}
+
+member_state() {
+  rest_status 2>/dev/null | "$venv/bin/python" -c 'import json, sys; s = json.load(sys.stdin); print(s.get("state", ""), "paused" if s.get("pause") else "")' 2>/dev/null || true
+}
+
+do_stop() {
+  local pid deadline pm
+  pid="$(patroni_pid)"
+  if [ -n "$pid" ]; then
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + STOP_TIMEOUT_S))
+    while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.05; done
+    if alive "$pid"; then
+      echo "member.sh: Patroni ($pid) did not stop in ${STOP_TIMEOUT_S}s; killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+      while alive "$pid"; do sleep 0.05; done
+    fi
+  fi
+  rm -f "$dir/patroni.pid"
+  # Under pause Patroni leaves PostgreSQL running when it stops: stop it here.
+  pm="$(postmaster_pid)"
+  if [ -n "$pm" ]; then
+    local pg_ctl
+    pg_ctl="$(bin_of "$(tr -d '\n' <"$dir/running-prefix" 2>/dev/null || installed_prefix)")/pg_ctl"
+    as_postgres "$pg_ctl" stop -D "$dir/data" -m fast -w -t "$STOP_TIMEOUT_S" >/dev/null ||
+      die "pg_ctl stop failed for $dir/data"
+  fi
+  echo "stopped $name"
+}
+
+do_start() {
+  local prefix pid deadline state
+  prefix="$(installed_prefix)"
+  check_prefix "$prefix"
+  pid="$(patroni_pid)"
+  if [ -z "$pid" ]; then
+    sed "s|@BIN_DIR@|$(bin_of "$prefix")|" "$dir/patroni.yml.in" >"$dir/patroni.yml.part"
+    chown postgres:postgres "$dir/patroni.yml.part" 2>/dev/null || true
+    mv "$dir/patroni.yml.part" "$dir/patroni.yml"
+    printf '%s\n' "$prefix" >"$dir/running-prefix"
+    # Its own session, every descriptor on the log: it outlives this command and its process group.
+    exec_as_postgres setsid "$venv/bin/patroni" "$dir/patroni.yml" </dev/null >>"$dir/patroni.log" 2>&1 &
+    pid=$!
+    echo "$pid" >"$dir/patroni.pid"
+  fi
+  deadline=$((SECONDS + START_TIMEOUT_S))
+  local restarted=0
+  until member_ready; do
+    alive "$pid" || die "Patroni exited; see $dir/patroni.log"
+    [ "$SECONDS" -lt "$deadline" ] || die "$name did not become running/streaming in ${START_TIMEOUT_S}s; see $dir/patroni.log"
+    state="$(member_state)"
+    # Paused: Patroni does not start a stopped PostgreSQL by itself; a restart through its API does.
+    if [ "$restarted" = 0 ] && [ "$state" = "stopped paused" ]; then
+      curl -fsS --max-time 60 -X POST -H 'Content-Type: application/json' -d '{}' \
+        "http://127.0.0.1:$rest_port/restart" >/dev/null || die "Patroni refused to start PostgreSQL (POST /restart)"
+      restarted=1
+    fi
+    sleep 0.1
+  done
+  echo "started $name"
+}
+
+case "$cmd" in
+  stop) do_stop ;;
+  start) do_start ;;
+  install)
+    [ "$#" = 1 ] || die "usage: member.sh DIR install PREFIX"
+    prefix="$(cd "$1" 2>/dev/null && pwd)" || die "no prefix $1"
+    check_prefix "$prefix"
+    printf '%s\n' "$prefix" >"$dir/installed-prefix.part"
+    mv "$dir/installed-prefix.part" "$dir/installed-prefix"
+    echo "installed $("$(bin_of "$prefix")/postgres" --version) on $name for its next start"
+    ;;
+  installed-version) "$(bin_of "$(installed_prefix)")/postgres" --version ;;
+  package-version)
+    [ "$#" = 1 ] || die "usage: member.sh DIR package-version PREFIX"
+    check_prefix "$1"
+    "$(bin_of "$1")/postgres" --version
+    ;;
+  running-version)
+    [ -n "$(postmaster_pid)" ] || die "PostgreSQL of $name is not running"
+    as_postgres "$(bin_of "$(installed_prefix)")/psql" -X -At -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres \
+      -c 'SHOW server_version'
+    ;;
+  pause | resume)
+    out="$("$venv/bin/patronictl" -c "$dir/patroni.yml" "$cmd" --wait 2>&1)" && { echo "$out"; exit 0; }
+    case "$out" in
+      *"Cluster is already paused"* | *"Cluster is not paused"*) echo "$out" ;;
+      *) echo "$out" >&2; die "patronictl $cmd failed" ;;
+    esac
+    ;;
+  status) rest_status || die "Patroni of $name does not answer on 127.0.0.1:$rest_port" ;;
+  *) die "unknown command $cmd" ;;
+esac
