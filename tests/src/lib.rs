@@ -8,6 +8,7 @@
 pub mod nats;
 pub mod process;
 pub mod proxy;
+pub mod real;
 pub mod secure;
 pub mod sshd;
 pub mod wait;
