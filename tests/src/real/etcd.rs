@@ -126,8 +126,24 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Installs the etcd versions if needed, starts 3 members on the old version on free loopback ports and waits
     /// until they answer.
+    /// Tries up to 3 times: the free ports are picked before etcd binds them, so another process may take one in
+    /// between.
     pub fn start() -> anyhow::Result<EtcdCluster> {
         install()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once() {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) if attempt >= 3 => {
+                    return Err(e.context("the etcd cluster did not come up in 3 attempts"))
+                }
+                Err(_) => continue,
+            }
+        }
+    }
+
+    fn start_once() -> anyhow::Result<EtcdCluster> {
         let root = tempfile::Builder::new().prefix("baton-etcd-").tempdir()?;
         let up = output(
             Command::new(script("cluster.sh"))
