@@ -19,14 +19,24 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 tools="$root/.tools/etcd"
 
 has_version() { # DIR VERSION: both binaries there and the server reports VERSION
-  [ -x "$1/bin/etcd" ] && [ -x "$1/bin/etcdctl" ] &&
-    "$1/bin/etcd" --version 2>/dev/null | grep -qx "etcd Version: $2"
+  local out
+  [ -x "$1/bin/etcd" ] && [ -x "$1/bin/etcdctl" ] || return 1
+  out="$("$1/bin/etcd" --version 2>/dev/null)" || return 1
+  [[ "$out" == "etcd Version: $2"$'\n'* ]]
 }
 
 need() { # COMMAND INSTALL-HINT
   command -v "$1" >/dev/null 2>&1 || { echo "install-etcd.sh: needs $1: $2" >&2; exit 1; }
 }
 
+if has_version "$tools/$ETCD_OLD_VERSION" "$ETCD_OLD_VERSION" && has_version "$tools/$ETCD_NEW_VERSION" "$ETCD_NEW_VERSION"; then
+  exit 0
+fi
+# One install at a time (tests start clusters in parallel); the checks are made again under the lock.
+mkdir -p "$tools"
+need flock "apt-get install util-linux"
+exec 9>"$tools/.lock"
+flock 9
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 

@@ -52,8 +52,13 @@ running_pid() {
   [ -r "/proc/$pid/stat" ] || return 1
   state="$(sed -e 's/^.*) //' "/proc/$pid/stat" | cut -d' ' -f1)" || return 1
   [ "$state" != Z ] && [ "$state" != X ] || return 1
-  tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "--data-dir=$dir/data" || return 1
-  echo "$pid"
+  local args=()
+  mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null || return 1
+  local a
+  for a in "${args[@]}"; do
+    [ "$a" = "--data-dir=$dir/data" ] && { echo "$pid"; return 0; }
+  done
+  return 1
 }
 
 journal() { echo "$(date +%s%3N) $*" >>"$dir/actions.log"; }
