@@ -10,7 +10,7 @@
 
 Each probe's argv is rendered from the profile for each node of the cluster file ({node} {address} {package}
 {var.NAME}), while writer.py writes every 20 ms; a the_node probe is saved per node (PROBE.NODE.*), an any_node one once, run with m1's vars
-(PROBE.*): .stdout, .stderr and .exit (the exit code). OUT/cluster.toml is the cluster file they ran against and
+(PROBE.*): .stdout, .stderr and .exit (the exit code). OUT/cluster.toml is the cluster file they ran against (its profile path made relative) and
 OUT/states.json what the script knows of each state (who it stopped, who led by `endpoint status -w simple`, which
 version each member has installed and runs), for the parsers' tests to compare with.
 
@@ -71,7 +71,13 @@ def main():
         env = dict(line.split("=", 1) for line in open(os.path.join(root, "cluster.env")).read().splitlines())
         old, new = env["old_version"], env["new_version"]
         os.makedirs(out, exist_ok=True)
-        shutil.copy(os.path.join(root, "cluster.toml"), os.path.join(out, "cluster.toml"))
+        # The copy names the profile relative to itself (the cluster file's rule), so that it loads from the repo.
+        with open(os.path.join(root, "cluster.toml")) as f:
+            text = f.read()
+        profile_path = os.path.join(REPO, "profiles", "etcd.toml")
+        text = text.replace('"%s"' % profile_path, '"%s"' % os.path.relpath(profile_path, out))
+        with open(os.path.join(out, "cluster.toml"), "w") as f:
+            f.write(text)
         states = {}
         installed = {n["name"]: old for n in nodes}
         running = {n["name"]: old for n in nodes}
