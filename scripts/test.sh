@@ -5,6 +5,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/install-nats-server.sh
+bash scripts/real/install-etcd.sh  # the two etcd versions of the real etcd cluster tests (.tools/etcd)
 # The SSH runner is tested against a real sshd on loopback (OpenSSH from
 # Debian's packages; CI runs as root).
 if [ ! -x /usr/sbin/sshd ]; then

@@ -12,6 +12,7 @@ mod executor;
 mod lease;
 mod limits;
 mod profile;
+mod real_etcd;
 mod real_patroni;
 mod sim;
 mod ssh;
