@@ -52,6 +52,7 @@ mod history;
 mod identity;
 mod procs;
 mod render;
+mod report;
 
 use std::process::ExitCode;
 
@@ -248,6 +249,8 @@ pub enum Command {
     Resolve(cmd::ops::ResolveArgs),
     /// Show an upgrade's timeline and its state at any event; verify decisions.
     Replay(cmd::replay::ReplayArgs),
+    /// Write an upgrade's timeline as one self-contained HTML page (a Gantt chart per node).
+    Report(cmd::report::ReportArgs),
     /// Verify or export the log.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),

@@ -6,6 +6,7 @@ pub mod executor;
 pub mod keys;
 pub mod ops;
 pub mod replay;
+pub mod report;
 pub mod server;
 
 use std::process::ExitCode;
@@ -20,6 +21,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Executor(args) => executor::run(&global, args),
         Command::Dev(args) => dev::run(global, args),
         Command::Replay(args) => replay::run(global, args),
+        Command::Report(args) => report::run(global, args),
         Command::Audit(command) => audit::run(global, command),
         Command::Keys(command) => keys::run(command),
         Command::Completions { shell } => {
