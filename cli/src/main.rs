@@ -9,7 +9,7 @@
 //! the request (bad input, wrong state, conflict, no such upgrade);
 //! 4 the upgrade ended halted or aborted (`submit` without `--detach`,
 //! `watch`, `plan` when preflight refuses); 5 verification failed
-//! (`audit verify`, `replay --verify`). A failure prints one line on stderr,
+//! (`audit verify`, `replay --verify`, `report`). A failure prints one line on stderr,
 //! or one JSON object under `--output json` (`failure.rs`).
 
 /// `println!` for a command's output. A reader that stopped early (`baton plan | head`) ends the command

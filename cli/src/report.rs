@@ -307,6 +307,8 @@ impl Timeline {
                         approved: None,
                     })
                     .collect();
+                // The core starts in preflight without a `PhaseEntered` for it.
+                open.phase.get_or_insert((json_word(&state.phase()), now));
                 self.mark(now, "submitted", format!("submitted by {requested_by}"));
             }
             Event::StepScheduled { .. } => {
@@ -407,6 +409,11 @@ impl Timeline {
                     ),
                 );
             }
+            Event::PhaseEntered { phase, .. }
+                if open
+                    .phase
+                    .as_ref()
+                    .is_some_and(|(p, _)| *p == json_word(phase)) => {}
             Event::PhaseEntered { phase, at_ms } => {
                 if let Some((previous, from)) = open.phase.take() {
                     self.phases.push(span(from, *at_ms, false, previous));
@@ -528,6 +535,9 @@ impl Timeline {
                 "completed: every node runs {}, failover restored",
                 self.view.target_version.as_deref().unwrap_or("the target")
             ),
+            ("planned", _) => {
+                "planned: preflight computed the plan (a plan-only run changes nothing)".into()
+            }
             (_, Some(reason)) => format!("{status}: {reason}"),
             (_, None) => format!("{status} (the log ends here)"),
         };
