@@ -202,6 +202,8 @@ pub struct GateRow {
 #[derive(Debug, Clone)]
 pub struct Timeline {
     pub upgrade: String,
+    /// Who submitted it.
+    pub requested_by: String,
     pub events: usize,
     pub start_ms: u64,
     pub end_ms: u64,
@@ -237,6 +239,7 @@ impl Timeline {
         let mut state = State::default();
         let mut tl = Timeline {
             upgrade: upgrade.to_string(),
+            requested_by: String::new(),
             events: events.len(),
             start_ms: 0,
             end_ms: 0,
@@ -298,6 +301,7 @@ impl Timeline {
                 ..
             } => {
                 self.nodes = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+                self.requested_by = requested_by.clone();
                 self.gates = state
                     .gates()
                     .iter()
@@ -360,7 +364,8 @@ impl Timeline {
             } => {
                 if let Some(bar) = attempts.get(&(*step, *attempt)).map(|&i| &mut self.bars[i]) {
                     bar.end = BarEnd::Result(*outcome);
-                    bar.end_ms = Some(bar.end_ms.map_or(*at_ms, |e| e.min(*at_ms)));
+                    // A result after the deadline still ends the bar when the step ended.
+                    bar.end_ms = Some(*at_ms);
                     bar.exit_code = *exit_code;
                     bar.stdout = stdout.clone();
                     bar.stderr = stderr.clone();
@@ -693,17 +698,16 @@ pub fn html(tl: &Timeline, verification: &Verification) -> String {
 }
 
 fn header(page: &mut String, tl: &Timeline, status: &str, reason: &str) {
-    let requested_by = tl.marks.first().map(|m| m.text.as_str()).unwrap_or("");
     let _ = write!(
         page,
         "<header><h1>Upgrade <code>{}</code> of cluster <code>{}</code></h1>\n\
-         <p class=\"meta\">target {} · {} · from {} to {} UTC ({}) · {} steps on {} nodes · {} events</p>\n\
+         <p class=\"meta\">target {} · submitted by {} · from {} to {} UTC ({}) · {} steps on {} nodes · {} events</p>\n\
          <section id=\"end\" class=\"end end-{}\" data-end-status=\"{}\"><strong>{}</strong> \
          <span data-end-reason=\"\">{}</span></section></header>\n",
         esc(&tl.upgrade),
         esc(&tl.view.cluster),
         esc(tl.view.target_version.as_deref().unwrap_or("?")),
-        esc(requested_by),
+        esc(&tl.requested_by),
         esc(&utc(Some(tl.start_ms))),
         esc(&utc(Some(tl.end_ms))),
         esc(&duration(tl.end_ms.saturating_sub(tl.start_ms))),
@@ -1328,6 +1332,7 @@ gates = ["before-switchover"]
             "data-step-id=\"1\" data-attempt=\"1\" data-node=\"n1\" data-action=\"probe_cluster_status\" data-outcome=\"succeeded\" data-probe=\"true\""
         ));
         assert!(page.contains("class=\"bar probe\" data-step-id=\"1\""));
+        assert!(page.contains("submitted by alice"));
         // The stop has no result when the log ends: pending, drawn to the end.
         assert_eq!(tl.bars[3].end, BarEnd::Pending);
         assert!(page.contains("data-step-id=\"3\" data-attempt=\"1\" data-node=\"n3\" data-action=\"stop\" data-outcome=\"pending\""));
