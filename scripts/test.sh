@@ -27,6 +27,16 @@ if [ ! -x /usr/bin/sudo ]; then
   fi
 fi
 bash scripts/real/install-patroni.sh # the real Patroni + PostgreSQL cluster (tests real_patroni): apt, pip into .tools/patroni
+# The HTML report (`baton report`) is checked in a real browser: headless
+# Chromium, Debian's package (about a minute to install).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "the HTML report's test needs headless Chromium: sudo apt-get install chromium" >&2
+    exit 1
+  fi
+fi
 export BATON_NATS_SERVER="$root/.tools/bin/nats-server"
 # Property tests and fuzzing draw from a fixed seed here, so a CI run is reproducible (this seed passes every
 # property); explore new inputs with another seed (PROPTEST_RNG_SEED=...) or the big fuzz run (tests/FUZZ.md).

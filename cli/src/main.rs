@@ -9,7 +9,7 @@
 //! the request (bad input, wrong state, conflict, no such upgrade);
 //! 4 the upgrade ended halted or aborted (`submit` without `--detach`,
 //! `watch`, `plan` when preflight refuses); 5 verification failed
-//! (`audit verify`, `replay --verify`). A failure prints one line on stderr,
+//! (`audit verify`, `replay --verify`, `report`). A failure prints one line on stderr,
 //! or one JSON object under `--output json` (`failure.rs`).
 
 /// `println!` for a command's output. A reader that stopped early (`baton plan | head`) ends the command
@@ -52,6 +52,7 @@ mod history;
 mod identity;
 mod procs;
 mod render;
+mod report;
 
 use std::process::ExitCode;
 
@@ -248,6 +249,8 @@ pub enum Command {
     Resolve(cmd::ops::ResolveArgs),
     /// Show an upgrade's timeline and its state at any event; verify decisions.
     Replay(cmd::replay::ReplayArgs),
+    /// Write an upgrade's timeline as one self-contained HTML page (a Gantt chart per node).
+    Report(cmd::report::ReportArgs),
     /// Verify or export the log.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),

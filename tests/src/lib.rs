@@ -3,9 +3,11 @@
 //! stopped on drop ([`process`]), and condition waits with timeouts
 //! ([`wait`]) instead of bare sleeps, a loopback OpenSSH server ([`sshd`]), a
 //! TCP proxy for network faults ([`proxy`]), an authenticated deployment's
-//! keys, trust file and TLS files ([`secure`]), and real clusters of other
-//! systems on loopback ([`real`]).
+//! keys, trust file and TLS files ([`secure`]), real clusters of other
+//! systems on loopback ([`real`]), and headless Chromium for pages that
+//! must render in a real browser ([`browser`]).
 
+pub mod browser;
 pub mod nats;
 pub mod process;
 pub mod proxy;
@@ -14,6 +16,7 @@ pub mod secure;
 pub mod sshd;
 pub mod wait;
 
+pub use browser::Chromium;
 pub use nats::NatsServer;
 pub use process::{workspace_bin, workspace_root, Proc};
 pub use proxy::{Mode, Proxy};

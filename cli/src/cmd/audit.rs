@@ -282,7 +282,10 @@ pub async fn verify_via_service(
 
 /// Every message of a JetStream stream the service pages out (`checkpoints`
 /// or `mirror`).
-async fn fetch_stream(client: &Client, verb: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+pub(crate) async fn fetch_stream(
+    client: &Client,
+    verb: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
     let mut after = 0u64;
     loop {
@@ -312,7 +315,7 @@ async fn mirror_differences(
 
 /// The trust file's service key, if a trust file is given (without one,
 /// checkpoint signatures are reported as not checked).
-fn service_key(global: &Global) -> anyhow::Result<Option<String>> {
+pub(crate) fn service_key(global: &Global) -> anyhow::Result<Option<String>> {
     match &global.trust {
         None => Ok(None),
         Some(_) => Ok(Some(global.trust("audit verify")?.service.key)),
@@ -344,9 +347,10 @@ fn anchors(
 
 /// The chain hashes of an export's lines, `stream -> seq -> hash`, and the
 /// checkpoints it holds (records of the service stream).
-type Chain = std::collections::BTreeMap<StreamId, std::collections::BTreeMap<u64, store::Hash>>;
+pub(crate) type Chain =
+    std::collections::BTreeMap<StreamId, std::collections::BTreeMap<u64, store::Hash>>;
 
-fn chain_of_export(
+pub(crate) fn chain_of_export(
     text: &[u8],
 ) -> (
     Chain,
@@ -389,7 +393,7 @@ fn chain_of_export(
     (chain, logged)
 }
 
-fn chain_lookup(chain: &Chain, stream: StreamId, seq: u64) -> checkpoint::At {
+pub(crate) fn chain_lookup(chain: &Chain, stream: StreamId, seq: u64) -> checkpoint::At {
     match chain.get(&stream) {
         None => checkpoint::At::NotHere,
         Some(records) => records

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod ops;
 pub mod profile;
 pub mod replay;
+pub mod report;
 pub mod server;
 
 use std::process::ExitCode;
@@ -21,6 +22,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Executor(args) => executor::run(&global, args),
         Command::Dev(args) => dev::run(global, args),
         Command::Replay(args) => replay::run(global, args),
+        Command::Report(args) => report::run(global, args),
         Command::Audit(command) => audit::run(global, command),
         Command::Keys(command) => keys::run(command),
         Command::Profile(command) => profile::run(global.output, command),

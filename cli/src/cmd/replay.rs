@@ -94,14 +94,7 @@ pub async fn print_timeline_via_service(
 /// Runs [`core::verify`] on the events and prints the outcome; exit code 5
 /// (as an error) on a divergence.
 fn report_verification(upgrade: &str, events: &[Event], json: bool) -> anyhow::Result<ExitCode> {
-    let divergence = core::verify(events).err().map(|mismatch| {
-        format!(
-            "at event {} ({}): {}",
-            mismatch.index + 1,
-            events.get(mismatch.index).map(kind).unwrap_or_default(),
-            mismatch.message
-        )
-    });
+    let divergence = divergence(events);
     if json {
         outln!(
             "{}",
@@ -125,6 +118,19 @@ fn report_verification(upgrade: &str, events: &[Event], json: bool) -> anyhow::R
     }
 }
 
+/// Where today's `decide`, fed the recorded inputs, first departs from the
+/// recorded decisions ([`core::verify`]), worded for people; `None`: nowhere.
+pub fn divergence(events: &[Event]) -> Option<String> {
+    core::verify(events).err().map(|mismatch| {
+        format!(
+            "at event {} ({}): {}",
+            mismatch.index + 1,
+            events.get(mismatch.index).map(kind).unwrap_or_default(),
+            mismatch.message
+        )
+    })
+}
+
 /// Every event of an upgrade, from wherever the arguments say.
 pub async fn load(
     global: &Global,
@@ -133,22 +139,7 @@ pub async fn load(
     file: &Option<PathBuf>,
 ) -> anyhow::Result<Vec<LoggedEvent>> {
     if let Some(db) = db {
-        let store = super::audit::open_offline(db)?;
-        let stream: store::StreamId = upgrade
-            .parse()
-            .map_err(|_| anyhow::anyhow!("`{upgrade}` is not an upgrade id (a ULID)"))?;
-        let mut out = Vec::new();
-        for record in store.read(stream, 1)? {
-            let record = record?;
-            out.push(LoggedEvent {
-                stream: upgrade.to_string(),
-                seq: record.seq,
-                prev: hex::encode(record.prev_hash),
-                hash: hex::encode(record.hash),
-                event: serde_json::value::RawValue::from_string(String::from_utf8(record.bytes)?)?,
-            });
-        }
-        return Ok(out);
+        return read_offline(&super::audit::open_offline(db)?, upgrade);
     }
     if let Some(file) = file {
         let text =
@@ -177,6 +168,25 @@ pub async fn load(
     fetch(&client, upgrade).await
 }
 
+/// Every event of an upgrade, read from a log opened offline (`--db`).
+pub fn read_offline(store: &store::Store, upgrade: &str) -> anyhow::Result<Vec<LoggedEvent>> {
+    let stream: store::StreamId = upgrade
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{upgrade}` is not an upgrade id (a ULID)"))?;
+    let mut out = Vec::new();
+    for record in store.read(stream, 1)? {
+        let record = record?;
+        out.push(LoggedEvent {
+            stream: upgrade.to_string(),
+            seq: record.seq,
+            prev: hex::encode(record.prev_hash),
+            hash: hex::encode(record.hash),
+            event: serde_json::value::RawValue::from_string(String::from_utf8(record.bytes)?)?,
+        });
+    }
+    Ok(out)
+}
+
 /// Every event of an upgrade, through the service's `events` API.
 pub async fn fetch(client: &Client, upgrade: &str) -> anyhow::Result<Vec<LoggedEvent>> {
     let mut out = Vec::new();
@@ -200,7 +210,7 @@ pub async fn fetch(client: &Client, upgrade: &str) -> anyhow::Result<Vec<LoggedE
     }
 }
 
-fn decode_all(logged: &[LoggedEvent]) -> anyhow::Result<Vec<Event>> {
+pub fn decode_all(logged: &[LoggedEvent]) -> anyhow::Result<Vec<Event>> {
     logged
         .iter()
         .map(|entry| {

@@ -251,6 +251,22 @@ fn every_command_exits_as_the_readme_says_without_a_service() {
         case(&["audit", "verify", "--db", &missing], 2, "no log at"),
         case(&["audit", "verify", "--db", &empty], 2, "no log at"),
         case(&["replay", id, "--db", &empty], 2, "no log at"),
+        case(
+            &["report", "x", "--out", &missing],
+            2,
+            "is not an upgrade id",
+        ),
+        case(&["report", id], 2, "--out"),
+        case(
+            &["report", id, "--out", &missing, "--db", &empty],
+            2,
+            "no log at",
+        ),
+        case(
+            &["report", id, "--out", &missing, "--file", &missing],
+            2,
+            "no such file",
+        ),
         case(&["audit", "checkpoint", "export", "--bogus"], 2, "--bogus"),
         case(&["audit"], 2, "subcommand"),
         case(&["keys", "gen"], 2, "--out"),
@@ -315,6 +331,7 @@ async fn every_command_exits_as_the_readme_says_against_a_service() {
     );
     let unknown = "01KB0000000000000000000000";
     let rita = path(env.secure.operator_key("rita"));
+    let page = path(&dir.join("report.html"));
 
     // A plan (0), then the upgrade that follows it, stopped at its gate.
     let out = env.baton_ok(&["plan", "--cluster", &cluster]);
@@ -379,6 +396,7 @@ async fn every_command_exits_as_the_readme_says_against_a_service() {
         ),
         case(&["replay", unknown], 3, "no upgrade"),
         case(&["audit", "export", unknown], 3, "no upgrade"),
+        case(&["report", unknown, "--out", &page], 3, "no upgrade"),
         // Successes (0).
         case(&["status", &plan], 0, "PLANNED"),
         case(&["watch", &plan], 0, "PLANNED"),
@@ -398,6 +416,7 @@ async fn every_command_exits_as_the_readme_says_against_a_service() {
         ),
         case(&["audit", "verify"], 0, "audit verify: OK"),
         case(&["audit", "checkpoint", "export"], 0, ""),
+        case(&["report", &plan, "--out", &page], 0, "written to"),
         case(&["pause", &upgrade, "--reason", "r"], 0, "PAUSED"),
         case(&["resume", &upgrade], 0, &upgrade),
     ];

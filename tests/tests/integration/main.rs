@@ -14,6 +14,7 @@ mod limits;
 mod profile;
 mod real_etcd;
 mod real_patroni;
+mod report;
 mod sim;
 mod ssh;
 mod store;
