@@ -36,6 +36,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Members run as `postgres`, which must reach the venv and the prefixes: a clone under a 0700 home (/root)
+# is not reachable, so the tools then go to a system folder instead. cluster.sh reads the choice.
+mkdir -p "$root/.tools"
+if ! runuser -u postgres -- test -x "$root/.tools" 2>/dev/null; then
+  tools=/var/lib/baton-tests/patroni
+  echo "install-patroni.sh: the postgres user cannot reach $root; installing into $tools" >&2
+fi
+echo "$tools" >"$root/.tools/patroni.location"
+
 # The venv: Debian's Python (pyenv or a python in root's home is not reachable by `postgres`).
 venv="$tools/venv"
 want="patroni==$PATRONI_VERSION psycopg==$PSYCOPG_VERSION"

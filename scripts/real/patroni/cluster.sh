@@ -12,7 +12,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../../.." && pwd)"
-tools="$repo/.tools/patroni"
+# Where install-patroni.sh put the tools (a system folder when postgres cannot reach the clone).
+tools="$(cat "$repo/.tools/patroni.location" 2>/dev/null || echo "$repo/.tools/patroni")"
 venv="$tools/venv"
 OLD="${PATRONI_PG_OLD:-15.18}"
 NEW="${PATRONI_PG_NEW:-15.20}"

@@ -335,11 +335,18 @@ impl ClusterFile {
         let profile = match &cluster.profile {
             None => "chef-backend".to_string(),
             Some(p) if p.get_ref() == "chef-backend" => p.get_ref().clone(),
+            // A profile file (docs/profiles.md), relative to the cluster file; its reader loads it.
+            Some(p) if p.get_ref().ends_with(".toml") && !p.get_ref().trim().is_empty() => {
+                p.get_ref().clone()
+            }
             Some(p) => {
                 return Err(loc.err(
                     Some(p.span()),
                     "cluster.profile",
-                    format!("unknown profile `{}` (built in: chef-backend)", p.get_ref()),
+                    format!(
+                        "unknown profile `{}` (built in: chef-backend; or a profile file's path, ending in .toml)",
+                        p.get_ref()
+                    ),
                 ))
             }
         };

@@ -225,7 +225,11 @@ fn submitted(state: &State, input: &Input) -> Result<Event, Rejection> {
         return Err(invalid("the upgrade id is empty".into()));
     }
     if cluster.profile != "chef-backend" {
-        return Err(invalid(format!("unknown profile `{}`", cluster.profile)));
+        return Err(invalid(format!(
+            "profile `{}`: upgrades run only the built-in chef-backend profile so far; a profile file can be \
+             validated and its probes tried with `baton profile check`",
+            cluster.profile
+        )));
     }
     if cluster.nodes.is_empty() {
         return Err(invalid("the cluster has no nodes".into()));

@@ -92,6 +92,10 @@ pub enum Shows {
     Installed,
     /// The `topology` probe shows another member leading.
     LeaderMoved,
+    /// The `failover` probe shows automatic failover blocked.
+    FailoverBlocked,
+    /// The `failover` probe shows automatic failover allowed.
+    FailoverUnblocked,
     /// Nothing shows it: an unknown outcome is retried only if the action is idempotent, else the upgrade halts.
     Nothing,
 }
@@ -124,6 +128,8 @@ pub struct ProbeSet {
     pub running_version: Option<ProbeDef>,
     /// The version inside the package, if the system has package files.
     pub package: Option<ProbeDef>,
+    /// Whether automatic failover is blocked now (required with a failover fence).
+    pub failover: Option<ProbeDef>,
 }
 
 /// Which probe (each has its own parser keys).
@@ -135,6 +141,8 @@ pub enum ProbeKind {
     Node,
     /// `[probes.version]`, `[probes.running_version]`, `[probes.package]`.
     Version,
+    /// `[probes.failover]`: whether automatic failover is blocked now.
+    Failover,
 }
 
 /// One probe: a read-only command and its parser.
@@ -146,6 +154,9 @@ pub struct ProbeDef {
     pub runs_on: RunsOn,
     /// How long it may run.
     pub timeout_ms: u64,
+    /// The exit codes whose output is read (`[0]` unless given): `etcdctl endpoint status` exits 1 with one
+    /// member down and still prints the others.
+    pub read_exit_codes: Vec<i32>,
     /// How to read its output.
     pub parse: Parser,
 }
@@ -191,6 +202,8 @@ pub struct Fields {
     pub max_lag: Option<f64>,
     /// Version probes: the version.
     pub version: Option<String>,
+    /// The failover probe: when automatic failover is blocked.
+    pub blocked_when: Option<Condition>,
 }
 
 /// How a topology member's identity names a node of the cluster file.
@@ -219,6 +232,16 @@ pub enum Condition {
     Equal {
         /// The fields.
         fields: [String; 2],
+    },
+    /// At least one of these holds.
+    Any {
+        /// The conditions.
+        any: Vec<Condition>,
+    },
+    /// Every one of these holds.
+    All {
+        /// The conditions.
+        all: Vec<Condition>,
     },
 }
 
@@ -326,6 +349,7 @@ struct RawProbes {
     version: Spanned<RawProbe>,
     running_version: Option<Spanned<RawProbe>>,
     package: Option<Spanned<RawProbe>>,
+    failover: Option<Spanned<RawProbe>>,
 }
 
 #[derive(Deserialize)]
@@ -334,6 +358,8 @@ struct RawProbe {
     argv: Spanned<Vec<Spanned<String>>>,
     runs_on: Spanned<String>,
     timeout_ms: Spanned<u64>,
+    #[serde(default)]
+    read_exit_codes: Option<Spanned<Vec<i32>>>,
     parse: Spanned<RawParse>,
 }
 
@@ -354,18 +380,27 @@ struct RawParse {
     lag: Option<Spanned<String>>,
     max_lag: Option<Spanned<f64>>,
     version: Option<Spanned<String>>,
+    blocked_when: Option<Spanned<RawCondition>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCondition {
-    #[serde(default)]
+    /// A JSON Pointer (JSON) or a group name (regex); `pointer` and `group` say the same.
+    #[serde(default, alias = "pointer", alias = "group")]
     field: Option<String>,
     #[serde(default, rename = "in")]
     values: Option<Vec<toml::Value>>,
     #[serde(default)]
     equal: Option<Vec<String>>,
+    #[serde(default)]
+    any: Option<Vec<RawCondition>>,
+    #[serde(default)]
+    all: Option<Vec<RawCondition>>,
 }
+
+/// How deep `any`/`all` may nest (a profile needs two levels: "leader and running, or replica and streaming").
+const MAX_CONDITION_DEPTH: usize = 4;
 
 struct Loc<'a> {
     file: &'a str,
@@ -525,14 +560,43 @@ fn condition(
     key: &str,
     json: bool,
 ) -> Result<Condition, CoreError> {
-    let c = value.get_ref();
-    let span = Some(value.span());
-    match (&c.field, &c.values, &c.equal) {
-        (Some(field), Some(values), None) => {
+    condition_at(loc, value.get_ref(), value.span(), key, json, 0)
+}
+
+fn condition_at(
+    loc: &Loc<'_>,
+    c: &RawCondition,
+    at: Range<usize>,
+    key: &str,
+    json: bool,
+    depth: usize,
+) -> Result<Condition, CoreError> {
+    let span = Some(at.clone());
+    let nested = |list: &[RawCondition], word: &str| -> Result<Vec<Condition>, CoreError> {
+        if depth >= MAX_CONDITION_DEPTH {
+            return Err(loc.err(
+                span.clone(),
+                key,
+                format!("`any`/`all` nest at most {MAX_CONDITION_DEPTH} deep"),
+            ));
+        }
+        if list.is_empty() {
+            return Err(loc.err(
+                span.clone(),
+                key,
+                format!("`{word}` must list at least one condition"),
+            ));
+        }
+        list.iter()
+            .map(|c| condition_at(loc, c, at.clone(), key, json, depth + 1))
+            .collect()
+    };
+    match (&c.field, &c.values, &c.equal, &c.any, &c.all) {
+        (Some(field), Some(values), None, None, None) => {
             if values.is_empty() {
                 return Err(loc.err(span, key, "`in` must list at least one value"));
             }
-            let field = pointer(loc, &Spanned::new(value.span(), field.clone()), key, json)?;
+            let field = pointer(loc, &Spanned::new(at.clone(), field.clone()), key, json)?;
             let values = values
                 .iter()
                 .map(|v| match v {
@@ -551,17 +615,24 @@ fn condition(
                 .collect::<Result<_, _>>()?;
             Ok(Condition::In { field, values })
         }
-        (None, None, Some(fields)) if fields.len() == 2 => {
+        (None, None, Some(fields), None, None) if fields.len() == 2 => {
             let mut out = [String::new(), String::new()];
             for (slot, f) in out.iter_mut().zip(fields) {
-                *slot = pointer(loc, &Spanned::new(value.span(), f.clone()), key, json)?;
+                *slot = pointer(loc, &Spanned::new(at.clone(), f.clone()), key, json)?;
             }
             Ok(Condition::Equal { fields: out })
         }
+        (None, None, None, Some(list), None) => Ok(Condition::Any {
+            any: nested(list, "any")?,
+        }),
+        (None, None, None, None, Some(list)) => Ok(Condition::All {
+            all: nested(list, "all")?,
+        }),
         _ => Err(loc.err(
             span,
             key,
-            "expected { field = \"...\", in = [...] } or { equal = [\"...\", \"...\"] }",
+            "expected one of { field = \"...\", in = [...] }, { equal = [\"...\", \"...\"] }, \
+             { any = [conditions] }, { all = [conditions] }",
         )),
     }
 }
@@ -577,10 +648,22 @@ fn probe(
     let runs_on = runs_on(loc, &p.runs_on, &format!("{key}.runs_on"))?;
     let timeout_ms = timeout(loc, &p.timeout_ms, &format!("{key}.timeout_ms"))?;
     let parse = parser(loc, &p.parse, &format!("{key}.parse"), kind)?;
+    let read_exit_codes = match &p.read_exit_codes {
+        None => vec![0],
+        Some(codes) if codes.get_ref().is_empty() => {
+            return Err(loc.err(
+                Some(codes.span()),
+                &format!("{key}.read_exit_codes"),
+                "must list at least one exit code",
+            ))
+        }
+        Some(codes) => codes.get_ref().clone(),
+    };
     Ok(ProbeDef {
         argv,
         runs_on,
         timeout_ms,
+        read_exit_codes,
         parse,
     })
 }
@@ -605,7 +688,8 @@ fn parser(
         }
     };
     // Which keys each probe kind reads; any other is refused by name, so a typo cannot go unnoticed.
-    let present: [(&str, Option<Range<usize>>); 11] = [
+    let present: [(&str, Option<Range<usize>>); 12] = [
+        ("blocked_when", p.blocked_when.as_ref().map(|v| v.span())),
         ("members", p.members.as_ref().map(|v| v.span())),
         ("name", p.name.as_ref().map(|v| v.span())),
         ("match", p.match_by.as_ref().map(|v| v.span())),
@@ -638,6 +722,7 @@ fn parser(
         ],
         ProbeKind::Node => &["up_when", "caught_up_when", "lag", "max_lag"],
         ProbeKind::Version => &["version"],
+        ProbeKind::Failover => &["blocked_when"],
     };
     for (name, span) in &present {
         if span.is_some() && !allowed.contains(name) {
@@ -716,8 +801,22 @@ fn parser(
             }
             fields.caught_up_when = cond("caught_up_when", &p.caught_up_when)?;
         }
+        ProbeKind::Version if !json && p.version.is_none() => {
+            // A regex names its version group `version` unless told otherwise.
+            fields.version = Some("version".to_string());
+        }
         ProbeKind::Version => {
             fields.version = Some(required("version", &p.version)?);
+        }
+        ProbeKind::Failover => {
+            fields.blocked_when = cond("blocked_when", &p.blocked_when)?;
+            if fields.blocked_when.is_none() {
+                return Err(loc.err(
+                    Some(raw.span()),
+                    &k("blocked_when"),
+                    "missing: how does the output show automatic failover blocked?",
+                ));
+            }
         }
     }
     if let Some(lag) = &p.lag {
@@ -793,16 +892,26 @@ fn field_names(f: &Fields) -> Vec<String> {
         &f.in_service_when,
         &f.up_when,
         &f.caught_up_when,
+        &f.blocked_when,
     ]
     .into_iter()
     .flatten()
     {
-        match c {
-            Condition::In { field, .. } => out.push(field.clone()),
-            Condition::Equal { fields } => out.extend(fields.iter().cloned()),
-        }
+        condition_fields(c, &mut out);
     }
     out
+}
+
+fn condition_fields(c: &Condition, out: &mut Vec<String>) {
+    match c {
+        Condition::In { field, .. } => out.push(field.clone()),
+        Condition::Equal { fields } => out.extend(fields.iter().cloned()),
+        Condition::Any { any: list } | Condition::All { all: list } => {
+            for c in list {
+                condition_fields(c, out);
+            }
+        }
+    }
 }
 
 impl ProfileFile {
@@ -880,16 +989,17 @@ impl ProfileFile {
                 "running" => Shows::Running,
                 "installed" => Shows::Installed,
                 "leader_moved" => Shows::LeaderMoved,
+                "failover_blocked" => Shows::FailoverBlocked,
+                "failover_unblocked" => Shows::FailoverUnblocked,
                 "nothing" => Shows::Nothing,
-                other => {
-                    return Err(loc.err(
-                        Some(a.shows.span()),
-                        &format!("{key}.shows"),
-                        format!(
-                            "unknown `{other}` (expected stopped, running, installed, leader_moved or nothing)"
-                        ),
-                    ))
-                }
+                other => return Err(loc.err(
+                    Some(a.shows.span()),
+                    &format!("{key}.shows"),
+                    format!(
+                        "unknown `{other}` (expected stopped, running, installed, leader_moved, \
+                             failover_blocked, failover_unblocked or nothing)"
+                    ),
+                )),
             };
             actions.insert(
                 action_name.get_ref().clone(),
@@ -995,7 +1105,33 @@ impl ProfileFile {
                 .as_ref()
                 .map(|p| probe(&loc, p, "probes.package", ProbeKind::Version))
                 .transpose()?,
+            failover: pr
+                .failover
+                .as_ref()
+                .map(|p| probe(&loc, p, "probes.failover", ProbeKind::Failover))
+                .transpose()?,
         };
+        // A fence Baton cannot see is a fence it cannot confirm: the guard and the wind-down read it.
+        if failover_fence && probes.failover.is_none() {
+            return Err(loc.err(
+                Some(p.failover_fence.span()),
+                "procedure.failover_fence",
+                "is true, but there is no [probes.failover] to show whether failover is blocked",
+            ));
+        }
+        for (name, action) in &actions {
+            let needs = match action.shows {
+                Shows::FailoverBlocked | Shows::FailoverUnblocked => probes.failover.is_some(),
+                _ => true,
+            };
+            if !needs {
+                return Err(loc.err(
+                    Some(raw.probes.span()),
+                    &format!("actions.{name}.shows"),
+                    "a failover state needs a [probes.failover] to show it",
+                ));
+            }
+        }
         Ok(ProfileFile {
             name,
             description,
@@ -1101,6 +1237,8 @@ impl Record<'_> {
                 (Some(a), Some(b)) => same(&a, &b) && !a.is_null(),
                 _ => false,
             },
+            Condition::Any { any } => any.iter().any(|c| self.holds(c)),
+            Condition::All { all } => all.iter().all(|c| self.holds(c)),
         }
     }
 
@@ -1257,6 +1395,22 @@ pub fn parse_node(probe: &ProbeDef, output: &str) -> Result<NodeHealth, CoreErro
             match re.captures(output) {
                 Some(c) => Ok(health(&Record::Text(c), fields)),
                 // No match says nothing about the node: an error, not "down".
+                None => Err(parse_err("the pattern does not match the output")),
+            }
+        }
+    }
+}
+
+/// Reads the failover probe's output: whether automatic failover is blocked.
+pub fn parse_failover(probe: &ProbeDef, output: &str) -> Result<bool, CoreError> {
+    bounded(output)?;
+    let blocked = |r: &Record<'_>, f: &Fields| f.blocked_when.as_ref().is_some_and(|c| r.holds(c));
+    match &probe.parse {
+        Parser::Json(fields) => Ok(blocked(&Record::Json(&json_document(output)?), fields)),
+        Parser::Regex { pattern, fields } => {
+            let re = Regex::new(pattern).map_err(|e| parse_err(format!("pattern: {e}")))?;
+            match re.captures(output) {
+                Some(c) => Ok(blocked(&Record::Text(c), fields)),
                 None => Err(parse_err("the pattern does not match the output")),
             }
         }
