@@ -6,6 +6,7 @@ mod auth;
 mod chaos;
 mod checkpoints;
 mod cli_exit;
+mod config_file;
 mod conventions;
 mod e2e;
 mod executor;
