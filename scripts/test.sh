@@ -5,6 +5,10 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/install-nats-server.sh
+# The packaging test builds the .deb with the pinned cargo-deb (into
+# $CARGO_HOME/bin, once per machine: about 2 minutes on 2 cores) and installs
+# it into a throwaway root with dpkg (Debian's own; CI runs as root).
+bash scripts/install-cargo-deb.sh
 # The SSH runner is tested against a real sshd on loopback (OpenSSH from
 # Debian's packages; CI runs as root).
 if [ ! -x /usr/sbin/sshd ]; then

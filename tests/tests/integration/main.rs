@@ -12,6 +12,7 @@ mod e2e;
 mod executor;
 mod lease;
 mod limits;
+mod packaging;
 mod sim;
 mod ssh;
 mod store;
