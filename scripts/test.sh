@@ -6,6 +6,19 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/install-nats-server.sh
 bash scripts/real/install-etcd.sh  # the two etcd versions of the real etcd cluster tests (.tools/etcd)
+# The packaging test builds the .deb with the pinned cargo-deb (into
+# $CARGO_HOME/bin, once per machine: about 2 minutes on 2 cores) and installs
+# it into a throwaway root with dpkg (Debian's own; CI runs as root).
+bash scripts/install-cargo-deb.sh
+# cargo-deb derives the package's Depends (libc6) with dpkg-shlibdeps (Debian's dpkg-dev).
+if ! command -v dpkg-shlibdeps >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev >/dev/null
+  else
+    echo "the packaging test needs dpkg-shlibdeps: sudo apt-get install dpkg-dev" >&2
+    exit 1
+  fi
+fi
 # The SSH runner is tested against a real sshd on loopback (OpenSSH from
 # Debian's packages; CI runs as root).
 if [ ! -x /usr/sbin/sshd ]; then

@@ -47,6 +47,7 @@ mod client;
 mod cmd;
 #[cfg(test)]
 mod compose_test;
+mod config;
 mod failure;
 mod history;
 mod identity;
@@ -269,9 +270,14 @@ pub enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match config::parse_from(std::env::args_os().collect()) {
         Ok(cli) => cli,
-        Err(err) => {
+        Err(config::ParseError::Config(err)) => {
+            let json =
+                failure::json_requested(std::env::args_os(), std::env::var_os("BATON_OUTPUT"));
+            return failure::Report::of(&err).print(json);
+        }
+        Err(config::ParseError::Clap(err)) => {
             let json =
                 failure::json_requested(std::env::args_os(), std::env::var_os("BATON_OUTPUT"));
             let args: Vec<String> = std::env::args_os()

@@ -51,6 +51,10 @@ pub enum Cmd {
         /// Inject a fault: NODE:KIND or NODE:KIND=ARG (e.g. backend-2:sync-never, backend-1:status-hang=5).
         #[arg(long = "fault")]
         faults: Vec<String>,
+        /// Do nothing (exit 0) if DIR already holds a simulated cluster, whatever its size and
+        /// version (for a container started again: `docker compose up` a second time).
+        #[arg(long)]
+        if_absent: bool,
     },
     /// Set a fault on a node (or clear it with --clear; `--clear all` clears every fault).
     Fault {

@@ -122,6 +122,7 @@ fn main_inner() -> Result<ExitCode> {
             start_ms,
             leaderless_tolerance_ms,
             faults,
+            if_absent,
         } => {
             let faults = faults
                 .iter()
@@ -136,7 +137,16 @@ fn main_inner() -> Result<ExitCode> {
                 leaderless_tolerance_ms,
             };
             let exe = std::env::current_exe().context("locating the baton-sim binary")?;
-            let sim = Sim::init(&dir, nodes, &version, timings, &faults, &exe)?;
+            let sim = match Sim::init(&dir, nodes, &version, timings, &faults, &exe) {
+                Err(sim::Error::Exists(dir)) if if_absent => {
+                    println!(
+                        "{} already holds a simulated cluster: left as it is.",
+                        dir.display()
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                other => other?,
+            };
             println!("Created a {nodes}-node chef-backend cluster at {} (version {version}, leader backend-1, failover on).", sim.dir().display());
             println!(
                 "Act as a node:  PATH={}:$PATH chef-backend-ctl status",

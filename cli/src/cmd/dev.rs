@@ -210,9 +210,17 @@ async fn demo(
         args.from_version
     ));
 
-    // 3. The workflow service and one executor per node.
+    // 3. The workflow service and one executor per node, each with an empty config
+    // file: on a host where the package is installed, /etc/baton/*.toml (the
+    // default) is the production one, not the demo's.
+    let no_config = dir.join("empty.toml");
+    std::fs::write(&no_config, "")
+        .with_context(|| format!("could not write {}", no_config.display()))?;
     let mut cmd = Command::new(&baton);
-    cmd.args(["server", "--db"])
+    cmd.arg("server")
+        .arg("--config")
+        .arg(&no_config)
+        .arg("--db")
         .arg(dir.join("baton.db"))
         .args(["--nats", &nats_url])
         .envs(security(&keys.join("service.seed")));
@@ -223,6 +231,8 @@ async fn demo(
         cmd.args([
             "executor", "--group", node, "--nodes", node, "--nats", &nats_url,
         ])
+        .arg("--config")
+        .arg(&no_config)
         .args([
             "--procedure",
             if args.upgrade_command {

@@ -31,6 +31,8 @@ use crate::Global;
 
 #[derive(clap::Args, Debug)]
 pub struct ExecutorArgs {
+    #[command(flatten)]
+    pub config: crate::config::ConfigArg,
     /// The executor group whose steps this process takes (consumer `exec-<group>`).
     #[arg(long)]
     pub group: String,

@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
+    #[command(flatten)]
+    pub config: crate::config::ConfigArg,
     /// Directory of the log (sled). One service per log.
     #[arg(long, env = "BATON_DB")]
     pub db: PathBuf,

@@ -856,3 +856,50 @@ fn an_operator_promote_is_journalled_with_its_actor() {
     assert!(r.incidents.iter().any(|i| i.actor == "operator"));
     assert!(!r.has(Rule::DemoteWithUnsyncedFollower));
 }
+
+/// `docker compose up` a second time runs `sim-init` again: with `--if-absent` it
+/// leaves the cluster as it is (state and journal untouched, exit 0); without it, a
+/// second init is refused.
+#[test]
+fn init_if_absent_leaves_an_existing_cluster_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sim");
+    let init = |extra: &[&str]| {
+        Command::new(baton_sim())
+            .args(["init", "--dir", dir.to_str().unwrap(), "--nodes", "3"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = init(&["--version", OLD, "--if-absent"]);
+    assert!(first.status.success(), "{first:?}");
+    let files = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut all: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let bytes = std::fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let before = files(&dir);
+    assert!(
+        before.iter().any(|(p, _)| p.ends_with("state.json")),
+        "{before:?}"
+    );
+    // Another version: still left alone.
+    let again = init(&["--version", "3.1.0-1", "--if-absent"]);
+    assert!(again.status.success(), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("left as it is"));
+    assert_eq!(files(&dir), before, "nothing rewritten");
+    let refused = init(&["--version", OLD]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("already holds a simulated cluster"),
+        "{refused:?}"
+    );
+}

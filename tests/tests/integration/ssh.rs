@@ -480,7 +480,7 @@ fn the_shipped_systemd_units_verify_and_their_commands_parse() {
             .split_whitespace()
             .map(|w| w.replace("%i", "pool"))
             .collect();
-        assert_eq!(args.remove(0), "/usr/local/bin/baton", "{name}");
+        assert_eq!(args.remove(0), "/usr/bin/baton", "{name}");
         if args.iter().any(|a| a == "$BATON_EXECUTOR_ARGS") {
             args.retain(|a| a != "$BATON_EXECUTOR_ARGS");
             let example = text
@@ -503,7 +503,7 @@ fn the_shipped_systemd_units_verify_and_their_commands_parse() {
             let unit = tmp.path().join(name.replace("@.service", "@pool.service"));
             std::fs::write(
                 &unit,
-                text.replace("/usr/local/bin/baton", &baton.display().to_string()),
+                text.replace("/usr/bin/baton", &baton.display().to_string()),
             )
             .unwrap();
             let out = Command::new("systemd-analyze")
