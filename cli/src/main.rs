@@ -49,6 +49,7 @@ mod cmd;
 mod compose_test;
 mod failure;
 mod history;
+mod http;
 mod identity;
 mod procs;
 mod render;

@@ -11,6 +11,7 @@ mod e2e;
 mod executor;
 mod lease;
 mod limits;
+mod metrics;
 mod sim;
 mod ssh;
 mod store;
