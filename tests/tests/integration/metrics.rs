@@ -324,6 +324,87 @@ async fn metrics_scraped_during_an_upgrade_match_the_log_and_readiness_follows_n
     assert_eq!(after.by("baton_steps_total", "action", "outcome"), logged);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_service_is_alive_but_not_ready_until_it_holds_the_lease() {
+    let mut env = Env::start(Setup {
+        http: true,
+        ..Setup::default()
+    })
+    .await;
+    let (active, _) = env.http.clone().expect("Setup::http gives addresses");
+    let up = tests::wait_until(Duration::from_secs(30), || {
+        ready(active).is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    assert!(
+        up,
+        "the service never ready: {:?}\n{}",
+        ready(active),
+        env.logs()
+    );
+
+    // A second service, with a log of its own, waits as a standby.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let mut cmd = env.baton_cmd_as(&env.secure.service_key.clone());
+    cmd.args(["server", "--standby", "--db"])
+        .arg(env.dir.path().join("standby.db"))
+        .args(["--http", &addr.to_string()])
+        .env("BATON_NATS_URL", env.service_url());
+    let mut standby =
+        tests::Proc::spawn("standby server", cmd, &env.dir.path().join("standby.log")).unwrap();
+    let mut last = None;
+    let waiting = tests::wait_until(Duration::from_secs(30), || {
+        last = ready(addr);
+        last.as_ref().is_some_and(|(status, body)| {
+            *status == 503 && body == "not ready: this service does not hold the service lease\n"
+        })
+    })
+    .await;
+    assert!(
+        waiting,
+        "the standby's readiness: {last:?}\n{}",
+        standby.log()
+    );
+    assert_eq!(get(addr, "/healthz").map(|a| a.status), Some(200));
+    let scrape = Scrape::of(addr).unwrap();
+    assert_eq!(scrape.value("baton_lease_held"), 0.0);
+    assert_eq!(scrape.value("baton_nats_connected"), 1.0);
+    assert_eq!(scrape.value("baton_log_verified"), 1.0);
+    assert_eq!(
+        ready(active).map(|r| r.0),
+        Some(200),
+        "the holder stays ready"
+    );
+
+    // The holder stops (SIGTERM releases the lease): the standby takes over and is ready.
+    let server = env.server.as_mut().expect("the service runs");
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(30)).is_some());
+    let took_over = tests::wait_until(Duration::from_secs(30), || {
+        last = ready(addr);
+        last.as_ref().is_some_and(|(status, _)| *status == 200)
+    })
+    .await;
+    assert!(
+        took_over,
+        "the standby's readiness: {last:?}\n{}",
+        standby.log()
+    );
+    let scrape = Scrape::of(addr).unwrap();
+    assert_eq!(scrape.value("baton_lease_held"), 1.0);
+    assert_eq!(
+        scrape.value("baton_service_epoch"),
+        1.0,
+        "its own log's first start"
+    );
+    standby.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(standby.wait_exit(Duration::from_secs(30)).is_some());
+    // The listener stopped with the service.
+    assert!(get(addr, "/healthz").is_none());
+}
+
 #[test]
 fn an_http_address_in_use_fails_the_command_naming_it() {
     let secure = tests::Secure::new(&["g"]).unwrap();
