@@ -46,11 +46,12 @@ const CONNECTION: &[&str] = &[
 ];
 
 /// `baton server`'s own flags a file may set.
-const SERVER: &[&str] = &["db", "api_skew_s", "standby", "lease_ttl_ms"];
+const SERVER: &[&str] = &["db", "api_skew_s", "standby", "lease_ttl_ms", "http"];
 
 /// `baton executor`'s own flags a file may set.
 const EXECUTOR: &[&str] = &[
     "group",
+    "http",
     "state_dir",
     "allow_relative_state_dir",
     "cluster",

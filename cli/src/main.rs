@@ -50,6 +50,7 @@ mod compose_test;
 mod config;
 mod failure;
 mod history;
+mod http;
 mod identity;
 mod procs;
 mod render;

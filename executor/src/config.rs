@@ -70,6 +70,9 @@ pub struct Config {
     pub setup: protocol::Options,
     /// How commands reach their node.
     pub runner: RunnerConfig,
+    /// Where the executor counts what it does and says whether it is ready;
+    /// the caller registers it in its own registry to serve it (`docs/metrics.md`).
+    pub metrics: Arc<crate::metrics::ExecutorMetrics>,
 }
 
 impl Config {
@@ -100,6 +103,7 @@ impl Config {
             shutdown_publish_timeout: Duration::from_secs(10),
             setup: protocol::Options::default(),
             runner: RunnerConfig::Local,
+            metrics: Arc::default(),
         }
     }
 

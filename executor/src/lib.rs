@@ -19,6 +19,7 @@ pub mod allow;
 pub mod config;
 pub mod error;
 pub mod ledger;
+pub mod metrics;
 pub mod presence;
 pub mod runner;
 pub mod service;

@@ -68,6 +68,7 @@ pub async fn heartbeat(
     base: Presence,
     identity: protocol::sign::Identity,
     stats: std::sync::Arc<Stats>,
+    metrics: std::sync::Arc<crate::metrics::ExecutorMetrics>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -75,7 +76,10 @@ pub async fn heartbeat(
     loop {
         let record = protocol::presence::seal(&stats.snapshot(&base), &identity);
         match kv.put(&key, record.into()).await {
-            Ok(_) => tracing::trace!(key = %key, "presence refreshed"),
+            Ok(_) => {
+                metrics.heartbeat_at(now_ms());
+                tracing::trace!(key = %key, "presence refreshed")
+            }
             Err(e) => tracing::warn!(key = %key, error = %e, "could not refresh presence"),
         }
         tokio::select! {

@@ -60,6 +60,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
         )));
     }
     let consumer = handles.consumer;
+    config.metrics.set_consumer_bound(true);
     let ack_wait = consumer.cached_info().config.ack_wait;
     let progress = config
         .progress_interval
@@ -103,11 +104,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
         base,
         config.identity.clone(),
         stats.clone(),
+        config.metrics.clone(),
         config.heartbeat,
         stop_presence.clone(),
     ));
 
     let claim_token = format!("{id}/{}/{}", std::process::id(), now_ms());
+    let metrics = config.metrics.clone();
     let worker = Worker {
         allowlist: config.allowlist(),
         identity: config.identity.clone(),
@@ -123,6 +126,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
         shutdown,
     };
     let served = worker.serve(&consumer).await;
+    metrics.set_consumer_bound(false);
     stop_presence.cancel();
     if let Err(e) = heartbeat.await {
         tracing::warn!(error = %e, "presence task failed");
@@ -147,17 +151,30 @@ async fn connect(
     tracing::info!(url = %url, auth = nats.has_auth(), "connecting to NATS");
     loop {
         let (options, addrs) = nats.options(&format!("baton-executor {id}")).await?;
-        let options = options.event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("disconnected from NATS; reconnecting")
+        let watched = config.metrics.clone();
+        let options = options.event_callback(move |event| {
+            let metrics = watched.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        metrics.set_nats_connected(true);
+                        tracing::info!("connected to NATS")
+                    }
+                    async_nats::Event::Disconnected => {
+                        metrics.set_nats_connected(false);
+                        tracing::warn!("disconnected from NATS; reconnecting")
+                    }
+                    other => tracing::info!(event = %other, "NATS connection event"),
                 }
-                other => tracing::info!(event = %other, "NATS connection event"),
             }
         });
         match options.connect(addrs.as_slice()).await {
-            Ok(client) => return Ok(Some(client)),
+            Ok(client) => {
+                config.metrics.set_nats_connected(
+                    client.connection_state() == async_nats::connection::State::Connected,
+                );
+                return Ok(Some(client));
+            }
             Err(e) if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation => {
                 return Err(ExecutorError::Nats {
                     action: "authenticate (the server refused this executor's NATS credentials)",
@@ -387,6 +404,7 @@ impl Worker {
     /// redelivery), publish nothing, record nothing, count and log it.
     async fn terminate_unsigned(&self, msg: &jetstream::Message, unsigned: Unsigned) {
         Stats::count(&self.stats.unsigned);
+        self.config.metrics.refused("unsigned");
         tracing::warn!(
             subject = %msg.subject,
             reason = %unsigned.reason,
@@ -487,6 +505,7 @@ impl Worker {
     /// Count and log a refusal; the `rejected` result that reports it.
     fn refuse(&self, req: &StepRequest, refusal: Refusal) -> StepResult {
         Stats::count(&self.stats.rejected);
+        self.config.metrics.refused(refusal.kind.as_str());
         match refusal.kind {
             RefusalKind::NotAllowed => Stats::count(&self.stats.not_allowed),
             RefusalKind::Conflict => Stats::count(&self.stats.conflicts),
@@ -598,6 +617,7 @@ impl Worker {
             .record_started(&key, &req.upgrade, req.epoch, started_ms, &self.id, digest)
             .await?;
         Stats::count(&self.stats.executed);
+        self.config.metrics.started();
         self.stats.set_running(Some(key));
         tracing::info!(argv = ?req.argv, timeout_ms = req.timeout_ms, "step started");
 
@@ -627,6 +647,9 @@ impl Worker {
             }
         };
         self.stats.set_running(None);
+        self.config
+            .metrics
+            .ran(&req.action, ran.outcome, ran.exit_code);
 
         let mut result = self.result(req, ran.outcome);
         result.exit_code = ran.exit_code;
@@ -672,6 +695,7 @@ impl Worker {
         e: DecodeError,
     ) -> Result<(), ExecutorError> {
         Stats::count(&self.stats.malformed);
+        self.config.metrics.refused("malformed");
         match RequestIds::peek(&msg.payload) {
             Some(ids) => {
                 tracing::warn!(key = %ids.key(), error = %e, "rejected a malformed step request");

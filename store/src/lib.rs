@@ -136,6 +136,12 @@ impl Store {
     pub async fn flush_async(&self) -> Result<usize, StoreError> {
         Ok(self.db.flush_async().await?)
     }
+
+    /// The bytes the log takes on disk (sled's data file and its blob files): a `stat` and a directory
+    /// listing, no read of the data.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
 }
 
 /// The log's folder is its owner's only (0700): created so, or tightened if

@@ -146,6 +146,11 @@ impl NatsServer {
         }
     }
 
+    /// Start it again on the same port and store dir, after [`NatsServer::stop`].
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        self.spawn().await
+    }
+
     /// Stop it, then start it again on the same port and store dir.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();

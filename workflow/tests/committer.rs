@@ -236,3 +236,50 @@ fn no_code_of_the_service_writes_the_log_but_the_committer() {
         offences.join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_metrics_count_what_the_committer_applied_and_flushed() {
+    use workflow::service::metrics::ServiceMetrics;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let service = ServiceMetrics::default();
+    let metrics = service.log.clone();
+    // The service sets the log's record count at start; the committer counts up from it.
+    metrics.records.set(10);
+    let committer = Committer::start_measured(store.clone(), metrics.clone()).unwrap();
+    committer
+        .append(stream(1), 0, batch(1, 0, 3))
+        .await
+        .unwrap();
+    committer
+        .append(stream(2), 0, batch(2, 0, 2))
+        .await
+        .unwrap();
+    // Refused (the head moved): not counted.
+    assert!(committer
+        .append(stream(1), 0, batch(9, 0, 1))
+        .await
+        .is_err());
+    committer.close().await.unwrap();
+    assert_eq!(metrics.appends.get(), 2);
+    assert_eq!(metrics.records_appended.get(), 5);
+    assert_eq!(metrics.records.get(), 15);
+    let stats = committer.stats();
+    assert_eq!(stats.appends, 2);
+    assert!(stats.flushes >= 2, "{stats:?}");
+    let mut registry = prometheus_client::registry::Registry::default();
+    service.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains(&format!(
+            "baton_log_flush_seconds_count {}\n",
+            stats.flushes
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        u64::try_from(metrics.bytes.get()).unwrap(),
+        store.size_on_disk().unwrap()
+    );
+}

@@ -111,6 +111,10 @@ pub struct ExecutorArgs {
     /// Progress interval while a step runs, in milliseconds (50 to 3600000). Default: a third of the ack wait.
     #[arg(long, value_parser = clap::value_parser!(u64).range(50..=3_600_000))]
     pub progress_ms: Option<u64>,
+    /// Serve /healthz, /readyz and /metrics over HTTP on this address (e.g. 127.0.0.1:9601;
+    /// docs/metrics.md). Off by default.
+    #[arg(long, env = "BATON_EXECUTOR_HTTP", value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -321,6 +325,7 @@ fn read_cluster(path: &std::path::Path) -> anyhow::Result<String> {
 /// Run the executor until SIGTERM or SIGINT; exit 0 after a graceful shutdown.
 pub fn run(global: &Global, args: ExecutorArgs) -> anyhow::Result<ExitCode> {
     // main installed the subscriber (info for executors, --log-format, NO_COLOR).
+    let http = args.http;
     let config = args.config(global)?;
     // Refused before any runtime or connection: a key the trust file does not
     // give this group, invalid nodes, ...
@@ -330,8 +335,31 @@ pub fn run(global: &Global, args: ExecutorArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let metrics = config.metrics.clone();
+        let listener = crate::http::start(
+            http,
+            || {
+                let mut registry = prometheus_client::registry::Registry::default();
+                metrics.register(&mut registry);
+                crate::http::Endpoints {
+                    registry,
+                    ready: Box::new(move || metrics.readiness()),
+                }
+            },
+            &shutdown,
+        )
+        .await;
+        let listener = match listener {
+            Ok(listener) => listener,
+            Err(err) => {
+                shutdown.cancel();
+                let _ = signals.await;
+                return Err(err);
+            }
+        };
         let served = executor::run(config, shutdown.clone()).await;
         shutdown.cancel();
+        crate::http::join(listener).await;
         signals
             .await
             .context("signal handler failed")?

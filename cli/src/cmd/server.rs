@@ -24,6 +24,10 @@ pub struct ServerArgs {
     /// How long the service lease outlives its last renewal, in milliseconds (renewed every third).
     #[arg(long, env = "BATON_LEASE_TTL_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
     pub lease_ttl_ms: u64,
+    /// Serve /healthz, /readyz and /metrics over HTTP on this address (e.g. 127.0.0.1:9600;
+    /// docs/metrics.md). Off by default.
+    #[arg(long, env = "BATON_HTTP", value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -51,8 +55,25 @@ pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode>
                 standby: args.standby,
             },
             protocol: protocol::Options::default(),
+            metrics: std::sync::Arc::default(),
         };
+        let metrics = config.metrics.clone();
+        let listener = crate::http::start(
+            args.http,
+            || {
+                let mut registry = prometheus_client::registry::Registry::default();
+                metrics.register(&mut registry);
+                crate::http::Endpoints {
+                    registry,
+                    ready: Box::new(move || metrics.readiness()),
+                }
+            },
+            &shutdown,
+        )
+        .await?;
         let result = workflow::service::run(config, shutdown.clone()).await;
+        shutdown.cancel();
+        crate::http::join(listener).await;
         signals.abort();
         let _ = signals.await;
         result.with_context(|| format!("workflow service (log {})", args.db.display()))

@@ -43,6 +43,8 @@ pub(crate) struct Setup {
     /// Run nats-server with authentication and TLS (the shipped least-privilege
     /// configuration); off, every process still signs and verifies.
     pub(crate) nats_auth: bool,
+    /// Give the service and each executor an `--http` listener (`metrics::`).
+    pub(crate) http: bool,
 }
 
 impl Default for Setup {
@@ -59,8 +61,16 @@ impl Default for Setup {
             target: TARGET,
             election_ms: 300,
             nats_auth: true,
+            http: false,
         }
     }
+}
+
+/// A loopback address whose port was free a moment ago (the OS picks it).
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
 }
 
 /// Executor groups beyond the nodes' that every test deployment has keys for
@@ -87,6 +97,8 @@ pub(crate) struct Env {
     pub(crate) target: String,
     /// The procedure of the cluster file; executors are started with the same profile.
     pub(crate) procedure: &'static str,
+    /// With `Setup::http`: the service's `--http` address, and each node's executor's.
+    pub(crate) http: Option<(std::net::SocketAddr, Vec<std::net::SocketAddr>)>,
 }
 
 impl Env {
@@ -178,6 +190,9 @@ impl Env {
             db,
             target: setup.target.to_string(),
             procedure: setup.procedure,
+            http: setup
+                .http
+                .then(|| (free_addr(), (0..setup.nodes).map(|_| free_addr()).collect())),
         };
         env.start_server();
         for index in 0..env.nodes.len() {
@@ -225,6 +240,9 @@ impl Env {
         cmd.args(["server", "--db"])
             .arg(self.db())
             .env("BATON_NATS_URL", self.service_url());
+        if let Some((addr, _)) = &self.http {
+            cmd.arg("--http").arg(addr.to_string());
+        }
         let log = self
             .dir
             .path()
@@ -829,6 +847,9 @@ impl Env {
             .arg(self.dir.path().join("executors").join(node))
             .env("PATH", path)
             .env("BATON_NATS_URL", self.service_url());
+        if let Some((_, executors)) = &self.http {
+            cmd.arg("--http").arg(executors[index].to_string());
+        }
         let log = self.dir.path().join(format!("{log_name}-{node}.log"));
         Proc::spawn(&format!("executor {node}"), cmd, &log).unwrap()
     }

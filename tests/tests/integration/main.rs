@@ -12,6 +12,7 @@ mod e2e;
 mod executor;
 mod lease;
 mod limits;
+mod metrics;
 mod packaging;
 mod profile;
 mod real_etcd;

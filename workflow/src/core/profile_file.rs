@@ -992,14 +992,16 @@ impl ProfileFile {
                 "failover_blocked" => Shows::FailoverBlocked,
                 "failover_unblocked" => Shows::FailoverUnblocked,
                 "nothing" => Shows::Nothing,
-                other => return Err(loc.err(
-                    Some(a.shows.span()),
-                    &format!("{key}.shows"),
-                    format!(
+                other => {
+                    return Err(loc.err(
+                        Some(a.shows.span()),
+                        &format!("{key}.shows"),
+                        format!(
                         "unknown `{other}` (expected stopped, running, installed, leader_moved, \
                              failover_blocked, failover_unblocked or nothing)"
                     ),
-                )),
+                    ))
+                }
             };
             actions.insert(
                 action_name.get_ref().clone(),

@@ -54,6 +54,7 @@ use std::sync::Mutex;
 use store::{AppendOutcome, NewRecord, Store, StoreError, StreamId};
 use tokio::sync::{mpsc, oneshot};
 
+use super::metrics::LogMetrics;
 use super::ServiceError;
 
 /// How many requests may queue before callers wait.
@@ -126,13 +127,29 @@ impl Committer {
     /// Starts the writer thread on `store`. From now on nothing else may
     /// append to `store` or flush it.
     pub fn start(store: Store) -> Result<Committer, ServiceError> {
+        Committer::start_measured(store, LogMetrics::default())
+    }
+
+    /// [`Committer::start`], counting appends, records and flush times into
+    /// `metrics` (the service's, `docs/metrics.md`); `metrics.records` is
+    /// counted up from the value it holds.
+    pub fn start_measured(store: Store, metrics: LogMetrics) -> Result<Committer, ServiceError> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let counters = std::sync::Arc::new(Counters::default());
         let thread = {
             let counters = counters.clone();
             std::thread::Builder::new()
                 .name("baton-committer".into())
-                .spawn(move || run(store, rx, &counters))
+                .spawn(move || {
+                    run(
+                        store,
+                        rx,
+                        &Meters {
+                            counters: &counters,
+                            metrics: &metrics,
+                        },
+                    )
+                })
                 .map_err(|err| {
                     ServiceError::Internal(format!("cannot start the log's committer: {err}"))
                 })?
@@ -223,8 +240,14 @@ type Pending = (StreamId, u64, Vec<NewRecord>, Reply);
 /// A caller whose records are applied and wait for the batch's flush.
 type Waiter = (Reply, AppendOutcome);
 
+/// What the thread counts: its own counters (for `stats`) and the service's metrics.
+struct Meters<'a> {
+    counters: &'a Counters,
+    metrics: &'a LogMetrics,
+}
+
 /// The thread: batch, apply in order, flush once, answer; until stopped.
-fn run(store: Store, mut rx: mpsc::Receiver<Request>, counters: &Counters) {
+fn run(store: Store, mut rx: mpsc::Receiver<Request>, meters: &Meters<'_>) {
     // Set by the first sled error: from then on every caller gets it.
     let mut broken: Option<StoreError> = None;
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
@@ -234,7 +257,7 @@ fn run(store: Store, mut rx: mpsc::Receiver<Request>, counters: &Counters) {
             // Every handle is gone: nothing is queued; make what was applied
             // durable and end.
             if broken.is_none() {
-                if let Err(err) = flush(&store, counters) {
+                if let Err(err) = flush(&store, meters) {
                     tracing::error!(error = %err, "the log's last flush failed");
                 }
             }
@@ -270,12 +293,12 @@ fn run(store: Store, mut rx: mpsc::Receiver<Request>, counters: &Counters) {
             }
         }
         if !appends.is_empty() {
-            apply(&store, appends, &mut waiting, &mut broken, counters);
+            apply(&store, appends, &mut waiting, &mut broken, meters);
         }
         // One flush covers every append of the batch.
         let flushed = match &broken {
             Some(err) => Err(err.clone()),
-            None if !waiting.is_empty() || stop.is_some() => flush(&store, counters),
+            None if !waiting.is_empty() || stop.is_some() => flush(&store, meters),
             None => Ok(()),
         };
         if let Err(err) = &flushed {
@@ -301,7 +324,7 @@ fn apply(
     appends: Vec<Pending>,
     waiting: &mut Vec<Waiter>,
     broken: &mut Option<StoreError>,
-    counters: &Counters,
+    meters: &Meters<'_>,
 ) {
     let items: Vec<(StreamId, u64, &[NewRecord])> = appends
         .iter()
@@ -314,7 +337,14 @@ fn apply(
             for ((stream, _, _, reply), result) in appends.into_iter().zip(results) {
                 match result {
                     Ok(outcome) => {
-                        counters.appends.fetch_add(1, Ordering::Relaxed);
+                        meters.counters.appends.fetch_add(1, Ordering::Relaxed);
+                        let records = outcome.appended().count() as u64;
+                        meters.metrics.appends.inc();
+                        meters.metrics.records_appended.inc_by(records);
+                        meters
+                            .metrics
+                            .records
+                            .inc_by(i64::try_from(records).unwrap_or(i64::MAX));
                         waiting.push((reply, outcome));
                     }
                     // Refused on its own (a conflict, a torn tail): nothing
@@ -336,8 +366,24 @@ fn apply(
     }
 }
 
-fn flush(store: &Store, counters: &Counters) -> Result<(), StoreError> {
+/// Flushes, timing it; then samples the log's size on disk (a `stat`, off the
+/// answer's path only by that much).
+fn flush(store: &Store, meters: &Meters<'_>) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
     store.flush()?;
-    counters.flushes.fetch_add(1, Ordering::Relaxed);
+    meters
+        .metrics
+        .flush
+        .observe(started.elapsed().as_secs_f64());
+    meters.counters.flushes.fetch_add(1, Ordering::Relaxed);
+    match store.size_on_disk() {
+        Ok(bytes) => {
+            meters
+                .metrics
+                .bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        Err(err) => tracing::debug!(error = %err, "could not read the log's size on disk"),
+    }
     Ok(())
 }

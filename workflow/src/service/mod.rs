@@ -25,6 +25,7 @@ pub mod committer;
 mod handlers;
 mod history;
 pub mod lease;
+pub mod metrics;
 pub mod mirror;
 mod presence;
 mod registry;
@@ -65,6 +66,10 @@ pub struct Config {
     pub lease: lease::LeaseOptions,
     /// JetStream tunables (tests shorten them).
     pub protocol: protocol::Options,
+    /// Where the service counts what it does and says whether it is ready;
+    /// the caller registers it in its own registry to serve it
+    /// (`docs/metrics.md`).
+    pub metrics: Arc<metrics::ServiceMetrics>,
 }
 
 /// What can stop the service. Rejections of requests are not errors: they are
@@ -132,6 +137,7 @@ pub(crate) struct Shared {
     /// Held by whoever appends to the service stream (upgrade loops
     /// checkpoint concurrently).
     pub service_log: tokio::sync::Mutex<()>,
+    pub metrics: Arc<metrics::ServiceMetrics>,
 }
 
 /// Runs the workflow service until `shutdown` is cancelled or a fatal error.
@@ -156,14 +162,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let anchored = checkpoint::verify_log(&store, SERVICE_STREAM, Some(&config.trust.service.key))
         .map_err(|bad| ServiceError::BadCheckpoint(bad.to_string()))?;
     tracing::info!(checkpoints = anchored.checked, "the log's checkpoints hold");
+    let metrics = config.metrics.clone();
+    metrics.set_log_verified();
     let epoch = next_epoch(&store)?;
+    let records: u64 = store.streams()?.iter().map(|(_, head)| head.seq).sum();
+    metrics
+        .log
+        .records
+        .set(i64::try_from(records).unwrap_or(i64::MAX));
+    if let Ok(bytes) = store.size_on_disk() {
+        metrics
+            .log
+            .bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
     // From here on, only the committer writes the log (it flushes and stops
     // when dropped, on every early return below).
-    let committer = committer::Committer::start(store.clone())?;
+    let committer = committer::Committer::start_measured(store.clone(), metrics.log.clone())?;
     let started_ms = now_ms();
 
     let nats_config = config.nats.with_own_inbox(&config.identity.public_key());
-    let Some(nats) = connect(&nats_config, &shutdown).await? else {
+    let Some(nats) = connect(&nats_config, &metrics, &shutdown).await? else {
         return Ok(());
     };
     let js = jetstream::new(nats.clone());
@@ -174,7 +193,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let Some(lease) = lease::Lease::acquire(&js, me, config.lease.clone(), &shutdown).await? else {
         return Ok(());
     };
+    metrics.set_lease_held(true);
     record_start(&store, &committer, epoch, lease.revision()).await?;
+    metrics.set_epoch(epoch);
     tracing::info!(epoch, lease_revision = lease.revision(), db = %config.db.display(), "workflow service starting");
     let release = CancellationToken::new();
     let mut lease_task = tokio::spawn(lease.run(release.clone()));
@@ -199,6 +220,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         shutdown: shutdown.clone(),
         append_gate: tokio::sync::RwLock::new(()),
         service_log: tokio::sync::Mutex::new(()),
+        metrics: metrics.clone(),
     });
     // Refuse to act on a log that BATON_CHECKPOINTS contradicts.
     checkpoint::reconcile(&shared, &handles.checkpoints).await?;
@@ -245,6 +267,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             _ = shutdown.cancelled() => break,
             ended = &mut lease_task => {
                 lease_done = true;
+                metrics.set_lease_held(false);
                 let err = match ended {
                     Ok(Err(lost)) => ServiceError::Lease(lost),
                     Ok(Ok(())) => ServiceError::Internal("the lease task ended".into()),
@@ -292,6 +315,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             Ok(Ok(())) => {}
         }
     }
+    metrics.set_lease_held(false);
     tracing::info!(epoch, "workflow service stopped");
     result
 }
@@ -301,14 +325,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 /// unusable (a missing file, a malformed URL).
 async fn connect(
     config: &protocol::connect::NatsConfig,
+    metrics: &Arc<metrics::ServiceMetrics>,
     shutdown: &CancellationToken,
 ) -> Result<Option<async_nats::Client>, ServiceError> {
     let url = config.redacted_url();
     let mut backoff = Duration::from_millis(100);
     loop {
         let (options, addrs) = config.options("baton-workflow").await?;
+        // The connection's state, for `baton_nats_connected` and readiness.
+        let watched = metrics.clone();
+        let options = options.event_callback(move |event| {
+            let metrics = watched.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        metrics.set_nats_connected(true);
+                        tracing::info!("connected to NATS");
+                    }
+                    async_nats::Event::Disconnected => {
+                        metrics.set_nats_connected(false);
+                        tracing::warn!("disconnected from NATS; reconnecting");
+                    }
+                    other => tracing::info!(event = %other, "NATS connection event"),
+                }
+            }
+        });
         match options.connect(addrs).await {
-            Ok(client) => return Ok(Some(client)),
+            Ok(client) => {
+                metrics.set_nats_connected(
+                    client.connection_state() == async_nats::connection::State::Connected,
+                );
+                return Ok(Some(client));
+            }
             Err(err) => {
                 tracing::warn!(%url, error = %err, "cannot reach NATS yet; retrying");
                 tokio::select! {

@@ -10,6 +10,7 @@
 //! idempotent ids, so a re-publish after a crash is harmless), and only then
 //! acks the result or answers the request that caused them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use async_nats::jetstream;
 use store::{NewRecord, StreamId};
 use tokio::sync::{mpsc, oneshot};
 
+use super::metrics::{outcome_label, status_label, StepTimes};
 use super::registry::{Handle, NodeIdentity};
 use super::{now_ms, ServiceError, Shared, SERVICE_STREAM};
 use crate::core::{self, Event, Input, Rejection, ScheduledStep, State};
@@ -54,6 +56,21 @@ struct Loop {
     /// Seq of this upgrade's last signed checkpoint (0: none yet).
     checkpointed: u64,
     rx: mpsc::Receiver<Command>,
+    /// When each outstanding step attempt was decided (the time of the input
+    /// whose decision scheduled it): the start of its durations (`metrics`).
+    decided: BTreeMap<(u64, u32), u64>,
+    /// The status this upgrade is counted under in `baton_upgrades` (`None`:
+    /// not in the log yet).
+    counted: Option<&'static str>,
+}
+
+/// The executor's times of the result being applied (for the step durations).
+#[derive(Debug, Clone, Copy)]
+struct RanAt {
+    step: u64,
+    attempt: u32,
+    started_ms: Option<u64>,
+    finished_ms: Option<u64>,
 }
 
 /// Starts a loop for `upgrade` (new: empty state) and claims its cluster.
@@ -78,6 +95,8 @@ pub(crate) async fn start_new(
         head: 0,
         checkpointed: 0,
         rx,
+        decided: BTreeMap::new(),
+        counted: None,
     };
     shared.registry.track(worker.run()).await;
     Ok(handle)
@@ -120,6 +139,8 @@ pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError
         }
         let events = load_events(shared, stream)?;
         let state = core::replay(events.iter().map(|(_, e)| e));
+        let status = status_label(&state.status());
+        shared.metrics.upgrade_entered(status);
         if state.is_terminal() {
             remirror_tail(shared, &stream.to_string(), &events).await?;
             continue;
@@ -153,6 +174,8 @@ pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError
             head: head.seq,
             checkpointed: super::checkpoint::last_seq(shared, stream)?,
             rx,
+            decided: decided_times(events.iter().map(|(_, e)| e)),
+            counted: Some(status),
         };
         // The mirror must agree with the log before anything is acted on;
         // what it lacks is mirrored again.
@@ -249,7 +272,7 @@ impl Loop {
                 _ = tokio::time::sleep(sleep), if wake.is_some() => {
                     let now = now_ms();
                     retry_tick_at = match self.apply(Input::Tick { now_ms: now }).await? {
-                        Ok(()) => None,
+                        Ok(_) => None,
                         Err(rejection) => {
                             tracing::error!(upgrade = %self.upgrade, now_ms = now, %rejection, "the core refused a tick (is this host's clock right?); trying again in 1 s");
                             Some(tokio::time::Instant::now() + Duration::from_secs(1))
@@ -301,8 +324,14 @@ impl Loop {
                     // The log names the executor by its pinned key's name.
                     *executor = signer.name.clone();
                 }
-                match self.apply(input).await? {
-                    Ok(()) => {}
+                let ran = RanAt {
+                    step: result.step,
+                    attempt: result.attempt,
+                    started_ms: result.started_ms,
+                    finished_ms: result.finished_ms,
+                };
+                match self.apply_ran(input, Some(ran)).await? {
+                    Ok(_) => {}
                     Err(rejection @ Rejection::ClockOutOfRange { .. }) => {
                         // Not the result's fault: keep it for when the clock is right.
                         tracing::error!(
@@ -335,7 +364,7 @@ impl Loop {
             }
             Command::Input { input, reply } => {
                 let answer = self.apply(*input).await?;
-                let _ = reply.send(answer);
+                let _ = reply.send(answer.map(|_| ()));
             }
             Command::Snapshot { reply } => {
                 let _ = reply.send((self.state.clone(), self.head));
@@ -345,13 +374,23 @@ impl Loop {
     }
 
     /// decide -> append + flush -> evolve -> publish steps -> mirror events.
-    async fn apply(&mut self, input: Input) -> Result<Result<(), Rejection>, ServiceError> {
+    /// Answers the events appended (none for a duplicate or a no-op tick).
+    async fn apply(&mut self, input: Input) -> Result<Result<Vec<Event>, Rejection>, ServiceError> {
+        self.apply_ran(input, None).await
+    }
+
+    /// [`Loop::apply`] for a result whose executor times are `ran`.
+    async fn apply_ran(
+        &mut self,
+        input: Input,
+        ran: Option<RanAt>,
+    ) -> Result<Result<Vec<Event>, Rejection>, ServiceError> {
         let events = match core::decide(&self.state, &input) {
             Ok(events) => events,
             Err(rejection) => return Ok(Err(rejection)),
         };
         if events.is_empty() {
-            return Ok(Ok(()));
+            return Ok(Ok(events));
         }
         let msg_id =
             match &input {
@@ -403,6 +442,7 @@ impl Loop {
             self.state = core::evolve(std::mem::take(&mut self.state), event);
         }
         self.head += events.len() as u64;
+        self.measure(&events, input.now_ms(), ran);
         let last = appended.last().expect("events is not empty");
         if super::checkpoint::due(self.head, self.checkpointed, self.state.is_terminal()) {
             let head = store::Head {
@@ -418,7 +458,65 @@ impl Loop {
         for (record, event) in appended.iter().zip(&events) {
             self.mirror(record.seq, &record.hash, event).await;
         }
-        Ok(Ok(()))
+        Ok(Ok(events))
+    }
+
+    /// Counts what `events` (just appended and folded in, decided at
+    /// `decided_ms`) did: steps ended, their durations, the upgrade's status.
+    fn measure(&mut self, events: &[Event], decided_ms: u64, ran: Option<RanAt>) {
+        let metrics = &self.shared.metrics;
+        for event in events {
+            match event {
+                Event::StepScheduled { step, attempt, .. } => {
+                    self.decided.insert((*step, *attempt), decided_ms);
+                }
+                Event::StepResultRecorded {
+                    step,
+                    attempt,
+                    outcome,
+                    at_ms,
+                    ..
+                } => {
+                    let decided = self.decided.remove(&(*step, *attempt));
+                    let action = self.action_of(*step);
+                    metrics.step_ended(action, outcome_label(*outcome));
+                    let times = ran
+                        .filter(|r| (r.step, r.attempt) == (*step, *attempt))
+                        .and_then(|r| Some((decided?, r.started_ms?, r.finished_ms?)));
+                    if let Some((decided_ms, started_ms, finished_ms)) = times {
+                        metrics.step_timed(
+                            action,
+                            StepTimes {
+                                decided_ms,
+                                started_ms,
+                                finished_ms,
+                                received_ms: *at_ms,
+                            },
+                        );
+                    }
+                }
+                Event::StepDeadlinePassed { step, attempt, .. } => {
+                    self.decided.remove(&(*step, *attempt));
+                    metrics.step_ended(self.action_of(*step), "deadline_passed");
+                }
+                _ => {}
+            }
+        }
+        let status = status_label(&self.state.status());
+        if self.counted != Some(status) {
+            if let Some(old) = self.counted {
+                metrics.upgrade_left(old);
+            }
+            metrics.upgrade_entered(status);
+            self.counted = Some(status);
+        }
+    }
+
+    /// The action of a scheduled step (its name in the log).
+    fn action_of(&self, step: u64) -> &'static str {
+        self.state
+            .step(step)
+            .map_or("unknown", |record| record.scheduled.action.as_str())
     }
 
     /// Publishes a step request and waits for JetStream's ack, retrying while
@@ -541,6 +639,28 @@ async fn remirror_tail(
         }
     }
     Ok(())
+}
+
+/// When each step attempt without a recorded end was decided: the time of the
+/// last timed event before its `StepScheduled` (the recorded input of the
+/// decision that scheduled it), as [`Loop::measure`] notes it live.
+fn decided_times<'e>(events: impl Iterator<Item = &'e Event>) -> BTreeMap<(u64, u32), u64> {
+    let mut decided = BTreeMap::new();
+    let mut last_ms = 0;
+    for event in events {
+        match event {
+            Event::StepScheduled { step, attempt, .. } => {
+                decided.insert((*step, *attempt), last_ms);
+            }
+            Event::StepResultRecorded { step, attempt, .. }
+            | Event::StepDeadlinePassed { step, attempt, .. } => {
+                decided.remove(&(*step, *attempt));
+            }
+            _ => {}
+        }
+        last_ms = event.at_ms().unwrap_or(last_ms);
+    }
+    decided
 }
 
 /// The core's input for an executor's result.
