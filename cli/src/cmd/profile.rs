@@ -14,8 +14,8 @@ use executor::runner::local::{self, Stdin};
 use serde::Serialize;
 use workflow::core::cluster::{ClusterFile, NodeSpec};
 use workflow::core::profile_file::{
-    parse_node, parse_topology, parse_version, render_argv, Parser, Placeholders, ProbeDef,
-    ProfileFile,
+    parse_failover, parse_node, parse_topology, parse_version, render_argv, Parser, Placeholders,
+    ProbeDef, ProfileFile,
 };
 
 use crate::client::{Exit, EXIT_USAGE, EXIT_VERIFY_FAILED};
@@ -144,6 +144,9 @@ async fn run_probes(profile: &ProfileFile, cluster: &ClusterFile, package: &str)
         if let (Some(p), false) = (&probes.package, package.is_empty()) {
             plan.push(("package", p, node));
         }
+        if let Some(p) = &probes.failover {
+            plan.push(("failover", p, node));
+        }
     }
     let mut out = Vec::with_capacity(plan.len());
     for (probe, def, node) in plan {
@@ -189,7 +192,11 @@ async fn run_probe(
     )
     .await;
     run.exit_code = ran.exit_code;
-    if ran.outcome != protocol::Outcome::Succeeded {
+    // Output is read when the command ran to its end with an exit code the profile reads (`read_exit_codes`).
+    let readable = ran
+        .exit_code
+        .is_some_and(|c| def.read_exit_codes.contains(&c));
+    if !readable {
         run.error = Some(format!(
             "{} (exit code {}): {}",
             ran.reason.as_deref().unwrap_or("the command failed"),
@@ -204,6 +211,8 @@ async fn run_probe(
         "node" => {
             parse_node(def, &ran.stdout_tail).map(|h| serde_json::to_value(h).unwrap_or_default())
         }
+        "failover" => parse_failover(def, &ran.stdout_tail)
+            .map(|blocked| serde_json::json!({ "blocked": blocked })),
         _ => parse_version(def, &ran.stdout_tail).map(serde_json::Value::String),
     };
     match parsed {

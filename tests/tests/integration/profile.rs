@@ -179,3 +179,62 @@ fn a_valid_profile_is_summarised_and_its_probes_run_here_show_what_they_parsed()
         "{stdout}"
     );
 }
+
+/// `baton profile check PROFILE --cluster FILE --run-here --output json` against a live cluster: it must exit
+/// 0 (every probe gave an observation); returns the report. Used by `real_etcd` and `real_patroni`.
+pub(crate) fn check_live(profile: &str, cluster_file: &Path) -> serde_json::Value {
+    let profile = tests::workspace_root().join("profiles").join(profile);
+    let out = baton(&[
+        "--output",
+        "json",
+        "profile",
+        "check",
+        profile.to_str().unwrap(),
+        "--cluster",
+        cluster_file.to_str().unwrap(),
+        "--run-here",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "profile check against the live cluster:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// Per node, what probe `probe` observed (its JSON).
+pub(crate) fn observed(
+    report: &serde_json::Value,
+    probe: &str,
+) -> Vec<(String, serde_json::Value)> {
+    report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["probe"] == probe)
+        .map(|p| {
+            (
+                p["node"].as_str().unwrap().to_string(),
+                p["observed"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// The leaders each node's topology probe showed (each must show the same one).
+pub(crate) fn leaders_seen(report: &serde_json::Value) -> Vec<Vec<String>> {
+    observed(report, "topology")
+        .into_iter()
+        .map(|(_, t)| {
+            t["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["role"] == "leader" && m["in_service"] == true)
+                .map(|m| m["node"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect()
+}

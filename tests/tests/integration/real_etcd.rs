@@ -23,6 +23,14 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
         assert_eq!(cluster.running_version(&node).unwrap(), old, "{node}");
     }
     let leader = cluster.leader().expect("a member leads");
+    // The shipped profile's probes, run for real (`baton profile check --run-here`), see the same cluster.
+    let seen = crate::profile::check_live("etcd.toml", cluster.cluster_file());
+    for leaders in crate::profile::leaders_seen(&seen) {
+        assert_eq!(leaders, [leader.clone()], "{seen:#}");
+    }
+    for (node, version) in crate::profile::observed(&seen, "running_version") {
+        assert_eq!(version, old, "{node}: {seen:#}");
+    }
     let since = cluster
         .actions()
         .unwrap()
@@ -43,6 +51,16 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
     );
     println!("manual baseline steps:\n{}", run.output);
 
+    // The profile's probes see the upgraded cluster: the new leader, the new version everywhere.
+    let seen = crate::profile::check_live("etcd.toml", cluster.cluster_file());
+    for leaders in crate::profile::leaders_seen(&seen) {
+        assert_eq!(leaders, [run.new_leader.clone()], "{seen:#}");
+    }
+    for probe in ["version", "running_version"] {
+        for (node, version) in crate::profile::observed(&seen, probe) {
+            assert_eq!(version, new, "{probe} of {node}: {seen:#}");
+        }
+    }
     // Every member runs, and has installed, the new version.
     for node in cluster.node_names() {
         assert_eq!(cluster.running_version(&node).unwrap(), new, "{node} runs");

@@ -15,6 +15,18 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
             "{node} runs {running} before the upgrade"
         );
     }
+    // The shipped profile's probes, run for real (`baton profile check --run-here`), see the same cluster:
+    // one leader, every member in service, the old version, failover not paused.
+    let seen = crate::profile::check_live("patroni.toml", cluster.cluster_file());
+    for leaders in crate::profile::leaders_seen(&seen) {
+        assert_eq!(leaders, [leader_before.clone()], "{seen:#}");
+    }
+    for (node, version) in crate::profile::observed(&seen, "running_version") {
+        assert_eq!(version, OLD_VERSION, "{node}: {seen:#}");
+    }
+    for (node, fence) in crate::profile::observed(&seen, "failover") {
+        assert_eq!(fence["blocked"], false, "{node}: {seen:#}");
+    }
     let writer = cluster.start_writer().expect("the writer connects");
     let run = cluster.manual_upgrade().expect("the manual baseline runs");
     let report = writer.stop().expect("the writer reads everything back");
@@ -43,6 +55,21 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
         );
     }
     let leader_after = cluster.leader().expect("one leader after the upgrade");
+    let seen = crate::profile::check_live("patroni.toml", cluster.cluster_file());
+    for leaders in crate::profile::leaders_seen(&seen) {
+        assert_eq!(leaders, [leader_after.clone()], "{seen:#}");
+    }
+    for probe in ["version", "running_version"] {
+        for (node, version) in crate::profile::observed(&seen, probe) {
+            assert_eq!(version, NEW_VERSION, "{probe} of {node}: {seen:#}");
+        }
+    }
+    for (node, fence) in crate::profile::observed(&seen, "failover") {
+        assert_eq!(
+            fence["blocked"], false,
+            "{node}: the manual upgrade resumed failover: {seen:#}"
+        );
+    }
     assert_eq!(run.leader_before, leader_before);
     assert_ne!(
         leader_after, leader_before,

@@ -1,0 +1,319 @@
+//! The shipped profiles (`profiles/*.toml`) read the real outputs their probes gave on real clusters
+//! (`tests/fixtures/<system>/<state>/`, saved by the harnesses in `scripts/real/`), and what they read is what
+//! the cluster was doing: the leader, who is in service and caught up, the versions, the failover fence. Data
+//! driven: etcd's expectations are the harness's own `states.json`; Patroni's are the table below.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use workflow::core::profile_file::{
+    parse_failover, parse_node, parse_topology, parse_version, MemberRole, NodeHealth, ProbeDef,
+    ProfileFile, Topology,
+};
+use workflow::core::{ClusterFile, NodeSpec};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn profile(name: &str) -> ProfileFile {
+    let path = repo().join("profiles").join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    ProfileFile::parse(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A saved probe run: its stdout and exit code.
+struct Saved {
+    stdout: String,
+    exit: i32,
+}
+
+/// What a probe gave: `None` when its exit code is not one whose output the profile reads (the probe is then
+/// unavailable, as for the upgrade loop).
+fn readable<'a>(probe: &ProbeDef, saved: &'a Saved) -> Option<&'a str> {
+    probe
+        .read_exit_codes
+        .contains(&saved.exit)
+        .then_some(saved.stdout.as_str())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// etcd: `<probe>.<node>.{stdout,exit}` per state, expectations in states.json.
+
+fn etcd_saved(state: &str, file: &str) -> Saved {
+    let dir = repo().join("tests/fixtures/etcd").join(state);
+    let stdout = std::fs::read_to_string(dir.join(format!("{file}.stdout"))).unwrap();
+    let exit = std::fs::read_to_string(dir.join(format!("{file}.exit")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    Saved { stdout, exit }
+}
+
+fn etcd_nodes() -> Vec<NodeSpec> {
+    let path = repo().join("tests/fixtures/etcd/cluster.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    ClusterFile::parse("cluster.toml", &text).unwrap().nodes
+}
+
+#[test]
+fn the_etcd_profile_reads_what_a_real_etcd_cluster_showed() {
+    let p = profile("etcd");
+    let nodes = etcd_nodes();
+    let states: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/etcd/states.json")).unwrap(),
+    )
+    .unwrap();
+    let states = states["states"].as_object().unwrap();
+    assert!(states.len() >= 5, "{states:?}");
+    for (state, want) in states {
+        let stopped: Vec<&str> = want["stopped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let saved = etcd_saved(state, "topology");
+        let text = readable(&p.probes.topology, &saved)
+            .unwrap_or_else(|| panic!("{state}: topology exit {} is not read", saved.exit));
+        let t = parse_topology(&p.probes.topology, text, &nodes).unwrap();
+        assert_eq!(
+            t.leaders(),
+            [want["leader"].as_str().unwrap()],
+            "{state}: {t:?}"
+        );
+        for n in &nodes {
+            let down = stopped.contains(&n.name.as_str());
+            // A member that is down is not in the status output at all.
+            assert_eq!(
+                t.member(&n.name).is_none(),
+                down,
+                "{state}: {} in {t:?}",
+                n.name
+            );
+            let saved = etcd_saved(state, &format!("node.{}", n.name));
+            let health = readable(&p.probes.node, &saved)
+                .map(|text| parse_node(&p.probes.node, text).unwrap());
+            assert_eq!(
+                health.map(|h| h.up),
+                Some(!down),
+                "{state}: node probe of {}",
+                n.name
+            );
+            for (probe, key) in [
+                (Some(&p.probes.version), "installed"),
+                (p.probes.running_version.as_ref(), "running"),
+            ] {
+                let probe = probe.unwrap();
+                let file = if key == "installed" {
+                    "version"
+                } else {
+                    "running_version"
+                };
+                let saved = etcd_saved(state, &format!("{file}.{}", n.name));
+                let got = readable(probe, &saved).map(|text| parse_version(probe, text));
+                match want[key][n.name.as_str()].as_str() {
+                    Some(v) => assert_eq!(
+                        got.map(|r| r.unwrap()),
+                        Some(v.to_string()),
+                        "{state}: {key} of {}",
+                        n.name
+                    ),
+                    // Not running: the probe fails (unavailable), or says nothing parseable.
+                    None => assert!(
+                        !matches!(got, Some(Ok(_))),
+                        "{state}: {key} of {} is {got:?}",
+                        n.name
+                    ),
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Patroni: `topology.json` and `<m>.{node.json,version.txt,running_version.txt,package.txt}` per state; a
+// probe that failed has its stderr and `# exit N` appended.
+
+fn patroni_saved(state: &str, file: &str) -> Saved {
+    let text =
+        std::fs::read_to_string(repo().join("tests/fixtures/patroni").join(state).join(file))
+            .unwrap();
+    let exit = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# exit "))
+        .map_or(0, |code| code.trim().parse().unwrap());
+    Saved { stdout: text, exit }
+}
+
+fn patroni_nodes() -> Vec<NodeSpec> {
+    (1..=3)
+        .map(|i| NodeSpec {
+            name: format!("pg{i}"),
+            address: format!("127.0.0.1:{}", 5430 + i),
+            executor: format!("pg{i}"),
+            vars: BTreeMap::new(),
+        })
+        .collect()
+}
+
+/// One state: the leader the topology shows, who it shows in service, whose node probe answers `up`, whether
+/// failover is blocked (per the leader's REST API), and each node's installed version.
+struct PatroniState {
+    state: &'static str,
+    topology: &'static str,
+    leader: Option<&'static str>,
+    in_service: [bool; 3],
+    up: [Option<bool>; 3],
+    blocked: bool,
+    installed: [&'static str; 3],
+}
+
+const PATRONI: &[PatroniState] = &[
+    PatroniState {
+        state: "healthy",
+        topology: "topology.json",
+        leader: Some("pg1"),
+        in_service: [true, true, true],
+        up: [Some(true), Some(true), Some(true)],
+        blocked: false,
+        installed: ["15.18", "15.18", "15.18"],
+    },
+    PatroniState {
+        state: "paused",
+        topology: "topology.json",
+        leader: Some("pg1"),
+        in_service: [true, true, true],
+        up: [Some(true), Some(true), Some(true)],
+        blocked: true,
+        installed: ["15.18", "15.18", "15.18"],
+    },
+    // Paused: a stopped member's DCS key lives on, so the topology still shows pg2 streaming; only its own
+    // REST API (refused: curl exit 7, the probe is unavailable) shows it is gone.
+    PatroniState {
+        state: "stopped",
+        topology: "topology.json",
+        leader: Some("pg1"),
+        in_service: [true, true, true],
+        up: [Some(true), None, Some(true)],
+        blocked: true,
+        installed: ["15.18", "15.18", "15.18"],
+    },
+    PatroniState {
+        state: "stopped-unpaused",
+        topology: "topology.json",
+        leader: Some("pg1"),
+        in_service: [true, false, true],
+        up: [Some(true), None, Some(true)],
+        blocked: false,
+        installed: ["15.18", "15.18", "15.18"],
+    },
+    PatroniState {
+        state: "mixed",
+        topology: "topology.json",
+        leader: Some("pg1"),
+        in_service: [true, true, true],
+        up: [Some(true), Some(true), Some(true)],
+        blocked: true,
+        installed: ["15.18", "15.20", "15.18"],
+    },
+    PatroniState {
+        state: "after-switchover",
+        topology: "topology.json",
+        leader: Some("pg2"),
+        in_service: [true, true, true],
+        up: [Some(true), Some(true), Some(true)],
+        blocked: true,
+        installed: ["15.18", "15.20", "15.20"],
+    },
+    // The moment the switchover returned: pg1 is stopped, and pg3 shows "running" (not streaming) on the old
+    // timeline with lag 0, following no one: neither is in service yet.
+    PatroniState {
+        state: "after-switchover",
+        topology: "topology-immediate.json",
+        leader: Some("pg2"),
+        in_service: [false, true, false],
+        up: [Some(true), Some(true), Some(true)],
+        blocked: true,
+        installed: ["15.18", "15.20", "15.20"],
+    },
+];
+
+#[test]
+fn the_patroni_profile_reads_what_a_real_patroni_cluster_showed() {
+    let p = profile("patroni");
+    let nodes = patroni_nodes();
+    let failover = p.probes.failover.as_ref().expect("the fence has a probe");
+    for s in PATRONI {
+        let what = format!("{} ({})", s.state, s.topology);
+        let saved = patroni_saved(s.state, s.topology);
+        let t: Topology = parse_topology(
+            &p.probes.topology,
+            readable(&p.probes.topology, &saved).unwrap(),
+            &nodes,
+        )
+        .unwrap();
+        assert_eq!(
+            t.leaders(),
+            s.leader.into_iter().collect::<Vec<_>>(),
+            "{what}: {t:?}"
+        );
+        for (i, n) in nodes.iter().enumerate() {
+            let m = t
+                .member(&n.name)
+                .unwrap_or_else(|| panic!("{what}: {} missing", n.name));
+            assert_eq!(
+                m.in_service, s.in_service[i],
+                "{what}: {} in service: {m:?}",
+                n.name
+            );
+            if m.role == MemberRole::Follower && m.in_service {
+                assert_eq!(m.caught_up, Some(true), "{what}: {}", n.name);
+            }
+            let saved = patroni_saved(s.state, &format!("{}.node.json", n.name));
+            let health: Option<NodeHealth> = readable(&p.probes.node, &saved)
+                .map(|text| parse_node(&p.probes.node, text).unwrap());
+            assert_eq!(
+                health.map(|h| h.up),
+                s.up[i],
+                "{what}: node probe of {}",
+                n.name
+            );
+            if let Some(h) = health {
+                // The primary is caught up by definition, a replica when it streams.
+                assert_eq!(h.caught_up, Some(true), "{what}: {} {h:?}", n.name);
+            }
+            let saved = patroni_saved(s.state, &format!("{}.version.txt", n.name));
+            let v = parse_version(
+                &p.probes.version,
+                readable(&p.probes.version, &saved).unwrap(),
+            );
+            assert_eq!(
+                v.unwrap(),
+                s.installed[i],
+                "{what}: installed on {}",
+                n.name
+            );
+            let saved = patroni_saved(s.state, &format!("{}.package.txt", n.name));
+            let package = p.probes.package.as_ref().unwrap();
+            assert_eq!(
+                parse_version(package, readable(package, &saved).unwrap()).unwrap(),
+                "15.20"
+            );
+        }
+        let leader = s.leader.unwrap();
+        let saved = patroni_saved(s.state, &format!("{leader}.node.json"));
+        let blocked = parse_failover(failover, readable(failover, &saved).unwrap()).unwrap();
+        assert_eq!(blocked, s.blocked, "{what}: failover blocked");
+    }
+    // The stopped member's running version is unavailable, not a guess.
+    let running = p.probes.running_version.as_ref().unwrap();
+    let saved = patroni_saved("stopped", "pg2.running_version.txt");
+    assert!(readable(running, &saved).is_none());
+    let saved = patroni_saved("mixed", "pg2.running_version.txt");
+    assert_eq!(
+        parse_version(running, readable(running, &saved).unwrap()).unwrap(),
+        "15.20"
+    );
+}
