@@ -26,7 +26,7 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
     // The shipped profile's probes, run for real (`baton profile check --run-here`), see the same cluster.
     let seen = crate::profile::check_live("etcd.toml", cluster.cluster_file());
     for leaders in crate::profile::leaders_seen(&seen) {
-        assert_eq!(leaders, [leader.clone()], "{seen:#}");
+        assert_eq!(leaders, std::slice::from_ref(&leader), "{seen:#}");
     }
     for (node, version) in crate::profile::observed(&seen, "running_version") {
         assert_eq!(version, old, "{node}: {seen:#}");
@@ -54,7 +54,7 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
     // The profile's probes see the upgraded cluster: the new leader, the new version everywhere.
     let seen = crate::profile::check_live("etcd.toml", cluster.cluster_file());
     for leaders in crate::profile::leaders_seen(&seen) {
-        assert_eq!(leaders, [run.new_leader.clone()], "{seen:#}");
+        assert_eq!(leaders, std::slice::from_ref(&run.new_leader), "{seen:#}");
     }
     for probe in ["version", "running_version"] {
         for (node, version) in crate::profile::observed(&seen, probe) {

@@ -19,7 +19,7 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
     // one leader, every member in service, the old version, failover not paused.
     let seen = crate::profile::check_live("patroni.toml", cluster.cluster_file());
     for leaders in crate::profile::leaders_seen(&seen) {
-        assert_eq!(leaders, [leader_before.clone()], "{seen:#}");
+        assert_eq!(leaders, std::slice::from_ref(&leader_before), "{seen:#}");
     }
     for (node, version) in crate::profile::observed(&seen, "running_version") {
         assert_eq!(version, OLD_VERSION, "{node}: {seen:#}");
@@ -57,7 +57,7 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
     let leader_after = cluster.leader().expect("one leader after the upgrade");
     let seen = crate::profile::check_live("patroni.toml", cluster.cluster_file());
     for leaders in crate::profile::leaders_seen(&seen) {
-        assert_eq!(leaders, [leader_after.clone()], "{seen:#}");
+        assert_eq!(leaders, std::slice::from_ref(&leader_after), "{seen:#}");
     }
     for probe in ["version", "running_version"] {
         for (node, version) in crate::profile::observed(&seen, probe) {
