@@ -1937,4 +1937,61 @@ version = "version"
             "{err}"
         );
     }
+
+    #[test]
+    fn conditions_combine_and_a_fence_needs_a_probe_that_shows_it() {
+        let both = ETCD.replace(
+            "up_when = { field = \"/0/health\", in = [true] }",
+            "up_when = { all = [{ pointer = \"/0/health\", in = [true] }, { any = [{ field = \"/0/took\", in = [\"1ms\"] }, { field = \"/0/took\", in = [\"2ms\"] }] }] }",
+        );
+        let p = load(&both).unwrap();
+        let up = |took: &str| {
+            parse_node(
+                &p.probes.node,
+                &format!(r#"[{{"health":true,"took":"{took}"}}]"#),
+            )
+            .unwrap()
+            .up
+        };
+        assert!(up("1ms") && up("2ms") && !up("3ms"));
+        let got = error_after(
+            "up_when = { field = \"/0/health\", in = [true] }",
+            "up_when = { any = [] }",
+        );
+        assert!(
+            got.contains("probes.node.parse.up_when: `any` must list at least one condition"),
+            "{got}"
+        );
+        let deep = format!(
+            "up_when = {}{{ field = \"/0/health\", in = [true] }}{}",
+            "{ any = [".repeat(5),
+            "] }".repeat(5)
+        );
+        let got = error_after("up_when = { field = \"/0/health\", in = [true] }", &deep);
+        assert!(got.contains("nest at most 4 deep"), "{got}");
+        let got = error_after(
+            "runs_on = \"any_node\"\ntimeout_ms = 10000",
+            "runs_on = \"any_node\"\ntimeout_ms = 10000\nread_exit_codes = []",
+        );
+        assert!(
+            got.contains("probes.topology.read_exit_codes: must list at least one exit code"),
+            "{got}"
+        );
+        // A fence: both actions and a probe that shows it.
+        let fenced = ETCD.replace("failover_fence = false", "failover_fence = true")
+            + "\n[actions.block_failover]\nargv = [\"x\", \"pause\"]\nruns_on = \"any_node\"\nidempotent = true\ntimeout_ms = 1000\nshows = \"failover_blocked\"\n"
+            + "\n[actions.unblock_failover]\nargv = [\"x\", \"resume\"]\nruns_on = \"any_node\"\nidempotent = true\ntimeout_ms = 1000\nshows = \"failover_unblocked\"\n";
+        let got = load(&fenced).unwrap_err().to_string();
+        assert!(
+            got.contains("procedure.failover_fence: is true, but there is no [probes.failover]"),
+            "{got}"
+        );
+        let with_probe = fenced
+            + "\n[probes.failover]\nargv = [\"x\", \"show\"]\nruns_on = \"any_node\"\ntimeout_ms = 1000\n[probes.failover.parse]\nformat = \"json\"\nblocked_when = { pointer = \"/pause\", in = [true] }\n";
+        let p = load(&with_probe).unwrap();
+        let probe = p.probes.failover.as_ref().unwrap();
+        assert!(parse_failover(probe, r#"{"state":"running","pause":true}"#).unwrap());
+        assert!(!parse_failover(probe, r#"{"state":"running"}"#).unwrap());
+        assert_eq!(p.probes.topology.read_exit_codes, [0]);
+    }
 }
