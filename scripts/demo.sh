@@ -9,4 +9,6 @@ cd "$root"
 bash scripts/install-nats-server.sh
 export BATON_NATS_SERVER="$root/.tools/bin/nats-server"
 cargo build --release --locked --bins
-exec ./target/release/baton dev "$@"
+# The HTML timeline of the upgrade (`baton report`) goes to tmp/ (git-ignored); open it in a browser.
+mkdir -p tmp
+exec ./target/release/baton dev --report "$root/tmp/demo-report.html" "$@"

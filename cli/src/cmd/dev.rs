@@ -44,6 +44,10 @@ pub struct DevArgs {
     /// abort upgrades yourself (docs/walkthrough.md).
     #[arg(long)]
     pub serve: bool,
+    /// Also write the upgrade's HTML timeline here (what `baton report` writes), once it has ended
+    /// (nothing with --serve, which submits nothing).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 pub fn run(global: Global, args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -289,6 +293,20 @@ async fn demo(
     let report = sim_report(&sim, &sim_dir)?;
     out!("{}", report.render());
     let safe = report.verdict == sim::Verdict::Safe;
+    let mut drawn_ok = true;
+    if let Some(out) = &args.report {
+        let report_args = crate::cmd::report::ReportArgs {
+            upgrade: upgrade.clone(),
+            out: out.clone(),
+            db: None,
+            file: None,
+            anchor: None,
+        };
+        let drawn = crate::cmd::report::fetch_via_service(&client, &upgrade).await?;
+        let summary = crate::cmd::report::draw(&global, &report_args, drawn)?;
+        say(&summary.line(&report_args));
+        drawn_ok = summary.verified;
+    }
 
     if view.status != "completed" {
         return Err(Exit::new(
@@ -297,7 +315,7 @@ async fn demo(
         )
         .into());
     }
-    if !verified || !safe {
+    if !verified || !safe || !drawn_ok {
         return Err(Exit::new(EXIT_VERIFY_FAILED, "verification failed (see above)").into());
     }
     Ok(ExitCode::SUCCESS)

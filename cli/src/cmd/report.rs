@@ -43,7 +43,7 @@ pub struct ReportArgs {
 }
 
 /// The events, the checkpoints the source keeps, and the source's name.
-type Drawn = (
+pub type Drawn = (
     Vec<LoggedEvent>,
     Vec<Result<Checkpoint, BadCheckpoint>>,
     &'static str,
@@ -51,7 +51,7 @@ type Drawn = (
 
 pub fn run(global: Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
-    let (logged, mut checkpoints, source): Drawn = match (&args.db, &args.file) {
+    let (logged, checkpoints, source): Drawn = match (&args.db, &args.file) {
         (Some(db), _) => {
             let store = audit::open_offline(db)?;
             let logged = replay::read_offline(&store, &args.upgrade)?;
@@ -67,22 +67,90 @@ pub fn run(global: Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => runtime.block_on(async {
             let client = Client::connect(&global).await?;
-            let logged = replay::fetch(&client, &args.upgrade).await?;
-            let checkpoints = audit::fetch_stream(&client, "checkpoints")
-                .await?
-                .into_iter()
-                .enumerate()
-                .map(|(i, value)| {
-                    serde_json::from_value(value).map_err(|err| BadCheckpoint {
-                        stream: "BATON_CHECKPOINTS".into(),
-                        seq: i as u64 + 1,
-                        reason: format!("malformed checkpoint: {err}"),
-                    })
-                })
-                .collect();
-            anyhow::Ok((logged, checkpoints, "BATON_CHECKPOINTS"))
+            fetch_via_service(&client, &args.upgrade).await
         })?,
     };
+    let summary = draw(&global, &args, (logged, checkpoints, source))?;
+    if global.output == Output::Json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "upgrade": args.upgrade,
+                "out": args.out,
+                "status": summary.status,
+                "steps": summary.steps,
+                "nodes": summary.nodes,
+                "events": summary.events,
+                "verified": summary.verified,
+            })
+        );
+    } else {
+        outln!("{}", summary.line(&args));
+    }
+    if summary.verified {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Exit::new(
+            EXIT_VERIFY_FAILED,
+            format!(
+                "the log of upgrade {} does not verify (the report at {} says where)",
+                args.upgrade,
+                args.out.display()
+            ),
+        )
+        .into())
+    }
+}
+
+/// What a written report shows, in brief.
+pub struct Summary {
+    pub status: String,
+    pub steps: usize,
+    pub nodes: usize,
+    pub events: usize,
+    pub verified: bool,
+}
+
+impl Summary {
+    /// The one line `baton report` prints.
+    pub fn line(&self, args: &ReportArgs) -> String {
+        format!(
+            "report of upgrade {} ({}; {} steps on {} nodes; log {}) written to {}",
+            args.upgrade,
+            self.status,
+            self.steps,
+            self.nodes,
+            if self.verified {
+                "verified"
+            } else {
+                "DOES NOT VERIFY"
+            },
+            args.out.display()
+        )
+    }
+}
+
+/// An upgrade's events and the service's checkpoints, through the service (also `baton dev`'s report).
+pub async fn fetch_via_service(client: &Client, upgrade: &str) -> anyhow::Result<Drawn> {
+    let logged = replay::fetch(client, upgrade).await?;
+    let checkpoints = audit::fetch_stream(client, "checkpoints")
+        .await?
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| {
+            serde_json::from_value(value).map_err(|err| BadCheckpoint {
+                stream: "BATON_CHECKPOINTS".into(),
+                seq: i as u64 + 1,
+                reason: format!("malformed checkpoint: {err}"),
+            })
+        })
+        .collect();
+    Ok((logged, checkpoints, "BATON_CHECKPOINTS"))
+}
+
+/// Verifies what was fetched and writes the page to `args.out` (whatever the verification found).
+pub fn draw(global: &Global, args: &ReportArgs, drawn: Drawn) -> anyhow::Result<Summary> {
+    let (logged, mut checkpoints, source) = drawn;
     if logged.is_empty() {
         bail!("no events for upgrade {}", args.upgrade);
     }
@@ -99,53 +167,19 @@ pub fn run(global: Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let events = replay::decode_all(&logged)?;
-    let key = audit::service_key(&global)?;
+    let key = audit::service_key(global)?;
     let verification = verify(&logged, &events, checkpoints, key.as_deref(), source)?;
     let timeline = report::Timeline::of(&args.upgrade, &events);
     let page = report::html(&timeline, &verification);
     std::fs::write(&args.out, page).with_context(|| format!("writing {}", args.out.display()))?;
     let (status, _) = timeline.end();
-    let verified = !verification.failed();
-    if global.output == Output::Json {
-        outln!(
-            "{}",
-            serde_json::json!({
-                "upgrade": args.upgrade,
-                "out": args.out,
-                "status": status,
-                "steps": timeline.bars.len(),
-                "nodes": timeline.nodes.len(),
-                "events": events.len(),
-                "verified": verified,
-            })
-        );
-    } else {
-        outln!(
-            "report of upgrade {} ({status}; {} steps on {} nodes; log {}) written to {}",
-            args.upgrade,
-            timeline.bars.len(),
-            timeline.nodes.len(),
-            if verified {
-                "verified"
-            } else {
-                "DOES NOT VERIFY"
-            },
-            args.out.display()
-        );
-    }
-    if verified {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Err(Exit::new(
-            EXIT_VERIFY_FAILED,
-            format!(
-                "the log of upgrade {} does not verify (the report at {} says where)",
-                args.upgrade,
-                args.out.display()
-            ),
-        )
-        .into())
-    }
+    Ok(Summary {
+        status: status.to_string(),
+        steps: timeline.bars.len(),
+        nodes: timeline.nodes.len(),
+        events: events.len(),
+        verified: !verification.failed(),
+    })
 }
 
 /// The chain recomputed from the events as drawn, the recorded decisions

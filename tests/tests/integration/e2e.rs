@@ -785,6 +785,8 @@ fn baton_dev_runs_the_demo_and_exits_zero() {
     let out = Command::new(workspace_bin("baton"))
         .args(["dev", "--dir"])
         .arg(dir.path().join("demo"))
+        .arg("--report")
+        .arg(dir.path().join("demo-report.html"))
         .env("BATON_NATS_SERVER", tests::nats::server_binary())
         .output()
         .unwrap();
@@ -798,6 +800,16 @@ fn baton_dev_runs_the_demo_and_exits_zero() {
     assert!(stdout.contains("upgrade COMPLETED"), "{stdout}");
     assert!(stdout.contains("audit verify: OK"), "{stdout}");
     assert!(stdout.contains("Verdict: SAFE"), "{stdout}");
+    // The demo's HTML timeline (the report's own tests check what it draws).
+    assert!(
+        stdout.contains("completed; ") && stdout.contains("log verified) written to"),
+        "{stdout}"
+    );
+    let page = std::fs::read_to_string(dir.path().join("demo-report.html")).unwrap();
+    assert!(
+        page.contains("data-step-id") && page.contains("data-end-status"),
+        "{page:.300}"
+    );
     // It ran secured: nats-server with nkey users, TLS verifying clients, no anonymous user.
     let conf = std::fs::read_to_string(dir.path().join("demo/nats-server.conf")).unwrap();
     assert!(
