@@ -2,11 +2,11 @@
 //! by `scripts/real/patroni/cluster.sh`, and the writer that commits through it
 //! (`scripts/real/patroni/writer.py`). See docs/real-clusters.md.
 //!
-//! ```ignore
-//! let cluster = PatroniCluster::up()?;            // every member on the old prefix
-//! let writer = cluster.start_writer()?;           // commits every 5 ms through the leader
+//! ```no_run
+//! let cluster = tests::real::patroni::PatroniCluster::up().unwrap(); // every member on the old prefix
+//! let writer = cluster.start_writer().unwrap(); // commits every 5 ms through the leader
 //! // ... upgrade, e.g. `baton submit` with cluster.cluster_file(), or cluster.manual_upgrade()
-//! let report = writer.stop()?;                    // reads every row back from the leader
+//! let report = writer.stop().unwrap(); // reads every row back from the leader
 //! assert_eq!(report.lost, 0);
 //! // cluster.starts(node): each PostgreSQL start of a member, with its version, from its log
 //! ```
