@@ -219,12 +219,23 @@ struct RawUpgrade {
     gates: Vec<Spanned<String>>,
 }
 
-struct Locator<'a> {
-    file: &'a str,
-    text: &'a str,
+/// Locates a TOML error by file, line and key (the cluster file's and profile files' loaders).
+pub(super) struct Locator<'a> {
+    pub(super) file: &'a str,
+    pub(super) text: &'a str,
 }
 
 impl Locator<'_> {
+    /// The `[table]` header nearest above `span` (a key's table), if any.
+    pub(super) fn table_at(&self, span: &Range<usize>) -> Option<String> {
+        let end = span.start.min(self.text.len());
+        self.text[..end].lines().rev().find_map(|line| {
+            let line = line.trim();
+            let inner = line.strip_prefix('[')?.strip_suffix(']')?;
+            Some(inner.trim_matches(['[', ']']).trim().to_string())
+        })
+    }
+
     /// The 1-based line of `span`; an error at the very end of a file that
     /// ends in a newline (an unterminated string) is on its last line, not
     /// one past it (found by the 1,000,000-input fuzz run).
@@ -238,7 +249,7 @@ impl Locator<'_> {
         line.min(self.text.lines().count().max(1))
     }
 
-    fn err(
+    pub(super) fn err(
         &self,
         span: Option<Range<usize>>,
         field: impl Into<String>,
@@ -294,7 +305,7 @@ impl Locator<'_> {
 
 /// The field path of a serde error message like "unknown field `x`, expected one of ..." is in the message;
 /// toml's own message also names the key, so it is kept whole.
-fn toml_field(message: &str) -> String {
+pub(super) fn toml_field(message: &str) -> String {
     if let Some(rest) = message.strip_prefix("unknown field `") {
         if let Some(end) = rest.find('`') {
             return rest[..end].to_string();

@@ -402,41 +402,8 @@ struct RawCondition {
 /// How deep `any`/`all` may nest (a profile needs two levels: "leader and running, or replica and streaming").
 const MAX_CONDITION_DEPTH: usize = 4;
 
-struct Loc<'a> {
-    file: &'a str,
-    text: &'a str,
-}
-
-impl Loc<'_> {
-    fn line(&self, span: &Range<usize>) -> usize {
-        let end = span.start.min(self.text.len());
-        let line = self.text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1;
-        line.min(self.text.lines().count().max(1))
-    }
-
-    /// The `[table]` header nearest above `span` (a key's table), if any.
-    fn table_at(&self, span: &Range<usize>) -> Option<String> {
-        let end = span.start.min(self.text.len());
-        self.text[..end].lines().rev().find_map(|line| {
-            let line = line.trim();
-            let inner = line.strip_prefix('[')?.strip_suffix(']')?;
-            Some(inner.trim_matches(['[', ']']).trim().to_string())
-        })
-    }
-
-    fn err(&self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) -> CoreError {
-        CoreError::Config {
-            file: self.file.to_string(),
-            line: span.map(|s| self.line(&s)),
-            field: key.to_string(),
-            message: message.into(),
-        }
-    }
-}
+/// Errors located by file, line and key: the cluster file's locator (one way to say where a TOML error is).
+type Loc<'a> = super::cluster::Locator<'a>;
 
 /// The placeholders a template may use; `{var.NAME}` and `{target.var.NAME}` take any NAME.
 const PLACEHOLDERS: [&str; 6] = [
@@ -653,7 +620,7 @@ fn probe(
         Some(codes) if codes.get_ref().is_empty() => {
             return Err(loc.err(
                 Some(codes.span()),
-                &format!("{key}.read_exit_codes"),
+                format!("{key}.read_exit_codes"),
                 "must list at least one exit code",
             ))
         }
@@ -682,7 +649,7 @@ fn parser(
         other => {
             return Err(loc.err(
                 Some(p.format.span()),
-                &k("format"),
+                k("format"),
                 format!("unknown format `{other}` (expected json or regex)"),
             ))
         }
@@ -728,7 +695,7 @@ fn parser(
         if span.is_some() && !allowed.contains(name) {
             return Err(loc.err(
                 span.clone(),
-                &k(name),
+                k(name),
                 format!(
                     "this probe's parser does not read `{name}` (it reads: {})",
                     allowed.join(", ")
@@ -739,7 +706,7 @@ fn parser(
     let required = |name: &str, value: &Option<Spanned<String>>| -> Result<String, CoreError> {
         match value {
             Some(v) => pointer(loc, v, &k(name), json),
-            None => Err(loc.err(Some(raw.span()), &k(name), "missing")),
+            None => Err(loc.err(Some(raw.span()), k(name), "missing")),
         }
     };
     let cond = |name: &str,
@@ -758,7 +725,7 @@ fn parser(
             } else if let Some(m) = &p.members {
                 return Err(loc.err(
                     Some(m.span()),
-                    &k("members"),
+                    k("members"),
                     "a regex topology has one member per match; `members` is for JSON",
                 ));
             }
@@ -773,7 +740,7 @@ fn parser(
                 Some((other, span)) => {
                     return Err(loc.err(
                         Some(span),
-                        &k("match"),
+                        k("match"),
                         format!("unknown `{other}` (expected name or address)"),
                     ))
                 }
@@ -782,7 +749,7 @@ fn parser(
             if fields.leader_when.is_none() {
                 return Err(loc.err(
                     Some(raw.span()),
-                    &k("leader_when"),
+                    k("leader_when"),
                     "missing: how does a member show that it leads?",
                 ));
             }
@@ -795,7 +762,7 @@ fn parser(
             if fields.up_when.is_none() {
                 return Err(loc.err(
                     Some(raw.span()),
-                    &k("up_when"),
+                    k("up_when"),
                     "missing: how does the node show that it is up?",
                 ));
             }
@@ -813,7 +780,7 @@ fn parser(
             if fields.blocked_when.is_none() {
                 return Err(loc.err(
                     Some(raw.span()),
-                    &k("blocked_when"),
+                    k("blocked_when"),
                     "missing: how does the output show automatic failover blocked?",
                 ));
             }
@@ -826,24 +793,24 @@ fn parser(
                 fields.max_lag = Some(*m.get_ref())
             }
             Some(m) => {
-                return Err(loc.err(Some(m.span()), &k("max_lag"), "must be a number at least 0"))
+                return Err(loc.err(Some(m.span()), k("max_lag"), "must be a number at least 0"))
             }
             None => {
                 return Err(loc.err(
                     Some(lag.span()),
-                    &k("max_lag"),
+                    k("max_lag"),
                     "missing: `lag` needs the largest lag that counts as caught up",
                 ))
             }
         }
     } else if let Some(m) = &p.max_lag {
-        return Err(loc.err(Some(m.span()), &k("max_lag"), "given without `lag`"));
+        return Err(loc.err(Some(m.span()), k("max_lag"), "given without `lag`"));
     }
     if json {
         if let Some(pat) = &p.pattern {
             return Err(loc.err(
                 Some(pat.span()),
-                &k("pattern"),
+                k("pattern"),
                 "a JSON parser has no pattern",
             ));
         }
@@ -852,14 +819,14 @@ fn parser(
     let Some(pattern) = &p.pattern else {
         return Err(loc.err(
             Some(raw.span()),
-            &k("pattern"),
+            k("pattern"),
             "missing: a regex parser needs its pattern",
         ));
     };
     let re = Regex::new(pattern.get_ref()).map_err(|e| {
         loc.err(
             Some(pattern.span()),
-            &k("pattern"),
+            k("pattern"),
             format!("not a valid pattern: {e}"),
         )
     })?;
@@ -868,7 +835,7 @@ fn parser(
         if !groups.contains(field.as_str()) {
             return Err(loc.err(
                 Some(pattern.span()),
-                &k("pattern"),
+                k("pattern"),
                 format!("has no group named `{field}` (write `(?P<{field}>...)`)"),
             ));
         }
@@ -933,12 +900,7 @@ impl ProfileFile {
         }
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let message = e.message().trim().to_string();
-            let key = ["unknown field `", "missing field `"]
-                .iter()
-                .find_map(|p| message.strip_prefix(p))
-                .and_then(|rest| rest.split('`').next())
-                .unwrap_or("(file)")
-                .to_string();
+            let key = super::cluster::toml_field(&message);
             // serde names the key only; an unknown key's table is the nearest `[header]` above it. (A missing
             // key's span is its table's, which may be a sub-table's header: only the line is given then.)
             let unknown = message.starts_with("unknown field");
@@ -995,7 +957,7 @@ impl ProfileFile {
                 other => {
                     return Err(loc.err(
                         Some(a.shows.span()),
-                        &format!("{key}.shows"),
+                        format!("{key}.shows"),
                         format!(
                         "unknown `{other}` (expected stopped, running, installed, leader_moved, \
                              failover_blocked, failover_unblocked or nothing)"
@@ -1129,7 +1091,7 @@ impl ProfileFile {
             if !needs {
                 return Err(loc.err(
                     Some(raw.probes.span()),
-                    &format!("actions.{name}.shows"),
+                    format!("actions.{name}.shows"),
                     "a failover state needs a [probes.failover] to show it",
                 ));
             }
