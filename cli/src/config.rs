@@ -420,6 +420,24 @@ mod tests {
             ["IdentityFile=/etc/baton/id", "Port=2222"]
         );
         assert!(args.ssh_sudo);
+
+        // A repeated flag replaces the file's list (docs/config.md says so).
+        let cli = parse(
+            text,
+            &[
+                "baton",
+                "executor",
+                "--group",
+                "g",
+                "--ssh-option",
+                "Port=2",
+            ],
+        )
+        .unwrap();
+        let Command::Executor(args) = cli.command else {
+            panic!("not an executor")
+        };
+        assert_eq!(args.ssh_options, ["Port=2"]);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! command at once, naming it), serves until the command's shutdown token is
 //! cancelled, and is joined: every connection runs in a `JoinSet` that is
 //! drained before [`serve`] returns. At most [`MAX_CONNECTIONS`] at once;
-//! a client must send its request head within [`HEADER_TIMEOUT`].
+//! a client must send its request head within [`HEADER_TIMEOUT`], and a
+//! connection is dropped after [`CONNECTION_LIFETIME`] (a client that never
+//! reads its answers would otherwise hold its slot for ever).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,6 +36,11 @@ pub const MAX_CONNECTIONS: usize = 32;
 
 /// How long a client may take to send its request head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one connection may last, requests and answers included: a
+/// scraper's request takes milliseconds, and hyper closes an idle
+/// keep-alive connection after [`HEADER_TIMEOUT`].
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// The content type `prometheus-client`'s text encoder writes.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -82,13 +89,44 @@ pub async fn join(listener: Option<tokio::task::JoinHandle<()>>) {
 /// Serves `endpoints` on `listener` until `shutdown`; returns once every
 /// connection has ended.
 pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>, shutdown: CancellationToken) {
+    serve_with(listener, endpoints, shutdown, Limits::default()).await;
+}
+
+/// What one client may hold of the listener.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Connections served at once.
+    connections: usize,
+    /// To send a request head.
+    header: Duration,
+    /// A connection's whole life: a client that stops reading its answers
+    /// stalls hyper's writes, which no other timeout covers.
+    lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: MAX_CONNECTIONS,
+            header: HEADER_TIMEOUT,
+            lifetime: CONNECTION_LIFETIME,
+        }
+    }
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    endpoints: Arc<Endpoints>,
+    shutdown: CancellationToken,
+    limits: Limits,
+) {
     let local = listener
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     tracing::info!(addr = %local, "HTTP listener serving /healthz, /readyz, /metrics");
     let mut connections = JoinSet::new();
     loop {
-        let room = connections.len() < MAX_CONNECTIONS;
+        let room = connections.len() < limits.connections;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -96,7 +134,7 @@ pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>, shutdown: C
                 Ok((stream, _peer)) => {
                     let endpoints = endpoints.clone();
                     let shutdown = shutdown.clone();
-                    connections.spawn(connection(stream, endpoints, shutdown));
+                    connections.spawn(connection(stream, endpoints, shutdown, limits));
                 }
                 Err(err) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
@@ -118,6 +156,7 @@ async fn connection(
     stream: tokio::net::TcpStream,
     endpoints: Arc<Endpoints>,
     shutdown: CancellationToken,
+    limits: Limits,
 ) {
     let service = hyper::service::service_fn(move |request| {
         let endpoints = endpoints.clone();
@@ -125,14 +164,20 @@ async fn connection(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(limits.header)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     tokio::pin!(conn);
     let ended = tokio::select! {
         ended = conn.as_mut() => ended,
+        () = tokio::time::sleep(limits.lifetime) => {
+            // Dropped, not shut down gracefully: a client that stopped
+            // reading would stall a graceful end as well.
+            tracing::debug!("HTTP connection closed at the end of its lifetime");
+            return;
+        }
         _ = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(HEADER_TIMEOUT, conn.as_mut())
+            tokio::time::timeout(limits.header, conn.as_mut())
                 .await
                 .unwrap_or(Ok(()))
         }
@@ -238,5 +283,66 @@ mod tests {
         let text = body(response);
         assert!(text.contains("probe_total 1\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// A client that pipelines requests and never reads the answers stalls
+    /// hyper's writes; such connections must not hold the listener's slots
+    /// for ever (a scraper behind them would never be answered).
+    #[test]
+    fn clients_that_never_read_do_not_lock_out_the_rest() {
+        use std::io::{Read as _, Write as _};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let mut endpoints = endpoints(Ok(()));
+        workflow::service::metrics::ServiceMetrics::default().register(&mut endpoints.registry);
+        let server = runtime.spawn(serve_with(
+            listener,
+            Arc::new(endpoints),
+            shutdown.clone(),
+            Limits {
+                connections: 4,
+                header: HEADER_TIMEOUT,
+                lifetime: Duration::from_millis(500),
+            },
+        ));
+        // Each of these sends 4,000 pipelined requests (about 200 KB) and
+        // reads nothing: the answers (about 20 MB) fill both socket buffers.
+        let request = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4_000);
+        let mut stalled = Vec::new();
+        for _ in 0..4 {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.set_nonblocking(true).unwrap();
+            let mut sent = 0;
+            // Write what the kernel takes; the rest does not matter.
+            while sent < request.len() {
+                match stream.write(&request.as_bytes()[sent..]) {
+                    Ok(n) => sent += n,
+                    Err(_) => break,
+                }
+            }
+            stalled.push(stream);
+        }
+        let mut probe = std::net::TcpStream::connect(addr).unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let read = probe.read_to_string(&mut answer);
+        assert!(
+            read.is_ok() && answer.starts_with("HTTP/1.1 200"),
+            "the probe was not answered: {read:?} {answer:?}"
+        );
+        shutdown.cancel();
+        runtime.block_on(server).unwrap();
+        drop(stalled);
     }
 }

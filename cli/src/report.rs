@@ -670,7 +670,10 @@ pub fn html(tl: &Timeline, verification: &Verification) -> String {
     };
     let (status, reason) = tl.end();
     let mut page = String::new();
-    let title = format!("Baton upgrade {} of {}", tl.upgrade, tl.view.cluster);
+    let mut title = format!("Baton upgrade {} of {}", tl.upgrade, tl.view.cluster);
+    if verification.failed() {
+        title.insert_str(0, "DOES NOT VERIFY: ");
+    }
     let _ = write!(
         page,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n\
@@ -680,6 +683,14 @@ pub fn html(tl: &Timeline, verification: &Verification) -> String {
         esc(&title),
         esc(&tl.upgrade)
     );
+    if verification.failed() {
+        // Before the timeline: what follows may be forged, whatever its status says.
+        page.push_str(
+            "<section id=\"unverified\" class=\"unverified\" data-verified=\"no\"><strong>THIS LOG DOES NOT VERIFY.</strong> \
+             The timeline below is drawn from events that failed the checks listed under Verification: \
+             do not take its status or its steps as what happened.</section>\n",
+        );
+    }
     header(&mut page, tl, &status, &reason);
     verification_box(&mut page, verification);
     legend(&mut page);
@@ -1168,6 +1179,7 @@ code{font:12px ui-monospace,monospace}
 #verification ul{margin:4px 0;padding-left:20px}
 .v-ok b{color:#2e7d32}.v-partial b{color:#ad6800}.v-failed b{color:#c62828}
 .v-failed{font-weight:bold}
+.unverified{padding:10px 12px;margin:6px 0;background:#c62828;color:#fff;font-size:1.2em;border-radius:4px}
 .checkpoint{margin:4px 0;color:#333}
 .legend{color:#444;font-size:12px}
 .key{display:inline-block;width:14px;height:10px;margin:0 4px 0 8px;vertical-align:middle}
@@ -1587,6 +1599,37 @@ gates = ["before-switchover"]
         // Still running when the log ends: said so.
         assert!(page.contains("data-end-status=\"planning\""), "{page}");
         assert!(page.contains("(the log ends here)"));
+    }
+
+    /// A forged log's page must not read as a clean "COMPLETED": whoever is
+    /// sent the file sees that it does not verify before anything else.
+    #[test]
+    fn a_log_that_does_not_verify_says_so_first() {
+        let tl = Timeline::of("u", &[submitted()]);
+        let failed = Verification {
+            findings: vec![Finding {
+                what: "chain",
+                verdict: Verdict::Failed,
+                detail: "event 2: hash mismatch".into(),
+            }],
+            checkpoint: None,
+        };
+        let page = html(&tl, &failed);
+        let warning = page
+            .find("data-verified=\"no\"")
+            .expect("a does-not-verify banner");
+        let headline = page.find("<header>").expect("the header");
+        assert!(
+            warning < headline,
+            "the banner comes before the timeline's header"
+        );
+        assert!(
+            page.contains("<title>DOES NOT VERIFY: "),
+            "and in the title"
+        );
+        let clean = html(&tl, &Verification::default());
+        assert!(!clean.contains("data-verified=\"no\""));
+        assert!(!clean.contains("DOES NOT VERIFY"));
     }
 
     #[test]

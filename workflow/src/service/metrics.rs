@@ -116,6 +116,8 @@ pub struct ServiceMetrics {
     nats_connected: Gauge,
     lease_held: Gauge,
     log_verified: Gauge,
+    /// Recovery done and the API subscribed (not a metric: readiness only).
+    serving: std::sync::atomic::AtomicBool,
 }
 
 impl Default for ServiceMetrics {
@@ -131,6 +133,7 @@ impl Default for ServiceMetrics {
             nats_connected: Gauge::default(),
             lease_held: Gauge::default(),
             log_verified: Gauge::default(),
+            serving: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -216,8 +219,9 @@ impl ServiceMetrics {
         );
     }
 
-    /// `Ok` when the service can act: NATS connected, the log verified and
-    /// the lease held; otherwise why not (every reason that holds, in that order).
+    /// `Ok` when the service can act: NATS connected, the log verified, the
+    /// lease held and its upgrades recovered with the API answering;
+    /// otherwise why not (every reason that holds, in that order).
     pub fn readiness(&self) -> Result<(), String> {
         let mut not = Vec::new();
         if self.nats_connected.get() != 1 {
@@ -228,6 +232,8 @@ impl ServiceMetrics {
         }
         if self.lease_held.get() != 1 {
             not.push("this service does not hold the service lease".to_string());
+        } else if !self.serving.load(std::sync::atomic::Ordering::SeqCst) {
+            not.push("the service is starting (recovering upgrades) or stopping".to_string());
         }
         if not.is_empty() {
             Ok(())
@@ -247,6 +253,12 @@ impl ServiceMetrics {
 
     pub(crate) fn set_lease_held(&self, held: bool) {
         self.lease_held.set(i64::from(held));
+    }
+
+    /// Recovery is done and the API answers (`true`), or shutdown began (`false`).
+    pub(crate) fn set_serving(&self, serving: bool) {
+        self.serving
+            .store(serving, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub(crate) fn set_log_verified(&self) {
@@ -449,6 +461,12 @@ mod tests {
         m.set_log_verified();
         m.set_lease_held(true);
         m.set_epoch(7);
+        // The lease is held from before recovery: not ready until the API answers.
+        assert_eq!(
+            m.readiness().unwrap_err(),
+            "the service is starting (recovering upgrades) or stopping"
+        );
+        m.set_serving(true);
         assert_eq!(m.readiness(), Ok(()));
         let out = text(&m);
         assert!(out.contains("baton_service_epoch 7\n"), "{out}");

@@ -257,6 +257,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             Ok(())
         });
     }
+    metrics.set_serving(true);
     tracing::info!(epoch, "workflow service ready");
 
     // Upgrade loops are spawned into the registry's own set by the handlers;
@@ -293,6 +294,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             }
         }
     }
+    metrics.set_serving(false);
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     if let Err(err) = shared.registry.join_all().await {

@@ -6,8 +6,9 @@
 //! spent on 200 submits with 150 executors). Instead one task watches the bucket and keeps a map; readers take
 //! it under a short read lock.
 //!
-//! Expiry sends no message to a watcher, so each entry carries its own deadline: its put time (the server's
-//! clock, as the bucket's own expiry uses) plus the TTL. A deleted or purged key (an executor that stopped
+//! Expiry sends no message to a watcher, so each entry carries its own deadline: its put time plus the TTL,
+//! on this service's clock (`put_time`: the time it arrived, or for a record replayed at start the server's
+//! put time, never later than now): past the first heartbeat, the two clocks need not agree. A deleted or purged key (an executor that stopped
 //! cleanly) goes at once. Until the watch has caught up with the bucket's current values, readers fall back to
 //! reading the bucket directly, so a request right after start sees what it always saw.
 
@@ -95,6 +96,10 @@ impl PresenceView {
         }
     }
 
+    fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
     /// Marks the view as caught up with the bucket.
     pub(crate) fn set_caught_up(&self) {
         self.caught_up.store(true, Ordering::Release);
@@ -107,6 +112,19 @@ impl PresenceView {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+    }
+}
+
+/// When an entry was put, on this service's clock (which [`PresenceView::live`] is read with): `created_ms`
+/// is the NATS server's. An entry that arrives once the view has caught up was put just now, whatever the
+/// server's clock says; one replayed while catching up was put at `created_ms`, but never later than now.
+/// With the server's time alone, a server clock behind this one by more than the TTL made every executor
+/// look offline, and one ahead kept a crashed executor live for as long as the clocks were apart.
+fn put_time(created_ms: u64, received_ms: u64, caught_up: bool) -> u64 {
+    if caught_up {
+        received_ms
+    } else {
+        created_ms.min(received_ms)
     }
 }
 
@@ -148,8 +166,10 @@ pub(crate) async fn watch(
                             break;
                         }
                     };
-                    let put_ms = u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000)
-                        .unwrap_or(0);
+                    let created_ms =
+                        u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000)
+                            .unwrap_or(0);
+                    let put_ms = put_time(created_ms, super::now_ms(), view.is_caught_up());
                     if let Applied::Refused(err) = view.apply(
                         &entry.key,
                         entry.operation,
@@ -259,5 +279,18 @@ mod tests {
         view.apply(&key, kv::Operation::Put, &sealed, 25_000, ttl, &trust);
         view.reset();
         assert!(view.live(25_001).is_none());
+    }
+
+    #[test]
+    fn an_entry_lives_by_this_services_clock_whatever_the_servers_says() {
+        let ttl = 30_000;
+        let now = 1_000_000;
+        // A heartbeat that arrives live from a server 60 s behind: live for the TTL from now.
+        assert_eq!(put_time(now - 60_000, now, true) + ttl, now + ttl);
+        // One from a server an hour ahead: gone a TTL after it came, not an hour later.
+        assert_eq!(put_time(now + 3_600_000, now, true) + ttl, now + ttl);
+        // While catching up, the server's time says how old a record is, but it cannot be in the future.
+        assert_eq!(put_time(now - 10_000, now, false), now - 10_000);
+        assert_eq!(put_time(now + 3_600_000, now, false), now);
     }
 }
