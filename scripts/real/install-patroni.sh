@@ -39,7 +39,8 @@ fi
 # Members run as `postgres`, which must reach the venv and the prefixes: a clone under a 0700 home (/root)
 # is not reachable, so the tools then go to a system folder instead. cluster.sh reads the choice.
 mkdir -p "$root/.tools"
-if ! runuser -u postgres -- test -x "$root/.tools" 2>/dev/null; then
+# (Only root can ask as postgres, and only root runs the cluster: others keep the default.)
+if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$root/.tools" 2>/dev/null; then
   tools=/var/lib/baton-tests/patroni
   echo "install-patroni.sh: the postgres user cannot reach $root; installing into $tools" >&2
 fi
