@@ -37,11 +37,12 @@ pub enum ProfileCommand {
         /// `{package}` for the package probe (default: the cluster file's `upgrade.package`).
         #[arg(long)]
         package: Option<String>,
+        /// The executors' `--max-output`: a probe whose output is longer fails here, because an executor would
+        /// send only its last bytes.
+        #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=executor::MAX_OUTPUT as u64))]
+        max_output: u64,
     },
 }
-
-/// The largest output kept per probe (the executor's default `--max-output`).
-const MAX_OUTPUT: usize = 65_536;
 
 pub fn run(output: Output, command: ProfileCommand) -> anyhow::Result<ExitCode> {
     let ProfileCommand::Check {
@@ -49,6 +50,7 @@ pub fn run(output: Output, command: ProfileCommand) -> anyhow::Result<ExitCode> 
         cluster,
         run_here,
         package,
+        max_output,
     } = command;
     let profile = load_profile(&file)?;
     let cluster = cluster.as_deref().map(load_cluster).transpose()?;
@@ -67,7 +69,7 @@ pub fn run(output: Output, command: ProfileCommand) -> anyhow::Result<ExitCode> 
             .or_else(|| cluster.upgrade.package.clone())
             .unwrap_or_default();
         let rt = super::runtime()?;
-        report.probes = rt.block_on(run_probes(&profile, cluster, &package));
+        report.probes = rt.block_on(run_probes(&profile, cluster, &package, max_output as usize));
     }
     let failed = report.probes.iter().filter(|p| p.error.is_some()).count();
     match output {
@@ -128,7 +130,12 @@ struct ProbeRun {
     error: Option<String>,
 }
 
-async fn run_probes(profile: &ProfileFile, cluster: &ClusterFile, package: &str) -> Vec<ProbeRun> {
+async fn run_probes(
+    profile: &ProfileFile,
+    cluster: &ClusterFile,
+    package: &str,
+    max_output: usize,
+) -> Vec<ProbeRun> {
     let probes = &profile.probes;
     let mut plan: Vec<(&'static str, &ProbeDef, &NodeSpec)> = Vec::new();
     // The topology from every node: each must tell the same story (a node that disagrees is worth seeing).
@@ -150,7 +157,7 @@ async fn run_probes(profile: &ProfileFile, cluster: &ClusterFile, package: &str)
     }
     let mut out = Vec::with_capacity(plan.len());
     for (probe, def, node) in plan {
-        out.push(run_probe(probe, def, node, cluster, package).await);
+        out.push(run_probe(probe, def, node, cluster, package, max_output).await);
     }
     out
 }
@@ -161,6 +168,7 @@ async fn run_probe(
     node: &NodeSpec,
     cluster: &ClusterFile,
     package: &str,
+    max_output: usize,
 ) -> ProbeRun {
     let mut run = ProbeRun {
         probe,
@@ -187,7 +195,8 @@ async fn run_probe(
         &run.argv,
         &BTreeMap::new(),
         Duration::from_millis(def.timeout_ms),
-        MAX_OUTPUT,
+        // More than an executor keeps, to tell a longer output (4: a tail may start past a cut character).
+        max_output + 4,
         Stdin::Null,
     )
     .await;
@@ -202,6 +211,13 @@ async fn run_probe(
             ran.reason.as_deref().unwrap_or("the command failed"),
             ran.exit_code.map_or("none".to_string(), |c| c.to_string()),
             tail(&format!("{}{}", ran.stdout_tail, ran.stderr_tail))
+        ));
+        return run;
+    }
+    if ran.stdout_tail.len() > max_output {
+        run.error = Some(format!(
+            "its output is longer than {max_output} bytes, the most an executor with --max-output {max_output} \
+             sends (it keeps the last bytes): raise the executors' --max-output or make the probe print less"
         ));
         return run;
     }

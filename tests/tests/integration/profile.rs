@@ -140,6 +140,35 @@ fn a_valid_profile_is_summarised_and_its_probes_run_here_show_what_they_parsed()
         assert_eq!(p["observed"], "3.4.23", "{p:#}");
     }
 
+    // An output longer than an executor sends (its --max-output, 8 KiB by default) fails here too: an executor
+    // would send only its tail. With the executors' larger --max-output it passes.
+    let long = format!("{TOPOLOGY}{}", " ".repeat(8192));
+    std::fs::write(dir.path().join("m2/topology.json"), &long).unwrap();
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "profile",
+            "check",
+            profile.to_str().unwrap(),
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--run-here",
+        ];
+        args.extend_from_slice(extra);
+        baton(&args)
+    };
+    let out = check(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("FAIL")
+            && l.contains("topology")
+            && l.contains("m2")
+            && l.contains("longer than 8192 bytes")),
+        "{stdout}"
+    );
+    assert_eq!(check(&["--max-output", "65536"]).status.code(), Some(0));
+    std::fs::write(dir.path().join("m2/topology.json"), TOPOLOGY).unwrap();
+
     // One node's probe output is broken, another's command fails: exit 5, each named with its node.
     std::fs::write(
         dir.path().join("m3/health.json"),
