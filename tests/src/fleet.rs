@@ -27,6 +27,8 @@ const TARGET: &str = "3.1.0-1";
 const NODES: usize = 3;
 /// Statuses after which an upgrade moves no more on its own.
 const ENDED: [&str; 4] = ["completed", "halted", "aborted", "needs_verification"];
+/// How often the run asks the service whether every upgrade has ended.
+const LIST_EVERY: Duration = Duration::from_millis(250);
 
 /// The simulator's timings and the cluster file's waits that go with them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -515,18 +517,18 @@ impl Fleet {
             upgrades.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
         }
 
-        // Poll `baton list` (one request for all) until every upgrade has ended.
+        // Poll `baton list` (one request for all, every LIST_EVERY: each call replays
+        // every upgrade's log in the service) until every upgrade has ended.
         let timeout = match self.timings {
             Timings::Zero => Duration::from_secs(60 + 2 * upgrades.len() as u64),
             Timings::Demo => Duration::from_secs(120 + 2 * upgrades.len() as u64),
         };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut poll = tokio::time::interval(LIST_EVERY);
         let mut statuses: BTreeMap<String, String> = BTreeMap::new();
-        let mut alive = Ok(());
-        let ended = crate::wait_until(timeout, || {
-            alive = self.check_alive();
-            if alive.is_err() {
-                return true;
-            }
+        let ended = loop {
+            poll.tick().await;
+            self.check_alive()?;
             if let Ok(out) = self.cli(&["--output", "json", "--api-timeout", "10", "list"]) {
                 let rows: Vec<serde_json::Value> =
                     serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -536,12 +538,13 @@ impl Fleet {
                     }
                 }
             }
-            upgrades
+            let all = upgrades
                 .iter()
-                .all(|u| statuses.get(u).is_some_and(|s| ENDED.contains(&s.as_str())))
-        })
-        .await;
-        alive?;
+                .all(|u| statuses.get(u).is_some_and(|s| ENDED.contains(&s.as_str())));
+            if all || tokio::time::Instant::now() >= deadline {
+                break all;
+            }
+        };
         let (service, executors, nats) = self.usage()?;
         let load_after = loadavg();
         if !ended {
