@@ -5,9 +5,11 @@
 //! TCP proxy for network faults ([`proxy`]), an authenticated deployment's
 //! keys, trust file and TLS files ([`secure`]), real clusters of other
 //! systems on loopback ([`real`]), and headless Chromium for pages that
-//! must render in a real browser ([`browser`]).
+//! must render in a real browser ([`browser`]), and a fleet of simulated
+//! clusters upgraded at once on one service ([`fleet`], the fleet benchmark's core).
 
 pub mod browser;
+pub mod fleet;
 pub mod nats;
 pub mod process;
 pub mod proxy;

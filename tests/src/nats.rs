@@ -128,6 +128,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<nix::unistd::Pid> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
     /// Kill the server (SIGKILL: a crash, not a clean shutdown) and reap it.
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {

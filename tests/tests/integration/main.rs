@@ -10,6 +10,7 @@ mod config_file;
 mod conventions;
 mod e2e;
 mod executor;
+mod fleet;
 mod lease;
 mod limits;
 mod metrics;
