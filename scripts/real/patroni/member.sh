@@ -60,6 +60,9 @@ done <"$dir/member.conf"
 as_postgres() { (exec_as_postgres "$@"); }
 exec_as_postgres() {
   local env=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/var/lib/postgresql LANG=C.UTF-8 LC_ALL=C.UTF-8)
+  # From the member's own directory: the caller's (a clone under a 0700 /root) may be out of postgres's reach,
+  # and Patroni's worker processes chdir back into the directory they were started from.
+  cd "$dir" || die "cannot enter $dir"
   if [ "$(id -un)" = postgres ]; then
     exec "${env[@]}" "$@"
   elif [ "$(id -u)" = 0 ]; then
