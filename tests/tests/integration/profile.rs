@@ -103,23 +103,7 @@ fn a_valid_profile_is_summarised_and_its_probes_run_here_show_what_they_parsed()
     );
     assert!(stdout.contains("probes not run"), "{stdout}");
 
-    let out = baton(&[
-        "--output",
-        "json",
-        "profile",
-        "check",
-        profile.to_str().unwrap(),
-        "--cluster",
-        cluster.to_str().unwrap(),
-        "--run-here",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = check_live(&profile, &cluster);
     let probes = report["probes"].as_array().unwrap();
     // The topology from each node, then each node's own probes: 3 + 3 x 2.
     assert_eq!(probes.len(), 9, "{report:#}");
@@ -140,10 +124,6 @@ fn a_valid_profile_is_summarised_and_its_probes_run_here_show_what_they_parsed()
         assert_eq!(p["observed"], "3.4.23", "{p:#}");
     }
 
-    // An output longer than an executor sends (its --max-output, 8 KiB by default) fails here too: an executor
-    // would send only its tail. With the executors' larger --max-output it passes.
-    let long = format!("{TOPOLOGY}{}", " ".repeat(8192));
-    std::fs::write(dir.path().join("m2/topology.json"), &long).unwrap();
     let check = |extra: &[&str]| {
         let mut args = vec![
             "profile",
@@ -156,6 +136,10 @@ fn a_valid_profile_is_summarised_and_its_probes_run_here_show_what_they_parsed()
         args.extend_from_slice(extra);
         baton(&args)
     };
+    // An output longer than an executor sends (its --max-output, 8 KiB by default) fails here too: an executor
+    // would send only its tail. With the executors' larger --max-output it passes.
+    let long = format!("{TOPOLOGY}{}", " ".repeat(8192));
+    std::fs::write(dir.path().join("m2/topology.json"), &long).unwrap();
     let out = check(&[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(5), "{stdout}");
@@ -176,14 +160,7 @@ fn a_valid_profile_is_summarised_and_its_probes_run_here_show_what_they_parsed()
     )
     .unwrap();
     std::fs::remove_file(dir.path().join("m1/version.txt")).unwrap();
-    let out = baton(&[
-        "profile",
-        "check",
-        profile.to_str().unwrap(),
-        "--cluster",
-        cluster.to_str().unwrap(),
-        "--run-here",
-    ]);
+    let out = check(&[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{stdout}\n{stderr}");
@@ -209,10 +186,9 @@ fn a_valid_profile_is_summarised_and_its_probes_run_here_show_what_they_parsed()
     );
 }
 
-/// `baton profile check PROFILE --cluster FILE --run-here --output json` against a live cluster: it must exit
-/// 0 (every probe gave an observation); returns the report. Used by `real_etcd` and `real_patroni`.
-pub(crate) fn check_live(profile: &str, cluster_file: &Path) -> serde_json::Value {
-    let profile = tests::workspace_root().join("profiles").join(profile);
+/// `baton profile check PROFILE --cluster FILE --run-here --output json`: it must exit 0 (every probe gave an
+/// observation); returns the report. Also used by `real_etcd` and `real_patroni` against live clusters.
+pub(crate) fn check_live(profile: &Path, cluster_file: &Path) -> serde_json::Value {
     let out = baton(&[
         "--output",
         "json",
@@ -231,6 +207,11 @@ pub(crate) fn check_live(profile: &str, cluster_file: &Path) -> serde_json::Valu
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(&stdout).unwrap()
+}
+
+/// A profile shipped in `profiles/`.
+pub(crate) fn shipped(name: &str) -> std::path::PathBuf {
+    tests::workspace_root().join("profiles").join(name)
 }
 
 /// Per node, what probe `probe` observed (its JSON).

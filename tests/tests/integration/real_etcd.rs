@@ -24,7 +24,10 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
     }
     let leader = cluster.leader().expect("a member leads");
     // The shipped profile's probes, run for real (`baton profile check --run-here`), see the same cluster.
-    let seen = crate::profile::check_live("etcd.toml", cluster.cluster_file());
+    let seen = crate::profile::check_live(
+        &crate::profile::shipped("etcd.toml"),
+        cluster.cluster_file(),
+    );
     for leaders in crate::profile::leaders_seen(&seen) {
         assert_eq!(leaders, std::slice::from_ref(&leader), "{seen:#}");
     }
@@ -52,7 +55,10 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
     println!("manual baseline steps:\n{}", run.output);
 
     // The profile's probes see the upgraded cluster: the new leader, the new version everywhere.
-    let seen = crate::profile::check_live("etcd.toml", cluster.cluster_file());
+    let seen = crate::profile::check_live(
+        &crate::profile::shipped("etcd.toml"),
+        cluster.cluster_file(),
+    );
     for leaders in crate::profile::leaders_seen(&seen) {
         assert_eq!(leaders, std::slice::from_ref(&run.new_leader), "{seen:#}");
     }

@@ -17,7 +17,10 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
     }
     // The shipped profile's probes, run for real (`baton profile check --run-here`), see the same cluster:
     // one leader, every member in service, the old version, failover not paused.
-    let seen = crate::profile::check_live("patroni.toml", cluster.cluster_file());
+    let seen = crate::profile::check_live(
+        &crate::profile::shipped("patroni.toml"),
+        cluster.cluster_file(),
+    );
     for leaders in crate::profile::leaders_seen(&seen) {
         assert_eq!(leaders, std::slice::from_ref(&leader_before), "{seen:#}");
     }
@@ -55,7 +58,10 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
         );
     }
     let leader_after = cluster.leader().expect("one leader after the upgrade");
-    let seen = crate::profile::check_live("patroni.toml", cluster.cluster_file());
+    let seen = crate::profile::check_live(
+        &crate::profile::shipped("patroni.toml"),
+        cluster.cluster_file(),
+    );
     for leaders in crate::profile::leaders_seen(&seen) {
         assert_eq!(leaders, std::slice::from_ref(&leader_after), "{seen:#}");
     }

@@ -330,13 +330,7 @@ async fn a_halted_upgrades_report_shows_the_halt_reason() {
     })
     .await;
     let upgrade = env.submit(&[]);
-    let view = env
-        .wait_status(
-            &upgrade,
-            &["completed", "halted", "aborted"],
-            UPGRADE_TIMEOUT,
-        )
-        .await;
+    let view = env.finish(&upgrade).await;
     assert_eq!(view.status, "halted", "{view:#?}");
     let events = env.events(&upgrade);
     let page = write_report(&env, &upgrade, "halted.html", &[]);
