@@ -29,7 +29,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use workflow::core::{Action, Event, Outcome, Resolution, Role, State, Sync, WindDownCause};
+use workflow::core::observe::ShownRole;
+use workflow::core::{Action, Event, MemberRole, Outcome, Resolution, State, Sync, WindDownCause};
 use workflow::service::api::StatusView;
 use workflow::service::view;
 
@@ -561,13 +562,13 @@ fn span<T>(from_ms: u64, to_ms: u64, open: bool, value: T) -> Span<T> {
 
 /// Who the cluster last showed leading, from the node facts of `core::observed`.
 fn leader_shown(state: &State, nodes: &[String]) -> Leader {
-    let roles: Vec<(&String, &Role)> = nodes
+    let roles: Vec<(&String, &ShownRole)> = nodes
         .iter()
         .filter_map(|n| Some((n, &state.node_facts(n)?.role.as_ref()?.value)))
         .collect();
     let leaders: Vec<String> = roles
         .iter()
-        .filter(|(_, role)| **role == Role::Leader)
+        .filter(|(_, role)| role.role == MemberRole::Leader)
         .map(|(n, _)| (*n).clone())
         .collect();
     match leaders.len() {

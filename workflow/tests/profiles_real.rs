@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use workflow::core::profile_file::{
-    parse_failover, parse_node, parse_topology, parse_version, MemberRole, NodeHealth, ProbeDef,
-    ProfileFile, Topology,
+    parse_failover, parse_node, parse_topology, parse_version, NodeReading, ProbeDef, ProfileFile,
 };
-use workflow::core::{ClusterFile, NodeSpec};
+use workflow::core::{ClusterFile, MemberRole, NodeSpec, Topology};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -272,7 +271,7 @@ fn the_patroni_profile_reads_what_a_real_patroni_cluster_showed() {
                 assert_eq!(m.caught_up, Some(true), "{what}: {}", n.name);
             }
             let saved = patroni_saved(s.state, &format!("{}.node.json", n.name));
-            let health: Option<NodeHealth> = readable(&p.probes.node, &saved)
+            let health: Option<NodeReading> = readable(&p.probes.node, &saved)
                 .map(|text| parse_node(&p.probes.node, text).unwrap());
             assert_eq!(
                 health.map(|h| h.up),

@@ -9,14 +9,11 @@ use super::event::{
     LATEST_MS,
 };
 use super::guard::{guard_finding, guard_probes, version_problems, Finding};
-use super::health::{cluster_problems, electable_problems, leader_problems, status_problems};
-use super::parse::{
-    normalize_version, parse_cluster_status, parse_failover_json, parse_package_state,
-    parse_status, parse_version_output, version_from_package, ServiceState, StatusReport,
-    KNOWN_SERVICES,
-};
+use super::health::{cluster_problems, electable_problems, leader_problems};
+use super::observe::{MemberRole, Topology};
+use super::parse::{normalize_version, version_from_package};
 use super::plan::{compute_plan, PlanInputs, PlanItem};
-use super::profile::{render, Action, RenderContext};
+use super::profile::{render, Action, Profile, RenderContext};
 use super::state::{NodePhase, Reobserve, State, StepRecord, Submission, WindDown};
 
 /// Decides what an input means: the events to append, or why it is refused. Results for unknown steps, old
@@ -224,9 +221,15 @@ fn submitted(state: &State, input: &Input) -> Result<Event, Rejection> {
     if upgrade.trim().is_empty() {
         return Err(invalid("the upgrade id is empty".into()));
     }
-    if cluster.profile != "chef-backend" {
+    if Profile::builtin(
+        &cluster.profile,
+        cluster.upgrade.installer,
+        cluster.upgrade.procedure,
+    )
+    .is_none()
+    {
         return Err(invalid(format!(
-            "profile `{}`: upgrades run only the built-in chef-backend profile so far; a profile file can be \
+            "profile `{}`: upgrades run only the built-in profiles so far; a profile file can be \
              validated and its probes tried with `baton profile check`",
             cluster.profile
         )));
@@ -590,64 +593,22 @@ fn wind_down(reason: String, now: u64) -> Event {
     }
 }
 
-/// Parses a probe's result into an observation.
+/// Reads a probe's result into an observation, with the system's reader (chef-backend's: `parse::read_probe`).
 fn observe(record: &StepRecord) -> Observation {
     let Some(o) = &record.outcome else {
         return Observation::Unavailable {
             error: "no result".into(),
         };
     };
-    let action = record.scheduled.action;
-    // `status` exits non-zero on a node whose services are stopped but still prints its table, which is
-    // exactly what shows a `stop` took effect: read it whenever the command ran to its end.
-    if action == Action::ProbeStatus && o.outcome == Outcome::Failed {
-        if let Ok(status) = parse_status(&o.stdout) {
-            return Observation::NodeStatus { status };
-        }
-    }
-    if o.outcome != Outcome::Succeeded {
-        let text = format!("{}\n{}", o.stdout, o.stderr);
-        if action == Action::ProbeVersion
-            && o.outcome == Outcome::Failed
-            && (text.contains("no packages found") || text.contains("is not installed"))
-        {
-            return Observation::Version {
-                version: None,
-                state: None,
-            };
-        }
-        return Observation::Unavailable {
+    match super::parse::read_probe(record.scheduled.action, o.outcome, &o.stdout, &o.stderr) {
+        Ok(observation) => observation,
+        Err(None) => Observation::Unavailable {
             error: describe_step(record),
-        };
+        },
+        Err(Some(e)) => Observation::Unavailable {
+            error: format!("{e}; {}", describe_step(record)),
+        },
     }
-    let parsed = match action {
-        Action::ProbeClusterStatus => {
-            parse_cluster_status(&o.stdout).map(|status| Observation::ClusterStatus { status })
-        }
-        Action::ProbeStatus => {
-            parse_status(&o.stdout).map(|status| Observation::NodeStatus { status })
-        }
-        Action::ProbeVersion => {
-            parse_package_state(&o.stdout).map(|(v, state)| Observation::Version {
-                version: Some(v),
-                state,
-            })
-        }
-        Action::ProbeFailover => {
-            parse_failover_json(&o.stdout).map(|settings| Observation::Failover { settings })
-        }
-        Action::ProbePackage => {
-            parse_version_output(&o.stdout).map(|version| Observation::Package { version })
-        }
-        other => {
-            return Observation::Unavailable {
-                error: format!("{other} is not a probe"),
-            }
-        }
-    };
-    parsed.unwrap_or_else(|e| Observation::Unavailable {
-        error: format!("{e}; {}", describe_step(record)),
-    })
 }
 
 /// A node to run cluster-wide commands on (they need the node's etcd): the leader the latest `cluster-status`
@@ -669,14 +630,9 @@ pub(crate) fn observer(state: &State, avoid: Option<&str>) -> String {
     let names = node_names(state);
     let last = state.last_cluster.as_ref();
     let leader = last.and_then(|c| c.sole_leader()).map(str::to_string);
-    let followers = last.into_iter().flat_map(|c| {
-        c.members
-            .iter()
-            .filter(|m| {
-                m.role == super::parse::Role::Follower && m.pg.as_deref() != Some("offline")
-            })
-            .map(|m| m.name.clone())
-    });
+    let followers = last
+        .into_iter()
+        .flat_map(|c| c.followers_in_service().map(|m| m.node.clone()));
     // When every node looks unreachable, ask them in turn: the one given a step least recently first.
     let last_asked = |name: &str| {
         state
@@ -898,8 +854,8 @@ fn preflight_probes(state: &State) -> Vec<(Action, String)> {
     out
 }
 
-/// The fewest nodes a rolling upgrade can keep quorum with: etcd needs a majority of the cluster running
-/// while one node is out, so `n - 1 > n / 2`, i.e. at least 3.
+/// The fewest nodes a rolling upgrade can keep quorum with: a consensus store needs a majority of the cluster
+/// running while one node is out, so `n - 1 > n / 2`, i.e. at least 3.
 const MIN_NODES: usize = 3;
 
 fn preflight_decisions(state: &State, now: u64) -> Vec<Event> {
@@ -908,8 +864,9 @@ fn preflight_decisions(state: &State, now: u64) -> Vec<Event> {
         return vec![wind_down(
             format!(
                 "preflight refused: the cluster has {} node(s); a rolling upgrade needs at least {MIN_NODES}, \
-                 because etcd loses its quorum (a majority of the nodes) as soon as one node is stopped",
-                s.cluster.nodes.len()
+                 because {}",
+                s.cluster.nodes.len(),
+                s.profile.hints.quorum
             ),
             now,
         )];
@@ -951,7 +908,7 @@ fn preflight_decisions(state: &State, now: u64) -> Vec<Event> {
     let guids = cluster
         .members
         .iter()
-        .map(|m| (m.name.clone(), m.guid.clone()))
+        .map(|m| (m.node.clone(), m.id.clone()))
         .collect();
     let inputs = PlanInputs {
         cluster: &s.cluster,
@@ -1133,9 +1090,13 @@ fn preflight_problems(state: &State, node: &str, observation: &Observation) -> V
     let s = sub(state);
     let target = s.target_version.as_str();
     match observation {
-        Observation::Version { version, state } => {
-            version_problems(node, target, version.as_deref(), state.as_deref())
-        }
+        Observation::Version { version, state } => version_problems(
+            &s.profile,
+            node,
+            target,
+            version.as_deref(),
+            state.as_deref(),
+        ),
         Observation::Package { version } if version != target => vec![format!(
             "the package file {} on {node} is version {version}, not the target {target}",
             s.package
@@ -1153,10 +1114,13 @@ fn preflight_problems(state: &State, node: &str, observation: &Observation) -> V
                 match settings.nodes.get(&n.name) {
                     Some(true) => {}
                     Some(false) => p.push(format!(
-                        "node-level failover is off on {} (chef-backend-ctl set-node-failover on, on that node)",
+                        "node-level failover is off on {} ({})",
+                        n.name, s.profile.hints.node_failover_on
+                    )),
+                    None => p.push(format!(
+                        "cannot tell whether node-level failover is on for {}",
                         n.name
                     )),
-                    None => p.push(format!("cannot tell whether node-level failover is on for {}", n.name)),
                 }
             }
             p
@@ -1175,11 +1139,15 @@ fn problems_for(
     let target = sub(state).target_version.as_str();
     match observation {
         Observation::Unavailable { error } => vec![format!("probe unavailable: {error}")],
-        Observation::NodeStatus { status } => status_problems(status, node_count(state)),
-        Observation::ClusterStatus { status } => {
-            let mut p = cluster_problems(status, &node_names(state));
+        Observation::NodeStatus { .. } => observation
+            .node_health(node_count(state))
+            .map(|h| h.problems)
+            .unwrap_or_default(),
+        Observation::ClusterStatus { .. } => {
+            let topology = observation.topology().unwrap_or_default();
+            let mut p = cluster_problems(&topology, &node_names(state));
             if let Some(PlanItem::VerifySwitchover { old_leader, .. }) = item {
-                if status.sole_leader() == Some(old_leader.as_str()) {
+                if topology.sole_leader() == Some(old_leader.as_str()) {
                     p.push(format!("{old_leader} still leads: no switchover yet"));
                 }
             }
@@ -1241,38 +1209,6 @@ fn began_ms(state: &State, record: &StepRecord) -> u64 {
         .saturating_sub(s.timeout_ms.saturating_add(grace))
 }
 
-/// A `Time in State` such as `0d 0h 43m 35s` in milliseconds; `None` if it is not like that.
-fn duration_ms(text: &str) -> Option<u64> {
-    let mut total: u64 = 0;
-    let mut any = false;
-    for token in text.split_whitespace() {
-        let unit = match token.chars().last()? {
-            'd' => 86_400_000,
-            'h' => 3_600_000,
-            'm' => 60_000,
-            's' => 1_000,
-            _ => return None,
-        };
-        let n: u64 = token[..token.len() - 1].parse().ok()?;
-        total = total.checked_add(n.checked_mul(unit)?)?;
-        any = true;
-    }
-    any.then_some(total)
-}
-
-/// Services of a `status` report that are not running (a missing one counts as not running).
-fn not_running(status: &StatusReport) -> Vec<&'static str> {
-    KNOWN_SERVICES
-        .into_iter()
-        .filter(|name| {
-            !status
-                .services
-                .get(*name)
-                .is_some_and(|row| matches!(row.state, ServiceState::Running { .. }))
-        })
-        .collect()
-}
-
 /// What an observation says about the effect of the step in doubt: `Some(Ok(evidence))` it took effect,
 /// `Some(Err(what))` it did not, `None` the observation cannot tell (the probe failed).
 fn effect_shown(
@@ -1284,6 +1220,9 @@ fn effect_shown(
     let probe_step = probe.scheduled.step;
     let node = doubt.scheduled.node.as_str();
     let target = sub(state).target_version.as_str();
+    let nodes = node_count(state);
+    let health = observation.node_health(nodes);
+    let topology = observation.topology();
     Some(match (doubt.scheduled.action, observation) {
         (Action::Install | Action::Upgrade, Observation::Version { version, state }) => {
             match version.as_deref() {
@@ -1296,9 +1235,10 @@ fn effect_shown(
                 )),
             }
         }
-        (Action::Stop, Observation::NodeStatus { status }) => {
-            let down = not_running(status);
-            if down.len() == KNOWN_SERVICES.len() {
+        (Action::Stop, _) if health.is_some() => {
+            let health = health.as_ref()?;
+            let down = health.not_running();
+            if health.all_down() {
                 Ok(format!(
                     "status (step {probe_step}) shows the services of {node} down"
                 ))
@@ -1308,23 +1248,23 @@ fn effect_shown(
                 ))
             }
         }
-        (Action::Upgrade, Observation::NodeStatus { status }) => {
+        (Action::Upgrade, _) if health.is_some() => {
+            let health = health.as_ref()?;
             // The package was installed before `upgrade` ran, so the version alone does not show it: its
             // effect is a restart onto that version, i.e. every service running and in that state for less
             // time than has passed since the attempt began (a second of slack for the rounded output).
             let began = began_ms(state, doubt);
             let probed = began_ms(state, probe);
             let since = probed.saturating_sub(began);
-            let down = not_running(status);
-            let not_restarted: Vec<&str> = KNOWN_SERVICES
-                .into_iter()
-                .filter(|name| {
-                    status
-                        .services
-                        .get(*name)
-                        .and_then(|row| duration_ms(&row.time_in_state))
+            let down = health.not_running();
+            let not_restarted: Vec<&str> = health
+                .services
+                .iter()
+                .filter(|s| {
+                    s.in_state_ms
                         .is_none_or(|t| t.saturating_add(1_000) > since)
                 })
+                .map(|s| s.name.as_str())
                 .collect();
             if down.is_empty() && not_restarted.is_empty() {
                 Ok(format!(
@@ -1339,8 +1279,8 @@ fn effect_shown(
                 ))
             }
         }
-        (Action::Start, Observation::NodeStatus { status }) => {
-            let down = not_running(status);
+        (Action::Start, _) if health.is_some() => {
+            let down = health.as_ref()?.not_running();
             if down.is_empty() {
                 Ok(format!(
                     "status (step {probe_step}) shows the services of {node} running"
@@ -1351,7 +1291,8 @@ fn effect_shown(
                 ))
             }
         }
-        (Action::Demote | Action::UpgradeLeader, Observation::ClusterStatus { status }) => {
+        (Action::Demote | Action::UpgradeLeader, _) if topology.is_some() => {
+            let status = topology.as_ref()?;
             match status.sole_leader().filter(|l| *l != node) {
                 Some(leader) => Ok(format!(
                     "cluster-status (step {probe_step}) shows {leader} as the sole leader, not {node}"
@@ -1361,7 +1302,7 @@ fn effect_shown(
                 None if status.leaders().is_empty()
                     && status
                         .member(node)
-                        .is_some_and(|m| m.role == super::parse::Role::DeposedLeader) =>
+                        .is_some_and(|m| m.role == MemberRole::Deposed) =>
                 {
                     return None
                 }
@@ -1417,7 +1358,7 @@ fn judge_reobservation(
         Some(Err(what)) => what.clone(),
         // The probe ran and the old leader is deposed, but nobody leads yet: an election in progress. Look
         // again after a poll, for as long as a node may take to sync.
-        None if matches!(observation, Observation::ClusterStatus { .. })
+        None if observation.is_topology()
             && doubt.outcome.as_ref().is_some_and(|o| {
                 now < o
                     .at_ms
@@ -1738,10 +1679,7 @@ fn describe_probe(record: &StepRecord) -> String {
 /// longer than the election window. Nobody can be elected while failover is off, so waiting longer only makes
 /// the outage longer: re-enable failover at once, on any live node, then halt.
 fn emergency_exit(state: &State, observation: &Observation, now: u64) -> Option<Event> {
-    match observation {
-        Observation::ClusterStatus { status } => emergency_for(state, status, now),
-        _ => None,
-    }
+    emergency_for(state, &observation.topology()?, now)
 }
 
 /// The emergency exit when its time comes while a probe is still out (a probe of a dead node can take its whole
@@ -1756,7 +1694,7 @@ fn emergency_by_time(state: &State, now: u64) -> Option<Event> {
     emergency_for(state, state.last_cluster.as_ref()?, now)
 }
 
-fn emergency_for(state: &State, status: &super::parse::ClusterStatus, now: u64) -> Option<Event> {
+fn emergency_for(state: &State, status: &Topology, now: u64) -> Option<Event> {
     if !state.failover_blocked || status.sole_leader().is_some() {
         return None;
     }
@@ -1936,8 +1874,9 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
             // exit does. With a leader but nobody electable, it stays off and the end says why.
             let no_leader_seen = match observation {
                 Observation::Unavailable { .. } => true,
-                Observation::ClusterStatus { status } => status.sole_leader().is_none(),
-                _ => false,
+                other => other
+                    .topology()
+                    .is_some_and(|status| status.sole_leader().is_none()),
             };
             if no_leader_seen && state.failover_blocked && w.cause != WindDownCause::Emergency {
                 return vec![
@@ -1959,8 +1898,8 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
                 end(Some(format!(
                     "failover is still blocked: the cluster was not healthy enough within {sync_timeout} ms to \
                      re-enable it (it needs exactly one leader, that leader's services running and a synced \
-                     follower to elect), so it was not re-enabled (run `chef-backend-ctl set-cluster-failover \
-                     on` once it is): {}",
+                     follower to elect), so it was not re-enabled (run `{}` once it is): {}",
+                    sub(state).profile.hints.cluster_failover_on,
                     blocking.iter().chain(&other).cloned().collect::<Vec<_>>().join("; ")
                 ))),
             ];
@@ -2032,10 +1971,14 @@ fn failover_gate(
 ) -> (Vec<String>, Vec<String>) {
     let all = problems_for(state, None, action, observation);
     let gate = match (action, observation) {
-        (Action::ProbeClusterStatus, Observation::ClusterStatus { status }) => {
-            leader_problems(status)
-        }
-        (Action::ProbeStatus, Observation::NodeStatus { status }) => electable_problems(status),
+        (Action::ProbeClusterStatus, Observation::ClusterStatus { .. }) => observation
+            .topology()
+            .map(|t| leader_problems(&t))
+            .unwrap_or_default(),
+        (Action::ProbeStatus, Observation::NodeStatus { .. }) => observation
+            .node_health(node_count(state))
+            .map(|h| electable_problems(&h))
+            .unwrap_or_default(),
         _ => return (all, vec![]),
     };
     let other = all.into_iter().filter(|p| !gate.contains(p)).collect();
@@ -2048,10 +1991,9 @@ fn failover_gate(
 fn keep_looking(state: &State, w: &WindDown, observation: &Observation, now: u64) -> bool {
     match observation {
         Observation::Unavailable { .. } => unanswered_grace(state, w.started_ms, observation, now),
-        Observation::ClusterStatus { status } => {
-            state.failover_blocked && status.sole_leader().is_none()
-        }
-        _ => false,
+        other => other
+            .topology()
+            .is_some_and(|status| state.failover_blocked && status.sole_leader().is_none()),
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::cluster::{ClusterFile, Gate};
+use super::observe::{NodeHealth, Topology};
 use super::parse::{ClusterStatus, FailoverSettings, StatusReport};
 use super::plan::{Phase, Plan};
 use super::profile::Action;
@@ -219,6 +220,34 @@ pub enum Observation {
         /// Why.
         error: String,
     },
+}
+
+impl Observation {
+    /// The cluster as this observation shows it, if it is a look at the whole cluster.
+    pub fn topology(&self) -> Option<Topology> {
+        match self {
+            Observation::ClusterStatus { status } => Some(status.topology()),
+            _ => None,
+        }
+    }
+
+    /// The node's own view as this observation shows it (for a cluster of `nodes` members), if it is one.
+    pub fn node_health(&self, nodes: u32) -> Option<NodeHealth> {
+        match self {
+            Observation::NodeStatus { status } => Some(status.health(nodes)),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a look at the whole cluster.
+    pub fn is_topology(&self) -> bool {
+        matches!(self, Observation::ClusterStatus { .. })
+    }
+
+    /// Whether this is a node's own view.
+    pub fn is_node_health(&self) -> bool {
+        matches!(self, Observation::NodeStatus { .. })
+    }
 }
 
 /// Why a wait was started.

@@ -21,9 +21,10 @@
 //! halts at once, saying what changed, and does not re-plan.
 
 use super::event::Observation;
-use super::parse::{version_key, ClusterMember, Distributed, Role, ServiceState, KNOWN_SERVICES};
+use super::observe::{Member, MemberRole, NodeHealth, Replication, Topology};
+use super::parse::version_key;
 use super::plan::PlanItem;
-use super::profile::{Action, Procedure};
+use super::profile::{Action, Procedure, Profile};
 use super::state::State;
 
 /// What an action does to the cluster, for its guard.
@@ -141,137 +142,14 @@ pub(crate) fn guard_finding(
         Observation::Unavailable { error } => {
             Finding::Settle(vec![format!("probe unavailable: {error}")])
         }
-        Observation::ClusterStatus { status } => {
-            let mut settle = Vec::new();
-            for name in &names {
-                if status.member(name).is_none() {
-                    settle.push(format!("{name}: missing from cluster-status"));
-                }
-            }
-            let Some(leader) = status.sole_leader() else {
-                let leaders = status.leaders();
-                return Finding::Leaderless(vec![format!(
-                    "{} leaders ({}), want exactly one",
-                    leaders.len(),
-                    leaders.join(", ")
-                )]);
-            };
-            match expected_leader(state) {
-                Some(Expected::Is(l)) if l != leader => {
-                    return Finding::Changed(format!(
-                        "the leader moved: the plan expects {l} to lead, but cluster-status shows {leader}"
-                    ))
-                }
-                Some(Expected::NotOld(old)) if old == leader => {
-                    return Finding::Changed(format!(
-                        "{old} leads again after the switchover away from it"
-                    ))
-                }
-                _ => {}
-            }
-            match kind {
-                Kind::TakesOut | Kind::OnOut if leader == target => {
-                    return Finding::Changed(format!(
-                        "{target} is now the leader, and the plan has it as a follower"
-                    ))
-                }
-                Kind::Switchover if leader != target => {
-                    return Finding::Changed(format!(
-                        "{leader} leads, not {target}, the node the switchover would demote"
-                    ))
-                }
-                _ => {}
-            }
-            if matches!(kind, Kind::TakesOut | Kind::Switchover) {
-                for m in &status.members {
-                    let other = m.name != target && m.name != leader;
-                    if other && !(m.role == Role::Follower && in_service(m)) {
-                        settle.push(format!(
-                            "{} is {} (PG {}), not an in-service follower",
-                            m.name,
-                            m.role.as_str(),
-                            m.pg.as_deref().unwrap_or("?")
-                        ));
-                    }
-                }
-            }
-            if settle.is_empty() {
-                Finding::Pass
+        Observation::Version { .. } | Observation::Package { .. } => Finding::Pass,
+        other @ (Observation::ClusterStatus { .. } | Observation::NodeStatus { .. }) => {
+            if let Some(topology) = other.topology() {
+                topology_finding(state, kind, target, &names, &topology)
+            } else if let Some(health) = other.node_health(n) {
+                node_finding(state, kind, action, target, n, &health)
             } else {
-                Finding::Settle(settle)
-            }
-        }
-        Observation::NodeStatus { status } => {
-            let mut settle = Vec::new();
-            for name in KNOWN_SERVICES {
-                match status.services.get(name).map(|r| &r.state) {
-                    Some(ServiceState::Running { .. }) => {}
-                    Some(other) => settle.push(format!(
-                        "the leader's {name} is not running ({})",
-                        super::parse::describe_state(other)
-                    )),
-                    None => settle.push(format!("the leader's status does not report {name}")),
-                }
-            }
-            // Bringing a node back (or installing on it while it is out) never lowers availability: it needs the
-            // expected leader and its services, not every other follower synced (another node down is a reason
-            // to bring this one back, and the next `stop` waits for it).
-            if matches!(kind, Kind::Settings | Kind::OnOut) {
-                return if settle.is_empty() {
-                    Finding::Pass
-                } else {
-                    Finding::Settle(settle)
-                };
-            }
-            // Who is out of service now, per the guard's own cluster-status (it ran just before).
-            let target_out = state
-                .last_cluster
-                .as_ref()
-                .and_then(|c| c.member(target))
-                .is_none_or(|m| !in_service(m));
-            let want_synced = match kind {
-                Kind::Switchover => n - 1,
-                _ => n - 1 - u32::from(target_out),
-            };
-            match status.services.get("postgresql").map(|r| &r.distributed) {
-                Some(Distributed::Postgresql {
-                    leader,
-                    syncing,
-                    synced,
-                    ..
-                }) => {
-                    if *leader != 1 {
-                        settle.push(format!("postgresql shows {leader} leaders"));
-                    }
-                    if *synced < want_synced || (*syncing > 0 && !target_out) {
-                        settle.push(format!(
-                            "the leader's status shows postgresql synced: {synced}, syncing: {syncing}; {} needs \
-                             every other follower synced ({want_synced})",
-                            action
-                        ));
-                    }
-                }
-                other => settle.push(format!(
-                    "the leader's status shows no replication counts ({})",
-                    other.map_or("not reported".to_string(), |d| format!("{d:?}"))
-                )),
-            }
-            if kind == Kind::TakesOut {
-                if let Some(Distributed::Etcd { healthy, .. }) =
-                    status.services.get("etcd").map(|r| &r.distributed)
-                {
-                    let after = healthy.saturating_sub(u32::from(!target_out));
-                    if after < n / 2 + 1 {
-                        settle.push(format!(
-                            "etcd would keep {after} of {n} members with {target} out, below a majority"
-                        ));
-                    }
-                }
-            }
-            if settle.is_empty() {
                 Finding::Pass
-            } else {
-                Finding::Settle(settle)
             }
         }
         Observation::Failover { settings } => {
@@ -323,13 +201,158 @@ pub(crate) fn guard_finding(
             }
             Finding::Pass
         }
-        Observation::Version { .. } | Observation::Package { .. } => Finding::Pass,
     }
 }
 
-/// A member `cluster-status` shows in service: leader or follower, its PostgreSQL not offline.
-fn in_service(m: &ClusterMember) -> bool {
-    matches!(m.role, Role::Follower | Role::Leader) && m.pg.as_deref() != Some("offline")
+/// The guard's judgement of its look at the whole cluster.
+fn topology_finding(
+    state: &State,
+    kind: Kind,
+    target: &str,
+    names: &[&str],
+    topology: &Topology,
+) -> Finding {
+    let mut settle = Vec::new();
+    for name in names {
+        if topology.member(name).is_none() {
+            settle.push(format!("{name}: missing from cluster-status"));
+        }
+    }
+    let Some(leader) = topology.sole_leader() else {
+        let leaders = topology.leaders();
+        return Finding::Leaderless(vec![format!(
+            "{} leaders ({}), want exactly one",
+            leaders.len(),
+            leaders.join(", ")
+        )]);
+    };
+    match expected_leader(state) {
+        Some(Expected::Is(l)) if l != leader => {
+            return Finding::Changed(format!(
+                "the leader moved: the plan expects {l} to lead, but cluster-status shows {leader}"
+            ))
+        }
+        Some(Expected::NotOld(old)) if old == leader => {
+            return Finding::Changed(format!(
+                "{old} leads again after the switchover away from it"
+            ))
+        }
+        _ => {}
+    }
+    match kind {
+        Kind::TakesOut | Kind::OnOut if leader == target => {
+            return Finding::Changed(format!(
+                "{target} is now the leader, and the plan has it as a follower"
+            ))
+        }
+        Kind::Switchover if leader != target => {
+            return Finding::Changed(format!(
+                "{leader} leads, not {target}, the node the switchover would demote"
+            ))
+        }
+        _ => {}
+    }
+    if matches!(kind, Kind::TakesOut | Kind::Switchover) {
+        for m in &topology.members {
+            let other = m.node != target && m.node != leader;
+            if other && !(m.role == MemberRole::Follower && in_service(m)) {
+                settle.push(format!(
+                    "{} is {}, not an in-service follower",
+                    m.node, m.shown
+                ));
+            }
+        }
+    }
+    if settle.is_empty() {
+        Finding::Pass
+    } else {
+        Finding::Settle(settle)
+    }
+}
+
+/// The guard's judgement of the leader's own view.
+fn node_finding(
+    state: &State,
+    kind: Kind,
+    action: Action,
+    target: &str,
+    n: u32,
+    health: &NodeHealth,
+) -> Finding {
+    let mut settle = Vec::new();
+    for s in &health.services {
+        match &s.shown {
+            Some(_) if s.running => {}
+            Some(shown) => settle.push(format!("the leader's {} is not running ({shown})", s.name)),
+            None => settle.push(format!("the leader's status does not report {}", s.name)),
+        }
+    }
+    // Bringing a node back (or installing on it while it is out) never lowers availability: it needs the
+    // expected leader and its services, not every other follower synced (another node down is a reason
+    // to bring this one back, and the next `stop` waits for it).
+    if matches!(kind, Kind::Settings | Kind::OnOut) {
+        return if settle.is_empty() {
+            Finding::Pass
+        } else {
+            Finding::Settle(settle)
+        };
+    }
+    // Who is out of service now, per the guard's own look at the cluster (it ran just before).
+    let target_out = state
+        .last_cluster
+        .as_ref()
+        .and_then(|c| c.member(target))
+        .is_none_or(|m| !in_service(m));
+    let want_synced = match kind {
+        Kind::Switchover => n - 1,
+        _ => n - 1 - u32::from(target_out),
+    };
+    match &health.replication {
+        Some(Replication {
+            service,
+            counts: Some(c),
+            ..
+        }) => {
+            if c.leaders != 1 {
+                settle.push(format!("{service} shows {} leaders", c.leaders));
+            }
+            if c.caught_up < want_synced || (c.catching_up > 0 && !target_out) {
+                settle.push(format!(
+                    "the leader's status shows {service} synced: {}, syncing: {}; {} needs \
+                     every other follower synced ({want_synced})",
+                    c.caught_up, c.catching_up, action
+                ));
+            }
+        }
+        other => settle.push(format!(
+            "the leader's status shows no replication counts ({})",
+            other
+                .as_ref()
+                .and_then(|r| r.shown.clone())
+                .unwrap_or_else(|| "not reported".to_string())
+        )),
+    }
+    if kind == Kind::TakesOut {
+        if let Some(q) = &health.quorum {
+            let after = q.healthy.saturating_sub(u32::from(!target_out));
+            if after < n / 2 + 1 {
+                settle.push(format!(
+                    "{} would keep {after} of {n} members with {target} out, below a majority",
+                    q.service
+                ));
+            }
+        }
+    }
+    if settle.is_empty() {
+        Finding::Pass
+    } else {
+        Finding::Settle(settle)
+    }
+}
+
+/// A member the cluster shows in service: leader or follower, its data service up.
+fn in_service(m: &Member) -> bool {
+    matches!(m.role, MemberRole::Follower | MemberRole::Leader) && m.in_service
 }
 
 fn on_off(on: bool) -> &'static str {
@@ -343,19 +366,21 @@ fn on_off(on: bool) -> &'static str {
 /// Preflight's refusals for a node's installed version: not installed, not cleanly installed, a different
 /// major version, or newer than the target (a downgrade is not an upgrade).
 pub(crate) fn version_problems(
+    profile: &Profile,
     node: &str,
     target: &str,
     version: Option<&str>,
     package_state: Option<&str>,
 ) -> Vec<String> {
     let Some(v) = version else {
-        return vec![format!("chef-backend is not installed on {node}")];
+        return vec![format!("{} is not installed on {node}", profile.system)];
     };
     let mut out = Vec::new();
     if let Some(st) = package_state {
         out.push(format!(
-            "the chef-backend package on {node} is {st}, not installed cleanly (a failed install?); fix it \
-             first (dpkg --configure -a)"
+            "the {} package on {node} is {st}, not installed cleanly (a failed install?); fix it \
+             first ({})",
+            profile.system, profile.hints.fix_package
         ));
     }
     match (version_key(v), version_key(target)) {
@@ -363,7 +388,8 @@ pub(crate) fn version_problems(
             if have.first() != want.first() {
                 out.push(format!(
                     "{node} runs {v} and the target is {target}: a major-version change needs downtime \
-                     (chef-backend's down-for-upgrade) and is not a rolling upgrade"
+                     ({}) and is not a rolling upgrade",
+                    profile.hints.major_change
                 ));
             } else if have > want {
                 out.push(format!(

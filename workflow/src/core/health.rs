@@ -1,117 +1,38 @@
-//! Health and topology checks on parsed observations. Each returns the list of problems (empty = passed), so
-//! the log can say exactly why a gate did not pass.
+//! Health and topology checks on the abstract observations (`observe`), for every system. Each returns the list
+//! of problems (empty = passed), so the log can say exactly why a gate did not pass. A node's full health is
+//! its reader's [`NodeHealth::problems`]: what "healthy" means in a system's own terms is the reader's to say.
 
-use super::parse::{ClusterStatus, Distributed, Role, ServiceState, StatusReport, KNOWN_SERVICES};
-
-/// Problems in a node's `status`: every known service running, one leader, nobody waiting, every replica
-/// synced, etcd and Elasticsearch green with all `nodes` members.
-pub fn status_problems(report: &StatusReport, nodes: u32) -> Vec<String> {
-    let mut problems = Vec::new();
-    for name in KNOWN_SERVICES {
-        let Some(row) = report.services.get(name) else {
-            problems.push(format!("{name}: not reported"));
-            continue;
-        };
-        if !matches!(row.state, ServiceState::Running { .. }) {
-            problems.push(format!("{name}: not running ({:?})", row.state));
-        }
-        match &row.distributed {
-            Distributed::Leaderl {
-                leader,
-                waiting,
-                follower,
-                total,
-            } => {
-                if *leader != 1
-                    || *waiting != 0
-                    || *total != nodes
-                    || follower.checked_add(1) != Some(nodes)
-                {
-                    problems.push(format!(
-                        "leaderl: leader: {leader}; waiting: {waiting}; follower: {follower}; total: {total} \
-                         (want 1 leader, {} followers of {nodes})",
-                        nodes.saturating_sub(1)
-                    ));
-                }
-            }
-            Distributed::Etcd {
-                health,
-                healthy,
-                total,
-            } => {
-                if health != "green" || *healthy != nodes || *total != nodes {
-                    problems.push(format!(
-                        "etcd: health: {health}; healthy nodes: {healthy}/{total}"
-                    ));
-                }
-            }
-            Distributed::Postgresql {
-                leader,
-                offline,
-                syncing,
-                synced,
-            } => {
-                if *leader != 1
-                    || *offline != 0
-                    || *syncing != 0
-                    || synced.checked_add(1) != Some(nodes)
-                {
-                    problems.push(format!(
-                        "postgresql: leader: {leader}; offline: {offline}; syncing: {syncing}; synced: {synced} \
-                         (want {} synced)",
-                        nodes.saturating_sub(1)
-                    ));
-                }
-            }
-            Distributed::Elasticsearch {
-                state,
-                online,
-                total,
-            } => {
-                if state != "green" || *online != nodes || *total != nodes {
-                    problems.push(format!(
-                        "elasticsearch: state: {state}; nodes online: {online}/{total}"
-                    ));
-                }
-            }
-            Distributed::Error(e) => problems.push(format!("{name}: error: {e}")),
-            Distributed::Unrecognized(t) => {
-                problems.push(format!("{name}: unrecognised status `{t}`"))
-            }
-        }
-    }
-    problems
-}
+use super::observe::{MemberRole, NodeHealth, Topology};
 
 /// Problems in `cluster-status` against the cluster file's node names: every node listed, none unknown,
 /// exactly one leader, every other node a follower.
-pub fn cluster_problems(status: &ClusterStatus, names: &[&str]) -> Vec<String> {
+pub fn cluster_problems(topology: &Topology, names: &[&str]) -> Vec<String> {
     let mut problems = Vec::new();
     for name in names {
-        if status.member(name).is_none() {
+        if topology.member(name).is_none() {
             problems.push(format!("{name}: missing from cluster-status"));
         }
     }
-    for m in &status.members {
-        if !names.contains(&m.name.as_str()) {
+    for m in &topology.members {
+        if !m.known || !names.contains(&m.node.as_str()) {
             problems.push(format!(
                 "{}: in cluster-status but not in the cluster file",
-                m.name
+                m.node
             ));
         }
     }
-    problems.extend(leader_problems(status));
-    for m in &status.members {
-        if !matches!(m.role, Role::Leader | Role::Follower) {
-            problems.push(format!("{}: role {:?}", m.name, m.role));
+    problems.extend(leader_problems(topology));
+    for m in &topology.members {
+        if !matches!(m.role, MemberRole::Leader | MemberRole::Follower) {
+            problems.push(format!("{}: role {}", m.node, m.listed));
         }
     }
     problems
 }
 
 /// The failover gate's check of `cluster-status` (S3): exactly one leader.
-pub fn leader_problems(status: &ClusterStatus) -> Vec<String> {
-    let leaders = status.leaders();
+pub fn leader_problems(topology: &Topology) -> Vec<String> {
+    let leaders = topology.leaders();
     if leaders.len() == 1 {
         return vec![];
     }
@@ -122,29 +43,33 @@ pub fn leader_problems(status: &ClusterStatus) -> Vec<String> {
     )]
 }
 
-/// The failover gate's check of the leader's own `status` (S3): its services run and at least one follower is
-/// synced, because leaderl only elects synced followers. Weaker than [`status_problems`] on purpose: a wind-down
-/// re-enables failover once a leader crash would be survived, even if another node is still stuck.
-pub fn electable_problems(report: &StatusReport) -> Vec<String> {
+/// The failover gate's check of the leader's own view (S3): its services run and at least one follower is
+/// caught up, because only a caught-up follower can be elected. Weaker than the node's full health on purpose: a
+/// wind-down re-enables failover once a leader crash would be survived, even if another node is still stuck.
+pub fn electable_problems(health: &NodeHealth) -> Vec<String> {
     let mut problems = Vec::new();
-    for name in KNOWN_SERVICES {
-        match report.services.get(name) {
-            None => problems.push(format!("{name}: not reported")),
-            Some(row) if !matches!(row.state, ServiceState::Running { .. }) => {
-                problems.push(format!("{name}: not running ({:?})", row.state))
+    for s in &health.services {
+        match &s.shown {
+            None => problems.push(format!("{}: not reported", s.name)),
+            Some(_) if !s.running => {
+                problems.push(format!("{}: not running ({})", s.name, s.detail))
             }
             Some(_) => {}
         }
     }
-    match report.services.get("postgresql").map(|r| &r.distributed) {
-        Some(Distributed::Postgresql { synced, .. }) if *synced >= 1 => {}
-        Some(Distributed::Postgresql { synced, .. }) => problems.push(format!(
-            "postgresql: synced: {synced}, no synced follower to elect"
-        )),
-        Some(other) => problems.push(format!(
-            "postgresql: no synced follower to elect ({other:?})"
-        )),
-        None => {}
+    if let Some(r) = &health.replication {
+        match (&r.counts, &r.shown) {
+            (Some(c), _) if c.caught_up >= 1 => {}
+            (Some(c), _) => problems.push(format!(
+                "{}: synced: {}, no synced follower to elect",
+                r.service, c.caught_up
+            )),
+            (None, Some(shown)) => problems.push(format!(
+                "{}: no synced follower to elect ({shown})",
+                r.service
+            )),
+            (None, None) => {}
+        }
     }
     problems
 }
@@ -164,14 +89,14 @@ postgresql     running (pid 6942)  0d 0h 43m 34s  leader: 1; offline: 0; syncing
 elasticsearch  running (pid 6796)  0d 0h 43m 43s  state: green; nodes online: 3/3
 ";
         assert_eq!(
-            status_problems(&parse_status(healthy).unwrap(), 3),
+            parse_status(healthy).unwrap().health(3).problems,
             Vec::<String>::new()
         );
         let syncing = healthy.replace("syncing: 0; synced: 2", "syncing: 1; synced: 1");
-        let p = status_problems(&parse_status(&syncing).unwrap(), 3);
+        let p = parse_status(&syncing).unwrap().health(3).problems;
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].starts_with("postgresql"), "{p:?}");
-        assert!(!status_problems(&parse_status(healthy).unwrap(), 4).is_empty());
+        assert!(!parse_status(healthy).unwrap().health(4).problems.is_empty());
     }
 
     #[test]
@@ -183,11 +108,13 @@ etcd           running (pid 6833)  0d 0h 43m 41s  health: green; healthy nodes: 
 postgresql     running (pid 6942)  0d 0h 43m 34s  leader: 1; offline: 0; syncing: 1; synced: 1
 elasticsearch  running (pid 6796)  0d 0h 43m 43s  state: green; nodes online: 3/3
 ";
-        let report = parse_status(stuck).unwrap();
-        assert!(!status_problems(&report, 3).is_empty());
+        let report = parse_status(stuck).unwrap().health(3);
+        assert!(!report.problems.is_empty());
         assert_eq!(electable_problems(&report), Vec::<String>::new());
         let none_synced =
-            parse_status(&stuck.replace("syncing: 1; synced: 1", "syncing: 2; synced: 0")).unwrap();
+            parse_status(&stuck.replace("syncing: 1; synced: 1", "syncing: 2; synced: 0"))
+                .unwrap()
+                .health(3);
         assert_eq!(
             electable_problems(&none_synced),
             vec!["postgresql: synced: 0, no synced follower to elect".to_string()]
@@ -195,7 +122,8 @@ elasticsearch  running (pid 6796)  0d 0h 43m 43s  state: green; nodes online: 3/
         let down = parse_status(
             &stuck.replace("etcd           running (pid 6833)", "etcd           down"),
         )
-        .unwrap();
+        .unwrap()
+        .health(3);
         let p = electable_problems(&down);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].starts_with("etcd: not running"), "{p:?}");
@@ -209,13 +137,14 @@ backend-1  192.168.33.215  79d84527cf937f3daa94c1435d0a4249  waiting_for_leader 
 backend-2  192.168.33.216  c106c88745ef13517874d7301463afb9  leader              leader    not_master
 backend-3  192.168.33.217  4d29bcb5eec25d3674d5b8af132f75b3  follower            follower  master
 ";
-        let c = parse_cluster_status(one).unwrap();
+        let c = parse_cluster_status(one).unwrap().topology();
         assert_eq!(leader_problems(&c), Vec::<String>::new());
         assert!(!cluster_problems(&c, &["backend-1", "backend-2", "backend-3"]).is_empty());
         let two = parse_cluster_status(
             &one.replace("follower            follower", "leader              leader"),
         )
-        .unwrap();
+        .unwrap()
+        .topology();
         assert_eq!(
             leader_problems(&two),
             vec!["2 leaders (backend-2, backend-3), want exactly one".to_string()]
@@ -230,7 +159,7 @@ backend-1  192.168.33.215  79d84527cf937f3daa94c1435d0a4249  deposed_leader  fol
 backend-2  192.168.33.216  c106c88745ef13517874d7301463afb9  leader          leader    not_master
 backend-3  192.168.33.217  4d29bcb5eec25d3674d5b8af132f75b3  follower        follower  master
 ";
-        let c = parse_cluster_status(text).unwrap();
+        let c = parse_cluster_status(text).unwrap().topology();
         let p = cluster_problems(&c, &["backend-1", "backend-2", "backend-3"]);
         assert_eq!(p, vec!["backend-1: role DeposedLeader".to_string()]);
         let p = cluster_problems(&c, &["backend-1", "backend-2"]);

@@ -56,6 +56,7 @@ pub mod error;
 pub mod event;
 pub mod guard;
 pub mod health;
+pub mod observe;
 pub mod observed;
 pub mod parse;
 pub mod plan;
@@ -70,6 +71,7 @@ pub use event::{
     Event, Input, Observation, Outcome, Rejection, Resolution, ScheduledStep, WaitPurpose,
     WindDownCause, LATEST_MS,
 };
+pub use observe::{Member, MemberRole, NodeHealth, Topology};
 pub use observed::{Installed, NodeFacts, Seen, Sync};
 pub use parse::{
     parse_cluster_status, parse_simple_status, parse_status, parse_version_output, ClusterMember,

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::event::Observation;
-use super::parse::{ClusterStatus, Distributed, Role, ServiceState, KNOWN_SERVICES};
+use super::observe::{MemberRole, ShownRole, Topology};
 use super::profile::Action;
 
 /// A value and when (the result's recorded time) the cluster showed it.
@@ -61,7 +61,7 @@ pub struct Installed {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct NodeFacts {
     /// Its role in the latest `cluster-status`.
-    pub role: Option<Seen<Role>>,
+    pub role: Option<Seen<ShownRole>>,
     /// Its PostgreSQL replication state.
     pub sync: Option<Seen<Sync>>,
     /// The services its own `status` showed not running (empty: all of them run).
@@ -88,10 +88,12 @@ struct Counts {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Facts {
     pub(crate) nodes: BTreeMap<String, NodeFacts>,
-    /// The latest `cluster-status`, until an action that can move roles is scheduled.
-    cluster: Option<Seen<ClusterStatus>>,
+    /// The latest look at the whole cluster, until an action that can move roles is scheduled.
+    cluster: Option<Seen<Topology>>,
     /// The latest replication counts, with the same validity.
     counts: Option<Seen<Counts>>,
+    /// The system's services, as the first node view showed them (chef-backend: its four).
+    pub(crate) services: Vec<String>,
 }
 
 impl Facts {
@@ -118,7 +120,8 @@ impl Facts {
             Action::Stop | Action::Start | Action::Upgrade => {
                 // A node known not to lead, stopping or starting while another node is known to lead,
                 // changes only itself; anything else may elect (or give a lost quorum back).
-                let leads = |n: &NodeFacts| n.role.as_ref().map(|r| r.value == Role::Leader);
+                let leads =
+                    |n: &NodeFacts| n.role.as_ref().map(|r| r.value.role == MemberRole::Leader);
                 let another_leads = self
                     .nodes
                     .iter()
@@ -180,8 +183,9 @@ impl Facts {
                 })
             }
             Action::Stop => {
-                n.services_down = Some(Seen {
-                    value: KNOWN_SERVICES.iter().map(|s| s.to_string()).collect(),
+                // Every service is down; which they are is known once any node's view showed them.
+                n.services_down = (!self.services.is_empty()).then(|| Seen {
+                    value: self.services.clone(),
                     at_ms,
                 });
                 n.running = Some(Seen { value: None, at_ms });
@@ -214,24 +218,29 @@ impl Facts {
         at_ms: u64,
     ) {
         match observation {
-            Observation::ClusterStatus { status } => self.cluster_status(status, at_ms),
-            Observation::NodeStatus { status } => {
+            Observation::ClusterStatus { .. } => {
+                if let Some(topology) = observation.topology() {
+                    self.cluster_status(topology, at_ms)
+                }
+            }
+            Observation::NodeStatus { .. } => {
+                let Some(health) = observation.node_health(self.nodes.len() as u32) else {
+                    return;
+                };
+                if self.services.is_empty() {
+                    self.services = health.services.iter().map(|s| s.name.clone()).collect();
+                }
                 let Some(n) = self.nodes.get_mut(node) else {
                     return;
                 };
                 n.last_seen_ms = Some(n.last_seen_ms.map_or(at_ms, |t| t.max(at_ms)));
-                let down: Vec<String> = KNOWN_SERVICES
-                    .iter()
-                    .filter(|name| {
-                        !status
-                            .services
-                            .get(**name)
-                            .is_some_and(|row| matches!(row.state, ServiceState::Running { .. }))
-                    })
-                    .map(|s| s.to_string())
+                let down: Vec<String> = health
+                    .not_running()
+                    .into_iter()
+                    .map(str::to_string)
                     .collect();
-                let all_down = down.len() == KNOWN_SERVICES.len();
-                let pg_down = down.iter().any(|s| s == "postgresql");
+                let all_down = health.all_down();
+                let pg_down = health.data_down();
                 n.services_down = Some(Seen { value: down, at_ms });
                 if all_down {
                     n.running = Some(Seen { value: None, at_ms });
@@ -245,17 +254,16 @@ impl Facts {
                         at_ms,
                     });
                 }
-                if let Some(Distributed::Postgresql {
-                    leader: 1,
-                    syncing,
-                    synced,
-                    ..
-                }) = status.services.get("postgresql").map(|r| &r.distributed)
+                if let Some(c) = health
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.counts)
+                    .filter(|c| c.leaders == 1)
                 {
                     self.counts = Some(Seen {
                         value: Counts {
-                            syncing: *syncing,
-                            synced: *synced,
+                            syncing: c.catching_up,
+                            synced: c.caught_up,
                         },
                         at_ms,
                     });
@@ -295,12 +303,16 @@ impl Facts {
         }
     }
 
-    fn cluster_status(&mut self, status: &ClusterStatus, at_ms: u64) {
+    fn cluster_status(&mut self, status: Topology, at_ms: u64) {
         // A new leader makes every follower re-sync: what was known of their replicas no longer holds.
         let known_leader = self
             .nodes
             .iter()
-            .find(|(_, n)| n.role.as_ref().is_some_and(|r| r.value == Role::Leader))
+            .find(|(_, n)| {
+                n.role
+                    .as_ref()
+                    .is_some_and(|r| r.value.role == MemberRole::Leader)
+            })
             .map(|(name, _)| name.clone());
         if known_leader
             .as_deref()
@@ -313,21 +325,26 @@ impl Facts {
             self.counts = None;
         }
         for m in &status.members {
-            let Some(n) = self.nodes.get_mut(&m.name) else {
+            let Some(n) = self.nodes.get_mut(&m.node).filter(|_| m.known) else {
                 continue;
             };
             n.last_seen_ms = Some(n.last_seen_ms.map_or(at_ms, |t| t.max(at_ms)));
-            let changed = n.role.as_ref().is_none_or(|r| r.value != m.role);
-            n.role = Some(Seen {
-                value: m.role.clone(),
-                at_ms,
-            });
-            let sync = if m.pg.as_deref() == Some("offline") {
+            let value = ShownRole {
+                role: m.role.clone(),
+                label: m.label.clone(),
+            };
+            let changed = n.role.as_ref().is_none_or(|r| r.value != value);
+            n.role = Some(Seen { value, at_ms });
+            let sync = if m.offline {
                 Some(Sync::Offline)
-            } else if m.role == Role::Leader {
+            } else if m.role == MemberRole::Leader {
                 Some(Sync::Leader)
             } else {
-                None
+                match m.caught_up {
+                    Some(true) => Some(Sync::Synced),
+                    Some(false) => Some(Sync::Syncing),
+                    None => None,
+                }
             };
             match sync {
                 Some(value) => n.sync = Some(Seen { value, at_ms }),
@@ -337,7 +354,7 @@ impl Facts {
             }
         }
         self.cluster = Some(Seen {
-            value: status.clone(),
+            value: status,
             at_ms,
         });
         self.derive_sync();
@@ -355,8 +372,8 @@ impl Facts {
             .value
             .members
             .iter()
-            .filter(|m| m.role == Role::Follower && m.pg.as_deref() != Some("offline"))
-            .map(|m| m.name.clone())
+            .filter(|m| m.role == MemberRole::Follower && !m.offline)
+            .map(|m| m.node.clone())
             .collect();
         let (c, at_ms) = (counts.value, counts.at_ms);
         if u64::from(c.syncing) + u64::from(c.synced) != followers.len() as u64 {

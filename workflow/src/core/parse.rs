@@ -7,6 +7,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::error::CoreError;
+use super::event::{Observation, Outcome};
+use super::observe::{
+    Counts, Member, MemberRole, NodeHealth, Quorum, Replication, Service, Topology,
+};
+use super::profile::Action;
 
 /// The services whose rows `status` must report and the health checks read.
 pub const KNOWN_SERVICES: [&str; 4] = ["leaderl", "etcd", "postgresql", "elasticsearch"];
@@ -306,6 +311,163 @@ pub fn parse_simple_status(text: &str) -> Result<Vec<SimpleService>, CoreError> 
     Ok(out)
 }
 
+/// A `Time in State` such as `0d 0h 43m 35s` in milliseconds; `None` if it is not like that.
+pub fn duration_ms(text: &str) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut any = false;
+    for token in text.split_whitespace() {
+        let unit = match token.chars().last()? {
+            'd' => 86_400_000,
+            'h' => 3_600_000,
+            'm' => 60_000,
+            's' => 1_000,
+            _ => return None,
+        };
+        let n: u64 = token[..token.len() - 1].parse().ok()?;
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        any = true;
+    }
+    any.then_some(total)
+}
+
+impl StatusReport {
+    /// The node's view in the core's terms ([`NodeHealth`]) for a cluster of `nodes` members: the four
+    /// services (one not reported is there, not running), PostgreSQL's replication counts, etcd's healthy
+    /// members, and [`status_problems`].
+    pub fn health(&self, nodes: u32) -> NodeHealth {
+        let services = KNOWN_SERVICES
+            .iter()
+            .map(|name| match self.services.get(*name) {
+                Some(row) => Service {
+                    name: name.to_string(),
+                    running: matches!(row.state, ServiceState::Running { .. }),
+                    shown: Some(describe_state(&row.state)),
+                    detail: format!("{:?}", row.state),
+                    in_state_ms: duration_ms(&row.time_in_state),
+                },
+                None => Service {
+                    name: name.to_string(),
+                    running: false,
+                    shown: None,
+                    detail: "not reported".into(),
+                    in_state_ms: None,
+                },
+            })
+            .collect();
+        let pg = self.services.get("postgresql").map(|r| &r.distributed);
+        let counts = match pg {
+            Some(Distributed::Postgresql {
+                leader,
+                syncing,
+                synced,
+                ..
+            }) => Some(Counts {
+                leaders: *leader,
+                caught_up: *synced,
+                catching_up: *syncing,
+            }),
+            _ => None,
+        };
+        let quorum = match self.services.get("etcd").map(|r| &r.distributed) {
+            Some(Distributed::Etcd { healthy, .. }) => Some(Quorum {
+                service: "etcd".into(),
+                healthy: *healthy,
+            }),
+            _ => None,
+        };
+        NodeHealth {
+            services,
+            replication: Some(Replication {
+                service: "postgresql".into(),
+                counts,
+                shown: pg.map(|d| format!("{d:?}")),
+            }),
+            quorum,
+            problems: status_problems(self, nodes),
+        }
+    }
+}
+
+/// Problems in a node's `status`: every known service running, one leader, nobody waiting, every replica
+/// synced, etcd and Elasticsearch green with all `nodes` members.
+pub fn status_problems(report: &StatusReport, nodes: u32) -> Vec<String> {
+    let mut problems = Vec::new();
+    for name in KNOWN_SERVICES {
+        let Some(row) = report.services.get(name) else {
+            problems.push(format!("{name}: not reported"));
+            continue;
+        };
+        if !matches!(row.state, ServiceState::Running { .. }) {
+            problems.push(format!("{name}: not running ({:?})", row.state));
+        }
+        match &row.distributed {
+            Distributed::Leaderl {
+                leader,
+                waiting,
+                follower,
+                total,
+            } => {
+                if *leader != 1
+                    || *waiting != 0
+                    || *total != nodes
+                    || follower.checked_add(1) != Some(nodes)
+                {
+                    problems.push(format!(
+                        "leaderl: leader: {leader}; waiting: {waiting}; follower: {follower}; total: {total} \
+                         (want 1 leader, {} followers of {nodes})",
+                        nodes.saturating_sub(1)
+                    ));
+                }
+            }
+            Distributed::Etcd {
+                health,
+                healthy,
+                total,
+            } => {
+                if health != "green" || *healthy != nodes || *total != nodes {
+                    problems.push(format!(
+                        "etcd: health: {health}; healthy nodes: {healthy}/{total}"
+                    ));
+                }
+            }
+            Distributed::Postgresql {
+                leader,
+                offline,
+                syncing,
+                synced,
+            } => {
+                if *leader != 1
+                    || *offline != 0
+                    || *syncing != 0
+                    || synced.checked_add(1) != Some(nodes)
+                {
+                    problems.push(format!(
+                        "postgresql: leader: {leader}; offline: {offline}; syncing: {syncing}; synced: {synced} \
+                         (want {} synced)",
+                        nodes.saturating_sub(1)
+                    ));
+                }
+            }
+            Distributed::Elasticsearch {
+                state,
+                online,
+                total,
+            } => {
+                if state != "green" || *online != nodes || *total != nodes {
+                    problems.push(format!(
+                        "elasticsearch: state: {state}; nodes online: {online}/{total}"
+                    ));
+                }
+            }
+            Distributed::Error(e) => problems.push(format!("{name}: error: {e}")),
+            Distributed::Unrecognized(t) => {
+                problems.push(format!("{name}: unrecognised status `{t}`"))
+            }
+        }
+    }
+    problems
+}
+
 /// A node's role in `cluster-status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -401,6 +563,43 @@ impl ClusterStatus {
     /// The member named `name`.
     pub fn member(&self, name: &str) -> Option<&ClusterMember> {
         self.members.iter().find(|m| m.name == name)
+    }
+}
+
+impl ClusterStatus {
+    /// The table in the core's terms ([`Topology`]): leaderl's role; in service when leader or follower with
+    /// PostgreSQL not offline (a leader whose database is down leads nothing).
+    pub fn topology(&self) -> Topology {
+        Topology {
+            members: self
+                .members
+                .iter()
+                .map(|m| {
+                    let offline = m.pg.as_deref() == Some("offline");
+                    Member {
+                        node: m.name.clone(),
+                        known: true,
+                        id: m.guid.clone(),
+                        role: match m.role {
+                            Role::Leader => MemberRole::Leader,
+                            Role::Follower => MemberRole::Follower,
+                            Role::DeposedLeader => MemberRole::Deposed,
+                            Role::WaitingForLeader | Role::Other(_) => MemberRole::Other,
+                        },
+                        in_service: matches!(m.role, Role::Leader | Role::Follower) && !offline,
+                        offline,
+                        caught_up: None,
+                        label: m.role.as_str().to_string(),
+                        listed: format!("{:?}", m.role),
+                        shown: format!(
+                            "{} (PG {})",
+                            m.role.as_str(),
+                            m.pg.as_deref().unwrap_or("?")
+                        ),
+                    }
+                })
+                .collect(),
+        }
     }
 }
 
@@ -594,6 +793,62 @@ pub fn parse_package_state(stdout: &str) -> Result<(String, Option<String>), Cor
         version,
         state.filter(|s| *s != "installed").map(str::to_string),
     ))
+}
+
+/// chef-backend's reader: a probe's result (`action` ended with `outcome`) as an observation. `Err(None)`: the
+/// probe did not succeed and its output shows nothing; `Err(Some(e))`: the output could not be read.
+pub fn read_probe(
+    action: Action,
+    outcome: Outcome,
+    stdout: &str,
+    stderr: &str,
+) -> Result<Observation, Option<CoreError>> {
+    // `status` exits non-zero on a node whose services are stopped but still prints its table, which is
+    // exactly what shows a `stop` took effect: read it whenever the command ran to its end.
+    if action == Action::ProbeStatus && outcome == Outcome::Failed {
+        if let Ok(status) = parse_status(stdout) {
+            return Ok(Observation::NodeStatus { status });
+        }
+    }
+    if outcome != Outcome::Succeeded {
+        let text = format!("{stdout}\n{stderr}");
+        if action == Action::ProbeVersion
+            && outcome == Outcome::Failed
+            && (text.contains("no packages found") || text.contains("is not installed"))
+        {
+            return Ok(Observation::Version {
+                version: None,
+                state: None,
+            });
+        }
+        return Err(None);
+    }
+    let parsed = match action {
+        Action::ProbeClusterStatus => {
+            parse_cluster_status(stdout).map(|status| Observation::ClusterStatus { status })
+        }
+        Action::ProbeStatus => {
+            parse_status(stdout).map(|status| Observation::NodeStatus { status })
+        }
+        Action::ProbeVersion => {
+            parse_package_state(stdout).map(|(v, state)| Observation::Version {
+                version: Some(v),
+                state,
+            })
+        }
+        Action::ProbeFailover => {
+            parse_failover_json(stdout).map(|settings| Observation::Failover { settings })
+        }
+        Action::ProbePackage => {
+            parse_version_output(stdout).map(|version| Observation::Package { version })
+        }
+        other => {
+            return Ok(Observation::Unavailable {
+                error: format!("{other} is not a probe"),
+            })
+        }
+    };
+    parsed.map_err(Some)
 }
 
 #[cfg(test)]

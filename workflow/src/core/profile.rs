@@ -149,11 +149,30 @@ pub struct ActionSpec {
     pub timeout_ms: u64,
 }
 
+/// What an operator runs by hand where a reason asks them to, in the system's own commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hints {
+    /// Turns one node's own failover setting back on (run on that node).
+    pub node_failover_on: String,
+    /// Turns the cluster's automatic failover back on.
+    pub cluster_failover_on: String,
+    /// Repairs a package a failed install left half done.
+    pub fix_package: String,
+    /// How the system changes a major version instead (with downtime).
+    pub major_change: String,
+    /// Why a cluster needs at least three nodes to roll.
+    pub quorum: String,
+}
+
 /// A profile: the actions and probes for one kind of cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     /// Profile name, e.g. `chef-backend`.
     pub name: String,
+    /// The system's name in reasons (`chef-backend`).
+    pub system: String,
+    /// The system's own commands, for reasons that ask an operator to act.
+    pub hints: Hints,
     /// The procedure this instance follows.
     pub procedure: Procedure,
     /// The package tool this instance uses.
@@ -247,11 +266,49 @@ impl Profile {
             ],
         };
         actions.insert(Action::ProbePackage, spec(package, TheNode, true, 30_000));
+        let fix_package = match installer {
+            Installer::Dpkg => "dpkg --configure -a",
+            Installer::Yum => "yum-complete-transaction",
+        };
         Profile {
             name: "chef-backend".into(),
+            system: "chef-backend".into(),
+            hints: Hints {
+                node_failover_on: format!("{CTL} set-node-failover on, on that node"),
+                cluster_failover_on: format!("{CTL} set-cluster-failover on"),
+                fix_package: fix_package.into(),
+                major_change: "chef-backend's down-for-upgrade".into(),
+                quorum:
+                    "etcd loses its quorum (a majority of the nodes) as soon as one node is stopped"
+                        .into(),
+            },
             procedure,
             installer,
             actions,
+        }
+    }
+
+    /// The built-in profile a cluster file names (`chef-backend`), for its package tool and procedure; `None`
+    /// for a name that is not built in (a profile file's path: not run by the upgrade loop yet).
+    pub fn builtin(name: &str, installer: Installer, procedure: Procedure) -> Option<Profile> {
+        (name == "chef-backend").then(|| Profile::chef_backend(installer, procedure))
+    }
+
+    /// A profile with no actions (a submission the core refused never gets further than its plan).
+    pub fn without_actions(name: &str) -> Profile {
+        Profile {
+            name: name.to_string(),
+            system: name.to_string(),
+            hints: Hints {
+                node_failover_on: String::new(),
+                cluster_failover_on: String::new(),
+                fix_package: String::new(),
+                major_change: String::new(),
+                quorum: String::new(),
+            },
+            procedure: Procedure::default(),
+            installer: Installer::default(),
+            actions: BTreeMap::new(),
         }
     }
 

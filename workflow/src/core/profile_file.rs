@@ -4,7 +4,7 @@
 //! procedure (which actions, in which order, how leadership moves, whether automatic failover can be fenced).
 //! Probes are read into Baton's abstract observations, the only things the safety rules need:
 //! - [`Topology`]: who leads; each member's role, whether it is in service and caught up;
-//! - [`NodeHealth`]: one node's own view: its service is up, it is caught up;
+//! - [`NodeReading`]: one node's own view: its service is up, it is caught up;
 //! - a version: installed on the node, running on it, or inside the package.
 //!
 //! The format is documented in `docs/profiles.md`; `profiles/` ships examples that the test suite runs against
@@ -24,6 +24,7 @@ use toml::Spanned;
 
 use super::cluster::{check_name, NodeSpec, MAX_DURATION_MS};
 use super::error::CoreError;
+use super::observe::{Member, MemberRole, Topology};
 use super::profile::RunsOn;
 
 /// The format version this build reads (`format = 1`).
@@ -245,59 +246,9 @@ pub enum Condition {
     },
 }
 
-/// A member's role in a [`Topology`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemberRole {
-    /// Leads.
-    Leader,
-    /// Follows.
-    Follower,
-    /// Neither (the profile's `follower_when` did not hold).
-    Other,
-}
-
-/// One member of a [`Topology`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    /// The node's name from the cluster file, or the raw identity when it names no node (`known` false).
-    pub node: String,
-    /// Whether the identity names a node of the cluster file.
-    pub known: bool,
-    /// Its role.
-    pub role: MemberRole,
-    /// Whether it is in service.
-    pub in_service: bool,
-    /// Whether it is caught up with the leader (`None`: the probe does not say).
-    pub caught_up: Option<bool>,
-}
-
-/// Who leads and how each member stands, as the topology probe showed it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Topology {
-    /// The members, in output order.
-    pub members: Vec<Member>,
-}
-
-impl Topology {
-    /// The in-service members that lead (more than one is a split brain; none is an election).
-    pub fn leaders(&self) -> Vec<&str> {
-        self.members
-            .iter()
-            .filter(|m| m.role == MemberRole::Leader && m.in_service)
-            .map(|m| m.node.as_str())
-            .collect()
-    }
-
-    /// The member for `node`.
-    pub fn member(&self, node: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.known && m.node == node)
-    }
-}
-
-/// One node's own view, as the node probe showed it.
+/// What a node probe read: the node's own view (the core's [`super::observe::NodeHealth`] is made from it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeHealth {
+pub struct NodeReading {
     /// Its service is up.
     pub up: bool,
     /// It is caught up with the leader (`None`: the probe does not say).
@@ -1331,21 +1282,39 @@ fn members(
         } else {
             MemberRole::Other
         };
+        let in_service = f.in_service_when.as_ref().is_none_or(|c| r.holds(c));
+        let caught_up = r.caught_up(f);
+        let label = match role {
+            MemberRole::Leader => "leader",
+            MemberRole::Follower => "follower",
+            MemberRole::Deposed => "deposed",
+            MemberRole::Other => "other",
+        };
+        let shown = match (in_service, caught_up) {
+            (false, _) => format!("{label} (not in service)"),
+            (true, Some(false)) => format!("{label} (not caught up)"),
+            (true, _) => label.to_string(),
+        };
         out.push(Member {
-            node: node.map_or(identity, |n| n.name.clone()),
+            node: node.map_or_else(|| identity.clone(), |n| n.name.clone()),
             known: node.is_some(),
+            id: identity,
             role,
-            in_service: f.in_service_when.as_ref().is_none_or(|c| r.holds(c)),
-            caught_up: r.caught_up(f),
+            in_service,
+            offline: !in_service,
+            caught_up,
+            label: label.to_string(),
+            listed: label.to_string(),
+            shown,
         });
     }
     Ok(Topology { members: out })
 }
 
 /// Reads a node probe's output.
-pub fn parse_node(probe: &ProbeDef, output: &str) -> Result<NodeHealth, CoreError> {
+pub fn parse_node(probe: &ProbeDef, output: &str) -> Result<NodeReading, CoreError> {
     bounded(output)?;
-    let health = |r: &Record<'_>, f: &Fields| NodeHealth {
+    let health = |r: &Record<'_>, f: &Fields| NodeReading {
         up: f.up_when.as_ref().is_some_and(|c| r.holds(c)),
         caught_up: r.caught_up(f),
     };
@@ -1804,7 +1773,7 @@ version = "version"
         .unwrap();
         assert_eq!(
             up,
-            NodeHealth {
+            NodeReading {
                 up: true,
                 caught_up: None
             }

@@ -9,8 +9,8 @@ use super::cluster::{ClusterFile, Gate};
 use super::event::{
     Event, Observation, Outcome, Resolution, ScheduledStep, WaitPurpose, WindDownCause,
 };
+use super::observe::Topology;
 use super::observed::{Facts, NodeFacts};
-use super::parse::ClusterStatus;
 use super::plan::{Phase, Plan, PlanItem};
 use super::profile::{Action, Profile};
 
@@ -211,7 +211,7 @@ pub struct State {
     /// Preflight probes passed so far.
     pub(crate) preflight_passed: usize,
     pub(crate) versions: BTreeMap<String, Option<String>>,
-    pub(crate) preflight_cluster: Option<ClusterStatus>,
+    pub(crate) preflight_cluster: Option<Topology>,
     pub(crate) plan: Option<Plan>,
     pub(crate) plan_hash: Option<String>,
     pub(crate) items_done: usize,
@@ -227,8 +227,8 @@ pub struct State {
     pub(crate) wind_down: Option<WindDown>,
     pub(crate) terminal: Option<Terminal>,
     pub(crate) nodes: BTreeMap<String, NodeProgress>,
-    /// The latest `cluster-status` observed.
-    pub(crate) last_cluster: Option<ClusterStatus>,
+    /// The latest look at the whole cluster (`cluster-status`).
+    pub(crate) last_cluster: Option<Topology>,
     /// The latest observation, for deciding right after `ObservationRecorded`.
     pub(crate) last_observation: Option<(u64, Observation)>,
     /// The latest failed check, for halt reasons.
@@ -365,7 +365,7 @@ impl State {
     }
 
     /// The latest `cluster-status` observed: who leads now, each member's role.
-    pub fn last_cluster(&self) -> Option<&ClusterStatus> {
+    pub fn last_cluster(&self) -> Option<&Topology> {
         self.last_cluster.as_ref()
     }
 
@@ -378,6 +378,11 @@ impl State {
     /// last seen), each fact with its time; a fact an action since may have changed is not known.
     pub fn node_facts(&self, node: &str) -> Option<&NodeFacts> {
         self.facts.nodes.get(node)
+    }
+
+    /// The system's services, as the first node view showed them (empty until one did).
+    pub fn service_names(&self) -> &[String] {
+        &self.facts.services
     }
 
     /// The latest time any event of this upgrade carries (its last change).
@@ -642,10 +647,12 @@ impl State {
                 self.sub = Some(Submission {
                     upgrade: upgrade.clone(),
                     cluster: cluster.clone(),
-                    profile: Profile::chef_backend(
+                    profile: Profile::builtin(
+                        &cluster.profile,
                         cluster.upgrade.installer,
                         cluster.upgrade.procedure,
-                    ),
+                    )
+                    .unwrap_or_else(|| Profile::without_actions(&cluster.profile)),
                     package: package.clone(),
                     target_version: target_version.clone(),
                     gates: all_gates,
@@ -825,16 +832,16 @@ impl State {
                     } else if !unavailable {
                         self.unreachable.remove(&node);
                     }
-                    if let Observation::ClusterStatus { status } = observation {
-                        if status.sole_leader().is_some() {
+                    if let Some(topology) = observation.topology() {
+                        if topology.sole_leader().is_some() {
                             self.leaderless_since = None;
                         } else if self.leaderless_since.is_none() {
                             self.leaderless_since = Some(at_ms);
                         }
                     }
                 }
-                if let Observation::ClusterStatus { status } = observation {
-                    self.last_cluster = Some(status.clone());
+                if let Some(topology) = observation.topology() {
+                    self.last_cluster = Some(topology);
                 }
                 if let Some((action, _, at_ms, outcome)) = &probe {
                     // A probe that answered with a failure (no etcd there, a missing file) tells nothing of the
@@ -885,8 +892,8 @@ impl State {
                         Some((_, Observation::Version { version, .. })) => {
                             self.versions.insert(node.clone(), version.clone());
                         }
-                        Some((_, Observation::ClusterStatus { status })) => {
-                            self.preflight_cluster = Some(status.clone());
+                        Some((_, observation)) if observation.is_topology() => {
+                            self.preflight_cluster = observation.topology();
                         }
                         _ => {}
                     }

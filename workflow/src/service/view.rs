@@ -56,7 +56,7 @@ fn node_view(state: &State, name: &str, progress: &NodeProgress) -> NodeView {
     let services = facts.services_down.as_ref().map(|s| {
         if s.value.is_empty() {
             "running".to_string()
-        } else if s.value.len() == crate::core::parse::KNOWN_SERVICES.len() {
+        } else if s.value.len() == state.service_names().len() {
             "down".to_string()
         } else {
             format!("down: {}", s.value.join(", "))
