@@ -445,25 +445,24 @@ async fn bench_concurrent_submits() {
     assert!(up, "the service did not answer\n{}", server.log());
     let package = dir.path().join("chef-backend_3.1.0-1_amd64.deb");
     std::fs::write(&package, b"package").unwrap();
-    let files: Vec<std::path::PathBuf> = (0..n)
-        .map(|c| {
-            let mut toml = format!("[cluster]\nname = \"c{c}\"\nprofile = \"chef-backend\"\n\n");
-            for i in 1..=3 {
-                toml.push_str(&format!(
+    let cluster_file = |c: usize| {
+        let mut toml = format!("[cluster]\nname = \"c{c}\"\nprofile = \"chef-backend\"\n\n");
+        for i in 1..=3 {
+            toml.push_str(&format!(
                     "[[nodes]]\nname = \"b{i}\"\naddress = \"10.{}.{}.{i}\"\nexecutor = \"c{c}-b{i}\"\n\n",
                     c / 256,
                     c % 256
                 ));
-            }
-            toml.push_str(&format!(
-                "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"runbook\"\n",
-                package.display()
-            ));
-            let file = dir.path().join(format!("c{c}.toml"));
-            std::fs::write(&file, toml).unwrap();
-            file
-        })
-        .collect();
+        }
+        toml.push_str(&format!(
+            "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"runbook\"\n",
+            package.display()
+        ));
+        let file = dir.path().join(format!("c{c}.toml"));
+        std::fs::write(&file, &toml).unwrap();
+        (file, toml)
+    };
+    let files: Vec<std::path::PathBuf> = (0..n).map(|c| cluster_file(c).0).collect();
     let started = Instant::now();
     let submits: Vec<_> = files
         .iter()
@@ -515,6 +514,52 @@ async fn bench_concurrent_submits() {
         sorted[n - 1],
         sorted[n / 2],
         sorted[n * 9 / 10],
+    );
+
+    // The service alone: N more submits signed in this process and sent at
+    // once on one connection (no CLI start-up, TLS handshake or key loading
+    // in the figures), each timed from its send to its reply.
+    let client = secure.connect(&nats.url(), Some(&alice)).await.unwrap();
+    let alice = Operator {
+        client,
+        identity: Identity::load(&alice).unwrap(),
+    };
+    let mut pending = Vec::new();
+    for c in n..2 * n {
+        let (file, toml) = cluster_file(c);
+        let signed = alice.sign(
+            "submit",
+            &serde_json::json!({
+                "cluster_file": file.display().to_string(),
+                "cluster_toml": toml,
+            }),
+        );
+        pending.push((signed, alice.inbox().await));
+    }
+    let started = Instant::now();
+    let mut answers = tokio::task::JoinSet::new();
+    for (signed, (inbox, mut replies)) in pending {
+        alice.send(&signed, &inbox).await;
+        let sent = Instant::now();
+        answers.spawn(async move {
+            let reply = tokio::time::timeout(Duration::from_secs(120), replies.next())
+                .await
+                .expect("answered")
+                .unwrap();
+            let reply: ApiReply = serde_json::from_slice(&reply.payload).unwrap();
+            assert!(matches!(reply, ApiReply::Ok(_)), "{reply:?}");
+            sent.elapsed()
+        });
+    }
+    let mut raw: Vec<Duration> = answers.join_all().await;
+    let total = started.elapsed();
+    raw.sort();
+    eprintln!(
+        "API bench: {n} concurrent submits on one connection to {}: slowest {:?}, p50 {:?}, p90 {:?}, all done after {total:?}",
+        baton.display(),
+        raw[n - 1],
+        raw[n / 2],
+        raw[n * 9 / 10],
     );
     server.signal(nix::sys::signal::Signal::SIGTERM);
     server.wait_exit(Duration::from_secs(30));

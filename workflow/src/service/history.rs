@@ -487,7 +487,7 @@ mod tests {
 
     #[test]
     fn a_row_kept_event_by_event_equals_the_row_of_the_whole_log() {
-        let log = vec![
+        let log = [
             submitted(false),
             Event::UpgradePaused {
                 by: "bob".into(),
