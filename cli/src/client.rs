@@ -149,14 +149,19 @@ impl Client {
         let trust = global.trust("calling the workflow service")?;
         let config = global.nats_config()?;
         let url = config.redacted_url();
+        let timeout = Duration::from_secs(global.api_timeout);
         let (options, addrs) = config.options("baton-cli").await?;
+        // `call` waits for its reply itself, up to `timeout` (the NATS client's
+        // own request timeout, 10 s by default, never applies to it); the
+        // client's is set too, so that no request made through it stops at 10 s.
         let nats = options
+            .request_timeout(Some(timeout))
             .connect(addrs)
             .await
             .with_context(|| format!("connecting to NATS at {url}"))?;
         Ok(Client {
             nats,
-            timeout: Duration::from_secs(global.api_timeout),
+            timeout,
             identity,
             service_key: trust.service.key,
         })

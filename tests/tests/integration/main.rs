@@ -1,6 +1,7 @@
 //! The one integration test binary of the workspace. Each area is a module;
 //! tests that need NATS start their own nats-server through `tests::nats`.
 
+mod api;
 mod attacks;
 mod auth;
 mod chaos;

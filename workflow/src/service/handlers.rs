@@ -7,8 +7,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use futures::StreamExt;
 use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 use ulid::Ulid;
 
 use super::api::{
@@ -23,23 +26,76 @@ use super::upgrade::{self, Command};
 use super::{now_ms, view, ServiceError, Shared, SERVICE_STREAM};
 use crate::core::{self, ClusterFile, Gate, Input, Resolution, State};
 
-/// Answers API requests until shutdown.
+/// At most this many API requests are handled at once (authenticated,
+/// decided, answered); past it the next request waits on the subscription
+/// until one is answered. Reads run side by side; writes are ordered per
+/// upgrade by [`Lanes`].
+pub(crate) const MAX_IN_FLIGHT: usize = 64;
+
+/// How long a stopping service waits for the requests in flight to be
+/// answered (the loops stop at once, so a write answers "stopping") before it
+/// drops them unanswered.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Refused requests since the service started, for the logs.
+#[derive(Default)]
+struct Refusals {
+    malformed: AtomicU64,
+    unauthenticated: AtomicU64,
+}
+
+impl Refusals {
+    fn malformed(&self) -> u64 {
+        self.malformed.fetch_add(1, Ordering::Relaxed) + 1
+    }
+    fn unauthenticated(&self) -> u64 {
+        self.unauthenticated.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Answers API requests until shutdown, up to [`MAX_IN_FLIGHT`] at once.
+///
+/// Ordering: requests are taken from the subscription in the order NATS
+/// delivers them. Reads (`status`, `list`, `events`, `executors`, `audit`,
+/// `checkpoints`, `mirror`) run concurrently and read what is durable.
+/// Writes keep the order in which they arrived, per upgrade: a write waits
+/// until the previous write to the same upgrade is in that upgrade's loop
+/// queue (or refused) before it enqueues its own input, so the loop applies
+/// them in arrival order; submissions (`submit`, `plan`) likewise claim their
+/// cluster and nodes in arrival order, then wait for their loops side by side.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut requests: async_nats::Subscriber,
 ) -> Result<(), ServiceError> {
-    let mut malformed: u64 = 0;
-    let mut unauthenticated: u64 = 0;
-    loop {
+    let refusals = Arc::new(Refusals::default());
+    let mut in_flight: JoinSet<()> = JoinSet::new();
+    let mut lanes = Lanes::default();
+    let result = loop {
+        while let Some(done) = in_flight.try_join_next() {
+            if let Err(join) = done {
+                break_on_panic(join)?;
+            }
+        }
+        if in_flight.len() >= MAX_IN_FLIGHT {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => break Ok(()),
+                Some(done) = in_flight.join_next() => {
+                    if let Err(join) = done {
+                        break_on_panic(join)?;
+                    }
+                }
+            }
+            continue;
+        }
         let message = tokio::select! {
-            _ = shared.shutdown.cancelled() => return Ok(()),
+            _ = shared.shutdown.cancelled() => break Ok(()),
             message = requests.next() => match message {
                 Some(message) => message,
-                None => return Ok(()),
+                None => break Ok(()),
             },
         };
         let Some(reply_to) = message.reply.clone() else {
-            malformed += 1;
+            let malformed = refusals.malformed();
             tracing::warn!(subject = %message.subject, malformed, "API request without a reply subject ignored");
             continue;
         };
@@ -52,65 +108,176 @@ pub(crate) async fn serve(
         if let Err(reason) = super::api_guard::check_reply_subject(&message) {
             // The service answers only into the signer's own inbox: anything else
             // would let a caller make the service publish where it chose.
-            unauthenticated += 1;
+            let unauthenticated = refusals.unauthenticated();
             tracing::warn!(%verb, reply_to = %reply_to, %reason, unauthenticated, "API request refused and not answered: reply subject not the signer's inbox");
             continue;
         }
-        let (reply, request_sig) = match super::api_guard::authenticate(
-            &shared,
-            &message,
-            &verb,
-            now_ms(),
-        ) {
-            Err(refused) if refused.sig.is_empty() => {
-                // Unsigned or forged: not answered at all. An answer would be the
-                // service publishing, under its own permissions, to a subject the
-                // sender chose (the reply subject).
-                unauthenticated += 1;
-                tracing::warn!(%verb, reason = %refused.reason, reply_to = %reply_to, unauthenticated, "API request refused and not answered: no valid signature");
-                continue;
-            }
-            Err(refused) => {
-                unauthenticated += 1;
-                tracing::warn!(%verb, reason = %refused.reason, reply_to = %reply_to, unauthenticated, "API request refused: not an authenticated operator allowed to do this");
-                (
-                    ApiReply::error(
-                        ErrorKind::Rejected,
-                        format!("not allowed: {}", refused.reason),
-                    ),
-                    refused.sig,
-                )
-            }
-            Ok((caller, sig)) => {
-                let reply = match handle(&shared, &verb, &caller, &message.payload).await {
-                    Ok(reply) => reply,
-                    Err(HandlerError::BadRequest(reason)) => {
-                        malformed += 1;
-                        tracing::warn!(%verb, %reason, malformed, "malformed API request rejected");
-                        ApiReply::error(ErrorKind::Rejected, reason)
-                    }
-                    Err(HandlerError::Service(err)) => {
-                        let text = super::anyhow_chain(&err);
-                        tracing::error!(%verb, error = %text, "API request failed");
-                        if matches!(err, ServiceError::FailClosed { .. }) {
-                            shared.shutdown.cancel();
-                        }
-                        ApiReply::error(ErrorKind::Internal, text)
-                    }
-                };
-                (reply, sig)
-            }
-        };
-        let payload = serde_json::to_vec(&reply).unwrap_or_default();
-        let headers =
-            super::api_guard::reply_headers(&shared, reply_to.as_str(), &request_sig, &payload);
-        if let Err(err) = shared
-            .nats
-            .publish_with_headers(reply_to, headers, payload.into())
-            .await
-        {
-            tracing::warn!(%verb, error = %err, "could not send an API reply");
+        // Taken here, in arrival order; passed once the write is queued.
+        let turn = lanes.turn(&verb, &message.payload);
+        in_flight.spawn(answer(
+            shared.clone(),
+            refusals.clone(),
+            message,
+            verb,
+            turn,
+        ));
+    };
+    // Let the requests in flight answer (briefly), then drop the rest.
+    let drained = tokio::time::timeout(DRAIN, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = in_flight.len(),
+            "API requests still in flight at shutdown were dropped unanswered"
+        );
+        in_flight.shutdown().await;
+    }
+    result
+}
+
+fn break_on_panic(join: tokio::task::JoinError) -> Result<(), ServiceError> {
+    if join.is_panic() {
+        return Err(ServiceError::Internal(format!(
+            "an API request's task panicked: {join}"
+        )));
+    }
+    Ok(())
+}
+
+/// Authenticates one request, handles it and sends the signed reply.
+async fn answer(
+    shared: Arc<Shared>,
+    refusals: Arc<Refusals>,
+    message: async_nats::Message,
+    verb: String,
+    turn: Turn,
+) {
+    let Some(reply_to) = message.reply.clone() else {
+        return;
+    };
+    let (reply, request_sig) = match super::api_guard::authenticate(
+        &shared,
+        &message,
+        &verb,
+        now_ms(),
+    ) {
+        Err(refused) if refused.sig.is_empty() => {
+            // Unsigned or forged: not answered at all. An answer would be the
+            // service publishing, under its own permissions, to a subject the
+            // sender chose (the reply subject).
+            let unauthenticated = refusals.unauthenticated();
+            tracing::warn!(%verb, reason = %refused.reason, reply_to = %reply_to, unauthenticated, "API request refused and not answered: no valid signature");
+            return;
         }
+        Err(refused) => {
+            let unauthenticated = refusals.unauthenticated();
+            tracing::warn!(%verb, reason = %refused.reason, reply_to = %reply_to, unauthenticated, "API request refused: not an authenticated operator allowed to do this");
+            (
+                ApiReply::error(
+                    ErrorKind::Rejected,
+                    format!("not allowed: {}", refused.reason),
+                ),
+                refused.sig,
+            )
+        }
+        Ok((caller, sig)) => {
+            let reply = match handle(&shared, &verb, &caller, &message.payload, turn).await {
+                Ok(reply) => reply,
+                Err(HandlerError::BadRequest(reason)) => {
+                    let malformed = refusals.malformed();
+                    tracing::warn!(%verb, %reason, malformed, "malformed API request rejected");
+                    ApiReply::error(ErrorKind::Rejected, reason)
+                }
+                Err(HandlerError::Service(err)) => {
+                    let text = super::anyhow_chain(&err);
+                    tracing::error!(%verb, error = %text, "API request failed");
+                    if matches!(err, ServiceError::FailClosed { .. }) {
+                        shared.shutdown.cancel();
+                    }
+                    ApiReply::error(ErrorKind::Internal, text)
+                }
+            };
+            (reply, sig)
+        }
+    };
+    let payload = serde_json::to_vec(&reply).unwrap_or_default();
+    let headers =
+        super::api_guard::reply_headers(&shared, reply_to.as_str(), &request_sig, &payload);
+    if let Err(err) = shared
+        .nats
+        .publish_with_headers(reply_to, headers, payload.into())
+        .await
+    {
+        tracing::warn!(%verb, error = %err, "could not send an API reply");
+    }
+}
+
+/// The order of writes, per upgrade (and one lane for submissions): each
+/// write takes a [`Turn`] in arrival order, behind the previous write of its
+/// lane. Holds at most one pending entry per request in flight.
+#[derive(Default)]
+struct Lanes {
+    last: HashMap<String, oneshot::Receiver<()>>,
+}
+
+/// The lane of submissions (no upgrade id yet; they claim clusters and nodes).
+const SUBMISSIONS: &str = "submit";
+
+impl Lanes {
+    /// The turn of a request on `verb` whose payload is `payload`: reads need
+    /// none; a write queues behind its lane's last.
+    fn turn(&mut self, verb: &str, payload: &[u8]) -> Turn {
+        #[derive(serde::Deserialize)]
+        struct Names {
+            upgrade: String,
+        }
+        let lane = match verb {
+            "submit" | "plan" => SUBMISSIONS.to_string(),
+            "pause" | "resume" | "abort" | "approve" | "resolve" => {
+                match serde_json::from_slice::<Names>(payload) {
+                    Ok(names) => names.upgrade,
+                    // Refused as malformed before it reaches a loop.
+                    Err(_) => return Turn::default(),
+                }
+            }
+            _ => return Turn::default(),
+        };
+        if self.last.len() > 2 * MAX_IN_FLIGHT {
+            // A lane whose last write has passed its turn is idle.
+            self.last.retain(|_, passed| {
+                matches!(passed.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+            });
+        }
+        let (done, passed) = oneshot::channel();
+        Turn {
+            after: self.last.insert(lane, passed),
+            done: Some(done),
+        }
+    }
+}
+
+/// A write's place in its lane: wait for the previous write, pass (or drop)
+/// once this one is queued.
+#[derive(Default)]
+pub(super) struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Turn {
+    /// Waits until the previous write of the lane passed its turn.
+    async fn wait(&mut self) {
+        if let Some(previous) = self.after.take() {
+            // Passed or dropped: either way it is queued or refused.
+            let _ = previous.await;
+        }
+    }
+
+    /// Lets the next write of the lane go on (dropping the turn does too).
+    fn pass(&mut self) {
+        self.done.take();
     }
 }
 
@@ -141,6 +308,7 @@ async fn handle(
     verb: &str,
     caller: &Caller,
     payload: &[u8],
+    mut turn: Turn,
 ) -> Result<ApiReply, HandlerError> {
     if payload.len() > MAX_REQUEST_BYTES {
         return Err(HandlerError::BadRequest(format!(
@@ -149,12 +317,12 @@ async fn handle(
         )));
     }
     match verb {
-        "submit" | "plan" => submit(shared, verb, caller, decode(verb, payload)?).await,
+        "submit" | "plan" => submit(shared, verb, caller, decode(verb, payload)?, turn).await,
         "status" => {
             let request: UpgradeRef = decode(verb, payload)?;
             check_upgrade_id(&request.upgrade)?;
             Ok(match status(shared, &request.upgrade).await? {
-                Some(view) => ApiReply::ok(&view),
+                Some(view) => ApiReply::ok(&*view),
                 None => not_found(&request.upgrade),
             })
         }
@@ -162,12 +330,17 @@ async fn handle(
         "pause" | "resume" | "abort" | "approve" | "resolve" => {
             let request: OperatorRequest = decode(verb, payload)?;
             check_upgrade_id(&request.upgrade)?;
-            operator(shared, verb, caller, request).await
+            turn.wait().await;
+            operator(shared, verb, caller, request, turn).await
         }
         "events" => {
             let request: EventsRequest = decode(verb, payload)?;
             check_upgrade_id(&request.upgrade)?;
-            events(shared, request)
+            // A page reads up to PAGE_BYTES from the log: off the runtime's threads.
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || events(&shared, request))
+                .await
+                .map_err(|err| ServiceError::Internal(format!("events task failed: {err}")))?
         }
         "executors" => {
             // Older clients send `{}` or nothing readable: the group names.
@@ -260,7 +433,10 @@ async fn submit(
     verb: &str,
     caller: &Caller,
     request: SubmitRequest,
+    mut turn: Turn,
 ) -> Result<ApiReply, HandlerError> {
+    // Clusters and nodes are claimed in the order submissions arrived.
+    turn.wait().await;
     let cluster = match ClusterFile::parse(&request.cluster_file, &request.cluster_toml) {
         Ok(cluster) => cluster,
         Err(err) => return Ok(ApiReply::error(ErrorKind::Rejected, err.to_string())),
@@ -297,6 +473,9 @@ async fn submit(
             ));
         }
     };
+    // Claimed: the next submission may claim (presence and the loop's
+    // decision, below, run side by side with other submissions').
+    turn.pass();
     let input = Input::Submit {
         upgrade: upgrade.clone(),
         cluster,
@@ -340,6 +519,7 @@ async fn operator(
     verb: &str,
     caller: &Caller,
     request: OperatorRequest,
+    mut turn: Turn,
 ) -> Result<ApiReply, HandlerError> {
     let now_ms = now_ms();
     let by = caller.name.clone();
@@ -403,14 +583,16 @@ async fn operator(
         });
     };
     let (tx, rx) = oneshot::channel();
-    if handle
+    let sent = handle
         .send(Command::Input {
             input: Box::new(input),
             reply: tx,
         })
-        .await
-        .is_err()
-    {
+        .await;
+    // In the loop's queue (which it works in order): the next write to this
+    // upgrade may go.
+    turn.pass();
+    if sent.is_err() {
         return Ok(ApiReply::error(
             ErrorKind::Internal,
             "the upgrade's loop has stopped",
@@ -418,7 +600,7 @@ async fn operator(
     }
     Ok(match rx.await {
         Ok(Ok(())) => match status(shared, &request.upgrade).await? {
-            Some(view) => ApiReply::ok(&view),
+            Some(view) => ApiReply::ok(&*view),
             None => not_found(&request.upgrade),
         },
         Ok(Err(rejection)) => ApiReply::error(ErrorKind::Rejected, rejection.to_string()),
@@ -426,16 +608,21 @@ async fn operator(
     })
 }
 
-/// The view of an upgrade: from its loop when it runs, else from the log.
+/// The view of an upgrade: the one kept as its events were appended
+/// (`history::Summaries`); else, for a loop that has appended nothing yet, its
+/// state; else (a finished upgrade whose view was let go) its log.
 pub(super) async fn status(
     shared: &Arc<Shared>,
     upgrade: &str,
-) -> Result<Option<StatusView>, HandlerError> {
+) -> Result<Option<Arc<StatusView>>, HandlerError> {
+    if let Some(view) = shared.summaries.view(upgrade) {
+        return Ok(Some(view));
+    }
     if let Some(handle) = shared.registry.get(upgrade) {
         let (tx, rx) = oneshot::channel();
         if handle.send(Command::Snapshot { reply: tx }).await.is_ok() {
             if let Ok((state, head)) = rx.await {
-                return Ok(Some(view::status_view(upgrade, &state, head)));
+                return Ok(Some(Arc::new(view::status_view(upgrade, &state, head))));
             }
         }
     }
@@ -452,31 +639,18 @@ pub(super) async fn status(
         return Ok(None);
     }
     let state: State = core::replay(events.iter().map(|(_, e)| e));
-    Ok(Some(view::status_view(
+    Ok(Some(Arc::new(view::status_view(
         upgrade,
         &state,
         events.len() as u64,
-    )))
+    ))))
 }
 
-/// A page of the history, oldest first, filtered by the service (see [`history::page`]).
+/// A page of the history, oldest first, filtered by the service (see
+/// [`history::page`]), from the kept rows (`history::Summaries`).
 fn list(shared: &Arc<Shared>, request: ListRequest) -> Result<ListPage, HandlerError> {
     let filter = history::Filter::of(&request).map_err(HandlerError::BadRequest)?;
-    let streams = shared.store.streams()?;
-    let ids = streams
-        .into_iter()
-        .filter(|(stream, _)| *stream != SERVICE_STREAM)
-        .map(|(stream, _)| stream.to_string());
-    history::page(ids, &request, &filter, |id| {
-        let Some(stream) = upgrade::stream_of(id) else {
-            return Ok(None);
-        };
-        let events: Vec<core::Event> = upgrade::load_events(shared, stream)?
-            .into_iter()
-            .map(|(_, event)| event)
-            .collect();
-        Ok::<_, HandlerError>(history::summary(id, &events))
-    })
+    Ok(shared.summaries.page(&request, &filter))
 }
 
 fn events(shared: &Arc<Shared>, request: EventsRequest) -> Result<ApiReply, HandlerError> {

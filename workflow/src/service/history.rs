@@ -1,10 +1,19 @@
 //! `list` as history: one bounded row per upgrade ([`UpgradeSummary`]),
 //! derived from its log, and the filters the service applies before paging
-//! (so that a filtered page is as bounded as an unfiltered one). Pure
-//! functions of the events.
+//! (so that a filtered page is as bounded as an unfiltered one).
+//!
+//! The rows and the `status` views are not derived per request: [`Summaries`]
+//! keeps them, updated by whoever appends an upgrade's events (its loop, and
+//! recovery at start, from the one replay it does anyway) with a [`Tracker`]
+//! folded event by event. [`summary`] is the same row computed from a whole
+//! log (the oracle the maintained one is tested against).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, RwLock};
 
 use super::api::{
-    ListPage, ListRequest, UpgradeSummary, PAGE_BYTES, STATUSES, SUMMARY_REASON_CHARS,
+    ListPage, ListRequest, StatusView, UpgradeSummary, PAGE_BYTES, STATUSES, SUMMARY_REASON_CHARS,
 };
 use super::view;
 use crate::core::{self, Event, State};
@@ -102,35 +111,178 @@ pub(crate) fn page<E>(
     })
 }
 
-/// The history row of the upgrade whose log is `events` (none for an empty log).
+/// The history row of the upgrade whose log is `events` (none for an empty log):
+/// a [`Tracker`] folded over the whole log, with the replayed state.
 pub(crate) fn summary(upgrade: &str, events: &[Event]) -> Option<UpgradeSummary> {
-    let (plan_only, requested_by) = events.iter().find_map(|event| match event {
-        Event::UpgradeSubmitted {
-            plan_only,
-            requested_by,
-            ..
-        } => Some((*plan_only, requested_by.clone())),
-        _ => None,
-    })?;
+    let mut tracker = Tracker::default();
+    tracker.fold(events);
+    tracker.submitted.as_ref()?;
     let state: State = core::replay(events.iter());
-    let (status, reason) = view::status_words(&state.status());
-    let ended_ms = if state.is_terminal() {
-        events.iter().rev().find_map(Event::at_ms)
-    } else {
-        None
-    };
-    Some(UpgradeSummary {
-        upgrade: upgrade.to_string(),
-        kind: if plan_only { "plan" } else { "upgrade" }.to_string(),
-        cluster: state.cluster_name().unwrap_or_default().to_string(),
-        status,
-        reason: reason.map(|r| bounded(&r, SUMMARY_REASON_CHARS)),
-        requested_by,
-        target_version: state.target_version().map(str::to_string),
-        started_ms: state.submitted_ms(),
-        ended_ms,
-        events: events.len() as u64,
-    })
+    tracker.row(upgrade, &state)
+}
+
+/// What a history row needs beyond the upgrade's state, folded event by event
+/// (constant work per event): whether it is a plan and who asked (its first
+/// `UpgradeSubmitted`), the time of its latest timed event, its event count.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tracker {
+    submitted: Option<(bool, String)>,
+    last_at_ms: Option<u64>,
+    events: u64,
+}
+
+impl Tracker {
+    /// Takes `events`, appended in this order after those already folded.
+    pub(crate) fn fold<'e>(&mut self, events: impl IntoIterator<Item = &'e Event>) {
+        for event in events {
+            if self.submitted.is_none() {
+                if let Event::UpgradeSubmitted {
+                    plan_only,
+                    requested_by,
+                    ..
+                } = event
+                {
+                    self.submitted = Some((*plan_only, requested_by.clone()));
+                }
+            }
+            if let Some(at_ms) = event.at_ms() {
+                self.last_at_ms = Some(at_ms);
+            }
+            self.events += 1;
+        }
+    }
+
+    /// How many events were folded (the upgrade's log head).
+    pub(crate) fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The row of `upgrade`, whose state after the folded events is `state`
+    /// (none before its `UpgradeSubmitted`).
+    pub(crate) fn row(&self, upgrade: &str, state: &State) -> Option<UpgradeSummary> {
+        let (plan_only, requested_by) = self.submitted.clone()?;
+        let (status, reason) = view::status_words(&state.status());
+        Some(UpgradeSummary {
+            upgrade: upgrade.to_string(),
+            kind: if plan_only { "plan" } else { "upgrade" }.to_string(),
+            cluster: state.cluster_name().unwrap_or_default().to_string(),
+            status,
+            reason: reason.map(|r| bounded(&r, SUMMARY_REASON_CHARS)),
+            requested_by,
+            target_version: state.target_version().map(str::to_string),
+            started_ms: state.submitted_ms(),
+            ended_ms: if state.is_terminal() {
+                self.last_at_ms
+            } else {
+                None
+            },
+            events: self.events,
+        })
+    }
+}
+
+/// The `status` views of at most this many finished upgrades are kept (the
+/// latest to finish); an older one's `status` replays that one upgrade's log.
+/// Views of upgrades in progress are always kept; list rows of every upgrade
+/// (a few hundred bytes each, the reason bounded) too.
+pub(crate) const FINISHED_VIEWS: usize = 1_000;
+
+/// The `list` row and `status` view of every upgrade in the log, kept up to
+/// date as its events are appended (`list` and `status` read them: no replay
+/// per request, whatever the history's length).
+#[derive(Default)]
+pub(crate) struct Summaries {
+    inner: RwLock<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    /// By upgrade id (a ULID: sorted as the log's streams are).
+    by_upgrade: BTreeMap<String, Summary>,
+    /// Finished upgrades whose view is kept, oldest first.
+    finished: VecDeque<String>,
+}
+
+struct Summary {
+    row: Option<UpgradeSummary>,
+    view: Option<Arc<StatusView>>,
+    terminal: bool,
+}
+
+impl Summaries {
+    /// Records what `upgrade` shows after the events `tracker` folded, whose
+    /// state is `state`. Called once those events are durable.
+    pub(crate) fn update(&self, upgrade: &str, tracker: &Tracker, state: &State) {
+        let summary = Summary {
+            row: tracker.row(upgrade, state),
+            view: Some(Arc::new(view::status_view(
+                upgrade,
+                state,
+                tracker.events(),
+            ))),
+            terminal: state.is_terminal(),
+        };
+        let mut kept = self.write();
+        let was_terminal = kept
+            .by_upgrade
+            .get(upgrade)
+            .is_some_and(|summary| summary.terminal);
+        kept.by_upgrade.insert(upgrade.to_string(), summary);
+        if state.is_terminal() && !was_terminal {
+            kept.finished.push_back(upgrade.to_string());
+            while kept.finished.len() > FINISHED_VIEWS {
+                if let Some(old) = kept.finished.pop_front() {
+                    if let Some(summary) = kept.by_upgrade.get_mut(&old) {
+                        summary.view = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The kept `status` view of `upgrade` (none: not in the log, or a
+    /// finished upgrade whose view was let go).
+    pub(crate) fn view(&self, upgrade: &str) -> Option<Arc<StatusView>> {
+        self.read()
+            .by_upgrade
+            .get(upgrade)
+            .and_then(|summary| summary.view.clone())
+    }
+
+    /// One `list` page from the kept rows (see [`page`]).
+    pub(crate) fn page(&self, request: &ListRequest, filter: &Filter) -> ListPage {
+        let kept = self.read();
+        let from = match &request.after {
+            Some(after) => Bound::Excluded(after.clone()),
+            None => Bound::Unbounded,
+        };
+        let ids = kept
+            .by_upgrade
+            .range((from, Bound::Unbounded))
+            .map(|(id, _)| id.clone());
+        let loaded: Result<ListPage, std::convert::Infallible> = page(ids, request, filter, |id| {
+            Ok(kept
+                .by_upgrade
+                .get(id)
+                .and_then(|summary| summary.row.clone()))
+        });
+        match loaded {
+            Ok(page) => page,
+            Err(never) => match never {},
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Kept> {
+        self.inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Kept> {
+        self.inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// `text` cut to at most `max` characters, ending in `…` when cut.
@@ -331,6 +483,87 @@ mod tests {
             "{halted:?}"
         );
         assert_eq!(halted.reason.unwrap().chars().count(), SUMMARY_REASON_CHARS);
+    }
+
+    #[test]
+    fn a_row_kept_event_by_event_equals_the_row_of_the_whole_log() {
+        let log = [
+            submitted(false),
+            Event::UpgradePaused {
+                by: "bob".into(),
+                reason: "lunch".into(),
+                at_ms: 2_000,
+            },
+            Event::UpgradeResumed {
+                by: "bob".into(),
+                at_ms: 3_000,
+            },
+            Event::UpgradeHalted {
+                reason: "stop".into(),
+                failover_pending: None,
+                at_ms: 9_000,
+            },
+        ];
+        let summaries = Summaries::default();
+        let mut tracker = Tracker::default();
+        let mut state = State::default();
+        for (i, event) in log.iter().enumerate() {
+            tracker.fold([event]);
+            state = core::evolve(state, event);
+            summaries.update("01J", &tracker, &state);
+            let whole = &log[..=i];
+            let page = summaries.page(
+                &ListRequest::default(),
+                &Filter::of(&ListRequest::default()).unwrap(),
+            );
+            assert_eq!(
+                page.upgrades,
+                vec![summary("01J", whole).unwrap()],
+                "after {i}"
+            );
+            let replayed: State = core::replay(whole.iter());
+            assert_eq!(
+                *summaries.view("01J").unwrap(),
+                view::status_view("01J", &replayed, whole.len() as u64),
+                "after {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn views_of_finished_upgrades_are_kept_for_the_latest_only_and_rows_for_all() {
+        let summaries = Summaries::default();
+        let log = [
+            submitted(false),
+            Event::UpgradeHalted {
+                reason: "stop".into(),
+                failover_pending: None,
+                at_ms: 9_000,
+            },
+        ];
+        let mut tracker = Tracker::default();
+        tracker.fold(&log);
+        let state: State = core::replay(log.iter());
+        let ids: Vec<String> = (0..FINISHED_VIEWS + 3).map(|i| format!("{i:06}")).collect();
+        for id in &ids {
+            summaries.update(id, &tracker, &state);
+            // Updated again once finished: counted once.
+            summaries.update(id, &tracker, &state);
+        }
+        assert!(summaries.view(&ids[2]).is_none() && summaries.view(&ids[3]).is_some());
+        assert!(summaries.view(ids.last().unwrap()).is_some());
+        let all = ListRequest {
+            limit: Some(500),
+            ..ListRequest::default()
+        };
+        let first = summaries.page(&all, &Filter::of(&all).unwrap());
+        assert_eq!(first.upgrades[0].upgrade, ids[0]);
+        let next = ListRequest {
+            after: first.next_after,
+            ..all.clone()
+        };
+        let second = summaries.page(&next, &Filter::of(&next).unwrap());
+        assert_eq!(second.upgrades[0].upgrade, ids[500]);
     }
 
     #[test]

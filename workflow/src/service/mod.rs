@@ -129,6 +129,8 @@ pub(crate) struct Shared {
     pub started_ms: u64,
     pub api_skew: Duration,
     pub registry: Registry,
+    /// Every upgrade's `list` row and `status` view, kept as events are appended.
+    pub summaries: history::Summaries,
     pub shutdown: CancellationToken,
     /// Appends hold it shared (from before they are handed to the committer
     /// until it answers); `verify` holds it exclusively, because the store's
@@ -217,6 +219,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         started_ms,
         api_skew: config.api_skew,
         registry: Registry::default(),
+        summaries: history::Summaries::default(),
         shutdown: shutdown.clone(),
         append_gate: tokio::sync::RwLock::new(()),
         service_log: tokio::sync::Mutex::new(()),

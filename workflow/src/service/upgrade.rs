@@ -62,6 +62,8 @@ struct Loop {
     /// The status this upgrade is counted under in `baton_upgrades` (`None`:
     /// not in the log yet).
     counted: Option<&'static str>,
+    /// What its `list` row needs beyond the state (`history::Summaries`).
+    tracker: super::history::Tracker,
 }
 
 /// The executor's times of the result being applied (for the step durations).
@@ -97,6 +99,7 @@ pub(crate) async fn start_new(
         rx,
         decided: BTreeMap::new(),
         counted: None,
+        tracker: super::history::Tracker::default(),
     };
     shared.registry.track(worker.run()).await;
     Ok(handle)
@@ -141,6 +144,11 @@ pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError
         let state = core::replay(events.iter().map(|(_, e)| e));
         let status = status_label(&state.status());
         shared.metrics.upgrade_entered(status);
+        let mut tracker = super::history::Tracker::default();
+        tracker.fold(events.iter().map(|(_, e)| e));
+        shared
+            .summaries
+            .update(&stream.to_string(), &tracker, &state);
         if state.is_terminal() {
             remirror_tail(shared, &stream.to_string(), &events).await?;
             continue;
@@ -176,6 +184,7 @@ pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError
             rx,
             decided: decided_times(events.iter().map(|(_, e)| e)),
             counted: Some(status),
+            tracker,
         };
         // The mirror must agree with the log before anything is acted on;
         // what it lacks is mirrored again.
@@ -442,6 +451,11 @@ impl Loop {
             self.state = core::evolve(std::mem::take(&mut self.state), event);
         }
         self.head += events.len() as u64;
+        // Durable and folded in: `list` and `status` show it from now on.
+        self.tracker.fold(&events);
+        self.shared
+            .summaries
+            .update(&self.upgrade, &self.tracker, &self.state);
         self.measure(&events, input.now_ms(), ran);
         let last = appended.last().expect("events is not empty");
         if super::checkpoint::due(self.head, self.checkpointed, self.state.is_terminal()) {

@@ -4,6 +4,16 @@
 use super::api::{FactTimes, ItemView, NodeView, StatusView, StepView};
 use crate::core::{NodePhase, NodeProgress, PlanItem, State, Status};
 
+/// The `list` row of the upgrade whose whole log is `events`, derived from it
+/// (the service keeps its rows as events are appended instead; the tests
+/// compare the two).
+pub fn list_row(
+    upgrade: &str,
+    events: &[crate::core::Event],
+) -> Option<super::api::UpgradeSummary> {
+    super::history::summary(upgrade, events)
+}
+
 /// The view of one upgrade; `events` is the number of events in its log.
 pub fn status_view(upgrade: &str, state: &State, events: u64) -> StatusView {
     let (status, reason) = status_words(&state.status());
