@@ -53,11 +53,21 @@ impl RunnerConfig {
         match self {
             RunnerConfig::Local => {
                 let mut env = req.env.clone();
+                let mut argv = req.argv.clone();
                 if let Some(dir) = bin_dir {
                     let path = std::env::var("PATH").unwrap_or_default();
                     env.insert("PATH".into(), format!("{dir}:{path}"));
+                    // Found in the node's directory: run it by its path. (A
+                    // program looked up in a changed PATH makes std fork the
+                    // whole executor instead of using posix_spawn.)
+                    if let Some(program) = argv.first_mut().filter(|p| !p.contains('/')) {
+                        let candidate = std::path::Path::new(dir).join(&*program);
+                        if candidate.is_file() {
+                            *program = candidate.display().to_string();
+                        }
+                    }
                 }
-                local::run(&req.argv, &env, timeout, max_output, local::Stdin::Null).await
+                local::run(&argv, &env, timeout, max_output, local::Stdin::Null).await
             }
             RunnerConfig::Ssh(cfg) => match cfg.wrap(req, address) {
                 Ok(argv) => {
