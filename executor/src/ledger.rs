@@ -65,7 +65,9 @@ pub fn digest(req: &protocol::StepRequest) -> String {
 ///
 /// Flushes are grouped: a write that finds a flush under way waits for it and
 /// then for one more that covers it, so concurrent steps of different nodes
-/// share their fsyncs, and only one flush runs at a time.
+/// share their fsyncs, and only one flush runs at a time. (Steps calling
+/// `flush_async` concurrently on one sled hung a fleet run of one executor
+/// for 30 nodes: tests/FLEET.md.)
 pub struct Ledger {
     path: PathBuf,
     db: sled::Db,
