@@ -70,6 +70,8 @@ const EXECUTOR: &[&str] = &[
     "ack_wait_ms",
     "fetch_wait_ms",
     "progress_ms",
+    "serve",
+    "node_bin_dir",
 ];
 
 /// The commands that read a config file, with the keys each may set besides [`CONNECTION`].

@@ -73,6 +73,128 @@ pub struct Config {
     /// Where the executor counts what it does and says whether it is ready;
     /// the caller registers it in its own registry to serve it (`docs/metrics.md`).
     pub metrics: Arc<crate::metrics::ExecutorMetrics>,
+    /// Local runner: a directory put first in `PATH` for the commands of a
+    /// node of `group`, `{node}` replaced by the node's name (one host standing
+    /// in for several nodes: simulated clusters, containers). `None`: the
+    /// process's own `PATH`.
+    pub node_bin_dir: Option<String>,
+    /// The further groups this process serves besides `group` (`--serve`),
+    /// each with its own key, nodes and profile. One connection, consumer,
+    /// presence record and claim identity per group; one ledger for all.
+    pub more: Vec<Served>,
+}
+
+/// One executor group a process serves: its key (the trust file's executor
+/// of that group), the nodes it serves there, their addresses and the
+/// group's profile. [`Config`]'s own group is the first ([`Config::served`]).
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub group: String,
+    pub identity: Identity,
+    /// As [`Config::expected_id`].
+    pub expected_id: Option<String>,
+    pub nodes: Vec<String>,
+    pub addresses: BTreeMap<String, String>,
+    pub installer: Installer,
+    pub procedure: Procedure,
+    /// As [`Config::node_bin_dir`].
+    pub node_bin_dir: Option<String>,
+}
+
+impl Served {
+    /// A group served with `identity`, no nodes yet, the default profile.
+    pub fn new(group: impl Into<String>, identity: Identity) -> Served {
+        Served {
+            group: group.into(),
+            identity,
+            expected_id: None,
+            nodes: Vec::new(),
+            addresses: BTreeMap::new(),
+            installer: Installer::default(),
+            procedure: Procedure::default(),
+            node_bin_dir: None,
+        }
+    }
+
+    /// This group's executor id: the trust file's name for its key ([`Config::id`]).
+    pub fn id(&self, trust: &Trust) -> Result<String, ExecutorError> {
+        id_of(
+            &self.identity,
+            trust,
+            &self.group,
+            self.expected_id.as_deref(),
+        )
+    }
+
+    /// What this group's executor may run: its profile, for its nodes at their addresses.
+    pub fn allowlist(&self, runner: &RunnerConfig) -> Allowlist {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let address = self.addresses.get(n).cloned().unwrap_or_else(|| n.clone());
+                (n.clone(), address)
+            })
+            .collect();
+        let package_check = match runner {
+            RunnerConfig::Local => PackageCheck::Local,
+            RunnerConfig::Ssh(_) => PackageCheck::PathOnly,
+        };
+        Allowlist::new(self.installer, self.procedure, nodes, package_check)
+    }
+
+    /// The directory put first in `PATH` for `node`'s commands, if any.
+    pub fn bin_dir(&self, node: &str) -> Option<String> {
+        self.node_bin_dir
+            .as_ref()
+            .map(|template| template.replace("{node}", node))
+    }
+
+    fn validate(&self, trust: &Trust) -> Result<(), ExecutorError> {
+        protocol::subjects::validate_token(&self.group)
+            .map_err(|r| ExecutorError::Config(format!("group {:?}: {r}", self.group)))?;
+        self.id(trust)?;
+        let group = &self.group;
+        if self.nodes.is_empty() {
+            return Err(ExecutorError::Config(format!(
+                "group {group}: no nodes: an executor serves only the nodes it is told (--nodes NAME[=ADDRESS],...)"
+            )));
+        }
+        for node in &self.nodes {
+            protocol::subjects::validate_token(node)
+                .map_err(|r| ExecutorError::Config(format!("node {node:?}: {r}")))?;
+        }
+        let distinct: std::collections::BTreeSet<_> = self.nodes.iter().collect();
+        if distinct.len() != self.nodes.len() {
+            return Err(ExecutorError::Config(format!(
+                "group {group}: a node is listed twice in {:?}",
+                self.nodes
+            )));
+        }
+        for (node, address) in &self.addresses {
+            if !self.nodes.contains(node) {
+                return Err(ExecutorError::Config(format!(
+                    "address given for node {node:?}, which is not one of this executor's nodes"
+                )));
+            }
+            if address.is_empty()
+                || address.starts_with('-')
+                || address.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ExecutorError::Config(format!(
+                    "node {node:?}: address {address:?} is not a host name or address"
+                )));
+            }
+        }
+        if let Some(dir) = &self.node_bin_dir {
+            if !dir.starts_with('/') || dir.contains(':') || dir.chars().any(char::is_control) {
+                return Err(ExecutorError::Config(format!(
+                    "group {group}: node bin dir {dir:?} must be an absolute path without ':'"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -104,7 +226,25 @@ impl Config {
             setup: protocol::Options::default(),
             runner: RunnerConfig::Local,
             metrics: Arc::default(),
+            node_bin_dir: None,
+            more: Vec::new(),
         }
+    }
+
+    /// Every group this process serves: its own (`group`, `identity`,
+    /// `nodes`, ...) first, then [`Config::more`].
+    pub fn served(&self) -> Vec<Served> {
+        let first = Served {
+            group: self.group.clone(),
+            identity: self.identity.clone(),
+            expected_id: self.expected_id.clone(),
+            nodes: self.nodes.clone(),
+            addresses: self.addresses.clone(),
+            installer: self.installer,
+            procedure: self.procedure,
+            node_bin_dir: self.node_bin_dir.clone(),
+        };
+        std::iter::once(first).chain(self.more.clone()).collect()
     }
 
     /// This executor's id (presence key, `executor` field of its results):
@@ -112,79 +252,42 @@ impl Config {
     /// group, when the key is not listed as an executor, is listed for another
     /// group, or has another name than `expected_id`.
     pub fn id(&self) -> Result<String, ExecutorError> {
-        let key = self.identity.public_key();
-        let from = match &self.identity.path {
-            Some(path) => format!(" (from {})", path.display()),
-            None => String::new(),
-        };
-        let refuse = |why: String| {
-            Err(ExecutorError::Config(format!(
-                "refusing to start: this executor's key {key}{from} {why}"
-            )))
-        };
-        let Some(peer) = self.trust.executor(&key) else {
-            let role = if self.trust.is_service(&key) {
-                "is the service's key in the trust file, not an executor's".to_string()
-            } else if let Some(op) = self.trust.operator(&key) {
-                format!(
-                    "is operator {}'s key in the trust file, not an executor's",
-                    op.name
-                )
-            } else {
-                "is not in the trust file".to_string()
-            };
-            return refuse(format!(
-                "{role}: list it there as an executor of group {group} \
-                 ([[executor]] name = \"...\" key = \"{key}\" group = \"{group}\"), \
-                 or give this executor the key the trust file lists for group {group}",
-                group = self.group
-            ));
-        };
-        if peer.group != self.group {
-            return refuse(format!(
-                "is listed in the trust file as executor {} of group {}, not of group {} (--group): \
-                 an executor serves only the group the trust file gives its key",
-                peer.name, peer.group, self.group
-            ));
-        }
-        match &self.expected_id {
-            Some(expected) if *expected != peer.name => refuse(format!(
-                "is named {} in the trust file (an executor of group {}), not {expected} (--id): \
-                 the id is the trust file's name for the key; is this the right key file?",
-                peer.name, peer.group
-            )),
-            _ => Ok(peer.name.clone()),
-        }
+        id_of(
+            &self.identity,
+            &self.trust,
+            &self.group,
+            self.expected_id.as_deref(),
+        )
     }
 
     /// Refuse configurations that cannot work, with the reason.
     pub fn validate(&self) -> Result<(), ExecutorError> {
-        protocol::subjects::validate_token(&self.group)
-            .map_err(|r| ExecutorError::Config(format!("group {:?}: {r}", self.group)))?;
-        self.id()?;
-        if self.nodes.is_empty() {
+        let served = self.served();
+        let mut groups = std::collections::BTreeSet::new();
+        let mut keys = std::collections::BTreeSet::new();
+        for one in &served {
+            one.validate(&self.trust)?;
+            if !groups.insert(one.group.as_str()) {
+                return Err(ExecutorError::Config(format!(
+                    "group {} is served twice: list all of its nodes in one entry",
+                    one.group
+                )));
+            }
+            keys.insert(one.identity.public_key());
+        }
+        if keys.len() != served.len() {
             return Err(ExecutorError::Config(
-                "no nodes: an executor serves only the nodes it is told (--nodes NAME[=ADDRESS],...)".into(),
+                "two served groups have the same key: the trust file gives a key to one group"
+                    .into(),
             ));
         }
-        for node in &self.nodes {
-            protocol::subjects::validate_token(node)
-                .map_err(|r| ExecutorError::Config(format!("node {node:?}: {r}")))?;
-        }
-        for (node, address) in &self.addresses {
-            if !self.nodes.contains(node) {
-                return Err(ExecutorError::Config(format!(
-                    "address given for node {node:?}, which is not one of this executor's nodes"
-                )));
-            }
-            if address.is_empty()
-                || address.starts_with('-')
-                || address.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(ExecutorError::Config(format!(
-                    "node {node:?}: address {address:?} is not a host name or address"
-                )));
-            }
+        if !matches!(self.runner, RunnerConfig::Local)
+            && served.iter().any(|s| s.node_bin_dir.is_some())
+        {
+            return Err(ExecutorError::Config(
+                "a node bin dir is for the local runner; the ssh runner runs commands on the node"
+                    .into(),
+            ));
         }
         if self.heartbeat.is_zero() {
             return Err(ExecutorError::Config("heartbeat must be positive".into()));
@@ -217,21 +320,9 @@ impl Config {
 pub use protocol::messages::MAX_OUTPUT;
 
 impl Config {
-    /// What this executor may run: its profile, for its nodes at their addresses.
+    /// What this executor may run for its own group: its profile, for its nodes at their addresses.
     pub fn allowlist(&self) -> Allowlist {
-        let nodes = self
-            .nodes
-            .iter()
-            .map(|n| {
-                let address = self.addresses.get(n).cloned().unwrap_or_else(|| n.clone());
-                (n.clone(), address)
-            })
-            .collect();
-        let package_check = match self.runner {
-            RunnerConfig::Local => PackageCheck::Local,
-            RunnerConfig::Ssh(_) => PackageCheck::PathOnly,
-        };
-        Allowlist::new(self.installer, self.procedure, nodes, package_check)
+        self.served()[0].allowlist(&self.runner)
     }
 }
 
@@ -290,6 +381,57 @@ pub fn nodes_from_cluster(
         );
     }
     Ok((nodes, addresses))
+}
+
+/// The executor id of `identity` serving `group`: the trust file's name for the key ([`Config::id`]).
+fn id_of(
+    identity: &Identity,
+    trust: &Trust,
+    group: &str,
+    expected_id: Option<&str>,
+) -> Result<String, ExecutorError> {
+    let key = identity.public_key();
+    let from = match &identity.path {
+        Some(path) => format!(" (from {})", path.display()),
+        None => String::new(),
+    };
+    let refuse = |why: String| {
+        Err(ExecutorError::Config(format!(
+            "refusing to start: this executor's key {key}{from} {why}"
+        )))
+    };
+    let Some(peer) = trust.executor(&key) else {
+        let role = if trust.is_service(&key) {
+            "is the service's key in the trust file, not an executor's".to_string()
+        } else if let Some(op) = trust.operator(&key) {
+            format!(
+                "is operator {}'s key in the trust file, not an executor's",
+                op.name
+            )
+        } else {
+            "is not in the trust file".to_string()
+        };
+        return refuse(format!(
+            "{role}: list it there as an executor of group {group} \
+             ([[executor]] name = \"...\" key = \"{key}\" group = \"{group}\"), \
+             or give this executor the key the trust file lists for group {group}",
+        ));
+    };
+    if peer.group != group {
+        return refuse(format!(
+            "is listed in the trust file as executor {} of group {}, not of group {} (--group): \
+             an executor serves only the group the trust file gives its key",
+            peer.name, peer.group, group
+        ));
+    }
+    match expected_id {
+        Some(expected) if expected != peer.name => refuse(format!(
+            "is named {} in the trust file (an executor of group {}), not {expected} (--id): \
+             the id is the trust file's name for the key; is this the right key file?",
+            peer.name, peer.group
+        )),
+        _ => Ok(peer.name.clone()),
+    }
 }
 
 /// This machine's host name, or `unknown`.
@@ -440,6 +582,90 @@ mod tests {
             assert!(err.contains(&c.identity.public_key()), "{err}");
             assert!(err.contains("g1"), "{err}");
         }
+    }
+
+    #[test]
+    fn further_groups_are_checked_like_the_first_and_must_differ() {
+        let k = keys();
+        let mut second = Served::new("g2", k.ex_b.clone());
+        second.nodes = vec!["backend-1".into()];
+        let ok = Config {
+            more: vec![second.clone()],
+            ..config(&k.ex_a, &k.trust, "g1")
+        };
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.served().len(), 2);
+        assert_eq!(ok.served()[1].id(&k.trust).unwrap(), "ex-b");
+        let cases = [
+            (
+                Config {
+                    more: vec![Served {
+                        group: "g1".into(),
+                        identity: k.ex_a.clone(),
+                        ..second.clone()
+                    }],
+                    ..ok.clone()
+                },
+                "group g1 is served twice",
+            ),
+            (
+                Config {
+                    more: vec![Served {
+                        identity: k.ex_a.clone(),
+                        ..second.clone()
+                    }],
+                    ..ok.clone()
+                },
+                "executor ex-a of group g1, not of group g2",
+            ),
+            (
+                Config {
+                    more: vec![Served {
+                        nodes: vec![],
+                        ..second.clone()
+                    }],
+                    ..ok.clone()
+                },
+                "group g2: no nodes",
+            ),
+            (
+                Config {
+                    more: vec![Served {
+                        nodes: vec!["a".into(), "a".into()],
+                        ..second.clone()
+                    }],
+                    ..ok.clone()
+                },
+                "listed twice",
+            ),
+            (
+                Config {
+                    node_bin_dir: Some("bin/{node}".into()),
+                    ..ok.clone()
+                },
+                "must be an absolute path",
+            ),
+            (
+                Config {
+                    node_bin_dir: Some("/sim/{node}/bin".into()),
+                    runner: RunnerConfig::Ssh(Default::default()),
+                    ..ok.clone()
+                },
+                "for the local runner",
+            ),
+        ];
+        for (c, needle) in cases {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        let with_dir = Served {
+            node_bin_dir: Some("/sim/nodes/{node}/bin".into()),
+            ..second
+        };
+        assert_eq!(
+            with_dir.bin_dir("backend-2").as_deref(),
+            Some("/sim/nodes/backend-2/bin")
+        );
     }
 
     const CLUSTER: &str = r#"

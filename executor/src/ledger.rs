@@ -60,12 +60,23 @@ pub fn digest(req: &protocol::StepRequest) -> String {
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-/// The ledger of one executor state directory.
+/// The ledger of one executor state directory (one per process, shared by
+/// every group and node it serves: keys are step ids, unique across upgrades).
+///
+/// Flushes are grouped: a write that finds a flush under way waits for it and
+/// then for one more that covers it, so concurrent steps of different nodes
+/// share their fsyncs, and only one flush runs at a time. (Steps calling
+/// `flush_async` concurrently on one sled hung a fleet run of one executor
+/// for 30 nodes: tests/FLEET.md.)
 pub struct Ledger {
     path: PathBuf,
     db: sled::Db,
     steps: sled::Tree,
     epochs: sled::Tree,
+    /// Writes made so far (counted after each write).
+    written: std::sync::atomic::AtomicU64,
+    /// How many writes the last completed flush covers; held while flushing.
+    flushed: tokio::sync::Mutex<u64>,
 }
 
 /// Create `dir` (and parents) and give it `mode` (0700: the owner's only).
@@ -116,6 +127,8 @@ impl Ledger {
             db,
             steps,
             epochs,
+            written: std::sync::atomic::AtomicU64::new(0),
+            flushed: tokio::sync::Mutex::new(0),
         })
     }
 
@@ -203,12 +216,23 @@ impl Ledger {
         self.flush().await
     }
 
+    /// Make every write made so far durable (group commit: one flush at a
+    /// time, and a flush that began after this write covers it).
     async fn flush(&self) -> Result<(), ExecutorError> {
+        use std::sync::atomic::Ordering;
+        let mine = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = self.flushed.lock().await;
+        if *flushed >= mine {
+            return Ok(());
+        }
+        // Every write counted up to here was made before this flush starts.
+        let covers = self.written.load(Ordering::SeqCst);
         self.db
             .flush_async()
             .await
-            .map(|_| ())
-            .map_err(|e| self.error("flush", e))
+            .map_err(|e| self.error("flush", e))?;
+        *flushed = covers;
+        Ok(())
     }
 }
 

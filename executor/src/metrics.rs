@@ -46,6 +46,9 @@ pub struct ExecutorMetrics {
     runner_errors: Counter,
     nats_connected: Gauge,
     consumer_bound: Gauge,
+    /// Per served group: (NATS connected, consumer bound); the two gauges
+    /// count the groups for which each holds.
+    groups: std::sync::Mutex<std::collections::BTreeMap<String, (bool, bool)>>,
 }
 
 impl ExecutorMetrics {
@@ -80,25 +83,43 @@ impl ExecutorMetrics {
         );
         r.register(
             "nats_connected",
-            "1 while the executor's NATS connection is up",
+            "Served groups whose NATS connection is up (1 for an executor of one group)",
             self.nats_connected.clone(),
         );
         r.register(
             "consumer_bound",
-            "1 once the executor is bound to its group's durable consumer",
+            "Served groups whose durable consumer the executor is bound to (1 for one group)",
             self.consumer_bound.clone(),
         );
     }
 
-    /// `Ok` when the executor can take steps: NATS connected and its
-    /// group's consumer bound; otherwise why not.
+    /// `Ok` when the executor can take steps: for every group it serves,
+    /// NATS connected and the group's consumer bound; otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         let mut not = Vec::new();
-        if self.nats_connected.get() != 1 {
-            not.push("NATS is not connected");
+        let down: Vec<&str> = groups
+            .iter()
+            .filter(|(_, (up, _))| !up)
+            .map(|(g, _)| g.as_str())
+            .collect();
+        let unbound: Vec<&str> = groups
+            .iter()
+            .filter(|(_, (_, bound))| !bound)
+            .map(|(g, _)| g.as_str())
+            .collect();
+        let named = |what: &str, which: &[&str]| {
+            if groups.len() > 1 {
+                format!("{what} (groups {})", which.join(", "))
+            } else {
+                what.to_string()
+            }
+        };
+        if groups.is_empty() || !down.is_empty() {
+            not.push(named("NATS is not connected", &down));
         }
-        if self.consumer_bound.get() != 1 {
-            not.push("the group's consumer is not bound yet");
+        if groups.is_empty() || !unbound.is_empty() {
+            not.push(named("the group's consumer is not bound yet", &unbound));
         }
         if not.is_empty() {
             Ok(())
@@ -107,12 +128,26 @@ impl ExecutorMetrics {
         }
     }
 
-    pub(crate) fn set_nats_connected(&self, up: bool) {
-        self.nats_connected.set(i64::from(up));
+    /// Count `group` among those the executor serves (not connected, not bound yet).
+    pub(crate) fn serving(&self, group: &str) {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups.entry(group.to_string()).or_default();
     }
 
-    pub(crate) fn set_consumer_bound(&self, bound: bool) {
-        self.consumer_bound.set(i64::from(bound));
+    fn update(&self, group: &str, change: impl FnOnce(&mut (bool, bool))) {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        change(groups.entry(group.to_string()).or_default());
+        let count = |f: fn(&(bool, bool)) -> bool| groups.values().filter(|v| f(v)).count() as i64;
+        self.nats_connected.set(count(|v| v.0));
+        self.consumer_bound.set(count(|v| v.1));
+    }
+
+    pub(crate) fn set_nats_connected(&self, group: &str, up: bool) {
+        self.update(group, |v| v.0 = up);
+    }
+
+    pub(crate) fn set_consumer_bound(&self, group: &str, bound: bool) {
+        self.update(group, |v| v.1 = bound);
     }
 
     pub(crate) fn refused(&self, reason: &'static str) {
@@ -206,12 +241,13 @@ mod tests {
             m.readiness().unwrap_err(),
             "NATS is not connected; the group's consumer is not bound yet"
         );
-        m.set_nats_connected(true);
+        m.serving("g1");
+        m.set_nats_connected("g1", true);
         assert_eq!(
             m.readiness().unwrap_err(),
             "the group's consumer is not bound yet"
         );
-        m.set_consumer_bound(true);
+        m.set_consumer_bound("g1", true);
         assert_eq!(m.readiness(), Ok(()));
         m.heartbeat_at(1_700_000_000_500);
         let out = text(&m);
@@ -220,5 +256,28 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("baton_executor_consumer_bound 1\n"), "{out}");
+    }
+
+    #[test]
+    fn an_executor_of_several_groups_is_ready_when_every_group_is() {
+        let m = ExecutorMetrics::default();
+        for g in ["g1", "g2"] {
+            m.serving(g);
+            m.set_nats_connected(g, true);
+        }
+        m.set_consumer_bound("g1", true);
+        assert_eq!(
+            m.readiness().unwrap_err(),
+            "the group's consumer is not bound yet (groups g2)"
+        );
+        m.set_consumer_bound("g2", true);
+        assert_eq!(m.readiness(), Ok(()));
+        assert!(text(&m).contains("baton_executor_consumer_bound 2\n"));
+        m.set_nats_connected("g1", false);
+        assert_eq!(
+            m.readiness().unwrap_err(),
+            "NATS is not connected (groups g1)"
+        );
+        assert!(text(&m).contains("baton_executor_nats_connected 1\n"));
     }
 }

@@ -29,8 +29,8 @@ pub struct Stats {
     /// Requests the service did not sign for their subject (terminated, no
     /// result, nothing recorded).
     pub unsigned: AtomicU64,
-    /// The step running now.
-    pub running: Mutex<Option<String>>,
+    /// The steps running now (one per busy node).
+    pub running: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Stats {
@@ -38,8 +38,13 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn set_running(&self, key: Option<String>) {
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = key;
+    pub(crate) fn set_running(&self, key: &str, running: bool) {
+        let mut all = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running {
+            all.insert(key.to_string());
+        } else {
+            all.remove(key);
+        }
     }
 
     /// `base` with the current counters and heartbeat time.
@@ -52,11 +57,14 @@ impl Stats {
             conflicts: self.conflicts.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
             unsigned: self.unsigned.load(Ordering::Relaxed),
+            // The record names one step (the protocol's field); with several
+            // nodes busy, the first by key.
             running: self
                 .running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+                .first()
+                .cloned(),
             ..base.clone()
         }
     }

@@ -1,9 +1,19 @@
-//! The executor service: connect, attach, serve the group's steps, shut down.
+//! The executor service: connect, attach, serve the groups' steps, shut down.
 //!
-//! One step at a time per process: each pull asks for a single message, so a
-//! step never waits in this process's buffer while another runs (it would
-//! outlive its `ack_wait` there and be redelivered to a sibling). Several
-//! processes in a group share the work through the one durable consumer.
+//! One process serves one or more executor groups ([`Config::served`]), each
+//! with its own key, NATS connection, durable consumer, presence record and
+//! claim identity; one ledger serves them all (its keys are step ids, unique
+//! across upgrades).
+//!
+//! At most one step at a time per node, steps of different nodes at once. Each
+//! group's dispatcher pulls one message at a time, and only while one of its
+//! nodes is idle, so a step never waits in this process's buffer while another
+//! runs (it would outlive its `ack_wait` there and be redelivered to a
+//! sibling). A step for a node that is busy goes back to the consumer at once
+//! (a nak with a short delay): the dispatcher never waits on one node, so a
+//! node with a backlog cannot hold up the others, and JetStream stays the only
+//! queue. Several processes in a group share its work through the one durable
+//! consumer.
 //!
 //! Every step request must carry the service's signature for the subject it
 //! arrived on ([`protocol::sign`]), checked before the request is even
@@ -11,8 +21,9 @@
 //! under a forged step id could pass for the answer to the real step), no
 //! ledger entry (only a signed request may raise the epoch fence), counted
 //! (`unsigned`) and logged. Results and the presence record are signed with
-//! this executor's key.
+//! the group's executor key.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,11 +35,12 @@ use protocol::{
     decode_request, DecodeError, Outcome, Presence, ProtocolError, RequestIds, StepRequest,
     StepResult, PROTOCOL_VERSION,
 };
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::allow::{Allowlist, Refusal, RefusalKind};
-use crate::config::{host_name, Config};
+use crate::config::{host_name, Config, Served};
 use crate::error::ExecutorError;
 use crate::ledger::{self, Entry, Ledger};
 use crate::now_ms;
@@ -36,21 +48,77 @@ use crate::presence::{self, Stats};
 
 /// Run an executor until `shutdown` is cancelled.
 ///
-/// On shutdown it stops taking work, lets the running step finish (or time
-/// out), reports it, removes its presence record and returns `Ok(())`.
+/// On shutdown it stops taking work, lets the running steps finish (or time
+/// out), reports them, removes its presence records and returns `Ok(())`.
 /// Errors are infrastructure failures it cannot serve through: an unusable
 /// configuration (a key the trust file does not list as an executor of its
 /// group among them), an unwritable ledger, NATS credentials the server
-/// refuses, a NATS server that cannot host the protocol.
+/// refuses, a NATS server that cannot host the protocol. An error in one
+/// group stops the others too (their running steps finish and report).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ExecutorError> {
     config.validate()?;
-    let id = config.id()?;
-    let ledger = Ledger::open(&config.state_dir)?;
-    let Some(client) = connect(&config, &id, &shutdown).await? else {
+    let served = config.served();
+    let ids = served
+        .iter()
+        .map(|one| one.id(&config.trust))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ledger = Arc::new(Ledger::open(&config.state_dir)?);
+    // Cancelled on shutdown, or by a group that fails.
+    let stop = shutdown.child_token();
+    for one in &served {
+        config.metrics.serving(&one.group);
+    }
+    if served.len() > 1 {
+        tracing::info!(
+            groups = served.len(),
+            nodes = served.iter().map(|s| s.nodes.len()).sum::<usize>(),
+            state_dir = %config.state_dir.display(),
+            "executor serving several groups"
+        );
+    }
+    let config = Arc::new(config);
+    let mut groups = JoinSet::new();
+    for (one, id) in served.into_iter().zip(ids) {
+        let span = tracing::info_span!("group", group = %one.group);
+        groups.spawn(
+            serve_group(config.clone(), one, id, ledger.clone(), stop.clone()).instrument(span),
+        );
+    }
+    let mut failed = None;
+    while let Some(joined) = groups.join_next().await {
+        let served = match joined {
+            Ok(served) => served,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                tracing::warn!(error = %e, "a group's task was cancelled");
+                Ok(())
+            }
+        };
+        if let Err(e) = served {
+            tracing::error!(error = %e, "a group failed; stopping the others");
+            stop.cancel();
+            failed.get_or_insert(e);
+        }
+    }
+    tracing::info!("executor stopped");
+    failed.map_or(Ok(()), Err)
+}
+
+/// Serve one group until `stop` is cancelled: connect with its key, attach
+/// to its consumer, keep its presence record, dispatch its steps.
+async fn serve_group(
+    config: Arc<Config>,
+    served: Served,
+    id: String,
+    ledger: Arc<Ledger>,
+    stop: CancellationToken,
+) -> Result<(), ExecutorError> {
+    let group = served.group.clone();
+    let Some(client) = connect(&config, &served, &id, &stop).await? else {
         return Ok(());
     };
     let js = jetstream::new(client.clone());
-    let Some(handles) = attach(&js, &config, &shutdown).await? else {
+    let Some(handles) = attach(&js, &config, &group, &stop).await? else {
         return Ok(());
     };
     if !handles.presence_ttl.is_zero() && config.heartbeat >= handles.presence_ttl {
@@ -60,20 +128,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
         )));
     }
     let consumer = handles.consumer;
-    config.metrics.set_consumer_bound(true);
+    config.metrics.set_consumer_bound(&group, true);
     let ack_wait = consumer.cached_info().config.ack_wait;
     let progress = config
         .progress_interval
         .unwrap_or(ack_wait / 3)
         .max(Duration::from_millis(50));
     tracing::info!(
-        group = %config.group,
+        group = %group,
         id = %id,
-        key = %config.identity.public_key(),
-        nodes = ?config.nodes,
-        addresses = ?config.addresses,
-        installer = ?config.installer,
-        procedure = ?config.procedure,
+        key = %served.identity.public_key(),
+        nodes = ?served.nodes,
+        addresses = ?served.addresses,
+        installer = ?served.installer,
+        procedure = ?served.procedure,
         state_dir = %config.state_dir.display(),
         ack_wait_ms = ack_wait.as_millis() as u64,
         "executor serving"
@@ -83,8 +151,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
     let base = Presence {
         v: PROTOCOL_VERSION,
         id: id.clone(),
-        group: config.group.clone(),
-        nodes: config.nodes.clone(),
+        group: group.clone(),
+        nodes: served.nodes.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         host: host_name(),
         pid: std::process::id(),
@@ -99,34 +167,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
         running: None,
     };
     let stop_presence = CancellationToken::new();
-    let heartbeat = tokio::spawn(presence::heartbeat(
-        handles.presence,
-        base,
-        config.identity.clone(),
-        stats.clone(),
-        config.metrics.clone(),
-        config.heartbeat,
-        stop_presence.clone(),
-    ));
+    let heartbeat = tokio::spawn(
+        presence::heartbeat(
+            handles.presence,
+            base,
+            served.identity.clone(),
+            stats.clone(),
+            config.metrics.clone(),
+            config.heartbeat,
+            stop_presence.clone(),
+        )
+        .in_current_span(),
+    );
 
     let claim_token = format!("{id}/{}/{}", std::process::id(), now_ms());
     let metrics = config.metrics.clone();
-    let worker = Worker {
-        allowlist: config.allowlist(),
-        identity: config.identity.clone(),
+    let worker = Arc::new(Worker {
+        allowlist: served.allowlist(&config.runner),
+        identity: served.identity.clone(),
         trust: config.trust.clone(),
         id,
         config,
+        served,
         js,
         claims: handles.claims,
         claim_token,
         ledger,
         stats,
         progress,
-        shutdown,
-    };
-    let served = worker.serve(&consumer).await;
-    metrics.set_consumer_bound(false);
+        shutdown: stop,
+    });
+    let result = worker.serve(&consumer).await;
+    metrics.set_consumer_bound(&group, false);
     stop_presence.cancel();
     if let Err(e) = heartbeat.await {
         tracing::warn!(error = %e, "presence task failed");
@@ -134,43 +206,49 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Exec
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "could not flush the NATS connection");
     }
-    tracing::info!("executor stopped");
-    served
+    tracing::info!(group = %group, "group stopped");
+    result
 }
 
-/// Connect, retrying until connected or shut down (`None`). Settings that
-/// cannot work (a missing creds file) and credentials the server refuses are
-/// errors, not retried. Only the redacted URL is ever logged.
+/// Connect with `served`'s key, retrying until connected or shut down (`None`).
+/// Settings that cannot work (a missing creds file) and credentials the server
+/// refuses are errors, not retried. Only the redacted URL is ever logged.
 async fn connect(
     config: &Config,
+    served: &Served,
     id: &str,
     shutdown: &CancellationToken,
 ) -> Result<Option<async_nats::Client>, ExecutorError> {
-    let nats = config.nats.with_own_inbox(&config.identity.public_key());
+    let nats = served_nats(config, served).with_own_inbox(&served.identity.public_key());
     let url = nats.redacted_url();
     tracing::info!(url = %url, auth = nats.has_auth(), "connecting to NATS");
     loop {
         let (options, addrs) = nats.options(&format!("baton-executor {id}")).await?;
         let watched = config.metrics.clone();
+        let group = served.group.clone();
         let options = options.event_callback(move |event| {
             let metrics = watched.clone();
+            let group = group.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
-                        metrics.set_nats_connected(true);
-                        tracing::info!("connected to NATS")
+                        metrics.set_nats_connected(&group, true);
+                        tracing::info!(group = %group, "connected to NATS")
                     }
                     async_nats::Event::Disconnected => {
-                        metrics.set_nats_connected(false);
-                        tracing::warn!("disconnected from NATS; reconnecting")
+                        metrics.set_nats_connected(&group, false);
+                        tracing::warn!(group = %group, "disconnected from NATS; reconnecting")
                     }
-                    other => tracing::info!(event = %other, "NATS connection event"),
+                    other => {
+                        tracing::info!(group = %group, event = %other, "NATS connection event")
+                    }
                 }
             }
         });
         match options.connect(addrs.as_slice()).await {
             Ok(client) => {
                 config.metrics.set_nats_connected(
+                    &served.group,
                     client.connection_state() == async_nats::connection::State::Connected,
                 );
                 return Ok(Some(client));
@@ -192,17 +270,35 @@ async fn connect(
     }
 }
 
+/// The NATS settings of a served group: the process's; when the process
+/// authenticates with its key (nkey), a further group authenticates with its
+/// own key and uses its own inbox, as each group's key is a NATS user of its
+/// own (`protocol::natsconf`). Other settings (TLS, creds, a user) are shared.
+fn served_nats(config: &Config, served: &Served) -> protocol::connect::NatsConfig {
+    let mut nats = config.nats.clone();
+    if served.group != config.group && nats.nkey.is_some() {
+        if let Some(path) = served.identity.path.as_ref() {
+            nats.nkey = Some(path.clone());
+            nats.inbox_prefix = Some(protocol::subjects::inbox_prefix(
+                &served.identity.public_key(),
+            ));
+        }
+    }
+    nats
+}
+
 /// Attach to the group's consumer and the buckets, waiting (with backoff)
 /// while the workflow service has not created the streams yet; `None` when
 /// shut down meanwhile. An executor never creates streams or buckets.
 async fn attach(
     js: &jetstream::Context,
     config: &Config,
+    group: &str,
     shutdown: &CancellationToken,
 ) -> Result<Option<ExecutorHandles>, ExecutorError> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match protocol::setup::attach_executor(js, &config.group, &config.setup).await {
+        match protocol::setup::attach_executor(js, group, &config.setup).await {
             Ok(handles) => return Ok(Some(handles)),
             Err(ProtocolError::NotCreated { kind, name }) => tracing::info!(
                 kind,
@@ -264,15 +360,18 @@ struct ClaimValue {
     digest: String,
 }
 
+/// One served group: its identity, allow list, consumer's dispatcher and steps.
 struct Worker {
-    config: Config,
-    /// This executor's id: the trust file's name for its key.
+    config: Arc<Config>,
+    /// The group, its nodes and their settings.
+    served: Served,
+    /// This group's executor id: the trust file's name for its key.
     id: String,
     /// Signs results.
     identity: Identity,
     /// Whose signature a step request needs: the service's.
     trust: Arc<Trust>,
-    /// What this executor may run.
+    /// What this group's executor may run.
     allowlist: Allowlist,
     js: jetstream::Context,
     /// The group-wide claims bucket: the first executor to claim a step
@@ -281,16 +380,43 @@ struct Worker {
     /// What this process writes into a claim: id, pid and start time, so a
     /// claim whose ack was lost can be recognised as its own.
     claim_token: String,
-    ledger: Ledger,
+    /// The process's one ledger, shared by every group it serves.
+    ledger: Arc<Ledger>,
     stats: Arc<Stats>,
     progress: Duration,
+    /// Cancelled on shutdown or when any group of the process fails.
     shutdown: CancellationToken,
 }
 
+/// How long a step for a busy node stays out of the consumer before it is
+/// offered again: longer the more often it came back, at most a second.
+fn busy_delay(delivered: i64) -> Duration {
+    Duration::from_millis(50 * delivered.clamp(1, 20) as u64)
+}
+
 impl Worker {
-    async fn serve(&self, consumer: &PullConsumer) -> Result<(), ExecutorError> {
+    /// Pull and dispatch the group's steps until shut down: one step at a
+    /// time per node, steps of different nodes at once (see the module docs);
+    /// then wait for the running steps to finish and report.
+    async fn serve(self: &Arc<Self>, consumer: &PullConsumer) -> Result<(), ExecutorError> {
+        let mut steps: JoinSet<(String, Result<(), ExecutorError>)> = JoinSet::new();
+        let mut busy: BTreeSet<String> = BTreeSet::new();
+        let mut failed: Option<ExecutorError> = None;
         let mut backoff = Duration::from_millis(100);
         while !self.shutdown.is_cancelled() {
+            while let Some(joined) = steps.try_join_next() {
+                self.ended(joined, &mut busy, &mut failed);
+            }
+            if busy.len() >= self.served.nodes.len() {
+                // Every node runs a step: wait for one to end.
+                tokio::select! {
+                    joined = steps.join_next() => if let Some(joined) = joined {
+                        self.ended(joined, &mut busy, &mut failed);
+                    },
+                    _ = self.shutdown.cancelled() => {}
+                }
+                continue;
+            }
             let batch = consumer
                 .batch()
                 .max_messages(1)
@@ -316,25 +442,53 @@ impl Worker {
                             tracing::debug!(error = %e, "could not nak a step at shutdown");
                         }
                     }
-                    Ok(msg) => self.handle(msg).await?,
+                    Ok(msg) => {
+                        if let Err(e) = self.dispatch(msg, &mut steps, &mut busy).await {
+                            failed.get_or_insert(e);
+                            self.shutdown.cancel();
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "pull request failed"),
                 }
             }
         }
-        Ok(())
+        // Shutting down: the running steps finish (or time out) and report.
+        while let Some(joined) = steps.join_next().await {
+            self.ended(joined, &mut busy, &mut failed);
+        }
+        failed.map_or(Ok(()), Err)
     }
 
-    async fn pause(&self, d: Duration) {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => {}
-            _ = tokio::time::sleep(d) => {}
+    /// A step task ended: its node is free again; an error stops the process.
+    fn ended(
+        &self,
+        joined: Result<(String, Result<(), ExecutorError>), tokio::task::JoinError>,
+        busy: &mut BTreeSet<String>,
+        failed: &mut Option<ExecutorError>,
+    ) {
+        match joined {
+            Ok((node, done)) => {
+                busy.remove(&node);
+                if let Err(e) = done {
+                    failed.get_or_insert(e);
+                    self.shutdown.cancel();
+                }
+            }
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => tracing::warn!(error = %e, "a step task was cancelled"),
         }
     }
 
-    /// Answer one request: from the ledger, by refusing it, or by running it.
-    /// A request the service did not sign is only terminated, counted and
-    /// logged; the signature is checked before anything else.
-    async fn handle(&self, msg: jetstream::Message) -> Result<(), ExecutorError> {
+    /// Check and route one pulled request: unsigned and malformed ones are
+    /// answered here; one for an idle node of this group starts on its own
+    /// task; one for a busy node goes back to the consumer; one for a node
+    /// this group does not serve is refused here.
+    async fn dispatch(
+        self: &Arc<Self>,
+        msg: jetstream::Message,
+        steps: &mut JoinSet<(String, Result<(), ExecutorError>)>,
+        busy: &mut BTreeSet<String>,
+    ) -> Result<(), ExecutorError> {
         if let Err(unsigned) = self.check_signature(&msg) {
             self.terminate_unsigned(&msg, unsigned).await;
             return Ok(());
@@ -352,23 +506,54 @@ impl Worker {
             epoch = req.epoch,
             delivered,
         );
-        async {
-            match self.answer(&req, &msg).await? {
-                Some(result) => self.report(&result, &msg).await,
-                None => {
-                    // Could not tell whether it may run: hand it back for later.
-                    if let Err(e) = msg
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await
-                    {
-                        tracing::debug!(error = %e, "could not nak the step");
-                    }
+        if busy.contains(&req.node) {
+            let delay = busy_delay(delivered);
+            tracing::debug!(parent: &span, delay_ms = delay.as_millis() as u64, "node busy with another step; handed back for later");
+            if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::debug!(parent: &span, error = %e, "could not nak the step");
+            }
+            return Ok(());
+        }
+        if !self.served.nodes.contains(&req.node) {
+            // Refused (wrong target) or answered from the ledger: nothing runs.
+            return self.handle(req, msg).instrument(span).await;
+        }
+        busy.insert(req.node.clone());
+        let worker = self.clone();
+        let node = req.node.clone();
+        steps.spawn(
+            async move {
+                let done = worker.handle(req, msg).await;
+                (node, done)
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+
+    async fn pause(&self, d: Duration) {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(d) => {}
+        }
+    }
+
+    /// Answer one signed, well-formed request: from the ledger, by refusing
+    /// it, or by running it.
+    async fn handle(&self, req: StepRequest, msg: jetstream::Message) -> Result<(), ExecutorError> {
+        match self.answer(&req, &msg).await? {
+            Some(result) => self.report(&result, &msg).await,
+            None => {
+                // Could not tell whether it may run: hand it back for later.
+                if let Err(e) = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not nak the step");
                 }
             }
-            Ok(())
         }
-        .instrument(span)
-        .await
+        Ok(())
     }
 
     /// Whether the service signed this request for the subject it arrived on.
@@ -568,12 +753,12 @@ impl Worker {
 
     /// Why this request must not run, if it must not.
     fn refusal(&self, req: &StepRequest) -> Result<Option<Refusal>, ExecutorError> {
-        if req.group != self.config.group {
+        if req.group != self.served.group {
             return Ok(Some(Refusal::new(
                 RefusalKind::WrongTarget,
                 format!(
                     "request for group {:?} reached an executor of group {:?}",
-                    req.group, self.config.group
+                    req.group, self.served.group
                 ),
             )));
         }
@@ -618,7 +803,7 @@ impl Worker {
             .await?;
         Stats::count(&self.stats.executed);
         self.config.metrics.started();
-        self.stats.set_running(Some(key));
+        self.stats.set_running(&key, true);
         tracing::info!(argv = ?req.argv, timeout_ms = req.timeout_ms, "step started");
 
         let address = self
@@ -626,10 +811,11 @@ impl Worker {
             .address(&req.node)
             .expect("the allow list checked the node")
             .to_string();
+        let bin_dir = self.served.bin_dir(&req.node);
         let run = self
             .config
             .runner
-            .run(req, &address, self.config.max_output);
+            .run(req, &address, self.config.max_output, bin_dir.as_deref());
         tokio::pin!(run);
         let mut progress =
             tokio::time::interval_at(tokio::time::Instant::now() + self.progress, self.progress);
@@ -646,7 +832,7 @@ impl Worker {
                 }
             }
         };
-        self.stats.set_running(None);
+        self.stats.set_running(&key, false);
         self.config
             .metrics
             .ran(&req.action, ran.outcome, ran.exit_code);

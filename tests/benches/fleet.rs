@@ -9,7 +9,9 @@
 //!
 //! Settings (environment): `BATON_FLEET_CLUSTERS` (comma-separated N, default
 //! 10), `BATON_FLEET_TIMINGS` (`zero` and/or `demo`, default `zero`),
-//! `BATON_FLEET_REPEAT` (runs of each, default 1), `BATON_FLEET_BIN_DIR`
+//! `BATON_FLEET_REPEAT` (runs of each, default 1), `BATON_FLEET_EXECUTORS`
+//! (`per-node`: one executor process per node, or `one`: one process serving
+//! every node; both may be given, default `per-node`), `BATON_FLEET_BIN_DIR`
 //! (where `baton` and `baton-sim` are; default the bench's own profile
 //! directory, `target/release`), `BATON_FLEET_RESULTS` (the markdown file the
 //! table is appended to; default `target/fleet-results.md`). Exits non-zero
@@ -21,7 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use tests::fleet::{self, Bins, Outcome, Timings};
+use tests::fleet::{self, Bins, Executors, Outcome, Timings};
 
 fn main() -> ExitCode {
     match run() {
@@ -51,6 +53,10 @@ fn run() -> anyhow::Result<bool> {
         .split(',')
         .map(|t| Timings::parse(t.trim()))
         .collect::<anyhow::Result<_>>()?;
+    let modes: Vec<Executors> = setting("BATON_FLEET_EXECUTORS", "per-node")
+        .split(',')
+        .map(|m| Executors::parse(m.trim()))
+        .collect::<anyhow::Result<_>>()?;
     let repeat: usize = setting("BATON_FLEET_REPEAT", "1")
         .parse()
         .context("BATON_FLEET_REPEAT: a number")?;
@@ -73,8 +79,8 @@ fn run() -> anyhow::Result<bool> {
         bins.profile(),
         tests::nats::server_binary().display(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "| N | timings | run | wall | steps | steps/s | events/s | overhead p50 / p99 / mean | service RSS (peak) | executors RSS (each) | CPU s: service / executors / commands / nats | load before → after | verdicts |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| N | timings | executors | run | wall | steps | steps/s | events/s | overhead p50 / p99 / mean | service RSS (peak) | executors RSS (each) | executors RSS per node (peak) | CPU s: service / executors / commands / nats | load before → after | verdicts |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     );
     print!("{header}");
     append(&results, &header)?;
@@ -82,49 +88,53 @@ fn run() -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    for &timing in &timings {
-        for &n in &sizes {
-            for round in 1..=repeat {
-                eprintln!(
-                    "fleet bench: N = {n}, {} timings, run {round} of {repeat}",
-                    timing.name()
-                );
-                let outcome = runtime.block_on(async {
-                    // Ctrl-C ends the run through the fleet's drop: children stopped, dirs removed.
-                    tokio::select! {
-                        outcome = fleet::run(&bins, n, timing) => outcome,
-                        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    for &mode in &modes {
+        for &timing in &timings {
+            for &n in &sizes {
+                for round in 1..=repeat {
+                    eprintln!(
+                        "fleet bench: N = {n}, {} timings, executors {}, run {round} of {repeat}",
+                        timing.name(),
+                        mode.name()
+                    );
+                    let outcome = runtime.block_on(async {
+                        // Ctrl-C ends the run through the fleet's drop: children stopped, dirs removed.
+                        tokio::select! {
+                            outcome = fleet::run(&bins, n, timing, mode) => outcome,
+                            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+                        }
+                    });
+                    let outcome = match outcome {
+                        Ok(outcome) => outcome,
+                        Err(err) => {
+                            let line = format!(
+                                "| {n} | {} | {} | {round} | failed: {} |\n",
+                                timing.name(),
+                                mode.name(),
+                                format!("{err:#}").lines().next().unwrap_or("")
+                            );
+                            print!("{line}");
+                            append(&results, &line)?;
+                            return Err(err);
+                        }
+                    };
+                    let line = row(&outcome, round);
+                    print!("{line}");
+                    append(&results, &line)?;
+                    print_verdicts(&outcome);
+                    if !outcome.failures().is_empty() {
+                        for end in outcome.failures() {
+                            eprintln!(
+                                "fleet bench: {} ({}) ended {}, verdict {}\n{}",
+                                end.cluster,
+                                end.upgrade,
+                                end.status,
+                                end.verdict,
+                                end.report.as_deref().unwrap_or("")
+                            );
+                        }
+                        return Ok(false);
                     }
-                });
-                let outcome = match outcome {
-                    Ok(outcome) => outcome,
-                    Err(err) => {
-                        let line = format!(
-                            "| {n} | {} | {round} | failed: {} |\n",
-                            timing.name(),
-                            format!("{err:#}").lines().next().unwrap_or("")
-                        );
-                        print!("{line}");
-                        append(&results, &line)?;
-                        return Err(err);
-                    }
-                };
-                let line = row(&outcome, round);
-                print!("{line}");
-                append(&results, &line)?;
-                print_verdicts(&outcome);
-                if !outcome.failures().is_empty() {
-                    for end in outcome.failures() {
-                        eprintln!(
-                            "fleet bench: {} ({}) ended {}, verdict {}\n{}",
-                            end.cluster,
-                            end.upgrade,
-                            end.status,
-                            end.verdict,
-                            end.report.as_deref().unwrap_or("")
-                        );
-                    }
-                    return Ok(false);
                 }
             }
         }
@@ -139,9 +149,10 @@ fn row(o: &Outcome, round: usize) -> String {
     let safe = o.ends.iter().filter(|e| e.verdict == "SAFE").count();
     let completed = o.ends.iter().filter(|e| e.status == "completed").count();
     format!(
-        "| {} | {} | {round} | {:.2} s | {} | {:.0} | {:.0} | {} / {} / {:.2} ms{} | {:.1} MB ({:.1}) | {:.0} MB ({:.1}, {} processes) | {:.1} / {:.1} / {:.1} / {:.1} | {} → {} | {safe} SAFE of {}, {completed} completed |\n",
+        "| {} | {} | {} | {round} | {:.2} s | {} | {:.0} | {:.0} | {} / {} / {:.2} ms{} | {:.1} MB ({:.1}) | {:.0} MB ({:.1}, {} processes) | {:.2} MB ({:.2}) | {:.1} / {:.1} / {:.1} / {:.1} | {} → {} | {safe} SAFE of {}, {completed} completed |\n",
         o.clusters,
         o.timings.name(),
+        o.mode.name(),
         o.wall_ms as f64 / 1000.0,
         o.steps,
         o.steps_per_s(),
@@ -155,6 +166,8 @@ fn row(o: &Outcome, round: usize) -> String {
         mb(o.executors.rss_kb),
         mb(o.executors.rss_kb) / o.executor_count.max(1) as f64,
         o.executor_count,
+        mb(o.executor_rss_per_node_kb()),
+        mb(o.executors.peak_rss_kb) / o.nodes.max(1) as f64,
         o.cpu_s.service,
         o.cpu_s.executors,
         o.cpu_s.commands,

@@ -1,6 +1,7 @@
 //! A fleet run: one nats-server (authentication and TLS on, as shipped), one
 //! `baton server`, N simulated 3-node chef-backend clusters (`baton-sim`) and
-//! one `baton executor` process per node; N upgrades submitted at once and
+//! their executors ([`Executors`]: one `baton executor` process per node, or
+//! one process serving every node); N upgrades submitted at once and
 //! waited for; then the figures ([`Outcome`]) and every simulator verdict.
 //! `cargo bench -p tests --bench fleet` runs it (`tests/FLEET.md` has the
 //! method), and the integration test `fleet::` runs it at N = 2 so it cannot rot.
@@ -69,6 +70,35 @@ impl Timings {
         match self {
             Timings::Zero => "poll_interval_ms = 100\nbackoff_ms = 100\nelection_window_ms = 500\n",
             Timings::Demo => "poll_interval_ms = 200\nelection_window_ms = 1000\n",
+        }
+    }
+}
+
+/// How the fleet's nodes get their executors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executors {
+    /// One `baton executor` process per node (3N processes), each with its
+    /// node's simulator tools first in `PATH`.
+    PerNode,
+    /// One `baton executor` process for the whole fleet: the first node's
+    /// group by flags, the 3N - 1 others as `serve` entries of its config file,
+    /// each with its key, cluster file and `node_bin_dir`.
+    One,
+}
+
+impl Executors {
+    pub fn parse(text: &str) -> anyhow::Result<Executors> {
+        match text {
+            "per-node" => Ok(Executors::PerNode),
+            "one" => Ok(Executors::One),
+            other => bail!("executors: `{other}` is neither `per-node` nor `one`"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Executors::PerNode => "per-node",
+            Executors::One => "one",
         }
     }
 }
@@ -203,6 +233,9 @@ pub struct ClusterEnd {
 pub struct Outcome {
     pub clusters: usize,
     pub timings: Timings,
+    pub mode: Executors,
+    /// Nodes served by the executors (3 per cluster).
+    pub nodes: usize,
     /// From the moment the submits were started to the last upgrade's last
     /// timed event in the log (unix ms, the service's clock).
     pub wall_ms: u64,
@@ -255,6 +288,11 @@ impl Outcome {
         (n > 0).then(|| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1])
     }
 
+    /// The executors' resident memory per served node, kB.
+    pub fn executor_rss_per_node_kb(&self) -> u64 {
+        self.executors.rss_kb / self.nodes.max(1) as u64
+    }
+
     pub fn overhead_mean(&self) -> Option<f64> {
         let n = self.overhead_ms.len();
         (n > 0).then(|| self.overhead_ms.iter().sum::<u64>() as f64 / n as f64)
@@ -273,6 +311,7 @@ impl Outcome {
 pub struct Fleet {
     bins: Bins,
     timings: Timings,
+    mode: Executors,
     // Dropped in declaration order: processes first, then their dirs.
     server: Option<Proc>,
     executors: Vec<Proc>,
@@ -286,7 +325,12 @@ pub struct Fleet {
 impl Fleet {
     /// Starts nats-server, the service and `n` clusters with their
     /// executors, and waits until the service sees every executor.
-    pub async fn start(bins: &Bins, n: usize, timings: Timings) -> anyhow::Result<Fleet> {
+    pub async fn start(
+        bins: &Bins,
+        n: usize,
+        timings: Timings,
+        mode: Executors,
+    ) -> anyhow::Result<Fleet> {
         anyhow::ensure!(n >= 1, "at least one cluster");
         let groups: Vec<String> = (1..=n)
             .flat_map(|k| (1..=NODES).map(move |i| format!("c{k}-backend-{i}")))
@@ -302,6 +346,7 @@ impl Fleet {
         let mut fleet = Fleet {
             bins: bins.clone(),
             timings,
+            mode,
             server: None,
             executors: Vec::new(),
             nats,
@@ -324,9 +369,17 @@ impl Fleet {
             .env("BATON_LOG_FORMAT", "json");
         let log = fleet.dir.path().join("server.log");
         fleet.server = Some(Proc::spawn("baton server", server, &log)?);
-        for c in 0..fleet.clusters.len() {
-            for i in 0..NODES {
-                let executor = fleet.spawn_executor(c, i)?;
+        match mode {
+            Executors::PerNode => {
+                for c in 0..fleet.clusters.len() {
+                    for i in 0..NODES {
+                        let executor = fleet.spawn_executor(c, i)?;
+                        fleet.executors.push(executor);
+                    }
+                }
+            }
+            Executors::One => {
+                let executor = fleet.spawn_one_executor()?;
                 fleet.executors.push(executor);
             }
         }
@@ -423,8 +476,59 @@ impl Fleet {
         Proc::spawn(&format!("executor {group}"), cmd, &log)
     }
 
+    /// One executor for every node of every cluster: the first group by
+    /// flags (its key from the environment, as a per-node executor's), every
+    /// other group a `serve` entry of its config file.
+    fn spawn_one_executor(&self) -> anyhow::Result<Proc> {
+        let bin_dir =
+            |cluster: &Cluster| format!("{}/nodes/{{node}}/bin", cluster.sim_dir.display());
+        let first = &self.clusters[0];
+        let mut serve = Vec::new();
+        for cluster in &self.clusters {
+            for group in &cluster.groups {
+                if *group == first.groups[0] {
+                    continue;
+                }
+                serve.push(format!(
+                    "group={group},key={},cluster={},node_bin_dir={}",
+                    self.secure.executor_key(group).display(),
+                    cluster.file.display(),
+                    bin_dir(cluster)
+                ));
+            }
+        }
+        let config = self.dir.path().join("executor.toml");
+        let list: Vec<String> = serve.iter().map(|s| format!("  {s:?},")).collect();
+        std::fs::write(&config, format!("serve = [\n{}\n]\n", list.join("\n")))?;
+        let group = &first.groups[0];
+        let mut cmd = self.baton_as(self.secure.executor_key(group));
+        cmd.args(["executor", "--group", group])
+            .arg("--cluster")
+            .arg(&first.file)
+            .arg("--config")
+            .arg(&config)
+            .arg("--node-bin-dir")
+            .arg(bin_dir(first))
+            .arg("--state-dir")
+            .arg(self.dir.path().join("executors").join("all"))
+            .env("BATON_LOG_FORMAT", "json");
+        Proc::spawn("executor (all nodes)", cmd, &self.executor_log("all"))
+    }
+
     fn executor_log(&self, group: &str) -> PathBuf {
         self.dir.path().join(format!("executor-{group}.log"))
+    }
+
+    /// Every executor's log file.
+    fn executor_logs(&self) -> Vec<PathBuf> {
+        match self.mode {
+            Executors::One => vec![self.executor_log("all")],
+            Executors::PerNode => self
+                .clusters
+                .iter()
+                .flat_map(|c| c.groups.iter().map(|g| self.executor_log(g)))
+                .collect(),
+        }
     }
 
     async fn wait_for_executors(&self, groups: &[String]) -> anyhow::Result<()> {
@@ -565,11 +669,9 @@ impl Fleet {
 
         // The log of every upgrade, through the service.
         let mut run_ms = BTreeMap::new();
-        for cluster in &self.clusters {
-            for group in &cluster.groups {
-                let text = std::fs::read_to_string(self.executor_log(group)).unwrap_or_default();
-                run_ms.extend(reported_run_times(&text));
-            }
+        for log in self.executor_logs() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            run_ms.extend(reported_run_times(&text));
         }
         let mut steps = 0;
         let mut events = 0;
@@ -622,6 +724,8 @@ impl Fleet {
         Ok(Outcome {
             clusters: self.clusters.len(),
             timings: self.timings,
+            mode: self.mode,
+            nodes: self.clusters.len() * NODES,
             wall_ms: last_ms.saturating_sub(submitted_ms),
             steps,
             events,
@@ -692,8 +796,13 @@ impl Drop for Fleet {
 }
 
 /// Starts a fleet of `n` clusters, runs it, stops it.
-pub async fn run(bins: &Bins, n: usize, timings: Timings) -> anyhow::Result<Outcome> {
-    let mut fleet = Fleet::start(bins, n, timings).await?;
+pub async fn run(
+    bins: &Bins,
+    n: usize,
+    timings: Timings,
+    mode: Executors,
+) -> anyhow::Result<Outcome> {
+    let mut fleet = Fleet::start(bins, n, timings, mode).await?;
     let outcome = fleet.run().await;
     fleet.stop();
     outcome

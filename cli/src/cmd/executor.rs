@@ -14,6 +14,13 @@
 //! id (presence key, `executor` field of results) is the trust file's name
 //! for the key. `--id`, if given, only checks that name. NATS connection
 //! settings are the global ones (`--nats`, `--nats-creds`, ...).
+//!
+//! One process may serve further groups (`--serve`, repeatable): each with
+//! its own key (listed for that group in the trust file), its nodes (from its
+//! cluster file or `node=`), its own NATS user when the process
+//! authenticates with its key (nkey), its consumer and presence record. One
+//! ledger (`--state-dir`) serves them all; at most one step at a time runs
+//! per node, steps of different nodes run at once.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -111,6 +118,21 @@ pub struct ExecutorArgs {
     /// Progress interval while a step runs, in milliseconds (50 to 3600000). Default: a third of the ack wait.
     #[arg(long, value_parser = clap::value_parser!(u64).range(50..=3_600_000))]
     pub progress_ms: Option<u64>,
+    /// A further group this process serves (repeatable): comma-separated
+    /// `KEY=VALUE` items: `group=NAME` and `key=FILE` (the group's executor key,
+    /// listed for that group in the trust file) are required; `cluster=FILE`
+    /// (its nodes, addresses, installer and procedure, as `--cluster`),
+    /// `node=NAME[=ADDRESS]` (repeatable; required without `cluster`),
+    /// `installer=`, `procedure=`, `id=` and `node_bin_dir=` as the flags of
+    /// the same names. Example:
+    /// `group=c2,key=/etc/baton/keys/c2.seed,cluster=/etc/baton/c2.toml`.
+    #[arg(long = "serve", value_name = "SPEC", value_parser = parse_serve)]
+    pub serve: Vec<ServeSpec>,
+    /// Local runner: a directory put first in PATH for a node's commands,
+    /// `{node}` replaced by the node's name (one host standing in for several
+    /// nodes: simulated clusters, containers). Absolute, no ':'.
+    #[arg(long, value_name = "DIR")]
+    pub node_bin_dir: Option<String>,
     /// Serve /healthz, /readyz and /metrics over HTTP on this address (e.g. 127.0.0.1:9601;
     /// docs/metrics.md). Off by default.
     #[arg(long, env = "BATON_EXECUTOR_HTTP", value_name = "ADDR")]
@@ -139,6 +161,73 @@ pub enum Runner {
     Local,
     /// Run commands through the system `ssh` binary.
     Ssh,
+}
+
+/// One `--serve` entry, as given (checked further when the config is built).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeSpec {
+    pub group: String,
+    pub key: PathBuf,
+    pub cluster: Option<PathBuf>,
+    pub nodes: Vec<(String, Option<String>)>,
+    pub installer: Option<Installer>,
+    pub procedure: Option<Procedure>,
+    pub id: Option<String>,
+    pub node_bin_dir: Option<String>,
+}
+
+fn parse_serve(s: &str) -> Result<ServeSpec, String> {
+    use clap::ValueEnum as _;
+    let mut group = None;
+    let mut key = None;
+    let mut spec = ServeSpec {
+        group: String::new(),
+        key: PathBuf::new(),
+        cluster: None,
+        nodes: Vec::new(),
+        installer: None,
+        procedure: None,
+        id: None,
+        node_bin_dir: None,
+    };
+    for item in s.split(',').filter(|i| !i.is_empty()) {
+        let Some((name, value)) = item.split_once('=') else {
+            return Err(format!("{item:?}: expected KEY=VALUE"));
+        };
+        let once = |slot: &Option<String>| match slot {
+            Some(_) => Err(format!("{name} given twice in {s:?}")),
+            None => Ok(Some(value.to_string())),
+        };
+        match name {
+            "group" => {
+                protocol::subjects::validate_token(value)
+                    .map_err(|reason| format!("group {value:?}: {reason}"))?;
+                group = once(&group)?;
+            }
+            "key" => key = once(&key)?,
+            "cluster" => spec.cluster = Some(PathBuf::from(value)),
+            "node" => spec.nodes.push(parse_node(value)?),
+            "installer" => spec.installer = Some(Installer::from_str(value, false)?),
+            "procedure" => spec.procedure = Some(Procedure::from_str(value, false)?),
+            "id" => spec.id = Some(value.to_string()),
+            "node_bin_dir" => spec.node_bin_dir = Some(value.to_string()),
+            other => {
+                return Err(format!(
+                    "{other:?} is not a --serve item: group, key, cluster, node, installer, procedure, id, node_bin_dir"
+                ))
+            }
+        }
+    }
+    spec.group = group.ok_or_else(|| format!("{s:?}: group=NAME is required"))?;
+    spec.key = key
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("{s:?}: key=FILE (the group's executor key) is required"))?;
+    if spec.cluster.is_none() && spec.nodes.is_empty() {
+        return Err(format!(
+            "{s:?}: give the group's nodes: cluster=FILE or node=NAME[=ADDRESS]"
+        ));
+    }
+    Ok(spec)
 }
 
 fn parse_max_output(s: &str) -> Result<usize, String> {
@@ -187,6 +276,99 @@ fn parse_node(s: &str) -> Result<(String, Option<String>), String> {
     Ok((name.to_string(), address))
 }
 
+/// A group's nodes, addresses, installer and procedure: from its cluster file
+/// (if any) and what was given (nodes, `--ssh-address`, installer, procedure).
+struct Resolved {
+    nodes: Vec<String>,
+    addresses: BTreeMap<String, String>,
+    installer: CoreInstaller,
+    procedure: CoreProcedure,
+}
+
+fn resolve(
+    group: &str,
+    cluster: Option<&std::path::Path>,
+    given: &[(String, Option<String>)],
+    ssh_addresses: Vec<(String, String)>,
+    installer: Option<Installer>,
+    procedure: Option<Procedure>,
+) -> anyhow::Result<Resolved> {
+    let (nodes, mut addresses, from_file) = match cluster {
+        Some(path) => {
+            let text = read_cluster(path)?;
+            let file = path.display().to_string();
+            let cluster = workflow::core::ClusterFile::parse(&file, &text)?;
+            let (nodes, addresses) =
+                executor::config::nodes_from_cluster(&cluster, &file, group, given)?;
+            let upgrade = &cluster.upgrade;
+            (
+                nodes,
+                addresses,
+                Some((file, upgrade.installer, upgrade.procedure)),
+            )
+        }
+        None => {
+            let addresses = given
+                .iter()
+                .filter_map(|(n, a)| Some((n.clone(), a.clone()?)))
+                .collect();
+            let nodes = given.iter().map(|(n, _)| n.clone()).collect();
+            (nodes, addresses, None)
+        }
+    };
+    let explicit: BTreeMap<&str, &str> = given
+        .iter()
+        .filter_map(|(n, a)| Some((n.as_str(), a.as_deref()?)))
+        .collect();
+    for (node, address) in ssh_addresses {
+        match explicit.get(node.as_str()) {
+            Some(known) if *known != address => {
+                bail!("node {node}: --nodes says address {known}, --ssh-address says {address}")
+            }
+            _ => {
+                // Overrides the cluster file's address.
+                addresses.insert(node, address);
+            }
+        }
+    }
+    let installer = installer.map(|i| match i {
+        Installer::Dpkg => CoreInstaller::Dpkg,
+        Installer::Yum => CoreInstaller::Yum,
+    });
+    let procedure = procedure.map(|p| match p {
+        Procedure::Runbook => CoreProcedure::Runbook,
+        Procedure::UpgradeCommand => CoreProcedure::UpgradeCommand,
+    });
+    let (installer, procedure) = match from_file {
+        None => (installer.unwrap_or_default(), procedure.unwrap_or_default()),
+        Some((file, file_installer, file_procedure)) => {
+            // The service renders the file's templates: an executor of
+            // another profile would refuse every step.
+            if let Some(i) = installer.filter(|i| *i != file_installer) {
+                bail!(
+                    "--installer {} disagrees with cluster file {file}, whose upgrade.installer is {}",
+                    installer_name(i),
+                    installer_name(file_installer)
+                );
+            }
+            if let Some(p) = procedure.filter(|p| *p != file_procedure) {
+                bail!(
+                    "--procedure {} disagrees with cluster file {file}, whose upgrade.procedure is {}",
+                    procedure_name(p),
+                    procedure_name(file_procedure)
+                );
+            }
+            (file_installer, file_procedure)
+        }
+    };
+    Ok(Resolved {
+        nodes,
+        addresses,
+        installer,
+        procedure,
+    })
+}
+
 impl ExecutorArgs {
     fn config(self, global: &Global) -> anyhow::Result<Config> {
         let state_dir = self
@@ -198,82 +380,47 @@ impl ExecutorArgs {
         let mut config = Config::new(self.group.clone(), state_dir, identity, trust);
         config.nats = global.nats_config()?;
         config.expected_id = self.id;
-        let (nodes, mut addresses, from_file) = match &self.cluster {
-            Some(path) => {
-                let text = read_cluster(path)?;
-                let file = path.display().to_string();
-                let cluster = workflow::core::ClusterFile::parse(&file, &text)?;
-                let (nodes, addresses) = executor::config::nodes_from_cluster(
-                    &cluster,
-                    &file,
-                    &self.group,
-                    &self.nodes,
-                )?;
-                let upgrade = &cluster.upgrade;
-                (
-                    nodes,
-                    addresses,
-                    Some((file, upgrade.installer, upgrade.procedure)),
+        let own = resolve(
+            &self.group,
+            self.cluster.as_deref(),
+            &self.nodes,
+            self.ssh_addresses,
+            self.installer,
+            self.procedure,
+        )?;
+        config.nodes = own.nodes;
+        config.addresses = own.addresses;
+        config.installer = own.installer;
+        config.procedure = own.procedure;
+        config.node_bin_dir = self.node_bin_dir;
+        for spec in self.serve {
+            let identity = protocol::sign::Identity::load(&spec.key).with_context(|| {
+                format!(
+                    "--serve group={}: could not load key={}",
+                    spec.group,
+                    spec.key.display()
                 )
-            }
-            None => {
-                let addresses = self
-                    .nodes
-                    .iter()
-                    .filter_map(|(n, a)| Some((n.clone(), a.clone()?)))
-                    .collect();
-                let nodes = self.nodes.iter().map(|(n, _)| n.clone()).collect();
-                (nodes, addresses, None)
-            }
-        };
-        let explicit: BTreeMap<&str, &str> = self
-            .nodes
-            .iter()
-            .filter_map(|(n, a)| Some((n.as_str(), a.as_deref()?)))
-            .collect();
-        for (node, address) in self.ssh_addresses {
-            match explicit.get(node.as_str()) {
-                Some(known) if *known != address => {
-                    bail!("node {node}: --nodes says address {known}, --ssh-address says {address}")
-                }
-                _ => {
-                    // Overrides the cluster file's address.
-                    addresses.insert(node, address);
-                }
-            }
+            })?;
+            let r = resolve(
+                &spec.group,
+                spec.cluster.as_deref(),
+                &spec.nodes,
+                Vec::new(),
+                spec.installer,
+                spec.procedure,
+            )
+            .with_context(|| format!("--serve group={}", spec.group))?;
+            config.more.push(executor::config::Served {
+                group: spec.group,
+                identity,
+                expected_id: spec.id,
+                nodes: r.nodes,
+                addresses: r.addresses,
+                installer: r.installer,
+                procedure: r.procedure,
+                node_bin_dir: spec.node_bin_dir,
+            });
         }
-        config.nodes = nodes;
-        config.addresses = addresses;
-        let installer = self.installer.map(|i| match i {
-            Installer::Dpkg => CoreInstaller::Dpkg,
-            Installer::Yum => CoreInstaller::Yum,
-        });
-        let procedure = self.procedure.map(|p| match p {
-            Procedure::Runbook => CoreProcedure::Runbook,
-            Procedure::UpgradeCommand => CoreProcedure::UpgradeCommand,
-        });
-        (config.installer, config.procedure) = match from_file {
-            None => (installer.unwrap_or_default(), procedure.unwrap_or_default()),
-            Some((file, file_installer, file_procedure)) => {
-                // The service renders the file's templates: an executor of
-                // another profile would refuse every step.
-                if let Some(i) = installer.filter(|i| *i != file_installer) {
-                    bail!(
-                        "--installer {} disagrees with cluster file {file}, whose upgrade.installer is {}",
-                        installer_name(i),
-                        installer_name(file_installer)
-                    );
-                }
-                if let Some(p) = procedure.filter(|p| *p != file_procedure) {
-                    bail!(
-                        "--procedure {} disagrees with cluster file {file}, whose upgrade.procedure is {}",
-                        procedure_name(p),
-                        procedure_name(file_procedure)
-                    );
-                }
-                (file_installer, file_procedure)
-            }
-        };
         config.max_output = self.max_output;
         config.allow_relative_state_dir = self.allow_relative_state_dir;
         config.heartbeat = Duration::from_millis(self.heartbeat_ms);
@@ -330,7 +477,12 @@ pub fn run(global: &Global, args: ExecutorArgs) -> anyhow::Result<ExitCode> {
     // Refused before any runtime or connection: a key the trust file does not
     // give this group, invalid nodes, ...
     config.validate()?;
-    let group = config.group.clone();
+    let group = config
+        .served()
+        .iter()
+        .map(|s| s.group.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();

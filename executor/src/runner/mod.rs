@@ -40,12 +40,34 @@ pub struct Ran {
 impl RunnerConfig {
     /// Run the request's command with its env and timeout on the node at
     /// `address` (this executor's own, never the request's), keeping the
-    /// last `max_output` bytes of each output stream.
-    pub async fn run(&self, req: &StepRequest, address: &str, max_output: usize) -> Ran {
+    /// last `max_output` bytes of each output stream. The local runner puts
+    /// `bin_dir` (the node's, from the executor's configuration) first in `PATH`.
+    pub async fn run(
+        &self,
+        req: &StepRequest,
+        address: &str,
+        max_output: usize,
+        bin_dir: Option<&str>,
+    ) -> Ran {
         let timeout = Duration::from_millis(req.timeout_ms);
         match self {
             RunnerConfig::Local => {
-                local::run(&req.argv, &req.env, timeout, max_output, local::Stdin::Null).await
+                let mut env = req.env.clone();
+                let mut argv = req.argv.clone();
+                if let Some(dir) = bin_dir {
+                    let path = std::env::var("PATH").unwrap_or_default();
+                    env.insert("PATH".into(), format!("{dir}:{path}"));
+                    // Found in the node's directory: run it by its path. (A
+                    // program looked up in a changed PATH makes std fork the
+                    // whole executor instead of using posix_spawn.)
+                    if let Some(program) = argv.first_mut().filter(|p| !p.contains('/')) {
+                        let candidate = std::path::Path::new(dir).join(&*program);
+                        if candidate.is_file() {
+                            *program = candidate.display().to_string();
+                        }
+                    }
+                }
+                local::run(&argv, &env, timeout, max_output, local::Stdin::Null).await
             }
             RunnerConfig::Ssh(cfg) => match cfg.wrap(req, address) {
                 Ok(argv) => {

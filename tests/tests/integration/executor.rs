@@ -2058,3 +2058,179 @@ async fn an_executor_serves_with_least_privilege_nats_permissions() {
     );
     drop(server);
 }
+
+/// The `--serve` entry of a further group `group` served with executor `id`'s key, for `nodes`.
+fn serve_spec(env: &Env, group: &str, id: &str, nodes: &[&str]) -> String {
+    let (_, seed) = env.keys.executor(id, group);
+    let mut spec = format!("group={group},key={},id={id}", seed.display());
+    for node in nodes {
+        spec.push_str(&format!(",node={node}"));
+    }
+    spec
+}
+
+/// `[started_ms, finished_ms]` of a result that ran.
+fn interval(r: &StepResult) -> (u64, u64) {
+    (
+        r.started_ms.expect("the step ran"),
+        r.finished_ms.expect("the step ran"),
+    )
+}
+
+#[tokio::test]
+async fn one_executor_of_two_groups_runs_steps_of_different_nodes_at_once_and_one_per_node() {
+    let env = Env::start().await;
+    let serve = serve_spec(&env, "m2", "ex-m2", &["backend-1"]);
+    // Group m1: backend-1 and backend-2; group m2 (its own key): its own backend-1.
+    let exec = env.executor("m1", "ex-m1", "state-m", &["--serve", &serve]);
+    let kv = env.presence_bucket().await;
+    for (id, group) in [("ex-m1", "m1"), ("ex-m2", "m2")] {
+        let online = wait_until_async(SOON, || async {
+            env.presence_of(&kv, id)
+                .await
+                .is_some_and(|p| p.group == group && p.pid == exec.pid().as_raw() as u32)
+        })
+        .await;
+        assert!(online, "{id} online in group {group}: {}", exec.log());
+    }
+    env.behave("chef-backend-ctl", "stop", "sleep 1");
+    let up = upgrade_id();
+    let on = |step: u64, group: &str, node: &str| StepRequest {
+        node: node.into(),
+        ..request(&up, step, group, "stop")
+    };
+    // Two steps for m1's backend-1, one for m1's backend-2, one for m2's backend-1.
+    for req in [
+        on(1, "m1", "backend-1"),
+        on(2, "m1", "backend-1"),
+        on(3, "m1", "backend-2"),
+        on(4, "m2", "backend-1"),
+    ] {
+        env.publish(&req).await;
+    }
+    let results = env.wait_results(&up, 4, &[&exec]).await;
+    assert_eq!(results.len(), 4, "{results:#?}");
+    let by_step: BTreeMap<u64, &StepResult> = results.iter().map(|r| (r.step, r)).collect();
+    for r in by_step.values() {
+        assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    }
+    assert_eq!(
+        by_step[&4].executor, "ex-m2",
+        "signed and named by m2's key"
+    );
+    assert_eq!(by_step[&1].executor, "ex-m1");
+    // The same node: one after the other.
+    let (a, b) = (interval(by_step[&1]), interval(by_step[&2]));
+    let (first, second) = if a.0 <= b.0 { (a, b) } else { (b, a) };
+    assert!(
+        second.0 >= first.1,
+        "two steps of m1's backend-1 overlapped: {first:?} and {second:?}"
+    );
+    // Other nodes (of the same group, and of the other group): at the same time as the first.
+    for step in [3, 4] {
+        let other = interval(by_step[&step]);
+        assert!(
+            other.0 < first.1 && first.0 < other.1,
+            "step {step} {other:?} did not run beside backend-1's first step {first:?}"
+        );
+    }
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+}
+
+#[tokio::test]
+async fn an_executor_of_two_groups_killed_mid_steps_answers_both_unknown_and_reruns_nothing() {
+    let env = Env::start().await;
+    let serve = serve_spec(&env, "k2", "ex-k2", &["backend-1"]);
+    let args = ["--serve", serve.as_str()];
+    let mut exec = env.executor("k1", "ex-k1", "state-k", &args);
+    let ran = env.path("ran");
+    let pids = env.path("pids");
+    env.behave(
+        "chef-backend-ctl",
+        "stop",
+        &format!(
+            "echo $$ >> {}; echo run >> {}; sleep 30",
+            pids.display(),
+            ran.display()
+        ),
+    );
+    let up = upgrade_id();
+    env.publish(&request(&up, 1, "k1", "stop")).await;
+    env.publish(&request(&up, 2, "k2", "stop")).await;
+    assert!(
+        wait_until(SOON, || lines(&ran).len() == 2).await,
+        "both steps started: {}",
+        exec.log()
+    );
+    exec.signal(Signal::SIGKILL);
+    exec.wait_exit(SOON).expect("executor died");
+    for pid in lines(&pids) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            Signal::SIGKILL,
+        );
+    }
+
+    // The same process again, on the same ledger.
+    let exec = env.executor("k1", "ex-k1", "state-k", &args);
+    let results = env.wait_results(&up, 2, &[&exec]).await;
+    assert_eq!(results.len(), 2, "{results:#?}");
+    for r in &results {
+        assert_eq!(r.outcome, Outcome::Unknown, "{r:?}");
+        assert!(
+            r.reason.as_deref().unwrap().contains("not run again"),
+            "{r:?}"
+        );
+    }
+    let executors: BTreeSet<&str> = results.iter().map(|r| r.executor.as_str()).collect();
+    assert_eq!(executors, BTreeSet::from(["ex-k1", "ex-k2"]));
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+    assert_eq!(lines(&ran), vec!["run", "run"], "never re-run");
+}
+
+#[test]
+fn serve_entries_that_cannot_work_are_refused_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keyring::new(dir.path());
+    let (_, seed1) = keys.executor("ex-1", "g1");
+    let (_, seed2) = keys.executor("ex-2", "g2");
+    let run = |serve: &str| {
+        Command::new(workspace_bin("baton"))
+            .env("BATON_KEY", &seed1)
+            .env("BATON_TRUST", keys.trust_path())
+            .env("BATON_NATS_URL", "nats://127.0.0.1:1")
+            .args(["executor", "--group", "g1", "--nodes", "backend-1"])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--serve", serve])
+            .output()
+            .unwrap()
+    };
+    let key2 = seed2.display().to_string();
+    let key1 = seed1.display().to_string();
+    for (serve, needle) in [
+        (format!("group=g2,key={key2}"), "cluster=FILE or node=NAME"),
+        ("group=g2,node=backend-1".to_string(), "key=FILE"),
+        (
+            format!("group=g2,key={key2},node=b,colour=red"),
+            "not a --serve item",
+        ),
+        (
+            format!("group=g1,key={key1},node=backend-2"),
+            "group g1 is served twice",
+        ),
+        (
+            format!("group=g3,key={key2},node=backend-1"),
+            "executor ex-2 of group g2, not of group g3",
+        ),
+        (
+            format!("group=g2,key={key2},node=backend-1,node_bin_dir=relative/{{node}}"),
+            "must be an absolute path",
+        ),
+    ] {
+        let out = run(&serve);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{serve}: {stderr}");
+        assert!(stderr.contains(needle), "{serve}: {stderr}");
+    }
+}
