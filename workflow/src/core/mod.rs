@@ -6,7 +6,8 @@
 //!
 //! Map for a newcomer:
 //! - [`cluster`]: the TOML cluster file; [`profile`]: argv templates for actions and probes (chef-backend built
-//!   in); [`parse`]: command output to typed observations; [`health`]: checks on observations.
+//!   in); [`observe`]: the abstract observations every rule reads ([`Topology`], [`NodeHealth`]); [`parse`]:
+//!   chef-backend's built-in reader (its output to observations); [`health`]: checks on the abstract ones.
 //! - [`plan`]: preflight's observations to an ordered plan (block, followers, switchover, old leader, unblock,
 //!   verify) and its hash.
 //! - [`event`]: inputs, events, rejections; [`state`]: the state events build; [`mod@decide`]: the decisions;
