@@ -10,7 +10,7 @@
 //!
 //! `BATON_BENCH_SECONDS` sets how long each figure is measured (2 s unless set).
 
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
