@@ -2,6 +2,7 @@
 //! what the service and the CLI show; the fields stay private so that only events change them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -200,19 +201,112 @@ pub(crate) enum Terminal {
     },
 }
 
+/// A value shared between clones of a [`State`] until one of them changes it (copy on write): a clone costs a
+/// reference count, and the first change after a clone copies the value once. For the fields that every
+/// decision's clone of the state would otherwise copy although most decisions leave them alone.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub(crate) struct Shared<T>(Arc<T>);
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<T> std::ops::Deref for Shared<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Clone> std::ops::DerefMut for Shared<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl<T> From<T> for Shared<T> {
+    fn from(value: T) -> Self {
+        Shared(Arc::new(value))
+    }
+}
+
+/// Every step's record, by step id: a persistent map (structural sharing), so that cloning a [`State`] costs
+/// the same at the end of a long history as at its start, and a change copies only the O(log n) nodes on the
+/// path to its key. `decide` works on a clone of the state and `verify` decides once per recorded input: with a
+/// plain map each decision copied every record (outputs included), which made `verify` quadratic in the
+/// history (tests/FUZZ.md, `cargo bench -p workflow --bench verify`). The methods are the `BTreeMap` ones the
+/// core uses, with the same meaning and order.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub(crate) struct Steps(rpds::RedBlackTreeMapSync<u64, StepRecord>);
+
+impl std::fmt::Debug for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.iter()).finish()
+    }
+}
+
+impl Steps {
+    pub(crate) fn get(&self, step: &u64) -> Option<&StepRecord> {
+        self.0.get(step)
+    }
+
+    /// The record to change in place; copies only the path to it (and the record) if it is shared.
+    pub(crate) fn get_mut(&mut self, step: &u64) -> Option<&mut StepRecord> {
+        self.0.get_mut(step)
+    }
+
+    /// Inserts or replaces the record of `step`.
+    pub(crate) fn insert(&mut self, step: u64, record: StepRecord) {
+        self.0.insert_mut(step, record);
+    }
+
+    pub(crate) fn contains_key(&self, step: &u64) -> bool {
+        self.0.contains_key(step)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// In step order.
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = (&u64, &StepRecord)> + '_ {
+        self.0.iter()
+    }
+
+    pub(crate) fn keys(&self) -> impl DoubleEndedIterator<Item = &u64> + '_ {
+        self.0.keys()
+    }
+
+    pub(crate) fn values(&self) -> impl DoubleEndedIterator<Item = &StepRecord> + '_ {
+        self.0.values()
+    }
+
+    pub(crate) fn range(
+        &self,
+        range: std::ops::RangeFrom<u64>,
+    ) -> impl DoubleEndedIterator<Item = (&u64, &StepRecord)> + '_ {
+        self.0.range(range)
+    }
+}
+
 /// The state of one upgrade. Built by events only; compare two with `==` (replay checks rely on it).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct State {
-    pub(crate) sub: Option<Submission>,
+    /// Set once by the submission and never changed: shared between clones (see [`Steps`]).
+    pub(crate) sub: Option<Arc<Submission>>,
     pub(crate) phase: Phase,
     pub(crate) next_step: u64,
-    pub(crate) steps: BTreeMap<u64, StepRecord>,
+    pub(crate) steps: Steps,
     pub(crate) current: Option<u64>,
     /// Preflight probes passed so far.
     pub(crate) preflight_passed: usize,
     pub(crate) versions: BTreeMap<String, Option<String>>,
-    pub(crate) preflight_cluster: Option<Topology>,
-    pub(crate) plan: Option<Plan>,
+    pub(crate) preflight_cluster: Option<Shared<Topology>>,
+    /// Set once by preflight and never changed: shared between clones.
+    pub(crate) plan: Option<Arc<Plan>>,
     pub(crate) plan_hash: Option<String>,
     pub(crate) items_done: usize,
     pub(crate) cursor: Option<Cursor>,
@@ -228,7 +322,7 @@ pub struct State {
     pub(crate) terminal: Option<Terminal>,
     pub(crate) nodes: BTreeMap<String, NodeProgress>,
     /// The latest look at the whole cluster (`cluster-status`).
-    pub(crate) last_cluster: Option<Topology>,
+    pub(crate) last_cluster: Option<Shared<Topology>>,
     /// The latest observation, for deciding right after `ObservationRecorded`.
     pub(crate) last_observation: Option<(u64, Observation)>,
     /// The latest failed check, for halt reasons.
@@ -248,7 +342,7 @@ pub struct State {
     /// at a gate) with failover blocked: its observation feeds the emergency exit and nothing else.
     pub(crate) watching: Option<u64>,
     /// What the cluster last showed of each node, for the views (no decision reads it).
-    pub(crate) facts: Facts,
+    pub(crate) facts: Shared<Facts>,
     /// The latest time an event carries (a step's scheduling time included).
     pub(crate) updated_ms: Option<u64>,
 }
@@ -366,7 +460,7 @@ impl State {
 
     /// The latest `cluster-status` observed: who leads now, each member's role.
     pub fn last_cluster(&self) -> Option<&Topology> {
-        self.last_cluster.as_ref()
+        self.last_cluster.as_deref()
     }
 
     /// The latest installed version observed on `node`.
@@ -417,7 +511,7 @@ impl State {
 
     /// The plan, once preflight computed it.
     pub fn plan(&self) -> Option<&Plan> {
-        self.plan.as_ref()
+        self.plan.as_deref()
     }
 
     /// The plan's hash.
@@ -644,7 +738,7 @@ impl State {
                         all_gates.push(*g);
                     }
                 }
-                self.sub = Some(Submission {
+                self.sub = Some(Arc::new(Submission {
                     upgrade: upgrade.clone(),
                     cluster: cluster.clone(),
                     profile: Profile::builtin(
@@ -661,7 +755,7 @@ impl State {
                     executors_online: executors_online.clone(),
                     requested_by: requested_by.clone(),
                     submitted_ms: *at_ms,
-                });
+                }));
                 self.next_step = 1;
                 self.phase = Phase::Preflight;
                 self.nodes = cluster
@@ -669,7 +763,7 @@ impl State {
                     .iter()
                     .map(|n| (n.name.clone(), NodeProgress::default()))
                     .collect();
-                self.facts = Facts::new(cluster.nodes.iter().map(|n| n.name.as_str()));
+                self.facts = Facts::new(cluster.nodes.iter().map(|n| n.name.as_str())).into();
             }
             Event::StepResultRecorded {
                 step,
@@ -841,7 +935,7 @@ impl State {
                     }
                 }
                 if let Some(topology) = observation.topology() {
-                    self.last_cluster = Some(topology);
+                    self.last_cluster = Some(topology.into());
                 }
                 if let Some((action, _, at_ms, outcome)) = &probe {
                     // A probe that answered with a failure (no etcd there, a missing file) tells nothing of the
@@ -893,7 +987,7 @@ impl State {
                             self.versions.insert(node.clone(), version.clone());
                         }
                         Some((_, observation)) if observation.is_topology() => {
-                            self.preflight_cluster = observation.topology();
+                            self.preflight_cluster = observation.topology().map(Into::into);
                         }
                         _ => {}
                     }
@@ -935,7 +1029,7 @@ impl State {
                         p.phase = NodePhase::Skipped;
                     }
                 }
-                self.plan = Some(plan.clone());
+                self.plan = Some(Arc::new(plan.clone()));
                 self.plan_hash = Some(plan_hash.clone());
                 if self.sub.as_ref().is_some_and(|s| s.plan_only) {
                     self.terminal = Some(Terminal::Planned);
