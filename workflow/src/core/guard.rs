@@ -401,3 +401,49 @@ pub(crate) fn version_problems(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::profile::Installer;
+    use super::*;
+
+    /// The refusals read the profile's words; for chef-backend on dpkg they are the bytes the core recorded
+    /// before the rules moved onto `observe` (so that `replay --verify` of an old log reproduces them).
+    #[test]
+    fn version_refusals_keep_the_recorded_wording() {
+        let dpkg = Profile::chef_backend(Installer::Dpkg, Procedure::default());
+        assert_eq!(
+            version_problems(&dpkg, "backend-1", "3.1.0-1", None, None),
+            vec!["chef-backend is not installed on backend-1".to_string()]
+        );
+        assert_eq!(
+            version_problems(
+                &dpkg,
+                "backend-1",
+                "3.1.0-1",
+                Some("2.9.0-1"),
+                Some("half-configured")
+            ),
+            vec![
+                "the chef-backend package on backend-1 is half-configured, not installed cleanly (a failed \
+                 install?); fix it first (dpkg --configure -a)"
+                    .to_string(),
+                "backend-1 runs 2.9.0-1 and the target is 3.1.0-1: a major-version change needs downtime \
+                 (chef-backend's down-for-upgrade) and is not a rolling upgrade"
+                    .to_string(),
+            ]
+        );
+        // On yum the hint names yum's repair: the one wording that differs from before the move (it said
+        // `dpkg --configure -a` whatever the installer). `rpm -q --qf '%{VERSION}-%{RELEASE}'` prints no
+        // package state, so no recorded yum log can hold the old text.
+        let yum = Profile::chef_backend(Installer::Yum, Procedure::default());
+        assert_eq!(
+            version_problems(&yum, "backend-1", "3.1.0-1", Some("3.1.0-1"), Some("half-configured")),
+            vec![
+                "the chef-backend package on backend-1 is half-configured, not installed cleanly (a failed \
+                 install?); fix it first (yum-complete-transaction)"
+                    .to_string()
+            ]
+        );
+    }
+}
