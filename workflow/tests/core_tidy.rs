@@ -213,6 +213,14 @@ const SYSTEM_NAMES: &[(&str, &str)] = &[
     ),
     ("Role", "chef-backend's leaderl role: read `MemberRole`"),
     ("dpkg", "a package tool belongs to the profile"),
+    (
+        "parse::*",
+        "a glob import of chef-backend's reader brings its names in unnamed: import items by name",
+    ),
+    (
+        "parse as",
+        "an alias of chef-backend's reader hides which of its items a rule uses",
+    ),
 ];
 
 /// The modules where the rules live. The readers and profiles of systems (`parse.rs`: chef-backend's
@@ -288,4 +296,8 @@ fn the_system_scan_catches_what_it_looks_for() {
         offences_of(r#"p.push("etcd: down".into());"#, SYSTEM_NAMES).len(),
         1
     );
+    // Reaching chef-backend's reader around the names: a glob import or an alias.
+    assert_eq!(offences_of("use super::parse::*;", SYSTEM_NAMES).len(), 1);
+    assert_eq!(offences_of("use super::parse as p;", SYSTEM_NAMES).len(), 1);
+    assert!(offences_of("use super::parse::{version_key};", SYSTEM_NAMES).is_empty());
 }
