@@ -25,7 +25,10 @@ pub enum MemberRole {
 pub struct Member {
     /// The node's name from the cluster file, or the raw identity when it names no node (`known` false).
     pub node: String,
-    /// Whether the identity names a node of the cluster file.
+    /// Whether the reader could name the member as a node (`false`: `node` is the raw identity). It does not
+    /// say the node is in the cluster file: chef-backend's reader names every row by its `Name` column and sets
+    /// it for all of them, so a check against the cluster file must compare `node` with the file's names too
+    /// (as `health::cluster_problems` does).
     pub known: bool,
     /// The member's identity as the system shows it (chef-backend's GUID, etcd's endpoint); the plan records it.
     #[serde(default)]
