@@ -146,10 +146,10 @@ impl Timeline {
             } => {
                 let summary = observation_summary(observation);
                 let kind = match observation {
-                    Observation::ClusterStatus { .. } => "cluster",
-                    Observation::NodeStatus { .. } => "status",
+                    Observation::ClusterStatus { .. } | Observation::Members { .. } => "cluster",
+                    Observation::NodeStatus { .. } | Observation::Node { .. } => "status",
                     Observation::Version { .. } => "version",
-                    Observation::Failover { .. } => "failover",
+                    Observation::Failover { .. } | Observation::Fence { .. } => "failover",
                     Observation::Package { .. } => "package",
                     Observation::Unavailable { .. } => "unavailable",
                 };
@@ -261,6 +261,29 @@ fn observation_summary(observation: &Observation) -> String {
             .collect::<Vec<_>>()
             .join(" "),
         Observation::NodeStatus { status } => node_status_summary(status),
+        Observation::Members { topology } => topology
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.node, m.shown))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Observation::Node {
+            service,
+            up,
+            caught_up,
+        } => format!(
+            "{service} {}{}",
+            if *up { "up" } else { "down" },
+            match caught_up {
+                Some(true) => ", caught up",
+                Some(false) => ", NOT caught up",
+                None => "",
+            }
+        ),
+        Observation::Fence { blocked } => format!(
+            "automatic failover {}",
+            if *blocked { "blocked" } else { "allowed" }
+        ),
         Observation::Version { version, state } => format!(
             "version {}{}",
             version.as_deref().unwrap_or("(not installed)"),

@@ -184,6 +184,7 @@ impl Allowlist {
             node: &req.node,
             address,
             vars: None,
+            ..RenderContext::default()
         };
         let expected = render(&spec.argv, &ctx).map_err(|e| {
             not_allowed(format!(
@@ -221,6 +222,7 @@ impl Allowlist {
             node: &req.node,
             address,
             vars: None,
+            ..RenderContext::default()
         };
         let mut found: Option<String> = None;
         let mut uses_package = false;

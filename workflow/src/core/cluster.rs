@@ -96,6 +96,11 @@ pub struct ClusterFile {
     pub nodes: Vec<NodeSpec>,
     /// How to upgrade.
     pub upgrade: UpgradeOptions,
+    /// The text of the profile file `profile` names (`None` for a built-in profile). A cluster file never
+    /// holds it: whoever submits reads the profile file beside the cluster file and sends it along, so the log
+    /// holds exactly the profile the upgrade ran and the plan hash covers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_text: Option<String>,
 }
 
 /// One node of the cluster.
@@ -407,14 +412,27 @@ impl ClusterFile {
             }
             if let Some(v) = &u.target_version {
                 let version = loc.non_empty(v, "upgrade.target_version")?;
-                if super::parse::normalize_version(&version).is_none() {
-                    return Err(loc.err(
-                        Some(v.span()),
-                        "upgrade.target_version",
-                        "expected a version like 3.1.0-1",
-                    ));
+                // A profile file's system numbers its versions its own way (etcd 3.5.17, PostgreSQL 15.20):
+                // only the leading dotted numbers are compared. chef-backend's are UPSTREAM-RELEASE.
+                if profile.ends_with(".toml") {
+                    if super::profile_file::version_numbers(&version).is_none() {
+                        return Err(loc.err(
+                            Some(v.span()),
+                            "upgrade.target_version",
+                            "expected a version starting with a number, like 3.5.17",
+                        ));
+                    }
+                    upgrade.target_version = Some(version.trim().to_string());
+                } else {
+                    if super::parse::normalize_version(&version).is_none() {
+                        return Err(loc.err(
+                            Some(v.span()),
+                            "upgrade.target_version",
+                            "expected a version like 3.1.0-1",
+                        ));
+                    }
+                    upgrade.target_version = super::parse::normalize_version(&version);
                 }
-                upgrade.target_version = super::parse::normalize_version(&version);
             }
             if let Some(i) = &u.installer {
                 upgrade.installer = match i.get_ref().as_str() {
@@ -513,7 +531,13 @@ impl ClusterFile {
             profile,
             nodes,
             upgrade,
+            profile_text: None,
         })
+    }
+
+    /// Whether `profile` names a profile file rather than a built-in profile.
+    pub fn profile_is_file(&self) -> bool {
+        self.profile.ends_with(".toml")
     }
 
     /// The node named `name`.

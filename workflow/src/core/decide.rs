@@ -9,11 +9,12 @@ use super::event::{
     LATEST_MS,
 };
 use super::guard::{guard_finding, guard_probes, version_problems, Finding};
-use super::health::{cluster_problems, electable_problems, leader_problems};
+use super::health::{cluster_problems, electable_problems, lag_problems, leader_problems};
 use super::observe::{MemberRole, Topology};
 use super::parse::{normalize_version, version_from_package};
 use super::plan::{compute_plan, PlanInputs, PlanItem};
 use super::profile::{render, Action, Profile, RenderContext};
+use super::profile_file::version_numbers;
 use super::state::{NodePhase, Reobserve, State, StepRecord, Submission, WindDown};
 
 /// Decides what an input means: the events to append, or why it is refused. Results for unknown steps, old
@@ -221,19 +222,7 @@ fn submitted(state: &State, input: &Input) -> Result<Event, Rejection> {
     if upgrade.trim().is_empty() {
         return Err(invalid("the upgrade id is empty".into()));
     }
-    if Profile::builtin(
-        &cluster.profile,
-        cluster.upgrade.installer,
-        cluster.upgrade.procedure,
-    )
-    .is_none()
-    {
-        return Err(invalid(format!(
-            "profile `{}`: upgrades run only the built-in profiles so far; a profile file can be \
-             validated and its probes tried with `baton profile check`",
-            cluster.profile
-        )));
-    }
+    let profile = Profile::of_cluster(cluster).map_err(invalid)?;
     if cluster.nodes.is_empty() {
         return Err(invalid("the cluster has no nodes".into()));
     }
@@ -244,7 +233,25 @@ fn submitted(state: &State, input: &Input) -> Result<Event, Rejection> {
             invalid("no package: pass one or set upgrade.package in the cluster file".into())
         })?
     };
-    let resolved_target = match target_version.as_deref().or(cluster.upgrade.target_version.as_deref()) {
+    let wanted = target_version
+        .as_deref()
+        .or(cluster.upgrade.target_version.as_deref());
+    let resolved_target = match wanted {
+        // A profile file's versions are the system's own (3.5.17): the leading numbers are compared.
+        Some(v) if profile.reader.is_some() => {
+            if version_numbers(v).is_none() {
+                return Err(invalid(format!(
+                    "target version `{v}` does not start with a number (like 3.5.17)"
+                )));
+            }
+            v.trim().to_string()
+        }
+        None if profile.reader.is_some() => {
+            return Err(invalid(format!(
+                "no target version: profile `{}` cannot tell it from the package; give target_version",
+                profile.name
+            )))
+        }
         Some(v) => normalize_version(v).ok_or_else(|| invalid(format!("target version `{v}` is not like 3.1.0-1")))?,
         None => version_from_package(&resolved_package).ok_or_else(|| {
             invalid(format!(
@@ -529,6 +536,8 @@ fn schedule(
                 node: &n.name,
                 address: &n.address,
                 vars: Some(&n.vars),
+                version: &s.target_version,
+                target: None,
             };
             render(&spec.argv, &ctx).map_err(|e| e.to_string())?
         }
@@ -593,14 +602,33 @@ fn wind_down(reason: String, now: u64) -> Event {
     }
 }
 
-/// Reads a probe's result into an observation, with the system's reader (chef-backend's: `parse::read_probe`).
-fn observe(record: &StepRecord) -> Observation {
+/// Reads a probe's result into an observation, with the system's reader: chef-backend's named built-in one
+/// (`parse::read_probe`) or a profile file's parsers (`profile_file::read_probe`).
+fn observe(state: &State, record: &StepRecord) -> Observation {
     let Some(o) = &record.outcome else {
         return Observation::Unavailable {
             error: "no result".into(),
         };
     };
-    match super::parse::read_probe(record.scheduled.action, o.outcome, &o.stdout, &o.stderr) {
+    let action = record.scheduled.action;
+    let read = match state.sub.as_ref().and_then(|s| {
+        s.profile
+            .reader
+            .as_ref()
+            .map(|r| (r, &s.cluster.nodes, &s.profile.system))
+    }) {
+        Some((reader, nodes, system)) => super::profile_file::read_probe(
+            &reader.0,
+            action,
+            o.outcome,
+            o.exit_code,
+            &o.stdout,
+            nodes,
+            system,
+        ),
+        None => super::parse::read_probe(action, o.outcome, &o.stdout, &o.stderr),
+    };
+    match read {
         Ok(observation) => observation,
         Err(None) => Observation::Unavailable {
             error: describe_step(record),
@@ -765,7 +793,7 @@ fn handle_result(state: &State, record: &StepRecord, now: u64) -> Vec<Event> {
         return vec![Event::ObservationRecorded {
             step: s.step,
             node: s.node.clone(),
-            observation: observe(record),
+            observation: observe(state, record),
         }];
     }
     let Some(cursor) = &state.cursor else {
@@ -851,6 +879,9 @@ fn preflight_probes(state: &State) -> Vec<(Action, String)> {
         out.push((Action::ProbeVersion, n.to_string()));
         out.push((Action::ProbePackage, n.to_string()));
     }
+    // A profile without a fence has no failover probe, and one without package files no package probe.
+    let profile = &sub(state).profile;
+    out.retain(|(action, _)| profile.action(*action).is_some());
     out
 }
 
@@ -1101,6 +1132,11 @@ fn preflight_problems(state: &State, node: &str, observation: &Observation) -> V
             "the package file {} on {node} is version {version}, not the target {target}",
             s.package
         )],
+        Observation::Fence { blocked: true } => vec![format!(
+            "automatic failover is already blocked: someone else may be at work (Baton blocks it itself and \
+             expects to find it allowed; `{}` allows it)",
+            s.profile.hints.cluster_failover_on
+        )],
         Observation::Failover { settings } => {
             let mut p = Vec::new();
             if !settings.cluster {
@@ -1139,13 +1175,18 @@ fn problems_for(
     let target = sub(state).target_version.as_str();
     match observation {
         Observation::Unavailable { error } => vec![format!("probe unavailable: {error}")],
-        Observation::NodeStatus { .. } => observation
+        Observation::NodeStatus { .. } | Observation::Node { .. } => observation
             .node_health(node_count(state))
             .map(|h| h.problems)
             .unwrap_or_default(),
-        Observation::ClusterStatus { .. } => {
+        Observation::ClusterStatus { .. } | Observation::Members { .. } => {
             let topology = observation.topology().unwrap_or_default();
             let mut p = cluster_problems(&topology, &node_names(state));
+            // A profile's topology is its only cluster-wide view (its node probe sees one node): a member it
+            // shows behind the leader is a problem here. chef-backend's leader `status` shows the same.
+            if matches!(observation, Observation::Members { .. }) {
+                p.extend(lag_problems(&topology));
+            }
             if let Some(PlanItem::VerifySwitchover { old_leader, .. }) = item {
                 if topology.sole_leader() == Some(old_leader.as_str()) {
                     p.push(format!("{old_leader} still leads: no switchover yet"));
@@ -1166,15 +1207,20 @@ fn problems_for(
                     .unwrap_or_default()
             )],
         },
-        Observation::Failover { .. } | Observation::Package { .. } => vec![],
+        Observation::Failover { .. } | Observation::Fence { .. } | Observation::Package { .. } => {
+            vec![]
+        }
     }
     .into_iter()
     .chain(match (action, observation) {
         (Action::ProbeVersion, Observation::Version { .. })
-        | (Action::ProbeFailover, Observation::Failover { .. })
+        | (Action::ProbeFailover, Observation::Failover { .. } | Observation::Fence { .. })
         | (Action::ProbePackage, Observation::Package { .. })
-        | (Action::ProbeStatus, Observation::NodeStatus { .. })
-        | (Action::ProbeClusterStatus, Observation::ClusterStatus { .. })
+        | (Action::ProbeStatus, Observation::NodeStatus { .. } | Observation::Node { .. })
+        | (
+            Action::ProbeClusterStatus,
+            Observation::ClusterStatus { .. } | Observation::Members { .. },
+        )
         | (_, Observation::Unavailable { .. }) => None,
         _ => Some(format!("{action} produced an unexpected observation")),
     })
@@ -1622,7 +1668,7 @@ fn watch_decisions(state: &State, now: u64) -> Vec<Event> {
                     vec![Event::ObservationRecorded {
                         step: current,
                         node: r.scheduled.node.clone(),
-                        observation: observe(r),
+                        observation: observe(state, r),
                     }]
                 }
                 _ => vec![],
@@ -1632,7 +1678,7 @@ fn watch_decisions(state: &State, now: u64) -> Vec<Event> {
             return vec![Event::ObservationRecorded {
                 step: current,
                 node: record.scheduled.node.clone(),
-                observation: observe(record),
+                observation: observe(state, record),
             }];
         }
         return vec![];
@@ -1771,7 +1817,7 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
             return vec![Event::ObservationRecorded {
                 step: r.step,
                 node: r.node.clone(),
-                observation: observe(record),
+                observation: observe(state, record),
             }];
         }
         let ok = record

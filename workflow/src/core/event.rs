@@ -215,6 +215,26 @@ pub enum Observation {
         /// Normalised `UPSTREAM-RELEASE`.
         version: String,
     },
+    /// A profile file's topology probe: who leads and how each member stands.
+    Members {
+        /// The members as the profile's parser read them.
+        topology: Topology,
+    },
+    /// A profile file's node probe: the node's own view of itself.
+    Node {
+        /// The system's name (the node's one service, in reasons).
+        service: String,
+        /// Its service is up.
+        up: bool,
+        /// It is caught up with the leader (`None`: the probe does not say).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caught_up: Option<bool>,
+    },
+    /// A profile file's failover probe: whether automatic failover is blocked now.
+    Fence {
+        /// Blocked.
+        blocked: bool,
+    },
     /// The probe did not succeed or its output could not be parsed.
     Unavailable {
         /// Why.
@@ -227,6 +247,7 @@ impl Observation {
     pub fn topology(&self) -> Option<Topology> {
         match self {
             Observation::ClusterStatus { status } => Some(status.topology()),
+            Observation::Members { topology } => Some(topology.clone()),
             _ => None,
         }
     }
@@ -235,18 +256,29 @@ impl Observation {
     pub fn node_health(&self, nodes: u32) -> Option<NodeHealth> {
         match self {
             Observation::NodeStatus { status } => Some(status.health(nodes)),
+            Observation::Node {
+                service,
+                up,
+                caught_up,
+            } => Some(NodeHealth::of_member(service, *up, *caught_up)),
             _ => None,
         }
     }
 
     /// Whether this is a look at the whole cluster.
     pub fn is_topology(&self) -> bool {
-        matches!(self, Observation::ClusterStatus { .. })
+        matches!(
+            self,
+            Observation::ClusterStatus { .. } | Observation::Members { .. }
+        )
     }
 
     /// Whether this is a node's own view.
     pub fn is_node_health(&self) -> bool {
-        matches!(self, Observation::NodeStatus { .. })
+        matches!(
+            self,
+            Observation::NodeStatus { .. } | Observation::Node { .. }
+        )
     }
 }
 

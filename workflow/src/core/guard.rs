@@ -25,6 +25,7 @@ use super::observe::{Member, MemberRole, NodeHealth, Replication, Topology};
 use super::parse::version_key;
 use super::plan::PlanItem;
 use super::profile::{Action, Procedure, Profile};
+use super::profile_file::{check_version_change, version_numbers};
 use super::state::State;
 
 /// What an action does to the cluster, for its guard.
@@ -103,11 +104,16 @@ pub(crate) fn guard_probes(state: &State, action: Action, node: &str) -> Vec<(Ac
         .unwrap_or_else(|| via.clone());
     // The failover settings come last for every action: they also name the leader, which closes the window in
     // which the leader could move between the first probe and the action to the time of one probe.
-    vec![
+    let mut probes = vec![
         (Action::ProbeClusterStatus, via),
         (Action::ProbeStatus, leader.clone()),
         (Action::ProbeFailover, leader),
-    ]
+    ];
+    // A system without a fence has no failover probe: its last look is the leader's own view.
+    if let Some(s) = &state.sub {
+        probes.retain(|(action, _)| s.profile.action(*action).is_some());
+    }
+    probes
 }
 
 /// How one guard observation is judged.
@@ -143,7 +149,10 @@ pub(crate) fn guard_finding(
             Finding::Settle(vec![format!("probe unavailable: {error}")])
         }
         Observation::Version { .. } | Observation::Package { .. } => Finding::Pass,
-        other @ (Observation::ClusterStatus { .. } | Observation::NodeStatus { .. }) => {
+        other @ (Observation::ClusterStatus { .. }
+        | Observation::NodeStatus { .. }
+        | Observation::Members { .. }
+        | Observation::Node { .. }) => {
             if let Some(topology) = other.topology() {
                 topology_finding(state, kind, target, &names, &topology)
             } else if let Some(health) = other.node_health(n) {
@@ -151,6 +160,23 @@ pub(crate) fn guard_finding(
             } else {
                 Finding::Pass
             }
+        }
+        Observation::Fence { blocked } => {
+            if !matches!(kind, Kind::TakesOut | Kind::Switchover) {
+                return Finding::Pass;
+            }
+            if *blocked != state.failover_blocked {
+                return Finding::Changed(format!(
+                    "automatic failover is {} but this upgrade expects it {}: someone else may be at work",
+                    if *blocked { "blocked" } else { "allowed" },
+                    if state.failover_blocked {
+                        "blocked"
+                    } else {
+                        "allowed"
+                    }
+                ));
+            }
+            Finding::Pass
         }
         Observation::Failover { settings } => {
             let confirmed = state.last_cluster.as_ref().and_then(|c| c.sole_leader());
@@ -324,6 +350,29 @@ fn node_finding(
                 ));
             }
         }
+        // A profile file's node probe sees one node; the others' standing is in the topology the guard
+        // just looked at: every other member an in-service follower not shown behind.
+        None if state
+            .sub
+            .as_ref()
+            .is_some_and(|s| s.profile.reader.is_some()) =>
+        {
+            let caught_up = state.last_cluster.as_ref().map_or(0, |c| {
+                c.followers_in_service()
+                    .filter(|m| m.node != target && m.caught_up != Some(false))
+                    .count() as u32
+            });
+            let want = match kind {
+                Kind::Switchover => n.saturating_sub(1),
+                _ => n.saturating_sub(2),
+            };
+            if caught_up < want {
+                settle.push(format!(
+                    "the topology shows {caught_up} other follower(s) in service and caught up; {action} \
+                     needs {want}"
+                ));
+            }
+        }
         other => settle.push(format!(
             "the leader's status shows no replication counts ({})",
             other
@@ -382,6 +431,16 @@ pub(crate) fn version_problems(
              first ({})",
             profile.system, profile.hints.fix_package
         ));
+    }
+    // A profile file states which changes roll; versions are the system's own, compared by their numbers.
+    if let Some(rule) = profile.version_change {
+        let same = version_numbers(v).is_some() && version_numbers(v) == version_numbers(target);
+        if !same {
+            if let Err(why) = check_version_change(rule, v, target) {
+                out.push(format!("{node}: {why}"));
+            }
+        }
+        return out;
     }
     match (version_key(v), version_key(target)) {
         (Some(have), Some(want)) => {

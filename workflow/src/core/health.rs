@@ -30,6 +30,17 @@ pub fn cluster_problems(topology: &Topology, names: &[&str]) -> Vec<String> {
     problems
 }
 
+/// Members a topology shows behind the leader (a profile's `caught_up_when` or `lag`): only they can lose
+/// acknowledged data if the leader goes, so a rolling step waits for them.
+pub fn lag_problems(topology: &Topology) -> Vec<String> {
+    topology
+        .members
+        .iter()
+        .filter(|m| m.role != MemberRole::Leader && m.caught_up == Some(false))
+        .map(|m| format!("{}: not caught up with the leader", m.node))
+        .collect()
+}
+
 /// The failover gate's check of `cluster-status` (S3): exactly one leader.
 pub fn leader_problems(topology: &Topology) -> Vec<String> {
     let leaders = topology.leaders();

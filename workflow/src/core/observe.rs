@@ -169,6 +169,32 @@ pub struct NodeHealth {
 }
 
 impl NodeHealth {
+    /// One member's own view as a profile file's node probe reads it: its one service (named after the
+    /// system) up or down, and whether it is caught up. It says nothing of the other members: a profile's
+    /// cluster-wide facts come from its topology probe.
+    pub fn of_member(service: &str, up: bool, caught_up: Option<bool>) -> NodeHealth {
+        let shown = if up { "up" } else { "down" };
+        let mut problems = Vec::new();
+        if !up {
+            problems.push(format!("{service}: down on this node"));
+        }
+        if caught_up == Some(false) {
+            problems.push(format!("{service}: not caught up with the leader"));
+        }
+        NodeHealth {
+            services: vec![Service {
+                name: service.to_string(),
+                running: up,
+                shown: Some(shown.to_string()),
+                detail: shown.to_string(),
+                in_state_ms: None,
+            }],
+            replication: None,
+            quorum: None,
+            problems,
+        }
+    }
+
     /// The services not running (one not reported counts as not running).
     pub fn not_running(&self) -> Vec<&str> {
         self.services

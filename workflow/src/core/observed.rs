@@ -218,12 +218,12 @@ impl Facts {
         at_ms: u64,
     ) {
         match observation {
-            Observation::ClusterStatus { .. } => {
+            Observation::ClusterStatus { .. } | Observation::Members { .. } => {
                 if let Some(topology) = observation.topology() {
                     self.cluster_status(topology, at_ms)
                 }
             }
-            Observation::NodeStatus { .. } => {
+            Observation::NodeStatus { .. } | Observation::Node { .. } => {
                 let Some(health) = observation.node_health(self.nodes.len() as u32) else {
                     return;
                 };
@@ -299,7 +299,9 @@ impl Facts {
                     _ => {}
                 }
             }
-            Observation::Failover { .. } | Observation::Package { .. } => {}
+            Observation::Failover { .. }
+            | Observation::Fence { .. }
+            | Observation::Package { .. } => {}
         }
     }
 

@@ -116,6 +116,10 @@ pub struct Plan {
     pub skipped: Vec<String>,
     /// The items, in order.
     pub items: Vec<PlanItem>,
+    /// The SHA-256 of the profile file the plan was made from (none for a built-in profile), so that the plan
+    /// hash an operator approves covers the profile's commands and parsers too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_sha256: Option<String>,
 }
 
 impl Plan {
@@ -177,6 +181,18 @@ impl Builder<'_> {
         node: &str,
         any_node: &str,
     ) -> Result<(), CoreError> {
+        self.run_to(phase, action, node, any_node, None)
+    }
+
+    /// As `run`, for an action that names a target node (a profile's switchover: `{target...}`).
+    fn run_to(
+        &mut self,
+        phase: Phase,
+        action: Action,
+        node: &str,
+        any_node: &str,
+        target_node: Option<&str>,
+    ) -> Result<(), CoreError> {
         let inputs = self.inputs;
         let spec = inputs
             .profile
@@ -197,11 +213,20 @@ impl Builder<'_> {
                 template: action.as_str().to_string(),
                 message: format!("node {target} is not in the cluster file"),
             })?;
+        let target_spec = match target_node {
+            Some(t) => Some(inputs.cluster.node(t).ok_or_else(|| CoreError::Template {
+                template: action.as_str().to_string(),
+                message: format!("target node {t} is not in the cluster file"),
+            })?),
+            None => None,
+        };
         let ctx = RenderContext {
             package: inputs.package,
             node: &spec_node.name,
             address: &spec_node.address,
             vars: Some(&spec_node.vars),
+            version: inputs.target_version,
+            target: target_spec,
         };
         let argv = render(&spec.argv, &ctx)?;
         let timeout_ms = inputs
@@ -282,7 +307,11 @@ pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
         // After the switchover the old leader goes out of service; cluster-wide commands then run on the first
         // follower, which is upgraded (or already was) by then.
         let after = followers.first().copied().unwrap_or(leader);
-        b.run(Phase::BlockFailover, Action::BlockFailover, leader, leader)?;
+        // A system without an automatic-failover fence (etcd) has nothing to block or restore.
+        let fence = inputs.profile.fence;
+        if fence {
+            b.run(Phase::BlockFailover, Action::BlockFailover, leader, leader)?;
+        }
         for (i, node) in to_upgrade.iter().enumerate() {
             b.upgrade_node(Phase::Followers, node, leader)?;
             if i == 0 && inputs.gates.contains(&Gate::AfterFirstFollower) {
@@ -308,9 +337,16 @@ pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
                     Action::UpgradeLeader
                 }
             };
-            b.run(Phase::Switchover, Action::UnblockFailover, leader, leader)?;
-            b.run(Phase::Switchover, demote, leader, leader)?;
-            b.run(Phase::Switchover, Action::BlockFailover, after, after)?;
+            // A switchover that names its target (a profile's `{target...}`) hands leadership to the first
+            // follower, upgraded by now; the guard checks it is in service and caught up before it runs.
+            let target = inputs.profile.switchover_has_target().then_some(after);
+            if fence {
+                b.run(Phase::Switchover, Action::UnblockFailover, leader, leader)?;
+            }
+            b.run_to(Phase::Switchover, demote, leader, leader, target)?;
+            if fence {
+                b.run(Phase::Switchover, Action::BlockFailover, after, after)?;
+            }
             b.items.push(PlanItem::VerifySwitchover {
                 phase: Phase::Switchover,
                 old_leader: leader.to_string(),
@@ -325,7 +361,9 @@ pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
             }
         }
         let via = if leader_needs { after } else { leader };
-        b.run(Phase::UnblockFailover, Action::UnblockFailover, via, via)?;
+        if fence {
+            b.run(Phase::UnblockFailover, Action::UnblockFailover, via, via)?;
+        }
         b.items.push(PlanItem::VerifyStable {
             phase: Phase::Verify,
             via: via.to_string(),
@@ -341,5 +379,6 @@ pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
         versions: inputs.versions.clone(),
         skipped,
         items: b.items,
+        profile_sha256: inputs.profile.source_sha256.clone(),
     })
 }

@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::NodeSpec;
 use super::error::CoreError;
+use super::profile_file::{ProbeSet, ProfileFile, Shows, VersionChange};
 
 /// Which package tool installs the new version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -165,7 +168,7 @@ pub struct Hints {
 }
 
 /// A profile: the actions and probes for one kind of cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
     /// Profile name, e.g. `chef-backend`.
     pub name: String,
@@ -179,7 +182,29 @@ pub struct Profile {
     pub installer: Installer,
     /// Actions and probes by name.
     pub actions: BTreeMap<Action, ActionSpec>,
+    /// How the probes' output is read: `None` for chef-backend's named built-in reader (`parse`), else a
+    /// profile file's JSON and regex parsers.
+    pub reader: Option<FileReader>,
+    /// Whether the system has an automatic-failover fence that the upgrade blocks and restores.
+    pub fence: bool,
+    /// Which version changes may roll, for a profile file (chef-backend's rule: the major version stays).
+    pub version_change: Option<VersionChange>,
+    /// The SHA-256 of the profile file's text (hex); the plan records it, so the plan hash covers the profile.
+    pub source_sha256: Option<String>,
 }
+
+/// A profile file's probes, shared (they are read on every probe result). Compared by value.
+#[derive(Debug, Clone)]
+pub struct FileReader(pub Arc<ProbeSet>);
+
+impl PartialEq for FileReader {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+// A profile is loaded from text and never holds a NaN (`max_lag` is checked on load), so equality is total.
+impl Eq for FileReader {}
 
 const CTL: &str = "chef-backend-ctl";
 
@@ -285,6 +310,10 @@ impl Profile {
             procedure,
             installer,
             actions,
+            reader: None,
+            fence: true,
+            version_change: None,
+            source_sha256: None,
         }
     }
 
@@ -292,6 +321,32 @@ impl Profile {
     /// for a name that is not built in (a profile file's path: not run by the upgrade loop yet).
     pub fn builtin(name: &str, installer: Installer, procedure: Procedure) -> Option<Profile> {
         (name == "chef-backend").then(|| Profile::chef_backend(installer, procedure))
+    }
+
+    /// The profile a cluster file names: a built-in one, or the profile file whose text came with the
+    /// submission (`ClusterFile::profile_text`). `Err` says why there is none.
+    pub fn of_cluster(cluster: &super::cluster::ClusterFile) -> Result<Profile, String> {
+        let upgrade = &cluster.upgrade;
+        if let Some(p) = Profile::builtin(&cluster.profile, upgrade.installer, upgrade.procedure) {
+            return Ok(p);
+        }
+        let Some(text) = &cluster.profile_text else {
+            return Err(format!(
+                "profile `{}` is a profile file, and its text did not come with the submission (`baton \
+                 submit` and `baton plan` read it beside the cluster file)",
+                cluster.profile
+            ));
+        };
+        let file = ProfileFile::parse(&cluster.profile, text).map_err(|e| e.to_string())?;
+        let sha256 = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(text.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        Profile::from_file(&file, &sha256)
+            .map_err(|e| format!("profile `{}`: {e}", cluster.profile))
     }
 
     /// A profile with no actions (a submission the core refused never gets further than its plan).
@@ -309,12 +364,126 @@ impl Profile {
             procedure: Procedure::default(),
             installer: Installer::default(),
             actions: BTreeMap::new(),
+            reader: None,
+            fence: false,
+            version_change: None,
+            source_sha256: None,
         }
     }
 
     /// The spec of `action`, if this profile defines it.
     pub fn action(&self, action: Action) -> Option<&ActionSpec> {
         self.actions.get(&action)
+    }
+
+    /// The profile a profile file describes, as the upgrade loop runs it. `sha256` is the file text's hash.
+    ///
+    /// The loop runs one shape of procedure so far, the runbook's: on each follower and then on the old leader
+    /// an action that takes the node out (`shows = "stopped"`), one that installs (`"installed"`) and one that
+    /// brings it back (`"running"`), the same actions for both; a switchover that moves leadership to a named
+    /// target (`"leader_moved"`, on the leader); with a fence, `block_failover` and `unblock_failover`. A file
+    /// with another shape loads and validates (`baton profile check`) but is refused here, saying why.
+    pub fn from_file(file: &ProfileFile, sha256: &str) -> Result<Profile, String> {
+        let procedure = &file.procedure;
+        let def = |name: &str| {
+            file.actions
+                .get(name)
+                .ok_or_else(|| format!("procedure names `{name}`, which [actions] does not define"))
+        };
+        let spec_of = |name: &str| -> Result<ActionSpec, String> {
+            let d = def(name)?;
+            Ok(ActionSpec {
+                argv: d.argv.clone(),
+                runs_on: d.runs_on,
+                idempotent: d.idempotent,
+                timeout_ms: d.timeout_ms,
+            })
+        };
+        let shape = [Shows::Stopped, Shows::Installed, Shows::Running];
+        let shows: Vec<Shows> = procedure
+            .follower
+            .iter()
+            .map(|n| def(n).map(|d| d.shows))
+            .collect::<Result<_, _>>()?;
+        if shows != shape || procedure.leader != procedure.follower {
+            return Err(format!(
+                "procedure: the upgrade loop runs one shape so far: follower = leader = [an action that shows \
+                 stopped, one that shows installed, one that shows running] (this file has follower = {:?}, \
+                 leader = {:?})",
+                procedure.follower, procedure.leader
+            ));
+        }
+        let mut actions = BTreeMap::new();
+        for (action, name) in [Action::Stop, Action::Install, Action::Start]
+            .into_iter()
+            .zip(&procedure.follower)
+        {
+            let spec = spec_of(name)?;
+            if spec.runs_on != RunsOn::TheNode {
+                return Err(format!(
+                    "actions.{name}: a step of a node's upgrade runs on the node (runs_on = \"the_node\")"
+                ));
+            }
+            actions.insert(action, spec);
+        }
+        let switchover = def(&procedure.switchover)?;
+        if switchover.shows != Shows::LeaderMoved || switchover.runs_on != RunsOn::Leader {
+            return Err(format!(
+                "actions.{}: the switchover runs on the leader and shows the leader moved",
+                procedure.switchover
+            ));
+        }
+        actions.insert(Action::Demote, spec_of(&procedure.switchover)?);
+        if procedure.failover_fence {
+            actions.insert(Action::BlockFailover, spec_of("block_failover")?);
+            actions.insert(Action::UnblockFailover, spec_of("unblock_failover")?);
+        }
+        let probe = |p: &super::profile_file::ProbeDef| ActionSpec {
+            argv: p.argv.clone(),
+            runs_on: p.runs_on,
+            idempotent: true,
+            timeout_ms: p.timeout_ms,
+        };
+        let probes = &file.probes;
+        actions.insert(Action::ProbeClusterStatus, probe(&probes.topology));
+        actions.insert(Action::ProbeStatus, probe(&probes.node));
+        actions.insert(Action::ProbeVersion, probe(&probes.version));
+        if let Some(p) = &probes.package {
+            actions.insert(Action::ProbePackage, probe(p));
+        }
+        if let Some(p) = &probes.failover {
+            actions.insert(Action::ProbeFailover, probe(p));
+        }
+        let unblock = file
+            .actions
+            .get("unblock_failover")
+            .map(|d| d.argv.join(" "))
+            .unwrap_or_default();
+        Ok(Profile {
+            name: file.name.clone(),
+            system: file.name.clone(),
+            hints: Hints {
+                node_failover_on: unblock.clone(),
+                cluster_failover_on: unblock,
+                fix_package: format!("the {} profile's install action, by hand", file.name),
+                major_change: format!("{}'s own procedure for a major change", file.name),
+                quorum: "a consensus needs a majority of its members running while one is out"
+                    .into(),
+            },
+            procedure: Procedure::Runbook,
+            installer: Installer::default(),
+            actions,
+            reader: Some(FileReader(Arc::new(probes.clone()))),
+            fence: procedure.failover_fence,
+            version_change: Some(procedure.version_change),
+            source_sha256: Some(sha256.to_string()),
+        })
+    }
+
+    /// Whether the switchover names its target (a profile file's `{target...}` placeholders).
+    pub fn switchover_has_target(&self) -> bool {
+        self.action(Action::Demote)
+            .is_some_and(|s| s.argv.iter().any(|e| e.contains("{target")))
     }
 }
 
@@ -329,6 +498,10 @@ pub struct RenderContext<'a> {
     pub address: &'a str,
     /// `{var.NAME}`: the node's free variables.
     pub vars: Option<&'a BTreeMap<String, String>>,
+    /// `{version}`: the target version (profile files).
+    pub version: &'a str,
+    /// `{target}`, `{target.address}`, `{target.var.NAME}`: the switchover's target (profile files).
+    pub target: Option<&'a NodeSpec>,
 }
 
 /// Renders each argv element on its own; a placeholder without a value is an error naming it.
@@ -343,6 +516,29 @@ fn render_one(template: &str, ctx: &RenderContext<'_>) -> Result<String, CoreErr
         "package" => Ok(ctx.package.to_string()),
         "node" => Ok(ctx.node.to_string()),
         "address" => Ok(ctx.address.to_string()),
+        "version" => Ok(ctx.version.to_string()),
+        "target" | "target.address" => ctx
+            .target
+            .map(|t| {
+                if name == "target" {
+                    t.name.clone()
+                } else {
+                    t.address.clone()
+                }
+            })
+            .ok_or_else(|| format!("placeholder {{{name}}}: this step has no target")),
+        _ if name.starts_with("target.var.") => {
+            let var = &name["target.var.".len()..];
+            let target = ctx
+                .target
+                .ok_or_else(|| format!("placeholder {{{name}}}: this step has no target"))?;
+            target.vars.get(var).cloned().ok_or_else(|| {
+                format!(
+                    "placeholder {{{name}}}: node {} has no variable `{var}`",
+                    target.name
+                )
+            })
+        }
         _ => match name.strip_prefix("var.") {
             Some(var) => ctx
                 .vars
@@ -408,6 +604,7 @@ mod tests {
             node: "backend-1",
             address: "10.0.0.1",
             vars: Some(&vars),
+            ..RenderContext::default()
         };
         let argv = render(
             &strings(&[

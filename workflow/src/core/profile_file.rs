@@ -1382,6 +1382,66 @@ pub fn parse_version(probe: &ProbeDef, output: &str) -> Result<String, CoreError
     Ok(version)
 }
 
+/// A profile file's reader: turns a probe step's result into an observation, as `parse::read_probe` does for
+/// chef-backend. Output is read only for an exit code in the probe's `read_exit_codes`; anything else makes the
+/// probe unavailable (`Err(None)`), never a guess. `nodes` are the cluster file's nodes, `system` the profile's
+/// name (a node's one service in reasons).
+#[allow(clippy::too_many_arguments)]
+pub fn read_probe(
+    probes: &ProbeSet,
+    action: super::profile::Action,
+    outcome: super::event::Outcome,
+    exit_code: Option<i32>,
+    stdout: &str,
+    nodes: &[NodeSpec],
+    system: &str,
+) -> Result<super::event::Observation, Option<CoreError>> {
+    use super::event::{Observation, Outcome};
+    use super::profile::Action;
+    let probe = match action {
+        Action::ProbeClusterStatus => Some(&probes.topology),
+        Action::ProbeStatus => Some(&probes.node),
+        Action::ProbeVersion => Some(&probes.version),
+        Action::ProbePackage => probes.package.as_ref(),
+        Action::ProbeFailover => probes.failover.as_ref(),
+        _ => None,
+    };
+    let Some(probe) = probe else {
+        return Ok(Observation::Unavailable {
+            error: format!("{action} is not a probe of this profile"),
+        });
+    };
+    let readable = matches!(outcome, Outcome::Succeeded | Outcome::Failed)
+        && exit_code.is_some_and(|c| probe.read_exit_codes.contains(&c));
+    if !readable {
+        return Err(None);
+    }
+    let observation = match action {
+        Action::ProbeClusterStatus => Observation::Members {
+            topology: parse_topology(probe, stdout, nodes)?,
+        },
+        Action::ProbeStatus => {
+            let reading = parse_node(probe, stdout)?;
+            Observation::Node {
+                service: system.to_string(),
+                up: reading.up,
+                caught_up: reading.caught_up,
+            }
+        }
+        Action::ProbeVersion => Observation::Version {
+            version: Some(parse_version(probe, stdout)?),
+            state: None,
+        },
+        Action::ProbePackage => Observation::Package {
+            version: parse_version(probe, stdout)?,
+        },
+        _ => Observation::Fence {
+            blocked: parse_failover(probe, stdout)?,
+        },
+    };
+    Ok(observation)
+}
+
 /// The leading dotted numbers of a version (`3.5.1` -> [3, 5, 1]; `15.20-0+deb12u1` -> [15, 20]).
 pub fn version_numbers(version: &str) -> Option<Vec<u64>> {
     let v = version.trim().trim_start_matches('v');

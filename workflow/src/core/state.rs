@@ -741,12 +741,8 @@ impl State {
                 self.sub = Some(Arc::new(Submission {
                     upgrade: upgrade.clone(),
                     cluster: cluster.clone(),
-                    profile: Profile::builtin(
-                        &cluster.profile,
-                        cluster.upgrade.installer,
-                        cluster.upgrade.procedure,
-                    )
-                    .unwrap_or_else(|| Profile::without_actions(&cluster.profile)),
+                    profile: Profile::of_cluster(cluster)
+                        .unwrap_or_else(|_| Profile::without_actions(&cluster.profile)),
                     package: package.clone(),
                     target_version: target_version.clone(),
                     gates: all_gates,
