@@ -59,7 +59,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The pure core builds and passes its tests without any I/O crate.
 cargo clippy -p workflow --no-default-features --all-targets --locked -- -D warnings
 # (The property tests and the fuzzing run once, below, with the default features.)
-cargo test -p workflow --no-default-features --locked --lib --test core_tidy --test core_decider
+cargo test -p workflow --no-default-features --locked --lib --test core_tidy --test core_decider --test core_profile
 # The integration tests run the workspace's binaries (baton, baton-sim) as processes.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

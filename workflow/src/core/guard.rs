@@ -239,7 +239,11 @@ fn topology_finding(
     topology: &Topology,
 ) -> Finding {
     let mut settle = Vec::new();
-    for name in names {
+    // Bringing a node back (or installing on it while it is out) needs only a leader that is not that node: a
+    // system may not list a stopped member at all (etcd's `endpoint status` leaves it out, where chef-backend
+    // shows it offline), and another node missing is a reason to bring this one back, not to wait.
+    let listed = if kind == Kind::OnOut { &[][..] } else { names };
+    for name in listed {
         if topology.member(name).is_none() {
             settle.push(format!("{name}: missing from cluster-status"));
         }

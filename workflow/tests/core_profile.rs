@@ -1,0 +1,539 @@
+//! The upgrade loop driven by a profile file: the shipped `profiles/etcd.toml` against a small model of a
+//! 3-member etcd cluster that answers each probe in the exact shape real etcd gave (`tests/fixtures/etcd/`:
+//! `endpoint status -w json` lists only the members that answer and exits 1 when one does not, `endpoint health`
+//! of a stopped member exits 1 with `"health":false`, `etcd --version` prints `etcd Version: X`). The same
+//! safety rules as chef-backend's, on the profile's observations: the plan, the leader last after a move to an
+//! upgraded follower, one member out at a time, and a halt when a member never comes back.
+//! (The real cluster is upgraded by `tests/tests/integration/real_etcd.rs`.)
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::Run;
+use workflow::core::{
+    Action, ClusterFile, Event, Input, Outcome, PlanItem, ScheduledStep, State, Status,
+};
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn etcd_profile_text() -> String {
+    std::fs::read_to_string(repo().join("profiles/etcd.toml")).expect("profiles/etcd.toml")
+}
+
+const IDS: [(&str, &str, u64); 3] = [
+    ("m1", "5d14f8b3ac4b6cb1", 6707259195634969777),
+    ("m2", "2d19e0210d84b8b5", 3249875038689867957),
+    ("m3", "a2e191591bbfb5f7", 11736821915807888887),
+];
+
+fn address(i: usize) -> String {
+    format!("127.0.0.1:{}", 2379 + 10 * i)
+}
+
+/// The cluster file the harness writes, with the profile's text as a submitter sends it.
+fn cluster(profile_text: &str) -> ClusterFile {
+    let endpoints: Vec<String> = (0..3).map(address).collect();
+    let mut toml = String::from("[cluster]\nname = \"etcd-model\"\nprofile = \"etcd.toml\"\n\n");
+    for (i, (name, hex, _)) in IDS.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[nodes]]\nname = \"{name}\"\naddress = \"{}\"\nexecutor = \"{name}\"\nvars = {{ ctl = \"/srv/{name}/ctl\", \
+             etcdctl = \"/srv/{name}/etcdctl\", endpoints = \"{}\", member_id = \"{hex}\" }}\n\n",
+            address(i),
+            endpoints.join(",")
+        ));
+    }
+    toml.push_str(
+        "[upgrade]\npackage = \"/opt/etcd/3.5.1\"\ntarget_version = \"3.5.1\"\npoll_interval_ms = 500\n\
+         sync_timeout_ms = 20000\nretries = 1\nbackoff_ms = 500\n",
+    );
+    let mut c = ClusterFile::parse("cluster.toml", &toml).expect("the model's cluster file parses");
+    c.profile_text = Some(profile_text.to_string());
+    c
+}
+
+fn submit(cluster: ClusterFile) -> Input {
+    Input::Submit {
+        upgrade: "01JTESTPROFILE000000000000".into(),
+        cluster,
+        package: String::new(),
+        target_version: None,
+        gates: vec![],
+        plan_only: false,
+        expected_plan_hash: None,
+        executors_online: vec!["m1".into(), "m2".into(), "m3".into()],
+        requested_by: "tester".into(),
+        now_ms: 1_000,
+    }
+}
+
+/// One member of the model.
+#[derive(Debug, Clone)]
+struct Member {
+    up: bool,
+    installed: String,
+    /// Whether a `start` may bring it up (false: it crashes on start, as a broken package would make it).
+    starts: bool,
+}
+
+/// A 3-member etcd cluster: who runs, what is installed, who leads; and what went wrong.
+#[derive(Debug)]
+struct Etcd {
+    members: Vec<Member>,
+    leader: Option<usize>,
+    /// The node commands that changed something, in order: `(node, action)`.
+    journal: Vec<(String, String)>,
+    /// Times the cluster had fewer than a majority of members up (an outage).
+    outages: usize,
+}
+
+impl Etcd {
+    fn new(leader: usize) -> Etcd {
+        Etcd {
+            members: (0..3)
+                .map(|_| Member {
+                    up: true,
+                    installed: "3.4.23".into(),
+                    starts: true,
+                })
+                .collect(),
+            leader: Some(leader),
+            journal: Vec::new(),
+            outages: 0,
+        }
+    }
+
+    fn idx(name: &str) -> usize {
+        IDS.iter()
+            .position(|(n, _, _)| *n == name)
+            .expect("a member of the model")
+    }
+
+    fn quorum(&self) -> bool {
+        self.members.iter().filter(|m| m.up).count() >= 2
+    }
+
+    /// A leader goes (or there is none): the first member up leads again if a majority is up. Without a
+    /// majority nobody leads (a leader that loses its quorum steps down).
+    fn elect(&mut self) {
+        if self.leader.is_some_and(|l| self.members[l].up) && self.quorum() {
+            return;
+        }
+        self.leader = if self.quorum() {
+            self.members.iter().position(|m| m.up)
+        } else {
+            None
+        };
+    }
+
+    fn ok(stdout: String) -> (Outcome, Option<i32>, String, String) {
+        (Outcome::Succeeded, Some(0), stdout, String::new())
+    }
+
+    fn exit1(stdout: String, stderr: &str) -> (Outcome, Option<i32>, String, String) {
+        (Outcome::Failed, Some(1), stdout, stderr.to_string())
+    }
+
+    fn run(&mut self, step: &ScheduledStep) -> (Outcome, Option<i32>, String, String) {
+        let i = Etcd::idx(&step.node);
+        let changes = !step.action.is_probe();
+        if changes {
+            self.journal
+                .push((step.node.clone(), step.action.as_str().to_string()));
+        }
+        self.elect();
+        let result = match step.action {
+            Action::ProbeClusterStatus => {
+                let leader_id = self.leader.map_or(0, |l| IDS[l].2);
+                let rows: Vec<String> = (0..3)
+                    .filter(|j| self.members[*j].up)
+                    .map(|j| {
+                        format!(
+                            r#"{{"Endpoint":"{}","Status":{{"header":{{"cluster_id":3841375391586629848,"member_id":{},"revision":41,"raft_term":2}},"version":"{}","dbSize":24576,"leader":{leader_id},"raftIndex":48,"raftTerm":2,"raftAppliedIndex":48,"dbSizeInUse":24576}}}}"#,
+                            address(j),
+                            IDS[j].2,
+                            self.members[j].installed
+                        )
+                    })
+                    .collect();
+                let json = format!("[{}]\n", rows.join(","));
+                if rows.len() == 3 {
+                    Etcd::ok(json)
+                } else {
+                    Etcd::exit1(json, "Failed to get the status of endpoint")
+                }
+            }
+            Action::ProbeStatus => {
+                if self.members[i].up && self.leader.is_some() {
+                    Etcd::ok(format!(
+                        r#"[{{"endpoint":"{}","health":true,"took":"3.8ms"}}]"#,
+                        address(i)
+                    ))
+                } else {
+                    Etcd::exit1(
+                        format!(
+                            r#"[{{"endpoint":"{}","health":false,"took":"3.0s","error":"context deadline exceeded"}}]"#,
+                            address(i)
+                        ),
+                        "Error: unhealthy cluster",
+                    )
+                }
+            }
+            Action::ProbeVersion => Etcd::ok(format!(
+                "etcd Version: {}\nGit SHA: e8732fb5f\nGo Version: go1.16.3\nGo OS/Arch: linux/amd64\n",
+                self.members[i].installed
+            )),
+            Action::ProbePackage => Etcd::ok(
+                "etcd Version: 3.5.1\nGit SHA: e8732fb5f\nGo Version: go1.16.3\nGo OS/Arch: linux/amd64\n"
+                    .into(),
+            ),
+            Action::Stop => {
+                self.members[i].up = false;
+                self.elect();
+                Etcd::ok(String::new())
+            }
+            Action::Install => {
+                self.members[i].installed = "3.5.1".into();
+                Etcd::ok(String::new())
+            }
+            Action::Start => {
+                if !self.members[i].starts {
+                    return Etcd::exit1(String::new(), "etcd exited at once (see its log)");
+                }
+                self.members[i].up = true;
+                self.elect();
+                Etcd::ok(String::new())
+            }
+            Action::Demote => {
+                // `etcdctl move-leader HEXID`: asks the leader among the endpoints to hand over to the target.
+                let target_hex = step.argv.last().cloned().unwrap_or_default();
+                let Some(t) = IDS.iter().position(|(_, hex, _)| *hex == target_hex) else {
+                    return Etcd::exit1(String::new(), "Error: bad member ID");
+                };
+                match self.leader {
+                    Some(l) if self.members[t].up => {
+                        self.leader = Some(t);
+                        Etcd::ok(format!(
+                            "Leadership transferred from {} to {}\n",
+                            IDS[l].1, IDS[t].1
+                        ))
+                    }
+                    _ => Etcd::exit1(String::new(), "Error: no leader endpoint given"),
+                }
+            }
+            other => panic!("the etcd profile has no action {other}"),
+        };
+        if !self.quorum() {
+            self.outages += 1;
+        }
+        result
+    }
+
+    /// Runs every outstanding step and ticks through waits until the upgrade rests or ends.
+    fn drive(&mut self, run: &mut Run, max: usize) {
+        for _ in 0..max {
+            if run.state.is_terminal() {
+                return;
+            }
+            if let Some(step) = run.state.outstanding_steps().first().cloned() {
+                let result = self.run(&step);
+                run.finish(&step, result);
+                continue;
+            }
+            if run.state.next_wakeup_ms().is_some() {
+                run.tick();
+                continue;
+            }
+            return;
+        }
+    }
+}
+
+fn plan_of(history: &[Event]) -> (workflow::core::Plan, String) {
+    history
+        .iter()
+        .find_map(|e| match e {
+            Event::PlanComputed { plan, plan_hash } => Some((plan.clone(), plan_hash.clone())),
+            _ => None,
+        })
+        .expect("a plan was computed")
+}
+
+fn runs(plan: &workflow::core::Plan) -> Vec<(String, Action, Vec<String>)> {
+    plan.items
+        .iter()
+        .filter_map(|i| match i {
+            PlanItem::Run {
+                node, action, argv, ..
+            } => Some((node.clone(), *action, argv.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn status(state: &State) -> Status {
+    state.status()
+}
+
+#[test]
+fn the_etcd_profile_upgrades_every_member_once_leader_last_after_moving_leadership() {
+    let text = etcd_profile_text();
+    let mut run = Run::new();
+    run.input(submit(cluster(&text)))
+        .expect("a profile-file submission is accepted");
+    let mut etcd = Etcd::new(1); // m2 leads
+    etcd.drive(&mut run, 5_000);
+    assert_eq!(
+        status(&run.state),
+        Status::Completed,
+        "{:#?}",
+        &run.history[run.history.len().saturating_sub(8)..]
+    );
+
+    let (plan, _) = plan_of(&run.history);
+    // No fence: nothing to block or unblock. Followers in file order, then the switchover to the first
+    // follower (by its member ID), then the old leader.
+    let items: Vec<(String, &str)> = runs(&plan)
+        .iter()
+        .map(|(n, a, _)| (n.clone(), a.as_str()))
+        .collect();
+    let want: Vec<(String, &str)> = [
+        ("m1", "stop"),
+        ("m1", "install"),
+        ("m1", "start"),
+        ("m3", "stop"),
+        ("m3", "install"),
+        ("m3", "start"),
+        ("m2", "demote"),
+        ("m2", "stop"),
+        ("m2", "install"),
+        ("m2", "start"),
+    ]
+    .iter()
+    .map(|(n, a)| (n.to_string(), *a))
+    .collect();
+    assert_eq!(items, want);
+    let switchover = runs(&plan)
+        .into_iter()
+        .find(|(_, a, _)| *a == Action::Demote)
+        .expect("a switchover");
+    assert_eq!(
+        switchover.2.last().map(String::as_str),
+        Some(IDS[0].1),
+        "move-leader names m1's member ID: {:?}",
+        switchover.2
+    );
+    assert_eq!(
+        switchover.2[0], "/srv/m2/etcdctl",
+        "runs the leader's etcdctl"
+    );
+    // The plan records the profile file's hash, so approving a plan hash approves the profile too.
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(plan.profile_sha256.as_deref(), Some(sha.as_str()));
+
+    // What ran on the cluster: each member stopped, installed and started exactly once, the leader moved off
+    // m2 before m2 went, and never fewer than a majority up.
+    let journal: Vec<(String, String)> = want
+        .iter()
+        .map(|(n, a)| (n.clone(), a.to_string()))
+        .collect();
+    assert_eq!(etcd.journal, journal);
+    assert_eq!(etcd.outages, 0);
+    assert!(etcd.members.iter().all(|m| m.up && m.installed == "3.5.1"));
+    assert_eq!(
+        etcd.leader,
+        Some(0),
+        "m1, the first upgraded follower, leads"
+    );
+    // No failover probe or action: the profile has no fence.
+    assert!(!run.history.iter().any(|e| matches!(
+        e.scheduled_step(),
+        Some(s) if matches!(s.action, Action::ProbeFailover | Action::BlockFailover | Action::UnblockFailover)
+    )));
+}
+
+#[test]
+fn a_profile_plan_hash_changes_with_the_profile_text() {
+    let text = etcd_profile_text();
+    let hash_of = |text: &str| {
+        let mut run = Run::new();
+        let mut c = cluster(text);
+        c.profile_text = Some(text.to_string());
+        let Input::Submit { .. } = submit(c.clone()) else {
+            unreachable!()
+        };
+        let mut input = submit(c);
+        if let Input::Submit { plan_only, .. } = &mut input {
+            *plan_only = true;
+        }
+        run.input(input).unwrap();
+        Etcd::new(1).drive(&mut run, 100);
+        plan_of(&run.history).1
+    };
+    let one = hash_of(&text);
+    // A different timeout for `stop` is a different profile, so a different plan to approve.
+    let other = text.replace(
+        "timeout_ms = 60000\nshows = \"stopped\"",
+        "timeout_ms = 61000\nshows = \"stopped\"",
+    );
+    assert_ne!(text, other, "the edit applies");
+    assert_ne!(one, hash_of(&other));
+    assert_eq!(one, hash_of(&text), "the same profile gives the same plan");
+}
+
+#[test]
+fn a_member_that_never_comes_back_halts_the_upgrade_with_the_others_in_service() {
+    let mut run = Run::new();
+    run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+    let mut etcd = Etcd::new(1);
+    etcd.members[0].starts = false; // m1's new binaries crash at once
+    etcd.drive(&mut run, 5_000);
+    let s = status(&run.state);
+    assert!(
+        matches!(s, Status::Halted { .. }),
+        "the upgrade stops: {s:?}"
+    );
+    // Nothing else was taken out after m1 failed to come back: m3 and m2 never stopped.
+    let stopped: Vec<&str> = etcd
+        .journal
+        .iter()
+        .filter(|(_, a)| a == "stop")
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(stopped, vec!["m1"], "{:?}", etcd.journal);
+    assert_eq!(etcd.outages, 0);
+    assert_eq!(etcd.leader, Some(1), "m2 still leads");
+    let reason = run
+        .history
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::WindDownStarted { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .expect("a wind-down with a reason");
+    assert!(reason.contains("m1"), "the reason names the node: {reason}");
+}
+
+#[test]
+fn the_guard_waits_while_another_member_is_down_and_acts_once_it_is_back() {
+    let mut run = Run::new();
+    run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+    let mut etcd = Etcd::new(1);
+    // Run until the plan is made, then take m3 down behind Baton's back, before the first stop's guard looks.
+    for _ in 0..500 {
+        if run
+            .history
+            .iter()
+            .any(|e| matches!(e, Event::PlanComputed { .. }))
+        {
+            break;
+        }
+        let step = run.outstanding();
+        let r = etcd.run(&step);
+        run.finish(&step, r);
+    }
+    etcd.members[2].up = false;
+    // For 8 s (well inside the 20 s the guard waits), nothing may be taken out: one more member down would
+    // leave etcd without a majority.
+    let until = run.now + 8_000;
+    while run.now < until && !run.state.is_terminal() {
+        if let Some(step) = run.state.outstanding_steps().first().cloned() {
+            assert!(
+                step.action.is_probe(),
+                "{} on {} while m3 is down",
+                step.action,
+                step.node
+            );
+            let r = etcd.run(&step);
+            run.finish(&step, r);
+        } else {
+            run.tick();
+        }
+    }
+    assert!(etcd.journal.is_empty(), "nothing ran: {:?}", etcd.journal);
+    // m3 comes back by itself; the upgrade then carries on to the end, each action once.
+    etcd.members[2].up = true;
+    etcd.drive(&mut run, 5_000);
+    assert_eq!(status(&run.state), Status::Completed);
+    let counts: BTreeMap<(String, String), usize> =
+        etcd.journal.iter().fold(BTreeMap::new(), |mut m, k| {
+            *m.entry(k.clone()).or_default() += 1;
+            m
+        });
+    assert_eq!(counts.len(), 10, "{counts:?}");
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "every action once: {counts:?}"
+    );
+    assert_eq!(etcd.outages, 0);
+}
+
+#[test]
+fn a_member_lost_while_another_is_out_stops_the_upgrade_after_bringing_that_one_back() {
+    let mut run = Run::new();
+    run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+    let mut etcd = Etcd::new(1);
+    // Run until m1 is stopped, then lose m3 too: no majority, no leader.
+    for _ in 0..500 {
+        if etcd.journal.iter().any(|(n, a)| n == "m1" && a == "stop") {
+            break;
+        }
+        if let Some(step) = run.state.outstanding_steps().first().cloned() {
+            let r = etcd.run(&step);
+            run.finish(&step, r);
+        } else {
+            run.tick();
+        }
+    }
+    etcd.members[2].up = false;
+    etcd.leader = None;
+    etcd.drive(&mut run, 5_000);
+    let s = status(&run.state);
+    assert!(matches!(s, Status::Halted { .. }), "{s:?}");
+    // Baton brought m1 back (which restores the majority), and took nothing else out.
+    assert!(etcd.members[0].up, "m1 is back: {:?}", etcd.journal);
+    let stops: Vec<&str> = etcd
+        .journal
+        .iter()
+        .filter(|(_, a)| a == "stop")
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(stops, vec!["m1"]);
+    assert!(etcd.leader.is_some(), "a leader again");
+}
+
+#[test]
+fn a_profile_file_without_its_text_or_target_version_is_refused_naming_why() {
+    let text = etcd_profile_text();
+    let mut c = cluster(&text);
+    c.profile_text = None;
+    let refused = Run::new().input(submit(c)).unwrap_err().to_string();
+    assert!(
+        refused.contains("did not come with the submission"),
+        "{refused}"
+    );
+
+    let mut c = cluster(&text);
+    c.upgrade.target_version = None;
+    let refused = Run::new().input(submit(c)).unwrap_err().to_string();
+    assert!(refused.contains("give target_version"), "{refused}");
+
+    // A profile whose procedure the loop does not run yet is refused, saying which shape it runs.
+    let odd = text.replace(
+        "follower = [\"stop\", \"install\", \"start\"]",
+        "follower = [\"install\", \"stop\", \"start\"]",
+    );
+    assert_ne!(odd, text);
+    let refused = Run::new()
+        .input(submit(cluster(&odd)))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("one shape so far"), "{refused}");
+}
