@@ -237,6 +237,7 @@ async fn run_probe(
             let format = match def.parse {
                 Parser::Json(_) => "json",
                 Parser::Regex { .. } => "regex",
+                Parser::Builtin { .. } => "built-in",
             };
             run.error = Some(format!(
                 "{e} ({format} parser; output: {})",

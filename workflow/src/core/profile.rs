@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cluster::NodeSpec;
 use super::error::CoreError;
-use super::profile_file::{ProbeSet, ProfileFile, Shows, VersionChange};
+use super::profile_file::{Parser, ProbeSet, ProfileFile, Shows, VersionChange};
 
 /// Which package tool installs the new version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -206,7 +206,8 @@ impl PartialEq for FileReader {
 // A profile is loaded from text and never holds a NaN (`max_lag` is checked on load), so equality is total.
 impl Eq for FileReader {}
 
-const CTL: &str = "chef-backend-ctl";
+/// chef-backend's profile file, compiled in: `profile = "chef-backend"` runs what it says.
+pub const CHEF_BACKEND_PROFILE: &str = include_str!("../../../profiles/chef-backend.toml");
 
 fn spec(argv: &[&str], runs_on: RunsOn, idempotent: bool, timeout_ms: u64) -> ActionSpec {
     ActionSpec {
@@ -218,103 +219,78 @@ fn spec(argv: &[&str], runs_on: RunsOn, idempotent: bool, timeout_ms: u64) -> Ac
 }
 
 impl Profile {
-    /// The built-in chef-backend profile for the given package tool and procedure.
+    /// The built-in chef-backend profile for the given package tool and procedure: `profiles/chef-backend.toml`
+    /// (the runbook with dpkg), with the cluster file's variant applied on top: yum's install and package
+    /// commands, or the newer docs' `upgrade` commands.
     pub fn chef_backend(installer: Installer, procedure: Procedure) -> Profile {
         use RunsOn::*;
-        let mut actions = BTreeMap::new();
-        actions.insert(
-            Action::BlockFailover,
-            spec(&[CTL, "set-cluster-failover", "off"], AnyNode, true, 60_000),
-        );
-        actions.insert(
-            Action::UnblockFailover,
-            spec(&[CTL, "set-cluster-failover", "on"], AnyNode, true, 60_000),
-        );
-        actions.insert(Action::Stop, spec(&[CTL, "stop"], TheNode, true, 300_000));
-        actions.insert(Action::Start, spec(&[CTL, "start"], TheNode, true, 300_000));
-        let install: &[&str] = match installer {
-            Installer::Dpkg => &["dpkg", "-i", "{package}"],
-            Installer::Yum => &["yum", "install", "-y", "{package}"],
-        };
-        actions.insert(Action::Install, spec(install, TheNode, true, 900_000));
-        actions.insert(
-            Action::Demote,
-            spec(&[CTL, "demote"], Leader, false, 300_000),
-        );
+        static BASE: std::sync::OnceLock<Profile> = std::sync::OnceLock::new();
+        let mut profile = BASE
+            .get_or_init(|| {
+                let file = ProfileFile::parse("profiles/chef-backend.toml", CHEF_BACKEND_PROFILE)
+                    .unwrap_or_else(|e| panic!("the compiled-in chef-backend profile loads: {e}"));
+                let mut p = Profile::from_file(&file, "")
+                    .unwrap_or_else(|e| panic!("the compiled-in chef-backend profile runs: {e}"));
+                p.source_sha256 = None;
+                p
+            })
+            .clone();
+        const CTL: &str = "chef-backend-ctl";
+        if installer == Installer::Yum {
+            profile.actions.insert(
+                Action::Install,
+                spec(
+                    &["yum", "install", "-y", "{package}"],
+                    TheNode,
+                    true,
+                    900_000,
+                ),
+            );
+            profile.actions.insert(
+                Action::ProbeVersion,
+                spec(
+                    &[
+                        "rpm",
+                        "-q",
+                        "--qf",
+                        "%{{VERSION}}-%{{RELEASE}}",
+                        "chef-backend",
+                    ],
+                    TheNode,
+                    true,
+                    30_000,
+                ),
+            );
+            profile.actions.insert(
+                Action::ProbePackage,
+                spec(
+                    &[
+                        "rpm",
+                        "-qp",
+                        "--qf",
+                        "%{{VERSION}}-%{{RELEASE}}",
+                        "{package}",
+                    ],
+                    TheNode,
+                    true,
+                    30_000,
+                ),
+            );
+            profile.hints.fix_package = "yum-complete-transaction".into();
+        }
         if procedure == Procedure::UpgradeCommand {
-            actions.insert(
+            profile.actions.insert(
                 Action::Upgrade,
                 spec(&[CTL, "upgrade"], TheNode, true, 1_800_000),
             );
-            actions.insert(
+            profile.actions.insert(
                 Action::UpgradeLeader,
                 spec(&[CTL, "upgrade", "--failover"], Leader, false, 1_800_000),
             );
         }
-        actions.insert(
-            Action::ProbeClusterStatus,
-            spec(&[CTL, "cluster-status"], AnyNode, true, 30_000),
-        );
-        actions.insert(
-            Action::ProbeStatus,
-            spec(&[CTL, "status"], TheNode, true, 30_000),
-        );
-        let version: &[&str] = match installer {
-            // The state shows a package that a failed `dpkg -i` left half-configured.
-            Installer::Dpkg => &[
-                "dpkg-query",
-                "-W",
-                "-f=${{db:Status-Status}} ${{Version}}\\n",
-                "chef-backend",
-            ],
-            Installer::Yum => &[
-                "rpm",
-                "-q",
-                "--qf",
-                "%{{VERSION}}-%{{RELEASE}}",
-                "chef-backend",
-            ],
-        };
-        actions.insert(Action::ProbeVersion, spec(version, TheNode, true, 30_000));
-        actions.insert(
-            Action::ProbeFailover,
-            spec(&[CTL, "cluster-status", "--json"], AnyNode, true, 30_000),
-        );
-        let package: &[&str] = match installer {
-            Installer::Dpkg => &["dpkg-deb", "--field", "{package}", "Version"],
-            Installer::Yum => &[
-                "rpm",
-                "-qp",
-                "--qf",
-                "%{{VERSION}}-%{{RELEASE}}",
-                "{package}",
-            ],
-        };
-        actions.insert(Action::ProbePackage, spec(package, TheNode, true, 30_000));
-        let fix_package = match installer {
-            Installer::Dpkg => "dpkg --configure -a",
-            Installer::Yum => "yum-complete-transaction",
-        };
-        Profile {
-            name: "chef-backend".into(),
-            system: "chef-backend".into(),
-            hints: Hints {
-                node_failover_on: format!("{CTL} set-node-failover on, on that node"),
-                cluster_failover_on: format!("{CTL} set-cluster-failover on"),
-                fix_package: fix_package.into(),
-                major_change: "chef-backend's down-for-upgrade".into(),
-                quorum:
-                    "etcd loses its quorum (a majority of the nodes) as soon as one node is stopped"
-                        .into(),
-            },
-            procedure,
-            installer,
-            actions,
-            reader: None,
-            fence: true,
-            version_change: None,
-            source_sha256: None,
-        }
+        profile.installer = installer;
+        profile.procedure = procedure;
+        profile
     }
 
     /// The built-in profile a cluster file names (`chef-backend`), for its package tool and procedure; `None`
@@ -459,23 +435,63 @@ impl Profile {
             .get("unblock_failover")
             .map(|d| d.argv.join(" "))
             .unwrap_or_default();
+        let hint = |key: &str, default: String| file.hints.get(key).cloned().unwrap_or(default);
+        // Probes read by a named built-in reader (chef-backend's tables) are all read by it, with its own
+        // observations and version rule; a mix of built-in and field-path parsers is not a system we know.
+        let all: Vec<&super::profile_file::ProbeDef> = [
+            Some(&probes.topology),
+            Some(&probes.node),
+            Some(&probes.version),
+            probes.package.as_ref(),
+            probes.failover.as_ref(),
+            probes.running_version.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let builtin: Vec<&str> = all
+            .iter()
+            .filter_map(|p| match &p.parse {
+                Parser::Builtin { reader } => Some(reader.as_str()),
+                _ => None,
+            })
+            .collect();
+        let reader = if builtin.is_empty() {
+            Some(FileReader(Arc::new(probes.clone())))
+        } else if builtin.len() == all.len() && builtin.iter().all(|r| *r == file.name) {
+            None
+        } else {
+            return Err(format!(
+                "probes: a built-in reader reads every probe of its own system (reader = \"{}\" in each), \
+                 or none",
+                file.name
+            ));
+        };
         Ok(Profile {
             name: file.name.clone(),
             system: file.name.clone(),
             hints: Hints {
-                node_failover_on: unblock.clone(),
-                cluster_failover_on: unblock,
-                fix_package: format!("the {} profile's install action, by hand", file.name),
-                major_change: format!("{}'s own procedure for a major change", file.name),
-                quorum: "a consensus needs a majority of its members running while one is out"
-                    .into(),
+                node_failover_on: hint("node_failover_on", unblock.clone()),
+                cluster_failover_on: hint("cluster_failover_on", unblock),
+                fix_package: hint(
+                    "fix_package",
+                    format!("the {} profile's install action, by hand", file.name),
+                ),
+                major_change: hint(
+                    "major_change",
+                    format!("{}'s own procedure for a major change", file.name),
+                ),
+                quorum: hint(
+                    "quorum",
+                    "a consensus needs a majority of its members running while one is out".into(),
+                ),
             },
             procedure: Procedure::Runbook,
             installer: Installer::default(),
             actions,
-            reader: Some(FileReader(Arc::new(probes.clone()))),
             fence: procedure.failover_fence,
-            version_change: Some(procedure.version_change),
+            version_change: reader.is_some().then_some(procedure.version_change),
+            reader,
             source_sha256: Some(sha256.to_string()),
         })
     }
@@ -591,6 +607,108 @@ pub(crate) fn render_element(
 mod tests {
     use super::*;
 
+    const CTL: &str = "chef-backend-ctl";
+
+    /// chef-backend's profile as the code said it before it became a file: the oracle for "exactly today's
+    /// behaviour".
+    fn chef_backend_as_coded(installer: Installer, procedure: Procedure) -> Profile {
+        use RunsOn::*;
+        let mut actions = BTreeMap::new();
+        actions.insert(
+            Action::BlockFailover,
+            spec(&[CTL, "set-cluster-failover", "off"], AnyNode, true, 60_000),
+        );
+        actions.insert(
+            Action::UnblockFailover,
+            spec(&[CTL, "set-cluster-failover", "on"], AnyNode, true, 60_000),
+        );
+        actions.insert(Action::Stop, spec(&[CTL, "stop"], TheNode, true, 300_000));
+        actions.insert(Action::Start, spec(&[CTL, "start"], TheNode, true, 300_000));
+        let install: &[&str] = match installer {
+            Installer::Dpkg => &["dpkg", "-i", "{package}"],
+            Installer::Yum => &["yum", "install", "-y", "{package}"],
+        };
+        actions.insert(Action::Install, spec(install, TheNode, true, 900_000));
+        actions.insert(
+            Action::Demote,
+            spec(&[CTL, "demote"], Leader, false, 300_000),
+        );
+        if procedure == Procedure::UpgradeCommand {
+            actions.insert(
+                Action::Upgrade,
+                spec(&[CTL, "upgrade"], TheNode, true, 1_800_000),
+            );
+            actions.insert(
+                Action::UpgradeLeader,
+                spec(&[CTL, "upgrade", "--failover"], Leader, false, 1_800_000),
+            );
+        }
+        actions.insert(
+            Action::ProbeClusterStatus,
+            spec(&[CTL, "cluster-status"], AnyNode, true, 30_000),
+        );
+        actions.insert(
+            Action::ProbeStatus,
+            spec(&[CTL, "status"], TheNode, true, 30_000),
+        );
+        let version: &[&str] = match installer {
+            // The state shows a package that a failed `dpkg -i` left half-configured.
+            Installer::Dpkg => &[
+                "dpkg-query",
+                "-W",
+                "-f=${{db:Status-Status}} ${{Version}}\\n",
+                "chef-backend",
+            ],
+            Installer::Yum => &[
+                "rpm",
+                "-q",
+                "--qf",
+                "%{{VERSION}}-%{{RELEASE}}",
+                "chef-backend",
+            ],
+        };
+        actions.insert(Action::ProbeVersion, spec(version, TheNode, true, 30_000));
+        actions.insert(
+            Action::ProbeFailover,
+            spec(&[CTL, "cluster-status", "--json"], AnyNode, true, 30_000),
+        );
+        let package: &[&str] = match installer {
+            Installer::Dpkg => &["dpkg-deb", "--field", "{package}", "Version"],
+            Installer::Yum => &[
+                "rpm",
+                "-qp",
+                "--qf",
+                "%{{VERSION}}-%{{RELEASE}}",
+                "{package}",
+            ],
+        };
+        actions.insert(Action::ProbePackage, spec(package, TheNode, true, 30_000));
+        let fix_package = match installer {
+            Installer::Dpkg => "dpkg --configure -a",
+            Installer::Yum => "yum-complete-transaction",
+        };
+        Profile {
+            name: "chef-backend".into(),
+            system: "chef-backend".into(),
+            hints: Hints {
+                node_failover_on: format!("{CTL} set-node-failover on, on that node"),
+                cluster_failover_on: format!("{CTL} set-cluster-failover on"),
+                fix_package: fix_package.into(),
+                major_change: "chef-backend's down-for-upgrade".into(),
+                quorum:
+                    "etcd loses its quorum (a majority of the nodes) as soon as one node is stopped"
+                        .into(),
+            },
+            procedure,
+            installer,
+            actions,
+            reader: None,
+            fence: true,
+            version_change: None,
+            source_sha256: None,
+        }
+    }
+
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
     }
@@ -652,6 +770,28 @@ mod tests {
         );
         assert!(render(&strings(&["{node"]), &ctx).is_err());
         assert!(render(&strings(&["node}"]), &ctx).is_err());
+    }
+
+    #[test]
+    fn chef_backend_runs_from_its_profile_file_exactly_as_it_was_coded() {
+        for installer in [Installer::Dpkg, Installer::Yum] {
+            for procedure in [Procedure::Runbook, Procedure::UpgradeCommand] {
+                assert_eq!(
+                    Profile::chef_backend(installer, procedure),
+                    chef_backend_as_coded(installer, procedure),
+                    "{installer:?} {procedure:?}"
+                );
+            }
+        }
+        // The file is what runs: an edit to it changes the profile (the comparison above can fail).
+        let edited = CHEF_BACKEND_PROFILE.replace("timeout_ms = 900000", "timeout_ms = 900001");
+        let file = ProfileFile::parse("chef-backend.toml", &edited).unwrap();
+        let mut p = Profile::from_file(&file, "").unwrap();
+        p.source_sha256 = None;
+        assert_ne!(
+            p,
+            chef_backend_as_coded(Installer::Dpkg, Procedure::Runbook)
+        );
     }
 
     #[test]

@@ -49,7 +49,20 @@ pub struct ProfileFile {
     pub actions: BTreeMap<String, ActionDef>,
     /// The probes.
     pub probes: ProbeSet,
+    /// The system's own commands that reasons ask an operator to run (`[hints]`, optional; keys in
+    /// [`HINT_KEYS`]).
+    #[serde(default)]
+    pub hints: BTreeMap<String, String>,
 }
+
+/// The keys of `[hints]`: what an operator runs by hand where a reason asks (the core's `profile::Hints`).
+pub const HINT_KEYS: [&str; 5] = [
+    "node_failover_on",
+    "cluster_failover_on",
+    "fix_package",
+    "major_change",
+    "quorum",
+];
 
 /// The procedure: the order of actions per node and how leadership moves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,7 +189,16 @@ pub enum Parser {
         #[serde(flatten)]
         fields: Fields,
     },
+    /// A named built-in reader (`chef-backend`: its `cluster-status`, `status`, `cluster-status --json`,
+    /// `dpkg-query`/`rpm` and `dpkg-deb` readers in `parse`), for outputs that no field path describes.
+    Builtin {
+        /// The reader's name.
+        reader: String,
+    },
 }
+
+/// The built-in readers a profile file may name.
+pub const BUILTIN_READERS: [&str; 1] = ["chef-backend"];
 
 /// The fields a parser reads, by probe kind. A field is a JSON Pointer (JSON) or a group name (regex).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -269,6 +291,8 @@ struct RawFile {
     #[serde(default)]
     actions: BTreeMap<Spanned<String>, Spanned<RawAction>>,
     probes: Spanned<RawProbes>,
+    #[serde(default)]
+    hints: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -332,6 +356,7 @@ struct RawParse {
     max_lag: Option<Spanned<f64>>,
     version: Option<Spanned<String>>,
     blocked_when: Option<Spanned<RawCondition>>,
+    reader: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -597,14 +622,22 @@ fn parser(
     let json = match p.format.get_ref().as_str() {
         "json" => true,
         "regex" => false,
+        "builtin" => return builtin_parser(loc, raw, key),
         other => {
             return Err(loc.err(
                 Some(p.format.span()),
                 k("format"),
-                format!("unknown format `{other}` (expected json or regex)"),
+                format!("unknown format `{other}` (expected json, regex or builtin)"),
             ))
         }
     };
+    if let Some(r) = &p.reader {
+        return Err(loc.err(
+            Some(r.span()),
+            k("reader"),
+            "`reader` names a built-in reader: it goes with format = \"builtin\"",
+        ));
+    }
     // Which keys each probe kind reads; any other is refused by name, so a typo cannot go unnoticed.
     let present: [(&str, Option<Range<usize>>); 12] = [
         ("blocked_when", p.blocked_when.as_ref().map(|v| v.span())),
@@ -794,6 +827,61 @@ fn parser(
     Ok(Parser::Regex {
         pattern: pattern.get_ref().clone(),
         fields,
+    })
+}
+
+/// `format = "builtin"`: a named reader and nothing else.
+fn builtin_parser(loc: &Loc<'_>, raw: &Spanned<RawParse>, key: &str) -> Result<Parser, CoreError> {
+    let p = raw.get_ref();
+    let k = |name: &str| format!("{key}.{name}");
+    let others = [
+        ("pattern", p.pattern.as_ref().map(|v| v.span())),
+        ("members", p.members.as_ref().map(|v| v.span())),
+        ("name", p.name.as_ref().map(|v| v.span())),
+        ("match", p.match_by.as_ref().map(|v| v.span())),
+        ("leader_when", p.leader_when.as_ref().map(|v| v.span())),
+        ("follower_when", p.follower_when.as_ref().map(|v| v.span())),
+        (
+            "in_service_when",
+            p.in_service_when.as_ref().map(|v| v.span()),
+        ),
+        (
+            "caught_up_when",
+            p.caught_up_when.as_ref().map(|v| v.span()),
+        ),
+        ("up_when", p.up_when.as_ref().map(|v| v.span())),
+        ("lag", p.lag.as_ref().map(|v| v.span())),
+        ("max_lag", p.max_lag.as_ref().map(|v| v.span())),
+        ("version", p.version.as_ref().map(|v| v.span())),
+        ("blocked_when", p.blocked_when.as_ref().map(|v| v.span())),
+    ];
+    if let Some((name, span)) = others.into_iter().find(|(_, s)| s.is_some()) {
+        return Err(loc.err(
+            span,
+            k(name),
+            "a built-in reader reads its output itself: it takes only `reader`",
+        ));
+    }
+    let Some(reader) = &p.reader else {
+        return Err(loc.err(
+            Some(raw.span()),
+            k("reader"),
+            "missing: which built-in reader?",
+        ));
+    };
+    if !BUILTIN_READERS.contains(&reader.get_ref().as_str()) {
+        return Err(loc.err(
+            Some(reader.span()),
+            k("reader"),
+            format!(
+                "unknown built-in reader `{}` (built in: {})",
+                reader.get_ref(),
+                BUILTIN_READERS.join(", ")
+            ),
+        ));
+    }
+    Ok(Parser::Builtin {
+        reader: reader.get_ref().clone(),
     })
 }
 
@@ -1047,9 +1135,21 @@ impl ProfileFile {
                 ));
             }
         }
+        let mut hints = BTreeMap::new();
+        for (key, value) in raw.hints.iter().flat_map(|h| h.get_ref()) {
+            if !HINT_KEYS.contains(&key.get_ref().as_str()) {
+                return Err(loc.err(
+                    Some(key.span()),
+                    format!("hints.{}", key.get_ref()),
+                    format!("unknown hint (known: {})", HINT_KEYS.join(", ")),
+                ));
+            }
+            hints.insert(key.get_ref().clone(), value.get_ref().trim().to_string());
+        }
         Ok(ProfileFile {
             name,
             description,
+            hints,
             procedure: ProcedureSpec {
                 follower,
                 leader,
@@ -1239,6 +1339,10 @@ pub fn parse_topology(
 ) -> Result<Topology, CoreError> {
     bounded(output)?;
     let (records, fields): (Vec<Record<'_>>, &Fields) = match &probe.parse {
+        // chef-backend's `cluster-status` (the only built-in reader).
+        Parser::Builtin { .. } => {
+            return super::parse::parse_cluster_status(output).map(|s| s.topology())
+        }
         Parser::Json(fields) => {
             // A borrowed document cannot outlive this arm, so the JSON case is finished here.
             let doc = json_document(output)?;
@@ -1319,6 +1423,15 @@ pub fn parse_node(probe: &ProbeDef, output: &str) -> Result<NodeReading, CoreErr
         caught_up: r.caught_up(f),
     };
     match &probe.parse {
+        // chef-backend's `status`: up when every service runs; its replication counts are the node's view of
+        // the others (the upgrade loop reads them through its own observation, not this reading).
+        Parser::Builtin { .. } => {
+            let report = super::parse::parse_status(output)?;
+            Ok(NodeReading {
+                up: report.health(0).not_running().is_empty(),
+                caught_up: None,
+            })
+        }
         Parser::Json(fields) => {
             let doc = json_document(output)?;
             Ok(health(&Record::Json(&doc), fields))
@@ -1339,6 +1452,8 @@ pub fn parse_failover(probe: &ProbeDef, output: &str) -> Result<bool, CoreError>
     bounded(output)?;
     let blocked = |r: &Record<'_>, f: &Fields| f.blocked_when.as_ref().is_some_and(|c| r.holds(c));
     match &probe.parse {
+        // chef-backend's `cluster-status --json`: blocked when cluster failover is off.
+        Parser::Builtin { .. } => Ok(!super::parse::parse_failover_json(output)?.cluster),
         Parser::Json(fields) => Ok(blocked(&Record::Json(&json_document(output)?), fields)),
         Parser::Regex { pattern, fields } => {
             let re = Regex::new(pattern).map_err(|e| parse_err(format!("pattern: {e}")))?;
@@ -1354,6 +1469,12 @@ pub fn parse_failover(probe: &ProbeDef, output: &str) -> Result<bool, CoreError>
 pub fn parse_version(probe: &ProbeDef, output: &str) -> Result<String, CoreError> {
     bounded(output)?;
     let (value, field) = match &probe.parse {
+        // chef-backend's package tools: `dpkg-query`'s state and version, or a bare version (`dpkg-deb`, `rpm`).
+        Parser::Builtin { .. } => {
+            return super::parse::parse_package_state(output)
+                .map(|(v, _)| v)
+                .or_else(|_| super::parse::parse_version_output(output))
+        }
         Parser::Json(fields) => {
             let field = fields.version.as_deref().unwrap_or_default();
             (
