@@ -537,3 +537,377 @@ fn a_profile_file_without_its_text_or_target_version_is_refused_naming_why() {
         .to_string();
     assert!(refused.contains("one shape so far"), "{refused}");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Patroni: a system with a failover fence (`patronictl pause`/`resume`), shown only by the REST API's
+// GET /patroni ("pause": true). The model answers in the shapes of tests/fixtures/patroni/: `patronictl list
+// -f json` keeps a stopped member's key (shown "streaming") until its TTL ends, and curl to a stopped member's
+// API exits 7.
+
+fn patroni_profile_text() -> String {
+    std::fs::read_to_string(repo().join("profiles/patroni.toml")).expect("profiles/patroni.toml")
+}
+
+const PG: [&str; 3] = ["pg1", "pg2", "pg3"];
+
+fn patroni_cluster(profile_text: &str) -> ClusterFile {
+    let mut toml =
+        String::from("[cluster]\nname = \"patroni-model\"\nprofile = \"patroni.toml\"\n\n");
+    for (i, name) in PG.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nexecutor = \"{name}\"\nvars = {{ ctl = \"/srv/member.sh\", \
+             dir = \"/srv/{name}\", patronictl = \"/srv/venv/bin/patronictl\", config = \"/srv/{name}/patroni.yml\", \
+             api = \"http://127.0.0.1:{}\" }}\n\n",
+            5432 + i,
+            8008 + i
+        ));
+    }
+    toml.push_str(
+        "[upgrade]\npackage = \"/srv/pkg/15.20\"\ntarget_version = \"15.20\"\npoll_interval_ms = 500\n\
+         sync_timeout_ms = 20000\nretries = 1\nbackoff_ms = 500\n",
+    );
+    let mut c = ClusterFile::parse("cluster.toml", &toml).expect("the model's cluster file parses");
+    c.profile_text = Some(profile_text.to_string());
+    c
+}
+
+#[derive(Debug)]
+struct Patroni {
+    up: [bool; 3],
+    installed: [&'static str; 3],
+    leader: Option<usize>,
+    paused: bool,
+    /// Topology probes left during which a stopped member still shows "streaming" (its DCS key's TTL).
+    stale: [usize; 3],
+    starts: [bool; 3],
+    journal: Vec<(String, String)>,
+    /// Moments with no leader.
+    leaderless: usize,
+}
+
+impl Patroni {
+    fn new(leader: usize) -> Patroni {
+        Patroni {
+            up: [true; 3],
+            installed: ["15.18"; 3],
+            leader: Some(leader),
+            paused: false,
+            stale: [0; 3],
+            starts: [true; 3],
+            journal: Vec::new(),
+            leaderless: 0,
+        }
+    }
+
+    fn idx(name: &str) -> usize {
+        PG.iter().position(|n| *n == name).expect("a member")
+    }
+
+    fn elect(&mut self) {
+        if self.leader.is_some_and(|l| self.up[l]) {
+            return;
+        }
+        // Paused: Patroni elects nobody (that is what the fence is for).
+        self.leader = if self.paused {
+            None
+        } else {
+            (0..3).find(|i| self.up[*i])
+        };
+    }
+
+    fn node_json(&self, i: usize) -> (Outcome, Option<i32>, String, String) {
+        if !self.up[i] {
+            return (
+                Outcome::Failed,
+                Some(7),
+                String::new(),
+                "curl: (7) Failed to connect to 127.0.0.1 port 8008 after 0 ms: Couldn't connect to server"
+                    .into(),
+            );
+        }
+        let pause = if self.paused {
+            r#", "pause": true"#
+        } else {
+            ""
+        };
+        let body = if self.leader == Some(i) {
+            format!(
+                r#"{{"state": "running", "role": "primary", "timeline": 1{pause}, "patroni": {{"version": "4.1.5", "scope": "baton", "name": "{}"}}}}"#,
+                PG[i]
+            )
+        } else {
+            format!(
+                r#"{{"state": "running", "role": "replica", "timeline": 1, "replication_state": "streaming"{pause}, "patroni": {{"version": "4.1.5", "scope": "baton", "name": "{}"}}}}"#,
+                PG[i]
+            )
+        };
+        Etcd::ok(body)
+    }
+
+    fn run(&mut self, step: &ScheduledStep) -> (Outcome, Option<i32>, String, String) {
+        let i = Patroni::idx(&step.node);
+        if !step.action.is_probe() {
+            self.journal
+                .push((step.node.clone(), step.action.as_str().to_string()));
+        }
+        self.elect();
+        let r = match step.action {
+            Action::ProbeClusterStatus => {
+                let rows: Vec<String> = (0..3)
+                    .filter(|j| self.up[*j] || self.stale[*j] > 0)
+                    .map(|j| {
+                        if self.leader == Some(j) {
+                            format!(r#"{{"Cluster": "baton", "Member": "{}", "Host": "127.0.0.1:{}", "Role": "Leader", "State": "running", "TL": 1}}"#, PG[j], 5432 + j)
+                        } else {
+                            format!(r#"{{"Cluster": "baton", "Member": "{}", "Host": "127.0.0.1:{}", "Role": "Replica", "State": "streaming", "TL": 1, "Replay Lag": 0}}"#, PG[j], 5432 + j)
+                        }
+                    })
+                    .collect();
+                for s in self.stale.iter_mut() {
+                    *s = s.saturating_sub(1);
+                }
+                Etcd::ok(format!("[{}]", rows.join(", ")))
+            }
+            Action::ProbeStatus | Action::ProbeFailover => self.node_json(i),
+            Action::ProbeVersion => Etcd::ok(format!(
+                "postgres (PostgreSQL) {v} (Debian {v}-0+deb12u1)\n",
+                v = self.installed[i]
+            )),
+            Action::ProbePackage => {
+                Etcd::ok("postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)\n".into())
+            }
+            Action::BlockFailover => {
+                self.paused = true;
+                Etcd::ok("Success: cluster management is paused\n".into())
+            }
+            Action::UnblockFailover => {
+                self.paused = false;
+                self.elect();
+                Etcd::ok("Success: cluster management is resumed\n".into())
+            }
+            Action::Stop => {
+                self.up[i] = false;
+                self.stale[i] = 2;
+                self.elect();
+                Etcd::ok(String::new())
+            }
+            Action::Install => {
+                self.installed[i] = "15.20";
+                Etcd::ok(String::new())
+            }
+            Action::Start => {
+                if !self.starts[i] {
+                    return (
+                        Outcome::Failed,
+                        Some(1),
+                        String::new(),
+                        "postgres exited".into(),
+                    );
+                }
+                self.up[i] = true;
+                self.stale[i] = 0;
+                self.elect();
+                Etcd::ok(String::new())
+            }
+            Action::Demote => {
+                let at = step.argv.iter().position(|a| a == "--candidate");
+                let candidate = at
+                    .and_then(|p| step.argv.get(p + 1))
+                    .cloned()
+                    .unwrap_or_default();
+                let Some(c) = PG.iter().position(|n| *n == candidate) else {
+                    return (
+                        Outcome::Failed,
+                        Some(1),
+                        String::new(),
+                        "Error: candidate required".into(),
+                    );
+                };
+                if self.leader != Some(i) || !self.up[c] {
+                    return (
+                        Outcome::Failed,
+                        Some(1),
+                        String::new(),
+                        "Error: switchover failed".into(),
+                    );
+                }
+                self.leader = Some(c);
+                Etcd::ok(format!("Successfully switched over to \"{candidate}\"\n"))
+            }
+            other => panic!("the patroni profile has no action {other}"),
+        };
+        if self.leader.is_none() {
+            self.leaderless += 1;
+        }
+        r
+    }
+
+    fn drive(&mut self, run: &mut Run, max: usize) {
+        for _ in 0..max {
+            if run.state.is_terminal() {
+                return;
+            }
+            if let Some(step) = run.state.outstanding_steps().first().cloned() {
+                let result = self.run(&step);
+                run.finish(&step, result);
+                continue;
+            }
+            if run.state.next_wakeup_ms().is_some() {
+                run.tick();
+                continue;
+            }
+            return;
+        }
+    }
+}
+
+fn patroni_submit(cluster: ClusterFile) -> Input {
+    let mut input = submit(cluster);
+    if let Input::Submit {
+        executors_online, ..
+    } = &mut input
+    {
+        *executors_online = PG.iter().map(|s| s.to_string()).collect();
+    }
+    input
+}
+
+#[test]
+fn the_patroni_profile_fences_failover_for_the_whole_upgrade_and_restores_it() {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+        .expect("accepted");
+    let mut pg = Patroni::new(0); // pg1 leads
+    pg.drive(&mut run, 5_000);
+    assert_eq!(
+        status(&run.state),
+        Status::Completed,
+        "{:#?}",
+        &run.history[run.history.len().saturating_sub(6)..]
+    );
+    let actions: Vec<(&str, &str)> = pg
+        .journal
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("pg1", "block_failover"),
+            ("pg2", "stop"),
+            ("pg2", "install"),
+            ("pg2", "start"),
+            ("pg3", "stop"),
+            ("pg3", "install"),
+            ("pg3", "start"),
+            ("pg1", "unblock_failover"),
+            ("pg1", "demote"),
+            ("pg2", "block_failover"),
+            ("pg1", "stop"),
+            ("pg1", "install"),
+            ("pg1", "start"),
+            ("pg2", "unblock_failover"),
+        ]
+    );
+    let (plan, _) = plan_of(&run.history);
+    let switchover = runs(&plan)
+        .into_iter()
+        .find(|(_, a, _)| *a == Action::Demote)
+        .expect("a switchover");
+    assert!(
+        switchover.2.windows(2).any(|w| w == ["--candidate", "pg2"]),
+        "the candidate is the first follower: {:?}",
+        switchover.2
+    );
+    assert!(!pg.paused, "failover is allowed again at the end");
+    assert_eq!(pg.leader, Some(1));
+    assert_eq!(pg.installed, ["15.20"; 3]);
+    assert_eq!(pg.leaderless, 0);
+}
+
+#[test]
+fn a_patroni_cluster_already_paused_is_refused_at_preflight() {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+        .unwrap();
+    let mut pg = Patroni::new(0);
+    pg.paused = true;
+    pg.drive(&mut run, 500);
+    let Status::Halted { reason, .. } = status(&run.state) else {
+        panic!("halted: {:?}", status(&run.state));
+    };
+    assert!(reason.contains("already blocked"), "{reason}");
+    assert!(pg.journal.is_empty(), "nothing ran: {:?}", pg.journal);
+    assert!(pg.paused, "someone else's pause is left as it was");
+}
+
+#[test]
+fn a_patroni_member_that_never_comes_back_halts_with_failover_allowed_again() {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+        .unwrap();
+    let mut pg = Patroni::new(0);
+    pg.starts[1] = false; // pg2's new binaries do not start
+    pg.drive(&mut run, 5_000);
+    let Status::Halted {
+        reason,
+        failover_pending,
+    } = status(&run.state)
+    else {
+        panic!("halted: {:?}", status(&run.state));
+    };
+    assert!(reason.contains("pg2"), "{reason}");
+    assert_eq!(failover_pending, None, "failover is not left blocked");
+    assert!(!pg.paused, "the fence was lifted: {:?}", pg.journal);
+    assert_eq!(
+        pg.journal.last().map(|(_, a)| a.as_str()),
+        Some("unblock_failover")
+    );
+    assert!(!pg.journal.iter().any(|(n, a)| n != "pg2" && a == "stop"));
+}
+
+#[test]
+fn a_patroni_leader_lost_while_failover_is_fenced_takes_the_emergency_exit() {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+        .unwrap();
+    let mut pg = Patroni::new(0);
+    // Upgrade the first follower, then the leader's host dies while Patroni is paused: nobody is elected.
+    for _ in 0..1_000 {
+        if pg.journal.iter().any(|(n, a)| n == "pg2" && a == "start") {
+            break;
+        }
+        if let Some(step) = run.state.outstanding_steps().first().cloned() {
+            let r = pg.run(&step);
+            run.finish(&step, r);
+        } else {
+            run.tick();
+        }
+    }
+    assert!(pg.paused, "fenced while the followers are upgraded");
+    pg.up[0] = false;
+    pg.leader = None;
+    let before = pg.journal.len();
+    pg.drive(&mut run, 5_000);
+    let Status::Halted { reason, .. } = status(&run.state) else {
+        panic!("halted: {:?}", status(&run.state));
+    };
+    // The fence was lifted so that Patroni could elect a new leader, and nothing was taken out afterwards.
+    assert!(
+        !pg.paused,
+        "failover allowed again: {:?}",
+        &pg.journal[before..]
+    );
+    assert!(pg.leader.is_some(), "a new leader was elected");
+    assert!(
+        !pg.journal[before..].iter().any(|(_, a)| a == "stop"),
+        "{:?}",
+        &pg.journal[before..]
+    );
+    assert!(
+        run.history
+            .iter()
+            .any(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)),
+        "the emergency exit: {reason}"
+    );
+}

@@ -2017,14 +2017,19 @@ fn failover_gate(
 ) -> (Vec<String>, Vec<String>) {
     let all = problems_for(state, None, action, observation);
     let gate = match (action, observation) {
-        (Action::ProbeClusterStatus, Observation::ClusterStatus { .. }) => observation
+        (
+            Action::ProbeClusterStatus,
+            Observation::ClusterStatus { .. } | Observation::Members { .. },
+        ) => observation
             .topology()
             .map(|t| leader_problems(&t))
             .unwrap_or_default(),
-        (Action::ProbeStatus, Observation::NodeStatus { .. }) => observation
-            .node_health(node_count(state))
-            .map(|h| electable_problems(&h))
-            .unwrap_or_default(),
+        (Action::ProbeStatus, Observation::NodeStatus { .. } | Observation::Node { .. }) => {
+            observation
+                .node_health(node_count(state))
+                .map(|h| electable_problems(&h))
+                .unwrap_or_default()
+        }
         _ => return (all, vec![]),
     };
     let other = all.into_iter().filter(|p| !gate.contains(p)).collect();

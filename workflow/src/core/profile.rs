@@ -430,11 +430,7 @@ impl Profile {
         if let Some(p) = &probes.failover {
             actions.insert(Action::ProbeFailover, probe(p));
         }
-        let unblock = file
-            .actions
-            .get("unblock_failover")
-            .map(|d| d.argv.join(" "))
-            .unwrap_or_default();
+        let unblock = format!("the {} profile's unblock_failover action", file.name);
         let hint = |key: &str, default: String| file.hints.get(key).cloned().unwrap_or(default);
         // Probes read by a named built-in reader (chef-backend's tables) are all read by it, with its own
         // observations and version rule; a mix of built-in and field-path parsers is not a system we know.
