@@ -56,6 +56,47 @@ fn etcd_nodes() -> Vec<NodeSpec> {
     ClusterFile::parse("cluster.toml", &text).unwrap().nodes
 }
 
+/// `behind_leader`: a member whose applied index is far behind the leader's raft index is not caught up (the real
+/// healthy output, with one member's applied index edited), and one exactly `max_lag` behind still is.
+#[test]
+fn the_etcd_profile_sees_a_member_behind_the_leader() {
+    let p = profile("etcd");
+    let nodes = etcd_nodes();
+    let saved = etcd_saved("healthy", "topology");
+    let t = parse_topology(&p.probes.topology, &saved.stdout, &nodes).unwrap();
+    let leader = t.sole_leader().unwrap().to_string();
+    let doc: serde_json::Value = serde_json::from_str(&saved.stdout).unwrap();
+    let member = |doc: &serde_json::Value, i: usize| {
+        let addr = doc[i]["Endpoint"].as_str().unwrap().to_string();
+        nodes
+            .iter()
+            .find(|n| n.address == addr)
+            .unwrap()
+            .name
+            .clone()
+    };
+    let follower = (0..3).find(|i| member(&doc, *i) != leader).unwrap();
+    // The leader's raft index at 10,000 (every member's, as a busy cluster shows), one follower's applied
+    // index moved: 0 and 9,899 are more than 100 behind, 9,900 is exactly 100.
+    for (applied, want) in [(0u64, false), (9_899, false), (9_900, true), (10_000, true)] {
+        let mut edited = doc.clone();
+        for i in 0..3 {
+            edited[i]["Status"]["raftIndex"] = 10_000u64.into();
+            edited[i]["Status"]["raftAppliedIndex"] = 10_000u64.into();
+        }
+        edited[follower]["Status"]["raftAppliedIndex"] = applied.into();
+        let t = parse_topology(&p.probes.topology, &edited.to_string(), &nodes).unwrap();
+        let m = t.member(&member(&edited, follower)).unwrap();
+        assert_eq!(m.caught_up, Some(want), "applied {applied} of 10000: {m:?}");
+        let l = t.member(&leader).unwrap();
+        assert_eq!(
+            l.caught_up,
+            Some(true),
+            "the leader is caught up with itself"
+        );
+    }
+}
+
 #[test]
 fn the_etcd_profile_reads_what_a_real_etcd_cluster_showed() {
     let p = profile("etcd");
@@ -82,6 +123,15 @@ fn the_etcd_profile_reads_what_a_real_etcd_cluster_showed() {
             [want["leader"].as_str().unwrap()],
             "{state}: {t:?}"
         );
+        // Every member that answered was within `max_lag` of the leader's raft index in these quiet states.
+        for m in &t.members {
+            assert_eq!(
+                m.caught_up,
+                Some(true),
+                "{state}: {} caught up in {t:?}",
+                m.node
+            );
+        }
         for n in &nodes {
             let down = stopped.contains(&n.name.as_str());
             // A member that is down is not in the status output at all.

@@ -223,6 +223,11 @@ pub struct Fields {
     pub lag: Option<String>,
     /// The largest lag that counts as caught up.
     pub max_lag: Option<f64>,
+    /// Topology: a member's position and the leader's, `[member field, leader field]`: the member is caught up
+    /// when the leader's value minus its own is at most `max_lag` (etcd: `raftAppliedIndex` against the
+    /// leader's `raftIndex`). The leader is the member `leader_when` picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind_leader: Option<[String; 2]>,
     /// Version probes: the version.
     pub version: Option<String>,
     /// The failover probe: when automatic failover is blocked.
@@ -353,6 +358,7 @@ struct RawParse {
     caught_up_when: Option<Spanned<RawCondition>>,
     up_when: Option<Spanned<RawCondition>>,
     lag: Option<Spanned<String>>,
+    behind_leader: Option<Spanned<Vec<String>>>,
     max_lag: Option<Spanned<f64>>,
     version: Option<Spanned<String>>,
     blocked_when: Option<Spanned<RawCondition>>,
@@ -639,7 +645,8 @@ fn parser(
         ));
     }
     // Which keys each probe kind reads; any other is refused by name, so a typo cannot go unnoticed.
-    let present: [(&str, Option<Range<usize>>); 12] = [
+    let present: [(&str, Option<Range<usize>>); 13] = [
+        ("behind_leader", p.behind_leader.as_ref().map(|v| v.span())),
         ("blocked_when", p.blocked_when.as_ref().map(|v| v.span())),
         ("members", p.members.as_ref().map(|v| v.span())),
         ("name", p.name.as_ref().map(|v| v.span())),
@@ -670,6 +677,7 @@ fn parser(
             "caught_up_when",
             "lag",
             "max_lag",
+            "behind_leader",
         ],
         ProbeKind::Node => &["up_when", "caught_up_when", "lag", "max_lag"],
         ProbeKind::Version => &["version"],
@@ -771,6 +779,13 @@ fn parser(
         }
     }
     if let Some(lag) = &p.lag {
+        if let Some(b) = &p.behind_leader {
+            return Err(loc.err(
+                Some(b.span()),
+                k("behind_leader"),
+                "give `lag` or `behind_leader`, not both: they say the same thing two ways",
+            ));
+        }
         fields.lag = Some(pointer(loc, lag, &k("lag"), json)?);
         match &p.max_lag {
             Some(m) if m.get_ref().is_finite() && *m.get_ref() >= 0.0 => {
@@ -784,6 +799,39 @@ fn parser(
                     Some(lag.span()),
                     k("max_lag"),
                     "missing: `lag` needs the largest lag that counts as caught up",
+                ))
+            }
+        }
+    } else if let Some(behind) = &p.behind_leader {
+        let fields_of = behind.get_ref();
+        if fields_of.len() != 2 {
+            return Err(loc.err(
+                Some(behind.span()),
+                k("behind_leader"),
+                "must name two fields: the member's position and the leader's",
+            ));
+        }
+        let field = |i: usize| {
+            pointer(
+                loc,
+                &Spanned::new(behind.span(), fields_of[i].clone()),
+                &k("behind_leader"),
+                json,
+            )
+        };
+        fields.behind_leader = Some([field(0)?, field(1)?]);
+        match &p.max_lag {
+            Some(m) if m.get_ref().is_finite() && *m.get_ref() >= 0.0 => {
+                fields.max_lag = Some(*m.get_ref())
+            }
+            Some(m) => {
+                return Err(loc.err(Some(m.span()), k("max_lag"), "must be a number at least 0"))
+            }
+            None => {
+                return Err(loc.err(
+                    Some(behind.span()),
+                    k("max_lag"),
+                    "missing: `behind_leader` needs the largest lag that counts as caught up",
                 ))
             }
         }
@@ -854,6 +902,7 @@ fn builtin_parser(loc: &Loc<'_>, raw: &Spanned<RawParse>, key: &str) -> Result<P
         ("max_lag", p.max_lag.as_ref().map(|v| v.span())),
         ("version", p.version.as_ref().map(|v| v.span())),
         ("blocked_when", p.blocked_when.as_ref().map(|v| v.span())),
+        ("behind_leader", p.behind_leader.as_ref().map(|v| v.span())),
     ];
     if let Some((name, span)) = others.into_iter().find(|(_, s)| s.is_some()) {
         return Err(loc.err(
@@ -892,6 +941,7 @@ fn field_names(f: &Fields) -> Vec<String> {
         .flatten()
         .cloned()
         .collect();
+    out.extend(f.behind_leader.iter().flatten().cloned());
     for c in [
         &f.leader_when,
         &f.follower_when,
@@ -1288,6 +1338,15 @@ fn same(a: &Value, b: &Value) -> bool {
     matches!((text(a), text(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// Whether `member` is at most `max` behind `leader` (both numbers; integers compared exactly, as etcd's raft
+/// indexes are u64). `None` when either is not a number.
+fn lag_within(leader: &Value, member: &Value, max: f64) -> Option<bool> {
+    if let (Some(l), Some(m)) = (leader.as_u64(), member.as_u64()) {
+        return Some(l <= m || ((l - m) as f64) <= max);
+    }
+    Some(number(leader)? - number(member)? <= max)
+}
+
 fn number(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
@@ -1371,6 +1430,21 @@ fn members(
     }
     let name_field = f.name.as_deref().unwrap_or_default();
     let mut out = Vec::with_capacity(records.len());
+    // `behind_leader`: the leader's position, when exactly one member leads.
+    let leader_flags: Vec<bool> = records
+        .iter()
+        .map(|r| f.leader_when.as_ref().is_some_and(|c| r.holds(c)))
+        .collect();
+    let leader_position = match (
+        &f.behind_leader,
+        leader_flags.iter().filter(|l| **l).count(),
+    ) {
+        (Some([_, leader_field]), 1) => leader_flags
+            .iter()
+            .position(|l| *l)
+            .and_then(|i| records[i].get(leader_field)),
+        _ => None,
+    };
     for (i, r) in records.iter().enumerate() {
         let identity = r
             .get(name_field)
@@ -1387,7 +1461,19 @@ fn members(
             MemberRole::Other
         };
         let in_service = f.in_service_when.as_ref().is_none_or(|c| r.holds(c));
-        let caught_up = r.caught_up(f);
+        let mut caught_up = r.caught_up(f);
+        if let Some([member_field, _]) = &f.behind_leader {
+            let behind = match (&leader_position, r.get(member_field)) {
+                _ if leads => Some(true),
+                (Some(l), Some(m)) => lag_within(l, &m, f.max_lag.unwrap_or(0.0)),
+                _ => None,
+            };
+            caught_up = match (caught_up, behind) {
+                (None, b) => b,
+                (a, None) => a,
+                (Some(a), Some(b)) => Some(a && b),
+            };
+        }
         let label = match role {
             MemberRole::Leader => "leader",
             MemberRole::Follower => "follower",
@@ -1839,6 +1925,52 @@ version = "version"
             got.contains("runs on the leader; a node's own actions run on the_node"),
             "{got}"
         );
+    }
+
+    #[test]
+    fn behind_leader_is_checked_on_load() {
+        let leader = "leader_when = { equal = [\"/Status/header/member_id\", \"/Status/leader\"] }";
+        let with = |extra: &str| format!("{leader}\n{extra}");
+        let ok = load(&ETCD.replacen(
+            leader,
+            &with("behind_leader = [\"/Status/raftAppliedIndex\", \"/Status/raftIndex\"]\nmax_lag = 10"),
+            1,
+        ))
+        .unwrap();
+        let Parser::Json(f) = &ok.probes.topology.parse else {
+            panic!("json")
+        };
+        assert_eq!(
+            f.behind_leader,
+            Some([
+                "/Status/raftAppliedIndex".to_string(),
+                "/Status/raftIndex".to_string()
+            ])
+        );
+        for (extra, says) in [
+            (
+                "behind_leader = [\"/Status/raftAppliedIndex\"]",
+                "probes.topology.parse.behind_leader: must name two fields",
+            ),
+            (
+                "behind_leader = [\"/a\", \"/b\"]",
+                "probes.topology.parse.max_lag: missing",
+            ),
+            (
+                "behind_leader = [\"/a\", \"/b\"]\nlag = \"/c\"\nmax_lag = 1",
+                "give `lag` or `behind_leader`, not both",
+            ),
+            (
+                "behind_leader = [\"a\", \"/b\"]\nmax_lag = 1",
+                "probes.topology.parse.behind_leader",
+            ),
+        ] {
+            let err = load(&ETCD.replacen(leader, &with(extra), 1))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{extra}: {err}");
+            assert!(err.starts_with("etcd.toml:"), "{err}");
+        }
     }
 
     #[test]
