@@ -469,9 +469,12 @@ impl Loop {
         for scheduled in events.iter().filter_map(Event::scheduled_step) {
             self.publish_step(&scheduled).await;
         }
-        for (record, event) in appended.iter().zip(&events) {
-            self.mirror(record.seq, &record.hash, event).await;
-        }
+        let batch: Vec<(u64, store::Hash, &Event)> = appended
+            .iter()
+            .zip(&events)
+            .map(|(record, event)| (record.seq, record.hash, event))
+            .collect();
+        mirror_batch(&self.shared, &self.upgrade, &batch).await;
         Ok(Ok(events))
     }
 
@@ -565,17 +568,9 @@ impl Loop {
         );
     }
 
-    /// Mirrors one event to `BATON_EVENTS` (with its seq and hash), for
-    /// watchers and as an off-box anchor of the chain.
-    async fn mirror(&self, seq: u64, hash: &store::Hash, event: &Event) {
-        mirror_event(&self.shared, &self.upgrade, seq, hash, event).await
-    }
-
     /// After a restart: mirrors the events that `BATON_EVENTS` does not have.
     async fn remirror(&self, events: &[(store::Record, Event)], missing: impl Fn(u64) -> bool) {
-        for (record, event) in events.iter().filter(|(r, _)| missing(r.seq)) {
-            self.mirror(record.seq, &record.hash, event).await;
-        }
+        remirror_where(&self.shared, &self.upgrade, events, missing).await
     }
 
     async fn publish_until_acked(
@@ -590,9 +585,56 @@ impl Loop {
     }
 }
 
-/// Mirrors one event of `upgrade` to `BATON_EVENTS` (with its seq and hash),
-/// for watchers and as an off-box anchor of the chain.
-async fn mirror_event(shared: &Shared, upgrade: &str, seq: u64, hash: &store::Hash, event: &Event) {
+/// Mirrors a batch of events of `upgrade` to `BATON_EVENTS`, pipelined: every
+/// publish is sent first, then the acks are awaited, so a batch costs one
+/// round trip to JetStream rather than one per event. An event whose publish or
+/// ack failed is sent again by the retrying path (its message id dedupes a copy
+/// that did land). The mirror is keyed by seq (`mirror.rs`), so a retried event
+/// that lands after a later one is still where a reader looks for it.
+async fn mirror_batch(shared: &Shared, upgrade: &str, batch: &[(u64, store::Hash, &Event)]) {
+    let messages: Vec<(u64, async_nats::HeaderMap, Vec<u8>)> = batch
+        .iter()
+        .map(|(seq, hash, event)| {
+            let (headers, payload) = mirror_message(shared, upgrade, *seq, hash, event);
+            (*seq, headers, payload)
+        })
+        .collect();
+    let subject = protocol::subjects::event(upgrade);
+    let mut acks = Vec::with_capacity(messages.len());
+    for (_, headers, payload) in &messages {
+        let sent = shared
+            .js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone().into())
+            .await;
+        acks.push(sent.ok());
+    }
+    for ((seq, headers, payload), ack) in messages.into_iter().zip(acks) {
+        let acked = match ack {
+            Some(ack) => ack.await.is_ok(),
+            None => false,
+        };
+        if !acked {
+            super::publish_until_acked(
+                shared,
+                upgrade,
+                subject.clone(),
+                headers,
+                payload,
+                &format!("event {seq}"),
+            )
+            .await;
+        }
+    }
+}
+
+/// One event's mirror message: its headers (the message id) and body.
+fn mirror_message(
+    shared: &Shared,
+    upgrade: &str,
+    seq: u64,
+    hash: &store::Hash,
+    event: &Event,
+) -> (async_nats::HeaderMap, Vec<u8>) {
     let body = serde_json::json!({
         "upgrade": upgrade,
         "seq": seq,
@@ -608,16 +650,29 @@ async fn mirror_event(shared: &Shared, upgrade: &str, seq: u64, hash: &store::Ha
         protocol::messages::MSG_ID_HEADER,
         format!("{upgrade}:event:{seq}:{}", shared.epoch).as_str(),
     );
-    super::publish_until_acked(
-        shared,
-        upgrade,
-        protocol::subjects::event(upgrade),
-        headers,
-        body.to_string().into_bytes(),
-        &format!("event {seq}"),
-    )
-    .await
+    (headers, body.to_string().into_bytes())
 }
+
+/// Mirrors the events of `upgrade` whose seq is `missing`, pipelined in
+/// batches of at most [`REMIRROR_BATCH`] (bounded in flight).
+async fn remirror_where(
+    shared: &Shared,
+    upgrade: &str,
+    events: &[(store::Record, Event)],
+    missing: impl Fn(u64) -> bool,
+) {
+    let wanted: Vec<(u64, store::Hash, &Event)> = events
+        .iter()
+        .filter(|(r, _)| missing(r.seq))
+        .map(|(r, e)| (r.seq, r.hash, e))
+        .collect();
+    for chunk in wanted.chunks(REMIRROR_BATCH) {
+        mirror_batch(shared, upgrade, chunk).await;
+    }
+}
+
+/// The most mirror publishes a re-mirroring has in flight at once.
+const REMIRROR_BATCH: usize = 256;
 
 /// A finished upgrade whose last events were appended but not mirrored (the
 /// service stopped in between): mirrors that tail. One by-subject read per
@@ -648,9 +703,7 @@ async fn remirror_tail(
     };
     if last < head.seq {
         tracing::info!(%upgrade, mirrored = last, head = head.seq, "mirroring a finished upgrade's last events");
-        for (record, event) in events.iter().filter(|(r, _)| r.seq > last) {
-            mirror_event(shared, upgrade, record.seq, &record.hash, event).await;
-        }
+        remirror_where(shared, upgrade, events, |seq| seq > last).await;
     }
     Ok(())
 }
