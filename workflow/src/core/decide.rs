@@ -383,17 +383,18 @@ pub struct VerifyMismatch {
 }
 
 /// Feeds every recorded input of `events` back to `decide` and checks that it makes exactly the recorded
-/// decisions. `Ok(())` means today's core agrees with the log.
-pub fn verify(events: &[Event]) -> Result<(), VerifyMismatch> {
+/// decisions. `Ok(())` means today's core agrees with the log. Takes events or references to them (a caller
+/// that holds them elsewhere need not clone them into a slice).
+pub fn verify<E: std::borrow::Borrow<Event>>(events: &[E]) -> Result<(), VerifyMismatch> {
     let mut state = State::default();
     let mut i = 0;
     while i < events.len() {
-        let Some(input) = input_of(&events[i]) else {
+        let Some(input) = input_of(events[i].borrow()) else {
             return Err(VerifyMismatch {
                 index: i,
                 message: format!(
                     "a decision not preceded by its recorded input: {:?}",
-                    events[i]
+                    events[i].borrow()
                 ),
             });
         };
@@ -402,7 +403,7 @@ pub fn verify(events: &[Event]) -> Result<(), VerifyMismatch> {
             message: format!("recorded input is now rejected: {r}"),
         })?;
         for (k, expected) in decided.iter().enumerate() {
-            match events.get(i + k) {
+            match events.get(i + k).map(std::borrow::Borrow::borrow) {
                 Some(actual) if actual == expected => state.apply(actual),
                 Some(actual) => {
                     return Err(VerifyMismatch {

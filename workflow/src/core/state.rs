@@ -910,6 +910,8 @@ impl State {
                         r.outcome.as_ref().map(|o| o.outcome),
                     )
                 });
+                // Built once: it formats every member's role (a third build is `Facts::observed`'s).
+                let topology = observation.topology();
                 if let Some((action, node, at_ms, outcome)) = probe.clone() {
                     // A node is unreachable when its cluster-wide probe failed (its etcd) or any probe got no
                     // answer at all (its host or executor is gone); any answer from it makes it reachable again.
@@ -922,7 +924,7 @@ impl State {
                     } else if !unavailable {
                         self.unreachable.remove(&node);
                     }
-                    if let Some(topology) = observation.topology() {
+                    if let Some(topology) = &topology {
                         if topology.sole_leader().is_some() {
                             self.leaderless_since = None;
                         } else if self.leaderless_since.is_none() {
@@ -930,7 +932,7 @@ impl State {
                         }
                     }
                 }
-                if let Some(topology) = observation.topology() {
+                if let Some(topology) = topology {
                     self.last_cluster = Some(topology.into());
                 }
                 if let Some((action, _, at_ms, outcome)) = &probe {
