@@ -240,3 +240,34 @@ fn assert_each_command_ran_once(env: &Env, events: &[Event]) {
         "commands run per node (left) vs steps scheduled (right)"
     );
 }
+
+/// The replica count is fixed when the streams and buckets are created: a
+/// service restarted with another one stops at once and says which object
+/// has how many and which flag to change (the lease bucket is checked first).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_given_another_replica_count_than_the_streams_refuses_to_start_naming_the_flag() {
+    let mut env = Env::start(Setup {
+        nats_servers: 3,
+        nats_replicas: 3,
+        nats_auth: false,
+        ..Setup::default()
+    })
+    .await;
+    let server = env.server.as_mut().unwrap();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the service stops");
+    env.nats_replicas = 1;
+    env.start_server();
+    let server = env.server.as_mut().unwrap();
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the service refuses to start");
+    assert!(!status.success());
+    let log = server.log();
+    assert!(
+        log.contains("3 replicas, expected 1") && log.contains("--nats-replicas"),
+        "{log}"
+    );
+}
