@@ -46,7 +46,14 @@ const CONNECTION: &[&str] = &[
 ];
 
 /// `baton server`'s own flags a file may set.
-const SERVER: &[&str] = &["db", "api_skew_s", "standby", "lease_ttl_ms", "http"];
+const SERVER: &[&str] = &[
+    "db",
+    "api_skew_s",
+    "standby",
+    "lease_ttl_ms",
+    "http",
+    "nats_replicas",
+];
 
 /// `baton executor`'s own flags a file may set.
 const EXECUTOR: &[&str] = &[

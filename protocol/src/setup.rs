@@ -2,10 +2,12 @@
 //!
 //! The workflow service calls [`ensure`] at start: it creates what is missing
 //! and checks what exists. Existing objects are checked for the options the
-//! protocol depends on (retention, storage, subjects) and refused with
-//! [`ProtocolError::Incompatible`] when they differ; tunables (duplicate
-//! windows, ages, TTLs) are left as the first creator set them, so two
-//! processes with different tunables do not fight over the configuration.
+//! protocol depends on (retention, storage, subjects) and for their replica
+//! count ([`Options::replicas`], the deployment's choice of how many NATS
+//! servers may fail) and refused with [`ProtocolError::Incompatible`] when
+//! they differ; tunables (duplicate windows, ages, TTLs) are left as the
+//! first creator set them, so two processes with different tunables do not
+//! fight over the configuration.
 //!
 //! An executor calls [`attach_executor`] instead: least privilege. It only
 //! looks up the steps stream and the two buckets (never creates or updates a
@@ -34,6 +36,9 @@ use async_nats::jetstream::{
 use crate::error::ProtocolError;
 use crate::subjects;
 
+/// The most replicas a JetStream stream may have (nats-server's limit).
+pub const MAX_REPLICAS: usize = 5;
+
 /// The oldest nats-server we accept (work-queue streams with per-subject
 /// consumers, KV TTLs, `Nats-Msg-Id` de-duplication as we use them).
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
@@ -44,6 +49,13 @@ pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
 pub struct Options {
     /// Storage of every stream and bucket (file: survives a server restart).
     pub storage: StorageType,
+    /// How many servers of a NATS cluster keep a copy of every stream and
+    /// bucket (and, as they inherit it, of the consumers): 1 on a single
+    /// server; 3 (or 5) on a cluster, so that one (or two) servers may fail
+    /// with nothing lost. 1 to [`MAX_REPLICAS`], at most the cluster's size
+    /// (nats-server refuses more). An existing stream or bucket with another
+    /// count is refused, not silently kept.
+    pub replicas: usize,
     /// How long `BATON_STEPS` remembers `Nats-Msg-Id`s for de-duplication.
     pub steps_duplicate_window: Duration,
     /// How long `BATON_RESULTS` remembers `Nats-Msg-Id`s.
@@ -69,6 +81,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             storage: StorageType::File,
+            replicas: 1,
             steps_duplicate_window: Duration::from_secs(120),
             results_duplicate_window: Duration::from_secs(120),
             results_max_age: Duration::from_secs(30 * 24 * 3600),
@@ -113,6 +126,7 @@ pub async fn ensure(js: &jetstream::Context, opts: &Options) -> Result<Handles, 
             subjects: vec![subjects::STEPS_WILDCARD.into()],
             retention: RetentionPolicy::WorkQueue,
             storage: opts.storage,
+            num_replicas: opts.replicas,
             duplicate_window: opts.steps_duplicate_window,
             ..Default::default()
         },
@@ -125,6 +139,7 @@ pub async fn ensure(js: &jetstream::Context, opts: &Options) -> Result<Handles, 
             subjects: vec![subjects::RESULTS_WILDCARD.into()],
             retention: RetentionPolicy::Limits,
             storage: opts.storage,
+            num_replicas: opts.replicas,
             duplicate_window: opts.results_duplicate_window,
             max_age: opts.results_max_age,
             ..Default::default()
@@ -138,6 +153,7 @@ pub async fn ensure(js: &jetstream::Context, opts: &Options) -> Result<Handles, 
             subjects: vec![subjects::EVENTS_WILDCARD.into()],
             retention: RetentionPolicy::Limits,
             storage: opts.storage,
+            num_replicas: opts.replicas,
             max_age: opts.events_max_age,
             ..Default::default()
         },
@@ -150,6 +166,7 @@ pub async fn ensure(js: &jetstream::Context, opts: &Options) -> Result<Handles, 
             subjects: vec![subjects::CHECKPOINTS_WILDCARD.into()],
             retention: RetentionPolicy::Limits,
             storage: opts.storage,
+            num_replicas: opts.replicas,
             // Kept forever, and nobody (the service included) may delete or
             // purge a message: an insider who rewrites the log cannot take
             // back the heads the service signed before.
@@ -180,6 +197,7 @@ pub async fn ensure(js: &jetstream::Context, opts: &Options) -> Result<Handles, 
             history: 1,
             max_age: opts.presence_ttl,
             storage: opts.storage,
+            num_replicas: opts.replicas,
             ..Default::default()
         },
     )
@@ -192,6 +210,7 @@ pub async fn ensure(js: &jetstream::Context, opts: &Options) -> Result<Handles, 
             history: 1,
             max_age: opts.claims_max_age,
             storage: opts.storage,
+            num_replicas: opts.replicas,
             ..Default::default()
         },
     )
@@ -396,6 +415,7 @@ fn check_stream(
 ) -> Result<stream::Stream, ProtocolError> {
     let have = &existing.cached_info().config;
     let mut problems = semantic_problems(have, want.retention, &want.subjects);
+    problems.extend(replica_problem(have, want.num_replicas));
     if have.storage != want.storage {
         problems.push(format!(
             "storage {:?}, expected {:?}",
@@ -433,6 +453,18 @@ fn semantic_problems(
         ));
     }
     problems
+}
+
+/// Where an existing stream's (or bucket's) replica count is not the one
+/// wanted. A stream created without one has 1 (the server's default).
+fn replica_problem(have: &stream::Config, want: usize) -> Option<String> {
+    let have = have.num_replicas.max(1);
+    (have != want.max(1)).then(|| {
+        format!(
+            "{have} replicas, expected {want} (the workflow service's --nats-replicas; \
+             give it the count the streams have, or change theirs with `nats stream edit --replicas`)"
+        )
+    })
 }
 
 fn incompatible_if_any(name: &str, problems: Vec<String>) -> Result<(), ProtocolError> {
@@ -487,7 +519,17 @@ async fn ensure_bucket(
             .map_err(|e| setup_error("open KV bucket", &bucket, e))
     };
     match js.get_stream(&stream_name).await {
-        Ok(_) => open().await,
+        Ok(existing) => {
+            let have = &existing.cached_info().config;
+            if let Some(detail) = replica_problem(have, want.num_replicas) {
+                return Err(ProtocolError::Incompatible {
+                    kind: "KV bucket",
+                    name: bucket,
+                    detail,
+                });
+            }
+            open().await
+        }
         Err(e) if is_not_found(&e) => match js.create_key_value(want).await {
             Ok(store) => Ok(store),
             // Created by another process meanwhile: use theirs.
@@ -512,5 +554,20 @@ mod tests {
         assert!(!version_at_least("2.9.10", (2, 10)));
         assert!(!version_at_least("", (2, 10)));
         assert!(!version_at_least("garbage", (2, 10)));
+    }
+
+    #[test]
+    fn a_replica_count_other_than_the_wanted_one_is_a_problem_that_names_the_flag() {
+        let with = |n| stream::Config {
+            num_replicas: n,
+            ..Default::default()
+        };
+        assert_eq!(replica_problem(&with(3), 3), None);
+        // Created without a count: the server's default, 1.
+        assert_eq!(replica_problem(&with(0), 1), None);
+        let problem = replica_problem(&with(1), 3).unwrap();
+        assert!(problem.starts_with("1 replicas, expected 3"), "{problem}");
+        assert!(problem.contains("--nats-replicas"), "{problem}");
+        assert!(replica_problem(&with(3), 1).is_some());
     }
 }

@@ -1,5 +1,5 @@
 //! Test support shared by the integration tests: a real nats-server per test
-//! ([`nats::NatsServer`]), the workspace's built binaries and child processes
+//! ([`nats::NatsServer`]) or a cluster of them ([`nats_cluster::NatsCluster`]), the workspace's built binaries and child processes
 //! stopped on drop ([`process`]), and condition waits with timeouts
 //! ([`wait`]) instead of bare sleeps, a loopback OpenSSH server ([`sshd`]), a
 //! TCP proxy for network faults ([`proxy`]), an authenticated deployment's
@@ -11,6 +11,7 @@
 pub mod browser;
 pub mod fleet;
 pub mod nats;
+pub mod nats_cluster;
 pub mod process;
 pub mod proxy;
 pub mod real;
@@ -20,6 +21,7 @@ pub mod wait;
 
 pub use browser::Chromium;
 pub use nats::NatsServer;
+pub use nats_cluster::NatsCluster;
 pub use process::{workspace_bin, workspace_root, Proc};
 pub use proxy::{Mode, Proxy};
 pub use secure::{Secure, ServerErrors};

@@ -3,7 +3,9 @@
 //! store, and freezable (SIGSTOP/SIGCONT) for chaos tests. Without
 //! authentication ([`NatsServer::start`]), or configured for a [`Secure`]
 //! deployment ([`NatsServer::start_secured`]: nkey users with least-privilege
-//! permissions, TLS with client certificates).
+//! permissions, TLS with client certificates). A member of a
+//! [`crate::nats_cluster::NatsCluster`] is a `NatsServer` too, started with a
+//! `cluster` block and its own server name.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -19,6 +21,8 @@ use crate::secure::{connect_config, Secure};
 
 /// How long a start or restart may take before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one readiness probe waits for JetStream's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The nats-server binary: `$BATON_NATS_SERVER`, else `<workspace>/.tools/bin/nats-server`.
 pub fn server_binary() -> PathBuf {
@@ -36,6 +40,22 @@ pub struct NatsServer {
     starts: u32,
     jetstream: bool,
     secured: Option<Secured>,
+    member: Option<Member>,
+}
+
+/// What a member of a cluster needs across restarts: its name and where the
+/// cluster's routes listen.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    /// `server_name` (JetStream's peers know each other by it; it must stay
+    /// the same across restarts).
+    pub(crate) name: String,
+    /// The cluster's name, the same on every member.
+    pub(crate) cluster: String,
+    /// This member's route port.
+    pub(crate) route_port: u16,
+    /// The other members' route ports.
+    pub(crate) routes: Vec<u16>,
 }
 
 /// What a secured server needs across restarts.
@@ -59,21 +79,26 @@ impl NatsServer {
     }
 
     async fn start_with(jetstream: bool) -> anyhow::Result<NatsServer> {
+        let mut server = Self::unstarted(jetstream, None)?;
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// A server with a free port and a fresh store dir, not started yet.
+    pub(crate) fn unstarted(jetstream: bool, member: Option<Member>) -> anyhow::Result<NatsServer> {
         let dir = tempfile::Builder::new()
             .prefix("baton-nats-")
             .tempdir()
             .context("could not create the store dir")?;
-        let port = free_port()?;
-        let mut server = NatsServer {
+        Ok(NatsServer {
             proc: None,
-            port,
+            port: free_port()?,
             dir,
             starts: 0,
             jetstream,
             secured: None,
-        };
-        server.spawn().await?;
-        Ok(server)
+            member,
+        })
     }
 
     /// Start a server for `secure`'s deployment: configured by
@@ -82,34 +107,23 @@ impl NatsServer {
     /// store dir. Restarts keep the configuration. Clients connect to
     /// [`NatsServer::url`] with TLS (the server asks for it in its INFO).
     pub async fn start_secured(secure: &Secure) -> anyhow::Result<NatsServer> {
-        let dir = tempfile::Builder::new()
-            .prefix("baton-nats-")
-            .tempdir()
-            .context("could not create the store dir")?;
-        let port = free_port()?;
+        let mut server = Self::unstarted(true, None)?;
         let config = protocol::natsconf::render(
             &secure.trust,
             &protocol::natsconf::ServerOptions {
                 host: "127.0.0.1".into(),
-                port,
-                store_dir: dir.path().join("store"),
+                port: server.port,
+                store_dir: server.dir.path().join("store"),
                 tls: Some(secure.tls.clone()),
                 monitor_port: None,
             },
         );
-        let config_file = dir.path().join("nats-server.conf");
+        let config_file = server.dir.path().join("nats-server.conf");
         std::fs::write(&config_file, config).context("could not write the server config")?;
-        let mut server = NatsServer {
-            proc: None,
-            port,
-            dir,
-            starts: 0,
-            jetstream: true,
-            secured: Some(Secured {
-                config_file,
-                probe: secure.nats_config("", Some(&secure.service_key)),
-            }),
-        };
+        server.secured = Some(Secured {
+            config_file,
+            probe: secure.nats_config("", Some(&secure.service_key)),
+        });
         server.spawn().await?;
         Ok(server)
     }
@@ -126,6 +140,16 @@ impl NatsServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Its `server_name` when it is a member of a cluster.
+    pub fn server_name(&self) -> Option<&str> {
+        self.member.as_ref().map(|m| m.name.as_str())
+    }
+
+    /// Whether its process runs (not stopped, not exited).
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some()
     }
 
     /// The server's process id while it runs.
@@ -182,6 +206,14 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
+        self.launch()?;
+        self.wait_ready().await
+    }
+
+    /// Start the process without waiting for it to be ready (the members of
+    /// a cluster are all launched before any can be: JetStream needs a
+    /// quorum of them).
+    pub(crate) fn launch(&mut self) -> anyhow::Result<()> {
         let bin = server_binary();
         anyhow::ensure!(
             bin.is_file(),
@@ -201,14 +233,31 @@ impl NatsServer {
                 .arg(&store)
                 .args(["-a", "127.0.0.1"]);
         }
+        if let Some(member) = &self.member {
+            let route = |port: &u16| format!("nats://127.0.0.1:{port}");
+            cmd.args(["--server_name", &member.name])
+                .args(["--cluster_name", &member.cluster])
+                .args(["--cluster", &route(&member.route_port)])
+                .args([
+                    "--routes",
+                    &member
+                        .routes
+                        .iter()
+                        .map(route)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ]);
+        }
         self.starts += 1;
         let log = self.dir.path().join("nats-server.log");
         self.proc = Some(Proc::spawn("nats-server", cmd, &log)?);
-        self.wait_ready().await
+        Ok(())
     }
 
-    /// Wait until a client connects and (when enabled) JetStream answers.
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    /// Wait until a client connects and (when enabled) JetStream answers. A
+    /// member of a cluster answers JetStream requests only once the cluster
+    /// has a meta leader, so this also waits for that.
+    pub(crate) async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let url = self.url();
         let ready = tokio::time::timeout(READY_TIMEOUT, async {
             loop {
@@ -222,7 +271,10 @@ impl NatsServer {
                         return Ok(());
                     }
                     let js = async_nats::jetstream::new(client);
-                    if js.query_account().await.is_ok() {
+                    // Without a meta leader nobody answers: ask again soon
+                    // rather than wait out the client's request timeout.
+                    let answer = tokio::time::timeout(PROBE_TIMEOUT, js.query_account()).await;
+                    if matches!(answer, Ok(Ok(_))) {
                         return Ok(());
                     }
                 }
@@ -264,9 +316,28 @@ impl Drop for NatsServer {
 }
 
 /// A port that was free a moment ago (the OS picks it).
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("could not find a free port")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// For the harness's tests: stream `KEEP` (`keep.>`) with `replicas`
+/// copies and one message in it.
+#[cfg(test)]
+pub(crate) async fn keep_one_message(js: &async_nats::jetstream::Context, replicas: usize) {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "KEEP".into(),
+        subjects: vec!["keep.>".into()],
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish("keep.a", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 }
 
 #[cfg(test)]
@@ -277,19 +348,7 @@ mod tests {
     async fn starts_restarts_on_the_same_port_and_keeps_its_streams() {
         let mut server = NatsServer::start().await.unwrap();
         let client = async_nats::connect(server.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "KEEP".into(),
-            subjects: vec!["keep.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        js.publish("keep.a", "x".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        keep_one_message(&async_nats::jetstream::new(client), 1).await;
         let port = server.port();
         server.restart().await.unwrap();
         assert_eq!(server.port(), port);

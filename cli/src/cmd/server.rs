@@ -28,6 +28,13 @@ pub struct ServerArgs {
     /// docs/metrics.md). Off by default.
     #[arg(long, env = "BATON_HTTP", value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
+    /// How many servers of a NATS cluster keep each of Baton's streams and buckets: 1 on a
+    /// single server; on a cluster 3 (one server may fail) or 5 (two may), at most the
+    /// cluster's size. Odd counts are the useful ones (a majority must be up). Fixed when the
+    /// streams are created: a service started with another count than theirs refuses to start.
+    #[arg(long, env = "BATON_NATS_REPLICAS", default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u8).range(1..=protocol::setup::MAX_REPLICAS as i64))]
+    pub nats_replicas: u8,
 }
 
 pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -42,6 +49,12 @@ pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode>
                 shutdown.cancel();
             })
         };
+        if args.nats_replicas.is_multiple_of(2) {
+            tracing::warn!(
+                nats_replicas = args.nats_replicas,
+                "an even replica count survives no more server failures than the odd count below it"
+            );
+        }
         let config = workflow::service::Config {
             db: args.db.clone(),
             // The identity first: a missing key is named for the service.
@@ -53,8 +66,13 @@ pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode>
                 ttl: std::time::Duration::from_millis(args.lease_ttl_ms),
                 renew_every: std::time::Duration::from_millis(args.lease_ttl_ms / 3),
                 standby: args.standby,
+                // The service places the lease bucket like its streams (`protocol.replicas`).
+                ..workflow::service::lease::LeaseOptions::default()
             },
-            protocol: protocol::Options::default(),
+            protocol: protocol::Options {
+                replicas: usize::from(args.nats_replicas),
+                ..protocol::Options::default()
+            },
             metrics: std::sync::Arc::default(),
         };
         let metrics = config.metrics.clone();

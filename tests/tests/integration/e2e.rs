@@ -45,6 +45,11 @@ pub(crate) struct Setup {
     pub(crate) nats_auth: bool,
     /// Give the service and each executor an `--http` listener (`metrics::`).
     pub(crate) http: bool,
+    /// More than one: a NATS cluster of this many servers (`tests::NatsCluster`,
+    /// without authentication), every process given all their URLs.
+    pub(crate) nats_servers: usize,
+    /// The service's `--nats-replicas`.
+    pub(crate) nats_replicas: usize,
 }
 
 impl Default for Setup {
@@ -62,6 +67,8 @@ impl Default for Setup {
             election_ms: 300,
             nats_auth: true,
             http: false,
+            nats_servers: 1,
+            nats_replicas: 1,
         }
     }
 }
@@ -79,7 +86,12 @@ pub(crate) const EXTRA_GROUPS: [&str; 3] = ["other-1", "other-2", "other-3"];
 
 /// One simulated cluster with its NATS, workflow service and executors.
 pub(crate) struct Env {
+    /// The NATS server (of a cluster, the first).
     pub(crate) nats: NatsServer,
+    /// The cluster's other servers (`Setup::nats_servers`).
+    pub(crate) nats_peers: Vec<NatsServer>,
+    /// The service's `--nats-replicas`.
+    pub(crate) nats_replicas: usize,
     /// The deployment's keys, trust file and TLS files.
     pub(crate) secure: tests::Secure,
     /// Whether nats-server runs with authentication and TLS.
@@ -107,12 +119,25 @@ impl Env {
         groups.extend(EXTRA_GROUPS.iter().map(|g| g.to_string()));
         let group_refs: Vec<&str> = groups.iter().map(String::as_str).collect();
         let secure = tests::Secure::new(&group_refs).expect("keys and certificates");
-        let nats = if setup.nats_auth {
-            NatsServer::start_secured(&secure).await
+        let (nats, nats_peers) = if setup.nats_servers > 1 {
+            assert!(
+                !setup.nats_auth,
+                "the test NATS cluster runs without authentication"
+            );
+            let mut servers = tests::NatsCluster::start(setup.nats_servers)
+                .await
+                .expect("the NATS cluster starts")
+                .into_servers();
+            (servers.remove(0), servers)
+        } else if setup.nats_auth {
+            let nats = NatsServer::start_secured(&secure).await;
+            (nats.expect("nats-server starts"), Vec::new())
         } else {
-            NatsServer::start().await
-        }
-        .expect("nats-server starts");
+            (
+                NatsServer::start().await.expect("nats-server starts"),
+                Vec::new(),
+            )
+        };
         let proxy = if setup.through_proxy {
             let upstream = ([127, 0, 0, 1], nats.port()).into();
             Some(
@@ -177,6 +202,8 @@ impl Env {
             .unwrap_or_else(|| dir.path().join("baton.db"));
         let mut env = Env {
             nats,
+            nats_peers,
+            nats_replicas: setup.nats_replicas,
             secure,
             nats_auth: setup.nats_auth,
             dir,
@@ -212,7 +239,7 @@ impl Env {
     /// when nats-server has auth on, for NATS (with TLS).
     pub(crate) fn baton_cmd_as(&self, key: &Path) -> Command {
         let mut cmd = Command::new(workspace_bin("baton"));
-        cmd.env("BATON_NATS_URL", self.nats.url())
+        cmd.env("BATON_NATS_URL", self.nats_urls())
             .env_remove("BATON_OUTPUT");
         for (name, value) in self.key_env(key) {
             cmd.env(name, value);
@@ -239,6 +266,7 @@ impl Env {
         let mut cmd = self.baton_cmd_as(&self.secure.service_key.clone());
         cmd.args(["server", "--db"])
             .arg(self.db())
+            .args(["--nats-replicas", &self.nats_replicas.to_string()])
             .env("BATON_NATS_URL", self.service_url());
         if let Some((addr, _)) = &self.http {
             cmd.arg("--http").arg(addr.to_string());
@@ -254,8 +282,17 @@ impl Env {
     pub(crate) fn service_url(&self) -> String {
         match &self.proxy {
             Some(proxy) => proxy.url(),
-            None => self.nats.url(),
+            None => self.nats_urls(),
         }
+    }
+
+    /// Every NATS server's URL, comma-separated.
+    pub(crate) fn nats_urls(&self) -> String {
+        std::iter::once(&self.nats)
+            .chain(&self.nats_peers)
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub(crate) fn db(&self) -> PathBuf {

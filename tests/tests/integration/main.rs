@@ -15,6 +15,7 @@ mod fleet;
 mod lease;
 mod limits;
 mod metrics;
+mod nats_cluster;
 mod packaging;
 mod profile;
 mod real_etcd;

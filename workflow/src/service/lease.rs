@@ -82,6 +82,11 @@ pub struct LeaseOptions {
     /// Wait for the lease when another service holds it, instead of refusing
     /// to start.
     pub standby: bool,
+    /// How many servers of a NATS cluster keep the lease bucket: the
+    /// service sets it from its streams' count (`protocol::Options::replicas`),
+    /// so that one setting places everything. An existing bucket with another
+    /// count is refused.
+    pub replicas: usize,
 }
 
 impl LeaseOptions {
@@ -91,6 +96,7 @@ impl LeaseOptions {
             ttl,
             renew_every: ttl / 3,
             standby: false,
+            replicas: 1,
         }
     }
 
@@ -294,7 +300,9 @@ impl Lease {
         shutdown: &CancellationToken,
     ) -> Result<Option<Lease>, LeaseError> {
         options.check()?;
-        let Some(opened) = cancellable(shutdown, open_bucket(js, options.ttl)).await else {
+        let Some(opened) =
+            cancellable(shutdown, open_bucket(js, options.ttl, options.replicas)).await
+        else {
             return Ok(None);
         };
         let (kv, ttl) = opened?;
@@ -655,11 +663,12 @@ async fn wait_for_change(
     }
 }
 
-/// Open the lease bucket, creating it with `max_age = ttl` if missing;
-/// returns it with the ttl in force (its `max_age`).
+/// Open the lease bucket, creating it with `max_age = ttl` and `replicas`
+/// if missing; returns it with the ttl in force (its `max_age`).
 async fn open_bucket(
     js: &jetstream::Context,
     ttl: Duration,
+    replicas: usize,
 ) -> Result<(kv::Store, Duration), LeaseError> {
     let kv = match js.get_key_value(LEASE_BUCKET).await {
         Ok(kv) => kv,
@@ -673,6 +682,7 @@ async fn open_bucket(
                     history: 1,
                     max_age: ttl,
                     storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await;
@@ -695,6 +705,15 @@ async fn open_bucket(
     if max_age.is_zero() {
         return Err(LeaseError::Bucket {
             detail: "no max_age, so a dead holder's lease would never expire".into(),
+        });
+    }
+    let have = status.info.config.num_replicas.max(1);
+    if have != replicas.max(1) {
+        return Err(LeaseError::Bucket {
+            detail: format!(
+                "{have} replicas, expected {replicas} (the service's --nats-replicas; \
+                 give it the count the bucket has)"
+            ),
         });
     }
     if storage != jetstream::stream::StorageType::File {

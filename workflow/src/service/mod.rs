@@ -64,7 +64,8 @@ pub struct Config {
     pub api_skew: Duration,
     /// The lease that makes this the only service on this NATS account.
     pub lease: lease::LeaseOptions,
-    /// JetStream tunables (tests shorten them).
+    /// JetStream tunables (tests shorten them) and the replica count of
+    /// every stream and bucket (the lease's too).
     pub protocol: protocol::Options,
     /// Where the service counts what it does and says whether it is ready;
     /// the caller registers it in its own registry to serve it
@@ -192,7 +193,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     // published, and stop acting the moment it is lost. The epoch is written
     // into the lease, so only the lease holder ever publishes under an epoch.
     let me = lease::Holder::this_process(config.identity.public_key(), &config.db, epoch);
-    let Some(lease) = lease::Lease::acquire(&js, me, config.lease.clone(), &shutdown).await? else {
+    // The lease bucket is placed like the streams: one setting for all.
+    let lease_options = lease::LeaseOptions {
+        replicas: config.protocol.replicas,
+        ..config.lease.clone()
+    };
+    let Some(lease) = lease::Lease::acquire(&js, me, lease_options, &shutdown).await? else {
         return Ok(());
     };
     metrics.set_lease_held(true);
