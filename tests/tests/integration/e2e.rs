@@ -337,7 +337,11 @@ impl Env {
     /// Waits until the service answers and shows a live executor for every
     /// group in `groups` (the demo's groups are the node names).
     pub(crate) async fn wait_for_groups(&self, groups: &[String]) {
-        let online = tests::wait_until(Duration::from_secs(30), || {
+        // A NATS cluster that has just formed elects a leader for each replicated stream and bucket before
+        // executors can bind and report presence: give it longer (2 of about 55 clustered starts took more
+        // than 30 s on the loaded 2-core machine; none of the single-server starts did).
+        let limit = if self.nats_peers.is_empty() { 30 } else { 90 };
+        let online = tests::wait_until(Duration::from_secs(limit), || {
             let out = self.baton(&["--output", "json", "--api-timeout", "2", "executors"]);
             let online = online_groups(&out.stdout);
             groups.iter().all(|g| online.contains(g))
