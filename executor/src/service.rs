@@ -114,6 +114,7 @@ async fn serve_group(
     stop: CancellationToken,
 ) -> Result<(), ExecutorError> {
     let group = served.group.clone();
+    let allowlist = served.allowlist(&config.runner)?;
     let Some(client) = connect(&config, &served, &id, &stop).await? else {
         return Ok(());
     };
@@ -183,7 +184,7 @@ async fn serve_group(
     let claim_token = format!("{id}/{}/{}", std::process::id(), now_ms());
     let metrics = config.metrics.clone();
     let worker = Arc::new(Worker {
-        allowlist: served.allowlist(&config.runner),
+        allowlist,
         identity: served.identity.clone(),
         trust: config.trust.clone(),
         id,
