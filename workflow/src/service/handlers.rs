@@ -437,10 +437,13 @@ async fn submit(
 ) -> Result<ApiReply, HandlerError> {
     // Clusters and nodes are claimed in the order submissions arrived.
     turn.wait().await;
-    let cluster = match ClusterFile::parse(&request.cluster_file, &request.cluster_toml) {
+    let mut cluster = match ClusterFile::parse(&request.cluster_file, &request.cluster_toml) {
         Ok(cluster) => cluster,
         Err(err) => return Ok(ApiReply::error(ErrorKind::Rejected, err.to_string())),
     };
+    if let Err(why) = attach_profile(&mut cluster, request.profile_text) {
+        return Ok(ApiReply::error(ErrorKind::Rejected, why));
+    }
     let mut gates = Vec::new();
     for name in &request.approve_before {
         match Gate::from_name(name) {
@@ -512,6 +515,30 @@ async fn submit(
             Ok(ApiReply::error(ErrorKind::Rejected, rejection.to_string()))
         }
     }
+}
+
+/// Puts the profile file's text that came with a submission into its cluster file (the core loads the profile
+/// from it and refuses a profile file without it, saying so). Refused: a text over the profile file's size limit,
+/// and a text for a cluster file that names a built-in profile (it would be recorded and never used).
+fn attach_profile(cluster: &mut ClusterFile, text: Option<String>) -> Result<(), String> {
+    use crate::core::profile_file::MAX_PROFILE_FILE_BYTES;
+    let Some(text) = text else {
+        return Ok(());
+    };
+    if text.len() > MAX_PROFILE_FILE_BYTES {
+        return Err(format!(
+            "the profile file's text is {} bytes; a profile file may have at most {MAX_PROFILE_FILE_BYTES}",
+            text.len()
+        ));
+    }
+    if !cluster.profile_is_file() {
+        return Err(format!(
+            "a profile file's text came with the submission, but the cluster file names the built-in profile `{}`",
+            cluster.profile
+        ));
+    }
+    cluster.profile_text = Some(text);
+    Ok(())
 }
 
 async fn operator(
