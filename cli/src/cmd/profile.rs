@@ -295,22 +295,6 @@ fn print_text(report: &Report, ran: bool) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::tail;
-
-    #[test]
-    fn a_tail_is_one_line_and_keeps_the_end() {
-        assert_eq!(tail("a\nb\n"), "a | b");
-        let long = format!("{}END", "x".repeat(1000));
-        let t = tail(&long);
-        assert!(
-            t.starts_with("...") && t.ends_with("END") && t.chars().count() == 403,
-            "{t}"
-        );
-    }
-}
-
 /// The text of the profile file a cluster file names, read relative to the cluster file's directory (an
 /// absolute `profile` is read as it is); `None` for a built-in profile. `baton submit`, `baton plan` and `baton
 /// executor --cluster` send or load exactly this text, so the service, the log and the executors see the same
@@ -369,4 +353,20 @@ pub(crate) fn profile_path(cluster_path: &Path, profile: &str) -> PathBuf {
         .parent()
         .unwrap_or_else(|| Path::new("."))
         .join(profile)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail;
+
+    #[test]
+    fn a_tail_is_one_line_and_keeps_the_end() {
+        assert_eq!(tail("a\nb\n"), "a | b");
+        let long = format!("{}END", "x".repeat(1000));
+        let t = tail(&long);
+        assert!(
+            t.starts_with("...") && t.ends_with("END") && t.chars().count() == 403,
+            "{t}"
+        );
+    }
 }
