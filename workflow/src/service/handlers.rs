@@ -896,4 +896,39 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_profile_files_text_is_attached_bounded_and_refused_for_a_built_in_profile() {
+        use crate::core::profile_file::MAX_PROFILE_FILE_BYTES;
+        let file = |profile: &str| {
+            ClusterFile::parse(
+                "c.toml",
+                &format!(
+                    "[cluster]\nname = \"c\"\nprofile = \"{profile}\"\n\n[[nodes]]\nname = \"a\"\n\
+                     address = \"a\"\nexecutor = \"a\"\n"
+                ),
+            )
+            .unwrap()
+        };
+        let mut etcd = file("etcd.toml");
+        assert_eq!(attach_profile(&mut etcd, None), Ok(()));
+        assert_eq!(etcd.profile_text, None);
+        let why =
+            attach_profile(&mut etcd, Some("#".repeat(MAX_PROFILE_FILE_BYTES + 1))).unwrap_err();
+        assert!(
+            why.contains(&format!("at most {MAX_PROFILE_FILE_BYTES}")),
+            "{why}"
+        );
+        assert_eq!(attach_profile(&mut etcd, Some("x".into())), Ok(()));
+        assert_eq!(etcd.profile_text.as_deref(), Some("x"));
+        let mut chef = file("chef-backend");
+        let why = attach_profile(&mut chef, Some("x".into())).unwrap_err();
+        assert!(why.contains("built-in profile `chef-backend`"), "{why}");
+        // Without the text, the core's refusal tells the operator where it comes from.
+        let missing = crate::core::Profile::of_cluster(&file("etcd.toml")).unwrap_err();
+        assert!(
+            missing.contains("`baton submit` and `baton plan` read it"),
+            "{missing}"
+        );
+    }
 }
