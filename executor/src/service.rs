@@ -143,6 +143,8 @@ async fn serve_group(
         addresses = ?served.addresses,
         installer = ?served.installer,
         procedure = ?served.procedure,
+        profile = %allowlist.profile().name,
+        profile_sha256 = allowlist.profile().source_sha256.as_deref().unwrap_or("built-in"),
         state_dir = %config.state_dir.display(),
         ack_wait_ms = ack_wait.as_millis() as u64,
         "executor serving"
