@@ -728,6 +728,10 @@ pub fn plan_block(plan: &workflow::core::Plan, hash: &str) -> String {
         json_word(&plan.procedure),
         plan.leader
     );
+    if let Some(sha) = &plan.profile_sha256 {
+        // The plan hash covers the profile file's text through this hash: the reviewer sees which one.
+        out.push_str(&format!("profile file sha256: {sha}\n"));
+    }
     for (node, guid) in &plan.guids {
         out.push_str(&format!(
             "  {node:<12} guid {guid}  version {}\n",
@@ -748,7 +752,21 @@ pub fn plan_block(plan: &workflow::core::Plan, hash: &str) -> String {
         let line = match item {
             PlanItem::Run {
                 node, action, argv, ..
-            } => format!("run on {node}: {} `{}`", action.as_str(), argv.join(" ")),
+            } => {
+                let mut line = format!("run on {node}: {} `{}`", action.as_str(), argv.join(" "));
+                // A profile file's switchover hands leadership to a named node: the one the switchover is
+                // then verified through (the plan renders `{target...}` for it).
+                if *action == workflow::core::Action::Demote && plan.profile_sha256.is_some() {
+                    let target = plan.items[i..].iter().find_map(|later| match later {
+                        PlanItem::VerifySwitchover { via, .. } => Some(via),
+                        _ => None,
+                    });
+                    if let Some(target) = target {
+                        line.push_str(&format!(" (leadership to {target})"));
+                    }
+                }
+                line
+            }
             PlanItem::WaitSynced { node, .. } => format!("wait until {node} is healthy and synced"),
             PlanItem::Gate { gate, .. } => format!("wait for approval of gate {gate}"),
             PlanItem::VerifySwitchover {

@@ -15,6 +15,21 @@
 //! - its env keys are in [`ALLOWED_ENV`] and its values are plain ([`env_value_ok`]). `BATON_NODE_ADDRESS` is
 //!   not among them: a node's address comes only from this executor's own `--nodes`.
 //!
+//! An executor given a cluster file that names a profile file (`--cluster`, with the profile file beside it)
+//! serves that profile instead ([`Allowlist::for_profile_file`]): a request is run only if its argv is exactly a
+//! rendering of the profile's action or probe for its node, with
+//! - `{node}`, `{address}` and `{var.NAME}` from this executor's own view of the node (the cluster file's vars,
+//!   its address unless `--nodes` overrides it), never from the request;
+//! - `{target}`, `{target.address}`, `{target.var.NAME}` (the switchover's target) from another node of the
+//!   cluster file, any one of them;
+//! - `{package}` and `{version}` the two free parameters, taken from the request's argv where the template has
+//!   them and then checked: the package as above but with no file-name rule (a profile's package may be a
+//!   directory, as etcd's is) and, with the local runner, an existing file or directory; the version a plain
+//!   token starting with a number ([`version_ok`]). The version is free like the package rather than pinned to
+//!   the cluster file's `target_version`, because a submission may name both (`--package`,
+//!   `--target-version`) and the executor must run what the service approved without being redeployed; neither
+//!   can become an option or a path outside the node's files.
+//!
 //! This holds even for a request that is otherwise perfectly formed and comes from the real service: it is a
 //! defence in depth, not a replacement for authenticating the sender (see THREATS.md).
 
@@ -24,7 +39,8 @@ use std::path::{Component, Path};
 
 use protocol::StepRequest;
 use workflow::core::profile::render;
-use workflow::core::{Action, Installer, Procedure, Profile, RenderContext};
+use workflow::core::profile_file::version_numbers;
+use workflow::core::{Action, ClusterFile, Installer, NodeSpec, Procedure, Profile, RenderContext};
 
 /// The only env keys a step request may set: locale and time zone, which change how a command formats its
 /// output and nothing else. The workflow service itself sends none today.
@@ -92,7 +108,13 @@ pub struct Allowlist {
     /// Node -> the address `{address}` renders to (the configured one, else the node name).
     nodes: BTreeMap<String, String>,
     package_check: PackageCheck,
+    /// A profile file's: the cluster file's nodes (each node's vars, and the switchover's possible targets).
+    /// `None`: the built-in chef-backend profile, rendered without vars.
+    cluster_nodes: Option<Vec<NodeSpec>>,
 }
+
+/// Stands for the version while a template element is rendered (a profile file's `{version}`).
+const VERSION_SENTINEL: &str = "\u{0}version\u{0}";
 
 /// Stands for the package while a template element is rendered, to find where the package sits in it. It
 /// cannot occur in a real argv element (exec refuses NUL bytes), and the rendering is compared in full anyway.
@@ -109,7 +131,41 @@ impl Allowlist {
             profile: Profile::chef_backend(installer, procedure),
             nodes,
             package_check,
+            cluster_nodes: None,
         }
+    }
+
+    /// The allow list of a cluster file that names a profile file, whose text is in `cluster.profile_text`:
+    /// the renderings of that profile's actions and probes for `nodes` (node -> address; each must be in the
+    /// cluster file). `Err` says why the profile cannot be served.
+    pub fn for_profile_file(
+        cluster: &ClusterFile,
+        nodes: BTreeMap<String, String>,
+        package_check: PackageCheck,
+    ) -> Result<Allowlist, String> {
+        if !cluster.profile_is_file() {
+            return Err(format!(
+                "profile `{}` is a built-in profile, not a profile file",
+                cluster.profile
+            ));
+        }
+        let profile = Profile::of_cluster(cluster)?;
+        if let Some(node) = nodes.keys().find(|n| cluster.node(n).is_none()) {
+            return Err(format!(
+                "node {node} is not in the cluster file, whose profile file gives its vars"
+            ));
+        }
+        Ok(Allowlist {
+            profile,
+            nodes,
+            package_check,
+            cluster_nodes: Some(cluster.nodes.clone()),
+        })
+    }
+
+    /// The profile this executor serves.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
     }
 
     /// The address of `node` as this executor knows it (the configured one, else the node name).
@@ -118,6 +174,9 @@ impl Allowlist {
     }
 
     fn describe(&self) -> String {
+        if let Some(sha) = &self.profile.source_sha256 {
+            return format!("profile file {} (sha256 {sha})", self.profile.name);
+        }
         format!(
             "profile {} (installer {}, procedure {})",
             self.profile.name,
@@ -174,6 +233,9 @@ impl Allowlist {
                 self.describe()
             )));
         };
+        if let Some(cluster_nodes) = &self.cluster_nodes {
+            return self.check_profile_file(cluster_nodes, action, &spec.argv, req, address);
+        }
         let package = self.package_of(&spec.argv, &req.argv, req, address)?;
         if let Some(package) = &package {
             check_package(package, self.profile.installer, self.package_check)
@@ -198,6 +260,93 @@ impl Allowlist {
             )));
         }
         Ok(())
+    }
+
+    /// A profile file's check: the request's argv is the template rendered for its node (the cluster file's
+    /// vars, this executor's address), with a target among the other nodes of the cluster file where the
+    /// template names one, and the free `{package}` and `{version}` as the argv carries them, checked.
+    fn check_profile_file(
+        &self,
+        cluster_nodes: &[NodeSpec],
+        action: Action,
+        template: &[String],
+        req: &StepRequest,
+        address: &str,
+    ) -> Result<(), Refusal> {
+        let not_allowed = |reason: String| Refusal::new(RefusalKind::NotAllowed, reason);
+        let node = cluster_nodes
+            .iter()
+            .find(|n| n.name == req.node)
+            .ok_or_else(|| not_allowed(format!("node {} is not in the cluster file", req.node)))?;
+        let targets: Vec<Option<&NodeSpec>> = if template.iter().any(|e| e.contains("{target")) {
+            cluster_nodes
+                .iter()
+                .filter(|n| n.name != req.node)
+                .map(Some)
+                .collect()
+        } else {
+            vec![None]
+        };
+        let mut expected_first: Option<Vec<String>> = None;
+        let mut last_error: Option<String> = None;
+        for target in &targets {
+            let ctx = RenderContext {
+                node: &req.node,
+                address,
+                vars: Some(&node.vars),
+                target: *target,
+                ..RenderContext::default()
+            };
+            let free = match free_values(template, &req.argv, &ctx) {
+                Ok(free) => free,
+                Err(why) => {
+                    last_error = Some(why);
+                    continue;
+                }
+            };
+            if let Some(package) = &free.package {
+                check_package_path(package, self.package_check)
+                    .map_err(|why| not_allowed(format!("package {package:?}: {why}")))?;
+            }
+            if let Some(version) = &free.version {
+                if !version_ok(version) {
+                    return Err(not_allowed(format!(
+                        "version {version:?} is not a version (a number first, then at most 64 of A-Z a-z \
+                         0-9 . + ~ _ -)"
+                    )));
+                }
+            }
+            let ctx = RenderContext {
+                package: free.package.as_deref().unwrap_or_default(),
+                version: free.version.as_deref().unwrap_or_default(),
+                ..ctx
+            };
+            match render(template, &ctx) {
+                Ok(expected) if expected == req.argv => return Ok(()),
+                Ok(expected) => {
+                    expected_first.get_or_insert(expected);
+                }
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+        let targets_named = if targets.iter().any(Option::is_some) {
+            let names: Vec<&str> = targets.iter().flatten().map(|t| t.name.as_str()).collect();
+            format!(" with a target among {}", names.join(", "))
+        } else {
+            String::new()
+        };
+        Err(not_allowed(match expected_first {
+            Some(expected) => format!(
+                "argv {:?} is not action {action}'s template for node {}{targets_named} (expected {expected:?})",
+                req.argv, req.node
+            ),
+            None => format!(
+                "argv {:?} is not action {action}'s template {template:?} for node {}{targets_named}: {}",
+                req.argv,
+                req.node,
+                last_error.unwrap_or_default()
+            ),
+        }))
     }
 
     /// The package the request's argv carries where the template has `{package}`, if the template has one.
@@ -258,6 +407,132 @@ impl Allowlist {
     }
 }
 
+/// The free parameters of a profile file's template as one request's argv carries them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Free {
+    package: Option<String>,
+    version: Option<String>,
+}
+
+/// One piece of a template element rendered with sentinels: text, or where a free parameter goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece<'a> {
+    Text(&'a str),
+    Package,
+    Version,
+}
+
+/// The values `{package}` and `{version}` take in `argv`, element by element, where `template` has them
+/// (`ctx` gives every other placeholder). `Err` when the argv does not have the template's shape there or two
+/// elements disagree; the full rendering is compared by the caller anyway.
+fn free_values(
+    template: &[String],
+    argv: &[String],
+    ctx: &RenderContext<'_>,
+) -> Result<Free, String> {
+    if template.len() != argv.len() {
+        return Err(format!(
+            "{} elements, the template has {}",
+            argv.len(),
+            template.len()
+        ));
+    }
+    let ctx = RenderContext {
+        package: SENTINEL,
+        version: VERSION_SENTINEL,
+        ..ctx.clone()
+    };
+    let mut free = Free::default();
+    for (element, given) in template.iter().zip(argv) {
+        let rendered = render(std::slice::from_ref(element), &ctx).map_err(|e| e.to_string())?;
+        let pieces = pieces(&rendered[0]);
+        if pieces.len() == 1 {
+            continue; // no free parameter in this element
+        }
+        let mut found = Vec::new();
+        if !match_pieces(&pieces, given, &mut found) {
+            return Err(format!("{given:?} does not have the shape of {element:?}"));
+        }
+        for (piece, value) in found {
+            let slot = match piece {
+                Piece::Package => &mut free.package,
+                _ => &mut free.version,
+            };
+            match slot {
+                Some(known) if *known != value => {
+                    return Err(format!(
+                        "two different values for one placeholder: {known:?}, {value:?}"
+                    ))
+                }
+                Some(_) => {}
+                None => *slot = Some(value),
+            }
+        }
+    }
+    Ok(free)
+}
+
+/// `rendered` cut at the sentinels.
+fn pieces(rendered: &str) -> Vec<Piece<'_>> {
+    let mut out = Vec::new();
+    let mut rest = rendered;
+    loop {
+        let next = [
+            (SENTINEL, Piece::Package),
+            (VERSION_SENTINEL, Piece::Version),
+        ]
+        .into_iter()
+        .filter_map(|(s, p)| rest.find(s).map(|at| (at, s.len(), p)))
+        .min_by_key(|(at, _, _)| *at);
+        match next {
+            Some((at, len, piece)) => {
+                out.push(Piece::Text(&rest[..at]));
+                out.push(piece);
+                rest = &rest[at + len..];
+            }
+            None => {
+                out.push(Piece::Text(rest));
+                return out;
+            }
+        }
+    }
+}
+
+/// Whether `given` is `pieces` with some non-empty value for each free parameter; the values found, in order.
+fn match_pieces<'p>(
+    pieces: &[Piece<'p>],
+    given: &str,
+    found: &mut Vec<(Piece<'p>, String)>,
+) -> bool {
+    match pieces.split_first() {
+        None => given.is_empty(),
+        Some((Piece::Text(text), rest)) => given
+            .strip_prefix(text)
+            .is_some_and(|tail| match_pieces(rest, tail, found)),
+        Some((free, rest)) => {
+            for (end, _) in given.char_indices().skip(1).chain([(given.len(), ' ')]) {
+                let mark = found.len();
+                found.push((*free, given[..end].to_string()));
+                if match_pieces(rest, &given[end..], found) {
+                    return true;
+                }
+                found.truncate(mark);
+            }
+            false
+        }
+    }
+}
+
+/// A version for a profile file's `{version}`: a number first, then at most 64 of `[A-Za-z0-9.+~_-]`.
+pub fn version_ok(version: &str) -> bool {
+    version.len() <= 64
+        && version.starts_with(|c: char| c.is_ascii_digit())
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".+~_-".contains(&b))
+        && version_numbers(version).is_some()
+}
+
 /// A value for an allowed env key: at most 128 characters of `[A-Za-z0-9_.:/@+-]`, not starting with `-`.
 pub fn env_value_ok(value: &str) -> bool {
     value.len() <= 128
@@ -265,6 +540,43 @@ pub fn env_value_ok(value: &str) -> bool {
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.:/@+-".contains(&b))
+}
+
+/// Why `package` may not be handed to a profile file's actions, if it may not: the path rules of
+/// [`check_package`] without its installer's file name, and with the local runner an existing file or
+/// directory (etcd's package is a directory of binaries).
+pub fn check_package_path(package: &str, check: PackageCheck) -> Result<(), String> {
+    path_rules(package)?;
+    if check == PackageCheck::Local {
+        if let Err(e) = std::fs::metadata(package) {
+            return Err(format!("cannot be read: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// The rules every package path follows: absolute, no `..`, no URL, no control character, not an option.
+fn path_rules(package: &str) -> Result<(), String> {
+    if package.is_empty() {
+        return Err("empty".into());
+    }
+    if package.starts_with('-') {
+        return Err("starts with '-' (the installer would read it as an option)".into());
+    }
+    if package.contains("://") {
+        return Err("a URL; only a local file may be installed".into());
+    }
+    if package.chars().any(char::is_control) {
+        return Err("contains a control character".into());
+    }
+    let path = Path::new(package);
+    if !path.is_absolute() {
+        return Err("not an absolute path".into());
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err("has a `..` component".into());
+    }
+    Ok(())
 }
 
 /// Why `package` may not be handed to the installer, if it may not.
@@ -370,6 +682,7 @@ mod tests {
                         node: "backend-1",
                         address: "10.0.0.1",
                         vars: None,
+                        ..RenderContext::default()
                     };
                     let argv = render(&spec.argv, &ctx).unwrap();
                     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -498,5 +811,263 @@ mod tests {
                 &["chef-backend-ctl", "upgrade", "--failover"]
             ))
             .is_ok());
+    }
+
+    /// The shipped etcd profile, with a cluster file as scripts/real/etcd/cluster.sh writes it.
+    fn etcd_cluster(root: &Path) -> ClusterFile {
+        let mut toml =
+            String::from("[cluster]\nname = \"etcd\"\nprofile = \"profiles/etcd.toml\"\n");
+        for (i, id) in ["8e9e05c52164694d", "91bc3c398fb3c146", "fd422379fda50e48"]
+            .iter()
+            .enumerate()
+        {
+            let m = format!("m{}", i + 1);
+            toml.push_str(&format!(
+                "\n[[nodes]]\nname = \"{m}\"\naddress = \"127.0.0.1:{}\"\nexecutor = \"{m}\"\n\
+                 vars = {{ ctl = \"{r}/{m}/ctl\", etcdctl = \"{r}/{m}/current/bin/etcdctl\", \
+                 endpoints = \"127.0.0.1:2379,127.0.0.1:2380,127.0.0.1:2381\", member_id = \"{id}\" }}\n",
+                2379 + i,
+                r = root.display()
+            ));
+        }
+        toml.push_str("\n[upgrade]\ntarget_version = \"3.5.1\"\n");
+        let mut cluster = ClusterFile::parse("cluster.toml", &toml).unwrap();
+        cluster.profile_text = Some(include_str!("../../profiles/etcd.toml").to_string());
+        cluster
+    }
+
+    fn etcd_list(cluster: &ClusterFile, nodes: &[&str]) -> Allowlist {
+        let nodes = nodes
+            .iter()
+            .map(|n| (n.to_string(), cluster.node(n).unwrap().address.clone()))
+            .collect();
+        Allowlist::for_profile_file(cluster, nodes, PackageCheck::Local).unwrap()
+    }
+
+    fn etcd_req(node: &str, action: Action, argv: Vec<String>) -> StepRequest {
+        StepRequest {
+            node: node.into(),
+            group: node.into(),
+            action: action.as_str().into(),
+            argv,
+            ..req("x", &[])
+        }
+    }
+
+    #[test]
+    fn every_rendering_of_a_profile_files_plan_and_probes_is_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let package = dir.path().join("etcd-3.5.1");
+        std::fs::create_dir(&package).unwrap();
+        let package = package.to_str().unwrap();
+        let cluster = etcd_cluster(dir.path());
+        let profile = Profile::of_cluster(&cluster).unwrap();
+        let l = etcd_list(&cluster, &["m1", "m2", "m3"]);
+        // The plan the service makes, for each leader: its switchover names a target.
+        let mut seen_switchover = 0;
+        for leader in ["m1", "m2", "m3"] {
+            let plan = workflow::core::compute_plan(&workflow::core::PlanInputs {
+                cluster: &cluster,
+                profile: &profile,
+                package,
+                target_version: "3.5.1",
+                gates: &[],
+                leader,
+                guids: BTreeMap::new(),
+                versions: BTreeMap::new(),
+            })
+            .unwrap();
+            for item in &plan.items {
+                if let workflow::core::PlanItem::Run {
+                    node, action, argv, ..
+                } = item
+                {
+                    if *action == Action::Demote {
+                        seen_switchover += 1;
+                        assert!(
+                            argv.last().unwrap().len() == 16 && !argv.last().unwrap().contains('{'),
+                            "{argv:?}"
+                        );
+                    }
+                    l.check(&etcd_req(node, *action, argv.clone()))
+                        .unwrap_or_else(|e| panic!("{action} on {node}: {e:?}"));
+                }
+            }
+        }
+        assert_eq!(seen_switchover, 3);
+        // Every action and probe as the core renders it at schedule time (no target), and the switchover
+        // to every other node.
+        for node in &cluster.nodes {
+            for (action, spec) in &profile.actions {
+                let targets: Vec<Option<&NodeSpec>> =
+                    if spec.argv.iter().any(|e| e.contains("{target")) {
+                        cluster
+                            .nodes
+                            .iter()
+                            .filter(|t| t.name != node.name)
+                            .map(Some)
+                            .collect()
+                    } else {
+                        vec![None]
+                    };
+                for target in targets {
+                    let ctx = RenderContext {
+                        package,
+                        node: &node.name,
+                        address: &node.address,
+                        vars: Some(&node.vars),
+                        version: "3.5.1",
+                        target,
+                    };
+                    let argv = render(&spec.argv, &ctx).unwrap();
+                    l.check(&etcd_req(&node.name, *action, argv))
+                        .unwrap_or_else(|e| panic!("{action} on {}: {e:?}", node.name));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_profile_files_allow_list_refuses_a_changed_var_a_foreign_target_and_an_extra_element() {
+        let dir = tempfile::tempdir().unwrap();
+        let package = dir.path().join("etcd-3.5.1");
+        std::fs::create_dir(&package).unwrap();
+        let package = package.to_str().unwrap().to_string();
+        let cluster = etcd_cluster(dir.path());
+        let l = etcd_list(&cluster, &["m1", "m2"]);
+        let m1 = cluster.node("m1").unwrap();
+        let ctl = m1.vars["ctl"].clone();
+        let ok = |action: Action, argv: &[&str]| {
+            etcd_req("m1", action, argv.iter().map(|s| s.to_string()).collect())
+        };
+        assert!(l.check(&ok(Action::Stop, &[&ctl, "stop"])).is_ok());
+        assert!(l
+            .check(&ok(Action::Install, &[&ctl, "install", &package]))
+            .is_ok());
+
+        let refused_with = |r: &StepRequest, needle: &str| {
+            let refusal = l.check(r).expect_err("should be refused");
+            assert_eq!(refusal.kind, RefusalKind::NotAllowed, "{refusal:?}");
+            assert!(refusal.reason.contains(needle), "{needle}: {refusal:?}");
+        };
+        // Another node's var (m2's ctl on m1), a changed var, an extra or a missing element.
+        let m2_ctl = cluster.node("m2").unwrap().vars["ctl"].clone();
+        refused_with(
+            &ok(Action::Stop, &[&m2_ctl, "stop"]),
+            "not action stop's template",
+        );
+        refused_with(&ok(Action::Stop, &["/bin/sh", "stop"]), "expected");
+        refused_with(&ok(Action::Stop, &[&ctl, "stop", "--now"]), "3 elements");
+        refused_with(&ok(Action::Start, &[&ctl]), "1 elements");
+        refused_with(
+            &ok(Action::Stop, &[&ctl, "start"]),
+            "not action stop's template",
+        );
+        // A free parameter that is not a package path.
+        for (bad, why) in [
+            ("-rf", "starts with '-'"),
+            ("relative/etcd", "not an absolute path"),
+            ("/tmp/../etc", "`..`"),
+            ("http://x/etcd", "a URL"),
+            ("/nonexistent/etcd-3.5.1", "cannot be read"),
+        ] {
+            refused_with(&ok(Action::Install, &[&ctl, "install", bad]), why);
+        }
+        // The switchover: to another node of the cluster file (m3 is served by another executor) is allowed;
+        // to itself, to a member ID not in the cluster file, or with another member's endpoints is not.
+        let spec = l.profile().action(Action::Demote).unwrap().clone();
+        let switchover = |target: &NodeSpec| {
+            let ctx = RenderContext {
+                node: "m1",
+                address: &m1.address,
+                vars: Some(&m1.vars),
+                target: Some(target),
+                ..RenderContext::default()
+            };
+            render(&spec.argv, &ctx).unwrap()
+        };
+        let to_m3 = switchover(cluster.node("m3").unwrap());
+        assert!(l
+            .check(&etcd_req("m1", Action::Demote, to_m3.clone()))
+            .is_ok());
+        let to_self = switchover(m1);
+        refused_with(
+            &etcd_req("m1", Action::Demote, to_self),
+            "with a target among m2, m3",
+        );
+        let mut foreign = to_m3.clone();
+        *foreign.last_mut().unwrap() = "1234567890abcdef".into();
+        refused_with(
+            &etcd_req("m1", Action::Demote, foreign),
+            "not action demote's template",
+        );
+        let mut extra = to_m3;
+        extra.push("--insecure-skip-tls-verify".into());
+        refused_with(&etcd_req("m1", Action::Demote, extra), "elements");
+        // An action the profile does not have (no fence), and a node this executor does not serve.
+        refused_with(
+            &ok(Action::BlockFailover, &[&ctl, "stop"]),
+            "not in this executor's profile file etcd",
+        );
+        let r = l
+            .check(&etcd_req("m3", Action::Stop, vec![m2_ctl, "stop".into()]))
+            .unwrap_err();
+        assert_eq!(r.kind, RefusalKind::WrongTarget, "{r:?}");
+    }
+
+    #[test]
+    fn a_version_placeholder_is_a_free_parameter_checked_as_a_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = etcd_cluster(dir.path());
+        let text = cluster.profile_text.take().unwrap().replace(
+            r#"argv = ["{var.ctl}", "install", "{package}"]"#,
+            r#"argv = ["{var.ctl}", "install", "{package}/etcd-v{version}-linux", "--version={version}"]"#,
+        );
+        assert!(text.contains("--version={version}"));
+        cluster.profile_text = Some(text);
+        let l = etcd_list(&cluster, &["m1"]);
+        let ctl = cluster.node("m1").unwrap().vars["ctl"].clone();
+        let install = |p: &str, v: &str| {
+            etcd_req(
+                "m1",
+                Action::Install,
+                vec![
+                    ctl.clone(),
+                    "install".into(),
+                    p.into(),
+                    format!("--version={v}"),
+                ],
+            )
+        };
+        let pkg = dir.path().join("etcd-v3.5.1-linux");
+        std::fs::create_dir(&pkg).unwrap();
+        let root = dir.path().to_str().unwrap();
+        assert!(l.check(&install(pkg.to_str().unwrap(), "3.5.1")).is_ok());
+        // The two occurrences of {version} must agree, and a version is a version.
+        let r = l
+            .check(&install(pkg.to_str().unwrap(), "3.5.2"))
+            .unwrap_err();
+        assert!(r.reason.contains("two different values"), "{r:?}");
+        let odd = dir.path().join("etcd-v-x-linux");
+        std::fs::create_dir(&odd).unwrap();
+        let r = l.check(&install(odd.to_str().unwrap(), "-x")).unwrap_err();
+        assert!(r.reason.contains("is not a version"), "{r:?}");
+        let r = l
+            .check(&install(&format!("{root}/etcd-3.5.1"), "3.5.1"))
+            .unwrap_err();
+        assert!(r.reason.contains("does not have the shape"), "{r:?}");
+    }
+
+    #[test]
+    fn a_profile_file_allow_list_needs_the_profile_text_and_its_nodes_in_the_cluster_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = etcd_cluster(dir.path());
+        let nodes = BTreeMap::from([("m9".to_string(), "h".to_string())]);
+        let why = Allowlist::for_profile_file(&cluster, nodes, PackageCheck::Local).unwrap_err();
+        assert!(why.contains("node m9 is not in the cluster file"), "{why}");
+        cluster.profile_text = None;
+        let why = Allowlist::for_profile_file(&cluster, BTreeMap::new(), PackageCheck::Local)
+            .unwrap_err();
+        assert!(why.contains("did not come with the submission"), "{why}");
     }
 }

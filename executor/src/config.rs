@@ -46,6 +46,12 @@ pub struct Config {
     /// The procedure of this executor's profile (as the cluster file's
     /// `upgrade.procedure`, default runbook).
     pub procedure: Procedure,
+    /// A cluster file that names a profile file, with that file's text in
+    /// `profile_text` (`baton executor --cluster`): this executor then serves
+    /// that profile for its nodes (their vars from this file), and
+    /// `installer`/`procedure` are not used. `None`: the built-in chef-backend
+    /// profile of `installer` and `procedure`.
+    pub profile_cluster: Option<Arc<ClusterFile>>,
     /// Where the ledger lives (one executor process per directory).
     pub state_dir: PathBuf,
     /// How many trailing bytes of stdout and of stderr a result carries.
@@ -97,6 +103,8 @@ pub struct Served {
     pub addresses: BTreeMap<String, String>,
     pub installer: Installer,
     pub procedure: Procedure,
+    /// As [`Config::profile_cluster`].
+    pub profile_cluster: Option<Arc<ClusterFile>>,
     /// As [`Config::node_bin_dir`].
     pub node_bin_dir: Option<String>,
 }
@@ -112,6 +120,7 @@ impl Served {
             addresses: BTreeMap::new(),
             installer: Installer::default(),
             procedure: Procedure::default(),
+            profile_cluster: None,
             node_bin_dir: None,
         }
     }
@@ -126,8 +135,9 @@ impl Served {
         )
     }
 
-    /// What this group's executor may run: its profile, for its nodes at their addresses.
-    pub fn allowlist(&self, runner: &RunnerConfig) -> Allowlist {
+    /// What this group's executor may run: its profile, for its nodes at their addresses. `Err` when its
+    /// profile file cannot be served (checked by [`Config::validate`] before anything starts).
+    pub fn allowlist(&self, runner: &RunnerConfig) -> Result<Allowlist, ExecutorError> {
         let nodes = self
             .nodes
             .iter()
@@ -140,7 +150,16 @@ impl Served {
             RunnerConfig::Local => PackageCheck::Local,
             RunnerConfig::Ssh(_) => PackageCheck::PathOnly,
         };
-        Allowlist::new(self.installer, self.procedure, nodes, package_check)
+        match &self.profile_cluster {
+            Some(cluster) => Allowlist::for_profile_file(cluster, nodes, package_check)
+                .map_err(|why| ExecutorError::Config(format!("group {}: {why}", self.group))),
+            None => Ok(Allowlist::new(
+                self.installer,
+                self.procedure,
+                nodes,
+                package_check,
+            )),
+        }
     }
 
     /// The directory put first in `PATH` for `node`'s commands, if any.
@@ -216,6 +235,7 @@ impl Config {
             addresses: BTreeMap::new(),
             installer: Installer::default(),
             procedure: Procedure::default(),
+            profile_cluster: None,
             state_dir: state_dir.into(),
             max_output: 8 * 1024,
             allow_relative_state_dir: false,
@@ -242,6 +262,7 @@ impl Config {
             addresses: self.addresses.clone(),
             installer: self.installer,
             procedure: self.procedure,
+            profile_cluster: self.profile_cluster.clone(),
             node_bin_dir: self.node_bin_dir.clone(),
         };
         std::iter::once(first).chain(self.more.clone()).collect()
@@ -267,6 +288,7 @@ impl Config {
         let mut keys = std::collections::BTreeSet::new();
         for one in &served {
             one.validate(&self.trust)?;
+            one.allowlist(&self.runner)?;
             if !groups.insert(one.group.as_str()) {
                 return Err(ExecutorError::Config(format!(
                     "group {} is served twice: list all of its nodes in one entry",
@@ -321,7 +343,7 @@ pub use protocol::messages::MAX_OUTPUT;
 
 impl Config {
     /// What this executor may run for its own group: its profile, for its nodes at their addresses.
-    pub fn allowlist(&self) -> Allowlist {
+    pub fn allowlist(&self) -> Result<Allowlist, ExecutorError> {
         self.served()[0].allowlist(&self.runner)
     }
 }

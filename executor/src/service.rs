@@ -114,6 +114,7 @@ async fn serve_group(
     stop: CancellationToken,
 ) -> Result<(), ExecutorError> {
     let group = served.group.clone();
+    let allowlist = served.allowlist(&config.runner)?;
     let Some(client) = connect(&config, &served, &id, &stop).await? else {
         return Ok(());
     };
@@ -142,6 +143,8 @@ async fn serve_group(
         addresses = ?served.addresses,
         installer = ?served.installer,
         procedure = ?served.procedure,
+        profile = %allowlist.profile().name,
+        profile_sha256 = allowlist.profile().source_sha256.as_deref().unwrap_or("built-in"),
         state_dir = %config.state_dir.display(),
         ack_wait_ms = ack_wait.as_millis() as u64,
         "executor serving"
@@ -183,7 +186,7 @@ async fn serve_group(
     let claim_token = format!("{id}/{}/{}", std::process::id(), now_ms());
     let metrics = config.metrics.clone();
     let worker = Arc::new(Worker {
-        allowlist: served.allowlist(&config.runner),
+        allowlist,
         identity: served.identity.clone(),
         trust: config.trust.clone(),
         id,

@@ -3,7 +3,8 @@
 //!
 //! It runs only what it was built to run: a rendering of its profile's
 //! templates (`--installer`, `--procedure`, else those of the cluster file
-//! given with `--cluster`, else dpkg and runbook) for one of its nodes (`--nodes`, else the nodes
+//! given with `--cluster`, else dpkg and runbook; or the profile file that
+//! cluster file names, with its nodes' vars) for one of its nodes (`--nodes`, else the nodes
 //! the cluster file given with `--cluster` assigns to `--group`), at the
 //! address given there (`--nodes NAME=ADDRESS`, else the cluster file's
 //! `address`; see the `executor::allow` module and THREATS.md), and only when
@@ -55,8 +56,12 @@ pub struct ExecutorArgs {
     /// file's installer and procedure. `--nodes`, `--installer` and
     /// `--procedure` may still be given: nodes must be the group's in the
     /// file, an address there overrides the file's, and an installer or
-    /// procedure must agree with the file's.
-    #[arg(long, env = "BATON_EXECUTOR_CLUSTER")]
+    /// procedure must agree with the file's. A cluster file whose `profile`
+    /// names a profile file (`profiles/etcd.toml`, read relative to the
+    /// cluster file's directory) makes this executor serve that profile: the
+    /// renderings of its actions and probes for these nodes, with the nodes'
+    /// `vars` from this file (`--installer`/`--procedure` do not apply).
+    #[arg(long, alias = "cluster-file", env = "BATON_EXECUTOR_CLUSTER")]
     pub cluster: Option<PathBuf>,
     /// The nodes this executor serves, comma separated, each `NAME` or
     /// `NAME=ADDRESS` (`host` or `host:port`; default: the cluster file's
@@ -283,6 +288,8 @@ struct Resolved {
     addresses: BTreeMap<String, String>,
     installer: CoreInstaller,
     procedure: CoreProcedure,
+    /// The cluster file with its profile file's text, when it names a profile file.
+    profile_cluster: Option<Arc<workflow::core::ClusterFile>>,
 }
 
 fn resolve(
@@ -293,19 +300,31 @@ fn resolve(
     installer: Option<Installer>,
     procedure: Option<Procedure>,
 ) -> anyhow::Result<Resolved> {
+    let mut profile_cluster = None;
     let (nodes, mut addresses, from_file) = match cluster {
         Some(path) => {
             let text = read_cluster(path)?;
             let file = path.display().to_string();
-            let cluster = workflow::core::ClusterFile::parse(&file, &text)?;
+            let mut cluster = workflow::core::ClusterFile::parse(&file, &text)?;
             let (nodes, addresses) =
                 executor::config::nodes_from_cluster(&cluster, &file, group, given)?;
             let upgrade = &cluster.upgrade;
-            (
-                nodes,
-                addresses,
-                Some((file, upgrade.installer, upgrade.procedure)),
-            )
+            let from_file = (file.clone(), upgrade.installer, upgrade.procedure);
+            if cluster.profile_is_file() {
+                if installer.is_some() || procedure.is_some() {
+                    bail!(
+                        "--installer and --procedure choose the built-in chef-backend profile; cluster file {file} \
+                         names the profile file {}",
+                        cluster.profile
+                    );
+                }
+                cluster.profile_text = super::profile::profile_text_of(path, &cluster)?;
+                workflow::core::Profile::of_cluster(&cluster).map_err(|why| {
+                    anyhow::anyhow!("cluster file {file}: profile {}: {why}", cluster.profile)
+                })?;
+                profile_cluster = Some(Arc::new(cluster));
+            }
+            (nodes, addresses, Some(from_file))
         }
         None => {
             let addresses = given
@@ -366,6 +385,7 @@ fn resolve(
         addresses,
         installer,
         procedure,
+        profile_cluster,
     })
 }
 
@@ -392,6 +412,7 @@ impl ExecutorArgs {
         config.addresses = own.addresses;
         config.installer = own.installer;
         config.procedure = own.procedure;
+        config.profile_cluster = own.profile_cluster;
         config.node_bin_dir = self.node_bin_dir;
         for spec in self.serve {
             let identity = protocol::sign::Identity::load(&spec.key).with_context(|| {
@@ -418,6 +439,7 @@ impl ExecutorArgs {
                 addresses: r.addresses,
                 installer: r.installer,
                 procedure: r.procedure,
+                profile_cluster: r.profile_cluster,
                 node_bin_dir: spec.node_bin_dir,
             });
         }

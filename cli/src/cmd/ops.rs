@@ -248,9 +248,17 @@ fn submit_request(cluster: &Path) -> anyhow::Result<SubmitRequest> {
             format!("cannot read the cluster file {}: {err}", cluster.display()),
         )
     })?;
+    // A cluster file that names a profile file goes with that file's text; a cluster file that does not parse is
+    // sent as it is, for the service to say where it is wrong.
+    let profile_text =
+        match workflow::core::ClusterFile::parse(&cluster.display().to_string(), &text) {
+            Ok(parsed) => super::profile::profile_text_of(cluster, &parsed)?,
+            Err(_) => None,
+        };
     Ok(SubmitRequest {
         cluster_file: cluster.display().to_string(),
         cluster_toml: text,
+        profile_text,
         package: None,
         target_version: None,
         approve_before: Vec::new(),

@@ -296,6 +296,66 @@ fn print_text(report: &Report, ran: bool) {
     }
 }
 
+/// The text of the profile file a cluster file names, read relative to the cluster file's directory (an
+/// absolute `profile` is read as it is); `None` for a built-in profile. `baton submit`, `baton plan` and `baton
+/// executor --cluster` send or load exactly this text, so the service, the log and the executors see the same
+/// profile. Errors name both paths.
+pub(crate) fn profile_text_of(
+    cluster_path: &Path,
+    cluster: &ClusterFile,
+) -> anyhow::Result<Option<String>> {
+    use std::io::Read as _;
+    use workflow::core::profile_file::MAX_PROFILE_FILE_BYTES;
+    if !cluster.profile_is_file() {
+        return Ok(None);
+    }
+    let path = profile_path(cluster_path, &cluster.profile);
+    let read = |path: &Path| -> std::io::Result<String> {
+        let mut text = String::new();
+        std::fs::File::open(path)?
+            .take(MAX_PROFILE_FILE_BYTES as u64 + 1)
+            .read_to_string(&mut text)?;
+        Ok(text)
+    };
+    let text = read(&path).map_err(|e| {
+        Exit::new(
+            EXIT_USAGE,
+            format!(
+                "cannot read profile file {} (named by `profile = \"{}\"` in cluster file {}, read relative to \
+                 its directory): {e}",
+                path.display(),
+                cluster.profile,
+                cluster_path.display()
+            ),
+        )
+    })?;
+    if text.len() > MAX_PROFILE_FILE_BYTES {
+        return Err(Exit::new(
+            EXIT_USAGE,
+            format!(
+                "profile file {} (named by cluster file {}) is larger than {MAX_PROFILE_FILE_BYTES} bytes, the \
+                 limit of a profile file",
+                path.display(),
+                cluster_path.display()
+            ),
+        )
+        .into());
+    }
+    Ok(Some(text))
+}
+
+/// Where a cluster file's `profile` is: relative to the cluster file's directory, unless absolute.
+pub(crate) fn profile_path(cluster_path: &Path, profile: &str) -> PathBuf {
+    let profile = Path::new(profile);
+    if profile.is_absolute() {
+        return profile.to_path_buf();
+    }
+    cluster_path
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join(profile)
+}
+
 #[cfg(test)]
 mod tests {
     use super::tail;

@@ -2,7 +2,8 @@
 # A 3-member etcd cluster on loopback for the real-cluster tests (see docs/real-clusters.md).
 #   cluster.sh up ROOT [BASEPORT]   members m1..m3 in ROOT/m1..m3 on the old version (versions.env), client ports
 #                                   BASEPORT..BASEPORT+2 and peer ports BASEPORT+3..+5 (free ports when no BASEPORT);
-#                                   writes ROOT/cluster.toml (a Baton cluster file naming profiles/etcd.toml) and
+#                                   writes ROOT/cluster.toml (a Baton cluster file naming profiles/etcd.toml, with
+#                                   the new version's package and target_version) and
 #                                   ROOT/cluster.env (KEY=VALUE lines for scripts and tests). Prints the cluster file.
 #   cluster.sh down ROOT            stops every member of ROOT (idempotent); leaves the files.
 # Needs scripts/real/install-etcd.sh to have run (it says so otherwise).
@@ -111,6 +112,11 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))')"
       echo
       echo "[upgrade]"
       echo "package = \"$new_pkg\""
+      # etcd's versions are its own (3.5.1): a profile file cannot read them from the package's name.
+      echo "target_version = \"$new_version\""
+      # How often Baton re-asks a member that is not yet healthy and caught up: a quarter of etcd's 1 s election
+      # timeout; each probe is one etcdctl call of a few ms on loopback.
+      echo "poll_interval_ms = 250"
     } >"$root/cluster.toml"
     printf '%s\n' "endpoints=$endpoints" "members=${members[*]}" "old_package=$old_pkg" "new_package=$new_pkg" \
       "old_version=$old_version" "new_version=$new_version" \

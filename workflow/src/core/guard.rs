@@ -509,4 +509,41 @@ mod tests {
             ]
         );
     }
+
+    /// The real `endpoint status` of an etcd cluster with m2 stopped (tests/fixtures/etcd/one-member-stopped):
+    /// etcd leaves the stopped member out. Installing on it and starting it again must pass the guard; taking
+    /// another member out must wait.
+    #[test]
+    fn a_member_left_out_of_the_topology_because_it_is_out_can_be_brought_back() {
+        use super::super::cluster::ClusterFile;
+        use super::super::profile_file::{parse_topology, ProfileFile};
+        let cluster = ClusterFile::parse(
+            "cluster.toml",
+            include_str!("../../../tests/fixtures/etcd/cluster.toml"),
+        )
+        .unwrap();
+        let profile =
+            ProfileFile::parse("etcd.toml", include_str!("../../../profiles/etcd.toml")).unwrap();
+        let topology = parse_topology(
+            &profile.probes.topology,
+            include_str!("../../../tests/fixtures/etcd/one-member-stopped/topology.stdout"),
+            &cluster.nodes,
+        )
+        .unwrap();
+        assert!(topology.member("m2").is_none(), "{topology:?}");
+        let leader = topology.sole_leader().unwrap().to_string();
+        let names = ["m1", "m2", "m3"];
+        let state = State::default();
+        assert_eq!(
+            topology_finding(&state, Kind::OnOut, "m2", &names, &topology),
+            Finding::Pass
+        );
+        let other = names.iter().find(|n| **n != "m2" && **n != leader).unwrap();
+        match topology_finding(&state, Kind::TakesOut, other, &names, &topology) {
+            Finding::Settle(why) => {
+                assert!(why.iter().any(|w| w.contains("m2: missing")), "{why:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::core::profile_file::MAX_PROFILE_FILE_BYTES;
+
 /// The subject prefix of the API; the verb follows (`baton.api.submit`).
 pub const API_PREFIX: &str = "baton.api";
 
@@ -22,6 +24,11 @@ pub struct SubmitRequest {
     pub cluster_file: String,
     /// The cluster file's text (TOML).
     pub cluster_toml: String,
+    /// The text of the profile file the cluster file names (`profile = "etcd.toml"`), which the submitter
+    /// reads beside the cluster file; at most [`MAX_PROFILE_FILE_BYTES`]. Required for a profile file, refused
+    /// for a built-in profile. The log records it with the cluster file, and the plan hash covers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_text: Option<String>,
     /// Path of the package on the nodes; overrides the cluster file's.
     #[serde(default)]
     pub package: Option<String>,

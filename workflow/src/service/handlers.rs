@@ -437,10 +437,13 @@ async fn submit(
 ) -> Result<ApiReply, HandlerError> {
     // Clusters and nodes are claimed in the order submissions arrived.
     turn.wait().await;
-    let cluster = match ClusterFile::parse(&request.cluster_file, &request.cluster_toml) {
+    let mut cluster = match ClusterFile::parse(&request.cluster_file, &request.cluster_toml) {
         Ok(cluster) => cluster,
         Err(err) => return Ok(ApiReply::error(ErrorKind::Rejected, err.to_string())),
     };
+    if let Err(why) = attach_profile(&mut cluster, request.profile_text) {
+        return Ok(ApiReply::error(ErrorKind::Rejected, why));
+    }
     let mut gates = Vec::new();
     for name in &request.approve_before {
         match Gate::from_name(name) {
@@ -512,6 +515,30 @@ async fn submit(
             Ok(ApiReply::error(ErrorKind::Rejected, rejection.to_string()))
         }
     }
+}
+
+/// Puts the profile file's text that came with a submission into its cluster file (the core loads the profile
+/// from it and refuses a profile file without it, saying so). Refused: a text over the profile file's size limit,
+/// and a text for a cluster file that names a built-in profile (it would be recorded and never used).
+fn attach_profile(cluster: &mut ClusterFile, text: Option<String>) -> Result<(), String> {
+    use crate::core::profile_file::MAX_PROFILE_FILE_BYTES;
+    let Some(text) = text else {
+        return Ok(());
+    };
+    if text.len() > MAX_PROFILE_FILE_BYTES {
+        return Err(format!(
+            "the profile file's text is {} bytes; a profile file may have at most {MAX_PROFILE_FILE_BYTES}",
+            text.len()
+        ));
+    }
+    if !cluster.profile_is_file() {
+        return Err(format!(
+            "a profile file's text came with the submission, but the cluster file names the built-in profile `{}`",
+            cluster.profile
+        ));
+    }
+    cluster.profile_text = Some(text);
+    Ok(())
 }
 
 async fn operator(
@@ -868,5 +895,40 @@ mod tests {
                 _ => panic!("{bad:?} was accepted"),
             }
         }
+    }
+
+    #[test]
+    fn a_profile_files_text_is_attached_bounded_and_refused_for_a_built_in_profile() {
+        use crate::core::profile_file::MAX_PROFILE_FILE_BYTES;
+        let file = |profile: &str| {
+            ClusterFile::parse(
+                "c.toml",
+                &format!(
+                    "[cluster]\nname = \"c\"\nprofile = \"{profile}\"\n\n[[nodes]]\nname = \"a\"\n\
+                     address = \"a\"\nexecutor = \"a\"\n"
+                ),
+            )
+            .unwrap()
+        };
+        let mut etcd = file("etcd.toml");
+        assert_eq!(attach_profile(&mut etcd, None), Ok(()));
+        assert_eq!(etcd.profile_text, None);
+        let why =
+            attach_profile(&mut etcd, Some("#".repeat(MAX_PROFILE_FILE_BYTES + 1))).unwrap_err();
+        assert!(
+            why.contains(&format!("at most {MAX_PROFILE_FILE_BYTES}")),
+            "{why}"
+        );
+        assert_eq!(attach_profile(&mut etcd, Some("x".into())), Ok(()));
+        assert_eq!(etcd.profile_text.as_deref(), Some("x"));
+        let mut chef = file("chef-backend");
+        let why = attach_profile(&mut chef, Some("x".into())).unwrap_err();
+        assert!(why.contains("built-in profile `chef-backend`"), "{why}");
+        // Without the text, the core's refusal tells the operator where it comes from.
+        let missing = crate::core::Profile::of_cluster(&file("etcd.toml")).unwrap_err();
+        assert!(
+            missing.contains("`baton submit` and `baton plan` read it"),
+            "{missing}"
+        );
     }
 }
