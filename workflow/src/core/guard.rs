@@ -239,10 +239,20 @@ fn topology_finding(
     topology: &Topology,
 ) -> Finding {
     let mut settle = Vec::new();
-    // Bringing a node back (or installing on it while it is out) needs only a leader that is not that node: a
-    // system may not list a stopped member at all (etcd's `endpoint status` leaves it out, where chef-backend
-    // shows it offline), and another node missing is a reason to bring this one back, not to wait.
-    let listed = if kind == Kind::OnOut { &[][..] } else { names };
+    // Bringing a node back (or installing on it while it is out) with a profile file's reader needs only a
+    // leader that is not that node: such a system may not list a stopped member at all (etcd's `endpoint status`
+    // leaves it out), and another node missing is a reason to bring this one back, not to wait. chef-backend
+    // lists every node, stopped or not, and keeps its rule (every node listed), so its recorded checks replay
+    // exactly.
+    let file_reader = state
+        .sub
+        .as_ref()
+        .is_some_and(|s| s.profile.reader.is_some());
+    let listed = if kind == Kind::OnOut && file_reader {
+        &[][..]
+    } else {
+        names
+    };
     for name in listed {
         if topology.member(name).is_none() {
             settle.push(format!("{name}: missing from cluster-status"));
@@ -363,6 +373,13 @@ fn node_finding(
         {
             let caught_up = state.last_cluster.as_ref().map_or(0, |c| {
                 c.followers_in_service()
+                    .filter(|m| {
+                        m.known
+                            && state
+                                .sub
+                                .as_ref()
+                                .is_some_and(|s| s.cluster.node(&m.node).is_some())
+                    })
                     .filter(|m| m.node != target && m.caught_up != Some(false))
                     .count() as u32
             });
@@ -533,11 +550,35 @@ mod tests {
         assert!(topology.member("m2").is_none(), "{topology:?}");
         let leader = topology.sole_leader().unwrap().to_string();
         let names = ["m1", "m2", "m3"];
-        let state = State::default();
+        // An upgrade of this cluster with the etcd profile file (the rule is a profile reader's).
+        let mut submitted = cluster.clone();
+        submitted.profile_text = Some(include_str!("../../../profiles/etcd.toml").to_string());
+        submitted.upgrade.target_version = Some("3.5.1".into());
+        let mut state = State::default();
+        let input = super::super::event::Input::Submit {
+            upgrade: "01JGUARDTEST00000000000000".into(),
+            cluster: submitted,
+            package: String::new(),
+            target_version: None,
+            gates: vec![],
+            plan_only: false,
+            expected_plan_hash: None,
+            executors_online: names.iter().map(|n| n.to_string()).collect(),
+            requested_by: "tester".into(),
+            now_ms: 1_000,
+        };
+        for e in super::super::decide::decide(&state, &input).unwrap() {
+            state.apply(&e);
+        }
         assert_eq!(
             topology_finding(&state, Kind::OnOut, "m2", &names, &topology),
             Finding::Pass
         );
+        // chef-backend keeps its rule: every node listed (it lists stopped nodes).
+        assert!(matches!(
+            topology_finding(&State::default(), Kind::OnOut, "m2", &names, &topology),
+            Finding::Settle(_)
+        ));
         let other = names.iter().find(|n| **n != "m2" && **n != leader).unwrap();
         match topology_finding(&state, Kind::TakesOut, other, &names, &topology) {
             Finding::Settle(why) => {
