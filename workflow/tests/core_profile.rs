@@ -231,23 +231,31 @@ impl Etcd {
         result
     }
 
-    /// Runs every outstanding step and ticks through waits until the upgrade rests or ends.
     fn drive(&mut self, run: &mut Run, max: usize) {
-        for _ in 0..max {
-            if run.state.is_terminal() {
-                return;
-            }
-            if let Some(step) = run.state.outstanding_steps().first().cloned() {
-                let result = self.run(&step);
-                run.finish(&step, result);
-                continue;
-            }
-            if run.state.next_wakeup_ms().is_some() {
-                run.tick();
-                continue;
-            }
+        drive(run, max, |step| self.run(step))
+    }
+}
+
+/// Runs every outstanding step through `model` and ticks through waits until the upgrade rests or ends.
+fn drive(
+    run: &mut Run,
+    max: usize,
+    mut model: impl FnMut(&ScheduledStep) -> (Outcome, Option<i32>, String, String),
+) {
+    for _ in 0..max {
+        if run.state.is_terminal() {
             return;
         }
+        if let Some(step) = run.state.outstanding_steps().first().cloned() {
+            let result = model(&step);
+            run.finish(&step, result);
+            continue;
+        }
+        if run.state.next_wakeup_ms().is_some() {
+            run.tick();
+            continue;
+        }
+        return;
     }
 }
 
@@ -743,21 +751,7 @@ impl Patroni {
     }
 
     fn drive(&mut self, run: &mut Run, max: usize) {
-        for _ in 0..max {
-            if run.state.is_terminal() {
-                return;
-            }
-            if let Some(step) = run.state.outstanding_steps().first().cloned() {
-                let result = self.run(&step);
-                run.finish(&step, result);
-                continue;
-            }
-            if run.state.next_wakeup_ms().is_some() {
-                run.tick();
-                continue;
-            }
-            return;
-        }
+        drive(run, max, |step| self.run(step))
     }
 }
 

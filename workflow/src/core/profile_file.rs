@@ -645,27 +645,7 @@ fn parser(
         ));
     }
     // Which keys each probe kind reads; any other is refused by name, so a typo cannot go unnoticed.
-    let present: [(&str, Option<Range<usize>>); 13] = [
-        ("behind_leader", p.behind_leader.as_ref().map(|v| v.span())),
-        ("blocked_when", p.blocked_when.as_ref().map(|v| v.span())),
-        ("members", p.members.as_ref().map(|v| v.span())),
-        ("name", p.name.as_ref().map(|v| v.span())),
-        ("match", p.match_by.as_ref().map(|v| v.span())),
-        ("leader_when", p.leader_when.as_ref().map(|v| v.span())),
-        ("follower_when", p.follower_when.as_ref().map(|v| v.span())),
-        (
-            "in_service_when",
-            p.in_service_when.as_ref().map(|v| v.span()),
-        ),
-        (
-            "caught_up_when",
-            p.caught_up_when.as_ref().map(|v| v.span()),
-        ),
-        ("up_when", p.up_when.as_ref().map(|v| v.span())),
-        ("lag", p.lag.as_ref().map(|v| v.span())),
-        ("max_lag", p.max_lag.as_ref().map(|v| v.span())),
-        ("version", p.version.as_ref().map(|v| v.span())),
-    ];
+    let present = field_keys(p);
     let allowed: &[&str] = match kind {
         ProbeKind::Topology => &[
             "members",
@@ -878,12 +858,11 @@ fn parser(
     })
 }
 
-/// `format = "builtin"`: a named reader and nothing else.
-fn builtin_parser(loc: &Loc<'_>, raw: &Spanned<RawParse>, key: &str) -> Result<Parser, CoreError> {
-    let p = raw.get_ref();
-    let k = |name: &str| format!("{key}.{name}");
-    let others = [
-        ("pattern", p.pattern.as_ref().map(|v| v.span())),
+/// The parser keys that name fields (every key but `format`, `pattern` and `reader`), with where each was given.
+fn field_keys(p: &RawParse) -> [(&'static str, Option<Range<usize>>); 13] {
+    [
+        ("behind_leader", p.behind_leader.as_ref().map(|v| v.span())),
+        ("blocked_when", p.blocked_when.as_ref().map(|v| v.span())),
         ("members", p.members.as_ref().map(|v| v.span())),
         ("name", p.name.as_ref().map(|v| v.span())),
         ("match", p.match_by.as_ref().map(|v| v.span())),
@@ -901,9 +880,15 @@ fn builtin_parser(loc: &Loc<'_>, raw: &Spanned<RawParse>, key: &str) -> Result<P
         ("lag", p.lag.as_ref().map(|v| v.span())),
         ("max_lag", p.max_lag.as_ref().map(|v| v.span())),
         ("version", p.version.as_ref().map(|v| v.span())),
-        ("blocked_when", p.blocked_when.as_ref().map(|v| v.span())),
-        ("behind_leader", p.behind_leader.as_ref().map(|v| v.span())),
-    ];
+    ]
+}
+
+/// `format = "builtin"`: a named reader and nothing else.
+fn builtin_parser(loc: &Loc<'_>, raw: &Spanned<RawParse>, key: &str) -> Result<Parser, CoreError> {
+    let p = raw.get_ref();
+    let k = |name: &str| format!("{key}.{name}");
+    let pattern = ("pattern", p.pattern.as_ref().map(|v| v.span()));
+    let others = std::iter::once(pattern).chain(field_keys(p));
     if let Some((name, span)) = others.into_iter().find(|(_, s)| s.is_some()) {
         return Err(loc.err(
             span,
