@@ -585,25 +585,8 @@ pub fn check_package(
     installer: Installer,
     check: PackageCheck,
 ) -> Result<(), String> {
-    if package.is_empty() {
-        return Err("empty".into());
-    }
-    if package.starts_with('-') {
-        return Err("starts with '-' (the installer would read it as an option)".into());
-    }
-    if package.contains("://") {
-        return Err("a URL; only a local file may be installed".into());
-    }
-    if package.chars().any(char::is_control) {
-        return Err("contains a control character".into());
-    }
+    path_rules(package)?;
     let path = Path::new(package);
-    if !path.is_absolute() {
-        return Err("not an absolute path".into());
-    }
-    if path.components().any(|c| c == Component::ParentDir) {
-        return Err("has a `..` component".into());
-    }
     let extension = match installer {
         Installer::Dpkg => ".deb",
         Installer::Yum => ".rpm",

@@ -55,18 +55,14 @@ fn cluster(profile_text: &str) -> ClusterFile {
 }
 
 fn submit(cluster: ClusterFile) -> Input {
-    Input::Submit {
-        upgrade: "01JTESTPROFILE000000000000".into(),
-        cluster,
-        package: String::new(),
-        target_version: None,
-        gates: vec![],
-        plan_only: false,
-        expected_plan_hash: None,
-        executors_online: vec!["m1".into(), "m2".into(), "m3".into()],
-        requested_by: "tester".into(),
-        now_ms: 1_000,
+    let mut input = common::submit(cluster, 1_000);
+    if let Input::Submit {
+        executors_online, ..
+    } = &mut input
+    {
+        *executors_online = IDS.iter().map(|(n, _, _)| n.to_string()).collect();
     }
+    input
 }
 
 /// One member of the model.

@@ -758,6 +758,18 @@ fn parser(
             }
         }
     }
+    // `lag` and `behind_leader` each need the largest lag that counts as caught up.
+    let max_lag = |at: Range<usize>, by: &str| -> Result<f64, CoreError> {
+        match &p.max_lag {
+            Some(m) if m.get_ref().is_finite() && *m.get_ref() >= 0.0 => Ok(*m.get_ref()),
+            Some(m) => Err(loc.err(Some(m.span()), k("max_lag"), "must be a number at least 0")),
+            None => Err(loc.err(
+                Some(at),
+                k("max_lag"),
+                format!("missing: `{by}` needs the largest lag that counts as caught up"),
+            )),
+        }
+    };
     if let Some(lag) = &p.lag {
         if let Some(b) = &p.behind_leader {
             return Err(loc.err(
@@ -767,21 +779,7 @@ fn parser(
             ));
         }
         fields.lag = Some(pointer(loc, lag, &k("lag"), json)?);
-        match &p.max_lag {
-            Some(m) if m.get_ref().is_finite() && *m.get_ref() >= 0.0 => {
-                fields.max_lag = Some(*m.get_ref())
-            }
-            Some(m) => {
-                return Err(loc.err(Some(m.span()), k("max_lag"), "must be a number at least 0"))
-            }
-            None => {
-                return Err(loc.err(
-                    Some(lag.span()),
-                    k("max_lag"),
-                    "missing: `lag` needs the largest lag that counts as caught up",
-                ))
-            }
-        }
+        fields.max_lag = Some(max_lag(lag.span(), "lag")?);
     } else if let Some(behind) = &p.behind_leader {
         let fields_of = behind.get_ref();
         if fields_of.len() != 2 {
@@ -800,21 +798,7 @@ fn parser(
             )
         };
         fields.behind_leader = Some([field(0)?, field(1)?]);
-        match &p.max_lag {
-            Some(m) if m.get_ref().is_finite() && *m.get_ref() >= 0.0 => {
-                fields.max_lag = Some(*m.get_ref())
-            }
-            Some(m) => {
-                return Err(loc.err(Some(m.span()), k("max_lag"), "must be a number at least 0"))
-            }
-            None => {
-                return Err(loc.err(
-                    Some(behind.span()),
-                    k("max_lag"),
-                    "missing: `behind_leader` needs the largest lag that counts as caught up",
-                ))
-            }
-        }
+        fields.max_lag = Some(max_lag(behind.span(), "behind_leader")?);
     } else if let Some(m) = &p.max_lag {
         return Err(loc.err(Some(m.span()), k("max_lag"), "given without `lag`"));
     }
