@@ -72,6 +72,9 @@ struct Member {
     installed: String,
     /// Whether a `start` may bring it up (false: it crashes on start, as a broken package would make it).
     starts: bool,
+    /// Cut off from the others (its peer port blocked): it still answers `endpoint status` on its client port,
+    /// with the leader it last knew, but no quorum read through it succeeds and it counts for no majority.
+    cut_off: bool,
 }
 
 /// A 3-member etcd cluster: who runs, what is installed, who leads; and what went wrong.
@@ -93,6 +96,7 @@ impl Etcd {
                     up: true,
                     installed: "3.4.23".into(),
                     starts: true,
+                    cut_off: false,
                 })
                 .collect(),
             leader: Some(leader),
@@ -108,7 +112,7 @@ impl Etcd {
     }
 
     fn quorum(&self) -> bool {
-        self.members.iter().filter(|m| m.up).count() >= 2
+        self.members.iter().filter(|m| m.up && !m.cut_off).count() >= 2
     }
 
     /// A leader goes (or there is none): the first member up leads again if a majority is up. Without a
@@ -162,7 +166,7 @@ impl Etcd {
                 }
             }
             Action::ProbeStatus => {
-                if self.members[i].up && self.leader.is_some() {
+                if self.members[i].up && !self.members[i].cut_off && self.leader.is_some() {
                     Etcd::ok(format!(
                         r#"[{{"endpoint":"{}","health":true,"took":"3.8ms"}}]"#,
                         address(i)
@@ -476,6 +480,86 @@ fn the_guard_waits_while_another_member_is_down_and_acts_once_it_is_back() {
         counts.values().all(|c| *c == 1),
         "every action once: {counts:?}"
     );
+    assert_eq!(etcd.outages, 0);
+}
+
+/// Runs `run` against `model` until the plan is made.
+fn until_planned(
+    run: &mut Run,
+    mut model: impl FnMut(&ScheduledStep) -> (Outcome, Option<i32>, String, String),
+) {
+    for _ in 0..500 {
+        if run
+            .history
+            .iter()
+            .any(|e| matches!(e, Event::PlanComputed { .. }))
+        {
+            return;
+        }
+        let step = run.outstanding();
+        let r = model(&step);
+        run.finish(&step, r);
+    }
+    panic!("no plan after 500 steps");
+}
+
+/// Drives `run` for `ms` of model time, asserting that only probes run; returns the guard's reasons seen.
+fn only_probes_for(
+    run: &mut Run,
+    ms: u64,
+    mut model: impl FnMut(&ScheduledStep) -> (Outcome, Option<i32>, String, String),
+) -> Vec<String> {
+    let until = run.now + ms;
+    while run.now < until && !run.state.is_terminal() {
+        if let Some(step) = run.state.outstanding_steps().first().cloned() {
+            assert!(
+                step.action.is_probe(),
+                "{} on {} ran",
+                step.action,
+                step.node
+            );
+            let r = model(&step);
+            run.finish(&step, r);
+        } else {
+            run.tick();
+        }
+    }
+    run.history
+        .iter()
+        .filter_map(|e| match e {
+            Event::CheckEvaluated {
+                passed: false,
+                problems,
+                ..
+            } => Some(problems.join("; ")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Hostile review, outage #1: a member cut off from the leader still answers `endpoint status` (listed, shown a
+/// follower with the leader it last knew), so the topology alone shows three healthy members. Stopping another
+/// member then would leave etcd without a majority. The guard also asks every other member's own node probe
+/// (`endpoint health`, a quorum read through it) and waits.
+#[test]
+fn the_guard_does_not_take_a_member_out_while_another_is_cut_off_but_still_listed() {
+    let mut run = Run::new();
+    run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+    let mut etcd = Etcd::new(1);
+    until_planned(&mut run, |s| etcd.run(s));
+    etcd.members[2].cut_off = true;
+    let reasons = only_probes_for(&mut run, 8_000, |s| etcd.run(s));
+    assert!(etcd.journal.is_empty(), "nothing ran: {:?}", etcd.journal);
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("m3: listed in the topology, but its own node probe shows it down")),
+        "{reasons:?}"
+    );
+    // Healed: the upgrade carries on to the end without an outage.
+    etcd.members[2].cut_off = false;
+    etcd.drive(&mut run, 5_000);
+    assert_eq!(status(&run.state), Status::Completed);
     assert_eq!(etcd.outages, 0);
 }
 
@@ -854,6 +938,48 @@ fn a_patroni_member_that_never_comes_back_halts_with_failover_allowed_again() {
         Some("unblock_failover")
     );
     assert!(!pg.journal.iter().any(|(n, a)| n != "pg2" && a == "stop"));
+}
+
+/// Hostile review, outage #2: a replica that just died keeps its DCS key (and so shows `streaming` in
+/// `patronictl list`) until the key's ttl runs out. Stopping the other replica then would leave the primary alone
+/// with failover paused. The guard asks each other member's own REST API, which does not answer (curl exits 7,
+/// not an exit code the profile reads), and waits.
+#[test]
+fn the_guard_does_not_take_a_patroni_replica_out_while_another_shows_only_a_stale_key() {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+        .unwrap();
+    let mut pg = Patroni::new(0);
+    for _ in 0..500 {
+        if pg.paused {
+            break;
+        }
+        let step = run.outstanding();
+        let r = pg.run(&step);
+        run.finish(&step, r);
+    }
+    assert!(pg.paused, "the fence is up: {:?}", pg.journal);
+    // pg3 dies; its key outlives it for the whole wait below.
+    pg.up[2] = false;
+    pg.stale[2] = 100_000;
+    let reasons = only_probes_for(&mut run, 8_000, |s| pg.run(s));
+    assert!(
+        !pg.journal.iter().any(|(_, a)| a == "stop"),
+        "nothing was stopped: {:?}",
+        pg.journal
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("probe unavailable") && r.contains("`probe_status` on pg3")),
+        "{reasons:?}"
+    );
+    pg.up[2] = true;
+    pg.stale[2] = 0;
+    pg.drive(&mut run, 5_000);
+    assert_eq!(status(&run.state), Status::Completed);
+    assert!(!pg.paused);
+    assert_eq!(pg.leaderless, 0);
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use workflow::core::health::standing_problems;
 use workflow::core::profile_file::{
     parse_failover, parse_node, parse_topology, parse_version, NodeReading, ProbeDef, ProfileFile,
 };
@@ -94,6 +95,81 @@ fn the_etcd_profile_sees_a_member_behind_the_leader() {
             Some(true),
             "the leader is caught up with itself"
         );
+    }
+}
+
+/// `behind_leader` fails closed: a member whose position is missing or not a number is not caught up, and a
+/// member is compared with the furthest raft index any member reports, not only the leader's (etcdctl asks the
+/// members one after another, so a slow leader's index may be the oldest in the output).
+#[test]
+fn the_etcd_profile_fails_closed_on_a_missing_or_older_position() {
+    let p = profile("etcd");
+    let nodes = etcd_nodes();
+    let saved = etcd_saved("healthy", "topology");
+    let t = parse_topology(&p.probes.topology, &saved.stdout, &nodes).unwrap();
+    let leader = t.sole_leader().unwrap().to_string();
+    let doc: serde_json::Value = serde_json::from_str(&saved.stdout).unwrap();
+    let name = |i: usize| {
+        let addr = doc[i]["Endpoint"].as_str().unwrap();
+        nodes
+            .iter()
+            .find(|n| n.address == addr)
+            .unwrap()
+            .name
+            .clone()
+    };
+    let l = (0..3).find(|i| name(*i) == leader).unwrap();
+    let followers: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let (a, b) = (followers[0], followers[1]);
+    let read = |edited: &serde_json::Value| {
+        parse_topology(&p.probes.topology, &edited.to_string(), &nodes).unwrap()
+    };
+    // A follower's applied index missing, or not a number: not caught up (it was "unknown", counted as caught up).
+    for bad in [serde_json::Value::Null, "soon".into()] {
+        let mut edited = doc.clone();
+        match &bad {
+            serde_json::Value::Null => {
+                edited[a]["Status"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("raftAppliedIndex");
+            }
+            v => edited[a]["Status"]["raftAppliedIndex"] = v.clone(),
+        }
+        let t = read(&edited);
+        assert_eq!(
+            t.member(&name(a)).unwrap().caught_up,
+            Some(false),
+            "{bad}: {t:?}"
+        );
+        assert_eq!(
+            t.member(&name(b)).unwrap().caught_up,
+            Some(true),
+            "{bad}: {t:?}"
+        );
+    }
+    // The leader answered first with raft index 69; follower a, asked later, is at 197; follower b applied 75.
+    // b is 122 behind the cluster, though 6 ahead of the leader's older figure.
+    let mut edited = doc.clone();
+    for (i, index, applied) in [(l, 69u64, 69u64), (a, 197, 197), (b, 80, 75)] {
+        edited[i]["Status"]["raftIndex"] = index.into();
+        edited[i]["Status"]["raftAppliedIndex"] = applied.into();
+    }
+    let t = read(&edited);
+    assert_eq!(t.member(&name(b)).unwrap().caught_up, Some(false), "{t:?}");
+    assert_eq!(t.member(&name(a)).unwrap().caught_up, Some(true), "{t:?}");
+    assert_eq!(t.member(&leader).unwrap().caught_up, Some(true), "{t:?}");
+    // No member shows a raft index at all: nobody but the leader counts as caught up.
+    let mut edited = doc.clone();
+    for i in 0..3 {
+        edited[i]["Status"]
+            .as_object_mut()
+            .unwrap()
+            .remove("raftIndex");
+    }
+    let t = read(&edited);
+    for f in [a, b] {
+        assert_eq!(t.member(&name(f)).unwrap().caught_up, Some(false), "{t:?}");
     }
 }
 
@@ -288,6 +364,50 @@ const PATRONI: &[PatroniState] = &[
         installed: ["15.18", "15.20", "15.20"],
     },
 ];
+
+/// Hostile review #6: a member a profile's topology shows out of service (Patroni's `stopped`, `starting`) is a
+/// problem for the checks that wait for the cluster (WaitSynced, VerifyStable), not only one shown behind.
+#[test]
+fn a_member_the_topology_shows_out_of_service_is_a_standing_problem() {
+    let p = profile("patroni");
+    let nodes = patroni_nodes();
+    for s in PATRONI {
+        let saved = patroni_saved(s.state, s.topology);
+        let t = parse_topology(
+            &p.probes.topology,
+            readable(&p.probes.topology, &saved).unwrap(),
+            &nodes,
+        )
+        .unwrap();
+        let problems = standing_problems(&t);
+        for (i, n) in nodes.iter().enumerate() {
+            let named = problems
+                .iter()
+                .any(|p| p.starts_with(&format!("{}:", n.name)));
+            if !s.in_service[i] {
+                assert!(
+                    named,
+                    "{} ({}): {} out of service: {problems:?}",
+                    s.state, s.topology, n.name
+                );
+            }
+        }
+    }
+    let saved = patroni_saved("stopped-unpaused", "topology.json");
+    let t = parse_topology(
+        &p.probes.topology,
+        readable(&p.probes.topology, &saved).unwrap(),
+        &nodes,
+    )
+    .unwrap();
+    let problems = standing_problems(&t);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("pg2:") && p.contains("not in service")),
+        "{problems:?}"
+    );
+}
 
 #[test]
 fn the_patroni_profile_reads_what_a_real_patroni_cluster_showed() {

@@ -9,7 +9,7 @@ use super::event::{
     LATEST_MS,
 };
 use super::guard::{guard_finding, guard_probes, version_problems, Finding};
-use super::health::{cluster_problems, electable_problems, lag_problems, leader_problems};
+use super::health::{cluster_problems, electable_problems, leader_problems, standing_problems};
 use super::observe::{MemberRole, Topology};
 use super::parse::{normalize_version, version_from_package};
 use super::plan::{compute_plan, PlanInputs, PlanItem};
@@ -1186,7 +1186,7 @@ fn problems_for(
             // A profile's topology is its only cluster-wide view (its node probe sees one node): a member it
             // shows behind the leader is a problem here. chef-backend's leader `status` shows the same.
             if matches!(observation, Observation::Members { .. }) {
-                p.extend(lag_problems(&topology));
+                p.extend(standing_problems(&topology));
             }
             if let Some(PlanItem::VerifySwitchover { old_leader, .. }) = item {
                 if topology.sole_leader() == Some(old_leader.as_str()) {
@@ -1594,7 +1594,7 @@ fn judge_guard(
             until_ms: now,
         }];
     }
-    let finding = guard_finding(state, action, target, observation);
+    let finding = guard_finding(state, action, target, &p.node, observation);
     let problems = match &finding {
         Finding::Pass => vec![],
         Finding::Settle(p) | Finding::Leaderless(p) => p.clone(),

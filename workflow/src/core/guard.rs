@@ -107,8 +107,21 @@ pub(crate) fn guard_probes(state: &State, action: Action, node: &str) -> Vec<(Ac
     let mut probes = vec![
         (Action::ProbeClusterStatus, via),
         (Action::ProbeStatus, leader.clone()),
-        (Action::ProbeFailover, leader),
     ];
+    // A profile file's topology is one tool's report (etcd's `endpoint status`, Patroni's DCS keys): a member it
+    // lists may be cut off from the leader or already dead (a DCS key lives until its ttl). Before taking a node
+    // out or moving leadership, each other member's own node probe must show it up too.
+    if matches!(kind(state, action), Some(Kind::TakesOut | Kind::Switchover)) && file_reader(state)
+    {
+        if let Some(s) = &state.sub {
+            for n in &s.cluster.nodes {
+                if n.name != node && n.name != leader {
+                    probes.push((Action::ProbeStatus, n.name.clone()));
+                }
+            }
+        }
+    }
+    probes.push((Action::ProbeFailover, leader));
     // A system without a fence has no failover probe: its last look is the leader's own view.
     if let Some(s) = &state.sub {
         probes.retain(|(action, _)| s.profile.action(*action).is_some());
@@ -129,11 +142,20 @@ pub(crate) enum Finding {
     Changed(String),
 }
 
-/// Judges one of the guard's observations before `action` on `target`.
+/// Whether the upgrade's profile reads its probes with a profile file's parsers (not a built-in reader).
+fn file_reader(state: &State) -> bool {
+    state
+        .sub
+        .as_ref()
+        .is_some_and(|s| s.profile.reader.is_some())
+}
+
+/// Judges one of the guard's observations, made on node `on`, before `action` on `target`.
 pub(crate) fn guard_finding(
     state: &State,
     action: Action,
     target: &str,
+    on: &str,
     observation: &Observation,
 ) -> Finding {
     let Some(kind) = kind(state, action) else {
@@ -153,8 +175,13 @@ pub(crate) fn guard_finding(
         | Observation::NodeStatus { .. }
         | Observation::Members { .. }
         | Observation::Node { .. }) => {
+            let leader = state.last_cluster.as_ref().and_then(|c| c.sole_leader());
             if let Some(topology) = other.topology() {
                 topology_finding(state, kind, target, &names, &topology)
+            } else if let (Observation::Node { up, caught_up, .. }, true) =
+                (other, leader.is_some_and(|l| l != on) && file_reader(state))
+            {
+                member_finding(on, *up, *caught_up)
             } else if let Some(health) = other.node_health(n) {
                 node_finding(state, kind, action, target, n, &health)
             } else {
@@ -244,11 +271,7 @@ fn topology_finding(
     // leaves it out), and another node missing is a reason to bring this one back, not to wait. chef-backend
     // lists every node, stopped or not, and keeps its rule (every node listed), so its recorded checks replay
     // exactly.
-    let file_reader = state
-        .sub
-        .as_ref()
-        .is_some_and(|s| s.profile.reader.is_some());
-    let listed = if kind == Kind::OnOut && file_reader {
+    let listed = if kind == Kind::OnOut && file_reader(state) {
         &[][..]
     } else {
         names
@@ -310,6 +333,20 @@ fn topology_finding(
     }
 }
 
+/// The guard's judgement of a member's own node probe (a profile file's, on a member that does not lead):
+/// up, and not behind by its own account.
+fn member_finding(on: &str, up: bool, caught_up: Option<bool>) -> Finding {
+    match (up, caught_up) {
+        (true, Some(false)) => Finding::Settle(vec![format!(
+            "{on}: its own node probe shows it behind the leader"
+        )]),
+        (true, _) => Finding::Pass,
+        (false, _) => Finding::Settle(vec![format!(
+            "{on}: listed in the topology, but its own node probe shows it down"
+        )]),
+    }
+}
+
 /// The guard's judgement of the leader's own view.
 fn node_finding(
     state: &State,
@@ -366,11 +403,7 @@ fn node_finding(
         }
         // A profile file's node probe sees one node; the others' standing is in the topology the guard
         // just looked at: every other member an in-service follower not shown behind.
-        None if state
-            .sub
-            .as_ref()
-            .is_some_and(|s| s.profile.reader.is_some()) =>
-        {
+        None if file_reader(state) => {
             let caught_up = state.last_cluster.as_ref().map_or(0, |c| {
                 c.followers_in_service()
                     .filter(|m| {

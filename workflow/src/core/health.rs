@@ -30,15 +30,20 @@ pub fn cluster_problems(topology: &Topology, names: &[&str]) -> Vec<String> {
     problems
 }
 
-/// Members a topology shows behind the leader (a profile's `caught_up_when` or `lag`): only they can lose
-/// acknowledged data if the leader goes, so a rolling step waits for them.
-pub fn lag_problems(topology: &Topology) -> Vec<String> {
-    topology
-        .members
-        .iter()
-        .filter(|m| m.role != MemberRole::Leader && m.caught_up == Some(false))
-        .map(|m| format!("{}: not caught up with the leader", m.node))
-        .collect()
+/// Members a profile's topology shows out of service (its `in_service_when`, e.g. Patroni's state not
+/// `running`/`streaming`) or behind the leader (`caught_up_when`, `lag`, `behind_leader`): a rolling step
+/// waits for them, as only an in-service, caught-up member keeps the cluster's data if the leader goes.
+/// (chef-backend's topology has no such reading: its leader's `status` shows the same.)
+pub fn standing_problems(topology: &Topology) -> Vec<String> {
+    let mut problems = Vec::new();
+    for m in &topology.members {
+        if !m.in_service {
+            problems.push(format!("{}: {}", m.node, m.shown));
+        } else if m.role != MemberRole::Leader && m.caught_up == Some(false) {
+            problems.push(format!("{}: not caught up with the leader", m.node));
+        }
+    }
+    problems
 }
 
 /// The failover gate's check of `cluster-status` (S3): exactly one leader.

@@ -1316,6 +1316,21 @@ fn lag_within(leader: &Value, member: &Value, max: f64) -> Option<bool> {
     Some(number(leader)? - number(member)? <= max)
 }
 
+/// Orders two positions (numbers, or numbers as text): integers exactly, as etcd's raft indexes are u64.
+fn position_order(a: &Value, b: &Value) -> std::cmp::Ordering {
+    let int = |v: &Value| match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    match (int(a), int(b)) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        _ => number(a)
+            .unwrap_or(f64::NAN)
+            .total_cmp(&number(b).unwrap_or(f64::NAN)),
+    }
+}
+
 fn number(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
@@ -1399,21 +1414,16 @@ fn members(
     }
     let name_field = f.name.as_deref().unwrap_or_default();
     let mut out = Vec::with_capacity(records.len());
-    // `behind_leader`: the leader's position, when exactly one member leads.
-    let leader_flags: Vec<bool> = records
-        .iter()
-        .map(|r| f.leader_when.as_ref().is_some_and(|c| r.holds(c)))
-        .collect();
-    let leader_position = match (
-        &f.behind_leader,
-        leader_flags.iter().filter(|l| **l).count(),
-    ) {
-        (Some([_, leader_field]), 1) => leader_flags
+    // `behind_leader`: the furthest position any member reports in the leader's field. Not the leader's own
+    // value: a tool that asks the members one after another (etcdctl) may show a slow leader's older index, and a
+    // member compared with that would look caught up when it is not.
+    let leader_position = f.behind_leader.as_ref().and_then(|[_, leader_field]| {
+        records
             .iter()
-            .position(|l| *l)
-            .and_then(|i| records[i].get(leader_field)),
-        _ => None,
-    };
+            .filter_map(|r| r.get(leader_field))
+            .filter(|v| number(v).is_some())
+            .max_by(position_order)
+    });
     for (i, r) in records.iter().enumerate() {
         let identity = r
             .get(name_field)
@@ -1432,10 +1442,14 @@ fn members(
         let in_service = f.in_service_when.as_ref().is_none_or(|c| r.holds(c));
         let mut caught_up = r.caught_up(f);
         if let Some([member_field, _]) = &f.behind_leader {
+            // Fails closed: a member whose position is missing or not a number, or an output in which no member
+            // shows the leader's, is not caught up.
             let behind = match (&leader_position, r.get(member_field)) {
                 _ if leads => Some(true),
-                (Some(l), Some(m)) => lag_within(l, &m, f.max_lag.unwrap_or(0.0)),
-                _ => None,
+                (Some(l), Some(m)) => {
+                    Some(lag_within(l, &m, f.max_lag.unwrap_or(0.0)).unwrap_or(false))
+                }
+                _ => Some(false),
             };
             caught_up = match (caught_up, behind) {
                 (None, b) => b,
