@@ -149,6 +149,7 @@ impl Timeline {
                     Observation::ClusterStatus { .. } | Observation::Members { .. } => "cluster",
                     Observation::NodeStatus { .. } | Observation::Node { .. } => "status",
                     Observation::Version { .. } => "version",
+                    Observation::Running { .. } => "running",
                     Observation::Failover { .. } | Observation::Fence { .. } => "failover",
                     Observation::Package { .. } => "package",
                     Observation::Unavailable { .. } => "unavailable",
@@ -284,6 +285,7 @@ fn observation_summary(observation: &Observation) -> String {
             "automatic failover {}",
             if *blocked { "blocked" } else { "allowed" }
         ),
+        Observation::Running { version } => format!("running {version}"),
         Observation::Version { version, state } => format!(
             "version {}{}",
             version.as_deref().unwrap_or("(not installed)"),

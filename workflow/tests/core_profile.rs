@@ -75,6 +75,10 @@ struct Member {
     /// Cut off from the others (its peer port blocked): it still answers `endpoint status` on its client port,
     /// with the leader it last knew, but no quorum read through it succeeds and it counts for no majority.
     cut_off: bool,
+    /// The version its process runs (what was installed when it last started).
+    running: String,
+    /// `stop` exits 0 but leaves the process running (a wrapper that signals the wrong pid).
+    stop_is_a_no_op: bool,
 }
 
 /// A 3-member etcd cluster: who runs, what is installed, who leads; and what went wrong.
@@ -97,6 +101,8 @@ impl Etcd {
                     installed: "3.4.23".into(),
                     starts: true,
                     cut_off: false,
+                    running: "3.4.23".into(),
+                    stop_is_a_no_op: false,
                 })
                 .collect(),
             leader: Some(leader),
@@ -190,9 +196,21 @@ impl Etcd {
                     .into(),
             ),
             Action::Stop => {
-                self.members[i].up = false;
-                self.elect();
+                if !self.members[i].stop_is_a_no_op {
+                    self.members[i].up = false;
+                    self.elect();
+                }
                 Etcd::ok(String::new())
+            }
+            Action::ProbeRunningVersion => {
+                if self.members[i].up {
+                    Etcd::ok(format!(
+                        "{{\"version\":\"{}\",\"dbSize\":24576}}\n",
+                        self.members[i].running
+                    ))
+                } else {
+                    Etcd::exit1(String::new(), "etcd is not running")
+                }
             }
             Action::Install => {
                 self.members[i].installed = "3.5.1".into();
@@ -201,6 +219,10 @@ impl Etcd {
             Action::Start => {
                 if !self.members[i].starts {
                     return Etcd::exit1(String::new(), "etcd exited at once (see its log)");
+                }
+                // Already running: nothing starts (the process keeps its binaries).
+                if !self.members[i].up {
+                    self.members[i].running = self.members[i].installed.clone();
                 }
                 self.members[i].up = true;
                 self.elect();
@@ -563,6 +585,34 @@ fn the_guard_does_not_take_a_member_out_while_another_is_cut_off_but_still_liste
     assert_eq!(etcd.outages, 0);
 }
 
+/// Hostile review #4: the installed version shows only what the next start runs. A `stop` that exits 0 but
+/// leaves the process running makes the `start` after it a no-op, so the member keeps serving on the old binary
+/// with the new one installed. The running-version probe catches it: the upgrade halts, naming the member and
+/// both versions, instead of reporting COMPLETED.
+#[test]
+fn a_member_still_running_the_old_binary_after_its_restart_halts_the_upgrade() {
+    let mut run = Run::new();
+    run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+    let mut etcd = Etcd::new(1);
+    etcd.members[0].stop_is_a_no_op = true;
+    etcd.drive(&mut run, 5_000);
+    let s = status(&run.state);
+    let Status::Halted { reason, .. } = &s else {
+        panic!("halted: {s:?}");
+    };
+    assert!(
+        reason.contains("m1") && reason.contains("running version 3.4.23, want 3.5.1"),
+        "{reason}"
+    );
+    assert_eq!(etcd.members[0].running, "3.4.23");
+    // Nothing else was touched after m1.
+    assert!(
+        etcd.journal.iter().all(|(n, _)| n == "m1"),
+        "{:?}",
+        etcd.journal
+    );
+}
+
 #[test]
 fn a_member_lost_while_another_is_out_stops_the_upgrade_after_bringing_that_one_back() {
     let mut run = Run::new();
@@ -663,6 +713,7 @@ fn patroni_cluster(profile_text: &str) -> ClusterFile {
 struct Patroni {
     up: [bool; 3],
     installed: [&'static str; 3],
+    running: [&'static str; 3],
     leader: Option<usize>,
     paused: bool,
     /// Topology probes left during which a stopped member still shows "streaming" (its DCS key's TTL).
@@ -678,6 +729,7 @@ impl Patroni {
         Patroni {
             up: [true; 3],
             installed: ["15.18"; 3],
+            running: ["15.18"; 3],
             leader: Some(leader),
             paused: false,
             stale: [0; 3],
@@ -764,6 +816,10 @@ impl Patroni {
             Action::ProbePackage => {
                 Etcd::ok("postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)\n".into())
             }
+            Action::ProbeRunningVersion if self.up[i] => {
+                Etcd::ok(format!("{v} (Debian {v}-0+deb12u1)\n", v = self.running[i]))
+            }
+            Action::ProbeRunningVersion => Etcd::exit1(String::new(), "postgres is not running"),
             Action::BlockFailover => {
                 self.paused = true;
                 Etcd::ok("Success: cluster management is paused\n".into())
@@ -791,6 +847,9 @@ impl Patroni {
                         String::new(),
                         "postgres exited".into(),
                     );
+                }
+                if !self.up[i] {
+                    self.running[i] = self.installed[i];
                 }
                 self.up[i] = true;
                 self.stale[i] = 0;
@@ -1025,5 +1084,64 @@ fn a_patroni_leader_lost_while_failover_is_fenced_takes_the_emergency_exit() {
             .iter()
             .any(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)),
         "the emergency exit: {reason}"
+    );
+}
+
+/// Hostile review #9: a log whose recorded profile no longer loads (carried over from another version of
+/// Baton, the draft format having changed) used to leave the state with a profile without actions, so a
+/// service resuming it would act on nothing, not even the action that re-enables failover. It halts at once,
+/// naming the load error and that failover is still blocked.
+#[test]
+fn a_recorded_profile_that_no_longer_loads_halts_and_names_the_fence_left_up() {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+        .unwrap();
+    let mut pg = Patroni::new(0);
+    for _ in 0..500 {
+        if pg.paused {
+            break;
+        }
+        let step = run.outstanding();
+        let r = pg.run(&step);
+        run.finish(&step, r);
+    }
+    assert!(pg.paused);
+    // The same log, its recorded profile text changed the way a newer loader would refuse it.
+    let mut state = State::default();
+    for e in &run.history {
+        let mut e = e.clone();
+        if let Event::UpgradeSubmitted { cluster, .. } = &mut e {
+            let text = cluster
+                .profile_text
+                .as_deref()
+                .unwrap()
+                .replace("format = 1", "format = 2");
+            cluster.profile_text = Some(text);
+        }
+        state.apply(&e);
+    }
+    let out = workflow::core::decide(
+        &state,
+        &Input::Tick {
+            now_ms: run.now + 1,
+        },
+    )
+    .unwrap();
+    let halted = out.iter().find_map(|e| match e {
+        Event::UpgradeHalted {
+            reason,
+            failover_pending,
+            ..
+        } => Some((reason.clone(), failover_pending.clone())),
+        _ => None,
+    });
+    let (reason, pending) = halted.unwrap_or_else(|| panic!("halted: {out:?}"));
+    assert!(reason.contains("does not load"), "{reason}");
+    assert!(reason.contains("format"), "{reason}");
+    assert!(pending.is_some_and(|p| p.contains("still blocked")));
+    // Nothing was scheduled.
+    assert!(
+        !out.iter().any(|e| matches!(e, Event::StepScheduled { .. })),
+        "{out:?}"
     );
 }

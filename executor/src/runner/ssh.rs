@@ -91,7 +91,8 @@ pub fn needs_root(action: Action) -> bool {
         | Action::UpgradeLeader
         | Action::ProbeClusterStatus
         | Action::ProbeStatus
-        | Action::ProbeFailover => true,
+        | Action::ProbeFailover
+        | Action::ProbeRunningVersion => true,
         Action::ProbeVersion | Action::ProbePackage => false,
     }
 }

@@ -689,8 +689,27 @@ pub(crate) fn observer(state: &State, avoid: Option<&str>) -> String {
 
 /// The decisions the state calls for now (empty: wait for an input).
 pub(crate) fn next_decisions(state: &State, now: u64) -> Vec<Event> {
-    if state.sub.is_none() || state.terminal.is_some() {
+    let Some(s) = state.sub.as_ref() else {
         return vec![];
+    };
+    if state.terminal.is_some() {
+        return vec![];
+    }
+    if let Some(error) = &s.profile_error {
+        // The recorded submission's profile no longer loads (a log carried over from another version of Baton):
+        // no action can be rendered, not even the one that re-enables failover. Stop here and say so.
+        return vec![Event::UpgradeHalted {
+            reason: format!(
+                "the profile `{}` recorded with this upgrade does not load in this version of Baton ({error}); \
+                 nothing more was run",
+                s.cluster.profile
+            ),
+            failover_pending: state.failover_blocked.then(|| {
+                "automatic failover is still blocked by this upgrade: re-enable it with the system's own command"
+                    .to_string()
+            }),
+            at_ms: now,
+        }];
     }
     if let Some(exit) = emergency_by_time(state, now) {
         return vec![exit];
@@ -1009,21 +1028,27 @@ fn item_probes(state: &State, item: &PlanItem) -> Vec<(Action, String)> {
             .to_string()
     };
     match item {
-        PlanItem::WaitSynced { node, .. } => vec![
-            (Action::ProbeClusterStatus, node.clone()),
-            (Action::ProbeStatus, node.clone()),
-            (Action::ProbeVersion, node.clone()),
-        ],
+        PlanItem::WaitSynced { node, .. } => with_running_version(
+            state,
+            vec![
+                (Action::ProbeClusterStatus, node.clone()),
+                (Action::ProbeStatus, node.clone()),
+                (Action::ProbeVersion, node.clone()),
+            ],
+        ),
         PlanItem::VerifySwitchover { old_leader, .. } => {
             let via = observer(state, Some(old_leader));
             let leader = leader(&via);
             // Roles alone are not enough (a follower re-syncing to the new leader shows `follower`): the new
             // leader's own `status` must show every follower synced.
-            vec![
-                (Action::ProbeClusterStatus, via),
-                (Action::ProbeVersion, leader.clone()),
-                (Action::ProbeStatus, leader),
-            ]
+            with_running_version(
+                state,
+                vec![
+                    (Action::ProbeClusterStatus, via),
+                    (Action::ProbeVersion, leader.clone()),
+                    (Action::ProbeStatus, leader),
+                ],
+            )
         }
         PlanItem::VerifyStable { .. } => {
             let via = observer(state, None);
@@ -1036,6 +1061,23 @@ fn item_probes(state: &State, item: &PlanItem) -> Vec<(Action, String)> {
         PlanItem::Run { action, node, .. } => guard_probes(state, *action, node),
         PlanItem::Gate { .. } => vec![],
     }
+}
+
+/// A check of an upgraded node's version also asks the version its process runs, where the profile has that
+/// probe: a `stop` that exited 0 but left the process running (or a `start` that found one still running) leaves
+/// the old binary serving with the new one installed.
+fn with_running_version(state: &State, mut probes: Vec<(Action, String)>) -> Vec<(Action, String)> {
+    let has = state
+        .sub
+        .as_ref()
+        .is_some_and(|s| s.profile.action(Action::ProbeRunningVersion).is_some());
+    if has {
+        if let Some((_, node)) = probes.iter().find(|(a, _)| *a == Action::ProbeVersion) {
+            let node = node.clone();
+            probes.push((Action::ProbeRunningVersion, node));
+        }
+    }
+    probes
 }
 
 fn item_decisions(state: &State, now: u64) -> Vec<Event> {
@@ -1208,6 +1250,13 @@ fn problems_for(
                     .unwrap_or_default()
             )],
         },
+        Observation::Running { version } => match item {
+            None => vec![],
+            Some(_) if version == target => vec![],
+            Some(_) => vec![format!(
+                "running version {version}, want {target} (the process still runs the old binaries)"
+            )],
+        },
         Observation::Failover { .. } | Observation::Fence { .. } | Observation::Package { .. } => {
             vec![]
         }
@@ -1217,6 +1266,7 @@ fn problems_for(
         (Action::ProbeVersion, Observation::Version { .. })
         | (Action::ProbeFailover, Observation::Failover { .. } | Observation::Fence { .. })
         | (Action::ProbePackage, Observation::Package { .. })
+        | (Action::ProbeRunningVersion, Observation::Running { .. })
         | (Action::ProbeStatus, Observation::NodeStatus { .. } | Observation::Node { .. })
         | (
             Action::ProbeClusterStatus,

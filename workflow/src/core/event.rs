@@ -235,6 +235,11 @@ pub enum Observation {
         /// Blocked.
         blocked: bool,
     },
+    /// A profile file's `running_version` probe: the version the node's process runs now.
+    Running {
+        /// The version, as the probe's parser read it.
+        version: String,
+    },
     /// The probe did not succeed or its output could not be parsed.
     Unavailable {
         /// Why.

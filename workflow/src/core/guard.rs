@@ -55,7 +55,8 @@ fn kind(state: &State, action: Action) -> Option<Kind> {
         | Action::ProbeStatus
         | Action::ProbeVersion
         | Action::ProbeFailover
-        | Action::ProbePackage => return None,
+        | Action::ProbePackage
+        | Action::ProbeRunningVersion => return None,
     })
 }
 
@@ -170,7 +171,9 @@ pub(crate) fn guard_finding(
         Observation::Unavailable { error } => {
             Finding::Settle(vec![format!("probe unavailable: {error}")])
         }
-        Observation::Version { .. } | Observation::Package { .. } => Finding::Pass,
+        Observation::Version { .. } | Observation::Package { .. } | Observation::Running { .. } => {
+            Finding::Pass
+        }
         other @ (Observation::ClusterStatus { .. }
         | Observation::NodeStatus { .. }
         | Observation::Members { .. }

@@ -136,7 +136,8 @@ impl Facts {
             | Action::ProbeStatus
             | Action::ProbeVersion
             | Action::ProbeFailover
-            | Action::ProbePackage => return,
+            | Action::ProbePackage
+            | Action::ProbeRunningVersion => return,
         };
         self.cluster = None;
         self.counts = None;
@@ -298,6 +299,16 @@ impl Facts {
                     Action::ProbeVersion => n.installed = None,
                     _ => {}
                 }
+            }
+            Observation::Running { version } => {
+                let Some(n) = self.nodes.get_mut(node) else {
+                    return;
+                };
+                n.last_seen_ms = Some(n.last_seen_ms.map_or(at_ms, |t| t.max(at_ms)));
+                n.running = Some(Seen {
+                    value: Some(version.clone()),
+                    at_ms,
+                });
             }
             Observation::Failover { .. }
             | Observation::Fence { .. }

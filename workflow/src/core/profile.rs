@@ -64,11 +64,14 @@ pub enum Action {
     ProbeFailover,
     /// Probe: the version inside the package file on the node (it also shows that the file is readable).
     ProbePackage,
+    /// Probe: the version the node's process runs now (a profile file's `running_version`): the installed
+    /// version shows only what the next start runs.
+    ProbeRunningVersion,
 }
 
 impl Action {
     /// Every action, in a fixed order.
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::BlockFailover,
         Action::UnblockFailover,
         Action::Stop,
@@ -82,6 +85,7 @@ impl Action {
         Action::ProbeVersion,
         Action::ProbeFailover,
         Action::ProbePackage,
+        Action::ProbeRunningVersion,
     ];
 
     /// The name used on the wire, in cluster files and in events.
@@ -100,6 +104,7 @@ impl Action {
             Action::ProbeVersion => "probe_version",
             Action::ProbeFailover => "probe_failover",
             Action::ProbePackage => "probe_package",
+            Action::ProbeRunningVersion => "probe_running_version",
         }
     }
 
@@ -117,6 +122,7 @@ impl Action {
                 | Action::ProbeVersion
                 | Action::ProbeFailover
                 | Action::ProbePackage
+                | Action::ProbeRunningVersion
         )
     }
 }
@@ -429,6 +435,9 @@ impl Profile {
         }
         if let Some(p) = &probes.failover {
             actions.insert(Action::ProbeFailover, probe(p));
+        }
+        if let Some(p) = &probes.running_version {
+            actions.insert(Action::ProbeRunningVersion, probe(p));
         }
         let unblock = format!("the {} profile's unblock_failover action", file.name);
         let hint = |key: &str, default: String| file.hints.get(key).cloned().unwrap_or(default);

@@ -90,6 +90,9 @@ pub enum VersionChange {
     Patch,
     /// The first number must stay.
     Minor,
+    /// The first number must stay and the second may rise by at most one (etcd: 3.4 -> 3.5 rolls, 3.4 -> 3.6
+    /// does not; patch changes within a minor roll).
+    NextMinor,
     /// Anything but a downgrade.
     Any,
 }
@@ -1102,12 +1105,13 @@ impl ProfileFile {
         let version_change = match p.version_change.get_ref().as_str() {
             "patch" => VersionChange::Patch,
             "minor" => VersionChange::Minor,
+            "next_minor" => VersionChange::NextMinor,
             "any" => VersionChange::Any,
             other => {
                 return Err(loc.err(
                     Some(p.version_change.span()),
                     "procedure.version_change",
-                    format!("unknown `{other}` (expected patch, minor or any)"),
+                    format!("unknown `{other}` (expected patch, next_minor, minor or any)"),
                 ))
             }
         };
@@ -1594,6 +1598,7 @@ pub fn read_probe(
         Action::ProbeVersion => Some(&probes.version),
         Action::ProbePackage => probes.package.as_ref(),
         Action::ProbeFailover => probes.failover.as_ref(),
+        Action::ProbeRunningVersion => probes.running_version.as_ref(),
         _ => None,
     };
     let Some(probe) = probe else {
@@ -1623,6 +1628,9 @@ pub fn read_probe(
             state: None,
         },
         Action::ProbePackage => Observation::Package {
+            version: parse_version(probe, stdout)?,
+        },
+        Action::ProbeRunningVersion => Observation::Running {
             version: parse_version(probe, stdout)?,
         },
         _ => Observation::Fence {
@@ -1661,6 +1669,17 @@ pub fn check_version_change(rule: VersionChange, from: &str, to: &str) -> Result
     match rule {
         VersionChange::Any => Ok(()),
         VersionChange::Minor if same_prefix(1) => Ok(()),
+        VersionChange::NextMinor
+            if same_prefix(1) && b.get(1).copied().unwrap_or(0) <= a.get(1).copied().unwrap_or(0) + 1 =>
+        {
+            Ok(())
+        }
+        VersionChange::NextMinor if same_prefix(1) => Err(format!(
+            "{from} -> {to} skips a minor version; the profile rolls one minor version at a time"
+        )),
+        VersionChange::NextMinor => Err(format!(
+            "{from} -> {to} changes the major version; the profile rolls one minor version at a time"
+        )),
         VersionChange::Patch if same_prefix(2) && a.len() > 2 => Ok(()),
         // Two-number schemes (PostgreSQL 15.18 -> 15.20): the second number is the patch level.
         VersionChange::Patch if a.len() == 2 && same_prefix(1) => Ok(()),
@@ -2109,6 +2128,16 @@ version = "version"
             .unwrap_err()
             .contains("more than a patch"));
         assert!(check_version_change(Patch, "3.4.22", "3.4.23").is_ok());
+        // etcd's rule (hostile review #5): one minor version at a time; "minor" alone allowed 3.4 -> 3.6.
+        assert!(check_version_change(Minor, "3.4.23", "3.6.0").is_ok());
+        assert!(check_version_change(NextMinor, "3.4.23", "3.5.1").is_ok());
+        assert!(check_version_change(NextMinor, "3.4.22", "3.4.23").is_ok());
+        assert!(check_version_change(NextMinor, "3.4.23", "3.6.0")
+            .unwrap_err()
+            .contains("skips a minor version"));
+        assert!(check_version_change(NextMinor, "3.5.1", "4.0.0")
+            .unwrap_err()
+            .contains("major"));
         assert!(check_version_change(Patch, "15.18", "15.20").is_ok());
         assert!(check_version_change(Patch, "15.18-0+deb12u1", "15.20-0+deb12u1").is_ok());
         assert!(check_version_change(Patch, "15.18", "16.1").is_err());

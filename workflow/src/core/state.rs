@@ -131,6 +131,10 @@ pub(crate) struct Submission {
     pub upgrade: String,
     pub cluster: ClusterFile,
     pub profile: Profile,
+    /// Why the recorded profile does not load in this version of the core (a log written by another version,
+    /// whose draft profile format has since changed). `decide` halts with it rather than act on a profile
+    /// without actions.
+    pub profile_error: Option<String>,
     pub package: String,
     pub target_version: String,
     pub gates: Vec<Gate>,
@@ -738,11 +742,15 @@ impl State {
                         all_gates.push(*g);
                     }
                 }
+                let (profile, profile_error) = match Profile::of_cluster(cluster) {
+                    Ok(p) => (p, None),
+                    Err(e) => (Profile::without_actions(&cluster.profile), Some(e)),
+                };
                 self.sub = Some(Arc::new(Submission {
                     upgrade: upgrade.clone(),
                     cluster: cluster.clone(),
-                    profile: Profile::of_cluster(cluster)
-                        .unwrap_or_else(|_| Profile::without_actions(&cluster.profile)),
+                    profile,
+                    profile_error,
                     package: package.clone(),
                     target_version: target_version.clone(),
                     gates: all_gates,
