@@ -734,6 +734,10 @@ pub fn plan_block(plan: &workflow::core::Plan, hash: &str) -> String {
         // The plan hash covers the profile file's text through this hash: the reviewer sees which one.
         out.push_str(&format!("profile file sha256: {sha}\n"));
     }
+    if let Some(sha) = &plan.nodes_sha256 {
+        // And the cluster file's nodes (addresses and vars that only probes render) through this one.
+        out.push_str(&format!("cluster nodes sha256: {sha}\n"));
+    }
     for (node, guid) in &plan.guids {
         out.push_str(&format!(
             "  {node:<12} guid {guid}  version {}\n",

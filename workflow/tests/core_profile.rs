@@ -417,6 +417,34 @@ fn a_profile_plan_hash_changes_with_the_profile_text() {
     assert_eq!(one, hash_of(&text), "the same profile gives the same plan");
 }
 
+/// Hostile review #11d: a node var or address that only a probe renders (etcd's node probe renders
+/// `{address}`) appears in no planned action, yet decides what the guard sees. The plan hash covers the cluster
+/// file's nodes whole, so two plans with the same items but different node fields have different hashes. (The
+/// edit here is a var that nothing renders: the model matches members by address, so the address must stay.)
+#[test]
+fn a_profile_plan_hash_covers_node_fields_that_only_probes_use() {
+    let hash_of = |c: ClusterFile| {
+        let mut run = Run::new();
+        let mut input = submit(c);
+        if let Input::Submit { plan_only, .. } = &mut input {
+            *plan_only = true;
+        }
+        run.input(input).unwrap();
+        Etcd::new(1).drive(&mut run, 100);
+        plan_of(&run.history)
+    };
+    let text = etcd_profile_text();
+    let (plan, one) = hash_of(cluster(&text));
+    assert!(plan.nodes_sha256.is_some());
+    let mut c = cluster(&text);
+    c.nodes[0]
+        .vars
+        .insert("probe_only".into(), "--endpoints=127.0.0.1:2999".into());
+    let (edited, two) = hash_of(c);
+    assert_eq!(runs(&plan), runs(&edited), "the same actions");
+    assert_ne!(one, two);
+}
+
 #[test]
 fn a_member_that_never_comes_back_halts_the_upgrade_with_the_others_in_service() {
     let mut run = Run::new();

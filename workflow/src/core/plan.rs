@@ -120,6 +120,11 @@ pub struct Plan {
     /// hash an operator approves covers the profile's commands and parsers too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile_sha256: Option<String>,
+    /// With a profile file: the SHA-256 of the cluster file's nodes (names, addresses, executor groups, vars) as
+    /// canonical JSON. A profile's probes render node vars and addresses that no planned action shows (etcd's
+    /// `endpoints`), so the plan hash covers them through this. None for a built-in profile (hashes unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_sha256: Option<String>,
 }
 
 impl Plan {
@@ -380,5 +385,9 @@ pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
         skipped,
         items: b.items,
         profile_sha256: inputs.profile.source_sha256.clone(),
+        nodes_sha256: inputs.profile.source_sha256.as_ref().map(|_| {
+            let bytes = serde_json::to_vec(&inputs.cluster.nodes).unwrap_or_default();
+            hex_lower(&Sha256::digest(&bytes))
+        }),
     })
 }
