@@ -1115,6 +1115,48 @@ fn a_patroni_leader_lost_while_failover_is_fenced_takes_the_emergency_exit() {
     );
 }
 
+/// Hostile review (this session) #2: a profile's node and fence probes do not name the leader. Someone else's
+/// switchover (Patroni allows one under pause) between the guard's first look and the action made pg3 the leader;
+/// pg3's own node probe then shows `primary`, which passes. The guard asks the topology again, last, and halts
+/// at once, naming the move, instead of stopping pg2.
+#[test]
+fn a_leader_moved_while_the_guard_looked_halts_before_the_action() {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+        .unwrap();
+    let mut pg = Patroni::new(0);
+    for _ in 0..500 {
+        if pg.paused {
+            break;
+        }
+        let step = run.outstanding();
+        let r = pg.run(&step);
+        run.finish(&step, r);
+    }
+    assert!(pg.paused);
+    let mut moved = false;
+    drive(&mut run, 5_000, |step| {
+        if !moved && step.action == Action::ProbeStatus && step.node == "pg3" {
+            pg.leader = Some(2);
+            moved = true;
+        }
+        pg.run(step)
+    });
+    assert!(moved, "the guard asked pg3's node probe");
+    assert!(
+        !pg.journal.iter().any(|(_, a)| a == "stop"),
+        "nothing was stopped: {:?}",
+        pg.journal
+    );
+    let Status::Halted { reason, .. } = status(&run.state) else {
+        panic!("halted: {:?}", status(&run.state));
+    };
+    assert!(
+        reason.contains("leader moved") && reason.contains("pg3"),
+        "{reason}"
+    );
+}
+
 /// Hostile review #9: a log whose recorded profile no longer loads (carried over from another version of
 /// Baton, the draft format having changed) used to leave the state with a profile without actions, so a
 /// service resuming it would act on nothing, not even the action that re-enables failover. It halts at once,
@@ -1166,7 +1208,10 @@ fn a_recorded_profile_that_no_longer_loads_halts_and_names_the_fence_left_up() {
     let (reason, pending) = halted.unwrap_or_else(|| panic!("halted: {out:?}"));
     assert!(reason.contains("does not load"), "{reason}");
     assert!(reason.contains("format"), "{reason}");
-    assert!(pending.is_some_and(|p| p.contains("still blocked")));
+    let pending = pending.expect("failover is named as still blocked");
+    assert!(pending.contains("still blocked"), "{pending}");
+    // The approved plan's own command, rendered for a member.
+    assert!(pending.contains("resume"), "{pending}");
     // Nothing was scheduled.
     assert!(
         !out.iter().any(|e| matches!(e, Event::StepScheduled { .. })),

@@ -696,20 +696,7 @@ pub(crate) fn next_decisions(state: &State, now: u64) -> Vec<Event> {
         return vec![];
     }
     if let Some(error) = &s.profile_error {
-        // The recorded submission's profile no longer loads (a log carried over from another version of Baton):
-        // no action can be rendered, not even the one that re-enables failover. Stop here and say so.
-        return vec![Event::UpgradeHalted {
-            reason: format!(
-                "the profile `{}` recorded with this upgrade does not load in this version of Baton ({error}); \
-                 nothing more was run",
-                s.cluster.profile
-            ),
-            failover_pending: state.failover_blocked.then(|| {
-                "automatic failover is still blocked by this upgrade: re-enable it with the system's own command"
-                    .to_string()
-            }),
-            at_ms: now,
-        }];
+        return vec![profile_error_halt(state, s, error, now)];
     }
     if let Some(exit) = emergency_by_time(state, now) {
         return vec![exit];
@@ -1060,6 +1047,66 @@ fn item_probes(state: &State, item: &PlanItem) -> Vec<(Action, String)> {
         }
         PlanItem::Run { action, node, .. } => guard_probes(state, *action, node),
         PlanItem::Gate { .. } => vec![],
+    }
+}
+
+/// The halt of an upgrade whose recorded profile no longer loads (a log carried over from another version of
+/// Baton, the draft format having changed): no action can be rendered, not even the one that re-enables
+/// failover. It names what the operator must look at: a step still without a result, a node this upgrade may
+/// have left stopped, and the plan's own rendered `unblock_failover` command if failover is still blocked.
+fn profile_error_halt(state: &State, s: &Submission, error: &str, now: u64) -> Event {
+    let mut reason = format!(
+        "the profile `{}` recorded with this upgrade does not load in this version of Baton ({error}); this \
+         version runs nothing more",
+        s.cluster.profile
+    );
+    let in_flight: Vec<String> = state
+        .steps
+        .values()
+        .filter(|r| r.outcome.is_none())
+        .map(|r| describe_step(r))
+        .collect();
+    if !in_flight.is_empty() {
+        reason.push_str(&format!(
+            "; still without a result (it may be running or have run): {}",
+            in_flight.join("; ")
+        ));
+    }
+    let stopped: Vec<&str> = s
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .filter(|n| state.left_stopped(n))
+        .collect();
+    if !stopped.is_empty() {
+        reason.push_str(&format!(
+            "; this upgrade may have left {} stopped",
+            stopped.join(", ")
+        ));
+    }
+    let unblock = state.plan.as_ref().and_then(|p| {
+        p.items.iter().find_map(|i| match i {
+            PlanItem::Run {
+                action: Action::UnblockFailover,
+                node,
+                argv,
+                ..
+            } => Some(format!("`{}` on {node}", argv.join(" "))),
+            _ => None,
+        })
+    });
+    Event::UpgradeHalted {
+        reason,
+        failover_pending: state.failover_blocked.then(|| {
+            format!(
+                "automatic failover is still blocked by this upgrade: re-enable it by hand{}",
+                unblock
+                    .map(|u| format!(" (the approved plan's unblock_failover: {u})"))
+                    .unwrap_or_default()
+            )
+        }),
+        at_ms: now,
     }
 }
 

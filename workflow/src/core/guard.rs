@@ -97,6 +97,7 @@ pub(crate) fn guard_probes(state: &State, action: Action, node: &str) -> Vec<(Ac
         return vec![];
     }
     let via = super::decide::observer(state, Some(node));
+    let via_last = via.clone();
     let leader = state
         .last_cluster
         .as_ref()
@@ -112,8 +113,9 @@ pub(crate) fn guard_probes(state: &State, action: Action, node: &str) -> Vec<(Ac
     // A profile file's topology is one tool's report (etcd's `endpoint status`, Patroni's DCS keys): a member it
     // lists may be cut off from the leader or already dead (a DCS key lives until its ttl). Before taking a node
     // out or moving leadership, each other member's own node probe must show it up too.
-    if matches!(kind(state, action), Some(Kind::TakesOut | Kind::Switchover)) && file_reader(state)
-    {
+    let wide = matches!(kind(state, action), Some(Kind::TakesOut | Kind::Switchover))
+        && file_reader(state);
+    if wide {
         if let Some(s) = &state.sub {
             for n in &s.cluster.nodes {
                 if n.name != node && n.name != leader {
@@ -123,6 +125,12 @@ pub(crate) fn guard_probes(state: &State, action: Action, node: &str) -> Vec<(Ac
         }
     }
     probes.push((Action::ProbeFailover, leader));
+    // chef-backend's failover settings name the leader again, the last look before the action; a profile file's
+    // node and fence probes do not (a member's node probe passes even if someone else's switchover has just
+    // made it the leader). So the topology is asked again, last, and judged as the first one was.
+    if wide {
+        probes.push((Action::ProbeClusterStatus, via_last));
+    }
     // A system without a fence has no failover probe: its last look is the leader's own view.
     if let Some(s) = &state.sub {
         probes.retain(|(action, _)| s.profile.action(*action).is_some());

@@ -1670,7 +1670,9 @@ pub fn check_version_change(rule: VersionChange, from: &str, to: &str) -> Result
         VersionChange::Any => Ok(()),
         VersionChange::Minor if same_prefix(1) => Ok(()),
         VersionChange::NextMinor
-            if same_prefix(1) && b.get(1).copied().unwrap_or(0) <= a.get(1).copied().unwrap_or(0) + 1 =>
+            if same_prefix(1)
+                && b.get(1).copied().unwrap_or(0)
+                    <= a.get(1).copied().unwrap_or(0).saturating_add(1) =>
         {
             Ok(())
         }
