@@ -384,8 +384,11 @@ fn position_cuts(next_global: u64, parts: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A range of keys of one tree, as `sled::Tree::range` takes it.
+type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
 /// The ranges between cuts: `..c1`, `c1..c2`, ..., `cn..`; together they cover every key once.
-fn ranges(cuts: &[Vec<u8>]) -> Vec<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+fn ranges(cuts: &[Vec<u8>]) -> Vec<KeyRange> {
     let mut out = Vec::with_capacity(cuts.len() + 1);
     let mut from = Bound::Unbounded;
     for cut in cuts {
