@@ -120,6 +120,24 @@ fn main() -> anyhow::Result<()> {
         ),
     ));
     let in_log = total + SINGLE_FLUSH_RECORDS;
+    // For a profiler: verify (and replay) this many times more, then stop.
+    if let Ok(n) = std::env::var("BATON_BENCH_PROFILE_READS") {
+        for _ in 0..n.parse::<u32>().context("BATON_BENCH_PROFILE_READS")? {
+            let started = Instant::now();
+            let report = store.verify()?;
+            println!("verify: {report} in {:?}", started.elapsed());
+            let started = Instant::now();
+            let mut n = 0u64;
+            for (stream, _) in store.streams()? {
+                for r in store.read(stream, 1)? {
+                    std::hint::black_box(r?);
+                    n += 1;
+                }
+            }
+            println!("replay: {n} records in {:?}", started.elapsed());
+        }
+        return Ok(());
+    }
 
     let started = Instant::now();
     let mut replayed = 0u64;
@@ -143,6 +161,62 @@ fn main() -> anyhow::Result<()> {
         format!("{} records/s ({:.2} s)", rate(replayed, d), d.as_secs_f64()),
     ));
 
+    // The same replay with the streams dealt out to one thread per core (as a recovery reading many upgrades
+    // at once would).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let streams = store.streams()?;
+    let started = Instant::now();
+    let counts: Vec<anyhow::Result<u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (store, streams) = (&store, &streams);
+                s.spawn(move || -> anyhow::Result<u64> {
+                    let mut n = 0u64;
+                    for (stream, _) in streams.iter().skip(t).step_by(threads) {
+                        for r in store.read(*stream, 1)? {
+                            std::hint::black_box(r?.bytes.len());
+                            n += 1;
+                        }
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("replay thread"))
+            .collect()
+    });
+    let d = started.elapsed();
+    let replayed: u64 = counts.into_iter().sum::<anyhow::Result<u64>>()?;
+    anyhow::ensure!(
+        replayed == in_log,
+        "replayed {replayed} of {in_log} records"
+    );
+    rows.push((
+        format!("store: replay every stream, {threads} threads ({replayed} records)"),
+        format!("{} records/s ({:.2} s)", rate(replayed, d), d.as_secs_f64()),
+    ));
+
+    let started = Instant::now();
+    let report = store.verify_sequential()?;
+    let d = started.elapsed();
+    anyhow::ensure!(
+        report.is_clean() && report.records == in_log,
+        "unexpected report {report:?}"
+    );
+    rows.push((
+        format!(
+            "store: verify, sequential walk (one thread, index lookups per record; {} records)",
+            report.records
+        ),
+        format!(
+            "{} records/s ({:.2} s)",
+            rate(report.records, d),
+            d.as_secs_f64()
+        ),
+    ));
+
     let started = Instant::now();
     let report = store.verify()?;
     let d = started.elapsed();
@@ -152,7 +226,7 @@ fn main() -> anyhow::Result<()> {
     );
     rows.push((
         format!(
-            "store: verify (chains, heads, global index, dedupe; {} records)",
+            "store: verify (chains, heads, global index, dedupe; {threads} threads; {} records)",
             report.records
         ),
         format!(
@@ -214,6 +288,43 @@ fn main() -> anyhow::Result<()> {
     let d = started.elapsed();
     rows.push((
         format!("raw sled: full scan ({scanned} records)"),
+        format!("{} records/s ({:.2} s)", rate(scanned, d), d.as_secs_f64()),
+    ));
+
+    // The same scan cut into one range per thread at stream boundaries.
+    let started = Instant::now();
+    let counts: Vec<sled::Result<u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads as u64)
+            .map(|t| {
+                let tree = &tree;
+                s.spawn(move || -> sled::Result<u64> {
+                    let per = STREAMS.div_ceil(threads as u64);
+                    let from = stream_id(t * per).as_bytes().to_vec();
+                    let to = stream_id(((t + 1) * per).min(STREAMS)).as_bytes().to_vec();
+                    let range = if (t + 1) * per >= STREAMS {
+                        tree.range(from..)
+                    } else {
+                        tree.range(from..to)
+                    };
+                    let mut n = 0u64;
+                    for kv in range {
+                        let (_, v) = kv?;
+                        std::hint::black_box(v.len());
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("scan thread"))
+            .collect()
+    });
+    let d = started.elapsed();
+    let scanned: u64 = counts.into_iter().sum::<sled::Result<u64>>()?;
+    rows.push((
+        format!("raw sled: full scan, {threads} threads ({scanned} records)"),
         format!("{} records/s ({:.2} s)", rate(scanned, d), d.as_secs_f64()),
     ));
 

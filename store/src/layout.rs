@@ -157,6 +157,29 @@ pub fn encode_record(
 
 /// Decodes a record value; the error says which part is malformed.
 pub fn decode_record(v: &[u8]) -> Result<RecordValue, &'static str> {
+    let r = decode_record_ref(v)?;
+    Ok(RecordValue {
+        hash: r.hash,
+        prev_hash: r.prev_hash,
+        global_pos: r.global_pos,
+        msg_id: r.msg_id.map(str::to_owned),
+        bytes: r.bytes.to_vec(),
+    })
+}
+
+/// A record value decoded in place: what [`decode_record`] gives, borrowed from the value (no allocation, for
+/// the verification's walk).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecordRef<'a> {
+    pub hash: Hash,
+    pub prev_hash: Hash,
+    pub global_pos: u64,
+    pub msg_id: Option<&'a str>,
+    pub bytes: &'a [u8],
+}
+
+/// [`decode_record`] without copying: the same checks and the same errors.
+pub(crate) fn decode_record_ref(v: &[u8]) -> Result<RecordRef<'_>, &'static str> {
     if v.len() < 73 {
         return Err("record value too short");
     }
@@ -176,16 +199,16 @@ pub fn decode_record(v: &[u8]) -> Result<RecordValue, &'static str> {
                 .get(77..77 + len)
                 .ok_or("message id longer than the record")?;
             let id = std::str::from_utf8(id).map_err(|_| "message id is not UTF-8")?;
-            (Some(id.to_owned()), &v[77 + len..])
+            (Some(id), &v[77 + len..])
         }
         _ => return Err("bad message id marker"),
     };
-    Ok(RecordValue {
+    Ok(RecordRef {
         hash,
         prev_hash,
         global_pos,
         msg_id,
-        bytes: rest.to_vec(),
+        bytes: rest,
     })
 }
 

@@ -76,6 +76,7 @@ pub mod layout;
 mod read;
 mod types;
 mod verify;
+mod verify_fast;
 
 pub use error::StoreError;
 pub use export::{verify_export, ExportReport};

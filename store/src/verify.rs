@@ -33,9 +33,9 @@ pub struct VerifyReport {
     /// Records written beyond a head (never committed), one entry per stream.
     pub torn_tails: Vec<TornTail>,
     /// The highest global position of a committed record (0 in an empty log).
-    max_committed_pos: u64,
+    pub(crate) max_committed_pos: u64,
     /// `next_global` as read from meta.
-    next_global: u64,
+    pub(crate) next_global: u64,
 }
 
 impl VerifyReport {
@@ -74,16 +74,16 @@ pub struct TornTail {
 }
 
 /// Where the walk is inside the current stream.
-struct StreamWalk {
-    stream: StreamId,
-    head: Option<Head>,
-    next: u64,
-    prev: Hash,
-    torn: Option<TornTail>,
+pub(crate) struct StreamWalk {
+    pub stream: StreamId,
+    pub head: Option<Head>,
+    pub next: u64,
+    pub prev: Hash,
+    pub torn: Option<TornTail>,
 }
 
 impl StreamWalk {
-    fn new(stream: StreamId, head: Option<Head>) -> StreamWalk {
+    pub fn new(stream: StreamId, head: Option<Head>) -> StreamWalk {
         StreamWalk {
             stream,
             head,
@@ -93,12 +93,12 @@ impl StreamWalk {
         }
     }
 
-    fn head_seq(&self) -> u64 {
+    pub fn head_seq(&self) -> u64 {
         self.head.map_or(0, |h| h.seq)
     }
 
     /// Checks the end of the stream: its head must not lie beyond its last record.
-    fn finish(self, torn: &mut Vec<TornTail>) -> Result<(), StoreError> {
+    pub fn finish(self, torn: &mut Vec<TornTail>) -> Result<(), StoreError> {
         let last = self.next - 1;
         if self.head_seq() > last {
             return Err(StoreError::corrupt_stream(
@@ -121,7 +121,21 @@ impl Store {
     ///
     /// sled has no snapshots: run this while nothing appends (the service at startup, an auditor on a copy).
     /// An append racing with it can be reported as a torn tail or as an index count mismatch.
+    ///
+    /// It runs on every core in bounded memory (`verify_fast.rs`); when that finds anything wrong, the
+    /// sequential walk runs again to name the first damage, so reports and errors are the walk's.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        match self.verify_fast() {
+            Ok(Some(report)) => Ok(report),
+            Ok(None) | Err(StoreError::Corruption { .. }) => self.verify_sequential(),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The sequential walk: every record in key order on one thread, its index entries looked up one by one.
+    /// Its first finding is the error [`Store::verify`] reports; it gives the same results, slower (the store's
+    /// benchmark compares the two).
+    pub fn verify_sequential(&self) -> Result<VerifyReport, StoreError> {
         let t = &self.trees;
         let next_global = self.verify_meta()?;
         let mut heads = self.verify_heads()?;
@@ -324,7 +338,7 @@ impl Store {
     }
 
     /// Checks the meta tree and returns `next_global`.
-    fn verify_meta(&self) -> Result<u64, StoreError> {
+    pub(crate) fn verify_meta(&self) -> Result<u64, StoreError> {
         let meta = &self.trees.meta;
         if meta.get(layout::META_FORMAT)?.as_deref() != Some(DOMAIN_TAG.as_slice()) {
             return Err(StoreError::corrupt_index(
@@ -345,7 +359,7 @@ impl Store {
         Ok(next)
     }
 
-    fn verify_heads(&self) -> Result<BTreeMap<StreamId, Head>, StoreError> {
+    pub(crate) fn verify_heads(&self) -> Result<BTreeMap<StreamId, Head>, StoreError> {
         let mut heads = BTreeMap::new();
         for kv in self.trees.heads.iter() {
             let (k, v) = kv?;

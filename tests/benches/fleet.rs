@@ -14,7 +14,11 @@
 //! every node; both may be given, default `per-node`), `BATON_FLEET_BIN_DIR`
 //! (where `baton` and `baton-sim` are; default the bench's own profile
 //! directory, `target/release`), `BATON_FLEET_RESULTS` (the markdown file the
-//! table is appended to; default `target/fleet-results.md`). Exits non-zero
+//! table is appended to; default `target/fleet-results.md`),
+//! `BATON_FLEET_RECOVERY` (a share, 0..1: SIGKILL `baton server` once that
+//! share of the run's steps were published, start it again on the same log,
+//! and print the time from the restart to the first re-dispatched step and to
+//! every loop running again; default: no kill). Exits non-zero
 //! when a run fails, an upgrade does not complete or a verdict is not SAFE,
 //! and stops there (the runs after it would not say more).
 
@@ -60,6 +64,10 @@ fn run() -> anyhow::Result<bool> {
     let repeat: usize = setting("BATON_FLEET_REPEAT", "1")
         .parse()
         .context("BATON_FLEET_REPEAT: a number")?;
+    let kill_at: Option<f64> = std::env::var("BATON_FLEET_RECOVERY")
+        .ok()
+        .map(|v| v.parse().context("BATON_FLEET_RECOVERY: a share, 0..1"))
+        .transpose()?;
     let bins = match std::env::var_os("BATON_FLEET_BIN_DIR") {
         Some(dir) => Bins::in_dir(&PathBuf::from(dir))?,
         None => Bins::beside_current_exe()?,
@@ -100,7 +108,7 @@ fn run() -> anyhow::Result<bool> {
                     let outcome = runtime.block_on(async {
                         // Ctrl-C ends the run through the fleet's drop: children stopped, dirs removed.
                         tokio::select! {
-                            outcome = fleet::run(&bins, n, timing, mode) => outcome,
+                            outcome = fleet::run_with(&bins, n, timing, mode, kill_at) => outcome,
                             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
                         }
                     });
@@ -121,6 +129,22 @@ fn run() -> anyhow::Result<bool> {
                     let line = row(&outcome, round);
                     print!("{line}");
                     append(&results, &line)?;
+                    if let Some(r) = &outcome.recovery {
+                        let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
+                        let line = format!(
+                            "recovery (N = {n}, run {round}): {} upgrades in flight, {} steps published before the SIGKILL; from the restart: log verified {}, lease held {}, first step re-dispatched {}, ready (every loop running) {}; {} loops recovered, {} steps re-dispatched before ready\n",
+                            r.in_flight,
+                            r.published_before_kill,
+                            ms(r.to_verified_ms),
+                            ms(r.to_lease_ms),
+                            ms(r.to_first_step_ms),
+                            ms(r.to_ready_ms),
+                            r.loops,
+                            r.republished,
+                        );
+                        print!("{line}");
+                        append(&results, &line)?;
+                    }
                     print_verdicts(&outcome);
                     if !outcome.failures().is_empty() {
                         for end in outcome.failures() {

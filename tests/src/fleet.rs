@@ -259,6 +259,32 @@ pub struct Outcome {
     /// `/proc/loadavg`'s first three fields before the fleet started and at the end.
     pub load_before: String,
     pub load_after: String,
+    /// The service's restart, when the run killed it ([`Fleet::kill_service_at`]).
+    pub recovery: Option<Recovery>,
+}
+
+/// A SIGKILL of `baton server` in the middle of the run and its restart on the same log, measured from the
+/// restarted service's JSON log (its clock, the same machine as the bench's). Every time is from the restart
+/// (the new process spawned), ms.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Upgrades listed and not ended at the last `list` before the kill.
+    pub in_flight: usize,
+    /// `step published` lines of the killed service.
+    pub published_before_kill: usize,
+    /// To `the log's checkpoints hold`: the log opened and verified (every chain and index).
+    pub to_verified_ms: Option<u64>,
+    /// To `workflow service starting`: NATS connected, the lease taken over, the start recorded.
+    pub to_lease_ms: Option<u64>,
+    /// To the first `step published` of the restarted service: the first re-dispatched step.
+    pub to_first_step_ms: Option<u64>,
+    /// To `workflow service ready`: every unfinished upgrade's loop running again, the API and the results'
+    /// pull started.
+    pub to_ready_ms: Option<u64>,
+    /// `recovered unfinished upgrade` lines: loops restarted.
+    pub loops: usize,
+    /// `step published` lines before `ready`: steps re-dispatched during recovery.
+    pub republished: usize,
 }
 
 /// CPU seconds over the run, by who spent them.
@@ -320,6 +346,8 @@ pub struct Fleet {
     dir: TempDir,
     clusters: Vec<Cluster>,
     no_config: PathBuf,
+    /// Kill the service once this share of the expected steps was published (`None`: never).
+    kill_at: Option<f64>,
 }
 
 impl Fleet {
@@ -354,21 +382,13 @@ impl Fleet {
             dir,
             clusters: Vec::new(),
             no_config,
+            kill_at: None,
         };
         for k in 1..=n {
             let cluster = fleet.make_cluster(k, &package)?;
             fleet.clusters.push(cluster);
         }
-        let mut server = fleet.baton_as(&fleet.secure.service_key.clone());
-        server
-            .arg("server")
-            .arg("--config")
-            .arg(&fleet.no_config)
-            .arg("--db")
-            .arg(fleet.dir.path().join("baton.db"))
-            .env("BATON_LOG_FORMAT", "json");
-        let log = fleet.dir.path().join("server.log");
-        fleet.server = Some(Proc::spawn("baton server", server, &log)?);
+        fleet.server = Some(fleet.spawn_server()?);
         match mode {
             Executors::PerNode => {
                 for c in 0..fleet.clusters.len() {
@@ -385,6 +405,87 @@ impl Fleet {
         }
         fleet.wait_for_executors(&groups).await?;
         Ok(fleet)
+    }
+
+    /// `baton server` on the fleet's log, its output appended to `server.log`.
+    fn spawn_server(&self) -> anyhow::Result<Proc> {
+        let mut server = self.baton_as(&self.secure.service_key.clone());
+        server
+            .arg("server")
+            .arg("--config")
+            .arg(&self.no_config)
+            .arg("--db")
+            .arg(self.dir.path().join("baton.db"))
+            .env("BATON_LOG_FORMAT", "json");
+        Proc::spawn("baton server", server, &self.server_log())
+    }
+
+    fn server_log(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// Makes [`Fleet::run`] SIGKILL the service once `share` (0..1) of the run's expected steps were
+    /// published, start it again on the same log at once, and measure its recovery ([`Recovery`]).
+    pub fn kill_service_at(&mut self, share: f64) {
+        self.kill_at = Some(share);
+    }
+
+    /// SIGKILLs the service, starts it again and waits until it is ready (or exits, or the timeout passes).
+    async fn kill_and_restart(
+        &mut self,
+        in_flight: usize,
+        published_before_kill: usize,
+    ) -> anyhow::Result<Recovery> {
+        let server = self.server.as_mut().context("the service runs")?;
+        server.kill();
+        let offset = std::fs::metadata(self.server_log()).map_or(0, |m| m.len());
+        let restarted_ms = now_ms();
+        self.server = Some(self.spawn_server()?);
+        let timeout = Duration::from_secs(120 + self.clusters.len() as u64 / 2);
+        let log = self.server_log();
+        let ready = crate::wait_until(timeout, || {
+            self.check_alive().is_ok() && log_since(&log, offset).contains("workflow service ready")
+        })
+        .await;
+        self.check_alive()?;
+        if !ready {
+            bail!(
+                "the restarted service was not ready within {timeout:?}; its log ends:\n{}",
+                tail(&log_since(&log, offset), 20)
+            );
+        }
+        let mut recovery = Recovery {
+            in_flight,
+            published_before_kill,
+            ..Recovery::default()
+        };
+        let since = |at: u64| at.saturating_sub(restarted_ms);
+        for line in log_since(&log, offset).lines() {
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let at = value["timestamp"].as_str().and_then(unix_ms);
+            match value["fields"]["message"].as_str() {
+                Some("the log's checkpoints hold") => recovery.to_verified_ms = at.map(since),
+                Some("workflow service starting") => recovery.to_lease_ms = at.map(since),
+                Some("recovered unfinished upgrade") => recovery.loops += 1,
+                Some("step published") => {
+                    if recovery.to_first_step_ms.is_none() {
+                        recovery.to_first_step_ms = at.map(since);
+                    }
+                    if recovery.to_ready_ms.is_none() {
+                        recovery.republished += 1;
+                    }
+                }
+                Some("workflow service ready") if recovery.to_ready_ms.is_none() => {
+                    recovery.to_ready_ms = at.map(since);
+                }
+                _ => {}
+            }
+        }
+        // Printed at once: a run that fails later still shows it.
+        eprintln!("fleet: service restarted: {recovery:?}");
+        Ok(recovery)
     }
 
     fn make_cluster(&self, k: usize, package: &Path) -> anyhow::Result<Cluster> {
@@ -593,7 +694,7 @@ impl Fleet {
 
     /// Submits every cluster's upgrade at once (one `baton submit` process
     /// each, started together), waits until all have ended, and measures.
-    pub async fn run(&self) -> anyhow::Result<Outcome> {
+    pub async fn run(&mut self) -> anyhow::Result<Outcome> {
         let load_before = loadavg();
         let (service0, executors0, nats0) = self.usage()?;
         let submitted_ms = now_ms();
@@ -626,10 +727,20 @@ impl Fleet {
         let timeout = match self.timings {
             Timings::Zero => Duration::from_secs(60 + 2 * upgrades.len() as u64),
             Timings::Demo => Duration::from_secs(120 + 2 * upgrades.len() as u64),
+        } + if self.kill_at.is_some() {
+            // The restart: verification, recovery, the executors' redeliveries.
+            Duration::from_secs(120 + upgrades.len() as u64)
+        } else {
+            Duration::ZERO
         };
         let deadline = tokio::time::Instant::now() + timeout;
         let mut poll = tokio::time::interval(LIST_EVERY);
         let mut statuses: BTreeMap<String, String> = BTreeMap::new();
+        let mut recovery = None;
+        // With zero-time commands each upgrade publishes 81 steps (more with the demo's timings).
+        let kill_after = self
+            .kill_at
+            .map(|share| (share * (81 * upgrades.len()) as f64) as usize);
         let ended = loop {
             poll.tick().await;
             self.check_alive()?;
@@ -640,6 +751,23 @@ impl Fleet {
                     if let (Some(u), Some(s)) = (row["upgrade"].as_str(), row["status"].as_str()) {
                         statuses.insert(u.to_string(), s.to_string());
                     }
+                }
+            }
+            if let (Some(after), None) = (kill_after, &recovery) {
+                let published = log_since(&self.server_log(), 0)
+                    .matches("\"step published\"")
+                    .count();
+                if published >= after {
+                    let in_flight = upgrades
+                        .iter()
+                        .filter(|u| {
+                            statuses
+                                .get(*u)
+                                .is_some_and(|s| !ENDED.contains(&s.as_str()))
+                        })
+                        .count();
+                    recovery = Some(self.kill_and_restart(in_flight, published).await?);
+                    continue;
                 }
             }
             let all = upgrades
@@ -744,6 +872,7 @@ impl Fleet {
             ends,
             load_before,
             load_after,
+            recovery,
         })
     }
 
@@ -802,7 +931,22 @@ pub async fn run(
     timings: Timings,
     mode: Executors,
 ) -> anyhow::Result<Outcome> {
+    run_with(bins, n, timings, mode, None).await
+}
+
+/// [`run`], killing the service once `kill_at` (0..1) of the expected steps were published and restarting it
+/// ([`Fleet::kill_service_at`]); `None`: as [`run`].
+pub async fn run_with(
+    bins: &Bins,
+    n: usize,
+    timings: Timings,
+    mode: Executors,
+    kill_at: Option<f64>,
+) -> anyhow::Result<Outcome> {
     let mut fleet = Fleet::start(bins, n, timings, mode).await?;
+    if let Some(share) = kill_at {
+        fleet.kill_service_at(share);
+    }
     let outcome = fleet.run().await;
     fleet.stop();
     outcome
@@ -882,6 +1026,36 @@ fn online_groups(json: &[u8]) -> Vec<String> {
 }
 
 /// The first three fields of `/proc/loadavg`.
+/// The text of a log file from byte `offset` on (empty when unreadable).
+fn log_since(path: &Path, offset: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let from = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    String::from_utf8_lossy(&bytes[from..]).into_owned()
+}
+
+/// Unix ms of an RFC 3339 UTC time as tracing writes it (`2026-11-30T01:16:47.123456Z`).
+pub fn unix_ms(text: &str) -> Option<u64> {
+    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    let ms: i64 = format!("{:0<3}", &frac[..frac.len().min(3)]).parse().ok()?;
+    // Days from the civil date (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + h) * 60 + min) * 60 + sec)
+        .ok()
+        .map(|s| s * 1000 + ms as u64)
+}
+
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -924,6 +1098,17 @@ mod tests {
         let runs = BTreeMap::from([("u:1:1".to_string(), 4)]);
         // Step 1: decided at 1001, received at 1010, ran 4 ms: 5 ms. Step 2: no run time.
         assert_eq!(overheads("u", &events, &runs), vec![Some(5), None]);
+    }
+
+    #[test]
+    fn log_times_are_unix_ms() {
+        assert_eq!(unix_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            unix_ms("2026-11-30T01:16:47.123456Z"),
+            Some(1_796_001_407_123)
+        );
+        assert_eq!(unix_ms("2024-02-29T23:59:59.5Z"), Some(1_709_251_199_500));
+        assert_eq!(unix_ms("yesterday"), None);
     }
 
     #[test]

@@ -130,121 +130,208 @@ pub(crate) fn load_events(
     Ok(events)
 }
 
+/// How many upgrades recover at once: their NATS round trips (reading the
+/// mirror, re-mirroring, re-publishing steps) overlap, while their replay and
+/// claims stay one at a time in log order.
+const RECOVER_AT_ONCE: usize = 32;
+
 /// Replays every upgrade in the log and restarts the unfinished ones: compares
 /// their mirror with the log (pausing one it contradicts, `mirror.rs`),
 /// re-mirrors their events NATS may have missed and re-publishes their steps
 /// that have no recorded outcome (same ids; executors answer from their
 /// ledger). A finished upgrade gets the tail its mirror lacks, if any.
+///
+/// Upgrades are replayed and claimed one after the other in log order (the
+/// first of two unfinished upgrades of a cluster keeps it); each then goes on
+/// to its NATS work and its loop while the next ones are replayed, up to
+/// [`RECOVER_AT_ONCE`] at a time, so the first steps go out after the first
+/// upgrade's replay rather than after every upgrade's.
 pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError> {
-    for (stream, head) in shared.store.streams()? {
-        if stream == SERVICE_STREAM {
-            continue;
-        }
-        let events = load_events(shared, stream)?;
-        let state = core::replay(events.iter().map(|(_, e)| e));
-        let status = status_label(&state.status());
-        shared.metrics.upgrade_entered(status);
-        let mut tracker = super::history::Tracker::default();
-        tracker.fold(events.iter().map(|(_, e)| e));
-        shared
-            .summaries
-            .update(&stream.to_string(), &tracker, &state);
-        if state.is_terminal() {
-            remirror_tail(shared, &stream.to_string(), &events).await?;
-            continue;
-        }
-        let upgrade = stream.to_string();
-        let cluster = state.cluster_name().unwrap_or_default().to_string();
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let handle = Handle {
-            tx,
-            cluster: cluster.clone(),
-        };
-        if let Err(holder) = shared.registry.claim(&upgrade, handle) {
-            tracing::error!(%upgrade, %cluster, %holder, "two unfinished upgrades of one cluster in the log; recovering only the first");
-            continue;
-        }
-        // Hold its nodes too (the lock is on node identity); two unfinished
-        // upgrades of the same nodes can only come from before that lock:
-        // both are driven on, the second without holding the nodes.
-        let nodes: Vec<NodeIdentity> = state
-            .cluster()
-            .map(|c| c.nodes.iter().map(NodeIdentity::from).collect())
-            .unwrap_or_default();
-        if let Err(held) = shared.registry.claim_nodes(&upgrade, &cluster, &nodes) {
-            tracing::error!(%upgrade, %cluster, %held, "two unfinished upgrades of the same nodes in the log");
-        }
-        let mut worker = Loop {
-            shared: shared.clone(),
-            upgrade: upgrade.clone(),
-            stream,
-            state,
-            head: head.seq,
-            checkpointed: super::checkpoint::last_seq(shared, stream)?,
-            rx,
-            decided: decided_times(events.iter().map(|(_, e)| e)),
-            counted: Some(status),
-            tracker,
-        };
-        // The mirror must agree with the log before anything is acted on;
-        // what it lacks is mirrored again.
-        let logged = events.last().map_or(0, |(record, _)| record.seq);
-        let mirrored =
-            super::mirror::of_upgrade(shared, &upgrade, super::mirror::start_limit(logged)).await?;
-        let unmirrored = mirrored.is_empty();
-        // Nothing appends to it meanwhile: its whole log is compared.
-        let found = super::mirror::differences(
-            mirrored,
-            |s, q| super::checkpoint::hash_in(&shared.store, s, q),
-            |_| true,
-        );
-        let missing: std::collections::BTreeSet<u64> = found
-            .iter()
-            .filter_map(|d| match d {
-                super::mirror::Difference::NotMirrored { seq, .. } => Some(*seq),
-                _ => None,
-            })
-            .collect();
-        worker
-            .remirror(&events, |seq| unmirrored || missing.contains(&seq))
-            .await;
-        let contradictions: Vec<_> = found.iter().filter(|d| d.contradicts()).collect();
-        if let Some(first) = contradictions.first() {
-            tracing::error!(
-                %upgrade,
-                %cluster,
-                differences = contradictions.len(),
-                first = %first,
-                "the BATON_EVENTS mirror disagrees with the log; pausing the upgrade"
-            );
-            let reason = format!(
-                "the service found the BATON_EVENTS mirror disagreeing with the log at start \
-                 ({} difference(s); first: {first}): run `baton audit verify --mirror`, and \
-                 `baton resume {upgrade}` only once it is explained",
-                contradictions.len()
-            );
-            let pause = Input::Pause {
-                by: format!("{} (the service)", shared.trust.service.name),
-                reason,
-                now_ms: now_ms(),
-            };
-            if let Err(rejection) = worker.apply(pause).await? {
-                tracing::error!(%upgrade, %rejection, "could not pause the upgrade whose mirror disagrees");
+    use futures::StreamExt as _;
+    let started = std::time::Instant::now();
+    let streams = shared.store.streams()?;
+    let mut recovering = futures::stream::iter(streams)
+        .map(|(stream, head)| {
+            // Runs when the stream is pulled: one at a time, in order.
+            let prepared = prepare(shared, stream, head);
+            async move {
+                match prepared? {
+                    None => Ok::<u64, ServiceError>(0),
+                    Some(Prepared::Finished { upgrade, events }) => {
+                        remirror_tail(shared, &upgrade, &events).await?;
+                        Ok(0)
+                    }
+                    Some(Prepared::Unfinished(recovery)) => {
+                        resume(shared, *recovery).await?;
+                        Ok(1)
+                    }
+                }
             }
-        }
-        let outstanding = worker.state.outstanding_steps();
-        tracing::info!(
+        })
+        .buffer_unordered(RECOVER_AT_ONCE);
+    let mut loops = 0u64;
+    while let Some(done) = recovering.next().await {
+        loops += done?;
+    }
+    tracing::info!(
+        loops,
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "every unfinished upgrade recovered"
+    );
+    Ok(())
+}
+
+/// An upgrade replayed at start.
+enum Prepared {
+    Finished {
+        upgrade: String,
+        events: Vec<(store::Record, Event)>,
+    },
+    Unfinished(Box<Recovery>),
+}
+
+/// An unfinished upgrade replayed and claimed, its loop not started yet.
+struct Recovery {
+    worker: Loop,
+    events: Vec<(store::Record, Event)>,
+    cluster: String,
+    head: u64,
+}
+
+/// Replays one upgrade, counts it, keeps its summary and, when unfinished,
+/// claims its cluster and nodes. `None`: the service's own stream, or an
+/// upgrade whose cluster an earlier one holds.
+fn prepare(
+    shared: &Arc<Shared>,
+    stream: StreamId,
+    head: store::Head,
+) -> Result<Option<Prepared>, ServiceError> {
+    if stream == SERVICE_STREAM {
+        return Ok(None);
+    }
+    let events = load_events(shared, stream)?;
+    let state = core::replay(events.iter().map(|(_, e)| e));
+    let status = status_label(&state.status());
+    shared.metrics.upgrade_entered(status);
+    let mut tracker = super::history::Tracker::default();
+    tracker.fold(events.iter().map(|(_, e)| e));
+    shared
+        .summaries
+        .update(&stream.to_string(), &tracker, &state);
+    let upgrade = stream.to_string();
+    if state.is_terminal() {
+        return Ok(Some(Prepared::Finished { upgrade, events }));
+    }
+    let cluster = state.cluster_name().unwrap_or_default().to_string();
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let handle = Handle {
+        tx,
+        cluster: cluster.clone(),
+    };
+    if let Err(holder) = shared.registry.claim(&upgrade, handle) {
+        tracing::error!(%upgrade, %cluster, %holder, "two unfinished upgrades of one cluster in the log; recovering only the first");
+        return Ok(None);
+    }
+    // Hold its nodes too (the lock is on node identity); two unfinished
+    // upgrades of the same nodes can only come from before that lock:
+    // both are driven on, the second without holding the nodes.
+    let nodes: Vec<NodeIdentity> = state
+        .cluster()
+        .map(|c| c.nodes.iter().map(NodeIdentity::from).collect())
+        .unwrap_or_default();
+    if let Err(held) = shared.registry.claim_nodes(&upgrade, &cluster, &nodes) {
+        tracing::error!(%upgrade, %cluster, %held, "two unfinished upgrades of the same nodes in the log");
+    }
+    let worker = Loop {
+        shared: shared.clone(),
+        upgrade,
+        stream,
+        state,
+        head: head.seq,
+        checkpointed: super::checkpoint::last_seq(shared, stream)?,
+        rx,
+        decided: decided_times(events.iter().map(|(_, e)| e)),
+        counted: Some(status),
+        tracker,
+    };
+    Ok(Some(Prepared::Unfinished(Box::new(Recovery {
+        worker,
+        events,
+        cluster,
+        head: head.seq,
+    }))))
+}
+
+/// Checks a claimed upgrade's mirror, re-mirrors what it lacks, pauses it if
+/// the mirror contradicts the log, re-publishes its outstanding steps and
+/// starts its loop.
+async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceError> {
+    let Recovery {
+        mut worker,
+        events,
+        cluster,
+        head,
+    } = recovery;
+    let upgrade = worker.upgrade.clone();
+    // The mirror must agree with the log before anything is acted on;
+    // what it lacks is mirrored again.
+    let logged = events.last().map_or(0, |(record, _)| record.seq);
+    let mirrored =
+        super::mirror::of_upgrade(shared, &upgrade, super::mirror::start_limit(logged)).await?;
+    let unmirrored = mirrored.is_empty();
+    // Nothing appends to it meanwhile: its whole log is compared.
+    let found = super::mirror::differences(
+        mirrored,
+        |s, q| super::checkpoint::hash_in(&shared.store, s, q),
+        |_| true,
+    );
+    let missing: std::collections::BTreeSet<u64> = found
+        .iter()
+        .filter_map(|d| match d {
+            super::mirror::Difference::NotMirrored { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    worker
+        .remirror(&events, |seq| unmirrored || missing.contains(&seq))
+        .await;
+    drop(events);
+    let contradictions: Vec<_> = found.iter().filter(|d| d.contradicts()).collect();
+    if let Some(first) = contradictions.first() {
+        tracing::error!(
             %upgrade,
             %cluster,
-            events = head.seq,
-            outstanding = outstanding.len(),
-            "recovered unfinished upgrade"
+            differences = contradictions.len(),
+            first = %first,
+            "the BATON_EVENTS mirror disagrees with the log; pausing the upgrade"
         );
-        for step in &outstanding {
-            worker.publish_step(step).await;
+        let reason = format!(
+            "the service found the BATON_EVENTS mirror disagreeing with the log at start \
+             ({} difference(s); first: {first}): run `baton audit verify --mirror`, and \
+             `baton resume {upgrade}` only once it is explained",
+            contradictions.len()
+        );
+        let pause = Input::Pause {
+            by: format!("{} (the service)", shared.trust.service.name),
+            reason,
+            now_ms: now_ms(),
+        };
+        if let Err(rejection) = worker.apply(pause).await? {
+            tracing::error!(%upgrade, %rejection, "could not pause the upgrade whose mirror disagrees");
         }
-        shared.registry.track(worker.run()).await;
     }
+    let outstanding = worker.state.outstanding_steps();
+    tracing::info!(
+        %upgrade,
+        %cluster,
+        events = head,
+        outstanding = outstanding.len(),
+        "recovered unfinished upgrade"
+    );
+    for step in &outstanding {
+        worker.publish_step(step).await;
+    }
+    shared.registry.track(worker.run()).await;
     Ok(())
 }
 
