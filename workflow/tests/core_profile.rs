@@ -1218,3 +1218,33 @@ fn a_recorded_profile_that_no_longer_loads_halts_and_names_the_fence_left_up() {
         "{out:?}"
     );
 }
+
+/// This session's review #3: the version rule is checked against what runs, not only what is installed. 3.5
+/// staged on every member while all run 3.4 is a 3.4 cluster; 3.6 does not roll onto it.
+#[test]
+fn preflight_applies_the_version_rule_to_the_running_version_too() {
+    let mut c = cluster(&etcd_profile_text());
+    c.upgrade.package = Some("/opt/etcd/3.6.0".into());
+    c.upgrade.target_version = Some("3.6.0".into());
+    let mut run = Run::new();
+    run.input(submit(c)).unwrap();
+    let mut etcd = Etcd::new(1);
+    for m in &mut etcd.members {
+        m.installed = "3.5.1".into();
+    }
+    drive(&mut run, 500, |step| {
+        if step.action == Action::ProbePackage {
+            return Etcd::ok("etcd Version: 3.6.0\n".into());
+        }
+        etcd.run(step)
+    });
+    let Status::Halted { reason, .. } = status(&run.state) else {
+        panic!("refused: {:?}", status(&run.state));
+    };
+    assert!(
+        reason.contains("preflight refused")
+            && reason.contains("3.4.23 -> 3.6.0 skips a minor version (the version it runs now)"),
+        "{reason}"
+    );
+    assert!(etcd.journal.is_empty(), "{:?}", etcd.journal);
+}

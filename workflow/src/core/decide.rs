@@ -884,6 +884,9 @@ fn preflight_probes(state: &State) -> Vec<(Action, String)> {
     for n in names {
         out.push((Action::ProbeStatus, n.to_string()));
         out.push((Action::ProbeVersion, n.to_string()));
+        // The version rule applies to what runs too: with etcd 3.5 staged on every member but 3.4 running, the
+        // cluster is at 3.4, and 3.6 does not roll onto it.
+        out.push((Action::ProbeRunningVersion, n.to_string()));
         out.push((Action::ProbePackage, n.to_string()));
     }
     // A profile without a fence has no failover probe, and one without package files no package probe.
@@ -1218,6 +1221,12 @@ fn preflight_problems(state: &State, node: &str, observation: &Observation) -> V
             version.as_deref(),
             state.as_deref(),
         ),
+        Observation::Running { version } => {
+            version_problems(&s.profile, node, target, Some(version), None)
+                .into_iter()
+                .map(|p| format!("{p} (the version it runs now)"))
+                .collect()
+        }
         Observation::Package { version } if version != target => vec![format!(
             "the package file {} on {node} is version {version}, not the target {target}",
             s.package
