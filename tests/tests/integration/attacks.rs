@@ -1004,7 +1004,7 @@ async fn a_submitted_profile_whose_parsers_differ_from_the_executors_runs_nothin
     assert!(logs.contains("rejected a step request"), "{logs}");
     assert!(logs.contains("wrong_profile"), "{logs}");
     assert!(
-        logs.contains(&format!("request_profile_sha256={theirs}")),
+        logs.contains(&format!("request_profile_sha256=\"{theirs}\"")),
         "{logs}"
     );
 
