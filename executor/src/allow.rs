@@ -30,6 +30,11 @@
 //!   `--target-version`) and the executor must run what the service approved without being redeployed; neither
 //!   can become an option or a path outside the node's files.
 //!
+//! Before any of that, the request's `profile_sha256` must be this executor's profile's
+//! ([`Allowlist::check_profile_sha256`]): the SHA-256 of its profile file's text, or absent for the built-in
+//! profile. The service reads a step's output with the parsers of the profile that came with the submission, so
+//! a submitted profile with this executor's commands and other parsers would pass every argv check.
+//!
 //! This holds even for a request that is otherwise perfectly formed and comes from the real service: it is a
 //! defence in depth, not a replacement for authenticating the sender (see THREATS.md).
 
@@ -64,6 +69,9 @@ pub enum RefusalKind {
     Stale,
     /// The step id was already used (claimed or recorded) for another command.
     Conflict,
+    /// The request was planned with another profile than this executor's (its `profile_sha256` is not the
+    /// hash of this executor's profile file, or it names one while this executor serves a built-in profile).
+    WrongProfile,
 }
 
 impl RefusalKind {
@@ -73,6 +81,7 @@ impl RefusalKind {
             RefusalKind::NotAllowed => "not_allowed",
             RefusalKind::Stale => "stale",
             RefusalKind::Conflict => "conflict",
+            RefusalKind::WrongProfile => "wrong_profile",
         }
     }
 }
@@ -191,6 +200,40 @@ impl Allowlist {
         )
     }
 
+    /// `Ok` if `req` was planned with this executor's profile: its `profile_sha256` is the SHA-256 of this
+    /// executor's profile file text (the very bytes `baton submit` sends, read by the same function), or absent
+    /// when this executor serves a built-in profile. The argv alone cannot show it: the service reads a probe's
+    /// output with the parsers of the profile that came with the submission, so a submitted profile whose
+    /// commands are this executor's but whose parsers differ would pass every argv check.
+    pub fn check_profile_sha256(&self, req: &StepRequest) -> Result<(), Refusal> {
+        let ours = self.profile.source_sha256.as_deref();
+        let theirs = req.profile_sha256.as_deref();
+        if ours == theirs {
+            return Ok(());
+        }
+        let step = format!("step {} for node {}", req.action, req.node);
+        let reason = match (theirs, ours) {
+            (Some(theirs), Some(ours)) => format!(
+                "{step} was planned with profile sha256 {theirs}, but this executor serves profile file {} with \
+                 sha256 {ours}: the service would read the step's output with another profile's parsers; refused, \
+                 nothing run",
+                self.profile.name
+            ),
+            (None, Some(ours)) => format!(
+                "{step} carries no profile sha256 (a built-in profile's step), but this executor serves profile \
+                 file {} with sha256 {ours}; refused, nothing run",
+                self.profile.name
+            ),
+            (Some(theirs), None) => format!(
+                "{step} was planned with profile sha256 {theirs}, but this executor serves the built-in {} (no \
+                 profile file); refused, nothing run",
+                self.describe()
+            ),
+            (None, None) => return Ok(()),
+        };
+        Err(Refusal::new(RefusalKind::WrongProfile, reason))
+    }
+
     /// `Ok` if this executor may run `req`, else why not.
     pub fn check(&self, req: &StepRequest) -> Result<(), Refusal> {
         let Some(address) = self.nodes.get(&req.node) else {
@@ -204,6 +247,7 @@ impl Allowlist {
                 ),
             ));
         };
+        self.check_profile_sha256(req)?;
         let not_allowed = |reason: String| Refusal::new(RefusalKind::NotAllowed, reason);
         for (key, value) in &req.env {
             if !ALLOWED_ENV.contains(&key.as_str()) {
@@ -641,6 +685,7 @@ mod tests {
             env: BTreeMap::new(),
             timeout_ms: 1000,
             deadline_ms: u64::MAX,
+            profile_sha256: None,
         }
     }
 
@@ -827,13 +872,130 @@ mod tests {
         Allowlist::for_profile_file(cluster, nodes, PackageCheck::Local).unwrap()
     }
 
+    /// The SHA-256 of `text`, as `sha256sum` prints it.
+    fn sha256_of(text: &str) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(text.as_bytes()))
+    }
+
+    const ETCD_PROFILE: &str = include_str!("../../profiles/etcd.toml");
+
+    /// A step of the shipped etcd profile, planned with it (its hash).
     fn etcd_req(node: &str, action: Action, argv: Vec<String>) -> StepRequest {
         StepRequest {
             node: node.into(),
             group: node.into(),
             action: action.as_str().into(),
             argv,
+            profile_sha256: Some(sha256_of(ETCD_PROFILE)),
             ..req("x", &[])
+        }
+    }
+
+    /// The issue-13 review's attack: an operator submits a profile whose commands are the executor's but whose
+    /// parsers lie (a member that does not answer its health check counts as up, and nobody is ever behind the
+    /// leader). Every argv of it passes the argv checks; the hash of the text the service reads the output with
+    /// does not, and the refusal names the step, its node and both hashes.
+    #[test]
+    fn a_step_planned_with_another_profile_text_is_refused_naming_both_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = etcd_cluster(dir.path());
+        let l = etcd_list(&cluster, &["m1"]);
+        let ours = sha256_of(ETCD_PROFILE);
+        assert_eq!(l.profile().source_sha256.as_deref(), Some(ours.as_str()));
+        let lying = ETCD_PROFILE
+            .replace(
+                r#"up_when = { pointer = "/0/health", in = [true] }"#,
+                r#"up_when = { pointer = "/0/health", in = [true, false] }"#,
+            )
+            .replace(
+                r#"behind_leader = ["/Status/raftAppliedIndex", "/Status/raftIndex"]"#,
+                "",
+            )
+            .replace("max_lag = 100\n", "");
+        assert_ne!(lying, ETCD_PROFILE);
+        let mut submitted = cluster.clone();
+        submitted.profile_text = Some(lying.clone());
+        let theirs = Profile::of_cluster(&submitted).expect("the lying profile is a valid profile");
+        assert_eq!(
+            theirs.source_sha256.as_deref(),
+            Some(sha256_of(&lying).as_str())
+        );
+        // Same commands: the service's rendering of the lying profile passes the argv checks.
+        let m1 = cluster.node("m1").unwrap();
+        let ctx = RenderContext {
+            node: "m1",
+            address: &m1.address,
+            vars: Some(&m1.vars),
+            ..RenderContext::default()
+        };
+        for probe in [Action::ProbeClusterStatus, Action::ProbeStatus] {
+            let argv = render(&theirs.action(probe).unwrap().argv, &ctx).unwrap();
+            assert_eq!(
+                argv,
+                render(&l.profile().action(probe).unwrap().argv, &ctx).unwrap()
+            );
+            let honest = etcd_req("m1", probe, argv.clone());
+            assert!(l.check(&honest).is_ok(), "{probe}");
+            let forged = StepRequest {
+                profile_sha256: theirs.source_sha256.clone(),
+                ..honest.clone()
+            };
+            let r = l.check(&forged).unwrap_err();
+            assert_eq!(r.kind, RefusalKind::WrongProfile, "{r:?}");
+            for needle in [
+                format!("step {probe} for node m1"),
+                format!("planned with profile sha256 {}", sha256_of(&lying)),
+                format!("serves profile file etcd with sha256 {ours}"),
+                "refused, nothing run".to_string(),
+            ] {
+                assert!(r.reason.contains(&needle), "{needle}: {r:?}");
+            }
+            // No hash at all (a built-in profile's step, or a service that does not send one) is refused too.
+            let bare = StepRequest {
+                profile_sha256: None,
+                ..honest
+            };
+            let r = l.check(&bare).unwrap_err();
+            assert_eq!(r.kind, RefusalKind::WrongProfile, "{r:?}");
+            assert!(r.reason.contains("carries no profile sha256"), "{r:?}");
+            assert!(r.reason.contains(&ours), "{r:?}");
+            assert!(
+                r.reason.contains(&format!("step {probe} for node m1")),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_built_in_profiles_executor_refuses_a_step_that_names_a_profile_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = list(dir.path(), Installer::Dpkg, Procedure::Runbook);
+        let spec = l.profile().action(Action::ProbeStatus).unwrap();
+        let ctx = RenderContext {
+            node: "backend-1",
+            address: "10.0.0.1",
+            ..RenderContext::default()
+        };
+        let argv = render(&spec.argv, &ctx).unwrap();
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let status = req(Action::ProbeStatus.as_str(), &argv);
+        l.check(&status).unwrap();
+        let sha = sha256_of(ETCD_PROFILE);
+        let r = l
+            .check(&StepRequest {
+                profile_sha256: Some(sha.clone()),
+                ..status
+            })
+            .unwrap_err();
+        assert_eq!(r.kind, RefusalKind::WrongProfile, "{r:?}");
+        for needle in [
+            "step probe_status for node backend-1".to_string(),
+            format!("planned with profile sha256 {sha}"),
+            "serves the built-in profile chef-backend (installer dpkg, procedure runbook)"
+                .to_string(),
+        ] {
+            assert!(r.reason.contains(&needle), "{needle}: {r:?}");
         }
     }
 
@@ -1021,6 +1183,10 @@ mod tests {
                     format!("--version={v}"),
                 ],
             )
+        };
+        let install = |p: &str, v: &str| StepRequest {
+            profile_sha256: l.profile().source_sha256.clone(),
+            ..install(p, v)
         };
         let pkg = dir.path().join("etcd-v3.5.1-linux");
         std::fs::create_dir(&pkg).unwrap();

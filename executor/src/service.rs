@@ -695,7 +695,10 @@ impl Worker {
         Stats::count(&self.stats.rejected);
         self.config.metrics.refused(refusal.kind.as_str());
         match refusal.kind {
-            RefusalKind::NotAllowed => Stats::count(&self.stats.not_allowed),
+            // Presence has one count for "not this executor's profile": its commands or its hash.
+            RefusalKind::NotAllowed | RefusalKind::WrongProfile => {
+                Stats::count(&self.stats.not_allowed)
+            }
             RefusalKind::Conflict => Stats::count(&self.stats.conflicts),
             RefusalKind::WrongTarget | RefusalKind::Stale => {}
         }
@@ -704,6 +707,8 @@ impl Worker {
             reason = %refusal.reason,
             argv = ?req.argv,
             env = ?req.env,
+            request_profile_sha256 = req.profile_sha256.as_deref().unwrap_or("(none)"),
+            profile_sha256 = self.allowlist.profile().source_sha256.as_deref().unwrap_or("built-in"),
             "rejected a step request"
         );
         req.ids().rejected(refusal.reason, &self.id)

@@ -41,6 +41,7 @@ fn request() -> StepRequest {
         ]),
         timeout_ms: 600_000,
         deadline_ms: 1_767_000_000_000,
+        profile_sha256: None,
     }
 }
 

@@ -28,8 +28,8 @@ pub mod subjects;
 pub use decode::DecodeError;
 pub use error::ProtocolError;
 pub use messages::{
-    decode_request, decode_result, Outcome, RequestIds, StepRequest, StepResult, MAX_OUTPUT,
-    PROTOCOL_VERSION,
+    decode_request, decode_result, is_sha256_hex, Outcome, RequestIds, StepRequest, StepResult,
+    MAX_OUTPUT, PROTOCOL_VERSION,
 };
 pub use presence::Presence;
 pub use setup::{ensure, ensure_group_consumer, Options};

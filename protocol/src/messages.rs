@@ -48,6 +48,18 @@ pub struct StepRequest {
     pub timeout_ms: u64,
     /// Absolute unix time (ms) after which the request must not be started.
     pub deadline_ms: u64,
+    /// The SHA-256 (64 lower-case hex digits) of the profile file's text whose parsers the service reads this
+    /// step's output with: the plan's `profile_sha256`, which the plan hash covers. Absent for a built-in
+    /// profile (chef-backend), so those requests keep their bytes. An executor serving a profile file runs a
+    /// step only if this is its own file's hash, and one serving a built-in profile only if it is absent: the
+    /// argv alone cannot show that both read the output the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_sha256: Option<String>,
+}
+
+/// Whether `text` is a SHA-256 as Baton writes one: 64 lower-case hex digits.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// How a step ended.
@@ -339,8 +351,17 @@ pub fn decode_request(bytes: &[u8]) -> Result<StepRequest, DecodeError> {
         env: f.optional("env")?.unwrap_or_default(),
         timeout_ms: f.required("timeout_ms")?,
         deadline_ms: f.required("deadline_ms")?,
+        profile_sha256: f.optional("profile_sha256")?,
     };
     check_token(&f, "upgrade", &req.upgrade)?;
+    if let Some(sha) = &req.profile_sha256 {
+        if !is_sha256_hex(sha) {
+            return Err(f.error(
+                "profile_sha256",
+                "not a SHA-256 (64 lower-case hex digits)".into(),
+            ));
+        }
+    }
     check_token(&f, "group", &req.group)?;
     check_token(&f, "node", &req.node)?;
     match req.argv.first() {
@@ -422,7 +443,59 @@ mod tests {
             env: BTreeMap::from([("A".into(), "b".into())]),
             timeout_ms: 5000,
             deadline_ms: 1_900_000_000_000,
+            profile_sha256: None,
         }
+    }
+
+    const SHA: &str = "a3c5f1e0b2d4968778695a4b3c2d1e0f00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn a_request_without_a_profile_hash_keeps_its_bytes_and_one_with_it_round_trips() {
+        // A built-in profile's request is byte for byte what this build sent before the field existed, so an
+        // older executor and an older log's re-publication read it unchanged.
+        let bytes = String::from_utf8(request().encode()).unwrap();
+        assert_eq!(
+            bytes,
+            r#"{"v":1,"upgrade":"01JB0000000000000000000000","step":7,"attempt":1,"epoch":3,"node":"backend-1","group":"backend-1","action":"status","argv":["chef-backend-ctl","status"],"env":{"A":"b"},"timeout_ms":5000,"deadline_ms":1900000000000}"#
+        );
+        assert_eq!(
+            decode_request(bytes.as_bytes()).unwrap().profile_sha256,
+            None
+        );
+        let with = StepRequest {
+            profile_sha256: Some(SHA.into()),
+            ..request()
+        };
+        let bytes = with.encode();
+        assert!(
+            String::from_utf8_lossy(&bytes).ends_with(&format!(r#","profile_sha256":"{SHA}"}}"#))
+        );
+        assert_eq!(decode_request(&bytes).unwrap(), with);
+    }
+
+    #[test]
+    fn a_profile_hash_that_is_not_a_sha256_is_refused_by_name() {
+        for bad in [
+            serde_json::json!(""),
+            serde_json::json!(SHA.to_uppercase()),
+            serde_json::json!(&SHA[1..]),
+            serde_json::json!(format!("{SHA}0")),
+            serde_json::json!(SHA.replace('a', "g")),
+            serde_json::json!(7),
+        ] {
+            let mut v = serde_json::to_value(request()).unwrap();
+            v["profile_sha256"] = bad.clone();
+            let err = decode_request(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert_eq!(err.field, "profile_sha256", "{bad}: {err}");
+        }
+        // null is the same as absent.
+        let mut v = serde_json::to_value(request()).unwrap();
+        v["profile_sha256"] = serde_json::Value::Null;
+        assert_eq!(
+            decode_request(&serde_json::to_vec(&v).unwrap()).unwrap(),
+            request()
+        );
+        assert!(is_sha256_hex(SHA));
     }
 
     #[test]

@@ -29,6 +29,7 @@ fn request() -> StepRequest {
         env: BTreeMap::from([("A".into(), "b".into())]),
         timeout_ms: 5000,
         deadline_ms: 1_900_000_000_000,
+        profile_sha256: None,
     }
 }
 

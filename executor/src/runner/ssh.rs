@@ -280,6 +280,7 @@ mod tests {
                 .collect(),
             timeout_ms: 1000,
             deadline_ms: 0,
+            profile_sha256: None,
         }
     }
 

@@ -588,6 +588,7 @@ async fn forged_step_requests_run_nothing(nats_auth: bool) {
         env: Default::default(),
         timeout_ms: 10_000,
         deadline_ms: u64::MAX,
+        profile_sha256: None,
     };
     let requests = [
         forged(
@@ -832,4 +833,204 @@ async fn reply_subjects_cannot_aim_the_service_with_nats_auth_on() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reply_subjects_cannot_aim_the_service_with_nats_auth_off() {
     reply_subjects_cannot_aim_the_service(false).await;
+}
+
+/// `etcdctl` or `ctl` of one member, faked: each call is appended to `ran`, and the probes answer with the real
+/// output captured from a healthy 3.4.23 cluster (`tests/fixtures/etcd/healthy`, whose cluster file's addresses
+/// and member IDs the test's cluster file copies).
+fn fake_member_tool(ran: &Path, fixtures: &Path, node: &str, tool: &str) -> String {
+    let cases = match tool {
+        "ctl" => {
+            "installed-version) p=version.NODE;; running-version) p=running_version.NODE;; \
+                  package-version) p=package.NODE;;"
+        }
+        _ => "*'endpoint status'*) p=topology;; *'endpoint health'*) p=node.NODE;;",
+    }
+    .replace("NODE", node);
+    let subject = if tool == "ctl" { "$1" } else { "$*" };
+    format!(
+        "#!/bin/sh\necho \"{tool} {node} $*\" >> '{ran}'\np=\ncase \"{subject}\" in {cases} esac\n\
+         [ -n \"$p\" ] || exit 0\nf='{fixtures}'/$p\ncat \"$f.stdout\"; cat \"$f.stderr\" >&2; exit \"$(cat \"$f.exit\")\"\n",
+        ran = ran.display(),
+        fixtures = fixtures.display()
+    )
+}
+
+/// Issue 13's hostile review: an operator-role key submits an etcd profile whose commands are exactly the
+/// executors' (every argv passes their allow lists) but whose parsers lie: a member that fails its health check
+/// counts as up, and no member is ever behind the leader. The service would read every probe with those parsers
+/// and the guard would pass on a cluster it cannot see. Each executor serves its own copy of the profile file and
+/// runs a step only if the step's `profile_sha256` (the plan's) is its file's: the first step is refused naming
+/// both hashes, nothing runs on any member, and the upgrade halts with the refusal as its reason. The same
+/// deployment, asked for a plan with the honest profile, does run the probes (the `ran` file can fill).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submitted_profile_whose_parsers_differ_from_the_executors_runs_nothing() {
+    let root = tests::workspace_root();
+    let fixtures = root.join("tests/fixtures/etcd/healthy");
+    let honest = std::fs::read_to_string(root.join("profiles/etcd.toml")).unwrap();
+    let lying = honest
+        .replace(
+            r#"up_when = { pointer = "/0/health", in = [true] }"#,
+            r#"up_when = { pointer = "/0/health", in = [true, false] }"#,
+        )
+        .replace(
+            r#"behind_leader = ["/Status/raftAppliedIndex", "/Status/raftIndex"]"#,
+            "",
+        )
+        .replace("max_lag = 100\n", "");
+    assert_ne!(lying, honest);
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let package = dir.path().join("etcd-3.5.1");
+    std::fs::create_dir(&package).unwrap();
+    let ids = [
+        ("m1", "47069", "5d14f8b3ac4b6cb1"),
+        ("m2", "55533", "2d19e0210d84b8b5"),
+        ("m3", "57289", "a2e191591bbfb5f7"),
+    ];
+    let mut cluster = String::from("[cluster]\nname = \"etcd-faked\"\nprofile = \"etcd.toml\"\n");
+    for (node, port, id) in ids {
+        let home = dir.path().join(node);
+        std::fs::create_dir(&home).unwrap();
+        for tool in ["ctl", "etcdctl"] {
+            let path = home.join(tool);
+            std::fs::write(&path, fake_member_tool(&ran, &fixtures, node, tool)).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        cluster.push_str(&format!(
+            "\n[[nodes]]\nname = \"{node}\"\naddress = \"127.0.0.1:{port}\"\nexecutor = \"{node}\"\n\
+             vars = {{ ctl = \"{h}/ctl\", etcdctl = \"{h}/etcdctl\", \
+             endpoints = \"127.0.0.1:47069,127.0.0.1:55533,127.0.0.1:57289\", member_id = \"{id}\" }}\n",
+            h = home.display()
+        ));
+    }
+    cluster.push_str(&format!(
+        "\n[upgrade]\npackage = \"{}\"\ntarget_version = \"3.5.1\"\n",
+        package.display()
+    ));
+    // The executors' deployment: the cluster file and the honest profile beside it. The operator's copy: the
+    // same cluster file, the lying profile beside it.
+    let (deployed, submitted) = (dir.path().join("deployed"), dir.path().join("submitted"));
+    for (at, profile) in [(&deployed, &honest), (&submitted, &lying)] {
+        std::fs::create_dir(at).unwrap();
+        std::fs::write(at.join("cluster.toml"), &cluster).unwrap();
+        std::fs::write(at.join("etcd.toml"), profile).unwrap();
+    }
+    let sha256sum = |path: &Path| {
+        let out = std::process::Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .expect("sha256sum runs (coreutils)");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .expect("sha256sum prints the hash")
+            .to_string()
+    };
+    let ours = sha256sum(&deployed.join("etcd.toml"));
+    let theirs = sha256sum(&submitted.join("etcd.toml"));
+    let groups: Vec<String> = ids.iter().map(|(n, _, _)| n.to_string()).collect();
+    let baton = crate::real_etcd::Baton::start(&deployed.join("cluster.toml"), &groups).await;
+
+    // oscar holds the operator role: enough to submit, not to approve.
+    let out = baton.run_as(
+        "oscar",
+        &[
+            "submit",
+            "--cluster",
+            &submitted.join("cluster.toml").display().to_string(),
+            "--detach",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        baton.logs()
+    );
+    let upgrade = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut last = None;
+    let ended = tests::wait_until(Duration::from_secs(60), || {
+        last = baton.status(&upgrade);
+        last.as_ref().is_some_and(|v| {
+            ["completed", "halted", "aborted", "needs_verification"].contains(&v.status.as_str())
+        })
+    })
+    .await;
+    let view = last.unwrap_or_else(|| panic!("no status of {upgrade}\n{}", baton.logs()));
+    assert!(ended, "{view:#?}\n{}", baton.logs());
+    println!("{view:#?}");
+    // Nothing ran on any member.
+    assert!(
+        !ran.exists(),
+        "commands ran: {}\n{}",
+        std::fs::read_to_string(&ran).unwrap_or_default(),
+        baton.executor_logs()
+    );
+    // The first step was refused by its executor, naming the step, its node and both hashes.
+    let events = baton.events(&upgrade);
+    let first = events
+        .iter()
+        .find_map(|e| match e {
+            Event::StepResultRecorded { .. } => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no step result: {events:#?}"));
+    let Event::StepResultRecorded {
+        outcome, reason, ..
+    } = &first
+    else {
+        unreachable!()
+    };
+    assert_eq!(*outcome, workflow::core::Outcome::Rejected, "{first:?}");
+    let reason = reason.clone().unwrap_or_default();
+    for needle in [
+        format!("planned with profile sha256 {theirs}"),
+        format!("serves profile file etcd with sha256 {ours}"),
+        "refused, nothing run".to_string(),
+    ] {
+        assert!(reason.contains(&needle), "{needle}: {reason}");
+    }
+    // The operator sees why in `baton status`.
+    assert_eq!(view.status, "halted", "{view:#?}");
+    let why = view.reason.clone().unwrap_or_default();
+    assert!(why.contains(&theirs) && why.contains(&ours), "{why}");
+    let text = String::from_utf8(baton.run_as("oscar", &["status", &upgrade]).stdout).unwrap();
+    assert!(text.contains(&theirs) && text.contains(&ours), "{text}");
+    // Each refusal was counted and logged with its kind and both hashes as fields.
+    let logs = baton.executor_logs();
+    assert!(logs.contains("rejected a step request"), "{logs}");
+    assert!(logs.contains("wrong_profile"), "{logs}");
+    assert!(
+        logs.contains(&format!("request_profile_sha256=\"{theirs}\"")),
+        "{logs}"
+    );
+
+    // The control: the honest profile's plan runs its probes on the same executors.
+    let out = baton.run_as(
+        "oscar",
+        &[
+            "plan",
+            "--cluster",
+            &deployed.join("cluster.toml").display().to_string(),
+        ],
+    );
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{plan}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        baton.logs()
+    );
+    assert!(
+        plan.contains(&format!("profile file sha256: {ours}")),
+        "{plan}"
+    );
+    let calls = std::fs::read_to_string(&ran).unwrap();
+    assert!(
+        calls.contains("etcdctl m1 ") || calls.contains("etcdctl m2 "),
+        "{calls}"
+    );
 }

@@ -395,6 +395,7 @@ fn request(upgrade: &str, step: u64, group: &str, sub: &str) -> StepRequest {
         env: BTreeMap::new(),
         timeout_ms: 10_000,
         deadline_ms: now_ms() + 60_000,
+        profile_sha256: None,
     }
 }
 

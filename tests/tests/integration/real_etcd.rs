@@ -146,8 +146,9 @@ fn the_writer_counts_an_acknowledged_write_that_is_gone_as_lost() {
 /// Baton deployed for a real cluster whose executor groups are its members' names: an authenticated nats-server
 /// (TLS, nkeys), `baton server`, and one `baton executor --group NODE --cluster FILE` per member with the local
 /// runner (the member's commands run on this machine, as the cluster file's vars say).
-/// Dropped in field order: the processes first, then nats-server, then their files.
-struct Baton {
+/// Dropped in field order: the processes first, then nats-server, then their files. Also the deployment of
+/// `attacks::a_submitted_profile_whose_parsers_differ_from_the_executors_runs_nothing`.
+pub(crate) struct Baton {
     server: Proc,
     executors: Vec<Proc>,
     nats: NatsServer,
@@ -156,7 +157,7 @@ struct Baton {
 }
 
 impl Baton {
-    async fn start(cluster_file: &Path, groups: &[String]) -> Baton {
+    pub(crate) async fn start(cluster_file: &Path, groups: &[String]) -> Baton {
         let refs: Vec<&str> = groups.iter().map(String::as_str).collect();
         let secure = Secure::new(&refs).expect("keys and certificates");
         let nats = NatsServer::start_secured(&secure)
@@ -203,14 +204,19 @@ impl Baton {
     }
 
     /// The CLI as operator alice (an approver).
-    fn run(&self, args: &[&str]) -> Output {
-        cli(&self.secure, &self.nats, self.secure.operator_key("alice"))
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
+        self.run_as("alice", args)
+    }
+
+    /// The CLI as the trust file's operator `name` (tests::Secure: alice approver, oscar operator, rita reader).
+    pub(crate) fn run_as(&self, name: &str, args: &[&str]) -> Output {
+        cli(&self.secure, &self.nats, self.secure.operator_key(name))
             .args(args)
             .output()
             .expect("baton runs")
     }
 
-    fn run_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn run_ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
             out.status.success(),
@@ -223,7 +229,7 @@ impl Baton {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    fn status(&self, upgrade: &str) -> Option<StatusView> {
+    pub(crate) fn status(&self, upgrade: &str) -> Option<StatusView> {
         let out = self.run(&["--output", "json", "--api-timeout", "5", "status", upgrade]);
         out.status
             .success()
@@ -231,7 +237,7 @@ impl Baton {
             .flatten()
     }
 
-    fn events(&self, upgrade: &str) -> Vec<Event> {
+    pub(crate) fn events(&self, upgrade: &str) -> Vec<Event> {
         let out = self.run_ok(&["replay", upgrade, "--json"]);
         let value: serde_json::Value = serde_json::from_str(&out).unwrap();
         value["events"]
@@ -242,7 +248,15 @@ impl Baton {
             .collect()
     }
 
-    fn logs(&self) -> String {
+    /// Every executor's whole log.
+    pub(crate) fn executor_logs(&self) -> String {
+        self.executors
+            .iter()
+            .map(|e| format!("--- {} ---\n{}\n", e.name(), e.log()))
+            .collect()
+    }
+
+    pub(crate) fn logs(&self) -> String {
         let mut text = format!("--- server ---\n{}\n", tail(&self.server.log(), 40));
         for e in &self.executors {
             text.push_str(&format!("--- {} ---\n{}\n", e.name(), tail(&e.log(), 15)));

@@ -282,6 +282,7 @@ fn request(step: u64, action: &str, argv: &[&str]) -> StepRequest {
         env: BTreeMap::new(),
         timeout_ms: 15_000,
         deadline_ms: now_ms() + 60_000,
+        profile_sha256: None,
     }
 }
 

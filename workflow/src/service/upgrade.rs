@@ -640,6 +640,9 @@ impl Loop {
             env: step.env.clone(),
             timeout_ms: step.timeout_ms,
             deadline_ms: step.deadline_ms,
+            // From the plan (the submitted text's hash, computed by the core, covered by the plan hash), never
+            // from a field of the submission: executors refuse a step planned with another profile than theirs.
+            profile_sha256: self.state.profile_sha256().map(str::to_string),
         };
         let what = format!("step {} attempt {}", step.step, step.attempt);
         let (headers, payload) = request.signed(&self.shared.identity);
@@ -651,6 +654,7 @@ impl Loop {
             attempt = step.attempt,
             node = %step.node,
             action = step.action.as_str(),
+            profile_sha256 = request.profile_sha256.as_deref().unwrap_or("built-in"),
             "step published"
         );
     }
