@@ -885,9 +885,10 @@ impl Patroni {
                 Etcd::ok(String::new())
             }
             Action::Demote => {
-                let at = step.argv.iter().position(|a| a == "--candidate");
+                // `member.sh DIR switchover LEADER CANDIDATE` (the profile's checked switchover).
+                let at = step.argv.iter().position(|a| a == "switchover");
                 let candidate = at
-                    .and_then(|p| step.argv.get(p + 1))
+                    .and_then(|p| step.argv.get(p + 2))
                     .cloned()
                     .unwrap_or_default();
                 let Some(c) = PG.iter().position(|n| *n == candidate) else {
@@ -976,7 +977,7 @@ fn the_patroni_profile_fences_failover_for_the_whole_upgrade_and_restores_it() {
         .find(|(_, a, _)| *a == Action::Demote)
         .expect("a switchover");
     assert!(
-        switchover.2.windows(2).any(|w| w == ["--candidate", "pg2"]),
+        switchover.2.ends_with(&["switchover".into(), "pg1".into(), "pg2".into()]),
         "the candidate is the first follower: {:?}",
         switchover.2
     );

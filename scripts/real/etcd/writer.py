@@ -14,11 +14,7 @@ be present). The client moves to the next endpoint after any failure, as etcd's 
 
 Stops on SIGTERM/SIGINT, when --stop-file exists, or after --duration seconds.
 
-Report fields: attempts, acknowledged, failed, lost (acknowledged writes missing or different on read-back: must be
-0), failed_but_present, duration_ms, longest_gap_ms (longest time between two acknowledgements, counting from
-the start and to the stop), longest_gap_from_unix_ms/_to_, unavailable_ms (the sum of gaps longer than
---gap-threshold-ms), availability (1 - unavailable_ms / duration_ms), gaps (each gap above the threshold),
-writes_per_s, lost_keys (up to 20).
+The report's fields: scripts/real/writer_report.py (shared with the Patroni writer).
 """
 import argparse
 import base64
@@ -28,6 +24,10 @@ import os
 import signal
 import sys
 import time
+
+sys.dont_write_bytecode = True  # no __pycache__ in the checkout
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import writer_report  # noqa: E402  (scripts/real/writer_report.py, shared with the Patroni writer)
 
 
 def b64(text):
@@ -166,39 +166,9 @@ def main():
     lost_keys = sorted(k for k, v in acked.items() if present.get(k) != v)
     failed_but_present = len(set(present) - set(acked))
 
-    marks = [0.0] + ack_times + [end]
-    gaps = []
-    longest = (0.0, 0.0, 0.0)
-    for a, b in zip(marks, marks[1:]):
-        if b - a > longest[0]:
-            longest = (b - a, a, b)
-        if b - a > args.gap_threshold_ms:
-            gaps.append({"from_unix_ms": round(start_unix * 1000 + a), "to_unix_ms": round(start_unix * 1000 + b),
-                         "ms": round(b - a, 1)})
-    unavailable = sum(g["ms"] for g in gaps)
-    report = {
-        "attempts": attempts,
-        "acknowledged": len(acked),
-        "failed": failed,
-        "lost": len(lost_keys),
-        "failed_but_present": failed_but_present,
-        "duration_ms": round(end, 1),
-        "longest_gap_ms": round(longest[0], 1),
-        "longest_gap_from_unix_ms": round(start_unix * 1000 + longest[1]),
-        "longest_gap_to_unix_ms": round(start_unix * 1000 + longest[2]),
-        "unavailable_ms": round(unavailable, 1),
-        "availability": round(1.0 - unavailable / end, 5) if end > 0 else 0.0,
-        "gap_threshold_ms": args.gap_threshold_ms,
-        "gaps": gaps,
-        "writes_per_s": round(len(acked) / (end / 1000.0), 1) if end > 0 else 0.0,
-        "started_unix_ms": round(start_unix * 1000),
-        "lost_keys": lost_keys[:20],
-    }
-    text = json.dumps(report)
-    if args.report:
-        with open(args.report, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    writer_report.write(args.report, attempts=attempts, acknowledged=len(acked), failed=failed, lost_keys=lost_keys,
+                        failed_but_present=failed_but_present, ack_times=ack_times, end=end, start_unix=start_unix,
+                        gap_threshold_ms=args.gap_threshold_ms)
     return 0
 
 

@@ -120,6 +120,11 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))')
     echo
     echo "[upgrade]"
     echo "package = \"$tools/pg/$NEW\""
+    # The version PostgreSQL reports (a profile file cannot read it from the prefix's path).
+    echo "target_version = \"$NEW\""
+    # How often Baton re-asks a member that is not yet healthy and caught up: a quarter of loop_wait (2 s), the
+    # period in which Patroni itself changes what its REST API and the DCS show.
+    echo "poll_interval_ms = 500"
   } >"$root/cluster.toml"
   mv "$root/env.part" "$root/env"
   echo "$root/cluster.toml"

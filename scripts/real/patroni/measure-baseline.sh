@@ -13,7 +13,8 @@ for i in $(seq 1 "$runs"); do
   bash "$here/cluster.sh" up "$root" >/dev/null
   venv="$(sed -n 's/^venv=//p' "$root/env")"
   hosts="$(sed -n 's/^pg[0-9]*=\([^,]*\),.*/\1/p' "$root/env" | paste -sd,)"
-  "$venv/bin/python" "$here/writer.py" --hosts "$hosts" --report "$root/writer.json" --ready "$root/writer.ready" \
+  "$venv/bin/python" "$here/writer.py" --hosts "$hosts" --log "$root/writes.jsonl" --report "$root/writer.json" \
+    --ready-file "$root/writer.ready" \
     --max-seconds 300 >/dev/null 2>"$root/writer.err" &
   writer=$!
   until [ -f "$root/writer.ready" ]; do kill -0 "$writer" || { cat "$root/writer.err" >&2; exit 1; }; sleep 0.05; done

@@ -19,6 +19,18 @@
 #   member.sh DIR pause|resume         `patronictl pause|resume --wait` through this member's
 #                                      config, idempotent (patronictl itself fails with
 #                                      "Cluster is already paused" / "is not paused")
+#   member.sh DIR switchover LEADER CANDIDATE
+#                                      `patronictl switchover --leader LEADER --candidate
+#                                      CANDIDATE --force`, then fails unless CANDIDATE leads:
+#                                      patronictl exits 0 when the switchover fails (it prints
+#                                      "Switchover failed, details: 503, ..." and returns), and
+#                                      when its API call fails it falls back to writing the
+#                                      request into the DCS and still exits 0
+#
+# Every change is journalled in DIR/actions.log, one line each: `UNIX_MS stop PID`,
+# `UNIX_MS start PID VERSION`, `UNIX_MS install VERSION`, `UNIX_MS install-unchanged VERSION`,
+# `UNIX_MS pause`, `UNIX_MS resume`, `UNIX_MS switchover LEADER CANDIDATE` (the record a test
+# judges an upgrade by, whoever ran it; the format of scripts/real/etcd/member.sh).
 #
 # DIR holds member.conf (written by cluster.sh: name, pg_port, rest_port, venv),
 # patroni.yml.in (the config with @BIN_DIR@), installed-prefix, data/, patroni.log.
@@ -73,6 +85,11 @@ exec_as_postgres() {
 }
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+
+journal() { echo "$(date +%s%3N) $*" >>"$dir/actions.log"; }
+
+# `15.20` from `postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)`.
+version_of() { "$(bin_of "$1")/postgres" --version | sed -n 's/^postgres (PostgreSQL) \([0-9.]*\).*/\1/p'; }
 
 patroni_pid() {
   local pid=""
@@ -131,6 +148,8 @@ member_state() {
 do_stop() {
   local pid deadline pm
   pid="$(patroni_pid)"
+  pm="$(postmaster_pid)"
+  [ -n "$pid$pm" ] || { echo "stopped $name (was not running)"; return; }
   if [ -n "$pid" ]; then
     kill -TERM "$pid" 2>/dev/null || true
     deadline=$((SECONDS + STOP_TIMEOUT_S))
@@ -150,6 +169,7 @@ do_stop() {
     as_postgres "$pg_ctl" stop -D "$dir/data" -m fast -w -t "$STOP_TIMEOUT_S" >/dev/null ||
       die "pg_ctl stop failed for $dir/data"
   fi
+  journal stop "${pid:-$pm}"
   echo "stopped $name"
 }
 
@@ -167,6 +187,7 @@ do_start() {
     exec_as_postgres setsid "$venv/bin/patroni" "$dir/patroni.yml" </dev/null >>"$dir/patroni.log" 2>&1 &
     pid=$!
     echo "$pid" >"$dir/patroni.pid"
+    journal start "$pid" "$(version_of "$prefix")"
   fi
   deadline=$((SECONDS + START_TIMEOUT_S))
   local restarted=0
@@ -192,8 +213,14 @@ case "$cmd" in
     [ "$#" = 1 ] || die "usage: member.sh DIR install PREFIX"
     prefix="$(cd "$1" 2>/dev/null && pwd)" || die "no prefix $1"
     check_prefix "$prefix"
+    if [ "$(installed_prefix)" = "$prefix" ]; then
+      journal install-unchanged "$(version_of "$prefix")"
+      echo "installed $("$(bin_of "$prefix")/postgres" --version) on $name already"
+      exit 0
+    fi
     printf '%s\n' "$prefix" >"$dir/installed-prefix.part"
     mv "$dir/installed-prefix.part" "$dir/installed-prefix"
+    journal install "$(version_of "$prefix")"
     echo "installed $("$(bin_of "$prefix")/postgres" --version) on $name for its next start"
     ;;
   installed-version) "$(bin_of "$(installed_prefix)")/postgres" --version ;;
@@ -208,11 +235,33 @@ case "$cmd" in
       -c 'SHOW server_version'
     ;;
   pause | resume)
-    out="$("$venv/bin/patronictl" -c "$dir/patroni.yml" "$cmd" --wait 2>&1)" && { echo "$out"; exit 0; }
+    out="$("$venv/bin/patronictl" -c "$dir/patroni.yml" "$cmd" --wait 2>&1)" && { journal "$cmd"; echo "$out"; exit 0; }
     case "$out" in
       *"Cluster is already paused"* | *"Cluster is not paused"*) echo "$out" ;;
       *) echo "$out" >&2; die "patronictl $cmd failed" ;;
     esac
+    ;;
+  switchover)
+    [ "$#" = 2 ] || die "usage: member.sh DIR switchover LEADER CANDIDATE"
+    [[ "$1" =~ ^[A-Za-z0-9_-]+$ ]] && [[ "$2" =~ ^[A-Za-z0-9_-]+$ ]] || die "bad member names '$1' '$2'"
+    rc=0
+    out="$("$venv/bin/patronictl" -c "$dir/patroni.yml" switchover --leader "$1" --candidate "$2" --force 2>&1)" || rc=$?
+    echo "$out"
+    [ "$rc" = 0 ] || die "patronictl switchover exited $rc"
+    # Its own words for a refusal (HTTP 412, 503): "Switchover failed, details: 412, ...".
+    case "$out" in *"failed, details:"*) die "the switchover to $2 failed (patronictl exited 0)" ;; esac
+    # Patroni's API answers 200 only once the DCS shows a new leader, so the candidate leads by now unless the
+    # switchover failed; a few seconds more cover patronictl's fallback to writing the request into the DCS.
+    deadline=$((SECONDS + ${MEMBER_SWITCHOVER_CHECK_S:-15}))
+    until leaders="$("$venv/bin/patronictl" -c "$dir/patroni.yml" list -f json 2>/dev/null |
+      "$venv/bin/python" -c 'import json, sys; print(",".join(m["Member"] for m in json.load(sys.stdin) if m["Role"] == "Leader"))' 2>/dev/null)" &&
+      [ "$leaders" = "$2" ]; do
+      [ "$SECONDS" -lt "$deadline" ] ||
+        die "the switchover to $2 did not happen: $2 does not lead after ${MEMBER_SWITCHOVER_CHECK_S:-15}s (leader: '${leaders:-none}')"
+      sleep 0.2
+    done
+    journal switchover "$1" "$2"
+    echo "$2 leads"
     ;;
   status) rest_status || die "Patroni of $name does not answer on 127.0.0.1:$rest_port" ;;
   *) die "unknown command $cmd" ;;

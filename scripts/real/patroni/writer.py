@@ -1,15 +1,17 @@
 """A client writing to the Patroni cluster through the whole upgrade.
 
-    writer.py --hosts 127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3 --report FILE [--interval-ms 5]
-              [--ready FILE] [--acks FILE] [--max-seconds 600]
+    writer.py --hosts 127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3 --log FILE [--report FILE]
+              [--interval-ms 5] [--gap-threshold-ms 100] [--stop-file FILE] [--ready-file FILE]
+              [--max-seconds 600]
 
 Connects with multi-host libpq and target_session_attrs=read-write (so always to the
-current leader), commits one INSERT every interval, and records the time of each
-acknowledged commit. It stops on SIGTERM or SIGINT (or after --max-seconds), then reads
-every row back from the leader of that moment and writes a JSON report:
-acknowledged, lost (acknowledged but missing: must be 0), availability (the share of
-100 ms windows of the run holding at least one acknowledged commit), the longest gap
-between acknowledged commits (and when it began), attempts that failed.
+current leader), commits one INSERT every interval, and logs each attempt (one JSON line:
+`acked_ms` or `failed_ms` since the start). It stops on SIGTERM or SIGINT, when --stop-file
+exists, or after --max-seconds, then reads every row back from the leader of that moment
+and prints a report (one JSON object, also written to --report).
+
+The interface is scripts/real/etcd/writer.py's, and the report (scripts/real/writer_report.py,
+read by tests::real::writer) is the same.
 """
 
 import argparse
@@ -21,11 +23,9 @@ import time
 
 import psycopg
 
-WINDOW_MS = 100
-
-
-def now_ms() -> float:
-    return time.monotonic() * 1000.0
+sys.dont_write_bytecode = True  # no __pycache__ in the checkout
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import writer_report  # noqa: E402  (scripts/real/writer_report.py, shared with the etcd writer)
 
 
 def conninfo(hosts: str) -> str:
@@ -37,10 +37,10 @@ def conninfo(hosts: str) -> str:
     )
 
 
-def connect(info: str, deadline_ms: float):
-    """Connects to the read-write member, retrying until the deadline."""
+def connect(info: str, deadline: float):
+    """Connects to the read-write member, retrying until the deadline (monotonic seconds)."""
     last = None
-    while now_ms() < deadline_ms:
+    while time.monotonic() < deadline:
         try:
             return psycopg.connect(info, autocommit=True)
         except psycopg.Error as e:
@@ -52,10 +52,12 @@ def connect(info: str, deadline_ms: float):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--hosts", required=True)
-    ap.add_argument("--report", required=True)
+    ap.add_argument("--log", required=True, help="JSON lines: one per attempt")
+    ap.add_argument("--report")
     ap.add_argument("--interval-ms", type=float, default=5.0)
-    ap.add_argument("--ready")
-    ap.add_argument("--acks")
+    ap.add_argument("--gap-threshold-ms", type=float, default=100.0)
+    ap.add_argument("--stop-file")
+    ap.add_argument("--ready-file")
     ap.add_argument("--max-seconds", type=float, default=600.0)
     args = ap.parse_args()
     info = conninfo(args.hosts)
@@ -64,80 +66,65 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
 
-    conn = connect(info, now_ms() + 30_000)
+    conn = connect(info, time.monotonic() + 30.0)
     conn.execute("CREATE TABLE IF NOT EXISTS baton_writes (id bigint PRIMARY KEY, acked boolean)")
-    start = now_ms()
     run_id = conn.execute("SELECT coalesce(max(id), 0) FROM baton_writes").fetchone()[0]
+    start_unix = time.time()
+    start = time.monotonic()
+
+    def now_ms() -> float:
+        return (time.monotonic() - start) * 1000.0
+
     next_id = run_id + 1
     acks = []  # (id, ms since start)
     failures = 0
-    reconnects = 0
-    if args.ready:
-        with open(args.ready, "w") as f:
-            f.write("ready\n")
-    end_by = start + args.max_seconds * 1000.0
-    while not stop and now_ms() < end_by:
-        began = now_ms()
-        try:
-            if conn is None or conn.closed:
-                conn = psycopg.connect(info, autocommit=True)
-                reconnects += 1
-            conn.execute("INSERT INTO baton_writes (id, acked) VALUES (%s, true)", (next_id,))
-            acks.append((next_id, now_ms() - start))
-        except psycopg.Error:
-            # The outcome of a failed commit is unknown: the row may or may not be there.
-            failures += 1
-            if conn is not None:
-                try:
-                    conn.close()
-                except psycopg.Error:
-                    pass
-            conn = None
-        next_id += 1
-        rest = args.interval_ms - (now_ms() - began)
-        if rest > 0:
-            time.sleep(rest / 1000.0)
-    end = now_ms() - start
+    ready = False
+    with open(args.log, "w", buffering=1) as log:
+        while not stop and now_ms() < args.max_seconds * 1000.0:
+            if args.stop_file and os.path.exists(args.stop_file):
+                break
+            sent = now_ms()
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(info, autocommit=True)
+                conn.execute("INSERT INTO baton_writes (id, acked) VALUES (%s, true)", (next_id,))
+                done = now_ms()
+                acks.append((next_id, done))
+                log.write(json.dumps({"seq": next_id, "port": conn.info.port, "sent_ms": round(sent, 3),
+                                      "acked_ms": round(done, 3)}) + "\n")
+                if not ready and args.ready_file:
+                    open(args.ready_file, "w").close()
+                    ready = True
+            except psycopg.Error as e:
+                # The outcome of a failed commit is unknown: the row may or may not be there.
+                failures += 1
+                log.write(json.dumps({"seq": next_id, "sent_ms": round(sent, 3), "failed_ms": round(now_ms(), 3),
+                                      "error": str(e).strip()[:200]}) + "\n")
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except psycopg.Error:
+                        pass
+                conn = None
+            next_id += 1
+            rest = args.interval_ms - (now_ms() - sent)
+            if rest > 0:
+                time.sleep(rest / 1000.0)
+    end = now_ms()
 
     if conn is None or conn.closed:
-        conn = connect(info, now_ms() + 60_000)
+        conn = connect(info, time.monotonic() + 60.0)
     present = {
         r[0]
         for r in conn.execute("SELECT id FROM baton_writes WHERE id > %s", (run_id,)).fetchall()
     }
-    leader_port = conn.info.port
     conn.close()
 
     acked_ids = [i for i, _ in acks]
-    lost = sorted(set(acked_ids) - present)
-    times = [0.0] + [t for _, t in acks] + [end]
-    gaps = [(b - a, a) for a, b in zip(times, times[1:])]
-    longest_gap_ms, gap_at_ms = max(gaps) if gaps else (end, 0.0)
-    windows = max(1, int(end // WINDOW_MS))
-    covered = {int(t // WINDOW_MS) for _, t in acks if t < windows * WINDOW_MS}
-    report = {
-        "acknowledged": len(acks),
-        "attempts": next_id - run_id - 1,
-        "failed_attempts": failures,
-        "reconnects": reconnects,
-        "lost": len(lost),
-        "lost_ids": lost[:20],
-        "present_unacknowledged": len(present - set(acked_ids)),
-        "duration_ms": round(end),
-        "availability": round(len(covered) / windows, 4),
-        "longest_gap_ms": round(longest_gap_ms),
-        "longest_gap_at_ms": round(gap_at_ms),
-        "read_back_from_port": leader_port,
-    }
-    if args.acks:
-        with open(args.acks, "w") as f:
-            for i, t in acks:
-                f.write(f"{i} {t:.1f}\n")
-    with open(args.report + ".part", "w") as f:
-        json.dump(report, f)
-
-    os.replace(args.report + ".part", args.report)
-    print(json.dumps(report))
+    writer_report.write(args.report, attempts=next_id - run_id - 1, acknowledged=len(acks), failed=failures,
+                        lost_keys=sorted(set(acked_ids) - present), failed_but_present=len(present - set(acked_ids)),
+                        ack_times=[t for _, t in acks], end=end, start_unix=start_unix,
+                        gap_threshold_ms=args.gap_threshold_ms)
     return 0
 
 

@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
-use crate::process::{workspace_root, Proc};
+pub use super::journal::Action;
+use super::poll;
+pub use super::writer::{Writer, WriterReport};
+use crate::process::workspace_root;
 
 /// The scripts of the harness.
 fn script(name: &str) -> PathBuf {
@@ -49,20 +52,6 @@ fn key_values(text: &str) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-/// Polls `cond` every 50 ms until it yields a value or `timeout` passes.
-fn poll<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = cond() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Installs the pinned etcd versions into .tools/etcd if they are not there yet (idempotent; fails with the
@@ -98,17 +87,6 @@ pub struct MemberStatus {
     pub is_leader: bool,
     pub raft_index: u64,
     pub applied_index: u64,
-}
-
-/// One line of a member's `actions.log`: what changed on it, when.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Action {
-    pub at_unix_ms: u64,
-    pub node: String,
-    /// `stop`, `start`, `install`, `install-unchanged`.
-    pub action: String,
-    /// The version installed or started (empty for `stop`).
-    pub version: String,
 }
 
 /// A running 3-member etcd cluster in a temporary directory; stopped and removed on drop.
@@ -318,32 +296,11 @@ impl EtcdCluster {
 
     /// Every member's action journal, merged in time order (the initial install of the old version included).
     pub fn actions(&self) -> anyhow::Result<Vec<Action>> {
-        let mut all = Vec::new();
-        for node in &self.nodes {
-            let path = node.dir.join("actions.log");
-            let text =
-                std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-            for line in text.lines() {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                let (at, action) = match f.as_slice() {
-                    [at, action, ..] => (at.parse::<u64>()?, action.to_string()),
-                    _ => bail!("{}: bad line {line:?}", path.display()),
-                };
-                let version = match action.as_str() {
-                    "start" => f.get(3),
-                    "install" | "install-unchanged" => f.get(2),
-                    _ => None,
-                };
-                all.push(Action {
-                    at_unix_ms: at,
-                    node: node.name.clone(),
-                    action,
-                    version: version.map(|v| v.to_string()).unwrap_or_default(),
-                });
-            }
-        }
-        all.sort_by_key(|a| a.at_unix_ms);
-        Ok(all)
+        super::journal::read(
+            self.nodes
+                .iter()
+                .map(|n| (n.name.as_str(), n.dir.as_path())),
+        )
     }
 
     /// Starts the writer (scripts/real/etcd/writer.py) and waits until its first write is acknowledged.
@@ -353,40 +310,12 @@ impl EtcdCluster {
         }
         let dir = tempfile::Builder::new()
             .prefix("writer-")
-            .tempdir_in(self.root())?;
-        let dir = dir.keep();
-        let stop_file = dir.join("stop");
-        let ready_file = dir.join("ready");
-        let report_file = dir.join("report.json");
+            .tempdir_in(self.root())?
+            .keep();
         let mut cmd = Command::new("python3");
         cmd.arg(script("writer.py"))
-            .args(["--endpoints", &self.endpoints])
-            .arg("--log")
-            .arg(dir.join("writes.jsonl"))
-            .arg("--stop-file")
-            .arg(&stop_file)
-            .arg("--ready-file")
-            .arg(&ready_file)
-            .arg("--report")
-            .arg(&report_file);
-        let mut proc = Proc::spawn("etcd-writer", cmd, &dir.join("writer.out"))?;
-        let ready = poll(Duration::from_secs(20), || {
-            if ready_file.exists() {
-                return Some(true);
-            }
-            proc.wait_exit(Duration::ZERO).map(|_| false)
-        });
-        if ready != Some(true) {
-            let log = proc.log();
-            proc.kill();
-            bail!("the writer acknowledged no write in 20 s: {log}");
-        }
-        Ok(Writer {
-            proc,
-            stop_file,
-            report_file,
-            log: dir.join("writes.jsonl"),
-        })
+            .args(["--endpoints", &self.endpoints]);
+        Writer::start("etcd-writer", cmd, &dir, Duration::from_secs(20))
     }
 
     /// Runs the manual baseline (scripts/real/etcd/manual-upgrade.sh) to the new version.
@@ -453,142 +382,4 @@ pub struct ManualRun {
     pub order: Vec<String>,
     /// Its output: one line per step.
     pub output: String,
-}
-
-/// The writer's report (scripts/real/etcd/writer.py documents each field).
-#[derive(Debug, Clone)]
-pub struct WriterReport {
-    pub attempts: u64,
-    pub acknowledged: u64,
-    pub failed: u64,
-    /// Acknowledged writes missing or different on read-back: must be 0.
-    pub lost: u64,
-    pub failed_but_present: u64,
-    pub duration_ms: f64,
-    pub longest_gap_ms: f64,
-    pub longest_gap_from_unix_ms: u64,
-    pub longest_gap_to_unix_ms: u64,
-    /// The sum of the gaps between acknowledgements longer than `gap_threshold_ms`.
-    pub unavailable_ms: f64,
-    pub availability: f64,
-    pub gap_threshold_ms: f64,
-    /// Each gap above the threshold: (from, to) in Unix ms.
-    pub gaps: Vec<(u64, u64)>,
-    pub writes_per_s: f64,
-    pub lost_keys: Vec<String>,
-    /// When the writer started, in Unix ms (its log's times count from there).
-    pub started_unix_ms: u64,
-    /// Its log: one JSON line per write attempt.
-    pub log: PathBuf,
-    /// The report as the writer printed it.
-    pub raw: String,
-}
-
-impl WriterReport {
-    /// How many writes were acknowledged between two instants (Unix ms), from the writer's log.
-    pub fn acknowledged_between(
-        &self,
-        from_unix_ms: u64,
-        to_unix_ms: u64,
-    ) -> anyhow::Result<usize> {
-        let text = std::fs::read_to_string(&self.log)
-            .with_context(|| format!("{}", self.log.display()))?;
-        let mut n = 0;
-        for line in text.lines() {
-            let v: Value = serde_json::from_str(line)
-                .with_context(|| format!("{}: not JSON: {line}", self.log.display()))?;
-            if let Some(acked) = v["acked_ms"].as_f64() {
-                let at = self.started_unix_ms as f64 + acked;
-                if at >= from_unix_ms as f64 && at <= to_unix_ms as f64 {
-                    n += 1;
-                }
-            }
-        }
-        Ok(n)
-    }
-
-    fn parse(raw: &str, log: PathBuf) -> anyhow::Result<WriterReport> {
-        let v: Value = serde_json::from_str(raw).context("the writer's report is not JSON")?;
-        let u = |k: &str| v[k].as_u64().ok_or_else(|| anyhow!("report: no {k}"));
-        let f = |k: &str| v[k].as_f64().ok_or_else(|| anyhow!("report: no {k}"));
-        let gaps = v["gaps"]
-            .as_array()
-            .ok_or_else(|| anyhow!("report: no gaps"))?
-            .iter()
-            .map(|g| Some((g["from_unix_ms"].as_u64()?, g["to_unix_ms"].as_u64()?)))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| anyhow!("report: bad gaps"))?;
-        Ok(WriterReport {
-            attempts: u("attempts")?,
-            acknowledged: u("acknowledged")?,
-            failed: u("failed")?,
-            lost: u("lost")?,
-            failed_but_present: u("failed_but_present")?,
-            duration_ms: f("duration_ms")?,
-            longest_gap_ms: f("longest_gap_ms")?,
-            longest_gap_from_unix_ms: u("longest_gap_from_unix_ms")?,
-            longest_gap_to_unix_ms: u("longest_gap_to_unix_ms")?,
-            unavailable_ms: f("unavailable_ms")?,
-            availability: f("availability")?,
-            gap_threshold_ms: f("gap_threshold_ms")?,
-            gaps,
-            writes_per_s: f("writes_per_s")?,
-            lost_keys: v["lost_keys"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|k| k.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            started_unix_ms: u("started_unix_ms")?,
-            log,
-            raw: raw.to_string(),
-        })
-    }
-}
-
-impl std::fmt::Display for WriterReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} writes acknowledged of {} ({} failed, {} lost), availability {:.4}, longest gap {:.0} ms, \
-             unavailable {:.0} ms in {:.1} s, {:.0} writes/s",
-            self.acknowledged,
-            self.attempts,
-            self.failed,
-            self.lost,
-            self.availability,
-            self.longest_gap_ms,
-            self.unavailable_ms,
-            self.duration_ms / 1000.0,
-            self.writes_per_s
-        )
-    }
-}
-
-/// The running writer; killed on drop if not stopped.
-pub struct Writer {
-    proc: Proc,
-    stop_file: PathBuf,
-    report_file: PathBuf,
-    log: PathBuf,
-}
-
-impl Writer {
-    /// Tells the writer to stop, waits for its read-back and returns its report.
-    pub fn stop(mut self) -> anyhow::Result<WriterReport> {
-        std::fs::write(&self.stop_file, b"")?;
-        let status = self
-            .proc
-            .wait_exit(Duration::from_secs(60))
-            .ok_or_else(|| anyhow!("the writer did not finish in 60 s: {}", self.proc.log()))?;
-        if !status.success() {
-            bail!("the writer failed ({status}): {}", self.proc.log());
-        }
-        WriterReport::parse(
-            std::fs::read_to_string(&self.report_file)?.trim(),
-            self.log.clone(),
-        )
-    }
 }

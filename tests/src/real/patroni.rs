@@ -8,18 +8,21 @@
 //! // ... upgrade, e.g. `baton submit` with cluster.cluster_file(), or cluster.manual_upgrade()
 //! let report = writer.stop().unwrap(); // reads every row back from the leader
 //! assert_eq!(report.lost, 0);
-//! // cluster.starts(node): each PostgreSQL start of a member, with its version, from its log
+//! // cluster.starts(node): each PostgreSQL start of a member, with its version, from its log;
+//! // cluster.actions(): what member.sh changed on each member, from its journal
 //! ```
 //! Dropping the cluster tears it down (Patroni, PostgreSQL, etcd) and removes its directory.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
+pub use super::journal::Action;
+pub use super::writer::{Writer, WriterReport};
 use crate::process::workspace_root;
 
 /// The PostgreSQL versions the harness rolls between (scripts/real/install-patroni.sh pins
@@ -200,9 +203,24 @@ impl PatroniCluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
-    /// `SHOW server_version` of the member's running PostgreSQL, e.g. `15.20 (Debian 15.20-0+deb12u1)`.
+    /// The version of the member's running PostgreSQL, e.g. `15.20` (from `SHOW server_version`:
+    /// `15.20 (Debian 15.20-0+deb12u1)`).
     pub fn running_version(&self, node: &str) -> anyhow::Result<String> {
-        self.member(node, &["running-version"])
+        let out = self.member(node, &["running-version"])?;
+        out.split_whitespace()
+            .next()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("{node}: running-version printed nothing"))
+    }
+
+    /// The version the member runs after its next start, e.g. `15.20` (`postgres --version` of
+    /// its installed prefix).
+    pub fn installed_version(&self, node: &str) -> anyhow::Result<String> {
+        let out = self.member(node, &["installed-version"])?;
+        out.strip_prefix("postgres (PostgreSQL) ")
+            .and_then(|v| v.split_whitespace().next())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("{node}: installed-version printed {out}"))
     }
 
     /// Runs `member.sh DIR ARGS...` (stop, start, install PREFIX, installed-version, ...).
@@ -228,47 +246,40 @@ impl PatroniCluster {
     }
 
     /// Starts the writer (one committed INSERT every 5 ms through the read-write member)
-    /// and waits until it has connected.
+    /// and waits until its first commit is acknowledged.
     pub fn start_writer(&self) -> anyhow::Result<Writer> {
-        let dir = self.root().join("writer");
-        std::fs::create_dir_all(&dir)?;
-        let ready = dir.join("ready");
-        let log = std::fs::File::create(dir.join("writer.log"))?;
-        let child = Command::new(self.venv.join("bin/python"))
-            .arg(scripts().join("writer.py"))
+        let dir = tempfile::Builder::new()
+            .prefix("writer-")
+            .tempdir_in(self.root())?
+            .keep();
+        let mut cmd = Command::new(self.venv.join("bin/python"));
+        cmd.arg(scripts().join("writer.py"))
             .arg("--hosts")
             .arg(&self.hosts)
-            .arg("--report")
-            .arg(dir.join("report.json"))
-            .arg("--ready")
-            .arg(&ready)
-            .arg("--acks")
-            .arg(dir.join("acks.txt"))
-            .args(["--interval-ms", "5", "--max-seconds", "600"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("could not start the writer")?;
-        let mut writer = Writer {
-            child: Some(child),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready.exists() {
-            if let Some(status) = writer
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!("the writer exited ({status}): {}", writer.log());
-            }
-            if Instant::now() >= deadline {
-                bail!("the writer did not connect in 30 s: {}", writer.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(writer)
+            .args(["--interval-ms", "5", "--max-seconds", "600"]);
+        Writer::start("patroni-writer", cmd, &dir, Duration::from_secs(30))
+    }
+
+    /// Every member's action journal (`member.sh` writes it: stop, install, start, pause, resume,
+    /// switchover), merged in time order; the cluster's first starts included.
+    pub fn actions(&self) -> anyhow::Result<Vec<Action>> {
+        let dirs: Vec<(String, PathBuf)> = self
+            .nodes
+            .iter()
+            .map(|n| (n.clone(), self.member_dir(n)))
+            .collect();
+        super::journal::read(dirs.iter().map(|(n, d)| (n.as_str(), d.as_path())))
+    }
+
+    /// Whether `patronictl list` shows the cluster paused (its "Maintenance mode: on" line; the JSON
+    /// form does not show it).
+    pub fn paused(&self) -> anyhow::Result<bool> {
+        let config = self.member_dir(&self.nodes[0]).join("patroni.yml");
+        let out = run(Command::new(self.venv.join("bin/patronictl"))
+            .arg("-c")
+            .arg(config)
+            .arg("list"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("Maintenance mode: on"))
     }
 
     /// Runs the manual baseline (`manual-upgrade.sh`) and parses its summary line.
@@ -328,88 +339,6 @@ pub struct ManualRun {
     pub leader_after: String,
     /// Its output: one line per step with the time since its start.
     pub steps: String,
-}
-
-/// The running writer; killed on drop if not stopped.
-pub struct Writer {
-    child: Option<Child>,
-    dir: PathBuf,
-}
-
-/// The writer's report (scripts/real/patroni/writer.py).
-#[derive(Debug, Clone)]
-pub struct WriterReport {
-    pub acknowledged: u64,
-    pub attempts: u64,
-    pub failed_attempts: u64,
-    /// Acknowledged commits missing when read back from the leader: must be 0.
-    pub lost: u64,
-    pub present_unacknowledged: u64,
-    pub duration_ms: u64,
-    /// The share of 100 ms windows holding at least one acknowledged commit.
-    pub availability: f64,
-    pub longest_gap_ms: u64,
-    /// When the longest gap began, in ms since the writer started.
-    pub longest_gap_at_ms: u64,
-}
-
-impl Writer {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("writer.log")).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits (up to 90 s) while it reads every row back, and parses its report.
-    pub fn stop(mut self) -> anyhow::Result<WriterReport> {
-        let mut child = self.child.take().expect("a writer is stopped once");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "the writer did not finish reading back in 90 s: {}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        if !status.success() {
-            bail!("the writer failed ({status}): {}", self.log());
-        }
-        let report: Value = serde_json::from_slice(&std::fs::read(self.dir.join("report.json"))?)?;
-        let int = |k: &str| {
-            report[k]
-                .as_u64()
-                .ok_or_else(|| anyhow!("the writer's report has no {k}: {report}"))
-        };
-        Ok(WriterReport {
-            acknowledged: int("acknowledged")?,
-            attempts: int("attempts")?,
-            failed_attempts: int("failed_attempts")?,
-            lost: int("lost")?,
-            present_unacknowledged: int("present_unacknowledged")?,
-            duration_ms: int("duration_ms")?,
-            availability: report["availability"]
-                .as_f64()
-                .ok_or_else(|| anyhow!("the writer's report has no availability: {report}"))?,
-            longest_gap_ms: int("longest_gap_ms")?,
-            longest_gap_at_ms: int("longest_gap_at_ms")?,
-        })
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 #[cfg(test)]

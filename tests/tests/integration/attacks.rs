@@ -931,7 +931,7 @@ async fn a_submitted_profile_whose_parsers_differ_from_the_executors_runs_nothin
     let ours = sha256sum(&deployed.join("etcd.toml"));
     let theirs = sha256sum(&submitted.join("etcd.toml"));
     let groups: Vec<String> = ids.iter().map(|(n, _, _)| n.to_string()).collect();
-    let baton = crate::real_etcd::Baton::start(&deployed.join("cluster.toml"), &groups).await;
+    let baton = crate::real_baton::Baton::start(&deployed.join("cluster.toml"), &groups).await;
 
     // oscar holds the operator role: enough to submit, not to approve.
     let out = baton.run_as(

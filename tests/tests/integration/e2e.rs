@@ -306,16 +306,7 @@ impl Env {
 
     /// Runs the CLI and expects success; returns stdout.
     pub(crate) fn baton_ok(&self, args: &[&str]) -> String {
-        let out = self.baton(args);
-        assert!(
-            out.status.success(),
-            "baton {args:?} failed ({}): {}{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.logs()
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of_success(args, self.baton(args), || self.logs())
     }
 
     pub(crate) fn logs(&self) -> String {
@@ -394,14 +385,7 @@ impl Env {
 
     /// The upgrade's events, decoded, through `baton replay --json`.
     pub(crate) fn events(&self, upgrade: &str) -> Vec<Event> {
-        let out = self.baton_ok(&["replay", upgrade, "--json"]);
-        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
-        value["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| serde_json::from_value(e["event"].clone()).unwrap())
-            .collect()
+        events_of(&self.baton_ok(&["replay", upgrade, "--json"]))
     }
 
     pub(crate) fn report(&self) -> Report {
@@ -563,7 +547,35 @@ pub(crate) fn online_groups(json: &[u8]) -> Vec<String> {
         .collect()
 }
 
-fn tail(text: &str, lines: usize) -> String {
+/// The events in `baton replay ID --json`'s output, decoded.
+pub(crate) fn events_of(replay_json: &str) -> Vec<Event> {
+    let value: serde_json::Value = serde_json::from_str(replay_json).unwrap();
+    value["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_value(e["event"].clone()).unwrap())
+        .collect()
+}
+
+/// `out`'s stdout when `baton ARGS` succeeded; else a test failure with its output and `logs()`.
+pub(crate) fn stdout_of_success(
+    args: &[&str],
+    out: Output,
+    logs: impl FnOnce() -> String,
+) -> String {
+    assert!(
+        out.status.success(),
+        "baton {args:?} failed ({}): {}{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -18,6 +18,7 @@ mod metrics;
 mod nats_cluster;
 mod packaging;
 mod profile;
+mod real_baton;
 mod real_etcd;
 mod real_patroni;
 mod report;

@@ -1,8 +1,18 @@
 //! A real Patroni + PostgreSQL 15 cluster (3 members, etcd as DCS, on loopback), rolled
 //! from PostgreSQL 15.18 to 15.20 while a client writes throughout (tests::real::patroni).
-//! The manual baseline here is what Baton's profile-driven upgrade is measured against.
+//! The manual baseline here is what Baton's profile-driven upgrade (crate::real_baton, shared with
+//! real_etcd) is measured against.
 
 use tests::real::patroni::{PatroniCluster, NEW_VERSION, OLD_VERSION};
+
+use crate::real_baton::{assert_rolled_leader_last, upgrade_with_baton};
+
+/// The machine's load average (1, 5, 15 minutes), printed beside each measured run.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
 
 #[test]
 fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write() {
@@ -10,10 +20,7 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
     let leader_before = cluster.leader().expect("one leader");
     for node in cluster.nodes() {
         let running = cluster.running_version(node).unwrap();
-        assert!(
-            running.starts_with(&format!("{OLD_VERSION} ")),
-            "{node} runs {running} before the upgrade"
-        );
+        assert_eq!(running, OLD_VERSION, "{node} before the upgrade");
     }
     // The shipped profile's probes, run for real (`baton profile check --run-here`), see the same cluster:
     // one leader, every member in service, the old version, failover not paused.
@@ -30,32 +37,25 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
     for (node, fence) in crate::profile::observed(&seen, "failover") {
         assert_eq!(fence["blocked"], false, "{node}: {seen:#}");
     }
+    let since = tests::real::journal::after_last(&cluster.actions().unwrap());
     let writer = cluster.start_writer().expect("the writer connects");
     let run = cluster.manual_upgrade().expect("the manual baseline runs");
     let report = writer.stop().expect("the writer reads everything back");
     println!(
-        "patroni manual baseline: wall {} ms, order {:?}, leader {} -> {}; writer: {} acknowledged, {} lost, \
-         availability {:.4}, longest gap {} ms at {} ms, {} failed attempts\n{}",
-        run.wall_ms,
+        "patroni manual baseline {OLD_VERSION} -> {NEW_VERSION}: wall {:.2} s, order {:?}, leadership {} -> {}; \
+         writer: {report}; load average {}\n{}",
+        run.wall_ms as f64 / 1000.0,
         run.order,
         run.leader_before,
         run.leader_after,
-        report.acknowledged,
-        report.lost,
-        report.availability,
-        report.longest_gap_ms,
-        report.longest_gap_at_ms,
-        report.failed_attempts,
+        load_average(),
         run.steps
     );
 
     // Every member runs the new version now, and the cluster has one leader, not the old one.
     for node in cluster.nodes() {
         let running = cluster.running_version(node).unwrap();
-        assert!(
-            running.starts_with(&format!("{NEW_VERSION} ")),
-            "{node} runs {running} after the upgrade"
-        );
+        assert_eq!(running, NEW_VERSION, "{node} after the upgrade");
     }
     let leader_after = cluster.leader().expect("one leader after the upgrade");
     let seen = crate::profile::check_live(
@@ -105,11 +105,88 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
         "the old leader is upgraded last: {first_new:?}"
     );
     assert_eq!(run.order.last(), Some(&leader_before));
+    // And from the journals member.sh keeps: each member stopped, installed and started exactly once.
+    assert_rolled_leader_last(
+        &cluster.actions().unwrap(),
+        since,
+        NEW_VERSION,
+        &leader_before,
+    );
 
     // No acknowledged write is lost, and the writer really wrote throughout.
-    assert_eq!(report.lost, 0, "acknowledged writes lost: {report:?}");
+    assert_eq!(
+        report.lost, 0,
+        "acknowledged writes lost: {:?}",
+        report.lost_keys
+    );
     assert!(
         report.acknowledged > 100,
         "the writer barely wrote: {report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn baton_upgrades_the_real_cluster_every_member_once_leader_last_and_loses_no_write() {
+    let cluster = PatroniCluster::up().expect("the Patroni cluster comes up");
+    assert!(
+        !cluster.paused().unwrap(),
+        "failover is on before the upgrade"
+    );
+    let run = upgrade_with_baton(&cluster).await;
+    // Patroni moves leadership with the checked switchover (member.sh: patronictl switchover, then the
+    // candidate must lead), from the leader to the target the plan names.
+    assert!(
+        run.switchover_line
+            .contains(&format!("switchover {} {}`", run.old_leader, run.target)),
+        "{}",
+        run.switchover_line
+    );
+    // Failover was paused whenever a member was out: every stop, install and start came after a pause with no
+    // resume in between. The core's plan lifts the fence for the switchover alone (resume, switchover, pause on
+    // the new leader: chef-backend's demote needs failover on), though Patroni switches over under pause when
+    // the candidate is named; then it is resumed after the last member came back.
+    let fence: Vec<&str> = run
+        .actions
+        .iter()
+        .filter(|a| ["pause", "resume", "switchover"].contains(&a.action.as_str()))
+        .map(|a| a.action.as_str())
+        .collect();
+    assert_eq!(
+        fence,
+        ["pause", "resume", "switchover", "pause", "resume"],
+        "{:?}",
+        run.actions
+    );
+    let mut paused = false;
+    for a in &run.actions {
+        match a.action.as_str() {
+            "pause" => paused = true,
+            "resume" => paused = false,
+            _ if a.is_member_change() => {
+                assert!(
+                    paused,
+                    "{} {} with failover on: {:?}",
+                    a.node, a.action, run.actions
+                )
+            }
+            _ => {}
+        }
+    }
+    assert!(!paused, "failover was left paused: {:?}", run.actions);
+    assert!(
+        !cluster.paused().unwrap(),
+        "failover is on after the upgrade"
+    );
+    println!(
+        "RESULT baton patroni {OLD_VERSION} -> {NEW_VERSION} ({}): wall {:.2} s, availability {:.4}, longest gap \
+         {:.0} ms, {} acknowledged, {} lost, switchover window {} ms, load average {}",
+        run.upgrade,
+        run.wall_s,
+        run.report.availability,
+        run.report.longest_gap_ms,
+        run.report.acknowledged,
+        run.report.lost,
+        run.switchover.1 - run.switchover.0,
+        load_average()
     );
 }
