@@ -977,7 +977,9 @@ fn the_patroni_profile_fences_failover_for_the_whole_upgrade_and_restores_it() {
         .find(|(_, a, _)| *a == Action::Demote)
         .expect("a switchover");
     assert!(
-        switchover.2.ends_with(&["switchover".into(), "pg1".into(), "pg2".into()]),
+        switchover
+            .2
+            .ends_with(&["switchover".into(), "pg1".into(), "pg2".into()]),
         "the candidate is the first follower: {:?}",
         switchover.2
     );
