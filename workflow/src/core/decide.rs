@@ -1067,7 +1067,7 @@ fn profile_error_halt(state: &State, s: &Submission, error: &str, now: u64) -> E
         .steps
         .values()
         .filter(|r| r.outcome.is_none())
-        .map(|r| describe_step(r))
+        .map(describe_step)
         .collect();
     if !in_flight.is_empty() {
         reason.push_str(&format!(
