@@ -1246,7 +1246,8 @@ fn preflight_applies_the_version_rule_to_the_running_version_too() {
     };
     assert!(
         reason.contains("preflight refused")
-            && reason.contains("3.4.23 -> 3.6.0 skips a minor version (the version it runs now)"),
+            && reason.contains("m1: 3.4.23 -> 3.6.0 skips a minor version")
+            && reason.contains("(the version it runs now)"),
         "{reason}"
     );
     assert!(etcd.journal.is_empty(), "{:?}", etcd.journal);
