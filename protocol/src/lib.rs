@@ -29,7 +29,7 @@ pub use decode::DecodeError;
 pub use error::ProtocolError;
 pub use messages::{
     decode_request, decode_result, is_sha256_hex, Outcome, RequestIds, StepRequest, StepResult,
-    MAX_OUTPUT, PROTOCOL_VERSION,
+    MAX_OUTPUT, PROFILE_FILE_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use presence::Presence;
 pub use setup::{ensure, ensure_group_consumer, Options};

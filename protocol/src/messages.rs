@@ -17,6 +17,12 @@ use crate::decode::{DecodeError, Fields};
 /// The version this build writes into `v` and the highest it accepts.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The version of a step request that carries `profile_sha256` (a profile file's step). An executor built
+/// before that field existed ignores unknown fields and would run such a step without the check; it refuses a
+/// version above the one it speaks, so the service sends this one exactly when the field is set. Built-in
+/// profiles' requests stay at [`PROTOCOL_VERSION`], byte for byte.
+pub const PROFILE_FILE_PROTOCOL_VERSION: u32 = 2;
+
 /// The NATS header that carries the idempotency id.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
@@ -320,10 +326,12 @@ fn msg_id_headers(id: &str) -> async_nats::HeaderMap {
 
 fn check_version(f: &Fields<'_>) -> Result<u32, DecodeError> {
     let v: u32 = f.required("v")?;
-    if v == 0 || v > PROTOCOL_VERSION {
+    if v == 0 || v > PROFILE_FILE_PROTOCOL_VERSION {
         return Err(f.error(
             "v",
-            format!("unsupported protocol version {v} (this build speaks 1..={PROTOCOL_VERSION})"),
+            format!(
+                "unsupported protocol version {v} (this build speaks 1..={PROFILE_FILE_PROTOCOL_VERSION})"
+            ),
         ));
     }
     Ok(v)
@@ -471,6 +479,29 @@ mod tests {
             String::from_utf8_lossy(&bytes).ends_with(&format!(r#","profile_sha256":"{SHA}"}}"#))
         );
         assert_eq!(decode_request(&bytes).unwrap(), with);
+    }
+
+    /// A profile file's request is version 2 (H-REVIEW2 #1): this build reads it; a build that predates the
+    /// hash speaks only version 1 and refuses it, naming `v`, rather than run it without checking the hash
+    /// (shown here with version 3, which this build does not speak).
+    #[test]
+    fn a_profile_files_request_is_version_2_which_a_build_without_it_refuses() {
+        let with = StepRequest {
+            v: PROFILE_FILE_PROTOCOL_VERSION,
+            profile_sha256: Some(SHA.into()),
+            ..request()
+        };
+        assert_eq!(decode_request(&with.encode()).unwrap(), with);
+        let newer = StepRequest {
+            v: PROFILE_FILE_PROTOCOL_VERSION + 1,
+            ..with
+        };
+        let err = decode_request(&newer.encode()).unwrap_err();
+        assert_eq!(err.field, "v", "{err}");
+        assert!(
+            err.to_string().contains("unsupported protocol version 3"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -518,14 +518,11 @@ impl State {
         self.plan.as_deref()
     }
 
-    /// The SHA-256 of the profile file this upgrade runs (`None` for a built-in profile): the plan's once
-    /// preflight computed it (what the plan hash covers), before that the submitted text's (the same value).
+    /// The SHA-256 of the profile file this upgrade runs (`None` for a built-in profile): the hash of the very
+    /// text whose parsers read the probes' output (the plan records the same value, and its hash covers it).
     /// Every step request carries it, and an executor runs a step only if it is its own profile file's.
     pub fn profile_sha256(&self) -> Option<&str> {
-        match self.plan() {
-            Some(plan) => plan.profile_sha256.as_deref(),
-            None => self.sub.as_ref()?.profile.source_sha256.as_deref(),
-        }
+        self.sub.as_ref()?.profile.source_sha256.as_deref()
     }
 
     /// The plan's hash.

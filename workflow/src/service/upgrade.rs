@@ -627,8 +627,14 @@ impl Loop {
     /// NATS is away. Gives up only on shutdown: the step is in the log and the
     /// next start re-publishes it under the same id.
     async fn publish_step(&self, step: &ScheduledStep) {
+        let profile_sha256 = self.state.profile_sha256().map(str::to_string);
         let request = protocol::StepRequest {
-            v: protocol::PROTOCOL_VERSION,
+            // An executor too old to check the hash refuses version 2 rather than run the step unchecked.
+            v: if profile_sha256.is_some() {
+                protocol::PROFILE_FILE_PROTOCOL_VERSION
+            } else {
+                protocol::PROTOCOL_VERSION
+            },
             upgrade: self.upgrade.clone(),
             step: step.step,
             attempt: step.attempt,
@@ -642,7 +648,7 @@ impl Loop {
             deadline_ms: step.deadline_ms,
             // From the plan (the submitted text's hash, computed by the core, covered by the plan hash), never
             // from a field of the submission: executors refuse a step planned with another profile than theirs.
-            profile_sha256: self.state.profile_sha256().map(str::to_string),
+            profile_sha256,
         };
         let what = format!("step {} attempt {}", step.step, step.attempt);
         let (headers, payload) = request.signed(&self.shared.identity);
