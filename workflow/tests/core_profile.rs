@@ -923,6 +923,25 @@ impl Patroni {
     }
 }
 
+/// A Patroni upgrade of the model (pg1 leading) driven until its fence is up: failover paused, nothing else
+/// done yet.
+fn patroni_until_fenced() -> (Run, Patroni) {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+        .unwrap();
+    let mut pg = Patroni::new(0);
+    for _ in 0..500 {
+        if pg.paused {
+            break;
+        }
+        let step = run.outstanding();
+        let r = pg.run(&step);
+        run.finish(&step, r);
+    }
+    assert!(pg.paused, "the fence is up: {:?}", pg.journal);
+    (run, pg)
+}
+
 fn patroni_submit(cluster: ClusterFile) -> Input {
     let mut input = submit(cluster);
     if let Input::Submit {
@@ -1036,19 +1055,7 @@ fn a_patroni_member_that_never_comes_back_halts_with_failover_allowed_again() {
 /// not an exit code the profile reads), and waits.
 #[test]
 fn the_guard_does_not_take_a_patroni_replica_out_while_another_shows_only_a_stale_key() {
-    let mut run = Run::new();
-    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
-        .unwrap();
-    let mut pg = Patroni::new(0);
-    for _ in 0..500 {
-        if pg.paused {
-            break;
-        }
-        let step = run.outstanding();
-        let r = pg.run(&step);
-        run.finish(&step, r);
-    }
-    assert!(pg.paused, "the fence is up: {:?}", pg.journal);
+    let (mut run, mut pg) = patroni_until_fenced();
     // pg3 dies; its key outlives it for the whole wait below.
     pg.up[2] = false;
     pg.stale[2] = 100_000;
@@ -1124,19 +1131,7 @@ fn a_patroni_leader_lost_while_failover_is_fenced_takes_the_emergency_exit() {
 /// at once, naming the move, instead of stopping pg2.
 #[test]
 fn a_leader_moved_while_the_guard_looked_halts_before_the_action() {
-    let mut run = Run::new();
-    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
-        .unwrap();
-    let mut pg = Patroni::new(0);
-    for _ in 0..500 {
-        if pg.paused {
-            break;
-        }
-        let step = run.outstanding();
-        let r = pg.run(&step);
-        run.finish(&step, r);
-    }
-    assert!(pg.paused);
+    let (mut run, mut pg) = patroni_until_fenced();
     let mut moved = false;
     drive(&mut run, 5_000, |step| {
         if !moved && step.action == Action::ProbeStatus && step.node == "pg3" {
@@ -1166,19 +1161,7 @@ fn a_leader_moved_while_the_guard_looked_halts_before_the_action() {
 /// naming the load error and that failover is still blocked.
 #[test]
 fn a_recorded_profile_that_no_longer_loads_halts_and_names_the_fence_left_up() {
-    let mut run = Run::new();
-    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
-        .unwrap();
-    let mut pg = Patroni::new(0);
-    for _ in 0..500 {
-        if pg.paused {
-            break;
-        }
-        let step = run.outstanding();
-        let r = pg.run(&step);
-        run.finish(&step, r);
-    }
-    assert!(pg.paused);
+    let (run, _pg) = patroni_until_fenced();
     // The same log, its recorded profile text changed the way a newer loader would refuse it.
     let mut state = State::default();
     for e in &run.history {
