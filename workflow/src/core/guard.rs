@@ -15,6 +15,11 @@
 //! - cluster failover is what the plan expects (blocked by this upgrade, or on for the switchover) and every
 //!   node's node-level failover is on.
 //!
+//! A profile file's reader (etcd, Patroni) has the same probes under its own commands, plus two for an action
+//! that takes a node out or moves leadership: the node probe of every other member (after the leader's: each
+//! must say itself that it is up and not behind, since a topology may list a member that is cut off or dead),
+//! and the topology once more, last (its node and fence probes do not name the leader).
+//!
 //! A finding is one of: it passes; the cluster must settle first (poll, bounded by `sync_timeout`); it has no
 //! leader (poll, and the emergency exit of S3 applies if this upgrade has failover blocked); or it changed
 //! under the plan (the leader moved, the target now leads, someone else changed failover): then the upgrade
