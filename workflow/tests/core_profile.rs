@@ -1235,3 +1235,173 @@ fn preflight_applies_the_version_rule_to_the_running_version_too() {
     );
     assert!(etcd.journal.is_empty(), "{:?}", etcd.journal);
 }
+
+/// `switchover_keeps_fence = true` (Patroni switches over to a named candidate while paused): the plan keeps
+/// failover fenced from the first block to the last unblock, with no lift around the switchover.
+#[test]
+fn a_profile_that_switches_over_under_the_fence_keeps_it_up_throughout() {
+    let text = patroni_profile_text().replace(
+        "failover_fence = true",
+        "failover_fence = true\nswitchover_keeps_fence = true",
+    );
+    assert_ne!(text, patroni_profile_text(), "the key was added");
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&text)))
+        .expect("accepted");
+    let mut pg = Patroni::new(0);
+    let mut paused_at_switchover = None;
+    for _ in 0..5_000 {
+        if run.state.is_terminal() {
+            break;
+        }
+        if let Some(step) = run.state.outstanding_steps().first().cloned() {
+            if step.action == Action::Demote {
+                paused_at_switchover = Some(pg.paused);
+            }
+            let r = pg.run(&step);
+            run.finish(&step, r);
+        } else {
+            run.tick();
+        }
+    }
+    assert_eq!(status(&run.state), Status::Completed);
+    assert_eq!(
+        paused_at_switchover,
+        Some(true),
+        "switched over while fenced"
+    );
+    let actions: Vec<(&str, &str)> = pg
+        .journal
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("pg1", "block_failover"),
+            ("pg2", "stop"),
+            ("pg2", "install"),
+            ("pg2", "start"),
+            ("pg3", "stop"),
+            ("pg3", "install"),
+            ("pg3", "start"),
+            ("pg1", "demote"),
+            ("pg1", "stop"),
+            ("pg1", "install"),
+            ("pg1", "start"),
+            ("pg2", "unblock_failover"),
+        ]
+    );
+    assert!(!pg.paused, "failover is allowed again at the end");
+    assert_eq!(pg.leader, Some(1));
+    assert_eq!(pg.installed, ["15.20"; 3]);
+    assert_eq!(pg.leaderless, 0);
+
+    // A switchover without a named target cannot run fenced, and a key without a fence keeps nothing.
+    let untargeted = text.replace("{target}", "pg2");
+    assert_ne!(untargeted, text);
+    let mut c = patroni_cluster(&untargeted);
+    c.profile_text = Some(untargeted.clone());
+    let refused = Run::new().input(patroni_submit(c)).unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("switchover_keeps_fence"),
+        "{refused:?}"
+    );
+    let unfenced = etcd_profile_text().replace(
+        "failover_fence = false",
+        "failover_fence = false\nswitchover_keeps_fence = true",
+    );
+    let e = workflow::core::profile_file::ProfileFile::parse("etcd.toml", &unfenced)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("etcd.toml:")
+            && e.contains("procedure.switchover_keeps_fence: is true, but failover_fence is false"),
+        "{e}"
+    );
+}
+
+/// Drives a fenced Patroni upgrade to its first follower's start, kills the leader while paused, and returns
+/// how long after that the emergency exit began (ms of the model's clock).
+fn emergency_after(profile_text: &str, cluster_extra: &str) -> u64 {
+    let mut c = patroni_cluster(profile_text);
+    if !cluster_extra.is_empty() {
+        let mut toml =
+            String::from("[cluster]\nname = \"patroni-model\"\nprofile = \"patroni.toml\"\n\n");
+        for (i, name) in PG.iter().enumerate() {
+            toml.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nexecutor = \"{name}\"\nvars = {{ ctl = \"/srv/member.sh\", \
+                 dir = \"/srv/{name}\", patronictl = \"/srv/venv/bin/patronictl\", config = \"/srv/{name}/patroni.yml\", \
+                 api = \"http://127.0.0.1:{}\" }}\n\n",
+                5432 + i,
+                8008 + i
+            ));
+        }
+        toml.push_str(&format!(
+            "[upgrade]\npackage = \"/srv/pkg/15.20\"\ntarget_version = \"15.20\"\npoll_interval_ms = 500\n\
+             sync_timeout_ms = 20000\nretries = 1\nbackoff_ms = 500\n{cluster_extra}\n"
+        ));
+        c = ClusterFile::parse("cluster.toml", &toml).expect("parses");
+        c.profile_text = Some(profile_text.to_string());
+    }
+    let mut run = Run::new();
+    run.input(patroni_submit(c)).unwrap();
+    let mut pg = Patroni::new(0);
+    for _ in 0..1_000 {
+        if pg.journal.iter().any(|(n, a)| n == "pg2" && a == "start") {
+            break;
+        }
+        if let Some(step) = run.state.outstanding_steps().first().cloned() {
+            let r = pg.run(&step);
+            run.finish(&step, r);
+        } else {
+            run.tick();
+        }
+    }
+    assert!(pg.paused, "fenced while the followers are upgraded");
+    pg.up[0] = false;
+    pg.leader = None;
+    let lost = run.now;
+    let emergency = |h: &[Event]| {
+        h.iter().any(|e| {
+            matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)
+        })
+    };
+    for _ in 0..20_000 {
+        if emergency(&run.history) {
+            return run.now - lost;
+        }
+        assert!(!run.state.is_terminal(), "{:?}", status(&run.state));
+        if let Some(step) = run.state.outstanding_steps().first().cloned() {
+            let r = pg.run(&step);
+            run.finish(&step, r);
+        } else {
+            run.tick();
+        }
+    }
+    panic!("no emergency exit: {:?}", status(&run.state));
+}
+
+/// The profile's `election_ms` is the emergency window when the cluster file leaves `election_window_ms` unset;
+/// the cluster file's own value wins when it sets one.
+#[test]
+fn the_profile_election_ms_bounds_the_emergency_exit_unless_the_cluster_file_sets_it() {
+    let text = patroni_profile_text();
+    assert!(text.contains("election_ms = 20000"), "the shipped value");
+    let short = text.replace("election_ms = 20000", "election_ms = 3000");
+    let after = emergency_after(&short, "");
+    assert!(
+        (3_000..10_000).contains(&after),
+        "the profile's 3 s window (the cluster default is 10 s): {after} ms"
+    );
+    let after = emergency_after(&text, "");
+    assert!(
+        (20_000..30_000).contains(&after),
+        "the shipped profile's 20 s window: {after} ms"
+    );
+    let after = emergency_after(&short, "election_window_ms = 15000");
+    assert!(
+        (15_000..20_000).contains(&after),
+        "the cluster file's own 15 s window: {after} ms"
+    );
+}

@@ -1859,7 +1859,7 @@ fn emergency_for(state: &State, status: &Topology, now: u64) -> Option<Event> {
         return None;
     }
     let since = state.leaderless_since?;
-    let window = sub(state).cluster.upgrade.election_window_ms;
+    let window = sub(state).election_window_ms();
     if now < since.saturating_add(window) {
         return None;
     }

@@ -345,11 +345,15 @@ pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
             // A switchover that names its target (a profile's `{target...}`) hands leadership to the first
             // follower, upgraded by now; the guard checks it is in service and caught up before it runs.
             let target = inputs.profile.switchover_has_target().then_some(after);
-            if fence {
+            // chef-backend's leaderl demotes only with failover on, so its runbook lifts the fence for the
+            // switchover and sets it again on the new leader; a system that switches over to a named target
+            // while fenced (Patroni, paused) keeps it up throughout.
+            let lift = fence && !inputs.profile.switchover_keeps_fence;
+            if lift {
                 b.run(Phase::Switchover, Action::UnblockFailover, leader, leader)?;
             }
             b.run_to(Phase::Switchover, demote, leader, leader, target)?;
-            if fence {
+            if lift {
                 b.run(Phase::Switchover, Action::BlockFailover, after, after)?;
             }
             b.items.push(PlanItem::VerifySwitchover {

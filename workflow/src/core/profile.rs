@@ -193,6 +193,12 @@ pub struct Profile {
     pub reader: Option<FileReader>,
     /// Whether the system has an automatic-failover fence that the upgrade blocks and restores.
     pub fence: bool,
+    /// Whether the switchover runs with the fence up (no unblock before it, no block after it).
+    pub switchover_keeps_fence: bool,
+    /// A profile file's `election_ms`: how long the cluster may show no leader before that is an emergency,
+    /// unless the cluster file sets `election_window_ms` (`None` for a built-in profile: the cluster file's
+    /// value or its default).
+    pub election_ms: Option<u64>,
     /// Which version changes may roll, for a profile file (chef-backend's rule: the major version stays).
     pub version_change: Option<VersionChange>,
     /// The SHA-256 of the profile file's text (hex); the plan records it, so the plan hash covers the profile.
@@ -238,6 +244,8 @@ impl Profile {
                 let mut p = Profile::from_file(&file, "")
                     .unwrap_or_else(|e| panic!("the compiled-in chef-backend profile runs: {e}"));
                 p.source_sha256 = None;
+                // The built-in profile's emergency window is the cluster file's (its default is leaderl's 10 s).
+                p.election_ms = None;
                 p
             })
             .clone();
@@ -348,6 +356,8 @@ impl Profile {
             actions: BTreeMap::new(),
             reader: None,
             fence: false,
+            switchover_keeps_fence: false,
+            election_ms: None,
             version_change: None,
             source_sha256: None,
         }
@@ -416,6 +426,17 @@ impl Profile {
             ));
         }
         actions.insert(Action::Demote, spec_of(&procedure.switchover)?);
+        // A switchover under the fence must say where leadership goes: a fenced system picks no candidate itself
+        // (Patroni refuses a paused switchover without one).
+        if procedure.switchover_keeps_fence
+            && !switchover.argv.iter().any(|e| e.contains("{target"))
+        {
+            return Err(format!(
+                "procedure.switchover_keeps_fence: the switchover `{}` must name its target ({{target}} or \
+                 {{target.var.NAME}}) to run while failover is fenced",
+                procedure.switchover
+            ));
+        }
         if procedure.failover_fence {
             actions.insert(Action::BlockFailover, spec_of("block_failover")?);
             actions.insert(Action::UnblockFailover, spec_of("unblock_failover")?);
@@ -495,6 +516,8 @@ impl Profile {
             installer: Installer::default(),
             actions,
             fence: procedure.failover_fence,
+            switchover_keeps_fence: procedure.switchover_keeps_fence,
+            election_ms: Some(procedure.election_ms),
             version_change: reader.is_some().then_some(procedure.version_change),
             reader,
             source_sha256: Some(sha256.to_string()),
@@ -709,6 +732,8 @@ mod tests {
             actions,
             reader: None,
             fence: true,
+            switchover_keeps_fence: false,
+            election_ms: None,
             version_change: None,
             source_sha256: None,
         }

@@ -75,6 +75,11 @@ pub struct ProcedureSpec {
     pub switchover: String,
     /// Whether the system has an automatic-failover fence (`block_failover`/`unblock_failover`).
     pub failover_fence: bool,
+    /// Whether the switchover runs with the fence up (Patroni: a switchover to a named candidate is allowed while
+    /// paused). `false` (the default) lifts the fence for the switchover and sets it again on the new leader,
+    /// as chef-backend's runbook must (leaderl demotes only with failover on).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub switchover_keeps_fence: bool,
     /// How long the cluster may show no leader before that is an emergency.
     pub election_ms: u64,
     /// Which version changes may roll.
@@ -310,6 +315,7 @@ struct RawProcedure {
     leader: Vec<Spanned<String>>,
     switchover: Spanned<String>,
     failover_fence: Spanned<bool>,
+    switchover_keeps_fence: Option<Spanned<bool>>,
     election_ms: Spanned<u64>,
     version_change: Spanned<String>,
 }
@@ -1101,6 +1107,18 @@ impl ProfileFile {
                 ));
             }
         }
+        let switchover_keeps_fence = p
+            .switchover_keeps_fence
+            .as_ref()
+            .is_some_and(|k| *k.get_ref());
+        if switchover_keeps_fence && !failover_fence {
+            let key = p.switchover_keeps_fence.as_ref().map(|k| k.span());
+            return Err(loc.err(
+                key,
+                "procedure.switchover_keeps_fence",
+                "is true, but failover_fence is false: there is no fence to keep",
+            ));
+        }
         let election_ms = timeout(&loc, &p.election_ms, "procedure.election_ms")?;
         let version_change = match p.version_change.get_ref().as_str() {
             "patch" => VersionChange::Patch,
@@ -1178,6 +1196,7 @@ impl ProfileFile {
                 leader,
                 switchover,
                 failover_fence,
+                switchover_keeps_fence,
                 election_ms,
                 version_change,
             },

@@ -126,6 +126,21 @@ pub struct StepRecord {
     pub outcome: Option<StepOutcome>,
 }
 
+impl Submission {
+    /// How long the cluster may show no leader while failover is blocked before that is an emergency (S3's
+    /// exit): the cluster file's `election_window_ms`, or, when it names a profile file and leaves that unset,
+    /// the profile's `election_ms`.
+    pub(crate) fn election_window_ms(&self) -> u64 {
+        match (
+            self.cluster.upgrade.election_window_from_profile,
+            self.profile.election_ms,
+        ) {
+            (true, Some(ms)) => ms,
+            _ => self.cluster.upgrade.election_window_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Submission {
     pub upgrade: String,
@@ -607,7 +622,7 @@ impl State {
                         .as_ref()
                         .is_some_and(|w| w.cause == WindDownCause::Emergency)
             })
-            .map(|(s, since)| since.saturating_add(s.cluster.upgrade.election_window_ms));
+            .map(|(s, since)| since.saturating_add(s.election_window_ms()));
         [deadline, wait, emergency].into_iter().flatten().min()
     }
 
