@@ -1405,3 +1405,71 @@ fn the_profile_election_ms_bounds_the_emergency_exit_unless_the_cluster_file_set
         "the cluster file's own 15 s window: {after} ms"
     );
 }
+
+/// Runs an etcd upgrade of the model whose members start at the given (installed, running) versions; returns
+/// the plan, its end and what ran.
+fn etcd_from(leader: usize, versions: [(&str, &str); 3]) -> (workflow::core::Plan, Status, Etcd) {
+    let mut run = Run::new();
+    run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+    let mut etcd = Etcd::new(leader);
+    for (m, (installed, running)) in etcd.members.iter_mut().zip(versions) {
+        m.installed = installed.into();
+        m.running = running.into();
+    }
+    etcd.drive(&mut run, 5_000);
+    let (plan, _) = plan_of(&run.history);
+    (plan, status(&run.state), etcd)
+}
+
+/// A member that preflight saw both install and run the target is "already done": the plan leaves it out and
+/// says so (`skipped`); one that has the target installed but still runs the old version is restarted onto it.
+/// Re-running an upgrade that halted half-way therefore picks up where it stopped.
+#[test]
+fn members_already_installing_and_running_the_target_are_skipped_and_named() {
+    let new = ("3.5.1", "3.5.1");
+    let old = ("3.4.23", "3.4.23");
+    // m1 (a follower) is done; m2 leads.
+    let (plan, end, etcd) = etcd_from(1, [new, old, old]);
+    assert_eq!(end, Status::Completed);
+    assert_eq!(plan.skipped, vec!["m1".to_string()]);
+    let ran: Vec<(&str, &str)> = etcd
+        .journal
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        ran,
+        vec![
+            ("m3", "stop"),
+            ("m3", "install"),
+            ("m3", "start"),
+            ("m2", "demote"),
+            ("m2", "stop"),
+            ("m2", "install"),
+            ("m2", "start"),
+        ],
+        "leadership goes to m1, upgraded before this run"
+    );
+    assert_eq!(etcd.leader, Some(0));
+    assert_eq!(etcd.outages, 0);
+
+    // The leader is done: the followers roll and it keeps leading, no switchover.
+    let (plan, end, etcd) = etcd_from(1, [old, new, old]);
+    assert_eq!(end, Status::Completed);
+    assert_eq!(plan.skipped, vec!["m2".to_string()]);
+    assert!(!etcd.journal.iter().any(|(n, a)| n == "m2" || a == "demote"));
+    assert_eq!(etcd.leader, Some(1));
+    assert!(etcd.members.iter().all(|m| m.running == "3.5.1"));
+
+    // Everything is done: nothing runs, the end says so.
+    let (plan, end, etcd) = etcd_from(0, [new, new, new]);
+    assert_eq!(end, Status::Completed, "{:?}", plan.items);
+    assert_eq!(plan.skipped.len(), 3);
+    assert!(etcd.journal.is_empty(), "{:?}", etcd.journal);
+
+    // Installed but still running the old binary (a restart never happened): not done, restarted.
+    let (plan, end, etcd) = etcd_from(1, [("3.5.1", "3.4.23"), old, old]);
+    assert_eq!(end, Status::Completed);
+    assert!(plan.skipped.is_empty());
+    assert!(etcd.journal.iter().any(|(n, a)| n == "m1" && a == "start"));
+}

@@ -960,6 +960,7 @@ fn preflight_decisions(state: &State, now: u64) -> Vec<Event> {
         leader,
         guids,
         versions: state.versions.clone(),
+        running: state.running_versions.clone(),
     };
     let plan = match compute_plan(&inputs) {
         Ok(p) => p,

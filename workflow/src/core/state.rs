@@ -323,6 +323,8 @@ pub struct State {
     /// Preflight probes passed so far.
     pub(crate) preflight_passed: usize,
     pub(crate) versions: BTreeMap<String, Option<String>>,
+    /// The versions preflight saw each node's process run (a profile's `running_version` probe).
+    pub(crate) running_versions: BTreeMap<String, String>,
     pub(crate) preflight_cluster: Option<Shared<Topology>>,
     /// Set once by preflight and never changed: shared between clones.
     pub(crate) plan: Option<Arc<Plan>>,
@@ -1013,6 +1015,9 @@ impl State {
                     match &judged {
                         Some((_, Observation::Version { version, .. })) => {
                             self.versions.insert(node.clone(), version.clone());
+                        }
+                        Some((_, Observation::Running { version })) => {
+                            self.running_versions.insert(node.clone(), version.clone());
                         }
                         Some((_, observation)) if observation.is_topology() => {
                             self.preflight_cluster = observation.topology().map(Into::into);
