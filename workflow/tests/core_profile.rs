@@ -1473,3 +1473,65 @@ fn members_already_installing_and_running_the_target_are_skipped_and_named() {
     assert!(plan.skipped.is_empty());
     assert!(etcd.journal.iter().any(|(n, a)| n == "m1" && a == "start"));
 }
+
+/// The profile's quorum rule: members that are their own consensus (the default, `majority`) need 3 to roll;
+/// a system whose consensus lives elsewhere (`quorum = "external"`, Patroni's DCS) rolls with 2. An unknown
+/// rule is refused naming the key and line.
+#[test]
+fn the_quorum_rule_decides_how_few_members_can_roll() {
+    let two = |text: &str| {
+        let mut toml = String::from("[cluster]\nname = \"pair\"\nprofile = \"patroni.toml\"\n\n");
+        for (i, name) in PG.iter().take(2).enumerate() {
+            toml.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nexecutor = \"{name}\"\nvars = {{ ctl = \"/srv/member.sh\", \
+                 dir = \"/srv/{name}\", patronictl = \"/srv/venv/bin/patronictl\", config = \"/srv/{name}/patroni.yml\", \
+                 api = \"http://127.0.0.1:{}\" }}\n\n",
+                5432 + i,
+                8008 + i
+            ));
+        }
+        toml.push_str("[upgrade]\npackage = \"/srv/pkg/15.20\"\ntarget_version = \"15.20\"\n");
+        let mut c = ClusterFile::parse("cluster.toml", &toml).expect("parses");
+        c.profile_text = Some(text.to_string());
+        let mut run = Run::new();
+        run.input(patroni_submit(c)).expect("accepted");
+        run
+    };
+    let majority = two(&patroni_profile_text().replace("quorum = \"external\"\n", ""));
+    let Status::Halted { reason, .. } = status(&majority.state) else {
+        panic!("refused: {:?}", status(&majority.state));
+    };
+    assert!(
+        reason.contains("the cluster has 2 node(s); a rolling upgrade needs at least 3")
+            && reason.contains("majority"),
+        "{reason}"
+    );
+    let text = patroni_profile_text();
+    let text = if text.contains("quorum = \"external\"") {
+        text
+    } else {
+        text.replace(
+            "failover_fence = true",
+            "failover_fence = true\nquorum = \"external\"",
+        )
+    };
+    let external = two(&text);
+    assert!(
+        !external.state.is_terminal(),
+        "a pair rolls: {:?}",
+        status(&external.state)
+    );
+    assert!(
+        !external.state.outstanding_steps().is_empty(),
+        "preflight asks the cluster"
+    );
+    let bad = text.replace("quorum = \"external\"", "quorum = \"most\"");
+    let e = workflow::core::profile_file::ProfileFile::parse("patroni.toml", &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("patroni.toml:")
+            && e.contains("procedure.quorum: unknown `most` (expected majority or external)"),
+        "{e}"
+    );
+}

@@ -895,16 +895,15 @@ fn preflight_probes(state: &State) -> Vec<(Action, String)> {
     out
 }
 
-/// The fewest nodes a rolling upgrade can keep quorum with: a consensus store needs a majority of the cluster
-/// running while one node is out, so `n - 1 > n / 2`, i.e. at least 3.
-const MIN_NODES: usize = 3;
-
 fn preflight_decisions(state: &State, now: u64) -> Vec<Event> {
     let s = sub(state);
-    if state.steps.is_empty() && s.cluster.nodes.len() < MIN_NODES {
+    // The fewest nodes a rolling upgrade can keep serving with, by the profile's quorum rule: a consensus among
+    // the members needs a majority running while one is out (`n - 1 > n / 2`: 3); one kept elsewhere, 2.
+    let min = s.profile.min_members;
+    if state.steps.is_empty() && s.cluster.nodes.len() < min {
         return vec![wind_down(
             format!(
-                "preflight refused: the cluster has {} node(s); a rolling upgrade needs at least {MIN_NODES}, \
+                "preflight refused: the cluster has {} node(s); a rolling upgrade needs at least {min}, \
                  because {}",
                 s.cluster.nodes.len(),
                 s.profile.hints.quorum

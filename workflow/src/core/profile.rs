@@ -195,6 +195,8 @@ pub struct Profile {
     pub fence: bool,
     /// Whether the switchover runs with the fence up (no unblock before it, no block after it).
     pub switchover_keeps_fence: bool,
+    /// The fewest members a rolling upgrade needs (the profile's `quorum` rule; 3 for chef-backend).
+    pub min_members: usize,
     /// A profile file's `election_ms`: how long the cluster may show no leader before that is an emergency,
     /// unless the cluster file sets `election_window_ms` (`None` for a built-in profile: the cluster file's
     /// value or its default).
@@ -357,6 +359,7 @@ impl Profile {
             reader: None,
             fence: false,
             switchover_keeps_fence: false,
+            min_members: 3,
             election_ms: None,
             version_change: None,
             source_sha256: None,
@@ -509,7 +512,15 @@ impl Profile {
                 ),
                 quorum: hint(
                     "quorum",
-                    "a consensus needs a majority of its members running while one is out".into(),
+                    match procedure.quorum {
+                        super::profile_file::Quorum::Majority => {
+                            "a consensus needs a majority of its members running while one is out"
+                        }
+                        super::profile_file::Quorum::External => {
+                            "one member must keep serving while another is out"
+                        }
+                    }
+                    .into(),
                 ),
             },
             procedure: Procedure::Runbook,
@@ -517,6 +528,7 @@ impl Profile {
             actions,
             fence: procedure.failover_fence,
             switchover_keeps_fence: procedure.switchover_keeps_fence,
+            min_members: procedure.quorum.min_members(),
             election_ms: Some(procedure.election_ms),
             version_change: reader.is_some().then_some(procedure.version_change),
             reader,
@@ -733,6 +745,7 @@ mod tests {
             reader: None,
             fence: true,
             switchover_keeps_fence: false,
+            min_members: 3,
             election_ms: None,
             version_change: None,
             source_sha256: None,

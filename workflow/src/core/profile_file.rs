@@ -84,6 +84,32 @@ pub struct ProcedureSpec {
     pub election_ms: u64,
     /// Which version changes may roll.
     pub version_change: VersionChange,
+    /// Where the cluster's quorum lives, and so how few members can roll.
+    #[serde(default)]
+    pub quorum: Quorum,
+}
+
+/// Where a cluster's quorum lives: what decides the fewest members a rolling upgrade can keep serving with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quorum {
+    /// The members are the consensus (etcd, chef-backend's etcd): a majority must stay up while one member is
+    /// out, so `n - 1 > n / 2`, at least 3 members.
+    #[default]
+    Majority,
+    /// The consensus lives outside the members (Patroni's DCS): one member may serve while the other is out, so
+    /// 2 members can roll. The guard still requires every other member up and caught up before one goes out.
+    External,
+}
+
+impl Quorum {
+    /// The fewest members a rolling upgrade needs under this rule.
+    pub fn min_members(self) -> usize {
+        match self {
+            Quorum::Majority => 3,
+            Quorum::External => 2,
+        }
+    }
 }
 
 /// Which version changes a rolling upgrade may make (versions compare as dotted numbers).
@@ -318,6 +344,7 @@ struct RawProcedure {
     switchover_keeps_fence: Option<Spanned<bool>>,
     election_ms: Spanned<u64>,
     version_change: Spanned<String>,
+    quorum: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1134,6 +1161,18 @@ impl ProfileFile {
             }
         };
 
+        let quorum = match p.quorum.as_ref().map(|q| (q.get_ref().as_str(), q.span())) {
+            None | Some(("majority", _)) => Quorum::Majority,
+            Some(("external", _)) => Quorum::External,
+            Some((other, span)) => {
+                return Err(loc.err(
+                    Some(span),
+                    "procedure.quorum",
+                    format!("unknown `{other}` (expected majority or external)"),
+                ))
+            }
+        };
+
         let pr = raw.probes.get_ref();
         let probes = ProbeSet {
             topology: probe(&loc, &pr.topology, "probes.topology", ProbeKind::Topology)?,
@@ -1199,6 +1238,7 @@ impl ProfileFile {
                 switchover_keeps_fence,
                 election_ms,
                 version_change,
+                quorum,
             },
             actions,
             probes,
