@@ -820,6 +820,8 @@ impl Patroni {
         }
         self.elect();
         let r = match step.action {
+            // GET /cluster asks the member's own Patroni: refused (curl exit 7) when it is down.
+            Action::ProbeClusterStatus if !self.up[i] => self.node_json(i),
             Action::ProbeClusterStatus => {
                 let rows: Vec<String> = (0..3)
                     .filter(|j| self.up[*j] || self.stale[*j] > 0)
@@ -1130,6 +1132,47 @@ fn a_patroni_leader_lost_while_failover_is_fenced_takes_the_emergency_exit() {
             .iter()
             .any(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)),
         "the emergency exit: {reason}"
+    );
+}
+
+/// The topology is GET /cluster on one member's Patroni, asked of the leader while it leads. When the leader's
+/// host dies under pause its API refuses (curl exit 7: unavailable, not a topology, and a failed cluster-wide probe
+/// marks the node unreachable); the looks go to another member, whose DCS view shows no leader, and only that can
+/// start the emergency exit.
+#[test]
+fn a_dead_leaders_refused_topology_is_asked_again_of_another_member() {
+    let (mut run, mut pg) = patroni_until_fenced();
+    pg.up[0] = false;
+    pg.leader = None;
+    let events_before = run.history.len();
+    pg.drive(&mut run, 5_000);
+    let topology_on: Vec<&str> = run.history[events_before..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepScheduled {
+                action: Action::ProbeClusterStatus,
+                node,
+                ..
+            } => Some(node.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !topology_on.is_empty() && topology_on.iter().all(|n| *n != "pg1"),
+        "{topology_on:?}"
+    );
+    assert!(
+        run.history
+            .iter()
+            .any(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)),
+        "the emergency exit: {:?}",
+        status(&run.state)
+    );
+    assert!(!pg.paused, "failover allowed again: {:?}", pg.journal);
+    assert!(
+        !pg.journal.iter().any(|(_, a)| a == "stop"),
+        "{:?}",
+        pg.journal
     );
 }
 
