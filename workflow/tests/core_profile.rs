@@ -706,9 +706,9 @@ fn a_profile_file_without_its_text_or_target_version_is_refused_naming_why() {
 
 // ---------------------------------------------------------------------------------------------------------
 // Patroni: a system with a failover fence (`patronictl pause`/`resume`), shown only by the REST API's
-// GET /patroni ("pause": true). The model answers in the shapes of tests/fixtures/patroni/: `patronictl list
-// -f json` keeps a stopped member's key (shown "streaming") until its TTL ends, and curl to a stopped member's
-// API exits 7.
+// GET /patroni ("pause": true). The model answers in the shapes of tests/fixtures/patroni/: the topology
+// (GET /cluster) keeps a stopped member's key (shown "streaming") until its TTL ends, and curl to a stopped
+// member's API exits 7.
 
 fn patroni_profile_text() -> String {
     std::fs::read_to_string(repo().join("profiles/patroni.toml")).expect("profiles/patroni.toml")
@@ -820,21 +820,31 @@ impl Patroni {
         }
         self.elect();
         let r = match step.action {
+            // GET /cluster asks the member's own Patroni: refused (curl exit 7) when it is down.
+            Action::ProbeClusterStatus if !self.up[i] => self.node_json(i),
             Action::ProbeClusterStatus => {
                 let rows: Vec<String> = (0..3)
                     .filter(|j| self.up[*j] || self.stale[*j] > 0)
                     .map(|j| {
                         if self.leader == Some(j) {
-                            format!(r#"{{"Cluster": "baton", "Member": "{}", "Host": "127.0.0.1:{}", "Role": "Leader", "State": "running", "TL": 1}}"#, PG[j], 5432 + j)
+                            format!(r#"{{"name": "{}", "role": "leader", "state": "running", "api_url": "http://127.0.0.1:{}/patroni", "host": "127.0.0.1", "port": {}, "timeline": 1}}"#, PG[j], 8008 + j, 5432 + j)
                         } else {
-                            format!(r#"{{"Cluster": "baton", "Member": "{}", "Host": "127.0.0.1:{}", "Role": "Replica", "State": "streaming", "TL": 1, "Replay Lag": 0}}"#, PG[j], 5432 + j)
+                            format!(r#"{{"name": "{}", "role": "replica", "state": "streaming", "api_url": "http://127.0.0.1:{}/patroni", "host": "127.0.0.1", "port": {}, "timeline": 1, "replay_lag": 0, "replay_lsn": "0/5000000", "lag": 0, "lsn": "0/5000000"}}"#, PG[j], 8008 + j, 5432 + j)
                         }
                     })
                     .collect();
                 for s in self.stale.iter_mut() {
                     *s = s.saturating_sub(1);
                 }
-                Etcd::ok(format!("[{}]", rows.join(", ")))
+                let pause = if self.paused {
+                    r#", "pause": true"#
+                } else {
+                    ""
+                };
+                Etcd::ok(format!(
+                    r#"{{"members": [{}]{pause}, "scope": "baton"}}"#,
+                    rows.join(", ")
+                ))
             }
             Action::ProbeStatus | Action::ProbeFailover => self.node_json(i),
             Action::ProbeVersion => Etcd::ok(format!(
@@ -1049,10 +1059,10 @@ fn a_patroni_member_that_never_comes_back_halts_with_failover_allowed_again() {
     assert!(!pg.journal.iter().any(|(n, a)| n != "pg2" && a == "stop"));
 }
 
-/// Hostile review, outage #2: a replica that just died keeps its DCS key (and so shows `streaming` in
-/// `patronictl list`) until the key's ttl runs out. Stopping the other replica then would leave the primary alone
-/// with failover paused. The guard asks each other member's own REST API, which does not answer (curl exits 7,
-/// not an exit code the profile reads), and waits.
+/// Hostile review, outage #2: a replica that just died keeps its DCS key (and so shows `streaming` in the
+/// topology, GET /cluster) until the key's ttl runs out. Stopping the other replica then would leave the primary
+/// alone with failover paused. The guard asks each other member's own REST API, which does not answer (curl exits
+/// 7, not an exit code the profile reads), and waits.
 #[test]
 fn the_guard_does_not_take_a_patroni_replica_out_while_another_shows_only_a_stale_key() {
     let (mut run, mut pg) = patroni_until_fenced();
@@ -1122,6 +1132,47 @@ fn a_patroni_leader_lost_while_failover_is_fenced_takes_the_emergency_exit() {
             .iter()
             .any(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)),
         "the emergency exit: {reason}"
+    );
+}
+
+/// The topology is GET /cluster on one member's Patroni, asked of the leader while it leads. When the leader's
+/// host dies under pause its API refuses (curl exit 7: unavailable, not a topology, and a failed cluster-wide probe
+/// marks the node unreachable); the looks go to another member, whose DCS view shows no leader, and only that can
+/// start the emergency exit.
+#[test]
+fn a_dead_leaders_refused_topology_is_asked_again_of_another_member() {
+    let (mut run, mut pg) = patroni_until_fenced();
+    pg.up[0] = false;
+    pg.leader = None;
+    let events_before = run.history.len();
+    pg.drive(&mut run, 5_000);
+    let topology_on: Vec<&str> = run.history[events_before..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepScheduled {
+                action: Action::ProbeClusterStatus,
+                node,
+                ..
+            } => Some(node.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !topology_on.is_empty() && topology_on.iter().all(|n| *n != "pg1"),
+        "{topology_on:?}"
+    );
+    assert!(
+        run.history
+            .iter()
+            .any(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)),
+        "the emergency exit: {:?}",
+        status(&run.state)
+    );
+    assert!(!pg.paused, "failover allowed again: {:?}", pg.journal);
+    assert!(
+        !pg.journal.iter().any(|(_, a)| a == "stop"),
+        "{:?}",
+        pg.journal
     );
 }
 
