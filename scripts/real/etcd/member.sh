@@ -9,6 +9,11 @@
 #   member.sh DIR package-version PACKAGE  `etcd --version` of PACKAGE
 #   member.sh DIR running-version       `etcdctl endpoint status -w json` of this member: the version it runs now
 #   member.sh DIR status                "running PID" or "stopped"
+#   member.sh DIR endpoint-status HOST:PORT,...  `etcdctl endpoint status -w json` of the members whose port
+#                                       takes a TCP connection (tried all at once, 1 s at most): the same JSON as
+#                                       one etcdctl over all the endpoints, but a stopped member is left out at
+#                                       once instead of costing etcdctl's whole command timeout. Exit 1 when any
+#                                       member is left out.
 # DIR holds member.conf (name, client_url, peer_url, initial_cluster, cluster_token; written by cluster.sh),
 # data/ (etcd's data dir), pid, etcd.log, current (a symlink to the installed package) and actions.log: one line
 # per action that changed something ("UNIX_MS stop PID", "UNIX_MS install VERSION", "UNIX_MS start PID VERSION"),
@@ -44,14 +49,18 @@ read_conf() {
 }
 
 # The member's pid when its etcd process is alive (not a zombie, and it is the etcd of this data dir).
+# Bash builtins only (no cat, sed, cut): every probe and action of the profile asks it.
 running_pid() {
   [ -f "$dir/pid" ] || return 1
-  local pid state
-  pid="$(cat "$dir/pid")"
+  local pid stat state
+  read -r pid <"$dir/pid" || [ -n "$pid" ] || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   [ -r "/proc/$pid/stat" ] || return 1
-  state="$(sed -e 's/^.*) //' "/proc/$pid/stat" | cut -d' ' -f1)" || return 1
-  [ "$state" != Z ] && [ "$state" != X ] || return 1
+  read -r stat <"/proc/$pid/stat" 2>/dev/null || [ -n "$stat" ] || return 1
+  # "PID (COMM) STATE ...": COMM may hold spaces and parentheses; the state follows its last ") ".
+  state="${stat##*) }"
+  state="${state%% *}"
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ] || return 1
   local args=()
   mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null || return 1
   local a
@@ -73,7 +82,65 @@ healthy() {
     endpoint health >/dev/null 2>&1
 }
 
+# etcdctl waits its whole --command-timeout for a member whose port refuses connections (it retries the dial until
+# the deadline, and asks the endpoints one after another), so `endpoint-status` first tries every member's port,
+# all at once: a refused connection fails at once, a host that drops packets (partitioned) after 1 s, no longer
+# than etcdctl would have waited. Only the members that took a connection are asked; one that accepts but does not
+# answer (hung) is still timed out by etcdctl itself after 1 s, and left out. Sets `up` (comma-separated) and
+# `down` (space-separated) from the endpoints given.
+reachable() { # HOST:PORT...
+  local ep pids=() watchdog i
+  up="" down=""
+  for ep in "$@"; do
+    if [[ "${ep##*:}" =~ ^[0-9]+$ ]] && [ "${ep%:*}" != "$ep" ]; then
+      # A subshell of this one (no exec): it opens the connection and exits, which closes it.
+      (exec 3<>"/dev/tcp/${ep%:*}/${ep##*:}") >/dev/null 2>&1 &
+      pids+=($!)
+    else
+      pids+=("")
+    fi
+  done
+  # Connections still not open after 1 s are given up (their subshells killed). The watchdog's own stdio is
+  # /dev/null so that nothing it leaves holds the probe's output open.
+  (
+    trap 'kill "$s" 2>/dev/null; exit 0' TERM
+    sleep 1 &
+    s=$!
+    wait "$s"
+    for i in "${pids[@]}"; do [ -z "$i" ] || kill "$i" 2>/dev/null; done
+  ) >/dev/null 2>&1 &
+  watchdog=$!
+  for i in "${!pids[@]}"; do
+    if [ -n "${pids[$i]}" ] && wait "${pids[$i]}"; then
+      up+="${up:+,}${eps[$i]}"
+    else
+      down+="${down:+ }${eps[$i]}"
+    fi
+  done
+  kill "$watchdog" 2>/dev/null || true
+  wait "$watchdog" 2>/dev/null || true
+}
+
 case "$cmd" in
+  endpoint-status)
+    [ $# -eq 3 ] || die "usage: member.sh DIR endpoint-status HOST:PORT,HOST:PORT,..."
+    IFS=',' read -r -a eps <<<"$3"
+    [ "${#eps[@]}" -ge 1 ] || die "endpoint-status: no endpoints"
+    reachable "${eps[@]}"
+    rc=0
+    for ep in $down; do
+      echo "Failed to get the status of endpoint $ep (no TCP connection within 1 s)" >&2
+      rc=1
+    done
+    if [ -z "$up" ]; then
+      echo "[]"
+      exit 1
+    fi
+    # etcdctl exits 1 (and leaves the member out of its JSON) when a member it asks does not answer.
+    "$dir/current/bin/etcdctl" --endpoints "$up" --dial-timeout=1s --command-timeout=1s \
+      endpoint status -w json || rc=1
+    exit $rc
+    ;;
   status)
     if pid="$(running_pid)"; then echo "running $pid"; else echo "stopped"; fi
     ;;
