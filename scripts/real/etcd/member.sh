@@ -84,41 +84,29 @@ healthy() {
 
 # etcdctl waits its whole --command-timeout for a member whose port refuses connections (it retries the dial until
 # the deadline, and asks the endpoints one after another), so `endpoint-status` first tries every member's port,
-# all at once: a refused connection fails at once, a host that drops packets (partitioned) after 1 s, no longer
-# than etcdctl would have waited. Only the members that took a connection are asked; one that accepts but does not
-# answer (hung) is still timed out by etcdctl itself after 1 s, and left out. Sets `up` (comma-separated) and
-# `down` (space-separated) from the endpoints given.
+# all at once: a refused connection fails at once, one that does not open within 1 s (a host that drops packets,
+# a partition) is given up then (by `timeout`, which signals only its own child: SIGTERM, SIGKILL 1 s later if
+# need be), no later than etcdctl would have. Only the members that took a connection are
+# asked; one that accepts but does not answer (hung) is still timed out by etcdctl itself after 1 s, and left
+# out. Sets `up` (comma-separated) and `down` (space-separated) from the endpoints given.
 reachable() { # HOST:PORT...
-  local ep pids=() watchdog i
+  local ep pids=() i all=("$@")
   up="" down=""
   for ep in "$@"; do
     if [[ "${ep##*:}" =~ ^[0-9]+$ ]] && [ "${ep%:*}" != "$ep" ]; then
-      # A subshell of this one (no exec): it opens the connection and exits, which closes it.
-      (exec 3<>"/dev/tcp/${ep%:*}/${ep##*:}") >/dev/null 2>&1 &
+      timeout -k 1 1 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "${ep%:*}" "${ep##*:}" >/dev/null 2>&1 &
       pids+=($!)
     else
       pids+=("")
     fi
   done
-  # Connections still not open after 1 s are given up (their subshells killed). The watchdog's own stdio is
-  # /dev/null so that nothing it leaves holds the probe's output open.
-  (
-    trap 'kill "$s" 2>/dev/null; exit 0' TERM
-    sleep 1 &
-    s=$!
-    wait "$s"
-    for i in "${pids[@]}"; do [ -z "$i" ] || kill "$i" 2>/dev/null; done
-  ) >/dev/null 2>&1 &
-  watchdog=$!
   for i in "${!pids[@]}"; do
     if [ -n "${pids[$i]}" ] && wait "${pids[$i]}"; then
-      up+="${up:+,}${eps[$i]}"
+      up+="${up:+,}${all[$i]}"
     else
-      down+="${down:+ }${eps[$i]}"
+      down+="${down:+ }${all[$i]}"
     fi
   done
-  kill "$watchdog" 2>/dev/null || true
-  wait "$watchdog" 2>/dev/null || true
 }
 
 case "$cmd" in
