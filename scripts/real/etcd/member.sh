@@ -85,26 +85,34 @@ healthy() {
 # etcdctl waits its whole --command-timeout for a member whose port refuses connections (it retries the dial until
 # the deadline, and asks the endpoints one after another), so `endpoint-status` first tries every member's port,
 # all at once: a refused connection fails at once, one that does not open within 1 s (a host that drops packets,
-# a partition) is given up then (by `timeout`, which signals only its own child: SIGTERM, SIGKILL 1 s later if
-# need be), no later than etcdctl would have. Only the members that took a connection are
+# a partition) is given up then (by `timeout`, which signals only its own process group: SIGTERM, SIGKILL 1 s
+# later if need be), no later than etcdctl would have. Only the members that took a connection are
 # asked; one that accepts but does not answer (hung) is still timed out by etcdctl itself after 1 s, and left
 # out. Sets `up` (comma-separated) and `down` (space-separated) from the endpoints given.
 reachable() { # HOST:PORT...
-  local ep pids=() i all=("$@")
+  local ep valid=() line
+  local -A connected=()
   up="" down=""
   for ep in "$@"; do
-    if [[ "${ep##*:}" =~ ^[0-9]+$ ]] && [ "${ep%:*}" != "$ep" ]; then
-      timeout -k 1 1 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "${ep%:*}" "${ep##*:}" >/dev/null 2>&1 &
-      pids+=($!)
-    else
-      pids+=("")
-    fi
+    if [[ "${ep##*:}" =~ ^[0-9]+$ ]] && [ "${ep%:*}" != "$ep" ]; then valid+=("$ep"); fi
   done
-  for i in "${!pids[@]}"; do
-    if [ -n "${pids[$i]}" ] && wait "${pids[$i]}"; then
-      up+="${up:+,}${all[$i]}"
+  if [ "${#valid[@]}" -gt 0 ]; then
+    # One shell under `timeout`, one forked subshell per endpoint (no exec each): a subshell prints its endpoint
+    # once the connection opened. At 1 s timeout signals its whole process group, the subshells still in
+    # connect() included.
+    while IFS= read -r line; do
+      connected[$line]=1
+    done < <(timeout -k 1 1 bash -c '
+      for ep in "$@"; do
+        (exec 3<>"/dev/tcp/${ep%:*}/${ep##*:}" && echo "$ep") 2>/dev/null &
+      done
+      wait' _ "${valid[@]}" 2>/dev/null)
+  fi
+  for ep in "$@"; do
+    if [ -n "${connected[$ep]:-}" ]; then
+      up+="${up:+,}$ep"
     else
-      down+="${down:+ }${all[$i]}"
+      down+="${down:+ }$ep"
     fi
   done
 }
