@@ -843,7 +843,7 @@ fn fake_member_tool(ran: &Path, fixtures: &Path, node: &str, tool: &str) -> Stri
     let cases = match tool {
         "ctl" => {
             "installed-version) p=version.NODE;; running-version) p=running_version.NODE;; \
-                  package-version) p=package.NODE;;"
+                  package-version) p=package.NODE;; endpoint-status) p=topology;;"
         }
         _ => "*'endpoint status'*) p=topology;; *'endpoint health'*) p=node.NODE;;",
     }

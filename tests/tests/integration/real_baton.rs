@@ -452,6 +452,10 @@ pub(crate) async fn upgrade_with_baton<C: RealCluster>(cluster: &C) -> BatonRun 
         switchover.1,
         switchover.1 - switchover.0
     );
+    println!(
+        "{}",
+        crate::real_timing::breakdown(&events, &baton.executor_logs())
+    );
     let mut previous = submitted_ms;
     for a in &actions {
         println!(
