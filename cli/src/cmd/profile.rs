@@ -278,7 +278,8 @@ fn print_text(report: &Report, ran: bool) {
     outln!(
         "  failover fence: {}",
         match (report.failover_fence, report.switchover_keeps_fence) {
-            (true, true) => "block_failover before, unblock_failover after (kept up across the switchover)",
+            (true, true) =>
+                "block_failover before, unblock_failover after (kept up across the switchover)",
             (true, false) => {
                 "block_failover before, unblock_failover after (lifted for the switchover, set again after)"
             }
@@ -286,7 +287,7 @@ fn print_text(report: &Report, ran: bool) {
         }
     );
     outln!(
-        "  no leader for: {} ms while fenced is an emergency (unless the cluster file sets election_window_ms)",
+        "  no leader:      {} ms of it while fenced is an emergency (unless the cluster file sets election_window_ms)",
         report.election_ms
     );
     outln!(
