@@ -51,6 +51,7 @@
 //!   waited for as under S3, and the reason goes on to say whether it is back in service. Not while a
 //!   non-idempotent step is in doubt: then S4 alone decides.
 
+pub mod builtin;
 pub mod cluster;
 pub mod decide;
 pub mod error;
@@ -59,12 +60,13 @@ pub mod guard;
 pub mod health;
 pub mod observe;
 pub mod observed;
-pub mod parse;
 pub mod plan;
 pub mod profile;
 pub mod profile_file;
 pub mod state;
+pub mod version;
 
+pub use builtin::Installer;
 pub use cluster::{ClusterFile, Gate, NodeSpec, UpgradeOptions};
 pub use decide::{decide, evolve, input_of, replay, verify, VerifyMismatch};
 pub use error::CoreError;
@@ -74,10 +76,6 @@ pub use event::{
 };
 pub use observe::{Member, MemberRole, NodeHealth, Topology};
 pub use observed::{Installed, NodeFacts, Seen, Sync};
-pub use parse::{
-    parse_cluster_status, parse_simple_status, parse_status, parse_version_output, ClusterMember,
-    ClusterStatus, Role, ServiceRow, ServiceState, SimpleService, StatusReport,
-};
 pub use plan::{compute_plan, Phase, Plan, PlanInputs, PlanItem};
-pub use profile::{Action, ActionSpec, Installer, Procedure, Profile, RenderContext, RunsOn};
+pub use profile::{Action, ActionSpec, Procedure, Profile, RenderContext, RunsOn};
 pub use state::{NodePhase, NodeProgress, State, Status, StepOutcome, StepRecord};
