@@ -14,6 +14,10 @@ pub mod chef_backend;
 
 pub use chef_backend::{Installer, RecordedFailover, RecordedNodeStatus, RecordedTopology};
 
+/// A probe's result as a reader reads it: an observation; `Err(None)`: the probe did not succeed and its output
+/// shows nothing; `Err(Some(e))`: the output could not be read.
+pub type Reading = Result<Observation, Option<CoreError>>;
+
 /// One built-in system: its name and what the neutral core may ask of it.
 pub struct Builtin {
     /// The name a cluster file's `profile` and a profile file's `reader` give it.
@@ -21,9 +25,7 @@ pub struct Builtin {
     /// Its built-in profile, for the cluster file's package tool and procedure.
     pub profile: fn(Installer, Procedure) -> Profile,
     /// Its reader: a probe's result (`action` ended with `outcome`, its stdout and stderr) as an observation.
-    /// `Err(None)`: the probe did not succeed and its output shows nothing; `Err(Some(e))`: the output could
-    /// not be read.
-    pub read_probe: fn(Action, Outcome, &str, &str) -> Result<Observation, Option<CoreError>>,
+    pub read_probe: fn(Action, Outcome, &str, &str) -> Reading,
     /// The version a package file's name shows, if it shows one.
     pub version_from_package: fn(&str) -> Option<String>,
     /// A profile file's topology probe read by it (`reader = NAME`).
@@ -69,7 +71,7 @@ pub fn read_probe(
     outcome: Outcome,
     stdout: &str,
     stderr: &str,
-) -> Result<Observation, Option<CoreError>> {
+) -> Reading {
     let builtin = named(name).ok_or_else(|| Some(unknown(name)))?;
     (builtin.read_probe)(action, outcome, stdout, stderr)
 }

@@ -4,8 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::profile::Action;
-use crate::core::profile::{ActionSpec, Procedure, Profile, RunsOn};
+use crate::core::profile::{Action, ActionSpec, Procedure, Profile, RunsOn};
 use crate::core::profile_file::ProfileFile;
 
 /// Which package tool installs the new version.
