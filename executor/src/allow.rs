@@ -1020,6 +1020,7 @@ mod tests {
                 leader,
                 guids: BTreeMap::new(),
                 versions: BTreeMap::new(),
+                running: BTreeMap::new(),
             })
             .unwrap();
             for item in &plan.items {

@@ -168,6 +168,10 @@ async fn serve_group(
         malformed: 0,
         unsigned: 0,
         running: None,
+        profile: Some(protocol::presence::ServedProfile {
+            name: allowlist.profile().name.clone(),
+            sha256: allowlist.profile().source_sha256.clone(),
+        }),
     };
     let stop_presence = CancellationToken::new();
     let heartbeat = tokio::spawn(

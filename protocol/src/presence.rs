@@ -58,6 +58,21 @@ pub struct Presence {
     /// The step it is running now (`<upgrade>:<step>:<attempt>`).
     #[serde(default)]
     pub running: Option<String>,
+    /// The profile it serves (absent from executors built before it was added: unknown). The service refuses a
+    /// submission whose profile is not the one its executors serve, before anything runs; each executor still
+    /// refuses every step planned with another profile (`StepRequest::profile_sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ServedProfile>,
+}
+
+/// The profile an executor serves, as its presence record states it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedProfile {
+    /// The profile's name (`chef-backend`, `etcd`).
+    pub name: String,
+    /// The SHA-256 (hex) of its profile file's text; `None` for a built-in profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// Decode a presence record and check that its group and nodes are valid

@@ -706,9 +706,9 @@ fn a_profile_file_without_its_text_or_target_version_is_refused_naming_why() {
 
 // ---------------------------------------------------------------------------------------------------------
 // Patroni: a system with a failover fence (`patronictl pause`/`resume`), shown only by the REST API's
-// GET /patroni ("pause": true). The model answers in the shapes of tests/fixtures/patroni/: `patronictl list
-// -f json` keeps a stopped member's key (shown "streaming") until its TTL ends, and curl to a stopped member's
-// API exits 7.
+// GET /patroni ("pause": true). The model answers in the shapes of tests/fixtures/patroni/: the topology
+// (GET /cluster) keeps a stopped member's key (shown "streaming") until its TTL ends, and curl to a stopped
+// member's API exits 7.
 
 fn patroni_profile_text() -> String {
     std::fs::read_to_string(repo().join("profiles/patroni.toml")).expect("profiles/patroni.toml")
@@ -820,21 +820,31 @@ impl Patroni {
         }
         self.elect();
         let r = match step.action {
+            // GET /cluster asks the member's own Patroni: refused (curl exit 7) when it is down.
+            Action::ProbeClusterStatus if !self.up[i] => self.node_json(i),
             Action::ProbeClusterStatus => {
                 let rows: Vec<String> = (0..3)
                     .filter(|j| self.up[*j] || self.stale[*j] > 0)
                     .map(|j| {
                         if self.leader == Some(j) {
-                            format!(r#"{{"Cluster": "baton", "Member": "{}", "Host": "127.0.0.1:{}", "Role": "Leader", "State": "running", "TL": 1}}"#, PG[j], 5432 + j)
+                            format!(r#"{{"name": "{}", "role": "leader", "state": "running", "api_url": "http://127.0.0.1:{}/patroni", "host": "127.0.0.1", "port": {}, "timeline": 1}}"#, PG[j], 8008 + j, 5432 + j)
                         } else {
-                            format!(r#"{{"Cluster": "baton", "Member": "{}", "Host": "127.0.0.1:{}", "Role": "Replica", "State": "streaming", "TL": 1, "Replay Lag": 0}}"#, PG[j], 5432 + j)
+                            format!(r#"{{"name": "{}", "role": "replica", "state": "streaming", "api_url": "http://127.0.0.1:{}/patroni", "host": "127.0.0.1", "port": {}, "timeline": 1, "replay_lag": 0, "replay_lsn": "0/5000000", "lag": 0, "lsn": "0/5000000"}}"#, PG[j], 8008 + j, 5432 + j)
                         }
                     })
                     .collect();
                 for s in self.stale.iter_mut() {
                     *s = s.saturating_sub(1);
                 }
-                Etcd::ok(format!("[{}]", rows.join(", ")))
+                let pause = if self.paused {
+                    r#", "pause": true"#
+                } else {
+                    ""
+                };
+                Etcd::ok(format!(
+                    r#"{{"members": [{}]{pause}, "scope": "baton"}}"#,
+                    rows.join(", ")
+                ))
             }
             Action::ProbeStatus | Action::ProbeFailover => self.node_json(i),
             Action::ProbeVersion => Etcd::ok(format!(
@@ -1049,10 +1059,10 @@ fn a_patroni_member_that_never_comes_back_halts_with_failover_allowed_again() {
     assert!(!pg.journal.iter().any(|(n, a)| n != "pg2" && a == "stop"));
 }
 
-/// Hostile review, outage #2: a replica that just died keeps its DCS key (and so shows `streaming` in
-/// `patronictl list`) until the key's ttl runs out. Stopping the other replica then would leave the primary alone
-/// with failover paused. The guard asks each other member's own REST API, which does not answer (curl exits 7,
-/// not an exit code the profile reads), and waits.
+/// Hostile review, outage #2: a replica that just died keeps its DCS key (and so shows `streaming` in the
+/// topology, GET /cluster) until the key's ttl runs out. Stopping the other replica then would leave the primary
+/// alone with failover paused. The guard asks each other member's own REST API, which does not answer (curl exits
+/// 7, not an exit code the profile reads), and waits.
 #[test]
 fn the_guard_does_not_take_a_patroni_replica_out_while_another_shows_only_a_stale_key() {
     let (mut run, mut pg) = patroni_until_fenced();
@@ -1122,6 +1132,47 @@ fn a_patroni_leader_lost_while_failover_is_fenced_takes_the_emergency_exit() {
             .iter()
             .any(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)),
         "the emergency exit: {reason}"
+    );
+}
+
+/// The topology is GET /cluster on one member's Patroni, asked of the leader while it leads. When the leader's
+/// host dies under pause its API refuses (curl exit 7: unavailable, not a topology, and a failed cluster-wide probe
+/// marks the node unreachable); the looks go to another member, whose DCS view shows no leader, and only that can
+/// start the emergency exit.
+#[test]
+fn a_dead_leaders_refused_topology_is_asked_again_of_another_member() {
+    let (mut run, mut pg) = patroni_until_fenced();
+    pg.up[0] = false;
+    pg.leader = None;
+    let events_before = run.history.len();
+    pg.drive(&mut run, 5_000);
+    let topology_on: Vec<&str> = run.history[events_before..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepScheduled {
+                action: Action::ProbeClusterStatus,
+                node,
+                ..
+            } => Some(node.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !topology_on.is_empty() && topology_on.iter().all(|n| *n != "pg1"),
+        "{topology_on:?}"
+    );
+    assert!(
+        run.history
+            .iter()
+            .any(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)),
+        "the emergency exit: {:?}",
+        status(&run.state)
+    );
+    assert!(!pg.paused, "failover allowed again: {:?}", pg.journal);
+    assert!(
+        !pg.journal.iter().any(|(_, a)| a == "stop"),
+        "{:?}",
+        pg.journal
     );
 }
 
@@ -1234,4 +1285,304 @@ fn preflight_applies_the_version_rule_to_the_running_version_too() {
         "{reason}"
     );
     assert!(etcd.journal.is_empty(), "{:?}", etcd.journal);
+}
+
+/// `switchover_keeps_fence = true` (Patroni switches over to a named candidate while paused): the plan keeps
+/// failover fenced from the first block to the last unblock, with no lift around the switchover.
+#[test]
+fn a_profile_that_switches_over_under_the_fence_keeps_it_up_throughout() {
+    let text = patroni_profile_text().replace(
+        "failover_fence = true",
+        "failover_fence = true\nswitchover_keeps_fence = true",
+    );
+    assert_ne!(text, patroni_profile_text(), "the key was added");
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&text)))
+        .expect("accepted");
+    let mut pg = Patroni::new(0);
+    let mut paused_at_switchover = None;
+    for _ in 0..5_000 {
+        if run.state.is_terminal() {
+            break;
+        }
+        if let Some(step) = run.state.outstanding_steps().first().cloned() {
+            if step.action == Action::Demote {
+                paused_at_switchover = Some(pg.paused);
+            }
+            let r = pg.run(&step);
+            run.finish(&step, r);
+        } else {
+            run.tick();
+        }
+    }
+    assert_eq!(status(&run.state), Status::Completed);
+    assert_eq!(
+        paused_at_switchover,
+        Some(true),
+        "switched over while fenced"
+    );
+    let actions: Vec<(&str, &str)> = pg
+        .journal
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("pg1", "block_failover"),
+            ("pg2", "stop"),
+            ("pg2", "install"),
+            ("pg2", "start"),
+            ("pg3", "stop"),
+            ("pg3", "install"),
+            ("pg3", "start"),
+            ("pg1", "demote"),
+            ("pg1", "stop"),
+            ("pg1", "install"),
+            ("pg1", "start"),
+            ("pg2", "unblock_failover"),
+        ]
+    );
+    assert!(!pg.paused, "failover is allowed again at the end");
+    assert_eq!(pg.leader, Some(1));
+    assert_eq!(pg.installed, ["15.20"; 3]);
+    assert_eq!(pg.leaderless, 0);
+
+    // A switchover without a named target cannot run fenced, and a key without a fence keeps nothing.
+    let untargeted = text.replace("{target}", "pg2");
+    assert_ne!(untargeted, text);
+    let mut c = patroni_cluster(&untargeted);
+    c.profile_text = Some(untargeted.clone());
+    let refused = Run::new().input(patroni_submit(c)).unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("switchover_keeps_fence"),
+        "{refused:?}"
+    );
+    let unfenced = etcd_profile_text().replace(
+        "failover_fence = false",
+        "failover_fence = false\nswitchover_keeps_fence = true",
+    );
+    let e = workflow::core::profile_file::ProfileFile::parse("etcd.toml", &unfenced)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("etcd.toml:")
+            && e.contains("procedure.switchover_keeps_fence: is true, but failover_fence is false"),
+        "{e}"
+    );
+}
+
+/// Drives a fenced Patroni upgrade to its first follower's start, kills the leader while paused, and returns
+/// how long after that the emergency exit began (ms of the model's clock).
+fn emergency_after(profile_text: &str, cluster_extra: &str) -> u64 {
+    let mut c = patroni_cluster(profile_text);
+    if !cluster_extra.is_empty() {
+        let mut toml =
+            String::from("[cluster]\nname = \"patroni-model\"\nprofile = \"patroni.toml\"\n\n");
+        for (i, name) in PG.iter().enumerate() {
+            toml.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nexecutor = \"{name}\"\nvars = {{ ctl = \"/srv/member.sh\", \
+                 dir = \"/srv/{name}\", patronictl = \"/srv/venv/bin/patronictl\", config = \"/srv/{name}/patroni.yml\", \
+                 api = \"http://127.0.0.1:{}\" }}\n\n",
+                5432 + i,
+                8008 + i
+            ));
+        }
+        toml.push_str(&format!(
+            "[upgrade]\npackage = \"/srv/pkg/15.20\"\ntarget_version = \"15.20\"\npoll_interval_ms = 500\n\
+             sync_timeout_ms = 20000\nretries = 1\nbackoff_ms = 500\n{cluster_extra}\n"
+        ));
+        c = ClusterFile::parse("cluster.toml", &toml).expect("parses");
+        c.profile_text = Some(profile_text.to_string());
+    }
+    let mut run = Run::new();
+    run.input(patroni_submit(c)).unwrap();
+    let mut pg = Patroni::new(0);
+    for _ in 0..1_000 {
+        if pg.journal.iter().any(|(n, a)| n == "pg2" && a == "start") {
+            break;
+        }
+        if let Some(step) = run.state.outstanding_steps().first().cloned() {
+            let r = pg.run(&step);
+            run.finish(&step, r);
+        } else {
+            run.tick();
+        }
+    }
+    assert!(pg.paused, "fenced while the followers are upgraded");
+    pg.up[0] = false;
+    pg.leader = None;
+    let lost = run.now;
+    let emergency = |h: &[Event]| {
+        h.iter().any(|e| {
+            matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)
+        })
+    };
+    for _ in 0..20_000 {
+        if emergency(&run.history) {
+            return run.now - lost;
+        }
+        assert!(!run.state.is_terminal(), "{:?}", status(&run.state));
+        if let Some(step) = run.state.outstanding_steps().first().cloned() {
+            let r = pg.run(&step);
+            run.finish(&step, r);
+        } else {
+            run.tick();
+        }
+    }
+    panic!("no emergency exit: {:?}", status(&run.state));
+}
+
+/// The profile's `election_ms` is the emergency window when the cluster file leaves `election_window_ms` unset;
+/// the cluster file's own value wins when it sets one.
+#[test]
+fn the_profile_election_ms_bounds_the_emergency_exit_unless_the_cluster_file_sets_it() {
+    let text = patroni_profile_text();
+    assert!(text.contains("election_ms = 20000"), "the shipped value");
+    let short = text.replace("election_ms = 20000", "election_ms = 3000");
+    let after = emergency_after(&short, "");
+    assert!(
+        (3_000..10_000).contains(&after),
+        "the profile's 3 s window (the cluster default is 10 s): {after} ms"
+    );
+    let after = emergency_after(&text, "");
+    assert!(
+        (20_000..30_000).contains(&after),
+        "the shipped profile's 20 s window: {after} ms"
+    );
+    let after = emergency_after(&short, "election_window_ms = 15000");
+    assert!(
+        (15_000..20_000).contains(&after),
+        "the cluster file's own 15 s window: {after} ms"
+    );
+}
+
+/// Runs an etcd upgrade of the model whose members start at the given (installed, running) versions; returns
+/// the plan, its end and what ran.
+fn etcd_from(leader: usize, versions: [(&str, &str); 3]) -> (workflow::core::Plan, Status, Etcd) {
+    let mut run = Run::new();
+    run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+    let mut etcd = Etcd::new(leader);
+    for (m, (installed, running)) in etcd.members.iter_mut().zip(versions) {
+        m.installed = installed.into();
+        m.running = running.into();
+    }
+    etcd.drive(&mut run, 5_000);
+    let (plan, _) = plan_of(&run.history);
+    (plan, status(&run.state), etcd)
+}
+
+/// A member that preflight saw both install and run the target is "already done": the plan leaves it out and
+/// says so (`skipped`); one that has the target installed but still runs the old version is restarted onto it.
+/// Re-running an upgrade that halted half-way therefore picks up where it stopped.
+#[test]
+fn members_already_installing_and_running_the_target_are_skipped_and_named() {
+    let new = ("3.5.1", "3.5.1");
+    let old = ("3.4.23", "3.4.23");
+    // m1 (a follower) is done; m2 leads.
+    let (plan, end, etcd) = etcd_from(1, [new, old, old]);
+    assert_eq!(end, Status::Completed);
+    assert_eq!(plan.skipped, vec!["m1".to_string()]);
+    let ran: Vec<(&str, &str)> = etcd
+        .journal
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        ran,
+        vec![
+            ("m3", "stop"),
+            ("m3", "install"),
+            ("m3", "start"),
+            ("m2", "demote"),
+            ("m2", "stop"),
+            ("m2", "install"),
+            ("m2", "start"),
+        ],
+        "leadership goes to m1, upgraded before this run"
+    );
+    assert_eq!(etcd.leader, Some(0));
+    assert_eq!(etcd.outages, 0);
+
+    // The leader is done: the followers roll and it keeps leading, no switchover.
+    let (plan, end, etcd) = etcd_from(1, [old, new, old]);
+    assert_eq!(end, Status::Completed);
+    assert_eq!(plan.skipped, vec!["m2".to_string()]);
+    assert!(!etcd.journal.iter().any(|(n, a)| n == "m2" || a == "demote"));
+    assert_eq!(etcd.leader, Some(1));
+    assert!(etcd.members.iter().all(|m| m.running == "3.5.1"));
+
+    // Everything is done: nothing runs, the end says so.
+    let (plan, end, etcd) = etcd_from(0, [new, new, new]);
+    assert_eq!(end, Status::Completed, "{:?}", plan.items);
+    assert_eq!(plan.skipped.len(), 3);
+    assert!(etcd.journal.is_empty(), "{:?}", etcd.journal);
+
+    // Installed but still running the old binary (a restart never happened): not done, restarted.
+    let (plan, end, etcd) = etcd_from(1, [("3.5.1", "3.4.23"), old, old]);
+    assert_eq!(end, Status::Completed);
+    assert!(plan.skipped.is_empty());
+    assert!(etcd.journal.iter().any(|(n, a)| n == "m1" && a == "start"));
+}
+
+/// The profile's quorum rule: members that are their own consensus (the default, `majority`) need 3 to roll;
+/// a system whose consensus lives elsewhere (`quorum = "external"`, Patroni's DCS) rolls with 2. An unknown
+/// rule is refused naming the key and line.
+#[test]
+fn the_quorum_rule_decides_how_few_members_can_roll() {
+    let two = |text: &str| {
+        let mut toml = String::from("[cluster]\nname = \"pair\"\nprofile = \"patroni.toml\"\n\n");
+        for (i, name) in PG.iter().take(2).enumerate() {
+            toml.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nexecutor = \"{name}\"\nvars = {{ ctl = \"/srv/member.sh\", \
+                 dir = \"/srv/{name}\", patronictl = \"/srv/venv/bin/patronictl\", config = \"/srv/{name}/patroni.yml\", \
+                 api = \"http://127.0.0.1:{}\" }}\n\n",
+                5432 + i,
+                8008 + i
+            ));
+        }
+        toml.push_str("[upgrade]\npackage = \"/srv/pkg/15.20\"\ntarget_version = \"15.20\"\n");
+        let mut c = ClusterFile::parse("cluster.toml", &toml).expect("parses");
+        c.profile_text = Some(text.to_string());
+        let mut run = Run::new();
+        run.input(patroni_submit(c)).expect("accepted");
+        run
+    };
+    let majority = two(&patroni_profile_text().replace("quorum = \"external\"\n", ""));
+    let Status::Halted { reason, .. } = status(&majority.state) else {
+        panic!("refused: {:?}", status(&majority.state));
+    };
+    assert!(
+        reason.contains("the cluster has 2 node(s); a rolling upgrade needs at least 3")
+            && reason.contains("majority"),
+        "{reason}"
+    );
+    let text = patroni_profile_text();
+    let text = if text.contains("quorum = \"external\"") {
+        text
+    } else {
+        text.replace(
+            "failover_fence = true",
+            "failover_fence = true\nquorum = \"external\"",
+        )
+    };
+    let external = two(&text);
+    assert!(
+        !external.state.is_terminal(),
+        "a pair rolls: {:?}",
+        status(&external.state)
+    );
+    assert!(
+        !external.state.outstanding_steps().is_empty(),
+        "preflight asks the cluster"
+    );
+    let bad = text.replace("quorum = \"external\"", "quorum = \"most\"");
+    let e = workflow::core::profile_file::ProfileFile::parse("patroni.toml", &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("patroni.toml:")
+            && e.contains("procedure.quorum: unknown `most` (expected majority or external)"),
+        "{e}"
+    );
 }

@@ -9,6 +9,11 @@
 #   member.sh DIR package-version PACKAGE  `etcd --version` of PACKAGE
 #   member.sh DIR running-version       `etcdctl endpoint status -w json` of this member: the version it runs now
 #   member.sh DIR status                "running PID" or "stopped"
+#   member.sh DIR endpoint-status HOST:PORT,...  `etcdctl endpoint status -w json` of the members whose port
+#                                       takes a TCP connection (tried all at once, 1 s at most): the same JSON as
+#                                       one etcdctl over all the endpoints, but a stopped member is left out at
+#                                       once instead of costing etcdctl's whole command timeout. Exit 1 when any
+#                                       member is left out.
 # DIR holds member.conf (name, client_url, peer_url, initial_cluster, cluster_token; written by cluster.sh),
 # data/ (etcd's data dir), pid, etcd.log, current (a symlink to the installed package) and actions.log: one line
 # per action that changed something ("UNIX_MS stop PID", "UNIX_MS install VERSION", "UNIX_MS start PID VERSION"),
@@ -44,14 +49,18 @@ read_conf() {
 }
 
 # The member's pid when its etcd process is alive (not a zombie, and it is the etcd of this data dir).
+# Bash builtins only (no cat, sed, cut): every probe and action of the profile asks it.
 running_pid() {
   [ -f "$dir/pid" ] || return 1
-  local pid state
-  pid="$(cat "$dir/pid")"
+  local pid stat state
+  read -r pid <"$dir/pid" || [ -n "$pid" ] || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   [ -r "/proc/$pid/stat" ] || return 1
-  state="$(sed -e 's/^.*) //' "/proc/$pid/stat" | cut -d' ' -f1)" || return 1
-  [ "$state" != Z ] && [ "$state" != X ] || return 1
+  read -r stat <"/proc/$pid/stat" 2>/dev/null || [ -n "$stat" ] || return 1
+  # "PID (COMM) STATE ...": COMM may hold spaces and parentheses; the state follows its last ") ".
+  state="${stat##*) }"
+  state="${state%% *}"
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ] || return 1
   local args=()
   mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null || return 1
   local a
@@ -73,7 +82,61 @@ healthy() {
     endpoint health >/dev/null 2>&1
 }
 
+# etcdctl waits its whole --command-timeout for a member whose port refuses connections (it retries the dial until
+# the deadline, and asks the endpoints one after another), so `endpoint-status` first tries every member's port,
+# all at once: a refused connection fails at once, one that does not open within 1 s (a host that drops packets,
+# a partition) is given up then (by `timeout`, which signals only its own process group: SIGTERM, SIGKILL 1 s
+# later if need be), no later than etcdctl would have. Only the members that took a connection are
+# asked; one that accepts but does not answer (hung) is still timed out by etcdctl itself after 1 s, and left
+# out. Sets `up` (comma-separated) and `down` (space-separated) from the endpoints given.
+reachable() { # HOST:PORT...
+  local ep valid=() line
+  local -A connected=()
+  up="" down=""
+  for ep in "$@"; do
+    if [[ "${ep##*:}" =~ ^[0-9]+$ ]] && [ "${ep%:*}" != "$ep" ]; then valid+=("$ep"); fi
+  done
+  if [ "${#valid[@]}" -gt 0 ]; then
+    # One shell under `timeout`, one forked subshell per endpoint (no exec each): a subshell prints its endpoint
+    # once the connection opened. At 1 s timeout signals its whole process group, the subshells still in
+    # connect() included.
+    while IFS= read -r line; do
+      connected[$line]=1
+    done < <(timeout -k 1 1 bash -c '
+      for ep in "$@"; do
+        (exec 3<>"/dev/tcp/${ep%:*}/${ep##*:}" && echo "$ep") 2>/dev/null &
+      done
+      wait' _ "${valid[@]}" 2>/dev/null)
+  fi
+  for ep in "$@"; do
+    if [ -n "${connected[$ep]:-}" ]; then
+      up+="${up:+,}$ep"
+    else
+      down+="${down:+ }$ep"
+    fi
+  done
+}
+
 case "$cmd" in
+  endpoint-status)
+    [ $# -eq 3 ] || die "usage: member.sh DIR endpoint-status HOST:PORT,HOST:PORT,..."
+    IFS=',' read -r -a eps <<<"$3"
+    [ "${#eps[@]}" -ge 1 ] || die "endpoint-status: no endpoints"
+    reachable "${eps[@]}"
+    rc=0
+    for ep in $down; do
+      echo "Failed to get the status of endpoint $ep (no TCP connection within 1 s)" >&2
+      rc=1
+    done
+    if [ -z "$up" ]; then
+      echo "[]"
+      exit 1
+    fi
+    # etcdctl exits 1 (and leaves the member out of its JSON) when a member it asks does not answer.
+    "$dir/current/bin/etcdctl" --endpoints "$up" --dial-timeout=1s --command-timeout=1s \
+      endpoint status -w json || rc=1
+    exit $rc
+    ;;
   status)
     if pid="$(running_pid)"; then echo "running $pid"; else echo "stopped"; fi
     ;;

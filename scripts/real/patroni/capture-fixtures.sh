@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Saves the real output of every probe in profiles/patroni.toml, run against the cluster
-# at ROOT, as tests/fixtures/patroni/STATE/: topology.json (patronictl list -f json, from
-# the first member's config), and per member: <m>.node.json (GET /patroni),
+# at ROOT, as tests/fixtures/patroni/STATE/: topology.json (GET /cluster from the first
+# member whose Patroni answers), and per member: <m>.node.json (GET /patroni),
 # <m>.version.txt, <m>.running_version.txt, <m>.package.txt (exit code appended when
 # non-zero, as `# exit N`).
 #   capture-fixtures.sh ROOT STATE
@@ -12,7 +12,6 @@ repo="$(cd "$here/../../.." && pwd)"
 root="$1"
 out="$repo/tests/fixtures/patroni/$2"
 mkdir -p "$out"
-venv="$(sed -n 's/^venv=//p' "$root/env")"
 new_prefix="$(sed -n 's/^new_prefix=//p' "$root/env")"
 read -r -a members <<<"$(sed -n 's/^members=//p' "$root/env")"
 run() { # FILE ARGV...: stdout to FILE; a non-zero exit is noted with stderr
@@ -24,12 +23,15 @@ run() { # FILE ARGV...: stdout to FILE; a non-zero exit is noted with stderr
   fi
   rm -f "$file.err"
 }
+topology=""
 for m in "${members[@]}"; do
   d="$root/members/$m"
-  if [ ! -f "$out/topology.json" ] && "$venv/bin/patronictl" -c "$d/patroni.yml" list -f json >/dev/null 2>&1; then
-    run "$out/topology.json" "$venv/bin/patronictl" -c "$d/patroni.yml" list -f json
-  fi
   api="$(sed -n 's/^rest_port=//p' "$d/member.conf")"
+  # The topology from the first member whose Patroni answers (as Baton asks another member when one fails).
+  if [ -z "$topology" ] && curl -fsS --max-time 2 "http://127.0.0.1:$api/cluster" >/dev/null 2>&1; then
+    run "$out/topology.json" curl -fsS --max-time 2 "http://127.0.0.1:$api/cluster"
+    topology="$m"
+  fi
   run "$out/$m.node.json" curl -fsS --max-time 2 "http://127.0.0.1:$api/patroni"
   run "$out/$m.version.txt" "$here/member.sh" "$d" installed-version
   run "$out/$m.running_version.txt" "$here/member.sh" "$d" running-version

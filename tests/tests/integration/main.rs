@@ -21,6 +21,7 @@ mod profile;
 mod real_baton;
 mod real_etcd;
 mod real_patroni;
+mod real_timing;
 mod report;
 mod sim;
 mod ssh;

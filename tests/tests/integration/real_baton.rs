@@ -404,6 +404,12 @@ pub(crate) async fn upgrade_with_baton<C: RealCluster>(cluster: &C) -> BatonRun 
 
     // Wall time as the log records it: from the submission to the completion.
     let events = baton.events(&upgrade);
+    // The log as `baton replay --json` prints it, kept for scripts/real/patroni/step-times.py when asked.
+    if let Some(dir) = std::env::var_os("BATON_REAL_EVENTS_DIR") {
+        let name = C::PROFILE.trim_end_matches(".toml");
+        let json = baton.run_ok(&["replay", &upgrade, "--json"]);
+        std::fs::write(Path::new(&dir).join(format!("{name}-{upgrade}.json")), json).unwrap();
+    }
     let submitted_ms = events.iter().find_map(|e| match e {
         Event::UpgradeSubmitted { at_ms, .. } => Some(*at_ms),
         _ => None,
@@ -445,6 +451,10 @@ pub(crate) async fn upgrade_with_baton<C: RealCluster>(cluster: &C) -> BatonRun 
         switchover.0,
         switchover.1,
         switchover.1 - switchover.0
+    );
+    println!(
+        "{}",
+        crate::real_timing::breakdown(&events, &baton.executor_logs())
     );
     let mut previous = submitted_ms;
     for a in &actions {

@@ -118,3 +118,92 @@ async fn baton_upgrades_the_real_cluster_every_member_once_leader_last_and_loses
         run.switchover_line
     );
 }
+
+/// The members the profile's topology probe (`ctl endpoint-status ENDPOINTS`, run as the profile renders it) lists,
+/// its exit code and how long it took.
+fn topology_probe(cluster: &EtcdCluster) -> (Vec<String>, Option<i32>, std::time::Duration) {
+    let ctl = &cluster.node("m1").unwrap().ctl;
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(ctl)
+        .args(["endpoint-status", cluster.endpoints()])
+        .output()
+        .expect("ctl runs");
+    let took = started.elapsed();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let endpoints = listed
+        .as_array()
+        .expect("an array of members")
+        .iter()
+        .map(|m| m["Endpoint"].as_str().expect("an Endpoint").to_string())
+        .collect();
+    (endpoints, out.status.code(), took)
+}
+
+/// SIGCONT for a member stopped with SIGSTOP, also when the test fails.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// The topology probe skips a member whose port refuses connections at once, where etcdctl alone waits out its whole
+/// command timeout (1 s) for it: the guard asks the topology six times per upgrade while a member is out. It still
+/// fails closed on a member that takes connections but does not answer (its process stopped with SIGSTOP: hung):
+/// left out after etcdctl's own timeout, exit 1, so the guard reads it as not in service.
+#[test]
+fn the_topology_probe_leaves_out_a_stopped_member_at_once_and_a_hung_one_after_its_timeout() {
+    let cluster = EtcdCluster::start().expect("the etcd cluster starts");
+    let all: Vec<String> = cluster.endpoints().split(',').map(String::from).collect();
+    let (listed, code, _) = topology_probe(&cluster);
+    assert_eq!((listed, code), (all.clone(), Some(0)));
+
+    let m3 = cluster.node("m3").unwrap();
+    let stop = std::process::Command::new(&m3.ctl)
+        .arg("stop")
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "{stop:?}");
+    let (listed, code, took) = topology_probe(&cluster);
+    assert_eq!((listed, code), (all[..2].to_vec(), Some(1)));
+    assert!(
+        took < std::time::Duration::from_millis(1000),
+        "a stopped member cost {took:?}: as much as etcdctl's command timeout"
+    );
+    println!("topology probe with a stopped member: {took:?}");
+
+    let start = std::process::Command::new(&m3.ctl)
+        .arg("start")
+        .output()
+        .unwrap();
+    assert!(start.status.success(), "{start:?}");
+    assert_eq!(topology_probe(&cluster).0, all);
+    let pid: u32 = std::fs::read_to_string(m3.dir.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let paused = std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(paused.success());
+    let resume = Resume(pid);
+    let (listed, code, took) = topology_probe(&cluster);
+    drop(resume);
+    assert_eq!((listed, code), (all[..2].to_vec(), Some(1)));
+    assert!(
+        took >= std::time::Duration::from_millis(1000),
+        "{took:?}: etcdctl's 1 s timeout for the hung member"
+    );
+    println!("topology probe with a hung member: {took:?}");
+}

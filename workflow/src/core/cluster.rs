@@ -140,6 +140,11 @@ pub struct UpgradeOptions {
     /// once and halts (S3's emergency exit). chef-backend's leader TTL is 10 s.
     #[serde(default = "default_election_window_ms")]
     pub election_window_ms: u64,
+    /// The cluster file names a profile file and does not set `election_window_ms`: the profile's
+    /// `election_ms` applies (`Submission::election_window_ms`). Recorded only when true, so a built-in
+    /// profile's submissions (and every log recorded before it existed) keep their exact form.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub election_window_from_profile: bool,
     /// Retries for idempotent steps (0 = no retry).
     pub retries: u32,
     /// First retry delay; it doubles on each further retry.
@@ -172,6 +177,7 @@ impl Default for UpgradeOptions {
             sync_timeout_ms: 600_000,
             result_grace_ms: 10_000,
             election_window_ms: default_election_window_ms(),
+            election_window_from_profile: false,
             retries: 2,
             backoff_ms: 1_000,
             gates: Vec::new(),
@@ -498,6 +504,8 @@ impl ClusterFile {
                 "upgrade.election_window_ms",
                 d.election_window_ms,
             )?;
+            upgrade.election_window_from_profile =
+                u.election_window_ms.is_none() && profile.ends_with(".toml");
             upgrade.backoff_ms = loc.positive(&u.backoff_ms, "upgrade.backoff_ms", d.backoff_ms)?;
             if let Some(r) = &u.retries {
                 if *r.get_ref() > 10 {

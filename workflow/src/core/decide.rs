@@ -903,16 +903,15 @@ fn preflight_probes(state: &State) -> Vec<(Action, String)> {
     out
 }
 
-/// The fewest nodes a rolling upgrade can keep quorum with: a consensus store needs a majority of the cluster
-/// running while one node is out, so `n - 1 > n / 2`, i.e. at least 3.
-const MIN_NODES: usize = 3;
-
 fn preflight_decisions(state: &State, now: u64) -> Vec<Event> {
     let s = sub(state);
-    if state.steps.is_empty() && s.cluster.nodes.len() < MIN_NODES {
+    // The fewest nodes a rolling upgrade can keep serving with, by the profile's quorum rule: a consensus among
+    // the members needs a majority running while one is out (`n - 1 > n / 2`: 3); one kept elsewhere, 2.
+    let min = s.profile.min_members;
+    if state.steps.is_empty() && s.cluster.nodes.len() < min {
         return vec![wind_down(
             format!(
-                "preflight refused: the cluster has {} node(s); a rolling upgrade needs at least {MIN_NODES}, \
+                "preflight refused: the cluster has {} node(s); a rolling upgrade needs at least {min}, \
                  because {}",
                 s.cluster.nodes.len(),
                 s.profile.hints.quorum
@@ -968,6 +967,7 @@ fn preflight_decisions(state: &State, now: u64) -> Vec<Event> {
         leader,
         guids,
         versions: state.versions.clone(),
+        running: state.running_versions.clone(),
     };
     let plan = match compute_plan(&inputs) {
         Ok(p) => p,
@@ -1867,7 +1867,7 @@ fn emergency_for(state: &State, status: &Topology, now: u64) -> Option<Event> {
         return None;
     }
     let since = state.leaderless_since?;
-    let window = sub(state).cluster.upgrade.election_window_ms;
+    let window = sub(state).election_window_ms();
     if now < since.saturating_add(window) {
         return None;
     }

@@ -171,6 +171,9 @@ pub struct PlanInputs<'a> {
     pub guids: BTreeMap<String, String>,
     /// Versions observed.
     pub versions: BTreeMap<String, Option<String>>,
+    /// The versions the nodes' processes run, as preflight observed them (only a profile with a
+    /// `running_version` probe shows them; empty otherwise).
+    pub running: BTreeMap<String, String>,
 }
 
 struct Builder<'a> {
@@ -275,13 +278,24 @@ impl Builder<'_> {
 
 /// Computes the plan. Followers go in cluster-file order; the leader last, after a switchover (S2).
 ///
-/// Every node is in the plan, even one whose installed version is already the target: "at target" means
-/// installed *and running* the target, and chef-backend shows only what is installed (after an aborted
-/// `upgrade`, a node can have the new package installed and still run the old version). Restarting such a node
-/// onto its package is one more rolling step; skipping it could later elect a leader that runs the old version.
-/// `skipped` stays in the plan's format and is empty.
+/// A node is left out (`skipped`, "already at target") only when preflight saw it both *install* and *run* the
+/// target: a profile with a `running_version` probe shows both. chef-backend shows only what is installed (after
+/// an aborted `upgrade`, a node can have the new package installed and still run the old version), so every one
+/// of its nodes is in the plan: restarting such a node onto its package is one more rolling step, and skipping it
+/// could later elect a leader that runs the old version. A leader already at target needs no switchover: the
+/// followers roll and it keeps leading.
 pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
-    let needs_upgrade = |_name: &str| true;
+    let at_target = |v: &str| {
+        let numbers = super::profile_file::version_numbers;
+        numbers(v).is_some() && numbers(v) == numbers(inputs.target_version)
+    };
+    let needs_upgrade = |name: &str| {
+        let installed = inputs.versions.get(name).and_then(|v| v.as_deref());
+        let running = inputs.running.get(name).map(String::as_str);
+        !(inputs.profile.version_change.is_some()
+            && installed.is_some_and(at_target)
+            && running.is_some_and(at_target))
+    };
     let followers: Vec<&str> = inputs
         .cluster
         .nodes
@@ -345,11 +359,15 @@ pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
             // A switchover that names its target (a profile's `{target...}`) hands leadership to the first
             // follower, upgraded by now; the guard checks it is in service and caught up before it runs.
             let target = inputs.profile.switchover_has_target().then_some(after);
-            if fence {
+            // chef-backend's leaderl demotes only with failover on, so its runbook lifts the fence for the
+            // switchover and sets it again on the new leader; a system that switches over to a named target
+            // while fenced (Patroni, paused) keeps it up throughout.
+            let lift = fence && !inputs.profile.switchover_keeps_fence;
+            if lift {
                 b.run(Phase::Switchover, Action::UnblockFailover, leader, leader)?;
             }
             b.run_to(Phase::Switchover, demote, leader, leader, target)?;
-            if fence {
+            if lift {
                 b.run(Phase::Switchover, Action::BlockFailover, after, after)?;
             }
             b.items.push(PlanItem::VerifySwitchover {

@@ -185,6 +185,14 @@ pub struct Profile {
     pub reader: Option<FileReader>,
     /// Whether the system has an automatic-failover fence that the upgrade blocks and restores.
     pub fence: bool,
+    /// Whether the switchover runs with the fence up (no unblock before it, no block after it).
+    pub switchover_keeps_fence: bool,
+    /// The fewest members a rolling upgrade needs (the profile's `quorum` rule; 3 for chef-backend).
+    pub min_members: usize,
+    /// A profile file's `election_ms`: how long the cluster may show no leader before that is an emergency,
+    /// unless the cluster file sets `election_window_ms` (`None` for a built-in profile: the cluster file's
+    /// value or its default).
+    pub election_ms: Option<u64>,
     /// Which version changes may roll, for a profile file (chef-backend's rule: the major version stays).
     pub version_change: Option<VersionChange>,
     /// The SHA-256 of the profile file's text (hex); the plan records it, so the plan hash covers the profile.
@@ -254,6 +262,9 @@ impl Profile {
             actions: BTreeMap::new(),
             reader: None,
             fence: false,
+            switchover_keeps_fence: false,
+            min_members: 3,
+            election_ms: None,
             version_change: None,
             source_sha256: None,
         }
@@ -322,6 +333,17 @@ impl Profile {
             ));
         }
         actions.insert(Action::Demote, spec_of(&procedure.switchover)?);
+        // A switchover under the fence must say where leadership goes: a fenced system picks no candidate itself
+        // (Patroni refuses a paused switchover without one).
+        if procedure.switchover_keeps_fence
+            && !switchover.argv.iter().any(|e| e.contains("{target"))
+        {
+            return Err(format!(
+                "procedure.switchover_keeps_fence: the switchover `{}` must name its target ({{target}} or \
+                 {{target.var.NAME}}) to run while failover is fenced",
+                procedure.switchover
+            ));
+        }
         if procedure.failover_fence {
             actions.insert(Action::BlockFailover, spec_of("block_failover")?);
             actions.insert(Action::UnblockFailover, spec_of("unblock_failover")?);
@@ -394,13 +416,24 @@ impl Profile {
                 ),
                 quorum: hint(
                     "quorum",
-                    "a consensus needs a majority of its members running while one is out".into(),
+                    match procedure.quorum {
+                        super::profile_file::Quorum::Majority => {
+                            "a consensus needs a majority of its members running while one is out"
+                        }
+                        super::profile_file::Quorum::External => {
+                            "one member must keep serving while another is out"
+                        }
+                    }
+                    .into(),
                 ),
             },
             procedure: Procedure::Runbook,
             installer: Installer::default(),
             actions,
             fence: procedure.failover_fence,
+            switchover_keeps_fence: procedure.switchover_keeps_fence,
+            min_members: procedure.quorum.min_members(),
+            election_ms: Some(procedure.election_ms),
             version_change: reader.is_some().then_some(procedure.version_change),
             reader,
             source_sha256: Some(sha256.to_string()),

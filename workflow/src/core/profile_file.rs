@@ -75,10 +75,41 @@ pub struct ProcedureSpec {
     pub switchover: String,
     /// Whether the system has an automatic-failover fence (`block_failover`/`unblock_failover`).
     pub failover_fence: bool,
+    /// Whether the switchover runs with the fence up (Patroni: a switchover to a named candidate is allowed while
+    /// paused). `false` (the default) lifts the fence for the switchover and sets it again on the new leader,
+    /// as chef-backend's runbook must (leaderl demotes only with failover on).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub switchover_keeps_fence: bool,
     /// How long the cluster may show no leader before that is an emergency.
     pub election_ms: u64,
     /// Which version changes may roll.
     pub version_change: VersionChange,
+    /// Where the cluster's quorum lives, and so how few members can roll.
+    #[serde(default)]
+    pub quorum: Quorum,
+}
+
+/// Where a cluster's quorum lives: what decides the fewest members a rolling upgrade can keep serving with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quorum {
+    /// The members are the consensus (etcd, chef-backend's etcd): a majority must stay up while one member is
+    /// out, so `n - 1 > n / 2`, at least 3 members.
+    #[default]
+    Majority,
+    /// The consensus lives outside the members (Patroni's DCS): one member may serve while the other is out, so
+    /// 2 members can roll. The guard still requires every other member up and caught up before one goes out.
+    External,
+}
+
+impl Quorum {
+    /// The fewest members a rolling upgrade needs under this rule.
+    pub fn min_members(self) -> usize {
+        match self {
+            Quorum::Majority => 3,
+            Quorum::External => 2,
+        }
+    }
 }
 
 /// Which version changes a rolling upgrade may make (versions compare as dotted numbers).
@@ -311,8 +342,10 @@ struct RawProcedure {
     leader: Vec<Spanned<String>>,
     switchover: Spanned<String>,
     failover_fence: Spanned<bool>,
+    switchover_keeps_fence: Option<Spanned<bool>>,
     election_ms: Spanned<u64>,
     version_change: Spanned<String>,
+    quorum: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1102,6 +1135,18 @@ impl ProfileFile {
                 ));
             }
         }
+        let switchover_keeps_fence = p
+            .switchover_keeps_fence
+            .as_ref()
+            .is_some_and(|k| *k.get_ref());
+        if switchover_keeps_fence && !failover_fence {
+            let key = p.switchover_keeps_fence.as_ref().map(|k| k.span());
+            return Err(loc.err(
+                key,
+                "procedure.switchover_keeps_fence",
+                "is true, but failover_fence is false: there is no fence to keep",
+            ));
+        }
         let election_ms = timeout(&loc, &p.election_ms, "procedure.election_ms")?;
         let version_change = match p.version_change.get_ref().as_str() {
             "patch" => VersionChange::Patch,
@@ -1113,6 +1158,18 @@ impl ProfileFile {
                     Some(p.version_change.span()),
                     "procedure.version_change",
                     format!("unknown `{other}` (expected patch, next_minor, minor or any)"),
+                ))
+            }
+        };
+
+        let quorum = match p.quorum.as_ref().map(|q| (q.get_ref().as_str(), q.span())) {
+            None | Some(("majority", _)) => Quorum::Majority,
+            Some(("external", _)) => Quorum::External,
+            Some((other, span)) => {
+                return Err(loc.err(
+                    Some(span),
+                    "procedure.quorum",
+                    format!("unknown `{other}` (expected majority or external)"),
                 ))
             }
         };
@@ -1179,8 +1236,10 @@ impl ProfileFile {
                 leader,
                 switchover,
                 failover_fence,
+                switchover_keeps_fence,
                 election_ms,
                 version_change,
+                quorum,
             },
             actions,
             probes,

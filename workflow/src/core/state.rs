@@ -126,6 +126,21 @@ pub struct StepRecord {
     pub outcome: Option<StepOutcome>,
 }
 
+impl Submission {
+    /// How long the cluster may show no leader while failover is blocked before that is an emergency (S3's
+    /// exit): the cluster file's `election_window_ms`, or, when it names a profile file and leaves that unset,
+    /// the profile's `election_ms`.
+    pub(crate) fn election_window_ms(&self) -> u64 {
+        match (
+            self.cluster.upgrade.election_window_from_profile,
+            self.profile.election_ms,
+        ) {
+            (true, Some(ms)) => ms,
+            _ => self.cluster.upgrade.election_window_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Submission {
     pub upgrade: String,
@@ -308,6 +323,8 @@ pub struct State {
     /// Preflight probes passed so far.
     pub(crate) preflight_passed: usize,
     pub(crate) versions: BTreeMap<String, Option<String>>,
+    /// The versions preflight saw each node's process run (a profile's `running_version` probe).
+    pub(crate) running_versions: BTreeMap<String, String>,
     pub(crate) preflight_cluster: Option<Shared<Topology>>,
     /// Set once by preflight and never changed: shared between clones.
     pub(crate) plan: Option<Arc<Plan>>,
@@ -607,7 +624,7 @@ impl State {
                         .as_ref()
                         .is_some_and(|w| w.cause == WindDownCause::Emergency)
             })
-            .map(|(s, since)| since.saturating_add(s.cluster.upgrade.election_window_ms));
+            .map(|(s, since)| since.saturating_add(s.election_window_ms()));
         [deadline, wait, emergency].into_iter().flatten().min()
     }
 
@@ -998,6 +1015,9 @@ impl State {
                     match &judged {
                         Some((_, Observation::Version { version, .. })) => {
                             self.versions.insert(node.clone(), version.clone());
+                        }
+                        Some((_, Observation::Running { version })) => {
+                            self.running_versions.insert(node.clone(), version.clone());
                         }
                         Some((_, observation)) if observation.is_topology() => {
                             self.preflight_cluster = observation.topology().map(Into::into);

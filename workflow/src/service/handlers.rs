@@ -444,6 +444,10 @@ async fn submit(
     if let Err(why) = attach_profile(&mut cluster, request.profile_text) {
         return Ok(ApiReply::error(ErrorKind::Rejected, why));
     }
+    if let Some(why) = executors_serving_another_profile(&cluster, &presence_records(shared).await)
+    {
+        return Ok(ApiReply::error(ErrorKind::Rejected, why));
+    }
     let mut gates = Vec::new();
     for name in &request.approve_before {
         match Gate::from_name(name) {
@@ -515,6 +519,49 @@ async fn submit(
             Ok(ApiReply::error(ErrorKind::Rejected, rejection.to_string()))
         }
     }
+}
+
+/// Why the executors of this cluster's groups would refuse its steps, if their presence records say they serve
+/// another profile than the submission's (another file, another version of it, or built-in against a file):
+/// a clear refusal before anything is recorded or run, instead of a halt at the first step. Executors whose
+/// records do not say (built before the field) are not judged here; each still refuses such steps itself.
+fn executors_serving_another_profile(
+    cluster: &ClusterFile,
+    online: &[(protocol::Presence, String)],
+) -> Option<String> {
+    // A profile that does not load is the core's to refuse, with its own words.
+    let ours = crate::core::Profile::of_cluster(cluster).ok()?;
+    let groups: std::collections::BTreeSet<&str> =
+        cluster.nodes.iter().map(|n| n.executor.as_str()).collect();
+    let describe = |name: &str, sha: Option<&str>| match sha {
+        Some(sha) => format!("profile file {name} (sha256 {sha})"),
+        None => format!("the built-in profile {name}"),
+    };
+    let mismatched: Vec<String> = online
+        .iter()
+        .filter(|(p, _)| groups.contains(p.group.as_str()))
+        .filter_map(|(p, _)| {
+            let served = p.profile.as_ref()?;
+            (served.sha256.as_deref() != ours.source_sha256.as_deref()).then(|| {
+                format!(
+                    "executor {} (group {}) serves {}",
+                    p.id,
+                    p.group,
+                    describe(&served.name, served.sha256.as_deref())
+                )
+            })
+        })
+        .collect();
+    if mismatched.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "this submission's profile is {}, but {}: they would refuse every step of it (the service reads a step's \
+         output with the submission's parsers, so executors run only steps planned with their own profile). \
+         Submit with the profile file the executors serve, or restart them with this one.",
+        describe(&cluster.profile, ours.source_sha256.as_deref()),
+        mismatched.join("; ")
+    ))
 }
 
 /// Puts the profile file's text that came with a submission into its cluster file (the core loads the profile

@@ -219,6 +219,7 @@ mod tests {
             malformed: 0,
             unsigned: 0,
             running: None,
+            profile: None,
         }
     }
 

@@ -57,6 +57,8 @@ impl Profile {
                 let mut p = Profile::from_file(&file, "")
                     .unwrap_or_else(|e| panic!("the compiled-in chef-backend profile runs: {e}"));
                 p.source_sha256 = None;
+                // The built-in profile's emergency window is the cluster file's (its default is leaderl's 10 s).
+                p.election_ms = None;
                 p
             })
             .clone();
@@ -223,6 +225,9 @@ mod tests {
             actions,
             reader: None,
             fence: true,
+            switchover_keeps_fence: false,
+            min_members: 3,
+            election_ms: None,
             version_change: None,
             source_sha256: None,
         }
