@@ -187,6 +187,7 @@ mod tests {
             malformed: 0,
             unsigned: 0,
             running: None,
+            profile: None,
         })
         .unwrap()
     }

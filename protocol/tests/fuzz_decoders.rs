@@ -55,6 +55,10 @@ fn presence_record() -> Presence {
         malformed: 7,
         unsigned: 8,
         running: Some("u:1:1".into()),
+        profile: Some(protocol::presence::ServedProfile {
+            name: "etcd".into(),
+            sha256: Some("ab".repeat(32)),
+        }),
     }
 }
 

@@ -750,6 +750,17 @@ struct Patroni {
     journal: Vec<(String, String)>,
     /// Moments with no leader.
     leaderless: usize,
+    /// How the switchover goes wrong, if it does.
+    switchover_fault: SwitchoverFault,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SwitchoverFault {
+    None,
+    /// Patroni refuses it cleanly (HTTP 412): the old leader keeps leading.
+    Refused,
+    /// The leader lets go and the candidate never takes over: no leader, and under pause nobody is elected.
+    LeavesNoLeader,
 }
 
 impl Patroni {
@@ -764,6 +775,7 @@ impl Patroni {
             starts: [true; 3],
             journal: Vec::new(),
             leaderless: 0,
+            switchover_fault: SwitchoverFault::None,
         }
     }
 
@@ -917,6 +929,27 @@ impl Patroni {
                         "Error: switchover failed".into(),
                     );
                 }
+                match self.switchover_fault {
+                    SwitchoverFault::None => {}
+                    SwitchoverFault::Refused => {
+                        return (
+                            Outcome::Failed,
+                            Some(1),
+                            String::new(),
+                            "switchover: HTTP 412: no good candidates".into(),
+                        )
+                    }
+                    SwitchoverFault::LeavesNoLeader => {
+                        self.leader = None;
+                        self.leaderless += 1;
+                        return (
+                            Outcome::Failed,
+                            Some(1),
+                            String::new(),
+                            format!("switchover: {candidate} does not lead after 15 s"),
+                        );
+                    }
+                }
                 self.leader = Some(c);
                 Etcd::ok(format!("Successfully switched over to \"{candidate}\"\n"))
             }
@@ -965,8 +998,12 @@ fn patroni_submit(cluster: ClusterFile) -> Input {
 
 #[test]
 fn the_patroni_profile_fences_failover_for_the_whole_upgrade_and_restores_it() {
+    // The default shape (chef-backend's runbook): the fence is lifted for the switchover and set again on the
+    // new leader. The shipped profile keeps it up (`a_profile_that_switches_over_under_the_fence_...`).
+    let lifting = patroni_profile_text().replace("switchover_keeps_fence = true\n", "");
+    assert_ne!(lifting, patroni_profile_text());
     let mut run = Run::new();
-    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+    run.input(patroni_submit(patroni_cluster(&lifting)))
         .expect("accepted");
     let mut pg = Patroni::new(0); // pg1 leads
     pg.drive(&mut run, 5_000);
@@ -1291,11 +1328,7 @@ fn preflight_applies_the_version_rule_to_the_running_version_too() {
 /// failover fenced from the first block to the last unblock, with no lift around the switchover.
 #[test]
 fn a_profile_that_switches_over_under_the_fence_keeps_it_up_throughout() {
-    let text = patroni_profile_text().replace(
-        "failover_fence = true",
-        "failover_fence = true\nswitchover_keeps_fence = true",
-    );
-    assert_ne!(text, patroni_profile_text(), "the key was added");
+    let text = patroni_fenced_switchover_text();
     let mut run = Run::new();
     run.input(patroni_submit(patroni_cluster(&text)))
         .expect("accepted");
@@ -1354,9 +1387,12 @@ fn a_profile_that_switches_over_under_the_fence_keeps_it_up_throughout() {
     let mut c = patroni_cluster(&untargeted);
     c.profile_text = Some(untargeted.clone());
     let refused = Run::new().input(patroni_submit(c)).unwrap_err();
+    let refused = refused.to_string();
     assert!(
-        format!("{refused:?}").contains("switchover_keeps_fence"),
-        "{refused:?}"
+        refused.contains("patroni.toml:")
+            && refused.contains("procedure.switchover_keeps_fence: is true, but the switchover")
+            && refused.contains("does not name its target"),
+        "{refused}"
     );
     let unfenced = etcd_profile_text().replace(
         "failover_fence = false",
@@ -1438,17 +1474,18 @@ fn emergency_after(profile_text: &str, cluster_extra: &str) -> u64 {
 #[test]
 fn the_profile_election_ms_bounds_the_emergency_exit_unless_the_cluster_file_sets_it() {
     let text = patroni_profile_text();
-    assert!(text.contains("election_ms = 20000"), "the shipped value");
-    let short = text.replace("election_ms = 20000", "election_ms = 3000");
+    assert!(text.contains("election_ms = 10000"), "the shipped value");
+    let short = text.replace("election_ms = 10000", "election_ms = 3000");
     let after = emergency_after(&short, "");
     assert!(
         (3_000..10_000).contains(&after),
         "the profile's 3 s window (the cluster default is 10 s): {after} ms"
     );
-    let after = emergency_after(&text, "");
+    let long = text.replace("election_ms = 10000", "election_ms = 12000");
+    let after = emergency_after(&long, "");
     assert!(
-        (20_000..30_000).contains(&after),
-        "the shipped profile's 20 s window: {after} ms"
+        (12_000..15_000).contains(&after),
+        "a profile's 12 s window: {after} ms"
     );
     let after = emergency_after(&short, "election_window_ms = 15000");
     assert!(
@@ -1500,6 +1537,25 @@ fn members_already_installing_and_running_the_target_are_skipped_and_named() {
             ("m2", "start"),
         ],
         "leadership goes to m1, upgraded before this run"
+    );
+    // m1 was last seen in preflight: it is checked again right before leadership goes there.
+    let demote = plan
+        .items
+        .iter()
+        .position(|i| {
+            matches!(
+                i,
+                PlanItem::Run {
+                    action: Action::Demote,
+                    ..
+                }
+            )
+        })
+        .expect("a switchover");
+    assert!(
+        matches!(&plan.items[demote - 1], PlanItem::WaitSynced { node, .. } if node == "m1"),
+        "{:?}",
+        plan.items
     );
     assert_eq!(etcd.leader, Some(0));
     assert_eq!(etcd.outages, 0);
@@ -1585,4 +1641,132 @@ fn the_quorum_rule_decides_how_few_members_can_roll() {
             && e.contains("procedure.quorum: unknown `most` (expected majority or external)"),
         "{e}"
     );
+}
+
+/// The shipped Patroni profile with the fence kept up across the switchover.
+fn patroni_fenced_switchover_text() -> String {
+    let text = patroni_profile_text();
+    if text.contains("switchover_keeps_fence = true") {
+        return text;
+    }
+    let with = text.replace(
+        "failover_fence = true",
+        "failover_fence = true\nswitchover_keeps_fence = true",
+    );
+    assert_ne!(with, text);
+    with
+}
+
+/// Drives a fenced-switchover Patroni upgrade until its switchover is the outstanding step.
+fn patroni_at_switchover(fault: SwitchoverFault) -> (Run, Patroni, ScheduledStep) {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(
+        &patroni_fenced_switchover_text(),
+    )))
+    .unwrap();
+    let mut pg = Patroni::new(0);
+    pg.switchover_fault = fault;
+    for _ in 0..5_000 {
+        if let Some(step) = run.state.outstanding_steps().first().cloned() {
+            if step.action == Action::Demote {
+                assert!(pg.paused, "the switchover runs fenced");
+                return (run, pg, step);
+            }
+            let r = pg.run(&step);
+            run.finish(&step, r);
+        } else {
+            run.tick();
+        }
+    }
+    panic!("no switchover: {:?}", status(&run.state));
+}
+
+/// Hostile review (H-REVIEW3 #1): a switchover under the fence that fails after the leader let go leaves no
+/// leader, and nobody can elect while fenced. The emergency clock starts when the switchover began, not at the
+/// first look after its (possibly long) result: here it took 15 s, longer than the window, so the fence is
+/// lifted at the first look that shows no leader.
+#[test]
+fn a_fenced_switchover_that_leaves_no_leader_lifts_the_fence_at_once() {
+    let (mut run, mut pg, step) = patroni_at_switchover(SwitchoverFault::LeavesNoLeader);
+    let began = run.now;
+    let r = pg.run(&step);
+    run.now += 15_000; // the switchover's wrapper waited for the candidate to lead
+    run.finish(&step, r);
+    let ended = run.now;
+    let before = pg.journal.len();
+    let mut lifted_at = None;
+    for _ in 0..5_000 {
+        if !pg.paused {
+            lifted_at = Some(run.now);
+            break;
+        }
+        if run.state.is_terminal() {
+            break;
+        }
+        if let Some(s) = run.state.outstanding_steps().first().cloned() {
+            let r = pg.run(&s);
+            run.finish(&s, r);
+        } else {
+            run.tick();
+        }
+    }
+    let lifted_at =
+        lifted_at.unwrap_or_else(|| panic!("still fenced: {:?}", &pg.journal[before..]));
+    assert!(
+        lifted_at - ended < 2_000,
+        "lifted {} ms after the switchover's result ({} ms after it began)",
+        lifted_at - ended,
+        lifted_at - began
+    );
+    pg.drive(&mut run, 5_000);
+    assert!(pg.leader.is_some(), "Patroni elected once allowed to");
+    assert!(run.history.iter().any(|e| matches!(
+        e,
+        Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency
+    )));
+}
+
+/// Hostile review (H-REVIEW3 #2): a fenced switchover that Patroni refuses cleanly leaves the upgrade waiting
+/// for an operator to verify it, with failover still fenced. It keeps watching for a lost leader, a poll
+/// interval apart, not back to back.
+#[test]
+fn a_refused_fenced_switchover_waits_for_the_operator_watching_a_poll_apart() {
+    let (mut run, mut pg, step) = patroni_at_switchover(SwitchoverFault::Refused);
+    let r = pg.run(&step);
+    run.finish(&step, r);
+    let mut probes = Vec::new();
+    for _ in 0..400 {
+        if run.state.is_terminal() {
+            break;
+        }
+        if let Some(s) = run.state.outstanding_steps().first().cloned() {
+            if matches!(status(&run.state), Status::NeedsVerification { .. })
+                && s.action == Action::ProbeClusterStatus
+            {
+                probes.push(run.now);
+            }
+            let r = pg.run(&s);
+            run.finish(&s, r);
+        } else if run.state.next_wakeup_ms().is_some() {
+            run.tick();
+        } else {
+            break;
+        }
+        if probes.len() >= 6 {
+            break;
+        }
+    }
+    assert!(
+        matches!(status(&run.state), Status::NeedsVerification { .. }),
+        "{:?}",
+        status(&run.state)
+    );
+    assert!(pg.paused, "the fence stays up while the operator decides");
+    assert!(probes.len() >= 3, "the watch probes: {probes:?}");
+    for pair in probes.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 500,
+            "watch probes a poll interval (500 ms) apart: {probes:?}"
+        );
+    }
 }

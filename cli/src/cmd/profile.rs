@@ -62,6 +62,9 @@ pub fn run(output: Output, command: ProfileCommand) -> anyhow::Result<ExitCode> 
         leader: profile.procedure.leader.clone(),
         switchover: profile.procedure.switchover.clone(),
         failover_fence: profile.procedure.failover_fence,
+        switchover_keeps_fence: profile.procedure.switchover_keeps_fence,
+        election_ms: profile.procedure.election_ms,
+        quorum: profile.procedure.quorum,
         probes: Vec::new(),
     };
     if let (Some(cluster), true) = (&cluster, run_here) {
@@ -112,6 +115,9 @@ struct Report {
     leader: Vec<String>,
     switchover: String,
     failover_fence: bool,
+    switchover_keeps_fence: bool,
+    election_ms: u64,
+    quorum: workflow::core::profile_file::Quorum,
     probes: Vec<ProbeRun>,
 }
 
@@ -271,10 +277,27 @@ fn print_text(report: &Report, ran: bool) {
     outln!("  the old leader: {}", report.leader.join(" -> "));
     outln!(
         "  failover fence: {}",
-        if report.failover_fence {
-            "block_failover before, unblock_failover after"
-        } else {
-            "none (the system has no automatic-failover setting)"
+        match (report.failover_fence, report.switchover_keeps_fence) {
+            (true, true) => "block_failover before, unblock_failover after (kept up across the switchover)",
+            (true, false) => {
+                "block_failover before, unblock_failover after (lifted for the switchover, set again after)"
+            }
+            (false, _) => "none (the system has no automatic-failover setting)",
+        }
+    );
+    outln!(
+        "  no leader for: {} ms while fenced is an emergency (unless the cluster file sets election_window_ms)",
+        report.election_ms
+    );
+    outln!(
+        "  quorum:         {}",
+        match report.quorum {
+            workflow::core::profile_file::Quorum::Majority => {
+                "majority (the members are the consensus: at least 3 members)"
+            }
+            workflow::core::profile_file::Quorum::External => {
+                "external (the consensus lives elsewhere: 2 members can roll)"
+            }
         }
     );
     if !ran {

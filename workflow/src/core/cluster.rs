@@ -504,8 +504,6 @@ impl ClusterFile {
                 "upgrade.election_window_ms",
                 d.election_window_ms,
             )?;
-            upgrade.election_window_from_profile =
-                u.election_window_ms.is_none() && profile.ends_with(".toml");
             upgrade.backoff_ms = loc.positive(&u.backoff_ms, "upgrade.backoff_ms", d.backoff_ms)?;
             if let Some(r) = &u.retries {
                 if *r.get_ref() > 10 {
@@ -526,6 +524,12 @@ impl ClusterFile {
                 }
             }
         }
+        // Also without an `[upgrade]` table (package and target given at submit).
+        upgrade.election_window_from_profile = profile.ends_with(".toml")
+            && raw
+                .upgrade
+                .as_ref()
+                .is_none_or(|u| u.get_ref().election_window_ms.is_none());
 
         Ok(ClusterFile {
             name,
@@ -676,6 +680,30 @@ install = 1234
             &GOOD.replace("poll_interval_ms = 500", "poll_interval_ms = 604800000")
         )
         .is_ok());
+    }
+
+    /// The profile's `election_ms` applies when a profile-file cluster leaves `election_window_ms` unset, with
+    /// or without an `[upgrade]` table; never for the built-in profile (its recorded form is unchanged).
+    #[test]
+    fn the_election_window_comes_from_the_profile_only_when_a_profile_file_cluster_leaves_it_unset()
+    {
+        let nodes = "[[nodes]]\nname = \"a\"\naddress = \"a:1\"\nexecutor = \"a\"\n";
+        let flag = |profile: &str, upgrade: &str| {
+            let text =
+                format!("[cluster]\nname = \"c\"\nprofile = \"{profile}\"\n{nodes}{upgrade}");
+            ClusterFile::parse("c.toml", &text)
+                .unwrap()
+                .upgrade
+                .election_window_from_profile
+        };
+        assert!(flag("etcd.toml", ""));
+        assert!(flag("etcd.toml", "[upgrade]\npoll_interval_ms = 100\n"));
+        assert!(!flag(
+            "etcd.toml",
+            "[upgrade]\nelection_window_ms = 10000\n"
+        ));
+        assert!(!flag("chef-backend", ""));
+        assert!(!flag("chef-backend", "[upgrade]\npoll_interval_ms = 100\n"));
     }
 
     #[test]

@@ -34,8 +34,10 @@
 //!   dangerous choice. What is still wrong goes into the end's reason. If that never holds within
 //!   `sync_timeout`, it ends with `failover_pending` saying why (`decide::wind_down_decisions`,
 //!   `health::leader_problems`, `health::electable_problems`). The emergency exit overrides that gate: no
-//!   leader for longer than `election_window_ms` while failover is blocked re-enables it at once
-//!   (`decide::emergency_for`), also while paused or at a gate (`decide::watch_decisions`); a wind-down that
+//!   leader for longer than the election window (`Submission::election_window_ms`: the cluster file's, or a
+//!   profile file's `election_ms`) while failover is blocked re-enables it at once (`decide::emergency_for`;
+//!   after a switchover that failed under the fence, counted from when it began), also while paused, at a gate
+//!   or awaiting verification (`decide::watch_decisions`); a wind-down that
 //!   cannot confirm any leader at all within its time re-enables it too.
 //!   A wind-down first brings back the node this upgrade had out of service (an abort: the node in progress; a
 //!   failure: the node it stopped and did not start again): its `start` if it was stopped and not started

@@ -285,10 +285,9 @@ impl Builder<'_> {
 /// could later elect a leader that runs the old version. A leader already at target needs no switchover: the
 /// followers roll and it keeps leading.
 pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
-    let at_target = |v: &str| {
-        let numbers = super::profile_file::version_numbers;
-        numbers(v).is_some() && numbers(v) == numbers(inputs.target_version)
-    };
+    // Exactly the target, as the checks after each node's restart compare it (not by numbers: "v3.5.1" or a
+    // "3.5.1-rc.0" a profile reads is not the target and is rolled).
+    let at_target = |v: &str| v == inputs.target_version;
     let needs_upgrade = |name: &str| {
         let installed = inputs.versions.get(name).and_then(|v| v.as_deref());
         let running = inputs.running.get(name).map(String::as_str);
@@ -340,6 +339,14 @@ pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
                 });
             }
         }
+        // Every follower was already done: the gate the operator asked for still stops the upgrade where the
+        // first follower's would have, before anything else runs.
+        if to_upgrade.is_empty() && inputs.gates.contains(&Gate::AfterFirstFollower) {
+            b.items.push(PlanItem::Gate {
+                phase: Phase::Followers,
+                gate: Gate::AfterFirstFollower,
+            });
+        }
         if leader_needs {
             if inputs.gates.contains(&Gate::BeforeSwitchover) {
                 b.items.push(PlanItem::Gate {
@@ -359,6 +366,14 @@ pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
             // A switchover that names its target (a profile's `{target...}`) hands leadership to the first
             // follower, upgraded by now; the guard checks it is in service and caught up before it runs.
             let target = inputs.profile.switchover_has_target().then_some(after);
+            // A target left out as already done was last looked at in preflight (maybe hours ago, with gates):
+            // it is checked again, healthy, caught up and running the target, right before leadership goes there.
+            if skipped.iter().any(|s| s == after) {
+                b.items.push(PlanItem::WaitSynced {
+                    phase: Phase::Switchover,
+                    node: after.to_string(),
+                });
+            }
             // chef-backend's leaderl demotes only with failover on, so its runbook lifts the fence for the
             // switchover and sets it again on the new leader; a system that switches over to a named target
             // while fenced (Patroni, paused) keeps it up throughout.

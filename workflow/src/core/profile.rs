@@ -333,17 +333,6 @@ impl Profile {
             ));
         }
         actions.insert(Action::Demote, spec_of(&procedure.switchover)?);
-        // A switchover under the fence must say where leadership goes: a fenced system picks no candidate itself
-        // (Patroni refuses a paused switchover without one).
-        if procedure.switchover_keeps_fence
-            && !switchover.argv.iter().any(|e| e.contains("{target"))
-        {
-            return Err(format!(
-                "procedure.switchover_keeps_fence: the switchover `{}` must name its target ({{target}} or \
-                 {{target.var.NAME}}) to run while failover is fenced",
-                procedure.switchover
-            ));
-        }
         if procedure.failover_fence {
             actions.insert(Action::BlockFailover, spec_of("block_failover")?);
             actions.insert(Action::UnblockFailover, spec_of("unblock_failover")?);

@@ -1147,6 +1147,21 @@ impl ProfileFile {
                 "is true, but failover_fence is false: there is no fence to keep",
             ));
         }
+        // A fenced system picks no candidate itself (Patroni refuses a paused switchover without one).
+        let targeted = actions
+            .get(&switchover)
+            .is_some_and(|a| a.argv.iter().any(|e| e.contains("{target")));
+        if switchover_keeps_fence && !targeted {
+            let key = p.switchover_keeps_fence.as_ref().map(|k| k.span());
+            return Err(loc.err(
+                key,
+                "procedure.switchover_keeps_fence",
+                format!(
+                    "is true, but the switchover `{switchover}` does not name its target ({{target}} or \
+                     {{target.var.NAME}}): a switchover under the fence must say where leadership goes"
+                ),
+            ));
+        }
         let election_ms = timeout(&loc, &p.election_ms, "procedure.election_ms")?;
         let version_change = match p.version_change.get_ref().as_str() {
             "patch" => VersionChange::Patch,

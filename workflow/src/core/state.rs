@@ -628,6 +628,33 @@ impl State {
         [deadline, wait, emergency].into_iter().flatten().min()
     }
 
+    /// When the latest action began, if it is a switchover that did not succeed while failover is blocked
+    /// (`switchover_keeps_fence`: chef-backend's runbook lifts the fence for it, so this never holds there).
+    fn fenced_switchover_failed_since(&self) -> Option<u64> {
+        if !self.failover_blocked {
+            return None;
+        }
+        let last = self
+            .steps
+            .values()
+            .rev()
+            .find(|r| !r.scheduled.action.is_probe())?;
+        let switchover = matches!(
+            last.scheduled.action,
+            Action::Demote | Action::UpgradeLeader
+        );
+        let failed = last
+            .outcome
+            .as_ref()
+            .is_some_and(|o| o.outcome != Outcome::Succeeded);
+        let grace = self.sub.as_ref()?.cluster.upgrade.result_grace_ms;
+        let s = &last.scheduled;
+        (switchover && failed).then(|| {
+            s.deadline_ms
+                .saturating_sub(s.timeout_ms.saturating_add(grace))
+        })
+    }
+
     pub(crate) fn current_record(&self) -> Option<&StepRecord> {
         self.current.and_then(|s| self.steps.get(&s))
     }
@@ -878,9 +905,13 @@ impl State {
                         outcome: None,
                     },
                 );
+                // Waiting for an operator (paused, at a gate, or to verify a step in doubt): the watch's
+                // probes are a poll interval apart.
                 self.watching = (action.is_probe()
                     && self.wind_down.is_none()
-                    && (self.paused.is_some() || self.awaiting_gate.is_some()))
+                    && (self.paused.is_some()
+                        || self.awaiting_gate.is_some()
+                        || self.verification.is_some()))
                 .then_some(*step);
                 self.next_step = self.next_step.max(step.saturating_add(1));
                 self.current = Some(*step);
@@ -960,7 +991,14 @@ impl State {
                         if topology.sole_leader().is_some() {
                             self.leaderless_since = None;
                         } else if self.leaderless_since.is_none() {
-                            self.leaderless_since = Some(at_ms);
+                            // A switchover that ran under the fence and did not succeed may have left the cluster
+                            // leaderless since it began, and nobody can elect while fenced: the emergency clock
+                            // starts then, not at this first look after it.
+                            let since = self
+                                .fenced_switchover_failed_since()
+                                .filter(|began| *began < at_ms)
+                                .unwrap_or(at_ms);
+                            self.leaderless_since = Some(since);
                         }
                     }
                 }
