@@ -317,9 +317,9 @@ fn observation_summary(observation: &Observation) -> String {
 }
 
 /// `status` in a few words: which services are down, and postgresql's view.
-fn node_status_summary(status: &workflow::core::StatusReport) -> String {
-    use workflow::core::parse::Distributed;
-    use workflow::core::ServiceState;
+fn node_status_summary(status: &workflow::core::builtin::chef_backend::StatusReport) -> String {
+    use workflow::core::builtin::chef_backend::reader::Distributed;
+    use workflow::core::builtin::chef_backend::ServiceState;
     let down: Vec<&str> = status
         .services
         .iter()

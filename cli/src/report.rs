@@ -1303,7 +1303,8 @@ gates = ["before-switchover"]
                 "{n}  10.0.0.1  79d84527cf937f3daa94c1435d0a4249  {role}  {role}  not_master\n"
             ));
         }
-        let status = workflow::core::parse_cluster_status(&table).expect("the table parses");
+        let status = workflow::core::builtin::chef_backend::parse_cluster_status(&table)
+            .expect("the table parses");
         Event::ObservationRecorded {
             step,
             node: "n1".into(),
@@ -1467,7 +1468,7 @@ gates = ["before-switchover"]
             step: 0,
             node: "n1".into(),
             observation: Observation::NodeStatus {
-                status: workflow::core::parse_status(&format!(
+                status: workflow::core::builtin::chef_backend::parse_status(&format!(
                     "Service        Local Status        Time in State  Distributed Node Status\n\
                      leaderl        running (pid 1)  0d 0h 1m 0s  leader: 1; waiting: 0; follower: 2; total: 3\n\
                      etcd           running (pid 2)  0d 0h 1m 0s  health: green; healthy nodes: 3/3\n\

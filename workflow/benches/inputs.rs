@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use protocol::sign::{verify_headers, Identity, Kind};
 use protocol::{decode_result, Outcome, StepResult, MAX_OUTPUT, PROTOCOL_VERSION};
-use workflow::core::parse::{parse_cluster_status, parse_status};
+use workflow::core::builtin::chef_backend::{parse_cluster_status, parse_status};
 
 const WARM_UP: usize = 20;
 

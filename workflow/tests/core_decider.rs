@@ -7,10 +7,12 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
+use workflow::core::builtin::chef_backend::{
+    parse_cluster_status, ClusterMember, ClusterStatus, Role,
+};
 use workflow::core::{
-    decide, parse_cluster_status, replay, verify, Action, ClusterFile, ClusterMember,
-    ClusterStatus, Event, Gate, Input, NodePhase, Observation, Outcome, Phase, Rejection,
-    Resolution, Role, State, Status, WaitPurpose, WindDownCause,
+    decide, replay, verify, Action, ClusterFile, Event, Gate, Input, NodePhase, Observation,
+    Outcome, Phase, Rejection, Resolution, State, Status, WaitPurpose, WindDownCause,
 };
 
 /// Given `history`, when `input`: the events decided (the state is rebuilt from the history alone).
@@ -1628,8 +1630,10 @@ fn switchover_unblocks_demotes_the_leader_reblocks_and_verifies_before_touching_
             _ => None,
         })
         .collect();
-    let deposed_seen = obs.iter().any(|o| matches!(o, Observation::ClusterStatus { status }
-        if status.member("backend-2").is_some_and(|m| m.role == workflow::core::Role::DeposedLeader)));
+    let deposed_seen = obs.iter().any(|o| {
+        matches!(o, Observation::ClusterStatus { status }
+        if status.member("backend-2").is_some_and(|m| m.role == Role::DeposedLeader))
+    });
     assert!(deposed_seen);
     let new_leader_version_probed = run.history.iter().any(|e| {
         matches!(e,

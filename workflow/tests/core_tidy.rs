@@ -73,7 +73,40 @@ fn offences(text: &str) -> Vec<String> {
     offences_of(text, FORBIDDEN)
 }
 
-fn offences_of(text: &str, forbidden: &[(&str, &str)]) -> Vec<String> {
+fn offences_of(text: &str, forbidden: &[(&'static str, &'static str)]) -> Vec<String> {
+    findings(text, forbidden, &[])
+        .into_iter()
+        .map(|f| f.to_string())
+        .collect()
+}
+
+/// One name found on one line of code.
+struct Finding {
+    /// 1-based.
+    line: usize,
+    /// The line, trimmed.
+    code: String,
+    word: &'static str,
+    why: &'static str,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "line {}: `{}` ({}): {}",
+            self.line, self.word, self.why, self.code
+        )
+    }
+}
+
+/// The names of `forbidden` (whole identifiers; a name with a `-` anywhere) and the `stems` (anywhere, in any
+/// case) on the lines of code of `text`, up to its test module.
+fn findings(
+    text: &str,
+    forbidden: &[(&'static str, &'static str)],
+    stems: &[(&'static str, &'static str)],
+) -> Vec<Finding> {
     let mut found = Vec::new();
     let lines: Vec<&str> = text.lines().collect();
     for (n, line) in lines.iter().enumerate() {
@@ -94,10 +127,18 @@ fn offences_of(text: &str, forbidden: &[(&str, &str)]) -> Vec<String> {
         {
             break;
         }
-        for (word, why) in forbidden {
-            if mentions(code, word) || (word.contains('-') && code.contains(word)) {
-                found.push(format!("line {}: `{word}` ({why}): {}", n + 1, line.trim()));
-            }
+        let lower = code.to_ascii_lowercase();
+        let hits = forbidden
+            .iter()
+            .filter(|(word, _)| mentions(code, word) || (word.contains('-') && code.contains(word)))
+            .chain(stems.iter().filter(|(stem, _)| lower.contains(stem)));
+        for (word, why) in hits {
+            found.push(Finding {
+                line: n + 1,
+                code: line.trim().to_string(),
+                word,
+                why,
+            });
         }
     }
     found
@@ -170,13 +211,10 @@ fn core_builds_without_io_dependencies() {
     }
 }
 
-/// Names of one system (chef-backend: its tool, its services, its tables) that the rules must not use: every
-/// safety rule is stated on the abstract observations (`core::observe`), so that it holds for every profile.
+/// Names of one system (chef-backend: its tool, its services, its tables) that the core outside the system's own
+/// directory must not use: every safety rule is stated on the abstract observations (`core::observe`), so that it
+/// holds for every profile, and the rest of the core reaches a built-in system only through the `builtin` seam.
 const SYSTEM_NAMES: &[(&str, &str)] = &[
-    (
-        "chef",
-        "the system's name belongs to its profile and reader",
-    ),
     (
         "chef-backend",
         "the system's name belongs to its profile and reader",
@@ -206,27 +244,52 @@ const SYSTEM_NAMES: &[(&str, &str)] = &[
         "ServiceState",
         "chef-backend's service column: read `NodeHealth`",
     ),
-    ("parse_status", "chef-backend's reader: `parse::read_probe`"),
+    (
+        "parse_status",
+        "chef-backend's reader: `builtin::read_probe`",
+    ),
     (
         "parse_cluster_status",
-        "chef-backend's reader: `parse::read_probe`",
+        "chef-backend's reader: `builtin::read_probe`",
     ),
     ("Role", "chef-backend's leaderl role: read `MemberRole`"),
     ("dpkg", "a package tool belongs to the profile"),
+];
+
+/// Stems matched anywhere in code, in any case: `chef` is the system's name in every spelling, its module
+/// (`chef_backend`, so a path, a glob import or an alias into its directory), `CHEF_BACKEND_PROFILE`,
+/// `Profile::chef_backend` and the string "chef-backend" alike.
+const SYSTEM_STEMS: &[(&str, &str)] = &[(
+    "chef",
+    "chef-backend's own code is reached through the `builtin` seam, by name",
+)];
+
+/// The directories, under `src/core`, that are one system's own: the only places its names may appear.
+const SYSTEM_DIRS: &[&str] = &["builtin/chef_backend/"];
+
+/// Every line outside the systems' directories that may still name a system: (file under `src/core`, the exact
+/// line, why). Each must still be there (a stale exception fails the test), and none may be in a rule module.
+const PERMITTED: &[(&str, &str, &str)] = &[
     (
-        "parse::*",
-        "a glob import of chef-backend's reader brings its names in unnamed: import items by name",
+        "builtin/mod.rs",
+        "pub mod chef_backend;",
+        "the seam declares the built-in system's directory",
     ),
     (
-        "parse as",
-        "an alias of chef-backend's reader hides which of its items a rule uses",
+        "builtin/mod.rs",
+        "pub use chef_backend::{Installer, RecordedFailover, RecordedNodeStatus, RecordedTopology};",
+        "the seam names, for the rest of the core, the cluster file's package-tool variant (`upgrade.installer`) \
+         and the payloads of the three observations recorded logs hold (`Observation::ClusterStatus`, \
+         `NodeStatus`, `Failover`): the log keeps chef-backend's tables, so their serialized shape stays",
+    ),
+    (
+        "builtin/mod.rs",
+        "const BUILTINS: [&Builtin; 1] = [&chef_backend::BUILTIN];",
+        "the seam's registry: the one place the rest of the core reaches chef-backend's code, by name",
     ),
 ];
 
-/// The modules where the rules live. The readers and profiles of systems (`parse.rs`: chef-backend's
-/// built-in reader; `profile.rs`: its built-in profile; `profile_file.rs`: profile files), the cluster file
-/// (which names a profile) and the event types (which keep chef-backend's recorded observations readable) are
-/// where system names belong.
+/// The modules where the rules live: no exception may be in one.
 const RULE_MODULES: &[&str] = &[
     "decide.rs",
     "guard.rs",
@@ -237,67 +300,193 @@ const RULE_MODULES: &[&str] = &[
     "observed.rs",
 ];
 
-#[test]
-fn the_rules_name_no_system() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+fn core_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core")
+}
+
+/// Every `.rs` file of the core: (path under `src/core` with `/`, text).
+fn core_sources() -> Vec<(String, String)> {
+    let dir = core_dir();
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    files.sort();
+    files
+        .iter()
+        .map(|file| {
+            let rel = file.strip_prefix(&dir).expect("under the core");
+            let rel = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            let text = std::fs::read_to_string(file).expect("core source is readable");
+            (rel, text)
+        })
+        .collect()
+}
+
+/// What the system scan finds in `sources` outside the systems' directories and not permitted, and the
+/// permitted lines no longer there.
+fn system_report(sources: &[(String, String)]) -> Vec<String> {
     let mut report = Vec::new();
-    for name in RULE_MODULES {
-        let file = dir.join(name);
-        let text = std::fs::read_to_string(&file).expect("core source is readable");
-        for o in offences_of(&text, SYSTEM_NAMES) {
-            report.push(format!("{}: {o}", file.display()));
+    let mut used = vec![false; PERMITTED.len()];
+    for (rel, text) in sources {
+        if SYSTEM_DIRS.iter().any(|d| rel.starts_with(d)) {
+            continue;
+        }
+        for f in findings(text, SYSTEM_NAMES, SYSTEM_STEMS) {
+            let permitted = PERMITTED
+                .iter()
+                .position(|(file, line, _)| file == rel && *line == f.code);
+            match permitted {
+                Some(i) => used[i] = true,
+                None => report.push(format!("{rel}: {f}")),
+            }
         }
     }
+    for ((file, line, _), used) in PERMITTED.iter().zip(used) {
+        if !used {
+            report.push(format!(
+                "{file}: the permitted line `{line}` is gone: drop it from PERMITTED"
+            ));
+        }
+    }
+    report
+}
+
+#[test]
+fn the_core_names_no_system_outside_its_directory() {
+    let sources = core_sources();
+    let has = |rel: &str| sources.iter().any(|(r, _)| r == rel);
+    // The scan covers the rules, the seam and the neutral modules, and skips a directory that is there.
+    for rel in RULE_MODULES.iter().chain(&[
+        "mod.rs",
+        "event.rs",
+        "profile.rs",
+        "profile_file.rs",
+        "cluster.rs",
+        "version.rs",
+        "builtin/mod.rs",
+        "builtin/chef_backend/reader.rs",
+        "builtin/chef_backend/profile.rs",
+    ]) {
+        assert!(has(rel), "expected src/core/{rel}");
+    }
+    let report = system_report(&sources);
     assert!(
         report.is_empty(),
-        "the core's rules must read the abstract observations only (core::observe), never one system:\n{}",
+        "outside its directory (src/core/{}), the core reaches a system only through the `builtin` seam and \
+         its rules read the abstract observations only (core::observe):\n{}",
+        SYSTEM_DIRS.join(", src/core/"),
         report.join("\n")
     );
 }
 
 #[test]
+fn the_permitted_lines_are_outside_the_rules() {
+    for (file, line, why) in PERMITTED {
+        assert!(
+            !RULE_MODULES.contains(file),
+            "{file}: `{line}` ({why}): a rule module names no system"
+        );
+        assert!(!why.is_empty() && !line.is_empty());
+    }
+}
+
+#[test]
 fn the_system_scan_catches_what_it_looks_for() {
+    let offences_of = |text: &str| {
+        findings(text, SYSTEM_NAMES, SYSTEM_STEMS)
+            .into_iter()
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+    };
+    // "chef-backend" as a name, and the stem.
     assert_eq!(
-        offences_of(r#"if cluster.profile != "chef-backend" {"#, SYSTEM_NAMES).len(),
+        offences_of(r#"if cluster.profile != "chef-backend" {"#).len(),
         2
     );
-    assert_eq!(
-        offences_of("for name in KNOWN_SERVICES {", SYSTEM_NAMES).len(),
-        1
-    );
-    assert_eq!(offences_of("m.role == Role::Leader", SYSTEM_NAMES).len(), 1);
-    assert!(offences_of("m.role == MemberRole::Leader", SYSTEM_NAMES).is_empty());
-    assert!(offences_of("// etcd keeps a majority", SYSTEM_NAMES).is_empty());
-    assert!(offences_of("let x = 1; // etcd keeps a majority", SYSTEM_NAMES).is_empty());
+    assert_eq!(offences_of("for name in KNOWN_SERVICES {").len(), 1);
+    assert_eq!(offences_of("m.role == Role::Leader").len(), 1);
+    assert!(offences_of("m.role == MemberRole::Leader").is_empty());
+    assert!(offences_of("// etcd keeps a majority").is_empty());
+    assert!(offences_of("let x = 1; // etcd keeps a majority").is_empty());
     // A test-only item before the code does not end the scan: only the test module does.
     assert_eq!(
-        offences_of(
-            "#[cfg(test)]\nuse super::x;\nfor name in KNOWN_SERVICES {",
-            SYSTEM_NAMES
-        )
-        .len(),
+        offences_of("#[cfg(test)]\nuse super::x;\nfor name in KNOWN_SERVICES {").len(),
         1
     );
-    assert!(offences_of(
-        "#[cfg(test)]\nmod tests {\nfor name in KNOWN_SERVICES {",
-        SYSTEM_NAMES
-    )
-    .is_empty());
+    assert!(offences_of("#[cfg(test)]\nmod tests {\nfor name in KNOWN_SERVICES {").is_empty());
     // `//` inside a string literal does not start a comment.
     assert_eq!(
-        offences_of(
-            r#"let s = format!("a //{}", KNOWN_SERVICES.len());"#,
-            SYSTEM_NAMES
-        )
-        .len(),
+        offences_of(r#"let s = format!("a //{}", KNOWN_SERVICES.len());"#).len(),
         1
     );
-    assert_eq!(
-        offences_of(r#"p.push("etcd: down".into());"#, SYSTEM_NAMES).len(),
-        1
+    assert_eq!(offences_of(r#"p.push("etcd: down".into());"#).len(), 1);
+    // Reaching chef-backend's code around the seam: a path, a glob import, an alias, its profile, in any case.
+    for line in [
+        "use super::builtin::chef_backend::reader;",
+        "use super::builtin::chef_backend::*;",
+        "use super::builtin::chef_backend as b;",
+        "let p = Profile::chef_backend(i, p);",
+        "let t = CHEF_BACKEND_PROFILE;",
+    ] {
+        assert_eq!(offences_of(line).len(), 1, "{line}");
+    }
+    // Through the seam, by name: nothing to report.
+    assert!(offences_of("use super::builtin::{self, Installer};").is_empty());
+    assert!(offences_of("let o = builtin::read_probe(&profile.name, a, o, out, err);").is_empty());
+    assert!(offences_of("use super::version::version_key;").is_empty());
+}
+
+#[test]
+fn the_system_scan_fails_on_a_name_planted_in_a_neutral_file() {
+    let sources = core_sources();
+    assert!(system_report(&sources).is_empty());
+    let planted = |rel: &str, edit: &dyn Fn(&str) -> String| -> Vec<String> {
+        let mut changed = sources.clone();
+        let (_, text) = changed
+            .iter_mut()
+            .find(|(r, _)| r == rel)
+            .unwrap_or_else(|| panic!("src/core/{rel}"));
+        *text = edit(text);
+        system_report(&changed)
+    };
+    let prepend = |line: &'static str| move |text: &str| format!("{line}\n{text}");
+    // A neutral module that imports chef-backend's reader, or names its tables, fails.
+    for rel in [
+        "profile.rs",
+        "event.rs",
+        "version.rs",
+        "mod.rs",
+        "decide.rs",
+    ] {
+        let report = planted(
+            rel,
+            &prepend("use super::builtin::chef_backend::reader::StatusReport;"),
+        );
+        assert_eq!(report.len(), 2, "{rel}: {report:?}");
+        assert!(report.iter().all(|r| r.starts_with(rel)), "{report:?}");
+    }
+    // A permitted line is permitted in its own file only.
+    let report = planted("cluster.rs", &prepend("pub mod chef_backend;"));
+    assert_eq!(report.len(), 1, "{report:?}");
+    // A second registry line in the seam is not the permitted one.
+    let report = planted(
+        "builtin/mod.rs",
+        &prepend("const MORE: [&Builtin; 1] = [&chef_backend::BUILTIN];"),
     );
-    // Reaching chef-backend's reader around the names: a glob import or an alias.
-    assert_eq!(offences_of("use super::parse::*;", SYSTEM_NAMES).len(), 1);
-    assert_eq!(offences_of("use super::parse as p;", SYSTEM_NAMES).len(), 1);
-    assert!(offences_of("use super::parse::{version_key};", SYSTEM_NAMES).is_empty());
+    assert_eq!(report.len(), 1, "{report:?}");
+    // A permitted line that is gone is reported, so the exceptions stay exactly what the code needs.
+    let report = planted("builtin/mod.rs", &|text: &str| {
+        text.replace("pub mod chef_backend;", "pub mod elsewhere;")
+    });
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert!(report[0].contains("is gone"), "{report:?}");
+    // chef-backend's own directory may name it.
+    let report = planted(
+        "builtin/chef_backend/reader.rs",
+        &prepend("use super::reader::StatusReport; // chef-backend"),
+    );
+    assert!(report.is_empty(), "{report:?}");
 }

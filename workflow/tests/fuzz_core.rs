@@ -1,5 +1,5 @@
 //! Fuzzing the pure core's decoders of untrusted text (issue 12): the cluster file, every parser of command
-//! output in `core::parse`, and exported event logs through replay -> verify -> decide. Inputs are arbitrary
+//! output in chef-backend's reader (`core::builtin::chef_backend::reader`), and exported event logs through replay -> verify -> decide. Inputs are arbitrary
 //! bytes and mutations of valid ones (the parsers' goldens, the outputs and events of real runs against the
 //! fake cluster), with boundary numbers (0, 1, u32::MAX, u64::MAX, ...) favoured in every numeric field. Nothing
 //! may panic; errors name the file, line and field (cluster file) or the output (parsers). Builds without the
@@ -15,8 +15,9 @@ use std::sync::OnceLock;
 use common::*;
 use proptest::prelude::*;
 use support::{boundary_number, bytes, fuzz, mutated_text};
+use workflow::core::builtin::chef_backend::reader as parse;
 use workflow::core::{
-    decide, parse, profile_file, replay, verify, ClusterFile, CoreError, Event, Input, Outcome,
+    decide, profile_file, replay, verify, version, ClusterFile, CoreError, Event, Input, Outcome,
     Rejection, State, LATEST_MS,
 };
 
@@ -136,7 +137,7 @@ fn fuzz_output_parsers() {
     fuzz("parse::parse_package_state", text(valid.clone()), |t| {
         if let Ok((v, _)) = parse::parse_package_state(&t) {
             // A normalised version is a fixed point, and has a key unless a number overflows u64.
-            prop_assert_eq!(parse::normalize_version(&v), Some(v.clone()));
+            prop_assert_eq!(version::normalize_version(&v), Some(v.clone()));
         }
         Ok(())
     });
@@ -150,9 +151,9 @@ fn fuzz_output_parsers() {
         "parse::{version_key, normalize_version, version_from_package}",
         text(versions),
         |t| {
-            let _ = parse::version_key(&t);
-            if let Some(v) = parse::normalize_version(&t) {
-                prop_assert_eq!(parse::normalize_version(&v), Some(v.clone()));
+            let _ = version::version_key(&t);
+            if let Some(v) = version::normalize_version(&t) {
+                prop_assert_eq!(version::normalize_version(&v), Some(v.clone()));
             }
             let _ = parse::version_from_package(&t);
             Ok(())

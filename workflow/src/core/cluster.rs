@@ -28,8 +28,9 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::builtin::{self, Installer};
 use super::error::CoreError;
-use super::profile::{Action, Installer, Procedure};
+use super::profile::{Action, Procedure};
 
 /// Check that `value` may be a node name or an executor group: one NATS subject token, spelled conservatively
 /// as `[A-Za-z0-9_-]{1,128}` (no whitespace, `.`, `*`, `>`, control or non-ASCII characters). The same rule as
@@ -355,8 +356,8 @@ impl ClusterFile {
         let cluster = raw.cluster.get_ref();
         let name = loc.non_empty(&cluster.name, "cluster.name")?;
         let profile = match &cluster.profile {
-            None => "chef-backend".to_string(),
-            Some(p) if p.get_ref() == "chef-backend" => p.get_ref().clone(),
+            None => builtin::DEFAULT.to_string(),
+            Some(p) if builtin::NAMES.contains(&p.get_ref().as_str()) => p.get_ref().clone(),
             // A profile file (docs/profiles.md), relative to the cluster file; its reader loads it.
             Some(p) if p.get_ref().ends_with(".toml") && !p.get_ref().trim().is_empty() => {
                 p.get_ref().clone()
@@ -366,8 +367,9 @@ impl ClusterFile {
                     Some(p.span()),
                     "cluster.profile",
                     format!(
-                        "unknown profile `{}` (built in: chef-backend; or a profile file's path, ending in .toml)",
-                        p.get_ref()
+                        "unknown profile `{}` (built in: {}; or a profile file's path, ending in .toml)",
+                        p.get_ref(),
+                        builtin::NAMES.join(", ")
                     ),
                 ))
             }
@@ -430,28 +432,19 @@ impl ClusterFile {
                     }
                     upgrade.target_version = Some(version.trim().to_string());
                 } else {
-                    if super::parse::normalize_version(&version).is_none() {
+                    if super::version::normalize_version(&version).is_none() {
                         return Err(loc.err(
                             Some(v.span()),
                             "upgrade.target_version",
                             "expected a version like 3.1.0-1",
                         ));
                     }
-                    upgrade.target_version = super::parse::normalize_version(&version);
+                    upgrade.target_version = super::version::normalize_version(&version);
                 }
             }
             if let Some(i) = &u.installer {
-                upgrade.installer = match i.get_ref().as_str() {
-                    "dpkg" => Installer::Dpkg,
-                    "yum" => Installer::Yum,
-                    other => {
-                        return Err(loc.err(
-                            Some(i.span()),
-                            "upgrade.installer",
-                            format!("unknown installer `{other}` (expected dpkg or yum)"),
-                        ))
-                    }
-                };
+                upgrade.installer = Installer::from_name(i.get_ref())
+                    .map_err(|why| loc.err(Some(i.span()), "upgrade.installer", why))?;
             }
             if let Some(p) = &u.procedure {
                 upgrade.procedure = match p.get_ref().as_str() {

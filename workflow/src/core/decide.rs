@@ -11,11 +11,11 @@ use super::event::{
 use super::guard::{guard_finding, guard_probes, version_problems, Finding};
 use super::health::{cluster_problems, electable_problems, leader_problems, standing_problems};
 use super::observe::{MemberRole, Topology};
-use super::parse::{normalize_version, version_from_package};
 use super::plan::{compute_plan, PlanInputs, PlanItem};
 use super::profile::{render, Action, Profile, RenderContext};
 use super::profile_file::version_numbers;
 use super::state::{NodePhase, Reobserve, State, StepRecord, Submission, WindDown};
+use super::version::normalize_version;
 
 /// Decides what an input means: the events to append, or why it is refused. Results for unknown steps, old
 /// attempts, already-recorded results and results after the end are ignored: `Ok(vec![])`.
@@ -253,7 +253,7 @@ fn submitted(state: &State, input: &Input) -> Result<Event, Rejection> {
             )))
         }
         Some(v) => normalize_version(v).ok_or_else(|| invalid(format!("target version `{v}` is not like 3.1.0-1")))?,
-        None => version_from_package(&resolved_package).ok_or_else(|| {
+        None => super::builtin::version_from_package(&profile.name, &resolved_package).ok_or_else(|| {
             invalid(format!(
                 "cannot tell the target version from the package name `{resolved_package}`; give target_version"
             ))
@@ -603,8 +603,8 @@ fn wind_down(reason: String, now: u64) -> Event {
     }
 }
 
-/// Reads a probe's result into an observation, with the system's reader: chef-backend's named built-in one
-/// (`parse::read_probe`) or a profile file's parsers (`profile_file::read_probe`).
+/// Reads a probe's result into an observation, with the system's reader: the built-in one named like the
+/// profile (`builtin::read_probe`) or a profile file's parsers (`profile_file::read_probe`).
 fn observe(state: &State, record: &StepRecord) -> Observation {
     let Some(o) = &record.outcome else {
         return Observation::Unavailable {
@@ -612,7 +612,8 @@ fn observe(state: &State, record: &StepRecord) -> Observation {
         };
     };
     let action = record.scheduled.action;
-    let read = match state.sub.as_ref().and_then(|s| {
+    let sub = state.sub.as_ref();
+    let read = match sub.and_then(|s| {
         s.profile
             .reader
             .as_ref()
@@ -627,7 +628,14 @@ fn observe(state: &State, record: &StepRecord) -> Observation {
             nodes,
             system,
         ),
-        None => super::parse::read_probe(action, o.outcome, &o.stdout, &o.stderr),
+        // Without a submission, the default profile's reader (the cluster file's default).
+        None => super::builtin::read_probe(
+            sub.map_or(super::builtin::DEFAULT, |s| s.profile.name.as_str()),
+            action,
+            o.outcome,
+            &o.stdout,
+            &o.stderr,
+        ),
     };
     match read {
         Ok(observation) => observation,

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::builtin::{RecordedFailover, RecordedNodeStatus, RecordedTopology};
 use super::cluster::{ClusterFile, Gate};
 use super::observe::{NodeHealth, Topology};
-use super::parse::{ClusterStatus, FailoverSettings, StatusReport};
 use super::plan::{Phase, Plan};
 use super::profile::Action;
 
@@ -187,15 +187,15 @@ pub struct ScheduledStep {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Observation {
-    /// `cluster-status`.
+    /// A built-in reader's topology probe (chef-backend's `cluster-status`).
     ClusterStatus {
-        /// The parsed table.
-        status: ClusterStatus,
+        /// The parsed table, as the reader records it.
+        status: RecordedTopology,
     },
-    /// `status`.
+    /// A built-in reader's node probe (chef-backend's `status`).
     NodeStatus {
-        /// The parsed table.
-        status: StatusReport,
+        /// The parsed table, as the reader records it.
+        status: RecordedNodeStatus,
     },
     /// The installed version (`None`: the package is not installed).
     Version {
@@ -205,10 +205,10 @@ pub enum Observation {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         state: Option<String>,
     },
-    /// The cluster's and each node's failover settings.
+    /// A built-in reader's failover probe: the cluster's and each node's failover settings.
     Failover {
         /// The settings.
-        settings: FailoverSettings,
+        settings: RecordedFailover,
     },
     /// The version inside the package file on a node.
     Package {

@@ -27,11 +27,11 @@
 
 use super::event::Observation;
 use super::observe::{Member, MemberRole, NodeHealth, Replication, Topology};
-use super::parse::version_key;
 use super::plan::PlanItem;
 use super::profile::{Action, Procedure, Profile};
 use super::profile_file::{check_version_change, version_numbers};
 use super::state::State;
+use super::version::version_key;
 
 /// What an action does to the cluster, for its guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -533,7 +533,7 @@ pub(crate) fn version_problems(
 
 #[cfg(test)]
 mod tests {
-    use super::super::profile::Installer;
+    use super::super::builtin::Installer;
     use super::*;
 
     /// The refusals read the profile's words; for chef-backend on dpkg they are the bytes the core recorded

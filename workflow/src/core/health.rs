@@ -92,7 +92,7 @@ pub fn electable_problems(health: &NodeHealth) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse::{parse_cluster_status, parse_status};
+    use super::super::builtin::chef_backend::{parse_cluster_status, parse_status};
     use super::*;
 
     #[test]

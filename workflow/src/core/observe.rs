@@ -1,7 +1,8 @@
 //! The observations every safety rule is stated on, whatever the system: who leads and how each member stands
 //! ([`Topology`]) and one node's own view of itself and of the cluster ([`NodeHealth`]). A system's readers
-//! produce them: the named built-in readers of chef-backend (`parse`, from `cluster-status` and `status`) and a
-//! profile file's JSON and regex parsers (`profile_file`). The decisions, the guard and the health checks read
+//! produce them: the named built-in readers of chef-backend (`builtin/chef_backend/reader.rs`, reached through
+//! the `builtin` seam, from `cluster-status` and `status`) and a profile file's JSON and regex parsers
+//! (`profile_file`). The decisions, the guard and the health checks read
 //! nothing else, so the rules are written once (ARCHITECTURE.md, "Profiles").
 
 use serde::{Deserialize, Serialize};

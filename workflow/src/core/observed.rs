@@ -440,7 +440,7 @@ impl Facts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::parse::{parse_cluster_status, parse_status};
+    use crate::core::builtin::chef_backend::{parse_cluster_status, parse_status};
 
     const CLUSTER: &str = "\
 Name       IP              GUID                              Role      PG        ES

@@ -223,8 +223,9 @@ pub enum Parser {
         #[serde(flatten)]
         fields: Fields,
     },
-    /// A named built-in reader (`chef-backend`: its `cluster-status`, `status`, `cluster-status --json`,
-    /// `dpkg-query`/`rpm` and `dpkg-deb` readers in `parse`), for outputs that no field path describes.
+    /// A named built-in reader (`builtin::NAMES`: chef-backend's `cluster-status`, `status`,
+    /// `cluster-status --json`, `dpkg-query`/`rpm` and `dpkg-deb` readers, reached through the `builtin` seam),
+    /// for outputs that no field path describes.
     Builtin {
         /// The reader's name.
         reader: String,
@@ -232,7 +233,7 @@ pub enum Parser {
 }
 
 /// The built-in readers a profile file may name.
-pub const BUILTIN_READERS: [&str; 1] = ["chef-backend"];
+pub const BUILTIN_READERS: [&str; 1] = super::builtin::NAMES;
 
 /// The fields a parser reads, by probe kind. A field is a JSON Pointer (JSON) or a group name (regex).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -1460,10 +1461,7 @@ pub fn parse_topology(
 ) -> Result<Topology, CoreError> {
     bounded(output)?;
     let (records, fields): (Vec<Record<'_>>, &Fields) = match &probe.parse {
-        // chef-backend's `cluster-status` (the only built-in reader).
-        Parser::Builtin { .. } => {
-            return super::parse::parse_cluster_status(output).map(|s| s.topology())
-        }
+        Parser::Builtin { reader } => return super::builtin::topology(reader, output),
         Parser::Json(fields) => {
             // A borrowed document cannot outlive this arm, so the JSON case is finished here.
             let doc = json_document(output)?;
@@ -1570,15 +1568,10 @@ pub fn parse_node(probe: &ProbeDef, output: &str) -> Result<NodeReading, CoreErr
         caught_up: r.caught_up(f),
     };
     match &probe.parse {
-        // chef-backend's `status`: up when every service runs; its replication counts are the node's view of
-        // the others (the upgrade loop reads them through its own observation, not this reading).
-        Parser::Builtin { .. } => {
-            let report = super::parse::parse_status(output)?;
-            Ok(NodeReading {
-                up: report.health(0).not_running().is_empty(),
-                caught_up: None,
-            })
-        }
+        Parser::Builtin { reader } => Ok(NodeReading {
+            up: super::builtin::node_up(reader, output)?,
+            caught_up: None,
+        }),
         Parser::Json(fields) => {
             let doc = json_document(output)?;
             Ok(health(&Record::Json(&doc), fields))
@@ -1599,8 +1592,7 @@ pub fn parse_failover(probe: &ProbeDef, output: &str) -> Result<bool, CoreError>
     bounded(output)?;
     let blocked = |r: &Record<'_>, f: &Fields| f.blocked_when.as_ref().is_some_and(|c| r.holds(c));
     match &probe.parse {
-        // chef-backend's `cluster-status --json`: blocked when cluster failover is off.
-        Parser::Builtin { .. } => Ok(!super::parse::parse_failover_json(output)?.cluster),
+        Parser::Builtin { reader } => super::builtin::fence_blocked(reader, output),
         Parser::Json(fields) => Ok(blocked(&Record::Json(&json_document(output)?), fields)),
         Parser::Regex { pattern, fields } => {
             let re = Regex::new(pattern).map_err(|e| parse_err(format!("pattern: {e}")))?;
@@ -1616,12 +1608,7 @@ pub fn parse_failover(probe: &ProbeDef, output: &str) -> Result<bool, CoreError>
 pub fn parse_version(probe: &ProbeDef, output: &str) -> Result<String, CoreError> {
     bounded(output)?;
     let (value, field) = match &probe.parse {
-        // chef-backend's package tools: `dpkg-query`'s state and version, or a bare version (`dpkg-deb`, `rpm`).
-        Parser::Builtin { .. } => {
-            return super::parse::parse_package_state(output)
-                .map(|(v, _)| v)
-                .or_else(|_| super::parse::parse_version_output(output))
-        }
+        Parser::Builtin { reader } => return super::builtin::version(reader, output),
         Parser::Json(fields) => {
             let field = fields.version.as_deref().unwrap_or_default();
             (
@@ -1650,8 +1637,8 @@ pub fn parse_version(probe: &ProbeDef, output: &str) -> Result<String, CoreError
     Ok(version)
 }
 
-/// A profile file's reader: turns a probe step's result into an observation, as `parse::read_probe` does for
-/// chef-backend. Output is read only for an exit code in the probe's `read_exit_codes`; anything else makes the
+/// A profile file's reader: turns a probe step's result into an observation, as `builtin::read_probe` does for
+/// a built-in system. Output is read only for an exit code in the probe's `read_exit_codes`; anything else makes the
 /// probe unavailable (`Err(None)`), never a guess. `nodes` are the cluster file's nodes, `system` the profile's
 /// name (a node's one service in reasons).
 #[allow(clippy::too_many_arguments)]

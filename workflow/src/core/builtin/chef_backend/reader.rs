@@ -1,17 +1,19 @@
-//! Parsers for chef-backend command output: `status`, `status --simple`, `cluster-status` and the installed
-//! version. Formats follow the reference; rows are found by name (order differs between versions), unknown rows
-//! are ignored, and anything that does not look like the expected output is an error, never a panic.
+//! chef-backend's reader: parsers for its command output (`status`, `status --simple`, `cluster-status`, the
+//! installed version) and `read_probe`, which turns a probe's result into an observation. Formats follow the
+//! reference; rows are found by name (order differs between versions), unknown rows are ignored, and anything
+//! that does not look like the expected output is an error, never a panic.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::CoreError;
-use super::event::{Observation, Outcome};
-use super::observe::{
+use crate::core::error::CoreError;
+use crate::core::event::{Observation, Outcome};
+use crate::core::observe::{
     Counts, Member, MemberRole, NodeHealth, Quorum, Replication, Service, Topology,
 };
-use super::profile::Action;
+use crate::core::profile::Action;
+use crate::core::version::normalize_version;
 
 /// The services whose rows `status` must report and the health checks read.
 pub const KNOWN_SERVICES: [&str; 4] = ["leaderl", "etcd", "postgresql", "elasticsearch"];
@@ -725,32 +727,6 @@ pub fn parse_failover_json(text: &str) -> Result<FailoverSettings, CoreError> {
     })
 }
 
-/// A version as numbers for comparing (`3.10.0-1` > `3.9.2-4`): the upstream parts, then the release.
-pub fn version_key(version: &str) -> Option<Vec<u64>> {
-    let normal = normalize_version(version)?;
-    let (upstream, release) = normal.rsplit_once('-')?;
-    let mut key: Vec<u64> = upstream
-        .split('.')
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    key.push(release.parse().ok()?);
-    Some(key)
-}
-
-/// Normalises a package version to `UPSTREAM-RELEASE` without a dist tag: `3.1.0-1.el7` -> `3.1.0-1`.
-pub fn normalize_version(text: &str) -> Option<String> {
-    let text = text.trim();
-    let (upstream, release) = text.rsplit_once('-')?;
-    let release = release.split('.').next()?;
-    let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
-    let upstream_ok = upstream.split('.').all(numeric);
-    if !upstream_ok || !numeric(release) {
-        return None;
-    }
-    Some(format!("{upstream}-{release}"))
-}
-
 /// The version a package file names: `chef-backend_3.1.0-1_amd64.deb` or `chef-backend-3.1.0-1.el7.x86_64.rpm`.
 pub fn version_from_package(path: &str) -> Option<String> {
     let file = path.rsplit('/').next()?;
@@ -1131,16 +1107,6 @@ follower        backend-3  4d29bcb5eec25d3674d5b8af132f75b3  192.168.33.217  fol
     }
 
     #[test]
-    fn versions_compare_as_numbers() {
-        let k = |v: &str| version_key(v).unwrap();
-        assert!(k("3.10.0-1") > k("3.9.2-4"));
-        assert!(k("3.1.0-2") > k("3.1.0-1"));
-        assert!(k("3.1.0-1.el7") == k("3.1.0-1"));
-        assert_eq!(k("2.4.0-1")[0], 2);
-        assert_eq!(version_key("three"), None);
-    }
-
-    #[test]
     fn versions_are_normalised() {
         assert_eq!(parse_version_output("3.1.0-1").unwrap(), "3.1.0-1");
         assert_eq!(parse_version_output("3.1.0-1.el7\n").unwrap(), "3.1.0-1");
@@ -1157,7 +1123,6 @@ follower        backend-3  4d29bcb5eec25d3674d5b8af132f75b3  192.168.33.217  fol
             Some("3.1.0-1")
         );
         assert_eq!(version_from_package("/tmp/chef-backend.deb"), None);
-        assert_eq!(normalize_version("3.1-x"), None);
     }
 
     mod props {
