@@ -272,12 +272,18 @@ fn observation_summary(observation: &Observation) -> String {
             service,
             up,
             caught_up,
+            leads,
         } => format!(
-            "{service} {}{}",
+            "{service} {}{}{}",
             if *up { "up" } else { "down" },
             match caught_up {
                 Some(true) => ", caught up",
                 Some(false) => ", NOT caught up",
+                None => "",
+            },
+            match leads {
+                Some(true) => ", says it leads",
+                Some(false) => ", says it follows",
                 None => "",
             }
         ),

@@ -752,6 +752,8 @@ struct Patroni {
     leaderless: usize,
     /// How the switchover goes wrong, if it does.
     switchover_fault: SwitchoverFault,
+    /// The leader GET /cluster shows when its member's cached picture is stale (`None`: the real one).
+    cached_leader: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -776,6 +778,7 @@ impl Patroni {
             journal: Vec::new(),
             leaderless: 0,
             switchover_fault: SwitchoverFault::None,
+            cached_leader: None,
         }
     }
 
@@ -835,10 +838,11 @@ impl Patroni {
             // GET /cluster asks the member's own Patroni: refused (curl exit 7) when it is down.
             Action::ProbeClusterStatus if !self.up[i] => self.node_json(i),
             Action::ProbeClusterStatus => {
+                let shown = self.cached_leader.or(self.leader);
                 let rows: Vec<String> = (0..3)
                     .filter(|j| self.up[*j] || self.stale[*j] > 0)
                     .map(|j| {
-                        if self.leader == Some(j) {
+                        if shown == Some(j) {
                             format!(r#"{{"name": "{}", "role": "leader", "state": "running", "api_url": "http://127.0.0.1:{}/patroni", "host": "127.0.0.1", "port": {}, "timeline": 1}}"#, PG[j], 8008 + j, 5432 + j)
                         } else {
                             format!(r#"{{"name": "{}", "role": "replica", "state": "streaming", "api_url": "http://127.0.0.1:{}/patroni", "host": "127.0.0.1", "port": {}, "timeline": 1, "replay_lag": 0, "replay_lsn": "0/5000000", "lag": 0, "lsn": "0/5000000"}}"#, PG[j], 8008 + j, 5432 + j)
@@ -1769,4 +1773,29 @@ fn a_refused_fenced_switchover_waits_for_the_operator_watching_a_poll_apart() {
             "watch probes a poll interval (500 ms) apart: {probes:?}"
         );
     }
+}
+
+/// Hostile review (H-REVIEW4 #1): GET /cluster is one member's cached view of the DCS. pg1 was cut off with a
+/// minority of the DCS and lost its leadership to pg2, but its cache still shows pg1 leading and pg2 a replica.
+/// Acting on it, the plan's next step would stop pg2: the real primary. Each member's own node probe says whether
+/// it leads (`leader_when`, from its PostgreSQL); the guard holds that against the topology and waits, and
+/// nothing is taken out while the two disagree.
+#[test]
+fn a_stale_topology_that_names_the_wrong_leader_takes_nobody_out() {
+    let (mut run, mut pg) = patroni_until_fenced();
+    pg.leader = Some(1); // pg2 leads now
+    pg.cached_leader = Some(0); // pg1's cache still says pg1
+    let reasons = only_probes_for(&mut run, 4_000, |s| pg.run(s));
+    assert!(
+        !pg.journal.iter().any(|(_, a)| a == "stop"),
+        "nothing was stopped: {:?}",
+        pg.journal
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("own node probe says it does not lead")
+                || r.contains("own node probe says it leads, but the topology shows pg1")),
+        "{reasons:?}"
+    );
 }

@@ -290,22 +290,29 @@ case "$cmd" in
     # this fails instead (MEMBER_PAUSE_WAIT_S, 30 s).
     want=true
     [ "$cmd" = resume ] && want=false
+    # Already so in the DCS (a retry after an attempt that set it and then gave up waiting): no PATCH, but the
+    # same wait, so success still means every answering member shows it.
+    already=""
     if [ "$(cluster_paused)" = "$want" ]; then
-      echo "Cluster is $([ "$want" = true ] && echo already || echo not) paused"
-      exit 0
+      already=1
+    else
+      body='{"pause": true}'
+      [ "$want" = false ] && body='{"pause": null}'
+      curl -fsS --connect-timeout 2 --max-time 10 -X PATCH -H 'Content-Type: application/json' -d "$body" \
+        "http://127.0.0.1:$rest_port/config" >/dev/null || die "PATCH /config $body failed on $name"
     fi
-    body='{"pause": true}'
-    [ "$want" = false ] && body='{"pause": null}'
-    curl -fsS --connect-timeout 2 --max-time 10 -X PATCH -H 'Content-Type: application/json' -d "$body" \
-      "http://127.0.0.1:$rest_port/config" >/dev/null || die "PATCH /config $body failed on $name"
     deadline=$((SECONDS + ${MEMBER_PAUSE_WAIT_S:-30}))
     until pending="$(members_not_showing_pause "$want")" && [ -z "$pending" ]; do
       [ "$SECONDS" -lt "$deadline" ] ||
         die "the $cmd was not applied by every member in ${MEMBER_PAUSE_WAIT_S:-30}s (not yet: ${pending:-unknown})"
       sleep 0.1
     done
-    journal "$cmd"
-    echo "Success: cluster management is $([ "$want" = true ] && echo paused || echo resumed)"
+    if [ -n "$already" ]; then
+      echo "Cluster is $([ "$want" = true ] && echo already || echo not) paused"
+    else
+      journal "$cmd"
+      echo "Success: cluster management is $([ "$want" = true ] && echo paused || echo resumed)"
+    fi
     ;;
   switchover)
     [ "$#" = 2 ] || die "usage: member.sh DIR switchover LEADER CANDIDATE"

@@ -955,8 +955,8 @@ async fn a_submitted_profile_whose_parsers_differ_from_the_executors_runs_nothin
     );
     assert!(!out.status.success(), "{said}\n{}", baton.logs());
     for needle in [
-        format!("this submission's profile is profile file etcd.toml (sha256 {theirs})"),
-        format!("serves profile file etcd (sha256 {ours})"),
+        format!("this submission's profile is profile `etcd.toml` (sha256 {theirs})"),
+        format!("serves profile `etcd` (sha256 {ours})"),
         "executor ".to_string(),
         "they would refuse every step of it".to_string(),
     ] {

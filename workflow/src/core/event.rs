@@ -229,6 +229,9 @@ pub enum Observation {
         /// It is caught up with the leader (`None`: the probe does not say).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         caught_up: Option<bool>,
+        /// It says it leads (`None`: the probe does not say).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leads: Option<bool>,
     },
     /// A profile file's failover probe: whether automatic failover is blocked now.
     Fence {
@@ -265,6 +268,7 @@ impl Observation {
                 service,
                 up,
                 caught_up,
+                ..
             } => Some(NodeHealth::of_member(service, *up, *caught_up)),
             _ => None,
         }

@@ -192,6 +192,17 @@ pub(crate) fn guard_finding(
         | Observation::Members { .. }
         | Observation::Node { .. }) => {
             let leader = state.last_cluster.as_ref().and_then(|c| c.sole_leader());
+            if let (
+                Observation::Node {
+                    leads: Some(leads), ..
+                },
+                Some(leader),
+            ) = (other, leader)
+            {
+                if let Some(finding) = leader_word(on, *leads, leader) {
+                    return finding;
+                }
+            }
             if let Some(topology) = other.topology() {
                 topology_finding(state, kind, target, &names, &topology)
             } else if let (Observation::Node { up, caught_up, .. }, true) =
@@ -346,6 +357,24 @@ fn topology_finding(
         Finding::Pass
     } else {
         Finding::Settle(settle)
+    }
+}
+
+/// A member's own word on whether it leads, against the topology's leader: the topology may be one member's
+/// cached picture (Patroni answers GET /cluster from its DCS watch cache, which a member cut off with a minority
+/// of the DCS keeps serving), so a member that says otherwise means the picture cannot be trusted now. Look
+/// again after a poll; acting on it could take out the real leader.
+fn leader_word(on: &str, leads: bool, leader: &str) -> Option<Finding> {
+    match (on == leader, leads) {
+        (true, false) => Some(Finding::Settle(vec![format!(
+            "the topology shows {on} leading, but {on}'s own node probe says it does not lead (a stale \
+             topology, or leadership moving)"
+        )])),
+        (false, true) => Some(Finding::Settle(vec![format!(
+            "{on}'s own node probe says it leads, but the topology shows {leader} leading (a stale topology, \
+             or leadership moving)"
+        )])),
+        _ => None,
     }
 }
 

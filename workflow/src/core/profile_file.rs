@@ -315,6 +315,8 @@ pub struct NodeReading {
     pub up: bool,
     /// It is caught up with the leader (`None`: the probe does not say).
     pub caught_up: Option<bool>,
+    /// It says it leads (`None`: the probe does not say; a node probe's `leader_when`).
+    pub leads: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -696,7 +698,7 @@ fn parser(
             "max_lag",
             "behind_leader",
         ],
-        ProbeKind::Node => &["up_when", "caught_up_when", "lag", "max_lag"],
+        ProbeKind::Node => &["up_when", "caught_up_when", "leader_when", "lag", "max_lag"],
         ProbeKind::Version => &["version"],
         ProbeKind::Failover => &["blocked_when"],
     };
@@ -776,6 +778,9 @@ fn parser(
                 ));
             }
             fields.caught_up_when = cond("caught_up_when", &p.caught_up_when)?;
+            // The member's own word on whether it leads: the guard holds it against the topology, which may be
+            // one member's cached picture (Patroni's GET /cluster).
+            fields.leader_when = cond("leader_when", &p.leader_when)?;
         }
         ProbeKind::Version if !json && p.version.is_none() => {
             // A regex names its version group `version` unless told otherwise.
@@ -1566,11 +1571,13 @@ pub fn parse_node(probe: &ProbeDef, output: &str) -> Result<NodeReading, CoreErr
     let health = |r: &Record<'_>, f: &Fields| NodeReading {
         up: f.up_when.as_ref().is_some_and(|c| r.holds(c)),
         caught_up: r.caught_up(f),
+        leads: f.leader_when.as_ref().map(|c| r.holds(c)),
     };
     match &probe.parse {
         Parser::Builtin { reader } => Ok(NodeReading {
             up: super::builtin::node_up(reader, output)?,
             caught_up: None,
+            leads: None,
         }),
         Parser::Json(fields) => {
             let doc = json_document(output)?;
@@ -1682,6 +1689,7 @@ pub fn read_probe(
                 service: system.to_string(),
                 up: reading.up,
                 caught_up: reading.caught_up,
+                leads: reading.leads,
             }
         }
         Action::ProbeVersion => Observation::Version {
@@ -2153,7 +2161,8 @@ version = "version"
             up,
             NodeReading {
                 up: true,
-                caught_up: None
+                caught_up: None,
+                leads: None,
             }
         );
         let down = parse_node(

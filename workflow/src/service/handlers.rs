@@ -534,8 +534,8 @@ fn executors_serving_another_profile(
     let groups: std::collections::BTreeSet<&str> =
         cluster.nodes.iter().map(|n| n.executor.as_str()).collect();
     let describe = |name: &str, sha: Option<&str>| match sha {
-        Some(sha) => format!("profile file {name} (sha256 {sha})"),
-        None => format!("the built-in profile {name}"),
+        Some(sha) => format!("profile `{name}` (sha256 {sha})"),
+        None => format!("the built-in profile `{name}`"),
     };
     let mismatched: Vec<String> = online
         .iter()
