@@ -746,12 +746,17 @@ pub fn plan_block(plan: &workflow::core::Plan, hash: &str) -> String {
     }
     for (node, guid) in &plan.guids {
         out.push_str(&format!(
-            "  {node:<12} guid {guid}  version {}\n",
+            "  {node:<12} guid {guid}  version {}{}\n",
             plan.versions
                 .get(node)
                 .cloned()
                 .flatten()
-                .unwrap_or_else(|| "(not installed)".into())
+                .unwrap_or_else(|| "(not installed)".into()),
+            // What the process runs, when the profile shows it: "already at target" needs both.
+            plan.running
+                .get(node)
+                .map(|r| format!(", running {r}"))
+                .unwrap_or_default()
         ));
     }
     if !plan.skipped.is_empty() {

@@ -1799,3 +1799,72 @@ fn a_stale_topology_that_names_the_wrong_leader_takes_nobody_out() {
         "{reasons:?}"
     );
 }
+
+/// "Already done" with a fence (H-REVIEW3 #12): pg2, the first follower and so the switchover's target, already
+/// installs and runs the target. The plan leaves it out, records what preflight saw it run, checks it again right
+/// before leadership goes to it, and the fence still wraps the rest. With every member done, nothing runs and the
+/// fence is never touched.
+#[test]
+fn a_fenced_upgrade_skips_members_already_done_and_rechecks_a_skipped_target() {
+    let run_from = |versions: [&'static str; 3]| {
+        let mut run = Run::new();
+        run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+            .unwrap();
+        let mut pg = Patroni::new(0);
+        pg.installed = versions;
+        pg.running = versions;
+        pg.drive(&mut run, 5_000);
+        let (plan, _) = plan_of(&run.history);
+        (plan, status(&run.state), pg)
+    };
+    let (plan, end, pg) = run_from(["15.18", "15.20", "15.18"]);
+    assert_eq!(end, Status::Completed);
+    assert_eq!(plan.skipped, vec!["pg2".to_string()]);
+    assert_eq!(plan.running.get("pg2").map(String::as_str), Some("15.20"));
+    assert_eq!(plan.running.get("pg1").map(String::as_str), Some("15.18"));
+    let actions: Vec<(&str, &str)> = pg
+        .journal
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("pg1", "block_failover"),
+            ("pg3", "stop"),
+            ("pg3", "install"),
+            ("pg3", "start"),
+            ("pg1", "demote"),
+            ("pg1", "stop"),
+            ("pg1", "install"),
+            ("pg1", "start"),
+            ("pg2", "unblock_failover"),
+        ]
+    );
+    let demote = plan
+        .items
+        .iter()
+        .position(|i| {
+            matches!(
+                i,
+                PlanItem::Run {
+                    action: Action::Demote,
+                    ..
+                }
+            )
+        })
+        .expect("a switchover");
+    assert!(
+        matches!(&plan.items[demote - 1], PlanItem::WaitSynced { node, .. } if node == "pg2"),
+        "{:?}",
+        plan.items
+    );
+    assert!(!pg.paused);
+    assert_eq!(pg.leader, Some(1));
+
+    let (plan, end, pg) = run_from(["15.20"; 3]);
+    assert_eq!(end, Status::Completed);
+    assert_eq!(plan.skipped.len(), 3);
+    assert!(pg.journal.is_empty(), "nothing ran: {:?}", pg.journal);
+    assert!(!pg.paused);
+}

@@ -322,19 +322,33 @@ case "$cmd" in
     # once the DCS shows another leader (200, polling each second), or refuses (412: not possible, e.g. the
     # candidate is not healthy; 503: failed or unknown). Allowed while paused, because the candidate is named.
     # The names were checked above, so the JSON body is built from safe text.
+    # curl's 30 s and the 15 s check below stay inside the profile's 60 s timeout for the action, so this
+    # script, not the executor's timeout, says what happened.
     rc=0
-    out="$(curl -sS --connect-timeout 2 --max-time 60 -X POST -H 'Content-Type: application/json' \
+    out="$(curl -sS --connect-timeout 2 --max-time 30 -X POST -H 'Content-Type: application/json' \
       -d "{\"leader\": \"$1\", \"candidate\": \"$2\"}" -w '\n%{http_code}' \
       "http://127.0.0.1:$rest_port/switchover" 2>&1)" || rc=$?
     code="${out##*$'\n'}"
     echo "${out%$'\n'*}"
-    [ "$rc" = 0 ] || die "POST /switchover to $name failed (curl exit $rc)"
-    [ "$code" = 200 ] || die "the switchover to $2 failed: HTTP $code"
+    # Refused before anything was sent (curl 7: nothing listens), or by Patroni (412: not possible now): nothing
+    # happened. Any other failure (HTTP 503 "status unknown", a timeout or a reset after the request went out)
+    # leaves the outcome unknown: Patroni may still carry it out, so look before saying anything.
+    [ "$rc" = 7 ] && die "POST /switchover to $name failed (curl exit 7: nothing listens); nothing happened"
+    [ "$rc" = 0 ] && [ "$code" = 412 ] && die "the switchover to $2 was refused: HTTP 412; nothing happened"
+    unknown=""
+    if [ "$rc" != 0 ]; then
+      unknown="curl exit $rc"
+    elif [ "$code" != 200 ]; then
+      unknown="HTTP $code"
+    fi
     # 200 also covers "Switched over to X instead of C": only the candidate leading counts.
     deadline=$((SECONDS + ${MEMBER_SWITCHOVER_CHECK_S:-15}))
     until leaders="$(cluster_leaders)" && [ "$leaders" = "$2" ]; do
-      [ "$SECONDS" -lt "$deadline" ] ||
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        [ -n "$unknown" ] &&
+          die "the switchover to $2: outcome unknown ($unknown), and $2 does not lead after ${MEMBER_SWITCHOVER_CHECK_S:-15}s (leader: '${leaders:-none}'); Patroni may still carry it out"
         die "the switchover to $2 did not happen: $2 does not lead after ${MEMBER_SWITCHOVER_CHECK_S:-15}s (leader: '${leaders:-none}')"
+      fi
       sleep 0.2
     done
     journal switchover "$1" "$2"

@@ -125,6 +125,10 @@ pub struct Plan {
     /// `endpoints`), so the plan hash covers them through this. None for a built-in profile (hashes unchanged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes_sha256: Option<String>,
+    /// The versions preflight saw the nodes' processes run (a profile's `running_version` probe; empty for
+    /// chef-backend, so its plans and hashes are unchanged): with `versions`, what "already at target" rests on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub running: BTreeMap<String, String>,
 }
 
 impl Plan {
@@ -422,5 +426,6 @@ pub fn compute_plan(inputs: &PlanInputs<'_>) -> Result<Plan, CoreError> {
             let bytes = serde_json::to_vec(&inputs.cluster.nodes).unwrap_or_default();
             hex_lower(&Sha256::digest(&bytes))
         }),
+        running: inputs.running.clone(),
     })
 }
