@@ -717,9 +717,14 @@ fn patroni_profile_text() -> String {
 const PG: [&str; 3] = ["pg1", "pg2", "pg3"];
 
 fn patroni_cluster(profile_text: &str) -> ClusterFile {
+    patroni_cluster_of(&PG, profile_text, "")
+}
+
+/// The model's cluster file for `members`, with `upgrade_extra` appended to its `[upgrade]` table.
+fn patroni_cluster_of(members: &[&str], profile_text: &str, upgrade_extra: &str) -> ClusterFile {
     let mut toml =
         String::from("[cluster]\nname = \"patroni-model\"\nprofile = \"patroni.toml\"\n\n");
-    for (i, name) in PG.iter().enumerate() {
+    for (i, name) in members.iter().enumerate() {
         toml.push_str(&format!(
             "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nexecutor = \"{name}\"\nvars = {{ ctl = \"/srv/member.sh\", \
              dir = \"/srv/{name}\", patronictl = \"/srv/venv/bin/patronictl\", config = \"/srv/{name}/patroni.yml\", \
@@ -728,10 +733,10 @@ fn patroni_cluster(profile_text: &str) -> ClusterFile {
             8008 + i
         ));
     }
-    toml.push_str(
+    toml.push_str(&format!(
         "[upgrade]\npackage = \"/srv/pkg/15.20\"\ntarget_version = \"15.20\"\npoll_interval_ms = 500\n\
-         sync_timeout_ms = 20000\nretries = 1\nbackoff_ms = 500\n",
-    );
+         sync_timeout_ms = 20000\nretries = 1\nbackoff_ms = 500\n{upgrade_extra}\n"
+    ));
     let mut c = ClusterFile::parse("cluster.toml", &toml).expect("the model's cluster file parses");
     c.profile_text = Some(profile_text.to_string());
     c
@@ -1415,26 +1420,7 @@ fn a_profile_that_switches_over_under_the_fence_keeps_it_up_throughout() {
 /// Drives a fenced Patroni upgrade to its first follower's start, kills the leader while paused, and returns
 /// how long after that the emergency exit began (ms of the model's clock).
 fn emergency_after(profile_text: &str, cluster_extra: &str) -> u64 {
-    let mut c = patroni_cluster(profile_text);
-    if !cluster_extra.is_empty() {
-        let mut toml =
-            String::from("[cluster]\nname = \"patroni-model\"\nprofile = \"patroni.toml\"\n\n");
-        for (i, name) in PG.iter().enumerate() {
-            toml.push_str(&format!(
-                "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nexecutor = \"{name}\"\nvars = {{ ctl = \"/srv/member.sh\", \
-                 dir = \"/srv/{name}\", patronictl = \"/srv/venv/bin/patronictl\", config = \"/srv/{name}/patroni.yml\", \
-                 api = \"http://127.0.0.1:{}\" }}\n\n",
-                5432 + i,
-                8008 + i
-            ));
-        }
-        toml.push_str(&format!(
-            "[upgrade]\npackage = \"/srv/pkg/15.20\"\ntarget_version = \"15.20\"\npoll_interval_ms = 500\n\
-             sync_timeout_ms = 20000\nretries = 1\nbackoff_ms = 500\n{cluster_extra}\n"
-        ));
-        c = ClusterFile::parse("cluster.toml", &toml).expect("parses");
-        c.profile_text = Some(profile_text.to_string());
-    }
+    let c = patroni_cluster_of(&PG, profile_text, cluster_extra);
     let mut run = Run::new();
     run.input(patroni_submit(c)).unwrap();
     let mut pg = Patroni::new(0);
@@ -1543,24 +1529,7 @@ fn members_already_installing_and_running_the_target_are_skipped_and_named() {
         "leadership goes to m1, upgraded before this run"
     );
     // m1 was last seen in preflight: it is checked again right before leadership goes there.
-    let demote = plan
-        .items
-        .iter()
-        .position(|i| {
-            matches!(
-                i,
-                PlanItem::Run {
-                    action: Action::Demote,
-                    ..
-                }
-            )
-        })
-        .expect("a switchover");
-    assert!(
-        matches!(&plan.items[demote - 1], PlanItem::WaitSynced { node, .. } if node == "m1"),
-        "{:?}",
-        plan.items
-    );
+    assert_checked_again_before_the_switchover(&plan, "m1");
     assert_eq!(etcd.leader, Some(0));
     assert_eq!(etcd.outages, 0);
 
@@ -1591,19 +1560,7 @@ fn members_already_installing_and_running_the_target_are_skipped_and_named() {
 #[test]
 fn the_quorum_rule_decides_how_few_members_can_roll() {
     let two = |text: &str| {
-        let mut toml = String::from("[cluster]\nname = \"pair\"\nprofile = \"patroni.toml\"\n\n");
-        for (i, name) in PG.iter().take(2).enumerate() {
-            toml.push_str(&format!(
-                "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nexecutor = \"{name}\"\nvars = {{ ctl = \"/srv/member.sh\", \
-                 dir = \"/srv/{name}\", patronictl = \"/srv/venv/bin/patronictl\", config = \"/srv/{name}/patroni.yml\", \
-                 api = \"http://127.0.0.1:{}\" }}\n\n",
-                5432 + i,
-                8008 + i
-            ));
-        }
-        toml.push_str("[upgrade]\npackage = \"/srv/pkg/15.20\"\ntarget_version = \"15.20\"\n");
-        let mut c = ClusterFile::parse("cluster.toml", &toml).expect("parses");
-        c.profile_text = Some(text.to_string());
+        let c = patroni_cluster_of(&PG[..2], text, "");
         let mut run = Run::new();
         run.input(patroni_submit(c)).expect("accepted");
         run
@@ -1841,6 +1798,19 @@ fn a_fenced_upgrade_skips_members_already_done_and_rechecks_a_skipped_target() {
             ("pg2", "unblock_failover"),
         ]
     );
+    assert_checked_again_before_the_switchover(&plan, "pg2");
+    assert!(!pg.paused);
+    assert_eq!(pg.leader, Some(1));
+
+    let (plan, end, pg) = run_from(["15.20"; 3]);
+    assert_eq!(end, Status::Completed);
+    assert_eq!(plan.skipped.len(), 3);
+    assert!(pg.journal.is_empty(), "nothing ran: {:?}", pg.journal);
+    assert!(!pg.paused);
+}
+
+/// The plan item right before the switchover is a WaitSynced of `node` (a skipped target, checked again).
+fn assert_checked_again_before_the_switchover(plan: &workflow::core::Plan, node: &str) {
     let demote = plan
         .items
         .iter()
@@ -1855,16 +1825,8 @@ fn a_fenced_upgrade_skips_members_already_done_and_rechecks_a_skipped_target() {
         })
         .expect("a switchover");
     assert!(
-        matches!(&plan.items[demote - 1], PlanItem::WaitSynced { node, .. } if node == "pg2"),
+        matches!(&plan.items[demote - 1], PlanItem::WaitSynced { node: n, .. } if n == node),
         "{:?}",
         plan.items
     );
-    assert!(!pg.paused);
-    assert_eq!(pg.leader, Some(1));
-
-    let (plan, end, pg) = run_from(["15.20"; 3]);
-    assert_eq!(end, Status::Completed);
-    assert_eq!(plan.skipped.len(), 3);
-    assert!(pg.journal.is_empty(), "nothing ran: {:?}", pg.journal);
-    assert!(!pg.paused);
 }
