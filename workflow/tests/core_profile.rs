@@ -759,6 +759,11 @@ struct Patroni {
     switchover_fault: SwitchoverFault,
     /// The leader GET /cluster shows when its member's cached picture is stale (`None`: the real one).
     cached_leader: Option<usize>,
+    /// A member cut off from the DCS but running: its own API still says what it is (a primary keeps serving
+    /// under pause), its GET /cluster fails (503), and the others' DCS view no longer lists it.
+    cut_off: Option<usize>,
+    /// Two primaries at once: the others elected while the cut-off primary still served.
+    split_brain: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -784,6 +789,8 @@ impl Patroni {
             leaderless: 0,
             switchover_fault: SwitchoverFault::None,
             cached_leader: None,
+            cut_off: None,
+            split_brain: false,
         }
     }
 
@@ -792,6 +799,17 @@ impl Patroni {
     }
 
     fn elect(&mut self) {
+        if let Some(l) = self
+            .leader
+            .filter(|l| self.up[*l] && self.cut_off == Some(*l))
+        {
+            // The others see no leader; unpaused, they elect one while the cut-off primary still serves.
+            if !self.paused {
+                self.split_brain = true;
+                self.leader = (0..3).find(|i| self.up[*i] && *i != l);
+            }
+            return;
+        }
         if self.leader.is_some_and(|l| self.up[l]) {
             return;
         }
@@ -842,10 +860,19 @@ impl Patroni {
         let r = match step.action {
             // GET /cluster asks the member's own Patroni: refused (curl exit 7) when it is down.
             Action::ProbeClusterStatus if !self.up[i] => self.node_json(i),
+            Action::ProbeClusterStatus if self.cut_off == Some(i) => (
+                Outcome::Failed,
+                Some(22),
+                String::new(),
+                "curl: (22) The requested URL returned error: 503".into(),
+            ),
             Action::ProbeClusterStatus => {
-                let shown = self.cached_leader.or(self.leader);
+                let shown = self
+                    .cached_leader
+                    .or(self.leader)
+                    .filter(|l| self.cut_off != Some(*l));
                 let rows: Vec<String> = (0..3)
-                    .filter(|j| self.up[*j] || self.stale[*j] > 0)
+                    .filter(|j| (self.up[*j] || self.stale[*j] > 0) && self.cut_off != Some(*j))
                     .map(|j| {
                         if shown == Some(j) {
                             format!(r#"{{"name": "{}", "role": "leader", "state": "running", "api_url": "http://127.0.0.1:{}/patroni", "host": "127.0.0.1", "port": {}, "timeline": 1}}"#, PG[j], 8008 + j, 5432 + j)
@@ -1179,6 +1206,135 @@ fn a_patroni_leader_lost_while_failover_is_fenced_takes_the_emergency_exit() {
             .any(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)),
         "the emergency exit: {reason}"
     );
+}
+
+/// Hostile review 4 #2: the leader is cut off from the DCS under pause. It keeps serving as primary (paused
+/// Patroni does not demote it); the others' DCS view shows no leader. Lifting the fence then would let them
+/// elect a second primary. The emergency exit asks the expected leader's own node probe first: it says it
+/// leads, so the fence stays up and the upgrade halts with `failover_pending` naming it.
+#[test]
+fn a_leader_cut_off_from_the_dcs_but_serving_keeps_the_fence_up_and_halts_for_an_operator() {
+    let (mut run, mut pg) = upgraded_first_follower();
+    pg.cut_off = Some(0);
+    let before = pg.journal.len();
+    pg.drive(&mut run, 5_000);
+    assert!(
+        !pg.split_brain,
+        "no second primary: {:?}",
+        &pg.journal[before..]
+    );
+    assert!(pg.paused, "the fence stays up: {:?}", &pg.journal[before..]);
+    let Status::Halted {
+        reason,
+        failover_pending: Some(pending),
+    } = status(&run.state)
+    else {
+        panic!("halted with failover pending: {:?}", status(&run.state));
+    };
+    assert!(
+        pending.contains("pg1") && pending.contains("second leader"),
+        "{pending}"
+    );
+    assert!(
+        reason.contains("emergency exit") && reason.contains("still leads"),
+        "{reason}"
+    );
+    // The word was asked of pg1 itself, after the exit began.
+    let exit = run
+        .history
+        .iter()
+        .position(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency))
+        .expect("the emergency exit began");
+    assert!(
+        run.history[exit..].iter().any(|e| matches!(e,
+            Event::StepScheduled { action: Action::ProbeStatus, node, .. } if node == "pg1")),
+        "pg1 asked"
+    );
+    assert!(
+        !pg.journal[before..]
+            .iter()
+            .any(|(_, a)| a == "resume" || a == "stop"),
+        "{:?}",
+        &pg.journal[before..]
+    );
+}
+
+/// The same cut-off leader, once it is really gone (its API refuses), is no reason to keep the fence: the exit
+/// lifts it and the others elect, as before the leader's word was asked.
+#[test]
+fn a_cut_off_leader_that_then_dies_does_not_hold_the_fence() {
+    let (mut run, mut pg) = upgraded_first_follower();
+    pg.cut_off = Some(0);
+    pg.up[0] = false;
+    pg.drive(&mut run, 5_000);
+    assert!(!pg.paused, "failover allowed again: {:?}", pg.journal);
+    assert!(
+        pg.leader.is_some_and(|l| l != 0),
+        "a new leader was elected"
+    );
+    assert!(!pg.split_brain);
+}
+
+/// A Patroni upgrade of the model (pg1 leading, fenced) driven until the first follower's `start`.
+fn upgraded_first_follower() -> (Run, Patroni) {
+    patroni_until_journal("pg2", "start")
+}
+
+/// A Patroni upgrade of the model (pg1 leading) driven until `node` ran `action`.
+fn patroni_until_journal(node: &str, action: &str) -> (Run, Patroni) {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+        .unwrap();
+    let mut pg = Patroni::new(0);
+    for _ in 0..1_000 {
+        if pg.journal.iter().any(|(n, a)| n == node && a == action) {
+            break;
+        }
+        if let Some(step) = run.state.outstanding_steps().first().cloned() {
+            let r = pg.run(&step);
+            run.finish(&step, r);
+        } else {
+            run.tick();
+        }
+    }
+    assert!(pg.paused, "fenced while the followers are upgraded");
+    (run, pg)
+}
+
+/// Cut off while this upgrade has a follower stopped: the fence stays up, that follower is started again first,
+/// the leader is asked again, and the upgrade halts with the fence pending.
+#[test]
+fn a_leader_cut_off_while_a_follower_is_out_brings_the_follower_back_and_keeps_the_fence() {
+    let (mut run, mut pg) = patroni_until_journal("pg2", "stop");
+    pg.cut_off = Some(0);
+    let before = pg.journal.len();
+    pg.drive(&mut run, 5_000);
+    assert!(
+        !pg.split_brain,
+        "no second primary: {:?}",
+        &pg.journal[before..]
+    );
+    assert!(pg.paused, "the fence stays up: {:?}", &pg.journal[before..]);
+    assert!(pg.up[1], "pg2 brought back: {:?}", &pg.journal[before..]);
+    let Status::Halted {
+        reason,
+        failover_pending: Some(pending),
+    } = status(&run.state)
+    else {
+        panic!("halted with failover pending: {:?}", status(&run.state));
+    };
+    assert!(pending.contains("pg1"), "{pending}");
+    // pg2 runs again; with no leader shown it cannot be confirmed synced, and the reason says so.
+    assert!(
+        reason.contains("pg2 was not brought back into service") && reason.contains("0 leaders"),
+        "{reason}"
+    );
+    let asked = run
+        .history
+        .iter()
+        .filter(|e| matches!(e, Event::StepScheduled { action: Action::ProbeStatus, node, .. } if node == "pg1"))
+        .count();
+    assert!(asked >= 2, "pg1 asked before and after pg2 came back");
 }
 
 /// The topology is GET /cluster on one member's Patroni, asked of the leader while it leads. When the leader's

@@ -1991,6 +1991,9 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
         let Some(record) = state.steps.get(step) else {
             return vec![];
         };
+        if let Some(events) = emergency_word_judged(state, w, record, observation, now) {
+            return events;
+        }
         let action = record.scheduled.action;
         let (blocking, other) = match &w.recover {
             Some(_) => (problems_for(state, None, action, observation), vec![]),
@@ -2082,7 +2085,22 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
         }
     }
     if w.cause == WindDownCause::Emergency && state.failover_blocked {
-        // No gate: the cluster has no leader and cannot elect one while failover is off.
+        // No gate: the cluster has no leader and cannot elect one while failover is off. Only the expected
+        // leader's own word, if the profile's node probe gives it, is asked first (`emergency_word`).
+        match emergency_word(state, w) {
+            Word::Ask(leader) => {
+                if let Ok(e) = schedule(state, Action::ProbeStatus, &leader, now, None) {
+                    return vec![e];
+                }
+            }
+            // It said it leads, and the node this upgrade had out is being brought back meanwhile.
+            Word::Leads => {
+                if let Some(node) = &w.recover {
+                    return recovery_decisions(state, w, node, now);
+                }
+            }
+            Word::NotNeeded => {}
+        }
         let via = observer(state, None);
         return match schedule(state, Action::UnblockFailover, &via, now, None) {
             Ok(e) => vec![e],
@@ -2119,6 +2137,126 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
             "cannot schedule unblocking failover: {why}"
         )))],
     }
+}
+
+/// Before the emergency exit lifts the fence: the node whose own word must be asked first, if it has not been
+/// asked in this wind-down yet. A leader cut off from the others (Patroni's primary from its DCS, while paused)
+/// still serves, and the topology, read from the others' side, shows no leader: lifting the fence then lets the
+/// others elect a second one. So when the profile's node probe says whether a member leads (`leader_when`),
+/// the leader the plan expects now is asked before failover is re-enabled (`emergency_word_judged`). A leader
+/// that is really gone costs that probe's time (a refused connection at once; a dead host its deadline).
+fn emergency_word(state: &State, w: &WindDown) -> Word {
+    if !sub(state).profile.node_probe_says_leader() {
+        return Word::NotNeeded;
+    }
+    let Some(leader) = state
+        .new_leader
+        .clone()
+        .or_else(|| state.plan.as_ref().map(|p| p.leader.clone()))
+    else {
+        return Word::NotNeeded;
+    };
+    match state.steps.range(w.first_step..).next() {
+        None => Word::Ask(leader),
+        Some((_, r)) if r.scheduled.action == Action::ProbeStatus && r.scheduled.node == leader => {
+            if r.outcome.is_some() && says_it_leads(&observe(state, r)) {
+                Word::Leads
+            } else {
+                Word::NotNeeded
+            }
+        }
+        // The wind-down began with something else: the leader's word was not asked in it.
+        Some(_) => Word::NotNeeded,
+    }
+}
+
+/// What the emergency exit still needs of the expected leader's own word (`emergency_word`).
+enum Word {
+    /// Ask it (the wind-down's first step).
+    Ask(String),
+    /// It said it leads: failover stays blocked.
+    Leads,
+    /// Asked and not leading, or the profile cannot tell.
+    NotNeeded,
+}
+
+fn says_it_leads(observation: &Observation) -> bool {
+    matches!(
+        observation,
+        Observation::Node {
+            leads: Some(true),
+            ..
+        }
+    )
+}
+
+/// Judges the expected leader's own word asked by `emergency_word` (the first step of an emergency wind-down).
+/// It says it leads: failover stays blocked; the node this upgrade had out is brought back first if there is one
+/// (the wind-down then restarts and asks again), otherwise the upgrade halts with `failover_pending` saying why.
+/// Anything else (no answer, a failed probe, not leading): failover is re-enabled as before.
+fn emergency_word_judged(
+    state: &State,
+    w: &WindDown,
+    record: &StepRecord,
+    observation: &Observation,
+    now: u64,
+) -> Option<Vec<Event>> {
+    let s = &record.scheduled;
+    let is_word = w.cause == WindDownCause::Emergency
+        && state.failover_blocked
+        && sub(state).profile.node_probe_says_leader()
+        && s.action == Action::ProbeStatus
+        && state
+            .steps
+            .range(w.first_step..)
+            .next()
+            .map(|(step, _)| *step)
+            == Some(s.step);
+    if !is_word {
+        return None;
+    }
+    if !says_it_leads(observation) {
+        return Some(vec![
+            Event::CheckEvaluated {
+                step: s.step,
+                node: s.node.clone(),
+                passed: true,
+                problems: vec![],
+            },
+            // Straight on to the unblock, with the wind-down's own checks counted from zero.
+            Event::WaitStarted {
+                purpose: WaitPurpose::Poll,
+                until_ms: now,
+            },
+        ]);
+    }
+    let problem = format!(
+        "{node}'s own node probe ({probe}) says it still leads while the cluster shows no leader: it may be \
+         serving while cut off from the others, and re-enabling failover now could elect a second leader",
+        node = s.node,
+        probe = describe_probe(record)
+    );
+    let mut events = vec![Event::CheckEvaluated {
+        step: s.step,
+        node: s.node.clone(),
+        passed: false,
+        problems: vec![problem.clone()],
+    }];
+    if let Some(node) = &w.recover {
+        events.extend(recovery_decisions(state, w, node, now));
+        return Some(events);
+    }
+    events.push(Event::UpgradeHalted {
+        reason: format!("{}; not taken: {problem}", w.reason),
+        failover_pending: Some(format!(
+            "failover is still blocked: {problem}. Check {node} (is it cut off from the others?); once the \
+             cluster shows one leader again, or {node} is stopped, run `{hint}`",
+            node = s.node,
+            hint = sub(state).profile.hints.cluster_failover_on
+        )),
+        at_ms: now,
+    });
+    Some(events)
 }
 
 /// The failover gate of a wind-down (S3): `(blocking, other)` problems of one observation. Failover is

@@ -429,6 +429,21 @@ impl Profile {
         })
     }
 
+    /// Whether a member's node probe says whether it leads (a profile file's node probe with `leader_when`):
+    /// the emergency exit asks the expected leader's own word before it lifts the fence (`decide`,
+    /// `emergency_word`).
+    pub fn node_probe_says_leader(&self) -> bool {
+        let Some(reader) = &self.reader else {
+            return false;
+        };
+        let fields = match &reader.0.node.parse {
+            super::profile_file::Parser::Json(f) => f,
+            super::profile_file::Parser::Regex { fields, .. } => fields,
+            super::profile_file::Parser::Builtin { .. } => return false,
+        };
+        fields.leader_when.is_some()
+    }
+
     /// Whether the switchover names its target (a profile file's `{target...}` placeholders).
     pub fn switchover_has_target(&self) -> bool {
         self.action(Action::Demote)
