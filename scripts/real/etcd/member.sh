@@ -9,11 +9,12 @@
 #   member.sh DIR package-version PACKAGE  `etcd --version` of PACKAGE
 #   member.sh DIR running-version       `etcdctl endpoint status -w json` of this member: the version it runs now
 #   member.sh DIR status                "running PID" or "stopped"
-#   member.sh DIR endpoint-status HOST:PORT,...  `etcdctl endpoint status -w json` of the members whose port
+#   member.sh DIR endpoint-status ENDPOINT,...  `etcdctl endpoint status -w json` of the members whose port
 #                                       takes a TCP connection (tried all at once, 1 s at most): the same JSON as
 #                                       one etcdctl over all the endpoints, but a stopped member is left out at
 #                                       once instead of costing etcdctl's whole command timeout. Exit 1 when any
-#                                       member is left out.
+#                                       member is left out. ENDPOINT: HOST:PORT, [IPV6]:PORT, either after
+#                                       http:// or https:// (passed to etcdctl as given; TLS flags are not).
 # DIR holds member.conf (name, client_url, peer_url, initial_cluster, cluster_token; written by cluster.sh),
 # data/ (etcd's data dir), pid, etcd.log, current (a symlink to the installed package) and actions.log: one line
 # per action that changed something ("UNIX_MS stop PID", "UNIX_MS install VERSION", "UNIX_MS start PID VERSION"),
@@ -89,22 +90,41 @@ healthy() {
 # later if need be), no later than etcdctl would have. Only the members that took a connection are
 # asked; one that accepts but does not answer (hung) is still timed out by etcdctl itself after 1 s, and left
 # out. Sets `up` (comma-separated) and `down` (space-separated) from the endpoints given.
-reachable() { # HOST:PORT...
-  local ep valid=() line
+# An endpoint is HOST:PORT, [IPV6]:PORT, or either after http:// or https:// (etcdctl's forms); `tcp_target`
+# prints HOST/PORT for bash's /dev/tcp (brackets dropped), or nothing for anything else (left out: down).
+tcp_target() { # ENDPOINT
+  local ep="$1" host port v6='^\[([0-9A-Fa-f:.]+)\]:([0-9]+)$' plain='^([^]:/[]+):([0-9]+)$'
+  ep="${ep#http://}"
+  ep="${ep#https://}"
+  ep="${ep%/}"
+  if [[ "$ep" =~ $v6 ]]; then
+    host="${BASH_REMATCH[1]}" port="${BASH_REMATCH[2]}"
+  elif [[ "$ep" =~ $plain ]]; then
+    host="${BASH_REMATCH[1]}" port="${BASH_REMATCH[2]}"
+  else
+    return 0
+  fi
+  echo "$host/$port"
+}
+
+reachable() { # ENDPOINT...
+  local ep valid=() line target
   local -A connected=()
   up="" down=""
   for ep in "$@"; do
-    if [[ "${ep##*:}" =~ ^[0-9]+$ ]] && [ "${ep%:*}" != "$ep" ]; then valid+=("$ep"); fi
+    target="$(tcp_target "$ep")"
+    if [ -n "$target" ]; then valid+=("$ep" "$target"); fi
   done
   if [ "${#valid[@]}" -gt 0 ]; then
     # One shell under `timeout`, one forked subshell per endpoint (no exec each): a subshell prints its endpoint
     # once the connection opened. At 1 s timeout signals its whole process group, the subshells still in
-    # connect() included.
+    # connect() included. Arguments come in pairs: the endpoint as given, then its HOST/PORT.
     while IFS= read -r line; do
       connected[$line]=1
     done < <(timeout -k 1 1 bash -c '
-      for ep in "$@"; do
-        (exec 3<>"/dev/tcp/${ep%:*}/${ep##*:}" && echo "$ep") 2>/dev/null &
+      while [ $# -ge 2 ]; do
+        (exec 3<>"/dev/tcp/$2" && echo "$1") 2>/dev/null &
+        shift 2
       done
       wait' _ "${valid[@]}" 2>/dev/null)
   fi

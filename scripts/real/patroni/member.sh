@@ -172,21 +172,31 @@ print("true" if json.load(sys.stdin).get("pause") else "false")' || die "Patroni
 }
 
 # The members (per GET /cluster) whose own GET /patroni does not yet show pause WANT (true/false), one line.
-# A member whose Patroni does not answer is not waited for (a stopped Patroni decides nothing, and reads the
-# setting from the DCS when it starts; its key may outlive it by up to ttl): patronictl skips it too, where it
-# cannot reach it. Fails when GET /cluster does not answer.
+# A member whose Patroni refuses the connection is not waited for: no Patroni runs there, so it decides nothing,
+# and it reads the setting from the DCS when it starts (its key may outlive it by up to ttl). Any other failure
+# (a timeout: a hung or cut-off Patroni, which may still act on the old setting; an error answer) keeps the
+# member pending, so the wait fails closed rather than reporting a fence that one member may not have seen.
+# Fails when GET /cluster does not answer.
 members_not_showing_pause() {
   local json
   json="$(rest_cluster)" || return 1
   "$venv/bin/python" -c '
-import json, sys, urllib.request
+import json, sys, urllib.error, urllib.request
 want = sys.argv[2] == "true"
 pending = []
 for m in json.loads(sys.argv[1])["members"]:
     try:
         with urllib.request.urlopen(m["api_url"], timeout=2) as r:
             shown = bool(json.load(r).get("pause"))
-    except Exception:
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ConnectionRefusedError):
+            continue
+        pending.append(m["name"] + " (no answer: " + str(e.reason) + ")")
+        continue
+    except ConnectionRefusedError:
+        continue
+    except Exception as e:
+        pending.append(m["name"] + " (no answer: " + type(e).__name__ + ")")
         continue
     if shown is not want:
         pending.append(m["name"])
@@ -287,7 +297,11 @@ case "$cmd" in
     # patronictl took 1.5-7 s a call on the loaded test machine): PATCH /config {"pause": true|null}, then wait
     # until every member the DCS lists shows it in its own GET /patroni ("pause": true, absent when not paused).
     # patronictl waits for the same on the members' DCS keys and gives up after loop_wait + 1 s with exit 0;
-    # this fails instead (MEMBER_PAUSE_WAIT_S, 30 s).
+    # this fails instead (MEMBER_PAUSE_WAIT_S, 30 s). A member whose Patroni does not answer in time counts as
+    # not yet showing it (only a refused connection, no Patroni running, is skipped). No extra loop_wait after
+    # all show it: an HA cycle that began before a member saw the pause can only act on a missing leader key,
+    # and the upgrade's first action after the fence is up (stopping a follower, behind the guard's fresh look at
+    # a healthy leader) removes no leader key.
     want=true
     [ "$cmd" = resume ] && want=false
     # Already so in the DCS (a retry after an attempt that set it and then gave up waiting): no PATCH, but the
