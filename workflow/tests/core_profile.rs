@@ -1703,6 +1703,28 @@ fn members_already_installing_and_running_the_target_are_skipped_and_named() {
     assert_eq!(plan.skipped.len(), 3);
     assert!(etcd.journal.is_empty(), "{:?}", etcd.journal);
 
+    // `list` tells these ends apart from an upgrade that ran (hostile review 3 #11).
+    let note = |versions: [(&str, &str); 3]| {
+        let mut run = Run::new();
+        run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+        let mut etcd = Etcd::new(1);
+        for (m, (installed, running)) in etcd.members.iter_mut().zip(versions) {
+            m.installed = installed.into();
+            m.running = running.into();
+        }
+        etcd.drive(&mut run, 5_000);
+        run.state.skipped_note()
+    };
+    assert_eq!(
+        note([new; 3]).as_deref(),
+        Some("nothing to do: every member already ran the target (m1, m2, m3)")
+    );
+    assert_eq!(
+        note([new, old, old]).as_deref(),
+        Some("2 of 3 members upgraded; already at the target: m1")
+    );
+    assert_eq!(note([old; 3]), None);
+
     // Installed but still running the old binary (a restart never happened): not done, restarted.
     let (plan, end, etcd) = etcd_from(1, [("3.5.1", "3.4.23"), old, old]);
     assert_eq!(end, Status::Completed);

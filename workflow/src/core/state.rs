@@ -535,6 +535,28 @@ impl State {
         self.plan.as_deref()
     }
 
+    /// What the plan left out because those members already ran the target, for `list`'s row of a completed
+    /// upgrade: "completed" with nothing done must not read like an upgrade that ran. `None`: nobody was left out.
+    pub fn skipped_note(&self) -> Option<String> {
+        let plan = self.plan()?;
+        if plan.skipped.is_empty() {
+            return None;
+        }
+        let nodes = self.nodes.len();
+        let upgraded = nodes.saturating_sub(plan.skipped.len());
+        Some(if upgraded == 0 {
+            format!(
+                "nothing to do: every member already ran the target ({})",
+                plan.skipped.join(", ")
+            )
+        } else {
+            format!(
+                "{upgraded} of {nodes} members upgraded; already at the target: {}",
+                plan.skipped.join(", ")
+            )
+        })
+    }
+
     /// The SHA-256 of the profile file this upgrade runs (`None` for a built-in profile): the hash of the very
     /// text whose parsers read the probes' output (the plan records the same value, and its hash covers it).
     /// Every step request carries it, and an executor runs a step only if it is its own profile file's.

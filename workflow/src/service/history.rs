@@ -161,7 +161,10 @@ impl Tracker {
     /// (none before its `UpgradeSubmitted`).
     pub(crate) fn row(&self, upgrade: &str, state: &State) -> Option<UpgradeSummary> {
         let (plan_only, requested_by) = self.submitted.clone()?;
-        let (status, reason) = view::status_words(&state.status());
+        let (status, mut reason) = view::status_words(&state.status());
+        if reason.is_none() && status == "completed" {
+            reason = state.skipped_note();
+        }
         Some(UpgradeSummary {
             upgrade: upgrade.to_string(),
             kind: if plan_only { "plan" } else { "upgrade" }.to_string(),
