@@ -836,6 +836,77 @@ async fn reply_subjects_cannot_aim_the_service_with_nats_auth_off() {
     reply_subjects_cannot_aim_the_service(false).await;
 }
 
+/// Three etcd members faked by `fake_member_tool` (the probes answer with a healthy 3.4.23 cluster's captured
+/// output; every call is appended to `ran`), and deployments of one cluster file beside a profile file.
+struct FakeEtcd {
+    dir: tempfile::TempDir,
+    ran: std::path::PathBuf,
+    cluster: String,
+}
+
+impl FakeEtcd {
+    const IDS: [(&'static str, &'static str, &'static str); 3] = [
+        ("m1", "47069", "5d14f8b3ac4b6cb1"),
+        ("m2", "55533", "2d19e0210d84b8b5"),
+        ("m3", "57289", "a2e191591bbfb5f7"),
+    ];
+
+    fn new() -> FakeEtcd {
+        let root = tests::workspace_root();
+        let fixtures = root.join("tests/fixtures/etcd/healthy");
+        let dir = tempfile::tempdir().unwrap();
+        let ran = dir.path().join("ran");
+        let package = dir.path().join("etcd-3.5.1");
+        std::fs::create_dir(&package).unwrap();
+        let mut cluster =
+            String::from("[cluster]\nname = \"etcd-faked\"\nprofile = \"etcd.toml\"\n");
+        for (node, port, id) in Self::IDS {
+            let home = dir.path().join(node);
+            std::fs::create_dir(&home).unwrap();
+            for tool in ["ctl", "etcdctl"] {
+                let path = home.join(tool);
+                std::fs::write(&path, fake_member_tool(&ran, &fixtures, node, tool)).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            cluster.push_str(&format!(
+                "\n[[nodes]]\nname = \"{node}\"\naddress = \"127.0.0.1:{port}\"\nexecutor = \"{node}\"\n\
+                 vars = {{ ctl = \"{h}/ctl\", etcdctl = \"{h}/etcdctl\", \
+                 endpoints = \"127.0.0.1:47069,127.0.0.1:55533,127.0.0.1:57289\", member_id = \"{id}\" }}\n",
+                h = home.display()
+            ));
+        }
+        cluster.push_str(&format!(
+            "\n[upgrade]\npackage = \"{}\"\ntarget_version = \"3.5.1\"\n",
+            package.display()
+        ));
+        FakeEtcd { dir, ran, cluster }
+    }
+
+    /// A directory `name` holding the cluster file and `profile` as `etcd.toml`.
+    fn deploy(&self, name: &str, profile: &str) -> std::path::PathBuf {
+        let at = self.dir.path().join(name);
+        std::fs::create_dir(&at).unwrap();
+        std::fs::write(at.join("cluster.toml"), &self.cluster).unwrap();
+        std::fs::write(at.join("etcd.toml"), profile).unwrap();
+        at
+    }
+
+    fn groups(&self) -> Vec<String> {
+        Self::IDS.iter().map(|(n, _, _)| n.to_string()).collect()
+    }
+
+    /// The commands run so far on `node`'s member, one per line as `fake_member_tool` wrote them.
+    fn ran_on(&self, node: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.ran)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some(node))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 /// `etcdctl` or `ctl` of one member, faked: each call is appended to `ran`, and the probes answer with the real
 /// output captured from a healthy 3.4.23 cluster (`tests/fixtures/etcd/healthy`, whose cluster file's addresses
 /// and member IDs the test's cluster file copies).
@@ -868,7 +939,6 @@ fn fake_member_tool(ran: &Path, fixtures: &Path, node: &str, tool: &str) -> Stri
 #[tokio::test(flavor = "multi_thread")]
 async fn a_submitted_profile_whose_parsers_differ_from_the_executors_runs_nothing() {
     let root = tests::workspace_root();
-    let fixtures = root.join("tests/fixtures/etcd/healthy");
     let honest = std::fs::read_to_string(root.join("profiles/etcd.toml")).unwrap();
     let lying = honest
         .replace(
@@ -881,44 +951,14 @@ async fn a_submitted_profile_whose_parsers_differ_from_the_executors_runs_nothin
         )
         .replace("max_lag = 100\n", "");
     assert_ne!(lying, honest);
-    let dir = tempfile::tempdir().unwrap();
-    let ran = dir.path().join("ran");
-    let package = dir.path().join("etcd-3.5.1");
-    std::fs::create_dir(&package).unwrap();
-    let ids = [
-        ("m1", "47069", "5d14f8b3ac4b6cb1"),
-        ("m2", "55533", "2d19e0210d84b8b5"),
-        ("m3", "57289", "a2e191591bbfb5f7"),
-    ];
-    let mut cluster = String::from("[cluster]\nname = \"etcd-faked\"\nprofile = \"etcd.toml\"\n");
-    for (node, port, id) in ids {
-        let home = dir.path().join(node);
-        std::fs::create_dir(&home).unwrap();
-        for tool in ["ctl", "etcdctl"] {
-            let path = home.join(tool);
-            std::fs::write(&path, fake_member_tool(&ran, &fixtures, node, tool)).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        cluster.push_str(&format!(
-            "\n[[nodes]]\nname = \"{node}\"\naddress = \"127.0.0.1:{port}\"\nexecutor = \"{node}\"\n\
-             vars = {{ ctl = \"{h}/ctl\", etcdctl = \"{h}/etcdctl\", \
-             endpoints = \"127.0.0.1:47069,127.0.0.1:55533,127.0.0.1:57289\", member_id = \"{id}\" }}\n",
-            h = home.display()
-        ));
-    }
-    cluster.push_str(&format!(
-        "\n[upgrade]\npackage = \"{}\"\ntarget_version = \"3.5.1\"\n",
-        package.display()
-    ));
+    let fake = FakeEtcd::new();
+    let ran = fake.ran.clone();
     // The executors' deployment: the cluster file and the honest profile beside it. The operator's copy: the
     // same cluster file, the lying profile beside it.
-    let (deployed, submitted) = (dir.path().join("deployed"), dir.path().join("submitted"));
-    for (at, profile) in [(&deployed, &honest), (&submitted, &lying)] {
-        std::fs::create_dir(at).unwrap();
-        std::fs::write(at.join("cluster.toml"), &cluster).unwrap();
-        std::fs::write(at.join("etcd.toml"), profile).unwrap();
-    }
+    let (deployed, submitted) = (
+        fake.deploy("deployed", &honest),
+        fake.deploy("submitted", &lying),
+    );
     let sha256sum = |path: &Path| {
         let out = std::process::Command::new("sha256sum")
             .arg(path)
@@ -932,7 +972,7 @@ async fn a_submitted_profile_whose_parsers_differ_from_the_executors_runs_nothin
     };
     let ours = sha256sum(&deployed.join("etcd.toml"));
     let theirs = sha256sum(&submitted.join("etcd.toml"));
-    let groups: Vec<String> = ids.iter().map(|(n, _, _)| n.to_string()).collect();
+    let groups = fake.groups();
     let baton = crate::real_baton::Baton::start(&deployed.join("cluster.toml"), &groups).await;
 
     // oscar holds the operator role: enough to submit, not to approve. The executors' presence records say which
@@ -997,5 +1037,77 @@ async fn a_submitted_profile_whose_parsers_differ_from_the_executors_runs_nothin
     assert!(
         calls.contains("etcdctl m1 ") || calls.contains("etcdctl m2 "),
         "{calls}"
+    );
+}
+
+/// Hostile review 4 #6: the presence check refuses a submission whose profile is not the executors', but an
+/// executor restarted mid-upgrade with an edited profile file (an operator changed it on one host) is only
+/// caught by the executor itself: every step planned with the old profile is refused `wrong_profile` before
+/// anything runs, and the upgrade stops on that refusal instead of reading the member with another profile's
+/// parsers.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_executor_restarted_mid_upgrade_with_an_edited_profile_refuses_the_steps_and_runs_nothing(
+) {
+    let root = tests::workspace_root();
+    let honest = std::fs::read_to_string(root.join("profiles/etcd.toml")).unwrap();
+    let edited = honest.replace("max_lag = 100\n", "max_lag = 1000\n");
+    assert_ne!(edited, honest);
+    let fake = FakeEtcd::new();
+    let (deployed, edited_at) = (
+        fake.deploy("deployed", &honest),
+        fake.deploy("edited", &edited),
+    );
+    let mut baton =
+        crate::real_baton::Baton::start(&deployed.join("cluster.toml"), &fake.groups()).await;
+    let submitted = baton.run_ok(&[
+        "submit",
+        "--cluster",
+        &deployed.join("cluster.toml").display().to_string(),
+        "--detach",
+    ]);
+    let upgrade = submitted.trim().to_string();
+    baton.run_ok(&[
+        "pause",
+        &upgrade,
+        "--reason",
+        "m1's profile is being edited",
+    ]);
+    let paused = tests::wait_until(Duration::from_secs(30), || {
+        baton.status(&upgrade).is_some_and(|s| s.status == "paused")
+    })
+    .await;
+    assert!(paused, "paused\n{}", baton.logs());
+
+    baton
+        .restart_executor("m1", &edited_at.join("cluster.toml"))
+        .await;
+    let before = fake.ran_on("m1").len();
+    baton.run_ok(&["resume", &upgrade]);
+    let ended = tests::wait_until(Duration::from_secs(90), || {
+        baton
+            .status(&upgrade)
+            .is_some_and(|s| s.status == "halted" || s.status == "completed")
+    })
+    .await;
+    let view = baton.status(&upgrade);
+    assert!(ended, "the upgrade ended: {view:?}\n{}", baton.logs());
+    let view = view.unwrap();
+    assert_eq!(view.status, "halted", "{view:?}");
+    let reason = view.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("m1") && reason.contains("sha256"),
+        "the halt names the node and the refusal: {reason}"
+    );
+    let logs = baton.executor_logs();
+    assert!(
+        logs.contains("wrong_profile"),
+        "the restarted executor refused wrong_profile:\n{logs}"
+    );
+    let after = fake.ran_on("m1");
+    assert_eq!(
+        after.len(),
+        before,
+        "nothing ran on m1 after its executor came back with another profile: {:?}",
+        &after[before..]
     );
 }

@@ -195,6 +195,40 @@ impl Baton {
         baton
     }
 
+    /// Stops `group`'s executor (SIGKILL) and starts it again on the same state dir (its ledger) with
+    /// `cluster_file`; returns once `executors` lists the new process.
+    pub(crate) async fn restart_executor(&mut self, group: &str, cluster_file: &Path) {
+        let name = format!("executor {group}");
+        let i = self
+            .executors
+            .iter()
+            .position(|e| e.name() == name)
+            .expect("an executor of that group");
+        self.executors[i].kill();
+        let mut cmd = cli(&self.secure, &self.nats, self.secure.executor_key(group));
+        cmd.args(["executor", "--group", group, "--cluster-file"])
+            .arg(cluster_file)
+            .args(["--heartbeat-ms", "500"])
+            .arg("--state-dir")
+            .arg(self._dir.path().join("executors").join(group));
+        let log = self
+            ._dir
+            .path()
+            .join(format!("executor-{group}-restarted.log"));
+        self.executors[i] = Proc::spawn(&name, cmd, &log).unwrap();
+        let pid = self.executors[i].pid().as_raw() as u64;
+        let online = tests::wait_until(Duration::from_secs(60), || {
+            let out = self.run(&["--output", "json", "--api-timeout", "2", "executors"]);
+            let executors: Vec<serde_json::Value> =
+                serde_json::from_slice(&out.stdout).unwrap_or_default();
+            executors
+                .iter()
+                .any(|e| e["group"] == group && e["pid"].as_u64() == Some(pid))
+        })
+        .await;
+        assert!(online, "{name} came back\n{}", self.logs());
+    }
+
     /// The CLI as operator alice (an approver).
     pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.run_as("alice", args)
