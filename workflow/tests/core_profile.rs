@@ -1830,3 +1830,159 @@ fn assert_checked_again_before_the_switchover(plan: &workflow::core::Plan, node:
         plan.items
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Probe rounds: `profiles/etcd.toml` sets `[procedure] probe_rounds = true`, so read-only probes that do not
+// depend on each other are scheduled together, one round per decision, and judged in step order once all have
+// answered (core/mod.rs, S1).
+
+/// `node@m2`: a step's probe (or action) and node, short.
+fn label(s: &ScheduledStep) -> String {
+    let what = match s.action {
+        Action::ProbeClusterStatus => "topology",
+        Action::ProbeStatus => "node",
+        Action::ProbeVersion => "version",
+        Action::ProbeRunningVersion => "running",
+        Action::ProbePackage => "package",
+        Action::ProbeFailover => "fence",
+        other => other.as_str(),
+    };
+    format!("{what}@{}", s.node)
+}
+
+/// The order in which a test answers the steps of a round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    AsScheduled,
+    Reversed,
+}
+
+/// Drives `run` against `model` until it ends (or `max` inputs): every step outstanding is answered, in `order`,
+/// before any tick. Returns the steps each decision from now on schedules (a round, or a single step), labelled.
+fn drive_rounds(
+    run: &mut Run,
+    order: Answer,
+    max: usize,
+    mut model: impl FnMut(&ScheduledStep) -> (Outcome, Option<i32>, String, String),
+) -> Vec<Vec<String>> {
+    let mut batches: Vec<Vec<String>> = Vec::new();
+    let mut note = |events: &[Event]| {
+        let labels: Vec<String> = common::scheduled(events).iter().map(label).collect();
+        if !labels.is_empty() {
+            batches.push(labels);
+        }
+    };
+    for _ in 0..max {
+        if run.state.is_terminal() {
+            break;
+        }
+        let mut out = run.state.outstanding_steps();
+        if out.is_empty() {
+            if run.state.next_wakeup_ms().is_none() {
+                break;
+            }
+            let events = run.tick();
+            note(&events);
+            continue;
+        }
+        if order == Answer::Reversed {
+            out.reverse();
+        }
+        for step in out {
+            let result = model(&step);
+            let events = run.finish(&step, result);
+            note(&events);
+        }
+    }
+    batches
+}
+
+/// A round as the tests write it.
+fn round(labels: &[&str]) -> Vec<String> {
+    labels.iter().map(|l| l.to_string()).collect()
+}
+
+/// Every decision's steps obey the round rules: an action alone, a topology alone, one probe per node.
+fn assert_round_rules(batches: &[Vec<String>]) {
+    for b in batches {
+        let probes = [
+            "topology@",
+            "node@",
+            "version@",
+            "running@",
+            "package@",
+            "fence@",
+        ];
+        let is_probe = |l: &String| probes.iter().any(|p| l.starts_with(p));
+        if b.len() > 1 {
+            assert!(
+                b.iter().all(is_probe),
+                "an action beside another step: {b:?}"
+            );
+            assert!(
+                !b.iter().any(|l| l.starts_with("topology@")),
+                "a topology beside other probes: {b:?}"
+            );
+            let nodes: std::collections::BTreeSet<&str> = b
+                .iter()
+                .map(|l| l.split('@').nth(1).unwrap_or_default())
+                .collect();
+            assert_eq!(
+                nodes.len(),
+                b.len(),
+                "two probes of one node in a round: {b:?}"
+            );
+        }
+    }
+}
+
+/// The steps a run of the etcd model schedules, decision by decision, answering each round in `order`.
+fn etcd_rounds(order: Answer) -> (Run, Vec<Vec<String>>) {
+    let mut run = Run::new();
+    let submitted = run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+    let mut batches = vec![common::scheduled(&submitted).iter().map(label).collect()];
+    let mut etcd = Etcd::new(1); // m2 leads
+    batches.extend(drive_rounds(&mut run, order, 5_000, |s| etcd.run(s)));
+    assert_eq!(status(&run.state), Status::Completed);
+    assert_eq!(etcd.outages, 0);
+    assert!(etcd.members.iter().all(|m| m.up && m.installed == "3.5.1"));
+    (run, batches)
+}
+
+#[test]
+fn with_probe_rounds_preflight_asks_each_kind_of_member_probe_of_every_member_at_once() {
+    let (run, batches) = etcd_rounds(Answer::AsScheduled);
+    assert_round_rules(&batches);
+    // Preflight: the topology, then each kind of per-member probe of every member at once (5 rounds, not 13).
+    let want: Vec<Vec<String>> = vec![
+        round(&["topology@m1"]),
+        round(&["node@m1", "node@m2", "node@m3"]),
+        round(&["version@m1", "version@m2", "version@m3"]),
+        round(&["running@m1", "running@m2", "running@m3"]),
+        round(&["package@m1", "package@m2", "package@m3"]),
+        round(&["topology@m2"]),
+    ];
+    assert_eq!(batches[..want.len()], want[..]);
+    // The log alone re-derives every decision, and replays to the same state.
+    workflow::core::verify(&run.history).expect("verify");
+    assert_eq!(workflow::core::replay(&run.history), run.state);
+}
+
+/// The events of a history but its recorded results (whose order the test chose).
+fn decisions(history: &[Event]) -> Vec<Event> {
+    history
+        .iter()
+        .filter(|e| !matches!(e, Event::StepResultRecorded { .. }))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_round_answered_in_reverse_order_is_judged_exactly_as_in_order() {
+    let (forward, forward_batches) = etcd_rounds(Answer::AsScheduled);
+    let (backward, backward_batches) = etcd_rounds(Answer::Reversed);
+    assert_eq!(forward_batches, backward_batches);
+    assert_eq!(decisions(&forward.history), decisions(&backward.history));
+    workflow::core::verify(&backward.history).expect("verify");
+    assert_eq!(workflow::core::replay(&backward.history), backward.state);
+}
