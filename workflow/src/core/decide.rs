@@ -1319,8 +1319,8 @@ fn item_decisions(state: &State, now: u64) -> Vec<Event> {
             // The guard: fresh observations showing the action is safe now, then the action (or its next
             // attempt).
             let guard = guard_probes(state, *action, node);
-            if let Some((probe, on)) = guard.get(cursor.checks_passed) {
-                return one(schedule(state, *probe, on, now, None), now);
+            if cursor.checks_passed < guard.len() {
+                return schedule_probes(state, &guard, cursor.checks_passed, now);
             }
             match cursor.step {
                 None => one(schedule(state, *action, node, now, Some(argv)), now),
@@ -1341,13 +1341,13 @@ fn item_decisions(state: &State, now: u64) -> Vec<Event> {
         }
         _ => {
             let probes = item_probes(state, item);
-            match probes.get(cursor.checks_passed) {
-                Some((action, node)) => one(schedule(state, *action, node, now, None), now),
-                None => vec![Event::ItemCompleted {
-                    index: cursor.index,
-                    at_ms: now,
-                }],
+            if cursor.checks_passed < probes.len() {
+                return schedule_probes(state, &probes, cursor.checks_passed, now);
             }
+            vec![Event::ItemCompleted {
+                index: cursor.index,
+                at_ms: now,
+            }]
         }
     }
 }
