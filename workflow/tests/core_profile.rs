@@ -2008,3 +2008,332 @@ fn assert_checked_again_before_the_switchover(plan: &workflow::core::Plan, node:
         plan.items
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Probe rounds: `profiles/etcd.toml` sets `[procedure] probe_rounds = true`, so read-only probes that do not
+// depend on each other are scheduled together, one round per decision, and judged in step order once all have
+// answered (core/mod.rs, S1).
+
+/// `node@m2`: a step's probe (or action) and node, short.
+fn label(s: &ScheduledStep) -> String {
+    let what = match s.action {
+        Action::ProbeClusterStatus => "topology",
+        Action::ProbeStatus => "node",
+        Action::ProbeVersion => "version",
+        Action::ProbeRunningVersion => "running",
+        Action::ProbePackage => "package",
+        Action::ProbeFailover => "fence",
+        other => other.as_str(),
+    };
+    format!("{what}@{}", s.node)
+}
+
+/// The order in which a test answers the steps of a round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    AsScheduled,
+    Reversed,
+}
+
+/// Drives `run` against `model` until it ends (or `max` inputs): every step outstanding is answered, in `order`,
+/// before any tick. Returns the steps each decision from now on schedules (a round, or a single step), labelled.
+fn drive_rounds(
+    run: &mut Run,
+    order: Answer,
+    max: usize,
+    mut model: impl FnMut(&ScheduledStep) -> (Outcome, Option<i32>, String, String),
+) -> Vec<Vec<String>> {
+    let mut batches: Vec<Vec<String>> = Vec::new();
+    let mut note = |events: &[Event]| {
+        let labels: Vec<String> = common::scheduled(events).iter().map(label).collect();
+        if !labels.is_empty() {
+            batches.push(labels);
+        }
+    };
+    for _ in 0..max {
+        if run.state.is_terminal() {
+            break;
+        }
+        let mut out = run.state.outstanding_steps();
+        if out.is_empty() {
+            if run.state.next_wakeup_ms().is_none() {
+                break;
+            }
+            let events = run.tick();
+            note(&events);
+            continue;
+        }
+        if order == Answer::Reversed {
+            out.reverse();
+        }
+        for step in out {
+            let result = model(&step);
+            let events = run.finish(&step, result);
+            note(&events);
+        }
+    }
+    batches
+}
+
+/// A round as the tests write it.
+fn round(labels: &[&str]) -> Vec<String> {
+    labels.iter().map(|l| l.to_string()).collect()
+}
+
+/// Every decision's steps obey the round rules: an action alone, a topology alone, one probe per node.
+fn assert_round_rules(batches: &[Vec<String>]) {
+    for b in batches {
+        let probes = [
+            "topology@",
+            "node@",
+            "version@",
+            "running@",
+            "package@",
+            "fence@",
+        ];
+        let is_probe = |l: &String| probes.iter().any(|p| l.starts_with(p));
+        if b.len() > 1 {
+            assert!(
+                b.iter().all(is_probe),
+                "an action beside another step: {b:?}"
+            );
+            assert!(
+                !b.iter().any(|l| l.starts_with("topology@")),
+                "a topology beside other probes: {b:?}"
+            );
+            let nodes: std::collections::BTreeSet<&str> = b
+                .iter()
+                .map(|l| l.split('@').nth(1).unwrap_or_default())
+                .collect();
+            assert_eq!(
+                nodes.len(),
+                b.len(),
+                "two probes of one node in a round: {b:?}"
+            );
+        }
+    }
+}
+
+/// The steps a run of the etcd model schedules, decision by decision, answering each round in `order`.
+fn etcd_rounds(order: Answer) -> (Run, Vec<Vec<String>>) {
+    let mut run = Run::new();
+    let submitted = run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+    let mut batches = vec![common::scheduled(&submitted).iter().map(label).collect()];
+    let mut etcd = Etcd::new(1); // m2 leads
+    batches.extend(drive_rounds(&mut run, order, 5_000, |s| etcd.run(s)));
+    assert_eq!(status(&run.state), Status::Completed);
+    assert_eq!(etcd.outages, 0);
+    assert!(etcd.members.iter().all(|m| m.up && m.installed == "3.5.1"));
+    (run, batches)
+}
+
+#[test]
+fn with_probe_rounds_preflight_and_the_guard_ask_independent_probes_side_by_side() {
+    let (run, batches) = etcd_rounds(Answer::AsScheduled);
+    assert_round_rules(&batches);
+    // Preflight: the topology, then each kind of per-member probe of every member at once (5 rounds, not 13);
+    // the `stop` guard: the topology, the leader's and the other member's node probes together, the topology
+    // again, last, on its own (3 rounds, not 4).
+    let want: Vec<Vec<String>> = vec![
+        round(&["topology@m1"]),
+        round(&["node@m1", "node@m2", "node@m3"]),
+        round(&["version@m1", "version@m2", "version@m3"]),
+        round(&["running@m1", "running@m2", "running@m3"]),
+        round(&["package@m1", "package@m2", "package@m3"]),
+        round(&["topology@m2"]),
+        round(&["node@m2", "node@m3"]),
+        round(&["topology@m2"]),
+        round(&["stop@m1"]),
+    ];
+    assert_eq!(batches[..want.len()], want[..]);
+    // The switchover's guard: 3 rounds, not 5; every other member's node probe in one.
+    let at = batches
+        .iter()
+        .position(|b| *b == round(&["demote@m2"]))
+        .expect("a switchover");
+    assert_eq!(
+        batches[at - 3..at],
+        [
+            round(&["topology@m1"]),
+            round(&["node@m2", "node@m1", "node@m3"]),
+            round(&["topology@m1"]),
+        ]
+    );
+    // 70 steps in 57 decisions (one at a time, they were 70 decisions).
+    let steps: usize = batches.iter().map(Vec::len).sum();
+    assert_eq!((batches.len(), steps), (57, 70), "{batches:?}");
+    // The log alone re-derives every decision, and replays to the same state.
+    workflow::core::verify(&run.history).expect("verify");
+    assert_eq!(workflow::core::replay(&run.history), run.state);
+}
+
+/// The events of a history but its recorded results (whose order the test chose).
+fn decisions(history: &[Event]) -> Vec<Event> {
+    history
+        .iter()
+        .filter(|e| !matches!(e, Event::StepResultRecorded { .. }))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_round_answered_in_reverse_order_is_judged_exactly_as_in_order() {
+    let (forward, forward_batches) = etcd_rounds(Answer::AsScheduled);
+    let (backward, backward_batches) = etcd_rounds(Answer::Reversed);
+    assert_eq!(forward_batches, backward_batches);
+    assert_eq!(decisions(&forward.history), decisions(&backward.history));
+    workflow::core::verify(&backward.history).expect("verify");
+    assert_eq!(workflow::core::replay(&backward.history), backward.state);
+}
+
+/// Runs the etcd model until the first `stop` guard's round of node probes is out; returns the run, the model
+/// and that round's steps (the leader's first).
+fn at_the_first_node_round() -> (Run, Etcd, Vec<ScheduledStep>) {
+    let mut run = Run::new();
+    run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+    let mut etcd = Etcd::new(1); // m2 leads
+    until_planned(&mut run, |s| etcd.run(s));
+    for _ in 0..20 {
+        let out = run.state.outstanding_steps();
+        if out.len() == 2 {
+            let labels: Vec<String> = out.iter().map(label).collect();
+            assert_eq!(labels, round(&["node@m2", "node@m3"]));
+            return (run, etcd, out);
+        }
+        let step = run.outstanding();
+        let r = etcd.run(&step);
+        run.finish(&step, r);
+    }
+    panic!("no round of node probes");
+}
+
+/// The checks and observations the history holds for `step`.
+fn judged(history: &[Event], step: u64) -> (usize, Option<bool>) {
+    let recorded = history
+        .iter()
+        .filter(|e| matches!(e, Event::ObservationRecorded { step: s, .. } if *s == step))
+        .count();
+    let check = history.iter().find_map(|e| match e {
+        Event::CheckEvaluated {
+            step: s, passed, ..
+        } if *s == step => Some(*passed),
+        _ => None,
+    });
+    (recorded, check)
+}
+
+#[test]
+fn a_round_whose_first_probe_shows_no_leader_decides_on_it_though_the_later_probes_look_fine() {
+    let (mut run, mut etcd, round_steps) = at_the_first_node_round();
+    let (leader, other) = (&round_steps[0], &round_steps[1]);
+    // The other member answers first and looks fine; the leader's own node probe shows no leader (what
+    // `endpoint health` prints when the cluster has none).
+    let fine = etcd.run(other);
+    run.finish(other, fine);
+    let from = run.history.len();
+    run.finish(
+        leader,
+        (
+            Outcome::Failed,
+            Some(1),
+            r#"[{"endpoint":"127.0.0.1:2389","health":false,"took":"3.0s","error":"context deadline exceeded"}]"#
+                .into(),
+            "Error: unhealthy cluster".into(),
+        ),
+    );
+    let decided = &run.history[from..];
+    // The leader's probe decides (a failed check, a poll); the other one is recorded but never judged.
+    assert_eq!(judged(decided, leader.step), (1, Some(false)));
+    assert_eq!(judged(decided, other.step), (1, None), "{decided:#?}");
+    assert!(decided.iter().any(|e| matches!(
+        e,
+        Event::WaitStarted {
+            purpose: workflow::core::WaitPurpose::Poll,
+            ..
+        }
+    )));
+    // So the guard starts again from its topology, and `stop` runs only after a whole fresh guard.
+    let batches = drive_rounds(&mut run, Answer::AsScheduled, 5_000, |s| etcd.run(s));
+    assert_eq!(
+        batches[..4],
+        [
+            round(&["topology@m2"]),
+            round(&["node@m2", "node@m3"]),
+            round(&["topology@m2"]),
+            round(&["stop@m1"]),
+        ]
+    );
+    assert_eq!(status(&run.state), Status::Completed);
+    workflow::core::verify(&run.history).expect("verify");
+}
+
+#[test]
+fn a_round_waits_for_every_probe_and_a_timed_out_one_is_judged_in_its_turn() {
+    let (mut run, mut etcd, round_steps) = at_the_first_node_round();
+    let (leader, other) = (&round_steps[0], &round_steps[1]);
+    // The first probe answers: nothing is judged, nothing new is scheduled, while the other is out.
+    let r = etcd.run(leader);
+    let events = run.finish(leader, r);
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e, Event::StepResultRecorded { .. })),
+        "decided while a probe of the round was out: {events:#?}"
+    );
+    assert_eq!(
+        run.input(Input::Tick {
+            now_ms: run.now + 1
+        })
+        .unwrap(),
+        vec![],
+        "a tick before the deadline decides nothing"
+    );
+    assert_eq!(run.state.outstanding_steps(), vec![other.clone()]);
+    // The other never answers: its own deadline passes, and the round is judged in step order.
+    assert_eq!(run.state.next_wakeup_ms(), Some(other.deadline_ms));
+    let from = run.history.len();
+    run.tick();
+    let decided = &run.history[from..];
+    assert!(matches!(
+        decided.get(1),
+        Some(Event::StepDeadlinePassed { step, .. }) if *step == other.step
+    ));
+    assert_eq!(judged(decided, leader.step), (1, Some(true)));
+    assert_eq!(judged(decided, other.step), (1, Some(false)));
+    let stop = decided
+        .iter()
+        .filter_map(Event::scheduled_step)
+        .find(|s| !s.action.is_probe());
+    assert_eq!(stop, None, "an action after a timed-out guard probe");
+    let batches = drive_rounds(&mut run, Answer::AsScheduled, 5_000, |s| etcd.run(s));
+    assert_eq!(batches[3], round(&["stop@m1"]), "{batches:?}");
+    assert_eq!(status(&run.state), Status::Completed);
+    workflow::core::verify(&run.history).expect("verify");
+}
+
+#[test]
+fn a_round_cut_by_a_restart_is_published_again_whole_and_goes_on_from_the_log() {
+    let (mut run, mut etcd, round_steps) = at_the_first_node_round();
+    // What the service rebuilds from the log when it starts again: every probe of the round is outstanding (it
+    // publishes them all again) and the earliest of their deadlines is armed.
+    let recovered = workflow::core::replay(&run.history);
+    assert_eq!(recovered, run.state);
+    assert_eq!(recovered.outstanding_steps(), round_steps);
+    assert_eq!(
+        recovered.next_wakeup_ms(),
+        round_steps.iter().map(|s| s.deadline_ms).min()
+    );
+    // The results then come back in any order: the same decisions as before the restart, in order.
+    let mut again = Run {
+        state: recovered,
+        history: run.history.clone(),
+        now: run.now,
+    };
+    let mut model = Etcd::new(1);
+    model.members = etcd.members.clone();
+    let reversed = drive_rounds(&mut again, Answer::Reversed, 5_000, |s| model.run(s));
+    let in_order = drive_rounds(&mut run, Answer::AsScheduled, 5_000, |s| etcd.run(s));
+    assert_eq!(reversed, in_order);
+    assert_eq!(decisions(&again.history), decisions(&run.history));
+    assert_eq!(status(&again.state), Status::Completed);
+}

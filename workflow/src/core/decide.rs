@@ -709,6 +709,9 @@ pub(crate) fn next_decisions(state: &State, now: u64) -> Vec<Event> {
     if let Some(exit) = emergency_by_time(state, now) {
         return vec![exit];
     }
+    if let Some(decided) = round_decisions(state, now) {
+        return decided;
+    }
     if let Some(record) = state.current_record() {
         if record.outcome.is_none() {
             if now >= record.scheduled.deadline_ms {
@@ -789,6 +792,129 @@ pub(crate) fn next_decisions(state: &State, now: u64) -> Vec<Event> {
         return preflight_decisions(state, now);
     }
     item_decisions(state, now)
+}
+
+/// Whether a round may hold several probes of one node. `false` while an executor runs one step of a node at a
+/// time and has no way to hand a second one back for later: a round then holds at most one probe per node.
+/// Once every executor hands a step for a busy node back with a delay, `true` here lets a node's own probes
+/// (WaitSynced's node, version and running version; VerifySwitchover's) share a round, with no other change.
+pub(crate) const ROUND_SHARES_NODE: bool = false;
+
+/// The probes of `probes[from..]` asked together as one round: the probe at `from`, then the ones after it for as
+/// long as each is read-only, asks no topology and (unless [`ROUND_SHARES_NODE`]) no node already in the round.
+/// A topology is a round of its own: the probes after it are chosen from what it shows (the leader's node probe,
+/// a live node to ask), and the guard's last look stays the last.
+pub(crate) fn round_of(probes: &[(Action, String)], from: usize) -> &[(Action, String)] {
+    let Some((first, _)) = probes.get(from) else {
+        return &[];
+    };
+    let mut end = from + 1;
+    if *first != Action::ProbeClusterStatus && first.is_probe() {
+        while let Some((action, node)) = probes.get(end) {
+            let node_taken = probes[from..end].iter().any(|(_, n)| n == node);
+            if !action.is_probe()
+                || *action == Action::ProbeClusterStatus
+                || (node_taken && !ROUND_SHARES_NODE)
+            {
+                break;
+            }
+            end += 1;
+        }
+    }
+    &probes[from..end]
+}
+
+/// Schedules `probes[from]`, or, where the profile asks for rounds, the whole round starting there (one decision,
+/// consecutive step ids): S1's "one step outstanding" becomes "one action, or one round of probes".
+fn schedule_probes(
+    state: &State,
+    probes: &[(Action, String)],
+    from: usize,
+    now: u64,
+) -> Vec<Event> {
+    let round = if sub(state).profile.probe_rounds {
+        round_of(probes, from)
+    } else {
+        probes.get(from..from.saturating_add(1)).unwrap_or(&[])
+    };
+    let mut out = Vec::with_capacity(round.len());
+    for (nth, (action, node)) in (0u64..).zip(round) {
+        match schedule(state, *action, node, now, None) {
+            Ok(mut event) => {
+                if let Event::StepScheduled { step, .. } = &mut event {
+                    *step = step.saturating_add(nth);
+                }
+                out.push(event);
+            }
+            Err(why) => return vec![wind_down(format!("cannot schedule a step: {why}"), now)],
+        }
+    }
+    out
+}
+
+/// The probe the current checking context would ask next if it asked one at a time: preflight's, the guard's
+/// or a checking item's at the count of checks passed.
+fn next_probe(state: &State) -> Option<(Action, String)> {
+    let Some(plan) = &state.plan else {
+        return preflight_probes(state).get(state.preflight_passed).cloned();
+    };
+    let c = state.cursor.as_ref()?;
+    match plan.items.get(c.index)? {
+        PlanItem::Run { action, node, .. } => guard_probes(state, *action, node),
+        item => item_probes(state, item),
+    }
+    .get(c.checks_passed)
+    .cloned()
+}
+
+/// A round of probes (rules in `core/mod.rs`, S1): nothing else is decided while any of its probes is out (each
+/// one's deadline passes on its own); once all have an outcome, they are judged one by one in step order,
+/// exactly as if they had run one after another (`State::apply` takes the next one up after a passed check);
+/// once the judgment ended before the last one, the rest are recorded unjudged. `None`: no round, or the
+/// round's next probe is to be judged the ordinary way.
+fn round_decisions(state: &State, now: u64) -> Option<Vec<Event>> {
+    let records: Vec<&StepRecord> = state
+        .round
+        .iter()
+        .filter_map(|s| state.steps.get(s))
+        .collect();
+    let first = records.first()?;
+    if records.iter().any(|r| r.outcome.is_none()) {
+        let due = records
+            .iter()
+            .filter(|r| r.outcome.is_none())
+            .map(|r| &r.scheduled)
+            .find(|s| now >= s.deadline_ms);
+        return Some(
+            due.map(|s| {
+                vec![Event::StepDeadlinePassed {
+                    step: s.step,
+                    attempt: s.attempt,
+                    at_ms: now,
+                }]
+            })
+            .unwrap_or_default(),
+        );
+    }
+    let s = &first.scheduled;
+    if state.round_settled {
+        return Some(vec![Event::ObservationRecorded {
+            step: s.step,
+            node: s.node.clone(),
+            observation: observe(state, first),
+        }]);
+    }
+    // The next probe of the round must be the one a step-by-step run would ask now. It always is (a round holds
+    // no topology beside other probes, and node probes change no later probe's target); should that ever not
+    // hold, the round's judgment ends here and the checks start again after a poll, rather than count a probe
+    // for another.
+    if state.current == Some(s.step) && next_probe(state) != Some((s.action, s.node.clone())) {
+        return Some(vec![Event::WaitStarted {
+            purpose: WaitPurpose::Poll,
+            until_ms: now,
+        }]);
+    }
+    None
 }
 
 fn one(scheduled: Result<Event, String>, now: u64) -> Vec<Event> {
@@ -889,16 +1015,26 @@ fn preflight_probes(state: &State) -> Vec<(Action, String)> {
         (Action::ProbeClusterStatus, via.clone()),
         (Action::ProbeFailover, via),
     ];
-    for n in names {
-        out.push((Action::ProbeStatus, n.to_string()));
-        out.push((Action::ProbeVersion, n.to_string()));
-        // The version rule applies to what runs too: with etcd 3.5 staged on every member but 3.4 running, the
-        // cluster is at 3.4, and 3.6 does not roll onto it.
-        out.push((Action::ProbeRunningVersion, n.to_string()));
-        out.push((Action::ProbePackage, n.to_string()));
+    // The version rule applies to what runs too: with etcd 3.5 staged on every member but 3.4 running, the
+    // cluster is at 3.4, and 3.6 does not roll onto it.
+    let per_member = [
+        Action::ProbeStatus,
+        Action::ProbeVersion,
+        Action::ProbeRunningVersion,
+        Action::ProbePackage,
+    ];
+    let profile = &sub(state).profile;
+    if profile.probe_rounds {
+        // Each kind asked of every member in turn, so that a round holds one probe of each member (`round_of`).
+        for action in per_member {
+            out.extend(names.iter().map(|n| (action, n.to_string())));
+        }
+    } else {
+        for n in names {
+            out.extend(per_member.iter().map(|a| (*a, n.to_string())));
+        }
     }
     // A profile without a fence has no failover probe, and one without package files no package probe.
-    let profile = &sub(state).profile;
     out.retain(|(action, _)| profile.action(*action).is_some());
     out
 }
@@ -938,8 +1074,8 @@ fn preflight_decisions(state: &State, now: u64) -> Vec<Event> {
         }
     }
     let probes = preflight_probes(state);
-    if let Some((action, node)) = probes.get(state.preflight_passed) {
-        return one(schedule(state, *action, node, now, None), now);
+    if state.preflight_passed < probes.len() {
+        return schedule_probes(state, &probes, state.preflight_passed, now);
     }
     let Some(cluster) = &state.preflight_cluster else {
         return vec![wind_down(
@@ -1183,8 +1319,8 @@ fn item_decisions(state: &State, now: u64) -> Vec<Event> {
             // The guard: fresh observations showing the action is safe now, then the action (or its next
             // attempt).
             let guard = guard_probes(state, *action, node);
-            if let Some((probe, on)) = guard.get(cursor.checks_passed) {
-                return one(schedule(state, *probe, on, now, None), now);
+            if cursor.checks_passed < guard.len() {
+                return schedule_probes(state, &guard, cursor.checks_passed, now);
             }
             match cursor.step {
                 None => one(schedule(state, *action, node, now, Some(argv)), now),
@@ -1205,13 +1341,13 @@ fn item_decisions(state: &State, now: u64) -> Vec<Event> {
         }
         _ => {
             let probes = item_probes(state, item);
-            match probes.get(cursor.checks_passed) {
-                Some((action, node)) => one(schedule(state, *action, node, now, None), now),
-                None => vec![Event::ItemCompleted {
-                    index: cursor.index,
-                    at_ms: now,
-                }],
+            if cursor.checks_passed < probes.len() {
+                return schedule_probes(state, &probes, cursor.checks_passed, now);
             }
+            vec![Event::ItemCompleted {
+                index: cursor.index,
+                at_ms: now,
+            }]
         }
     }
 }

@@ -24,8 +24,21 @@
 //! never on the plan's picture); see its module docs and ARCHITECTURE.md "The guard".
 //!
 //! Where the safety rules of DESIGN.md live:
-//! - S1: one step outstanding at a time, and a `WaitSynced` plan item after every node that re-probes
-//!   `status`, `cluster-status` and the version before the next item starts.
+//! - S1: one action outstanding at a time, never beside any other step; and a `WaitSynced` plan item after every
+//!   node that re-probes `status`, `cluster-status` and the version before the next item starts. Read-only
+//!   probes may be outstanding together only as one *round*, scheduled in one decision, and only where the
+//!   profile says `probe_rounds = true` (built-in profiles: one step at a time, as always). A round is the
+//!   longest run of the next probes a step-by-step run would ask that holds no topology beside another probe
+//!   (a topology is a round of its own, so the guard's "topology once more, last" stays the last look) and, while
+//!   `decide::ROUND_SHARES_NODE` is false, at most one probe per node (`decide::round_of`). Nothing new is
+//!   scheduled while any probe of the round is out; each one's deadline passes on its own. Once every probe has an
+//!   outcome (answered, failed, timed out, unknown), whatever the order of their results, the core judges the
+//!   observations in step order exactly as if the probes had run one after another (`decide::round_decisions`,
+//!   `State::apply` taking the next one up after a passed check). Once one of them decides (a failed check, a
+//!   poll, a halt, the emergency exit), the rest are recorded (`ObservationRecorded`, so the views and facts stay
+//!   true) but not judged (`State::round_settled`). The emergency exit abandons a round still out, as it
+//!   abandons a single probe. Old logs never have a round: two fresh probes in a row join one only under a
+//!   profile that asks for rounds.
 //! - S2: `compute_plan` puts the leader last, after `VerifySwitchover` (new leader upgraded, old one follower).
 //! - S3: `State::failover_blocked` is set when blocking is scheduled and cleared only by a confirmed unblock.
 //!   Every wind-down (abort, failure) re-enables failover once `cluster-status` shows exactly one leader and that

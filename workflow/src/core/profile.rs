@@ -189,6 +189,9 @@ pub struct Profile {
     pub switchover_keeps_fence: bool,
     /// The fewest members a rolling upgrade needs (the profile's `quorum` rule; 3 for chef-backend).
     pub min_members: usize,
+    /// A profile file's `probe_rounds`: read-only probes that do not depend on each other are asked side by
+    /// side (`decide::round_of`); `false` for a built-in profile (one step at a time, as always).
+    pub probe_rounds: bool,
     /// A profile file's `election_ms`: how long the cluster may show no leader before that is an emergency,
     /// unless the cluster file sets `election_window_ms` (`None` for a built-in profile: the cluster file's
     /// value or its default).
@@ -264,6 +267,7 @@ impl Profile {
             fence: false,
             switchover_keeps_fence: false,
             min_members: 3,
+            probe_rounds: false,
             election_ms: None,
             version_change: None,
             source_sha256: None,
@@ -422,6 +426,7 @@ impl Profile {
             fence: procedure.failover_fence,
             switchover_keeps_fence: procedure.switchover_keeps_fence,
             min_members: procedure.quorum.min_members(),
+            probe_rounds: procedure.probe_rounds,
             election_ms: Some(procedure.election_ms),
             version_change: reader.is_some().then_some(procedure.version_change),
             reader,

@@ -82,6 +82,11 @@ pub struct ProcedureSpec {
     pub switchover_keeps_fence: bool,
     /// How long the cluster may show no leader before that is an emergency.
     pub election_ms: u64,
+    /// Whether read-only probes that do not depend on each other are asked side by side, as a round (one
+    /// decision schedules them; the core judges their observations in order once all have answered). `false`
+    /// (the default): one step at a time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probe_rounds: bool,
     /// Which version changes may roll.
     pub version_change: VersionChange,
     /// Where the cluster's quorum lives, and so how few members can roll.
@@ -348,6 +353,7 @@ struct RawProcedure {
     election_ms: Spanned<u64>,
     version_change: Spanned<String>,
     quorum: Option<Spanned<String>>,
+    probe_rounds: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -1168,6 +1174,7 @@ impl ProfileFile {
             ));
         }
         let election_ms = timeout(&loc, &p.election_ms, "procedure.election_ms")?;
+        let probe_rounds = p.probe_rounds.as_ref().is_some_and(|k| *k.get_ref());
         let version_change = match p.version_change.get_ref().as_str() {
             "patch" => VersionChange::Patch,
             "minor" => VersionChange::Minor,
@@ -1258,6 +1265,7 @@ impl ProfileFile {
                 failover_fence,
                 switchover_keeps_fence,
                 election_ms,
+                probe_rounds,
                 version_change,
                 quorum,
             },
@@ -1962,6 +1970,11 @@ version = "version"
                 "description = ",
                 "descripton = ",
                 "etcd.toml:3: descripton: unknown field `descripton`",
+            ),
+            (
+                "version_change = \"minor\"",
+                "version_change = \"minor\"\nprobe_rounds = \"yes\"",
+                "etcd.toml:12: (file): invalid type: string \"yes\", expected a boolean",
             ),
             (
                 "[probes.node]\n",

@@ -319,7 +319,18 @@ pub struct State {
     pub(crate) phase: Phase,
     pub(crate) next_step: u64,
     pub(crate) steps: Steps,
+    /// The step being waited for or taken up: an action, a single probe, or the first probe of a round whose
+    /// observation is not recorded yet.
     pub(crate) current: Option<u64>,
+    /// The probes of the latest round (several read-only probes scheduled in one decision, `decide::round_of`)
+    /// whose observation is not recorded yet, in step order; empty outside a round (a single probe is no round).
+    pub(crate) round: Vec<u64>,
+    /// The round's judgment ended before its last probe (a check failed, a wait, a wind-down, a pause): the
+    /// rest of its observations are recorded (the views and facts stay true) but not judged.
+    pub(crate) round_settled: bool,
+    /// The last event applied scheduled a fresh probe: a fresh probe scheduled right after it (the same
+    /// decision) joins its round.
+    pub(crate) round_open: bool,
     /// Preflight probes passed so far.
     pub(crate) preflight_passed: usize,
     pub(crate) versions: BTreeMap<String, Option<String>>,
@@ -681,6 +692,22 @@ impl State {
         self.current.and_then(|s| self.steps.get(&s))
     }
 
+    /// Whether `event` carries a round on (a result, a recorded observation, a passed check, a timer); any
+    /// other event is a decision of its own, and the round's remaining observations are no longer judged.
+    fn continues_round(event: &Event) -> bool {
+        matches!(
+            event,
+            Event::StepScheduled { .. }
+                | Event::StepResultRecorded { .. }
+                | Event::StepDeadlinePassed { .. }
+                | Event::TimerFired { .. }
+                | Event::ObservationRecorded { .. }
+                | Event::CheckEvaluated { passed: true, .. }
+                | Event::GateApproved { .. }
+                | Event::PhaseEntered { .. }
+        )
+    }
+
     /// Whether this upgrade's `stop` may have taken `node` down with no successful `start` since. A stop that
     /// the executor rejected on its first attempt never ran; any other outcome may have had its effect.
     pub(crate) fn left_stopped(&self, node: &str) -> bool {
@@ -794,6 +821,10 @@ impl State {
     pub fn apply(&mut self, event: &Event) {
         if let Some(at) = self.event_ms(event) {
             self.updated_ms = Some(self.updated_ms.map_or(at, |u| u.max(at)));
+        }
+        let round_open = std::mem::take(&mut self.round_open);
+        if !self.round.is_empty() && !Self::continues_round(event) {
+            self.round_settled = true;
         }
         match event {
             Event::UpgradeSubmitted {
@@ -915,11 +946,21 @@ impl State {
             }
             Event::PhaseEntered { phase, .. } => self.phase = *phase,
             Event::StepScheduled {
-                step, node, action, ..
+                step,
+                node,
+                action,
+                attempt,
+                ..
             } => {
                 let scheduled = event
                     .scheduled_step()
                     .expect("a StepScheduled event schedules a step");
+                let fresh_probe = action.is_probe() && *attempt == 1;
+                // A fresh probe scheduled right after another, in one decision, joins its round (only where the
+                // profile asks for rounds: an old log never has two such steps in a row).
+                let rounds = self.sub.as_ref().is_some_and(|s| s.profile.probe_rounds);
+                let joins =
+                    round_open && fresh_probe && rounds && self.current.is_some_and(|c| c < *step);
                 self.steps.insert(
                     *step,
                     StepRecord {
@@ -936,7 +977,17 @@ impl State {
                         || self.verification.is_some()))
                 .then_some(*step);
                 self.next_step = self.next_step.max(step.saturating_add(1));
-                self.current = Some(*step);
+                if joins {
+                    if self.round.is_empty() {
+                        self.round.extend(self.current);
+                    }
+                    self.round.push(*step);
+                } else {
+                    self.current = Some(*step);
+                    self.round.clear();
+                    self.round_settled = false;
+                }
+                self.round_open = fresh_probe;
                 self.wait = None;
                 self.resolution = None;
                 if *action == Action::BlockFailover {
@@ -995,6 +1046,8 @@ impl State {
                         r.outcome.as_ref().map(|o| o.outcome),
                     )
                 });
+                // A round's observation recorded after its judgment ended: a fact, not a decision's input.
+                let unjudged = self.round_settled && self.round.contains(step);
                 // Built once: it formats every member's role (a third build is `Facts::observed`'s).
                 let topology = observation.topology();
                 if let Some((action, node, at_ms, outcome)) = probe.clone() {
@@ -1045,9 +1098,15 @@ impl State {
                 {
                     self.observed_versions.insert(node.clone(), version.clone());
                 }
-                self.last_observation = Some((*step, observation.clone()));
+                if !unjudged {
+                    self.last_observation = Some((*step, observation.clone()));
+                }
                 if self.current == Some(*step) {
                     self.current = None;
+                }
+                self.round.retain(|s| s != step);
+                if self.round.is_empty() {
+                    self.round_settled = false;
                 }
             }
             Event::CheckEvaluated {
@@ -1060,6 +1119,12 @@ impl State {
                 if !*passed {
                     self.last_problems = problems.clone();
                     return;
+                }
+                // A round goes on: its next probe is taken up as if it had been asked only now.
+                if !self.round_settled {
+                    if let Some(next) = self.round.first() {
+                        self.current = Some(*next);
+                    }
                 }
                 if let Some(w) = &mut self.wind_down {
                     w.checks_passed += 1;
@@ -1257,6 +1322,11 @@ impl State {
                         .is_some_and(|r| r.scheduled.action.is_probe());
                 if abandon || self.current_record().is_some_and(|r| r.outcome.is_some()) {
                     self.current = None;
+                }
+                if abandon {
+                    // The whole round is abandoned with it: its results, if they come, are only recorded.
+                    self.round.clear();
+                    self.round_settled = false;
                 }
                 self.wait = None;
                 self.paused = None;

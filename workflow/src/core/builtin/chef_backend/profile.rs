@@ -227,6 +227,7 @@ mod tests {
             fence: true,
             switchover_keeps_fence: false,
             min_members: 3,
+            probe_rounds: false,
             election_ms: None,
             version_change: None,
             source_sha256: None,
