@@ -1337,6 +1337,88 @@ fn a_leader_cut_off_while_a_follower_is_out_brings_the_follower_back_and_keeps_t
     assert!(asked >= 2, "pg1 asked before and after pg2 came back");
 }
 
+/// Hostile review 5 #5: the leader's host dies under pause; once a topology has shown no leader, the next one is
+/// never answered (that member's executor hangs). The emergency exit abandons it when the election window ends;
+/// it stays outstanding, but nothing may wait for its deadline: a wake-up armed on it would decide nothing once
+/// it had passed and be armed again at the same moment (the service would spin).
+#[test]
+fn an_abandoned_probe_wakes_nobody_for_nothing() {
+    // Probes may run for a minute: longer than the 10 s election window, so the exit comes with one still out.
+    let slow = "timeouts_ms = { probe_status = 60000, probe_cluster_status = 60000, probe_failover = 60000 }";
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster_of(
+        &PG,
+        &patroni_profile_text(),
+        slow,
+    )))
+    .unwrap();
+    let mut pg = Patroni::new(0);
+    while !pg.paused {
+        let step = run.outstanding();
+        let r = pg.run(&step);
+        run.finish(&step, r);
+    }
+    pg.up[0] = false;
+    pg.leader = None;
+    let mut held: Option<ScheduledStep> = None;
+    let mut seen_leaderless = false;
+    for _ in 0..5_000 {
+        if run.state.is_terminal() {
+            break;
+        }
+        if let Some(h) = &held {
+            let abandoned = run.state.step(h.step).is_some_and(|r| r.outcome.is_none())
+                && run.history.iter().any(|e| {
+                    matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)
+                });
+            assert!(
+                !abandoned || run.state.next_wakeup_ms() != Some(h.deadline_ms),
+                "a wake-up armed on abandoned step {}'s deadline",
+                h.step
+            );
+        }
+        let next = run
+            .state
+            .outstanding_steps()
+            .into_iter()
+            .find(|s| held.as_ref().is_none_or(|h| h.step != s.step));
+        if let Some(step) = next {
+            if held.is_none() && seen_leaderless && step.action == Action::ProbeClusterStatus {
+                held = Some(step);
+                continue;
+            }
+            let r = pg.run(&step);
+            seen_leaderless |=
+                step.action == Action::ProbeClusterStatus && r.0 == Outcome::Succeeded;
+            run.finish(&step, r);
+            continue;
+        }
+        let Some(at) = run.state.next_wakeup_ms() else {
+            break;
+        };
+        let events = run.tick();
+        let again = run.state.next_wakeup_ms();
+        assert!(
+            !events.is_empty() || again.is_none_or(|n| n > at),
+            "woken at {at} for nothing, and again at {again:?}"
+        );
+    }
+    assert!(
+        matches!(status(&run.state), Status::Halted { .. }),
+        "{:?}",
+        status(&run.state)
+    );
+    assert!(!pg.paused, "the fence was lifted: {:?}", pg.journal);
+    let held = held.expect("a topology was held");
+    assert!(
+        run.state
+            .step(held.step)
+            .is_some_and(|r| r.outcome.is_none()),
+        "step {} was abandoned, never answered",
+        held.step
+    );
+}
+
 /// The topology is GET /cluster on one member's Patroni, asked of the leader while it leads. When the leader's
 /// host dies under pause its API refuses (curl exit 7: unavailable, not a topology, and a failed cluster-wide probe
 /// marks the node unreachable); the looks go to another member, whose DCS view shows no leader, and only that can

@@ -629,7 +629,17 @@ impl State {
         if self.terminal.is_some() {
             return None;
         }
-        let deadline = self.outstanding_steps().iter().map(|s| s.deadline_ms).min();
+        // Only the steps the core waits for: the current one and its round's. A probe the emergency exit
+        // abandoned stays outstanding until (if ever) its result comes, but nothing decides on its deadline:
+        // arming it would wake the service for nothing, again and again, once it had passed.
+        let deadline = self
+            .current
+            .iter()
+            .chain(&self.round)
+            .filter_map(|s| self.steps.get(s))
+            .filter(|r| r.outcome.is_none())
+            .map(|r| r.scheduled.deadline_ms)
+            .min();
         // While paused only the watch for a lost leader polls (`decide::watch_decisions`).
         let watching = self.failover_blocked && self.resolution.is_none();
         let wait = if self.paused.is_some() && !watching {
@@ -1316,10 +1326,15 @@ impl State {
                     left: Vec::new(),
                 });
                 // The emergency exit does not wait for a probe still out (it may be asking a dead node).
+                let round_out = self
+                    .round
+                    .iter()
+                    .any(|s| self.steps.get(s).is_some_and(|r| r.outcome.is_none()));
                 let abandon = *cause == WindDownCause::Emergency
-                    && self
-                        .current_record()
-                        .is_some_and(|r| r.scheduled.action.is_probe());
+                    && (round_out
+                        || self
+                            .current_record()
+                            .is_some_and(|r| r.scheduled.action.is_probe()));
                 if abandon || self.current_record().is_some_and(|r| r.outcome.is_some()) {
                     self.current = None;
                 }
