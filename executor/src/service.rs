@@ -56,12 +56,9 @@ use crate::error::ExecutorError;
 use crate::ledger::{self, Durability, Entry, Ledger};
 use crate::now_ms;
 use crate::presence::{self, Stats};
-use crate::slots::{Slots, StepKind};
+use crate::slots::{self, SharedSlots, Slot, StepKind};
 
 pub use crate::slots::MAX_PROBES_PER_NODE;
-
-/// A step task's end: its node, its kind (to give its slot back) and how it went.
-type StepEnd = (String, StepKind, Result<(), ExecutorError>);
 
 /// Run an executor until `shutdown` is cancelled.
 ///
@@ -423,19 +420,19 @@ impl Worker {
     /// action or a few probes at a time, steps of different nodes at once (see
     /// the module docs); then wait for the running steps to finish and report.
     async fn serve(self: &Arc<Self>, consumer: &PullConsumer) -> Result<(), ExecutorError> {
-        let mut steps: JoinSet<StepEnd> = JoinSet::new();
-        let mut busy = Slots::default();
+        let mut steps: JoinSet<Result<(), ExecutorError>> = JoinSet::new();
+        let busy = SharedSlots::default();
         let mut failed: Option<ExecutorError> = None;
         let mut backoff = Duration::from_millis(100);
         while !self.shutdown.is_cancelled() {
             while let Some(joined) = steps.try_join_next() {
-                self.ended(joined, &mut busy, &mut failed);
+                self.ended(joined, &mut failed);
             }
-            if busy.full(&self.served.nodes) {
+            if slots::lock(&busy).full(&self.served.nodes) {
                 // No node can start a step: wait for one to end.
                 tokio::select! {
                     joined = steps.join_next() => if let Some(joined) = joined {
-                        self.ended(joined, &mut busy, &mut failed);
+                        self.ended(joined, &mut failed);
                     },
                     _ = self.shutdown.cancelled() => {}
                 }
@@ -467,7 +464,7 @@ impl Worker {
                         }
                     }
                     Ok(msg) => {
-                        if let Err(e) = self.dispatch(msg, &mut steps, &mut busy).await {
+                        if let Err(e) = self.dispatch(msg, &mut steps, &busy).await {
                             failed.get_or_insert(e);
                             self.shutdown.cancel();
                         }
@@ -478,21 +475,19 @@ impl Worker {
         }
         // Shutting down: the running steps finish (or time out) and report.
         while let Some(joined) = steps.join_next().await {
-            self.ended(joined, &mut busy, &mut failed);
+            self.ended(joined, &mut failed);
         }
         failed.map_or(Ok(()), Err)
     }
 
-    /// A step task ended: its slot on its node is free again; an error stops the process.
+    /// A step task ended (its slot was given back when it answered): an error stops the process.
     fn ended(
         &self,
-        joined: Result<StepEnd, tokio::task::JoinError>,
-        busy: &mut Slots,
+        joined: Result<Result<(), ExecutorError>, tokio::task::JoinError>,
         failed: &mut Option<ExecutorError>,
     ) {
         match joined {
-            Ok((node, kind, done)) => {
-                busy.finish(&node, kind);
+            Ok(done) => {
                 if let Err(e) = done {
                     failed.get_or_insert(e);
                     self.shutdown.cancel();
@@ -510,8 +505,8 @@ impl Worker {
     async fn dispatch(
         self: &Arc<Self>,
         msg: jetstream::Message,
-        steps: &mut JoinSet<StepEnd>,
-        busy: &mut Slots,
+        steps: &mut JoinSet<Result<(), ExecutorError>>,
+        busy: &SharedSlots,
     ) -> Result<(), ExecutorError> {
         if let Err(unsigned) = self.check_signature(&msg) {
             self.terminate_unsigned(&msg, unsigned).await;
@@ -533,28 +528,22 @@ impl Worker {
         if !self.served.nodes.contains(&req.node) {
             // Refused (wrong target) or answered from the ledger: nothing runs.
             return self
-                .handle(req, msg, StepKind::Action)
+                .handle(req, msg, StepKind::Action, None)
                 .instrument(span)
                 .await;
         }
         let kind = StepKind::of(&req.action);
-        if !busy.try_start(&req.node, kind) {
+        let Some(slot) = Slot::take(busy, &req.node, kind) else {
             let delay = busy_delay(delivered);
             tracing::debug!(parent: &span, kind = ?kind, delay_ms = delay.as_millis() as u64, "node busy with steps this one may not run beside; handed back for later");
             if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
                 tracing::debug!(parent: &span, error = %e, "could not nak the step");
             }
             return Ok(());
-        }
+        };
         let worker = self.clone();
-        let node = req.node.clone();
-        steps.spawn(
-            async move {
-                let done = worker.handle(req, msg, kind).await;
-                (node, kind, done)
-            }
-            .instrument(span),
-        );
+        steps
+            .spawn(async move { worker.handle(req, msg, kind, Some(slot)).await }.instrument(span));
         Ok(())
     }
 
@@ -566,14 +555,18 @@ impl Worker {
     }
 
     /// Answer one signed, well-formed request of `kind`: from the ledger, by
-    /// refusing it, or by running it.
+    /// refusing it, or by running it. Its `slot` on its node is given back
+    /// once it is answered, before the result is published ([`Slot`]).
     async fn handle(
         &self,
         req: StepRequest,
         msg: jetstream::Message,
         kind: StepKind,
+        slot: Option<Slot>,
     ) -> Result<(), ExecutorError> {
-        match self.answer(&req, &msg, kind).await? {
+        let answer = self.answer(&req, &msg, kind).await?;
+        drop(slot);
+        match answer {
             Some(result) => self.report(&result, &msg).await,
             None => {
                 // Could not tell whether it may run: hand it back for later.

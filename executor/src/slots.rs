@@ -14,12 +14,19 @@
 //! the other. Why never beside an action: a probe that runs while an action changes its node would observe a
 //! half-changed node, and an action must see its node as the core last observed it.
 //!
+//! Nothing reserves a node for an action handed back while its probes run: probes that keep arriving could in
+//! principle keep it out. With the core as it is they do not: it decides an action on the results of the
+//! probes before it, so when it schedules the action its probes of that node have ended or are late copies
+//! (redeliveries), which end too. A core that probed a node continuously beside its actions would need a
+//! reservation here (hand back that node's new probes while an action of it waits).
+//!
 //! The kind comes from the request's action name, which the service signed (so it is trusted), through the
 //! core's own list ([`Action::from_name`], [`Action::is_probe`]): one list of probes for the core and the
 //! executor, none duplicated here. A name this executor does not know counts as an action (the allow list
 //! refuses it anyway).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use workflow::core::Action;
 
@@ -118,6 +125,43 @@ impl Slots {
     }
 }
 
+/// The slots of one dispatcher, shared with its step tasks (each gives its slot back through a [`Slot`]).
+pub type SharedSlots = Arc<Mutex<Slots>>;
+
+/// A step's place on its node, given back when dropped: by the step's task as soon as the step is answered
+/// (its command ended and its outcome is in the ledger), before the result is published. So the node is free
+/// by the time the service can send the node's next step; released only when the task ended, that step could
+/// arrive first and be handed back for nothing (a delayed nak on every action after a probe).
+#[derive(Debug)]
+pub struct Slot {
+    slots: SharedSlots,
+    node: String,
+    kind: StepKind,
+}
+
+impl Slot {
+    /// Take a slot for a step of `kind` on `node`, if it may start now.
+    pub fn take(slots: &SharedSlots, node: &str, kind: StepKind) -> Option<Slot> {
+        let taken = lock(slots).try_start(node, kind);
+        taken.then(|| Slot {
+            slots: slots.clone(),
+            node: node.to_string(),
+            kind,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.slots).finish(&self.node, self.kind);
+    }
+}
+
+/// The slots, also after a panic elsewhere (each change is one map update: never half made).
+pub fn lock(slots: &SharedSlots) -> std::sync::MutexGuard<'_, Slots> {
+    slots.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::StepKind::{Action, Probe};
@@ -182,6 +226,18 @@ mod tests {
         s.finish("n1", Action);
         assert!(s.try_start("n1", Probe));
         assert_eq!(s.running(), 4);
+    }
+
+    #[test]
+    fn a_slot_is_given_back_when_dropped() {
+        let slots = SharedSlots::default();
+        let probe = Slot::take(&slots, "n1", Probe).expect("an idle node");
+        assert!(Slot::take(&slots, "n1", Action).is_none());
+        drop(probe);
+        let action = Slot::take(&slots, "n1", Action).expect("free again");
+        assert!(Slot::take(&slots, "n1", Probe).is_none());
+        drop(action);
+        assert_eq!(lock(&slots).running(), 0);
     }
 
     #[test]
