@@ -261,19 +261,21 @@ impl Ledger {
                 serde_json::to_vec(&entry).expect("an entry serialises"),
             )
             .map_err(|e| self.error("write a step", e))?;
-        // Atomic: two steps of one upgrade starting at once under different epochs (a service failing over)
-        // leave the higher one, whichever writes last.
-        let before = self
-            .epochs
-            .fetch_and_update(upgrade, |old| {
-                let highest = old.and_then(epoch_of).map_or(epoch, |h| h.max(epoch));
-                Some(highest.to_be_bytes().to_vec())
-            })
-            .map_err(|e| self.error("write an epoch", e))?;
-        let raised = before
-            .as_deref()
-            .and_then(epoch_of)
-            .is_none_or(|h| epoch > h);
+        // Written only to raise it (most steps do not), and then atomically: two steps of one upgrade starting
+        // at once under different epochs (a service failing over) leave the higher one, whichever writes last.
+        let raised = self.highest_epoch(upgrade)?.is_none_or(|h| epoch > h) && {
+            let before = self
+                .epochs
+                .fetch_and_update(upgrade, |old| {
+                    let highest = old.and_then(epoch_of).map_or(epoch, |h| h.max(epoch));
+                    Some(highest.to_be_bytes().to_vec())
+                })
+                .map_err(|e| self.error("write an epoch", e))?;
+            before
+                .as_deref()
+                .and_then(epoch_of)
+                .is_none_or(|h| epoch > h)
+        };
         match durability {
             Durability::Lazy if !raised => {
                 self.count_write();
