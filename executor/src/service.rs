@@ -14,8 +14,11 @@
 //! `ack_wait` there and be redelivered to a sibling). A step that may not start
 //! on its node now goes back to the consumer at once (a nak with a short
 //! delay): the dispatcher never waits on one node, so a node with a backlog
-//! cannot hold up the others, and JetStream stays the only queue. Several
-//! processes in a group share its work through the one durable consumer.
+//! cannot hold up the others, and JetStream stays the only queue. A step gives
+//! its slot back as soon as it is answered, before its result is published, so
+//! the node's next step (sent by the service once it has that result) finds it
+//! free. Several processes in a group share its work through the one durable
+//! consumer.
 //!
 //! A probe and an action differ in what the ledger and the claim guarantee
 //! ([`crate::ledger`] says what each flush protects): an action is run at most
