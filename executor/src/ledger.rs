@@ -1,15 +1,57 @@
 //! The executor's durable ledger (sled): what it started and how it ended.
 //!
-//! Keys are `<upgrade>:<step>:<attempt>`. A step is recorded `started` and
-//! flushed before its command runs, and `finished` (with the full result) and
-//! flushed before the result is published. sled buffers writes in user space,
-//! so without the flushes a killed executor would forget a step it ran.
-//! The highest epoch seen per upgrade is kept beside them for fencing.
+//! Keys are `<upgrade>:<step>:<attempt>`; an entry is `started` before the command runs and `finished` (with
+//! the full result) before the result is published. The highest epoch seen per upgrade is kept beside them
+//! for fencing.
 //!
 //! Each entry also keeps the digest of the request it was made for ([`digest`]: node, group, action, argv,
 //! env), so a later request that re-uses the step id for another command is refused as a conflict, never
 //! answered from the ledger as if it were the same step. Entries written before digests existed have none
 //! and match any request, as they did.
+//!
+//! # What is flushed, and why
+//!
+//! sled buffers writes in user space (and flushes them by itself every half second): a write is seen at once
+//! by this process, but one not yet flushed is lost if the process is killed. How long a write waits is its
+//! [`Durability`], chosen by what the step does to its node ([`crate::slots::StepKind`]).
+//!
+//! An **action** (a step that may change its node) waits for two flushes:
+//!
+//! 1. `started`, before its command runs. It protects at most once: a restarted executor that finds
+//!    `started` without `finished` answers the redelivered request `unknown` and never runs the command again;
+//!    without the flush it could find nothing and run a `stop` or a `demote` a second time. The same flush
+//!    makes an epoch this step raised durable, so the fence never goes back after a crash.
+//! 2. `finished`, before the result is published. It protects the answer: a redelivered request (the service
+//!    restarted before acking the request, or the ack was lost) gets the same outcome, not `unknown`. It stays
+//!    before the publish: a published result is only as durable as JetStream makes it (nats-server syncs its
+//!    store every 2 minutes by default; a PubAck is not an fsync), and an `unknown` for an action that ran
+//!    costs the core a re-observation and, for a non-idempotent action, can halt the upgrade for an operator.
+//!
+//! A **probe** (the core's `Action::is_probe`: a read-only command that changes nothing) writes the same
+//! entries without waiting ([`Durability::Lazy`]), except a `started` that raises its upgrade's highest epoch
+//! (the first step of an upgrade, or of a new service epoch, on this executor): that one is flushed before the
+//! probe runs, so the fence is as durable as an action's. The entries are still written because they are
+//! still useful in this process: the digest check against a step id re-used for another command, and the
+//! answer to a redelivery of a probe that finished (from the entry, without running it again). What a probe
+//! still needs, and what covers it across a crash that lost its entries:
+//!
+//! - At most once is moot: running a probe again changes nothing. A restarted executor that finds `started`
+//!   without `finished`, or nothing and the dead process's claim, runs the probe again instead of answering
+//!   `unknown` (`crate::service`).
+//! - Epoch fencing: the raise is flushed (above); a probe that does not raise the epoch does not move it.
+//! - The digest check: the group-wide claim (`baton_claims`, in NATS, written before the probe runs) keeps
+//!   the digest, and a request re-using the step id for another command is refused as a conflict through it.
+//! - A consistent answer: a probe run again after a crash may answer differently from its first run (the node
+//!   changed meanwhile, or the request's deadline passed: `rejected`). No second answer reaches the core's
+//!   decisions: the core records one result per step attempt, the first it takes (`decide` gives no events for
+//!   a result of a step that has an outcome, and the service's log refuses a second record under the result's
+//!   id `<upgrade>:<step>:<attempt>:result`), and results are pulled in the order they were published. Only
+//!   if the service also restarted with the first answer pulled but not yet logged can the second be taken
+//!   first; either one is a real run of the same read-only command made after the step was scheduled, so
+//!   either is a true observation.
+//!
+//! So per step the executor flushes twice for an action and not at all for a probe (besides an epoch raise).
+//! Flushes are grouped ([`Ledger`]): concurrent steps share them.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +60,26 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::ExecutorError;
+
+/// How long a ledger write waits (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Flushed before the call returns: an action's entries.
+    Flushed,
+    /// Written, not waited for (sled flushes it within half a second); a `started` that raises its upgrade's
+    /// highest epoch is still flushed: a probe's entries.
+    Lazy,
+}
+
+impl Durability {
+    /// The durability of the entries of a step of `kind`.
+    pub fn of(kind: crate::slots::StepKind) -> Durability {
+        match kind {
+            crate::slots::StepKind::Action => Durability::Flushed,
+            crate::slots::StepKind::Probe => Durability::Lazy,
+        }
+    }
+}
 
 /// What the ledger knows about one step attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +139,13 @@ pub struct Ledger {
     written: std::sync::atomic::AtomicU64,
     /// How many writes the last completed flush covers; held while flushing.
     flushed: tokio::sync::Mutex<u64>,
+    /// Flushes run so far (each one fsync or more).
+    flushes: std::sync::atomic::AtomicU64,
+}
+
+/// The epoch stored as 8 big-endian bytes.
+fn epoch_of(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
 }
 
 /// Create `dir` (and parents) and give it `mode` (0700: the owner's only).
@@ -129,6 +198,7 @@ impl Ledger {
             epochs,
             written: std::sync::atomic::AtomicU64::new(0),
             flushed: tokio::sync::Mutex::new(0),
+            flushes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -164,11 +234,12 @@ impl Ledger {
             .epochs
             .get(upgrade)
             .map_err(|e| self.error("read an epoch", e))?;
-        Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok().map(u64::from_be_bytes)))
+        Ok(v.and_then(|b| epoch_of(&b)))
     }
 
-    /// Record that `key` is starting under `epoch` (raising the upgrade's
-    /// highest epoch), durably, before anything runs.
+    /// Record that `key` is starting under `epoch` (raising the upgrade's highest epoch), before anything
+    /// runs: flushed for [`Durability::Flushed`], and for [`Durability::Lazy`] only when it raised the epoch.
+    #[allow(clippy::too_many_arguments)]
     pub async fn record_started(
         &self,
         key: &str,
@@ -177,6 +248,7 @@ impl Ledger {
         started_ms: u64,
         executor: &str,
         digest: &str,
+        durability: Durability,
     ) -> Result<(), ExecutorError> {
         let entry = Entry::Started {
             started_ms,
@@ -189,19 +261,37 @@ impl Ledger {
                 serde_json::to_vec(&entry).expect("an entry serialises"),
             )
             .map_err(|e| self.error("write a step", e))?;
-        if self.highest_epoch(upgrade)?.is_none_or(|h| epoch > h) {
-            self.epochs
-                .insert(upgrade, &epoch.to_be_bytes())
+        // Written only to raise it (most steps do not), and then atomically: two steps of one upgrade starting
+        // at once under different epochs (a service failing over) leave the higher one, whichever writes last.
+        let raised = self.highest_epoch(upgrade)?.is_none_or(|h| epoch > h) && {
+            let before = self
+                .epochs
+                .fetch_and_update(upgrade, |old| {
+                    let highest = old.and_then(epoch_of).map_or(epoch, |h| h.max(epoch));
+                    Some(highest.to_be_bytes().to_vec())
+                })
                 .map_err(|e| self.error("write an epoch", e))?;
+            before
+                .as_deref()
+                .and_then(epoch_of)
+                .is_none_or(|h| epoch > h)
+        };
+        match durability {
+            Durability::Lazy if !raised => {
+                self.count_write();
+                Ok(())
+            }
+            _ => self.flush().await,
         }
-        self.flush().await
     }
 
-    /// Record a step's final result durably, with the digest of the request it answers.
+    /// Record a step's final result, with the digest of the request it answers: flushed for
+    /// [`Durability::Flushed`], not waited for with [`Durability::Lazy`].
     pub async fn record_finished(
         &self,
         result: &StepResult,
         digest: &str,
+        durability: Durability,
     ) -> Result<(), ExecutorError> {
         let entry = Entry::Finished {
             result: result.clone(),
@@ -213,7 +303,24 @@ impl Ledger {
                 serde_json::to_vec(&entry).expect("an entry serialises"),
             )
             .map_err(|e| self.error("write a step", e))?;
-        self.flush().await
+        match durability {
+            Durability::Flushed => self.flush().await,
+            Durability::Lazy => {
+                self.count_write();
+                Ok(())
+            }
+        }
+    }
+
+    /// How many flushes this ledger has run (each one fsync of sled's files or more).
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Count a write no caller waits for: the next flush covers it like any other.
+    fn count_write(&self) {
+        self.written
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Make every write made so far durable (group commit: one flush at a
@@ -227,6 +334,7 @@ impl Ledger {
         }
         // Every write counted up to here was made before this flush starts.
         let covers = self.written.load(Ordering::SeqCst);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         self.db
             .flush_async()
             .await
@@ -267,10 +375,10 @@ mod tests {
         {
             let l = Ledger::open(dir.path()).unwrap();
             assert_eq!(l.get("U:1:1").unwrap(), None);
-            l.record_started("U:1:1", "U", 5, 10, "ex", "d1")
+            l.record_started("U:1:1", "U", 5, 10, "ex", "d1", Durability::Flushed)
                 .await
                 .unwrap();
-            l.record_started("U:2:1", "U", 3, 11, "ex", "d2")
+            l.record_started("U:2:1", "U", 3, 11, "ex", "d2", Durability::Flushed)
                 .await
                 .unwrap();
             let ids = RequestIds {
@@ -280,7 +388,7 @@ mod tests {
                 epoch: 3,
                 node: "n".into(),
             };
-            l.record_finished(&ids.rejected("why", "ex"), "d2")
+            l.record_finished(&ids.rejected("why", "ex"), "d2", Durability::Flushed)
                 .await
                 .unwrap();
         }
@@ -319,6 +427,64 @@ mod tests {
         // A lower epoch never lowers the recorded highest.
         assert_eq!(l.highest_epoch("U").unwrap(), Some(5));
         assert_eq!(l.highest_epoch("other").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_probe_waits_for_no_flush_unless_it_raises_the_epoch_and_an_action_for_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        let finished = |step: u64, epoch: u64| {
+            RequestIds {
+                upgrade: "U".into(),
+                step,
+                attempt: 1,
+                epoch,
+                node: "n".into(),
+            }
+            .rejected("done", "ex")
+        };
+        let lazy = Durability::Lazy;
+        // The upgrade's first step raises its epoch from none: flushed, even for a probe.
+        l.record_started("U:1:1", "U", 5, 1, "ex", "d1", lazy)
+            .await
+            .unwrap();
+        assert_eq!(l.flushes(), 1);
+        // Further probes under that epoch: written, seen at once, not flushed.
+        l.record_finished(&finished(1, 5), "d1", lazy)
+            .await
+            .unwrap();
+        l.record_started("U:2:1", "U", 5, 2, "ex", "d2", lazy)
+            .await
+            .unwrap();
+        assert_eq!(l.flushes(), 1);
+        assert!(matches!(
+            l.get("U:1:1").unwrap(),
+            Some(Entry::Finished { .. })
+        ));
+        assert!(matches!(
+            l.get("U:2:1").unwrap(),
+            Some(Entry::Started { .. })
+        ));
+        // A new epoch (the service failed over) raises the fence: flushed.
+        l.record_started("U:3:1", "U", 6, 3, "ex", "d3", lazy)
+            .await
+            .unwrap();
+        assert_eq!(l.flushes(), 2);
+        // A lower epoch neither lowers the fence nor flushes.
+        l.record_started("U:4:1", "U", 4, 4, "ex", "d4", lazy)
+            .await
+            .unwrap();
+        assert_eq!(l.flushes(), 2);
+        assert_eq!(l.highest_epoch("U").unwrap(), Some(6));
+        // An action: both entries flushed.
+        let flushed = Durability::Flushed;
+        l.record_started("U:5:1", "U", 6, 5, "ex", "d5", flushed)
+            .await
+            .unwrap();
+        l.record_finished(&finished(5, 6), "d5", flushed)
+            .await
+            .unwrap();
+        assert_eq!(l.flushes(), 4);
     }
 
     #[test]

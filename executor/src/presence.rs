@@ -29,7 +29,7 @@ pub struct Stats {
     /// Requests the service did not sign for their subject (terminated, no
     /// result, nothing recorded).
     pub unsigned: AtomicU64,
-    /// The steps running now (one per busy node).
+    /// The steps running now (an action or up to `MAX_PROBES_PER_NODE` probes per busy node).
     pub running: Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -45,6 +45,14 @@ impl Stats {
         } else {
             all.remove(key);
         }
+    }
+
+    /// Whether the step `key` runs now in this process.
+    pub(crate) fn is_running(&self, key: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
     }
 
     /// `base` with the current counters and heartbeat time.

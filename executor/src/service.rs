@@ -5,15 +5,30 @@
 //! claim identity; one ledger serves them all (its keys are step ids, unique
 //! across upgrades).
 //!
-//! At most one step at a time per node, steps of different nodes at once. Each
-//! group's dispatcher pulls one message at a time, and only while one of its
-//! nodes is idle, so a step never waits in this process's buffer while another
-//! runs (it would outlive its `ack_wait` there and be redelivered to a
-//! sibling). A step for a node that is busy goes back to the consumer at once
-//! (a nak with a short delay): the dispatcher never waits on one node, so a
-//! node with a backlog cannot hold up the others, and JetStream stays the only
-//! queue. Several processes in a group share its work through the one durable
+//! Per node, one action at a time, alone, or up to [`MAX_PROBES_PER_NODE`]
+//! read-only probes side by side ([`crate::slots`]: an action waits until the
+//! node's probes are done, probes wait while an action runs); steps of
+//! different nodes at once. Each group's dispatcher pulls one message at a
+//! time, and only while one of its nodes could start a step, so a step never
+//! waits in this process's buffer while another runs (it would outlive its
+//! `ack_wait` there and be redelivered to a sibling). A step that may not start
+//! on its node now goes back to the consumer at once (a nak with a short
+//! delay): the dispatcher never waits on one node, so a node with a backlog
+//! cannot hold up the others, and JetStream stays the only queue. A step gives
+//! its slot back as soon as it is answered, before its result is published, so
+//! the node's next step (sent by the service once it has that result) finds it
+//! free. Several processes in a group share its work through the one durable
 //! consumer.
+//!
+//! A probe and an action differ in what the ledger and the claim guarantee
+//! ([`crate::ledger`] says what each flush protects): an action is run at most
+//! once (its `started` and `finished` flushed; a redelivery after a crash mid-run
+//! is answered `unknown`, as is one whose claim another executor holds), while a
+//! probe, which changes nothing, is written to the ledger without waiting for a
+//! flush (but an epoch raise) and, when its outcome was lost, is run again
+//! rather than answered `unknown`. Epoch fencing, the signature and allow-list
+//! checks and the request digest's conflict check (in the ledger and in the
+//! group-wide claim) are the same for both.
 //!
 //! Every step request must carry the service's signature for the subject it
 //! arrived on ([`protocol::sign`]), checked before the request is even
@@ -23,7 +38,6 @@
 //! (`unsigned`) and logged. Results and the presence record are signed with
 //! the group's executor key.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,9 +56,12 @@ use tracing::Instrument;
 use crate::allow::{Allowlist, Refusal, RefusalKind};
 use crate::config::{host_name, Config, Served};
 use crate::error::ExecutorError;
-use crate::ledger::{self, Entry, Ledger};
+use crate::ledger::{self, Durability, Entry, Ledger};
 use crate::now_ms;
 use crate::presence::{self, Stats};
+use crate::slots::{self, SharedSlots, Slot, StepKind};
+
+pub use crate::slots::MAX_PROBES_PER_NODE;
 
 /// Run an executor until `shutdown` is cancelled.
 ///
@@ -402,23 +419,23 @@ fn busy_delay(delivered: i64) -> Duration {
 }
 
 impl Worker {
-    /// Pull and dispatch the group's steps until shut down: one step at a
-    /// time per node, steps of different nodes at once (see the module docs);
-    /// then wait for the running steps to finish and report.
+    /// Pull and dispatch the group's steps until shut down: per node one
+    /// action or a few probes at a time, steps of different nodes at once (see
+    /// the module docs); then wait for the running steps to finish and report.
     async fn serve(self: &Arc<Self>, consumer: &PullConsumer) -> Result<(), ExecutorError> {
-        let mut steps: JoinSet<(String, Result<(), ExecutorError>)> = JoinSet::new();
-        let mut busy: BTreeSet<String> = BTreeSet::new();
+        let mut steps: JoinSet<Result<(), ExecutorError>> = JoinSet::new();
+        let busy = SharedSlots::default();
         let mut failed: Option<ExecutorError> = None;
         let mut backoff = Duration::from_millis(100);
         while !self.shutdown.is_cancelled() {
             while let Some(joined) = steps.try_join_next() {
-                self.ended(joined, &mut busy, &mut failed);
+                self.ended(joined, &mut failed);
             }
-            if busy.len() >= self.served.nodes.len() {
-                // Every node runs a step: wait for one to end.
+            if slots::lock(&busy).full(&self.served.nodes) {
+                // No node can start a step: wait for one to end.
                 tokio::select! {
                     joined = steps.join_next() => if let Some(joined) = joined {
-                        self.ended(joined, &mut busy, &mut failed);
+                        self.ended(joined, &mut failed);
                     },
                     _ = self.shutdown.cancelled() => {}
                 }
@@ -450,7 +467,7 @@ impl Worker {
                         }
                     }
                     Ok(msg) => {
-                        if let Err(e) = self.dispatch(msg, &mut steps, &mut busy).await {
+                        if let Err(e) = self.dispatch(msg, &mut steps, &busy).await {
                             failed.get_or_insert(e);
                             self.shutdown.cancel();
                         }
@@ -461,21 +478,19 @@ impl Worker {
         }
         // Shutting down: the running steps finish (or time out) and report.
         while let Some(joined) = steps.join_next().await {
-            self.ended(joined, &mut busy, &mut failed);
+            self.ended(joined, &mut failed);
         }
         failed.map_or(Ok(()), Err)
     }
 
-    /// A step task ended: its node is free again; an error stops the process.
+    /// A step task ended (its slot was given back when it answered): an error stops the process.
     fn ended(
         &self,
-        joined: Result<(String, Result<(), ExecutorError>), tokio::task::JoinError>,
-        busy: &mut BTreeSet<String>,
+        joined: Result<Result<(), ExecutorError>, tokio::task::JoinError>,
         failed: &mut Option<ExecutorError>,
     ) {
         match joined {
-            Ok((node, done)) => {
-                busy.remove(&node);
+            Ok(done) => {
                 if let Err(e) = done {
                     failed.get_or_insert(e);
                     self.shutdown.cancel();
@@ -487,14 +502,14 @@ impl Worker {
     }
 
     /// Check and route one pulled request: unsigned and malformed ones are
-    /// answered here; one for an idle node of this group starts on its own
-    /// task; one for a busy node goes back to the consumer; one for a node
-    /// this group does not serve is refused here.
+    /// answered here; one for a node this group does not serve is refused
+    /// here; one its node may start now ([`Slots`]) starts on its own task;
+    /// any other goes back to the consumer.
     async fn dispatch(
         self: &Arc<Self>,
         msg: jetstream::Message,
-        steps: &mut JoinSet<(String, Result<(), ExecutorError>)>,
-        busy: &mut BTreeSet<String>,
+        steps: &mut JoinSet<Result<(), ExecutorError>>,
+        busy: &SharedSlots,
     ) -> Result<(), ExecutorError> {
         if let Err(unsigned) = self.check_signature(&msg) {
             self.terminate_unsigned(&msg, unsigned).await;
@@ -513,28 +528,25 @@ impl Worker {
             epoch = req.epoch,
             delivered,
         );
-        if busy.contains(&req.node) {
+        if !self.served.nodes.contains(&req.node) {
+            // Refused (wrong target) or answered from the ledger: nothing runs.
+            return self
+                .handle(req, msg, StepKind::Action, None)
+                .instrument(span)
+                .await;
+        }
+        let kind = StepKind::of(&req.action);
+        let Some(slot) = Slot::take(busy, &req.node, kind) else {
             let delay = busy_delay(delivered);
-            tracing::debug!(parent: &span, delay_ms = delay.as_millis() as u64, "node busy with another step; handed back for later");
+            tracing::debug!(parent: &span, kind = ?kind, delay_ms = delay.as_millis() as u64, "node busy with steps this one may not run beside; handed back for later");
             if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
                 tracing::debug!(parent: &span, error = %e, "could not nak the step");
             }
             return Ok(());
-        }
-        if !self.served.nodes.contains(&req.node) {
-            // Refused (wrong target) or answered from the ledger: nothing runs.
-            return self.handle(req, msg).instrument(span).await;
-        }
-        busy.insert(req.node.clone());
+        };
         let worker = self.clone();
-        let node = req.node.clone();
-        steps.spawn(
-            async move {
-                let done = worker.handle(req, msg).await;
-                (node, done)
-            }
-            .instrument(span),
-        );
+        steps
+            .spawn(async move { worker.handle(req, msg, kind, Some(slot)).await }.instrument(span));
         Ok(())
     }
 
@@ -545,10 +557,19 @@ impl Worker {
         }
     }
 
-    /// Answer one signed, well-formed request: from the ledger, by refusing
-    /// it, or by running it.
-    async fn handle(&self, req: StepRequest, msg: jetstream::Message) -> Result<(), ExecutorError> {
-        match self.answer(&req, &msg).await? {
+    /// Answer one signed, well-formed request of `kind`: from the ledger, by
+    /// refusing it, or by running it. Its `slot` on its node is given back
+    /// once it is answered, before the result is published ([`Slot`]).
+    async fn handle(
+        &self,
+        req: StepRequest,
+        msg: jetstream::Message,
+        kind: StepKind,
+        slot: Option<Slot>,
+    ) -> Result<(), ExecutorError> {
+        let answer = self.answer(&req, &msg, kind).await?;
+        drop(slot);
+        match answer {
             Some(result) => self.report(&result, &msg).await,
             None => {
                 // Could not tell whether it may run: hand it back for later.
@@ -610,10 +631,15 @@ impl Worker {
     }
 
     /// The result to report, or `None` when it cannot be decided now.
+    ///
+    /// An action found `started` but not `finished` (this or another executor
+    /// stopped mid-run), or claimed by another executor, is answered `unknown`
+    /// and not run; a probe in that case is run again (it changes nothing).
     async fn answer(
         &self,
         req: &StepRequest,
         msg: &jetstream::Message,
+        kind: StepKind,
     ) -> Result<Option<StepResult>, ExecutorError> {
         let key = req.msg_id();
         let digest = ledger::digest(req);
@@ -646,7 +672,7 @@ impl Worker {
                 started_ms,
                 executor,
                 ..
-            }) => {
+            }) if kind == StepKind::Action => {
                 tracing::warn!(
                     started_ms,
                     by = %executor,
@@ -657,10 +683,31 @@ impl Worker {
                 result.reason = Some(format!(
                     "started at {started_ms} (unix ms) by executor {executor}, which stopped before recording the outcome; not run again: observe the node before deciding"
                 ));
-                self.ledger.record_finished(&result, &digest).await?;
+                self.ledger
+                    .record_finished(&result, &digest, Durability::Flushed)
+                    .await?;
                 Ok(Some(result))
             }
-            None => {
+            // Nothing recorded, or a probe started and never finished (run again: see the docs above).
+            None | Some(Entry::Started { .. }) => {
+                if let Some(Entry::Started {
+                    started_ms,
+                    executor,
+                    ..
+                }) = &entry
+                {
+                    if self.stats.is_running(&key) {
+                        // A second copy of a probe this process runs now: answered from the ledger once it
+                        // ends, not run beside itself.
+                        tracing::debug!("probe runs here now; its copy is handed back for later");
+                        return Ok(None);
+                    }
+                    tracing::info!(
+                        started_ms,
+                        by = %executor,
+                        "probe was started but its outcome was never recorded; a probe changes nothing: running it again"
+                    );
+                }
                 if let Some(refusal) = self.refusal(req)? {
                     // Not recorded, like a malformed request: a refusal must not occupy the step id that the
                     // real request may still come with. Nothing is lost: a redelivery is checked again, and
@@ -668,7 +715,11 @@ impl Worker {
                     return Ok(Some(self.refuse(req, refusal)));
                 }
                 match self.claim(req, &digest).await {
-                    Claim::Won => self.execute(req, msg, &digest).await.map(Some),
+                    Claim::Won => self.execute(req, msg, &digest, kind).await.map(Some),
+                    Claim::Lost(holder) if kind == StepKind::Probe => {
+                        tracing::info!(holder = %holder, "probe was claimed by another executor that never reported it; a probe changes nothing: running it here");
+                        self.execute(req, msg, &digest, kind).await.map(Some)
+                    }
                     Claim::Undecided => Ok(None),
                     Claim::Conflict(holder) => Ok(Some(self.refuse(
                         req,
@@ -686,7 +737,9 @@ impl Worker {
                         result.reason = Some(format!(
                             "already claimed by executor {holder}, which did not report an outcome; not run here: observe the node before deciding"
                         ));
-                        self.ledger.record_finished(&result, &digest).await?;
+                        self.ledger
+                            .record_finished(&result, &digest, Durability::Flushed)
+                            .await?;
                         Ok(Some(result))
                     }
                 }
@@ -801,17 +854,28 @@ impl Worker {
         Ok(None)
     }
 
-    /// Run the step, recording it in the ledger before and after.
+    /// Run the step, recording it in the ledger before and after (flushed for
+    /// an action, not waited for a probe: [`Durability::of`]).
     async fn execute(
         &self,
         req: &StepRequest,
         msg: &jetstream::Message,
         digest: &str,
+        kind: StepKind,
     ) -> Result<StepResult, ExecutorError> {
         let key = req.msg_id();
         let started_ms = now_ms();
+        let durability = Durability::of(kind);
         self.ledger
-            .record_started(&key, &req.upgrade, req.epoch, started_ms, &self.id, digest)
+            .record_started(
+                &key,
+                &req.upgrade,
+                req.epoch,
+                started_ms,
+                &self.id,
+                digest,
+                durability,
+            )
             .await?;
         Stats::count(&self.stats.executed);
         self.config.metrics.started();
@@ -856,7 +920,9 @@ impl Worker {
         result.reason = ran.reason;
         result.started_ms = Some(ran.started_ms);
         result.finished_ms = Some(ran.finished_ms);
-        self.ledger.record_finished(&result, digest).await?;
+        self.ledger
+            .record_finished(&result, digest, durability)
+            .await?;
         tracing::info!(
             outcome = %result.outcome,
             exit_code = result.exit_code,

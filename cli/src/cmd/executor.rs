@@ -20,8 +20,8 @@
 //! its own key (listed for that group in the trust file), its nodes (from its
 //! cluster file or `node=`), its own NATS user when the process
 //! authenticates with its key (nkey), its consumer and presence record. One
-//! ledger (`--state-dir`) serves them all; at most one step at a time runs
-//! per node, steps of different nodes run at once.
+//! ledger (`--state-dir`) serves them all; per node one action runs alone or
+//! up to four read-only probes side by side, steps of different nodes at once.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

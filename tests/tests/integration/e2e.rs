@@ -938,6 +938,90 @@ async fn an_executor_killed_mid_upgrade_is_restarted_and_nothing_runs_twice() {
     env.expect_completed_safely(&upgrade).await;
 }
 
+/// A probe whose executor is SIGKILLed mid-run: the restarted executor runs it again (a probe changes
+/// nothing; an action would be answered `unknown`), the upgrade completes, and the log holds one result for
+/// that step attempt, the re-run's.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_executor_killed_mid_probe_runs_it_again_and_the_upgrade_completes() {
+    let mut env = Env::start(Setup::default()).await;
+    // backend-2's first `chef-backend-ctl status` hangs until it is killed; every other run is the simulator's.
+    let tool = env
+        .sim_dir
+        .join("nodes")
+        .join("backend-2")
+        .join("bin")
+        .join("chef-backend-ctl");
+    let real = std::fs::read_to_string(&tool).unwrap();
+    let once = env.dir.path().join("hung-once");
+    let pid_file = env.dir.path().join("hung-pid");
+    let body = real
+        .strip_prefix("#!/bin/sh\n")
+        .expect("the simulator's wrapper is a sh script");
+    std::fs::write(
+        &tool,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = status ] && mkdir {once} 2>/dev/null; then echo $$ > {pid}; exec sleep 60; fi\n{body}",
+            once = once.display(),
+            pid = pid_file.display(),
+        ),
+    )
+    .unwrap();
+    let upgrade = env.submit(&[]);
+    let hung = tests::wait_until(UPGRADE_TIMEOUT, || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim().parse::<i32>().is_ok())
+    })
+    .await;
+    assert!(hung, "backend-2's status never ran\n{}", env.logs());
+    env.executors[1].signal(Signal::SIGKILL);
+    env.executors[1]
+        .wait_exit(Duration::from_secs(10))
+        .expect("the executor died");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The hung command outlived its executor (its own process group): the test's to end.
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    env.restart_executor(1);
+    env.expect_completed_safely(&upgrade).await;
+
+    let events = env.events(&upgrade);
+    let (step, attempt) = events
+        .iter()
+        .find_map(|e| match e {
+            Event::StepScheduled {
+                step,
+                attempt,
+                node,
+                action,
+                ..
+            } if node == "backend-2" && action.as_str() == "probe_status" => {
+                Some((*step, *attempt))
+            }
+            _ => None,
+        })
+        .expect("backend-2's status was scheduled");
+    let recorded: Vec<&workflow::core::Outcome> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepResultRecorded {
+                step: s,
+                attempt: a,
+                outcome,
+                ..
+            } if (*s, *a) == (step, attempt) => Some(outcome),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![&workflow::core::Outcome::Succeeded],
+        "step {step} attempt {attempt}: one result, the re-run's\n{}",
+        env.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nats_server_restart_mid_upgrade_loses_nothing() {
     let mut env = Env::start(Setup {

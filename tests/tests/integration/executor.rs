@@ -1782,7 +1782,9 @@ async fn requests_forged_under_future_step_ids_neither_run_nor_block_the_real_on
     env.publish(&request(&up, 5, "g1", "status")).await;
     env.publish(&request(&up, 6, "g1", "status")).await;
 
-    let results = env.wait_results(&up, 2, &[&exec]).await;
+    let mut results = env.wait_results(&up, 2, &[&exec]).await;
+    // Two probes of one node may run side by side: their results come in either order.
+    results.sort_by_key(|r| r.step);
     let got: Vec<(u64, Outcome)> = results.iter().map(|r| (r.step, r.outcome)).collect();
     assert_eq!(
         got,
@@ -2026,7 +2028,9 @@ async fn an_executor_serves_with_least_privilege_nats_permissions() {
         .await
         .unwrap();
     env.publish(&request(&up, 2, "g1", "status")).await;
-    let results = env.wait_results(&up, 2, &[&exec]).await;
+    let mut results = env.wait_results(&up, 2, &[&exec]).await;
+    // Two probes of one node may run side by side: their results come in either order.
+    results.sort_by_key(|r| r.step);
     let got: Vec<(u64, Outcome)> = results.iter().map(|r| (r.step, r.outcome)).collect();
     assert_eq!(got, vec![(1, Outcome::Succeeded), (2, Outcome::Rejected)]);
     assert!(
@@ -2233,5 +2237,222 @@ fn serve_entries_that_cannot_work_are_refused_before_connecting() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{serve}: {stderr}");
         assert!(stderr.contains(needle), "{serve}: {stderr}");
+    }
+}
+
+/// `sh` lines that wait up to `seconds` for the file `path` to exist: true if it appeared.
+fn wait_for_file(path: &Path, seconds: u32) -> String {
+    format!(
+        "i=0; while [ ! -e {p} ] && [ $i -lt {n} ]; do sleep 0.05; i=$((i+1)); done; [ -e {p} ]",
+        p = path.display(),
+        n = seconds * 20
+    )
+}
+
+#[tokio::test]
+async fn two_probes_of_one_node_run_at_the_same_time() {
+    let env = Env::start().await;
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let (a, b) = (env.path("status-ran"), env.path("cluster-status-ran"));
+    // Each probe marks that it runs, then waits for the other's mark: run one after the other, the first
+    // gives up after 5 s and fails.
+    env.behave(
+        "chef-backend-ctl",
+        "status",
+        &format!(
+            "touch {}; {} && echo met",
+            a.display(),
+            wait_for_file(&b, 5)
+        ),
+    );
+    env.behave(
+        "chef-backend-ctl",
+        "cluster-status",
+        &format!(
+            "touch {}; {} && echo met",
+            b.display(),
+            wait_for_file(&a, 5)
+        ),
+    );
+    let up = upgrade_id();
+    env.publish(&request(&up, 1, "g1", "status")).await;
+    env.publish(&request(&up, 2, "g1", "cluster-status")).await;
+    let results = env.wait_results(&up, 2, &[&exec]).await;
+    assert_eq!(results.len(), 2, "{results:#?}");
+    for r in &results {
+        assert_eq!(r.outcome, Outcome::Succeeded, "{r:#?}\n{}", exec.log());
+        assert_eq!(r.stdout_tail.trim(), "met", "{r:#?}");
+    }
+    let (x, y) = (interval(&results[0]), interval(&results[1]));
+    assert!(x.0 < y.1 && y.0 < x.1, "not side by side: {x:?} {y:?}");
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+}
+
+#[tokio::test]
+async fn an_action_never_runs_beside_a_probe_of_its_node_nor_a_probe_beside_an_action() {
+    let env = Env::start().await;
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let overlap = env.path("overlap");
+    let mark = |name: &str| env.path(name);
+    // The probe waits up to 3 s for the action to start: one that starts beside it is seen and recorded.
+    env.behave(
+        "chef-backend-ctl",
+        "status",
+        &format!(
+            "touch {started}; if {wait}; then echo probe-saw-action >> {o}; fi; touch {ended}",
+            started = mark("probe-started").display(),
+            wait = wait_for_file(&mark("action-started"), 3),
+            o = overlap.display(),
+            ended = mark("probe-ended").display(),
+        ),
+    );
+    // The action checks the probe is over, then waits up to 3 s for the second probe to start beside it.
+    env.behave(
+        "chef-backend-ctl",
+        "stop",
+        &format!(
+            "touch {started}; [ -e {probe_ended} ] || echo action-beside-probe >> {o}; \
+             if {wait}; then echo action-saw-probe >> {o}; fi; touch {ended}",
+            started = mark("action-started").display(),
+            probe_ended = mark("probe-ended").display(),
+            o = overlap.display(),
+            wait = wait_for_file(&mark("probe2-started"), 3),
+            ended = mark("action-ended").display(),
+        ),
+    );
+    env.behave(
+        "chef-backend-ctl",
+        "cluster-status",
+        &format!(
+            "touch {started}; [ -e {action_ended} ] || echo probe-beside-action >> {o}",
+            started = mark("probe2-started").display(),
+            action_ended = mark("action-ended").display(),
+            o = overlap.display(),
+        ),
+    );
+    let up = upgrade_id();
+    env.publish(&request(&up, 1, "g1", "status")).await;
+    assert!(
+        wait_until(SOON, || mark("probe-started").exists()).await,
+        "{}",
+        exec.log()
+    );
+    env.publish(&request(&up, 2, "g1", "stop")).await;
+    // The action is pulled while the probe runs (and handed back); the second probe once the action runs.
+    assert!(
+        wait_until(SOON, || mark("action-started").exists()).await,
+        "{}",
+        exec.log()
+    );
+    env.publish(&request(&up, 3, "g1", "cluster-status")).await;
+    let results = env.wait_results(&up, 3, &[&exec]).await;
+    assert_eq!(lines(&overlap), Vec::<String>::new(), "{results:#?}");
+    let by_step: BTreeMap<u64, &StepResult> = results.iter().map(|r| (r.step, r)).collect();
+    for r in by_step.values() {
+        assert_eq!(r.outcome, Outcome::Succeeded, "{r:#?}");
+    }
+    let (probe, action, probe2) = (
+        interval(by_step[&1]),
+        interval(by_step[&2]),
+        interval(by_step[&3]),
+    );
+    assert!(action.0 >= probe.1, "{probe:?} {action:?}");
+    assert!(probe2.0 >= action.1, "{action:?} {probe2:?}");
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+}
+
+#[tokio::test]
+async fn a_probe_whose_executor_was_killed_mid_run_is_run_again_and_answered_once() {
+    let env = Env::start().await;
+    let mut exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let ran = env.path("ran");
+    let pids = env.path("pids");
+    let release = env.path("release");
+    // The first run hangs until the test kills it; a run after the release answers at once.
+    env.behave(
+        "chef-backend-ctl",
+        "status",
+        &format!(
+            "echo $$ >> {pids}; echo run >> {ran}; if [ ! -e {release} ]; then sleep 30; fi; echo observed",
+            pids = pids.display(),
+            ran = ran.display(),
+            release = release.display(),
+        ),
+    );
+    let up = upgrade_id();
+    let req = request(&up, 1, "g1", "status");
+    env.publish(&req).await;
+    assert!(
+        wait_until(SOON, || lines(&ran).len() == 1).await,
+        "{}",
+        exec.log()
+    );
+    exec.signal(Signal::SIGKILL);
+    exec.wait_exit(SOON).expect("executor died");
+    for pid in lines(&pids) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            Signal::SIGKILL,
+        );
+    }
+    std::fs::write(&release, "").unwrap();
+
+    // The same state dir, a new process (a new claim token: the dead one's claim is not its own).
+    let exec = env.executor("g1", "ex-a2", "state-a", &[]);
+    let results = env.wait_results(&up, 1, &[&exec]).await;
+    assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+    let results_now = env.results(&up).await;
+    assert_eq!(results_now, results, "answered once");
+    let r = &results[0];
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:#?}\n{}", exec.log());
+    assert_eq!(r.stdout_tail.trim(), "observed", "{r:#?}");
+    assert_eq!(r.executor, "ex-a2");
+    assert_eq!(lines(&ran), vec!["run", "run"], "run again after the kill");
+    assert!(
+        exec.log().contains("a probe changes nothing"),
+        "{}",
+        exec.log()
+    );
+
+    // A redelivery now is answered from the ledger: not run a third time.
+    env.publish_raw("g1", &req.encode()).await;
+    let both = env.wait_results(&up, 2, &[&exec]).await;
+    assert_eq!(both[1], both[0]);
+    assert_eq!(lines(&ran), vec!["run", "run"]);
+}
+
+/// The service sends a node's next step as soon as it has the previous one's result: an action right after a
+/// probe of its node must find the probe's slot free, not be handed back for a later delivery (which cost
+/// 50-160 ms per action in the fleet bench before slots were given back on answering).
+#[tokio::test]
+async fn an_action_right_after_a_probe_of_its_node_starts_on_its_first_delivery() {
+    let env = Env::start().await;
+    let exec = env.executor("g1", "ex-a", "state-a", &["--nodes", "backend-1"]);
+    let up = upgrade_id();
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    let mut results = client.subscribe(subjects::result(&up)).await.unwrap();
+    client.flush().await.unwrap();
+    use futures::StreamExt as _;
+    for step in 1..=20u64 {
+        let sub = if step % 2 == 0 { "stop" } else { "status" };
+        env.publish(&request(&up, step, "g1", sub)).await;
+        // Published only after the previous step's result, as the service does.
+        let msg = tokio::time::timeout(SOON, results.next())
+            .await
+            .unwrap_or_else(|_| panic!("no result for step {step}:\n{}", exec.log()))
+            .expect("subscription open");
+        let r = env
+            .keys
+            .check_result(msg.headers.as_ref(), &msg.subject, &msg.payload);
+        assert_eq!((r.step, r.outcome), (step, Outcome::Succeeded), "{r:#?}");
+    }
+    let log = exec.log();
+    let started: Vec<&str> = log.lines().filter(|l| l.contains("step started")).collect();
+    assert_eq!(started.len(), 20, "{log}");
+    for line in started {
+        assert!(
+            line.contains("delivered=1"),
+            "started on a later delivery: {line}"
+        );
     }
 }
