@@ -30,9 +30,10 @@ use std::sync::{Arc, Mutex};
 
 use workflow::core::Action;
 
-/// At most this many probes of one node run at once. A probe round of the core asks a handful of probes of a
-/// node (topology, status, versions); a bound keeps one node's round from taking every runner process.
-pub const MAX_PROBES_PER_NODE: usize = 4;
+/// At most this many probes of one node run at once: the core's bound for one node in a probe round
+/// (`workflow::core::decide::ROUND_PROBES_PER_NODE`), so a round never waits on a hand-back; a bound keeps one
+/// node's probes from taking every runner process.
+pub const MAX_PROBES_PER_NODE: usize = workflow::core::decide::ROUND_PROBES_PER_NODE;
 
 /// What a step does to its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -794,14 +794,14 @@ pub(crate) fn next_decisions(state: &State, now: u64) -> Vec<Event> {
     item_decisions(state, now)
 }
 
-/// Whether a round may hold several probes of one node. `false` while an executor runs one step of a node at a
-/// time and has no way to hand a second one back for later: a round then holds at most one probe per node.
-/// Once every executor hands a step for a busy node back with a delay, `true` here lets a node's own probes
-/// (WaitSynced's node, version and running version; VerifySwitchover's) share a round, with no other change.
-pub(crate) const ROUND_SHARES_NODE: bool = false;
+/// At most this many probes of one node in one round. Executors run a node's probes side by side up to the
+/// same bound (`executor::slots::MAX_PROBES_PER_NODE` is this constant) and hand a further one back for later,
+/// so a bigger round would only wait; WaitSynced's node, version and running version, and VerifySwitchover's
+/// probes of one node, fit in one round.
+pub const ROUND_PROBES_PER_NODE: usize = 4;
 
 /// The probes of `probes[from..]` asked together as one round: the probe at `from`, then the ones after it for as
-/// long as each is read-only, asks no topology and (unless [`ROUND_SHARES_NODE`]) no node already in the round.
+/// long as each is read-only, asks no topology and no node already asked [`ROUND_PROBES_PER_NODE`] times in it.
 /// A topology is a round of its own: the probes after it are chosen from what it shows (the leader's node probe,
 /// a live node to ask), and the guard's last look stays the last.
 pub(crate) fn round_of(probes: &[(Action, String)], from: usize) -> &[(Action, String)] {
@@ -811,10 +811,10 @@ pub(crate) fn round_of(probes: &[(Action, String)], from: usize) -> &[(Action, S
     let mut end = from + 1;
     if *first != Action::ProbeClusterStatus && first.is_probe() {
         while let Some((action, node)) = probes.get(end) {
-            let node_taken = probes[from..end].iter().any(|(_, n)| n == node);
+            let node_asked = probes[from..end].iter().filter(|(_, n)| n == node).count();
             if !action.is_probe()
                 || *action == Action::ProbeClusterStatus
-                || (node_taken && !ROUND_SHARES_NODE)
+                || node_asked >= ROUND_PROBES_PER_NODE
             {
                 break;
             }

@@ -29,8 +29,9 @@
 //!   probes may be outstanding together only as one *round*, scheduled in one decision, and only where the
 //!   profile says `probe_rounds = true` (built-in profiles: one step at a time, as always). A round is the
 //!   longest run of the next probes a step-by-step run would ask that holds no topology beside another probe
-//!   (a topology is a round of its own, so the guard's "topology once more, last" stays the last look) and, while
-//!   `decide::ROUND_SHARES_NODE` is false, at most one probe per node (`decide::round_of`). Nothing new is
+//!   (a topology is a round of its own, so the guard's "topology once more, last" stays the last look) and at
+//!   most `decide::ROUND_PROBES_PER_NODE` probes of one node, as many as an executor runs side by side
+//!   (`decide::round_of`). Nothing new is
 //!   scheduled while any probe of the round is out; each one's deadline passes on its own. Once every probe has an
 //!   outcome (answered, failed, timed out, unknown), whatever the order of their results, the core judges the
 //!   observations in step order exactly as if the probes had run one after another (`decide::round_decisions`,
