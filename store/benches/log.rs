@@ -385,6 +385,59 @@ fn main() -> anyhow::Result<()> {
         format!("{} records/s ({:.1} s)", rate(total, d), d.as_secs_f64()),
     ));
 
+    drop(trees);
+    drop(db);
+
+    // --- Raw sled, the store's entries in one batch on one tree per batch, no hashing -------------------------
+    // What the store's v2 layout writes per append, without reads, hashing or checks.
+    let db = sled::open(root.path().join("raw-batch"))?;
+    let tree = store::layout::open_tree(&db)?;
+    let mut heads = vec![0u64; STREAMS as usize];
+    let started = Instant::now();
+    let mut inserted = 0u64;
+    while inserted < total {
+        let s = (inserted / BATCH) % STREAMS;
+        let n = BATCH.min(total - inserted);
+        let first = heads[s as usize] + 1;
+        let stream = stream_id(s);
+        let mut batch = sled::Batch::default();
+        for i in 0..n {
+            let r = record(s, first + i);
+            let seq = first + i;
+            let pos = inserted + i + 1;
+            let key = store::layout::record_key(&stream, seq);
+            let value = store::layout::encode_record(
+                &[0; 32],
+                &[0; 32],
+                pos,
+                r.msg_id.as_deref(),
+                &r.bytes,
+            );
+            batch.insert(&store::layout::record_entry_key(&stream, seq)[..], value);
+            batch.insert(&store::layout::global_entry_key(pos)[..], &key[..]);
+            if let Some(id) = r.msg_id.as_deref() {
+                batch.insert(store::layout::dedupe_entry_key(id), &key[..]);
+            }
+        }
+        batch.insert(
+            &store::layout::head_entry_key(&stream)[..],
+            &(first + n - 1).to_be_bytes()[..],
+        );
+        batch.insert(
+            store::layout::META_NEXT_GLOBAL,
+            &(inserted + n + 1).to_be_bytes()[..],
+        );
+        tree.apply_batch(batch)?;
+        db.flush()?;
+        heads[s as usize] += n;
+        inserted += n;
+    }
+    let d = started.elapsed();
+    rows.push((
+        format!("raw sled: the store's entries in one batch on one tree per batch of {BATCH}, no hashing ({total} records)"),
+        format!("{} records/s ({:.1} s)", rate(total, d), d.as_secs_f64()),
+    ));
+
     println!("load average at end: {}", loadavg());
     println!();
     println!("| measurement | result |");

@@ -149,27 +149,26 @@ fn flushed_appends_survive_reopening() {
 fn tear_the_tail(dir: &std::path::Path) -> (store::StreamId, u64) {
     wait_unlocked(dir);
     let db = sled::open(dir).unwrap();
-    let records = db.open_tree(store::layout::RECORDS).unwrap();
-    let global = db.open_tree(store::layout::GLOBAL).unwrap();
-    let meta = db.open_tree(store::layout::META).unwrap();
-    let heads = db.open_tree(store::layout::HEADS).unwrap();
+    let log = store::layout::open_tree(&db).unwrap();
     let s = stream(3);
-    let head = store::layout::decode_head(&heads.get(s.as_bytes()).unwrap().unwrap()).unwrap();
+    let head =
+        store::layout::decode_head(&log.get(store::layout::head_entry_key(&s)).unwrap().unwrap())
+            .unwrap();
     let pos =
-        store::layout::decode_u64(&meta.get(store::layout::META_NEXT_GLOBAL).unwrap().unwrap())
+        store::layout::decode_u64(&log.get(store::layout::META_NEXT_GLOBAL).unwrap().unwrap())
             .unwrap();
     let seq = head.seq + 1;
     let bytes = event(1000);
     let hash = chain_hash(&s, seq, &head.hash, &bytes);
     let key = store::layout::record_key(&s, seq);
-    records
-        .insert(
-            key,
-            store::layout::encode_record(&hash, &head.hash, pos, None, &bytes),
-        )
+    log.insert(
+        store::layout::record_entry_key(&s, seq),
+        store::layout::encode_record(&hash, &head.hash, pos, None, &bytes),
+    )
+    .unwrap();
+    log.insert(store::layout::global_entry_key(pos), &key[..])
         .unwrap();
-    global.insert(pos.to_be_bytes(), &key[..]).unwrap();
-    meta.insert(
+    log.insert(
         store::layout::META_NEXT_GLOBAL,
         &(pos + 1).to_be_bytes()[..],
     )
@@ -219,9 +218,9 @@ fn damage_in_the_middle_is_refused_by_repair() {
     {
         wait_unlocked(dir.path());
         let db = sled::open(dir.path()).unwrap();
-        let records = db.open_tree(store::layout::RECORDS).unwrap();
-        records
-            .remove(store::layout::record_key(&stream(2), 2))
+        store::layout::open_tree(&db)
+            .unwrap()
+            .remove(store::layout::record_entry_key(&stream(2), 2))
             .unwrap();
         db.flush().unwrap();
     }
