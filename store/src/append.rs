@@ -244,6 +244,7 @@ impl<'t> Pending<'t> {
             self.next_global()?
         };
 
+        let (first_seq, first_pos) = (seq + 1, next_global);
         let mut out: Vec<AppendedRecord> = Vec::with_capacity(records.len());
         for (r, plan) in records.iter().zip(plans) {
             match plan {
@@ -268,8 +269,6 @@ impl<'t> Pending<'t> {
                 layout::encode_record(&hash, &prev, next_global, r.msg_id.as_deref(), &r.bytes);
             self.batch
                 .insert(&layout::record_entry_key(&stream, seq)[..], value);
-            self.batch
-                .insert(&layout::global_entry_key(next_global)[..], &key[..]);
             let appended = AppendedRecord {
                 stream,
                 seq,
@@ -292,6 +291,22 @@ impl<'t> Pending<'t> {
             Some(Head { seq, hash: prev })
         };
         if out.iter().any(|r| !r.duplicate) {
+            // The new records have consecutive seqs and positions: one run of the global index (or more, of at
+            // most MAX_RUN records each).
+            let count = seq + 1 - first_seq;
+            let mut done = 0;
+            while done < count {
+                let run = layout::GlobalRun {
+                    stream,
+                    seq: first_seq + done,
+                    count: (count - done).min(layout::MAX_RUN),
+                };
+                self.batch.insert(
+                    &layout::global_entry_key(first_pos + done)[..],
+                    &layout::encode_global_run(&run)[..],
+                );
+                done += run.count;
+            }
             let h = Head { seq, hash: prev };
             self.batch.insert(
                 &layout::head_entry_key(&stream)[..],

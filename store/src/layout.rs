@@ -9,12 +9,15 @@
 //! |--------|-----------|------------------------------|---------------------------------------------------------------|
 //! | `r`    | records   | stream (16) ++ seq (u64 BE)  | hash (32) ++ prev hash (32) ++ global pos (u64 BE) ++ msg id ++ bytes |
 //! | `h`    | heads     | stream (16)                  | seq (u64 BE) ++ hash (32)                                     |
-//! | `g`    | global    | global pos (u64 BE)          | stream (16) ++ seq (u64 BE)                                   |
+//! | `g`    | global    | first global pos (u64 BE)    | stream (16) ++ first seq (u64 BE) ++ count (u64 BE): a *run*  |
 //! | `d`    | dedupe    | msg id (UTF-8)               | stream (16) ++ seq (u64 BE)                                   |
 //! | `m`    | meta      | `format`                     | `baton-log-v2`                                                |
 //! | `m`    | meta      | `next_global`                | next global position (u64 BE), 1 in an empty log              |
 //!
-//! No key starts with any other byte (`verify` checks it). The message id in a record value is one byte `0`
+//! A global run says that positions `pos .. pos + count` hold seqs `seq .. seq + count` of `stream`: the records
+//! one append stores get consecutive positions and consecutive seqs, so an append writes one run, not one entry
+//! per record (format v1 had one entry per record; the migration turns each into a run of 1). Runs never overlap
+//! and have `1 <= count <=` [`MAX_RUN`]. No key starts with any other byte (`verify` checks it). The message id in a record value is one byte `0`
 //! (none) or `1` followed by its length (u32 BE) and its UTF-8 bytes; the record's bytes run to the end of the
 //! value. The values are those of format `baton-log-v1` (module [`v1`]: five trees, one per table, same keys
 //! without the prefix, same values but the format tag); `Store::open` migrates a v1 log (see `migrate.rs`).
@@ -130,6 +133,44 @@ pub fn global_entry_key(pos: u64) -> [u8; 9] {
     k[0] = GLOBAL;
     k[1..].copy_from_slice(&pos.to_be_bytes());
     k
+}
+
+/// The longest run: an append of more records writes several runs. Bounds the work a (damaged) run can cause.
+pub const MAX_RUN: u64 = 4096;
+
+/// A run of the global index: positions `pos .. pos + count` hold seqs `seq .. seq + count` of `stream` (the key
+/// holds `pos`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GlobalRun {
+    pub stream: StreamId,
+    pub seq: u64,
+    pub count: u64,
+}
+
+impl GlobalRun {
+    /// The seq at position `pos` of a run starting at `first_pos`, if the run covers it.
+    pub fn seq_at(&self, first_pos: u64, pos: u64) -> Option<u64> {
+        let i = pos.checked_sub(first_pos)?;
+        (i < self.count).then(|| self.seq + i)
+    }
+}
+
+pub fn encode_global_run(run: &GlobalRun) -> [u8; 32] {
+    let mut v = [0u8; 32];
+    v[..16].copy_from_slice(run.stream.as_bytes());
+    v[16..24].copy_from_slice(&run.seq.to_be_bytes());
+    v[24..].copy_from_slice(&run.count.to_be_bytes());
+    v
+}
+
+/// Decodes a run; `None` when the length is wrong or the count is 0 or above [`MAX_RUN`].
+pub fn decode_global_run(v: &[u8]) -> Option<GlobalRun> {
+    if v.len() != 32 {
+        return None;
+    }
+    let (stream, seq) = decode_record_key(&v[..24])?;
+    let count = decode_u64(&v[24..])?;
+    (count > 0 && count <= MAX_RUN).then_some(GlobalRun { stream, seq, count })
 }
 
 /// The key of the dedupe entry of message id `id`: `d ++ id`.
@@ -322,5 +363,18 @@ mod tests {
         assert_eq!(decode_head(&encode_head(&h)), Some(h));
         assert_eq!(&record_entry_key(&s, 9)[1..], &record_key(&s, 9)[..]);
         assert_eq!(&head_entry_key(&s)[1..], s.as_bytes());
+        let run = GlobalRun {
+            stream: s,
+            seq: 7,
+            count: 3,
+        };
+        assert_eq!(decode_global_run(&encode_global_run(&run)), Some(run));
+        assert_eq!(run.seq_at(10, 12), Some(9));
+        assert_eq!(run.seq_at(10, 13), None);
+        assert_eq!(run.seq_at(10, 9), None);
+        assert_eq!(
+            decode_global_run(&encode_global_run(&GlobalRun { count: 0, ..run })),
+            None
+        );
     }
 }

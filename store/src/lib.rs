@@ -43,8 +43,9 @@
 //! # One writer at a time
 //! An append reads the heads, the dedupe table and `next_global`, decides, and writes one batch. The reads stay
 //! valid until the batch is applied because nothing else writes in between: every `Store` method that writes
-//! (`append`, `append_many`, `import_jsonl`, `repair_torn_tail`) and the blocking [`Store::flush`] hold the
-//! store's writer mutex (shared by all clones of a `Store`) from their first read to their last write. Another
+//! (`append`, `append_many`, `repair_torn_tail`; `import_jsonl` writes through `append`) and the blocking
+//! [`Store::flush`] hold the store's writer mutex (shared by all clones of a `Store`) from their first read to
+//! their last write. Another
 //! process cannot write either: sled locks the database for one process.
 //!
 //! sled 0.34 can deadlock for good when flushes run concurrently with transactions *or batches* from other
@@ -75,9 +76,10 @@
 //! The domain tag names the hash encoding, not the layout: it stays `baton-log-v1` in format `baton-log-v2`.
 //!
 //! # Layout in sled (see [`layout`]; format `baton-log-v2`)
-//! One tree, `log`, whose keys start with a table prefix: records (`r ++ stream ++ seq` → hash, prev hash, global
-//! position, message id, bytes), heads (`h ++ stream` → last seq, last hash), global (`g ++ global position` →
-//! `stream ++ seq`), dedupe (`d ++ message id` → `stream ++ seq`) and meta (format tag, next global position).
+//! One tree, `log`, whose keys start with a table prefix: records (`r ++ stream ++ seq` → hash, prev hash,
+//! global position, message id, bytes), heads (`h ++ stream` → last seq, last hash), global (`g ++ first global
+//! position` → `stream ++ first seq ++ count`: one run per append), dedupe (`d ++ message id` → `stream ++ seq`)
+//! and meta (format tag, next global position).
 //! A log of format `baton-log-v1` (five trees, one per table) is migrated when it is opened (`migrate.rs`).
 
 mod append;

@@ -10,8 +10,9 @@
 //!
 //! On open: a v2 tree with its format tag means the copy is complete (a crash after step 3 left v1 trees behind:
 //! they are dropped again); v1 trees without the v2 tag mean the copy did not complete (or never started): it is
-//! redone from step 1. Keys and values are copied byte for byte (only the prefix is added, and the format tag's
-//! value changes), so every record keeps its hash and `verify` checks the migrated log as any other.
+//! redone from step 1. Keys and values are copied byte for byte (only the prefix is added, the format tag's
+//! value changes, and each v1 global entry becomes a run of one record), so every record keeps its hash and
+//! `verify` checks the migrated log as any other.
 
 use crate::error::StoreError;
 use crate::layout::{self, v1};
@@ -98,7 +99,15 @@ pub(crate) fn run(
     for (prefix, t) in trees.iter().filter(|(p, _)| *p != layout::META) {
         for kv in t.iter() {
             let (k, v) = kv?;
-            batch.insert(layout::prefixed(*prefix, &k), v);
+            if *prefix == layout::GLOBAL && v.len() == 24 {
+                // A v1 global entry is a run of one record; anything else is copied as it is (and `verify`
+                // reports it).
+                let mut run = v.to_vec();
+                run.extend_from_slice(&1u64.to_be_bytes());
+                batch.insert(layout::prefixed(*prefix, &k), run);
+            } else {
+                batch.insert(layout::prefixed(*prefix, &k), v);
+            }
             in_batch += 1;
             if in_batch == COPY_BATCH {
                 tree.apply_batch(std::mem::take(&mut batch))?;

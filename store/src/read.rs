@@ -53,19 +53,49 @@ impl Store {
     /// The global order from position `from` (1 for all): which record was committed at each position. Lazy;
     /// positions are increasing but may have gaps (see [`Record::global_pos`]).
     pub fn global(&self, from: u64) -> impl Iterator<Item = Result<GlobalEntry, StoreError>> {
-        let start = layout::global_entry_key(from);
+        // Start at the run that covers `from`, if one does: runs are keyed by their first position.
+        let mut start = layout::global_entry_key(from).to_vec();
+        if let Some(Ok((k, v))) = self
+            .tree
+            .range(vec![layout::GLOBAL]..=start.clone())
+            .next_back()
+        {
+            let first = decode_u64(&k[1..]);
+            let run = layout::decode_global_run(&v);
+            if let (Some(first), Some(run)) = (first, run) {
+                if run.seq_at(first, from).is_some() {
+                    start = k.to_vec();
+                }
+            }
+        }
         self.tree
-            .range(start.to_vec()..vec![layout::GLOBAL + 1])
-            .map(|kv| {
-                let (k, v) = kv?;
-                let pos = decode_u64(&k[1..])
-                    .ok_or_else(|| StoreError::corrupt_index("malformed global key"))?;
-                let (stream, seq) = decode_record_key(&v).ok_or_else(|| {
-                    StoreError::corrupt_index(format!("malformed global entry at position {pos}"))
-                })?;
-                Ok(GlobalEntry { pos, stream, seq })
+            .range(start..vec![layout::GLOBAL + 1])
+            .flat_map(move |kv| match expand_run(kv) {
+                Ok(entries) => entries
+                    .into_iter()
+                    .filter(|e| e.pos >= from)
+                    .map(Ok)
+                    .collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
             })
     }
+}
+
+/// The entries of one run of the global index.
+fn expand_run(kv: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Vec<GlobalEntry>, StoreError> {
+    let (k, v) = kv?;
+    let pos =
+        decode_u64(&k[1..]).ok_or_else(|| StoreError::corrupt_index("malformed global key"))?;
+    let run = layout::decode_global_run(&v).ok_or_else(|| {
+        StoreError::corrupt_index(format!("malformed global entry at position {pos}"))
+    })?;
+    Ok((0..run.count)
+        .map(|i| GlobalEntry {
+            pos: pos + i,
+            stream: run.stream,
+            seq: run.seq + i,
+        })
+        .collect())
 }
 
 /// The iterator returned by [`Store::read`].

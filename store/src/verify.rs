@@ -137,6 +137,7 @@ impl Store {
         let t = &self.tree;
         let next_global = self.verify_meta()?;
         let mut heads = self.verify_heads()?;
+        let (global_entries, max_pos) = self.verify_global_runs()?;
         let streams = heads.len() as u64;
 
         let mut records = 0u64;
@@ -180,7 +181,7 @@ impl Store {
                     "hash does not match the record's contents",
                 ));
             }
-            if t.get(layout::global_entry_key(r.global_pos))?.as_deref() != Some(k) {
+            if self.global_run_at(r.global_pos)? != Some((stream, seq)) {
                 return Err(StoreError::corrupt(
                     stream,
                     seq,
@@ -234,9 +235,8 @@ impl Store {
             ));
         }
 
-        // Every record maps to its own global and dedupe entry (checked above); equal counts make the maps
-        // one-to-one, so no entry points nowhere.
-        let global_entries = layout::scan_table(t, layout::GLOBAL).count() as u64;
+        // Every record maps to its own global and dedupe entry (checked above; the runs do not overlap, so a
+        // position has one entry); equal counts make the maps one-to-one, so no entry points nowhere.
         if global_entries != records {
             return Err(StoreError::corrupt_index(format!(
                 "global index has {global_entries} entries for {records} records"
@@ -248,7 +248,6 @@ impl Store {
                 "dedupe table has {dedupe_entries} entries for {with_msg_id} records with a message id"
             )));
         }
-        let max_pos = self.last_global_pos()?;
         if next_global != max_pos + 1 {
             return Err(StoreError::corrupt_index(format!(
                 "meta next_global is {next_global} but the last global position is {max_pos}"
@@ -301,13 +300,38 @@ impl Store {
                 let r = decode_record(&v)
                     .map_err(|what| StoreError::corrupt(tail.stream, seq, what))?;
                 batch.remove(&key[..]);
-                batch.remove(&layout::global_entry_key(r.global_pos)[..]);
                 if let Some(id) = r.msg_id {
                     batch.remove(layout::dedupe_entry_key(&id));
                 }
             }
         }
-        // All torn records sit above every committed one (verify checked), so their positions are free again.
+        // All torn records sit above every committed one (verify checked): the positions above the last committed
+        // one are exactly theirs. Runs above it go, a run across it is cut.
+        let last = report.max_committed_pos;
+        let below = self
+            .tree
+            .range(vec![layout::GLOBAL]..=layout::global_entry_key(last).to_vec())
+            .next_back();
+        let above = self
+            .tree
+            .range(layout::global_entry_key(last + 1).to_vec()..vec![layout::GLOBAL + 1]);
+        for kv in below.into_iter().chain(above) {
+            let (k, v) = kv?;
+            let (Some(first), Some(run)) = (decode_u64(&k[1..]), layout::decode_global_run(&v))
+            else {
+                return Err(StoreError::corrupt_index("malformed global entry"));
+            };
+            if first > last {
+                batch.remove(k);
+            } else if first + run.count - 1 > last {
+                let cut = layout::GlobalRun {
+                    count: last + 1 - first,
+                    ..run
+                };
+                batch.insert(k, &layout::encode_global_run(&cut)[..]);
+            }
+        }
+        // Their positions are free again.
         batch.insert(
             layout::META_NEXT_GLOBAL,
             &(report.max_committed_pos + 1).to_be_bytes()[..],
@@ -363,10 +387,53 @@ impl Store {
         match layout::scan_table(&self.tree, layout::GLOBAL).next_back() {
             None => Ok(0),
             Some(kv) => {
-                let (k, _) = kv?;
-                decode_u64(&k[1..]).ok_or_else(|| StoreError::corrupt_index("malformed global key"))
+                let (k, v) = kv?;
+                match (decode_u64(&k[1..]), layout::decode_global_run(&v)) {
+                    (Some(first), Some(run)) => Ok(first + run.count - 1),
+                    _ => Err(StoreError::corrupt_index("malformed global entry")),
+                }
             }
         }
+    }
+
+    /// Scans the global index: every run well-formed and after the one before it. Returns the number of
+    /// positions the runs cover and the last one (0 when there is none).
+    fn verify_global_runs(&self) -> Result<(u64, u64), StoreError> {
+        let mut entries = 0u64;
+        let mut next_free = 0u64;
+        for kv in layout::scan_table(&self.tree, layout::GLOBAL) {
+            let (k, v) = kv?;
+            let first = decode_u64(&k[1..]).ok_or_else(|| {
+                StoreError::corrupt_index(format!("malformed global key {}", hex::encode(&k)))
+            })?;
+            let run = layout::decode_global_run(&v).ok_or_else(|| {
+                StoreError::corrupt_index(format!("malformed global entry at position {first}"))
+            })?;
+            if first < next_free {
+                return Err(StoreError::corrupt_index(format!(
+                    "global entry at position {first} overlaps the one before it"
+                )));
+            }
+            next_free = first.checked_add(run.count).ok_or_else(|| {
+                StoreError::corrupt_index("global entry beyond the last position")
+            })?;
+            entries += run.count;
+        }
+        Ok((entries, next_free.saturating_sub(1)))
+    }
+
+    /// The record the global index holds at position `pos`.
+    fn global_run_at(&self, pos: u64) -> Result<Option<(StreamId, u64)>, StoreError> {
+        let found = self
+            .tree
+            .range(vec![layout::GLOBAL]..=layout::global_entry_key(pos).to_vec())
+            .next_back();
+        let Some(kv) = found else { return Ok(None) };
+        let (k, v) = kv?;
+        Ok(match (decode_u64(&k[1..]), layout::decode_global_run(&v)) {
+            (Some(first), Some(run)) => run.seq_at(first, pos).map(|seq| (run.stream, seq)),
+            _ => None,
+        })
     }
 
     pub(crate) fn verify_heads(&self) -> Result<BTreeMap<StreamId, Head>, StoreError> {

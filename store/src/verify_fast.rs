@@ -86,8 +86,12 @@ struct RecordsPart {
 /// What a part of the global index or the dedupe table found.
 #[derive(Default)]
 struct IndexPart {
+    /// Elements: dedupe entries, or positions covered by global runs.
     entries: u64,
     sum: Sum,
+    /// Global runs only: the first position of the part's first run and the position after its last run
+    /// (`None` for an empty part), to check that runs of neighbouring parts do not overlap.
+    span: Option<(u64, u64)>,
 }
 
 enum Task {
@@ -164,7 +168,7 @@ impl Store {
                 }
                 Task::Global { index, from, to } => {
                     let range = t.range::<Vec<u8>, _>((from.clone(), to.clone()));
-                    scan_index(range, &salt, &failed).map(|part| {
+                    scan_global(range, &salt, &failed).map(|part| {
                         let ok = part.is_some();
                         lock(&gathered).global[*index] = part;
                         ok
@@ -223,9 +227,17 @@ impl Store {
             all.dedupe.add(&p.dedupe);
         }
         let mut global = IndexPart::default();
+        let mut next_free = 0u64;
         for p in global_parts {
             global.entries += p.entries;
             global.sum.add(&p.sum);
+            if let Some((first, end)) = p.span {
+                // Parts are in position order; each part checked its own runs.
+                if first < next_free {
+                    return Ok(None);
+                }
+                next_free = end;
+            }
         }
         // A head without records, an index that does not match the records one to one.
         if all.heads_seen != heads.len() as u64
@@ -350,6 +362,46 @@ fn scan_index(
         part.sum.add_element(salt, &k[1..], &v);
         part.entries += 1;
         if part.entries.is_multiple_of(4096) && failed.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(part))
+}
+
+/// Sums the positions of a part of the global index (each run expanded into its `(pos, stream ++ seq)`
+/// elements, as the records claim them); `None` when a run is malformed or overlaps the one before it, or when
+/// another part failed.
+fn scan_global(
+    range: sled::Iter,
+    salt: &[u8; 16],
+    failed: &AtomicBool,
+) -> Result<Option<IndexPart>, StoreError> {
+    let mut part = IndexPart::default();
+    let mut runs = 0u64;
+    for kv in range {
+        let (k, v) = kv?;
+        let (Some(first), Some(run)) = (layout::decode_u64(&k[1..]), layout::decode_global_run(&v))
+        else {
+            return Ok(None);
+        };
+        let Some(end) = first.checked_add(run.count) else {
+            return Ok(None);
+        };
+        match &mut part.span {
+            None => part.span = Some((first, end)),
+            Some((_, next_free)) if first >= *next_free => *next_free = end,
+            Some(_) => return Ok(None),
+        }
+        for i in 0..run.count {
+            part.sum.add_element(
+                salt,
+                &(first + i).to_be_bytes(),
+                &layout::record_key(&run.stream, run.seq + i),
+            );
+        }
+        part.entries += run.count;
+        runs += 1;
+        if runs.is_multiple_of(1024) && failed.load(Ordering::Relaxed) {
             return Ok(None);
         }
     }

@@ -288,8 +288,16 @@ fn insert(
                 )
                 .unwrap();
             if rng.random_bool(0.5) {
+                let run = layout::GlobalRun {
+                    stream,
+                    seq,
+                    count: 1,
+                };
                 raw.global
-                    .insert(next_global.to_be_bytes(), &key[..])
+                    .insert(
+                        next_global.to_be_bytes(),
+                        &layout::encode_global_run(&run)[..],
+                    )
                     .unwrap();
                 raw.meta
                     .insert(

@@ -238,11 +238,15 @@ fn strip_checkpoints(raw: &sled::Db) {
         let key = store::layout::record_entry_key(&service, n);
         let value = store::layout::decode_record(&log.remove(key).unwrap().unwrap()).unwrap();
         let event: serde_json::Value = serde_json::from_slice(&value.bytes).unwrap();
-        if event["type"] == "Checkpoint" {
-            log.remove(store::layout::global_entry_key(value.global_pos))
-                .unwrap();
-        } else {
+        if event["type"] != "Checkpoint" {
             kept.push(value);
+        }
+    }
+    // The global index holds runs of records of one stream: drop the service stream's, write one per kept record.
+    for kv in store::layout::scan_table(&log, store::layout::GLOBAL) {
+        let (k, v) = kv.unwrap();
+        if store::layout::decode_global_run(&v).unwrap().stream == service {
+            log.remove(k).unwrap();
         }
     }
     assert!(
@@ -252,7 +256,6 @@ fn strip_checkpoints(raw: &sled::Db) {
     let mut prev = store::ZERO_HASH;
     for (i, value) in kept.iter().enumerate() {
         let n = i as u64 + 1;
-        let key = store::layout::record_key(&service, n);
         let hash = store::chain_hash(&service, n, &prev, &value.bytes);
         let encoded = store::layout::encode_record(
             &hash,
@@ -263,8 +266,16 @@ fn strip_checkpoints(raw: &sled::Db) {
         );
         log.insert(store::layout::record_entry_key(&service, n), encoded)
             .unwrap();
-        log.insert(store::layout::global_entry_key(value.global_pos), &key[..])
-            .unwrap();
+        let run = store::layout::GlobalRun {
+            stream: service,
+            seq: n,
+            count: 1,
+        };
+        log.insert(
+            store::layout::global_entry_key(value.global_pos),
+            &store::layout::encode_global_run(&run)[..],
+        )
+        .unwrap();
         prev = hash;
     }
     let sealed = store::Head {
