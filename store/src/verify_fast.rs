@@ -8,8 +8,9 @@
 //! one-to-one checks become multiset comparisons:
 //!
 //! - The sequential walk passes the global index iff the set `{(pos, record key)}` the records claim equals the
-//!   set of entries of the global tree (each record's entry points back at it, and the counts are equal; record
-//!   keys and tree keys are unique, so both sides are sets). The same holds for `{(message id, record key)}`
+//!   set of positions the global runs cover, each with its `stream ++ seq` (each record's run points back at it,
+//!   and the counts are equal; record keys are unique, and the runs are checked not to overlap, so both sides
+//!   are sets). The same holds for `{(message id, record key)}`
 //!   and the dedupe table.
 //! - Each side of each comparison is summed, modulo 2^256, as `SHA-256(salt, len(key), key, value)` per element,
 //!   with a salt drawn at random for each verification (so no log can be prepared to pass it). Two different
