@@ -285,11 +285,12 @@ fn strip_checkpoints(raw: &sled::Db) {
     log.insert(head_key, &store::layout::encode_head(&sealed)[..])
         .unwrap();
     // The next global position follows the last one left.
-    let (last, _) = store::layout::scan_table(&log, store::layout::GLOBAL)
+    let (last, run) = store::layout::scan_table(&log, store::layout::GLOBAL)
         .next_back()
         .unwrap()
         .unwrap();
-    let next = store::layout::decode_u64(&last[1..]).unwrap() + 1;
+    let run = store::layout::decode_global_run(&run).unwrap();
+    let next = store::layout::decode_u64(&last[1..]).unwrap() + run.count;
     log.insert(store::layout::META_NEXT_GLOBAL, &next.to_be_bytes()[..])
         .unwrap();
     raw.flush().unwrap();
