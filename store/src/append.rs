@@ -4,7 +4,7 @@
 //!
 //! The reads are not part of the batch: they stay valid because every writer holds the store's writer mutex from
 //! its first read to its batch (see "One writer at a time" in the crate docs). Within one `append_many`, later
-//! appends see the earlier ones' writes through [`Pending`]'s overlay, as a transaction sees its own writes.
+//! appends see the earlier ones' writes through `Pending`'s overlay, as a transaction sees its own writes.
 
 use crate::error::StoreError;
 use crate::hash::{chain_hash, ZERO_HASH};
