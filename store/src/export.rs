@@ -20,6 +20,7 @@
 
 use crate::error::StoreError;
 use crate::hash::{chain_hash, ZERO_HASH};
+use crate::layout;
 use crate::types::{Hash, Head, NewRecord, StreamId};
 use crate::Store;
 use serde::Serialize;
@@ -102,9 +103,8 @@ impl Store {
         for (stream, _) in &report.streams {
             if self.head(*stream)?.is_some()
                 || self
-                    .trees
-                    .records
-                    .scan_prefix(stream.as_bytes())
+                    .tree
+                    .scan_prefix(layout::prefixed(layout::RECORDS, stream.as_bytes()))
                     .next()
                     .is_some()
             {
@@ -113,7 +113,7 @@ impl Store {
         }
         for l in &lines {
             if let Some(id) = &l.msg_id {
-                if self.trees.dedupe.contains_key(id.as_bytes())? {
+                if self.tree.contains_key(layout::dedupe_entry_key(id))? {
                     return Err(StoreError::InvalidExport {
                         line: l.line,
                         field: "msg_id".into(),

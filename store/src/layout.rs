@@ -1,80 +1,191 @@
-//! How the log is laid out in sled: tree names, keys and values. Public so that auditors and the corruption
+//! How the log is laid out in sled: one tree, keys and values. Public so that auditors and the corruption
 //! test can read (or damage) a copy of a log directly; everything else goes through [`crate::Store`].
 //!
-//! | tree      | key                          | value                                                         |
-//! |-----------|------------------------------|---------------------------------------------------------------|
-//! | `records` | stream (16) ++ seq (u64 BE)  | hash (32) ++ prev hash (32) ++ global pos (u64 BE) ++ msg id ++ bytes |
-//! | `heads`   | stream (16)                  | seq (u64 BE) ++ hash (32)                                     |
-//! | `global`  | global pos (u64 BE)          | stream (16) ++ seq (u64 BE)                                   |
-//! | `dedupe`  | msg id (UTF-8)               | stream (16) ++ seq (u64 BE)                                   |
-//! | `meta`    | `format`                     | `baton-log-v1`                                                |
-//! | `meta`    | `next_global`                | next global position (u64 BE), 1 in an empty log              |
+//! Format `baton-log-v2`: every entry lives in the one tree [`TREE`] (`log`); the first byte of a key says which
+//! table it belongs to, so that one append is one [`sled::Tree::apply_batch`] on one tree (atomic, also across a
+//! crash) instead of a transaction over five trees:
 //!
-//! The message id in a record value is one byte `0` (none) or `1` followed by its length (u32 BE) and its UTF-8
-//! bytes; the record's bytes run to the end of the value.
+//! | prefix | table     | rest of the key              | value                                                         |
+//! |--------|-----------|------------------------------|---------------------------------------------------------------|
+//! | `r`    | records   | stream (16) ++ seq (u64 BE)  | hash (32) ++ prev hash (32) ++ global pos (u64 BE) ++ msg id ++ bytes |
+//! | `h`    | heads     | stream (16)                  | seq (u64 BE) ++ hash (32)                                     |
+//! | `g`    | global    | first global pos (u64 BE)    | stream (16) ++ first seq (u64 BE) ++ count (u64 BE): a *run*  |
+//! | `d`    | dedupe    | msg id (UTF-8)               | stream (16) ++ seq (u64 BE)                                   |
+//! | `m`    | meta      | `format`                     | `baton-log-v2`                                                |
+//! | `m`    | meta      | `next_global`                | next global position (u64 BE), 1 in an empty log              |
+//!
+//! A global run says that positions `pos .. pos + count` hold seqs `seq .. seq + count` of `stream`: the records
+//! one append stores get consecutive positions and consecutive seqs, so an append writes one run, not one entry
+//! per record (format v1 had one entry per record; the migration turns each into a run of 1). Runs never overlap
+//! and have `1 <= count <=` [`MAX_RUN`]. No key starts with any other byte (`verify` checks it). The message id in a record value is one byte `0`
+//! (none) or `1` followed by its length (u32 BE) and its UTF-8 bytes; the record's bytes run to the end of the
+//! value. The values are those of format `baton-log-v1` (module [`v1`]: five trees, one per table, same keys
+//! without the prefix, same values but the format tag); `Store::open` migrates a v1 log (see `migrate.rs`).
+//! A record's hash does not depend on the layout: the chain's domain tag stays [`crate::DOMAIN_TAG`].
 
 use crate::error::StoreError;
-use crate::hash::DOMAIN_TAG;
 use crate::types::{Hash, Head, StreamId};
 
-pub const RECORDS: &str = "records";
-pub const HEADS: &str = "heads";
-pub const GLOBAL: &str = "global";
-pub const DEDUPE: &str = "dedupe";
-pub const META: &str = "meta";
-pub const META_FORMAT: &[u8] = b"format";
-pub const META_NEXT_GLOBAL: &[u8] = b"next_global";
+/// The one tree of a `baton-log-v2` log.
+pub const TREE: &str = "log";
+/// The format tag stored under [`META_FORMAT`].
+pub const FORMAT_TAG: &[u8; 12] = b"baton-log-v2";
 
-/// The five trees of a log.
-#[derive(Clone)]
-pub(crate) struct Trees {
-    pub records: sled::Tree,
-    pub heads: sled::Tree,
-    pub global: sled::Tree,
-    pub dedupe: sled::Tree,
-    pub meta: sled::Tree,
-}
+/// Key prefix of the records table.
+pub const RECORDS: u8 = b'r';
+/// Key prefix of the heads table.
+pub const HEADS: u8 = b'h';
+/// Key prefix of the global index.
+pub const GLOBAL: u8 = b'g';
+/// Key prefix of the dedupe table.
+pub const DEDUPE: u8 = b'd';
+/// Key prefix of the meta table.
+pub const META: u8 = b'm';
+/// The known prefixes, in key order.
+pub const PREFIXES: [u8; 5] = [DEDUPE, GLOBAL, HEADS, META, RECORDS];
+/// The key of the format tag.
+pub const META_FORMAT: &[u8] = b"mformat";
+/// The key of the next global position.
+pub const META_NEXT_GLOBAL: &[u8] = b"mnext_global";
 
-impl Trees {
-    pub fn open(db: &sled::Db) -> Result<Trees, StoreError> {
-        Ok(Trees {
-            records: db.open_tree(RECORDS)?,
-            heads: db.open_tree(HEADS)?,
-            global: db.open_tree(GLOBAL)?,
-            dedupe: db.open_tree(DEDUPE)?,
-            meta: db.open_tree(META)?,
-        })
-    }
+/// Format `baton-log-v1`: five trees, one per table, keys without prefix. Only read (by the migration) and
+/// written by tests that build a v1 log.
+pub mod v1 {
+    pub const RECORDS: &str = "records";
+    pub const HEADS: &str = "heads";
+    pub const GLOBAL: &str = "global";
+    pub const DEDUPE: &str = "dedupe";
+    pub const META: &str = "meta";
+    /// The trees, in the order the migration copies them (meta last).
+    pub const TREES: [&str; 5] = [RECORDS, HEADS, GLOBAL, DEDUPE, META];
+    pub const META_FORMAT: &[u8] = b"format";
+    pub const META_NEXT_GLOBAL: &[u8] = b"next_global";
+    pub const FORMAT_TAG: &[u8; 12] = b"baton-log-v1";
 
-    /// Writes the meta entries of a new log, and refuses a database of another format. A log with records but
-    /// no meta is left alone: `verify` reports it.
-    pub fn init_meta(&self) -> Result<(), StoreError> {
-        match self.meta.get(META_FORMAT)? {
-            Some(f) if f.as_ref() == DOMAIN_TAG => Ok(()),
-            Some(f) => Err(StoreError::corrupt_index(format!(
-                "meta format is {:?}, expected {:?}",
-                String::from_utf8_lossy(&f),
-                String::from_utf8_lossy(DOMAIN_TAG)
-            ))),
-            None if self.is_empty() => {
-                // One batch, so a crash never leaves a format tag without its counter.
-                let mut batch = sled::Batch::default();
-                batch.insert(META_FORMAT, DOMAIN_TAG.as_slice());
-                batch.insert(META_NEXT_GLOBAL, &1u64.to_be_bytes()[..]);
-                self.meta.apply_batch(batch)?;
-                Ok(())
-            }
-            None => Ok(()),
+    /// The v2 prefix of each v1 tree's entries.
+    pub fn prefix_of(tree: &str) -> Option<u8> {
+        match tree {
+            RECORDS => Some(super::RECORDS),
+            HEADS => Some(super::HEADS),
+            GLOBAL => Some(super::GLOBAL),
+            DEDUPE => Some(super::DEDUPE),
+            META => Some(super::META),
+            _ => None,
         }
     }
+}
 
-    fn is_empty(&self) -> bool {
-        self.records.is_empty()
-            && self.heads.is_empty()
-            && self.global.is_empty()
-            && self.dedupe.is_empty()
-            && self.meta.is_empty()
+/// Opens the log's tree in a raw sled database (for auditors and tests working on a copy).
+pub fn open_tree(db: &sled::Db) -> sled::Result<sled::Tree> {
+    db.open_tree(TREE)
+}
+
+/// Writes the meta entries of a new log, and refuses a database of another format. A log with entries but no
+/// format tag is left alone: `verify` reports it.
+pub(crate) fn init_meta(tree: &sled::Tree) -> Result<(), StoreError> {
+    match tree.get(META_FORMAT)? {
+        Some(f) if f.as_ref() == FORMAT_TAG => Ok(()),
+        Some(f) => Err(StoreError::corrupt_index(format!(
+            "meta format is {:?}, expected {:?}",
+            String::from_utf8_lossy(&f),
+            String::from_utf8_lossy(FORMAT_TAG)
+        ))),
+        None if tree.is_empty() => {
+            // One batch, so a crash never leaves a format tag without its counter.
+            let mut batch = sled::Batch::default();
+            batch.insert(META_FORMAT, FORMAT_TAG.as_slice());
+            batch.insert(META_NEXT_GLOBAL, &1u64.to_be_bytes()[..]);
+            tree.apply_batch(batch)?;
+            Ok(())
+        }
+        None => Ok(()),
     }
+}
+
+/// `prefix ++ rest`: the key of any entry.
+pub fn prefixed(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// The key of record `seq` of `stream` in the tree: `r ++ stream ++ seq`.
+pub fn record_entry_key(stream: &StreamId, seq: u64) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[0] = RECORDS;
+    k[1..17].copy_from_slice(stream.as_bytes());
+    k[17..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The key of the head of `stream`: `h ++ stream`.
+pub fn head_entry_key(stream: &StreamId) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = HEADS;
+    k[1..].copy_from_slice(stream.as_bytes());
+    k
+}
+
+/// The key of global position `pos`: `g ++ pos`.
+pub fn global_entry_key(pos: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = GLOBAL;
+    k[1..].copy_from_slice(&pos.to_be_bytes());
+    k
+}
+
+/// The longest run: an append of more records writes several runs. Bounds the work a (damaged) run can cause.
+pub const MAX_RUN: u64 = 4096;
+
+/// A run of the global index: positions `pos .. pos + count` hold seqs `seq .. seq + count` of `stream` (the key
+/// holds `pos`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GlobalRun {
+    pub stream: StreamId,
+    pub seq: u64,
+    pub count: u64,
+}
+
+impl GlobalRun {
+    /// The seq at position `pos` of a run starting at `first_pos`, if the run covers it.
+    pub fn seq_at(&self, first_pos: u64, pos: u64) -> Option<u64> {
+        let i = pos.checked_sub(first_pos)?;
+        (i < self.count).then(|| self.seq + i)
+    }
+}
+
+pub fn encode_global_run(run: &GlobalRun) -> [u8; 32] {
+    let mut v = [0u8; 32];
+    v[..16].copy_from_slice(run.stream.as_bytes());
+    v[16..24].copy_from_slice(&run.seq.to_be_bytes());
+    v[24..].copy_from_slice(&run.count.to_be_bytes());
+    v
+}
+
+/// Decodes a run; `None` when the length is wrong or the count is 0 or above [`MAX_RUN`].
+pub fn decode_global_run(v: &[u8]) -> Option<GlobalRun> {
+    if v.len() != 32 {
+        return None;
+    }
+    let (stream, seq) = decode_record_key(&v[..24])?;
+    let count = decode_u64(&v[24..])?;
+    (count > 0 && count <= MAX_RUN).then_some(GlobalRun { stream, seq, count })
+}
+
+/// The key of the dedupe entry of message id `id`: `d ++ id`.
+pub fn dedupe_entry_key(id: &str) -> Vec<u8> {
+    prefixed(DEDUPE, id.as_bytes())
+}
+
+/// The keys of one table: from `prefix` (included) to `prefix + 1` (excluded).
+pub fn table_range(prefix: u8) -> std::ops::Range<[u8; 1]> {
+    [prefix]..[prefix + 1]
+}
+
+/// Every key of `table`'s entries in `tree`, with its prefix; a helper for tests and auditors.
+pub fn scan_table(tree: &sled::Tree, prefix: u8) -> sled::Iter {
+    tree.range(table_range(prefix))
 }
 
 /// `stream ++ seq`: the key of a record, and the value of global and dedupe entries.
@@ -250,5 +361,20 @@ mod tests {
             hash: [4; 32],
         };
         assert_eq!(decode_head(&encode_head(&h)), Some(h));
+        assert_eq!(&record_entry_key(&s, 9)[1..], &record_key(&s, 9)[..]);
+        assert_eq!(&head_entry_key(&s)[1..], s.as_bytes());
+        let run = GlobalRun {
+            stream: s,
+            seq: 7,
+            count: 3,
+        };
+        assert_eq!(decode_global_run(&encode_global_run(&run)), Some(run));
+        assert_eq!(run.seq_at(10, 12), Some(9));
+        assert_eq!(run.seq_at(10, 13), None);
+        assert_eq!(run.seq_at(10, 9), None);
+        assert_eq!(
+            decode_global_run(&encode_global_run(&GlobalRun { count: 0, ..run })),
+            None
+        );
     }
 }

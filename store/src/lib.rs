@@ -10,7 +10,7 @@
 //! - [`Store::append`] appends a batch of [`NewRecord`]s to a stream if its head is still at `expected_seq`
 //!   (optimistic concurrency: [`StoreError::Conflict`] otherwise). A record whose message id was already appended
 //!   is answered as a duplicate in the [`AppendOutcome`], never stored twice and never an error.
-//! - [`Store::append_many`] applies several appends (to any streams) in order in one transaction, each judged
+//! - [`Store::append_many`] applies several appends (to any streams) in order in one atomic batch, each judged
 //!   as `append` judges it; a group commit's batch.
 //! - [`Store::flush`] / [`Store::flush_async`] make every earlier append of every stream durable;
 //!   [`Store::append_durable`] is append + flush.
@@ -22,7 +22,8 @@
 //!
 //! # What is durable when
 //! - `append` returns once the records, the head, the global index and the dedupe table are committed together
-//!   in one sled transaction: every reader in this process sees all of them or none of them.
+//!   in one sled batch on the log's one tree (`Tree::apply_batch`: applied atomically, and recovered all or
+//!   nothing after a crash): every reader in this process sees all of them or none of them.
 //! - That commit lives in sled's in-memory write buffer until a flush. **Unflushed appends are lost when the
 //!   process dies**, even without a power loss. sled also flushes in the background (every 500 ms by default);
 //!   never rely on it.
@@ -40,13 +41,22 @@
 //! of all streams. See `BENCHMARKS.md` for the figures.
 //!
 //! # One writer at a time
-//! sled 0.34 can deadlock for good when flushes run concurrently with transactions from other threads
-//! (upstream issue 1308: a flush holds sled's global concurrency lock shared while it waits for its I/O; an
-//! append's transaction waits for it exclusively and blocks the other flushes behind it). A process with
-//! concurrent writers must funnel every `append` and `flush` through one writer that does them one after the
-//! other; the workflow service's committer does (`workflow/src/service/committer.rs`). Reads may run
-//! concurrently with it.
+//! An append reads the heads, the dedupe table and `next_global`, decides, and writes one batch. The reads stay
+//! valid until the batch is applied because nothing else writes in between: every `Store` method that writes
+//! (`append`, `append_many`, `repair_torn_tail`; `import_jsonl` writes through `append`) and the blocking
+//! [`Store::flush`] hold the store's writer mutex (shared by all clones of a `Store`) from their first read to
+//! their last write. Another
+//! process cannot write either: sled locks the database for one process.
 //!
+//! sled 0.34 can deadlock for good when flushes run concurrently with transactions *or batches* from other
+//! threads (upstream issue 1308): `Tree::apply_batch` takes sled's global concurrency lock exclusively, exactly
+//! as a transaction does (sled 0.34.7 `tree.rs`, `concurrency_control::write()`), while a flush holds it shared
+//! while it waits for its I/O (`pagecache/iobuf.rs`, `flush`). Since `flush` takes the writer mutex too, a batch
+//! and a flush made through this API never overlap. [`Store::flush_async`] cannot hold a mutex across its
+//! `.await` (its work runs on sled's threads): a process with concurrent writers must still funnel every append
+//! and flush through one writer that does them one after the other; the workflow service's committer does
+//! (`workflow/src/service/committer.rs`, with the blocking `flush`). Reads may run concurrently with it.
+
 //! # Hash chain (format `baton-log-v1`)
 //! The hash of record `n` of a stream is
 //!
@@ -63,16 +73,21 @@
 //! the global position are not hashed (an auditor holding only the events can verify them); `verify` protects them
 //! by cross-checking them against the dedupe table and the global index, which hold the same facts.
 //!
-//! # Layout in sled (see [`layout`])
-//! Five trees, all written by the same transaction: `records` (`stream ++ seq` → hash, prev hash, global position,
-//! message id, bytes), `heads` (`stream` → last seq, last hash), `global` (global position → `stream ++ seq`),
-//! `dedupe` (message id → `stream ++ seq`) and `meta` (format tag, next global position).
+//! The domain tag names the hash encoding, not the layout: it stays `baton-log-v1` in format `baton-log-v2`.
+//!
+//! # Layout in sled (see [`layout`]; format `baton-log-v2`)
+//! One tree, `log`, whose keys start with a table prefix: records (`r ++ stream ++ seq` → hash, prev hash,
+//! global position, message id, bytes), heads (`h ++ stream` → last seq, last hash), global (`g ++ first global
+//! position` → `stream ++ first seq ++ count`: one run per append), dedupe (`d ++ message id` → `stream ++ seq`)
+//! and meta (format tag, next global position).
+//! A log of format `baton-log-v1` (five trees, one per table) is migrated when it is opened (`migrate.rs`).
 
 mod append;
 mod error;
 mod export;
 mod hash;
 pub mod layout;
+mod migrate;
 mod read;
 mod types;
 mod verify;
@@ -81,6 +96,8 @@ mod verify_fast;
 pub use error::StoreError;
 pub use export::{verify_export, ExportReport};
 pub use hash::{chain_hash, DOMAIN_TAG, ZERO_HASH};
+#[doc(hidden)]
+pub use migrate::{MigrationStep, COPY_BATCH as MIGRATION_COPY_BATCH};
 pub use read::StreamReader;
 pub use types::{
     AppendOutcome, AppendedRecord, GlobalEntry, Hash, Head, NewRecord, Record, StreamId,
@@ -88,12 +105,16 @@ pub use types::{
 pub use verify::{TornTail, VerifyReport};
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// The log: a handle on one sled database. Cheap to clone; clones share the database.
+/// The log: a handle on one sled database. Cheap to clone; clones share the database and its writer mutex.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    trees: layout::Trees,
+    /// The log's one tree (see [`layout`]).
+    tree: sled::Tree,
+    /// Held by every write and by `flush` (see "One writer at a time").
+    writer: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -107,7 +128,18 @@ impl Store {
     ///
     /// Fails with [`StoreError::Locked`] when another process holds the database, and with
     /// [`StoreError::Corruption`] when the directory holds a database of another format.
+    ///
+    /// A log of format `baton-log-v1` is migrated to `baton-log-v2` first (crash-safe: see `migrate.rs`).
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        Store::open_with_migration_hook(path, &mut |_| {})
+    }
+
+    /// [`Store::open`], calling `hook` after each step of a migration (for the migration's crash test).
+    #[doc(hidden)]
+    pub fn open_with_migration_hook(
+        path: impl AsRef<Path>,
+        hook: &mut dyn FnMut(MigrationStep),
+    ) -> Result<Store, StoreError> {
         let path = path.as_ref();
         private_dir(path)?;
         let db = match sled::Config::new().path(path).open() {
@@ -120,15 +152,29 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        let trees = layout::Trees::open(&db)?;
-        trees.init_meta()?;
+        let tree = layout::open_tree(&db)?;
+        // Before `init_meta`: a v1 log's v2 tree is empty, and a format tag written there first would mark its
+        // copy complete.
+        migrate::run(&db, &tree, hook)?;
+        layout::init_meta(&tree)?;
         private_files(path)?;
-        Ok(Store { db, trees })
+        Ok(Store {
+            db,
+            tree,
+            writer: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// The writer mutex (see "One writer at a time"). A panic while holding it cannot leave a half-written
+    /// batch (a batch is applied whole or not at all), so a poisoned mutex is taken as it is.
+    pub(crate) fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes every append made before this call durable (see the crate docs for what durable means), for all
     /// streams at once. Returns the number of bytes sled wrote.
     pub fn flush(&self) -> Result<usize, StoreError> {
+        let _writer = self.write_lock();
         Ok(self.db.flush()?)
     }
 

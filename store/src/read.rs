@@ -11,7 +11,7 @@ use crate::Store;
 impl Store {
     /// The head of `stream`, or `None` when nothing was ever appended to it.
     pub fn head(&self, stream: StreamId) -> Result<Option<Head>, StoreError> {
-        match self.trees.heads.get(stream.as_bytes())? {
+        match self.tree.get(layout::head_entry_key(&stream))? {
             None => Ok(None),
             Some(v) => decode_head(&v)
                 .map(Some)
@@ -22,9 +22,9 @@ impl Store {
     /// Every stream with its head, in stream id order (that is, creation order for ULIDs).
     pub fn streams(&self) -> Result<Vec<(StreamId, Head)>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.trees.heads.iter() {
+        for kv in layout::scan_table(&self.tree, layout::HEADS) {
             let (k, v) = kv?;
-            let stream = decode_stream(&k)
+            let stream = decode_stream(&k[1..])
                 .ok_or_else(|| StoreError::corrupt_index("malformed key in heads"))?;
             let head = decode_head(&v)
                 .ok_or_else(|| StoreError::corrupt_stream(stream, "malformed head"))?;
@@ -39,11 +39,11 @@ impl Store {
     pub fn read(&self, stream: StreamId, from_seq: u64) -> Result<StreamReader, StoreError> {
         let last = self.head(stream)?.map_or(0, |h| h.seq);
         let next = from_seq.max(1);
-        let start = layout::record_key(&stream, next);
+        let start = layout::record_entry_key(&stream, next);
         // An empty range would make sled panic; `next > last` never reads anyway.
-        let end = layout::record_key(&stream, last.max(next));
+        let end = layout::record_entry_key(&stream, last.max(next));
         Ok(StreamReader {
-            inner: self.trees.records.range(start..=end),
+            inner: self.tree.range(start..=end),
             stream,
             next,
             last,
@@ -53,16 +53,49 @@ impl Store {
     /// The global order from position `from` (1 for all): which record was committed at each position. Lazy;
     /// positions are increasing but may have gaps (see [`Record::global_pos`]).
     pub fn global(&self, from: u64) -> impl Iterator<Item = Result<GlobalEntry, StoreError>> {
-        self.trees.global.range(from.to_be_bytes()..).map(|kv| {
-            let (k, v) = kv?;
-            let pos =
-                decode_u64(&k).ok_or_else(|| StoreError::corrupt_index("malformed global key"))?;
-            let (stream, seq) = decode_record_key(&v).ok_or_else(|| {
-                StoreError::corrupt_index(format!("malformed global entry at position {pos}"))
-            })?;
-            Ok(GlobalEntry { pos, stream, seq })
-        })
+        // Start at the run that covers `from`, if one does: runs are keyed by their first position.
+        let mut start = layout::global_entry_key(from).to_vec();
+        if let Some(Ok((k, v))) = self
+            .tree
+            .range(vec![layout::GLOBAL]..=start.clone())
+            .next_back()
+        {
+            let first = decode_u64(&k[1..]);
+            let run = layout::decode_global_run(&v);
+            if let (Some(first), Some(run)) = (first, run) {
+                if run.seq_at(first, from).is_some() {
+                    start = k.to_vec();
+                }
+            }
+        }
+        self.tree
+            .range(start..vec![layout::GLOBAL + 1])
+            .flat_map(move |kv| match expand_run(kv) {
+                Ok(entries) => entries
+                    .into_iter()
+                    .filter(|e| e.pos >= from)
+                    .map(Ok)
+                    .collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
     }
+}
+
+/// The entries of one run of the global index.
+fn expand_run(kv: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Vec<GlobalEntry>, StoreError> {
+    let (k, v) = kv?;
+    let pos =
+        decode_u64(&k[1..]).ok_or_else(|| StoreError::corrupt_index("malformed global key"))?;
+    let run = layout::decode_global_run(&v).ok_or_else(|| {
+        StoreError::corrupt_index(format!("malformed global entry at position {pos}"))
+    })?;
+    Ok((0..run.count)
+        .map(|i| GlobalEntry {
+            pos: pos + i,
+            stream: run.stream,
+            seq: run.seq + i,
+        })
+        .collect())
 }
 
 /// The iterator returned by [`Store::read`].
@@ -116,7 +149,7 @@ fn decode_stream_item(
     expected: u64,
 ) -> Result<Record, StoreError> {
     let (k, v) = kv?;
-    let seq = match decode_record_key(&k) {
+    let seq = match decode_record_key(&k[1..]) {
         Some((s, seq)) if s == stream => seq,
         _ => {
             return Err(StoreError::corrupt(

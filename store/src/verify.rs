@@ -13,14 +13,12 @@
 //! never repaired automatically.
 
 use crate::error::StoreError;
-use crate::hash::{chain_hash, DOMAIN_TAG, ZERO_HASH};
+use crate::hash::{chain_hash, ZERO_HASH};
 use crate::layout::{
     self, decode_head, decode_record, decode_record_key, decode_stream, decode_u64,
 };
 use crate::types::{Hash, Head, StreamId};
 use crate::Store;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 use std::collections::BTreeMap;
 
 /// The result of a verification that found no damage.
@@ -136,9 +134,10 @@ impl Store {
     /// Its first finding is the error [`Store::verify`] reports; it gives the same results, slower (the store's
     /// benchmark compares the two).
     pub fn verify_sequential(&self) -> Result<VerifyReport, StoreError> {
-        let t = &self.trees;
+        let t = &self.tree;
         let next_global = self.verify_meta()?;
         let mut heads = self.verify_heads()?;
+        let (global_entries, max_pos) = self.verify_global_runs()?;
         let streams = heads.len() as u64;
 
         let mut records = 0u64;
@@ -147,10 +146,11 @@ impl Store {
         let mut min_torn_pos = u64::MAX;
         let mut torn = Vec::new();
         let mut walk: Option<StreamWalk> = None;
-        for kv in t.records.iter() {
+        for kv in layout::scan_table(t, layout::RECORDS) {
             let (k, v) = kv?;
-            let (stream, seq) = decode_record_key(&k).ok_or_else(|| {
-                StoreError::corrupt_index(format!("malformed record key {}", hex::encode(&k)))
+            let k = &k[1..];
+            let (stream, seq) = decode_record_key(k).ok_or_else(|| {
+                StoreError::corrupt_index(format!("malformed record key {}", hex::encode(k)))
             })?;
             if walk.as_ref().is_none_or(|w| w.stream != stream) {
                 if let Some(w) = walk.take() {
@@ -181,7 +181,7 @@ impl Store {
                     "hash does not match the record's contents",
                 ));
             }
-            if t.global.get(r.global_pos.to_be_bytes())?.as_deref() != Some(&k[..]) {
+            if self.global_run_at(r.global_pos)? != Some((stream, seq)) {
                 return Err(StoreError::corrupt(
                     stream,
                     seq,
@@ -192,7 +192,7 @@ impl Store {
                 ));
             }
             if let Some(id) = &r.msg_id {
-                if t.dedupe.get(id.as_bytes())?.as_deref() != Some(&k[..]) {
+                if t.get(layout::dedupe_entry_key(id))?.as_deref() != Some(k) {
                     return Err(StoreError::corrupt(
                         stream,
                         seq,
@@ -235,26 +235,19 @@ impl Store {
             ));
         }
 
-        // Every record maps to its own global and dedupe entry (checked above); equal counts make the maps
-        // one-to-one, so no entry points nowhere.
-        let global_entries = t.global.len() as u64;
+        // Every record maps to its own global and dedupe entry (checked above; the runs do not overlap, so a
+        // position has one entry); equal counts make the maps one-to-one, so no entry points nowhere.
         if global_entries != records {
             return Err(StoreError::corrupt_index(format!(
                 "global index has {global_entries} entries for {records} records"
             )));
         }
-        let dedupe_entries = t.dedupe.len() as u64;
+        let dedupe_entries = layout::scan_table(t, layout::DEDUPE).count() as u64;
         if dedupe_entries != with_msg_id {
             return Err(StoreError::corrupt_index(format!(
                 "dedupe table has {dedupe_entries} entries for {with_msg_id} records with a message id"
             )));
         }
-        let max_pos = match t.global.last()? {
-            None => 0,
-            Some((k, _)) => {
-                decode_u64(&k).ok_or_else(|| StoreError::corrupt_index("malformed global key"))?
-            }
-        };
         if next_global != max_pos + 1 {
             return Err(StoreError::corrupt_index(format!(
                 "meta next_global is {next_global} but the last global position is {max_pos}"
@@ -290,80 +283,164 @@ impl Store {
         if report.torn_tails.is_empty() {
             return Ok(Vec::new());
         }
-        let t = &self.trees;
-        let result = (&t.records, &t.global, &t.dedupe, &t.meta).transaction(
-            |(recs, global, dedupe, meta)| {
-                let now = meta.get(layout::META_NEXT_GLOBAL)?;
-                if now.as_deref().and_then(decode_u64) != Some(report.next_global) {
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::corrupt_index(
-                            "the log changed during repair_torn_tail; run it again",
-                        ),
-                    ));
-                }
-                for tail in &report.torn_tails {
-                    for seq in tail.first_seq..=tail.last_seq {
-                        let key = layout::record_key(&tail.stream, seq);
-                        let Some(v) = recs.remove(&key[..])? else {
-                            continue;
-                        };
-                        let r = decode_record(&v).map_err(|what| {
-                            ConflictableTransactionError::Abort(StoreError::corrupt(
-                                tail.stream,
-                                seq,
-                                what,
-                            ))
-                        })?;
-                        global.remove(&r.global_pos.to_be_bytes()[..])?;
-                        if let Some(id) = r.msg_id {
-                            dedupe.remove(id.as_bytes())?;
-                        }
-                    }
-                }
-                // All torn records sit above every committed one (verify checked), so their positions are free again.
-                meta.insert(
-                    layout::META_NEXT_GLOBAL,
-                    &(report.max_committed_pos + 1).to_be_bytes()[..],
-                )?;
-                Ok(())
-            },
-        );
-        match result {
-            Ok(()) => {}
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
+        let _writer = self.write_lock();
+        let now = self.tree.get(layout::META_NEXT_GLOBAL)?;
+        if now.as_deref().and_then(decode_u64) != Some(report.next_global) {
+            return Err(StoreError::corrupt_index(
+                "the log changed during repair_torn_tail; run it again",
+            ));
         }
-        self.flush()?;
+        let mut batch = sled::Batch::default();
+        for tail in &report.torn_tails {
+            for seq in tail.first_seq..=tail.last_seq {
+                let key = layout::record_entry_key(&tail.stream, seq);
+                let Some(v) = self.tree.get(key)? else {
+                    continue;
+                };
+                let r = decode_record(&v)
+                    .map_err(|what| StoreError::corrupt(tail.stream, seq, what))?;
+                batch.remove(&key[..]);
+                if let Some(id) = r.msg_id {
+                    batch.remove(layout::dedupe_entry_key(&id));
+                }
+            }
+        }
+        // All torn records sit above every committed one (verify checked): the positions above the last committed
+        // one are exactly theirs. Runs above it go, a run across it is cut.
+        let last = report.max_committed_pos;
+        let below = self
+            .tree
+            .range(vec![layout::GLOBAL]..=layout::global_entry_key(last).to_vec())
+            .next_back();
+        let above = self
+            .tree
+            .range(layout::global_entry_key(last + 1).to_vec()..vec![layout::GLOBAL + 1]);
+        for kv in below.into_iter().chain(above) {
+            let (k, v) = kv?;
+            let (Some(first), Some(run)) = (decode_u64(&k[1..]), layout::decode_global_run(&v))
+            else {
+                return Err(StoreError::corrupt_index("malformed global entry"));
+            };
+            if first > last {
+                batch.remove(k);
+            } else if first + run.count - 1 > last {
+                let cut = layout::GlobalRun {
+                    count: last + 1 - first,
+                    ..run
+                };
+                batch.insert(k, &layout::encode_global_run(&cut)[..]);
+            }
+        }
+        // Their positions are free again.
+        batch.insert(
+            layout::META_NEXT_GLOBAL,
+            &(report.max_committed_pos + 1).to_be_bytes()[..],
+        );
+        self.tree.apply_batch(batch)?;
+        // The writer mutex is held: flush the database directly (`Store::flush` would wait for the mutex).
+        self.db.flush()?;
         Ok(report.torn_tails)
     }
 
-    /// Checks the meta tree and returns `next_global`.
+    /// Checks that every key has a known table prefix, checks the meta table, and returns `next_global`.
     pub(crate) fn verify_meta(&self) -> Result<u64, StoreError> {
-        let meta = &self.trees.meta;
-        if meta.get(layout::META_FORMAT)?.as_deref() != Some(DOMAIN_TAG.as_slice()) {
+        let t = &self.tree;
+        // The gaps between the tables: `..d`, `e..g`, `i..m`, `n..r`, `s..`.
+        let mut from: Option<[u8; 1]> = None;
+        for p in layout::PREFIXES.into_iter().map(Some).chain([None]) {
+            let stray = match (from, p) {
+                (None, Some(p)) => t.range(..[p]).next(),
+                (Some(f), Some(p)) => t.range(f..[p]).next(),
+                (Some(f), None) => t.range(f..).next(),
+                (None, None) => None,
+            };
+            if let Some(kv) = stray {
+                let (k, _) = kv?;
+                return Err(StoreError::corrupt_index(format!(
+                    "key {} belongs to no table",
+                    hex::encode(&k)
+                )));
+            }
+            from = p.map(|p| [p + 1]);
+        }
+        if t.get(layout::META_FORMAT)?.as_deref() != Some(layout::FORMAT_TAG.as_slice()) {
             return Err(StoreError::corrupt_index(
                 "meta format tag missing or wrong",
             ));
         }
-        let next = meta
+        let next = t
             .get(layout::META_NEXT_GLOBAL)?
             .as_deref()
             .and_then(decode_u64)
             .ok_or_else(|| StoreError::corrupt_index("meta next_global missing or malformed"))?;
-        if meta.len() != 2 {
+        let meta_entries = layout::scan_table(t, layout::META).count();
+        if meta_entries != 2 {
             return Err(StoreError::corrupt_index(format!(
-                "meta has {} entries, expected 2",
-                meta.len()
+                "meta has {meta_entries} entries, expected 2"
             )));
         }
         Ok(next)
     }
 
+    /// The last position of the global index (0 when it is empty).
+    pub(crate) fn last_global_pos(&self) -> Result<u64, StoreError> {
+        match layout::scan_table(&self.tree, layout::GLOBAL).next_back() {
+            None => Ok(0),
+            Some(kv) => {
+                let (k, v) = kv?;
+                match (decode_u64(&k[1..]), layout::decode_global_run(&v)) {
+                    (Some(first), Some(run)) => Ok(first + run.count - 1),
+                    _ => Err(StoreError::corrupt_index("malformed global entry")),
+                }
+            }
+        }
+    }
+
+    /// Scans the global index: every run well-formed and after the one before it. Returns the number of
+    /// positions the runs cover and the last one (0 when there is none).
+    fn verify_global_runs(&self) -> Result<(u64, u64), StoreError> {
+        let mut entries = 0u64;
+        let mut next_free = 0u64;
+        for kv in layout::scan_table(&self.tree, layout::GLOBAL) {
+            let (k, v) = kv?;
+            let first = decode_u64(&k[1..]).ok_or_else(|| {
+                StoreError::corrupt_index(format!("malformed global key {}", hex::encode(&k)))
+            })?;
+            let run = layout::decode_global_run(&v).ok_or_else(|| {
+                StoreError::corrupt_index(format!("malformed global entry at position {first}"))
+            })?;
+            if first < next_free {
+                return Err(StoreError::corrupt_index(format!(
+                    "global entry at position {first} overlaps the one before it"
+                )));
+            }
+            next_free = first.checked_add(run.count).ok_or_else(|| {
+                StoreError::corrupt_index("global entry beyond the last position")
+            })?;
+            entries += run.count;
+        }
+        Ok((entries, next_free.saturating_sub(1)))
+    }
+
+    /// The record the global index holds at position `pos`.
+    fn global_run_at(&self, pos: u64) -> Result<Option<(StreamId, u64)>, StoreError> {
+        let found = self
+            .tree
+            .range(vec![layout::GLOBAL]..=layout::global_entry_key(pos).to_vec())
+            .next_back();
+        let Some(kv) = found else { return Ok(None) };
+        let (k, v) = kv?;
+        Ok(match (decode_u64(&k[1..]), layout::decode_global_run(&v)) {
+            (Some(first), Some(run)) => run.seq_at(first, pos).map(|seq| (run.stream, seq)),
+            _ => None,
+        })
+    }
+
     pub(crate) fn verify_heads(&self) -> Result<BTreeMap<StreamId, Head>, StoreError> {
         let mut heads = BTreeMap::new();
-        for kv in self.trees.heads.iter() {
+        for kv in layout::scan_table(&self.tree, layout::HEADS) {
             let (k, v) = kv?;
-            let stream = decode_stream(&k).ok_or_else(|| {
+            let stream = decode_stream(&k[1..]).ok_or_else(|| {
                 StoreError::corrupt_index(format!("malformed head key {}", hex::encode(&k)))
             })?;
             let head = decode_head(&v)

@@ -8,8 +8,9 @@
 //! one-to-one checks become multiset comparisons:
 //!
 //! - The sequential walk passes the global index iff the set `{(pos, record key)}` the records claim equals the
-//!   set of entries of the global tree (each record's entry points back at it, and the counts are equal; record
-//!   keys and tree keys are unique, so both sides are sets). The same holds for `{(message id, record key)}`
+//!   set of positions the global runs cover, each with its `stream ++ seq` (each record's run points back at it,
+//!   and the counts are equal; record keys are unique, and the runs are checked not to overlap, so both sides
+//!   are sets). The same holds for `{(message id, record key)}`
 //!   and the dedupe table.
 //! - Each side of each comparison is summed, modulo 2^256, as `SHA-256(salt, len(key), key, value)` per element,
 //!   with a salt drawn at random for each verification (so no log can be prepared to pass it). Two different
@@ -86,8 +87,12 @@ struct RecordsPart {
 /// What a part of the global index or the dedupe table found.
 #[derive(Default)]
 struct IndexPart {
+    /// Elements: dedupe entries, or positions covered by global runs.
     entries: u64,
     sum: Sum,
+    /// Global runs only: the first position of the part's first run and the position after its last run
+    /// (`None` for an empty part), to check that runs of neighbouring parts do not overlap.
+    span: Option<(u64, u64)>,
 }
 
 enum Task {
@@ -116,7 +121,7 @@ impl Store {
     /// The fast path: `Ok(Some(report))` when the log verifies (the report the sequential walk would give),
     /// `Ok(None)` when anything disagrees (the caller then runs the sequential walk for the exact finding).
     pub(crate) fn verify_fast(&self) -> Result<Option<VerifyReport>, StoreError> {
-        let t = &self.trees;
+        let t = &self.tree;
         let next_global = self.verify_meta()?;
         let heads = self.verify_heads()?;
         let threads = std::thread::available_parallelism()
@@ -128,10 +133,13 @@ impl Store {
         let global_cuts = position_cuts(next_global, threads * GLOBAL_PARTS_PER_THREAD);
         // The dedupe table (one part: its keys' spread is unknown) first, so it is not the last one left.
         let mut tasks = vec![Task::Dedupe];
-        for (index, (from, to)) in ranges(&record_cuts).into_iter().enumerate() {
+        for (index, (from, to)) in ranges(layout::RECORDS, &record_cuts)
+            .into_iter()
+            .enumerate()
+        {
             tasks.push(Task::Records { index, from, to });
         }
-        for (index, (from, to)) in ranges(&global_cuts).into_iter().enumerate() {
+        for (index, (from, to)) in ranges(layout::GLOBAL, &global_cuts).into_iter().enumerate() {
             tasks.push(Task::Global { index, from, to });
         }
         let gathered = Mutex::new(Gathered {
@@ -152,7 +160,7 @@ impl Store {
             let Some(task) = tasks.get(i) else { return };
             let outcome = match task {
                 Task::Records { index, from, to } => {
-                    let range = t.records.range::<Vec<u8>, _>((from.clone(), to.clone()));
+                    let range = t.range::<Vec<u8>, _>((from.clone(), to.clone()));
                     walk_records(range, &heads, &salt, &failed).map(|part| {
                         let ok = part.is_some();
                         lock(&gathered).records[*index] = part;
@@ -160,18 +168,19 @@ impl Store {
                     })
                 }
                 Task::Global { index, from, to } => {
-                    let range = t.global.range::<Vec<u8>, _>((from.clone(), to.clone()));
-                    scan_index(range, &salt, &failed).map(|part| {
+                    let range = t.range::<Vec<u8>, _>((from.clone(), to.clone()));
+                    scan_global(range, &salt, &failed).map(|part| {
                         let ok = part.is_some();
                         lock(&gathered).global[*index] = part;
                         ok
                     })
                 }
-                Task::Dedupe => scan_index(t.dedupe.iter(), &salt, &failed).map(|part| {
-                    let ok = part.is_some();
-                    lock(&gathered).dedupe = part;
-                    ok
-                }),
+                Task::Dedupe => scan_index(layout::scan_table(t, layout::DEDUPE), &salt, &failed)
+                    .map(|part| {
+                        let ok = part.is_some();
+                        lock(&gathered).dedupe = part;
+                        ok
+                    }),
             };
             match outcome {
                 Ok(true) => {}
@@ -219,9 +228,17 @@ impl Store {
             all.dedupe.add(&p.dedupe);
         }
         let mut global = IndexPart::default();
+        let mut next_free = 0u64;
         for p in global_parts {
             global.entries += p.entries;
             global.sum.add(&p.sum);
+            if let Some((first, end)) = p.span {
+                // Parts are in position order; each part checked its own runs.
+                if first < next_free {
+                    return Ok(None);
+                }
+                next_free = end;
+            }
         }
         // A head without records, an index that does not match the records one to one.
         if all.heads_seen != heads.len() as u64
@@ -232,13 +249,7 @@ impl Store {
         {
             return Ok(None);
         }
-        let max_pos = match t.global.last()? {
-            None => 0,
-            Some((k, _)) => match layout::decode_u64(&k) {
-                Some(pos) => pos,
-                None => return Ok(None),
-            },
-        };
+        let max_pos = self.last_global_pos()?;
         if next_global != max_pos + 1 {
             return Ok(None);
         }
@@ -274,7 +285,8 @@ fn walk_records(
     let mut walk: Option<StreamWalk> = None;
     for kv in range {
         let (k, v) = kv?;
-        let Some((stream, seq)) = decode_record_key(&k) else {
+        let k = &k[1..];
+        let Some((stream, seq)) = decode_record_key(k) else {
             return Ok(None);
         };
         if walk.as_ref().is_none_or(|w| w.stream != stream) {
@@ -301,9 +313,9 @@ fn walk_records(
             return Ok(None);
         }
         part.global
-            .add_element(salt, &r.global_pos.to_be_bytes(), &k);
+            .add_element(salt, &r.global_pos.to_be_bytes(), k);
         if let Some(id) = r.msg_id {
-            part.dedupe.add_element(salt, id.as_bytes(), &k);
+            part.dedupe.add_element(salt, id.as_bytes(), k);
             part.with_msg_id += 1;
         }
         let head_seq = w.head_seq();
@@ -348,9 +360,49 @@ fn scan_index(
     let mut part = IndexPart::default();
     for kv in range {
         let (k, v) = kv?;
-        part.sum.add_element(salt, &k, &v);
+        part.sum.add_element(salt, &k[1..], &v);
         part.entries += 1;
         if part.entries.is_multiple_of(4096) && failed.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(part))
+}
+
+/// Sums the positions of a part of the global index (each run expanded into its `(pos, stream ++ seq)`
+/// elements, as the records claim them); `None` when a run is malformed or overlaps the one before it, or when
+/// another part failed.
+fn scan_global(
+    range: sled::Iter,
+    salt: &[u8; 16],
+    failed: &AtomicBool,
+) -> Result<Option<IndexPart>, StoreError> {
+    let mut part = IndexPart::default();
+    let mut runs = 0u64;
+    for kv in range {
+        let (k, v) = kv?;
+        let (Some(first), Some(run)) = (layout::decode_u64(&k[1..]), layout::decode_global_run(&v))
+        else {
+            return Ok(None);
+        };
+        let Some(end) = first.checked_add(run.count) else {
+            return Ok(None);
+        };
+        match &mut part.span {
+            None => part.span = Some((first, end)),
+            Some((_, next_free)) if first >= *next_free => *next_free = end,
+            Some(_) => return Ok(None),
+        }
+        for i in 0..run.count {
+            part.sum.add_element(
+                salt,
+                &(first + i).to_be_bytes(),
+                &layout::record_key(&run.stream, run.seq + i),
+            );
+        }
+        part.entries += run.count;
+        runs += 1;
+        if runs.is_multiple_of(1024) && failed.load(Ordering::Relaxed) {
             return Ok(None);
         }
     }
@@ -387,15 +439,17 @@ fn position_cuts(next_global: u64, parts: usize) -> Vec<Vec<u8>> {
 /// A range of keys of one tree, as `sled::Tree::range` takes it.
 type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 
-/// The ranges between cuts: `..c1`, `c1..c2`, ..., `cn..`; together they cover every key once.
-fn ranges(cuts: &[Vec<u8>]) -> Vec<KeyRange> {
+/// The ranges of table `prefix` between cuts (keys without the prefix): `..c1`, `c1..c2`, ..., `cn..`; together
+/// they cover every key of the table once.
+fn ranges(prefix: u8, cuts: &[Vec<u8>]) -> Vec<KeyRange> {
     let mut out = Vec::with_capacity(cuts.len() + 1);
-    let mut from = Bound::Unbounded;
+    let mut from = Bound::Included(vec![prefix]);
     for cut in cuts {
+        let cut = layout::prefixed(prefix, cut);
         out.push((from, Bound::Excluded(cut.clone())));
-        from = Bound::Included(cut.clone());
+        from = Bound::Included(cut);
     }
-    out.push((from, Bound::Unbounded));
+    out.push((from, Bound::Excluded(vec![prefix + 1])));
     out
 }
 
@@ -463,23 +517,29 @@ mod tests {
         let (_dir, store) = log_with(5, 8);
         // A dedupe entry pointing at another record of the same stream: counts still match.
         let key = layout::record_key(&stream(3), 2);
-        store.trees.dedupe.insert(b"3:0", &key[..]).unwrap();
+        store
+            .tree
+            .insert(layout::dedupe_entry_key("3:0"), &key[..])
+            .unwrap();
         assert!(store.verify_fast().unwrap().is_none());
         assert!(store.verify_sequential().is_err());
         let (_dir, store) = log_with(5, 8);
         // Two global entries swapped.
-        let a = store.trees.global.get(3u64.to_be_bytes()).unwrap().unwrap();
-        let b = store.trees.global.get(4u64.to_be_bytes()).unwrap().unwrap();
-        store.trees.global.insert(3u64.to_be_bytes(), b).unwrap();
-        store.trees.global.insert(4u64.to_be_bytes(), a).unwrap();
+        let (k3, k4) = (layout::global_entry_key(3), layout::global_entry_key(4));
+        let a = store.tree.get(k3).unwrap().unwrap();
+        let b = store.tree.get(k4).unwrap().unwrap();
+        store.tree.insert(k3, b).unwrap();
+        store.tree.insert(k4, a).unwrap();
         assert!(store.verify_fast().unwrap().is_none());
         assert!(store.verify_sequential().is_err());
     }
 
     #[test]
     fn cuts_cover_every_key_once() {
-        let r = ranges(&[vec![2], vec![5]]);
+        let r = ranges(layout::GLOBAL, &[vec![2], vec![5]]);
         assert_eq!(r.len(), 3);
+        assert_eq!(r[0].0, Bound::Included(vec![layout::GLOBAL]));
+        assert_eq!(r[2].1, Bound::Excluded(vec![layout::GLOBAL + 1]));
         assert_eq!(position_cuts(1, 4), Vec::<Vec<u8>>::new());
         assert_eq!(position_cuts(101, 4).len(), 3);
         let heads: BTreeMap<StreamId, Head> = (1..=10u8)

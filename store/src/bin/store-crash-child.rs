@@ -2,6 +2,10 @@
 //! 64 records to three streams in a loop, forever; after each flush it prints `flushed STREAM SEQ HASH` (the
 //! stream's head, hash in hex) on stdout. The test SIGKILLs it at random moments and checks that every head it
 //! reported survived.
+//!
+//! `store-crash-child migrate DIR POINT`: the victim of the migration's crash test. Opens (migrates) the log in
+//! DIR and aborts right after the migration step POINT (`cleared`, `copied-1`, `copied-2`, `complete`), after
+//! printing `crashing after POINT`; exits normally if the migration never reaches POINT.
 
 use anyhow::Context;
 use std::io::Write;
@@ -10,7 +14,10 @@ use store::{NewRecord, Store, StreamId};
 fn main() -> anyhow::Result<()> {
     let dir = std::env::args_os()
         .nth(1)
-        .context("usage: store-crash-child DIR")?;
+        .context("usage: store-crash-child DIR | store-crash-child migrate DIR POINT")?;
+    if dir == "migrate" {
+        return migrate();
+    }
     let store = Store::open(&dir).with_context(|| format!("opening the log in {dir:?}"))?;
     let streams: Vec<StreamId> = (1..=3u8).map(|n| StreamId([n; 16])).collect();
     // Message ids must be unique across children: the pid is, while they run one after another.
@@ -58,4 +65,33 @@ impl XorShift {
         self.0 ^= self.0 << 17;
         self.0
     }
+}
+
+/// The `migrate` mode (see the module docs).
+fn migrate() -> anyhow::Result<()> {
+    let mut args = std::env::args_os().skip(2);
+    let (Some(dir), Some(point)) = (args.next(), args.next()) else {
+        anyhow::bail!("usage: store-crash-child migrate DIR POINT");
+    };
+    let point = point.to_string_lossy().into_owned();
+    let mut copied = 0;
+    let mut hook = |step: store::MigrationStep| {
+        let name = match step {
+            store::MigrationStep::Cleared => "cleared".to_string(),
+            store::MigrationStep::Copied { .. } => {
+                copied += 1;
+                format!("copied-{copied}")
+            }
+            store::MigrationStep::Complete => "complete".to_string(),
+            store::MigrationStep::Dropped => "dropped".to_string(),
+        };
+        if name == point {
+            println!("crashing after {point}");
+            // No destructor runs and sled flushes nothing more: the log stays as this step left it on disk.
+            std::process::abort();
+        }
+    };
+    Store::open_with_migration_hook(&dir, &mut hook)
+        .with_context(|| format!("opening the log in {dir:?}"))?;
+    Ok(())
 }

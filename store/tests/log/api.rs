@@ -149,27 +149,33 @@ fn flushed_appends_survive_reopening() {
 fn tear_the_tail(dir: &std::path::Path) -> (store::StreamId, u64) {
     wait_unlocked(dir);
     let db = sled::open(dir).unwrap();
-    let records = db.open_tree(store::layout::RECORDS).unwrap();
-    let global = db.open_tree(store::layout::GLOBAL).unwrap();
-    let meta = db.open_tree(store::layout::META).unwrap();
-    let heads = db.open_tree(store::layout::HEADS).unwrap();
+    let log = store::layout::open_tree(&db).unwrap();
     let s = stream(3);
-    let head = store::layout::decode_head(&heads.get(s.as_bytes()).unwrap().unwrap()).unwrap();
+    let head =
+        store::layout::decode_head(&log.get(store::layout::head_entry_key(&s)).unwrap().unwrap())
+            .unwrap();
     let pos =
-        store::layout::decode_u64(&meta.get(store::layout::META_NEXT_GLOBAL).unwrap().unwrap())
+        store::layout::decode_u64(&log.get(store::layout::META_NEXT_GLOBAL).unwrap().unwrap())
             .unwrap();
     let seq = head.seq + 1;
     let bytes = event(1000);
     let hash = chain_hash(&s, seq, &head.hash, &bytes);
-    let key = store::layout::record_key(&s, seq);
-    records
-        .insert(
-            key,
-            store::layout::encode_record(&hash, &head.hash, pos, None, &bytes),
-        )
-        .unwrap();
-    global.insert(pos.to_be_bytes(), &key[..]).unwrap();
-    meta.insert(
+    log.insert(
+        store::layout::record_entry_key(&s, seq),
+        store::layout::encode_record(&hash, &head.hash, pos, None, &bytes),
+    )
+    .unwrap();
+    let run = store::layout::GlobalRun {
+        stream: s,
+        seq,
+        count: 1,
+    };
+    log.insert(
+        store::layout::global_entry_key(pos),
+        &store::layout::encode_global_run(&run)[..],
+    )
+    .unwrap();
+    log.insert(
         store::layout::META_NEXT_GLOBAL,
         &(pos + 1).to_be_bytes()[..],
     )
@@ -219,9 +225,9 @@ fn damage_in_the_middle_is_refused_by_repair() {
     {
         wait_unlocked(dir.path());
         let db = sled::open(dir.path()).unwrap();
-        let records = db.open_tree(store::layout::RECORDS).unwrap();
-        records
-            .remove(store::layout::record_key(&stream(2), 2))
+        store::layout::open_tree(&db)
+            .unwrap()
+            .remove(store::layout::record_entry_key(&stream(2), 2))
             .unwrap();
         db.flush().unwrap();
     }
@@ -326,4 +332,33 @@ fn append_many_judges_each_append_against_the_ones_before_it_in_one_transaction(
     let report = store.verify().unwrap();
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.records, 4);
+}
+
+/// A long append is stored as several runs of the global index (at most `MAX_RUN` records each); the global
+/// order lists every record once, from any starting position, and the log verifies.
+#[test]
+fn a_long_append_is_listed_once_per_record_in_the_global_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let n = store::layout::MAX_RUN * 2 + 5;
+    store
+        .append(stream(1), 0, &[NewRecord::new(event(0))])
+        .unwrap();
+    let batch: Vec<NewRecord> = (0..n).map(|i| NewRecord::new(event(i))).collect();
+    store.append(stream(2), 0, &batch).unwrap();
+    let all: Vec<_> = store.global(1).map(Result::unwrap).collect();
+    assert_eq!(all.len() as u64, n + 1);
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.pos, i as u64 + 1);
+    }
+    assert_eq!((all[1].stream, all[1].seq), (stream(2), 1));
+    assert_eq!(all.last().unwrap().seq, n);
+    // From the middle of a run.
+    let from = store::layout::MAX_RUN + 7;
+    let tail: Vec<_> = store.global(from).map(Result::unwrap).collect();
+    assert_eq!(tail.len() as u64, n + 2 - from);
+    assert_eq!((tail[0].pos, tail[0].seq), (from, from - 1));
+    let report = store.verify().unwrap();
+    assert_eq!(report.records, n + 1);
+    assert_eq!(store.verify_sequential().unwrap(), report);
 }

@@ -1,8 +1,9 @@
 //! Corruption detection: at least 1,000 random mutations (truncate, flip a bit, swap, delete, insert, edit a head,
-//! rewrite a chain) are applied straight to the sled trees of copies of a small log; `verify` must notice every
-//! one, either as an error or as a torn tail (records beyond a head), never as a clean log.
+//! rewrite a chain) are applied straight to the sled tree of copies of a small log, table by table (the tables
+//! are key prefixes of the one tree, see `store::layout`); `verify` must notice every one, either as an error or
+//! as a torn tail (records beyond a head), never as a clean log.
 
-use crate::support::{open_released, small_log, wait_unlocked};
+use crate::support::{copy_dir, open_released, small_log, wait_unlocked};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -13,13 +14,6 @@ use store::layout::{
 use store::{chain_hash, Head, Store, StoreError, StreamId};
 
 const MUTATIONS: usize = 1_200;
-const TREES: [&str; 5] = [
-    layout::RECORDS,
-    layout::HEADS,
-    layout::GLOBAL,
-    layout::DEDUPE,
-    layout::META,
-];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -42,53 +36,88 @@ const KINDS: [Kind; 7] = [
 ];
 
 /// Every entry of every tree, to tell whether a mutation changed anything.
-type Snapshot = BTreeMap<(&'static str, Vec<u8>), Vec<u8>>;
+type Snapshot = BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>>;
 
 fn snapshot(db: &sled::Db) -> Snapshot {
     let mut out = BTreeMap::new();
-    for name in TREES {
-        for kv in db.open_tree(name).unwrap().iter() {
+    for name in db.tree_names() {
+        for kv in db.open_tree(&name).unwrap().iter() {
             let (k, v) = kv.unwrap();
-            out.insert((name, k.to_vec()), v.to_vec());
+            out.insert((name.to_vec(), k.to_vec()), v.to_vec());
         }
     }
     out
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
+/// One table of the log's tree: the entries with one key prefix, keys given and returned without it.
+struct Table {
+    tree: sled::Tree,
+    prefix: u8,
+    name: &'static str,
+}
+
+impl Table {
+    fn key(&self, k: &[u8]) -> Vec<u8> {
+        layout::prefixed(self.prefix, k)
+    }
+
+    fn get(&self, k: impl AsRef<[u8]>) -> sled::Result<Option<sled::IVec>> {
+        self.tree.get(self.key(k.as_ref()))
+    }
+
+    fn insert(
+        &self,
+        k: impl AsRef<[u8]>,
+        v: impl Into<sled::IVec>,
+    ) -> sled::Result<Option<sled::IVec>> {
+        self.tree.insert(self.key(k.as_ref()), v)
+    }
+
+    fn remove(&self, k: impl AsRef<[u8]>) -> sled::Result<Option<sled::IVec>> {
+        self.tree.remove(self.key(k.as_ref()))
+    }
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The keys with `prefix` (after the table's own).
+    fn keys_with(&self, prefix: &[u8]) -> Vec<sled::IVec> {
+        self.tree
+            .scan_prefix(self.key(prefix))
+            .keys()
+            .map(|k| sled::IVec::from(&k.unwrap()[1..]))
+            .collect()
     }
 }
 
-/// The raw trees of a copy, opened without the store.
+/// The tables of a copy, opened without the store.
 struct Raw {
-    records: sled::Tree,
-    heads: sled::Tree,
-    global: sled::Tree,
-    dedupe: sled::Tree,
-    meta: sled::Tree,
+    records: Table,
+    heads: Table,
+    global: Table,
+    dedupe: Table,
+    meta: Table,
 }
 
 impl Raw {
     fn open(db: &sled::Db) -> Raw {
+        let tree = layout::open_tree(db).unwrap();
+        let table = |prefix, name| Table {
+            tree: tree.clone(),
+            prefix,
+            name,
+        };
         Raw {
-            records: db.open_tree(layout::RECORDS).unwrap(),
-            heads: db.open_tree(layout::HEADS).unwrap(),
-            global: db.open_tree(layout::GLOBAL).unwrap(),
-            dedupe: db.open_tree(layout::DEDUPE).unwrap(),
-            meta: db.open_tree(layout::META).unwrap(),
+            records: table(layout::RECORDS, "records"),
+            heads: table(layout::HEADS, "heads"),
+            global: table(layout::GLOBAL, "global"),
+            dedupe: table(layout::DEDUPE, "dedupe"),
+            meta: table(layout::META, "meta"),
         }
     }
 
-    fn tree(&self, rng: &mut StdRng) -> &sled::Tree {
+    fn tree(&self, rng: &mut StdRng) -> &Table {
         // Records hold most of the bytes: damage them most often.
         match rng.random_range(0..10) {
             0..=4 => &self.records,
@@ -101,11 +130,12 @@ impl Raw {
 
     fn streams(&self) -> Vec<(StreamId, Head)> {
         self.heads
-            .iter()
+            .tree
+            .scan_prefix([layout::HEADS])
             .map(|kv| {
                 let (k, v) = kv.unwrap();
                 (
-                    StreamId(k.as_ref().try_into().unwrap()),
+                    StreamId(k[1..].try_into().unwrap()),
                     decode_head(&v).unwrap(),
                 )
             })
@@ -113,16 +143,12 @@ impl Raw {
     }
 
     fn stream_keys(&self, stream: &StreamId) -> Vec<sled::IVec> {
-        self.records
-            .scan_prefix(stream.as_bytes())
-            .keys()
-            .map(Result::unwrap)
-            .collect()
+        self.records.keys_with(stream.as_bytes())
     }
 }
 
-fn keys(tree: &sled::Tree) -> Vec<sled::IVec> {
-    tree.iter().keys().map(Result::unwrap).collect()
+fn keys(table: &Table) -> Vec<sled::IVec> {
+    table.keys_with(b"")
 }
 
 fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
@@ -153,21 +179,16 @@ fn mutate(raw: &Raw, kind: Kind, rng: &mut StdRng) -> String {
             let k = pick(rng, &all).clone();
             let mut v = tree.get(&k).unwrap().unwrap().to_vec();
             if rng.random_bool(0.3) || v.is_empty() {
-                let mut k2 = k.to_vec();
+                // Any bit of the whole key, its table prefix included.
+                let mut k2 = tree.key(&k);
                 flip_bit(rng, &mut k2);
                 tree.remove(&k).unwrap();
-                tree.insert(k2, v).unwrap();
-                format!(
-                    "flipped a bit in a key of {:?}",
-                    String::from_utf8_lossy(&tree.name())
-                )
+                tree.tree.insert(k2, v).unwrap();
+                format!("flipped a bit in a key of {:?}", tree.name())
             } else {
                 flip_bit(rng, &mut v);
                 tree.insert(&k, v).unwrap();
-                format!(
-                    "flipped a bit in a value of {:?}",
-                    String::from_utf8_lossy(&tree.name())
-                )
+                format!("flipped a bit in a value of {:?}", tree.name())
             }
         }
         Kind::Swap => {
@@ -189,20 +210,14 @@ fn mutate(raw: &Raw, kind: Kind, rng: &mut StdRng) -> String {
             );
             tree.insert(&all[i], b).unwrap();
             tree.insert(&all[j], a).unwrap();
-            format!(
-                "swapped entries {i} and {j} of {:?}",
-                String::from_utf8_lossy(&tree.name())
-            )
+            format!("swapped entries {i} and {j} of {:?}", tree.name())
         }
         Kind::Delete => {
             let tree = raw.tree(rng);
             let all = keys(tree);
             let k = pick(rng, &all);
             tree.remove(k).unwrap();
-            format!(
-                "deleted an entry of {:?}",
-                String::from_utf8_lossy(&tree.name())
-            )
+            format!("deleted an entry of {:?}", tree.name())
         }
         Kind::Insert => insert(raw, rng, stream, head, &stream_keys),
         Kind::EditHead => edit_head(raw, rng, stream, head, &stream_keys),
@@ -248,16 +263,20 @@ fn insert(
     head: Head,
     stream_keys: &[sled::IVec],
 ) -> String {
-    let some_value = |tree: &sled::Tree, rng: &mut StdRng| {
+    let some_value = |tree: &Table, rng: &mut StdRng| {
         let all = keys(tree);
         tree.get(pick(rng, &all)).unwrap().unwrap()
     };
     match rng.random_range(0..6) {
         0 => {
             // A well-formed record after the head, with its index entries: a torn tail.
-            let next_global =
-                layout::decode_u64(&raw.meta.get(layout::META_NEXT_GLOBAL).unwrap().unwrap())
-                    .unwrap();
+            let next_global = layout::decode_u64(
+                &raw.meta
+                    .get(&layout::META_NEXT_GLOBAL[1..])
+                    .unwrap()
+                    .unwrap(),
+            )
+            .unwrap();
             let seq = head.seq + 1;
             let bytes = b"{\"forged\":true}";
             let hash = chain_hash(&stream, seq, &head.hash, bytes);
@@ -269,12 +288,20 @@ fn insert(
                 )
                 .unwrap();
             if rng.random_bool(0.5) {
+                let run = layout::GlobalRun {
+                    stream,
+                    seq,
+                    count: 1,
+                };
                 raw.global
-                    .insert(next_global.to_be_bytes(), &key[..])
+                    .insert(
+                        next_global.to_be_bytes(),
+                        &layout::encode_global_run(&run)[..],
+                    )
                     .unwrap();
                 raw.meta
                     .insert(
-                        layout::META_NEXT_GLOBAL,
+                        &layout::META_NEXT_GLOBAL[1..],
                         &(next_global + 1).to_be_bytes()[..],
                     )
                     .unwrap();

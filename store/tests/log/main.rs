@@ -5,4 +5,5 @@ mod api;
 mod corruption;
 mod crash;
 mod export;
+mod migration;
 mod support;

@@ -13,14 +13,14 @@ use super::e2e::{Env, Setup, UPGRADE_TIMEOUT};
 /// Rewrites record `seq` of `upgrade` and re-seals every later hash and the
 /// head, as someone with write access but without the key would.
 fn rewrite_and_reseal(raw: &sled::Db, upgrade: &str, seq: u64) {
-    let records = raw.open_tree(store::layout::RECORDS).unwrap();
-    let heads = raw.open_tree(store::layout::HEADS).unwrap();
+    let log = store::layout::open_tree(raw).unwrap();
     let stream: store::StreamId = upgrade.parse().unwrap();
-    let head = store::layout::decode_head(&heads.get(stream.as_bytes()).unwrap().unwrap()).unwrap();
+    let head_key = store::layout::head_entry_key(&stream);
+    let head = store::layout::decode_head(&log.get(head_key).unwrap().unwrap()).unwrap();
     let mut prev = store::ZERO_HASH;
     for n in 1..=head.seq {
-        let key = store::layout::record_key(&stream, n);
-        let mut value = store::layout::decode_record(&records.get(key).unwrap().unwrap()).unwrap();
+        let key = store::layout::record_entry_key(&stream, n);
+        let mut value = store::layout::decode_record(&log.get(key).unwrap().unwrap()).unwrap();
         if n == seq {
             let mut event: serde_json::Value = serde_json::from_slice(&value.bytes).unwrap();
             event["rewritten"] = true.into();
@@ -34,15 +34,14 @@ fn rewrite_and_reseal(raw: &sled::Db, upgrade: &str, seq: u64) {
             value.msg_id.as_deref(),
             &value.bytes,
         );
-        records.insert(key, encoded).unwrap();
+        log.insert(key, encoded).unwrap();
         prev = hash;
     }
     let sealed = store::Head {
         seq: head.seq,
         hash: prev,
     };
-    heads
-        .insert(stream.as_bytes(), &store::layout::encode_head(&sealed)[..])
+    log.insert(head_key, &store::layout::encode_head(&sealed)[..])
         .unwrap();
     raw.flush().unwrap();
 }
@@ -230,21 +229,24 @@ async fn a_rewritten_and_resealed_log_fails_its_signed_checkpoints() {
 /// Removes every checkpoint record from the service stream and re-seals it:
 /// the kept records are renumbered, re-chained, and the indexes follow.
 fn strip_checkpoints(raw: &sled::Db) {
-    let records = raw.open_tree(store::layout::RECORDS).unwrap();
-    let heads = raw.open_tree(store::layout::HEADS).unwrap();
-    let global = raw.open_tree(store::layout::GLOBAL).unwrap();
+    let log = store::layout::open_tree(raw).unwrap();
     let service = store::StreamId([0; 16]);
-    let head =
-        store::layout::decode_head(&heads.get(service.as_bytes()).unwrap().unwrap()).unwrap();
+    let head_key = store::layout::head_entry_key(&service);
+    let head = store::layout::decode_head(&log.get(head_key).unwrap().unwrap()).unwrap();
     let mut kept = Vec::new();
     for n in 1..=head.seq {
-        let key = store::layout::record_key(&service, n);
-        let value = store::layout::decode_record(&records.remove(key).unwrap().unwrap()).unwrap();
+        let key = store::layout::record_entry_key(&service, n);
+        let value = store::layout::decode_record(&log.remove(key).unwrap().unwrap()).unwrap();
         let event: serde_json::Value = serde_json::from_slice(&value.bytes).unwrap();
-        if event["type"] == "Checkpoint" {
-            global.remove(value.global_pos.to_be_bytes()).unwrap();
-        } else {
+        if event["type"] != "Checkpoint" {
             kept.push(value);
+        }
+    }
+    // The global index holds runs of records of one stream: drop the service stream's, write one per kept record.
+    for kv in store::layout::scan_table(&log, store::layout::GLOBAL) {
+        let (k, v) = kv.unwrap();
+        if store::layout::decode_global_run(&v).unwrap().stream == service {
+            log.remove(k).unwrap();
         }
     }
     assert!(
@@ -254,7 +256,6 @@ fn strip_checkpoints(raw: &sled::Db) {
     let mut prev = store::ZERO_HASH;
     for (i, value) in kept.iter().enumerate() {
         let n = i as u64 + 1;
-        let key = store::layout::record_key(&service, n);
         let hash = store::chain_hash(&service, n, &prev, &value.bytes);
         let encoded = store::layout::encode_record(
             &hash,
@@ -263,25 +264,34 @@ fn strip_checkpoints(raw: &sled::Db) {
             value.msg_id.as_deref(),
             &value.bytes,
         );
-        records.insert(key, encoded).unwrap();
-        global
-            .insert(value.global_pos.to_be_bytes(), &key[..])
+        log.insert(store::layout::record_entry_key(&service, n), encoded)
             .unwrap();
+        let run = store::layout::GlobalRun {
+            stream: service,
+            seq: n,
+            count: 1,
+        };
+        log.insert(
+            store::layout::global_entry_key(value.global_pos),
+            &store::layout::encode_global_run(&run)[..],
+        )
+        .unwrap();
         prev = hash;
     }
     let sealed = store::Head {
         seq: kept.len() as u64,
         hash: prev,
     };
-    heads
-        .insert(service.as_bytes(), &store::layout::encode_head(&sealed)[..])
+    log.insert(head_key, &store::layout::encode_head(&sealed)[..])
         .unwrap();
     // The next global position follows the last one left.
-    let (last, _) = global.last().unwrap().unwrap();
-    let next = store::layout::decode_u64(&last).unwrap() + 1;
-    raw.open_tree(store::layout::META)
+    let (last, run) = store::layout::scan_table(&log, store::layout::GLOBAL)
+        .next_back()
         .unwrap()
-        .insert(store::layout::META_NEXT_GLOBAL, &next.to_be_bytes()[..])
+        .unwrap();
+    let run = store::layout::decode_global_run(&run).unwrap();
+    let next = store::layout::decode_u64(&last[1..]).unwrap() + run.count;
+    log.insert(store::layout::META_NEXT_GLOBAL, &next.to_be_bytes()[..])
         .unwrap();
     raw.flush().unwrap();
 }

@@ -1123,9 +1123,9 @@ async fn a_tampered_log_is_detected_and_the_service_refuses_to_act_on_it() {
     // Change one byte inside one recorded event, as an attacker with disk access would.
     {
         let raw = sled::open(env.db()).unwrap();
-        let records = raw.open_tree(store::layout::RECORDS).unwrap();
+        let records = store::layout::open_tree(&raw).unwrap();
         let stream: store::StreamId = upgrade.parse().unwrap();
-        let key = store::layout::record_key(&stream, 3);
+        let key = store::layout::record_entry_key(&stream, 3);
         let mut value = records.get(key).unwrap().expect("record 3 exists").to_vec();
         let last = value.len() - 2;
         value[last] ^= 0x01;
