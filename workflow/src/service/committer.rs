@@ -317,7 +317,7 @@ fn run(store: Store, mut rx: mpsc::Receiver<Request>, meters: &Meters<'_>) {
     }
 }
 
-/// Applies a batch's appends in order, in one transaction: an append refused
+/// Applies a batch's appends in order, in one atomic store batch: an append refused
 /// on its own is answered at once; the others wait in `waiting` for the flush.
 fn apply(
     store: &Store,
