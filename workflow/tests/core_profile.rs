@@ -1164,23 +1164,8 @@ fn the_guard_does_not_take_a_patroni_replica_out_while_another_shows_only_a_stal
 
 #[test]
 fn a_patroni_leader_lost_while_failover_is_fenced_takes_the_emergency_exit() {
-    let mut run = Run::new();
-    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
-        .unwrap();
-    let mut pg = Patroni::new(0);
     // Upgrade the first follower, then the leader's host dies while Patroni is paused: nobody is elected.
-    for _ in 0..1_000 {
-        if pg.journal.iter().any(|(n, a)| n == "pg2" && a == "start") {
-            break;
-        }
-        if let Some(step) = run.state.outstanding_steps().first().cloned() {
-            let r = pg.run(&step);
-            run.finish(&step, r);
-        } else {
-            run.tick();
-        }
-    }
-    assert!(pg.paused, "fenced while the followers are upgraded");
+    let (mut run, mut pg) = upgraded_first_follower();
     pg.up[0] = false;
     pg.leader = None;
     let before = pg.journal.len();
