@@ -543,37 +543,33 @@ mod tests {
         drop(store);
         {
             let raw = sled::open(dir.path().join("db")).unwrap();
-            let records = raw.open_tree(store::layout::RECORDS).unwrap();
-            let heads = raw.open_tree(store::layout::HEADS).unwrap();
+            let log = store::layout::open_tree(&raw).unwrap();
             let mut prev = store::ZERO_HASH;
             for seq in 1..=5u64 {
-                let k = store::layout::record_key(&stream, seq);
-                let mut v =
-                    store::layout::decode_record(&records.get(k).unwrap().unwrap()).unwrap();
+                let k = store::layout::record_entry_key(&stream, seq);
+                let mut v = store::layout::decode_record(&log.get(k).unwrap().unwrap()).unwrap();
                 if seq == 2 {
                     v.bytes = b"{\"n\":99}".to_vec();
                 }
                 let hash = store::chain_hash(&stream, seq, &prev, &v.bytes);
-                records
-                    .insert(
-                        k,
-                        store::layout::encode_record(
-                            &hash,
-                            &prev,
-                            v.global_pos,
-                            v.msg_id.as_deref(),
-                            &v.bytes,
-                        ),
-                    )
-                    .unwrap();
-                prev = hash;
-            }
-            heads
-                .insert(
-                    stream.as_bytes(),
-                    &store::layout::encode_head(&Head { seq: 5, hash: prev })[..],
+                log.insert(
+                    k,
+                    store::layout::encode_record(
+                        &hash,
+                        &prev,
+                        v.global_pos,
+                        v.msg_id.as_deref(),
+                        &v.bytes,
+                    ),
                 )
                 .unwrap();
+                prev = hash;
+            }
+            log.insert(
+                store::layout::head_entry_key(&stream),
+                &store::layout::encode_head(&Head { seq: 5, hash: prev })[..],
+            )
+            .unwrap();
             raw.flush().unwrap();
         }
         let store = Store::open(dir.path().join("db")).unwrap();
