@@ -189,6 +189,21 @@ fn a_valid_profile_is_summarised_and_its_probes_run_here_show_what_they_parsed()
 /// `baton profile check PROFILE --cluster FILE --run-here --output json`: it must exit 0 (every probe gave an
 /// observation); returns the report. Also used by `real_etcd` and `real_patroni` against live clusters.
 pub(crate) fn check_live(profile: &Path, cluster_file: &Path) -> serde_json::Value {
+    let (code, report) = check_report(profile, cluster_file);
+    assert_eq!(
+        code,
+        Some(0),
+        "profile check against the live cluster:\n{report:#}"
+    );
+    report
+}
+
+/// `baton profile check PROFILE --cluster FILE --run-here --output json`, whatever its exit code (5 when a probe
+/// gave no observation): the exit code and the report.
+pub(crate) fn check_report(
+    profile: &Path,
+    cluster_file: &Path,
+) -> (Option<i32>, serde_json::Value) {
     let out = baton(&[
         "--output",
         "json",
@@ -200,13 +215,13 @@ pub(crate) fn check_live(profile: &Path, cluster_file: &Path) -> serde_json::Val
         "--run-here",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "profile check against the live cluster:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap()
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "profile check printed no JSON report ({e}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), report)
 }
 
 /// A profile shipped in `profiles/`.

@@ -190,3 +190,57 @@ async fn baton_upgrades_the_real_cluster_every_member_once_leader_last_and_loses
         load_average()
     );
 }
+
+/// A primary whose Patroni process died (a crash, an OOM kill) leaves its PostgreSQL running and taking writes.
+/// Its node probe is what the emergency exit asks ("does the expected leader say it leads?" before lifting the
+/// fence): it must still say it leads, from PostgreSQL itself, or Baton would resume failover and the replicas
+/// would elect a second primary beside it. The shipped profile reads it as leading and not in service.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_whose_patroni_died_still_says_it_leads_through_its_node_probe() {
+    let cluster = PatroniCluster::up().expect("the Patroni cluster comes up");
+    let leader = cluster.leader().expect("one leader");
+    // The upgrade's fence: nobody elects while the leader's Patroni is gone.
+    cluster.member_command(&leader, &["pause"]).unwrap();
+    let pid_file = cluster.member_dir(&leader).join("patroni.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    // SIGKILL: Patroni gets no chance to stop its PostgreSQL.
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -KILL {pid}");
+    let gone = tests::wait::wait_until(std::time::Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
+    assert!(gone, "Patroni ({pid}) of {leader} still runs after SIGKILL");
+    // Its PostgreSQL still runs.
+    assert_eq!(cluster.running_version(&leader).unwrap(), OLD_VERSION);
+
+    let word: serde_json::Value =
+        serde_json::from_str(&cluster.member_command(&leader, &["node-status"]).unwrap()).unwrap();
+    assert_eq!(word["role"], "primary", "{word}");
+    assert_eq!(word["source"], "postgresql", "{word}");
+
+    // The shipped profile's node probe, run for real: the orphan leads and is not in service; the replicas are
+    // in service and do not lead. (Exit 5: the dead member's REST probes, topology and failover, fail.)
+    let (code, seen) = crate::profile::check_report(
+        &crate::profile::shipped("patroni.toml"),
+        cluster.cluster_file(),
+    );
+    assert_eq!(code, Some(5), "{seen:#}");
+    let nodes = crate::profile::observed(&seen, "node");
+    assert_eq!(nodes.len(), 3, "{seen:#}");
+    for (node, reading) in nodes {
+        if node == leader {
+            assert_eq!(reading["leads"], true, "{node}: {seen:#}");
+            assert_eq!(reading["up"], false, "{node}: {seen:#}");
+        } else {
+            assert_eq!(reading["leads"], false, "{node}: {seen:#}");
+            assert_eq!(reading["up"], true, "{node}: {seen:#}");
+        }
+    }
+}
