@@ -419,6 +419,20 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// SIGKILLs the executor, waits until it is gone, then kills the process groups of the commands it had started
+/// (each test's command appends its `$$` to `pids`): an orphaned command is the test's to clean up, its group
+/// survives the executor.
+fn kill_with_its_orphans(exec: &mut Proc, pids: &Path) {
+    exec.signal(Signal::SIGKILL);
+    exec.wait_exit(SOON).expect("the executor dies on SIGKILL");
+    for pid in lines(pids) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            Signal::SIGKILL,
+        );
+    }
+}
+
 fn upgrade_id() -> String {
     ulid::Ulid::new().to_string()
 }
@@ -620,15 +634,7 @@ async fn an_executor_killed_mid_step_reports_unknown_after_restart_and_does_not_
         "{}",
         exec.log()
     );
-    exec.signal(Signal::SIGKILL);
-    exec.wait_exit(SOON).expect("executor died");
-    // The orphaned command is the test's to clean up (its group survived the executor).
-    for pid in lines(&pids) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
-            Signal::SIGKILL,
-        );
-    }
+    kill_with_its_orphans(&mut exec, &pids);
 
     let exec = env.executor("g1", "ex-a2", "state-a", &[]);
     let results = env.wait_results(&up, 1, &[&exec]).await;
@@ -1090,14 +1096,7 @@ async fn a_step_redelivered_to_a_sibling_after_its_executor_died_is_not_run_twic
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let (dead, alive_one) = if runner == "ex-a" { (0, 1) } else { (1, 0) };
-    execs[dead].signal(Signal::SIGKILL);
-    execs[dead].wait_exit(SOON).expect("killed");
-    for pid in lines(&pids) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
-            Signal::SIGKILL,
-        );
-    }
+    kill_with_its_orphans(&mut execs[dead], &pids);
 
     // After ack_wait the sibling gets the redelivery: it must not run it.
     let results = env.wait_results(&up, 1, &[&execs[alive_one]]).await;
@@ -2167,14 +2166,7 @@ async fn an_executor_of_two_groups_killed_mid_steps_answers_both_unknown_and_rer
         "both steps started: {}",
         exec.log()
     );
-    exec.signal(Signal::SIGKILL);
-    exec.wait_exit(SOON).expect("executor died");
-    for pid in lines(&pids) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
-            Signal::SIGKILL,
-        );
-    }
+    kill_with_its_orphans(&mut exec, &pids);
 
     // The same process again, on the same ledger.
     let exec = env.executor("k1", "ex-k1", "state-k", &args);
@@ -2387,14 +2379,7 @@ async fn a_probe_whose_executor_was_killed_mid_run_is_run_again_and_answered_onc
         "{}",
         exec.log()
     );
-    exec.signal(Signal::SIGKILL);
-    exec.wait_exit(SOON).expect("executor died");
-    for pid in lines(&pids) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
-            Signal::SIGKILL,
-        );
-    }
+    kill_with_its_orphans(&mut exec, &pids);
     std::fs::write(&release, "").unwrap();
 
     // The same state dir, a new process (a new claim token: the dead one's claim is not its own).
