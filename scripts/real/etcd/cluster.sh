@@ -73,8 +73,9 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))')"
       printf '%s\n' "name=$m" "client_url=http://127.0.0.1:${ports[$i]}" \
         "peer_url=http://127.0.0.1:${ports[$((i + 3))]}" "initial_cluster=$initial" \
         "cluster_token=$token" >"$root/$m/member.conf"
-      # The node's control command (the profile's {var.ctl}): member.sh bound to this member's directory.
-      printf '#!/bin/sh\nexec %s %s "$@"\n' "$here/member.sh" "$root/$m" >"$root/$m/ctl"
+      # The node's control command (the profile's {var.ctl}): member.sh bound to this member's directory. It
+      # sources member.sh in the bash running this script: one process start per call, not three (sh, env, bash).
+      printf '#!%s\n. %q %q "$@"\n' "$BASH" "$here/member.sh" "$root/$m" >"$root/$m/ctl"
       chmod +x "$root/$m/ctl"
       "$here/member.sh" "$root/$m" install "$old_pkg" >/dev/null
     done

@@ -20,6 +20,10 @@
 # per action that changed something ("UNIX_MS stop PID", "UNIX_MS install VERSION", "UNIX_MS start PID VERSION"),
 # so that a test can check who was upgraded, how often and in which order, whoever drove the upgrade.
 # Timeouts (seconds): MEMBER_START_TIMEOUT (60), MEMBER_STOP_TIMEOUT (30).
+# Cost: Baton asks this script for a probe or an action about 40 times per upgrade, so each process start counts
+# (each is 2-10 ms idle, several times that on a loaded machine). What it checks is done with bash builtins (no
+# subshell, no date, sed, sleep or timeout), and the command whose output is the answer (etcdctl, etcd) is run with
+# `exec` when nothing is left to do after it. cluster.sh's `ctl` sources this file rather than running it.
 set -euo pipefail
 
 die() { echo "member.sh: $*" >&2; exit 1; }
@@ -27,7 +31,16 @@ die() { echo "member.sh: $*" >&2; exit 1; }
 dir="$1"
 cmd="$2"
 [ -d "$dir" ] || die "$dir: no such member directory"
-dir="$(cd "$dir" && pwd)"
+# Absolute, without "." or ".." components, repeated or trailing slashes: `cd DIR && pwd`, without its subshell.
+absolute() { # PATH: sets REPLY
+  case "$1" in
+    /*/ | *//* | */./* | */../* | */. | */..) REPLY="$(cd "$1" && pwd)" ;;
+    /*) REPLY="$1" ;;
+    *) REPLY="$(cd "$1" && pwd)" ;;
+  esac
+}
+absolute "$dir"
+dir="$REPLY"
 
 name="" client_url="" peer_url="" initial_cluster="" cluster_token=""
 read_conf() {
@@ -49,8 +62,9 @@ read_conf() {
   done
 }
 
-# The member's pid when its etcd process is alive (not a zombie, and it is the etcd of this data dir).
-# Bash builtins only (no cat, sed, cut): every probe and action of the profile asks it.
+# Whether the member's etcd process is alive (not a zombie, and it is the etcd of this data dir); sets member_pid.
+# Bash builtins only (no cat, sed, cut, and no subshell: callers do not use $(...)).
+member_pid=""
 running_pid() {
   [ -f "$dir/pid" ] || return 1
   local pid stat state
@@ -66,16 +80,46 @@ running_pid() {
   mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null || return 1
   local a
   for a in "${args[@]}"; do
-    [ "$a" = "--data-dir=$dir/data" ] && { echo "$pid"; return 0; }
+    [ "$a" = "--data-dir=$dir/data" ] && { member_pid="$pid"; return 0; }
   done
   return 1
 }
 
-journal() { echo "$(date +%s%3N) $*" >>"$dir/actions.log"; }
+# Unix time in ms from bash's clock ($EPOCHREALTIME: seconds, the locale's decimal point, 6 decimals).
+journal() {
+  local t="$EPOCHREALTIME"
+  echo "${t%[.,]*}${t: -6:3} $*" >>"$dir/actions.log"
+}
+
+# Microseconds since the epoch, into REPLY.
+now_us() {
+  local t="$EPOCHREALTIME"
+  REPLY=$((${t%[.,]*} * 1000000 + 10#${t: -6}))
+}
+
+# Waits SECONDS (fractions allowed) without a sleep process: a read with a timeout on a pipe no one writes to.
+nap_fd=""
+nap() { # SECONDS
+  [ -n "$nap_fd" ] || exec {nap_fd}<> <(:)
+  read -r -t "$1" -u "$nap_fd" _ || true
+}
+
+etcd_check() { # PACKAGE
+  [ -x "$1/bin/etcd" ] || die "$1/bin/etcd: not an executable (a package is a directory with bin/etcd and bin/etcdctl)"
+}
+
+# The version `etcd --version` of PACKAGE prints ("etcd Version: 3.5.1"), into REPLY (empty if none).
+read_version() { # PACKAGE
+  local out="" re='etcd Version: ([^[:space:]]+)'
+  REPLY=""
+  out="$("$1/bin/etcd" --version)" || true
+  if [[ "$out" =~ $re ]]; then REPLY="${BASH_REMATCH[1]}"; fi
+}
 
 etcd_version() { # PACKAGE
-  [ -x "$1/bin/etcd" ] || die "$1/bin/etcd: not an executable (a package is a directory with bin/etcd and bin/etcdctl)"
-  "$1/bin/etcd" --version
+  etcd_check "$1"
+  read_version "$1"
+  [ -n "$REPLY" ] || die "$1/bin/etcd --version did not print its version"
 }
 
 healthy() {
@@ -86,53 +130,67 @@ healthy() {
 # etcdctl waits its whole --command-timeout for a member whose port refuses connections (it retries the dial until
 # the deadline, and asks the endpoints one after another), so `endpoint-status` first tries every member's port,
 # all at once: a refused connection fails at once, one that does not open within 1 s (a host that drops packets,
-# a partition) is given up then (by `timeout`, which signals only its own process group: SIGTERM, SIGKILL 1 s
-# later if need be), no later than etcdctl would have. Only the members that took a connection are
-# asked; one that accepts but does not answer (hung) is still timed out by etcdctl itself after 1 s, and left
-# out. Sets `up` (comma-separated) and `down` (space-separated) from the endpoints given.
+# a partition) is given up then (its connecting subshell is killed with SIGKILL), no later than etcdctl would
+# have. Only the members that took a connection are asked; one that accepts but does not answer (hung) is still
+# timed out by etcdctl itself after 1 s, and left out. Sets `up` (comma-separated) and `down` (space-separated)
+# from the endpoints given.
 # An endpoint is HOST:PORT, [IPV6]:PORT, or either after http:// or https:// (etcdctl's forms); `tcp_target`
-# prints HOST/PORT for bash's /dev/tcp (brackets dropped), or nothing for anything else (left out: down).
+# sets REPLY to HOST/PORT for bash's /dev/tcp (brackets dropped), or to nothing for anything else (left out: down).
 tcp_target() { # ENDPOINT
-  local ep="$1" host port v6='^\[([0-9A-Fa-f:.]+)\]:([0-9]+)$' plain='^([^]:/[]+):([0-9]+)$'
+  local ep="$1" v6='^\[([0-9A-Fa-f:.]+)\]:([0-9]+)$' plain='^([^]:/[]+):([0-9]+)$'
+  REPLY=""
   ep="${ep#http://}"
   ep="${ep#https://}"
   ep="${ep%/}"
-  if [[ "$ep" =~ $v6 ]]; then
-    host="${BASH_REMATCH[1]}" port="${BASH_REMATCH[2]}"
-  elif [[ "$ep" =~ $plain ]]; then
-    host="${BASH_REMATCH[1]}" port="${BASH_REMATCH[2]}"
-  else
-    return 0
+  if [[ "$ep" =~ $v6 ]] || [[ "$ep" =~ $plain ]]; then
+    REPLY="${BASH_REMATCH[1]}/${BASH_REMATCH[2]}"
   fi
-  echo "$host/$port"
 }
 
+# The connection check: one forked subshell per endpoint (no exec), all at once, each writing "+I" (connected)
+# or "-I" (refused, unreachable) into a pipe this shell holds open both ways; this shell reads the answers until
+# every subshell has answered or 1 s has passed, then kills the subshells that have not (still in connect()).
+# Costs one fork per endpoint and one for the pipe; no `timeout`, no second bash.
 reachable() { # ENDPOINT...
-  local ep valid=() line target
-  local -A connected=()
+  local i line fd start left
+  local -a eps=("$@") pids=()
+  local -A answered=() connected=()
   up="" down=""
-  for ep in "$@"; do
-    target="$(tcp_target "$ep")"
-    if [ -n "$target" ]; then valid+=("$ep" "$target"); fi
+  exec {fd}<> <(:)
+  for i in "${!eps[@]}"; do
+    tcp_target "${eps[$i]}"
+    if [ -z "$REPLY" ]; then
+      answered[$i]=1
+      continue
+    fi
+    (if : 3<>"/dev/tcp/$REPLY"; then echo "+$i"; else echo "-$i"; fi) 2>/dev/null >&"$fd" &
+    pids[$i]=$!
   done
-  if [ "${#valid[@]}" -gt 0 ]; then
-    # One shell under `timeout`, one forked subshell per endpoint (no exec each): a subshell prints its endpoint
-    # once the connection opened. At 1 s timeout signals its whole process group, the subshells still in
-    # connect() included. Arguments come in pairs: the endpoint as given, then its HOST/PORT.
-    while IFS= read -r line; do
-      connected[$line]=1
-    done < <(timeout -k 1 1 bash -c '
-      while [ $# -ge 2 ]; do
-        (exec 3<>"/dev/tcp/$2" && echo "$1") 2>/dev/null &
-        shift 2
-      done
-      wait' _ "${valid[@]}" 2>/dev/null)
-  fi
-  for ep in "$@"; do
-    if [ -n "${connected[$ep]:-}" ]; then
-      up+="${up:+,}$ep"
+  now_us
+  start=$REPLY
+  while [ "${#answered[@]}" -lt "${#eps[@]}" ]; do
+    now_us
+    left=$((1000000 - (REPLY - start)))
+    [ "$left" -gt 0 ] || break
+    printf -v left '%d.%06d' $((left / 1000000)) $((left % 1000000))
+    read -r -t "$left" -u "$fd" line || break
+    i="${line#[+-]}"
+    [[ "$i" =~ ^[0-9]+$ ]] || continue
+    answered[$i]=1
+    if [ "${line:0:1}" = + ]; then connected[$i]=1; fi
+  done
+  exec {fd}>&-
+  for i in "${!pids[@]}"; do
+    if [ -z "${answered[$i]:-}" ]; then
+      kill -KILL "${pids[$i]}" 2>/dev/null || true
+    fi
+  done
+  if [ "${#pids[@]}" -gt 0 ]; then wait "${pids[@]}" 2>/dev/null || true; fi
+  for i in "${!eps[@]}"; do
+    if [ -n "${connected[$i]:-}" ]; then
+      up+="${up:+,}${eps[$i]}"
     else
-      down+="${down:+ }$ep"
+      down+="${down:+ }${eps[$i]}"
     fi
   done
 }
@@ -143,41 +201,47 @@ case "$cmd" in
     IFS=',' read -r -a eps <<<"$3"
     [ "${#eps[@]}" -ge 1 ] || die "endpoint-status: no endpoints"
     reachable "${eps[@]}"
-    rc=0
+    if [ -z "$down" ]; then
+      # etcdctl exits 1 (and leaves the member out of its JSON) when a member it asks does not answer.
+      exec "$dir/current/bin/etcdctl" --endpoints "$up" --dial-timeout=1s --command-timeout=1s \
+        endpoint status -w json
+    fi
     for ep in $down; do
       echo "Failed to get the status of endpoint $ep (no TCP connection within 1 s)" >&2
-      rc=1
     done
     if [ -z "$up" ]; then
       echo "[]"
       exit 1
     fi
-    # etcdctl exits 1 (and leaves the member out of its JSON) when a member it asks does not answer.
     "$dir/current/bin/etcdctl" --endpoints "$up" --dial-timeout=1s --command-timeout=1s \
-      endpoint status -w json || rc=1
-    exit $rc
+      endpoint status -w json || true
+    exit 1
     ;;
   status)
-    if pid="$(running_pid)"; then echo "running $pid"; else echo "stopped"; fi
+    if running_pid; then echo "running $member_pid"; else echo "stopped"; fi
     ;;
   stop)
     [ $# -eq 2 ] || die "usage: member.sh DIR stop"
-    if ! pid="$(running_pid)"; then
+    if ! running_pid; then
       rm -f "$dir/pid"
       echo "stopped (was not running)"
       exit 0
     fi
+    pid="$member_pid"
     kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + ${MEMBER_STOP_TIMEOUT:-30}))
-    while running_pid >/dev/null; do
-      if [ "$SECONDS" -ge "$deadline" ]; then
+    now_us
+    deadline=$((REPLY + ${MEMBER_STOP_TIMEOUT:-30} * 1000000))
+    # Looked at every 10 ms: running_pid reads two files of /proc, no process.
+    while running_pid; do
+      now_us
+      if [ "$REPLY" -ge "$deadline" ]; then
         echo "member.sh: $dir: etcd (pid $pid) did not stop on SIGTERM in ${MEMBER_STOP_TIMEOUT:-30} s; SIGKILL" >&2
         kill -KILL "$pid" 2>/dev/null || true
-        sleep 0.5
-        running_pid >/dev/null && die "$dir: etcd (pid $pid) survived SIGKILL"
+        nap 0.5
+        ! running_pid || die "$dir: etcd (pid $pid) survived SIGKILL"
         break
       fi
-      sleep 0.05
+      nap 0.01
     done
     rm -f "$dir/pid"
     journal stop "$pid"
@@ -187,9 +251,10 @@ case "$cmd" in
     [ $# -eq 2 ] || die "usage: member.sh DIR start"
     read_conf
     [ -x "$dir/current/bin/etcd" ] || die "$dir/current: no version installed (member.sh $dir install PACKAGE)"
-    if ! pid="$(running_pid)"; then
-      mkdir -p "$dir/data"
-      chmod 700 "$dir/data"
+    if running_pid; then
+      pid="$member_pid"
+    else
+      [ -d "$dir/data" ] || mkdir -m 700 "$dir/data"
       # A session of its own, so that killing the process group of the command that started it (a timed-out
       # action) does not kill the member; `stop` and cluster.sh's `down` stop it by its pid.
       setsid "$dir/current/bin/etcd" \
@@ -201,26 +266,36 @@ case "$cmd" in
         </dev/null >>"$dir/etcd.log" 2>&1 &
       pid=$!
       echo "$pid" >"$dir/pid"
-      journal start "$pid" "$(etcd_version "$dir/current" | sed -n 's/^etcd Version: //p')"
+      # (`etcd --version` runs while the member starts.)
+      read_version "$dir/current"
+      journal start "$pid" "$REPLY"
     fi
-    deadline=$((SECONDS + ${MEMBER_START_TIMEOUT:-60}))
-    until healthy; do
-      if ! running_pid >/dev/null; then
+    # Until it answers `endpoint health` (a quorum read). etcd takes connections on its client port early and
+    # answers once it has joined the cluster, so etcdctl is asked only once the port takes a connection (looked at
+    # every 10 ms with bash's /dev/tcp, no process), and then waits for the answer itself.
+    tcp_target "$client_url"
+    client_tcp="$REPLY"
+    now_us
+    deadline=$((REPLY + ${MEMBER_START_TIMEOUT:-60} * 1000000))
+    until [ -n "$client_tcp" ] && { : 3<>"/dev/tcp/$client_tcp"; } 2>/dev/null && healthy; do
+      if ! running_pid; then
         tail -n 20 "$dir/etcd.log" >&2 || true
         die "$dir: etcd exited while starting (log: $dir/etcd.log)"
       fi
-      [ "$SECONDS" -lt "$deadline" ] || die "$dir: etcd (pid $pid) not healthy after ${MEMBER_START_TIMEOUT:-60} s"
-      sleep 0.1
+      now_us
+      [ "$REPLY" -lt "$deadline" ] || die "$dir: etcd (pid $pid) not healthy after ${MEMBER_START_TIMEOUT:-60} s"
+      nap 0.01
     done
     echo "running (pid $pid)"
     ;;
   install)
     [ $# -eq 3 ] || die "usage: member.sh DIR install PACKAGE"
     [ -d "$3" ] || die "$3: no such package directory"
-    pkg="$(cd "$3" && pwd)"
-    etcd_version "$pkg" >/dev/null
+    absolute "$3"
+    pkg="$REPLY"
+    etcd_version "$pkg"
+    version="$REPLY"
     [ -x "$pkg/bin/etcdctl" ] || die "$pkg/bin/etcdctl: not an executable"
-    version="$(etcd_version "$pkg" | sed -n 's/^etcd Version: //p')"
     if [ "$(readlink "$dir/current" 2>/dev/null || true)" = "$pkg" ]; then
       journal install-unchanged "$version"
       echo "installed $version (already)"
@@ -234,17 +309,19 @@ case "$cmd" in
   installed-version)
     [ $# -eq 2 ] || die "usage: member.sh DIR installed-version"
     [ -e "$dir/current" ] || die "$dir/current: no version installed"
-    etcd_version "$dir/current"
+    etcd_check "$dir/current"
+    exec "$dir/current/bin/etcd" --version
     ;;
   package-version)
     [ $# -eq 3 ] || die "usage: member.sh DIR package-version PACKAGE"
-    etcd_version "$3"
+    etcd_check "$3"
+    exec "$3/bin/etcd" --version
     ;;
   running-version)
     [ $# -eq 2 ] || die "usage: member.sh DIR running-version"
     read_conf
-    running_pid >/dev/null || die "$dir: etcd is not running"
-    "$dir/current/bin/etcdctl" --endpoints "$client_url" --dial-timeout=2s --command-timeout=5s \
+    running_pid || die "$dir: etcd is not running"
+    exec "$dir/current/bin/etcdctl" --endpoints "$client_url" --dial-timeout=2s --command-timeout=5s \
       endpoint status -w json
     ;;
   *) die "unknown command '$cmd' (stop|start|install PACKAGE|installed-version|package-version PACKAGE|running-version|status)" ;;

@@ -153,6 +153,48 @@ fn topology_probe_of(
     (endpoints, out.status.code(), took)
 }
 
+/// A loopback port whose connections never complete: a listener that accepts nothing, its accept queue filled
+/// until a connection attempt times out (the kernel then drops SYNs). Keep the streams alive while it is used.
+fn silent_port() -> (u16, (std::net::TcpListener, Vec<std::net::TcpStream>)) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queue = Vec::new();
+    loop {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)) {
+            Ok(stream) => queue.push(stream),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+            Err(e) => panic!("connecting to {addr}: {e}"),
+        }
+        assert!(
+            queue.len() < 100_000,
+            "the accept queue of {addr} never filled"
+        );
+    }
+    (addr.port(), (listener, queue))
+}
+
+/// The processes whose command line contains `needle` (pid and command line).
+fn processes_naming(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) && pid != std::process::id() {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
 /// SIGCONT for a member stopped with SIGSTOP, also when the test fails.
 struct Resume(u32);
 
@@ -183,6 +225,21 @@ fn the_topology_probe_leaves_out_a_stopped_member_at_once_and_a_hung_one_after_i
     let (listed, code, took) = topology_probe_of(&cluster, &given);
     assert_eq!((listed, code), (urls, Some(1)), "{given}");
     assert!(took < std::time::Duration::from_millis(1000), "{took:?}");
+
+    // A port whose connections never complete (a host that drops packets): a listener whose accept queue is
+    // full, so the kernel drops further SYNs. Left out after the check's 1 s, the others still listed, and the
+    // subshell still in connect() killed, not left behind (it carries the probe's argv, so the port names it).
+    let (silent, _queue) = silent_port();
+    let given = format!("{},127.0.0.1:{silent}", cluster.endpoints());
+    let (listed, code, took) = topology_probe_of(&cluster, &given);
+    assert_eq!((listed, code), (all.clone(), Some(1)), "{given}");
+    assert!(
+        took >= std::time::Duration::from_millis(1000)
+            && took < std::time::Duration::from_millis(5000),
+        "{took:?}: the connection check's 1 s, then etcdctl"
+    );
+    let left = processes_naming(&format!("127.0.0.1:{silent}"));
+    assert!(left.is_empty(), "left behind: {left:?}");
 
     let m3 = cluster.node("m3").unwrap();
     let stop = std::process::Command::new(&m3.ctl)
