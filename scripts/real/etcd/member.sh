@@ -67,7 +67,9 @@ read_conf() {
 member_pid=""
 running_pid() {
   [ -f "$dir/pid" ] || return 1
-  local pid stat state
+  # Initialised: a read that fails (etcd reaped between the test and the read) must leave "" behind, or `set -u`
+  # stops the script at the `[ -n ... ]` below even inside a condition.
+  local pid="" stat="" state=""
   read -r pid <"$dir/pid" || [ -n "$pid" ] || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   [ -r "/proc/$pid/stat" ] || return 1
@@ -163,7 +165,7 @@ reachable() { # ENDPOINT...
       answered[$i]=1
       continue
     fi
-    (if : 3<>"/dev/tcp/$REPLY"; then echo "+$i"; else echo "-$i"; fi) 2>/dev/null >&"$fd" &
+    (if true 3<>"/dev/tcp/$REPLY"; then echo "+$i"; else echo "-$i"; fi) 2>/dev/null >&"$fd" &
     pids[$i]=$!
   done
   now_us
@@ -277,7 +279,9 @@ case "$cmd" in
     client_tcp="$REPLY"
     now_us
     deadline=$((REPLY + ${MEMBER_START_TIMEOUT:-60} * 1000000))
-    until [ -n "$client_tcp" ] && { : 3<>"/dev/tcp/$client_tcp"; } 2>/dev/null && healthy; do
+    # `true`, not `:`: with POSIXLY_CORRECT a special builtin's failed redirection would end the script. A
+    # client_url this cannot read as host:port is asked with etcdctl directly (no port check).
+    until { [ -z "$client_tcp" ] || { true 3<>"/dev/tcp/$client_tcp"; } 2>/dev/null; } && healthy; do
       if ! running_pid; then
         tail -n 20 "$dir/etcd.log" >&2 || true
         die "$dir: etcd exited while starting (log: $dir/etcd.log)"
