@@ -16,9 +16,9 @@
 #   member.sh DIR package-version PREFIX   `postgres --version` of PREFIX
 #   member.sh DIR running-version      `SHOW server_version` of the running PostgreSQL
 #   member.sh DIR status               Patroni's own view of the member (GET /patroni, JSON)
-#   member.sh DIR node-status          the node probe: GET /patroni as `status`; when no Patroni
-#                                      answers (connection refused) but the member's PostgreSQL runs,
-#                                      PostgreSQL's own word on its role instead (an orphan: see below)
+#   member.sh DIR node-status          the node probe: GET /patroni as `status`; when Patroni does
+#                                      not answer but the member's PostgreSQL runs as (or may be) a
+#                                      primary, that instead (an orphan primary: see below)
 #   member.sh DIR pause|resume         what `patronictl pause|resume --wait` does, through this
 #                                      member's REST API (PATCH /config, then every member that
 #                                      answers shows it in GET /patroni), idempotent (patronictl
@@ -374,32 +374,45 @@ case "$cmd" in
   status) rest_status || die "Patroni of $name does not answer on 127.0.0.1:$rest_port" ;;
   node-status)
     # The profile's node probe, and the emergency exit's "does the expected leader say it leads". GET /patroni
-    # as `status`, but a refused connection is not yet "nobody leads here": a Patroni process that died (a
-    # crash, an OOM kill, kill -9) leaves its PostgreSQL running, and a primary keeps taking writes. Lifting the
-    # fence then lets the replicas elect a second primary beside it (split brain). So when nothing listens on
-    # the REST port, ask PostgreSQL itself (pg_is_in_recovery() on its own port, as postgres): it answers
-    # {"state": "no patroni", "role": "primary"|"replica", "source": "postgresql"}, which the profile reads as
-    # not in service (state is not running), and, for a primary, as leading (so the fence stays up and the
-    # upgrade halts for an operator). Only when PostgreSQL does not run either does the probe fail (exit 1).
-    # A timeout or an HTTP error from Patroni fails as before: the outcome of asking is unknown.
+    # as `status`, but no answer from Patroni is not yet "nobody leads here": a Patroni process that died (a
+    # crash, an OOM kill, kill -9) or hangs leaves its PostgreSQL running, and a primary keeps taking writes.
+    # Lifting the fence then lets the replicas elect a second primary beside it (split brain). So when Patroni
+    # does not answer (any curl failure) while this member's postmaster runs, ask PostgreSQL itself
+    # (pg_is_in_recovery() on its own port, as postgres):
+    #   - a primary, or a postmaster that does not answer (crash recovery, shutting down, no free connection)
+    #     and has no standby.signal: {"state": "no patroni", "role": "primary", ...}, which the profile reads as
+    #     not in service and leading (the fence stays up; an interrupted stop is not taken as done);
+    #   - a replica: exit 1, as when nothing runs (no leader here, and not in service).
+    # Only when no postmaster of this member runs does the probe fail as before.
     rc=0
     out="$(curl -fsS --connect-timeout 2 --max-time 5 "http://127.0.0.1:$rest_port/patroni" 2>&1)" || rc=$?
     if [ "$rc" = 0 ]; then
       printf '%s\n' "$out"
       exit 0
     fi
-    [ "$rc" = 7 ] || die "Patroni of $name on 127.0.0.1:$rest_port: curl exit $rc: $out"
-    [ -n "$(postmaster_pid)" ] ||
-      die "no Patroni answers on 127.0.0.1:$rest_port (connection refused) and PostgreSQL of $name is not running"
+    rc_curl="$rc"
+    why="Patroni of $name does not answer on 127.0.0.1:$rest_port (curl exit $rc_curl: $out)"
+    pm="$(postmaster_pid)"
+    # The postmaster of this member's data directory (a pid in a stale postmaster.pid may have been reused).
+    if [ -z "$pm" ] || ! tr '\0' ' ' <"/proc/$pm/cmdline" 2>/dev/null | grep -qF -- "$dir/data"; then
+      die "$why, and PostgreSQL of $name is not running"
+    fi
+    err="$(mktemp)"
+    rc=0
     in_recovery="$(as_postgres timeout 5 "$(bin_of "$(installed_prefix)")/psql" -X -At -h 127.0.0.1 -p "$pg_port" \
-      -U postgres -d "dbname=postgres connect_timeout=2" -c 'SELECT pg_is_in_recovery()' 2>&1)" ||
-      die "no Patroni answers on 127.0.0.1:$rest_port (connection refused); PostgreSQL of $name runs but: $in_recovery"
-    case "$in_recovery" in
-      f) role=primary ;;
-      t) role=replica ;;
-      *) die "no Patroni answers on 127.0.0.1:$rest_port; pg_is_in_recovery() of $name said '$in_recovery'" ;;
-    esac
-    printf '{"state": "no patroni", "role": "%s", "source": "postgresql", "patroni": "connection refused"}\n' "$role"
+      -U postgres -d "dbname=postgres connect_timeout=2" -c 'SELECT pg_is_in_recovery()' 2>"$err")" || rc=$?
+    psql_err="$(tr '\n' ' ' <"$err")"
+    rm -f "$err"
+    if [ "$rc" = 0 ] && [ "$in_recovery" = t ]; then
+      die "$why; its PostgreSQL runs as a replica"
+    elif [ "$rc" = 0 ] && [ "$in_recovery" = f ]; then
+      printf '{"state": "no patroni", "role": "primary", "source": "postgresql", "patroni": "%s"}\n' "curl exit $rc_curl"
+    elif [ -e "$dir/data/standby.signal" ]; then
+      die "$why; its PostgreSQL runs (pid $pm, a standby: standby.signal) but does not answer: $psql_err"
+    else
+      # Fails safe: a postmaster that may be a primary is taken as one.
+      printf '{"state": "no patroni", "role": "primary", "source": "postmaster without standby.signal", "patroni": "%s"}\n' "curl exit $rc_curl"
+    fi
     ;;
   *) die "unknown command $cmd" ;;
 esac

@@ -191,54 +191,89 @@ async fn baton_upgrades_the_real_cluster_every_member_once_leader_last_and_loses
     );
 }
 
-/// A primary whose Patroni process died (a crash, an OOM kill) leaves its PostgreSQL running and taking writes.
-/// Its node probe is what the emergency exit asks ("does the expected leader say it leads?" before lifting the
-/// fence): it must still say it leads, from PostgreSQL itself, or Baton would resume failover and the replicas
-/// would elect a second primary beside it. The shipped profile reads it as leading and not in service.
+/// A primary whose Patroni process died or hangs (a crash, an OOM kill, a stuck process) leaves its PostgreSQL
+/// running and taking writes. Its node probe is what the emergency exit asks ("does the expected leader say it
+/// leads?" before lifting the fence): it must still say it leads, from PostgreSQL itself, or Baton would resume
+/// failover and the replicas would elect a second primary beside it. The shipped profile reads it as leading and
+/// not in service; a replica without its Patroni gives no observation (not in service, not leading).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_primary_whose_patroni_died_still_says_it_leads_through_its_node_probe() {
     let cluster = PatroniCluster::up().expect("the Patroni cluster comes up");
     let leader = cluster.leader().expect("one leader");
+    let replica = cluster
+        .nodes()
+        .iter()
+        .find(|n| **n != leader)
+        .unwrap()
+        .clone();
     // The upgrade's fence: nobody elects while the leader's Patroni is gone.
     cluster.member_command(&leader, &["pause"]).unwrap();
-    let pid_file = cluster.member_dir(&leader).join("patroni.pid");
-    let pid = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .to_string();
-    // SIGKILL: Patroni gets no chance to stop its PostgreSQL.
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "kill -KILL {pid}");
-    let gone = tests::wait::wait_until(std::time::Duration::from_secs(10), || {
-        !std::path::Path::new(&format!("/proc/{pid}")).exists()
-    })
-    .await;
-    assert!(gone, "Patroni ({pid}) of {leader} still runs after SIGKILL");
-    // Its PostgreSQL still runs.
-    assert_eq!(cluster.running_version(&leader).unwrap(), OLD_VERSION);
+    let patroni_pid = |node: &str| {
+        std::fs::read_to_string(cluster.member_dir(node).join("patroni.pid"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let signal = |pid: &str, sig: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([sig, pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {sig} {pid}");
+    };
+    let node_status = |node: &str| {
+        cluster
+            .member_command(node, &["node-status"])
+            .map(|out| serde_json::from_str::<serde_json::Value>(&out).unwrap())
+    };
 
-    let word: serde_json::Value =
-        serde_json::from_str(&cluster.member_command(&leader, &["node-status"]).unwrap()).unwrap();
+    // Hung (SIGSTOP): its REST API takes the connection and never answers; PostgreSQL answers for it.
+    let pid = patroni_pid(&leader);
+    signal(&pid, "-STOP");
+    let word = node_status(&leader).expect("the leader's node-status while its Patroni hangs");
     assert_eq!(word["role"], "primary", "{word}");
     assert_eq!(word["source"], "postgresql", "{word}");
 
-    // The shipped profile's node probe, run for real: the orphan leads and is not in service; the replicas are
-    // in service and do not lead. (Exit 5: the dead member's REST probes, topology and failover, fail.)
+    // Dead (SIGKILL: Patroni gets no chance to stop its PostgreSQL), on the leader and on a replica.
+    signal(&pid, "-KILL");
+    let replica_pid = patroni_pid(&replica);
+    signal(&replica_pid, "-KILL");
+    for pid in [&pid, &replica_pid] {
+        let gone = tests::wait::wait_until(std::time::Duration::from_secs(10), || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        })
+        .await;
+        assert!(gone, "Patroni ({pid}) still runs after SIGKILL");
+    }
+    // Their PostgreSQL still runs.
+    assert_eq!(cluster.running_version(&leader).unwrap(), OLD_VERSION);
+    assert_eq!(cluster.running_version(&replica).unwrap(), OLD_VERSION);
+    let word = node_status(&leader).expect("the leader's node-status once its Patroni died");
+    assert_eq!(word["role"], "primary", "{word}");
+    assert_eq!(word["state"], "no patroni", "{word}");
+    let refused =
+        node_status(&replica).expect_err("a replica without Patroni gives no observation");
+    assert!(
+        format!("{refused:#}").contains("runs as a replica"),
+        "{refused:#}"
+    );
+
+    // The shipped profile's node probe, run for real: the orphan primary leads and is not in service; the replica
+    // with its Patroni is in service and does not lead. (Exit 5: the dead members' probes fail.)
     let (code, seen) = crate::profile::check_report(
         &crate::profile::shipped("patroni.toml"),
         cluster.cluster_file(),
     );
     assert_eq!(code, Some(5), "{seen:#}");
-    let nodes = crate::profile::observed(&seen, "node");
-    assert_eq!(nodes.len(), 3, "{seen:#}");
-    for (node, reading) in nodes {
-        if node == leader {
-            assert_eq!(reading["leads"], true, "{node}: {seen:#}");
-            assert_eq!(reading["up"], false, "{node}: {seen:#}");
-        } else {
+    let nodes: std::collections::BTreeMap<String, serde_json::Value> =
+        crate::profile::observed(&seen, "node")
+            .into_iter()
+            .collect();
+    assert_eq!(nodes[&leader]["leads"], true, "{leader}: {seen:#}");
+    assert_eq!(nodes[&leader]["up"], false, "{leader}: {seen:#}");
+    assert!(nodes[&replica].is_null(), "{replica}: {seen:#}");
+    for (node, reading) in &nodes {
+        if *node != leader && *node != replica {
             assert_eq!(reading["leads"], false, "{node}: {seen:#}");
             assert_eq!(reading["up"], true, "{node}: {seen:#}");
         }
