@@ -22,7 +22,7 @@
 //! `BATON_CHAOS_ROUNDS=25 BATON_CHAOS_REPORT=chaos.json cargo test -p tests
 //! --test integration chaos -- --nocapture` (rounds per kind; the summary is
 //! written as JSON and printed), or `BATON_CHAOS_PLAN=service_kill=50,...` for
-//! a count per kind (`tests/CHAOS.md` has the last long run). Rounds run three at a time
+//! a count per kind (`tests/CHAOS.md` has the last long run). Rounds run two at a time
 //! (`BATON_CHAOS_PARALLEL=1` for one after another).
 
 use std::collections::BTreeMap;
@@ -221,15 +221,17 @@ fn upgrades_survive_one_fault_per_round() {
             .collect(),
         Err(_) => ALL.iter().map(|f| (*f, per_kind)).collect(),
     };
-    // Rounds side by side (default 3): each has its own NATS server, service, executors and simulator (Env), and
-    // a round is mostly waiting (sync times, freezes, restarts, timeouts), so three at once take about a third of
-    // the wall time of one after another (152 s -> about 60 s for the 11 default rounds). A round's seed, and so
-    // what it injects and when (counted in the upgrade's events), does not depend on its neighbours.
+    // Rounds side by side (default 2): each has its own NATS server, service, executors and simulator (Env), and
+    // a round is mostly waiting (sync times, freezes, restarts, timeouts). Three at once took 112 s against 152 s
+    // one after another (load 10-13), but the rounds then compete for the 2 cores with each other and with the
+    // tests beside them (each status poll starts a `baton status`); two keep more headroom for every timeout. A
+    // round's seed, and so what it injects and when (counted in the upgrade's events), does not depend on its
+    // neighbours.
     let parallel: usize = std::env::var("BATON_CHAOS_PARALLEL")
         .ok()
         .and_then(|n| n.parse().ok())
         .filter(|n| *n > 0)
-        .unwrap_or(3);
+        .unwrap_or(2);
     let most = plan.iter().map(|(_, n)| *n).max().unwrap_or(0);
     // Interleave the kinds, so that a long run is spread evenly over time.
     let mut order = Vec::new();
@@ -263,8 +265,14 @@ fn upgrades_survive_one_fault_per_round() {
                 })
             })
             .collect();
-        for thread in threads {
-            rounds.push(thread.join().expect("a chaos round's thread"));
+        // Every round of the batch is joined before any failure is raised: a round left running would outlive the
+        // test with its processes, and its own failure would go unreported.
+        let joined: Vec<_> = threads.into_iter().map(|t| t.join()).collect();
+        for (n, round) in joined.into_iter().enumerate() {
+            match round {
+                Ok(round) => rounds.push(round),
+                Err(_) => panic!("chaos round {:?} panicked (its output is above)", batch[n]),
+            }
         }
     }
     let summary = summarise(&rounds);
