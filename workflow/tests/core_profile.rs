@@ -2417,3 +2417,51 @@ fn a_round_cut_by_a_restart_is_published_again_whole_and_goes_on_from_the_log() 
     assert_eq!(decisions(&again.history), decisions(&run.history));
     assert_eq!(status(&again.state), Status::Completed);
 }
+
+/// What `baton status` shows during a round (hostile review 6 #8): every probe of the round the upgrade still
+/// waits on, not only the first; nothing of a round once it is judged.
+#[cfg(feature = "service")]
+#[test]
+fn status_shows_every_probe_of_a_round_still_out() {
+    use workflow::service::view::status_view;
+    let (mut run, mut etcd, round_steps) = at_the_first_node_round();
+    let (leader, other) = (&round_steps[0], &round_steps[1]);
+    let out = |run: &Run| {
+        let view = status_view("u", &run.state, run.history.len() as u64);
+        view.round.map(|r| {
+            let out: Vec<(u64, String, String, Option<u64>)> = r
+                .out
+                .iter()
+                .map(|s| (s.step, s.node.clone(), s.action.clone(), s.scheduled_ms))
+                .collect();
+            (r.probes, out)
+        })
+    };
+    let sent = |s: &ScheduledStep| {
+        (
+            s.step,
+            s.node.clone(),
+            s.action.as_str().to_string(),
+            Some(run.state.scheduled_ms(s)),
+        )
+    };
+    let both = (2, vec![sent(leader), sent(other)]);
+    let only_other = (2, vec![sent(other)]);
+    assert_eq!(out(&run), Some(both));
+    // The leader's probe answers: the view shows the round still waiting on the other member.
+    let r = etcd.run(leader);
+    run.finish(leader, r);
+    assert_eq!(out(&run), Some(only_other));
+    // Once the round is judged (and the next decision is a topology alone), no round is shown.
+    let r = etcd.run(other);
+    run.finish(other, r);
+    assert_eq!(out(&run), None);
+    let view = status_view("u", &run.state, run.history.len() as u64);
+    assert_eq!(
+        view.current.map(|s| s.action),
+        Some("probe_cluster_status".to_string())
+    );
+    // A view without a round keeps the form it always had: no `round` key at all.
+    let json = serde_json::to_value(&status_view("u", &run.state, 1)).unwrap();
+    assert!(json.get("round").is_none(), "{json}");
+}

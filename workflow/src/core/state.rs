@@ -623,6 +623,17 @@ impl State {
             .collect()
     }
 
+    /// The probes of the round the core waits on (scheduled together in one decision, `decide::round_of`), in
+    /// step order, each with its outcome once it came: empty outside a round (a single step is no round) and
+    /// once the round is abandoned (an emergency exit or an abort no longer waits on it). What `status` shows,
+    /// so that an operator sees every probe the upgrade waits on, not only the first.
+    pub fn round_steps(&self) -> Vec<&StepRecord> {
+        self.round
+            .iter()
+            .filter_map(|s| self.steps.get(s))
+            .collect()
+    }
+
     /// When the service should wake the core with `Tick`: the outstanding step's deadline, or the end of a
     /// retry/poll wait (not while paused). `None`: nothing is timed.
     pub fn next_wakeup_ms(&self) -> Option<u64> {
