@@ -2465,3 +2465,121 @@ fn status_shows_every_probe_of_a_round_still_out() {
     let json = serde_json::to_value(&status_view("u", &run.state, 1)).unwrap();
     assert!(json.get("round").is_none(), "{json}");
 }
+
+/// The history with the round of `a` and `b` recorded in the other order (their nodes, groups and argv
+/// swapped): a round this decider never asks, as a log of another version of Baton could hold (round membership
+/// is read from the log).
+fn with_round_swapped(history: &[Event], a: u64, b: u64) -> Vec<Event> {
+    let mut history = history.to_vec();
+    let at = |h: &[Event], step: u64| {
+        h.iter()
+            .position(|e| matches!(e, Event::StepScheduled { step: s, .. } if *s == step))
+            .expect("scheduled")
+    };
+    let (ia, ib) = (at(&history, a), at(&history, b));
+    let (ea, eb) = (history[ia].clone(), history[ib].clone());
+    for (i, from) in [(ia, eb), (ib, ea)] {
+        if let (
+            Event::StepScheduled {
+                node, group, argv, ..
+            },
+            Event::StepScheduled {
+                node: n,
+                group: g,
+                argv: v,
+                ..
+            },
+        ) = (&mut history[i], from)
+        {
+            (*node, *group, *argv) = (n, g, v);
+        }
+    }
+    history
+}
+
+/// Hostile review 6 #4: a round whose first probe is not the one a one-at-a-time run would ask now is not judged;
+/// it is a check that did not pass, named, and it counts toward `sync_timeout` like any other: a poll a poll
+/// interval long within it, a wind-down past it (before: a poll of no length, whatever the time).
+#[test]
+fn a_round_that_one_at_a_time_would_not_ask_is_a_failed_check_that_counts_toward_sync_timeout() {
+    let (run, etcd, round_steps) = at_the_first_node_round();
+    let history = with_round_swapped(&run.history, round_steps[0].step, round_steps[1].step);
+    let (_, _, item_started) = workflow::core::replay(&history)
+        .current_plan_item()
+        .expect("an item in progress");
+    for late in [false, true] {
+        let mut model = Etcd::new(1);
+        model.members = etcd.members.clone();
+        let mut tampered = Run {
+            state: workflow::core::replay(&history),
+            history: history.clone(),
+            now: if late { item_started + 20_000 } else { run.now },
+        };
+        let swapped = tampered.state.outstanding_steps();
+        assert_eq!(
+            swapped.iter().map(label).collect::<Vec<_>>(),
+            round(&["node@m3", "node@m2"])
+        );
+        let from = tampered.history.len();
+        for s in &swapped {
+            let r = model.run(s);
+            tampered.finish(s, r);
+        }
+        let decided = tampered.history[from..].to_vec();
+        let problems = decided
+            .iter()
+            .find_map(|e| match e {
+                Event::CheckEvaluated {
+                    passed: false,
+                    problems,
+                    step,
+                    ..
+                } if *step == swapped[0].step => Some(problems.join("; ")),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no failed check naming the mismatch: {decided:#?}"));
+        assert!(
+            problems.contains("round probe mismatch")
+                && problems.contains("probe_status on m3")
+                && problems.contains("would ask probe_status on m2"),
+            "{problems}"
+        );
+        // Neither probe is judged as a guard observation: both only recorded.
+        assert_eq!(judged(&decided, swapped[1].step), (1, None), "{decided:#?}");
+        let wind_down = decided.iter().find_map(|e| match e {
+            Event::WindDownStarted { reason, .. } => Some(reason.clone()),
+            _ => None,
+        });
+        if late {
+            let reason = wind_down.expect("past sync_timeout the upgrade winds down");
+            assert!(
+                reason.contains("did not pass within 20000 ms")
+                    && reason.contains("round probe mismatch"),
+                "{reason}"
+            );
+            drive_rounds(&mut tampered, Answer::AsScheduled, 5_000, |s| model.run(s));
+            assert!(
+                matches!(status(&tampered.state), Status::Halted { .. }),
+                "{:?}",
+                status(&tampered.state)
+            );
+        } else {
+            assert_eq!(wind_down, None);
+            let poll = decided.iter().find_map(|e| match e {
+                Event::WaitStarted {
+                    purpose: workflow::core::WaitPurpose::Poll,
+                    until_ms,
+                } => Some(*until_ms),
+                _ => None,
+            });
+            assert_eq!(
+                poll,
+                Some(tampered.now + 500),
+                "a poll interval: {decided:#?}"
+            );
+            // Then the checks start again with this decider's own rounds, and the upgrade completes.
+            drive_rounds(&mut tampered, Answer::AsScheduled, 5_000, |s| model.run(s));
+            assert_eq!(status(&tampered.state), Status::Completed);
+        }
+    }
+}

@@ -904,17 +904,70 @@ fn round_decisions(state: &State, now: u64) -> Option<Vec<Event>> {
             observation: observe(state, first),
         }]);
     }
-    // The next probe of the round must be the one a step-by-step run would ask now. It always is (a round holds
-    // no topology beside other probes, and node probes change no later probe's target); should that ever not
-    // hold, the round's judgment ends here and the checks start again after a poll, rather than count a probe
-    // for another.
-    if state.current == Some(s.step) && next_probe(state) != Some((s.action, s.node.clone())) {
-        return Some(vec![Event::WaitStarted {
-            purpose: WaitPurpose::Poll,
-            until_ms: now,
-        }]);
+    // The next probe of the round must be the one a step-by-step run would ask now. This decider's rounds always
+    // are (a round holds no topology beside other probes, and no observation of a node probe changes a later
+    // probe's target), but round membership is read from the log: a log another version of Baton wrote may hold
+    // a round this one would not ask. Then the round's judgment ends here, as a check that did not pass and
+    // names why (never a probe counted for another): the checks start again after a poll, and that counts
+    // toward `sync_timeout` like any other unsettled check, so a round that never matches cannot poll forever.
+    let asked = next_probe(state);
+    if state.current == Some(s.step) && asked.as_ref() != Some(&(s.action, s.node.clone())) {
+        let wanted = asked.map_or_else(
+            || "no probe".to_string(),
+            |(action, node)| format!("{action} on {node}"),
+        );
+        let problem = format!(
+            "round probe mismatch: step {} of the round asks {} on {}, where a one-at-a-time run would ask {wanted} \
+             now",
+            s.step, s.action, s.node
+        );
+        return Some(unsettled_check(state, first, problem, now));
     }
     None
+}
+
+/// A check that did not pass for `problem`, outside any one observation's finding (a round probe mismatch): in
+/// preflight the upgrade is refused; inside an item the checks start again after a poll, and once the item has
+/// run for `sync_timeout_ms` it winds down, exactly as an unsettled guard or health check does.
+fn unsettled_check(state: &State, record: &StepRecord, problem: String, now: u64) -> Vec<Event> {
+    let s = &record.scheduled;
+    let check = Event::CheckEvaluated {
+        step: s.step,
+        node: s.node.clone(),
+        passed: false,
+        problems: vec![problem.clone()],
+    };
+    let Some(cursor) = state.cursor.as_ref().filter(|_| state.plan.is_some()) else {
+        return vec![
+            check,
+            wind_down(
+                format!("preflight refused: {problem}; {}", describe_step(record)),
+                now,
+            ),
+        ];
+    };
+    let upgrade = &sub(state).cluster.upgrade;
+    if now >= cursor.started_ms.saturating_add(upgrade.sync_timeout_ms) {
+        return vec![
+            check,
+            wind_down(
+                format!(
+                    "the checks of plan item {} did not pass within {} ms; last: {problem}; {}",
+                    cursor.index.saturating_add(1),
+                    upgrade.sync_timeout_ms,
+                    describe_step(record)
+                ),
+                now,
+            ),
+        ];
+    }
+    vec![
+        check,
+        Event::WaitStarted {
+            purpose: WaitPurpose::Poll,
+            until_ms: now.saturating_add(upgrade.poll_interval_ms),
+        },
+    ]
 }
 
 fn one(scheduled: Result<Event, String>, now: u64) -> Vec<Event> {
