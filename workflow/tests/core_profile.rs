@@ -2583,3 +2583,177 @@ fn a_round_that_one_at_a_time_would_not_ask_is_a_failed_check_that_counts_toward
         }
     }
 }
+
+/// Drives a Patroni upgrade (pg1 leading, fenced) until a round of more than one probe is out; returns it.
+fn patroni_at_a_round(text: &str) -> (Run, Patroni, Vec<ScheduledStep>) {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(text))).unwrap();
+    let mut pg = Patroni::new(0);
+    for _ in 0..1_000 {
+        let out = run.state.outstanding_steps();
+        if out.len() > 1 && pg.paused {
+            return (run, pg, out);
+        }
+        match out.first() {
+            Some(step) => {
+                let r = pg.run(step);
+                run.finish(step, r);
+            }
+            None => {
+                run.tick();
+            }
+        }
+    }
+    panic!("no round after the fence: {:?}", pg.journal);
+}
+
+/// Hostile review 6 #6: an operator's abort mid-round does not wait for the round's probes (read-only: nothing
+/// they show changes what the wind-down must do first); the wind-down goes on at once, and the results that come
+/// later are recorded, never judged. S1 holds for actions: the fence's unblock goes out only beside probes that
+/// are abandoned (no round is out).
+#[test]
+fn an_abort_mid_round_does_not_wait_for_its_probes_whose_late_results_are_only_recorded() {
+    let (mut run, mut pg, abandoned) = patroni_at_a_round(&patroni_profile_text());
+    assert_eq!(
+        abandoned.iter().map(label).collect::<Vec<_>>(),
+        round(&["node@pg1", "node@pg3", "fence@pg1"])
+    );
+    let now = run.now + 1;
+    let events = run
+        .input(Input::Abort {
+            by: "op".into(),
+            reason: "stop now".into(),
+            now_ms: now,
+        })
+        .unwrap();
+    let fresh = common::scheduled(&events);
+    assert!(
+        !fresh.is_empty(),
+        "the abort waited for the round: {events:#?}"
+    );
+    assert!(run.state.round_steps().is_empty());
+    assert_eq!(
+        run.state.next_wakeup_ms(),
+        fresh.iter().map(|s| s.deadline_ms).min(),
+        "only the wind-down's own steps are waited for"
+    );
+    let is_abandoned = |s: &ScheduledStep| abandoned.iter().any(|a| a.step == s.step);
+    let mut late_delivered = false;
+    for _ in 0..1_000 {
+        if run.state.is_terminal() {
+            break;
+        }
+        let out = run.state.outstanding_steps();
+        let live: Vec<&ScheduledStep> = out.iter().filter(|s| !is_abandoned(s)).collect();
+        if let Some(action) = live.iter().find(|s| !s.action.is_probe()) {
+            // S1: an action is out only alone, or beside abandoned probes; no round is being waited on.
+            assert_eq!(live.len(), 1, "an action beside a live step: {live:?}");
+            assert!(run.state.round_steps().is_empty());
+            if !late_delivered {
+                // The abandoned probes answer now, late: recorded, nothing judged or decided on them.
+                for s in &abandoned {
+                    let r = pg.run(s);
+                    let events = run.finish(s, r);
+                    assert!(
+                        matches!(events[..], [Event::StepResultRecorded { step, .. }] if step == s.step),
+                        "a late result of an abandoned probe decided: {events:#?}"
+                    );
+                }
+                late_delivered = true;
+            }
+            let r = pg.run(action);
+            run.finish(action, r);
+            continue;
+        }
+        match live.first() {
+            Some(step) => {
+                let r = pg.run(step);
+                run.finish(step, r);
+            }
+            None => {
+                run.tick();
+            }
+        }
+    }
+    assert!(late_delivered, "an action went out during the wind-down");
+    assert!(
+        matches!(
+            status(&run.state),
+            Status::Aborted {
+                failover_pending: None,
+                ..
+            }
+        ),
+        "{:?}",
+        status(&run.state)
+    );
+    assert!(!pg.paused, "the fence was lifted: {:?}", pg.journal);
+    for s in &abandoned {
+        assert_eq!(judged(&run.history, s.step), (0, None), "step {}", s.step);
+    }
+    workflow::core::verify(&run.history).expect("verify");
+    assert_eq!(workflow::core::replay(&run.history), run.state);
+}
+
+/// A pause mid-round (hostile review 6 #6): a pause stops new work, not the handling of results. The round's
+/// probes are still awaited (each deadline armed) and their observations recorded, but not judged: the pause
+/// ended the round's judgment. Nothing new goes out while paused (etcd has no fence, so no watch); on resume the
+/// guard starts again from its topology, and the action runs only after a whole fresh guard.
+#[test]
+fn a_pause_mid_round_records_the_round_unjudged_and_the_guard_starts_again_on_resume() {
+    let (mut run, mut etcd, round_steps) = at_the_first_node_round();
+    let now = run.now + 1;
+    let events = run
+        .input(Input::Pause {
+            by: "op".into(),
+            reason: "look".into(),
+            now_ms: now,
+        })
+        .unwrap();
+    assert!(
+        matches!(events[..], [Event::UpgradePaused { .. }]),
+        "{events:#?}"
+    );
+    assert_eq!(run.state.outstanding_steps(), round_steps);
+    assert_eq!(
+        run.state.next_wakeup_ms(),
+        round_steps.iter().map(|s| s.deadline_ms).min()
+    );
+    let from = run.history.len();
+    for s in &round_steps {
+        let r = etcd.run(s);
+        run.finish(s, r);
+    }
+    let decided = run.history[from..].to_vec();
+    for s in &round_steps {
+        assert_eq!(judged(&decided, s.step), (1, None), "{decided:#?}");
+    }
+    assert!(common::scheduled(&decided).is_empty(), "{decided:#?}");
+    assert!(run.state.outstanding_steps().is_empty());
+    assert!(matches!(status(&run.state), Status::Paused { .. }));
+    let now = run.now + 1;
+    let resumed = run
+        .input(Input::Resume {
+            by: "op".into(),
+            now_ms: now,
+        })
+        .unwrap();
+    assert_eq!(
+        common::scheduled(&resumed)
+            .iter()
+            .map(label)
+            .collect::<Vec<_>>(),
+        round(&["topology@m2"])
+    );
+    let batches = drive_rounds(&mut run, Answer::AsScheduled, 5_000, |s| etcd.run(s));
+    assert_eq!(
+        batches[..3],
+        [
+            round(&["node@m2", "node@m3"]),
+            round(&["topology@m2"]),
+            round(&["stop@m1"]),
+        ]
+    );
+    assert_eq!(status(&run.state), Status::Completed);
+    workflow::core::verify(&run.history).expect("verify");
+}

@@ -1311,6 +1311,7 @@ impl State {
                     .iter()
                     .find(|(_, p)| matches!(p.phase, NodePhase::Upgrading | NodePhase::Syncing))
                     .map(|(n, _)| n.clone());
+                let first_wind_down = self.wind_down.is_none();
                 let recover = match (&self.wind_down, cause) {
                     // The emergency exit re-enables failover first, then still brings back a node it stopped.
                     (Some(w), WindDownCause::Emergency) if w.cause != WindDownCause::Emergency => w
@@ -1336,12 +1337,20 @@ impl State {
                     recover,
                     left: Vec::new(),
                 });
-                // The emergency exit does not wait for a probe still out (it may be asking a dead node).
+                // The emergency exit does not wait for a probe still out (it may be asking a dead node); nor does
+                // an operator's abort under a profile with probe rounds (a round may wait on a dead node for a
+                // whole deadline). Probes are read-only: nothing they could show changes what a wind-down must do
+                // first, and an abandoned probe's result, if it comes, is recorded, never judged (no observation
+                // of it is made: only the current step's and the round's are). Built-in profiles' aborts keep
+                // waiting for their one probe, as their logs record.
+                let rounds = self.sub.as_ref().is_some_and(|s| s.profile.probe_rounds);
+                let drops_probes = *cause == WindDownCause::Emergency
+                    || (*cause == WindDownCause::Abort && rounds && first_wind_down);
                 let round_out = self
                     .round
                     .iter()
                     .any(|s| self.steps.get(s).is_some_and(|r| r.outcome.is_none()));
-                let abandon = *cause == WindDownCause::Emergency
+                let abandon = drops_probes
                     && (round_out
                         || self
                             .current_record()
