@@ -801,27 +801,45 @@ pub(crate) fn next_decisions(state: &State, now: u64) -> Vec<Event> {
 pub const ROUND_PROBES_PER_NODE: usize = 4;
 
 /// The probes of `probes[from..]` asked together as one round: the probe at `from`, then the ones after it for as
-/// long as each is read-only, asks no topology and no node already asked [`ROUND_PROBES_PER_NODE`] times in it.
-/// A topology is a round of its own: the probes after it are chosen from what it shows (the leader's node probe,
-/// a live node to ask), and the guard's last look stays the last.
-pub(crate) fn round_of(probes: &[(Action, String)], from: usize) -> &[(Action, String)] {
+/// long as each is read-only, is no look at the leader (`names_leader`) and asks no node already asked
+/// [`ROUND_PROBES_PER_NODE`] times in it. A look at the leader is a round of its own: the probes after a topology
+/// are chosen from what it shows (the leader's node probe, a live node to ask), and the guard's last look must be
+/// the last one *run*, not only the last judged (a round's probes run in any order: a failover probe that names
+/// the leader, run before the leader's node probe beside it, would vouch for a leader that has moved since).
+pub(crate) fn round_of(
+    probes: &[(Action, String)],
+    from: usize,
+    names_leader: impl Fn(Action) -> bool,
+) -> &[(Action, String)] {
     let Some((first, _)) = probes.get(from) else {
         return &[];
     };
     let mut end = from + 1;
-    if *first != Action::ProbeClusterStatus && first.is_probe() {
+    if !names_leader(*first) && first.is_probe() {
         while let Some((action, node)) = probes.get(end) {
             let node_asked = probes[from..end].iter().filter(|(_, n)| n == node).count();
-            if !action.is_probe()
-                || *action == Action::ProbeClusterStatus
-                || node_asked >= ROUND_PROBES_PER_NODE
-            {
+            if !action.is_probe() || names_leader(*action) || node_asked >= ROUND_PROBES_PER_NODE {
                 break;
             }
             end += 1;
         }
     }
     &probes[from..end]
+}
+
+/// Whether `action`'s observation names the leader, so that the guard judges the leader by it: the topology, and
+/// a failover probe read by a built-in reader (chef-backend's `cluster-status --json` names the leader; a profile
+/// file's own fence parsers read only whether failover is blocked).
+fn names_leader(state: &State, action: Action) -> bool {
+    match action {
+        Action::ProbeClusterStatus => true,
+        Action::ProbeFailover => sub(state).profile.reader.as_ref().is_none_or(|r| {
+            r.0.failover
+                .as_ref()
+                .is_some_and(|p| matches!(p.parse, super::profile_file::Parser::Builtin { .. }))
+        }),
+        _ => false,
+    }
 }
 
 /// Schedules `probes[from]`, or, where the profile asks for rounds, the whole round starting there (one decision,
@@ -833,7 +851,7 @@ fn schedule_probes(
     now: u64,
 ) -> Vec<Event> {
     let round = if sub(state).profile.probe_rounds {
-        round_of(probes, from)
+        round_of(probes, from, |a| names_leader(state, a))
     } else {
         probes.get(from..from.saturating_add(1)).unwrap_or(&[])
     };
