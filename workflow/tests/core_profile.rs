@@ -2757,3 +2757,124 @@ fn a_pause_mid_round_records_the_round_unjudged_and_the_guard_starts_again_on_re
     assert_eq!(status(&run.state), Status::Completed);
     workflow::core::verify(&run.history).expect("verify");
 }
+
+/// Hostile review 6 #9: the Patroni profile with its fence up for the whole upgrade, every round answered in
+/// reverse order: exactly the decisions of the run answered in order, the fence lifted at the end, the leader
+/// last.
+#[test]
+fn a_fenced_patroni_upgrade_answered_out_of_order_decides_exactly_as_in_order() {
+    let run_in = |order: Answer| {
+        let mut run = Run::new();
+        run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+            .unwrap();
+        let mut pg = Patroni::new(0);
+        let batches = drive_rounds(&mut run, order, 5_000, |s| pg.run(s));
+        assert_eq!(status(&run.state), Status::Completed);
+        assert!(!pg.paused, "the fence was lifted: {:?}", pg.journal);
+        assert_eq!(pg.installed, ["15.20"; 3]);
+        assert_eq!(pg.leaderless, 0);
+        assert!(!pg.split_brain);
+        workflow::core::verify(&run.history).expect("verify");
+        assert_eq!(workflow::core::replay(&run.history), run.state);
+        (run, batches, pg.journal)
+    };
+    let (forward, forward_batches, forward_journal) = run_in(Answer::AsScheduled);
+    let (backward, backward_batches, backward_journal) = run_in(Answer::Reversed);
+    assert_round_rules(&forward_batches);
+    assert!(
+        forward_batches
+            .iter()
+            .any(|b| b.len() > 1 && b.iter().any(|l| l.starts_with("fence@"))),
+        "a round with the fence probe in it: {forward_batches:?}"
+    );
+    assert_eq!(forward_batches, backward_batches);
+    assert_eq!(decisions(&forward.history), decisions(&backward.history));
+    assert_eq!(forward_journal, backward_journal);
+    assert_eq!(
+        forward_journal
+            .last()
+            .map(|(n, a)| (n.as_str(), a.as_str())),
+        Some(("pg2", "unblock_failover"))
+    );
+}
+
+/// Hostile review 6 #9: an executor that refuses a probe of a round (`rejected`: it ran nothing) is an answer like
+/// any other: the round is judged in step order once every probe has one, the refused probe's check fails (no
+/// observation: settle and poll, not unreachable), and a refusal of the first probe leaves the later ones recorded
+/// unjudged. The guard then starts again and the upgrade completes.
+#[test]
+fn a_rejected_probe_in_a_round_is_judged_in_its_turn_and_the_guard_starts_again() {
+    let rejected = (Outcome::Rejected, None, String::new(), String::new());
+    for refused in [0, 1] {
+        let (mut run, mut etcd, round_steps) = at_the_first_node_round();
+        let from = run.history.len();
+        // Answered in reverse: the refusal of `refused`, the other one answered by the model.
+        for (i, s) in round_steps.iter().enumerate().rev() {
+            let r = if i == refused {
+                rejected.clone()
+            } else {
+                etcd.run(s)
+            };
+            run.finish(s, r);
+        }
+        let decided = run.history[from..].to_vec();
+        let (first, second) = (&round_steps[0], &round_steps[1]);
+        if refused == 0 {
+            assert_eq!(
+                judged(&decided, first.step),
+                (1, Some(false)),
+                "{decided:#?}"
+            );
+            assert_eq!(judged(&decided, second.step), (1, None), "{decided:#?}");
+        } else {
+            assert_eq!(
+                judged(&decided, first.step),
+                (1, Some(true)),
+                "{decided:#?}"
+            );
+            assert_eq!(
+                judged(&decided, second.step),
+                (1, Some(false)),
+                "{decided:#?}"
+            );
+        }
+        let problems = decided
+            .iter()
+            .find_map(|e| match e {
+                Event::CheckEvaluated {
+                    passed: false,
+                    problems,
+                    ..
+                } => Some(problems.join("; ")),
+                _ => None,
+            })
+            .expect("a failed check");
+        assert!(
+            problems.contains("probe unavailable") && problems.contains("outcome rejected"),
+            "{problems}"
+        );
+        assert!(
+            decided.iter().any(|e| matches!(
+                e,
+                Event::WaitStarted {
+                    purpose: workflow::core::WaitPurpose::Poll,
+                    ..
+                }
+            )),
+            "{decided:#?}"
+        );
+        assert!(common::scheduled(&decided).is_empty(), "{decided:#?}");
+        let batches = drive_rounds(&mut run, Answer::AsScheduled, 5_000, |s| etcd.run(s));
+        assert_eq!(
+            batches[..4],
+            [
+                round(&["topology@m2"]),
+                round(&["node@m2", "node@m3"]),
+                round(&["topology@m2"]),
+                round(&["stop@m1"]),
+            ]
+        );
+        assert_eq!(status(&run.state), Status::Completed);
+        workflow::core::verify(&run.history).expect("verify");
+    }
+}
