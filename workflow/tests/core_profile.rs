@@ -2462,7 +2462,7 @@ fn status_shows_every_probe_of_a_round_still_out() {
         Some("probe_cluster_status".to_string())
     );
     // A view without a round keeps the form it always had: no `round` key at all.
-    let json = serde_json::to_value(&status_view("u", &run.state, 1)).unwrap();
+    let json = serde_json::to_value(status_view("u", &run.state, 1)).unwrap();
     assert!(json.get("round").is_none(), "{json}");
 }
 
