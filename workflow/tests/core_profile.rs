@@ -2878,3 +2878,28 @@ fn a_rejected_probe_in_a_round_is_judged_in_its_turn_and_the_guard_starts_again(
         workflow::core::verify(&run.history).expect("verify");
     }
 }
+
+/// After an abort abandons a round, `status` shows the step the wind-down waits on, not an abandoned probe.
+#[cfg(feature = "service")]
+#[test]
+fn after_an_abort_mid_round_status_shows_the_wind_downs_step_not_an_abandoned_probe() {
+    use workflow::service::view::status_view;
+    let (mut run, _pg, abandoned) = patroni_at_a_round(&patroni_profile_text());
+    let now = run.now + 1;
+    let events = run
+        .input(Input::Abort {
+            by: "op".into(),
+            reason: "stop now".into(),
+            now_ms: now,
+        })
+        .unwrap();
+    let fresh = common::scheduled(&events);
+    let view = status_view("u", &run.state, run.history.len() as u64);
+    assert!(view.round.is_none());
+    assert_eq!(
+        view.current.map(|s| s.step),
+        fresh.first().map(|s| s.step),
+        "abandoned: {:?}",
+        abandoned.iter().map(|s| s.step).collect::<Vec<_>>()
+    );
+}

@@ -634,6 +634,18 @@ impl State {
             .collect()
     }
 
+    /// The step the core waits on now, if any: the current step or the first of its round still without a
+    /// result; never a probe an emergency exit or an abort abandoned (still outstanding, but nothing waits on it).
+    pub fn awaited_step(&self) -> Option<&ScheduledStep> {
+        self.current
+            .iter()
+            .chain(&self.round)
+            .filter_map(|s| self.steps.get(s))
+            .filter(|r| r.outcome.is_none())
+            .min_by_key(|r| r.scheduled.step)
+            .map(|r| &r.scheduled)
+    }
+
     /// When the service should wake the core with `Tick`: the outstanding step's deadline, or the end of a
     /// retry/poll wait (not while paused). `None`: nothing is timed.
     pub fn next_wakeup_ms(&self) -> Option<u64> {

@@ -17,10 +17,13 @@ pub fn list_row(
 /// The view of one upgrade; `events` is the number of events in its log.
 pub fn status_view(upgrade: &str, state: &State, events: u64) -> StatusView {
     let (status, reason) = status_words(&state.status());
+    // The step the upgrade waits on; only when it waits on none, an outstanding one (a probe abandoned by the
+    // emergency exit or an abort, whose result may still come), as before.
     let current = state
-        .outstanding_steps()
-        .first()
-        .map(|step| step_view(state, step));
+        .awaited_step()
+        .cloned()
+        .or_else(|| state.outstanding_steps().into_iter().next())
+        .map(|step| step_view(state, &step));
     let round = state.round_steps();
     let round = (!round.is_empty()).then(|| RoundView {
         probes: round.len(),
