@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use workflow::core::{Event, Observation, Outcome, PlanItem};
-use workflow::service::api::{LoggedEvent, StatusView};
+use workflow::service::api::{LoggedEvent, StatusView, StepView};
 
 /// Follows a log and renders each event as one timeline line, with the time
 /// since submission. Polling is folded: a probe that succeeds prints only what
@@ -515,23 +515,41 @@ fn status_block_raw(view: &StatusView, now_ms: u64) -> String {
                 .unwrap_or_default()
         ));
     }
-    if let Some(step) = &view.current {
-        let running = step
-            .scheduled_ms
-            .map(|t| format!("running {}, ", duration(now_ms.saturating_sub(t))))
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "step {}.{} on {}: {} `{}` ({running}timeout {})\n",
-            step.step,
-            step.attempt,
-            step.node,
-            step.action,
-            step.argv.join(" "),
-            duration(step.timeout_ms)
-        ));
+    match (&view.round, &view.current) {
+        // A round of probes: every probe of it the upgrade still waits on, each on its own line.
+        (Some(round), _) => {
+            out.push_str(&format!(
+                "round of {} probes, {} out:\n",
+                round.probes,
+                round.out.len()
+            ));
+            for step in &round.out {
+                out.push_str(&format!("  {}", step_line(step, "out", now_ms)));
+            }
+        }
+        (None, Some(step)) => out.push_str(&step_line(step, "running", now_ms)),
+        (None, None) => {}
     }
     out.push_str(&node_table(view, now_ms));
     out
+}
+
+/// One step in flight: `step 7.1 on n1: probe_status `argv` (running 1.2s, timeout 30.0s)`; `since` says how
+/// its time so far is worded.
+fn step_line(step: &StepView, since: &str, now_ms: u64) -> String {
+    let elapsed = step
+        .scheduled_ms
+        .map(|t| format!("{since} {}, ", duration(now_ms.saturating_sub(t))))
+        .unwrap_or_default();
+    format!(
+        "step {}.{} on {}: {} `{}` ({elapsed}timeout {})\n",
+        step.step,
+        step.attempt,
+        step.node,
+        step.action,
+        step.argv.join(" "),
+        duration(step.timeout_ms)
+    )
 }
 
 /// The per-node table: what the cluster last showed of each node (`unknown`
@@ -807,7 +825,7 @@ pub fn plan_block(plan: &workflow::core::Plan, hash: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use workflow::service::api::{FactTimes, NodeView, StatusView};
+    use workflow::service::api::{FactTimes, NodeView, RoundView, StatusView, StepView};
 
     fn view() -> StatusView {
         let node = |name: &str, role: Option<&str>, services: Option<&str>| NodeView {
@@ -832,6 +850,7 @@ mod tests {
             phase: "followers".into(),
             target_version: Some("3.1.0-1".into()),
             current: None,
+            round: None,
             item: None,
             nodes: vec![
                 node("backend-1", Some("leader"), Some("running")),
@@ -844,6 +863,60 @@ mod tests {
             updated_ms: Some(9_000),
             events: 12,
         }
+    }
+
+    fn step(step: u64, node: &str, scheduled_ms: u64) -> StepView {
+        StepView {
+            step,
+            attempt: 1,
+            node: node.into(),
+            action: "probe_status".into(),
+            argv: vec!["etcdctl".into(), "endpoint".into(), "health".into()],
+            scheduled_ms: Some(scheduled_ms),
+            timeout_ms: 10_000,
+            deadline_ms: scheduled_ms + 15_000,
+        }
+    }
+
+    #[test]
+    fn a_single_step_in_flight_is_one_line() {
+        let mut v = view();
+        v.current = Some(step(7, "m1", 8_000));
+        let block = super::status_block_at(&v, 10_000);
+        let lines: Vec<&str> = block.lines().filter(|l| l.contains("step ")).collect();
+        assert_eq!(
+            lines,
+            ["step 7.1 on m1: probe_status `etcdctl endpoint health` (running 2.0s, timeout 10.0s)"],
+            "{block}"
+        );
+        assert!(!block.contains("round"), "{block}");
+    }
+
+    #[test]
+    fn a_round_in_flight_shows_every_probe_it_waits_on() {
+        let mut v = view();
+        // The first of the round answered; the view's `current` is the first still out.
+        v.current = Some(step(8, "m2", 8_000));
+        v.round = Some(RoundView {
+            probes: 3,
+            out: vec![step(8, "m2", 8_000), step(9, "m3", 8_500)],
+        });
+        let block = super::status_block_at(&v, 10_000);
+        assert!(block.contains("round of 3 probes, 2 out:\n"), "{block}");
+        assert!(
+            block.contains(
+                "  step 8.1 on m2: probe_status `etcdctl endpoint health` (out 2.0s, timeout 10.0s)\n"
+            ),
+            "{block}"
+        );
+        assert!(
+            block.contains(
+                "  step 9.1 on m3: probe_status `etcdctl endpoint health` (out 1.5s, timeout 10.0s)\n"
+            ),
+            "{block}"
+        );
+        // Not a second time as the single step in flight.
+        assert_eq!(block.matches("step 8.1").count(), 1, "{block}");
     }
 
     #[test]

@@ -2417,3 +2417,489 @@ fn a_round_cut_by_a_restart_is_published_again_whole_and_goes_on_from_the_log() 
     assert_eq!(decisions(&again.history), decisions(&run.history));
     assert_eq!(status(&again.state), Status::Completed);
 }
+
+/// What `baton status` shows during a round (hostile review 6 #8): every probe of the round the upgrade still
+/// waits on, not only the first; nothing of a round once it is judged.
+#[cfg(feature = "service")]
+#[test]
+fn status_shows_every_probe_of_a_round_still_out() {
+    use workflow::service::view::status_view;
+    let (mut run, mut etcd, round_steps) = at_the_first_node_round();
+    let (leader, other) = (&round_steps[0], &round_steps[1]);
+    let out = |run: &Run| {
+        let view = status_view("u", &run.state, run.history.len() as u64);
+        view.round.map(|r| {
+            let out: Vec<(u64, String, String, Option<u64>)> = r
+                .out
+                .iter()
+                .map(|s| (s.step, s.node.clone(), s.action.clone(), s.scheduled_ms))
+                .collect();
+            (r.probes, out)
+        })
+    };
+    let sent = |s: &ScheduledStep| {
+        (
+            s.step,
+            s.node.clone(),
+            s.action.as_str().to_string(),
+            Some(run.state.scheduled_ms(s)),
+        )
+    };
+    let both = (2, vec![sent(leader), sent(other)]);
+    let only_other = (2, vec![sent(other)]);
+    assert_eq!(out(&run), Some(both));
+    // The leader's probe answers: the view shows the round still waiting on the other member.
+    let r = etcd.run(leader);
+    run.finish(leader, r);
+    assert_eq!(out(&run), Some(only_other));
+    // Once the round is judged (and the next decision is a topology alone), no round is shown.
+    let r = etcd.run(other);
+    run.finish(other, r);
+    assert_eq!(out(&run), None);
+    let view = status_view("u", &run.state, run.history.len() as u64);
+    assert_eq!(
+        view.current.map(|s| s.action),
+        Some("probe_cluster_status".to_string())
+    );
+    // A view without a round keeps the form it always had: no `round` key at all.
+    let json = serde_json::to_value(status_view("u", &run.state, 1)).unwrap();
+    assert!(json.get("round").is_none(), "{json}");
+}
+
+/// The history with the round of `a` and `b` recorded in the other order (their nodes, groups and argv
+/// swapped): a round this decider never asks, as a log of another version of Baton could hold (round membership
+/// is read from the log).
+fn with_round_swapped(history: &[Event], a: u64, b: u64) -> Vec<Event> {
+    let mut history = history.to_vec();
+    let at = |h: &[Event], step: u64| {
+        h.iter()
+            .position(|e| matches!(e, Event::StepScheduled { step: s, .. } if *s == step))
+            .expect("scheduled")
+    };
+    let (ia, ib) = (at(&history, a), at(&history, b));
+    let (ea, eb) = (history[ia].clone(), history[ib].clone());
+    for (i, from) in [(ia, eb), (ib, ea)] {
+        if let (
+            Event::StepScheduled {
+                node, group, argv, ..
+            },
+            Event::StepScheduled {
+                node: n,
+                group: g,
+                argv: v,
+                ..
+            },
+        ) = (&mut history[i], from)
+        {
+            (*node, *group, *argv) = (n, g, v);
+        }
+    }
+    history
+}
+
+/// Hostile review 6 #4: a round whose first probe is not the one a one-at-a-time run would ask now is not judged;
+/// it is a check that did not pass, named, and it counts toward `sync_timeout` like any other: a poll a poll
+/// interval long within it, a wind-down past it (before: a poll of no length, whatever the time).
+#[test]
+fn a_round_that_one_at_a_time_would_not_ask_is_a_failed_check_that_counts_toward_sync_timeout() {
+    let (run, etcd, round_steps) = at_the_first_node_round();
+    let history = with_round_swapped(&run.history, round_steps[0].step, round_steps[1].step);
+    let (_, _, item_started) = workflow::core::replay(&history)
+        .current_plan_item()
+        .expect("an item in progress");
+    for late in [false, true] {
+        let mut model = Etcd::new(1);
+        model.members = etcd.members.clone();
+        let mut tampered = Run {
+            state: workflow::core::replay(&history),
+            history: history.clone(),
+            now: if late { item_started + 20_000 } else { run.now },
+        };
+        let swapped = tampered.state.outstanding_steps();
+        assert_eq!(
+            swapped.iter().map(label).collect::<Vec<_>>(),
+            round(&["node@m3", "node@m2"])
+        );
+        let from = tampered.history.len();
+        for s in &swapped {
+            let r = model.run(s);
+            tampered.finish(s, r);
+        }
+        let decided = tampered.history[from..].to_vec();
+        let problems = decided
+            .iter()
+            .find_map(|e| match e {
+                Event::CheckEvaluated {
+                    passed: false,
+                    problems,
+                    step,
+                    ..
+                } if *step == swapped[0].step => Some(problems.join("; ")),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no failed check naming the mismatch: {decided:#?}"));
+        assert!(
+            problems.contains("round probe mismatch")
+                && problems.contains("probe_status on m3")
+                && problems.contains("would ask probe_status on m2"),
+            "{problems}"
+        );
+        // Neither probe is judged as a guard observation: both only recorded.
+        assert_eq!(judged(&decided, swapped[1].step), (1, None), "{decided:#?}");
+        let wind_down = decided.iter().find_map(|e| match e {
+            Event::WindDownStarted { reason, .. } => Some(reason.clone()),
+            _ => None,
+        });
+        if late {
+            let reason = wind_down.expect("past sync_timeout the upgrade winds down");
+            assert!(
+                reason.contains("did not pass within 20000 ms")
+                    && reason.contains("round probe mismatch"),
+                "{reason}"
+            );
+            drive_rounds(&mut tampered, Answer::AsScheduled, 5_000, |s| model.run(s));
+            assert!(
+                matches!(status(&tampered.state), Status::Halted { .. }),
+                "{:?}",
+                status(&tampered.state)
+            );
+        } else {
+            assert_eq!(wind_down, None);
+            let poll = decided.iter().find_map(|e| match e {
+                Event::WaitStarted {
+                    purpose: workflow::core::WaitPurpose::Poll,
+                    until_ms,
+                } => Some(*until_ms),
+                _ => None,
+            });
+            assert_eq!(
+                poll,
+                Some(tampered.now + 500),
+                "a poll interval: {decided:#?}"
+            );
+            // Then the checks start again with this decider's own rounds, and the upgrade completes.
+            drive_rounds(&mut tampered, Answer::AsScheduled, 5_000, |s| model.run(s));
+            assert_eq!(status(&tampered.state), Status::Completed);
+        }
+    }
+}
+
+/// Drives a Patroni upgrade (pg1 leading, fenced) until a round of more than one probe is out; returns it.
+fn patroni_at_a_round(text: &str) -> (Run, Patroni, Vec<ScheduledStep>) {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(text))).unwrap();
+    let mut pg = Patroni::new(0);
+    for _ in 0..1_000 {
+        let out = run.state.outstanding_steps();
+        if out.len() > 1 && pg.paused {
+            return (run, pg, out);
+        }
+        match out.first() {
+            Some(step) => {
+                let r = pg.run(step);
+                run.finish(step, r);
+            }
+            None => {
+                run.tick();
+            }
+        }
+    }
+    panic!("no round after the fence: {:?}", pg.journal);
+}
+
+/// Hostile review 6 #6: an operator's abort mid-round does not wait for the round's probes (read-only: nothing
+/// they show changes what the wind-down must do first); the wind-down goes on at once, and the results that come
+/// later are recorded, never judged. S1 holds for actions: the fence's unblock goes out only beside probes that
+/// are abandoned (no round is out).
+#[test]
+fn an_abort_mid_round_does_not_wait_for_its_probes_whose_late_results_are_only_recorded() {
+    let (mut run, mut pg, abandoned) = patroni_at_a_round(&patroni_profile_text());
+    assert_eq!(
+        abandoned.iter().map(label).collect::<Vec<_>>(),
+        round(&["node@pg1", "node@pg3", "fence@pg1"])
+    );
+    let now = run.now + 1;
+    let events = run
+        .input(Input::Abort {
+            by: "op".into(),
+            reason: "stop now".into(),
+            now_ms: now,
+        })
+        .unwrap();
+    let fresh = common::scheduled(&events);
+    assert!(
+        !fresh.is_empty(),
+        "the abort waited for the round: {events:#?}"
+    );
+    assert!(run.state.round_steps().is_empty());
+    assert_eq!(
+        run.state.next_wakeup_ms(),
+        fresh.iter().map(|s| s.deadline_ms).min(),
+        "only the wind-down's own steps are waited for"
+    );
+    let is_abandoned = |s: &ScheduledStep| abandoned.iter().any(|a| a.step == s.step);
+    let mut late_delivered = false;
+    for _ in 0..1_000 {
+        if run.state.is_terminal() {
+            break;
+        }
+        let out = run.state.outstanding_steps();
+        let live: Vec<&ScheduledStep> = out.iter().filter(|s| !is_abandoned(s)).collect();
+        if let Some(action) = live.iter().find(|s| !s.action.is_probe()) {
+            // S1: an action is out only alone, or beside abandoned probes; no round is being waited on.
+            assert_eq!(live.len(), 1, "an action beside a live step: {live:?}");
+            assert!(run.state.round_steps().is_empty());
+            if !late_delivered {
+                // The abandoned probes answer now, late: recorded, nothing judged or decided on them.
+                for s in &abandoned {
+                    let r = pg.run(s);
+                    let events = run.finish(s, r);
+                    assert!(
+                        matches!(events[..], [Event::StepResultRecorded { step, .. }] if step == s.step),
+                        "a late result of an abandoned probe decided: {events:#?}"
+                    );
+                }
+                late_delivered = true;
+            }
+            let r = pg.run(action);
+            run.finish(action, r);
+            continue;
+        }
+        match live.first() {
+            Some(step) => {
+                let r = pg.run(step);
+                run.finish(step, r);
+            }
+            None => {
+                run.tick();
+            }
+        }
+    }
+    assert!(late_delivered, "an action went out during the wind-down");
+    assert!(
+        matches!(
+            status(&run.state),
+            Status::Aborted {
+                failover_pending: None,
+                ..
+            }
+        ),
+        "{:?}",
+        status(&run.state)
+    );
+    assert!(!pg.paused, "the fence was lifted: {:?}", pg.journal);
+    for s in &abandoned {
+        assert_eq!(judged(&run.history, s.step), (0, None), "step {}", s.step);
+    }
+    workflow::core::verify(&run.history).expect("verify");
+    assert_eq!(workflow::core::replay(&run.history), run.state);
+}
+
+/// A pause mid-round (hostile review 6 #6): a pause stops new work, not the handling of results. The round's
+/// probes are still awaited (each deadline armed) and their observations recorded, but not judged: the pause
+/// ended the round's judgment. Nothing new goes out while paused (etcd has no fence, so no watch); on resume the
+/// guard starts again from its topology, and the action runs only after a whole fresh guard.
+#[test]
+fn a_pause_mid_round_records_the_round_unjudged_and_the_guard_starts_again_on_resume() {
+    let (mut run, mut etcd, round_steps) = at_the_first_node_round();
+    let now = run.now + 1;
+    let events = run
+        .input(Input::Pause {
+            by: "op".into(),
+            reason: "look".into(),
+            now_ms: now,
+        })
+        .unwrap();
+    assert!(
+        matches!(events[..], [Event::UpgradePaused { .. }]),
+        "{events:#?}"
+    );
+    assert_eq!(run.state.outstanding_steps(), round_steps);
+    assert_eq!(
+        run.state.next_wakeup_ms(),
+        round_steps.iter().map(|s| s.deadline_ms).min()
+    );
+    let from = run.history.len();
+    for s in &round_steps {
+        let r = etcd.run(s);
+        run.finish(s, r);
+    }
+    let decided = run.history[from..].to_vec();
+    for s in &round_steps {
+        assert_eq!(judged(&decided, s.step), (1, None), "{decided:#?}");
+    }
+    assert!(common::scheduled(&decided).is_empty(), "{decided:#?}");
+    assert!(run.state.outstanding_steps().is_empty());
+    assert!(matches!(status(&run.state), Status::Paused { .. }));
+    let now = run.now + 1;
+    let resumed = run
+        .input(Input::Resume {
+            by: "op".into(),
+            now_ms: now,
+        })
+        .unwrap();
+    assert_eq!(
+        common::scheduled(&resumed)
+            .iter()
+            .map(label)
+            .collect::<Vec<_>>(),
+        round(&["topology@m2"])
+    );
+    let batches = drive_rounds(&mut run, Answer::AsScheduled, 5_000, |s| etcd.run(s));
+    assert_eq!(
+        batches[..3],
+        [
+            round(&["node@m2", "node@m3"]),
+            round(&["topology@m2"]),
+            round(&["stop@m1"]),
+        ]
+    );
+    assert_eq!(status(&run.state), Status::Completed);
+    workflow::core::verify(&run.history).expect("verify");
+}
+
+/// Hostile review 6 #9: the Patroni profile with its fence up for the whole upgrade, every round answered in
+/// reverse order: exactly the decisions of the run answered in order, the fence lifted at the end, the leader
+/// last.
+#[test]
+fn a_fenced_patroni_upgrade_answered_out_of_order_decides_exactly_as_in_order() {
+    let run_in = |order: Answer| {
+        let mut run = Run::new();
+        run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+            .unwrap();
+        let mut pg = Patroni::new(0);
+        let batches = drive_rounds(&mut run, order, 5_000, |s| pg.run(s));
+        assert_eq!(status(&run.state), Status::Completed);
+        assert!(!pg.paused, "the fence was lifted: {:?}", pg.journal);
+        assert_eq!(pg.installed, ["15.20"; 3]);
+        assert_eq!(pg.leaderless, 0);
+        assert!(!pg.split_brain);
+        workflow::core::verify(&run.history).expect("verify");
+        assert_eq!(workflow::core::replay(&run.history), run.state);
+        (run, batches, pg.journal)
+    };
+    let (forward, forward_batches, forward_journal) = run_in(Answer::AsScheduled);
+    let (backward, backward_batches, backward_journal) = run_in(Answer::Reversed);
+    assert_round_rules(&forward_batches);
+    assert!(
+        forward_batches
+            .iter()
+            .any(|b| b.len() > 1 && b.iter().any(|l| l.starts_with("fence@"))),
+        "a round with the fence probe in it: {forward_batches:?}"
+    );
+    assert_eq!(forward_batches, backward_batches);
+    assert_eq!(decisions(&forward.history), decisions(&backward.history));
+    assert_eq!(forward_journal, backward_journal);
+    assert_eq!(
+        forward_journal
+            .last()
+            .map(|(n, a)| (n.as_str(), a.as_str())),
+        Some(("pg2", "unblock_failover"))
+    );
+}
+
+/// Hostile review 6 #9: an executor that refuses a probe of a round (`rejected`: it ran nothing) is an answer like
+/// any other: the round is judged in step order once every probe has one, the refused probe's check fails (no
+/// observation: settle and poll, not unreachable), and a refusal of the first probe leaves the later ones recorded
+/// unjudged. The guard then starts again and the upgrade completes.
+#[test]
+fn a_rejected_probe_in_a_round_is_judged_in_its_turn_and_the_guard_starts_again() {
+    let rejected = (Outcome::Rejected, None, String::new(), String::new());
+    for refused in [0, 1] {
+        let (mut run, mut etcd, round_steps) = at_the_first_node_round();
+        let from = run.history.len();
+        // Answered in reverse: the refusal of `refused`, the other one answered by the model.
+        for (i, s) in round_steps.iter().enumerate().rev() {
+            let r = if i == refused {
+                rejected.clone()
+            } else {
+                etcd.run(s)
+            };
+            run.finish(s, r);
+        }
+        let decided = run.history[from..].to_vec();
+        let (first, second) = (&round_steps[0], &round_steps[1]);
+        if refused == 0 {
+            assert_eq!(
+                judged(&decided, first.step),
+                (1, Some(false)),
+                "{decided:#?}"
+            );
+            assert_eq!(judged(&decided, second.step), (1, None), "{decided:#?}");
+        } else {
+            assert_eq!(
+                judged(&decided, first.step),
+                (1, Some(true)),
+                "{decided:#?}"
+            );
+            assert_eq!(
+                judged(&decided, second.step),
+                (1, Some(false)),
+                "{decided:#?}"
+            );
+        }
+        let problems = decided
+            .iter()
+            .find_map(|e| match e {
+                Event::CheckEvaluated {
+                    passed: false,
+                    problems,
+                    ..
+                } => Some(problems.join("; ")),
+                _ => None,
+            })
+            .expect("a failed check");
+        assert!(
+            problems.contains("probe unavailable") && problems.contains("outcome rejected"),
+            "{problems}"
+        );
+        assert!(
+            decided.iter().any(|e| matches!(
+                e,
+                Event::WaitStarted {
+                    purpose: workflow::core::WaitPurpose::Poll,
+                    ..
+                }
+            )),
+            "{decided:#?}"
+        );
+        assert!(common::scheduled(&decided).is_empty(), "{decided:#?}");
+        let batches = drive_rounds(&mut run, Answer::AsScheduled, 5_000, |s| etcd.run(s));
+        assert_eq!(
+            batches[..4],
+            [
+                round(&["topology@m2"]),
+                round(&["node@m2", "node@m3"]),
+                round(&["topology@m2"]),
+                round(&["stop@m1"]),
+            ]
+        );
+        assert_eq!(status(&run.state), Status::Completed);
+        workflow::core::verify(&run.history).expect("verify");
+    }
+}
+
+/// After an abort abandons a round, `status` shows the step the wind-down waits on, not an abandoned probe.
+#[cfg(feature = "service")]
+#[test]
+fn after_an_abort_mid_round_status_shows_the_wind_downs_step_not_an_abandoned_probe() {
+    use workflow::service::view::status_view;
+    let (mut run, _pg, abandoned) = patroni_at_a_round(&patroni_profile_text());
+    let now = run.now + 1;
+    let events = run
+        .input(Input::Abort {
+            by: "op".into(),
+            reason: "stop now".into(),
+            now_ms: now,
+        })
+        .unwrap();
+    let fresh = common::scheduled(&events);
+    let view = status_view("u", &run.state, run.history.len() as u64);
+    assert!(view.round.is_none());
+    assert_eq!(
+        view.current.map(|s| s.step),
+        fresh.first().map(|s| s.step),
+        "abandoned: {:?}",
+        abandoned.iter().map(|s| s.step).collect::<Vec<_>>()
+    );
+}

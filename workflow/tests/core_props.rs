@@ -873,7 +873,7 @@ fn apply_op(w: &mut World, op: Op) -> Result<(), String> {
 }
 
 fn apply_op_inner(w: &mut World, op: Op) -> Result<(), String> {
-    let outstanding = w.run.state.outstanding_steps().first().cloned();
+    let outstanding = pick(&w.run.state, w.run.history.len());
     match (op, outstanding) {
         (Op::Deliver | Op::Duplicate, Some(step)) => {
             let r = w.run_step(&step)?;
@@ -1105,7 +1105,7 @@ fn play_in(
     mode: Mode,
 ) -> Result<(), String> {
     let now = w.run.now;
-    w.input(submit(cluster(procedure, gates), now))?;
+    w.input(submit(cluster_of(procedure, gates), now))?;
     for (i, op) in ops.iter().enumerate() {
         apply_op(w, *op)?;
         if i % 25 == 0 && replay(&w.run.history) != w.run.state {
@@ -1153,12 +1153,55 @@ fn play_in(
     Ok(())
 }
 
+/// The procedure name of the runs with probe rounds: chef-backend's own profile file (`profiles/chef-backend.toml`,
+/// its commands and built-in readers, which the fake answers) submitted as a profile file with
+/// `[procedure] probe_rounds = true`. As a profile file its guard also asks every other member's node probe and
+/// the topology again, last; read-only probes go out as rounds and the harness answers them in an order that
+/// changes with the history (`pick`).
+const ROUNDS: &str = "rounds";
+
+/// The cluster file of a history: the built-in profile with `procedure`, or for [`ROUNDS`] the profile file with
+/// rounds on.
+fn cluster_of(procedure: &str, gates: &str) -> workflow::core::ClusterFile {
+    if procedure != ROUNDS {
+        return cluster(procedure, gates);
+    }
+    let toml = cluster_toml("runbook", gates)
+        .replace(
+            "profile = \"chef-backend\"",
+            "profile = \"chef-backend-rounds.toml\"",
+        )
+        .replace("[upgrade]\n", "[upgrade]\ntarget_version = \"3.1.0-1\"\n");
+    let mut c = workflow::core::ClusterFile::parse("cluster.toml", &toml)
+        .expect("the rounds cluster file parses");
+    let text = include_str!("../../profiles/chef-backend.toml")
+        .replace("[procedure]\n", "[procedure]\nprobe_rounds = true\n");
+    c.profile_text = Some(text);
+    c
+}
+
+/// The step an op acts on: the first outstanding one, or while a round is out one of its probes still without a
+/// result, chosen by the history's length so that the round's answers come in every order (and ops fall between
+/// them).
+fn pick(state: &State, history_len: usize) -> Option<ScheduledStep> {
+    let round: Vec<ScheduledStep> = state
+        .round_steps()
+        .into_iter()
+        .filter(|r| r.outcome.is_none())
+        .map(|r| r.scheduled.clone())
+        .collect();
+    if round.len() > 1 {
+        return round.get(history_len % round.len()).cloned();
+    }
+    state.outstanding_steps().first().cloned()
+}
+
 fn scenario(procedure: &str, gates: &str, ops: &[Op]) -> Result<(), String> {
     play(procedure, gates, ops, Mode::default()).1
 }
 
 fn procedures() -> impl Strategy<Value = &'static str> {
-    prop_oneof![Just("runbook"), Just("upgrade-command")]
+    prop_oneof![Just("runbook"), Just("upgrade-command"), Just(ROUNDS)]
 }
 
 fn gate_sets() -> impl Strategy<Value = &'static str> {
@@ -1261,10 +1304,64 @@ fn one_rule_at_a_time_counterexamples() {
 
 #[test]
 fn without_faults_both_procedures_complete() {
-    for procedure in ["runbook", "upgrade-command"] {
+    for procedure in ["runbook", "upgrade-command", ROUNDS] {
         let ops = vec![Op::Deliver; 10];
         scenario(procedure, "", &ops).unwrap();
     }
+}
+
+/// The round-on runs do what they are there for: probes go out as rounds, and the harness answers a round's
+/// probes out of step order.
+#[test]
+fn the_rounds_runs_send_rounds_and_answer_them_out_of_order() {
+    let (w, result) = play(ROUNDS, "", &[Op::Deliver; 10], Mode::default());
+    result.unwrap();
+    assert_eq!(w.run.state.status(), Status::Completed);
+    let mut widest = 0;
+    let mut batch = 0;
+    for e in &w.run.history {
+        match e {
+            Event::StepScheduled { action, .. } if action.is_probe() => batch += 1,
+            _ => batch = 0,
+        }
+        widest = widest.max(batch);
+    }
+    assert!(widest > 1, "no round was sent");
+    let answered: Vec<u64> = w
+        .run
+        .history
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepResultRecorded { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        answered.windows(2).any(|p| p[1] < p[0]),
+        "every round answered in step order: {answered:?}"
+    );
+}
+
+/// What the round-on runs found first (kept in `core_props.proptest-regressions` too): the guard of
+/// `block_failover` asked the leader's node probe and the failover probe (chef-backend's `cluster-status --json`,
+/// which names the leader) as one round; the failover probe ran first, the on-call then promoted a follower and
+/// killed it, and the leader's node probe ran after. Judged in step order, the stale failover settings vouched for
+/// the old leader, and failover was blocked on a cluster with no leader (S3). A look that names the leader is now
+/// a round of its own (`decide::names_leader`), so it is the last one run.
+#[test]
+fn a_failover_probe_that_names_the_leader_is_the_last_look_run() {
+    use Op::{Deliver, LostAfterEffect, Tick};
+    let mut ops = vec![Deliver, Tick];
+    ops.extend([Deliver; 13]);
+    ops.extend([LostAfterEffect, Deliver, Deliver, Deliver]);
+    ops.extend([
+        Op::Env(Env::Promote(0)),
+        Op::Env(Env::KillLeader),
+        Deliver,
+        Deliver,
+    ]);
+    let (_, result) = play(ROUNDS, "", &ops, Mode::default());
+    result.unwrap();
 }
 
 fn ending(status: &Status) -> &'static str {

@@ -801,27 +801,45 @@ pub(crate) fn next_decisions(state: &State, now: u64) -> Vec<Event> {
 pub const ROUND_PROBES_PER_NODE: usize = 4;
 
 /// The probes of `probes[from..]` asked together as one round: the probe at `from`, then the ones after it for as
-/// long as each is read-only, asks no topology and no node already asked [`ROUND_PROBES_PER_NODE`] times in it.
-/// A topology is a round of its own: the probes after it are chosen from what it shows (the leader's node probe,
-/// a live node to ask), and the guard's last look stays the last.
-pub(crate) fn round_of(probes: &[(Action, String)], from: usize) -> &[(Action, String)] {
+/// long as each is read-only, is no look at the leader (`names_leader`) and asks no node already asked
+/// [`ROUND_PROBES_PER_NODE`] times in it. A look at the leader is a round of its own: the probes after a topology
+/// are chosen from what it shows (the leader's node probe, a live node to ask), and the guard's last look must be
+/// the last one *run*, not only the last judged (a round's probes run in any order: a failover probe that names
+/// the leader, run before the leader's node probe beside it, would vouch for a leader that has moved since).
+pub(crate) fn round_of(
+    probes: &[(Action, String)],
+    from: usize,
+    names_leader: impl Fn(Action) -> bool,
+) -> &[(Action, String)] {
     let Some((first, _)) = probes.get(from) else {
         return &[];
     };
     let mut end = from + 1;
-    if *first != Action::ProbeClusterStatus && first.is_probe() {
+    if !names_leader(*first) && first.is_probe() {
         while let Some((action, node)) = probes.get(end) {
             let node_asked = probes[from..end].iter().filter(|(_, n)| n == node).count();
-            if !action.is_probe()
-                || *action == Action::ProbeClusterStatus
-                || node_asked >= ROUND_PROBES_PER_NODE
-            {
+            if !action.is_probe() || names_leader(*action) || node_asked >= ROUND_PROBES_PER_NODE {
                 break;
             }
             end += 1;
         }
     }
     &probes[from..end]
+}
+
+/// Whether `action`'s observation names the leader, so that the guard judges the leader by it: the topology, and
+/// a failover probe read by a built-in reader (chef-backend's `cluster-status --json` names the leader; a profile
+/// file's own fence parsers read only whether failover is blocked).
+fn names_leader(state: &State, action: Action) -> bool {
+    match action {
+        Action::ProbeClusterStatus => true,
+        Action::ProbeFailover => sub(state).profile.reader.as_ref().is_none_or(|r| {
+            r.0.failover
+                .as_ref()
+                .is_some_and(|p| matches!(p.parse, super::profile_file::Parser::Builtin { .. }))
+        }),
+        _ => false,
+    }
 }
 
 /// Schedules `probes[from]`, or, where the profile asks for rounds, the whole round starting there (one decision,
@@ -833,7 +851,7 @@ fn schedule_probes(
     now: u64,
 ) -> Vec<Event> {
     let round = if sub(state).profile.probe_rounds {
-        round_of(probes, from)
+        round_of(probes, from, |a| names_leader(state, a))
     } else {
         probes.get(from..from.saturating_add(1)).unwrap_or(&[])
     };
@@ -904,17 +922,70 @@ fn round_decisions(state: &State, now: u64) -> Option<Vec<Event>> {
             observation: observe(state, first),
         }]);
     }
-    // The next probe of the round must be the one a step-by-step run would ask now. It always is (a round holds
-    // no topology beside other probes, and node probes change no later probe's target); should that ever not
-    // hold, the round's judgment ends here and the checks start again after a poll, rather than count a probe
-    // for another.
-    if state.current == Some(s.step) && next_probe(state) != Some((s.action, s.node.clone())) {
-        return Some(vec![Event::WaitStarted {
-            purpose: WaitPurpose::Poll,
-            until_ms: now,
-        }]);
+    // The next probe of the round must be the one a step-by-step run would ask now. This decider's rounds always
+    // are (a round holds no topology beside other probes, and no observation of a node probe changes a later
+    // probe's target), but round membership is read from the log: a log another version of Baton wrote may hold
+    // a round this one would not ask. Then the round's judgment ends here, as a check that did not pass and
+    // names why (never a probe counted for another): the checks start again after a poll, and that counts
+    // toward `sync_timeout` like any other unsettled check, so a round that never matches cannot poll forever.
+    let asked = next_probe(state);
+    if state.current == Some(s.step) && asked.as_ref() != Some(&(s.action, s.node.clone())) {
+        let wanted = asked.map_or_else(
+            || "no probe".to_string(),
+            |(action, node)| format!("{action} on {node}"),
+        );
+        let problem = format!(
+            "round probe mismatch: step {} of the round asks {} on {}, where a one-at-a-time run would ask {wanted} \
+             now",
+            s.step, s.action, s.node
+        );
+        return Some(unsettled_check(state, first, problem, now));
     }
     None
+}
+
+/// A check that did not pass for `problem`, outside any one observation's finding (a round probe mismatch): in
+/// preflight the upgrade is refused; inside an item the checks start again after a poll, and once the item has
+/// run for `sync_timeout_ms` it winds down, exactly as an unsettled guard or health check does.
+fn unsettled_check(state: &State, record: &StepRecord, problem: String, now: u64) -> Vec<Event> {
+    let s = &record.scheduled;
+    let check = Event::CheckEvaluated {
+        step: s.step,
+        node: s.node.clone(),
+        passed: false,
+        problems: vec![problem.clone()],
+    };
+    let Some(cursor) = state.cursor.as_ref().filter(|_| state.plan.is_some()) else {
+        return vec![
+            check,
+            wind_down(
+                format!("preflight refused: {problem}; {}", describe_step(record)),
+                now,
+            ),
+        ];
+    };
+    let upgrade = &sub(state).cluster.upgrade;
+    if now >= cursor.started_ms.saturating_add(upgrade.sync_timeout_ms) {
+        return vec![
+            check,
+            wind_down(
+                format!(
+                    "the checks of plan item {} did not pass within {} ms; last: {problem}; {}",
+                    cursor.index.saturating_add(1),
+                    upgrade.sync_timeout_ms,
+                    describe_step(record)
+                ),
+                now,
+            ),
+        ];
+    }
+    vec![
+        check,
+        Event::WaitStarted {
+            purpose: WaitPurpose::Poll,
+            until_ms: now.saturating_add(upgrade.poll_interval_ms),
+        },
+    ]
 }
 
 fn one(scheduled: Result<Event, String>, now: u64) -> Vec<Event> {

@@ -29,7 +29,8 @@
 //!   probes may be outstanding together only as one *round*, scheduled in one decision, and only where the
 //!   profile says `probe_rounds = true` (built-in profiles: one step at a time, as always). A round is the
 //!   longest run of the next probes a step-by-step run would ask that holds no topology beside another probe
-//!   (a topology is a round of its own, so the guard's "topology once more, last" stays the last look) and at
+//!   (a look that names the leader is a round of its own, `decide::names_leader`: the topology, and a failover
+//!   probe read by a built-in reader; so the guard's last look is the last one run, not only judged) and at
 //!   most `decide::ROUND_PROBES_PER_NODE` probes of one node, as many as an executor runs side by side
 //!   (`decide::round_of`). Nothing new is
 //!   scheduled while any probe of the round is out; each one's deadline passes on its own. Once every probe has an
@@ -37,9 +38,13 @@
 //!   observations in step order exactly as if the probes had run one after another (`decide::round_decisions`,
 //!   `State::apply` taking the next one up after a passed check). Once one of them decides (a failed check, a
 //!   poll, a halt, the emergency exit), the rest are recorded (`ObservationRecorded`, so the views and facts stay
-//!   true) but not judged (`State::round_settled`). The emergency exit abandons a round still out, as it
-//!   abandons a single probe. Old logs never have a round: two fresh probes in a row join one only under a
-//!   profile that asks for rounds.
+//!   true) but not judged (`State::round_settled`). The emergency exit and an operator's abort abandon a round
+//!   still out (the abort only under a profile with rounds): the wind-down goes on at once, and an abandoned
+//!   probe's late result is recorded, never observed or judged, so an action never goes out beside a probe whose
+//!   result could still be judged. A pause does not: the round is still awaited, recorded unjudged, and the
+//!   guard starts again on resume. Old logs never have a round: two fresh probes in a row join one only under a
+//!   profile that asks for rounds (why inferring membership from the log is sound: ARCHITECTURE.md, "Probe
+//!   rounds"); a round a one-at-a-time run would not ask is a failed check, never judged.
 //! - S2: `compute_plan` puts the leader last, after `VerifySwitchover` (new leader upgraded, old one follower).
 //! - S3: `State::failover_blocked` is set when blocking is scheduled and cleared only by a confirmed unblock.
 //!   Every wind-down (abort, failure) re-enables failover once `cluster-status` shows exactly one leader and that

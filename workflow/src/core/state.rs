@@ -623,6 +623,29 @@ impl State {
             .collect()
     }
 
+    /// The probes of the round the core waits on (scheduled together in one decision, `decide::round_of`), in
+    /// step order, each with its outcome once it came: empty outside a round (a single step is no round) and
+    /// once the round is abandoned (an emergency exit or an abort no longer waits on it). What `status` shows,
+    /// so that an operator sees every probe the upgrade waits on, not only the first.
+    pub fn round_steps(&self) -> Vec<&StepRecord> {
+        self.round
+            .iter()
+            .filter_map(|s| self.steps.get(s))
+            .collect()
+    }
+
+    /// The step the core waits on now, if any: the current step or the first of its round still without a
+    /// result; never a probe an emergency exit or an abort abandoned (still outstanding, but nothing waits on it).
+    pub fn awaited_step(&self) -> Option<&ScheduledStep> {
+        self.current
+            .iter()
+            .chain(&self.round)
+            .filter_map(|s| self.steps.get(s))
+            .filter(|r| r.outcome.is_none())
+            .min_by_key(|r| r.scheduled.step)
+            .map(|r| &r.scheduled)
+    }
+
     /// When the service should wake the core with `Tick`: the outstanding step's deadline, or the end of a
     /// retry/poll wait (not while paused). `None`: nothing is timed.
     pub fn next_wakeup_ms(&self) -> Option<u64> {
@@ -1300,6 +1323,7 @@ impl State {
                     .iter()
                     .find(|(_, p)| matches!(p.phase, NodePhase::Upgrading | NodePhase::Syncing))
                     .map(|(n, _)| n.clone());
+                let first_wind_down = self.wind_down.is_none();
                 let recover = match (&self.wind_down, cause) {
                     // The emergency exit re-enables failover first, then still brings back a node it stopped.
                     (Some(w), WindDownCause::Emergency) if w.cause != WindDownCause::Emergency => w
@@ -1325,12 +1349,20 @@ impl State {
                     recover,
                     left: Vec::new(),
                 });
-                // The emergency exit does not wait for a probe still out (it may be asking a dead node).
+                // The emergency exit does not wait for a probe still out (it may be asking a dead node); nor does
+                // an operator's abort under a profile with probe rounds (a round may wait on a dead node for a
+                // whole deadline). Probes are read-only: nothing they could show changes what a wind-down must do
+                // first, and an abandoned probe's result, if it comes, is recorded, never judged (no observation
+                // of it is made: only the current step's and the round's are). Built-in profiles' aborts keep
+                // waiting for their one probe, as their logs record.
+                let rounds = self.sub.as_ref().is_some_and(|s| s.profile.probe_rounds);
+                let drops_probes = *cause == WindDownCause::Emergency
+                    || (*cause == WindDownCause::Abort && rounds && first_wind_down);
                 let round_out = self
                     .round
                     .iter()
                     .any(|s| self.steps.get(s).is_some_and(|r| r.outcome.is_none()));
-                let abandon = *cause == WindDownCause::Emergency
+                let abandon = drops_probes
                     && (round_out
                         || self
                             .current_record()

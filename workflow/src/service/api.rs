@@ -290,6 +290,10 @@ pub struct StatusView {
     pub target_version: Option<String>,
     /// The step in flight, if any.
     pub current: Option<StepView>,
+    /// The round of read-only probes in flight, if the upgrade waits on one (a profile with `probe_rounds`):
+    /// every probe of it still without a result. Absent otherwise, so a view without a round keeps its form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<RoundView>,
     /// The plan item being executed, if any.
     #[serde(default)]
     pub item: Option<ItemView>,
@@ -321,6 +325,15 @@ pub struct StepView {
     /// When its result is given up on (outcome unknown).
     #[serde(default)]
     pub deadline_ms: u64,
+}
+
+/// A round of probes as the views show it: several read-only probes out together, judged once all are back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundView {
+    /// How many probes the round holds.
+    pub probes: usize,
+    /// Those still without a result, in step order: what the upgrade waits on.
+    pub out: Vec<StepView>,
 }
 
 /// A plan item as the views show it.

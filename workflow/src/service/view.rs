@@ -1,8 +1,8 @@
 //! Views of the core's state for the API: what `status`, `list` and `watch`
 //! show. Pure functions of the state.
 
-use super::api::{FactTimes, ItemView, NodeView, StatusView, StepView};
-use crate::core::{NodePhase, NodeProgress, PlanItem, State, Status};
+use super::api::{FactTimes, ItemView, NodeView, RoundView, StatusView, StepView};
+use crate::core::{NodePhase, NodeProgress, PlanItem, ScheduledStep, State, Status};
 
 /// The `list` row of the upgrade whose whole log is `events`, derived from it
 /// (the service keeps its rows as events are appended instead; the tests
@@ -17,20 +17,22 @@ pub fn list_row(
 /// The view of one upgrade; `events` is the number of events in its log.
 pub fn status_view(upgrade: &str, state: &State, events: u64) -> StatusView {
     let (status, reason) = status_words(&state.status());
+    // The step the upgrade waits on; only when it waits on none, an outstanding one (a probe abandoned by the
+    // emergency exit or an abort, whose result may still come), as before.
     let current = state
-        .outstanding_steps()
-        .into_iter()
-        .next()
-        .map(|step| StepView {
-            step: step.step,
-            attempt: step.attempt,
-            node: step.node.clone(),
-            action: step.action.as_str().to_string(),
-            argv: step.argv.clone(),
-            scheduled_ms: Some(state.scheduled_ms(&step)),
-            timeout_ms: step.timeout_ms,
-            deadline_ms: step.deadline_ms,
-        });
+        .awaited_step()
+        .cloned()
+        .or_else(|| state.outstanding_steps().into_iter().next())
+        .map(|step| step_view(state, &step));
+    let round = state.round_steps();
+    let round = (!round.is_empty()).then(|| RoundView {
+        probes: round.len(),
+        out: round
+            .iter()
+            .filter(|r| r.outcome.is_none())
+            .map(|r| step_view(state, &r.scheduled))
+            .collect(),
+    });
     let plan = state.plan();
     let nodes = state
         .nodes()
@@ -48,6 +50,7 @@ pub fn status_view(upgrade: &str, state: &State, events: u64) -> StatusView {
             .unwrap_or_default(),
         target_version: state.target_version().map(str::to_string),
         current,
+        round,
         item: item_view(state),
         nodes,
         failover_blocked: state.failover_blocked(),
@@ -56,6 +59,19 @@ pub fn status_view(upgrade: &str, state: &State, events: u64) -> StatusView {
         submitted_ms: state.submitted_ms(),
         updated_ms: state.updated_ms(),
         events,
+    }
+}
+
+fn step_view(state: &State, step: &ScheduledStep) -> StepView {
+    StepView {
+        step: step.step,
+        attempt: step.attempt,
+        node: step.node.clone(),
+        action: step.action.as_str().to_string(),
+        argv: step.argv.clone(),
+        scheduled_ms: Some(state.scheduled_ms(step)),
+        timeout_ms: step.timeout_ms,
+        deadline_ms: step.deadline_ms,
     }
 }
 
