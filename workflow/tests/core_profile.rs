@@ -2903,3 +2903,65 @@ fn after_an_abort_mid_round_status_shows_the_wind_downs_step_not_an_abandoned_pr
         abandoned.iter().map(|s| s.step).collect::<Vec<_>>()
     );
 }
+
+/// A stop whose outcome is unknown (its executor died mid-step) is judged by the node's own probe afterwards. A
+/// Patroni member whose manager died mid-stop can leave its PostgreSQL running as a primary: its node probe then
+/// says "no patroni" (down) and "primary" (leads). That is not a stopped member: the stop is not taken as done,
+/// and nothing is installed on it.
+#[test]
+fn a_stop_in_doubt_on_a_member_that_still_leads_is_not_taken_as_done() {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+        .unwrap();
+    let mut pg = Patroni::new(0);
+    let mut doubted = None;
+    for _ in 0..1_000 {
+        let Some(step) = run.state.outstanding_steps().first().cloned() else {
+            run.tick();
+            continue;
+        };
+        if step.action == Action::Stop {
+            // The stop ran (the model's member is down) but its executor died before it answered.
+            pg.run(&step);
+            run.finish(
+                &step,
+                (Outcome::Unknown, None, String::new(), String::new()),
+            );
+            doubted = Some(step.node.clone());
+            break;
+        }
+        let r = pg.run(&step);
+        run.finish(&step, r);
+    }
+    let node = doubted.expect("a stop was scheduled");
+    let orphan = r#"{"state": "no patroni", "role": "primary", "source": "postgresql", "patroni": "curl exit 7"}"#;
+    // The orphan stays until a stop runs again (member.sh's stop stops a postmaster left without its Patroni).
+    let mut after = Vec::new();
+    drive(&mut run, 200, |step| {
+        if !step.action.is_probe() {
+            after.push((step.node.clone(), step.action));
+        }
+        let orphaned = !after.iter().any(|(n, a)| *n == node && *a == Action::Stop);
+        if orphaned && step.action == Action::ProbeStatus && step.node == node {
+            return Etcd::ok(orphan.to_string());
+        }
+        pg.run(step)
+    });
+    assert_eq!(
+        after.first(),
+        Some(&(node.clone(), Action::Stop)),
+        "the stop is run again before anything else on {node}, which still led: {after:?}\n{:#?}",
+        &run.history[run.history.len().saturating_sub(12)..]
+    );
+    assert!(
+        !run.history
+            .iter()
+            .any(|e| matches!(e, Event::OutcomeInferred { .. })),
+        "the stop in doubt was inferred done: {:#?}",
+        run.history
+            .iter()
+            .filter(|e| matches!(e, Event::OutcomeInferred { .. }))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(status(&run.state), Status::Completed, "{after:?}");
+}

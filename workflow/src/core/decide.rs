@@ -1603,6 +1603,11 @@ fn effect_shown(
                 )),
             }
         }
+        // Its database may be down as far as the node probe's service goes and still lead: a Patroni member whose
+        // manager died mid-stop leaves an orphan primary running. Not stopped.
+        (Action::Stop, _) if says_it_leads(observation) => Err(format!(
+            "status (step {probe_step}) shows {node} still leading (its service down, its data still served)"
+        )),
         (Action::Stop, _) if health.is_some() => {
             let health = health.as_ref()?;
             let down = health.not_running();
