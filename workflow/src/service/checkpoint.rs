@@ -435,16 +435,20 @@ mod service {
             let seq = last.entry(cp.stream.clone()).or_default();
             *seq = (*seq).max(cp.seq);
         }
+        let mut recorded = 0u64;
         for (stream, head) in shared.store.streams()? {
             if stream == SERVICE_STREAM {
                 continue;
             }
             if last.get(&stream.to_string()).copied().unwrap_or(0) < head.seq {
                 record(shared, stream, head).await?;
+                recorded += 1;
             }
         }
         tracing::info!(
             anchored = summary.checked,
+            off_box = off_box.len(),
+            recorded,
             "the log agrees with BATON_CHECKPOINTS"
         );
         Ok(())

@@ -209,7 +209,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let mut lease_task = tokio::spawn(lease.run(release.clone()));
     let mut lease_done = false;
 
+    let set_up = std::time::Instant::now();
     let handles = protocol::ensure(&js, &config.protocol).await?;
+    tracing::info!(
+        elapsed_ms = elapsed_ms(set_up),
+        "JetStream streams and buckets ready"
+    );
 
     let shared = Arc::new(Shared {
         store,
@@ -232,7 +237,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         metrics: metrics.clone(),
     });
     // Refuse to act on a log that BATON_CHECKPOINTS contradicts.
+    let reconciling = std::time::Instant::now();
     checkpoint::reconcile(&shared, &handles.checkpoints).await?;
+    tracing::info!(
+        elapsed_ms = elapsed_ms(reconciling),
+        "checkpoints reconciled"
+    );
 
     let mut tasks: JoinSet<Result<(), ServiceError>> = JoinSet::new();
     upgrade::recover_all(&shared).await?;
@@ -568,6 +578,11 @@ async fn pump_results(
             }
         }
     }
+}
+
+/// Whole milliseconds since `since` (for the timings the service logs).
+pub(crate) fn elapsed_ms(since: std::time::Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Milliseconds since the Unix epoch: the only clock of the service.

@@ -150,6 +150,7 @@ pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError
     use futures::StreamExt as _;
     let started = std::time::Instant::now();
     let streams = shared.store.streams()?;
+    tracing::info!(streams = streams.len(), "recovering the log's upgrades");
     let mut recovering = futures::stream::iter(streams)
         .map(|(stream, head)| {
             // Runs when the stream is pulled: one at a time, in order.
@@ -196,6 +197,8 @@ struct Recovery {
     events: Vec<(store::Record, Event)>,
     cluster: String,
     head: u64,
+    /// How long its replay took (reading, decoding, folding, its checkpoint).
+    replay_us: u64,
 }
 
 /// Replays one upgrade, counts it, keeps its summary and, when unfinished,
@@ -209,6 +212,7 @@ fn prepare(
     if stream == SERVICE_STREAM {
         return Ok(None);
     }
+    let replaying = std::time::Instant::now();
     let events = load_events(shared, stream)?;
     let state = core::replay(events.iter().map(|(_, e)| e));
     let status = status_label(&state.status());
@@ -259,6 +263,7 @@ fn prepare(
         events,
         cluster,
         head: head.seq,
+        replay_us: u64::try_from(replaying.elapsed().as_micros()).unwrap_or(u64::MAX),
     }))))
 }
 
@@ -271,14 +276,18 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
         events,
         cluster,
         head,
+        replay_us,
     } = recovery;
     let upgrade = worker.upgrade.clone();
+    let checking = std::time::Instant::now();
     // The mirror must agree with the log before anything is acted on;
     // what it lacks is mirrored again.
     let logged = events.last().map_or(0, |(record, _)| record.seq);
     let mirrored =
         super::mirror::of_upgrade(shared, &upgrade, super::mirror::start_limit(logged)).await?;
     let unmirrored = mirrored.is_empty();
+    let mirror_messages = mirrored.len();
+    let mirror_read_us = u64::try_from(checking.elapsed().as_micros()).unwrap_or(u64::MAX);
     // Nothing appends to it meanwhile: its whole log is compared.
     let found = super::mirror::differences(
         mirrored,
@@ -326,6 +335,10 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
         %cluster,
         events = head,
         outstanding = outstanding.len(),
+        replay_us,
+        mirror_read_us,
+        mirror_messages,
+        remirrored = missing.len(),
         "recovered unfinished upgrade"
     );
     for step in &outstanding {
