@@ -144,8 +144,33 @@ fn run() -> anyhow::Result<bool> {
                         );
                         print!("{line}");
                         append(&results, &line)?;
+                        let line = format!(
+                            "recovery split (N = {n}, run {round}): JetStream set up {}, checkpoints reconciled {} ({} read, {} signed), first loop's mirror checked {}, every loop recovered {}; summed over the loops: replay {:.1} ms, mirror read {:.1} ms ({} messages, {} events mirrored again)\n",
+                            ms(r.to_jetstream_ms),
+                            ms(r.to_reconciled_ms),
+                            r.checkpoints_read,
+                            r.checkpoints_signed,
+                            ms(r.to_first_loop_ms),
+                            ms(r.to_recovered_ms),
+                            r.replay_ms_sum,
+                            r.mirror_read_ms_sum,
+                            r.mirror_messages,
+                            r.remirrored,
+                        );
+                        print!("{line}");
+                        append(&results, &line)?;
                     }
                     print_verdicts(&outcome);
+                    if !outcome.runs_repeated.is_empty() {
+                        let line = format!(
+                            "fleet bench: N = {n}, run {round}: {} step attempts started more than once: {:?}\n",
+                            outcome.runs_repeated.len(),
+                            outcome.runs_repeated
+                        );
+                        eprint!("{line}");
+                        append(&results, &line)?;
+                        return Ok(false);
+                    }
                     if !outcome.failures().is_empty() {
                         for end in outcome.failures() {
                             eprintln!(

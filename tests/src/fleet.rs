@@ -248,6 +248,9 @@ pub struct Outcome {
     pub overhead_ms: Vec<u64>,
     /// Steps without a run time in any executor's log (answered from the ledger).
     pub steps_untimed: usize,
+    /// Step attempts (`<upgrade>:<step>:<attempt>`) whose command the executors' logs show started more
+    /// than once (`step started`): none may be, the executors being never killed here.
+    pub runs_repeated: Vec<String>,
     /// Measured when every upgrade had ended.
     pub service: Usage,
     pub executors: Usage,
@@ -276,6 +279,24 @@ pub struct Recovery {
     pub to_verified_ms: Option<u64>,
     /// To `workflow service starting`: NATS connected, the lease taken over, the start recorded.
     pub to_lease_ms: Option<u64>,
+    /// To `JetStream streams and buckets ready` (`protocol::ensure`), when the service logs it.
+    pub to_jetstream_ms: Option<u64>,
+    /// To `checkpoints reconciled`: `BATON_CHECKPOINTS` read and checked, the heads past their last checkpoint
+    /// signed, when the service logs it.
+    pub to_reconciled_ms: Option<u64>,
+    /// Checkpoints read from `BATON_CHECKPOINTS` and checkpoints signed at that reconciliation.
+    pub checkpoints_read: u64,
+    pub checkpoints_signed: u64,
+    /// To the first `recovered unfinished upgrade`: the first loop's mirror checked, its steps next.
+    pub to_first_loop_ms: Option<u64>,
+    /// To `every unfinished upgrade recovered`.
+    pub to_recovered_ms: Option<u64>,
+    /// Sums over the recovered upgrades of their replay (`replay_us`) and mirror read (`mirror_read_us`),
+    /// and the mirror messages read and events mirrored again (`mirror_messages`, `remirrored`).
+    pub replay_ms_sum: f64,
+    pub mirror_read_ms_sum: f64,
+    pub mirror_messages: u64,
+    pub remirrored: u64,
     /// To the first `step published` of the restarted service: the first re-dispatched step.
     pub to_first_step_ms: Option<u64>,
     /// To `workflow service ready`: every unfinished upgrade's loop running again, the API and the results'
@@ -285,6 +306,9 @@ pub struct Recovery {
     pub loops: usize,
     /// `step published` lines before `ready`: steps re-dispatched during recovery.
     pub republished: usize,
+    /// Step results the restarted service acked as strays (`result for an upgrade that is not running`)
+    /// before `ready`: none may be, every upgrade in flight being recovered.
+    pub stray_results: usize,
 }
 
 /// CPU seconds over the run, by who spent them.
@@ -468,7 +492,28 @@ impl Fleet {
             match value["fields"]["message"].as_str() {
                 Some("the log's checkpoints hold") => recovery.to_verified_ms = at.map(since),
                 Some("workflow service starting") => recovery.to_lease_ms = at.map(since),
-                Some("recovered unfinished upgrade") => recovery.loops += 1,
+                Some("JetStream streams and buckets ready") => {
+                    recovery.to_jetstream_ms = at.map(since)
+                }
+                Some("the log agrees with BATON_CHECKPOINTS") => {
+                    recovery.checkpoints_read = value["fields"]["off_box"].as_u64().unwrap_or(0);
+                    recovery.checkpoints_signed = value["fields"]["recorded"].as_u64().unwrap_or(0);
+                }
+                Some("checkpoints reconciled") => recovery.to_reconciled_ms = at.map(since),
+                Some("every unfinished upgrade recovered") => {
+                    recovery.to_recovered_ms = at.map(since)
+                }
+                Some("recovered unfinished upgrade") => {
+                    recovery.loops += 1;
+                    if recovery.to_first_loop_ms.is_none() {
+                        recovery.to_first_loop_ms = at.map(since);
+                    }
+                    let field = |name: &str| value["fields"][name].as_u64().unwrap_or(0);
+                    recovery.replay_ms_sum += field("replay_us") as f64 / 1000.0;
+                    recovery.mirror_read_ms_sum += field("mirror_read_us") as f64 / 1000.0;
+                    recovery.mirror_messages += field("mirror_messages");
+                    recovery.remirrored += field("remirrored");
+                }
                 Some("step published") => {
                     if recovery.to_first_step_ms.is_none() {
                         recovery.to_first_step_ms = at.map(since);
@@ -476,6 +521,11 @@ impl Fleet {
                     if recovery.to_ready_ms.is_none() {
                         recovery.republished += 1;
                     }
+                }
+                Some("result for an upgrade that is not running; acked and ignored")
+                    if recovery.to_ready_ms.is_none() =>
+                {
+                    recovery.stray_results += 1;
                 }
                 Some("workflow service ready") if recovery.to_ready_ms.is_none() => {
                     recovery.to_ready_ms = at.map(since);
@@ -710,7 +760,23 @@ impl Fleet {
         }
         let mut upgrades = Vec::new();
         for (submit, cluster) in submits.into_iter().zip(&self.clusters) {
-            let out = submit.wait_with_output()?;
+            let mut out = submit.wait_with_output()?;
+            // Hundreds of CLI processes shaking hands over TLS at once: nats-server drops some
+            // (from N = 100 up under load). Such a submit never reached the service; it is run
+            // again, at most twice, on its own.
+            for _ in 0..2 {
+                if out.status.success()
+                    || !String::from_utf8_lossy(&out.stderr).contains("connecting to NATS")
+                {
+                    break;
+                }
+                let alice = self.secure.operator_key("alice").to_path_buf();
+                out = self
+                    .baton_as(&alice)
+                    .args(["--api-timeout", "60", "submit", "--detach", "--cluster"])
+                    .arg(&cluster.file)
+                    .output()?;
+            }
             if !out.status.success() {
                 bail!(
                     "submit of {} failed ({}): {}",
@@ -797,10 +863,19 @@ impl Fleet {
 
         // The log of every upgrade, through the service.
         let mut run_ms = BTreeMap::new();
+        let mut starts: BTreeMap<String, usize> = BTreeMap::new();
         for log in self.executor_logs() {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             run_ms.extend(reported_run_times(&text));
+            for key in started_steps(&text) {
+                *starts.entry(key).or_default() += 1;
+            }
         }
+        let runs_repeated: Vec<String> = starts
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(key, _)| key)
+            .collect();
         let mut steps = 0;
         let mut events = 0;
         let mut last_ms = submitted_ms;
@@ -859,6 +934,7 @@ impl Fleet {
             events,
             overhead_ms,
             steps_untimed,
+            runs_repeated,
             service,
             executors,
             executor_count: self.executors.len(),
@@ -965,6 +1041,16 @@ pub fn reported_run_times(log: &str) -> BTreeMap<String, u64> {
                 v["fields"]["elapsed_ms"].as_u64()?,
             ))
         })
+        .collect()
+}
+
+/// The `<upgrade>:<step>:<attempt>` of every `step started` line of an
+/// executor's JSON log (the command about to run), once per line.
+pub fn started_steps(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| v["fields"]["message"] == "step started")
+        .filter_map(|v| Some(v["span"]["key"].as_str()?.to_string()))
         .collect()
 }
 

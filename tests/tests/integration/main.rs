@@ -22,6 +22,7 @@ mod real_baton;
 mod real_etcd;
 mod real_patroni;
 mod real_timing;
+mod recovery;
 mod report;
 mod sim;
 mod ssh;

@@ -301,6 +301,7 @@ pub fn read_jsonl(input: impl BufRead) -> Vec<Result<Checkpoint, BadCheckpoint>>
 
 /// The service's side: signing, recording, publishing and the checks at start.
 mod service {
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use async_nats::jetstream;
@@ -308,18 +309,6 @@ mod service {
 
     use super::{check, hash_in, in_log, Checkpoint};
     use crate::service::{now_ms, ServiceError, Shared, SERVICE_STREAM};
-
-    /// The seq of the last checkpoint the log records for `stream` (0: none).
-    pub(crate) fn last_seq(shared: &Shared, stream: StreamId) -> Result<u64, ServiceError> {
-        let wanted = stream.to_string();
-        Ok(in_log(&shared.store, SERVICE_STREAM)?
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|cp| cp.stream == wanted)
-            .map(|cp| cp.seq)
-            .max()
-            .unwrap_or(0))
-    }
 
     /// Signs `head` of `stream`, appends the checkpoint to the service stream
     /// durably, then publishes it to `BATON_CHECKPOINTS`.
@@ -362,6 +351,90 @@ mod service {
     /// away; gives up only on shutdown (the next start re-publishes what the
     /// stream lacks).
     pub(crate) async fn publish(shared: &Shared, cp: &Checkpoint) {
+        let (subject, headers, payload) = message(cp);
+        let what = format!("checkpoint at seq {}", cp.seq);
+        crate::service::publish_until_acked(shared, &cp.stream, subject, headers, payload, &what)
+            .await
+    }
+
+    /// The most checkpoints one append of [`record_all`] carries.
+    const RECORD_BATCH: usize = 256;
+
+    /// [`record`] for many heads at once: signs them all, appends them to the
+    /// service stream in batches of [`RECORD_BATCH`] (one flush each, not one
+    /// per checkpoint), then publishes them pipelined ([`publish_all`]).
+    pub(crate) async fn record_all(
+        shared: &Shared,
+        heads: &[(StreamId, Head)],
+    ) -> Result<Vec<Checkpoint>, ServiceError> {
+        let checkpoints: Vec<Checkpoint> = heads
+            .iter()
+            .map(|(stream, head)| {
+                Checkpoint::sign(&shared.identity, *stream, *head, shared.epoch, now_ms())
+            })
+            .collect();
+        for batch in checkpoints.chunks(RECORD_BATCH) {
+            let records: Vec<NewRecord> = batch
+                .iter()
+                .map(|cp| {
+                    NewRecord::new(serde_json::to_vec(cp).expect("a checkpoint always serialises"))
+                })
+                .collect();
+            let fail_closed = |err| match err {
+                ServiceError::Store(source) => ServiceError::FailClosed {
+                    upgrade: SERVICE_STREAM.to_string(),
+                    source,
+                },
+                other => other,
+            };
+            let _writer = shared.service_log.lock().await;
+            let _gate = shared.append_gate.read().await;
+            let at = shared
+                .store
+                .head(SERVICE_STREAM)
+                .map_err(|e| fail_closed(e.into()))?
+                .map_or(0, |h| h.seq);
+            shared
+                .committer
+                .append(SERVICE_STREAM, at, records)
+                .await
+                .map_err(fail_closed)?;
+        }
+        for cp in &checkpoints {
+            tracing::info!(upgrade = %cp.stream, seq = cp.seq, hash = %cp.hash, "checkpoint signed");
+        }
+        publish_all(shared, &checkpoints).await;
+        Ok(checkpoints)
+    }
+
+    /// [`publish`] for many checkpoints, pipelined: every publish sent, then
+    /// the acks awaited; one whose publish or ack failed goes again through
+    /// [`publish`] (its message id dedupes a copy that landed).
+    pub(crate) async fn publish_all(shared: &Shared, checkpoints: &[Checkpoint]) {
+        for batch in checkpoints.chunks(RECORD_BATCH) {
+            let mut acks = Vec::with_capacity(batch.len());
+            for cp in batch {
+                let (subject, headers, payload) = message(cp);
+                let sent = shared
+                    .js
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await;
+                acks.push(sent.ok());
+            }
+            for (cp, ack) in batch.iter().zip(acks) {
+                let acked = match ack {
+                    Some(ack) => ack.await.is_ok(),
+                    None => false,
+                };
+                if !acked {
+                    publish(shared, cp).await;
+                }
+            }
+        }
+    }
+
+    /// A checkpoint's subject, headers (its message id) and body.
+    fn message(cp: &Checkpoint) -> (String, async_nats::HeaderMap, Vec<u8>) {
         let subject = protocol::subjects::checkpoint(&cp.stream);
         let payload = serde_json::to_vec(cp).expect("a checkpoint always serialises");
         let mut headers = async_nats::HeaderMap::new();
@@ -369,9 +442,7 @@ mod service {
             protocol::messages::MSG_ID_HEADER,
             format!("{}:checkpoint:{}", cp.stream, cp.seq).as_str(),
         );
-        let what = format!("checkpoint at seq {}", cp.seq);
-        crate::service::publish_until_acked(shared, &cp.stream, subject, headers, payload, &what)
-            .await
+        (subject, headers, payload)
     }
 
     /// Every checkpoint in `BATON_CHECKPOINTS`, in order. Messages not signed
@@ -381,30 +452,27 @@ mod service {
         shared: &Shared,
         stream: &jetstream::stream::Stream,
     ) -> Result<Vec<Checkpoint>, ServiceError> {
-        let info = stream
-            .get_info()
-            .await
-            .map_err(|err| ServiceError::Nats(format!("reading BATON_CHECKPOINTS: {err}")))?;
-        let mut out = Vec::new();
-        if info.state.messages == 0 {
-            return Ok(out);
-        }
-        for seq in info.state.first_sequence..=info.state.last_sequence {
-            let Ok(message) = stream.get_raw_message(seq).await else {
-                continue;
-            };
-            match Checkpoint::from_record(&message.payload) {
-                Some(Ok(cp)) if cp.check_signature(&shared.trust.service.key).is_ok() => {
-                    out.push(cp)
+        // One paged read of the whole stream (`mirror::read_subject`), not one
+        // get per checkpoint: the stream keeps every checkpoint ever signed.
+        let read = crate::service::mirror::read_subject(
+            stream,
+            protocol::subjects::CHECKPOINTS_WILDCARD,
+            u64::MAX,
+            |seq, subject, payload| match Checkpoint::from_record(payload) {
+                Some(Ok(cp)) if cp.check_signature(&shared.trust.service.key).is_ok() => Some(cp),
+                _ => {
+                    tracing::warn!(
+                        stream_seq = seq,
+                        %subject,
+                        "BATON_CHECKPOINTS holds a message that is not a checkpoint signed by the service key; ignored"
+                    );
+                    None
                 }
-                _ => tracing::warn!(
-                    stream_seq = seq,
-                    subject = %message.subject,
-                    "BATON_CHECKPOINTS holds a message that is not a checkpoint signed by the service key; ignored"
-                ),
-            }
-        }
-        Ok(out)
+            },
+        )
+        .await
+        .map_err(|err| ServiceError::Nats(format!("reading BATON_CHECKPOINTS: {err}")))?;
+        Ok(read.kept.into_iter().flatten().collect())
     }
 
     /// At start, before any upgrade is acted on: every checkpoint in
@@ -412,10 +480,13 @@ mod service {
     /// start otherwise); the log's checkpoints the stream lacks are
     /// re-published; and every upgrade stream whose head is past its last
     /// checkpoint gets one.
+    ///
+    /// Answers the seq of each upgrade stream's last checkpoint (its head
+    /// now), so recovery need not read the service stream again per upgrade.
     pub(crate) async fn reconcile(
         shared: &Arc<Shared>,
         stream: &jetstream::stream::Stream,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<BTreeMap<StreamId, u64>, ServiceError> {
         let off_box = detached(shared, stream).await?;
         let summary = check(off_box.iter().cloned().map(Ok), None, |s, q| {
             hash_in(&shared.store, s, q)
@@ -427,31 +498,41 @@ mod service {
             .iter()
             .map(|cp| (cp.stream.clone(), cp.seq))
             .collect();
-        let mut last: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut last: BTreeMap<String, u64> = Default::default();
+        let mut unpublished = Vec::new();
         for cp in in_log(&shared.store, SERVICE_STREAM)?.into_iter().flatten() {
-            if !published.contains(&(cp.stream.clone(), cp.seq)) {
-                publish(shared, &cp).await;
-            }
             let seq = last.entry(cp.stream.clone()).or_default();
             *seq = (*seq).max(cp.seq);
+            if !published.contains(&(cp.stream.clone(), cp.seq)) {
+                unpublished.push(cp);
+            }
         }
+        publish_all(shared, &unpublished).await;
+        let mut checkpointed = BTreeMap::new();
+        let mut due = Vec::new();
         for (stream, head) in shared.store.streams()? {
             if stream == SERVICE_STREAM {
                 continue;
             }
-            if last.get(&stream.to_string()).copied().unwrap_or(0) < head.seq {
-                record(shared, stream, head).await?;
+            let seq = last.get(&stream.to_string()).copied().unwrap_or(0);
+            if seq < head.seq {
+                due.push((stream, head));
             }
+            checkpointed.insert(stream, seq.max(head.seq));
         }
+        record_all(shared, &due).await?;
         tracing::info!(
             anchored = summary.checked,
+            off_box = off_box.len(),
+            republished = unpublished.len(),
+            recorded = due.len(),
             "the log agrees with BATON_CHECKPOINTS"
         );
-        Ok(())
+        Ok(checkpointed)
     }
 }
 
-pub(crate) use service::{last_seq, reconcile, record};
+pub(crate) use service::{reconcile, record};
 
 #[cfg(test)]
 mod tests {

@@ -167,13 +167,15 @@ pub fn differences(
 }
 
 pub(crate) use service::of_upgrade;
+pub use service::{read_subject, Read};
 
 /// At start the service reads at most this many mirrored messages of an
 /// upgrade whose log has `events` events: each event is mirrored once per
 /// epoch at most (a retry within JetStream's duplicate window is dropped),
 /// so twice the log and some slack is generous. More is a flooded mirror,
-/// which is not read further (the start-up would take one round trip per
-/// message, millions of them on an open NATS) and counts as a difference.
+/// which is not read further (millions of messages on an open NATS would hold
+/// the upgrade's recovery and the service's memory) and counts as a
+/// difference.
 pub fn start_limit(events: u64) -> u64 {
     events.saturating_mul(2).saturating_add(64)
 }
@@ -206,51 +208,165 @@ pub fn kept(upgrade: &str, payload: &[u8]) -> serde_json::Value {
 }
 
 mod service {
-    use async_nats::jetstream;
+    use std::time::Duration;
+
+    use async_nats::jetstream::{self, consumer};
+    use futures::StreamExt as _;
 
     use crate::service::{ServiceError, Shared};
 
+    /// The most messages, and bytes, one pull of [`read_subject`] asks for:
+    /// what it holds in flight (a mirrored event is at most about 768 KiB).
+    const PAGE_MESSAGES: usize = 1024;
+    const PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+    /// How long nats-server keeps [`read_subject`]'s consumer once nobody
+    /// pulls from it (it is not deleted: that would be one more round trip
+    /// on recovery's path).
+    const IDLE: Duration = Duration::from_secs(5);
+
+    /// What [`read_subject`] read.
+    pub struct Read<T> {
+        /// Each message read, through `keep`, in stream order.
+        pub kept: Vec<T>,
+        /// The subject held more than `limit` messages: the rest were not read.
+        pub more: bool,
+        /// Round trips to JetStream it took.
+        pub requests: u64,
+    }
+
+    /// Every message on `subject` (wildcards allowed) of `stream`, in stream
+    /// order, up to `limit`, each given to `keep` (its stream sequence, its
+    /// subject, its payload) and only what that returns kept.
+    ///
+    /// Read through one ephemeral consumer (no acks, in memory, one copy):
+    /// one request creates it and says how many messages the subject holds,
+    /// then one pull per page of [`PAGE_MESSAGES`] or [`PAGE_BYTES`] brings
+    /// them, rather than one direct get per message (a recovery used to make
+    /// one round trip per mirrored event of every unfinished upgrade). Should
+    /// a pull fail midway (a message larger than a page, a consumer gone),
+    /// the rest is read the old way, one by-subject get per message.
+    pub async fn read_subject<T>(
+        stream: &jetstream::stream::Stream,
+        subject: &str,
+        limit: u64,
+        mut keep: impl FnMut(u64, &str, &[u8]) -> T,
+    ) -> Result<Read<T>, String> {
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: subject.to_string(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: IDLE,
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| format!("creating a consumer on {subject}: {err}"))?;
+        let on_subject = consumer.cached_info().num_pending;
+        let wanted = on_subject.min(limit);
+        let mut read = Read {
+            kept: Vec::with_capacity(usize::try_from(wanted.min(4096)).unwrap_or(4096)),
+            more: on_subject > limit,
+            requests: 1,
+        };
+        let mut next_seq = 1;
+        let mut failed = None;
+        while (read.kept.len() as u64) < wanted && failed.is_none() {
+            let ask = usize::try_from(wanted - read.kept.len() as u64)
+                .unwrap_or(PAGE_MESSAGES)
+                .min(PAGE_MESSAGES);
+            read.requests += 1;
+            let mut batch = match consumer
+                .fetch()
+                .max_messages(ask)
+                .max_bytes(PAGE_BYTES)
+                .messages()
+                .await
+            {
+                Ok(batch) => batch,
+                Err(err) => {
+                    failed = Some(err.to_string());
+                    break;
+                }
+            };
+            let before = read.kept.len();
+            while let Some(message) = batch.next().await {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(err) => {
+                        failed = Some(err.to_string());
+                        break;
+                    }
+                };
+                let seq = match message.info() {
+                    Ok(info) => info.stream_sequence,
+                    Err(err) => {
+                        failed = Some(err.to_string());
+                        break;
+                    }
+                };
+                read.kept
+                    .push(keep(seq, message.subject.as_str(), &message.payload));
+                next_seq = seq + 1;
+                if read.kept.len() as u64 >= wanted {
+                    break;
+                }
+            }
+            if failed.is_none() && read.kept.len() == before {
+                // Nothing came: the subject lost messages since (age, a purge).
+                break;
+            }
+        }
+        if let Some(error) = failed {
+            tracing::warn!(%subject, %error, read = read.kept.len(), "a paged read failed; reading the rest one message at a time");
+            while (read.kept.len() as u64) < wanted {
+                read.requests += 1;
+                match stream
+                    .get_first_raw_message_by_subject(subject, next_seq)
+                    .await
+                {
+                    Ok(message) => {
+                        next_seq = message.sequence + 1;
+                        read.kept
+                            .push(keep(message.sequence, &message.subject, &message.payload));
+                    }
+                    Err(err)
+                        if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                    {
+                        break
+                    }
+                    Err(err) => return Err(err.to_string()),
+                }
+            }
+        }
+        Ok(read)
+    }
+
     /// The messages mirrored for `upgrade`, in stream order, as
-    /// [`super::kept`] keeps them (one by-subject get per message: the
-    /// stream may hold many upgrades); past `limit` messages, the rest is
-    /// not read and a string saying so ends the list.
+    /// [`super::kept`] keeps them ([`read_subject`]: a few round trips, not
+    /// one per message); past `limit` messages, the rest is not read and a
+    /// string saying so ends the list.
     pub(crate) async fn of_upgrade(
         shared: &Shared,
         upgrade: &str,
         limit: u64,
     ) -> Result<Vec<serde_json::Value>, ServiceError> {
         let nats = |err: String| ServiceError::Nats(format!("reading BATON_EVENTS: {err}"));
-        let stream = shared
-            .js
-            .get_stream(protocol::subjects::EVENTS_STREAM)
-            .await
-            .map_err(|err| nats(err.to_string()))?;
         let subject = protocol::subjects::event(upgrade);
-        let mut out = Vec::new();
-        let mut from = 1;
-        loop {
-            match stream
-                .get_first_raw_message_by_subject(&subject, from)
-                .await
-            {
-                Ok(_) if out.len() as u64 >= limit => {
-                    out.push(serde_json::Value::String(format!(
-                        "more than {limit} messages on {subject}; the rest were not read"
-                    )));
-                    return Ok(out);
-                }
-                Ok(message) => {
-                    from = message.sequence + 1;
-                    out.push(super::kept(upgrade, &message.payload));
-                }
-                Err(err)
-                    if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
-                {
-                    return Ok(out)
-                }
-                Err(err) => return Err(nats(err.to_string())),
-            }
+        let read = read_subject(&shared.events, &subject, limit, |_, _, payload| {
+            super::kept(upgrade, payload)
+        })
+        .await
+        .map_err(nats)?;
+        let mut out = read.kept;
+        if read.more {
+            out.push(serde_json::Value::String(format!(
+                "more than {limit} messages on {subject}; the rest were not read"
+            )));
         }
+        Ok(out)
     }
 }
 

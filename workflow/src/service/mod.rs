@@ -16,7 +16,10 @@
 //! On start the service bumps and logs its epoch (a stream of its own), replays
 //! every upgrade in the log, restarts the loops of unfinished ones, re-arms
 //! their timers from the recorded times and re-publishes their steps that have
-//! no recorded outcome, under the same ids.
+//! no recorded outcome, under the same ids. Recovery is streamed
+//! (`upgrade::recover_all`): each upgrade is resumed as soon as it is replayed
+//! and its mirror checked, and results are pulled from the start, each taken
+//! by its upgrade's loop once that one runs.
 
 pub mod api;
 mod api_guard;
@@ -117,6 +120,8 @@ pub(crate) struct Shared {
     /// The log's one writer (appends in order, one flush per batch).
     pub committer: committer::Committer,
     pub js: jetstream::Context,
+    /// `BATON_EVENTS`, the mirror (looked up once, at start).
+    pub events: jetstream::stream::Stream,
     pub nats: async_nats::Client,
     pub presence: jetstream::kv::Store,
     /// The live presence records, kept from a watch of `presence` (`presence.rs`).
@@ -130,6 +135,10 @@ pub(crate) struct Shared {
     pub started_ms: u64,
     pub api_skew: Duration,
     pub registry: Registry,
+    /// True until every unfinished upgrade of the log is claimed again at
+    /// start: a result for an upgrade the registry lacks meanwhile may be
+    /// for one not replayed yet, and is handed back rather than dropped.
+    pub recovering: std::sync::atomic::AtomicBool,
     /// Every upgrade's `list` row and `status` view, kept as events are appended.
     pub summaries: history::Summaries,
     pub shutdown: CancellationToken,
@@ -209,12 +218,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let mut lease_task = tokio::spawn(lease.run(release.clone()));
     let mut lease_done = false;
 
+    let set_up = std::time::Instant::now();
     let handles = protocol::ensure(&js, &config.protocol).await?;
+    tracing::info!(
+        elapsed_ms = elapsed_ms(set_up),
+        "JetStream streams and buckets ready"
+    );
 
     let shared = Arc::new(Shared {
         store,
         committer,
         js,
+        events: handles.events.clone(),
         nats: nats.clone(),
         presence: handles.presence.clone(),
         presence_view: Arc::new(presence::PresenceView::default()),
@@ -225,6 +240,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         started_ms,
         api_skew: config.api_skew,
         registry: Registry::default(),
+        recovering: std::sync::atomic::AtomicBool::new(true),
         summaries: history::Summaries::default(),
         shutdown: shutdown.clone(),
         append_gate: tokio::sync::RwLock::new(()),
@@ -232,10 +248,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         metrics: metrics.clone(),
     });
     // Refuse to act on a log that BATON_CHECKPOINTS contradicts.
-    checkpoint::reconcile(&shared, &handles.checkpoints).await?;
+    let reconciling = std::time::Instant::now();
+    let checkpointed = checkpoint::reconcile(&shared, &handles.checkpoints).await?;
+    tracing::info!(
+        elapsed_ms = elapsed_ms(reconciling),
+        "checkpoints reconciled"
+    );
 
     let mut tasks: JoinSet<Result<(), ServiceError>> = JoinSet::new();
-    upgrade::recover_all(&shared).await?;
+    // Results are pulled from the start of recovery: each upgrade's loop
+    // takes them once it is recovered (its mirror complete, its steps
+    // re-published), while later upgrades are still being recovered; one
+    // for an upgrade not claimed yet is handed back for later.
+    {
+        let shared = shared.clone();
+        let consumer = handles.workflow_consumer.clone();
+        tasks.spawn(async move { pump_results(shared, consumer).await });
+    }
+    upgrade::recover_all(&shared, &checkpointed).await?;
+    shared
+        .recovering
+        .store(false, std::sync::atomic::Ordering::Release);
 
     // The API first subscribes, so that nothing is answered before recovery.
     let api = nats
@@ -248,11 +281,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     {
         let shared = shared.clone();
         tasks.spawn(async move { handlers::serve(shared, api).await });
-    }
-    {
-        let shared = shared.clone();
-        let consumer = handles.workflow_consumer.clone();
-        tasks.spawn(async move { pump_results(shared, consumer).await });
     }
     {
         let (bucket, view, trust) = (
@@ -467,6 +495,10 @@ async fn record_start(
     Ok(())
 }
 
+/// How long a result for an upgrade not recovered yet waits before it is
+/// delivered again.
+const RECOVERING_RETRY: Duration = Duration::from_millis(250);
+
 /// Pulls results and routes each to its upgrade's loop; the loop acks it once
 /// it is in the log. Results for unknown or finished upgrades are acked and
 /// counted (they can only be duplicates or strays).
@@ -539,7 +571,16 @@ async fn pump_results(
                     continue;
                 }
             };
+            // Read before the registry: once it is false, every upgrade
+            // recovery will run is in the registry already.
+            let recovering = shared.recovering.load(std::sync::atomic::Ordering::Acquire);
             match shared.registry.get(&result.upgrade) {
+                None if recovering => {
+                    tracing::debug!(upgrade = %result.upgrade, "result for an upgrade not recovered yet; handed back");
+                    let _ = message
+                        .ack_with(jetstream::AckKind::Nak(Some(RECOVERING_RETRY)))
+                        .await;
+                }
                 Some(handle) => {
                     if handle
                         .send(upgrade::Command::Result {
@@ -568,6 +609,11 @@ async fn pump_results(
             }
         }
     }
+}
+
+/// Whole milliseconds since `since` (for the timings the service logs).
+pub(crate) fn elapsed_ms(since: std::time::Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Milliseconds since the Unix epoch: the only clock of the service.

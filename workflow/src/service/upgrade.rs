@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use store::{NewRecord, StreamId};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use super::metrics::{outcome_label, status_label, StepTimes};
 use super::registry::{Handle, NodeIdentity};
@@ -130,9 +131,9 @@ pub(crate) fn load_events(
     Ok(events)
 }
 
-/// How many upgrades recover at once: their NATS round trips (reading the
-/// mirror, re-mirroring, re-publishing steps) overlap, while their replay and
-/// claims stay one at a time in log order.
+/// How many upgrades do their NATS work of recovery at once (reading the
+/// mirror, re-mirroring, re-publishing steps); the replays and claims stay
+/// one at a time, in log order.
 const RECOVER_AT_ONCE: usize = 32;
 
 /// Replays every upgrade in the log and restarts the unfinished ones: compares
@@ -140,38 +141,64 @@ const RECOVER_AT_ONCE: usize = 32;
 /// re-mirrors their events NATS may have missed and re-publishes their steps
 /// that have no recorded outcome (same ids; executors answer from their
 /// ledger). A finished upgrade gets the tail its mirror lacks, if any.
+/// `checkpointed`: each stream's last checkpoint (`checkpoint::reconcile`).
 ///
-/// Upgrades are replayed and claimed one after the other in log order (the
-/// first of two unfinished upgrades of a cluster keeps it); each then goes on
-/// to its NATS work and its loop while the next ones are replayed, up to
-/// [`RECOVER_AT_ONCE`] at a time, so the first steps go out after the first
-/// upgrade's replay rather than after every upgrade's.
-pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError> {
-    use futures::StreamExt as _;
+/// Streamed: the upgrades are replayed and claimed one after the other in
+/// log order (the first of two unfinished upgrades of a cluster keeps it),
+/// and each unfinished one with a step in flight goes on to its NATS work and
+/// its loop (a task of its own, up to [`RECOVER_AT_ONCE`] at a time) as soon
+/// as it is replayed, while the next ones are replayed: the first step goes
+/// out after one replay, not after every upgrade's (or a batch's). The ones
+/// waiting on nothing in flight (a timer, an operator) come next, then the
+/// finished upgrades' mirror tails. Every task is joined before this returns;
+/// the first error stops recovery (and the service).
+pub(crate) async fn recover_all(
+    shared: &Arc<Shared>,
+    checkpointed: &BTreeMap<StreamId, u64>,
+) -> Result<(), ServiceError> {
     let started = std::time::Instant::now();
     let streams = shared.store.streams()?;
-    let mut recovering = futures::stream::iter(streams)
-        .map(|(stream, head)| {
-            // Runs when the stream is pulled: one at a time, in order.
-            let prepared = prepare(shared, stream, head);
-            async move {
-                match prepared? {
-                    None => Ok::<u64, ServiceError>(0),
-                    Some(Prepared::Finished { upgrade, events }) => {
-                        remirror_tail(shared, &upgrade, &events).await?;
-                        Ok(0)
-                    }
-                    Some(Prepared::Unfinished(recovery)) => {
-                        resume(shared, *recovery).await?;
-                        Ok(1)
-                    }
+    tracing::info!(streams = streams.len(), "recovering the log's upgrades");
+    let slots = Arc::new(tokio::sync::Semaphore::new(RECOVER_AT_ONCE));
+    let mut resuming: JoinSet<Result<(), ServiceError>> = JoinSet::new();
+    let mut idle = Vec::new();
+    let mut finished = Vec::new();
+    let mut loops = 0u64;
+    for (stream, head) in streams {
+        while let Some(joined) = resuming.try_join_next() {
+            joined_ok(joined)?;
+        }
+        match prepare(shared, stream, head, checkpointed)? {
+            None => continue,
+            Some(Prepared::Finished { stream, head }) => finished.push((stream, head)),
+            Some(Prepared::Unfinished(recovery)) => {
+                loops += 1;
+                if recovery.worker.state.outstanding_steps().is_empty() {
+                    idle.push(recovery);
+                } else {
+                    spawn_resume(shared, &slots, &mut resuming, recovery).await;
                 }
             }
-        })
-        .buffer_unordered(RECOVER_AT_ONCE);
-    let mut loops = 0u64;
-    while let Some(done) = recovering.next().await {
-        loops += done?;
+        }
+        // The resumes under way run between two replays, even on one thread.
+        tokio::task::yield_now().await;
+    }
+    for recovery in idle {
+        spawn_resume(shared, &slots, &mut resuming, recovery).await;
+    }
+    for (stream, head) in finished {
+        let slot = acquire(&slots).await;
+        let shared = shared.clone();
+        resuming.spawn(async move {
+            let _slot = slot;
+            remirror_tail(&shared, stream, head).await
+        });
+        while let Some(joined) = resuming.try_join_next() {
+            joined_ok(joined)?;
+        }
+    }
+    while let Some(joined) = resuming.join_next().await {
+        joined_ok(joined)?;
     }
     tracing::info!(
         loops,
@@ -181,21 +208,56 @@ pub(crate) async fn recover_all(shared: &Arc<Shared>) -> Result<(), ServiceError
     Ok(())
 }
 
+/// One of the [`RECOVER_AT_ONCE`] slots (the semaphore is never closed).
+async fn acquire(slots: &Arc<tokio::sync::Semaphore>) -> tokio::sync::OwnedSemaphorePermit {
+    slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the recovery's semaphore is never closed")
+}
+
+/// Starts [`resume`] of one replayed upgrade as a task of `resuming` once a
+/// slot is free.
+async fn spawn_resume(
+    shared: &Arc<Shared>,
+    slots: &Arc<tokio::sync::Semaphore>,
+    resuming: &mut JoinSet<Result<(), ServiceError>>,
+    recovery: Box<Recovery>,
+) {
+    let slot = acquire(slots).await;
+    let shared = shared.clone();
+    resuming.spawn(async move {
+        let _slot = slot;
+        resume(&shared, *recovery).await
+    });
+}
+
+/// A recovery task's end: its error, or a panic as an error.
+fn joined_ok(
+    joined: Result<Result<(), ServiceError>, tokio::task::JoinError>,
+) -> Result<(), ServiceError> {
+    joined.map_err(|join| ServiceError::Internal(format!("a recovery task failed: {join}")))?
+}
+
 /// An upgrade replayed at start.
 enum Prepared {
+    /// Finished: only its mirror's tail may need mirroring (to `head`).
     Finished {
-        upgrade: String,
-        events: Vec<(store::Record, Event)>,
+        stream: StreamId,
+        head: u64,
     },
     Unfinished(Box<Recovery>),
 }
 
-/// An unfinished upgrade replayed and claimed, its loop not started yet.
+/// An unfinished upgrade replayed and claimed, its loop not started yet. Its
+/// events are not kept (only re-read should the mirror lack some).
 struct Recovery {
     worker: Loop,
-    events: Vec<(store::Record, Event)>,
     cluster: String,
     head: u64,
+    /// How long its replay took (reading, decoding, folding).
+    replay_us: u64,
 }
 
 /// Replays one upgrade, counts it, keeps its summary and, when unfinished,
@@ -205,10 +267,12 @@ fn prepare(
     shared: &Arc<Shared>,
     stream: StreamId,
     head: store::Head,
+    checkpointed: &BTreeMap<StreamId, u64>,
 ) -> Result<Option<Prepared>, ServiceError> {
     if stream == SERVICE_STREAM {
         return Ok(None);
     }
+    let replaying = std::time::Instant::now();
     let events = load_events(shared, stream)?;
     let state = core::replay(events.iter().map(|(_, e)| e));
     let status = status_label(&state.status());
@@ -220,7 +284,10 @@ fn prepare(
         .update(&stream.to_string(), &tracker, &state);
     let upgrade = stream.to_string();
     if state.is_terminal() {
-        return Ok(Some(Prepared::Finished { upgrade, events }));
+        return Ok(Some(Prepared::Finished {
+            stream,
+            head: head.seq,
+        }));
     }
     let cluster = state.cluster_name().unwrap_or_default().to_string();
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -248,7 +315,7 @@ fn prepare(
         stream,
         state,
         head: head.seq,
-        checkpointed: super::checkpoint::last_seq(shared, stream)?,
+        checkpointed: checkpointed.get(&stream).copied().unwrap_or(0),
         rx,
         decided: decided_times(events.iter().map(|(_, e)| e)),
         counted: Some(status),
@@ -256,29 +323,32 @@ fn prepare(
     };
     Ok(Some(Prepared::Unfinished(Box::new(Recovery {
         worker,
-        events,
         cluster,
         head: head.seq,
+        replay_us: u64::try_from(replaying.elapsed().as_micros()).unwrap_or(u64::MAX),
     }))))
 }
 
 /// Checks a claimed upgrade's mirror, re-mirrors what it lacks, pauses it if
 /// the mirror contradicts the log, re-publishes its outstanding steps and
-/// starts its loop.
+/// starts its loop. The mirror is complete (up to the log's head) before the
+/// loop may append anything.
 async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceError> {
     let Recovery {
         mut worker,
-        events,
         cluster,
         head,
+        replay_us,
     } = recovery;
     let upgrade = worker.upgrade.clone();
+    let checking = std::time::Instant::now();
     // The mirror must agree with the log before anything is acted on;
     // what it lacks is mirrored again.
-    let logged = events.last().map_or(0, |(record, _)| record.seq);
     let mirrored =
-        super::mirror::of_upgrade(shared, &upgrade, super::mirror::start_limit(logged)).await?;
+        super::mirror::of_upgrade(shared, &upgrade, super::mirror::start_limit(head)).await?;
     let unmirrored = mirrored.is_empty();
+    let mirror_messages = mirrored.len();
+    let mirror_read_us = u64::try_from(checking.elapsed().as_micros()).unwrap_or(u64::MAX);
     // Nothing appends to it meanwhile: its whole log is compared.
     let found = super::mirror::differences(
         mirrored,
@@ -292,10 +362,13 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
             _ => None,
         })
         .collect();
-    worker
-        .remirror(&events, |seq| unmirrored || missing.contains(&seq))
-        .await;
-    drop(events);
+    let mut remirrored = 0;
+    if unmirrored || !missing.is_empty() {
+        let events = load_events(shared, worker.stream)?;
+        let wanted = |seq: u64| unmirrored || missing.contains(&seq);
+        remirrored = events.iter().filter(|(r, _)| wanted(r.seq)).count();
+        worker.remirror(&events, wanted).await;
+    }
     let contradictions: Vec<_> = found.iter().filter(|d| d.contradicts()).collect();
     if let Some(first) = contradictions.first() {
         tracing::error!(
@@ -326,6 +399,10 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
         %cluster,
         events = head,
         outstanding = outstanding.len(),
+        replay_us,
+        mirror_read_us,
+        mirror_messages,
+        remirrored,
         "recovered unfinished upgrade"
     );
     for step in &outstanding {
@@ -773,21 +850,15 @@ const REMIRROR_BATCH: usize = 256;
 
 /// A finished upgrade whose last events were appended but not mirrored (the
 /// service stopped in between): mirrors that tail. One by-subject read per
-/// finished upgrade.
-async fn remirror_tail(
-    shared: &Shared,
-    upgrade: &str,
-    events: &[(store::Record, Event)],
-) -> Result<(), ServiceError> {
-    let Some((head, _)) = events.last() else {
+/// finished upgrade; its events are read from the log only when a tail is
+/// missing.
+async fn remirror_tail(shared: &Shared, stream: StreamId, head: u64) -> Result<(), ServiceError> {
+    if head == 0 {
         return Ok(());
-    };
-    let stream = shared
-        .js
-        .get_stream(protocol::subjects::EVENTS_STREAM)
-        .await
-        .map_err(|err| ServiceError::Nats(format!("reading BATON_EVENTS: {err}")))?;
-    let last = match stream
+    }
+    let upgrade = &stream.to_string();
+    let last = match shared
+        .events
         .get_last_raw_message_by_subject(&protocol::subjects::event(upgrade))
         .await
     {
@@ -798,9 +869,10 @@ async fn remirror_tail(
         Err(err) if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
         Err(err) => return Err(ServiceError::Nats(format!("reading BATON_EVENTS: {err}"))),
     };
-    if last < head.seq {
-        tracing::info!(%upgrade, mirrored = last, head = head.seq, "mirroring a finished upgrade's last events");
-        remirror_where(shared, upgrade, events, |seq| seq > last).await;
+    if last < head {
+        tracing::info!(%upgrade, mirrored = last, head, "mirroring a finished upgrade's last events");
+        let events = load_events(shared, stream)?;
+        remirror_where(shared, upgrade, &events, |seq| seq > last).await;
     }
     Ok(())
 }

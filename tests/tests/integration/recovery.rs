@@ -1,0 +1,190 @@
+//! Recovery at scale (issue 16): a restarted service reads each unfinished
+//! upgrade's mirror in a few round trips, completes what the mirror lacks
+//! before the upgrade goes on, resumes every upgrade that was in flight
+//! (streamed: each one as soon as it is replayed) and takes their results
+//! while the later ones are still being recovered, without running any step
+//! twice.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tests::fleet::{self, Bins, Executors, Timings};
+use tests::NatsServer;
+
+use super::e2e::{Env, Setup, UPGRADE_TIMEOUT};
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The start-up read of a subject (`mirror::read_subject`) brings every
+/// message of that subject, in stream order, with its stream sequence, and
+/// none of another subject's, in a handful of requests (one to create its
+/// consumer, one per page of 1,024), not one per message; past its limit it
+/// stops and says there was more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subject_is_read_in_pages_in_order_and_within_its_limit() {
+    let nats = NatsServer::start().await.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "READ".into(),
+            subjects: vec!["read.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // 2,500 messages on read.a, interleaved with 500 on read.b.
+    let mut acks = Vec::new();
+    for i in 0..3_000u64 {
+        let subject = if i % 6 == 5 { "read.b" } else { "read.a" };
+        acks.push(
+            js.publish(subject, format!("{i}").into_bytes().into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+
+    let read = workflow::service::mirror::read_subject(
+        &stream,
+        "read.a",
+        u64::MAX,
+        |seq, subject, payload| {
+            (
+                seq,
+                subject.to_string(),
+                String::from_utf8_lossy(payload).to_string(),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.kept.len(), 2_500);
+    assert!(!read.more);
+    let expected: Vec<(u64, String, String)> = (0..3_000u64)
+        .filter(|i| i % 6 != 5)
+        .map(|i| (i + 1, "read.a".to_string(), i.to_string()))
+        .collect();
+    assert_eq!(read.kept, expected);
+    // One request for the consumer, three pages: the old read made 2,501.
+    assert!(read.requests <= 5, "{} requests", read.requests);
+
+    // Past the limit: the first `limit` messages, and `more`.
+    let read = workflow::service::mirror::read_subject(&stream, "read.b", 100, |seq, _, _| seq)
+        .await
+        .unwrap();
+    assert_eq!(read.kept.len(), 100);
+    assert!(read.more);
+    assert_eq!(read.kept[..2], [6, 12]);
+
+    // A subject with no message: nothing, in one request.
+    let read = workflow::service::mirror::read_subject(&stream, "read.none", 10, |seq, _, _| seq)
+        .await
+        .unwrap();
+    assert!(read.kept.is_empty() && !read.more && read.requests == 1);
+}
+
+/// An unfinished upgrade whose mirror lost events (here two in the middle
+/// and the last, deleted from `BATON_EVENTS` while the service was down) is
+/// not paused at the next start: a gap is no contradiction. The service
+/// mirrors the missing events again before the upgrade appends anything, and
+/// the upgrade completes safely.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mirror_with_gaps_is_completed_at_recovery_and_its_upgrade_goes_on() {
+    let mut env = Env::start(Setup {
+        nats_auth: false,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&["--approve-before", "before-switchover"]);
+    env.wait_status(&upgrade, &["waiting_approval"], UPGRADE_TIMEOUT)
+        .await;
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGTERM);
+    server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the service stops on SIGTERM");
+
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let stream = js
+        .get_stream(protocol::subjects::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let subject = protocol::subjects::event(&upgrade);
+    // Stream sequences of the upgrade's mirrored events, by event seq.
+    let mut mirrored = Vec::new();
+    let mut from = 1;
+    while let Ok(message) = stream
+        .get_first_raw_message_by_subject(&subject, from)
+        .await
+    {
+        from = message.sequence + 1;
+        let value: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        mirrored.push((value["seq"].as_u64().unwrap(), message.sequence));
+    }
+    assert!(mirrored.len() > 6, "{mirrored:?}");
+    let last = mirrored.len() - 1;
+    for &i in &[2, 4, last] {
+        assert!(stream.delete_message(mirrored[i].1).await.unwrap());
+    }
+
+    env.start_server();
+    env.wait_for_executors().await;
+    // Recovered, not paused: still waiting for its approval.
+    let view = env
+        .wait_status(&upgrade, &["waiting_approval", "paused"], UPGRADE_TIMEOUT)
+        .await;
+    assert_eq!(view.status, "waiting_approval", "{view:?}");
+    // The gaps were filled before it was resumed: the audit finds no difference.
+    let out = env.baton(&["audit", "verify", "--mirror"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = env.server.as_ref().unwrap().log();
+    assert!(log.contains("recovered unfinished upgrade"), "{log}");
+    assert!(log.contains("remirrored=3"), "{log}");
+
+    env.baton_ok(&["approve", &upgrade, "before-switchover"]);
+    env.expect_completed_safely(&upgrade).await;
+}
+
+/// The service SIGKILLed a third of the way through a fleet of four upgrades
+/// (one executor process for the twelve nodes) and started again at once on
+/// its log: every upgrade that was in flight gets its loop back and every
+/// one completes, every simulator verdict SAFE; no step attempt's command
+/// ran twice (each `step started` once in the executor's log); and no step
+/// result is dropped while the service recovers (results are pulled from the
+/// start of recovery, and one for an upgrade not recovered yet is handed back,
+/// not acked as a stray).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_killed_mid_fleet_resumes_every_upgrade_and_runs_no_step_twice() {
+    let bins = Bins::beside_current_exe().expect("the workspace's binaries are built");
+    let outcome = fleet::run_with(&bins, 4, Timings::Zero, Executors::One, Some(0.3))
+        .await
+        .expect("the fleet runs");
+    let recovery = outcome.recovery.clone().expect("the service was killed");
+    assert!(recovery.in_flight >= 1, "{recovery:?}");
+    assert_eq!(recovery.loops, recovery.in_flight, "{recovery:?}");
+    assert!(recovery.republished >= 1, "{recovery:?}");
+    assert!(
+        recovery.to_first_step_ms.is_some() && recovery.to_ready_ms.is_some(),
+        "{recovery:?}"
+    );
+    assert_eq!(recovery.stray_results, 0, "{recovery:?}");
+    assert_eq!(outcome.ends.len(), 4);
+    for end in &outcome.ends {
+        assert_eq!(end.status, "completed", "{end:#?}");
+        assert_eq!(end.verdict, "SAFE", "{end:#?}");
+    }
+    assert!(
+        outcome.runs_repeated.is_empty(),
+        "{:?}",
+        outcome.runs_repeated
+    );
+}
