@@ -594,9 +594,9 @@ async fn audit_verify_mirror_pages_large_mirror_messages() {
 /// A flooded mirror: someone on an open NATS publishes far more messages on
 /// an unfinished upgrade's mirror subject than its log has events (here
 /// copies of its true first event, which agree with the log). At start the
-/// service reads at most `mirror::start_limit` of them (one round trip each:
-/// millions would hold every upgrade's recovery for as long) and pauses the
-/// upgrade, naming the flood, instead of reading on.
+/// service reads at most `mirror::start_limit` of them (in pages, but millions
+/// would still hold every upgrade's recovery and the service's memory) and
+/// pauses the upgrade, naming the flood, instead of reading on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flooded_mirror_is_not_read_to_its_end_at_start_and_its_upgrade_is_paused() {
     let mut env = Env::start(Setup {
