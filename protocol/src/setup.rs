@@ -494,13 +494,23 @@ async fn ensure_consumer(
                 .map_err(|_| setup_error("create or get consumer", &name, create_err))?,
         };
     let have = &consumer.cached_info().config;
-    if have.filter_subject != want.filter_subject || have.ack_policy != want.ack_policy {
+    // max_deliver too: a consumer made elsewhere with a finite one would drop a step or a result for good after
+    // that many deliveries (a result handed back while the service recovers is delivered again and again).
+    if have.filter_subject != want.filter_subject
+        || have.ack_policy != want.ack_policy
+        || have.max_deliver != want.max_deliver
+    {
         return Err(ProtocolError::Incompatible {
             kind: "consumer",
             name,
             detail: format!(
-                "filter {:?} ack policy {:?}, expected filter {:?} ack policy {:?}",
-                have.filter_subject, have.ack_policy, want.filter_subject, want.ack_policy
+                "filter {:?} ack policy {:?} max deliver {}, expected filter {:?} ack policy {:?} max deliver {}",
+                have.filter_subject,
+                have.ack_policy,
+                have.max_deliver,
+                want.filter_subject,
+                want.ack_policy,
+                want.max_deliver
             ),
         });
     }

@@ -74,7 +74,7 @@ async fn a_subject_is_read_in_pages_in_order_and_within_its_limit() {
         .map(|i| (i + 1, "read.a".to_string(), i.to_string()))
         .collect();
     assert_eq!(read.kept, expected);
-    // One request for the consumer, three pages: the old read made 2,501.
+    // One request for the consumer, three pages, one for the subject's last message: the old read made 2,501.
     assert!(read.requests <= 5, "{} requests", read.requests);
 
     // Past the limit: the first `limit` messages, and `more`.
@@ -85,11 +85,18 @@ async fn a_subject_is_read_in_pages_in_order_and_within_its_limit() {
     assert!(read.more);
     assert_eq!(read.kept[..2], [6, 12]);
 
-    // A subject with no message: nothing, in one request.
+    // A subject with no message: nothing, in two requests (the consumer, and the stream leader's word that the
+    // subject has no last message: a consumer's count may come from a peer behind the leader).
     let read = workflow::service::mirror::read_subject(&stream, "read.none", 10, |seq, _, _| seq)
         .await
         .unwrap();
-    assert!(read.kept.is_empty() && !read.more && read.requests == 1);
+    assert!(
+        read.kept.is_empty() && !read.more && read.requests == 2,
+        "{} kept, more {}, {} requests",
+        read.kept.len(),
+        read.more,
+        read.requests
+    );
 }
 
 /// An unfinished upgrade whose mirror lost events (here two in the middle

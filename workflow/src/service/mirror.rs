@@ -225,6 +225,9 @@ mod service {
     /// on recovery's path).
     const IDLE: Duration = Duration::from_secs(5);
 
+    /// How long [`read_subject`] waits for a page's pull to be answered, and for each of its messages.
+    const PAGE_WAIT: Duration = Duration::from_secs(10);
+
     /// What [`read_subject`] read.
     pub struct Read<T> {
         /// Each message read, through `keep`, in stream order.
@@ -278,25 +281,44 @@ mod service {
                 .unwrap_or(PAGE_MESSAGES)
                 .min(PAGE_MESSAGES);
             read.requests += 1;
-            let mut batch = match consumer
-                .fetch()
-                .max_messages(ask)
-                .max_bytes(PAGE_BYTES)
-                .messages()
-                .await
-            {
-                Ok(batch) => batch,
-                Err(err) => {
+            // A pull is a publish with a reply inbox and no expiry: were its answer lost (a connection reset after
+            // the server answered), the batch would wait for ever, and the upgrade's recovery with it. Every wait
+            // has a deadline; missing it falls back to the one-by-one reads, each a request with its own timeout.
+            let pulled = tokio::time::timeout(
+                PAGE_WAIT,
+                consumer
+                    .fetch()
+                    .max_messages(ask)
+                    .max_bytes(PAGE_BYTES)
+                    .messages(),
+            )
+            .await;
+            let mut batch = match pulled {
+                Ok(Ok(batch)) => batch,
+                Ok(Err(err)) => {
                     failed = Some(err.to_string());
+                    break;
+                }
+                Err(_) => {
+                    failed = Some(format!("no answer to a page's pull within {PAGE_WAIT:?}"));
                     break;
                 }
             };
             let before = read.kept.len();
-            while let Some(message) = batch.next().await {
-                let message = match message {
-                    Ok(message) => message,
-                    Err(err) => {
-                        failed = Some(err.to_string());
+            loop {
+                let message = match tokio::time::timeout(PAGE_WAIT, batch.next()).await {
+                    Ok(Some(Ok(message))) => message,
+                    Ok(None) => break,
+                    // A pull that `max_bytes` closed after some messages ends with a status the client reports as
+                    // an error (409): page on. With nothing read in this page, fall back.
+                    Ok(Some(Err(err))) => {
+                        if read.kept.len() == before {
+                            failed = Some(err.to_string());
+                        }
+                        break;
+                    }
+                    Err(_) => {
+                        failed = Some(format!("a page's messages stopped within {PAGE_WAIT:?}"));
                         break;
                     }
                 };
@@ -315,13 +337,36 @@ mod service {
                 }
             }
             if failed.is_none() && read.kept.len() == before {
-                // Nothing came: the subject lost messages since (age, a purge).
-                break;
+                // Nothing came: messages lost since (age, a purge), or a consumer behind its stream (on a NATS
+                // cluster one copy of the consumer may sit on a lagging peer). The one-by-one reads, served by the
+                // stream's leader, say which.
+                failed = Some("a page brought nothing".to_string());
+            }
+        }
+        // The consumer's count of the subject (and its deliveries) may come from a peer behind the stream's
+        // leader: a short read would leave the mirror's tail uncompared. Ask the leader for the subject's last
+        // message (one request); past what was read, read on one by one.
+        if failed.is_none() && !read.more && !subject.contains(['*', '>']) {
+            read.requests += 1;
+            match stream.get_last_raw_message_by_subject(subject).await {
+                Ok(last) if last.sequence >= next_seq && (read.kept.len() as u64) < limit => {
+                    failed = Some(format!(
+                        "the subject's last message ({}) is past the paged read (up to {})",
+                        last.sequence,
+                        next_seq.saturating_sub(1)
+                    ));
+                }
+                Ok(_) => {}
+                Err(err)
+                    if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                }
+                Err(err) => return Err(err.to_string()),
             }
         }
         if let Some(error) = failed {
             tracing::warn!(%subject, %error, read = read.kept.len(), "a paged read failed; reading the rest one message at a time");
-            while (read.kept.len() as u64) < wanted {
+            // To the subject's end (as the leader has it), up to `limit`: not only the count the consumer gave.
+            while (read.kept.len() as u64) < limit {
                 read.requests += 1;
                 match stream
                     .get_first_raw_message_by_subject(subject, next_seq)
@@ -339,6 +384,13 @@ mod service {
                     }
                     Err(err) => return Err(err.to_string()),
                 }
+            }
+            if read.kept.len() as u64 >= limit && !read.more {
+                read.requests += 1;
+                read.more = stream
+                    .get_first_raw_message_by_subject(subject, next_seq)
+                    .await
+                    .is_ok();
             }
         }
         Ok(read)

@@ -496,7 +496,7 @@ async fn record_start(
 }
 
 /// How long a result for an upgrade not recovered yet waits before it is
-/// delivered again.
+/// delivered again the first time (doubling with each delivery, up to 16 times this).
 const RECOVERING_RETRY: Duration = Duration::from_millis(250);
 
 /// Pulls results and routes each to its upgrade's loop; the loop acks it once
@@ -576,10 +576,14 @@ async fn pump_results(
             let recovering = shared.recovering.load(std::sync::atomic::Ordering::Acquire);
             match shared.registry.get(&result.upgrade) {
                 None if recovering => {
-                    tracing::debug!(upgrade = %result.upgrade, "result for an upgrade not recovered yet; handed back");
-                    let _ = message
-                        .ack_with(jetstream::AckKind::Nak(Some(RECOVERING_RETRY)))
-                        .await;
+                    // The delay doubles with each delivery (250 ms up to 4 s): a large fleet's results must not come
+                    // round four times a second each for as long as recovery runs.
+                    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+                    let doublings =
+                        u32::try_from(delivered.saturating_sub(1).clamp(0, 4)).unwrap_or(4);
+                    let delay = RECOVERING_RETRY * 2u32.pow(doublings);
+                    tracing::debug!(upgrade = %result.upgrade, delivered, delay_ms = delay.as_millis() as u64, "result for an upgrade not recovered yet; handed back");
+                    let _ = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
                 }
                 Some(handle) => {
                     if handle

@@ -191,7 +191,12 @@ pub(crate) async fn recover_all(
         let shared = shared.clone();
         resuming.spawn(async move {
             let _slot = slot;
-            remirror_tail(&shared, stream, head).await
+            // A finished upgrade's mirror tail is for readers of the mirror (the log is the record): a NATS error
+            // here is logged and left for the next start, not a reason to stop a service whose loops already run.
+            if let Err(error) = remirror_tail(&shared, stream, head).await {
+                tracing::warn!(?stream, %error, "could not complete a finished upgrade's mirror; the next start tries again");
+            }
+            Ok(())
         });
         while let Some(joined) = resuming.try_join_next() {
             joined_ok(joined)?;
