@@ -319,32 +319,39 @@ mod service {
     ) -> Result<Checkpoint, ServiceError> {
         let cp = Checkpoint::sign(&shared.identity, stream, head, shared.epoch, now_ms());
         let bytes = serde_json::to_vec(&cp).expect("a checkpoint always serialises");
+        append_service(shared, vec![NewRecord::new(bytes)], &cp.stream).await?;
+        tracing::info!(upgrade = %cp.stream, seq = cp.seq, hash = %cp.hash, "checkpoint signed");
+        publish(shared, &cp).await;
+        Ok(cp)
+    }
+
+    /// Appends `records` to the service stream after its head. Upgrade loops checkpoint concurrently: one writer
+    /// of the service stream at a time, behind the append gate. A store error fails closed, naming `upgrade`.
+    async fn append_service(
+        shared: &Shared,
+        records: Vec<NewRecord>,
+        upgrade: impl std::fmt::Display,
+    ) -> Result<(), ServiceError> {
         let fail_closed = |err| match err {
             ServiceError::Store(source) => ServiceError::FailClosed {
-                upgrade: cp.stream.clone(),
+                upgrade: upgrade.to_string(),
                 source,
             },
             other => other,
         };
-        {
-            // Upgrade loops checkpoint concurrently: one writer of the service
-            // stream at a time.
-            let _writer = shared.service_log.lock().await;
-            let _gate = shared.append_gate.read().await;
-            let at = shared
-                .store
-                .head(SERVICE_STREAM)
-                .map_err(|e| fail_closed(e.into()))?
-                .map_or(0, |h| h.seq);
-            shared
-                .committer
-                .append(SERVICE_STREAM, at, vec![NewRecord::new(bytes)])
-                .await
-                .map_err(fail_closed)?;
-        }
-        tracing::info!(upgrade = %cp.stream, seq = cp.seq, hash = %cp.hash, "checkpoint signed");
-        publish(shared, &cp).await;
-        Ok(cp)
+        let _writer = shared.service_log.lock().await;
+        let _gate = shared.append_gate.read().await;
+        let at = shared
+            .store
+            .head(SERVICE_STREAM)
+            .map_err(|e| fail_closed(e.into()))?
+            .map_or(0, |h| h.seq);
+        shared
+            .committer
+            .append(SERVICE_STREAM, at, records)
+            .await
+            .map_err(fail_closed)?;
+        Ok(())
     }
 
     /// Publishes a checkpoint to `BATON_CHECKPOINTS`, retrying while NATS is
@@ -380,25 +387,7 @@ mod service {
                     NewRecord::new(serde_json::to_vec(cp).expect("a checkpoint always serialises"))
                 })
                 .collect();
-            let fail_closed = |err| match err {
-                ServiceError::Store(source) => ServiceError::FailClosed {
-                    upgrade: SERVICE_STREAM.to_string(),
-                    source,
-                },
-                other => other,
-            };
-            let _writer = shared.service_log.lock().await;
-            let _gate = shared.append_gate.read().await;
-            let at = shared
-                .store
-                .head(SERVICE_STREAM)
-                .map_err(|e| fail_closed(e.into()))?
-                .map_or(0, |h| h.seq);
-            shared
-                .committer
-                .append(SERVICE_STREAM, at, records)
-                .await
-                .map_err(fail_closed)?;
+            append_service(shared, records, SERVICE_STREAM).await?;
         }
         for cp in &checkpoints {
             tracing::info!(upgrade = %cp.stream, seq = cp.seq, hash = %cp.hash, "checkpoint signed");
