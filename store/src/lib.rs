@@ -89,6 +89,7 @@ mod hash;
 pub mod layout;
 mod migrate;
 mod read;
+mod snapshot;
 mod types;
 mod verify;
 mod verify_fast;
@@ -142,6 +143,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let path = path.as_ref();
         private_dir(path)?;
+        snapshot::remove_unfinished(path).map_err(|e| StoreError::from(sled::Error::Io(e)))?;
         let db = match sled::Config::new().path(path).open() {
             Ok(db) => db,
             // sled reports its lock only through the message of an I/O error.

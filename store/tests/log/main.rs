@@ -6,4 +6,5 @@ mod corruption;
 mod crash;
 mod export;
 mod migration;
+mod snapshot;
 mod support;
