@@ -762,6 +762,10 @@ struct Patroni {
     /// A member cut off from the DCS but running: its own API still says what it is (a primary keeps serving
     /// under pause), its GET /cluster fails (503), and the others' DCS view no longer lists it.
     cut_off: Option<usize>,
+    /// The cut-off member's Patroni is dead rather than cut off: its PostgreSQL still runs (an orphan primary
+    /// keeps taking writes), and its `node-status` answers from PostgreSQL itself (scripts/real/patroni/member.sh:
+    /// `{"state": "no patroni", "role": "primary", ...}` for a primary, exit 1 for a replica).
+    patroni_dead: bool,
     /// Two primaries at once: the others elected while the cut-off primary still served.
     split_brain: bool,
 }
@@ -790,6 +794,7 @@ impl Patroni {
             switchover_fault: SwitchoverFault::None,
             cached_leader: None,
             cut_off: None,
+            patroni_dead: false,
             split_brain: false,
         }
     }
@@ -828,6 +833,18 @@ impl Patroni {
                 Some(7),
                 String::new(),
                 "curl: (7) Failed to connect to 127.0.0.1 port 8008 after 0 ms: Couldn't connect to server"
+                    .into(),
+            );
+        }
+        if self.patroni_dead && self.cut_off == Some(i) {
+            if self.leader != Some(i) {
+                return Etcd::exit1(
+                    String::new(),
+                    "no patroni; its PostgreSQL runs as a replica",
+                );
+            }
+            return Etcd::ok(
+                r#"{"state": "no patroni", "role": "primary", "source": "postgresql", "patroni": "curl exit 7"}"#
                     .into(),
             );
         }
@@ -1865,11 +1882,13 @@ fn patroni_fenced_switchover_text() -> String {
 
 /// Drives a fenced-switchover Patroni upgrade until its switchover is the outstanding step.
 fn patroni_at_switchover(fault: SwitchoverFault) -> (Run, Patroni, ScheduledStep) {
+    patroni_at_switchover_of(&patroni_fenced_switchover_text(), fault)
+}
+
+/// `patroni_at_switchover` with the profile text `text`.
+fn patroni_at_switchover_of(text: &str, fault: SwitchoverFault) -> (Run, Patroni, ScheduledStep) {
     let mut run = Run::new();
-    run.input(patroni_submit(patroni_cluster(
-        &patroni_fenced_switchover_text(),
-    )))
-    .unwrap();
+    run.input(patroni_submit(patroni_cluster(text))).unwrap();
     let mut pg = Patroni::new(0);
     pg.switchover_fault = fault;
     for _ in 0..5_000 {
@@ -1930,6 +1949,212 @@ fn a_fenced_switchover_that_leaves_no_leader_lifts_the_fence_at_once() {
         e,
         Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency
     )));
+}
+
+/// The node probes the first emergency exit asked (its words: the steps it scheduled first, up to its first
+/// action), in step order, and whether they went out as one round (scheduled together: no other event between).
+fn emergency_words(history: &[Event]) -> (Vec<String>, bool) {
+    let exit = history
+        .iter()
+        .position(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency))
+        .expect("the emergency exit began");
+    let mut asked = Vec::new();
+    let mut together = true;
+    let mut last: Option<usize> = None;
+    for (i, e) in history.iter().enumerate().skip(exit) {
+        match e {
+            Event::StepScheduled {
+                action: Action::ProbeStatus,
+                node,
+                ..
+            } => {
+                together &= last.is_none_or(|l| l + 1 == i);
+                last = Some(i);
+                asked.push(node.clone());
+            }
+            Event::StepScheduled { .. } => break,
+            _ => {}
+        }
+    }
+    (asked, together)
+}
+
+/// The switchover's target promoted, then cut off from the DCS (`patroni_dead`: its Patroni died) before
+/// VerifySwitchover confirmed it, and driven until the upgrade ends: returns the run, the model and the journal's
+/// length before the cut.
+fn switchover_target_cut_off(text: &str, patroni_dead: bool) -> (Run, Patroni, usize) {
+    let (mut run, mut pg, step) = patroni_at_switchover_of(text, SwitchoverFault::None);
+    let r = pg.run(&step);
+    run.finish(&step, r);
+    assert_eq!(pg.leader, Some(1), "pg2 promoted");
+    // pg2's Patroni loses the DCS or dies; its PostgreSQL stays a primary taking writes (paused Patroni demotes
+    // nobody), and the others' DCS view, the only topology left, shows no leader.
+    pg.cut_off = Some(1);
+    pg.patroni_dead = patroni_dead;
+    let before = pg.journal.len();
+    pg.drive(&mut run, 5_000);
+    (run, pg, before)
+}
+
+/// Hostile review 6, P2 (the part left): the emergency exit asked only the leader the plan expects. Here a fenced
+/// switchover promoted pg2, whose Patroni then died (or lost the DCS) before VerifySwitchover: the expected leader
+/// is still pg1, now a replica that says so, and the others' topology shows no leader. Asking pg1 alone lifted
+/// the fence beside pg2's primary (a second one elected). Every member is asked, as one round: pg2 says it leads
+/// (from its PostgreSQL when its Patroni is dead), so the fence stays up and the upgrade halts naming pg2.
+#[test]
+fn a_switchover_target_orphaned_after_its_promotion_keeps_the_fence_up_though_the_old_leader_says_replica(
+) {
+    for patroni_dead in [true, false] {
+        a_switchover_target_orphaned(patroni_dead);
+    }
+}
+
+fn a_switchover_target_orphaned(patroni_dead: bool) {
+    let (run, pg, before) =
+        switchover_target_cut_off(&patroni_fenced_switchover_text(), patroni_dead);
+    assert!(
+        !pg.split_brain,
+        "no second primary: {:?}",
+        &pg.journal[before..]
+    );
+    assert!(pg.paused, "the fence stays up: {:?}", &pg.journal[before..]);
+    assert!(
+        pg.journal[before..].is_empty(),
+        "nothing ran after the cut: {:?}",
+        &pg.journal[before..]
+    );
+    let Status::Halted {
+        reason,
+        failover_pending: Some(pending),
+    } = status(&run.state)
+    else {
+        panic!("halted with failover pending: {:?}", status(&run.state));
+    };
+    assert!(
+        pending.contains("pg2's own node probe") && pending.contains("second leader"),
+        "{pending}"
+    );
+    assert!(
+        !pending.contains("pg1's own") && !pending.contains("pg3's own"),
+        "only the member that says it leads is named: {pending}"
+    );
+    assert!(
+        reason.contains("emergency exit")
+            && reason.contains("expected pg1")
+            && reason.contains("still leads"),
+        "{reason}"
+    );
+    let (asked, together) = emergency_words(&run.history);
+    assert_eq!(
+        asked,
+        ["pg1", "pg2", "pg3"],
+        "the expected leader first, then every other member"
+    );
+    assert!(together, "asked as one round");
+}
+
+/// The same without probe rounds: the members are asked one at a time, every one of them, and the verdict is the
+/// same.
+#[test]
+fn without_probe_rounds_the_emergency_exit_asks_every_member_one_at_a_time() {
+    let text =
+        patroni_fenced_switchover_text().replace("probe_rounds = true", "probe_rounds = false");
+    assert_ne!(text, patroni_fenced_switchover_text());
+    let (run, pg, before) = switchover_target_cut_off(&text, true);
+    assert!(!pg.split_brain && pg.paused, "{:?}", &pg.journal[before..]);
+    let Status::Halted {
+        failover_pending: Some(pending),
+        ..
+    } = status(&run.state)
+    else {
+        panic!("halted with failover pending: {:?}", status(&run.state));
+    };
+    assert!(pending.contains("pg2's own node probe"), "{pending}");
+    let (asked, together) = emergency_words(&run.history);
+    assert_eq!(asked, ["pg1", "pg2", "pg3"]);
+    assert!(!together, "one at a time");
+}
+
+/// Every member answers "not leading" or not at all: the fence is lifted as before. The leader's host and pg3's
+/// are dead (their executors never answer): the words go out as one round, so the exit waits for one node
+/// probe's deadline, not one per dead member, before it re-enables failover.
+#[test]
+fn when_no_member_says_it_leads_the_emergency_exit_lifts_the_fence_after_one_probe_deadline_at_most(
+) {
+    let (mut run, mut pg) = upgraded_first_follower();
+    pg.up[0] = false;
+    pg.leader = None;
+    let dead = ["pg1", "pg3"];
+    for _ in 0..5_000 {
+        if run.state.is_terminal() {
+            break;
+        }
+        let alive = run
+            .state
+            .outstanding_steps()
+            .into_iter()
+            .find(|s| !dead.contains(&s.node.as_str()));
+        if let Some(step) = alive {
+            let r = pg.run(&step);
+            run.finish(&step, r);
+        } else if run.state.next_wakeup_ms().is_some() {
+            run.tick();
+        } else {
+            break;
+        }
+    }
+    let Status::Halted {
+        failover_pending, ..
+    } = status(&run.state)
+    else {
+        panic!("halted: {:?}", status(&run.state));
+    };
+    assert_eq!(failover_pending, None, "failover re-enabled");
+    assert!(!pg.paused, "the fence was lifted: {:?}", pg.journal);
+    let (asked, together) = emergency_words(&run.history);
+    assert_eq!(asked, ["pg1", "pg2", "pg3"]);
+    assert!(together, "asked as one round");
+    let scheduled = |what: &dyn Fn(&Event) -> bool| {
+        run.history
+            .iter()
+            .find_map(|e| match e {
+                Event::StepScheduled {
+                    deadline_ms,
+                    timeout_ms,
+                    ..
+                } if what(e) => Some((*deadline_ms, *timeout_ms)),
+                _ => None,
+            })
+            .expect("scheduled")
+    };
+    let exit = run
+        .history
+        .iter()
+        .position(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency))
+        .expect("the emergency exit began");
+    let after_exit = |e: &Event| run.history[exit..].iter().any(|x| std::ptr::eq(x, e));
+    let (word_deadline, word_timeout) = scheduled(&|e| {
+        after_exit(e)
+            && matches!(e, Event::StepScheduled { action: Action::ProbeStatus, node, .. } if node == "pg1")
+    });
+    let (unblock_deadline, unblock_timeout) = scheduled(&|e| {
+        matches!(
+            e,
+            Event::StepScheduled {
+                action: Action::UnblockFailover,
+                ..
+            }
+        )
+    });
+    // Both deadlines carry the same grace (the cluster file's default `result_grace_ms`, 10 s): the unblock went
+    // out when the dead members' words' deadline passed (both at once), not one deadline per dead member.
+    let grace = 10_000;
+    let waited = (unblock_deadline - unblock_timeout) - (word_deadline - word_timeout);
+    assert!(
+        waited <= word_timeout + grace,
+        "the fence was lifted {waited} ms after the words were asked (one node probe deadline is {} ms)",
+        word_timeout + grace
+    );
 }
 
 /// Hostile review (H-REVIEW3 #2): a fenced switchover that Patroni refuses cleanly leaves the upgrade waiting
