@@ -2051,6 +2051,8 @@ fn a_switchover_target_orphaned(patroni_dead: bool) {
         "the expected leader first, then every other member"
     );
     assert!(together, "asked as one round");
+    // A pure function of the log: every decision, the words' round included, is made again from it.
+    workflow::core::verify(&run.history).expect("the log re-derives");
 }
 
 /// The same without probe rounds: the members are asked one at a time, every one of them, and the verdict is the
@@ -2073,6 +2075,7 @@ fn without_probe_rounds_the_emergency_exit_asks_every_member_one_at_a_time() {
     let (asked, together) = emergency_words(&run.history);
     assert_eq!(asked, ["pg1", "pg2", "pg3"]);
     assert!(!together, "one at a time");
+    workflow::core::verify(&run.history).expect("the log re-derives");
 }
 
 /// Every member answers "not leading" or not at all: the fence is lifted as before. The leader's host and pg3's
@@ -2114,6 +2117,7 @@ fn when_no_member_says_it_leads_the_emergency_exit_lifts_the_fence_after_one_pro
     let (asked, together) = emergency_words(&run.history);
     assert_eq!(asked, ["pg1", "pg2", "pg3"]);
     assert!(together, "asked as one round");
+    workflow::core::verify(&run.history).expect("the log re-derives");
     let scheduled = |what: &dyn Fn(&Event) -> bool| {
         run.history
             .iter()
@@ -3021,6 +3025,63 @@ fn a_fenced_patroni_upgrade_answered_out_of_order_decides_exactly_as_in_order() 
             .map(|(n, a)| (n.as_str(), a.as_str())),
         Some(("pg2", "unblock_failover"))
     );
+}
+
+/// The emergency exit's words are one round like any other: answered in reverse order, every decision is the one
+/// made when they are answered in order, replay rebuilds the state, and the verdict is the same: pg2 (the promoted,
+/// orphaned switchover target) named; and with a follower out, the follower (whose word fails: it is stopped)
+/// brought back before the leader that says it leads halts the upgrade.
+#[test]
+fn the_emergency_exits_words_answered_out_of_order_decide_exactly_as_in_order() {
+    type Setup = fn() -> (Run, Patroni);
+    let orphaned_target: Setup = || {
+        let (mut run, mut pg, step) =
+            patroni_at_switchover_of(&patroni_fenced_switchover_text(), SwitchoverFault::None);
+        let r = pg.run(&step);
+        run.finish(&step, r);
+        pg.cut_off = Some(1);
+        pg.patroni_dead = true;
+        (run, pg)
+    };
+    let leader_cut_off_with_a_follower_out: Setup = || {
+        let (run, mut pg) = patroni_until_journal("pg2", "stop");
+        pg.cut_off = Some(0);
+        (run, pg)
+    };
+    for (setup, leader) in [
+        (orphaned_target, "pg2"),
+        (leader_cut_off_with_a_follower_out, "pg1"),
+    ] {
+        let run_in = |order: Answer| {
+            let (mut run, mut pg) = setup();
+            let batches = drive_rounds(&mut run, order, 5_000, |s| pg.run(s));
+            assert!(pg.paused && !pg.split_brain, "{:?}", pg.journal);
+            workflow::core::verify(&run.history).expect("verify");
+            assert_eq!(workflow::core::replay(&run.history), run.state);
+            (run, batches, pg.journal)
+        };
+        let (forward, forward_batches, forward_journal) = run_in(Answer::AsScheduled);
+        let (backward, backward_batches, backward_journal) = run_in(Answer::Reversed);
+        let words = round(&["node@pg1", "node@pg2", "node@pg3"]);
+        assert!(
+            forward_batches.contains(&words),
+            "the words as one round: {forward_batches:?}"
+        );
+        assert_eq!(forward_batches, backward_batches);
+        assert_eq!(decisions(&forward.history), decisions(&backward.history));
+        assert_eq!(forward_journal, backward_journal);
+        let Status::Halted {
+            failover_pending: Some(pending),
+            ..
+        } = status(&forward.state)
+        else {
+            panic!("halted with failover pending: {:?}", status(&forward.state));
+        };
+        assert!(
+            pending.contains(&format!("{leader}'s own node probe")),
+            "{pending}"
+        );
+    }
 }
 
 /// Hostile review 6 #9: an executor that refuses a probe of a round (`rejected`: it ran nothing) is an answer like
