@@ -766,6 +766,9 @@ struct Patroni {
     /// keeps taking writes), and its `node-status` answers from PostgreSQL itself (scripts/real/patroni/member.sh:
     /// `{"state": "no patroni", "role": "primary", ...}` for a primary, exit 1 for a replica).
     patroni_dead: bool,
+    /// A member whose PostgreSQL still runs as a primary although the DCS names another leader (a switchover's
+    /// old leader that did not demote): its `node-status` says "primary".
+    stale_primary: Option<usize>,
     /// Two primaries at once: the others elected while the cut-off primary still served.
     split_brain: bool,
 }
@@ -795,6 +798,7 @@ impl Patroni {
             cached_leader: None,
             cut_off: None,
             patroni_dead: false,
+            stale_primary: None,
             split_brain: false,
         }
     }
@@ -853,7 +857,7 @@ impl Patroni {
         } else {
             ""
         };
-        let body = if self.leader == Some(i) {
+        let body = if self.leader == Some(i) || self.stale_primary == Some(i) {
             format!(
                 r#"{{"state": "running", "role": "primary", "timeline": 1{pause}, "patroni": {{"version": "4.1.5", "scope": "baton", "name": "{}"}}}}"#,
                 PG[i]
@@ -2076,6 +2080,35 @@ fn without_probe_rounds_the_emergency_exit_asks_every_member_one_at_a_time() {
     assert_eq!(asked, ["pg1", "pg2", "pg3"]);
     assert!(!together, "one at a time");
     workflow::core::verify(&run.history).expect("the log re-derives");
+}
+
+/// Two members say they lead (the orphaned target, and the old leader that never demoted): the fence stays up and
+/// the halt names both, not only the first that said so.
+#[test]
+fn every_member_that_says_it_leads_is_named() {
+    let (mut run, mut pg, step) =
+        patroni_at_switchover_of(&patroni_fenced_switchover_text(), SwitchoverFault::None);
+    let r = pg.run(&step);
+    run.finish(&step, r);
+    pg.cut_off = Some(1);
+    pg.patroni_dead = true;
+    pg.stale_primary = Some(0);
+    pg.drive(&mut run, 5_000);
+    assert!(pg.paused && !pg.split_brain, "{:?}", pg.journal);
+    let Status::Halted {
+        failover_pending: Some(pending),
+        ..
+    } = status(&run.state)
+    else {
+        panic!("halted with failover pending: {:?}", status(&run.state));
+    };
+    assert!(
+        pending.contains("pg1's own node probe")
+            && pending.contains("pg2's own node probe")
+            && !pending.contains("pg3's own")
+            && pending.contains("Check pg1, pg2 (each says it leads"),
+        "{pending}"
+    );
 }
 
 /// Every member answers "not leading" or not at all: the fence is lifted as before. The leader's host and pg3's

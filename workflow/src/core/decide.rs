@@ -2498,7 +2498,8 @@ fn says_it_leads(observation: &Observation) -> bool {
 fn leads_problem(record: &StepRecord) -> String {
     format!(
         "{node}'s own node probe ({probe}) says it still leads while the cluster shows no leader: it may be \
-         serving while cut off from the others, and re-enabling failover now could elect a second leader",
+         serving while cut off from the others or without its cluster manager, and re-enabling failover now \
+         could elect a second leader",
         node = record.scheduled.node,
         probe = describe_probe(record)
     )
@@ -2549,8 +2550,8 @@ fn emergency_halt(state: &State, w: &WindDown, leaders: &[&StepRecord], now: u64
         .collect::<Vec<_>>();
     let check = match nodes.as_slice() {
         [one] => format!(
-            "Check {one} (is it cut off from the others?); once the cluster shows one leader again, or {one} is \
-             stopped"
+            "Check {one} (is it cut off from the others, or is its cluster manager down?); once the cluster \
+             shows one leader again, or {one} is stopped"
         ),
         many => format!(
             "Check {} (each says it leads: which is cut off from the others?); once the cluster shows one leader \
