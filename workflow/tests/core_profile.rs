@@ -2189,8 +2189,47 @@ fn when_no_member_says_it_leads_the_emergency_exit_lifts_the_fence_after_one_pro
     let waited = (unblock_deadline - unblock_timeout) - (word_deadline - word_timeout);
     assert!(
         waited <= word_timeout + grace,
-        "the fence was lifted {waited} ms after the words were asked (one node probe deadline is {} ms)",
+        "the unblock was scheduled {waited} ms after the words were asked (one node probe deadline is {} ms)",
         word_timeout + grace
+    );
+    // Hostile review 8 #1: and it goes through pg2, the member that answered, not a dead one whose action
+    // deadline (60 s + grace) would pass first: the fence is down within one node probe deadline of the asks.
+    let unblocks: Vec<(u64, &str)> = run.history[exit..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepScheduled {
+                action: Action::UnblockFailover,
+                step,
+                node,
+                ..
+            } => Some((*step, node.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        unblocks.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        ["pg2"],
+        "one unblock, through the member that answered"
+    );
+    let lifted = run.history[exit..]
+        .iter()
+        .find_map(|e| match e {
+            Event::StepResultRecorded {
+                step,
+                outcome: Outcome::Succeeded,
+                at_ms,
+                ..
+            } if *step == unblocks[0].0 => Some(*at_ms),
+            _ => None,
+        })
+        .expect("the unblock succeeded");
+    let asked_at = word_deadline - word_timeout - grace;
+    // One deadline, and the unblock's own run (the model answers in 10 ms; a second is a generous bound, far
+    // below the 70 s a dead member's unblock deadline would add).
+    assert!(
+        lifted - asked_at <= word_timeout + grace + 1_000,
+        "the fence came down {} ms after the words were asked",
+        lifted - asked_at
     );
 }
 

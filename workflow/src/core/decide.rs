@@ -2319,9 +2319,19 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
         match emergency_word(state, w) {
             Word::Ask(from) => {
                 // One round where the profile asks for rounds, else one member at a time.
-                if let Ok(events) = try_schedule_probes(state, &emergency_probes(state), from, now)
-                {
-                    return events;
+                match try_schedule_probes(state, &emergency_probes(state), from, now) {
+                    Ok(events) => return events,
+                    // Cannot ask the rest (not reachable today: preflight rendered the same probe for every
+                    // member). Fail safe: a member that already said it leads keeps the fence up.
+                    Err(_) => {
+                        let leaders = words_asked(state, w)
+                            .into_iter()
+                            .filter(|r| r.outcome.is_some() && says_it_leads(&observe(state, r)))
+                            .collect::<Vec<_>>();
+                        if !leaders.is_empty() {
+                            return vec![emergency_halt(state, w, &leaders, now)];
+                        }
+                    }
                 }
             }
             Word::Awaited => return vec![],
@@ -2343,7 +2353,17 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
             }
             Word::NotNeeded => {}
         }
-        let via = observer(state, None);
+        // Through a member that has just answered its ask, when the usual observer is one that did not (its
+        // host may be dead, and the unblock would wait out a whole action deadline there first).
+        let mut via = observer(state, None);
+        if state.unreachable.contains(&via) {
+            if let Some(r) = words_asked(state, w)
+                .into_iter()
+                .find(|r| !state.unreachable.contains(&r.scheduled.node))
+            {
+                via = r.scheduled.node.clone();
+            }
+        }
         return match schedule(state, Action::UnblockFailover, &via, now, None) {
             Ok(e) => vec![e],
             Err(why) => vec![end(Some(format!(
