@@ -762,6 +762,13 @@ struct Patroni {
     /// A member cut off from the DCS but running: its own API still says what it is (a primary keeps serving
     /// under pause), its GET /cluster fails (503), and the others' DCS view no longer lists it.
     cut_off: Option<usize>,
+    /// The cut-off member's Patroni is dead rather than cut off: its PostgreSQL still runs (an orphan primary
+    /// keeps taking writes), and its `node-status` answers from PostgreSQL itself (scripts/real/patroni/member.sh:
+    /// `{"state": "no patroni", "role": "primary", ...}` for a primary, exit 1 for a replica).
+    patroni_dead: bool,
+    /// A member whose PostgreSQL still runs as a primary although the DCS names another leader (a switchover's
+    /// old leader that did not demote): its `node-status` says "primary".
+    stale_primary: Option<usize>,
     /// Two primaries at once: the others elected while the cut-off primary still served.
     split_brain: bool,
 }
@@ -790,6 +797,8 @@ impl Patroni {
             switchover_fault: SwitchoverFault::None,
             cached_leader: None,
             cut_off: None,
+            patroni_dead: false,
+            stale_primary: None,
             split_brain: false,
         }
     }
@@ -831,12 +840,24 @@ impl Patroni {
                     .into(),
             );
         }
+        if self.patroni_dead && self.cut_off == Some(i) {
+            if self.leader != Some(i) {
+                return Etcd::exit1(
+                    String::new(),
+                    "no patroni; its PostgreSQL runs as a replica",
+                );
+            }
+            return Etcd::ok(
+                r#"{"state": "no patroni", "role": "primary", "source": "postgresql", "patroni": "curl exit 7"}"#
+                    .into(),
+            );
+        }
         let pause = if self.paused {
             r#", "pause": true"#
         } else {
             ""
         };
-        let body = if self.leader == Some(i) {
+        let body = if self.leader == Some(i) || self.stale_primary == Some(i) {
             format!(
                 r#"{{"state": "running", "role": "primary", "timeline": 1{pause}, "patroni": {{"version": "4.1.5", "scope": "baton", "name": "{}"}}}}"#,
                 PG[i]
@@ -1865,11 +1886,13 @@ fn patroni_fenced_switchover_text() -> String {
 
 /// Drives a fenced-switchover Patroni upgrade until its switchover is the outstanding step.
 fn patroni_at_switchover(fault: SwitchoverFault) -> (Run, Patroni, ScheduledStep) {
+    patroni_at_switchover_of(&patroni_fenced_switchover_text(), fault)
+}
+
+/// `patroni_at_switchover` with the profile text `text`.
+fn patroni_at_switchover_of(text: &str, fault: SwitchoverFault) -> (Run, Patroni, ScheduledStep) {
     let mut run = Run::new();
-    run.input(patroni_submit(patroni_cluster(
-        &patroni_fenced_switchover_text(),
-    )))
-    .unwrap();
+    run.input(patroni_submit(patroni_cluster(text))).unwrap();
     let mut pg = Patroni::new(0);
     pg.switchover_fault = fault;
     for _ in 0..5_000 {
@@ -1930,6 +1953,284 @@ fn a_fenced_switchover_that_leaves_no_leader_lifts_the_fence_at_once() {
         e,
         Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency
     )));
+}
+
+/// The node probes the first emergency exit asked (its words: the steps it scheduled first, up to its first
+/// action), in step order, and whether they went out as one round (scheduled together: no other event between).
+fn emergency_words(history: &[Event]) -> (Vec<String>, bool) {
+    let exit = history
+        .iter()
+        .position(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency))
+        .expect("the emergency exit began");
+    let mut asked = Vec::new();
+    let mut together = true;
+    let mut last: Option<usize> = None;
+    for (i, e) in history.iter().enumerate().skip(exit) {
+        match e {
+            Event::StepScheduled {
+                action: Action::ProbeStatus,
+                node,
+                ..
+            } => {
+                together &= last.is_none_or(|l| l + 1 == i);
+                last = Some(i);
+                asked.push(node.clone());
+            }
+            Event::StepScheduled { .. } => break,
+            _ => {}
+        }
+    }
+    (asked, together)
+}
+
+/// The switchover's target promoted, then cut off from the DCS (`patroni_dead`: its Patroni died) before
+/// VerifySwitchover confirmed it, and driven until the upgrade ends: returns the run, the model and the journal's
+/// length before the cut.
+fn switchover_target_cut_off(text: &str, patroni_dead: bool) -> (Run, Patroni, usize) {
+    let (mut run, mut pg, step) = patroni_at_switchover_of(text, SwitchoverFault::None);
+    let r = pg.run(&step);
+    run.finish(&step, r);
+    assert_eq!(pg.leader, Some(1), "pg2 promoted");
+    // pg2's Patroni loses the DCS or dies; its PostgreSQL stays a primary taking writes (paused Patroni demotes
+    // nobody), and the others' DCS view, the only topology left, shows no leader.
+    pg.cut_off = Some(1);
+    pg.patroni_dead = patroni_dead;
+    let before = pg.journal.len();
+    pg.drive(&mut run, 5_000);
+    (run, pg, before)
+}
+
+/// Hostile review 6, P2 (the part left): the emergency exit asked only the leader the plan expects. Here a fenced
+/// switchover promoted pg2, whose Patroni then died (or lost the DCS) before VerifySwitchover: the expected leader
+/// is still pg1, now a replica that says so, and the others' topology shows no leader. Asking pg1 alone lifted
+/// the fence beside pg2's primary (a second one elected). Every member is asked, as one round: pg2 says it leads
+/// (from its PostgreSQL when its Patroni is dead), so the fence stays up and the upgrade halts naming pg2.
+#[test]
+fn a_switchover_target_orphaned_after_its_promotion_keeps_the_fence_up_though_the_old_leader_says_replica(
+) {
+    for patroni_dead in [true, false] {
+        a_switchover_target_orphaned(patroni_dead);
+    }
+}
+
+fn a_switchover_target_orphaned(patroni_dead: bool) {
+    let (run, pg, before) =
+        switchover_target_cut_off(&patroni_fenced_switchover_text(), patroni_dead);
+    assert!(
+        !pg.split_brain,
+        "no second primary: {:?}",
+        &pg.journal[before..]
+    );
+    assert!(pg.paused, "the fence stays up: {:?}", &pg.journal[before..]);
+    assert!(
+        pg.journal[before..].is_empty(),
+        "nothing ran after the cut: {:?}",
+        &pg.journal[before..]
+    );
+    let Status::Halted {
+        reason,
+        failover_pending: Some(pending),
+    } = status(&run.state)
+    else {
+        panic!("halted with failover pending: {:?}", status(&run.state));
+    };
+    assert!(
+        pending.contains("pg2's own node probe") && pending.contains("second leader"),
+        "{pending}"
+    );
+    assert!(
+        !pending.contains("pg1's own") && !pending.contains("pg3's own"),
+        "only the member that says it leads is named: {pending}"
+    );
+    assert!(
+        reason.contains("emergency exit")
+            && reason.contains("expected pg1")
+            && reason.contains("still leads"),
+        "{reason}"
+    );
+    let (asked, together) = emergency_words(&run.history);
+    assert_eq!(
+        asked,
+        ["pg1", "pg2", "pg3"],
+        "the expected leader first, then every other member"
+    );
+    assert!(together, "asked as one round");
+    // A pure function of the log: every decision, the words' round included, is made again from it.
+    workflow::core::verify(&run.history).expect("the log re-derives");
+}
+
+/// The same without probe rounds: the members are asked one at a time, every one of them, and the verdict is the
+/// same.
+#[test]
+fn without_probe_rounds_the_emergency_exit_asks_every_member_one_at_a_time() {
+    let text =
+        patroni_fenced_switchover_text().replace("probe_rounds = true", "probe_rounds = false");
+    assert_ne!(text, patroni_fenced_switchover_text());
+    let (run, pg, before) = switchover_target_cut_off(&text, true);
+    assert!(!pg.split_brain && pg.paused, "{:?}", &pg.journal[before..]);
+    let Status::Halted {
+        failover_pending: Some(pending),
+        ..
+    } = status(&run.state)
+    else {
+        panic!("halted with failover pending: {:?}", status(&run.state));
+    };
+    assert!(pending.contains("pg2's own node probe"), "{pending}");
+    let (asked, together) = emergency_words(&run.history);
+    assert_eq!(asked, ["pg1", "pg2", "pg3"]);
+    assert!(!together, "one at a time");
+    workflow::core::verify(&run.history).expect("the log re-derives");
+}
+
+/// Two members say they lead (the orphaned target, and the old leader that never demoted): the fence stays up and
+/// the halt names both, not only the first that said so.
+#[test]
+fn every_member_that_says_it_leads_is_named() {
+    let (mut run, mut pg, step) =
+        patroni_at_switchover_of(&patroni_fenced_switchover_text(), SwitchoverFault::None);
+    let r = pg.run(&step);
+    run.finish(&step, r);
+    pg.cut_off = Some(1);
+    pg.patroni_dead = true;
+    pg.stale_primary = Some(0);
+    pg.drive(&mut run, 5_000);
+    assert!(pg.paused && !pg.split_brain, "{:?}", pg.journal);
+    let Status::Halted {
+        failover_pending: Some(pending),
+        ..
+    } = status(&run.state)
+    else {
+        panic!("halted with failover pending: {:?}", status(&run.state));
+    };
+    assert!(
+        pending.contains("pg1's own node probe")
+            && pending.contains("pg2's own node probe")
+            && !pending.contains("pg3's own")
+            && pending.contains("Check pg1, pg2 (each says it leads"),
+        "{pending}"
+    );
+}
+
+/// Every member answers "not leading" or not at all: the fence is lifted as before. The leader's host and pg3's
+/// are dead (their executors never answer): the words go out as one round, so the exit waits for one node
+/// probe's deadline, not one per dead member, before it re-enables failover.
+#[test]
+fn when_no_member_says_it_leads_the_emergency_exit_lifts_the_fence_after_one_probe_deadline_at_most(
+) {
+    let (mut run, mut pg) = upgraded_first_follower();
+    pg.up[0] = false;
+    pg.leader = None;
+    let dead = ["pg1", "pg3"];
+    for _ in 0..5_000 {
+        if run.state.is_terminal() {
+            break;
+        }
+        let alive = run
+            .state
+            .outstanding_steps()
+            .into_iter()
+            .find(|s| !dead.contains(&s.node.as_str()));
+        if let Some(step) = alive {
+            let r = pg.run(&step);
+            run.finish(&step, r);
+        } else if run.state.next_wakeup_ms().is_some() {
+            run.tick();
+        } else {
+            break;
+        }
+    }
+    let Status::Halted {
+        failover_pending, ..
+    } = status(&run.state)
+    else {
+        panic!("halted: {:?}", status(&run.state));
+    };
+    assert_eq!(failover_pending, None, "failover re-enabled");
+    assert!(!pg.paused, "the fence was lifted: {:?}", pg.journal);
+    let (asked, together) = emergency_words(&run.history);
+    assert_eq!(asked, ["pg1", "pg2", "pg3"]);
+    assert!(together, "asked as one round");
+    workflow::core::verify(&run.history).expect("the log re-derives");
+    let scheduled = |what: &dyn Fn(&Event) -> bool| {
+        run.history
+            .iter()
+            .find_map(|e| match e {
+                Event::StepScheduled {
+                    deadline_ms,
+                    timeout_ms,
+                    ..
+                } if what(e) => Some((*deadline_ms, *timeout_ms)),
+                _ => None,
+            })
+            .expect("scheduled")
+    };
+    let exit = run
+        .history
+        .iter()
+        .position(|e| matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency))
+        .expect("the emergency exit began");
+    let after_exit = |e: &Event| run.history[exit..].iter().any(|x| std::ptr::eq(x, e));
+    let (word_deadline, word_timeout) = scheduled(&|e| {
+        after_exit(e)
+            && matches!(e, Event::StepScheduled { action: Action::ProbeStatus, node, .. } if node == "pg1")
+    });
+    let (unblock_deadline, unblock_timeout) = scheduled(&|e| {
+        matches!(
+            e,
+            Event::StepScheduled {
+                action: Action::UnblockFailover,
+                ..
+            }
+        )
+    });
+    // Both deadlines carry the same grace (the cluster file's default `result_grace_ms`, 10 s): the unblock went
+    // out when the dead members' words' deadline passed (both at once), not one deadline per dead member.
+    let grace = 10_000;
+    let waited = (unblock_deadline - unblock_timeout) - (word_deadline - word_timeout);
+    assert!(
+        waited <= word_timeout + grace,
+        "the unblock was scheduled {waited} ms after the words were asked (one node probe deadline is {} ms)",
+        word_timeout + grace
+    );
+    // Hostile review 8 #1: and it goes through pg2, the member that answered, not a dead one whose action
+    // deadline (60 s + grace) would pass first: the fence is down within one node probe deadline of the asks.
+    let unblocks: Vec<(u64, &str)> = run.history[exit..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepScheduled {
+                action: Action::UnblockFailover,
+                step,
+                node,
+                ..
+            } => Some((*step, node.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        unblocks.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        ["pg2"],
+        "one unblock, through the member that answered"
+    );
+    let lifted = run.history[exit..]
+        .iter()
+        .find_map(|e| match e {
+            Event::StepResultRecorded {
+                step,
+                outcome: Outcome::Succeeded,
+                at_ms,
+                ..
+            } if *step == unblocks[0].0 => Some(*at_ms),
+            _ => None,
+        })
+        .expect("the unblock succeeded");
+    let asked_at = word_deadline - word_timeout - grace;
+    // One deadline, and the unblock's own run (the model answers in 10 ms; a second is a generous bound, far
+    // below the 70 s a dead member's unblock deadline would add).
+    assert!(
+        lifted - asked_at <= word_timeout + grace + 1_000,
+        "the fence came down {} ms after the words were asked",
+        lifted - asked_at
+    );
 }
 
 /// Hostile review (H-REVIEW3 #2): a fenced switchover that Patroni refuses cleanly leaves the upgrade waiting
@@ -2796,6 +3097,63 @@ fn a_fenced_patroni_upgrade_answered_out_of_order_decides_exactly_as_in_order() 
             .map(|(n, a)| (n.as_str(), a.as_str())),
         Some(("pg2", "unblock_failover"))
     );
+}
+
+/// The emergency exit's words are one round like any other: answered in reverse order, every decision is the one
+/// made when they are answered in order, replay rebuilds the state, and the verdict is the same: pg2 (the promoted,
+/// orphaned switchover target) named; and with a follower out, the follower (whose word fails: it is stopped)
+/// brought back before the leader that says it leads halts the upgrade.
+#[test]
+fn the_emergency_exits_words_answered_out_of_order_decide_exactly_as_in_order() {
+    type Setup = fn() -> (Run, Patroni);
+    let orphaned_target: Setup = || {
+        let (mut run, mut pg, step) =
+            patroni_at_switchover_of(&patroni_fenced_switchover_text(), SwitchoverFault::None);
+        let r = pg.run(&step);
+        run.finish(&step, r);
+        pg.cut_off = Some(1);
+        pg.patroni_dead = true;
+        (run, pg)
+    };
+    let leader_cut_off_with_a_follower_out: Setup = || {
+        let (run, mut pg) = patroni_until_journal("pg2", "stop");
+        pg.cut_off = Some(0);
+        (run, pg)
+    };
+    for (setup, leader) in [
+        (orphaned_target, "pg2"),
+        (leader_cut_off_with_a_follower_out, "pg1"),
+    ] {
+        let run_in = |order: Answer| {
+            let (mut run, mut pg) = setup();
+            let batches = drive_rounds(&mut run, order, 5_000, |s| pg.run(s));
+            assert!(pg.paused && !pg.split_brain, "{:?}", pg.journal);
+            workflow::core::verify(&run.history).expect("verify");
+            assert_eq!(workflow::core::replay(&run.history), run.state);
+            (run, batches, pg.journal)
+        };
+        let (forward, forward_batches, forward_journal) = run_in(Answer::AsScheduled);
+        let (backward, backward_batches, backward_journal) = run_in(Answer::Reversed);
+        let words = round(&["node@pg1", "node@pg2", "node@pg3"]);
+        assert!(
+            forward_batches.contains(&words),
+            "the words as one round: {forward_batches:?}"
+        );
+        assert_eq!(forward_batches, backward_batches);
+        assert_eq!(decisions(&forward.history), decisions(&backward.history));
+        assert_eq!(forward_journal, backward_journal);
+        let Status::Halted {
+            failover_pending: Some(pending),
+            ..
+        } = status(&forward.state)
+        else {
+            panic!("halted with failover pending: {:?}", status(&forward.state));
+        };
+        assert!(
+            pending.contains(&format!("{leader}'s own node probe")),
+            "{pending}"
+        );
+    }
 }
 
 /// Hostile review 6 #9: an executor that refuses a probe of a round (`rejected`: it ran nothing) is an answer like

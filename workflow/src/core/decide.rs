@@ -850,6 +850,17 @@ fn schedule_probes(
     from: usize,
     now: u64,
 ) -> Vec<Event> {
+    try_schedule_probes(state, probes, from, now)
+        .unwrap_or_else(|why| vec![wind_down(format!("cannot schedule a step: {why}"), now)])
+}
+
+/// `schedule_probes`, or why a probe of it cannot be rendered.
+fn try_schedule_probes(
+    state: &State,
+    probes: &[(Action, String)],
+    from: usize,
+    now: u64,
+) -> Result<Vec<Event>, String> {
     let round = if sub(state).profile.probe_rounds {
         round_of(probes, from, |a| names_leader(state, a))
     } else {
@@ -857,22 +868,28 @@ fn schedule_probes(
     };
     let mut out = Vec::with_capacity(round.len());
     for (nth, (action, node)) in (0u64..).zip(round) {
-        match schedule(state, *action, node, now, None) {
-            Ok(mut event) => {
-                if let Event::StepScheduled { step, .. } = &mut event {
-                    *step = step.saturating_add(nth);
-                }
-                out.push(event);
-            }
-            Err(why) => return vec![wind_down(format!("cannot schedule a step: {why}"), now)],
+        let mut event = schedule(state, *action, node, now, None)?;
+        if let Event::StepScheduled { step, .. } = &mut event {
+            *step = step.saturating_add(nth);
         }
+        out.push(event);
     }
-    out
+    Ok(out)
 }
 
 /// The probe the current checking context would ask next if it asked one at a time: preflight's, the guard's
 /// or a checking item's at the count of checks passed.
 fn next_probe(state: &State) -> Option<(Action, String)> {
+    if let Some(w) = state
+        .wind_down
+        .as_ref()
+        .filter(|w| w.cause == WindDownCause::Emergency)
+    {
+        // The emergency exit's words (the only round a wind-down asks): one at a time, the member at the current
+        // step's place among its asks, every earlier one judged.
+        let at = usize::try_from(state.current?.checked_sub(w.first_step)?).ok()?;
+        return emergency_probes(state).get(at).cloned();
+    }
     let Some(plan) = &state.plan else {
         return preflight_probes(state).get(state.preflight_passed).cloned();
     };
@@ -2203,7 +2220,7 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
         let Some(record) = state.steps.get(step) else {
             return vec![];
         };
-        if let Some(events) = emergency_word_judged(state, w, record, observation, now) {
+        if let Some(events) = emergency_word_judged(state, w, record, observation) {
             return events;
         }
         let action = record.scheduled.action;
@@ -2297,23 +2314,56 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
         }
     }
     if w.cause == WindDownCause::Emergency && state.failover_blocked {
-        // No gate: the cluster has no leader and cannot elect one while failover is off. Only the expected
-        // leader's own word, if the profile's node probe gives it, is asked first (`emergency_word`).
+        // No gate: the cluster has no leader and cannot elect one while failover is off. Only the members' own
+        // word, if the profile's node probe gives it, is asked first (`emergency_word`).
         match emergency_word(state, w) {
-            Word::Ask(leader) => {
-                if let Ok(e) = schedule(state, Action::ProbeStatus, &leader, now, None) {
-                    return vec![e];
+            Word::Ask(from) => {
+                // One round where the profile asks for rounds, else one member at a time.
+                match try_schedule_probes(state, &emergency_probes(state), from, now) {
+                    Ok(events) => return events,
+                    // Cannot ask the rest (not reachable today: preflight rendered the same probe for every
+                    // member). Fail safe: a member that already said it leads keeps the fence up.
+                    Err(_) => {
+                        let leaders = words_asked(state, w)
+                            .into_iter()
+                            .filter(|r| r.outcome.is_some() && says_it_leads(&observe(state, r)))
+                            .collect::<Vec<_>>();
+                        if !leaders.is_empty() {
+                            return vec![emergency_halt(state, w, &leaders, now)];
+                        }
+                    }
                 }
             }
-            // It said it leads, and the node this upgrade had out is being brought back meanwhile.
-            Word::Leads => {
-                if let Some(node) = &w.recover {
-                    return recovery_decisions(state, w, node, now);
-                }
+            Word::Awaited => return vec![],
+            // Every member answered, and the words counted as the wind-down's passed checks: count from zero
+            // again (a poll of no length) before what follows checks by that count (a recovery's probes).
+            Word::Leads(_) | Word::NotNeeded if w.checks_passed > 0 && words_last(state, w) => {
+                return vec![Event::WaitStarted {
+                    purpose: WaitPurpose::Poll,
+                    until_ms: now,
+                }];
+            }
+            // A member said it leads: the node this upgrade had out is brought back first (the wind-down then
+            // restarts and asks again), otherwise the upgrade halts with the fence up.
+            Word::Leads(leaders) => {
+                return match &w.recover {
+                    Some(node) => recovery_decisions(state, w, node, now),
+                    None => vec![emergency_halt(state, w, &leaders, now)],
+                };
             }
             Word::NotNeeded => {}
         }
-        let via = observer(state, None);
+        // Through a member that has just answered its ask, when the usual observer is one that did not (its
+        // host may be dead, and the unblock would wait out a whole action deadline there first).
+        let mut via = observer(state, None);
+        if state.unreachable.contains(&via) {
+            if let Some(r) = words_asked(state, w)
+                .into_iter()
+                .find(|r| !state.unreachable.contains(&r.scheduled.node))
+            {
+                via = r.scheduled.node.clone();
+            }
+        }
         return match schedule(state, Action::UnblockFailover, &via, now, None) {
             Ok(e) => vec![e],
             Err(why) => vec![end(Some(format!(
@@ -2351,44 +2401,106 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
     }
 }
 
-/// Before the emergency exit lifts the fence: the node whose own word must be asked first, if it has not been
-/// asked in this wind-down yet. A leader cut off from the others (Patroni's primary from its DCS, while paused)
-/// still serves, and the topology, read from the others' side, shows no leader: lifting the fence then lets the
-/// others elect a second one. So when the profile's node probe says whether a member leads (`leader_when`),
-/// the leader the plan expects now is asked before failover is re-enabled (`emergency_word_judged`). A leader
-/// that is really gone costs that probe's time (a refused connection at once; a dead host its deadline).
-fn emergency_word(state: &State, w: &WindDown) -> Word {
+/// The members whose own word the emergency exit asks before it lifts the fence, in the order asked: the leader
+/// the plan expects now first, then every other member of the cluster file. Empty unless the profile's node probe
+/// says whether a member leads (`leader_when`). Every member, not only the expected leader: leadership may have
+/// moved where the plan does not know yet (a switchover's target promoted, then its cluster manager dead while
+/// its database still takes writes: the expected leader, still the old one, says "replica"). A member this
+/// upgrade stopped is asked too: "stopped" is this upgrade's belief, and its probe fails fast if it holds.
+fn emergency_asks(state: &State) -> Vec<String> {
     if !sub(state).profile.node_probe_says_leader() {
-        return Word::NotNeeded;
+        return vec![];
     }
-    let Some(leader) = state
+    let expected = state
         .new_leader
         .clone()
         .or_else(|| state.plan.as_ref().map(|p| p.leader.clone()))
-    else {
+        .filter(|n| sub(state).cluster.node(n).is_some());
+    let others = node_names(state)
+        .into_iter()
+        .filter(|n| expected.as_deref() != Some(*n))
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    expected.into_iter().chain(others).collect()
+}
+
+/// The emergency exit's asks as probes (`emergency_asks`).
+fn emergency_probes(state: &State) -> Vec<(Action, String)> {
+    emergency_asks(state)
+        .into_iter()
+        .map(|n| (Action::ProbeStatus, n))
+        .collect()
+}
+
+/// The words asked in this wind-down so far: its first steps, for as long as each is the node probe of the member
+/// `emergency_asks` names at its place (a round keeps that order: consecutive step ids), in step order.
+fn words_asked<'a>(state: &'a State, w: &WindDown) -> Vec<&'a StepRecord> {
+    let asks = emergency_asks(state);
+    state
+        .steps
+        .range(w.first_step..)
+        .map(|(_, r)| r)
+        .zip(&asks)
+        .take_while(|(r, node)| {
+            r.scheduled.action == Action::ProbeStatus && r.scheduled.node == **node
+        })
+        .map(|(r, _)| r)
+        .collect()
+}
+
+/// Whether this wind-down asked words and scheduled nothing after them.
+fn words_last(state: &State, w: &WindDown) -> bool {
+    let words = words_asked(state, w).len();
+    words > 0 && state.steps.range(w.first_step..).count() == words
+}
+
+/// Before the emergency exit lifts the fence: what it still needs of the members' own word. A leader cut off
+/// from the others (Patroni's primary from its DCS, while paused) still serves, and the topology, read from the
+/// others' side, shows no leader: lifting the fence then lets the others elect a second one. So when the
+/// profile's node probe says whether a member leads (`leader_when`), every member (`emergency_asks`) is asked
+/// before failover is re-enabled, all at once where the profile asks for probe rounds, and each answer is judged
+/// (`emergency_word_judged`); the verdict waits for every answer. A member that is really gone costs its probe's
+/// time (a refused connection at once; a dead host its deadline, once for the whole round).
+fn emergency_word<'a>(state: &'a State, w: &WindDown) -> Word<'a> {
+    let asks = emergency_asks(state);
+    if asks.is_empty() {
         return Word::NotNeeded;
-    };
-    match state.steps.range(w.first_step..).next() {
-        None => Word::Ask(leader),
-        Some((_, r)) if r.scheduled.action == Action::ProbeStatus && r.scheduled.node == leader => {
-            if r.outcome.is_some() && says_it_leads(&observe(state, r)) {
-                Word::Leads
-            } else {
-                Word::NotNeeded
-            }
-        }
-        // The wind-down began with something else: the leader's word was not asked in it.
-        Some(_) => Word::NotNeeded,
+    }
+    let words = words_asked(state, w);
+    if words.is_empty() {
+        // The wind-down began with something else (another version's log): the members were not asked in it.
+        return if state.steps.range(w.first_step..).next().is_some() {
+            Word::NotNeeded
+        } else {
+            Word::Ask(0)
+        };
+    }
+    if words.iter().any(|r| r.outcome.is_none()) {
+        return Word::Awaited;
+    }
+    if words.len() < asks.len() && words_last(state, w) {
+        return Word::Ask(words.len());
+    }
+    let leaders: Vec<&StepRecord> = words
+        .into_iter()
+        .filter(|r| says_it_leads(&observe(state, r)))
+        .collect();
+    if leaders.is_empty() {
+        Word::NotNeeded
+    } else {
+        Word::Leads(leaders)
     }
 }
 
-/// What the emergency exit still needs of the expected leader's own word (`emergency_word`).
-enum Word {
-    /// Ask it (the wind-down's first step).
-    Ask(String),
-    /// It said it leads: failover stays blocked.
-    Leads,
-    /// Asked and not leading, or the profile cannot tell.
+/// What the emergency exit still needs of the members' own word (`emergency_word`).
+enum Word<'a> {
+    /// Ask the members of `emergency_asks` from this place on (the wind-down's first steps).
+    Ask(usize),
+    /// A word is still out.
+    Awaited,
+    /// Every member was asked, and these said they lead: failover stays blocked.
+    Leads(Vec<&'a StepRecord>),
+    /// Asked and nobody leads (no answer, a failed probe, not leading), or the profile cannot tell.
     NotNeeded,
 }
 
@@ -2402,73 +2514,79 @@ fn says_it_leads(observation: &Observation) -> bool {
     )
 }
 
-/// Judges the expected leader's own word asked by `emergency_word` (the first step of an emergency wind-down).
-/// It says it leads: failover stays blocked; the node this upgrade had out is brought back first if there is one
-/// (the wind-down then restarts and asks again), otherwise the upgrade halts with `failover_pending` saying why.
-/// Anything else (no answer, a failed probe, not leading): failover is re-enabled as before.
+/// What a member's word that it leads means, for the check and the halt.
+fn leads_problem(record: &StepRecord) -> String {
+    format!(
+        "{node}'s own node probe ({probe}) says it still leads while the cluster shows no leader: it may be \
+         serving while cut off from the others or without its cluster manager, and re-enabling failover now \
+         could elect a second leader",
+        node = record.scheduled.node,
+        probe = describe_probe(record)
+    )
+}
+
+/// Judges one member's word asked by `emergency_word` (one of the first steps of an emergency wind-down): a check
+/// that passes unless it says it leads. The verdict comes once every member has answered (`emergency_word`):
+/// a round's judgment goes on after a passed check, and after a failed one its other answers are recorded.
 fn emergency_word_judged(
     state: &State,
     w: &WindDown,
     record: &StepRecord,
     observation: &Observation,
-    now: u64,
 ) -> Option<Vec<Event>> {
     let s = &record.scheduled;
     let is_word = w.cause == WindDownCause::Emergency
         && state.failover_blocked
-        && sub(state).profile.node_probe_says_leader()
-        && s.action == Action::ProbeStatus
-        && state
-            .steps
-            .range(w.first_step..)
-            .next()
-            .map(|(step, _)| *step)
-            == Some(s.step);
+        && words_asked(state, w)
+            .iter()
+            .any(|r| r.scheduled.step == s.step);
     if !is_word {
         return None;
     }
-    if !says_it_leads(observation) {
-        return Some(vec![
-            Event::CheckEvaluated {
-                step: s.step,
-                node: s.node.clone(),
-                passed: true,
-                problems: vec![],
-            },
-            // Straight on to the unblock, with the wind-down's own checks counted from zero.
-            Event::WaitStarted {
-                purpose: WaitPurpose::Poll,
-                until_ms: now,
-            },
-        ]);
-    }
-    let problem = format!(
-        "{node}'s own node probe ({probe}) says it still leads while the cluster shows no leader: it may be \
-         serving while cut off from the others, and re-enabling failover now could elect a second leader",
-        node = s.node,
-        probe = describe_probe(record)
-    );
-    let mut events = vec![Event::CheckEvaluated {
+    let leads = says_it_leads(observation);
+    Some(vec![Event::CheckEvaluated {
         step: s.step,
         node: s.node.clone(),
-        passed: false,
-        problems: vec![problem.clone()],
-    }];
-    if let Some(node) = &w.recover {
-        events.extend(recovery_decisions(state, w, node, now));
-        return Some(events);
-    }
-    events.push(Event::UpgradeHalted {
+        passed: !leads,
+        problems: if leads {
+            vec![leads_problem(record)]
+        } else {
+            vec![]
+        },
+    }])
+}
+
+/// The emergency exit's halt when members said they lead and no node of this upgrade's is to be brought back:
+/// failover stays blocked, and `failover_pending` names every member that said it leads.
+fn emergency_halt(state: &State, w: &WindDown, leaders: &[&StepRecord], now: u64) -> Event {
+    let problem = leaders
+        .iter()
+        .map(|r| leads_problem(r))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let nodes = leaders
+        .iter()
+        .map(|r| r.scheduled.node.as_str())
+        .collect::<Vec<_>>();
+    let check = match nodes.as_slice() {
+        [one] => format!(
+            "Check {one} (is it cut off from the others, or is its cluster manager down?); once the cluster \
+             shows one leader again, or {one} is stopped"
+        ),
+        many => format!(
+            "Check {} (each says it leads: which is cut off from the others?); once the cluster shows one leader \
+             again and no other member says it leads",
+            many.join(", ")
+        ),
+    };
+    Event::UpgradeHalted {
         reason: format!("{}; not taken: {problem}", w.reason),
         failover_pending: Some(format!(
-            "failover is still blocked: {problem}. Check {node} (is it cut off from the others?); once the \
-             cluster shows one leader again, or {node} is stopped, run `{hint}`",
-            node = s.node,
+            "failover is still blocked: {problem}. {check}, run `{hint}`",
             hint = sub(state).profile.hints.cluster_failover_on
         )),
         at_ms: now,
-    });
-    Some(events)
+    }
 }
 
 /// The failover gate of a wind-down (S3): `(blocking, other)` problems of one observation. Failover is

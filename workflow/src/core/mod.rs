@@ -57,9 +57,10 @@
 //!   profile file's `election_ms`) while failover is blocked re-enables it at once (`decide::emergency_for`;
 //!   after a switchover that failed under the fence, counted from when it began), also while paused, at a gate
 //!   or awaiting verification (`decide::watch_decisions`); with a node probe that says whether a member leads,
-//!   the expected leader is asked first and a leader that says it still leads (cut off but serving) keeps the
-//!   fence up and halts the upgrade with `failover_pending` (`decide::emergency_word`); a wind-down that
-//!   cannot confirm any leader at all within its time re-enables it too.
+//!   every member is asked first (the expected leader first, as one round where the profile asks for rounds,
+//!   `decide::emergency_asks`), and any that says it still leads (cut off but serving, or an orphaned primary)
+//!   keeps the fence up and halts the upgrade with `failover_pending` naming it (`decide::emergency_word`); a
+//!   wind-down that cannot confirm any leader at all within its time re-enables it too.
 //!   A wind-down first brings back the node this upgrade had out of service (an abort: the node in progress; a
 //!   failure: the node it stopped and did not start again): its `start` if it was stopped and not started
 //!   (idempotent, retried per policy), then `status`/`cluster-status` on it until healthy and synced (bounded

@@ -435,7 +435,7 @@ impl Profile {
     }
 
     /// Whether a member's node probe says whether it leads (a profile file's node probe with `leader_when`):
-    /// the emergency exit asks the expected leader's own word before it lifts the fence (`decide`,
+    /// the emergency exit asks every member's own word before it lifts the fence (`decide`,
     /// `emergency_word`).
     pub fn node_probe_says_leader(&self) -> bool {
         let Some(reader) = &self.reader else {
