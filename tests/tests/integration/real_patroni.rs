@@ -192,7 +192,7 @@ async fn baton_upgrades_the_real_cluster_every_member_once_leader_last_and_loses
 }
 
 /// A primary whose Patroni process died or hangs (a crash, an OOM kill, a stuck process) leaves its PostgreSQL
-/// running and taking writes. Its node probe is what the emergency exit asks ("does the expected leader say it
+/// running and taking writes. Its node probe is what the emergency exit asks ("does any member say it
 /// leads?" before lifting the fence): it must still say it leads, from PostgreSQL itself, or Baton would resume
 /// failover and the replicas would elect a second primary beside it. The shipped profile reads it as leading and
 /// not in service; a replica without its Patroni gives no observation (not in service, not leading).
