@@ -195,3 +195,150 @@ async fn a_service_killed_mid_fleet_resumes_every_upgrade_and_runs_no_step_twice
         outcome.runs_repeated
     );
 }
+
+/// Deletes `BATON_EVENTS` (the mirror; the log is the record) and creates it
+/// again as the service made it, changed by `change`, with `dummies` messages
+/// of no upgrade in it. Answers the stream's config as it was.
+async fn recreate_events(
+    js: &async_nats::jetstream::Context,
+    dummies: usize,
+    change: impl FnOnce(&mut async_nats::jetstream::stream::Config),
+) -> async_nats::jetstream::stream::Config {
+    let name = protocol::subjects::EVENTS_STREAM;
+    let mut stream = js.get_stream(name).await.unwrap();
+    let original = stream.info().await.unwrap().config.clone();
+    assert!(js.delete_stream(name).await.unwrap().success);
+    let mut config = original.clone();
+    change(&mut config);
+    js.create_stream(config).await.unwrap();
+    for i in 0..dummies {
+        let subject = protocol::subjects::event("no-upgrade");
+        js.publish(subject, format!("{i}").into_bytes().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    original
+}
+
+/// An upgrade in flight when the service is SIGKILLed, and a restart whose
+/// recovery cannot end on its own: `BATON_EVENTS` was emptied (so the
+/// upgrade's events must be mirrored again before its loop may start) and
+/// refuses every publish (full, discard new), so the re-mirroring retries
+/// for as long as the service runs. SIGTERM then stops the service within
+/// seconds, cleanly (exit 0, "recovery stopped by shutdown"), without ever
+/// going on to serve (no "workflow service ready": before the fix recovery
+/// ran on to the end, then the API started, after the SIGTERM). With the
+/// mirror writable again, a third start resumes the upgrade, which completes
+/// safely with every node installed once (no step ran twice).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_recovery_stops_the_service_promptly_and_a_restart_resumes() {
+    let mut env = Env::start(Setup {
+        nats_auth: false,
+        sync_ms: 800,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    env.wait_installed("backend-2").await;
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGKILL);
+    server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the service died");
+
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let original = recreate_events(&js, 1, |config| {
+        config.max_messages = 1;
+        config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    })
+    .await;
+
+    env.start_server();
+    let log_file = env.dir.path().join("server-2.log");
+    let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    let held = tests::wait_until(Duration::from_secs(30), || {
+        log().contains("publish failed; retrying")
+    })
+    .await;
+    assert!(held, "recovery never tried to re-mirror:\n{}", log());
+    let server = env.server.as_mut().unwrap();
+    let signalled = std::time::Instant::now();
+    server.signal(Signal::SIGTERM);
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the service stops within 10 s of SIGTERM during recovery");
+    let stopped_in = signalled.elapsed();
+    let text = log();
+    assert!(status.success(), "{status:?}\n{text}");
+    assert!(text.contains("signal received, shutting down"), "{text}");
+    assert!(text.contains("recovery stopped by shutdown"), "{text}");
+    assert!(text.contains("workflow service stopped"), "{text}");
+    assert!(!text.contains("workflow service ready"), "{text}");
+    assert!(
+        !text.contains("every unfinished upgrade recovered"),
+        "{text}"
+    );
+    eprintln!("stopped {stopped_in:?} after SIGTERM during recovery");
+
+    recreate_events(&js, 0, |config| *config = original).await;
+    env.start_server();
+    env.expect_completed_safely(&upgrade).await;
+    let log = std::fs::read_to_string(env.dir.path().join("server-3.log")).unwrap();
+    assert!(log.contains("recovered unfinished upgrade"), "{log}");
+}
+
+/// A recovery that fails (here the mirror read of the upgrade in flight:
+/// `BATON_EVENTS` allows one consumer, and another holds it) stops the
+/// service by the same orderly path as a SIGTERM: the error named in the log,
+/// every task joined, the log closed, the lease released ("workflow service
+/// stopped", which the early return before the fix skipped), a non-zero
+/// exit. Once the mirror's consumer is free a restart resumes the upgrade.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recovery_error_stops_the_service_in_order_and_a_restart_resumes() {
+    let mut env = Env::start(Setup {
+        nats_auth: false,
+        sync_ms: 800,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    env.wait_installed("backend-2").await;
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGKILL);
+    server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the service died");
+
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let original = recreate_events(&js, 0, |config| config.max_consumers = 1).await;
+    let events = js
+        .get_stream(protocol::subjects::EVENTS_STREAM)
+        .await
+        .unwrap();
+    events
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("blocker".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    env.start_server();
+    let server = env.server.as_mut().unwrap();
+    let status = server
+        .wait_exit(Duration::from_secs(60))
+        .expect("the service stops when its recovery fails");
+    let text = std::fs::read_to_string(env.dir.path().join("server-2.log")).unwrap();
+    assert!(!status.success(), "{status:?}\n{text}");
+    assert!(text.contains("recovery failed"), "{text}");
+    assert!(text.contains("reading BATON_EVENTS"), "{text}");
+    assert!(text.contains("workflow service stopped"), "{text}");
+    assert!(!text.contains("workflow service ready"), "{text}");
+
+    assert!(events.delete_consumer("blocker").await.unwrap().success);
+    recreate_events(&js, 0, |config| *config = original).await;
+    env.start_server();
+    env.expect_completed_safely(&upgrade).await;
+}

@@ -136,6 +136,17 @@ pub(crate) fn load_events(
 /// one at a time, in log order.
 const RECOVER_AT_ONCE: usize = 32;
 
+/// How recovery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recovered {
+    /// Every unfinished upgrade's loop runs again.
+    All,
+    /// The service's token was cancelled (SIGTERM, a lost lease, a loop that
+    /// failed closed) before every upgrade was recovered: what was started
+    /// is joined, the rest is left for the next start.
+    Stopped,
+}
+
 /// Replays every upgrade in the log and restarts the unfinished ones: compares
 /// their mirror with the log (pausing one it contradicts, `mirror.rs`),
 /// re-mirrors their events NATS may have missed and re-publishes their steps
@@ -150,21 +161,70 @@ const RECOVER_AT_ONCE: usize = 32;
 /// as it is replayed, while the next ones are replayed: the first step goes
 /// out after one replay, not after every upgrade's (or a batch's). The ones
 /// waiting on nothing in flight (a timer, an operator) come next, then the
-/// finished upgrades' mirror tails. Every task is joined before this returns;
-/// the first error stops recovery (and the service).
+/// finished upgrades' mirror tails.
+///
+/// Stoppable: the service's token is looked at between two upgrades and
+/// every wait (a free slot, a mirror read, a publish) gives up on it, so a
+/// SIGTERM during recovery stops it within one NATS round trip rather than
+/// after every upgrade ([`Recovered::Stopped`]). The first error cancels the
+/// token (the loops already started stop, the other tasks give up). Either
+/// way every task started is joined before this returns: nothing is left
+/// running, and the caller stops the service in its usual order.
 pub(crate) async fn recover_all(
     shared: &Arc<Shared>,
     checkpointed: &BTreeMap<StreamId, u64>,
-) -> Result<(), ServiceError> {
+) -> Result<Recovered, ServiceError> {
     let started = std::time::Instant::now();
+    let mut resuming: JoinSet<Result<(), ServiceError>> = JoinSet::new();
+    let mut outcome = recover_pass(shared, checkpointed, &mut resuming).await;
+    if let Err(err) = &outcome {
+        tracing::error!(error = %super::anyhow_chain(err), "recovery failed; stopping what it started");
+        shared.shutdown.cancel();
+    }
+    while let Some(joined) = resuming.join_next().await {
+        if let Err(err) = joined_ok(joined) {
+            if outcome.is_ok() {
+                tracing::error!(error = %super::anyhow_chain(&err), "recovery failed; stopping what it started");
+                shared.shutdown.cancel();
+                outcome = Err(err);
+            } else {
+                tracing::warn!(error = %super::anyhow_chain(&err), "another recovery task failed while recovery stopped");
+            }
+        }
+    }
+    let loops = outcome?;
+    let elapsed_ms = super::elapsed_ms(started);
+    if shared.shutdown.is_cancelled() {
+        tracing::info!(
+            loops,
+            elapsed_ms,
+            "recovery stopped by shutdown before every unfinished upgrade was recovered; the next start resumes them"
+        );
+        return Ok(Recovered::Stopped);
+    }
+    tracing::info!(loops, elapsed_ms, "every unfinished upgrade recovered");
+    Ok(Recovered::All)
+}
+
+/// [`recover_all`]'s pass over the log: replays and claims, and starts the
+/// tasks of `resuming`. Answers how many unfinished upgrades it claimed, or
+/// the first error (its own, or of a task already joined); ends early, with
+/// no error, once the service's token is cancelled.
+async fn recover_pass(
+    shared: &Arc<Shared>,
+    checkpointed: &BTreeMap<StreamId, u64>,
+    resuming: &mut JoinSet<Result<(), ServiceError>>,
+) -> Result<u64, ServiceError> {
     let streams = shared.store.streams()?;
     tracing::info!(streams = streams.len(), "recovering the log's upgrades");
     let slots = Arc::new(tokio::sync::Semaphore::new(RECOVER_AT_ONCE));
-    let mut resuming: JoinSet<Result<(), ServiceError>> = JoinSet::new();
     let mut idle = Vec::new();
     let mut finished = Vec::new();
     let mut loops = 0u64;
     for (stream, head) in streams {
+        if shared.shutdown.is_cancelled() {
+            return Ok(loops);
+        }
         while let Some(joined) = resuming.try_join_next() {
             joined_ok(joined)?;
         }
@@ -175,8 +235,8 @@ pub(crate) async fn recover_all(
                 loops += 1;
                 if recovery.worker.state.outstanding_steps().is_empty() {
                     idle.push(recovery);
-                } else {
-                    spawn_resume(shared, &slots, &mut resuming, recovery).await;
+                } else if !spawn_resume(shared, &slots, resuming, recovery).await {
+                    return Ok(loops);
                 }
             }
         }
@@ -184,16 +244,24 @@ pub(crate) async fn recover_all(
         tokio::task::yield_now().await;
     }
     for recovery in idle {
-        spawn_resume(shared, &slots, &mut resuming, recovery).await;
+        if !spawn_resume(shared, &slots, resuming, recovery).await {
+            return Ok(loops);
+        }
     }
     for (stream, head) in finished {
-        let slot = acquire(&slots).await;
+        let Some(slot) = acquire(shared, &slots).await else {
+            return Ok(loops);
+        };
         let shared = shared.clone();
         resuming.spawn(async move {
             let _slot = slot;
             // A finished upgrade's mirror tail is for readers of the mirror (the log is the record): a NATS error
             // here is logged and left for the next start, not a reason to stop a service whose loops already run.
-            if let Err(error) = remirror_tail(&shared, stream, head).await {
+            let tail = tokio::select! {
+                _ = shared.shutdown.cancelled() => return Ok(()),
+                tail = remirror_tail(&shared, stream, head) => tail,
+            };
+            if let Err(error) = tail {
                 tracing::warn!(?stream, %error, "could not complete a finished upgrade's mirror; the next start tries again");
             }
             Ok(())
@@ -202,40 +270,38 @@ pub(crate) async fn recover_all(
             joined_ok(joined)?;
         }
     }
-    while let Some(joined) = resuming.join_next().await {
-        joined_ok(joined)?;
-    }
-    tracing::info!(
-        loops,
-        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "every unfinished upgrade recovered"
-    );
-    Ok(())
+    Ok(loops)
 }
 
-/// One of the [`RECOVER_AT_ONCE`] slots (the semaphore is never closed).
-async fn acquire(slots: &Arc<tokio::sync::Semaphore>) -> tokio::sync::OwnedSemaphorePermit {
-    slots
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the recovery's semaphore is never closed")
+/// One of the [`RECOVER_AT_ONCE`] slots (the semaphore is never closed);
+/// `None` once the service's token is cancelled.
+async fn acquire(
+    shared: &Shared,
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    tokio::select! {
+        _ = shared.shutdown.cancelled() => None,
+        slot = slots.clone().acquire_owned() => Some(slot.expect("the recovery's semaphore is never closed")),
+    }
 }
 
 /// Starts [`resume`] of one replayed upgrade as a task of `resuming` once a
-/// slot is free.
+/// slot is free; `false` if the service's token was cancelled first.
 async fn spawn_resume(
     shared: &Arc<Shared>,
     slots: &Arc<tokio::sync::Semaphore>,
     resuming: &mut JoinSet<Result<(), ServiceError>>,
     recovery: Box<Recovery>,
-) {
-    let slot = acquire(slots).await;
+) -> bool {
+    let Some(slot) = acquire(shared, slots).await else {
+        return false;
+    };
     let shared = shared.clone();
     resuming.spawn(async move {
         let _slot = slot;
         resume(&shared, *recovery).await
     });
+    true
 }
 
 /// A recovery task's end: its error, or a panic as an error.
@@ -337,7 +403,8 @@ fn prepare(
 /// Checks a claimed upgrade's mirror, re-mirrors what it lacks, pauses it if
 /// the mirror contradicts the log, re-publishes its outstanding steps and
 /// starts its loop. The mirror is complete (up to the log's head) before the
-/// loop may append anything.
+/// loop may append anything. Once the service's token is cancelled it gives
+/// up where it is (its loop not started: the next start does it all again).
 async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceError> {
     let Recovery {
         mut worker,
@@ -349,8 +416,10 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
     let checking = std::time::Instant::now();
     // The mirror must agree with the log before anything is acted on;
     // what it lacks is mirrored again.
-    let mirrored =
-        super::mirror::of_upgrade(shared, &upgrade, super::mirror::start_limit(head)).await?;
+    let mirrored = tokio::select! {
+        _ = shared.shutdown.cancelled() => return Ok(()),
+        read = super::mirror::of_upgrade(shared, &upgrade, super::mirror::start_limit(head)) => read?,
+    };
     let unmirrored = mirrored.is_empty();
     let mirror_messages = mirrored.len();
     let mirror_read_us = u64::try_from(checking.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -373,6 +442,10 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
         let wanted = |seq: u64| unmirrored || missing.contains(&seq);
         remirrored = events.iter().filter(|(r, _)| wanted(r.seq)).count();
         worker.remirror(&events, wanted).await;
+    }
+    // A publish gives up on shutdown: the mirror may lack events yet, and nothing may act before it is whole.
+    if shared.shutdown.is_cancelled() {
+        return Ok(());
     }
     let contradictions: Vec<_> = found.iter().filter(|d| d.contradicts()).collect();
     if let Some(first) = contradictions.first() {
