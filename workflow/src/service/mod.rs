@@ -105,6 +105,17 @@ pub enum ServiceError {
         #[source]
         source: serde_json::Error,
     },
+    /// A NATS error that outlasted its retries while an unfinished upgrade
+    /// was recovered (`upgrade::retrying`).
+    #[error("upgrade {upgrade}: {what} failed {attempts} times in {elapsed_ms} ms; the service does not start without it")]
+    Recovery {
+        upgrade: String,
+        what: &'static str,
+        attempts: u32,
+        elapsed_ms: u64,
+        #[source]
+        source: Box<ServiceError>,
+    },
     #[error("upgrade {upgrade}: the log could not be written; the service stopped acting on it")]
     FailClosed {
         upgrade: String,

@@ -416,9 +416,18 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
     let checking = std::time::Instant::now();
     // The mirror must agree with the log before anything is acted on;
     // what it lacks is mirrored again.
-    let mirrored = tokio::select! {
-        _ = shared.shutdown.cancelled() => return Ok(()),
-        read = super::mirror::of_upgrade(shared, &upgrade, super::mirror::start_limit(head)) => read?,
+    // A NATS error here (a consumer refused, a pull timed out: a server restarting, a stream leader elected) is
+    // retried for a while rather than stopping the whole start; only one that lasts fails it.
+    let read = retrying(
+        &shared.shutdown,
+        MIRROR_READ_RETRY,
+        &upgrade,
+        "reading its mirror",
+        || super::mirror::of_upgrade(shared, &upgrade, super::mirror::start_limit(head)),
+    )
+    .await?;
+    let Some(mirrored) = read else {
+        return Ok(());
     };
     let unmirrored = mirrored.is_empty();
     let mirror_messages = mirrored.len();
@@ -488,6 +497,80 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
     }
     shared.registry.track(worker.run()).await;
     Ok(())
+}
+
+/// How a step of an unfinished upgrade's recovery is tried again after an
+/// error: first after `first`, each wait twice the last up to `max`, and no
+/// new try that would start after `total`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retry {
+    pub first: Duration,
+    pub max: Duration,
+    pub total: Duration,
+}
+
+/// The mirror read at start: a NATS server restarting or a stream leader
+/// elected takes seconds; 30 s of trying is past both, and short enough that
+/// a NATS that does not answer is reported rather than waited on for ever.
+pub(crate) const MIRROR_READ_RETRY: Retry = Retry {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(2),
+    total: Duration::from_secs(30),
+};
+
+/// Runs `attempt` until it succeeds, trying again after each error as
+/// `retry` says, each retry logged (upgrade, what, attempt, wait, error
+/// chain). `Ok(None)` once `stop` is cancelled (before a try or during a
+/// wait); an error that outlasts `retry.total` is
+/// [`ServiceError::Recovery`], naming the upgrade, with the last error as
+/// its source.
+pub(crate) async fn retrying<T, F, Fut>(
+    stop: &tokio_util::sync::CancellationToken,
+    retry: Retry,
+    upgrade: &str,
+    what: &'static str,
+    mut attempt: F,
+) -> Result<Option<T>, ServiceError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ServiceError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut wait = retry.first;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let error = tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            tried = attempt() => match tried {
+                Ok(value) => return Ok(Some(value)),
+                Err(error) => error,
+            },
+        };
+        let elapsed = started.elapsed();
+        if elapsed + wait > retry.total {
+            return Err(ServiceError::Recovery {
+                upgrade: upgrade.to_string(),
+                what,
+                attempts,
+                elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                source: Box::new(error),
+            });
+        }
+        tracing::warn!(
+            %upgrade,
+            what,
+            attempt = attempts,
+            retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            error = %super::anyhow_chain(&error),
+            "recovery of an upgrade failed; trying again"
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(retry.max);
+    }
 }
 
 impl Loop {
@@ -997,5 +1080,109 @@ fn input_of_result(result: &protocol::StepResult, now_ms: u64) -> Input {
         reason: result.reason.clone(),
         executor: result.executor.clone(),
         now_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::{retrying, Retry, ServiceError};
+
+    const QUICK: Retry = Retry {
+        first: Duration::from_millis(1),
+        max: Duration::from_millis(4),
+        total: Duration::from_millis(200),
+    };
+
+    fn refused() -> ServiceError {
+        ServiceError::Nats("reading BATON_EVENTS: maximum consumers limit reached".into())
+    }
+
+    #[tokio::test]
+    async fn a_transient_error_is_tried_again_until_it_passes() {
+        let tries = AtomicU32::new(0);
+        let got = retrying(
+            &CancellationToken::new(),
+            QUICK,
+            "u1",
+            "reading its mirror",
+            || async {
+                match tries.fetch_add(1, Ordering::SeqCst) {
+                    0 | 1 => Err(refused()),
+                    _ => Ok(7),
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, Some(7));
+        assert_eq!(tries.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_error_that_lasts_fails_naming_the_upgrade_and_its_cause_within_the_total() {
+        let started = std::time::Instant::now();
+        let tries = AtomicU32::new(0);
+        let err = retrying(
+            &CancellationToken::new(),
+            QUICK,
+            "u1",
+            "reading its mirror",
+            || async {
+                tries.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(refused())
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let ServiceError::Recovery { attempts, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(*attempts, tries.load(Ordering::SeqCst));
+        // 1 + 2 + 4 + 4 + ... ms of waits within 200 ms: many tries, not one.
+        assert!(*attempts > 5, "{attempts}");
+        let chain = crate::service::anyhow_chain(&err);
+        assert!(
+            chain.starts_with("upgrade u1: reading its mirror failed"),
+            "{chain}"
+        );
+        assert!(
+            chain.ends_with("maximum consumers limit reached"),
+            "{chain}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_token_ends_the_retries_at_once() {
+        let stop = CancellationToken::new();
+        let slow = Retry {
+            first: Duration::from_secs(3600),
+            ..QUICK
+        };
+        let slow = Retry {
+            total: Duration::from_secs(7200),
+            ..slow
+        };
+        let tries = AtomicU32::new(0);
+        let retried = retrying(&stop, slow, "u1", "reading its mirror", || async {
+            if tries.fetch_add(1, Ordering::SeqCst) == 0 {
+                stop.cancel();
+            }
+            Err::<(), _>(refused())
+        });
+        let got = tokio::time::timeout(Duration::from_secs(10), retried)
+            .await
+            .expect("a cancelled retry does not wait out its hour");
+        assert!(matches!(got, Ok(None)), "{got:?}");
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
     }
 }
