@@ -27,6 +27,10 @@ use crate::core::{self, Event, Input, Rejection, ScheduledStep, State};
 /// How many commands may queue for one upgrade before senders wait.
 const QUEUE: usize = 64;
 
+/// How many queued commands a loop takes in a row, while its wake-up is due,
+/// before it handles the timer first once ([`Loop::serve`]).
+const TIMER_AFTER: usize = 16;
+
 /// What a loop is asked to do.
 pub enum Command {
     /// A step result pulled from `BATON_RESULTS`; acked once it is in the log.
@@ -156,12 +160,13 @@ pub(crate) enum Recovered {
 ///
 /// Streamed: the upgrades are replayed and claimed one after the other in
 /// log order (the first of two unfinished upgrades of a cluster keeps it),
-/// and each unfinished one with a step in flight goes on to its NATS work and
-/// its loop (a task of its own, up to [`RECOVER_AT_ONCE`] at a time) as soon
-/// as it is replayed, while the next ones are replayed: the first step goes
-/// out after one replay, not after every upgrade's (or a batch's). The ones
-/// waiting on nothing in flight (a timer, an operator) come next, then the
-/// finished upgrades' mirror tails.
+/// and each unfinished one that can act on its own (a step in flight,
+/// failover blocked, a timer: [`starts_at_once`]) goes on to its NATS work
+/// and its loop (a task of its own, up to [`RECOVER_AT_ONCE`] at a time) as
+/// soon as it is replayed, while the next ones are replayed: the first step
+/// goes out after one replay, not after every upgrade's (or a batch's). The
+/// ones waiting only on an operator come next, then the finished upgrades'
+/// mirror tails.
 ///
 /// Stoppable: the service's token is looked at between two upgrades and
 /// every wait (a free slot, a mirror read, a publish) gives up on it, so a
@@ -233,7 +238,7 @@ async fn recover_pass(
             Some(Prepared::Finished { stream, head }) => finished.push((stream, head)),
             Some(Prepared::Unfinished(recovery)) => {
                 loops += 1;
-                if recovery.worker.state.outstanding_steps().is_empty() {
+                if !starts_at_once(&recovery.worker.state) {
                     idle.push(recovery);
                 } else if !spawn_resume(shared, &slots, resuming, recovery).await {
                     return Ok(loops);
@@ -271,6 +276,21 @@ async fn recover_pass(
         }
     }
     Ok(loops)
+}
+
+/// Whether a replayed unfinished upgrade is resumed as soon as it is claimed,
+/// rather than after the pass over the whole log: when it has a step in
+/// flight (its result may be waiting), when failover is blocked on its
+/// cluster (while it waits, a lost leader must meet the emergency exit, and
+/// the watch that looks for one runs only in its loop), or when anything is
+/// timed (a retry, a poll, a deadline: it acts on its own at that time). What
+/// is left waits only on an operator (a gate, a pause with failover on),
+/// which cannot act before the API answers, after recovery: resuming it
+/// later costs nothing and leaves the slots to those that act first.
+fn starts_at_once(state: &State) -> bool {
+    !state.outstanding_steps().is_empty()
+        || state.failover_blocked()
+        || state.next_wakeup_ms().is_some()
 }
 
 /// One of the [`RECOVER_AT_ONCE`] slots (the semaphore is never closed);
@@ -589,6 +609,8 @@ impl Loop {
         // After a refused tick (a clock past what the core accepts), the wake-up
         // stays in the past: wait a second between tries rather than spin.
         let mut retry_tick_at: Option<tokio::time::Instant> = None;
+        // Commands taken in a row while the wake-up was due (see the select).
+        let mut taken_while_due = 0usize;
         loop {
             let wake = self.state.next_wakeup_ms();
             let mut sleep = wake
@@ -597,13 +619,31 @@ impl Loop {
             if let Some(at) = retry_tick_at {
                 sleep = sleep.max(at.saturating_duration_since(tokio::time::Instant::now()));
             }
+            let due = wake.is_some() && sleep.is_zero();
+            if !due {
+                taken_while_due = 0;
+            }
+            // Biased, in this order. Shutdown first: once cancelled, no more input is acted on. Then a queued
+            // command before a timer that is due: a result already delivered is the evidence of what the step
+            // did, and must be decided on before a tick that would find the step past its deadline (an
+            // `unknown` to re-observe, a retry) or a poll that asks again what the result already says; an
+            // operator's pause or abort likewise goes before the next timed action. The timer is not starved:
+            // after TIMER_AFTER commands in a row with the wake-up due, it goes first once.
+            let timer_first = due && taken_while_due >= TIMER_AFTER;
             tokio::select! {
+                biased;
                 _ = self.shared.shutdown.cancelled() => return Ok(()),
-                command = self.rx.recv() => match command {
+                command = self.rx.recv(), if !timer_first => match command {
                     None => return Ok(()),
-                    Some(command) => self.handle(command).await?,
+                    Some(command) => {
+                        if due {
+                            taken_while_due += 1;
+                        }
+                        self.handle(command).await?
+                    }
                 },
                 _ = tokio::time::sleep(sleep), if wake.is_some() => {
+                    taken_while_due = 0;
                     let now = now_ms();
                     retry_tick_at = match self.apply(Input::Tick { now_ms: now }).await? {
                         Ok(_) => None,
