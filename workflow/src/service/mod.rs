@@ -74,7 +74,13 @@ pub struct Config {
     /// the caller registers it in its own registry to serve it
     /// (`docs/metrics.md`).
     pub metrics: Arc<metrics::ServiceMetrics>,
+    /// How many unfinished upgrades recovery resumes at once (their mirror
+    /// reads, re-mirroring and re-published steps): [`RECOVER_AT_ONCE`] by
+    /// default; at least 1.
+    pub recover_at_once: usize,
 }
+
+pub use upgrade::RECOVER_AT_ONCE;
 
 /// What can stop the service. Rejections of requests are not errors: they are
 /// answered on the API.
@@ -161,6 +167,8 @@ pub(crate) struct Shared {
     /// checkpoint concurrently).
     pub service_log: tokio::sync::Mutex<()>,
     pub metrics: Arc<metrics::ServiceMetrics>,
+    /// `Config::recover_at_once`.
+    pub recover_at_once: usize,
 }
 
 /// Runs the workflow service until `shutdown` is cancelled or a fatal error.
@@ -260,6 +268,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         append_gate: tokio::sync::RwLock::new(()),
         service_log: tokio::sync::Mutex::new(()),
         metrics: metrics.clone(),
+        recover_at_once: config.recover_at_once,
     });
     // Refuse to act on a log that BATON_CHECKPOINTS contradicts.
     let reconciling = std::time::Instant::now();

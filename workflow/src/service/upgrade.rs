@@ -138,7 +138,7 @@ pub(crate) fn load_events(
 /// How many upgrades do their NATS work of recovery at once (reading the
 /// mirror, re-mirroring, re-publishing steps); the replays and claims stay
 /// one at a time, in log order.
-const RECOVER_AT_ONCE: usize = 32;
+pub const RECOVER_AT_ONCE: usize = 32;
 
 /// How recovery ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +222,7 @@ async fn recover_pass(
 ) -> Result<u64, ServiceError> {
     let streams = shared.store.streams()?;
     tracing::info!(streams = streams.len(), "recovering the log's upgrades");
-    let slots = Arc::new(tokio::sync::Semaphore::new(RECOVER_AT_ONCE));
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.recover_at_once.max(1)));
     let mut idle = Vec::new();
     let mut finished = Vec::new();
     let mut loops = 0u64;
@@ -237,11 +237,22 @@ async fn recover_pass(
             None => continue,
             Some(Prepared::Finished { stream, head }) => finished.push((stream, head)),
             Some(Prepared::Unfinished(recovery)) => {
-                loops += 1;
                 if !starts_at_once(&recovery.worker.state) {
-                    idle.push(recovery);
-                } else if !spawn_resume(shared, &slots, resuming, recovery).await {
+                    if claim(shared, &recovery) {
+                        loops += 1;
+                        idle.push(recovery);
+                    }
+                    continue;
+                }
+                // The slot first, then the claim: while the pass waits for a slot, this upgrade's results are
+                // handed back (a delayed nak; the pump goes on), not queued for a loop that does not run yet.
+                // Claims stay in log order (the pass is one at a time).
+                let Some(slot) = acquire(shared, &slots).await else {
                     return Ok(loops);
+                };
+                if claim(shared, &recovery) {
+                    loops += 1;
+                    spawn_resume(shared, slot, resuming, recovery);
                 }
             }
         }
@@ -249,9 +260,10 @@ async fn recover_pass(
         tokio::task::yield_now().await;
     }
     for recovery in idle {
-        if !spawn_resume(shared, &slots, resuming, recovery).await {
+        let Some(slot) = acquire(shared, &slots).await else {
             return Ok(loops);
-        }
+        };
+        spawn_resume(shared, slot, resuming, recovery);
     }
     for (stream, head) in finished {
         let Some(slot) = acquire(shared, &slots).await else {
@@ -305,23 +317,19 @@ async fn acquire(
     }
 }
 
-/// Starts [`resume`] of one replayed upgrade as a task of `resuming` once a
-/// slot is free; `false` if the service's token was cancelled first.
-async fn spawn_resume(
+/// Starts [`resume`] of one replayed and claimed upgrade as a task of
+/// `resuming`, holding `slot` until it ends.
+fn spawn_resume(
     shared: &Arc<Shared>,
-    slots: &Arc<tokio::sync::Semaphore>,
+    slot: tokio::sync::OwnedSemaphorePermit,
     resuming: &mut JoinSet<Result<(), ServiceError>>,
     recovery: Box<Recovery>,
-) -> bool {
-    let Some(slot) = acquire(shared, slots).await else {
-        return false;
-    };
+) {
     let shared = shared.clone();
     resuming.spawn(async move {
         let _slot = slot;
         resume(&shared, *recovery).await
     });
-    true
 }
 
 /// A recovery task's end: its error, or a panic as an error.
@@ -346,14 +354,16 @@ enum Prepared {
 struct Recovery {
     worker: Loop,
     cluster: String,
+    /// What the registry routes its commands through, once claimed ([`claim`]).
+    handle: Handle,
+    nodes: Vec<NodeIdentity>,
     head: u64,
     /// How long its replay took (reading, decoding, folding).
     replay_us: u64,
 }
 
-/// Replays one upgrade, counts it, keeps its summary and, when unfinished,
-/// claims its cluster and nodes. `None`: the service's own stream, or an
-/// upgrade whose cluster an earlier one holds.
+/// Replays one upgrade, counts it and keeps its summary; an unfinished one
+/// is claimed next ([`claim`]). `None`: the service's own stream.
 fn prepare(
     shared: &Arc<Shared>,
     stream: StreamId,
@@ -386,20 +396,10 @@ fn prepare(
         tx,
         cluster: cluster.clone(),
     };
-    if let Err(holder) = shared.registry.claim(&upgrade, handle) {
-        tracing::error!(%upgrade, %cluster, %holder, "two unfinished upgrades of one cluster in the log; recovering only the first");
-        return Ok(None);
-    }
-    // Hold its nodes too (the lock is on node identity); two unfinished
-    // upgrades of the same nodes can only come from before that lock:
-    // both are driven on, the second without holding the nodes.
     let nodes: Vec<NodeIdentity> = state
         .cluster()
         .map(|c| c.nodes.iter().map(NodeIdentity::from).collect())
         .unwrap_or_default();
-    if let Err(held) = shared.registry.claim_nodes(&upgrade, &cluster, &nodes) {
-        tracing::error!(%upgrade, %cluster, %held, "two unfinished upgrades of the same nodes in the log");
-    }
     let worker = Loop {
         shared: shared.clone(),
         upgrade,
@@ -415,9 +415,33 @@ fn prepare(
     Ok(Some(Prepared::Unfinished(Box::new(Recovery {
         worker,
         cluster,
+        handle,
+        nodes,
         head: head.seq,
         replay_us: u64::try_from(replaying.elapsed().as_micros()).unwrap_or(u64::MAX),
     }))))
+}
+
+/// Claims a replayed unfinished upgrade's cluster and nodes, in log order
+/// (the pass is one at a time); from then on the pump routes its results to
+/// its loop's queue. `false`: an earlier upgrade holds its cluster (it is
+/// not recovered).
+fn claim(shared: &Shared, recovery: &Recovery) -> bool {
+    let (upgrade, cluster) = (&recovery.worker.upgrade, &recovery.cluster);
+    if let Err(holder) = shared.registry.claim(upgrade, recovery.handle.clone()) {
+        tracing::error!(%upgrade, %cluster, %holder, "two unfinished upgrades of one cluster in the log; recovering only the first");
+        return false;
+    }
+    // Hold its nodes too (the lock is on node identity); two unfinished
+    // upgrades of the same nodes can only come from before that lock:
+    // both are driven on, the second without holding the nodes.
+    if let Err(held) = shared
+        .registry
+        .claim_nodes(upgrade, cluster, &recovery.nodes)
+    {
+        tracing::error!(%upgrade, %cluster, %held, "two unfinished upgrades of the same nodes in the log");
+    }
+    true
 }
 
 /// Checks a claimed upgrade's mirror, re-mirrors what it lacks, pauses it if
@@ -431,6 +455,7 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
         cluster,
         head,
         replay_us,
+        ..
     } = recovery;
     let upgrade = worker.upgrade.clone();
     let checking = std::time::Instant::now();
