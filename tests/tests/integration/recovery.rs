@@ -284,6 +284,12 @@ async fn sigterm_during_recovery_stops_the_service_promptly_and_a_restart_resume
         !text.contains("every unfinished upgrade recovered"),
         "{text}"
     );
+    // Nothing resumed after the SIGTERM, and the re-mirroring given up at once, not tried once more per event
+    // (before the fix: once for each of the upgrade's events, then its steps re-published and its loop started).
+    assert!(!text.contains("recovered unfinished upgrade"), "{text}");
+    let after_signal = &text[text.find("signal received").unwrap()..];
+    let tries = after_signal.matches("publish failed; retrying").count();
+    assert!(tries <= 2, "{tries} tries after the SIGTERM:\n{text}");
     eprintln!("stopped {stopped_in:?} after SIGTERM during recovery");
 
     recreate_events(&js, 0, |config| *config = original).await;

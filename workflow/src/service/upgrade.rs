@@ -1014,6 +1014,10 @@ async fn mirror_batch(shared: &Shared, upgrade: &str, batch: &[(u64, store::Hash
             None => false,
         };
         if !acked {
+            // Given up on shutdown (the next start mirrors what is missing): not one more try per event.
+            if shared.shutdown.is_cancelled() {
+                return;
+            }
             super::publish_until_acked(
                 shared,
                 upgrade,
@@ -1067,6 +1071,9 @@ async fn remirror_where(
         .map(|(r, e)| (r.seq, r.hash, e))
         .collect();
     for chunk in wanted.chunks(REMIRROR_BATCH) {
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
         mirror_batch(shared, upgrade, chunk).await;
     }
 }
