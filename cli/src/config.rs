@@ -53,6 +53,7 @@ const SERVER: &[&str] = &[
     "lease_ttl_ms",
     "http",
     "nats_replicas",
+    "recover_at_once",
 ];
 
 /// `baton executor`'s own flags a file may set.

@@ -35,6 +35,11 @@ pub struct ServerArgs {
     #[arg(long, env = "BATON_NATS_REPLICAS", default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u8).range(1..=protocol::setup::MAX_REPLICAS as i64))]
     pub nats_replicas: u8,
+    /// How many unfinished upgrades the service resumes at once when it starts (each one's mirror read,
+    /// re-mirroring and re-published steps; their replays stay one at a time).
+    #[arg(long, env = "BATON_RECOVER_AT_ONCE", default_value_t = workflow::service::RECOVER_AT_ONCE as u16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub recover_at_once: u16,
 }
 
 pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -74,6 +79,7 @@ pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode>
                 ..protocol::Options::default()
             },
             metrics: std::sync::Arc::default(),
+            recover_at_once: usize::from(args.recover_at_once),
         };
         let metrics = config.metrics.clone();
         let listener = crate::http::start(

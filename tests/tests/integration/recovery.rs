@@ -12,6 +12,7 @@ use tests::fleet::{self, Bins, Executors, Timings};
 use tests::NatsServer;
 
 use super::e2e::{Env, Setup, UPGRADE_TIMEOUT};
+use workflow::core::Event;
 
 fn text(out: &std::process::Output) -> String {
     format!(
@@ -168,7 +169,10 @@ async fn a_mirror_with_gaps_is_completed_at_recovery_and_its_upgrade_goes_on() {
 /// ran twice (each `step started` once in the executor's log); and no step
 /// result is dropped while the service recovers (results are pulled from the
 /// start of recovery, and one for an upgrade not recovered yet is handed back,
-/// not acked as a stray).
+/// not acked as a stray). Whether a hand-back happens at all in this run is
+/// left to timing (at N = 4 recovery usually claims every upgrade before the
+/// pump's first pull): `a_result_for_an_upgrade_not_yet_claimed_is_handed_back_then_applied_once`
+/// makes one certain.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_killed_mid_fleet_resumes_every_upgrade_and_runs_no_step_twice() {
     let bins = Bins::beside_current_exe().expect("the workspace's binaries are built");
@@ -194,4 +198,355 @@ async fn a_service_killed_mid_fleet_resumes_every_upgrade_and_runs_no_step_twice
         "{:?}",
         outcome.runs_repeated
     );
+}
+
+/// Deletes `BATON_EVENTS` (the mirror; the log is the record) and creates it
+/// again as the service made it, changed by `change`, with `dummies` messages
+/// of no upgrade in it. Answers the stream's config as it was.
+async fn recreate_events(
+    js: &async_nats::jetstream::Context,
+    dummies: usize,
+    change: impl FnOnce(&mut async_nats::jetstream::stream::Config),
+) -> async_nats::jetstream::stream::Config {
+    let name = protocol::subjects::EVENTS_STREAM;
+    let mut stream = js.get_stream(name).await.unwrap();
+    let original = stream.info().await.unwrap().config.clone();
+    assert!(js.delete_stream(name).await.unwrap().success);
+    let mut config = original.clone();
+    change(&mut config);
+    js.create_stream(config).await.unwrap();
+    for i in 0..dummies {
+        let subject = protocol::subjects::event("no-upgrade");
+        js.publish(subject, format!("{i}").into_bytes().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    original
+}
+
+/// An upgrade in flight when the service is SIGKILLed, and a restart whose
+/// recovery cannot end on its own: `BATON_EVENTS` was emptied (so the
+/// upgrade's events must be mirrored again before its loop may start) and
+/// refuses every publish (full, discard new), so the re-mirroring retries
+/// for as long as the service runs. SIGTERM then stops the service within
+/// seconds, cleanly (exit 0, "recovery stopped by shutdown"), without ever
+/// going on to serve (no "workflow service ready": before the fix recovery
+/// ran on to the end, then the API started, after the SIGTERM). With the
+/// mirror writable again, a third start resumes the upgrade, which completes
+/// safely with every node installed once (no step ran twice).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_recovery_stops_the_service_promptly_and_a_restart_resumes() {
+    let mut env = Env::start(Setup {
+        nats_auth: false,
+        sync_ms: 800,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    env.wait_installed("backend-2").await;
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGKILL);
+    server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the service died");
+
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let original = recreate_events(&js, 1, |config| {
+        config.max_messages = 1;
+        config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    })
+    .await;
+
+    env.start_server();
+    let log_file = env.dir.path().join("server-2.log");
+    let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    let held = tests::wait_until(Duration::from_secs(30), || {
+        log().contains("publish failed; retrying")
+    })
+    .await;
+    assert!(held, "recovery never tried to re-mirror:\n{}", log());
+    let server = env.server.as_mut().unwrap();
+    let signalled = std::time::Instant::now();
+    server.signal(Signal::SIGTERM);
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the service stops within 10 s of SIGTERM during recovery");
+    let stopped_in = signalled.elapsed();
+    let text = log();
+    assert!(status.success(), "{status:?}\n{text}");
+    assert!(text.contains("signal received, shutting down"), "{text}");
+    assert!(text.contains("recovery stopped by shutdown"), "{text}");
+    assert!(text.contains("workflow service stopped"), "{text}");
+    assert!(!text.contains("workflow service ready"), "{text}");
+    assert!(
+        !text.contains("every unfinished upgrade recovered"),
+        "{text}"
+    );
+    // Nothing resumed after the SIGTERM, and the re-mirroring given up at once, not tried once more per event
+    // (before the fix: once for each of the upgrade's events, then its steps re-published and its loop started).
+    assert!(!text.contains("recovered unfinished upgrade"), "{text}");
+    let after_signal = &text[text.find("signal received").unwrap()..];
+    let tries = after_signal.matches("publish failed; retrying").count();
+    assert!(tries <= 2, "{tries} tries after the SIGTERM:\n{text}");
+    eprintln!("stopped {stopped_in:?} after SIGTERM during recovery");
+
+    recreate_events(&js, 0, |config| *config = original).await;
+    env.start_server();
+    env.expect_completed_safely(&upgrade).await;
+    let log = std::fs::read_to_string(env.dir.path().join("server-3.log")).unwrap();
+    assert!(log.contains("recovered unfinished upgrade"), "{log}");
+}
+
+/// A NATS error on the mirror read of an unfinished upgrade at start (here
+/// `BATON_EVENTS` allows one consumer, and another holds it, so creating the
+/// read's consumer is refused) is tried again, each retry logged with its
+/// upgrade and attempt, rather than failing the start (before the fix the
+/// service stopped at the first refusal). Once the consumer is free the
+/// next try reads the mirror, and the upgrade is resumed and completes.
+/// (An error that outlasts the retries, 30 s, fails the start by the
+/// orderly path: `upgrade::tests`, and `run`'s one stop.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transient_nats_error_on_a_mirror_read_at_start_is_retried() {
+    let mut env = Env::start(Setup {
+        nats_auth: false,
+        sync_ms: 800,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    env.wait_installed("backend-2").await;
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGKILL);
+    server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the service died");
+
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    recreate_events(&js, 0, |config| config.max_consumers = 1).await;
+    let events = js
+        .get_stream(protocol::subjects::EVENTS_STREAM)
+        .await
+        .unwrap();
+    events
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("blocker".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    env.start_server();
+    let log_file = env.dir.path().join("server-2.log");
+    let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    // Two retries logged, each naming the upgrade and its attempt.
+    let retried = tests::wait_until(Duration::from_secs(30), || {
+        let text = log();
+        text.matches("recovery of an upgrade failed; trying again")
+            .count()
+            >= 2
+            && text.contains(&format!("upgrade={upgrade}"))
+            && text.contains("attempt=2")
+    })
+    .await;
+    assert!(retried, "{}", log());
+    assert!(
+        env.server
+            .as_mut()
+            .unwrap()
+            .wait_exit(Duration::ZERO)
+            .is_none(),
+        "the service stopped on a transient error:\n{}",
+        log()
+    );
+
+    assert!(events.delete_consumer("blocker").await.unwrap().success);
+    env.expect_completed_safely(&upgrade).await;
+    let text = log();
+    assert!(text.contains("recovered unfinished upgrade"), "{text}");
+    assert!(!text.contains("recovery failed"), "{text}");
+}
+
+/// A second simulated cluster ("other", groups other-N) beside `env`'s, with
+/// its three executors (owned by the returned `Proc`s) online. Answers its
+/// cluster file and simulator dir.
+async fn other_cluster(env: &Env) -> (std::path::PathBuf, std::path::PathBuf, Vec<tests::Proc>) {
+    let other = env.dir.path().join("other");
+    let out = std::process::Command::new(tests::workspace_bin("baton-sim"))
+        .args(["init", "--dir"])
+        .arg(&other)
+        .args(["--nodes", "3", "--version", "3.0.0-1"])
+        .args(["--sync-ms", "300", "--election-ms", "300"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut executors = Vec::new();
+    let mut toml = String::from("[cluster]\nname = \"other\"\nprofile = \"chef-backend\"\n\n");
+    for i in 1..=3 {
+        let node = format!("backend-{i}");
+        let group = format!("other-{i}");
+        toml.push_str(&format!(
+            "[[nodes]]\nname = \"{node}\"\naddress = \"10.0.1.{i}\"\nexecutor = \"{group}\"\n\n"
+        ));
+        let mut cmd = env.baton_cmd_as(&env.executor_key(&group));
+        cmd.args(["executor", "--group", &group, "--nodes", &node])
+            .args(["--heartbeat-ms", "500"])
+            .arg("--state-dir")
+            .arg(other.join("executors").join(&group))
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    other.join("nodes").join(&node).join("bin").display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            );
+        let log = other.join(format!("executor-{group}.log"));
+        executors.push(tests::Proc::spawn(&group, cmd, &log).unwrap());
+    }
+    let package = env
+        .dir
+        .path()
+        .join(format!("chef-backend_{}_amd64.deb", super::e2e::TARGET));
+    toml.push_str(&format!(
+        "[upgrade]\npackage = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = 60000\nelection_window_ms = 500\n",
+        package.display()
+    ));
+    let file = other.join("cluster.toml");
+    std::fs::write(&file, toml).unwrap();
+    let groups: Vec<String> = (1..=3).map(|i| format!("other-{i}")).collect();
+    env.wait_for_groups(&groups).await;
+    (file, other, executors)
+}
+
+/// The results pump's hand-back, made certain: a result that reaches the
+/// restarted service for an upgrade recovery has not claimed yet is handed
+/// back (a delayed nak), not acked as a stray nor lost, and once the upgrade
+/// is recovered it is applied, once.
+///
+/// Two upgrades in flight, A then B (log order); B's executors are frozen
+/// while B waits on a step, the service is SIGKILLed, and restarted with
+/// `--recover-at-once 1` and a `BATON_EVENTS` that refuses every publish: A,
+/// first, takes the one slot and keeps it (its mirror must be written again
+/// first), so the pass waits before claiming B. B's executors are thawed: the
+/// step runs and its result reaches the pump while B is unclaimed, which the
+/// service's debug log shows handed back. Then the mirror takes publishes
+/// again, A is resumed, B is claimed and resumed; the result comes round
+/// again and B's log records that step's result exactly once; both complete
+/// safely.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_for_an_upgrade_not_yet_claimed_is_handed_back_then_applied_once() {
+    let mut env = Env::start(Setup {
+        nats_auth: false,
+        sync_ms: 300,
+        ..Setup::default()
+    })
+    .await;
+    let (other_file, other_dir, other_executors) = other_cluster(&env).await;
+    let a = env.submit(&[]);
+    let b = env
+        .baton_ok(&[
+            "submit",
+            "--detach",
+            "--cluster",
+            &other_file.display().to_string(),
+        ])
+        .trim()
+        .to_string();
+    assert!(a < b, "A is first in log order: {a} {b}");
+    let running = tests::wait_until(UPGRADE_TIMEOUT, || {
+        env.status(&b).is_some_and(|v| v.status == "running")
+    })
+    .await;
+    assert!(running, "{}", env.logs());
+
+    // B waits on a step its (frozen) executors cannot answer.
+    for executor in &other_executors {
+        executor.signal(Signal::SIGSTOP);
+    }
+    let mut waited = None;
+    let stuck = tests::wait_until(Duration::from_secs(30), || {
+        let view = env.status(&b);
+        waited = view.as_ref().and_then(|v| v.current.clone());
+        view.is_some_and(|v| v.status == "running") && waited.is_some()
+    })
+    .await;
+    assert!(stuck, "B never waited on a step: {:?}", env.status(&b));
+    let waited = waited.unwrap();
+    assert!(
+        env.status(&a).is_some_and(|v| v.status == "running"),
+        "A is still in flight: {:?}",
+        env.status(&a)
+    );
+    let server = env.server.as_mut().unwrap();
+    server.signal(Signal::SIGKILL);
+    server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the service died");
+
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let original = recreate_events(&js, 1, |config| {
+        config.max_messages = 1;
+        config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    })
+    .await;
+    env.server_starts += 1;
+    let log_file = env
+        .dir
+        .path()
+        .join(format!("server-{}.log", env.server_starts));
+    let mut cmd = env.baton_cmd_as(&env.secure.service_key.clone());
+    cmd.args(["server", "--db"])
+        .arg(env.db())
+        .args(["--recover-at-once", "1"])
+        .env("RUST_LOG", "info,workflow::service=debug");
+    env.server = Some(tests::Proc::spawn("baton server", cmd, &log_file).unwrap());
+    let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    let held = tests::wait_until(Duration::from_secs(30), || {
+        log().contains("publish failed; retrying")
+    })
+    .await;
+    assert!(held, "A's recovery never held its slot:\n{}", log());
+
+    for executor in &other_executors {
+        executor.signal(Signal::SIGCONT);
+    }
+    let handed_back = tests::wait_until(Duration::from_secs(30), || {
+        log()
+            .lines()
+            .any(|l| l.contains("handed back") && l.contains(&format!("upgrade={b}")))
+    })
+    .await;
+    assert!(handed_back, "no hand-back of B's result:\n{}", log());
+
+    recreate_events(&js, 0, |config| *config = original).await;
+    env.expect_completed_safely(&a).await;
+    let view = env
+        .wait_status(&b, &["completed", "halted", "aborted"], UPGRADE_TIMEOUT)
+        .await;
+    assert_eq!(view.status, "completed", "{view:#?}");
+    let recorded = env
+        .events(&b)
+        .iter()
+        .filter(|e| {
+            matches!(e, Event::StepResultRecorded { step, attempt, .. }
+                if *step == waited.step && *attempt == waited.attempt)
+        })
+        .count();
+    assert_eq!(
+        recorded, 1,
+        "step {} attempt {}",
+        waited.step, waited.attempt
+    );
+    // (No check for strays: once an upgrade has ended, a late copy of one of its results is acked as one, which
+    // a loaded machine's ack waits can cause; a result dropped instead of applied would leave `recorded` at 0.)
+    let out = std::process::Command::new(tests::workspace_bin("baton-sim"))
+        .args(["report", "--json", "--dir"])
+        .arg(&other_dir)
+        .output()
+        .unwrap();
+    let report: sim::Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.verdict, sim::Verdict::Safe, "{}", report.render());
+    drop(other_executors);
 }

@@ -74,7 +74,13 @@ pub struct Config {
     /// the caller registers it in its own registry to serve it
     /// (`docs/metrics.md`).
     pub metrics: Arc<metrics::ServiceMetrics>,
+    /// How many unfinished upgrades recovery resumes at once (their mirror
+    /// reads, re-mirroring and re-published steps): [`RECOVER_AT_ONCE`] by
+    /// default; at least 1.
+    pub recover_at_once: usize,
 }
+
+pub use upgrade::RECOVER_AT_ONCE;
 
 /// What can stop the service. Rejections of requests are not errors: they are
 /// answered on the API.
@@ -104,6 +110,17 @@ pub enum ServiceError {
         seq: u64,
         #[source]
         source: serde_json::Error,
+    },
+    /// A NATS error that outlasted its retries while an unfinished upgrade
+    /// was recovered (`upgrade::retrying`).
+    #[error("upgrade {upgrade}: {what} failed {attempts} times in {elapsed_ms} ms; the service does not start without it")]
+    Recovery {
+        upgrade: String,
+        what: &'static str,
+        attempts: u32,
+        elapsed_ms: u64,
+        #[source]
+        source: Box<ServiceError>,
     },
     #[error("upgrade {upgrade}: the log could not be written; the service stopped acting on it")]
     FailClosed {
@@ -150,6 +167,8 @@ pub(crate) struct Shared {
     /// checkpoint concurrently).
     pub service_log: tokio::sync::Mutex<()>,
     pub metrics: Arc<metrics::ServiceMetrics>,
+    /// `Config::recover_at_once`.
+    pub recover_at_once: usize,
 }
 
 /// Runs the workflow service until `shutdown` is cancelled or a fatal error.
@@ -219,7 +238,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let mut lease_done = false;
 
     let set_up = std::time::Instant::now();
-    let handles = protocol::ensure(&js, &config.protocol).await?;
+    let handles = match protocol::ensure(&js, &config.protocol).await {
+        Ok(handles) => handles,
+        Err(err) => return Err(released(&metrics, release, lease_task, err.into()).await),
+    };
     tracing::info!(
         elapsed_ms = elapsed_ms(set_up),
         "JetStream streams and buckets ready"
@@ -246,10 +268,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         append_gate: tokio::sync::RwLock::new(()),
         service_log: tokio::sync::Mutex::new(()),
         metrics: metrics.clone(),
+        recover_at_once: config.recover_at_once,
     });
     // Refuse to act on a log that BATON_CHECKPOINTS contradicts.
     let reconciling = std::time::Instant::now();
-    let checkpointed = checkpoint::reconcile(&shared, &handles.checkpoints).await?;
+    let checkpointed = match checkpoint::reconcile(&shared, &handles.checkpoints).await {
+        Ok(checkpointed) => checkpointed,
+        Err(err) => return Err(released(&metrics, release, lease_task, err).await),
+    };
     tracing::info!(
         elapsed_ms = elapsed_ms(reconciling),
         "checkpoints reconciled"
@@ -265,44 +291,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         let consumer = handles.workflow_consumer.clone();
         tasks.spawn(async move { pump_results(shared, consumer).await });
     }
-    upgrade::recover_all(&shared, &checkpointed).await?;
-    shared
-        .recovering
-        .store(false, std::sync::atomic::Ordering::Release);
-
-    // The API first subscribes, so that nothing is answered before recovery.
-    let api = nats
-        .queue_subscribe(
-            protocol::subjects::API_WILDCARD,
-            "baton-workflow".to_string(),
-        )
-        .await
-        .map_err(|err| ServiceError::Nats(format!("subscribing to the API: {err}")))?;
-    {
-        let shared = shared.clone();
-        tasks.spawn(async move { handlers::serve(shared, api).await });
-    }
-    {
-        let (bucket, view, trust) = (
-            handles.presence.clone(),
-            shared.presence_view.clone(),
-            shared.trust.clone(),
-        );
-        let (ttl, stop) = (config.protocol.presence_ttl, shutdown.clone());
-        tasks.spawn(async move {
-            presence::watch(bucket, view, ttl, trust, stop, handlers::presence_refused).await;
-            Ok(())
-        });
-    }
-    metrics.set_serving(true);
-    tracing::info!(epoch, "workflow service ready");
-
-    // Upgrade loops are spawned into the registry's own set by the handlers;
-    // here we wait for shutdown or the first fatal error.
+    // Recovery runs inside the watch below, beside the lease and the pump: a
+    // SIGTERM, a lost lease or a failed task stops it (it looks at the token
+    // between upgrades and in its waits), and whatever ends it, the service
+    // stops by the one orderly path after the loop.
+    let recovery = upgrade::recover_all(&shared, &checkpointed);
+    let mut recovery = std::pin::pin!(recovery);
+    let mut recovering = true;
     let mut result = Ok(());
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            recovered = &mut recovery, if recovering => {
+                recovering = false;
+                match recovered {
+                    Ok(upgrade::Recovered::All) => {
+                        if let Err(err) = serve(&shared, &nats, &handles, &config, &mut tasks).await {
+                            tracing::error!(error = %anyhow_chain(&err), "could not start serving, stopping");
+                            result = Err(err);
+                            break;
+                        }
+                    }
+                    // Only a cancelled token stops a recovery without an error; it said why.
+                    Ok(upgrade::Recovered::Stopped) => break,
+                    // `recover_all` logged it, and cancelled the token.
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
+                }
+            }
+            _ = shutdown.cancelled(), if !recovering => break,
             ended = &mut lease_task => {
                 lease_done = true;
                 metrics.set_lease_held(false);
@@ -333,6 +351,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     }
     metrics.set_serving(false);
     shutdown.cancel();
+    if recovering {
+        // Stopped by a lost lease or a failed task: recovery sees the token,
+        // joins what it started and ends.
+        match recovery.await {
+            Ok(_) => {}
+            Err(err) if result.is_ok() => result = Err(err),
+            Err(err) => {
+                tracing::warn!(error = %anyhow_chain(&err), "recovery failed while the service stopped")
+            }
+        }
+    }
     while tasks.join_next().await.is_some() {}
     if let Err(err) = shared.registry.join_all().await {
         if result.is_ok() {
@@ -357,6 +386,68 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     metrics.set_lease_held(false);
     tracing::info!(epoch, "workflow service stopped");
     result
+}
+
+/// An error before recovery (setting JetStream up, reconciling the
+/// checkpoints), when nothing acts yet but the lease's renewal: the lease is
+/// released and its task joined, as at any other stop, before `err` is
+/// reported (the log's writer flushes and ends when dropped).
+async fn released(
+    metrics: &metrics::ServiceMetrics,
+    release: CancellationToken,
+    lease_task: tokio::task::JoinHandle<Result<(), lease::LeaseError>>,
+    err: ServiceError,
+) -> ServiceError {
+    tracing::error!(error = %anyhow_chain(&err), "could not start; releasing the lease");
+    release.cancel();
+    match lease_task.await {
+        Ok(Err(lease)) => tracing::warn!(error = %anyhow_chain(&lease), "releasing the lease"),
+        Err(join) => tracing::warn!(error = %join, "the lease task failed"),
+        Ok(Ok(())) => {}
+    }
+    metrics.set_lease_held(false);
+    err
+}
+
+/// Once every unfinished upgrade is recovered: results for unknown upgrades
+/// are strays from now on, the API is subscribed (nothing was answered
+/// before recovery) and served, presence is watched, and the service is ready.
+async fn serve(
+    shared: &Arc<Shared>,
+    nats: &async_nats::Client,
+    handles: &protocol::setup::Handles,
+    config: &Config,
+    tasks: &mut JoinSet<Result<(), ServiceError>>,
+) -> Result<(), ServiceError> {
+    shared
+        .recovering
+        .store(false, std::sync::atomic::Ordering::Release);
+    let api = nats
+        .queue_subscribe(
+            protocol::subjects::API_WILDCARD,
+            "baton-workflow".to_string(),
+        )
+        .await
+        .map_err(|err| ServiceError::Nats(format!("subscribing to the API: {err}")))?;
+    {
+        let shared = shared.clone();
+        tasks.spawn(async move { handlers::serve(shared, api).await });
+    }
+    {
+        let (bucket, view, trust) = (
+            handles.presence.clone(),
+            shared.presence_view.clone(),
+            shared.trust.clone(),
+        );
+        let (ttl, stop) = (config.protocol.presence_ttl, shared.shutdown.clone());
+        tasks.spawn(async move {
+            presence::watch(bucket, view, ttl, trust, stop, handlers::presence_refused).await;
+            Ok(())
+        });
+    }
+    shared.metrics.set_serving(true);
+    tracing::info!(epoch = shared.epoch, "workflow service ready");
+    Ok(())
 }
 
 /// Connects to NATS, retrying until it answers (the service may start before

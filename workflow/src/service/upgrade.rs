@@ -27,6 +27,10 @@ use crate::core::{self, Event, Input, Rejection, ScheduledStep, State};
 /// How many commands may queue for one upgrade before senders wait.
 const QUEUE: usize = 64;
 
+/// How many queued commands a loop takes in a row, while its wake-up is due,
+/// before it handles the timer first once ([`Loop::serve`]).
+const TIMER_AFTER: usize = 16;
+
 /// What a loop is asked to do.
 pub enum Command {
     /// A step result pulled from `BATON_RESULTS`; acked once it is in the log.
@@ -134,7 +138,18 @@ pub(crate) fn load_events(
 /// How many upgrades do their NATS work of recovery at once (reading the
 /// mirror, re-mirroring, re-publishing steps); the replays and claims stay
 /// one at a time, in log order.
-const RECOVER_AT_ONCE: usize = 32;
+pub const RECOVER_AT_ONCE: usize = 32;
+
+/// How recovery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recovered {
+    /// Every unfinished upgrade's loop runs again.
+    All,
+    /// The service's token was cancelled (SIGTERM, a lost lease, a loop that
+    /// failed closed) before every upgrade was recovered: what was started
+    /// is joined, the rest is left for the next start.
+    Stopped,
+}
 
 /// Replays every upgrade in the log and restarts the unfinished ones: compares
 /// their mirror with the log (pausing one it contradicts, `mirror.rs`),
@@ -145,26 +160,76 @@ const RECOVER_AT_ONCE: usize = 32;
 ///
 /// Streamed: the upgrades are replayed and claimed one after the other in
 /// log order (the first of two unfinished upgrades of a cluster keeps it),
-/// and each unfinished one with a step in flight goes on to its NATS work and
-/// its loop (a task of its own, up to [`RECOVER_AT_ONCE`] at a time) as soon
-/// as it is replayed, while the next ones are replayed: the first step goes
-/// out after one replay, not after every upgrade's (or a batch's). The ones
-/// waiting on nothing in flight (a timer, an operator) come next, then the
-/// finished upgrades' mirror tails. Every task is joined before this returns;
-/// the first error stops recovery (and the service).
+/// and each unfinished one that can act on its own (a step in flight,
+/// failover blocked, a timer: [`starts_at_once`]) goes on to its NATS work
+/// and its loop (a task of its own, up to [`RECOVER_AT_ONCE`] at a time) as
+/// soon as it is replayed, while the next ones are replayed: the first step
+/// goes out after one replay, not after every upgrade's (or a batch's). The
+/// ones waiting only on an operator come next, then the finished upgrades'
+/// mirror tails.
+///
+/// Stoppable: the service's token is looked at between two upgrades and
+/// every wait (a free slot, a mirror read, a publish) gives up on it, so a
+/// SIGTERM during recovery stops it within one NATS round trip rather than
+/// after every upgrade ([`Recovered::Stopped`]). The first error cancels the
+/// token (the loops already started stop, the other tasks give up). Either
+/// way every task started is joined before this returns: nothing is left
+/// running, and the caller stops the service in its usual order.
 pub(crate) async fn recover_all(
     shared: &Arc<Shared>,
     checkpointed: &BTreeMap<StreamId, u64>,
-) -> Result<(), ServiceError> {
+) -> Result<Recovered, ServiceError> {
     let started = std::time::Instant::now();
+    let mut resuming: JoinSet<Result<(), ServiceError>> = JoinSet::new();
+    let mut outcome = recover_pass(shared, checkpointed, &mut resuming).await;
+    if let Err(err) = &outcome {
+        tracing::error!(error = %super::anyhow_chain(err), "recovery failed; stopping what it started");
+        shared.shutdown.cancel();
+    }
+    while let Some(joined) = resuming.join_next().await {
+        if let Err(err) = joined_ok(joined) {
+            if outcome.is_ok() {
+                tracing::error!(error = %super::anyhow_chain(&err), "recovery failed; stopping what it started");
+                shared.shutdown.cancel();
+                outcome = Err(err);
+            } else {
+                tracing::warn!(error = %super::anyhow_chain(&err), "another recovery task failed while recovery stopped");
+            }
+        }
+    }
+    let loops = outcome?;
+    let elapsed_ms = super::elapsed_ms(started);
+    if shared.shutdown.is_cancelled() {
+        tracing::info!(
+            loops,
+            elapsed_ms,
+            "recovery stopped by shutdown before every unfinished upgrade was recovered; the next start resumes them"
+        );
+        return Ok(Recovered::Stopped);
+    }
+    tracing::info!(loops, elapsed_ms, "every unfinished upgrade recovered");
+    Ok(Recovered::All)
+}
+
+/// [`recover_all`]'s pass over the log: replays and claims, and starts the
+/// tasks of `resuming`. Answers how many unfinished upgrades it claimed, or
+/// the first error (its own, or of a task already joined); ends early, with
+/// no error, once the service's token is cancelled.
+async fn recover_pass(
+    shared: &Arc<Shared>,
+    checkpointed: &BTreeMap<StreamId, u64>,
+    resuming: &mut JoinSet<Result<(), ServiceError>>,
+) -> Result<u64, ServiceError> {
     let streams = shared.store.streams()?;
     tracing::info!(streams = streams.len(), "recovering the log's upgrades");
-    let slots = Arc::new(tokio::sync::Semaphore::new(RECOVER_AT_ONCE));
-    let mut resuming: JoinSet<Result<(), ServiceError>> = JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.recover_at_once.max(1)));
     let mut idle = Vec::new();
     let mut finished = Vec::new();
     let mut loops = 0u64;
     for (stream, head) in streams {
+        if shared.shutdown.is_cancelled() {
+            return Ok(loops);
+        }
         while let Some(joined) = resuming.try_join_next() {
             joined_ok(joined)?;
         }
@@ -172,11 +237,22 @@ pub(crate) async fn recover_all(
             None => continue,
             Some(Prepared::Finished { stream, head }) => finished.push((stream, head)),
             Some(Prepared::Unfinished(recovery)) => {
-                loops += 1;
-                if recovery.worker.state.outstanding_steps().is_empty() {
-                    idle.push(recovery);
-                } else {
-                    spawn_resume(shared, &slots, &mut resuming, recovery).await;
+                if !starts_at_once(&recovery.worker.state) {
+                    if claim(shared, &recovery) {
+                        loops += 1;
+                        idle.push(recovery);
+                    }
+                    continue;
+                }
+                // The slot first, then the claim: while the pass waits for a slot, this upgrade's results are
+                // handed back (a delayed nak; the pump goes on), not queued for a loop that does not run yet.
+                // Claims stay in log order (the pass is one at a time).
+                let Some(slot) = acquire(shared, &slots).await else {
+                    return Ok(loops);
+                };
+                if claim(shared, &recovery) {
+                    loops += 1;
+                    spawn_resume(shared, slot, resuming, recovery);
                 }
             }
         }
@@ -184,16 +260,25 @@ pub(crate) async fn recover_all(
         tokio::task::yield_now().await;
     }
     for recovery in idle {
-        spawn_resume(shared, &slots, &mut resuming, recovery).await;
+        let Some(slot) = acquire(shared, &slots).await else {
+            return Ok(loops);
+        };
+        spawn_resume(shared, slot, resuming, recovery);
     }
     for (stream, head) in finished {
-        let slot = acquire(&slots).await;
+        let Some(slot) = acquire(shared, &slots).await else {
+            return Ok(loops);
+        };
         let shared = shared.clone();
         resuming.spawn(async move {
             let _slot = slot;
             // A finished upgrade's mirror tail is for readers of the mirror (the log is the record): a NATS error
             // here is logged and left for the next start, not a reason to stop a service whose loops already run.
-            if let Err(error) = remirror_tail(&shared, stream, head).await {
+            let tail = tokio::select! {
+                _ = shared.shutdown.cancelled() => return Ok(()),
+                tail = remirror_tail(&shared, stream, head) => tail,
+            };
+            if let Err(error) = tail {
                 tracing::warn!(?stream, %error, "could not complete a finished upgrade's mirror; the next start tries again");
             }
             Ok(())
@@ -202,35 +287,44 @@ pub(crate) async fn recover_all(
             joined_ok(joined)?;
         }
     }
-    while let Some(joined) = resuming.join_next().await {
-        joined_ok(joined)?;
-    }
-    tracing::info!(
-        loops,
-        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "every unfinished upgrade recovered"
-    );
-    Ok(())
+    Ok(loops)
 }
 
-/// One of the [`RECOVER_AT_ONCE`] slots (the semaphore is never closed).
-async fn acquire(slots: &Arc<tokio::sync::Semaphore>) -> tokio::sync::OwnedSemaphorePermit {
-    slots
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the recovery's semaphore is never closed")
+/// Whether a replayed unfinished upgrade is resumed as soon as it is claimed,
+/// rather than after the pass over the whole log: when it has a step in
+/// flight (its result may be waiting), when failover is blocked on its
+/// cluster (while it waits, a lost leader must meet the emergency exit, and
+/// the watch that looks for one runs only in its loop), or when anything is
+/// timed (a retry, a poll, a deadline: it acts on its own at that time). What
+/// is left waits only on an operator (a gate, a pause with failover on),
+/// which cannot act before the API answers, after recovery: resuming it
+/// later costs nothing and leaves the slots to those that act first.
+fn starts_at_once(state: &State) -> bool {
+    !state.outstanding_steps().is_empty()
+        || state.failover_blocked()
+        || state.next_wakeup_ms().is_some()
 }
 
-/// Starts [`resume`] of one replayed upgrade as a task of `resuming` once a
-/// slot is free.
-async fn spawn_resume(
-    shared: &Arc<Shared>,
+/// One of the [`RECOVER_AT_ONCE`] slots (the semaphore is never closed);
+/// `None` once the service's token is cancelled.
+async fn acquire(
+    shared: &Shared,
     slots: &Arc<tokio::sync::Semaphore>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    tokio::select! {
+        _ = shared.shutdown.cancelled() => None,
+        slot = slots.clone().acquire_owned() => Some(slot.expect("the recovery's semaphore is never closed")),
+    }
+}
+
+/// Starts [`resume`] of one replayed and claimed upgrade as a task of
+/// `resuming`, holding `slot` until it ends.
+fn spawn_resume(
+    shared: &Arc<Shared>,
+    slot: tokio::sync::OwnedSemaphorePermit,
     resuming: &mut JoinSet<Result<(), ServiceError>>,
     recovery: Box<Recovery>,
 ) {
-    let slot = acquire(slots).await;
     let shared = shared.clone();
     resuming.spawn(async move {
         let _slot = slot;
@@ -260,14 +354,16 @@ enum Prepared {
 struct Recovery {
     worker: Loop,
     cluster: String,
+    /// What the registry routes its commands through, once claimed ([`claim`]).
+    handle: Handle,
+    nodes: Vec<NodeIdentity>,
     head: u64,
     /// How long its replay took (reading, decoding, folding).
     replay_us: u64,
 }
 
-/// Replays one upgrade, counts it, keeps its summary and, when unfinished,
-/// claims its cluster and nodes. `None`: the service's own stream, or an
-/// upgrade whose cluster an earlier one holds.
+/// Replays one upgrade, counts it and keeps its summary; an unfinished one
+/// is claimed next ([`claim`]). `None`: the service's own stream.
 fn prepare(
     shared: &Arc<Shared>,
     stream: StreamId,
@@ -300,20 +396,10 @@ fn prepare(
         tx,
         cluster: cluster.clone(),
     };
-    if let Err(holder) = shared.registry.claim(&upgrade, handle) {
-        tracing::error!(%upgrade, %cluster, %holder, "two unfinished upgrades of one cluster in the log; recovering only the first");
-        return Ok(None);
-    }
-    // Hold its nodes too (the lock is on node identity); two unfinished
-    // upgrades of the same nodes can only come from before that lock:
-    // both are driven on, the second without holding the nodes.
     let nodes: Vec<NodeIdentity> = state
         .cluster()
         .map(|c| c.nodes.iter().map(NodeIdentity::from).collect())
         .unwrap_or_default();
-    if let Err(held) = shared.registry.claim_nodes(&upgrade, &cluster, &nodes) {
-        tracing::error!(%upgrade, %cluster, %held, "two unfinished upgrades of the same nodes in the log");
-    }
     let worker = Loop {
         shared: shared.clone(),
         upgrade,
@@ -329,28 +415,65 @@ fn prepare(
     Ok(Some(Prepared::Unfinished(Box::new(Recovery {
         worker,
         cluster,
+        handle,
+        nodes,
         head: head.seq,
         replay_us: u64::try_from(replaying.elapsed().as_micros()).unwrap_or(u64::MAX),
     }))))
 }
 
+/// Claims a replayed unfinished upgrade's cluster and nodes, in log order
+/// (the pass is one at a time); from then on the pump routes its results to
+/// its loop's queue. `false`: an earlier upgrade holds its cluster (it is
+/// not recovered).
+fn claim(shared: &Shared, recovery: &Recovery) -> bool {
+    let (upgrade, cluster) = (&recovery.worker.upgrade, &recovery.cluster);
+    if let Err(holder) = shared.registry.claim(upgrade, recovery.handle.clone()) {
+        tracing::error!(%upgrade, %cluster, %holder, "two unfinished upgrades of one cluster in the log; recovering only the first");
+        return false;
+    }
+    // Hold its nodes too (the lock is on node identity); two unfinished
+    // upgrades of the same nodes can only come from before that lock:
+    // both are driven on, the second without holding the nodes.
+    if let Err(held) = shared
+        .registry
+        .claim_nodes(upgrade, cluster, &recovery.nodes)
+    {
+        tracing::error!(%upgrade, %cluster, %held, "two unfinished upgrades of the same nodes in the log");
+    }
+    true
+}
+
 /// Checks a claimed upgrade's mirror, re-mirrors what it lacks, pauses it if
 /// the mirror contradicts the log, re-publishes its outstanding steps and
 /// starts its loop. The mirror is complete (up to the log's head) before the
-/// loop may append anything.
+/// loop may append anything. Once the service's token is cancelled it gives
+/// up where it is (its loop not started: the next start does it all again).
 async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceError> {
     let Recovery {
         mut worker,
         cluster,
         head,
         replay_us,
+        ..
     } = recovery;
     let upgrade = worker.upgrade.clone();
     let checking = std::time::Instant::now();
     // The mirror must agree with the log before anything is acted on;
     // what it lacks is mirrored again.
-    let mirrored =
-        super::mirror::of_upgrade(shared, &upgrade, super::mirror::start_limit(head)).await?;
+    // A NATS error here (a consumer refused, a pull timed out: a server restarting, a stream leader elected) is
+    // retried for a while rather than stopping the whole start; only one that lasts fails it.
+    let read = retrying(
+        &shared.shutdown,
+        MIRROR_READ_RETRY,
+        &upgrade,
+        "reading its mirror",
+        || super::mirror::of_upgrade(shared, &upgrade, super::mirror::start_limit(head)),
+    )
+    .await?;
+    let Some(mirrored) = read else {
+        return Ok(());
+    };
     let unmirrored = mirrored.is_empty();
     let mirror_messages = mirrored.len();
     let mirror_read_us = u64::try_from(checking.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -373,6 +496,10 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
         let wanted = |seq: u64| unmirrored || missing.contains(&seq);
         remirrored = events.iter().filter(|(r, _)| wanted(r.seq)).count();
         worker.remirror(&events, wanted).await;
+    }
+    // A publish gives up on shutdown: the mirror may lack events yet, and nothing may act before it is whole.
+    if shared.shutdown.is_cancelled() {
+        return Ok(());
     }
     let contradictions: Vec<_> = found.iter().filter(|d| d.contradicts()).collect();
     if let Some(first) = contradictions.first() {
@@ -417,6 +544,80 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
     Ok(())
 }
 
+/// How a step of an unfinished upgrade's recovery is tried again after an
+/// error: first after `first`, each wait twice the last up to `max`, and no
+/// new try that would start after `total`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retry {
+    pub first: Duration,
+    pub max: Duration,
+    pub total: Duration,
+}
+
+/// The mirror read at start: a NATS server restarting or a stream leader
+/// elected takes seconds; 30 s of trying is past both, and short enough that
+/// a NATS that does not answer is reported rather than waited on for ever.
+pub(crate) const MIRROR_READ_RETRY: Retry = Retry {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(2),
+    total: Duration::from_secs(30),
+};
+
+/// Runs `attempt` until it succeeds, trying again after each error as
+/// `retry` says, each retry logged (upgrade, what, attempt, wait, error
+/// chain). `Ok(None)` once `stop` is cancelled (before a try or during a
+/// wait); an error that outlasts `retry.total` is
+/// [`ServiceError::Recovery`], naming the upgrade, with the last error as
+/// its source.
+pub(crate) async fn retrying<T, F, Fut>(
+    stop: &tokio_util::sync::CancellationToken,
+    retry: Retry,
+    upgrade: &str,
+    what: &'static str,
+    mut attempt: F,
+) -> Result<Option<T>, ServiceError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ServiceError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut wait = retry.first;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let error = tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            tried = attempt() => match tried {
+                Ok(value) => return Ok(Some(value)),
+                Err(error) => error,
+            },
+        };
+        let elapsed = started.elapsed();
+        if elapsed + wait > retry.total {
+            return Err(ServiceError::Recovery {
+                upgrade: upgrade.to_string(),
+                what,
+                attempts,
+                elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                source: Box::new(error),
+            });
+        }
+        tracing::warn!(
+            %upgrade,
+            what,
+            attempt = attempts,
+            retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            error = %super::anyhow_chain(&error),
+            "recovery of an upgrade failed; trying again"
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(retry.max);
+    }
+}
+
 impl Loop {
     async fn run(mut self) -> Result<(), ServiceError> {
         let result = self.serve().await;
@@ -433,6 +634,8 @@ impl Loop {
         // After a refused tick (a clock past what the core accepts), the wake-up
         // stays in the past: wait a second between tries rather than spin.
         let mut retry_tick_at: Option<tokio::time::Instant> = None;
+        // Commands taken in a row while the wake-up was due (see the select).
+        let mut taken_while_due = 0usize;
         loop {
             let wake = self.state.next_wakeup_ms();
             let mut sleep = wake
@@ -441,13 +644,31 @@ impl Loop {
             if let Some(at) = retry_tick_at {
                 sleep = sleep.max(at.saturating_duration_since(tokio::time::Instant::now()));
             }
+            let due = wake.is_some() && sleep.is_zero();
+            if !due {
+                taken_while_due = 0;
+            }
+            // Biased, in this order. Shutdown first: once cancelled, no more input is acted on. Then a queued
+            // command before a timer that is due: a result already delivered is the evidence of what the step
+            // did, and must be decided on before a tick that would find the step past its deadline (an
+            // `unknown` to re-observe, a retry) or a poll that asks again what the result already says; an
+            // operator's pause or abort likewise goes before the next timed action. The timer is not starved:
+            // after TIMER_AFTER commands in a row with the wake-up due, it goes first once.
+            let timer_first = due && taken_while_due >= TIMER_AFTER;
             tokio::select! {
+                biased;
                 _ = self.shared.shutdown.cancelled() => return Ok(()),
-                command = self.rx.recv() => match command {
+                command = self.rx.recv(), if !timer_first => match command {
                     None => return Ok(()),
-                    Some(command) => self.handle(command).await?,
+                    Some(command) => {
+                        if due {
+                            taken_while_due += 1;
+                        }
+                        self.handle(command).await?
+                    }
                 },
                 _ = tokio::time::sleep(sleep), if wake.is_some() => {
+                    taken_while_due = 0;
                     let now = now_ms();
                     retry_tick_at = match self.apply(Input::Tick { now_ms: now }).await? {
                         Ok(_) => None,
@@ -793,6 +1014,10 @@ async fn mirror_batch(shared: &Shared, upgrade: &str, batch: &[(u64, store::Hash
             None => false,
         };
         if !acked {
+            // Given up on shutdown (the next start mirrors what is missing): not one more try per event.
+            if shared.shutdown.is_cancelled() {
+                return;
+            }
             super::publish_until_acked(
                 shared,
                 upgrade,
@@ -846,6 +1071,9 @@ async fn remirror_where(
         .map(|(r, e)| (r.seq, r.hash, e))
         .collect();
     for chunk in wanted.chunks(REMIRROR_BATCH) {
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
         mirror_batch(shared, upgrade, chunk).await;
     }
 }
@@ -924,5 +1152,109 @@ fn input_of_result(result: &protocol::StepResult, now_ms: u64) -> Input {
         reason: result.reason.clone(),
         executor: result.executor.clone(),
         now_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::{retrying, Retry, ServiceError};
+
+    const QUICK: Retry = Retry {
+        first: Duration::from_millis(1),
+        max: Duration::from_millis(4),
+        total: Duration::from_millis(200),
+    };
+
+    fn refused() -> ServiceError {
+        ServiceError::Nats("reading BATON_EVENTS: maximum consumers limit reached".into())
+    }
+
+    #[tokio::test]
+    async fn a_transient_error_is_tried_again_until_it_passes() {
+        let tries = AtomicU32::new(0);
+        let got = retrying(
+            &CancellationToken::new(),
+            QUICK,
+            "u1",
+            "reading its mirror",
+            || async {
+                match tries.fetch_add(1, Ordering::SeqCst) {
+                    0 | 1 => Err(refused()),
+                    _ => Ok(7),
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, Some(7));
+        assert_eq!(tries.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_error_that_lasts_fails_naming_the_upgrade_and_its_cause_within_the_total() {
+        let started = std::time::Instant::now();
+        let tries = AtomicU32::new(0);
+        let err = retrying(
+            &CancellationToken::new(),
+            QUICK,
+            "u1",
+            "reading its mirror",
+            || async {
+                tries.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(refused())
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let ServiceError::Recovery { attempts, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(*attempts, tries.load(Ordering::SeqCst));
+        // 1 + 2 + 4 + 4 + ... ms of waits within 200 ms: many tries, not one.
+        assert!(*attempts > 5, "{attempts}");
+        let chain = crate::service::anyhow_chain(&err);
+        assert!(
+            chain.starts_with("upgrade u1: reading its mirror failed"),
+            "{chain}"
+        );
+        assert!(
+            chain.ends_with("maximum consumers limit reached"),
+            "{chain}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_token_ends_the_retries_at_once() {
+        let stop = CancellationToken::new();
+        let slow = Retry {
+            first: Duration::from_secs(3600),
+            ..QUICK
+        };
+        let slow = Retry {
+            total: Duration::from_secs(7200),
+            ..slow
+        };
+        let tries = AtomicU32::new(0);
+        let retried = retrying(&stop, slow, "u1", "reading its mirror", || async {
+            if tries.fetch_add(1, Ordering::SeqCst) == 0 {
+                stop.cancel();
+            }
+            Err::<(), _>(refused())
+        });
+        let got = tokio::time::timeout(Duration::from_secs(10), retried)
+            .await
+            .expect("a cancelled retry does not wait out its hour");
+        assert!(matches!(got, Ok(None)), "{got:?}");
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
     }
 }
