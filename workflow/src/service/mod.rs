@@ -512,6 +512,11 @@ pub(crate) async fn publish_until_acked(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
+        // Not one more try once the service stops (a lost lease: another service may act under a newer epoch).
+        // What is not published is published again at the next start (steps re-published, the mirror completed).
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
         let attempt = async {
             shared
                 .js
@@ -520,7 +525,12 @@ pub(crate) async fn publish_until_acked(
                 .await
                 .map(|_| ())
         };
-        match attempt.await {
+        let attempted = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return,
+            attempted = attempt => attempted,
+        };
+        match attempted {
             Ok(()) => return,
             Err(err) => {
                 tracing::warn!(%upgrade, what, error = %err, "publish failed; retrying");

@@ -161,7 +161,15 @@ fn keys(node: &NodeIdentity) -> [NodeKey; 2] {
 #[derive(Clone, Default)]
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
-    loops: Arc<tokio::sync::Mutex<JoinSet<Result<(), ServiceError>>>>,
+    loops: Arc<tokio::sync::Mutex<Loops>>,
+}
+
+/// The loops' tasks, and the first error of one reaped before `join_all` (kept for it: a loop that failed
+/// closed must fail the service's exit, however its end was noticed).
+#[derive(Default)]
+struct Loops {
+    tasks: JoinSet<Result<(), ServiceError>>,
+    reaped_error: Option<ServiceError>,
 }
 
 impl Registry {
@@ -239,20 +247,22 @@ impl Registry {
         task: impl std::future::Future<Output = Result<(), ServiceError>> + Send + 'static,
     ) {
         let mut loops = self.loops.lock().await;
-        // Reap the loops that already ended, surfacing their errors in the logs.
-        while let Some(done) = loops.try_join_next() {
+        // Reap the loops that already ended, surfacing their errors in the logs; the first is kept for
+        // `join_all`.
+        while let Some(done) = loops.tasks.try_join_next() {
             if let Ok(Err(err)) = done {
                 tracing::error!(error = %super::anyhow_chain(&err), "an upgrade loop failed");
+                loops.reaped_error.get_or_insert(err);
             }
         }
-        loops.spawn(task);
+        loops.tasks.spawn(task);
     }
 
-    /// Waits for every loop to end; returns the first error.
+    /// Waits for every loop to end; returns the first error (one reaped by `track` first).
     pub async fn join_all(&self) -> Result<(), ServiceError> {
         let mut loops = self.loops.lock().await;
-        let mut first = Ok(());
-        while let Some(done) = loops.join_next().await {
+        let mut first = loops.reaped_error.take().map_or(Ok(()), Err);
+        while let Some(done) = loops.tasks.join_next().await {
             if let Ok(Err(err)) = done {
                 if first.is_ok() {
                     first = Err(err);
@@ -340,5 +350,40 @@ mod tests {
         registry
             .claim_nodes("U2", "b", &three("b", "10.0.1"))
             .unwrap();
+    }
+
+    /// Hostile review 9 #2: a loop that failed closed and was reaped by a later `track` (a resume during recovery)
+    /// still fails `join_all`, so that the service exits non-zero rather than 0.
+    #[tokio::test]
+    async fn a_loop_error_reaped_by_track_is_still_returned_by_join_all() {
+        let registry = Registry::default();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        registry
+            .track(async move {
+                let _ = done_tx.send(());
+                Err(ServiceError::Internal(
+                    "the log could not be written".into(),
+                ))
+            })
+            .await;
+        done_rx.await.unwrap();
+        // Another loop tracked once the failed one has ended reaps it (as a resume does during recovery).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            registry.track(async { Ok(()) }).await;
+            if registry.loops.lock().await.reaped_error.is_some() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the failing loop was never reaped"
+            );
+            tokio::task::yield_now().await;
+        }
+        let joined = registry.join_all().await;
+        assert!(
+            matches!(&joined, Err(ServiceError::Internal(m)) if m.contains("could not be written")),
+            "{joined:?}"
+        );
     }
 }

@@ -69,7 +69,18 @@ struct Loop {
     counted: Option<&'static str>,
     /// What its `list` row needs beyond the state (`history::Summaries`).
     tracker: super::history::Tracker,
+    /// No tick before this instant (a recovered upgrade whose step deadline passed while the service was down:
+    /// see `PARKED_RESULT_GRACE`).
+    ticks_from: Option<tokio::time::Instant>,
 }
+
+/// How long a recovered loop whose step deadline has already passed waits before its first tick. The step's
+/// result may be parked: handed back while the upgrade was not claimed yet (redelivered after at most 4 s,
+/// `RECOVERING_RETRY` doubled four times) or delivered before the kill and never acked (redelivered after the
+/// results consumer's ack wait, 5 s). Re-publishing the step brings no new copy (the executor answers from its
+/// ledger under the same message id, which the stream deduplicates), so a tick first would record the step as
+/// `unknown` and the result, once it comes, would be dropped: a step re-observed, or run again, for nothing.
+const PARKED_RESULT_GRACE: Duration = Duration::from_secs(10);
 
 /// The executor's times of the result being applied (for the step durations).
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +116,7 @@ pub(crate) async fn start_new(
         decided: BTreeMap::new(),
         counted: None,
         tracker: super::history::Tracker::default(),
+        ticks_from: None,
     };
     shared.registry.track(worker.run()).await;
     Ok(handle)
@@ -411,6 +423,7 @@ fn prepare(
         decided: decided_times(events.iter().map(|(_, e)| e)),
         counted: Some(status),
         tracker,
+        ticks_from: None,
     };
     Ok(Some(Prepared::Unfinished(Box::new(Recovery {
         worker,
@@ -537,6 +550,16 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
         remirrored,
         "recovered unfinished upgrade"
     );
+    // Nothing is published or started once the service is stopping (a step published now would go out under a
+    // service that no longer acts on its result).
+    if shared.shutdown.is_cancelled() {
+        return Ok(());
+    }
+    let now = now_ms();
+    if outstanding.iter().any(|s| s.deadline_ms <= now) {
+        tracing::info!(%upgrade, grace_ms = PARKED_RESULT_GRACE.as_millis() as u64, "a step's deadline passed while the service was down; waiting for a parked result before the first tick");
+        worker.ticks_from = Some(tokio::time::Instant::now() + PARKED_RESULT_GRACE);
+    }
     for step in &outstanding {
         worker.publish_step(step).await;
     }
@@ -633,7 +656,7 @@ impl Loop {
     async fn serve(&mut self) -> Result<(), ServiceError> {
         // After a refused tick (a clock past what the core accepts), the wake-up
         // stays in the past: wait a second between tries rather than spin.
-        let mut retry_tick_at: Option<tokio::time::Instant> = None;
+        let mut retry_tick_at: Option<tokio::time::Instant> = self.ticks_from.take();
         // Commands taken in a row while the wake-up was due (see the select).
         let mut taken_while_due = 0usize;
         loop {
