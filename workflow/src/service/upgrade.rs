@@ -215,7 +215,7 @@ pub(crate) async fn recover_all(
         tracing::info!(
             loops,
             elapsed_ms,
-            "recovery stopped by shutdown before every unfinished upgrade was recovered; the next start resumes them"
+            "recovery stopped because the service is stopping (a signal, the lease lost or a loop failed: the log says which); the next start resumes what it did not recover"
         );
         return Ok(Recovered::Stopped);
     }
