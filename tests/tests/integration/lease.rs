@@ -425,3 +425,35 @@ async fn renewal_survives_a_nats_server_restart_shorter_than_the_ttl() {
         "the key was not released"
     );
 }
+
+/// The service whose lease key is deleted mid-upgrade (an operator's mistake, or another service's takeover seen
+/// late) stops acting and exits with an error naming the lease, not 0: a supervisor restarts it, and the restart
+/// takes the lease again and resumes. (The lease's task cancels the service's token itself, and the service reports
+/// the loss however its watch noticed the stop.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_whose_lease_key_is_deleted_mid_upgrade_exits_with_an_error_naming_the_lease() {
+    let mut env = super::e2e::Env::start(super::e2e::Setup {
+        nats_auth: false,
+        sync_ms: 800,
+        ..super::e2e::Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    env.wait_installed("backend-2").await;
+    let js = jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let bucket = js.get_key_value(LEASE_BUCKET).await.unwrap();
+    bucket.delete(LEASE_KEY).await.unwrap();
+    let server = env.server.as_mut().unwrap();
+    // The service renews every third of its 15 s ttl: it sees the deletion within 5 s.
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the service stops once its lease is gone");
+    let log = server.log();
+    assert!(!status.success(), "exit {status:?}\n{log}");
+    assert!(
+        log.contains("lost the service lease: stopping at once (fail closed)"),
+        "{log}"
+    );
+    env.start_server();
+    env.expect_completed_safely(&upgrade).await;
+}

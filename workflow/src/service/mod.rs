@@ -230,12 +230,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         return Ok(());
     };
     metrics.set_lease_held(true);
-    record_start(&store, &committer, epoch, lease.revision()).await?;
-    metrics.set_epoch(epoch);
-    tracing::info!(epoch, lease_revision = lease.revision(), db = %config.db.display(), "workflow service starting");
+    let lease_revision = lease.revision();
     let release = CancellationToken::new();
-    let mut lease_task = tokio::spawn(lease.run(release.clone()));
+    // A lease that ends before it is released (lost, or its task failed) cancels the service's token itself: every
+    // loop stops acting at once, even while the watch below is busy (a long synchronous stretch of recovery).
+    let mut lease_task = tokio::spawn({
+        let release = release.clone();
+        let shutdown = shutdown.clone();
+        let renewal = lease.run(release.clone());
+        async move {
+            let ended = renewal.await;
+            if !release.is_cancelled() {
+                shutdown.cancel();
+            }
+            ended
+        }
+    });
     let mut lease_done = false;
+    if let Err(err) = record_start(&store, &committer, epoch, lease_revision).await {
+        return Err(released(&metrics, release, lease_task, err).await);
+    }
+    metrics.set_epoch(epoch);
+    tracing::info!(epoch, lease_revision, db = %config.db.display(), "workflow service starting");
 
     let set_up = std::time::Instant::now();
     let handles = match protocol::ensure(&js, &config.protocol).await {
@@ -301,6 +317,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let mut result = Ok(());
     loop {
         tokio::select! {
+            // Biased, the lease first: its task cancels the token when the lease is lost, and the loss, not the
+            // token, must be what this loop reports.
+            biased;
+            ended = &mut lease_task => {
+                lease_done = true;
+                metrics.set_lease_held(false);
+                let err = match ended {
+                    Ok(Err(lost)) => ServiceError::Lease(lost),
+                    Ok(Ok(())) => ServiceError::Internal("the lease task ended".into()),
+                    Err(join) => ServiceError::Internal(format!("the lease task failed: {join}")),
+                };
+                tracing::error!(error = %anyhow_chain(&err), "lost the service lease: stopping at once (fail closed)");
+                result = Err(err);
+                break;
+            }
             recovered = &mut recovery, if recovering => {
                 recovering = false;
                 match recovered {
@@ -321,18 +352,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
                 }
             }
             _ = shutdown.cancelled(), if !recovering => break,
-            ended = &mut lease_task => {
-                lease_done = true;
-                metrics.set_lease_held(false);
-                let err = match ended {
-                    Ok(Err(lost)) => ServiceError::Lease(lost),
-                    Ok(Ok(())) => ServiceError::Internal("the lease task ended".into()),
-                    Err(join) => ServiceError::Internal(format!("the lease task failed: {join}")),
-                };
-                tracing::error!(error = %anyhow_chain(&err), "lost the service lease: stopping at once (fail closed)");
-                result = Err(err);
-                break;
-            }
             joined = tasks.join_next() => match joined {
                 Some(Ok(Ok(()))) => continue,
                 Some(Ok(Err(err))) => {
@@ -378,7 +397,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     release.cancel();
     if !lease_done {
         match lease_task.await {
-            Ok(Err(err)) => tracing::warn!(error = %anyhow_chain(&err), "releasing the lease"),
+            // `run` ends with an error only when the lease was lost (a release reports its own trouble): lost
+            // while the loop above was ending for another reason.
+            Ok(Err(lost)) if result.is_ok() => {
+                tracing::error!(error = %anyhow_chain(&lost), "lost the service lease: stopping at once (fail closed)");
+                result = Err(ServiceError::Lease(lost));
+            }
+            Ok(Err(err)) => tracing::warn!(error = %anyhow_chain(&err), "the lease was lost too"),
             Err(join) => tracing::warn!(error = %join, "the lease task failed"),
             Ok(Ok(())) => {}
         }
