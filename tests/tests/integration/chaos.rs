@@ -430,9 +430,7 @@ async fn run_round(fault: Fault, seed: u64, index: usize) -> Round {
     match fault {
         Fault::ServiceKill => {
             let before = env.status(&upgrade).map(|v| v.events).unwrap_or(0);
-            let server = env.server.as_mut().unwrap();
-            server.signal(Signal::SIGKILL);
-            server.wait_exit(Duration::from_secs(10));
+            env.kill_server();
             env.start_server();
             let restarted = Instant::now();
             let progressed = tests::wait_until(UPGRADE_TIMEOUT, || {
@@ -447,16 +445,12 @@ async fn run_round(fault: Fault, seed: u64, index: usize) -> Round {
             }
         }
         Fault::ServiceKillInRecovery => {
-            let server = env.server.as_mut().unwrap();
-            server.signal(Signal::SIGKILL);
-            server.wait_exit(Duration::from_secs(10));
+            env.kill_server();
             env.start_server();
             let early = Duration::from_millis(rng.random_range(0..300));
             // The fault is the moment: somewhere in the first 300 ms of recovery.
             tokio::time::sleep(early).await;
-            let server = env.server.as_mut().unwrap();
-            server.signal(Signal::SIGKILL);
-            server.wait_exit(Duration::from_secs(10));
+            env.kill_server();
             env.start_server();
         }
         Fault::NetLatency => {

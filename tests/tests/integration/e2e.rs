@@ -261,6 +261,15 @@ impl Env {
         self.secure.executor_keys[group].clone()
     }
 
+    /// SIGKILLs the workflow service and waits for it to die (a crash: nothing is flushed or released).
+    pub(crate) fn kill_server(&mut self) {
+        let server = self.server.as_mut().expect("a service runs");
+        server.signal(Signal::SIGKILL);
+        server
+            .wait_exit(Duration::from_secs(10))
+            .expect("the service died");
+    }
+
     pub(crate) fn start_server(&mut self) {
         self.server_starts += 1;
         let mut cmd = self.baton_cmd_as(&self.secure.service_key.clone());
@@ -821,11 +830,7 @@ async fn the_service_killed_mid_upgrade_resumes_and_runs_no_step_twice() {
     let upgrade = env.submit(&[]);
     // Kill it while the first follower syncs (after its install).
     env.wait_installed("backend-2").await;
-    let server = env.server.as_mut().unwrap();
-    server.signal(Signal::SIGKILL);
-    server
-        .wait_exit(Duration::from_secs(10))
-        .expect("the service died");
+    env.kill_server();
     env.start_server();
     env.expect_completed_safely(&upgrade).await;
     let log = std::fs::read_to_string(env.dir.path().join("server-2.log")).unwrap();

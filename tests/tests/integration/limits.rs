@@ -136,7 +136,6 @@ async fn ctrl_c_on_submit_says_the_upgrade_goes_on() {
 /// not answer, keeps retrying, and follows on to the end (issue 14).
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_reattaches_after_the_service_restarts() {
-    use nix::sys::signal::Signal;
     use std::time::Duration;
 
     let mut env = Env::start(Setup {
@@ -150,11 +149,7 @@ async fn watch_reattaches_after_the_service_restarts() {
     cmd.args(["--api-timeout", "2", "watch", &upgrade]);
     let mut watch = tests::Proc::spawn("baton watch", cmd, &log).unwrap();
     env.wait_installed("backend-2").await;
-    let server = env.server.as_mut().unwrap();
-    server.signal(Signal::SIGKILL);
-    server
-        .wait_exit(Duration::from_secs(10))
-        .expect("the service died");
+    env.kill_server();
     let noticed = tests::wait_until(Duration::from_secs(30), || {
         watch.log().contains("does not answer")
     })

@@ -246,11 +246,7 @@ async fn sigterm_during_recovery_stops_the_service_promptly_and_a_restart_resume
     .await;
     let upgrade = env.submit(&[]);
     env.wait_installed("backend-2").await;
-    let server = env.server.as_mut().unwrap();
-    server.signal(Signal::SIGKILL);
-    server
-        .wait_exit(Duration::from_secs(10))
-        .expect("the service died");
+    env.kill_server();
 
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     let original = recreate_events(&js, 1, |config| {
@@ -320,11 +316,7 @@ async fn a_transient_nats_error_on_a_mirror_read_at_start_is_retried() {
     .await;
     let upgrade = env.submit(&[]);
     env.wait_installed("backend-2").await;
-    let server = env.server.as_mut().unwrap();
-    server.signal(Signal::SIGKILL);
-    server
-        .wait_exit(Duration::from_secs(10))
-        .expect("the service died");
+    env.kill_server();
 
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     recreate_events(&js, 0, |config| config.max_consumers = 1).await;
@@ -486,11 +478,7 @@ async fn a_result_for_an_upgrade_not_yet_claimed_is_handed_back_then_applied_onc
         "A is still in flight: {:?}",
         env.status(&a)
     );
-    let server = env.server.as_mut().unwrap();
-    server.signal(Signal::SIGKILL);
-    server
-        .wait_exit(Duration::from_secs(10))
-        .expect("the service died");
+    env.kill_server();
 
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     let original = recreate_events(&js, 1, |config| {
