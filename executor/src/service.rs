@@ -330,6 +330,16 @@ async fn attach(
                 retry_ms = backoff.as_millis() as u64,
                 "waiting for the workflow service to create the streams"
             ),
+            // A JetStream call that failed (a timeout, no responders, a stream leader not elected yet: a NATS
+            // cluster just formed or restarting) is tried again, not the end of the executor; it exited here and
+            // never served (seen in CI's clustered-NATS starts). Incompatible streams, names and keys still stop it.
+            Err(e @ ProtocolError::Setup { .. }) => tracing::warn!(
+                group,
+                error = %e,
+                cause = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(),
+                retry_ms = backoff.as_millis() as u64,
+                "attaching to the streams failed; trying again"
+            ),
             Err(e) => return Err(e.into()),
         }
         tokio::select! {
