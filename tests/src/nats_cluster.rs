@@ -29,6 +29,18 @@ impl NatsCluster {
     /// others, and wait until every one answers JetStream requests: the
     /// cluster has elected a meta leader.
     pub async fn start(size: usize) -> anyhow::Result<NatsCluster> {
+        Self::start_partly(size, size).await
+    }
+
+    /// Like [`NatsCluster::start`], but only the first `up` members are
+    /// started (they must be a quorum); the others are left for
+    /// [`NatsServer::start_again`], as when a cluster's servers boot one
+    /// after another and clients start meanwhile.
+    pub async fn start_partly(size: usize, up: usize) -> anyhow::Result<NatsCluster> {
+        anyhow::ensure!(
+            up > size / 2 && up <= size,
+            "{up} of {size} members started is not a quorum"
+        );
         anyhow::ensure!(
             (1..=5).contains(&size),
             "a test cluster has 1 to 5 members, not {size}"
@@ -47,10 +59,10 @@ impl NatsCluster {
             servers.push(NatsServer::unstarted(true, Some(member))?);
         }
         // All up before any is waited for: none is ready without a quorum.
-        for server in &mut servers {
+        for server in &mut servers[..up] {
             server.launch()?;
         }
-        for server in &mut servers {
+        for server in &mut servers[..up] {
             server
                 .wait_ready()
                 .await

@@ -50,6 +50,9 @@ pub(crate) struct Setup {
     pub(crate) nats_servers: usize,
     /// The service's `--nats-replicas`.
     pub(crate) nats_replicas: usize,
+    /// Of a NATS cluster, how many servers start only once the service has
+    /// said JetStream is not usable yet (a cluster still forming).
+    pub(crate) nats_late: usize,
 }
 
 impl Default for Setup {
@@ -69,6 +72,7 @@ impl Default for Setup {
             http: false,
             nats_servers: 1,
             nats_replicas: 1,
+            nats_late: 0,
         }
     }
 }
@@ -124,7 +128,8 @@ impl Env {
                 !setup.nats_auth,
                 "the test NATS cluster runs without authentication"
             );
-            let mut servers = tests::NatsCluster::start(setup.nats_servers)
+            let up = setup.nats_servers - setup.nats_late;
+            let mut servers = tests::NatsCluster::start_partly(setup.nats_servers, up)
                 .await
                 .expect("the NATS cluster starts")
                 .into_servers();
@@ -226,8 +231,32 @@ impl Env {
             let executor = env.spawn_executor(index, "executor");
             env.executors.push(executor);
         }
+        if setup.nats_late > 0 {
+            env.start_late_nats_servers().await;
+        }
         env.wait_for_executors().await;
         env
+    }
+
+    /// Once the service has said JetStream is not usable yet, start the
+    /// cluster's servers that were left down (`Setup::nats_late`).
+    async fn start_late_nats_servers(&mut self) {
+        let waiting = tests::wait_until(Duration::from_secs(60), || {
+            let log = self.server.as_ref().map(Proc::log).unwrap_or_default();
+            log.contains("JetStream is not usable yet")
+        })
+        .await;
+        assert!(
+            waiting,
+            "the service never said it waits for JetStream\n{}",
+            self.logs()
+        );
+        for server in self.nats_peers.iter_mut().filter(|s| !s.is_running()) {
+            server
+                .start_again()
+                .await
+                .expect("a late cluster member starts");
+        }
     }
 
     /// The `baton` CLI as operator alice (an approver), straight to NATS.
@@ -324,6 +353,13 @@ impl Env {
             text.push_str(&format!(
                 "--- server log ---\n{}\n",
                 tail(&server.log(), 40)
+            ));
+        }
+        for (index, executor) in self.executors.iter().enumerate() {
+            text.push_str(&format!(
+                "--- executor {} log ---\n{}\n",
+                self.nodes.get(index).map_or("?", String::as_str),
+                tail(&executor.log(), 15)
             ));
         }
         text

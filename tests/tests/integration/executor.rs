@@ -1163,6 +1163,27 @@ async fn setup_refuses_a_server_without_jetstream_and_a_conflicting_stream_clear
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("JetStream is not available"), "{stderr}");
+    // So does the service, at once: a server without JetStream is not a cluster still forming, whose JetStream the
+    // service waits for (`nats_cluster::a_service_started_before_its_nats_cluster_has_formed...`).
+    let service_seed = dir.path().join("keys").join("service.seed");
+    keys.service
+        .write_seed(&service_seed)
+        .expect("seed written");
+    let started = std::time::Instant::now();
+    let out = Command::new(workspace_bin("baton"))
+        .env("BATON_NATS_URL", nats.url())
+        .env("BATON_KEY", &service_seed)
+        .env("BATON_TRUST", keys.trust_path())
+        .arg("server")
+        .arg("--db")
+        .arg(dir.path().join("baton.db"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("JetStream is not available"), "{stderr}");
+    assert!(!stderr.contains("trying again"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{stderr}");
 
     // A stream of ours created with other semantics is refused, not reused.
     let nats = NatsServer::start().await.unwrap();

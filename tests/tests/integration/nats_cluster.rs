@@ -271,3 +271,33 @@ async fn a_service_given_another_replica_count_than_the_streams_refuses_to_start
         "{log}"
     );
 }
+
+/// A service started while its NATS cluster is still forming (one server of
+/// three not up yet, so a replicated bucket has no place to go: "no suitable
+/// peers for placement") waits for JetStream, saying why, instead of exiting;
+/// once the last server is up it starts and the upgrade completes. Before it
+/// waited, such a start ended the service (seen in CI's clustered starts).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_started_before_its_nats_cluster_has_formed_waits_for_it_then_upgrades() {
+    let env = Env::start(Setup {
+        nats_servers: 3,
+        nats_replicas: 3,
+        nats_late: 1,
+        nats_auth: false,
+        ..Setup::default()
+    })
+    .await;
+    let log = env.server.as_ref().unwrap().log();
+    let waited = log
+        .lines()
+        .find(|line| line.contains("JetStream is not usable yet"))
+        .expect("the service said it waits");
+    assert!(
+        waited.contains("what=") && waited.contains("error="),
+        "the retry names what failed and why: {waited}"
+    );
+    eprintln!("the service waited: {waited}");
+    assert_replicas(&env, 3).await;
+    let upgrade = env.submit(&[]);
+    env.expect_completed_safely(&upgrade).await;
+}

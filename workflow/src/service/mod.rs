@@ -226,7 +226,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         replicas: config.protocol.replicas,
         ..config.lease.clone()
     };
-    let Some(lease) = lease::Lease::acquire(&js, me, lease_options, &shutdown).await? else {
+    // A server or account without JetStream is refused at once; a cluster whose JetStream is still forming is
+    // waited for (`JETSTREAM_FORMING`).
+    let may_pass = |err: &protocol::ProtocolError| setup_may_pass(err, &js);
+    let checked = while_jetstream_forms(&shutdown, "check the server", may_pass, || {
+        protocol::setup::check_server(&js)
+    })
+    .await?;
+    if checked.is_none() {
+        return Ok(());
+    }
+    let acquired =
+        while_jetstream_forms(&shutdown, "take the service lease", lease_may_pass, || {
+            lease::Lease::acquire(&js, me.clone(), lease_options.clone(), &shutdown)
+        })
+        .await?;
+    let Some(lease) = acquired.flatten() else {
         return Ok(());
     };
     metrics.set_lease_held(true);
@@ -254,8 +269,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     tracing::info!(epoch, lease_revision, db = %config.db.display(), "workflow service starting");
 
     let set_up = std::time::Instant::now();
-    let handles = match protocol::ensure(&js, &config.protocol).await {
-        Ok(handles) => handles,
+    let ensured = while_jetstream_forms(
+        &shutdown,
+        "create or check the streams and buckets",
+        may_pass,
+        || protocol::ensure(&js, &config.protocol),
+    )
+    .await;
+    let handles = match ensured {
+        Ok(Some(handles)) => handles,
+        // Shut down (a signal, or the lease lost) while waiting: the orderly stop releases the lease.
+        Ok(None) => return stopped_before_serving(&metrics, release, lease_task).await,
         Err(err) => return Err(released(&metrics, release, lease_task, err.into()).await),
     };
     tracing::info!(
@@ -434,6 +458,31 @@ async fn released(
     err
 }
 
+/// Shut down while the service was still setting up (a signal, or the lease lost, while JetStream was not usable):
+/// release the lease. A lease task that had already ended (the lease lost: it cancels the service's token itself)
+/// makes the error; a failure to release is only logged, as in [`released`].
+async fn stopped_before_serving(
+    metrics: &metrics::ServiceMetrics,
+    release: CancellationToken,
+    lease_task: tokio::task::JoinHandle<Result<(), lease::LeaseError>>,
+) -> Result<(), ServiceError> {
+    let lost = lease_task.is_finished();
+    release.cancel();
+    let ended = lease_task.await;
+    metrics.set_lease_held(false);
+    match ended {
+        Ok(Err(err)) if lost => Err(err.into()),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %anyhow_chain(&err), "releasing the lease");
+            Ok(())
+        }
+        Err(join) => Err(ServiceError::Internal(format!(
+            "the lease task failed: {join}"
+        ))),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
 /// Once every unfinished upgrade is recovered: results for unknown upgrades
 /// are strays from now on, the API is subscribed (nothing was answered
 /// before recovery) and served, presence is watched, and the service is ready.
@@ -478,6 +527,86 @@ async fn serve(
 /// Connects to NATS, retrying until it answers (the service may start before
 /// the broker). `None` if shutdown came first; an error if the settings are
 /// unusable (a missing file, a malformed URL).
+/// How long JetStream calls at start are tried again while they fail in a way that passes: a NATS cluster that is
+/// still forming has no meta leader yet, or does not know every peer yet ("no suitable peers for placement, peer
+/// offline" when a replicated bucket is created), for seconds after its servers answer clients. The service is often
+/// started beside its NATS (docker-compose, a reboot); two minutes is far past a cluster's forming and short enough
+/// that a NATS whose JetStream stays unusable is reported, not waited on for ever.
+const JETSTREAM_FORMING: upgrade::Retry = upgrade::Retry {
+    first: Duration::from_millis(200),
+    max: Duration::from_secs(5),
+    total: Duration::from_secs(120),
+};
+
+/// A lease error that may pass by itself: a failed NATS call (not a bucket with other options, not another holder).
+fn lease_may_pass(err: &lease::LeaseError) -> bool {
+    matches!(err, lease::LeaseError::Nats { .. })
+}
+
+/// A set-up error that may pass by itself: a failed JetStream call, or JetStream not answering yet on a server that
+/// has it (not a server started without `-js`, an incompatible stream, a server too old, a bad name).
+fn setup_may_pass(err: &protocol::ProtocolError, js: &jetstream::Context) -> bool {
+    match err {
+        protocol::ProtocolError::Setup { .. } => true,
+        protocol::ProtocolError::JetStreamUnavailable { .. } => js.client().server_info().jetstream,
+        _ => false,
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails in a way `may_pass` says does not pass, or [`JETSTREAM_FORMING`] is
+/// spent (the last error is returned); each retry is logged with what failed and why. `Ok(None)` once `shutdown` is
+/// cancelled.
+async fn while_jetstream_forms<T, E, F, Fut>(
+    shutdown: &CancellationToken,
+    what: &'static str,
+    may_pass: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> Result<Option<T>, E>
+where
+    E: std::error::Error + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let retry = JETSTREAM_FORMING;
+    let started = tokio::time::Instant::now();
+    let mut wait = retry.first;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let error = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            tried = attempt() => match tried {
+                Ok(value) => return Ok(Some(value)),
+                Err(error) => error,
+            },
+        };
+        let elapsed = started.elapsed();
+        if !may_pass(&error) || elapsed + wait > retry.total {
+            if attempts > 1 {
+                tracing::error!(
+                    what,
+                    attempts,
+                    elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                    "JetStream did not become usable; giving up"
+                );
+            }
+            return Err(error);
+        }
+        tracing::warn!(
+            what,
+            attempt = attempts,
+            retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            error = %anyhow_chain(&error),
+            "JetStream is not usable yet (a NATS cluster still forming?); trying again"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(retry.max);
+    }
+}
+
 async fn connect(
     config: &protocol::connect::NatsConfig,
     metrics: &Arc<metrics::ServiceMetrics>,
