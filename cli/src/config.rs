@@ -54,6 +54,7 @@ const SERVER: &[&str] = &[
     "http",
     "nats_replicas",
     "recover_at_once",
+    "recovery_patience_s",
 ];
 
 /// `baton executor`'s own flags a file may set.

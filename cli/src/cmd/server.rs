@@ -40,6 +40,12 @@ pub struct ServerArgs {
     #[arg(long, env = "BATON_RECOVER_AT_ONCE", default_value_t = workflow::service::RECOVER_AT_ONCE as u16,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub recover_at_once: u16,
+    /// How long (seconds) recovery keeps trying one publish that fails (a re-mirrored event, a re-published
+    /// step) before the start fails, naming the upgrade and the cause. Running upgrades retry until shutdown.
+    #[arg(long, env = "BATON_RECOVERY_PATIENCE_S",
+          default_value_t = workflow::service::RECOVERY_PATIENCE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub recovery_patience_s: u64,
 }
 
 pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -80,6 +86,7 @@ pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode>
             },
             metrics: std::sync::Arc::default(),
             recover_at_once: usize::from(args.recover_at_once),
+            recovery_patience: std::time::Duration::from_secs(args.recovery_patience_s),
         };
         let metrics = config.metrics.clone();
         let listener = crate::http::start(

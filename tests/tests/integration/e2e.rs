@@ -300,11 +300,17 @@ impl Env {
     }
 
     pub(crate) fn start_server(&mut self) {
+        self.start_server_with(&[]);
+    }
+
+    /// Starts the service with `extra` flags after the usual ones; its log is `server-<start>.log`.
+    pub(crate) fn start_server_with(&mut self, extra: &[&str]) {
         self.server_starts += 1;
         let mut cmd = self.baton_cmd_as(&self.secure.service_key.clone());
         cmd.args(["server", "--db"])
             .arg(self.db())
             .args(["--nats-replicas", &self.nats_replicas.to_string()])
+            .args(extra)
             .env("BATON_NATS_URL", self.service_url());
         if let Some((addr, _)) = &self.http {
             cmd.arg("--http").arg(addr.to_string());

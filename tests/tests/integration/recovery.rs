@@ -226,6 +226,75 @@ async fn recreate_events(
     original
 }
 
+/// A deployment (NATS without authentication, so the test may change the
+/// streams) whose upgrade was in flight, backend-2 installed, when its
+/// service was SIGKILLed; returns it and the upgrade's id.
+async fn killed_mid_upgrade() -> (Env, String) {
+    let mut env = Env::start(Setup {
+        nats_auth: false,
+        sync_ms: 800,
+        ..Setup::default()
+    })
+    .await;
+    let upgrade = env.submit(&[]);
+    env.wait_installed("backend-2").await;
+    env.kill_server();
+    (env, upgrade)
+}
+
+/// For [`recreate_events`]: a `BATON_EVENTS` that holds one message and refuses every publish after it (full,
+/// discard new).
+fn refusing_every_publish(config: &mut async_nats::jetstream::stream::Config) {
+    config.max_messages = 1;
+    config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+}
+
+/// A publish of recovery's that cannot succeed (the upgrade's mirror must be
+/// written again, and `BATON_EVENTS` refuses every publish) is tried for
+/// `--recovery-patience-s`, then fails the start: exit non-zero, the error
+/// naming the upgrade, the event and the stream's refusal, the service never
+/// ready, the lease released (the next start takes it at once, without
+/// waiting out its ttl). Before, the service retried until it was stopped,
+/// holding the lease without serving. With the mirror writable again, the
+/// next start completes the upgrade safely.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_failing_for_the_recovery_patience_fails_the_start_naming_the_upgrade() {
+    let (mut env, upgrade) = killed_mid_upgrade().await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let original = recreate_events(&js, 1, refusing_every_publish).await;
+
+    let started = std::time::Instant::now();
+    env.start_server_with(&["--recovery-patience-s", "2"]);
+    let server = env.server.as_mut().unwrap();
+    let status = server
+        .wait_exit(Duration::from_secs(60))
+        .expect("the start fails once the patience is spent");
+    let text = server.log();
+    assert!(!status.success(), "{status:?}\n{text}");
+    let error = text
+        .lines()
+        .find(|l| l.contains("baton: error"))
+        .unwrap_or_else(|| panic!("no error line:\n{text}"));
+    for wanted in [
+        upgrade.as_str(),
+        "publishing event",
+        "while the service recovered it",
+        "maximum messages exceeded",
+    ] {
+        assert!(error.contains(wanted), "{wanted:?} not in: {error}");
+    }
+    assert!(!text.contains("workflow service ready"), "{text}");
+    assert!(text.contains("released the service lease"), "{text}");
+    eprintln!(
+        "the start failed {:?} after it began: {error}",
+        started.elapsed()
+    );
+
+    recreate_events(&js, 0, |config| *config = original).await;
+    env.start_server();
+    env.expect_completed_safely(&upgrade).await;
+}
+
 /// An upgrade in flight when the service is SIGKILLed, and a restart whose
 /// recovery cannot end on its own: `BATON_EVENTS` was emptied (so the
 /// upgrade's events must be mirrored again before its loop may start) and
@@ -238,22 +307,9 @@ async fn recreate_events(
 /// safely with every node installed once (no step ran twice).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_recovery_stops_the_service_promptly_and_a_restart_resumes() {
-    let mut env = Env::start(Setup {
-        nats_auth: false,
-        sync_ms: 800,
-        ..Setup::default()
-    })
-    .await;
-    let upgrade = env.submit(&[]);
-    env.wait_installed("backend-2").await;
-    env.kill_server();
-
+    let (mut env, upgrade) = killed_mid_upgrade().await;
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
-    let original = recreate_events(&js, 1, |config| {
-        config.max_messages = 1;
-        config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
-    })
-    .await;
+    let original = recreate_events(&js, 1, refusing_every_publish).await;
 
     env.start_server();
     let log_file = env.dir.path().join("server-2.log");
@@ -308,16 +364,7 @@ async fn sigterm_during_recovery_stops_the_service_promptly_and_a_restart_resume
 /// orderly path: `upgrade::tests`, and `run`'s one stop.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transient_nats_error_on_a_mirror_read_at_start_is_retried() {
-    let mut env = Env::start(Setup {
-        nats_auth: false,
-        sync_ms: 800,
-        ..Setup::default()
-    })
-    .await;
-    let upgrade = env.submit(&[]);
-    env.wait_installed("backend-2").await;
-    env.kill_server();
-
+    let (mut env, upgrade) = killed_mid_upgrade().await;
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     recreate_events(&js, 0, |config| config.max_consumers = 1).await;
     let events = js

@@ -78,9 +78,18 @@ pub struct Config {
     /// reads, re-mirroring and re-published steps): [`RECOVER_AT_ONCE`] by
     /// default; at least 1.
     pub recover_at_once: usize,
+    /// How long recovery keeps trying one publish that fails (a re-mirrored event, a re-published step) before
+    /// the start fails: [`RECOVERY_PATIENCE`] by default. Once recovered, a loop's publishes are tried until
+    /// shutdown.
+    pub recovery_patience: Duration,
 }
 
 pub use upgrade::RECOVER_AT_ONCE;
+
+/// [`Config::recovery_patience`]'s default: far past a NATS restart or a stream leader's election, short enough
+/// that a publish that cannot succeed (a `BATON_EVENTS` full with `discard: new`, a permission missing) fails the
+/// start and is reported, rather than the service holding the lease without serving.
+pub const RECOVERY_PATIENCE: Duration = Duration::from_secs(120);
 
 /// What can stop the service. Rejections of requests are not errors: they are
 /// answered on the API.
@@ -121,6 +130,16 @@ pub enum ServiceError {
         elapsed_ms: u64,
         #[source]
         source: Box<ServiceError>,
+    },
+    /// A publish of recovery's (`Config::recovery_patience`) that kept failing.
+    #[error("upgrade {upgrade}: publishing {what} to JetStream failed {attempts} times in {elapsed_ms} ms while the service recovered it; the service does not start without it (the next start publishes it again)")]
+    PublishGaveUp {
+        upgrade: String,
+        what: String,
+        attempts: u32,
+        elapsed_ms: u64,
+        #[source]
+        source: async_nats::Error,
     },
     #[error("upgrade {upgrade}: the log could not be written; the service stopped acting on it")]
     FailClosed {
@@ -169,6 +188,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<metrics::ServiceMetrics>,
     /// `Config::recover_at_once`.
     pub recover_at_once: usize,
+    /// `Config::recovery_patience`.
+    pub recovery_patience: Duration,
 }
 
 /// Runs the workflow service until `shutdown` is cancelled or a fatal error.
@@ -309,6 +330,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         service_log: tokio::sync::Mutex::new(()),
         metrics: metrics.clone(),
         recover_at_once: config.recover_at_once,
+        recovery_patience: config.recovery_patience,
     });
     // Refuse to act on a log that BATON_CHECKPOINTS contradicts.
     let reconciling = std::time::Instant::now();
@@ -653,8 +675,8 @@ async fn connect(
     }
 }
 
-/// Publishes to JetStream and waits for the stream's ack, retrying while NATS
-/// is away (backoff to 5 s). Gives up only on shutdown: what is published is
+/// Publishes to JetStream and waits for the stream's ack, retrying while
+/// NATS is away (backoff to 5 s). Gives up only on shutdown: what is published is
 /// already in the log, and the next start publishes it again under the same id.
 pub(crate) async fn publish_until_acked(
     shared: &Shared,
@@ -664,12 +686,33 @@ pub(crate) async fn publish_until_acked(
     payload: Vec<u8>,
     what: &str,
 ) {
+    if let Err(err) =
+        publish_patiently(shared, upgrade, subject, headers, payload, what, None).await
+    {
+        // Not reached: without a patience only a shutdown ends the tries, and that is not an error.
+        tracing::error!(%upgrade, what, error = %anyhow_chain(&err), "publish gave up");
+    }
+}
+
+/// [`publish_until_acked`], giving up with [`ServiceError::PublishGaveUp`] once tries have failed for `patience`
+/// (recovery's publishes: `Config::recovery_patience`). `Ok` on success and on shutdown.
+pub(crate) async fn publish_patiently(
+    shared: &Shared,
+    upgrade: &str,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: Vec<u8>,
+    what: &str,
+    patience: Option<Duration>,
+) -> Result<(), ServiceError> {
+    let started = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
+    let mut attempts = 0u32;
     loop {
         // Not one more try once the service stops (a lost lease: another service may act under a newer epoch).
         // What is not published is published again at the next start (steps re-published, the mirror completed).
         if shared.shutdown.is_cancelled() {
-            return;
+            return Ok(());
         }
         let attempt = async {
             shared
@@ -679,22 +722,32 @@ pub(crate) async fn publish_until_acked(
                 .await
                 .map(|_| ())
         };
+        attempts += 1;
         let attempted = tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.shutdown.cancelled() => return Ok(()),
             attempted = attempt => attempted,
         };
-        match attempted {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::warn!(%upgrade, what, error = %err, "publish failed; retrying");
-                tokio::select! {
-                    _ = shared.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+        let err = match attempted {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        };
+        let elapsed = started.elapsed();
+        if patience.is_some_and(|patience| elapsed + backoff > patience) {
+            return Err(ServiceError::PublishGaveUp {
+                upgrade: upgrade.to_string(),
+                what: what.to_string(),
+                attempts,
+                elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                source: err.into(),
+            });
         }
+        tracing::warn!(%upgrade, what, attempt = attempts, error = %err, "publish failed; retrying");
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -754,6 +807,9 @@ async fn record_start(
 /// delivered again the first time (doubling with each delivery, up to 16 times this).
 const RECOVERING_RETRY: Duration = Duration::from_millis(250);
 
+/// How long a result waits before it comes round again when its upgrade's loop queue is full.
+const BUSY_RETRY: Duration = Duration::from_millis(500);
+
 /// Pulls results and routes each to its upgrade's loop; the loop acks it once
 /// it is in the log. Results for unknown or finished upgrades are acked and
 /// counted (they can only be duplicates or strays).
@@ -764,6 +820,7 @@ async fn pump_results(
     let mut stray: u64 = 0;
     let mut malformed: u64 = 0;
     let mut unsigned: u64 = 0;
+    let mut busy: u64 = 0;
     loop {
         let mut messages = match consumer.messages().await {
             Ok(messages) => messages,
@@ -840,18 +897,31 @@ async fn pump_results(
                     tracing::debug!(upgrade = %result.upgrade, delivered, delay_ms = delay.as_millis() as u64, "result for an upgrade not recovered yet; handed back");
                     let _ = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
                 }
+                // Never waits on a loop: a loop that is not taking commands (claimed in recovery, its loop not
+                // started while its mirror is written again; or busy) must not hold up every other upgrade's
+                // results behind its full queue. Its result is handed back instead, and comes round again.
                 Some(handle) => {
-                    if handle
-                        .send(upgrade::Command::Result {
-                            result: Box::new(result),
-                            signer: Box::new(signer),
-                            message: Box::new(message),
-                        })
-                        .await
-                        .is_err()
-                    {
+                    let upgrade = result.upgrade.clone();
+                    let command = upgrade::Command::Result {
+                        result: Box::new(result),
+                        signer: Box::new(signer),
+                        message: Box::new(message),
+                    };
+                    match handle.tx.try_send(command) {
+                        Ok(()) => {}
+                        Err(tokio::sync::mpsc::error::TrySendError::Full(
+                            upgrade::Command::Result { message, .. },
+                        )) => {
+                            busy += 1;
+                            tracing::debug!(%upgrade, busy, delay_ms = BUSY_RETRY.as_millis() as u64, "the upgrade's loop queue is full; result handed back");
+                            let _ = message
+                                .ack_with(jetstream::AckKind::Nak(Some(BUSY_RETRY)))
+                                .await;
+                        }
                         // The loop ended (shutdown); the result is redelivered later.
-                        tracing::debug!("upgrade loop gone; leaving the result for redelivery");
+                        Err(_) => {
+                            tracing::debug!(%upgrade, "upgrade loop gone; leaving the result for redelivery")
+                        }
                     }
                 }
                 None => {

@@ -508,7 +508,7 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
         let events = load_events(shared, worker.stream)?;
         let wanted = |seq: u64| unmirrored || missing.contains(&seq);
         remirrored = events.iter().filter(|(r, _)| wanted(r.seq)).count();
-        worker.remirror(&events, wanted).await;
+        worker.remirror(&events, wanted).await?;
     }
     // A publish gives up on shutdown: the mirror may lack events yet, and nothing may act before it is whole.
     if shared.shutdown.is_cancelled() {
@@ -561,7 +561,9 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
         worker.ticks_from = Some(tokio::time::Instant::now() + PARKED_RESULT_GRACE);
     }
     for step in &outstanding {
-        worker.publish_step(step).await;
+        worker
+            .publish_step_within(step, Some(shared.recovery_patience))
+            .await?;
     }
     shared.registry.track(worker.run()).await;
     Ok(())
@@ -887,7 +889,7 @@ impl Loop {
             .zip(&events)
             .map(|(record, event)| (record.seq, record.hash, event))
             .collect();
-        mirror_batch(&self.shared, &self.upgrade, &batch).await;
+        mirror_batch(&self.shared, &self.upgrade, &batch, None).await?;
         Ok(Ok(events))
     }
 
@@ -953,6 +955,19 @@ impl Loop {
     /// NATS is away. Gives up only on shutdown: the step is in the log and the
     /// next start re-publishes it under the same id.
     async fn publish_step(&self, step: &ScheduledStep) {
+        if let Err(err) = self.publish_step_within(step, None).await {
+            // Not reached: without a patience only a shutdown ends the tries, and that is not an error.
+            tracing::error!(upgrade = %self.upgrade, error = %super::anyhow_chain(&err), "step publish gave up");
+        }
+    }
+
+    /// [`Worker::publish_step`], giving up once its tries have failed for `patience` (recovery's re-published
+    /// steps).
+    async fn publish_step_within(
+        &self,
+        step: &ScheduledStep,
+        patience: Option<Duration>,
+    ) -> Result<(), ServiceError> {
         let profile_sha256 = self.state.profile_sha256().map(str::to_string);
         let request = protocol::StepRequest {
             // An executor too old to check the hash refuses version 2 rather than run the step unchecked.
@@ -978,8 +993,19 @@ impl Loop {
         };
         let what = format!("step {} attempt {}", step.step, step.attempt);
         let (headers, payload) = request.signed(&self.shared.identity);
-        self.publish_until_acked(request.subject(), headers, payload, &what)
-            .await;
+        super::publish_patiently(
+            &self.shared,
+            &self.upgrade,
+            request.subject(),
+            headers,
+            payload,
+            &what,
+            patience,
+        )
+        .await?;
+        if self.shared.shutdown.is_cancelled() {
+            return Ok(());
+        }
         tracing::info!(
             upgrade = %self.upgrade,
             step = step.step,
@@ -989,22 +1015,18 @@ impl Loop {
             profile_sha256 = request.profile_sha256.as_deref().unwrap_or("built-in"),
             "step published"
         );
+        Ok(())
     }
 
-    /// After a restart: mirrors the events that `BATON_EVENTS` does not have.
-    async fn remirror(&self, events: &[(store::Record, Event)], missing: impl Fn(u64) -> bool) {
-        remirror_where(&self.shared, &self.upgrade, events, missing).await
-    }
-
-    async fn publish_until_acked(
+    /// After a restart: mirrors the events that `BATON_EVENTS` does not have, each publish tried for at most
+    /// `Config::recovery_patience`.
+    async fn remirror(
         &self,
-        subject: String,
-        headers: async_nats::HeaderMap,
-        payload: Vec<u8>,
-        what: &str,
-    ) {
-        super::publish_until_acked(&self.shared, &self.upgrade, subject, headers, payload, what)
-            .await
+        events: &[(store::Record, Event)],
+        missing: impl Fn(u64) -> bool,
+    ) -> Result<(), ServiceError> {
+        let patience = Some(self.shared.recovery_patience);
+        remirror_where(&self.shared, &self.upgrade, events, missing, patience).await
     }
 }
 
@@ -1014,7 +1036,14 @@ impl Loop {
 /// ack failed is sent again by the retrying path (its message id dedupes a copy
 /// that did land). The mirror is keyed by seq (`mirror.rs`), so a retried event
 /// that lands after a later one is still where a reader looks for it.
-async fn mirror_batch(shared: &Shared, upgrade: &str, batch: &[(u64, store::Hash, &Event)]) {
+///
+/// The retries give up after `patience` (recovery's), else only on shutdown.
+async fn mirror_batch(
+    shared: &Shared,
+    upgrade: &str,
+    batch: &[(u64, store::Hash, &Event)],
+    patience: Option<Duration>,
+) -> Result<(), ServiceError> {
     let messages: Vec<(u64, async_nats::HeaderMap, Vec<u8>)> = batch
         .iter()
         .map(|(seq, hash, event)| {
@@ -1039,19 +1068,21 @@ async fn mirror_batch(shared: &Shared, upgrade: &str, batch: &[(u64, store::Hash
         if !acked {
             // Given up on shutdown (the next start mirrors what is missing): not one more try per event.
             if shared.shutdown.is_cancelled() {
-                return;
+                return Ok(());
             }
-            super::publish_until_acked(
+            super::publish_patiently(
                 shared,
                 upgrade,
                 subject.clone(),
                 headers,
                 payload,
                 &format!("event {seq}"),
+                patience,
             )
-            .await;
+            .await?;
         }
     }
+    Ok(())
 }
 
 /// One event's mirror message: its headers (the message id) and body.
@@ -1087,7 +1118,8 @@ async fn remirror_where(
     upgrade: &str,
     events: &[(store::Record, Event)],
     missing: impl Fn(u64) -> bool,
-) {
+    patience: Option<Duration>,
+) -> Result<(), ServiceError> {
     let wanted: Vec<(u64, store::Hash, &Event)> = events
         .iter()
         .filter(|(r, _)| missing(r.seq))
@@ -1095,10 +1127,11 @@ async fn remirror_where(
         .collect();
     for chunk in wanted.chunks(REMIRROR_BATCH) {
         if shared.shutdown.is_cancelled() {
-            return;
+            return Ok(());
         }
-        mirror_batch(shared, upgrade, chunk).await;
+        mirror_batch(shared, upgrade, chunk, patience).await?;
     }
+    Ok(())
 }
 
 /// The most mirror publishes a re-mirroring has in flight at once.
@@ -1128,7 +1161,14 @@ async fn remirror_tail(shared: &Shared, stream: StreamId, head: u64) -> Result<(
     if last < head {
         tracing::info!(%upgrade, mirrored = last, head, "mirroring a finished upgrade's last events");
         let events = load_events(shared, stream)?;
-        remirror_where(shared, upgrade, &events, |seq| seq > last).await;
+        remirror_where(
+            shared,
+            upgrade,
+            &events,
+            |seq| seq > last,
+            Some(shared.recovery_patience),
+        )
+        .await?;
     }
     Ok(())
 }
