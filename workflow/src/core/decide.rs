@@ -2223,6 +2223,9 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
         if let Some(events) = emergency_word_judged(state, w, record, observation) {
             return events;
         }
+        if let Some(events) = emergency_look_judged(state, w, record, observation, now) {
+            return events;
+        }
         let action = record.scheduled.action;
         let (blocking, other) = match &w.recover {
             Some(_) => (problems_for(state, None, action, observation), vec![]),
@@ -2329,28 +2332,24 @@ fn wind_down_decisions(state: &State, now: u64) -> Vec<Event> {
                             .filter(|r| r.outcome.is_some() && says_it_leads(&observe(state, r)))
                             .collect::<Vec<_>>();
                         if !leaders.is_empty() {
-                            return vec![emergency_halt(state, w, &leaders, now)];
+                            let shown = shown_leaders(state.last_cluster.as_deref());
+                            return vec![emergency_halt(state, w, &leaders, &shown, now)];
                         }
                     }
                 }
             }
             Word::Awaited => return vec![],
-            // Every member answered, and the words counted as the wind-down's passed checks: count from zero
-            // again (a poll of no length) before what follows checks by that count (a recovery's probes).
-            Word::Leads(_) | Word::NotNeeded if w.checks_passed > 0 && words_last(state, w) => {
+            // Every member answered, nobody leads, and the words counted as the wind-down's passed checks: count
+            // from zero again (a poll of no length) before what follows checks by that count (a recovery's probes
+            // after the unblock).
+            Word::NotNeeded if w.checks_passed > 0 && words_last(state, w) => {
                 return vec![Event::WaitStarted {
                     purpose: WaitPurpose::Poll,
                     until_ms: now,
                 }];
             }
-            // A member said it leads: the node this upgrade had out is brought back first (the wind-down then
-            // restarts and asks again), otherwise the upgrade halts with the fence up.
-            Word::Leads(leaders) => {
-                return match &w.recover {
-                    Some(node) => recovery_decisions(state, w, node, now),
-                    None => vec![emergency_halt(state, w, &leaders, now)],
-                };
-            }
+            // A member said it leads: the fence stays up for now (`emergency_leads`).
+            Word::Leads(leaders) => return emergency_leads(state, w, &leaders, now),
             Word::NotNeeded => {}
         }
         // Through a member that has just answered its ask, when the usual observer is one that did not (its
@@ -2514,15 +2513,188 @@ fn says_it_leads(observation: &Observation) -> bool {
     )
 }
 
-/// What a member's word that it leads means, for the check and the halt.
-fn leads_problem(record: &StepRecord) -> String {
+/// What a member's word that it leads means, for the check and the halt; `shown` is what the cluster's topology
+/// shows (`shown_leaders`).
+fn leads_problem(record: &StepRecord, shown: &str) -> String {
     format!(
-        "{node}'s own node probe ({probe}) says it still leads while the cluster shows no leader: it may be \
-         serving while cut off from the others or without its cluster manager, and re-enabling failover now \
-         could elect a second leader",
+        "{node}'s own node probe ({probe}) says it still leads while {shown}: it may be serving while cut off \
+         from the others or without its cluster manager, and re-enabling failover now could elect a second leader",
         node = record.scheduled.node,
         probe = describe_probe(record)
     )
+}
+
+/// What a topology shows of the leader, for `leads_problem`: "the cluster shows no leader" (also when there is
+/// none to read), "the cluster shows pg3 as its leader", "the cluster shows 2 leaders (pg1, pg3)".
+fn shown_leaders(topology: Option<&Topology>) -> String {
+    let leaders = topology.map(Topology::leaders).unwrap_or_default();
+    match leaders.as_slice() {
+        [] => "the cluster shows no leader".to_string(),
+        [one] => format!("the cluster shows {one} as its leader"),
+        many => format!(
+            "the cluster shows {} leaders ({})",
+            many.len(),
+            many.join(", ")
+        ),
+    }
+}
+
+/// A member said it leads (`Word::Leads`), so failover stays blocked for now. Two things come before the halt.
+///
+/// First, a node this upgrade left stopped is started (bringing it back is right whatever happens next), and the
+/// wind-down restarts and asks every member again as soon as the `start` has run (`wind_down_again`), without
+/// waiting for the node to sync: syncing needs a leader the others can reach, which a cut-off leader is not, so
+/// that wait would last the whole `sync_timeout_ms` (600 s by default) with the status "winding down" and then
+/// halt anyway; the operator learns now, and the halt says the node may not be synced yet (`started_unsynced`).
+/// (The ordinary recovery, with its sync wait, still follows an unblock: `recovery_decisions`.)
+///
+/// Then, when exactly one member says it leads, the topology is read again, from another live member
+/// (`emergency_look`): a partition may have healed meanwhile, and the one who says it leads may be the cluster's
+/// one leader again (`emergency_look_judged`). When several say they lead, the topology cannot clear them all:
+/// the halt comes at once.
+fn emergency_leads(state: &State, w: &WindDown, leaders: &[&StepRecord], now: u64) -> Vec<Event> {
+    if let Some(node) = w.recover.as_deref() {
+        let note = match recovery_start(state, w, node) {
+            None if state.left_stopped(node) => {
+                return match schedule(state, Action::Start, node, now, None) {
+                    Ok(e) => vec![e],
+                    Err(why) => vec![wind_down_again(
+                        w,
+                        format!("{node} was not brought back into service: cannot schedule its start: {why}"),
+                        now,
+                    )],
+                };
+            }
+            Some(r) if r.outcome.as_ref().map(|o| o.outcome) == Some(Outcome::Succeeded) => Some(format!(
+                "{node} was started again (step {}) and not waited on to sync: a member says it leads while the \
+                 cluster shows no leader, and syncing needs a leader the others can reach",
+                r.scheduled.step
+            )),
+            Some(r) => Some(format!(
+                "{node} was not brought back into service: {}",
+                describe_step(r)
+            )),
+            // Not stopped (it was already starting again): nothing to start; the halt names it unconfirmed.
+            None => None,
+        };
+        if let Some(note) = note {
+            return vec![wind_down_again(w, note, now)];
+        }
+    }
+    let [one] = leaders else {
+        let shown = shown_leaders(state.last_cluster.as_deref());
+        return vec![emergency_halt(state, w, leaders, &shown, now)];
+    };
+    let via = observer(state, Some(&one.scheduled.node));
+    match schedule(state, Action::ProbeClusterStatus, &via, now, None) {
+        Ok(e) => vec![e],
+        Err(_) => {
+            let shown = shown_leaders(state.last_cluster.as_deref());
+            vec![emergency_halt(state, w, leaders, &shown, now)]
+        }
+    }
+}
+
+/// The topology the emergency exit read after the members' words (`emergency_leads`): the step right after them.
+fn emergency_look<'a>(state: &'a State, w: &WindDown) -> Option<&'a StepRecord> {
+    if w.cause != WindDownCause::Emergency || !state.failover_blocked {
+        return None;
+    }
+    let words = words_asked(state, w).len();
+    if words == 0 {
+        return None;
+    }
+    state
+        .steps
+        .range(w.first_step..)
+        .nth(words)
+        .map(|(_, r)| r)
+        .filter(|r| r.scheduled.action == Action::ProbeClusterStatus)
+}
+
+/// Judges the emergency exit's last look (`emergency_look`), the topology read after one member said it leads.
+/// The emergency is over when the topology shows exactly one leader and that is the member that says it leads,
+/// no other member saying so: the partition healed (or the leader's cluster manager is back), and the cluster
+/// shows the leader it has. Then the wind-down goes on as an ordinary one (`WindDownCause::Failure`, its reason
+/// still naming the emergency): the failover gate looks again (one leader shown, and that leader's own status
+/// electable with a synced follower) and failover is re-enabled, and the upgrade halts. Anything else keeps the
+/// fence up and halts (`emergency_halt`): no leader shown, another one, several, or no topology at all. So the
+/// fence is never lifted while a member that the topology does not show as the leader says it leads.
+fn emergency_look_judged(
+    state: &State,
+    w: &WindDown,
+    record: &StepRecord,
+    observation: &Observation,
+    now: u64,
+) -> Option<Vec<Event>> {
+    let look = emergency_look(state, w)?;
+    if look.scheduled.step != record.scheduled.step {
+        return None;
+    }
+    let Word::Leads(leaders) = emergency_word(state, w) else {
+        return None;
+    };
+    let topology = observation.topology();
+    let leader = topology.as_ref().and_then(Topology::sole_leader);
+    let s = &record.scheduled;
+    if let (Some(leader), [one]) = (leader, leaders.as_slice()) {
+        if one.scheduled.node == leader {
+            return Some(vec![
+                Event::CheckEvaluated {
+                    step: s.step,
+                    node: s.node.clone(),
+                    passed: true,
+                    problems: vec![],
+                },
+                Event::WindDownStarted {
+                    cause: WindDownCause::Failure,
+                    reason: format!(
+                        "{}; then the cluster showed one leader again, {leader}, the only member that says it \
+                         leads ({}): the emergency is over, and failover is re-enabled once the failover gate \
+                         passes",
+                        w.reason,
+                        describe_probe(record)
+                    ),
+                    at_ms: now,
+                },
+            ]);
+        }
+    }
+    let shown = match &topology {
+        Some(t) => shown_leaders(Some(t)),
+        None => format!(
+            "the cluster shows no leader (and {} could not read it again)",
+            describe_probe(record)
+        ),
+    };
+    let problems = leaders.iter().map(|r| leads_problem(r, &shown)).collect();
+    Some(vec![
+        Event::CheckEvaluated {
+            step: s.step,
+            node: s.node.clone(),
+            passed: false,
+            problems,
+        },
+        emergency_halt(state, w, &leaders, &shown, now),
+    ])
+}
+
+/// The node of this upgrade's that runs again unconfirmed when the emergency exit halts: the one this wind-down
+/// was to bring back and found running, or the one the wind-down before it started just before this one began
+/// (`emergency_leads`: the step before this wind-down's first is that successful `start`). Nobody waited for it
+/// to sync.
+fn started_unsynced<'a>(state: &'a State, w: &'a WindDown) -> Option<&'a str> {
+    if let Some(node) = w.recover.as_deref() {
+        return (!state.left_stopped(node)).then_some(node);
+    }
+    w.first_step
+        .checked_sub(1)
+        .and_then(|before| state.steps.get(&before))
+        .filter(|r| {
+            r.scheduled.action == Action::Start
+                && r.outcome.as_ref().map(|o| o.outcome) == Some(Outcome::Succeeded)
+        })
+        .map(|r| r.scheduled.node.as_str())
 }
 
 /// Judges one member's word asked by `emergency_word` (one of the first steps of an emergency wind-down): a check
@@ -2549,7 +2721,10 @@ fn emergency_word_judged(
         node: s.node.clone(),
         passed: !leads,
         problems: if leads {
-            vec![leads_problem(record)]
+            vec![leads_problem(
+                record,
+                &shown_leaders(state.last_cluster.as_deref()),
+            )]
         } else {
             vec![]
         },
@@ -2557,13 +2732,29 @@ fn emergency_word_judged(
 }
 
 /// The emergency exit's halt when members said they lead and no node of this upgrade's is to be brought back:
-/// failover stays blocked, and `failover_pending` names every member that said it leads.
-fn emergency_halt(state: &State, w: &WindDown, leaders: &[&StepRecord], now: u64) -> Event {
+/// failover stays blocked, and `failover_pending` names every member that said it leads (`shown`: what the
+/// cluster's topology shows, `shown_leaders`) and a node of this upgrade's started again but not confirmed
+/// synced (`started_unsynced`).
+fn emergency_halt(
+    state: &State,
+    w: &WindDown,
+    leaders: &[&StepRecord],
+    shown: &str,
+    now: u64,
+) -> Event {
     let problem = leaders
         .iter()
-        .map(|r| leads_problem(r))
+        .map(|r| leads_problem(r, shown))
         .collect::<Vec<_>>()
         .join("; ");
+    let unsynced = started_unsynced(state, w)
+        .map(|node| {
+            format!(
+                ". {node}, which this upgrade had out, runs again but may not be synced yet (it was not waited \
+                 on: syncing needs a leader the others can reach); check it too"
+            )
+        })
+        .unwrap_or_default();
     let nodes = leaders
         .iter()
         .map(|r| r.scheduled.node.as_str())
@@ -2582,7 +2773,7 @@ fn emergency_halt(state: &State, w: &WindDown, leaders: &[&StepRecord], now: u64
     Event::UpgradeHalted {
         reason: format!("{}; not taken: {problem}", w.reason),
         failover_pending: Some(format!(
-            "failover is still blocked: {problem}. {check}, run `{hint}`",
+            "failover is still blocked: {problem}. {check}, run `{hint}`{unsynced}",
             hint = sub(state).profile.hints.cluster_failover_on
         )),
         at_ms: now,

@@ -59,8 +59,12 @@
 //!   or awaiting verification (`decide::watch_decisions`); with a node probe that says whether a member leads,
 //!   every member is asked first (the expected leader first, as one round where the profile asks for rounds,
 //!   `decide::emergency_asks`), and any that says it still leads (cut off but serving, or an orphaned primary)
-//!   keeps the fence up and halts the upgrade with `failover_pending` naming it (`decide::emergency_word`); a
-//!   wind-down that cannot confirm any leader at all within its time re-enables it too.
+//!   keeps the fence up and halts the upgrade with `failover_pending` naming it (`decide::emergency_word`):
+//!   first a node this upgrade left stopped is started and everyone asked again at once, with no wait for it to
+//!   sync (it cannot without a leader the others reach), and with one member saying it leads the topology is
+//!   read again; if that shows the member as its one leader, the emergency is over and the ordinary gate above
+//!   re-enables failover (`decide::emergency_leads`, `decide::emergency_look_judged`); a wind-down that cannot
+//!   confirm any leader at all within its time re-enables it too.
 //!   A wind-down first brings back the node this upgrade had out of service (an abort: the node in progress; a
 //!   failure: the node it stopped and did not start again): its `start` if it was stopped and not started
 //!   (idempotent, retried per policy), then `status`/`cluster-status` on it until healthy and synced (bounded
