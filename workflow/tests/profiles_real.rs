@@ -486,3 +486,37 @@ fn the_patroni_profile_reads_what_a_real_patroni_cluster_showed() {
         "15.20"
     );
 }
+
+/// Hostile review 8 #8, measured on the real cluster (tests/fixtures/patroni/leader-crashed-paused): under pause,
+/// the leader's PostgreSQL killed, its Patroni (still running) releases the leader key, so the topology shows no
+/// leader, while its own GET /patroni keeps `role: primary` with `state: stopped`. Nothing serves there: its word
+/// must not be "leads" (it would keep the emergency exit's fence up beside no leader at all). A running primary,
+/// and the wrapper's orphan primary (Patroni gone, a postmaster running), still lead; a replica does not.
+#[test]
+fn a_patroni_primary_whose_postgresql_crashed_under_pause_does_not_say_it_leads() {
+    let p = profile("patroni");
+    let read = |state: &str, file: &str| -> NodeReading {
+        let saved = patroni_saved(state, file);
+        parse_node(&p.probes.node, readable(&p.probes.node, &saved).unwrap()).unwrap()
+    };
+    let crashed = read("leader-crashed-paused", "pg1.node.json");
+    assert_eq!(
+        (crashed.up, crashed.leads),
+        (false, Some(false)),
+        "{crashed:?}"
+    );
+    let saved = patroni_saved("leader-crashed-paused", "topology.json");
+    let t = parse_topology(&p.probes.topology, &saved.stdout, &patroni_nodes()).unwrap();
+    assert!(t.leaders().is_empty(), "{t:?}");
+
+    assert_eq!(read("paused", "pg1.node.json").leads, Some(true));
+    assert_eq!(read("after-switchover", "pg2.node.json").leads, Some(true));
+    assert_eq!(read("paused", "pg2.node.json").leads, Some(false));
+    for orphan in [
+        r#"{"state": "no patroni", "role": "primary", "source": "postgresql", "patroni": "curl exit 7"}"#,
+        r#"{"state": "no patroni", "role": "primary", "source": "postmaster without standby.signal", "patroni": "curl exit 28"}"#,
+    ] {
+        let reading = parse_node(&p.probes.node, orphan).unwrap();
+        assert_eq!((reading.up, reading.leads), (false, Some(true)), "{orphan}");
+    }
+}
