@@ -1130,6 +1130,47 @@ async fn running_on(env: &Env, kv: &kv::Store, key: &str) -> Option<&'static str
     None
 }
 
+/// Runs `baton server` (with `extra` flags) against `nats` and expects it to fail at once, not after the wait for
+/// a forming cluster (`while_jetstream_forms`: 2 minutes, "trying again" per try); returns its stderr.
+fn service_refused_at_once(
+    nats: &NatsServer,
+    keys: &Keyring,
+    dir: &Path,
+    extra: &[&str],
+) -> String {
+    let service_seed = dir.join("keys").join("service.seed");
+    keys.service
+        .write_seed(&service_seed)
+        .expect("seed written");
+    let started = Instant::now();
+    let out = Command::new(workspace_bin("baton"))
+        .env("BATON_NATS_URL", nats.url())
+        .env("BATON_KEY", &service_seed)
+        .env("BATON_TRUST", keys.trust_path())
+        .arg("server")
+        .arg("--db")
+        .arg(dir.join("baton.db"))
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("trying again"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{stderr}");
+    stderr
+}
+
+/// A replicated bucket asked of a server that is not clustered (nats-server's error code 10074) is an answer that
+/// waiting does not change: the service stops at once naming it, rather than taking it for a cluster still forming.
+#[tokio::test]
+async fn a_service_asking_a_single_server_for_replicas_is_refused_at_once() {
+    let nats = NatsServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keyring::new(dir.path());
+    let stderr = service_refused_at_once(&nats, &keys, dir.path(), &["--nats-replicas", "3"]);
+    assert!(stderr.contains("error code 10074"), "{stderr}");
+}
+
 #[tokio::test]
 async fn setup_refuses_a_server_without_jetstream_and_a_conflicting_stream_clearly() {
     let nats = NatsServer::start_without_jetstream().await.unwrap();
@@ -1165,25 +1206,8 @@ async fn setup_refuses_a_server_without_jetstream_and_a_conflicting_stream_clear
     assert!(stderr.contains("JetStream is not available"), "{stderr}");
     // So does the service, at once: a server without JetStream is not a cluster still forming, whose JetStream the
     // service waits for (`nats_cluster::a_service_started_before_its_nats_cluster_has_formed...`).
-    let service_seed = dir.path().join("keys").join("service.seed");
-    keys.service
-        .write_seed(&service_seed)
-        .expect("seed written");
-    let started = std::time::Instant::now();
-    let out = Command::new(workspace_bin("baton"))
-        .env("BATON_NATS_URL", nats.url())
-        .env("BATON_KEY", &service_seed)
-        .env("BATON_TRUST", keys.trust_path())
-        .arg("server")
-        .arg("--db")
-        .arg(dir.path().join("baton.db"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = service_refused_at_once(&nats, &keys, dir.path(), &[]);
     assert!(stderr.contains("JetStream is not available"), "{stderr}");
-    assert!(!stderr.contains("trying again"), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(60), "{stderr}");
 
     // A stream of ours created with other semantics is refused, not reused.
     let nats = NatsServer::start().await.unwrap();

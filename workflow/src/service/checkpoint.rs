@@ -321,7 +321,7 @@ mod service {
         let bytes = serde_json::to_vec(&cp).expect("a checkpoint always serialises");
         append_service(shared, vec![NewRecord::new(bytes)], &cp.stream).await?;
         tracing::info!(upgrade = %cp.stream, seq = cp.seq, hash = %cp.hash, "checkpoint signed");
-        publish(shared, &cp).await;
+        publish(shared, &cp, None).await?;
         Ok(cp)
     }
 
@@ -355,13 +355,20 @@ mod service {
     }
 
     /// Publishes a checkpoint to `BATON_CHECKPOINTS`, retrying while NATS is
-    /// away; gives up only on shutdown (the next start re-publishes what the
-    /// stream lacks).
-    pub(crate) async fn publish(shared: &Shared, cp: &Checkpoint) {
+    /// away; gives up on shutdown (the next start re-publishes what the
+    /// stream lacks) and, with a `patience` (at start), once its tries have
+    /// failed that long ([`ServiceError::PublishGaveUp`]).
+    pub(crate) async fn publish(
+        shared: &Shared,
+        cp: &Checkpoint,
+        patience: Option<std::time::Duration>,
+    ) -> Result<(), ServiceError> {
         let (subject, headers, payload) = message(cp);
         let what = format!("checkpoint at seq {}", cp.seq);
-        crate::service::publish_until_acked(shared, &cp.stream, subject, headers, payload, &what)
-            .await
+        crate::service::publish_patiently(
+            shared, &cp.stream, subject, headers, payload, &what, patience,
+        )
+        .await
     }
 
     /// The most checkpoints one append of [`record_all`] carries.
@@ -392,15 +399,23 @@ mod service {
         for cp in &checkpoints {
             tracing::info!(upgrade = %cp.stream, seq = cp.seq, hash = %cp.hash, "checkpoint signed");
         }
-        publish_all(shared, &checkpoints).await;
+        publish_all(shared, &checkpoints).await?;
         Ok(checkpoints)
     }
 
-    /// [`publish`] for many checkpoints, pipelined: every publish sent, then
+    /// [`publish`] for many checkpoints at start, pipelined: every publish sent, then
     /// the acks awaited; one whose publish or ack failed goes again through
-    /// [`publish`] (its message id dedupes a copy that landed).
-    pub(crate) async fn publish_all(shared: &Shared, checkpoints: &[Checkpoint]) {
+    /// [`publish`] (its message id dedupes a copy that landed), for at most
+    /// `Config::recovery_patience`. Stops at once on shutdown (each ack left
+    /// would otherwise be waited on for its timeout).
+    pub(crate) async fn publish_all(
+        shared: &Shared,
+        checkpoints: &[Checkpoint],
+    ) -> Result<(), ServiceError> {
         for batch in checkpoints.chunks(RECORD_BATCH) {
+            if shared.shutdown.is_cancelled() {
+                return Ok(());
+            }
             let mut acks = Vec::with_capacity(batch.len());
             for cp in batch {
                 let (subject, headers, payload) = message(cp);
@@ -412,14 +427,18 @@ mod service {
             }
             for (cp, ack) in batch.iter().zip(acks) {
                 let acked = match ack {
-                    Some(ack) => ack.await.is_ok(),
+                    Some(ack) => tokio::select! {
+                        _ = shared.shutdown.cancelled() => return Ok(()),
+                        acked = ack => acked.is_ok(),
+                    },
                     None => false,
                 };
                 if !acked {
-                    publish(shared, cp).await;
+                    publish(shared, cp, Some(shared.recovery_patience)).await?;
                 }
             }
         }
+        Ok(())
     }
 
     /// A checkpoint's subject, headers (its message id) and body.
@@ -496,7 +515,7 @@ mod service {
                 unpublished.push(cp);
             }
         }
-        publish_all(shared, &unpublished).await;
+        publish_all(shared, &unpublished).await?;
         let mut checkpointed = BTreeMap::new();
         let mut due = Vec::new();
         for (stream, head) in shared.store.streams()? {

@@ -247,8 +247,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         replicas: config.protocol.replicas,
         ..config.lease.clone()
     };
-    // A server or account without JetStream is refused at once; a cluster whose JetStream is still forming is
-    // waited for (`JETSTREAM_FORMING`).
+    // A server or account without JetStream is refused at once (`JETSTREAM_LASTING`); a cluster whose JetStream is
+    // still forming is waited for (`JETSTREAM_FORMING`).
     let may_pass = |err: &protocol::ProtocolError| setup_may_pass(err, &js);
     let checked = while_jetstream_forms(&shutdown, "check the server", may_pass, || {
         protocol::setup::check_server(&js)
@@ -481,23 +481,18 @@ async fn released(
 }
 
 /// Shut down while the service was still setting up (a signal, or the lease lost, while JetStream was not usable):
-/// release the lease. A lease task that had already ended (the lease lost: it cancels the service's token itself)
-/// makes the error; a failure to release is only logged, as in [`released`].
+/// release the lease. A lost lease makes the error: the lease's task ends with one only when the lease was lost,
+/// before or while it was released (its task cancels the service's token itself).
 async fn stopped_before_serving(
     metrics: &metrics::ServiceMetrics,
     release: CancellationToken,
     lease_task: tokio::task::JoinHandle<Result<(), lease::LeaseError>>,
 ) -> Result<(), ServiceError> {
-    let lost = lease_task.is_finished();
     release.cancel();
     let ended = lease_task.await;
     metrics.set_lease_held(false);
     match ended {
-        Ok(Err(err)) if lost => Err(err.into()),
-        Ok(Err(err)) => {
-            tracing::warn!(error = %anyhow_chain(&err), "releasing the lease");
-            Ok(())
-        }
+        Ok(Err(lost)) => Err(lost.into()),
         Err(join) => Err(ServiceError::Internal(format!(
             "the lease task failed: {join}"
         ))),
@@ -546,9 +541,6 @@ async fn serve(
     Ok(())
 }
 
-/// Connects to NATS, retrying until it answers (the service may start before
-/// the broker). `None` if shutdown came first; an error if the settings are
-/// unusable (a missing file, a malformed URL).
 /// How long JetStream calls at start are tried again while they fail in a way that passes: a NATS cluster that is
 /// still forming has no meta leader yet, or does not know every peer yet ("no suitable peers for placement, peer
 /// offline" when a replicated bucket is created), for seconds after its servers answer clients. The service is often
@@ -560,19 +552,40 @@ const JETSTREAM_FORMING: upgrade::Retry = upgrade::Retry {
     total: Duration::from_secs(120),
 };
 
-/// A lease error that may pass by itself: a failed NATS call (not a bucket with other options, not another holder).
+/// JetStream's answers that waiting does not change (nats-server's error codes): JetStream not enabled for the
+/// account (10039) or at all (10076), replicas on a server that is not clustered (10074), a stream name in use
+/// with another configuration (10058), subjects overlapping another stream's (10065), an invalid stream
+/// configuration (10052), the account's stream or storage limits reached (10027, 10047). A failed call that says
+/// none of these (a timeout, no responders, "JetStream system temporarily unavailable" 10008, "no suitable peers
+/// for placement" 10005) may pass while a cluster forms. A permission the account lacks shows only as a timeout
+/// here, and is waited out.
+const JETSTREAM_LASTING: &[u16] = &[10039, 10076, 10074, 10058, 10065, 10052, 10027, 10047];
+
+/// Whether an error's chain carries one of [`JETSTREAM_LASTING`]'s codes (async-nats renders them as "error code
+/// N" in its messages, whatever the call's error type).
+fn jetstream_lasting(err: &(dyn std::error::Error + 'static)) -> bool {
+    let chain = anyhow_chain(err);
+    JETSTREAM_LASTING
+        .iter()
+        .any(|code| chain.contains(&format!("error code {code}")))
+}
+
+/// A lease error that may pass by itself: a failed NATS call (not a bucket with other options, not another holder,
+/// not a lasting JetStream answer).
 fn lease_may_pass(err: &lease::LeaseError) -> bool {
-    matches!(err, lease::LeaseError::Nats { .. })
+    matches!(err, lease::LeaseError::Nats { .. }) && !jetstream_lasting(err)
 }
 
 /// A set-up error that may pass by itself: a failed JetStream call, or JetStream not answering yet on a server that
-/// has it (not a server started without `-js`, an incompatible stream, a server too old, a bad name).
+/// has it (not a server started without `-js`, a lasting JetStream answer, an incompatible stream, a server too
+/// old, a bad name).
 fn setup_may_pass(err: &protocol::ProtocolError, js: &jetstream::Context) -> bool {
-    match err {
+    let may_pass = match err {
         protocol::ProtocolError::Setup { .. } => true,
         protocol::ProtocolError::JetStreamUnavailable { .. } => js.client().server_info().jetstream,
         _ => false,
-    }
+    };
+    may_pass && !jetstream_lasting(err)
 }
 
 /// Runs `attempt` until it succeeds, fails in a way `may_pass` says does not pass, or [`JETSTREAM_FORMING`] is
@@ -629,6 +642,9 @@ where
     }
 }
 
+/// Connects to NATS, retrying until it answers (the service may start before
+/// the broker). `None` if shutdown came first; an error if the settings are
+/// unusable (a missing file, a malformed URL).
 async fn connect(
     config: &protocol::connect::NatsConfig,
     metrics: &Arc<metrics::ServiceMetrics>,
@@ -675,27 +691,10 @@ async fn connect(
     }
 }
 
-/// Publishes to JetStream and waits for the stream's ack, retrying while
-/// NATS is away (backoff to 5 s). Gives up only on shutdown: what is published is
-/// already in the log, and the next start publishes it again under the same id.
-pub(crate) async fn publish_until_acked(
-    shared: &Shared,
-    upgrade: &str,
-    subject: String,
-    headers: async_nats::HeaderMap,
-    payload: Vec<u8>,
-    what: &str,
-) {
-    if let Err(err) =
-        publish_patiently(shared, upgrade, subject, headers, payload, what, None).await
-    {
-        // Not reached: without a patience only a shutdown ends the tries, and that is not an error.
-        tracing::error!(%upgrade, what, error = %anyhow_chain(&err), "publish gave up");
-    }
-}
-
-/// [`publish_until_acked`], giving up with [`ServiceError::PublishGaveUp`] once tries have failed for `patience`
-/// (recovery's publishes: `Config::recovery_patience`). `Ok` on success and on shutdown.
+/// Publishes to JetStream and waits for the stream's ack, retrying while NATS is away (backoff to 5 s). What is
+/// published is already in the log, and the next start publishes it again under the same id, so it gives up on
+/// shutdown (`Ok`), and with a `patience` (the start's publishes: `Config::recovery_patience`) with
+/// [`ServiceError::PublishGaveUp`] once no try would start within `patience` of the first.
 pub(crate) async fn publish_patiently(
     shared: &Shared,
     upgrade: &str,
@@ -807,8 +806,15 @@ async fn record_start(
 /// delivered again the first time (doubling with each delivery, up to 16 times this).
 const RECOVERING_RETRY: Duration = Duration::from_millis(250);
 
-/// How long a result waits before it comes round again when its upgrade's loop queue is full.
+/// How long a result first waits before it comes round again when its upgrade's loop queue is full.
 const BUSY_RETRY: Duration = Duration::from_millis(500);
+
+/// A handed-back result's delay: `base`, doubling with each delivery up to 16 times `base` (a large fleet's results
+/// must not come round several times a second each while recovery runs or a loop is stuck).
+fn handback_delay(base: Duration, delivered: i64) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 4)).unwrap_or(4);
+    base * 2u32.pow(doublings)
+}
 
 /// Pulls results and routes each to its upgrade's loop; the loop acks it once
 /// it is in the log. Results for unknown or finished upgrades are acked and
@@ -891,9 +897,7 @@ async fn pump_results(
                     // The delay doubles with each delivery (250 ms up to 4 s): a large fleet's results must not come
                     // round four times a second each for as long as recovery runs.
                     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-                    let doublings =
-                        u32::try_from(delivered.saturating_sub(1).clamp(0, 4)).unwrap_or(4);
-                    let delay = RECOVERING_RETRY * 2u32.pow(doublings);
+                    let delay = handback_delay(RECOVERING_RETRY, delivered);
                     tracing::debug!(upgrade = %result.upgrade, delivered, delay_ms = delay.as_millis() as u64, "result for an upgrade not recovered yet; handed back");
                     let _ = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
                 }
@@ -913,10 +917,10 @@ async fn pump_results(
                             upgrade::Command::Result { message, .. },
                         )) => {
                             busy += 1;
-                            tracing::debug!(%upgrade, busy, delay_ms = BUSY_RETRY.as_millis() as u64, "the upgrade's loop queue is full; result handed back");
-                            let _ = message
-                                .ack_with(jetstream::AckKind::Nak(Some(BUSY_RETRY)))
-                                .await;
+                            let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+                            let delay = handback_delay(BUSY_RETRY, delivered);
+                            tracing::debug!(%upgrade, busy, delivered, delay_ms = delay.as_millis() as u64, "the upgrade's loop queue is full; result handed back");
+                            let _ = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
                         }
                         // The loop ended (shutdown); the result is redelivered later.
                         Err(_) => {
