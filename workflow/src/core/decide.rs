@@ -2549,9 +2549,8 @@ fn shown_leaders(topology: Option<&Topology>) -> String {
 /// (The ordinary recovery, with its sync wait, still follows an unblock: `recovery_decisions`.)
 ///
 /// Then, when exactly one member says it leads, the topology is read again, from another live member
-/// (`emergency_look`): a partition may have healed meanwhile, and the one who says it leads may be the cluster's
-/// one leader again (`emergency_look_judged`). When several say they lead, the topology cannot clear them all:
-/// the halt comes at once.
+/// (`emergency_look`), so that the halt says what the cluster shows now (a partition may have healed meanwhile:
+/// `emergency_look_judged`); it never lifts the fence. When several say they lead, the halt comes at once.
 fn emergency_leads(state: &State, w: &WindDown, leaders: &[&StepRecord], now: u64) -> Vec<Event> {
     if let Some(node) = w.recover.as_deref() {
         let note = match recovery_start(state, w, node) {
@@ -2612,14 +2611,13 @@ fn emergency_look<'a>(state: &'a State, w: &WindDown) -> Option<&'a StepRecord> 
         .filter(|r| r.scheduled.action == Action::ProbeClusterStatus)
 }
 
-/// Judges the emergency exit's last look (`emergency_look`), the topology read after one member said it leads.
-/// The emergency is over when the topology shows exactly one leader and that is the member that says it leads,
-/// no other member saying so: the partition healed (or the leader's cluster manager is back), and the cluster
-/// shows the leader it has. Then the wind-down goes on as an ordinary one (`WindDownCause::Failure`, its reason
-/// still naming the emergency): the failover gate looks again (one leader shown, and that leader's own status
-/// electable with a synced follower) and failover is re-enabled, and the upgrade halts. Anything else keeps the
-/// fence up and halts (`emergency_halt`): no leader shown, another one, several, or no topology at all. So the
-/// fence is never lifted while a member that the topology does not show as the leader says it leads.
+/// Judges the emergency exit's last look (`emergency_look`), the topology read again after one member said it
+/// leads: a failed check and the halt, with the fence up, saying what the cluster shows now. The look never ends
+/// the emergency: it is one member's view of the cluster (Patroni's GET /cluster is its own DCS cache, and a
+/// member cut off with the leader keeps showing the old picture), so a view that shows the member that says it
+/// leads as the one leader again (the partition may have healed) is not proof that the others follow it, and
+/// lifting the fence on it could let them elect a second leader beside one still cut off (hostile review 11).
+/// The halt says so, and the operator, who can look from every side, re-enables failover.
 fn emergency_look_judged(
     state: &State,
     w: &WindDown,
@@ -2635,32 +2633,21 @@ fn emergency_look_judged(
         return None;
     };
     let topology = observation.topology();
-    let leader = topology.as_ref().and_then(Topology::sole_leader);
     let s = &record.scheduled;
-    if let (Some(leader), [one]) = (leader, leaders.as_slice()) {
-        if one.scheduled.node == leader {
-            return Some(vec![
-                Event::CheckEvaluated {
-                    step: s.step,
-                    node: s.node.clone(),
-                    passed: true,
-                    problems: vec![],
-                },
-                Event::WindDownStarted {
-                    cause: WindDownCause::Failure,
-                    reason: format!(
-                        "{}; then the cluster showed one leader again, {leader}, the only member that says it \
-                         leads ({}): the emergency is over, and failover is re-enabled once the failover gate \
-                         passes",
-                        w.reason,
-                        describe_probe(record)
-                    ),
-                    at_ms: now,
-                },
-            ]);
-        }
-    }
+    let healed = match (
+        topology.as_ref().and_then(Topology::sole_leader),
+        leaders.as_slice(),
+    ) {
+        (Some(leader), [one]) => one.scheduled.node == leader,
+        _ => false,
+    };
     let shown = match &topology {
+        Some(t) if healed => format!(
+            "{} again in {}'s view (the partition may have healed, but one member's view does not show that the \
+             others follow it)",
+            shown_leaders(Some(t)),
+            s.node
+        ),
         Some(t) => shown_leaders(Some(t)),
         None => format!(
             "the cluster shows no leader (and {} could not read it again)",

@@ -62,9 +62,9 @@
 //!   keeps the fence up and halts the upgrade with `failover_pending` naming it (`decide::emergency_word`):
 //!   first a node this upgrade left stopped is started and everyone asked again at once, with no wait for it to
 //!   sync (it cannot without a leader the others reach), and with one member saying it leads the topology is
-//!   read again; if that shows the member as its one leader, the emergency is over and the ordinary gate above
-//!   re-enables failover (`decide::emergency_leads`, `decide::emergency_look_judged`); a wind-down that cannot
-//!   confirm any leader at all within its time re-enables it too.
+//!   read again, for the halt to say what the cluster shows now, never to lift the fence on one member's view
+//!   (`decide::emergency_leads`, `decide::emergency_look_judged`); a wind-down that cannot confirm any leader at
+//!   all within its time re-enables it too.
 //!   A wind-down first brings back the node this upgrade had out of service (an abort: the node in progress; a
 //!   failure: the node it stopped and did not start again): its `start` if it was stopped and not started
 //!   (idempotent, retried per policy), then `status`/`cluster-status` on it until healthy and synced (bounded
