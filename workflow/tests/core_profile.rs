@@ -1280,7 +1280,7 @@ fn a_leader_cut_off_from_the_dcs_but_serving_keeps_the_fence_up_and_halts_for_an
     assert!(
         !pg.journal[before..]
             .iter()
-            .any(|(_, a)| a == "resume" || a == "stop"),
+            .any(|(_, a)| a == "unblock_failover" || a == "stop"),
         "{:?}",
         &pg.journal[before..]
     );
