@@ -588,58 +588,42 @@ fn setup_may_pass(err: &protocol::ProtocolError, js: &jetstream::Context) -> boo
     may_pass && !jetstream_lasting(err)
 }
 
-/// Runs `attempt` until it succeeds, fails in a way `may_pass` says does not pass, or [`JETSTREAM_FORMING`] is
-/// spent (the last error is returned); each retry is logged with what failed and why. `Ok(None)` once `shutdown` is
-/// cancelled.
+/// [`upgrade::retry`] under [`JETSTREAM_FORMING`] for a JetStream call at start: each retry logged with what
+/// failed and why; the last error once it does not pass (`may_pass`) or the time is spent. `Ok(None)` once
+/// `shutdown` is cancelled.
 async fn while_jetstream_forms<T, E, F, Fut>(
     shutdown: &CancellationToken,
     what: &'static str,
     may_pass: impl Fn(&E) -> bool,
-    mut attempt: F,
+    attempt: F,
 ) -> Result<Option<T>, E>
 where
     E: std::error::Error + 'static,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let retry = JETSTREAM_FORMING;
-    let started = tokio::time::Instant::now();
-    let mut wait = retry.first;
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let error = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            tried = attempt() => match tried {
-                Ok(value) => return Ok(Some(value)),
-                Err(error) => error,
-            },
-        };
-        let elapsed = started.elapsed();
-        if !may_pass(&error) || elapsed + wait > retry.total {
-            if attempts > 1 {
+    let log = |error: &E, attempt: u32, wait: Duration| {
+        tracing::warn!(
+            what,
+            attempt,
+            retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            error = %anyhow_chain(error),
+            "JetStream is not usable yet (a NATS cluster still forming?); trying again"
+        )
+    };
+    upgrade::retry(shutdown, JETSTREAM_FORMING, may_pass, log, attempt)
+        .await
+        .map_err(|gave_up| {
+            if gave_up.attempts > 1 {
                 tracing::error!(
                     what,
-                    attempts,
-                    elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                    attempts = gave_up.attempts,
+                    elapsed_ms = gave_up.elapsed_ms,
                     "JetStream did not become usable; giving up"
                 );
             }
-            return Err(error);
-        }
-        tracing::warn!(
-            what,
-            attempt = attempts,
-            retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            error = %anyhow_chain(&error),
-            "JetStream is not usable yet (a NATS cluster still forming?); trying again"
-        );
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(retry.max);
-    }
+            gave_up.error
+        })
 }
 
 /// Connects to NATS, retrying until it answers (the service may start before

@@ -569,9 +569,8 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
     Ok(())
 }
 
-/// How a step of an unfinished upgrade's recovery is tried again after an
-/// error: first after `first`, each wait twice the last up to `max`, and no
-/// new try that would start after `total`.
+/// How a failing call is tried again: first after `first`, each wait twice
+/// the last up to `max`, and no new try that would start after `total`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Retry {
     pub first: Duration,
@@ -588,22 +587,28 @@ pub(crate) const MIRROR_READ_RETRY: Retry = Retry {
     total: Duration::from_secs(30),
 };
 
-/// Runs `attempt` until it succeeds, trying again after each error as
-/// `retry` says, each retry logged (upgrade, what, attempt, wait, error
-/// chain). `Ok(None)` once `stop` is cancelled (before a try or during a
-/// wait); an error that outlasts `retry.total` is
-/// [`ServiceError::Recovery`], naming the upgrade, with the last error as
-/// its source.
-pub(crate) async fn retrying<T, F, Fut>(
+/// What [`retry`] gave up on: the last error, after `attempts` tries in `elapsed_ms`.
+pub(crate) struct GaveUp<E> {
+    pub error: E,
+    pub attempts: u32,
+    pub elapsed_ms: u64,
+}
+
+/// Runs `attempt` until it succeeds, fails with an error `may_pass` does not
+/// let pass, or the next try would start after `retry.total` ([`GaveUp`]);
+/// each retry is first told to `on_retry` (the error, the attempt, the wait)
+/// to log. `Ok(None)` once `stop` is cancelled (before a try, during one, or
+/// during a wait).
+pub(crate) async fn retry<T, E, F, Fut>(
     stop: &tokio_util::sync::CancellationToken,
     retry: Retry,
-    upgrade: &str,
-    what: &'static str,
+    may_pass: impl Fn(&E) -> bool,
+    on_retry: impl Fn(&E, u32, Duration),
     mut attempt: F,
-) -> Result<Option<T>, ServiceError>
+) -> Result<Option<T>, GaveUp<E>>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ServiceError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let started = tokio::time::Instant::now();
     let mut wait = retry.first;
@@ -618,29 +623,56 @@ where
             },
         };
         let elapsed = started.elapsed();
-        if elapsed + wait > retry.total {
-            return Err(ServiceError::Recovery {
-                upgrade: upgrade.to_string(),
-                what,
+        if !may_pass(&error) || elapsed + wait > retry.total {
+            return Err(GaveUp {
+                error,
                 attempts,
                 elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-                source: Box::new(error),
             });
         }
-        tracing::warn!(
-            %upgrade,
-            what,
-            attempt = attempts,
-            retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            error = %super::anyhow_chain(&error),
-            "recovery of an upgrade failed; trying again"
-        );
+        on_retry(&error, attempts, wait);
         tokio::select! {
             _ = stop.cancelled() => return Ok(None),
             _ = tokio::time::sleep(wait) => {}
         }
         wait = (wait * 2).min(retry.max);
     }
+}
+
+/// [`retry`] for a step of an unfinished upgrade's recovery: every error may
+/// pass, each retry logged (upgrade, what, attempt, wait, error chain); an
+/// error that outlasts `retry.total` is [`ServiceError::Recovery`], naming
+/// the upgrade, with the last error as its source.
+pub(crate) async fn retrying<T, F, Fut>(
+    stop: &tokio_util::sync::CancellationToken,
+    policy: Retry,
+    upgrade: &str,
+    what: &'static str,
+    attempt: F,
+) -> Result<Option<T>, ServiceError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ServiceError>>,
+{
+    let log = |error: &ServiceError, attempt: u32, wait: Duration| {
+        tracing::warn!(
+            %upgrade,
+            what,
+            attempt,
+            retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            error = %super::anyhow_chain(error),
+            "recovery of an upgrade failed; trying again"
+        )
+    };
+    retry(stop, policy, |_| true, log, attempt)
+        .await
+        .map_err(|gave_up| ServiceError::Recovery {
+            upgrade: upgrade.to_string(),
+            what,
+            attempts: gave_up.attempts,
+            elapsed_ms: gave_up.elapsed_ms,
+            source: Box::new(gave_up.error),
+        })
 }
 
 impl Loop {
