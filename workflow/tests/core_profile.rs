@@ -742,6 +742,25 @@ fn patroni_cluster_of(members: &[&str], profile_text: &str, upgrade_extra: &str)
     c
 }
 
+/// Member `j`'s row in the model's GET /cluster: the leader, running, or a replica streaming with no lag.
+fn cluster_row(j: usize, leader: bool) -> String {
+    if leader {
+        format!(
+            r#"{{"name": "{}", "role": "leader", "state": "running", "api_url": "http://127.0.0.1:{}/patroni", "host": "127.0.0.1", "port": {}, "timeline": 1}}"#,
+            PG[j],
+            8008 + j,
+            5432 + j
+        )
+    } else {
+        format!(
+            r#"{{"name": "{}", "role": "replica", "state": "streaming", "api_url": "http://127.0.0.1:{}/patroni", "host": "127.0.0.1", "port": {}, "timeline": 1, "replay_lag": 0, "replay_lsn": "0/5000000", "lag": 0, "lsn": "0/5000000"}}"#,
+            PG[j],
+            8008 + j,
+            5432 + j
+        )
+    }
+}
+
 #[derive(Debug)]
 struct Patroni {
     up: [bool; 3],
@@ -888,15 +907,7 @@ impl Patroni {
             Action::ProbeClusterStatus if !self.up[i] => self.node_json(i),
             Action::ProbeClusterStatus if self.old_picture.is_some_and(|(m, _)| m == i) => {
                 let leader = self.old_picture.map(|(_, l)| l);
-                let rows: Vec<String> = (0..3)
-                    .map(|j| {
-                        if leader == Some(j) {
-                            format!(r#"{{"name": "{}", "role": "leader", "state": "running", "api_url": "http://127.0.0.1:{}/patroni", "host": "127.0.0.1", "port": {}, "timeline": 1}}"#, PG[j], 8008 + j, 5432 + j)
-                        } else {
-                            format!(r#"{{"name": "{}", "role": "replica", "state": "streaming", "api_url": "http://127.0.0.1:{}/patroni", "host": "127.0.0.1", "port": {}, "timeline": 1, "replay_lag": 0, "replay_lsn": "0/5000000", "lag": 0, "lsn": "0/5000000"}}"#, PG[j], 8008 + j, 5432 + j)
-                        }
-                    })
-                    .collect();
+                let rows: Vec<String> = (0..3).map(|j| cluster_row(j, leader == Some(j))).collect();
                 Etcd::ok(format!(
                     r#"{{"members": [{}], "pause": true, "scope": "baton"}}"#,
                     rows.join(", ")
@@ -915,13 +926,7 @@ impl Patroni {
                     .filter(|l| self.cut_off != Some(*l));
                 let rows: Vec<String> = (0..3)
                     .filter(|j| (self.up[*j] || self.stale[*j] > 0) && self.cut_off != Some(*j))
-                    .map(|j| {
-                        if shown == Some(j) {
-                            format!(r#"{{"name": "{}", "role": "leader", "state": "running", "api_url": "http://127.0.0.1:{}/patroni", "host": "127.0.0.1", "port": {}, "timeline": 1}}"#, PG[j], 8008 + j, 5432 + j)
-                        } else {
-                            format!(r#"{{"name": "{}", "role": "replica", "state": "streaming", "api_url": "http://127.0.0.1:{}/patroni", "host": "127.0.0.1", "port": {}, "timeline": 1, "replay_lag": 0, "replay_lsn": "0/5000000", "lag": 0, "lsn": "0/5000000"}}"#, PG[j], 8008 + j, 5432 + j)
-                        }
-                    })
+                    .map(|j| cluster_row(j, shown == Some(j)))
                     .collect();
                 for s in self.stale.iter_mut() {
                     *s = s.saturating_sub(1);

@@ -397,6 +397,62 @@ impl Env {
         );
     }
 
+    /// A second simulated cluster ("other", groups other-N, its simulator's sync taking `sync_ms`) beside this
+    /// one, with its three executors (owned by the returned `Proc`s) online. Answers its cluster file and
+    /// simulator dir.
+    pub(crate) async fn other_cluster(&self, sync_ms: u64) -> (PathBuf, PathBuf, Vec<Proc>) {
+        let other = self.dir.path().join("other");
+        let out = Command::new(workspace_bin("baton-sim"))
+            .args(["init", "--dir"])
+            .arg(&other)
+            .args(["--nodes", "3", "--version", FROM])
+            .args(["--sync-ms", &sync_ms.to_string(), "--election-ms", "300"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "baton-sim init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut executors = Vec::new();
+        let mut toml = String::from("[cluster]\nname = \"other\"\nprofile = \"chef-backend\"\n\n");
+        for i in 1..=3 {
+            let node = format!("backend-{i}");
+            let group = format!("other-{i}");
+            toml.push_str(&format!(
+                "[[nodes]]\nname = \"{node}\"\naddress = \"10.0.1.{i}\"\nexecutor = \"{group}\"\n\n"
+            ));
+            let mut cmd = self.baton_cmd_as(&self.executor_key(&group));
+            cmd.args(["executor", "--group", &group, "--nodes", &node])
+                .args(["--heartbeat-ms", "500"])
+                .arg("--state-dir")
+                .arg(other.join("executors").join(&group))
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:{}",
+                        other.join("nodes").join(&node).join("bin").display(),
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                );
+            let log = other.join(format!("executor-{group}.log"));
+            executors.push(Proc::spawn(&group, cmd, &log).unwrap());
+        }
+        let package = self
+            .dir
+            .path()
+            .join(format!("chef-backend_{TARGET}_amd64.deb"));
+        toml.push_str(&format!(
+            "[upgrade]\npackage = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = 60000\nelection_window_ms = 500\n",
+            package.display()
+        ));
+        let file = other.join("cluster.toml");
+        std::fs::write(&file, toml).unwrap();
+        let groups: Vec<String> = (1..=3).map(|i| format!("other-{i}")).collect();
+        self.wait_for_groups(&groups).await;
+        (file, other, executors)
+    }
+
     pub(crate) fn submit(&self, extra: &[&str]) -> String {
         let cluster = self.cluster_file.display().to_string();
         let mut args = vec!["submit", "--cluster", &cluster, "--detach"];
@@ -1356,66 +1412,7 @@ async fn upgrades_of_two_clusters_run_at_the_same_time() {
     })
     .await;
     // A second simulated cluster with its own executors (groups other-N).
-    let other = env.dir.path().join("other");
-    let out = Command::new(workspace_bin("baton-sim"))
-        .args(["init", "--dir"])
-        .arg(&other)
-        .args([
-            "--nodes",
-            "3",
-            "--version",
-            FROM,
-            "--sync-ms",
-            "800",
-            "--election-ms",
-            "300",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let mut executors = Vec::new();
-    let mut toml = String::from("[cluster]\nname = \"other\"\nprofile = \"chef-backend\"\n\n");
-    for i in 1..=3 {
-        let node = format!("backend-{i}");
-        let group = format!("other-{i}");
-        toml.push_str(&format!(
-            "[[nodes]]\nname = \"{node}\"\naddress = \"10.0.1.{i}\"\nexecutor = \"{group}\"\n\n"
-        ));
-        let mut cmd = env.baton_cmd_as(&env.executor_key(&group));
-        cmd.args([
-            "executor",
-            "--group",
-            &group,
-            "--nodes",
-            &node,
-            "--heartbeat-ms",
-            "500",
-        ])
-        .arg("--state-dir")
-        .arg(other.join("executors").join(&group))
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                other.join("nodes").join(&node).join("bin").display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        );
-        let log = other.join(format!("executor-{group}.log"));
-        executors.push(Proc::spawn(&group, cmd, &log).unwrap());
-    }
-    let package = env
-        .dir
-        .path()
-        .join(format!("chef-backend_{TARGET}_amd64.deb"));
-    toml.push_str(&format!(
-        "[upgrade]\npackage = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = 60000\nelection_window_ms = 500\n",
-        package.display()
-    ));
-    let other_file = other.join("cluster.toml");
-    std::fs::write(&other_file, toml).unwrap();
-    let groups: Vec<String> = (1..=3).map(|i| format!("other-{i}")).collect();
-    env.wait_for_groups(&groups).await;
+    let (other_file, other, executors) = env.other_cluster(800).await;
 
     let first = env.submit(&[]);
     let other_arg = other_file.display().to_string();

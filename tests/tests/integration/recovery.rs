@@ -414,58 +414,6 @@ async fn a_transient_nats_error_on_a_mirror_read_at_start_is_retried() {
     assert!(!text.contains("recovery failed"), "{text}");
 }
 
-/// A second simulated cluster ("other", groups other-N) beside `env`'s, with
-/// its three executors (owned by the returned `Proc`s) online. Answers its
-/// cluster file and simulator dir.
-async fn other_cluster(env: &Env) -> (std::path::PathBuf, std::path::PathBuf, Vec<tests::Proc>) {
-    let other = env.dir.path().join("other");
-    let out = std::process::Command::new(tests::workspace_bin("baton-sim"))
-        .args(["init", "--dir"])
-        .arg(&other)
-        .args(["--nodes", "3", "--version", "3.0.0-1"])
-        .args(["--sync-ms", "300", "--election-ms", "300"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let mut executors = Vec::new();
-    let mut toml = String::from("[cluster]\nname = \"other\"\nprofile = \"chef-backend\"\n\n");
-    for i in 1..=3 {
-        let node = format!("backend-{i}");
-        let group = format!("other-{i}");
-        toml.push_str(&format!(
-            "[[nodes]]\nname = \"{node}\"\naddress = \"10.0.1.{i}\"\nexecutor = \"{group}\"\n\n"
-        ));
-        let mut cmd = env.baton_cmd_as(&env.executor_key(&group));
-        cmd.args(["executor", "--group", &group, "--nodes", &node])
-            .args(["--heartbeat-ms", "500"])
-            .arg("--state-dir")
-            .arg(other.join("executors").join(&group))
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    other.join("nodes").join(&node).join("bin").display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            );
-        let log = other.join(format!("executor-{group}.log"));
-        executors.push(tests::Proc::spawn(&group, cmd, &log).unwrap());
-    }
-    let package = env
-        .dir
-        .path()
-        .join(format!("chef-backend_{}_amd64.deb", super::e2e::TARGET));
-    toml.push_str(&format!(
-        "[upgrade]\npackage = \"{}\"\npoll_interval_ms = 100\nsync_timeout_ms = 60000\nelection_window_ms = 500\n",
-        package.display()
-    ));
-    let file = other.join("cluster.toml");
-    std::fs::write(&file, toml).unwrap();
-    let groups: Vec<String> = (1..=3).map(|i| format!("other-{i}")).collect();
-    env.wait_for_groups(&groups).await;
-    (file, other, executors)
-}
-
 /// The results pump's hand-back, made certain: a result that reaches the
 /// restarted service for an upgrade recovery has not claimed yet is handed
 /// back (a delayed nak), not acked as a stray nor lost, and once the upgrade
@@ -489,7 +437,7 @@ async fn a_result_for_an_upgrade_not_yet_claimed_is_handed_back_then_applied_onc
         ..Setup::default()
     })
     .await;
-    let (other_file, other_dir, other_executors) = other_cluster(&env).await;
+    let (other_file, other_dir, other_executors) = env.other_cluster(300).await;
     let a = env.submit(&[]);
     let b = env
         .baton_ok(&[
