@@ -128,6 +128,33 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// Start a server with JetStream whose `authorization` block is `authorization` (nats-server's config
+    /// syntax: a `users` list with their permissions), on a free port with a fresh store dir; `probe` is a user
+    /// and password of it that may use JetStream (the readiness check connects as it).
+    pub async fn start_with_authorization(
+        authorization: &str,
+        probe: (&str, &str),
+    ) -> anyhow::Result<NatsServer> {
+        let mut server = Self::unstarted(true, None)?;
+        let config = format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {store:?} }}\nauthorization {{\n{authorization}\n}}\n",
+            port = server.port,
+            store = server.dir.path().join("store"),
+        );
+        let config_file = server.dir.path().join("nats-server.conf");
+        std::fs::write(&config_file, config).context("could not write the server config")?;
+        server.secured = Some(Secured {
+            config_file,
+            probe: protocol::connect::NatsConfig {
+                user: Some(probe.0.to_string()),
+                password: Some(probe.1.to_string()),
+                ..Default::default()
+            },
+        });
+        server.spawn().await?;
+        Ok(server)
+    }
+
     /// The configuration file of a secured server.
     pub fn config_file(&self) -> Option<&std::path::Path> {
         self.secured.as_ref().map(|s| s.config_file.as_path())

@@ -1171,6 +1171,36 @@ async fn a_service_asking_a_single_server_for_replicas_is_refused_at_once() {
     assert!(stderr.contains("error code 10074"), "{stderr}");
 }
 
+/// A service whose NATS user may not call the JetStream API: the server refuses each call (`Permissions
+/// Violation`), which the caller sees only as a timeout. The service stops at once naming the refusal, rather than
+/// waiting 2 minutes for a cluster it takes to be forming.
+#[tokio::test]
+async fn a_service_refused_the_jetstream_api_stops_at_once_naming_the_refusal() {
+    let nats = NatsServer::start_with_authorization(
+        r#"users = [
+  { user: admin, password: admin }
+  { user: svc, password: svc, permissions: { publish: { deny: ["$JS.API.>"] } } }
+]"#,
+        ("admin", "admin"),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keyring::new(dir.path());
+    let stderr = service_refused_at_once(
+        &nats,
+        &keys,
+        dir.path(),
+        &["--nats-user", "svc", "--nats-password", "svc"],
+    );
+    assert!(
+        stderr.contains("refused the service a JetStream call")
+            && stderr.contains("Permissions Violation")
+            && stderr.contains("$JS.API"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn setup_refuses_a_server_without_jetstream_and_a_conflicting_stream_clearly() {
     let nats = NatsServer::start_without_jetstream().await.unwrap();

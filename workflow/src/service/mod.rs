@@ -131,6 +131,13 @@ pub enum ServiceError {
         #[source]
         source: Box<ServiceError>,
     },
+    /// The NATS server refused a JetStream call at start for want of a permission (`JetStreamRefused`).
+    #[error("the NATS server refused the service a JetStream call ({refusal}): give the service's NATS user the service's permissions (`baton keys nats-config` writes them; README, \"nats-server\")")]
+    JetStreamRefused {
+        refusal: String,
+        #[source]
+        source: Box<ServiceError>,
+    },
     /// A publish of recovery's (`Config::recovery_patience`) that kept failing.
     #[error("upgrade {upgrade}: publishing {what} to JetStream failed {attempts} times in {elapsed_ms} ms while the service recovered it; the service does not start without it (the next start publishes it again)")]
     PublishGaveUp {
@@ -234,7 +241,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let started_ms = now_ms();
 
     let nats_config = config.nats.with_own_inbox(&config.identity.public_key());
-    let Some(nats) = connect(&nats_config, &metrics, &shutdown).await? else {
+    let refused = JetStreamRefused::default();
+    let Some(nats) = connect(&nats_config, &metrics, &refused, &shutdown).await? else {
         return Ok(());
     };
     let js = jetstream::new(nats.clone());
@@ -249,19 +257,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     };
     // A server or account without JetStream is refused at once (`JETSTREAM_LASTING`); a cluster whose JetStream is
     // still forming is waited for (`JETSTREAM_FORMING`).
-    let may_pass = |err: &protocol::ProtocolError| setup_may_pass(err, &js);
+    let may_pass = |err: &protocol::ProtocolError| setup_may_pass(err, &js) && !refused.seen();
     let checked = while_jetstream_forms(&shutdown, "check the server", may_pass, || {
         protocol::setup::check_server(&js)
     })
-    .await?;
+    .await
+    .map_err(|err| refused.or(err.into()))?;
     if checked.is_none() {
         return Ok(());
     }
-    let acquired =
-        while_jetstream_forms(&shutdown, "take the service lease", lease_may_pass, || {
-            lease::Lease::acquire(&js, me.clone(), lease_options.clone(), &shutdown)
-        })
-        .await?;
+    let lease_passes = |err: &lease::LeaseError| lease_may_pass(err) && !refused.seen();
+    let acquired = while_jetstream_forms(&shutdown, "take the service lease", lease_passes, || {
+        lease::Lease::acquire(&js, me.clone(), lease_options.clone(), &shutdown)
+    })
+    .await
+    .map_err(|err| refused.or(err.into()))?;
     let Some(lease) = acquired.flatten() else {
         return Ok(());
     };
@@ -301,7 +311,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         Ok(Some(handles)) => handles,
         // Shut down (a signal, or the lease lost) while waiting: the orderly stop releases the lease.
         Ok(None) => return stopped_before_serving(&metrics, release, lease_task).await,
-        Err(err) => return Err(released(&metrics, release, lease_task, err.into()).await),
+        Err(err) => {
+            let err = refused.or(err.into());
+            return Err(released(&metrics, release, lease_task, err).await);
+        }
     };
     tracing::info!(
         elapsed_ms = elapsed_ms(set_up),
@@ -557,8 +570,8 @@ const JETSTREAM_FORMING: upgrade::Retry = upgrade::Retry {
 /// with another configuration (10058), subjects overlapping another stream's (10065), an invalid stream
 /// configuration (10052), the account's stream or storage limits reached (10027, 10047). A failed call that says
 /// none of these (a timeout, no responders, "JetStream system temporarily unavailable" 10008, "no suitable peers
-/// for placement" 10005) may pass while a cluster forms. A permission the account lacks shows only as a timeout
-/// here, and is waited out.
+/// for placement" 10005) may pass while a cluster forms. A permission the service's user lacks shows only as a
+/// timeout here; the server's refusal itself is caught on the connection (`JetStreamRefused`).
 const JETSTREAM_LASTING: &[u16] = &[10039, 10076, 10074, 10058, 10065, 10052, 10027, 10047];
 
 /// Whether an error's chain carries one of [`JETSTREAM_LASTING`]'s codes (async-nats renders them as "error code
@@ -626,12 +639,59 @@ where
         })
 }
 
+/// The first JetStream API call the NATS server refused the service for want of a permission (its `-ERR
+/// 'Permissions Violation for Publish to "$JS.API...."'`, seen by the connection's event callback). Such a call
+/// only times out on the caller's side, which the wait for a forming cluster would take for a passing failure
+/// (`while_jetstream_forms`); once a refusal is seen, the start fails at once, naming it.
+#[derive(Clone, Default)]
+struct JetStreamRefused(Arc<std::sync::Mutex<Option<String>>>);
+
+impl JetStreamRefused {
+    /// Keeps `error` if it is the first refusal of a JetStream call; whether it is one.
+    fn note(&self, error: &str) -> bool {
+        let refusal = error.contains("Permissions Violation") && error.contains("$JS.API");
+        if refusal {
+            let mut first = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            first.get_or_insert_with(|| error.to_string());
+        }
+        refusal
+    }
+
+    fn seen(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// `err`, or, once a refusal was seen, [`ServiceError::JetStreamRefused`] naming it (the call's own error, a
+    /// timeout, says nothing of the cause).
+    fn or(&self, err: ServiceError) -> ServiceError {
+        let first = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match first {
+            Some(refusal) => ServiceError::JetStreamRefused {
+                refusal,
+                source: Box::new(err),
+            },
+            None => err,
+        }
+    }
+}
+
 /// Connects to NATS, retrying until it answers (the service may start before
 /// the broker). `None` if shutdown came first; an error if the settings are
 /// unusable (a missing file, a malformed URL).
 async fn connect(
     config: &protocol::connect::NatsConfig,
     metrics: &Arc<metrics::ServiceMetrics>,
+    refused: &JetStreamRefused,
     shutdown: &CancellationToken,
 ) -> Result<Option<async_nats::Client>, ServiceError> {
     let url = config.redacted_url();
@@ -640,10 +700,17 @@ async fn connect(
         let (options, addrs) = config.options("baton-workflow").await?;
         // The connection's state, for `baton_nats_connected` and readiness.
         let watched = metrics.clone();
+        let refusals = refused.clone();
         let options = options.event_callback(move |event| {
             let metrics = watched.clone();
+            let refused = refusals.clone();
             async move {
                 match event {
+                    async_nats::Event::ServerError(async_nats::ServerError::Other(error))
+                        if refused.note(&error) =>
+                    {
+                        tracing::error!(%error, "the NATS server refused a JetStream call: the service's NATS user lacks a permission")
+                    }
                     async_nats::Event::Connected => {
                         metrics.set_nats_connected(true);
                         tracing::info!("connected to NATS");
