@@ -73,8 +73,12 @@ struct Member {
     /// Whether a `start` may bring it up (false: it crashes on start, as a broken package would make it).
     starts: bool,
     /// Cut off from the others (its peer port blocked): it still answers `endpoint status` on its client port,
-    /// with the leader it last knew, but no quorum read through it succeeds and it counts for no majority.
+    /// with the leader and raft term it last knew (`seen`), but no quorum read through it succeeds and it counts
+    /// for no majority.
     cut_off: bool,
+    /// What a cut-off member last knew when it was cut off: `(leader's member id, raft term)`, 0 for no leader.
+    /// Taken by `Etcd::run` the first time it sees the member cut off, dropped once it is not.
+    seen: Option<(u64, u64)>,
     /// The version its process runs (what was installed when it last started).
     running: String,
     /// `stop` exits 0 but leaves the process running (a wrapper that signals the wrong pid).
@@ -90,6 +94,8 @@ struct Etcd {
     journal: Vec<(String, String)>,
     /// Times the cluster had fewer than a majority of members up (an outage).
     outages: usize,
+    /// The raft term: one more at every change of leader.
+    term: u64,
 }
 
 impl Etcd {
@@ -101,6 +107,7 @@ impl Etcd {
                     installed: "3.4.23".into(),
                     starts: true,
                     cut_off: false,
+                    seen: None,
                     running: "3.4.23".into(),
                     stop_is_a_no_op: false,
                 })
@@ -108,6 +115,7 @@ impl Etcd {
             leader: Some(leader),
             journal: Vec::new(),
             outages: 0,
+            term: 2,
         }
     }
 
@@ -121,17 +129,36 @@ impl Etcd {
         self.members.iter().filter(|m| m.up && !m.cut_off).count() >= 2
     }
 
-    /// A leader goes (or there is none): the first member up leads again if a majority is up. Without a
-    /// majority nobody leads (a leader that loses its quorum steps down).
+    /// A leader goes, is cut off from the others (or there is none): the first member up and not cut off leads
+    /// if a majority is up. Without a majority nobody leads (a leader that loses its quorum steps down). A member
+    /// cut off from the others never leads them: they elect without it.
     fn elect(&mut self) {
-        if self.leader.is_some_and(|l| self.members[l].up) && self.quorum() {
+        let serves = |m: &Member| m.up && !m.cut_off;
+        if self.leader.is_some_and(|l| serves(&self.members[l])) && self.quorum() {
             return;
         }
-        self.leader = if self.quorum() {
-            self.members.iter().position(|m| m.up)
+        let leader = if self.quorum() {
+            self.members.iter().position(serves)
         } else {
             None
         };
+        if leader != self.leader {
+            self.term += 1;
+        }
+        self.leader = leader;
+    }
+
+    /// A member cut off from the others keeps what it knew when it was cut off (taken the first time `run` sees
+    /// it, before anything changes); a member no longer cut off forgets it.
+    fn freeze_views(&mut self) {
+        let now = (self.leader.map_or(0, |l| IDS[l].2), self.term);
+        for m in &mut self.members {
+            m.seen = if m.cut_off {
+                m.seen.or(Some(now))
+            } else {
+                None
+            };
+        }
     }
 
     fn ok(stdout: String) -> (Outcome, Option<i32>, String, String) {
@@ -149,15 +176,18 @@ impl Etcd {
             self.journal
                 .push((step.node.clone(), step.action.as_str().to_string()));
         }
+        self.freeze_views();
         self.elect();
         let result = match step.action {
+            // Every member that answers reports its own view: a cut-off one the leader and term it last knew.
             Action::ProbeClusterStatus => {
-                let leader_id = self.leader.map_or(0, |l| IDS[l].2);
+                let now = (self.leader.map_or(0, |l| IDS[l].2), self.term);
                 let rows: Vec<String> = (0..3)
                     .filter(|j| self.members[*j].up)
                     .map(|j| {
+                        let (leader_id, term) = self.members[j].seen.unwrap_or(now);
                         format!(
-                            r#"{{"Endpoint":"{}","Status":{{"header":{{"cluster_id":3841375391586629848,"member_id":{},"revision":41,"raft_term":2}},"version":"{}","dbSize":24576,"leader":{leader_id},"raftIndex":48,"raftTerm":2,"raftAppliedIndex":48,"dbSizeInUse":24576}}}}"#,
+                            r#"{{"Endpoint":"{}","Status":{{"header":{{"cluster_id":3841375391586629848,"member_id":{},"revision":41,"raft_term":{term}}},"version":"{}","dbSize":24576,"leader":{leader_id},"raftIndex":48,"raftTerm":{term},"raftAppliedIndex":48,"dbSizeInUse":24576}}}}"#,
                             address(j),
                             IDS[j].2,
                             self.members[j].installed
@@ -235,8 +265,9 @@ impl Etcd {
                     return Etcd::exit1(String::new(), "Error: bad member ID");
                 };
                 match self.leader {
-                    Some(l) if self.members[t].up => {
+                    Some(l) if self.members[t].up && !self.members[t].cut_off => {
                         self.leader = Some(t);
+                        self.term += 1;
                         Etcd::ok(format!(
                             "Leadership transferred from {} to {}\n",
                             IDS[l].1, IDS[t].1
@@ -779,8 +810,19 @@ struct Patroni {
     /// The leader GET /cluster shows when its member's cached picture is stale (`None`: the real one).
     cached_leader: Option<usize>,
     /// A member cut off from the DCS but running: its own API still says what it is (a primary keeps serving
-    /// under pause), its GET /cluster fails (503), and the others' DCS view no longer lists it.
+    /// under pause), its GET /cluster serves its last picture (`picture`), a write to the DCS through it fails,
+    /// and the others' DCS view no longer lists it.
     cut_off: Option<usize>,
+    /// What the cut-off member's Patroni serves from its DCS watch cache: the cluster as it was when it lost the
+    /// DCS (members, roles, leader, pause flag), taken by `Patroni::run` the first time it sees `cut_off`, dropped
+    /// once it heals. Patroni's GET /cluster and GET /patroni's "pause" are read from that cache
+    /// (`dcs.get_cluster()`: etcd3's `KVCache`, which a watch on the minority keeps "ready" with no new events);
+    /// profiles/patroni.toml: "a member cut off with a minority of the DCS keeps serving its old picture".
+    picture: Option<Picture>,
+    /// The cut-off member reaches no DCS member at all (rather than a minority of them): its watch cache is not
+    /// ready, and GET /cluster fails (Patroni's etcd3 `get_cluster` waits `read_timeout` for a ready `KVCache`,
+    /// then raises: curl exit 22, HTTP 503). Its GET /patroni still answers, with the pause it last knew.
+    dcs_lost: bool,
     /// The cut-off member's Patroni is dead rather than cut off: its PostgreSQL still runs (an orphan primary
     /// keeps taking writes), and its `node-status` answers from PostgreSQL itself (scripts/real/patroni/member.sh:
     /// `{"state": "no patroni", "role": "primary", ...}` for a primary, exit 1 for a replica).
@@ -794,6 +836,32 @@ struct Patroni {
     /// leading (profiles/patroni.toml: "a member cut off with a minority of the DCS keeps serving its old
     /// picture"; hostile review 11).
     old_picture: Option<(usize, usize)>,
+}
+
+/// A member's frozen view of the DCS (see `Patroni::picture`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Picture {
+    /// Whose picture it is.
+    member: usize,
+    /// The members it lists, each with whether it leads.
+    rows: Vec<(usize, bool)>,
+    paused: bool,
+}
+
+impl Picture {
+    /// GET /cluster served from this picture.
+    fn cluster_json(&self) -> String {
+        let rows: Vec<String> = self.rows.iter().map(|(j, l)| cluster_row(*j, *l)).collect();
+        let pause = if self.paused {
+            r#", "pause": true"#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"members": [{}]{pause}, "scope": "baton"}}"#,
+            rows.join(", ")
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -820,6 +888,8 @@ impl Patroni {
             switchover_fault: SwitchoverFault::None,
             cached_leader: None,
             cut_off: None,
+            picture: None,
+            dcs_lost: false,
             patroni_dead: false,
             stale_primary: None,
             split_brain: false,
@@ -876,11 +946,12 @@ impl Patroni {
                     .into(),
             );
         }
-        let pause = if self.paused {
-            r#", "pause": true"#
-        } else {
-            ""
+        // GET /patroni's "pause" is the member's DCS view: a cut-off member's is its picture's.
+        let paused = match &self.picture {
+            Some(p) if p.member == i => p.paused,
+            _ => self.paused,
         };
+        let pause = if paused { r#", "pause": true"# } else { "" };
         let body = if self.leader == Some(i) || self.stale_primary == Some(i) {
             format!(
                 r#"{{"state": "running", "role": "primary", "timeline": 1{pause}, "patroni": {{"version": "4.1.5", "scope": "baton", "name": "{}"}}}}"#,
@@ -895,14 +966,51 @@ impl Patroni {
         Etcd::ok(body)
     }
 
+    /// The cut-off member's picture: taken the first time `run` sees it cut off (before anything changes), kept
+    /// while it stays cut off, dropped once it is not.
+    fn freeze_picture(&mut self) {
+        let Some(m) = self.cut_off else {
+            self.picture = None;
+            return;
+        };
+        if self.picture.as_ref().is_some_and(|p| p.member == m) {
+            return;
+        }
+        self.picture = Some(Picture {
+            member: m,
+            rows: (0..3)
+                .filter(|j| self.up[*j] || self.stale[*j] > 0)
+                .map(|j| (j, self.leader == Some(j)))
+                .collect(),
+            paused: self.paused,
+        });
+    }
+
+    /// Whether member `i` runs but has lost the DCS (cut off, or serving an old picture) or its Patroni: a write to
+    /// the DCS through its REST API (PATCH /config, POST /switchover) fails (503, or curl refused).
+    fn without_dcs(&self, i: usize) -> bool {
+        self.up[i] && (self.cut_off == Some(i) || self.old_picture.is_some_and(|(m, _)| m == i))
+    }
+
     fn run(&mut self, step: &ScheduledStep) -> (Outcome, Option<i32>, String, String) {
         let i = Patroni::idx(&step.node);
         if !step.action.is_probe() {
             self.journal
                 .push((step.node.clone(), step.action.as_str().to_string()));
         }
+        self.freeze_picture();
         self.elect();
         let r = match step.action {
+            Action::BlockFailover | Action::UnblockFailover | Action::Demote
+                if self.without_dcs(i) =>
+            {
+                (
+                    Outcome::Failed,
+                    Some(22),
+                    String::new(),
+                    "curl: (22) The requested URL returned error: 503".into(),
+                )
+            }
             // GET /cluster asks the member's own Patroni: refused (curl exit 7) when it is down.
             Action::ProbeClusterStatus if !self.up[i] => self.node_json(i),
             Action::ProbeClusterStatus if self.old_picture.is_some_and(|(m, _)| m == i) => {
@@ -913,11 +1021,28 @@ impl Patroni {
                     rows.join(", ")
                 ))
             }
+            Action::ProbeClusterStatus
+                if self.cut_off == Some(i) && self.dcs_lost && !self.patroni_dead =>
+            {
+                (
+                    Outcome::Failed,
+                    Some(22),
+                    String::new(),
+                    "curl: (22) The requested URL returned error: 503".into(),
+                )
+            }
+            // A member cut off with a minority of the DCS serves its last picture.
+            Action::ProbeClusterStatus if self.cut_off == Some(i) && !self.patroni_dead => {
+                let picture = self.picture.as_ref().expect("frozen when cut off");
+                Etcd::ok(picture.cluster_json())
+            }
+            // Its Patroni dead (`patroni_dead`): curl to its REST API is refused.
             Action::ProbeClusterStatus if self.cut_off == Some(i) => (
                 Outcome::Failed,
-                Some(22),
+                Some(7),
                 String::new(),
-                "curl: (22) The requested URL returned error: 503".into(),
+                "curl: (7) Failed to connect to 127.0.0.1 port 8008 after 0 ms: Couldn't connect to server"
+                    .into(),
             ),
             Action::ProbeClusterStatus => {
                 let shown = self
@@ -1334,11 +1459,15 @@ fn patroni_until_journal(node: &str, action: &str) -> (Run, Patroni) {
 }
 
 /// Cut off while this upgrade has a follower stopped: the fence stays up, that follower is started again first,
-/// the leader is asked again, and the upgrade halts with the fence pending.
+/// the leader is asked again, and the upgrade halts with the fence pending. pg1 reaches no DCS member at all, so
+/// its GET /cluster fails and no topology shows a leader: the plan's own `start` of pg2 never passes its guard,
+/// and the wind-down brings pg2 back. (Cut off with a minority of the DCS, pg1 serves its old picture, in which it
+/// leads: the plan then starts pg2 itself; `stale_views::` covers that case at every point of the upgrade.)
 #[test]
 fn a_leader_cut_off_while_a_follower_is_out_brings_the_follower_back_and_keeps_the_fence() {
     let (mut run, mut pg) = patroni_until_journal("pg2", "stop");
     pg.cut_off = Some(0);
+    pg.dcs_lost = true;
     let before = pg.journal.len();
     pg.drive(&mut run, 5_000);
     assert!(
@@ -1393,6 +1522,9 @@ struct CutOffCase {
     name: &'static str,
     /// Where the upgrade is when pg1 is cut off: `("pg2", "stop")` leaves pg2 out (this upgrade stopped it).
     until: (&'static str, &'static str),
+    /// pg1 reaches no DCS member at all (`Patroni::dcs_lost`: its GET /cluster fails), rather than a minority of
+    /// them (its GET /cluster serves the picture it had when cut off, pg1 leading).
+    dcs_lost: bool,
     after: AfterTheExit,
     /// What `failover_pending` must say.
     says: &'static [&'static str],
@@ -1411,6 +1543,7 @@ const CUT_OFF_CASES: &[CutOffCase] = &[
     CutOffCase {
         name: "heals while pg2 is brought back",
         until: ("pg2", "stop"),
+        dcs_lost: true,
         after: AfterTheExit::HealsAtPg2sStart,
         says: &[
             "still leads while the cluster shows pg1 as its leader again in pg",
@@ -1422,6 +1555,7 @@ const CUT_OFF_CASES: &[CutOffCase] = &[
     CutOffCase {
         name: "never heals, pg2 out",
         until: ("pg2", "stop"),
+        dcs_lost: true,
         after: AfterTheExit::Nothing,
         says: &[
             "pg1's own node probe",
@@ -1433,6 +1567,7 @@ const CUT_OFF_CASES: &[CutOffCase] = &[
     CutOffCase {
         name: "heals while asked, nothing out",
         until: ("pg2", "start"),
+        dcs_lost: false,
         after: AfterTheExit::HealsAtPg1sWord,
         says: &[
             "still leads while the cluster shows pg1 as its leader again in pg",
@@ -1443,6 +1578,7 @@ const CUT_OFF_CASES: &[CutOffCase] = &[
     CutOffCase {
         name: "a member's stale view shows the cut-off leader",
         until: ("pg3", "stop"),
+        dcs_lost: false,
         after: AfterTheExit::Pg2ShowsItsOldPicture,
         says: &[
             "still leads while the cluster shows pg1 as its leader again in pg2's view",
@@ -1453,6 +1589,7 @@ const CUT_OFF_CASES: &[CutOffCase] = &[
     CutOffCase {
         name: "the others show another leader",
         until: ("pg2", "start"),
+        dcs_lost: false,
         after: AfterTheExit::OthersShowPg3,
         says: &[
             "pg1's own node probe",
@@ -1477,6 +1614,7 @@ fn cut_off_case(case: &CutOffCase) {
     let name = case.name;
     let (mut run, mut pg) = patroni_until_journal(case.until.0, case.until.1);
     pg.cut_off = Some(0);
+    pg.dcs_lost = case.dcs_lost;
     let before = pg.journal.len();
     let exit_begun = |history: &[Event]| {
         history.iter().any(|e| {
@@ -2206,8 +2344,11 @@ fn switchover_target_cut_off(text: &str, patroni_dead: bool) -> (Run, Patroni, u
     run.finish(&step, r);
     assert_eq!(pg.leader, Some(1), "pg2 promoted");
     // pg2's Patroni loses the DCS or dies; its PostgreSQL stays a primary taking writes (paused Patroni demotes
-    // nobody), and the others' DCS view, the only topology left, shows no leader.
+    // nobody), and the others' DCS view, the only topology left, shows no leader. Cut off, it reaches no DCS member
+    // (`dcs_lost`): its own GET /cluster fails too. (With a minority of the DCS it would serve the picture it had
+    // when cut off, pg2 leading, which confirms the switchover; `stale_views::` covers that case.)
     pg.cut_off = Some(1);
+    pg.dcs_lost = true;
     pg.patroni_dead = patroni_dead;
     let before = pg.journal.len();
     pg.drive(&mut run, 5_000);
