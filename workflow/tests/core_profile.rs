@@ -3960,6 +3960,119 @@ mod stale_views {
             })
     }
 
+    /// etcd, which has no fence (so no watch): at every move, every member cut off from the others (its peer port
+    /// blocked; it still answers `endpoint status` with the leader and term it last knew), healed six moves later
+    /// (at every other move) or never. On the ground truth: a `stop` never takes out the member that leads, nor one while another is down
+    /// or cut off (the majority: never an outage), a completed upgrade left every member on the target, and the log
+    /// re-derives.
+    #[test]
+    fn an_etcd_member_cut_off_at_any_point_breaks_no_promise() {
+        let clean = {
+            let mut run = Run::new();
+            run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+            let mut etcd = Etcd::new(1);
+            let mut moves = 0;
+            while !run.state.is_terminal() {
+                if let Some(step) = run.state.outstanding_steps().first().cloned() {
+                    let r = etcd.run(&step);
+                    run.finish(&step, r);
+                } else {
+                    run.tick();
+                }
+                moves += 1;
+            }
+            assert_eq!(status(&run.state), Status::Completed);
+            moves
+        };
+        let mut failed = Vec::new();
+        for at in 0..clean {
+            for member in 0..3 {
+                // Healed six moves later at every other point, never at the rest.
+                let heal = (at % 2 == 1).then_some(6);
+                if let Err(e) = etcd_case(at, member, heal) {
+                    failed.push(e);
+                }
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "{} failed:\n{}",
+            failed.len(),
+            failed.join("\n")
+        );
+    }
+
+    fn etcd_case(at: usize, member: usize, heal: Option<usize>) -> Result<(), String> {
+        let mut run = Run::new();
+        run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+        let mut etcd = Etcd::new(1);
+        // The members whose own node probe ran since the cut or the heal. A cut-off member still answers `endpoint
+        // status` with the leader it knew, so the guard's last look (the topology) cannot show a cut made after
+        // the node probes: a `stop` is held to the truth only once every other member's node probe ran since.
+        let mut asked_since: Option<Vec<usize>> = None;
+        let fail = |what: String, run: &Run, etcd: &Etcd| {
+            Err(format!(
+                "at {at}, m{} cut off, heal {heal:?}: {what}\n  journal: {:?}\n  status: {:?}",
+                member + 1,
+                etcd.journal,
+                run.state.status()
+            ))
+        };
+        for mv in 0..4_000 {
+            if mv == at || heal.is_some_and(|h| mv == at + h) {
+                etcd.members[member].cut_off = mv == at;
+                asked_since = Some(Vec::new());
+            }
+            if run.state.is_terminal() {
+                break;
+            }
+            if let Some(step) = run.state.outstanding_steps().first().cloned() {
+                let i = Etcd::idx(&step.node);
+                let judged = asked_since
+                    .as_ref()
+                    .is_none_or(|asked| (0..3).all(|j| j == i || asked.contains(&j)));
+                if step.action == Action::ProbeStatus {
+                    if let Some(asked) = &mut asked_since {
+                        asked.push(i);
+                    }
+                }
+                let others_out =
+                    (0..3).any(|j| j != i && (!etcd.members[j].up || etcd.members[j].cut_off));
+                if judged && step.action == Action::Stop {
+                    if etcd.leader == Some(i) {
+                        return fail(format!("stop of {}, the leader", step.node), &run, &etcd);
+                    }
+                    if others_out {
+                        let what = format!("stop of {} while another member is out", step.node);
+                        return fail(what, &run, &etcd);
+                    }
+                }
+                let r = etcd.run(&step);
+                run.finish(&step, r);
+                continue;
+            }
+            if run.state.next_wakeup_ms().is_some() {
+                run.tick();
+                continue;
+            }
+            break;
+        }
+        match run.state.status() {
+            Status::Completed => {
+                let done = etcd.members.iter().all(|m| m.up && m.running == "3.5.1");
+                if !done || etcd.leader.is_none() {
+                    return fail("completed, but the cluster is not".into(), &run, &etcd);
+                }
+            }
+            Status::Halted { .. } | Status::NeedsVerification { .. } => {}
+            other => return fail(format!("the upgrade rests in {other:?}"), &run, &etcd),
+        }
+        if let Err(e) = workflow::core::verify(&run.history) {
+            return fail(format!("the log does not re-derive: {e:?}"), &run, &etcd);
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
