@@ -738,8 +738,8 @@ fn a_profile_file_without_its_text_or_target_version_is_refused_naming_why() {
 // ---------------------------------------------------------------------------------------------------------
 // Patroni: a system with a failover fence (`patronictl pause`/`resume`), shown only by the REST API's
 // GET /patroni ("pause": true). The model answers in the shapes of tests/fixtures/patroni/: the topology
-// (GET /cluster) keeps a stopped member's key (shown "streaming") until its TTL ends, and curl to a stopped
-// member's API exits 7.
+// (GET /cluster) keeps a stopped member's key (shown "streaming") until its TTL ends, curl to a stopped
+// member's API exits 7, and a member cut off from the DCS serves the picture it had then (`Patroni::picture`).
 
 fn patroni_profile_text() -> String {
     std::fs::read_to_string(repo().join("profiles/patroni.toml")).expect("profiles/patroni.toml")
