@@ -916,11 +916,12 @@ impl Patroni {
         if self.leader.is_some_and(|l| self.up[l]) {
             return;
         }
-        // Paused: Patroni elects nobody (that is what the fence is for).
+        // Paused: Patroni elects nobody (that is what the fence is for). Nor can a member cut off from the DCS
+        // take the leader key.
         self.leader = if self.paused {
             None
         } else {
-            (0..3).find(|i| self.up[*i])
+            (0..3).find(|i| self.up[*i] && self.cut_off != Some(*i))
         };
     }
 
@@ -3936,10 +3937,10 @@ mod stale_views {
     /// The running half of finding F1 (H-STALE report), minimised: pg3 is cut off from the DCS just as pg2's `stop`
     /// is scheduled, and serves its picture (pg1 leading); three moves later pg1's host dies. Every topology the
     /// core can read is pg3's, which names the dead pg1: `cluster-status` never shows "no leader", so the emergency
-    /// clock never starts. Today the guard waits for pg1's node probe until `sync_timeout_ms`, and the wind-down
-    /// lifts the fence once it could not confirm a leader within its own: later than the election window, but within
-    /// S3's bound, and never beside a second primary (what this test holds; a fix of F1 keeps it true). (While an operator's pause holds, the watch is fooled for as long
-    /// as the pause lasts: the half left out of the property.)
+    /// clock does not start while the upgrade runs (`State::leader_vouched`: a lost answer from a live leader must
+    /// not halt a running upgrade). The guard waits for pg1's node probe until `sync_timeout_ms`, and the wind-down
+    /// lifts the fence once it could not confirm a leader within its own: later than the election window, but
+    /// within S3's bound, and never beside a second primary.
     #[test]
     fn a_dead_leader_named_by_a_cut_off_members_old_picture_gets_failover_back_within_the_sync_timeouts(
     ) {
@@ -3952,15 +3953,127 @@ mod stale_views {
             kill_leader: Some(3),
         };
         let (run, pg) = run_case(case).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!pg.paused && !pg.split_brain, "{:?}", pg.journal);
-        // run_case held the fence's time beside no primary to LEADERLESS_FENCE_MS.
+        assert!(
+            !pg.paused && !pg.split_brain,
+            "{:?}\n{:?}",
+            pg.journal,
+            status(&run.state)
+        );
         let Status::Halted {
             failover_pending: None,
             ..
         } = status(&run.state)
         else {
-            panic!("halted with failover on: {:?}", status(&run.state));
+            panic!("not halted with failover on: {:?}", status(&run.state));
         };
+    }
+
+    /// F1 while an operator's pause holds for long after the leader died: the watch asked pg3 every poll and was
+    /// fooled for as long as the pause lasted (run_case's fence-time check failed with "the fence up beside no
+    /// primary"). Waiting for an operator, a leader Baton cannot reach is not vouched for by another member's
+    /// picture of it (`State::leader_vouched`): the clock runs from pg3's first such picture, the watch asks pg1
+    /// itself every other look, and the emergency exit re-enables failover after the election window.
+    #[test]
+    fn a_dead_leader_named_by_a_cut_off_members_old_picture_does_not_fool_the_watch_during_a_pause()
+    {
+        let case = Case {
+            at: 24,
+            member: 2,
+            dcs_lost: false,
+            heal: None,
+            hold: Some(119),
+            kill_leader: Some(3),
+        };
+        let (run, pg) = run_case(case).unwrap_or_else(|e| panic!("{e}"));
+        assert_emergency_gave_failover_back(&run, &pg);
+    }
+
+    /// The other side of `State::leader_vouched`: a leader that is alive but whose topology probe failed once
+    /// during a pause (a blip of its API) is unreachable, and pg2's picture of it alone would start the emergency
+    /// clock. The watch asks the unreachable leader itself every other look, and its answer vouches for it: no
+    /// emergency exit, and after the pause the upgrade completes with failover back on.
+    #[test]
+    fn a_leader_whose_one_topology_probe_failed_during_a_pause_vouches_for_itself_again() {
+        let mut run = Run::new();
+        run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+            .unwrap();
+        let mut pg = Patroni::new(0);
+        let mut paused_at = None;
+        let mut blipped = false;
+        for mv in 0..4_000 {
+            if run.state.is_terminal() {
+                break;
+            }
+            if mv == 24 {
+                run.input(Input::Pause {
+                    by: "op".into(),
+                    reason: "look".into(),
+                    now_ms: run.now + 1,
+                })
+                .unwrap();
+                paused_at = Some(run.now);
+            }
+            // Paused for three election windows of model time, then resumed.
+            if paused_at.is_some_and(|at| run.now > at + 30_000) {
+                run.input(Input::Resume {
+                    by: "op".into(),
+                    now_ms: run.now + 1,
+                })
+                .unwrap();
+                paused_at = None;
+            }
+            if let Some(step) = run.state.outstanding_steps().first().cloned() {
+                let blip = paused_at.is_some()
+                    && !blipped
+                    && step.action == Action::ProbeClusterStatus
+                    && step.node == "pg1";
+                let r = if blip {
+                    blipped = true;
+                    (
+                        Outcome::Failed,
+                        Some(7),
+                        String::new(),
+                        "curl: (7) Failed to connect to 127.0.0.1 port 8008 after 0 ms".to_string(),
+                    )
+                } else {
+                    pg.run(&step)
+                };
+                run.finish(&step, r);
+                continue;
+            }
+            if run.state.next_wakeup_ms().is_some() || paused_at.is_some() {
+                run.tick();
+                continue;
+            }
+            break;
+        }
+        assert!(
+            blipped,
+            "the watch never asked pg1's topology during the pause"
+        );
+        assert_eq!(status(&run.state), Status::Completed, "{:?}", pg.journal);
+        assert!(!pg.paused);
+    }
+
+    fn assert_emergency_gave_failover_back(run: &Run, pg: &Patroni) {
+        assert!(
+            !pg.paused && !pg.split_brain,
+            "{:?}\n{:?}",
+            pg.journal,
+            status(&run.state)
+        );
+        let Status::Halted {
+            failover_pending: None,
+            reason,
+        } = status(&run.state)
+        else {
+            panic!("not halted with failover on: {:?}", status(&run.state));
+        };
+        assert!(
+            reason
+                .starts_with("emergency exit: the cluster has had no leader Baton could reach for"),
+            "{reason}"
+        );
     }
 
     fn case() -> impl Strategy<Value = Case> {
@@ -3979,14 +4092,6 @@ mod stale_views {
                 heal,
                 hold,
                 kill_leader,
-            })
-            // Left out: the leader dying while an operator's pause holds and the cut has not healed. The watch then
-            // reads a topology that names the dead leader (a follower's old picture) or none at all (every member
-            // asked fails), and only a topology that shows no leader starts the emergency clock: the fence stays
-            // up beside no primary for as long as the pause lasts (finding F1 of the H-STALE report).
-            .prop_filter("F1: the watch beside a stale view of a dead leader", |c| {
-                let healed_first = c.heal.is_some_and(|h| h <= c.kill_leader.unwrap_or(0));
-                c.hold.is_none() || c.kill_leader.is_none() || healed_first
             })
     }
 

@@ -1399,7 +1399,10 @@ fn the_generator_reaches_every_kind_of_ending() {
         proptest::collection::vec(op(), 0..300),
     );
     let mut seen = BTreeSet::new();
-    for _ in 0..1500 {
+    // 4,000 histories: a step in doubt is rare in them (4 of 4,000 reach a verification). Of the first 1,500, the
+    // one that did had its leader's answers lost for 43 s during a pause, which is an emergency exit since the
+    // watch no longer takes another member's picture of an unreachable leader at its word (`State::leader_vouched`).
+    for _ in 0..4000 {
         let (procedure, gates, ops) = strategy.new_tree(&mut runner).unwrap().current();
         let mode = Mode {
             lenient: true,

@@ -2041,12 +2041,33 @@ fn watch_decisions(state: &State, now: u64) -> Vec<Event> {
         schedule(
             state,
             Action::ProbeClusterStatus,
-            &observer(state, None),
+            &watch_observer(state),
             now,
             None,
         ),
         now,
     )
+}
+
+/// Whom the watch asks: every other look, the member the latest topology names as leader when Baton could not
+/// reach it (`State::leader_vouched`), so that a leader that is alive is reachable again and vouches for itself
+/// rather than start the emergency clock; else the usual `observer`, which avoids unreachable members.
+fn watch_observer(state: &State) -> String {
+    let unvouched = state
+        .last_cluster
+        .as_ref()
+        .and_then(|c| c.sole_leader())
+        .filter(|leader| state.unreachable.contains(*leader))
+        .filter(|leader| sub(state).cluster.node(leader).is_some());
+    let last_asked = state
+        .steps
+        .values()
+        .next_back()
+        .map(|r| r.scheduled.node.as_str());
+    match unvouched {
+        Some(leader) if last_asked != Some(leader) => leader.to_string(),
+        _ => observer(state, None),
+    }
 }
 
 fn watch_judged(state: &State, observation: &Observation, now: u64) -> Vec<Event> {
@@ -2085,7 +2106,7 @@ fn emergency_by_time(state: &State, now: u64) -> Option<Event> {
 }
 
 fn emergency_for(state: &State, status: &Topology, now: u64) -> Option<Event> {
-    if !state.failover_blocked || status.sole_leader().is_some() {
+    if !state.failover_blocked || state.leader_vouched(status).is_some() {
         return None;
     }
     if state
@@ -2097,7 +2118,7 @@ fn emergency_for(state: &State, status: &Topology, now: u64) -> Option<Event> {
     }
     let since = state.leaderless_since?;
     let window = sub(state).election_window_ms();
-    if now < since.saturating_add(window) {
+    if now < state.emergency_due_ms(status)? {
         return None;
     }
     let leaders = status.leaders();
@@ -2112,14 +2133,24 @@ fn emergency_for(state: &State, status: &Topology, now: u64) -> Option<Event> {
         .as_ref()
         .map(|w| format!("{}; then ", w.reason))
         .unwrap_or_default();
+    // A leader that only another member's picture still names (`State::leader_vouched`).
+    let shown = match status.sole_leader() {
+        Some(leader) => format!(
+            "the cluster has had no leader Baton could reach for {} ms (only another member's view names {leader}, \
+             which gave no answer, or refused, since; expected {old})",
+            now.saturating_sub(since)
+        ),
+        None => format!(
+            "the cluster has had no single leader for {} ms (leaders now: [{}]; expected {old})",
+            now.saturating_sub(since),
+            leaders.join(", ")
+        ),
+    };
     Some(Event::WindDownStarted {
         cause: WindDownCause::Emergency,
         reason: format!(
-            "{before}emergency exit: the cluster has had no single leader for {} ms (leaders now: [{}]; expected {old}) \
-             while this upgrade had failover blocked, longer than the election window of {window} ms; \
-             failover is re-enabled at once so that the cluster can elect a leader",
-            now.saturating_sub(since),
-            leaders.join(", ")
+            "{before}emergency exit: {shown} while this upgrade had failover blocked, longer than the election \
+             window of {window} ms; failover is re-enabled at once so that the cluster can elect a leader"
         ),
         at_ms: now,
     })

@@ -646,6 +646,42 @@ impl State {
             .map(|r| &r.scheduled)
     }
 
+    /// The sole leader `topology` shows, as far as the emergency clock (S3) is concerned: while the upgrade waits
+    /// for an operator (paused, at a gate, or for a verification) with failover blocked, not a leader Baton cannot
+    /// reach (`unreachable`: its own cluster-wide probe failed, or a probe of it got no answer). A member cut off
+    /// from the others serves the picture it had then (Patroni's DCS cache, etcd's last known leader): once the
+    /// leader's host dies, such a picture still names it, and may be the only topology left to read. Taken at its
+    /// word, the watch would keep failover off beside no leader for as long as the wait lasts; instead the clock
+    /// runs, the watch asks the unreachable leader itself every other look (`decide::watch_observer`: alive, it
+    /// vouches for itself again), and the emergency exit asks every member before it lifts the fence (a live leader
+    /// that answers keeps it up). Running, the guard asks the leader's own node probe before every action, and a
+    /// leader that stays unanswered ends it within the guard's and the wind-down's `sync_timeout_ms`; a lost answer
+    /// there must not start the clock.
+    pub(crate) fn leader_vouched<'t>(&self, topology: &'t Topology) -> Option<&'t str> {
+        let waiting = self.paused.is_some() || self.verification.is_some();
+        topology
+            .sole_leader()
+            .filter(|leader| !(waiting && self.unreachable.contains(*leader)))
+    }
+
+    /// When the emergency clock may act on `topology`: the election window after `leaderless_since`, and, when the
+    /// topology names a leader Baton could not reach (not `leader_vouched`), not before the deadline of an ask of
+    /// that leader still out: a live leader's late answer vouches for it and stops the clock, so a lost answer and
+    /// a slow one do not end a pause with an emergency exit.
+    pub(crate) fn emergency_due_ms(&self, topology: &Topology) -> Option<u64> {
+        let window = self.sub.as_ref()?.election_window_ms();
+        let due = self.leaderless_since?.saturating_add(window);
+        let asked = topology.sole_leader().and_then(|leader| {
+            self.steps
+                .values()
+                .rev()
+                .find(|r| r.scheduled.node == leader)
+                .filter(|r| r.outcome.is_none())
+                .map(|r| r.scheduled.deadline_ms)
+        });
+        Some(asked.map_or(due, |deadline| due.max(deadline)))
+    }
+
     /// When the service should wake the core with `Tick`: the outstanding step's deadline, or the end of a
     /// retry/poll wait (not while paused). `None`: nothing is timed.
     pub fn next_wakeup_ms(&self) -> Option<u64> {
@@ -672,9 +708,9 @@ impl State {
         };
         // The emergency exit's moment, if the cluster was last seen without a leader while failover is blocked.
         let emergency = self
-            .sub
+            .last_cluster
             .as_ref()
-            .zip(self.leaderless_since)
+            .and_then(|c| self.emergency_due_ms(c))
             .filter(|_| {
                 let action_in_flight = self
                     .current_record()
@@ -684,13 +720,12 @@ impl State {
                     && self
                         .last_cluster
                         .as_ref()
-                        .is_some_and(|c| c.sole_leader().is_none())
+                        .is_some_and(|c| self.leader_vouched(c).is_none())
                     && !self
                         .wind_down
                         .as_ref()
                         .is_some_and(|w| w.cause == WindDownCause::Emergency)
-            })
-            .map(|(s, since)| since.saturating_add(s.election_window_ms()));
+            });
         [deadline, wait, emergency].into_iter().flatten().min()
     }
 
@@ -1096,7 +1131,7 @@ impl State {
                         self.unreachable.remove(&node);
                     }
                     if let Some(topology) = &topology {
-                        if topology.sole_leader().is_some() {
+                        if self.leader_vouched(topology).is_some() {
                             self.leaderless_since = None;
                         } else if self.leaderless_since.is_none() {
                             // A switchover that ran under the fence and did not succeed may have left the cluster
