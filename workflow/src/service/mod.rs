@@ -131,6 +131,14 @@ pub enum ServiceError {
         #[source]
         source: Box<ServiceError>,
     },
+    /// A try of a retried call (`upgrade::retry`) had not ended when the time allowed for all tries was spent; it
+    /// was abandoned.
+    #[error("{what}: try {attempt} had not ended when the {total_ms} ms allowed for all tries were spent; it was abandoned")]
+    OutOfTime {
+        what: &'static str,
+        attempt: u32,
+        total_ms: u64,
+    },
     /// The NATS server refused a JetStream call at start for want of a permission (`JetStreamRefused`).
     #[error("the NATS server refused the service a JetStream call ({refusal}): give the service's NATS user the service's permissions (`baton keys nats-config` writes them; README, \"nats-server\")")]
     JetStreamRefused {
@@ -258,20 +266,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     // A server or account without JetStream is refused at once (`JETSTREAM_LASTING`); a cluster whose JetStream is
     // still forming is waited for (`JETSTREAM_FORMING`).
     let may_pass = |err: &protocol::ProtocolError| setup_may_pass(err, &js) && !refused.seen();
-    let checked = while_jetstream_forms(&shutdown, "check the server", may_pass, || {
-        protocol::setup::check_server(&js)
-    })
+    let checked = while_jetstream_forms(
+        &shutdown,
+        JETSTREAM_FORMING,
+        "check the server",
+        may_pass,
+        || protocol::setup::check_server(&js),
+    )
     .await
-    .map_err(|err| refused.or(err.into()))?;
+    .map_err(|err| refused.or(err))?;
     if checked.is_none() {
         return Ok(());
     }
     let lease_passes = |err: &lease::LeaseError| lease_may_pass(err) && !refused.seen();
-    let acquired = while_jetstream_forms(&shutdown, "take the service lease", lease_passes, || {
-        lease::Lease::acquire(&js, me.clone(), lease_options.clone(), &shutdown)
-    })
+    // A standby's wait for the holder to go is one try of any length: not cut short at the 2 minutes.
+    let lease_forming = upgrade::Retry {
+        bound_tries: !lease_options.standby,
+        ..JETSTREAM_FORMING
+    };
+    let acquired = while_jetstream_forms(
+        &shutdown,
+        lease_forming,
+        "take the service lease",
+        lease_passes,
+        || lease::Lease::acquire(&js, me.clone(), lease_options.clone(), &shutdown),
+    )
     .await
-    .map_err(|err| refused.or(err.into()))?;
+    .map_err(|err| refused.or(err))?;
     let Some(lease) = acquired.flatten() else {
         return Ok(());
     };
@@ -302,6 +323,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let set_up = std::time::Instant::now();
     let ensured = while_jetstream_forms(
         &shutdown,
+        JETSTREAM_FORMING,
         "create or check the streams and buckets",
         may_pass,
         || protocol::ensure(&js, &config.protocol),
@@ -312,7 +334,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         // Shut down (a signal, or the lease lost) while waiting: the orderly stop releases the lease.
         Ok(None) => return stopped_before_serving(&metrics, release, lease_task).await,
         Err(err) => {
-            let err = refused.or(err.into());
+            let err = refused.or(err);
             return Err(released(&metrics, release, lease_task, err).await);
         }
     };
@@ -563,6 +585,7 @@ const JETSTREAM_FORMING: upgrade::Retry = upgrade::Retry {
     first: Duration::from_millis(200),
     max: Duration::from_secs(5),
     total: Duration::from_secs(120),
+    bound_tries: true,
 };
 
 /// JetStream's answers that waiting does not change (nats-server's error codes): JetStream not enabled for the
@@ -601,17 +624,18 @@ fn setup_may_pass(err: &protocol::ProtocolError, js: &jetstream::Context) -> boo
     may_pass && !jetstream_lasting(err)
 }
 
-/// [`upgrade::retry`] under [`JETSTREAM_FORMING`] for a JetStream call at start: each retry logged with what
-/// failed and why; the last error once it does not pass (`may_pass`) or the time is spent. `Ok(None)` once
-/// `shutdown` is cancelled.
+/// [`upgrade::retry`] under `policy` ([`JETSTREAM_FORMING`]) for a JetStream call at start: each retry logged with
+/// what failed and why; the last error once it does not pass (`may_pass`) or the time is spent
+/// ([`ServiceError::OutOfTime`] if the last try was still running then). `Ok(None)` once `shutdown` is cancelled.
 async fn while_jetstream_forms<T, E, F, Fut>(
     shutdown: &CancellationToken,
+    policy: upgrade::Retry,
     what: &'static str,
     may_pass: impl Fn(&E) -> bool,
     attempt: F,
-) -> Result<Option<T>, E>
+) -> Result<Option<T>, ServiceError>
 where
-    E: std::error::Error + 'static,
+    E: std::error::Error + Into<ServiceError> + 'static,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
@@ -624,7 +648,7 @@ where
             "JetStream is not usable yet (a NATS cluster still forming?); trying again"
         )
     };
-    upgrade::retry(shutdown, JETSTREAM_FORMING, may_pass, log, attempt)
+    upgrade::retry(shutdown, policy, may_pass, log, attempt)
         .await
         .map_err(|gave_up| {
             if gave_up.attempts > 1 {
@@ -635,7 +659,7 @@ where
                     "JetStream did not become usable; giving up"
                 );
             }
-            gave_up.error
+            gave_up.last_error(what, policy)
         })
 }
 
