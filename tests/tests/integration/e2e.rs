@@ -305,12 +305,18 @@ impl Env {
 
     /// Starts the service with `extra` flags after the usual ones; its log is `server-<start>.log`.
     pub(crate) fn start_server_with(&mut self, extra: &[&str]) {
+        self.start_server_with_env(extra, &[]);
+    }
+
+    /// [`Env::start_server_with`], with `env` set for the service too (e.g. `RUST_LOG`).
+    pub(crate) fn start_server_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         self.server_starts += 1;
         let mut cmd = self.baton_cmd_as(&self.secure.service_key.clone());
         cmd.args(["server", "--db"])
             .arg(self.db())
             .args(["--nats-replicas", &self.nats_replicas.to_string()])
             .args(extra)
+            .envs(env.iter().copied())
             .env("BATON_NATS_URL", self.service_url());
         if let Some((addr, _)) = &self.http {
             cmd.arg("--http").arg(addr.to_string());

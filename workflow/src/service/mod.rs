@@ -82,9 +82,12 @@ pub struct Config {
     /// the start fails: [`RECOVERY_PATIENCE`] by default. Once recovered, a loop's publishes are tried until
     /// shutdown.
     pub recovery_patience: Duration,
+    /// A hidden setting, for tests: how many commands may queue for one upgrade's loop ([`LOOP_QUEUE`] by
+    /// default; at least 1). A small queue makes the results pump hand results back (`pump_results`).
+    pub loop_queue: usize,
 }
 
-pub use upgrade::RECOVER_AT_ONCE;
+pub use upgrade::{LOOP_QUEUE, RECOVER_AT_ONCE};
 
 /// [`Config::recovery_patience`]'s default: far past a NATS restart or a stream leader's election, short enough
 /// that a publish that cannot succeed (a `BATON_EVENTS` full with `discard: new`, a permission missing) fails the
@@ -205,6 +208,8 @@ pub(crate) struct Shared {
     pub recover_at_once: usize,
     /// `Config::recovery_patience`.
     pub recovery_patience: Duration,
+    /// `Config::loop_queue`.
+    pub loop_queue: usize,
 }
 
 /// Runs the workflow service until `shutdown` is cancelled or a fatal error.
@@ -366,6 +371,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         metrics: metrics.clone(),
         recover_at_once: config.recover_at_once,
         recovery_patience: config.recovery_patience,
+        loop_queue: config.loop_queue.max(1),
     });
     // Refuse to act on a log that BATON_CHECKPOINTS contradicts.
     let reconciling = std::time::Instant::now();
@@ -1030,4 +1036,24 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{handback_delay, BUSY_RETRY, RECOVERING_RETRY};
+
+    #[test]
+    fn a_handed_back_result_waits_twice_as_long_each_delivery_up_to_16_times_the_base() {
+        for base in [BUSY_RETRY, RECOVERING_RETRY, Duration::from_millis(1)] {
+            let delays: Vec<Duration> = (1..=8).map(|d| handback_delay(base, d)).collect();
+            let times = [1, 2, 4, 8, 16, 16, 16, 16].map(|t: u32| base * t);
+            assert_eq!(delays, times, "{base:?}");
+            // A delivery count the server did not give (or a nonsense one) waits the base; a huge one, the cap.
+            assert_eq!(handback_delay(base, 0), base);
+            assert_eq!(handback_delay(base, -3), base);
+            assert_eq!(handback_delay(base, i64::MAX), base * 16);
+        }
+    }
 }

@@ -24,8 +24,9 @@ use super::registry::{Handle, NodeIdentity};
 use super::{now_ms, ServiceError, Shared, SERVICE_STREAM};
 use crate::core::{self, Event, Input, Rejection, ScheduledStep, State};
 
-/// How many commands may queue for one upgrade before senders wait.
-const QUEUE: usize = 64;
+/// How many commands may queue for one upgrade before senders wait (the results pump does not wait: it hands a
+/// result back): `Config::loop_queue`'s default.
+pub const LOOP_QUEUE: usize = 64;
 
 /// How many queued commands a loop takes in a row, while its wake-up is due,
 /// before it handles the timer first once ([`Loop::serve`]).
@@ -98,7 +99,7 @@ pub(crate) async fn start_new(
     upgrade: &str,
     cluster: &str,
 ) -> Result<Handle, String> {
-    let (tx, rx) = mpsc::channel(QUEUE);
+    let (tx, rx) = mpsc::channel(shared.loop_queue);
     let handle = Handle {
         tx,
         cluster: cluster.to_string(),
@@ -403,7 +404,7 @@ fn prepare(
         }));
     }
     let cluster = state.cluster_name().unwrap_or_default().to_string();
-    let (tx, rx) = mpsc::channel(QUEUE);
+    let (tx, rx) = mpsc::channel(shared.loop_queue);
     let handle = Handle {
         tx,
         cluster: cluster.clone(),
