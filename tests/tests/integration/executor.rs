@@ -1201,6 +1201,44 @@ async fn a_service_refused_the_jetstream_api_stops_at_once_naming_the_refusal() 
     );
 }
 
+/// A service whose NATS user may not publish to one of the service's subjects other than the JetStream API (here
+/// the lease key, its first publish): the server refuses the publish (`Permissions Violation`), which the caller sees
+/// only as a timeout. The service stops at once naming the subject and the permission to grant, rather than waiting
+/// 2 minutes for a cluster it takes to be forming (or, for recovery's publishes, its recovery patience).
+#[tokio::test]
+async fn a_service_refused_a_publish_stops_at_once_naming_the_subject_and_the_permission() {
+    let nats = NatsServer::start_with_authorization(
+        r#"users = [
+  { user: admin, password: admin }
+  { user: svc, password: svc, permissions: { publish: { deny: ["$KV.baton_lease.>"] } } }
+]"#,
+        ("admin", "admin"),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keyring::new(dir.path());
+    let stderr = service_refused_at_once(
+        &nats,
+        &keys,
+        dir.path(),
+        &["--nats-user", "svc", "--nats-password", "svc"],
+    );
+    let subject = format!(
+        "$KV.{}.{}",
+        protocol::subjects::LEASE_BUCKET,
+        protocol::subjects::LEASE_KEY
+    );
+    assert!(
+        stderr.contains(&format!("refused the service a publish to {subject}"))
+            && stderr.contains(&format!(
+                "allow the service's NATS user to publish to {subject}"
+            ))
+            && stderr.contains("Permissions Violation"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn setup_refuses_a_server_without_jetstream_and_a_conflicting_stream_clearly() {
     let nats = NatsServer::start_without_jetstream().await.unwrap();

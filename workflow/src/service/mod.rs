@@ -149,6 +149,15 @@ pub enum ServiceError {
         #[source]
         source: Box<ServiceError>,
     },
+    /// The NATS server refused the service a publish at start for want of a permission, not to the JetStream API
+    /// (the lease key, an event mirrored again, a step published again, a checkpoint; `JetStreamRefused`).
+    #[error("the NATS server refused the service a publish to {subject} ({refusal}): allow the service's NATS user to publish to {subject} (`baton keys nats-config` writes the service's permissions; README, \"nats-server\")")]
+    PublishRefused {
+        subject: String,
+        refusal: String,
+        #[source]
+        source: Box<ServiceError>,
+    },
     /// A publish of recovery's (`Config::recovery_patience`) that kept failing.
     #[error("upgrade {upgrade}: publishing {what} to JetStream failed {attempts} times in {elapsed_ms} ms while the service recovered it; the service does not start without it (the next start publishes it again)")]
     PublishGaveUp {
@@ -210,6 +219,8 @@ pub(crate) struct Shared {
     pub recovery_patience: Duration,
     /// `Config::loop_queue`.
     pub loop_queue: usize,
+    /// The first publish the NATS server refused the service (recovery's publishes give up at once on one).
+    pub refused: JetStreamRefused,
 }
 
 /// Runs the workflow service until `shutdown` is cancelled or a fatal error.
@@ -372,6 +383,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         recover_at_once: config.recover_at_once,
         recovery_patience: config.recovery_patience,
         loop_queue: config.loop_queue.max(1),
+        refused: refused.clone(),
     });
     // Refuse to act on a log that BATON_CHECKPOINTS contradicts.
     let reconciling = std::time::Instant::now();
@@ -669,17 +681,22 @@ where
         })
 }
 
-/// The first JetStream API call the NATS server refused the service for want of a permission (its `-ERR
-/// 'Permissions Violation for Publish to "$JS.API...."'`, seen by the connection's event callback). Such a call
-/// only times out on the caller's side, which the wait for a forming cluster would take for a passing failure
-/// (`while_jetstream_forms`); once a refusal is seen, the start fails at once, naming it.
+/// The first publish the NATS server refused the service for want of a permission (its `-ERR 'Permissions
+/// Violation for Publish to "SUBJECT"'`, seen by the connection's event callback): a JetStream API call
+/// (`$JS.API....`), or a publish to a stream or bucket (the lease key, an event, a step, a checkpoint). Such a
+/// publish only times out on the caller's side, which the wait for a forming cluster (`while_jetstream_forms`) and
+/// recovery's patient publishes (`publish_patiently`) would take for a passing failure; once a refusal is seen, the
+/// start fails at once, naming it.
 #[derive(Clone, Default)]
-struct JetStreamRefused(Arc<std::sync::Mutex<Option<String>>>);
+pub(crate) struct JetStreamRefused(Arc<std::sync::Mutex<Option<String>>>);
+
+/// The start of the server's refusal of a publish; the subject follows, quoted.
+const PUBLISH_REFUSED: &str = "Permissions Violation for Publish to ";
 
 impl JetStreamRefused {
-    /// Keeps `error` if it is the first refusal of a JetStream call; whether it is one.
+    /// Keeps `error` if it is the first refusal of a publish; whether it is one.
     fn note(&self, error: &str) -> bool {
-        let refusal = error.contains("Permissions Violation") && error.contains("$JS.API");
+        let refusal = error.contains(PUBLISH_REFUSED);
         if refusal {
             let mut first = self
                 .0
@@ -697,22 +714,41 @@ impl JetStreamRefused {
             .is_some()
     }
 
-    /// `err`, or, once a refusal was seen, [`ServiceError::JetStreamRefused`] naming it (the call's own error, a
-    /// timeout, says nothing of the cause).
+    /// `err`, or, once a refusal was seen, [`ServiceError::JetStreamRefused`] (a JetStream API call) or
+    /// [`ServiceError::PublishRefused`] (another subject) naming it (the call's own error, a timeout, says nothing
+    /// of the cause).
     fn or(&self, err: ServiceError) -> ServiceError {
         let first = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        match first {
-            Some(refusal) => ServiceError::JetStreamRefused {
+        let Some(refusal) = first else {
+            return err;
+        };
+        let subject = refused_subject(&refusal);
+        if subject.starts_with("$JS.API") {
+            ServiceError::JetStreamRefused {
                 refusal,
                 source: Box::new(err),
-            },
-            None => err,
+            }
+        } else {
+            ServiceError::PublishRefused {
+                subject,
+                refusal,
+                source: Box::new(err),
+            }
         }
     }
+}
+
+/// The subject of a refused publish (the server's refusal quotes it), or the refusal itself if it does not.
+fn refused_subject(refusal: &str) -> String {
+    refusal
+        .split_once(PUBLISH_REFUSED)
+        .and_then(|(_, quoted)| quoted.strip_prefix('"'))
+        .and_then(|rest| rest.split_once('"'))
+        .map_or_else(|| refusal.to_string(), |(subject, _)| subject.to_string())
 }
 
 /// Connects to NATS, retrying until it answers (the service may start before
@@ -739,7 +775,7 @@ async fn connect(
                     async_nats::Event::ServerError(async_nats::ServerError::Other(error))
                         if refused.note(&error) =>
                     {
-                        tracing::error!(%error, "the NATS server refused a JetStream call: the service's NATS user lacks a permission")
+                        tracing::error!(%error, "the NATS server refused a publish: the service's NATS user lacks a permission")
                     }
                     async_nats::Event::Connected => {
                         metrics.set_nats_connected(true);
@@ -813,14 +849,16 @@ pub(crate) async fn publish_patiently(
             Err(err) => err,
         };
         let elapsed = started.elapsed();
-        if patience.is_some_and(|patience| elapsed + backoff > patience) {
-            return Err(ServiceError::PublishGaveUp {
+        // At start, a publish the server refused the service's user does not pass by waiting: fail at once.
+        let refused = patience.is_some() && shared.refused.seen();
+        if refused || patience.is_some_and(|patience| elapsed + backoff > patience) {
+            return Err(shared.refused.or(ServiceError::PublishGaveUp {
                 upgrade: upgrade.to_string(),
                 what: what.to_string(),
                 attempts,
                 elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
                 source: err.into(),
-            });
+            }));
         }
         tracing::warn!(%upgrade, what, attempt = attempts, error = %err, "publish failed; retrying");
         tokio::select! {
@@ -1042,7 +1080,7 @@ pub(crate) fn now_ms() -> u64 {
 mod tests {
     use std::time::Duration;
 
-    use super::{handback_delay, BUSY_RETRY, RECOVERING_RETRY};
+    use super::{handback_delay, JetStreamRefused, ServiceError, BUSY_RETRY, RECOVERING_RETRY};
 
     #[test]
     fn a_handed_back_result_waits_twice_as_long_each_delivery_up_to_16_times_the_base() {
@@ -1055,5 +1093,35 @@ mod tests {
             assert_eq!(handback_delay(base, -3), base);
             assert_eq!(handback_delay(base, i64::MAX), base * 16);
         }
+    }
+
+    #[test]
+    fn a_refused_publish_is_named_with_its_subject_and_a_refused_jetstream_call_as_one() {
+        let timeout = || ServiceError::Nats("timed out".into());
+        let refused = JetStreamRefused::default();
+        assert!(!refused.note("Slow Consumer Detected"));
+        assert!(!refused.seen());
+        assert!(matches!(refused.or(timeout()), ServiceError::Nats(_)));
+        assert!(refused.note(r#"Permissions Violation for Publish to "$KV.baton_lease.service""#));
+        // The first refusal is the one named.
+        assert!(refused.note(r#"Permissions Violation for Publish to "baton.steps.g1""#));
+        let err = refused.or(timeout());
+        let ServiceError::PublishRefused { subject, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(subject, "$KV.baton_lease.service");
+        let text = err.to_string();
+        assert!(
+            text.contains("allow the service's NATS user to publish to $KV.baton_lease.service"),
+            "{text}"
+        );
+
+        let refused = JetStreamRefused::default();
+        assert!(refused.note(r#"Permissions Violation for Publish to "$JS.API.INFO""#));
+        let err = refused.or(timeout());
+        assert!(
+            matches!(&err, ServiceError::JetStreamRefused { refusal, .. } if refusal.contains("$JS.API.INFO")),
+            "{err:?}"
+        );
     }
 }
