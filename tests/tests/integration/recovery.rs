@@ -226,22 +226,6 @@ async fn recreate_events(
     original
 }
 
-/// A deployment (NATS without authentication, so the test may change the
-/// streams) whose upgrade was in flight, backend-2 installed, when its
-/// service was SIGKILLed; returns it and the upgrade's id.
-async fn killed_mid_upgrade() -> (Env, String) {
-    let mut env = Env::start(Setup {
-        nats_auth: false,
-        sync_ms: 800,
-        ..Setup::default()
-    })
-    .await;
-    let upgrade = env.submit(&[]);
-    env.wait_installed("backend-2").await;
-    env.kill_server();
-    (env, upgrade)
-}
-
 /// For [`recreate_events`]: a `BATON_EVENTS` that holds one message and refuses every publish after it (full,
 /// discard new).
 fn refusing_every_publish(config: &mut async_nats::jetstream::stream::Config) {
@@ -259,7 +243,7 @@ fn refusing_every_publish(config: &mut async_nats::jetstream::stream::Config) {
 /// next start completes the upgrade safely.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_publish_failing_for_the_recovery_patience_fails_the_start_naming_the_upgrade() {
-    let (mut env, upgrade) = killed_mid_upgrade().await;
+    let (mut env, upgrade) = Env::killed_mid_upgrade(false).await;
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     let original = recreate_events(&js, 1, refusing_every_publish).await;
 
@@ -307,7 +291,7 @@ async fn a_publish_failing_for_the_recovery_patience_fails_the_start_naming_the_
 /// safely with every node installed once (no step ran twice).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_recovery_stops_the_service_promptly_and_a_restart_resumes() {
-    let (mut env, upgrade) = killed_mid_upgrade().await;
+    let (mut env, upgrade) = Env::killed_mid_upgrade(false).await;
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     let original = recreate_events(&js, 1, refusing_every_publish).await;
 
@@ -363,7 +347,7 @@ async fn sigterm_during_recovery_stops_the_service_promptly_and_a_restart_resume
 /// recorded twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_result_finding_its_loop_queue_full_is_handed_back_then_applied_once() {
-    let (mut env, upgrade) = killed_mid_upgrade().await;
+    let (mut env, upgrade) = Env::killed_mid_upgrade(false).await;
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     let original = recreate_events(&js, 1, refusing_every_publish).await;
 
@@ -408,7 +392,7 @@ async fn a_result_finding_its_loop_queue_full_is_handed_back_then_applied_once()
 /// orderly path: `upgrade::tests`, and `run`'s one stop.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transient_nats_error_on_a_mirror_read_at_start_is_retried() {
-    let (mut env, upgrade) = killed_mid_upgrade().await;
+    let (mut env, upgrade) = Env::killed_mid_upgrade(false).await;
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     recreate_events(&js, 0, |config| config.max_consumers = 1).await;
     let events = js

@@ -1309,21 +1309,25 @@ mod tests {
         ServiceError::Nats("reading BATON_EVENTS: maximum consumers limit reached".into())
     }
 
+    /// [`retrying`] under [`QUICK`], never cancelled, as upgrade u1's mirror read.
+    async fn quickly<T, F, Fut>(attempt: F) -> Result<Option<T>, ServiceError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ServiceError>>,
+    {
+        let stop = CancellationToken::new();
+        retrying(&stop, QUICK, "u1", "reading its mirror", attempt).await
+    }
+
     #[tokio::test]
     async fn a_transient_error_is_tried_again_until_it_passes() {
         let tries = AtomicU32::new(0);
-        let got = retrying(
-            &CancellationToken::new(),
-            QUICK,
-            "u1",
-            "reading its mirror",
-            || async {
-                match tries.fetch_add(1, Ordering::SeqCst) {
-                    0 | 1 => Err(refused()),
-                    _ => Ok(7),
-                }
-            },
-        )
+        let got = quickly(|| async {
+            match tries.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err(refused()),
+                _ => Ok(7),
+            }
+        })
         .await
         .unwrap();
         assert_eq!(got, Some(7));
@@ -1334,16 +1338,10 @@ mod tests {
     async fn an_error_that_lasts_fails_naming_the_upgrade_and_its_cause_within_the_total() {
         let started = std::time::Instant::now();
         let tries = AtomicU32::new(0);
-        let err = retrying(
-            &CancellationToken::new(),
-            QUICK,
-            "u1",
-            "reading its mirror",
-            || async {
-                tries.fetch_add(1, Ordering::SeqCst);
-                Err::<(), _>(refused())
-            },
-        )
+        let err = quickly(|| async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(refused())
+        })
         .await
         .unwrap_err();
         assert!(
@@ -1372,8 +1370,7 @@ mod tests {
     async fn a_try_that_never_ends_is_abandoned_when_the_total_is_spent_and_the_error_says_so() {
         let started = std::time::Instant::now();
         let tries = AtomicU32::new(0);
-        let stop = CancellationToken::new();
-        let retried = retrying(&stop, QUICK, "u1", "reading its mirror", || async {
+        let retried = quickly(|| async {
             if tries.fetch_add(1, Ordering::SeqCst) == 0 {
                 return Err(refused());
             }
