@@ -338,6 +338,26 @@ fn status(state: &State) -> Status {
     state.status()
 }
 
+/// The reason of a halted upgrade, and what it says of failover (`None`: not left blocked); panics naming the
+/// status if the upgrade is not halted.
+fn halted(state: &State) -> (String, Option<String>) {
+    match status(state) {
+        Status::Halted {
+            reason,
+            failover_pending,
+        } => (reason, failover_pending),
+        other => panic!("halted: {other:?}"),
+    }
+}
+
+/// [`halted`] with failover left blocked: the reason and what it says is pending.
+fn halted_failover_pending(state: &State) -> (String, String) {
+    match halted(state) {
+        (reason, Some(pending)) => (reason, pending),
+        (reason, None) => panic!("halted with failover pending: failover not pending: {reason}"),
+    }
+}
+
 #[test]
 fn the_etcd_profile_upgrades_every_member_once_leader_last_after_moving_leadership() {
     let text = etcd_profile_text();
@@ -1272,9 +1292,7 @@ fn a_patroni_cluster_already_paused_is_refused_at_preflight() {
     let mut pg = Patroni::new(0);
     pg.paused = true;
     pg.drive(&mut run, 500);
-    let Status::Halted { reason, .. } = status(&run.state) else {
-        panic!("halted: {:?}", status(&run.state));
-    };
+    let (reason, _) = halted(&run.state);
     assert!(reason.contains("already blocked"), "{reason}");
     assert!(pg.journal.is_empty(), "nothing ran: {:?}", pg.journal);
     assert!(pg.paused, "someone else's pause is left as it was");
@@ -1288,13 +1306,7 @@ fn a_patroni_member_that_never_comes_back_halts_with_failover_allowed_again() {
     let mut pg = Patroni::new(0);
     pg.starts[1] = false; // pg2's new binaries do not start
     pg.drive(&mut run, 5_000);
-    let Status::Halted {
-        reason,
-        failover_pending,
-    } = status(&run.state)
-    else {
-        panic!("halted: {:?}", status(&run.state));
-    };
+    let (reason, failover_pending) = halted(&run.state);
     assert!(reason.contains("pg2"), "{reason}");
     assert_eq!(failover_pending, None, "failover is not left blocked");
     assert!(!pg.paused, "the fence was lifted: {:?}", pg.journal);
@@ -1343,9 +1355,7 @@ fn a_patroni_leader_lost_while_failover_is_fenced_takes_the_emergency_exit() {
     pg.leader = None;
     let before = pg.journal.len();
     pg.drive(&mut run, 5_000);
-    let Status::Halted { reason, .. } = status(&run.state) else {
-        panic!("halted: {:?}", status(&run.state));
-    };
+    let (reason, _) = halted(&run.state);
     // The fence was lifted so that Patroni could elect a new leader, and nothing was taken out afterwards.
     assert!(
         !pg.paused,
@@ -1382,13 +1392,7 @@ fn a_leader_cut_off_from_the_dcs_but_serving_keeps_the_fence_up_and_halts_for_an
         &pg.journal[before..]
     );
     assert!(pg.paused, "the fence stays up: {:?}", &pg.journal[before..]);
-    let Status::Halted {
-        reason,
-        failover_pending: Some(pending),
-    } = status(&run.state)
-    else {
-        panic!("halted with failover pending: {:?}", status(&run.state));
-    };
+    let (reason, pending) = halted_failover_pending(&run.state);
     assert!(
         pending.contains("pg1") && pending.contains("second leader"),
         "{pending}"
@@ -1478,13 +1482,7 @@ fn a_leader_cut_off_while_a_follower_is_out_brings_the_follower_back_and_keeps_t
     );
     assert!(pg.paused, "the fence stays up: {:?}", &pg.journal[before..]);
     assert!(pg.up[1], "pg2 brought back: {:?}", &pg.journal[before..]);
-    let Status::Halted {
-        reason,
-        failover_pending: Some(pending),
-    } = status(&run.state)
-    else {
-        panic!("halted with failover pending: {:?}", status(&run.state));
-    };
+    let (reason, pending) = halted_failover_pending(&run.state);
     assert!(pending.contains("pg1"), "{pending}");
     // pg2 runs again; with no leader shown it cannot sync, so it is not waited on (hostile review 8 #3: that wait
     // lasted the whole sync_timeout), and the reason says so.
@@ -1840,9 +1838,7 @@ fn a_leader_moved_while_the_guard_looked_halts_before_the_action() {
         "nothing was stopped: {:?}",
         pg.journal
     );
-    let Status::Halted { reason, .. } = status(&run.state) else {
-        panic!("halted: {:?}", status(&run.state));
-    };
+    let (reason, _) = halted(&run.state);
     assert!(
         reason.contains("leader moved") && reason.contains("pg3"),
         "{reason}"
@@ -2383,13 +2379,7 @@ fn a_switchover_target_orphaned(patroni_dead: bool) {
         "nothing ran after the cut: {:?}",
         &pg.journal[before..]
     );
-    let Status::Halted {
-        reason,
-        failover_pending: Some(pending),
-    } = status(&run.state)
-    else {
-        panic!("halted with failover pending: {:?}", status(&run.state));
-    };
+    let (reason, pending) = halted_failover_pending(&run.state);
     assert!(
         pending.contains("pg2's own node probe") && pending.contains("second leader"),
         "{pending}"
@@ -2424,13 +2414,7 @@ fn without_probe_rounds_the_emergency_exit_asks_every_member_one_at_a_time() {
     assert_ne!(text, patroni_fenced_switchover_text());
     let (run, pg, before) = switchover_target_cut_off(&text, true);
     assert!(!pg.split_brain && pg.paused, "{:?}", &pg.journal[before..]);
-    let Status::Halted {
-        failover_pending: Some(pending),
-        ..
-    } = status(&run.state)
-    else {
-        panic!("halted with failover pending: {:?}", status(&run.state));
-    };
+    let (_, pending) = halted_failover_pending(&run.state);
     assert!(pending.contains("pg2's own node probe"), "{pending}");
     let (asked, together) = emergency_words(&run.history);
     assert_eq!(asked, ["pg1", "pg2", "pg3"]);
@@ -2451,13 +2435,7 @@ fn every_member_that_says_it_leads_is_named() {
     pg.stale_primary = Some(0);
     pg.drive(&mut run, 5_000);
     assert!(pg.paused && !pg.split_brain, "{:?}", pg.journal);
-    let Status::Halted {
-        failover_pending: Some(pending),
-        ..
-    } = status(&run.state)
-    else {
-        panic!("halted with failover pending: {:?}", status(&run.state));
-    };
+    let (_, pending) = halted_failover_pending(&run.state);
     assert!(
         pending.contains("pg1's own node probe")
             && pending.contains("pg2's own node probe")
@@ -2495,12 +2473,7 @@ fn when_no_member_says_it_leads_the_emergency_exit_lifts_the_fence_after_one_pro
             break;
         }
     }
-    let Status::Halted {
-        failover_pending, ..
-    } = status(&run.state)
-    else {
-        panic!("halted: {:?}", status(&run.state));
-    };
+    let (_, failover_pending) = halted(&run.state);
     assert_eq!(failover_pending, None, "failover re-enabled");
     assert!(!pg.paused, "the fence was lifted: {:?}", pg.journal);
     let (asked, together) = emergency_words(&run.history);
@@ -3498,13 +3471,7 @@ fn the_emergency_exits_words_answered_out_of_order_decide_exactly_as_in_order() 
         assert_eq!(forward_batches, backward_batches);
         assert_eq!(decisions(&forward.history), decisions(&backward.history));
         assert_eq!(forward_journal, backward_journal);
-        let Status::Halted {
-            failover_pending: Some(pending),
-            ..
-        } = status(&forward.state)
-        else {
-            panic!("halted with failover pending: {:?}", status(&forward.state));
-        };
+        let (_, pending) = halted_failover_pending(&forward.state);
         assert!(
             pending.contains(&format!("{leader}'s own node probe")),
             "{pending}"

@@ -46,6 +46,11 @@ pub struct ServerArgs {
           default_value_t = workflow::service::RECOVERY_PATIENCE.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub recovery_patience_s: u64,
+    /// Hidden, for tests: how many commands may queue for one upgrade's loop (a small queue makes the service
+    /// hand results back while a loop is busy).
+    #[arg(long, env = "BATON_LOOP_QUEUE", hide = true, default_value_t = workflow::service::LOOP_QUEUE as u16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub loop_queue: u16,
 }
 
 pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -87,6 +92,7 @@ pub fn run(global: &crate::Global, args: ServerArgs) -> anyhow::Result<ExitCode>
             metrics: std::sync::Arc::default(),
             recover_at_once: usize::from(args.recover_at_once),
             recovery_patience: std::time::Duration::from_secs(args.recovery_patience_s),
+            loop_queue: usize::from(args.loop_queue),
         };
         let metrics = config.metrics.clone();
         let listener = crate::http::start(

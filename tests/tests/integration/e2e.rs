@@ -299,18 +299,39 @@ impl Env {
             .expect("the service died");
     }
 
+    /// A deployment whose upgrade was in flight, backend-2 installed (the first follower syncing), when its service
+    /// was SIGKILLed; returns it and the upgrade's id. Without `nats_auth`, a test may change the streams.
+    pub(crate) async fn killed_mid_upgrade(nats_auth: bool) -> (Env, String) {
+        let mut env = Env::start(Setup {
+            nats_auth,
+            sync_ms: 800,
+            ..Setup::default()
+        })
+        .await;
+        let upgrade = env.submit(&[]);
+        env.wait_installed("backend-2").await;
+        env.kill_server();
+        (env, upgrade)
+    }
+
     pub(crate) fn start_server(&mut self) {
         self.start_server_with(&[]);
     }
 
     /// Starts the service with `extra` flags after the usual ones; its log is `server-<start>.log`.
     pub(crate) fn start_server_with(&mut self, extra: &[&str]) {
+        self.start_server_with_env(extra, &[]);
+    }
+
+    /// [`Env::start_server_with`], with `env` set for the service too (e.g. `RUST_LOG`).
+    pub(crate) fn start_server_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         self.server_starts += 1;
         let mut cmd = self.baton_cmd_as(&self.secure.service_key.clone());
         cmd.args(["server", "--db"])
             .arg(self.db())
             .args(["--nats-replicas", &self.nats_replicas.to_string()])
             .args(extra)
+            .envs(env.iter().copied())
             .env("BATON_NATS_URL", self.service_url());
         if let Some((addr, _)) = &self.http {
             cmd.arg("--http").arg(addr.to_string());
@@ -920,15 +941,8 @@ async fn a_second_upgrade_of_a_busy_cluster_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_service_killed_mid_upgrade_resumes_and_runs_no_step_twice() {
-    let mut env = Env::start(Setup {
-        sync_ms: 800,
-        ..Setup::default()
-    })
-    .await;
-    let upgrade = env.submit(&[]);
-    // Kill it while the first follower syncs (after its install).
-    env.wait_installed("backend-2").await;
-    env.kill_server();
+    // Killed while the first follower syncs (after its install).
+    let (mut env, upgrade) = Env::killed_mid_upgrade(true).await;
     env.start_server();
     env.expect_completed_safely(&upgrade).await;
     let log = std::fs::read_to_string(env.dir.path().join("server-2.log")).unwrap();

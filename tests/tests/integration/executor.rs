@@ -1160,6 +1160,30 @@ fn service_refused_at_once(
     stderr
 }
 
+/// [`service_refused_at_once`] as a NATS user `svc` that may publish to anything but `denied` (a subject pattern);
+/// returns its stderr.
+async fn service_denied_publishing_to(denied: &str) -> String {
+    let nats = NatsServer::start_with_authorization(
+        &format!(
+            r#"users = [
+  {{ user: admin, password: admin }}
+  {{ user: svc, password: svc, permissions: {{ publish: {{ deny: ["{denied}"] }} }} }}
+]"#
+        ),
+        ("admin", "admin"),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keyring::new(dir.path());
+    service_refused_at_once(
+        &nats,
+        &keys,
+        dir.path(),
+        &["--nats-user", "svc", "--nats-password", "svc"],
+    )
+}
+
 /// A replicated bucket asked of a server that is not clustered (nats-server's error code 10074) is an answer that
 /// waiting does not change: the service stops at once naming it, rather than taking it for a cluster still forming.
 #[tokio::test]
@@ -1176,27 +1200,33 @@ async fn a_service_asking_a_single_server_for_replicas_is_refused_at_once() {
 /// waiting 2 minutes for a cluster it takes to be forming.
 #[tokio::test]
 async fn a_service_refused_the_jetstream_api_stops_at_once_naming_the_refusal() {
-    let nats = NatsServer::start_with_authorization(
-        r#"users = [
-  { user: admin, password: admin }
-  { user: svc, password: svc, permissions: { publish: { deny: ["$JS.API.>"] } } }
-]"#,
-        ("admin", "admin"),
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let keys = Keyring::new(dir.path());
-    let stderr = service_refused_at_once(
-        &nats,
-        &keys,
-        dir.path(),
-        &["--nats-user", "svc", "--nats-password", "svc"],
-    );
+    let stderr = service_denied_publishing_to("$JS.API.>").await;
     assert!(
         stderr.contains("refused the service a JetStream call")
             && stderr.contains("Permissions Violation")
             && stderr.contains("$JS.API"),
+        "{stderr}"
+    );
+}
+
+/// A service whose NATS user may not publish to one of the service's subjects other than the JetStream API (here
+/// the lease key, its first publish): the server refuses the publish (`Permissions Violation`), which the caller sees
+/// only as a timeout. The service stops at once naming the subject and the permission to grant, rather than waiting
+/// 2 minutes for a cluster it takes to be forming (or, for recovery's publishes, its recovery patience).
+#[tokio::test]
+async fn a_service_refused_a_publish_stops_at_once_naming_the_subject_and_the_permission() {
+    let stderr = service_denied_publishing_to("$KV.baton_lease.>").await;
+    let subject = format!(
+        "$KV.{}.{}",
+        protocol::subjects::LEASE_BUCKET,
+        protocol::subjects::LEASE_KEY
+    );
+    assert!(
+        stderr.contains(&format!("refused the service a publish to {subject}"))
+            && stderr.contains(&format!(
+                "allow the service's NATS user to publish to {subject}"
+            ))
+            && stderr.contains("Permissions Violation"),
         "{stderr}"
     );
 }

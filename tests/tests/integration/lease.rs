@@ -192,6 +192,44 @@ async fn a_restart_of_the_same_log_on_the_same_host_takes_over_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_retry_that_finds_its_own_record_acquires_rather_than_takes_over() {
+    let nats = NatsServer::start().await.unwrap();
+    let js = connect(&nats).await;
+    let me = holder("host-a", "/srv/baton/log", 101);
+    // A first acquire whose create went through but whose reply was lost: the key holds this very start's record
+    // (its time stamp aside). A bucket as `acquire` makes it, then the create as `acquire` sends it.
+    drop(acquire(&js, holder("host-z", "/srv/z", 9), options()).await);
+    let kv = js.get_key_value(LEASE_BUCKET).await.unwrap();
+    kv.purge(LEASE_KEY).await.unwrap();
+    let created = kv
+        .create(LEASE_KEY, serde_json::to_vec(&me).unwrap().into())
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let again = acquire(&js, me.clone(), options()).await;
+    assert!(
+        started.elapsed() < TTL / 4,
+        "waited {:?}: its own record is not waited out",
+        started.elapsed()
+    );
+    assert_eq!(
+        again.previous(),
+        None,
+        "its own record is not a dead service's lease it took over"
+    );
+    assert!(again.revision() > created);
+    assert_eq!(again.holder().pid, me.pid);
+    assert_eq!(again.holder().epoch, me.epoch);
+    let value = entry(&js).await.expect("the key exists").value;
+    assert_eq!(
+        serde_json::from_slice::<Holder>(&value).unwrap(),
+        *again.holder()
+    );
+    Running::start(again).stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_standby_takes_over_when_the_holder_shuts_down() {
     let nats = NatsServer::start().await.unwrap();
     let js = connect(&nats).await;

@@ -226,22 +226,6 @@ async fn recreate_events(
     original
 }
 
-/// A deployment (NATS without authentication, so the test may change the
-/// streams) whose upgrade was in flight, backend-2 installed, when its
-/// service was SIGKILLed; returns it and the upgrade's id.
-async fn killed_mid_upgrade() -> (Env, String) {
-    let mut env = Env::start(Setup {
-        nats_auth: false,
-        sync_ms: 800,
-        ..Setup::default()
-    })
-    .await;
-    let upgrade = env.submit(&[]);
-    env.wait_installed("backend-2").await;
-    env.kill_server();
-    (env, upgrade)
-}
-
 /// For [`recreate_events`]: a `BATON_EVENTS` that holds one message and refuses every publish after it (full,
 /// discard new).
 fn refusing_every_publish(config: &mut async_nats::jetstream::stream::Config) {
@@ -259,7 +243,7 @@ fn refusing_every_publish(config: &mut async_nats::jetstream::stream::Config) {
 /// next start completes the upgrade safely.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_publish_failing_for_the_recovery_patience_fails_the_start_naming_the_upgrade() {
-    let (mut env, upgrade) = killed_mid_upgrade().await;
+    let (mut env, upgrade) = Env::killed_mid_upgrade(false).await;
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     let original = recreate_events(&js, 1, refusing_every_publish).await;
 
@@ -307,7 +291,7 @@ async fn a_publish_failing_for_the_recovery_patience_fails_the_start_naming_the_
 /// safely with every node installed once (no step ran twice).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_recovery_stops_the_service_promptly_and_a_restart_resumes() {
-    let (mut env, upgrade) = killed_mid_upgrade().await;
+    let (mut env, upgrade) = Env::killed_mid_upgrade(false).await;
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     let original = recreate_events(&js, 1, refusing_every_publish).await;
 
@@ -354,6 +338,50 @@ async fn sigterm_during_recovery_stops_the_service_promptly_and_a_restart_resume
     assert!(log.contains("recovered unfinished upgrade"), "{log}");
 }
 
+/// A result that comes round while its upgrade's loop queue is full is handed back (a nak with a delay,
+/// `pump_results`) and applied later, once. With a loop queue of one command (the hidden `--loop-queue`), the
+/// upgrade's recovery is held after it is claimed (its mirror must be written again, and `BATON_EVENTS` refuses
+/// every publish): the result of the step in flight at the kill takes the one place in its queue, unacked;
+/// redelivered after the results' ack wait (5 s), it finds the queue full, and the service's debug log shows it
+/// handed back. Then the mirror takes publishes again: the upgrade completes safely, and no result of its log is
+/// recorded twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_finding_its_loop_queue_full_is_handed_back_then_applied_once() {
+    let (mut env, upgrade) = Env::killed_mid_upgrade(false).await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let original = recreate_events(&js, 1, refusing_every_publish).await;
+
+    env.start_server_with_env(
+        &["--loop-queue", "1"],
+        &[("RUST_LOG", "info,workflow::service=debug")],
+    );
+    let log_file = env
+        .dir
+        .path()
+        .join(format!("server-{}.log", env.server_starts));
+    let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    let handed_back = tests::wait_until(Duration::from_secs(60), || {
+        log().lines().any(|l| {
+            l.contains("the upgrade's loop queue is full; result handed back")
+                && l.contains(&format!("upgrade={upgrade}"))
+        })
+    })
+    .await;
+    assert!(handed_back, "no hand-back from a full queue:\n{}", log());
+
+    recreate_events(&js, 0, |config| *config = original).await;
+    env.expect_completed_safely(&upgrade).await;
+    let mut recorded = std::collections::BTreeMap::new();
+    for event in env.events(&upgrade) {
+        if let Event::StepResultRecorded { step, attempt, .. } = event {
+            *recorded.entry((step, attempt)).or_insert(0u32) += 1;
+        }
+    }
+    assert!(!recorded.is_empty());
+    let twice: Vec<_> = recorded.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "results recorded twice: {twice:?}");
+}
+
 /// A NATS error on the mirror read of an unfinished upgrade at start (here
 /// `BATON_EVENTS` allows one consumer, and another holds it, so creating the
 /// read's consumer is refused) is tried again, each retry logged with its
@@ -364,7 +392,7 @@ async fn sigterm_during_recovery_stops_the_service_promptly_and_a_restart_resume
 /// orderly path: `upgrade::tests`, and `run`'s one stop.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transient_nats_error_on_a_mirror_read_at_start_is_retried() {
-    let (mut env, upgrade) = killed_mid_upgrade().await;
+    let (mut env, upgrade) = Env::killed_mid_upgrade(false).await;
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     recreate_events(&js, 0, |config| config.max_consumers = 1).await;
     let events = js

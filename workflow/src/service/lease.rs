@@ -162,6 +162,19 @@ impl Holder {
         self.host == other.host && self.db == other.db
     }
 
+    /// Whether `other` is this holder's own record: the same service key, host, pid, log and epoch (a new epoch at
+    /// every start of a log), stamped no earlier than `since` (when this start made its record, before its first
+    /// try). Found in the key, it is a create of this very start whose reply was lost (tried again), not a dead
+    /// service's: a service that died before it recorded its start, restarted with the same pid (pid 1 of a
+    /// container) and so the same epoch, stamped its record before this start made its own.
+    fn is_own(&self, other: &Holder, since: u64) -> bool {
+        self.same_log(other)
+            && self.pid == other.pid
+            && self.epoch == other.epoch
+            && self.service_key == other.service_key
+            && other.acquired_ms >= since
+    }
+
     fn encode(&self) -> Bytes {
         Bytes::from(serde_json::to_vec(self).expect("a Holder always serialises"))
     }
@@ -264,6 +277,8 @@ enum Take {
         value: Bytes,
         sent: Instant,
         previous: Option<Holder>,
+        /// The key held this start's own record: a create whose reply was lost ([`Holder::is_own`]).
+        reply_lost: bool,
     },
     Held(Holder),
     Unreadable {
@@ -334,8 +349,9 @@ impl Lease {
                     value,
                     sent,
                     previous,
+                    reply_lost,
                 }) => {
-                    log_taken(&me, revision, ttl, previous.as_ref());
+                    log_taken(&me, revision, ttl, previous.as_ref(), reply_lost);
                     return Ok(Some(Lease {
                         kv,
                         holder: me,
@@ -558,6 +574,8 @@ impl Lease {
 /// Create the key if absent, or take it over from a dead holder of the same
 /// log; otherwise say who holds it.
 async fn try_take(kv: &kv::Store, me: &mut Holder) -> Result<Take, LeaseError> {
+    // This start's record was stamped no later than this (`Holder::this_process`, or the previous try).
+    let since = me.acquired_ms;
     me.acquired_ms = now_ms();
     let value = me.encode();
     let sent = Instant::now();
@@ -568,6 +586,7 @@ async fn try_take(kv: &kv::Store, me: &mut Holder) -> Result<Take, LeaseError> {
                 value,
                 sent,
                 previous: None,
+                reply_lost: false,
             })
         }
         Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
@@ -593,21 +612,31 @@ async fn try_take(kv: &kv::Store, me: &mut Holder) -> Result<Take, LeaseError> {
         return Ok(Take::Held(holder));
     }
     // Same host, same log, and we hold the log's exclusive lock: the holder
-    // is dead (module docs). Take the key over without waiting for its ttl.
+    // is dead (module docs), or it is this very start, whose create went
+    // through but whose reply was lost. Take the key over without waiting for
+    // its ttl (written again: the record as this try stamped it).
+    let reply_lost = me.is_own(&holder, since);
     let sent = Instant::now();
     match kv.update(LEASE_KEY, value.clone(), entry.revision).await {
         Ok(revision) => Ok(Take::Taken {
             revision,
             value,
             sent,
-            previous: Some(holder),
+            previous: (!reply_lost).then_some(holder),
+            reply_lost,
         }),
         Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(Take::Raced),
         Err(err) => Err(nats("take over the lease key", err)),
     }
 }
 
-fn log_taken(me: &Holder, revision: u64, ttl: Duration, previous: Option<&Holder>) {
+fn log_taken(
+    me: &Holder,
+    revision: u64,
+    ttl: Duration,
+    previous: Option<&Holder>,
+    reply_lost: bool,
+) {
     match previous {
         Some(old) => tracing::warn!(
             revision,
@@ -617,6 +646,12 @@ fn log_taken(me: &Holder, revision: u64, ttl: Duration, previous: Option<&Holder
             old_since = %utc(old.acquired_ms),
             db = %me.db,
             "took over the service lease of a dead service of this log on this host"
+        ),
+        None if reply_lost => tracing::info!(
+            revision,
+            epoch = me.epoch,
+            ttl_ms = ttl.as_millis() as u64,
+            "acquired the service lease (the reply to this service's create was lost; the key held its own record)"
         ),
         None => tracing::info!(
             revision,
@@ -835,6 +870,30 @@ mod tests {
         let mut other = h.clone();
         other.db = "/var/lib/baton/other".into();
         assert!(!h.same_log(&other));
+    }
+
+    #[test]
+    fn only_this_start_s_own_record_but_its_time_stamp_is_its_own() {
+        let me = holder();
+        let since = me.acquired_ms;
+        let mut lost_reply = me.clone();
+        lost_reply.acquired_ms += 1500;
+        assert!(me.is_own(&lost_reply, since));
+        assert!(me.is_own(&me, since));
+        let changes: [fn(&mut Holder); 6] = [
+            // Stamped before this start made its record: a dead service's of the same pid and epoch.
+            |h| h.acquired_ms -= 1,
+            |h| h.pid += 1,
+            |h| h.epoch += 1,
+            |h| h.service_key = "UDEF".into(),
+            |h| h.host = "h2".into(),
+            |h| h.db = "/var/lib/baton/other".into(),
+        ];
+        for change in changes {
+            let mut other = me.clone();
+            change(&mut other);
+            assert!(!me.is_own(&other, since), "{other}");
+        }
     }
 
     #[test]

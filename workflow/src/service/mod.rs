@@ -82,9 +82,12 @@ pub struct Config {
     /// the start fails: [`RECOVERY_PATIENCE`] by default. Once recovered, a loop's publishes are tried until
     /// shutdown.
     pub recovery_patience: Duration,
+    /// A hidden setting, for tests: how many commands may queue for one upgrade's loop ([`LOOP_QUEUE`] by
+    /// default; at least 1). A small queue makes the results pump hand results back (`pump_results`).
+    pub loop_queue: usize,
 }
 
-pub use upgrade::RECOVER_AT_ONCE;
+pub use upgrade::{LOOP_QUEUE, RECOVER_AT_ONCE};
 
 /// [`Config::recovery_patience`]'s default: far past a NATS restart or a stream leader's election, short enough
 /// that a publish that cannot succeed (a `BATON_EVENTS` full with `discard: new`, a permission missing) fails the
@@ -131,9 +134,26 @@ pub enum ServiceError {
         #[source]
         source: Box<ServiceError>,
     },
+    /// A try of a retried call (`upgrade::retry`) had not ended when the time allowed for all tries was spent; it
+    /// was abandoned.
+    #[error("{what}: try {attempt} had not ended when the {total_ms} ms allowed for all tries were spent; it was abandoned")]
+    OutOfTime {
+        what: &'static str,
+        attempt: u32,
+        total_ms: u64,
+    },
     /// The NATS server refused a JetStream call at start for want of a permission (`JetStreamRefused`).
     #[error("the NATS server refused the service a JetStream call ({refusal}): give the service's NATS user the service's permissions (`baton keys nats-config` writes them; README, \"nats-server\")")]
     JetStreamRefused {
+        refusal: String,
+        #[source]
+        source: Box<ServiceError>,
+    },
+    /// The NATS server refused the service a publish at start for want of a permission, not to the JetStream API
+    /// (the lease key, an event mirrored again, a step published again, a checkpoint; `JetStreamRefused`).
+    #[error("the NATS server refused the service a publish to {subject} ({refusal}): allow the service's NATS user to publish to {subject} (`baton keys nats-config` writes the service's permissions; README, \"nats-server\")")]
+    PublishRefused {
+        subject: String,
         refusal: String,
         #[source]
         source: Box<ServiceError>,
@@ -197,6 +217,10 @@ pub(crate) struct Shared {
     pub recover_at_once: usize,
     /// `Config::recovery_patience`.
     pub recovery_patience: Duration,
+    /// `Config::loop_queue`.
+    pub loop_queue: usize,
+    /// The first publish the NATS server refused the service (recovery's publishes give up at once on one).
+    pub refused: JetStreamRefused,
 }
 
 /// Runs the workflow service until `shutdown` is cancelled or a fatal error.
@@ -258,20 +282,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     // A server or account without JetStream is refused at once (`JETSTREAM_LASTING`); a cluster whose JetStream is
     // still forming is waited for (`JETSTREAM_FORMING`).
     let may_pass = |err: &protocol::ProtocolError| setup_may_pass(err, &js) && !refused.seen();
-    let checked = while_jetstream_forms(&shutdown, "check the server", may_pass, || {
-        protocol::setup::check_server(&js)
-    })
+    let checked = while_jetstream_forms(
+        &shutdown,
+        JETSTREAM_FORMING,
+        "check the server",
+        may_pass,
+        || protocol::setup::check_server(&js),
+    )
     .await
-    .map_err(|err| refused.or(err.into()))?;
+    .map_err(|err| refused.or(err))?;
     if checked.is_none() {
         return Ok(());
     }
     let lease_passes = |err: &lease::LeaseError| lease_may_pass(err) && !refused.seen();
-    let acquired = while_jetstream_forms(&shutdown, "take the service lease", lease_passes, || {
-        lease::Lease::acquire(&js, me.clone(), lease_options.clone(), &shutdown)
-    })
+    // A standby's wait for the holder to go is one try of any length: not cut short at the 2 minutes.
+    let lease_forming = upgrade::Retry {
+        bound_tries: !lease_options.standby,
+        ..JETSTREAM_FORMING
+    };
+    let acquired = while_jetstream_forms(
+        &shutdown,
+        lease_forming,
+        "take the service lease",
+        lease_passes,
+        || lease::Lease::acquire(&js, me.clone(), lease_options.clone(), &shutdown),
+    )
     .await
-    .map_err(|err| refused.or(err.into()))?;
+    .map_err(|err| refused.or(err))?;
     let Some(lease) = acquired.flatten() else {
         return Ok(());
     };
@@ -302,6 +339,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let set_up = std::time::Instant::now();
     let ensured = while_jetstream_forms(
         &shutdown,
+        JETSTREAM_FORMING,
         "create or check the streams and buckets",
         may_pass,
         || protocol::ensure(&js, &config.protocol),
@@ -312,7 +350,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         // Shut down (a signal, or the lease lost) while waiting: the orderly stop releases the lease.
         Ok(None) => return stopped_before_serving(&metrics, release, lease_task).await,
         Err(err) => {
-            let err = refused.or(err.into());
+            let err = refused.or(err);
             return Err(released(&metrics, release, lease_task, err).await);
         }
     };
@@ -344,6 +382,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         metrics: metrics.clone(),
         recover_at_once: config.recover_at_once,
         recovery_patience: config.recovery_patience,
+        loop_queue: config.loop_queue.max(1),
+        refused: refused.clone(),
     });
     // Refuse to act on a log that BATON_CHECKPOINTS contradicts.
     let reconciling = std::time::Instant::now();
@@ -563,6 +603,7 @@ const JETSTREAM_FORMING: upgrade::Retry = upgrade::Retry {
     first: Duration::from_millis(200),
     max: Duration::from_secs(5),
     total: Duration::from_secs(120),
+    bound_tries: true,
 };
 
 /// JetStream's answers that waiting does not change (nats-server's error codes): JetStream not enabled for the
@@ -601,17 +642,18 @@ fn setup_may_pass(err: &protocol::ProtocolError, js: &jetstream::Context) -> boo
     may_pass && !jetstream_lasting(err)
 }
 
-/// [`upgrade::retry`] under [`JETSTREAM_FORMING`] for a JetStream call at start: each retry logged with what
-/// failed and why; the last error once it does not pass (`may_pass`) or the time is spent. `Ok(None)` once
-/// `shutdown` is cancelled.
+/// [`upgrade::retry`] under `policy` ([`JETSTREAM_FORMING`]) for a JetStream call at start: each retry logged with
+/// what failed and why; the last error once it does not pass (`may_pass`) or the time is spent
+/// ([`ServiceError::OutOfTime`] if the last try was still running then). `Ok(None)` once `shutdown` is cancelled.
 async fn while_jetstream_forms<T, E, F, Fut>(
     shutdown: &CancellationToken,
+    policy: upgrade::Retry,
     what: &'static str,
     may_pass: impl Fn(&E) -> bool,
     attempt: F,
-) -> Result<Option<T>, E>
+) -> Result<Option<T>, ServiceError>
 where
-    E: std::error::Error + 'static,
+    E: std::error::Error + Into<ServiceError> + 'static,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
@@ -624,7 +666,7 @@ where
             "JetStream is not usable yet (a NATS cluster still forming?); trying again"
         )
     };
-    upgrade::retry(shutdown, JETSTREAM_FORMING, may_pass, log, attempt)
+    upgrade::retry(shutdown, policy, may_pass, log, attempt)
         .await
         .map_err(|gave_up| {
             if gave_up.attempts > 1 {
@@ -635,21 +677,26 @@ where
                     "JetStream did not become usable; giving up"
                 );
             }
-            gave_up.error
+            gave_up.last_error(what, policy)
         })
 }
 
-/// The first JetStream API call the NATS server refused the service for want of a permission (its `-ERR
-/// 'Permissions Violation for Publish to "$JS.API...."'`, seen by the connection's event callback). Such a call
-/// only times out on the caller's side, which the wait for a forming cluster would take for a passing failure
-/// (`while_jetstream_forms`); once a refusal is seen, the start fails at once, naming it.
+/// The first publish the NATS server refused the service for want of a permission (its `-ERR 'Permissions
+/// Violation for Publish to "SUBJECT"'`, seen by the connection's event callback): a JetStream API call
+/// (`$JS.API....`), or a publish to a stream or bucket (the lease key, an event, a step, a checkpoint). Such a
+/// publish only times out on the caller's side, which the wait for a forming cluster (`while_jetstream_forms`) and
+/// recovery's patient publishes (`publish_patiently`) would take for a passing failure; once a refusal is seen, the
+/// start fails at once, naming it.
 #[derive(Clone, Default)]
-struct JetStreamRefused(Arc<std::sync::Mutex<Option<String>>>);
+pub(crate) struct JetStreamRefused(Arc<std::sync::Mutex<Option<String>>>);
+
+/// The start of the server's refusal of a publish; the subject follows, quoted.
+const PUBLISH_REFUSED: &str = "Permissions Violation for Publish to ";
 
 impl JetStreamRefused {
-    /// Keeps `error` if it is the first refusal of a JetStream call; whether it is one.
+    /// Keeps `error` if it is the first refusal of a publish; whether it is one.
     fn note(&self, error: &str) -> bool {
-        let refusal = error.contains("Permissions Violation") && error.contains("$JS.API");
+        let refusal = error.contains(PUBLISH_REFUSED);
         if refusal {
             let mut first = self
                 .0
@@ -667,22 +714,41 @@ impl JetStreamRefused {
             .is_some()
     }
 
-    /// `err`, or, once a refusal was seen, [`ServiceError::JetStreamRefused`] naming it (the call's own error, a
-    /// timeout, says nothing of the cause).
+    /// `err`, or, once a refusal was seen, [`ServiceError::JetStreamRefused`] (a JetStream API call) or
+    /// [`ServiceError::PublishRefused`] (another subject) naming it (the call's own error, a timeout, says nothing
+    /// of the cause).
     fn or(&self, err: ServiceError) -> ServiceError {
         let first = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        match first {
-            Some(refusal) => ServiceError::JetStreamRefused {
+        let Some(refusal) = first else {
+            return err;
+        };
+        let subject = refused_subject(&refusal);
+        if subject.starts_with("$JS.API") {
+            ServiceError::JetStreamRefused {
                 refusal,
                 source: Box::new(err),
-            },
-            None => err,
+            }
+        } else {
+            ServiceError::PublishRefused {
+                subject,
+                refusal,
+                source: Box::new(err),
+            }
         }
     }
+}
+
+/// The subject of a refused publish (the server's refusal quotes it), or the refusal itself if it does not.
+fn refused_subject(refusal: &str) -> String {
+    refusal
+        .split_once(PUBLISH_REFUSED)
+        .and_then(|(_, quoted)| quoted.strip_prefix('"'))
+        .and_then(|rest| rest.split_once('"'))
+        .map_or_else(|| refusal.to_string(), |(subject, _)| subject.to_string())
 }
 
 /// Connects to NATS, retrying until it answers (the service may start before
@@ -709,7 +775,7 @@ async fn connect(
                     async_nats::Event::ServerError(async_nats::ServerError::Other(error))
                         if refused.note(&error) =>
                     {
-                        tracing::error!(%error, "the NATS server refused a JetStream call: the service's NATS user lacks a permission")
+                        tracing::error!(%error, "the NATS server refused a publish: the service's NATS user lacks a permission")
                     }
                     async_nats::Event::Connected => {
                         metrics.set_nats_connected(true);
@@ -783,14 +849,16 @@ pub(crate) async fn publish_patiently(
             Err(err) => err,
         };
         let elapsed = started.elapsed();
-        if patience.is_some_and(|patience| elapsed + backoff > patience) {
-            return Err(ServiceError::PublishGaveUp {
+        // At start, a publish the server refused the service's user does not pass by waiting: fail at once.
+        let refused = patience.is_some() && shared.refused.seen();
+        if refused || patience.is_some_and(|patience| elapsed + backoff > patience) {
+            return Err(shared.refused.or(ServiceError::PublishGaveUp {
                 upgrade: upgrade.to_string(),
                 what: what.to_string(),
                 attempts,
                 elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
                 source: err.into(),
-            });
+            }));
         }
         tracing::warn!(%upgrade, what, attempt = attempts, error = %err, "publish failed; retrying");
         tokio::select! {
@@ -1006,4 +1074,54 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{handback_delay, JetStreamRefused, ServiceError, BUSY_RETRY, RECOVERING_RETRY};
+
+    #[test]
+    fn a_handed_back_result_waits_twice_as_long_each_delivery_up_to_16_times_the_base() {
+        for base in [BUSY_RETRY, RECOVERING_RETRY, Duration::from_millis(1)] {
+            let delays: Vec<Duration> = (1..=8).map(|d| handback_delay(base, d)).collect();
+            let times = [1, 2, 4, 8, 16, 16, 16, 16].map(|t: u32| base * t);
+            assert_eq!(delays, times, "{base:?}");
+            // A delivery count the server did not give (or a nonsense one) waits the base; a huge one, the cap.
+            assert_eq!(handback_delay(base, 0), base);
+            assert_eq!(handback_delay(base, -3), base);
+            assert_eq!(handback_delay(base, i64::MAX), base * 16);
+        }
+    }
+
+    #[test]
+    fn a_refused_publish_is_named_with_its_subject_and_a_refused_jetstream_call_as_one() {
+        let timeout = || ServiceError::Nats("timed out".into());
+        let refused = JetStreamRefused::default();
+        assert!(!refused.note("Slow Consumer Detected"));
+        assert!(!refused.seen());
+        assert!(matches!(refused.or(timeout()), ServiceError::Nats(_)));
+        assert!(refused.note(r#"Permissions Violation for Publish to "$KV.baton_lease.service""#));
+        // The first refusal is the one named.
+        assert!(refused.note(r#"Permissions Violation for Publish to "baton.steps.g1""#));
+        let err = refused.or(timeout());
+        let ServiceError::PublishRefused { subject, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(subject, "$KV.baton_lease.service");
+        let text = err.to_string();
+        assert!(
+            text.contains("allow the service's NATS user to publish to $KV.baton_lease.service"),
+            "{text}"
+        );
+
+        let refused = JetStreamRefused::default();
+        assert!(refused.note(r#"Permissions Violation for Publish to "$JS.API.INFO""#));
+        let err = refused.or(timeout());
+        assert!(
+            matches!(&err, ServiceError::JetStreamRefused { refusal, .. } if refusal.contains("$JS.API.INFO")),
+            "{err:?}"
+        );
+    }
 }

@@ -24,8 +24,9 @@ use super::registry::{Handle, NodeIdentity};
 use super::{now_ms, ServiceError, Shared, SERVICE_STREAM};
 use crate::core::{self, Event, Input, Rejection, ScheduledStep, State};
 
-/// How many commands may queue for one upgrade before senders wait.
-const QUEUE: usize = 64;
+/// How many commands may queue for one upgrade before senders wait (the results pump does not wait: it hands a
+/// result back): `Config::loop_queue`'s default.
+pub const LOOP_QUEUE: usize = 64;
 
 /// How many queued commands a loop takes in a row, while its wake-up is due,
 /// before it handles the timer first once ([`Loop::serve`]).
@@ -98,7 +99,7 @@ pub(crate) async fn start_new(
     upgrade: &str,
     cluster: &str,
 ) -> Result<Handle, String> {
-    let (tx, rx) = mpsc::channel(QUEUE);
+    let (tx, rx) = mpsc::channel(shared.loop_queue);
     let handle = Handle {
         tx,
         cluster: cluster.to_string(),
@@ -403,7 +404,7 @@ fn prepare(
         }));
     }
     let cluster = state.cluster_name().unwrap_or_default().to_string();
-    let (tx, rx) = mpsc::channel(QUEUE);
+    let (tx, rx) = mpsc::channel(shared.loop_queue);
     let handle = Handle {
         tx,
         cluster: cluster.clone(),
@@ -570,12 +571,18 @@ async fn resume(shared: &Arc<Shared>, recovery: Recovery) -> Result<(), ServiceE
 }
 
 /// How a failing call is tried again: first after `first`, each wait twice
-/// the last up to `max`, and no new try that would start after `total`.
+/// the last up to `max`, no new try that would start after `total`, and, with
+/// `bound_tries`, a try still running at `total` abandoned: `total` bounds the
+/// whole time spent.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Retry {
     pub first: Duration,
     pub max: Duration,
     pub total: Duration,
+    /// Whether each try is bounded by the time left of `total`; without it a
+    /// try may take as long as it takes (a standby's wait for the lease is one
+    /// try of any length).
+    pub bound_tries: bool,
 }
 
 /// The mirror read at start: a NATS server restarting or a stream leader
@@ -585,20 +592,39 @@ pub(crate) const MIRROR_READ_RETRY: Retry = Retry {
     first: Duration::from_millis(100),
     max: Duration::from_secs(2),
     total: Duration::from_secs(30),
+    bound_tries: true,
 };
 
-/// What [`retry`] gave up on: the last error, after `attempts` tries in `elapsed_ms`.
+/// What [`retry`] gave up on, after `attempts` tries in `elapsed_ms`.
 pub(crate) struct GaveUp<E> {
-    pub error: E,
+    /// The last try's error; `None` if the last try had not ended when
+    /// `Retry::total` was spent (it was abandoned).
+    pub error: Option<E>,
     pub attempts: u32,
     pub elapsed_ms: u64,
 }
 
+impl<E: Into<ServiceError>> GaveUp<E> {
+    /// The last error as a [`ServiceError`]: the last try's own, or
+    /// [`ServiceError::OutOfTime`] naming `what` if it was abandoned.
+    pub(crate) fn last_error(self, what: &'static str, policy: Retry) -> ServiceError {
+        match self.error {
+            Some(error) => error.into(),
+            None => ServiceError::OutOfTime {
+                what,
+                attempt: self.attempts,
+                total_ms: u64::try_from(policy.total.as_millis()).unwrap_or(u64::MAX),
+            },
+        }
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails with an error `may_pass` does not
-/// let pass, or the next try would start after `retry.total` ([`GaveUp`]);
-/// each retry is first told to `on_retry` (the error, the attempt, the wait)
-/// to log. `Ok(None)` once `stop` is cancelled (before a try, during one, or
-/// during a wait).
+/// let pass, the next try would start after `retry.total`, or a try is still
+/// running at `retry.total` ([`GaveUp`]; with `retry.bound_tries` each try is
+/// bounded by the time left, so `retry.total` is the most time spent). Each retry is first told to
+/// `on_retry` (the error, the attempt, the wait) to log. `Ok(None)` once
+/// `stop` is cancelled (before a try, during one, or during a wait).
 pub(crate) async fn retry<T, E, F, Fut>(
     stop: &tokio_util::sync::CancellationToken,
     retry: Retry,
@@ -615,19 +641,32 @@ where
     let mut attempts = 0u32;
     loop {
         attempts += 1;
+        let elapsed_ms = |elapsed: Duration| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        let time_left = if retry.bound_tries {
+            retry.total.saturating_sub(started.elapsed())
+        } else {
+            Duration::MAX
+        };
         let error = tokio::select! {
             _ = stop.cancelled() => return Ok(None),
-            tried = attempt() => match tried {
-                Ok(value) => return Ok(Some(value)),
-                Err(error) => error,
+            tried = tokio::time::timeout(time_left, attempt()) => match tried {
+                Ok(Ok(value)) => return Ok(Some(value)),
+                Ok(Err(error)) => error,
+                Err(_) => {
+                    return Err(GaveUp {
+                        error: None,
+                        attempts,
+                        elapsed_ms: elapsed_ms(started.elapsed()),
+                    })
+                }
             },
         };
         let elapsed = started.elapsed();
         if !may_pass(&error) || elapsed + wait > retry.total {
             return Err(GaveUp {
-                error,
+                error: Some(error),
                 attempts,
-                elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                elapsed_ms: elapsed_ms(elapsed),
             });
         }
         on_retry(&error, attempts, wait);
@@ -671,7 +710,7 @@ where
             what,
             attempts: gave_up.attempts,
             elapsed_ms: gave_up.elapsed_ms,
-            source: Box::new(gave_up.error),
+            source: Box::new(gave_up.last_error(what, policy)),
         })
 }
 
@@ -1263,27 +1302,32 @@ mod tests {
         first: Duration::from_millis(1),
         max: Duration::from_millis(4),
         total: Duration::from_millis(200),
+        bound_tries: true,
     };
 
     fn refused() -> ServiceError {
         ServiceError::Nats("reading BATON_EVENTS: maximum consumers limit reached".into())
     }
 
+    /// [`retrying`] under [`QUICK`], never cancelled, as upgrade u1's mirror read.
+    async fn quickly<T, F, Fut>(attempt: F) -> Result<Option<T>, ServiceError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ServiceError>>,
+    {
+        let stop = CancellationToken::new();
+        retrying(&stop, QUICK, "u1", "reading its mirror", attempt).await
+    }
+
     #[tokio::test]
     async fn a_transient_error_is_tried_again_until_it_passes() {
         let tries = AtomicU32::new(0);
-        let got = retrying(
-            &CancellationToken::new(),
-            QUICK,
-            "u1",
-            "reading its mirror",
-            || async {
-                match tries.fetch_add(1, Ordering::SeqCst) {
-                    0 | 1 => Err(refused()),
-                    _ => Ok(7),
-                }
-            },
-        )
+        let got = quickly(|| async {
+            match tries.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err(refused()),
+                _ => Ok(7),
+            }
+        })
         .await
         .unwrap();
         assert_eq!(got, Some(7));
@@ -1294,16 +1338,10 @@ mod tests {
     async fn an_error_that_lasts_fails_naming_the_upgrade_and_its_cause_within_the_total() {
         let started = std::time::Instant::now();
         let tries = AtomicU32::new(0);
-        let err = retrying(
-            &CancellationToken::new(),
-            QUICK,
-            "u1",
-            "reading its mirror",
-            || async {
-                tries.fetch_add(1, Ordering::SeqCst);
-                Err::<(), _>(refused())
-            },
-        )
+        let err = quickly(|| async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(refused())
+        })
         .await
         .unwrap_err();
         assert!(
@@ -1326,6 +1364,69 @@ mod tests {
             chain.ends_with("maximum consumers limit reached"),
             "{chain}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_try_that_never_ends_is_abandoned_when_the_total_is_spent_and_the_error_says_so() {
+        let started = std::time::Instant::now();
+        let tries = AtomicU32::new(0);
+        let retried = quickly(|| async {
+            if tries.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(refused());
+            }
+            std::future::pending::<Result<(), ServiceError>>().await
+        });
+        let err = tokio::time::timeout(Duration::from_secs(10), retried)
+            .await
+            .expect("a try that never ends does not stretch the total (200 ms) past 10 s")
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(took >= QUICK.total, "{took:?}");
+        // The total, plus scheduling on a loaded machine.
+        assert!(took < QUICK.total + Duration::from_secs(3), "{took:?}");
+        assert_eq!(tries.load(Ordering::SeqCst), 2);
+        let ServiceError::Recovery {
+            attempts, source, ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(*attempts, 2);
+        assert!(
+            matches!(
+                **source,
+                ServiceError::OutOfTime {
+                    what: "reading its mirror",
+                    attempt: 2,
+                    total_ms: 200
+                }
+            ),
+            "{source:?}"
+        );
+        let chain = crate::service::anyhow_chain(&err);
+        assert!(
+            chain.ends_with(
+                "reading its mirror: try 2 had not ended when the 200 ms allowed for all tries were spent; it was abandoned"
+            ),
+            "{chain}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_bound_tries_a_try_longer_than_the_total_is_waited_for() {
+        let unbounded = Retry {
+            bound_tries: false,
+            ..QUICK
+        };
+        let stop = CancellationToken::new();
+        let got = retrying(&stop, unbounded, "u1", "waiting as a standby", || async {
+            // The simulated try itself (a standby's wait for the lease), not a wait of the test's.
+            tokio::time::sleep(QUICK.total * 2).await;
+            Ok::<_, ServiceError>(7)
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, Some(7));
     }
 
     #[tokio::test]
