@@ -4022,6 +4022,120 @@ mod stale_views {
         assert!(!pg.paused);
     }
 
+    /// H-REVIEW12 finding 1: F1 at a gate. `State::leader_vouched`'s doc and the commit say "waiting for an operator
+    /// (paused, at a gate, or for a verification)", but the code tests only `paused` and `verification`: at a gate,
+    /// a cut-off member's old picture still vouches for a dead leader. The upgrade waits at `after-first-follower`;
+    /// pg3 is cut off from the DCS and serves its picture (pg1 leading); three moves later pg1's host dies, and the
+    /// first look at pg2 after that fails once (an API blip: pg2 is then `unreachable`, and `observer` never asks it
+    /// again). The watch then alternates pg1 (refused) and pg3 (its old picture names pg1): at a gate the clock
+    /// never starts, and the fence stays up beside no primary for as long as nobody approves the gate. The same
+    /// history under an operator's pause (`review12_..._same_history_under_a_pause`) takes the emergency exit.
+    fn dead_leader_behind_a_stale_picture(pause: bool) -> (Run, Patroni, u64) {
+        let mut run = Run::new();
+        let gates = if pause {
+            ""
+        } else {
+            "gates = [\"after-first-follower\"]"
+        };
+        let cluster = patroni_cluster_of(&PG, &patroni_profile_text(), gates);
+        run.input(patroni_submit(cluster)).unwrap();
+        let mut pg = Patroni::new(0);
+        let mut killed_at: Option<u64> = None;
+        let mut cut_moves: Option<usize> = None;
+        let mut blipped = false;
+        for _ in 0..4_000 {
+            if run.state.is_terminal() {
+                break;
+            }
+            // The point where the gate waits: pg2 upgraded and synced, pg3 not yet started.
+            let pg2_done = run
+                .state
+                .nodes()
+                .get("pg2")
+                .is_some_and(|n| n.phase == workflow::core::NodePhase::Upgraded);
+            let waiting = matches!(status(&run.state), Status::WaitingApproval { .. });
+            if cut_moves.is_none() && (waiting || (pause && pg2_done)) {
+                if pause {
+                    run.input(Input::Pause {
+                        by: "op".into(),
+                        reason: "look".into(),
+                        now_ms: run.now + 1,
+                    })
+                    .unwrap();
+                }
+                pg.cut_off = Some(2);
+                cut_moves = Some(0);
+            }
+            if cut_moves == Some(3) && killed_at.is_none() {
+                pg.up[0] = false;
+                pg.leader = None;
+                pg.elect();
+                killed_at = Some(run.now);
+            }
+            if let Some(m) = cut_moves.as_mut() {
+                *m += 1;
+            }
+            // Nobody approves the gate (or resumes) for two minutes of the model's clock.
+            if killed_at.is_some_and(|at| run.now > at + 120_000) {
+                break;
+            }
+            if let Some(step) = run.state.outstanding_steps().first().cloned() {
+                let blip = killed_at.is_some()
+                    && !blipped
+                    && step.action == Action::ProbeClusterStatus
+                    && step.node == "pg2";
+                let r = if blip {
+                    blipped = true;
+                    (
+                        Outcome::Failed,
+                        Some(7),
+                        String::new(),
+                        "curl: (7) Failed to connect to 127.0.0.1 port 8009 after 0 ms".to_string(),
+                    )
+                } else {
+                    pg.run(&step)
+                };
+                run.finish(&step, r);
+                continue;
+            }
+            if run.state.next_wakeup_ms().is_some() {
+                run.tick();
+                continue;
+            }
+            break;
+        }
+        let killed_at = killed_at.expect("the upgrade reached its wait");
+        assert!(blipped, "pg2 was never asked after pg1 died");
+        (run, pg, killed_at)
+    }
+
+    #[test]
+    fn review12_a_dead_leader_named_by_a_cut_off_members_old_picture_does_not_fool_the_watch_at_a_gate(
+    ) {
+        let (run, pg, killed_at) = dead_leader_behind_a_stale_picture(false);
+        assert!(
+            !pg.paused,
+            "the fence still up beside no primary {} ms after pg1 died at the gate; status {:?}; last steps {:?}",
+            run.now - killed_at,
+            status(&run.state),
+            run.history
+                .iter()
+                .filter_map(Event::scheduled_step)
+                .rev()
+                .take(6)
+                .map(|s| (s.action, s.node))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    /// The control for the test above: the same history under an operator's pause is caught (the fix works there).
+    #[test]
+    fn review12_a_dead_leader_named_by_a_cut_off_members_old_picture_same_history_under_a_pause() {
+        let (run, pg, _) = dead_leader_behind_a_stale_picture(true);
+        assert!(!pg.paused && !pg.split_brain, "{:?}", status(&run.state));
+        assert_emergency_gave_failover_back(&run, &pg);
+    }
+
     fn assert_emergency_gave_failover_back(run: &Run, pg: &Patroni) {
         assert!(
             !pg.paused && !pg.split_brain,
