@@ -2134,24 +2134,27 @@ fn emergency_for(state: &State, status: &Topology, now: u64) -> Option<Event> {
         .map(|w| format!("{}; then ", w.reason))
         .unwrap_or_default();
     // A leader that only another member's picture still names (`State::leader_vouched`).
-    let shown = match status.sole_leader() {
+    let reason = match status.sole_leader() {
         Some(leader) => format!(
-            "the cluster has had no leader Baton could reach for {} ms (only another member's view names {leader}, \
-             which gave no answer, or refused, since; expected {old})",
+            "{before}emergency exit: for {} ms, longer than the election window of {window} ms, while this upgrade \
+             waited for an operator with failover blocked, the only leader the cluster showed was {leader}, named by \
+             another member's view (possibly an old picture: a member cut off from the others keeps serving the one \
+             it had), and {leader} itself gave no answer or refused each time it was asked (its host may be down, or \
+             only Baton's executor there: check {leader}); failover is re-enabled at once so that the cluster can \
+             elect a leader if it has none",
             now.saturating_sub(since)
         ),
         None => format!(
-            "the cluster has had no single leader for {} ms (leaders now: [{}]; expected {old})",
+            "{before}emergency exit: the cluster has had no single leader for {} ms (leaders now: [{}]; expected \
+             {old}) while this upgrade had failover blocked, longer than the election window of {window} ms; \
+             failover is re-enabled at once so that the cluster can elect a leader",
             now.saturating_sub(since),
             leaders.join(", ")
         ),
     };
     Some(Event::WindDownStarted {
         cause: WindDownCause::Emergency,
-        reason: format!(
-            "{before}emergency exit: {shown} while this upgrade had failover blocked, longer than the election \
-             window of {window} ms; failover is re-enabled at once so that the cluster can elect a leader"
-        ),
+        reason,
         at_ms: now,
     })
 }

@@ -658,7 +658,8 @@ impl State {
     /// leader that stays unanswered ends it within the guard's and the wind-down's `sync_timeout_ms`; a lost answer
     /// there must not start the clock.
     pub(crate) fn leader_vouched<'t>(&self, topology: &'t Topology) -> Option<&'t str> {
-        let waiting = self.paused.is_some() || self.verification.is_some();
+        let waiting =
+            self.paused.is_some() || self.awaiting_gate.is_some() || self.verification.is_some();
         topology
             .sole_leader()
             .filter(|leader| !(waiting && self.unreachable.contains(*leader)))
