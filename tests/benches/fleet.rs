@@ -18,7 +18,9 @@
 //! `BATON_FLEET_RECOVERY` (a share, 0..1: SIGKILL `baton server` once that
 //! share of the run's steps were published, start it again on the same log,
 //! and print the time from the restart to the first re-dispatched step and to
-//! every loop running again; default: no kill). Exits non-zero
+//! every loop running again; default: no kill), `BATON_FLEET_KEEP_LOGS` (a
+//! directory: each run's service, executor and nats-server logs are copied
+//! into a new `fleet-<unix ms>/` in it). Exits non-zero
 //! when a run fails, an upgrade does not complete or a verdict is not SAFE,
 //! and stops there (the runs after it would not say more).
 

@@ -980,6 +980,32 @@ impl Fleet {
         Ok((verdict, human))
     }
 
+    /// With `BATON_FLEET_KEEP_LOGS=<dir>`, copies the service's, the executors' and nats-server's logs into a
+    /// new `<dir>/fleet-<unix ms>/` (the fleet's own dir is removed when it drops), whatever the run's outcome:
+    /// a failed run's logs, or a passing run's to compare with. Said on stderr; a copy that fails is said too,
+    /// and does not hide the run's own error.
+    pub fn keep_logs(&self) {
+        let Some(root) = std::env::var_os("BATON_FLEET_KEEP_LOGS") else {
+            return;
+        };
+        let into = PathBuf::from(root).join(format!("fleet-{}", now_ms()));
+        let copied = std::fs::create_dir_all(&into).and_then(|()| {
+            for log in std::iter::once(self.server_log()).chain(self.executor_logs()) {
+                if let Some(name) = log.file_name() {
+                    std::fs::copy(&log, into.join(name))?;
+                }
+            }
+            std::fs::write(into.join("nats-server.log"), self.nats.log())
+        });
+        match copied {
+            Ok(()) => eprintln!("fleet: the run's logs are kept in {}", into.display()),
+            Err(err) => eprintln!(
+                "fleet: could not keep the run's logs in {}: {err}",
+                into.display()
+            ),
+        }
+    }
+
     /// Stops the executors and the service with SIGTERM (SIGKILL after 10 s);
     /// dropping the fleet afterwards removes its dirs.
     pub fn stop(&mut self) {
@@ -1025,6 +1051,7 @@ pub async fn run_with(
     }
     let outcome = fleet.run().await;
     fleet.stop();
+    fleet.keep_logs();
     outcome
 }
 
