@@ -131,6 +131,20 @@ fn run() -> anyhow::Result<bool> {
                     let line = row(&outcome, round);
                     print!("{line}");
                     append(&results, &line)?;
+                    let ms = |q: f64| {
+                        outcome
+                            .submit_quantile(q)
+                            .map_or("-".into(), |v| format!("{v} ms"))
+                    };
+                    let line = format!(
+                        "submits (N = {n}, run {round}): {} `baton submit --detach` processes started at once, each from its spawn to its exit: p50 {}, p90 {}, slowest {}\n",
+                        outcome.submit_ms.len(),
+                        ms(0.5),
+                        ms(0.9),
+                        ms(1.0),
+                    );
+                    print!("{line}");
+                    append(&results, &line)?;
                     if let Some(r) = &outcome.recovery {
                         let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
                         let line = format!(
