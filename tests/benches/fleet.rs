@@ -18,7 +18,9 @@
 //! `BATON_FLEET_RECOVERY` (a share, 0..1: SIGKILL `baton server` once that
 //! share of the run's steps were published, start it again on the same log,
 //! and print the time from the restart to the first re-dispatched step and to
-//! every loop running again; default: no kill). Exits non-zero
+//! every loop running again; default: no kill), `BATON_FLEET_KEEP_LOGS` (a
+//! directory: each run's service, executor and nats-server logs are copied
+//! into a new `fleet-<unix ms>/` in it). Exits non-zero
 //! when a run fails, an upgrade does not complete or a verdict is not SAFE,
 //! and stops there (the runs after it would not say more).
 
@@ -127,6 +129,20 @@ fn run() -> anyhow::Result<bool> {
                         }
                     };
                     let line = row(&outcome, round);
+                    print!("{line}");
+                    append(&results, &line)?;
+                    let ms = |q: f64| {
+                        outcome
+                            .submit_quantile(q)
+                            .map_or("-".into(), |v| format!("{v} ms"))
+                    };
+                    let line = format!(
+                        "submits (N = {n}, run {round}): {} `baton submit --detach` processes started at once, each from its spawn to its exit: p50 {}, p90 {}, slowest {}\n",
+                        outcome.submit_ms.len(),
+                        ms(0.5),
+                        ms(0.9),
+                        ms(1.0),
+                    );
                     print!("{line}");
                     append(&results, &line)?;
                     if let Some(r) = &outcome.recovery {

@@ -248,6 +248,9 @@ pub struct Outcome {
     pub overhead_ms: Vec<u64>,
     /// Steps without a run time in any executor's log (answered from the ledger).
     pub steps_untimed: usize,
+    /// Each cluster's `baton submit --detach` process, from its spawn to its exit, ms (the first try; all
+    /// were started at once): what a client waited, CLI start-up, TLS handshake and the service's answer.
+    pub submit_ms: Vec<u64>,
     /// Step attempts (`<upgrade>:<step>:<attempt>`) whose command the executors' logs show started more
     /// than once (`step started`): none may be, the executors being never killed here.
     pub runs_repeated: Vec<String>,
@@ -341,6 +344,14 @@ impl Outcome {
     /// The executors' resident memory per served node, kB.
     pub fn executor_rss_per_node_kb(&self) -> u64 {
         self.executors.rss_kb / self.nodes.max(1) as u64
+    }
+
+    /// The `q` quantile (0..=1) of the submits' times, ms (nearest rank).
+    pub fn submit_quantile(&self, q: f64) -> Option<u64> {
+        let mut sorted = self.submit_ms.clone();
+        sorted.sort_unstable();
+        let n = sorted.len();
+        (n > 0).then(|| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1])
     }
 
     pub fn overhead_mean(&self) -> Option<f64> {
@@ -756,11 +767,34 @@ impl Fleet {
                 .arg(&cluster.file)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped());
-            submits.push(cmd.spawn()?);
+            submits.push((cmd.spawn()?, std::time::Instant::now()));
         }
+        // One waiting thread per submit, so that each is timed when it exits, not when its turn to be read comes.
+        let waited: Vec<std::io::Result<(Output, u64)>> = std::thread::scope(|scope| {
+            let waiters: Vec<_> = submits
+                .into_iter()
+                .map(|(child, spawned)| {
+                    scope.spawn(move || {
+                        let out = child.wait_with_output()?;
+                        let took = u64::try_from(spawned.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        Ok((out, took))
+                    })
+                })
+                .collect();
+            waiters
+                .into_iter()
+                .map(|waiter| {
+                    waiter
+                        .join()
+                        .expect("a submit's waiting thread does not panic")
+                })
+                .collect()
+        });
         let mut upgrades = Vec::new();
-        for (submit, cluster) in submits.into_iter().zip(&self.clusters) {
-            let mut out = submit.wait_with_output()?;
+        let mut submit_ms = Vec::new();
+        for (submit, cluster) in waited.into_iter().zip(&self.clusters) {
+            let (mut out, took) = submit?;
+            submit_ms.push(took);
             // Hundreds of CLI processes shaking hands over TLS at once: nats-server drops some
             // (from N = 100 up under load). Such a submit never reached the service; it is run
             // again, at most twice, on its own.
@@ -934,6 +968,7 @@ impl Fleet {
             events,
             overhead_ms,
             steps_untimed,
+            submit_ms,
             runs_repeated,
             service,
             executors,
@@ -978,6 +1013,32 @@ impl Fleet {
             .then(|| report(false).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()))
             .transpose()?;
         Ok((verdict, human))
+    }
+
+    /// With `BATON_FLEET_KEEP_LOGS=<dir>`, copies the service's, the executors' and nats-server's logs into a
+    /// new `<dir>/fleet-<unix ms>/` (the fleet's own dir is removed when it drops), whatever the run's outcome:
+    /// a failed run's logs, or a passing run's to compare with. Said on stderr; a copy that fails is said too,
+    /// and does not hide the run's own error.
+    pub fn keep_logs(&self) {
+        let Some(root) = std::env::var_os("BATON_FLEET_KEEP_LOGS") else {
+            return;
+        };
+        let into = PathBuf::from(root).join(format!("fleet-{}", now_ms()));
+        let copied = std::fs::create_dir_all(&into).and_then(|()| {
+            for log in std::iter::once(self.server_log()).chain(self.executor_logs()) {
+                if let Some(name) = log.file_name() {
+                    std::fs::copy(&log, into.join(name))?;
+                }
+            }
+            std::fs::write(into.join("nats-server.log"), self.nats.log())
+        });
+        match copied {
+            Ok(()) => eprintln!("fleet: the run's logs are kept in {}", into.display()),
+            Err(err) => eprintln!(
+                "fleet: could not keep the run's logs in {}: {err}",
+                into.display()
+            ),
+        }
     }
 
     /// Stops the executors and the service with SIGTERM (SIGKILL after 10 s);
@@ -1025,6 +1086,7 @@ pub async fn run_with(
     }
     let outcome = fleet.run().await;
     fleet.stop();
+    fleet.keep_logs();
     outcome
 }
 
