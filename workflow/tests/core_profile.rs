@@ -3990,21 +3990,7 @@ mod stale_views {
                 paused_at = None;
             }
             if let Some(step) = run.state.outstanding_steps().first().cloned() {
-                let blip = paused_at.is_some()
-                    && !blipped
-                    && step.action == Action::ProbeClusterStatus
-                    && step.node == "pg1";
-                let r = if blip {
-                    blipped = true;
-                    (
-                        Outcome::Failed,
-                        Some(7),
-                        String::new(),
-                        "curl: (7) Failed to connect to 127.0.0.1 port 8008 after 0 ms".to_string(),
-                    )
-                } else {
-                    pg.run(&step)
-                };
+                let r = answer_blipping(&mut pg, &step, "pg1", paused_at.is_some(), &mut blipped);
                 run.finish(&step, r);
                 continue;
             }
@@ -4080,21 +4066,7 @@ mod stale_views {
                 break;
             }
             if let Some(step) = run.state.outstanding_steps().first().cloned() {
-                let blip = killed_at.is_some()
-                    && !blipped
-                    && step.action == Action::ProbeClusterStatus
-                    && step.node == "pg2";
-                let r = if blip {
-                    blipped = true;
-                    (
-                        Outcome::Failed,
-                        Some(7),
-                        String::new(),
-                        "curl: (7) Failed to connect to 127.0.0.1 port 8009 after 0 ms".to_string(),
-                    )
-                } else {
-                    pg.run(&step)
-                };
+                let r = answer_blipping(&mut pg, &step, "pg2", killed_at.is_some(), &mut blipped);
                 run.finish(&step, r);
                 continue;
             }
@@ -4134,6 +4106,27 @@ mod stale_views {
         let (run, pg, _) = dead_leader_behind_a_stale_picture(true);
         assert!(!pg.paused && !pg.split_brain, "{:?}", status(&run.state));
         assert_emergency_gave_failover_back(&run, &pg);
+    }
+
+    /// Answers `step` from the model, but refuses the first topology probe of `node` once `armed` (a blip of that
+    /// member's API: curl exit 7), setting `blipped`.
+    fn answer_blipping(
+        pg: &mut Patroni,
+        step: &ScheduledStep,
+        node: &str,
+        armed: bool,
+        blipped: &mut bool,
+    ) -> (Outcome, Option<i32>, String, String) {
+        if armed && !*blipped && step.action == Action::ProbeClusterStatus && step.node == node {
+            *blipped = true;
+            return (
+                Outcome::Failed,
+                Some(7),
+                String::new(),
+                "curl: (7) Failed to connect to the member's REST API after 0 ms".to_string(),
+            );
+        }
+        pg.run(step)
     }
 
     fn assert_emergency_gave_failover_back(run: &Run, pg: &Patroni) {

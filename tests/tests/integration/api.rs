@@ -414,16 +414,14 @@ async fn a_burst_of_submissions_leaves_the_service_its_lease() {
         .await
         .expect("nats-server starts");
     let dir = tempfile::tempdir().unwrap();
-    let mut server_cmd = std::process::Command::new(&baton);
-    server_cmd
-        .env("BATON_NATS_URL", nats.url())
-        .args(["server", "--lease-ttl-ms", &TTL_MS.to_string(), "--db"])
-        .arg(dir.path().join("baton.db"));
-    for (name, value) in secure.env_for(&secure.service_key) {
-        server_cmd.env(name, value);
-    }
-    let mut server =
-        tests::Proc::spawn("baton server", server_cmd, &dir.path().join("server.log")).unwrap();
+    let ttl = TTL_MS.to_string();
+    let mut server = spawn_server(
+        &baton,
+        &secure,
+        &nats,
+        dir.path(),
+        &["--lease-ttl-ms", &ttl],
+    );
     let alice_key = secure.operator_keys["alice"].clone();
     let alice = Operator {
         client: secure.connect(&nats.url(), Some(&alice_key)).await.unwrap(),
@@ -560,16 +558,7 @@ async fn bench_concurrent_submits() {
         .await
         .expect("nats-server starts");
     let dir = tempfile::tempdir().unwrap();
-    let mut server_cmd = std::process::Command::new(&baton);
-    server_cmd
-        .env("BATON_NATS_URL", nats.url())
-        .args(["server", "--db"])
-        .arg(dir.path().join("baton.db"));
-    for (name, value) in secure.env_for(&secure.service_key) {
-        server_cmd.env(name, value);
-    }
-    let mut server =
-        tests::Proc::spawn("baton server", server_cmd, &dir.path().join("server.log")).unwrap();
+    let mut server = spawn_server(&baton, &secure, &nats, dir.path(), &[]);
     let alice = secure.operator_keys["alice"].clone();
     let as_alice = || {
         let mut cmd = std::process::Command::new(&baton);
@@ -708,4 +697,25 @@ async fn bench_concurrent_submits() {
     );
     server.signal(nix::sys::signal::Signal::SIGTERM);
     server.wait_exit(Duration::from_secs(30));
+}
+
+/// `baton server` (the binary `baton`) on `nats` with the service's key and TLS, its log in `dir/baton.db`, its
+/// output in `dir/server.log`, with `args` after `server`.
+fn spawn_server(
+    baton: &std::path::Path,
+    secure: &tests::Secure,
+    nats: &NatsServer,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> tests::Proc {
+    let mut cmd = std::process::Command::new(baton);
+    cmd.env("BATON_NATS_URL", nats.url())
+        .arg("server")
+        .args(args)
+        .arg("--db")
+        .arg(dir.join("baton.db"));
+    for (name, value) in secure.env_for(&secure.service_key) {
+        cmd.env(name, value);
+    }
+    tests::Proc::spawn("baton server", cmd, &dir.join("server.log")).unwrap()
 }
