@@ -700,18 +700,20 @@ impl Worker {
             }
             // Nothing recorded, or a probe started and never finished (run again: see the docs above).
             None | Some(Entry::Started { .. }) => {
+                if self.stats.is_running(&key) {
+                    // A second copy of a step this process runs now, or is recording as started (`execute` marks
+                    // it running before the ledger write, whose flush took 10 s under the fleet's load and let a
+                    // redelivered copy run the probe again: tests/FLEET.md): answered from the ledger once it
+                    // ends, not run beside itself.
+                    tracing::debug!("step runs here now; its copy is handed back for later");
+                    return Ok(None);
+                }
                 if let Some(Entry::Started {
                     started_ms,
                     executor,
                     ..
                 }) = &entry
                 {
-                    if self.stats.is_running(&key) {
-                        // A second copy of a probe this process runs now: answered from the ledger once it
-                        // ends, not run beside itself.
-                        tracing::debug!("probe runs here now; its copy is handed back for later");
-                        return Ok(None);
-                    }
                     tracing::info!(
                         started_ms,
                         by = %executor,
@@ -876,7 +878,11 @@ impl Worker {
         let key = req.msg_id();
         let started_ms = now_ms();
         let durability = Durability::of(kind);
-        self.ledger
+        // Running from before the ledger write: a copy delivered again while `started` is being flushed is handed
+        // back, not run beside this one.
+        self.stats.set_running(&key, true);
+        if let Err(e) = self
+            .ledger
             .record_started(
                 &key,
                 &req.upgrade,
@@ -886,10 +892,13 @@ impl Worker {
                 digest,
                 durability,
             )
-            .await?;
+            .await
+        {
+            self.stats.set_running(&key, false);
+            return Err(e);
+        }
         Stats::count(&self.stats.executed);
         self.config.metrics.started();
-        self.stats.set_running(&key, true);
         tracing::info!(argv = ?req.argv, timeout_ms = req.timeout_ms, "step started");
 
         let address = self
