@@ -3704,16 +3704,26 @@ mod stale_views {
             .collect()
     }
 
-    /// The moves of an upgrade nothing disturbs.
+    /// The moves of a Patroni upgrade nothing disturbs.
     fn moves_of_a_clean_upgrade() -> usize {
-        let mut run = Run::new();
-        run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
-            .unwrap();
         let mut pg = Patroni::new(0);
+        moves_to_complete(
+            patroni_submit(patroni_cluster(&patroni_profile_text())),
+            |step| pg.run(step),
+        )
+    }
+
+    /// The moves (a step answered by `answer`, or a tick) of the upgrade `submit` starts until it completes.
+    fn moves_to_complete(
+        submit: Input,
+        mut answer: impl FnMut(&ScheduledStep) -> (Outcome, Option<i32>, String, String),
+    ) -> usize {
+        let mut run = Run::new();
+        run.input(submit).unwrap();
         let mut moves = 0;
         while !run.state.is_terminal() {
             if let Some(step) = run.state.outstanding_steps().first().cloned() {
-                let r = pg.run(&step);
+                let r = answer(&step);
                 run.finish(&step, r);
             } else {
                 run.tick();
@@ -3920,19 +3930,7 @@ mod stale_views {
             kill_leader: Some(3),
         };
         let (run, pg) = run_case(case).unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            !pg.paused && !pg.split_brain,
-            "{:?}\n{:?}",
-            pg.journal,
-            status(&run.state)
-        );
-        let Status::Halted {
-            failover_pending: None,
-            ..
-        } = status(&run.state)
-        else {
-            panic!("not halted with failover on: {:?}", status(&run.state));
-        };
+        assert_halted_with_failover_back(&run, &pg);
     }
 
     /// F1 while an operator's pause holds for long after the leader died: the watch asked pg3 every poll and was
@@ -4129,7 +4127,9 @@ mod stale_views {
         pg.run(step)
     }
 
-    fn assert_emergency_gave_failover_back(run: &Run, pg: &Patroni) {
+    /// The run halted with failover on, in the model (not paused, never two primaries) and in its status; the
+    /// halt's reason.
+    fn assert_halted_with_failover_back(run: &Run, pg: &Patroni) -> String {
         assert!(
             !pg.paused && !pg.split_brain,
             "{:?}\n{:?}",
@@ -4143,6 +4143,11 @@ mod stale_views {
         else {
             panic!("not halted with failover on: {:?}", status(&run.state));
         };
+        reason
+    }
+
+    fn assert_emergency_gave_failover_back(run: &Run, pg: &Patroni) {
+        let reason = assert_halted_with_failover_back(run, pg);
         assert!(
             reason.starts_with("emergency exit: for ")
                 && reason.contains(
@@ -4179,21 +4184,8 @@ mod stale_views {
     #[test]
     fn an_etcd_member_cut_off_at_any_point_breaks_no_promise() {
         let clean = {
-            let mut run = Run::new();
-            run.input(submit(cluster(&etcd_profile_text()))).unwrap();
             let mut etcd = Etcd::new(1);
-            let mut moves = 0;
-            while !run.state.is_terminal() {
-                if let Some(step) = run.state.outstanding_steps().first().cloned() {
-                    let r = etcd.run(&step);
-                    run.finish(&step, r);
-                } else {
-                    run.tick();
-                }
-                moves += 1;
-            }
-            assert_eq!(status(&run.state), Status::Completed);
-            moves
+            moves_to_complete(submit(cluster(&etcd_profile_text())), |step| etcd.run(step))
         };
         let mut failed = Vec::new();
         for at in 0..clean {

@@ -406,14 +406,7 @@ fn cli_as(secure: &tests::Secure, nats: &NatsServer, key: &Path) -> std::process
 async fn a_burst_of_submissions_leaves_the_service_its_lease() {
     const BURST: usize = 300;
     const TTL_MS: u64 = 1500;
-    let baton = std::env::var("BATON_API_BENCH_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| tests::workspace_bin("baton"));
-    let secure = tests::Secure::new(&["backend-1"]).expect("keys");
-    let nats = NatsServer::start_secured(&secure)
-        .await
-        .expect("nats-server starts");
-    let dir = tempfile::tempdir().unwrap();
+    let (baton, secure, nats, dir) = bench_setup().await;
     let ttl = TTL_MS.to_string();
     let mut server = spawn_server(
         &baton,
@@ -445,18 +438,7 @@ async fn a_burst_of_submissions_leaves_the_service_its_lease() {
     std::fs::write(&package, b"package").unwrap();
     let mut pending = Vec::new();
     for c in 0..BURST {
-        let mut toml = format!("[cluster]\nname = \"c{c}\"\nprofile = \"chef-backend\"\n\n");
-        for i in 1..=3 {
-            toml.push_str(&format!(
-                "[[nodes]]\nname = \"b{i}\"\naddress = \"10.{}.{}.{i}\"\nexecutor = \"c{c}-b{i}\"\n\n",
-                c / 256,
-                c % 256
-            ));
-        }
-        toml.push_str(&format!(
-            "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"runbook\"\n",
-            package.display()
-        ));
+        let toml = burst_cluster_file(c, &package);
         let signed = alice.sign(
             "submit",
             &serde_json::json!({
@@ -550,14 +532,7 @@ async fn bench_concurrent_submits() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(200);
-    let baton = std::env::var("BATON_API_BENCH_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| tests::workspace_bin("baton"));
-    let secure = tests::Secure::new(&["backend-1"]).expect("keys");
-    let nats = NatsServer::start_secured(&secure)
-        .await
-        .expect("nats-server starts");
-    let dir = tempfile::tempdir().unwrap();
+    let (baton, secure, nats, dir) = bench_setup().await;
     let mut server = spawn_server(&baton, &secure, &nats, dir.path(), &[]);
     let alice = secure.operator_keys["alice"].clone();
     let as_alice = || {
@@ -580,18 +555,7 @@ async fn bench_concurrent_submits() {
     let package = dir.path().join("chef-backend_3.1.0-1_amd64.deb");
     std::fs::write(&package, b"package").unwrap();
     let cluster_file = |c: usize| {
-        let mut toml = format!("[cluster]\nname = \"c{c}\"\nprofile = \"chef-backend\"\n\n");
-        for i in 1..=3 {
-            toml.push_str(&format!(
-                    "[[nodes]]\nname = \"b{i}\"\naddress = \"10.{}.{}.{i}\"\nexecutor = \"c{c}-b{i}\"\n\n",
-                    c / 256,
-                    c % 256
-                ));
-        }
-        toml.push_str(&format!(
-            "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"runbook\"\n",
-            package.display()
-        ));
+        let toml = burst_cluster_file(c, &package);
         let file = dir.path().join(format!("c{c}.toml"));
         std::fs::write(&file, &toml).unwrap();
         (file, toml)
@@ -718,4 +682,40 @@ fn spawn_server(
         cmd.env(name, value);
     }
     tests::Proc::spawn("baton server", cmd, &dir.join("server.log")).unwrap()
+}
+
+/// The cluster file of the `c`th of many 3-node chef-backend clusters submitted at once (distinct names, addresses
+/// and executor groups), upgraded from `package`.
+fn burst_cluster_file(c: usize, package: &Path) -> String {
+    let mut toml = format!("[cluster]\nname = \"c{c}\"\nprofile = \"chef-backend\"\n\n");
+    for i in 1..=3 {
+        toml.push_str(&format!(
+            "[[nodes]]\nname = \"b{i}\"\naddress = \"10.{}.{}.{i}\"\nexecutor = \"c{c}-b{i}\"\n\n",
+            c / 256,
+            c % 256
+        ));
+    }
+    toml.push_str(&format!(
+        "[upgrade]\npackage = \"{}\"\ninstaller = \"dpkg\"\nprocedure = \"runbook\"\n",
+        package.display()
+    ));
+    toml
+}
+
+/// What the submission burst test and benchmark start from: the `baton` binary (`BATON_API_BENCH_BIN`, default the
+/// workspace's), keys for one node, a secured nats-server and a temp dir.
+async fn bench_setup() -> (
+    std::path::PathBuf,
+    tests::Secure,
+    NatsServer,
+    tempfile::TempDir,
+) {
+    let baton = std::env::var("BATON_API_BENCH_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| tests::workspace_bin("baton"));
+    let secure = tests::Secure::new(&["backend-1"]).expect("keys");
+    let nats = NatsServer::start_secured(&secure)
+        .await
+        .expect("nats-server starts");
+    (baton, secure, nats, tempfile::tempdir().unwrap())
 }
