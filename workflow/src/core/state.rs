@@ -653,8 +653,10 @@ impl State {
     /// leader's host dies, such a picture still names it, and may be the only topology left to read. Taken at its
     /// word, the watch would keep failover off beside no leader for as long as the wait lasts; instead the clock
     /// runs, the watch asks the unreachable leader itself every other look (`decide::watch_observer`: alive, it
-    /// vouches for itself again), and the emergency exit asks every member before it lifts the fence (a live leader
-    /// that answers keeps it up). Running, the guard asks the leader's own node probe before every action, and a
+    /// vouches for itself again), and the emergency exit follows (a profile with `leader_when` asks every member
+    /// first, and a live leader that answers keeps the fence up; chef-backend re-enables failover at once, which
+    /// beside a live leader whose executor is only silent costs the upgrade, not the cluster: ARCHITECTURE.md's
+    /// failure table). Running, the guard asks the leader's own node probe before every action, and a
     /// leader that stays unanswered ends it within the guard's and the wind-down's `sync_timeout_ms`; a lost answer
     /// there must not start the clock.
     pub(crate) fn leader_vouched<'t>(&self, topology: &'t Topology) -> Option<&'t str> {
