@@ -815,7 +815,7 @@ pub(crate) fn round_of(
         return &[];
     };
     let mut end = from + 1;
-    if !names_leader(*first) && first.is_probe() {
+    if first.is_probe() {
         while let Some((action, node)) = probes.get(end) {
             let node_asked = probes[from..end].iter().filter(|(_, n)| n == node).count();
             if !action.is_probe() || names_leader(*action) || node_asked >= ROUND_PROBES_PER_NODE {
@@ -1258,9 +1258,21 @@ fn item_probes(state: &State, item: &PlanItem) -> Vec<(Action, String)> {
                 (Action::ProbeVersion, node.clone()),
             ],
         ),
-        PlanItem::VerifySwitchover { old_leader, .. } => {
+        PlanItem::VerifySwitchover {
+            old_leader,
+            via: target,
+            ..
+        } => {
             let via = observer(state, Some(old_leader));
-            let leader = leader(&via);
+            // Until this item's own topology is judged, the last one seen named the old leader: the new leader's
+            // probes, asked in one round with that topology, go to the switchover's target, which is what the
+            // topology must show (if it shows another, the round's next probe no longer matches and the checks
+            // start again after a poll, `round_decisions`).
+            let leader = match state.last_cluster.as_ref().and_then(|c| c.sole_leader()) {
+                Some(l) if l != old_leader => l.to_string(),
+                Some(_) => target.clone(),
+                None => via.clone(),
+            };
             // Roles alone are not enough (a follower re-syncing to the new leader shows `follower`): the new
             // leader's own `status` must show every follower synced.
             with_running_version(

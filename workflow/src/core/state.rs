@@ -368,6 +368,11 @@ pub struct State {
     /// Nodes whose latest `cluster-status` or failover probe could not run (their etcd is unreachable):
     /// cluster-wide probes are asked of another node.
     pub(crate) unreachable: BTreeSet<String>,
+    /// The nodes of `unreachable` whose own cluster-wide probe failed (not only a probe that got no answer): only
+    /// a cluster-wide answer from such a node makes it reachable again. Its node probe answering shows its host
+    /// and executor are there, not that its view of the cluster works (a Patroni member cut off from the DCS
+    /// answers `GET /patroni` and fails `GET /cluster`); under probe rounds both are asked side by side.
+    pub(crate) view_failed: BTreeSet<String>,
     /// The leader confirmed by the switchover check; until then the plan's leader is expected.
     pub(crate) new_leader: Option<String>,
     /// A `cluster-status` that only watches for a lost leader while the upgrade waits for an operator (paused,
@@ -1129,8 +1134,18 @@ impl State {
                     let cluster_wide =
                         matches!(action, Action::ProbeClusterStatus | Action::ProbeFailover);
                     if unavailable && (cluster_wide || no_answer) {
+                        if cluster_wide {
+                            self.view_failed.insert(node.clone());
+                        }
                         self.unreachable.insert(node);
-                    } else if !unavailable {
+                    } else if !unavailable
+                        && !unjudged
+                        && (cluster_wide || !self.view_failed.contains(&node))
+                    {
+                        // An answer of a round whose judgment had already ended (the topology before it failed)
+                        // marks a node unreachable but never vouches for it: the next look would otherwise go back
+                        // to the node whose view just failed.
+                        self.view_failed.remove(&node);
                         self.unreachable.remove(&node);
                     }
                     if let Some(topology) = &topology {
