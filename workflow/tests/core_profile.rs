@@ -4295,3 +4295,19 @@ mod stale_views {
         }
     }
 }
+
+// Hostile review 13: a topology that opens a round is followed by probes chosen from the picture before it.
+#[test]
+fn review13_a_patroni_cluster_led_by_its_second_member_passes_preflight() {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&patroni_profile_text())))
+        .unwrap();
+    let mut pg = Patroni::new(1); // pg2 leads
+    pg.drive(&mut run, 5_000);
+    assert_eq!(
+        status(&run.state),
+        Status::Completed,
+        "{:#?}",
+        &run.history[run.history.len().saturating_sub(6)..]
+    );
+}
