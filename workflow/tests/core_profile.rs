@@ -4311,3 +4311,121 @@ fn review13_a_patroni_cluster_led_by_its_second_member_passes_preflight() {
         &run.history[run.history.len().saturating_sub(6)..]
     );
 }
+
+/// Hostile review 13: the leader's host dies (its probes get no answer at all) while this upgrade has Patroni
+/// paused; its DCS key has expired, so a live member's topology shows no leader. S3: once a topology shows no
+/// leader, failover comes back after the election window (`election_ms`, 10 s in profiles/patroni.toml), even
+/// with a probe of the dead node still out (`emergency_by_time`). With the topology asked in one round beside the
+/// dead leader's node and fence probes (taken from the picture before it), the leaderless topology is not recorded
+/// until those probes' deadlines pass (timeout 10 s + result grace 10 s), so the exit comes about 10 s late.
+#[test]
+fn review13_a_leaderless_topology_beside_a_dead_leaders_probes_is_acted_on_within_the_election_window(
+) {
+    let (mut run, mut pg) = upgraded_first_follower();
+    // On to the next guard (before pg3's stop): its first round, with the leader's fence probe, is out.
+    for _ in 0..500 {
+        let out = run.state.outstanding_steps();
+        if out.iter().any(|s| s.action == Action::ProbeFailover) {
+            break;
+        }
+        if let Some(step) = out.first() {
+            let r = pg.run(step);
+            run.finish(step, r);
+        } else {
+            run.tick();
+        }
+    }
+    assert!(run
+        .state
+        .outstanding_steps()
+        .iter()
+        .any(|s| s.action == Action::ProbeFailover && s.node == "pg1"));
+    pg.up[0] = false;
+    pg.leader = None;
+    let dead = |s: &ScheduledStep| s.node == "pg1";
+    for _ in 0..5_000 {
+        if run.state.is_terminal()
+            || run.history.iter().any(|e| {
+                matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)
+            })
+        {
+            break;
+        }
+        // The dead host answers nothing: its steps pass their deadlines.
+        if let Some(step) = run.state.outstanding_steps().into_iter().find(|s| !dead(s)) {
+            let r = pg.run(&step);
+            run.finish(&step, r);
+            continue;
+        }
+        if run.state.next_wakeup_ms().is_none() {
+            break;
+        }
+        run.tick();
+    }
+    let answered_at = |step: u64| {
+        run.history.iter().find_map(|e| match e {
+            Event::StepResultRecorded { step: s, at_ms, .. } if *s == step => Some(*at_ms),
+            _ => None,
+        })
+    };
+    // The first topology a live member answered showing no leader.
+    let leaderless_at = run
+        .history
+        .iter()
+        .filter_map(|e| match e {
+            Event::ObservationRecorded {
+                step, observation, ..
+            } => observation
+                .topology()
+                .filter(|t| t.sole_leader().is_none())
+                .and_then(|_| answered_at(*step)),
+            _ => None,
+        })
+        .min()
+        .expect("a live member's topology showed no leader");
+    let exit_at = run
+        .history
+        .iter()
+        .find_map(|e| match e {
+            Event::WindDownStarted { cause, at_ms, .. }
+                if *cause == workflow::core::WindDownCause::Emergency =>
+            {
+                Some(*at_ms)
+            }
+            _ => None,
+        })
+        .expect("the emergency exit began");
+    assert!(
+        exit_at <= leaderless_at + 10_000 + 100,
+        "no leader shown at {leaderless_at}, the emergency exit only at {exit_at} ({} ms later, the window is 10000)",
+        exit_at - leaderless_at
+    );
+}
+
+/// Hostile review 13: with the fence lifted for the switchover (a profile without `switchover_keeps_fence`), the
+/// `block_failover` guard after the switchover asks the leader's node probe in one round with its topology, from
+/// the picture before it (the old leader): the topology shows the new one, so the round does not match a
+/// one-at-a-time run and the check fails, costing a poll while failover is on. A healthy upgrade should have none.
+#[test]
+fn review13_a_healthy_switchover_with_the_fence_lifted_has_no_round_probe_mismatch() {
+    let lifting = patroni_profile_text().replace("switchover_keeps_fence = true\n", "");
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(&lifting)))
+        .unwrap();
+    let mut pg = Patroni::new(0);
+    pg.drive(&mut run, 5_000);
+    assert_eq!(status(&run.state), Status::Completed);
+    let mismatches: Vec<&Vec<String>> = run
+        .history
+        .iter()
+        .filter_map(|e| match e {
+            Event::CheckEvaluated { problems, .. }
+                if problems.iter().any(|p| p.contains("round probe mismatch")) =>
+            {
+                Some(problems)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(mismatches.is_empty(), "{mismatches:?}");
+}
