@@ -2835,12 +2835,13 @@ fn etcd_rounds(order: Answer) -> (Run, Vec<Vec<String>>) {
 fn with_probe_rounds_preflight_and_the_guard_ask_independent_probes_side_by_side() {
     let (run, batches) = etcd_rounds(Answer::AsScheduled);
     assert_round_rules(&batches);
-    // Preflight: the topology with every per-member probe of every member, four a member (2 rounds, not 13); the
-    // `stop` guard: the topology with the leader's and the other member's node probes, then the topology again,
-    // last, on its own (2 rounds, not 4); `install` and `start`: the topology with the leader's node probe.
+    // Preflight: the topology (alone: no leader is known before it), then every per-member probe of every member
+    // at once, four a member (2 rounds, not 13); the `stop` guard: the topology with the leader's and the other
+    // member's node probes, then the topology again, last, on its own (2 rounds, not 4); `install` and `start`:
+    // the topology with the leader's node probe.
     let want: Vec<Vec<String>> = vec![
+        round(&["topology@m1"]),
         round(&[
-            "topology@m1",
             "node@m1",
             "node@m2",
             "node@m3",
@@ -2850,8 +2851,10 @@ fn with_probe_rounds_preflight_and_the_guard_ask_independent_probes_side_by_side
             "running@m1",
             "running@m2",
             "running@m3",
+            "package@m1",
+            "package@m2",
+            "package@m3",
         ]),
-        round(&["package@m1", "package@m2", "package@m3"]),
         round(&["topology@m2", "node@m2", "node@m3"]),
         round(&["topology@m2"]),
         round(&["stop@m1"]),
@@ -4428,4 +4431,65 @@ fn review13_a_healthy_switchover_with_the_fence_lifted_has_no_round_probe_mismat
         })
         .collect();
     assert!(mismatches.is_empty(), "{mismatches:?}");
+}
+
+/// Whatever member leads at the start, and whatever order a round's answers come in, a healthy upgrade of the etcd
+/// and Patroni models (fence kept through the switchover, and lifted for it) completes without a single round
+/// probe mismatch: the probes that go out beside a topology are always the ones it then shows were right (hostile
+/// review 13 found a fence probe sent to the wrong member when the leader was not the first node, which refused
+/// preflight).
+#[test]
+fn a_topology_that_opens_a_round_never_mismatches_in_a_healthy_upgrade_whoever_leads() {
+    let mismatches = |run: &Run| -> Vec<String> {
+        run.history
+            .iter()
+            .filter_map(|e| match e {
+                Event::CheckEvaluated { problems, .. } => problems
+                    .iter()
+                    .find(|p| p.contains("round probe mismatch"))
+                    .cloned(),
+                _ => None,
+            })
+            .collect()
+    };
+    let lifting = patroni_profile_text().replace("switchover_keeps_fence = true\n", "");
+    assert_ne!(lifting, patroni_profile_text());
+    for leader in 0..3 {
+        for order in [Answer::AsScheduled, Answer::Reversed] {
+            let mut run = Run::new();
+            run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+            let mut etcd = Etcd::new(leader);
+            let batches = drive_rounds(&mut run, order, 5_000, |s| etcd.run(s));
+            assert_eq!(
+                status(&run.state),
+                Status::Completed,
+                "etcd, leader {leader}"
+            );
+            assert_eq!(
+                mismatches(&run),
+                Vec::<String>::new(),
+                "etcd, leader {leader}"
+            );
+            assert_round_rules(&batches);
+            for text in [patroni_profile_text(), lifting.clone()] {
+                let mut run = Run::new();
+                run.input(patroni_submit(patroni_cluster(&text))).unwrap();
+                let mut pg = Patroni::new(leader);
+                let batches = drive_rounds(&mut run, order, 5_000, |s| pg.run(s));
+                assert_eq!(
+                    status(&run.state),
+                    Status::Completed,
+                    "patroni, leader {leader}"
+                );
+                assert_eq!(
+                    mismatches(&run),
+                    Vec::<String>::new(),
+                    "patroni, leader {leader}"
+                );
+                assert!(!pg.paused && !pg.split_brain && pg.leaderless == 0);
+                assert_round_rules(&batches);
+                workflow::core::verify(&run.history).expect("verify");
+            }
+        }
+    }
 }

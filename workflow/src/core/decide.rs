@@ -802,20 +802,26 @@ pub const ROUND_PROBES_PER_NODE: usize = 4;
 
 /// The probes of `probes[from..]` asked together as one round: the probe at `from`, then the ones after it for as
 /// long as each is read-only, is no look at the leader (`names_leader`) and asks no node already asked
-/// [`ROUND_PROBES_PER_NODE`] times in it. A look at the leader is a round of its own: the probes after a topology
-/// are chosen from what it shows (the leader's node probe, a live node to ask), and the guard's last look must be
-/// the last one *run*, not only the last judged (a round's probes run in any order: a failover probe that names
-/// the leader, run before the leader's node probe beside it, would vouch for a leader that has moved since).
+/// [`ROUND_PROBES_PER_NODE`] times in it. A look at the leader may open a round but never joins one:
+/// - it opens one (where `opens`: `topology_opens_round`) because the probes after it are chosen from the picture
+///   before it (the leader's node probe goes to the leader the last topology named, VerifySwitchover's to the
+///   switchover's target); if this look shows otherwise, the next probe of the round is not the one a
+///   one-at-a-time run would ask after it, and `round_decisions` ends the round's judgment there as a failed check
+///   (the checks start again after a poll);
+/// - it never joins one because the guard's last look must be the last one *run*, not only the last judged (a
+///   round's probes run in any order: a failover probe that names the leader, run before the leader's node probe
+///   beside it, would vouch for a leader that has moved since). A look that ends a probe list is therefore alone.
 pub(crate) fn round_of(
     probes: &[(Action, String)],
     from: usize,
+    opens: bool,
     names_leader: impl Fn(Action) -> bool,
 ) -> &[(Action, String)] {
     let Some((first, _)) = probes.get(from) else {
         return &[];
     };
     let mut end = from + 1;
-    if first.is_probe() {
+    if first.is_probe() && (opens || !names_leader(*first)) {
         while let Some((action, node)) = probes.get(end) {
             let node_asked = probes[from..end].iter().filter(|(_, n)| n == node).count();
             if !action.is_probe() || names_leader(*action) || node_asked >= ROUND_PROBES_PER_NODE {
@@ -825,6 +831,33 @@ pub(crate) fn round_of(
         }
     }
     &probes[from..end]
+}
+
+/// Whether a look that names the leader may open a round (`round_of`) now: only where the picture the probes after
+/// it are chosen from is one the look will normally show unchanged, so that a mismatch (a failed check and a poll)
+/// stays the exception:
+/// - the last topology showed one leader, the one the plan expects now. Not in preflight (no plan, no leader known:
+///   the fence probe's node follows the look, hostile review 13 P2-a), and not between a switchover and its
+///   confirmation, when the leader is meant to move (P3-a), but for VerifySwitchover itself, whose probes of the
+///   new leader go to the switchover's target, what its look must show;
+/// - that leader (VerifySwitchover: the target) is not unreachable: its probes would hold the round, and with it a
+///   "no leader" the look shows, until their deadlines pass, and the emergency exit would come that much late
+///   (P2-b).
+fn topology_opens_round(state: &State) -> bool {
+    let last = state.last_cluster.as_ref().and_then(|c| c.sole_leader());
+    let verify_target = state
+        .plan
+        .as_ref()
+        .zip(state.cursor.as_ref())
+        .and_then(|(plan, c)| match plan.items.get(c.index) {
+            Some(PlanItem::VerifySwitchover { via, .. }) => Some(via.as_str()),
+            _ => None,
+        });
+    let leader = match verify_target {
+        Some(target) => last.map(|_| target),
+        None => last.filter(|l| super::guard::expected_leader_now(state).as_deref() == Some(*l)),
+    };
+    leader.is_some_and(|l| !state.unreachable.contains(l))
 }
 
 /// Whether `action`'s observation names the leader, so that the guard judges the leader by it: the topology, and
@@ -862,7 +895,9 @@ fn try_schedule_probes(
     now: u64,
 ) -> Result<Vec<Event>, String> {
     let round = if sub(state).profile.probe_rounds {
-        round_of(probes, from, |a| names_leader(state, a))
+        round_of(probes, from, topology_opens_round(state), |a| {
+            names_leader(state, a)
+        })
     } else {
         probes.get(from..from.saturating_add(1)).unwrap_or(&[])
     };
@@ -939,12 +974,13 @@ fn round_decisions(state: &State, now: u64) -> Option<Vec<Event>> {
             observation: observe(state, first),
         }]);
     }
-    // The next probe of the round must be the one a step-by-step run would ask now. This decider's rounds always
-    // are (a round holds no topology beside other probes, and no observation of a node probe changes a later
-    // probe's target), but round membership is read from the log: a log another version of Baton wrote may hold
-    // a round this one would not ask. Then the round's judgment ends here, as a check that did not pass and
-    // names why (never a probe counted for another): the checks start again after a poll, and that counts
-    // toward `sync_timeout` like any other unsettled check, so a round that never matches cannot poll forever.
+    // The next probe of the round must be the one a step-by-step run would ask now. This decider's rounds are,
+    // unless the topology that opened the round showed something else than the picture its later probes were
+    // chosen from (a leader that moved: no observation of a node probe changes a later probe's target); and round
+    // membership is read from the log: a log another version of Baton wrote may hold a round this one would not
+    // ask. Then the round's judgment ends here, as a check that did not pass and names why (never a probe counted
+    // for another): the checks start again after a poll, and that counts toward `sync_timeout` like any other
+    // unsettled check, so a round that never matches cannot poll forever.
     let asked = next_probe(state);
     if state.current == Some(s.step) && asked.as_ref() != Some(&(s.action, s.node.clone())) {
         let wanted = asked.map_or_else(
@@ -1270,8 +1306,7 @@ fn item_probes(state: &State, item: &PlanItem) -> Vec<(Action, String)> {
             // start again after a poll, `round_decisions`).
             let leader = match state.last_cluster.as_ref().and_then(|c| c.sole_leader()) {
                 Some(l) if l != old_leader => l.to_string(),
-                Some(_) => target.clone(),
-                None => via.clone(),
+                _ => target.clone(),
             };
             // Roles alone are not enough (a follower re-syncing to the new leader shows `follower`): the new
             // leader's own `status` must show every follower synced.

@@ -94,9 +94,18 @@ fn expected_leader(state: &State) -> Option<Expected> {
     }
 }
 
+/// The leader the plan expects now, if it expects one node (not between a switchover and its confirmation).
+pub(crate) fn expected_leader_now(state: &State) -> Option<String> {
+    match expected_leader(state)? {
+        Expected::Is(leader) => Some(leader),
+        Expected::NotOld(_) => None,
+    }
+}
+
 /// The guard's probes before `action` on `node`, in order: `cluster-status` from a live node other than the
 /// target, the leader's own `status`, and the failover settings where the action depends on them. The leader is
-/// the one the guard's own `cluster-status` just named (it runs first).
+/// the one the latest `cluster-status` named: the guard's own once it is judged (it is judged first); under probe
+/// rounds the leader's probes go out beside it, to the leader the one before named (`decide::round_of`).
 pub(crate) fn guard_probes(state: &State, action: Action, node: &str) -> Vec<(Action, String)> {
     if kind(state, action).is_none() {
         return vec![];

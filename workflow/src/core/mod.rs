@@ -28,11 +28,11 @@
 //!   node that re-probes `status`, `cluster-status` and the version before the next item starts. Read-only
 //!   probes may be outstanding together only as one *round*, scheduled in one decision, and only where the
 //!   profile says `probe_rounds = true` (built-in profiles: one step at a time, as always). A round is the
-//!   longest run of the next probes a step-by-step run would ask that holds no topology beside another probe
-//!   (a look that names the leader is a round of its own, `decide::names_leader`: the topology, and a failover
-//!   probe read by a built-in reader; so the guard's last look is the last one run, not only judged) and at
-//!   most `decide::ROUND_PROBES_PER_NODE` probes of one node, as many as an executor runs side by side
-//!   (`decide::round_of`). Nothing new is
+//!   longest run of the next probes a step-by-step run would ask in which a look that names the leader
+//!   (`decide::names_leader`: the topology, and a failover probe read by a built-in reader) comes only first
+//!   (it may open a round, with the probes chosen from the picture before it, never join one; so the guard's
+//!   last look is alone and the last one run, not only judged) and at most `decide::ROUND_PROBES_PER_NODE`
+//!   probes of one node, as many as an executor runs side by side (`decide::round_of`). Nothing new is
 //!   scheduled while any probe of the round is out; each one's deadline passes on its own. Once every probe has an
 //!   outcome (answered, failed, timed out, unknown), whatever the order of their results, the core judges the
 //!   observations in step order exactly as if the probes had run one after another (`decide::round_decisions`,

@@ -1128,25 +1128,30 @@ impl State {
                 let topology = observation.topology();
                 if let Some((action, node, at_ms, outcome)) = probe.clone() {
                     // A node is unreachable when its cluster-wide probe failed (its etcd) or any probe got no
-                    // answer at all (its host or executor is gone); any answer from it makes it reachable again.
+                    // answer at all (its host or executor is gone); an answer from it makes it reachable again.
+                    // Under probe rounds, where a node's topology and its node probe go out side by side, not any
+                    // answer: one recorded after its round's judgment ended (the look before it failed) never
+                    // vouches for a node, and a node whose own cluster-wide probe failed (`view_failed`) is made
+                    // reachable again only by a cluster-wide answer (a Patroni member cut off from the DCS fails
+                    // GET /cluster and answers its node probe: the next look would go back to it every time).
+                    // Built-in profiles (no rounds) keep the first rule, so their recorded logs replay as before.
                     let unavailable = matches!(observation, Observation::Unavailable { .. });
                     let no_answer = matches!(outcome, Some(Outcome::Unknown | Outcome::TimedOut));
                     let cluster_wide =
                         matches!(action, Action::ProbeClusterStatus | Action::ProbeFailover);
+                    let rounds = self.sub.as_ref().is_some_and(|s| s.profile.probe_rounds);
                     if unavailable && (cluster_wide || no_answer) {
-                        if cluster_wide {
+                        if cluster_wide && rounds {
                             self.view_failed.insert(node.clone());
                         }
                         self.unreachable.insert(node);
-                    } else if !unavailable
-                        && !unjudged
-                        && (cluster_wide || !self.view_failed.contains(&node))
-                    {
-                        // An answer of a round whose judgment had already ended (the topology before it failed)
-                        // marks a node unreachable but never vouches for it: the next look would otherwise go back
-                        // to the node whose view just failed.
-                        self.view_failed.remove(&node);
-                        self.unreachable.remove(&node);
+                    } else if !unavailable {
+                        let vouches = !(rounds && unjudged)
+                            && (cluster_wide || !self.view_failed.contains(&node));
+                        if vouches {
+                            self.view_failed.remove(&node);
+                            self.unreachable.remove(&node);
+                        }
                     }
                     if let Some(topology) = &topology {
                         if self.leader_vouched(topology).is_some() {
