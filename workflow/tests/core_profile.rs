@@ -3089,8 +3089,9 @@ fn status_shows_every_probe_of_a_round_still_out() {
             Some(run.state.scheduled_ms(s)),
         )
     };
-    let both = (2, vec![sent(leader), sent(other)]);
-    let only_other = (2, vec![sent(other)]);
+    // Three probes in the round (its topology, answered already, and the two node probes).
+    let both = (3, vec![sent(leader), sent(other)]);
+    let only_other = (3, vec![sent(other)]);
     assert_eq!(out(&run), Some(both));
     // The leader's probe answers: the view shows the round still waiting on the other member.
     let r = etcd.run(leader);
