@@ -4494,3 +4494,164 @@ fn a_topology_that_opens_a_round_never_mismatches_in_a_healthy_upgrade_whoever_l
         }
     }
 }
+
+/// Hostile review 13b: the emergency exit of a leader lost *during* a round that a topology opened. The fix for
+/// review 13's P2-b keeps a topology alone only while the expected leader is already `unreachable`; a leader
+/// whose host stalls (its executor's probes hang, not refused) and whose Patroni loses its leader key at the same
+/// time (paused: nobody is elected) is not yet known to be gone when the round is scheduled. The topology, asked
+/// of a live member, shows no leader at once; a one-at-a-time run judges it at once and lifts the fence one
+/// election window (10 s) later. Here it is recorded only when the hung member's probes beside it pass their
+/// deadlines (timeout 10 s + result grace), so the exit comes that much late. `pick` chooses the round and the
+/// member that hangs in it.
+fn review13b_exit_delay_with_a_member_hung_in_a_round(
+    text: &str,
+    first_leader: usize,
+    pick: impl Fn(&Run, &Patroni, &[ScheduledStep]) -> Option<usize>,
+) -> (u64, u64) {
+    let mut run = Run::new();
+    run.input(patroni_submit(patroni_cluster(text))).unwrap();
+    let mut pg = Patroni::new(first_leader);
+    let mut hung = None;
+    for _ in 0..2_000 {
+        let out = run.state.outstanding_steps();
+        if let Some(m) = pick(&run, &pg, &out) {
+            hung = Some(m);
+            break;
+        }
+        if let Some(step) = out.first() {
+            let r = pg.run(step);
+            run.finish(step, r);
+        } else {
+            run.tick();
+        }
+    }
+    let hung = hung.expect("the round was scheduled");
+    assert!(pg.paused, "the fence is up");
+    // The member's host stalls: its Patroni no longer renews the leader key (paused: nobody takes it), and its
+    // executor answers nothing (its probes pass their deadlines).
+    pg.leader = None;
+    let stalled = |s: &ScheduledStep| s.node == PG[hung];
+    for _ in 0..5_000 {
+        if run.state.is_terminal()
+            || run.history.iter().any(|e| {
+                matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)
+            })
+        {
+            break;
+        }
+        if let Some(step) = run
+            .state
+            .outstanding_steps()
+            .into_iter()
+            .find(|s| !stalled(s))
+        {
+            let r = pg.run(&step);
+            run.finish(&step, r);
+            continue;
+        }
+        if run.state.next_wakeup_ms().is_none() {
+            break;
+        }
+        run.tick();
+    }
+    let answered_at = |step: u64| {
+        run.history.iter().find_map(|e| match e {
+            Event::StepResultRecorded { step: s, at_ms, .. } if *s == step => Some(*at_ms),
+            _ => None,
+        })
+    };
+    let leaderless_at = run
+        .history
+        .iter()
+        .filter_map(|e| match e {
+            Event::ObservationRecorded {
+                step, observation, ..
+            } => observation
+                .topology()
+                .filter(|t| t.sole_leader().is_none())
+                .and_then(|_| answered_at(*step)),
+            _ => None,
+        })
+        .min()
+        .expect("a live member's topology showed no leader");
+    let exit_at = run
+        .history
+        .iter()
+        .find_map(|e| match e {
+            Event::WindDownStarted { cause, at_ms, .. }
+                if *cause == workflow::core::WindDownCause::Emergency =>
+            {
+                Some(*at_ms)
+            }
+            _ => None,
+        })
+        .expect("the emergency exit began");
+    (leaderless_at, exit_at)
+}
+
+/// Hostile review 13b (P2): the switchover's guard (fence kept): its first topology is asked of a follower, in one
+/// round with the leader's node and fence probes. The leader stalls as the round goes out.
+#[test]
+fn review13b_a_leader_that_stalls_during_the_switchover_guards_round_gets_the_exit_within_the_election_window(
+) {
+    for text in [review13b_one_at_a_time(), patroni_profile_text()] {
+        let (leaderless_at, exit_at) =
+            review13b_exit_delay_with_a_member_hung_in_a_round(&text, 0, |run, pg, out| {
+                let demote_guard = matches!(
+                    run.state.current_plan_item(),
+                    Some((
+                        _,
+                        PlanItem::Run {
+                            action: Action::Demote,
+                            ..
+                        },
+                        _
+                    ))
+                );
+                let topology = out.iter().any(|s| s.action == Action::ProbeClusterStatus);
+                (demote_guard && topology).then_some(pg.leader?)
+            });
+        assert!(
+        exit_at <= leaderless_at + 10_000 + 100,
+        "probe_rounds {}: no leader shown at {leaderless_at}, the emergency exit only at {exit_at} ({} ms later, the window is 10000)",
+        text.contains("probe_rounds = true"),
+        exit_at - leaderless_at
+    );
+    }
+}
+
+/// The Patroni profile without probe rounds: the control (one step at a time, as before the fourteenth session).
+fn review13b_one_at_a_time() -> String {
+    let text = patroni_profile_text().replace("probe_rounds = true\n", "");
+    assert_ne!(text, patroni_profile_text());
+    text
+}
+
+/// Hostile review 13b (P2): VerifySwitchover (fence kept): its topology goes out with the switchover target's
+/// version, node and running-version probes. The new leader stalls as the round goes out.
+#[test]
+fn review13b_a_new_leader_that_stalls_during_verify_switchovers_round_gets_the_exit_within_the_election_window(
+) {
+    for first_leader in 0..3 {
+        for text in [review13b_one_at_a_time(), patroni_profile_text()] {
+            let (leaderless_at, exit_at) = review13b_exit_delay_with_a_member_hung_in_a_round(
+                &text,
+                first_leader,
+                |run, pg, out| {
+                    let verify = matches!(
+                        run.state.current_plan_item(),
+                        Some((_, PlanItem::VerifySwitchover { .. }, _))
+                    );
+                    let topology = out.iter().any(|s| s.action == Action::ProbeClusterStatus);
+                    (verify && topology).then_some(pg.leader?)
+                },
+            );
+            assert!(
+        exit_at <= leaderless_at + 10_000 + 100,
+        "first leader {first_leader}, probe_rounds {}: no leader shown at {leaderless_at}, the emergency exit only at {exit_at} ({} ms later, the window is 10000)",
+        text.contains("probe_rounds = true"),
+        exit_at - leaderless_at
+    );
+        }
+    }
+}
