@@ -4655,3 +4655,104 @@ fn review13b_a_new_leader_that_stalls_during_verify_switchovers_round_gets_the_e
         }
     }
 }
+
+/// Hostile review 13b (P3): the same round, the leader's executor stalled, and leadership moved meanwhile (an
+/// operator's switchover to pg3: Patroni allows one under pause). A one-at-a-time run halts on the topology at once
+/// ("changed under the plan"); with the topology opening the round, the halt waits for the stalled member's probe
+/// deadlines. Nothing runs meanwhile (no action is at stake), but the halt, and the wind-down that re-enables
+/// failover after it, come one probe deadline late.
+#[test]
+fn review13b_a_leader_moved_while_the_old_one_stalls_halts_as_soon_as_the_topology_shows_it() {
+    for text in [review13b_one_at_a_time(), patroni_profile_text()] {
+        let mut run = Run::new();
+        run.input(patroni_submit(patroni_cluster(&text))).unwrap();
+        let mut pg = Patroni::new(0);
+        let mut armed = false;
+        for _ in 0..2_000 {
+            let out = run.state.outstanding_steps();
+            let demote_guard = matches!(
+                run.state.current_plan_item(),
+                Some((
+                    _,
+                    PlanItem::Run {
+                        action: Action::Demote,
+                        ..
+                    },
+                    _
+                ))
+            );
+            if demote_guard && out.iter().any(|s| s.action == Action::ProbeClusterStatus) {
+                armed = true;
+                break;
+            }
+            if let Some(step) = out.first() {
+                let r = pg.run(step);
+                run.finish(step, r);
+            } else {
+                run.tick();
+            }
+        }
+        assert!(armed, "the switchover's guard began");
+        pg.leader = Some(2);
+        let stalled = |s: &ScheduledStep| s.node == "pg1";
+        for _ in 0..5_000 {
+            if run.state.is_terminal()
+                || run
+                    .history
+                    .iter()
+                    .any(|e| matches!(e, Event::WindDownStarted { .. }))
+            {
+                break;
+            }
+            if let Some(step) = run
+                .state
+                .outstanding_steps()
+                .into_iter()
+                .find(|s| !stalled(s))
+            {
+                let r = pg.run(&step);
+                run.finish(&step, r);
+                continue;
+            }
+            if run.state.next_wakeup_ms().is_none() {
+                break;
+            }
+            run.tick();
+        }
+        let answered_at = |step: u64| {
+            run.history.iter().find_map(|e| match e {
+                Event::StepResultRecorded { step: s, at_ms, .. } if *s == step => Some(*at_ms),
+                _ => None,
+            })
+        };
+        let moved_at = run
+            .history
+            .iter()
+            .filter_map(|e| match e {
+                Event::ObservationRecorded {
+                    step, observation, ..
+                } => observation
+                    .topology()
+                    .filter(|t| t.sole_leader() == Some("pg3"))
+                    .and_then(|_| answered_at(*step)),
+                _ => None,
+            })
+            .min()
+            .expect("a topology showed pg3 leading");
+        let (halt_at, reason) = run
+            .history
+            .iter()
+            .find_map(|e| match e {
+                Event::WindDownStarted { at_ms, reason, .. } => Some((*at_ms, reason.clone())),
+                _ => None,
+            })
+            .expect("the upgrade winds down");
+        assert!(reason.contains("changed under the plan"), "{reason}");
+        assert!(
+            halt_at <= moved_at + 100,
+            "probe_rounds {}: pg3 shown leading at {moved_at}, the halt only at {halt_at} ({} ms later)",
+            text.contains("probe_rounds = true"),
+            halt_at - moved_at
+        );
+    }
+}
