@@ -4756,3 +4756,45 @@ fn review13b_a_leader_moved_while_the_old_one_stalls_halts_as_soon_as_the_topolo
         );
     }
 }
+
+/// Hostile review 13b (P3, cost only): one failed `endpoint status` asked of the etcd leader (exit 2: the ctl
+/// wrapper itself failed, once) puts it in `view_failed`. etcd has no fence probe, and the observer never asks an
+/// unreachable member's topology while another is usable, so nothing cluster-wide is asked of the leader again
+/// until its own WaitSynced after the switchover: its node probe answers in every guard meanwhile, yet every later
+/// topology stays alone (`topology_opens_round`: the expected leader is unreachable). A healthy upgrade takes 31
+/// decisions; this asks the leader for the rest of the followers' upgrade as if it were gone.
+#[test]
+fn review13b_one_failed_topology_of_the_etcd_leader_does_not_keep_it_unreachable_while_it_answers()
+{
+    let mut run = Run::new();
+    run.input(submit(cluster(&etcd_profile_text()))).unwrap();
+    let mut etcd = Etcd::new(1); // m2 leads
+    let mut failed = false;
+    let mut planned = false;
+    let batches = drive_rounds(&mut run, Answer::AsScheduled, 5_000, |s| {
+        planned |= s.action == Action::Stop;
+        if !failed
+            && !planned
+            && s.step > 5
+            && s.action == Action::ProbeClusterStatus
+            && s.node == "m2"
+        {
+            failed = true;
+            return (
+                Outcome::Failed,
+                Some(2),
+                String::new(),
+                "ctl: endpoint-status: killed".into(),
+            );
+        }
+        etcd.run(s)
+    });
+    assert!(failed, "the leader's topology was asked");
+    assert_eq!(status(&run.state), Status::Completed);
+    // One failed check costs a poll and the guard's first round again: a decision or two, not every round after.
+    assert!(
+        batches.len() <= 31 + 3,
+        "{} decisions: {batches:?}",
+        batches.len()
+    );
+}
