@@ -2866,26 +2866,29 @@ fn with_probe_rounds_preflight_and_the_guard_ask_independent_probes_side_by_side
         round(&["topology@m1", "node@m1", "version@m1", "running@m1"]),
     ];
     assert_eq!(batches[..want.len()], want[..]);
-    // The switchover's guard: 2 rounds, not 5; every other member's node probe with the first topology. Then
-    // VerifySwitchover asks its topology with the new leader's probes, the switchover's target (the topology
-    // before it still named the old leader).
+    // The switchover's guard: 3 rounds, not 5: its first topology is asked of another member than the leader it
+    // moves, so it goes out alone (a leader that hung would otherwise hold a "no leader" that look shows until the
+    // leader's probes' deadlines, hostile review 13b), then every member's node probe in one round, then the
+    // topology again. Then VerifySwitchover asks its topology with the new leader's probes, the switchover's target
+    // (the topology before it still named the old leader), all of that one member.
     let at = batches
         .iter()
         .position(|b| *b == round(&["demote@m2"]))
         .expect("a switchover");
     assert_eq!(
-        batches[at - 2..at + 2],
+        batches[at - 3..at + 2],
         [
-            round(&["topology@m1", "node@m2", "node@m1", "node@m3"]),
+            round(&["topology@m1"]),
+            round(&["node@m2", "node@m1", "node@m3"]),
             round(&["topology@m1"]),
             round(&["demote@m2"]),
             round(&["topology@m1", "version@m1", "node@m1", "running@m1"]),
         ]
     );
-    // 70 steps in 31 decisions (one at a time, they were 70 decisions; 57 with one probe of a node a round; 46
+    // 70 steps in 32 decisions (one at a time, they were 70 decisions; 57 with one probe of a node a round; 46
     // with every topology a round of its own).
     let steps: usize = batches.iter().map(Vec::len).sum();
-    assert_eq!((batches.len(), steps), (31, 70), "{batches:?}");
+    assert_eq!((batches.len(), steps), (32, 70), "{batches:?}");
     // The log alone re-derives every decision, and replays to the same state.
     workflow::core::verify(&run.history).expect("verify");
     assert_eq!(workflow::core::replay(&run.history), run.state);

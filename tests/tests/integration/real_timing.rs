@@ -88,8 +88,29 @@ pub(crate) fn breakdown(events: &[Event], executor_logs: &str) -> String {
     let mut item_wall: Vec<(String, u64)> = Vec::new();
     let mut item_started: Option<u64> = None;
     let (mut first, mut last) = (None, 0);
+    // Decisions that sent steps (a round's steps are consecutive `StepScheduled` events of one decision), the steps
+    // they sent, and the rounds whose judgment ended on a probe that a one-at-a-time run would not ask.
+    let (mut decisions, mut steps, mut mismatches) = (0u32, 0u32, 0u32);
+    let mut previous_kind = "";
     for e in &events {
         let kind = e["type"].as_str().unwrap_or("");
+        if kind == "StepScheduled" {
+            steps += 1;
+            if previous_kind != "StepScheduled" {
+                decisions += 1;
+            }
+        }
+        if kind == "CheckEvaluated"
+            && e["problems"].as_array().is_some_and(|p| {
+                p.iter().any(|p| {
+                    p.as_str()
+                        .is_some_and(|p| p.contains("round probe mismatch"))
+                })
+            })
+        {
+            mismatches += 1;
+        }
+        previous_kind = kind;
         if let Some(at) = e["at_ms"].as_u64() {
             if let Some(prev) = now {
                 let span = at.saturating_sub(prev);
@@ -165,7 +186,10 @@ pub(crate) fn breakdown(events: &[Event], executor_logs: &str) -> String {
         .find_map(|e| e["upgrade"].as_str())
         .unwrap_or_default();
     let exec = executor_elapsed(executor_logs, upgrade);
-    let mut out = format!("time breakdown ({total} ms from submission to the last event):\n");
+    let mut out = format!(
+        "time breakdown ({total} ms from submission to the last event; {steps} steps sent by {decisions} decisions; \
+         {mismatches} round probe mismatches):\n"
+    );
     out.push_str(
         "| action/probe | count | round trip total ms | mean ms | max ms | executor run total ms | mean ms | \
          overhead (round trip - run) ms |\n|---|---|---|---|---|---|---|---|\n",

@@ -803,7 +803,7 @@ pub const ROUND_PROBES_PER_NODE: usize = 4;
 /// The probes of `probes[from..]` asked together as one round: the probe at `from`, then the ones after it for as
 /// long as each is read-only, is no look at the leader (`names_leader`) and asks no node already asked
 /// [`ROUND_PROBES_PER_NODE`] times in it. A look at the leader may open a round but never joins one:
-/// - it opens one (where `opens`: `topology_opens_round`) because the probes after it are chosen from the picture
+/// - it opens one (where `opens`: `topology_opens_round` on the round it would open) because the probes after it are chosen from the picture
 ///   before it (the leader's node probe goes to the leader the last topology named, VerifySwitchover's to the
 ///   switchover's target); if this look shows otherwise, the next probe of the round is not the one a
 ///   one-at-a-time run would ask after it, and `round_decisions` ends the round's judgment there as a failed check
@@ -833,31 +833,40 @@ pub(crate) fn round_of(
     &probes[from..end]
 }
 
-/// Whether a look that names the leader may open a round (`round_of`) now: only where the picture the probes after
-/// it are chosen from is one the look will normally show unchanged, so that a mismatch (a failed check and a poll)
-/// stays the exception:
-/// - the last topology showed one leader, the one the plan expects now. Not in preflight (no plan, no leader known:
-///   the fence probe's node follows the look, hostile review 13 P2-a), and not between a switchover and its
-///   confirmation, when the leader is meant to move (P3-a), but for VerifySwitchover itself, whose probes of the
-///   new leader go to the switchover's target, what its look must show;
-/// - that leader (VerifySwitchover: the target) is not unreachable: its probes would hold the round, and with it a
-///   "no leader" the look shows, until their deadlines pass, and the emergency exit would come that much late
-///   (P2-b).
-fn topology_opens_round(state: &State) -> bool {
-    let last = state.last_cluster.as_ref().and_then(|c| c.sole_leader());
-    let verify_target = state
+/// Whether `round`, a round that a look naming the leader opens (`round_of`), may go out as one. A round is judged
+/// only once every probe of it has an outcome, so a look that shows something decisive (no leader, a leader that
+/// moved) must never wait behind a probe of a member that may hang, where a one-at-a-time run would act on it at
+/// once (hostile reviews 13 and 13b: the emergency exit, or the halt, one probe deadline late). So the look opens a
+/// round only where a member that hangs would hang the look itself:
+/// - it belongs to a checking item, not a guard, and every probe after it asks the node it is asked of
+///   (WaitSynced's, and VerifySwitchover's, whose topology goes to the new leader it then probes); or
+/// - it is asked of the leader the last topology named, the one the plan expects now (the guards but the
+///   switchover's, VerifyStable's): a leader that hangs or dies hangs the look, and the other members' node probes
+///   beside it only add what a one-at-a-time run would have waited for after it.
+///
+/// And never of a node in `State::unreachable`. Preflight (no leader known yet) and the guard of the switchover
+/// (its look is asked of another member than the leader it moves) keep the look alone; so does a guard between a
+/// switchover and its confirmation, whose expected leader is not one node yet. Where the probes after the look were
+/// chosen from a picture the look then contradicts, the round still ends as a mismatch (`round_decisions`).
+fn topology_opens_round(state: &State, round: &[(Action, String)]) -> bool {
+    let Some(((_, asked), rest)) = round.split_first() else {
+        return false;
+    };
+    if state.unreachable.contains(asked) {
+        return false;
+    }
+    // A guard's probes after its look go to the leader the picture before it named; a checking item's do not depend
+    // on the look (VerifySwitchover's go to the switchover's target until a topology shows the new leader).
+    let in_guard = state
         .plan
         .as_ref()
         .zip(state.cursor.as_ref())
-        .and_then(|(plan, c)| match plan.items.get(c.index) {
-            Some(PlanItem::VerifySwitchover { via, .. }) => Some(via.as_str()),
-            _ => None,
-        });
-    let leader = match verify_target {
-        Some(target) => last.map(|_| target),
-        None => last.filter(|l| super::guard::expected_leader_now(state).as_deref() == Some(*l)),
-    };
-    leader.is_some_and(|l| !state.unreachable.contains(l))
+        .is_some_and(|(plan, c)| matches!(plan.items.get(c.index), Some(PlanItem::Run { .. })));
+    let of_itself = state.plan.is_some() && !in_guard && rest.iter().all(|(_, node)| node == asked);
+    let leader = state.last_cluster.as_ref().and_then(|c| c.sole_leader());
+    let of_the_leader = leader == Some(asked.as_str())
+        && super::guard::expected_leader_now(state).as_deref() == Some(asked.as_str());
+    of_itself || of_the_leader
 }
 
 /// Whether `action`'s observation names the leader, so that the guard judges the leader by it: the topology, and
@@ -895,9 +904,16 @@ fn try_schedule_probes(
     now: u64,
 ) -> Result<Vec<Event>, String> {
     let round = if sub(state).profile.probe_rounds {
-        round_of(probes, from, topology_opens_round(state), |a| {
-            names_leader(state, a)
-        })
+        let opened = round_of(probes, from, true, |a| names_leader(state, a));
+        let opens = opened
+            .first()
+            .is_none_or(|(first, _)| !names_leader(state, *first))
+            || topology_opens_round(state, opened);
+        if opens {
+            opened
+        } else {
+            round_of(probes, from, false, |a| names_leader(state, a))
+        }
     } else {
         probes.get(from..from.saturating_add(1)).unwrap_or(&[])
     };

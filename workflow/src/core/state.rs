@@ -368,11 +368,6 @@ pub struct State {
     /// Nodes whose latest `cluster-status` or failover probe could not run (their etcd is unreachable):
     /// cluster-wide probes are asked of another node.
     pub(crate) unreachable: BTreeSet<String>,
-    /// The nodes of `unreachable` whose own cluster-wide probe failed (not only a probe that got no answer): only
-    /// a cluster-wide answer from such a node makes it reachable again. Its node probe answering shows its host
-    /// and executor are there, not that its view of the cluster works (a Patroni member cut off from the DCS
-    /// answers `GET /patroni` and fails `GET /cluster`); under probe rounds both are asked side by side.
-    pub(crate) view_failed: BTreeSet<String>,
     /// The leader confirmed by the switchover check; until then the plan's leader is expected.
     pub(crate) new_leader: Option<String>,
     /// A `cluster-status` that only watches for a lost leader while the upgrade waits for an operator (paused,
@@ -1131,25 +1126,19 @@ impl State {
                     // answer at all (its host or executor is gone); an answer from it makes it reachable again.
                     // Under probe rounds, where a node's topology and its node probe go out side by side, not any
                     // answer: one recorded after its round's judgment ended (the look before it failed) never
-                    // vouches for a node, and a node whose own cluster-wide probe failed (`view_failed`) is made
-                    // reachable again only by a cluster-wide answer (a Patroni member cut off from the DCS fails
-                    // GET /cluster and answers its node probe: the next look would go back to it every time).
-                    // Built-in profiles (no rounds) keep the first rule, so their recorded logs replay as before.
+                    // vouches for a node (a Patroni member cut off from the DCS fails GET /cluster and answers its
+                    // node and fence probes beside it: the next look would go back to it every time). Built-in
+                    // profiles (no rounds) keep the first rule, so their recorded logs replay as before.
                     let unavailable = matches!(observation, Observation::Unavailable { .. });
                     let no_answer = matches!(outcome, Some(Outcome::Unknown | Outcome::TimedOut));
                     let cluster_wide =
                         matches!(action, Action::ProbeClusterStatus | Action::ProbeFailover);
                     let rounds = self.sub.as_ref().is_some_and(|s| s.profile.probe_rounds);
                     if unavailable && (cluster_wide || no_answer) {
-                        if cluster_wide && rounds {
-                            self.view_failed.insert(node.clone());
-                        }
                         self.unreachable.insert(node);
                     } else if !unavailable {
-                        let vouches = !(rounds && unjudged)
-                            && (cluster_wide || !self.view_failed.contains(&node));
+                        let vouches = !(rounds && unjudged);
                         if vouches {
-                            self.view_failed.remove(&node);
                             self.unreachable.remove(&node);
                         }
                     }
