@@ -4801,3 +4801,148 @@ fn review13b_one_failed_topology_of_the_etcd_leader_does_not_keep_it_unreachable
         batches.len()
     );
 }
+
+/// Hostile review 13c: the `stop` guard of a follower (a `TakesOut` guard: its first topology, asked of the leader
+/// the plan expects, opens a round with the leader's node and fence probes AND every other member's node probe).
+/// The *other* follower's executor stalls as the round goes out, and an operator moves leadership (Patroni allows a
+/// switchover under pause) while the old leader stays up and answers. A one-at-a-time run asks the topology first,
+/// sees the moved leader at once and halts ("changed under the plan"), never asking the stalled member. With the
+/// round, the topology's observation is judged only after the stalled member's node probe passes its deadline:
+/// the halt, and the wind-down that re-enables failover, come one probe deadline late. `topology_opens_round`
+/// rule (b) assumes "the other members' node probes beside it only add what a one-at-a-time run would have waited
+/// for after it", which holds only when the topology shows nothing decisive.
+#[test]
+fn review13c_a_leader_moved_while_another_follower_stalls_in_a_stop_guard_round_halts_at_once() {
+    for (stopped, stalled, new_leader) in
+        [(1usize, 2usize, 2usize), (1, 2, 1), (2, 1, 1), (2, 1, 2)]
+    {
+        for text in [review13b_one_at_a_time(), patroni_profile_text()] {
+            let mut run = Run::new();
+            run.input(patroni_submit(patroni_cluster(&text))).unwrap();
+            let mut pg = Patroni::new(0);
+            let mut armed = false;
+            for _ in 0..2_000 {
+                let out = run.state.outstanding_steps();
+                let stop_guard = matches!(
+                    run.state.current_plan_item(),
+                    Some((_, PlanItem::Run { action: Action::Stop, node, .. }, _)) if node == PG[stopped]
+                );
+                if stop_guard && out.iter().any(|s| s.action == Action::ProbeClusterStatus) {
+                    armed = true;
+                    break;
+                }
+                if let Some(step) = out.first() {
+                    let r = pg.run(step);
+                    run.finish(step, r);
+                } else {
+                    run.tick();
+                }
+            }
+            assert!(armed, "the stop guard of {} began", PG[stopped]);
+            let rounds = text.contains("probe_rounds = true");
+            if rounds {
+                let out = run.state.outstanding_steps();
+                assert!(
+                    out.iter()
+                        .any(|s| s.node == PG[stalled] && s.action == Action::ProbeStatus),
+                    "the stalled member's node probe goes out with the topology: {out:?}"
+                );
+            }
+            pg.leader = Some(new_leader);
+            let stalled_node = PG[stalled];
+            for _ in 0..5_000 {
+                if run.state.is_terminal()
+                    || run
+                        .history
+                        .iter()
+                        .any(|e| matches!(e, Event::WindDownStarted { .. }))
+                {
+                    break;
+                }
+                if let Some(step) = run
+                    .state
+                    .outstanding_steps()
+                    .into_iter()
+                    .find(|s| s.node != stalled_node)
+                {
+                    let r = pg.run(&step);
+                    run.finish(&step, r);
+                    continue;
+                }
+                if run.state.next_wakeup_ms().is_none() {
+                    break;
+                }
+                run.tick();
+            }
+            let answered_at = |step: u64| {
+                run.history.iter().find_map(|e| match e {
+                    Event::StepResultRecorded { step: s, at_ms, .. } if *s == step => Some(*at_ms),
+                    _ => None,
+                })
+            };
+            let moved_at = run
+                .history
+                .iter()
+                .filter_map(|e| match e {
+                    Event::ObservationRecorded {
+                        step, observation, ..
+                    } => observation
+                        .topology()
+                        .filter(|t| t.sole_leader() == Some(PG[new_leader]))
+                        .and_then(|_| answered_at(*step)),
+                    _ => None,
+                })
+                .min()
+                .expect("a topology showed the new leader");
+            let (halt_at, reason) = run
+                .history
+                .iter()
+                .find_map(|e| match e {
+                    Event::WindDownStarted { at_ms, reason, .. } => Some((*at_ms, reason.clone())),
+                    _ => None,
+                })
+                .expect("the upgrade winds down");
+            assert!(
+                halt_at <= moved_at + 100,
+                "stop {}, {} stalled, leader moved to {}, probe_rounds {rounds}: the new leader shown at {moved_at}, the halt only at {halt_at} ({} ms later): {reason}",
+                PG[stopped],
+                PG[stalled],
+                PG[new_leader],
+                halt_at - moved_at
+            );
+        }
+    }
+}
+
+/// Hostile review 13c: the same `stop` guard round (topology asked of the leader, opening a round with every other
+/// member's node probe), the other follower's host stalls and the leader key is lost meanwhile (paused: nobody is
+/// elected). The leader's own GET /cluster shows no leader at once; a one-at-a-time run judges it at once and
+/// lifts the fence one election window later. With the round it is recorded only when the stalled follower's
+/// node probe passes its deadline, and `leaderless_since` (the emergency exit's clock) starts that much late.
+#[test]
+fn review13c_a_follower_that_stalls_in_a_stop_guards_round_does_not_delay_the_exit() {
+    for (stopped, stalled) in [(1usize, 2usize), (2, 1)] {
+        for text in [review13b_one_at_a_time(), patroni_profile_text()] {
+            let (leaderless_at, exit_at) = review13b_exit_delay_with_a_member_hung_in_a_round(
+                &text,
+                0,
+                |run, _pg, out| {
+                    let stop_guard = matches!(
+                        run.state.current_plan_item(),
+                        Some((_, PlanItem::Run { action: Action::Stop, node, .. }, _)) if node == PG[stopped]
+                    );
+                    let topology = out.iter().any(|s| s.action == Action::ProbeClusterStatus);
+                    (stop_guard && topology).then_some(stalled)
+                },
+            );
+            assert!(
+                exit_at <= leaderless_at + 10_000 + 100,
+                "stop {}, {} stalled, probe_rounds {}: no leader shown at {leaderless_at}, the emergency exit only at {exit_at} ({} ms later, the window is 10000)",
+                PG[stopped],
+                PG[stalled],
+                text.contains("probe_rounds = true"),
+                exit_at - leaderless_at
+            );
+        }
+    }
+}
