@@ -4946,3 +4946,96 @@ fn review13c_a_follower_that_stalls_in_a_stop_guards_round_does_not_delay_the_ex
         }
     }
 }
+
+/// Hostile review 13c (P3): WaitSynced's round `[topology@N, node@N, version@N, running@N]` opens under rule (a)
+/// ("a member that hangs would hang the look itself"), which holds for a member whose host or executor stalls, not
+/// for one probe command of it that hangs (here the running-version probe, a SQL query to a PostgreSQL just
+/// started) while its Patroni API answers. The leader key is lost meanwhile (paused: nobody is elected): the
+/// topology, asked of N, shows no leader at once; a one-at-a-time run judges it at once, the round only when the
+/// hung probe passes its deadline, and the emergency exit's clock starts that much late.
+#[test]
+fn review13c_a_hung_running_version_probe_in_wait_synced_does_not_delay_the_exit() {
+    for text in [review13b_one_at_a_time(), patroni_profile_text()] {
+        let mut run = Run::new();
+        run.input(patroni_submit(patroni_cluster(&text))).unwrap();
+        let mut pg = Patroni::new(0);
+        let mut armed = false;
+        for _ in 0..2_000 {
+            let out = run.state.outstanding_steps();
+            let wait_synced = matches!(
+                run.state.current_plan_item(),
+                Some((_, PlanItem::WaitSynced { node, .. }, _)) if node == "pg2"
+            );
+            if wait_synced && out.iter().any(|s| s.action == Action::ProbeClusterStatus) {
+                armed = true;
+                break;
+            }
+            if let Some(step) = out.first() {
+                let r = pg.run(step);
+                run.finish(step, r);
+            } else {
+                run.tick();
+            }
+        }
+        assert!(armed, "pg2's WaitSynced began");
+        assert!(pg.paused, "the fence is up");
+        pg.leader = None;
+        let hung = |s: &ScheduledStep| s.node == "pg2" && s.action == Action::ProbeRunningVersion;
+        for _ in 0..5_000 {
+            if run.state.is_terminal()
+                || run.history.iter().any(|e| {
+                    matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)
+                })
+            {
+                break;
+            }
+            if let Some(step) = run.state.outstanding_steps().into_iter().find(|s| !hung(s)) {
+                let r = pg.run(&step);
+                run.finish(&step, r);
+                continue;
+            }
+            if run.state.next_wakeup_ms().is_none() {
+                break;
+            }
+            run.tick();
+        }
+        let answered_at = |step: u64| {
+            run.history.iter().find_map(|e| match e {
+                Event::StepResultRecorded { step: s, at_ms, .. } if *s == step => Some(*at_ms),
+                _ => None,
+            })
+        };
+        let leaderless_at = run
+            .history
+            .iter()
+            .filter_map(|e| match e {
+                Event::ObservationRecorded {
+                    step, observation, ..
+                } => observation
+                    .topology()
+                    .filter(|t| t.sole_leader().is_none())
+                    .and_then(|_| answered_at(*step)),
+                _ => None,
+            })
+            .min()
+            .expect("a topology showed no leader");
+        let exit_at = run
+            .history
+            .iter()
+            .find_map(|e| match e {
+                Event::WindDownStarted { cause, at_ms, .. }
+                    if *cause == workflow::core::WindDownCause::Emergency =>
+                {
+                    Some(*at_ms)
+                }
+                _ => None,
+            })
+            .expect("the emergency exit began");
+        assert!(
+            exit_at <= leaderless_at + 10_000 + 100,
+            "probe_rounds {}: no leader shown at {leaderless_at}, the emergency exit only at {exit_at} ({} ms later, the window is 10000)",
+            text.contains("probe_rounds = true"),
+            exit_at - leaderless_at
+        );
+    }
+}
