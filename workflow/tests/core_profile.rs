@@ -5039,3 +5039,108 @@ fn review13c_a_hung_running_version_probe_in_wait_synced_does_not_delay_the_exit
         );
     }
 }
+
+/// Hostile review 13c: the stronger form. pg3's host hangs (its probes pass their deadlines) from the moment pg2's
+/// `stop` guard begins, and stays hung: both runs keep polling the guard (pg3's node probe must show it up before a
+/// member is taken out). pg3 is in `State::unreachable` after the first round, yet `topology_opens_round` checks
+/// only the node the look is asked of, so every later round again holds the leader's topology behind pg3's
+/// probe. The leader key is lost 30 s later, not as a round goes out: a one-at-a-time run judges the next topology
+/// at once; the round judges it only when pg3's probe beside it passes its deadline.
+#[test]
+fn review13c_a_member_known_unreachable_still_holds_every_later_stop_guard_round() {
+    for text in [review13b_one_at_a_time(), patroni_profile_text()] {
+        let mut run = Run::new();
+        run.input(patroni_submit(patroni_cluster(&text))).unwrap();
+        let mut pg = Patroni::new(0);
+        let mut armed = false;
+        for _ in 0..2_000 {
+            let out = run.state.outstanding_steps();
+            let stop_guard = matches!(
+                run.state.current_plan_item(),
+                Some((_, PlanItem::Run { action: Action::Stop, node, .. }, _)) if node == "pg2"
+            );
+            if stop_guard && out.iter().any(|s| s.action == Action::ProbeClusterStatus) {
+                armed = true;
+                break;
+            }
+            if let Some(step) = out.first() {
+                let r = pg.run(step);
+                run.finish(step, r);
+            } else {
+                run.tick();
+            }
+        }
+        assert!(armed, "pg2's stop guard began");
+        assert!(pg.paused, "the fence is up");
+        let lose_at = run.now + 30_000;
+        for _ in 0..10_000 {
+            if run.state.is_terminal()
+                || run.history.iter().any(|e| {
+                    matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)
+                })
+            {
+                break;
+            }
+            if run.now >= lose_at {
+                pg.leader = None;
+            }
+            if let Some(step) = run
+                .state
+                .outstanding_steps()
+                .into_iter()
+                .find(|s| s.node != "pg3")
+            {
+                let r = pg.run(&step);
+                run.finish(&step, r);
+                continue;
+            }
+            if run.state.next_wakeup_ms().is_none() {
+                break;
+            }
+            run.tick();
+        }
+        let answered_at = |step: u64| {
+            run.history.iter().find_map(|e| match e {
+                Event::StepResultRecorded { step: s, at_ms, .. } if *s == step => Some(*at_ms),
+                _ => None,
+            })
+        };
+        let leaderless_at = run
+            .history
+            .iter()
+            .filter_map(|e| match e {
+                Event::ObservationRecorded {
+                    step, observation, ..
+                } => observation
+                    .topology()
+                    .filter(|t| t.sole_leader().is_none())
+                    .and_then(|_| answered_at(*step)),
+                _ => None,
+            })
+            .min()
+            .expect("a topology showed no leader");
+        assert!(leaderless_at >= lose_at, "the loss came after {lose_at}");
+        let exit_at = run
+            .history
+            .iter()
+            .find_map(|e| match e {
+                Event::WindDownStarted { cause, at_ms, .. }
+                    if *cause == workflow::core::WindDownCause::Emergency =>
+                {
+                    Some(*at_ms)
+                }
+                _ => None,
+            })
+            .expect("the emergency exit began");
+        eprintln!(
+            "probe_rounds {}: lost at {lose_at}, no leader shown at {leaderless_at}, exit at {exit_at}",
+            text.contains("probe_rounds = true")
+        );
+        assert!(
+            exit_at <= leaderless_at + 10_000 + 100,
+            "probe_rounds {}: no leader shown at {leaderless_at} (lost at {lose_at}), the emergency exit only at {exit_at} ({} ms later, the window is 10000)",
+            text.contains("probe_rounds = true"),
+            exit_at - leaderless_at
+        );
+    }
+}
