@@ -2998,14 +2998,14 @@ fn a_round_whose_first_probe_shows_no_leader_decides_on_it_though_the_later_prob
 fn a_round_waits_for_every_probe_and_a_timed_out_one_is_judged_in_its_turn() {
     let (mut run, mut etcd, round_steps) = at_the_first_node_round();
     let (leader, other) = (&round_steps[0], &round_steps[1]);
-    // The first probe answers: nothing is judged, nothing new is scheduled, while the other is out.
+    // The first probe answers: it is judged at once (it passes), and nothing new is scheduled while the other is
+    // out.
     let r = etcd.run(leader);
     let events = run.finish(leader, r);
+    assert_eq!(judged(&events, leader.step), (1, Some(true)), "{events:#?}");
     assert!(
-        events
-            .iter()
-            .all(|e| matches!(e, Event::StepResultRecorded { .. })),
-        "decided while a probe of the round was out: {events:#?}"
+        common::scheduled(&events).is_empty(),
+        "scheduled while a probe of the round was out: {events:#?}"
     );
     assert_eq!(
         run.input(Input::Tick {
@@ -3025,7 +3025,7 @@ fn a_round_waits_for_every_probe_and_a_timed_out_one_is_judged_in_its_turn() {
         decided.get(1),
         Some(Event::StepDeadlinePassed { step, .. }) if *step == other.step
     ));
-    assert_eq!(judged(decided, leader.step), (1, Some(true)));
+    assert_eq!(judged(decided, leader.step), (0, None), "judged before");
     assert_eq!(judged(decided, other.step), (1, Some(false)));
     let stop = decided
         .iter()
@@ -3092,11 +3092,12 @@ fn status_shows_every_probe_of_a_round_still_out() {
             Some(run.state.scheduled_ms(s)),
         )
     };
-    // Three probes in the round (its topology, answered already, and the two node probes).
-    let both = (3, vec![sent(leader), sent(other)]);
-    let only_other = (3, vec![sent(other)]);
+    // Two probes of the round not judged yet: its topology answered and was judged already (a round is judged in
+    // step order as each probe comes).
+    let both = (2, vec![sent(leader), sent(other)]);
+    let only_other = (1, vec![sent(other)]);
     assert_eq!(out(&run), Some(both));
-    // The leader's probe answers: the view shows the round still waiting on the other member.
+    // The leader's probe answers and is judged: the view shows the round still waiting on the other member.
     let r = etcd.run(leader);
     run.finish(leader, r);
     assert_eq!(out(&run), Some(only_other));
@@ -3220,9 +3221,11 @@ fn a_round_that_one_at_a_time_would_not_ask_is_a_failed_check_that_counts_toward
                 } => Some(*until_ms),
                 _ => None,
             });
+            // Decided on the first answer (its probe is judged, here found not to match, as soon as it comes:
+            // `Run::finish` advances the clock 10 ms per answer), a poll interval from then.
             assert_eq!(
                 poll,
-                Some(tampered.now + 500),
+                Some(tampered.now - 10 + 500),
                 "a poll interval: {decided:#?}"
             );
             // Then the checks start again with this decider's own rounds, and the upgrade completes.

@@ -833,21 +833,20 @@ pub(crate) fn round_of(
     &probes[from..end]
 }
 
-/// Whether `round`, a round that a look naming the leader opens (`round_of`), may go out as one. A round is judged
-/// only once every probe of it has an outcome, so a look that shows something decisive (no leader, a leader that
-/// moved) must never wait behind a probe of a member that may hang, where a one-at-a-time run would act on it at
-/// once (hostile reviews 13 and 13b: the emergency exit, or the halt, one probe deadline late). So the look opens a
-/// round only where a member that hangs would hang the look itself:
-/// - it belongs to a checking item, not a guard, and every probe after it asks the node it is asked of
-///   (WaitSynced's, and VerifySwitchover's, whose topology goes to the new leader it then probes); or
-/// - it is asked of the leader the last topology named, the one the plan expects now (the guards but the
-///   switchover's, VerifyStable's): a leader that hangs or dies hangs the look, and the other members' node probes
-///   beside it only add what a one-at-a-time run would have waited for after it.
+/// Whether `round`, a round that a look naming the leader opens (`round_of`), may go out as one. Its probes after
+/// the look were chosen from the picture before it, so it opens one only where that picture is the one the look
+/// will normally show, and where a member that hangs holds up as little as a one-at-a-time run would (a round's
+/// probes are judged in step order as each comes, `round_decisions`, but nothing new goes out until all are back):
+/// - a checking item's look (not a guard's, not preflight's) whose every later probe asks the node it is asked of
+///   (WaitSynced's; VerifySwitchover's, whose look and probes go to the switchover's target); or
+/// - a look asked of the leader the last topology named, the one the plan expects now (the guards of `stop`,
+///   `install` and `start`; VerifyStable's): the leader's probes go out beside it, and before a `stop` every other
+///   member's node probe.
 ///
-/// And never of a node in `State::unreachable`. Preflight (no leader known yet) and the guard of the switchover
-/// (its look is asked of another member than the leader it moves) keep the look alone; so does a guard between a
-/// switchover and its confirmation, whose expected leader is not one node yet. Where the probes after the look were
-/// chosen from a picture the look then contradicts, the round still ends as a mismatch (`round_decisions`).
+/// And never of a node in `State::unreachable`. Preflight (no leader known yet: the fence probe's node follows the
+/// look, hostile review 13), the switchover's guard (its look is asked of another member than the leader it moves,
+/// 13b) and a guard between a switchover and its confirmation (its leader is meant to move, 13) keep the look alone.
+/// Where the look still contradicts the picture, the round ends as a mismatch (`round_decisions`).
 fn topology_opens_round(state: &State, round: &[(Action, String)]) -> bool {
     let Some(((_, asked), rest)) = round.split_first() else {
         return false;
@@ -953,19 +952,27 @@ fn next_probe(state: &State) -> Option<(Action, String)> {
     .cloned()
 }
 
-/// A round of probes (rules in `core/mod.rs`, S1): nothing else is decided while any of its probes is out (each
-/// one's deadline passes on its own); once all have an outcome, they are judged one by one in step order,
-/// exactly as if they had run one after another (`State::apply` takes the next one up after a passed check);
-/// once the judgment ended before the last one, the rest are recorded unjudged. `None`: no round, or the
-/// round's next probe is to be judged the ordinary way.
+/// A round of probes (rules in `core/mod.rs`, S1): nothing new is scheduled while any of its probes is out (each
+/// one's deadline passes on its own); they are judged one by one in step order, each as soon as it and every
+/// earlier one has an outcome, exactly as if they had run one after another (`State::apply` takes the next one
+/// up after a passed check); once the judgment ended before the last one, the rest are recorded unjudged as they
+/// come. `None`: no round, or the round's next probe is to be judged the ordinary way.
 fn round_decisions(state: &State, now: u64) -> Option<Vec<Event>> {
+    // The round's next probe was observed and awaits its judgment (`judge`), whatever is still out after it.
+    if state.last_observation.is_some() && !state.round_settled {
+        return None;
+    }
     let records: Vec<&StepRecord> = state
         .round
         .iter()
         .filter_map(|s| state.steps.get(s))
         .collect();
     let first = records.first()?;
-    if records.iter().any(|r| r.outcome.is_none()) {
+    // Judged in step order as soon as the next one has its outcome, not once all have: a look that shows something
+    // decisive (no leader, a leader that moved) never waits behind a later probe of a member that hangs, where a
+    // one-at-a-time run would act on it at once (hostile reviews 13b and 13c). Nothing new is scheduled while any
+    // probe of the round is out: a check that fails settles the round, and this waits for the rest.
+    if first.outcome.is_none() {
         let due = records
             .iter()
             .filter(|r| r.outcome.is_none())

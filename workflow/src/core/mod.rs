@@ -33,10 +33,11 @@
 //!   (it may open a round, with the probes chosen from the picture before it, never join one; so the guard's
 //!   last look is alone and the last one run, not only judged) and at most `decide::ROUND_PROBES_PER_NODE`
 //!   probes of one node, as many as an executor runs side by side (`decide::round_of`). Nothing new is
-//!   scheduled while any probe of the round is out; each one's deadline passes on its own. Once every probe has an
-//!   outcome (answered, failed, timed out, unknown), whatever the order of their results, the core judges the
-//!   observations in step order exactly as if the probes had run one after another (`decide::round_decisions`,
-//!   `State::apply` taking the next one up after a passed check). Once one of them decides (a failed check, a
+//!   scheduled while any probe of the round is out; each one's deadline passes on its own. Whatever the order of
+//!   their results, the core judges the observations in step order exactly as if the probes had run one after
+//!   another, each as soon as it and every earlier one has an outcome (answered, failed, timed out, unknown), so
+//!   a look that shows no leader is acted on at once (`decide::round_decisions`, `State::apply` taking the next
+//!   one up after a passed check). Once one of them decides (a failed check, a
 //!   poll, a halt, the emergency exit), the rest are recorded (`ObservationRecorded`, so the views and facts stay
 //!   true) but not judged (`State::round_settled`). The emergency exit and an operator's abort abandon a round
 //!   still out (the abort only under a profile with rounds): the wind-down goes on at once, and an abandoned

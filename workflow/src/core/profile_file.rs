@@ -83,7 +83,7 @@ pub struct ProcedureSpec {
     /// How long the cluster may show no leader before that is an emergency.
     pub election_ms: u64,
     /// Whether read-only probes that do not depend on each other are asked side by side, as a round (one
-    /// decision schedules them; the core judges their observations in order once all have answered). `false`
+    /// decision schedules them; the core judges their observations in order, each as it comes). `false`
     /// (the default): one step at a time.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub probe_rounds: bool,

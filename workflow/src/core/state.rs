@@ -702,9 +702,17 @@ impl State {
             .filter(|r| r.outcome.is_none())
             .map(|r| r.scheduled.deadline_ms)
             .min();
-        // While paused only the watch for a lost leader polls (`decide::watch_decisions`).
+        // While paused only the watch for a lost leader polls (`decide::watch_decisions`). While a round whose
+        // judgment ended early (a failed check) still has a probe out, nothing but its deadlines and the emergency
+        // exit decides (`decide::round_decisions`): a poll that came due meanwhile waits for the round, and arming
+        // it would wake the service again and again for nothing.
         let watching = self.failover_blocked && self.resolution.is_none();
-        let wait = if self.paused.is_some() && !watching {
+        let round_out = self
+            .round
+            .iter()
+            .filter_map(|s| self.steps.get(s))
+            .any(|r| r.outcome.is_none());
+        let wait = if (self.paused.is_some() && !watching) || round_out {
             None
         } else {
             self.wait.as_ref().map(|(_, until)| *until)

@@ -330,7 +330,7 @@ pub struct StepView {
 /// A round of probes as the views show it: several read-only probes out together, judged once all are back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundView {
-    /// How many probes the round holds.
+    /// How many probes of the round are not judged yet (a round is judged in step order as each probe comes).
     pub probes: usize,
     /// Those still without a result, in step order: what the upgrade waits on.
     pub out: Vec<StepView>,
