@@ -4353,58 +4353,7 @@ fn review13_a_leaderless_topology_beside_a_dead_leaders_probes_is_acted_on_withi
     pg.up[0] = false;
     pg.leader = None;
     let dead = |s: &ScheduledStep| s.node == "pg1";
-    for _ in 0..5_000 {
-        if run.state.is_terminal()
-            || run.history.iter().any(|e| {
-                matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)
-            })
-        {
-            break;
-        }
-        // The dead host answers nothing: its steps pass their deadlines.
-        if let Some(step) = run.state.outstanding_steps().into_iter().find(|s| !dead(s)) {
-            let r = pg.run(&step);
-            run.finish(&step, r);
-            continue;
-        }
-        if run.state.next_wakeup_ms().is_none() {
-            break;
-        }
-        run.tick();
-    }
-    let answered_at = |step: u64| {
-        run.history.iter().find_map(|e| match e {
-            Event::StepResultRecorded { step: s, at_ms, .. } if *s == step => Some(*at_ms),
-            _ => None,
-        })
-    };
-    // The first topology a live member answered showing no leader.
-    let leaderless_at = run
-        .history
-        .iter()
-        .filter_map(|e| match e {
-            Event::ObservationRecorded {
-                step, observation, ..
-            } => observation
-                .topology()
-                .filter(|t| t.sole_leader().is_none())
-                .and_then(|_| answered_at(*step)),
-            _ => None,
-        })
-        .min()
-        .expect("a live member's topology showed no leader");
-    let exit_at = run
-        .history
-        .iter()
-        .find_map(|e| match e {
-            Event::WindDownStarted { cause, at_ms, .. }
-                if *cause == workflow::core::WindDownCause::Emergency =>
-            {
-                Some(*at_ms)
-            }
-            _ => None,
-        })
-        .expect("the emergency exit began");
+    let (leaderless_at, exit_at) = leaderless_and_exit_ms(&mut run, &mut pg, dead);
     assert!(
         exit_at <= leaderless_at + 10_000 + 100,
         "no leader shown at {leaderless_at}, the emergency exit only at {exit_at} ({} ms later, the window is 10000)",
@@ -4537,62 +4486,7 @@ fn review13b_exit_delay_with_a_member_hung_in_a_round(
     // executor answers nothing (its probes pass their deadlines).
     pg.leader = None;
     let stalled = |s: &ScheduledStep| s.node == PG[hung];
-    for _ in 0..5_000 {
-        if run.state.is_terminal()
-            || run.history.iter().any(|e| {
-                matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)
-            })
-        {
-            break;
-        }
-        if let Some(step) = run
-            .state
-            .outstanding_steps()
-            .into_iter()
-            .find(|s| !stalled(s))
-        {
-            let r = pg.run(&step);
-            run.finish(&step, r);
-            continue;
-        }
-        if run.state.next_wakeup_ms().is_none() {
-            break;
-        }
-        run.tick();
-    }
-    let answered_at = |step: u64| {
-        run.history.iter().find_map(|e| match e {
-            Event::StepResultRecorded { step: s, at_ms, .. } if *s == step => Some(*at_ms),
-            _ => None,
-        })
-    };
-    let leaderless_at = run
-        .history
-        .iter()
-        .filter_map(|e| match e {
-            Event::ObservationRecorded {
-                step, observation, ..
-            } => observation
-                .topology()
-                .filter(|t| t.sole_leader().is_none())
-                .and_then(|_| answered_at(*step)),
-            _ => None,
-        })
-        .min()
-        .expect("a live member's topology showed no leader");
-    let exit_at = run
-        .history
-        .iter()
-        .find_map(|e| match e {
-            Event::WindDownStarted { cause, at_ms, .. }
-                if *cause == workflow::core::WindDownCause::Emergency =>
-            {
-                Some(*at_ms)
-            }
-            _ => None,
-        })
-        .expect("the emergency exit began");
-    (leaderless_at, exit_at)
+    leaderless_and_exit_ms(&mut run, &mut pg, stalled)
 }
 
 /// Hostile review 13b (P2): the switchover's guard (fence kept): its first topology is asked of a follower, in one
@@ -4984,56 +4878,7 @@ fn review13c_a_hung_running_version_probe_in_wait_synced_does_not_delay_the_exit
         assert!(pg.paused, "the fence is up");
         pg.leader = None;
         let hung = |s: &ScheduledStep| s.node == "pg2" && s.action == Action::ProbeRunningVersion;
-        for _ in 0..5_000 {
-            if run.state.is_terminal()
-                || run.history.iter().any(|e| {
-                    matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)
-                })
-            {
-                break;
-            }
-            if let Some(step) = run.state.outstanding_steps().into_iter().find(|s| !hung(s)) {
-                let r = pg.run(&step);
-                run.finish(&step, r);
-                continue;
-            }
-            if run.state.next_wakeup_ms().is_none() {
-                break;
-            }
-            run.tick();
-        }
-        let answered_at = |step: u64| {
-            run.history.iter().find_map(|e| match e {
-                Event::StepResultRecorded { step: s, at_ms, .. } if *s == step => Some(*at_ms),
-                _ => None,
-            })
-        };
-        let leaderless_at = run
-            .history
-            .iter()
-            .filter_map(|e| match e {
-                Event::ObservationRecorded {
-                    step, observation, ..
-                } => observation
-                    .topology()
-                    .filter(|t| t.sole_leader().is_none())
-                    .and_then(|_| answered_at(*step)),
-                _ => None,
-            })
-            .min()
-            .expect("a topology showed no leader");
-        let exit_at = run
-            .history
-            .iter()
-            .find_map(|e| match e {
-                Event::WindDownStarted { cause, at_ms, .. }
-                    if *cause == workflow::core::WindDownCause::Emergency =>
-                {
-                    Some(*at_ms)
-                }
-                _ => None,
-            })
-            .expect("the emergency exit began");
+        let (leaderless_at, exit_at) = leaderless_and_exit_ms(&mut run, &mut pg, hung);
         assert!(
             exit_at <= leaderless_at + 10_000 + 100,
             "probe_rounds {}: no leader shown at {leaderless_at}, the emergency exit only at {exit_at} ({} ms later, the window is 10000)",
@@ -5146,4 +4991,65 @@ fn review13c_a_member_known_unreachable_still_holds_every_later_stop_guard_round
             exit_at - leaderless_at
         );
     }
+}
+
+/// Drives `run` against `pg`, never answering the steps `hung` picks (they pass their deadlines), until the emergency
+/// exit begins or nothing is left to decide. Returns when a live member's topology first showed no leader (its
+/// answer's time) and when the exit began.
+fn leaderless_and_exit_ms(
+    run: &mut Run,
+    pg: &mut Patroni,
+    hung: impl Fn(&ScheduledStep) -> bool,
+) -> (u64, u64) {
+    for _ in 0..5_000 {
+        if run.state.is_terminal()
+            || run.history.iter().any(|e| {
+                matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)
+            })
+        {
+            break;
+        }
+        if let Some(step) = run.state.outstanding_steps().into_iter().find(|s| !hung(s)) {
+            let r = pg.run(&step);
+            run.finish(&step, r);
+            continue;
+        }
+        if run.state.next_wakeup_ms().is_none() {
+            break;
+        }
+        run.tick();
+    }
+    let answered_at = |step: u64| {
+        run.history.iter().find_map(|e| match e {
+            Event::StepResultRecorded { step: s, at_ms, .. } if *s == step => Some(*at_ms),
+            _ => None,
+        })
+    };
+    let leaderless_at = run
+        .history
+        .iter()
+        .filter_map(|e| match e {
+            Event::ObservationRecorded {
+                step, observation, ..
+            } => observation
+                .topology()
+                .filter(|t| t.sole_leader().is_none())
+                .and_then(|_| answered_at(*step)),
+            _ => None,
+        })
+        .min()
+        .expect("a live member's topology showed no leader");
+    let exit_at = run
+        .history
+        .iter()
+        .find_map(|e| match e {
+            Event::WindDownStarted { cause, at_ms, .. }
+                if *cause == workflow::core::WindDownCause::Emergency =>
+            {
+                Some(*at_ms)
+            }
+            _ => None,
+        })
+        .expect("the emergency exit began");
+    (leaderless_at, exit_at)
 }
