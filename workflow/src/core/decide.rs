@@ -803,11 +803,11 @@ pub const ROUND_PROBES_PER_NODE: usize = 4;
 /// The probes of `probes[from..]` asked together as one round: the probe at `from`, then the ones after it for as
 /// long as each is read-only, is no look at the leader (`names_leader`) and asks no node already asked
 /// [`ROUND_PROBES_PER_NODE`] times in it. A look at the leader may open a round but never joins one:
-/// - it opens one (where `opens`: `topology_opens_round` on the round it would open) because the probes after it are chosen from the picture
-///   before it (the leader's node probe goes to the leader the last topology named, VerifySwitchover's to the
-///   switchover's target); if this look shows otherwise, the next probe of the round is not the one a
-///   one-at-a-time run would ask after it, and `round_decisions` ends the round's judgment there as a failed check
-///   (the checks start again after a poll);
+/// - it opens one (where `opens`: `topology_opens_round` on the round it would open) because the probes after it
+///   are chosen from the picture before it (the leader's node probe goes to the leader the last topology named,
+///   VerifySwitchover's to the switchover's target); if this look shows otherwise, the next probe of the round is
+///   not the one a one-at-a-time run would ask after it, and `round_decisions` ends the round's judgment there as a
+///   failed check (the checks start again after a poll);
 /// - it never joins one because the guard's last look must be the last one *run*, not only the last judged (a
 ///   round's probes run in any order: a failover probe that names the leader, run before the leader's node probe
 ///   beside it, would vouch for a leader that has moved since). A look that ends a probe list is therefore alone.

@@ -327,7 +327,8 @@ pub struct StepView {
     pub deadline_ms: u64,
 }
 
-/// A round of probes as the views show it: several read-only probes out together, judged once all are back.
+/// A round of probes as the views show it: several read-only probes out together, judged in step order as each
+/// comes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundView {
     /// How many probes of the round are not judged yet (a round is judged in step order as each probe comes).
