@@ -4328,6 +4328,7 @@ fn review13_a_patroni_cluster_led_by_its_second_member_passes_preflight() {
 /// with a probe of the dead node still out (`emergency_by_time`). With the topology asked in one round beside the
 /// dead leader's node and fence probes (taken from the picture before it), the leaderless topology is not recorded
 /// until those probes' deadlines pass (timeout 10 s + result grace 10 s), so the exit comes about 10 s late.
+/// The review found this on the commit it attacked; the test asserts the behaviour the fix gave.
 #[test]
 fn review13_a_leaderless_topology_beside_a_dead_leaders_probes_is_acted_on_within_the_election_window(
 ) {
@@ -4353,7 +4354,7 @@ fn review13_a_leaderless_topology_beside_a_dead_leaders_probes_is_acted_on_withi
     pg.up[0] = false;
     pg.leader = None;
     let dead = |s: &ScheduledStep| s.node == "pg1";
-    let (leaderless_at, exit_at) = leaderless_and_exit_ms(&mut run, &mut pg, dead);
+    let (leaderless_at, exit_at) = leaderless_and_exit_ms(&mut run, &mut pg, dead, None);
     assert!(
         exit_at <= leaderless_at + 10_000 + 100,
         "no leader shown at {leaderless_at}, the emergency exit only at {exit_at} ({} ms later, the window is 10000)",
@@ -4365,6 +4366,7 @@ fn review13_a_leaderless_topology_beside_a_dead_leaders_probes_is_acted_on_withi
 /// `block_failover` guard after the switchover asks the leader's node probe in one round with its topology, from
 /// the picture before it (the old leader): the topology shows the new one, so the round does not match a
 /// one-at-a-time run and the check fails, costing a poll while failover is on. A healthy upgrade should have none.
+/// The review found this on the commit it attacked; the test asserts the behaviour the fix gave.
 #[test]
 fn review13_a_healthy_switchover_with_the_fence_lifted_has_no_round_probe_mismatch() {
     let lifting = patroni_profile_text().replace("switchover_keeps_fence = true\n", "");
@@ -4486,11 +4488,12 @@ fn review13b_exit_delay_with_a_member_hung_in_a_round(
     // executor answers nothing (its probes pass their deadlines).
     pg.leader = None;
     let stalled = |s: &ScheduledStep| s.node == PG[hung];
-    leaderless_and_exit_ms(&mut run, &mut pg, stalled)
+    leaderless_and_exit_ms(&mut run, &mut pg, stalled, None)
 }
 
 /// Hostile review 13b (P2): the switchover's guard (fence kept): its first topology is asked of a follower, in one
 /// round with the leader's node and fence probes. The leader stalls as the round goes out.
+/// The review found this on the commit it attacked; the test asserts the behaviour the fix gave.
 #[test]
 fn review13b_a_leader_that_stalls_during_the_switchover_guards_round_gets_the_exit_within_the_election_window(
 ) {
@@ -4529,6 +4532,7 @@ fn review13b_one_at_a_time() -> String {
 
 /// Hostile review 13b (P2): VerifySwitchover (fence kept): its topology goes out with the switchover target's
 /// version, node and running-version probes. The new leader stalls as the round goes out.
+/// The review found this on the commit it attacked; the test asserts the behaviour the fix gave.
 #[test]
 fn review13b_a_new_leader_that_stalls_during_verify_switchovers_round_gets_the_exit_within_the_election_window(
 ) {
@@ -4561,15 +4565,14 @@ fn review13b_a_new_leader_that_stalls_during_verify_switchovers_round_gets_the_e
 /// ("changed under the plan"); with the topology opening the round, the halt waits for the stalled member's probe
 /// deadlines. Nothing runs meanwhile (no action is at stake), but the halt, and the wind-down that re-enables
 /// failover after it, come one probe deadline late.
+/// The review found this on the commit it attacked; the test asserts the behaviour the fix gave.
 #[test]
 fn review13b_a_leader_moved_while_the_old_one_stalls_halts_as_soon_as_the_topology_shows_it() {
     for text in [review13b_one_at_a_time(), patroni_profile_text()] {
         let mut run = Run::new();
         run.input(patroni_submit(patroni_cluster(&text))).unwrap();
         let mut pg = Patroni::new(0);
-        let mut armed = false;
-        for _ in 0..2_000 {
-            let out = run.state.outstanding_steps();
+        let armed = patroni_until_a_look_in(&mut run, &mut pg, |run| {
             let demote_guard = matches!(
                 run.state.current_plan_item(),
                 Some((
@@ -4581,17 +4584,8 @@ fn review13b_a_leader_moved_while_the_old_one_stalls_halts_as_soon_as_the_topolo
                     _
                 ))
             );
-            if demote_guard && out.iter().any(|s| s.action == Action::ProbeClusterStatus) {
-                armed = true;
-                break;
-            }
-            if let Some(step) = out.first() {
-                let r = pg.run(step);
-                run.finish(step, r);
-            } else {
-                run.tick();
-            }
-        }
+            demote_guard
+        });
         assert!(armed, "the switchover's guard began");
         pg.leader = Some(2);
         let stalled = |s: &ScheduledStep| s.node == "pg1";
@@ -4663,6 +4657,7 @@ fn review13b_a_leader_moved_while_the_old_one_stalls_halts_as_soon_as_the_topolo
 /// until its own WaitSynced after the switchover: its node probe answers in every guard meanwhile, yet every later
 /// topology stays alone (`topology_opens_round`: the expected leader is unreachable). A healthy upgrade takes 31
 /// decisions; this asks the leader for the rest of the followers' upgrade as if it were gone.
+/// The review found this on the commit it attacked; the test asserts the behaviour the fix gave.
 #[test]
 fn review13b_one_failed_topology_of_the_etcd_leader_does_not_keep_it_unreachable_while_it_answers()
 {
@@ -4708,6 +4703,7 @@ fn review13b_one_failed_topology_of_the_etcd_leader_does_not_keep_it_unreachable
 /// the halt, and the wind-down that re-enables failover, come one probe deadline late. `topology_opens_round`
 /// rule (b) assumes "the other members' node probes beside it only add what a one-at-a-time run would have waited
 /// for after it", which holds only when the topology shows nothing decisive.
+/// The review found this on the commit it attacked; the test asserts the behaviour the fix gave.
 #[test]
 fn review13c_a_leader_moved_while_another_follower_stalls_in_a_stop_guard_round_halts_at_once() {
     for (stopped, stalled, new_leader) in
@@ -4717,24 +4713,13 @@ fn review13c_a_leader_moved_while_another_follower_stalls_in_a_stop_guard_round_
             let mut run = Run::new();
             run.input(patroni_submit(patroni_cluster(&text))).unwrap();
             let mut pg = Patroni::new(0);
-            let mut armed = false;
-            for _ in 0..2_000 {
-                let out = run.state.outstanding_steps();
+            let armed = patroni_until_a_look_in(&mut run, &mut pg, |run| {
                 let stop_guard = matches!(
                     run.state.current_plan_item(),
                     Some((_, PlanItem::Run { action: Action::Stop, node, .. }, _)) if node == PG[stopped]
                 );
-                if stop_guard && out.iter().any(|s| s.action == Action::ProbeClusterStatus) {
-                    armed = true;
-                    break;
-                }
-                if let Some(step) = out.first() {
-                    let r = pg.run(step);
-                    run.finish(step, r);
-                } else {
-                    run.tick();
-                }
-            }
+                stop_guard
+            });
             assert!(armed, "the stop guard of {} began", PG[stopped]);
             let rounds = text.contains("probe_rounds = true");
             if rounds {
@@ -4816,6 +4801,7 @@ fn review13c_a_leader_moved_while_another_follower_stalls_in_a_stop_guard_round_
 /// elected). The leader's own GET /cluster shows no leader at once; a one-at-a-time run judges it at once and
 /// lifts the fence one election window later. With the round it is recorded only when the stalled follower's
 /// node probe passes its deadline, and `leaderless_since` (the emergency exit's clock) starts that much late.
+/// The review found this on the commit it attacked; the test asserts the behaviour the fix gave.
 #[test]
 fn review13c_a_follower_that_stalls_in_a_stop_guards_round_does_not_delay_the_exit() {
     for (stopped, stalled) in [(1usize, 2usize), (2, 1)] {
@@ -4850,35 +4836,25 @@ fn review13c_a_follower_that_stalls_in_a_stop_guards_round_does_not_delay_the_ex
 /// started) while its Patroni API answers. The leader key is lost meanwhile (paused: nobody is elected): the
 /// topology, asked of N, shows no leader at once; a one-at-a-time run judges it at once, the round only when the
 /// hung probe passes its deadline, and the emergency exit's clock starts that much late.
+/// The review found this on the commit it attacked; the test asserts the behaviour the fix gave.
 #[test]
 fn review13c_a_hung_running_version_probe_in_wait_synced_does_not_delay_the_exit() {
     for text in [review13b_one_at_a_time(), patroni_profile_text()] {
         let mut run = Run::new();
         run.input(patroni_submit(patroni_cluster(&text))).unwrap();
         let mut pg = Patroni::new(0);
-        let mut armed = false;
-        for _ in 0..2_000 {
-            let out = run.state.outstanding_steps();
+        let armed = patroni_until_a_look_in(&mut run, &mut pg, |run| {
             let wait_synced = matches!(
                 run.state.current_plan_item(),
                 Some((_, PlanItem::WaitSynced { node, .. }, _)) if node == "pg2"
             );
-            if wait_synced && out.iter().any(|s| s.action == Action::ProbeClusterStatus) {
-                armed = true;
-                break;
-            }
-            if let Some(step) = out.first() {
-                let r = pg.run(step);
-                run.finish(step, r);
-            } else {
-                run.tick();
-            }
-        }
+            wait_synced
+        });
         assert!(armed, "pg2's WaitSynced began");
         assert!(pg.paused, "the fence is up");
         pg.leader = None;
         let hung = |s: &ScheduledStep| s.node == "pg2" && s.action == Action::ProbeRunningVersion;
-        let (leaderless_at, exit_at) = leaderless_and_exit_ms(&mut run, &mut pg, hung);
+        let (leaderless_at, exit_at) = leaderless_and_exit_ms(&mut run, &mut pg, hung, None);
         assert!(
             exit_at <= leaderless_at + 10_000 + 100,
             "probe_rounds {}: no leader shown at {leaderless_at}, the emergency exit only at {exit_at} ({} ms later, the window is 10000)",
@@ -4894,96 +4870,26 @@ fn review13c_a_hung_running_version_probe_in_wait_synced_does_not_delay_the_exit
 /// only the node the look is asked of, so every later round again holds the leader's topology behind pg3's
 /// probe. The leader key is lost 30 s later, not as a round goes out: a one-at-a-time run judges the next topology
 /// at once; the round judges it only when pg3's probe beside it passes its deadline.
+/// The review found this on the commit it attacked; the test asserts the behaviour the fix gave.
 #[test]
 fn review13c_a_member_known_unreachable_still_holds_every_later_stop_guard_round() {
     for text in [review13b_one_at_a_time(), patroni_profile_text()] {
         let mut run = Run::new();
         run.input(patroni_submit(patroni_cluster(&text))).unwrap();
         let mut pg = Patroni::new(0);
-        let mut armed = false;
-        for _ in 0..2_000 {
-            let out = run.state.outstanding_steps();
+        let armed = patroni_until_a_look_in(&mut run, &mut pg, |run| {
             let stop_guard = matches!(
                 run.state.current_plan_item(),
                 Some((_, PlanItem::Run { action: Action::Stop, node, .. }, _)) if node == "pg2"
             );
-            if stop_guard && out.iter().any(|s| s.action == Action::ProbeClusterStatus) {
-                armed = true;
-                break;
-            }
-            if let Some(step) = out.first() {
-                let r = pg.run(step);
-                run.finish(step, r);
-            } else {
-                run.tick();
-            }
-        }
+            stop_guard
+        });
         assert!(armed, "pg2's stop guard began");
         assert!(pg.paused, "the fence is up");
         let lose_at = run.now + 30_000;
-        for _ in 0..10_000 {
-            if run.state.is_terminal()
-                || run.history.iter().any(|e| {
-                    matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)
-                })
-            {
-                break;
-            }
-            if run.now >= lose_at {
-                pg.leader = None;
-            }
-            if let Some(step) = run
-                .state
-                .outstanding_steps()
-                .into_iter()
-                .find(|s| s.node != "pg3")
-            {
-                let r = pg.run(&step);
-                run.finish(&step, r);
-                continue;
-            }
-            if run.state.next_wakeup_ms().is_none() {
-                break;
-            }
-            run.tick();
-        }
-        let answered_at = |step: u64| {
-            run.history.iter().find_map(|e| match e {
-                Event::StepResultRecorded { step: s, at_ms, .. } if *s == step => Some(*at_ms),
-                _ => None,
-            })
-        };
-        let leaderless_at = run
-            .history
-            .iter()
-            .filter_map(|e| match e {
-                Event::ObservationRecorded {
-                    step, observation, ..
-                } => observation
-                    .topology()
-                    .filter(|t| t.sole_leader().is_none())
-                    .and_then(|_| answered_at(*step)),
-                _ => None,
-            })
-            .min()
-            .expect("a topology showed no leader");
+        let (leaderless_at, exit_at) =
+            leaderless_and_exit_ms(&mut run, &mut pg, |s| s.node == "pg3", Some(lose_at));
         assert!(leaderless_at >= lose_at, "the loss came after {lose_at}");
-        let exit_at = run
-            .history
-            .iter()
-            .find_map(|e| match e {
-                Event::WindDownStarted { cause, at_ms, .. }
-                    if *cause == workflow::core::WindDownCause::Emergency =>
-                {
-                    Some(*at_ms)
-                }
-                _ => None,
-            })
-            .expect("the emergency exit began");
-        eprintln!(
-            "probe_rounds {}: lost at {lose_at}, no leader shown at {leaderless_at}, exit at {exit_at}",
-            text.contains("probe_rounds = true")
-        );
         assert!(
             exit_at <= leaderless_at + 10_000 + 100,
             "probe_rounds {}: no leader shown at {leaderless_at} (lost at {lose_at}), the emergency exit only at {exit_at} ({} ms later, the window is 10000)",
@@ -4993,21 +4899,26 @@ fn review13c_a_member_known_unreachable_still_holds_every_later_stop_guard_round
     }
 }
 
-/// Drives `run` against `pg`, never answering the steps `hung` picks (they pass their deadlines), until the emergency
+/// Drives `run` against `pg`, never answering the steps `hung` picks (they pass their deadlines; the leader key is
+/// lost from `lose_leader_at` on, if given), until the emergency
 /// exit begins or nothing is left to decide. Returns when a live member's topology first showed no leader (its
 /// answer's time) and when the exit began.
 fn leaderless_and_exit_ms(
     run: &mut Run,
     pg: &mut Patroni,
     hung: impl Fn(&ScheduledStep) -> bool,
+    lose_leader_at: Option<u64>,
 ) -> (u64, u64) {
-    for _ in 0..5_000 {
+    for _ in 0..10_000 {
         if run.state.is_terminal()
             || run.history.iter().any(|e| {
                 matches!(e, Event::WindDownStarted { cause, .. } if *cause == workflow::core::WindDownCause::Emergency)
             })
         {
             break;
+        }
+        if lose_leader_at.is_some_and(|at| run.now >= at) {
+            pg.leader = None;
         }
         if let Some(step) = run.state.outstanding_steps().into_iter().find(|s| !hung(s)) {
             let r = pg.run(&step);
@@ -5052,4 +4963,22 @@ fn leaderless_and_exit_ms(
         })
         .expect("the emergency exit began");
     (leaderless_at, exit_at)
+}
+
+/// Answers `run`'s steps in order from `pg` until a topology of the plan item `at` picks is out (its round, or
+/// alone), at most 2,000 inputs; whether it got there.
+fn patroni_until_a_look_in(run: &mut Run, pg: &mut Patroni, at: impl Fn(&Run) -> bool) -> bool {
+    for _ in 0..2_000 {
+        let out = run.state.outstanding_steps();
+        if at(run) && out.iter().any(|s| s.action == Action::ProbeClusterStatus) {
+            return true;
+        }
+        if let Some(step) = out.first() {
+            let r = pg.run(step);
+            run.finish(step, r);
+        } else {
+            run.tick();
+        }
+    }
+    false
 }
