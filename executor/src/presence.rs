@@ -31,6 +31,27 @@ pub struct Stats {
     pub unsigned: AtomicU64,
     /// The steps running now (an action or up to `MAX_PROBES_PER_NODE` probes per busy node).
     pub running: Mutex<std::collections::BTreeSet<String>>,
+    /// The step ids being answered now, from before the ledger is read until
+    /// the answer is recorded: one copy of a request at a time ([`Stats::take`]).
+    in_hand: Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// The one copy of step `key` being answered now; dropping it lets the next
+/// copy in.
+#[derive(Debug)]
+pub(crate) struct InHand<'a> {
+    stats: &'a Stats,
+    key: String,
+}
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        self.stats
+            .in_hand
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 impl Stats {
@@ -47,12 +68,17 @@ impl Stats {
         }
     }
 
-    /// Whether the step `key` runs now in this process.
-    pub(crate) fn is_running(&self, key: &str) -> bool {
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(key)
+    /// Take step `key` in hand, unless another copy of it is being answered
+    /// in this process now (`None`). JetStream may deliver a request again
+    /// while its first copy is still claiming, running or recording it; the
+    /// copies must be answered one after the other, the later ones from the
+    /// ledger, or a probe runs twice.
+    pub(crate) fn take(&self, key: &str) -> Option<InHand<'_>> {
+        let mut all = self.in_hand.lock().unwrap_or_else(|p| p.into_inner());
+        all.insert(key.to_string()).then(|| InHand {
+            stats: self,
+            key: key.to_string(),
+        })
     }
 
     /// `base` with the current counters and heartbeat time.

@@ -652,6 +652,13 @@ impl Worker {
         kind: StepKind,
     ) -> Result<Option<StepResult>, ExecutorError> {
         let key = req.msg_id();
+        // Held until this copy's answer is recorded: a second copy delivered meanwhile (its ack was late, or a
+        // clustered consumer changed leader) would otherwise find no `finished` entry and our own claim, and run
+        // the probe beside this one (seen in CI). It is handed back and answered from the ledger later.
+        let Some(_in_hand) = self.stats.take(&key) else {
+            tracing::debug!("another copy of this step is being answered here now; this one is handed back for later");
+            return Ok(None);
+        };
         let digest = ledger::digest(req);
         let entry = self.ledger.get(&key)?;
         if let Some(recorded) = entry.as_ref().and_then(Entry::digest) {
@@ -700,14 +707,6 @@ impl Worker {
             }
             // Nothing recorded, or a probe started and never finished (run again: see the docs above).
             None | Some(Entry::Started { .. }) => {
-                if self.stats.is_running(&key) {
-                    // A second copy of a step this process runs now, or is recording as started (`execute` marks
-                    // it running before the ledger write, whose flush took 10 s under the fleet's load and let a
-                    // redelivered copy run the probe again: tests/FLEET.md): answered from the ledger once it
-                    // ends, not run beside itself.
-                    tracing::debug!("step runs here now; its copy is handed back for later");
-                    return Ok(None);
-                }
                 if let Some(Entry::Started {
                     started_ms,
                     executor,
@@ -878,8 +877,8 @@ impl Worker {
         let key = req.msg_id();
         let started_ms = now_ms();
         let durability = Durability::of(kind);
-        // Running from before the ledger write: a copy delivered again while `started` is being flushed is handed
-        // back, not run beside this one.
+        // Shown as running in presence from before the ledger write. A copy delivered again meanwhile is kept out
+        // by `answer`'s hold on the step (its flush took 10 s under the fleet's load: tests/FLEET.md).
         self.stats.set_running(&key, true);
         if let Err(e) = self
             .ledger

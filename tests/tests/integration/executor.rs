@@ -611,6 +611,42 @@ async fn a_redelivered_finished_step_is_answered_from_the_ledger_not_rerun() {
     assert_eq!(lines(&ran), vec!["run"], "not run again");
 }
 
+/// Two copies of one probe delivered together (JetStream redelivers a
+/// request whose ack was late, e.g. while a clustered consumer changes
+/// leader: CI saw a `status` run twice in `nats_cluster::`) run it once. The
+/// first copy is still claiming the step group-wide when the second arrives;
+/// before, the second found the claim its own and ran the probe beside it.
+/// Repeated, since the copies' interleaving is the scheduler's.
+#[tokio::test]
+async fn two_copies_of_one_probe_delivered_together_run_it_once() {
+    let env = Env::start().await;
+    let exec = env.executor("g1", "ex-a", "state-a", &[]);
+    let ran = env.path("ran");
+    env.behave(
+        "chef-backend-ctl",
+        "status",
+        &format!("echo run >> {}; echo done", ran.display()),
+    );
+    const ROUNDS: u64 = 8;
+    for step in 1..=ROUNDS {
+        let up = upgrade_id();
+        let req = request(&up, step, "g1", "status");
+        // Without the msg id, so the stream's de-duplication keeps both.
+        env.publish_raw("g1", &req.encode()).await;
+        env.publish_raw("g1", &req.encode()).await;
+        let results = env.wait_results(&up, 2, &[&exec]).await;
+        assert_eq!(results.len(), 2, "{results:#?}");
+        assert_eq!(results[0], results[1], "both copies get the one answer");
+        assert!(wait_until_async(SOON, || async { env.pending_requests().await == 0 }).await);
+        assert_eq!(
+            lines(&ran).len() as u64,
+            step,
+            "round {step}: the probe ran once per request, not per copy\n{}",
+            exec.log()
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_executor_killed_mid_step_reports_unknown_after_restart_and_does_not_rerun() {
     let env = Env::start().await;
