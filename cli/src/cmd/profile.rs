@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use executor::runner::http;
 use executor::runner::local::{self, Stdin};
 use serde::Serialize;
 use workflow::core::cluster::{ClusterFile, NodeSpec};
@@ -197,15 +198,15 @@ async fn run_probe(
             return run;
         }
     }
-    let ran = local::run(
-        &run.argv,
-        &BTreeMap::new(),
-        Duration::from_millis(def.timeout_ms),
-        // More than an executor keeps, to tell a longer output (4: a tail may start past a cut character).
-        max_output + 4,
-        Stdin::Null,
-    )
-    .await;
+    let timeout = Duration::from_millis(def.timeout_ms);
+    // More than an executor keeps, to tell a longer output (4: a tail may start past a cut character).
+    let keep = max_output + 4;
+    let ran = if run.argv.first().is_some_and(|p| p == http::HTTP_PROGRAM) {
+        // An HTTP probe, answered here as the executor answers it (no process).
+        http::run(&run.argv, timeout, keep).await
+    } else {
+        local::run(&run.argv, &BTreeMap::new(), timeout, keep, Stdin::Null).await
+    };
     run.exit_code = ran.exit_code;
     // Output is read when the command ran to its end with an exit code the profile reads (`read_exit_codes`).
     let readable = ran

@@ -3,8 +3,10 @@
 //! [`local`] runs the argv as a child process on this machine; [`ssh`] wraps
 //! it into a call of the system `ssh` binary and then runs that locally, so
 //! both share timeouts, process-group kills and output capture. The ssh
-//! runner may run the commands that need root through `sudo -n`.
+//! runner may run the commands that need root through `sudo -n`. A profile's
+//! HTTP probe ([`http`]) starts no process: either runner answers it itself.
 
+pub mod http;
 pub mod local;
 pub mod ssh;
 pub mod tail;
@@ -50,6 +52,10 @@ impl RunnerConfig {
         bin_dir: Option<&str>,
     ) -> Ran {
         let timeout = Duration::from_millis(req.timeout_ms);
+        if req.argv.first().is_some_and(|p| p == http::HTTP_PROGRAM) {
+            // A profile's HTTP probe: answered here, by either runner (see `http`).
+            return http::run(&req.argv, timeout, max_output).await;
+        }
         match self {
             RunnerConfig::Local => {
                 let mut env = req.env.clone();

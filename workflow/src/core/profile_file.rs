@@ -380,13 +380,38 @@ struct RawProbes {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProbe {
-    argv: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    argv: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    http: Option<Spanned<RawHttp>>,
     runs_on: Spanned<String>,
     timeout_ms: Spanned<u64>,
     #[serde(default)]
     read_exit_codes: Option<Spanned<Vec<i32>>>,
     parse: Spanned<RawParse>,
 }
+
+/// `[probes.NAME.http]`: a probe the executor answers itself, with HTTP requests (no process).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default)]
+    method: Option<Spanned<String>>,
+    endpoints: Spanned<String>,
+    path: Spanned<String>,
+    #[serde(default)]
+    body: Option<Spanned<String>>,
+    #[serde(default)]
+    endpoint_timeout_ms: Option<Spanned<u64>>,
+}
+
+/// The program name of a built-in HTTP probe's argv (`[probes.NAME.http]`): the executor answers such a step
+/// itself, with HTTP requests, instead of starting a process. Reserved: an `argv` may not name it.
+///
+/// The argv, as rendered, signed, checked against the executor's own profile and shown to operators:
+/// `[HTTP_PROGRAM, METHOD, ENDPOINTS, PATH, BODY, ENDPOINT_TIMEOUT_MS]`, where ENDPOINTS is a comma-separated
+/// list of `HOST:PORT` (optionally after `http://`) and BODY is empty for none.
+pub const HTTP_PROGRAM: &str = "baton:http";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -515,6 +540,15 @@ fn argv(
             "must name a program as its first element",
         ));
     }
+    if value.get_ref()[0].get_ref() == HTTP_PROGRAM {
+        return Err(loc.err(
+            Some(value.get_ref()[0].span()),
+            key,
+            format!(
+                "`{HTTP_PROGRAM}` is reserved for HTTP probes: write them as `http = {{ ... }}`"
+            ),
+        ));
+    }
     value
         .get_ref()
         .iter()
@@ -524,6 +558,82 @@ fn argv(
                 .map_err(|m| loc.err(Some(e.span()), key, m))
         })
         .collect()
+}
+
+/// The argv of an HTTP probe ([`HTTP_PROGRAM`]), its templates checked as an argv's are.
+fn http_argv(
+    loc: &Loc<'_>,
+    raw: &Spanned<RawHttp>,
+    key: &str,
+    timeout_ms: u64,
+) -> Result<Vec<String>, CoreError> {
+    let h = raw.get_ref();
+    let k = |name: &str| format!("{key}.{name}");
+    let method = match &h.method {
+        None => "GET".to_string(),
+        Some(m) if matches!(m.get_ref().as_str(), "GET" | "POST") => m.get_ref().clone(),
+        Some(m) => {
+            return Err(loc.err(
+                Some(m.span()),
+                k("method"),
+                format!("unknown `{}` (expected GET or POST)", m.get_ref()),
+            ))
+        }
+    };
+    let template = |v: &Spanned<String>, name: &str| {
+        check_template(v.get_ref(), true)
+            .map(|()| v.get_ref().clone())
+            .map_err(|m| loc.err(Some(v.span()), k(name), m))
+    };
+    let endpoints = template(&h.endpoints, "endpoints")?;
+    if endpoints.trim().is_empty() {
+        return Err(loc.err(
+            Some(h.endpoints.span()),
+            k("endpoints"),
+            "must name at least one HOST:PORT (a placeholder such as {address} or {var.NAME})",
+        ));
+    }
+    let path = template(&h.path, "path")?;
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(loc.err(
+            Some(h.path.span()),
+            k("path"),
+            "must start with `/` and hold no whitespace",
+        ));
+    }
+    let body = match &h.body {
+        None => String::new(),
+        Some(b) if method == "GET" => {
+            return Err(loc.err(
+                Some(b.span()),
+                k("body"),
+                "a GET has no body: use method = \"POST\"",
+            ))
+        }
+        Some(b) => template(b, "body")?,
+    };
+    let each = match &h.endpoint_timeout_ms {
+        None => timeout_ms,
+        Some(t) => {
+            let v = timeout(loc, t, &k("endpoint_timeout_ms"))?;
+            if v > timeout_ms {
+                return Err(loc.err(
+                    Some(t.span()),
+                    k("endpoint_timeout_ms"),
+                    format!("must not exceed the probe's timeout_ms ({timeout_ms})"),
+                ));
+            }
+            v
+        }
+    };
+    Ok(vec![
+        HTTP_PROGRAM.to_string(),
+        method,
+        endpoints,
+        path,
+        body,
+        each.to_string(),
+    ])
 }
 
 fn pointer(
@@ -638,9 +748,25 @@ fn probe(
     kind: ProbeKind,
 ) -> Result<ProbeDef, CoreError> {
     let p = raw.get_ref();
-    let argv = argv(loc, &p.argv, &format!("{key}.argv"), true)?;
-    let runs_on = runs_on(loc, &p.runs_on, &format!("{key}.runs_on"))?;
     let timeout_ms = timeout(loc, &p.timeout_ms, &format!("{key}.timeout_ms"))?;
+    let argv =
+        match (&p.argv, &p.http) {
+            (Some(a), None) => argv(loc, a, &format!("{key}.argv"), true)?,
+            (None, Some(h)) => http_argv(loc, h, &format!("{key}.http"), timeout_ms)?,
+            (Some(a), Some(_)) => return Err(loc.err(
+                Some(a.span()),
+                key,
+                "give `argv` (a command) or `http` (requests the executor makes itself), not both",
+            )),
+            (None, None) => {
+                return Err(loc.err(
+                    Some(raw.span()),
+                    key,
+                    "give `argv` (a command) or `http` (requests the executor makes itself)",
+                ))
+            }
+        };
+    let runs_on = runs_on(loc, &p.runs_on, &format!("{key}.runs_on"))?;
     let parse = parser(loc, &p.parse, &format!("{key}.parse"), kind)?;
     let read_exit_codes = match &p.read_exit_codes {
         None => vec![0],
@@ -1399,10 +1525,20 @@ fn same(a: &Value, b: &Value) -> bool {
     matches!((text(a), text(b)), (Some(x), Some(y)) if x == y)
 }
 
-/// Whether `member` is at most `max` behind `leader` (both numbers; integers compared exactly, as etcd's raft
-/// indexes are u64). `None` when either is not a number.
+/// A position as an integer: a JSON number, or a number as text (etcd's HTTP gateway writes its u64 raft
+/// indexes as strings).
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Whether `member` is at most `max` behind `leader` (numbers, or numbers as text; integers compared exactly,
+/// as etcd's raft indexes are u64). `None` when either is not a number.
 fn lag_within(leader: &Value, member: &Value, max: f64) -> Option<bool> {
-    if let (Some(l), Some(m)) = (leader.as_u64(), member.as_u64()) {
+    if let (Some(l), Some(m)) = (int(leader), int(member)) {
         return Some(l <= m || ((l - m) as f64) <= max);
     }
     Some(number(leader)? - number(member)? <= max)
@@ -1410,11 +1546,6 @@ fn lag_within(leader: &Value, member: &Value, max: f64) -> Option<bool> {
 
 /// Orders two positions (numbers, or numbers as text): integers exactly, as etcd's raft indexes are u64.
 fn position_order(a: &Value, b: &Value) -> std::cmp::Ordering {
-    let int = |v: &Value| match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    };
     match (int(a), int(b)) {
         (Some(x), Some(y)) => x.cmp(&y),
         _ => number(a)

@@ -1,0 +1,446 @@
+//! The built-in HTTP probe: a profile's `[probes.NAME.http]` is answered by the executor itself, with plain
+//! HTTP/1.1 requests to every endpoint at once, instead of starting a process. A look at etcd through its HTTP
+//! gateway then costs about a millisecond instead of an `etcdctl` start (tens of ms on a loaded host).
+//!
+//! The argv (rendered from the profile, signed by the service and checked by the allow list like any other) is
+//! `[HTTP_PROGRAM, METHOD, ENDPOINTS, PATH, BODY, ENDPOINT_TIMEOUT_MS]` ([`HTTP_PROGRAM`]). What it prints,
+//! for the profile's parser to read:
+//!
+//! - stdout: a JSON array with one element per endpoint, in the order given: `{"endpoint": E, "status": 200,
+//!   "body": B}` (B is the body's JSON, or its text when it is not JSON), or `{"endpoint": E, "error": "..."}`
+//!   when no answer came (refused, no connection or no answer within ENDPOINT_TIMEOUT_MS, a broken answer);
+//! - stderr: one line per endpoint that failed or answered other than 2xx;
+//! - exit code 0 when every endpoint answered 2xx, 1 otherwise (a profile reads 1 with `read_exit_codes`).
+//!
+//! Plain HTTP only (no TLS), from the executor's own host: with the SSH runner the request does not go
+//! through SSH. No process is started, so nothing is left behind by a timeout.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::http::uri::Authority;
+use hyper_util::rt::TokioIo;
+use protocol::Outcome;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+pub use workflow::core::profile_file::HTTP_PROGRAM;
+
+use super::Ran;
+use crate::now_ms;
+
+/// One parsed HTTP probe argv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Request<'a> {
+    method: hyper::Method,
+    endpoints: Vec<&'a str>,
+    path: &'a str,
+    body: &'a str,
+    each: Duration,
+}
+
+fn parse(argv: &[String]) -> Result<Request<'_>, String> {
+    let [program, method, endpoints, path, body, each] = argv else {
+        return Err(format!(
+            "an HTTP probe's argv has 6 elements ({HTTP_PROGRAM} METHOD ENDPOINTS PATH BODY ENDPOINT_TIMEOUT_MS), \
+             not {}",
+            argv.len()
+        ));
+    };
+    if program != HTTP_PROGRAM {
+        return Err(format!("not an HTTP probe: {program:?}"));
+    }
+    let method = match method.as_str() {
+        "GET" => hyper::Method::GET,
+        "POST" => hyper::Method::POST,
+        other => return Err(format!("method {other:?}: expected GET or POST")),
+    };
+    let endpoints: Vec<&str> = endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        return Err("no endpoint to ask".into());
+    }
+    if !path.starts_with('/') {
+        return Err(format!("path {path:?} does not start with `/`"));
+    }
+    let each = each
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("endpoint timeout {each:?} is not a number of ms"))?;
+    Ok(Request {
+        method,
+        endpoints,
+        path,
+        body,
+        each,
+    })
+}
+
+/// `HOST:PORT` of an endpoint written `HOST:PORT` or `http://HOST:PORT` (a trailing `/` allowed).
+fn authority(endpoint: &str) -> Result<Authority, String> {
+    if endpoint.starts_with("https://") {
+        return Err("https is not supported by the built-in HTTP probe (use an argv probe)".into());
+    }
+    let bare = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+    let bare = bare.strip_suffix('/').unwrap_or(bare);
+    let authority: Authority = bare.parse().map_err(|e| format!("not HOST:PORT: {e}"))?;
+    if authority.port_u16().is_none() || bare.contains('@') || bare.contains('/') {
+        return Err("not HOST:PORT".into());
+    }
+    Ok(authority)
+}
+
+/// One request to one endpoint: its status and body (at most `limit` bytes).
+async fn ask(req: &Request<'_>, endpoint: &str, limit: usize) -> Result<(u16, Bytes), String> {
+    let authority = authority(endpoint)?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().expect("checked");
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    // Small requests and answers: no Nagle delay.
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let mut request = hyper::Request::builder()
+        .method(req.method.clone())
+        .uri(req.path)
+        .header(hyper::header::HOST, authority.as_str());
+    if !req.body.is_empty() {
+        request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let request = request
+        .body(Full::new(Bytes::copy_from_slice(req.body.as_bytes())))
+        .map_err(|e| format!("request: {e}"))?;
+    let exchange = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    // The connection is driven here, beside the exchange (no task spawned): it ends once the exchange has.
+    tokio::pin!(exchange, connection);
+    tokio::select! {
+        biased;
+        answer = &mut exchange => answer,
+        closed = &mut connection => match closed {
+            Err(e) => Err(format!("connection: {e}")),
+            Ok(()) => exchange.await,
+        },
+    }
+}
+
+/// Runs an HTTP probe's argv (see the module docs) within `timeout`, keeping answers up to `max_output` bytes.
+pub async fn run(argv: &[String], timeout: Duration, max_output: usize) -> Ran {
+    let started_ms = now_ms();
+    let failed = |reason: String| Ran {
+        outcome: Outcome::Failed,
+        exit_code: None,
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        reason: Some(reason),
+        started_ms,
+        finished_ms: now_ms(),
+    };
+    let req = match parse(argv) {
+        Ok(req) => req,
+        Err(why) => return failed(format!("HTTP probe: {why}")),
+    };
+    let each = req.each.min(timeout);
+    let answers = futures::future::join_all(req.endpoints.iter().map(|endpoint| {
+        let req = &req;
+        async move {
+            let answer = match tokio::time::timeout(each, ask(req, endpoint, max_output)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(format!("no answer within {} ms", each.as_millis())),
+            };
+            (*endpoint, answer)
+        }
+    }))
+    .await;
+    let (mut out, mut errors) = (Vec::new(), Vec::new());
+    for (endpoint, answer) in answers {
+        match answer {
+            Ok((status, body)) => {
+                let body = serde_json::from_slice::<Value>(&body)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+                if !(200..300).contains(&status) {
+                    errors.push(format!(
+                        "{} {endpoint}{}: HTTP status {status}",
+                        req.method, req.path
+                    ));
+                }
+                out.push(json!({ "endpoint": endpoint, "status": status, "body": body }));
+            }
+            Err(why) => {
+                errors.push(format!("{} {endpoint}{}: {why}", req.method, req.path));
+                out.push(json!({ "endpoint": endpoint, "error": why }));
+            }
+        }
+    }
+    let stdout = Value::Array(out).to_string();
+    if stdout.len() > max_output {
+        return failed(format!(
+            "HTTP probe: the answers take {} bytes, over the {max_output} kept",
+            stdout.len()
+        ));
+    }
+    let code = i32::from(!errors.is_empty());
+    let mut stderr = errors.join("\n");
+    if !stderr.is_empty() {
+        stderr.push('\n');
+    }
+    Ran {
+        outcome: if code == 0 {
+            Outcome::Succeeded
+        } else {
+            Outcome::Failed
+        },
+        exit_code: Some(code),
+        stdout_tail: stdout,
+        stderr_tail: last_bytes(stderr, max_output),
+        reason: None,
+        started_ms,
+        finished_ms: now_ms(),
+    }
+}
+
+/// The last `max` bytes of `text` (at a character boundary), as the process runners keep their output's tail.
+fn last_bytes(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    fn argv(method: &str, endpoints: &str, path: &str, body: &str, each_ms: u64) -> Vec<String> {
+        [
+            HTTP_PROGRAM,
+            method,
+            endpoints,
+            path,
+            body,
+            &each_ms.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// A one-shot HTTP server on loopback: answers each connection with `answer` (a whole HTTP response) after
+    /// reading the request head and its body; `None` accepts and never answers. Returns its address and the
+    /// requests it read.
+    async fn server(answer: Option<&'static str>) -> (String, tokio::sync::mpsc::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut read = 0;
+                    loop {
+                        let n = socket.read(&mut buf[read..]).await.unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        read += n;
+                        let text = String::from_utf8_lossy(&buf[..read]).to_string();
+                        if let Some(head_end) = text.find("\r\n\r\n") {
+                            let length = text[..head_end]
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap())
+                                })
+                                .unwrap_or(0);
+                            if read >= head_end + 4 + length {
+                                let _ = tx.send(text).await;
+                                break;
+                            }
+                        }
+                    }
+                    match answer {
+                        Some(answer) => {
+                            let _ = socket.write_all(answer.as_bytes()).await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    const OK_JSON: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"health\":\"true\"}";
+    const CHUNKED: &str =
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n";
+    const UNAVAILABLE: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown";
+
+    #[tokio::test]
+    async fn every_endpoint_is_asked_and_its_answer_read_in_the_order_given() {
+        let (a, mut seen_a) = server(Some(OK_JSON)).await;
+        let (b, _) = server(Some(CHUNKED)).await;
+        let ran = run(
+            &argv(
+                "POST",
+                &format!("{a},http://{b}/"),
+                "/v3/status",
+                "{}",
+                1000,
+            ),
+            Duration::from_secs(5),
+            64 * 1024,
+        )
+        .await;
+        assert_eq!(ran.outcome, Outcome::Succeeded, "{ran:?}");
+        assert_eq!(ran.exit_code, Some(0));
+        let out: Value = serde_json::from_str(&ran.stdout_tail).unwrap();
+        assert_eq!(
+            out,
+            json!([
+                {"endpoint": a, "status": 200, "body": {"health": "true"}},
+                {"endpoint": format!("http://{b}/"), "status": 200, "body": {"a": 1}},
+            ])
+        );
+        let request = seen_a.recv().await.unwrap();
+        assert!(
+            request.starts_with("POST /v3/status HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.to_ascii_lowercase().contains(&format!("host: {a}")),
+            "{request}"
+        );
+        assert!(request.ends_with("\r\n\r\n{}"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_a_silent_and_a_failing_endpoint_are_named_and_the_others_still_read() {
+        let (good, _) = server(Some(OK_JSON)).await;
+        let (silent, _) = server(None).await;
+        let (bad, _) = server(Some(UNAVAILABLE)).await;
+        // A port nobody listens on: bound, then closed.
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let started = std::time::Instant::now();
+        let ran = run(
+            &argv(
+                "GET",
+                &format!("{good},{refused},{silent},{bad}"),
+                "/health",
+                "",
+                300,
+            ),
+            Duration::from_secs(10),
+            64 * 1024,
+        )
+        .await;
+        let waited = started.elapsed();
+        assert_eq!(ran.outcome, Outcome::Failed, "{ran:?}");
+        assert_eq!(ran.exit_code, Some(1), "{ran:?}");
+        assert!(
+            waited < Duration::from_secs(5),
+            "the silent one is given up after its own timeout: {waited:?}"
+        );
+        let out: Value = serde_json::from_str(&ran.stdout_tail).unwrap();
+        assert_eq!(
+            out[0],
+            json!({"endpoint": good, "status": 200, "body": {"health": "true"}})
+        );
+        assert_eq!(out[1]["endpoint"], json!(refused));
+        assert!(
+            out[1]["error"].as_str().unwrap().contains("connect"),
+            "{out}"
+        );
+        assert_eq!(out[2]["error"], json!("no answer within 300 ms"));
+        assert_eq!(
+            out[3],
+            json!({"endpoint": bad, "status": 503, "body": "down"})
+        );
+        let lines: Vec<&str> = ran.stderr_tail.lines().collect();
+        assert_eq!(lines.len(), 3, "{}", ran.stderr_tail);
+        assert!(
+            lines[0].starts_with(&format!("GET {refused}/health: connect")),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[1],
+            format!("GET {silent}/health: no answer within 300 ms")
+        );
+        assert_eq!(lines[2], format!("GET {bad}/health: HTTP status 503"));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_argv_or_endpoint_fails_saying_why_and_asks_nothing() {
+        let bad = |argv: Vec<String>| async move { run(&argv, Duration::from_secs(1), 1024).await };
+        let r = bad(vec![HTTP_PROGRAM.into(), "GET".into()]).await;
+        assert!(r.reason.unwrap().contains("6 elements"));
+        let r = bad(argv("DELETE", "127.0.0.1:1", "/x", "", 100)).await;
+        assert!(r.reason.unwrap().contains("expected GET or POST"));
+        let r = bad(argv("GET", "127.0.0.1:1", "x", "", 100)).await;
+        assert!(r.reason.unwrap().contains("does not start with `/`"));
+        let r = bad(argv("GET", " , ", "/x", "", 100)).await;
+        assert!(r.reason.unwrap().contains("no endpoint"));
+        let r = bad(argv("GET", "127.0.0.1:1", "/x", "", 0)).await;
+        assert!(r.reason.unwrap().contains("not a number of ms"));
+        for endpoint in [
+            "https://127.0.0.1:1",
+            "127.0.0.1",
+            "user@127.0.0.1:1",
+            "127.0.0.1:1/x",
+        ] {
+            let r = bad(argv("GET", endpoint, "/x", "", 100)).await;
+            assert_eq!(r.exit_code, Some(1), "{endpoint}: {r:?}");
+            let out: Value = serde_json::from_str(&r.stdout_tail).unwrap();
+            assert!(out[0]["error"].is_string(), "{endpoint}: {out}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_output_limit_fails_the_probe() {
+        let (a, _) = server(Some(OK_JSON)).await;
+        let ran = run(
+            &argv("GET", &a, "/health", "", 1000),
+            Duration::from_secs(5),
+            10,
+        )
+        .await;
+        assert_eq!(ran.outcome, Outcome::Failed, "{ran:?}");
+        assert_eq!(ran.exit_code, None, "{ran:?}");
+        assert!(
+            ran.reason.as_deref().unwrap().contains("over the 10 kept"),
+            "{ran:?}"
+        );
+    }
+}
