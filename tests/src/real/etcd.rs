@@ -98,6 +98,8 @@ pub struct EtcdCluster {
     old_version: String,
     new_version: String,
     new_package: PathBuf,
+    /// The shipped profile the cluster file names (`etcd.toml` unless [`EtcdCluster::with_profile`]).
+    profile: String,
     down: bool,
 }
 
@@ -165,9 +167,31 @@ impl EtcdCluster {
             old_version: get("old_version")?,
             new_version: get("new_version")?,
             new_package: PathBuf::from(get("new_package")?),
+            profile: "etcd.toml".to_string(),
             root,
             down: false,
         })
+    }
+
+    /// Names the shipped profile `name` (e.g. `etcd-http.toml`) in the cluster file instead of `etcd.toml`.
+    pub fn with_profile(mut self, name: &str) -> anyhow::Result<EtcdCluster> {
+        let text = std::fs::read_to_string(&self.cluster_file)?;
+        let from = workspace_root().join("profiles").join(&self.profile);
+        let to = workspace_root().join("profiles").join(name);
+        let line = |p: &Path| format!("profile = \"{}\"", p.display());
+        anyhow::ensure!(
+            text.contains(&line(&from)),
+            "the cluster file does not name {}",
+            from.display()
+        );
+        std::fs::write(&self.cluster_file, text.replace(&line(&from), &line(&to)))?;
+        self.profile = name.to_string();
+        Ok(self)
+    }
+
+    /// The shipped profile the cluster file names.
+    pub fn profile(&self) -> &str {
+        &self.profile
     }
 
     /// The cluster's directory (one subdirectory per member).

@@ -23,7 +23,7 @@ use workflow::service::api::StatusView;
 /// What a real cluster's harness shows the shared checks.
 pub(crate) trait RealCluster {
     /// The shipped profile file the cluster file names (`etcd.toml`).
-    const PROFILE: &'static str;
+    fn profile(&self) -> &str;
     fn cluster_file(&self) -> &Path;
     fn node_names(&self) -> Vec<String>;
     /// The version the members run before the upgrade, and the one the upgrade installs.
@@ -36,7 +36,9 @@ pub(crate) trait RealCluster {
 }
 
 impl RealCluster for EtcdCluster {
-    const PROFILE: &'static str = "etcd.toml";
+    fn profile(&self) -> &str {
+        EtcdCluster::profile(self)
+    }
     fn cluster_file(&self) -> &Path {
         EtcdCluster::cluster_file(self)
     }
@@ -64,7 +66,9 @@ impl RealCluster for EtcdCluster {
 }
 
 impl RealCluster for PatroniCluster {
-    const PROFILE: &'static str = "patroni.toml";
+    fn profile(&self) -> &str {
+        "patroni.toml"
+    }
     fn cluster_file(&self) -> &Path {
         PatroniCluster::cluster_file(self)
     }
@@ -368,7 +372,7 @@ pub(crate) async fn upgrade_with_baton<C: RealCluster>(cluster: &C) -> BatonRun 
     // the profile file the plan was made from.
     let plan = baton.run_ok(&["plan", "--cluster", &file]);
     println!("{plan}");
-    let profile_sha = sha256(&crate::profile::shipped(C::PROFILE));
+    let profile_sha = sha256(&crate::profile::shipped(cluster.profile()));
     assert!(
         plan.contains(&format!("profile file sha256: {profile_sha}")),
         "{plan}"
@@ -440,7 +444,7 @@ pub(crate) async fn upgrade_with_baton<C: RealCluster>(cluster: &C) -> BatonRun 
     let events = baton.events(&upgrade);
     // The log as `baton replay --json` prints it, kept for scripts/real/patroni/step-times.py when asked.
     if let Some(dir) = std::env::var_os("BATON_REAL_EVENTS_DIR") {
-        let name = C::PROFILE.trim_end_matches(".toml");
+        let name = cluster.profile().trim_end_matches(".toml");
         let json = baton.run_ok(&["replay", &upgrade, "--json"]);
         std::fs::write(Path::new(&dir).join(format!("{name}-{upgrade}.json")), json).unwrap();
     }
@@ -468,7 +472,7 @@ pub(crate) async fn upgrade_with_baton<C: RealCluster>(cluster: &C) -> BatonRun 
         phase_at(Phase::Switchover).expect("a switchover phase"),
         phase_at(Phase::OldLeader).expect("an old-leader phase"),
     );
-    let name = C::PROFILE.trim_end_matches(".toml");
+    let name = cluster.profile().trim_end_matches(".toml");
     println!(
         "baton {name} {old} -> {new}: wall {wall_s:.2} s (submitted -> completed in the log; {:.2} s as the \
          operator waited), {steps} steps, leadership {leader} -> {target}; writer: {report}",

@@ -8,6 +8,9 @@ use tests::real::etcd::EtcdCluster;
 
 use crate::real_baton::{assert_rolled_leader_last, upgrade_with_baton};
 
+/// The shipped etcd profiles: looks through etcdctl, and looks over etcd's HTTP gateway by the executor itself.
+const PROFILES: [&str; 2] = ["etcd.toml", "etcd-http.toml"];
+
 #[test]
 fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write() {
     let cluster = EtcdCluster::start().expect("the etcd cluster starts");
@@ -16,16 +19,21 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
         assert_eq!(cluster.running_version(&node).unwrap(), old, "{node}");
     }
     let leader = cluster.leader().expect("a member leads");
-    // The shipped profile's probes, run for real (`baton profile check --run-here`), see the same cluster.
-    let seen = crate::profile::check_live(
-        &crate::profile::shipped("etcd.toml"),
-        cluster.cluster_file(),
-    );
-    for leaders in crate::profile::leaders_seen(&seen) {
-        assert_eq!(leaders, std::slice::from_ref(&leader), "{seen:#}");
-    }
-    for (node, version) in crate::profile::observed(&seen, "running_version") {
-        assert_eq!(version, old, "{node}: {seen:#}");
+    // The shipped profiles' probes, run for real (`baton profile check --run-here`; etcd-http's answered by
+    // Baton's own HTTP client), see the same cluster.
+    for profile in PROFILES {
+        let seen =
+            crate::profile::check_live(&crate::profile::shipped(profile), cluster.cluster_file());
+        for leaders in crate::profile::leaders_seen(&seen) {
+            assert_eq!(
+                leaders,
+                std::slice::from_ref(&leader),
+                "{profile}: {seen:#}"
+            );
+        }
+        for (node, version) in crate::profile::observed(&seen, "running_version") {
+            assert_eq!(version, old, "{profile}, {node}: {seen:#}");
+        }
     }
     let since = tests::real::journal::after_last(&cluster.actions().unwrap());
 
@@ -43,17 +51,21 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
     );
     println!("manual baseline steps:\n{}", run.output);
 
-    // The profile's probes see the upgraded cluster: the new leader, the new version everywhere.
-    let seen = crate::profile::check_live(
-        &crate::profile::shipped("etcd.toml"),
-        cluster.cluster_file(),
-    );
-    for leaders in crate::profile::leaders_seen(&seen) {
-        assert_eq!(leaders, std::slice::from_ref(&run.new_leader), "{seen:#}");
-    }
-    for probe in ["version", "running_version"] {
-        for (node, version) in crate::profile::observed(&seen, probe) {
-            assert_eq!(version, new, "{probe} of {node}: {seen:#}");
+    // The profiles' probes see the upgraded cluster: the new leader, the new version everywhere.
+    for profile in PROFILES {
+        let seen =
+            crate::profile::check_live(&crate::profile::shipped(profile), cluster.cluster_file());
+        for leaders in crate::profile::leaders_seen(&seen) {
+            assert_eq!(
+                leaders,
+                std::slice::from_ref(&run.new_leader),
+                "{profile}: {seen:#}"
+            );
+        }
+        for probe in ["version", "running_version"] {
+            for (node, version) in crate::profile::observed(&seen, probe) {
+                assert_eq!(version, new, "{profile}: {probe} of {node}: {seen:#}");
+            }
         }
     }
     // Every member runs, and has installed, the new version.
@@ -110,6 +122,24 @@ async fn baton_upgrades_the_real_cluster_every_member_once_leader_last_and_loses
     let cluster = EtcdCluster::start().expect("the etcd cluster starts");
     let run = upgrade_with_baton(&cluster).await;
     // etcd moves leadership by member ID: the plan's move-leader names the target's.
+    let target_id = &cluster.node(&run.target).unwrap().member_id;
+    assert!(
+        run.switchover_line
+            .contains(&format!("move-leader {target_id}`")),
+        "{}",
+        run.switchover_line
+    );
+}
+
+/// The same upgrade with the profile whose looks are HTTP requests the executor makes itself (etcd-http.toml):
+/// the same checks, and the same plan but for the probes.
+#[tokio::test(flavor = "multi_thread")]
+async fn baton_upgrades_the_real_cluster_through_the_http_profile_every_member_once_leader_last_and_loses_no_write(
+) {
+    let cluster = EtcdCluster::start()
+        .and_then(|c| c.with_profile("etcd-http.toml"))
+        .expect("the etcd cluster starts");
+    let run = upgrade_with_baton(&cluster).await;
     let target_id = &cluster.node(&run.target).unwrap().member_id;
     assert!(
         run.switchover_line
