@@ -879,6 +879,66 @@ mod tests {
     }
 
     const ETCD_PROFILE: &str = include_str!("../../profiles/etcd.toml");
+    const ETCD_HTTP_PROFILE: &str = include_str!("../../profiles/etcd-http.toml");
+
+    /// An HTTP probe's argv passes only as the executor's own profile renders it for the node: a request that
+    /// points it at another host, port, path or body, or that adds an endpoint, is refused, so a request cannot
+    /// make the executor send HTTP anywhere its profile and cluster file do not.
+    #[test]
+    fn an_http_probe_is_allowed_only_as_its_own_profile_renders_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = etcd_cluster(dir.path());
+        cluster.profile_text = Some(ETCD_HTTP_PROFILE.to_string());
+        let l = etcd_list(&cluster, &["m1"]);
+        let m1 = cluster.node("m1").unwrap();
+        let ctx = RenderContext {
+            node: "m1",
+            address: &m1.address,
+            vars: Some(&m1.vars),
+            ..RenderContext::default()
+        };
+        let req = |action: Action, argv: Vec<String>| StepRequest {
+            profile_sha256: Some(sha256_of(ETCD_HTTP_PROFILE)),
+            ..etcd_req("m1", action, argv)
+        };
+        for probe in [
+            Action::ProbeClusterStatus,
+            Action::ProbeStatus,
+            Action::ProbeRunningVersion,
+        ] {
+            let argv = render(&l.profile().action(probe).unwrap().argv, &ctx).unwrap();
+            assert_eq!(
+                argv[0],
+                crate::runner::http::HTTP_PROGRAM,
+                "{probe}: {argv:?}"
+            );
+            assert!(
+                l.check(&req(probe, argv.clone())).is_ok(),
+                "{probe}: {argv:?}"
+            );
+            for (i, forged) in [
+                (2, "127.0.0.1:2379,169.254.169.254:80"),
+                (2, "10.0.0.1:2379"),
+                (3, "/v3/kv/deleterange"),
+                (4, "{\"key\":\"AA==\"}"),
+                (5, "600000"),
+                (1, "DELETE"),
+            ] {
+                let mut bad = argv.clone();
+                bad[i] = forged.to_string();
+                let r = l.check(&req(probe, bad.clone())).unwrap_err();
+                assert_eq!(r.kind, RefusalKind::NotAllowed, "{probe} {bad:?}: {r:?}");
+            }
+            // Another probe's request under this probe's name.
+            let other = if probe == Action::ProbeStatus {
+                Action::ProbeRunningVersion
+            } else {
+                Action::ProbeStatus
+            };
+            let theirs = render(&l.profile().action(other).unwrap().argv, &ctx).unwrap();
+            assert!(l.check(&req(probe, theirs)).is_err(), "{probe}");
+        }
+    }
 
     /// A step of the shipped etcd profile, planned with it (its hash).
     fn etcd_req(node: &str, action: Action, argv: Vec<String>) -> StepRequest {

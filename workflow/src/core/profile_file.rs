@@ -2122,6 +2122,160 @@ version = "version"
         }
     }
 
+    /// The node probe of `ETCD` written as an HTTP probe with the `http` table `table`.
+    const NODE_ARGV: &str =
+        "argv = [\"etcdctl\", \"--endpoints\", \"{address}\", \"endpoint\", \"health\", \"-w\", \"json\"]";
+
+    fn with_node_http(table: &str) -> String {
+        assert!(ETCD.contains(NODE_ARGV));
+        ETCD.replacen(NODE_ARGV, &format!("http = {table}"), 1)
+    }
+
+    #[test]
+    fn an_http_probe_loads_as_its_reserved_argv() {
+        let p = load(&with_node_http(
+            r#"{ method = "POST", endpoints = "{address},{var.peer}", path = "/v3/status", body = "{{}}", endpoint_timeout_ms = 700 }"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            p.probes.node.argv,
+            [
+                HTTP_PROGRAM,
+                "POST",
+                "{address},{var.peer}",
+                "/v3/status",
+                "{{}}",
+                "700"
+            ]
+        );
+        // Rendered like any argv: `{{}}` is a literal `{}`.
+        let node = &nodes()[0];
+        let node = NodeSpec {
+            vars: BTreeMap::from([("peer".to_string(), "127.0.0.1:9".to_string())]),
+            ..node.clone()
+        };
+        let rendered = render_argv(
+            &p.probes.node.argv,
+            &Placeholders {
+                node: &node,
+                package: "",
+                version: "",
+                target: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            rendered,
+            [
+                HTTP_PROGRAM,
+                "POST",
+                "127.0.0.1:2379,127.0.0.1:9",
+                "/v3/status",
+                "{}",
+                "700"
+            ]
+        );
+        // GET, no body, and the probe's own timeout per endpoint when none is given.
+        let p = load(&with_node_http(
+            r#"{ endpoints = "{address}", path = "/health" }"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            p.probes.node.argv,
+            [HTTP_PROGRAM, "GET", "{address}", "/health", "", "10000"]
+        );
+    }
+
+    #[test]
+    fn a_bad_http_probe_is_refused_naming_its_line_and_key() {
+        let cases = [
+            (
+                r#"{ method = "PUT", endpoints = "{address}", path = "/x" }"#,
+                "etcd.toml:53: probes.node.http.method: unknown `PUT` (expected GET or POST)",
+            ),
+            (
+                r#"{ endpoints = "{address}", path = "x" }"#,
+                "etcd.toml:53: probes.node.http.path: must start with `/` and hold no whitespace",
+            ),
+            (
+                r#"{ endpoints = "{address}", path = "/x y" }"#,
+                "probes.node.http.path: must start with `/` and hold no whitespace",
+            ),
+            (
+                r#"{ endpoints = " ", path = "/x" }"#,
+                "probes.node.http.endpoints: must name at least one HOST:PORT",
+            ),
+            (
+                r#"{ endpoints = "{target.address}", path = "/x" }"#,
+                "probes.node.http.endpoints: a probe has no target",
+            ),
+            (
+                r#"{ endpoints = "{address}", path = "/{nope}" }"#,
+                "probes.node.http.path: unknown placeholder {nope}",
+            ),
+            (
+                r#"{ endpoints = "{address}", path = "/x", body = "{{}}" }"#,
+                "probes.node.http.body: a GET has no body",
+            ),
+            (
+                r#"{ endpoints = "{address}", path = "/x", endpoint_timeout_ms = 20000 }"#,
+                "probes.node.http.endpoint_timeout_ms: must not exceed the probe's timeout_ms (10000)",
+            ),
+            (
+                r#"{ endpoints = "{address}", path = "/x", endpoint_timeout_ms = 0 }"#,
+                "probes.node.http.endpoint_timeout_ms: must be 1 to",
+            ),
+            (
+                r#"{ endpoints = "{address}", path = "/x", headers = "a" }"#,
+                "unknown field `headers`",
+            ),
+            (
+                r#"{ endpoints = "{address}" }"#,
+                "missing field `path`",
+            ),
+        ];
+        for (table, want) in cases {
+            let got = load(&with_node_http(table)).unwrap_err().to_string();
+            assert!(got.contains(want), "{table}:\n got: {got}\nwant: {want}");
+        }
+        // Both forms, or neither.
+        let both = ETCD.replacen(
+            NODE_ARGV,
+            &format!("{NODE_ARGV}\nhttp = {{ endpoints = \"{{address}}\", path = \"/x\" }}"),
+            1,
+        );
+        let got = load(&both).unwrap_err().to_string();
+        assert!(
+            got.contains("etcd.toml:53: probes.node: give `argv`"),
+            "{got}"
+        );
+        assert!(got.contains("not both"), "{got}");
+        let got = load(&ETCD.replacen(NODE_ARGV, "", 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            got.contains("probes.node: give `argv` (a command) or `http`"),
+            "{got}"
+        );
+        // The reserved program cannot be named by an argv, of a probe or an action.
+        let got = error_after(
+            NODE_ARGV,
+            &NODE_ARGV.replace("\"etcdctl\"", &format!("\"{HTTP_PROGRAM}\"")),
+        );
+        assert!(
+            got.contains("probes.node.argv: `baton:http` is reserved"),
+            "{got}"
+        );
+        let got = error_after(
+            "argv = [\"{var.ctl}\", \"stop\"]",
+            &format!("argv = [\"{HTTP_PROGRAM}\", \"stop\"]"),
+        );
+        assert!(
+            got.contains("actions.stop.argv: `baton:http` is reserved"),
+            "{got}"
+        );
+    }
+
     #[test]
     fn a_probe_cannot_name_a_target_and_a_node_action_cannot_run_on_the_leader() {
         let got = error_after(
