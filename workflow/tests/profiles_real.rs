@@ -257,6 +257,116 @@ fn the_etcd_profile_reads_what_a_real_etcd_cluster_showed() {
     }
 }
 
+/// etcd's HTTP gateway writes every 64-bit integer of a status as a string (proto3's JSON mapping): the value
+/// `v` with each number turned into its text.
+fn as_gateway_json(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => Value::String(n.to_string()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), as_gateway_json(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(as_gateway_json).collect()),
+        other => other.clone(),
+    }
+}
+
+/// `etcd-http.toml` reads the same real statuses as `etcd.toml` in every saved state, in the shape its HTTP probe
+/// prints them: each saved `endpoint status` body as the gateway writes it (integers as text; the same
+/// `POST /v3/maintenance/status` behind etcdctl), one element per member in the endpoints' order, and a member
+/// that was stopped as the connection error it gives. The same leader; a member that gave no answer is listed,
+/// not in service and not caught up; the node probe reads `/health`'s answer, and a 503 is not up.
+#[test]
+fn the_etcd_http_profile_reads_the_real_statuses_as_its_http_probe_prints_them() {
+    use serde_json::json;
+    let p = profile("etcd-http");
+    let nodes = etcd_nodes();
+    let states: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/etcd/states.json")).unwrap(),
+    )
+    .unwrap();
+    for (state, want) in states["states"].as_object().unwrap() {
+        let saved: serde_json::Value =
+            serde_json::from_str(&etcd_saved(state, "topology").stdout).unwrap();
+        let stopped: Vec<&str> = want["stopped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let printed: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                match saved
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["Endpoint"] == n.address.as_str())
+                {
+                    Some(m) => json!({"endpoint": n.address, "status": 200, "body": as_gateway_json(&m["Status"])}),
+                    None => json!({"endpoint": n.address, "error": "connect: Connection refused (os error 111)"}),
+                }
+            })
+            .collect();
+        assert_eq!(
+            printed.iter().filter(|m| m.get("error").is_some()).count(),
+            stopped.len(),
+            "{state}"
+        );
+        let t = parse_topology(
+            &p.probes.topology,
+            &serde_json::Value::Array(printed).to_string(),
+            &nodes,
+        )
+        .unwrap();
+        assert_eq!(
+            t.leaders(),
+            [want["leader"].as_str().unwrap()],
+            "{state}: {t:?}"
+        );
+        for n in &nodes {
+            let m = t.member(&n.name).unwrap();
+            let down = stopped.contains(&n.name.as_str());
+            assert_eq!(m.in_service, !down, "{state}: {m:?}");
+            assert_eq!(m.caught_up, Some(!down), "{state}: {m:?}");
+        }
+    }
+    let up = |answer: serde_json::Value| {
+        parse_node(&p.probes.node, &json!([answer]).to_string())
+            .unwrap()
+            .up
+    };
+    let address = "127.0.0.1:2379";
+    for body in [
+        json!({"health": "true"}),
+        json!({"health": "true", "reason": ""}),
+    ] {
+        assert!(up(
+            json!({"endpoint": address, "status": 200, "body": body})
+        ));
+    }
+    assert!(!up(
+        json!({"endpoint": address, "status": 503, "body": {"health": "false"}})
+    ));
+    assert!(!up(
+        json!({"endpoint": address, "error": "no answer within 3000 ms"})
+    ));
+    let version = p.probes.running_version.as_ref().unwrap();
+    let read = |body: serde_json::Value| {
+        parse_version(
+            version,
+            &json!([{"endpoint": address, "status": 200, "body": body}]).to_string(),
+        )
+    };
+    assert_eq!(
+        read(json!({"etcdserver": "3.5.1", "etcdcluster": "3.5.0"})).unwrap(),
+        "3.5.1"
+    );
+    assert!(read(json!({"etcdcluster": "3.5.0"})).is_err());
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Patroni: `topology.json` and `<m>.{node.json,version.txt,running_version.txt,package.txt}` per state; a
 // probe that failed has its stderr and `# exit N` appended.
