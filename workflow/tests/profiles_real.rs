@@ -51,6 +51,12 @@ fn etcd_saved(state: &str, file: &str) -> Saved {
     Saved { stdout, exit }
 }
 
+/// What the capture harness knew of each saved state (`states.json`).
+fn etcd_states() -> serde_json::Value {
+    let path = repo().join("tests/fixtures/etcd/states.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 fn etcd_nodes() -> Vec<NodeSpec> {
     let path = repo().join("tests/fixtures/etcd/cluster.toml");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -177,10 +183,7 @@ fn the_etcd_profile_fails_closed_on_a_missing_or_older_position() {
 fn the_etcd_profile_reads_what_a_real_etcd_cluster_showed() {
     let p = profile("etcd");
     let nodes = etcd_nodes();
-    let states: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/fixtures/etcd/states.json")).unwrap(),
-    )
-    .unwrap();
+    let states = etcd_states();
     let states = states["states"].as_object().unwrap();
     assert!(states.len() >= 5, "{states:?}");
     for (state, want) in states {
@@ -283,10 +286,7 @@ fn the_etcd_http_profile_reads_the_real_statuses_as_its_http_probe_prints_them()
     use serde_json::json;
     let p = profile("etcd-http");
     let nodes = etcd_nodes();
-    let states: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/fixtures/etcd/states.json")).unwrap(),
-    )
-    .unwrap();
+    let states = etcd_states();
     for (state, want) in states["states"].as_object().unwrap() {
         let saved: serde_json::Value =
             serde_json::from_str(&etcd_saved(state, "topology").stdout).unwrap();

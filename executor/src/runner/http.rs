@@ -149,15 +149,7 @@ async fn ask(req: &Request<'_>, endpoint: &str, limit: usize) -> Result<(u16, By
 /// Runs an HTTP probe's argv (see the module docs) within `timeout`, keeping answers up to `max_output` bytes.
 pub async fn run(argv: &[String], timeout: Duration, max_output: usize) -> Ran {
     let started_ms = now_ms();
-    let failed = |reason: String| Ran {
-        outcome: Outcome::Failed,
-        exit_code: None,
-        stdout_tail: String::new(),
-        stderr_tail: String::new(),
-        reason: Some(reason),
-        started_ms,
-        finished_ms: now_ms(),
-    };
+    let failed = |reason: String| Ran::failed(started_ms, reason);
     let req = match parse(argv) {
         Ok(req) => req,
         Err(why) => return failed(format!("HTTP probe: {why}")),

@@ -37,15 +37,7 @@ pub async fn run(
     stdin: Stdin,
 ) -> Ran {
     let started_ms = now_ms();
-    let failed = |reason: String| Ran {
-        outcome: Outcome::Failed,
-        exit_code: None,
-        stdout_tail: String::new(),
-        stderr_tail: String::new(),
-        reason: Some(reason),
-        started_ms,
-        finished_ms: now_ms(),
-    };
+    let failed = |reason: String| Ran::failed(started_ms, reason);
     let Some((program, args)) = argv.split_first() else {
         return failed("empty argv".into());
     };

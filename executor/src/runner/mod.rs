@@ -39,6 +39,22 @@ pub struct Ran {
     pub finished_ms: u64,
 }
 
+impl Ran {
+    /// A command that could not run (or an HTTP probe that could not be asked), for `reason`: no exit code, no
+    /// output.
+    pub fn failed(started_ms: u64, reason: String) -> Ran {
+        Ran {
+            outcome: Outcome::Failed,
+            exit_code: None,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            reason: Some(reason),
+            started_ms,
+            finished_ms: crate::now_ms(),
+        }
+    }
+}
+
 impl RunnerConfig {
     /// Run the request's command with its env and timeout on the node at
     /// `address` (this executor's own, never the request's), keeping the
@@ -82,18 +98,7 @@ impl RunnerConfig {
                         local::run(&argv, &env, timeout, max_output, local::Stdin::HeldOpen).await;
                     cfg.interpret(req, address, ran)
                 }
-                Err(reason) => {
-                    let now = crate::now_ms();
-                    Ran {
-                        outcome: Outcome::Failed,
-                        exit_code: None,
-                        stdout_tail: String::new(),
-                        stderr_tail: String::new(),
-                        reason: Some(reason),
-                        started_ms: now,
-                        finished_ms: now,
-                    }
-                }
+                Err(reason) => Ran::failed(crate::now_ms(), reason),
             },
         }
     }

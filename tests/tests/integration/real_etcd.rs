@@ -11,6 +11,26 @@ use crate::real_baton::{assert_rolled_leader_last, upgrade_with_baton};
 /// The shipped etcd profiles: looks through etcdctl, and looks over etcd's HTTP gateway by the executor itself.
 const PROFILES: [&str; 2] = ["etcd.toml", "etcd-http.toml"];
 
+/// Every shipped etcd profile's probes, run for real against `cluster` (`baton profile check --run-here`), show
+/// `leader` leading and `version` from each of `probes`.
+fn assert_profiles_see(cluster: &EtcdCluster, leader: &str, version: &str, probes: &[&str]) {
+    for profile in PROFILES {
+        let seen =
+            crate::profile::check_live(&crate::profile::shipped(profile), cluster.cluster_file());
+        for leaders in crate::profile::leaders_seen(&seen) {
+            assert_eq!(leaders, [leader], "{profile}: {seen:#}");
+        }
+        for probe in probes {
+            for (node, seen_version) in crate::profile::observed(&seen, probe) {
+                assert_eq!(
+                    seen_version, version,
+                    "{profile}: {probe} of {node}: {seen:#}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write() {
     let cluster = EtcdCluster::start().expect("the etcd cluster starts");
@@ -21,20 +41,7 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
     let leader = cluster.leader().expect("a member leads");
     // The shipped profiles' probes, run for real (`baton profile check --run-here`; etcd-http's answered by
     // Baton's own HTTP client), see the same cluster.
-    for profile in PROFILES {
-        let seen =
-            crate::profile::check_live(&crate::profile::shipped(profile), cluster.cluster_file());
-        for leaders in crate::profile::leaders_seen(&seen) {
-            assert_eq!(
-                leaders,
-                std::slice::from_ref(&leader),
-                "{profile}: {seen:#}"
-            );
-        }
-        for (node, version) in crate::profile::observed(&seen, "running_version") {
-            assert_eq!(version, old, "{profile}, {node}: {seen:#}");
-        }
-    }
+    assert_profiles_see(&cluster, &leader, old, &["running_version"]);
     let since = tests::real::journal::after_last(&cluster.actions().unwrap());
 
     let writer = cluster.start_writer().expect("the writer starts");
@@ -52,22 +59,12 @@ fn the_manual_baseline_upgrades_every_member_once_leader_last_and_loses_no_write
     println!("manual baseline steps:\n{}", run.output);
 
     // The profiles' probes see the upgraded cluster: the new leader, the new version everywhere.
-    for profile in PROFILES {
-        let seen =
-            crate::profile::check_live(&crate::profile::shipped(profile), cluster.cluster_file());
-        for leaders in crate::profile::leaders_seen(&seen) {
-            assert_eq!(
-                leaders,
-                std::slice::from_ref(&run.new_leader),
-                "{profile}: {seen:#}"
-            );
-        }
-        for probe in ["version", "running_version"] {
-            for (node, version) in crate::profile::observed(&seen, probe) {
-                assert_eq!(version, new, "{profile}: {probe} of {node}: {seen:#}");
-            }
-        }
-    }
+    assert_profiles_see(
+        &cluster,
+        &run.new_leader,
+        new,
+        &["version", "running_version"],
+    );
     // Every member runs, and has installed, the new version.
     for node in cluster.node_names() {
         assert_eq!(cluster.running_version(&node).unwrap(), new, "{node} runs");
