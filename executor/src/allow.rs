@@ -923,6 +923,8 @@ mod tests {
                 (4, "{\"key\":\"AA==\"}"),
                 (5, "600000"),
                 (1, "DELETE"),
+                (6, "/tmp/another-ca.pem"),
+                (8, "/etc/ssl/private/key.pem"),
             ] {
                 let mut bad = argv.clone();
                 bad[i] = forged.to_string();

@@ -3,8 +3,11 @@
 //! gateway then costs about a millisecond instead of an `etcdctl` start (tens of ms on a loaded host).
 //!
 //! The argv (rendered from the profile, signed by the service and checked by the allow list like any other) is
-//! `[HTTP_PROGRAM, METHOD, ENDPOINTS, PATH, BODY, ENDPOINT_TIMEOUT_MS]` ([`HTTP_PROGRAM`]). What it prints,
-//! for the profile's parser to read:
+//! `[HTTP_PROGRAM, METHOD, ENDPOINTS, PATH, BODY, ENDPOINT_TIMEOUT_MS, CA_FILE, CERT_FILE, KEY_FILE]`
+//! ([`HTTP_PROGRAM`]). With CA_FILE, every endpoint is asked over TLS (rustls), its certificate verified against
+//! that CA for the endpoint's host name or IP address; with CERT_FILE and KEY_FILE too, the executor shows that
+//! client certificate (etcd's `--client-cert-auth`). The files are PEM, read at each run (a renewed certificate is
+//! picked up). What it prints, for the profile's parser to read:
 //!
 //! - stdout: a JSON array with one element per endpoint, in the order given: `{"endpoint": E, "status": 200,
 //!   "body": B}` (B is the body's JSON, or its text when it is not JSON), or `{"endpoint": E, "error": "..."}`
@@ -12,9 +15,10 @@
 //! - stderr: one line per endpoint that failed or answered other than 2xx;
 //! - exit code 0 when every endpoint answered 2xx, 1 otherwise (a profile reads 1 with `read_exit_codes`).
 //!
-//! Plain HTTP only (no TLS), from the executor's own host: with the SSH runner the request does not go
-//! through SSH. No process is started, so nothing is left behind by a timeout.
+//! Asked from the executor's own host: with the SSH runner the request does not go through SSH. No process is
+//! started, so nothing is left behind by a timeout.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,8 +26,13 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::http::uri::Authority;
 use hyper_util::rt::TokioIo;
 use protocol::Outcome;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
 pub use workflow::core::profile_file::HTTP_PROGRAM;
 
 use super::Ran;
@@ -37,13 +46,17 @@ struct Request<'a> {
     path: &'a str,
     body: &'a str,
     each: Duration,
+    /// CA_FILE, CERT_FILE, KEY_FILE (empty: plain HTTP, no client certificate).
+    ca: &'a str,
+    cert: &'a str,
+    key: &'a str,
 }
 
 fn parse(argv: &[String]) -> Result<Request<'_>, String> {
-    let [program, method, endpoints, path, body, each] = argv else {
+    let [program, method, endpoints, path, body, each, ca, cert, key] = argv else {
         return Err(format!(
-            "an HTTP probe's argv has 6 elements ({HTTP_PROGRAM} METHOD ENDPOINTS PATH BODY ENDPOINT_TIMEOUT_MS), \
-             not {}",
+            "an HTTP probe's argv has 9 elements ({HTTP_PROGRAM} METHOD ENDPOINTS PATH BODY ENDPOINT_TIMEOUT_MS \
+             CA_FILE CERT_FILE KEY_FILE), not {}",
             argv.len()
         ));
     };
@@ -72,21 +85,82 @@ fn parse(argv: &[String]) -> Result<Request<'_>, String> {
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis)
         .ok_or_else(|| format!("endpoint timeout {each:?} is not a number of ms"))?;
+    if ca.is_empty() && !(cert.is_empty() && key.is_empty()) {
+        return Err("a client certificate without a CA file".into());
+    }
+    if cert.is_empty() != key.is_empty() {
+        return Err("a client certificate needs both CERT_FILE and KEY_FILE".into());
+    }
     Ok(Request {
         method,
         endpoints,
         path,
         body,
         each,
+        ca,
+        cert,
+        key,
     })
 }
 
-/// `HOST:PORT` of an endpoint written `HOST:PORT` or `http://HOST:PORT` (a trailing `/` allowed).
-fn authority(endpoint: &str) -> Result<Authority, String> {
-    if endpoint.starts_with("https://") {
-        return Err("https is not supported by the built-in HTTP probe (use an argv probe)".into());
+/// The TLS client configuration of a request with a CA file: its CA as the only root, and its client
+/// certificate if it has one. An unreadable or empty file is an error naming it.
+fn tls_config(req: &Request<'_>) -> Result<Arc<ClientConfig>, String> {
+    let ca_err = |e: &dyn std::fmt::Display| format!("CA file {}: {e}", req.ca);
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(req.ca).map_err(|e| ca_err(&e))? {
+        roots
+            .add(cert.map_err(|e| ca_err(&e))?)
+            .map_err(|e| ca_err(&e))?;
     }
-    let bare = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+    if roots.is_empty() {
+        return Err(ca_err(&"no certificate in it"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots);
+    let config = if req.cert.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let chain = CertificateDer::pem_file_iter(req.cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("certificate file {}: {e}", req.cert))?;
+        if chain.is_empty() {
+            return Err(format!(
+                "certificate file {}: no certificate in it",
+                req.cert
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(req.key)
+            .map_err(|e| format!("key file {}: {e}", req.key))?;
+        builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("client certificate {} with key {}: {e}", req.cert, req.key))?
+    };
+    Ok(Arc::new(config))
+}
+
+/// `HOST:PORT` of an endpoint written `HOST:PORT`, `http://HOST:PORT` (plain HTTP only) or `https://HOST:PORT`
+/// (TLS only), a trailing `/` allowed.
+fn authority(endpoint: &str, tls: bool) -> Result<Authority, String> {
+    let bare = match (
+        endpoint.strip_prefix("https://"),
+        endpoint.strip_prefix("http://"),
+    ) {
+        (Some(_), _) if !tls => {
+            return Err(
+                "https:// endpoint, but the probe has no CA file (ca_file) to verify it with"
+                    .into(),
+            )
+        }
+        (_, Some(_)) if tls => {
+            return Err("http:// endpoint, but the probe asks over TLS (it has a ca_file)".into())
+        }
+        (Some(bare), _) | (_, Some(bare)) => bare,
+        (None, None) => endpoint,
+    };
     let bare = bare.strip_suffix('/').unwrap_or(bare);
     let authority: Authority = bare.parse().map_err(|e| format!("not HOST:PORT: {e}"))?;
     if authority.port_u16().is_none() || bare.contains('@') || bare.contains('/') {
@@ -95,9 +169,14 @@ fn authority(endpoint: &str) -> Result<Authority, String> {
     Ok(authority)
 }
 
-/// One request to one endpoint: its status and body (at most `limit` bytes).
-async fn ask(req: &Request<'_>, endpoint: &str, limit: usize) -> Result<(u16, Bytes), String> {
-    let authority = authority(endpoint)?;
+/// One request to one endpoint (over TLS with `tls`): its status and body (at most `limit` bytes).
+async fn ask(
+    req: &Request<'_>,
+    tls: Option<&Arc<ClientConfig>>,
+    endpoint: &str,
+    limit: usize,
+) -> Result<(u16, Bytes), String> {
+    let authority = authority(endpoint, tls.is_some())?;
     let host = authority
         .host()
         .trim_start_matches('[')
@@ -108,7 +187,31 @@ async fn ask(req: &Request<'_>, endpoint: &str, limit: usize) -> Result<(u16, By
         .map_err(|e| format!("connect: {e}"))?;
     // Small requests and answers: no Nagle delay.
     let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    match tls {
+        None => exchange(req, &authority, stream, limit).await,
+        Some(config) => {
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|e| format!("TLS: {host:?} is not a server name: {e}"))?;
+            let stream = TlsConnector::from(Arc::clone(config))
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            exchange(req, &authority, stream, limit).await
+        }
+    }
+}
+
+/// The request and its answer over `io`, a connection to `authority`.
+async fn exchange<S>(
+    req: &Request<'_>,
+    authority: &Authority,
+    io: S,
+    limit: usize,
+) -> Result<(u16, Bytes), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let mut request = hyper::Request::builder()
@@ -154,11 +257,20 @@ pub async fn run(argv: &[String], timeout: Duration, max_output: usize) -> Ran {
         Ok(req) => req,
         Err(why) => return failed(format!("HTTP probe: {why}")),
     };
+    let tls = if req.ca.is_empty() {
+        None
+    } else {
+        match tls_config(&req) {
+            Ok(config) => Some(config),
+            Err(why) => return failed(format!("HTTP probe: {why}")),
+        }
+    };
     let each = req.each.min(timeout);
     let answers = futures::future::join_all(req.endpoints.iter().map(|endpoint| {
-        let req = &req;
+        let (req, tls) = (&req, tls.as_ref());
         async move {
-            let answer = match tokio::time::timeout(each, ask(req, endpoint, max_output)).await {
+            let answer = match tokio::time::timeout(each, ask(req, tls, endpoint, max_output)).await
+            {
                 Ok(answer) => answer,
                 Err(_) => Err(format!("no answer within {} ms", each.as_millis())),
             };
@@ -239,6 +351,9 @@ mod tests {
             path,
             body,
             &each_ms.to_string(),
+            "",
+            "",
+            "",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -393,11 +508,154 @@ mod tests {
         assert_eq!(lines[2], format!("GET {bad}/health: HTTP status 503"));
     }
 
+    /// A one-connection-at-a-time HTTPS server on loopback with `files`' server certificate, requiring a client
+    /// certificate signed by their CA; it answers `OK_JSON` to whoever completes the handshake.
+    async fn tls_server(files: &protocol::devtls::DevTls) -> String {
+        use tokio_rustls::rustls::server::WebPkiClientVerifier;
+        use tokio_rustls::rustls::ServerConfig;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&files.server.ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .unwrap();
+        let chain = CertificateDer::pem_file_iter(&files.server.cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&files.server.key).unwrap();
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let mut buf = vec![0u8; 4096];
+                    let mut read = 0;
+                    while !String::from_utf8_lossy(&buf[..read]).contains("\r\n\r\n") {
+                        match tls.read(&mut buf[read..]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read += n,
+                        }
+                    }
+                    let _ = tls.write_all(OK_JSON.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn tls_argv(endpoint: &str, ca: &Path, cert: Option<(&Path, &Path)>) -> Vec<String> {
+        let mut argv = argv("GET", endpoint, "/health", "", 2000);
+        argv[6] = ca.display().to_string();
+        if let Some((cert, key)) = cert {
+            argv[7] = cert.display().to_string();
+            argv[8] = key.display().to_string();
+        }
+        argv
+    }
+
+    use std::path::Path;
+
+    #[tokio::test]
+    async fn over_tls_the_server_is_verified_against_the_ca_file_and_shown_the_client_certificate()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let files = protocol::devtls::make(dir.path(), &[]).unwrap();
+        let addr = tls_server(&files).await;
+        let client = Some((files.client_cert.as_path(), files.client_key.as_path()));
+        for endpoint in [addr.clone(), format!("https://{addr}/")] {
+            let ran = run(
+                &tls_argv(&endpoint, &files.server.ca, client),
+                Duration::from_secs(5),
+                64 * 1024,
+            )
+            .await;
+            assert_eq!(ran.exit_code, Some(0), "{endpoint}: {ran:?}");
+            let out: Value = serde_json::from_str(&ran.stdout_tail).unwrap();
+            assert_eq!(
+                out,
+                json!([{"endpoint": endpoint, "status": 200, "body": {"health": "true"}}])
+            );
+        }
+        // Without the client certificate the server refuses the connection.
+        let ran = run(
+            &tls_argv(&addr, &files.server.ca, None),
+            Duration::from_secs(5),
+            64 * 1024,
+        )
+        .await;
+        assert_eq!(ran.exit_code, Some(1), "{ran:?}");
+        assert!(ran.stdout_tail.contains("\"error\""), "{ran:?}");
+        // A server whose certificate another CA signed is not trusted.
+        let other = tempfile::tempdir().unwrap();
+        let others = protocol::devtls::make(other.path(), &[]).unwrap();
+        let ran = run(
+            &tls_argv(
+                &addr,
+                &others.server.ca,
+                Some((&others.client_cert, &others.client_key)),
+            ),
+            Duration::from_secs(5),
+            64 * 1024,
+        )
+        .await;
+        assert_eq!(ran.exit_code, Some(1), "{ran:?}");
+        assert!(
+            ran.stderr_tail.contains("TLS: invalid peer certificate"),
+            "{ran:?}"
+        );
+        // Plain http:// with a CA file is a contradiction, refused before connecting.
+        let ran = run(
+            &tls_argv(&format!("http://{addr}"), &files.server.ca, client),
+            Duration::from_secs(5),
+            64 * 1024,
+        )
+        .await;
+        assert!(
+            ran.stderr_tail
+                .contains("http:// endpoint, but the probe asks over TLS"),
+            "{ran:?}"
+        );
+        // An unreadable CA file fails the probe, naming the file; nothing is asked.
+        let missing = dir.path().join("missing.pem");
+        let ran = run(
+            &tls_argv(&addr, &missing, client),
+            Duration::from_secs(5),
+            1024,
+        )
+        .await;
+        assert_eq!(ran.exit_code, None, "{ran:?}");
+        let reason = ran.reason.unwrap();
+        assert!(
+            reason.contains(&format!("CA file {}", missing.display())),
+            "{reason}"
+        );
+        // A key without its certificate is refused as malformed.
+        let mut lone = tls_argv(&addr, &files.server.ca, client);
+        lone[7] = String::new();
+        let ran = run(&lone, Duration::from_secs(5), 1024).await;
+        assert!(ran.reason.unwrap().contains("needs both"));
+    }
+
     #[tokio::test]
     async fn a_malformed_argv_or_endpoint_fails_saying_why_and_asks_nothing() {
         let bad = |argv: Vec<String>| async move { run(&argv, Duration::from_secs(1), 1024).await };
         let r = bad(vec![HTTP_PROGRAM.into(), "GET".into()]).await;
-        assert!(r.reason.unwrap().contains("6 elements"));
+        assert!(r.reason.unwrap().contains("9 elements"));
         let r = bad(argv("DELETE", "127.0.0.1:1", "/x", "", 100)).await;
         assert!(r.reason.unwrap().contains("expected GET or POST"));
         let r = bad(argv("GET", "127.0.0.1:1", "x", "", 100)).await;

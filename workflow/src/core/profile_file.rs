@@ -403,14 +403,23 @@ struct RawHttp {
     body: Option<Spanned<String>>,
     #[serde(default)]
     endpoint_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    cert_file: Option<Spanned<String>>,
+    #[serde(default)]
+    key_file: Option<Spanned<String>>,
 }
 
 /// The program name of a built-in HTTP probe's argv (`[probes.NAME.http]`): the executor answers such a step
 /// itself, with HTTP requests, instead of starting a process. Reserved: an `argv` may not name it.
 ///
 /// The argv, as rendered, signed, checked against the executor's own profile and shown to operators:
-/// `[HTTP_PROGRAM, METHOD, ENDPOINTS, PATH, BODY, ENDPOINT_TIMEOUT_MS]`, where ENDPOINTS is a comma-separated
-/// list of `HOST:PORT` (optionally after `http://`) and BODY is empty for none.
+/// `[HTTP_PROGRAM, METHOD, ENDPOINTS, PATH, BODY, ENDPOINT_TIMEOUT_MS, CA_FILE, CERT_FILE, KEY_FILE]`, where
+/// ENDPOINTS is a comma-separated list of `HOST:PORT` (optionally after `http://`, or `https://` with a CA
+/// file), BODY is empty for none, and the three files (PEM) are empty for plain HTTP: with CA_FILE every
+/// endpoint is asked over TLS and its certificate verified against it; with CERT_FILE and KEY_FILE too, the
+/// executor shows that client certificate.
 pub const HTTP_PROGRAM: &str = "baton:http";
 
 #[derive(Deserialize)]
@@ -626,6 +635,34 @@ fn http_argv(
             v
         }
     };
+    let file = |v: &Option<Spanned<String>>, name: &str| match v {
+        None => Ok(String::new()),
+        Some(v) if v.get_ref().trim().is_empty() => Err(loc.err(
+            Some(v.span()),
+            k(name),
+            "must name a file (leave the key out for none)",
+        )),
+        Some(v) => template(v, name),
+    };
+    let (ca, cert, key) = (
+        file(&h.ca_file, "ca_file")?,
+        file(&h.cert_file, "cert_file")?,
+        file(&h.key_file, "key_file")?,
+    );
+    if let (Some(c), None) | (None, Some(c)) = (&h.cert_file, &h.key_file) {
+        return Err(loc.err(
+            Some(c.span()),
+            key_name(key.is_empty(), &k("cert_file"), &k("key_file")),
+            "a client certificate needs both cert_file and key_file",
+        ));
+    }
+    if let (None, Some(c)) = (&h.ca_file, &h.cert_file) {
+        return Err(loc.err(
+            Some(c.span()),
+            k("cert_file"),
+            "a client certificate goes with TLS: give ca_file, the CA that signed the server's certificate",
+        ));
+    }
     Ok(vec![
         HTTP_PROGRAM.to_string(),
         method,
@@ -633,7 +670,15 @@ fn http_argv(
         path,
         body,
         each.to_string(),
+        ca,
+        cert,
+        key,
     ])
+}
+
+/// The key an error about a lone `cert_file`/`key_file` names: the one that was given.
+fn key_name(key_missing: bool, cert: &str, key: &str) -> String {
+    if key_missing { cert } else { key }.to_string()
 }
 
 fn pointer(
@@ -2145,7 +2190,10 @@ version = "version"
                 "{address},{var.peer}",
                 "/v3/status",
                 "{{}}",
-                "700"
+                "700",
+                "",
+                "",
+                ""
             ]
         );
         // Rendered like any argv: `{{}}` is a literal `{}`.
@@ -2172,7 +2220,10 @@ version = "version"
                 "127.0.0.1:2379,127.0.0.1:9",
                 "/v3/status",
                 "{}",
-                "700"
+                "700",
+                "",
+                "",
+                ""
             ]
         );
         // GET, no body, and the probe's own timeout per endpoint when none is given.
@@ -2182,8 +2233,36 @@ version = "version"
         .unwrap();
         assert_eq!(
             p.probes.node.argv,
-            [HTTP_PROGRAM, "GET", "{address}", "/health", "", "10000"]
+            [
+                HTTP_PROGRAM,
+                "GET",
+                "{address}",
+                "/health",
+                "",
+                "10000",
+                "",
+                "",
+                ""
+            ]
         );
+        // Over TLS: the CA file, and a client certificate and its key, each a template.
+        let p = load(&with_node_http(
+            r#"{ endpoints = "{address}", path = "/health", ca_file = "{var.ca}", cert_file = "/etc/etcd/{node}.pem", key_file = "/etc/etcd/{node}-key.pem" }"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            p.probes.node.argv[6..],
+            [
+                "{var.ca}",
+                "/etc/etcd/{node}.pem",
+                "/etc/etcd/{node}-key.pem"
+            ]
+        );
+        let p = load(&with_node_http(
+            r#"{ endpoints = "{address}", path = "/health", ca_file = "/ca.pem" }"#,
+        ))
+        .unwrap();
+        assert_eq!(p.probes.node.argv[6..], ["/ca.pem", "", ""]);
     }
 
     #[test]
@@ -2232,6 +2311,26 @@ version = "version"
             (
                 r#"{ endpoints = "{address}" }"#,
                 "missing field `path`",
+            ),
+            (
+                r#"{ endpoints = "{address}", path = "/x", ca_file = "/ca.pem", cert_file = "/c.pem" }"#,
+                "probes.node.http.cert_file: a client certificate needs both cert_file and key_file",
+            ),
+            (
+                r#"{ endpoints = "{address}", path = "/x", ca_file = "/ca.pem", key_file = "/k.pem" }"#,
+                "probes.node.http.key_file: a client certificate needs both cert_file and key_file",
+            ),
+            (
+                r#"{ endpoints = "{address}", path = "/x", cert_file = "/c.pem", key_file = "/k.pem" }"#,
+                "probes.node.http.cert_file: a client certificate goes with TLS: give ca_file",
+            ),
+            (
+                r#"{ endpoints = "{address}", path = "/x", ca_file = " " }"#,
+                "probes.node.http.ca_file: must name a file",
+            ),
+            (
+                r#"{ endpoints = "{address}", path = "/x", ca_file = "{var.ca" }"#,
+                "probes.node.http.ca_file: unterminated placeholder",
             ),
         ];
         for (table, want) in cases {
