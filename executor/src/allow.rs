@@ -1270,6 +1270,38 @@ mod tests {
         assert!(r.reason.contains("does not have the shape"), "{r:?}");
     }
 
+    /// Hostile review 14 (P3): `baton:http` is reserved so that only a profile's `http = { ... }` probe reaches
+    /// the executor's HTTP runner ("a plain argv may not name it"), but the loader checks the template's first
+    /// element as written, and the runner dispatches on the rendered `argv[0]`. A node var makes any action's
+    /// program the reserved name: the shipped etcd profile's `stop` (`["{var.ctl}", "stop"]`) with
+    /// `ctl = "baton:http"` passes the allow list, and the executor then answers that action with its HTTP runner
+    /// (here a malformed HTTP probe; with a 6-element action, requests made by an action). Fix: the allow list
+    /// (and the core's rendering) refuse a rendered program equal to `HTTP_PROGRAM` unless the template's first
+    /// element is literally it and the action is a probe; better, the runner dispatches on the matched template
+    /// being an HTTP probe, never on the request's argv[0].
+    #[tokio::test]
+    async fn review14_an_action_whose_program_renders_to_the_reserved_http_name_is_refused() {
+        use workflow::core::profile_file::HTTP_PROGRAM;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = etcd_cluster(dir.path());
+        for node in &mut cluster.nodes {
+            node.vars.insert("ctl".into(), HTTP_PROGRAM.into());
+        }
+        let l = etcd_list(&cluster, &["m1"]);
+        let stop = etcd_req("m1", Action::Stop, vec![HTTP_PROGRAM.into(), "stop".into()]);
+        // What the executor does with it once allowed: its HTTP runner answers the action.
+        let ran = crate::runner::RunnerConfig::Local
+            .run(&stop, "127.0.0.1:2379", 1024, None)
+            .await;
+        let allowed = l.check(&stop);
+        assert!(
+            allowed.is_err(),
+            "action stop rendered to the reserved {HTTP_PROGRAM:?} was allowed; the runner answered it as an \
+             HTTP probe: {:?}",
+            ran.reason
+        );
+    }
+
     #[test]
     fn a_profile_file_allow_list_needs_the_profile_text_and_its_nodes_in_the_cluster_file() {
         let dir = tempfile::tempdir().unwrap();
