@@ -2167,6 +2167,78 @@ version = "version"
         }
     }
 
+    /// `ETCD` with its node probe written as an HTTP probe whose `http` table is `http`.
+    fn review14_with_http_node_probe(http: &str) -> String {
+        let from = "[probes.node]\nargv = [\"etcdctl\", \"--endpoints\", \"{address}\", \"endpoint\", \"health\", \"-w\", \"json\"]\n";
+        assert!(ETCD.contains(from), "the test's profile has no `{from}`");
+        ETCD.replacen(from, &format!("[probes.node]\nhttp = {http}\n"), 1)
+    }
+
+    /// Hostile review 14 (P3): an HTTP probe's `body` is a JSON document built by pasting placeholder values
+    /// into text, the very thing argv templates exist to avoid ("never a shell string built from data"). `{package}`
+    /// is the submission's free parameter, and the executor's package rules (absolute, no `..`, no `://`, no
+    /// control characters: executor/src/allow.rs `path_rules`) let quotes through, so a package path adds or
+    /// overrides fields of the body the executor POSTs (here `dir` is overridden). Fix: render placeholders into a
+    /// body JSON-escaped (or allow them only as whole JSON string values), or refuse `{package}` and `{var.NAME}`
+    /// in `body` (and in `endpoints`, where a comma adds an endpoint) at load.
+    #[test]
+    fn review14_a_package_rendered_into_an_http_body_stays_one_json_string() {
+        let text = review14_with_http_node_probe(
+            r#"{ method = "POST", endpoints = "{address}", path = "/check", body = '{{"dir":"{package}"}}' }"#,
+        );
+        let p = load(&text).unwrap();
+        let node = &nodes()[0];
+        let package = r#"/srv/pkgs/etcd-3.5.1","force":true,"dir":"/srv/other"#;
+        let argv = render_argv(
+            &p.probes.node.argv,
+            &Placeholders {
+                node,
+                package,
+                version: "3.5.1",
+                target: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(argv[0], HTTP_PROGRAM, "{argv:?}");
+        let body: Value = serde_json::from_str(&argv[4]).unwrap_or(Value::Null);
+        assert_eq!(
+            body,
+            serde_json::json!({ "dir": package }),
+            "the body POSTed for package {package:?} is {:?}",
+            argv[4]
+        );
+    }
+
+    /// Hostile review 14 (P3): the loader checks an HTTP probe's path but not the literal text of its endpoints,
+    /// so an endpoint the executor will refuse on every run (`https://`, no port, a path, `user@`) loads, is
+    /// planned and approved, and only then fails every look (the topology then never shows a member in service).
+    /// Fix: check the literal parts of `endpoints` at load as `runner::http::authority` checks them at run time
+    /// (no scheme but `http://`, a `:PORT` after the last placeholder or host, no `/` or `@`), naming the key.
+    #[test]
+    fn review14_an_http_endpoint_that_can_never_be_asked_is_refused_at_load() {
+        for endpoints in [
+            "https://{address}",
+            "localhost",
+            "http://{address}/v3",
+            "root@{address}",
+        ] {
+            let text = review14_with_http_node_probe(&format!(
+                r#"{{ endpoints = "{endpoints}", path = "/health" }}"#
+            ));
+            let loaded = load(&text);
+            let got = loaded
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                got.contains("probes.node.http.endpoints"),
+                "endpoints = {endpoints:?} loaded ({:?}); the executor refuses it at every run",
+                loaded.as_ref().map(|p| &p.probes.node.argv).ok()
+            );
+        }
+    }
+
     /// The node probe of `ETCD` written as an HTTP probe with the `http` table `table`.
     const NODE_ARGV: &str =
         "argv = [\"etcdctl\", \"--endpoints\", \"{address}\", \"endpoint\", \"health\", \"-w\", \"json\"]";
