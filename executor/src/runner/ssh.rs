@@ -338,6 +338,60 @@ mod tests {
         assert_eq!(code, Some(5));
     }
 
+    /// Hostile review 14 (P2): a profile's probe says where it runs (`runs_on = "the_node"`), and under the SSH
+    /// runner an argv probe runs on the node, so `127.0.0.1:PORT` in it means the node's own member. An HTTP probe
+    /// is answered from the executor's own host whatever the runner (`RunnerConfig::run` dispatches before the
+    /// runner is looked at), so the same endpoint now means the executor host's member: every node's node probe
+    /// gets one member's answer, a stopped member looks up, and a profile with `leader_when` hears "replica"
+    /// from every member, the real leader included (the emergency exit then lifts a fence beside it). Nothing
+    /// refuses or warns: the module doc says it, the profile format does not. Fix: the SSH runner refuses an HTTP
+    /// probe (or one whose endpoints are loopback) unless the profile says its HTTP probes are made from the
+    /// executor (a `runs_on` of its own), and the executor refuses at start to serve such a profile over SSH.
+    #[tokio::test]
+    async fn review14_an_http_probe_of_a_node_reached_over_ssh_is_not_answered_by_the_executors_own_host(
+    ) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use workflow::core::profile_file::HTTP_PROGRAM;
+        // The executor's host runs a member of its own on loopback, healthy.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap().to_string();
+        let answering = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n{\"health\":\"true\"}",
+                    )
+                    .await;
+            }
+        });
+        // The node is reached over ssh (which is not even there): its node probe must not be answered here.
+        let cfg = SshConfig {
+            program: "/nonexistent/ssh".into(),
+            ..SshConfig::default()
+        };
+        let req = StepRequest {
+            action: "probe_status".into(),
+            argv: [HTTP_PROGRAM, "GET", &local, "/health", "", "1000"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ..request(&[])
+        };
+        let ran = crate::runner::RunnerConfig::Ssh(cfg)
+            .run(&req, "node-1.example", 8192, None)
+            .await;
+        answering.abort();
+        assert_ne!(
+            ran.outcome,
+            Outcome::Succeeded,
+            "node-1.example's node probe, which runs on the node over ssh, was answered by the executor's own \
+             host: {}",
+            ran.stdout_tail
+        );
+    }
+
     #[test]
     fn the_address_is_the_one_given_and_must_be_a_host() {
         let cfg = SshConfig::default();
