@@ -630,3 +630,42 @@ fn a_patroni_primary_whose_postgresql_crashed_under_pause_does_not_say_it_leads(
         assert_eq!((reading.up, reading.leads), (false, Some(true)), "{orphan}");
     }
 }
+
+/// Hostile review 14 (P3 for etcd, P2 for any fenced profile that reads an HTTP topology): when no member answers
+/// the executor at all (its host cut off from the cluster, every member refused or silent), etcd.toml's topology
+/// is unreadable (`ctl endpoint-status` prints `[]`, exit 1: "no members in the output"), so the look failed. The
+/// HTTP probe prints every endpoint with its error and exits 1, the same code as for one member down, which
+/// etcd-http.toml (like any HTTP topology that must read a partial answer) reads: a readable topology that shows
+/// no leader. "The executor reached nobody" becomes "the cluster shows no leader", the input that starts the
+/// emergency clock of a fenced profile (after which asks that fail the same way lift the fence). Fix: the HTTP
+/// runner exits with its own code (2, say) when no endpoint gave any HTTP answer, so `read_exit_codes = [0, 1]`
+/// does not read it (or the JSON topology parser refuses an output in which no member is in service).
+#[test]
+fn review14_the_etcd_http_topology_when_no_member_answers_is_unreadable_as_etcd_tomls_is() {
+    let nodes = etcd_nodes();
+    let etcd = profile("etcd");
+    assert!(
+        parse_topology(&etcd.probes.topology, "[]\n", &nodes).is_err(),
+        "etcd.toml's topology with no member reached"
+    );
+    let http = profile("etcd-http");
+    let nobody: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "endpoint": n.address,
+                "error": "connect: Connection refused (os error 111)",
+            })
+        })
+        .collect();
+    let output = serde_json::Value::Array(nobody).to_string();
+    let topology = &http.probes.topology;
+    let read = topology
+        .read_exit_codes
+        .contains(&1)
+        .then(|| parse_topology(topology, &output, &nodes));
+    assert!(
+        !matches!(read, Some(Ok(_))),
+        "etcd-http.toml read an HTTP topology in which no member answered (exit 1) as a cluster: {read:?}"
+    );
+}
