@@ -669,3 +669,51 @@ fn review14_the_etcd_http_topology_when_no_member_answers_is_unreadable_as_etcd_
         "etcd-http.toml read an HTTP topology in which no member answered (exit 1) as a cluster: {read:?}"
     );
 }
+
+/// Hostile review 14 (P2, carried over from etcd.toml into etcd-http.toml): a member is named by the endpoint
+/// that answered, never by who answered. When a member's address is answered by a member of another etcd cluster
+/// (its host or port re-used after the member was moved, a copy-pasted endpoints var), that stranger is read as
+/// the node: in service, a follower, caught up whenever its raft index is near ours; and the guard's node probe
+/// of the node (GET /health on the same address) hears the stranger's "true" too. The guard would take out
+/// another member while the real one is gone, and the cluster would lose its quorum. The answer says who it is
+/// (`header.cluster_id`, `header.member_id`; the cluster file gives each node's `member_id`), but a profile has
+/// no way to say "this field must be this node's var" or "every member must show the same cluster id". Fix: a
+/// parse key binding a member's answer to its node (e.g. `member_id = "/body/header/member_id"` against
+/// `{var.member_id}`) and one that the members agree on (`same_cluster = "/body/header/cluster_id"`), a member
+/// failing either not in service; use them in both etcd profiles.
+#[test]
+fn review14_a_member_of_another_cluster_answering_at_a_members_address_is_not_taken_for_it() {
+    let nodes = etcd_nodes();
+    let http = profile("etcd-http");
+    // etcd's gateway writes its u64s as decimal strings; the cluster file's member_id is hex.
+    let id = |node: &NodeSpec| {
+        u64::from_str_radix(&node.vars["member_id"], 16)
+            .unwrap()
+            .to_string()
+    };
+    let status = |cluster: &str, member: &str, leader: &str, index: u64| {
+        serde_json::json!({
+            "header": {"cluster_id": cluster, "member_id": member, "revision": "40", "raft_term": "2"},
+            "version": "3.4.23", "dbSize": "20480", "leader": leader, "raftIndex": index.to_string(),
+            "raftTerm": "2", "raftAppliedIndex": index.to_string(), "dbSizeInUse": "20480",
+        })
+    };
+    let ours = "14841639068965178418";
+    let (m1, m2) = (id(&nodes[0]), id(&nodes[1]));
+    let output = serde_json::json!([
+        {"endpoint": nodes[0].address, "status": 200, "body": status(ours, &m1, &m1, 5000)},
+        {"endpoint": nodes[1].address, "status": 200, "body": status(ours, &m2, &m1, 5000)},
+        // m3's address, answered by a follower of another cluster.
+        {"endpoint": nodes[2].address, "status": 200,
+         "body": status("999999999", "1234567890", "9876543210", 5040)},
+    ])
+    .to_string();
+    let t = parse_topology(&http.probes.topology, &output, &nodes).unwrap();
+    assert_eq!(t.sole_leader(), Some("m1"), "{t:?}");
+    let m3 = t.member("m3").unwrap();
+    assert!(
+        !(m3.role == MemberRole::Follower && m3.in_service && m3.caught_up == Some(true)),
+        "a member of another cluster (cluster_id 999999999, member_id 1234567890) answering at m3's address is \
+         read as m3, an in-service caught-up follower: {m3:?}"
+    );
+}
