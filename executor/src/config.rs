@@ -151,8 +151,22 @@ impl Served {
             RunnerConfig::Ssh(_) => PackageCheck::PathOnly,
         };
         match &self.profile_cluster {
-            Some(cluster) => Allowlist::for_profile_file(cluster, nodes, package_check)
-                .map_err(|why| ExecutorError::Config(format!("group {}: {why}", self.group))),
+            Some(cluster) => {
+                let list = Allowlist::for_profile_file(cluster, nodes, package_check)
+                    .map_err(|why| ExecutorError::Config(format!("group {}: {why}", self.group)))?;
+                let http = list.http_probes();
+                if matches!(runner, RunnerConfig::Ssh(_)) && !http.is_empty() {
+                    return Err(ExecutorError::Config(format!(
+                        "group {}: the profile's probes {} are HTTP probes, which an executor asks from its own \
+                         host; with the SSH runner its nodes are elsewhere, so they would look at the wrong \
+                         member: serve this profile with the local runner (an executor on each node), or give \
+                         those probes an argv",
+                        self.group,
+                        http.join(", ")
+                    )));
+                }
+                Ok(list)
+            }
             None => Ok(Allowlist::new(
                 self.installer,
                 self.procedure,
@@ -515,6 +529,47 @@ mod tests {
         let mut config = Config::new(group, "/nonexistent", identity.clone(), trust.clone());
         config.nodes = vec!["backend-1".into()];
         config
+    }
+
+    /// A profile with HTTP probes is served by the local runner only: the SSH runner is refused at start, naming
+    /// the probes, and the same group with the local runner serves (hostile review 14).
+    #[test]
+    fn a_profile_with_http_probes_is_refused_under_the_ssh_runner_at_start() {
+        let k = keys();
+        let mut toml = String::from("[cluster]\nname = \"etcd\"\nprofile = \"etcd-http.toml\"\n");
+        for i in 1..=3 {
+            toml.push_str(&format!(
+                "\n[[nodes]]\nname = \"m{i}\"\naddress = \"127.0.0.1:237{i}\"\nexecutor = \"g1\"\n\
+                 vars = {{ ctl = \"/m{i}/ctl\", etcdctl = \"/m{i}/etcdctl\", \
+                 endpoints = \"127.0.0.1:2371,127.0.0.1:2372,127.0.0.1:2373\", member_id = \"{i}\" }}\n"
+            ));
+        }
+        toml.push_str("\n[upgrade]\ntarget_version = \"3.5.1\"\n");
+        let mut cluster = ClusterFile::parse("cluster.toml", &toml).unwrap();
+        cluster.profile_text = Some(include_str!("../../profiles/etcd-http.toml").to_string());
+        let mut served = Served::new("g1", k.ex_a.clone());
+        served.nodes = vec!["m1".into()];
+        served.profile_cluster = Some(Arc::new(cluster));
+        let list = served.allowlist(&RunnerConfig::Local).unwrap();
+        assert_eq!(
+            list.http_probes(),
+            [
+                "probe_cluster_status",
+                "probe_status",
+                "probe_running_version"
+            ]
+        );
+        let why = served
+            .allowlist(&RunnerConfig::Ssh(Default::default()))
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "group g1",
+            "probe_cluster_status, probe_status, probe_running_version are HTTP probes",
+            "local runner",
+        ] {
+            assert!(why.contains(needle), "{needle}: {why}");
+        }
     }
 
     #[test]

@@ -906,10 +906,17 @@ impl Worker {
             .expect("the allow list checked the node")
             .to_string();
         let bin_dir = self.served.bin_dir(&req.node);
-        let run = self
-            .config
-            .runner
-            .run(req, &address, self.config.max_output, bin_dir.as_deref());
+        let runner = &self.config.runner;
+        let max_output = self.config.max_output;
+        let run = async {
+            if self.allowlist.is_http_probe(&req.action) {
+                runner.run_http(req, max_output).await
+            } else {
+                runner
+                    .run(req, &address, max_output, bin_dir.as_deref())
+                    .await
+            }
+        };
         tokio::pin!(run);
         let mut progress =
             tokio::time::interval_at(tokio::time::Instant::now() + self.progress, self.progress);

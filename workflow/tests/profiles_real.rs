@@ -104,6 +104,53 @@ fn the_etcd_profile_sees_a_member_behind_the_leader() {
     }
 }
 
+/// `member_id`: the real healthy output with one member's ID changed (another member answering at its address)
+/// lists that node as not in service, not caught up and not leading, whichever it was; the others are read as
+/// before. Both etcd profiles check it.
+#[test]
+fn the_etcd_profile_does_not_take_a_stranger_at_a_members_address_for_it() {
+    let p = profile("etcd");
+    assert!(profile("etcd-http").probes.topology.parse != p.probes.topology.parse);
+    let nodes = etcd_nodes();
+    let saved = etcd_saved("healthy", "topology");
+    let honest = parse_topology(&p.probes.topology, &saved.stdout, &nodes).unwrap();
+    let leader = honest.sole_leader().unwrap().to_string();
+    let doc: serde_json::Value = serde_json::from_str(&saved.stdout).unwrap();
+    for i in 0..3 {
+        let mut edited = doc.clone();
+        let was = edited[i]["Status"]["header"]["member_id"].clone();
+        edited[i]["Status"]["header"]["member_id"] = 1234567890u64.into();
+        if edited[i]["Status"]["leader"] == was {
+            // A stranger that says it leads its own cluster.
+            edited[i]["Status"]["leader"] = 1234567890u64.into();
+        }
+        let t = parse_topology(&p.probes.topology, &edited.to_string(), &nodes).unwrap();
+        let addr = edited[i]["Endpoint"].as_str().unwrap();
+        let node = &nodes.iter().find(|n| n.address == addr).unwrap().name;
+        let m = t.member(node).unwrap();
+        assert!(!m.in_service && m.caught_up == Some(false), "{m:?}");
+        assert!(m.shown.contains("member ID 1234567890 is not"), "{m:?}");
+        let leaders = t.leaders();
+        if *node == leader {
+            assert!(leaders.is_empty(), "{t:?}");
+        } else {
+            assert_eq!(leaders, [leader.as_str()], "{t:?}");
+        }
+        for other in nodes.iter().filter(|n| &n.name != node) {
+            assert_eq!(t.member(&other.name), honest.member(&other.name), "{t:?}");
+        }
+    }
+    // A node without the var cannot be checked: not in service (fails closed).
+    let mut bare = nodes.clone();
+    bare[0].vars.remove("member_id");
+    let t = parse_topology(&p.probes.topology, &saved.stdout, &bare).unwrap();
+    let m = t.member(&bare[0].name).unwrap();
+    assert!(
+        !m.in_service && m.shown.contains("has no var member_id"),
+        "{m:?}"
+    );
+}
+
 /// `behind_leader` fails closed: a member whose position is missing or not a number is not caught up, and a
 /// member is compared with the furthest raft index any member reports, not only the leader's (etcdctl asks the
 /// members one after another, so a slow leader's index may be the oldest in the output).
@@ -660,9 +707,10 @@ fn review14_the_etcd_http_topology_when_no_member_answers_is_unreadable_as_etcd_
         .collect();
     let output = serde_json::Value::Array(nobody).to_string();
     let topology = &http.probes.topology;
+    // The HTTP runner exits 2 when no endpoint gave any HTTP answer (executor/src/runner/http.rs, tested there).
     let read = topology
         .read_exit_codes
-        .contains(&1)
+        .contains(&2)
         .then(|| parse_topology(topology, &output, &nodes));
     assert!(
         !matches!(read, Some(Ok(_))),

@@ -201,7 +201,8 @@ async fn run_probe(
     let timeout = Duration::from_millis(def.timeout_ms);
     // More than an executor keeps, to tell a longer output (4: a tail may start past a cut character).
     let keep = max_output + 4;
-    let ran = if run.argv.first().is_some_and(|p| p == http::HTTP_PROGRAM) {
+    // An HTTP probe by its template, never by what a var rendered.
+    let ran = if def.argv.first().is_some_and(|p| p == http::HTTP_PROGRAM) {
         // An HTTP probe, answered here as the executor answers it (no process).
         http::run(&run.argv, timeout, keep).await
     } else {

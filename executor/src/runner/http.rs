@@ -13,7 +13,9 @@
 //!   "body": B}` (B is the body's JSON, or its text when it is not JSON), or `{"endpoint": E, "error": "..."}`
 //!   when no answer came (refused, no connection or no answer within ENDPOINT_TIMEOUT_MS, a broken answer);
 //! - stderr: one line per endpoint that failed or answered other than 2xx;
-//! - exit code 0 when every endpoint answered 2xx, 1 otherwise (a profile reads 1 with `read_exit_codes`).
+//! - exit code 0 when every endpoint answered 2xx; 1 when some did not but at least one gave an HTTP answer; 2
+//!   when none gave any (the executor reached nobody: a topology must not read that as "no leader"). A profile
+//!   says which it reads with `read_exit_codes`.
 //!
 //! Asked from the executor's own host: with the SSH runner the request does not go through SSH. No process is
 //! started, so nothing is left behind by a timeout.
@@ -278,10 +280,11 @@ pub async fn run(argv: &[String], timeout: Duration, max_output: usize) -> Ran {
         }
     }))
     .await;
-    let (mut out, mut errors) = (Vec::new(), Vec::new());
+    let (mut out, mut errors, mut answered) = (Vec::new(), Vec::new(), false);
     for (endpoint, answer) in answers {
         match answer {
             Ok((status, body)) => {
+                answered = true;
                 let body = serde_json::from_slice::<Value>(&body)
                     .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
                 if !(200..300).contains(&status) {
@@ -305,7 +308,11 @@ pub async fn run(argv: &[String], timeout: Duration, max_output: usize) -> Ran {
             stdout.len()
         ));
     }
-    let code = i32::from(!errors.is_empty());
+    let code = match (errors.is_empty(), answered) {
+        (true, _) => 0,
+        (false, true) => 1,
+        (false, false) => 2,
+    };
     let mut stderr = errors.join("\n");
     if !stderr.is_empty() {
         stderr.push('\n');
@@ -598,7 +605,7 @@ mod tests {
             64 * 1024,
         )
         .await;
-        assert_eq!(ran.exit_code, Some(1), "{ran:?}");
+        assert_eq!(ran.exit_code, Some(2), "{ran:?}");
         assert!(ran.stdout_tail.contains("\"error\""), "{ran:?}");
         // A server whose certificate another CA signed is not trusted.
         let other = tempfile::tempdir().unwrap();
@@ -613,7 +620,7 @@ mod tests {
             64 * 1024,
         )
         .await;
-        assert_eq!(ran.exit_code, Some(1), "{ran:?}");
+        assert_eq!(ran.exit_code, Some(2), "{ran:?}");
         assert!(
             ran.stderr_tail.contains("TLS: invalid peer certificate"),
             "{ran:?}"
@@ -651,6 +658,48 @@ mod tests {
         assert!(ran.reason.unwrap().contains("needs both"));
     }
 
+    /// Reaching nobody is not the same as a cluster whose members are down: exit 2, not 1 (hostile review 14).
+    #[tokio::test]
+    async fn no_endpoint_answering_exits_2() {
+        let refused = |_: usize| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let endpoints: Vec<String> = (0..3).map(refused).collect();
+        let ran = run(
+            &argv("GET", &endpoints.join(","), "/health", "", 300),
+            Duration::from_secs(5),
+            64 * 1024,
+        )
+        .await;
+        assert_eq!(
+            (ran.outcome, ran.exit_code),
+            (Outcome::Failed, Some(2)),
+            "{ran:?}"
+        );
+        let out: Value = serde_json::from_str(&ran.stdout_tail).unwrap();
+        assert_eq!(
+            out.as_array().unwrap().len(),
+            3,
+            "every endpoint listed with its error: {out}"
+        );
+        // One 503 is an answer: exit 1.
+        let (bad, _) = server(Some(UNAVAILABLE)).await;
+        let ran = run(
+            &argv(
+                "GET",
+                &format!("{},{bad}", endpoints[0]),
+                "/health",
+                "",
+                300,
+            ),
+            Duration::from_secs(5),
+            64 * 1024,
+        )
+        .await;
+        assert_eq!(ran.exit_code, Some(1), "{ran:?}");
+    }
+
     #[tokio::test]
     async fn a_malformed_argv_or_endpoint_fails_saying_why_and_asks_nothing() {
         let bad = |argv: Vec<String>| async move { run(&argv, Duration::from_secs(1), 1024).await };
@@ -671,7 +720,7 @@ mod tests {
             "127.0.0.1:1/x",
         ] {
             let r = bad(argv("GET", endpoint, "/x", "", 100)).await;
-            assert_eq!(r.exit_code, Some(1), "{endpoint}: {r:?}");
+            assert_eq!(r.exit_code, Some(2), "{endpoint}: {r:?}");
             let out: Value = serde_json::from_str(&r.stdout_tail).unwrap();
             assert!(out[0]["error"].is_string(), "{endpoint}: {out}");
         }

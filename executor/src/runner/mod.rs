@@ -17,6 +17,11 @@ use protocol::{Outcome, StepRequest};
 
 pub use ssh::SshConfig;
 
+/// Why the SSH runner answers no HTTP probe.
+pub const SSH_HTTP: &str = "an HTTP probe is asked from the executor's own host, and this executor reaches its \
+    nodes over SSH, where the probe's endpoints would mean another host: not asked (serve the profile with the \
+    local runner, an executor on each node, or give the probe an argv)";
+
 /// How commands reach their node.
 #[derive(Debug, Clone, Default)]
 pub enum RunnerConfig {
@@ -56,6 +61,19 @@ impl Ran {
 }
 
 impl RunnerConfig {
+    /// Answer a profile's HTTP probe (the executor's allow list says which steps are: [`http`]). Only the local
+    /// runner does: its executor runs on the node, so the probe's endpoints are asked from where its commands
+    /// run. An executor reaching its nodes over SSH would ask them from its own host instead, where a loopback
+    /// endpoint is another member: refused (and such an executor is refused at start).
+    pub async fn run_http(&self, req: &StepRequest, max_output: usize) -> Ran {
+        match self {
+            RunnerConfig::Local => {
+                http::run(&req.argv, Duration::from_millis(req.timeout_ms), max_output).await
+            }
+            RunnerConfig::Ssh(_) => Ran::failed(crate::now_ms(), SSH_HTTP.to_string()),
+        }
+    }
+
     /// Run the request's command with its env and timeout on the node at
     /// `address` (this executor's own, never the request's), keeping the
     /// last `max_output` bytes of each output stream. The local runner puts
@@ -69,8 +87,14 @@ impl RunnerConfig {
     ) -> Ran {
         let timeout = Duration::from_millis(req.timeout_ms);
         if req.argv.first().is_some_and(|p| p == http::HTTP_PROGRAM) {
-            // A profile's HTTP probe: answered here, by either runner (see `http`).
-            return http::run(&req.argv, timeout, max_output).await;
+            // Never a program: a profile's HTTP probe goes through `run_http` (the allow list refuses this).
+            return Ran::failed(
+                crate::now_ms(),
+                format!(
+                    "`{}` is reserved for a profile's HTTP probes and is never run as a program",
+                    http::HTTP_PROGRAM
+                ),
+            );
         }
         match self {
             RunnerConfig::Local => {

@@ -373,16 +373,29 @@ mod tests {
         };
         let req = StepRequest {
             action: "probe_status".into(),
-            argv: [HTTP_PROGRAM, "GET", &local, "/health", "", "1000"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            argv: [
+                HTTP_PROGRAM,
+                "GET",
+                &local,
+                "/health",
+                "",
+                "1000",
+                "",
+                "",
+                "",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
             ..request(&[])
         };
-        let ran = crate::runner::RunnerConfig::Ssh(cfg)
-            .run(&req, "node-1.example", 8192, None)
-            .await;
+        let ssh = crate::runner::RunnerConfig::Ssh(cfg);
+        let ran = ssh.run(&req, "node-1.example", 8192, None).await;
+        // The executor answers an HTTP probe through `run_http` (its allow list says which steps are).
+        let asked = ssh.run_http(&req, 8192).await;
         answering.abort();
+        assert_eq!(asked.outcome, Outcome::Failed, "{asked:?}");
+        assert_eq!(asked.reason.as_deref(), Some(crate::runner::SSH_HTTP));
         assert_ne!(
             ran.outcome,
             Outcome::Succeeded,

@@ -272,6 +272,22 @@ pub struct Fields {
     pub version: Option<String>,
     /// The failover probe: when automatic failover is blocked.
     pub blocked_when: Option<Condition>,
+    /// Topology: the member's own ID in its answer, which must be its node's var: a member answering at a node's
+    /// address with another ID (another cluster's member, a reused host or port) is not that node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<MemberId>,
+}
+
+/// `member_id = { field = "...", var = "NAME", base = 16 }`: the field holds the member's ID; the node's
+/// `{var.NAME}` is the same ID written in `base` (10 unless given; etcd's member list writes hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberId {
+    /// The field (a JSON Pointer, or a group name).
+    pub field: String,
+    /// The node var that holds the ID.
+    pub var: String,
+    /// The base the var writes the ID in (2 to 36).
+    pub base: u32,
 }
 
 /// How a topology member's identity names a node of the cluster file.
@@ -442,6 +458,17 @@ struct RawParse {
     version: Option<Spanned<String>>,
     blocked_when: Option<Spanned<RawCondition>>,
     reader: Option<Spanned<String>>,
+    member_id: Option<Spanned<RawMemberId>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMemberId {
+    #[serde(alias = "pointer", alias = "group")]
+    field: String,
+    var: String,
+    #[serde(default)]
+    base: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -589,9 +616,22 @@ fn http_argv(
             ))
         }
     };
+    // An HTTP request names the node and the cluster file's values only: `{package}` and `{version}` come with
+    // a submission, and pasted into a JSON body or an endpoint list they could add fields or endpoints.
     let template = |v: &Spanned<String>, name: &str| {
         check_template(v.get_ref(), true)
-            .map(|()| v.get_ref().clone())
+            .and_then(|()| {
+                match ["{package}", "{version}"]
+                    .iter()
+                    .find(|p| v.get_ref().contains(*p))
+                {
+                    Some(p) => Err(format!(
+                        "an HTTP probe may not use {p} (a submission's value): only the node's {{node}}, \
+                         {{address}} and {{var.NAME}}"
+                    )),
+                    None => Ok(v.get_ref().clone()),
+                }
+            })
             .map_err(|m| loc.err(Some(v.span()), k(name), m))
     };
     let endpoints = template(&h.endpoints, "endpoints")?;
@@ -601,6 +641,20 @@ fn http_argv(
             k("endpoints"),
             "must name at least one HOST:PORT (a placeholder such as {address} or {var.NAME})",
         ));
+    }
+    let tls = h.ca_file.is_some();
+    for endpoint in endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        endpoint_shape(endpoint, tls).map_err(|m| {
+            loc.err(
+                Some(h.endpoints.span()),
+                k("endpoints"),
+                format!("`{endpoint}`: {m}"),
+            )
+        })?;
     }
     let path = template(&h.path, "path")?;
     if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -674,6 +728,39 @@ fn http_argv(
         cert,
         key,
     ])
+}
+
+/// Checks what an endpoint template says literally, as the executor's HTTP runner will check its rendering: an
+/// optional `http://` (`https://` with TLS), then `HOST:PORT` with nothing after but a `/`, no user. The parts a
+/// placeholder gives are checked when it is rendered, at each look.
+fn endpoint_shape(endpoint: &str, tls: bool) -> Result<(), String> {
+    let bare = match (
+        endpoint.strip_prefix("https://"),
+        endpoint.strip_prefix("http://"),
+    ) {
+        (Some(_), _) if !tls => {
+            return Err(
+                "https:// needs ca_file, the CA to verify the member's certificate with".into(),
+            )
+        }
+        (_, Some(_)) if tls => return Err("http:// with ca_file: this probe asks over TLS".into()),
+        (Some(b), _) | (_, Some(b)) => b,
+        (None, None) => endpoint,
+    };
+    let bare = bare.strip_suffix('/').unwrap_or(bare);
+    if bare.contains('@') || bare.contains('/') || bare.contains("://") {
+        return Err(
+            "an endpoint is HOST:PORT, without a user, a scheme but http(s):// or a path".into(),
+        );
+    }
+    // Without a placeholder it must end in `:PORT`; a placeholder may give the port (`{address}`).
+    if !bare.contains('{') {
+        let port = bare.rsplit_once(':').map(|(_, p)| p);
+        if !port.is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())) {
+            return Err("no :PORT".into());
+        }
+    }
+    Ok(())
 }
 
 /// The key an error about a lone `cert_file`/`key_file` names: the one that was given.
@@ -874,6 +961,7 @@ fn parser(
             "lag",
             "max_lag",
             "behind_leader",
+            "member_id",
         ],
         ProbeKind::Node => &["up_when", "caught_up_when", "leader_when", "lag", "max_lag"],
         ProbeKind::Version => &["version"],
@@ -1021,6 +1109,25 @@ fn parser(
     } else if let Some(m) = &p.max_lag {
         return Err(loc.err(Some(m.span()), k("max_lag"), "given without `lag`"));
     }
+    if let Some(id) = &p.member_id {
+        let raw = id.get_ref();
+        let field = pointer(
+            loc,
+            &Spanned::new(id.span(), raw.field.clone()),
+            &k("member_id"),
+            json,
+        )?;
+        check_name(&raw.var).map_err(|m| loc.err(Some(id.span()), k("member_id.var"), m))?;
+        let base = raw.base.unwrap_or(10);
+        if !(2..=36).contains(&base) {
+            return Err(loc.err(Some(id.span()), k("member_id.base"), "must be 2 to 36"));
+        }
+        fields.member_id = Some(MemberId {
+            field,
+            var: raw.var.clone(),
+            base,
+        });
+    }
     if json {
         if let Some(pat) = &p.pattern {
             return Err(loc.err(
@@ -1062,8 +1169,9 @@ fn parser(
 }
 
 /// The parser keys that name fields (every key but `format`, `pattern` and `reader`), with where each was given.
-fn field_keys(p: &RawParse) -> [(&'static str, Option<Range<usize>>); 13] {
+fn field_keys(p: &RawParse) -> [(&'static str, Option<Range<usize>>); 14] {
     [
+        ("member_id", p.member_id.as_ref().map(|v| v.span())),
         ("behind_leader", p.behind_leader.as_ref().map(|v| v.span())),
         ("blocked_when", p.blocked_when.as_ref().map(|v| v.span())),
         ("members", p.members.as_ref().map(|v| v.span())),
@@ -1679,24 +1787,45 @@ fn members(
     }
     let name_field = f.name.as_deref().unwrap_or_default();
     let mut out = Vec::with_capacity(records.len());
+    // `member_id`: whether each record is its node's own member (`None`: not checked). One that is not answered
+    // at the node's address for another member: it is not that node, and its positions are not the cluster's.
+    let identities: Vec<Result<String, CoreError>> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.get(name_field).as_ref().and_then(text_of).ok_or_else(|| {
+                parse_err(format!("member {}: no identity at `{name_field}`", i + 1))
+            })
+        })
+        .collect();
+    let stranger: Vec<Option<String>> = records
+        .iter()
+        .zip(&identities)
+        .map(|(r, identity)| {
+            let id = f.member_id.as_ref()?;
+            let node = identity
+                .as_ref()
+                .ok()
+                .and_then(|i| node_of(i, f.match_by, nodes));
+            member_id_mismatch(r, id, node)
+        })
+        .collect();
     // `behind_leader`: the furthest position any member reports in the leader's field. Not the leader's own
     // value: a tool that asks the members one after another (etcdctl) may show a slow leader's older index, and a
     // member compared with that would look caught up when it is not.
     let leader_position = f.behind_leader.as_ref().and_then(|[_, leader_field]| {
         records
             .iter()
-            .filter_map(|r| r.get(leader_field))
+            .zip(&stranger)
+            .filter(|(_, stranger)| stranger.is_none())
+            .filter_map(|(r, _)| r.get(leader_field))
             .filter(|v| number(v).is_some())
             .max_by(position_order)
     });
-    for (i, r) in records.iter().enumerate() {
-        let identity = r
-            .get(name_field)
-            .as_ref()
-            .and_then(text_of)
-            .ok_or_else(|| parse_err(format!("member {}: no identity at `{name_field}`", i + 1)))?;
+    for ((r, identity), stranger) in records.iter().zip(identities).zip(&stranger) {
+        let identity = identity?;
         let node = node_of(&identity, f.match_by, nodes);
-        let leads = f.leader_when.as_ref().is_some_and(|c| r.holds(c));
+        let leads = stranger.is_none() && f.leader_when.as_ref().is_some_and(|c| r.holds(c));
         let role = if leads {
             MemberRole::Leader
         } else if f.follower_when.as_ref().is_none_or(|c| r.holds(c)) {
@@ -1722,16 +1851,21 @@ fn members(
                 (Some(a), Some(b)) => Some(a && b),
             };
         }
+        let (role, in_service, caught_up) = match stranger {
+            None => (role, in_service, caught_up),
+            Some(_) => (MemberRole::Other, false, Some(false)),
+        };
         let label = match role {
             MemberRole::Leader => "leader",
             MemberRole::Follower => "follower",
             MemberRole::Deposed => "deposed",
             MemberRole::Other => "other",
         };
-        let shown = match (in_service, caught_up) {
-            (false, _) => format!("{label} (not in service)"),
-            (true, Some(false)) => format!("{label} (not caught up)"),
-            (true, _) => label.to_string(),
+        let shown = match (stranger, in_service, caught_up) {
+            (Some(why), _, _) => format!("{label} (not in service: {why})"),
+            (None, false, _) => format!("{label} (not in service)"),
+            (None, true, Some(false)) => format!("{label} (not caught up)"),
+            (None, true, _) => label.to_string(),
         };
         out.push(Member {
             node: node.map_or_else(|| identity.clone(), |n| n.name.clone()),
@@ -1747,6 +1881,35 @@ fn members(
         });
     }
     Ok(Topology { members: out })
+}
+
+/// Why `r` is not `node`'s own member by its `member_id` (`None`: it is): its ID missing, the node unknown or
+/// without the var, or another ID.
+fn member_id_mismatch(r: &Record<'_>, id: &MemberId, node: Option<&NodeSpec>) -> Option<String> {
+    let Some(node) = node else {
+        return Some("no node of the cluster file".into());
+    };
+    let Some(want) = node.vars.get(&id.var) else {
+        return Some(format!(
+            "node {} has no var {} to check its member ID with",
+            node.name, id.var
+        ));
+    };
+    let Some(got) = r.get(&id.field) else {
+        return Some(format!("no member ID at `{}`", id.field));
+    };
+    let same = match (int(&got), u64::from_str_radix(want.trim(), id.base)) {
+        (Some(g), Ok(w)) => g == w,
+        _ => text_of(&got).is_some_and(|g| g == *want),
+    };
+    (!same).then(|| {
+        format!(
+            "member ID {} is not {}'s ({} = {want})",
+            text_of(&got).unwrap_or_else(|| got.to_string()),
+            node.name,
+            id.var
+        )
+    })
 }
 
 /// Reads a node probe's output.
@@ -2186,27 +2349,32 @@ version = "version"
         let text = review14_with_http_node_probe(
             r#"{ method = "POST", endpoints = "{address}", path = "/check", body = '{{"dir":"{package}"}}' }"#,
         );
-        let p = load(&text).unwrap();
-        let node = &nodes()[0];
-        let package = r#"/srv/pkgs/etcd-3.5.1","force":true,"dir":"/srv/other"#;
-        let argv = render_argv(
-            &p.probes.node.argv,
-            &Placeholders {
-                node,
-                package,
-                version: "3.5.1",
-                target: None,
-            },
-        )
-        .unwrap();
-        assert_eq!(argv[0], HTTP_PROGRAM, "{argv:?}");
-        let body: Value = serde_json::from_str(&argv[4]).unwrap_or(Value::Null);
-        assert_eq!(
-            body,
-            serde_json::json!({ "dir": package }),
-            "the body POSTed for package {package:?} is {:?}",
-            argv[4]
+        // Fixed by refusing the submission's values in an HTTP probe at load (a probe has no use for them).
+        let got = load(&text).unwrap_err().to_string();
+        assert!(
+            got.contains("probes.node.http.body: an HTTP probe may not use {package}"),
+            "{got}"
         );
+        for (key, table) in [
+            (
+                "endpoints",
+                r#"{ endpoints = "{address},{version}", path = "/x" }"#,
+            ),
+            (
+                "path",
+                r#"{ endpoints = "{address}", path = "/v/{version}" }"#,
+            ),
+        ] {
+            let got = load(&review14_with_http_node_probe(table))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                got.contains(&format!(
+                    "probes.node.http.{key}: an HTTP probe may not use {{version}}"
+                )),
+                "{got}"
+            );
+        }
     }
 
     /// Hostile review 14 (P3): the loader checks an HTTP probe's path but not the literal text of its endpoints,
@@ -2443,6 +2611,57 @@ version = "version"
         );
         assert!(
             got.contains("actions.stop.argv: `baton:http` is reserved"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn member_id_is_checked_on_load() {
+        let from = "leader_when = { equal = [\"/Status/header/member_id\", \"/Status/leader\"] }";
+        let p = load(&ETCD.replacen(
+            from,
+            &format!("{from}\nmember_id = {{ field = \"/Status/header/member_id\", var = \"member_id\", base = 16 }}"),
+            1,
+        ))
+        .unwrap();
+        let Parser::Json(f) = &p.probes.topology.parse else {
+            panic!("json")
+        };
+        assert_eq!(
+            f.member_id,
+            Some(MemberId {
+                field: "/Status/header/member_id".into(),
+                var: "member_id".into(),
+                base: 16
+            })
+        );
+        for (to, want) in [
+            (
+                "member_id = { field = \"x\", var = \"member_id\" }",
+                "probes.topology.parse.member_id: `x` is not a JSON Pointer",
+            ),
+            (
+                "member_id = { field = \"/a\", var = \"member_id\", base = 40 }",
+                "probes.topology.parse.member_id.base: must be 2 to 36",
+            ),
+            (
+                "member_id = { field = \"/a\", var = \"a b\" }",
+                "probes.topology.parse.member_id.var",
+            ),
+            ("member_id = { field = \"/a\" }", "missing field `var`"),
+        ] {
+            let got = error_after(from, &format!("{from}\n{to}"));
+            assert!(got.contains(want), "{to}:\n got: {got}\nwant: {want}");
+        }
+        // A node probe has no member list to check.
+        let got = error_after(
+            "up_when = { field = \"/0/health\", in = [true] }",
+            "up_when = { field = \"/0/health\", in = [true] }\nmember_id = { field = \"/a\", var = \"id\" }",
+        );
+        assert!(
+            got.contains(
+                "probes.node.parse.member_id: this probe's parser does not read `member_id`"
+            ),
             "{got}"
         );
     }
