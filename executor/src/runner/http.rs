@@ -121,7 +121,7 @@ fn tls_config(req: &Request<'_>) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
+        .map_err(|e| format!("TLS: {}", chain(&e)))?
         .with_root_certificates(roots);
     let config = if req.cert.is_empty() {
         builder.with_no_client_auth()
@@ -197,7 +197,7 @@ async fn ask(
             let stream = TlsConnector::from(Arc::clone(config))
                 .connect(name, stream)
                 .await
-                .map_err(|e| format!("TLS: {e}"))?;
+                .map_err(|e| format!("TLS: {}", chain(&e)))?;
             exchange(req, &authority, stream, limit).await
         }
     }
@@ -215,7 +215,7 @@ where
 {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| format!("handshake: {}", chain(&e)))?;
     let mut request = hyper::Request::builder()
         .method(req.method.clone())
         .uri(req.path)
@@ -225,17 +225,17 @@ where
     }
     let request = request
         .body(Full::new(Bytes::copy_from_slice(req.body.as_bytes())))
-        .map_err(|e| format!("request: {e}"))?;
+        .map_err(|e| format!("request: {}", chain(&e)))?;
     let exchange = async {
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| format!("request: {}", chain(&e)))?;
         let status = response.status().as_u16();
         let body = Limited::new(response.into_body(), limit)
             .collect()
             .await
-            .map_err(|e| format!("reading the answer: {e}"))?
+            .map_err(|e| format!("reading the answer: {}", chain(&*e)))?
             .to_bytes();
         Ok((status, body))
     };
@@ -245,10 +245,26 @@ where
         biased;
         answer = &mut exchange => answer,
         closed = &mut connection => match closed {
-            Err(e) => Err(format!("connection: {e}")),
+            Err(e) => Err(format!("connection: {}", chain(&e))),
             Ok(()) => exchange.await,
         },
     }
+}
+
+/// An error and its causes, `outer: inner: ...`: hyper's own message ("error writing a body to connection") says
+/// less than what is under it ("received fatal alert: BadCertificate", a server refusing the client certificate).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Runs an HTTP probe's argv (see the module docs) within `timeout`, keeping answers up to `max_output` bytes.
@@ -607,6 +623,12 @@ mod tests {
         .await;
         assert_eq!(ran.exit_code, Some(2), "{ran:?}");
         assert!(ran.stdout_tail.contains("\"error\""), "{ran:?}");
+        // Named for what it is (the server's alert, under hyper's own message), not only "connection closed".
+        assert!(
+            ran.stderr_tail
+                .contains("received fatal alert: CertificateRequired"),
+            "{ran:?}"
+        );
         // A server whose certificate another CA signed is not trusted.
         let other = tempfile::tempdir().unwrap();
         let others = protocol::devtls::make(other.path(), &[]).unwrap();
