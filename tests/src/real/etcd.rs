@@ -10,6 +10,9 @@
 //! assert_eq!(report.lost, 0);
 //! ```
 //! Dropping the cluster stops every member (`cluster.sh down`) and removes its directory.
+//!
+//! [`TlsMember`]: a single member serving its clients over TLS only, with `--client-cert-auth`, for the HTTP
+//! probes' TLS (`ca_file`, `cert_file`, `key_file`); killed and removed on drop.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -406,4 +409,227 @@ pub struct ManualRun {
     pub order: Vec<String>,
     /// Its output: one line per step.
     pub output: String,
+}
+
+/// The TLS files of a [`TlsMember`] (PEM): the CA, the member's certificate and key, and a client certificate
+/// and key signed by the same CA.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// Writes a throw-away CA, a server certificate for `127.0.0.1` and `localhost` and a client certificate into
+/// `dir`. Unlike `protocol::devtls::make`, the server certificate allows client auth as well as server auth:
+/// etcd 3.4's HTTP gateway (`/v3/...`) dials its own server with `--cert-file` as its client certificate, and
+/// with `--client-cert-auth` a server-auth-only certificate is refused ("incompatible key usage") and every
+/// gateway call answers `{"error":"connection closed","code":14}`.
+pub fn make_tls(dir: &Path) -> anyhow::Result<TlsFiles> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    std::fs::create_dir_all(dir)?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "baton test etcd CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |names: &[&str], cn: &str, usages: Vec<ExtendedKeyUsagePurpose>| {
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = usages;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok::<_, anyhow::Error>((cert.pem(), key.serialize_pem()))
+    };
+    let (server_cert, server_key) = leaf(
+        &["127.0.0.1", "localhost"],
+        "baton test etcd member",
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )?;
+    let (client_cert, client_key) = leaf(
+        &[],
+        "baton test etcd client",
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    )?;
+    let write = |name: &str, pem: &str| -> anyhow::Result<PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    };
+    Ok(TlsFiles {
+        ca: write("ca.pem", &ca_cert.pem())?,
+        server_cert: write("server.pem", &server_cert)?,
+        server_key: write("server-key.pem", &server_key)?,
+        client_cert: write("client.pem", &client_cert)?,
+        client_key: write("client-key.pem", &client_key)?,
+    })
+}
+
+/// A single-member etcd cluster on the old version of `scripts/real/etcd/versions.env`, its client port
+/// served over TLS only with `--client-cert-auth` (`https://127.0.0.1:PORT`, certificates from [`make_tls`]);
+/// its peer port stays plain HTTP (nothing dials it). Killed and removed on drop.
+pub struct TlsMember {
+    root: tempfile::TempDir,
+    child: std::process::Child,
+    address: String,
+    package: PathBuf,
+    version: String,
+    tls: TlsFiles,
+}
+
+impl TlsMember {
+    /// Installs the etcd versions if needed, starts the member on free loopback ports and waits (20 s at most)
+    /// until it answers `endpoint health` over TLS. Tries up to 3 times, as [`EtcdCluster::start`].
+    pub fn start() -> anyhow::Result<TlsMember> {
+        install()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once() {
+                Ok(member) => return Ok(member),
+                Err(e) if attempt >= 3 => {
+                    return Err(e.context("the TLS etcd member did not come up in 3 attempts"))
+                }
+                Err(_) => continue,
+            }
+        }
+    }
+
+    fn start_once() -> anyhow::Result<TlsMember> {
+        let versions = key_values(&std::fs::read_to_string(script("versions.env"))?);
+        let version = versions
+            .get("ETCD_OLD_VERSION")
+            .cloned()
+            .ok_or_else(|| anyhow!("versions.env has no ETCD_OLD_VERSION"))?;
+        let package = workspace_root().join(".tools/etcd").join(&version);
+        let root = tempfile::Builder::new()
+            .prefix("baton-etcd-tls-")
+            .tempdir()?;
+        let tls = make_tls(&root.path().join("tls"))?;
+        // Two ports the kernel hands out as free, bound at once so that they differ.
+        let (client_port, peer_port) = {
+            let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+            (a.local_addr()?.port(), b.local_addr()?.port())
+        };
+        let address = format!("127.0.0.1:{client_port}");
+        let client_url = format!("https://{address}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::create(root.path().join("etcd.log"))?;
+        let child = Command::new(package.join("bin/etcd"))
+            .arg("--name=m1")
+            .arg(format!("--data-dir={}", root.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=m1={peer_url}"))
+            .arg(format!("--cert-file={}", tls.server_cert.display()))
+            .arg(format!("--key-file={}", tls.server_key.display()))
+            .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+            .arg("--client-cert-auth")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "could not start {} (install it: bash scripts/real/install-etcd.sh)",
+                    package.join("bin/etcd").display()
+                )
+            })?;
+        let mut member = TlsMember {
+            root,
+            child,
+            address,
+            package,
+            version,
+            tls,
+        };
+        let healthy = poll(Duration::from_secs(20), || {
+            if let Ok(Some(status)) = member.child.try_wait() {
+                return Some(Err(anyhow!("etcd exited ({status})")));
+            }
+            member.healthy().then_some(Ok(()))
+        })
+        .unwrap_or_else(|| {
+            Err(anyhow!(
+                "etcd did not answer endpoint health over TLS in 20 s"
+            ))
+        });
+        if let Err(e) = healthy {
+            let log =
+                std::fs::read_to_string(member.root.path().join("etcd.log")).unwrap_or_default();
+            let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+            return Err(e.context(format!(
+                "the TLS etcd member (last log lines, newest first):\n{tail}"
+            )));
+        }
+        Ok(member)
+    }
+
+    /// Whether `etcdctl endpoint health` over TLS, with the client certificate, says healthy.
+    fn healthy(&self) -> bool {
+        Command::new(self.package.join("bin/etcdctl"))
+            .arg(format!("--endpoints=https://{}", self.address))
+            .arg(format!("--cacert={}", self.tls.ca.display()))
+            .arg(format!("--cert={}", self.tls.client_cert.display()))
+            .arg(format!("--key={}", self.tls.client_key.display()))
+            .args([
+                "--dial-timeout=1s",
+                "--command-timeout=2s",
+                "endpoint",
+                "health",
+            ])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    }
+
+    /// Its client address, `127.0.0.1:PORT` (served over TLS only).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The package it runs (a directory with bin/etcd and bin/etcdctl).
+    pub fn package(&self) -> &Path {
+        &self.package
+    }
+
+    /// The version it runs.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn tls(&self) -> &TlsFiles {
+        &self.tls
+    }
+
+    /// Its directory (data, etcd.log, tls/); a test may write its own files there.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+impl Drop for TlsMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -4,7 +4,7 @@
 //! commands with the local runner), judged by the same checks from the members' own journals and the writer
 //! (crate::real_baton, shared with real_patroni).
 
-use tests::real::etcd::EtcdCluster;
+use tests::real::etcd::{EtcdCluster, TlsMember};
 
 use crate::real_baton::{assert_rolled_leader_last, upgrade_with_baton};
 
@@ -307,4 +307,178 @@ fn the_topology_probe_leaves_out_a_stopped_member_at_once_and_a_hung_one_after_i
         "{took:?}: etcdctl's 1 s timeout for the hung member"
     );
     println!("topology probe with a hung member: {took:?}");
+}
+
+/// The shipped etcd-http profile with TLS added to each of its three `http` tables (`ca_file` always, `cert_file`
+/// and `key_file` when `client_cert`), as node vars of the cluster file; its version probe reads `{var.etcd}
+/// --version` (the member of [`TlsMember`] has no `ctl`). Panics if the shipped profile no longer has what it
+/// rewrites.
+fn etcd_http_over_tls(client_cert: bool) -> String {
+    let shipped = std::fs::read_to_string(crate::profile::shipped("etcd-http.toml")).unwrap();
+    let mut tls = String::from("ca_file = \"{var.etcd_ca}\"\n");
+    if client_cert {
+        tls.push_str("cert_file = \"{var.etcd_cert}\"\nkey_file = \"{var.etcd_key}\"\n");
+    }
+    let mut text = shipped;
+    for probe in ["topology", "node", "running_version"] {
+        let table = format!("[probes.{probe}.http]\n");
+        assert_eq!(text.matches(&table).count(), 1, "etcd-http.toml: {table}");
+        text = text.replace(&table, &format!("{table}{tls}"));
+    }
+    let version = "argv = [\"{var.ctl}\", \"installed-version\"]\n";
+    assert_eq!(
+        text.matches(version).count(),
+        1,
+        "etcd-http.toml: {version}"
+    );
+    text.replace(version, "argv = [\"{var.etcd}\", \"--version\"]\n")
+}
+
+/// A cluster file `name` (in the member's directory) of the one member of `member`, naming `profile`; its node
+/// vars: the member's etcd, its endpoint as `https://`, `ca` as the CA to trust and the member's client
+/// certificate and key.
+fn tls_cluster_file(
+    member: &TlsMember,
+    name: &str,
+    profile: &std::path::Path,
+    ca: &std::path::Path,
+) -> std::path::PathBuf {
+    let tls = member.tls();
+    let text = format!(
+        "[cluster]\nname = \"etcd-tls\"\nprofile = \"{profile}\"\n\n[[nodes]]\nname = \"m1\"\naddress = \"{address}\"\n\
+         executor = \"m1\"\nvars = {{ etcd = \"{etcd}\", endpoints = \"https://{address}\", etcd_ca = \"{ca}\", \
+         etcd_cert = \"{cert}\", etcd_key = \"{key}\" }}\n",
+        profile = profile.display(),
+        address = member.address(),
+        etcd = member.package().join("bin/etcd").display(),
+        ca = ca.display(),
+        cert = tls.client_cert.display(),
+        key = tls.client_key.display(),
+    );
+    let path = member.root().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The errors of the probes that gave no observation: (probe, error).
+fn probe_errors(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            p["error"]
+                .as_str()
+                .map(|e| (p["probe"].as_str().unwrap().to_string(), e.to_string()))
+        })
+        .collect()
+}
+
+/// etcd-http's HTTP probes over TLS against a real etcd member that serves its clients over TLS only and asks
+/// for a client certificate (`--client-cert-auth`): with the CA and the client certificate, `baton profile check
+/// --run-here` sees it leading and in service, up, running the old version; without the client certificate, or
+/// trusting another CA, it fails closed: no leader, not in service, not up, no running version (exit 5), the
+/// error naming the TLS failure.
+#[test]
+fn the_http_profile_sees_a_real_tls_member_and_fails_closed_without_its_client_certificate_or_ca() {
+    let member = TlsMember::start().expect("the TLS etcd member starts");
+    let dir = member.root();
+    let with_cert = dir.join("etcd-http-tls.toml");
+    std::fs::write(&with_cert, etcd_http_over_tls(true)).unwrap();
+    let cluster_file = tls_cluster_file(&member, "cluster.toml", &with_cert, &member.tls().ca);
+
+    let seen = crate::profile::check_live(&with_cert, &cluster_file);
+    assert_eq!(
+        crate::profile::leaders_seen(&seen),
+        [["m1"]],
+        "the member leads and is in service: {seen:#}"
+    );
+    let topology = crate::profile::observed(&seen, "topology");
+    assert_eq!(topology[0].1["members"][0]["caught_up"], true, "{seen:#}");
+    let up = crate::profile::observed(&seen, "node");
+    assert_eq!(up.len(), 1, "{seen:#}");
+    assert_eq!(up[0].1["up"], true, "{seen:#}");
+    for probe in ["version", "running_version"] {
+        assert_eq!(
+            crate::profile::observed(&seen, probe),
+            [("m1".to_string(), serde_json::json!(member.version()))],
+            "{probe}: {seen:#}"
+        );
+    }
+    // Asked as the executor asks (`baton:http`), over https, with the CA and the client certificate.
+    for p in seen["probes"].as_array().unwrap() {
+        if p["probe"] == "version" {
+            continue;
+        }
+        let argv: Vec<&str> = p["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let tls = member.tls();
+        assert_eq!(argv[0], "baton:http", "{p:#}");
+        assert_eq!(
+            argv[6..],
+            [
+                tls.ca.to_str().unwrap(),
+                tls.client_cert.to_str().unwrap(),
+                tls.client_key.to_str().unwrap()
+            ],
+            "{p:#}"
+        );
+    }
+    println!("over TLS with a client certificate: {seen:#}");
+
+    // Fails closed: no leader, the member neither in service nor up, no running version; `why` the error says.
+    let fails_closed = |profile: &std::path::Path, cluster_file: &std::path::Path, why: &[&str]| {
+        let (code, report) = crate::profile::check_report(profile, cluster_file);
+        assert_eq!(code, Some(5), "{report:#}");
+        for leaders in crate::profile::leaders_seen(&report) {
+            assert!(leaders.is_empty(), "{report:#}");
+        }
+        for (_, topology) in crate::profile::observed(&report, "topology") {
+            assert_eq!(topology["members"][0]["in_service"], false, "{report:#}");
+        }
+        for (_, node) in crate::profile::observed(&report, "node") {
+            assert_eq!(node["up"], false, "{report:#}");
+        }
+        // The only probe without an observation: the running version, its error what the endpoint answered.
+        let errors = probe_errors(&report);
+        assert_eq!(errors.len(), 1, "{report:#}");
+        let (probe, error) = &errors[0];
+        assert_eq!(probe, "running_version", "{report:#}");
+        assert!(
+            why.iter()
+                .any(|w| error.to_lowercase().contains(&w.to_lowercase())),
+            "{error:?} names none of {why:?}"
+        );
+        report
+    };
+
+    // Without the client certificate etcd asks for. Over TLS 1.3 the client's handshake ends before the server
+    // has checked its certificate: etcd's refusal (alert 42, bad certificate) comes with the first read or write,
+    // and the error must still name it, not only a broken connection.
+    let without_cert = dir.join("etcd-http-tls-no-client-cert.toml");
+    std::fs::write(&without_cert, etcd_http_over_tls(false)).unwrap();
+    let no_cert = tls_cluster_file(
+        &member,
+        "cluster-no-cert.toml",
+        &without_cert,
+        &member.tls().ca,
+    );
+    let report = fails_closed(&without_cert, &no_cert, &["certificate"]);
+    println!("without a client certificate: {report:#}");
+
+    // Trusting another CA than the one that signed the member's certificate.
+    let other_dir = dir.join("other-ca");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = protocol::devtls::make(&other_dir, &[]).unwrap().server;
+    let wrong_ca = tls_cluster_file(&member, "cluster-other-ca.toml", &with_cert, &other.ca);
+    let report = fails_closed(
+        &with_cert,
+        &wrong_ca,
+        &["TLS: invalid peer certificate: UnknownIssuer"],
+    );
+    println!("trusting another CA: {report:#}");
 }
