@@ -585,6 +585,30 @@ impl TlsMember {
         Ok(member)
     }
 
+    /// Its member ID in hex, as `etcdctl member list` (over TLS, with the client certificate) shows it: the
+    /// cluster file's `member_id` var.
+    pub fn member_id(&self) -> anyhow::Result<String> {
+        let out = output(
+            Command::new(self.package.join("bin/etcdctl"))
+                .arg(format!("--endpoints=https://{}", self.address))
+                .arg(format!("--cacert={}", self.tls.ca.display()))
+                .arg(format!("--cert={}", self.tls.client_cert.display()))
+                .arg(format!("--key={}", self.tls.client_key.display()))
+                .args([
+                    "--dial-timeout=2s",
+                    "--command-timeout=5s",
+                    "member",
+                    "list",
+                ]),
+            "etcdctl member list",
+        )?;
+        out.split(',')
+            .next()
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()))
+            .ok_or_else(|| anyhow!("etcdctl member list printed no member ID: {out:?}"))
+    }
+
     /// Whether `etcdctl endpoint health` over TLS, with the client certificate, says healthy.
     fn healthy(&self) -> bool {
         Command::new(self.package.join("bin/etcdctl"))
