@@ -2407,6 +2407,71 @@ version = "version"
         }
     }
 
+    /// Hostile review 14b (P2, security): `ca_file` is what makes an HTTP probe TLS ("With `ca_file`, every
+    /// endpoint is asked over TLS", docs/profiles.md; "With `ca_file`, only that CA is trusted", THREATS.md), but
+    /// only the key's literal text is checked at load (`http_argv` refuses `ca_file = ""`); the runner decides TLS
+    /// from the rendered CA_FILE being non-empty (runner/http.rs `run`). A `ca_file = "{var.etcd_ca}"` whose node
+    /// var is empty (a cluster-file template left blank, a var meant for another node) renders CA_FILE `""`, which
+    /// the allow list accepts (it renders the same) and the runner asks in plain HTTP with no certificate checked:
+    /// whoever answers at the endpoint (a man in the middle) writes the topology the guard acts on. Fix: refuse a
+    /// rendered empty (or blank) CA_FILE/CERT_FILE/KEY_FILE where the template is not empty (`render_argv` for an
+    /// HTTP probe, and the allow list), or carry "TLS" in the argv apart from the file's name.
+    #[test]
+    fn review14b_an_http_probe_with_ca_file_never_renders_to_a_plain_http_request() {
+        let text = review14_with_http_node_probe(
+            r#"{ endpoints = "{address}", path = "/health", ca_file = "{var.etcd_ca}" }"#,
+        );
+        let p = load(&text).unwrap();
+        let mut node = nodes()[0].clone();
+        node.vars.insert("etcd_ca".into(), String::new());
+        let rendered = render_argv(
+            &p.probes.node.argv,
+            &Placeholders {
+                node: &node,
+                package: "",
+                version: "",
+                target: None,
+            },
+        );
+        assert!(
+            !matches!(&rendered, Ok(argv) if argv[0] == HTTP_PROGRAM && argv[6].trim().is_empty()),
+            "a probe whose profile names ca_file rendered to an HTTP probe argv without a CA file, which the \
+             executor asks in plain HTTP: {rendered:?}"
+        );
+    }
+
+    /// Hostile review 14b (P3): `member_id.field` of a regex topology is not checked against the pattern's
+    /// groups (`field_names` lists every field key but `member_id`), so a typo loads and is planned, and then
+    /// every member reads "not in service: no member ID at `mid`" at every look: the upgrade waits on a cluster
+    /// that is healthy, and the error names no file, line or key. Every other field of a regex parser is refused
+    /// at load ("has no group named ..."). Fix: add `member_id.field` to `field_names`.
+    #[test]
+    fn review14b_a_regex_topologys_member_id_names_a_group_of_its_pattern() {
+        let from = "[probes.topology.parse]\nformat = \"json\"\nmembers = \"\"\nname = \"/Endpoint\"\nmatch = \"address\"\nleader_when = { equal = [\"/Status/header/member_id\", \"/Status/leader\"] }\n";
+        assert!(ETCD.contains(from), "the test's profile has no `{from}`");
+        let regex = |id_field: &str| {
+            ETCD.replacen(
+                from,
+                &format!(
+                    "[probes.topology.parse]\nformat = \"regex\"\npattern = '(?P<ep>\\S+) (?P<id>\\d+) (?P<leader>\\d+)'\n\
+                     name = \"ep\"\nmatch = \"address\"\nleader_when = {{ equal = [\"id\", \"leader\"] }}\n\
+                     member_id = {{ field = \"{id_field}\", var = \"member_id\" }}\n"
+                ),
+                1,
+            )
+        };
+        load(&regex("id")).expect("a regex topology with member_id on one of its groups");
+        let got = load(&regex("mid"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            got.contains("etcd.toml:") && got.contains("probes.topology.parse") && got.contains("mid"),
+            "member_id.field `mid`, a group the pattern does not have, loaded (every member would then read \
+             \"no member ID at `mid`\"): {got:?}"
+        );
+    }
+
     /// The node probe of `ETCD` written as an HTTP probe with the `http` table `table`.
     const NODE_ARGV: &str =
         "argv = [\"etcdctl\", \"--endpoints\", \"{address}\", \"endpoint\", \"health\", \"-w\", \"json\"]";
