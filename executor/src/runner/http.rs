@@ -680,6 +680,133 @@ mod tests {
         assert!(ran.reason.unwrap().contains("needs both"));
     }
 
+    /// Hostile review 14b (P3): the loader's `endpoint_shape` (workflow profile_file.rs) is meant to refuse "an
+    /// endpoint the executor always refuses" at load (review 14), but it checks only that a literal ends in
+    /// `:DIGITS` and has no `@` or `/`; the runner's `authority` parses it with `http::uri::Authority` and needs a
+    /// u16 port. So a port over 65535, an unbracketed IPv6 address and a host with a space load, are planned and
+    /// approved, and then every look fails ("not HOST:PORT"), a topology that never shows a member. Fix: check
+    /// the literal endpoint at load with the same parse (`Authority` + `port_u16`, no `@`/`/`), e.g. by moving
+    /// `authority` into the workflow core (http's `Authority` is pure) and calling it from both.
+    #[tokio::test]
+    async fn review14b_a_literal_endpoint_that_loads_is_one_the_runner_can_ask() {
+        use workflow::core::profile_file::ProfileFile;
+        let shipped = include_str!("../../../profiles/etcd-http.toml");
+        let from = "[probes.node.http]\nendpoints = \"{address}\"\n";
+        assert!(shipped.contains(from), "etcd-http.toml's node probe moved");
+        let mut both = Vec::new();
+        for literal in ["127.0.0.1:65536", "::1:2379", "etcd 1:2379"] {
+            let text = shipped.replacen(
+                from,
+                &format!("[probes.node.http]\nendpoints = \"{literal}\"\n"),
+                1,
+            );
+            let Ok(profile) = ProfileFile::parse("etcd-http.toml", &text) else {
+                continue; // refused at load: consistent
+            };
+            // No placeholder in the node probe now: its template is its rendering.
+            let ran = run(&profile.probes.node.argv, Duration::from_secs(2), 64 * 1024).await;
+            if ran.stdout_tail.contains("not HOST:PORT") {
+                both.push(format!(
+                    "{literal}: loads, and the runner answers {}",
+                    ran.stdout_tail
+                ));
+            }
+        }
+        assert!(
+            both.is_empty(),
+            "literal endpoints accepted at load that the runner refuses at every run:\n{}",
+            both.join("\n")
+        );
+    }
+
+    /// Hostile review 14b (P3, docs): since 850e819 the SSH runner answers no HTTP probe (`run_http` refuses, and
+    /// an `--runner ssh` executor serving one is refused at start), but docs/profiles.md's "Limits" still says an
+    /// HTTP probe is "sent from the executor's host (with the SSH runner too: it does not go through SSH)", and
+    /// this module's own docs say "with the SSH runner the request does not go through SSH", i.e. that it works.
+    /// And since exit 2 (no endpoint answered), etcd-http.toml's comments on its one-endpoint node and
+    /// running-version probes still say a member that does not answer gives exit 1 (it gives 2:
+    /// `no_endpoint_answering_exits_2`). Fix: say that an HTTP probe needs the local runner (an executor on each
+    /// node), as THREATS.md now does, and exit 2 in those two comments.
+    #[test]
+    fn review14b_no_document_says_the_ssh_runner_answers_http_probes() {
+        let flat = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+        // This module's own docs: its `//!` lines.
+        let module: String = include_str!("http.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//!"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut untrue = Vec::new();
+        for (doc, text, claim) in [
+            (
+                "docs/profiles.md",
+                flat(include_str!("../../../docs/profiles.md")),
+                "with the SSH runner too: it does not go through SSH",
+            ),
+            (
+                "executor/src/runner/http.rs (module docs)",
+                flat(&module),
+                "with the SSH runner the request does not go through SSH",
+            ),
+            // A node or running-version probe asks one endpoint: one that does not answer is exit 2 now.
+            (
+                "profiles/etcd-http.toml (node probe)",
+                flat(include_str!("../../../profiles/etcd-http.toml")),
+                r#"Stopped: [{"endpoint":"...","error":"connect: ..."}] and exit 1"#,
+            ),
+            (
+                "profiles/etcd-http.toml (running_version probe)",
+                flat(include_str!("../../../profiles/etcd-http.toml")),
+                "exit 1 (unreadable) when it does not answer",
+            ),
+        ] {
+            if text.contains(claim) {
+                untrue.push(format!("{doc}: \"{claim}\""));
+            }
+        }
+        assert!(
+            untrue.is_empty(),
+            "documents that say what HTTP probes no longer do (the SSH runner answers them; exit 1 for no answer):\n{}",
+            untrue.join("\n")
+        );
+    }
+
+    /// Hostile review 14b (P3): the CA, certificate and key files are read with blocking file I/O inside the async
+    /// `run`, before any timeout applies (`tls_config` runs outside `tokio::time::timeout`), so a file that does
+    /// not answer (a FIFO, a hung NFS mount, `/dev/stdin`) holds the executor's worker thread and the step past its
+    /// `timeout_ms` and the progress acks beside it, forever. Fix: read the files with `tokio::fs` (or
+    /// `spawn_blocking`) under the step's timeout, and refuse a path that is not a regular file.
+    #[test]
+    fn review14b_a_ca_file_that_never_answers_does_not_outlast_the_step_timeout() {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("ca.pem");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let mut probe = argv("GET", "127.0.0.1:1", "/health", "", 200);
+        probe[6] = fifo.display().to_string();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let worker = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let ran = rt.block_on(run(&probe, Duration::from_millis(500), 1024));
+            let _ = tx.send(ran);
+        });
+        let answered = rx.recv_timeout(Duration::from_secs(5));
+        // Let a reader still blocked in open(2) go (non-blocking: no reader left is not waited for).
+        let _writer = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&fifo);
+        drop(_writer);
+        worker.join().unwrap();
+        assert!(
+            answered.is_ok(),
+            "an HTTP probe whose CA file is a FIFO with no writer had not answered 5 s after its 500 ms timeout"
+        );
+    }
+
     /// Reaching nobody is not the same as a cluster whose members are down: exit 2, not 1 (hostile review 14).
     #[tokio::test]
     async fn no_endpoint_answering_exits_2() {
