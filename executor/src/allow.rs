@@ -44,7 +44,7 @@ use std::path::{Component, Path};
 
 use protocol::StepRequest;
 use workflow::core::profile::render;
-use workflow::core::profile_file::{version_numbers, HTTP_PROGRAM};
+use workflow::core::profile_file::{is_http_program, version_numbers};
 use workflow::core::{Action, ClusterFile, Installer, NodeSpec, Procedure, Profile, RenderContext};
 
 /// The only env keys a step request may set: locale and time zone, which change how a command formats its
@@ -178,7 +178,7 @@ impl Allowlist {
     }
 
     /// Whether `action` (a wire name) is one of this profile's HTTP probes: a probe whose template is an `http`
-    /// table ([`HTTP_PROGRAM`]). The executor answers such a step with its HTTP runner; it decides this from its
+    /// table ([`is_http_program`]). The executor answers such a step with its HTTP runner; it decides this from its
     /// own profile, never from a request's argv.
     pub fn is_http_probe(&self, action: &str) -> bool {
         Action::from_name(action).is_some_and(|a| {
@@ -186,7 +186,7 @@ impl Allowlist {
                 && self
                     .profile
                     .action(a)
-                    .is_some_and(|spec| spec.argv.first().is_some_and(|p| p == HTTP_PROGRAM))
+                    .is_some_and(|spec| spec.argv.first().is_some_and(|p| is_http_program(p)))
         })
     }
 
@@ -302,12 +302,14 @@ impl Allowlist {
         // The HTTP runner's name is a program only for a profile's HTTP probe: never for an action, nor for a
         // probe whose command renders to it (a node var), which would otherwise reach the HTTP runner.
         let http_template =
-            action.is_probe() && spec.argv.first().is_some_and(|p| p == HTTP_PROGRAM);
-        if req.argv.first().is_some_and(|p| p == HTTP_PROGRAM) && !http_template {
-            return Err(not_allowed(format!(
-                "step {action} names `{HTTP_PROGRAM}` as its program, which is reserved for a profile's HTTP \
-                 probes (a node var rendered to it?); refused, nothing run"
-            )));
+            action.is_probe() && spec.argv.first().is_some_and(|p| is_http_program(p));
+        if let Some(program) = req.argv.first().filter(|p| is_http_program(p)) {
+            if !http_template {
+                return Err(not_allowed(format!(
+                    "step {action} names `{program}` as its program, which is reserved for a profile's HTTP \
+                     probes (a node var rendered to it?); refused, nothing run"
+                )));
+            }
         }
         if let Some(cluster_nodes) = &self.cluster_nodes {
             return self.check_profile_file(cluster_nodes, action, &spec.argv, req, address);

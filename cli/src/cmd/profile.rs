@@ -202,7 +202,7 @@ async fn run_probe(
     // More than an executor keeps, to tell a longer output (4: a tail may start past a cut character).
     let keep = max_output + 4;
     // An HTTP probe by its template, never by what a var rendered.
-    let ran = if def.argv.first().is_some_and(|p| p == http::HTTP_PROGRAM) {
+    let ran = if def.argv.first().is_some_and(|p| http::is_http_program(p)) {
         // An HTTP probe, answered here as the executor answers it (no process).
         http::run(&run.argv, timeout, keep).await
     } else {

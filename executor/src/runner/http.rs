@@ -17,8 +17,9 @@
 //!   when none gave any (the executor reached nobody: a topology must not read that as "no leader"). A profile
 //!   says which it reads with `read_exit_codes`.
 //!
-//! Asked from the executor's own host: with the SSH runner the request does not go through SSH. No process is
-//! started, so nothing is left behind by a timeout.
+//! Asked from the executor's own host, so only the local runner answers an HTTP probe (`RunnerConfig::run_http`;
+//! an SSH executor serving one is refused at start). No process is started, so nothing is left behind by a
+//! timeout. TLS is said by the program's name ([`HTTPS_PROGRAM`]), never by whether the CA file rendered empty.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
-pub use workflow::core::profile_file::HTTP_PROGRAM;
+pub use workflow::core::profile_file::{is_http_program, HTTPS_PROGRAM, HTTP_PROGRAM};
 
 use super::Ran;
 use crate::now_ms;
@@ -48,6 +49,8 @@ struct Request<'a> {
     path: &'a str,
     body: &'a str,
     each: Duration,
+    /// Asked over TLS: the program is [`HTTPS_PROGRAM`].
+    tls: bool,
     /// CA_FILE, CERT_FILE, KEY_FILE (empty: plain HTTP, no client certificate).
     ca: &'a str,
     cert: &'a str,
@@ -57,14 +60,15 @@ struct Request<'a> {
 fn parse(argv: &[String]) -> Result<Request<'_>, String> {
     let [program, method, endpoints, path, body, each, ca, cert, key] = argv else {
         return Err(format!(
-            "an HTTP probe's argv has 9 elements ({HTTP_PROGRAM} METHOD ENDPOINTS PATH BODY ENDPOINT_TIMEOUT_MS \
-             CA_FILE CERT_FILE KEY_FILE), not {}",
+            "an HTTP probe's argv has 9 elements ({HTTP_PROGRAM}|{HTTPS_PROGRAM} METHOD ENDPOINTS PATH BODY \
+             ENDPOINT_TIMEOUT_MS CA_FILE CERT_FILE KEY_FILE), not {}",
             argv.len()
         ));
     };
-    if program != HTTP_PROGRAM {
+    if !is_http_program(program) {
         return Err(format!("not an HTTP probe: {program:?}"));
     }
+    let tls = program == HTTPS_PROGRAM;
     let method = match method.as_str() {
         "GET" => hyper::Method::GET,
         "POST" => hyper::Method::POST,
@@ -87,10 +91,19 @@ fn parse(argv: &[String]) -> Result<Request<'_>, String> {
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis)
         .ok_or_else(|| format!("endpoint timeout {each:?} is not a number of ms"))?;
-    if ca.is_empty() && !(cert.is_empty() && key.is_empty()) {
-        return Err("a client certificate without a CA file".into());
+    // TLS is what the program says, never what a file name rendered to: a blank var must not turn it off.
+    if tls && ca.trim().is_empty() {
+        return Err(format!(
+            "{HTTPS_PROGRAM} asks over TLS, but its CA file rendered empty (a blank node var?): not asked"
+        ));
     }
-    if cert.is_empty() != key.is_empty() {
+    let names_files = !(ca.is_empty() && cert.is_empty() && key.is_empty());
+    if !tls && names_files {
+        return Err(format!(
+            "{HTTP_PROGRAM} asks in plain HTTP, but names a CA or client certificate file"
+        ));
+    }
+    if cert.trim().is_empty() != key.trim().is_empty() {
         return Err("a client certificate needs both CERT_FILE and KEY_FILE".into());
     }
     Ok(Request {
@@ -99,18 +112,42 @@ fn parse(argv: &[String]) -> Result<Request<'_>, String> {
         path,
         body,
         each,
+        tls,
         ca,
         cert,
         key,
     })
 }
 
-/// The TLS client configuration of a request with a CA file: its CA as the only root, and its client
-/// certificate if it has one. An unreadable or empty file is an error naming it.
-fn tls_config(req: &Request<'_>) -> Result<Arc<ClientConfig>, String> {
+/// The TLS files of a request over TLS, owned, to be read off the async threads ([`tls_config`]).
+#[derive(Debug, Clone)]
+struct TlsFiles {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+/// Refuses a path that is not a regular file (a FIFO or a device would block the read, or never end).
+fn regular(what: &str, path: &str) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(format!("{what} {path}: not a regular file")),
+        Err(e) => Err(format!("{what} {path}: {e}")),
+    }
+}
+
+/// The TLS client configuration of a request over TLS: its CA as the only root, and its client certificate if it
+/// has one. Blocking file reads: run on a blocking thread, under the step's timeout ([`run`]). An unreadable,
+/// empty or irregular file is an error naming it.
+fn tls_config(req: &TlsFiles) -> Result<Arc<ClientConfig>, String> {
     let ca_err = |e: &dyn std::fmt::Display| format!("CA file {}: {e}", req.ca);
+    regular("CA file", &req.ca)?;
+    if !req.cert.is_empty() {
+        regular("certificate file", &req.cert)?;
+        regular("key file", &req.key)?;
+    }
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(req.ca).map_err(|e| ca_err(&e))? {
+    for cert in CertificateDer::pem_file_iter(&req.ca).map_err(|e| ca_err(&e))? {
         roots
             .add(cert.map_err(|e| ca_err(&e))?)
             .map_err(|e| ca_err(&e))?;
@@ -126,7 +163,7 @@ fn tls_config(req: &Request<'_>) -> Result<Arc<ClientConfig>, String> {
     let config = if req.cert.is_empty() {
         builder.with_no_client_auth()
     } else {
-        let chain = CertificateDer::pem_file_iter(req.cert)
+        let chain = CertificateDer::pem_file_iter(&req.cert)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
             .map_err(|e| format!("certificate file {}: {e}", req.cert))?;
         if chain.is_empty() {
@@ -135,7 +172,7 @@ fn tls_config(req: &Request<'_>) -> Result<Arc<ClientConfig>, String> {
                 req.cert
             ));
         }
-        let key = PrivateKeyDer::from_pem_file(req.key)
+        let key = PrivateKeyDer::from_pem_file(&req.key)
             .map_err(|e| format!("key file {}: {e}", req.key))?;
         builder
             .with_client_auth_cert(chain, key)
@@ -275,13 +312,28 @@ pub async fn run(argv: &[String], timeout: Duration, max_output: usize) -> Ran {
         Ok(req) => req,
         Err(why) => return failed(format!("HTTP probe: {why}")),
     };
-    let tls = if req.ca.is_empty() {
-        None
-    } else {
-        match tls_config(&req) {
-            Ok(config) => Some(config),
-            Err(why) => return failed(format!("HTTP probe: {why}")),
+    let tls = if req.tls {
+        let files = TlsFiles {
+            ca: req.ca.to_string(),
+            cert: req.cert.to_string(),
+            key: req.key.to_string(),
+        };
+        // Off the async threads, and under the step's timeout: a file on a hung mount must not hold the executor.
+        // A read still blocked after the timeout ends with its file; its thread is then returned to the pool.
+        let reading = tokio::task::spawn_blocking(move || tls_config(&files));
+        match tokio::time::timeout(timeout, reading).await {
+            Ok(Ok(Ok(config))) => Some(config),
+            Ok(Ok(Err(why))) => return failed(format!("HTTP probe: {why}")),
+            Ok(Err(e)) => return failed(format!("HTTP probe: reading the TLS files: {e}")),
+            Err(_) => {
+                return failed(format!(
+                    "HTTP probe: its TLS files were not read within its timeout of {} ms",
+                    timeout.as_millis()
+                ))
+            }
         }
+    } else {
+        None
     };
     let each = req.each.min(timeout);
     let answers = futures::future::join_all(req.endpoints.iter().map(|endpoint| {
@@ -583,6 +635,7 @@ mod tests {
 
     fn tls_argv(endpoint: &str, ca: &Path, cert: Option<(&Path, &Path)>) -> Vec<String> {
         let mut argv = argv("GET", endpoint, "/health", "", 2000);
+        argv[0] = HTTPS_PROGRAM.to_string();
         argv[6] = ca.display().to_string();
         if let Some((cert, key)) = cert {
             argv[7] = cert.display().to_string();
@@ -673,6 +726,19 @@ mod tests {
             reason.contains(&format!("CA file {}", missing.display())),
             "{reason}"
         );
+        // TLS is the program's word: a CA file that rendered empty is not asked at all, and a plain-HTTP program
+        // with a CA file is malformed (hostile review 14b).
+        let mut blank = tls_argv(&addr, &files.server.ca, client);
+        blank[6] = " ".into();
+        let ran = run(&blank, Duration::from_secs(5), 1024).await;
+        assert!(ran.reason.unwrap().contains("CA file rendered empty"));
+        let mut plain = tls_argv(&addr, &files.server.ca, client);
+        plain[0] = HTTP_PROGRAM.into();
+        let ran = run(&plain, Duration::from_secs(5), 1024).await;
+        assert!(ran
+            .reason
+            .unwrap()
+            .contains("asks in plain HTTP, but names a CA"));
         // A key without its certificate is refused as malformed.
         let mut lone = tls_argv(&addr, &files.server.ca, client);
         lone[7] = String::new();
@@ -783,6 +849,7 @@ mod tests {
         let fifo = dir.path().join("ca.pem");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let mut probe = argv("GET", "127.0.0.1:1", "/health", "", 200);
+        probe[0] = HTTPS_PROGRAM.to_string();
         probe[6] = fifo.display().to_string();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let worker = std::thread::spawn(move || {

@@ -86,14 +86,11 @@ impl RunnerConfig {
         bin_dir: Option<&str>,
     ) -> Ran {
         let timeout = Duration::from_millis(req.timeout_ms);
-        if req.argv.first().is_some_and(|p| p == http::HTTP_PROGRAM) {
+        if let Some(program) = req.argv.first().filter(|p| http::is_http_program(p)) {
             // Never a program: a profile's HTTP probe goes through `run_http` (the allow list refuses this).
             return Ran::failed(
                 crate::now_ms(),
-                format!(
-                    "`{}` is reserved for a profile's HTTP probes and is never run as a program",
-                    http::HTTP_PROGRAM
-                ),
+                format!("`{program}` is reserved for a profile's HTTP probes and is never run as a program"),
             );
         }
         match self {

@@ -406,7 +406,7 @@ fn the_http_profile_sees_a_real_tls_member_and_fails_closed_without_its_client_c
             "{probe}: {seen:#}"
         );
     }
-    // Asked as the executor asks (`baton:http`), over https, with the CA and the client certificate.
+    // Asked as the executor asks (`baton:https`: over TLS), with the CA and the client certificate.
     for p in seen["probes"].as_array().unwrap() {
         if p["probe"] == "version" {
             continue;
@@ -418,7 +418,7 @@ fn the_http_profile_sees_a_real_tls_member_and_fails_closed_without_its_client_c
             .map(|a| a.as_str().unwrap())
             .collect();
         let tls = member.tls();
-        assert_eq!(argv[0], "baton:http", "{p:#}");
+        assert_eq!(argv[0], "baton:https", "{p:#}");
         assert_eq!(
             argv[6..],
             [

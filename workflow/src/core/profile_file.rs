@@ -431,12 +431,21 @@ struct RawHttp {
 /// itself, with HTTP requests, instead of starting a process. Reserved: an `argv` may not name it.
 ///
 /// The argv, as rendered, signed, checked against the executor's own profile and shown to operators:
-/// `[HTTP_PROGRAM, METHOD, ENDPOINTS, PATH, BODY, ENDPOINT_TIMEOUT_MS, CA_FILE, CERT_FILE, KEY_FILE]`, where
-/// ENDPOINTS is a comma-separated list of `HOST:PORT` (optionally after `http://`, or `https://` with a CA
-/// file), BODY is empty for none, and the three files (PEM) are empty for plain HTTP: with CA_FILE every
-/// endpoint is asked over TLS and its certificate verified against it; with CERT_FILE and KEY_FILE too, the
+/// `[PROGRAM, METHOD, ENDPOINTS, PATH, BODY, ENDPOINT_TIMEOUT_MS, CA_FILE, CERT_FILE, KEY_FILE]`, where PROGRAM
+/// is [`HTTP_PROGRAM`], or [`HTTPS_PROGRAM`] for a probe with a `ca_file` (TLS is said by the program's name, never
+/// by a file name that a var could render empty), ENDPOINTS is a comma-separated list of `HOST:PORT` (optionally
+/// after `http://`, or `https://` over TLS), BODY is empty for none, and the three files (PEM) are empty for plain
+/// HTTP: over TLS every endpoint's certificate is verified against CA_FILE; with CERT_FILE and KEY_FILE too, the
 /// executor shows that client certificate.
 pub const HTTP_PROGRAM: &str = "baton:http";
+
+/// The program name of a built-in HTTP probe asked over TLS (one with `ca_file`). Reserved like [`HTTP_PROGRAM`].
+pub const HTTPS_PROGRAM: &str = "baton:https";
+
+/// Whether `program` names the built-in HTTP probe ([`HTTP_PROGRAM`], [`HTTPS_PROGRAM`]).
+pub fn is_http_program(program: &str) -> bool {
+    program == HTTP_PROGRAM || program == HTTPS_PROGRAM
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -576,12 +585,13 @@ fn argv(
             "must name a program as its first element",
         ));
     }
-    if value.get_ref()[0].get_ref() == HTTP_PROGRAM {
+    if is_http_program(value.get_ref()[0].get_ref()) {
         return Err(loc.err(
             Some(value.get_ref()[0].span()),
             key,
             format!(
-                "`{HTTP_PROGRAM}` is reserved for HTTP probes: write them as `http = {{ ... }}`"
+                "`{}` is reserved for HTTP probes: write them as `http = {{ ... }}`",
+                value.get_ref()[0].get_ref()
             ),
         ));
     }
@@ -718,7 +728,7 @@ fn http_argv(
         ));
     }
     Ok(vec![
-        HTTP_PROGRAM.to_string(),
+        if tls { HTTPS_PROGRAM } else { HTTP_PROGRAM }.to_string(),
         method,
         endpoints,
         path,
@@ -753,11 +763,32 @@ fn endpoint_shape(endpoint: &str, tls: bool) -> Result<(), String> {
             "an endpoint is HOST:PORT, without a user, a scheme but http(s):// or a path".into(),
         );
     }
-    // Without a placeholder it must end in `:PORT`; a placeholder may give the port (`{address}`).
+    // Without a placeholder it must be HOST:PORT as the runner parses it: a port that fits 16 bits, a host name
+    // or IPv4 address, or an IPv6 address in brackets. A placeholder may give any part (`{address}`): its
+    // rendering is checked at each look.
     if !bare.contains('{') {
-        let port = bare.rsplit_once(':').map(|(_, p)| p);
-        if !port.is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())) {
+        let Some((host, port)) = bare.rsplit_once(':') else {
             return Err("no :PORT".into());
+        };
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("port `{port}` is not 1 to 65535"));
+        }
+        let bracketed = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|h| {
+                !h.is_empty()
+                    && h.chars()
+                        .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+            });
+        let named = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+        if !(bracketed || named) {
+            return Err(format!(
+                "host `{host}` is not a name or an address (an IPv6 address goes in brackets: [::1]:2379)"
+            ));
         }
     }
     Ok(())
@@ -1238,6 +1269,7 @@ fn field_names(f: &Fields) -> Vec<String> {
         .cloned()
         .collect();
     out.extend(f.behind_leader.iter().flatten().cloned());
+    out.extend(f.member_id.iter().map(|id| id.field.clone()));
     for c in [
         &f.leader_when,
         &f.follower_when,
