@@ -876,8 +876,9 @@ impl FakeEtcd {
                 h = home.display()
             ));
         }
+        // A check that cannot settle (a probe refused) gives up after 10 s, not the default 10 minutes.
         cluster.push_str(&format!(
-            "\n[upgrade]\npackage = \"{}\"\ntarget_version = \"3.5.1\"\n",
+            "\n[upgrade]\npackage = \"{}\"\ntarget_version = \"3.5.1\"\nsync_timeout_ms = 10000\n",
             package.display()
         ));
         FakeEtcd { dir, ran, cluster }
@@ -1044,7 +1045,9 @@ async fn a_submitted_profile_whose_parsers_differ_from_the_executors_runs_nothin
 /// executor restarted mid-upgrade with an edited profile file (an operator changed it on one host) is only
 /// caught by the executor itself: every step planned with the old profile is refused `wrong_profile` before
 /// anything runs, and the upgrade stops on that refusal instead of reading the member with another profile's
-/// parsers.
+/// parsers. The pause lands during preflight (which then refuses at once) or after it (the guard's check cannot
+/// settle and halts after the fake cluster's 10 s `sync_timeout_ms`; CI saw that path wait out the default
+/// 10 minutes before the cluster file set it).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_executor_restarted_mid_upgrade_with_an_edited_profile_refuses_the_steps_and_runs_nothing(
 ) {
