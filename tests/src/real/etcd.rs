@@ -67,6 +67,22 @@ pub fn install() -> anyhow::Result<()> {
     .map(|_| ())
 }
 
+/// `start` until it succeeds, 3 times at most (free ports are picked before etcd binds them, so another process
+/// may take one in between); the last error, saying `what` did not come up.
+fn three_tries<T>(start: impl Fn() -> anyhow::Result<T>, what: &str) -> anyhow::Result<T> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match start() {
+            Ok(started) => return Ok(started),
+            Err(e) if attempt >= 3 => {
+                return Err(e.context(format!("{what} did not come up in 3 attempts")))
+            }
+            Err(_) => continue,
+        }
+    }
+}
+
 /// One member as the cluster file names it.
 #[derive(Debug, Clone)]
 pub struct EtcdNode {
@@ -113,17 +129,7 @@ impl EtcdCluster {
     /// between.
     pub fn start() -> anyhow::Result<EtcdCluster> {
         install()?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match Self::start_once() {
-                Ok(cluster) => return Ok(cluster),
-                Err(e) if attempt >= 3 => {
-                    return Err(e.context("the etcd cluster did not come up in 3 attempts"))
-                }
-                Err(_) => continue,
-            }
-        }
+        three_tries(Self::start_once, "the etcd cluster")
     }
 
     fn start_once() -> anyhow::Result<EtcdCluster> {
@@ -499,17 +505,7 @@ impl TlsMember {
     /// until it answers `endpoint health` over TLS. Tries up to 3 times, as [`EtcdCluster::start`].
     pub fn start() -> anyhow::Result<TlsMember> {
         install()?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match Self::start_once() {
-                Ok(member) => return Ok(member),
-                Err(e) if attempt >= 3 => {
-                    return Err(e.context("the TLS etcd member did not come up in 3 attempts"))
-                }
-                Err(_) => continue,
-            }
-        }
+        three_tries(Self::start_once, "the TLS etcd member")
     }
 
     fn start_once() -> anyhow::Result<TlsMember> {
