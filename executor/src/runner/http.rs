@@ -307,6 +307,8 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Runs an HTTP probe's argv (see the module docs) within `timeout`, keeping answers up to `max_output` bytes.
 pub async fn run(argv: &[String], timeout: Duration, max_output: usize) -> Ran {
     let started_ms = now_ms();
+    // One deadline for the whole probe: reading the TLS files and asking the endpoints share `timeout`.
+    let deadline = tokio::time::Instant::now() + timeout;
     let failed = |reason: String| Ran::failed(started_ms, reason);
     let req = match parse(argv) {
         Ok(req) => req,
@@ -321,7 +323,7 @@ pub async fn run(argv: &[String], timeout: Duration, max_output: usize) -> Ran {
         // Off the async threads, and under the step's timeout: a file on a hung mount must not hold the executor.
         // A read still blocked after the timeout ends with its file; its thread is then returned to the pool.
         let reading = tokio::task::spawn_blocking(move || tls_config(&files));
-        match tokio::time::timeout(timeout, reading).await {
+        match tokio::time::timeout_at(deadline, reading).await {
             Ok(Ok(Ok(config))) => Some(config),
             Ok(Ok(Err(why))) => return failed(format!("HTTP probe: {why}")),
             Ok(Err(e)) => return failed(format!("HTTP probe: reading the TLS files: {e}")),
@@ -335,7 +337,9 @@ pub async fn run(argv: &[String], timeout: Duration, max_output: usize) -> Ran {
     } else {
         None
     };
-    let each = req.each.min(timeout);
+    let each = req
+        .each
+        .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
     let answers = futures::future::join_all(req.endpoints.iter().map(|endpoint| {
         let (req, tls) = (&req, tls.as_ref());
         async move {
