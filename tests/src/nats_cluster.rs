@@ -188,8 +188,23 @@ mod tests {
         let only_it = async_nats::connect(cluster.server(leader).url())
             .await
             .unwrap();
-        let mut keep = jetstream::new(only_it).get_stream("KEEP").await.unwrap();
-        assert_eq!(keep.info().await.unwrap().state.messages, 1);
+        let js = jetstream::new(only_it);
+        // Its first JetStream request may time out while it catches up with the others (seen in CI): asked
+        // again until it answers with the message, 30 s at most.
+        let rejoined = crate::wait_until_async(std::time::Duration::from_secs(30), || {
+            let js = js.clone();
+            async move {
+                match js.get_stream("KEEP").await {
+                    Ok(mut keep) => keep.info().await.is_ok_and(|i| i.state.messages == 1),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        assert!(
+            rejoined,
+            "the restarted member never answered with the stream's message"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
